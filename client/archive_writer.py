@@ -1,0 +1,477 @@
+"""Write the archive as one stream: tar (PAX) -> compressor -> a temporary file.
+
+Every file is read once: its bytes are hashed for ``MANIFEST.sha256`` while they are
+written into the tar stream, which a ``zstd -T0`` (or gzip) child compresses on the
+other cores. Owners, modes, nanosecond mtimes, symlinks, hard links and extended
+attributes (POSIX ACLs included) are kept; sockets, FIFOs and device nodes are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import grp
+import hashlib
+import os
+import pwd
+import stat
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..common import acl
+from ..common.compression import compress_command
+from ..common.errors import ArchiveError, CommandError
+from ..common.log import get_logger
+from ..common.manifest import MANIFEST_NAME, format_line
+from ..common.runner import Runner
+from ..plugins.task import ExcludeFn, TaskStats
+
+log = get_logger("archive")
+
+BLOCK = 512
+RECORD = 20 * BLOCK
+CHUNK = 1 << 20
+_BUFFER = 1 << 20
+_F_SETPIPE_SZ = 1031
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+@dataclass
+class WrittenArchive:
+    """The finished archive file, before verification."""
+
+    path: Path
+    members: int
+    files: int
+    content_bytes: int
+    manifest: dict[str, str] = field(default_factory=dict)
+
+
+class ArchiveWriter:
+    """Streams entries into ``path`` (created exclusively; removed again on abort)."""
+
+    def __init__(
+        self,
+        path: Path,
+        compression: str,
+        level: int | None = None,
+        runner: Runner | None = None,
+        xattrs: bool = True,
+    ):
+        self.path = Path(path)
+        self.compression = compression
+        self.level = level
+        self.runner = runner or Runner(log)
+        self.xattrs = xattrs
+        self._file = None
+        self._fd = -1
+        self._compressor = None
+        self._buf = bytearray()
+        self._offset = 0
+        self._manifest: dict[str, str] = {}
+        self._links: dict[tuple[int, int], str] = {}
+        self._dirs: set[str] = set()
+        self._users: dict[int, str] = {}
+        self._groups: dict[int, str] = {}
+        self._members = 0
+        self._files = 0
+        self._content = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def open(self) -> ArchiveWriter:
+        """Create the file and start the compressor. Raises ArchiveError."""
+        try:
+            self._file = open(self.path, "xb")  # noqa: SIM115 - lives until finish/abort
+        except OSError as exc:
+            raise ArchiveError(f"cannot create {self.path}: {exc.strerror}") from None
+        os.fchmod(self._file.fileno(), 0o600)
+        argv = compress_command(self.compression, self.level)
+        if argv is None:
+            self._fd = self._file.fileno()
+            return self
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        with contextlib.suppress(OSError):  # a bigger pipe means fewer context switches
+            fcntl.fcntl(write_end, _F_SETPIPE_SZ, CHUNK)
+        try:
+            with os.fdopen(read_end, "rb", buffering=0) as child_stdin:
+                self._compressor = self.runner.start(
+                    argv, stdin=child_stdin, stdout=self._file, level=10
+                )
+        except BaseException:
+            os.close(write_end)
+            self._discard()
+            raise
+        self._fd = write_end
+        return self
+
+    def __enter__(self) -> ArchiveWriter:
+        return self.open() if self._file is None else self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def finish(self) -> WrittenArchive:
+        """Append the manifest and the end-of-archive marker, flush everything to disk.
+
+        Returns what was written. Raises ArchiveError (the file is then removed).
+        """
+        try:
+            data = b"".join(format_line(n, d) for n, d in sorted(self._manifest.items()))
+            self._add_bytes(MANIFEST_NAME, data, record=False)
+            self._emit(bytes(2 * BLOCK))
+            self._emit(bytes((-self._offset) % RECORD))
+            self._flush()
+            if self._compressor is not None:
+                os.close(self._fd)
+                self._fd = -1
+                self._wait_compressor()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self.abort()
+            raise ArchiveError(f"cannot write {self.path}: {exc.strerror}") from None
+        except BaseException:
+            self.abort()
+            raise
+        self._file.close()
+        self._file = None
+        return WrittenArchive(
+            self.path, self._members, self._files, self._content, dict(self._manifest)
+        )
+
+    def abort(self) -> None:
+        """Stop the compressor and delete the partial file."""
+        if self._compressor is not None and self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        if self._compressor is not None:
+            self._compressor.stop(grace=2.0)
+            with contextlib.suppress(CommandError):
+                self._compressor.wait()
+            self._compressor = None
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def _wait_compressor(self) -> None:
+        try:
+            self._compressor.wait()
+        except CommandError as exc:
+            reason = exc.tail[-1] if exc.tail else exc.reason
+            raise ArchiveError(f"the compressor failed writing {self.path}: {reason}") from None
+        finally:
+            self._compressor = None
+
+    # -- raw output ---------------------------------------------------------------------
+
+    def _write(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except BrokenPipeError:
+                self._fd = -1
+                self._wait_compressor()
+                raise ArchiveError(f"the compressor stopped reading ({self.path})") from None
+            except OSError as exc:
+                raise ArchiveError(f"cannot write {self.path}: {exc.strerror}") from None
+            view = view[written:]
+
+    def _flush(self) -> None:
+        if self._buf:
+            self._write(self._buf)
+            self._buf = bytearray()
+
+    def _emit(self, data) -> None:
+        self._offset += len(data)
+        if len(self._buf) + len(data) > _BUFFER:
+            self._flush()
+        if len(data) >= _BUFFER:
+            self._write(data)
+        else:
+            self._buf += data
+
+    # -- headers ------------------------------------------------------------------------
+
+    def _uname(self, uid: int) -> str:
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = ""
+        return self._users[uid]
+
+    def _gname(self, gid: int) -> str:
+        if gid not in self._groups:
+            try:
+                self._groups[gid] = grp.getgrgid(gid).gr_name
+            except KeyError:
+                self._groups[gid] = ""
+        return self._groups[gid]
+
+    def _header(
+        self,
+        arcname: str,
+        st: os.stat_result | None,
+        kind: bytes,
+        size: int = 0,
+        linkname: str = "",
+        xattrs: dict[str, bytes] | None = None,
+        mode: int = 0o755,
+    ) -> bytes:
+        info = tarfile.TarInfo(arcname)
+        info.type = kind
+        info.size = size
+        info.linkname = linkname
+        pax: dict[str, str] = {}
+        if st is None:
+            info.mode, info.mtime, info.uname, info.gname = mode, int(time.time()), "root", "root"
+        else:
+            info.mode = stat.S_IMODE(st.st_mode)
+            info.uid, info.gid = st.st_uid, st.st_gid
+            info.uname, info.gname = self._uname(st.st_uid), self._gname(st.st_gid)
+            sec, nsec = divmod(st.st_mtime_ns, 1_000_000_000)
+            info.mtime = sec
+            if nsec:
+                pax["mtime"] = f"{sec}.{nsec:09d}".rstrip("0")
+        for key, value in (xattrs or {}).items():
+            if key in acl.PAX_KEYS:
+                try:
+                    pax[acl.PAX_KEYS[key]] = acl.to_text(value)
+                    continue
+                except ValueError:
+                    pass  # keep what we cannot parse as the raw attribute
+            pax[f"SCHILY.xattr.{key}"] = value.decode("utf-8", "surrogateescape")
+        info.pax_headers = pax
+        self._members += 1
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+    def _read_xattrs(self, path: str, stats: TaskStats) -> dict[str, bytes] | None:
+        if not self.xattrs:
+            return None
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+            if not names:
+                return None
+            return {n: os.getxattr(path, n, follow_symlinks=False) for n in sorted(names)}
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                return None
+            stats.warnings.append(f"{path}: cannot read extended attributes: {exc.strerror}")
+            return None
+
+    # -- entries ------------------------------------------------------------------------
+
+    def add_directory(self, arcname: str, mode: int = 0o755) -> None:
+        """Add a directory entry that exists only in the archive (once per name)."""
+        arcname = arcname.rstrip("/")
+        if arcname and arcname not in self._dirs:
+            self._dirs.add(arcname)
+            self._emit(self._header(arcname, None, tarfile.DIRTYPE, mode=mode))
+
+    def ensure_parents(self, arcname: str) -> None:
+        """Add archive-only directory entries for every missing ancestor of ``arcname``."""
+        parts = arcname.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            self.add_directory("/".join(parts[:i]))
+
+    def _add_bytes(self, arcname: str, data: bytes, mode: int = 0o644, record: bool = True):
+        info = tarfile.TarInfo(arcname)
+        info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+        info.uname = info.gname = "root"
+        self._emit(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._emit(data)
+        self._emit(bytes((-len(data)) % BLOCK))
+        self._members += 1
+        if record:
+            self._manifest[arcname] = hashlib.sha256(data).hexdigest()
+
+    def add_bytes(self, arcname: str, data: bytes, mode: int = 0o644) -> None:
+        """Add a regular file with the given content (e.g. a generated description)."""
+        self.ensure_parents(arcname)
+        self._add_bytes(arcname, data, mode)
+        self._files += 1
+        self._content += len(data)
+
+    def add_tree(
+        self,
+        source: Path,
+        arcname: str,
+        exclude: ExcludeFn | None = None,
+        xattrs: bool = True,
+        recursive: bool = True,
+    ) -> TaskStats:
+        """Add ``source`` as ``arcname`` and, if it is a directory, everything below it.
+
+        ``exclude(relative_path, is_dir)`` leaves entries (and the trees below them) out.
+        Returns the counts and the warnings (vanished or changed files); files that could
+        not be read are listed in the warnings prefixed with ``error:``. Raises
+        ArchiveError when the archive itself cannot be written, and FileNotFoundError when
+        ``source`` does not exist.
+        """
+        stats = TaskStats()
+        source_str = os.fspath(source)
+        st = os.lstat(source_str)
+        self.ensure_parents(arcname)
+        if stat.S_ISDIR(st.st_mode) and arcname.rstrip("/") in self._dirs:
+            if not recursive:
+                return stats
+        else:
+            self._add_entry(source_str, arcname, st, stats, xattrs)
+        if not (recursive and stat.S_ISDIR(st.st_mode)):
+            return stats
+        # Depth first, each directory's whole subtree right after its header: the order
+        # `tar -c` writes and GNU tar relies on to restore directory mtimes.
+        stack = [(source_str, "", arcname, self._listing(source_str, stats))]
+        while stack:
+            _, rel_dir, arc_dir, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                continue
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                est = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            is_dir = stat.S_ISDIR(est.st_mode)
+            if exclude is not None and exclude(rel, is_dir):
+                continue
+            arc = f"{arc_dir}/{entry.name}"
+            self._add_entry(entry.path, arc, est, stats, xattrs)
+            if is_dir:
+                stack.append((entry.path, rel, arc, self._listing(entry.path, stats)))
+        return stats
+
+    @staticmethod
+    def _listing(path: str, stats: TaskStats):
+        try:
+            with os.scandir(path) as it:
+                return iter(sorted(it, key=lambda e: e.name))
+        except FileNotFoundError:
+            stats.warnings.append(f"{path}: directory vanished while being read")
+        except OSError as exc:
+            stats.warnings.append(f"error: {path}: cannot list: {exc.strerror}")
+        return iter(())
+
+    def _add_entry(
+        self, path: str, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
+    ) -> None:
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            if arcname in self._manifest:
+                return  # listed twice (overlapping paths): once is enough
+            self._add_file(path, arcname, st, stats, xattrs)
+        elif stat.S_ISDIR(mode):
+            attrs = self._read_xattrs(path, stats) if xattrs else None
+            self._dirs.add(arcname)
+            self._emit(self._header(arcname, st, tarfile.DIRTYPE, xattrs=attrs))
+        elif stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(path)
+            except FileNotFoundError:
+                return
+            self._emit(self._header(arcname, st, tarfile.SYMTYPE, linkname=target))
+        else:
+            kind = "socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device"
+            stats.warnings.append(f"{path}: skipped, a {kind} cannot be backed up as a file")
+
+    def _add_file(
+        self, path: str, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
+    ) -> None:
+        if st.st_nlink > 1:
+            first = self._links.get((st.st_dev, st.st_ino))
+            if first is not None:
+                self._emit(self._header(arcname, st, tarfile.LNKTYPE, linkname=first))
+                self._manifest[arcname] = self._manifest[first]
+                stats.files += 1
+                return
+        try:
+            fd = _open_noatime(path)
+        except FileNotFoundError:
+            stats.warnings.append(f"{path}: vanished before it could be read")
+            return
+        except OSError as exc:
+            stats.warnings.append(f"error: {path}: cannot open: {exc.strerror}")
+            return
+        try:
+            attrs = self._read_xattrs(path, stats) if xattrs else None
+            size = st.st_size
+            self._emit(self._header(arcname, st, tarfile.REGTYPE, size=size, xattrs=attrs))
+            digest = self._copy_data(fd, size, path, stats)
+        finally:
+            os.close(fd)
+        if st.st_nlink > 1:
+            self._links[(st.st_dev, st.st_ino)] = arcname
+        self._manifest[arcname] = digest
+        stats.files += 1
+        stats.bytes += size
+        self._files += 1
+        self._content += size
+
+    def _copy_data(self, fd: int, size: int, path: str, stats: TaskStats) -> str:
+        """Copy exactly ``size`` bytes of ``fd`` into the stream; return their sha256."""
+        digest = hashlib.sha256()
+        remaining = size
+        try:
+            if size <= CHUNK:
+                data = os.read(fd, size) if size else b""
+                while len(data) < size:
+                    more = os.read(fd, size - len(data))
+                    if not more:
+                        break
+                    data += more
+                digest.update(data)
+                self._emit(data)
+                remaining -= len(data)
+            else:
+                buffer = bytearray(CHUNK)
+                view = memoryview(buffer)
+                while remaining:
+                    n = os.readv(fd, [view[: min(CHUNK, remaining)]])
+                    if not n:
+                        break
+                    digest.update(view[:n])
+                    self._flush()
+                    self._offset += n
+                    self._write(view[:n])
+                    remaining -= n
+        except OSError as exc:
+            stats.warnings.append(f"error: {path}: read failed: {exc.strerror}")
+        if remaining:
+            # the header promised `size` bytes: keep the stream valid, say what happened
+            stats.warnings.append(f"{path}: file shrank while being read; padded with zeros")
+            pad = bytes(min(remaining, CHUNK))
+            while remaining:
+                part = pad[: min(remaining, len(pad))]
+                digest.update(part)
+                self._emit(part)
+                remaining -= len(part)
+        elif size and os.read(fd, 1):
+            stats.warnings.append(
+                f"{path}: file grew while being read; archived the first {size} bytes"
+            )
+        self._emit(bytes((-size) % BLOCK))
+        return digest.hexdigest()
+
+
+def _open_noatime(path: str) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    if _O_NOATIME:
+        try:
+            return os.open(path, flags | _O_NOATIME)
+        except PermissionError:
+            pass  # O_NOATIME needs ownership or CAP_FOWNER; read normally then
+    return os.open(path, flags)

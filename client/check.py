@@ -1,0 +1,51 @@
+"""``pullback-client check``: validate everything a run needs, one line per problem."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..common.compression import compress_command
+from ..plugins.manager import load_plugins
+from .config import ClientConfig
+from .services import discover, find_service_files
+from .stages import make_tasks, validate_service
+
+
+def _writable_or_creatable(path: Path) -> bool:
+    while not path.exists():
+        path = path.parent
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def check(config: ClientConfig) -> list[str]:
+    """Every problem found in the configuration, services and plugins (empty when fine)."""
+    problems: list[str] = []
+    plugins = load_plugins(config.plugin_dirs)
+    problems.extend(f"{config.path}: plugin_dirs: {e}" for e in plugins.errors)
+    compressor = compress_command(config.compression, config.compression_level)
+    if compressor and not shutil.which(compressor[0]):
+        problems.append(
+            f"{config.path}: compression: {compressor[0]} is not installed "
+            f"(apt install {compressor[0]})"
+        )
+    for key in ("archive_dir", "work_dir", "lock_dir"):
+        path = getattr(config, key)
+        if not _writable_or_creatable(path):
+            problems.append(f"{config.path}: {key}: {path} is not writable")
+    for directory in config.service_dirs:
+        if not directory.is_dir():
+            problems.append(f"{config.path}: service_dirs: {directory} does not exist")
+    if not find_service_files(config.service_dirs):
+        problems.append(
+            f"{config.path}: service_dirs: no service.yaml found in "
+            f"{', '.join(str(d) for d in config.service_dirs)}"
+        )
+    for service in discover(config.service_dirs, plugins):
+        if service.broken:
+            problems.extend(str(p) for p in service.problems)
+            continue
+        tasks = make_tasks(service, Path("/nonexistent"), None, dry_run=True)
+        problems.extend(f"{service.file}: {p}" for p in validate_service(service, plugins, tasks))
+    return problems

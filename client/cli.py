@@ -1,0 +1,73 @@
+"""pullback-client: snapshot this machine's services into an archive the server pulls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..common.cli import common_options, main_wrapper, make_parser
+from ..common.errors import EXIT_CONFIG, EXIT_OK
+from .config import DEFAULT_PATH, load_client_config
+
+DESCRIPTION = __doc__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parent = common_options(DEFAULT_PATH)
+    parser, sub = make_parser("pullback-client", DESCRIPTION, parent)
+    p = sub.add_parser(
+        "run",
+        parents=[parent],
+        help="snapshot the services into a new archive",
+        description="Run every service's plugins and publish one verified archive. "
+        "Exit 0: all services ok; 1: a service failed; 2: bad configuration; "
+        "75: another run holds the lock.",
+    )
+    p.add_argument(
+        "-n",
+        "--dry-run",
+        action="store_true",
+        help="validate and show what would be done, change nothing",
+    )
+    p.add_argument(
+        "-s", "--service", action="append", metavar="NAME", help="only this service (repeatable)"
+    )
+    sub.add_parser(
+        "check", parents=[parent], help="validate the configuration, every service and plugin"
+    )
+    p = sub.add_parser("list", parents=[parent], help="list the archives on this machine")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _handle(args: argparse.Namespace) -> int:
+    config = load_client_config(args.config)
+    if args.command == "run":
+        from .run import run
+
+        return run(config, args.service, args.dry_run).exit_code
+    if args.command == "check":
+        from .check import check
+
+        problems = check(config)
+        for problem in problems:
+            print(problem)
+        if problems:
+            return EXIT_CONFIG
+        print(f"{config.path}: ok")
+        return EXIT_OK
+    if args.command == "list":
+        from .listing import listing
+
+        print(listing(config, args.json))
+        return EXIT_OK
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return main_wrapper(_handle, args, DEFAULT_PATH)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

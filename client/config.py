@@ -1,0 +1,68 @@
+"""client.yaml: the settings of pullback-client."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..common.config import load_validated
+from ..common.errors import ConfigError
+from ..common.schema import load_schema
+from ..common.units import parse_size
+
+DEFAULT_PATH = Path("/etc/pullback/client.yaml")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Validated client settings, defaults applied (see ``schemas/client.yaml``)."""
+
+    path: Path
+    hostname: str
+    archive_dir: Path
+    work_dir: Path
+    lock_dir: Path
+    service_dirs: tuple[Path, ...]
+    plugin_dirs: tuple[Path, ...]
+    compression: str
+    compression_level: int | None
+    keep_last: int
+    keep_days: int
+    min_free_space: int
+
+    @property
+    def archive_suffix(self) -> str:
+        return {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}[self.compression]
+
+
+def default_hostname() -> str:
+    """The machine's FQDN, or its short name when the FQDN is not a usable file name."""
+    name = socket.getfqdn()
+    return name if name and "/" not in name and name != "localhost" else socket.gethostname()
+
+
+def load_client_config(path: str | os.PathLike = DEFAULT_PATH) -> ClientConfig:
+    """Read and validate client.yaml. Raises ConfigError naming file, line and key."""
+    doc = load_validated(path, load_schema("pullback.common", "client"), allow_empty=True)
+    data = doc.data
+    level = data.get("compression_level")
+    if data["compression"] == "gzip" and level is not None and level > 9:
+        raise ConfigError(
+            [doc.problem(("compression_level",), f"gzip levels are 1-9, got {level}")]
+        )
+    return ClientConfig(
+        path=Path(path),
+        hostname=data.get("hostname") or default_hostname(),
+        archive_dir=Path(data["archive_dir"]),
+        work_dir=Path(data["work_dir"]),
+        lock_dir=Path(data["lock_dir"]),
+        service_dirs=tuple(Path(p) for p in data["service_dirs"]),
+        plugin_dirs=tuple(Path(p) for p in data["plugin_dirs"]),
+        compression=data["compression"],
+        compression_level=data.get("compression_level"),
+        keep_last=data["keep_last"],
+        keep_days=data["keep_days"],
+        min_free_space=parse_size(data["min_free_space"]),
+    )

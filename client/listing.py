@@ -1,0 +1,58 @@
+"""``pullback-client list``: the archives in the archive directory."""
+
+from __future__ import annotations
+
+import json
+
+from ..common.units import human_size
+from .archives import LocalArchive, list_archives
+from .config import ClientConfig
+
+
+def archive_record(archive: LocalArchive) -> dict:
+    """The JSON form of one archive: its sidecar plus where it lies."""
+    record = {
+        "name": archive.name,
+        "path": str(archive.path),
+        "stamp": archive.stamp,
+        "size": archive.path.stat().st_size,
+        "fetched": archive.fetched,
+        "complete": archive.complete,
+    }
+    if archive.sidecar is not None:
+        record["sidecar"] = json.loads(archive.sidecar.to_json())
+    if archive.problem:
+        record["problem"] = archive.problem
+    return record
+
+
+def render_table(found: list[LocalArchive]) -> str:
+    if not found:
+        return "no archives"
+    rows = [("ARCHIVE", "SIZE", "STATUS", "SERVICES", "WHERE")]
+    for archive in found:
+        size = human_size(archive.path.stat().st_size)
+        if archive.sidecar is None:
+            status, services = "incomplete", archive.problem
+        else:
+            status = archive.sidecar.status
+            failed = archive.sidecar.failed_services
+            total = len(archive.sidecar.services)
+            services = f"{total - len(failed)}/{total} ok"
+            if failed:
+                services += f" (failed: {', '.join(failed)})"
+        rows.append(
+            (archive.name, size, status, services, "fetched" if archive.fetched else "ready")
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(col.ljust(widths[i]) for i, col in enumerate(row[:4])) + "  " + row[4]
+        for row in rows
+    )
+
+
+def listing(config: ClientConfig, as_json: bool) -> str:
+    found = list_archives(config.archive_dir)
+    if as_json:
+        return json.dumps([archive_record(a) for a in found], indent=2)
+    return render_table(found)

@@ -1,0 +1,222 @@
+"""``pullback-client run``: snapshot the services into one verified, published archive."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..common import __version__
+from ..common.archive_reader import verify_archive
+from ..common.errors import EXIT_FAILED, EXIT_OK, ArchiveError, PullbackError
+from ..common.fsutil import free_bytes, remove_tree_contents
+from ..common.locks import FileLock
+from ..common.log import get_logger
+from ..common.sidecar import ArchiveInfo, ServiceReport, Sidecar, stamp_of
+from ..common.signals import SignalGuard
+from ..common.units import human_duration, human_size
+from ..plugins.manager import PluginSet, load_plugins
+from . import archives
+from .archive_writer import ArchiveWriter
+from .config import ClientConfig
+from .services import Service, discover
+from .stages import make_tasks, run_service, validate_service
+
+log = get_logger("client")
+
+INSTANCE_LOCK = "client.lock"
+
+
+@dataclass
+class RunResult:
+    """What a run did: its exit code, the per-service reports, the published archive."""
+
+    exit_code: int
+    services: list[ServiceReport] = field(default_factory=list)
+    sidecar: Sidecar | None = None
+    archive: str | None = None
+
+
+def select_services(services: list[Service], names: list[str] | None) -> list[Service]:
+    """The services named on the command line (all enabled ones when none are named).
+
+    Raises PullbackError (exit 2) for a name that matches no service.
+    """
+    if not names:
+        return [s for s in services if s.enabled]
+    by_name = {s.name: s for s in services}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        error = PullbackError(
+            f"no service named {', '.join(repr(n) for n in unknown)}; "
+            f"known services: {', '.join(sorted(by_name)) or 'none'}"
+        )
+        error.exit_code = 2
+        raise error
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+def check_free_space(config: ClientConfig) -> None:
+    """Refuse to start when the archive or work directory is short of space.
+
+    Raises PullbackError naming the directory, what is free and what is needed.
+    """
+    published = [a for a in archives.list_archives(config.archive_dir) if a.complete]
+    newest = published[-1].path.stat().st_size if published else 0
+    needs = {
+        config.archive_dir: (
+            max(config.min_free_space, int(newest * 1.1)),
+            f"1.1 x the newest archive ({human_size(newest)})" if newest else "",
+        ),
+        config.work_dir: (config.min_free_space, ""),
+    }
+    for directory, (need, why) in needs.items():
+        free = free_bytes(directory)
+        if free < need:
+            because = why if need > config.min_free_space else "min_free_space"
+            raise PullbackError(
+                f"not enough free space in {directory}: {human_size(free)} free, "
+                f"need {human_size(need)} ({because}); free some space or lower min_free_space"
+            )
+
+
+def dry_run(services: list[Service], plugins: PluginSet) -> int:
+    """Print what a run would do; change nothing. Returns the exit code."""
+    code = EXIT_OK
+    for service in services:
+        print(f"service {service.name} ({service.file})")
+        if service.broken:
+            code = EXIT_FAILED
+            for problem in service.problems:
+                print(f"  problem: {problem}")
+            continue
+        tasks = make_tasks(service, Path("/nonexistent"), None, dry_run=True)
+        problems = validate_service(service, plugins, tasks)
+        for problem in problems:
+            print(f"  problem: {problem}")
+        if problems:
+            code = EXIT_FAILED
+            continue
+        for task in tasks:
+            print(f"  {task.key}:")
+            try:
+                lines = plugins.call("plan", task) or ["(no plan available)"]
+            except Exception as exc:
+                lines = [f"cannot plan: {exc}"]
+            for line in lines:
+                print(f"    {line}")
+    return code
+
+
+def _new_stamp(config: ClientConfig) -> tuple[str, dt.datetime]:
+    while True:
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        stamp = stamp_of(now)
+        name = archives.archive_name(config.hostname, stamp, config.archive_suffix)
+        if not (config.archive_dir / name).exists():
+            return stamp, now
+        time.sleep(0.2)
+
+
+def run(config: ClientConfig, names: list[str] | None = None, dry: bool = False) -> RunResult:
+    """Run the client once. Returns the result; raises LockBusy, ConfigError, PullbackError."""
+    plugins = load_plugins(config.plugin_dirs)
+    services = select_services(discover(config.service_dirs, plugins), names)
+    if dry:
+        return RunResult(dry_run(services, plugins))
+    if not services:
+        log.warning(
+            "no enabled services found in %s", ", ".join(str(d) for d in config.service_dirs)
+        )
+        return RunResult(EXIT_OK)
+
+    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
+    with lock.acquire(), SignalGuard() as guard:
+        return _locked_run(config, services, plugins, guard)
+
+
+def _locked_run(
+    config: ClientConfig, services: list[Service], plugins: PluginSet, guard: SignalGuard
+) -> RunResult:
+    started = time.monotonic()
+    for directory in (config.archive_dir, config.work_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    leftovers = remove_tree_contents(config.work_dir) + archives.remove_partials(config.archive_dir)
+    if leftovers:
+        log.warning("removed leftovers of an interrupted run: %s", ", ".join(leftovers))
+    check_free_space(config)
+
+    stamp, created = _new_stamp(config)
+    name = archives.archive_name(config.hostname, stamp, config.archive_suffix)
+    tmp = config.archive_dir / f".{name}.{os.getpid()}{archives.PARTIAL_SUFFIX}"
+    work = config.work_dir / stamp
+    log.info("run %s: %d service(s): %s", stamp, len(services), ", ".join(s.name for s in services))
+    reports: list[ServiceReport] = []
+    writer = ArchiveWriter(tmp, config.compression, config.compression_level)
+    try:
+        with writer:
+            for service in services:
+                report = run_service(
+                    service, plugins, writer, work / "services" / service.name, guard
+                )
+                reports.append(report)
+                shutil.rmtree(work / "services" / service.name, ignore_errors=True)
+                if report.status == "ok":
+                    log.info(
+                        "[%s] ok: %d files, %s in %s",
+                        service.name,
+                        report.files,
+                        human_size(report.bytes),
+                        human_duration(report.duration),
+                    )
+            guard.check()
+            succeeded = [r for r in reports if r.status == "ok"]
+            if not succeeded:
+                writer.abort()
+                log.error("no service succeeded; no archive was published")
+                return RunResult(EXIT_FAILED, reports)
+            written = writer.finish()
+        with guard.shielded():
+            verified = verify_archive(tmp, config.compression)
+        sidecar = Sidecar(
+            host=config.hostname,
+            stamp=stamp,
+            created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            pullback_version=__version__,
+            status="ok" if len(succeeded) == len(reports) else "partial",
+            archive=ArchiveInfo(
+                name,
+                verified.size,
+                verified.sha256,
+                config.compression,
+                written.members,
+                written.files,
+                written.content_bytes,
+            ),
+            services=reports,
+            duration=round(time.monotonic() - started, 3),
+        )
+        with guard.shielded():
+            published = archives.publish(tmp, sidecar, config.archive_dir)
+    except ArchiveError as exc:
+        raise ArchiveError(f"no archive was published: {exc}") from None
+    finally:
+        writer.abort()  # idempotent; removes the temporary file if it is still there
+        shutil.rmtree(work, ignore_errors=True)
+
+    log.info(
+        "published %s (%s, %d files, %s of data) in %s",
+        published.name,
+        human_size(verified.size),
+        written.files,
+        human_size(written.content_bytes),
+        human_duration(time.monotonic() - started),
+    )
+    archives.apply_retention(config.archive_dir, config.keep_last, config.keep_days)
+    failed = [r.name for r in reports if r.status != "ok"]
+    if failed:
+        log.error("%d of %d services failed: %s", len(failed), len(reports), ", ".join(failed))
+    return RunResult(EXIT_FAILED if failed else EXIT_OK, reports, sidecar, published.name)

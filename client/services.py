@@ -1,0 +1,173 @@
+"""Finding service.yaml files and turning each into a validated :class:`Service`.
+
+A broken service file never stops the others: it becomes a Service carrying its
+problems, which the run reports as a failed service and ``check`` prints.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..common import schema as schemas
+from ..common.config import world_readable_secret
+from ..common.schema import load_schema
+from ..common.yamlfile import Problem, YamlDocument, YamlFileError, load
+from ..plugins.manager import PluginSet
+from ..plugins.task import TaskType
+
+SERVICE_FILE = "service.yaml"
+
+#: Task keys of DESIGN 3.1; a missing plugin for one of these is "not installed", not a typo.
+WELL_KNOWN_TASKS = (
+    "files",
+    "command",
+    "postgresql",
+    "mariadb",
+    "mysql",
+    "sqlite",
+    "docker",
+    "systemd",
+    "mongodb",
+    "influxdb",
+)
+
+
+@dataclass
+class TaskSpec:
+    """One task section of a service file, validated."""
+
+    key: str
+    type: TaskType
+    config: dict[str, Any]
+    line: int | None
+
+
+@dataclass
+class Service:
+    """A service file: its name, tasks and secrets, or the problems that broke it."""
+
+    name: str
+    file: Path
+    enabled: bool = True
+    description: str = ""
+    tasks: list[TaskSpec] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.problems)
+
+
+def find_service_files(service_dirs: list[Path] | tuple[Path, ...]) -> list[Path]:
+    """``<dir>/<name>/service.yaml`` and ``<dir>/<type>/<name>/service.yaml``, sorted."""
+    found: list[Path] = []
+    for directory in service_dirs:
+        for pattern in (f"*/{SERVICE_FILE}", f"*/*/{SERVICE_FILE}"):
+            found.extend(
+                p
+                for p in directory.glob(pattern)
+                if not any(part.startswith(".") for part in p.relative_to(directory).parts)
+            )
+    return sorted(set(found))
+
+
+def _unknown_task(doc: YamlDocument, key: str, plugins: PluginSet) -> Problem:
+    if key in WELL_KNOWN_TASKS:
+        return doc.problem((key,), f"task '{key}' is not available: no installed plugin handles it")
+    known = plugins.known_keys()
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f"; known tasks: {', '.join(known)}"
+    return doc.problem((key,), f"unknown task '{key}'{hint}")
+
+
+def load_service(path: Path, plugins: PluginSet) -> Service:
+    """Read and validate one service file. Never raises for bad content: see ``problems``."""
+    fallback = path.parent.name
+    try:
+        doc = load(path)
+    except YamlFileError as exc:
+        return Service(fallback, path, problems=exc.problems)
+    if doc.data is None:
+        return Service(
+            fallback,
+            path,
+            problems=[
+                Problem(
+                    str(path),
+                    None,
+                    "",
+                    "the file is empty; expected a 'service:' section and tasks",
+                )
+            ],
+        )
+    if not isinstance(doc.data, dict):
+        return Service(fallback, path, problems=[doc.problem((), "expected a mapping of keys")])
+
+    problems = schemas.validate(doc, load_schema("pullback.common", "service"))
+    head = doc.data.get("service")
+    name = head.get("name") if isinstance(head, dict) else None
+    service = Service(name if isinstance(name, str) and name else fallback, path)
+    if isinstance(head, dict):
+        service.enabled = head.get("enabled", True) is not False
+        service.description = str(head.get("description", ""))
+
+    seen_types: dict[str, str] = {}
+    for key, section in doc.data.items():
+        if key == "service":
+            continue
+        key = str(key)
+        task_type = plugins.lookup(key)
+        if task_type is None:
+            problems.append(_unknown_task(doc, key, plugins))
+            continue
+        if task_type.name in seen_types:
+            problems.append(
+                doc.problem(
+                    (key,),
+                    f"'{key}' and '{seen_types[task_type.name]}' are the same task; keep one",
+                )
+            )
+            continue
+        seen_types[task_type.name] = key
+        if section is None:
+            section = doc.data[key] = {}
+        section_problems = schemas.validate(doc, task_type.schema, prefix=(key,))
+        if section_problems:
+            problems.extend(section_problems)
+            continue
+        config = schemas.apply_defaults(task_type.schema, section)
+        service.tasks.append(TaskSpec(key, task_type, config, doc.line_of((key,))))
+        service.secrets.extend(v for _, v in schemas.find_secrets(task_type.schema, config))
+        exposed = world_readable_secret(doc, task_type.schema, prefix=(key,))
+        if exposed:
+            problems.append(exposed)
+    if not seen_types and not problems:
+        problems.append(doc.problem((), "no tasks: add at least one task section, e.g. 'files:'"))
+    service.problems = sorted(problems, key=lambda p: (p.line or 0, p.key))
+    return service
+
+
+def discover(service_dirs, plugins: PluginSet) -> list[Service]:
+    """Load every service file below ``service_dirs``; duplicate names are problems."""
+    services: list[Service] = []
+    by_name: dict[str, Service] = {}
+    for path in find_service_files(list(service_dirs)):
+        service = load_service(path, plugins)
+        first = by_name.get(service.name)
+        if first is not None:
+            service.problems.append(
+                Problem(
+                    str(path),
+                    1,
+                    "service.name",
+                    f"service name '{service.name}' is already used by {first.file}",
+                )
+            )
+        else:
+            by_name[service.name] = service
+        services.append(service)
+    return services

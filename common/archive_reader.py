@@ -1,0 +1,223 @@
+"""Read an archive as a stream: decompress on the fly, hash, iterate its tar members.
+
+Used to verify an archive before it is published (client) and, on the server, to check
+and unpack an archive while it arrives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from .compression import compression_of, decompress_command
+from .errors import ArchiveError, CommandError
+from .log import get_logger
+from .manifest import MANIFEST_NAME, parse
+from .runner import Runner
+
+log = get_logger("archive")
+
+CHUNK = 1 << 20
+
+
+class _HashingReader:
+    """A file-like wrapper that hashes and counts everything read through it."""
+
+    def __init__(self, source: BinaryIO):
+        self.source = source
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.source.read(n)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+
+class TarStream:
+    """Iterate the members of a (compressed) tar byte stream.
+
+    ``source`` is any readable binary file object (a file, a pipe, an SSH channel). Use as
+    a context manager; after it closes, ``sha256``/``size`` describe the raw (compressed)
+    bytes read. Raises ArchiveError for corrupt or truncated data.
+    """
+
+    def __init__(self, source: BinaryIO, compression: str, runner: Runner | None = None):
+        self.source = _HashingReader(source)
+        self.compression = compression
+        self.runner = runner or Runner(log)
+        self._child = None
+        self._feeder: threading.Thread | None = None
+        self._feed_error: BaseException | None = None
+        self._tar_input: BinaryIO | None = None
+        self._tar: tarfile.TarFile | None = None
+
+    @property
+    def sha256(self) -> str:
+        return self.source.sha256.hexdigest()
+
+    @property
+    def size(self) -> int:
+        return self.source.size
+
+    def __enter__(self) -> TarStream:
+        argv = decompress_command(self.compression)
+        if argv is None:
+            self._tar_input = self.source
+        else:
+            in_read, in_write = os.pipe2(os.O_CLOEXEC)
+            out_read, out_write = os.pipe2(os.O_CLOEXEC)
+            with (
+                os.fdopen(in_read, "rb", buffering=0) as stdin,
+                os.fdopen(out_write, "wb", buffering=0) as stdout,
+            ):
+                self._child = self.runner.start(argv, stdin=stdin, stdout=stdout, level=10)
+            self._feeder = threading.Thread(target=self._feed, args=(in_write,), daemon=True)
+            self._feeder.start()
+            self._tar_input = os.fdopen(out_read, "rb", buffering=CHUNK)
+        try:
+            self._tar = tarfile.open(fileobj=self._tar_input, mode="r|", bufsize=CHUNK)
+        except tarfile.TarError as exc:
+            self._close()
+            raise ArchiveError(f"not a readable tar stream: {exc}") from None
+        return self
+
+    def _feed(self, fd: int) -> None:
+        try:
+            while True:
+                data = self.source.read(CHUNK)
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+        except BrokenPipeError:
+            pass  # the decompressor stopped early; its exit status tells why
+        except BaseException as exc:
+            self._feed_error = exc
+        finally:
+            os.close(fd)
+
+    def members(self) -> Iterator[tarfile.TarInfo]:
+        """Yield each member; read a regular member's data with :meth:`read_data`."""
+        try:
+            yield from self._tar
+        except tarfile.TarError as exc:
+            raise ArchiveError(f"corrupt tar stream: {exc}") from None
+        except EOFError:
+            raise ArchiveError("the archive ends in the middle of a member (truncated)") from None
+
+    def read_data(self, member: tarfile.TarInfo) -> Iterator[bytes]:
+        """Yield the data of the current regular member in chunks."""
+        handle = self._tar.extractfile(member)
+        if handle is None:
+            return
+        try:
+            while True:
+                chunk = handle.read(CHUNK)
+                if not chunk:
+                    break
+                yield chunk
+        except (tarfile.TarError, EOFError):
+            raise ArchiveError(f"{member.name}: data cut short (truncated archive)") from None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._close(failed=exc_type is not None)
+
+    def _close(self, failed: bool = True) -> None:
+        if self._tar_input is not None and self._child is not None:
+            if not failed:
+                # drain what follows the end-of-archive marker so the decompressor can finish
+                while self._tar_input.read(CHUNK):
+                    pass
+            self._tar_input.close()
+        if self._child is not None:
+            child, self._child = self._child, None
+            if failed:
+                child.stop(grace=2.0)
+            try:
+                child.wait()
+            except CommandError as exc:
+                if not failed:
+                    reason = exc.tail[-1] if exc.tail else exc.reason
+                    raise ArchiveError(f"corrupt compressed data: {reason}") from None
+        if self._feeder is not None:
+            self._feeder.join()
+            self._feeder = None
+        if self._feed_error is not None and not failed:
+            raise ArchiveError(f"cannot read the archive: {self._feed_error}")
+
+
+@dataclass
+class VerifiedArchive:
+    """What verifying an archive found: it is intact and matches its manifest."""
+
+    sha256: str
+    size: int
+    members: int
+    files: int
+    content_bytes: int
+    manifest: dict[str, str] = field(default_factory=dict)
+
+
+def _mismatch_message(problems: list[str]) -> str:
+    shown = "; ".join(problems[:5])
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return f"does not match its {MANIFEST_NAME}: {shown}{more}"
+
+
+def verify_archive(
+    path: Path, compression: str | None = None, runner: Runner | None = None
+) -> VerifiedArchive:
+    """Read the whole archive at ``path`` and check every file against its manifest.
+
+    ``compression`` defaults to what the file name says. Returns the archive's sha256,
+    size and counts. Raises ArchiveError naming what is wrong: unreadable, corrupt,
+    truncated, a file missing or changed.
+    """
+    path = Path(path)
+    computed: dict[str, str] = {}
+    manifest: dict[str, str] | None = None
+    members = files = content = 0
+    compression = compression or compression_of(path.name)
+    with open(path, "rb") as raw, TarStream(raw, compression, runner) as stream:
+        for member in stream.members():
+            members += 1
+            if member.isreg():
+                digest = hashlib.sha256()
+                data = bytearray() if member.name == MANIFEST_NAME else None
+                for chunk in stream.read_data(member):
+                    digest.update(chunk)
+                    if data is not None:
+                        data += chunk
+                if data is not None:
+                    try:
+                        manifest = parse(bytes(data))
+                    except ValueError as exc:
+                        raise ArchiveError(f"{path.name}: {exc}") from None
+                    continue
+                computed[member.name] = digest.hexdigest()
+                files += 1
+                content += member.size
+            elif member.islnk():
+                computed[member.name] = computed.get(member.linkname, "")
+                files += 1
+    if manifest is None:
+        raise ArchiveError(f"{path.name} has no {MANIFEST_NAME}")
+    problems = []
+    for name, digest in computed.items():
+        if name not in manifest:
+            problems.append(f"{name} is not listed")
+        elif manifest[name] != digest:
+            problems.append(f"{name} has changed")
+    problems.extend(f"{name} is missing" for name in manifest if name not in computed)
+    if problems:
+        raise ArchiveError(f"{path.name} {_mismatch_message(problems)}")
+    return VerifiedArchive(stream.sha256, stream.size, members, files, content, manifest)

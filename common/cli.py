@@ -1,0 +1,79 @@
+"""What both command-line programs share: common options and exit-code handling."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from . import __version__
+from . import log as logs
+from .errors import EXIT_CONFIG, EXIT_FAILED, ConfigError, Interrupted, PullbackError
+
+log = logs.get_logger()
+
+
+def common_options(default_config: Path) -> argparse.ArgumentParser:
+    """A parent parser with --config, -v and -q, usable before and after the subcommand."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"configuration file (default: {default_config})",
+    )
+    parent.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="more detail (debug output)",
+    )
+    parent.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="only warnings and errors",
+    )
+    return parent
+
+
+def make_parser(prog: str, description: str, parent: argparse.ArgumentParser):
+    parser = argparse.ArgumentParser(prog=prog, description=description, parents=[parent])
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    return parser, sub
+
+
+def main_wrapper(
+    handler: Callable[[argparse.Namespace], int], args: argparse.Namespace, default_config: Path
+) -> int:
+    """Set up logging, run ``handler`` and turn every expected failure into an exit code."""
+    if not hasattr(args, "config"):
+        args.config = default_config
+    verbosity = -1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0)
+    logs.setup(verbosity)
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    except Interrupted as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except PullbackError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILED
+    except Exception:
+        log.critical("internal error, please report it:\n%s", traceback.format_exc())
+        return 70  # EX_SOFTWARE

@@ -1,0 +1,36 @@
+"""The compression formats of an archive and the commands that (de)compress them."""
+
+from __future__ import annotations
+
+import shutil
+
+SUFFIXES = {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}
+DEFAULT_LEVELS = {"zstd": 3, "gzip": 6}
+
+
+def compression_of(name: str) -> str:
+    """The compression of an archive file, from its name. Raises ValueError if unknown."""
+    for compression, suffix in sorted(SUFFIXES.items(), key=lambda kv: -len(kv[1])):
+        if name.endswith(suffix):
+            return compression
+    raise ValueError(f"not an archive name: {name}")
+
+
+def compress_command(compression: str, level: int | None = None) -> list[str] | None:
+    """argv of a filter compressing stdin to stdout, or None for ``none``."""
+    if compression == "none":
+        return None
+    level = level or DEFAULT_LEVELS[compression]
+    if compression == "zstd":
+        return ["zstd", "-q", "-c", f"-{level}", "-T0"]
+    gzip = "pigz" if shutil.which("pigz") else "gzip"
+    return [gzip, "-c", "-n", f"-{level}"]
+
+
+def decompress_command(compression: str) -> list[str] | None:
+    """argv of a filter decompressing stdin to stdout, or None for ``none``."""
+    if compression == "none":
+        return None
+    if compression == "zstd":
+        return ["zstd", "-q", "-d", "-c"]
+    return ["pigz" if shutil.which("pigz") else "gzip", "-d", "-c"]

@@ -1,0 +1,71 @@
+"""The exceptions pullback raises on purpose, each with the exit code it maps to.
+
+Every command-line entry point catches :class:`PullbackError` and exits with its
+``exit_code``; anything else escaping is a bug and is shown with its traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class PullbackError(Exception):
+    """An expected failure, told to the user in plain words (no traceback)."""
+
+    exit_code = EXIT_FAILED
+
+
+class ConfigError(PullbackError):
+    """One or more configuration problems; each names file, line, key and what was expected."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class LockBusy(PullbackError):
+    """A lock is held by a live process."""
+
+    exit_code = EXIT_LOCKED
+
+
+class CommandError(PullbackError):
+    """An external command failed; carries its exit code and the last lines it printed."""
+
+    def __init__(self, display: str, exit_code: int | None, tail: list[str], reason: str = ""):
+        self.display = display
+        self.exit_code_of_command = exit_code
+        self.tail = tail
+        if not reason:
+            reason = f"exited with code {exit_code}" if exit_code is not None else "failed"
+        text = f"command failed: {display}: {reason}"
+        if tail:
+            text += "\n" + "\n".join(f"  | {line}" for line in tail)
+        super().__init__(text)
+        self.reason = reason
+
+
+class CommandTimeout(CommandError):
+    """An external command ran past its timeout and was killed."""
+
+
+class Interrupted(PullbackError):
+    """SIGTERM or SIGINT arrived; raised in the main thread so ``finally`` blocks run."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.exit_code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+class ArchiveError(PullbackError):
+    """An archive could not be written, read or verified; nothing from it is used."""

@@ -1,0 +1,90 @@
+"""Logging that reads well on a terminal and in the journal, with secrets masked.
+
+Under systemd (``JOURNAL_STREAM`` names our stderr) each line carries a ``<N>`` syslog
+priority prefix so journald records the level, and no timestamp (journald adds its own).
+On a terminal lines get a short time and the level.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sys
+
+from . import secrets
+
+LOGGER_NAME = "pullback"
+
+_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+def get_logger(name: str = "") -> logging.Logger:
+    """Return the pullback logger, or a child of it named ``name``."""
+    return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
+
+
+class MaskingFormatter(logging.Formatter):
+    """Formats a record and masks every registered secret in the result."""
+
+    def __init__(self, journal: bool):
+        fmt = "%(message)s" if journal else "%(asctime)s %(levelname)-7s %(message)s"
+        super().__init__(fmt, datefmt="%H:%M:%S")
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = secrets.mask(super().format(record))
+        if self.journal:
+            prio = _PRIORITY.get(record.levelno, 6)
+            text = "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+        return text
+
+
+class TailHandler(logging.Handler):
+    """Keeps the last ``size`` formatted lines, for reports, mails and pings."""
+
+    def __init__(self, size: int = 200):
+        super().__init__(logging.DEBUG)
+        self.lines: collections.deque[str] = collections.deque(maxlen=size)
+        self.setFormatter(MaskingFormatter(journal=False))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.extend(self.format(record).splitlines())
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is connected to journald (systemd sets ``JOURNAL_STREAM``)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in stream.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def setup(verbosity: int = 0, journal: bool | None = None) -> TailHandler:
+    """Configure the pullback logger for a command-line run.
+
+    ``verbosity`` is -1 (warnings only), 0 (info) or >= 1 (debug). Returns the tail handler
+    holding the most recent lines.
+    """
+    logger = get_logger()
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level)
+    console.setFormatter(MaskingFormatter(stderr_is_journal() if journal is None else journal))
+    logger.addHandler(console)
+    tail = TailHandler()
+    logger.addHandler(tail)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return tail

@@ -1,0 +1,226 @@
+"""The one way pullback runs external commands (built on ``sh``).
+
+Every command is logged with secrets masked, its output is streamed line by line to the
+log, it runs in its own session so a timeout or an interrupt stops it and all its
+children, and a failure raises :class:`~pullback.common.errors.CommandError` carrying the
+exit code and the last lines of output.
+
+Bulk byte streams (a dump written to a file, the archive fed to ``zstd``) never pass
+through Python here: a file object given as ``stdin`` or ``stdout`` is handed to the child
+as its file descriptor.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import sh
+
+from . import secrets
+from .errors import CommandError, CommandTimeout
+from .log import get_logger
+
+SH_MAJOR = int(sh.__version__.split(".")[0])
+# sh 2 returns a plain string from a foreground call unless told otherwise; sh 1 does not
+# know the argument at all. Background calls return the command object in both.
+_SH_VERSION_ARGS = {"_return_cmd": True} if SH_MAJOR >= 2 else {}
+
+TAIL_LINES = 20
+KILL_GRACE = 10.0
+_POLL = 0.05
+
+
+@dataclass
+class CommandResult:
+    """What a finished command left behind."""
+
+    display: str
+    exit_code: int
+    duration: float
+    tail: list[str] = field(default_factory=list)
+
+
+class RunningCommand:
+    """A command started by :meth:`Runner.start`; call :meth:`wait` to finish it."""
+
+    def __init__(self, runner: Runner, display: str, proc, timeout: float | None, ok_codes):
+        self.runner = runner
+        self.display = display
+        self._proc = proc
+        self._started = time.monotonic()
+        self._deadline = None if timeout is None else self._started + timeout
+        self._timeout = timeout
+        self._ok_codes = tuple(ok_codes)
+        self.tail: collections.deque[str] = runner._current_tail
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def stop(self, grace: float = KILL_GRACE) -> None:
+        """Send SIGTERM to the command's whole process group, SIGKILL after ``grace``."""
+        if not self.alive():
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                self._proc.process.signal_group(sig)
+            except ProcessLookupError:
+                return
+            end = time.monotonic() + wait
+            while time.monotonic() < end:
+                if not self.alive():
+                    return
+                time.sleep(_POLL)
+
+    def wait(self) -> CommandResult:
+        """Wait for the command; return its result or raise.
+
+        Raises:
+            CommandTimeout: it ran past its timeout (it and its children were killed).
+            CommandError: it exited with a code not in ``ok_codes`` or died by a signal.
+        """
+        try:
+            while self.alive():
+                if self._deadline is not None and time.monotonic() > self._deadline:
+                    self.stop()
+                    raise CommandTimeout(
+                        self.display, None, list(self.tail), f"timed out after {self._timeout:g}s"
+                    )
+                time.sleep(_POLL)
+            with contextlib.suppress(sh.ErrorReturnCode):
+                self._proc.wait()  # exit codes are judged below, the same way for sh 1 and 2
+            code = self._proc.exit_code
+        except BaseException:
+            # an interrupt (SIGTERM) or a timeout: leave nothing running behind us
+            self.stop(grace=5.0)
+            raise
+        duration = time.monotonic() - self._started
+        tail = list(self.tail)
+        if code not in self._ok_codes:
+            reason = (
+                f"killed by {signal.Signals(-code).name}"
+                if code < 0
+                else f"exited with code {code}"
+            )
+            self.runner.log.debug("%s: %s after %.1fs", self.display, reason, duration)
+            raise CommandError(self.display, code, tail, reason)
+        self.runner.log.debug("%s: exit %d after %.1fs", self.display, code, duration)
+        return CommandResult(self.display, code, duration, tail)
+
+
+class Runner:
+    """Runs commands for one part of pullback (a plugin task, a backend, ...).
+
+    ``secrets`` are masked in everything this runner logs or raises, on top of the
+    globally registered ones; ``env`` is added to every command's environment (and never
+    logged).
+    """
+
+    def __init__(
+        self,
+        log: logging.Logger | logging.LoggerAdapter | None = None,
+        secrets: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ):
+        self.log = log or get_logger("run")
+        self.secrets = tuple(s for s in secrets if s)
+        self.env = dict(env or {})
+        self._current_tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+
+    def display(self, argv: Sequence[str | os.PathLike]) -> str:
+        """The command line as it may be shown: shell-quoted, secrets masked."""
+        return secrets.mask(shlex.join(str(a) for a in argv), self.secrets)
+
+    def run(self, argv: Sequence[str | os.PathLike], **kwargs) -> CommandResult:
+        """Run a command to completion; same arguments as :meth:`start`.
+
+        Returns the :class:`CommandResult`; raises as :meth:`RunningCommand.wait`.
+        """
+        return self.start(argv, **kwargs).wait()
+
+    def start(
+        self,
+        argv: Sequence[str | os.PathLike],
+        *,
+        timeout: float | None = None,
+        cwd: str | os.PathLike | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: IO | str | os.PathLike | None = None,
+        stdout: IO | str | os.PathLike | None = None,
+        ok_codes: Sequence[int] = (0,),
+        level: int = logging.INFO,
+    ) -> RunningCommand:
+        """Start a command in the background and return its handle.
+
+        ``stdin``/``stdout`` may be a path or an open file (given to the child as is);
+        without ``stdout`` the output is logged line by line. Standard error is always
+        logged. Raises :class:`CommandError` when the program cannot be found.
+        """
+        args = [os.fspath(a) for a in argv]
+        display = self.display(args)
+        self.log.log(level, "running: %s", display)
+        try:
+            program = sh.Command(args[0])
+        except sh.CommandNotFound:
+            raise CommandError(display, None, [], f"{args[0]}: command not found") from None
+
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._current_tail = tail
+        name = Path(args[0]).name
+
+        def echo(line: str) -> None:
+            line = secrets.mask(line.rstrip("\n"), self.secrets)
+            tail.append(line)
+            self.log.log(level, "%s: %s", name, line)
+
+        full_env = dict(os.environ)
+        full_env.update(self.env)
+        full_env.update(env or {})
+        opened: list[IO] = []
+
+        def as_file(target, mode):
+            if target is None or hasattr(target, "fileno"):
+                return target
+            handle = open(target, mode)  # noqa: SIM115 - closed once the child has it
+            opened.append(handle)
+            return handle
+
+        try:
+            in_file = as_file(stdin if stdin is not None else os.devnull, "rb")
+            out_file = as_file(stdout, "wb")
+            proc = program(
+                *args[1:],
+                _bg=True,
+                _bg_exc=False,
+                _new_session=True,
+                _tty_out=False,
+                _in=in_file,
+                _out=out_file if out_file is not None else echo,
+                _err=echo,
+                _env=full_env,
+                _cwd=None if cwd is None else os.fspath(cwd),
+                _ok_code=list(range(256)),
+                _decode_errors="replace",
+                **_SH_VERSION_ARGS,
+            )
+        except OSError as exc:
+            raise CommandError(display, None, [], str(exc)) from None
+        finally:
+            for handle in opened:
+                handle.close()
+        running = RunningCommand(self, display, proc, timeout, ok_codes)
+        running.tail = tail
+        return running

@@ -1,0 +1,204 @@
+"""JSON Schema as the one source of truth for every configuration file.
+
+Schemas are YAML documents shipped in the package (``pullback/common/schemas`` and
+``pullback/plugins/schemas``). Besides standard JSON Schema they may carry:
+
+- ``x-secret: true`` on a property whose value must never be shown (and whose file must
+  not be world-readable);
+- ``x-expected: "..."`` a phrase used in error messages ("expected a size like 512M").
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import re
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .yamlfile import KeyPath, Problem, YamlDocument
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "nothing",
+}
+
+
+@functools.cache
+def _load_resource(package: str, name: str) -> str:
+    return resources.files(package).joinpath("schemas", f"{name}.yaml").read_text("utf-8")
+
+
+def load_schema(package: str, name: str) -> dict:
+    """Return a fresh copy of the schema ``schemas/<name>.yaml`` shipped in ``package``."""
+    return yaml.safe_load(_load_resource(package, name))
+
+
+def _type_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "nothing (null)"
+    for name, cls in (
+        ("a string", str),
+        ("an integer", int),
+        ("a number", float),
+        ("a list", list),
+        ("a mapping", dict),
+    ):
+        if isinstance(value, cls):
+            return name
+    return type(value).__name__
+
+
+def _shown(value: Any, secret: bool) -> str:
+    if secret:
+        return "(a secret value, not shown)"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _expected_types(spec) -> str:
+    names = [spec] if isinstance(spec, str) else list(spec)
+    return " or ".join(_TYPE_NAMES.get(n, n) for n in names)
+
+
+def _known_keys(schema: dict) -> list[str]:
+    return sorted(schema.get("properties", {}))
+
+
+def _unknown_key_message(key: str, schema: dict) -> str:
+    known = _known_keys(schema)
+    close = difflib.get_close_matches(str(key), known, n=1)
+    text = "unknown key"
+    if close:
+        text += f" (did you mean '{close[0]}'?)"
+    elif known:
+        text += f"; expected one of: {', '.join(known)}"
+    return text
+
+
+def _problems_for(error: jsonschema.ValidationError) -> Iterator[tuple[KeyPath, str]]:
+    path: KeyPath = tuple(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    secret = bool(schema.get("x-secret"))
+    kind = error.validator
+    if kind == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(schema.get("properties", {}))
+        patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
+        for key in error.instance:
+            if key not in allowed and not any(p.search(str(key)) for p in patterns):
+                yield (*path, key), _unknown_key_message(key, schema)
+    elif kind == "required" and isinstance(error.instance, dict):
+        for key in error.validator_value:
+            if key not in error.instance:
+                yield (*path, key), "missing (this key is required)"
+    elif kind == "type":
+        message = (
+            f"expected {_expected_types(error.validator_value)}, got {_type_of(error.instance)}"
+        )
+        if not isinstance(error.instance, dict | list):
+            message += f" {_shown(error.instance, secret)}"
+        wanted = error.validator_value
+        if isinstance(error.instance, bool) and "string" in (
+            [wanted] if isinstance(wanted, str) else wanted
+        ):
+            message += " (YAML reads yes/no/on/off as true/false: put the value in quotes)"
+        yield path, message
+    elif kind == "enum":
+        if secret:
+            yield path, f"not one of {error.validator_value}"
+        else:
+            yield path, f"{error.instance!r} is not one of {error.validator_value}"
+    elif kind in ("pattern", "format", "anyOf", "oneOf") and schema.get("x-expected"):
+        yield path, f"expected {schema['x-expected']}, got {_shown(error.instance, secret)}"
+    elif kind in ("anyOf", "oneOf") and error.context:
+        best = jsonschema.exceptions.best_match(error.context)
+        yield from _problems_for(best)
+    elif kind == "minItems" and error.validator_value == 1:
+        yield path, "must not be empty"
+    else:
+        message = error.message
+        if secret:
+            message = f"invalid value ({kind} {error.validator_value!r})"
+        yield path, message
+
+
+def validate(doc: YamlDocument, schema: dict, prefix: KeyPath = ()) -> list[Problem]:
+    """Validate the part of ``doc`` at ``prefix`` against ``schema``.
+
+    Returns the problems found (empty when valid), sorted by line, each naming file,
+    line, full key path and what was expected.
+    """
+    data = doc.sub(prefix).data if prefix else doc.data
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator = validator_cls(schema)
+    problems = []
+    seen = set()
+    for error in validator.iter_errors(data):
+        for path, message in _problems_for(error):
+            full = (*prefix, *path)
+            item = doc.problem(full, message)
+            if (item.key, item.message) not in seen:
+                seen.add((item.key, item.message))
+                problems.append(item)
+    problems.sort(key=lambda p: (p.line or 0, p.key))
+    return problems
+
+
+def apply_defaults(schema: dict, data: Any) -> Any:
+    """Return ``data`` with every missing property that has a schema ``default`` filled in."""
+    if isinstance(data, dict) and "properties" in schema:
+        data = dict(data)
+        for key, sub in schema["properties"].items():
+            if key in data:
+                data[key] = apply_defaults(sub, data[key])
+            elif "default" in sub:
+                data[key] = copy.deepcopy(sub["default"])
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in data:
+                if key not in schema["properties"]:
+                    data[key] = apply_defaults(extra, data[key])
+    elif isinstance(data, list) and isinstance(schema.get("items"), dict):
+        data = [apply_defaults(schema["items"], item) for item in data]
+    return data
+
+
+def _string_leaves(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _string_leaves(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _string_leaves(item)
+
+
+def find_secrets(schema: dict, data: Any, path: KeyPath = ()) -> list[tuple[KeyPath, str]]:
+    """Return ``(key path, value)`` for every value that ``schema`` marks ``x-secret``."""
+    if schema.get("x-secret"):
+        return [(path, s) for s in _string_leaves(data)]
+    found: list[tuple[KeyPath, str]] = []
+    if isinstance(data, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, value in data.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub:
+                found.extend(find_secrets(sub, value, (*path, key)))
+    elif isinstance(data, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(data):
+            found.extend(find_secrets(schema["items"], item, (*path, index)))
+    return found

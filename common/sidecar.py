@@ -1,0 +1,144 @@
+"""The sidecar: the JSON record published beside every archive (DESIGN 3.3).
+
+The client writes it; the server reads it (from an untrusted host) to decide what to
+pull and to check the bytes it received, so :func:`parse` validates it strictly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import jsonschema
+
+from .errors import ArchiveError
+from .schema import load_schema
+
+FORMAT = 1
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+ARCHIVE_NAME = re.compile(
+    r"^(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*)-(?P<stamp>\d{8}T\d{6}Z)\.tar(?:\.zst|\.gz)?$"
+)
+MAX_WARNINGS = 20
+
+
+def stamp_of(when: dt.datetime) -> str:
+    """``20261122T035000Z`` for a UTC datetime."""
+    return when.astimezone(dt.UTC).strftime(STAMP_FORMAT)
+
+
+def parse_stamp(stamp: str) -> dt.datetime:
+    """The UTC datetime of a stamp. Raises ValueError."""
+    return dt.datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=dt.UTC)
+
+
+@dataclass
+class TaskReport:
+    """How one task of a service went."""
+
+    type: str
+    status: str = "skipped"  # ok | failed | skipped
+    error: str | None = None
+    duration: float = 0.0
+    files: int = 0
+    bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ServiceReport:
+    """How one service went; ``status`` is ``failed`` when any of its tasks failed."""
+
+    name: str
+    status: str = "failed"  # ok | failed
+    error: str | None = None
+    duration: float = 0.0
+    files: int = 0
+    bytes: int = 0
+    service_file: str = ""
+    tasks: list[TaskReport] = field(default_factory=list)
+
+
+@dataclass
+class ArchiveInfo:
+    name: str
+    size: int
+    sha256: str
+    compression: str
+    members: int = 0
+    files: int = 0
+    content_bytes: int = 0
+
+
+@dataclass
+class Sidecar:
+    host: str
+    stamp: str
+    created: str
+    pullback_version: str
+    status: str  # ok | partial
+    archive: ArchiveInfo
+    services: list[ServiceReport]
+    duration: float = 0.0
+    format: int = FORMAT
+
+    @property
+    def failed_services(self) -> list[str]:
+        return [s.name for s in self.services if s.status != "ok"]
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data = {"format": data.pop("format"), **data}
+        data["duration"] = round(data["duration"], 3)
+        for service in data["services"]:
+            service["duration"] = round(service["duration"], 3)
+            for task in service["tasks"]:
+                task["duration"] = round(task["duration"], 3)
+                warnings = task["warnings"]
+                if len(warnings) > MAX_WARNINGS:
+                    task["warnings"] = [
+                        *warnings[:MAX_WARNINGS],
+                        f"... and {len(warnings) - MAX_WARNINGS} more",
+                    ]
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
+def parse(text: str | bytes, expected_name: str | None = None) -> Sidecar:
+    """Parse and validate a sidecar. Raises ArchiveError saying what is wrong with it."""
+    try:
+        data: Any = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArchiveError(f"sidecar is not valid JSON: {exc}") from None
+    if isinstance(data, dict) and data.get("format") != FORMAT:
+        raise ArchiveError(
+            f"sidecar format {data.get('format')!r} is not the one this pullback reads "
+            f"({FORMAT}); upgrade pullback on this machine"
+        )
+    validator = jsonschema.Draft202012Validator(load_schema("pullback.common", "sidecar"))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "top level"
+        raise ArchiveError(f"sidecar is malformed at {where}: {error.message}")
+    if expected_name is not None and data["archive"]["name"] != expected_name:
+        raise ArchiveError(f"sidecar describes {data['archive']['name']!r}, not {expected_name!r}")
+    services = [
+        ServiceReport(
+            **{
+                **_known(ServiceReport, s),
+                "tasks": [TaskReport(**_known(TaskReport, t)) for t in s.get("tasks", [])],
+            }
+        )
+        for s in data["services"]
+    ]
+    fields = _known(Sidecar, data)
+    fields["archive"] = ArchiveInfo(**_known(ArchiveInfo, data["archive"]))
+    fields["services"] = services
+    return Sidecar(**fields)
+
+
+def _known(cls, data: dict) -> dict:
+    """Only the keys ``cls`` knows: a newer writer may add more."""
+    return {k: v for k, v in data.items() if k in cls.__dataclass_fields__}

@@ -1,0 +1,69 @@
+"""Turn SIGTERM/SIGINT into an exception, except while undoing (restarting services).
+
+systemd stops a unit with SIGTERM; pullback must still start again whatever it stopped.
+Inside :meth:`SignalGuard.shielded` a signal is only recorded, and raised as
+:class:`~pullback.common.errors.Interrupted` when the shielded block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+from .errors import Interrupted
+from .log import get_logger
+
+log = get_logger()
+
+
+class SignalGuard:
+    """Installs the handlers on enter and restores the previous ones on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._shield_depth = 0
+        self._raised = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            log.warning("%s received again; still cleaning up, please wait", name)
+            return
+        self.received = signum
+        if self._shield_depth:
+            log.warning("%s received; finishing the current step first", name)
+            return
+        log.warning("%s received; stopping after restoring what was stopped", name)
+        self._raised = True
+        raise Interrupted(signum)
+
+    def __enter__(self) -> SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @contextlib.contextmanager
+    def shielded(self):
+        """Run a block that a signal must not cut short; raise afterwards if one came."""
+        self._shield_depth += 1
+        try:
+            yield
+        finally:
+            self._shield_depth -= 1
+        self.check()
+
+    def check(self) -> None:
+        """Raise Interrupted if a signal arrived that has not been raised yet."""
+        if self.received is not None and not self._shield_depth and not self._raised:
+            self._raised = True
+            raise Interrupted(self.received)

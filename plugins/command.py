@@ -1,0 +1,115 @@
+"""The ``command`` task: your own pre, dump, post and restore commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..common.units import parse_duration
+from . import hookimpl, load_plugin_schema
+from .task import Task, TaskType
+
+
+@hookimpl
+def pullback_task_types():
+    return [
+        TaskType(
+            "command", load_plugin_schema("command"), description="your own pre/dump/post commands"
+        )
+    ]
+
+
+def _argv(task: Task, command) -> list[str]:
+    if isinstance(command, str):
+        return [task.config["shell"], "-c", command]
+    return [str(a) for a in command]
+
+
+def _env(task: Task, **extra: str) -> dict[str, str]:
+    env = {str(k): str(v) for k, v in task.config["environment"].items()}
+    env.update(PULLBACK_STAGING=str(task.staging), PULLBACK_SERVICE=task.service, **extra)
+    return env
+
+
+def _run(task: Task, command, timeout=None, **kwargs):
+    seconds = parse_duration(timeout if timeout is not None else task.config["timeout"])
+    return task.run(_argv(task, command), timeout=seconds, env=_env(task), **kwargs)
+
+
+@hookimpl
+def pullback_validate(task: Task):
+    problems = []
+    shell_needed = any(isinstance(c, str) for c in _all_commands(task))
+    if shell_needed and not os.access(task.config["shell"], os.X_OK):
+        problems.append(f"shell {task.config['shell']} is not executable")
+    for command in _all_commands(task):
+        if isinstance(command, list) and not shutil.which(command[0]):
+            problems.append(f"program {command[0]} not found")
+    return problems
+
+
+def _all_commands(task: Task):
+    for stage in ("pre", "post", "restore"):
+        yield from task.config[stage]
+    for item in task.config["dump"]:
+        yield item["run"] if isinstance(item, dict) else item
+
+
+@hookimpl
+def pullback_plan(task: Task):
+    lines = [f"pre: {c}" for c in task.config["pre"]]
+    for item in task.config["dump"]:
+        run = item["run"] if isinstance(item, dict) else item
+        out = f" > {item['output']}" if isinstance(item, dict) and item.get("output") else ""
+        lines.append(f"dump: {run}{out}")
+    lines.extend(f"post: {c}" for c in task.config["post"])
+    return lines
+
+
+@hookimpl
+def pullback_prepare(task: Task):
+    for command in task.config["pre"]:
+        _run(task, command, cwd=task.staging)
+
+
+@hookimpl
+def pullback_dump(task: Task):
+    for item in task.config["dump"]:
+        if isinstance(item, dict):
+            output = item.get("output")
+            stdout = None
+            if output:
+                target = task.staging / output
+                target.parent.mkdir(parents=True, exist_ok=True)
+                stdout = target
+            _run(task, item["run"], item.get("timeout"), cwd=task.staging, stdout=stdout)
+        else:
+            _run(task, item, cwd=task.staging)
+
+
+@hookimpl
+def pullback_finish(task: Task, failed: bool):
+    errors = []
+    for command in task.config["post"]:
+        try:
+            _run(task, command, cwd=task.staging if task.staging.is_dir() else "/")
+        except Exception as exc:  # every post command runs, even after one failed
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@hookimpl
+def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
+    for command in task.config["restore"]:
+        if dry_run:
+            task.log.info("would run: %s", command)
+            continue
+        env = _env(task, PULLBACK_SOURCE=str(source), PULLBACK_TARGET=str(target or ""))
+        task.run(
+            _argv(task, command),
+            timeout=parse_duration(task.config["timeout"]),
+            env=env,
+            cwd=source,
+        )

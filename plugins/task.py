@@ -1,0 +1,107 @@
+"""The records plugins receive and return: task types, tasks, their statistics."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..common.errors import PullbackError
+from ..common.runner import CommandResult, Runner
+
+
+class TaskError(PullbackError):
+    """A task failed; the message says why in words an administrator can act on."""
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """A service.yaml key a plugin handles, and the schema of its section."""
+
+    name: str
+    schema: dict = field(default_factory=lambda: {"type": "object"})
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass
+class TaskStats:
+    """What a task put into the archive."""
+
+    files: int = 0
+    bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, other: TaskStats) -> None:
+        self.files += other.files
+        self.bytes += other.bytes
+        self.warnings.extend(other.warnings)
+
+
+ExcludeFn = Callable[[str, bool], bool]
+"""``exclude(relative_path, is_dir)`` -> True to leave the entry (and below it) out."""
+
+
+class ArchiveSink(Protocol):
+    """Where streamed files go: the archive being written."""
+
+    def add_tree(
+        self,
+        source: Path,
+        arcname: str,
+        exclude: ExcludeFn | None = None,
+        xattrs: bool = True,
+        recursive: bool = True,
+    ) -> TaskStats: ...
+
+
+@dataclass
+class Task:
+    """One task of one service, as the stage hooks see it."""
+
+    type: str
+    """Canonical task type (``mariadb`` even when the file says ``mysql``)."""
+    key: str
+    """The key as written in service.yaml."""
+    config: dict[str, Any]
+    """The validated section, defaults applied."""
+    service: str
+    service_file: Path
+    staging: Path
+    """An empty directory of this task; what is here after a successful dump is archived."""
+    runner: Runner
+    log: logging.Logger | logging.LoggerAdapter
+    arcdir: str = ""
+    """Where this task's data lives in the archive: ``services/<service>/<type>``."""
+    archive: ArchiveSink | None = None
+    dry_run: bool = False
+    state: dict[str, Any] = field(default_factory=dict)
+    stats: TaskStats = field(default_factory=TaskStats)
+
+    def run(self, argv: list[str | os.PathLike], **kwargs) -> CommandResult:
+        """Run a command through the task's runner (secrets masked, output logged)."""
+        return self.runner.run(argv, **kwargs)
+
+    def add_tree(
+        self, source: str | os.PathLike, exclude: ExcludeFn | None = None, xattrs: bool = True
+    ) -> TaskStats:
+        """Stream ``source`` (a file or a directory tree) into the archive, uncopied.
+
+        It lands at ``<arcdir>/<source without its leading />``. Returns what was added;
+        the counts are also added to ``task.stats``. Raises TaskError outside a dump.
+        """
+        if self.archive is None:
+            raise TaskError("files can only be added to the archive during the dump stage")
+        source = Path(os.path.abspath(source))
+        # the real directories above `source` first, so a restore gets their modes right
+        for parent in reversed(source.parents[:-1]):
+            self.archive.add_tree(parent, self._arcname(parent), xattrs=xattrs, recursive=False)
+        stats = self.archive.add_tree(source, self._arcname(source), exclude=exclude, xattrs=xattrs)
+        self.stats.add(stats)
+        return stats
+
+    def _arcname(self, path: Path) -> str:
+        return f"{self.arcdir}/{str(path).lstrip('/')}".rstrip("/")

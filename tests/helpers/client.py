@@ -1,0 +1,77 @@
+"""A client sandbox: a client.yaml with its own directories and service files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class ClientSandbox:
+    root: Path
+    hostname: str = "testhost"
+
+    def __post_init__(self):
+        self.services = self.root / "services"
+        self.archives = self.root / "archives"
+        self.work = self.root / "work"
+        self.run_dir = self.root / "run"
+        self.config = self.root / "client.yaml"
+        self.services.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+
+    def write_config(self, **extra) -> Path:
+        data = {
+            "hostname": self.hostname,
+            "archive_dir": str(self.archives),
+            "work_dir": str(self.work),
+            "lock_dir": str(self.run_dir),
+            "service_dirs": [str(self.services)],
+            "min_free_space": "1M",
+        }
+        data.update(extra)
+        self.config.write_text(yaml.safe_dump(data))
+        return self.config
+
+    def add_service(self, name: str, text: str, subdir: str | None = None, mode: int = 0o600):
+        directory = self.services / (f"{subdir}/{name}" if subdir else name)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "service.yaml"
+        path.write_text(textwrap.dedent(text))
+        path.chmod(mode)
+        return path
+
+    def cli(self, *args: str, timeout: float = 120, env=None, **kwargs):
+        """Run pullback-client as a subprocess (the module, so both venvs work)."""
+        argv = [sys.executable, "-m", "pullback.client.cli", "--config", str(self.config), *args]
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, env=full_env, **kwargs
+        )
+
+    def popen(self, *args: str, **kwargs):
+        argv = [sys.executable, "-m", "pullback.client.cli", "--config", str(self.config), *args]
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+        )
+
+    def published(self) -> list[Path]:
+        return sorted(p for p in self.archives.glob("*.tar*") if not p.name.endswith(".json"))
+
+    def sidecar(self, archive: Path) -> dict:
+        return json.loads(archive.with_name(archive.name + ".json").read_text())
+
+    def leftovers(self) -> list[str]:
+        """Temporary files or staging directories a finished run must not leave behind."""
+        found = [p.name for p in self.archives.glob(".*.partial")] if self.archives.exists() else []
+        if self.work.exists():
+            found += [p.name for p in self.work.iterdir()]
+        return found

@@ -1,0 +1,149 @@
+"""Broken configuration files: every one is reported as file:line: key: what was expected."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from pullback.client.config import load_client_config
+from pullback.common.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str, name: str = "client.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_client_config(path)
+    assert info.value.exit_code == 2
+    return [str(p) for p in info.value.problems]
+
+
+def test_enum_error_names_file_line_key_and_choices(tmp_path):
+    path = write(tmp_path, "hostname: web1\n" + "\n" * 5 + "compression: lzma\n")
+    assert problems_of(path) == [
+        f"{path}:7: compression: 'lzma' is not one of ['zstd', 'gzip', 'none']"
+    ]
+
+
+def test_wrong_type(tmp_path):
+    path = write(tmp_path, "keep_last: three\n")
+    assert problems_of(path) == [f"{path}:1: keep_last: expected an integer, got a string 'three'"]
+
+
+def test_unknown_key_suggests_the_near_one(tmp_path):
+    path = write(tmp_path, "archive_dir: /srv/a\ncompresion: zstd\n")
+    assert problems_of(path) == [f"{path}:2: compresion: unknown key (did you mean 'compression'?)"]
+
+
+def test_every_problem_is_reported_in_line_order(tmp_path):
+    path = write(tmp_path, "keep_days: -1\nservice_dirs: [relative/dir]\nbogus: 1\n")
+    found = problems_of(path)
+    assert [p.split(":")[1] for p in found] == ["1", "2", "3"]
+    assert "service_dirs[0]: expected an absolute path, got 'relative/dir'" in found[1]
+
+
+def test_list_item_line_is_its_own(tmp_path):
+    path = write(tmp_path, "service_dirs:\n  - /ok\n  - /fine\n  - 42\n")
+    assert problems_of(path) == [f"{path}:4: service_dirs[2]: expected a string, got an integer 42"]
+
+
+def test_bad_size(tmp_path):
+    path = write(tmp_path, "min_free_space: lots\n")
+    assert problems_of(path) == [
+        f"{path}:1: min_free_space: expected a size like 512M or 2G, got 'lots'"
+    ]
+
+
+def test_bad_yaml_syntax(tmp_path):
+    path = write(tmp_path, "hostname: web1\nservice_dirs: [/a, /b\nkeep_last: 2\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:3: YAML syntax error")
+
+
+def test_tab_indentation(tmp_path):
+    path = write(tmp_path, "service_dirs:\n\t- /etc/pullback/services\n")
+    assert problems_of(path) == [f"{path}:2: a tab character: YAML must be indented with spaces"]
+
+
+def test_duplicate_key(tmp_path):
+    path = write(tmp_path, "keep_last: 3\nkeep_days: 2\nkeep_last: 4\n")
+    assert problems_of(path) == [f"{path}:3: keep_last: duplicate key (first given on line 1)"]
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    path = write(tmp_path, "- a\n- b\n")
+    assert problems_of(path) == [f"{path}:1: expected a mapping of keys at the top level"]
+
+
+def test_missing_file(tmp_path):
+    assert problems_of(tmp_path / "nope.yaml") == [f"{tmp_path / 'nope.yaml'}: file not found"]
+
+
+def test_directory_instead_of_file(tmp_path):
+    assert problems_of(tmp_path) == [f"{tmp_path}: is a directory, expected a file"]
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "client.yaml"
+    path.write_bytes(b"hostname: web1\nkeep_last: \xff\n")
+    assert problems_of(path) == [f"{path}:2: not valid UTF-8 text"]
+
+
+@contextlib.contextmanager
+def _as_nobody():
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_unreadable_file():
+    # Root reads anything, so when root the check runs with the effective uid of nobody.
+    directory = Path(tempfile.mkdtemp(prefix="pullback-unreadable-"))
+    try:
+        directory.chmod(0o755)
+        path = directory / "client.yaml"
+        path.write_text("keep_last: 2\n")
+        path.chmod(0o000)
+        context = _as_nobody() if os.geteuid() == 0 else contextlib.nullcontext()
+        with context:
+            found = problems_of(path)
+        assert found == [f"{path}: permission denied: cannot read the file"]
+    finally:
+        path.unlink()
+        directory.rmdir()
+
+
+def test_empty_client_config_means_defaults(tmp_path):
+    path = write(tmp_path, "# everything commented out\n")
+    config = load_client_config(path)
+    assert config.compression == "zstd"
+    assert config.keep_last == 3
+    assert str(config.archive_dir) == "/var/lib/pullback/archives"
+    assert config.min_free_space == 512 * 1024 * 1024
+
+
+def test_gzip_level_range(tmp_path):
+    path = write(tmp_path, "compression: gzip\ncompression_level: 12\n")
+    assert problems_of(path) == [f"{path}:2: compression_level: gzip levels are 1-9, got 12"]
+
+
+def test_cli_prints_problems_and_exits_2_without_traceback(tmp_path, capsys):
+    from pullback.client.cli import main
+
+    path = write(tmp_path, "compression: lzma\n")
+    assert main(["check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:1: compression: 'lzma' is not one of" in err
+    assert "Traceback" not in err

@@ -1,0 +1,106 @@
+"""The command runner, on whichever sh this interpreter has (1.x on Debian, 2.x on PyPI)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import pytest
+
+from pullback.common import secrets
+from pullback.common.errors import CommandError, CommandTimeout
+from pullback.common.runner import Runner
+
+
+@pytest.fixture
+def runner():
+    return Runner(logging.getLogger("pullback.test"))
+
+
+def test_output_is_streamed_to_the_log(runner, caplog):
+    caplog.set_level(logging.INFO, logger="pullback.test")
+    result = runner.run(["sh", "-c", "echo one; echo two >&2"])
+    assert result.exit_code == 0
+    assert "sh: one" in caplog.text and "sh: two" in caplog.text
+    assert "running: sh -c 'echo one; echo two >&2'" in caplog.text
+
+
+def test_failure_raises_with_exit_code_and_tail(runner):
+    script = "for i in $(seq 1 30); do echo line$i; done; exit 3"
+    with pytest.raises(CommandError) as info:
+        runner.run(["sh", "-c", script])
+    error = info.value
+    assert error.exit_code_of_command == 3
+    assert error.tail[-1] == "line30" and len(error.tail) == 20
+    assert "exited with code 3" in str(error) and "| line30" in str(error)
+
+
+def test_ok_codes(runner):
+    assert runner.run(["sh", "-c", "exit 1"], ok_codes=(0, 1)).exit_code == 1
+
+
+def test_timeout_kills_the_whole_process_group(runner, tmp_path):
+    pidfile = tmp_path / "child.pid"
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout) as info:
+        runner.run(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], timeout=0.5)
+    assert time.monotonic() - started < 10
+    assert "timed out after 0.5s" in str(info.value)
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the grandchild survived the timeout")
+
+
+def test_secrets_are_masked_in_the_command_line_output_and_error(caplog):
+    caplog.set_level(logging.DEBUG, logger="pullback.test")
+    runner = Runner(logging.getLogger("pullback.test"), secrets=["s3cr3t-pass"])
+    with pytest.raises(CommandError) as info:
+        runner.run(["sh", "-c", "echo the password is s3cr3t-pass; exit 1", "s3cr3t-pass"])
+    assert "s3cr3t-pass" not in str(info.value)
+    assert "s3cr3t-pass" not in caplog.text
+    assert "the password is ******" in caplog.text
+
+
+def test_globally_registered_secrets_are_masked(runner, caplog):
+    caplog.set_level(logging.INFO, logger="pullback.test")
+    secrets.register("gl0bal-token")
+    runner.run(["echo", "gl0bal-token"])
+    assert "gl0bal-token" not in caplog.text
+
+
+def test_stdout_to_a_file_bypasses_the_log(runner, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pullback.test")
+    target = tmp_path / "out.bin"
+    runner.run(["sh", "-c", "head -c 300000 /dev/zero; echo note >&2"], stdout=target)
+    assert target.stat().st_size == 300000
+    assert "sh: note" in caplog.text
+
+
+def test_environment_and_cwd(runner, tmp_path):
+    target = tmp_path / "env.txt"
+    runner.run(["sh", "-c", 'echo "$FOO $(pwd)"'], env={"FOO": "bar"}, cwd=tmp_path, stdout=target)
+    assert target.read_text() == f"bar {tmp_path}\n"
+
+
+def test_stdin_is_not_inherited(runner, tmp_path):
+    target = tmp_path / "in.txt"
+    runner.run(["cat"], stdout=target, timeout=10)  # would hang if stdin were a live pipe
+    assert target.read_text() == ""
+
+
+def test_command_not_found(runner):
+    with pytest.raises(CommandError, match="no-such-program-xyz: command not found"):
+        runner.run(["no-such-program-xyz", "--help"])
+
+
+def test_killed_by_signal(runner):
+    with pytest.raises(CommandError, match="killed by SIGKILL"):
+        runner.run(["sh", "-c", "kill -9 $$"])

@@ -1,0 +1,68 @@
+"""The sidecar is read from untrusted hosts: anything malformed is refused in words."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pullback.common import sidecar
+from pullback.common.errors import ArchiveError
+
+GOOD = {
+    "format": 1,
+    "host": "web1",
+    "stamp": "20261122T030000Z",
+    "created": "2026-11-22T03:00:00Z",
+    "pullback_version": "0.1.0",
+    "status": "partial",
+    "archive": {
+        "name": "web1-20261122T030000Z.tar.zst",
+        "size": 10,
+        "sha256": "a" * 64,
+        "compression": "zstd",
+        "future_key": 1,
+    },
+    "services": [
+        {
+            "name": "db",
+            "status": "failed",
+            "error": "boom",
+            "tasks": [{"type": "files", "status": "failed", "extra": True}],
+        }
+    ],
+    "added_later": {"x": 1},
+}
+
+
+def test_round_trip_and_unknown_keys_from_newer_writers():
+    parsed = sidecar.parse(json.dumps(GOOD), expected_name="web1-20261122T030000Z.tar.zst")
+    assert parsed.failed_services == ["db"]
+    again = sidecar.parse(parsed.to_json())
+    assert again == parsed
+    assert parsed.to_json().startswith('{\n  "format": 1,')
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(format=2), "sidecar format 2 is not the one this pullback reads"),
+        (lambda d: d["archive"].update(name="../../etc/passwd"), "at archive/name"),
+        (lambda d: d["archive"].update(sha256="zz"), "at archive/sha256"),
+        (lambda d: d["archive"].update(size=-1), "at archive/size"),
+        (lambda d: d.pop("services"), "'services' is a required property"),
+        (lambda d: d.update(host="bad host/x"), "at host"),
+    ],
+)
+def test_malformed_sidecars_are_refused(mutate, message):
+    data = json.loads(json.dumps(GOOD))
+    mutate(data)
+    with pytest.raises(ArchiveError, match=message):
+        sidecar.parse(json.dumps(data))
+
+
+def test_not_json_and_wrong_archive():
+    with pytest.raises(ArchiveError, match="not valid JSON"):
+        sidecar.parse(b"\x00garbage")
+    with pytest.raises(ArchiveError, match=r"describes 'web1-20261122T030000Z\.tar\.zst'"):
+        sidecar.parse(json.dumps(GOOD), expected_name="web1-20261123T030000Z.tar.zst")

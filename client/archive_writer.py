@@ -16,12 +16,11 @@ import hashlib
 import os
 import pwd
 import stat
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common import acl
+from ..common import acl, tarformat
 from ..common.compression import compress_command
 from ..common.errors import ArchiveError, CommandError
 from ..common.log import get_logger
@@ -31,7 +30,7 @@ from ..plugins.task import ExcludeFn, TaskStats
 
 log = get_logger("archive")
 
-BLOCK = 512
+BLOCK = tarformat.BLOCK
 RECORD = 20 * BLOCK
 CHUNK = 1 << 20
 _BUFFER = 1 << 20
@@ -231,32 +230,42 @@ class ArchiveWriter:
         xattrs: dict[str, bytes] | None = None,
         mode: int = 0o755,
     ) -> bytes:
-        info = tarfile.TarInfo(arcname)
-        info.type = kind
-        info.size = size
-        info.linkname = linkname
-        pax: dict[str, str] = {}
-        if st is None:
-            info.mode, info.mtime, info.uname, info.gname = mode, int(time.time()), "root", "root"
-        else:
-            info.mode = stat.S_IMODE(st.st_mode)
-            info.uid, info.gid = st.st_uid, st.st_gid
-            info.uname, info.gname = self._uname(st.st_uid), self._gname(st.st_gid)
-            sec, nsec = divmod(st.st_mtime_ns, 1_000_000_000)
-            info.mtime = sec
-            if nsec:
-                pax["mtime"] = f"{sec}.{nsec:09d}".rstrip("0")
-        for key, value in (xattrs or {}).items():
-            if key in acl.PAX_KEYS:
-                try:
-                    pax[acl.PAX_KEYS[key]] = acl.to_text(value)
-                    continue
-                except ValueError:
-                    pass  # keep what we cannot parse as the raw attribute
-            pax[f"SCHILY.xattr.{key}"] = value.decode("utf-8", "surrogateescape")
-        info.pax_headers = pax
         self._members += 1
-        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        if st is None:
+            return tarformat.header(
+                arcname,
+                kind,
+                mode=mode,
+                size=size,
+                linkname=linkname,
+                mtime_ns=int(time.time()) * 1_000_000_000,
+                uname="root",
+                gname="root",
+            )
+        pax = None
+        if xattrs:
+            pax = []
+            for key, value in xattrs.items():
+                if key in acl.PAX_KEYS:
+                    try:
+                        pax.append((acl.PAX_KEYS[key].encode(), acl.to_text(value).encode()))
+                        continue
+                    except ValueError:
+                        pass  # keep what we cannot parse as the raw attribute
+                pax.append((b"SCHILY.xattr." + os.fsencode(key), value))
+        return tarformat.header(
+            arcname,
+            kind,
+            mode=st.st_mode,
+            uid=st.st_uid,
+            gid=st.st_gid,
+            size=size,
+            mtime_ns=st.st_mtime_ns,
+            linkname=linkname,
+            uname=self._uname(st.st_uid),
+            gname=self._gname(st.st_gid),
+            pax=pax,
+        )
 
     def _read_xattrs(self, path: str, stats: TaskStats) -> dict[str, bytes] | None:
         if not self.xattrs:
@@ -279,7 +288,7 @@ class ArchiveWriter:
         arcname = arcname.rstrip("/")
         if arcname and arcname not in self._dirs:
             self._dirs.add(arcname)
-            self._emit(self._header(arcname, None, tarfile.DIRTYPE, mode=mode))
+            self._emit(self._header(arcname, None, tarformat.DIRTYPE, mode=mode))
 
     def ensure_parents(self, arcname: str) -> None:
         """Add archive-only directory entries for every missing ancestor of ``arcname``."""
@@ -288,13 +297,9 @@ class ArchiveWriter:
             self.add_directory("/".join(parts[:i]))
 
     def _add_bytes(self, arcname: str, data: bytes, mode: int = 0o644, record: bool = True):
-        info = tarfile.TarInfo(arcname)
-        info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-        info.uname = info.gname = "root"
-        self._emit(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._emit(self._header(arcname, None, tarformat.REGTYPE, size=len(data), mode=mode))
         self._emit(data)
         self._emit(bytes((-len(data)) % BLOCK))
-        self._members += 1
         if record:
             self._manifest[arcname] = hashlib.sha256(data).hexdigest()
 
@@ -377,13 +382,13 @@ class ArchiveWriter:
         elif stat.S_ISDIR(mode):
             attrs = self._read_xattrs(path, stats) if xattrs else None
             self._dirs.add(arcname)
-            self._emit(self._header(arcname, st, tarfile.DIRTYPE, xattrs=attrs))
+            self._emit(self._header(arcname, st, tarformat.DIRTYPE, xattrs=attrs))
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(path)
             except FileNotFoundError:
                 return
-            self._emit(self._header(arcname, st, tarfile.SYMTYPE, linkname=target))
+            self._emit(self._header(arcname, st, tarformat.SYMTYPE, linkname=target))
         else:
             kind = "socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device"
             stats.warnings.append(f"{path}: skipped, a {kind} cannot be backed up as a file")
@@ -394,7 +399,7 @@ class ArchiveWriter:
         if st.st_nlink > 1:
             first = self._links.get((st.st_dev, st.st_ino))
             if first is not None:
-                self._emit(self._header(arcname, st, tarfile.LNKTYPE, linkname=first))
+                self._emit(self._header(arcname, st, tarformat.LNKTYPE, linkname=first))
                 self._manifest[arcname] = self._manifest[first]
                 stats.files += 1
                 return
@@ -409,7 +414,7 @@ class ArchiveWriter:
         try:
             attrs = self._read_xattrs(path, stats) if xattrs else None
             size = st.st_size
-            self._emit(self._header(arcname, st, tarfile.REGTYPE, size=size, xattrs=attrs))
+            self._emit(self._header(arcname, st, tarformat.REGTYPE, size=size, xattrs=attrs))
             digest = self._copy_data(fd, size, path, stats)
         finally:
             os.close(fd)

@@ -31,6 +31,7 @@ class ClientConfig:
     keep_last: int
     keep_days: int
     min_free_space: int
+    verify: str
 
     @property
     def archive_suffix(self) -> str:
@@ -65,4 +66,5 @@ def load_client_config(path: str | os.PathLike = DEFAULT_PATH) -> ClientConfig:
         keep_last=data["keep_last"],
         keep_days=data["keep_days"],
         min_free_space=parse_size(data["min_free_space"]),
+        verify=data["verify"],
     )

@@ -180,7 +180,7 @@ def _locked_run(
                 return RunResult(EXIT_FAILED, reports)
             written = writer.finish()
         with guard.shielded():
-            verified = verify_archive(tmp, config.compression)
+            verified = verify_archive(tmp, config.compression, manifest=config.verify == "manifest")
         sidecar = Sidecar(
             host=config.hostname,
             stamp=stamp,

@@ -34,3 +34,12 @@ def decompress_command(compression: str) -> list[str] | None:
     if compression == "zstd":
         return ["zstd", "-q", "-d", "-c"]
     return ["pigz" if shutil.which("pigz") else "gzip", "-d", "-c"]
+
+
+def test_command(compression: str) -> list[str] | None:
+    """argv of an integrity test of compressed data on stdin (the format's own checksum)."""
+    if compression == "none":
+        return None
+    if compression == "zstd":
+        return ["zstd", "-q", "-t"]
+    return ["pigz" if shutil.which("pigz") else "gzip", "-t"]

@@ -1,0 +1,76 @@
+"""The hand-built PAX headers read back identically with Python's tarfile and GNU tar."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+from pullback.common import tarformat
+
+CASES = [
+    dict(name="short.txt", size=5),
+    dict(name="d/" * 60 + "long-name.txt", size=5),
+    dict(name="ünïcödé/名前.txt", size=5),
+    dict(name=os.fsdecode(b"bad-\xff-utf8.txt"), size=5),
+    dict(name="big-ids", size=5, uid=3_000_000, gid=4_000_000),
+    dict(name="old", size=5, mtime_ns=-86_400_500_000_000),
+    dict(name="precise", size=5, mtime_ns=1_700_000_000_123_456_789),
+    dict(name="named", size=5, uname="a-very-long-user-name-beyond-32-chars", gname="ĝrôup"),
+    dict(name="xattr", size=5, pax=[(b"SCHILY.xattr.user.bin", b"\x00\xff\x01binary")]),
+]
+
+
+def archive_of(case: dict) -> bytes:
+    fields = dict(
+        mode=0o640,
+        uid=1000,
+        gid=1000,
+        mtime_ns=1_700_000_000_000_000_000,
+        uname="user",
+        gname="group",
+    )
+    fields.update({k: v for k, v in case.items() if k != "name"})
+    data = b"hello"
+    return (
+        tarformat.header(case["name"], tarformat.REGTYPE, **fields)
+        + data
+        + bytes(512 - len(data))
+        + bytes(1024)
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"][:20] for c in CASES])
+def test_tarfile_reads_what_we_write(case):
+    with tarfile.open(fileobj=io.BytesIO(archive_of(case)), mode="r:") as tar:
+        (member,) = tar.getmembers()
+        assert member.name == case["name"]
+        assert member.size == 5 and member.mode == 0o640
+        assert member.uid == case.get("uid", 1000) and member.gid == case.get("gid", 1000)
+        assert member.uname == case.get("uname", "user")
+        assert member.gname == case.get("gname", "group")
+        mtime_ns = case.get("mtime_ns", 1_700_000_000_000_000_000)
+        assert abs(member.mtime - mtime_ns / 1e9) < 1e-6
+        assert tar.extractfile(member).read() == b"hello"
+        for key, value in case.get("pax", []):
+            assert member.pax_headers[key.decode()].encode("utf-8", "surrogateescape") == value
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"][:20] for c in CASES])
+def test_gnu_tar_lists_what_we_write(case, tmp_path):
+    path = tmp_path / "t.tar"
+    path.write_bytes(archive_of(case))
+    listing = subprocess.run(
+        ["tar", "--list", "--quoting-style=literal", "--file", str(path)],
+        capture_output=True,
+        check=True,
+    )
+    assert listing.stdout.rstrip(b"\n") == os.fsencode(case["name"])
+
+
+def test_sizes_beyond_the_ustar_field_use_pax():
+    block = tarformat.header("huge", tarformat.REGTYPE, mode=0o644, size=20 << 30)
+    assert b" size=21474836480\n" in block

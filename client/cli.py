@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("list", parents=[parent], help="list the archives on this machine")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser(
+        "serve",
+        parents=[parent],
+        help="answer the server (the forced command of its SSH key; not for humans)",
+    )
     return parser
 
 
@@ -56,6 +61,10 @@ def _handle(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
         print(f"{config.path}: ok")
         return EXIT_OK
+    if args.command == "serve":
+        from .serve import serve
+
+        return serve(config)
     if args.command == "list":
         from .listing import listing
 
@@ -66,6 +75,8 @@ def _handle(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve" and not hasattr(args, "verbose"):
+        args.quiet = True  # stderr goes to the server: only problems belong there
     return main_wrapper(_handle, args, DEFAULT_PATH)
 
 

@@ -32,6 +32,7 @@ class ClientConfig:
     keep_days: int
     min_free_space: int
     verify: str
+    fetched_keep: int
 
     @property
     def archive_suffix(self) -> str:
@@ -67,4 +68,5 @@ def load_client_config(path: str | os.PathLike = DEFAULT_PATH) -> ClientConfig:
         keep_days=data["keep_days"],
         min_free_space=parse_size(data["min_free_space"]),
         verify=data["verify"],
+        fetched_keep=data["fetched_keep"],
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tarfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,11 +19,11 @@ from .errors import ArchiveError, CommandError
 from .log import get_logger
 from .manifest import MANIFEST_NAME, parse
 from .runner import Runner
+from .tarformat import Member, TarFormatError, TarReader
 
 log = get_logger("archive")
 
 CHUNK = 1 << 20
-STREAM_BUFFER = 64 << 10
 
 
 class _HashingReader:
@@ -58,7 +57,7 @@ class TarStream:
         self._feeder: threading.Thread | None = None
         self._feed_error: BaseException | None = None
         self._tar_input: BinaryIO | None = None
-        self._tar: tarfile.TarFile | None = None
+        self.reader: TarReader | None = None
 
     @property
     def sha256(self) -> str:
@@ -83,12 +82,7 @@ class TarStream:
             self._feeder = threading.Thread(target=self._feed, args=(in_write,), daemon=True)
             self._feeder.start()
             self._tar_input = os.fdopen(out_read, "rb", buffering=CHUNK)
-        try:
-            # tarfile's stream buffer is copied on every small read: keep it small
-            self._tar = tarfile.open(fileobj=self._tar_input, mode="r|", bufsize=STREAM_BUFFER)
-        except tarfile.TarError as exc:
-            self._close()
-            raise ArchiveError(f"not a readable tar stream: {exc}") from None
+        self.reader = TarReader(self._tar_input, CHUNK)
         return self
 
     def _feed(self, fd: int) -> None:
@@ -107,28 +101,19 @@ class TarStream:
         finally:
             os.close(fd)
 
-    def members(self) -> Iterator[tarfile.TarInfo]:
+    def members(self) -> Iterator[Member]:
         """Yield each member; read a regular member's data with :meth:`read_data`."""
         try:
-            yield from self._tar
-        except tarfile.TarError as exc:
-            raise ArchiveError(f"corrupt tar stream: {exc}") from None
-        except EOFError:
-            raise ArchiveError("the archive ends in the middle of a member (truncated)") from None
+            yield from self.reader
+        except TarFormatError as exc:
+            raise ArchiveError(f"not a valid archive: {exc}") from None
 
-    def read_data(self, member: tarfile.TarInfo) -> Iterator[bytes]:
+    def read_data(self, member: Member) -> Iterator[bytes]:
         """Yield the data of the current regular member in chunks."""
-        handle = self._tar.extractfile(member)
-        if handle is None:
-            return
         try:
-            while True:
-                chunk = handle.read(CHUNK)
-                if not chunk:
-                    break
-                yield chunk
-        except (tarfile.TarError, EOFError):
-            raise ArchiveError(f"{member.name}: data cut short (truncated archive)") from None
+            yield from self.reader.chunks()
+        except TarFormatError as exc:
+            raise ArchiveError(f"{member.name}: {exc}") from None
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._close(failed=exc_type is not None)
@@ -238,7 +223,7 @@ def verify_archive(
     with open(path, "rb") as raw, TarStream(raw, compression, runner) as stream:
         for member in stream.members():
             members += 1
-            if member.isreg():
+            if member.is_file:
                 digest = hashlib.sha256()
                 data = bytearray() if member.name == MANIFEST_NAME else None
                 for chunk in stream.read_data(member):
@@ -254,7 +239,7 @@ def verify_archive(
                 computed[member.name] = digest.hexdigest()
                 files += 1
                 content += member.size
-            elif member.islnk():
+            elif member.is_hardlink:
                 computed[member.name] = computed.get(member.linkname, "")
                 files += 1
     if listed is None:

@@ -94,6 +94,10 @@ class RunningCommand:
         """
         try:
             while self.alive():
+                cancel = self.runner.cancel
+                if cancel is not None and cancel.is_set():
+                    self.stop(grace=5.0)
+                    raise CommandError(self.display, None, list(self.tail), "cancelled")
                 if self._deadline is not None and time.monotonic() > self._deadline:
                     self.stop()
                     raise CommandTimeout(
@@ -138,6 +142,8 @@ class Runner:
         self.log = log or get_logger("run")
         self.secrets = tuple(s for s in secrets if s)
         self.env = dict(env or {})
+        self.cancel = None
+        """A threading.Event; once set, running commands are stopped (CommandError)."""
         self._current_tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
     def display(self, argv: Sequence[str | os.PathLike]) -> str:

@@ -164,7 +164,7 @@ def apply_defaults(schema: dict, data: Any) -> Any:
             if key in data:
                 data[key] = apply_defaults(sub, data[key])
             elif "default" in sub:
-                data[key] = copy.deepcopy(sub["default"])
+                data[key] = apply_defaults(sub, copy.deepcopy(sub["default"]))
         extra = schema.get("additionalProperties")
         if isinstance(extra, dict):
             for key in data:

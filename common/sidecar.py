@@ -112,6 +112,11 @@ def parse(text: str | bytes, expected_name: str | None = None) -> Sidecar:
         data: Any = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ArchiveError(f"sidecar is not valid JSON: {exc}") from None
+    return from_data(data, expected_name)
+
+
+def from_data(data: Any, expected_name: str | None = None) -> Sidecar:
+    """Validate already-decoded sidecar JSON (see :func:`parse`)."""
     if isinstance(data, dict) and data.get("format") != FORMAT:
         raise ArchiveError(
             f"sidecar format {data.get('format')!r} is not the one this pullback reads "

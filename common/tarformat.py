@@ -155,3 +155,247 @@ def header(
         b"PaxHeaders/" + short, 0o644, 0, 0, len(data), max(seconds, 0), PAXTYPE, b"", b"", b""
     )
     return pax_header + data + bytes((-len(data)) % BLOCK) + main
+
+
+# -- reading ------------------------------------------------------------------------------
+
+CHRTYPE = b"3"
+BLKTYPE = b"4"
+FIFOTYPE = b"6"
+CONTTYPE = b"7"
+GNU_LONGNAME = b"L"
+GNU_LONGLINK = b"K"
+_REGULAR = (REGTYPE, b"\0", CONTTYPE)
+_SPECIAL = (CHRTYPE, BLKTYPE, FIFOTYPE)
+MAX_META = 1 << 20  # a PAX or long-name record larger than this is not ours
+
+
+class TarFormatError(ValueError):
+    """The stream is not a tar archive this reader accepts (corrupt, truncated, foreign)."""
+
+
+class Member:
+    """One entry of the stream; ``name``/``linkname`` as ``os.fsdecode`` would give them."""
+
+    __slots__ = (
+        "gid",
+        "gname",
+        "kind",
+        "linkname",
+        "mode",
+        "mtime_ns",
+        "name",
+        "pax",
+        "size",
+        "uid",
+        "uname",
+    )
+
+    def __init__(self):
+        self.pax: dict[bytes, bytes] = {}
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind in _REGULAR
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == DIRTYPE
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.kind == SYMTYPE
+
+    @property
+    def is_hardlink(self) -> bool:
+        return self.kind == LNKTYPE
+
+    @property
+    def is_special(self) -> bool:
+        return self.kind in _SPECIAL
+
+    def __repr__(self) -> str:
+        return f"<Member {self.name!r} kind={self.kind!r} size={self.size}>"
+
+
+def _number(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256
+        value = int.from_bytes(field[1:], "big")
+        return -value if field[0] & 0x40 else value
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise TarFormatError(f"bad number field {field!r}") from None
+
+
+def _string(field: bytes) -> bytes:
+    return field.split(b"\0", 1)[0]
+
+
+def _parse_pax(data: bytes) -> dict[bytes, bytes]:
+    records: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space == -1:
+            if not data[pos:].strip(b"\0"):
+                break
+            raise TarFormatError("bad PAX record")
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise TarFormatError("bad PAX record length") from None
+        end = pos + length
+        if length <= 0 or end > len(data) or data[end - 1 : end] != b"\n":
+            raise TarFormatError("bad PAX record")
+        key, sep, value = data[space + 1 : end - 1].partition(b"=")
+        if not sep:
+            raise TarFormatError("bad PAX record")
+        records[key] = value
+        pos = end
+    return records
+
+
+def _pax_mtime(text: bytes) -> int:
+    negative = text.startswith(b"-")
+    whole, _, part = text.lstrip(b"-").partition(b".")
+    try:
+        value = int(whole or b"0") * 1_000_000_000 + int((part[:9] or b"0").ljust(9, b"0"))
+    except ValueError:
+        raise TarFormatError(f"bad PAX mtime {text!r}") from None
+    return -value if negative else value
+
+
+class TarReader:
+    """Iterate the members of an uncompressed tar stream, strictly and fast.
+
+    After each member is yielded, read its data with :meth:`chunks` (unread data is
+    skipped automatically). Raises TarFormatError for anything malformed or truncated.
+    """
+
+    def __init__(self, stream, chunk: int = 1 << 20):
+        self.stream = stream
+        self.chunk = chunk
+        self._remaining = 0
+        self._padding = 0
+        self._header = bytearray(BLOCK)
+        self.ended = False
+
+    def _read_exact(self, n: int) -> bytes:
+        data = self.stream.read(n)
+        if len(data) == n:
+            return data
+        parts = [data]
+        got = len(data)
+        while got < n:
+            more = self.stream.read(n - got)
+            if not more:
+                raise TarFormatError("the archive ends in the middle (truncated)")
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
+    def _skip(self, n: int) -> None:
+        while n:
+            step = min(n, self.chunk)
+            self._read_exact(step)
+            n -= step
+
+    def chunks(self):
+        """Yield the current member's data in chunks of at most ``chunk`` bytes."""
+        while self._remaining:
+            step = min(self._remaining, self.chunk)
+            data = self._read_exact(step)
+            self._remaining -= step
+            yield data
+
+    def _finish_member(self) -> None:
+        if self._remaining:
+            self._skip(self._remaining)
+            self._remaining = 0
+        if self._padding:
+            self._read_exact(self._padding)
+            self._padding = 0
+
+    def _read_meta(self, size: int) -> bytes:
+        if size > MAX_META:
+            raise TarFormatError(f"an extended header of {size} bytes is not plausible")
+        data = self._read_exact(size)
+        self._read_exact((-size) % BLOCK)
+        return data
+
+    def __iter__(self):
+        pax: dict[bytes, bytes] = {}
+        long_name = long_link = None
+        while True:
+            self._finish_member()
+            block = self.stream.read(BLOCK)
+            if len(block) < BLOCK:
+                block += self._read_exact(BLOCK - len(block)) if block else b""
+                if not block:
+                    raise TarFormatError("the archive ends without its end marker (truncated)")
+            if block == bytes(BLOCK):
+                self.ended = True
+                return
+            stored = _number(block[148:156])
+            unsigned = sum(block[:148]) + 256 + sum(block[156:])
+            if stored != unsigned:
+                signed = unsigned - 2 * (
+                    sum(b for b in block[:148] if b > 127) + sum(b for b in block[156:] if b > 127)
+                )
+                if stored != signed:
+                    raise TarFormatError("bad header checksum (corrupt archive)")
+            kind = block[156:157]
+            size = _number(block[124:136])
+            if size < 0:
+                raise TarFormatError("negative member size")
+            if kind == PAXTYPE:
+                pax.update(_parse_pax(self._read_meta(size)))
+                continue
+            if kind == GNU_LONGNAME:
+                long_name = _string(self._read_meta(size))
+                continue
+            if kind == GNU_LONGLINK:
+                long_link = _string(self._read_meta(size))
+                continue
+            if kind == b"g":
+                raise TarFormatError("global PAX headers are not accepted")
+            if kind not in (*_REGULAR, LNKTYPE, SYMTYPE, DIRTYPE, *_SPECIAL):
+                raise TarFormatError(f"member type {kind!r} is not accepted")
+            member = Member()
+            name = _string(block[0:100])
+            if block[257:262] == b"ustar":
+                prefix = _string(block[345:500])
+                if prefix:
+                    name = prefix + b"/" + name
+            member.name = os.fsdecode(pax.get(b"path") or long_name or name)
+            member.linkname = os.fsdecode(
+                pax.get(b"linkpath") or long_link or _string(block[157:257])
+            )
+            member.kind = kind
+            member.mode = _number(block[100:108]) & 0o7777
+            member.uid = int(pax[b"uid"]) if b"uid" in pax else _number(block[108:116])
+            member.gid = int(pax[b"gid"]) if b"gid" in pax else _number(block[116:124])
+            if b"size" in pax:
+                size = int(pax[b"size"])
+            member.size = size if kind in _REGULAR else 0
+            mtime = pax.get(b"mtime")
+            member.mtime_ns = (
+                _pax_mtime(mtime) if mtime is not None else _number(block[136:148]) * 1_000_000_000
+            )
+            member.uname = (pax.get(b"uname") or _string(block[265:297])).decode(
+                "utf-8", "surrogateescape"
+            )
+            member.gname = (pax.get(b"gname") or _string(block[297:329])).decode(
+                "utf-8", "surrogateescape"
+            )
+            member.pax = pax
+            pax = {}
+            long_name = long_link = None
+            # data of anything but a regular file is skipped, never used
+            self._remaining = size
+            self._padding = (-size) % BLOCK
+            yield member

@@ -2,12 +2,132 @@
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
+import json
 import sys
+
+from ..common.cli import common_options, main_wrapper, make_parser
+from ..common.errors import EXIT_FAILED, EXIT_OK
+from ..common.units import human_duration, human_size
+from .config import DEFAULT_PATH, load_server_config
+
+DESCRIPTION = __doc__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parent = common_options(DEFAULT_PATH)
+    parser, sub = make_parser("pullback-server", DESCRIPTION, parent)
+    p = sub.add_parser(
+        "pull",
+        parents=[parent],
+        help="fetch and store every host's newest archive",
+        description="Exit 0: every host stored or cleanly skipped; 1: a host "
+        "failed; 2: bad configuration; 75: another pull or maintenance runs.",
+    )
+    p.add_argument("--host", action="append", metavar="NAME", help="only this host (repeatable)")
+    p.add_argument(
+        "-n",
+        "--dry-run",
+        action="store_true",
+        help="ask the clients what would be fetched; store nothing",
+    )
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="print the summary (the mail's text) on standard output",
+    )
+    p = sub.add_parser("status", parents=[parent], help="how each host's last pull went")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser(
+        "check", parents=[parent], help="validate the configuration and reach every host"
+    )
+    p.add_argument("--host", action="append", metavar="NAME", help="only this host")
+    p = sub.add_parser(
+        "trust", parents=[parent], help="show a host's SSH key and record it in known_hosts"
+    )
+    p.add_argument("hostname", metavar="HOST", help="a host name from server.yaml")
+    p.add_argument("--yes", action="store_true", help="record without asking")
+    p.add_argument("--replace", action="store_true", help="replace a different pinned key")
+    return parser
+
+
+def _age(value: str | None, now: dt.datetime) -> str:
+    if not value:
+        return "never"
+    then = dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    return f"{human_duration((now - then).total_seconds())} ago"
+
+
+def _status_table(status: dict, hosts) -> str:
+    now = dt.datetime.now(dt.UTC)
+    rows = [("HOST", "LAST RESULT", "NEWEST SNAPSHOT", "ARCHIVE SIZE", "LAST ATTEMPT")]
+    notes = []
+    for host in hosts:
+        entry = status["hosts"].get(host.name, {})
+        result = entry.get("last_result", "never pulled")
+        if entry.get("problem"):
+            result += " (!)" if result != "failed" else ""
+            notes.append(f"{host.name}: {entry.get('reason', '')}")
+        rows.append(
+            (
+                host.name,
+                result,
+                _age(entry.get("newest_snapshot"), now),
+                human_size(entry["size"]) if entry.get("size") else "-",
+                _age(entry.get("last_attempt"), now),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows]
+    return "\n".join(lines + notes)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    config = load_server_config(args.config)
+    if args.command == "pull":
+        from .pull import pull
+        from .report import render, send_summary
+
+        code, results = pull(config, args.host, args.dry_run)
+        if args.summary:
+            print(render(results)[0])
+        if not args.dry_run:
+            send_summary(config.email, results)
+        return code
+    if args.command == "status":
+        from .status import load_status
+
+        status = load_status(config.state_dir)
+        if args.json:
+            print(json.dumps(status, indent=2, sort_keys=True))
+        else:
+            print(_status_table(status, config.hosts))
+        return EXIT_OK
+    if args.command == "check":
+        from .check import check
+
+        good, problems = check(config, args.host)
+        for line in good:
+            print(line)
+        for line in problems:
+            print(f"problem: {line}")
+        return EXIT_FAILED if problems else EXIT_OK
+    if args.command == "trust":
+        from .trust import trust
+
+        try:
+            host = config.host(args.hostname)
+        except KeyError:
+            print(f"no host named {args.hostname!r} in {config.path}", file=sys.stderr)
+            return 2
+        return trust(host, config.ssh, args.yes, args.replace)
+    raise AssertionError(args.command)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("pullback-server: the server side is not built yet (see issue 3)", file=sys.stderr)
-    return 1
+    args = build_parser().parse_args(argv)
+    return main_wrapper(_handle, args, DEFAULT_PATH)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,234 @@
+"""``pullback-client serve``: the only thing the server's SSH key may run (DESIGN 3.4).
+
+Installed as ``restrict,command="pullback-client serve" ssh-ed25519 AAAA... pullback@server``
+in the authorized_keys of the unprivileged ``pullback`` user. sshd puts what the server
+asked for in ``SSH_ORIGINAL_COMMAND``; exactly four requests are answered:
+
+``list``                   the complete archives with their sidecars, and the lock status
+``lock``                   the archive-directory lock status
+``send <archive> <offset>`` the archive's bytes from ``offset`` to its end
+``fetched <archive>``       move the archive to ``fetched/`` (keeping ``fetched_keep``)
+
+Anything else is refused, logged (to syslog and stderr), and exits 2. Nothing else runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import logging.handlers
+import os
+import re
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..common import __version__
+from ..common.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from ..common.fsutil import fsync_dir
+from ..common.locks import lock_status
+from ..common.log import get_logger
+from ..common.sidecar import ARCHIVE_NAME
+from . import archives
+from .config import ClientConfig
+
+PROTOCOL = 1
+MAX_REQUEST = 512
+_OFFSET = re.compile(r"^(0|[1-9][0-9]{0,18})$")
+
+log = get_logger("serve")
+
+
+@dataclass(frozen=True)
+class Request:
+    verb: str
+    archive: str = ""
+    offset: int = 0
+
+
+class Refused(Exception):
+    """A request that is not one of the four, with the reason."""
+
+
+def parse_request(text: str | None) -> Request:
+    """Parse ``SSH_ORIGINAL_COMMAND``. Raises Refused for anything but the four requests."""
+    if text is None or not text.strip():
+        raise Refused("no request: this key only answers pullback-server")
+    if len(text) > MAX_REQUEST:
+        raise Refused("request too long")
+    if not text.isprintable() or not text.isascii():
+        raise Refused("request holds control or non-ASCII characters")
+    words = text.split(" ")
+    verb = words[0]
+    if verb in ("list", "lock") and len(words) == 1:
+        return Request(verb)
+    if verb == "send" and len(words) == 3:
+        if not ARCHIVE_NAME.match(words[1]):
+            raise Refused("not an archive name")
+        if not _OFFSET.match(words[2]):
+            raise Refused("offset is not a decimal number")
+        return Request(verb, words[1], int(words[2]))
+    if verb == "fetched" and len(words) == 2:
+        if not ARCHIVE_NAME.match(words[1]):
+            raise Refused("not an archive name")
+        return Request(verb, words[1])
+    raise Refused("unknown request")
+
+
+def _audit_logger() -> logging.Logger:
+    audit = logging.getLogger("pullback.serve.audit")
+    if not audit.handlers and Path("/dev/log").exists():
+        with contextlib.suppress(OSError):
+            handler = logging.handlers.SysLogHandler(
+                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_AUTH
+            )
+            handler.setFormatter(logging.Formatter("pullback-client[%(process)d]: %(message)s"))
+            audit.addHandler(handler)
+    return audit
+
+
+def _peer() -> str:
+    return (os.environ.get("SSH_CLIENT") or "local").split(" ")[0]
+
+
+def _lock_record(config: ClientConfig) -> dict | None:
+    owner = lock_status(config.archive_dir / archives.LOCK_NAME)
+    if owner is None:
+        return None
+    return {
+        "pid": owner.pid,
+        "host": owner.host,
+        "started": owner.started,
+        "purpose": owner.purpose,
+    }
+
+
+def answer_list(config: ClientConfig) -> dict:
+    """The list answer: protocol, host, lock status and every complete archive."""
+    found = []
+    for archive in archives.list_archives(config.archive_dir, include_fetched=False):
+        if archive.sidecar is None:
+            continue
+        found.append(
+            {
+                "name": archive.name,
+                "size": archive.path.stat().st_size,
+                "sidecar": json.loads(archive.sidecar_path.read_text()),
+            }
+        )
+    return {
+        "protocol": PROTOCOL,
+        "host": config.hostname,
+        "pullback_version": __version__,
+        "lock": _lock_record(config),
+        "archives": found,
+    }
+
+
+def _open_archive(config: ClientConfig, name: str) -> int:
+    fd = os.open(config.archive_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Refused("not a regular file")
+    return fd
+
+
+def send(config: ClientConfig, name: str, offset: int, out_fd: int) -> int:
+    """Copy the archive from ``offset`` to ``out_fd``; return the bytes sent."""
+    try:
+        fd = _open_archive(config, name)
+    except FileNotFoundError:
+        raise Refused(f"no archive {name}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if offset > size:
+            raise Refused(f"offset {offset} is past the end ({size} bytes)")
+        sent = 0
+        position = offset
+        try:
+            while position < size:
+                n = os.sendfile(out_fd, fd, position, min(size - position, 1 << 30))
+                if n == 0:
+                    break
+                position += n
+                sent += n
+        except OSError as exc:
+            if exc.errno != 22 or sent:  # EINVAL: the output cannot take sendfile
+                raise
+            os.lseek(fd, position, os.SEEK_SET)
+            while chunk := os.read(fd, 1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out_fd, view) :]
+                sent += len(chunk)
+        return sent
+    finally:
+        os.close(fd)
+
+
+def mark_fetched(config: ClientConfig, name: str) -> None:
+    """Move a fetched archive and its sidecar to ``fetched/``, keeping ``fetched_keep``."""
+    source = config.archive_dir / name
+    target_dir = config.archive_dir / archives.FETCHED_DIR
+    with archives.directory_lock(config.archive_dir, "marking an archive fetched").acquire(
+        wait=archives.LOCK_WAIT
+    ):
+        if not source.is_file():
+            if (target_dir / name).is_file():
+                return  # already marked: asking twice is fine
+            raise Refused(f"no archive {name}")
+        target_dir.mkdir(mode=0o750, exist_ok=True)
+        os.rename(source, target_dir / name)
+        side = source.with_name(name + ".json")
+        if side.exists():
+            os.rename(side, target_dir / side.name)
+        fetched = [a for a in archives.list_archives(config.archive_dir) if a.fetched]
+        for old in fetched[: max(0, len(fetched) - config.fetched_keep)]:
+            for path in (old.sidecar_path, old.path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        fsync_dir(target_dir)
+        fsync_dir(config.archive_dir)
+
+
+def serve(config: ClientConfig, request_text: str | None = None, out: int | None = None) -> int:
+    """Answer one request (from ``SSH_ORIGINAL_COMMAND``); return the exit code."""
+    if request_text is None:
+        request_text = os.environ.get("SSH_ORIGINAL_COMMAND")
+    out_fd = sys.stdout.fileno() if out is None else out
+    audit = _audit_logger()
+    try:
+        request = parse_request(request_text)
+        if request.verb == "list":
+            os.write(out_fd, (json.dumps(answer_list(config)) + "\n").encode())
+        elif request.verb == "lock":
+            os.write(out_fd, (json.dumps({"lock": _lock_record(config)}) + "\n").encode())
+        elif request.verb == "send":
+            sys.stdout.flush()
+            sent = send(config, request.archive, request.offset, out_fd)
+            audit.info(
+                "sent %s from byte %d (%d bytes) to %s",
+                request.archive,
+                request.offset,
+                sent,
+                _peer(),
+            )
+        elif request.verb == "fetched":
+            mark_fetched(config, request.archive)
+            audit.info("%s marked fetched by %s", request.archive, _peer())
+            os.write(out_fd, b'{"ok": true}\n')
+        return EXIT_OK
+    except Refused as exc:
+        shown = repr(request_text)[:200]
+        message = f"refused request {shown} from {_peer()}: {exc}"
+        audit.warning("%s", message)
+        log.error("%s", message)
+        return EXIT_CONFIG
+    except BrokenPipeError:
+        audit.warning("the server closed the connection during %r", request_text)
+        return EXIT_FAILED
+    except OSError as exc:
+        log.error("cannot answer %r: %s", request_text, exc)
+        return EXIT_FAILED

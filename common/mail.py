@@ -1,0 +1,77 @@
+"""Sending a report by SMTP: plain text plus HTML, STARTTLS/SSL/none, optional login."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+from . import secrets
+from .errors import PullbackError
+
+
+class MailError(PullbackError):
+    """The mail could not be sent; the message says why."""
+
+
+def _password(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        if path.stat().st_mode & 0o007:
+            raise MailError(
+                f"the SMTP password file {path} is readable by others; run: chmod 600 {path}"
+            )
+        value = path.read_text().splitlines()[0]
+    except (OSError, IndexError) as exc:
+        raise MailError(f"cannot read the SMTP password file {path}: {exc}") from None
+    secrets.register(value)
+    return value
+
+
+def build_message(
+    sender: str, to: list[str] | tuple[str, ...], subject: str, text: str, html: str | None = None
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = ", ".join(to)
+    message["Subject"] = secrets.mask(subject)
+    message["Date"] = formatdate(localtime=True)
+    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(secrets.mask(text))
+    if html is not None:
+        message.add_alternative(secrets.mask(html), subtype="html")
+    return message
+
+
+def send(smtp, message: EmailMessage) -> None:
+    """Deliver ``message`` with the settings ``smtp`` (host, port, security, username,
+    password_file, ca_file, timeout). Raises MailError in plain words."""
+    context = ssl.create_default_context(cafile=str(smtp.ca_file) if smtp.ca_file else None)
+    where = f"{smtp.host}:{smtp.port}"
+    try:
+        if smtp.security == "ssl":
+            client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout, context=context)
+        else:
+            client = smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout)
+        with client:
+            if smtp.security == "starttls":
+                client.starttls(context=context)
+            if smtp.username:
+                client.login(smtp.username, _password(smtp.password_file) or "")
+            client.send_message(message)
+    except smtplib.SMTPAuthenticationError:
+        raise MailError(f"the SMTP server {where} refused the login of {smtp.username}") from None
+    except smtplib.SMTPException as exc:
+        raise MailError(f"the SMTP server {where} refused the mail: {exc}") from None
+    except ssl.SSLError as exc:
+        raise MailError(f"TLS with the SMTP server {where} failed: {exc.reason}") from None
+    except TimeoutError:
+        raise MailError(
+            f"the SMTP server {where} did not answer within {smtp.timeout:g}s"
+        ) from None
+    except OSError as exc:
+        raise MailError(f"cannot reach the SMTP server {where}: {exc.strerror or exc}") from None

@@ -1,0 +1,76 @@
+"""``pullback-server check``: validate the configuration and reach every host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from ..common.errors import PullbackError
+from ..common.runner import Runner
+from .backends import make_backend, read_password
+from .config import ServerConfig
+from .remote import Remote
+
+
+def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Return (lines of what is fine, problems); reaching hosts but changing nothing."""
+    from .pull import select_hosts
+
+    good: list[str] = []
+    problems: list[str] = []
+    tool = {"restic": "restic", "borg": "borg"}[config.backend.type]
+    for program, package in (
+        (tool, "restic" if tool == "restic" else "borgbackup"),
+        ("ssh", "openssh-client"),
+    ):
+        if not shutil.which(program):
+            problems.append(f"{program} is not installed (apt install {package})")
+    if not os.access(config.ssh.key_file, os.R_OK):
+        problems.append(
+            f"{config.path}: ssh.key_file: cannot read {config.ssh.key_file} "
+            f"(create it: ssh-keygen -t ed25519 -N '' -f {config.ssh.key_file})"
+        )
+    if not config.ssh.known_hosts.exists():
+        problems.append(
+            f"{config.path}: ssh.known_hosts: {config.ssh.known_hosts} does not "
+            "exist yet: run pullback-server trust HOST for every host"
+        )
+    try:
+        read_password(config.backend.password_file)
+    except PullbackError as exc:
+        problems.append(f"{config.path}: backend.password_file: {exc}")
+    if problems:
+        return good, problems
+    for host in select_hosts(config, names):
+        runner = Runner()
+        try:
+            with Remote(host, config.ssh, runner) as remote:
+                listing = remote.list()
+            newest = max((a["name"] for a in listing.archives), default=None)
+            good.append(
+                f"{host.name}: reachable, {len(listing.archives)} archive(s) ready"
+                + (f", newest {newest}" if newest else "")
+            )
+        except PullbackError as exc:
+            problems.append(f"{host.name}: {exc}")
+            continue
+        backend = make_backend(config.backend, host, config.state_dir, runner)
+        try:
+            snapshots = backend.snapshots()
+            good.append(
+                f"{host.name}: repository {backend.repository()} has {len(snapshots)} snapshot(s)"
+            )
+        except PullbackError as exc:
+            text = str(exc)
+            if config.backend.init and (
+                "does not exist" in text
+                or "Is there a repository" in text
+                or "not a valid repository" in text
+            ):
+                good.append(
+                    f"{host.name}: repository {backend.repository()} will be "
+                    "created by the first pull"
+                )
+            else:
+                problems.append(f"{host.name}: {exc}")
+    return good, problems

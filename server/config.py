@@ -1,0 +1,187 @@
+"""server.yaml: the settings of pullback-server."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..common.config import load_validated
+from ..common.errors import ConfigError
+from ..common.schema import load_schema
+from ..common.units import parse_duration
+
+DEFAULT_PATH = Path("/etc/pullback/server.yaml")
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    address: str
+    port: int
+    user: str
+    repository: str | None
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    key_file: Path
+    known_hosts: Path
+    user: str
+    port: int
+    connect_timeout: float
+    idle_timeout: float
+    keepalive: float
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    type: str
+    repository_root: Path
+    password_file: Path
+    init: bool
+    timeout: float
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int
+    security: str
+    username: str | None
+    password_file: Path | None
+    ca_file: Path | None
+    timeout: float
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    smtp: SmtpConfig
+    sender: str
+    to: tuple[str, ...]
+    send: str
+    subject_prefix: str
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Validated server settings, defaults applied (see ``schemas/server.yaml``)."""
+
+    path: Path
+    state_dir: Path
+    lock_dir: Path
+    parallel: int
+    host_timeout: float
+    lock_retries: int
+    lock_wait: float
+    backend: BackendConfig
+    ssh: SshConfig
+    hosts: tuple[HostConfig, ...]
+    retention: dict
+    email: EmailConfig | None
+
+    def host(self, name: str) -> HostConfig:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    def staging_dir(self, host: str) -> Path:
+        return self.state_dir / "staging" / host
+
+    def partial_dir(self, host: str) -> Path:
+        return self.state_dir / "partial" / host
+
+
+def _email(data: dict | None) -> EmailConfig | None:
+    if not data:
+        return None
+    smtp = data["smtp"]
+    security = smtp["security"]
+    port = smtp.get("port") or {"ssl": 465, "starttls": 587}.get(security, 25)
+    return EmailConfig(
+        smtp=SmtpConfig(
+            host=smtp["host"],
+            port=port,
+            security=security,
+            username=smtp.get("username"),
+            password_file=Path(smtp["password_file"]) if smtp.get("password_file") else None,
+            ca_file=Path(smtp["ca_file"]) if smtp.get("ca_file") else None,
+            timeout=parse_duration(smtp["timeout"]),
+        ),
+        sender=data["from"],
+        to=tuple(data["to"]),
+        send=data["send"],
+        subject_prefix=data["subject_prefix"],
+    )
+
+
+def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
+    """Read and validate server.yaml. Raises ConfigError naming file, line and key."""
+    doc = load_validated(path, load_schema("pullback.common", "server"), allow_empty=False)
+    data = doc.data
+    ssh = data["ssh"]
+    backend = data["backend"]
+    problems = []
+    seen: dict[str, int] = {}
+    hosts = []
+    for index, host in enumerate(data["hosts"]):
+        name = host["name"]
+        if name in seen:
+            problems.append(
+                doc.problem(
+                    ("hosts", index, "name"),
+                    f"host '{name}' is listed twice (see hosts[{seen[name]}])",
+                )
+            )
+            continue
+        seen[name] = index
+        hosts.append(
+            HostConfig(
+                name=name,
+                address=host.get("address", name),
+                port=host.get("port", ssh["port"]),
+                user=host.get("user", ssh["user"]),
+                repository=host.get("repository"),
+                enabled=host["enabled"],
+            )
+        )
+    if backend["type"] == "borg":
+        for index, host in enumerate(data["hosts"]):
+            if ":" in host.get("repository", "") and not host["repository"].startswith("ssh://"):
+                problems.append(
+                    doc.problem(
+                        ("hosts", index, "repository"), "borg repositories are paths or ssh:// URLs"
+                    )
+                )
+    if problems:
+        raise ConfigError(problems)
+    return ServerConfig(
+        path=Path(path),
+        state_dir=Path(data["state_dir"]),
+        lock_dir=Path(data["lock_dir"]),
+        parallel=data["parallel"],
+        host_timeout=parse_duration(data["host_timeout"]),
+        lock_retries=data["lock_retries"],
+        lock_wait=parse_duration(data["lock_wait"]),
+        backend=BackendConfig(
+            type=backend["type"],
+            repository_root=Path(backend["repository_root"]),
+            password_file=Path(backend["password_file"]),
+            init=backend["init"],
+            timeout=parse_duration(backend["timeout"]),
+        ),
+        ssh=SshConfig(
+            key_file=Path(ssh["key_file"]),
+            known_hosts=Path(ssh["known_hosts"]),
+            user=ssh["user"],
+            port=ssh["port"],
+            connect_timeout=parse_duration(ssh["connect_timeout"]),
+            idle_timeout=parse_duration(ssh["idle_timeout"]),
+            keepalive=parse_duration(ssh["keepalive"]),
+        ),
+        hosts=tuple(hosts),
+        retention=dict(data["retention"]),
+        email=_email(data.get("email")),
+    )

@@ -1,0 +1,301 @@
+"""``pullback-server pull``: fetch every host's newest archive and store it (DESIGN 1).
+
+Hosts run in parallel (``parallel:``), each in its own thread with its own deadline
+(``host_timeout``): a hung or slow host times out alone and a failure in one never stops
+the others. An instance lock keeps two pulls (or a pull and maintenance) apart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+from ..common import sidecar as sidecars
+from ..common.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    ArchiveError,
+    CommandError,
+    Interrupted,
+    PullbackError,
+)
+from ..common.locks import FileLock
+from ..common.log import get_logger
+from ..common.runner import Runner
+from ..common.signals import SignalGuard
+from ..common.units import human_duration, human_size
+from . import status as statuses
+from .backends import make_backend
+from .config import HostConfig, ServerConfig
+from .remote import Listing, Remote, TransferCut
+from .results import FAILED, SKIPPED, STORED, HostResult, iso, utc_now
+from .transfer import discard_partial, fetch_and_unpack
+from .unpack import HostileArchive
+
+log = get_logger("pull")
+
+INSTANCE_LOCK = "server.lock"
+FUTURE_TOLERANCE = dt.timedelta(hours=1)
+
+
+class _HostLog(logging.LoggerAdapter):
+    def process(self, msg, kwargs):
+        return f"[{self.extra['host']}] {msg}", kwargs
+
+
+def select_hosts(config: ServerConfig, names: list[str] | None) -> list[HostConfig]:
+    """The hosts named on the command line, or every enabled host. Exit 2 for unknown names."""
+    if not names:
+        return [h for h in config.hosts if h.enabled]
+    known = {h.name: h for h in config.hosts}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        error = PullbackError(
+            f"no host named {', '.join(map(repr, unknown))} in "
+            f"{config.path}; known hosts: {', '.join(sorted(known))}"
+        )
+        error.exit_code = 2
+        raise error
+    return [known[n] for n in dict.fromkeys(names)]
+
+
+def _choose(listing: Listing, host: HostConfig, result: HostResult, hlog):
+    """The newest archive whose sidecar is valid, or None."""
+    best = None
+    for entry in listing.archives:
+        try:
+            name = str(entry["name"])
+            side = sidecars.from_data(entry["sidecar"], expected_name=name)
+        except (KeyError, TypeError, ArchiveError) as exc:
+            message = f"ignoring an archive with a bad sidecar: {exc}"
+            hlog.warning("%s", message)
+            result.warnings.append(message)
+            continue
+        if side.host != host.name:
+            raise ArchiveError(
+                f"the client calls itself '{side.host}', not '{host.name}' "
+                "(check hostname: in its client.yaml)"
+            )
+        if not isinstance(entry.get("size"), int) or entry["size"] != side.archive.size:
+            message = f"ignoring {name}: its size differs from its sidecar"
+            hlog.warning("%s", message)
+            result.warnings.append(message)
+            continue
+        if best is None or side.stamp > best.stamp:
+            best = side
+    return best
+
+
+def pull_host(
+    config: ServerConfig, host: HostConfig, cancel: threading.Event, dry_run: bool = False
+) -> HostResult:
+    """Pull one host. Never raises (except Interrupted): failures are in the result."""
+    result = HostResult(host.name, started=iso(utc_now()))
+    started = time.monotonic()
+    hlog = _HostLog(log, {"host": host.name})
+    runner = Runner(hlog)
+    runner.cancel = cancel
+    timer = threading.Timer(config.host_timeout, cancel.set)
+    timer.daemon = True
+    timer.start()
+    try:
+        _pull(config, host, cancel, dry_run, result, runner, hlog, started)
+    except Interrupted:
+        raise
+    except BaseException as exc:
+        result.status = FAILED
+        if cancel.is_set() and not timer.is_alive():
+            result.reason = (
+                f"timed out after {human_duration(config.host_timeout)} "
+                f"(host_timeout); {_reason(exc)}"
+            )
+        else:
+            result.reason = _reason(exc)
+        if not isinstance(exc, PullbackError | OSError):
+            hlog.debug("%s", traceback.format_exc())
+    finally:
+        timer.cancel()
+        result.duration = time.monotonic() - started
+    level = logging.ERROR if result.status == FAILED else logging.INFO
+    hlog.log(level, "%s: %s", result.status, result.reason)
+    return result
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TransferCut):
+        return f"{exc}; what arrived is kept and the next run resumes"
+    if isinstance(exc, HostileArchive):
+        return f"refused a hostile archive: {exc}; nothing was stored"
+    if isinstance(exc, ArchiveError) and "nothing was stored" not in str(exc):
+        return f"{exc}; nothing was stored"
+    if isinstance(exc, CommandError):
+        return f"{exc.display.split(' ', 1)[0]} {exc.reason}" + (
+            f": {exc.tail[-1]}" if exc.tail else ""
+        )
+    if isinstance(exc, PullbackError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _pull(config, host, cancel, dry_run, result: HostResult, runner, hlog, started) -> None:
+    backend = make_backend(config.backend, host, config.state_dir, runner)
+    backend.prepare()
+    snapshots = backend.snapshots()
+    newest = snapshots[-1] if snapshots else None
+    result.newest_snapshot = iso(newest.time) if newest else None
+    stored_stamps = {s.stamp for s in snapshots if s.stamp}
+
+    with Remote(host, config.ssh, runner) as remote:
+        listing = remote.list()
+        for attempt in range(config.lock_retries):
+            if not listing.lock:
+                break
+            hlog.info(
+                "the client is publishing an archive; asking again in %s (%d/%d)",
+                human_duration(config.lock_wait),
+                attempt + 1,
+                config.lock_retries,
+            )
+            if cancel.wait(config.lock_wait):
+                raise PullbackError("cancelled while waiting for the client's lock")
+            listing = remote.list()
+        if listing.lock:
+            owner = listing.lock
+            result.status, result.problem = SKIPPED, True
+            result.reason = (
+                f"busy: the client was still publishing an archive after "
+                f"{config.lock_retries} retries (pid {owner.get('pid')}, since "
+                f"{owner.get('started')})"
+            )
+            return
+        if listing.host != host.name:
+            raise ArchiveError(
+                f"the client calls itself '{listing.host}', not '{host.name}' "
+                "(check hostname: in its client.yaml)"
+            )
+        chosen = _choose(listing, host, result, hlog)
+        if chosen is None:
+            result.status, result.problem = SKIPPED, True
+            result.reason = "the client has no archive to fetch"
+            return
+        name = chosen.archive.name
+        result.archive, result.stamp = name, chosen.stamp
+        result.size, result.content_bytes = chosen.archive.size, chosen.archive.content_bytes
+        result.client_failed_services = chosen.failed_services
+        when = sidecars.parse_stamp(chosen.stamp)
+        if when > utc_now() + FUTURE_TOLERANCE:
+            result.status, result.problem = SKIPPED, True
+            result.reason = (
+                f"{name} is dated in the future ({chosen.stamp}); check the client's clock"
+            )
+            return
+        if chosen.stamp in stored_stamps:
+            result.status = SKIPPED
+            result.reason = f"{name} is already stored"
+            if not dry_run:
+                _mark_fetched(remote, name, result, hlog)
+            return
+        if newest is not None and when < newest.time:
+            result.status = SKIPPED
+            result.reason = (
+                f"{name} is older than the newest snapshot ({iso(newest.time)}); not stored"
+            )
+            return
+        if dry_run:
+            result.status = SKIPPED
+            result.reason = f"dry run: would fetch {name} ({human_size(chosen.archive.size)})"
+            return
+
+        fetched = fetch_and_unpack(
+            remote,
+            name,
+            chosen.archive.size,
+            chosen.archive.sha256,
+            chosen.archive.compression,
+            config.partial_dir(host.name),
+            config.staging_dir(host.name),
+            runner,
+            cancel,
+        )
+        result.resumed_from = fetched.resumed_from
+        warnings = fetched.unpacked.warnings
+        for warning in warnings[:10]:
+            hlog.warning("%s", warning)
+        if len(warnings) > 10:
+            hlog.warning("... and %d more warnings like these", len(warnings) - 10)
+        result.warnings.extend(warnings[:20])
+        hlog.info(
+            "fetched %s (%s%s), unpacked %d files (%d rewritten, %d unchanged, %d removed)",
+            name,
+            human_size(fetched.size),
+            f", resumed at {human_size(fetched.resumed_from)}" if fetched.resumed_from else "",
+            fetched.unpacked.files,
+            fetched.unpacked.written,
+            fetched.unpacked.unchanged,
+            fetched.unpacked.removed,
+        )
+        remaining = max(60.0, config.host_timeout - (time.monotonic() - started))
+        stored = backend.store(
+            config.staging_dir(host.name),
+            chosen.stamp,
+            when,
+            min(config.backend.timeout, remaining),
+        )
+        result.status = STORED
+        result.snapshot_id = stored.snapshot_id
+        result.bytes_added = stored.bytes_added
+        result.newest_snapshot = iso(when)
+        result.reason = (
+            f"stored {name} as {backend.name} snapshot {stored.snapshot_id} "
+            f"(+{human_size(stored.bytes_added)})"
+        )
+        discard_partial(fetched.path)
+        _mark_fetched(remote, name, result, hlog)
+
+
+def _mark_fetched(remote: Remote, name: str, result: HostResult, hlog) -> None:
+    try:
+        remote.mark_fetched(name)
+    except PullbackError as exc:
+        message = f"could not tell the client that {name} was fetched: {exc}"
+        hlog.warning("%s", message)
+        result.warnings.append(message)
+
+
+def pull(
+    config: ServerConfig, names: list[str] | None = None, dry_run: bool = False
+) -> tuple[int, list[HostResult]]:
+    """Pull the hosts. Returns (exit code, results). Raises LockBusy, PullbackError."""
+    hosts = select_hosts(config, names)
+    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server pull")
+    with lock.acquire(), SignalGuard():
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        results = _run_hosts(config, hosts, dry_run)
+        if not dry_run:
+            statuses.record(config.state_dir, results)
+    failed = [r for r in results if r.status == FAILED]
+    return (EXIT_FAILED if failed else EXIT_OK), results
+
+
+def _run_hosts(config: ServerConfig, hosts: list[HostConfig], dry_run: bool):
+    cancels = {h.name: threading.Event() for h in hosts}
+    with ThreadPoolExecutor(max_workers=config.parallel, thread_name_prefix="host") as pool:
+        futures = {
+            h.name: pool.submit(pull_host, config, h, cancels[h.name], dry_run) for h in hosts
+        }
+        try:
+            while not all(f.done() for f in futures.values()):
+                time.sleep(0.1)  # the main thread stays free for SIGTERM
+        except Interrupted:
+            for event in cancels.values():
+                event.set()
+            for future in futures.values():
+                future.cancel()
+            raise
+        return [futures[h.name].result() for h in hosts]

@@ -1,0 +1,271 @@
+"""Talking to a client's serve endpoint: paramiko for requests, OpenSSH for the bytes.
+
+Control requests (list, lock, fetched) go over a paramiko session so that host-key
+problems are caught precisely. The archive itself flows through an OpenSSH ``ssh``
+child (same key, same known_hosts, strict checking): paramiko moves about 70 MB/s to
+disk here, OpenSSH over 250 MB/s, as fast as ``scp``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import paramiko
+
+from ..common.errors import PullbackError
+from ..common.log import get_logger
+from ..common.runner import Runner, RunningCommand
+from . import known_hosts
+from .config import HostConfig, SshConfig
+
+log = get_logger("remote")
+
+MAX_LISTING = 64 << 20
+
+
+class RemoteError(PullbackError):
+    """The client could not be reached or answered something unusable."""
+
+
+class TransferCut(RemoteError):
+    """The byte stream stopped before the end; what arrived is kept for resuming."""
+
+
+@dataclass
+class Listing:
+    """What the client's ``list`` answered (sidecars still unvalidated)."""
+
+    host: str
+    version: str
+    lock: dict | None
+    archives: list[dict] = field(default_factory=list)
+
+
+class Remote:
+    """One client host, reached as its ``user`` with the server's key."""
+
+    def __init__(self, host: HostConfig, ssh: SshConfig, runner: Runner | None = None):
+        self.host = host
+        self.ssh = ssh
+        self.runner = runner or Runner(log)
+        self._client: paramiko.SSHClient | None = None
+
+    # -- control (paramiko) -------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the control connection. Raises HostKeyError or RemoteError in plain words."""
+        if not os.access(self.ssh.key_file, os.R_OK):
+            raise RemoteError(f"cannot read the SSH key {self.ssh.key_file}")
+        client = paramiko.SSHClient()
+        known_hosts.load(self.ssh.known_hosts)  # raises in words if it is unreadable
+        if self.ssh.known_hosts.exists():
+            client.load_host_keys(str(self.ssh.known_hosts))  # only ours, never ~/.ssh
+        client.set_missing_host_key_policy(
+            known_hosts.RefuseUnknown(self.host.name, self.ssh.known_hosts)
+        )
+        timeout = self.ssh.connect_timeout
+        try:
+            client.connect(
+                self.host.address,
+                self.host.port,
+                self.host.user,
+                key_filename=str(self.ssh.key_file),
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+            )
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise known_hosts.HostKeyError(
+                known_hosts.changed_key_message(
+                    self.host.name, exc.hostname, exc.key, exc.expected_key, self.ssh.known_hosts
+                )
+            ) from None
+        except known_hosts.HostKeyError:
+            client.close()
+            raise
+        except paramiko.AuthenticationException:
+            client.close()
+            raise RemoteError(
+                f"{self.host.name}: the client refused the server's key for user "
+                f"{self.host.user}: add it to that user's authorized_keys"
+            ) from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            client.close()
+            raise RemoteError(
+                f"{self.host.name}: cannot connect to {self.host.address} port "
+                f"{self.host.port}: {_plain(exc)}"
+            ) from None
+        transport = client.get_transport()
+        transport.set_keepalive(max(1, int(self.ssh.keepalive)))
+        self._client = client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> Remote:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def request(self, text: str, limit: int = MAX_LISTING) -> bytes:
+        """Send one request; return its standard output. Raises RemoteError."""
+        if self._client is None:
+            self.connect()
+        try:
+            channel = self._client.get_transport().open_session(timeout=self.ssh.connect_timeout)
+            channel.settimeout(self.ssh.idle_timeout)
+            channel.exec_command(text)
+            out = bytearray()
+            err = bytearray()
+            while True:
+                data = channel.recv(1 << 16)
+                if not data:
+                    break
+                out += data
+                if len(out) > limit:
+                    raise RemoteError(f"{self.host.name}: the answer to {text!r} is too big")
+            while channel.recv_stderr_ready():
+                err += channel.recv_stderr(1 << 16)
+            status = channel.recv_exit_status()
+            channel.close()
+        except TimeoutError:
+            raise RemoteError(
+                f"{self.host.name}: no answer to {text!r} within {self.ssh.idle_timeout:g}s"
+            ) from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise RemoteError(f"{self.host.name}: {text!r} failed: {_plain(exc)}") from None
+        if status != 0:
+            message = err.decode("utf-8", "replace").strip().splitlines()
+            reason = message[-1] if message else f"exit status {status}"
+            raise RemoteError(f"{self.host.name}: the client refused {text!r}: {reason}")
+        return bytes(out)
+
+    def list(self) -> Listing:
+        raw = self.request("list")
+        try:
+            data = json.loads(raw)
+            return Listing(
+                str(data["host"]),
+                str(data.get("pullback_version", "?")),
+                data.get("lock"),
+                list(data["archives"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            raise RemoteError(
+                f"{self.host.name}: the client's list answer is not "
+                f"understood (is pullback-client serve its forced command?)"
+            ) from None
+
+    def mark_fetched(self, name: str) -> None:
+        self.request(f"fetched {name}")
+
+    # -- bytes (OpenSSH) ----------------------------------------------------------------
+
+    def ssh_argv(self, request: str) -> list[str]:
+        keepalive = max(1, int(self.ssh.keepalive))
+        count = max(1, int(self.ssh.idle_timeout // keepalive))
+        return [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-T",
+            "-x",
+            "-a",
+            "-i",
+            str(self.ssh.key_file),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            f"UserKnownHostsFile={self.ssh.known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "UpdateHostKeys=no",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            f"ConnectTimeout={max(1, int(self.ssh.connect_timeout))}",
+            "-o",
+            f"ServerAliveInterval={keepalive}",
+            "-o",
+            f"ServerAliveCountMax={count}",
+            "-p",
+            str(self.host.port),
+            "-l",
+            self.host.user,
+            "--",
+            self.host.address,
+            request,
+        ]
+
+    def stream(self, name: str, offset: int, cancel=None) -> Iterator[bytes]:
+        """Yield the archive's bytes from ``offset`` as they arrive.
+
+        Raises TransferCut when the stream stops early, stalls for ``idle_timeout``, or the
+        ssh child fails; the caller keeps what arrived and resumes from there later.
+        """
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        with os.fdopen(write_end, "wb", buffering=0) as stdout:
+            child = self.runner.start(
+                self.ssh_argv(f"send {name} {offset}"), stdout=stdout, level=10
+            )
+        try:
+            yield from self._drain(read_end, child, cancel)
+        finally:
+            os.close(read_end)
+            if child.alive():
+                child.stop(grace=2.0)
+
+    def _drain(self, fd: int, child: RunningCommand, cancel) -> Iterator[bytes]:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP)
+        last = time.monotonic()
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise TransferCut(f"{self.host.name}: transfer cancelled")
+            if not poller.poll(500):
+                if time.monotonic() - last > self.ssh.idle_timeout:
+                    raise TransferCut(
+                        f"{self.host.name}: no data for "
+                        f"{self.ssh.idle_timeout:g}s; the transfer was cut"
+                    )
+                continue
+            data = os.read(fd, 1 << 20)
+            if not data:
+                break
+            last = time.monotonic()
+            yield data
+        try:
+            child.wait()
+        except PullbackError as exc:
+            tail = getattr(exc, "tail", None) or []
+            raise TransferCut(
+                f"{self.host.name}: the transfer stopped: {tail[-1] if tail else exc}"
+            ) from None
+
+
+def _plain(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,104 @@
+"""The summary of a pull, rendered with Jinja2 as text and HTML, and when to send it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from importlib import resources
+
+import jinja2
+
+from ..common import mail
+from ..common.log import get_logger
+from ..common.units import human_duration, human_size
+from .config import EmailConfig
+from .results import FAILED, SKIPPED, STORED, HostResult
+
+log = get_logger("report")
+
+_ORDER = {FAILED: 0, SKIPPED: 1, STORED: 2}
+
+
+def _environment(autoescape: bool) -> jinja2.Environment:
+    def load(name: str) -> str:
+        return resources.files("pullback.server.templates").joinpath(name).read_text("utf-8")
+
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(load),
+        autoescape=autoescape,  # noqa: S701 - the text body is not HTML; the HTML one escapes
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["size"] = lambda n: human_size(n) if n else "-"
+    env.filters["duration"] = human_duration
+    env.filters["age"] = _age
+    return env
+
+
+def _age(when: str | None, now: dt.datetime) -> str:
+    if not when:
+        return "never"
+    then = dt.datetime.strptime(when, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    return human_duration(max(0.0, (now - then).total_seconds()))
+
+
+def ordered(results: list[HostResult]) -> list[HostResult]:
+    """Problems first (failures, then problem skips), then the rest, by host name."""
+    return sorted(results, key=lambda r: (not r.is_problem, _ORDER[r.status], r.host))
+
+
+def subject(results: list[HostResult], prefix: str) -> str:
+    failed = [r.host for r in results if r.status == FAILED]
+    problems = [r.host for r in results if r.is_problem and r.status != FAILED]
+    stored = sum(r.status == STORED for r in results)
+    if failed:
+        text = f"{len(failed)} of {len(results)} hosts FAILED: {', '.join(failed)}"
+    elif problems:
+        text = f"{len(problems)} of {len(results)} hosts need attention: {', '.join(problems)}"
+    else:
+        text = f"all {len(results)} hosts ok ({stored} stored)"
+    return f"{prefix} {text}".strip()
+
+
+def render(results: list[HostResult], now: dt.datetime | None = None) -> tuple[str, str]:
+    """The (text, html) bodies of the summary."""
+    now = now or dt.datetime.now(dt.UTC)
+    context = {
+        "results": ordered(results),
+        "now": now,
+        "when": now.strftime("%Y-%m-%d %H:%M UTC"),
+        "stored": sum(r.status == STORED for r in results),
+        "failed": sum(r.status == FAILED for r in results),
+        "total_added": sum(r.bytes_added for r in results),
+    }
+    text = _environment(False).get_template("summary.txt.j2").render(context)
+    html = _environment(True).get_template("summary.html.j2").render(context)
+    return text, html
+
+
+def should_send(policy: str, results: list[HostResult]) -> bool:
+    if policy == "always":
+        return True
+    if policy == "never":
+        return False
+    return any(r.is_problem for r in results)
+
+
+def send_summary(email: EmailConfig | None, results: list[HostResult]) -> bool:
+    """Mail the summary when the policy says so. Returns True if a mail was delivered.
+
+    An unreachable or refusing SMTP server is logged and changes nothing else.
+    """
+    if email is None or not results or not should_send(email.send, results):
+        return False
+    text, html = render(results)
+    message = mail.build_message(
+        email.sender, email.to, subject(results, email.subject_prefix), text, html
+    )
+    try:
+        mail.send(email.smtp, message)
+    except mail.MailError as exc:
+        log.error("the summary mail was not sent: %s", exc)
+        return False
+    log.info("summary mailed to %s", ", ".join(email.to))
+    return True

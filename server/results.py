@@ -1,0 +1,49 @@
+"""What happened to each host in a pull: the record behind the summary, status and exit code."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+
+STORED = "stored"
+SKIPPED = "skipped"
+FAILED = "failed"
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def iso(when: dt.datetime | None) -> str | None:
+    return None if when is None else when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class HostResult:
+    """One host's outcome. ``problem`` marks skips an administrator should hear about."""
+
+    host: str
+    status: str = FAILED
+    reason: str = ""
+    problem: bool = False
+    archive: str | None = None
+    stamp: str | None = None
+    size: int = 0
+    content_bytes: int = 0
+    bytes_added: int = 0
+    snapshot_id: str | None = None
+    duration: float = 0.0
+    started: str | None = None
+    newest_snapshot: str | None = None
+    resumed_from: int = 0
+    client_failed_services: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def is_problem(self) -> bool:
+        return self.status == FAILED or self.problem or bool(self.client_failed_services)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["duration"] = round(self.duration, 3)
+        return data

@@ -1,0 +1,411 @@
+"""Unpack an archive stream into a host's staging tree, safely and without needless writes.
+
+Safety (the archive comes from a host that may be compromised):
+
+- every path is resolved one component at a time with ``O_NOFOLLOW`` relative to a
+  directory descriptor, so no symlink (in the archive or left in staging) can redirect a
+  write; absolute names, ``..``, empty components, NUL bytes and over-long names refuse
+  the whole archive; so do names outside ``services/`` and ``MANIFEST.sha256``, and hard
+  links to anything that is not a file of the same archive;
+- symlinks are recreated as they are (an absolute link in /etc is data) but never
+  followed; device nodes and FIFOs are dropped; set-user/group-id bits are cleared;
+  numeric owners, modes, nanosecond mtimes, xattrs and ACLs are kept.
+
+Economy: the staging tree is kept between runs. A file whose content and metadata did
+not change is not touched at all (not even its ctime), so ``restic backup
+--ignore-inode`` / ``borg create`` re-read only what changed. Afterwards, whatever the
+archive no longer holds is removed, so staging mirrors the archive exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import stat
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..common import acl
+from ..common.errors import ArchiveError
+from ..common.log import get_logger
+from ..common.manifest import MANIFEST_NAME, parse
+from ..common.tarformat import Member
+
+log = get_logger("unpack")
+
+TOP_LEVEL = ("services", MANIFEST_NAME)
+MAX_NAME = 4095
+MAX_COMPONENT = 255
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_IS_ROOT = os.geteuid() == 0
+
+
+class HostileArchive(ArchiveError):
+    """The archive tried to write where it must not; nothing from it is stored."""
+
+
+@dataclass
+class UnpackStats:
+    members: int = 0
+    files: int = 0
+    bytes: int = 0
+    written: int = 0
+    """Files whose content had to be (re)written."""
+    unchanged: int = 0
+    removed: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def safe_parts(name: str) -> tuple[str, ...]:
+    """The components of a member name. Raises HostileArchive for anything unsafe."""
+    if not name or "\0" in name:
+        raise HostileArchive(f"member name {name!r} is not valid")
+    if name.startswith("/"):
+        raise HostileArchive(f"member {name!r} has an absolute path")
+    if len(os.fsencode(name)) > MAX_NAME:
+        raise HostileArchive(f"member name of {len(name)} characters is too long")
+    parts = tuple(name.rstrip("/").split("/"))
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise HostileArchive(f"member {name!r} has a '{part}' component")
+        if len(os.fsencode(part)) > MAX_COMPONENT:
+            raise HostileArchive(f"member {name!r} has a component longer than 255 bytes")
+    if parts[0] not in TOP_LEVEL or (parts[0] == MANIFEST_NAME and len(parts) > 1):
+        raise HostileArchive(f"member {name!r} is outside services/ (not a pullback archive)")
+    return parts
+
+
+def _remove(name: str, dir_fd: int) -> None:
+    """Remove whatever ``name`` is in ``dir_fd`` (a file, a link, or a whole tree)."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
+class Unpacker:
+    """Applies the members of one archive to ``staging``; use as a context manager."""
+
+    def __init__(self, staging: Path):
+        self.staging = staging
+        self.stats = UnpackStats()
+        self.hashes: dict[str, str] = {}
+        self.manifest: dict[str, str] | None = None
+        self._seen: set[tuple[str, ...]] = set()
+        self._links: set[tuple[str, ...]] = set()
+        self._files: set[tuple[str, ...]] = set()
+        self._dir_meta: list[tuple[tuple[str, ...], Member]] = []
+        self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict()
+        self._root = -1
+        self._chown_warned = False
+
+    def __enter__(self) -> Unpacker:
+        self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.staging, 0o700)  # nothing below is for other local users
+        self._root = os.open(self.staging, _DIR_FLAGS)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        if self._root >= 0:
+            os.close(self._root)
+            self._root = -1
+
+    # -- directories --------------------------------------------------------------------
+
+    def _dir(self, parts: tuple[str, ...]) -> int:
+        """A descriptor of the staging directory ``parts``, created as needed, never a link."""
+        if not parts:
+            return self._root
+        fd = self._fds.get(parts)
+        if fd is not None:
+            self._fds.move_to_end(parts)
+            return fd
+        parent = self._dir(parts[:-1])
+        name = parts[-1]
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            os.mkdir(name, 0o700, dir_fd=parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except (NotADirectoryError, OSError) as exc:
+            if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
+                _remove(name, parent)  # a file or link from an older snapshot
+                os.mkdir(name, 0o700, dir_fd=parent)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            else:
+                raise
+        self._fds[parts] = fd
+        if len(self._fds) > 64:
+            _, old = self._fds.popitem(last=False)
+            os.close(old)
+        return fd
+
+    def _forget_dir(self, parts: tuple[str, ...]) -> None:
+        for key in [k for k in self._fds if k[: len(parts)] == parts]:
+            os.close(self._fds.pop(key))
+
+    # -- members ------------------------------------------------------------------------
+
+    def add(self, member: Member, chunks) -> None:
+        """Apply one member; ``chunks`` yields its data (regular files only)."""
+        parts = safe_parts(member.name)
+        self.stats.members += 1
+        if parts == (MANIFEST_NAME,):
+            data = b"".join(chunks)
+            try:
+                self.manifest = parse(data)
+            except ValueError as exc:
+                raise ArchiveError(str(exc)) from None
+            self._write_file(parts, member, iter([data]), count=False)
+            return
+        if parts in self._seen and not member.is_dir:
+            raise HostileArchive(f"member {member.name!r} appears twice")
+        for i in range(1, len(parts)):
+            if parts[:i] in self._links:
+                raise HostileArchive(
+                    f"member {member.name!r} would be written through the "
+                    f"symlink {'/'.join(parts[:i])!r}"
+                )
+        self._seen.add(parts)
+        for i in range(1, len(parts)):
+            self._seen.add(parts[:i])
+        if member.is_dir:
+            self._dir(parts)
+            self._dir_meta.append((parts, member))
+        elif member.is_file:
+            digest = self._write_file(parts, member, chunks)
+            self.hashes[member.name] = digest
+            self._files.add(parts)
+            self.stats.files += 1
+            self.stats.bytes += member.size
+        elif member.is_symlink:
+            self._links.add(parts)
+            self._symlink(parts, member)
+        elif member.is_hardlink:
+            self._hardlink(parts, member)
+        else:
+            self._seen.discard(parts)
+            self.stats.warnings.append(f"{member.name}: device node or FIFO dropped")
+
+    def _mode(self, member: Member) -> int:
+        mode = member.mode & 0o7777
+        if mode & (stat.S_ISUID | stat.S_ISGID) and not (member.is_dir):
+            self.stats.warnings.append(f"{member.name}: set-user/group-id bits cleared")
+            mode &= ~(stat.S_ISUID | stat.S_ISGID)
+        return mode
+
+    def _write_file(self, parts, member: Member, chunks, count: bool = True) -> str:
+        parent = self._dir(parts[:-1])
+        name = parts[-1]
+        digest = hashlib.sha256()
+        fd = -1
+        changed = False
+        try:
+            st = os.lstat(name, dir_fd=parent)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1):
+            _remove(name, parent)  # not a plain file (or shared by a hard link): start afresh
+            self._forget_dir((*parts,))
+            st = None
+        try:
+            if st is None:
+                fd = os.open(
+                    name,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                    dir_fd=parent,
+                )
+                changed = True
+                for data in chunks:
+                    digest.update(data)
+                    _write_all(fd, data)
+            else:
+                fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+                position = 0
+                for data in chunks:
+                    digest.update(data)
+                    if not changed:
+                        old = os.pread(fd, len(data), position)
+                        if old != data:
+                            changed = True
+                    if changed:
+                        _pwrite_all(fd, data, position)
+                    position += len(data)
+                if position != st.st_size:
+                    os.ftruncate(fd, position)
+                    changed = True
+            if count:
+                self.stats.written += changed
+                self.stats.unchanged += not changed
+            self._apply_meta(fd, member, self._mode(member), force=changed)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return digest.hexdigest()
+
+    def _apply_meta(self, fd: int, member: Member, mode: int, force: bool) -> None:
+        st = os.fstat(fd)
+        if _IS_ROOT and (st.st_uid, st.st_gid) != (member.uid, member.gid):
+            os.fchown(fd, member.uid, member.gid)
+            st = os.fstat(fd)
+        elif (
+            not _IS_ROOT
+            and (st.st_uid, st.st_gid) != (member.uid, member.gid)
+            and not self._chown_warned
+        ):
+            self._chown_warned = True
+            self.stats.warnings.append("not running as root: file owners are not kept")
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
+        self._apply_xattrs(fd, member)
+        if force or st.st_mtime_ns != member.mtime_ns:
+            os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
+
+    def _apply_xattrs(self, fd: int, member: Member) -> None:
+        wanted: dict[str, bytes] = {}
+        for key, value in member.pax.items():
+            if key.startswith(b"SCHILY.xattr."):
+                wanted[os.fsdecode(key[len(b"SCHILY.xattr.") :])] = value
+            elif key in (b"SCHILY.acl.access", b"SCHILY.acl.default"):
+                xattr = acl.ACCESS_XATTR if key.endswith(b"access") else acl.DEFAULT_XATTR
+                try:
+                    wanted[xattr] = acl.from_text(value.decode("utf-8", "replace"))
+                except (ValueError, KeyError):
+                    self.stats.warnings.append(f"{member.name}: unreadable ACL dropped")
+        try:
+            current = {n: os.getxattr(fd, n) for n in os.listxattr(fd)}
+        except OSError:
+            current = {}
+        if current == wanted:
+            return
+        for name in current:
+            if name not in wanted:
+                with contextlib.suppress(OSError):
+                    os.removexattr(fd, name)
+        for name, value in wanted.items():
+            if current.get(name) != value:
+                try:
+                    os.setxattr(fd, name, value)
+                except OSError as exc:
+                    self.stats.warnings.append(
+                        f"{member.name}: extended attribute {name} not kept: {exc.strerror}"
+                    )
+
+    def _symlink(self, parts, member: Member) -> None:
+        parent = self._dir(parts[:-1])
+        name = parts[-1]
+        try:
+            st = os.lstat(name, dir_fd=parent)
+            same = (
+                stat.S_ISLNK(st.st_mode)
+                and os.readlink(name, dir_fd=parent) == member.linkname
+                and (not _IS_ROOT or (st.st_uid, st.st_gid) == (member.uid, member.gid))
+                and st.st_mtime_ns == member.mtime_ns
+            )
+            if same:
+                self.stats.unchanged += 1
+                return
+            _remove(name, parent)
+            self._forget_dir(parts)
+        except FileNotFoundError:
+            pass
+        os.symlink(member.linkname, name, dir_fd=parent)
+        if _IS_ROOT:
+            os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+        os.utime(name, ns=(member.mtime_ns, member.mtime_ns), dir_fd=parent, follow_symlinks=False)
+
+    def _hardlink(self, parts, member: Member) -> None:
+        try:
+            target = safe_parts(member.linkname)
+        except HostileArchive:
+            raise HostileArchive(
+                f"hard link {member.name!r} points outside the archive ({member.linkname!r})"
+            ) from None
+        if target not in self._files:
+            raise HostileArchive(
+                f"hard link {member.name!r} points to {member.linkname!r}, "
+                "which is not a file of this archive"
+            )
+        self.hashes[member.name] = self.hashes[member.linkname]
+        self.stats.files += 1
+        source_dir = self._dir(target[:-1])
+        parent = self._dir(parts[:-1])
+        name = parts[-1]
+        source = os.lstat(target[-1], dir_fd=source_dir)
+        try:
+            st = os.lstat(name, dir_fd=parent)
+            if st.st_ino == source.st_ino and st.st_dev == source.st_dev:
+                self.stats.unchanged += 1
+                return
+            _remove(name, parent)
+            self._forget_dir(parts)
+        except FileNotFoundError:
+            pass
+        os.link(target[-1], name, src_dir_fd=source_dir, dst_dir_fd=parent, follow_symlinks=False)
+
+    # -- the end ------------------------------------------------------------------------
+
+    def finish(self) -> UnpackStats:
+        """Check the manifest, remove what the archive no longer holds, set directory
+        metadata. Returns the statistics; raises ArchiveError on a manifest mismatch."""
+        if self.manifest is None:
+            raise ArchiveError(f"the archive has no {MANIFEST_NAME}")
+        problems = [
+            f"{n} has changed" for n, d in self.hashes.items() if self.manifest.get(n, d) != d
+        ]
+        problems += [f"{n} is not listed" for n in self.hashes if n not in self.manifest]
+        problems += [f"{n} is missing" for n in self.manifest if n not in self.hashes]
+        if problems:
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise ArchiveError(
+                f"the archive does not match its {MANIFEST_NAME}: {'; '.join(problems[:5])}{more}"
+            )
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._sweep()
+        for parts, member in sorted(self._dir_meta, key=lambda item: -len(item[0])):
+            fd = self._dir(parts)
+            self._apply_meta(fd, member, member.mode & 0o7777, force=False)
+        return self.stats
+
+    def _sweep(self) -> None:
+        keep = self._seen | {(MANIFEST_NAME,)}
+        stack: list[tuple[str, ...]] = [()]
+        while stack:
+            parts = stack.pop()
+            fd = self._dir(parts)
+            for name in os.listdir(fd):
+                child = (*parts, name)
+                if child not in keep:
+                    _remove(name, fd)
+                    self._forget_dir(child)
+                    self.stats.removed += 1
+                elif stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
+                    stack.append(child)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _pwrite_all(fd: int, data: bytes, position: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, position)
+        view = view[n:]
+        position += n

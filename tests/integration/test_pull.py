@@ -1,0 +1,381 @@
+"""pullback-server pull against real sshd, restic and borg, as an administrator meets it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pullback.common import tarformat
+from tests.helpers.archives import Entry, build_tar, publish
+from tests.helpers.fleet import Fleet
+from tests.helpers.smtp import SmtpSink
+from tests.helpers.sshd import make_key
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    fleet = Fleet(tmp_path)
+    yield fleet
+    fleet.stop()
+
+
+def sha256sum_check(directory: Path) -> None:
+    result = subprocess.run(
+        ["sha256sum", "--check", "--strict", "MANIFEST.sha256"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("backend", ["restic", "borg"])
+def test_full_cycle_two_hosts(tmp_path, backend):
+    fleet = Fleet(tmp_path, backend=backend)
+    try:
+        web = fleet.add_host("web1")
+        db = fleet.add_host("db1")
+        web.make_archive({"site/index.html": b"<h1>hi</h1>", "big.bin": os.urandom(300_000)})
+        db.make_archive({"dump.sql": b"INSERT INTO t VALUES (1);\n" * 1000})
+
+        result = fleet.server("pull")
+        assert result.returncode == 0, result.stderr
+        for name, host in fleet.hosts.items():
+            assert len(fleet.snapshots(name)) == 1
+            restored = fleet.restore(name, tmp_path / f"restore-{name}")
+            sha256sum_check(restored)
+            data = str(host.data).lstrip("/")
+            for path in host.data.rglob("*"):
+                if path.is_file():
+                    rel = path.relative_to(host.data)
+                    assert (
+                        restored / "services/app/files" / data / rel
+                    ).read_bytes() == path.read_bytes()
+            assert host.client.published() == []  # marked fetched: moved to fetched/
+            assert list((host.client.archives / "fetched").glob("*.tar.zst"))
+            fleet.check_repository(name)
+
+        status = fleet.server("status", "--json")
+        assert '"last_result": "stored"' in status.stdout
+
+        # the next day: one file changed; staging keeps the rest untouched
+        time.sleep(1.1)
+        web.make_archive({"site/index.html": b"<h1>changed</h1>"})
+        result = fleet.server("pull", "--host", "web1")
+        assert result.returncode == 0, result.stderr
+        assert "1 rewritten" in result.stderr or "2 rewritten" in result.stderr
+        assert len(fleet.snapshots("web1")) == 2
+        assert len(fleet.snapshots("db1")) == 1
+
+        # nothing new: a quiet, clean run
+        result = fleet.server("pull")
+        assert result.returncode == 0
+        assert "the client has no archive to fetch" in result.stderr
+    finally:
+        fleet.stop()
+
+
+def test_unknown_host_key_is_refused_until_trusted(fleet):
+    host = fleet.add_host("web1", trust=False)
+    fleet.known_hosts.write_text("")
+    host.make_archive()
+    result = fleet.server("pull")
+    assert result.returncode == 1
+    fingerprint = subprocess.run(
+        ["ssh-keygen", "-lf", f"{host.sshd.host_key}.pub"], capture_output=True, text=True
+    ).stdout.split()[1]
+    assert f"unknown host key ssh-ed25519 {fingerprint}" in result.stderr
+    assert "run: pullback-server trust web1" in result.stderr
+    assert not fleet.repos.joinpath("web1").exists() or fleet.snapshots("web1") == []
+
+    refused = fleet.server("trust", "web1")  # not a terminal: asks for --yes
+    assert refused.returncode == 1 and fingerprint in refused.stdout
+    trusted = fleet.server("trust", "web1", "--yes")
+    assert trusted.returncode == 0, trusted.stderr
+    assert fingerprint in trusted.stdout
+    assert fleet.server("pull").returncode == 0
+    assert len(fleet.snapshots("web1")) == 1
+
+
+def test_changed_host_key_is_refused(fleet):
+    host = fleet.add_host("web1")
+    host.make_archive()
+    assert fleet.server("pull").returncode == 0
+    # the host is "reinstalled": a new host key
+    host.sshd.stop()
+    for suffix in ("", ".pub"):
+        Path(f"{host.sshd.host_key}{suffix}").unlink()
+    make_key(host.sshd.host_key)
+    host.sshd.start()
+    time.sleep(1.1)
+    host.make_archive({"new.txt": b"new"})
+    result = fleet.server("pull")
+    assert result.returncode == 1
+    assert "HOST KEY CHANGED" in result.stderr
+    assert "pullback-server trust --replace web1" in result.stderr
+    assert len(fleet.snapshots("web1")) == 1
+    assert fleet.server("trust", "web1", "--yes").returncode == 1  # needs --replace
+    assert fleet.server("trust", "web1", "--yes", "--replace").returncode == 0
+    assert fleet.server("pull").returncode == 0
+    assert len(fleet.snapshots("web1")) == 2
+
+
+HOLD = """
+import sys, time
+from pullback.common.locks import FileLock
+FileLock(sys.argv[1], purpose="publishing an archive").acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_client_lock_held_is_retried_then_skipped_and_a_stale_one_is_ignored(fleet):
+    host = fleet.add_host("web1")
+    host.make_archive()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(host.client.archives / ".lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = fleet.server("pull")
+        assert result.returncode == 0, result.stderr  # a clean skip, reported
+        assert "busy: the client was still publishing an archive after 2 retries" in result.stderr
+        assert f"pid {holder.pid}" in result.stderr
+        assert "asking again in 1s (2/2)" in result.stderr
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the holder died: its lock is stale and does not block
+    result = fleet.server("pull")
+    assert result.returncode == 0, result.stderr
+    assert len(fleet.snapshots("web1")) == 1
+
+
+def test_already_stored_and_older_archives_are_skipped(fleet):
+    host = fleet.add_host("web1")
+    archive = host.make_archive()
+    assert fleet.server("pull").returncode == 0
+    # the mark did not reach the client: the same archive is offered again
+    fetched = host.client.archives / "fetched"
+    for path in fetched.iterdir():
+        shutil.copy2(path, host.client.archives / path.name)
+    result = fleet.server("pull")
+    assert result.returncode == 0
+    assert f"{archive.name} is already stored" in result.stderr
+    assert host.client.published() == []  # and now it is marked
+    # an archive older than the newest snapshot
+    older = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    publish(host.client.archives, "web1", build_tar([Entry("services/x/a", data=b"a")]), older)
+    result = fleet.server("pull")
+    assert result.returncode == 0
+    assert "is older than the newest snapshot" in result.stderr
+    assert len(fleet.snapshots("web1")) == 1
+
+
+CUT = """
+import os, sys
+limit = int(sys.argv[1])
+sent = 0
+while sent < limit:
+    data = os.read(0, min(65536, limit - sent))
+    if not data:
+        break
+    os.write(1, data)
+    sent += len(data)
+"""
+
+
+def test_cut_transfer_is_resumed(fleet, tmp_path):
+    host = fleet.add_host("web1")
+    archive = host.make_archive({"big.bin": os.urandom(3 << 20)})
+    size = archive.stat().st_size
+    # the connection "breaks" after 1 MiB: the serve output goes through a cutter
+    cutter = tmp_path / "cut.py"
+    cutter.write_text(CUT)
+    host.sshd.forced_command += f" | {sys.executable} {cutter} {1 << 20}"
+    host.sshd.stop()
+    host.sshd.start()
+    result = fleet.server("pull")
+    assert result.returncode == 1
+    assert "what arrived is kept and the next run resumes" in result.stderr
+    partial = fleet.state / "partial" / "web1" / archive.name
+    assert partial.stat().st_size == 1 << 20
+    assert fleet.snapshots("web1") == []  # the repository was created, nothing stored
+
+    host.sshd.forced_command = host.sshd.forced_command.split(" | ")[0]
+    host.sshd.stop()
+    host.sshd.start()
+    result = fleet.server("pull")
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {archive.name} at 1.0 MiB" in result.stderr
+    assert "resumed at 1.0 MiB" in result.stderr
+    assert not partial.exists()
+    restored = fleet.restore("web1", tmp_path / "restored")
+    sha256sum_check(restored)
+    assert len(fleet.snapshots("web1")) == 1
+    assert (host.client.archives / "fetched" / archive.name).stat().st_size == size
+
+
+def test_checksum_mismatch_stores_nothing(fleet):
+    host = fleet.add_host("web1")
+    archive = host.make_archive({"big.bin": os.urandom(200_000)})
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    archive.write_bytes(bytes(data))
+    result = fleet.server("pull")
+    assert result.returncode == 1
+    assert "checksum mismatch" in result.stderr and "nothing was stored" in result.stderr
+    assert not (fleet.repos / "web1").exists() or fleet.snapshots("web1") == []
+    assert not list((fleet.state / "partial" / "web1").iterdir())
+    assert host.client.published() == [archive]  # not marked fetched
+
+
+HOSTILE = {
+    "absolute path": [Entry("/tmp/pullback-escape-abs", data=b"x")],
+    "dot-dot": [Entry("services/x/../../../../tmp/pullback-escape-dots", data=b"x")],
+    "outside services": [Entry("etc/cron.d/evil", data=b"x")],
+    "write through a symlink": [
+        Entry("services/x/files/link", tarformat.SYMTYPE, linkname="/tmp"),
+        Entry("services/x/files/link/pullback-escape-link", data=b"x"),
+    ],
+    "hard link to a system file": [
+        Entry("services/x/files/passwd", tarformat.LNKTYPE, linkname="/etc/passwd"),
+    ],
+    "hard link up and out": [
+        Entry("services/x/files/passwd", tarformat.LNKTYPE, linkname="../../../../etc/passwd"),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_archive_writes_nothing_outside_staging(fleet, case):
+    host = fleet.add_host("web1")
+    publish(host.client.archives, "web1", build_tar(HOSTILE[case]))
+    before = Path("/etc/passwd").read_bytes()
+    result = fleet.server("pull")
+    assert result.returncode == 1, result.stderr
+    assert "refused a hostile archive" in result.stderr
+    assert "nothing was stored" in result.stderr
+    for leaked in (
+        "/tmp/pullback-escape-abs",
+        "/tmp/pullback-escape-dots",
+        "/tmp/pullback-escape-link",
+    ):
+        assert not Path(leaked).exists()
+    assert Path("/etc/passwd").read_bytes() == before
+    assert not (fleet.repos / "web1").exists() or fleet.snapshots("web1") == []
+
+
+def test_device_nodes_and_setuid_bits_are_neutralised(fleet, tmp_path):
+    host = fleet.add_host("web1")
+    publish(
+        host.client.archives,
+        "web1",
+        build_tar(
+            [
+                Entry("services/x/files/null", tarformat.CHRTYPE),
+                Entry("services/x/files/tool", data=b"#!/bin/sh\n", mode=0o4755),
+            ]
+        ),
+    )
+    result = fleet.server("pull")
+    assert result.returncode == 0, result.stderr
+    staging = fleet.state / "staging" / "web1" / "services/x/files"
+    assert not (staging / "null").exists()
+    assert oct((staging / "tool").stat().st_mode & 0o7777) == "0o755"
+    assert "services/x/files/tool: set-user/group-id bits cleared" in result.stderr
+    assert "services/x/files/null: device node or FIFO dropped" in result.stderr
+    assert len(fleet.snapshots("web1")) == 1
+
+
+def test_wrong_repository_password(fleet):
+    host = fleet.add_host("web1")
+    host.make_archive()
+    assert fleet.server("pull").returncode == 0
+    fleet.password_file.write_text("not the password\n")
+    time.sleep(1.1)
+    host.make_archive({"new.txt": b"new"})
+    result = fleet.server("pull")
+    assert result.returncode == 1
+    assert "wrong password for the restic repository" in result.stderr
+    assert "not the password" not in result.stderr
+    fleet.password_file.write_text("correct horse battery staple 42\n")
+    assert len(fleet.snapshots("web1")) == 1
+
+
+def test_missing_repository_with_init_false(fleet):
+    host = fleet.add_host("web1")
+    host.make_archive()
+    fleet.write_config(backend={"init": False})
+    result = fleet.server("pull")
+    assert result.returncode == 1
+    assert "does not exist and backend.init is false" in result.stderr
+
+
+def test_summary_mail_lists_failures_first(fleet):
+    sink = SmtpSink().start()
+    try:
+        fleet.smtp_port = sink.port
+        good = fleet.add_host("good1")
+        bad = fleet.add_host("bad1")
+        good.make_archive()
+        bad.sshd.stop()  # unreachable
+        result = fleet.server("pull")
+        assert result.returncode == 1
+        (message,) = sink.messages
+        assert message["Subject"] == "[pullback] 1 of 2 hosts FAILED: bad1"
+        assert message["To"] == "ops@example.test"
+        text, html = sink.bodies(message)
+        assert text.index("bad1") < text.index("good1")
+        assert "cannot connect to 127.0.0.1" in text
+        assert 'class="failed" data-host="bad1"' in html
+        assert 'class="ok" data-host="good1"' in html
+        assert html.index("bad1") < html.index("good1")
+    finally:
+        sink.stop()
+
+
+def test_unreachable_smtp_changes_nothing_else(fleet):
+    fleet.smtp_port = 9  # nothing listens on the discard port here
+    host = fleet.add_host("web1")
+    host.make_archive()
+    result = fleet.server("pull")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "the summary mail was not sent: cannot reach the SMTP server 127.0.0.1:9" in result.stderr
+    )
+    assert len(fleet.snapshots("web1")) == 1
+
+
+def test_two_pulls_at_once_and_bad_config(fleet):
+    fleet.add_host("web1")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(fleet.root / "run/server.lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = fleet.server("pull")
+        assert result.returncode == 75
+        assert "server.lock is locked by pid" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    fleet.config.write_text(
+        fleet.config.read_text().replace("parallel", "paralel") + "paralel: 2\n"
+    )
+    result = fleet.server("pull")
+    assert result.returncode == 2
+    assert "paralel: unknown key (did you mean 'parallel'?)" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -87,4 +87,8 @@ def setup(verbosity: int = 0, journal: bool | None = None) -> TailHandler:
     logger.addHandler(tail)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
+    # paramiko logs (with tracebacks) what pullback reports itself, in plain words
+    quiet = logging.getLogger("paramiko")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
     return tail

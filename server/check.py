@@ -7,7 +7,7 @@ import shutil
 
 from ..common.errors import PullbackError
 from ..common.runner import Runner
-from .backends import make_backend, read_password
+from .backends import RepositoryMissing, make_backend, read_password
 from .config import ServerConfig
 from .remote import Remote
 
@@ -56,21 +56,19 @@ def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[st
             continue
         backend = make_backend(config.backend, host, config.state_dir, runner)
         try:
+            backend.prepare(create=False)
             snapshots = backend.snapshots()
             good.append(
                 f"{host.name}: repository {backend.repository()} has {len(snapshots)} snapshot(s)"
             )
-        except PullbackError as exc:
-            text = str(exc)
-            if config.backend.init and (
-                "does not exist" in text
-                or "Is there a repository" in text
-                or "not a valid repository" in text
-            ):
+        except RepositoryMissing as exc:
+            if config.backend.init:
                 good.append(
                     f"{host.name}: repository {backend.repository()} will be "
                     "created by the first pull"
                 )
             else:
                 problems.append(f"{host.name}: {exc}")
+        except PullbackError as exc:
+            problems.append(f"{host.name}: {exc}")
     return good, problems

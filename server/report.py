@@ -56,7 +56,8 @@ def subject(results: list[HostResult], prefix: str) -> str:
     elif problems:
         text = f"{len(problems)} of {len(results)} hosts need attention: {', '.join(problems)}"
     else:
-        text = f"all {len(results)} hosts ok ({stored} stored)"
+        hosts = "the host is" if len(results) == 1 else f"all {len(results)} hosts are"
+        text = f"{hosts} ok ({stored} stored)"
     return f"{prefix} {text}".strip()
 
 

@@ -15,6 +15,10 @@ class BackendError(PullbackError):
     """The repository could not be used; the message says why in plain words."""
 
 
+class RepositoryMissing(BackendError):
+    """The repository does not exist (and was not to be created)."""
+
+
 class IncompleteStore(BackendError):
     """The tool stored a snapshot but says it is incomplete (restic exit 3)."""
 
@@ -44,10 +48,11 @@ class Backend(Protocol):
     def repository(self) -> str:
         """Where the host's repository is (a path or URL)."""
 
-    def prepare(self) -> None:
+    def prepare(self, create: bool = True) -> None:
         """Make sure the repository exists (creating it when allowed) and opens.
 
-        Raises BackendError (missing with ``init: false``, wrong password, unreachable).
+        Raises RepositoryMissing (missing, and ``init: false`` or not ``create``), or
+        BackendError (wrong password, unreachable, ...).
         """
 
     def snapshots(self) -> list[Snapshot]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from ...common.errors import CommandError
 from ...common.manifest import MANIFEST_NAME
 from ..config import BackendConfig, HostConfig
-from . import BackendError, IncompleteStore, Snapshot, StoreResult, read_password
+from . import BackendError, IncompleteStore, RepositoryMissing, Snapshot, StoreResult, read_password
 
 _WRONG_PASSWORD = ("passphrase supplied", "is incorrect")
 _MISSING = ("does not exist", "is not a valid repository")
@@ -53,7 +53,7 @@ class BorgBackend:
         reason = exc.tail[-1] if exc.tail else exc.reason
         return BackendError(f"borg failed on {self.repository()}: {reason}")
 
-    def prepare(self) -> None:
+    def prepare(self, create: bool = True) -> None:
         try:
             self.runner.run(
                 ["borg", "info", "--json"],
@@ -67,8 +67,8 @@ class BorgBackend:
             text = "\n".join(exc.tail)
             if not any(s in text for s in _MISSING):
                 raise self._explain(exc) from None
-        if not self.config.init:
-            raise BackendError(
+        if not (self.config.init and create):
+            raise RepositoryMissing(
                 f"the borg repository {self.repository()} does not exist and "
                 "backend.init is false; create it with borg init"
             )

@@ -13,7 +13,7 @@ from ...common import secrets
 from ...common.errors import CommandError
 from ...common.sidecar import STAMP_FORMAT
 from ..config import BackendConfig, HostConfig
-from . import BackendError, IncompleteStore, Snapshot, StoreResult, read_password
+from . import BackendError, IncompleteStore, RepositoryMissing, Snapshot, StoreResult, read_password
 
 TAG = "pullback"
 _MISSING = (
@@ -64,7 +64,7 @@ class ResticBackend:
         except CommandError as exc:
             raise self._explain(exc) from None
 
-    def prepare(self) -> None:
+    def prepare(self, create: bool = True) -> None:
         try:
             self.runner.run(
                 ["restic", "cat", "config"],
@@ -78,8 +78,8 @@ class ResticBackend:
             text = "\n".join(exc.tail)
             if not any(s in text for s in _MISSING) or any(s in text for s in _WRONG_PASSWORD):
                 raise self._explain(exc) from None
-        if not self.config.init:
-            raise BackendError(
+        if not (self.config.init and create):
+            raise RepositoryMissing(
                 f"the restic repository {self.repository()} does not exist "
                 "and backend.init is false; create it with restic init"
             )

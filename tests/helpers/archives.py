@@ -28,6 +28,7 @@ class Entry:
 def build_tar(entries: list[Entry], manifest: bool = True) -> bytes:
     out = bytearray()
     lines = []
+    digests: dict[str, str] = {}
     for entry in entries:
         size = len(entry.data) if entry.kind == tarformat.REGTYPE else 0
         out += tarformat.header(
@@ -42,8 +43,12 @@ def build_tar(entries: list[Entry], manifest: bool = True) -> bytes:
         )
         if size:
             out += entry.data + bytes((-size) % 512)
-        if entry.kind == tarformat.REGTYPE and entry.in_manifest:
-            lines.append(format_line(entry.name, hashlib.sha256(entry.data).hexdigest()))
+        if entry.kind == tarformat.REGTYPE:
+            digests[entry.name] = hashlib.sha256(entry.data).hexdigest()
+            if entry.in_manifest:
+                lines.append(format_line(entry.name, digests[entry.name]))
+        elif entry.kind == tarformat.LNKTYPE and entry.linkname in digests:
+            lines.append(format_line(entry.name, digests[entry.linkname]))
     if manifest:
         data = b"".join(lines)
         out += tarformat.header(

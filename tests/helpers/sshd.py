@@ -51,6 +51,8 @@ class Sshd:
     address: str = "127.0.0.1"
     port: int = 0
     user: str = field(default_factory=getpass.getuser)
+    plain: bool = False
+    """No forced command: an ordinary login key with sftp (to compare with scp)."""
     proc: subprocess.Popen | None = None
     host_key: Path | None = None
 
@@ -59,8 +61,9 @@ class Sshd:
         self.port = self.port or free_port(self.address)
         self.host_key = self.host_key or make_key(self.root / "ssh_host_ed25519_key")
         auth = self.root / "authorized_keys"
+        key = self.client_key_pub.read_text().strip()
         auth.write_text(
-            f'restrict,command="{self.forced_command}" {self.client_key_pub.read_text().strip()}\n'
+            f"{key}\n" if self.plain else f'restrict,command="{self.forced_command}" {key}\n'
         )
         auth.chmod(0o600)
         config = self.root / "sshd_config"
@@ -77,7 +80,9 @@ class Sshd:
                     "PasswordAuthentication no",
                     "KbdInteractiveAuthentication no",
                     "PubkeyAuthentication yes",
-                    "PermitRootLogin forced-commands-only",
+                    "PermitRootLogin "
+                    + ("prohibit-password" if self.plain else "forced-commands-only"),
+                    *(["Subsystem sftp /usr/lib/openssh/sftp-server"] if self.plain else []),
                     f"AllowUsers {self.user}",
                     "LogLevel VERBOSE",
                     "MaxStartups 50",

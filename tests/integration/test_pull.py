@@ -379,3 +379,44 @@ def test_two_pulls_at_once_and_bad_config(fleet):
     assert result.returncode == 2
     assert "paralel: unknown key (did you mean 'parallel'?)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_hung_host_times_out_alone(fleet):
+    good = fleet.add_host("good1")
+    hung = fleet.add_host("hung1")
+    good.make_archive()
+    hung.make_archive()
+    fleet.write_config(ssh={"connect_timeout": "3s"}, parallel=2)
+    hung.sshd.pause()  # accepts TCP (the kernel does) but never answers
+    try:
+        started = time.monotonic()
+        result = fleet.server("pull")
+        elapsed = time.monotonic() - started
+    finally:
+        hung.sshd.resume()
+    assert result.returncode == 1
+    assert "[hung1] failed: hung1: cannot connect to 127.0.0.1" in result.stderr
+    assert "timed out" in result.stderr
+    assert "[good1] stored" in result.stderr
+    assert elapsed < 60
+    assert len(fleet.snapshots("good1")) == 1
+
+
+def test_check_and_status(fleet):
+    host = fleet.add_host("web1")
+    result = fleet.server("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "web1: reachable, 0 archive(s) ready" in result.stdout
+    assert "will be created by the first pull" in result.stdout
+    status = fleet.server("status")
+    assert "web1  never pulled" in status.stdout
+    host.make_archive()
+    assert fleet.server("pull").returncode == 0
+    status = fleet.server("status")
+    assert status.returncode == 0
+    line = next(line for line in status.stdout.splitlines() if line.startswith("web1"))
+    assert "stored" in line and "ago" in line
+    fleet.password_file.chmod(0o644)
+    result = fleet.server("check")
+    assert result.returncode == 1
+    assert "readable by others; run: chmod 600" in result.stdout

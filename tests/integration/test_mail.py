@@ -1,0 +1,143 @@
+"""Mail delivery over a real SMTP server: none, STARTTLS and SSL, with and without login."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from pullback.common import mail, secrets
+from pullback.server.config import SmtpConfig
+from tests.helpers.smtp import SmtpSink
+
+PASSWORD = "smtp-s3cret-pw"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def authenticator(server, session, envelope, mechanism, auth_data):
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login == b"pullback"
+        and auth_data.password == PASSWORD.encode()
+    )
+    return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535
+
+
+def smtp_config(port, security="none", username=None, password_file=None, ca_file=None):
+    return SmtpConfig("127.0.0.1", port, security, username, password_file, ca_file, 10.0)
+
+
+def message():
+    return mail.build_message(
+        "pullback@test", ["ops@test"], "subject", "text body", "<p>html body</p>"
+    )
+
+
+@pytest.fixture
+def password_file(tmp_path):
+    path = tmp_path / "smtp.pass"
+    path.write_text(PASSWORD + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_plain_delivery():
+    sink = SmtpSink().start()
+    try:
+        mail.send(smtp_config(sink.port), message())
+        (received,) = sink.messages
+        text, html = sink.bodies(received)
+        assert (text.strip(), html.strip()) == ("text body", "<p>html body</p>")
+        assert received["Auto-Submitted"] == "auto-generated"
+    finally:
+        sink.stop()
+
+
+def test_starttls_with_login(certificate, password_file):
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    sink = SmtpSink().start(
+        tls_context=context, require_starttls=True, authenticator=authenticator, auth_required=True
+    )
+    try:
+        config = smtp_config(sink.port, "starttls", "pullback", password_file, cert)
+        mail.send(config, message())
+        assert len(sink.messages) == 1
+        password_file.write_text("wrong\n")
+        with pytest.raises(mail.MailError, match="refused the login of pullback"):
+            mail.send(config, message())
+        with pytest.raises(mail.MailError, match="TLS with the SMTP server"):
+            mail.send(smtp_config(sink.port, "starttls", "pullback", password_file), message())
+    finally:
+        sink.stop()
+
+
+def test_implicit_ssl(certificate):
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    sink = SmtpSink().start(ssl_context=context)
+    try:
+        mail.send(smtp_config(sink.port, "ssl", ca_file=cert), message())
+        assert len(sink.messages) == 1
+    finally:
+        sink.stop()
+
+
+def test_password_file_readable_by_others_is_refused(password_file):
+    password_file.chmod(0o644)
+    sink = SmtpSink().start(authenticator=authenticator, auth_require_tls=False)
+    try:
+        with pytest.raises(mail.MailError, match="readable by others"):
+            mail.send(smtp_config(sink.port, "none", "pullback", password_file), message())
+    finally:
+        sink.stop()
+
+
+def test_secrets_are_masked_in_the_mail():
+    secrets.register("leaky-token-123")
+    built = mail.build_message(
+        "a@b",
+        ["c@d"],
+        "about leaky-token-123",
+        "the token is leaky-token-123",
+        "<p>leaky-token-123</p>",
+    )
+    assert "leaky-token-123" not in built.as_string()
+
+
+def test_unreachable_and_silent_servers():
+    with pytest.raises(mail.MailError, match="cannot reach the SMTP server"):
+        mail.send(smtp_config(9), message())

@@ -1,0 +1,104 @@
+"""The serve endpoint answers four requests and refuses everything else."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from pullback.client.config import load_client_config
+from pullback.client.serve import Refused, parse_request, serve
+from tests.helpers.client import ClientSandbox
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "",
+        "   ",
+        "ls",
+        "list -a",
+        "list; rm -rf /",
+        "send",
+        "send x 0",
+        "send web1-20261122T030000Z.tar.zst -1",
+        "send web1-20261122T030000Z.tar.zst 1e3",
+        "send ../web1-20261122T030000Z.tar.zst 0",
+        "send web1-20261122T030000Z.tar.zst 0 extra",
+        "fetched",
+        "fetched /etc/passwd",
+        "list\n",
+        "send web1-20261122T030000Z.tar.zst 0\x00",
+        "lock " * 200,
+        "lïst",
+        "send web1-20261122T030000Z.tar.zst 00",
+    ],
+)
+def test_everything_but_the_four_requests_is_refused(text):
+    with pytest.raises(Refused):
+        parse_request(text)
+
+
+def test_the_four_requests():
+    assert parse_request("list").verb == "list"
+    assert parse_request("lock").verb == "lock"
+    send = parse_request("send web1-20261122T030000Z.tar.zst 4096")
+    assert (send.verb, send.archive, send.offset) == ("send", "web1-20261122T030000Z.tar.zst", 4096)
+    assert parse_request("fetched web1-20261122T030000Z.tar.gz").archive.endswith(".tar.gz")
+
+
+@pytest.fixture
+def box(tmp_path):
+    box = ClientSandbox(tmp_path / "c", hostname="web1")
+    box.write_config(fetched_keep=1)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(os.urandom(5000))
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{tmp_path / 'd'}]}}\n")
+    return box
+
+
+def run_serve(box, text, tmp_path):
+    out = tmp_path / "out"
+    with open(out, "wb") as handle:
+        code = serve(load_client_config(box.config), text, handle.fileno())
+    return code, out.read_bytes()
+
+
+def test_list_send_from_offset_and_fetched(box, tmp_path):
+    import time
+
+    assert box.cli("run").returncode == 0
+    time.sleep(1.05)
+    assert box.cli("run").returncode == 0
+    first, second = box.published()
+    (box.archives / ".incomplete-leftover.partial").write_bytes(b"x")
+
+    code, out = run_serve(box, "list", tmp_path)
+    assert code == 0
+    answer = json.loads(out)
+    assert answer["host"] == "web1" and answer["lock"] is None
+    assert [a["name"] for a in answer["archives"]] == [first.name, second.name]
+    assert answer["archives"][1]["sidecar"]["archive"]["sha256"]
+
+    code, out = run_serve(box, f"send {second.name} 100", tmp_path)
+    assert code == 0 and out == second.read_bytes()[100:]
+    code, _ = run_serve(box, f"send {second.name} {second.stat().st_size + 1}", tmp_path)
+    assert code == 2
+
+    for archive in (first, second):
+        assert run_serve(box, f"fetched {archive.name}", tmp_path)[0] == 0
+    assert run_serve(box, f"fetched {second.name}", tmp_path)[0] == 0  # twice is fine
+    fetched = sorted(p.name for p in (box.archives / "fetched").iterdir())
+    assert fetched == [second.name, second.name + ".json"]  # fetched_keep: 1
+    assert json.loads(run_serve(box, "list", tmp_path)[1])["archives"] == []
+
+
+def test_refusals_through_the_cli_exit_2(box):
+    result = box.cli("serve", env={"SSH_ORIGINAL_COMMAND": "cat /etc/shadow"})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "refused request 'cat /etc/shadow'" in result.stderr
+    result = box.cli("serve", env={"SSH_ORIGINAL_COMMAND": "send nope-20261122T030000Z.tar 0"})
+    assert result.returncode == 2 and "no archive" in result.stderr

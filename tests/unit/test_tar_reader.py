@@ -1,0 +1,76 @@
+"""The strict tar reader: our own archives, and refusals for what is not."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+
+import pytest
+
+from pullback.common import tarformat
+from pullback.common.tarformat import TarFormatError, TarReader
+from tests.helpers.archives import Entry, build_tar
+
+
+def members(data: bytes):
+    reader = TarReader(io.BytesIO(data))
+    return [(m, b"".join(reader.chunks())) for m in reader]
+
+
+def test_reads_what_the_writer_writes():
+    data = build_tar(
+        [
+            Entry("services/a/x", data=b"hello"),
+            Entry("services/a/l", tarformat.SYMTYPE, linkname="x"),
+        ]
+    )
+    found = members(data)
+    assert [(m.name, body) for m, body in found] == [
+        ("services/a/x", b"hello"),
+        ("services/a/l", b""),
+        ("MANIFEST.sha256", found[2][1]),
+    ]
+    assert found[1][0].is_symlink and found[1][0].linkname == "x"
+
+
+def test_reads_gnu_tar_long_names(tmp_path):
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    (deep / "file").write_text("x")
+    data = subprocess.run(
+        ["tar", "--format=gnu", "-cf", "-", "-C", str(tmp_path), "d" * 120],
+        capture_output=True,
+        check=True,
+    ).stdout
+    names = [m.name for m, _ in members(data)]
+    assert names == ["d" * 120 + "/", "d" * 120 + "/file"]
+
+
+def test_truncation_is_detected():
+    data = build_tar([Entry("services/a/x", data=b"x" * 5000)])
+    with pytest.raises(TarFormatError, match="truncated"):
+        members(data[:1500])
+    with pytest.raises(TarFormatError, match="truncated"):
+        members(data[: len(data) - 1024])
+
+
+def test_bad_checksum_is_detected():
+    data = bytearray(build_tar([Entry("services/a/x", data=b"x")]))
+    data[10] ^= 0x20
+    with pytest.raises(TarFormatError, match="checksum"):
+        members(bytes(data))
+
+
+def test_global_headers_and_unknown_types_are_refused():
+    glob = tarformat.header("g", b"g", mode=0o644, size=0)
+    with pytest.raises(TarFormatError, match="global"):
+        members(glob + bytes(1024))
+    odd = tarformat.header("services/a/x", b"S", mode=0o644)
+    with pytest.raises(TarFormatError, match="not accepted"):
+        members(odd + bytes(1024))
+
+
+def test_an_absurd_extended_header_is_refused():
+    block = tarformat.header("h", tarformat.PAXTYPE, mode=0o644, size=tarformat.MAX_META + 1)
+    with pytest.raises(TarFormatError, match="not plausible"):
+        members(block + bytes(1024))

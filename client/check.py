@@ -48,4 +48,8 @@ def check(config: ClientConfig) -> list[str]:
             continue
         tasks = make_tasks(service, Path("/nonexistent"), None, dry_run=True)
         problems.extend(f"{service.file}: {p}" for p in validate_service(service, plugins, tasks))
+        for spec in service.tasks:
+            problems.extend(
+                f"{service.file}: {spec.key}: {m}" for m in spec.type.missing(spec.config)
+            )
     return problems

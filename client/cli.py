@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..common.cli import common_options, main_wrapper, make_parser
 from ..common.errors import EXIT_CONFIG, EXIT_OK
@@ -37,6 +38,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("list", parents=[parent], help="list the archives on this machine")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser(
+        "restore",
+        parents=[parent],
+        help="put a service back from a restored snapshot or an archive",
+        description="Stop the service (its docker/systemd tasks), run every "
+        "task's restore (databases re-imported, files copied back), start it "
+        "again. --from is a directory holding services/NAME/ (as "
+        "`pullback-server restore` writes it) or a pullback archive file.",
+    )
+    p.add_argument("-s", "--service", required=True, metavar="NAME", help="the service")
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="restored snapshot directory, or an archive .tar.zst",
+    )
+    p.add_argument("--task", metavar="TASK", help="only this task (e.g. postgresql, files)")
+    p.add_argument(
+        "--target",
+        type=Path,
+        metavar="DIR",
+        help="put files below DIR instead of their original place",
+    )
+    p.add_argument("-n", "--dry-run", action="store_true", help="only say what would be done")
     sub.add_parser(
         "serve",
         parents=[parent],
@@ -61,6 +88,10 @@ def _handle(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
         print(f"{config.path}: ok")
         return EXIT_OK
+    if args.command == "restore":
+        from .restore import restore
+
+        return restore(config, args.service, args.source, args.task, args.target, args.dry_run)
     if args.command == "serve":
         from .serve import serve
 

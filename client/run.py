@@ -174,9 +174,9 @@ def _locked_run(
                     )
             guard.check()
             succeeded = [r for r in reports if r.status == "ok"]
-            if not succeeded:
+            if not any(t.status == "ok" for r in reports for t in r.tasks):
                 writer.abort()
-                log.error("no service succeeded; no archive was published")
+                log.error("nothing succeeded; no archive was published")
                 return RunResult(EXIT_FAILED, reports)
             written = writer.finish()
         with guard.shielded():

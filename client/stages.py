@@ -20,7 +20,7 @@ from ..common.runner import Runner
 from ..common.sidecar import ServiceReport, TaskReport
 from ..common.signals import SignalGuard
 from ..plugins.manager import PluginSet
-from ..plugins.task import Task
+from ..plugins.task import Task, TaskSkipped
 from .archive_writer import ArchiveWriter
 from .services import Service
 
@@ -117,30 +117,49 @@ def run_service(
         if not isinstance(exc, PullbackError | OSError):
             task.log.debug("%s", "".join(traceback.format_exception(exc)))
 
+    for task, spec in zip(tasks, service.tasks, strict=True):
+        missing = spec.type.missing(spec.config)
+        if missing:
+            reports[id(task)].error = f"skipped: {'; '.join(missing)}"
+            task.log.error("%s", reports[id(task)].error)
+    runnable = [t for t in tasks if reports[id(t)].error is None]
+
+    def skip(task: Task, exc: BaseException) -> None:
+        reports[id(task)].status = "skipped"
+        reports[id(task)].error = f"skipped: {exc}"
+        task.log.error("skipped: %s", exc)
+
     prepared: list[Task] = []
     fatal: BaseException | None = None
     try:
-        for task in tasks:
+        for task in runnable:
             task.staging.mkdir(parents=True, exist_ok=True)
         prepare_failed = False
-        for task in tasks:
+        for task in runnable:
             prepared.append(task)
             try:
                 plugins.call("prepare", task)
             except (Interrupted, ArchiveError):
                 raise
+            except TaskSkipped as exc:
+                skip(task, exc)
             except Exception as exc:
                 fail(task, "prepare", exc)
                 prepare_failed = True
                 break
         if not prepare_failed:
-            for task in tasks:
+            for task in runnable:
+                if reports[id(task)].error is not None:
+                    continue  # skipped in prepare
                 task_started = time.monotonic()
                 try:
                     plugins.call("dump", task)
                     reports[id(task)].status = "ok"
                 except (Interrupted, ArchiveError):
                     raise
+                except TaskSkipped as exc:
+                    skip(task, exc)
+                    shutil.rmtree(task.staging, ignore_errors=True)
                 except Exception as exc:
                     fail(task, "dump", exc)
                     shutil.rmtree(task.staging, ignore_errors=True)
@@ -166,7 +185,7 @@ def run_service(
             task.stats.add(archive.add_tree(task.staging, task.arcdir))
         task_report.files, task_report.bytes = task.stats.files, task.stats.bytes
         task_report.warnings = list(task.stats.warnings)
-        if task_report.status == "skipped" and any(r.status == "failed" for r in reports.values()):
+        if task_report.status == "skipped" and task_report.error is None:
             task_report.error = "not run: an earlier stage failed"
     failed = [r for r in report.tasks if r.status != "ok"]
     report.status = "failed" if failed else "ok"

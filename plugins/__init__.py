@@ -8,7 +8,7 @@ Third-party plugins import what they need from here::
 import pluggy
 
 from ..common.schema import load_schema
-from .task import Task, TaskError, TaskStats, TaskType
+from .task import Requirement, Task, TaskError, TaskSkipped, TaskStats, TaskType
 
 hookimpl = pluggy.HookimplMarker("pullback")
 
@@ -18,4 +18,13 @@ def load_plugin_schema(name: str) -> dict:
     return load_schema("pullback.plugins", name)
 
 
-__all__ = ["Task", "TaskError", "TaskStats", "TaskType", "hookimpl", "load_plugin_schema"]
+__all__ = [
+    "Requirement",
+    "Task",
+    "TaskError",
+    "TaskSkipped",
+    "TaskStats",
+    "TaskType",
+    "hookimpl",
+    "load_plugin_schema",
+]

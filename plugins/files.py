@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from ..common.units import human_size
@@ -91,3 +92,45 @@ def pullback_dump(task: Task):
         raise TaskError(
             f"{len(errors)} path(s) could not be archived: {'; '.join(errors[:3])}{more}"
         )
+
+
+def _copy_parents(copy: Path, destination: Path, source_root: Path) -> None:
+    """Create missing parents of ``destination`` with the modes of the snapshot's ones."""
+    missing = []
+    parent, snapshot_parent = destination.parent, copy.parent
+    while not parent.exists() and snapshot_parent != source_root.parent:
+        missing.append((parent, snapshot_parent))
+        parent, snapshot_parent = parent.parent, snapshot_parent.parent
+    for directory, original in reversed(missing):
+        directory.mkdir()
+        if original.is_dir():
+            shutil.copystat(original, directory)
+            if os.geteuid() == 0:
+                st = original.stat()
+                os.chown(directory, st.st_uid, st.st_gid)
+
+
+@hookimpl
+def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
+    """Copy every listed path back with ``cp -a`` (owners, modes, times, links, xattrs,
+    ACLs), to its own place or below ``target``. Files that exist are replaced; files
+    that are not in the snapshot are left alone."""
+    for path in task.config["paths"]:
+        copy = source / path.lstrip("/")
+        if not os.path.lexists(copy):
+            if task.config["missing_ok"]:
+                continue
+            raise TaskError(f"{path} is not in the restored snapshot ({copy})")
+        destination = (target / path.lstrip("/")) if target else Path(path)
+        if dry_run:
+            count = sum(len(files) for _, _, files in os.walk(copy)) if copy.is_dir() else 1
+            task.log.info("would restore %s (%d files) to %s", path, count, destination)
+            continue
+        _copy_parents(copy, destination, source)
+        if copy.is_dir() and not copy.is_symlink():
+            destination.mkdir(exist_ok=True)
+            task.run(["cp", "-a", "--", f"{copy}/.", f"{destination}/"], timeout=None)
+            shutil.copystat(copy, destination)
+        else:
+            task.run(["cp", "-a", "--", str(copy), str(destination)], timeout=None)
+        task.log.info("restored %s", destination)

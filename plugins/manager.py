@@ -21,6 +21,13 @@ log = get_logger("plugins")
 BUILTIN_PLUGINS = (
     "pullback.plugins.files",
     "pullback.plugins.command",
+    "pullback.plugins.postgresql",
+    "pullback.plugins.mariadb",
+    "pullback.plugins.sqlite",
+    "pullback.plugins.docker",
+    "pullback.plugins.systemd",
+    "pullback.plugins.mongodb",
+    "pullback.plugins.influxdb",
 )
 
 ENTRY_POINT_GROUP = "pullback"

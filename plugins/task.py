@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,30 @@ class TaskError(PullbackError):
     """A task failed; the message says why in words an administrator can act on."""
 
 
+class TaskSkipped(TaskError):
+    """The task cannot run here (e.g. its tool is not installed): skipped, and said so."""
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A program a task needs: any one of ``programs``, from the Debian ``package``."""
+
+    programs: tuple[str, ...]
+    package: str
+    when: tuple[tuple[str, object], ...] = ()
+    """Only needed when the section has these values, e.g. ``(("version", 2),)``."""
+
+    def missing(self, config: dict | None = None) -> str | None:
+        """None when one of the programs is on PATH (or the requirement does not apply),
+        else the sentence that says what is missing."""
+        if any((config or {}).get(key) != value for key, value in self.when):
+            return None
+        if any(shutil.which(p) for p in self.programs):
+            return None
+        names = " or ".join(self.programs)
+        return f"{names} is not installed ({self.package})"
+
+
 @dataclass(frozen=True)
 class TaskType:
     """A service.yaml key a plugin handles, and the schema of its section."""
@@ -25,6 +50,13 @@ class TaskType:
     schema: dict = field(default_factory=lambda: {"type": "object"})
     aliases: tuple[str, ...] = ()
     description: str = ""
+    requires: tuple[Requirement, ...] = ()
+    """Programs without which the task is skipped (and the service reported failed)."""
+    stops_service: bool = False
+    """Its prepare stops the application (docker, systemd): restores are wrapped in it."""
+
+    def missing(self, config: dict | None = None) -> list[str]:
+        return [m for r in self.requires if (m := r.missing(config))]
 
 
 @dataclass

@@ -1,0 +1,82 @@
+"""Helpers the database plugins share: aliases, password files, temporary credentials."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tempfile
+from pathlib import Path
+
+from ..common import secrets
+from ..common.units import parse_duration
+from .task import Task, TaskError
+
+
+def first(config: dict, *keys: str, default=None):
+    """The value of the first key present (backup-suite spelled some keys differently)."""
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    return default
+
+
+def read_secret_file(path: str | os.PathLike) -> str:
+    """The first line of a password file that only its owner may read. Raises TaskError."""
+    path = Path(path)
+    try:
+        if path.stat().st_mode & 0o077:
+            raise TaskError(
+                f"the password file {path} may be read by others; run: chmod 600 {path}"
+            )
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise TaskError(f"the password file {path} does not exist") from None
+    except PermissionError:
+        raise TaskError(f"cannot read the password file {path}") from None
+    if not lines or not lines[0]:
+        raise TaskError(f"the password file {path} is empty")
+    secrets.register(lines[0])
+    return lines[0]
+
+
+def private_file(task: Task, name: str, content: str) -> Path:
+    """A file only this process can read, in a private directory, removed with the task.
+
+    Used for credentials handed to a tool by file (never on its command line).
+    """
+    directory = task.state.get("_private")
+    if directory is None:
+        directory = tempfile.mkdtemp(prefix="pullback-cred-")
+        task.state["_private"] = directory
+    path = Path(directory) / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+    return path
+
+
+def forget_private(task: Task) -> None:
+    directory = task.state.pop("_private", None)
+    if directory:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def timeout(task: Task) -> float:
+    return parse_duration(task.config["timeout"])
+
+
+def extra_options(task: Task, key: str = "dump_options") -> list[str]:
+    return shlex.split(task.config.get(key) or "")
+
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def file_name(name: str, suffix: str) -> str:
+    """A file name for a database name (odd characters percent-encoded)."""
+    if _SAFE.match(name):
+        return name + suffix
+    return "".join(c if c.isalnum() or c in "._-" else f"%{ord(c):02X}" for c in name) + suffix

@@ -1,0 +1,175 @@
+"""The ``docker`` task: stop a compose application for the backup, start it again after."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from ..common.errors import CommandError
+from . import hookimpl, load_plugin_schema
+from ._common import first, timeout
+from .task import Requirement, Task, TaskError, TaskType
+
+
+@hookimpl
+def pullback_task_types():
+    return [
+        TaskType(
+            "docker",
+            load_plugin_schema("docker"),
+            description="docker compose applications (stop, archive config, start)",
+            requires=(Requirement(("docker",), "install Docker with compose"),),
+            stops_service=True,
+        )
+    ]
+
+
+def compose_file(task: Task) -> Path:
+    return Path(first(task.config, "docker_compose_path", "compose_file"))
+
+
+def _compose(task: Task, *args: str) -> list[str]:
+    project = task.config.get("project_directory") or str(compose_file(task).parent)
+    return [
+        "docker",
+        "compose",
+        "-f",
+        str(compose_file(task)),
+        "--project-directory",
+        project,
+        *args,
+    ]
+
+
+def _lines(task: Task, argv: list[str], name: str) -> list[str]:
+    out = Path(task.state.setdefault("_tmp", str(task.staging.parent / f".{task.type}-tmp")))
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / name
+    task.run(argv, stdout=target, timeout=timeout(task), level=10)
+    lines = [line.strip() for line in target.read_text().splitlines() if line.strip()]
+    target.unlink()
+    return lines
+
+
+@hookimpl
+def pullback_validate(task: Task):
+    config = task.config
+    if ("docker_compose_path" in config) == ("compose_file" in config):
+        return ["name the compose file: docker_compose_path (or compose_file), once"]
+    if not compose_file(task).is_file():
+        return [f"compose file {compose_file(task)} does not exist"]
+    return []
+
+
+@hookimpl
+def pullback_plan(task: Task):
+    lines = []
+    if task.config["stop_services"]:
+        lines.append(f"stop the running services of {compose_file(task)}, start them after")
+    if task.config["backup_config"]:
+        lines.append("archive the compose file and .env")
+    if task.config["pin_images"]:
+        lines.append("record the image digests")
+    return lines
+
+
+@hookimpl
+def pullback_prepare(task: Task):
+    if not task.config["stop_services"]:
+        return
+    running = _lines(task, _compose(task, "ps", "--services", "--status", "running"), "running")
+    task.state["running"] = running
+    if not running:
+        task.log.info("no service of %s is running; nothing to stop", compose_file(task))
+        return
+    wait = task.config.get("stop_wait_seconds")
+    extra = ["--timeout", str(wait)] if wait is not None else []
+    task.log.info("stopping %s", ", ".join(running))
+    # recorded first: a stop that fails halfway may still have stopped some of them
+    task.state["stopped"] = running
+    task.run(_compose(task, "stop", *extra, *running), timeout=timeout(task))
+
+
+@hookimpl
+def pullback_dump(task: Task):
+    if task.config["backup_config"]:
+        source = compose_file(task)
+        shutil.copy2(source, task.staging / source.name)
+        env = Path(task.config.get("project_directory") or source.parent) / ".env"
+        if env.is_file():
+            shutil.copy2(env, task.staging / ".env")
+    if task.config["pin_images"]:
+        _pin_images(task)
+
+
+def _pin_images(task: Task) -> None:
+    config_json = _lines(task, _compose(task, "config", "--format", "json"), "config")
+    try:
+        config = json.loads("\n".join(config_json))
+    except ValueError:
+        raise TaskError("docker compose config did not print JSON") from None
+    digests = {}
+    for name, service in (config.get("services") or {}).items():
+        image = service.get("image")
+        if not image:
+            continue
+        try:
+            found = _lines(
+                task,
+                ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", image],
+                f"digest-{name}",
+            )
+            repo_digests = json.loads(found[0]) if found else []
+        except (CommandError, ValueError):
+            repo_digests = []
+        if not repo_digests:
+            task.log.warning("no digest for %s (%s): built locally or never pulled", name, image)
+            continue
+        digests[name] = {"image": image, "digest": repo_digests[0]}
+        service["image"] = repo_digests[0]
+    (task.staging / "images.json").write_text(json.dumps(digests, indent=2) + "\n")
+    (task.staging / "docker-compose.pinned.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@hookimpl
+def pullback_finish(task: Task, failed: bool):
+    stopped = task.state.pop("stopped", None)
+    tmp = task.state.pop("_tmp", None)
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not stopped:
+        return
+    task.log.info("starting %s again", ", ".join(stopped))
+    task.run(_compose(task, "start", *stopped), timeout=timeout(task))
+    wait = task.config["wait_after_restart"]
+    if wait:
+        task.log.info("waiting %gs after the restart", wait)
+        time.sleep(wait)
+
+
+@hookimpl
+def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
+    """The compose file and .env go back to their place (or below ``target``); images
+    are not pulled: ``docker-compose.pinned.yml`` names the exact ones if needed."""
+    original = compose_file(task)
+    env_dir = Path(task.config.get("project_directory") or original.parent)
+    for name, destination in ((original.name, original), (".env", env_dir / ".env")):
+        copy = source / name
+        if not copy.is_file():
+            continue
+        if target is not None:
+            destination = target / str(destination).lstrip("/")
+        if dry_run:
+            task.log.info("would restore %s to %s", name, destination)
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(copy, destination)
+        task.log.info("restored %s", destination)
+    if (source / "docker-compose.pinned.yml").is_file():
+        task.log.info(
+            "the images in use at backup time are in %s", source / "docker-compose.pinned.yml"
+        )

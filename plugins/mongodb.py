@@ -1,0 +1,108 @@
+"""The ``mongodb`` task: ``mongodump --archive --gzip`` and ``mongorestore`` back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..common.errors import CommandError
+from . import hookimpl, load_plugin_schema
+from ._common import extra_options, forget_private, private_file, read_secret_file, timeout
+from .task import Requirement, Task, TaskError, TaskType
+
+ARCHIVE = "mongodb.archive.gz"
+TOOLS = "MongoDB Database Tools: https://www.mongodb.com/try/download/database-tools"
+
+
+@hookimpl
+def pullback_task_types():
+    return [
+        TaskType(
+            "mongodb",
+            load_plugin_schema("mongodb"),
+            description="MongoDB (mongodump --archive --gzip)",
+            requires=(Requirement(("mongodump",), TOOLS),),
+        )
+    ]
+
+
+def _arguments(task: Task) -> list[str]:
+    """Connection arguments; secrets go into a private --config file (YAML)."""
+    config = task.config
+    secret: dict[str, str] = {}
+    args: list[str] = []
+    if config.get("uri"):
+        secret["uri"] = config["uri"]
+    else:
+        if config.get("host"):
+            args.append(f"--host={config['host']}")
+        if config.get("port"):
+            args.append(f"--port={config['port']}")
+    if config.get("username"):
+        args.append(f"--username={config['username']}")
+    if config.get("password_file"):
+        secret["password"] = read_secret_file(config["password_file"])
+    if config.get("authentication_database"):
+        args.append(f"--authenticationDatabase={config['authentication_database']}")
+    if secret:
+        # JSON is valid YAML, and quotes every odd character safely
+        text = "".join(f"{k}: {json.dumps(v)}\n" for k, v in secret.items())
+        args.insert(0, f"--config={private_file(task, 'mongo.yaml', text)}")
+    return args
+
+
+def _explain(exc: CommandError, what: str) -> TaskError:
+    text = " ".join(exc.tail)
+    if "Authentication failed" in text:
+        return TaskError(f"{what}: the server refused the credentials")
+    if "server selection error" in text or "connection refused" in text.lower():
+        return TaskError(f"{what}: cannot reach the server (check uri or host and port)")
+    return TaskError(f"{what}: {exc.tail[-1] if exc.tail else exc.reason}")
+
+
+@hookimpl
+def pullback_validate(task: Task):
+    if task.config.get("uri") and (task.config.get("host") or task.config.get("port")):
+        return ["give uri, or host and port, not both"]
+    return []
+
+
+@hookimpl
+def pullback_plan(task: Task):
+    what = task.config.get("database") or "every database"
+    return [f"mongodump --archive --gzip of {what}"]
+
+
+@hookimpl
+def pullback_dump(task: Task):
+    argv = ["mongodump", *_arguments(task), f"--archive={task.staging / ARCHIVE}", "--gzip"]
+    if task.config.get("database"):
+        argv.append(f"--db={task.config['database']}")
+    if task.config["oplog"]:
+        argv.append("--oplog")
+    try:
+        task.run([*argv, *extra_options(task)], timeout=timeout(task))
+    except CommandError as exc:
+        raise _explain(exc, "mongodump failed") from None
+    finally:
+        forget_private(task)
+
+
+@hookimpl
+def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
+    """``mongorestore --drop`` from the archive: collections are replaced."""
+    archive = source / ARCHIVE
+    if not archive.is_file():
+        raise TaskError(f"{archive} is not in the restored snapshot")
+    if dry_run:
+        task.log.info("would run mongorestore --drop from %s", archive)
+        return
+    argv = ["mongorestore", *_arguments(task), f"--archive={archive}", "--gzip", "--drop"]
+    if task.config["oplog"]:
+        argv.append("--oplogReplay")
+    try:
+        task.run(argv, timeout=timeout(task))
+    except CommandError as exc:
+        raise _explain(exc, "mongorestore failed") from None
+    finally:
+        forget_private(task)

@@ -1,0 +1,244 @@
+"""docker, systemd, mongodb and influxdb tasks, and pullback-client restore.
+
+A Docker engine, systemd as PID 1, the MongoDB tools and InfluxDB 2 cannot run on the test
+machine, so ``docker``, ``systemctl``, ``mongodump`` and ``influx`` are recording stand-ins
+(tests/standins/standin.py) placed first on PATH; the tests assert the exact calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.client import ClientSandbox
+from tests.helpers.tree import make_rich_tree, snapshot
+
+STANDIN = Path(__file__).parent.parent / "standins" / "standin.py"
+
+
+@pytest.fixture
+def standins(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("docker", "systemctl", "mongodump", "mongorestore", "influx"):
+        (bin_dir / name).symlink_to(STANDIN)
+    log = tmp_path / "calls.jsonl"
+    state = tmp_path / "state.json"
+
+    class Standins:
+        env = {
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "STANDIN_LOG": str(log),
+            "STANDIN_STATE": str(state),
+        }
+
+        @staticmethod
+        def set(**values):
+            state.write_text(json.dumps(values))
+
+        @staticmethod
+        def calls():
+            if not log.exists():
+                return []
+            return [json.loads(line) for line in log.read_text().splitlines()]
+
+    return Standins()
+
+
+def short(call: dict) -> str:
+    args = [
+        a for a in call["args"] if not a.startswith("/") and a not in ("-f", "--project-directory")
+    ]
+    return " ".join([call["program"], *args])
+
+
+@pytest.fixture
+def app(tmp_path):
+    compose = tmp_path / "app" / "docker-compose.yml"
+    compose.parent.mkdir()
+    compose.write_text("services:\n  web: {image: nginx:1.25}\n  db: {image: postgres:15}\n")
+    (compose.parent / ".env").write_text("DB_PASSWORD=from-env-file\n")
+    return compose
+
+
+def test_stop_dump_start_order_and_start_after_a_failed_dump(tmp_path, standins, app):
+    standins.set(
+        running=["web", "db"],
+        active=["app.service"],
+        images={"web": "nginx:1.25", "db": "postgres:15"},
+    )
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service(
+        "shop",
+        f"""\
+        service: {{name: shop}}
+        docker:
+          docker_compose_path: {app}
+          wait_after_restart: 0
+          pin_images: true
+        systemd:
+          units: [app.service, worker.service]
+        command:
+          dump: ["echo 'the dump breaks' >&2; exit 3"]
+        """,
+    )
+    result = box.cli("run", env=standins.env)
+    assert result.returncode == 1
+    assert [short(c) for c in standins.calls()] == [
+        "docker compose ps --services --status running",
+        "docker compose stop web db",
+        "systemctl is-active --quiet app.service",
+        "systemctl is-active --quiet worker.service",
+        "systemctl stop app.service",
+        "docker compose config --format json",
+        "docker image inspect --format {{json .RepoDigests}} nginx:1.25",
+        "docker image inspect --format {{json .RepoDigests}} postgres:15",
+        # the command dump failed here; what was stopped is started, in reverse order
+        "systemctl start app.service",
+        "docker compose start web db",
+    ]
+    (archive,) = box.published()
+    services = box.sidecar(archive)["services"]
+    tasks = {t["type"]: t for t in services[0]["tasks"]}
+    assert tasks["docker"]["status"] == "ok"
+    assert tasks["command"]["status"] == "failed"
+    from pullback.common.archive_reader import verify_archive
+
+    names = set(verify_archive(archive).manifest)
+    assert {
+        "services/shop/docker/docker-compose.yml",
+        "services/shop/docker/.env",
+        "services/shop/docker/images.json",
+        "services/shop/docker/docker-compose.pinned.yml",
+    } <= names
+
+
+def test_a_failed_stop_still_starts_what_was_stopped_before(tmp_path, standins, app):
+    standins.set(running=["web"], active=["app.service"], fail_stop=True)
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service(
+        "shop",
+        f"""\
+        service: {{name: shop}}
+        systemd: {{units: [app.service]}}
+        docker: {{compose_file: {app}}}
+        """,
+    )
+    result = box.cli("run", env=standins.env)
+    assert result.returncode == 1
+    calls = [short(c) for c in standins.calls()]
+    assert calls[-3:] == [
+        "docker compose stop web",  # fails: some may have stopped
+        "docker compose start web",
+        "systemctl start app.service",
+    ]
+    assert "prepare failed" in result.stderr
+
+
+def test_mongodb_password_goes_by_file_never_argv(tmp_path, standins):
+    standins.set()
+    box = ClientSandbox(tmp_path / "client")
+    pw = box.root / "mongo.pass"
+    pw.write_text("m0ngo-secret\n")
+    pw.chmod(0o600)
+    box.add_service(
+        "m",
+        f"""\
+        service: {{name: m}}
+        mongodb: {{host: db1, port: 27017, username: backup, password_file: {pw}}}
+        """,
+    )
+    result = box.cli("run", env=standins.env)
+    assert result.returncode == 0, result.stderr
+    (call,) = standins.calls()
+    assert "m0ngo-secret" not in " ".join(call["args"])
+    assert call["config"] == 'password: "m0ngo-secret"\n'
+    assert "--host=db1" in call["args"] and "--gzip" in call["args"]
+    assert "m0ngo-secret" not in result.stderr
+
+
+def test_influx_token_goes_by_environment(tmp_path, standins):
+    standins.set()
+    box = ClientSandbox(tmp_path / "client")
+    token = box.root / "token"
+    token.write_text("influx-token-xyz\n")
+    token.chmod(0o600)
+    box.add_service("i", f"service: {{name: i}}\ninfluxdb: {{token_file: {token}, bucket: b}}\n")
+    result = box.cli("run", env=standins.env)
+    assert result.returncode == 0, result.stderr
+    (call,) = standins.calls()
+    assert call["token_in_env"] == "influx-token-xyz"
+    assert "influx-token-xyz" not in " ".join(call["args"])
+
+
+def test_a_missing_tool_skips_that_task_with_a_clear_message(tmp_path):
+    box = ClientSandbox(tmp_path / "client")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("x")
+    box.add_service(
+        "m",
+        f"""\
+        service: {{name: m}}
+        mongodb: {{host: db1}}
+        files: {{paths: [{tmp_path / "d"}]}}
+        """,
+    )
+    env = {"PATH": "/usr/bin:/bin"}  # no mongodump anywhere
+    result = box.cli("run", env=env)
+    assert result.returncode == 1
+    (archive,) = box.published()
+    (service,) = box.sidecar(archive)["services"]
+    tasks = {t["type"]: t for t in service["tasks"]}
+    assert tasks["mongodb"]["status"] == "skipped"
+    assert tasks["mongodb"]["error"].startswith("skipped: mongodump is not installed")
+    assert tasks["files"]["status"] == "ok"
+    check = box.cli("check", env=env)
+    assert "mongodb: mongodump is not installed (MongoDB Database Tools" in check.stdout
+
+
+def test_restore_files_to_a_target_keeps_metadata(tmp_path, is_root):
+    data = make_rich_tree(tmp_path / "data", as_root=is_root)
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{data}]}}\n")
+    assert box.cli("run").returncode == 0
+    (archive,) = box.published()
+    target = tmp_path / "target"
+    dry = box.cli(
+        "restore", "--service", "app", "--from", str(archive), "--target", str(target), "--dry-run"
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "would restore" in dry.stderr and not target.exists()
+    result = box.cli("restore", "--service", "app", "--from", str(archive), "--target", str(target))
+    assert result.returncode == 0, result.stderr
+    assert snapshot(target / str(data).lstrip("/")) == snapshot(data)
+
+
+def test_restore_in_place_and_from_a_directory(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "config.ini").write_text("good\n")
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{data}]}}\n")
+    assert box.cli("run").returncode == 0
+    (data / "config.ini").write_text("broken by a bad deploy\n")
+    (archive,) = box.published()
+    from pullback.client.restore import unpack_archive
+
+    unpacked = unpack_archive(archive, tmp_path / "snapshot")
+    result = box.cli("restore", "--service", "app", "--from", str(unpacked), "--task", "files")
+    assert result.returncode == 0, result.stderr
+    assert (data / "config.ini").read_text() == "good\n"
+
+
+def test_restore_usage_errors(tmp_path):
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{tmp_path}]}}\n")
+    result = box.cli("restore", "--service", "nope", "--from", str(tmp_path))
+    assert result.returncode == 2 and "no service named 'nope'" in result.stderr
+    result = box.cli("restore", "--service", "app", "--from", str(tmp_path), "--task", "db")
+    assert result.returncode == 2
+    result = box.cli("restore", "--service", "app", "--from", str(tmp_path / "missing"))
+    assert result.returncode == 2 and "does not exist" in result.stderr

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "check", parents=[parent], help="validate the configuration, every service and plugin"
     )
+    sub.add_parser(
+        "configured",
+        parents=[parent],
+        help="exit 1 when no service is configured yet (for systemd's ExecCondition)",
+    )
     p = sub.add_parser("list", parents=[parent], help="list the archives on this machine")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser(
@@ -72,7 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configured(path: Path) -> int:
+    """0 unless the configuration is valid and names no service: a broken one must not
+    make systemd skip the run silently; the run itself reports it."""
+    from ..common.errors import ConfigError
+    from .services import find_service_files
+
+    try:
+        config = load_client_config(path)
+    except ConfigError:
+        return EXIT_OK
+    if find_service_files(config.service_dirs):
+        return EXIT_OK
+    print(
+        f"no service configured in {', '.join(map(str, config.service_dirs))}: "
+        "nothing to back up yet"
+    )
+    return 1
+
+
 def _handle(args: argparse.Namespace) -> int:
+    if args.command == "configured":
+        return _configured(args.config)
     config = load_client_config(args.config)
     if args.command == "run":
         from .run import run

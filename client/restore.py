@@ -18,8 +18,8 @@ from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.sidecar import ARCHIVE_NAME
 from ..common.signals import SignalGuard
+from ..common.unpack import Unpacker
 from ..plugins.manager import load_plugins
-from ..server.unpack import Unpacker
 from .config import ClientConfig
 from .run import INSTANCE_LOCK
 from .services import discover

@@ -67,7 +67,11 @@ class FileLock:
         Returns self. Raises :class:`LockBusy` naming the holder when it stays busy.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # group-writable: the serve endpoint (group pullback) takes the archive-directory lock
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
+        with contextlib.suppress(OSError):  # the umask took the group's write bit
+            if os.fstat(fd).st_uid == os.geteuid():
+                os.fchmod(fd, 0o664)
         deadline = time.monotonic() + wait
         while True:
             try:

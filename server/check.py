@@ -38,7 +38,14 @@ def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[st
     try:
         read_password(config.backend.password_file)
     except PullbackError as exc:
-        problems.append(f"{config.path}: backend.password_file: {exc}")
+        fix = ""
+        if not config.backend.password_file.exists():
+            path = config.backend.password_file
+            fix = (
+                f"; create it (and keep a copy somewhere safe: without it no backup can "
+                f"be read): (umask 077; head -c 32 /dev/urandom | base64 > {path})"
+            )
+        problems.append(f"{config.path}: backend.password_file: {exc}{fix}")
     if problems:
         return good, problems
     for host in select_hosts(config, names):

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the summary (the mail's text) on standard output",
     )
+    sub.add_parser(
+        "configured",
+        parents=[parent],
+        help="exit 1 when server.yaml lists no host yet (for systemd's ExecCondition)",
+    )
     p = sub.add_parser("status", parents=[parent], help="how each host's last pull went")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser(
@@ -83,7 +88,23 @@ def _status_table(status: dict, hosts) -> str:
     return "\n".join(lines + notes)
 
 
+def _configured(path) -> int:
+    """0 unless the configuration is valid and lists no enabled host (see the client's)."""
+    from ..common.errors import ConfigError
+
+    try:
+        config = load_server_config(path)
+    except ConfigError:
+        return EXIT_OK
+    if any(h.enabled for h in config.hosts):
+        return EXIT_OK
+    print(f"no host listed in {config.path}: nothing to pull yet")
+    return 1
+
+
 def _handle(args: argparse.Namespace) -> int:
+    if args.command == "configured":
+        return _configured(args.config)
     config = load_server_config(args.config)
     if args.command == "pull":
         from .pull import pull

@@ -28,13 +28,13 @@ from ..common.log import get_logger
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
 from ..common.units import human_duration, human_size
+from ..common.unpack import HostileArchive
 from . import status as statuses
 from .backends import make_backend
 from .config import HostConfig, ServerConfig
 from .remote import Listing, Remote, TransferCut
 from .results import FAILED, SKIPPED, STORED, HostResult, iso, utc_now
 from .transfer import discard_partial, fetch_and_unpack
-from .unpack import HostileArchive
 
 log = get_logger("pull")
 

@@ -21,8 +21,8 @@ from ..common.errors import ArchiveError
 from ..common.fsutil import free_bytes
 from ..common.log import get_logger
 from ..common.units import human_size
+from ..common.unpack import Unpacker, UnpackStats
 from .remote import Remote, TransferCut
-from .unpack import Unpacker, UnpackStats
 
 log = get_logger("transfer")
 CHUNK = 1 << 20

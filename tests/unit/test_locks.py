@@ -74,3 +74,15 @@ def test_released_lock_leaves_no_owner(tmp_path, caplog):
         pass
     assert "stale" not in caplog.text
     assert lock_status(tmp_path / "never-created.lock") is None
+
+
+def test_lock_file_is_group_writable_whatever_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with FileLock(tmp_path / "g.lock"):
+            pass
+    finally:
+        os.umask(old)
+    assert (tmp_path / "g.lock").stat().st_mode & 0o777 == 0o664

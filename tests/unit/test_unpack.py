@@ -9,7 +9,7 @@ import pytest
 
 from pullback.common import tarformat
 from pullback.common.tarformat import TarReader
-from pullback.server.unpack import HostileArchive, Unpacker, safe_parts
+from pullback.common.unpack import HostileArchive, Unpacker, safe_parts
 from tests.helpers.archives import Entry, build_tar
 
 

@@ -29,11 +29,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common import acl
-from ..common.errors import ArchiveError
-from ..common.log import get_logger
-from ..common.manifest import MANIFEST_NAME, parse
-from ..common.tarformat import Member
+from . import acl
+from .errors import ArchiveError
+from .log import get_logger
+from .manifest import MANIFEST_NAME, parse
+from .tarformat import Member
 
 log = get_logger("unpack")
 

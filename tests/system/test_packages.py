@@ -1,0 +1,228 @@
+"""The Debian packages, as an administrator meets them: built, linted, installed with apt
+into a booted Debian 12 root (systemd as PID 1), configured, run by systemd, purged."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.debroot import CACHE, CLEAN_ENV, BootedRoot, Unavailable, fresh_copy
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+APT_CACHE = CACHE / "apt-archives"
+
+if os.geteuid() != 0:
+    pytest.skip(
+        "the system tier needs root (debootstrap, namespaces, systemd)", allow_module_level=True
+    )
+for tool in ("dpkg-buildpackage", "lintian", "debootstrap", "unshare", "nsenter"):
+    if shutil.which(tool) is None:
+        pytest.skip(
+            f"{tool} is not installed (scripts/install-deps installs it)", allow_module_level=True
+        )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict:
+    """Build the three .debs from a clean copy of the tracked files."""
+    work = tmp_path_factory.mktemp("build")
+    source = work / "pullback"
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT_DIR,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, files):
+        path = ROOT_DIR / os.fsdecode(name)
+        if path.is_file():
+            target = source / os.fsdecode(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    result = subprocess.run(
+        ["dpkg-buildpackage", "-us", "-uc", "-b"],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        env=CLEAN_ENV,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    debs = sorted(Path(p) for p in glob.glob(str(work / "*.deb")))
+    assert [d.name.split("_")[0] for d in debs] == [
+        "pullback-client",
+        "pullback-common",
+        "pullback-server",
+    ]
+    changes = next(work.glob("*.changes"))
+    return {"debs": debs, "changes": changes}
+
+
+def test_lintian_reports_no_errors_and_no_warnings(built):
+    result = subprocess.run(
+        ["lintian", "--fail-on", "error,warning", str(built["changes"])],
+        capture_output=True,
+        text=True,
+        env=CLEAN_ENV,
+    )
+    complaints = [line for line in result.stdout.splitlines() if line.startswith(("E:", "W:"))]
+    assert complaints == [], "\n".join(complaints)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def root(built, tmp_path_factory):
+    try:
+        path = fresh_copy(tmp_path_factory.mktemp("debroot") / "root")
+    except Unavailable as exc:
+        pytest.skip(f"no Debian root: {exc}")
+    if APT_CACHE.is_dir():  # packages downloaded by an earlier run
+        for deb in APT_CACHE.glob("*.deb"):
+            shutil.copy2(deb, path / "var/cache/apt/archives" / deb.name)
+    booted = BootedRoot.boot(path)
+    try:
+        yield booted
+    finally:
+        APT_CACHE.mkdir(parents=True, exist_ok=True)
+        for deb in (path / "var/cache/apt/archives").glob("*.deb"):
+            if not (APT_CACHE / deb.name).exists():
+                shutil.copy2(deb, APT_CACHE / deb.name)
+        booted.poweroff()
+        subprocess.run(["umount", "-R", str(path)], capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def installed(root, built):
+    debs = root.path / "tmp/debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    for deb in built["debs"]:
+        shutil.copy2(deb, debs / deb.name)
+    before = root.run(
+        "find / -xdev -path /proc -prune -o -path /sys -prune -o -print | sort"
+    ).stdout.splitlines()
+    root.run(["apt-get", "update", "-q"])
+    result = root.run(
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /tmp/debs/pullback-*.deb"
+    )
+    assert "Setting up pullback-server" in result.stdout
+    return {"before": set(before), "apt": result.stdout}
+
+
+def test_timers_are_enabled_and_services_skip_an_example_config(root, installed):
+    timers = root.run(["systemctl", "list-timers", "--all", "--no-legend"]).stdout
+    for timer in ("pullback-client.timer", "pullback-server.timer", "pullback-maintain.timer"):
+        assert timer in timers
+        assert root.run(["systemctl", "is-enabled", timer]).stdout.strip() == "enabled"
+    # a fresh installation: nothing configured yet, so the services are skipped, not failed
+    for service in ("pullback-client.service", "pullback-server.service"):
+        root.run(["systemctl", "start", service])
+        assert root.run(["systemctl", "is-failed", service], check=False).stdout.strip() != "failed"
+    journal = root.run(["journalctl", "-u", "pullback-client.service", "--no-pager"]).stdout
+    assert "nothing to back up yet" in journal
+    assert root.run(
+        "stat -c '%U:%G %a' /var/lib/pullback/archives /etc/pullback/client.yaml "
+        "/etc/pullback/id_ed25519"
+    ).stdout.split("\n")[:3] == ["root:pullback 2770", "root:pullback 640", "root:root 600"]
+
+
+def test_a_configured_client_and_server_run_under_systemd(root, installed):
+    # the administrator's steps of docs/server.md, on one machine
+    root.run("mkdir -p /srv/app/data && echo 'precious' > /srv/app/data/a.txt")
+    root.write(
+        "/etc/pullback/services/app/service.yaml",
+        "service: {name: app}\nfiles: {paths: [/srv/app/data]}\n",
+        0o600,
+    )
+    root.write("/etc/pullback/client.yaml", "hostname: node1\n", 0o640)
+    root.run("chgrp pullback /etc/pullback/client.yaml")
+    port = "2222"
+    root.write("/etc/ssh/sshd_config.d/pullback-test.conf", f"Port {port}\n")
+    root.run(["systemctl", "restart", "ssh.service"])
+    key = (root.path / "etc/pullback/id_ed25519.pub").read_text().strip()
+    root.write(
+        "/var/lib/pullback/.ssh/authorized_keys",
+        f'restrict,command="pullback-client serve" {key}\n',
+        0o600,
+    )
+    root.run("chown -R pullback:pullback /var/lib/pullback/.ssh")
+    root.run(
+        "head -c 32 /dev/urandom | base64 > /etc/pullback/repository.pass && "
+        "chmod 600 /etc/pullback/repository.pass"
+    )
+    root.write(
+        "/etc/pullback/server.yaml",
+        f"""\
+hosts:
+  - {{name: node1, address: 127.0.0.1, port: {port}}}
+""",
+        0o640,
+    )
+    trusted = root.run(["pullback-server", "trust", "node1", "--yes"])
+    assert "SHA256:" in trusted.stdout
+
+    client = root.run(["systemctl", "start", "pullback-client.service"], check=False)
+    assert client.returncode == 0, root.run(
+        ["journalctl", "-u", "pullback-client.service", "--no-pager"]
+    ).stdout
+    server = root.run(["systemctl", "start", "pullback-server.service"], check=False)
+    assert server.returncode == 0, root.run(
+        ["journalctl", "-u", "pullback-server.service", "--no-pager"]
+    ).stdout
+
+    snapshots = root.run(
+        "RESTIC_PASSWORD_FILE=/etc/pullback/repository.pass restic -r "
+        "/var/lib/pullback/repositories/node1 snapshots --json"
+    ).stdout
+    assert '"hostname":"node1"' in snapshots.replace(" ", "")
+    client_log = root.run(["journalctl", "-u", "pullback-client.service", "--no-pager"]).stdout
+    server_log = root.run(["journalctl", "-u", "pullback-server.service", "--no-pager"]).stdout
+    assert "published node1-" in client_log
+    assert "[node1] stored: stored node1-" in server_log
+    fetched = root.run("ls /var/lib/pullback/archives/fetched").stdout
+    assert fetched.count(".tar.zst\n") == 1
+
+
+def test_security_exposure_of_the_units(root, installed):
+    for unit in ("pullback-client.service", "pullback-server.service", "pullback-maintain.service"):
+        out = root.run(["systemd-analyze", "security", unit, "--no-pager"], check=False).stdout
+        last = out.strip().splitlines()[-1]
+        print(f"{unit}: {last}")
+        exposure = float(last.split("exposure level for")[1].split(":")[1].split()[0])
+        assert exposure < 5.0, out
+
+
+def test_purge_leaves_nothing_of_the_packages(root, installed):
+    admin_files = {
+        "/etc/pullback/repository.pass",
+        "/etc/pullback/services/app/service.yaml",
+        "/etc/ssh/sshd_config.d/pullback-test.conf",
+    }
+    root.run(
+        "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "
+        "pullback-client pullback-server pullback-common"
+    )
+    after = set(
+        root.run(
+            "find / -xdev -path /proc -prune -o -path /sys -prune -o -print | sort"
+        ).stdout.splitlines()
+    )
+    # the repositories are backups, not package files: purge keeps them
+    kept = ("/var/lib/pullback", "/var/lib/pullback/repositories")
+    assert root.run("ls /var/lib/pullback").stdout.split() == ["repositories"]
+    ours = sorted(
+        p
+        for p in after - installed["before"]
+        if "pullback" in p
+        and not p.startswith(("/var/cache/apt", "/tmp/debs", "/srv/", f"{kept[1]}/"))
+        and p not in kept
+        and p not in admin_files
+        and p not in ("/etc/pullback", "/etc/pullback/services", "/etc/pullback/services/app")
+    )
+    leftover = root.run("ls -la /var/lib/pullback 2>&1 || true").stdout
+    assert ours == [], "left behind by purge:\n" + "\n".join(ours) + "\n" + leftover
+    assert root.run("getent passwd pullback", check=False).returncode == 0  # policy: kept

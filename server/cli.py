@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from pathlib import Path
 
 from ..common.cli import common_options, main_wrapper, make_parser
 from ..common.errors import EXIT_FAILED, EXIT_OK
@@ -37,6 +38,56 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the summary (the mail's text) on standard output",
     )
+    p = sub.add_parser(
+        "maintain",
+        parents=[parent],
+        help="forget and prune by the retention policy, check, restore drills",
+        description="Per host: remove stale repository locks, forget snapshots "
+        "by the retention policy, prune, check a rotating part of the data, and "
+        "run the restore drill when it is due. Waits for a running pull.",
+    )
+    p.add_argument("--host", action="append", metavar="NAME", help="only this host")
+    drill_choice = p.add_mutually_exclusive_group()
+    drill_choice.add_argument(
+        "--verify",
+        dest="verify",
+        action="store_const",
+        const=True,
+        help="run the restore drill even if it is not due",
+    )
+    drill_choice.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_const",
+        const=False,
+        help="skip the restore drill",
+    )
+    p = sub.add_parser(
+        "verify",
+        parents=[parent],
+        help="restore drill: restore a snapshot and check it against its manifest",
+    )
+    p.add_argument("--host", action="append", metavar="NAME", help="only this host")
+    p.add_argument("--random", action="store_true", help="a random snapshot, not the newest")
+    p = sub.add_parser("snapshots", parents=[parent], help="list a host's snapshots")
+    p.add_argument("hostname", metavar="HOST")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser(
+        "restore", parents=[parent], help="restore (part of) a host's snapshot into a directory"
+    )
+    p.add_argument("hostname", metavar="HOST")
+    p.add_argument(
+        "--snapshot",
+        default="latest",
+        metavar="ID",
+        help="snapshot id (or archive stamp); default: latest",
+    )
+    p.add_argument("--service", metavar="NAME", help="only this service")
+    p.add_argument("--path", metavar="P", help="only this path (e.g. services/app/files/etc)")
+    p.add_argument(
+        "--target", required=True, type=Path, metavar="DIR", help="where to restore (must be empty)"
+    )
+    p.add_argument("--force", action="store_true", help="restore into a non-empty directory")
     sub.add_parser(
         "configured",
         parents=[parent],
@@ -66,7 +117,9 @@ def _age(value: str | None, now: dt.datetime) -> str:
 
 def _status_table(status: dict, hosts) -> str:
     now = dt.datetime.now(dt.UTC)
-    rows = [("HOST", "LAST RESULT", "NEWEST SNAPSHOT", "ARCHIVE SIZE", "LAST ATTEMPT")]
+    rows = [
+        ("HOST", "LAST RESULT", "NEWEST SNAPSHOT", "LAST VERIFIED", "REPOSITORY", "LAST ATTEMPT")
+    ]
     notes = []
     for host in hosts:
         entry = status["hosts"].get(host.name, {})
@@ -74,12 +127,15 @@ def _status_table(status: dict, hosts) -> str:
         if entry.get("problem"):
             result += " (!)" if result != "failed" else ""
             notes.append(f"{host.name}: {entry.get('reason', '')}")
+        if entry.get("verify_result") == "failed":
+            notes.append(f"{host.name}: last drill: {entry.get('verify_summary', '')}")
         rows.append(
             (
                 host.name,
                 result,
                 _age(entry.get("newest_snapshot"), now),
-                human_size(entry["size"]) if entry.get("size") else "-",
+                _age(entry.get("last_verified"), now),
+                human_size(entry["repository_bytes"]) if entry.get("repository_bytes") else "-",
                 _age(entry.get("last_attempt"), now),
             )
         )
@@ -116,6 +172,41 @@ def _handle(args: argparse.Namespace) -> int:
         if not args.dry_run:
             send_summary(config.email, results)
         return code
+    if args.command == "maintain":
+        from .maintain import maintain
+        from .report import render_maintenance, send_maintenance
+
+        code, results = maintain(config, args.host, args.verify)
+        print(render_maintenance(results)[0])
+        send_maintenance(config.email, results)
+        return code
+    if args.command == "verify":
+        from .maintain import verify
+
+        code, results = verify(config, args.host, args.random)
+        for result in results:
+            print(f"{result.host}: {result.summary}")
+        return code
+    if args.command == "snapshots":
+        from .snapshots import list_snapshots, render
+
+        print(render(list_snapshots(config, args.hostname), args.json))
+        return EXIT_OK
+    if args.command == "restore":
+        from .snapshots import restore
+
+        print(
+            restore(
+                config,
+                args.hostname,
+                args.target,
+                args.snapshot,
+                args.service,
+                args.path,
+                args.force,
+            )
+        )
+        return EXIT_OK
     if args.command == "status":
         from .status import load_status
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.config import load_validated
@@ -22,6 +22,21 @@ class HostConfig:
     user: str
     repository: str | None
     enabled: bool
+    retention: dict = field(default_factory=dict)
+    """The effective policy: the global one with this host's keys over it."""
+    verify_every: float = 7 * 86400.0
+    max_age: float = 36 * 3600.0
+
+
+@dataclass(frozen=True)
+class MaintenanceConfig:
+    check_subsets: int = 8
+    borg_check_duration: float = 3600.0
+    verify_every: float = 7 * 86400.0
+    verify_max_age: float = 15 * 86400.0
+    repository_lock_wait: float = 1800.0
+    wait_for_pull: float = 6 * 3600.0
+    scratch_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,7 @@ class ServerConfig:
     hosts: tuple[HostConfig, ...]
     retention: dict
     email: EmailConfig | None
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
 
     def host(self, name: str) -> HostConfig:
         for host in self.hosts:
@@ -92,6 +108,9 @@ class ServerConfig:
 
     def partial_dir(self, host: str) -> Path:
         return self.state_dir / "partial" / host
+
+    def scratch_dir(self) -> Path:
+        return self.maintenance.scratch_dir or self.state_dir / "drill"
 
 
 def _email(data: dict | None) -> EmailConfig | None:
@@ -123,6 +142,9 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
     data = doc.data
     ssh = data["ssh"]
     backend = data["backend"]
+    maintenance = data["maintenance"]
+    default_verify = parse_duration(maintenance["verify_every"])
+    default_max_age = parse_duration(data["max_age"])
     problems = []
     seen: dict[str, int] = {}
     hosts = []
@@ -145,6 +167,9 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
                 user=host.get("user", ssh["user"]),
                 repository=host.get("repository"),
                 enabled=host["enabled"],
+                retention={**data["retention"], **host.get("retention", {})},
+                verify_every=parse_duration(host.get("verify_every", default_verify)),
+                max_age=parse_duration(host.get("max_age", default_max_age)),
             )
         )
     if backend["type"] == "borg":
@@ -184,4 +209,15 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
         hosts=tuple(hosts),
         retention=dict(data["retention"]),
         email=_email(data.get("email")),
+        maintenance=MaintenanceConfig(
+            check_subsets=maintenance["check_subsets"],
+            borg_check_duration=parse_duration(maintenance["borg_check_duration"]),
+            verify_every=default_verify,
+            verify_max_age=parse_duration(maintenance["verify_max_age"]),
+            repository_lock_wait=parse_duration(maintenance["repository_lock_wait"]),
+            wait_for_pull=parse_duration(maintenance["wait_for_pull"]),
+            scratch_dir=Path(maintenance["scratch_dir"])
+            if maintenance.get("scratch_dir")
+            else None,
+        ),
     )

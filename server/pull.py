@@ -149,6 +149,7 @@ def _pull(config, host, cancel, dry_run, result: HostResult, runner, hlog, start
     snapshots = backend.snapshots()
     newest = snapshots[-1] if snapshots else None
     result.newest_snapshot = iso(newest.time) if newest else None
+    result.oldest_snapshot = iso(snapshots[0].time) if snapshots else None
     stored_stamps = {s.stamp for s in snapshots if s.stamp}
 
     with Remote(host, config.ssh, runner) as remote:
@@ -257,6 +258,10 @@ def _pull(config, host, cancel, dry_run, result: HostResult, runner, hlog, start
         )
         discard_partial(fetched.path)
         _mark_fetched(remote, name, result, hlog)
+        try:
+            result.repository_bytes = backend.size()
+        except PullbackError as exc:
+            hlog.warning("could not measure the repository: %s", exc)
 
 
 def _mark_fetched(remote: Remote, name: str, result: HostResult, hlog) -> None:
@@ -277,10 +282,55 @@ def pull(
     with lock.acquire(), SignalGuard():
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         results = _run_hosts(config, hosts, dry_run)
+        assess(config, results)
         if not dry_run:
             statuses.record(config.state_dir, results)
     failed = [r for r in results if r.status == FAILED]
     return (EXIT_FAILED if failed else EXIT_OK), results
+
+
+def _age(value: str | None, now: dt.datetime) -> float | None:
+    if not value:
+        return None
+    then = dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    return (now - then).total_seconds()
+
+
+def assess(config: ServerConfig, results: list[HostResult]) -> None:
+    """Flag hosts whose newest snapshot is too old or whose last drill is too old."""
+    now = utc_now()
+    recorded = statuses.load_status(config.state_dir)["hosts"]
+    for result in results:
+        host = config.host(result.host)
+        entry = recorded.get(result.host, {})
+        result.last_verified = entry.get("last_verified")
+        if result.repository_bytes is None:
+            result.repository_bytes = entry.get("repository_bytes")
+        age = _age(result.newest_snapshot, now)
+        if age is None or age > host.max_age:
+            result.stale = True
+            result.warnings.insert(
+                0,
+                (
+                    "no snapshot has been stored yet"
+                    if age is None
+                    else f"the newest snapshot is {human_duration(age)} old "
+                    f"(max_age {human_duration(host.max_age)})"
+                ),
+            )
+        verified = _age(result.last_verified, now)
+        limit = config.maintenance.verify_max_age
+        oldest = _age(result.oldest_snapshot, now)
+        if (verified is None and oldest is not None and oldest > limit) or (
+            verified is not None and verified > limit
+        ):
+            result.unverified = True
+            result.warnings.append(
+                "never proven restorable by a drill"
+                if verified is None
+                else f"the last successful restore drill is {human_duration(verified)} old "
+                f"(verify_max_age {human_duration(limit)})"
+            )
 
 
 def _run_hosts(config: ServerConfig, hosts: list[HostConfig], dry_run: bool):

@@ -77,7 +77,44 @@ def render(results: list[HostResult], now: dt.datetime | None = None) -> tuple[s
     return text, html
 
 
-def should_send(policy: str, results: list[HostResult]) -> bool:
+def render_maintenance(results, now: dt.datetime | None = None) -> tuple[str, str]:
+    """The (text, html) bodies of a maintenance report (failures first)."""
+    now = now or dt.datetime.now(dt.UTC)
+    ordered_results = sorted(results, key=lambda r: (r.status != "failed", r.host))
+    context = {
+        "results": ordered_results,
+        "when": now.strftime("%Y-%m-%d %H:%M UTC"),
+        "failed": sum(r.status == "failed" for r in results),
+    }
+    return (
+        _environment(False).get_template("maintain.txt.j2").render(context),
+        _environment(True).get_template("maintain.html.j2").render(context),
+    )
+
+
+def send_maintenance(email: EmailConfig | None, results) -> bool:
+    """Mail the maintenance report by the same ``send`` policy as the pull summary."""
+    if email is None or not results or not should_send(email.send, results):
+        return False
+    failed = [r.host for r in results if r.status == "failed"]
+    text = (
+        f"maintenance FAILED on {len(failed)} of {len(results)} hosts: {', '.join(failed)}"
+        if failed
+        else f"maintenance ok on {len(results)} host(s)"
+    )
+    body, html = render_maintenance(results)
+    message = mail.build_message(
+        email.sender, email.to, f"{email.subject_prefix} {text}", body, html
+    )
+    try:
+        mail.send(email.smtp, message)
+    except mail.MailError as exc:
+        log.error("the maintenance report was not sent: %s", exc)
+        return False
+    return True
+
+
+def should_send(policy: str, results) -> bool:
     if policy == "always":
         return True
     if policy == "never":

@@ -36,12 +36,25 @@ class HostResult:
     started: str | None = None
     newest_snapshot: str | None = None
     resumed_from: int = 0
+    oldest_snapshot: str | None = None
+    last_verified: str | None = None
+    repository_bytes: int | None = None
+    stale: bool = False
+    """The newest snapshot is older than the host's max_age (or there is none)."""
+    unverified: bool = False
+    """The last successful restore drill is older than verify_max_age."""
     client_failed_services: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
     def is_problem(self) -> bool:
-        return self.status == FAILED or self.problem or bool(self.client_failed_services)
+        return (
+            self.status == FAILED
+            or self.problem
+            or self.stale
+            or self.unverified
+            or bool(self.client_failed_services)
+        )
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -44,6 +44,9 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
         )
         if result.newest_snapshot:
             entry["newest_snapshot"] = result.newest_snapshot
+        if result.repository_bytes is not None:
+            entry["repository_bytes"] = result.repository_bytes
+        entry["stale"] = result.stale
         if result.status == STORED:
             entry.update(
                 {
@@ -62,3 +65,45 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
     state_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(state_dir / STATUS_FILE, json.dumps(status, indent=2, sort_keys=True) + "\n")
     return status
+
+
+def _save(state_dir: Path, status: dict) -> dict:
+    status["updated"] = iso(utc_now())
+    state_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(state_dir / STATUS_FILE, json.dumps(status, indent=2, sort_keys=True) + "\n")
+    return status
+
+
+def _record_drill(entry: dict, drill, now: str) -> None:
+    entry["last_verified_attempt"] = now
+    entry["verify_result"] = "ok" if drill.ok else "failed"
+    entry["verify_summary"] = drill.summary
+    entry["verify_problems"] = drill.problems[:20]
+    if drill.ok:
+        entry["last_verified"] = now
+        entry["last_verified_snapshot"] = drill.snapshot_id
+
+
+def record_drills(state_dir: Path, drills) -> dict:
+    """Record restore drills (``pullback-server verify``)."""
+    status = load_status(state_dir)
+    now = iso(utc_now())
+    for drill in drills:
+        _record_drill(status["hosts"].setdefault(drill.host, {}), drill, now)
+    return _save(state_dir, status)
+
+
+def record_maintenance(state_dir: Path, results) -> dict:
+    """Record maintenance runs: their result, the repository size, a drill if one ran."""
+    status = load_status(state_dir)
+    now = iso(utc_now())
+    for result in results:
+        entry = status["hosts"].setdefault(result.host, {})
+        entry["last_maintained"] = now
+        entry["maintain_result"] = result.status
+        entry["maintain_reason"] = result.reason
+        if result.repository_size is not None:
+            entry["repository_bytes"] = result.repository_size
+        if result.drill is not None:
+            _record_drill(entry, result.drill, now)
+    return _save(state_dir, status)

@@ -29,6 +29,18 @@ class Snapshot:
     time: dt.datetime
     stamp: str | None
     """The archive stamp the snapshot was made from (pullback's own snapshots)."""
+    paths: tuple[str, ...] = ()
+    """restic: the absolute staging path the snapshot was taken of."""
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    kept: list[str]
+    removed: list[str]
+
+
+class RepositoryLocked(BackendError):
+    """A live process holds the repository's lock beyond the configured wait."""
 
 
 @dataclass(frozen=True)
@@ -64,16 +76,66 @@ class Backend(Protocol):
         Raises IncompleteStore or BackendError; a failed store leaves no snapshot.
         """
 
+    def unlock(self) -> str:
+        """Remove locks of processes that are gone (never a live one); say what was done."""
 
-def make_backend(config: BackendConfig, host: HostConfig, state_dir: Path, runner) -> Backend:
-    """The backend of ``config.type`` for one host."""
+    def forget(self, policy: dict) -> ForgetResult:
+        """Apply a retention ``policy`` (keep_last/hourly/daily/weekly/monthly/yearly/within)
+        to this host's snapshots; return what was kept and removed."""
+
+    def prune(self) -> None:
+        """Free the space of forgotten snapshots (restic prune / borg compact)."""
+
+    def check(self, part: int, parts: int, duration: float) -> str:
+        """Check the repository, reading part ``part`` of ``parts`` of the data (restic) or
+        for ``duration`` seconds, resuming (borg). Returns a summary; raises BackendError."""
+
+    def size(self) -> int:
+        """Bytes the repository occupies."""
+
+    def restore(self, snapshot: Snapshot, target: Path, includes: list[str]) -> None:
+        """Restore ``includes`` (paths relative to the snapshot root; all when empty) of
+        ``snapshot`` so that ``target`` holds ``services/`` and ``MANIFEST.sha256``."""
+
+
+def make_backend(
+    config: BackendConfig, host: HostConfig, state_dir: Path, runner, lock_wait: float = 1800.0
+) -> Backend:
+    """The backend of ``config.type`` for one host; a live repository lock is waited
+    for up to ``lock_wait`` seconds."""
     if config.type == "restic":
         from .restic import ResticBackend
 
-        return ResticBackend(config, host, state_dir, runner)
+        return ResticBackend(config, host, state_dir, runner, lock_wait)
     from .borg import BorgBackend
 
-    return BorgBackend(config, host, state_dir, runner)
+    return BorgBackend(config, host, state_dir, runner, lock_wait)
+
+
+def within_to_restic(value: str) -> str:
+    """``2w`` -> ``14d``: restic's durations know y, m, d and h only."""
+    value = value.strip()
+    return f"{int(value[:-1]) * 7}d" if value.endswith("w") else value
+
+
+def policy_arguments(policy: dict, within=lambda v: v) -> list[str]:
+    """``--keep-daily 7 --keep-within 2d ...`` for a retention policy."""
+    args = []
+    for key in (
+        "keep_last",
+        "keep_hourly",
+        "keep_daily",
+        "keep_weekly",
+        "keep_monthly",
+        "keep_yearly",
+    ):
+        if policy.get(key):
+            args += [f"--{key.replace('_', '-')}", str(policy[key])]
+    if policy.get("keep_within"):
+        args += ["--keep-within", within(policy["keep_within"])]
+    if not args:
+        raise BackendError("the retention policy keeps nothing; set at least one keep_*")
+    return args
 
 
 def read_password(path: Path) -> str:

@@ -13,7 +13,18 @@ from ...common import secrets
 from ...common.errors import CommandError
 from ...common.sidecar import STAMP_FORMAT
 from ..config import BackendConfig, HostConfig
-from . import BackendError, IncompleteStore, RepositoryMissing, Snapshot, StoreResult, read_password
+from . import (
+    BackendError,
+    ForgetResult,
+    IncompleteStore,
+    RepositoryLocked,
+    RepositoryMissing,
+    Snapshot,
+    StoreResult,
+    policy_arguments,
+    read_password,
+    within_to_restic,
+)
 
 TAG = "pullback"
 _MISSING = (
@@ -23,16 +34,26 @@ _MISSING = (
     "repository not found",
 )
 _WRONG_PASSWORD = ("wrong password", "no key found")
+_LOCKED = "repository is already locked"
 _TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+_LOCK_POLL = 5.0
 
 
 class ResticBackend:
     name = "restic"
 
-    def __init__(self, config: BackendConfig, host: HostConfig, state_dir: Path, runner):
+    def __init__(
+        self,
+        config: BackendConfig,
+        host: HostConfig,
+        state_dir: Path,
+        runner,
+        lock_wait: float = 1800.0,
+    ):
         self.config = config
         self.host = host
         self.runner = runner
+        self.lock_wait = lock_wait
         self.cache = state_dir / "cache" / "restic"
 
     def repository(self) -> str:
@@ -55,14 +76,42 @@ class ResticBackend:
                 f"wrong password for the restic repository {self.repository()} "
                 f"(password_file {self.config.password_file})"
             )
-        reason = exc.tail[-1] if exc.tail else exc.reason
+        if _LOCKED in text:
+            holder = next((line for line in exc.tail if _LOCKED in line), "")
+            return RepositoryLocked(
+                f"the restic repository {self.repository()} is locked by a "
+                f"live process ({holder.split(_LOCKED)[-1].strip()}); "
+                f"waited {self.lock_wait:g}s"
+            )
+        lines = [line for line in exc.tail if line.strip()]
+        reason = lines[-1] if lines else exc.reason
         return BackendError(f"restic failed on {self.repository()}: {reason}")
 
     def _run(self, args: list[str], **kwargs):
-        try:
-            return self.runner.run(["restic", *args], env=self._env(), **kwargs)
-        except CommandError as exc:
-            raise self._explain(exc) from None
+        """Run restic; a stale lock is removed and a live one waited for."""
+        deadline = time.monotonic() + self.lock_wait
+        while True:
+            try:
+                return self.runner.run(["restic", *args], env=self._env(), **kwargs)
+            except CommandError as exc:
+                if args[0] == "backup" and exc.exit_code_of_command == 3:
+                    raise IncompleteStore(
+                        "restic stored an incomplete snapshot: some staged files could not be read"
+                    ) from None
+                if _LOCKED not in "\n".join(exc.tail):
+                    raise self._explain(exc) from None
+                if self.unlock():
+                    continue  # a stale lock is gone: try again at once
+                if time.monotonic() >= deadline:
+                    raise self._explain(exc) from None
+                self.runner.log.info("the repository is locked by a live process; waiting")
+                time.sleep(_LOCK_POLL)
+
+    def _json(self, args: list[str], timeout: float = 3600):
+        with tempfile.TemporaryFile() as out:
+            self._run([*args, "--json"], stdout=out, level=10, timeout=timeout)
+            out.seek(0)
+            return json.loads(out.read() or b"null")
 
     def prepare(self, create: bool = True) -> None:
         try:
@@ -88,20 +137,17 @@ class ResticBackend:
         self._run(["init"], timeout=600)
 
     def snapshots(self) -> list[Snapshot]:
-        with tempfile.TemporaryFile() as out:
-            self._run(
-                ["snapshots", "--json", "--host", self.host.name, "--tag", TAG],
-                stdout=out,
-                level=10,
-                timeout=600,
-            )
-            out.seek(0)
-            data = json.loads(out.read() or b"[]")
+        data = self._json(["snapshots", "--host", self.host.name, "--tag", TAG], timeout=600)
         found = []
         for item in data or []:
             stamp = next((t for t in item.get("tags") or [] if _is_stamp(t)), None)
             found.append(
-                Snapshot(item.get("short_id") or item["id"][:8], parse_time(item["time"]), stamp)
+                Snapshot(
+                    item.get("short_id") or item["id"][:8],
+                    parse_time(item["time"]),
+                    stamp,
+                    tuple(item.get("paths") or ()),
+                )
             )
         return sorted(found, key=lambda s: s.time)
 
@@ -122,16 +168,7 @@ class ResticBackend:
             ".",
         ]
         with tempfile.TemporaryFile() as out:
-            try:
-                self.runner.run(
-                    ["restic", *args], env=self._env(), cwd=staging, stdout=out, timeout=timeout
-                )
-            except CommandError as exc:
-                if exc.exit_code_of_command == 3:
-                    raise IncompleteStore(
-                        "restic stored an incomplete snapshot: some staged files could not be read"
-                    ) from None
-                raise self._explain(exc) from None
+            self._run(args, cwd=staging, stdout=out, timeout=timeout)
             out.seek(0)
             summary = {}
             for line in out.read().splitlines():
@@ -150,6 +187,86 @@ class ResticBackend:
             int(summary.get("files_changed", 0)),
             time.monotonic() - started,
         )
+
+    def _locks(self) -> list[str]:
+        with tempfile.TemporaryFile() as out:
+            try:
+                self.runner.run(
+                    ["restic", "list", "locks", "--no-lock"],
+                    env=self._env(),
+                    stdout=out,
+                    level=10,
+                    timeout=600,
+                )
+            except CommandError as exc:
+                raise self._explain(exc) from None
+            out.seek(0)
+            return out.read().decode().split()
+
+    def unlock(self) -> str:
+        """``restic unlock`` removes only locks whose process is gone; it says "removed"
+        either way, so the locks are counted before and after."""
+        before = self._locks()
+        if not before:
+            return ""
+        try:
+            self.runner.run(
+                ["restic", "unlock"], env=self._env(), stdout="/dev/null", level=10, timeout=600
+            )
+        except CommandError as exc:
+            raise self._explain(exc) from None
+        removed = len(before) - len(self._locks())
+        if removed <= 0:
+            return ""
+        message = (
+            f"removed {removed} stale lock(s) from {self.repository()} (their process is gone)"
+        )
+        self.runner.log.warning("%s", message)
+        return message
+
+    def forget(self, policy: dict) -> ForgetResult:
+        data = self._json(
+            [
+                "forget",
+                "--host",
+                self.host.name,
+                "--tag",
+                TAG,
+                "--group-by",
+                "host",
+                *policy_arguments(policy, within_to_restic),
+            ]
+        )
+        kept, removed = [], []
+        for group in data or []:
+            kept += [s.get("short_id") or s["id"][:8] for s in group.get("keep") or []]
+            removed += [s.get("short_id") or s["id"][:8] for s in group.get("remove") or []]
+        return ForgetResult(kept, removed)
+
+    def prune(self) -> None:
+        self._run(["prune"], timeout=24 * 3600)
+
+    def check(self, part: int, parts: int, duration: float) -> str:
+        args = ["check"]
+        if parts > 1:
+            args.append(f"--read-data-subset={part}/{parts}")
+        else:
+            args.append("--read-data")
+        self._run(args, stdout="/dev/null", timeout=24 * 3600)
+        return f"restic check read part {part}/{parts} of the data: no errors"
+
+    def size(self) -> int:
+        data = self._json(["stats", "--mode", "raw-data"])
+        return int((data or {}).get("total_size", 0))
+
+    def restore(self, snapshot: Snapshot, target: Path, includes: list[str]) -> None:
+        """pullback snapshots are taken with ``backup .`` in the staging tree, so their
+        root holds ``services/`` and ``MANIFEST.sha256`` and restores straight into
+        ``target``."""
+        args = ["restore", snapshot.id, "--target", str(target)]
+        for include in includes:
+            args += ["--include", f"/{include.strip('/')}"]
+        self._run(args, timeout=24 * 3600)
 
 
 def _is_stamp(text: str) -> bool:

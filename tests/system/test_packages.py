@@ -186,6 +186,15 @@ hosts:
     fetched = root.run("ls /var/lib/pullback/archives/fetched").stdout
     assert fetched.count(".tar.zst\n") == 1
 
+    maintain = root.run(["systemctl", "start", "pullback-maintain.service"], check=False)
+    maintain_log = root.run(["journalctl", "-u", "pullback-maintain.service",
+                             "--no-pager"]).stdout
+    assert maintain.returncode == 0, maintain_log
+    assert "restic check read part 1/8 of the data: no errors" in maintain_log
+    assert "match the manifest" in maintain_log  # the first restore drill ran and passed
+    status = root.run(["pullback-server", "status"]).stdout
+    assert "node1" in status and "stored" in status
+
 
 def test_security_exposure_of_the_units(root, installed):
     for unit in ("pullback-client.service", "pullback-server.service", "pullback-maintain.service"):

@@ -1,0 +1,135 @@
+"""The restore drill (``pullback-server verify``): restore a snapshot into scratch space and
+prove every file byte for byte against the archive's MANIFEST.sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+
+from ..common.errors import PullbackError
+from ..common.fsutil import free_bytes
+from ..common.log import get_logger
+from ..common.manifest import MANIFEST_NAME, parse
+from ..common.units import human_size
+from .backends import Backend
+from .config import HostConfig, ServerConfig
+
+log = get_logger("drill")
+CHUNK = 1 << 20
+SHOWN = 20
+
+
+@dataclass
+class DrillResult:
+    host: str
+    ok: bool = False
+    snapshot_id: str | None = None
+    snapshot_time: str | None = None
+    files_checked: int = 0
+    bytes_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    duration: float = 0.0
+
+    @property
+    def summary(self) -> str:
+        if self.ok:
+            return (
+                f"snapshot {self.snapshot_id} restored and all {self.files_checked} files "
+                f"({human_size(self.bytes_checked)}) match the manifest"
+            )
+        shown = "; ".join(self.problems[:SHOWN])
+        more = f" (and {len(self.problems) - SHOWN} more)" if len(self.problems) > SHOWN else ""
+        what = f"snapshot {self.snapshot_id}" if self.snapshot_id else "the drill"
+        return f"{what} FAILED: {shown}{more}"
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_tree(root, result: DrillResult) -> None:
+    """Compare every regular file below ``root`` with ``root/MANIFEST.sha256``."""
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        result.problems.append(f"{MANIFEST_NAME} is missing from the snapshot")
+        return
+    try:
+        manifest = parse(manifest_path.read_bytes())
+    except ValueError as exc:
+        result.problems.append(str(exc))
+        return
+    for name, digest in sorted(manifest.items()):
+        path = root / name
+        if not path.is_file() or path.is_symlink():
+            result.problems.append(f"missing: {name}")
+            continue
+        size = path.stat().st_size
+        if _sha256(path) != digest:
+            result.problems.append(f"changed: {name}")
+            continue
+        result.files_checked += 1
+        result.bytes_checked += size
+    base = os.fspath(root)
+    for directory, _, files in os.walk(root / "services"):
+        for file_name in files:
+            full = os.path.join(directory, file_name)
+            rel = os.path.relpath(full, base)
+            if rel not in manifest and not os.path.islink(full):
+                result.problems.append(f"not in the manifest: {rel}")
+
+
+def drill(
+    config: ServerConfig, host: HostConfig, backend: Backend, pick_random: bool = False
+) -> DrillResult:
+    """Restore the newest (or a random) snapshot of ``host`` and check it. Never raises a
+    PullbackError: problems are in the result."""
+    started = time.monotonic()
+    result = DrillResult(host.name)
+    scratch = config.scratch_dir() / host.name
+    try:
+        snapshots = backend.snapshots()
+        if not snapshots:
+            result.problems.append("no snapshot to restore")
+            return result
+        snapshot = random.choice(snapshots) if pick_random else snapshots[-1]  # noqa: S311
+        result.snapshot_id = snapshot.id
+        result.snapshot_time = snapshot.time.strftime("%Y-%m-%dT%H:%M:%SZ")
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True, mode=0o700)
+        log.info(
+            "[%s] restore drill of snapshot %s (%s) into %s",
+            host.name,
+            snapshot.id,
+            result.snapshot_time,
+            scratch,
+        )
+        # the manifest first, on its own: if the data turns out damaged, it still names
+        # every file that should be there (borg stops extracting at the first bad chunk)
+        for includes in ([MANIFEST_NAME], ["services"]):
+            try:
+                backend.restore(snapshot, scratch, includes)
+            except PullbackError as exc:
+                result.problems.append(f"the restore reported: {exc}")
+        check_tree(scratch, result)
+        result.ok = not result.problems
+    except PullbackError as exc:
+        result.problems.append(str(exc))
+    except OSError as exc:
+        result.problems.append(
+            f"{exc.filename or scratch}: {exc.strerror} "
+            f"({human_size(free_bytes(config.state_dir))} free)"
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        result.duration = time.monotonic() - started
+    level = 20 if result.ok else 40
+    log.log(level, "[%s] %s", host.name, result.summary)
+    return result

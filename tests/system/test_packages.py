@@ -187,8 +187,7 @@ hosts:
     assert fetched.count(".tar.zst\n") == 1
 
     maintain = root.run(["systemctl", "start", "pullback-maintain.service"], check=False)
-    maintain_log = root.run(["journalctl", "-u", "pullback-maintain.service",
-                             "--no-pager"]).stdout
+    maintain_log = root.run(["journalctl", "-u", "pullback-maintain.service", "--no-pager"]).stdout
     assert maintain.returncode == 0, maintain_log
     assert "restic check read part 1/8 of the data: no errors" in maintain_log
     assert "match the manifest" in maintain_log  # the first restore drill ran and passed

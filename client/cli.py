@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate and show what would be done, change nothing",
     )
     p.add_argument(
+        "--if-due",
+        action="store_true",
+        help="do nothing while the newest good archive is younger than min_interval (timers)",
+    )
+    p.add_argument(
         "-s", "--service", action="append", metavar="NAME", help="only this service (repeatable)"
     )
     sub.add_parser(
@@ -101,9 +106,9 @@ def _handle(args: argparse.Namespace) -> int:
         return _configured(args.config)
     config = load_client_config(args.config)
     if args.command == "run":
-        from .run import run
+        from .run import run_and_report
 
-        return run(config, args.service, args.dry_run).exit_code
+        return run_and_report(config, args.service, args.dry_run, args.if_due)
     if args.command == "check":
         from .check import check
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from ..common.config import load_validated
 from ..common.errors import ConfigError
+from ..common.mail import EmailConfig, email_config
+from ..common.notify import NotifyConfig, notify_config
 from ..common.schema import load_schema
-from ..common.units import parse_size
+from ..common.units import parse_duration, parse_size
 
 DEFAULT_PATH = Path("/etc/pullback/client.yaml")
 
@@ -33,6 +35,10 @@ class ClientConfig:
     min_free_space: int
     verify: str
     fetched_keep: int
+    min_interval: float = 20 * 3600.0
+    email: EmailConfig | None = None
+    notify: NotifyConfig | None = None
+    metrics_file: Path | None = None
 
     @property
     def archive_suffix(self) -> str:
@@ -69,4 +75,8 @@ def load_client_config(path: str | os.PathLike = DEFAULT_PATH) -> ClientConfig:
         min_free_space=parse_size(data["min_free_space"]),
         verify=data["verify"],
         fetched_keep=data["fetched_keep"],
+        min_interval=parse_duration(data["min_interval"]),
+        email=email_config(data.get("email")),
+        notify=notify_config(data.get("notify")),
+        metrics_file=Path(data["metrics_file"]) if data.get("metrics_file") else None,
     )

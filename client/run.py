@@ -11,15 +11,16 @@ from pathlib import Path
 
 from ..common import __version__
 from ..common.archive_reader import verify_archive
-from ..common.errors import EXIT_FAILED, EXIT_OK, ArchiveError, PullbackError
+from ..common.errors import EXIT_FAILED, EXIT_OK, ArchiveError, LockBusy, PullbackError
 from ..common.fsutil import free_bytes, remove_tree_contents
 from ..common.locks import FileLock
 from ..common.log import get_logger
+from ..common.notify import Notifier
 from ..common.sidecar import ArchiveInfo, ServiceReport, Sidecar, stamp_of
 from ..common.signals import SignalGuard
 from ..common.units import human_duration, human_size
 from ..plugins.manager import PluginSet, load_plugins
-from . import archives
+from . import archives, outputs
 from .archive_writer import ArchiveWriter
 from .config import ClientConfig
 from .services import Service, discover
@@ -220,3 +221,57 @@ def _locked_run(
     if failed:
         log.error("%d of %d services failed: %s", len(failed), len(reports), ", ".join(failed))
     return RunResult(EXIT_FAILED if failed else EXIT_OK, reports, sidecar, published.name)
+
+
+def fresh(config: ClientConfig) -> str | None:
+    """Why the run is not due (a good archive younger than min_interval), or None."""
+    good = [a for a in archives.list_archives(config.archive_dir) if a.good]
+    if not good:
+        return None
+    age = (dt.datetime.now(dt.UTC) - good[-1].created).total_seconds()
+    if age >= config.min_interval:
+        return None
+    return (
+        f"fresh: {good[-1].name} is {human_duration(age)} old "
+        f"(min_interval {human_duration(config.min_interval)})"
+    )
+
+
+def run_and_report(
+    config: ClientConfig, names: list[str] | None = None, dry: bool = False, if_due: bool = False
+) -> int:
+    """``pullback-client run``: the run, then its status, metrics, mail and pings.
+
+    Returns the exit code; raises what :func:`run` raises (after reporting it).
+    """
+    if dry:
+        return run(config, names, dry=True).exit_code
+    if if_due:
+        reason = fresh(config)
+        if reason:
+            log.info("%s; nothing to do", reason)
+            return EXIT_OK
+    notifier = Notifier(config.notify, f"run on {config.hostname}")
+    notifier.start()
+    started = time.monotonic()
+    try:
+        result = run(config, names)
+    except LockBusy:
+        raise  # another run is going on and will report itself
+    except PullbackError as exc:
+        outputs.finish(
+            config, notifier, False, [], duration=time.monotonic() - started, error=str(exc)
+        )
+        raise
+    sidecar = result.sidecar
+    outputs.finish(
+        config,
+        notifier,
+        result.exit_code == EXIT_OK,
+        result.services,
+        archive=result.archive,
+        archive_bytes=sidecar.archive.size if sidecar else None,
+        archive_status=sidecar.status if sidecar else None,
+        duration=time.monotonic() - started,
+    )
+    return result.exit_code

@@ -69,6 +69,15 @@ def stderr_is_journal() -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
+_tail: TailHandler | None = None
+
+
+def recent_lines(containing: str = "") -> list[str]:
+    """The most recent log lines of this run (those containing ``containing``)."""
+    lines = list(_tail.lines) if _tail is not None else []
+    return [line for line in lines if containing in line]
+
+
 def setup(verbosity: int = 0, journal: bool | None = None) -> TailHandler:
     """Configure the pullback logger for a command-line run.
 
@@ -83,7 +92,8 @@ def setup(verbosity: int = 0, journal: bool | None = None) -> TailHandler:
     console.setLevel(level)
     console.setFormatter(MaskingFormatter(stderr_is_journal() if journal is None else journal))
     logger.addHandler(console)
-    tail = TailHandler()
+    global _tail
+    tail = _tail = TailHandler()
     logger.addHandler(tail)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False

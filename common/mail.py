@@ -4,12 +4,57 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from . import secrets
 from .errors import PullbackError
+from .units import parse_duration
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int
+    security: str
+    username: str | None
+    password_file: Path | None
+    ca_file: Path | None
+    timeout: float
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    smtp: SmtpConfig
+    sender: str
+    to: tuple[str, ...]
+    send: str
+    subject_prefix: str
+
+
+def email_config(data: dict | None) -> EmailConfig | None:
+    """The ``email`` section of client.yaml or server.yaml (validated), or None."""
+    if not data:
+        return None
+    smtp = data["smtp"]
+    security = smtp["security"]
+    return EmailConfig(
+        smtp=SmtpConfig(
+            host=smtp["host"],
+            security=security,
+            username=smtp.get("username"),
+            port=smtp.get("port") or {"ssl": 465, "starttls": 587}.get(security, 25),
+            password_file=Path(smtp["password_file"]) if smtp.get("password_file") else None,
+            ca_file=Path(smtp["ca_file"]) if smtp.get("ca_file") else None,
+            timeout=parse_duration(smtp["timeout"]),
+        ),
+        sender=data["from"],
+        to=tuple(data["to"]),
+        send=data["send"],
+        subject_prefix=data["subject_prefix"],
+    )
 
 
 class MailError(PullbackError):

@@ -48,6 +48,8 @@ class CommandResult:
     exit_code: int
     duration: float
     tail: list[str] = field(default_factory=list)
+    peak_rss: int = 0
+    """Highest resident memory of the command, in bytes (sampled from /proc while it ran)."""
 
 
 class RunningCommand:
@@ -62,6 +64,7 @@ class RunningCommand:
         self._timeout = timeout
         self._ok_codes = tuple(ok_codes)
         self.tail: collections.deque[str] = runner._current_tail
+        self.peak_rss = 0
 
     @property
     def pid(self) -> int:
@@ -69,6 +72,16 @@ class RunningCommand:
 
     def alive(self) -> bool:
         return self._proc.is_alive()
+
+    def _sample_memory(self) -> None:
+        try:
+            with open(f"/proc/{self._proc.pid}/status", "rb") as handle:
+                for line in handle:
+                    if line.startswith(b"VmHWM:"):
+                        self.peak_rss = max(self.peak_rss, int(line.split()[1]) * 1024)
+                        return
+        except (OSError, ValueError, IndexError):
+            pass  # gone already, or not ours to read
 
     def stop(self, grace: float = KILL_GRACE) -> None:
         """Send SIGTERM to the command's whole process group, SIGKILL after ``grace``."""
@@ -103,6 +116,7 @@ class RunningCommand:
                     raise CommandTimeout(
                         self.display, None, list(self.tail), f"timed out after {self._timeout:g}s"
                     )
+                self._sample_memory()
                 time.sleep(_POLL)
             with contextlib.suppress(sh.ErrorReturnCode):
                 self._proc.wait()  # exit codes are judged below, the same way for sh 1 and 2
@@ -122,7 +136,7 @@ class RunningCommand:
             self.runner.log.debug("%s: %s after %.1fs", self.display, reason, duration)
             raise CommandError(self.display, code, tail, reason)
         self.runner.log.debug("%s: exit %d after %.1fs", self.display, code, duration)
-        return CommandResult(self.display, code, duration, tail)
+        return CommandResult(self.display, code, duration, tail, self.peak_rss)
 
 
 class Runner:

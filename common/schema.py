@@ -5,7 +5,9 @@ Schemas are YAML documents shipped in the package (``pullback/common/schemas`` a
 
 - ``x-secret: true`` on a property whose value must never be shown (and whose file must
   not be world-readable);
-- ``x-expected: "..."`` a phrase used in error messages ("expected a size like 512M").
+- ``x-expected: "..."`` a phrase used in error messages ("expected a size like 512M");
+- ``x-include: NAME`` a node replaced by the fragment ``common/schemas/_NAME.yaml``
+  (one definition of what client.yaml and server.yaml share).
 """
 
 from __future__ import annotations
@@ -39,9 +41,23 @@ def _load_resource(package: str, name: str) -> str:
     return resources.files(package).joinpath("schemas", f"{name}.yaml").read_text("utf-8")
 
 
+def _include(node: Any) -> Any:
+    """Replace every ``{x-include: NAME}`` by the shared fragment ``schemas/_NAME.yaml``."""
+    if isinstance(node, dict):
+        if "x-include" in node:
+            fragment = yaml.safe_load(_load_resource("pullback.common", f"_{node['x-include']}"))
+            extra = {k: v for k, v in node.items() if k != "x-include"}
+            return _include({**fragment, **extra})
+        return {k: _include(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_include(v) for v in node]
+    return node
+
+
 def load_schema(package: str, name: str) -> dict:
-    """Return a fresh copy of the schema ``schemas/<name>.yaml`` shipped in ``package``."""
-    return yaml.safe_load(_load_resource(package, name))
+    """Return a fresh copy of the schema ``schemas/<name>.yaml`` shipped in ``package``
+    (shared fragments included, see ``x-include``)."""
+    return _include(yaml.safe_load(_load_resource(package, name)))
 
 
 def _type_of(value: Any) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -32,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="ask the clients what would be fetched; store nothing",
+    )
+    p.add_argument(
+        "--if-due",
+        action="store_true",
+        help="skip hosts whose newest snapshot is younger than min_interval (for timers)",
     )
     p.add_argument(
         "--summary",
@@ -108,39 +112,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _age(value: str | None, now: dt.datetime) -> str:
-    if not value:
-        return "never"
-    then = dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    return f"{human_duration((now - then).total_seconds())} ago"
+def _status_table(config, status: dict) -> str:
+    from .fleet_view import rows
 
-
-def _status_table(status: dict, hosts) -> str:
-    now = dt.datetime.now(dt.UTC)
-    rows = [
-        ("HOST", "LAST RESULT", "NEWEST SNAPSHOT", "LAST VERIFIED", "REPOSITORY", "LAST ATTEMPT")
+    found = rows(config, status)
+    table = [
+        (
+            "HOST",
+            "STATE",
+            "LAST RESULT",
+            "NEWEST SNAPSHOT",
+            "LAST VERIFIED",
+            "REPOSITORY",
+            "LAST RUNS",
+        )
     ]
     notes = []
-    for host in hosts:
-        entry = status["hosts"].get(host.name, {})
-        result = entry.get("last_result", "never pulled")
-        if entry.get("problem"):
-            result += " (!)" if result != "failed" else ""
-            notes.append(f"{host.name}: {entry.get('reason', '')}")
-        if entry.get("verify_result") == "failed":
-            notes.append(f"{host.name}: last drill: {entry.get('verify_summary', '')}")
-        rows.append(
+    for row in found:
+        table.append(
             (
-                host.name,
-                result,
-                _age(entry.get("newest_snapshot"), now),
-                _age(entry.get("last_verified"), now),
-                human_size(entry["repository_bytes"]) if entry.get("repository_bytes") else "-",
-                _age(entry.get("last_attempt"), now),
+                row.host,
+                row.state,
+                row.result,
+                "never" if row.newest_age is None else f"{human_duration(row.newest_age)} ago",
+                "never" if row.verified_age is None else f"{human_duration(row.verified_age)} ago",
+                human_size(row.repository_bytes) if row.repository_bytes else "-",
+                row.history_text or "-",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows]
+        if row.state != "ok" and row.reason:
+            notes.append(f"{row.host}: {row.reason}")
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in table]
     return "\n".join(lines + notes)
 
 
@@ -163,27 +166,32 @@ def _handle(args: argparse.Namespace) -> int:
         return _configured(args.config)
     config = load_server_config(args.config)
     if args.command == "pull":
+        from ..common.notify import Notifier
+        from .outputs import finish_pull
         from .pull import pull
-        from .report import render, send_summary
 
-        code, results = pull(config, args.host, args.dry_run)
-        if args.summary:
-            print(render(results)[0])
+        notifier = Notifier(config.notify, "pull")
         if not args.dry_run:
-            send_summary(config.email, results)
+            notifier.start()
+        code, results = pull(config, args.host, args.dry_run, args.if_due)
+        finish_pull(config, results, notifier, args.dry_run, args.summary)
         return code
     if args.command == "maintain":
+        from ..common.notify import Notifier
         from .maintain import maintain
-        from .report import render_maintenance, send_maintenance
+        from .outputs import finish_maintenance
 
+        notifier = Notifier(config.notify, "maintenance")
+        notifier.start()
         code, results = maintain(config, args.host, args.verify)
-        print(render_maintenance(results)[0])
-        send_maintenance(config.email, results)
+        finish_maintenance(config, results, notifier)
         return code
     if args.command == "verify":
         from .maintain import verify
+        from .outputs import publish
 
         code, results = verify(config, args.host, args.random)
+        publish(config)
         for result in results:
             print(f"{result.host}: {result.summary}")
         return code
@@ -208,13 +216,18 @@ def _handle(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     if args.command == "status":
+        from .fleet_view import rows
         from .status import load_status
 
         status = load_status(config.state_dir)
         if args.json:
             print(json.dumps(status, indent=2, sort_keys=True))
         else:
-            print(_status_table(status, config.hosts))
+            print(_status_table(config, status))
+        stale = [r.host for r in rows(config, status) if r.state == "stale"]
+        if stale:
+            print(f"stale (no snapshot within max_age): {', '.join(stale)}", file=sys.stderr)
+            return EXIT_FAILED
         return EXIT_OK
     if args.command == "check":
         from .check import check

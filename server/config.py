@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..common.config import load_validated
 from ..common.errors import ConfigError
+from ..common.mail import EmailConfig, email_config
+from ..common.notify import NotifyConfig, notify_config
 from ..common.schema import load_schema
 from ..common.units import parse_duration
 
@@ -26,6 +28,8 @@ class HostConfig:
     """The effective policy: the global one with this host's keys over it."""
     verify_every: float = 7 * 86400.0
     max_age: float = 36 * 3600.0
+    min_interval: float = 20 * 3600.0
+    notify: NotifyConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -60,26 +64,6 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
-class SmtpConfig:
-    host: str
-    port: int
-    security: str
-    username: str | None
-    password_file: Path | None
-    ca_file: Path | None
-    timeout: float
-
-
-@dataclass(frozen=True)
-class EmailConfig:
-    smtp: SmtpConfig
-    sender: str
-    to: tuple[str, ...]
-    send: str
-    subject_prefix: str
-
-
-@dataclass(frozen=True)
 class ServerConfig:
     """Validated server settings, defaults applied (see ``schemas/server.yaml``)."""
 
@@ -96,6 +80,10 @@ class ServerConfig:
     retention: dict
     email: EmailConfig | None
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
+    notify: NotifyConfig | None = None
+    min_interval: float = 20 * 3600.0
+    metrics_file: Path | None = None
+    status_page: Path | None = None
 
     def host(self, name: str) -> HostConfig:
         for host in self.hosts:
@@ -111,29 +99,6 @@ class ServerConfig:
 
     def scratch_dir(self) -> Path:
         return self.maintenance.scratch_dir or self.state_dir / "drill"
-
-
-def _email(data: dict | None) -> EmailConfig | None:
-    if not data:
-        return None
-    smtp = data["smtp"]
-    security = smtp["security"]
-    port = smtp.get("port") or {"ssl": 465, "starttls": 587}.get(security, 25)
-    return EmailConfig(
-        smtp=SmtpConfig(
-            host=smtp["host"],
-            port=port,
-            security=security,
-            username=smtp.get("username"),
-            password_file=Path(smtp["password_file"]) if smtp.get("password_file") else None,
-            ca_file=Path(smtp["ca_file"]) if smtp.get("ca_file") else None,
-            timeout=parse_duration(smtp["timeout"]),
-        ),
-        sender=data["from"],
-        to=tuple(data["to"]),
-        send=data["send"],
-        subject_prefix=data["subject_prefix"],
-    )
 
 
 def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
@@ -170,6 +135,8 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
                 retention={**data["retention"], **host.get("retention", {})},
                 verify_every=parse_duration(host.get("verify_every", default_verify)),
                 max_age=parse_duration(host.get("max_age", default_max_age)),
+                min_interval=parse_duration(host.get("min_interval", data["min_interval"])),
+                notify=notify_config(host.get("notify")),
             )
         )
     if backend["type"] == "borg":
@@ -208,7 +175,11 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
         ),
         hosts=tuple(hosts),
         retention=dict(data["retention"]),
-        email=_email(data.get("email")),
+        email=email_config(data.get("email")),
+        notify=notify_config(data.get("notify")),
+        min_interval=parse_duration(data["min_interval"]),
+        metrics_file=Path(data["metrics_file"]) if data.get("metrics_file") else None,
+        status_page=Path(data["status_page"]) if data.get("status_page") else None,
         maintenance=MaintenanceConfig(
             check_subsets=maintenance["check_subsets"],
             borg_check_duration=parse_duration(maintenance["borg_check_duration"]),

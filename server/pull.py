@@ -24,7 +24,8 @@ from ..common.errors import (
     PullbackError,
 )
 from ..common.locks import FileLock
-from ..common.log import get_logger
+from ..common.log import get_logger, recent_lines
+from ..common.notify import Notifier
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
 from ..common.units import human_duration, human_size
@@ -91,10 +92,15 @@ def _choose(listing: Listing, host: HostConfig, result: HostResult, hlog):
 
 
 def pull_host(
-    config: ServerConfig, host: HostConfig, cancel: threading.Event, dry_run: bool = False
+    config: ServerConfig,
+    host: HostConfig,
+    cancel: threading.Event,
+    dry_run: bool = False,
+    if_due: bool = False,
 ) -> HostResult:
     """Pull one host. Never raises (except Interrupted): failures are in the result."""
     result = HostResult(host.name, started=iso(utc_now()))
+    notifier = Notifier(host.notify, f"pull of {host.name}")
     started = time.monotonic()
     hlog = _HostLog(log, {"host": host.name})
     runner = Runner(hlog)
@@ -103,7 +109,7 @@ def pull_host(
     timer.daemon = True
     timer.start()
     try:
-        _pull(config, host, cancel, dry_run, result, runner, hlog, started)
+        _pull(config, host, cancel, dry_run, result, runner, hlog, started, if_due, notifier)
     except Interrupted:
         raise
     except BaseException as exc:
@@ -122,6 +128,9 @@ def pull_host(
         result.duration = time.monotonic() - started
     level = logging.ERROR if result.status == FAILED else logging.INFO
     hlog.log(level, "%s: %s", result.status, result.reason)
+    if not dry_run:
+        body = "\n".join([result.reason, *result.warnings, *recent_lines(f"[{host.name}]")])
+        notifier.finish(result.status != FAILED, f"pullback: {host.name} {result.status}", body)
     return result
 
 
@@ -143,7 +152,18 @@ def _reason(exc: BaseException) -> str:
     return f"internal error: {type(exc).__name__}: {exc}"
 
 
-def _pull(config, host, cancel, dry_run, result: HostResult, runner, hlog, started) -> None:
+def _pull(
+    config,
+    host,
+    cancel,
+    dry_run,
+    result: HostResult,
+    runner,
+    hlog,
+    started,
+    if_due: bool,
+    notifier: Notifier,
+) -> None:
     backend = make_backend(config.backend, host, config.state_dir, runner)
     backend.prepare()
     snapshots = backend.snapshots()
@@ -151,6 +171,18 @@ def _pull(config, host, cancel, dry_run, result: HostResult, runner, hlog, start
     result.newest_snapshot = iso(newest.time) if newest else None
     result.oldest_snapshot = iso(snapshots[0].time) if snapshots else None
     stored_stamps = {s.stamp for s in snapshots if s.stamp}
+    result.snapshot_count = len(snapshots)
+    if if_due and newest is not None:
+        age = (utc_now() - newest.time).total_seconds()
+        if age < host.min_interval:
+            result.status, result.fresh = SKIPPED, True
+            result.reason = (
+                f"fresh: the newest snapshot is {human_duration(age)} old "
+                f"(min_interval {human_duration(host.min_interval)})"
+            )
+            return
+    if not dry_run:
+        notifier.start()
 
     with Remote(host, config.ssh, runner) as remote:
         listing = remote.list()
@@ -251,6 +283,8 @@ def _pull(config, host, cancel, dry_run, result: HostResult, runner, hlog, start
         result.status = STORED
         result.snapshot_id = stored.snapshot_id
         result.bytes_added = stored.bytes_added
+        result.store_peak_rss = stored.peak_rss
+        result.snapshot_count += 1
         result.newest_snapshot = iso(when)
         result.reason = (
             f"stored {name} as {backend.name} snapshot {stored.snapshot_id} "
@@ -274,14 +308,18 @@ def _mark_fetched(remote: Remote, name: str, result: HostResult, hlog) -> None:
 
 
 def pull(
-    config: ServerConfig, names: list[str] | None = None, dry_run: bool = False
+    config: ServerConfig,
+    names: list[str] | None = None,
+    dry_run: bool = False,
+    if_due: bool = False,
 ) -> tuple[int, list[HostResult]]:
-    """Pull the hosts. Returns (exit code, results). Raises LockBusy, PullbackError."""
+    """Pull the hosts (with ``if_due``, only those not fresh). Returns (exit code,
+    results). Raises LockBusy, PullbackError."""
     hosts = select_hosts(config, names)
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server pull")
     with lock.acquire(), SignalGuard():
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        results = _run_hosts(config, hosts, dry_run)
+        results = _run_hosts(config, hosts, dry_run, if_due)
         assess(config, results)
         if not dry_run:
             statuses.record(config.state_dir, results)
@@ -333,11 +371,12 @@ def assess(config: ServerConfig, results: list[HostResult]) -> None:
             )
 
 
-def _run_hosts(config: ServerConfig, hosts: list[HostConfig], dry_run: bool):
+def _run_hosts(config: ServerConfig, hosts: list[HostConfig], dry_run: bool, if_due: bool):
     cancels = {h.name: threading.Event() for h in hosts}
     with ThreadPoolExecutor(max_workers=config.parallel, thread_name_prefix="host") as pool:
         futures = {
-            h.name: pool.submit(pull_host, config, h, cancels[h.name], dry_run) for h in hosts
+            h.name: pool.submit(pull_host, config, h, cancels[h.name], dry_run, if_due)
+            for h in hosts
         }
         try:
             while not all(f.done() for f in futures.values()):

@@ -9,8 +9,8 @@ import jinja2
 
 from ..common import mail
 from ..common.log import get_logger
+from ..common.mail import EmailConfig
 from ..common.units import human_duration, human_size
-from .config import EmailConfig
 from .results import FAILED, SKIPPED, STORED, HostResult
 
 log = get_logger("report")
@@ -32,6 +32,9 @@ def _environment(autoescape: bool) -> jinja2.Environment:
     env.filters["size"] = lambda n: human_size(n) if n else "-"
     env.filters["duration"] = human_duration
     env.filters["age"] = _age
+    env.filters["ago"] = lambda seconds: (
+        "never" if seconds is None else (f"{human_duration(seconds)} ago")
+    )
     return env
 
 
@@ -49,10 +52,18 @@ def ordered(results: list[HostResult]) -> list[HostResult]:
 
 def subject(results: list[HostResult], prefix: str) -> str:
     failed = [r.host for r in results if r.status == FAILED]
-    problems = [r.host for r in results if r.is_problem and r.status != FAILED]
+    stale = [r.host for r in results if r.stale and r.status != FAILED]
+    problems = [
+        r.host for r in results if r.is_problem and r.status != FAILED and r.host not in stale
+    ]
     stored = sum(r.status == STORED for r in results)
-    if failed:
-        text = f"{len(failed)} of {len(results)} hosts FAILED: {', '.join(failed)}"
+    if failed or stale:
+        parts = []
+        if failed:
+            parts.append(f"{len(failed)} of {len(results)} hosts FAILED: {', '.join(failed)}")
+        if stale:
+            parts.append(f"STALE: {', '.join(stale)}")
+        text = "; ".join(parts)
     elif problems:
         text = f"{len(problems)} of {len(results)} hosts need attention: {', '.join(problems)}"
     else:
@@ -61,10 +72,13 @@ def subject(results: list[HostResult], prefix: str) -> str:
     return f"{prefix} {text}".strip()
 
 
-def render(results: list[HostResult], now: dt.datetime | None = None) -> tuple[str, str]:
-    """The (text, html) bodies of the summary."""
+def render(
+    results: list[HostResult], history: dict | None = None, now: dt.datetime | None = None
+) -> tuple[str, str]:
+    """The (text, html) bodies of the summary; ``history`` maps hosts to fleet rows."""
     now = now or dt.datetime.now(dt.UTC)
     context = {
+        "history": history or {},
         "results": ordered(results),
         "now": now,
         "when": now.strftime("%Y-%m-%d %H:%M UTC"),
@@ -115,6 +129,8 @@ def send_maintenance(email: EmailConfig | None, results) -> bool:
 
 
 def should_send(policy: str, results) -> bool:
+    if all(getattr(r, "fresh", False) for r in results) and not any(r.is_problem for r in results):
+        return False  # an hourly run that found every host fresh: say nothing
     if policy == "always":
         return True
     if policy == "never":
@@ -122,14 +138,16 @@ def should_send(policy: str, results) -> bool:
     return any(r.is_problem for r in results)
 
 
-def send_summary(email: EmailConfig | None, results: list[HostResult]) -> bool:
+def send_summary(
+    email: EmailConfig | None, results: list[HostResult], history: dict | None = None
+) -> bool:
     """Mail the summary when the policy says so. Returns True if a mail was delivered.
 
     An unreachable or refusing SMTP server is logged and changes nothing else.
     """
     if email is None or not results or not should_send(email.send, results):
         return False
-    text, html = render(results)
+    text, html = render(results, history)
     message = mail.build_message(
         email.sender, email.to, subject(results, email.subject_prefix), text, html
     )

@@ -43,6 +43,11 @@ class HostResult:
     """The newest snapshot is older than the host's max_age (or there is none)."""
     unverified: bool = False
     """The last successful restore drill is older than verify_max_age."""
+    fresh: bool = False
+    """Skipped quietly: its newest snapshot is younger than min_interval (pull --if-due)."""
+    snapshot_count: int = 0
+    store_peak_rss: int = 0
+    """Highest resident memory of the restic/borg process that stored the archive."""
     client_failed_services: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 

@@ -12,6 +12,8 @@ from .results import FAILED, STORED, HostResult, iso, utc_now
 log = get_logger("status")
 
 STATUS_FILE = "status.json"
+HISTORY = 30
+HISTORY = 30
 
 
 def load_status(state_dir: Path) -> dict:
@@ -33,6 +35,10 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
     now = iso(utc_now())
     for result in results:
         entry = status["hosts"].setdefault(result.host, {})
+        if result.fresh:
+            # a quiet skip: the host is fine; only say when it was last looked at
+            entry["last_checked"] = result.started or now
+            continue
         entry.update(
             {
                 "last_attempt": result.started or now,
@@ -40,13 +46,16 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
                 "reason": result.reason,
                 "problem": result.is_problem,
                 "duration": round(result.duration, 3),
+                "snapshots": result.snapshot_count,
+                "stale": result.stale,
             }
         )
         if result.newest_snapshot:
             entry["newest_snapshot"] = result.newest_snapshot
         if result.repository_bytes is not None:
             entry["repository_bytes"] = result.repository_bytes
-        entry["stale"] = result.stale
+        if result.store_peak_rss:
+            entry["store_peak_rss"] = result.store_peak_rss
         if result.status == STORED:
             entry.update(
                 {
@@ -61,10 +70,17 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
             )
         elif result.status != FAILED:
             entry["last_success"] = result.started or now
-    status["updated"] = now
-    state_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(state_dir / STATUS_FILE, json.dumps(status, indent=2, sort_keys=True) + "\n")
-    return status
+        entry.setdefault("history", []).append(
+            {
+                "time": result.started or now,
+                "result": "failed"
+                if result.status == FAILED
+                else ("attention" if result.is_problem else result.status),
+                "repository_bytes": entry.get("repository_bytes"),
+            }
+        )
+        entry["history"] = entry["history"][-HISTORY:]
+    return _save(state_dir, status)
 
 
 def _save(state_dir: Path, status: dict) -> dict:

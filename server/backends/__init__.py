@@ -50,6 +50,8 @@ class StoreResult:
     files_new: int
     files_changed: int
     duration: float
+    peak_rss: int = 0
+    """Highest resident memory of the restic/borg process that stored it, in bytes."""
 
 
 class Backend(Protocol):

@@ -141,7 +141,7 @@ class BorgBackend:
             MANIFEST_NAME,
         ]
         with tempfile.TemporaryFile() as out:
-            self._run(args, cwd=staging, stdout=out, timeout=timeout, ok_codes=(0, 1))
+            ran = self._run(args, cwd=staging, stdout=out, timeout=timeout, ok_codes=(0, 1))
             out.seek(0)
             try:
                 data = json.loads(out.read())
@@ -156,6 +156,7 @@ class BorgBackend:
             int(stats.get("nfiles", 0)),
             0,
             time.monotonic() - started,
+            ran.peak_rss,
         )
 
     def unlock(self) -> str:

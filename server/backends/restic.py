@@ -168,7 +168,7 @@ class ResticBackend:
             ".",
         ]
         with tempfile.TemporaryFile() as out:
-            self._run(args, cwd=staging, stdout=out, timeout=timeout)
+            ran = self._run(args, cwd=staging, stdout=out, timeout=timeout)
             out.seek(0)
             summary = {}
             for line in out.read().splitlines():
@@ -186,6 +186,7 @@ class ResticBackend:
             int(summary.get("files_new", 0)),
             int(summary.get("files_changed", 0)),
             time.monotonic() - started,
+            ran.peak_rss,
         )
 
     def _locks(self) -> list[str]:

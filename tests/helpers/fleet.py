@@ -48,6 +48,7 @@ class Fleet:
     backend: str = "restic"
     hosts: dict[str, FleetHost] = field(default_factory=dict)
     smtp_port: int | None = None
+    host_extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.server_dir = self.root / "server"
@@ -110,7 +111,13 @@ class Fleet:
             "lock_wait": "1s",
             "lock_retries": 2,
             "hosts": [
-                {"name": h.name, "address": "127.0.0.1", "port": h.sshd.port, "user": h.sshd.user}
+                {
+                    "name": h.name,
+                    "address": "127.0.0.1",
+                    "port": h.sshd.port,
+                    "user": h.sshd.user,
+                    **self.host_extra.get(h.name, {}),
+                }
                 for h in self.hosts.values()
             ],
         }

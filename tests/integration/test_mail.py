@@ -10,7 +10,7 @@ import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from pullback.common import mail, secrets
-from pullback.server.config import SmtpConfig
+from pullback.common.mail import SmtpConfig
 from tests.helpers.smtp import SmtpSink
 
 PASSWORD = "smtp-s3cret-pw"

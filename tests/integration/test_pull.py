@@ -409,13 +409,15 @@ def test_check_and_status(fleet):
     assert "web1: reachable, 0 archive(s) ready" in result.stdout
     assert "will be created by the first pull" in result.stdout
     status = fleet.server("status")
-    assert "web1  never pulled" in status.stdout
+    assert status.returncode == 1  # a host never stored is stale: a monitoring check fails
+    assert "web1  stale  never pulled" in status.stdout
+    assert "stale (no snapshot within max_age): web1" in status.stderr
     host.make_archive()
     assert fleet.server("pull").returncode == 0
     status = fleet.server("status")
     assert status.returncode == 0
     line = next(line for line in status.stdout.splitlines() if line.startswith("web1"))
-    assert "stored" in line and "ago" in line
+    assert "ok" in line and "stored" in line and "ago" in line
     fleet.password_file.chmod(0o644)
     result = fleet.server("check")
     assert result.returncode == 1

@@ -1,0 +1,157 @@
+"""What a client run leaves for monitoring: its status file, metrics, failure mail, pings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from importlib import resources
+
+import jinja2
+
+from ..common import mail
+from ..common.fsutil import atomic_write
+from ..common.log import get_logger, recent_lines
+from ..common.metrics import Metrics
+from ..common.notify import Notifier
+from ..common.sidecar import ServiceReport
+from .config import ClientConfig
+
+log = get_logger("outputs")
+STATUS_FILE = ".client-status.json"
+
+
+def status_path(config: ClientConfig):
+    return config.archive_dir / STATUS_FILE
+
+
+def load_status(config: ClientConfig) -> dict:
+    try:
+        return json.loads(status_path(config).read_text())
+    except (FileNotFoundError, ValueError):
+        return {"services": {}}
+
+
+def record(
+    config: ClientConfig,
+    ok: bool,
+    services: list[ServiceReport],
+    archive: str | None,
+    archive_bytes: int | None,
+    duration: float,
+    error: str | None,
+) -> dict:
+    status = load_status(config)
+    now = dt.datetime.now(dt.UTC).timestamp()
+    status.update(
+        {"last_run": now, "last_run_ok": ok, "duration": round(duration, 3), "error": error}
+    )
+    if archive:
+        status.update({"archive": archive, "archive_bytes": archive_bytes})
+    if ok:
+        status["last_success"] = now
+    for service in services:
+        entry = status.setdefault("services", {}).setdefault(service.name, {})
+        entry.update(
+            {
+                "ok": service.status == "ok",
+                "duration": round(service.duration, 3),
+                "bytes": service.bytes,
+                "error": service.error,
+                "last_run": now,
+            }
+        )
+        if service.status == "ok":
+            entry["last_success"] = now
+    config.archive_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(status_path(config), json.dumps(status, indent=2, sort_keys=True) + "\n")
+    return status
+
+
+def metrics(status: dict) -> Metrics:
+    m = Metrics()
+    m.gauge("pullback_client_last_run_timestamp_seconds", "When the last run ended.").add(
+        status.get("last_run")
+    )
+    m.gauge(
+        "pullback_client_last_success_timestamp_seconds",
+        "When the last run in which every service succeeded ended.",
+    ).add(status.get("last_success"))
+    m.gauge("pullback_client_last_run_ok", "1 when every service of the last run succeeded.").add(
+        status.get("last_run_ok")
+    )
+    m.gauge("pullback_client_run_duration_seconds", "How long the last run took.").add(
+        status.get("duration")
+    )
+    m.gauge("pullback_client_archive_bytes", "Size of the last published archive.").add(
+        status.get("archive_bytes")
+    )
+    ok = m.gauge("pullback_client_service_ok", "1 when the service succeeded in the last run.")
+    success = m.gauge(
+        "pullback_client_service_last_success_timestamp_seconds", "When the service last succeeded."
+    )
+    seconds = m.gauge("pullback_client_service_duration_seconds", "The service's last duration.")
+    size = m.gauge("pullback_client_service_bytes", "Bytes the service put in the last archive.")
+    for name, entry in sorted(status.get("services", {}).items()):
+        ok.add(entry.get("ok"), service=name)
+        success.add(entry.get("last_success"), service=name)
+        seconds.add(entry.get("duration"), service=name)
+        size.add(entry.get("bytes"), service=name)
+    return m
+
+
+def _failure_mail(config: ClientConfig, services, archive, status_text, headline) -> str:
+    def load(name: str) -> str:
+        return resources.files("pullback.client.templates").joinpath(name).read_text("utf-8")
+
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(load),
+        autoescape=False,  # noqa: S701 - a plain text mail, not HTML
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    return env.get_template("failure.txt.j2").render(
+        host=config.hostname,
+        headline=headline,
+        services=services,
+        archive=archive,
+        status=status_text,
+        log=recent_lines()[-60:],
+    )
+
+
+def finish(
+    config: ClientConfig,
+    notifier: Notifier,
+    ok: bool,
+    services: list[ServiceReport],
+    archive: str | None = None,
+    archive_bytes: int | None = None,
+    archive_status: str | None = None,
+    duration: float = 0.0,
+    error: str | None = None,
+) -> None:
+    """Record the run and tell whoever listens. Never raises for a delivery problem."""
+    failed = [s.name for s in services if s.status != "ok"]
+    if error:
+        headline = f"the run failed: {error}"
+    elif failed:
+        headline = f"{len(failed)} of {len(services)} services failed: {', '.join(failed)}"
+    else:
+        headline = f"all {len(services)} services ok"
+    try:
+        status = record(config, ok, services, archive, archive_bytes, duration, error)
+        if config.metrics_file is not None:
+            metrics(status).write(config.metrics_file)
+    except OSError as exc:
+        log.warning("could not record the run's status or metrics: %s", exc)
+    body = _failure_mail(config, services, archive, archive_status, headline)
+    email = config.email
+    if email is not None and (email.send == "always" or (email.send == "on_problem" and not ok)):
+        subject = f"{email.subject_prefix} {config.hostname}: {headline}"
+        message = mail.build_message(email.sender, email.to, subject, body)
+        try:
+            mail.send(email.smtp, message)
+        except mail.MailError as exc:
+            log.error("the mail was not sent: %s", exc)
+    notifier.finish(ok, f"pullback-client {config.hostname}: {headline}", body)

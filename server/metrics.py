@@ -1,0 +1,80 @@
+"""The server's Prometheus metrics, made from the status file after every run."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ..common.metrics import Metrics
+from .config import ServerConfig
+
+RESULTS = ("stored", "skipped", "failed")
+
+
+def _ts(value: str | None) -> float | None:
+    if not value:
+        return None
+    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def is_stale(entry: dict, max_age: float, now: dt.datetime) -> bool:
+    """Older than ``max_age``, or never stored at all."""
+    newest = _ts(entry.get("newest_snapshot"))
+    return newest is None or now.timestamp() - newest > max_age
+
+
+def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> Metrics:
+    now = now or dt.datetime.now(dt.UTC)
+    m = Metrics()
+    g = m.gauge
+    attempt = g("pullback_last_attempt_timestamp_seconds", "When the host's last pull began.")
+    success = g(
+        "pullback_last_success_timestamp_seconds",
+        "When the host's last pull that did not fail began.",
+    )
+    result = g("pullback_last_result", "1 for the result of the host's last pull.")
+    ok = g("pullback_last_attempt_ok", "1 when the host's last pull did not fail.")
+    duration = g("pullback_pull_duration_seconds", "How long the host's last pull took.")
+    archive = g("pullback_archive_bytes", "Size of the host's last stored archive.")
+    content = g("pullback_archive_content_bytes", "Bytes of data in the last stored archive.")
+    added = g("pullback_repository_added_bytes", "Bytes the last store added to the repository.")
+    repo = g("pullback_repository_bytes", "Size of the host's repository.")
+    count = g("pullback_snapshots", "Number of pullback snapshots in the host's repository.")
+    newest = g("pullback_newest_snapshot_timestamp_seconds", "Time of the host's newest snapshot.")
+    stale = g("pullback_stale", "1 when the newest snapshot is older than max_age (or missing).")
+    verified = g(
+        "pullback_last_verified_timestamp_seconds",
+        "When a restore drill last proved the host's snapshot.",
+    )
+    verify_ok = g("pullback_last_verify_ok", "1 when the host's last restore drill passed.")
+    memory = g(
+        "pullback_store_peak_memory_bytes",
+        "Peak resident memory of restic/borg storing the host's last archive.",
+    )
+    for host in config.hosts:
+        entry = status.get("hosts", {}).get(host.name, {})
+        labels = {"host": host.name}
+        attempt.add(_ts(entry.get("last_attempt")), **labels)
+        success.add(_ts(entry.get("last_success")), **labels)
+        if "last_result" in entry:
+            for name in RESULTS:
+                result.add(entry["last_result"] == name, result=name, **labels)
+            ok.add(entry["last_result"] != "failed", **labels)
+        duration.add(entry.get("duration"), **labels)
+        archive.add(entry.get("size"), **labels)
+        content.add(entry.get("content_bytes"), **labels)
+        added.add(entry.get("bytes_added"), **labels)
+        repo.add(entry.get("repository_bytes"), **labels)
+        count.add(entry.get("snapshots"), **labels)
+        newest.add(_ts(entry.get("newest_snapshot")), **labels)
+        stale.add(is_stale(entry, host.max_age, now), **labels)
+        verified.add(_ts(entry.get("last_verified")), **labels)
+        if "verify_result" in entry:
+            verify_ok.add(entry["verify_result"] == "ok", **labels)
+        memory.add(entry.get("store_peak_rss"), **labels)
+    g("pullback_metrics_timestamp_seconds", "When these metrics were written.").add(now.timestamp())
+    return m
+
+
+def write(config: ServerConfig, status: dict) -> None:
+    if config.metrics_file is not None:
+        build(config, status).write(config.metrics_file)

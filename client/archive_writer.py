@@ -16,12 +16,13 @@ import hashlib
 import os
 import pwd
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common import acl, tarformat
-from ..common.compression import compress_command
+from ..common.compression import compress_command, test_command
 from ..common.errors import ArchiveError, CommandError
 from ..common.log import get_logger
 from ..common.manifest import MANIFEST_NAME, format_line
@@ -40,13 +41,81 @@ _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 @dataclass
 class WrittenArchive:
-    """The finished archive file, before verification."""
+    """The finished archive file: its counts, and the sha256 and size of its bytes."""
 
     path: Path
     members: int
     files: int
     content_bytes: int
     manifest: dict[str, str] = field(default_factory=dict)
+    sha256: str = ""
+    size: int = 0
+    tested: bool = False
+    """The compressor's own checksums were verified (zstd -t / gzip -t) as it was written."""
+
+
+class _Tee:
+    """Takes the compressor's output as it comes: hashes it (for the sidecar), writes it to
+    the file and feeds the format's integrity test (``zstd -t``) at the same time, so the
+    archive is verified while it is written instead of being read back afterwards."""
+
+    def __init__(self, source: int, target: int, runner: Runner, test_argv: list[str] | None):
+        self.source = source
+        self.target = target
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.error: OSError | None = None
+        self.tester = None
+        self.test_fd = -1
+        if test_argv:
+            read_end, self.test_fd = os.pipe2(os.O_CLOEXEC)
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self.test_fd, _F_SETPIPE_SZ, CHUNK)
+            with os.fdopen(read_end, "rb", buffering=0) as stdin:
+                self.tester = runner.start(test_argv, stdin=stdin, level=10)
+        self.thread = threading.Thread(target=self._run, name="archive-tee", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while data := os.read(self.source, CHUNK):
+                self.sha256.update(data)
+                _write_all(self.target, data)
+                self.size += len(data)
+                if self.test_fd >= 0:
+                    try:
+                        _write_all(self.test_fd, data)
+                    except BrokenPipeError:  # the tester gave up; its exit status says why
+                        os.close(self.test_fd)
+                        self.test_fd = -1
+        except OSError as exc:
+            self.error = exc
+        finally:
+            os.close(self.source)
+            if self.test_fd >= 0:
+                os.close(self.test_fd)
+                self.test_fd = -1
+
+    def finish(self, path: Path) -> None:
+        """Wait for the last bytes; raises ArchiveError for a write error or bad data."""
+        self.thread.join()
+        if self.error is not None:
+            self.stop()
+            raise ArchiveError(f"cannot write {path}: {self.error.strerror}")
+        if self.tester is not None:
+            tester, self.tester = self.tester, None
+            try:
+                tester.wait()
+            except CommandError as exc:
+                reason = exc.tail[-1] if exc.tail else exc.reason
+                raise ArchiveError(f"{path.name} fails its integrity test: {reason}") from None
+
+    def stop(self) -> None:
+        if self.tester is not None:
+            self.tester.stop(grace=2.0)
+            with contextlib.suppress(CommandError):
+                self.tester.wait()
+            self.tester = None
 
 
 class ArchiveWriter:
@@ -68,6 +137,8 @@ class ArchiveWriter:
         self._file = None
         self._fd = -1
         self._compressor = None
+        self._tee: _Tee | None = None
+        self._sha256 = hashlib.sha256()
         self._buf = bytearray()
         self._offset = 0
         self._manifest: dict[str, str] = {}
@@ -93,13 +164,21 @@ class ArchiveWriter:
             self._fd = self._file.fileno()
             return self
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        with contextlib.suppress(OSError):  # a bigger pipe means fewer context switches
-            fcntl.fcntl(write_end, _F_SETPIPE_SZ, CHUNK)
+        out_read, out_write = os.pipe2(os.O_CLOEXEC)
+        for fd in (write_end, out_read):
+            with contextlib.suppress(OSError):  # a bigger pipe means fewer context switches
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, CHUNK)
         try:
-            with os.fdopen(read_end, "rb", buffering=0) as child_stdin:
+            with (
+                os.fdopen(read_end, "rb", buffering=0) as child_stdin,
+                os.fdopen(out_write, "wb", buffering=0) as child_stdout,
+            ):
                 self._compressor = self.runner.start(
-                    argv, stdin=child_stdin, stdout=self._file, level=10
+                    argv, stdin=child_stdin, stdout=child_stdout, level=10
                 )
+            self._tee = _Tee(
+                out_read, self._file.fileno(), self.runner, test_command(self.compression)
+            )
         except BaseException:
             os.close(write_end)
             self._discard()
@@ -129,6 +208,10 @@ class ArchiveWriter:
                 os.close(self._fd)
                 self._fd = -1
                 self._wait_compressor()
+                self._tee.finish(self.path)
+                sha256, size = self._tee.sha256.hexdigest(), self._tee.size
+            else:
+                sha256, size = self._sha256.hexdigest(), self._offset
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as exc:
@@ -140,7 +223,14 @@ class ArchiveWriter:
         self._file.close()
         self._file = None
         return WrittenArchive(
-            self.path, self._members, self._files, self._content, dict(self._manifest)
+            self.path,
+            self._members,
+            self._files,
+            self._content,
+            dict(self._manifest),
+            sha256,
+            size,
+            tested=self._tee is not None,
         )
 
     def abort(self) -> None:
@@ -154,6 +244,9 @@ class ArchiveWriter:
             with contextlib.suppress(CommandError):
                 self._compressor.wait()
             self._compressor = None
+        if self._tee is not None:
+            self._tee.thread.join(timeout=30)
+            self._tee.stop()
         self._discard()
 
     def _discard(self) -> None:
@@ -168,6 +261,12 @@ class ArchiveWriter:
         try:
             self._compressor.wait()
         except CommandError as exc:
+            if self._tee is not None:
+                self._tee.thread.join(timeout=30)
+                if self._tee.error is not None:  # the real cause: the file, not zstd
+                    raise ArchiveError(
+                        f"cannot write {self.path}: {self._tee.error.strerror}"
+                    ) from None
             reason = exc.tail[-1] if exc.tail else exc.reason
             raise ArchiveError(f"the compressor failed writing {self.path}: {reason}") from None
         finally:
@@ -177,6 +276,8 @@ class ArchiveWriter:
 
     def _write(self, data) -> None:
         view = memoryview(data)
+        if self._compressor is None:
+            self._sha256.update(view)  # uncompressed: these bytes are the archive
         while view:
             try:
                 written = os.write(self._fd, view)
@@ -470,6 +571,12 @@ class ArchiveWriter:
             )
         self._emit(bytes((-size) % BLOCK))
         return digest.hexdigest()
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _open_noatime(path: str) -> int:

@@ -97,11 +97,14 @@ class Unpacker:
     def __init__(self, staging: Path):
         self.staging = staging
         self.stats = UnpackStats()
-        self.hashes: dict[str, str] = {}
-        self.manifest: dict[str, str] | None = None
-        self._seen: set[tuple[str, ...]] = set()
-        self._links: set[tuple[str, ...]] = set()
-        self._files: set[tuple[str, ...]] = set()
+        # Memory stays flat in the number of files: paths are kept as 128-bit keys, and the
+        # files' digests as one order-independent sum compared with the manifest's.
+        self._seen: set[int] = set()
+        self._links: set[int] = set()
+        self._files: set[int] = set()
+        self._sum = _Sum()
+        self._manifest_sum: _Sum | None = None
+        self._last_parent: tuple[str, ...] | None = None
         self._dir_meta: list[tuple[tuple[str, ...], Member]] = []
         self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict()
         self._root = -1
@@ -162,40 +165,44 @@ class Unpacker:
         parts = safe_parts(member.name)
         self.stats.members += 1
         if parts == (MANIFEST_NAME,):
-            data = b"".join(chunks)
+            summed = _ManifestReader()
+            self._write_file(parts, member, summed.feed(chunks), count=False)
             try:
-                self.manifest = parse(data)
+                self._manifest_sum = summed.finish()
             except ValueError as exc:
                 raise ArchiveError(str(exc)) from None
-            self._write_file(parts, member, iter([data]), count=False)
             return
-        if parts in self._seen and not member.is_dir:
+        key = _key(parts)
+        if key in self._seen and not member.is_dir:
             raise HostileArchive(f"member {member.name!r} appears twice")
-        for i in range(1, len(parts)):
-            if parts[:i] in self._links:
-                raise HostileArchive(
-                    f"member {member.name!r} would be written through the "
-                    f"symlink {'/'.join(parts[:i])!r}"
-                )
-        self._seen.add(parts)
-        for i in range(1, len(parts)):
-            self._seen.add(parts[:i])
+        if parts[:-1] != self._last_parent:
+            # members come directory by directory: parents change rarely
+            for i in range(1, len(parts)):
+                parent = _key(parts[:i])
+                if parent in self._links:
+                    raise HostileArchive(
+                        f"member {member.name!r} would be written through the "
+                        f"symlink {'/'.join(parts[:i])!r}"
+                    )
+                self._seen.add(parent)
+            self._last_parent = parts[:-1]
+        self._seen.add(key)
         if member.is_dir:
             self._dir(parts)
             self._dir_meta.append((parts, member))
         elif member.is_file:
-            digest = self._write_file(parts, member, chunks)
-            self.hashes[member.name] = digest
-            self._files.add(parts)
+            self._write_file(parts, member, chunks)
+            self._files.add(key)
             self.stats.files += 1
             self.stats.bytes += member.size
         elif member.is_symlink:
-            self._links.add(parts)
+            self._links.add(key)
+            self._last_parent = None  # a later member below it must be checked again
             self._symlink(parts, member)
         elif member.is_hardlink:
             self._hardlink(parts, member)
         else:
-            self._seen.discard(parts)
+            self._seen.discard(key)
             self.stats.warnings.append(f"{member.name}: device node or FIFO dropped")
 
     def _mode(self, member: Member) -> int:
@@ -205,10 +212,11 @@ class Unpacker:
             mode &= ~(stat.S_ISUID | stat.S_ISGID)
         return mode
 
-    def _write_file(self, parts, member: Member, chunks, count: bool = True) -> str:
+    def _write_file(self, parts, member: Member, chunks, count: bool = True) -> None:
+        """Write (or leave alone) one file; with ``count`` its digest joins the sum."""
         parent = self._dir(parts[:-1])
         name = parts[-1]
-        digest = hashlib.sha256()
+        digest = hashlib.sha256() if count else None
         fd = -1
         changed = False
         try:
@@ -229,13 +237,15 @@ class Unpacker:
                 )
                 changed = True
                 for data in chunks:
-                    digest.update(data)
+                    if digest is not None:
+                        digest.update(data)
                     _write_all(fd, data)
             else:
                 fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
                 position = 0
                 for data in chunks:
-                    digest.update(data)
+                    if digest is not None:
+                        digest.update(data)
                     if not changed:
                         old = os.pread(fd, len(data), position)
                         if old != data:
@@ -253,7 +263,8 @@ class Unpacker:
         finally:
             if fd >= 0:
                 os.close(fd)
-        return digest.hexdigest()
+            if digest is not None:
+                self._sum.add(member.name, digest.hexdigest())
 
     def _apply_meta(self, fd: int, member: Member, mode: int, force: bool) -> None:
         st = os.fstat(fd)
@@ -333,14 +344,15 @@ class Unpacker:
             raise HostileArchive(
                 f"hard link {member.name!r} points outside the archive ({member.linkname!r})"
             ) from None
-        if target not in self._files:
+        if _key(target) not in self._files:
             raise HostileArchive(
                 f"hard link {member.name!r} points to {member.linkname!r}, "
                 "which is not a file of this archive"
             )
-        self.hashes[member.name] = self.hashes[member.linkname]
         self.stats.files += 1
         source_dir = self._dir(target[:-1])
+
+        self._sum.add(member.name, _hash_file(target[-1], source_dir))
         parent = self._dir(parts[:-1])
         name = parts[-1]
         source = os.lstat(target[-1], dir_fd=source_dir)
@@ -360,14 +372,11 @@ class Unpacker:
     def finish(self) -> UnpackStats:
         """Check the manifest, remove what the archive no longer holds, set directory
         metadata. Returns the statistics; raises ArchiveError on a manifest mismatch."""
-        if self.manifest is None:
+        if self._manifest_sum is None:
             raise ArchiveError(f"the archive has no {MANIFEST_NAME}")
-        problems = [
-            f"{n} has changed" for n, d in self.hashes.items() if self.manifest.get(n, d) != d
-        ]
-        problems += [f"{n} is not listed" for n in self.hashes if n not in self.manifest]
-        problems += [f"{n} is missing" for n in self.manifest if n not in self.hashes]
-        if problems:
+
+        if self._manifest_sum != self._sum:
+            problems = self._name_mismatches() or ["the files and the manifest differ"]
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
             raise ArchiveError(
                 f"the archive does not match its {MANIFEST_NAME}: {'; '.join(problems[:5])}{more}"
@@ -381,20 +390,111 @@ class Unpacker:
             self._apply_meta(fd, member, member.mode & 0o7777, force=False)
         return self.stats
 
+    def _name_mismatches(self) -> list[str]:
+        """Which files differ from the manifest (only run when the sums disagree)."""
+        try:
+            listed = parse((self.staging / MANIFEST_NAME).read_bytes())
+        except (OSError, ValueError) as exc:
+            return [f"{MANIFEST_NAME} is unreadable: {exc}"]
+        problems = []
+        found = set()
+        for directory, _, files in os.walk(self.staging / "services"):
+            for file_name in files:
+                path = os.path.join(directory, file_name)
+                name = os.path.relpath(path, self.staging)
+                if os.path.islink(path) or _key(tuple(name.split("/"))) not in self._seen:
+                    continue
+                found.add(name)
+                if name not in listed:
+                    problems.append(f"{name} is not listed")
+                elif _hash_path(path) != listed[name]:
+                    problems.append(f"{name} has changed")
+        problems += [f"{n} is missing" for n in listed if n not in found]
+        return problems
+
     def _sweep(self) -> None:
-        keep = self._seen | {(MANIFEST_NAME,)}
         stack: list[tuple[str, ...]] = [()]
         while stack:
             parts = stack.pop()
             fd = self._dir(parts)
             for name in os.listdir(fd):
                 child = (*parts, name)
-                if child not in keep:
+                if _key(child) not in self._seen and child != (MANIFEST_NAME,):
                     _remove(name, fd)
                     self._forget_dir(child)
                     self.stats.removed += 1
                 elif stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
                     stack.append(child)
+
+
+def _key(parts: tuple[str, ...]) -> int:
+    """A 128-bit key of a path (collisions are out of reach; memory per path is small)."""
+    raw = "/".join(parts).encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=16).digest(), "little")
+
+
+class _Sum:
+    """An order-independent sum over (name, sha256) pairs, and their count."""
+
+    __slots__ = ("count", "total")
+
+    def __init__(self):
+        self.total = 0
+        self.count = 0
+
+    def add(self, name: str, digest: str) -> None:
+        item = hashlib.blake2b(
+            name.encode("utf-8", "surrogateescape") + b"\0" + digest.encode(), digest_size=32
+        ).digest()
+        self.total = (self.total + int.from_bytes(item, "little")) % (1 << 256)
+        self.count += 1
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Sum) and (self.total, self.count) == (other.total, other.count)
+
+
+class _ManifestReader:
+    """Sums the manifest's entries while its bytes pass through to the staging file."""
+
+    def __init__(self):
+        self.sum = _Sum()
+        self._rest = b""
+
+    def feed(self, chunks):
+        for chunk in chunks:
+            data = self._rest + chunk
+            *lines, self._rest = data.split(b"\n")
+            for line in lines:
+                self._line(line)
+            yield chunk
+
+    def _line(self, line: bytes) -> None:
+        if not line:
+            return
+        # a name listed twice cannot make the sums agree: no set of names is needed
+        for name, digest in parse(line + b"\n").items():
+            self.sum.add(name, digest)
+
+    def finish(self) -> _Sum:
+        self._line(self._rest)
+        return self.sum
+
+
+def _hash_path(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hash_file(name: str, dir_fd: int) -> str:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as handle:
+        digest = hashlib.sha256()
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -112,6 +113,25 @@ def make_backend(
     from .borg import BorgBackend
 
     return BorgBackend(config, host, state_dir, runner, lock_wait)
+
+
+def local_path(repository: str) -> Path | None:
+    """The directory of a repository on this machine, or None for a URL (sftp:, s3: ...)."""
+    if repository.startswith("/") and "://" not in repository:
+        return Path(repository)
+    return None
+
+
+def directory_size(path: Path) -> int:
+    """Bytes the files below ``path`` occupy on disk."""
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+            except FileNotFoundError:
+                continue
+    return total
 
 
 def within_to_restic(value: str) -> str:

@@ -22,6 +22,8 @@ from . import (
     RepositoryMissing,
     Snapshot,
     StoreResult,
+    directory_size,
+    local_path,
     read_password,
 )
 
@@ -88,6 +90,9 @@ class BorgBackend:
             raise self._explain(exc) from None
 
     def prepare(self, create: bool = True) -> None:
+        local = local_path(self.repository())
+        if local is not None and (local / "config").is_file():
+            return
         try:
             self.runner.run(
                 ["borg", "info", "--json"],
@@ -188,6 +193,9 @@ class BorgBackend:
         )
 
     def size(self) -> int:
+        local = local_path(self.repository())
+        if local is not None:
+            return directory_size(local)
         with tempfile.TemporaryFile() as out:
             self._run(["info", "--json"], stdout=out, level=10, timeout=3600)
             out.seek(0)

@@ -21,6 +21,8 @@ from . import (
     RepositoryMissing,
     Snapshot,
     StoreResult,
+    directory_size,
+    local_path,
     policy_arguments,
     read_password,
     within_to_restic,
@@ -114,6 +116,9 @@ class ResticBackend:
             return json.loads(out.read() or b"null")
 
     def prepare(self, create: bool = True) -> None:
+        local = local_path(self.repository())
+        if local is not None and (local / "config").is_file():
+            return  # no restic process (and key derivation) needed to know it exists
         try:
             self.runner.run(
                 ["restic", "cat", "config"],
@@ -257,6 +262,9 @@ class ResticBackend:
         return f"restic check read part {part}/{parts} of the data: no errors"
 
     def size(self) -> int:
+        local = local_path(self.repository())
+        if local is not None:
+            return directory_size(local)
         data = self._json(["stats", "--mode", "raw-data"])
         return int((data or {}).get("total_size", 0))
 

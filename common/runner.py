@@ -55,7 +55,15 @@ class CommandResult:
 class RunningCommand:
     """A command started by :meth:`Runner.start`; call :meth:`wait` to finish it."""
 
-    def __init__(self, runner: Runner, display: str, proc, timeout: float | None, ok_codes):
+    def __init__(
+        self,
+        runner: Runner,
+        display: str,
+        proc,
+        timeout: float | None,
+        ok_codes,
+        tail: collections.deque[str],
+    ):
         self.runner = runner
         self.display = display
         self._proc = proc
@@ -63,7 +71,7 @@ class RunningCommand:
         self._deadline = None if timeout is None else self._started + timeout
         self._timeout = timeout
         self._ok_codes = tuple(ok_codes)
-        self.tail: collections.deque[str] = runner._current_tail
+        self.tail = tail
         self.peak_rss = 0
 
     @property
@@ -158,7 +166,6 @@ class Runner:
         self.env = dict(env or {})
         self.cancel = None
         """A threading.Event; once set, running commands are stopped (CommandError)."""
-        self._current_tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
     def display(self, argv: Sequence[str | os.PathLike]) -> str:
         """The command line as it may be shown: shell-quoted, secrets masked."""
@@ -198,7 +205,6 @@ class Runner:
             raise CommandError(display, None, [], f"{args[0]}: command not found") from None
 
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        self._current_tail = tail
         name = Path(args[0]).name
 
         def echo(line: str) -> None:
@@ -241,6 +247,4 @@ class Runner:
         finally:
             for handle in opened:
                 handle.close()
-        running = RunningCommand(self, display, proc, timeout, ok_codes)
-        running.tail = tail
-        return running
+        return RunningCommand(self, display, proc, timeout, ok_codes, tail)

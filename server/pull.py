@@ -166,136 +166,183 @@ def _pull(
 ) -> None:
     backend = make_backend(config.backend, host, config.state_dir, runner)
     backend.prepare()
-    snapshots = backend.snapshots()
+    # The repository's snapshot list and the client's listing are independent: ask both at
+    # once (each costs a process start and, for restic, a key derivation).
+    with ThreadPoolExecutor(1, thread_name_prefix=f"snapshots-{host.name}") as pool:
+        asked = pool.submit(backend.snapshots)
+        if if_due:
+            newest, _ = _note_snapshots(asked.result(), result)
+            if newest is not None:
+                age = (utc_now() - newest.time).total_seconds()
+                if age < host.min_interval:
+                    result.status, result.fresh = SKIPPED, True
+                    result.reason = (
+                        f"fresh: the newest snapshot is {human_duration(age)} old "
+                        f"(min_interval {human_duration(host.min_interval)})"
+                    )
+                    return
+        if not dry_run:
+            notifier.start()
+        try:
+            with Remote(host, config.ssh, runner) as remote:
+                listing = _wait_for_lock(remote, config, cancel, hlog)
+                newest, stored_stamps = _note_snapshots(asked.result(), result)
+                _pull_listed(
+                    config,
+                    host,
+                    cancel,
+                    dry_run,
+                    result,
+                    runner,
+                    hlog,
+                    started,
+                    backend,
+                    remote,
+                    listing,
+                    newest,
+                    stored_stamps,
+                )
+        finally:
+            if result.status != STORED and asked.done() and asked.exception() is None:
+                _note_snapshots(asked.result(), result)  # for the report of a failed host
+
+
+def _note_snapshots(snapshots, result: HostResult):
+    """Record the repository's snapshots in ``result``; returns (newest, stored stamps)."""
     newest = snapshots[-1] if snapshots else None
     result.newest_snapshot = iso(newest.time) if newest else None
     result.oldest_snapshot = iso(snapshots[0].time) if snapshots else None
-    stored_stamps = {s.stamp for s in snapshots if s.stamp}
     result.snapshot_count = len(snapshots)
-    if if_due and newest is not None:
-        age = (utc_now() - newest.time).total_seconds()
-        if age < host.min_interval:
-            result.status, result.fresh = SKIPPED, True
-            result.reason = (
-                f"fresh: the newest snapshot is {human_duration(age)} old "
-                f"(min_interval {human_duration(host.min_interval)})"
-            )
-            return
-    if not dry_run:
-        notifier.start()
+    return newest, {s.stamp for s in snapshots if s.stamp}
 
-    with Remote(host, config.ssh, runner) as remote:
-        listing = remote.list()
-        for attempt in range(config.lock_retries):
-            if not listing.lock:
-                break
-            hlog.info(
-                "the client is publishing an archive; asking again in %s (%d/%d)",
-                human_duration(config.lock_wait),
-                attempt + 1,
-                config.lock_retries,
-            )
-            if cancel.wait(config.lock_wait):
-                raise PullbackError("cancelled while waiting for the client's lock")
-            listing = remote.list()
-        if listing.lock:
-            owner = listing.lock
-            result.status, result.problem = SKIPPED, True
-            result.reason = (
-                f"busy: the client was still publishing an archive after "
-                f"{config.lock_retries} retries (pid {owner.get('pid')}, since "
-                f"{owner.get('started')})"
-            )
-            return
-        if listing.host != host.name:
-            raise ArchiveError(
-                f"the client calls itself '{listing.host}', not '{host.name}' "
-                "(check hostname: in its client.yaml)"
-            )
-        chosen = _choose(listing, host, result, hlog)
-        if chosen is None:
-            result.status, result.problem = SKIPPED, True
-            result.reason = "the client has no archive to fetch"
-            return
-        name = chosen.archive.name
-        result.archive, result.stamp = name, chosen.stamp
-        result.size, result.content_bytes = chosen.archive.size, chosen.archive.content_bytes
-        result.client_failed_services = chosen.failed_services
-        when = sidecars.parse_stamp(chosen.stamp)
-        if when > utc_now() + FUTURE_TOLERANCE:
-            result.status, result.problem = SKIPPED, True
-            result.reason = (
-                f"{name} is dated in the future ({chosen.stamp}); check the client's clock"
-            )
-            return
-        if chosen.stamp in stored_stamps:
-            result.status = SKIPPED
-            result.reason = f"{name} is already stored"
-            if not dry_run:
-                _mark_fetched(remote, name, result, hlog)
-            return
-        if newest is not None and when < newest.time:
-            result.status = SKIPPED
-            result.reason = (
-                f"{name} is older than the newest snapshot ({iso(newest.time)}); not stored"
-            )
-            return
-        if dry_run:
-            result.status = SKIPPED
-            result.reason = f"dry run: would fetch {name} ({human_size(chosen.archive.size)})"
-            return
 
-        fetched = fetch_and_unpack(
-            remote,
-            name,
-            chosen.archive.size,
-            chosen.archive.sha256,
-            chosen.archive.compression,
-            config.partial_dir(host.name),
-            config.staging_dir(host.name),
-            runner,
-            cancel,
-        )
-        result.resumed_from = fetched.resumed_from
-        warnings = fetched.unpacked.warnings
-        for warning in warnings[:10]:
-            hlog.warning("%s", warning)
-        if len(warnings) > 10:
-            hlog.warning("... and %d more warnings like these", len(warnings) - 10)
-        result.warnings.extend(warnings[:20])
+def _wait_for_lock(remote: Remote, config, cancel, hlog) -> Listing:
+    """List the client's archives, asking again while it is publishing one (lock_retries)."""
+    listing = remote.list()
+    for attempt in range(config.lock_retries):
+        if not listing.lock:
+            break
         hlog.info(
-            "fetched %s (%s%s), unpacked %d files (%d rewritten, %d unchanged, %d removed)",
-            name,
-            human_size(fetched.size),
-            f", resumed at {human_size(fetched.resumed_from)}" if fetched.resumed_from else "",
-            fetched.unpacked.files,
-            fetched.unpacked.written,
-            fetched.unpacked.unchanged,
-            fetched.unpacked.removed,
+            "the client is publishing an archive; asking again in %s (%d/%d)",
+            human_duration(config.lock_wait),
+            attempt + 1,
+            config.lock_retries,
         )
-        remaining = max(60.0, config.host_timeout - (time.monotonic() - started))
-        stored = backend.store(
-            config.staging_dir(host.name),
-            chosen.stamp,
-            when,
-            min(config.backend.timeout, remaining),
-        )
-        result.status = STORED
-        result.snapshot_id = stored.snapshot_id
-        result.bytes_added = stored.bytes_added
-        result.store_peak_rss = stored.peak_rss
-        result.snapshot_count += 1
-        result.newest_snapshot = iso(when)
+        if cancel.wait(config.lock_wait):
+            raise PullbackError("cancelled while waiting for the client's lock")
+        listing = remote.list()
+    return listing
+
+
+def _pull_listed(
+    config,
+    host,
+    cancel,
+    dry_run,
+    result: HostResult,
+    runner,
+    hlog,
+    started,
+    backend,
+    remote: Remote,
+    listing: Listing,
+    newest,
+    stored_stamps: set[str],
+) -> None:
+    if listing.lock:
+        owner = listing.lock
+        result.status, result.problem = SKIPPED, True
         result.reason = (
-            f"stored {name} as {backend.name} snapshot {stored.snapshot_id} "
-            f"(+{human_size(stored.bytes_added)})"
+            f"busy: the client was still publishing an archive after "
+            f"{config.lock_retries} retries (pid {owner.get('pid')}, since "
+            f"{owner.get('started')})"
         )
-        discard_partial(fetched.path)
-        _mark_fetched(remote, name, result, hlog)
-        try:
-            result.repository_bytes = backend.size()
-        except PullbackError as exc:
-            hlog.warning("could not measure the repository: %s", exc)
+        return
+    if listing.host != host.name:
+        raise ArchiveError(
+            f"the client calls itself '{listing.host}', not '{host.name}' "
+            "(check hostname: in its client.yaml)"
+        )
+    chosen = _choose(listing, host, result, hlog)
+    if chosen is None:
+        result.status, result.problem = SKIPPED, True
+        result.reason = "the client has no archive to fetch"
+        return
+    name = chosen.archive.name
+    result.archive, result.stamp = name, chosen.stamp
+    result.size, result.content_bytes = chosen.archive.size, chosen.archive.content_bytes
+    result.client_failed_services = chosen.failed_services
+    when = sidecars.parse_stamp(chosen.stamp)
+    if when > utc_now() + FUTURE_TOLERANCE:
+        result.status, result.problem = SKIPPED, True
+        result.reason = f"{name} is dated in the future ({chosen.stamp}); check the client's clock"
+        return
+    if chosen.stamp in stored_stamps:
+        result.status = SKIPPED
+        result.reason = f"{name} is already stored"
+        if not dry_run:
+            _mark_fetched(remote, name, result, hlog)
+        return
+    if newest is not None and when < newest.time:
+        result.status = SKIPPED
+        result.reason = f"{name} is older than the newest snapshot ({iso(newest.time)}); not stored"
+        return
+    if dry_run:
+        result.status = SKIPPED
+        result.reason = f"dry run: would fetch {name} ({human_size(chosen.archive.size)})"
+        return
+
+    fetched = fetch_and_unpack(
+        remote,
+        name,
+        chosen.archive.size,
+        chosen.archive.sha256,
+        chosen.archive.compression,
+        config.partial_dir(host.name),
+        config.staging_dir(host.name),
+        runner,
+        cancel,
+    )
+    result.resumed_from = fetched.resumed_from
+    warnings = fetched.unpacked.warnings
+    for warning in warnings[:10]:
+        hlog.warning("%s", warning)
+    if len(warnings) > 10:
+        hlog.warning("... and %d more warnings like these", len(warnings) - 10)
+    result.warnings.extend(warnings[:20])
+    hlog.info(
+        "fetched %s (%s%s), unpacked %d files (%d rewritten, %d unchanged, %d removed)",
+        name,
+        human_size(fetched.size),
+        f", resumed at {human_size(fetched.resumed_from)}" if fetched.resumed_from else "",
+        fetched.unpacked.files,
+        fetched.unpacked.written,
+        fetched.unpacked.unchanged,
+        fetched.unpacked.removed,
+    )
+    remaining = max(60.0, config.host_timeout - (time.monotonic() - started))
+    stored = backend.store(
+        config.staging_dir(host.name),
+        chosen.stamp,
+        when,
+        min(config.backend.timeout, remaining),
+    )
+    result.status = STORED
+    result.snapshot_id = stored.snapshot_id
+    result.bytes_added = stored.bytes_added
+    result.store_peak_rss = stored.peak_rss
+    result.snapshot_count += 1
+    result.newest_snapshot = iso(when)
+    result.reason = (
+        f"stored {name} as {backend.name} snapshot {stored.snapshot_id} "
+        f"(+{human_size(stored.bytes_added)})"
+    )
+    discard_partial(fetched.path)
+    _mark_fetched(remote, name, result, hlog)
+    try:
+        result.repository_bytes = backend.size()
+    except PullbackError as exc:
+        hlog.warning("could not measure the repository: %s", exc)
 
 
 def _mark_fetched(remote: Remote, name: str, result: HostResult, hlog) -> None:

@@ -75,17 +75,20 @@ class Fleet:
             files: {{paths: [{data}]}}
             """,
         )
-        sshd = Sshd(
-            self.root / "hosts" / name / "sshd",
-            Path(f"{self.key}.pub"),
-            serve_command(client.config),
-        ).start()
-        host = FleetHost(name, client, sshd, data)
+        host = FleetHost(name, client, self.start_sshd(name, client), data)
         self.hosts[name] = host
         if trust:
             self.trust(name)
         self.write_config()
         return host
+
+    def start_sshd(self, name: str, client: ClientSandbox) -> Sshd:
+        """Start the host's sshd (here on loopback; the netns fleet overrides this)."""
+        return Sshd(
+            self.root / "hosts" / name / "sshd",
+            Path(f"{self.key}.pub"),
+            serve_command(client.config),
+        ).start()
 
     def trust(self, name: str) -> None:
         with open(self.known_hosts, "a") as handle:
@@ -113,7 +116,7 @@ class Fleet:
             "hosts": [
                 {
                     "name": h.name,
-                    "address": "127.0.0.1",
+                    "address": h.sshd.address,
                     "port": h.sshd.port,
                     "user": h.sshd.user,
                     **self.host_extra.get(h.name, {}),

@@ -55,6 +55,8 @@ class Sshd:
     """No forced command: an ordinary login key with sftp (to compare with scp)."""
     proc: subprocess.Popen | None = None
     host_key: Path | None = None
+    netns: str | None = None
+    """Run inside this network namespace (``ip netns exec``), listening on its address."""
 
     def start(self) -> Sshd:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -93,8 +95,11 @@ class Sshd:
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         with open(self.root / "sshd.log", "ab") as log:
+            prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
             self.proc = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log
+                [*prefix, SSHD, "-D", "-e", "-f", str(config)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
             )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

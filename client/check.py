@@ -47,9 +47,8 @@ def check(config: ClientConfig) -> list[str]:
             problems.extend(str(p) for p in service.problems)
             continue
         tasks = make_tasks(service, Path("/nonexistent"), None, dry_run=True)
-        problems.extend(f"{service.file}: {p}" for p in validate_service(service, plugins, tasks))
-        for spec in service.tasks:
-            problems.extend(
-                f"{service.file}: {spec.key}: {m}" for m in spec.type.missing(spec.config)
-            )
+        for spec, task in zip(service.tasks, tasks, strict=True):
+            where = f"{service.file}:{spec.line or 1}"  # the line of the task's section
+            problems.extend(f"{where}: {p}" for p in validate_service(service, plugins, [task]))
+            problems.extend(f"{where}: {spec.key}: {m}" for m in spec.type.missing(spec.config))
     return problems

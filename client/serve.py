@@ -4,7 +4,8 @@ Installed as ``restrict,command="pullback-client serve" ssh-ed25519 AAAA... pull
 in the authorized_keys of the unprivileged ``pullback`` user. sshd puts what the server
 asked for in ``SSH_ORIGINAL_COMMAND``; exactly four requests are answered:
 
-``list``                   the complete archives with their sidecars, and the lock status
+``list``                   the complete archives with their sidecars, the lock status, and
+                           the names of archives without a valid sidecar
 ``lock``                   the archive-directory lock status
 ``send <archive> <offset>`` the archive's bytes from ``offset`` to its end
 ``fetched <archive>``       move the archive to ``fetched/`` (keeping ``fetched_keep``)
@@ -106,10 +107,13 @@ def _lock_record(config: ClientConfig) -> dict | None:
 
 
 def answer_list(config: ClientConfig) -> dict:
-    """The list answer: protocol, host, lock status and every complete archive."""
-    found = []
+    """The list answer: protocol, host, lock status, every complete archive, and the
+    archives without a valid sidecar (``unusable``: name and problem)."""
+    found, unusable = [], []
     for archive in archives.list_archives(config.archive_dir, include_fetched=False):
         if archive.sidecar is None:
+            # named, so that the server can say why a host seems to have no archive
+            unusable.append({"name": archive.name, "problem": archive.problem})
             continue
         found.append(
             {
@@ -124,6 +128,7 @@ def answer_list(config: ClientConfig) -> dict:
         "pullback_version": __version__,
         "lock": _lock_record(config),
         "archives": found,
+        "unusable": unusable,
     }
 
 
@@ -172,6 +177,8 @@ def mark_fetched(config: ClientConfig, name: str) -> None:
     """Move a fetched archive and its sidecar to ``fetched/``, keeping ``fetched_keep``."""
     source = config.archive_dir / name
     target_dir = config.archive_dir / archives.FETCHED_DIR
+    if not source.is_file() and not (target_dir / name).is_file():
+        raise Refused(f"no archive {name}")  # before the lock: a refusal changes nothing
     with archives.directory_lock(config.archive_dir, "marking an archive fetched").acquire(
         wait=archives.LOCK_WAIT
     ):

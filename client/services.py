@@ -81,7 +81,7 @@ def _unknown_task(doc: YamlDocument, key: str, plugins: PluginSet) -> Problem:
     known = plugins.known_keys()
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else f"; known tasks: {', '.join(known)}"
-    return doc.problem((key,), f"unknown task '{key}'{hint}")
+    return doc.problem((key,), f"unknown task {key!r}{hint}")
 
 
 def load_service(path: Path, plugins: PluginSet) -> Service:
@@ -98,7 +98,7 @@ def load_service(path: Path, plugins: PluginSet) -> Service:
             problems=[
                 Problem(
                     str(path),
-                    None,
+                    1,
                     "",
                     "the file is empty; expected a 'service:' section and tasks",
                 )

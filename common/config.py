@@ -24,7 +24,7 @@ def load_validated(path: str | os.PathLike, schema: dict, *, allow_empty: bool) 
         raise ConfigError(exc.problems) from None
     if doc.data is None:
         if not allow_empty:
-            raise ConfigError([Problem(str(path), None, "", "the file is empty")])
+            raise ConfigError([Problem(str(path), 1, "", "the file is empty")])
         doc.data = {}
     if not isinstance(doc.data, dict):
         raise ConfigError([doc.problem((), "expected a mapping of keys at the top level")])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import math
 import re
 from collections.abc import Iterator
 from importlib import resources
@@ -23,6 +24,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
 from .yamlfile import KeyPath, Problem, YamlDocument
 
 _TYPE_NAMES = {
@@ -54,10 +56,15 @@ def _include(node: Any) -> Any:
     return node
 
 
+@functools.cache
+def _parsed_schema(package: str, name: str) -> dict:
+    return _include(yaml.safe_load(_load_resource(package, name)))
+
+
 def load_schema(package: str, name: str) -> dict:
     """Return a fresh copy of the schema ``schemas/<name>.yaml`` shipped in ``package``
     (shared fragments included, see ``x-include``)."""
-    return _include(yaml.safe_load(_load_resource(package, name)))
+    return copy.deepcopy(_parsed_schema(package, name))
 
 
 def _type_of(value: Any) -> str:
@@ -150,6 +157,65 @@ def _problems_for(error: jsonschema.ValidationError) -> Iterator[tuple[KeyPath, 
         yield path, message
 
 
+@functools.cache
+def _ecma_regex(pattern: str) -> re.Pattern:
+    """``pattern`` with ECMA-262's ``$``: the end of the text. Python's ``$`` also matches
+    before a final newline, which would let ``"web1\\n"`` pass as a host name."""
+    out, escaped, in_class = [], False, False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "[":
+            in_class = True
+        elif char == "]":
+            in_class = False
+        elif char == "$" and not in_class:
+            char = r"\Z"
+        out.append(char)
+    return re.compile("".join(out))
+
+
+_NUMBER_PARSERS = {DURATION_PATTERN: parse_duration, SIZE_PATTERN: parse_size}
+"""Patterns that make a value a duration or a size, given as text or as a number."""
+
+
+def _usable_number(pattern: str, value: Any) -> bool:
+    """A duration or size must be a number a setting can hold: finite, not negative,
+    within 64 bits ("9" * 400 + "M" is infinite; -1 seconds means nothing)."""
+    parse = _NUMBER_PARSERS.get(pattern)
+    if parse is None:
+        return True
+    try:
+        number = parse(value)
+    except (ValueError, OverflowError):
+        return False
+    return math.isfinite(number) and 0 <= number < 2**63
+
+
+def _pattern(validator, pattern: str, instance: Any, schema: dict):
+    if validator.is_type(instance, "string"):
+        good = bool(_ecma_regex(pattern).search(instance)) and _usable_number(pattern, instance)
+    elif validator.is_type(instance, "number"):  # a duration or size given as a number
+        good = _usable_number(pattern, instance)
+    else:
+        return
+    if not good:
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _is_integer(checker, instance: Any) -> bool:
+    # JSON Schema counts 3.0 as an integer; a setting that must be whole takes an int only
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+@functools.cache
+def _validator_class(base: type) -> type:
+    checker = base.TYPE_CHECKER.redefine("integer", _is_integer)
+    return jsonschema.validators.extend(base, {"pattern": _pattern}, type_checker=checker)
+
+
 def validate(doc: YamlDocument, schema: dict, prefix: KeyPath = ()) -> list[Problem]:
     """Validate the part of ``doc`` at ``prefix`` against ``schema``.
 
@@ -157,7 +223,7 @@ def validate(doc: YamlDocument, schema: dict, prefix: KeyPath = ()) -> list[Prob
     line, full key path and what was expected.
     """
     data = doc.sub(prefix).data if prefix else doc.data
-    validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls = _validator_class(jsonschema.validators.validator_for(schema))
     validator = validator_cls(schema)
     problems = []
     seen = set()

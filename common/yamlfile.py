@@ -1,12 +1,17 @@
 """Read a YAML file and remember the line of every key, so errors can point at it.
 
 Duplicate keys, tabs, bad syntax, empty, missing and unreadable files all come back as
-:class:`Problem` records instead of exceptions from PyYAML.
+:class:`Problem` records instead of exceptions from PyYAML; so do hostile documents
+(control characters, recursive aliases, alias bombs, absurd nesting, values of an
+explicit tag that cannot be read, numbers no setting can mean).
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,12 @@ import yaml
 KeyPath = tuple[str | int, ...]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+MAX_DEPTH = 64
+"""Deeper nesting than this is refused (no configuration needs a tenth of it)."""
+MAX_VALUES = 100_000
+"""Refused when aliases expand the document to more values than this."""
+MAX_INT = 2**63
+"""Integers must fit in 64 bits."""
 
 
 @dataclass(frozen=True)
@@ -33,13 +44,14 @@ class Problem:
 
 
 def format_key(path: KeyPath) -> str:
-    """Render a key path like ``hosts[0].port``."""
+    """Render a key path like ``hosts[0].port`` (an unprintable key quoted, escaped)."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            part = str(part) if str(part).isprintable() else repr(str(part))
+            out += f".{part}" if out else part
     return out
 
 
@@ -91,50 +103,151 @@ def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
     return text
 
 
-def _check_duplicates(node: yaml.Node, file: str, problems: list[Problem], path: KeyPath = ()):
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == _MERGE_TAG:
-                continue
-            key = str(key_node.value)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                problems.append(
-                    Problem(
-                        file,
-                        line,
-                        format_key((*path, key)),
-                        f"duplicate key (first given on line {seen[key]})",
+class _Lines:
+    """Line numbers as editors and ``grep -n`` count them: lines end at ``\\n`` only (PyYAML
+    also breaks lines at a lone ``\\r``, NEL, U+2028 and U+2029)."""
+
+    def __init__(self, text: str):
+        self._ends = [match.start() for match in re.finditer("\n", text)]
+
+    def index(self, index: int) -> int:
+        """The line of the character at ``index``."""
+        return bisect.bisect_left(self._ends, index) + 1
+
+    def __call__(self, mark: yaml.Mark) -> int:
+        return self.index(mark.index)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose constructors fail with a marked error, not a bare exception
+    (``!!int foo``, ``!!timestamp 2020-13-45``, an int of 5000 digits...)."""
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the value cannot be read as {tag}", node.start_mark
+            ) from None
+
+
+def _check_nodes(root: yaml.Node, file: str, at: _Lines) -> list[Problem]:
+    """Duplicate keys, recursive aliases, too deep nesting and alias bombs, as problems.
+
+    Every node is walked once (a node reached again through an alias is measured, not
+    walked again), so a hostile document cannot make this slow.
+    """
+    problems: list[Problem] = []
+    seen_nodes: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) below it
+    too_deep: list[Problem] = []
+
+    def visit(node: yaml.Node, path: KeyPath, ancestors: frozenset[int]) -> tuple[int, int]:
+        line = at(node.start_mark)
+        if id(node) in ancestors:
+            problems.append(Problem(file, line, format_key(path), "an alias refers to itself"))
+            return 1, 0
+        count, depth = seen_nodes.get(id(node)) or walk(node, path, ancestors)
+        if len(path) + depth > MAX_DEPTH and not too_deep:
+            message = f"nested more than {MAX_DEPTH} levels deep"
+            too_deep.append(Problem(file, line, format_key(path[:1]), message))
+        return count, depth
+
+    def walk(node: yaml.Node, path: KeyPath, ancestors: frozenset[int]) -> tuple[int, int]:
+        if len(path) > MAX_DEPTH:
+            return 1, 0
+        inner = ancestors | {id(node)}
+        below: list[tuple[int, int]] = []
+        if isinstance(node, yaml.MappingNode):
+            keys: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    below.append(visit(value_node, path, inner))
+                    continue
+                key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                key_line = at(key_node.start_mark)
+                if key in keys and isinstance(key_node, yaml.ScalarNode):
+                    problems.append(
+                        Problem(
+                            file,
+                            key_line,
+                            format_key((*path, key)),
+                            f"duplicate key (first given on line {keys[key]})",
+                        )
                     )
-                )
-            else:
-                seen[key] = line
-            _check_duplicates(value_node, file, problems, (*path, key))
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _check_duplicates(item, file, problems, (*path, index))
+                keys.setdefault(key, key_line)
+                below.append(visit(value_node, (*path, key), inner))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                below.append(visit(item, (*path, index), inner))
+        count = 1 + sum(c for c, _ in below)
+        depth = 1 + max((d for _, d in below), default=0) if below else 0
+        seen_nodes[id(node)] = count, depth
+        return count, depth
+
+    total, _ = visit(root, (), frozenset())
+    problems.extend(too_deep)
+    if total > MAX_VALUES and not problems:
+        problems.append(
+            Problem(
+                file,
+                at(root.start_mark),
+                "",
+                f"aliases expand the document to {total} values (at most {MAX_VALUES})",
+            )
+        )
+    return problems
 
 
-def _record_lines(node: yaml.Node, lines: dict[KeyPath, int], path: KeyPath = ()):
+_UNUSABLE_TEXT = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def _value_problems(doc: YamlDocument) -> list[Problem]:
+    """Values no setting can mean: infinite or NaN floats, integers past 64 bits, and text
+    with a NUL or a lone surrogate (escapes like ``"\\0"`` or ``"\\ud800"``), which no
+    path, argument or output can hold."""
+    found: list[Problem] = []
+
+    def visit(value: Any, path: KeyPath) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(doc.problem(path, f"{value} is not a usable number"))
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= MAX_INT:
+            found.append(doc.problem(path, "the number is too large (more than 64 bits)"))
+        elif isinstance(value, str) and _UNUSABLE_TEXT.search(value):
+            found.append(doc.problem(path, "holds a NUL or a lone surrogate escape"))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and _UNUSABLE_TEXT.search(key):
+                    found.append(doc.problem(path, "a key holds a NUL or a lone surrogate escape"))
+                    continue
+                visit(item, (*path, key if isinstance(key, str | int) else str(key)))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                visit(item, (*path, index))
+
+    visit(doc.data, ())
+    return found
+
+
+def _record_lines(node: yaml.Node, lines: dict[KeyPath, int], at: _Lines, path: KeyPath = ()):
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value
             key = key if isinstance(key, str) else str(key)
-            lines.setdefault((*path, key), key_node.start_mark.line + 1)
-            _record_lines(value_node, lines, (*path, key))
+            lines.setdefault((*path, key), at(key_node.start_mark))
+            _record_lines(value_node, lines, at, (*path, key))
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            lines[(*path, index)] = item.start_mark.line + 1
-            _record_lines(item, lines, (*path, index))
+            lines[(*path, index)] = at(item.start_mark)
+            _record_lines(item, lines, at, (*path, index))
 
 
 def load(path: str | os.PathLike) -> YamlDocument:
     """Parse the YAML file at ``path``.
 
     Returns a :class:`YamlDocument` (``data`` is None for an empty file). Raises
-    :class:`YamlFileError` when the file is missing, unreadable, not UTF-8, not valid YAML
-    or has duplicate keys.
+    :class:`YamlFileError` when the file is missing, unreadable, not UTF-8, not valid YAML,
+    has duplicate keys or is hostile (see the module's docstring).
     """
     path = Path(path)
     file = str(path)
@@ -156,25 +269,38 @@ def load(path: str | os.PathLike) -> YamlDocument:
         line = raw[: exc.start].count(b"\n") + 1
         raise YamlFileError([Problem(file, line, "", "not valid UTF-8 text")]) from None
 
-    loader = yaml.SafeLoader(text)
+    at = _Lines(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:
+        line = at.index(exc.position)
+        message = f"character #x{exc.character:04x} is not allowed in YAML (control character)"
+        raise YamlFileError([Problem(file, line, "", message)]) from None
     try:
         node = loader.get_single_node()
-        problems: list[Problem] = []
-        if node is not None:
-            _check_duplicates(node, file, problems)
+        problems = _check_nodes(node, file, at) if node is not None else []
         if problems:
             raise YamlFileError(problems)
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
+        line = at(mark) if mark else at.index(loader.index)
         raise YamlFileError([Problem(file, line, "", _syntax_message(exc))]) from None
     except yaml.YAMLError as exc:
-        raise YamlFileError([Problem(file, None, "", f"YAML error: {exc}")]) from None
+        raise YamlFileError(
+            [Problem(file, at.index(loader.index), "", f"YAML error: {exc}")]
+        ) from None
+    except RecursionError:
+        message = f"nested more than {MAX_DEPTH} levels deep"
+        raise YamlFileError([Problem(file, at.index(loader.index), "", message)]) from None
     finally:
         loader.dispose()
 
-    lines: dict[KeyPath, int] = {(): node.start_mark.line + 1} if node is not None else {}
+    lines: dict[KeyPath, int] = {(): at(node.start_mark)} if node is not None else {}
     if node is not None:
-        _record_lines(node, lines)
-    return YamlDocument(path, data, lines)
+        _record_lines(node, lines, at)
+    doc = YamlDocument(path, data, lines)
+    problems = _value_problems(doc)
+    if problems:
+        raise YamlFileError(problems)
+    return doc

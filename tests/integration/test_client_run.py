@@ -204,7 +204,7 @@ def test_check_lists_every_problem_one_per_line(box):
     ]
     bad.write_text("service: {name: bad}\nfiles:\n  paths: [/does/not/exist]\n")
     result = box.cli("check")
-    assert result.stdout.splitlines() == [f"{bad}: files: path /does/not/exist does not exist"]
+    assert result.stdout.splitlines() == [f"{bad}:2: files: path /does/not/exist does not exist"]
     bad.unlink()
     result = box.cli("check")
     assert result.returncode == 0 and result.stdout.strip() == f"{box.config}: ok"

@@ -259,6 +259,14 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
     return records
 
 
+def _pax_int(pax: dict[bytes, bytes], key: bytes) -> int:
+    """A PAX record that must be a non-negative decimal. Raises TarFormatError."""
+    text = pax[key]
+    if not text.isdigit() or len(text) > 20:
+        raise TarFormatError(f"bad PAX {key.decode()} {text[:40]!r}")
+    return int(text)
+
+
 def _pax_mtime(text: bytes) -> int:
     negative = text.startswith(b"-")
     whole, _, part = text.lstrip(b"-").partition(b".")
@@ -330,6 +338,7 @@ class TarReader:
     def __iter__(self):
         pax: dict[bytes, bytes] = {}
         long_name = long_link = None
+        meta_bytes = 0
         while True:
             self._finish_member()
             block = self.stream.read(BLOCK)
@@ -352,6 +361,10 @@ class TarReader:
             size = _number(block[124:136])
             if size < 0:
                 raise TarFormatError("negative member size")
+            if kind in (PAXTYPE, GNU_LONGNAME, GNU_LONGLINK):
+                meta_bytes += size
+                if meta_bytes > 4 * MAX_META:
+                    raise TarFormatError("extended headers of one member are not plausible")
             if kind == PAXTYPE:
                 pax.update(_parse_pax(self._read_meta(size)))
                 continue
@@ -377,10 +390,10 @@ class TarReader:
             )
             member.kind = kind
             member.mode = _number(block[100:108]) & 0o7777
-            member.uid = int(pax[b"uid"]) if b"uid" in pax else _number(block[108:116])
-            member.gid = int(pax[b"gid"]) if b"gid" in pax else _number(block[116:124])
+            member.uid = _pax_int(pax, b"uid") if b"uid" in pax else _number(block[108:116])
+            member.gid = _pax_int(pax, b"gid") if b"gid" in pax else _number(block[116:124])
             if b"size" in pax:
-                size = int(pax[b"size"])
+                size = _pax_int(pax, b"size")
             member.size = size if kind in _REGULAR else 0
             mtime = pax.get(b"mtime")
             member.mtime_ns = (
@@ -395,6 +408,7 @@ class TarReader:
             member.pax = pax
             pax = {}
             long_name = long_link = None
+            meta_bytes = 0
             # data of anything but a regular file is skipped, never used
             self._remaining = size
             self._padding = (-size) % BLOCK

@@ -8,8 +8,13 @@ Safety (the archive comes from a host that may be compromised):
   the whole archive; so do names outside ``services/`` and ``MANIFEST.sha256``, and hard
   links to anything that is not a file of the same archive;
 - symlinks are recreated as they are (an absolute link in /etc is data) but never
-  followed; device nodes and FIFOs are dropped; set-user/group-id bits are cleared;
-  numeric owners, modes, nanosecond mtimes, xattrs and ACLs are kept.
+  followed; device nodes and FIFOs are dropped; set-user/group-id bits and file
+  capabilities (``security.capability``) are cleared; sparse files (which pullback
+  archives never hold) refuse the archive; numeric owners, modes, nanosecond mtimes,
+  other xattrs and ACLs are kept;
+- optional limits (:class:`UnpackLimits`, the server's ``max_unpacked_size`` and
+  ``max_entries``) are checked as each member's header arrives, before its data is
+  written: a tar bomb is refused after at most one limit's worth of writes.
 
 Economy: the staging tree is kept between runs. A file whose content and metadata did
 not change is not touched at all (not even its ctime), so ``restic backup
@@ -34,6 +39,7 @@ from .errors import ArchiveError
 from .log import get_logger
 from .manifest import MANIFEST_NAME, parse
 from .tarformat import Member
+from .units import human_size
 
 log = get_logger("unpack")
 
@@ -46,6 +52,29 @@ _IS_ROOT = os.geteuid() == 0
 
 class HostileArchive(ArchiveError):
     """The archive tried to write where it must not; nothing from it is stored."""
+
+
+class ArchiveTooLarge(ArchiveError):
+    """The archive unpacks to more than a configured limit allows (a tar bomb, or a host
+    that outgrew the limit); nothing from it is stored."""
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """How much one archive may unpack to; ``None`` is no limit.
+
+    ``max_size`` bounds the sum of the regular files' sizes (a sparse file counts with its
+    apparent size), ``max_entries`` the number of members (directories, links and dropped
+    device nodes included). ``source`` names where the limits are set, for messages.
+    """
+
+    max_size: int | None = None
+    max_entries: int | None = None
+    source: str = "server.yaml"
+
+
+_SPARSE_SIZE_KEYS = (b"GNU.sparse.realsize", b"GNU.sparse.size")
+_CAPABILITY_XATTR = "security.capability"
 
 
 @dataclass
@@ -79,6 +108,35 @@ def safe_parts(name: str) -> tuple[str, ...]:
     return parts
 
 
+def shown(name: str) -> str:
+    """``name`` fit for one line of a log or a mail: control characters and bytes that are
+    not UTF-8 are written as escapes (``\\n``, ``\\xff``), so a name cannot forge lines."""
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _apparent_size(member: Member) -> int:
+    """The bytes ``member`` claims to unpack to: its data, or a sparse file's full size.
+
+    Raises HostileArchive for a size that is negative or not a number.
+    """
+    size = member.size
+    for key in _SPARSE_SIZE_KEYS:
+        value = member.pax.get(key)
+        if value is not None:
+            try:
+                size = max(size, int(value))
+            except ValueError:
+                raise HostileArchive(
+                    f"member {member.name!r} has a sparse size that is not a number"
+                ) from None
+    if size < 0:
+        raise HostileArchive(f"member {member.name!r} has a negative size")
+    return size
+
+
 def _remove(name: str, dir_fd: int) -> None:
     """Remove whatever ``name`` is in ``dir_fd`` (a file, a link, or a whole tree)."""
     try:
@@ -94,9 +152,11 @@ def _remove(name: str, dir_fd: int) -> None:
 class Unpacker:
     """Applies the members of one archive to ``staging``; use as a context manager."""
 
-    def __init__(self, staging: Path):
+    def __init__(self, staging: Path, limits: UnpackLimits | None = None):
         self.staging = staging
+        self.limits = limits or UnpackLimits()
         self.stats = UnpackStats()
+        self._unpacked_size = 0
         # Memory stays flat in the number of files: paths are kept as 128-bit keys, and the
         # files' digests as one order-independent sum compared with the manifest's.
         self._seen: set[int] = set()
@@ -161,9 +221,14 @@ class Unpacker:
     # -- members ------------------------------------------------------------------------
 
     def add(self, member: Member, chunks) -> None:
-        """Apply one member; ``chunks`` yields its data (regular files only)."""
+        """Apply one member; ``chunks`` yields its data (regular files only).
+
+        Raises HostileArchive, or ArchiveTooLarge past a limit, before anything of a
+        refused member is written.
+        """
         parts = safe_parts(member.name)
         self.stats.members += 1
+        self._check_limits(member)
         if parts == (MANIFEST_NAME,):
             summed = _ManifestReader()
             self._write_file(parts, member, summed.feed(chunks), count=False)
@@ -203,12 +268,35 @@ class Unpacker:
             self._hardlink(parts, member)
         else:
             self._seen.discard(key)
-            self.stats.warnings.append(f"{member.name}: device node or FIFO dropped")
+            self.stats.warnings.append(f"{shown(member.name)}: device node or FIFO dropped")
+
+    def _check_limits(self, member: Member) -> None:
+        """Count ``member`` against the limits; refuse sparse files.
+
+        Raises ArchiveTooLarge past a limit, HostileArchive for a sparse file.
+        """
+        limits = self.limits
+        if limits.max_entries is not None and self.stats.members > limits.max_entries:
+            raise ArchiveTooLarge(
+                f"it holds more than {limits.max_entries:,} entries "
+                f"(max_entries in {limits.source})"
+            )
+        size = _apparent_size(member)
+        self._unpacked_size += size
+        if limits.max_size is not None and self._unpacked_size > limits.max_size:
+            raise ArchiveTooLarge(
+                f"it unpacks to more than {human_size(limits.max_size)} "
+                f"(max_unpacked_size in {limits.source})"
+            )
+        if any(key.startswith(b"GNU.sparse.") for key in member.pax):
+            raise HostileArchive(
+                f"member {member.name!r} is a sparse file, which pullback archives never hold"
+            )
 
     def _mode(self, member: Member) -> int:
         mode = member.mode & 0o7777
         if mode & (stat.S_ISUID | stat.S_ISGID) and not (member.is_dir):
-            self.stats.warnings.append(f"{member.name}: set-user/group-id bits cleared")
+            self.stats.warnings.append(f"{shown(member.name)}: set-user/group-id bits cleared")
             mode &= ~(stat.S_ISUID | stat.S_ISGID)
         return mode
 
@@ -288,13 +376,17 @@ class Unpacker:
         wanted: dict[str, bytes] = {}
         for key, value in member.pax.items():
             if key.startswith(b"SCHILY.xattr."):
-                wanted[os.fsdecode(key[len(b"SCHILY.xattr.") :])] = value
+                name = os.fsdecode(key[len(b"SCHILY.xattr.") :])
+                if name == _CAPABILITY_XATTR:
+                    self.stats.warnings.append(f"{shown(member.name)}: file capabilities cleared")
+                    continue
+                wanted[name] = value
             elif key in (b"SCHILY.acl.access", b"SCHILY.acl.default"):
                 xattr = acl.ACCESS_XATTR if key.endswith(b"access") else acl.DEFAULT_XATTR
                 try:
                     wanted[xattr] = acl.from_text(value.decode("utf-8", "replace"))
                 except (ValueError, KeyError):
-                    self.stats.warnings.append(f"{member.name}: unreadable ACL dropped")
+                    self.stats.warnings.append(f"{shown(member.name)}: unreadable ACL dropped")
         try:
             current = {n: os.getxattr(fd, n) for n in os.listxattr(fd)}
         except OSError:
@@ -311,7 +403,8 @@ class Unpacker:
                     os.setxattr(fd, name, value)
                 except OSError as exc:
                     self.stats.warnings.append(
-                        f"{member.name}: extended attribute {name} not kept: {exc.strerror}"
+                        f"{shown(member.name)}: extended attribute {shown(name)} not kept: "
+                        f"{exc.strerror}"
                     )
 
     def _symlink(self, parts, member: Member) -> None:

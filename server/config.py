@@ -11,7 +11,7 @@ from ..common.errors import ConfigError
 from ..common.mail import EmailConfig, email_config
 from ..common.notify import NotifyConfig, notify_config
 from ..common.schema import load_schema
-from ..common.units import parse_duration
+from ..common.units import parse_duration, parse_size
 
 DEFAULT_PATH = Path("/etc/pullback/server.yaml")
 
@@ -30,6 +30,10 @@ class HostConfig:
     max_age: float = 36 * 3600.0
     min_interval: float = 20 * 3600.0
     notify: NotifyConfig | None = None
+    max_unpacked_size: int = 1 << 40
+    """Bytes one archive may unpack to (regular files, sparse ones at apparent size)."""
+    max_entries: int = 10_000_000
+    """Members one archive may hold (files, directories, links, device nodes)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,10 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
                 max_age=parse_duration(host.get("max_age", default_max_age)),
                 min_interval=parse_duration(host.get("min_interval", data["min_interval"])),
                 notify=notify_config(host.get("notify")),
+                max_unpacked_size=parse_size(
+                    host.get("max_unpacked_size", data["max_unpacked_size"])
+                ),
+                max_entries=host.get("max_entries", data["max_entries"]),
             )
         )
     if backend["type"] == "borg":

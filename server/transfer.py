@@ -4,7 +4,8 @@ The bytes land in ``<state_dir>/partial/<host>/<archive>``: a cut connection kee
 arrived and the next try asks for the rest. A second thread reads the same file as it
 grows, decompresses and unpacks it into staging, so transfer and unpacking overlap. The
 archive is stored only if the whole file matches the sidecar's sha256 and every file
-matches the archive's manifest.
+matches the archive's manifest. An archive the unpacker refuses (hostile content, or more
+than the host's ``max_unpacked_size``/``max_entries``) stops the transfer at once.
 """
 
 from __future__ import annotations
@@ -21,11 +22,19 @@ from ..common.errors import ArchiveError
 from ..common.fsutil import free_bytes
 from ..common.log import get_logger
 from ..common.units import human_size
-from ..common.unpack import Unpacker, UnpackStats
+from ..common.unpack import (
+    ArchiveTooLarge,
+    HostileArchive,
+    Unpacker,
+    UnpackLimits,
+    UnpackStats,
+)
 from .remote import Remote, TransferCut
 
 log = get_logger("transfer")
 CHUNK = 1 << 20
+_REFUSED = (HostileArchive, ArchiveTooLarge)
+"""Unpacker errors that make the rest of the transfer pointless."""
 
 
 class GrowingFile:
@@ -118,9 +127,12 @@ def fetch_and_unpack(
 ) -> Fetched:
     """Fetch ``name`` (resuming a partial file) and unpack it into ``staging``.
 
-    Returns what was fetched. Raises TransferCut (the partial file is kept), ArchiveError
-    (checksum or manifest mismatch, hostile content: the partial file is deleted).
+    The host's ``max_unpacked_size`` and ``max_entries`` limit what the archive may unpack
+    to. Returns what was fetched. Raises TransferCut (the partial file is kept),
+    ArchiveError (checksum or manifest mismatch, HostileArchive, ArchiveTooLarge past a
+    limit: the partial file is deleted; a refused archive also stops the transfer).
     """
+    limits = UnpackLimits(remote.host.max_unpacked_size, remote.host.max_entries)
     partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     for old in partial_dir.iterdir():
         if old.name != name:
@@ -157,7 +169,10 @@ def fetch_and_unpack(
     def unpack() -> None:
         reader = growing.reader()
         try:
-            with TarStream(reader, compression, runner) as stream, Unpacker(staging) as unpacker:
+            with (
+                TarStream(reader, compression, runner) as stream,
+                Unpacker(staging, limits) as unpacker,
+            ):
                 for member in stream.members():
                     unpacker.add(member, stream.read_data(member))
                 outcome["stats"] = unpacker.finish()
@@ -172,14 +187,19 @@ def fetch_and_unpack(
     transfer_error: BaseException | None = None
     try:
         if offset < size:
-            for data in remote.stream(name, offset, cancel):
-                if growing.written + len(data) > size:
-                    raise ArchiveError(
-                        f"{name}: the client sent more than the {size} bytes its sidecar announced"
-                    )
-                digest.update(data)
-                growing.append(fd, data)
-        if growing.written < size:
+            with contextlib.closing(remote.stream(name, offset, cancel)) as stream:
+                for data in stream:
+                    if growing.written + len(data) > size:
+                        raise ArchiveError(
+                            f"{name}: the client sent more than the {size} bytes "
+                            "its sidecar announced"
+                        )
+                    digest.update(data)
+                    growing.append(fd, data)
+                    if isinstance(outcome.get("error"), _REFUSED):
+                        break  # refused: the rest of the archive is not wanted
+        refused = isinstance(outcome.get("error"), _REFUSED)  # reported below
+        if growing.written < size and not refused:
             raise TransferCut(
                 f"{remote.host.name}: the transfer of {name} stopped at "
                 f"{human_size(growing.written)} of {human_size(size)}"
@@ -192,6 +212,13 @@ def fetch_and_unpack(
         growing.finish(transfer_error)
         worker.join()
 
+    error = outcome.get("error")
+    if isinstance(error, _REFUSED):
+        # refused whatever the transfer did: a refused archive leaves no resume point
+        path.unlink(missing_ok=True)
+        if isinstance(error, ArchiveTooLarge):
+            raise ArchiveTooLarge(f"refused {name}: {error}") from None
+        raise error
     if transfer_error is not None:
         if isinstance(transfer_error, ArchiveError):
             path.unlink(missing_ok=True)
@@ -205,7 +232,6 @@ def fetch_and_unpack(
             f"{digest.hexdigest()[:16]}..., the sidecar says {sha256[:16]}...; "
             "nothing was stored"
         )
-    error = outcome.get("error")
     if error is not None:
         if isinstance(error, ArchiveError):
             path.unlink(missing_ok=True)

@@ -74,3 +74,29 @@ def test_gnu_tar_lists_what_we_write(case, tmp_path):
 def test_sizes_beyond_the_ustar_field_use_pax():
     block = tarformat.header("huge", tarformat.REGTYPE, mode=0o644, size=20 << 30)
     assert b" size=21474836480\n" in block
+
+
+def _pax_member(records: dict[bytes, bytes], name: str = "services/x/files/f") -> bytes:
+    """A PAX header carrying ``records``, then an empty regular member."""
+    data = b"".join(tarformat._pax_record(k, v) for k, v in records.items())
+    pax = tarformat._ustar(b"pax", 0o644, 0, 0, len(data), 0, tarformat.PAXTYPE, b"", b"", b"")
+    return pax + data + bytes((-len(data)) % 512)
+
+
+@pytest.mark.parametrize("key", [b"size", b"uid", b"gid"])
+@pytest.mark.parametrize("value", [b"12abc", b"-5", b"", b"1" * 40])
+def test_a_pax_number_that_is_not_one_is_a_format_error(key, value):
+    stream = _pax_member({key: value}) + tarformat.header(
+        "services/x/files/f", tarformat.REGTYPE, mode=0o644, size=0, mtime_ns=0
+    )
+    with pytest.raises(tarformat.TarFormatError, match=f"bad PAX {key.decode()}"):
+        list(tarformat.TarReader(io.BytesIO(stream + bytes(1024))))
+
+
+def test_piled_up_extended_headers_are_refused():
+    one = _pax_member({b"comment": b"x" * 1_000_000})
+    stream = one * 5 + tarformat.header(
+        "services/x/files/f", tarformat.REGTYPE, mode=0o644, size=0, mtime_ns=0
+    )
+    with pytest.raises(tarformat.TarFormatError, match="not plausible"):
+        list(tarformat.TarReader(io.BytesIO(stream + bytes(1024))))

@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 
 import pytest
 
 from pullback.common import tarformat
-from pullback.common.tarformat import TarReader
-from pullback.common.unpack import HostileArchive, Unpacker, safe_parts
-from tests.helpers.archives import Entry, build_tar
+from pullback.common.manifest import format_line
+from pullback.common.tarformat import TarFormatError, TarReader
+from pullback.common.unpack import (
+    ArchiveTooLarge,
+    HostileArchive,
+    Unpacker,
+    UnpackLimits,
+    safe_parts,
+    shown,
+)
+from tests.helpers.archives import MTIME, Entry, build_tar
 
 
-def unpack(staging, entries):
-    reader = TarReader(io.BytesIO(build_tar(entries)))
-    with Unpacker(staging) as unpacker:
+def unpack(staging, entries, limits: UnpackLimits | None = None):
+    return unpack_tar(staging, build_tar(entries), limits)
+
+
+def unpack_tar(staging, tar: bytes, limits: UnpackLimits | None = None):
+    """Unpack the tar bytes into ``staging``; return the statistics."""
+    reader = TarReader(io.BytesIO(tar))
+    with Unpacker(staging, limits) as unpacker:
         for member in reader:
             unpacker.add(member, reader.chunks())
         return unpacker.finish()
+
+
+def file_member(name: str, data: bytes, pax: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    """A regular member with extra PAX records, data and padding."""
+    head = tarformat.header(
+        name, tarformat.REGTYPE, mode=0o644, size=len(data), mtime_ns=MTIME, pax=pax
+    )
+    return head + data + bytes((-len(data)) % 512)
 
 
 @pytest.mark.parametrize(
@@ -99,3 +121,64 @@ def test_a_symlink_left_in_staging_is_never_followed(tmp_path):
     unpack(staging, [Entry("services/a/f", data=b"x")])
     assert list(outside.iterdir()) == []
     assert (staging / "services/a/f").read_bytes() == b"x"
+
+
+FOUR_FILES = [Entry(f"services/a/{n}", data=b"x" * 1000) for n in "abcd"]
+
+
+def test_max_entries_counts_every_member(tmp_path):
+    # four files and the manifest: five members
+    assert unpack(tmp_path / "ok", FOUR_FILES, UnpackLimits(max_entries=5)).members == 5
+    with pytest.raises(
+        ArchiveTooLarge, match=r"more than 4 entries \(max_entries in server.yaml\)"
+    ):
+        unpack(tmp_path / "s", FOUR_FILES, UnpackLimits(max_entries=4))
+
+
+def test_max_size_refuses_before_the_excess_is_written(tmp_path):
+    exact = 4000 + 4 * len(format_line("services/a/a", "0" * 64))  # the manifest counts too
+    assert unpack(tmp_path / "ok", FOUR_FILES, UnpackLimits(max_size=exact)).files == 4
+    with pytest.raises(ArchiveTooLarge, match=r"more than 2.9 KiB \(max_unpacked_size in"):
+        unpack(tmp_path / "s", FOUR_FILES, UnpackLimits(max_size=3000))
+    written = sorted(p.name for p in (tmp_path / "s/services/a").iterdir())
+    assert written == ["a", "b", "c"]  # "d" would be past 3000 bytes
+
+
+@pytest.mark.parametrize("key", [b"GNU.sparse.realsize", b"GNU.sparse.size"])
+def test_a_sparse_file_counts_with_its_apparent_size_and_is_refused(tmp_path, key):
+    sparse = file_member("services/a/hole", b"x", [(key, str(1 << 50).encode())])
+    tar = sparse + bytes(1024)
+    with pytest.raises(ArchiveTooLarge, match=r"more than 1\.0 GiB"):
+        unpack_tar(tmp_path / "s", tar, UnpackLimits(max_size=1 << 30))
+    with pytest.raises(HostileArchive, match="'services/a/hole' is a sparse file"):
+        unpack_tar(tmp_path / "s", tar)
+    assert not (tmp_path / "s/services/a/hole").exists()
+
+
+def test_a_negative_size_is_refused(tmp_path):
+    tar = file_member("services/a/f", b"", [(b"size", b"-1000000")]) + bytes(1024)
+    # the tar reader refuses it first; the unpacker would too
+    with pytest.raises((HostileArchive, TarFormatError), match=r"negative size|bad PAX size"):
+        unpack_tar(tmp_path / "s", tar, UnpackLimits(max_size=1 << 20))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting security.* attributes needs root")
+def test_file_capabilities_are_cleared(tmp_path):
+    capability = bytes.fromhex("01000002" + "c0000000" * 4)  # cap_setuid... as setcap writes
+    script = b"#!/bin/sh\n"
+    xattr = [(b"SCHILY.xattr.security.capability", capability)]
+    manifest = format_line("services/a/tool", hashlib.sha256(script).hexdigest())
+    tar = (
+        file_member("services/a/tool", script, xattr)
+        + file_member("MANIFEST.sha256", manifest)
+        + bytes(1024)
+    )
+    stats = unpack_tar(tmp_path / "s", tar)
+    assert "services/a/tool: file capabilities cleared" in stats.warnings
+    assert "security.capability" not in os.listxattr(tmp_path / "s/services/a/tool")
+
+
+def test_names_in_warnings_cannot_forge_lines():
+    assert shown("services/a/x\n[web2] stored") == "services/a/x\\n[web2] stored"
+    assert shown(os.fsdecode(b"services/a/\xff\x1b[31m")) == "services/a/\\xff\\x1b[31m"
+    assert shown("services/a/caf\u00e9") == "services/a/caf\u00e9"

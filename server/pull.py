@@ -33,6 +33,7 @@ from ..common.unpack import HostileArchive
 from . import status as statuses
 from .backends import make_backend
 from .config import HostConfig, ServerConfig
+from .journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, Journal
 from .remote import Listing, Remote, TransferCut
 from .results import FAILED, SKIPPED, STORED, HostResult, iso, utc_now
 from .transfer import discard_partial, fetch_and_unpack
@@ -64,17 +65,38 @@ def select_hosts(config: ServerConfig, names: list[str] | None) -> list[HostConf
     return [known[n] for n in dict.fromkeys(names)]
 
 
+def _printable(value, limit: int) -> str:
+    """``value`` as text of at most ``limit`` printable characters."""
+    text = str(value)
+    if not text.isprintable():
+        text = repr(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _choose(listing: Listing, host: HostConfig, result: HostResult, hlog):
-    """The newest archive whose sidecar is valid, or None."""
-    best = None
+    """The newest archive that may be fetched, or None; every archive passed over is warned.
+
+    Passed over: a bad sidecar, a size that differs from the sidecar, a stamp in the future
+    (a wrong client clock must not hide every later archive), and a stamp two archives
+    share (which one is the real one cannot be told).
+    """
+
+    def ignore(message: str) -> None:
+        hlog.warning("%s", message)
+        result.warnings.append(message)
+
+    for entry in listing.unusable:
+        # words from the client: shown, but never trusted to be printable
+        name, problem = (_printable(entry.get(k, "?"), 120) for k in ("name", "problem"))
+        ignore(f"ignoring {name}: {problem}")
+    by_stamp: dict[str, list] = {}
+    horizon = utc_now() + FUTURE_TOLERANCE
     for entry in listing.archives:
         try:
             name = str(entry["name"])
             side = sidecars.from_data(entry["sidecar"], expected_name=name)
         except (KeyError, TypeError, ArchiveError) as exc:
-            message = f"ignoring an archive with a bad sidecar: {exc}"
-            hlog.warning("%s", message)
-            result.warnings.append(message)
+            ignore(f"ignoring an archive with a bad sidecar: {exc}")
             continue
         if side.host != host.name:
             raise ArchiveError(
@@ -82,12 +104,19 @@ def _choose(listing: Listing, host: HostConfig, result: HostResult, hlog):
                 "(check hostname: in its client.yaml)"
             )
         if not isinstance(entry.get("size"), int) or entry["size"] != side.archive.size:
-            message = f"ignoring {name}: its size differs from its sidecar"
-            hlog.warning("%s", message)
-            result.warnings.append(message)
+            ignore(f"ignoring {name}: its size differs from its sidecar")
             continue
-        if best is None or side.stamp > best.stamp:
-            best = side
+        if sidecars.parse_stamp(side.stamp) > horizon:
+            ignore(f"ignoring {name}: it is dated in the future; check the client's clock")
+            continue
+        by_stamp.setdefault(side.stamp, []).append(side)
+    best = None
+    for stamp, sides in by_stamp.items():
+        if len(sides) > 1:
+            names = ", ".join(sorted(s.archive.name for s in sides))
+            ignore(f"ignoring {names}: two archives share the stamp {stamp}")
+        elif best is None or stamp > best.stamp:
+            best = sides[0]
     return best
 
 
@@ -97,8 +126,13 @@ def pull_host(
     cancel: threading.Event,
     dry_run: bool = False,
     if_due: bool = False,
+    journal: Journal | None = None,
+    interrupted: InterruptedRun | None = None,
 ) -> HostResult:
-    """Pull one host. Never raises (except Interrupted): failures are in the result."""
+    """Pull one host. Never raises (except Interrupted): failures are in the result.
+
+    ``journal`` records the host's phases; ``interrupted`` is the run a crash cut short,
+    if it was busy with this host (reported, and a stale repository lock removed)."""
     result = HostResult(host.name, started=iso(utc_now()))
     notifier = Notifier(host.notify, f"pull of {host.name}")
     started = time.monotonic()
@@ -108,8 +142,30 @@ def pull_host(
     timer = threading.Timer(config.host_timeout, cancel.set)
     timer.daemon = True
     timer.start()
+
+    def phase(name: str | None) -> None:
+        if journal is not None and not dry_run:
+            journal.phase(host.name, name)
+
+    if interrupted is not None and host.name in interrupted.phases:
+        message = interrupted.describe(host.name)
+        hlog.warning("%s", message)
+        result.warnings.append(message)
     try:
-        _pull(config, host, cancel, dry_run, result, runner, hlog, started, if_due, notifier)
+        _pull(
+            config,
+            host,
+            cancel,
+            dry_run,
+            result,
+            runner,
+            hlog,
+            started,
+            if_due,
+            notifier,
+            phase,
+            interrupted is not None and interrupted.phases.get(host.name) == STORING,
+        )
     except Interrupted:
         raise
     except BaseException as exc:
@@ -126,6 +182,7 @@ def pull_host(
     finally:
         timer.cancel()
         result.duration = time.monotonic() - started
+        phase(None)
     level = logging.ERROR if result.status == FAILED else logging.INFO
     hlog.log(level, "%s: %s", result.status, result.reason)
     if not dry_run:
@@ -163,9 +220,21 @@ def _pull(
     started,
     if_due: bool,
     notifier: Notifier,
+    phase,
+    store_was_cut: bool,
 ) -> None:
-    backend = make_backend(config.backend, host, config.state_dir, runner)
+    backend = make_backend(
+        config.backend, host, config.state_dir, runner, config.maintenance.repository_lock_wait
+    )
     backend.prepare()
+    if store_was_cut and not dry_run:
+        # the killed store may have left its lock; only locks of dead processes go
+        try:
+            message = backend.unlock()
+        except PullbackError as exc:
+            message = f"could not remove a stale repository lock: {exc}"
+        if message:  # (the backend has logged it)
+            result.warnings.append(message)
     # The repository's snapshot list and the client's listing are independent: ask both at
     # once (each costs a process start and, for restic, a key derivation).
     with ThreadPoolExecutor(1, thread_name_prefix=f"snapshots-{host.name}") as pool:
@@ -183,6 +252,7 @@ def _pull(
                     return
         if not dry_run:
             notifier.start()
+        phase(CONNECTING)
         try:
             with Remote(host, config.ssh, runner) as remote:
                 listing = _wait_for_lock(remote, config, cancel, hlog)
@@ -201,6 +271,7 @@ def _pull(
                     listing,
                     newest,
                     stored_stamps,
+                    phase,
                 )
         finally:
             if result.status != STORED and asked.done() and asked.exception() is None:
@@ -248,6 +319,7 @@ def _pull_listed(
     listing: Listing,
     newest,
     stored_stamps: set[str],
+    phase,
 ) -> None:
     if listing.lock:
         owner = listing.lock
@@ -266,17 +338,17 @@ def _pull_listed(
     chosen = _choose(listing, host, result, hlog)
     if chosen is None:
         result.status, result.problem = SKIPPED, True
-        result.reason = "the client has no archive to fetch"
+        result.reason = (
+            "no archive can be fetched: " + "; ".join(result.warnings)
+            if result.warnings
+            else "the client has no archive to fetch"
+        )
         return
     name = chosen.archive.name
     result.archive, result.stamp = name, chosen.stamp
     result.size, result.content_bytes = chosen.archive.size, chosen.archive.content_bytes
     result.client_failed_services = chosen.failed_services
     when = sidecars.parse_stamp(chosen.stamp)
-    if when > utc_now() + FUTURE_TOLERANCE:
-        result.status, result.problem = SKIPPED, True
-        result.reason = f"{name} is dated in the future ({chosen.stamp}); check the client's clock"
-        return
     if chosen.stamp in stored_stamps:
         result.status = SKIPPED
         result.reason = f"{name} is already stored"
@@ -292,6 +364,7 @@ def _pull_listed(
         result.reason = f"dry run: would fetch {name} ({human_size(chosen.archive.size)})"
         return
 
+    phase(TRANSFERRING)
     fetched = fetch_and_unpack(
         remote,
         name,
@@ -320,6 +393,7 @@ def _pull_listed(
         fetched.unpacked.unchanged,
         fetched.unpacked.removed,
     )
+    phase(STORING)
     remaining = max(60.0, config.host_timeout - (time.monotonic() - started))
     stored = backend.store(
         config.staging_dir(host.name),
@@ -366,7 +440,13 @@ def pull(
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server pull")
     with lock.acquire(), SignalGuard():
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        results = _run_hosts(config, hosts, dry_run, if_due)
+        journal = None if dry_run else Journal(config.state_dir)
+        interrupted = journal.begin() if journal else None
+        try:
+            results = _run_hosts(config, hosts, dry_run, if_due, journal, interrupted)
+        finally:
+            if journal:
+                journal.end()
         assess(config, results)
         if not dry_run:
             statuses.record(config.state_dir, results)
@@ -418,11 +498,20 @@ def assess(config: ServerConfig, results: list[HostResult]) -> None:
             )
 
 
-def _run_hosts(config: ServerConfig, hosts: list[HostConfig], dry_run: bool, if_due: bool):
+def _run_hosts(
+    config: ServerConfig,
+    hosts: list[HostConfig],
+    dry_run: bool,
+    if_due: bool,
+    journal: Journal | None = None,
+    interrupted: InterruptedRun | None = None,
+):
     cancels = {h.name: threading.Event() for h in hosts}
     with ThreadPoolExecutor(max_workers=config.parallel, thread_name_prefix="host") as pool:
         futures = {
-            h.name: pool.submit(pull_host, config, h, cancels[h.name], dry_run, if_due)
+            h.name: pool.submit(
+                pull_host, config, h, cancels[h.name], dry_run, if_due, journal, interrupted
+            )
             for h in hosts
         }
         try:

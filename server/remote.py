@@ -51,6 +51,8 @@ class Listing:
     version: str
     lock: dict | None
     archives: list[dict] = field(default_factory=list)
+    unusable: list[dict] = field(default_factory=list)
+    """Archives the client holds without a valid sidecar: name and problem."""
 
 
 class Remote:
@@ -108,6 +110,10 @@ class Remote:
         except (OSError, paramiko.SSHException, EOFError) as exc:
             client.close()
             reason = _plain(exc)
+            if "private key" in reason.lower():  # paramiko's words for a key it cannot read
+                raise RemoteError(
+                    f"{self.host.name}: cannot use the SSH key {self.ssh.key_file}: {reason}"
+                ) from None
             if time.monotonic() - started >= 0.9 * timeout and "timed out" not in reason:
                 # paramiko words a stalled handshake in many ways; what counts is the wait
                 reason = f"no SSH answer within {timeout:g}s (timed out)"
@@ -173,6 +179,7 @@ class Remote:
                 str(data.get("pullback_version", "?")),
                 data.get("lock"),
                 list(data["archives"]),
+                [u for u in data.get("unusable", []) if isinstance(u, dict)],
             )
         except (ValueError, KeyError, TypeError):
             raise RemoteError(

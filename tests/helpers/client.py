@@ -64,7 +64,11 @@ class ClientSandbox:
         )
 
     def published(self) -> list[Path]:
-        return sorted(p for p in self.archives.glob("*.tar*") if not p.name.endswith(".json"))
+        return sorted(
+            p
+            for p in self.archives.glob("*.tar*")
+            if not p.name.endswith(".json") and not p.name.startswith(".")  # partials
+        )
 
     def sidecar(self, archive: Path) -> dict:
         return json.loads(archive.with_name(archive.name + ".json").read_text())

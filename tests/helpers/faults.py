@@ -130,6 +130,21 @@ def kill_tree(proc: subprocess.Popen) -> tuple[str, str]:
     return out or "", err or ""
 
 
+def stop_while_locked(run: subprocess.Popen, locks: Callable[[], list], *words: str) -> None:
+    """Stop ``run``'s process tree at a moment when a descendant matching ``words`` holds
+    a repository lock (``locks()`` non-empty). Looking and stopping in the other order
+    would race with a quick restic finishing in between."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if find_descendant(run.pid, *words):
+            signal_tree(run.pid, signal.SIGSTOP)
+            if locks():
+                return
+            signal_tree(run.pid, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"no {' '.join(words)} was caught holding its lock")
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
     """Poll until ``predicate()`` is true; return its value. Fails the test on timeout."""
     deadline = time.monotonic() + timeout

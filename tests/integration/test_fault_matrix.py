@@ -35,6 +35,7 @@ from tests.helpers.faults import (
     kill_tree,
     misbehaving_smtp,
     signal_tree,
+    stop_while_locked,
     wait_for,
 )
 from tests.helpers.netfleet import unavailable_reason
@@ -190,11 +191,11 @@ def server_killed_while_unpacking(bed: FaultBed, host: str) -> Outcome:
 
 def server_killed_while_storing(bed: FaultBed, host: str) -> Outcome:
     bed.new_archive(host, random_mb=40)
-
-    def storing(run):
-        return lambda: find_descendant(run.pid, "restic", "backup") and bed.restic_locks(host)
-
-    _kill_pull_when(bed, host, storing, "restic backup to hold its lock")
+    before = bed.snapshot_ids(host)
+    run = bed.popen("pull")
+    stop_while_locked(run, lambda: bed.restic_locks(host), "restic", "backup")
+    kill_tree(run)
+    assert bed.snapshot_ids(host)[: len(before)] == before
     assert bed.restic_locks(host), "the killed store left no lock (the fault was not hit)"
     result = bed.pull()
     assert not bed.restic_locks(host), f"the stale lock is still there: {result.stderr}"
@@ -203,8 +204,7 @@ def server_killed_while_storing(bed: FaultBed, host: str) -> Outcome:
 
 def server_killed_while_maintaining(bed: FaultBed, host: str) -> Outcome:
     run = bed.popen("maintain", "--host", host)
-    wait_for(lambda: find_descendant(run.pid, "restic", "check"), 120, "restic check")
-    wait_for(lambda: bed.restic_locks(host), 30, "restic check to hold its lock")
+    stop_while_locked(run, lambda: bed.restic_locks(host), "restic")
     kill_tree(run)
     result = bed.fleet.server("maintain", "--host", host, timeout=300)
     assert not bed.restic_locks(host)
@@ -371,23 +371,26 @@ def repository_missing(bed: FaultBed, host: str) -> Outcome:
 
 
 def repository_locked(bed: FaultBed, host: str) -> Outcome:
-    """A live ``restic check`` (stopped mid-way) holds the exclusive lock."""
+    """A live process holds the exclusive lock: ``restic key passwd`` takes it, then waits
+    for the new password on a pipe nobody writes to (deterministic, unlike a stopped
+    ``restic check`` that may finish first)."""
     holder = subprocess.Popen(
-        ["restic", "check", "--no-cache"],
+        ["restic", "key", "passwd"],
         env=bed.fleet.repo_env(host),
+        stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for(lambda: bed.restic_locks(host), 30, "restic check to lock the repository")
-    os.kill(holder.pid, 19)  # SIGSTOP: alive, holding the lock, doing nothing
+    wait_for(lambda: bed.restic_locks(host), 30, "restic to lock the repository")
 
     def release() -> None:
-        os.kill(holder.pid, 18)  # SIGCONT
-        holder.wait(timeout=120)
+        holder.stdin.close()  # an empty new password: restic gives up and unlocks
+        holder.wait(timeout=60)
 
     bed.on_cleanup(release)
     bed.new_archive(host)
     result = bed.pull()
+    assert holder.poll() is None, "the lock holder ended before the pull"
     return Outcome(bed.report(result, host), result.returncode)
 
 

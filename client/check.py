@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..common.compression import compress_command
+from ..common.archive.compression import compress_command
 from ..plugins.manager import load_plugins
 from .config import ClientConfig
 from .services import discover, find_service_files

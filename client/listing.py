@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ..common.archive.directory import LocalArchive, list_archives
 from ..common.units import human_size
-from .archives import LocalArchive, list_archives
 from .config import ClientConfig
 
 

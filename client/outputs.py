@@ -9,11 +9,11 @@ from importlib import resources
 import jinja2
 
 from ..common import mail
+from ..common.archive.sidecar import ServiceReport
 from ..common.fsutil import atomic_write
 from ..common.log import get_logger, recent_lines
 from ..common.metrics import Metrics
 from ..common.notify import Notifier
-from ..common.sidecar import ServiceReport
 from .config import ClientConfig
 
 log = get_logger("outputs")

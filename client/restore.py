@@ -11,14 +11,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ..common.archive_reader import TarStream
-from ..common.compression import compression_of
+from ..common.archive.compression import compression_of
+from ..common.archive.reader import TarStream
+from ..common.archive.sidecar import ARCHIVE_NAME
+from ..common.archive.unpack import Unpacker
 from ..common.errors import EXIT_FAILED, EXIT_OK, ConfigError, PullbackError
 from ..common.locks import FileLock
 from ..common.log import get_logger
-from ..common.sidecar import ARCHIVE_NAME
 from ..common.signals import SignalGuard
-from ..common.unpack import Unpacker
 from ..plugins.manager import load_plugins
 from .config import ClientConfig
 from .run import INSTANCE_LOCK

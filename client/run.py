@@ -10,18 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common import __version__
-from ..common.archive_reader import verify_archive
+from ..common.archive import directory as archives
+from ..common.archive.reader import verify_archive
+from ..common.archive.sidecar import ArchiveInfo, ServiceReport, Sidecar, stamp_of
+from ..common.archive.writer import ArchiveWriter
 from ..common.errors import EXIT_FAILED, EXIT_OK, ArchiveError, LockBusy, PullbackError
 from ..common.fsutil import free_bytes, remove_tree_contents
 from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.notify import Notifier
-from ..common.sidecar import ArchiveInfo, ServiceReport, Sidecar, stamp_of
 from ..common.signals import SignalGuard
 from ..common.units import human_duration, human_size
 from ..plugins.manager import PluginSet, load_plugins
-from . import archives, outputs
-from .archive_writer import ArchiveWriter
+from . import outputs
 from .config import ClientConfig
 from .services import Service, discover
 from .stages import make_tasks, run_service, validate_service

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common import __version__
+from ..common.archive import directory as archives
+from ..common.archive.sidecar import ARCHIVE_NAME
 from ..common.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from ..common.fsutil import fsync_dir
 from ..common.locks import lock_status
 from ..common.log import get_logger
-from ..common.sidecar import ARCHIVE_NAME
-from . import archives
 from .config import ClientConfig
 
 PROTOCOL = 1

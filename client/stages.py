@@ -14,14 +14,14 @@ import time
 import traceback
 from pathlib import Path
 
+from ..common.archive.sidecar import ServiceReport, TaskReport
+from ..common.archive.writer import ArchiveWriter
 from ..common.errors import ArchiveError, Interrupted, PullbackError
 from ..common.log import get_logger
 from ..common.runner import Runner
-from ..common.sidecar import ServiceReport, TaskReport
 from ..common.signals import SignalGuard
 from ..plugins.manager import PluginSet
 from ..plugins.task import Task, TaskSkipped
-from .archive_writer import ArchiveWriter
 from .services import Service
 
 log = get_logger("client")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..common.archive.stats import ExcludeFn, TaskStats
 from ..common.errors import PullbackError
 from ..common.runner import CommandResult, Runner
 
@@ -57,24 +57,6 @@ class TaskType:
 
     def missing(self, config: dict | None = None) -> list[str]:
         return [m for r in self.requires if (m := r.missing(config))]
-
-
-@dataclass
-class TaskStats:
-    """What a task put into the archive."""
-
-    files: int = 0
-    bytes: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-    def add(self, other: TaskStats) -> None:
-        self.files += other.files
-        self.bytes += other.bytes
-        self.warnings.extend(other.warnings)
-
-
-ExcludeFn = Callable[[str, bool], bool]
-"""``exclude(relative_path, is_dir)`` -> True to leave the entry (and below it) out."""
 
 
 class ArchiveSink(Protocol):

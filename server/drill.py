@@ -10,10 +10,10 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
+from ..common.archive.manifest import MANIFEST_NAME, parse
 from ..common.errors import PullbackError
 from ..common.fsutil import free_bytes
 from ..common.log import get_logger
-from ..common.manifest import MANIFEST_NAME, parse
 from ..common.units import human_size
 from .backends import Backend
 from .config import HostConfig, ServerConfig

@@ -14,7 +14,8 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
-from ..common import sidecar as sidecars
+from ..common.archive import sidecar as sidecars
+from ..common.archive.unpack import HostileArchive
 from ..common.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -29,7 +30,6 @@ from ..common.notify import Notifier
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
 from ..common.units import human_duration, human_size
-from ..common.unpack import HostileArchive
 from . import status as statuses
 from .backends import make_backend
 from .config import HostConfig, ServerConfig

@@ -7,9 +7,9 @@ import json
 import os
 from pathlib import Path
 
+from ..common.archive.manifest import MANIFEST_NAME
 from ..common.errors import PullbackError
 from ..common.log import get_logger
-from ..common.manifest import MANIFEST_NAME
 from ..common.runner import Runner
 from ..common.units import human_duration
 from .backends import Snapshot, make_backend

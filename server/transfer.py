@@ -17,18 +17,18 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common.archive_reader import TarStream
-from ..common.errors import ArchiveError
-from ..common.fsutil import free_bytes
-from ..common.log import get_logger
-from ..common.units import human_size
-from ..common.unpack import (
+from ..common.archive.reader import TarStream
+from ..common.archive.unpack import (
     ArchiveTooLarge,
     HostileArchive,
     Unpacker,
     UnpackLimits,
     UnpackStats,
 )
+from ..common.errors import ArchiveError
+from ..common.fsutil import free_bytes
+from ..common.log import get_logger
+from ..common.units import human_size
 from .remote import Remote, TransferCut
 
 log = get_logger("transfer")

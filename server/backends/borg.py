@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ...common.archive.manifest import MANIFEST_NAME
 from ...common.errors import CommandError
-from ...common.manifest import MANIFEST_NAME
 from ..config import BackendConfig, HostConfig
 from ..retention import select
 from . import (

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from ...common import secrets
+from ...common.archive.sidecar import STAMP_FORMAT
 from ...common.errors import CommandError
-from ...common.sidecar import STAMP_FORMAT
 from ..config import BackendConfig, HostConfig
 from . import (
     BackendError,

@@ -9,8 +9,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pullback.common import tarformat
-from pullback.common.manifest import MANIFEST_NAME, format_line
+from pullback.common.archive import tarformat
+from pullback.common.archive.manifest import MANIFEST_NAME, format_line
 
 MTIME = 1_700_000_000 * 1_000_000_000
 

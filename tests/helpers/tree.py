@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from pullback.common import acl
+from pullback.common.archive import acl
 
 
 def make_rich_tree(root: Path, as_root: bool) -> Path:

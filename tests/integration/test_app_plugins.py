@@ -105,7 +105,7 @@ def test_stop_dump_start_order_and_start_after_a_failed_dump(tmp_path, standins,
     tasks = {t["type"]: t for t in services[0]["tasks"]}
     assert tasks["docker"]["status"] == "ok"
     assert tasks["command"]["status"] == "failed"
-    from pullback.common.archive_reader import verify_archive
+    from pullback.common.archive.reader import verify_archive
 
     names = set(verify_archive(archive).manifest)
     assert {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pullback.common.archive_reader import verify_archive
+from pullback.common.archive.reader import verify_archive
 from pullback.common.locks import lock_status
 from tests.helpers.client import ClientSandbox
 

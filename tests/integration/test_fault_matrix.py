@@ -118,7 +118,7 @@ def stale_archive_lock(bed: FaultBed, host: str) -> Outcome:
     """A client killed while it held the archive-directory lock left its record behind."""
     script = (
         "import os, signal, sys; from pathlib import Path;"
-        "from pullback.client.archives import directory_lock;"
+        "from pullback.common.archive.directory import directory_lock;"
         "directory_lock(Path(sys.argv[1]), 'publishing an archive').acquire();"
         "os.kill(os.getpid(), signal.SIGKILL)"
     )

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import pytest
 
-from pullback.common import tarformat
-from pullback.common.manifest import MANIFEST_NAME, format_line
+from pullback.common.archive import tarformat
+from pullback.common.archive.manifest import MANIFEST_NAME, format_line
 from tests.helpers.archives import MTIME, Entry, build_tar, publish
 from tests.helpers.fleet import Fleet
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pullback.common import tarformat
+from pullback.common.archive import tarformat
 from tests.helpers.archives import Entry, build_tar, publish
 from tests.helpers.fleet import Fleet
 from tests.helpers.smtp import SmtpSink

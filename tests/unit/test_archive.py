@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pullback.client.archive_writer import ArchiveWriter
-from pullback.common.archive_reader import verify_archive
+from pullback.common.archive.manifest import MANIFEST_NAME, parse
+from pullback.common.archive.reader import verify_archive
+from pullback.common.archive.writer import ArchiveWriter
 from pullback.common.errors import ArchiveError
-from pullback.common.manifest import MANIFEST_NAME, parse
 from tests.helpers.tree import make_rich_tree, snapshot
 
 SUFFIX = {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}

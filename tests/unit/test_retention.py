@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from pullback.client.archives import LocalArchive, select_expired
-from pullback.common.sidecar import ArchiveInfo, Sidecar
+from pullback.common.archive.directory import LocalArchive, select_expired
+from pullback.common.archive.sidecar import ArchiveInfo, Sidecar
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 

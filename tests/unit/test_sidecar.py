@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pullback.common import sidecar
+from pullback.common.archive import sidecar
 from pullback.common.errors import ArchiveError
 
 GOOD = {

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pullback.client.archive_writer import ArchiveWriter
 from pullback.client.services import load_service
 from pullback.client.stages import run_service
+from pullback.common.archive.writer import ArchiveWriter
 from pullback.common.signals import SignalGuard
 from pullback.plugins.manager import load_plugins
 

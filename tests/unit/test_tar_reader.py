@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from pullback.common import tarformat
-from pullback.common.tarformat import TarFormatError, TarReader
+from pullback.common.archive import tarformat
+from pullback.common.archive.tarformat import TarFormatError, TarReader
 from tests.helpers.archives import Entry, build_tar
 
 

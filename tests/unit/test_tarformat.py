@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from pullback.common import tarformat
+from pullback.common.archive import tarformat
 
 CASES = [
     dict(name="short.txt", size=5),

@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from pullback.common import tarformat
-from pullback.common.manifest import format_line
-from pullback.common.tarformat import TarFormatError, TarReader
-from pullback.common.unpack import (
+from pullback.common.archive import tarformat
+from pullback.common.archive.manifest import format_line
+from pullback.common.archive.tarformat import TarFormatError, TarReader
+from pullback.common.archive.unpack import (
     ArchiveTooLarge,
     HostileArchive,
     Unpacker,

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from ..errors import ArchiveError, CommandError
+from ..log import get_logger
+from ..runner import Runner
 from .compression import compression_of, decompress_command
-from .errors import ArchiveError, CommandError
-from .log import get_logger
 from .manifest import MANIFEST_NAME, parse
-from .runner import Runner
 from .tarformat import Member, TarFormatError, TarReader
 
 log = get_logger("archive")

@@ -8,12 +8,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common import sidecar as sidecars
-from ..common.errors import ArchiveError
-from ..common.fsutil import atomic_write, fsync_dir
-from ..common.locks import FileLock
-from ..common.log import get_logger
-from ..common.sidecar import ARCHIVE_NAME, Sidecar, parse_stamp
+from ..errors import ArchiveError
+from ..fsutil import atomic_write, fsync_dir
+from ..locks import FileLock
+from ..log import get_logger
+from . import sidecar as sidecars
+from .sidecar import ARCHIVE_NAME, Sidecar, parse_stamp
 
 log = get_logger("archives")
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import jsonschema
 
-from .errors import ArchiveError
-from .schema import load_schema
+from ..errors import ArchiveError
+from ..schema import load_schema
 
 FORMAT = 1
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"

@@ -34,12 +34,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ArchiveError
+from ..log import get_logger
+from ..units import human_size
 from . import acl
-from .errors import ArchiveError
-from .log import get_logger
 from .manifest import MANIFEST_NAME, parse
 from .tarformat import Member
-from .units import human_size
 
 log = get_logger("unpack")
 

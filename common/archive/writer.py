@@ -21,13 +21,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common import acl, tarformat
-from ..common.compression import compress_command, test_command
-from ..common.errors import ArchiveError, CommandError
-from ..common.log import get_logger
-from ..common.manifest import MANIFEST_NAME, format_line
-from ..common.runner import Runner
-from ..plugins.task import ExcludeFn, TaskStats
+from ..errors import ArchiveError, CommandError
+from ..log import get_logger
+from ..runner import Runner
+from . import acl, tarformat
+from .compression import compress_command, test_command
+from .manifest import MANIFEST_NAME, format_line
+from .stats import ExcludeFn, TaskStats
 
 log = get_logger("archive")
 

@@ -1,14 +1,9 @@
-"""``pullback-client serve``: the only thing the server's SSH key may run (DESIGN 3.4).
+"""``pullback-client serve``: the only thing the server's SSH key may run.
 
 Installed as ``restrict,command="pullback-client serve" ssh-ed25519 AAAA... pullback@server``
 in the authorized_keys of the unprivileged ``pullback`` user. sshd puts what the server
-asked for in ``SSH_ORIGINAL_COMMAND``; exactly four requests are answered:
-
-``list``                   the complete archives with their sidecars, the lock status, and
-                           the names of archives without a valid sidecar
-``lock``                   the archive-directory lock status
-``send <archive> <offset>`` the archive's bytes from ``offset`` to its end
-``fetched <archive>``       move the archive to ``fetched/`` (keeping ``fetched_keep``)
+asked for in ``SSH_ORIGINAL_COMMAND``; the four requests of :mod:`pullback.common.protocol`
+are answered (``fetched`` moves the archive to ``fetched/``, keeping ``fetched_keep``).
 
 Anything else is refused, logged (to syslog and stderr), and exits 2. Nothing else runs.
 """
@@ -20,62 +15,27 @@ import json
 import logging
 import logging.handlers
 import os
-import re
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..common import __version__
 from ..common.archive import directory as archives
-from ..common.archive.sidecar import ARCHIVE_NAME
 from ..common.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from ..common.fsutil import fsync_dir
 from ..common.locks import lock_status
 from ..common.log import get_logger
+from ..common.protocol import (
+    FETCHED_ANSWER,
+    Listing,
+    Refused,
+    Verb,
+    lock_answer,
+    parse_request,
+)
 from .config import ClientConfig
 
-PROTOCOL = 1
-MAX_REQUEST = 512
-_OFFSET = re.compile(r"^(0|[1-9][0-9]{0,18})$")
-
 log = get_logger("serve")
-
-
-@dataclass(frozen=True)
-class Request:
-    verb: str
-    archive: str = ""
-    offset: int = 0
-
-
-class Refused(Exception):
-    """A request that is not one of the four, with the reason."""
-
-
-def parse_request(text: str | None) -> Request:
-    """Parse ``SSH_ORIGINAL_COMMAND``. Raises Refused for anything but the four requests."""
-    if text is None or not text.strip():
-        raise Refused("no request: this key only answers pullback-server")
-    if len(text) > MAX_REQUEST:
-        raise Refused("request too long")
-    if not text.isprintable() or not text.isascii():
-        raise Refused("request holds control or non-ASCII characters")
-    words = text.split(" ")
-    verb = words[0]
-    if verb in ("list", "lock") and len(words) == 1:
-        return Request(verb)
-    if verb == "send" and len(words) == 3:
-        if not ARCHIVE_NAME.match(words[1]):
-            raise Refused("not an archive name")
-        if not _OFFSET.match(words[2]):
-            raise Refused("offset is not a decimal number")
-        return Request(verb, words[1], int(words[2]))
-    if verb == "fetched" and len(words) == 2:
-        if not ARCHIVE_NAME.match(words[1]):
-            raise Refused("not an archive name")
-        return Request(verb, words[1])
-    raise Refused("unknown request")
 
 
 def _audit_logger() -> logging.Logger:
@@ -106,9 +66,9 @@ def _lock_record(config: ClientConfig) -> dict | None:
     }
 
 
-def answer_list(config: ClientConfig) -> dict:
-    """The list answer: protocol, host, lock status, every complete archive, and the
-    archives without a valid sidecar (``unusable``: name and problem)."""
+def answer_list(config: ClientConfig) -> Listing:
+    """The list answer: host, lock status, every complete archive, and the archives
+    without a valid sidecar (``unusable``: name and problem)."""
     found, unusable = [], []
     for archive in archives.list_archives(config.archive_dir, include_fetched=False):
         if archive.sidecar is None:
@@ -122,14 +82,7 @@ def answer_list(config: ClientConfig) -> dict:
                 "sidecar": json.loads(archive.sidecar_path.read_text()),
             }
         )
-    return {
-        "protocol": PROTOCOL,
-        "host": config.hostname,
-        "pullback_version": __version__,
-        "lock": _lock_record(config),
-        "archives": found,
-        "unusable": unusable,
-    }
+    return Listing(config.hostname, __version__, _lock_record(config), found, unusable)
 
 
 def _open_archive(config: ClientConfig, name: str) -> int:
@@ -208,11 +161,11 @@ def serve(config: ClientConfig, request_text: str | None = None, out: int | None
     audit = _audit_logger()
     try:
         request = parse_request(request_text)
-        if request.verb == "list":
-            os.write(out_fd, (json.dumps(answer_list(config)) + "\n").encode())
-        elif request.verb == "lock":
-            os.write(out_fd, (json.dumps({"lock": _lock_record(config)}) + "\n").encode())
-        elif request.verb == "send":
+        if request.verb is Verb.LIST:
+            os.write(out_fd, (answer_list(config).to_json() + "\n").encode())
+        elif request.verb is Verb.LOCK:
+            os.write(out_fd, (lock_answer(_lock_record(config)) + "\n").encode())
+        elif request.verb is Verb.SEND:
             sys.stdout.flush()
             sent = send(config, request.archive, request.offset, out_fd)
             audit.info(
@@ -222,10 +175,10 @@ def serve(config: ClientConfig, request_text: str | None = None, out: int | None
                 sent,
                 _peer(),
             )
-        elif request.verb == "fetched":
+        elif request.verb is Verb.FETCHED:
             mark_fetched(config, request.archive)
             audit.info("%s marked fetched by %s", request.archive, _peer())
-            os.write(out_fd, b'{"ok": true}\n')
+            os.write(out_fd, (FETCHED_ANSWER + "\n").encode())
         return EXIT_OK
     except Refused as exc:
         shown = repr(request_text)[:200]

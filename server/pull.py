@@ -27,6 +27,7 @@ from ..common.errors import (
 from ..common.locks import FileLock
 from ..common.log import get_logger, recent_lines
 from ..common.notify import Notifier
+from ..common.protocol import Listing
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
 from ..common.units import human_duration, human_size
@@ -34,7 +35,7 @@ from . import status as statuses
 from .backends import make_backend
 from .config import HostConfig, ServerConfig
 from .journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, Journal
-from .remote import Listing, Remote, TransferCut
+from .remote import Remote, TransferCut
 from .results import FAILED, SKIPPED, STORED, HostResult, iso, utc_now
 from .transfer import discard_partial, fetch_and_unpack
 

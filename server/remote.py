@@ -10,25 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import select
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import paramiko
 
+from ..common import protocol
 from ..common.errors import PullbackError
 from ..common.log import get_logger
+from ..common.protocol import Listing
 from ..common.runner import Runner, RunningCommand
 from . import known_hosts
 from .config import HostConfig, SshConfig
 
 log = get_logger("remote")
 
-MAX_LISTING = 64 << 20
 _F_SETPIPE_SZ = 1031
 # AES-GCM runs on the CPU's AES instructions and beats OpenSSH's default chacha20 there;
 # all three are authenticated ciphers of current OpenSSH.
@@ -41,18 +40,6 @@ class RemoteError(PullbackError):
 
 class TransferCut(RemoteError):
     """The byte stream stopped before the end; what arrived is kept for resuming."""
-
-
-@dataclass
-class Listing:
-    """What the client's ``list`` answered (sidecars still unvalidated)."""
-
-    host: str
-    version: str
-    lock: dict | None
-    archives: list[dict] = field(default_factory=list)
-    unusable: list[dict] = field(default_factory=list)
-    """Archives the client holds without a valid sidecar: name and problem."""
 
 
 class Remote:
@@ -137,7 +124,7 @@ class Remote:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def request(self, text: str, limit: int = MAX_LISTING) -> bytes:
+    def request(self, text: str, limit: int = protocol.MAX_LISTING) -> bytes:
         """Send one request; return its standard output. Raises RemoteError."""
         if self._client is None:
             self.connect()
@@ -171,24 +158,17 @@ class Remote:
         return bytes(out)
 
     def list(self) -> Listing:
-        raw = self.request("list")
+        raw = self.request(protocol.LIST.text)
         try:
-            data = json.loads(raw)
-            return Listing(
-                str(data["host"]),
-                str(data.get("pullback_version", "?")),
-                data.get("lock"),
-                list(data["archives"]),
-                [u for u in data.get("unusable", []) if isinstance(u, dict)],
-            )
-        except (ValueError, KeyError, TypeError):
+            return protocol.parse_listing(raw)
+        except ValueError:
             raise RemoteError(
                 f"{self.host.name}: the client's list answer is not "
                 f"understood (is pullback-client serve its forced command?)"
             ) from None
 
     def mark_fetched(self, name: str) -> None:
-        self.request(f"fetched {name}")
+        self.request(protocol.Request.fetched(name).text)
 
     # -- bytes (OpenSSH) ----------------------------------------------------------------
 
@@ -248,7 +228,7 @@ class Remote:
             fcntl.fcntl(read_end, _F_SETPIPE_SZ, 1 << 20)
         with os.fdopen(write_end, "wb", buffering=0) as stdout:
             child = self.runner.start(
-                self.ssh_argv(f"send {name} {offset}"), stdout=stdout, level=10
+                self.ssh_argv(protocol.Request.send(name, offset).text), stdout=stdout, level=10
             )
         try:
             yield from self._drain(read_end, child, cancel)

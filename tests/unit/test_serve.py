@@ -8,7 +8,8 @@ import os
 import pytest
 
 from pullback.client.config import load_client_config
-from pullback.client.serve import Refused, parse_request, serve
+from pullback.client.serve import serve
+from pullback.common.protocol import Refused, parse_request
 from tests.helpers.client import ClientSandbox
 
 

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from pullback.client import serve as serve_module
 from pullback.client.config import load_client_config
-from pullback.client.serve import Refused, parse_request, serve
+from pullback.client.serve import serve
+from pullback.common.protocol import Refused, parse_request
 from tests.helpers.client import ClientSandbox
 
 pytestmark = pytest.mark.unit

@@ -1,0 +1,147 @@
+"""The serve protocol: what the server may ask a client, and what the client answers.
+
+The server's SSH key runs ``pullback-client serve`` as a forced command; sshd hands the
+requested command line over in ``SSH_ORIGINAL_COMMAND``. Exactly four requests exist:
+
+``list``                    a JSON :class:`Listing`: protocol, host, version, the
+                            archive-directory lock, every complete archive with its size
+                            and sidecar, and the archives without a valid sidecar
+``lock``                    ``{"lock": <the lock record or null>}``
+``send <archive> <offset>`` the archive's raw bytes from ``offset`` to its end
+``fetched <archive>``       ``{"ok": true}`` once the archive moved to ``fetched/``
+
+Both sides use this module: the client to parse (and refuse) requests and to build its
+answer, the server to write requests and to read the answer, which it never trusts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .archive.sidecar import ARCHIVE_NAME
+
+PROTOCOL = 1
+MAX_REQUEST = 512
+"""Characters a request line may have."""
+MAX_LISTING = 64 << 20
+"""Bytes a ``list`` answer may have before the server stops reading it."""
+
+_OFFSET = re.compile(r"^(0|[1-9][0-9]{0,18})$")
+
+
+class Verb(StrEnum):
+    LIST = "list"
+    LOCK = "lock"
+    SEND = "send"
+    FETCHED = "fetched"
+
+
+class Refused(Exception):
+    """A request that is not one of the four, with the reason."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request; ``text`` is the command line the server sends."""
+
+    verb: Verb
+    archive: str = ""
+    offset: int = 0
+
+    @property
+    def text(self) -> str:
+        if self.verb is Verb.SEND:
+            return f"{self.verb} {self.archive} {self.offset}"
+        if self.verb is Verb.FETCHED:
+            return f"{self.verb} {self.archive}"
+        return str(self.verb)
+
+    @classmethod
+    def send(cls, archive: str, offset: int = 0) -> Request:
+        return cls(Verb.SEND, archive, offset)
+
+    @classmethod
+    def fetched(cls, archive: str) -> Request:
+        return cls(Verb.FETCHED, archive)
+
+
+LIST = Request(Verb.LIST)
+LOCK = Request(Verb.LOCK)
+
+
+def parse_request(text: str | None) -> Request:
+    """Parse ``SSH_ORIGINAL_COMMAND``. Raises Refused for anything but the four requests."""
+    if text is None or not text.strip():
+        raise Refused("no request: this key only answers pullback-server")
+    if len(text) > MAX_REQUEST:
+        raise Refused("request too long")
+    if not text.isprintable() or not text.isascii():
+        raise Refused("request holds control or non-ASCII characters")
+    words = text.split(" ")
+    verb = words[0]
+    if verb in (Verb.LIST, Verb.LOCK) and len(words) == 1:
+        return Request(Verb(verb))
+    if verb == Verb.SEND and len(words) == 3:
+        if not ARCHIVE_NAME.match(words[1]):
+            raise Refused("not an archive name")
+        if not _OFFSET.match(words[2]):
+            raise Refused("offset is not a decimal number")
+        return Request(Verb.SEND, words[1], int(words[2]))
+    if verb == Verb.FETCHED and len(words) == 2:
+        if not ARCHIVE_NAME.match(words[1]):
+            raise Refused("not an archive name")
+        return Request(Verb.FETCHED, words[1])
+    raise Refused("unknown request")
+
+
+@dataclass
+class Listing:
+    """The ``list`` answer. On the server nothing in it is trusted yet: sidecars are
+    validated when an archive is chosen, words are escaped before they are shown."""
+
+    host: str
+    version: str
+    lock: dict | None
+    archives: list[dict] = field(default_factory=list)
+    """Complete archives: ``{"name", "size", "sidecar"}``."""
+    unusable: list[dict] = field(default_factory=list)
+    """Archives the client holds without a valid sidecar: ``{"name", "problem"}``."""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "protocol": PROTOCOL,
+                "host": self.host,
+                "pullback_version": self.version,
+                "lock": self.lock,
+                "archives": self.archives,
+                "unusable": self.unusable,
+            }
+        )
+
+
+def parse_listing(raw: bytes) -> Listing:
+    """Read a ``list`` answer. Raises ValueError when it is not one."""
+    try:
+        data: Any = json.loads(raw)
+        return Listing(
+            str(data["host"]),
+            str(data.get("pullback_version", "?")),
+            data.get("lock"),
+            list(data["archives"]),
+            [u for u in data.get("unusable", []) if isinstance(u, dict)],
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a list answer: {exc}") from None
+
+
+def lock_answer(lock: dict | None) -> str:
+    """The answer to ``lock``."""
+    return json.dumps({"lock": lock})
+
+
+FETCHED_ANSWER = '{"ok": true}'

@@ -1,0 +1,55 @@
+"""The serve protocol: what the server writes is what the client parses, and back."""
+
+from __future__ import annotations
+
+import pytest
+
+from pullback.common import protocol
+from pullback.common.protocol import LIST, LOCK, Listing, Request, Verb
+
+
+@pytest.mark.parametrize(
+    ("request_", "text"),
+    [
+        (LIST, "list"),
+        (LOCK, "lock"),
+        (Request.send("web1-20261122T030000Z.tar.zst", 0), "send web1-20261122T030000Z.tar.zst 0"),
+        (
+            Request.send("web1-20261122T030000Z.tar.gz", 123),
+            "send web1-20261122T030000Z.tar.gz 123",
+        ),
+        (Request.fetched("web1-20261122T030000Z.tar"), "fetched web1-20261122T030000Z.tar"),
+    ],
+)
+def test_a_request_is_written_as_the_client_parses_it(request_, text):
+    assert request_.text == text
+    assert protocol.parse_request(text) == request_
+
+
+def test_a_listing_reads_back_as_written():
+    listing = Listing(
+        "web1",
+        "1.2.3",
+        {"pid": 7, "host": "web1", "started": "2026-11-30T03:00:00Z", "purpose": "x"},
+        [{"name": "web1-20261122T030000Z.tar.zst", "size": 10, "sidecar": {"format": 1}}],
+        [{"name": "web1-20261121T030000Z.tar.zst", "problem": "no sidecar (incomplete)"}],
+    )
+    assert protocol.parse_listing(listing.to_json().encode()) == listing
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"[]", b'"x"', b"{}", b'{"host": "a"}', b'{"host": "a", "archives": 5}', b"\xff"],
+)
+def test_anything_else_is_not_a_listing(raw):
+    with pytest.raises(ValueError):
+        protocol.parse_listing(raw)
+
+
+def test_unusable_entries_that_are_not_mappings_are_dropped():
+    raw = b'{"host": "a", "archives": [], "unusable": [1, "x", {"name": "n"}]}'
+    assert protocol.parse_listing(raw).unusable == [{"name": "n"}]
+
+
+def test_verbs_are_the_four():
+    assert sorted(Verb) == ["fetched", "list", "lock", "send"]

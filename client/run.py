@@ -12,8 +12,9 @@ from pathlib import Path
 from ..common import __version__
 from ..common.archive import directory as archives
 from ..common.archive.reader import verify_archive
-from ..common.archive.sidecar import ArchiveInfo, ServiceReport, Sidecar, stamp_of
+from ..common.archive.sidecar import ArchiveInfo, ServiceReport, Sidecar
 from ..common.archive.writer import ArchiveWriter
+from ..common.clock import iso, stamp_of, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK, ArchiveError, LockBusy, PullbackError
 from ..common.fsutil import free_bytes, remove_tree_contents
 from ..common.locks import FileLock
@@ -115,7 +116,7 @@ def dry_run(services: list[Service], plugins: PluginSet) -> int:
 
 def _new_stamp(config: ClientConfig) -> tuple[str, dt.datetime]:
     while True:
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        now = utc_now()
         stamp = stamp_of(now)
         name = archives.archive_name(config.hostname, stamp, config.archive_suffix)
         if not (config.archive_dir / name).exists():
@@ -190,7 +191,7 @@ def _locked_run(
         sidecar = Sidecar(
             host=config.hostname,
             stamp=stamp,
-            created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            created=iso(created),
             pullback_version=__version__,
             status="ok" if len(succeeded) == len(reports) else "partial",
             archive=ArchiveInfo(
@@ -233,7 +234,7 @@ def fresh(config: ClientConfig) -> str | None:
     good = [a for a in archives.list_archives(config.archive_dir) if a.good]
     if not good:
         return None
-    age = (dt.datetime.now(dt.UTC) - good[-1].created).total_seconds()
+    age = (utc_now() - good[-1].created).total_seconds()
     if age >= config.min_interval:
         return None
     return (

@@ -9,7 +9,6 @@ as a stale lock and taken over with a warning.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import errno
 import fcntl
 import json
@@ -19,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .clock import iso, utc_now
 from .errors import LockBusy
 from .log import get_logger
 
@@ -95,7 +95,7 @@ class FileLock:
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "started": iso(utc_now()),
             "purpose": self.purpose,
         }
         os.ftruncate(fd, 0)

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..common.archive.manifest import MANIFEST_NAME, parse
+from ..common.clock import iso
 from ..common.errors import PullbackError
 from ..common.fsutil import free_bytes
 from ..common.log import get_logger
@@ -101,7 +102,7 @@ def drill(
             return result
         snapshot = random.choice(snapshots) if pick_random else snapshots[-1]  # noqa: S311
         result.snapshot_id = snapshot.id
-        result.snapshot_time = snapshot.time.strftime("%Y-%m-%dT%H:%M:%SZ")
+        result.snapshot_time = iso(snapshot.time)
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True, mode=0o700)
         log.info(

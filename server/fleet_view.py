@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from ..common.clock import age, utc_now
 from ..common.units import human_size
 from .config import ServerConfig
 from .metrics import is_stale
@@ -13,13 +14,6 @@ from .metrics import is_stale
 SYMBOLS = {"stored": "✓", "skipped": "·", "attention": "!", "failed": "✗"}
 HISTORY_CELLS = 14
 _ORDER = {"failed": 0, "stale": 1, "attention": 2, "ok": 3}
-
-
-def _age(value: str | None, now: dt.datetime) -> float | None:
-    if not value:
-        return None
-    then = dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    return max(0.0, (now - then).total_seconds())
 
 
 @dataclass
@@ -56,7 +50,7 @@ class HostRow:
 
 def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> list[HostRow]:
     """A row per configured host, failures first, then stale, then needing attention."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utc_now()
     found = []
     for host in config.hosts:
         entry = status.get("hosts", {}).get(host.name, {})
@@ -76,8 +70,8 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
                 state=state,
                 result=result,
                 reason=entry.get("reason", ""),
-                newest_age=_age(entry.get("newest_snapshot"), now),
-                verified_age=_age(entry.get("last_verified"), now),
+                newest_age=age(entry.get("newest_snapshot"), now),
+                verified_age=age(entry.get("last_verified"), now),
                 verify_result=entry.get("verify_result"),
                 repository_bytes=entry.get("repository_bytes"),
                 duration=entry.get("duration"),

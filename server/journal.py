@@ -21,9 +21,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common.clock import iso, utc_now
 from ..common.fsutil import atomic_write
 from ..common.log import get_logger
-from .results import iso, utc_now
 
 JOURNAL_FILE = "pull-in-progress.json"
 

@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..common.clock import parse_iso, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, PullbackError
 from ..common.fsutil import atomic_write
 from ..common.locks import FileLock
@@ -27,7 +28,6 @@ from .backends import RepositoryMissing, make_backend
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
 from .pull import INSTANCE_LOCK, select_hosts
-from .results import utc_now
 
 log = get_logger("maintain")
 ROTATION_FILE = "maintenance.json"
@@ -79,7 +79,7 @@ def drill_due(config: ServerConfig, host: HostConfig, now: dt.datetime) -> bool:
     last = entry.get("last_verified_attempt")
     if not last:
         return True
-    then = dt.datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    then = parse_iso(last)
     return (now - then).total_seconds() >= host.verify_every
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from ..common.clock import parse_iso, utc_now
 from ..common.metrics import Metrics
 from .config import ServerConfig
 
@@ -13,7 +14,7 @@ RESULTS = ("stored", "skipped", "failed")
 def _ts(value: str | None) -> float | None:
     if not value:
         return None
-    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    return parse_iso(value).timestamp()
 
 
 def is_stale(entry: dict, max_age: float, now: dt.datetime) -> bool:
@@ -23,7 +24,7 @@ def is_stale(entry: dict, max_age: float, now: dt.datetime) -> bool:
 
 
 def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> Metrics:
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utc_now()
     m = Metrics()
     g = m.gauge
     attempt = g("pullback_last_attempt_timestamp_seconds", "When the host's last pull began.")

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..common.archive import sidecar as sidecars
 from ..common.archive.unpack import HostileArchive
+from ..common.clock import age, iso, iso_or_none, parse_stamp, utc_now
 from ..common.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -36,7 +37,7 @@ from .backends import make_backend
 from .config import HostConfig, ServerConfig
 from .journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, Journal
 from .remote import Remote, TransferCut
-from .results import FAILED, SKIPPED, STORED, HostResult, iso, utc_now
+from .results import FAILED, SKIPPED, STORED, HostResult
 from .transfer import discard_partial, fetch_and_unpack
 
 log = get_logger("pull")
@@ -107,7 +108,7 @@ def _choose(listing: Listing, host: HostConfig, result: HostResult, hlog):
         if not isinstance(entry.get("size"), int) or entry["size"] != side.archive.size:
             ignore(f"ignoring {name}: its size differs from its sidecar")
             continue
-        if sidecars.parse_stamp(side.stamp) > horizon:
+        if parse_stamp(side.stamp) > horizon:
             ignore(f"ignoring {name}: it is dated in the future; check the client's clock")
             continue
         by_stamp.setdefault(side.stamp, []).append(side)
@@ -282,8 +283,8 @@ def _pull(
 def _note_snapshots(snapshots, result: HostResult):
     """Record the repository's snapshots in ``result``; returns (newest, stored stamps)."""
     newest = snapshots[-1] if snapshots else None
-    result.newest_snapshot = iso(newest.time) if newest else None
-    result.oldest_snapshot = iso(snapshots[0].time) if snapshots else None
+    result.newest_snapshot = iso_or_none(newest.time if newest else None)
+    result.oldest_snapshot = iso_or_none(snapshots[0].time if snapshots else None)
     result.snapshot_count = len(snapshots)
     return newest, {s.stamp for s in snapshots if s.stamp}
 
@@ -349,7 +350,7 @@ def _pull_listed(
     result.archive, result.stamp = name, chosen.stamp
     result.size, result.content_bytes = chosen.archive.size, chosen.archive.content_bytes
     result.client_failed_services = chosen.failed_services
-    when = sidecars.parse_stamp(chosen.stamp)
+    when = parse_stamp(chosen.stamp)
     if chosen.stamp in stored_stamps:
         result.status = SKIPPED
         result.reason = f"{name} is already stored"
@@ -455,13 +456,6 @@ def pull(
     return (EXIT_FAILED if failed else EXIT_OK), results
 
 
-def _age(value: str | None, now: dt.datetime) -> float | None:
-    if not value:
-        return None
-    then = dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    return (now - then).total_seconds()
-
-
 def assess(config: ServerConfig, results: list[HostResult]) -> None:
     """Flag hosts whose newest snapshot is too old or whose last drill is too old."""
     now = utc_now()
@@ -472,21 +466,21 @@ def assess(config: ServerConfig, results: list[HostResult]) -> None:
         result.last_verified = entry.get("last_verified")
         if result.repository_bytes is None:
             result.repository_bytes = entry.get("repository_bytes")
-        age = _age(result.newest_snapshot, now)
-        if age is None or age > host.max_age:
+        newest_age = age(result.newest_snapshot, now)
+        if newest_age is None or newest_age > host.max_age:
             result.stale = True
             result.warnings.insert(
                 0,
                 (
                     "no snapshot has been stored yet"
-                    if age is None
-                    else f"the newest snapshot is {human_duration(age)} old "
+                    if newest_age is None
+                    else f"the newest snapshot is {human_duration(newest_age)} old "
                     f"(max_age {human_duration(host.max_age)})"
                 ),
             )
-        verified = _age(result.last_verified, now)
+        verified = age(result.last_verified, now)
         limit = config.maintenance.verify_max_age
-        oldest = _age(result.oldest_snapshot, now)
+        oldest = age(result.oldest_snapshot, now)
         if (verified is None and oldest is not None and oldest > limit) or (
             verified is not None and verified > limit
         ):

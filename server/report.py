@@ -7,7 +7,8 @@ from importlib import resources
 
 import jinja2
 
-from ..common import mail
+from ..common import clock, mail
+from ..common.clock import utc_now
 from ..common.log import get_logger
 from ..common.mail import EmailConfig
 from ..common.units import human_duration, human_size
@@ -41,8 +42,7 @@ def _environment(autoescape: bool) -> jinja2.Environment:
 def _age(when: str | None, now: dt.datetime) -> str:
     if not when:
         return "never"
-    then = dt.datetime.strptime(when, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-    return human_duration(max(0.0, (now - then).total_seconds()))
+    return human_duration(clock.age(when, now) or 0.0)
 
 
 def ordered(results: list[HostResult]) -> list[HostResult]:
@@ -76,7 +76,7 @@ def render(
     results: list[HostResult], history: dict | None = None, now: dt.datetime | None = None
 ) -> tuple[str, str]:
     """The (text, html) bodies of the summary; ``history`` maps hosts to fleet rows."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utc_now()
     context = {
         "history": history or {},
         "results": ordered(results),
@@ -93,7 +93,7 @@ def render(
 
 def render_maintenance(results, now: dt.datetime | None = None) -> tuple[str, str]:
     """The (text, html) bodies of a maintenance report (failures first)."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utc_now()
     ordered_results = sorted(results, key=lambda r: (r.status != "failed", r.host))
     context = {
         "results": ordered_results,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 from pathlib import Path
 
 from ..common.archive.manifest import MANIFEST_NAME
+from ..common.clock import iso, utc_now
 from ..common.errors import PullbackError
 from ..common.log import get_logger
 from ..common.runner import Runner
@@ -44,15 +44,12 @@ def list_snapshots(config: ServerConfig, name: str) -> list[Snapshot]:
 def render(snapshots: list[Snapshot], as_json: bool) -> str:
     if as_json:
         return json.dumps(
-            [
-                {"id": s.id, "time": s.time.strftime("%Y-%m-%dT%H:%M:%SZ"), "stamp": s.stamp}
-                for s in snapshots
-            ],
+            [{"id": s.id, "time": iso(s.time), "stamp": s.stamp} for s in snapshots],
             indent=2,
         )
     if not snapshots:
         return "no snapshots"
-    now = dt.datetime.now(dt.UTC)
+    now = utc_now()
     rows = [("ID", "TIME (UTC)", "AGE", "ARCHIVE STAMP")]
     rows += [
         (

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..common.clock import iso, utc_now
 from ..common.fsutil import atomic_write
 from ..common.log import get_logger
-from .results import FAILED, STORED, HostResult, iso, utc_now
+from .results import FAILED, STORED, HostResult
 
 log = get_logger("status")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 
+from ..common.clock import utc_now
 from ..common.fsutil import atomic_write
 from .config import ServerConfig
 from .fleet_view import rows
@@ -12,7 +13,7 @@ from .report import _environment
 
 
 def render(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> str:
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utc_now()
     found = rows(config, status, now)
     counts = Counter(r.state for r in found)
     return (

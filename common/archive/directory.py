@@ -8,12 +8,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..clock import parse_stamp, utc_now
 from ..errors import ArchiveError
 from ..fsutil import atomic_write, fsync_dir
 from ..locks import FileLock
 from ..log import get_logger
 from . import sidecar as sidecars
-from .sidecar import ARCHIVE_NAME, Sidecar, parse_stamp
+from .sidecar import ARCHIVE_NAME, Sidecar
 
 log = get_logger("archives")
 
@@ -149,7 +150,7 @@ def apply_retention(
 
     Runs under the directory lock. Archives in ``fetched/`` follow the same rules.
     """
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utc_now()
     removed = []
     with directory_lock(archive_dir, "local retention").acquire(wait=LOCK_WAIT):
         archives = list_archives(archive_dir)

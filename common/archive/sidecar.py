@@ -6,7 +6,6 @@ pull and to check the bytes it received, so :func:`parse` validates it strictly.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -18,21 +17,10 @@ from ..errors import ArchiveError
 from ..schema import load_schema
 
 FORMAT = 1
-STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 ARCHIVE_NAME = re.compile(
     r"^(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*)-(?P<stamp>\d{8}T\d{6}Z)\.tar(?:\.zst|\.gz)?$"
 )
 MAX_WARNINGS = 20
-
-
-def stamp_of(when: dt.datetime) -> str:
-    """``20261122T035000Z`` for a UTC datetime."""
-    return when.astimezone(dt.UTC).strftime(STAMP_FORMAT)
-
-
-def parse_stamp(stamp: str) -> dt.datetime:
-    """The UTC datetime of a stamp. Raises ValueError."""
-    return dt.datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=dt.UTC)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ...common import secrets
-from ...common.archive.sidecar import STAMP_FORMAT
+from ...common.clock import is_stamp
 from ...common.errors import CommandError
 from ..config import BackendConfig, HostConfig
 from . import (
@@ -145,7 +145,7 @@ class ResticBackend:
         data = self._json(["snapshots", "--host", self.host.name, "--tag", TAG], timeout=600)
         found = []
         for item in data or []:
-            stamp = next((t for t in item.get("tags") or [] if _is_stamp(t)), None)
+            stamp = next((t for t in item.get("tags") or [] if is_stamp(t)), None)
             found.append(
                 Snapshot(
                     item.get("short_id") or item["id"][:8],
@@ -276,14 +276,6 @@ class ResticBackend:
         for include in includes:
             args += ["--include", f"/{include.strip('/')}"]
         self._run(args, timeout=24 * 3600)
-
-
-def _is_stamp(text: str) -> bool:
-    try:
-        dt.datetime.strptime(text, STAMP_FORMAT)
-        return True
-    except ValueError:
-        return False
 
 
 def parse_time(text: str) -> dt.datetime:

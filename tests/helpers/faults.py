@@ -32,7 +32,7 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
-from pullback.common.archive.sidecar import STAMP_FORMAT
+from pullback.common.clock import STAMP_FORMAT
 from tests.helpers.archives import Entry, build_tar, publish
 from tests.helpers.http import HttpSink
 from tests.helpers.netfleet import NetFleet

@@ -15,7 +15,7 @@ from ..common.archive.compression import compression_of
 from ..common.archive.reader import TarStream
 from ..common.archive.sidecar import ARCHIVE_NAME
 from ..common.archive.unpack import Unpacker
-from ..common.errors import EXIT_FAILED, EXIT_OK, ConfigError, PullbackError
+from ..common.errors import EXIT_FAILED, EXIT_OK, ConfigError, PullbackError, UsageError
 from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.signals import SignalGuard
@@ -26,12 +26,6 @@ from .services import discover
 from .stages import make_tasks
 
 log = get_logger("restore")
-
-
-def _usage_error(message: str) -> PullbackError:
-    error = PullbackError(message)
-    error.exit_code = 2
-    return error
 
 
 def unpack_archive(archive: Path, into: Path) -> Path:
@@ -54,7 +48,7 @@ def service_root(source: Path, name: str) -> Path:
             if candidate == source and not (source / "services").exists() and source.name != name:
                 continue
             return candidate
-    raise _usage_error(
+    raise UsageError(
         f"{source} holds no services/{name}/: restore the snapshot first "
         f"(pullback-server restore HOST --service {name} --target DIR)"
     )
@@ -73,7 +67,7 @@ def restore(
     plugins = load_plugins(config.plugin_dirs)
     services = {s.name: s for s in discover(config.service_dirs, plugins)}
     if name not in services:
-        raise _usage_error(
+        raise UsageError(
             f"no service named {name!r} in "
             f"{', '.join(map(str, config.service_dirs))}; known services: "
             f"{', '.join(sorted(services)) or 'none'}"
@@ -82,11 +76,11 @@ def restore(
     if service.broken:
         raise ConfigError(service.problems)
     if not source.exists():
-        raise _usage_error(f"{source} does not exist")
+        raise UsageError(f"{source} does not exist")
     with tempfile.TemporaryDirectory(prefix="pullback-restore-") as scratch:
         if source.is_file():
             if not ARCHIVE_NAME.match(source.name):
-                raise _usage_error(f"{source} is not a pullback archive")
+                raise UsageError(f"{source} is not a pullback archive")
             log.info("unpacking %s (checked against its manifest)", source.name)
             source = unpack_archive(source, Path(scratch) / "archive")
         root = service_root(source, name)
@@ -99,7 +93,7 @@ def _restore(
     tasks = make_tasks(service, scratch / "staging", None, dry_run=dry_run)
     specs = {id(t): s for t, s in zip(tasks, service.tasks, strict=True)}
     if task_filter and not any(task_filter in (t.key, t.type) for t in tasks):
-        raise _usage_error(
+        raise UsageError(
             f"service {service.name} has no task {task_filter!r}; its tasks: "
             f"{', '.join(t.key for t in tasks)}"
         )

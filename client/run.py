@@ -15,7 +15,14 @@ from ..common.archive.reader import verify_archive
 from ..common.archive.sidecar import ArchiveInfo, ServiceReport, Sidecar
 from ..common.archive.writer import ArchiveWriter
 from ..common.clock import iso, stamp_of, utc_now
-from ..common.errors import EXIT_FAILED, EXIT_OK, ArchiveError, LockBusy, PullbackError
+from ..common.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    ArchiveError,
+    LockBusy,
+    PullbackError,
+    UsageError,
+)
 from ..common.fsutil import free_bytes, remove_tree_contents
 from ..common.locks import FileLock
 from ..common.log import get_logger
@@ -46,19 +53,17 @@ class RunResult:
 def select_services(services: list[Service], names: list[str] | None) -> list[Service]:
     """The services named on the command line (all enabled ones when none are named).
 
-    Raises PullbackError (exit 2) for a name that matches no service.
+    Raises UsageError for a name that matches no service.
     """
     if not names:
         return [s for s in services if s.enabled]
     by_name = {s.name: s for s in services}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        error = PullbackError(
+        raise UsageError(
             f"no service named {', '.join(repr(n) for n in unknown)}; "
             f"known services: {', '.join(sorted(by_name)) or 'none'}"
         )
-        error.exit_code = 2
-        raise error
     return [by_name[n] for n in dict.fromkeys(names)]
 
 

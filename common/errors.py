@@ -30,6 +30,13 @@ class ConfigError(PullbackError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class UsageError(PullbackError):
+    """The command line asks for something that does not exist (a host, a service, a
+    snapshot) or cannot be done as asked; nothing was changed."""
+
+    exit_code = EXIT_CONFIG
+
+
 class LockBusy(PullbackError):
     """A lock is held by a live process."""
 

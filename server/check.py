@@ -14,8 +14,6 @@ from .remote import Remote
 
 def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[str], list[str]]:
     """Return (lines of what is fine, problems); reaching hosts but changing nothing."""
-    from .pull import select_hosts
-
     good: list[str] = []
     problems: list[str] = []
     tool = {"restic": "restic", "borg": "borg"}[config.backend.type]
@@ -48,7 +46,7 @@ def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[st
         problems.append(f"{config.path}: backend.password_file: {exc}{fix}")
     if problems:
         return good, problems
-    for host in select_hosts(config, names):
+    for host in config.select_hosts(names):
         runner = Runner()
         try:
             with Remote(host, config.ssh, runner) as remote:

@@ -241,12 +241,7 @@ def _handle(args: argparse.Namespace) -> int:
     if args.command == "trust":
         from .trust import trust
 
-        try:
-            host = config.host(args.hostname)
-        except KeyError:
-            print(f"no host named {args.hostname!r} in {config.path}", file=sys.stderr)
-            return 2
-        return trust(host, config.ssh, args.yes, args.replace)
+        return trust(config.host(args.hostname), config.ssh, args.yes, args.replace)
     raise AssertionError(args.command)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.config import load_validated
-from ..common.errors import ConfigError
+from ..common.errors import ConfigError, UsageError
 from ..common.mail import EmailConfig, email_config
 from ..common.notify import NotifyConfig, notify_config
 from ..common.schema import load_schema
@@ -90,10 +90,23 @@ class ServerConfig:
     status_page: Path | None = None
 
     def host(self, name: str) -> HostConfig:
+        """The host called ``name``. Raises UsageError naming the known hosts."""
         for host in self.hosts:
             if host.name == name:
                 return host
-        raise KeyError(name)
+        raise UsageError(
+            f"no host named {name!r} in {self.path}; known hosts: "
+            f"{', '.join(h.name for h in self.hosts) or 'none'}"
+        )
+
+    def select_hosts(self, names: list[str] | None) -> list[HostConfig]:
+        """The hosts named on the command line, or every enabled host.
+
+        Raises UsageError for a name that is not configured.
+        """
+        if not names:
+            return [h for h in self.hosts if h.enabled]
+        return [self.host(n) for n in dict.fromkeys(names)]
 
     def staging_dir(self, host: str) -> Path:
         return self.state_dir / "staging" / host

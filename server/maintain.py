@@ -27,7 +27,7 @@ from . import status as statuses
 from .backends import RepositoryMissing, make_backend
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
-from .pull import INSTANCE_LOCK, select_hosts
+from .pull import INSTANCE_LOCK
 
 log = get_logger("maintain")
 ROTATION_FILE = "maintenance.json"
@@ -161,7 +161,7 @@ def maintain(
     config: ServerConfig, names: list[str] | None = None, verify: bool | None = None
 ) -> tuple[int, list[MaintainResult]]:
     """Maintain the hosts' repositories. Returns (exit code, results)."""
-    hosts = select_hosts(config, names)
+    hosts = config.select_hosts(names)
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server maintain")
     with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
         rotation = _rotation(config)
@@ -202,7 +202,7 @@ def verify(
     config: ServerConfig, names: list[str] | None = None, pick_random: bool = False
 ) -> tuple[int, list[DrillResult]]:
     """``pullback-server verify``: the restore drill for the hosts, now."""
-    hosts = select_hosts(config, names)
+    hosts = config.select_hosts(names)
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server verify")
     results = []
     with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():

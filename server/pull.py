@@ -51,22 +51,6 @@ class _HostLog(logging.LoggerAdapter):
         return f"[{self.extra['host']}] {msg}", kwargs
 
 
-def select_hosts(config: ServerConfig, names: list[str] | None) -> list[HostConfig]:
-    """The hosts named on the command line, or every enabled host. Exit 2 for unknown names."""
-    if not names:
-        return [h for h in config.hosts if h.enabled]
-    known = {h.name: h for h in config.hosts}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        error = PullbackError(
-            f"no host named {', '.join(map(repr, unknown))} in "
-            f"{config.path}; known hosts: {', '.join(sorted(known))}"
-        )
-        error.exit_code = 2
-        raise error
-    return [known[n] for n in dict.fromkeys(names)]
-
-
 def _printable(value, limit: int) -> str:
     """``value`` as text of at most ``limit`` printable characters."""
     text = str(value)
@@ -438,7 +422,7 @@ def pull(
 ) -> tuple[int, list[HostResult]]:
     """Pull the hosts (with ``if_due``, only those not fresh). Returns (exit code,
     results). Raises LockBusy, PullbackError."""
-    hosts = select_hosts(config, names)
+    hosts = config.select_hosts(names)
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server pull")
     with lock.acquire(), SignalGuard():
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

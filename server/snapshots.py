@@ -8,34 +8,18 @@ from pathlib import Path
 
 from ..common.archive.manifest import MANIFEST_NAME
 from ..common.clock import iso, utc_now
-from ..common.errors import PullbackError
+from ..common.errors import PullbackError, UsageError
 from ..common.log import get_logger
 from ..common.runner import Runner
 from ..common.units import human_duration
 from .backends import Snapshot, make_backend
-from .config import HostConfig, ServerConfig
+from .config import ServerConfig
 
 log = get_logger("restore")
 
 
-def _usage(message: str) -> PullbackError:
-    error = PullbackError(message)
-    error.exit_code = 2
-    return error
-
-
-def host_of(config: ServerConfig, name: str) -> HostConfig:
-    try:
-        return config.host(name)
-    except KeyError:
-        raise _usage(
-            f"no host named {name!r} in {config.path}; known hosts: "
-            f"{', '.join(h.name for h in config.hosts)}"
-        ) from None
-
-
 def list_snapshots(config: ServerConfig, name: str) -> list[Snapshot]:
-    host = host_of(config, name)
+    host = config.host(name)
     backend = make_backend(config.backend, host, config.state_dir, Runner(log))
     backend.prepare(create=False)
     return backend.snapshots()
@@ -67,7 +51,7 @@ def render(snapshots: list[Snapshot], as_json: bool) -> str:
 def _relative(path: str) -> str:
     parts = [p for p in path.strip("/").split("/") if p]
     if not parts or any(p in (".", "..") for p in parts):
-        raise _usage(f"--path {path!r} is not a path inside the snapshot (like services/app)")
+        raise UsageError(f"--path {path!r} is not a path inside the snapshot (like services/app)")
     return "/".join(parts)
 
 
@@ -82,9 +66,9 @@ def restore(
 ) -> str:
     """Restore (part of) a snapshot into ``target``; return what to do next. Raises
     PullbackError (exit 2 for a wrong host, snapshot, path or a non-empty target)."""
-    host = host_of(config, name)
+    host = config.host(name)
     if target.exists() and any(target.iterdir()) and not force:
-        raise _usage(f"{target} is not empty; choose an empty directory or add --force")
+        raise UsageError(f"{target} is not empty; choose an empty directory or add --force")
     backend = make_backend(config.backend, host, config.state_dir, Runner(log))
     backend.prepare(create=False)
     snapshots = backend.snapshots()
@@ -95,7 +79,7 @@ def restore(
     else:
         matches = [s for s in snapshots if s.id.startswith(snapshot_id) or s.stamp == snapshot_id]
         if len(matches) != 1:
-            raise _usage(
+            raise UsageError(
                 f"no single snapshot {snapshot_id!r} of {name}; see "
                 f"pullback-server snapshots {name}"
             )

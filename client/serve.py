@@ -22,7 +22,7 @@ from pathlib import Path
 from ..common import __version__
 from ..common.archive import directory as archives
 from ..common.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from ..common.fsutil import fsync_dir
+from ..common.fsutil import fsync_dir, write_all
 from ..common.locks import lock_status
 from ..common.log import get_logger
 from ..common.protocol import (
@@ -117,9 +117,7 @@ def send(config: ClientConfig, name: str, offset: int, out_fd: int) -> int:
                 raise
             os.lseek(fd, position, os.SEEK_SET)
             while chunk := os.read(fd, 1 << 20):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(out_fd, view) :]
+                write_all(out_fd, chunk)
                 sent += len(chunk)
         return sent
     finally:

@@ -41,6 +41,22 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) 
     fsync_dir(path.parent)
 
 
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (a pipe or socket may take less per call)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, position: int) -> None:
+    """Write all of ``data`` to ``fd`` at ``position``, not moving the file offset."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, position)
+        view = view[n:]
+        position += n
+
+
 def free_bytes(path: str | os.PathLike) -> int:
     """Free space for an unprivileged writer on the file system holding ``path``."""
     return shutil.disk_usage(path).free

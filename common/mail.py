@@ -65,15 +65,9 @@ def _password(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        if path.stat().st_mode & 0o007:
-            raise MailError(
-                f"the SMTP password file {path} is readable by others; run: chmod 600 {path}"
-            )
-        value = path.read_text().splitlines()[0]
-    except (OSError, IndexError) as exc:
-        raise MailError(f"cannot read the SMTP password file {path}: {exc}") from None
-    secrets.register(value)
-    return value
+        return secrets.read_secret_file(path, "SMTP password file")
+    except secrets.SecretFileError as exc:
+        raise MailError(str(exc)) from None
 
 
 def build_message(

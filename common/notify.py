@@ -58,12 +58,12 @@ def _token(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        value = path.read_text().splitlines()[0].strip()
-    except (OSError, IndexError) as exc:
-        log.warning("cannot read the token file %s: %s", path, exc)
+        token = secrets.read_secret_file(path, "token file").strip()
+    except secrets.SecretFileError as exc:
+        log.warning("%s", exc)
         return None
-    secrets.register(value)
-    return value
+    secrets.register(token)
+    return token
 
 
 def _send(what: str, url: str, data: bytes | None, headers: dict[str, str], timeout: float) -> bool:

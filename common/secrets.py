@@ -6,7 +6,12 @@ command runner masks the command lines it logs and the output tails it raises wi
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
+from pathlib import Path
+
+from .errors import PullbackError
 
 MASK = "******"
 _MIN_LENGTH = 3  # masking "a" everywhere would make logs unreadable and hide nothing
@@ -35,6 +40,39 @@ def mask(text: str, extra: tuple[str, ...] | list[str] = ()) -> str:
         if value in text:
             text = text.replace(value, MASK)
     return text
+
+
+class SecretFileError(PullbackError):
+    """A file holding a secret is missing, empty, unreadable or readable by others."""
+
+
+def read_secret_file(path: str | os.PathLike, what: str = "password file") -> str:
+    """The first line of a file holding a secret (a password, a token), registered so
+    that it is masked from then on.
+
+    One rule for every secret file: only its owner may read it. A file whose group or
+    others have any permission is refused, whoever owns it, with the ``chmod`` that
+    fixes it. Raises SecretFileError naming ``what`` and the path.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise SecretFileError(
+                f"the {what} {path} is readable by others (mode {stat.S_IMODE(mode):04o}); "
+                f"run: chmod 600 {path}"
+            )
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise SecretFileError(f"the {what} {path} does not exist") from None
+    except (PermissionError, IsADirectoryError):
+        raise SecretFileError(f"cannot read the {what} {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SecretFileError(f"cannot read the {what} {path}: {exc}") from None
+    if not lines or not lines[0].strip():
+        raise SecretFileError(f"the {what} {path} is empty")
+    register(lines[0])
+    return lines[0]
 
 
 def forget_all() -> None:

@@ -1,4 +1,4 @@
-"""Helpers the database plugins share: aliases, password files, temporary credentials."""
+"""Helpers the database plugins share: aliases, temporary credential files, options."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from ..common import secrets
 from ..common.units import parse_duration
-from .task import Task, TaskError
+from .task import Task
 
 
 def first(config: dict, *keys: str, default=None):
@@ -19,25 +18,6 @@ def first(config: dict, *keys: str, default=None):
         if config.get(key) is not None:
             return config[key]
     return default
-
-
-def read_secret_file(path: str | os.PathLike) -> str:
-    """The first line of a password file that only its owner may read. Raises TaskError."""
-    path = Path(path)
-    try:
-        if path.stat().st_mode & 0o077:
-            raise TaskError(
-                f"the password file {path} may be read by others; run: chmod 600 {path}"
-            )
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise TaskError(f"the password file {path} does not exist") from None
-    except PermissionError:
-        raise TaskError(f"cannot read the password file {path}") from None
-    if not lines or not lines[0]:
-        raise TaskError(f"the password file {path} is empty")
-    secrets.register(lines[0])
-    return lines[0]
 
 
 def private_file(task: Task, name: str, content: str) -> Path:

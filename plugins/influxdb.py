@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..common.errors import CommandError
+from ..common.secrets import read_secret_file
 from . import hookimpl, load_plugin_schema
-from ._common import read_secret_file, timeout
+from ._common import timeout
 from .task import Requirement, Task, TaskError, TaskType
 
 V2_TOOL = "influx CLI of InfluxDB 2: https://docs.influxdata.com/influxdb/v2/tools/influx-cli/"
@@ -30,7 +31,7 @@ def pullback_task_types():
 def _v2_env(task: Task) -> dict[str, str]:
     env = {"INFLUX_HOST": task.config.get("host") or "http://localhost:8086"}
     if task.config.get("token_file"):
-        env["INFLUX_TOKEN"] = read_secret_file(task.config["token_file"])
+        env["INFLUX_TOKEN"] = read_secret_file(task.config["token_file"], "token file")
     if task.config.get("org"):
         env["INFLUX_ORG"] = task.config["org"]
     return env

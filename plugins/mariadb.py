@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from ..common.errors import CommandError
+from ..common.secrets import read_secret_file
 from . import hookimpl, load_plugin_schema
 from ._common import (
     extra_options,
@@ -14,7 +15,6 @@ from ._common import (
     first,
     forget_private,
     private_file,
-    read_secret_file,
     timeout,
 )
 from .task import Requirement, Task, TaskError, TaskType

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from ..common.errors import CommandError
+from ..common.secrets import read_secret_file
 from . import hookimpl, load_plugin_schema
-from ._common import extra_options, forget_private, private_file, read_secret_file, timeout
+from ._common import extra_options, forget_private, private_file, timeout
 from .task import Requirement, Task, TaskError, TaskType
 
 ARCHIVE = "mongodb.archive.gz"

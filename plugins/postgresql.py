@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..common.errors import CommandError
+from ..common.secrets import read_secret_file
 from . import hookimpl, load_plugin_schema
 from ._common import (
     extra_options,
@@ -13,7 +14,6 @@ from ._common import (
     first,
     forget_private,
     private_file,
-    read_secret_file,
     timeout,
 )
 from .task import Requirement, Task, TaskError, TaskType

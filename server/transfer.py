@@ -26,7 +26,7 @@ from ..common.archive.unpack import (
     UnpackStats,
 )
 from ..common.errors import ArchiveError
-from ..common.fsutil import free_bytes
+from ..common.fsutil import free_bytes, write_all
 from ..common.log import get_logger
 from ..common.units import human_size
 from .remote import Remote, TransferCut
@@ -49,9 +49,7 @@ class GrowingFile:
         self._cond = threading.Condition()
 
     def append(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         with self._cond:
             self.written += len(data)
             self._cond.notify_all()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ArchiveError, CommandError
+from ..fsutil import write_all
 from ..log import get_logger
 from ..runner import Runner
 from .compression import compression_of, decompress_command
@@ -91,9 +92,7 @@ class TarStream:
                 data = self.source.read(CHUNK)
                 if not data:
                     break
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
         except BrokenPipeError:
             pass  # the decompressor stopped early; its exit status tells why
         except BaseException as exc:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ArchiveError
+from ..fsutil import pwrite_all, write_all
 from ..log import get_logger
 from ..units import human_size
 from . import acl
@@ -327,7 +328,7 @@ class Unpacker:
                 for data in chunks:
                     if digest is not None:
                         digest.update(data)
-                    _write_all(fd, data)
+                    write_all(fd, data)
             else:
                 fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
                 position = 0
@@ -339,7 +340,7 @@ class Unpacker:
                         if old != data:
                             changed = True
                     if changed:
-                        _pwrite_all(fd, data, position)
+                        pwrite_all(fd, data, position)
                     position += len(data)
                 if position != st.st_size:
                     os.ftruncate(fd, position)
@@ -588,17 +589,3 @@ def _hash_file(name: str, dir_fd: int) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _pwrite_all(fd: int, data: bytes, position: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, position)
-        view = view[n:]
-        position += n

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ArchiveError, CommandError
+from ..fsutil import write_all
 from ..log import get_logger
 from ..runner import Runner
 from . import acl, tarformat
@@ -80,11 +81,11 @@ class _Tee:
         try:
             while data := os.read(self.source, CHUNK):
                 self.sha256.update(data)
-                _write_all(self.target, data)
+                write_all(self.target, data)
                 self.size += len(data)
                 if self.test_fd >= 0:
                     try:
-                        _write_all(self.test_fd, data)
+                        write_all(self.test_fd, data)
                     except BrokenPipeError:  # the tester gave up; its exit status says why
                         os.close(self.test_fd)
                         self.test_fd = -1
@@ -571,12 +572,6 @@ class ArchiveWriter:
             )
         self._emit(bytes((-size) % BLOCK))
         return digest.hexdigest()
-
-
-def _write_all(fd: int, data) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _open_noatime(path: str) -> int:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ...common import secrets
 from ...common.errors import PullbackError
 from ..config import BackendConfig, HostConfig
 
@@ -161,18 +162,11 @@ def policy_arguments(policy: dict, within=lambda v: v) -> list[str]:
 
 
 def read_password(path: Path) -> str:
-    """The first line of a password file; refuses one that others may read."""
+    """The repository password (see :func:`pullback.common.secrets.read_secret_file`).
+
+    Raises BackendError.
+    """
     try:
-        st = path.stat()
-        if st.st_mode & 0o007:
-            raise BackendError(
-                f"the password file {path} is readable by others; run: chmod 600 {path}"
-            )
-        text = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise BackendError(f"the password file {path} does not exist") from None
-    except PermissionError:
-        raise BackendError(f"cannot read the password file {path}") from None
-    if not text or not text[0]:
-        raise BackendError(f"the password file {path} is empty")
-    return text[0]
+        return secrets.read_secret_file(path, "password file")
+    except secrets.SecretFileError as exc:
+        raise BackendError(str(exc)) from None

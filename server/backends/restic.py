@@ -9,7 +9,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from ...common import secrets
 from ...common.clock import is_stamp
 from ...common.errors import CommandError
 from ..config import BackendConfig, HostConfig
@@ -62,7 +61,7 @@ class ResticBackend:
         return self.host.repository or str(self.config.repository_root / self.host.name)
 
     def _env(self) -> dict[str, str]:
-        secrets.register(read_password(self.config.password_file))
+        read_password(self.config.password_file)  # registered as a secret; refuses a bad file
         return {
             "RESTIC_REPOSITORY": self.repository(),
             "RESTIC_PASSWORD_FILE": str(self.config.password_file),

@@ -46,6 +46,7 @@ def samples(path: Path) -> dict:
 def test_pings_messages_metrics_and_a_hanging_endpoint(fleet, http, tmp_path):
     token = tmp_path / "gotify.token"
     token.write_text("gotify-app-token\n")
+    token.chmod(0o600)  # a secret file: owner only
     good = fleet.add_host("good")
     bad = fleet.add_host("bad")
     good.make_archive()

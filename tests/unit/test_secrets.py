@@ -1,0 +1,50 @@
+"""One rule for every file holding a secret: only its owner may read it."""
+
+from __future__ import annotations
+
+import pytest
+
+from pullback.common import secrets
+from pullback.common.secrets import SecretFileError, read_secret_file
+
+
+@pytest.fixture
+def secret(tmp_path):
+    path = tmp_path / "db.pass"
+    path.write_text("s3cret-value\nsecond line is ignored\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_the_first_line_is_the_secret_and_it_is_masked_from_then_on(secret):
+    assert read_secret_file(secret) == "s3cret-value"
+    assert secrets.mask("pw=s3cret-value") == f"pw={secrets.MASK}"
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644, 0o610, 0o601])
+def test_a_file_its_group_or_others_may_touch_is_refused(secret, mode):
+    secret.chmod(mode)
+    with pytest.raises(
+        SecretFileError, match=rf"readable by others \(mode 0{mode:o}\); run: chmod 600"
+    ):
+        read_secret_file(secret, "SMTP password file")
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_owner_only_modes_are_fine(secret, mode):
+    secret.chmod(mode)
+    assert read_secret_file(secret) == "s3cret-value"
+
+
+def test_missing_empty_and_directory_are_said_in_words(tmp_path):
+    with pytest.raises(SecretFileError, match=r"token file .* does not exist"):
+        read_secret_file(tmp_path / "nope", "token file")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    empty.chmod(0o600)
+    with pytest.raises(SecretFileError, match="is empty"):
+        read_secret_file(empty)
+    folder = tmp_path / "folder"
+    folder.mkdir(mode=0o700)
+    with pytest.raises(SecretFileError, match="cannot read"):
+        read_secret_file(folder)

@@ -8,7 +8,6 @@ succeeded is archived and the report says what failed.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import time
 import traceback
@@ -17,7 +16,7 @@ from pathlib import Path
 from ..common.archive.sidecar import ServiceReport, TaskReport
 from ..common.archive.writer import ArchiveWriter
 from ..common.errors import ArchiveError, Interrupted, PullbackError
-from ..common.log import get_logger
+from ..common.log import PrefixAdapter, get_logger
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
 from ..plugins.manager import PluginSet
@@ -25,11 +24,6 @@ from ..plugins.task import Task, TaskSkipped
 from .services import Service
 
 log = get_logger("client")
-
-
-class _ServiceLog(logging.LoggerAdapter):
-    def process(self, msg, kwargs):
-        return f"[{self.extra['prefix']}] {msg}", kwargs
 
 
 def _reason(exc: BaseException) -> str:
@@ -48,7 +42,7 @@ def make_tasks(
     tasks = []
     for spec in service.tasks:
         prefix = f"{service.name}/{spec.type.name}"
-        task_log = _ServiceLog(log, {"prefix": prefix})
+        task_log = PrefixAdapter(log, prefix)
         tasks.append(
             Task(
                 type=spec.type.name,

@@ -30,6 +30,21 @@ def get_logger(name: str = "") -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
 
 
+class PrefixAdapter(logging.LoggerAdapter):
+    """A logger whose every line starts with ``[prefix]``: a host, or service/task."""
+
+    def __init__(self, logger: logging.Logger, prefix: str):
+        super().__init__(logger, {"prefix": prefix})
+        self.prefix = prefix
+
+    def process(self, msg, kwargs):
+        return f"[{self.prefix}] {msg}", kwargs
+
+
+Log = logging.Logger | PrefixAdapter
+"""What pullback code logs to: the logger itself, or a prefixed view of it."""
+
+
 class MaskingFormatter(logging.Formatter):
     """Formats a record and masks every registered secret in the result."""
 

@@ -28,7 +28,7 @@ import sh
 
 from . import secrets
 from .errors import CommandError, CommandTimeout
-from .log import get_logger
+from .log import Log, get_logger
 
 SH_MAJOR = int(sh.__version__.split(".")[0])
 # sh 2 returns a plain string from a foreground call unless told otherwise; sh 1 does not
@@ -157,7 +157,7 @@ class Runner:
 
     def __init__(
         self,
-        log: logging.Logger | logging.LoggerAdapter | None = None,
+        log: Log | None = None,
         secrets: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ):

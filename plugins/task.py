@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from typing import Any, Protocol
 
 from ..common.archive.stats import ExcludeFn, TaskStats
 from ..common.errors import PullbackError
+from ..common.log import Log
 from ..common.runner import CommandResult, Runner
 
 
@@ -87,7 +87,7 @@ class Task:
     staging: Path
     """An empty directory of this task; what is here after a successful dump is archived."""
     runner: Runner
-    log: logging.Logger | logging.LoggerAdapter
+    log: Log
     arcdir: str = ""
     """Where this task's data lives in the archive: ``services/<service>/<type>``."""
     archive: ArchiveSink | None = None

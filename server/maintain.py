@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from ..common.clock import parse_iso, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, PullbackError
 from ..common.fsutil import atomic_write
 from ..common.locks import FileLock
-from ..common.log import get_logger
+from ..common.log import PrefixAdapter, get_logger
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
 from ..common.units import human_size
@@ -62,11 +61,6 @@ class MaintainResult:
         return self.status == "failed"
 
 
-class _HostLog(logging.LoggerAdapter):
-    def process(self, msg, kwargs):
-        return f"[{self.extra['host']}] {msg}", kwargs
-
-
 def _rotation(config: ServerConfig) -> dict:
     try:
         return json.loads((config.state_dir / ROTATION_FILE).read_text())
@@ -93,7 +87,7 @@ def maintain_host(
     """Maintain one host's repository; never raises (except Interrupted)."""
     started = time.monotonic()
     result = MaintainResult(host.name)
-    hlog = _HostLog(log, {"host": host.name})
+    hlog = PrefixAdapter(log, host.name)
     runner = Runner(hlog)
     runner.cancel = cancel
     backend = make_backend(
@@ -207,7 +201,7 @@ def verify(
     results = []
     with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
         for host in hosts:
-            runner = Runner(_HostLog(log, {"host": host.name}))
+            runner = Runner(PrefixAdapter(log, host.name))
             backend = make_backend(
                 config.backend,
                 host,

@@ -26,7 +26,7 @@ from ..common.errors import (
     PullbackError,
 )
 from ..common.locks import FileLock
-from ..common.log import get_logger, recent_lines
+from ..common.log import PrefixAdapter, get_logger, recent_lines
 from ..common.notify import Notifier
 from ..common.protocol import Listing
 from ..common.runner import Runner
@@ -44,11 +44,6 @@ log = get_logger("pull")
 
 INSTANCE_LOCK = "server.lock"
 FUTURE_TOLERANCE = dt.timedelta(hours=1)
-
-
-class _HostLog(logging.LoggerAdapter):
-    def process(self, msg, kwargs):
-        return f"[{self.extra['host']}] {msg}", kwargs
 
 
 def _printable(value, limit: int) -> str:
@@ -122,7 +117,7 @@ def pull_host(
     result = HostResult(host.name, started=iso(utc_now()))
     notifier = Notifier(host.notify, f"pull of {host.name}")
     started = time.monotonic()
-    hlog = _HostLog(log, {"host": host.name})
+    hlog = PrefixAdapter(log, host.name)
     runner = Runner(hlog)
     runner.cancel = cancel
     timer = threading.Timer(config.host_timeout, cancel.set)

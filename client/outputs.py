@@ -14,6 +14,7 @@ from ..common.fsutil import atomic_write
 from ..common.log import get_logger, recent_lines
 from ..common.metrics import Metrics
 from ..common.notify import Notifier
+from ..common.outcome import Status
 from .config import ClientConfig
 
 log = get_logger("outputs")
@@ -53,14 +54,14 @@ def record(
         entry = status.setdefault("services", {}).setdefault(service.name, {})
         entry.update(
             {
-                "ok": service.status == "ok",
+                "ok": service.status == Status.OK,
                 "duration": round(service.duration, 3),
                 "bytes": service.bytes,
                 "error": service.error,
                 "last_run": now,
             }
         )
-        if service.status == "ok":
+        if service.status == Status.OK:
             entry["last_success"] = now
     config.archive_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(status_path(config), json.dumps(status, indent=2, sort_keys=True) + "\n")
@@ -132,7 +133,7 @@ def finish(
     error: str | None = None,
 ) -> None:
     """Record the run and tell whoever listens. Never raises for a delivery problem."""
-    failed = [s.name for s in services if s.status != "ok"]
+    failed = [s.name for s in services if s.status != Status.OK]
     if error:
         headline = f"the run failed: {error}"
     elif failed:

@@ -27,6 +27,7 @@ from ..common.fsutil import free_bytes, remove_tree_contents
 from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.notify import Notifier
+from ..common.outcome import Status
 from ..common.signals import SignalGuard
 from ..common.units import human_duration, human_size
 from ..plugins.manager import PluginSet, load_plugins
@@ -172,7 +173,7 @@ def _locked_run(
                 )
                 reports.append(report)
                 shutil.rmtree(work / "services" / service.name, ignore_errors=True)
-                if report.status == "ok":
+                if report.status == Status.OK:
                     log.info(
                         "[%s] ok: %d files, %s in %s",
                         service.name,
@@ -181,8 +182,8 @@ def _locked_run(
                         human_duration(report.duration),
                     )
             guard.check()
-            succeeded = [r for r in reports if r.status == "ok"]
-            if not any(t.status == "ok" for r in reports for t in r.tasks):
+            succeeded = [r for r in reports if r.status == Status.OK]
+            if not any(t.status == Status.OK for r in reports for t in r.tasks):
                 writer.abort()
                 log.error("nothing succeeded; no archive was published")
                 return RunResult(EXIT_FAILED, reports)
@@ -198,7 +199,7 @@ def _locked_run(
             stamp=stamp,
             created=iso(created),
             pullback_version=__version__,
-            status="ok" if len(succeeded) == len(reports) else "partial",
+            status=Status.OK if len(succeeded) == len(reports) else Status.PARTIAL,
             archive=ArchiveInfo(
                 name,
                 written.size,
@@ -228,7 +229,7 @@ def _locked_run(
         human_duration(time.monotonic() - started),
     )
     archives.apply_retention(config.archive_dir, config.keep_last, config.keep_days)
-    failed = [r.name for r in reports if r.status != "ok"]
+    failed = [r.name for r in reports if r.status != Status.OK]
     if failed:
         log.error("%d of %d services failed: %s", len(failed), len(reports), ", ".join(failed))
     return RunResult(EXIT_FAILED if failed else EXIT_OK, reports, sidecar, published.name)

@@ -17,6 +17,7 @@ from ..common.archive.sidecar import ServiceReport, TaskReport
 from ..common.archive.writer import ArchiveWriter
 from ..common.errors import ArchiveError, Interrupted, PullbackError
 from ..common.log import PrefixAdapter, get_logger
+from ..common.outcome import Status
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
 from ..plugins.manager import PluginSet
@@ -104,7 +105,7 @@ def run_service(
 
     def fail(task: Task, stage: str, exc: BaseException) -> None:
         task_report = reports[id(task)]
-        task_report.status = "failed"
+        task_report.status = Status.FAILED
         message = f"{stage} failed: {_reason(exc)}"
         task_report.error = task_report.error or message
         task.log.error("%s", message)
@@ -119,7 +120,7 @@ def run_service(
     runnable = [t for t in tasks if reports[id(t)].error is None]
 
     def skip(task: Task, exc: BaseException) -> None:
-        reports[id(task)].status = "skipped"
+        reports[id(task)].status = Status.SKIPPED
         reports[id(task)].error = f"skipped: {exc}"
         task.log.error("skipped: %s", exc)
 
@@ -148,7 +149,7 @@ def run_service(
                 task_started = time.monotonic()
                 try:
                     plugins.call("dump", task)
-                    reports[id(task)].status = "ok"
+                    reports[id(task)].status = Status.OK
                 except (Interrupted, ArchiveError):
                     raise
                 except TaskSkipped as exc:
@@ -163,7 +164,7 @@ def run_service(
     finally:
         with guard.shielded():
             service_failed = fatal is not None or any(
-                r.status == "failed" for r in reports.values()
+                r.status == Status.FAILED for r in reports.values()
             )
             for task in reversed(prepared):
                 try:
@@ -175,14 +176,18 @@ def run_service(
 
     for task in tasks:
         task_report = reports[id(task)]
-        if task_report.status == "ok" and task.staging.is_dir() and any(task.staging.iterdir()):
+        if (
+            task_report.status == Status.OK
+            and task.staging.is_dir()
+            and any(task.staging.iterdir())
+        ):
             task.stats.add(archive.add_tree(task.staging, task.arcdir))
         task_report.files, task_report.bytes = task.stats.files, task.stats.bytes
         task_report.warnings = list(task.stats.warnings)
-        if task_report.status == "skipped" and task_report.error is None:
+        if task_report.status == Status.SKIPPED and task_report.error is None:
             task_report.error = "not run: an earlier stage failed"
-    failed = [r for r in report.tasks if r.status != "ok"]
-    report.status = "failed" if failed else "ok"
+    failed = [r for r in report.tasks if r.status != Status.OK]
+    report.status = Status.FAILED if failed else Status.OK
     if failed:
         report.error = "; ".join(f"{r.type}: {r.error}" for r in failed if r.error)
     report.files = sum(r.files for r in report.tasks)

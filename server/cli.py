@@ -11,6 +11,7 @@ from ..common.cli import common_options, main_wrapper, make_parser
 from ..common.errors import EXIT_FAILED, EXIT_OK
 from ..common.units import human_duration, human_size
 from .config import DEFAULT_PATH, load_server_config
+from .fleet_view import HostState
 
 DESCRIPTION = __doc__
 
@@ -140,7 +141,7 @@ def _status_table(config, status: dict) -> str:
                 row.history_text or "-",
             )
         )
-        if row.state != "ok" and row.reason:
+        if row.state != HostState.OK and row.reason:
             notes.append(f"{row.host}: {row.reason}")
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in table]
@@ -224,7 +225,7 @@ def _handle(args: argparse.Namespace) -> int:
             print(json.dumps(status, indent=2, sort_keys=True))
         else:
             print(_status_table(config, status))
-        stale = [r.host for r in rows(config, status) if r.state == "stale"]
+        stale = [r.host for r in rows(config, status) if r.state == HostState.STALE]
         if stale:
             print(f"stale (no snapshot within max_age): {', '.join(stale)}", file=sys.stderr)
             return EXIT_FAILED

@@ -5,21 +5,36 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from ..common.clock import age, utc_now
+from ..common.outcome import Status
 from ..common.units import human_size
 from .config import ServerConfig
 from .metrics import is_stale
 
-SYMBOLS = {"stored": "✓", "skipped": "·", "attention": "!", "failed": "✗"}
+
+class HostState(StrEnum):
+    """How a host stands, worst first: what the status table and page sort by."""
+
+    FAILED = "failed"
+    STALE = "stale"
+    ATTENTION = "attention"
+    """Stored or skipped, but with something an administrator should look at."""
+    OK = "ok"
+
+
+ATTENTION = "attention"
+"""The history entry of a run that did not fail but needs a look."""
+SYMBOLS = {Status.STORED: "✓", Status.SKIPPED: "·", ATTENTION: "!", Status.FAILED: "✗"}
 HISTORY_CELLS = 14
-_ORDER = {"failed": 0, "stale": 1, "attention": 2, "ok": 3}
+_ORDER = {state: rank for rank, state in enumerate(HostState)}
 
 
 @dataclass
 class HostRow:
     host: str
-    state: str  # failed | stale | attention | ok
+    state: HostState
     result: str
     reason: str = ""
     newest_age: float | None = None
@@ -55,14 +70,14 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
     for host in config.hosts:
         entry = status.get("hosts", {}).get(host.name, {})
         result = entry.get("last_result", "never pulled")
-        if result == "failed":
-            state = "failed"
+        if result == Status.FAILED:
+            state = HostState.FAILED
         elif is_stale(entry, host.max_age, now):
-            state = "stale"
-        elif entry.get("problem") or entry.get("verify_result") == "failed":
-            state = "attention"
+            state = HostState.STALE
+        elif entry.get("problem") or entry.get("verify_result") == Status.FAILED:
+            state = HostState.ATTENTION
         else:
-            state = "ok"
+            state = HostState.OK
         history = entry.get("history", [])[-HISTORY_CELLS:]
         found.append(
             HostRow(

@@ -19,6 +19,7 @@ from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, PullbackError
 from ..common.fsutil import atomic_write
 from ..common.locks import FileLock
 from ..common.log import PrefixAdapter, get_logger
+from ..common.outcome import Status
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
 from ..common.units import human_size
@@ -42,7 +43,7 @@ class Step:
 @dataclass
 class MaintainResult:
     host: str
-    status: str = "ok"  # ok | failed | skipped
+    status: Status = Status.OK  # ok | failed | skipped
     steps: list[Step] = field(default_factory=list)
     repository_size: int | None = None
     forgotten: int = 0
@@ -58,7 +59,7 @@ class MaintainResult:
 
     @property
     def is_problem(self) -> bool:
-        return self.status == "failed"
+        return self.status == Status.FAILED
 
 
 def _rotation(config: ServerConfig) -> dict:
@@ -104,7 +105,7 @@ def maintain_host(
             raise
         except PullbackError as exc:
             result.steps.append(Step(name, False, str(exc)))
-            result.status = "failed"
+            result.status = Status.FAILED
             hlog.error("%s failed: %s", name, exc)
             return False
 
@@ -112,11 +113,11 @@ def maintain_host(
         try:
             backend.prepare(create=False)
         except RepositoryMissing:
-            result.status = "skipped"
+            result.status = Status.SKIPPED
             result.steps.append(Step("repository", True, "none yet: nothing to maintain"))
             return result
         except PullbackError as exc:
-            result.status = "failed"
+            result.status = Status.FAILED
             result.steps.append(Step("repository", False, str(exc)))
             return result
         step("locks", lambda: backend.unlock() or "no stale lock")
@@ -143,7 +144,7 @@ def maintain_host(
             result.drill = drill(config, host, backend)
             result.steps.append(Step("drill", result.drill.ok, result.drill.summary))
             if not result.drill.ok:
-                result.status = "failed"
+                result.status = Status.FAILED
         else:
             result.steps.append(Step("drill", True, "not due yet"))
         return result
@@ -188,7 +189,7 @@ def maintain(
         config.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(config.state_dir / ROTATION_FILE, json.dumps(rotation, indent=2) + "\n")
         statuses.record_maintenance(config.state_dir, results)
-    failed = [r for r in results if r.status == "failed"]
+    failed = [r for r in results if r.status == Status.FAILED]
     return (EXIT_FAILED if failed else EXIT_OK), results
 
 

@@ -6,9 +6,10 @@ import datetime as dt
 
 from ..common.clock import parse_iso, utc_now
 from ..common.metrics import Metrics
+from ..common.outcome import Status
 from .config import ServerConfig
 
-RESULTS = ("stored", "skipped", "failed")
+RESULTS = (Status.STORED, Status.SKIPPED, Status.FAILED)
 
 
 def _ts(value: str | None) -> float | None:
@@ -59,7 +60,7 @@ def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) ->
         if "last_result" in entry:
             for name in RESULTS:
                 result.add(entry["last_result"] == name, result=name, **labels)
-            ok.add(entry["last_result"] != "failed", **labels)
+            ok.add(entry["last_result"] != Status.FAILED, **labels)
         duration.add(entry.get("duration"), **labels)
         archive.add(entry.get("size"), **labels)
         content.add(entry.get("content_bytes"), **labels)
@@ -70,7 +71,7 @@ def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) ->
         stale.add(is_stale(entry, host.max_age, now), **labels)
         verified.add(_ts(entry.get("last_verified")), **labels)
         if "verify_result" in entry:
-            verify_ok.add(entry["verify_result"] == "ok", **labels)
+            verify_ok.add(entry["verify_result"] == Status.OK, **labels)
         memory.add(entry.get("store_peak_rss"), **labels)
     g("pullback_metrics_timestamp_seconds", "When these metrics were written.").add(now.timestamp())
     return m

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from ..common.log import get_logger
 from ..common.notify import Notifier
+from ..common.outcome import Status
 from . import fleet_view, metrics, report, status_page
 from . import status as statuses
 from .config import ServerConfig
-from .results import FAILED, HostResult
+from .results import HostResult
 
 log = get_logger("outputs")
 
@@ -41,7 +42,7 @@ def finish_pull(
     if show:
         print(text)
     report.send_summary(config.email, results, history)
-    ok = not any(r.status == FAILED for r in results)
+    ok = not any(r.status == Status.FAILED for r in results)
     notifier.finish(ok, report.subject(results, "pullback:"), text)
 
 
@@ -50,5 +51,5 @@ def finish_maintenance(config: ServerConfig, results, notifier: Notifier) -> Non
     text, _ = report.render_maintenance(results)
     print(text)
     report.send_maintenance(config.email, results)
-    ok = not any(r.status == "failed" for r in results)
+    ok = not any(r.status == Status.FAILED for r in results)
     notifier.finish(ok, f"pullback maintenance {'ok' if ok else 'FAILED'}", text)

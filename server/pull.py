@@ -28,6 +28,7 @@ from ..common.errors import (
 from ..common.locks import FileLock
 from ..common.log import PrefixAdapter, get_logger, recent_lines
 from ..common.notify import Notifier
+from ..common.outcome import Status
 from ..common.protocol import Listing
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
@@ -37,7 +38,7 @@ from .backends import make_backend
 from .config import HostConfig, ServerConfig
 from .journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, Journal
 from .remote import Remote, TransferCut
-from .results import FAILED, SKIPPED, STORED, HostResult
+from .results import HostResult
 from .transfer import discard_partial, fetch_and_unpack
 
 log = get_logger("pull")
@@ -150,7 +151,7 @@ def pull_host(
     except Interrupted:
         raise
     except BaseException as exc:
-        result.status = FAILED
+        result.status = Status.FAILED
         if cancel.is_set() and not timer.is_alive():
             result.reason = (
                 f"timed out after {human_duration(config.host_timeout)} "
@@ -164,11 +165,13 @@ def pull_host(
         timer.cancel()
         result.duration = time.monotonic() - started
         phase(None)
-    level = logging.ERROR if result.status == FAILED else logging.INFO
+    level = logging.ERROR if result.status == Status.FAILED else logging.INFO
     hlog.log(level, "%s: %s", result.status, result.reason)
     if not dry_run:
         body = "\n".join([result.reason, *result.warnings, *recent_lines(f"[{host.name}]")])
-        notifier.finish(result.status != FAILED, f"pullback: {host.name} {result.status}", body)
+        notifier.finish(
+            result.status != Status.FAILED, f"pullback: {host.name} {result.status}", body
+        )
     return result
 
 
@@ -225,7 +228,7 @@ def _pull(
             if newest is not None:
                 age = (utc_now() - newest.time).total_seconds()
                 if age < host.min_interval:
-                    result.status, result.fresh = SKIPPED, True
+                    result.status, result.fresh = Status.SKIPPED, True
                     result.reason = (
                         f"fresh: the newest snapshot is {human_duration(age)} old "
                         f"(min_interval {human_duration(host.min_interval)})"
@@ -255,7 +258,7 @@ def _pull(
                     phase,
                 )
         finally:
-            if result.status != STORED and asked.done() and asked.exception() is None:
+            if result.status != Status.STORED and asked.done() and asked.exception() is None:
                 _note_snapshots(asked.result(), result)  # for the report of a failed host
 
 
@@ -304,7 +307,7 @@ def _pull_listed(
 ) -> None:
     if listing.lock:
         owner = listing.lock
-        result.status, result.problem = SKIPPED, True
+        result.status, result.problem = Status.SKIPPED, True
         result.reason = (
             f"busy: the client was still publishing an archive after "
             f"{config.lock_retries} retries (pid {owner.get('pid')}, since "
@@ -318,7 +321,7 @@ def _pull_listed(
         )
     chosen = _choose(listing, host, result, hlog)
     if chosen is None:
-        result.status, result.problem = SKIPPED, True
+        result.status, result.problem = Status.SKIPPED, True
         result.reason = (
             "no archive can be fetched: " + "; ".join(result.warnings)
             if result.warnings
@@ -331,17 +334,17 @@ def _pull_listed(
     result.client_failed_services = chosen.failed_services
     when = parse_stamp(chosen.stamp)
     if chosen.stamp in stored_stamps:
-        result.status = SKIPPED
+        result.status = Status.SKIPPED
         result.reason = f"{name} is already stored"
         if not dry_run:
             _mark_fetched(remote, name, result, hlog)
         return
     if newest is not None and when < newest.time:
-        result.status = SKIPPED
+        result.status = Status.SKIPPED
         result.reason = f"{name} is older than the newest snapshot ({iso(newest.time)}); not stored"
         return
     if dry_run:
-        result.status = SKIPPED
+        result.status = Status.SKIPPED
         result.reason = f"dry run: would fetch {name} ({human_size(chosen.archive.size)})"
         return
 
@@ -382,7 +385,7 @@ def _pull_listed(
         when,
         min(config.backend.timeout, remaining),
     )
-    result.status = STORED
+    result.status = Status.STORED
     result.snapshot_id = stored.snapshot_id
     result.bytes_added = stored.bytes_added
     result.store_peak_rss = stored.peak_rss
@@ -431,7 +434,7 @@ def pull(
         assess(config, results)
         if not dry_run:
             statuses.record(config.state_dir, results)
-    failed = [r for r in results if r.status == FAILED]
+    failed = [r for r in results if r.status == Status.FAILED]
     return (EXIT_FAILED if failed else EXIT_OK), results
 
 

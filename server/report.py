@@ -11,12 +11,13 @@ from ..common import clock, mail
 from ..common.clock import utc_now
 from ..common.log import get_logger
 from ..common.mail import EmailConfig
+from ..common.outcome import Status
 from ..common.units import human_duration, human_size
-from .results import FAILED, SKIPPED, STORED, HostResult
+from .results import HostResult
 
 log = get_logger("report")
 
-_ORDER = {FAILED: 0, SKIPPED: 1, STORED: 2}
+_ORDER = {Status.FAILED: 0, Status.SKIPPED: 1, Status.STORED: 2}
 
 
 def _environment(autoescape: bool) -> jinja2.Environment:
@@ -51,12 +52,14 @@ def ordered(results: list[HostResult]) -> list[HostResult]:
 
 
 def subject(results: list[HostResult], prefix: str) -> str:
-    failed = [r.host for r in results if r.status == FAILED]
-    stale = [r.host for r in results if r.stale and r.status != FAILED]
+    failed = [r.host for r in results if r.status == Status.FAILED]
+    stale = [r.host for r in results if r.stale and r.status != Status.FAILED]
     problems = [
-        r.host for r in results if r.is_problem and r.status != FAILED and r.host not in stale
+        r.host
+        for r in results
+        if r.is_problem and r.status != Status.FAILED and r.host not in stale
     ]
-    stored = sum(r.status == STORED for r in results)
+    stored = sum(r.status == Status.STORED for r in results)
     if failed or stale:
         parts = []
         if failed:
@@ -82,8 +85,8 @@ def render(
         "results": ordered(results),
         "now": now,
         "when": now.strftime("%Y-%m-%d %H:%M UTC"),
-        "stored": sum(r.status == STORED for r in results),
-        "failed": sum(r.status == FAILED for r in results),
+        "stored": sum(r.status == Status.STORED for r in results),
+        "failed": sum(r.status == Status.FAILED for r in results),
         "total_added": sum(r.bytes_added for r in results),
     }
     text = _environment(False).get_template("summary.txt.j2").render(context)
@@ -94,11 +97,11 @@ def render(
 def render_maintenance(results, now: dt.datetime | None = None) -> tuple[str, str]:
     """The (text, html) bodies of a maintenance report (failures first)."""
     now = now or utc_now()
-    ordered_results = sorted(results, key=lambda r: (r.status != "failed", r.host))
+    ordered_results = sorted(results, key=lambda r: (r.status != Status.FAILED, r.host))
     context = {
         "results": ordered_results,
         "when": now.strftime("%Y-%m-%d %H:%M UTC"),
-        "failed": sum(r.status == "failed" for r in results),
+        "failed": sum(r.status == Status.FAILED for r in results),
     }
     return (
         _environment(False).get_template("maintain.txt.j2").render(context),
@@ -110,7 +113,7 @@ def send_maintenance(email: EmailConfig | None, results) -> bool:
     """Mail the maintenance report by the same ``send`` policy as the pull summary."""
     if email is None or not results or not should_send(email.send, results):
         return False
-    failed = [r.host for r in results if r.status == "failed"]
+    failed = [r.host for r in results if r.status == Status.FAILED]
     text = (
         f"maintenance FAILED on {len(failed)} of {len(results)} hosts: {', '.join(failed)}"
         if failed

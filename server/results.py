@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-STORED = "stored"
-SKIPPED = "skipped"
-FAILED = "failed"
+from ..common.outcome import Status
 
 
 @dataclass
@@ -14,7 +12,7 @@ class HostResult:
     """One host's outcome. ``problem`` marks skips an administrator should hear about."""
 
     host: str
-    status: str = FAILED
+    status: Status = Status.FAILED
     reason: str = ""
     problem: bool = False
     archive: str | None = None
@@ -45,7 +43,7 @@ class HostResult:
     @property
     def is_problem(self) -> bool:
         return (
-            self.status == FAILED
+            self.status == Status.FAILED
             or self.problem
             or self.stale
             or self.unverified

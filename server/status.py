@@ -8,7 +8,9 @@ from pathlib import Path
 from ..common.clock import iso, utc_now
 from ..common.fsutil import atomic_write
 from ..common.log import get_logger
-from .results import FAILED, STORED, HostResult
+from ..common.outcome import Status
+from .fleet_view import ATTENTION
+from .results import HostResult
 
 log = get_logger("status")
 
@@ -57,7 +59,7 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
             entry["repository_bytes"] = result.repository_bytes
         if result.store_peak_rss:
             entry["store_peak_rss"] = result.store_peak_rss
-        if result.status == STORED:
+        if result.status == Status.STORED:
             entry.update(
                 {
                     "last_success": result.started or now,
@@ -69,14 +71,14 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
                     "snapshot_id": result.snapshot_id,
                 }
             )
-        elif result.status != FAILED:
+        elif result.status != Status.FAILED:
             entry["last_success"] = result.started or now
         entry.setdefault("history", []).append(
             {
                 "time": result.started or now,
-                "result": "failed"
-                if result.status == FAILED
-                else ("attention" if result.is_problem else result.status),
+                "result": Status.FAILED
+                if result.status == Status.FAILED
+                else (ATTENTION if result.is_problem else result.status),
                 "repository_bytes": entry.get("repository_bytes"),
             }
         )
@@ -93,7 +95,7 @@ def _save(state_dir: Path, status: dict) -> dict:
 
 def _record_drill(entry: dict, drill, now: str) -> None:
     entry["last_verified_attempt"] = now
-    entry["verify_result"] = "ok" if drill.ok else "failed"
+    entry["verify_result"] = Status.OK if drill.ok else Status.FAILED
     entry["verify_summary"] = drill.summary
     entry["verify_problems"] = drill.problems[:20]
     if drill.ok:

@@ -8,7 +8,7 @@ from collections import Counter
 from ..common.clock import utc_now
 from ..common.fsutil import atomic_write
 from .config import ServerConfig
-from .fleet_view import rows
+from .fleet_view import HostState, rows
 from .report import _environment
 
 
@@ -21,7 +21,7 @@ def render(config: ServerConfig, status: dict, now: dt.datetime | None = None) -
         .get_template("status.html.j2")
         .render(
             rows=found,
-            counts={k: counts.get(k, 0) for k in ("failed", "stale", "attention", "ok")},
+            counts={k: counts.get(k, 0) for k in HostState},
             when=now.strftime("%Y-%m-%d %H:%M UTC"),
         )
     )

@@ -13,6 +13,7 @@ from ..errors import ArchiveError
 from ..fsutil import atomic_write, fsync_dir
 from ..locks import FileLock
 from ..log import get_logger
+from ..outcome import Status
 from . import sidecar as sidecars
 from .sidecar import ARCHIVE_NAME, Sidecar
 
@@ -50,7 +51,7 @@ class LocalArchive:
     @property
     def good(self) -> bool:
         """Complete, and every service in it succeeded."""
-        return self.sidecar is not None and self.sidecar.status == "ok"
+        return self.sidecar is not None and self.sidecar.status == Status.OK
 
     @property
     def sidecar_path(self) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 
 from ..errors import ArchiveError
+from ..outcome import Status
 from ..schema import load_schema
 
 FORMAT = 1
@@ -28,7 +29,7 @@ class TaskReport:
     """How one task of a service went."""
 
     type: str
-    status: str = "skipped"  # ok | failed | skipped
+    status: Status = Status.SKIPPED  # ok | failed | skipped
     error: str | None = None
     duration: float = 0.0
     files: int = 0
@@ -41,7 +42,7 @@ class ServiceReport:
     """How one service went; ``status`` is ``failed`` when any of its tasks failed."""
 
     name: str
-    status: str = "failed"  # ok | failed
+    status: Status = Status.FAILED  # ok | failed
     error: str | None = None
     duration: float = 0.0
     files: int = 0
@@ -67,7 +68,7 @@ class Sidecar:
     stamp: str
     created: str
     pullback_version: str
-    status: str  # ok | partial
+    status: Status  # ok | partial
     archive: ArchiveInfo
     services: list[ServiceReport]
     duration: float = 0.0
@@ -75,7 +76,7 @@ class Sidecar:
 
     @property
     def failed_services(self) -> list[str]:
-        return [s.name for s in self.services if s.status != "ok"]
+        return [s.name for s in self.services if s.status != Status.OK]
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -133,5 +134,8 @@ def from_data(data: Any, expected_name: str | None = None) -> Sidecar:
 
 
 def _known(cls, data: dict) -> dict:
-    """Only the keys ``cls`` knows: a newer writer may add more."""
-    return {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+    """Only the keys ``cls`` knows (a newer writer may add more), statuses as Status."""
+    known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+    if "status" in known:
+        known["status"] = Status(known["status"])  # the schema allowed only known values
+    return known

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pullback.common.outcome import Status
 from pullback.server import report, status_page
 from pullback.server.config import load_server_config
 from pullback.server.fleet_view import rows
-from pullback.server.results import FAILED, STORED, HostResult
+from pullback.server.results import HostResult
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -148,7 +149,7 @@ def test_summary_mail_html_in_chromium(tmp_path, config):
     results = [
         HostResult(
             "good",
-            STORED,
+            Status.STORED,
             "stored good-1",
             archive="good-1",
             stamp="x",
@@ -163,7 +164,7 @@ def test_summary_mail_html_in_chromium(tmp_path, config):
             newest_snapshot=iso(dt.timedelta(days=4)),
             stale=True,
         ),
-        HostResult("broken", FAILED, "cannot connect: timed out"),
+        HostResult("broken", Status.FAILED, "cannot connect: timed out"),
     ]
     history = {r.host: r for r in rows(config, STATUS, NOW)}
     _, html = report.render(results, history, NOW)

@@ -31,7 +31,7 @@ import yaml
 from bench import dataset
 from bench.transfer import _pullback as stream_to_disk
 from bench.transfer import _scp as scp_to_disk
-from pullback.server.config import HostConfig, SshConfig
+from bench.transfer import bench_remote
 from pullback.server.remote import Remote
 from tests.helpers.client import ClientSandbox
 from tests.helpers.sshd import Sshd, make_key, serve_command
@@ -172,10 +172,7 @@ class Bench:
         )
 
     def remote(self) -> Remote:
-        ssh = SshConfig(self.key, self.known, self.serve.user, 22, 10.0, 120.0, 15.0)
-        return Remote(
-            HostConfig("bench", "127.0.0.1", self.serve.port, self.serve.user, None, True), ssh
-        )
+        return bench_remote(self.key, self.known, self.serve.port, self.serve.user, "120s")
 
     def pullback_transfer(self) -> float:
         return stream_to_disk(self.remote(), self.archive.name, self.work / "stream.out")

@@ -18,7 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pullback.server.config import HostConfig, SshConfig
+import yaml
+
+from pullback.server.config import load_server_config
 from pullback.server.remote import Remote
 from tests.helpers.client import ClientSandbox
 from tests.helpers.sshd import Sshd, make_key, serve_command
@@ -68,6 +70,18 @@ def _pullback(remote: Remote, name: str, target: Path) -> float:
     return time.monotonic() - started
 
 
+def bench_remote(key: Path, known: Path, port: int, user: str, idle_timeout: str) -> Remote:
+    """A Remote for the bench host, configured as an administrator would: by server.yaml."""
+    path = known.parent / "bench-server.yaml"
+    settings = {
+        "ssh": {"key_file": str(key), "known_hosts": str(known), "idle_timeout": idle_timeout},
+        "hosts": [{"name": "bench", "address": "127.0.0.1", "port": port, "user": user}],
+    }
+    path.write_text(yaml.safe_dump(settings))
+    config = load_server_config(path)
+    return Remote(config.host("bench"), config.ssh)
+
+
 def measure(size_mib: int, repeat: int, root: Path) -> dict:
     key = make_key(root / "key")
     box = ClientSandbox(root / "client", hostname="bench")
@@ -81,8 +95,7 @@ def measure(size_mib: int, repeat: int, root: Path) -> dict:
     plain = Sshd(root / "sshd-plain", Path(f"{key}.pub"), forced_command="", plain=True).start()
     known = root / "known_hosts"
     known.write_text(serve.known_hosts_line() + plain.known_hosts_line())
-    ssh = SshConfig(key, known, serve.user, 22, 10.0, 60.0, 15.0)
-    remote = Remote(HostConfig("bench", "127.0.0.1", serve.port, serve.user, None, True), ssh)
+    remote = bench_remote(key, known, serve.port, serve.user, "60s")
     times: dict[str, list[float]] = {"scp": [], "pullback": []}
     try:
         for _ in range(repeat):

@@ -19,7 +19,7 @@ DEFAULT_PATH = Path("/etc/pullback/client.yaml")
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """Validated client settings, defaults applied (see ``schemas/client.yaml``)."""
+    """Validated client settings. Every default lives in ``schemas/client.yaml``."""
 
     path: Path
     hostname: str
@@ -35,10 +35,10 @@ class ClientConfig:
     min_free_space: int
     verify: str
     fetched_keep: int
-    min_interval: float = 20 * 3600.0
-    email: EmailConfig | None = None
-    notify: NotifyConfig | None = None
-    metrics_file: Path | None = None
+    min_interval: float
+    email: EmailConfig | None
+    notify: NotifyConfig | None
+    metrics_file: Path | None
 
     @property
     def archive_suffix(self) -> str:

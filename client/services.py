@@ -107,12 +107,13 @@ def load_service(path: Path, plugins: PluginSet) -> Service:
     if not isinstance(doc.data, dict):
         return Service(fallback, path, problems=[doc.problem((), "expected a mapping of keys")])
 
-    problems = schemas.validate(doc, load_schema("pullback.common", "service"))
-    head = doc.data.get("service")
+    schema = load_schema("pullback.common", "service")
+    problems = schemas.validate(doc, schema)
+    head = schemas.apply_defaults(schema, doc.data).get("service")
     name = head.get("name") if isinstance(head, dict) else None
     service = Service(name if isinstance(name, str) and name else fallback, path)
     if isinstance(head, dict):
-        service.enabled = head.get("enabled", True) is not False
+        service.enabled = head["enabled"] is not False
         service.description = str(head.get("description", ""))
 
     seen_types: dict[str, str] = {}

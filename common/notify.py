@@ -21,36 +21,51 @@ MAX_BODY = 10_000
 
 
 @dataclass(frozen=True)
+class NtfyConfig:
+    url: str
+    token_file: Path | None
+    when: str
+
+
+@dataclass(frozen=True)
+class GotifyConfig:
+    url: str
+    token_file: Path
+    priority: int
+    when: str
+
+
+@dataclass(frozen=True)
 class NotifyConfig:
-    healthchecks: str | None = None
-    ntfy_url: str | None = None
-    ntfy_token_file: Path | None = None
-    ntfy_when: str = "failure"
-    gotify_url: str | None = None
-    gotify_token_file: Path | None = None
-    gotify_priority: int = 8
-    gotify_when: str = "failure"
-    timeout: float = 10.0
+    """The validated ``notify`` section; its defaults come from the schema alone."""
+
+    healthchecks: str | None
+    ntfy: NtfyConfig | None
+    gotify: GotifyConfig | None
+    timeout: float
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def notify_config(data: dict | None) -> NotifyConfig | None:
-    """The ``notify`` section (validated), or None when there is nothing to notify."""
+    """The ``notify`` section (validated, defaults applied), or None when there is
+    nothing to notify."""
     if not data or not any(data.get(k) for k in ("healthchecks", "ntfy", "gotify")):
         return None
-    ntfy = data.get("ntfy") or {}
-    gotify = data.get("gotify") or {}
+    ntfy, gotify = data.get("ntfy"), data.get("gotify")
     if data.get("healthchecks"):
         secrets.register(data["healthchecks"])  # whoever has the URL can ping the check
     return NotifyConfig(
         healthchecks=data.get("healthchecks"),
-        ntfy_url=ntfy.get("url"),
-        ntfy_token_file=Path(ntfy["token_file"]) if ntfy.get("token_file") else None,
-        ntfy_when=ntfy.get("when", "failure"),
-        gotify_url=gotify.get("url"),
-        gotify_token_file=Path(gotify["token_file"]) if gotify.get("token_file") else None,
-        gotify_priority=gotify.get("priority", 8),
-        gotify_when=gotify.get("when", "failure"),
-        timeout=parse_duration(data.get("timeout", "10s")),
+        ntfy=NtfyConfig(ntfy["url"], _path(ntfy.get("token_file")), ntfy["when"]) if ntfy else None,
+        gotify=GotifyConfig(
+            gotify["url"], Path(gotify["token_file"]), gotify["priority"], gotify["when"]
+        )
+        if gotify
+        else None,
+        timeout=parse_duration(data["timeout"]),
     )
 
 
@@ -101,6 +116,7 @@ class Notifier:
             )
 
     def finish(self, ok: bool, title: str, body: str) -> None:
+        """Ping and message whoever is configured that the run ended (``ok`` or not)."""
         config = self.config
         if config is None:
             return
@@ -108,41 +124,36 @@ class Notifier:
         title = secrets.mask(title)
         if config.healthchecks:
             url = config.healthchecks.rstrip("/") + ("" if ok else "/fail")
-            _send(
-                f"{self.label}: {'success' if ok else 'failure'} ping",
-                url,
-                body.encode(),
-                {"Content-Type": "text/plain; charset=utf-8"},
-                config.timeout,
-            )
-        if config.ntfy_url and (not ok or config.ntfy_when == "always"):
-            headers = {
-                "Title": title.encode("ascii", "replace").decode(),
-                "Priority": "high" if not ok else "default",
-                "Tags": "warning" if not ok else "white_check_mark",
-            }
-            token = _token(config.ntfy_token_file)
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
-            _send(
-                f"{self.label}: ntfy message",
-                config.ntfy_url,
-                body.encode(),
-                headers,
-                config.timeout,
-            )
-        if config.gotify_url and (not ok or config.gotify_when == "always"):
-            token = _token(config.gotify_token_file)
-            if token:
-                payload = {
-                    "title": title,
-                    "message": body,
-                    "priority": config.gotify_priority if not ok else 2,
-                }
-                _send(
-                    f"{self.label}: gotify message",
-                    f"{config.gotify_url.rstrip('/')}/message",
-                    json.dumps(payload).encode(),
-                    {"Content-Type": "application/json", "X-Gotify-Key": token},
-                    config.timeout,
-                )
+            what = f"{self.label}: {'success' if ok else 'failure'} ping"
+            headers = {"Content-Type": "text/plain; charset=utf-8"}
+            _send(what, url, body.encode(), headers, config.timeout)
+        if config.ntfy and (not ok or config.ntfy.when == "always"):
+            self._ntfy(config.ntfy, ok, title, body, config.timeout)
+        if config.gotify and (not ok or config.gotify.when == "always"):
+            self._gotify(config.gotify, ok, title, body, config.timeout)
+
+    def _ntfy(self, ntfy: NtfyConfig, ok: bool, title: str, body: str, timeout: float) -> None:
+        headers = {
+            "Title": title.encode("ascii", "replace").decode(),
+            "Priority": "high" if not ok else "default",
+            "Tags": "warning" if not ok else "white_check_mark",
+        }
+        token = _token(ntfy.token_file)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        _send(f"{self.label}: ntfy message", ntfy.url, body.encode(), headers, timeout)
+
+    def _gotify(
+        self, gotify: GotifyConfig, ok: bool, title: str, body: str, timeout: float
+    ) -> None:
+        token = _token(gotify.token_file)
+        if not token:
+            return
+        payload = {"title": title, "message": body, "priority": gotify.priority if not ok else 2}
+        _send(
+            f"{self.label}: gotify message",
+            f"{gotify.url.rstrip('/')}/message",
+            json.dumps(payload).encode(),
+            {"Content-Type": "application/json", "X-Gotify-Key": token},
+            timeout,
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.config import load_validated
@@ -24,27 +24,27 @@ class HostConfig:
     user: str
     repository: str | None
     enabled: bool
-    retention: dict = field(default_factory=dict)
+    retention: dict
     """The effective policy: the global one with this host's keys over it."""
-    verify_every: float = 7 * 86400.0
-    max_age: float = 36 * 3600.0
-    min_interval: float = 20 * 3600.0
-    notify: NotifyConfig | None = None
-    max_unpacked_size: int = 1 << 40
+    verify_every: float
+    max_age: float
+    min_interval: float
+    notify: NotifyConfig | None
+    max_unpacked_size: int
     """Bytes one archive may unpack to (regular files, sparse ones at apparent size)."""
-    max_entries: int = 10_000_000
+    max_entries: int
     """Members one archive may hold (files, directories, links, device nodes)."""
 
 
 @dataclass(frozen=True)
 class MaintenanceConfig:
-    check_subsets: int = 8
-    borg_check_duration: float = 3600.0
-    verify_every: float = 7 * 86400.0
-    verify_max_age: float = 15 * 86400.0
-    repository_lock_wait: float = 1800.0
-    wait_for_pull: float = 6 * 3600.0
-    scratch_dir: Path | None = None
+    check_subsets: int
+    borg_check_duration: float
+    verify_every: float
+    verify_max_age: float
+    repository_lock_wait: float
+    wait_for_pull: float
+    scratch_dir: Path | None
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class BackendConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Validated server settings, defaults applied (see ``schemas/server.yaml``)."""
+    """Validated server settings. Every default lives in ``schemas/server.yaml``."""
 
     path: Path
     state_dir: Path
@@ -83,11 +83,11 @@ class ServerConfig:
     hosts: tuple[HostConfig, ...]
     retention: dict
     email: EmailConfig | None
-    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
-    notify: NotifyConfig | None = None
-    min_interval: float = 20 * 3600.0
-    metrics_file: Path | None = None
-    status_page: Path | None = None
+    maintenance: MaintenanceConfig
+    notify: NotifyConfig | None
+    min_interval: float
+    metrics_file: Path | None
+    status_page: Path | None
 
     def host(self, name: str) -> HostConfig:
         """The host called ``name``. Raises UsageError naming the known hosts."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 from pathlib import Path
 
 from ..common.archive.compression import compress_command
+from ..common.errors import EXIT_CONFIG, EXIT_OK
 from ..plugins.manager import load_plugins
 from .config import ClientConfig
 from .services import discover, find_service_files
@@ -17,6 +19,17 @@ def _writable_or_creatable(path: Path) -> bool:
     while not path.exists():
         path = path.parent
     return os.access(path, os.W_OK | os.X_OK)
+
+
+def command(config: ClientConfig, args: argparse.Namespace) -> int:
+    """``pullback-client check``: one line per problem (exit 2), or ``<config>: ok``."""
+    problems = check(config)
+    for problem in problems:
+        print(problem)
+    if problems:
+        return EXIT_CONFIG
+    print(f"{config.path}: ok")
+    return EXIT_OK
 
 
 def check(config: ClientConfig) -> list[str]:

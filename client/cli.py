@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..common.cli import common_options, main_wrapper, make_parser
-from ..common.errors import EXIT_CONFIG, EXIT_OK
+from ..common.cli import Action, common_options, dispatch, main_wrapper, make_parser
 from .config import DEFAULT_PATH, load_client_config
 
 DESCRIPTION = __doc__
@@ -82,57 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configured(path: Path) -> int:
-    """0 unless the configuration is valid and names no service: a broken one must not
-    make systemd skip the run silently; the run itself reports it."""
-    from ..common.errors import ConfigError
-    from .services import find_service_files
-
-    try:
-        config = load_client_config(path)
-    except ConfigError:
-        return EXIT_OK
-    if find_service_files(config.service_dirs):
-        return EXIT_OK
-    print(
-        f"no service configured in {', '.join(map(str, config.service_dirs))}: "
-        "nothing to back up yet"
-    )
-    return 1
+ACTIONS = {
+    "configured": Action("config:configured", loads_config=False),
+    "run": Action("run:command"),
+    "check": Action("check:command"),
+    "restore": Action("restore:command"),
+    "serve": Action("serve:command"),
+    "list": Action("listing:command"),
+}
 
 
 def _handle(args: argparse.Namespace) -> int:
-    if args.command == "configured":
-        return _configured(args.config)
-    config = load_client_config(args.config)
-    if args.command == "run":
-        from .run import run_and_report
-
-        return run_and_report(config, args.service, args.dry_run, args.if_due)
-    if args.command == "check":
-        from .check import check
-
-        problems = check(config)
-        for problem in problems:
-            print(problem)
-        if problems:
-            return EXIT_CONFIG
-        print(f"{config.path}: ok")
-        return EXIT_OK
-    if args.command == "restore":
-        from .restore import restore
-
-        return restore(config, args.service, args.source, args.task, args.target, args.dry_run)
-    if args.command == "serve":
-        from .serve import serve
-
-        return serve(config)
-    if args.command == "list":
-        from .listing import listing
-
-        print(listing(config, args.json))
-        return EXIT_OK
-    raise AssertionError(args.command)
+    return dispatch(args, "pullback.client", ACTIONS, load_client_config)
 
 
 def main(argv: list[str] | None = None) -> int:

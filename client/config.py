@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.config import load_validated
-from ..common.errors import ConfigError
+from ..common.errors import EXIT_OK, ConfigError
 from ..common.mail import EmailConfig, email_config
 from ..common.notify import NotifyConfig, notify_config
 from ..common.schema import load_schema
@@ -49,6 +50,25 @@ def default_hostname() -> str:
     """The machine's FQDN, or its short name when the FQDN is not a usable file name."""
     name = socket.getfqdn()
     return name if name and "/" not in name and name != "localhost" else socket.gethostname()
+
+
+def configured(path: Path, args: argparse.Namespace) -> int:
+    """``pullback-client configured``: 1 when the configuration is valid and names no
+    service (systemd's ExecCondition then skips the run quietly), else 0: a broken
+    configuration must not make systemd skip the run silently; the run reports it."""
+    from .services import find_service_files
+
+    try:
+        config = load_client_config(path)
+    except ConfigError:
+        return EXIT_OK
+    if find_service_files(config.service_dirs):
+        return EXIT_OK
+    print(
+        f"no service configured in {', '.join(map(str, config.service_dirs))}: "
+        "nothing to back up yet"
+    )
+    return 1
 
 
 def load_client_config(path: str | os.PathLike = DEFAULT_PATH) -> ClientConfig:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from ..common.archive.directory import LocalArchive, list_archives
+from ..common.errors import EXIT_OK
 from ..common.units import human_size
 from .config import ClientConfig
 
@@ -49,6 +51,11 @@ def render_table(found: list[LocalArchive]) -> str:
         "  ".join(col.ljust(widths[i]) for i, col in enumerate(row[:4])) + "  " + row[4]
         for row in rows
     )
+
+
+def command(config: ClientConfig, args: argparse.Namespace) -> int:
+    print(listing(config, args.json))
+    return EXIT_OK
 
 
 def listing(config: ClientConfig, as_json: bool) -> str:

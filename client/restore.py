@@ -8,6 +8,7 @@ is started again whatever happened.
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -85,6 +86,10 @@ def restore(
             source = unpack_archive(source, Path(scratch) / "archive")
         root = service_root(source, name)
         return _restore(config, service, plugins, root, task_filter, target, dry_run, Path(scratch))
+
+
+def command(config: ClientConfig, args: argparse.Namespace) -> int:
+    return restore(config, args.service, args.source, args.task, args.target, args.dry_run)
 
 
 def _restore(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import shutil
@@ -247,6 +248,10 @@ def fresh(config: ClientConfig) -> str | None:
         f"fresh: {good[-1].name} is {human_duration(age)} old "
         f"(min_interval {human_duration(config.min_interval)})"
     )
+
+
+def command(config: ClientConfig, args: argparse.Namespace) -> int:
+    return run_and_report(config, args.service, args.dry_run, args.if_due)
 
 
 def run_and_report(

@@ -10,6 +10,7 @@ Anything else is refused, logged (to syslog and stderr), and exits 2. Nothing el
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -149,6 +150,10 @@ def mark_fetched(config: ClientConfig, name: str) -> None:
                     path.unlink()
         fsync_dir(target_dir)
         fsync_dir(config.archive_dir)
+
+
+def command(config: ClientConfig, args: argparse.Namespace) -> int:
+    return serve(config)
 
 
 def serve(config: ClientConfig, request_text: str | None = None, out: int | None = None) -> int:

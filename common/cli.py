@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from . import log as logs
@@ -47,6 +50,32 @@ def make_parser(prog: str, description: str, parent: argparse.ArgumentParser):
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     return parser, sub
+
+
+@dataclass(frozen=True)
+class Action:
+    """Where a subcommand is implemented: ``module:function`` in the program's package.
+
+    The function is called with the loaded configuration and the parsed arguments, or
+    with the configuration's path when ``loads_config`` is false; it returns the exit code.
+    """
+
+    target: str
+    loads_config: bool = True
+
+
+def dispatch(
+    args: argparse.Namespace,
+    package: str,
+    actions: Mapping[str, Action],
+    load_config: Callable[[Path], Any],
+) -> int:
+    """Run the action of ``args.command``; returns its exit code."""
+    action = actions[args.command]
+    module, function = action.target.split(":")
+    run = getattr(importlib.import_module(f"{package}.{module}"), function)
+    config = load_config(args.config) if action.loads_config else args.config
+    return run(config, args)
 
 
 def main_wrapper(

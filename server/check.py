@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 
-from ..common.errors import PullbackError
+from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError
 from ..common.runner import Runner
 from .backends import RepositoryMissing, make_backend, read_password
 from .config import ServerConfig
 from .remote import Remote
+
+
+def command(config: ServerConfig, args: argparse.Namespace) -> int:
+    """``pullback-server check``: what is fine, then one ``problem:`` line per problem."""
+    good, problems = check(config, args.host)
+    for line in good:
+        print(line)
+    for line in problems:
+        print(f"problem: {line}")
+    return EXIT_FAILED if problems else EXIT_OK
 
 
 def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[str], list[str]]:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from ..common.cli import common_options, main_wrapper, make_parser
-from ..common.errors import EXIT_FAILED, EXIT_OK
-from ..common.units import human_duration, human_size
+from ..common.cli import Action, common_options, dispatch, main_wrapper, make_parser
 from .config import DEFAULT_PATH, load_server_config
-from .fleet_view import HostState
 
 DESCRIPTION = __doc__
 
@@ -113,137 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _status_table(config, status: dict) -> str:
-    from .fleet_view import rows
-
-    found = rows(config, status)
-    table = [
-        (
-            "HOST",
-            "STATE",
-            "LAST RESULT",
-            "NEWEST SNAPSHOT",
-            "LAST VERIFIED",
-            "REPOSITORY",
-            "LAST RUNS",
-        )
-    ]
-    notes = []
-    for row in found:
-        table.append(
-            (
-                row.host,
-                row.state,
-                row.result,
-                "never" if row.newest_age is None else f"{human_duration(row.newest_age)} ago",
-                "never" if row.verified_age is None else f"{human_duration(row.verified_age)} ago",
-                human_size(row.repository_bytes) if row.repository_bytes else "-",
-                row.history_text or "-",
-            )
-        )
-        if row.state != HostState.OK and row.reason:
-            notes.append(f"{row.host}: {row.reason}")
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in table]
-    return "\n".join(lines + notes)
-
-
-def _configured(path) -> int:
-    """0 unless the configuration is valid and lists no enabled host (see the client's)."""
-    from ..common.errors import ConfigError
-
-    try:
-        config = load_server_config(path)
-    except ConfigError:
-        return EXIT_OK
-    if any(h.enabled for h in config.hosts):
-        return EXIT_OK
-    print(f"no host listed in {config.path}: nothing to pull yet")
-    return 1
+ACTIONS = {
+    "configured": Action("config:configured", loads_config=False),
+    "pull": Action("pull:command"),
+    "maintain": Action("maintain:command"),
+    "verify": Action("verify:command"),
+    "snapshots": Action("snapshots:command"),
+    "restore": Action("restore:command"),
+    "status": Action("status:command"),
+    "check": Action("check:command"),
+    "trust": Action("trust:command"),
+}
 
 
 def _handle(args: argparse.Namespace) -> int:
-    if args.command == "configured":
-        return _configured(args.config)
-    config = load_server_config(args.config)
-    if args.command == "pull":
-        from ..common.notify import Notifier
-        from .outputs import finish_pull
-        from .pull import pull
-
-        notifier = Notifier(config.notify, "pull")
-        if not args.dry_run:
-            notifier.start()
-        code, results = pull(config, args.host, args.dry_run, args.if_due)
-        finish_pull(config, results, notifier, args.dry_run, args.summary)
-        return code
-    if args.command == "maintain":
-        from ..common.notify import Notifier
-        from .maintain import maintain
-        from .outputs import finish_maintenance
-
-        notifier = Notifier(config.notify, "maintenance")
-        notifier.start()
-        code, results = maintain(config, args.host, args.verify)
-        finish_maintenance(config, results, notifier)
-        return code
-    if args.command == "verify":
-        from .maintain import verify
-        from .outputs import publish
-
-        code, results = verify(config, args.host, args.random)
-        publish(config)
-        for result in results:
-            print(f"{result.host}: {result.summary}")
-        return code
-    if args.command == "snapshots":
-        from .snapshots import list_snapshots, render
-
-        print(render(list_snapshots(config, args.hostname), args.json))
-        return EXIT_OK
-    if args.command == "restore":
-        from .snapshots import restore
-
-        print(
-            restore(
-                config,
-                args.hostname,
-                args.target,
-                args.snapshot,
-                args.service,
-                args.path,
-                args.force,
-            )
-        )
-        return EXIT_OK
-    if args.command == "status":
-        from .fleet_view import rows
-        from .status import load_status
-
-        status = load_status(config.state_dir)
-        if args.json:
-            print(json.dumps(status, indent=2, sort_keys=True))
-        else:
-            print(_status_table(config, status))
-        stale = [r.host for r in rows(config, status) if r.state == HostState.STALE]
-        if stale:
-            print(f"stale (no snapshot within max_age): {', '.join(stale)}", file=sys.stderr)
-            return EXIT_FAILED
-        return EXIT_OK
-    if args.command == "check":
-        from .check import check
-
-        good, problems = check(config, args.host)
-        for line in good:
-            print(line)
-        for line in problems:
-            print(f"problem: {line}")
-        return EXIT_FAILED if problems else EXIT_OK
-    if args.command == "trust":
-        from .trust import trust
-
-        return trust(config.host(args.hostname), config.ssh, args.yes, args.replace)
-    raise AssertionError(args.command)
+    return dispatch(args, "pullback.server", ACTIONS, load_server_config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.config import load_validated
-from ..common.errors import ConfigError, UsageError
+from ..common.errors import EXIT_OK, ConfigError, UsageError
 from ..common.mail import EmailConfig, email_config
 from ..common.notify import NotifyConfig, notify_config
 from ..common.schema import load_schema
@@ -116,6 +117,20 @@ class ServerConfig:
 
     def scratch_dir(self) -> Path:
         return self.maintenance.scratch_dir or self.state_dir / "drill"
+
+
+def configured(path: Path, args: argparse.Namespace) -> int:
+    """``pullback-server configured``: 1 when the configuration is valid and lists no
+    enabled host (systemd's ExecCondition then skips the run quietly), else 0: a broken
+    configuration must not be skipped silently, the run itself reports it."""
+    try:
+        config = load_server_config(path)
+    except ConfigError:
+        return EXIT_OK
+    if any(h.enabled for h in config.hosts):
+        return EXIT_OK
+    print(f"no host listed in {config.path}: nothing to pull yet")
+    return 1
 
 
 def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:

@@ -7,6 +7,7 @@ pull), so the two never work on a repository at the same time.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import threading
@@ -19,11 +20,12 @@ from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, PullbackError
 from ..common.fsutil import atomic_write
 from ..common.locks import FileLock
 from ..common.log import PrefixAdapter, get_logger
+from ..common.notify import Notifier
 from ..common.outcome import Status
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
 from ..common.units import human_size
-from . import status as statuses
+from . import status_file
 from .backends import RepositoryMissing, make_backend
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
@@ -70,7 +72,7 @@ def _rotation(config: ServerConfig) -> dict:
 
 
 def drill_due(config: ServerConfig, host: HostConfig, now: dt.datetime) -> bool:
-    entry = statuses.load_status(config.state_dir)["hosts"].get(host.name, {})
+    entry = status_file.load_status(config.state_dir)["hosts"].get(host.name, {})
     last = entry.get("last_verified_attempt")
     if not last:
         return True
@@ -188,28 +190,17 @@ def maintain(
                 rotation.setdefault(result.host, {})["check_part"] = part
         config.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(config.state_dir / ROTATION_FILE, json.dumps(rotation, indent=2) + "\n")
-        statuses.record_maintenance(config.state_dir, results)
+        status_file.record_maintenance(config.state_dir, results)
     failed = [r for r in results if r.status == Status.FAILED]
     return (EXIT_FAILED if failed else EXIT_OK), results
 
 
-def verify(
-    config: ServerConfig, names: list[str] | None = None, pick_random: bool = False
-) -> tuple[int, list[DrillResult]]:
-    """``pullback-server verify``: the restore drill for the hosts, now."""
-    hosts = config.select_hosts(names)
-    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server verify")
-    results = []
-    with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
-        for host in hosts:
-            runner = Runner(PrefixAdapter(log, host.name))
-            backend = make_backend(
-                config.backend,
-                host,
-                config.state_dir,
-                runner,
-                config.maintenance.repository_lock_wait,
-            )
-            results.append(drill(config, host, backend, pick_random))
-        statuses.record_drills(config.state_dir, results)
-    return (EXIT_OK if all(r.ok for r in results) else EXIT_FAILED), results
+def command(config: ServerConfig, args: argparse.Namespace) -> int:
+    """``pullback-server maintain``: maintain, then report."""
+    from .outputs import finish_maintenance
+
+    notifier = Notifier(config.notify, "maintenance")
+    notifier.start()
+    code, results = maintain(config, args.host, args.verify)
+    finish_maintenance(config, results, notifier)
+    return code

@@ -6,8 +6,7 @@ from __future__ import annotations
 from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
-from . import fleet_view, metrics, report, status_page
-from . import status as statuses
+from . import fleet_view, metrics, report, status_file, status_page
 from .config import ServerConfig
 from .results import HostResult
 
@@ -16,7 +15,7 @@ log = get_logger("outputs")
 
 def publish(config: ServerConfig) -> dict:
     """Rewrite the metrics file and the status page from the status file; return it."""
-    status = statuses.load_status(config.state_dir)
+    status = status_file.load_status(config.state_dir)
     for what, write in (("metrics file", metrics.write), ("status page", status_page.write)):
         try:
             write(config, status)

@@ -7,6 +7,7 @@ the others. An instance lock keeps two pulls (or a pull and maintenance) apart.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import logging
 import threading
@@ -33,7 +34,7 @@ from ..common.protocol import Listing
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
 from ..common.units import human_duration, human_size
-from . import status as statuses
+from . import status_file
 from .backends import make_backend
 from .config import HostConfig, ServerConfig
 from .journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, Journal
@@ -433,7 +434,7 @@ def pull(
                 journal.end()
         assess(config, results)
         if not dry_run:
-            statuses.record(config.state_dir, results)
+            status_file.record(config.state_dir, results)
     failed = [r for r in results if r.status == Status.FAILED]
     return (EXIT_FAILED if failed else EXIT_OK), results
 
@@ -441,7 +442,7 @@ def pull(
 def assess(config: ServerConfig, results: list[HostResult]) -> None:
     """Flag hosts whose newest snapshot is too old or whose last drill is too old."""
     now = utc_now()
-    recorded = statuses.load_status(config.state_dir)["hosts"]
+    recorded = status_file.load_status(config.state_dir)["hosts"]
     for result in results:
         host = config.host(result.host)
         entry = recorded.get(result.host, {})
@@ -473,6 +474,18 @@ def assess(config: ServerConfig, results: list[HostResult]) -> None:
                 else f"the last successful restore drill is {human_duration(verified)} old "
                 f"(verify_max_age {human_duration(limit)})"
             )
+
+
+def command(config: ServerConfig, args: argparse.Namespace) -> int:
+    """``pullback-server pull``: pull, then report (status, metrics, page, mail, pings)."""
+    from .outputs import finish_pull
+
+    notifier = Notifier(config.notify, "pull")
+    if not args.dry_run:
+        notifier.start()
+    code, results = pull(config, args.host, args.dry_run, args.if_due)
+    finish_pull(config, results, notifier, args.dry_run, args.summary)
+    return code
 
 
 def _run_hosts(

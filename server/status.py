@@ -1,128 +1,64 @@
-"""The status file: per host, how its last pull went (``<state_dir>/status.json``)."""
+"""``pullback-server status``: how each host stands, as a table or as JSON.
+
+Exits 1 when a host is stale (no snapshot within its ``max_age``), so a monitoring check
+can run it as it is.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
-from pathlib import Path
+import sys
 
-from ..common.clock import iso, utc_now
-from ..common.fsutil import atomic_write
-from ..common.log import get_logger
-from ..common.outcome import Status
-from .fleet_view import ATTENTION
-from .results import HostResult
-
-log = get_logger("status")
-
-STATUS_FILE = "status.json"
-HISTORY = 30
-HISTORY = 30
+from ..common.errors import EXIT_FAILED, EXIT_OK
+from ..common.units import human_duration, human_size
+from .config import ServerConfig
+from .fleet_view import HostState, rows
+from .status_file import load_status
 
 
-def load_status(state_dir: Path) -> dict:
-    """The recorded status of every host ({} when nothing was recorded yet)."""
-    try:
-        data = json.loads((state_dir / STATUS_FILE).read_text())
-    except FileNotFoundError:
-        return {"hosts": {}}
-    except ValueError:
-        log.warning("%s is unreadable; starting a new one", state_dir / STATUS_FILE)
-        return {"hosts": {}}
-    data.setdefault("hosts", {})
-    return data
-
-
-def record(state_dir: Path, results: list[HostResult]) -> dict:
-    """Merge ``results`` into the status file (written atomically); return the new status."""
-    status = load_status(state_dir)
-    now = iso(utc_now())
-    for result in results:
-        entry = status["hosts"].setdefault(result.host, {})
-        if result.fresh:
-            # a quiet skip: the host is fine; only say when it was last looked at
-            entry["last_checked"] = result.started or now
-            continue
-        entry.update(
-            {
-                "last_attempt": result.started or now,
-                "last_result": result.status,
-                "reason": result.reason,
-                "problem": result.is_problem,
-                "duration": round(result.duration, 3),
-                "snapshots": result.snapshot_count,
-                "stale": result.stale,
-            }
+def status_table(config: ServerConfig, status: dict) -> str:
+    """The status table: a row per host, worst first, then a line per problem."""
+    found = rows(config, status)
+    table = [
+        (
+            "HOST",
+            "STATE",
+            "LAST RESULT",
+            "NEWEST SNAPSHOT",
+            "LAST VERIFIED",
+            "REPOSITORY",
+            "LAST RUNS",
         )
-        if result.newest_snapshot:
-            entry["newest_snapshot"] = result.newest_snapshot
-        if result.repository_bytes is not None:
-            entry["repository_bytes"] = result.repository_bytes
-        if result.store_peak_rss:
-            entry["store_peak_rss"] = result.store_peak_rss
-        if result.status == Status.STORED:
-            entry.update(
-                {
-                    "last_success": result.started or now,
-                    "archive": result.archive,
-                    "stamp": result.stamp,
-                    "size": result.size,
-                    "content_bytes": result.content_bytes,
-                    "bytes_added": result.bytes_added,
-                    "snapshot_id": result.snapshot_id,
-                }
+    ]
+    notes = []
+    for row in found:
+        table.append(
+            (
+                row.host,
+                row.state,
+                row.result,
+                "never" if row.newest_age is None else f"{human_duration(row.newest_age)} ago",
+                "never" if row.verified_age is None else f"{human_duration(row.verified_age)} ago",
+                human_size(row.repository_bytes) if row.repository_bytes else "-",
+                row.history_text or "-",
             )
-        elif result.status != Status.FAILED:
-            entry["last_success"] = result.started or now
-        entry.setdefault("history", []).append(
-            {
-                "time": result.started or now,
-                "result": Status.FAILED
-                if result.status == Status.FAILED
-                else (ATTENTION if result.is_problem else result.status),
-                "repository_bytes": entry.get("repository_bytes"),
-            }
         )
-        entry["history"] = entry["history"][-HISTORY:]
-    return _save(state_dir, status)
+        if row.state != HostState.OK and row.reason:
+            notes.append(f"{row.host}: {row.reason}")
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in table]
+    return "\n".join(lines + notes)
 
 
-def _save(state_dir: Path, status: dict) -> dict:
-    status["updated"] = iso(utc_now())
-    state_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(state_dir / STATUS_FILE, json.dumps(status, indent=2, sort_keys=True) + "\n")
-    return status
-
-
-def _record_drill(entry: dict, drill, now: str) -> None:
-    entry["last_verified_attempt"] = now
-    entry["verify_result"] = Status.OK if drill.ok else Status.FAILED
-    entry["verify_summary"] = drill.summary
-    entry["verify_problems"] = drill.problems[:20]
-    if drill.ok:
-        entry["last_verified"] = now
-        entry["last_verified_snapshot"] = drill.snapshot_id
-
-
-def record_drills(state_dir: Path, drills) -> dict:
-    """Record restore drills (``pullback-server verify``)."""
-    status = load_status(state_dir)
-    now = iso(utc_now())
-    for drill in drills:
-        _record_drill(status["hosts"].setdefault(drill.host, {}), drill, now)
-    return _save(state_dir, status)
-
-
-def record_maintenance(state_dir: Path, results) -> dict:
-    """Record maintenance runs: their result, the repository size, a drill if one ran."""
-    status = load_status(state_dir)
-    now = iso(utc_now())
-    for result in results:
-        entry = status["hosts"].setdefault(result.host, {})
-        entry["last_maintained"] = now
-        entry["maintain_result"] = result.status
-        entry["maintain_reason"] = result.reason
-        if result.repository_size is not None:
-            entry["repository_bytes"] = result.repository_size
-        if result.drill is not None:
-            _record_drill(entry, result.drill, now)
-    return _save(state_dir, status)
+def command(config: ServerConfig, args: argparse.Namespace) -> int:
+    status = load_status(config.state_dir)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(status_table(config, status))
+    stale = [r.host for r in rows(config, status) if r.state == HostState.STALE]
+    if stale:
+        print(f"stale (no snapshot within max_age): {', '.join(stale)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK

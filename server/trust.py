@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import sys
 
@@ -9,7 +10,7 @@ import paramiko
 
 from ..common.errors import PullbackError
 from . import known_hosts
-from .config import HostConfig, SshConfig
+from .config import HostConfig, ServerConfig, SshConfig
 
 
 def fetch_key(host: HostConfig, timeout: float) -> paramiko.PKey:
@@ -28,6 +29,10 @@ def fetch_key(host: HostConfig, timeout: float) -> paramiko.PKey:
         raise PullbackError(f"{host.name}: no SSH server answered: {exc}") from None
     finally:
         transport.close()
+
+
+def command(config: ServerConfig, args: argparse.Namespace) -> int:
+    return trust(config.host(args.hostname), config.ssh, args.yes, args.replace)
 
 
 def trust(host: HostConfig, ssh: SshConfig, yes: bool, replace: bool) -> int:

@@ -1,0 +1,128 @@
+"""The status file: per host, how its last pull went (``<state_dir>/status.json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..common.clock import iso, utc_now
+from ..common.fsutil import atomic_write
+from ..common.log import get_logger
+from ..common.outcome import Status
+from .fleet_view import ATTENTION
+from .results import HostResult
+
+log = get_logger("status")
+
+STATUS_FILE = "status.json"
+HISTORY = 30
+HISTORY = 30
+
+
+def load_status(state_dir: Path) -> dict:
+    """The recorded status of every host ({} when nothing was recorded yet)."""
+    try:
+        data = json.loads((state_dir / STATUS_FILE).read_text())
+    except FileNotFoundError:
+        return {"hosts": {}}
+    except ValueError:
+        log.warning("%s is unreadable; starting a new one", state_dir / STATUS_FILE)
+        return {"hosts": {}}
+    data.setdefault("hosts", {})
+    return data
+
+
+def record(state_dir: Path, results: list[HostResult]) -> dict:
+    """Merge ``results`` into the status file (written atomically); return the new status."""
+    status = load_status(state_dir)
+    now = iso(utc_now())
+    for result in results:
+        entry = status["hosts"].setdefault(result.host, {})
+        if result.fresh:
+            # a quiet skip: the host is fine; only say when it was last looked at
+            entry["last_checked"] = result.started or now
+            continue
+        entry.update(
+            {
+                "last_attempt": result.started or now,
+                "last_result": result.status,
+                "reason": result.reason,
+                "problem": result.is_problem,
+                "duration": round(result.duration, 3),
+                "snapshots": result.snapshot_count,
+                "stale": result.stale,
+            }
+        )
+        if result.newest_snapshot:
+            entry["newest_snapshot"] = result.newest_snapshot
+        if result.repository_bytes is not None:
+            entry["repository_bytes"] = result.repository_bytes
+        if result.store_peak_rss:
+            entry["store_peak_rss"] = result.store_peak_rss
+        if result.status == Status.STORED:
+            entry.update(
+                {
+                    "last_success": result.started or now,
+                    "archive": result.archive,
+                    "stamp": result.stamp,
+                    "size": result.size,
+                    "content_bytes": result.content_bytes,
+                    "bytes_added": result.bytes_added,
+                    "snapshot_id": result.snapshot_id,
+                }
+            )
+        elif result.status != Status.FAILED:
+            entry["last_success"] = result.started or now
+        entry.setdefault("history", []).append(
+            {
+                "time": result.started or now,
+                "result": Status.FAILED
+                if result.status == Status.FAILED
+                else (ATTENTION if result.is_problem else result.status),
+                "repository_bytes": entry.get("repository_bytes"),
+            }
+        )
+        entry["history"] = entry["history"][-HISTORY:]
+    return _save(state_dir, status)
+
+
+def _save(state_dir: Path, status: dict) -> dict:
+    status["updated"] = iso(utc_now())
+    state_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(state_dir / STATUS_FILE, json.dumps(status, indent=2, sort_keys=True) + "\n")
+    return status
+
+
+def _record_drill(entry: dict, drill, now: str) -> None:
+    entry["last_verified_attempt"] = now
+    entry["verify_result"] = Status.OK if drill.ok else Status.FAILED
+    entry["verify_summary"] = drill.summary
+    entry["verify_problems"] = drill.problems[:20]
+    if drill.ok:
+        entry["last_verified"] = now
+        entry["last_verified_snapshot"] = drill.snapshot_id
+
+
+def record_drills(state_dir: Path, drills) -> dict:
+    """Record restore drills (``pullback-server verify``)."""
+    status = load_status(state_dir)
+    now = iso(utc_now())
+    for drill in drills:
+        _record_drill(status["hosts"].setdefault(drill.host, {}), drill, now)
+    return _save(state_dir, status)
+
+
+def record_maintenance(state_dir: Path, results) -> dict:
+    """Record maintenance runs: their result, the repository size, a drill if one ran."""
+    status = load_status(state_dir)
+    now = iso(utc_now())
+    for result in results:
+        entry = status["hosts"].setdefault(result.host, {})
+        entry["last_maintained"] = now
+        entry["maintain_result"] = result.status
+        entry["maintain_reason"] = result.reason
+        if result.repository_size is not None:
+            entry["repository_bytes"] = result.repository_size
+        if result.drill is not None:
+            _record_drill(entry, result.drill, now)
+    return _save(state_dir, status)

@@ -1,0 +1,54 @@
+"""``pullback-server verify``: the restore drill for the chosen hosts, now.
+
+It shares the pull's instance lock, waiting ``maintenance.wait_for_pull`` for a running
+pull or maintenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..common.errors import EXIT_FAILED, EXIT_OK
+from ..common.locks import FileLock
+from ..common.log import PrefixAdapter, get_logger
+from ..common.runner import Runner
+from ..common.signals import SignalGuard
+from . import status_file
+from .backends import make_backend
+from .config import ServerConfig
+from .drill import DrillResult, drill
+from .pull import INSTANCE_LOCK
+
+log = get_logger("verify")
+
+
+def verify(
+    config: ServerConfig, names: list[str] | None = None, pick_random: bool = False
+) -> tuple[int, list[DrillResult]]:
+    """``pullback-server verify``: the restore drill for the hosts, now."""
+    hosts = config.select_hosts(names)
+    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server verify")
+    results = []
+    with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
+        for host in hosts:
+            runner = Runner(PrefixAdapter(log, host.name))
+            backend = make_backend(
+                config.backend,
+                host,
+                config.state_dir,
+                runner,
+                config.maintenance.repository_lock_wait,
+            )
+            results.append(drill(config, host, backend, pick_random))
+        status_file.record_drills(config.state_dir, results)
+    return (EXIT_OK if all(r.ok for r in results) else EXIT_FAILED), results
+
+
+def command(config: ServerConfig, args: argparse.Namespace) -> int:
+    from .outputs import publish
+
+    code, results = verify(config, args.host, args.random)
+    publish(config)
+    for result in results:
+        print(f"{result.host}: {result.summary}")
+    return code

@@ -7,9 +7,9 @@ import os
 import shutil
 
 from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError
-from ..common.runner import Runner
-from .backends import RepositoryMissing, make_backend, read_password
+from .backends import RepositoryMissing, read_password
 from .config import ServerConfig
+from .host import HostContext
 from .remote import Remote
 
 
@@ -23,9 +23,9 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     return EXIT_FAILED if problems else EXIT_OK
 
 
-def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """Return (lines of what is fine, problems); reaching hosts but changing nothing."""
-    good: list[str] = []
+def local_problems(config: ServerConfig) -> list[str]:
+    """What is wrong on this machine: missing tools, the SSH key, known_hosts, the
+    repository password."""
     problems: list[str] = []
     tool = {"restic": "restic", "borg": "borg"}[config.backend.type]
     for program, package in (
@@ -55,36 +55,45 @@ def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[st
                 f"be read): (umask 077; head -c 32 /dev/urandom | base64 > {path})"
             )
         problems.append(f"{config.path}: backend.password_file: {exc}{fix}")
+    return problems
+
+
+def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
+    """Reach the client and the repository of one host, changing nothing."""
+    name = ctx.name
+    try:
+        with Remote(ctx.host, ctx.config.ssh, ctx.runner) as remote:
+            listing = remote.list()
+    except PullbackError as exc:
+        problems.append(f"{name}: {exc}")
+        return
+    newest = max((a["name"] for a in listing.archives), default=None)
+    good.append(
+        f"{name}: reachable, {len(listing.archives)} archive(s) ready"
+        + (f", newest {newest}" if newest else "")
+    )
+    backend = ctx.backend
+    try:
+        backend.prepare(create=False)
+        snapshots = backend.snapshots()
+        good.append(f"{name}: repository {backend.repository()} has {len(snapshots)} snapshot(s)")
+    except RepositoryMissing as exc:
+        if ctx.config.backend.init:
+            good.append(
+                f"{name}: repository {backend.repository()} will be created by the first pull"
+            )
+        else:
+            problems.append(f"{name}: {exc}")
+    except PullbackError as exc:
+        problems.append(f"{name}: {exc}")
+
+
+def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Return (lines of what is fine, problems); reaching hosts but changing nothing."""
+    good: list[str] = []
+    problems = local_problems(config)
     if problems:
         return good, problems
     for host in config.select_hosts(names):
-        runner = Runner()
-        try:
-            with Remote(host, config.ssh, runner) as remote:
-                listing = remote.list()
-            newest = max((a["name"] for a in listing.archives), default=None)
-            good.append(
-                f"{host.name}: reachable, {len(listing.archives)} archive(s) ready"
-                + (f", newest {newest}" if newest else "")
-            )
-        except PullbackError as exc:
-            problems.append(f"{host.name}: {exc}")
-            continue
-        backend = make_backend(config.backend, host, config.state_dir, runner)
-        try:
-            backend.prepare(create=False)
-            snapshots = backend.snapshots()
-            good.append(
-                f"{host.name}: repository {backend.repository()} has {len(snapshots)} snapshot(s)"
-            )
-        except RepositoryMissing as exc:
-            if config.backend.init:
-                good.append(
-                    f"{host.name}: repository {backend.repository()} will be "
-                    "created by the first pull"
-                )
-            else:
-                problems.append(f"{host.name}: {exc}")
-        except PullbackError as exc:
-            problems.append(f"{host.name}: {exc}")
+        check_host(HostContext.open(config, host), good, problems)
     return good, problems

@@ -4,6 +4,7 @@ prove every file byte for byte against the archive's MANIFEST.sha256."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 import shutil
@@ -14,12 +15,9 @@ from ..common.archive.manifest import MANIFEST_NAME, parse
 from ..common.clock import iso
 from ..common.errors import PullbackError
 from ..common.fsutil import free_bytes
-from ..common.log import get_logger
 from ..common.units import human_size
-from .backends import Backend
-from .config import HostConfig, ServerConfig
+from .host import HostContext
 
-log = get_logger("drill")
 CHUNK = 1 << 20
 SHOWN = 20
 
@@ -87,11 +85,10 @@ def check_tree(root, result: DrillResult) -> None:
                 result.problems.append(f"not in the manifest: {rel}")
 
 
-def drill(
-    config: ServerConfig, host: HostConfig, backend: Backend, pick_random: bool = False
-) -> DrillResult:
-    """Restore the newest (or a random) snapshot of ``host`` and check it. Never raises a
+def drill(ctx: HostContext, pick_random: bool = False) -> DrillResult:
+    """Restore the newest (or a random) snapshot of the host and check it. Never raises a
     PullbackError: problems are in the result."""
+    config, host, backend = ctx.config, ctx.host, ctx.backend
     started = time.monotonic()
     result = DrillResult(host.name)
     scratch = config.scratch_dir() / host.name
@@ -105,9 +102,8 @@ def drill(
         result.snapshot_time = iso(snapshot.time)
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True, mode=0o700)
-        log.info(
-            "[%s] restore drill of snapshot %s (%s) into %s",
-            host.name,
+        ctx.log.info(
+            "restore drill of snapshot %s (%s) into %s",
             snapshot.id,
             result.snapshot_time,
             scratch,
@@ -131,6 +127,5 @@ def drill(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         result.duration = time.monotonic() - started
-    level = 20 if result.ok else 40
-    log.log(level, "[%s] %s", host.name, result.summary)
+    ctx.log.log(logging.INFO if result.ok else logging.ERROR, "%s", result.summary)
     return result

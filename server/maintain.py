@@ -10,25 +10,24 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..common.clock import parse_iso, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, PullbackError
 from ..common.fsutil import atomic_write
 from ..common.locks import FileLock
-from ..common.log import PrefixAdapter, get_logger
+from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
-from ..common.runner import Runner
 from ..common.signals import SignalGuard
 from ..common.units import human_size
 from . import status_file
-from .backends import RepositoryMissing, make_backend
+from .backends import RepositoryMissing
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
+from .host import HostContext, for_each_host
 from .pull import INSTANCE_LOCK
 
 log = get_logger("maintain")
@@ -80,78 +79,91 @@ def drill_due(config: ServerConfig, host: HostConfig, now: dt.datetime) -> bool:
     return (now - then).total_seconds() >= host.verify_every
 
 
-def maintain_host(
-    config: ServerConfig,
-    host: HostConfig,
-    part: int,
-    cancel: threading.Event,
-    verify: bool | None = None,
-) -> MaintainResult:
-    """Maintain one host's repository; never raises (except Interrupted)."""
-    started = time.monotonic()
-    result = MaintainResult(host.name)
-    hlog = PrefixAdapter(log, host.name)
-    runner = Runner(hlog)
-    runner.cancel = cancel
-    backend = make_backend(
-        config.backend, host, config.state_dir, runner, config.maintenance.repository_lock_wait
-    )
+class HostMaintenance:
+    """Maintain one host's repository, step by step; :meth:`run` never raises (except
+    Interrupted): each step's outcome is in the result."""
 
-    def step(name: str, action):
+    def __init__(self, ctx: HostContext, part: int, verify: bool | None = None):
+        self.ctx = ctx
+        self.part = part
+        """The part of the data ``check`` reads this time (1 .. check_subsets)."""
+        self.verify = verify
+        """Run the drill (True), skip it (False), or run it when due (None)."""
+        self.result = MaintainResult(ctx.name)
+
+    def run(self) -> MaintainResult:
+        started = time.monotonic()
+        try:
+            if self.open_repository():
+                self._steps()
+        finally:
+            self.result.duration = time.monotonic() - started
+        return self.result
+
+    def _steps(self) -> None:
+        backend = self.ctx.backend
+        self.step("locks", lambda: backend.unlock() or "no stale lock")
+        if self.step("forget", self.forget) and self.result.forgotten:
+            self.step("prune", lambda: backend.prune() or "space of forgotten snapshots freed")
+        self.step("check", self.check)
+        self.step("size", self.size)
+        self.drill()
+
+    def open_repository(self) -> bool:
+        """True when there is a repository to maintain (a missing one is a skip)."""
+        try:
+            self.ctx.backend.prepare(create=False)
+            return True
+        except RepositoryMissing:
+            self.result.status = Status.SKIPPED
+            self.result.steps.append(Step("repository", True, "none yet: nothing to maintain"))
+        except PullbackError as exc:
+            self.result.status = Status.FAILED
+            self.result.steps.append(Step("repository", False, str(exc)))
+        return False
+
+    def step(self, name: str, action: Callable[[], str]) -> bool:
+        """Run one step; record and log its outcome. Returns True when it succeeded."""
         try:
             detail = action()
-            result.steps.append(Step(name, True, detail))
-            hlog.info("%s: %s", name, detail)
-            return True
         except Interrupted:
             raise
         except PullbackError as exc:
-            result.steps.append(Step(name, False, str(exc)))
-            result.status = Status.FAILED
-            hlog.error("%s failed: %s", name, exc)
+            self.result.steps.append(Step(name, False, str(exc)))
+            self.result.status = Status.FAILED
+            self.ctx.log.error("%s failed: %s", name, exc)
             return False
+        self.result.steps.append(Step(name, True, detail))
+        self.ctx.log.info("%s: %s", name, detail)
+        return True
 
-    try:
-        try:
-            backend.prepare(create=False)
-        except RepositoryMissing:
-            result.status = Status.SKIPPED
-            result.steps.append(Step("repository", True, "none yet: nothing to maintain"))
-            return result
-        except PullbackError as exc:
-            result.status = Status.FAILED
-            result.steps.append(Step("repository", False, str(exc)))
-            return result
-        step("locks", lambda: backend.unlock() or "no stale lock")
+    def forget(self) -> str:
+        outcome = self.ctx.backend.forget(self.ctx.host.retention)
+        self.result.forgotten = len(outcome.removed)
+        return f"kept {len(outcome.kept)} snapshot(s), forgot {len(outcome.removed)}" + (
+            f" ({', '.join(outcome.removed)})" if outcome.removed else ""
+        )
 
-        def forget():
-            outcome = backend.forget(host.retention)
-            result.forgotten = len(outcome.removed)
-            return f"kept {len(outcome.kept)} snapshot(s), forgot {len(outcome.removed)}" + (
-                f" ({', '.join(outcome.removed)})" if outcome.removed else ""
-            )
+    def check(self) -> str:
+        maintenance = self.ctx.config.maintenance
+        return self.ctx.backend.check(
+            self.part, maintenance.check_subsets, maintenance.borg_check_duration
+        )
 
-        if step("forget", forget) and result.forgotten:
-            step("prune", lambda: backend.prune() or "space of forgotten snapshots freed")
-        parts = config.maintenance.check_subsets
-        step("check", lambda: backend.check(part, parts, config.maintenance.borg_check_duration))
+    def size(self) -> str:
+        self.result.repository_size = self.ctx.backend.size()
+        return human_size(self.result.repository_size)
 
-        def size():
-            result.repository_size = backend.size()
-            return human_size(result.repository_size)
-
-        step("size", size)
-        due = drill_due(config, host, utc_now()) if verify is None else verify
-        if due:
-            result.drill = drill(config, host, backend)
-            result.steps.append(Step("drill", result.drill.ok, result.drill.summary))
-            if not result.drill.ok:
-                result.status = Status.FAILED
-        else:
-            result.steps.append(Step("drill", True, "not due yet"))
-        return result
-    finally:
-        result.duration = time.monotonic() - started
+    def drill(self) -> None:
+        """The restore drill, when asked for or due."""
+        due = drill_due(self.ctx.config, self.ctx.host, utc_now())
+        if not (due if self.verify is None else self.verify):
+            self.result.steps.append(Step("drill", True, "not due yet"))
+            return
+        self.result.drill = drill(self.ctx)
+        self.result.steps.append(Step("drill", self.result.drill.ok, self.result.drill.summary))
+        if not self.result.drill.ok:
+            self.result.status = Status.FAILED
 
 
 def maintain(
@@ -162,28 +174,11 @@ def maintain(
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server maintain")
     with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
         rotation = _rotation(config)
-        cancels = {h.name: threading.Event() for h in hosts}
         parts = config.maintenance.check_subsets
-        with ThreadPoolExecutor(max_workers=config.parallel) as pool:
-            futures = {
-                h.name: pool.submit(
-                    maintain_host,
-                    config,
-                    h,
-                    rotation.get(h.name, {}).get("check_part", 0) % parts + 1,
-                    cancels[h.name],
-                    verify,
-                )
-                for h in hosts
-            }
-            try:
-                while not all(f.done() for f in futures.values()):
-                    time.sleep(0.1)
-            except Interrupted:
-                for event in cancels.values():
-                    event.set()
-                raise
-            results = [futures[h.name].result() for h in hosts]
+        part = {h.name: rotation.get(h.name, {}).get("check_part", 0) % parts + 1 for h in hosts}
+        results = for_each_host(
+            config, hosts, lambda ctx: HostMaintenance(ctx, part[ctx.name], verify).run()
+        )
         for result in results:
             if any(s.name == "check" and s.ok for s in result.steps):
                 part = rotation.get(result.host, {}).get("check_part", 0) % parts + 1

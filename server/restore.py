@@ -5,16 +5,41 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.archive.manifest import MANIFEST_NAME
 from ..common.errors import EXIT_OK, PullbackError, UsageError
-from ..common.log import get_logger
-from ..common.runner import Runner
-from .backends import make_backend
+from .backends import Snapshot
 from .config import ServerConfig
+from .host import HostContext
 
-log = get_logger("restore")
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What to restore: a snapshot of a host (``latest``, an id prefix or an archive
+    stamp), optionally one service or one path, into ``target``."""
+
+    host: str
+    target: Path
+    snapshot: str = "latest"
+    service: str | None = None
+    path: str | None = None
+    force: bool = False
+    """Restore into a directory that is not empty."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RestoreRequest:
+        return cls(args.hostname, args.target, args.snapshot, args.service, args.path, args.force)
+
+    def includes(self) -> list[str]:
+        """The paths inside the snapshot to restore (all when empty). Raises UsageError."""
+        includes = []
+        if self.service:
+            includes += [f"services/{self.service}", MANIFEST_NAME]
+        if self.path:
+            includes.append(_relative(self.path))
+        return includes
 
 
 def _relative(path: str) -> str:
@@ -24,66 +49,42 @@ def _relative(path: str) -> str:
     return "/".join(parts)
 
 
-def restore(
-    config: ServerConfig,
-    name: str,
-    target: Path,
-    snapshot_id: str = "latest",
-    service: str | None = None,
-    path: str | None = None,
-    force: bool = False,
-) -> str:
-    """Restore (part of) a snapshot into ``target``; return what to do next. Raises
-    PullbackError (exit 2 for a wrong host, snapshot, path or a non-empty target)."""
-    host = config.host(name)
-    if target.exists() and any(target.iterdir()) and not force:
-        raise UsageError(f"{target} is not empty; choose an empty directory or add --force")
-    backend = make_backend(config.backend, host, config.state_dir, Runner(log))
-    backend.prepare(create=False)
-    snapshots = backend.snapshots()
+def pick_snapshot(snapshots: list[Snapshot], wanted: str, host: str) -> Snapshot:
+    """``latest``, or the one snapshot whose id starts with ``wanted`` or whose archive
+    stamp is ``wanted``. Raises PullbackError (no snapshot) or UsageError (no single one)."""
     if not snapshots:
-        raise PullbackError(f"{name} has no snapshot yet")
-    if snapshot_id == "latest":
-        snapshot = snapshots[-1]
-    else:
-        matches = [s for s in snapshots if s.id.startswith(snapshot_id) or s.stamp == snapshot_id]
-        if len(matches) != 1:
-            raise UsageError(
-                f"no single snapshot {snapshot_id!r} of {name}; see "
-                f"pullback-server snapshots {name}"
-            )
-        snapshot = matches[0]
-    includes = []
-    if service:
-        includes += [f"services/{service}", MANIFEST_NAME]
-    if path:
-        includes.append(_relative(path))
-    target.mkdir(parents=True, exist_ok=True)
-    os.chmod(target, 0o700)
-    log.info(
-        "restoring snapshot %s of %s (%s) into %s",
-        snapshot.id,
-        name,
-        snapshot.time.strftime("%Y-%m-%d %H:%M UTC"),
-        target,
-    )
-    backend.restore(snapshot, target, includes)
-    if service and not (target / "services" / service).is_dir():
-        raise PullbackError(f"snapshot {snapshot.id} of {name} holds no service {service!r}")
+        raise PullbackError(f"{host} has no snapshot yet")
+    if wanted == "latest":
+        return snapshots[-1]
+    matches = [s for s in snapshots if s.id.startswith(wanted) or s.stamp == wanted]
+    if len(matches) != 1:
+        raise UsageError(
+            f"no single snapshot {wanted!r} of {host}; see pullback-server snapshots {host}"
+        )
+    return matches[0]
+
+
+def _taken(snapshot: Snapshot) -> str:
+    return snapshot.time.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def next_steps(request: RestoreRequest, snapshot: Snapshot, address: str) -> str:
+    """What the administrator reads after a restore: how to prove it, how to put it back."""
+    target, service = request.target, request.service
     check = (
         f"grep '  services/{service}/' MANIFEST.sha256 | sha256sum --check"
         if service
         else "sha256sum --check MANIFEST.sha256"
     )
     steps = [
-        f"restored snapshot {snapshot.id} of {name} (taken "
-        f"{snapshot.time.strftime('%Y-%m-%d %H:%M UTC')}) into {target}",
+        f"restored snapshot {snapshot.id} of {request.host} (taken {_taken(snapshot)}) "
+        f"into {target}",
         f"prove it byte for byte:  cd {target} && {check}",
     ]
     if service:
         steps += [
-            f"to put {service} back on {name}: copy {target} to it, e.g.",
-            f"  rsync -aHAX {target}/ root@{host.address}:/var/tmp/pullback-restore/",
+            f"to put {service} back on {request.host}: copy {target} to it, e.g.",
+            f"  rsync -aHAX {target}/ root@{address}:/var/tmp/pullback-restore/",
             "then run on the client:",
             f"  pullback-client restore --service {service} "
             "--from /var/tmp/pullback-restore --dry-run   (then without --dry-run)",
@@ -91,16 +92,27 @@ def restore(
     return "\n".join(steps)
 
 
-def command(config: ServerConfig, args: argparse.Namespace) -> int:
-    print(
-        restore(
-            config,
-            args.hostname,
-            args.target,
-            args.snapshot,
-            args.service,
-            args.path,
-            args.force,
+def restore(config: ServerConfig, request: RestoreRequest) -> str:
+    """Restore what ``request`` asks for; return what to do next. Raises PullbackError
+    (UsageError for a wrong host, snapshot, path or a non-empty target)."""
+    ctx = HostContext.open(config, config.host(request.host))
+    target = request.target
+    if target.exists() and any(target.iterdir()) and not request.force:
+        raise UsageError(f"{target} is not empty; choose an empty directory or add --force")
+    includes = request.includes()
+    ctx.backend.prepare(create=False)
+    snapshot = pick_snapshot(ctx.backend.snapshots(), request.snapshot, request.host)
+    target.mkdir(parents=True, exist_ok=True)
+    os.chmod(target, 0o700)
+    ctx.log.info("restoring snapshot %s (%s) into %s", snapshot.id, _taken(snapshot), target)
+    ctx.backend.restore(snapshot, target, includes)
+    if request.service and not (target / "services" / request.service).is_dir():
+        raise PullbackError(
+            f"snapshot {snapshot.id} of {request.host} holds no service {request.service!r}"
         )
-    )
+    return next_steps(request, snapshot, ctx.host.address)
+
+
+def command(config: ServerConfig, args: argparse.Namespace) -> int:
+    print(restore(config, RestoreRequest.from_args(args)))
     return EXIT_OK

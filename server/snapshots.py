@@ -8,17 +8,16 @@ import json
 from ..common.clock import iso, utc_now
 from ..common.errors import EXIT_OK
 from ..common.log import get_logger
-from ..common.runner import Runner
 from ..common.units import human_duration
-from .backends import Snapshot, make_backend
+from .backends import Snapshot
 from .config import ServerConfig
+from .host import HostContext
 
 log = get_logger("snapshots")
 
 
 def list_snapshots(config: ServerConfig, name: str) -> list[Snapshot]:
-    host = config.host(name)
-    backend = make_backend(config.backend, host, config.state_dir, Runner(log))
+    backend = HostContext.open(config, config.host(name)).backend
     backend.prepare(create=False)
     return backend.snapshots()
 

@@ -14,10 +14,13 @@ import contextlib
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ..common.archive.reader import TarStream
+from ..common.archive.sidecar import ArchiveInfo
 from ..common.archive.unpack import (
     ArchiveTooLarge,
     HostileArchive,
@@ -29,7 +32,15 @@ from ..common.errors import ArchiveError
 from ..common.fsutil import free_bytes, write_all
 from ..common.log import get_logger
 from ..common.units import human_size
-from .remote import Remote, TransferCut
+from .host import HostContext
+from .remote import TransferCut
+
+
+class ByteSource(Protocol):
+    """Where an archive's bytes come from (a :class:`~.remote.Remote`)."""
+
+    def stream(self, name: str, offset: int, cancel=None) -> Iterator[bytes]: ...
+
 
 log = get_logger("transfer")
 CHUNK = 1 << 20
@@ -112,80 +123,93 @@ def _hash_prefix(path: Path, length: int) -> hashlib._Hash:
     return digest
 
 
-def fetch_and_unpack(
-    remote: Remote,
-    name: str,
-    size: int,
-    sha256: str,
-    compression: str,
-    partial_dir: Path,
-    staging: Path,
-    runner,
-    cancel=None,
-) -> Fetched:
-    """Fetch ``name`` (resuming a partial file) and unpack it into ``staging``.
+class _Download:
+    """One archive arriving: the partial file, its running hash, and the unpacker that
+    reads the file as it grows. :meth:`run` does it all; each step is a method."""
 
-    The host's ``max_unpacked_size`` and ``max_entries`` limit what the archive may unpack
-    to. Returns what was fetched. Raises TransferCut (the partial file is kept),
-    ArchiveError (checksum or manifest mismatch, HostileArchive, ArchiveTooLarge past a
-    limit: the partial file is deleted; a refused archive also stops the transfer).
-    """
-    limits = UnpackLimits(remote.host.max_unpacked_size, remote.host.max_entries)
-    partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for old in partial_dir.iterdir():
-        if old.name != name:
-            log.info(
-                "[%s] removing the partial download of an older archive, %s",
-                remote.host.name,
-                old.name,
+    def __init__(self, ctx: HostContext, remote: ByteSource, archive: ArchiveInfo):
+        self.ctx = ctx
+        self.remote = remote
+        self.archive = archive
+        self.path = ctx.partial_dir / archive.name
+        self.limits = UnpackLimits(ctx.host.max_unpacked_size, ctx.host.max_entries)
+        self.unpacked: UnpackStats | None = None
+        self.unpack_error: BaseException | None = None
+
+    def run(self) -> Fetched:
+        growing, offset, digest = self._open_partial()
+        worker = threading.Thread(
+            target=self._unpack, args=(growing,), name=f"unpack-{self.ctx.name}", daemon=True
+        )
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        worker.start()
+        transfer_error: BaseException | None = None
+        try:
+            self._transfer(growing, fd, offset, digest)
+        except BaseException as exc:
+            transfer_error = exc
+        finally:
+            os.fsync(fd)
+            os.close(fd)
+            growing.finish(transfer_error)
+            worker.join()
+        self._judge(transfer_error, digest.hexdigest())
+        assert self.unpacked is not None
+        return Fetched(self.path, digest.hexdigest(), self.archive.size, offset, self.unpacked)
+
+    def _open_partial(self) -> tuple[GrowingFile, int, hashlib._Hash]:
+        """Drop partial downloads of other archives and one longer than this archive;
+        return the growing file, the offset to resume at and the hash of what is there.
+
+        Raises ArchiveError when the rest does not fit on the disk.
+        """
+        name, size, partial_dir = self.archive.name, self.archive.size, self.ctx.partial_dir
+        partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for old in partial_dir.iterdir():
+            if old.name != name:
+                self.ctx.log.info("removing the partial download of an older archive, %s", old.name)
+                old.unlink()
+        if self.path.exists() and self.path.stat().st_size > size:
+            self.path.unlink()
+        growing = GrowingFile(self.path, size)
+        offset = growing.written
+        needed = size - offset
+        free = free_bytes(partial_dir)
+        if free < needed:
+            raise ArchiveError(
+                f"not enough free space in {partial_dir} for {name}: "
+                f"{human_size(free)} free, {human_size(needed)} needed"
             )
-            old.unlink()
-    path = partial_dir / name
-    if path.exists() and path.stat().st_size > size:
-        path.unlink()
-    growing = GrowingFile(path, size)
-    offset = growing.written
-    needed = size - offset
-    if free_bytes(partial_dir) < needed:
-        raise ArchiveError(
-            f"not enough free space in {partial_dir} for {name}: "
-            f"{human_size(free_bytes(partial_dir))} free, "
-            f"{human_size(needed)} needed"
-        )
-    if offset:
-        log.info(
-            "[%s] resuming %s at %s of %s",
-            remote.host.name,
-            name,
-            human_size(offset),
-            human_size(size),
-        )
-    digest = _hash_prefix(path, offset) if offset else hashlib.sha256()
+        if offset:
+            self.ctx.log.info("resuming %s at %s of %s", name, human_size(offset), human_size(size))
+        digest = _hash_prefix(self.path, offset) if offset else hashlib.sha256()
+        return growing, offset, digest
 
-    outcome: dict[str, object] = {}
-
-    def unpack() -> None:
+    def _unpack(self, growing: GrowingFile) -> None:
+        """The worker: unpack the partial file into staging as it grows."""
         reader = growing.reader()
         try:
             with (
-                TarStream(reader, compression, runner) as stream,
-                Unpacker(staging, limits) as unpacker,
+                TarStream(reader, self.archive.compression, self.ctx.runner) as stream,
+                Unpacker(self.ctx.staging, self.limits) as unpacker,
             ):
                 for member in stream.members():
                     unpacker.add(member, stream.read_data(member))
-                outcome["stats"] = unpacker.finish()
+                self.unpacked = unpacker.finish()
         except BaseException as exc:
-            outcome["error"] = exc
+            self.unpack_error = exc
         finally:
             reader.close()
 
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    worker = threading.Thread(target=unpack, name=f"unpack-{remote.host.name}", daemon=True)
-    worker.start()
-    transfer_error: BaseException | None = None
-    try:
+    def _refused(self) -> bool:
+        return isinstance(self.unpack_error, _REFUSED)
+
+    def _transfer(self, growing: GrowingFile, fd: int, offset: int, digest) -> None:
+        """Append the client's bytes to the partial file. Raises TransferCut when they
+        stop short, ArchiveError when more arrive than the sidecar announced."""
+        name, size = self.archive.name, self.archive.size
         if offset < size:
-            with contextlib.closing(remote.stream(name, offset, cancel)) as stream:
+            with contextlib.closing(self.remote.stream(name, offset, self.ctx.cancel)) as stream:
                 for data in stream:
                     if growing.written + len(data) > size:
                         raise ArchiveError(
@@ -194,50 +218,56 @@ def fetch_and_unpack(
                         )
                     digest.update(data)
                     growing.append(fd, data)
-                    if isinstance(outcome.get("error"), _REFUSED):
+                    if self._refused():
                         break  # refused: the rest of the archive is not wanted
-        refused = isinstance(outcome.get("error"), _REFUSED)  # reported below
-        if growing.written < size and not refused:
+        if growing.written < size and not self._refused():
             raise TransferCut(
-                f"{remote.host.name}: the transfer of {name} stopped at "
+                f"{self.ctx.name}: the transfer of {name} stopped at "
                 f"{human_size(growing.written)} of {human_size(size)}"
             )
-    except BaseException as exc:
-        transfer_error = exc
-    finally:
-        os.fsync(fd)
-        os.close(fd)
-        growing.finish(transfer_error)
-        worker.join()
 
-    error = outcome.get("error")
-    if isinstance(error, _REFUSED):
-        # refused whatever the transfer did: a refused archive leaves no resume point
-        path.unlink(missing_ok=True)
-        if isinstance(error, ArchiveTooLarge):
-            raise ArchiveTooLarge(f"refused {name}: {error}") from None
-        raise error
-    if transfer_error is not None:
-        if isinstance(transfer_error, ArchiveError):
-            path.unlink(missing_ok=True)
-        if isinstance(transfer_error, OSError) and not isinstance(transfer_error, TransferCut):
-            raise ArchiveError(f"cannot write {path}: {transfer_error.strerror}") from None
-        raise transfer_error
-    if digest.hexdigest() != sha256:
-        path.unlink(missing_ok=True)
-        raise ArchiveError(
-            f"{name}: checksum mismatch: the bytes received hash to "
-            f"{digest.hexdigest()[:16]}..., the sidecar says {sha256[:16]}...; "
-            "nothing was stored"
-        )
-    if error is not None:
+    def _judge(self, transfer_error: BaseException | None, sha256: str) -> None:
+        """Raise what went wrong first: a refused archive (the partial file goes), the
+        transfer (a cut keeps the partial file), the checksum, the unpacking."""
+        error, name = self.unpack_error, self.archive.name
+        if isinstance(error, _REFUSED):
+            # refused whatever the transfer did: a refused archive leaves no resume point
+            self.path.unlink(missing_ok=True)
+            if isinstance(error, ArchiveTooLarge):
+                raise ArchiveTooLarge(f"refused {name}: {error}") from None
+            raise error
+        if transfer_error is not None:
+            if isinstance(transfer_error, ArchiveError):
+                self.path.unlink(missing_ok=True)
+            if isinstance(transfer_error, OSError) and not isinstance(transfer_error, TransferCut):
+                raise ArchiveError(f"cannot write {self.path}: {transfer_error.strerror}") from None
+            raise transfer_error
+        if sha256 != self.archive.sha256:
+            self.path.unlink(missing_ok=True)
+            raise ArchiveError(
+                f"{name}: checksum mismatch: the bytes received hash to {sha256[:16]}..., "
+                f"the sidecar says {self.archive.sha256[:16]}...; nothing was stored"
+            )
         if isinstance(error, ArchiveError):
-            path.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)
             raise error
         if isinstance(error, OSError):
-            raise ArchiveError(f"cannot unpack {name} into {staging}: {error.strerror}") from None
-        raise error
-    return Fetched(path, digest.hexdigest(), size, offset, outcome["stats"])
+            raise ArchiveError(
+                f"cannot unpack {name} into {self.ctx.staging}: {error.strerror}"
+            ) from None
+        if error is not None:
+            raise error
+
+
+def fetch_and_unpack(ctx: HostContext, remote: ByteSource, archive: ArchiveInfo) -> Fetched:
+    """Fetch ``archive`` (resuming a partial file) and unpack it into the host's staging.
+
+    The host's ``max_unpacked_size`` and ``max_entries`` limit what the archive may unpack
+    to. Returns what was fetched. Raises TransferCut (the partial file is kept),
+    ArchiveError (checksum or manifest mismatch, HostileArchive, ArchiveTooLarge past a
+    limit: the partial file is deleted; a refused archive also stops the transfer).
+    """
+    return _Download(ctx, remote, archive).run()
 
 
 def discard_partial(path: Path) -> None:

@@ -10,13 +10,12 @@ import argparse
 
 from ..common.errors import EXIT_FAILED, EXIT_OK
 from ..common.locks import FileLock
-from ..common.log import PrefixAdapter, get_logger
-from ..common.runner import Runner
+from ..common.log import get_logger
 from ..common.signals import SignalGuard
 from . import status_file
-from .backends import make_backend
 from .config import ServerConfig
 from .drill import DrillResult, drill
+from .host import HostContext
 from .pull import INSTANCE_LOCK
 
 log = get_logger("verify")
@@ -30,16 +29,8 @@ def verify(
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server verify")
     results = []
     with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
-        for host in hosts:
-            runner = Runner(PrefixAdapter(log, host.name))
-            backend = make_backend(
-                config.backend,
-                host,
-                config.state_dir,
-                runner,
-                config.maintenance.repository_lock_wait,
-            )
-            results.append(drill(config, host, backend, pick_random))
+        for host in hosts:  # one at a time: each drill may fill the scratch space
+            results.append(drill(HostContext.open(config, host), pick_random))
         status_file.record_drills(config.state_dir, results)
     return (EXIT_OK if all(r.ok for r in results) else EXIT_FAILED), results
 

@@ -49,8 +49,6 @@ class RepositoryLocked(BackendError):
 class StoreResult:
     snapshot_id: str
     bytes_added: int
-    files_new: int
-    files_changed: int
     duration: float
     peak_rss: int = 0
     """Highest resident memory of the restic/borg process that stored it, in bytes."""

@@ -158,8 +158,6 @@ class BorgBackend:
         return StoreResult(
             name,
             int(stats.get("deduplicated_size", 0)),
-            int(stats.get("nfiles", 0)),
-            0,
             time.monotonic() - started,
             ran.peak_rss,
         )

@@ -187,8 +187,6 @@ class ResticBackend:
         return StoreResult(
             summary["snapshot_id"][:8],
             int(summary.get("data_added", 0)),
-            int(summary.get("files_new", 0)),
-            int(summary.get("files_changed", 0)),
             time.monotonic() - started,
             ran.peak_rss,
         )

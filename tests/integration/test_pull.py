@@ -421,4 +421,4 @@ def test_check_and_status(fleet):
     fleet.password_file.chmod(0o644)
     result = fleet.server("check")
     assert result.returncode == 1
-    assert "readable by others; run: chmod 600" in result.stdout
+    assert "readable by others (mode 0644); run: chmod 600" in result.stdout

@@ -1,0 +1,91 @@
+"""What every per-host step of the server works with: one :class:`HostContext`.
+
+A pull (:mod:`.host_pull`), maintenance (:mod:`.maintain`), a drill (:mod:`.verify`), and
+``snapshots``/``restore`` all act on one host's repository with the same settings, the
+same ``[host]`` log prefix, a command runner that stops when the host is cancelled, and
+the backend built for that host.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from ..common.errors import Interrupted
+from ..common.log import PrefixAdapter, get_logger
+from ..common.runner import Runner
+from .backends import Backend, make_backend
+from .config import HostConfig, ServerConfig
+
+T = TypeVar("T")
+
+
+@dataclass
+class HostContext:
+    """One host's settings and the tools every step uses on it."""
+
+    config: ServerConfig
+    host: HostConfig
+    log: PrefixAdapter
+    runner: Runner
+    backend: Backend
+    cancel: threading.Event = field(default_factory=threading.Event)
+    """Set at the host's deadline or on SIGTERM: running commands stop, waits end."""
+
+    @classmethod
+    def open(
+        cls, config: ServerConfig, host: HostConfig, cancel: threading.Event | None = None
+    ) -> HostContext:
+        """The context of ``host``: its logger, a cancellable runner and its backend."""
+        cancel = cancel or threading.Event()
+        log = PrefixAdapter(get_logger("host"), host.name)
+        runner = Runner(log)
+        runner.cancel = cancel
+        backend = make_backend(
+            config.backend, host, config.state_dir, runner, config.maintenance.repository_lock_wait
+        )
+        return cls(config, host, log, runner, backend, cancel)
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def staging(self) -> Path:
+        """The host's staging tree, kept between pulls."""
+        return self.config.staging_dir(self.host.name)
+
+    @property
+    def partial_dir(self) -> Path:
+        """Where a download in progress lies, kept for resuming."""
+        return self.config.partial_dir(self.host.name)
+
+
+def for_each_host(
+    config: ServerConfig, hosts: list[HostConfig], work: Callable[[HostContext], T]
+) -> list[T]:
+    """Run ``work`` on every host's context, ``parallel`` hosts at a time, and return the
+    results in the order of ``hosts``. ``work`` must report its own failures; SIGTERM
+    (Interrupted, in the main thread) cancels every host and is raised again."""
+    cancels = {h.name: threading.Event() for h in hosts}
+
+    def one(host: HostConfig) -> T:
+        return work(HostContext.open(config, host, cancels[host.name]))
+
+    with ThreadPoolExecutor(max_workers=config.parallel, thread_name_prefix="host") as pool:
+        futures = [pool.submit(one, h) for h in hosts]
+        try:
+            while not all(f.done() for f in futures):
+                time.sleep(0.1)  # the main thread stays free for SIGTERM
+        except Interrupted:
+            for event in cancels.values():
+                event.set()
+            for future in futures:
+                future.cancel()
+            raise
+        return [f.result() for f in futures]

@@ -1,0 +1,460 @@
+"""One host's pull, as named steps over its :class:`~.host.HostContext`.
+
+:meth:`HostPull.run` goes through the phases in order and stops at the first that ends
+the host's turn:
+
+1. ``due``: with ``--if-due``, a host whose newest snapshot is younger than
+   ``min_interval`` is skipped quietly;
+2. ``connect``: reach the client over SSH (pinned host key);
+3. ``wait_for_client``: ask for its archives, again while it is publishing one;
+4. ``choose``: a pure function of the listing and the repository's snapshots (see
+   :func:`choose`): the newest usable archive, or a skip and why;
+5. ``fetch``: stream the archive into the partial file while unpacking it into staging
+   (:mod:`.transfer`), checked against its sha256 and manifest;
+6. ``store``: one snapshot from staging (restic/borg);
+7. ``mark_fetched``: tell the client, which moves the archive to ``fetched/``.
+
+Every failure becomes the host's result (:meth:`run` never raises but for SIGTERM); the
+host's deadline (``host_timeout``) cancels whatever step is running.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..common.archive import sidecar as sidecars
+from ..common.archive.sidecar import Sidecar
+from ..common.archive.unpack import HostileArchive
+from ..common.clock import iso, iso_or_none, parse_stamp, utc_now
+from ..common.errors import ArchiveError, CommandError, Interrupted, PullbackError
+from ..common.log import recent_lines
+from ..common.notify import Notifier
+from ..common.outcome import Status
+from ..common.protocol import Listing
+from ..common.units import human_duration, human_size
+from .backends import Snapshot
+from .host import HostContext
+from .journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, Journal
+from .remote import Remote, TransferCut
+from .results import HostResult
+from .transfer import Fetched, discard_partial, fetch_and_unpack
+
+FUTURE_TOLERANCE = dt.timedelta(hours=1)
+"""How far in the future an archive's stamp may lie (clock skew) and still be taken."""
+SHOWN_WARNINGS = 10
+KEPT_WARNINGS = 20
+
+
+class ClientEndpoint(Protocol):
+    """What a pull needs of a client (a :class:`~.remote.Remote`, or a test's fake)."""
+
+    def __enter__(self) -> ClientEndpoint: ...
+
+    def __exit__(self, *exc) -> None: ...
+
+    def list(self) -> Listing: ...
+
+    def mark_fetched(self, name: str) -> None: ...
+
+    def stream(self, name: str, offset: int, cancel=None) -> Iterator[bytes]: ...
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    """How a pull was asked for on the command line."""
+
+    dry_run: bool = False
+    if_due: bool = False
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the host's repository already holds, as far as choosing is concerned."""
+
+    newest: Snapshot | None
+    stamps: frozenset[str]
+
+    @classmethod
+    def of(cls, snapshots: list[Snapshot]) -> Stored:
+        return cls(
+            snapshots[-1] if snapshots else None, frozenset(s.stamp for s in snapshots if s.stamp)
+        )
+
+
+@dataclass
+class Choice:
+    """What :func:`choose` decided: an archive to fetch, or a skip and its reason."""
+
+    archive: Sidecar | None = None
+    skip: str = ""
+    """Why nothing is fetched (empty when ``archive`` is to be fetched)."""
+    problem: bool = False
+    """The skip is something an administrator should hear about."""
+    mark_fetched: str | None = None
+    """An archive to tell the client about although it is not fetched (already stored)."""
+    warnings: list[str] = field(default_factory=list)
+    """Archives passed over, and why."""
+
+
+def _printable(value: object, limit: int) -> str:
+    """``value`` as text of at most ``limit`` printable characters."""
+    text = str(value)
+    if not text.isprintable():
+        text = repr(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _mismatch(client_says: str, host: str) -> ArchiveError:
+    return ArchiveError(
+        f"the client calls itself '{client_says}', not '{host}' "
+        "(check hostname: in its client.yaml)"
+    )
+
+
+def newest_usable(
+    listing: Listing, host: str, now: dt.datetime
+) -> tuple[Sidecar | None, list[str]]:
+    """The newest archive of ``listing`` that may be fetched, and a warning for every one
+    passed over: a bad sidecar, a size that differs from the sidecar, a stamp in the future
+    (a wrong client clock must not hide every later archive), and a stamp two archives
+    share (which one is the real one cannot be told).
+
+    Raises ArchiveError when a sidecar names another host.
+    """
+    warnings = []
+    for entry in listing.unusable:
+        # words from the client: shown, but never trusted to be printable
+        name, problem = (_printable(entry.get(k, "?"), 120) for k in ("name", "problem"))
+        warnings.append(f"ignoring {name}: {problem}")
+    by_stamp: dict[str, list[Sidecar]] = {}
+    horizon = now + FUTURE_TOLERANCE
+    for entry in listing.archives:
+        try:
+            name = str(entry["name"])
+            side = sidecars.from_data(entry["sidecar"], expected_name=name)
+        except (KeyError, TypeError, ArchiveError) as exc:
+            warnings.append(f"ignoring an archive with a bad sidecar: {exc}")
+            continue
+        if side.host != host:
+            raise _mismatch(side.host, host)
+        if not isinstance(entry.get("size"), int) or entry["size"] != side.archive.size:
+            warnings.append(f"ignoring {name}: its size differs from its sidecar")
+        elif parse_stamp(side.stamp) > horizon:
+            warnings.append(f"ignoring {name}: it is dated in the future; check the client's clock")
+        else:
+            by_stamp.setdefault(side.stamp, []).append(side)
+    best = None
+    for stamp, sides in by_stamp.items():
+        if len(sides) > 1:
+            names = ", ".join(sorted(s.archive.name for s in sides))
+            warnings.append(f"ignoring {names}: two archives share the stamp {stamp}")
+        elif best is None or stamp > best.stamp:
+            best = sides[0]
+    return best, warnings
+
+
+def choose(listing: Listing, host: str, stored: Stored, now: dt.datetime) -> Choice:
+    """Decide what to do with a client's listing; a pure function.
+
+    Skips: no usable archive (a problem when archives were passed over or there are
+    none), the chosen archive already stored (tell the client it was fetched), or older
+    than the newest snapshot. Raises ArchiveError when the client is another host.
+    """
+    if listing.host != host:
+        raise _mismatch(listing.host, host)
+    best, warnings = newest_usable(listing, host, now)
+    if best is None:
+        reason = (
+            "no archive can be fetched: " + "; ".join(warnings)
+            if warnings
+            else "the client has no archive to fetch"
+        )
+        return Choice(skip=reason, problem=True, warnings=warnings)
+    name = best.archive.name
+    if best.stamp in stored.stamps:
+        return Choice(best, f"{name} is already stored", mark_fetched=name, warnings=warnings)
+    newest = stored.newest
+    if newest is not None and parse_stamp(best.stamp) < newest.time:
+        skip = f"{name} is older than the newest snapshot ({iso(newest.time)}); not stored"
+        return Choice(best, skip, warnings=warnings)
+    return Choice(best, warnings=warnings)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a failed pull says, in plain words, for ``exc``."""
+    if isinstance(exc, TransferCut):
+        return f"{exc}; what arrived is kept and the next run resumes"
+    if isinstance(exc, HostileArchive):
+        return f"refused a hostile archive: {exc}; nothing was stored"
+    if isinstance(exc, ArchiveError) and "nothing was stored" not in str(exc):
+        return f"{exc}; nothing was stored"
+    if isinstance(exc, CommandError):
+        return f"{exc.display.split(' ', 1)[0]} {exc.reason}" + (
+            f": {exc.tail[-1]}" if exc.tail else ""
+        )
+    if isinstance(exc, PullbackError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+class HostPull:
+    """Pull one host: :meth:`run` the phases; each phase is a method of its own."""
+
+    def __init__(
+        self,
+        ctx: HostContext,
+        options: PullOptions,
+        journal: Journal | None = None,
+        interrupted: InterruptedRun | None = None,
+        connect: Callable[[HostContext], ClientEndpoint] | None = None,
+    ):
+        self.ctx = ctx
+        self.options = options
+        self.journal = journal
+        self.interrupted = interrupted
+        self._connect = connect or (lambda c: Remote(c.host, c.config.ssh, c.runner))
+        self.result = HostResult(ctx.name, started=iso(utc_now()))
+        self.notifier = Notifier(ctx.host.notify, f"pull of {ctx.name}")
+        self.started = time.monotonic()
+
+    # -- the whole run ------------------------------------------------------------------
+
+    def run(self) -> HostResult:
+        """Pull the host. Never raises (except Interrupted): failures are in the result."""
+        ctx, result = self.ctx, self.result
+        timer = threading.Timer(ctx.config.host_timeout, ctx.cancel.set)
+        timer.daemon = True
+        timer.start()
+        if self.interrupted is not None and ctx.name in self.interrupted.phases:
+            self._warn(self.interrupted.describe(ctx.name))
+        try:
+            self._steps()
+        except Interrupted:
+            raise
+        except BaseException as exc:
+            result.status = Status.FAILED
+            result.reason = failure_reason(exc)
+            if ctx.cancel.is_set() and not timer.is_alive():
+                limit = human_duration(ctx.config.host_timeout)
+                result.reason = f"timed out after {limit} (host_timeout); {result.reason}"
+            if not isinstance(exc, PullbackError | OSError):
+                ctx.log.debug("%s", traceback.format_exc())
+        finally:
+            timer.cancel()
+            result.duration = time.monotonic() - self.started
+            self._phase(None)
+        self._report()
+        return result
+
+    def _steps(self) -> None:
+        self.ctx.backend.prepare()
+        self.clear_interrupted_store()
+        # The repository's snapshot list and the client's listing are independent: ask
+        # both at once (each costs a process start and, for restic, a key derivation).
+        with ThreadPoolExecutor(1, thread_name_prefix=f"snapshots-{self.ctx.name}") as pool:
+            asked = pool.submit(self.ctx.backend.snapshots)
+            try:
+                if self.options.if_due and not self.due(asked.result()):
+                    return
+                self._pull(asked)
+            finally:
+                if self.result.status != Status.STORED and asked.done() and not asked.exception():
+                    self.note_snapshots(asked.result())  # for the report of a failed host
+
+    def _pull(self, asked: Future) -> None:
+        if not self.options.dry_run:
+            self.notifier.start()
+        self._phase(CONNECTING)
+        with self.connect() as remote:
+            listing = self.wait_for_client(remote)
+            if listing is None:
+                return
+            stored = self.note_snapshots(asked.result())
+            choice = choose(listing, self.ctx.name, stored, utc_now())
+            if not self.apply(choice, remote):
+                return
+            assert choice.archive is not None
+            fetched = self.fetch(remote, choice.archive)
+            self.store(choice.archive, fetched)
+            self.mark_fetched(remote, choice.archive.archive.name)
+
+    # -- the phases -----------------------------------------------------------------------
+
+    def clear_interrupted_store(self) -> None:
+        """If a killed pull was storing this host, remove the locks its store left (only
+        locks whose process is gone)."""
+        cut = self.interrupted is not None and self.interrupted.phases.get(self.ctx.name) == STORING
+        if not cut or self.options.dry_run:
+            return
+        try:
+            message = self.ctx.backend.unlock()
+        except PullbackError as exc:
+            message = f"could not remove a stale repository lock: {exc}"
+        if message:  # (the backend has logged it)
+            self.result.warnings.append(message)
+
+    def due(self, snapshots: list[Snapshot]) -> bool:
+        """False (and the result a quiet skip) when the newest snapshot is fresh."""
+        newest = self.note_snapshots(snapshots).newest
+        if newest is None:
+            return True
+        age = (utc_now() - newest.time).total_seconds()
+        if age >= self.ctx.host.min_interval:
+            return True
+        self.result.status, self.result.fresh = Status.SKIPPED, True
+        self.result.reason = (
+            f"fresh: the newest snapshot is {human_duration(age)} old "
+            f"(min_interval {human_duration(self.ctx.host.min_interval)})"
+        )
+        return False
+
+    def connect(self) -> ClientEndpoint:
+        """The client's serve endpoint (connected when entered)."""
+        return self._connect(self.ctx)
+
+    def wait_for_client(self, remote: ClientEndpoint) -> Listing | None:
+        """The client's listing, asked again while it is publishing an archive
+        (``lock_retries`` times, ``lock_wait`` apart); None (a skip) if it stays busy."""
+        config = self.ctx.config
+        listing = remote.list()
+        for attempt in range(config.lock_retries):
+            if not listing.lock:
+                return listing
+            self.ctx.log.info(
+                "the client is publishing an archive; asking again in %s (%d/%d)",
+                human_duration(config.lock_wait),
+                attempt + 1,
+                config.lock_retries,
+            )
+            if self.ctx.cancel.wait(config.lock_wait):
+                raise PullbackError("cancelled while waiting for the client's lock")
+            listing = remote.list()
+        if not listing.lock:
+            return listing
+        owner = listing.lock
+        self._skip(
+            f"busy: the client was still publishing an archive after {config.lock_retries} "
+            f"retries (pid {_printable(owner.get('pid'), 20)}, since "
+            f"{_printable(owner.get('started'), 40)})",
+            problem=True,
+        )
+        return None
+
+    def note_snapshots(self, snapshots: list[Snapshot]) -> Stored:
+        """Record the repository's snapshots in the result; return what choosing needs."""
+        result = self.result
+        result.newest_snapshot = iso_or_none(snapshots[-1].time if snapshots else None)
+        result.oldest_snapshot = iso_or_none(snapshots[0].time if snapshots else None)
+        result.snapshot_count = len(snapshots)
+        return Stored.of(snapshots)
+
+    def apply(self, choice: Choice, remote: ClientEndpoint) -> bool:
+        """Record ``choice`` in the result; True when its archive is to be fetched."""
+        for warning in choice.warnings:
+            self._warn(warning)
+        if choice.archive is not None:
+            info = choice.archive.archive
+            result = self.result
+            result.archive, result.stamp = info.name, choice.archive.stamp
+            result.size, result.content_bytes = info.size, info.content_bytes
+            result.client_failed_services = choice.archive.failed_services
+        if choice.skip:
+            self._skip(choice.skip, problem=choice.problem)
+            if choice.mark_fetched and not self.options.dry_run:
+                self.mark_fetched(remote, choice.mark_fetched)
+            return False
+        if self.options.dry_run:
+            assert choice.archive is not None
+            size = human_size(choice.archive.archive.size)
+            self._skip(f"dry run: would fetch {choice.archive.archive.name} ({size})")
+            return False
+        return True
+
+    def fetch(self, remote: ClientEndpoint, archive: Sidecar) -> Fetched:
+        """Fetch and unpack ``archive`` into staging, resuming a partial download."""
+        self._phase(TRANSFERRING)
+        fetched = fetch_and_unpack(self.ctx, remote, archive.archive)
+        self.result.resumed_from = fetched.resumed_from
+        warnings = fetched.unpacked.warnings
+        for warning in warnings[:SHOWN_WARNINGS]:
+            self.ctx.log.warning("%s", warning)
+        if len(warnings) > SHOWN_WARNINGS:
+            more = len(warnings) - SHOWN_WARNINGS
+            self.ctx.log.warning("... and %d more warnings like these", more)
+        self.result.warnings.extend(warnings[:KEPT_WARNINGS])
+        stats = fetched.unpacked
+        self.ctx.log.info(
+            "fetched %s (%s%s), unpacked %d files (%d rewritten, %d unchanged, %d removed)",
+            archive.archive.name,
+            human_size(fetched.size),
+            f", resumed at {human_size(fetched.resumed_from)}" if fetched.resumed_from else "",
+            stats.files,
+            stats.written,
+            stats.unchanged,
+            stats.removed,
+        )
+        return fetched
+
+    def store(self, archive: Sidecar, fetched: Fetched) -> None:
+        """Store the staging tree as one snapshot, within what is left of the deadline."""
+        ctx, result = self.ctx, self.result
+        self._phase(STORING)
+        when = parse_stamp(archive.stamp)
+        remaining = max(60.0, ctx.config.host_timeout - (time.monotonic() - self.started))
+        timeout = min(ctx.config.backend.timeout, remaining)
+        stored = ctx.backend.store(ctx.staging, archive.stamp, when, timeout)
+        result.status = Status.STORED
+        result.snapshot_id = stored.snapshot_id
+        result.bytes_added = stored.bytes_added
+        result.store_peak_rss = stored.peak_rss
+        result.snapshot_count += 1
+        result.newest_snapshot = iso(when)
+        result.reason = (
+            f"stored {archive.archive.name} as {ctx.backend.name} snapshot "
+            f"{stored.snapshot_id} (+{human_size(stored.bytes_added)})"
+        )
+        discard_partial(fetched.path)
+        try:
+            result.repository_bytes = ctx.backend.size()
+        except PullbackError as exc:
+            ctx.log.warning("could not measure the repository: %s", exc)
+
+    def mark_fetched(self, remote: ClientEndpoint, name: str) -> None:
+        """Tell the client ``name`` was fetched; a refusal is only a warning."""
+        try:
+            remote.mark_fetched(name)
+        except PullbackError as exc:
+            self._warn(f"could not tell the client that {name} was fetched: {exc}")
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _skip(self, reason: str, problem: bool = False) -> None:
+        self.result.status, self.result.reason = Status.SKIPPED, reason
+        self.result.problem = self.result.problem or problem
+
+    def _warn(self, message: str) -> None:
+        self.ctx.log.warning("%s", message)
+        self.result.warnings.append(message)
+
+    def _phase(self, name: str | None) -> None:
+        if self.journal is not None and not self.options.dry_run:
+            self.journal.phase(self.ctx.name, name)
+
+    def _report(self) -> None:
+        result = self.result
+        level = logging.ERROR if result.status == Status.FAILED else logging.INFO
+        self.ctx.log.log(level, "%s: %s", result.status, result.reason)
+        if not self.options.dry_run:
+            lines = [result.reason, *result.warnings, *recent_lines(f"[{self.ctx.name}]")]
+            ok = result.status != Status.FAILED
+            self.notifier.finish(ok, f"pullback: {self.ctx.name} {result.status}", "\n".join(lines))

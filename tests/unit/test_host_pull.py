@@ -1,0 +1,409 @@
+"""Every phase and skip rule of one host's pull, with fakes for the client and the repository.
+
+The client endpoint and the backend are stand-ins (a real client and repository are the
+integration tier's); the archive bytes, zstd, the unpacker and the staging tree are real.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pullback.common.clock import iso, parse_stamp, stamp_of
+from pullback.common.errors import ArchiveError, CommandError, PullbackError
+from pullback.common.log import PrefixAdapter, get_logger
+from pullback.common.outcome import Status
+from pullback.common.protocol import Listing
+from pullback.common.runner import Runner
+from pullback.server.backends import BackendError, Snapshot, StoreResult
+from pullback.server.config import load_server_config
+from pullback.server.host import HostContext
+from pullback.server.host_pull import (
+    HostPull,
+    PullOptions,
+    Stored,
+    choose,
+    failure_reason,
+)
+from pullback.server.journal import STORING, InterruptedRun
+from pullback.server.remote import TransferCut
+from tests.helpers.archives import Entry, build_tar, publish
+
+NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
+
+
+def sidecar(name: str, size: int = 10, host: str = "web1", status: str = "ok") -> dict:
+    stamp = name.rsplit("-", 1)[1].split(".")[0]
+    return {
+        "format": 1,
+        "host": host,
+        "stamp": stamp,
+        "created": iso(parse_stamp(stamp)),
+        "pullback_version": "test",
+        "status": status,
+        "archive": {"name": name, "size": size, "sha256": "0" * 64, "compression": "zstd"},
+        "services": [{"name": "app", "status": "ok"}],
+    }
+
+
+def entry(name: str, size: int = 10, **kwargs) -> dict:
+    return {"name": name, "size": size, "sidecar": sidecar(name, size, **kwargs)}
+
+
+def listing(*archives: dict, unusable=(), host="web1", lock=None) -> Listing:
+    return Listing(host, "test", lock, list(archives), list(unusable))
+
+
+NOTHING = Stored(None, frozenset())
+A = "web1-20261130T100000Z.tar.zst"
+B = "web1-20261130T110000Z.tar.zst"
+
+
+# -- choose: a pure function ------------------------------------------------------------
+
+
+def test_the_newest_archive_is_chosen():
+    choice = choose(listing(entry(A), entry(B)), "web1", NOTHING, NOW)
+    assert choice.archive.archive.name == B and not choice.skip and not choice.warnings
+
+
+def test_no_archive_at_all_is_a_problem_skip():
+    choice = choose(listing(), "web1", NOTHING, NOW)
+    assert (choice.archive, choice.skip, choice.problem) == (
+        None,
+        "the client has no archive to fetch",
+        True,
+    )
+
+
+def test_only_unusable_archives_say_why():
+    unusable = [{"name": A, "problem": "no sidecar (incomplete)"}]
+    choice = choose(listing(unusable=unusable), "web1", NOTHING, NOW)
+    assert choice.problem
+    assert choice.skip == f"no archive can be fetched: ignoring {A}: no sidecar (incomplete)"
+
+
+def test_client_words_in_unusable_entries_are_escaped_and_capped():
+    unusable = [{"name": "x\n[web2] stored", "problem": "\x1b[31m" + "y" * 500}]
+    choice = choose(listing(unusable=unusable), "web1", NOTHING, NOW)
+    assert "\n" not in choice.skip and "\x1b" not in choice.skip
+    assert len(choice.warnings[0]) < 300
+
+
+def test_a_bad_sidecar_is_passed_over_for_an_older_good_one():
+    broken = {"name": B, "size": 10, "sidecar": {"format": 1, "host": "web1"}}
+    choice = choose(listing(entry(A), broken), "web1", NOTHING, NOW)
+    assert choice.archive.archive.name == A
+    assert choice.warnings[0].startswith("ignoring an archive with a bad sidecar")
+
+
+def test_a_size_that_differs_from_the_sidecar_is_passed_over():
+    lying = {"name": B, "size": 11, "sidecar": sidecar(B, 10)}
+    choice = choose(listing(entry(A), lying), "web1", NOTHING, NOW)
+    assert choice.archive.archive.name == A
+    assert choice.warnings == [f"ignoring {B}: its size differs from its sidecar"]
+
+
+def test_an_archive_from_the_future_is_passed_over_but_within_an_hour_is_fine():
+    soon = f"web1-{stamp_of(NOW + dt.timedelta(minutes=50))}.tar.zst"
+    later = f"web1-{stamp_of(NOW + dt.timedelta(hours=2))}.tar.zst"
+    choice = choose(listing(entry(A), entry(later)), "web1", NOTHING, NOW)
+    assert choice.archive.archive.name == A and "dated in the future" in choice.warnings[0]
+    assert choose(listing(entry(soon)), "web1", NOTHING, NOW).archive.archive.name == soon
+
+
+def test_two_archives_sharing_a_stamp_are_both_passed_over():
+    twin = B.replace(".tar.zst", ".tar.gz")
+    choice = choose(listing(entry(A), entry(B), entry(twin)), "web1", NOTHING, NOW)
+    assert choice.archive.archive.name == A
+    assert choice.warnings == [
+        f"ignoring {twin}, {B}: two archives share the stamp 20261130T110000Z"
+    ]
+
+
+def test_a_client_that_is_another_host_fails_the_pull():
+    with pytest.raises(ArchiveError, match="the client calls itself 'web2', not 'web1'"):
+        choose(listing(host="web2"), "web1", NOTHING, NOW)
+    with pytest.raises(ArchiveError, match="calls itself 'web2'"):
+        choose(listing(entry(A.replace("web1", "web2"), host="web2")), "web1", NOTHING, NOW)
+
+
+def test_an_archive_already_stored_is_skipped_and_marked_fetched():
+    stored = Stored(
+        Snapshot("abc", parse_stamp("20261130T110000Z"), "20261130T110000Z"),
+        frozenset({"20261130T110000Z"}),
+    )
+    choice = choose(listing(entry(A), entry(B)), "web1", stored, NOW)
+    assert (choice.skip, choice.mark_fetched, choice.problem) == (
+        f"{B} is already stored",
+        B,
+        False,
+    )
+
+
+def test_an_archive_older_than_the_newest_snapshot_is_skipped_not_marked():
+    newer = parse_stamp("20261130T113000Z")
+    choice = choose(listing(entry(B)), "web1", Stored(Snapshot("s", newer, None), frozenset()), NOW)
+    assert choice.skip.startswith(f"{B} is older than the newest snapshot")
+    assert choice.mark_fetched is None and not choice.problem
+
+
+# -- HostPull: the phases, with fakes ---------------------------------------------------
+
+
+@dataclass
+class FakeBackend:
+    """A repository in memory: what the pull asks of restic or borg."""
+
+    snapshot_list: list[Snapshot] = field(default_factory=list)
+    stored: list[tuple[Path, str]] = field(default_factory=list)
+    unlocked: int = 0
+    fail_snapshots: BaseException | None = None
+    name: str = "fake"
+
+    def repository(self) -> str:
+        return "memory"
+
+    def prepare(self, create: bool = True) -> None:
+        pass
+
+    def snapshots(self) -> list[Snapshot]:
+        if self.fail_snapshots:
+            raise self.fail_snapshots
+        return list(self.snapshot_list)
+
+    def store(self, staging: Path, stamp: str, when, timeout: float) -> StoreResult:
+        manifest = (staging / "MANIFEST.sha256").read_bytes()
+        self.stored.append((staging, stamp))
+        self.snapshot_list.append(Snapshot(f"s{len(self.stored)}", when, stamp))
+        return StoreResult(f"s{len(self.stored)}", len(manifest), 0.1, 1000)
+
+    def unlock(self) -> str:
+        self.unlocked += 1
+        return "removed 1 stale lock(s)"
+
+    def size(self) -> int:
+        return 4096
+
+
+class FakeClient:
+    """The client's serve endpoint: a directory of published archives."""
+
+    def __init__(self, archive_dir: Path, host: str = "web1"):
+        self.archive_dir = archive_dir
+        self.host = host
+        self.locked_answers = 0
+        self.marked: list[str] = []
+        self.cut_at: int | None = None
+        self.cancel = threading.Event()
+        self.hang = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def list(self) -> Listing:
+        if self.hang:  # a client that never answers: only the host's deadline ends it
+            if not self.cancel.wait(30):
+                raise AssertionError("the deadline never came")
+            raise PullbackError("web1: no answer to 'list'")
+        lock = None
+        if self.locked_answers:
+            self.locked_answers -= 1
+            lock = {"pid": 42, "started": "2026-11-30T11:59:00Z"}
+        found = []
+        for side in sorted(self.archive_dir.glob("*.json")):
+            archive = side.with_suffix("")
+            found.append(
+                {
+                    "name": archive.name,
+                    "size": archive.stat().st_size,
+                    "sidecar": json.loads(side.read_text()),
+                }
+            )
+        return Listing(self.host, "test", lock, found, [])
+
+    def mark_fetched(self, name: str) -> None:
+        self.marked.append(name)
+
+    def stream(self, name: str, offset: int, cancel=None):
+        data = (self.archive_dir / name).read_bytes()[offset:]
+        if self.cut_at is not None:
+            data = data[: self.cut_at - offset]
+        for start in range(0, len(data), 4096):
+            yield data[start : start + 4096]
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        f"lock_dir: {tmp_path / 'run'}\n"
+        "lock_retries: 2\nlock_wait: 0s\nhost_timeout: 60s\n"
+        "hosts:\n  - name: web1\n"
+    )
+    return load_server_config(path)
+
+
+@pytest.fixture
+def backend():
+    return FakeBackend()
+
+
+@pytest.fixture
+def client(tmp_path):
+    return FakeClient(tmp_path / "client-archives")
+
+
+def make_pull(config, backend, client, options=None, interrupted=None) -> HostPull:
+    host = config.host("web1")
+    log = PrefixAdapter(get_logger("test"), host.name)
+    runner = Runner(log)
+    cancel = threading.Event()
+    runner.cancel = cancel
+    ctx = HostContext(config, host, log, runner, backend, cancel)
+    options = options or PullOptions()
+    client.cancel = cancel
+    return HostPull(ctx, options, interrupted=interrupted, connect=lambda _: client)
+
+
+def publish_one(client: FakeClient) -> Path:
+    when = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+    tar = build_tar([Entry("services/app/files/a.txt", data=b"alpha\n")])
+    return publish(client.archive_dir, "web1", tar, when)
+
+
+def test_a_new_archive_is_fetched_unpacked_stored_and_marked(config, backend, client):
+    archive = publish_one(client)
+    result = make_pull(config, backend, client).run()
+    assert result.status == Status.STORED, result.reason
+    assert result.reason.startswith(f"stored {archive.name} as fake snapshot s1")
+    staging = config.staging_dir("web1")
+    assert (staging / "services/app/files/a.txt").read_bytes() == b"alpha\n"
+    assert backend.stored == [(staging, archive.name.split("-", 1)[1].split(".")[0])]
+    assert client.marked == [archive.name]
+    assert list(config.partial_dir("web1").iterdir()) == []
+    assert (result.snapshot_count, result.repository_bytes) == (1, 4096)
+
+
+def test_a_fresh_host_is_skipped_quietly_without_connecting(config, backend, client):
+    recent = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    backend.snapshot_list = [Snapshot("s0", recent, stamp_of(recent))]
+    client.hang = True  # connecting would hang the test
+    result = make_pull(config, backend, client, PullOptions(if_due=True)).run()
+    assert (result.status, result.fresh, result.problem) == (Status.SKIPPED, True, False)
+    assert result.reason.startswith("fresh: the newest snapshot is ")
+    assert result.reason.endswith(" old (min_interval 20h00m)")
+
+
+def test_a_busy_client_is_asked_again_then_skipped_as_a_problem(config, backend, client):
+    publish_one(client)
+    client.locked_answers = 3  # lock_retries is 2: three answers in a row say busy
+    result = make_pull(config, backend, client).run()
+    assert (result.status, result.problem) == (Status.SKIPPED, True)
+    assert result.reason.startswith("busy: the client was still publishing an archive after 2")
+    client.locked_answers = 2
+    assert make_pull(config, backend, client).run().status == Status.STORED
+
+
+def test_a_dry_run_stores_nothing_and_marks_nothing(config, backend, client):
+    archive = publish_one(client)
+    result = make_pull(config, backend, client, PullOptions(dry_run=True)).run()
+    assert result.status == Status.SKIPPED
+    assert result.reason.startswith(f"dry run: would fetch {archive.name}")
+    assert (backend.stored, client.marked) == ([], [])
+
+
+def test_an_archive_already_stored_is_marked_fetched_again(config, backend, client):
+    archive = publish_one(client)
+    stamp = archive.name.split("-", 1)[1].split(".")[0]
+    backend.snapshot_list = [Snapshot("s0", parse_stamp(stamp), stamp)]
+    result = make_pull(config, backend, client).run()
+    assert (result.status, result.reason) == (Status.SKIPPED, f"{archive.name} is already stored")
+    assert client.marked == [archive.name] and backend.stored == []
+
+
+def test_a_checksum_mismatch_fails_and_stores_nothing(config, backend, client):
+    archive = publish_one(client)
+    side = archive.with_name(archive.name + ".json")
+    data = json.loads(side.read_text())
+    data["archive"]["sha256"] = hashlib.sha256(b"other").hexdigest()
+    side.write_text(json.dumps(data))
+    result = make_pull(config, backend, client).run()
+    assert result.status == Status.FAILED
+    assert "checksum mismatch" in result.reason and result.reason.endswith("nothing was stored")
+    assert backend.stored == [] and client.marked == []
+    assert not (config.partial_dir("web1") / archive.name).exists()
+
+
+def test_a_cut_transfer_keeps_what_arrived_and_the_next_run_resumes(config, backend, client):
+    archive = publish_one(client)
+    client.cut_at = archive.stat().st_size // 2
+    result = make_pull(config, backend, client).run()
+    assert result.status == Status.FAILED
+    assert result.reason.endswith("what arrived is kept and the next run resumes")
+    partial = config.partial_dir("web1") / archive.name
+    assert partial.stat().st_size == client.cut_at
+    client.cut_at = None
+    again = make_pull(config, backend, client).run()
+    assert again.status == Status.STORED and again.resumed_from == archive.stat().st_size // 2
+
+
+def test_a_store_cut_short_by_a_killed_pull_has_its_stale_locks_removed(config, backend, client):
+    killed = InterruptedRun(99, "2026-11-30T11:00:00Z", {"web1": STORING})
+    result = make_pull(config, backend, client, interrupted=killed).run()
+    assert backend.unlocked == 1
+    assert result.warnings[0] == (
+        "the previous pull (pid 99, started 2026-11-30T11:00:00Z) was killed while storing"
+    )
+    assert "removed 1 stale lock(s)" in result.warnings
+
+
+def test_a_repository_that_cannot_be_read_fails_the_host(config, backend, client):
+    publish_one(client)
+    backend.fail_snapshots = BackendError("wrong password for the restic repository memory")
+    result = make_pull(config, backend, client).run()
+    assert (result.status, result.reason) == (
+        Status.FAILED,
+        "wrong password for the restic repository memory",
+    )
+
+
+def test_the_deadline_ends_a_hanging_client(config, backend, client):
+    client.hang = True
+    config = dataclasses.replace(config, host_timeout=0.5)
+    result = make_pull(config, backend, client).run()
+    assert result.status == Status.FAILED
+    assert result.reason == "timed out after 0s (host_timeout); web1: no answer to 'list'"
+    assert 0.5 <= result.duration < 5
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (
+            TransferCut("web1: the transfer stopped"),
+            "web1: the transfer stopped; what arrived is kept and the next run resumes",
+        ),
+        (ArchiveError("bad"), "bad; nothing was stored"),
+        (ArchiveError("bad; nothing was stored"), "bad; nothing was stored"),
+        (
+            CommandError("restic backup --json .", 1, ["Fatal: x"]),
+            "restic exited with code 1: Fatal: x",
+        ),
+        (OSError(28, "No space left on device", "/x"), "/x: No space left on device"),
+        (KeyError("k"), "internal error: KeyError: 'k'"),
+    ],
+)
+def test_failures_are_said_in_plain_words(exc, reason):
+    assert failure_reason(exc) == reason

@@ -1,28 +1,20 @@
-"""Storage backends: one small interface, restic and borg behind it."""
+"""Storage backends: one small interface (:class:`Backend`), restic and borg behind it.
+
+:class:`~.base.RepositoryBackend` holds what both share; :mod:`.restic` and :mod:`.borg`
+build their tools' argv with pure functions, unit-tested for plain equality.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from ...common import secrets
-from ...common.errors import PullbackError
+from ...common.runner import Runner
 from ..config import BackendConfig, HostConfig
-
-
-class BackendError(PullbackError):
-    """The repository could not be used; the message says why in plain words."""
-
-
-class RepositoryMissing(BackendError):
-    """The repository does not exist (and was not to be created)."""
-
-
-class IncompleteStore(BackendError):
-    """The tool stored a snapshot but says it is incomplete (restic exit 3)."""
+from .errors import BackendError, IncompleteStore, RepositoryLocked, RepositoryMissing
 
 
 @dataclass(frozen=True)
@@ -31,18 +23,12 @@ class Snapshot:
     time: dt.datetime
     stamp: str | None
     """The archive stamp the snapshot was made from (pullback's own snapshots)."""
-    paths: tuple[str, ...] = ()
-    """restic: the absolute staging path the snapshot was taken of."""
 
 
 @dataclass(frozen=True)
 class ForgetResult:
     kept: list[str]
     removed: list[str]
-
-
-class RepositoryLocked(BackendError):
-    """A live process holds the repository's lock beyond the configured wait."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +87,11 @@ class Backend(Protocol):
 
 
 def make_backend(
-    config: BackendConfig, host: HostConfig, state_dir: Path, runner, lock_wait: float = 1800.0
+    config: BackendConfig,
+    host: HostConfig,
+    state_dir: Path,
+    runner: Runner,
+    lock_wait: float = 1800.0,
 ) -> Backend:
     """The backend of ``config.type`` for one host; a live repository lock is waited
     for up to ``lock_wait`` seconds."""
@@ -114,51 +104,6 @@ def make_backend(
     return BorgBackend(config, host, state_dir, runner, lock_wait)
 
 
-def local_path(repository: str) -> Path | None:
-    """The directory of a repository on this machine, or None for a URL (sftp:, s3: ...)."""
-    if repository.startswith("/") and "://" not in repository:
-        return Path(repository)
-    return None
-
-
-def directory_size(path: Path) -> int:
-    """Bytes the files below ``path`` occupy on disk."""
-    total = 0
-    for directory, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
-            except FileNotFoundError:
-                continue
-    return total
-
-
-def within_to_restic(value: str) -> str:
-    """``2w`` -> ``14d``: restic's durations know y, m, d and h only."""
-    value = value.strip()
-    return f"{int(value[:-1]) * 7}d" if value.endswith("w") else value
-
-
-def policy_arguments(policy: dict, within=lambda v: v) -> list[str]:
-    """``--keep-daily 7 --keep-within 2d ...`` for a retention policy."""
-    args = []
-    for key in (
-        "keep_last",
-        "keep_hourly",
-        "keep_daily",
-        "keep_weekly",
-        "keep_monthly",
-        "keep_yearly",
-    ):
-        if policy.get(key):
-            args += [f"--{key.replace('_', '-')}", str(policy[key])]
-    if policy.get("keep_within"):
-        args += ["--keep-within", within(policy["keep_within"])]
-    if not args:
-        raise BackendError("the retention policy keeps nothing; set at least one keep_*")
-    return args
-
-
 def read_password(path: Path) -> str:
     """The repository password (see :func:`pullback.common.secrets.read_secret_file`).
 
@@ -168,3 +113,17 @@ def read_password(path: Path) -> str:
         return secrets.read_secret_file(path, "password file")
     except secrets.SecretFileError as exc:
         raise BackendError(str(exc)) from None
+
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "ForgetResult",
+    "IncompleteStore",
+    "RepositoryLocked",
+    "RepositoryMissing",
+    "Snapshot",
+    "StoreResult",
+    "make_backend",
+    "read_password",
+]

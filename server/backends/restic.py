@@ -1,4 +1,8 @@
-"""restic: one repository per host, snapshots tagged ``pullback`` and the archive stamp."""
+"""restic: one repository per host, snapshots tagged ``pullback`` and the archive stamp.
+
+The argv of every restic command is built by a pure function below (``*_args``); the
+backend runs them with the password by file (``RESTIC_PASSWORD_FILE``), never on argv.
+"""
 
 from __future__ import annotations
 
@@ -11,177 +15,181 @@ from pathlib import Path
 
 from ...common.clock import is_stamp
 from ...common.errors import CommandError
-from ..config import BackendConfig, HostConfig
-from . import (
-    BackendError,
-    ForgetResult,
-    IncompleteStore,
-    RepositoryLocked,
-    RepositoryMissing,
-    Snapshot,
-    StoreResult,
-    directory_size,
-    local_path,
-    policy_arguments,
-    read_password,
-    within_to_restic,
-)
+from ...common.runner import CommandResult
+from . import ForgetResult, Snapshot, StoreResult, read_password
+from .base import RepositoryBackend, local_path
+from .errors import BackendError, IncompleteStore
 
 TAG = "pullback"
-_MISSING = (
-    "Is there a repository at the following location?",
-    "does not exist",
-    "unable to open config file",
-    "repository not found",
-)
-_WRONG_PASSWORD = ("wrong password", "no key found")
-_LOCKED = "repository is already locked"
 _TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 _LOCK_POLL = 5.0
+_POLICY_KEYS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly")
+_POLICY_KEYS += ("keep_yearly",)
+
+# -- argv, as pure functions ----------------------------------------------------------------
 
 
-class ResticBackend:
+def snapshots_args(host: str) -> list[str]:
+    return ["snapshots", "--host", host, "--tag", TAG, "--json"]
+
+
+def backup_args(host: str, stamp: str, when: dt.datetime) -> list[str]:
+    """``restic backup`` of the staging tree (run in it: the snapshot's root holds
+    ``services/`` and ``MANIFEST.sha256``), tagged and timed like the archive."""
+    return [
+        "backup",
+        "--json",
+        "--host",
+        host,
+        "--tag",
+        TAG,
+        "--tag",
+        stamp,
+        "--time",
+        when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "--ignore-inode",
+        ".",
+    ]
+
+
+def within_to_restic(value: str) -> str:
+    """``2w`` -> ``14d``: restic's durations know y, m, d and h only."""
+    value = value.strip()
+    return f"{int(value[:-1]) * 7}d" if value.endswith("w") else value
+
+
+def policy_args(policy: dict) -> list[str]:
+    """``--keep-daily 7 --keep-within 2d ...`` for a retention policy.
+
+    Raises BackendError for a policy that keeps nothing.
+    """
+    args = []
+    for key in _POLICY_KEYS:
+        if policy.get(key):
+            args += [f"--{key.replace('_', '-')}", str(policy[key])]
+    if policy.get("keep_within"):
+        args += ["--keep-within", within_to_restic(policy["keep_within"])]
+    if not args:
+        raise BackendError("the retention policy keeps nothing; set at least one keep_*")
+    return args
+
+
+def forget_args(host: str, policy: dict) -> list[str]:
+    return [
+        "forget",
+        "--host",
+        host,
+        "--tag",
+        TAG,
+        "--group-by",
+        "host",
+        *policy_args(policy),
+        "--json",
+    ]
+
+
+def check_args(part: int, parts: int) -> list[str]:
+    """Read part ``part`` of ``parts`` of the data (all of it when ``parts`` is 1)."""
+    return ["check", f"--read-data-subset={part}/{parts}" if parts > 1 else "--read-data"]
+
+
+def restore_args(snapshot_id: str, target: Path, includes: list[str]) -> list[str]:
+    args = ["restore", snapshot_id, "--target", str(target)]
+    for include in includes:
+        args += ["--include", f"/{include.strip('/')}"]
+    return args
+
+
+def parse_time(text: str) -> dt.datetime:
+    """restic's RFC 3339 times (nanoseconds, ``Z`` or an offset) as an aware datetime."""
+    match = _TIME.match(text)
+    if not match:
+        raise BackendError(f"restic printed a time pullback does not understand: {text!r}")
+    base, fraction, zone = match.groups()
+    micro = (fraction or ".0")[1:7].ljust(6, "0")
+    zone = "+00:00" if zone == "Z" else zone
+    return dt.datetime.fromisoformat(f"{base}.{micro}{zone}")
+
+
+# -- the backend ----------------------------------------------------------------------------
+
+
+class ResticBackend(RepositoryBackend):
     name = "restic"
+    WRONG_PASSWORD = ("wrong password", "no key found")
+    LOCKED = ("repository is already locked",)
+    MISSING = (
+        "Is there a repository at the following location?",
+        "does not exist",
+        "unable to open config file",
+        "repository not found",
+    )
 
-    def __init__(
-        self,
-        config: BackendConfig,
-        host: HostConfig,
-        state_dir: Path,
-        runner,
-        lock_wait: float = 1800.0,
-    ):
-        self.config = config
-        self.host = host
-        self.runner = runner
-        self.lock_wait = lock_wait
-        self.cache = state_dir / "cache" / "restic"
-
-    def repository(self) -> str:
-        return self.host.repository or str(self.config.repository_root / self.host.name)
-
-    def _env(self) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
         read_password(self.config.password_file)  # registered as a secret; refuses a bad file
         return {
             "RESTIC_REPOSITORY": self.repository(),
             "RESTIC_PASSWORD_FILE": str(self.config.password_file),
-            "RESTIC_CACHE_DIR": str(self.cache),
+            "RESTIC_CACHE_DIR": str(self.state_dir / "cache" / "restic"),
             "RESTIC_PROGRESS_FPS": "0.2",
             "TZ": "UTC",  # --time is read in the local zone; make that UTC
         }
 
-    def _explain(self, exc: CommandError) -> BackendError:
-        text = "\n".join(exc.tail)
-        if any(s in text for s in _WRONG_PASSWORD):
-            return BackendError(
-                f"wrong password for the restic repository {self.repository()} "
-                f"(password_file {self.config.password_file})"
-            )
-        if _LOCKED in text:
-            holder = next((line for line in exc.tail if _LOCKED in line), "")
-            return RepositoryLocked(
-                f"the restic repository {self.repository()} is locked by a "
-                f"live process ({holder.split(_LOCKED)[-1].strip()}); "
-                f"waited {self.lock_wait:g}s"
-            )
-        lines = [line for line in exc.tail if line.strip()]
-        reason = lines[-1] if lines else exc.reason
-        return BackendError(f"restic failed on {self.repository()}: {reason}")
+    def lock_holder(self, exc: CommandError) -> str:
+        line = next((line for line in exc.tail if self.LOCKED[0] in line), "")
+        return line.split(self.LOCKED[0])[-1].strip()
 
-    def _run(self, args: list[str], **kwargs):
-        """Run restic; a stale lock is removed and a live one waited for."""
+    def run(self, args: list[str], **kwargs) -> CommandResult:
+        """Run restic; a stale lock is removed and a live one waited for (``lock_wait``)."""
         deadline = time.monotonic() + self.lock_wait
         while True:
             try:
-                return self.runner.run(["restic", *args], env=self._env(), **kwargs)
+                return self.run_tool(args, **kwargs)
             except CommandError as exc:
                 if args[0] == "backup" and exc.exit_code_of_command == 3:
                     raise IncompleteStore(
                         "restic stored an incomplete snapshot: some staged files could not be read"
                     ) from None
-                if _LOCKED not in "\n".join(exc.tail):
-                    raise self._explain(exc) from None
+                if not self._said(exc, self.LOCKED):
+                    raise self.explain(exc) from None
                 if self.unlock():
                     continue  # a stale lock is gone: try again at once
                 if time.monotonic() >= deadline:
-                    raise self._explain(exc) from None
+                    raise self.explain(exc) from None
                 self.runner.log.info("the repository is locked by a live process; waiting")
                 time.sleep(_LOCK_POLL)
 
     def _json(self, args: list[str], timeout: float = 3600):
         with tempfile.TemporaryFile() as out:
-            self._run([*args, "--json"], stdout=out, level=10, timeout=timeout)
+            self.run(args, stdout=out, level=10, timeout=timeout)
             out.seek(0)
             return json.loads(out.read() or b"null")
 
-    def prepare(self, create: bool = True) -> None:
+    def probe_args(self) -> list[str]:
+        return ["cat", "config"]
+
+    def init(self) -> None:
         local = local_path(self.repository())
-        if local is not None and (local / "config").is_file():
-            return  # no restic process (and key derivation) needed to know it exists
-        try:
-            self.runner.run(
-                ["restic", "cat", "config"],
-                env=self._env(),
-                level=10,
-                stdout="/dev/null",
-                timeout=600,
-            )
-            return
-        except CommandError as exc:
-            text = "\n".join(exc.tail)
-            if not any(s in text for s in _MISSING) or any(s in text for s in _WRONG_PASSWORD):
-                raise self._explain(exc) from None
-        if not (self.config.init and create):
-            raise RepositoryMissing(
-                f"the restic repository {self.repository()} does not exist "
-                "and backend.init is false; create it with restic init"
-            )
-        if "://" not in self.repository() and ":" not in self.repository().split("/")[0]:
-            Path(self.repository()).parent.mkdir(parents=True, exist_ok=True)
-        self._run(["init"], timeout=600)
+        if local is not None:
+            local.parent.mkdir(parents=True, exist_ok=True)
+        self.run(["init"], timeout=600)
 
     def snapshots(self) -> list[Snapshot]:
-        data = self._json(["snapshots", "--host", self.host.name, "--tag", TAG], timeout=600)
+        data = self._json(snapshots_args(self.host.name), timeout=600)
         found = []
         for item in data or []:
             stamp = next((t for t in item.get("tags") or [] if is_stamp(t)), None)
-            found.append(
-                Snapshot(
-                    item.get("short_id") or item["id"][:8],
-                    parse_time(item["time"]),
-                    stamp,
-                    tuple(item.get("paths") or ()),
-                )
-            )
+            short = item.get("short_id") or item["id"][:8]
+            found.append(Snapshot(short, parse_time(item["time"]), stamp))
         return sorted(found, key=lambda s: s.time)
 
     def store(self, staging: Path, stamp: str, when: dt.datetime, timeout: float) -> StoreResult:
         started = time.monotonic()
-        args = [
-            "backup",
-            "--json",
-            "--host",
-            self.host.name,
-            "--tag",
-            TAG,
-            "--tag",
-            stamp,
-            "--time",
-            when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            "--ignore-inode",
-            ".",
-        ]
         with tempfile.TemporaryFile() as out:
-            ran = self._run(args, cwd=staging, stdout=out, timeout=timeout)
+            args = backup_args(self.host.name, stamp, when)
+            ran = self.run(args, cwd=staging, stdout=out, timeout=timeout)
             out.seek(0)
-            summary = {}
-            for line in out.read().splitlines():
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    continue
-                if message.get("message_type") == "summary":
-                    summary = message
+            summary = _summary(out.read())
         if not summary.get("snapshot_id"):
             raise BackendError("restic did not report the snapshot it made")
         return StoreResult(
@@ -194,15 +202,9 @@ class ResticBackend:
     def _locks(self) -> list[str]:
         with tempfile.TemporaryFile() as out:
             try:
-                self.runner.run(
-                    ["restic", "list", "locks", "--no-lock"],
-                    env=self._env(),
-                    stdout=out,
-                    level=10,
-                    timeout=600,
-                )
+                self.run_tool(["list", "locks", "--no-lock"], stdout=out, level=10, timeout=600)
             except CommandError as exc:
-                raise self._explain(exc) from None
+                raise self.explain(exc) from None
             out.seek(0)
             return out.read().decode().split()
 
@@ -213,11 +215,9 @@ class ResticBackend:
         if not before:
             return ""
         try:
-            self.runner.run(
-                ["restic", "unlock"], env=self._env(), stdout="/dev/null", level=10, timeout=600
-            )
+            self.run_tool(["unlock"], stdout="/dev/null", level=10, timeout=600)
         except CommandError as exc:
-            raise self._explain(exc) from None
+            raise self.explain(exc) from None
         removed = len(before) - len(self._locks())
         if removed <= 0:
             return ""
@@ -228,18 +228,7 @@ class ResticBackend:
         return message
 
     def forget(self, policy: dict) -> ForgetResult:
-        data = self._json(
-            [
-                "forget",
-                "--host",
-                self.host.name,
-                "--tag",
-                TAG,
-                "--group-by",
-                "host",
-                *policy_arguments(policy, within_to_restic),
-            ]
-        )
+        data = self._json(forget_args(self.host.name, policy))
         kept, removed = [], []
         for group in data or []:
             kept += [s.get("short_id") or s["id"][:8] for s in group.get("keep") or []]
@@ -247,40 +236,30 @@ class ResticBackend:
         return ForgetResult(kept, removed)
 
     def prune(self) -> None:
-        self._run(["prune"], timeout=24 * 3600)
+        self.run(["prune"], timeout=24 * 3600)
 
     def check(self, part: int, parts: int, duration: float) -> str:
-        args = ["check"]
-        if parts > 1:
-            args.append(f"--read-data-subset={part}/{parts}")
-        else:
-            args.append("--read-data")
-        self._run(args, stdout="/dev/null", timeout=24 * 3600)
+        self.run(check_args(part, parts), stdout="/dev/null", timeout=24 * 3600)
         return f"restic check read part {part}/{parts} of the data: no errors"
 
-    def size(self) -> int:
-        local = local_path(self.repository())
-        if local is not None:
-            return directory_size(local)
-        data = self._json(["stats", "--mode", "raw-data"])
+    def remote_size(self) -> int:
+        data = self._json(["stats", "--mode", "raw-data", "--json"])
         return int((data or {}).get("total_size", 0))
 
     def restore(self, snapshot: Snapshot, target: Path, includes: list[str]) -> None:
         """pullback snapshots are taken with ``backup .`` in the staging tree, so their
         root holds ``services/`` and ``MANIFEST.sha256`` and restores straight into
         ``target``."""
-        args = ["restore", snapshot.id, "--target", str(target)]
-        for include in includes:
-            args += ["--include", f"/{include.strip('/')}"]
-        self._run(args, timeout=24 * 3600)
+        self.run(restore_args(snapshot.id, target, includes), timeout=24 * 3600)
 
 
-def parse_time(text: str) -> dt.datetime:
-    """restic's RFC 3339 times (nanoseconds, ``Z`` or an offset) as an aware datetime."""
-    match = _TIME.match(text)
-    if not match:
-        raise BackendError(f"restic printed a time pullback does not understand: {text!r}")
-    base, fraction, zone = match.groups()
-    micro = (fraction or ".0")[1:7].ljust(6, "0")
-    zone = "+00:00" if zone == "Z" else zone
-    return dt.datetime.fromisoformat(f"{base}.{micro}{zone}")
+def _summary(output: bytes) -> dict:
+    """The ``summary`` message of ``restic backup --json`` (an empty dict if none)."""
+    for line in output.splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and message.get("message_type") == "summary":
+            return message
+    return {}

@@ -1,0 +1,162 @@
+"""What restic and borg share: where a host's repository is, how its tool is run, how its
+failures are put into words, and how a local repository is found and measured.
+
+A subclass names its tool, gives the phrases by which the tool says "wrong password",
+"locked" and "no repository", and implements the operations with argv from its own pure
+builder functions (see :mod:`.restic` and :mod:`.borg`).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from ...common.errors import CommandError
+from ...common.runner import CommandResult, Runner
+from ..config import BackendConfig, HostConfig
+from .errors import BackendError, RepositoryLocked, RepositoryMissing
+
+
+def local_path(repository: str) -> Path | None:
+    """The directory of a repository on this machine, or None for a URL (sftp:, s3: ...)."""
+    if repository.startswith("/") and "://" not in repository:
+        return Path(repository)
+    return None
+
+
+def directory_size(path: Path) -> int:
+    """Bytes the files below ``path`` occupy on disk."""
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def last_line(exc: CommandError) -> str:
+    """The last non-blank line a failed command printed (or why it failed)."""
+    lines = [line for line in exc.tail if line.strip()]
+    return lines[-1] if lines else exc.reason
+
+
+class RepositoryBackend(ABC):
+    """One host's repository, reached through one tool (``restic`` or ``borg``)."""
+
+    name: str
+    """The tool, as it is run and shown."""
+    WRONG_PASSWORD: tuple[str, ...] = ()
+    """Phrases of the tool's output that mean the password is wrong."""
+    LOCKED: tuple[str, ...] = ()
+    """Phrases that mean a live process holds the repository's lock."""
+    MISSING: tuple[str, ...] = ()
+    """Phrases that mean there is no repository there."""
+
+    def __init__(
+        self,
+        config: BackendConfig,
+        host: HostConfig,
+        state_dir: Path,
+        runner: Runner,
+        lock_wait: float = 1800.0,
+    ):
+        self.config = config
+        self.host = host
+        self.state_dir = state_dir
+        self.runner = runner
+        self.lock_wait = lock_wait
+
+    def repository(self) -> str:
+        """Where the host's repository is: its own setting, or ``repository_root/<host>``."""
+        return self.host.repository or str(self.config.repository_root / self.host.name)
+
+    @abstractmethod
+    def env(self) -> dict[str, str]:
+        """The tool's environment: the repository, the password by file, the cache."""
+
+    # -- running the tool ---------------------------------------------------------------
+
+    def _said(self, exc: CommandError, phrases: tuple[str, ...]) -> bool:
+        text = "\n".join(exc.tail)
+        return any(p in text for p in phrases)
+
+    def wrong_password(self, exc: CommandError) -> bool:
+        """The tool failed because the password does not open the repository."""
+        return self._said(exc, self.WRONG_PASSWORD)
+
+    def explain(self, exc: CommandError) -> BackendError:
+        """The plain-words error for a failed run of the tool."""
+        if self.wrong_password(exc):
+            return BackendError(
+                f"wrong password for the {self.name} repository {self.repository()} "
+                f"(password_file {self.config.password_file})"
+            )
+        if self._said(exc, self.LOCKED):
+            holder = self.lock_holder(exc)
+            return RepositoryLocked(
+                f"the {self.name} repository {self.repository()} is locked by a live "
+                f"process{f' ({holder})' if holder else ''}; waited {self.lock_wait:g}s"
+            )
+        return BackendError(f"{self.name} failed on {self.repository()}: {last_line(exc)}")
+
+    def lock_holder(self, exc: CommandError) -> str:
+        """Who holds the lock, if the tool says (restic does)."""
+        return ""
+
+    def run_tool(self, args: list[str], **kwargs) -> CommandResult:
+        """Run the tool with ``args`` once; raises CommandError as it failed."""
+        return self.runner.run([self.name, *args], env=self.env(), **kwargs)
+
+    def run(self, args: list[str], **kwargs) -> CommandResult:
+        """Run the tool; raises BackendError in plain words."""
+        try:
+            return self.run_tool(args, **kwargs)
+        except CommandError as exc:
+            raise self.explain(exc) from None
+
+    # -- what both implement alike ------------------------------------------------------
+
+    def prepare(self, create: bool = True) -> None:
+        """Make sure the repository exists (creating it when allowed) and opens.
+
+        Raises RepositoryMissing (missing, and ``init: false`` or not ``create``), or
+        BackendError (wrong password, unreachable, ...).
+        """
+        local = local_path(self.repository())
+        if local is not None and (local / "config").is_file():
+            return  # no tool process (and key derivation) needed to know it exists
+        try:
+            self.run_tool(self.probe_args(), level=10, stdout="/dev/null", timeout=600)
+            return
+        except CommandError as exc:
+            if not self._said(exc, self.MISSING) or self.wrong_password(exc):
+                raise self.explain(exc) from None
+        if not (self.config.init and create):
+            raise RepositoryMissing(
+                f"the {self.name} repository {self.repository()} does not exist "
+                f"and backend.init is false; create it with {self.name} init"
+            )
+        self.init()
+
+    @abstractmethod
+    def probe_args(self) -> list[str]:
+        """Arguments of a cheap command that fails with a MISSING phrase when there is no
+        repository."""
+
+    @abstractmethod
+    def init(self) -> None:
+        """Create the repository."""
+
+    def size(self) -> int:
+        """Bytes the repository occupies."""
+        local = local_path(self.repository())
+        if local is not None:
+            return directory_size(local)
+        return self.remote_size()
+
+    @abstractmethod
+    def remote_size(self) -> int:
+        """Bytes a repository that is not a local directory occupies, as the tool says."""

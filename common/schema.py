@@ -111,50 +111,73 @@ def _unknown_key_message(key: str, schema: dict) -> str:
     return text
 
 
+def _unknown_keys(error: jsonschema.ValidationError, path: KeyPath, schema: dict, secret: bool):
+    if not isinstance(error.instance, dict):
+        return None
+    allowed = set(schema.get("properties", {}))
+    patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
+    return [
+        ((*path, key), _unknown_key_message(key, schema))
+        for key in error.instance
+        if key not in allowed and not any(p.search(str(key)) for p in patterns)
+    ]
+
+
+def _missing_keys(error: jsonschema.ValidationError, path: KeyPath, schema: dict, secret: bool):
+    if not isinstance(error.instance, dict):
+        return None
+    return [
+        ((*path, key), "missing (this key is required)")
+        for key in error.validator_value
+        if key not in error.instance
+    ]
+
+
+def _wrong_type(error: jsonschema.ValidationError, path: KeyPath, schema: dict, secret: bool):
+    wanted = error.validator_value
+    message = f"expected {_expected_types(wanted)}, got {_type_of(error.instance)}"
+    if not isinstance(error.instance, dict | list):
+        message += f" {_shown(error.instance, secret)}"
+    if isinstance(error.instance, bool) and "string" in (
+        [wanted] if isinstance(wanted, str) else wanted
+    ):
+        message += " (YAML reads yes/no/on/off as true/false: put the value in quotes)"
+    return [(path, message)]
+
+
+def _not_one_of(error: jsonschema.ValidationError, path: KeyPath, schema: dict, secret: bool):
+    shown = "" if secret else f"{error.instance!r} is "
+    return [(path, f"{shown}not one of {error.validator_value}")]
+
+
+_BY_VALIDATOR = {
+    "additionalProperties": _unknown_keys,
+    "required": _missing_keys,
+    "type": _wrong_type,
+    "enum": _not_one_of,
+}
+
+
 def _problems_for(error: jsonschema.ValidationError) -> Iterator[tuple[KeyPath, str]]:
+    """(key path, message) for one validation error, in an administrator's words."""
     path: KeyPath = tuple(error.absolute_path)
     schema = error.schema if isinstance(error.schema, dict) else {}
     secret = bool(schema.get("x-secret"))
     kind = error.validator
-    if kind == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = set(schema.get("properties", {}))
-        patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
-        for key in error.instance:
-            if key not in allowed and not any(p.search(str(key)) for p in patterns):
-                yield (*path, key), _unknown_key_message(key, schema)
-    elif kind == "required" and isinstance(error.instance, dict):
-        for key in error.validator_value:
-            if key not in error.instance:
-                yield (*path, key), "missing (this key is required)"
-    elif kind == "type":
-        message = (
-            f"expected {_expected_types(error.validator_value)}, got {_type_of(error.instance)}"
-        )
-        if not isinstance(error.instance, dict | list):
-            message += f" {_shown(error.instance, secret)}"
-        wanted = error.validator_value
-        if isinstance(error.instance, bool) and "string" in (
-            [wanted] if isinstance(wanted, str) else wanted
-        ):
-            message += " (YAML reads yes/no/on/off as true/false: put the value in quotes)"
-        yield path, message
-    elif kind == "enum":
-        if secret:
-            yield path, f"not one of {error.validator_value}"
-        else:
-            yield path, f"{error.instance!r} is not one of {error.validator_value}"
+    handler = _BY_VALIDATOR.get(str(kind))
+    found = handler(error, path, schema, secret) if handler else None
+    if found is not None:
+        yield from found
     elif kind in ("pattern", "format", "anyOf", "oneOf") and schema.get("x-expected"):
         yield path, f"expected {schema['x-expected']}, got {_shown(error.instance, secret)}"
     elif kind in ("anyOf", "oneOf") and error.context:
-        best = jsonschema.exceptions.best_match(error.context)
-        yield from _problems_for(best)
+        yield from _problems_for(jsonschema.exceptions.best_match(error.context))
     elif kind == "minItems" and error.validator_value == 1:
         yield path, "must not be empty"
+    elif secret:
+        yield path, f"invalid value ({kind} {error.validator_value!r})"
     else:
-        message = error.message
-        if secret:
-            message = f"invalid value ({kind} {error.validator_value!r})"
-        yield path, message
+        yield path, error.message
 
 
 @functools.cache

@@ -242,14 +242,8 @@ def _record_lines(node: yaml.Node, lines: dict[KeyPath, int], at: _Lines, path: 
             _record_lines(item, lines, at, (*path, index))
 
 
-def load(path: str | os.PathLike) -> YamlDocument:
-    """Parse the YAML file at ``path``.
-
-    Returns a :class:`YamlDocument` (``data`` is None for an empty file). Raises
-    :class:`YamlFileError` when the file is missing, unreadable, not UTF-8, not valid YAML,
-    has duplicate keys or is hostile (see the module's docstring).
-    """
-    path = Path(path)
+def _read_text(path: Path) -> str:
+    """The file's text. Raises YamlFileError when it is missing, unreadable or not UTF-8."""
     file = str(path)
     try:
         raw = path.read_bytes()
@@ -264,12 +258,15 @@ def load(path: str | os.PathLike) -> YamlDocument:
     except OSError as exc:
         raise YamlFileError([Problem(file, None, "", f"cannot read: {exc.strerror}")]) from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise YamlFileError([Problem(file, line, "", "not valid UTF-8 text")]) from None
 
-    at = _Lines(text)
+
+def _parse(text: str, file: str, at: _Lines) -> tuple[yaml.Node | None, Any]:
+    """The node tree and the data of ``text``. Raises YamlFileError for invalid or
+    hostile YAML (see the module's docstring)."""
     try:
         loader = _Loader(text)
     except yaml.reader.ReaderError as exc:
@@ -281,7 +278,7 @@ def load(path: str | os.PathLike) -> YamlDocument:
         problems = _check_nodes(node, file, at) if node is not None else []
         if problems:
             raise YamlFileError(problems)
-        data = loader.construct_document(node) if node is not None else None
+        return node, (loader.construct_document(node) if node is not None else None)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = at(mark) if mark else at.index(loader.index)
@@ -296,8 +293,21 @@ def load(path: str | os.PathLike) -> YamlDocument:
     finally:
         loader.dispose()
 
-    lines: dict[KeyPath, int] = {(): at(node.start_mark)} if node is not None else {}
+
+def load(path: str | os.PathLike) -> YamlDocument:
+    """Parse the YAML file at ``path``.
+
+    Returns a :class:`YamlDocument` (``data`` is None for an empty file). Raises
+    :class:`YamlFileError` when the file is missing, unreadable, not UTF-8, not valid YAML,
+    has duplicate keys or is hostile (see the module's docstring).
+    """
+    path = Path(path)
+    text = _read_text(path)
+    at = _Lines(text)
+    node, data = _parse(text, str(path), at)
+    lines: dict[KeyPath, int] = {}
     if node is not None:
+        lines[()] = at(node.start_mark)
         _record_lines(node, lines, at)
     doc = YamlDocument(path, data, lines)
     problems = _value_problems(doc)

@@ -39,16 +39,18 @@ def _field(data: bytes, width: int) -> bytes:
 
 def _ustar(
     name: bytes,
+    kind: bytes,
+    *,
     mode: int,
     uid: int,
     gid: int,
     size: int,
     mtime: int,
-    kind: bytes,
     linkname: bytes,
     uname: bytes,
     gname: bytes,
 ) -> bytes:
+    """One ustar header block (its checksum filled in)."""
     header = b"".join(
         (
             _field(name, 100),
@@ -79,6 +81,38 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
+def _text_records(fields: tuple[tuple[bytes, bytes, int], ...]) -> tuple[list[bytes], bool]:
+    """PAX records for names that do not fit their ustar field or are not ASCII, and
+    whether one of them is not UTF-8 (then the header says ``hdrcharset=BINARY``)."""
+    records: list[bytes] = []
+    binary = False
+    for key, raw, width in fields:
+        if len(raw) > width or not raw.isascii():
+            records.append(_pax_record(key, raw))
+            binary = binary or not _is_utf8(raw)
+    return records, binary
+
+
+def _mtime_record(mtime_ns: int) -> tuple[bytes | None, int]:
+    """A PAX ``mtime`` record when the time has nanoseconds or does not fit the ustar
+    field (else None), and the value for that field."""
+    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
+    fits = 0 <= seconds <= _MAX_OCTAL_11
+    if not nanos and fits:
+        return None, seconds
+    whole, part = divmod(abs(mtime_ns), 1_000_000_000)
+    text = ("-" if mtime_ns < 0 else "") + f"{whole}.{part:09d}".rstrip("0").rstrip(".")
+    return _pax_record(b"mtime", text.encode()), seconds if fits else 0
+
+
+def _fit_number(value: int, key: bytes, limit: int, records: list[bytes]) -> int:
+    """The ustar field of a number: itself, or 0 with a PAX record when it is too big."""
+    if value > limit:
+        records.append(_pax_record(key, str(value).encode()))
+        return 0
+    return value
+
+
 def header(
     name: str,
     kind: bytes,
@@ -101,50 +135,31 @@ def header(
     raw_link = os.fsencode(linkname)
     raw_uname = uname.encode("utf-8", "surrogateescape")
     raw_gname = gname.encode("utf-8", "surrogateescape")
-    records: list[bytes] = []
-    binary = False
-    for key, raw, width in (
-        (b"path", raw_name, 100),
-        (b"linkpath", raw_link, 100),
-        (b"uname", raw_uname, 32),
-        (b"gname", raw_gname, 32),
-    ):
-        if len(raw) > width or not raw.isascii():
-            records.append(_pax_record(key, raw))
-            binary = binary or not _is_utf8(raw)
-    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
-    mtime_field = seconds
-    if nanos or not 0 <= seconds <= _MAX_OCTAL_11:
-        whole, part = divmod(abs(mtime_ns), 1_000_000_000)
-        text = ("-" if mtime_ns < 0 else "") + f"{whole}.{part:09d}".rstrip("0").rstrip(".")
-        records.append(_pax_record(b"mtime", text.encode()))
-        if not 0 <= seconds <= _MAX_OCTAL_11:
-            mtime_field = 0
-    size_field = size
-    if size > _MAX_OCTAL_11:
-        records.append(_pax_record(b"size", str(size).encode()))
-        size_field = 0
-    uid_field, gid_field = uid, gid
-    if uid > _MAX_OCTAL_7:
-        records.append(_pax_record(b"uid", str(uid).encode()))
-        uid_field = 0
-    if gid > _MAX_OCTAL_7:
-        records.append(_pax_record(b"gid", str(gid).encode()))
-        gid_field = 0
-    for key, value in pax or ():
-        records.append(_pax_record(key, value))
+    records, binary = _text_records(
+        (
+            (b"path", raw_name, 100),
+            (b"linkpath", raw_link, 100),
+            (b"uname", raw_uname, 32),
+            (b"gname", raw_gname, 32),
+        )
+    )
+    mtime_record, mtime_field = _mtime_record(mtime_ns)
+    if mtime_record is not None:
+        records.append(mtime_record)
     main = _ustar(
         raw_name,
-        mode,
-        uid_field,
-        gid_field,
-        size_field,
-        mtime_field,
         kind,
-        raw_link,
-        raw_uname,
-        raw_gname,
+        mode=mode,
+        # evaluated in this order, which is the order of the records (as before)
+        size=_fit_number(size, b"size", _MAX_OCTAL_11, records),
+        uid=_fit_number(uid, b"uid", _MAX_OCTAL_7, records),
+        gid=_fit_number(gid, b"gid", _MAX_OCTAL_7, records),
+        mtime=mtime_field,
+        linkname=raw_link,
+        uname=raw_uname,
+        gname=raw_gname,
     )
+    records.extend(_pax_record(key, value) for key, value in pax or ())
     if not records:
         return main
     if binary:
@@ -152,7 +167,16 @@ def header(
     data = b"".join(records)
     short = os.fsencode(os.path.basename(name.rstrip("/")))[:80] or b"x"
     pax_header = _ustar(
-        b"PaxHeaders/" + short, 0o644, 0, 0, len(data), max(seconds, 0), PAXTYPE, b"", b"", b""
+        b"PaxHeaders/" + short,
+        PAXTYPE,
+        mode=0o644,
+        uid=0,
+        gid=0,
+        size=len(data),
+        mtime=max(mtime_ns // 1_000_000_000, 0),
+        linkname=b"",
+        uname=b"",
+        gname=b"",
     )
     return pax_header + data + bytes((-len(data)) % BLOCK) + main
 
@@ -209,10 +233,6 @@ class Member:
     @property
     def is_hardlink(self) -> bool:
         return self.kind == LNKTYPE
-
-    @property
-    def is_special(self) -> bool:
-        return self.kind in _SPECIAL
 
     def __repr__(self) -> str:
         return f"<Member {self.name!r} kind={self.kind!r} size={self.size}>"
@@ -289,8 +309,6 @@ class TarReader:
         self.chunk = chunk
         self._remaining = 0
         self._padding = 0
-        self._header = bytearray(BLOCK)
-        self.ended = False
 
     def _read_exact(self, n: int) -> bytes:
         data = self.stream.read(n)
@@ -335,81 +353,102 @@ class TarReader:
         self._read_exact((-size) % BLOCK)
         return data
 
+    def _next_header(self) -> bytes | None:
+        """The next header block, or None at the end-of-archive marker."""
+        self._finish_member()
+        block = self.stream.read(BLOCK)
+        if len(block) < BLOCK:
+            block += self._read_exact(BLOCK - len(block)) if block else b""
+            if not block:
+                raise TarFormatError("the archive ends without its end marker (truncated)")
+        if block == bytes(BLOCK):
+            return None
+        _check_checksum(block)
+        return block
+
     def __iter__(self):
-        pax: dict[bytes, bytes] = {}
-        long_name = long_link = None
-        meta_bytes = 0
-        while True:
-            self._finish_member()
-            block = self.stream.read(BLOCK)
-            if len(block) < BLOCK:
-                block += self._read_exact(BLOCK - len(block)) if block else b""
-                if not block:
-                    raise TarFormatError("the archive ends without its end marker (truncated)")
-            if block == bytes(BLOCK):
-                self.ended = True
-                return
-            stored = _number(block[148:156])
-            unsigned = sum(block[:148]) + 256 + sum(block[156:])
-            if stored != unsigned:
-                signed = unsigned - 2 * (
-                    sum(b for b in block[:148] if b > 127) + sum(b for b in block[156:] if b > 127)
-                )
-                if stored != signed:
-                    raise TarFormatError("bad header checksum (corrupt archive)")
+        meta = _Meta()
+        while (block := self._next_header()) is not None:
             kind = block[156:157]
             size = _number(block[124:136])
             if size < 0:
                 raise TarFormatError("negative member size")
-            if kind in (PAXTYPE, GNU_LONGNAME, GNU_LONGLINK):
-                meta_bytes += size
-                if meta_bytes > 4 * MAX_META:
-                    raise TarFormatError("extended headers of one member are not plausible")
-            if kind == PAXTYPE:
-                pax.update(_parse_pax(self._read_meta(size)))
-                continue
-            if kind == GNU_LONGNAME:
-                long_name = _string(self._read_meta(size))
-                continue
-            if kind == GNU_LONGLINK:
-                long_link = _string(self._read_meta(size))
+            if kind in _META:
+                meta.add(kind, self._read_meta(size))
                 continue
             if kind == b"g":
                 raise TarFormatError("global PAX headers are not accepted")
-            if kind not in (*_REGULAR, LNKTYPE, SYMTYPE, DIRTYPE, *_SPECIAL):
+            if kind not in _MEMBER_TYPES:
                 raise TarFormatError(f"member type {kind!r} is not accepted")
-            member = Member()
-            name = _string(block[0:100])
-            if block[257:262] == b"ustar":
-                prefix = _string(block[345:500])
-                if prefix:
-                    name = prefix + b"/" + name
-            member.name = os.fsdecode(pax.get(b"path") or long_name or name)
-            member.linkname = os.fsdecode(
-                pax.get(b"linkpath") or long_link or _string(block[157:257])
-            )
-            member.kind = kind
-            member.mode = _number(block[100:108]) & 0o7777
-            member.uid = _pax_int(pax, b"uid") if b"uid" in pax else _number(block[108:116])
-            member.gid = _pax_int(pax, b"gid") if b"gid" in pax else _number(block[116:124])
-            if b"size" in pax:
-                size = _pax_int(pax, b"size")
-            member.size = size if kind in _REGULAR else 0
-            mtime = pax.get(b"mtime")
-            member.mtime_ns = (
-                _pax_mtime(mtime) if mtime is not None else _number(block[136:148]) * 1_000_000_000
-            )
-            member.uname = (pax.get(b"uname") or _string(block[265:297])).decode(
-                "utf-8", "surrogateescape"
-            )
-            member.gname = (pax.get(b"gname") or _string(block[297:329])).decode(
-                "utf-8", "surrogateescape"
-            )
-            member.pax = pax
-            pax = {}
-            long_name = long_link = None
-            meta_bytes = 0
+            member, size = _member(block, kind, size, meta)
+            meta = _Meta()
             # data of anything but a regular file is skipped, never used
             self._remaining = size
             self._padding = (-size) % BLOCK
             yield member
+
+
+_META = (PAXTYPE, GNU_LONGNAME, GNU_LONGLINK)
+_MEMBER_TYPES = (*_REGULAR, LNKTYPE, SYMTYPE, DIRTYPE, *_SPECIAL)
+
+
+class _Meta:
+    """The extended headers (PAX records, GNU long names) read before a member."""
+
+    def __init__(self):
+        self.pax: dict[bytes, bytes] = {}
+        self.long_name: bytes | None = None
+        self.long_link: bytes | None = None
+        self.size = 0
+
+    def add(self, kind: bytes, data: bytes) -> None:
+        """Take one extended header. Raises TarFormatError past 4 x MAX_META in all."""
+        self.size += len(data)
+        if self.size > 4 * MAX_META:
+            raise TarFormatError("extended headers of one member are not plausible")
+        if kind == PAXTYPE:
+            self.pax.update(_parse_pax(data))
+        elif kind == GNU_LONGNAME:
+            self.long_name = _string(data)
+        else:
+            self.long_link = _string(data)
+
+
+def _check_checksum(block: bytes) -> None:
+    """Raises TarFormatError unless the header's checksum (unsigned or signed) is right."""
+    stored = _number(block[148:156])
+    unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    if stored == unsigned:
+        return
+    high = sum(b for b in block[:148] if b > 127) + sum(b for b in block[156:] if b > 127)
+    if stored != unsigned - 2 * high:
+        raise TarFormatError("bad header checksum (corrupt archive)")
+
+
+def _member(block: bytes, kind: bytes, size: int, meta: _Meta) -> tuple[Member, int]:
+    """The member a header block describes, the extended headers before it applied, and
+    the size of the data that follows it in the stream."""
+    pax = meta.pax
+    member = Member()
+    name = _string(block[0:100])
+    if block[257:262] == b"ustar":
+        prefix = _string(block[345:500])
+        if prefix:
+            name = prefix + b"/" + name
+    member.name = os.fsdecode(pax.get(b"path") or meta.long_name or name)
+    member.linkname = os.fsdecode(pax.get(b"linkpath") or meta.long_link or _string(block[157:257]))
+    member.kind = kind
+    member.mode = _number(block[100:108]) & 0o7777
+    member.uid = _pax_int(pax, b"uid") if b"uid" in pax else _number(block[108:116])
+    member.gid = _pax_int(pax, b"gid") if b"gid" in pax else _number(block[116:124])
+    if b"size" in pax:
+        size = _pax_int(pax, b"size")
+    member.size = size if kind in _REGULAR else 0
+    mtime = pax.get(b"mtime")
+    member.mtime_ns = (
+        _pax_mtime(mtime) if mtime is not None else _number(block[136:148]) * 1_000_000_000
+    )
+    member.uname = (pax.get(b"uname") or _string(block[265:297])).decode("utf-8", "surrogateescape")
+    member.gname = (pax.get(b"gname") or _string(block[297:329])).decode("utf-8", "surrogateescape")
+    member.pax = pax
+    return member, size

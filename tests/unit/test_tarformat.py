@@ -79,7 +79,18 @@ def test_sizes_beyond_the_ustar_field_use_pax():
 def _pax_member(records: dict[bytes, bytes], name: str = "services/x/files/f") -> bytes:
     """A PAX header carrying ``records``, then an empty regular member."""
     data = b"".join(tarformat._pax_record(k, v) for k, v in records.items())
-    pax = tarformat._ustar(b"pax", 0o644, 0, 0, len(data), 0, tarformat.PAXTYPE, b"", b"", b"")
+    pax = tarformat._ustar(
+        b"pax",
+        tarformat.PAXTYPE,
+        mode=0o644,
+        uid=0,
+        gid=0,
+        size=len(data),
+        mtime=0,
+        linkname=b"",
+        uname=b"",
+        gname=b"",
+    )
     return pax + data + bytes((-len(data)) % 512)
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass, field
 from importlib import resources
 
 import jinja2
 
 from ..common import mail
-from ..common.archive.sidecar import ServiceReport
+from ..common.archive.sidecar import ServiceReport, Sidecar
 from ..common.fsutil import atomic_write
 from ..common.log import get_logger, recent_lines
 from ..common.metrics import Metrics
@@ -32,25 +33,46 @@ def load_status(config: ClientConfig) -> dict:
         return {"services": {}}
 
 
-def record(
-    config: ClientConfig,
-    ok: bool,
-    services: list[ServiceReport],
-    archive: str | None,
-    archive_bytes: int | None,
-    duration: float,
-    error: str | None,
-) -> dict:
+@dataclass
+class RunSummary:
+    """What a run did, for its status file, metrics, mail and pings."""
+
+    ok: bool
+    duration: float
+    services: list[ServiceReport] = field(default_factory=list)
+    sidecar: Sidecar | None = None
+    """The published archive's sidecar (None when nothing was published)."""
+    error: str | None = None
+    """Why the run failed as a whole (no archive published)."""
+
+    def headline(self) -> str:
+        failed = [s.name for s in self.services if s.status != Status.OK]
+        if self.error:
+            return f"the run failed: {self.error}"
+        if failed:
+            return f"{len(failed)} of {len(self.services)} services failed: {', '.join(failed)}"
+        return f"all {len(self.services)} services ok"
+
+
+def record(config: ClientConfig, run: RunSummary) -> dict:
+    """Merge the run into the client's status file; return the new status."""
     status = load_status(config)
     now = dt.datetime.now(dt.UTC).timestamp()
     status.update(
-        {"last_run": now, "last_run_ok": ok, "duration": round(duration, 3), "error": error}
+        {
+            "last_run": now,
+            "last_run_ok": run.ok,
+            "duration": round(run.duration, 3),
+            "error": run.error,
+        }
     )
-    if archive:
-        status.update({"archive": archive, "archive_bytes": archive_bytes})
-    if ok:
+    if run.sidecar is not None:
+        status.update(
+            {"archive": run.sidecar.archive.name, "archive_bytes": run.sidecar.archive.size}
+        )
+    if run.ok:
         status["last_success"] = now
-    for service in services:
+    for service in run.services:
         entry = status.setdefault("services", {}).setdefault(service.name, {})
         entry.update(
             {
@@ -100,7 +122,7 @@ def metrics(status: dict) -> Metrics:
     return m
 
 
-def _failure_mail(config: ClientConfig, services, archive, status_text, headline) -> str:
+def _failure_mail(config: ClientConfig, run: RunSummary) -> str:
     def load(name: str) -> str:
         return resources.files("pullback.client.templates").joinpath(name).read_text("utf-8")
 
@@ -113,46 +135,32 @@ def _failure_mail(config: ClientConfig, services, archive, status_text, headline
     )
     return env.get_template("failure.txt.j2").render(
         host=config.hostname,
-        headline=headline,
-        services=services,
-        archive=archive,
-        status=status_text,
+        headline=run.headline(),
+        services=run.services,
+        archive=run.sidecar.archive.name if run.sidecar else None,
+        status=run.sidecar.status if run.sidecar else None,
         log=recent_lines()[-60:],
     )
 
 
-def finish(
-    config: ClientConfig,
-    notifier: Notifier,
-    ok: bool,
-    services: list[ServiceReport],
-    archive: str | None = None,
-    archive_bytes: int | None = None,
-    archive_status: str | None = None,
-    duration: float = 0.0,
-    error: str | None = None,
-) -> None:
+def finish(config: ClientConfig, notifier: Notifier, run: RunSummary) -> None:
     """Record the run and tell whoever listens. Never raises for a delivery problem."""
-    failed = [s.name for s in services if s.status != Status.OK]
-    if error:
-        headline = f"the run failed: {error}"
-    elif failed:
-        headline = f"{len(failed)} of {len(services)} services failed: {', '.join(failed)}"
-    else:
-        headline = f"all {len(services)} services ok"
     try:
-        status = record(config, ok, services, archive, archive_bytes, duration, error)
+        status = record(config, run)
         if config.metrics_file is not None:
             metrics(status).write(config.metrics_file)
     except OSError as exc:
         log.warning("could not record the run's status or metrics: %s", exc)
-    body = _failure_mail(config, services, archive, archive_status, headline)
+    headline = run.headline()
+    body = _failure_mail(config, run)
     email = config.email
-    if email is not None and (email.send == "always" or (email.send == "on_problem" and not ok)):
+    if email is not None and (
+        email.send == "always" or (email.send == "on_problem" and not run.ok)
+    ):
         subject = f"{email.subject_prefix} {config.hostname}: {headline}"
         message = mail.build_message(email.sender, email.to, subject, body)
         try:
             mail.send(email.smtp, message)
         except mail.MailError as exc:
             log.error("the mail was not sent: %s", exc)
-    notifier.finish(ok, f"pullback-client {config.hostname}: {headline}", body)
+    notifier.finish(run.ok, f"pullback-client {config.hostname}: {headline}", body)

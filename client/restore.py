@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.archive.compression import compression_of
@@ -20,10 +21,11 @@ from ..common.errors import EXIT_FAILED, EXIT_OK, ConfigError, PullbackError, Us
 from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.signals import SignalGuard
-from ..plugins.manager import load_plugins
+from ..plugins.manager import PluginSet, load_plugins
+from ..plugins.task import Task
 from .config import ClientConfig
 from .run import INSTANCE_LOCK
-from .services import discover
+from .services import Service, discover
 from .stages import make_tasks
 
 log = get_logger("restore")
@@ -55,18 +57,32 @@ def service_root(source: Path, name: str) -> Path:
     )
 
 
-def restore(
-    config: ClientConfig,
-    name: str,
-    source: Path,
-    task_filter: str | None = None,
-    target: Path | None = None,
-    dry_run: bool = False,
-) -> int:
-    """Restore service ``name``; returns the exit code. Raises PullbackError (exit 2 for
-    a wrong service, task or source)."""
+@dataclass(frozen=True)
+class RestoreOptions:
+    """What ``pullback-client restore`` was asked: a service, where its data comes from
+    (a restored snapshot directory or an archive), optionally one task, a directory to
+    put files below instead of their place, and whether only to say what would be done."""
+
+    service: str
+    source: Path
+    task: str | None = None
+    target: Path | None = None
+    dry_run: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RestoreOptions:
+        return cls(args.service, args.source, args.task, args.target, args.dry_run)
+
+    def wants(self, task: Task) -> bool:
+        return not self.task or self.task in (task.key, task.type)
+
+
+def restore(config: ClientConfig, options: RestoreOptions) -> int:
+    """Restore a service; returns the exit code. Raises PullbackError (UsageError for a
+    wrong service, task or source)."""
     plugins = load_plugins(config.plugin_dirs)
     services = {s.name: s for s in discover(config.service_dirs, plugins)}
+    name, source = options.service, options.source
     if name not in services:
         raise UsageError(
             f"no service named {name!r} in "
@@ -85,61 +101,96 @@ def restore(
             log.info("unpacking %s (checked against its manifest)", source.name)
             source = unpack_archive(source, Path(scratch) / "archive")
         root = service_root(source, name)
-        return _restore(config, service, plugins, root, task_filter, target, dry_run, Path(scratch))
+        return ServiceRestore(config, service, plugins, options, root, Path(scratch)).run()
 
 
 def command(config: ClientConfig, args: argparse.Namespace) -> int:
-    return restore(config, args.service, args.source, args.task, args.target, args.dry_run)
+    return restore(config, RestoreOptions.from_args(args))
 
 
-def _restore(
-    config, service, plugins, root: Path, task_filter, target, dry_run, scratch: Path
-) -> int:
-    tasks = make_tasks(service, scratch / "staging", None, dry_run=dry_run)
-    specs = {id(t): s for t, s in zip(tasks, service.tasks, strict=True)}
-    if task_filter and not any(task_filter in (t.key, t.type) for t in tasks):
-        raise UsageError(
-            f"service {service.name} has no task {task_filter!r}; its tasks: "
-            f"{', '.join(t.key for t in tasks)}"
-        )
-    selected = [t for t in tasks if not task_filter or task_filter in (t.key, t.type)]
-    stoppers = [t for t in tasks if specs[id(t)].type.stops_service]
-    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client restore")
-    failures: list[str] = []
-    with lock.acquire(), SignalGuard() as guard:
-        for task in tasks:
-            task.staging.mkdir(parents=True, exist_ok=True)
-        prepared = []
+class ServiceRestore:
+    """Restore one service: stop the application, restore each chosen task, start it
+    again whatever happened."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        service: Service,
+        plugins: PluginSet,
+        options: RestoreOptions,
+        root: Path,
+        scratch: Path,
+    ):
+        self.config = config
+        self.service = service
+        self.plugins = plugins
+        self.options = options
+        self.root = root
+        """The snapshot's ``services/<name>`` directory."""
+        self.tasks = make_tasks(service, scratch / "staging", None, dry_run=options.dry_run)
+        self.failures: list[str] = []
+        self.prepared: list[Task] = []
+
+    def run(self) -> int:
+        options = self.options
+        selected = [t for t in self.tasks if options.wants(t)]
+        if options.task and not selected:
+            raise UsageError(
+                f"service {self.service.name} has no task {options.task!r}; its tasks: "
+                f"{', '.join(t.key for t in self.tasks)}"
+            )
+        lock = FileLock(self.config.lock_dir / INSTANCE_LOCK, purpose="pullback-client restore")
+        with lock.acquire(), SignalGuard() as guard:
+            for task in self.tasks:
+                task.staging.mkdir(parents=True, exist_ok=True)
+            try:
+                self.stop()
+                for task in selected:
+                    self.restore_task(task)
+            finally:
+                with guard.shielded():
+                    self.start_again()
+        if self.failures:
+            failures = "; ".join(self.failures)
+            log.error("restore of %s incomplete: %s", self.service.name, failures)
+            return EXIT_FAILED
+        log.info("%s %s", "checked" if options.dry_run else "restored", self.service.name)
+        return EXIT_OK
+
+    def stop(self) -> None:
+        """Stop the application: the prepare of every task that stops the service."""
+        specs = zip(self.tasks, self.service.tasks, strict=True)
+        for task in [t for t, spec in specs if spec.type.stops_service]:
+            if self.options.dry_run:
+                log.info("[%s] would stop the application first", task.key)
+                continue
+            self.prepared.append(task)
+            self.plugins.call("prepare", task)
+
+    def restore_task(self, task: Task) -> None:
+        source = self.root / task.type
+        if not source.is_dir():
+            message = f"{task.key}: nothing to restore ({source} is not in the snapshot)"
+            log.warning("%s", message)
+            if self.options.task:
+                self.failures.append(message)
+            return
         try:
-            for task in stoppers:
-                if dry_run:
-                    log.info("[%s] would stop the application first", task.key)
-                    continue
-                prepared.append(task)
-                plugins.call("prepare", task)
-            for task in selected:
-                source = root / task.type
-                if not source.is_dir():
-                    message = f"{task.key}: nothing to restore ({source} is not in the snapshot)"
-                    log.warning("%s", message)
-                    if task_filter:
-                        failures.append(message)
-                    continue
-                try:
-                    plugins.call("restore", task, source=source, target=target, dry_run=dry_run)
-                except PullbackError as exc:
-                    failures.append(f"{task.key}: {exc}")
-                    log.error("[%s] restore failed: %s", task.key, exc)
-        finally:
-            with guard.shielded():
-                for task in reversed(prepared):
-                    try:
-                        plugins.call("finish", task, failed=bool(failures))
-                    except Exception as exc:
-                        failures.append(f"{task.key}: could not start again: {exc}")
-                        log.error("[%s] could not start the application again: %s", task.key, exc)
-    if failures:
-        log.error("restore of %s incomplete: %s", service.name, "; ".join(failures))
-        return EXIT_FAILED
-    log.info("%s %s", "checked" if dry_run else "restored", service.name)
-    return EXIT_OK
+            self.plugins.call(
+                "restore",
+                task,
+                source=source,
+                target=self.options.target,
+                dry_run=self.options.dry_run,
+            )
+        except PullbackError as exc:
+            self.failures.append(f"{task.key}: {exc}")
+            log.error("[%s] restore failed: %s", task.key, exc)
+
+    def start_again(self) -> None:
+        for task in reversed(self.prepared):
+            try:
+                self.plugins.call("finish", task, failed=bool(self.failures))
+            except Exception as exc:
+                self.failures.append(f"{task.key}: could not start again: {exc}")
+                log.error("[%s] could not start the application again: %s", task.key, exc)

@@ -14,7 +14,7 @@ from ..common import __version__
 from ..common.archive import directory as archives
 from ..common.archive.reader import verify_archive
 from ..common.archive.sidecar import ArchiveInfo, ServiceReport, Sidecar
-from ..common.archive.writer import ArchiveWriter
+from ..common.archive.writer import ArchiveWriter, WrittenArchive
 from ..common.clock import iso, stamp_of, utc_now
 from ..common.errors import (
     EXIT_FAILED,
@@ -145,35 +145,76 @@ def run(config: ClientConfig, names: list[str] | None = None, dry: bool = False)
 
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
     with lock.acquire(), SignalGuard() as guard:
-        return _locked_run(config, services, plugins, guard)
+        _prepare_directories(config)
+        return ClientRun(config, services, plugins, guard).run()
 
 
-def _locked_run(
-    config: ClientConfig, services: list[Service], plugins: PluginSet, guard: SignalGuard
-) -> RunResult:
-    started = time.monotonic()
-    for directory in (config.archive_dir, config.work_dir):
-        directory.mkdir(parents=True, exist_ok=True)
-    leftovers = remove_tree_contents(config.work_dir) + archives.remove_partials(config.archive_dir)
-    if leftovers:
-        log.warning("removed leftovers of an interrupted run: %s", ", ".join(leftovers))
-    check_free_space(config)
+class ClientRun:
+    """One run under the instance lock: every service into one archive, verified and
+    published. :meth:`run` does it in order; each step is a method."""
 
-    stamp, created = _new_stamp(config)
-    name = archives.archive_name(config.hostname, stamp, config.archive_suffix)
-    tmp = config.archive_dir / f".{name}.{os.getpid()}{archives.PARTIAL_SUFFIX}"
-    work = config.work_dir / stamp
-    log.info("run %s: %d service(s): %s", stamp, len(services), ", ".join(s.name for s in services))
-    reports: list[ServiceReport] = []
-    writer = ArchiveWriter(tmp, config.compression, config.compression_level)
-    try:
-        with writer:
-            for service in services:
-                report = run_service(
-                    service, plugins, writer, work / "services" / service.name, guard
-                )
-                reports.append(report)
-                shutil.rmtree(work / "services" / service.name, ignore_errors=True)
+    def __init__(
+        self,
+        config: ClientConfig,
+        services: list[Service],
+        plugins: PluginSet,
+        guard: SignalGuard,
+    ):
+        self.config = config
+        self.services = services
+        self.plugins = plugins
+        self.guard = guard
+        self.started = time.monotonic()
+        self.reports: list[ServiceReport] = []
+        self.stamp, self.created = _new_stamp(config)
+        self.name = archives.archive_name(config.hostname, self.stamp, config.archive_suffix)
+        self.tmp = config.archive_dir / f".{self.name}.{os.getpid()}{archives.PARTIAL_SUFFIX}"
+        self.work = config.work_dir / self.stamp
+        self.writer = ArchiveWriter(self.tmp, config.compression, config.compression_level)
+
+    def run(self) -> RunResult:
+        """Returns the result. Raises ArchiveError when no archive could be published."""
+        names = ", ".join(s.name for s in self.services)
+        log.info("run %s: %d service(s): %s", self.stamp, len(self.services), names)
+        try:
+            written = self.write()
+            if written is None:
+                return RunResult(EXIT_FAILED, self.reports)
+            self.verify(written)
+            sidecar = self.sidecar(written)
+            with self.guard.shielded():
+                published = archives.publish(self.tmp, sidecar, self.config.archive_dir)
+        except ArchiveError as exc:
+            raise ArchiveError(f"no archive was published: {exc}") from None
+        finally:
+            self.writer.abort()  # idempotent; removes the temporary file if it is still there
+            shutil.rmtree(self.work, ignore_errors=True)
+        log.info(
+            "published %s (%s, %d files, %s of data) in %s",
+            published.name,
+            human_size(written.size),
+            written.files,
+            human_size(written.content_bytes),
+            human_duration(time.monotonic() - self.started),
+        )
+        config = self.config
+        archives.apply_retention(config.archive_dir, config.keep_last, config.keep_days)
+        failed = [r.name for r in self.reports if r.status != Status.OK]
+        if failed:
+            total = len(self.reports)
+            log.error("%d of %d services failed: %s", len(failed), total, ", ".join(failed))
+        code = EXIT_FAILED if failed else EXIT_OK
+        return RunResult(code, self.reports, sidecar, published.name)
+
+    def write(self) -> WrittenArchive | None:
+        """Run every service into the archive; None (nothing written) when no task of any
+        service succeeded."""
+        with self.writer:
+            for service in self.services:
+                staging = self.work / "services" / service.name
+                report = run_service(service, self.plugins, self.writer, staging, self.guard)
+                self.reports.append(report)
+                shutil.rmtree(staging, ignore_errors=True)
                 if report.status == Status.OK:
                     log.info(
                         "[%s] ok: %d files, %s in %s",
@@ -182,58 +223,54 @@ def _locked_run(
                         human_size(report.bytes),
                         human_duration(report.duration),
                     )
-            guard.check()
-            succeeded = [r for r in reports if r.status == Status.OK]
-            if not any(t.status == Status.OK for r in reports for t in r.tasks):
-                writer.abort()
+            self.guard.check()
+            if not any(t.status == Status.OK for r in self.reports for t in r.tasks):
+                self.writer.abort()
                 log.error("nothing succeeded; no archive was published")
-                return RunResult(EXIT_FAILED, reports)
-            written = writer.finish()
-        if config.verify == "manifest" or not written.tested:
-            # read it all back and compare every file with the manifest
-            with guard.shielded():
-                verified = verify_archive(tmp, config.compression)
-            if (verified.sha256, verified.size) != (written.sha256, written.size):
-                raise ArchiveError(f"{tmp.name} changed on disk after it was written")
-        sidecar = Sidecar(
-            host=config.hostname,
-            stamp=stamp,
-            created=iso(created),
+                return None
+            return self.writer.finish()
+
+    def verify(self, written: WrittenArchive) -> None:
+        """Read the archive back against its manifest, when the compressor's own checks
+        were not made or ``verify: manifest`` asks for it. Raises ArchiveError."""
+        if self.config.verify != "manifest" and written.tested:
+            return
+        with self.guard.shielded():
+            verified = verify_archive(self.tmp, self.config.compression)
+        if (verified.sha256, verified.size) != (written.sha256, written.size):
+            raise ArchiveError(f"{self.tmp.name} changed on disk after it was written")
+
+    def sidecar(self, written: WrittenArchive) -> Sidecar:
+        ok = all(r.status == Status.OK for r in self.reports)
+        return Sidecar(
+            host=self.config.hostname,
+            stamp=self.stamp,
+            created=iso(self.created),
             pullback_version=__version__,
-            status=Status.OK if len(succeeded) == len(reports) else Status.PARTIAL,
+            status=Status.OK if ok else Status.PARTIAL,
             archive=ArchiveInfo(
-                name,
+                self.name,
                 written.size,
                 written.sha256,
-                config.compression,
+                self.config.compression,
                 written.members,
                 written.files,
                 written.content_bytes,
             ),
-            services=reports,
-            duration=round(time.monotonic() - started, 3),
+            services=self.reports,
+            duration=round(time.monotonic() - self.started, 3),
         )
-        with guard.shielded():
-            published = archives.publish(tmp, sidecar, config.archive_dir)
-    except ArchiveError as exc:
-        raise ArchiveError(f"no archive was published: {exc}") from None
-    finally:
-        writer.abort()  # idempotent; removes the temporary file if it is still there
-        shutil.rmtree(work, ignore_errors=True)
 
-    log.info(
-        "published %s (%s, %d files, %s of data) in %s",
-        published.name,
-        human_size(written.size),
-        written.files,
-        human_size(written.content_bytes),
-        human_duration(time.monotonic() - started),
-    )
-    archives.apply_retention(config.archive_dir, config.keep_last, config.keep_days)
-    failed = [r.name for r in reports if r.status != Status.OK]
-    if failed:
-        log.error("%d of %d services failed: %s", len(failed), len(reports), ", ".join(failed))
-    return RunResult(EXIT_FAILED if failed else EXIT_OK, reports, sidecar, published.name)
+
+def _prepare_directories(config: ClientConfig) -> None:
+    """Create the archive and work directories, remove what an interrupted run left, and
+    refuse to start without enough free space (raises PullbackError)."""
+    for directory in (config.archive_dir, config.work_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    leftovers = remove_tree_contents(config.work_dir) + archives.remove_partials(config.archive_dir)
+    if leftovers:
+        log.warning("removed leftovers of an interrupted run: %s", ", ".join(leftovers))
+    check_free_space(config)
 
 
 def fresh(config: ClientConfig) -> str | None:
@@ -276,19 +313,10 @@ def run_and_report(
     except LockBusy:
         raise  # another run is going on and will report itself
     except PullbackError as exc:
-        outputs.finish(
-            config, notifier, False, [], duration=time.monotonic() - started, error=str(exc)
-        )
+        failed = outputs.RunSummary(False, time.monotonic() - started, error=str(exc))
+        outputs.finish(config, notifier, failed)
         raise
-    sidecar = result.sidecar
-    outputs.finish(
-        config,
-        notifier,
-        result.exit_code == EXIT_OK,
-        result.services,
-        archive=result.archive,
-        archive_bytes=sidecar.archive.size if sidecar else None,
-        archive_status=sidecar.status if sidecar else None,
-        duration=time.monotonic() - started,
-    )
+    ok = result.exit_code == EXIT_OK
+    summary = outputs.RunSummary(ok, time.monotonic() - started, result.services, result.sidecar)
+    outputs.finish(config, notifier, summary)
     return result.exit_code

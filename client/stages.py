@@ -1,9 +1,9 @@
 """Run one service through its stages: validate -> prepare -> dump -> finish.
 
-The rules (DESIGN 3.2): all prepares, then all dumps, then a finish for every task whose
-prepare was called, in reverse order, whatever happened, SIGTERM included. A failed
-prepare skips the dumps; a failed dump discards that task's staging directory; what
-succeeded is archived and the report says what failed.
+The rules (docs/architecture.md, "Plugin stages"): all prepares, then all dumps, then a
+finish for every task whose prepare was called, in reverse order, whatever happened,
+SIGTERM included. A failed prepare skips the dumps; a failed dump discards that task's
+staging directory; what succeeded is archived and the report says what failed.
 """
 
 from __future__ import annotations
@@ -74,6 +74,165 @@ def validate_service(service: Service, plugins: PluginSet, tasks: list[Task]) ->
     return problems
 
 
+class ServiceRun:
+    """One service going through its stages; :meth:`run` does them in order."""
+
+    def __init__(
+        self,
+        service: Service,
+        plugins: PluginSet,
+        archive: ArchiveWriter,
+        staging_root: Path,
+        guard: SignalGuard,
+    ):
+        self.service = service
+        self.plugins = plugins
+        self.archive = archive
+        self.guard = guard
+        self.report = ServiceReport(service.name, service_file=str(service.file))
+        self.tasks = make_tasks(service, staging_root, archive)
+        self.reports = {id(t): TaskReport(t.type) for t in self.tasks}
+        self.report.tasks = [self.reports[id(t)] for t in self.tasks]
+        self.prepared: list[Task] = []
+
+    def run(self) -> ServiceReport:
+        """Every stage; returns the report. Raises ArchiveError (the archive itself
+        failed) and Interrupted (SIGTERM/SIGINT), in both cases after every finish ran."""
+        started = time.monotonic()
+        if self.refused():
+            return self.report
+        runnable = self.runnable()
+        fatal: BaseException | None = None
+        try:
+            if self.prepare(runnable):
+                self.dump(runnable)
+        except (Interrupted, ArchiveError) as exc:
+            fatal = exc
+        finally:
+            self.finish(failed=fatal is not None)
+        if fatal is not None:
+            raise fatal
+        self.collect()
+        self.report.duration = time.monotonic() - started
+        return self.report
+
+    # -- before anything runs -------------------------------------------------------------
+
+    def refused(self) -> bool:
+        """True (and the report says why) when the service file or a plugin's validate
+        hook finds a problem: then nothing of the service runs."""
+        service = self.service
+        if service.broken:
+            self.report.error = "; ".join(str(p) for p in service.problems)
+            log.error(
+                "[%s] skipped, its service file is broken: %s", service.name, self.report.error
+            )
+            return True
+        problems = validate_service(service, self.plugins, self.tasks)
+        if problems:
+            self.report.error = "; ".join(problems)
+            log.error("[%s] not run: %s", service.name, self.report.error)
+            return True
+        return False
+
+    def runnable(self) -> list[Task]:
+        """The tasks whose programs are installed; the others are skipped, and said so."""
+        found = []
+        for task, spec in zip(self.tasks, self.service.tasks, strict=True):
+            missing = spec.type.missing(spec.config)
+            if missing:
+                self.reports[id(task)].error = f"skipped: {'; '.join(missing)}"
+                task.log.error("%s", self.reports[id(task)].error)
+            else:
+                found.append(task)
+        return found
+
+    # -- the stages -----------------------------------------------------------------------
+
+    def prepare(self, runnable: list[Task]) -> bool:
+        """Every prepare in order; False when one failed (no dump runs then)."""
+        for task in runnable:
+            task.staging.mkdir(parents=True, exist_ok=True)
+        for task in runnable:
+            self.prepared.append(task)  # its finish runs whatever prepare does
+            try:
+                self.plugins.call("prepare", task)
+            except (Interrupted, ArchiveError):
+                raise
+            except TaskSkipped as exc:
+                self._skip(task, exc)
+            except Exception as exc:
+                self._fail(task, "prepare", exc)
+                return False
+        return True
+
+    def dump(self, runnable: list[Task]) -> None:
+        """Every dump of a task not skipped; a failed dump's staging is discarded."""
+        for task in runnable:
+            task_report = self.reports[id(task)]
+            if task_report.error is not None:
+                continue  # skipped in prepare
+            started = time.monotonic()
+            try:
+                self.plugins.call("dump", task)
+                task_report.status = Status.OK
+            except (Interrupted, ArchiveError):
+                raise
+            except TaskSkipped as exc:
+                self._skip(task, exc)
+                shutil.rmtree(task.staging, ignore_errors=True)
+            except Exception as exc:
+                self._fail(task, "dump", exc)
+                shutil.rmtree(task.staging, ignore_errors=True)
+            task_report.duration = time.monotonic() - started
+
+    def finish(self, failed: bool) -> None:
+        """A finish for every task whose prepare was called, in reverse order; a signal
+        waits until they are all done."""
+        with self.guard.shielded():
+            failed = failed or any(r.status == Status.FAILED for r in self.reports.values())
+            for task in reversed(self.prepared):
+                try:
+                    self.plugins.call("finish", task, failed=failed)
+                except Exception as exc:
+                    self._fail(task, "finish", exc)
+
+    def collect(self) -> None:
+        """Archive what the successful dumps staged and sum the service's report."""
+        for task in self.tasks:
+            task_report = self.reports[id(task)]
+            staged = task.staging.is_dir() and any(task.staging.iterdir())
+            if task_report.status == Status.OK and staged:
+                task.stats.add(self.archive.add_tree(task.staging, task.arcdir))
+            task_report.files, task_report.bytes = task.stats.files, task.stats.bytes
+            task_report.warnings = list(task.stats.warnings)
+            if task_report.status == Status.SKIPPED and task_report.error is None:
+                task_report.error = "not run: an earlier stage failed"
+        report = self.report
+        failed = [r for r in report.tasks if r.status != Status.OK]
+        report.status = Status.FAILED if failed else Status.OK
+        if failed:
+            report.error = "; ".join(f"{r.type}: {r.error}" for r in failed if r.error)
+        report.files = sum(r.files for r in report.tasks)
+        report.bytes = sum(r.bytes for r in report.tasks)
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def _fail(self, task: Task, stage: str, exc: BaseException) -> None:
+        task_report = self.reports[id(task)]
+        task_report.status = Status.FAILED
+        message = f"{stage} failed: {_reason(exc)}"
+        task_report.error = task_report.error or message
+        task.log.error("%s", message)
+        if not isinstance(exc, PullbackError | OSError):
+            task.log.debug("%s", "".join(traceback.format_exception(exc)))
+
+    def _skip(self, task: Task, exc: BaseException) -> None:
+        self.reports[id(task)].status = Status.SKIPPED
+        self.reports[id(task)].error = f"skipped: {exc}"
+        task.log.error("skipped: %s", exc)
+
+
 def run_service(
     service: Service,
     plugins: PluginSet,
@@ -86,111 +245,4 @@ def run_service(
     Returns the service's report. Raises ArchiveError when the archive itself fails and
     Interrupted on SIGTERM/SIGINT, in both cases after every needed finish has run.
     """
-    started = time.monotonic()
-    report = ServiceReport(service.name, service_file=str(service.file))
-    if service.broken:
-        report.error = "; ".join(str(p) for p in service.problems)
-        log.error("[%s] skipped, its service file is broken: %s", service.name, report.error)
-        return report
-
-    tasks = make_tasks(service, staging_root, archive)
-    reports = {id(t): TaskReport(t.type) for t in tasks}
-    report.tasks = [reports[id(t)] for t in tasks]
-
-    problems = validate_service(service, plugins, tasks)
-    if problems:
-        report.error = "; ".join(problems)
-        log.error("[%s] not run: %s", service.name, report.error)
-        return report
-
-    def fail(task: Task, stage: str, exc: BaseException) -> None:
-        task_report = reports[id(task)]
-        task_report.status = Status.FAILED
-        message = f"{stage} failed: {_reason(exc)}"
-        task_report.error = task_report.error or message
-        task.log.error("%s", message)
-        if not isinstance(exc, PullbackError | OSError):
-            task.log.debug("%s", "".join(traceback.format_exception(exc)))
-
-    for task, spec in zip(tasks, service.tasks, strict=True):
-        missing = spec.type.missing(spec.config)
-        if missing:
-            reports[id(task)].error = f"skipped: {'; '.join(missing)}"
-            task.log.error("%s", reports[id(task)].error)
-    runnable = [t for t in tasks if reports[id(t)].error is None]
-
-    def skip(task: Task, exc: BaseException) -> None:
-        reports[id(task)].status = Status.SKIPPED
-        reports[id(task)].error = f"skipped: {exc}"
-        task.log.error("skipped: %s", exc)
-
-    prepared: list[Task] = []
-    fatal: BaseException | None = None
-    try:
-        for task in runnable:
-            task.staging.mkdir(parents=True, exist_ok=True)
-        prepare_failed = False
-        for task in runnable:
-            prepared.append(task)
-            try:
-                plugins.call("prepare", task)
-            except (Interrupted, ArchiveError):
-                raise
-            except TaskSkipped as exc:
-                skip(task, exc)
-            except Exception as exc:
-                fail(task, "prepare", exc)
-                prepare_failed = True
-                break
-        if not prepare_failed:
-            for task in runnable:
-                if reports[id(task)].error is not None:
-                    continue  # skipped in prepare
-                task_started = time.monotonic()
-                try:
-                    plugins.call("dump", task)
-                    reports[id(task)].status = Status.OK
-                except (Interrupted, ArchiveError):
-                    raise
-                except TaskSkipped as exc:
-                    skip(task, exc)
-                    shutil.rmtree(task.staging, ignore_errors=True)
-                except Exception as exc:
-                    fail(task, "dump", exc)
-                    shutil.rmtree(task.staging, ignore_errors=True)
-                reports[id(task)].duration = time.monotonic() - task_started
-    except (Interrupted, ArchiveError) as exc:
-        fatal = exc
-    finally:
-        with guard.shielded():
-            service_failed = fatal is not None or any(
-                r.status == Status.FAILED for r in reports.values()
-            )
-            for task in reversed(prepared):
-                try:
-                    plugins.call("finish", task, failed=service_failed)
-                except Exception as exc:
-                    fail(task, "finish", exc)
-    if fatal is not None:
-        raise fatal
-
-    for task in tasks:
-        task_report = reports[id(task)]
-        if (
-            task_report.status == Status.OK
-            and task.staging.is_dir()
-            and any(task.staging.iterdir())
-        ):
-            task.stats.add(archive.add_tree(task.staging, task.arcdir))
-        task_report.files, task_report.bytes = task.stats.files, task.stats.bytes
-        task_report.warnings = list(task.stats.warnings)
-        if task_report.status == Status.SKIPPED and task_report.error is None:
-            task_report.error = "not run: an earlier stage failed"
-    failed = [r for r in report.tasks if r.status != Status.OK]
-    report.status = Status.FAILED if failed else Status.OK
-    if failed:
-        report.error = "; ".join(f"{r.type}: {r.error}" for r in failed if r.error)
-    report.files = sum(r.files for r in report.tasks)
-    report.bytes = sum(r.bytes for r in report.tasks)
-    report.duration = time.monotonic() - started
-    return report
+    return ServiceRun(service, plugins, archive, staging_root, guard).run()

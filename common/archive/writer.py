@@ -327,6 +327,7 @@ class ArchiveWriter:
         arcname: str,
         st: os.stat_result | None,
         kind: bytes,
+        *,
         size: int = 0,
         linkname: str = "",
         xattrs: dict[str, bytes] | None = None,

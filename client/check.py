@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ..common.archive.compression import compress_command
 from ..common.errors import EXIT_CONFIG, EXIT_OK
-from ..plugins.manager import load_plugins
+from ..plugins.manager import PluginSet, load_plugins
 from .config import ClientConfig
-from .services import discover, find_service_files
+from .services import Service, discover, find_service_files
 from .stages import make_tasks, validate_service
 
 
@@ -32,11 +32,9 @@ def command(config: ClientConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def check(config: ClientConfig) -> list[str]:
-    """Every problem found in the configuration, services and plugins (empty when fine)."""
+def _setting_problems(config: ClientConfig) -> list[str]:
+    """What is wrong with client.yaml's settings on this machine."""
     problems: list[str] = []
-    plugins = load_plugins(config.plugin_dirs)
-    problems.extend(f"{config.path}: plugin_dirs: {e}" for e in plugins.errors)
     compressor = compress_command(config.compression, config.compression_level)
     if compressor and not shutil.which(compressor[0]):
         problems.append(
@@ -55,13 +53,28 @@ def check(config: ClientConfig) -> list[str]:
             f"{config.path}: service_dirs: no service.yaml found in "
             f"{', '.join(str(d) for d in config.service_dirs)}"
         )
+    return problems
+
+
+def _service_problems(service: Service, plugins: PluginSet) -> list[str]:
+    """A service file's problems, its plugins' findings and its missing programs, each
+    at the line of its task's section."""
+    if service.broken:
+        return [str(p) for p in service.problems]
+    problems: list[str] = []
+    tasks = make_tasks(service, Path("/nonexistent"), None, dry_run=True)
+    for spec, task in zip(service.tasks, tasks, strict=True):
+        where = f"{service.file}:{spec.line or 1}"
+        problems.extend(f"{where}: {p}" for p in validate_service(service, plugins, [task]))
+        problems.extend(f"{where}: {spec.key}: {m}" for m in spec.type.missing(spec.config))
+    return problems
+
+
+def check(config: ClientConfig) -> list[str]:
+    """Every problem found in the configuration, services and plugins (empty when fine)."""
+    plugins = load_plugins(config.plugin_dirs)
+    problems = [f"{config.path}: plugin_dirs: {e}" for e in plugins.errors]
+    problems += _setting_problems(config)
     for service in discover(config.service_dirs, plugins):
-        if service.broken:
-            problems.extend(str(p) for p in service.problems)
-            continue
-        tasks = make_tasks(service, Path("/nonexistent"), None, dry_run=True)
-        for spec, task in zip(service.tasks, tasks, strict=True):
-            where = f"{service.file}:{spec.line or 1}"  # the line of the task's section
-            problems.extend(f"{where}: {p}" for p in validate_service(service, plugins, [task]))
-            problems.extend(f"{where}: {spec.key}: {m}" for m in spec.type.missing(spec.config))
+        problems += _service_problems(service, plugins)
     return problems

@@ -84,68 +84,62 @@ def _unknown_task(doc: YamlDocument, key: str, plugins: PluginSet) -> Problem:
     return doc.problem((key,), f"unknown task {key!r}{hint}")
 
 
-def load_service(path: Path, plugins: PluginSet) -> Service:
-    """Read and validate one service file. Never raises for bad content: see ``problems``."""
+def _read(path: Path) -> YamlDocument | Service:
+    """The service file's document, or a broken Service saying why it cannot be read."""
     fallback = path.parent.name
     try:
         doc = load(path)
     except YamlFileError as exc:
         return Service(fallback, path, problems=exc.problems)
     if doc.data is None:
-        return Service(
-            fallback,
-            path,
-            problems=[
-                Problem(
-                    str(path),
-                    1,
-                    "",
-                    "the file is empty; expected a 'service:' section and tasks",
-                )
-            ],
-        )
+        empty = "the file is empty; expected a 'service:' section and tasks"
+        return Service(fallback, path, problems=[Problem(str(path), 1, "", empty)])
     if not isinstance(doc.data, dict):
         return Service(fallback, path, problems=[doc.problem((), "expected a mapping of keys")])
+    return doc
 
+
+def _add_task(service: Service, doc: YamlDocument, key: str, task_type: TaskType) -> list[Problem]:
+    """Validate the section ``key`` against its plugin's schema and add it as a task;
+    return its problems."""
+    section = doc.data[key]
+    if section is None:  # "files:" with nothing below it: the defaults
+        section = doc.data[key] = {}
+    problems = schemas.validate(doc, task_type.schema, prefix=(key,))
+    if problems:
+        return problems
+    config = schemas.apply_defaults(task_type.schema, section)
+    service.tasks.append(TaskSpec(key, task_type, config, doc.line_of((key,))))
+    service.secrets.extend(v for _, v in schemas.find_secrets(task_type.schema, config))
+    exposed = world_readable_secret(doc, task_type.schema, prefix=(key,))
+    return [exposed] if exposed else []
+
+
+def load_service(path: Path, plugins: PluginSet) -> Service:
+    """Read and validate one service file. Never raises for bad content: see ``problems``."""
+    doc = _read(path)
+    if isinstance(doc, Service):
+        return doc
     schema = load_schema("pullback.common", "service")
     problems = schemas.validate(doc, schema)
     head = schemas.apply_defaults(schema, doc.data).get("service")
-    name = head.get("name") if isinstance(head, dict) else None
-    service = Service(name if isinstance(name, str) and name else fallback, path)
-    if isinstance(head, dict):
-        service.enabled = head["enabled"] is not False
-        service.description = str(head.get("description", ""))
+    head = head if isinstance(head, dict) else {}
+    name = head.get("name")
+    service = Service(name if isinstance(name, str) and name else path.parent.name, path)
+    service.enabled = head.get("enabled") is not False
+    service.description = str(head.get("description", ""))
 
     seen_types: dict[str, str] = {}
-    for key, section in doc.data.items():
-        if key == "service":
-            continue
-        key = str(key)
-        task_type = plugins.lookup(key)
+    for key in [k for k in doc.data if k != "service"]:
+        task_type = plugins.lookup(str(key))
         if task_type is None:
-            problems.append(_unknown_task(doc, key, plugins))
-            continue
-        if task_type.name in seen_types:
-            problems.append(
-                doc.problem(
-                    (key,),
-                    f"'{key}' and '{seen_types[task_type.name]}' are the same task; keep one",
-                )
-            )
-            continue
-        seen_types[task_type.name] = key
-        if section is None:
-            section = doc.data[key] = {}
-        section_problems = schemas.validate(doc, task_type.schema, prefix=(key,))
-        if section_problems:
-            problems.extend(section_problems)
-            continue
-        config = schemas.apply_defaults(task_type.schema, section)
-        service.tasks.append(TaskSpec(key, task_type, config, doc.line_of((key,))))
-        service.secrets.extend(v for _, v in schemas.find_secrets(task_type.schema, config))
-        exposed = world_readable_secret(doc, task_type.schema, prefix=(key,))
-        if exposed:
-            problems.append(exposed)
+            problems.append(_unknown_task(doc, str(key), plugins))
+        elif task_type.name in seen_types:
+            same = f"'{key}' and '{seen_types[task_type.name]}' are the same task; keep one"
+            problems.append(doc.problem((key,), same))
+        else:
+            seen_types[task_type.name] = key
+            problems += _add_task(service, doc, key, task_type)
     if not seen_types and not problems:
         problems.append(doc.problem((), "no tasks: add at least one task section, e.g. 'files:'"))
     service.problems = sorted(problems, key=lambda p: (p.line or 0, p.key))

@@ -60,13 +60,6 @@ class PluginSet:
         caller = self.pm.subset_hook_caller(f"pullback_{stage}", remove_plugins=others)
         return caller(task=task, **kwargs)
 
-    def implements(self, stage: str, task_type: str) -> bool:
-        owner = self.types[task_type][1]
-        return any(
-            impl.plugin is owner
-            for impl in getattr(self.pm.hook, f"pullback_{stage}").get_hookimpls()
-        )
-
 
 def _load_file(path: Path) -> object:
     name = f"pullback_local_plugin_{path.stem}"
@@ -79,39 +72,39 @@ def _load_file(path: Path) -> object:
     return module
 
 
-def load_plugins(plugin_dirs: Iterable[Path] = (), entry_points: bool = True) -> PluginSet:
-    """Register the built-in, installed and local plugins and collect their task types.
-
-    A plugin that fails to load or declares a task type already taken is recorded in
-    ``errors`` (services needing it then fail alone); it never stops the others.
-    """
-    pm = pluggy.PluginManager("pullback")
-    pm.add_hookspecs(hookspecs)
-    plugins = PluginSet(pm)
+def _register(
+    pm: pluggy.PluginManager, plugin_dirs: Iterable[Path], entry_points: bool
+) -> list[str]:
+    """Register the built-in, installed and local plugins; return what failed to load."""
+    errors = []
     for name in BUILTIN_PLUGINS:
         pm.register(importlib.import_module(name), name=name)
     if entry_points:
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         except Exception as exc:  # a broken third-party distribution must not stop backups
-            plugins.errors.append(f"entry point plugin failed to load: {exc}")
+            errors.append(f"entry point plugin failed to load: {exc}")
     for directory in plugin_dirs:
         if not directory.is_dir():
-            plugins.errors.append(f"plugin directory {directory} does not exist")
+            errors.append(f"plugin directory {directory} does not exist")
             continue
         for path in sorted(directory.glob("*.py")):
             try:
                 pm.register(_load_file(path), name=str(path))
             except Exception as exc:
-                plugins.errors.append(f"plugin {path} failed to load: {type(exc).__name__}: {exc}")
+                errors.append(f"plugin {path} failed to load: {type(exc).__name__}: {exc}")
     while True:  # a plugin with a misspelled hook is dropped, not half-used
         try:
             pm.check_pending()
-            break
+            return errors
         except pluggy.PluginValidationError as exc:
-            plugins.errors.append(f"plugin {pm.get_name(exc.plugin)}: {exc}")
+            errors.append(f"plugin {pm.get_name(exc.plugin)}: {exc}")
             pm.unregister(exc.plugin)
 
+
+def _collect_task_types(plugins: PluginSet) -> None:
+    """Ask every plugin for its task types; a key two plugins declare is an error."""
+    pm = plugins.pm
     for impl in pm.hook.pullback_task_types.get_hookimpls():
         plugin = impl.plugin
         try:
@@ -130,6 +123,19 @@ def load_plugins(plugin_dirs: Iterable[Path] = (), entry_points: bool = True) ->
                     )
                     continue
                 plugins.types[key] = (task_type, plugin)
+
+
+def load_plugins(plugin_dirs: Iterable[Path] = (), entry_points: bool = True) -> PluginSet:
+    """Register the built-in, installed and local plugins and collect their task types.
+
+    A plugin that fails to load or declares a task type already taken is recorded in
+    ``errors`` (services needing it then fail alone); it never stops the others.
+    """
+    pm = pluggy.PluginManager("pullback")
+    pm.add_hookspecs(hookspecs)
+    plugins = PluginSet(pm)
+    plugins.errors += _register(pm, plugin_dirs, entry_points)
+    _collect_task_types(plugins)
     for error in plugins.errors:
         log.error("%s", error)
     return plugins

@@ -51,28 +51,27 @@ def ordered(results: list[HostResult]) -> list[HostResult]:
     return sorted(results, key=lambda r: (not r.is_problem, _ORDER[r.status], r.host))
 
 
-def subject(results: list[HostResult], prefix: str) -> str:
+def _headline(results: list[HostResult]) -> str:
     failed = [r.host for r in results if r.status == Status.FAILED]
     stale = [r.host for r in results if r.stale and r.status != Status.FAILED]
-    problems = [
-        r.host
-        for r in results
-        if r.is_problem and r.status != Status.FAILED and r.host not in stale
-    ]
+    parts = []
+    if failed:
+        parts.append(f"{len(failed)} of {len(results)} hosts FAILED: {', '.join(failed)}")
+    if stale:
+        parts.append(f"STALE: {', '.join(stale)}")
+    if parts:
+        return "; ".join(parts)
+    problems = [r.host for r in results if r.is_problem]
+    if problems:
+        return f"{len(problems)} of {len(results)} hosts need attention: {', '.join(problems)}"
     stored = sum(r.status == Status.STORED for r in results)
-    if failed or stale:
-        parts = []
-        if failed:
-            parts.append(f"{len(failed)} of {len(results)} hosts FAILED: {', '.join(failed)}")
-        if stale:
-            parts.append(f"STALE: {', '.join(stale)}")
-        text = "; ".join(parts)
-    elif problems:
-        text = f"{len(problems)} of {len(results)} hosts need attention: {', '.join(problems)}"
-    else:
-        hosts = "the host is" if len(results) == 1 else f"all {len(results)} hosts are"
-        text = f"{hosts} ok ({stored} stored)"
-    return f"{prefix} {text}".strip()
+    hosts = "the host is" if len(results) == 1 else f"all {len(results)} hosts are"
+    return f"{hosts} ok ({stored} stored)"
+
+
+def subject(results: list[HostResult], prefix: str) -> str:
+    """The mail's subject: failures and stale hosts first, then hosts needing attention."""
+    return f"{prefix} {_headline(results)}".strip()
 
 
 def render(

@@ -38,6 +38,21 @@ def within_delta(value: str) -> dt.timedelta:
     return dt.timedelta(days=number * days)
 
 
+def _kept_by_rule(times: list[dt.datetime], bucket, count: int) -> set[int]:
+    """Indexes (into ``times``, newest first) of the newest snapshot of each of the
+    ``count`` most recent periods that ``bucket`` tells apart."""
+    keep: set[int] = set()
+    last = object()
+    for index, when in enumerate(times):
+        if len(keep) >= count:
+            break
+        value = bucket(when)
+        if value != last:
+            keep.add(index)
+            last = value
+    return keep
+
+
 def select(
     snapshots: Sequence[T], policy: dict, when: Callable[[T], dt.datetime]
 ) -> tuple[list[T], list[T]]:
@@ -48,21 +63,13 @@ def select(
     if not any(policy.get(k) for k in (*_BUCKETS, "keep_within")):
         raise ValueError("the retention policy keeps nothing; set at least one keep_*")
     newest_first = sorted(snapshots, key=lambda s: when(s).astimezone(dt.UTC), reverse=True)
+    times = [when(s).astimezone(dt.UTC) for s in newest_first]
     keep: set[int] = set()
     for rule, bucket in _BUCKETS.items():
-        count = policy.get(rule) or 0
-        last = object()
-        for index, snapshot in enumerate(newest_first):
-            if count <= 0:
-                break
-            value = bucket(when(snapshot).astimezone(dt.UTC))
-            if value != last:
-                keep.add(index)
-                last = value
-                count -= 1
-    if policy.get("keep_within") and newest_first:
-        horizon = when(newest_first[0]) - within_delta(policy["keep_within"])
-        keep.update(i for i, s in enumerate(newest_first) if when(s) >= horizon)
+        keep |= _kept_by_rule(times, bucket, policy.get(rule) or 0)
+    if policy.get("keep_within") and times:
+        horizon = times[0] - within_delta(policy["keep_within"])
+        keep.update(i for i, t in enumerate(times) if t >= horizon)
     kept = [s for i, s in enumerate(newest_first) if i in keep]
     removed = [s for i, s in enumerate(newest_first) if i not in keep]
     return kept[::-1], removed[::-1]

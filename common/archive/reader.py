@@ -159,6 +159,47 @@ def _mismatch_message(problems: list[str]) -> str:
     return f"does not match its {MANIFEST_NAME}: {shown}{more}"
 
 
+@dataclass
+class _Digests:
+    """What reading an archive back found: every file's digest and its manifest."""
+
+    computed: dict[str, str] = field(default_factory=dict)
+    listed: dict[str, str] | None = None
+    members: int = 0
+    files: int = 0
+    content: int = 0
+
+    def add(self, stream: TarStream, member: Member) -> None:
+        self.members += 1
+        if member.is_hardlink:
+            self.computed[member.name] = self.computed.get(member.linkname, "")
+            self.files += 1
+        if not member.is_file:
+            return
+        digest = hashlib.sha256()
+        data = bytearray() if member.name == MANIFEST_NAME else None
+        for chunk in stream.read_data(member):
+            digest.update(chunk)
+            if data is not None:
+                data += chunk
+        if data is not None:
+            self.listed = parse(bytes(data))  # raises ValueError
+            return
+        self.computed[member.name] = digest.hexdigest()
+        self.files += 1
+        self.content += member.size
+
+    def problems(self, listed: dict[str, str]) -> list[str]:
+        found = []
+        for name, digest in self.computed.items():
+            if name not in listed:
+                found.append(f"{name} is not listed")
+            elif listed[name] != digest:
+                found.append(f"{name} has changed")
+        found.extend(f"{name} is missing" for name in listed if name not in self.computed)
+        return found
+
+
 def verify_archive(
     path: Path, compression: str | None = None, runner: Runner | None = None
 ) -> VerifiedArchive:
@@ -170,40 +211,19 @@ def verify_archive(
     """
     path = Path(path)
     compression = compression or compression_of(path.name)
-    computed: dict[str, str] = {}
-    listed: dict[str, str] | None = None
-    members = files = content = 0
+    digests = _Digests()
     with open(path, "rb") as raw, TarStream(raw, compression, runner) as stream:
         for member in stream.members():
-            members += 1
-            if member.is_file:
-                digest = hashlib.sha256()
-                data = bytearray() if member.name == MANIFEST_NAME else None
-                for chunk in stream.read_data(member):
-                    digest.update(chunk)
-                    if data is not None:
-                        data += chunk
-                if data is not None:
-                    try:
-                        listed = parse(bytes(data))
-                    except ValueError as exc:
-                        raise ArchiveError(f"{path.name}: {exc}") from None
-                    continue
-                computed[member.name] = digest.hexdigest()
-                files += 1
-                content += member.size
-            elif member.is_hardlink:
-                computed[member.name] = computed.get(member.linkname, "")
-                files += 1
+            try:
+                digests.add(stream, member)
+            except ValueError as exc:
+                raise ArchiveError(f"{path.name}: {exc}") from None
+    listed = digests.listed
     if listed is None:
         raise ArchiveError(f"{path.name} has no {MANIFEST_NAME}")
-    problems = []
-    for name, digest in computed.items():
-        if name not in listed:
-            problems.append(f"{name} is not listed")
-        elif listed[name] != digest:
-            problems.append(f"{name} has changed")
-    problems.extend(f"{name} is missing" for name in listed if name not in computed)
+    problems = digests.problems(listed)
     if problems:
         raise ArchiveError(f"{path.name} {_mismatch_message(problems)}")
-    return VerifiedArchive(stream.sha256, stream.size, members, files, content, listed)
+    return VerifiedArchive(
+        stream.sha256, stream.size, digests.members, digests.files, digests.content, listed
+    )

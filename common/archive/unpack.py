@@ -305,46 +305,17 @@ class Unpacker:
         """Write (or leave alone) one file; with ``count`` its digest joins the sum."""
         parent = self._dir(parts[:-1])
         name = parts[-1]
-        digest = hashlib.sha256() if count else None
+        digest = hashlib.sha256()
         fd = -1
-        changed = False
         try:
-            st = os.lstat(name, dir_fd=parent)
-        except FileNotFoundError:
-            st = None
-        if st is not None and not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1):
-            _remove(name, parent)  # not a plain file (or shared by a hard link): start afresh
-            self._forget_dir((*parts,))
-            st = None
-        try:
+            st = self._plain_file(parent, name, parts)
             if st is None:
-                fd = os.open(
-                    name,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                    dir_fd=parent,
-                )
-                changed = True
-                for data in chunks:
-                    if digest is not None:
-                        digest.update(data)
-                    write_all(fd, data)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(name, flags, 0o600, dir_fd=parent)
+                changed = _write_new(fd, chunks, digest)
             else:
                 fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-                position = 0
-                for data in chunks:
-                    if digest is not None:
-                        digest.update(data)
-                    if not changed:
-                        old = os.pread(fd, len(data), position)
-                        if old != data:
-                            changed = True
-                    if changed:
-                        pwrite_all(fd, data, position)
-                    position += len(data)
-                if position != st.st_size:
-                    os.ftruncate(fd, position)
-                    changed = True
+                changed = _rewrite(fd, chunks, digest, st.st_size)
             if count:
                 self.stats.written += changed
                 self.stats.unchanged += not changed
@@ -352,8 +323,22 @@ class Unpacker:
         finally:
             if fd >= 0:
                 os.close(fd)
-            if digest is not None:
+            if count:
                 self._sum.add(member.name, digest.hexdigest())
+
+    def _plain_file(self, parent: int, name: str, parts) -> os.stat_result | None:
+        """The stat of ``name`` when it is a plain file of staging to rewrite in place;
+        anything else there (a directory, a link, a file shared by a hard link) is
+        removed and None returned."""
+        try:
+            st = os.lstat(name, dir_fd=parent)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            return st
+        _remove(name, parent)
+        self._forget_dir((*parts,))
+        return None
 
     def _apply_meta(self, fd: int, member: Member, mode: int, force: bool) -> None:
         st = os.fstat(fd)
@@ -519,6 +504,32 @@ class Unpacker:
                     self.stats.removed += 1
                 elif stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
                     stack.append(child)
+
+
+def _write_new(fd: int, chunks, digest) -> bool:
+    """Write a new file; returns True (it changed)."""
+    for data in chunks:
+        digest.update(data)
+        write_all(fd, data)
+    return True
+
+
+def _rewrite(fd: int, chunks, digest, old_size: int) -> bool:
+    """Bring an existing file to the new content, writing only from the first byte that
+    differs (an unchanged file is not written at all). Returns whether it changed."""
+    changed = False
+    position = 0
+    for data in chunks:
+        digest.update(data)
+        if not changed and os.pread(fd, len(data), position) != data:
+            changed = True
+        if changed:
+            pwrite_all(fd, data, position)
+        position += len(data)
+    if position != old_size:
+        os.ftruncate(fd, position)
+        changed = True
+    return changed
 
 
 def _key(parts: tuple[str, ...]) -> int:

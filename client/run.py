@@ -104,10 +104,10 @@ def dry_run(services: list[Service], plugins: PluginSet) -> int:
                 print(f"  problem: {problem}")
             continue
         tasks = make_tasks(service, Path("/nonexistent"), None, dry_run=True)
-        problems = validate_service(service, plugins, tasks)
-        for problem in problems:
-            print(f"  problem: {problem}")
-        if problems:
+        found = validate_service(service, plugins, tasks)
+        for line in found:
+            print(f"  problem: {line}")
+        if found:
             code = EXIT_FAILED
             continue
         for task in tasks:

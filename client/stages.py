@@ -64,7 +64,7 @@ def make_tasks(
 
 def validate_service(service: Service, plugins: PluginSet, tasks: list[Task]) -> list[str]:
     """Problems found by the plugins' validate hooks, as ``task: problem`` strings."""
-    problems = []
+    problems: list[str] = []
     for task in tasks:
         try:
             found = plugins.call("validate", task) or []

@@ -64,7 +64,7 @@ def free_bytes(path: str | os.PathLike) -> int:
 
 def remove_tree_contents(path: Path) -> list[str]:
     """Delete everything inside ``path`` (not ``path`` itself); return the names removed."""
-    removed = []
+    removed: list[str] = []
     if not path.is_dir():
         return removed
     for entry in path.iterdir():

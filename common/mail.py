@@ -92,6 +92,7 @@ def send(smtp, message: EmailMessage) -> None:
     context = ssl.create_default_context(cafile=str(smtp.ca_file) if smtp.ca_file else None)
     where = f"{smtp.host}:{smtp.port}"
     try:
+        client: smtplib.SMTP
         if smtp.security == "ssl":
             client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout, context=context)
         else:

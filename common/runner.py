@@ -18,11 +18,12 @@ import logging
 import os
 import shlex
 import signal
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import sh
 
@@ -164,8 +165,8 @@ class Runner:
         self.log = log or get_logger("run")
         self.secrets = tuple(s for s in secrets if s)
         self.env = dict(env or {})
-        self.cancel = None
-        """A threading.Event; once set, running commands are stopped (CommandError)."""
+        self.cancel: threading.Event | None = None
+        """Once set, running commands are stopped (CommandError "cancelled")."""
 
     def display(self, argv: Sequence[str | os.PathLike]) -> str:
         """The command line as it may be shown: shell-quoted, secrets masked."""
@@ -227,6 +228,7 @@ class Runner:
         try:
             in_file = as_file(stdin if stdin is not None else os.devnull, "rb")
             out_file = as_file(stdout, "wb")
+            options: dict[str, Any] = dict(_SH_VERSION_ARGS)  # sh 1 and 2 differ
             proc = program(
                 *args[1:],
                 _bg=True,
@@ -240,7 +242,7 @@ class Runner:
                 _cwd=None if cwd is None else os.fspath(cwd),
                 _ok_code=list(range(256)),
                 _decode_errors="replace",
-                **_SH_VERSION_ARGS,
+                **options,
             )
         except OSError as exc:
             raise CommandError(display, None, [], str(exc)) from None

@@ -234,7 +234,7 @@ def _is_integer(checker, instance: Any) -> bool:
 
 
 @functools.cache
-def _validator_class(base: type) -> type:
+def _validator_class(base: Any) -> Any:
     checker = base.TYPE_CHECKER.redefine("integer", _is_integer)
     return jsonschema.validators.extend(base, {"pattern": _pattern}, type_checker=checker)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from typing import Any
 
 from .errors import Interrupted
 from .log import get_logger
@@ -26,9 +27,9 @@ class SignalGuard:
         self.received: int | None = None
         self._shield_depth = 0
         self._raised = False
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum, _frame) -> None:
         name = signal.Signals(signum).name
         if self.received is not None:
             log.warning("%s received again; still cleaning up, please wait", name)

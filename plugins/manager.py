@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import pluggy
 
@@ -108,7 +109,7 @@ def _collect_task_types(plugins: PluginSet) -> None:
     for impl in pm.hook.pullback_task_types.get_hookimpls():
         plugin = impl.plugin
         try:
-            declared = impl.function() or []
+            declared = cast(list[TaskType], impl.function() or [])
         except Exception as exc:
             plugins.errors.append(
                 f"plugin {pm.get_name(plugin)}: pullback_task_types failed: {exc}"

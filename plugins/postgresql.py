@@ -3,6 +3,7 @@ and ``pg_restore`` on the way back."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..common.errors import CommandError
@@ -151,7 +152,7 @@ def pullback_dump(task: Task):
 
 def _dump_globals(task: Task, env: dict[str, str]) -> None:
     target = task.staging / GLOBALS
-    command = ["pg_dumpall", "--globals-only", "-f", target]
+    command: list[str | os.PathLike] = ["pg_dumpall", "--globals-only", "-f", target]
     try:
         task.run(command, env=env, timeout=timeout(task))
     except CommandError as exc:

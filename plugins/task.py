@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -95,7 +96,7 @@ class Task:
     state: dict[str, Any] = field(default_factory=dict)
     stats: TaskStats = field(default_factory=TaskStats)
 
-    def run(self, argv: list[str | os.PathLike], **kwargs) -> CommandResult:
+    def run(self, argv: Sequence[str | os.PathLike], **kwargs) -> CommandResult:
         """Run a command through the task's runner (secrets masked, output logged)."""
         return self.runner.run(argv, **kwargs)
 

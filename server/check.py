@@ -63,7 +63,7 @@ def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
     name = ctx.name
     try:
         with Remote(ctx.host, ctx.config.ssh, ctx.runner) as remote:
-            listing = remote.list()
+            listing = remote.list_archives()
     except PullbackError as exc:
         problems.append(f"{name}: {exc}")
         return

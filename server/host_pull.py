@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -60,11 +60,11 @@ class ClientEndpoint(Protocol):
 
     def __exit__(self, *exc) -> None: ...
 
-    def list(self) -> Listing: ...
+    def list_archives(self) -> Listing: ...
 
     def mark_fetched(self, name: str) -> None: ...
 
-    def stream(self, name: str, offset: int, cancel=None) -> Iterator[bytes]: ...
+    def stream(self, name: str, offset: int, cancel=None) -> Generator[bytes, None, None]: ...
 
 
 @dataclass(frozen=True)
@@ -326,7 +326,7 @@ class HostPull:
         """The client's listing, asked again while it is publishing an archive
         (``lock_retries`` times, ``lock_wait`` apart); None (a skip) if it stays busy."""
         config = self.ctx.config
-        listing = remote.list()
+        listing = remote.list_archives()
         for attempt in range(config.lock_retries):
             if not listing.lock:
                 return listing
@@ -338,7 +338,7 @@ class HostPull:
             )
             if self.ctx.cancel.wait(config.lock_wait):
                 raise PullbackError("cancelled while waiting for the client's lock")
-            listing = remote.list()
+            listing = remote.list_archives()
         if not listing.lock:
             return listing
         owner = listing.lock

@@ -104,7 +104,7 @@ class HostMaintenance:
         backend = self.ctx.backend
         self.step("locks", lambda: backend.unlock() or "no stale lock")
         if self.step("forget", self.forget) and self.result.forgotten:
-            self.step("prune", lambda: backend.prune() or "space of forgotten snapshots freed")
+            self.step("prune", self.prune)
         self.step("check", self.check)
         self.step("size", self.size)
         self.drill()
@@ -143,6 +143,10 @@ class HostMaintenance:
         return f"kept {len(outcome.kept)} snapshot(s), forgot {len(outcome.removed)}" + (
             f" ({', '.join(outcome.removed)})" if outcome.removed else ""
         )
+
+    def prune(self) -> str:
+        self.ctx.backend.prune()
+        return "space of forgotten snapshots freed"
 
     def check(self) -> str:
         maintenance = self.ctx.config.maintenance

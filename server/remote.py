@@ -14,7 +14,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import paramiko
 
@@ -128,6 +128,7 @@ class Remote:
         """Send one request; return its standard output. Raises RemoteError."""
         if self._client is None:
             self.connect()
+        assert self._client is not None
         try:
             channel = self._client.get_transport().open_session(timeout=self.ssh.connect_timeout)
             channel.settimeout(self.ssh.idle_timeout)
@@ -157,7 +158,7 @@ class Remote:
             raise RemoteError(f"{self.host.name}: the client refused {text!r}: {reason}")
         return bytes(out)
 
-    def list(self) -> Listing:
+    def list_archives(self) -> Listing:
         raw = self.request(protocol.LIST.text)
         try:
             return protocol.parse_listing(raw)
@@ -217,7 +218,7 @@ class Remote:
             request,
         ]
 
-    def stream(self, name: str, offset: int, cancel=None) -> Iterator[bytes]:
+    def stream(self, name: str, offset: int, cancel=None) -> Generator[bytes, None, None]:
         """Yield the archive's bytes from ``offset`` as they arrive.
 
         Raises TransferCut when the stream stops early, stalls for ``idle_timeout``, or the
@@ -237,7 +238,7 @@ class Remote:
             if child.alive():
                 child.stop(grace=2.0)
 
-    def _drain(self, fd: int, child: RunningCommand, cancel) -> Iterator[bytes]:
+    def _drain(self, fd: int, child: RunningCommand, cancel) -> Generator[bytes, None, None]:
         poller = select.poll()
         poller.register(fd, select.POLLIN | select.POLLHUP)
         last = time.monotonic()

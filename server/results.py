@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from ..common.outcome import Status
 
@@ -49,8 +49,3 @@ class HostResult:
             or self.unverified
             or bool(self.client_failed_services)
         )
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["duration"] = round(self.duration, 3)
-        return data

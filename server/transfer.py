@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -39,7 +39,7 @@ from .remote import TransferCut
 class ByteSource(Protocol):
     """Where an archive's bytes come from (a :class:`~.remote.Remote`)."""
 
-    def stream(self, name: str, offset: int, cancel=None) -> Iterator[bytes]: ...
+    def stream(self, name: str, offset: int, cancel=None) -> Generator[bytes, None, None]: ...
 
 
 log = get_logger("transfer")
@@ -209,7 +209,8 @@ class _Download:
         stop short, ArchiveError when more arrive than the sidecar announced."""
         name, size = self.archive.name, self.archive.size
         if offset < size:
-            with contextlib.closing(self.remote.stream(name, offset, self.ctx.cancel)) as stream:
+            stream = self.remote.stream(name, offset, self.ctx.cancel)
+            try:
                 for data in stream:
                     if growing.written + len(data) > size:
                         raise ArchiveError(
@@ -220,6 +221,8 @@ class _Download:
                     growing.append(fd, data)
                     if self._refused():
                         break  # refused: the rest of the archive is not wanted
+            finally:
+                stream.close()  # stops the ssh child
         if growing.written < size and not self._refused():
             raise TransferCut(
                 f"{self.ctx.name}: the transfer of {name} stopped at "

@@ -68,7 +68,7 @@ def directory_lock(archive_dir: Path, purpose: str) -> FileLock:
 
 
 def _scan(directory: Path, fetched: bool) -> list[LocalArchive]:
-    found = []
+    found: list[LocalArchive] = []
     if not directory.is_dir():
         return found
     for entry in directory.iterdir():

@@ -12,12 +12,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from ..errors import ArchiveError, CommandError
 from ..fsutil import write_all
 from ..log import get_logger
-from ..runner import Runner
+from ..runner import Runner, RunningCommand
 from .compression import compression_of, decompress_command
 from .manifest import MANIFEST_NAME, parse
 from .tarformat import Member, TarFormatError, TarReader
@@ -27,10 +27,16 @@ log = get_logger("archive")
 CHUNK = 1 << 20
 
 
+class ByteStream(Protocol):
+    """Anything bytes are read from: a file, a pipe, an SSH channel, a growing file."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class _HashingReader:
     """A file-like wrapper that hashes and counts everything read through it."""
 
-    def __init__(self, source: BinaryIO):
+    def __init__(self, source: ByteStream):
         self.source = source
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -50,15 +56,23 @@ class TarStream:
     bytes read. Raises ArchiveError for corrupt or truncated data.
     """
 
-    def __init__(self, source: BinaryIO, compression: str, runner: Runner | None = None):
+    def __init__(self, source: ByteStream, compression: str, runner: Runner | None = None):
         self.source = _HashingReader(source)
         self.compression = compression
         self.runner = runner or Runner(log)
-        self._child = None
+        self._child: RunningCommand | None = None
         self._feeder: threading.Thread | None = None
         self._feed_error: BaseException | None = None
-        self._tar_input: BinaryIO | None = None
-        self.reader: TarReader | None = None
+        self._pipe: BinaryIO | None = None
+        """The decompressor's output (None for an uncompressed archive)."""
+        self._reader: TarReader | None = None
+
+    @property
+    def reader(self) -> TarReader:
+        """The tar members' reader (only within ``with``)."""
+        if self._reader is None:
+            raise RuntimeError("a TarStream is read within a with block")
+        return self._reader
 
     @property
     def sha256(self) -> str:
@@ -70,9 +84,7 @@ class TarStream:
 
     def __enter__(self) -> TarStream:
         argv = decompress_command(self.compression)
-        if argv is None:
-            self._tar_input = self.source
-        else:
+        if argv is not None:
             in_read, in_write = os.pipe2(os.O_CLOEXEC)
             out_read, out_write = os.pipe2(os.O_CLOEXEC)
             with (
@@ -82,8 +94,8 @@ class TarStream:
                 self._child = self.runner.start(argv, stdin=stdin, stdout=stdout, level=10)
             self._feeder = threading.Thread(target=self._feed, args=(in_write,), daemon=True)
             self._feeder.start()
-            self._tar_input = os.fdopen(out_read, "rb", buffering=CHUNK)
-        self.reader = TarReader(self._tar_input, CHUNK)
+            self._pipe = os.fdopen(out_read, "rb", buffering=CHUNK)
+        self._reader = TarReader(self._pipe or self.source, CHUNK)
         return self
 
     def _feed(self, fd: int) -> None:
@@ -114,16 +126,17 @@ class TarStream:
         except TarFormatError as exc:
             raise ArchiveError(f"{member.name}: {exc}") from None
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc, _tb) -> None:
         self._close(failed=exc_type is not None)
 
     def _close(self, failed: bool = True) -> None:
-        if self._tar_input is not None and self._child is not None:
+        if self._pipe is not None:
             if not failed:
                 # drain what follows the end-of-archive marker so the decompressor can finish
-                while self._tar_input.read(CHUNK):
+                while self._pipe.read(CHUNK):
                     pass
-            self._tar_input.close()
+            self._pipe.close()
+            self._pipe = None
         if self._child is not None:
             child, self._child = self._child, None
             if failed:

@@ -9,6 +9,7 @@ names, big sizes or ids, extended attributes, ACLs).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 BLOCK = 512
 REGTYPE = b"0"
@@ -198,25 +199,23 @@ class TarFormatError(ValueError):
     """The stream is not a tar archive this reader accepts (corrupt, truncated, foreign)."""
 
 
+@dataclass(slots=True)
 class Member:
     """One entry of the stream; ``name``/``linkname`` as ``os.fsdecode`` would give them."""
 
-    __slots__ = (
-        "gid",
-        "gname",
-        "kind",
-        "linkname",
-        "mode",
-        "mtime_ns",
-        "name",
-        "pax",
-        "size",
-        "uid",
-        "uname",
-    )
-
-    def __init__(self):
-        self.pax: dict[bytes, bytes] = {}
+    name: str
+    kind: bytes
+    linkname: str = ""
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    """Bytes of data (0 for anything but a regular file)."""
+    mtime_ns: int = 0
+    uname: str = ""
+    gname: str = ""
+    pax: dict[bytes, bytes] = field(default_factory=dict)
+    """The PAX records that came with it (xattrs, ACLs, sparse maps...)."""
 
     @property
     def is_file(self) -> bool:
@@ -429,26 +428,27 @@ def _member(block: bytes, kind: bytes, size: int, meta: _Meta) -> tuple[Member, 
     """The member a header block describes, the extended headers before it applied, and
     the size of the data that follows it in the stream."""
     pax = meta.pax
-    member = Member()
     name = _string(block[0:100])
     if block[257:262] == b"ustar":
         prefix = _string(block[345:500])
         if prefix:
             name = prefix + b"/" + name
-    member.name = os.fsdecode(pax.get(b"path") or meta.long_name or name)
-    member.linkname = os.fsdecode(pax.get(b"linkpath") or meta.long_link or _string(block[157:257]))
-    member.kind = kind
-    member.mode = _number(block[100:108]) & 0o7777
-    member.uid = _pax_int(pax, b"uid") if b"uid" in pax else _number(block[108:116])
-    member.gid = _pax_int(pax, b"gid") if b"gid" in pax else _number(block[116:124])
     if b"size" in pax:
         size = _pax_int(pax, b"size")
-    member.size = size if kind in _REGULAR else 0
     mtime = pax.get(b"mtime")
-    member.mtime_ns = (
-        _pax_mtime(mtime) if mtime is not None else _number(block[136:148]) * 1_000_000_000
+    member = Member(
+        name=os.fsdecode(pax.get(b"path") or meta.long_name or name),
+        kind=kind,
+        linkname=os.fsdecode(pax.get(b"linkpath") or meta.long_link or _string(block[157:257])),
+        mode=_number(block[100:108]) & 0o7777,
+        uid=_pax_int(pax, b"uid") if b"uid" in pax else _number(block[108:116]),
+        gid=_pax_int(pax, b"gid") if b"gid" in pax else _number(block[116:124]),
+        size=size if kind in _REGULAR else 0,
+        mtime_ns=(
+            _pax_mtime(mtime) if mtime is not None else _number(block[136:148]) * 1_000_000_000
+        ),
+        uname=(pax.get(b"uname") or _string(block[265:297])).decode("utf-8", "surrogateescape"),
+        gname=(pax.get(b"gname") or _string(block[297:329])).decode("utf-8", "surrogateescape"),
+        pax=pax,
     )
-    member.uname = (pax.get(b"uname") or _string(block[265:297])).decode("utf-8", "surrogateescape")
-    member.gname = (pax.get(b"gname") or _string(block[297:329])).decode("utf-8", "surrogateescape")
-    member.pax = pax
     return member, size

@@ -20,11 +20,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ArchiveError, CommandError
 from ..fsutil import write_all
 from ..log import get_logger
-from ..runner import Runner
+from ..runner import Runner, RunningCommand
 from . import acl, tarformat
 from .compression import compress_command, test_command
 from .manifest import MANIFEST_NAME, format_line
@@ -135,9 +136,9 @@ class ArchiveWriter:
         self.level = level
         self.runner = runner or Runner(log)
         self.xattrs = xattrs
-        self._file = None
+        self._file: BinaryIO | None = None
         self._fd = -1
-        self._compressor = None
+        self._compressor: RunningCommand | None = None
         self._tee: _Tee | None = None
         self._sha256 = hashlib.sha256()
         self._buf = bytearray()
@@ -156,13 +157,13 @@ class ArchiveWriter:
     def open(self) -> ArchiveWriter:
         """Create the file and start the compressor. Raises ArchiveError."""
         try:
-            self._file = open(self.path, "xb")  # noqa: SIM115 - lives until finish/abort
+            file = self._file = open(self.path, "xb")  # noqa: SIM115 - until finish/abort
         except OSError as exc:
             raise ArchiveError(f"cannot create {self.path}: {exc.strerror}") from None
-        os.fchmod(self._file.fileno(), 0o600)
+        os.fchmod(file.fileno(), 0o600)
         argv = compress_command(self.compression, self.level)
         if argv is None:
-            self._fd = self._file.fileno()
+            self._fd = file.fileno()
             return self
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         out_read, out_write = os.pipe2(os.O_CLOEXEC)
@@ -177,9 +178,7 @@ class ArchiveWriter:
                 self._compressor = self.runner.start(
                     argv, stdin=child_stdin, stdout=child_stdout, level=10
                 )
-            self._tee = _Tee(
-                out_read, self._file.fileno(), self.runner, test_command(self.compression)
-            )
+            self._tee = _Tee(out_read, file.fileno(), self.runner, test_command(self.compression))
         except BaseException:
             os.close(write_end)
             self._discard()
@@ -190,7 +189,7 @@ class ArchiveWriter:
     def __enter__(self) -> ArchiveWriter:
         return self.open() if self._file is None else self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc, _tb) -> None:
         if exc_type is not None:
             self.abort()
 
@@ -199,29 +198,33 @@ class ArchiveWriter:
 
         Returns what was written. Raises ArchiveError (the file is then removed).
         """
+        file = self._file
+        if file is None:
+            raise ArchiveError(f"{self.path} is not open")
         try:
             data = b"".join(format_line(n, d) for n, d in sorted(self._manifest.items()))
             self._add_bytes(MANIFEST_NAME, data, record=False)
             self._emit(bytes(2 * BLOCK))
             self._emit(bytes((-self._offset) % RECORD))
             self._flush()
-            if self._compressor is not None:
+            tee = self._tee
+            if self._compressor is not None and tee is not None:
                 os.close(self._fd)
                 self._fd = -1
                 self._wait_compressor()
-                self._tee.finish(self.path)
-                sha256, size = self._tee.sha256.hexdigest(), self._tee.size
+                tee.finish(self.path)
+                sha256, size = tee.sha256.hexdigest(), tee.size
             else:
                 sha256, size = self._sha256.hexdigest(), self._offset
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            file.flush()
+            os.fsync(file.fileno())
         except OSError as exc:
             self.abort()
             raise ArchiveError(f"cannot write {self.path}: {exc.strerror}") from None
         except BaseException:
             self.abort()
             raise
-        self._file.close()
+        file.close()
         self._file = None
         return WrittenArchive(
             self.path,
@@ -259,6 +262,8 @@ class ArchiveWriter:
             self.path.unlink()
 
     def _wait_compressor(self) -> None:
+        if self._compressor is None:
+            return
         try:
             self._compressor.wait()
         except CommandError as exc:
@@ -405,13 +410,6 @@ class ArchiveWriter:
         self._emit(bytes((-len(data)) % BLOCK))
         if record:
             self._manifest[arcname] = hashlib.sha256(data).hexdigest()
-
-    def add_bytes(self, arcname: str, data: bytes, mode: int = 0o644) -> None:
-        """Add a regular file with the given content (e.g. a generated description)."""
-        self.ensure_parents(arcname)
-        self._add_bytes(arcname, data, mode)
-        self._files += 1
-        self._content += len(data)
 
     def add_tree(
         self,

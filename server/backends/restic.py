@@ -23,8 +23,14 @@ from .errors import BackendError, IncompleteStore
 TAG = "pullback"
 _TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 _LOCK_POLL = 5.0
-_POLICY_KEYS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly")
-_POLICY_KEYS += ("keep_yearly",)
+_POLICY_KEYS = (
+    "keep_last",
+    "keep_hourly",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+)
 
 # -- argv, as pure functions ----------------------------------------------------------------
 

@@ -151,8 +151,9 @@ def test_file_that_shrinks_while_read_keeps_the_stream_valid(tmp_path):
 
 def test_abort_removes_the_partial_file(tmp_path):
     path = tmp_path / "host-20260101T000000Z.tar.zst"
+    (tmp_path / "data").write_bytes(b"data")
     writer = ArchiveWriter(path, "zstd").open()
-    writer.add_bytes("x/y", b"data")
+    writer.add_tree(tmp_path / "data", "x/y")
     writer.abort()
     assert not path.exists()
 

@@ -211,7 +211,7 @@ class FakeClient:
     def __exit__(self, *exc) -> None:
         pass
 
-    def list(self) -> Listing:
+    def list_archives(self) -> Listing:
         if self.hang:  # a client that never answers: only the host's deadline ends it
             if not self.cancel.wait(30):
                 raise AssertionError("the deadline never came")

@@ -20,7 +20,8 @@ from ..plugins.task import TaskType
 
 SERVICE_FILE = "service.yaml"
 
-#: Task keys of DESIGN 3.1; a missing plugin for one of these is "not installed", not a typo.
+#: The built-in task keys (docs/architecture.md, *Service files*): a missing plugin for one
+#: of these is "not installed", not a typo.
 WELL_KNOWN_TASKS = (
     "files",
     "command",

@@ -63,7 +63,8 @@ def archive_name(host: str, stamp: str, suffix: str) -> str:
 
 
 def directory_lock(archive_dir: Path, purpose: str) -> FileLock:
-    """The archive-directory lock of DESIGN 3.3 (publish, retention, mark fetched)."""
+    """The archive-directory lock (publish, retention, mark fetched): see
+    docs/architecture.md, *The archive*."""
     return FileLock(archive_dir / LOCK_NAME, purpose=purpose)
 
 

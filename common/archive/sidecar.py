@@ -1,4 +1,5 @@
-"""The sidecar: the JSON record published beside every archive (DESIGN 3.3).
+"""The sidecar: the JSON record published beside every archive (docs/architecture.md,
+*The archive*; the fields in docs/archive-format.md).
 
 The client writes it; the server reads it (from an untrusted host) to decide what to
 pull and to check the bytes it received, so :func:`parse` validates it strictly.

@@ -1,7 +1,8 @@
 """A real OpenSSH server on loopback, with its own host key and authorized_keys.
 
 Each client host of a test gets one: a random free port, a temporary directory, and an
-``authorized_keys`` whose only entry forces ``pullback-client serve`` (DESIGN 3.4).
+``authorized_keys`` whose only entry forces ``pullback-client serve`` (docs/architecture.md,
+*The serve protocol*).
 """
 
 from __future__ import annotations

@@ -25,3 +25,57 @@ def test_every_schema_is_a_valid_json_schema():
     schemas += [plugins.lookup(k).schema for k in plugins.known_keys()]
     for schema in schemas:
         jsonschema.Draft202012Validator.check_schema(schema)
+
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+SOURCES = ("common", "client", "server", "plugins")
+
+
+def _defined_names() -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for folder in SOURCES:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef):
+                    names.add(node.name)
+    return names
+
+
+def test_the_architecture_names_only_files_that_exist():
+    import re
+
+    text = ARCHITECTURE.read_text()
+    paths = set(
+        re.findall(r"`((?:common|client|server|plugins|systemd|debian|tests)/[\w/.]*)`", text)
+    )
+    assert paths, "the architecture names no files"
+    missing = [p for p in sorted(paths) if not (ROOT / p).exists()]
+    assert not missing, f"docs/architecture.md names files that do not exist: {missing}"
+
+
+def test_the_architecture_names_only_functions_and_classes_that_exist():
+    import re
+
+    text = ARCHITECTURE.read_text()
+    called = set(re.findall(r"`(?:[\w.]+\.)?(\w+)\(\)`", text))  # `ClientRun.write()`
+    classes = set(re.findall(r"`([A-Z][a-z]\w+)`", text))  # `HostPull`, `ArchiveWriter`
+    known = _defined_names()
+    missing = sorted((called | classes) - known)
+    assert called and classes
+    assert not missing, f"docs/architecture.md names what the code does not define: {missing}"
+
+
+def test_references_to_the_architecture_name_its_sections():
+    import re
+
+    headings = set(re.findall(r"^#+ (.+)$", ARCHITECTURE.read_text(), flags=re.M))
+    cited = []
+    for folder in (*SOURCES, "tests"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = " ".join(path.read_text().split())  # a reference may wrap lines
+            cited += [(path, s) for s in re.findall(r"docs/architecture\.md, \*([^*]+)\*", text)]
+    assert cited
+    wrong = [f"{p.relative_to(ROOT)}: {s}" for p, s in cited if s not in headings]
+    assert not wrong, f"references to missing sections of docs/architecture.md: {wrong}"

@@ -1,4 +1,5 @@
-"""Hostile SSH_ORIGINAL_COMMAND strings against the serve endpoint (DESIGN 3.4).
+"""Hostile SSH_ORIGINAL_COMMAND strings against the serve endpoint (docs/architecture.md,
+*The serve protocol*).
 
 ``parse_request`` accepts exactly the four requests of the strict grammar below and
 refuses everything else; ``serve`` answers a refused request with exit 2, without

@@ -1,4 +1,4 @@
-"""Service discovery and service.yaml validation (DESIGN 3.1)."""
+"""Service discovery and service.yaml validation (docs/architecture.md, *Service files*)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_both_layouts_are_found_and_hidden_dirs_skipped(tmp_path):
 
 
 def test_backup_suite_file_parses_unchanged(tmp_path, plugins):
-    # The example of DESIGN 3.1, written for backup-suite. Tasks without a plugin are
+    # The example of the original design, written for backup-suite. Tasks without a plugin are
     # reported per task; the file itself is understood.
     path = put(
         tmp_path,

@@ -1,4 +1,5 @@
-"""The stage order of DESIGN 3.2, seen through a recording third-party plugin."""
+"""The stage order (docs/architecture.md, *Plugin stages*), seen through a recording
+third-party plugin."""
 
 from __future__ import annotations
 

@@ -143,11 +143,7 @@ def mark_fetched(config: ClientConfig, name: str) -> None:
         side = source.with_name(name + ".json")
         if side.exists():
             os.rename(side, target_dir / side.name)
-        fetched = [a for a in archives.list_archives(config.archive_dir) if a.fetched]
-        for old in fetched[: max(0, len(fetched) - config.fetched_keep)]:
-            for path in (old.sidecar_path, old.path):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        archives.keep_fetched(config.archive_dir, config.fetched_keep)
         fsync_dir(target_dir)
         fsync_dir(config.archive_dir)
 

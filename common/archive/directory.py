@@ -145,6 +145,18 @@ def _delete(archive: LocalArchive) -> None:
             path.unlink()
 
 
+def keep_fetched(archive_dir: Path, keep: int) -> list[str]:
+    """Delete all but the ``keep`` newest archives of ``fetched/``; return their names.
+
+    Call it under the directory lock.
+    """
+    fetched = [a for a in list_archives(archive_dir) if a.fetched]
+    expired = fetched[: max(0, len(fetched) - keep)]
+    for archive in expired:
+        _delete(archive)
+    return [a.name for a in expired]
+
+
 def apply_retention(
     archive_dir: Path, keep_last: int, keep_days: int, now: dt.datetime | None = None
 ) -> list[str]:

@@ -11,20 +11,16 @@ import datetime as dt
 import hashlib
 import json
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from pullback.common.clock import iso, parse_stamp, stamp_of
 from pullback.common.errors import ArchiveError, CommandError, PullbackError
-from pullback.common.log import PrefixAdapter, get_logger
 from pullback.common.outcome import Status
 from pullback.common.protocol import Listing
-from pullback.common.runner import Runner
-from pullback.server.backends import BackendError, Snapshot, StoreResult
+from pullback.server.backends import BackendError, Snapshot
 from pullback.server.config import load_server_config
-from pullback.server.host import HostContext
 from pullback.server.host_pull import (
     HostPull,
     PullOptions,
@@ -35,6 +31,7 @@ from pullback.server.host_pull import (
 from pullback.server.journal import STORING, InterruptedRun
 from pullback.server.remote import TransferCut
 from tests.helpers.archives import Entry, build_tar, publish
+from tests.helpers.fakes import FakeBackend, fake_context
 
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 
@@ -158,41 +155,6 @@ def test_an_archive_older_than_the_newest_snapshot_is_skipped_not_marked():
 # -- HostPull: the phases, with fakes ---------------------------------------------------
 
 
-@dataclass
-class FakeBackend:
-    """A repository in memory: what the pull asks of restic or borg."""
-
-    snapshot_list: list[Snapshot] = field(default_factory=list)
-    stored: list[tuple[Path, str]] = field(default_factory=list)
-    unlocked: int = 0
-    fail_snapshots: BaseException | None = None
-    name: str = "fake"
-
-    def repository(self) -> str:
-        return "memory"
-
-    def prepare(self, create: bool = True) -> None:
-        pass
-
-    def snapshots(self) -> list[Snapshot]:
-        if self.fail_snapshots:
-            raise self.fail_snapshots
-        return list(self.snapshot_list)
-
-    def store(self, staging: Path, stamp: str, when, timeout: float) -> StoreResult:
-        manifest = (staging / "MANIFEST.sha256").read_bytes()
-        self.stored.append((staging, stamp))
-        self.snapshot_list.append(Snapshot(f"s{len(self.stored)}", when, stamp))
-        return StoreResult(f"s{len(self.stored)}", len(manifest), 0.1, 1000)
-
-    def unlock(self) -> str:
-        self.unlocked += 1
-        return "removed 1 stale lock(s)"
-
-    def size(self) -> int:
-        return 4096
-
-
 class FakeClient:
     """The client's serve endpoint: a directory of published archives."""
 
@@ -266,14 +228,9 @@ def client(tmp_path):
 
 
 def make_pull(config, backend, client, options=None, interrupted=None) -> HostPull:
-    host = config.host("web1")
-    log = PrefixAdapter(get_logger("test"), host.name)
-    runner = Runner(log)
-    cancel = threading.Event()
-    runner.cancel = cancel
-    ctx = HostContext(config, host, log, runner, backend, cancel)
+    ctx = fake_context(config, "web1", backend)
     options = options or PullOptions()
-    client.cancel = cancel
+    client.cancel = ctx.cancel
     return HostPull(ctx, options, interrupted=interrupted, connect=lambda _: client)
 
 

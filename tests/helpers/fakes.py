@@ -1,0 +1,96 @@
+"""Stand-ins for a repository, for unit tests of the server's per-host steps.
+
+The integration tier runs the same steps against real restic and borg repositories; here a
+repository is a list in memory, so every rule and phase can be tested in milliseconds.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pullback.common.log import PrefixAdapter, get_logger
+from pullback.common.runner import Runner
+from pullback.server.backends import ForgetResult, Snapshot, StoreResult
+from pullback.server.config import ServerConfig
+from pullback.server.host import HostContext
+from pullback.server.retention import select
+
+
+@dataclass
+class FakeBackend:
+    """A repository in memory: what the server asks of restic or borg."""
+
+    snapshot_list: list[Snapshot] = field(default_factory=list)
+    stored: list[tuple[Path, str]] = field(default_factory=list)
+    trees: dict[str, Path] = field(default_factory=dict)
+    """A copy of each stored staging tree, by snapshot id (what a restore gives back)."""
+    unlocked: int = 0
+    pruned: int = 0
+    checked: list[tuple[int, int]] = field(default_factory=list)
+    missing: bool = False
+    fail_snapshots: BaseException | None = None
+    fail_check: BaseException | None = None
+    copies: Path | None = None
+    name: str = "fake"
+
+    def repository(self) -> str:
+        return "memory"
+
+    def prepare(self, create: bool = True) -> None:
+        if self.missing:
+            from pullback.server.backends import RepositoryMissing
+
+            raise RepositoryMissing("the fake repository memory does not exist")
+
+    def snapshots(self) -> list[Snapshot]:
+        if self.fail_snapshots:
+            raise self.fail_snapshots
+        return list(self.snapshot_list)
+
+    def store(self, staging: Path, stamp: str, when, timeout: float) -> StoreResult:
+        manifest = (staging / "MANIFEST.sha256").read_bytes()
+        self.stored.append((staging, stamp))
+        snapshot_id = f"s{len(self.stored)}"
+        self.snapshot_list.append(Snapshot(snapshot_id, when, stamp))
+        if self.copies is not None:
+            self.trees[snapshot_id] = self.copies / snapshot_id
+            shutil.copytree(staging, self.trees[snapshot_id], symlinks=True)
+        return StoreResult(snapshot_id, len(manifest), 0.1, 1000)
+
+    def unlock(self) -> str:
+        self.unlocked += 1
+        return "removed 1 stale lock(s)"
+
+    def forget(self, policy: dict) -> ForgetResult:
+        kept, removed = select(self.snapshot_list, policy, lambda s: s.time)
+        self.snapshot_list = kept
+        return ForgetResult([s.id for s in kept], [s.id for s in removed])
+
+    def prune(self) -> None:
+        self.pruned += 1
+
+    def check(self, part: int, parts: int, duration: float) -> str:
+        if self.fail_check:
+            raise self.fail_check
+        self.checked.append((part, parts))
+        return f"fake check of part {part}/{parts}: no errors"
+
+    def size(self) -> int:
+        return 4096
+
+    def restore(self, snapshot: Snapshot, target: Path, includes: list[str]) -> None:
+        source = self.trees[snapshot.id]
+        shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+
+
+def fake_context(config: ServerConfig, host: str, backend) -> HostContext:
+    """The context of ``host`` with ``backend`` for its repository."""
+    settings = config.host(host)
+    log = PrefixAdapter(get_logger("test"), settings.name)
+    runner = Runner(log)
+    cancel = threading.Event()
+    runner.cancel = cancel
+    return HostContext(config, settings, log, runner, backend, cancel)

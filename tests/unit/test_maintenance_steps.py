@@ -1,0 +1,108 @@
+"""Maintenance and the restore drill, step by step, over a repository in memory.
+
+The integration tier runs the same steps on real restic and borg repositories
+(tests/integration/test_maintenance.py); here every rule runs in milliseconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import pytest
+
+from pullback.common.outcome import Status
+from pullback.server.backends import BackendError, Snapshot
+from pullback.server.config import load_server_config
+from pullback.server.drill import DrillResult, check_tree, drill
+from pullback.server.maintain import HostMaintenance
+from tests.helpers.fakes import FakeBackend, fake_context
+
+DAY = dt.timedelta(days=1)
+T0 = dt.datetime(2026, 11, 1, 3, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        "retention: {keep_daily: 3}\n"
+        "maintenance: {check_subsets: 4}\n"
+        "hosts:\n  - name: web1\n"
+    )
+    return load_server_config(path)
+
+
+def daily(count: int) -> list[Snapshot]:
+    return [Snapshot(f"s{i}", T0 + i * DAY, None) for i in range(count)]
+
+
+def test_a_host_without_a_repository_is_skipped(config):
+    result = HostMaintenance(fake_context(config, "web1", FakeBackend(missing=True)), 1).run()
+    assert result.status == Status.SKIPPED
+    assert [(s.name, s.ok) for s in result.steps] == [("repository", True)]
+
+
+def test_forget_by_policy_then_prune_check_size_and_no_drill_when_asked(config):
+    backend = FakeBackend(snapshot_list=daily(5))
+    result = HostMaintenance(fake_context(config, "web1", backend), 3, verify=False).run()
+    assert result.status == Status.OK
+    assert [s.name for s in result.steps] == ["locks", "forget", "prune", "check", "size", "drill"]
+    assert result.forgotten == 2 and [s.id for s in backend.snapshot_list] == ["s2", "s3", "s4"]
+    assert (backend.pruned, backend.checked, result.repository_size) == (1, [(3, 4)], 4096)
+    assert result.steps[-1].detail == "not due yet"
+
+
+def test_nothing_forgotten_means_no_prune(config):
+    backend = FakeBackend(snapshot_list=daily(2))
+    result = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()
+    assert "prune" not in [s.name for s in result.steps] and backend.pruned == 0
+
+
+def test_a_failed_step_fails_the_host_and_the_others_still_run(config):
+    backend = FakeBackend(snapshot_list=daily(2), fail_check=BackendError("pack 1f2e is damaged"))
+    result = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()
+    assert result.status == Status.FAILED
+    assert result.reason == "check: pack 1f2e is damaged"
+    assert [s.name for s in result.steps][-2:] == ["size", "drill"]
+
+
+def _tree(root, files: dict[str, bytes]) -> None:
+    lines = []
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        lines.append(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
+    (root / "MANIFEST.sha256").write_text("".join(lines))
+
+
+def test_the_drill_restores_and_proves_every_file(config, tmp_path):
+    tree = tmp_path / "snapshot"
+    _tree(tree, {"services/app/files/a": b"alpha", "services/app/files/b": b"beta"})
+    backend = FakeBackend(snapshot_list=[Snapshot("s1", T0, "20261101T030000Z")])
+    backend.trees["s1"] = tree
+    result = drill(fake_context(config, "web1", backend))
+    assert result.ok, result.problems
+    assert (result.files_checked, result.bytes_checked) == (2, 9)
+    assert not (config.scratch_dir() / "web1").exists()  # the scratch space is cleaned
+
+
+def test_the_drill_names_what_is_changed_missing_or_unlisted(tmp_path):
+    _tree(tmp_path, {"services/app/files/a": b"alpha", "services/app/files/b": b"beta"})
+    (tmp_path / "services/app/files/a").write_bytes(b"ALPHA")
+    (tmp_path / "services/app/files/b").unlink()
+    (tmp_path / "services/app/files/c").write_bytes(b"stray")
+    result = DrillResult("web1")
+    check_tree(tmp_path, result)
+    assert result.problems == [
+        "changed: services/app/files/a",
+        "missing: services/app/files/b",
+        "not in the manifest: services/app/files/c",
+    ]
+
+
+def test_a_drill_without_snapshots_fails_in_words(config):
+    result = drill(fake_context(config, "web1", FakeBackend()))
+    assert (result.ok, result.problems) == (False, ["no snapshot to restore"])

@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 
 from ..common.archive.compression import compress_command
+from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_CONFIG, EXIT_OK
+from ..common.schema import load_schema
 from ..plugins.manager import PluginSet, load_plugins
 from .config import ClientConfig
 from .services import Service, discover, find_service_files
@@ -48,6 +50,9 @@ def _setting_problems(config: ClientConfig) -> list[str]:
     for directory in config.service_dirs:
         if not directory.is_dir():
             problems.append(f"{config.path}: service_dirs: {directory} does not exist")
+    schema = load_schema("pullback.common", "client")
+    data = load_validated(config.path, schema, allow_empty=True).data
+    problems += secret_file_problems(config.path, schema, data)
     if not find_service_files(config.service_dirs):
         problems.append(
             f"{config.path}: service_dirs: no service.yaml found in "
@@ -67,6 +72,9 @@ def _service_problems(service: Service, plugins: PluginSet) -> list[str]:
         where = f"{service.file}:{spec.line or 1}"
         problems.extend(f"{where}: {p}" for p in validate_service(service, plugins, [task]))
         problems.extend(f"{where}: {spec.key}: {m}" for m in spec.type.missing(spec.config))
+        problems += secret_file_problems(
+            Path(f"{service.file}:{spec.line or 1}"), spec.type.schema, spec.config, (spec.key,)
+        )
     return problems
 
 

@@ -162,7 +162,7 @@ class ServiceRestore:
         specs = zip(self.tasks, self.service.tasks, strict=True)
         for task in [t for t, spec in specs if spec.type.stops_service]:
             if self.options.dry_run:
-                log.info("[%s] would stop the application first", task.key)
+                task.log.info("would stop the application first")
                 continue
             self.prepared.append(task)
             self.plugins.call("prepare", task)
@@ -185,7 +185,7 @@ class ServiceRestore:
             )
         except PullbackError as exc:
             self.failures.append(f"{task.key}: {exc}")
-            log.error("[%s] restore failed: %s", task.key, exc)
+            task.log.error("restore failed: %s", exc)
 
     def start_again(self) -> None:
         for task in reversed(self.prepared):
@@ -193,4 +193,4 @@ class ServiceRestore:
                 self.plugins.call("finish", task, failed=bool(self.failures))
             except Exception as exc:
                 self.failures.append(f"{task.key}: could not start again: {exc}")
-                log.error("[%s] could not start the application again: %s", task.key, exc)
+                task.log.error("could not start the application again: %s", exc)

@@ -26,7 +26,7 @@ from ..common.errors import (
 )
 from ..common.fsutil import free_bytes, remove_tree_contents
 from ..common.locks import FileLock
-from ..common.log import get_logger
+from ..common.log import PrefixAdapter, get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
 from ..common.signals import SignalGuard
@@ -145,7 +145,6 @@ def run(config: ClientConfig, names: list[str] | None = None, dry: bool = False)
 
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
     with lock.acquire(), SignalGuard() as guard:
-        _prepare_directories(config)
         return ClientRun(config, services, plugins, guard).run()
 
 
@@ -166,6 +165,7 @@ class ClientRun:
         self.guard = guard
         self.started = time.monotonic()
         self.reports: list[ServiceReport] = []
+        _prepare_directories(config)  # before the stamp: a leftover may hold its name
         self.stamp, self.created = _new_stamp(config)
         self.name = archives.archive_name(config.hostname, self.stamp, config.archive_suffix)
         self.tmp = config.archive_dir / f".{self.name}.{os.getpid()}{archives.PARTIAL_SUFFIX}"
@@ -216,9 +216,8 @@ class ClientRun:
                 self.reports.append(report)
                 shutil.rmtree(staging, ignore_errors=True)
                 if report.status == Status.OK:
-                    log.info(
-                        "[%s] ok: %d files, %s in %s",
-                        service.name,
+                    PrefixAdapter(log, service.name).info(
+                        "ok: %d files, %s in %s",
                         report.files,
                         human_size(report.bytes),
                         human_duration(report.duration),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..common.archive.sidecar import ServiceReport, TaskReport
 from ..common.archive.writer import ArchiveWriter
-from ..common.errors import ArchiveError, Interrupted, PullbackError
+from ..common.errors import ArchiveError, Interrupted, PullbackError, describe
 from ..common.log import PrefixAdapter, get_logger
 from ..common.outcome import Status
 from ..common.runner import Runner
@@ -25,15 +25,6 @@ from ..plugins.task import Task, TaskSkipped
 from .services import Service
 
 log = get_logger("client")
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, PullbackError):
-        return str(exc)
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 def make_tasks(
@@ -69,7 +60,7 @@ def validate_service(service: Service, plugins: PluginSet, tasks: list[Task]) ->
         try:
             found = plugins.call("validate", task) or []
         except Exception as exc:
-            found = [f"validate failed: {_reason(exc)}"]
+            found = [f"validate failed: {describe(exc)}"]
         problems.extend(f"{task.key}: {p}" for p in found)
     return problems
 
@@ -90,7 +81,9 @@ class ServiceRun:
         self.archive = archive
         self.guard = guard
         self.report = ServiceReport(service.name, service_file=str(service.file))
-        self.tasks = make_tasks(service, staging_root, archive)
+        self.log = PrefixAdapter(log, service.name)
+        # a broken service file has no tasks to speak of: its report lists none
+        self.tasks = [] if service.broken else make_tasks(service, staging_root, archive)
         self.reports = {id(t): TaskReport(t.type) for t in self.tasks}
         self.report.tasks = [self.reports[id(t)] for t in self.tasks]
         self.prepared: list[Task] = []
@@ -124,14 +117,12 @@ class ServiceRun:
         service = self.service
         if service.broken:
             self.report.error = "; ".join(str(p) for p in service.problems)
-            log.error(
-                "[%s] skipped, its service file is broken: %s", service.name, self.report.error
-            )
+            self.log.error("skipped, its service file is broken: %s", self.report.error)
             return True
         problems = validate_service(service, self.plugins, self.tasks)
         if problems:
             self.report.error = "; ".join(problems)
-            log.error("[%s] not run: %s", service.name, self.report.error)
+            self.log.error("not run: %s", self.report.error)
             return True
         return False
 
@@ -221,7 +212,7 @@ class ServiceRun:
     def _fail(self, task: Task, stage: str, exc: BaseException) -> None:
         task_report = self.reports[id(task)]
         task_report.status = Status.FAILED
-        message = f"{stage} failed: {_reason(exc)}"
+        message = f"{stage} failed: {describe(exc)}"
         task_report.error = task_report.error or message
         task.log.error("%s", message)
         if not isinstance(exc, PullbackError | OSError):

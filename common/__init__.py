@@ -1,4 +1,7 @@
-"""Shared library of pullback: configuration, locks, the command runner, logging, reports."""
+"""What pullback's client and server share: configuration and its JSON Schemas, the
+command runner, locks, logging, secrets, time, mail and pings, the archive contract
+(:mod:`.archive`) and the serve protocol (:mod:`.protocol`). It imports nothing of the
+client, the server or the plugins (docs/architecture.md, *The parts*)."""
 
 from importlib import metadata
 

@@ -1,7 +1,8 @@
 """Time as pullback writes it: UTC, whole seconds, in two text forms.
 
 ``2026-11-22T03:50:00Z`` (ISO 8601) in status files, sidecars, lock records and JSON
-output; ``20261122T035000Z`` (a *stamp*) in archive names and snapshot tags.
+output; ``20261122T035000Z`` (a *stamp*) in archive names and snapshot tags;
+``2026-11-22 03:50 UTC`` where people read it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def iso(when: dt.datetime) -> str:
 def iso_or_none(when: dt.datetime | None) -> str | None:
     """:func:`iso`, passing None through."""
     return None if when is None else iso(when)
+
+
+def shown(when: dt.datetime) -> str:
+    """``2026-11-22 03:50 UTC``: a time as people read it in mails, pages and messages."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def parse_iso(text: str) -> dt.datetime:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from . import schema as schemas
 from .errors import ConfigError
-from .schema import find_secrets
-from .yamlfile import Problem, YamlDocument, YamlFileError, load
+from .schema import find_secret_files, find_secrets
+from .secrets import SecretFileError, read_secret_file
+from .yamlfile import KeyPath, Problem, YamlDocument, YamlFileError, load
 
 
 def load_validated(path: str | os.PathLike, schema: dict, *, allow_empty: bool) -> YamlDocument:
@@ -33,6 +34,19 @@ def load_validated(path: str | os.PathLike, schema: dict, *, allow_empty: bool) 
         raise ConfigError(problems)
     doc.data = schemas.apply_defaults(schema, doc.data)
     return doc
+
+
+def secret_file_problems(path: Path, schema: dict, data, prefix: KeyPath = ()) -> list[str]:
+    """One ``file: key: problem`` line for every secret file ``data`` names (the schema's
+    ``x-secret-file`` properties) that is missing, empty or readable by others."""
+    problems = []
+    for keys, value in find_secret_files(schema, data):
+        try:
+            read_secret_file(value, str(keys[-1]).replace("_", " "))  # "token file"
+        except SecretFileError as exc:
+            key = ".".join(str(k) for k in (*prefix, *keys))
+            problems.append(f"{path}: {key}: {exc}")
+    return problems
 
 
 def world_readable_secret(doc: YamlDocument, schema: dict, prefix=()) -> Problem | None:

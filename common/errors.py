@@ -76,3 +76,13 @@ class Interrupted(PullbackError):
 
 class ArchiveError(PullbackError):
     """An archive could not be written, read or verified; nothing from it is used."""
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in plain words: the message of pullback's own errors, ``file: reason``
+    for an operating-system error, the type and message of anything else (a bug)."""
+    if isinstance(exc, PullbackError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return f"{type(exc).__name__}: {exc}"

@@ -5,6 +5,8 @@ Schemas are YAML documents shipped in the package (``pullback/common/schemas`` a
 
 - ``x-secret: true`` on a property whose value must never be shown (and whose file must
   not be world-readable);
+- ``x-secret-file: true`` on a path to a file that holds only a secret (it must be
+  readable by its owner only; ``check`` reads every one);
 - ``x-expected: "..."`` a phrase used in error messages ("expected a size like 512M");
 - ``x-include: NAME`` a node replaced by the fragment ``common/schemas/_NAME.yaml``
   (one definition of what client.yaml and server.yaml share).
@@ -291,9 +293,12 @@ def _string_leaves(value: Any) -> Iterator[str]:
             yield from _string_leaves(item)
 
 
-def find_secrets(schema: dict, data: Any, path: KeyPath = ()) -> list[tuple[KeyPath, str]]:
-    """Return ``(key path, value)`` for every value that ``schema`` marks ``x-secret``."""
-    if schema.get("x-secret"):
+def find_marked(
+    schema: dict, data: Any, marker: str, path: KeyPath = ()
+) -> list[tuple[KeyPath, str]]:
+    """Return ``(key path, value)`` for every string value that ``schema`` marks with
+    ``marker`` (``x-secret``, ``x-secret-file``)."""
+    if schema.get(marker):
         return [(path, s) for s in _string_leaves(data)]
     found: list[tuple[KeyPath, str]] = []
     if isinstance(data, dict):
@@ -302,8 +307,18 @@ def find_secrets(schema: dict, data: Any, path: KeyPath = ()) -> list[tuple[KeyP
         for key, value in data.items():
             sub = props.get(key, extra if isinstance(extra, dict) else None)
             if sub:
-                found.extend(find_secrets(sub, value, (*path, key)))
+                found.extend(find_marked(sub, value, marker, (*path, key)))
     elif isinstance(data, list) and isinstance(schema.get("items"), dict):
         for index, item in enumerate(data):
-            found.extend(find_secrets(schema["items"], item, (*path, index)))
+            found.extend(find_marked(schema["items"], item, marker, (*path, index)))
     return found
+
+
+def find_secrets(schema: dict, data: Any) -> list[tuple[KeyPath, str]]:
+    """``(key path, value)`` of every value ``schema`` marks ``x-secret``."""
+    return find_marked(schema, data, "x-secret")
+
+
+def find_secret_files(schema: dict, data: Any) -> list[tuple[KeyPath, str]]:
+    """``(key path, path)`` of every file ``schema`` marks ``x-secret-file``."""
+    return find_marked(schema, data, "x-secret-file")

@@ -29,12 +29,17 @@ def pullback_task_types():
 
 
 def _v2_env(task: Task) -> dict[str, str]:
-    env = {"INFLUX_HOST": task.config.get("host") or "http://localhost:8086"}
+    env = {"INFLUX_HOST": task.config["host"]} if task.config.get("host") else {}
     if task.config.get("token_file"):
         env["INFLUX_TOKEN"] = read_secret_file(task.config["token_file"], "token file")
     if task.config.get("org"):
         env["INFLUX_ORG"] = task.config["org"]
     return env
+
+
+def _v1_host(config: dict) -> list[str]:
+    """``-host HOST:PORT`` when one is configured (influxd's default is 127.0.0.1:8088)."""
+    return ["-host", config["host"]] if config.get("host") else []
 
 
 @hookimpl
@@ -60,13 +65,7 @@ def pullback_dump(task: Task):
     target = task.staging / "backup"
     try:
         if config["version"] == 1:
-            argv = [
-                "influxd",
-                "backup",
-                "-portable",
-                "-host",
-                config.get("host") or "127.0.0.1:8088",
-            ]
+            argv = ["influxd", "backup", "-portable", *_v1_host(config)]
             if config.get("database"):
                 argv += ["-database", config["database"]]
             task.run([*argv, target], timeout=timeout(task))
@@ -89,7 +88,7 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
         raise TaskError(f"{backup} is not in the restored snapshot")
     config = task.config
     if config["version"] == 1:
-        argv = ["influxd", "restore", "-portable", "-host", config.get("host") or "127.0.0.1:8088"]
+        argv = ["influxd", "restore", "-portable", *_v1_host(config)]
         if config.get("database"):
             argv += ["-db", config["database"]]
         env = None

@@ -6,7 +6,9 @@ import argparse
 import os
 import shutil
 
+from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError
+from ..common.schema import load_schema
 from .backends import RepositoryMissing, read_password
 from .config import ServerConfig
 from .host import HostContext
@@ -55,6 +57,13 @@ def local_problems(config: ServerConfig) -> list[str]:
                 f"be read): (umask 077; head -c 32 /dev/urandom | base64 > {path})"
             )
         problems.append(f"{config.path}: backend.password_file: {exc}{fix}")
+    schema = load_schema("pullback.common", "server")
+    data = load_validated(config.path, schema, allow_empty=False).data
+    problems += [
+        p
+        for p in secret_file_problems(config.path, schema, data)
+        if ": backend.password_file: " not in p  # said above, with how to create it
+    ]
     return problems
 
 

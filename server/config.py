@@ -97,7 +97,7 @@ class ServerConfig:
                 return host
         raise UsageError(
             f"no host named {name!r} in {self.path}; known hosts: "
-            f"{', '.join(h.name for h in self.hosts) or 'none'}"
+            f"{', '.join(sorted(h.name for h in self.hosts)) or 'none'}"
         )
 
     def select_hosts(self, names: list[str] | None) -> list[HostConfig]:
@@ -107,7 +107,14 @@ class ServerConfig:
         """
         if not names:
             return [h for h in self.hosts if h.enabled]
-        return [self.host(n) for n in dict.fromkeys(names)]
+        known = {h.name: h for h in self.hosts}
+        unknown = [n for n in dict.fromkeys(names) if n not in known]
+        if unknown:
+            raise UsageError(
+                f"no host named {', '.join(map(repr, unknown))} in {self.path}; "
+                f"known hosts: {', '.join(sorted(known)) or 'none'}"
+            )
+        return [known[n] for n in dict.fromkeys(names)]
 
     def staging_dir(self, host: str) -> Path:
         return self.state_dir / "staging" / host

@@ -24,9 +24,13 @@ class HostState(StrEnum):
     OK = "ok"
 
 
-ATTENTION = "attention"
-"""The history entry of a run that did not fail but needs a look."""
-SYMBOLS = {Status.STORED: "✓", Status.SKIPPED: "·", ATTENTION: "!", Status.FAILED: "✗"}
+SYMBOLS: dict[str, str] = {
+    Status.STORED: "✓",
+    Status.SKIPPED: "·",
+    HostState.ATTENTION: "!",
+    Status.FAILED: "✗",
+}
+"""The history cells: a run stored, skipped, needing attention, or failed."""
 HISTORY_CELLS = 14
 _ORDER = {state: rank for rank, state in enumerate(HostState)}
 
@@ -39,7 +43,7 @@ class HostRow:
     reason: str = ""
     newest_age: float | None = None
     verified_age: float | None = None
-    verify_result: str | None = None
+    verify_result: Status | None = None
     repository_bytes: int | None = None
     duration: float | None = None
     store_peak_rss: int | None = None

@@ -12,7 +12,8 @@ the host's turn:
 5. ``fetch``: stream the archive into the partial file while unpacking it into staging
    (:mod:`.transfer`), checked against its sha256 and manifest;
 6. ``store``: one snapshot from staging (restic/borg);
-7. ``mark_fetched``: tell the client, which moves the archive to ``fetched/``.
+7. ``mark_fetched``: tell the client, which moves the archive to ``fetched/``;
+8. ``measure``: the repository's size, for the report.
 
 Every failure becomes the host's result (:meth:`run` never raises but for SIGTERM); the
 host's deadline (``host_timeout``) cancels whatever step is running.
@@ -34,7 +35,13 @@ from ..common.archive import sidecar as sidecars
 from ..common.archive.sidecar import Sidecar
 from ..common.archive.unpack import HostileArchive
 from ..common.clock import iso, iso_or_none, parse_stamp, utc_now
-from ..common.errors import ArchiveError, CommandError, Interrupted, PullbackError
+from ..common.errors import (
+    ArchiveError,
+    CommandError,
+    Interrupted,
+    PullbackError,
+    describe,
+)
 from ..common.log import recent_lines
 from ..common.notify import Notifier
 from ..common.outcome import Status
@@ -200,11 +207,9 @@ def failure_reason(exc: BaseException) -> str:
         return f"{exc.display.split(' ', 1)[0]} {exc.reason}" + (
             f": {exc.tail[-1]}" if exc.tail else ""
         )
-    if isinstance(exc, PullbackError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
-    return f"internal error: {type(exc).__name__}: {exc}"
+    if isinstance(exc, PullbackError | OSError):
+        return describe(exc)
+    return f"internal error: {describe(exc)}"
 
 
 class HostPull:
@@ -287,6 +292,7 @@ class HostPull:
             fetched = self.fetch(remote, choice.archive)
             self.store(choice.archive, fetched)
             self.mark_fetched(remote, choice.archive.archive.name)
+            self.measure()
 
     # -- the phases -----------------------------------------------------------------------
 
@@ -424,10 +430,13 @@ class HostPull:
             f"{stored.snapshot_id} (+{human_size(stored.bytes_added)})"
         )
         discard_partial(fetched.path)
+
+    def measure(self) -> None:
+        """The repository's size, for the report; a failure is only a warning."""
         try:
-            result.repository_bytes = ctx.backend.size()
-        except PullbackError as exc:
-            ctx.log.warning("could not measure the repository: %s", exc)
+            self.result.repository_bytes = self.ctx.backend.size()
+        except (PullbackError, OSError) as exc:
+            self.ctx.log.warning("could not measure the repository: %s", exc)
 
     def mark_fetched(self, remote: ClientEndpoint, name: str) -> None:
         """Tell the client ``name`` was fetched; a refusal is only a warning."""

@@ -179,9 +179,11 @@ def maintain(
     with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
         rotation = _rotation(config)
         parts = config.maintenance.check_subsets
-        part = {h.name: rotation.get(h.name, {}).get("check_part", 0) % parts + 1 for h in hosts}
+        next_part = {
+            h.name: rotation.get(h.name, {}).get("check_part", 0) % parts + 1 for h in hosts
+        }
         results = for_each_host(
-            config, hosts, lambda ctx: HostMaintenance(ctx, part[ctx.name], verify).run()
+            config, hosts, lambda ctx: HostMaintenance(ctx, next_part[ctx.name], verify).run()
         )
         for result in results:
             if any(s.name == "check" and s.ok for s in result.steps):

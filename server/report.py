@@ -83,7 +83,7 @@ def render(
         "history": history or {},
         "results": ordered(results),
         "now": now,
-        "when": now.strftime("%Y-%m-%d %H:%M UTC"),
+        "when": clock.shown(now),
         "stored": sum(r.status == Status.STORED for r in results),
         "failed": sum(r.status == Status.FAILED for r in results),
         "total_added": sum(r.bytes_added for r in results),
@@ -99,7 +99,7 @@ def render_maintenance(results, now: dt.datetime | None = None) -> tuple[str, st
     ordered_results = sorted(results, key=lambda r: (r.status != Status.FAILED, r.host))
     context = {
         "results": ordered_results,
-        "when": now.strftime("%Y-%m-%d %H:%M UTC"),
+        "when": clock.shown(now),
         "failed": sum(r.status == Status.FAILED for r in results),
     }
     return (

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.archive.manifest import MANIFEST_NAME
+from ..common.clock import shown
 from ..common.errors import EXIT_OK, PullbackError, UsageError
 from .backends import Snapshot
 from .config import ServerConfig
@@ -64,10 +65,6 @@ def pick_snapshot(snapshots: list[Snapshot], wanted: str, host: str) -> Snapshot
     return matches[0]
 
 
-def _taken(snapshot: Snapshot) -> str:
-    return snapshot.time.strftime("%Y-%m-%d %H:%M UTC")
-
-
 def next_steps(request: RestoreRequest, snapshot: Snapshot, address: str) -> str:
     """What the administrator reads after a restore: how to prove it, how to put it back."""
     target, service = request.target, request.service
@@ -77,7 +74,7 @@ def next_steps(request: RestoreRequest, snapshot: Snapshot, address: str) -> str
         else "sha256sum --check MANIFEST.sha256"
     )
     steps = [
-        f"restored snapshot {snapshot.id} of {request.host} (taken {_taken(snapshot)}) "
+        f"restored snapshot {snapshot.id} of {request.host} (taken {shown(snapshot.time)}) "
         f"into {target}",
         f"prove it byte for byte:  cd {target} && {check}",
     ]
@@ -104,7 +101,7 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
     snapshot = pick_snapshot(ctx.backend.snapshots(), request.snapshot, request.host)
     target.mkdir(parents=True, exist_ok=True)
     os.chmod(target, 0o700)
-    ctx.log.info("restoring snapshot %s (%s) into %s", snapshot.id, _taken(snapshot), target)
+    ctx.log.info("restoring snapshot %s (%s) into %s", snapshot.id, shown(snapshot.time), target)
     ctx.backend.restore(snapshot, target, includes)
     if request.service and not (target / "services" / request.service).is_dir():
         raise PullbackError(

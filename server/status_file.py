@@ -9,7 +9,7 @@ from ..common.clock import iso, utc_now
 from ..common.fsutil import atomic_write
 from ..common.log import get_logger
 from ..common.outcome import Status
-from .fleet_view import ATTENTION
+from .fleet_view import HostState
 from .results import HostResult
 
 log = get_logger("status")
@@ -78,7 +78,7 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
                 "time": result.started or now,
                 "result": Status.FAILED
                 if result.status == Status.FAILED
-                else (ATTENTION if result.is_problem else result.status),
+                else (HostState.ATTENTION if result.is_problem else result.status),
                 "repository_bytes": entry.get("repository_bytes"),
             }
         )

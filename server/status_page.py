@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 
-from ..common.clock import utc_now
+from ..common.clock import shown, utc_now
 from ..common.fsutil import atomic_write
 from .config import ServerConfig
 from .fleet_view import HostState, rows
@@ -22,7 +22,7 @@ def render(config: ServerConfig, status: dict, now: dt.datetime | None = None) -
         .render(
             rows=found,
             counts={k: counts.get(k, 0) for k in HostState},
-            when=now.strftime("%Y-%m-%d %H:%M UTC"),
+            when=shown(now),
         )
     )
 

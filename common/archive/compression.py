@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 
 SUFFIXES = {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}
-DEFAULT_LEVELS = {"zstd": 3, "gzip": 6}
 
 
 def compression_of(name: str) -> str:
@@ -17,14 +16,15 @@ def compression_of(name: str) -> str:
 
 
 def compress_command(compression: str, level: int | None = None) -> list[str] | None:
-    """argv of a filter compressing stdin to stdout, or None for ``none``."""
+    """argv of a filter compressing stdin to stdout, or None for ``none``. Without a
+    ``level`` the tool's own default applies (zstd 3, gzip and pigz 6)."""
     if compression == "none":
         return None
-    level = level or DEFAULT_LEVELS[compression]
+    chosen = [f"-{level}"] if level else []
     if compression == "zstd":
-        return ["zstd", "-q", "-c", f"-{level}", "-T0"]
+        return ["zstd", "-q", "-c", *chosen, "-T0"]
     gzip = "pigz" if shutil.which("pigz") else "gzip"
-    return [gzip, "-c", "-n", f"-{level}"]
+    return [gzip, "-c", "-n", *chosen]
 
 
 def decompress_command(compression: str) -> list[str] | None:

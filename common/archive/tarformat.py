@@ -373,6 +373,7 @@ class TarReader:
             if size < 0:
                 raise TarFormatError("negative member size")
             if kind in _META:
+                meta.reserve(size)  # before reading: the total is bounded, not just each
                 meta.add(kind, self._read_meta(size))
                 continue
             if kind == b"g":
@@ -400,11 +401,15 @@ class _Meta:
         self.long_link: bytes | None = None
         self.size = 0
 
-    def add(self, kind: bytes, data: bytes) -> None:
-        """Take one extended header. Raises TarFormatError past 4 x MAX_META in all."""
-        self.size += len(data)
+    def reserve(self, size: int) -> None:
+        """Count an extended header of ``size`` bytes before it is read. Raises
+        TarFormatError past 4 x MAX_META for one member."""
+        self.size += size
         if self.size > 4 * MAX_META:
             raise TarFormatError("extended headers of one member are not plausible")
+
+    def add(self, kind: bytes, data: bytes) -> None:
+        """Take one extended header (counted with :meth:`reserve` first)."""
         if kind == PAXTYPE:
             self.pax.update(_parse_pax(data))
         elif kind == GNU_LONGNAME:

@@ -33,6 +33,11 @@ class FakeBackend:
     missing: bool = False
     fail_snapshots: BaseException | None = None
     fail_check: BaseException | None = None
+    fail_store: BaseException | None = None
+    fail_size: BaseException | None = None
+    store_timeouts: list[float] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    """What was asked of it, in order (a test may share the list with a fake client)."""
     copies: Path | None = None
     name: str = "fake"
 
@@ -51,6 +56,10 @@ class FakeBackend:
         return list(self.snapshot_list)
 
     def store(self, staging: Path, stamp: str, when, timeout: float) -> StoreResult:
+        self.events.append("store")
+        self.store_timeouts.append(timeout)
+        if self.fail_store:
+            raise self.fail_store
         manifest = (staging / "MANIFEST.sha256").read_bytes()
         self.stored.append((staging, stamp))
         snapshot_id = f"s{len(self.stored)}"
@@ -61,6 +70,7 @@ class FakeBackend:
         return StoreResult(snapshot_id, len(manifest), 0.1, 1000)
 
     def unlock(self) -> str:
+        self.events.append("unlock")
         self.unlocked += 1
         return "removed 1 stale lock(s)"
 
@@ -79,6 +89,9 @@ class FakeBackend:
         return f"fake check of part {part}/{parts}: no errors"
 
     def size(self) -> int:
+        self.events.append("size")
+        if self.fail_size:
+            raise self.fail_size
         return 4096
 
     def restore(self, snapshot: Snapshot, target: Path, includes: list[str]) -> None:
@@ -94,3 +107,29 @@ def fake_context(config: ServerConfig, host: str, backend) -> HostContext:
     cancel = threading.Event()
     runner.cancel = cancel
     return HostContext(config, settings, log, runner, backend, cancel)
+
+
+class ScriptedRunner:
+    """Stands in for the command runner in the backends' unit tests: records every argv
+    and answers from a script, in order: bytes (written to the ``stdout`` file the
+    backend passes) or an exception to raise. The integration tier runs the real tools."""
+
+    def __init__(self, *answers):
+        self.calls: list[list[str]] = []
+        self.answers = list(answers)
+        self.log = get_logger("test")
+        self.cancel = None
+
+    def run(self, argv, **kwargs):
+        import shlex
+
+        from pullback.common.runner import CommandResult
+
+        self.calls.append([str(a) for a in argv])
+        answer = self.answers.pop(0) if self.answers else b""
+        if isinstance(answer, BaseException):
+            raise answer
+        out = kwargs.get("stdout")
+        if hasattr(out, "write"):
+            out.write(answer)
+        return CommandResult(shlex.join(self.calls[-1]), 0, 0.01, [], 0)

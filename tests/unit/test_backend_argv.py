@@ -129,3 +129,119 @@ def test_borg_list_delete_check_extract_init():
     ]
     assert borg.extract_args("web1-x", ["services/app"]) == ["extract", "::web1-x", "services/app"]
     assert borg.init_args() == ["init", "--encryption=repokey-blake2", "--make-parent-dirs"]
+
+
+# -- the backends run what the builders build, and say failures in words ------------------
+
+
+@pytest.fixture
+def server_config(tmp_path):
+    password = tmp_path / "repository.pass"
+    password.write_text("correct horse\n")
+    password.chmod(0o600)
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        f"backend: {{repository_root: {tmp_path / 'repos'}, password_file: {password}}}\n"
+        "hosts:\n  - name: web1\n"
+    )
+    from pullback.server.config import load_server_config
+
+    return load_server_config(path)
+
+
+def backend_of(kind: str, config, runner, lock_wait: float = 1800.0):
+    import dataclasses
+
+    from pullback.server.backends import make_backend
+
+    backend = dataclasses.replace(config.backend, type=kind)
+    return make_backend(backend, config.host("web1"), config.state_dir, runner, lock_wait)
+
+
+def failure(*tail: str, code: int = 1):
+    from pullback.common.errors import CommandError
+
+    return CommandError("tool", code, list(tail))
+
+
+def test_restic_store_runs_backup_args_and_reads_the_summary(server_config, tmp_path):
+    from tests.helpers.fakes import ScriptedRunner
+
+    summary = (
+        b'{"message_type":"status"}\n'
+        b'{"message_type":"summary","snapshot_id":"0123456789ab","data_added":77}\n'
+    )
+    runner = ScriptedRunner(summary)
+    stored = backend_of("restic", server_config, runner).store(
+        tmp_path, "20261122T035000Z", WHEN, 600
+    )
+    assert runner.calls == [["restic", *restic.backup_args("web1", "20261122T035000Z", WHEN)]]
+    assert (stored.snapshot_id, stored.bytes_added) == ("01234567", 77)
+
+
+def test_borg_waits_for_its_lock_on_every_command(server_config):
+    from tests.helpers.fakes import ScriptedRunner
+
+    runner = ScriptedRunner()
+    backend_of("borg", server_config, runner, lock_wait=90).prune()
+    assert runner.calls == [["borg", "compact", "--lock-wait", "90"]]
+
+
+@pytest.mark.parametrize(
+    ("kind", "tail"),
+    [
+        ("restic", "Fatal: wrong password or no key found"),
+        (
+            "borg",
+            "passphrase supplied in BORG_PASSPHRASE, by BORG_PASSCOMMAND or via "
+            "BORG_PASSPHRASE_FD is incorrect.",
+        ),
+    ],
+)
+def test_a_wrong_password_is_said_so(server_config, kind, tail):
+    from tests.helpers.fakes import ScriptedRunner
+
+    backend = backend_of(kind, server_config, ScriptedRunner(failure(tail)))
+    with pytest.raises(BackendError, match=f"wrong password for the {kind} repository"):
+        backend.prepare()
+
+
+def test_half_of_borgs_password_sentence_is_not_a_wrong_password(server_config):
+    from tests.helpers.fakes import ScriptedRunner
+
+    backend = backend_of("borg", server_config, ScriptedRunner(failure("file is incorrect")))
+    with pytest.raises(BackendError, match=r"borg failed on .*: file is incorrect"):
+        backend.prepare()
+
+
+def test_a_missing_repository_is_created_only_when_allowed(server_config):
+    import dataclasses
+
+    from pullback.server.backends import RepositoryMissing
+    from tests.helpers.fakes import ScriptedRunner
+
+    missing = failure("Fatal: unable to open config file: stat /r/config: no such file")
+    runner = ScriptedRunner(missing)
+    backend_of("restic", server_config, runner).prepare()
+    assert runner.calls == [["restic", "cat", "config"], ["restic", "init"]]
+    no_init = dataclasses.replace(
+        server_config, backend=dataclasses.replace(server_config.backend, init=False)
+    )
+    with pytest.raises(RepositoryMissing, match=r"backend\.init is false"):
+        backend_of("restic", no_init, ScriptedRunner(missing)).prepare()
+
+
+def test_a_live_restic_lock_is_waited_for_then_named(server_config):
+    from pullback.server.backends import RepositoryLocked
+    from tests.helpers.fakes import ScriptedRunner
+
+    locked = failure(
+        "unable to create lock in backend: repository is already locked by PID 42 on db1 by root"
+    )
+    # prune fails on the lock; restic list locks shows one lock before and after unlock
+    runner = ScriptedRunner(locked, b"abcd\n", b"", b"abcd\n")
+    backend = backend_of("restic", server_config, runner, lock_wait=0)
+    with pytest.raises(RepositoryLocked, match=r"locked by a live process \(by PID 42 on db1"):
+        backend.prune()
+    assert [c[1] for c in runner.calls] == ["prune", "list", "unlock", "list"]

@@ -31,16 +31,22 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 SOURCES = ("common", "client", "server", "plugins")
 
 
-def _defined_names() -> set[str]:
+def _defined_names() -> tuple[set[str], dict[str, set[str]]]:
+    """Every function and class name of the package, and each class's methods."""
     import ast
 
     names: set[str] = set()
+    methods: dict[str, set[str]] = {}
     for folder in SOURCES:
         for path in (ROOT / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef):
                     names.add(node.name)
-    return names
+                if isinstance(node, ast.ClassDef):
+                    methods.setdefault(node.name, set()).update(
+                        item.name for item in node.body if isinstance(item, ast.FunctionDef)
+                    )
+    return names, methods
 
 
 def test_the_architecture_names_only_files_that_exist():
@@ -61,10 +67,17 @@ def test_the_architecture_names_only_functions_and_classes_that_exist():
     text = ARCHITECTURE.read_text()
     called = set(re.findall(r"`(?:[\w.]+\.)?(\w+)\(\)`", text))  # `ClientRun.write()`
     classes = set(re.findall(r"`([A-Z][a-z]\w+)`", text))  # `HostPull`, `ArchiveWriter`
-    known = _defined_names()
+    known, methods = _defined_names()
     missing = sorted((called | classes) - known)
     assert called and classes
     assert not missing, f"docs/architecture.md names what the code does not define: {missing}"
+    # `Class.method()`: that class has that method
+    wrong = [
+        f"{owner}.{method}()"
+        for owner, method in re.findall(r"`(?:[\w.]+\.)?([A-Z]\w+)\.(\w+)\(\)`", text)
+        if method not in methods.get(owner, set())
+    ]
+    assert not wrong, f"docs/architecture.md names methods their class does not have: {wrong}"
 
 
 def test_references_to_the_architecture_name_its_sections():
@@ -75,7 +88,9 @@ def test_references_to_the_architecture_name_its_sections():
     for folder in (*SOURCES, "tests"):
         for path in (ROOT / folder).rglob("*.py"):
             text = " ".join(path.read_text().split())  # a reference may wrap lines
-            cited += [(path, s) for s in re.findall(r"docs/architecture\.md, \*([^*]+)\*", text)]
+            cited += [
+                (path, s) for s in re.findall(r'docs/architecture\.md, [*"]([^*"]+)[*"]', text)
+            ]
     assert cited
     wrong = [f"{p.relative_to(ROOT)}: {s}" for p, s in cited if s not in headings]
     assert not wrong, f"references to missing sections of docs/architecture.md: {wrong}"

@@ -10,17 +10,20 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from pullback.common.clock import iso, parse_stamp, stamp_of
-from pullback.common.errors import ArchiveError, CommandError, PullbackError
+from pullback.common.errors import ArchiveError, CommandError, Interrupted, PullbackError
 from pullback.common.outcome import Status
 from pullback.common.protocol import Listing
 from pullback.server.backends import BackendError, Snapshot
 from pullback.server.config import load_server_config
+from pullback.server.host import for_each_host
 from pullback.server.host_pull import (
     HostPull,
     PullOptions,
@@ -28,8 +31,8 @@ from pullback.server.host_pull import (
     choose,
     failure_reason,
 )
-from pullback.server.journal import STORING, InterruptedRun
-from pullback.server.remote import TransferCut
+from pullback.server.journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, Journal
+from pullback.server.remote import RemoteError, TransferCut
 from tests.helpers.archives import Entry, build_tar, publish
 from tests.helpers.fakes import FakeBackend, fake_context
 
@@ -166,6 +169,8 @@ class FakeClient:
         self.cut_at: int | None = None
         self.cancel = threading.Event()
         self.hang = False
+        self.refuse_fetched: PullbackError | None = None
+        self.events: list[str] = []
 
     def __enter__(self):
         return self
@@ -195,6 +200,9 @@ class FakeClient:
         return Listing(self.host, "test", lock, found, [])
 
     def mark_fetched(self, name: str) -> None:
+        self.events.append("fetched")
+        if self.refuse_fetched:
+            raise self.refuse_fetched
         self.marked.append(name)
 
     def stream(self, name: str, offset: int, cancel=None):
@@ -227,11 +235,39 @@ def client(tmp_path):
     return FakeClient(tmp_path / "client-archives")
 
 
-def make_pull(config, backend, client, options=None, interrupted=None) -> HostPull:
+def make_pull(config, backend, client, options=None, interrupted=None, journal=None) -> HostPull:
     ctx = fake_context(config, "web1", backend)
     options = options or PullOptions()
     client.cancel = ctx.cancel
-    return HostPull(ctx, options, interrupted=interrupted, connect=lambda _: client)
+    client.events = backend.events  # one timeline for the client and the repository
+    pull = HostPull(ctx, options, journal, interrupted, connect=lambda _: client)
+    pull.notifier = SpyNotifier()
+    return pull
+
+
+class SpyNotifier:
+    """Records the start and end pings a pull sends (the real ones go over HTTP)."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def finish(self, ok: bool, title: str, body: str) -> None:
+        self.calls.append(f"finish ok={ok}")
+
+
+class PhaseLog(Journal):
+    """The real journal, also remembering every phase it was told."""
+
+    def __init__(self, state_dir: Path):
+        super().__init__(state_dir)
+        self.seen: list[str | None] = []
+
+    def phase(self, host: str, phase: str | None) -> None:
+        self.seen.append(phase)
+        super().phase(host, phase)
 
 
 def publish_one(client: FakeClient) -> Path:
@@ -240,9 +276,11 @@ def publish_one(client: FakeClient) -> Path:
     return publish(client.archive_dir, "web1", tar, when)
 
 
-def test_a_new_archive_is_fetched_unpacked_stored_and_marked(config, backend, client):
+def test_a_new_archive_is_fetched_unpacked_stored_and_marked(config, backend, client, tmp_path):
     archive = publish_one(client)
-    result = make_pull(config, backend, client).run()
+    journal = PhaseLog(tmp_path)
+    pull = make_pull(config, backend, client, journal=journal)
+    result = pull.run()
     assert result.status == Status.STORED, result.reason
     assert result.reason.startswith(f"stored {archive.name} as fake snapshot s1")
     staging = config.staging_dir("web1")
@@ -251,6 +289,13 @@ def test_a_new_archive_is_fetched_unpacked_stored_and_marked(config, backend, cl
     assert client.marked == [archive.name]
     assert list(config.partial_dir("web1").iterdir()) == []
     assert (result.snapshot_count, result.repository_bytes) == (1, 4096)
+    # the client hears "fetched" only once the snapshot exists, before the repository is
+    # measured; nothing is unlocked on a normal pull; every phase reaches the journal
+    assert backend.events == ["store", "fetched", "size"]
+    assert journal.seen == [CONNECTING, TRANSFERRING, STORING, None]
+    assert pull.notifier.calls == ["start", "finish ok=True"]
+    # the store may take what is left of host_timeout (60s), not a fixed maximum
+    assert 55 < backend.store_timeouts[0] <= 60
 
 
 def test_a_fresh_host_is_skipped_quietly_without_connecting(config, backend, client):
@@ -273,12 +318,17 @@ def test_a_busy_client_is_asked_again_then_skipped_as_a_problem(config, backend,
     assert make_pull(config, backend, client).run().status == Status.STORED
 
 
-def test_a_dry_run_stores_nothing_and_marks_nothing(config, backend, client):
+def test_a_dry_run_stores_nothing_marks_nothing_pings_nothing(config, backend, client):
     archive = publish_one(client)
-    result = make_pull(config, backend, client, PullOptions(dry_run=True)).run()
+    pull = make_pull(config, backend, client, PullOptions(dry_run=True))
+    result = pull.run()
     assert result.status == Status.SKIPPED
     assert result.reason.startswith(f"dry run: would fetch {archive.name}")
-    assert (backend.stored, client.marked) == ([], [])
+    assert (backend.stored, client.marked, pull.notifier.calls) == ([], [], [])
+    stamp = archive.name.split("-", 1)[1].split(".")[0]
+    backend.snapshot_list = [Snapshot("s0", parse_stamp(stamp), stamp)]
+    again = make_pull(config, backend, client, PullOptions(dry_run=True)).run()
+    assert again.reason == f"{archive.name} is already stored" and client.marked == []
 
 
 def test_an_archive_already_stored_is_marked_fetched_again(config, backend, client):
@@ -364,3 +414,119 @@ def test_the_deadline_ends_a_hanging_client(config, backend, client):
 )
 def test_failures_are_said_in_plain_words(exc, reason):
     assert failure_reason(exc) == reason
+
+
+def test_a_refused_fetched_is_a_warning_not_a_failure(config, backend, client):
+    archive = publish_one(client)
+    client.refuse_fetched = PullbackError("web1: the client refused 'fetched': locked")
+    result = make_pull(config, backend, client).run()
+    assert result.status == Status.STORED
+    assert result.warnings[-1] == (
+        f"could not tell the client that {archive.name} was fetched: "
+        "web1: the client refused 'fetched': locked"
+    )
+
+
+def test_a_repository_that_cannot_be_measured_is_a_warning(config, backend, client):
+    publish_one(client)
+    backend.fail_size = BackendError("restic stats failed")
+    result = make_pull(config, backend, client).run()
+    assert (result.status, result.repository_bytes) == (Status.STORED, None)
+
+
+def test_a_failed_host_still_reports_its_snapshots(config, backend, client):
+    archive = publish_one(client)
+    earlier = parse_stamp("20261101T030000Z")
+    backend.snapshot_list = [Snapshot("s0", earlier, "20261101T030000Z")]
+    side = archive.with_name(archive.name + ".json")
+    data = json.loads(side.read_text())
+    data["archive"]["sha256"] = "f" * 64
+    side.write_text(json.dumps(data))
+    result = make_pull(config, backend, client).run()
+    assert result.status == Status.FAILED
+    assert (result.snapshot_count, result.newest_snapshot) == (1, "2026-11-01T03:00:00Z")
+
+
+def test_a_client_that_cannot_be_reached_fails_the_host(config, backend, client):
+    pull = make_pull(config, backend, client)
+
+    def unreachable(_ctx):
+        raise RemoteError("web1: cannot connect to web1 port 22: Connection refused")
+
+    pull._connect = unreachable
+    result = pull.run()
+    assert result.reason == "web1: cannot connect to web1 port 22: Connection refused"
+    assert pull.notifier.calls == ["start", "finish ok=False"]
+
+
+def test_a_failed_store_keeps_the_download_and_tells_the_client_nothing(config, backend, client):
+    archive = publish_one(client)
+    backend.fail_store = BackendError("restic failed on memory: disk full")
+    result = make_pull(config, backend, client).run()
+    assert (result.status, result.reason) == (Status.FAILED, "restic failed on memory: disk full")
+    assert client.marked == []
+    assert (config.partial_dir("web1") / archive.name).exists()  # the next run stores it
+
+
+def test_a_hostile_archive_is_refused_and_nothing_is_kept(config, backend, client):
+    tar = build_tar([Entry("services/app/files/ok", data=b"x"), Entry("../../etc/evil", data=b"x")])
+    archive = publish(
+        client.archive_dir, "web1", tar, dt.datetime.now(dt.UTC).replace(microsecond=0)
+    )
+    result = make_pull(config, backend, client).run()
+    assert result.status == Status.FAILED
+    assert result.reason.startswith("refused a hostile archive: ")
+    assert result.reason.endswith("nothing was stored")
+    assert backend.stored == [] and client.marked == []
+    assert not (config.partial_dir("web1") / archive.name).exists()
+
+
+def test_an_archive_older_than_the_newest_snapshot_is_not_stored(config, backend, client):
+    archive = publish_one(client)
+    newer = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    backend.snapshot_list = [Snapshot("s9", newer, stamp_of(newer))]
+    result = make_pull(config, backend, client).run()
+    assert result.status == Status.SKIPPED
+    assert result.reason.startswith(f"{archive.name} is older than the newest snapshot")
+    assert backend.stored == [] and client.marked == []
+
+
+def test_the_deadline_ends_a_wait_for_a_busy_client(config, backend, client):
+    publish_one(client)
+    client.locked_answers = 10
+    config = dataclasses.replace(config, host_timeout=0.5, lock_wait=30.0)
+    result = make_pull(config, backend, client).run()
+    assert result.reason == (
+        "timed out after 0s (host_timeout); cancelled while waiting for the client's lock"
+    )
+    assert result.duration < 5
+
+
+def test_for_each_host_runs_every_host_and_sigterm_cancels_them_all(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path}\nparallel: 2\nhosts:\n  - name: a\n  - name: b\n  - name: c\n"
+    )
+    config = load_server_config(path)
+    hosts = list(config.hosts)
+    assert for_each_host(config, hosts, lambda ctx: ctx.name.upper()) == ["A", "B", "C"]
+
+    seen: list[str] = []
+
+    def wait_for_cancel(ctx):
+        seen.append(ctx.name)
+        return ctx.cancel.wait(20)
+
+    def sigterm(signum, frame):
+        raise Interrupted(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGALRM, sigterm)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Interrupted):
+            for_each_host(config, hosts, wait_for_cancel)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - started < 10  # the running hosts were cancelled, not waited out
+    assert seen[:2] == ["a", "b"]  # two at a time; the third never started

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pullback.common import protocol
@@ -53,3 +55,18 @@ def test_unusable_entries_that_are_not_mappings_are_dropped():
 
 def test_verbs_are_the_four():
     assert sorted(Verb) == ["fetched", "list", "lock", "send"]
+
+
+def test_the_list_answer_on_the_wire():
+    """The keys older and newer peers rely on: changing one breaks mixed fleets."""
+    wire = json.loads(Listing("web1", "1.2.3", None, [], []).to_json())
+    assert wire == {
+        "protocol": 1,
+        "host": "web1",
+        "pullback_version": "1.2.3",
+        "lock": None,
+        "archives": [],
+        "unusable": [],
+    }
+    assert protocol.lock_answer(None) == '{"lock": null}'
+    assert protocol.FETCHED_ANSWER == '{"ok": true}'

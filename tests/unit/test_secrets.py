@@ -48,3 +48,34 @@ def test_missing_empty_and_directory_are_said_in_words(tmp_path):
     folder.mkdir(mode=0o700)
     with pytest.raises(SecretFileError, match="cannot read"):
         read_secret_file(folder)
+
+
+def test_check_names_every_secret_file_that_others_may_read(tmp_path):
+    from pullback.client.check import check
+    from pullback.client.config import load_client_config
+
+    token, db_pass = tmp_path / "ntfy.token", tmp_path / "db.pass"
+    for path in (token, db_pass):
+        path.write_text("s3cret-value\n")
+        path.chmod(0o640)
+    services = tmp_path / "services"
+    (services / "shop").mkdir(parents=True)
+    service = services / "shop" / "service.yaml"
+    service.write_text(
+        f"service: {{name: shop}}\npostgresql: {{database: shop, password_file: {db_pass}}}\n"
+    )
+    config_file = tmp_path / "client.yaml"
+    config_file.write_text(
+        f"service_dirs: [{services}]\narchive_dir: {tmp_path / 'a'}\nwork_dir: {tmp_path / 'w'}\n"
+        f"lock_dir: {tmp_path / 'l'}\n"
+        f"notify: {{ntfy: {{url: 'https://ntfy.example/t', token_file: {token}}}}}\n"
+    )
+    problems = check(load_client_config(config_file))
+    assert (
+        f"{config_file}: notify.ntfy.token_file: the token file {token} is readable by others "
+        f"(mode 0640); run: chmod 600 {token}" in problems
+    )
+    assert any(
+        p.startswith(f"{service}:2: postgresql.password_file: the password file {db_pass}")
+        for p in problems
+    ), problems

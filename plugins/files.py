@@ -72,7 +72,7 @@ def pullback_dump(task: Task):
     matcher = _matcher(task)
     if task.config.get("rsync_options"):
         task.log.info("rsync_options is ignored: ACLs, xattrs and hard links are always kept")
-    errors: list[str] = []
+    missing: list[str] = []
     for path in task.config["paths"]:
         try:
             stats = task.add_tree(Path(path), exclude=matcher or None, xattrs=task.config["xattrs"])
@@ -80,18 +80,12 @@ def pullback_dump(task: Task):
             if task.config["missing_ok"]:
                 task.log.warning("%s does not exist; skipped (missing_ok)", path)
                 continue
-            errors.append(f"{path} does not exist")
+            missing.append(path)
             continue
-        for warning in stats.warnings:
-            if warning.startswith("error: "):
-                errors.append(warning.removeprefix("error: "))
-            else:
-                task.log.warning("%s", warning)
-    if errors:
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        raise TaskError(
-            f"{len(errors)} path(s) could not be archived: {'; '.join(errors[:3])}{more}"
-        )
+        for warning in stats.warnings:  # each odd entry is skipped or archived as read
+            task.log.warning("%s", warning)
+    if missing:
+        raise TaskError(f"{len(missing)} path(s) do not exist: {', '.join(missing)}")
 
 
 def _copy_parents(copy: Path, destination: Path, source_root: Path) -> None:

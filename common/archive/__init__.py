@@ -7,8 +7,9 @@ The format, in twenty lines (the full text is docs/archive-format.md):
 - Its members are ``services/<service>/<task type>/...`` and, last, ``MANIFEST.sha256``:
   the sha256 of every regular file (hard links included) in ``sha256sum`` format.
 - Headers keep what ``tar --format=posix --xattrs --acls`` keeps: numeric and named owners,
-  modes, nanosecond mtimes, symlinks, hard links, ``SCHILY.xattr.*`` and
-  ``SCHILY.acl.access``/``.default`` records; sockets, FIFOs and devices are not archived.
+  modes (set-id bits too), nanosecond mtimes, symlinks, hard links, FIFOs,
+  ``SCHILY.xattr.*`` (capabilities too) and ``SCHILY.acl.*`` records; files with holes are
+  in GNU tar's PAX 1.0 sparse form; sockets and device nodes are not archived.
 - Beside the archive lies ``<archive name>.json``, the sidecar (format 1): host, stamp,
   creation time, pullback version, ``ok``/``partial``, per service and task the status,
   counts, errors and warnings, and the archive's size, sha256 and compression.
@@ -20,9 +21,10 @@ The format, in twenty lines (the full text is docs/archive-format.md):
   member name and link against staging (``unpack``), and every file against the manifest.
 
 Modules: ``tarformat`` (headers, reading), ``writer`` (the client's streaming writer),
-``reader`` (decompress, hash and iterate a stream; verify a file), ``unpack`` (the server's
-safe unpacker), ``manifest``, ``sidecar``, ``acl``, ``compression``, ``stats`` (what a task
-added) and ``directory`` (the archive directory: publish, list, retention).
+``filedata`` (reading a file that may change), ``sparse``, ``tee`` (the compressor's
+output), ``reader`` (decompress, hash and iterate a stream; verify a file), ``unpack``
+(the server's safe unpacker), ``manifest``, ``sidecar``, ``acl``, ``compression``,
+``stats`` and ``directory`` (the archive directory: publish, list, retention).
 This package imports only common's runtime modules (errors, log, runner, locks, fsutil,
 schema, units), never the client, the server or the plugins.
 """

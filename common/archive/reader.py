@@ -18,6 +18,7 @@ from ..errors import ArchiveError, CommandError
 from ..fsutil import write_all
 from ..log import get_logger
 from ..runner import Runner, RunningCommand
+from . import sparse
 from .compression import compression_of, decompress_command
 from .manifest import MANIFEST_NAME, parse
 from .tarformat import Member, TarFormatError, TarReader
@@ -188,6 +189,13 @@ class _Digests:
             self.computed[member.name] = self.computed.get(member.linkname, "")
             self.files += 1
         if not member.is_file:
+            return
+        if sparse.is_sparse(member.pax):
+            realsize = int(member.pax.get(sparse.REALSIZE, b"0") or 0)
+            content = sparse.SparseData(stream.read_data(member), member.size, realsize)
+            self.computed[member.name] = content.logical_digest().hexdigest()  # ValueError
+            self.files += 1
+            self.content += realsize
             return
         digest = hashlib.sha256()
         data = bytearray() if member.name == MANIFEST_NAME else None

@@ -429,20 +429,28 @@ def _check_checksum(block: bytes) -> None:
         raise TarFormatError("bad header checksum (corrupt archive)")
 
 
+def _member_name(block: bytes, meta: _Meta) -> bytes:
+    """A member's name: a sparse file's real one, the PAX path, the GNU long name, or the
+    ustar name with its prefix."""
+    pax = meta.pax
+    if pax.get(b"GNU.sparse.major") == b"1" and b"GNU.sparse.name" in pax:
+        return pax[b"GNU.sparse.name"]  # a sparse file: the ustar name is a placeholder
+    if pax.get(b"path") or meta.long_name:
+        return pax.get(b"path") or meta.long_name or b""
+    name = _string(block[0:100])
+    prefix = _string(block[345:500]) if block[257:262] == b"ustar" else b""
+    return prefix + b"/" + name if prefix else name
+
+
 def _member(block: bytes, kind: bytes, size: int, meta: _Meta) -> tuple[Member, int]:
     """The member a header block describes, the extended headers before it applied, and
     the size of the data that follows it in the stream."""
     pax = meta.pax
-    name = _string(block[0:100])
-    if block[257:262] == b"ustar":
-        prefix = _string(block[345:500])
-        if prefix:
-            name = prefix + b"/" + name
     if b"size" in pax:
         size = _pax_int(pax, b"size")
     mtime = pax.get(b"mtime")
     member = Member(
-        name=os.fsdecode(pax.get(b"path") or meta.long_name or name),
+        name=os.fsdecode(_member_name(block, meta)),
         kind=kind,
         linkname=os.fsdecode(pax.get(b"linkpath") or meta.long_link or _string(block[157:257])),
         mode=_number(block[100:108]) & 0o7777,

@@ -8,10 +8,12 @@ Safety (the archive comes from a host that may be compromised):
   the whole archive; so do names outside ``services/`` and ``MANIFEST.sha256``, and hard
   links to anything that is not a file of the same archive;
 - symlinks are recreated as they are (an absolute link in /etc is data) but never
-  followed; device nodes and FIFOs are dropped; set-user/group-id bits and file
-  capabilities (``security.capability``) are cleared; sparse files (which pullback
-  archives never hold) refuse the archive; numeric owners, modes, nanosecond mtimes,
-  other xattrs and ACLs are kept;
+  followed; device nodes are dropped; FIFOs, set-user/group-id bits and file capabilities
+  (``security.capability``) are kept, because the staging tree is root's alone (0700 below
+  a 0700 state directory): no other local user can run, open or follow anything in it;
+  numeric owners, modes, nanosecond mtimes, xattrs and ACLs are kept;
+- sparse files in the PAX 1.0 format are written sparse (their holes stay holes); their
+  maps are checked (:mod:`.sparse`); older GNU sparse forms refuse the archive;
 - optional limits (:class:`UnpackLimits`, the server's ``max_unpacked_size`` and
   ``max_entries``) are checked as each member's header arrives, before its data is
   written: a tar bomb is refused after at most one limit's worth of writes.
@@ -38,9 +40,9 @@ from ..errors import ArchiveError
 from ..fsutil import pwrite_all, write_all
 from ..log import get_logger
 from ..units import human_size
-from . import acl
+from . import acl, sparse
 from .manifest import MANIFEST_NAME, parse
-from .tarformat import Member
+from .tarformat import FIFOTYPE, Member
 
 log = get_logger("unpack")
 
@@ -75,7 +77,6 @@ class UnpackLimits:
 
 
 _SPARSE_SIZE_KEYS = (b"GNU.sparse.realsize", b"GNU.sparse.size")
-_CAPABILITY_XATTR = "security.capability"
 
 
 @dataclass
@@ -257,10 +258,15 @@ class Unpacker:
             self._dir(parts)
             self._dir_meta.append((parts, member))
         elif member.is_file:
-            self._write_file(parts, member, chunks)
+            if sparse.is_sparse(member.pax):
+                self._write_sparse(parts, member, chunks)
+            else:
+                self._write_file(parts, member, chunks)
             self._files.add(key)
             self.stats.files += 1
-            self.stats.bytes += member.size
+            self.stats.bytes += _apparent_size(member)
+        elif member.kind == FIFOTYPE:
+            self._fifo(parts, member)
         elif member.is_symlink:
             self._links.add(key)
             self._last_parent = None  # a later member below it must be checked again
@@ -269,12 +275,12 @@ class Unpacker:
             self._hardlink(parts, member)
         else:
             self._seen.discard(key)
-            self.stats.warnings.append(f"{shown(member.name)}: device node or FIFO dropped")
+            self.stats.warnings.append(f"{shown(member.name)}: device node dropped")
 
     def _check_limits(self, member: Member) -> None:
-        """Count ``member`` against the limits; refuse sparse files.
+        """Count ``member`` against the limits; refuse the old GNU sparse forms.
 
-        Raises ArchiveTooLarge past a limit, HostileArchive for a sparse file.
+        Raises ArchiveTooLarge past a limit, HostileArchive for an old sparse form.
         """
         limits = self.limits
         if limits.max_entries is not None and self.stats.members > limits.max_entries:
@@ -289,17 +295,18 @@ class Unpacker:
                 f"it unpacks to more than {human_size(limits.max_size)} "
                 f"(max_unpacked_size in {limits.source})"
             )
-        if any(key.startswith(b"GNU.sparse.") for key in member.pax):
+        if any(k.startswith(b"GNU.sparse.") for k in member.pax) and not sparse.is_sparse(
+            member.pax
+        ):
             raise HostileArchive(
-                f"member {member.name!r} is a sparse file, which pullback archives never hold"
+                f"member {member.name!r} is a sparse file in an old GNU format, which "
+                "pullback never writes (only the PAX 1.0 sparse format is read)"
             )
 
-    def _mode(self, member: Member) -> int:
-        mode = member.mode & 0o7777
-        if mode & (stat.S_ISUID | stat.S_ISGID) and not (member.is_dir):
-            self.stats.warnings.append(f"{shown(member.name)}: set-user/group-id bits cleared")
-            mode &= ~(stat.S_ISUID | stat.S_ISGID)
-        return mode
+    @staticmethod
+    def _mode(member: Member) -> int:
+        """The mode bits to set, set-user/group-id included (staging is root's alone)."""
+        return member.mode & 0o7777
 
     def _write_file(self, parts, member: Member, chunks, count: bool = True) -> None:
         """Write (or leave alone) one file; with ``count`` its digest joins the sum."""
@@ -362,11 +369,7 @@ class Unpacker:
         wanted: dict[str, bytes] = {}
         for key, value in member.pax.items():
             if key.startswith(b"SCHILY.xattr."):
-                name = os.fsdecode(key[len(b"SCHILY.xattr.") :])
-                if name == _CAPABILITY_XATTR:
-                    self.stats.warnings.append(f"{shown(member.name)}: file capabilities cleared")
-                    continue
-                wanted[name] = value
+                wanted[os.fsdecode(key[len(b"SCHILY.xattr.") :])] = value
             elif key in (b"SCHILY.acl.access", b"SCHILY.acl.default"):
                 xattr = acl.ACCESS_XATTR if key.endswith(b"access") else acl.DEFAULT_XATTR
                 try:
@@ -392,6 +395,66 @@ class Unpacker:
                         f"{shown(member.name)}: extended attribute {shown(name)} not kept: "
                         f"{exc.strerror}"
                     )
+
+    def _write_sparse(self, parts, member: Member, chunks) -> None:
+        """Write a sparse file afresh: its regions where the map puts them, holes left as
+        holes; its digest (holes read as zeros) joins the sum. Raises HostileArchive for a
+        bad map."""
+        parent = self._dir(parts[:-1])
+        name = parts[-1]
+        realsize = _apparent_size(member)
+        _remove(name, parent)  # never rewritten in place: a hole must stay a hole
+        self._forget_dir((*parts,))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(name, flags, 0o600, dir_fd=parent)
+        digest = hashlib.sha256()
+        try:
+            data = sparse.SparseData(chunks, member.size, realsize)
+            position = 0
+            for offset, piece in data.pieces():
+                sparse.hash_zeros(digest, offset - position)
+                digest.update(piece)
+                pwrite_all(fd, piece, offset)
+                position = offset + len(piece)
+            sparse.hash_zeros(digest, realsize - position)
+            os.ftruncate(fd, realsize)
+            self.stats.written += 1
+            self._apply_meta(fd, member, self._mode(member), force=True)
+        except sparse.SparseMapError as exc:
+            raise HostileArchive(f"member {member.name!r}: {exc}") from None
+        finally:
+            os.close(fd)
+        self._sum.add(member.name, digest.hexdigest())
+
+    def _fifo(self, parts, member: Member) -> None:
+        """A FIFO, made again unless the same one is there."""
+        parent = self._dir(parts[:-1])
+        name = parts[-1]
+        try:
+            st = os.lstat(name, dir_fd=parent)
+            if stat.S_ISFIFO(st.st_mode) and self._same_meta(st, member):
+                self.stats.unchanged += 1
+                return
+            _remove(name, parent)
+            self._forget_dir(parts)
+        except FileNotFoundError:
+            pass
+        os.mkfifo(name, 0o600, dir_fd=parent)
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent
+        )
+        try:
+            self._apply_meta(fd, member, self._mode(member), force=True)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _same_meta(st: os.stat_result, member: Member) -> bool:
+        return (
+            stat.S_IMODE(st.st_mode) == member.mode & 0o7777
+            and (not _IS_ROOT or (st.st_uid, st.st_gid) == (member.uid, member.gid))
+            and st.st_mtime_ns == member.mtime_ns
+        )
 
     def _symlink(self, parts, member: Member) -> None:
         parent = self._dir(parts[:-1])

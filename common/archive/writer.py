@@ -2,8 +2,11 @@
 
 Every file is read once: its bytes are hashed for ``MANIFEST.sha256`` while they are
 written into the tar stream, which a ``zstd -T0`` (or gzip) child compresses on the
-other cores. Owners, modes, nanosecond mtimes, symlinks, hard links and extended
-attributes (POSIX ACLs included) are kept; sockets, FIFOs and device nodes are skipped.
+other cores (:mod:`.tee` takes its output). Owners, modes, nanosecond mtimes, symlinks,
+hard links, FIFOs, set-id bits, extended attributes (file capabilities and POSIX ACLs
+included) are kept; files with holes travel without them (:mod:`.sparse`); sockets and
+device nodes are skipped with a warning. How a file that changes while it is read is
+handled: :mod:`.filedata`.
 """
 
 from __future__ import annotations
@@ -16,20 +19,21 @@ import hashlib
 import os
 import pwd
 import stat
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ArchiveError, CommandError
-from ..fsutil import write_all
 from ..log import get_logger
 from ..runner import Runner, RunningCommand
-from . import acl, tarformat
+from . import acl, sparse, tarformat
 from .compression import compress_command, test_command
+from .filedata import Content, read_content, streamed_note
 from .manifest import MANIFEST_NAME, format_line
+from .sparse import Region
 from .stats import ExcludeFn, TaskStats
+from .tee import Tee
 
 log = get_logger("archive")
 
@@ -39,6 +43,10 @@ CHUNK = 1 << 20
 _BUFFER = 1 << 20
 _F_SETPIPE_SZ = 1031
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+MAX_ARCNAME = 4000
+"""Bytes a member's name may have: the server's staging tree and restic/borg must be able
+to reach it by a relative path under PATH_MAX (4096). A deeper file is skipped, named in a
+warning; the rest is archived."""
 
 
 @dataclass
@@ -54,70 +62,6 @@ class WrittenArchive:
     size: int = 0
     tested: bool = False
     """The compressor's own checksums were verified (zstd -t / gzip -t) as it was written."""
-
-
-class _Tee:
-    """Takes the compressor's output as it comes: hashes it (for the sidecar), writes it to
-    the file and feeds the format's integrity test (``zstd -t``) at the same time, so the
-    archive is verified while it is written instead of being read back afterwards."""
-
-    def __init__(self, source: int, target: int, runner: Runner, test_argv: list[str] | None):
-        self.source = source
-        self.target = target
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-        self.error: OSError | None = None
-        self.tester = None
-        self.test_fd = -1
-        if test_argv:
-            read_end, self.test_fd = os.pipe2(os.O_CLOEXEC)
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(self.test_fd, _F_SETPIPE_SZ, CHUNK)
-            with os.fdopen(read_end, "rb", buffering=0) as stdin:
-                self.tester = runner.start(test_argv, stdin=stdin, level=10)
-        self.thread = threading.Thread(target=self._run, name="archive-tee", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            while data := os.read(self.source, CHUNK):
-                self.sha256.update(data)
-                write_all(self.target, data)
-                self.size += len(data)
-                if self.test_fd >= 0:
-                    try:
-                        write_all(self.test_fd, data)
-                    except BrokenPipeError:  # the tester gave up; its exit status says why
-                        os.close(self.test_fd)
-                        self.test_fd = -1
-        except OSError as exc:
-            self.error = exc
-        finally:
-            os.close(self.source)
-            if self.test_fd >= 0:
-                os.close(self.test_fd)
-                self.test_fd = -1
-
-    def finish(self, path: Path) -> None:
-        """Wait for the last bytes; raises ArchiveError for a write error or bad data."""
-        self.thread.join()
-        if self.error is not None:
-            self.stop()
-            raise ArchiveError(f"cannot write {path}: {self.error.strerror}")
-        if self.tester is not None:
-            tester, self.tester = self.tester, None
-            try:
-                tester.wait()
-            except CommandError as exc:
-                reason = exc.tail[-1] if exc.tail else exc.reason
-                raise ArchiveError(f"{path.name} fails its integrity test: {reason}") from None
-
-    def stop(self) -> None:
-        if self.tester is not None:
-            self.tester.stop(grace=2.0)
-            with contextlib.suppress(CommandError):
-                self.tester.wait()
-            self.tester = None
 
 
 class ArchiveWriter:
@@ -139,7 +83,7 @@ class ArchiveWriter:
         self._file: BinaryIO | None = None
         self._fd = -1
         self._compressor: RunningCommand | None = None
-        self._tee: _Tee | None = None
+        self._tee: Tee | None = None
         self._sha256 = hashlib.sha256()
         self._buf = bytearray()
         self._offset = 0
@@ -178,7 +122,7 @@ class ArchiveWriter:
                 self._compressor = self.runner.start(
                     argv, stdin=child_stdin, stdout=child_stdout, level=10
                 )
-            self._tee = _Tee(out_read, file.fileno(), self.runner, test_command(self.compression))
+            self._tee = Tee(out_read, file.fileno(), self.runner, test_command(self.compression))
         except BaseException:
             os.close(write_end)
             self._discard()
@@ -337,6 +281,7 @@ class ArchiveWriter:
         linkname: str = "",
         xattrs: dict[str, bytes] | None = None,
         mode: int = 0o755,
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> bytes:
         self._members += 1
         if st is None:
@@ -350,9 +295,8 @@ class ArchiveWriter:
                 uname="root",
                 gname="root",
             )
-        pax = None
+        pax = list(extra or [])
         if xattrs:
-            pax = []
             for key, value in xattrs.items():
                 if key in acl.PAX_KEYS:
                     try:
@@ -372,7 +316,7 @@ class ArchiveWriter:
             linkname=linkname,
             uname=self._uname(st.st_uid),
             gname=self._gname(st.st_gid),
-            pax=pax,
+            pax=pax or None,
         )
 
     def _read_xattrs(self, path: str, stats: TaskStats) -> dict[str, bytes] | None:
@@ -422,10 +366,10 @@ class ArchiveWriter:
         """Add ``source`` as ``arcname`` and, if it is a directory, everything below it.
 
         ``exclude(relative_path, is_dir)`` leaves entries (and the trees below them) out.
-        Returns the counts and the warnings (vanished or changed files); files that could
-        not be read are listed in the warnings prefixed with ``error:``. Raises
-        ArchiveError when the archive itself cannot be written, and FileNotFoundError when
-        ``source`` does not exist.
+        Returns the counts and the warnings: one odd entry (unreadable, vanished, changed
+        while read, too deep) never costs more than itself, it is skipped or archived as
+        read and named in a warning. Raises ArchiveError when the archive itself cannot be
+        written, and FileNotFoundError when ``source`` does not exist.
         """
         stats = TaskStats()
         source_str = os.fspath(source)
@@ -457,7 +401,7 @@ class ArchiveWriter:
                 continue
             arc = f"{arc_dir}/{entry.name}"
             self._add_entry(entry.path, arc, est, stats, xattrs)
-            if is_dir:
+            if is_dir and len(os.fsencode(arc)) <= MAX_ARCNAME:  # else skipped, said so
                 stack.append((entry.path, rel, arc, self._listing(entry.path, stats)))
         return stats
 
@@ -469,17 +413,23 @@ class ArchiveWriter:
         except FileNotFoundError:
             stats.warnings.append(f"{path}: directory vanished while being read")
         except OSError as exc:
-            stats.warnings.append(f"error: {path}: cannot list: {exc.strerror}")
+            stats.warnings.append(
+                f"{path}: skipped what is in it, cannot be listed: {exc.strerror}"
+            )
         return iter(())
 
     def _add_entry(
         self, path: str, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
     ) -> None:
         mode = st.st_mode
-        if stat.S_ISREG(mode):
-            if arcname in self._manifest:
-                return  # listed twice (overlapping paths): once is enough
-            self._add_file(path, arcname, st, stats, xattrs)
+        if len(os.fsencode(arcname)) > MAX_ARCNAME:
+            stats.warnings.append(
+                f"{path}: skipped, its path is too long to back up "
+                f"({len(os.fsencode(arcname))} bytes in the archive; at most {MAX_ARCNAME})"
+            )
+        elif stat.S_ISREG(mode):
+            if arcname not in self._manifest:  # listed twice (overlapping paths): once
+                self._add_file(path, arcname, st, stats, xattrs)
         elif stat.S_ISDIR(mode):
             attrs = self._read_xattrs(path, stats) if xattrs else None
             self._dirs.add(arcname)
@@ -490,9 +440,12 @@ class ArchiveWriter:
             except FileNotFoundError:
                 return
             self._emit(self._header(arcname, st, tarformat.SYMTYPE, linkname=target))
+        elif stat.S_ISFIFO(mode):
+            attrs = self._read_xattrs(path, stats) if xattrs else None
+            self._emit(self._header(arcname, st, tarformat.FIFOTYPE, xattrs=attrs))
         else:
-            kind = "socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device"
-            stats.warnings.append(f"{path}: skipped, a {kind} cannot be backed up as a file")
+            kind = "socket" if stat.S_ISSOCK(mode) else "device node"
+            stats.warnings.append(f"{path}: skipped, a {kind} is not backed up")
 
     def _add_file(
         self, path: str, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
@@ -510,67 +463,136 @@ class ArchiveWriter:
             stats.warnings.append(f"{path}: vanished before it could be read")
             return
         except OSError as exc:
-            stats.warnings.append(f"error: {path}: cannot open: {exc.strerror}")
+            stats.warnings.append(f"{path}: skipped, cannot be opened: {exc.strerror}")
             return
         try:
             attrs = self._read_xattrs(path, stats) if xattrs else None
-            size = st.st_size
-            self._emit(self._header(arcname, st, tarformat.REGTYPE, size=size, xattrs=attrs))
-            digest = self._copy_data(fd, size, path, stats)
+            try:
+                content = read_content(fd)  # nothing of the file is in the archive yet
+            except OSError as exc:
+                stats.warnings.append(f"{path}: skipped, cannot be read: {exc.strerror}")
+                return
+            if content.regions is not None:
+                digest = self._add_sparse(fd, arcname, content, attrs, stats)
+            else:
+                digest = self._add_dense(fd, arcname, content, attrs, path, stats)
+            note = content.note or (
+                streamed_note(content.stat, fd) if content.data is None else None
+            )
         finally:
             os.close(fd)
+        if note:
+            stats.warnings.append(f"{path}: {note}")
         if st.st_nlink > 1:
             self._links[(st.st_dev, st.st_ino)] = arcname
         self._manifest[arcname] = digest
         stats.files += 1
-        stats.bytes += size
+        stats.bytes += content.size
         self._files += 1
-        self._content += size
+        self._content += content.size
+
+    def _add_dense(
+        self, fd: int, arcname: str, content: Content, attrs, path: str, stats: TaskStats
+    ) -> str:
+        """A file without holes: its bytes read ahead, or streamed. Returns its sha256."""
+        header = self._header(
+            arcname, content.stat, tarformat.REGTYPE, size=content.size, xattrs=attrs
+        )
+        self._emit(header)
+        if content.data is None:
+            return self._copy_data(fd, content.size, path, stats)
+        self._emit(content.data)
+        self._emit(bytes((-len(content.data)) % BLOCK))
+        return hashlib.sha256(content.data).hexdigest()
+
+    def _add_sparse(self, fd: int, arcname: str, content: Content, attrs, stats: TaskStats) -> str:
+        """A file with holes, in the PAX 1.0 sparse format: the map, then only the data.
+        Returns the sha256 of the whole file, holes read as zeros."""
+        regions = content.regions or []
+        if content.pieces is not None:  # what was read is what is archived
+            regions = [
+                Region(r.offset, len(p)) for r, p in zip(regions, content.pieces, strict=True)
+            ]
+        realsize = max([content.stat.st_size] + [r.offset + r.length for r in regions])
+        table = sparse.encode_map(regions)
+        length = len(table) + sum(r.length for r in regions)
+        extra = sparse.pax_records(arcname, realsize)
+        header = self._header(
+            sparse.placeholder(arcname),
+            content.stat,
+            tarformat.REGTYPE,
+            size=length,
+            xattrs=attrs,
+            extra=extra,
+        )
+        self._emit(header)
+        self._emit(table)
+        digest = hashlib.sha256()
+        position = 0
+        for index, region in enumerate(regions):
+            sparse.hash_zeros(digest, region.offset - position)
+            if content.pieces is not None:
+                data = content.pieces[index]
+            else:
+                data = _pread_exact(fd, region.length, region.offset, stats, arcname)
+            digest.update(data)
+            self._emit(data)
+            position = region.offset + region.length
+        sparse.hash_zeros(digest, realsize - position)
+        self._emit(bytes((-length) % BLOCK))
+        return digest.hexdigest()
 
     def _copy_data(self, fd: int, size: int, path: str, stats: TaskStats) -> str:
-        """Copy exactly ``size`` bytes of ``fd`` into the stream; return their sha256."""
+        """Stream exactly ``size`` bytes of ``fd`` into the archive; return their sha256.
+
+        A file that shrinks while read is padded with zeros, to keep the stream whole,
+        and said so.
+        """
         digest = hashlib.sha256()
         remaining = size
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
         try:
-            if size <= CHUNK:
-                data = os.read(fd, size) if size else b""
-                while len(data) < size:
-                    more = os.read(fd, size - len(data))
-                    if not more:
-                        break
-                    data += more
-                digest.update(data)
-                self._emit(data)
-                remaining -= len(data)
-            else:
-                buffer = bytearray(CHUNK)
-                view = memoryview(buffer)
-                while remaining:
-                    n = os.readv(fd, [view[: min(CHUNK, remaining)]])
-                    if not n:
-                        break
-                    digest.update(view[:n])
-                    self._flush()
-                    self._offset += n
-                    self._write(view[:n])
-                    remaining -= n
+            while remaining:
+                n = os.readv(fd, [view[: min(CHUNK, remaining)]])
+                if not n:
+                    break
+                digest.update(view[:n])
+                self._flush()
+                self._offset += n
+                self._write(view[:n])
+                remaining -= n
         except OSError as exc:
-            stats.warnings.append(f"error: {path}: read failed: {exc.strerror}")
+            stats.warnings.append(f"{path}: read failed: {exc.strerror}")
         if remaining:
-            # the header promised `size` bytes: keep the stream valid, say what happened
-            stats.warnings.append(f"{path}: file shrank while being read; padded with zeros")
+            stats.warnings.append(f"{path}: shrank while being read; padded with zeros")
             pad = bytes(min(remaining, CHUNK))
             while remaining:
                 part = pad[: min(remaining, len(pad))]
                 digest.update(part)
                 self._emit(part)
                 remaining -= len(part)
-        elif size and os.read(fd, 1):
-            stats.warnings.append(
-                f"{path}: file grew while being read; archived the first {size} bytes"
-            )
         self._emit(bytes((-size) % BLOCK))
         return digest.hexdigest()
+
+
+def _pread_exact(fd: int, length: int, offset: int, stats: TaskStats, name: str) -> bytes:
+    """``length`` bytes at ``offset`` of a streamed file; what cannot be read (the file
+    shrank, or a read failed) is zeros, said in a warning: the header is written."""
+    parts, got = [], 0
+    try:
+        while got < length:
+            data = os.pread(fd, min(length - got, CHUNK), offset + got)
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+    except OSError as exc:
+        stats.warnings.append(f"{name}: read failed: {exc.strerror}; padded with zeros")
+    if got < length:
+        parts.append(bytes(length - got))
+        stats.warnings.append(f"{name}: shrank while being read; padded with zeros")
+    return b"".join(parts)
 
 
 def _open_noatime(path: str) -> int:

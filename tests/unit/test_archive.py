@@ -131,24 +131,6 @@ def test_an_archive_without_manifest_is_refused(tmp_path):
         verify_archive(archive)
 
 
-def test_file_that_shrinks_while_read_keeps_the_stream_valid(tmp_path):
-    source = tmp_path / "src"
-    source.mkdir()
-    big = source / "big"
-    big.write_bytes(b"a" * (3 << 20))
-    path = tmp_path / "host-20260101T000000Z.tar.zst"
-    writer = ArchiveWriter(path, "zstd").open()
-    st = os.lstat(big)
-    big.write_bytes(b"a" * 1000)  # shrinks between stat and read, as a live file can
-    from pullback.plugins.task import TaskStats
-
-    stats = TaskStats()
-    writer._add_entry(str(big), "big", st, stats, xattrs=False)
-    writer.finish()
-    assert any("shrank" in w for w in stats.warnings)
-    assert verify_archive(path).files == 1
-
-
 def test_abort_removes_the_partial_file(tmp_path):
     path = tmp_path / "host-20260101T000000Z.tar.zst"
     (tmp_path / "data").write_bytes(b"data")
@@ -156,16 +138,3 @@ def test_abort_removes_the_partial_file(tmp_path):
     writer.add_tree(tmp_path / "data", "x/y")
     writer.abort()
     assert not path.exists()
-
-
-def test_sockets_and_fifos_are_skipped_with_a_warning(tmp_path):
-    source = tmp_path / "src"
-    source.mkdir()
-    os.mkfifo(source / "fifo")
-    (source / "file").write_text("f")
-    path = tmp_path / "host-20260101T000000Z.tar.zst"
-    with ArchiveWriter(path, "zstd") as writer:
-        stats = writer.add_tree(source, "src")
-        writer.finish()
-    assert stats.files == 1
-    assert stats.warnings == [f"{source / 'fifo'}: skipped, a FIFO cannot be backed up as a file"]

@@ -35,10 +35,12 @@ def unpack_tar(staging, tar: bytes, limits: UnpackLimits | None = None):
         return unpacker.finish()
 
 
-def file_member(name: str, data: bytes, pax: list[tuple[bytes, bytes]] | None = None) -> bytes:
+def file_member(
+    name: str, data: bytes, pax: list[tuple[bytes, bytes]] | None = None, mode: int = 0o644
+) -> bytes:
     """A regular member with extra PAX records, data and padding."""
     head = tarformat.header(
-        name, tarformat.REGTYPE, mode=0o644, size=len(data), mtime_ns=MTIME, pax=pax
+        name, tarformat.REGTYPE, mode=mode, size=len(data), mtime_ns=MTIME, pax=pax
     )
     return head + data + bytes((-len(data)) % 512)
 
@@ -145,12 +147,12 @@ def test_max_size_refuses_before_the_excess_is_written(tmp_path):
 
 
 @pytest.mark.parametrize("key", [b"GNU.sparse.realsize", b"GNU.sparse.size"])
-def test_a_sparse_file_counts_with_its_apparent_size_and_is_refused(tmp_path, key):
+def test_an_old_gnu_sparse_file_counts_its_apparent_size_and_is_refused(tmp_path, key):
     sparse = file_member("services/a/hole", b"x", [(key, str(1 << 50).encode())])
     tar = sparse + bytes(1024)
     with pytest.raises(ArchiveTooLarge, match=r"more than 1\.0 GiB"):
         unpack_tar(tmp_path / "s", tar, UnpackLimits(max_size=1 << 30))
-    with pytest.raises(HostileArchive, match="'services/a/hole' is a sparse file"):
+    with pytest.raises(HostileArchive, match="'services/a/hole' is a sparse file in an old GNU"):
         unpack_tar(tmp_path / "s", tar)
     assert not (tmp_path / "s/services/a/hole").exists()
 
@@ -163,19 +165,24 @@ def test_a_negative_size_is_refused(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="setting security.* attributes needs root")
-def test_file_capabilities_are_cleared(tmp_path):
+def test_set_id_bits_and_file_capabilities_are_kept_in_a_root_only_staging(tmp_path):
     capability = bytes.fromhex("01000002" + "c0000000" * 4)  # cap_setuid... as setcap writes
     script = b"#!/bin/sh\n"
     xattr = [(b"SCHILY.xattr.security.capability", capability)]
     manifest = format_line("services/a/tool", hashlib.sha256(script).hexdigest())
+    manifest += format_line("services/a/su", hashlib.sha256(script).hexdigest())
     tar = (
         file_member("services/a/tool", script, xattr)
+        + file_member("services/a/su", script, mode=0o4755)
         + file_member("MANIFEST.sha256", manifest)
         + bytes(1024)
     )
     stats = unpack_tar(tmp_path / "s", tar)
-    assert "services/a/tool: file capabilities cleared" in stats.warnings
-    assert "security.capability" not in os.listxattr(tmp_path / "s/services/a/tool")
+    assert stats.warnings == []
+    assert os.getxattr(tmp_path / "s/services/a/tool", "security.capability") == capability
+    assert os.stat(tmp_path / "s/services/a/su").st_mode & 0o7777 == 0o4755
+    # nobody but root can reach them: the staging directory is root's alone
+    assert os.stat(tmp_path / "s").st_mode & 0o777 == 0o700
 
 
 def test_names_in_warnings_cannot_forge_lines():

@@ -1,0 +1,245 @@
+"""What the writer archives of one file: changes while it is read, holes, FIFOs, depth.
+
+GNU tar is the oracle for the format: what pullback writes, GNU tar must list and
+extract the same way (sparse files included), and what GNU tar writes, pullback reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pullback.common.archive import filedata, sparse
+from pullback.common.archive.reader import verify_archive
+from pullback.common.archive.stats import TaskStats
+from pullback.common.archive.unpack import Unpacker
+from pullback.common.archive.writer import MAX_ARCNAME, ArchiveWriter
+
+MIB = 1 << 20
+
+
+def archive_of(tmp_path: Path, source: Path, compression: str = "none") -> tuple[Path, TaskStats]:
+    suffix = {"none": ".tar", "zstd": ".tar.zst"}[compression]
+    path = tmp_path / f"host-20260101T000000Z{suffix}"
+    with ArchiveWriter(path, compression) as writer:
+        stats = writer.add_tree(source, "services/app/files")
+        writer.finish()
+    return path, stats
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_sparse(path: Path, size: int, pieces: dict[int, bytes]) -> None:
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+        for offset, data in pieces.items():
+            handle.seek(offset)
+            handle.write(data)
+
+
+# -- a file that changes while it is read ------------------------------------------------
+
+
+class ChangesOnce:
+    """Wraps the reader so that the file changes right after its first read, as a live
+    application's write would land: deterministic, unlike a racing thread."""
+
+    def __init__(self, monkeypatch, path: Path, new_content: bytes, times: int = 1):
+        self.path, self.new_content, self.left = path, new_content, times
+        self.real = filedata._pread_all
+        monkeypatch.setattr(filedata, "_pread_all", self)
+
+    def __call__(self, fd, length, offset):
+        data = self.real(fd, length, offset)
+        if self.left:
+            self.left -= 1
+            self.path.write_bytes(self.new_content)  # same inode: truncated and rewritten
+        return data
+
+
+def test_a_file_rewritten_while_read_is_read_again(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "orders.csv").write_bytes(b"")  # truncated by the application...
+    ChangesOnce(monkeypatch, source / "orders.csv", b"id,total\n1,20\n")  # ...and rewritten
+    archive, stats = archive_of(tmp_path, source)
+    with tarfile.open(archive) as tar:
+        data = tar.extractfile("services/app/files/orders.csv").read()
+    assert data == b"id,total\n1,20\n"  # never silently 0 bytes
+    assert stats.warnings == [f"{source / 'orders.csv'}: changed while being read; read again"]
+    assert verify_archive(archive).files == 1
+
+
+def test_a_file_that_keeps_changing_is_archived_as_read_the_second_time(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "log").write_bytes(b"one\n")
+    ChangesOnce(monkeypatch, source / "log", b"one\ntwo\n", times=2)
+    archive, stats = archive_of(tmp_path, source)
+    assert "changed while being read, twice; archived as read the second time" in stats.warnings[0]
+    assert verify_archive(archive).files == 1  # whatever was read, the manifest matches it
+
+
+def test_a_large_file_that_shrinks_while_streamed_keeps_the_stream_valid(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    big = source / "big"
+    big.write_bytes(b"a" * (filedata.REREAD_LIMIT + MIB))
+
+    class ShrinkingWriter(ArchiveWriter):
+        def _copy_data(self, fd, size, path, stats):
+            os.truncate(path, 1000)  # the application truncates it as it is streamed
+            return super()._copy_data(fd, size, path, stats)
+
+    path = tmp_path / "host-20260101T000000Z.tar"
+    with ShrinkingWriter(path, "none") as writer:
+        stats = writer.add_tree(source, "services/app/files")
+        writer.finish()
+    assert any("shrank while being read; padded with zeros" in w for w in stats.warnings)
+    assert any("changed while being read; archived as read" in w for w in stats.warnings)
+    assert verify_archive(path).files == 1
+
+
+# -- holes ----------------------------------------------------------------------------------
+
+
+def test_a_sparse_file_travels_without_its_holes_and_gnu_tar_agrees(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    hole = source / "disk.img"
+    make_sparse(hole, 64 * MIB, {5 * MIB: b"x" * 8192, 64 * MIB - 3: b"end"})
+    archive, stats = archive_of(tmp_path, source)
+    assert stats.warnings == []
+    assert archive.stat().st_size < MIB  # 64 MiB of file, 12 KiB of data
+    listing = subprocess.run(
+        ["tar", "-tvf", str(archive)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "services/app/files/disk.img" in listing and "GNUSparseFile" not in listing
+    out = tmp_path / "gnu"
+    out.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(out)], check=True)
+    extracted = out / "services/app/files/disk.img"
+    assert sha(extracted) == sha(hole)
+    assert extracted.stat().st_blocks * 512 < MIB  # GNU tar restores the holes
+    assert verify_archive(archive).content_bytes == 64 * MIB
+
+
+def test_a_sparse_file_is_unpacked_sparse(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    make_sparse(source / "db.sparse", 32 * MIB, {MIB: b"data" * 1024})
+    archive, _ = archive_of(tmp_path, source, "zstd")
+    staging = tmp_path / "staging"
+    from pullback.common.archive.reader import TarStream
+
+    for _ in range(2):  # and again over the first copy: a hole never fills up
+        with (
+            open(archive, "rb") as raw,
+            TarStream(raw, "zstd") as stream,
+            Unpacker(staging) as unpacker,
+        ):
+            for member in stream.members():
+                unpacker.add(member, stream.read_data(member))
+            unpacker.finish()
+    copy = staging / "services/app/files/db.sparse"
+    assert sha(copy) == sha(source / "db.sparse")
+    assert copy.stat().st_size == 32 * MIB and copy.stat().st_blocks * 512 < MIB
+
+
+def test_what_gnu_tar_writes_sparse_pullback_reads(tmp_path):
+    make_sparse(tmp_path / "f", 10 * MIB, {3 * MIB: b"abc", 10 * MIB - 1: b"z"})
+    archive = tmp_path / "gnu.tar"
+    subprocess.run(
+        ["tar", "--format=posix", "--sparse", "--sparse-version=1.0", "-cf", str(archive), "f"],
+        cwd=tmp_path,
+        check=True,
+    )
+    from pullback.common.archive.tarformat import TarReader
+
+    with open(archive, "rb") as handle:
+        reader = TarReader(handle)
+        member = next(iter(reader))
+        assert member.name == "f" and sparse.is_sparse(member.pax)
+        data = sparse.SparseData(reader.chunks(), member.size, 10 * MIB)
+        assert data.logical_digest().hexdigest() == sha(tmp_path / "f")
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"2\n0\n10\n5\n10\n", "overlap"),  # the second region starts inside the first
+        (b"1\n0\n99999999\n", "lie past the file"),
+        (b"x\n", "not a list of numbers"),
+        (b"70000\n", "not plausible"),
+        (b"1\n0\n10\n", "does not add up"),  # the member holds no data after the map
+    ],
+)
+def test_a_hostile_sparse_map_is_refused(body, problem):
+    member_size = 512 + (10 if problem == "lie past the file" else 0)
+    with pytest.raises(sparse.SparseMapError, match=problem):
+        padded = body + bytes((-len(body)) % 512)
+        sparse.SparseData(iter([padded]), member_size, 1000)
+
+
+# -- FIFOs, devices, depth ----------------------------------------------------------------
+
+
+def test_fifos_are_kept_sockets_are_skipped(tmp_path):
+    import socket
+
+    source = tmp_path / "src"
+    source.mkdir()
+    os.mkfifo(source / "fifo")
+    os.chmod(source / "fifo", 0o620)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(source / "sock"))
+    (source / "file").write_text("f")
+    try:
+        archive, stats = archive_of(tmp_path, source)
+    finally:
+        listener.close()
+    assert stats.warnings == [f"{source / 'sock'}: skipped, a socket is not backed up"]
+    with tarfile.open(archive) as tar:
+        fifo = tar.getmember("services/app/files/fifo")
+    assert fifo.isfifo() and fifo.mode == 0o620
+    staging = tmp_path / "staging"
+    with open(archive, "rb") as raw, Unpacker(staging) as unpacker:
+        from pullback.common.archive.reader import TarStream
+
+        with TarStream(raw, "none") as stream:
+            for member in stream.members():
+                unpacker.add(member, stream.read_data(member))
+        unpacker.finish()
+    assert stat.S_ISFIFO(os.lstat(staging / "services/app/files/fifo").st_mode)
+
+
+def test_a_path_too_deep_to_back_up_is_skipped_and_named(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "shallow").write_text("kept")
+    # directories of 200-byte names, made relative to each other: the whole path is
+    # longer than the archive may hold, though each step is a legal name
+    fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+    depth = MAX_ARCNAME // 201 + 1
+    for _ in range(depth):
+        os.mkdir("d" * 200, dir_fd=fd)
+        next_fd = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = next_fd
+    os.close(fd)
+    archive, stats = archive_of(tmp_path, source)
+    assert len(stats.warnings) == 1
+    assert "skipped, its path is too long to back up" in stats.warnings[0]
+    assert f"at most {MAX_ARCNAME})" in stats.warnings[0]
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "services/app/files/shallow" in names
+    assert all(len(os.fsencode(n)) <= MAX_ARCNAME for n in names)

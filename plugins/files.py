@@ -11,6 +11,10 @@ from . import hookimpl, load_plugin_schema
 from .exclude import ExcludeMatcher
 from .task import Task, TaskError, TaskType
 
+CP = ("-a", "--sparse=always")
+"""How files go back: everything ``cp -a`` keeps, and holes where the data is zeros
+(restic 0.14 restores a sparse file with its zeros written out)."""
+
 
 @hookimpl
 def pullback_task_types():
@@ -106,9 +110,10 @@ def _copy_parents(copy: Path, destination: Path, source_root: Path) -> None:
 
 @hookimpl
 def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
-    """Copy every listed path back with ``cp -a`` (owners, modes, times, links, xattrs,
-    ACLs), to its own place or below ``target``. Files that exist are replaced; files
-    that are not in the snapshot are left alone."""
+    """Copy every listed path back with ``cp -a --sparse=always`` (owners, modes with
+    set-id bits, times, links, FIFOs, xattrs with file capabilities, ACLs; zeros become
+    holes again), to its own place or below ``target``. Files that exist are replaced;
+    files that are not in the snapshot are left alone."""
     for path in task.config["paths"]:
         copy = source / path.lstrip("/")
         if not os.path.lexists(copy):
@@ -123,8 +128,8 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
         _copy_parents(copy, destination, source)
         if copy.is_dir() and not copy.is_symlink():
             destination.mkdir(exist_ok=True)
-            task.run(["cp", "-a", "--", f"{copy}/.", f"{destination}/"], timeout=None)
+            task.run(["cp", *CP, "--", f"{copy}/.", f"{destination}/"], timeout=None)
             shutil.copystat(copy, destination)
         else:
-            task.run(["cp", "-a", "--", str(copy), str(destination)], timeout=None)
+            task.run(["cp", *CP, "--", str(copy), str(destination)], timeout=None)
         task.log.info("restored %s", destination)

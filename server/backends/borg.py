@@ -74,7 +74,8 @@ def check_args(duration: float) -> list[list[str]]:
 
 
 def extract_args(name: str, includes: list[str]) -> list[str]:
-    return ["extract", f"::{name}", *includes]
+    """Extract (part of) an archive into the current directory, holes as holes."""
+    return ["extract", "--sparse", f"::{name}", *includes]
 
 
 # -- the backend ----------------------------------------------------------------------------

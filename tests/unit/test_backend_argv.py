@@ -127,7 +127,12 @@ def test_borg_list_delete_check_extract_init():
         ["check", "--repository-only", "--max-duration", "3600"],
         ["check", "--archives-only", "--last", "1"],
     ]
-    assert borg.extract_args("web1-x", ["services/app"]) == ["extract", "::web1-x", "services/app"]
+    assert borg.extract_args("web1-x", ["services/app"]) == [
+        "extract",
+        "--sparse",
+        "::web1-x",
+        "services/app",
+    ]
     assert borg.init_args() == ["init", "--encryption=repokey-blake2", "--make-parent-dirs"]
 
 

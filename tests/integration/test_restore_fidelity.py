@@ -1,0 +1,110 @@
+"""Every bit of metadata survives a backup and a restore: client -> archive -> server ->
+restic/borg -> ``pullback-server restore`` -> ``pullback-client restore``.
+
+The oracle is rsync: ``rsync -aHAXn --checksum --itemize-changes`` between the source
+tree and the restored one lists every difference in content, owner, mode (set-id bits
+included), mtime, symlink, hard link, FIFO, ACL and extended attribute (file capabilities
+included). getcap and st_blocks check what rsync does not: capabilities by name, holes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.fleet import Fleet
+from tests.helpers.tree import make_rich_tree
+
+MIB = 1 << 20
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="owners, set-id bits need root")
+
+
+def make_edge_tree(root: Path) -> Path:
+    """The rich tree, plus what the issue named: set-id files, a capability, holes, a
+    FIFO, sticky and setgid directories."""
+    make_rich_tree(root, as_root=True)
+    edge = root / "edge"
+    edge.mkdir()
+    su = edge / "su-like"
+    su.write_bytes(b"#!/bin/sh\necho root\n")
+    os.chmod(su, 0o4755)
+    sg = edge / "sg-like"
+    sg.write_bytes(b"#!/bin/sh\n")
+    os.chmod(sg, 0o2711)
+    ping = edge / "ping-like"
+    ping.write_bytes(b"\x7fELF not really\n")
+    os.chmod(ping, 0o755)
+    subprocess.run(["setcap", "cap_net_raw+ep", str(ping)], check=True)
+    with open(edge / "disk.img", "wb") as handle:  # 64 MiB apparent, 8 KiB of data
+        handle.truncate(64 * MIB)
+        handle.seek(10 * MIB)
+        handle.write(b"d" * 8192)
+    os.mkfifo(edge / "control.fifo")
+    os.chmod(edge / "control.fifo", 0o620)
+    (edge / "shared").mkdir()
+    os.chmod(edge / "shared", 0o2775)
+    (edge / "tmp").mkdir()
+    os.chmod(edge / "tmp", 0o1777)
+    return root
+
+
+def differences(source: Path, restored: Path) -> list[str]:
+    """What rsync would change to make ``restored`` like ``source`` (empty: identical)."""
+    out = subprocess.run(
+        [
+            "rsync",
+            "-aHAXn",
+            "--checksum",
+            "--itemize-changes",
+            "--delete",
+            f"{source}/",
+            f"{restored}/",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return [line for line in os.fsdecode(out).splitlines() if line.strip()]
+
+
+@pytest.fixture(params=["restic", "borg"])
+def fleet(request, tmp_path):
+    fleet = Fleet(tmp_path / "fleet", backend=request.param)
+    yield fleet
+    fleet.stop()
+
+
+def test_a_restored_service_is_identical_to_its_source(fleet, tmp_path):
+    host = fleet.add_host("web1")
+    shutil.rmtree(host.data)
+    make_edge_tree(host.data)
+    host.make_archive()
+    pulled = fleet.server("pull")
+    assert pulled.returncode == 0, pulled.stderr
+    snapshot_dir = tmp_path / "restored-snapshot"
+    restored = fleet.server("restore", "web1", "--service", "app", "--target", str(snapshot_dir))
+    assert restored.returncode == 0, restored.stderr
+    put_back = tmp_path / "put-back"
+    result = host.client.cli(
+        "restore", "--service", "app", "--from", str(snapshot_dir), "--target", str(put_back)
+    )
+    assert result.returncode == 0, result.stderr
+    copy = put_back / str(host.data).lstrip("/")
+
+    assert differences(host.data, copy) == []
+    assert (
+        "cap_net_raw=ep"
+        in subprocess.run(
+            ["getcap", str(copy / "edge/ping-like")], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert os.stat(copy / "edge/su-like").st_mode & 0o7777 == 0o4755
+    assert stat.S_ISFIFO(os.lstat(copy / "edge/control.fifo").st_mode)
+    image = os.stat(copy / "edge/disk.img")
+    assert image.st_size == 64 * MIB and image.st_blocks * 512 < MIB  # holes again
+    os.chmod(copy / "edge/su-like", 0o755)  # and the oracle would see a lost set-uid bit
+    assert differences(host.data, copy) == [".f...p..... edge/su-like"]

@@ -65,14 +65,23 @@ def pick_snapshot(snapshots: list[Snapshot], wanted: str, host: str) -> Snapshot
     return matches[0]
 
 
+def proof_command(service: str | None) -> str:
+    """The shell command that proves a restored snapshot (or one service of it) byte for
+    byte against its manifest. In the C locale, so that a name that is not UTF-8 is
+    checked like any other (grep skips such lines as "binary" in a UTF-8 locale); a
+    service with no line at all fails (``--strict``, and sha256sum finds nothing)."""
+    if not service:
+        return "LC_ALL=C sha256sum --check --strict MANIFEST.sha256"
+    return (
+        f"LC_ALL=C grep -a -- '  services/{service}/' MANIFEST.sha256 "
+        "| LC_ALL=C sha256sum --check --strict"
+    )
+
+
 def next_steps(request: RestoreRequest, snapshot: Snapshot, address: str) -> str:
     """What the administrator reads after a restore: how to prove it, how to put it back."""
     target, service = request.target, request.service
-    check = (
-        f"grep '  services/{service}/' MANIFEST.sha256 | sha256sum --check"
-        if service
-        else "sha256sum --check MANIFEST.sha256"
-    )
+    check = proof_command(service)
     steps = [
         f"restored snapshot {snapshot.id} of {request.host} (taken {shown(snapshot.time)}) "
         f"into {target}",

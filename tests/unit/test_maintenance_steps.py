@@ -106,3 +106,34 @@ def test_the_drill_names_what_is_changed_missing_or_unlisted(tmp_path):
 def test_a_drill_without_snapshots_fails_in_words(config):
     result = drill(fake_context(config, "web1", FakeBackend()))
     assert (result.ok, result.problems) == (False, ["no snapshot to restore"])
+
+
+@pytest.mark.parametrize("service", ["app", None])
+def test_the_proof_command_checks_every_name_in_any_locale(tmp_path, service):
+    import os
+    import subprocess
+
+    from pullback.server.restore import proof_command
+
+    names = [b"services/app/files/caf\xe9", b"services/app/files/plain", b"services/app/new\nline"]
+    for name in names:
+        path = os.path.join(os.fsencode(tmp_path), name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(name)
+    manifest = subprocess.run(
+        ["sha256sum", "--", *names], cwd=tmp_path, capture_output=True, check=True
+    ).stdout
+    (tmp_path / "MANIFEST.sha256").write_bytes(manifest)
+    env = {**os.environ, "LC_ALL": "C.UTF-8"}  # what an administrator's shell has
+    proof = subprocess.run(
+        ["sh", "-c", proof_command(service)], cwd=tmp_path, env=env, capture_output=True
+    )
+    assert proof.returncode == 0, proof.stderr
+    assert proof.stdout.count(b": OK") == 3
+    with open(os.path.join(os.fsencode(tmp_path), names[0]), "wb") as handle:
+        handle.write(b"damaged")
+    failed = subprocess.run(
+        ["sh", "-c", proof_command(service)], cwd=tmp_path, env=env, capture_output=True
+    )
+    assert failed.returncode == 1 and b"FAILED" in failed.stdout

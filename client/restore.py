@@ -13,13 +13,22 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common.archive import sidecar as sidecars
 from ..common.archive.compression import compression_of
 from ..common.archive.reader import TarStream
-from ..common.archive.sidecar import ARCHIVE_NAME
+from ..common.archive.sidecar import ARCHIVE_NAME, SIDECAR_NAME, ServiceReport, TaskReport
 from ..common.archive.unpack import Unpacker
-from ..common.errors import EXIT_FAILED, EXIT_OK, ConfigError, PullbackError, UsageError
+from ..common.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    ArchiveError,
+    ConfigError,
+    PullbackError,
+    UsageError,
+)
 from ..common.locks import FileLock
 from ..common.log import get_logger
+from ..common.outcome import Status
 from ..common.signals import SignalGuard
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import Task
@@ -95,13 +104,44 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
     if not source.exists():
         raise UsageError(f"{source} does not exist")
     with tempfile.TemporaryDirectory(prefix="pullback-restore-") as scratch:
+        sidecar_file = source / SIDECAR_NAME
         if source.is_file():
             if not ARCHIVE_NAME.match(source.name):
                 raise UsageError(f"{source} is not a pullback archive")
             log.info("unpacking %s (checked against its manifest)", source.name)
+            sidecar_file = source.with_name(source.name + ".json")
             source = unpack_archive(source, Path(scratch) / "archive")
         root = service_root(source, name)
-        return ServiceRestore(config, service, plugins, options, root, Path(scratch)).run()
+        content = SnapshotContent(root, service_report(sidecar_file, root, name))
+        return ServiceRestore(config, service, plugins, options, content, Path(scratch)).run()
+
+
+@dataclass(frozen=True)
+class SnapshotContent:
+    """What a snapshot holds of one service: its ``services/<name>`` directory and, when
+    the snapshot carries its sidecar, how the service went on the day it was made."""
+
+    root: Path
+    report: ServiceReport | None
+
+    def failed_task(self, task_type: str) -> TaskReport | None:
+        """The report of ``task_type`` if it failed (or was skipped) in the snapshot."""
+        if self.report is None:
+            return None
+        found = [t for t in self.report.tasks if t.type == task_type]
+        return found[0] if found and found[0].status != Status.OK else None
+
+
+def service_report(sidecar_file: Path, root: Path, name: str) -> ServiceReport | None:
+    """The service's report from the snapshot's sidecar (beside an archive, or at the
+    root of a restored snapshot), or None when there is none to read."""
+    for candidate in (sidecar_file, root.parent.parent / SIDECAR_NAME):
+        try:
+            side = sidecars.parse(candidate.read_bytes())
+        except (OSError, ArchiveError):
+            continue
+        return next((s for s in side.services if s.name == name), None)
+    return None
 
 
 def command(config: ClientConfig, args: argparse.Namespace) -> int:
@@ -118,15 +158,14 @@ class ServiceRestore:
         service: Service,
         plugins: PluginSet,
         options: RestoreOptions,
-        root: Path,
+        content: SnapshotContent,
         scratch: Path,
     ):
         self.config = config
         self.service = service
         self.plugins = plugins
         self.options = options
-        self.root = root
-        """The snapshot's ``services/<name>`` directory."""
+        self.content = content
         self.tasks = make_tasks(service, scratch / "staging", None, dry_run=options.dry_run)
         self.failures: list[str] = []
         self.prepared: list[Task] = []
@@ -168,12 +207,9 @@ class ServiceRestore:
             self.plugins.call("prepare", task)
 
     def restore_task(self, task: Task) -> None:
-        source = self.root / task.type
+        source = self.content.root / task.type
         if not source.is_dir():
-            message = f"{task.key}: nothing to restore ({source} is not in the snapshot)"
-            log.warning("%s", message)
-            if self.options.task:
-                self.failures.append(message)
+            self.nothing_to_restore(task, source)
             return
         try:
             self.plugins.call(
@@ -186,6 +222,24 @@ class ServiceRestore:
         except PullbackError as exc:
             self.failures.append(f"{task.key}: {exc}")
             task.log.error("restore failed: %s", exc)
+
+    def nothing_to_restore(self, task: Task, source: Path) -> None:
+        """A task with no data in the snapshot: a failure when its dump failed that day
+        (or when it was asked for by name), else (it wrote nothing) only a warning."""
+        failed = self.content.failed_task(task.type)
+        if failed is not None:
+            message = (
+                f"{task.key}: nothing to restore: this task {failed.status} in the snapshot "
+                f"({failed.error or 'no reason recorded'}); restore an older snapshot "
+                "(pullback-server snapshots HOST shows which are partial)"
+            )
+            task.log.error("%s", message)
+            self.failures.append(message)
+            return
+        message = f"{task.key}: nothing to restore ({source} is not in the snapshot)"
+        task.log.warning("%s", message)
+        if self.options.task:
+            self.failures.append(message)
 
     def start_again(self) -> None:
         for task in reversed(self.prepared):

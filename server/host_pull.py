@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..common.archive import sidecar as sidecars
-from ..common.archive.sidecar import Sidecar
+from ..common.archive.sidecar import SIDECAR_NAME, Sidecar
 from ..common.archive.unpack import HostileArchive
 from ..common.clock import iso, iso_or_none, parse_stamp, utc_now
 from ..common.errors import (
@@ -42,12 +42,13 @@ from ..common.errors import (
     PullbackError,
     describe,
 )
+from ..common.fsutil import atomic_write
 from ..common.log import recent_lines
 from ..common.notify import Notifier
 from ..common.outcome import Status
 from ..common.protocol import Listing
 from ..common.units import human_duration, human_size
-from .backends import Snapshot
+from .backends import Snapshot, SnapshotSpec
 from .host import HostContext
 from .journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, Journal
 from .remote import Remote, TransferCut
@@ -193,6 +194,21 @@ def choose(listing: Listing, host: str, stored: Stored, now: dt.datetime) -> Cho
         skip = f"{name} is older than the newest snapshot ({iso(newest.time)}); not stored"
         return Choice(best, skip, warnings=warnings)
     return Choice(best, warnings=warnings)
+
+
+def client_warnings(archive: Sidecar, limit: int = SHOWN_WARNINGS) -> list[str]:
+    """What the client warned about while it made the archive (files changed while read,
+    entries skipped), as ``on the client: service/task: warning`` lines, at most
+    ``limit`` of them and a count of the rest; client words are escaped and capped."""
+    found = [
+        f"on the client: {service.name}/{task.type}: {_printable(warning, 300)}"
+        for service in archive.services
+        for task in service.tasks
+        for warning in task.warnings
+    ]
+    if len(found) > limit:
+        found = [*found[:limit], f"on the client: ... and {len(found) - limit} more warnings"]
+    return found
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -390,6 +406,8 @@ class HostPull:
         """Fetch and unpack ``archive`` into staging, resuming a partial download."""
         self._phase(TRANSFERRING)
         fetched = fetch_and_unpack(self.ctx, remote, archive.archive)
+        # the snapshot carries its sidecar: a restore can tell which tasks failed in it
+        atomic_write(self.ctx.staging / SIDECAR_NAME, archive.to_json(), mode=0o600)
         self.result.resumed_from = fetched.resumed_from
         warnings = fetched.unpacked.warnings
         for warning in warnings[:SHOWN_WARNINGS]:
@@ -418,7 +436,8 @@ class HostPull:
         when = parse_stamp(archive.stamp)
         remaining = max(60.0, ctx.config.host_timeout - (time.monotonic() - self.started))
         timeout = min(ctx.config.backend.timeout, remaining)
-        stored = ctx.backend.store(ctx.staging, archive.stamp, when, timeout)
+        spec = SnapshotSpec(archive.stamp, when, tuple(archive.failed_services))
+        stored = ctx.backend.store(ctx.staging, spec, timeout)
         result.status = Status.STORED
         result.snapshot_id = stored.snapshot_id
         result.bytes_added = stored.bytes_added
@@ -429,6 +448,7 @@ class HostPull:
             f"stored {archive.archive.name} as {ctx.backend.name} snapshot "
             f"{stored.snapshot_id} (+{human_size(stored.bytes_added)})"
         )
+        result.warnings.extend(client_warnings(archive))
         discard_partial(fetched.path)
 
     def measure(self) -> None:

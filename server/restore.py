@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.archive.manifest import MANIFEST_NAME
+from ..common.archive.sidecar import SIDECAR_NAME
 from ..common.clock import shown
 from ..common.errors import EXIT_OK, PullbackError, UsageError
 from .backends import Snapshot
@@ -37,7 +38,7 @@ class RestoreRequest:
         """The paths inside the snapshot to restore (all when empty). Raises UsageError."""
         includes = []
         if self.service:
-            includes += [f"services/{self.service}", MANIFEST_NAME]
+            includes += [f"services/{self.service}", MANIFEST_NAME, SIDECAR_NAME]
         if self.path:
             includes.append(_relative(self.path))
         return includes
@@ -50,19 +51,43 @@ def _relative(path: str) -> str:
     return "/".join(parts)
 
 
-def pick_snapshot(snapshots: list[Snapshot], wanted: str, host: str) -> Snapshot:
-    """``latest``, or the one snapshot whose id starts with ``wanted`` or whose archive
-    stamp is ``wanted``. Raises PullbackError (no snapshot) or UsageError (no single one)."""
+def _newest_with(snapshots: list[Snapshot], service: str, host: str) -> tuple[Snapshot, str]:
+    """The newest snapshot in which ``service`` succeeded on the client, and why it is not
+    the newest of all when it is not. Raises PullbackError when there is none."""
+    good = [s for s in snapshots if service not in s.failed]
+    if not good:
+        raise PullbackError(f"{service} failed on {host} in every snapshot; nothing to restore")
+    if good[-1] is snapshots[-1]:
+        return good[-1], ""
+    skipped = [s.id for s in snapshots if s.time > good[-1].time]
+    return good[-1], (
+        f"{service} failed on the client in the newer snapshot(s) {', '.join(skipped)}; "
+        f"restoring {good[-1].id}, the newest in which it succeeded"
+    )
+
+
+def pick_snapshot(
+    snapshots: list[Snapshot], wanted: str, host: str, service: str | None = None
+) -> tuple[Snapshot, str]:
+    """The snapshot to restore and, when it is not simply the one asked for, why.
+
+    ``latest`` with a service is the newest snapshot in which that service succeeded on
+    the client; else the one snapshot whose id starts with ``wanted`` or whose archive
+    stamp is ``wanted``. Raises PullbackError (no snapshot) or UsageError (no single one).
+    """
     if not snapshots:
         raise PullbackError(f"{host} has no snapshot yet")
     if wanted == "latest":
-        return snapshots[-1]
+        return _newest_with(snapshots, service, host) if service else (snapshots[-1], "")
     matches = [s for s in snapshots if s.id.startswith(wanted) or s.stamp == wanted]
     if len(matches) != 1:
         raise UsageError(
             f"no single snapshot {wanted!r} of {host}; see pullback-server snapshots {host}"
         )
-    return matches[0]
+    chosen = matches[0]
+    if service and service in chosen.failed:
+        return chosen, f"{service} FAILED on the client in snapshot {chosen.id}: it may be missing"
+    return chosen, ""
 
 
 def proof_command(service: str | None) -> str:
@@ -107,7 +132,11 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
         raise UsageError(f"{target} is not empty; choose an empty directory or add --force")
     includes = request.includes()
     ctx.backend.prepare(create=False)
-    snapshot = pick_snapshot(ctx.backend.snapshots(), request.snapshot, request.host)
+    snapshot, why = pick_snapshot(
+        ctx.backend.snapshots(), request.snapshot, request.host, request.service
+    )
+    if why:
+        ctx.log.warning("%s", why)
     target.mkdir(parents=True, exist_ok=True)
     os.chmod(target, 0o700)
     ctx.log.info("restoring snapshot %s (%s) into %s", snapshot.id, shown(snapshot.time), target)
@@ -116,7 +145,8 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
         raise PullbackError(
             f"snapshot {snapshot.id} of {request.host} holds no service {request.service!r}"
         )
-    return next_steps(request, snapshot, ctx.host.address)
+    steps = next_steps(request, snapshot, ctx.host.address)
+    return f"note: {why}\n{steps}" if why else steps
 
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import json
 from ..common.clock import iso, utc_now
 from ..common.errors import EXIT_OK
 from ..common.log import get_logger
+from ..common.outcome import Status
 from ..common.units import human_duration
 from .backends import Snapshot
 from .config import ServerConfig
@@ -22,26 +23,43 @@ def list_snapshots(config: ServerConfig, name: str) -> list[Snapshot]:
     return backend.snapshots()
 
 
+def _status(snapshot: Snapshot) -> str:
+    if not snapshot.failed:
+        return str(Status.OK)
+    return f"{Status.PARTIAL}: {', '.join(snapshot.failed)} failed"
+
+
 def render(snapshots: list[Snapshot], as_json: bool) -> str:
+    """The snapshots as a table (or JSON), with which are partial and what failed in them."""
     if as_json:
         return json.dumps(
-            [{"id": s.id, "time": iso(s.time), "stamp": s.stamp} for s in snapshots],
+            [
+                {
+                    "id": s.id,
+                    "time": iso(s.time),
+                    "stamp": s.stamp,
+                    "status": Status.PARTIAL if s.failed else Status.OK,
+                    "failed_services": list(s.failed),
+                }
+                for s in snapshots
+            ],
             indent=2,
         )
     if not snapshots:
         return "no snapshots"
     now = utc_now()
-    rows = [("ID", "TIME (UTC)", "AGE", "ARCHIVE STAMP")]
+    rows = [("ID", "TIME (UTC)", "AGE", "ARCHIVE STAMP", "STATUS")]
     rows += [
         (
             s.id,
             s.time.strftime("%Y-%m-%d %H:%M:%S"),
             human_duration((now - s.time).total_seconds()),
             s.stamp or "-",
+            _status(s),
         )
         for s in snapshots
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows)
 
 

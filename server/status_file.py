@@ -16,7 +16,9 @@ log = get_logger("status")
 
 STATUS_FILE = "status.json"
 HISTORY = 30
+KEPT_WARNINGS = 20
 HISTORY = 30
+KEPT_WARNINGS = 20
 
 
 def load_status(state_dir: Path) -> dict:
@@ -51,6 +53,7 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
                 "duration": round(result.duration, 3),
                 "snapshots": result.snapshot_count,
                 "stale": result.stale,
+                "warnings": result.warnings[:KEPT_WARNINGS],
             }
         )
         if result.newest_snapshot:
@@ -69,6 +72,7 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
                     "content_bytes": result.content_bytes,
                     "bytes_added": result.bytes_added,
                     "snapshot_id": result.snapshot_id,
+                    "failed_services": result.client_failed_services,
                 }
             )
         elif result.status != Status.FAILED:

@@ -19,6 +19,9 @@ from ..outcome import Status
 from ..schema import load_schema
 
 FORMAT = 1
+SIDECAR_NAME = "SIDECAR.json"
+"""The sidecar's name inside a stored snapshot, beside MANIFEST.sha256: the server puts it
+there, so a restored snapshot says which services and tasks failed in it."""
 ARCHIVE_NAME = re.compile(
     r"^(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*)-(?P<stamp>\d{8}T\d{6}Z)\.tar(?:\.zst|\.gz)?$"
 )

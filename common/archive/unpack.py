@@ -42,11 +42,15 @@ from ..log import get_logger
 from ..units import human_size
 from . import acl, sparse
 from .manifest import MANIFEST_NAME, parse
+from .sidecar import SIDECAR_NAME
 from .tarformat import FIFOTYPE, Member
 
 log = get_logger("unpack")
 
 TOP_LEVEL = ("services", MANIFEST_NAME)
+_KEPT = ((MANIFEST_NAME,), (SIDECAR_NAME,))
+"""What the sweep leaves in staging although no member names it: the server writes the
+sidecar there (an archive cannot hold a member of that name: it is outside services/)."""
 MAX_NAME = 4095
 MAX_COMPONENT = 255
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -561,7 +565,7 @@ class Unpacker:
             fd = self._dir(parts)
             for name in os.listdir(fd):
                 child = (*parts, name)
-                if _key(child) not in self._seen and child != (MANIFEST_NAME,):
+                if _key(child) not in self._seen and child not in _KEPT:
                     _remove(name, fd)
                     self._forget_dir(child)
                     self.stats.removed += 1

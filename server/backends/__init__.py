@@ -23,6 +23,18 @@ class Snapshot:
     time: dt.datetime
     stamp: str | None
     """The archive stamp the snapshot was made from (pullback's own snapshots)."""
+    failed: tuple[str, ...] = ()
+    """The services that failed on the client in its archive: the snapshot is partial."""
+
+
+@dataclass(frozen=True)
+class SnapshotSpec:
+    """What a new snapshot is made of: the archive's stamp and time, and the services that
+    failed in it (marked on the snapshot: restic tags, a borg comment)."""
+
+    stamp: str
+    when: dt.datetime
+    failed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,8 +70,8 @@ class Backend(Protocol):
     def snapshots(self) -> list[Snapshot]:
         """pullback's snapshots of this host, oldest first."""
 
-    def store(self, staging: Path, stamp: str, when: dt.datetime, timeout: float) -> StoreResult:
-        """Store ``staging`` as one snapshot tagged with ``stamp`` taken at ``when``.
+    def store(self, staging: Path, spec: SnapshotSpec, timeout: float) -> StoreResult:
+        """Store ``staging`` as one snapshot of ``spec`` (stamp, time, failed services).
 
         Raises IncompleteStore or BackendError; a failed store leaves no snapshot.
         """
@@ -123,6 +135,7 @@ __all__ = [
     "RepositoryLocked",
     "RepositoryMissing",
     "Snapshot",
+    "SnapshotSpec",
     "StoreResult",
     "make_backend",
     "read_password",

@@ -15,14 +15,16 @@ import time
 from pathlib import Path
 
 from ...common.archive.manifest import MANIFEST_NAME
+from ...common.archive.sidecar import SIDECAR_NAME
 from ...common.errors import CommandError
 from ...common.runner import CommandResult
 from ..retention import select
-from . import ForgetResult, Snapshot, StoreResult, read_password
+from . import ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
 from .base import RepositoryBackend
 from .errors import BackendError, IncompleteStore
 
 DELETE_BATCH = 50
+PARTIAL = "partial; failed: "
 
 # -- argv, as pure functions ----------------------------------------------------------------
 
@@ -41,21 +43,38 @@ def init_args() -> list[str]:
 
 
 def list_args(host: str) -> list[str]:
-    return ["list", "--json", "--glob-archives", f"{host}-*"]
+    """The host's archives as JSON, with their comments (which name failed services)."""
+    return ["list", "--json", "--format", "{comment}", "--glob-archives", f"{host}-*"]
 
 
-def create_args(host: str, stamp: str, when: dt.datetime) -> list[str]:
-    """``borg create`` of the staging tree (run in it), timed like the archive; the files
-    cache keys on ctime and size, as the staging tree keeps unchanged files untouched."""
+def comment(failed: tuple[str, ...]) -> str:
+    """A partial archive's comment: ``partial; failed: db, cache``."""
+    return f"{PARTIAL}{', '.join(failed)}" if failed else ""
+
+
+def failed_of(text: str) -> tuple[str, ...]:
+    """The failed services a comment names (none for any other comment)."""
+    if not text.startswith(PARTIAL):
+        return ()
+    return tuple(n for n in text.removeprefix(PARTIAL).split(", ") if n)
+
+
+def create_args(host: str, spec: SnapshotSpec) -> list[str]:
+    """``borg create`` of the staging tree (run in it), timed like the archive and, when
+    partial, commented with the failed services; the files cache keys on ctime and size,
+    as the staging tree keeps unchanged files untouched."""
+    marked = ["--comment", comment(spec.failed)] if spec.failed else []
     return [
         "create",
         "--json",
         "--files-cache=ctime,size",
         "--timestamp",
-        when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-        f"::{archive_name(host, stamp)}",
+        spec.when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+        *marked,
+        f"::{archive_name(host, spec.stamp)}",
         "services",
         MANIFEST_NAME,
+        SIDECAR_NAME,
     ]
 
 
@@ -128,14 +147,15 @@ class BorgBackend(RepositoryBackend):
             match = pattern.match(item["name"])
             if match:
                 when = dt.datetime.fromisoformat(item["start"]).replace(tzinfo=dt.UTC)
-                found.append(Snapshot(item["name"], when, match[1]))
+                failed = failed_of(item.get("comment") or "")
+                found.append(Snapshot(item["name"], when, match[1], failed))
         return sorted(found, key=lambda s: s.time)
 
-    def store(self, staging: Path, stamp: str, when: dt.datetime, timeout: float) -> StoreResult:
+    def store(self, staging: Path, spec: SnapshotSpec, timeout: float) -> StoreResult:
         started = time.monotonic()
-        name = archive_name(self.host.name, stamp)
+        name = archive_name(self.host.name, spec.stamp)
         with tempfile.TemporaryFile() as out:
-            args = create_args(self.host.name, stamp, when)
+            args = create_args(self.host.name, spec)
             ran = self.run(args, cwd=staging, stdout=out, timeout=timeout, ok_codes=(0, 1))
             out.seek(0)
             try:
@@ -179,4 +199,8 @@ class BorgBackend(RepositoryBackend):
         return int(data.get("cache", {}).get("stats", {}).get("unique_csize", 0))
 
     def restore(self, snapshot: Snapshot, target: Path, includes: list[str]) -> None:
-        self.run(extract_args(snapshot.id, includes), cwd=target, timeout=24 * 3600)
+        """Extract into ``target``; borg's warnings (exit 1: an include that matched
+        nothing, like the sidecar of a snapshot older than it) are logged, not fatal."""
+        self.run(
+            extract_args(snapshot.id, includes), cwd=target, timeout=24 * 3600, ok_codes=(0, 1)
+        )

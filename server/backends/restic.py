@@ -16,11 +16,13 @@ from pathlib import Path
 from ...common.clock import is_stamp
 from ...common.errors import CommandError
 from ...common.runner import CommandResult
-from . import ForgetResult, Snapshot, StoreResult, read_password
+from . import ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
 from .base import RepositoryBackend, local_path
 from .errors import BackendError, IncompleteStore
 
 TAG = "pullback"
+PARTIAL = "partial"
+FAILED = "failed:"
 _TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 _LOCK_POLL = 5.0
 _POLICY_KEYS = (
@@ -39,9 +41,11 @@ def snapshots_args(host: str) -> list[str]:
     return ["snapshots", "--host", host, "--tag", TAG, "--json"]
 
 
-def backup_args(host: str, stamp: str, when: dt.datetime) -> list[str]:
+def backup_args(host: str, spec: SnapshotSpec) -> list[str]:
     """``restic backup`` of the staging tree (run in it: the snapshot's root holds
-    ``services/`` and ``MANIFEST.sha256``), tagged and timed like the archive."""
+    ``services/`` and ``MANIFEST.sha256``), tagged and timed like the archive; a partial
+    archive's snapshot is also tagged ``partial`` and ``failed:<service>`` per service."""
+    marks = [PARTIAL, *(f"{FAILED}{name}" for name in spec.failed)] if spec.failed else []
     return [
         "backup",
         "--json",
@@ -50,9 +54,10 @@ def backup_args(host: str, stamp: str, when: dt.datetime) -> list[str]:
         "--tag",
         TAG,
         "--tag",
-        stamp,
+        spec.stamp,
+        *[arg for mark in marks for arg in ("--tag", mark)],
         "--time",
-        when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        spec.when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "--ignore-inode",
         ".",
     ]
@@ -184,15 +189,17 @@ class ResticBackend(RepositoryBackend):
         data = self._json(snapshots_args(self.host.name), timeout=600)
         found = []
         for item in data or []:
-            stamp = next((t for t in item.get("tags") or [] if is_stamp(t)), None)
+            tags = item.get("tags") or []
+            stamp = next((t for t in tags if is_stamp(t)), None)
+            failed = tuple(t.removeprefix(FAILED) for t in tags if t.startswith(FAILED))
             short = item.get("short_id") or item["id"][:8]
-            found.append(Snapshot(short, parse_time(item["time"]), stamp))
+            found.append(Snapshot(short, parse_time(item["time"]), stamp, failed))
         return sorted(found, key=lambda s: s.time)
 
-    def store(self, staging: Path, stamp: str, when: dt.datetime, timeout: float) -> StoreResult:
+    def store(self, staging: Path, spec: SnapshotSpec, timeout: float) -> StoreResult:
         started = time.monotonic()
         with tempfile.TemporaryFile() as out:
-            args = backup_args(self.host.name, stamp, when)
+            args = backup_args(self.host.name, spec)
             ran = self.run(args, cwd=staging, stdout=out, timeout=timeout)
             out.seek(0)
             summary = _summary(out.read())

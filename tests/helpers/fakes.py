@@ -55,7 +55,8 @@ class FakeBackend:
             raise self.fail_snapshots
         return list(self.snapshot_list)
 
-    def store(self, staging: Path, stamp: str, when, timeout: float) -> StoreResult:
+    def store(self, staging: Path, spec, timeout: float) -> StoreResult:
+        stamp, when = spec.stamp, spec.when
         self.events.append("store")
         self.store_timeouts.append(timeout)
         if self.fail_store:
@@ -63,7 +64,7 @@ class FakeBackend:
         manifest = (staging / "MANIFEST.sha256").read_bytes()
         self.stored.append((staging, stamp))
         snapshot_id = f"s{len(self.stored)}"
-        self.snapshot_list.append(Snapshot(snapshot_id, when, stamp))
+        self.snapshot_list.append(Snapshot(snapshot_id, when, stamp, spec.failed))
         if self.copies is not None:
             self.trees[snapshot_id] = self.copies / snapshot_id
             shutil.copytree(staging, self.trees[snapshot_id], symlinks=True)

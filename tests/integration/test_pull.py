@@ -276,7 +276,7 @@ def test_hostile_archive_writes_nothing_outside_staging(fleet, case):
     assert not (fleet.repos / "web1").exists() or fleet.snapshots("web1") == []
 
 
-def test_device_nodes_and_setuid_bits_are_neutralised(fleet, tmp_path):
+def test_device_nodes_are_dropped_and_setuid_bits_kept_in_a_root_only_staging(fleet, tmp_path):
     host = fleet.add_host("web1")
     publish(
         host.client.archives,
@@ -290,11 +290,13 @@ def test_device_nodes_and_setuid_bits_are_neutralised(fleet, tmp_path):
     )
     result = fleet.server("pull")
     assert result.returncode == 0, result.stderr
-    staging = fleet.state / "staging" / "web1" / "services/x/files"
-    assert not (staging / "null").exists()
-    assert oct((staging / "tool").stat().st_mode & 0o7777) == "0o755"
-    assert "services/x/files/tool: set-user/group-id bits cleared" in result.stderr
-    assert "services/x/files/null: device node or FIFO dropped" in result.stderr
+    staging = fleet.state / "staging" / "web1"
+    assert not (staging / "services/x/files/null").exists()
+    assert "services/x/files/null: device node dropped" in result.stderr
+    tool = staging / "services/x/files/tool"
+    if os.geteuid() == 0:  # kept: only root can reach the staging tree
+        assert oct(tool.stat().st_mode & 0o7777) == "0o4755"
+        assert oct(staging.stat().st_mode & 0o777) == "0o700"
     assert len(fleet.snapshots("web1")) == 1
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pullback.server.backends import BackendError, borg, restic
+from pullback.server.backends import BackendError, SnapshotSpec, borg, restic
 
 WHEN = dt.datetime(2026, 11, 22, 4, 50, tzinfo=dt.timezone(dt.timedelta(hours=1)))
 
 
 def test_restic_backup_is_tagged_and_timed_like_the_archive_in_utc():
-    assert restic.backup_args("web1", "20261122T035000Z", WHEN) == [
+    assert restic.backup_args("web1", SnapshotSpec("20261122T035000Z", WHEN)) == [
         "backup",
         "--json",
         "--host",
@@ -27,6 +27,20 @@ def test_restic_backup_is_tagged_and_timed_like_the_archive_in_utc():
         "--ignore-inode",
         ".",
     ]
+
+
+def test_a_partial_archive_makes_a_tagged_restic_snapshot():
+    spec = SnapshotSpec("20261122T035000Z", WHEN, ("db", "cache"))
+    args = restic.backup_args("web1", spec)
+    tags = [args[i + 1] for i, a in enumerate(args) if a == "--tag"]
+    assert tags == ["pullback", "20261122T035000Z", "partial", "failed:db", "failed:cache"]
+
+
+def test_a_partial_archive_makes_a_commented_borg_archive():
+    args = borg.create_args("web1", SnapshotSpec("20261122T035000Z", WHEN, ("db",)))
+    assert args[args.index("--comment") + 1] == "partial; failed: db"
+    assert borg.failed_of("partial; failed: db, cache") == ("db", "cache")
+    assert borg.failed_of("made by hand") == ()
 
 
 def test_restic_snapshots_of_one_host_and_only_pullbacks():
@@ -98,7 +112,7 @@ def test_restic_times_with_nanoseconds_and_offsets():
 
 
 def test_borg_create_names_the_archive_after_host_and_stamp():
-    assert borg.create_args("web1", "20261122T035000Z", WHEN) == [
+    assert borg.create_args("web1", SnapshotSpec("20261122T035000Z", WHEN)) == [
         "create",
         "--json",
         "--files-cache=ctime,size",
@@ -107,6 +121,7 @@ def test_borg_create_names_the_archive_after_host_and_stamp():
         "::web1-20261122T035000Z",
         "services",
         "MANIFEST.sha256",
+        "SIDECAR.json",
     ]
 
 
@@ -121,7 +136,14 @@ def test_borg_lock_wait_goes_after_the_subcommand():
 
 
 def test_borg_list_delete_check_extract_init():
-    assert borg.list_args("web1") == ["list", "--json", "--glob-archives", "web1-*"]
+    assert borg.list_args("web1") == [
+        "list",
+        "--json",
+        "--format",
+        "{comment}",
+        "--glob-archives",
+        "web1-*",
+    ]
     assert borg.delete_args(["web1-a", "web1-b"]) == ["delete", "::web1-a", "web1-b"]
     assert borg.check_args(3600.0) == [
         ["check", "--repository-only", "--max-duration", "3600"],
@@ -178,10 +200,9 @@ def test_restic_store_runs_backup_args_and_reads_the_summary(server_config, tmp_
         b'{"message_type":"summary","snapshot_id":"0123456789ab","data_added":77}\n'
     )
     runner = ScriptedRunner(summary)
-    stored = backend_of("restic", server_config, runner).store(
-        tmp_path, "20261122T035000Z", WHEN, 600
-    )
-    assert runner.calls == [["restic", *restic.backup_args("web1", "20261122T035000Z", WHEN)]]
+    spec = SnapshotSpec("20261122T035000Z", WHEN)
+    stored = backend_of("restic", server_config, runner).store(tmp_path, spec, 600)
+    assert runner.calls == [["restic", *restic.backup_args("web1", spec)]]
     assert (stored.snapshot_id, stored.bytes_added) == ("01234567", 77)
 
 

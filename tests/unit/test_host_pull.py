@@ -530,3 +530,26 @@ def test_for_each_host_runs_every_host_and_sigterm_cancels_them_all(tmp_path):
         signal.signal(signal.SIGALRM, previous)
     assert time.monotonic() - started < 10  # the running hosts were cancelled, not waited out
     assert seen[:2] == ["a", "b"]  # two at a time; the third never started
+
+
+def test_what_the_client_warned_about_reaches_the_result(config, backend, client):
+    archive = publish_one(client)
+    side = archive.with_name(archive.name + ".json")
+    data = json.loads(side.read_text())
+    warnings = [f"/srv/f{i}: changed while being read; read again" for i in range(12)]
+    data["services"] = [
+        {
+            "name": "app",
+            "status": "ok",
+            "tasks": [{"type": "files", "status": "ok", "warnings": warnings}],
+        }
+    ]
+    side.write_text(json.dumps(data))
+    result = make_pull(config, backend, client).run()
+    assert result.status == Status.STORED
+    shown = [w for w in result.warnings if w.startswith("on the client: ")]
+    assert shown[0] == "on the client: app/files: /srv/f0: changed while being read; read again"
+    assert shown[-1] == "on the client: ... and 2 more warnings"
+    assert len(shown) == 11
+    sidecar = json.loads((config.staging_dir("web1") / "SIDECAR.json").read_text())
+    assert sidecar["archive"]["name"] == archive.name  # the snapshot carries its sidecar

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.archive.compression import compress_command
 from ..common.config import load_validated, secret_file_problems
-from ..common.errors import EXIT_CONFIG, EXIT_OK
+from ..common.errors import EXIT_CONFIG, EXIT_OK, describe
 from ..common.schema import load_schema
 from ..plugins.manager import PluginSet, load_plugins
 from .config import ClientConfig
@@ -23,12 +25,23 @@ def _writable_or_creatable(path: Path) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
+@dataclass
+class CheckResult:
+    problems: list[str] = field(default_factory=list)
+    """What would make a run fail."""
+    warnings: list[str] = field(default_factory=list)
+    """What a restore would lack (reported, but the configuration is usable)."""
+
+
 def command(config: ClientConfig, args: argparse.Namespace) -> int:
-    """``pullback-client check``: one line per problem (exit 2), or ``<config>: ok``."""
-    problems = check(config)
-    for problem in problems:
+    """``pullback-client check``: one line per problem (exit 2), then one ``warning:``
+    line per warning, or ``<config>: ok``."""
+    result = check(config)
+    for problem in result.problems:
         print(problem)
-    if problems:
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    if result.problems:
         return EXIT_CONFIG
     print(f"{config.path}: ok")
     return EXIT_OK
@@ -78,11 +91,32 @@ def _service_problems(service: Service, plugins: PluginSet) -> list[str]:
     return problems
 
 
-def check(config: ClientConfig) -> list[str]:
-    """Every problem found in the configuration, services and plugins (empty when fine)."""
+def _probe(service: Service, plugins: PluginSet, scratch: Path, result: CheckResult) -> None:
+    """Let each task connect with its credentials (``pullback_probe``), as a run would."""
+    tasks = make_tasks(service, scratch / service.name, None, dry_run=True)
+    for spec, task in zip(service.tasks, tasks, strict=True):
+        task.staging.mkdir(parents=True, exist_ok=True)
+        where = f"{service.file}:{spec.line or 1}: {spec.key}"
+        try:
+            probe = plugins.call("probe", task)
+        except Exception as exc:
+            result.problems.append(f"{where}: cannot be probed: {describe(exc)}")
+            continue
+        if probe is not None:
+            result.problems += [f"{where}: {p}" for p in probe.problems]
+            result.warnings += [f"{where}: {w}" for w in probe.warnings]
+
+
+def check(config: ClientConfig) -> CheckResult:
+    """Every problem found in the configuration, services and plugins, and what the
+    database tasks' servers say when asked with their credentials."""
     plugins = load_plugins(config.plugin_dirs)
-    problems = [f"{config.path}: plugin_dirs: {e}" for e in plugins.errors]
-    problems += _setting_problems(config)
-    for service in discover(config.service_dirs, plugins):
-        problems += _service_problems(service, plugins)
-    return problems
+    result = CheckResult([f"{config.path}: plugin_dirs: {e}" for e in plugins.errors])
+    result.problems += _setting_problems(config)
+    with tempfile.TemporaryDirectory(prefix="pullback-check-") as scratch:
+        for service in discover(config.service_dirs, plugins):
+            found = _service_problems(service, plugins)
+            result.problems += found
+            if not found:
+                _probe(service, plugins, Path(scratch), result)
+    return result

@@ -52,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[parent],
         help="put a service back from a restored snapshot or an archive",
         description="Stop the service (its docker/systemd tasks), run every "
-        "task's restore (databases re-imported, files copied back), start it "
-        "again. --from is a directory holding services/NAME/ (as "
-        "`pullback-server restore` writes it) or a pullback archive file.",
+        "task's restore (files copied back; each database restored beside the live "
+        "one, as NAME_restored_STAMP, unless --replace), start it again. --from is a "
+        "directory holding services/NAME/ (as `pullback-server restore` writes it) or "
+        "a pullback archive file. Exit 0: restored; 1: a task failed (nothing live was "
+        "destroyed); 2: wrong service, task or source.",
     )
     p.add_argument("-s", "--service", required=True, metavar="NAME", help="the service")
     p.add_argument(
@@ -72,7 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="put files below DIR instead of their original place",
     )
-    p.add_argument("-n", "--dry-run", action="store_true", help="only say what would be done")
+    p.add_argument(
+        "-n",
+        "--dry-run",
+        action="store_true",
+        help="say every step (destructive ones marked) and the preflight's verdict; change nothing",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the live databases, after a preflight; the replaced ones are kept "
+        "(renamed NAME_before_restore_STAMP, or copied aside)",
+    )
+    server = p.add_argument_group("restore the databases to another server")
+    server.add_argument("--hostname", metavar="HOST", help="database server host (or socket dir)")
+    server.add_argument("--port", type=int, metavar="N", help="database server port")
+    server.add_argument("--username", metavar="USER", help="database user to restore as")
+    server.add_argument(
+        "--password-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding that user's password (owner-only; never a password on the command line)",
+    )
     sub.add_parser(
         "serve",
         parents=[parent],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.archive import sidecar as sidecars
@@ -18,6 +18,7 @@ from ..common.archive.compression import compression_of
 from ..common.archive.reader import TarStream
 from ..common.archive.sidecar import ARCHIVE_NAME, SIDECAR_NAME, ServiceReport, TaskReport
 from ..common.archive.unpack import Unpacker
+from ..common.clock import stamp_of, utc_now
 from ..common.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -31,7 +32,7 @@ from ..common.log import get_logger
 from ..common.outcome import Status
 from ..common.signals import SignalGuard
 from ..plugins.manager import PluginSet, load_plugins
-from ..plugins.task import Task
+from ..plugins.task import RestorePlan, Task
 from .config import ClientConfig
 from .run import INSTANCE_LOCK
 from .services import Service, discover
@@ -77,13 +78,36 @@ class RestoreOptions:
     task: str | None = None
     target: Path | None = None
     dry_run: bool = False
+    replace: bool = False
+    """Replace the live databases (after a preflight), instead of restoring beside them."""
+    server: dict[str, object] = field(default_factory=dict)
+    """Another database server to restore to: host, port, user, password_file."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RestoreOptions:
-        return cls(args.service, args.source, args.task, args.target, args.dry_run)
+        server = {
+            key: value
+            for key, value in (
+                ("host", args.hostname),
+                ("port", args.port),
+                ("user", args.username),
+                ("password_file", str(args.password_file) if args.password_file else None),
+            )
+            if value is not None
+        }
+        return cls(
+            args.service, args.source, args.task, args.target, args.dry_run, args.replace, server
+        )
 
     def wants(self, task: Task) -> bool:
         return not self.task or self.task in (task.key, task.type)
+
+    def point_at_server(self, task: Task, schema: dict) -> None:
+        """Point a database task at the server asked for: each of host, port, user and
+        password_file its section knows replaces the service file's."""
+        for key, value in self.server.items():
+            if key in schema.get("properties", {}):
+                task.config[key] = value
 
 
 def restore(config: ClientConfig, options: RestoreOptions) -> int:
@@ -112,8 +136,13 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
             sidecar_file = source.with_name(source.name + ".json")
             source = unpack_archive(source, Path(scratch) / "archive")
         root = service_root(source, name)
-        content = SnapshotContent(root, service_report(sidecar_file, root, name))
-        return ServiceRestore(config, service, plugins, options, content, Path(scratch)).run()
+        restore = ServiceRestore(
+            config, service, plugins, options, read_content(sidecar_file, root, name), Path(scratch)
+        )
+        code = restore.run()
+        for note in restore.plan.notes:
+            print(note)
+        return code
 
 
 @dataclass(frozen=True)
@@ -123,6 +152,8 @@ class SnapshotContent:
 
     root: Path
     report: ServiceReport | None
+    stamp: str | None = None
+    """The snapshot's stamp (from its sidecar): it names the databases a restore makes."""
 
     def failed_task(self, task_type: str) -> TaskReport | None:
         """The report of ``task_type`` if it failed (or was skipped) in the snapshot."""
@@ -132,16 +163,17 @@ class SnapshotContent:
         return found[0] if found and found[0].status != Status.OK else None
 
 
-def service_report(sidecar_file: Path, root: Path, name: str) -> ServiceReport | None:
-    """The service's report from the snapshot's sidecar (beside an archive, or at the
-    root of a restored snapshot), or None when there is none to read."""
+def read_content(sidecar_file: Path, root: Path, name: str) -> SnapshotContent:
+    """The service's part of a snapshot, with its report and stamp from the snapshot's
+    sidecar (beside an archive, or at the root of a restored snapshot) when there is one."""
     for candidate in (sidecar_file, root.parent.parent / SIDECAR_NAME):
         try:
             side = sidecars.parse(candidate.read_bytes())
         except (OSError, ArchiveError):
             continue
-        return next((s for s in side.services if s.name == name), None)
-    return None
+        report = next((s for s in side.services if s.name == name), None)
+        return SnapshotContent(root, report, side.stamp)
+    return SnapshotContent(root, None)
 
 
 def command(config: ClientConfig, args: argparse.Namespace) -> int:
@@ -167,6 +199,14 @@ class ServiceRestore:
         self.options = options
         self.content = content
         self.tasks = make_tasks(service, scratch / "staging", None, dry_run=options.dry_run)
+        for task, spec in zip(self.tasks, service.tasks, strict=True):
+            options.point_at_server(task, spec.type.schema)
+        self.plan = RestorePlan(
+            stamp=content.stamp or stamp_of(utc_now()),
+            replace=options.replace,
+            dry_run=options.dry_run,
+            safety_dir=config.work_dir.parent / "before-restore",
+        )
         self.failures: list[str] = []
         self.prepared: list[Task] = []
 
@@ -218,6 +258,7 @@ class ServiceRestore:
                 source=source,
                 target=self.options.target,
                 dry_run=self.options.dry_run,
+                plan=self.plan,
             )
         except PullbackError as exc:
             self.failures.append(f"{task.key}: {exc}")

@@ -8,7 +8,16 @@ Third-party plugins import what they need from here::
 import pluggy
 
 from ..common.schema import load_schema
-from .task import Requirement, Task, TaskError, TaskSkipped, TaskStats, TaskType
+from .task import (
+    ProbeResult,
+    Requirement,
+    RestorePlan,
+    Task,
+    TaskError,
+    TaskSkipped,
+    TaskStats,
+    TaskType,
+)
 
 hookimpl = pluggy.HookimplMarker("pullback")
 
@@ -19,7 +28,9 @@ def load_plugin_schema(name: str) -> dict:
 
 
 __all__ = [
+    "ProbeResult",
     "Requirement",
+    "RestorePlan",
     "Task",
     "TaskError",
     "TaskSkipped",

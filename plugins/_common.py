@@ -8,6 +8,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
+from ..common.errors import CommandError
 from ..common.units import parse_duration
 from .task import Task
 
@@ -60,3 +61,26 @@ def file_name(name: str, suffix: str) -> str:
     if _SAFE.match(name):
         return name + suffix
     return "".join(c if c.isalnum() or c in "._-" else f"%{ord(c):02X}" for c in name) + suffix
+
+
+def database_of(file: Path, suffix: str) -> str:
+    """The database name a dump file was named after (see :func:`file_name`)."""
+    stem = file.name.removesuffix(suffix)
+    return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), stem)
+
+
+def renamed(name: str, word: str, stamp: str, limit: int = 63) -> str:
+    """``shop_restored_20261130T120000Z``: a copy's name, the base shortened so that the
+    whole fits ``limit`` bytes (PostgreSQL's identifiers hold 63, MariaDB's 64)."""
+    suffix = f"_{word}_{stamp}"
+    base = name.encode()[: limit - len(suffix)].decode("utf-8", "ignore")
+    return base + suffix
+
+
+def tool_said(exc: CommandError, lines: int = 3) -> str:
+    """The failing tool's own last lines, for an error message (never empty): the lines
+    that say "error" when there are any, else the last ones."""
+    said = [line.strip() for line in exc.tail if line.strip(" -*/")]
+    errors = [line for line in said if "error" in line.lower()]
+    chosen = (errors or said)[-lines:]
+    return " / ".join(chosen) if chosen else exc.reason

@@ -20,7 +20,8 @@ installed distributions, and ``*.py`` files in the client's ``plugin_dirs``.
 by the one plugin that declared that task type. For each service, pullback calls the
 stage hooks *of that plugin only*, in this order:
 
-1. :func:`pullback_validate` for every task (static checks; nothing is changed);
+1. :func:`pullback_validate` for every task (static checks; nothing is changed; and
+   :func:`pullback_probe`, which may connect, from ``pullback-client check``);
 2. :func:`pullback_prepare` for every task, in file order (e.g. stop containers);
 3. :func:`pullback_dump` for every task, in file order (write the data);
 4. :func:`pullback_finish` for every task whose prepare was *called*, in reverse order,
@@ -108,10 +109,30 @@ def pullback_finish(task, failed):
 
 
 @hookspec(firstresult=True)
-def pullback_restore(task, source, target, dry_run):
+def pullback_probe(task):
+    """Connect with the task's credentials and say what the next run or restore would trip
+    over, changing nothing. Called by ``pullback-client check``.
+
+    Returns a :class:`pullback.plugins.task.ProbeResult`: ``problems`` for what would make
+    the dump fail (the server refuses the login, a database is missing), ``warnings`` for
+    what a restore would lack (the role cannot create databases). None when there is
+    nothing to probe.
+    """
+
+
+@hookspec(firstresult=True)
+def pullback_restore(task, source, target, dry_run, plan):
     """Put a dumped task back: re-import a database, copy files to their place.
 
     ``source`` is the restored ``services/<service>/<task type>/`` directory of a snapshot,
     ``target`` an alternative directory to restore into instead of the live location (or
-    None), ``dry_run`` True to only log what would be done. Raise to fail.
+    None), ``dry_run`` True to only say what would be done. ``plan`` is a
+    :class:`pullback.plugins.task.RestorePlan`: a database restore must not destroy what it
+    cannot rebuild. Unless ``plan.replace``, restore *beside* the live data (a new
+    database); with it, run a preflight first (the dump is complete, the role has every
+    privilege the restore needs) and keep what you replace. Record each step with
+    ``plan.step(task.log, text, destructive=...)`` and do it only when that returns True.
+    Raise (with the failing tool's own last lines) to fail; a failure must leave a
+    working database behind. Hooks written before ``plan`` existed keep working: pluggy
+    passes only the arguments a hook names.
     """

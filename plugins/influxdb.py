@@ -7,7 +7,7 @@ from pathlib import Path
 from ..common.errors import CommandError
 from ..common.secrets import read_secret_file
 from . import hookimpl, load_plugin_schema
-from ._common import timeout
+from ._common import timeout, tool_said
 from .task import Requirement, Task, TaskError, TaskType
 
 V2_TOOL = "influx CLI of InfluxDB 2: https://docs.influxdata.com/influxdb/v2/tools/influx-cli/"
@@ -80,29 +80,61 @@ def pullback_dump(task: Task):
         ) from None
 
 
+def _restore_argv(config: dict, stamp: str, replace: bool) -> tuple[list[str], str] | None:
+    """The restore command and where it puts the data: beside the live bucket (2.x) or
+    database (1.x) unless ``replace``; None when only a replacing restore can do it (a
+    backup of everything)."""
+    if config["version"] == 1:
+        argv = ["influxd", "restore", "-portable", *_v1_host(config)]
+        name = config.get("database")
+        if name and not replace:
+            return [*argv, "-db", name, "-newdb", f"{name}_restored_{stamp}"], (
+                f"database {name}_restored_{stamp}"
+            )
+        return ([*argv, "-db", name] if name else argv), f"database {name or 'every one'}"
+    bucket = config.get("bucket")
+    if bucket and not replace:
+        new = f"{bucket}_restored_{stamp}"
+        return ["influx", "restore", "--bucket", bucket, "--new-bucket", new], f"bucket {new}"
+    if not replace:
+        return None
+    if bucket:
+        return ["influx", "restore", "--bucket", bucket], f"bucket {bucket}"
+    return ["influx", "restore", "--full"], "every bucket and the server's metadata"
+
+
+def _backup_argv(config: dict, kept: Path) -> list[str]:
+    if config["version"] == 1:
+        name = ["-database", config["database"]] if config.get("database") else []
+        return ["influxd", "backup", "-portable", *_v1_host(config), *name, str(kept)]
+    bucket = ["--bucket", config["bucket"]] if config.get("bucket") else []
+    return ["influx", "backup", *bucket, str(kept)]
+
+
 @hookimpl
-def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
-    """``influxd restore -portable`` (1.x) or ``influx restore`` (2.x) from the backup."""
+def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool, plan):
+    """Beside the live data by default (a new bucket or database named
+    ``<name>_restored_<stamp>``); with ``--replace``, after copying the live data aside
+    (``influx backup`` into the safety directory)."""
     backup = source / "backup"
     if not backup.is_dir():
         raise TaskError(f"{backup} is not in the restored snapshot")
-    config = task.config
-    if config["version"] == 1:
-        argv = ["influxd", "restore", "-portable", *_v1_host(config)]
-        if config.get("database"):
-            argv += ["-db", config["database"]]
-        env = None
-    else:
-        argv = ["influx", "restore"]
-        if config.get("bucket"):
-            argv += ["--bucket", config["bucket"]]
-        env = _v2_env(task)
-    if dry_run:
-        task.log.info("would run %s %s", " ".join(argv), backup)
-        return
-    try:
-        task.run([*argv, backup], env=env, timeout=timeout(task))
-    except CommandError as exc:
+    config, log = task.config, task.log
+    chosen = _restore_argv(config, plan.stamp, plan.replace)
+    if chosen is None:
         raise TaskError(
-            f"influx restore failed: {exc.tail[-1] if exc.tail else exc.reason}"
-        ) from None
+            "the backup holds every bucket: restoring it replaces them; add --replace "
+            "(the live data is copied aside first)"
+        )
+    argv, where = chosen
+    env = _v2_env(task) if config["version"] == 2 else None
+    try:
+        if plan.replace:
+            kept = (plan.safety_dir or source) / f"influxdb-before-restore-{plan.stamp}"
+            if plan.step(log, f"copy the live data to {kept} ({argv[0]} backup)"):
+                task.run(_backup_argv(config, kept), env=env, timeout=timeout(task))
+        if plan.step(log, f"{' '.join(argv)}: restore into {where}", destructive=plan.replace):
+            task.run([*argv, backup], env=env, timeout=timeout(task))
+            plan.note(log, f"restored into {where}")
+    except CommandError as exc:
+        raise TaskError(f"influx restore failed: {tool_said(exc)}") from None

@@ -3,23 +3,37 @@ database, and the ``mariadb`` client on the way back."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import threading
 from pathlib import Path
 
 from ..common.errors import CommandError
 from ..common.secrets import read_secret_file
 from . import hookimpl, load_plugin_schema
 from ._common import (
+    database_of,
     extra_options,
     file_name,
     first,
     forget_private,
     private_file,
+    renamed,
     timeout,
+    tool_said,
 )
-from .task import Requirement, Task, TaskError, TaskType
+from .task import ProbeResult, Requirement, RestorePlan, Task, TaskError, TaskType
 
 SYSTEM_SCHEMAS = {"information_schema", "performance_schema", "sys"}
+_TABLES_SQL = (
+    "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = {schema}"
+)
+_OTHERS_SQL = (
+    "SELECT (SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = {schema})"
+    " + (SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = {schema})"
+    " + (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = {schema})"
+)
 DUMP_OPTIONS = [
     "--single-transaction",
     "--routines",
@@ -150,26 +164,253 @@ def pullback_dump(task: Task):
 
 
 @hookimpl
-def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
-    """Each ``<database>.sql`` is fed to the ``mariadb`` client; it recreates its tables."""
+def pullback_probe(task: Task):
+    """Log in as a dump would; warn when a restore could not create a database."""
+    result = ProbeResult()
+    try:
+        options = _options(task)
+        names = databases(task, options)
+        existing = set(_query(task, options, "SHOW DATABASES"))
+        result.problems += [f"database {n!r} does not exist" for n in names if n not in existing]
+        if not _can_create(_query(task, options, "SHOW GRANTS")):
+            result.warnings.append(
+                "the user may not create databases (CREATE on *.*): a restore could not "
+                "bring a database back; grant it, or restore with --username of one who can"
+            )
+    except CommandError as exc:
+        result.problems.append(str(_explain(exc, "cannot log in")))
+    except TaskError as exc:
+        result.problems.append(str(exc))
+    finally:
+        forget_private(task)
+    return result
+
+
+def _query(task: Task, options: list[str], sql: str, database: str = "") -> list[str]:
+    """Run one statement; return its rows. Raises CommandError."""
+    out = task.staging / ".query-out"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [_tool("mariadb", "mysql"), *options, "--batch", "--skip-column-names"]
+    try:
+        task.run([*argv, "--execute", sql, *([database] if database else [])], stdout=out, level=10)
+        return [line for line in out.read_text(errors="replace").splitlines() if line]
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def _can_create(grants: list[str]) -> bool:
+    """Whether ``SHOW GRANTS`` lets the user create any database."""
+    for grant in grants:
+        match = re.match(r"GRANT (.+?) ON \*\.\* TO", grant)
+        if match and re.search(r"ALL PRIVILEGES|(^|, )CREATE(,|$)", match.group(1)):
+            return True
+    return False
+
+
+def _ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def renaming(lines, old: str, new: str):
+    """The dump's lines, its ``CREATE DATABASE`` and ``USE`` of ``old`` naming ``new``:
+    mariadb-dump writes every statement on lines of its own (newlines in values are
+    escaped), so a line that starts a statement is one."""
+    quoted_old, quoted_new = _ident(old).encode(), _ident(new).encode()
+    for line in lines:
+        if line.startswith((b"CREATE DATABASE ", b"USE ")) and quoted_old in line:
+            line = line.replace(quoted_old, quoted_new, 1)
+        yield line
+
+
+class _Restore:
+    """One task's restore: the preflight, then each database beside or over the live one."""
+
+    def __init__(self, task: Task, source: Path, plan: RestorePlan):
+        self.task = task
+        self.plan = plan
+        self.options = _options(task)
+        self.dumps = sorted(source.glob("*.sql"))
+        if not self.dumps:
+            raise TaskError(f"no *.sql files in {source}")
+
+    def run(self) -> None:
+        problems = self.preflight()
+        verdict = "ok" if not problems else "FAILED: " + "; ".join(problems)
+        self.plan.step(self.task.log, f"preflight: {verdict}")
+        if problems:
+            raise TaskError(f"preflight failed, nothing was changed: {'; '.join(problems)}")
+        for dump in self.dumps:
+            self.restore_database(dump)
+
+    def preflight(self) -> list[str]:
+        problems = []
+        for dump in self.dumps:
+            problems += self._incomplete(dump)
+        try:
+            grants = _query(self.task, self.options, "SHOW GRANTS")
+        except CommandError as exc:
+            return [*problems, str(_explain(exc, "cannot log in"))]
+        if not _can_create(grants):
+            problems.append(
+                "the user may not create databases (CREATE on *.*), and a restore creates "
+                "one; grant it or restore with --username of a user who can (e.g. root)"
+            )
+        return problems
+
+    def _incomplete(self, dump: Path) -> list[str]:
+        """A dump that mariadb-dump did not finish: its closing comment is missing. (A dump
+        made with --skip-comments has none to check: said, not refused.)"""
+        with open(dump, "rb") as handle:
+            head = handle.read(4096)
+            handle.seek(max(0, dump.stat().st_size - 4096))
+            tail = handle.read()
+        if b"-- Dump completed" in tail:
+            return []
+        if b"-- MariaDB dump" not in head and b"-- MySQL dump" not in head:
+            self.plan.note(self.task.log, f"{dump.name} has no comments: its end is not checked")
+            return []
+        return [f"{dump.name} does not end as a complete mariadb-dump does (no 'Dump completed')"]
+
+    def _sql(self, sql: str, what: str) -> None:
+        try:
+            _query(self.task, self.options, sql)
+        except CommandError as exc:
+            raise TaskError(f"{what} failed: {tool_said(exc)}") from None
+
+    def _load(self, dump: Path, name: str, into: str) -> None:
+        """Feed ``dump`` (made of ``name``) to the client, into the database ``into``.
+        Raises CommandError."""
+        argv = [_tool("mariadb", "mysql"), *self.options]
+        if name == into:
+            self.task.run(argv, stdin=dump, timeout=timeout(self.task))
+            return
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+
+        def feed() -> None:
+            try:
+                with open(dump, "rb") as lines, os.fdopen(write_end, "wb") as pipe:
+                    for line in renaming(lines, name, into):
+                        pipe.write(line)
+            except BrokenPipeError:
+                pass  # the client stopped; its exit status says why
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        try:
+            with os.fdopen(read_end, "rb") as stdin:
+                self.task.run(argv, stdin=stdin, timeout=timeout(self.task))
+        finally:
+            feeder.join()
+
+    def _base_tables_only(self, name: str) -> list[str] | None:
+        """The tables of ``name`` when it holds nothing but base tables (then a rename can
+        move it whole), else None."""
+        schema = "'" + name.replace("\\", "\\\\").replace("'", "''") + "'"
+        tables = _query(self.task, self.options, _TABLES_SQL.format(schema=schema))
+        others = _query(self.task, self.options, _OTHERS_SQL.format(schema=schema))
+        rows = [row.split("\t") for row in tables]
+        if others != ["0"] or any(kind != "BASE TABLE" for _, kind in rows):
+            return None
+        return [table for table, _ in rows]
+
+    def restore_database(self, dump: Path) -> None:
+        name = database_of(dump, ".sql")
+        fresh = renamed(name, "restored", self.plan.stamp, 64)
+        log = self.task.log
+        if self.plan.step(log, f"create the database {fresh} and load {dump.name} into it"):
+            self._sql(f"CREATE DATABASE {_ident(fresh)}", f"creating {fresh}")
+            try:
+                self._load(dump, name, fresh)
+            except CommandError as exc:
+                self._sql(f"DROP DATABASE IF EXISTS {_ident(fresh)}", f"removing {fresh}")
+                raise TaskError(
+                    f"loading {dump.name} failed, nothing live was touched: {tool_said(exc)}"
+                ) from None
+        if self.plan.replace:
+            self._swap(dump, name, fresh)
+        else:
+            self.plan.note(
+                log,
+                f"{name} is restored as {fresh}; the live {name} is untouched. To swap it in, "
+                f"restore again with --replace (or move the tables with RENAME TABLE)",
+            )
+
+    def _swap(self, dump: Path, name: str, fresh: str) -> None:
+        log = self.task.log
+        live = name in set(_query(self.task, self.options, "SHOW DATABASES"))
+        before = renamed(name, "before_restore", self.plan.stamp, 64)
+        new_tables = None if self.plan.dry_run else self._base_tables_only(fresh)
+        old_tables = [] if not live else None if self.plan.dry_run else self._base_tables_only(name)
+        if new_tables is not None and old_tables is not None:
+            self._rename_swap(name, fresh, before, (old_tables, new_tables))
+            return
+        # views, routines, triggers or events: the live database is copied aside whole,
+        # then replaced by a second load of the proven dump
+        safety = (self.plan.safety_dir or dump.parent) / f"{before}.sql"
+        if live and self.plan.step(log, f"copy the live {name} to {safety} (mariadb-dump)"):
+            self._copy_aside(name, safety)
+        if self.plan.step(log, f"replace {name} by the restored copy", destructive=live):
+            self._sql(f"DROP DATABASE IF EXISTS {_ident(name)}", f"removing the live {name}")
+            try:
+                self._load(dump, name, name)
+            except CommandError as exc:
+                raise TaskError(
+                    f"loading {dump.name} into {name} failed: {tool_said(exc)}; what {name} "
+                    f"held is in {safety} (load it with: mariadb < {safety}); the restored "
+                    f"copy is in {fresh}"
+                ) from None
+            self._sql(f"DROP DATABASE {_ident(fresh)}", f"removing {fresh}")
+            if live:
+                self.plan.note(log, f"{name} is restored; what it held is kept in {safety}")
+
+    def _rename_swap(self, name: str, fresh: str, before: str, tables) -> None:
+        """One RENAME TABLE statement moves the live tables aside and the restored ones in:
+        atomic, so a failure changes nothing."""
+        old, new = tables
+        log = self.task.log
+        moves = [f"{_ident(name)}.{_ident(t)} TO {_ident(before)}.{_ident(t)}" for t in old]
+        moves += [f"{_ident(fresh)}.{_ident(t)} TO {_ident(name)}.{_ident(t)}" for t in new]
+        what = f"swap: the tables of {name} -> {before}, those of {fresh} -> {name}"
+        if not self.plan.step(log, what, destructive=bool(old)):
+            return
+        self._sql(f"CREATE DATABASE IF NOT EXISTS {_ident(name)}", f"creating {name}")
+        self._sql(f"CREATE DATABASE {_ident(before)}", f"creating {before}")
+        if moves:
+            self._sql("RENAME TABLE " + ", ".join(moves), "the swap")
+        self._sql(f"DROP DATABASE {_ident(fresh)}", f"removing the emptied {fresh}")
+        if old:
+            self.plan.note(log, f"{name} is restored; the tables it replaced are kept in {before}")
+        else:
+            self._sql(f"DROP DATABASE {_ident(before)}", f"removing the unused {before}")
+
+    def _copy_aside(self, name: str, safety: Path) -> None:
+        safety.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        dump = _tool("mariadb-dump", "mysqldump")
+        try:
+            self.task.run(
+                [dump, *self.options, *DUMP_OPTIONS, "--databases", name],
+                stdout=safety,
+                timeout=timeout(self.task),
+            )
+        except CommandError as exc:
+            raise TaskError(
+                f"copying the live {name} aside failed, nothing was changed: {tool_said(exc)}"
+            ) from None
+        os.chmod(safety, 0o600)
+
+
+@hookimpl
+def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool, plan):
+    """Each database comes back beside the live one (``<name>_restored_<stamp>``), or, with
+    ``--replace`` and after a preflight, in its place: by one atomic RENAME TABLE when both
+    hold only tables (the live tables kept in ``<name>_before_restore_<stamp>``), else after
+    copying the live database aside with mariadb-dump."""
     if target is not None:
         task.log.warning(
             "--target does not apply to databases: restoring into the server "
-            "named in the service file"
+            "named in the service file (or by --hostname)"
         )
-    dumps = sorted(source.glob("*.sql"))
-    if not dumps:
-        raise TaskError(f"no *.sql files in {source}")
     try:
-        options = _options(task)
-        for dump in dumps:
-            if dry_run:
-                task.log.info("would load %s into the server", dump.name)
-                continue
-            try:
-                task.run([_tool("mariadb", "mysql"), *options], stdin=dump, timeout=timeout(task))
-            except CommandError as exc:
-                raise _explain(exc, f"loading {dump.name} failed") from None
-            task.log.info("restored %s", dump.name)
+        _Restore(task, source, plan).run()
     finally:
         forget_private(task)

@@ -90,19 +90,38 @@ def pullback_dump(task: Task):
 
 
 @hookimpl
-def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
-    """``mongorestore --drop`` from the archive: collections are replaced."""
+def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool, plan):
+    """From the archive, every database comes back beside the live one, as
+    ``<database>_restored_<stamp>`` (mongorestore's namespace renaming); with ``--replace``
+    the live databases are first copied aside (mongodump into the safety directory), then
+    replaced (``mongorestore --drop``)."""
     archive = source / ARCHIVE
     if not archive.is_file():
         raise TaskError(f"{archive} is not in the restored snapshot")
-    if dry_run:
-        task.log.info("would run mongorestore --drop from %s", archive)
-        return
-    argv = ["mongorestore", *_arguments(task), f"--archive={archive}", "--gzip", "--drop"]
+    log = task.log
+    base = ["mongorestore", *_arguments(task), f"--archive={archive}", "--gzip"]
     if task.config["oplog"]:
-        argv.append("--oplogReplay")
+        base.append("--oplogReplay")
     try:
-        task.run(argv, timeout=timeout(task))
+        if plan.step(log, "preflight: mongorestore --dryRun"):
+            task.run([*base, "--dryRun"], timeout=timeout(task))
+        if not plan.replace:
+            renamed_to = f"$db$_restored_{plan.stamp}.$coll$"
+            argv = [*base, "--nsFrom=$db$.$coll$", f"--nsTo={renamed_to}"]
+            if plan.step(log, f"mongorestore beside the live databases, as {renamed_to}"):
+                task.run(argv, timeout=timeout(task))
+                plan.note(log, f"restored as {renamed_to}; the live databases are untouched")
+            return
+        kept = (plan.safety_dir or source) / f"mongodb-before-restore-{plan.stamp}.archive.gz"
+        if plan.step(log, f"copy the live databases to {kept} (mongodump)"):
+            kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            dump = ["mongodump", *_arguments(task), f"--archive={kept}", "--gzip"]
+            if task.config.get("database"):
+                dump.append(f"--db={task.config['database']}")
+            task.run(dump, timeout=timeout(task))
+        if plan.step(log, "mongorestore --drop (the live collections are replaced)", True):
+            task.run([*base, "--drop"], timeout=timeout(task))
+            plan.note(log, f"restored; what was replaced is kept in {kept}")
     except CommandError as exc:
         raise _explain(exc, "mongorestore failed") from None
     finally:

@@ -1,5 +1,19 @@
-"""The ``postgresql`` task: ``pg_dump -Fc`` per database, ``pg_dumpall --globals-only``,
-and ``pg_restore`` on the way back."""
+"""The ``postgresql`` task: ``pg_dump -Fc`` per database, ``pg_dumpall --globals-only``, and
+a restore that never destroys what it cannot rebuild.
+
+Every tool runs as ``run_as`` when set (``runuser``): on a stock Debian PostgreSQL, local
+connections use peer authentication, so ``run_as: postgres`` with no ``user`` dumps and
+restores as the ``postgres`` superuser while pullback runs as root. Dumps go to standard
+output and restores read standard input, so that user never needs access to pullback's
+directories.
+
+A restore puts each database beside the live one, as ``<name>_restored_<stamp>``, and says
+how to swap it in. ``--replace`` swaps it in itself, after a preflight (every dump readable
+to its end, the role may create databases and owns the live ones, no session is connected)
+and in one transaction of two renames: the live database becomes
+``<name>_before_restore_<stamp>``, the restored one takes its name. A failure at any point
+leaves a working database under the live name.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +24,25 @@ from ..common.errors import CommandError
 from ..common.secrets import read_secret_file
 from . import hookimpl, load_plugin_schema
 from ._common import (
+    database_of,
     extra_options,
     file_name,
     first,
     forget_private,
     private_file,
+    renamed,
     timeout,
+    tool_said,
 )
-from .task import Requirement, Task, TaskError, TaskType
+from .task import ProbeResult, Requirement, RestorePlan, Task, TaskError, TaskType
 
 GLOBALS = "globals.sql"
 LIST_SQL = (
     "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname"
+)
+ROLE_SQL = (
+    "SELECT rolsuper, rolcreatedb OR rolsuper, rolcreaterole OR rolsuper "
+    "FROM pg_roles WHERE rolname = current_user"
 )
 
 
@@ -56,43 +77,62 @@ def _env(task: Task) -> dict[str, str]:
         env["PGUSER"] = user
     if config.get("password_file"):
         password = read_secret_file(config["password_file"])
-        env["PGPASSFILE"] = str(
-            private_file(task, "pgpass", f"*:*:*:*:{_pgpass_escape(password)}\n")
-        )
+        passfile = private_file(task, "pgpass", f"*:*:*:*:{_pgpass_escape(password)}\n")
+        if config.get("run_as"):  # the tools run as that user: it must read the file
+            os.chown(passfile.parent, _uid(config["run_as"]), -1)
+            os.chown(passfile, _uid(config["run_as"]), -1)
+        env["PGPASSFILE"] = str(passfile)
     return env
+
+
+def _uid(user: str) -> int:
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise TaskError(f"run_as: there is no user {user!r} on this machine") from None
 
 
 def _explain(exc: CommandError, what: str) -> TaskError:
     text = " ".join(exc.tail)
     if "password authentication failed" in text:
         hint = "the server refused the password (check password_file or ~/.pgpass)"
+    elif "Peer authentication failed" in text:
+        hint = (
+            "peer authentication refused the connection: on a stock Debian PostgreSQL set "
+            "run_as: postgres (and no user), or give a user with a password_file"
+        )
+    elif 'role "' in text and "does not exist" in text:
+        hint = f"{tool_said(exc, 1)} (set user:, or run_as: postgres for peer authentication)"
     elif "Connection refused" in text or "could not connect" in text:
         hint = "cannot reach the server (check host and port, and that it is running)"
-    elif "does not exist" in text:
-        hint = exc.tail[-1] if exc.tail else "it does not exist"
     elif "timeout expired" in text:
         hint = "the server did not answer within connect_timeout"
     else:
-        hint = exc.tail[-1] if exc.tail else exc.reason
+        hint = tool_said(exc)
     return TaskError(f"{what}: {hint}")
+
+
+def _psql(task: Task, env: dict[str, str], sql: str, database: str = "postgres") -> list[str]:
+    """Run one statement; return its rows (``|``-separated fields). Raises CommandError."""
+    out = task.staging / ".psql-out"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql]
+    try:
+        task.run(argv, env=env, stdout=out, timeout=300, level=10)
+        return [line for line in out.read_text().splitlines() if line]
+    finally:
+        out.unlink(missing_ok=True)
 
 
 def databases(task: Task, env: dict[str, str]) -> list[str]:
     config = task.config
     if config["all"]:
-        listing = task.staging / ".databases"
         try:
-            task.run(
-                ["psql", "-X", "-A", "-t", "-d", "postgres", "-c", LIST_SQL],
-                env=env,
-                stdout=listing,
-                timeout=300,
-            )
+            return _psql(task, env, LIST_SQL)
         except CommandError as exc:
             raise _explain(exc, "cannot list the databases") from None
-        names = [n for n in listing.read_text().splitlines() if n]
-        listing.unlink()
-        return names
     value = config["database"]
     return [value] if isinstance(value, str) else list(value)
 
@@ -122,10 +162,35 @@ def pullback_plan(task: Task):
         )
     )
     where = first(task.config, "host", "hostname", default="the local socket")
-    lines = [f"pg_dump -Fc {names} on {where} port {task.config['port']}"]
+    who = f" as {task.config['run_as']}" if task.config.get("run_as") else ""
+    lines = [f"pg_dump -Fc {names} on {where} port {task.config['port']}{who}"]
     if task.config["globals"]:
         lines.append("pg_dumpall --globals-only (roles, tablespaces)")
     return lines
+
+
+@hookimpl
+def pullback_probe(task: Task):
+    """Log in as a dump would; list what a restore would lack."""
+    result = ProbeResult()
+    try:
+        env = _env(task)
+        names = databases(task, env)
+        existing = set(_psql(task, env, LIST_SQL))
+        result.problems += [f"database {n!r} does not exist" for n in names if n not in existing]
+        _, createdb, _ = (_psql(task, env, ROLE_SQL) or ["f|f|f"])[0].split("|")
+        if createdb != "t":
+            result.warnings.append(
+                "the role cannot create databases (CREATEDB): a restore could not bring a "
+                "database back; grant it, or restore with --username of a role that can"
+            )
+    except CommandError as exc:
+        result.problems.append(str(_explain(exc, "cannot log in")))
+    except TaskError as exc:
+        result.problems.append(str(exc))
+    finally:
+        forget_private(task)
+    return result
 
 
 @hookimpl
@@ -139,8 +204,9 @@ def pullback_dump(task: Task):
             target = task.staging / file_name(name, ".dump")
             try:
                 task.run(
-                    ["pg_dump", "-Fc", "-f", target, *extra_options(task), "--", name],
+                    ["pg_dump", "-Fc", *extra_options(task), "--", name],
                     env=env,
+                    stdout=target,
                     timeout=timeout(task),
                 )
             except CommandError as exc:
@@ -152,66 +218,227 @@ def pullback_dump(task: Task):
 
 def _dump_globals(task: Task, env: dict[str, str]) -> None:
     target = task.staging / GLOBALS
-    command: list[str | os.PathLike] = ["pg_dumpall", "--globals-only", "-f", target]
+    command = ["pg_dumpall", "--globals-only"]
     try:
-        task.run(command, env=env, timeout=timeout(task))
+        task.run(command, env=env, stdout=target, timeout=timeout(task))
     except CommandError as exc:
         if "permission denied" not in " ".join(exc.tail):
             raise _explain(exc, "pg_dumpall --globals-only failed") from None
         task.log.warning("not a superuser: roles are dumped without their passwords")
         try:
             task.run(
-                [*command[:2], "--no-role-passwords", *command[2:]], env=env, timeout=timeout(task)
+                [*command, "--no-role-passwords"], env=env, stdout=target, timeout=timeout(task)
             )
         except CommandError as again:
             raise _explain(again, "pg_dumpall --globals-only failed") from None
 
 
+# -- restore ----------------------------------------------------------------------------
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class _Restore:
+    """One task's restore: the preflight, then each database beside or over the live one."""
+
+    def __init__(self, task: Task, source: Path, plan: RestorePlan):
+        self.task = task
+        self.plan = plan
+        self.env = _env(task)
+        self.dumps = sorted(source.glob("*.dump"))
+        if not self.dumps:
+            raise TaskError(f"no *.dump files in {source}")
+        self.globals = source / GLOBALS
+        self.superuser = self.createdb = self.createrole = False
+        self.owners: set[str] = set()
+        """The roles the dumps give their objects to."""
+        self.missing_roles: set[str] = set()
+
+    def run(self) -> None:
+        problems = self.preflight()
+        verdict = "ok" if not problems else "FAILED: " + "; ".join(problems)
+        self.plan.step(self.task.log, f"preflight: {verdict}")
+        if problems:
+            raise TaskError(f"preflight failed, nothing was changed: {'; '.join(problems)}")
+        self.restore_roles()
+        for dump in self.dumps:
+            self.restore_database(dump)
+
+    # -- the preflight ------------------------------------------------------------------
+
+    def preflight(self) -> list[str]:
+        """What would stop the restore, found before anything is changed."""
+        problems = []
+        for dump in self.dumps:
+            try:  # reads the whole table of contents: a truncated dump fails here
+                self.owners |= self._owners(dump)
+            except CommandError as exc:
+                problems.append(f"{dump.name} cannot be read to its end ({tool_said(exc)})")
+        try:
+            role = (_psql(self.task, self.env, ROLE_SQL) or ["f|f|f"])[0].split("|")
+            self.superuser, self.createdb, self.createrole = (v == "t" for v in role)
+            live = set(_psql(self.task, self.env, LIST_SQL))
+            roles = set(_psql(self.task, self.env, "SELECT rolname FROM pg_roles"))
+        except CommandError as exc:
+            return [*problems, str(_explain(exc, "cannot log in"))]
+        if not (self.globals.exists() and self.createrole):  # else they come with the roles
+            self.missing_roles = self.owners - roles
+        if not self.createdb:
+            problems.append(
+                "the role cannot create databases (CREATEDB), and a restore creates one; "
+                "grant it (ALTER ROLE ... CREATEDB) or restore with --username of a role "
+                "that can (e.g. postgres)"
+            )
+        if self.plan.replace:
+            for name in (database_of(d, ".dump") for d in self.dumps):
+                if name in live:
+                    problems += self._replace_problems(name)
+        return problems
+
+    def _owners(self, dump: Path) -> set[str]:
+        """The roles owning a dump's objects: the last word of each entry of its table of
+        contents. Raises CommandError for a dump that cannot be read to its end."""
+        listing = self.task.staging / ".toc"
+        try:
+            self.task.run(["pg_restore", "--list"], stdin=dump, stdout=listing, level=10)
+            entries = listing.read_text(errors="replace").splitlines()
+        finally:
+            listing.unlink(missing_ok=True)
+        return {line.split()[-1] for line in entries if line and not line.startswith(";")}
+
+    def _replace_problems(self, name: str) -> list[str]:
+        owns = _psql(
+            self.task,
+            self.env,
+            "SELECT pg_has_role(current_user, datdba, 'MEMBER') "  # noqa: S608 - _literal
+            f"FROM pg_database WHERE datname = {_literal(name)}",
+        )
+        sessions = _psql(
+            self.task,
+            self.env,
+            "SELECT count(*) FROM pg_stat_activity "  # noqa: S608 - quoted by _literal
+            f"WHERE datname = {_literal(name)} AND pid <> pg_backend_pid()",
+        )
+        problems = []
+        if owns != ["t"] and not self.superuser:
+            problems.append(f"the role does not own {name}, so it cannot rename it aside")
+        if sessions and sessions[0] != "0":
+            problems.append(
+                f"{sessions[0]} session(s) are connected to {name}: stop the application "
+                "(a docker or systemd task of the service does) and try again"
+            )
+        return problems
+
+    # -- the steps ----------------------------------------------------------------------
+
+    def restore_roles(self) -> None:
+        if not self.globals.exists():
+            return
+        if not self.createrole:
+            self.plan.note(
+                self.task.log,
+                "roles (globals.sql) are not restored: the role may not create roles",
+            )
+            return
+        if self.plan.step(self.task.log, f"load the roles of {GLOBALS} (existing ones stay)"):
+            try:  # an existing role is an error psql reports and goes past
+                self.task.run(
+                    ["psql", "-X", "-q", "-d", "postgres"], env=self.env, stdin=self.globals
+                )
+            except CommandError as exc:
+                self.task.log.warning("some roles were not created: %s", tool_said(exc))
+
+    def restore_database(self, dump: Path) -> None:
+        name = database_of(dump, ".dump")
+        fresh = renamed(name, "restored", self.plan.stamp)
+        log = self.task.log
+        if self.plan.step(log, f"create the database {fresh}"):
+            self._sql(f"CREATE DATABASE {_quote(fresh)} TEMPLATE template0", f"creating {fresh}")
+        owners = self._owner_options()
+        if self.plan.step(log, f"pg_restore {dump.name} into {fresh}"):
+            try:
+                self.task.run(
+                    ["pg_restore", "--exit-on-error", *owners, "-d", fresh],
+                    env=self.env,
+                    stdin=dump,
+                    timeout=timeout(self.task),
+                )
+            except CommandError as exc:
+                self._sql(f"DROP DATABASE IF EXISTS {_quote(fresh)}", f"removing {fresh}")
+                raise TaskError(
+                    f"pg_restore of {dump.name} failed, nothing live was touched: {tool_said(exc)}"
+                ) from None
+        if self.plan.replace:
+            self._swap(name, fresh)
+        else:
+            before = renamed(name, "before_restore", self.plan.stamp)
+            self.plan.note(
+                log,
+                f"{name} is restored as {fresh}; the live {name} is untouched. To swap it in: "
+                f'ALTER DATABASE "{name}" RENAME TO "{before}"; '
+                f'ALTER DATABASE "{fresh}" RENAME TO "{name}"; '
+                "(or restore again with --replace)",
+            )
+
+    def _owner_options(self) -> list[str]:
+        """Keep the objects' owners and grants when the restoring role can give them, and
+        the roles exist; else the restoring role owns everything (and says so)."""
+        if not self.superuser:
+            return ["--no-owner"]  # a role other than a superuser can only give to itself
+        if self.missing_roles:
+            self.plan.note(
+                self.task.log,
+                f"the roles {', '.join(sorted(self.missing_roles))} do not exist on this "
+                "server: the restored objects belong to the restoring role, without their "
+                "grants; create the roles and restore again to keep them",
+            )
+            return ["--no-owner", "--no-privileges"]
+        return []
+
+    def _swap(self, name: str, fresh: str) -> None:
+        before = renamed(name, "before_restore", self.plan.stamp)
+        live = name in set(_psql(self.task, self.env, LIST_SQL))
+        renames = (
+            [f"ALTER DATABASE {_quote(name)} RENAME TO {_quote(before)}"] if live else []
+        ) + [f"ALTER DATABASE {_quote(fresh)} RENAME TO {_quote(name)}"]
+        what = f"swap: {name} -> {before}, {fresh} -> {name}" if live else f"{fresh} -> {name}"
+        if self.plan.step(self.task.log, what, destructive=live):
+            # one transaction: both renames happen, or neither
+            self._sql("BEGIN; " + "; ".join(renames) + "; COMMIT;", f"swapping {fresh} in")
+            if live:
+                self.plan.note(
+                    self.task.log,
+                    f"{name} is restored; the database it replaced is kept as {before} "
+                    f'(drop it when you are sure: DROP DATABASE "{before}")',
+                )
+
+    def _sql(self, sql: str, what: str) -> None:
+        try:
+            self.task.run(
+                ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c", sql],
+                env=self.env,
+                timeout=600,
+            )
+        except CommandError as exc:
+            raise TaskError(f"{what} failed: {tool_said(exc)}") from None
+
+
 @hookimpl
-def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
-    """Roles first (errors for existing ones are expected), then every database is dropped
-    and created again from its dump (``pg_restore --create --clean --if-exists``)."""
+def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool, plan):
+    """Each database comes back beside the live one, or, with ``--replace`` and after a
+    preflight, in its place (the replaced one is kept, renamed)."""
     if target is not None:
         task.log.warning(
             "--target does not apply to databases: restoring into the server "
-            "named in the service file"
+            "named in the service file (or by --hostname)"
         )
-    env = _env(task)
     try:
-        globals_sql = source / GLOBALS
-        dumps = sorted(source.glob("*.dump"))
-        if not dumps:
-            raise TaskError(f"no *.dump files in {source}")
-        if globals_sql.exists():
-            if dry_run:
-                task.log.info("would load roles from %s", globals_sql)
-            else:
-                task.run(
-                    ["psql", "-X", "-q", "-d", "postgres", "-f", globals_sql],
-                    env=env,
-                    timeout=timeout(task),
-                )
-        for dump in dumps:
-            if dry_run:
-                task.log.info("would recreate the database in %s with pg_restore", dump.name)
-                continue
-            try:
-                task.run(
-                    [
-                        "pg_restore",
-                        "--create",
-                        "--clean",
-                        "--if-exists",
-                        "--exit-on-error",
-                        "-d",
-                        "postgres",
-                        dump,
-                    ],
-                    env=env,
-                    timeout=timeout(task),
-                )
-            except CommandError as exc:
-                raise _explain(exc, f"pg_restore of {dump.name} failed") from None
-            task.log.info("restored %s", dump.name)
+        _Restore(task, source, plan).run()
     finally:
         forget_private(task)

@@ -78,27 +78,58 @@ def pullback_dump(task: Task):
         task.log.info("copied %s (%d bytes), integrity ok", path, target.stat().st_size)
 
 
+def _place(copy: Path, destination: Path, busy_timeout: int) -> None:
+    """Write ``copy`` to ``destination`` atomically (a temporary file, then a rename),
+    with its owner and mode; the old file's -wal/-shm/-journal companions go."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_name(f".{destination.name}.pullback-restore")
+    _copy(str(copy), tmp, busy_timeout)
+    st = copy.stat()
+    if os.geteuid() == 0:
+        os.chown(tmp, st.st_uid, st.st_gid)
+    os.chmod(tmp, st.st_mode & 0o7777)
+    for suffix in ("-wal", "-shm", "-journal"):  # stale companions of the old file
+        Path(f"{destination}{suffix}").unlink(missing_ok=True)
+    os.replace(tmp, destination)
+
+
+def _keep(live: Path, kept: Path, busy_timeout: int) -> None:
+    """A consistent copy of the live database (the backup API: its -wal included)."""
+    _copy(str(live), kept, busy_timeout)
+    st = live.stat()
+    if os.geteuid() == 0:
+        os.chown(kept, st.st_uid, st.st_gid)
+    os.chmod(kept, st.st_mode & 0o7777)
+
+
 @hookimpl
-def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
-    """Each copy replaces its database atomically (or lands below ``target``). Stop the
-    application first (a docker or systemd task of the same service does that)."""
-    for path in task.config["paths"]:
-        copy = source / path.lstrip("/")
+def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool, plan):
+    """Each copy is checked (``integrity_check``), then lands beside its database as
+    ``<path>.restored-<stamp>`` (or below ``--target``); with ``--replace`` it replaces the
+    database atomically, the replaced one kept as ``<path>.before-restore-<stamp>``. Stop
+    the application first (a docker or systemd task of the same service does that)."""
+    log, busy = task.log, task.config["busy_timeout"]
+    copies = [(Path(p), source / p.lstrip("/")) for p in task.config["paths"]]
+    for _path, copy in copies:
         if not copy.is_file():
             raise TaskError(f"{copy} is not in the restored snapshot")
-        destination = (target / path.lstrip("/")) if target else Path(path)
-        if dry_run:
-            task.log.info("would restore %s to %s", copy, destination)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
         _check(copy, True)
-        tmp = destination.with_name(f".{destination.name}.pullback-restore")
-        _copy(str(copy), tmp, task.config["busy_timeout"])
-        st = copy.stat()
-        if os.geteuid() == 0:
-            os.chown(tmp, st.st_uid, st.st_gid)
-        os.chmod(tmp, st.st_mode & 0o7777)
-        for suffix in ("-wal", "-shm", "-journal"):  # stale companions of the old file
-            Path(f"{destination}{suffix}").unlink(missing_ok=True)
-        os.replace(tmp, destination)
-        task.log.info("restored %s", destination)
+    plan.step(log, "preflight: ok (every copy passes integrity_check)")
+    for path, copy in copies:
+        if target is not None:
+            destination = target / str(path).lstrip("/")
+            if plan.step(log, f"restore {path} to {destination}"):
+                _place(copy, destination, busy)
+        elif not plan.replace:
+            beside = path.with_name(f"{path.name}.restored-{plan.stamp}")
+            if plan.step(log, f"restore {path} beside it, as {beside}"):
+                _place(copy, beside, busy)
+                plan.note(log, f"{path} is restored as {beside}; the live file is untouched")
+        else:
+            kept = path.with_name(f"{path.name}.before-restore-{plan.stamp}")
+            if path.exists() and plan.step(log, f"keep the live {path} as {kept}"):
+                _keep(path, kept, busy)
+            if plan.step(log, f"replace {path}", destructive=path.exists()):
+                _place(copy, path, busy)
+                if kept.exists():
+                    plan.note(log, f"{path} is restored; the database it replaced is {kept}")

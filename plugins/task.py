@@ -74,6 +74,50 @@ class ArchiveSink(Protocol):
 
 
 @dataclass
+class RestorePlan:
+    """How ``pullback-client restore`` puts a task back, and what it did.
+
+    By default a restore never replaces live data: a database comes back as a new one,
+    ``<name>_restored_<stamp>``, and :attr:`notes` say how to swap it in. With ``replace``
+    the live data is replaced, but only after a preflight proved the restore can rebuild
+    it, and what it replaces is kept (renamed ``<name>_before_restore_<stamp>``, or copied
+    to :attr:`safety_dir` where the engine cannot rename). Every step goes through
+    :meth:`step`, so ``--dry-run`` prints them all, the destructive ones marked.
+    """
+
+    stamp: str
+    """The snapshot's stamp (or the time of the restore): names the copies."""
+    replace: bool = False
+    dry_run: bool = False
+    safety_dir: Path | None = None
+    """Where replaced data is kept when the engine cannot keep it by a rename."""
+    steps: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What the administrator reads afterwards (where the data went, how to swap it in)."""
+
+    def step(self, log: Log, text: str, destructive: bool = False) -> bool:
+        """Record one step (and log it); True when it is to be done (not a dry run)."""
+        line = f"{'DESTRUCTIVE: ' if destructive else ''}{text}"
+        self.steps.append(line)
+        log.info("%s%s", "would: " if self.dry_run else "", line)
+        return not self.dry_run
+
+    def note(self, log: Log, text: str) -> None:
+        self.notes.append(text)
+        log.info("%s", text)
+
+
+@dataclass
+class ProbeResult:
+    """What ``pullback-client check`` learned by connecting with a task's credentials."""
+
+    problems: list[str] = field(default_factory=list)
+    """What would make the next dump fail."""
+    warnings: list[str] = field(default_factory=list)
+    """What a restore would lack (a privilege, a tool)."""
+
+
+@dataclass
 class Task:
     """One task of one service, as the stage hooks see it."""
 
@@ -97,7 +141,11 @@ class Task:
     stats: TaskStats = field(default_factory=TaskStats)
 
     def run(self, argv: Sequence[str | os.PathLike], **kwargs) -> CommandResult:
-        """Run a command through the task's runner (secrets masked, output logged)."""
+        """Run a command through the task's runner (secrets masked, output logged); as
+        the task's ``run_as`` user when its section names one (``runuser``)."""
+        user = self.config.get("run_as")
+        if user:
+            argv = ["runuser", "-u", user, "--", *argv]
         return self.runner.run(argv, **kwargs)
 
     def add_tree(

@@ -54,6 +54,8 @@ class Postgres:
     port: int = 0
     password: str = "pg-backup-Pa55"
     proc: subprocess.Popen | None = None
+    auth_local: str = "trust"
+    """How the socket authenticates: ``trust``, or ``peer`` as a stock Debian does."""
 
     def start(self) -> Postgres:
         self.port = self.port or free_port()
@@ -74,7 +76,7 @@ class Postgres:
                     self.data,
                     "-U",
                     "postgres",
-                    "--auth-local=trust",
+                    f"--auth-local={self.auth_local}",
                     "--auth-host=scram-sha-256",
                     "-E",
                     "UTF8",

@@ -242,3 +242,56 @@ def test_restore_usage_errors(tmp_path):
     assert result.returncode == 2
     result = box.cli("restore", "--service", "app", "--from", str(tmp_path / "missing"))
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def _restore_calls(standins, box: ClientSandbox, *args: str) -> tuple:
+    (archive,) = box.published()
+    before = len(standins.calls())
+    result = box.cli("restore", "--service", "d", "--from", str(archive), *args, env=standins.env)
+    return result, [short(c) for c in standins.calls()[before:]]
+
+
+def test_mongodb_restores_beside_or_copies_aside_before_replacing(tmp_path, standins):
+    """The stand-in records mongorestore's arguments (no MongoDB server in Debian 12)."""
+    standins.set()
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("d", "service: {name: d}\nmongodb: {host: db1, database: shop}\n")
+    assert box.cli("run", env=standins.env).returncode == 0
+    result, calls = _restore_calls(standins, box)
+    assert result.returncode == 0, result.stderr
+    stamp = box.published()[0].name.split("-")[-1].split(".")[0]
+    assert calls[0].endswith("--gzip --dryRun")
+    assert calls[1].endswith(f"--nsFrom=$db$.$coll$ --nsTo=$db$_restored_{stamp}.$coll$")
+    assert "--drop" not in " ".join(calls)
+    result, calls = _restore_calls(standins, box, "--replace")
+    assert result.returncode == 0, result.stderr
+    assert calls[1].startswith("mongodump --host=db1") and "--db=shop" in calls[1]
+    assert calls[2].endswith("--gzip --drop")  # only after the live data was copied aside
+    assert f"mongodb-before-restore-{stamp}.archive.gz" in result.stdout
+
+
+def test_influx_restores_into_a_new_bucket_and_never_replaces_everything_silently(
+    tmp_path, standins
+):
+    standins.set()
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("d", "service: {name: d}\ninfluxdb: {bucket: metrics}\n")
+    assert box.cli("run", env=standins.env).returncode == 0
+    result, calls = _restore_calls(standins, box)
+    assert result.returncode == 0, result.stderr
+    stamp = box.published()[0].name.split("-")[-1].split(".")[0]
+    assert calls == [f"influx restore --bucket metrics --new-bucket metrics_restored_{stamp}"]
+
+    box.add_service("d", "service: {name: d}\ninfluxdb: {}\n")  # a backup of every bucket
+    assert box.cli("run", env=standins.env).returncode == 0
+    newest = box.published()[-1]
+    result = box.cli("restore", "--service", "d", "--from", str(newest), env=standins.env)
+    assert result.returncode == 1
+    assert "restoring it replaces them; add --replace" in result.stderr
+    before = len(standins.calls())
+    replaced = box.cli(
+        "restore", "--service", "d", "--from", str(newest), "--replace", env=standins.env
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    calls = [short(c) for c in standins.calls()[before:]]
+    assert calls == ["influx backup", "influx restore --full"]  # copied aside, then replaced

@@ -101,7 +101,7 @@ def test_postgresql_dump_under_writes_restores_consistently(shared_root, tmp_pat
     # a fresh server on the same port, restored from the archive
     fresh = Postgres(shared_root / "fresh", port=source.port).start()
     try:
-        result = box.cli("restore", "--service", "app", "--from", str(archive_of(box)))
+        result = box.cli("restore", "--service", "app", "--from", str(archive_of(box)), "--replace")
         assert result.returncode == 0, result.stderr
         rows = int(fresh.sql("SELECT count(*) FROM items", "appdb"))
         counter = int(fresh.sql("SELECT n FROM counter", "appdb"))
@@ -214,7 +214,7 @@ def test_mariadb_dump_under_writes_restores_consistently(shared_root, tmp_path):
 
     fresh = MariaDB(shared_root / "fresh", port=source.port).start()
     try:
-        result = box.cli("restore", "--service", "app", "--from", str(archive_of(box)))
+        result = box.cli("restore", "--service", "app", "--from", str(archive_of(box)), "--replace")
         assert result.returncode == 0, result.stderr
         rows = int(fresh.sql("SELECT COUNT(*) FROM items", "appdb"))
         counter = int(fresh.sql("SELECT n FROM counter", "appdb"))

@@ -70,7 +70,7 @@ def test_check_names_every_secret_file_that_others_may_read(tmp_path):
         f"lock_dir: {tmp_path / 'l'}\n"
         f"notify: {{ntfy: {{url: 'https://ntfy.example/t', token_file: {token}}}}}\n"
     )
-    problems = check(load_client_config(config_file))
+    problems = check(load_client_config(config_file)).problems
     assert (
         f"{config_file}: notify.ntfy.token_file: the token file {token} is readable by others "
         f"(mode 0640); run: chmod 600 {token}" in problems

@@ -1,0 +1,393 @@
+"""Database restores that never destroy what they cannot rebuild, against real servers:
+a non-superuser owner role, a stock Debian PostgreSQL with peer authentication, a second
+server to restore to, a live session, a truncated dump."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.client import ClientSandbox
+from tests.helpers.databases import PG_BIN, MariaDB, Postgres
+
+pytestmark = pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL is not installed")
+
+
+@pytest.fixture
+def shared_root():
+    """A directory the postgres user can reach (pytest's tmp is root-only)."""
+    root = Path(tempfile.mkdtemp(prefix="pullback-db-", dir="/tmp"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg(shared_root):
+    server = Postgres(shared_root / "pg").start()
+    yield server
+    server.stop()
+
+
+def secret(box: ClientSandbox, name: str, value: str) -> Path:
+    path = box.root / name
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def owner_setup(pg: Postgres, createdb: bool) -> None:
+    """The pattern the client docs suggest: the application's own role owns its database,
+    and the backup logs in as it with a password file."""
+    pg.sql(f"CREATE ROLE shop_owner LOGIN {'CREATEDB' if createdb else ''} PASSWORD 'Sh0p-pw'")
+    pg.sql("CREATE DATABASE shop OWNER shop_owner")
+    pg.sql("GRANT ALL ON SCHEMA public TO shop_owner", database="shop")
+    pg.sql("SET ROLE shop_owner; CREATE TABLE orders(id int, total int);", database="shop")
+    pg.sql("SET ROLE shop_owner; INSERT INTO orders VALUES (1, 10), (2, 20);", database="shop")
+
+
+def shop_client(tmp_path: Path, pg: Postgres, extra: str = "") -> ClientSandbox:
+    box = ClientSandbox(tmp_path / "client")
+    password = secret(box, "shop.pass", "Sh0p-pw")
+    box.add_service(
+        "shop",
+        f"""\
+        service: {{name: shop}}
+        postgresql:
+          host: 127.0.0.1
+          port: {pg.port}
+          user: shop_owner
+          password_file: {password}
+          database: shop
+          globals: false
+          {extra}
+        """,
+    )
+    result = box.cli("run")
+    assert result.returncode == 0, result.stderr
+    return box
+
+
+def restore(box: ClientSandbox, *args: str):
+    (archive,) = box.published()
+    return box.cli("restore", "--service", "shop", "--from", str(archive), *args)
+
+
+def rows(pg: Postgres, database: str = "shop") -> str:
+    return pg.sql("SELECT string_agg(id || '=' || total, ',' ORDER BY id) FROM orders", database)
+
+
+def databases(pg: Postgres) -> set[str]:
+    return set(pg.sql("SELECT datname FROM pg_database").split())
+
+
+def test_a_role_that_cannot_create_databases_changes_nothing(pg, tmp_path):
+    owner_setup(pg, createdb=False)
+    box = shop_client(tmp_path, pg)
+    before = databases(pg)
+    for args in ((), ("--replace",)):
+        result = restore(box, *args)
+        assert result.returncode == 1
+        assert "preflight failed, nothing was changed" in result.stderr
+        assert "the role cannot create databases (CREATEDB)" in result.stderr
+        assert rows(pg) == "1=10,2=20" and databases(pg) == before  # the live one is there
+
+
+def test_the_default_restore_puts_the_database_beside_the_live_one(pg, tmp_path):
+    owner_setup(pg, createdb=True)
+    box = shop_client(tmp_path, pg)
+    pg.sql("UPDATE orders SET total = 99", database="shop")  # the day after the backup
+    result = restore(box)
+    assert result.returncode == 0, result.stderr
+    (fresh,) = databases(pg) - {"postgres", "shop", "template0", "template1"}
+    assert re.fullmatch(r"shop_restored_\d{8}T\d{6}Z", fresh)
+    assert rows(pg, fresh) == "1=10,2=20"  # the backup's rows, beside...
+    assert rows(pg) == "1=99,2=99"  # ...the untouched live database
+    assert f'ALTER DATABASE "{fresh}" RENAME TO "shop"' in result.stdout  # how to swap
+
+
+def test_replace_swaps_the_database_in_and_keeps_the_one_it_replaced(pg, tmp_path):
+    owner_setup(pg, createdb=True)
+    box = shop_client(tmp_path, pg)
+    pg.sql("UPDATE orders SET total = 99", database="shop")
+    dry = restore(box, "--replace", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would: preflight: ok" in dry.stderr
+    assert re.search(r"would: DESTRUCTIVE: swap: shop -> shop_before_restore_\S+", dry.stderr)
+    assert rows(pg) == "1=99,2=99" and "shop_restored" not in " ".join(databases(pg))
+
+    result = restore(box, "--replace")
+    assert result.returncode == 0, result.stderr
+    assert rows(pg) == "1=10,2=20"
+    (kept,) = [d for d in databases(pg) if d.startswith("shop_before_restore_")]
+    assert rows(pg, kept) == "1=99,2=99"
+    assert f"the database it replaced is kept as {kept}" in result.stdout
+
+
+def test_replace_refuses_while_the_application_is_connected(pg, tmp_path):
+    owner_setup(pg, createdb=True)
+    box = shop_client(tmp_path, pg)
+    session = subprocess.Popen(
+        [*pg.psql_argv("shop")], stdin=subprocess.PIPE, text=True
+    )  # an application still holding a connection
+    session.stdin.write("SELECT 1;\n")
+    session.stdin.flush()
+    time.sleep(0.5)
+    try:
+        result = restore(box, "--replace")
+    finally:
+        session.stdin.close()
+        session.wait(timeout=30)
+    assert result.returncode == 1
+    assert "1 session(s) are connected to shop: stop the application" in result.stderr
+    assert rows(pg) == "1=10,2=20"
+    assert not [d for d in databases(pg) if "restored" in d or "before" in d]
+
+
+def test_a_truncated_dump_fails_the_preflight_with_the_tools_words(pg, tmp_path):
+    owner_setup(pg, createdb=True)
+    box = shop_client(tmp_path, pg)
+    (archive,) = box.published()
+    # a snapshot directory whose dump lost its second half
+    subprocess.run(["tar", "--zstd", "-xf", str(archive), "-C", str(tmp_path)], check=True)
+    (dump,) = (tmp_path / "services/shop/postgresql").glob("*.dump")
+    dump.write_bytes(dump.read_bytes()[: dump.stat().st_size // 2])
+    result = box.cli("restore", "--service", "shop", "--from", str(tmp_path), "--replace")
+    assert result.returncode == 1
+    assert "shop.dump cannot be read to its end (pg_restore:" in result.stderr
+    assert rows(pg) == "1=10,2=20"
+
+
+def test_restore_to_another_server(pg, shared_root, tmp_path):
+    owner_setup(pg, createdb=True)
+    box = shop_client(tmp_path, pg)
+    other = Postgres(shared_root / "other").start()
+    try:
+        password = secret(box, "backup.pass", other.password)
+        result = restore(
+            box,
+            "--replace",
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            str(other.port),
+            "--username",
+            "backup",
+            "--password-file",
+            str(password),
+        )
+        assert result.returncode == 0, result.stderr
+        assert rows(other) == "1=10,2=20"  # there is no live shop there: it just arrives
+        assert other.password not in result.stderr + result.stdout
+    finally:
+        other.stop()
+
+
+def test_a_stock_debian_postgresql_with_peer_authentication(shared_root, tmp_path):
+    """pullback runs as root; the socket uses peer authentication, as Debian ships it."""
+    pg = Postgres(shared_root / "peer", auth_local="peer").start()
+    try:
+        pg.sql("CREATE DATABASE shop")
+        pg.sql("CREATE TABLE orders(id int, total int); INSERT INTO orders VALUES (1, 10)", "shop")
+        box = ClientSandbox(tmp_path / "client")
+
+        def service(extra: str) -> None:
+            box.add_service(
+                "shop",
+                f"""\
+                service: {{name: shop}}
+                postgresql:
+                  host: {pg.socket}
+                  port: {pg.port}
+                  database: shop
+                  {extra}
+                """,
+            )
+
+        service("")
+        failed = box.cli("run")
+        assert failed.returncode == 1
+        assert 'role "root" does not exist (set user:, or run_as: postgres' in failed.stderr
+        checked = box.cli("check")
+        assert checked.returncode == 2 and "cannot log in" in checked.stdout
+
+        service("run_as: postgres")
+        assert box.cli("check").returncode == 0
+        assert box.cli("run").returncode == 0
+        pg.sql("UPDATE orders SET total = 99", "shop")
+        (archive,) = box.published()
+        result = box.cli("restore", "--service", "shop", "--from", str(archive), "--replace")
+        assert result.returncode == 0, result.stderr
+        assert rows(pg) == "1=10"
+    finally:
+        pg.stop()
+
+
+def test_check_connects_and_warns_what_a_restore_would_lack(pg, tmp_path):
+    owner_setup(pg, createdb=False)
+    box = shop_client(tmp_path, pg)
+    checked = box.cli("check")
+    assert checked.returncode == 0, checked.stdout
+    assert "warning: " in checked.stdout and "cannot create databases (CREATEDB)" in checked.stdout
+    secret(box, "shop.pass", "wrong")
+    checked = box.cli("check")
+    assert checked.returncode == 2
+    assert "cannot log in: the server refused the password" in checked.stdout
+
+
+# -- MariaDB ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def maria(shared_root):
+    server = MariaDB(shared_root / "maria").start()
+    server.sql(
+        "CREATE DATABASE shop; CREATE TABLE shop.orders(id INT PRIMARY KEY, total INT); "
+        "INSERT INTO shop.orders VALUES (1, 10), (2, 20);"
+    )
+    yield server
+    server.stop()
+
+
+def maria_rows(maria: MariaDB, database: str = "shop") -> str:
+    return maria.sql(
+        f"SELECT GROUP_CONCAT(CONCAT(id, '=', total) ORDER BY id) FROM `{database}`.orders"
+    )
+
+
+def maria_databases(maria: MariaDB) -> set[str]:
+    return set(maria.sql("SHOW DATABASES").split())
+
+
+def maria_client(tmp_path: Path, maria: MariaDB, credentials: str) -> ClientSandbox:
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service(
+        "shop",
+        f"""\
+        service: {{name: shop}}
+        mariadb:
+          database: shop
+          {credentials}
+        """,
+    )
+    result = box.cli("run")
+    assert result.returncode == 0, result.stderr
+    return box
+
+
+def root_by_socket(maria: MariaDB) -> str:
+    """Debian's root@localhost: unix_socket authentication, pullback running as root."""
+    return f"socket: {maria.socket}"
+
+
+def test_mariadb_a_user_without_create_changes_nothing(maria, tmp_path):
+    maria.sql(
+        "CREATE USER 'shopuser'@'127.0.0.1' IDENTIFIED BY 'Sh0p-pw'; "
+        "GRANT ALL ON shop.* TO 'shopuser'@'127.0.0.1';"
+    )
+    box = ClientSandbox(tmp_path / "pw")
+    password = secret(box, "shop.pass", "Sh0p-pw")
+    box = maria_client(
+        tmp_path,
+        maria,
+        f"host: 127.0.0.1\n          port: {maria.port}\n          user: shopuser\n"
+        f"          password_file: {password}",
+    )
+    checked = box.cli("check")
+    assert checked.returncode == 0 and "may not create databases (CREATE on *.*)" in checked.stdout
+    before = maria_databases(maria)
+    for args in ((), ("--replace",)):
+        result = restore(box, *args)
+        assert result.returncode == 1
+        assert "preflight failed, nothing was changed" in result.stderr
+        assert maria_rows(maria) == "1=10,2=20" and maria_databases(maria) == before
+
+
+def test_mariadb_default_restore_is_beside_the_live_database(maria, tmp_path):
+    box = maria_client(tmp_path, maria, root_by_socket(maria))
+    maria.sql("UPDATE shop.orders SET total = 99")
+    result = restore(box)
+    assert result.returncode == 0, result.stderr
+    (fresh,) = [d for d in maria_databases(maria) if d.startswith("shop_restored_")]
+    assert maria_rows(maria, fresh) == "1=10,2=20" and maria_rows(maria) == "1=99,2=99"
+
+
+def test_mariadb_replace_swaps_tables_atomically_and_keeps_the_old_ones(maria, tmp_path):
+    box = maria_client(tmp_path, maria, root_by_socket(maria))
+    maria.sql("UPDATE shop.orders SET total = 99")
+    result = restore(box, "--replace")
+    assert result.returncode == 0, result.stderr
+    assert maria_rows(maria) == "1=10,2=20"
+    (kept,) = [d for d in maria_databases(maria) if d.startswith("shop_before_restore_")]
+    assert maria_rows(maria, kept) == "1=99,2=99"
+    assert not [d for d in maria_databases(maria) if "restored" in d]
+
+
+def test_mariadb_replace_with_a_view_and_a_trigger_copies_the_live_database_aside(maria, tmp_path):
+    maria.sql(
+        "CREATE VIEW big AS SELECT * FROM orders WHERE total > 15; "
+        "CREATE TABLE audit(n INT); "
+        "CREATE TRIGGER count_orders AFTER INSERT ON orders "
+        "FOR EACH ROW INSERT INTO audit VALUES (NEW.id);",
+        database="shop",
+    )
+    box = maria_client(tmp_path, maria, root_by_socket(maria))
+    maria.sql("INSERT INTO shop.orders VALUES (3, 30)")
+    result = restore(box, "--replace")
+    assert result.returncode == 0, result.stderr
+    assert maria_rows(maria) == "1=10,2=20"
+    assert maria.sql("SELECT COUNT(*) FROM shop.big") == "1"  # the view is back
+    (copy,) = (box.root / "before-restore").glob("shop_before_restore_*.sql")
+    held = copy.read_bytes()  # what the live database held: the row added after the backup
+    assert b"CREATE TABLE `orders`" in held and b"(3,30)" in held
+    assert f"what it held is kept in {copy}" in result.stdout
+    assert oct(copy.stat().st_mode & 0o777) == "0o600"
+
+
+def test_mariadb_a_truncated_dump_fails_the_preflight(maria, tmp_path):
+    box = maria_client(tmp_path, maria, root_by_socket(maria))
+    (archive,) = box.published()
+    subprocess.run(["tar", "--zstd", "-xf", str(archive), "-C", str(tmp_path)], check=True)
+    (dump,) = (tmp_path / "services/shop/mariadb").glob("*.sql")
+    dump.write_bytes(dump.read_bytes()[: dump.stat().st_size // 2])
+    result = box.cli("restore", "--service", "shop", "--from", str(tmp_path), "--replace")
+    assert result.returncode == 1
+    assert "shop.sql does not end as a complete mariadb-dump does" in result.stderr
+    assert maria_rows(maria) == "1=10,2=20"
+
+
+# -- SQLite -------------------------------------------------------------------------------
+
+
+def test_sqlite_restores_beside_or_keeps_the_file_it_replaces(tmp_path):
+    import sqlite3
+
+    live = tmp_path / "app.db"
+    with sqlite3.connect(live) as db:
+        db.execute("CREATE TABLE notes(body TEXT)")
+        db.execute("INSERT INTO notes VALUES ('backed up')")
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("shop", f"service: {{name: shop}}\nsqlite: {{paths: [{live}]}}\n")
+    assert box.cli("run").returncode == 0
+    with sqlite3.connect(live) as db:
+        db.execute("UPDATE notes SET body = 'changed since'")
+
+    def body(path: Path) -> str:
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT body FROM notes").fetchone()[0]
+
+    result = restore(box)
+    assert result.returncode == 0, result.stderr
+    (beside,) = tmp_path.glob("app.db.restored-*")
+    assert body(beside) == "backed up" and body(live) == "changed since"
+
+    result = restore(box, "--replace")
+    assert result.returncode == 0, result.stderr
+    (kept,) = tmp_path.glob("app.db.before-restore-*")
+    assert body(live) == "backed up" and body(kept) == "changed since"

@@ -140,6 +140,9 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
             config, service, plugins, options, read_content(sidecar_file, root, name), Path(scratch)
         )
         code = restore.run()
+        if restore.plan.dry_run:  # the plan itself is the answer: on standard output
+            for step in restore.plan.steps:
+                print(f"would: {step}")
         for note in restore.plan.notes:
             print(note)
         return code

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import tempfile
 from pathlib import Path
@@ -51,22 +50,6 @@ def timeout(task: Task) -> float:
 
 def extra_options(task: Task, key: str = "dump_options") -> list[str]:
     return shlex.split(task.config.get(key) or "")
-
-
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def file_name(name: str, suffix: str) -> str:
-    """A file name for a database name (odd characters percent-encoded)."""
-    if _SAFE.match(name):
-        return name + suffix
-    return "".join(c if c.isalnum() or c in "._-" else f"%{ord(c):02X}" for c in name) + suffix
-
-
-def database_of(file: Path, suffix: str) -> str:
-    """The database name a dump file was named after (see :func:`file_name`)."""
-    stem = file.name.removesuffix(suffix)
-    return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), stem)
 
 
 def renamed(name: str, word: str, stamp: str, limit: int = 63) -> str:

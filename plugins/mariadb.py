@@ -9,13 +9,12 @@ import shutil
 import threading
 from pathlib import Path
 
+from ..common.archive.dumps import database_of, file_name
 from ..common.errors import CommandError
 from ..common.secrets import read_secret_file
 from . import hookimpl, load_plugin_schema
 from ._common import (
-    database_of,
     extra_options,
-    file_name,
     first,
     forget_private,
     private_file,

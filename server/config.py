@@ -46,6 +46,9 @@ class MaintenanceConfig:
     repository_lock_wait: float
     wait_for_pull: float
     scratch_dir: Path | None
+    prove_databases: bool
+    database_proof_dir: Path
+    database_proof_timeout: float
 
 
 @dataclass(frozen=True)
@@ -233,5 +236,8 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
             scratch_dir=Path(maintenance["scratch_dir"])
             if maintenance.get("scratch_dir")
             else None,
+            prove_databases=maintenance["prove_databases"],
+            database_proof_dir=Path(maintenance["database_proof_dir"]),
+            database_proof_timeout=parse_duration(maintenance["database_proof_timeout"]),
         ),
     )

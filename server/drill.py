@@ -1,5 +1,6 @@
-"""The restore drill (``pullback-server verify``): restore a snapshot into scratch space and
-prove every file byte for byte against the archive's MANIFEST.sha256."""
+"""The restore drill (``pullback-server verify``): restore a snapshot into scratch space,
+prove every file byte for byte against the archive's MANIFEST.sha256, and load every
+database dump into a throwaway engine (:mod:`.db_proof`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..common.clock import iso
 from ..common.errors import PullbackError
 from ..common.fsutil import free_bytes
 from ..common.units import human_size
+from .db_proof import DatabaseProof, ProofSettings, ProofState, prove_databases
 from .host import HostContext
 
 CHUNK = 1 << 20
@@ -31,19 +33,45 @@ class DrillResult:
     files_checked: int = 0
     bytes_checked: int = 0
     problems: list[str] = field(default_factory=list)
+    databases: list[DatabaseProof] = field(default_factory=list)
+    """A proof per database dump of the snapshot (none when it has none)."""
     duration: float = 0.0
+
+    @property
+    def proven(self) -> list[DatabaseProof]:
+        return [p for p in self.databases if p.state == ProofState.PROVEN]
+
+    @property
+    def warnings(self) -> list[str]:
+        """Dumps the drill could not try here (no engine, rights it does not grant)."""
+        return [p.summary for p in self.databases if p.state == ProofState.UNPROVEN]
+
+    @property
+    def databases_proven(self) -> bool:
+        """Every dump loaded: true only when there was at least one and none failed."""
+        return bool(self.databases) and len(self.proven) == len(self.databases)
 
     @property
     def summary(self) -> str:
         if self.ok:
             return (
                 f"snapshot {self.snapshot_id} restored and all {self.files_checked} files "
-                f"({human_size(self.bytes_checked)}) match the manifest"
+                f"({human_size(self.bytes_checked)}) match the manifest" + self._databases_said()
             )
         shown = "; ".join(self.problems[:SHOWN])
         more = f" (and {len(self.problems) - SHOWN} more)" if len(self.problems) > SHOWN else ""
         what = f"snapshot {self.snapshot_id}" if self.snapshot_id else "the drill"
         return f"{what} FAILED: {shown}{more}"
+
+    def _databases_said(self) -> str:
+        said = ""
+        if self.proven:
+            loaded = "; ".join(p.summary for p in self.proven[:SHOWN])
+            more = f"; and {len(self.proven) - SHOWN} more" if len(self.proven) > SHOWN else ""
+            said += f"; databases proven by loading them: {loaded}{more}"
+        if self.warnings:
+            said += "; not proven: " + "; ".join(self.warnings[:SHOWN])
+        return said
 
 
 def _sha256(path) -> str:
@@ -116,6 +144,16 @@ def drill(ctx: HostContext, pick_random: bool = False) -> DrillResult:
             except PullbackError as exc:
                 result.problems.append(f"the restore reported: {exc}")
         check_tree(scratch, result)
+        if config.maintenance.prove_databases:
+            settings = ProofSettings(
+                config.maintenance.database_proof_dir,
+                config.maintenance.database_proof_timeout,
+                host.max_unpacked_size,
+            )
+            result.databases = prove_databases(scratch, ctx.log, settings)
+            result.problems += [
+                f"database {p.summary}" for p in result.databases if p.state == ProofState.FAILED
+            ]
         result.ok = not result.problems
     except PullbackError as exc:
         result.problems.append(str(exc))

@@ -9,7 +9,7 @@ from enum import StrEnum
 
 from ..common.clock import age, utc_now
 from ..common.outcome import Status
-from ..common.units import human_size
+from ..common.units import human_duration, human_size
 from .config import ServerConfig
 from .metrics import is_stale
 
@@ -44,11 +44,22 @@ class HostRow:
     newest_age: float | None = None
     verified_age: float | None = None
     verify_result: Status | None = None
+    databases_age: float | None = None
+    """How long ago a drill last loaded every database dump of the host."""
+    has_databases: bool = False
+    """A drill has found database dumps in this host's snapshots."""
     repository_bytes: int | None = None
     duration: float | None = None
     store_peak_rss: int | None = None
     history: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
+
+    @property
+    def databases_text(self) -> str:
+        """``2 hours ago``, ``never`` (dumps but never all proven) or ``-`` (no dumps)."""
+        if self.databases_age is not None:
+            return f"{human_duration(self.databases_age)} ago"
+        return "never" if self.has_databases else "-"
 
     @property
     def history_text(self) -> str:
@@ -92,6 +103,8 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
                 newest_age=age(entry.get("newest_snapshot"), now),
                 verified_age=age(entry.get("last_verified"), now),
                 verify_result=entry.get("verify_result"),
+                databases_age=age(entry.get("databases_proven"), now),
+                has_databases=bool(entry.get("database_proofs")),
                 repository_bytes=entry.get("repository_bytes"),
                 duration=entry.get("duration"),
                 store_peak_rss=entry.get("store_peak_rss"),

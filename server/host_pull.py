@@ -47,6 +47,7 @@ from ..common.log import recent_lines
 from ..common.notify import Notifier
 from ..common.outcome import Status
 from ..common.protocol import Listing
+from ..common.text import printable
 from ..common.units import human_duration, human_size
 from .backends import Snapshot, SnapshotSpec
 from .host import HostContext
@@ -112,14 +113,6 @@ class Choice:
     """Archives passed over, and why."""
 
 
-def _printable(value: object, limit: int) -> str:
-    """``value`` as text of at most ``limit`` printable characters."""
-    text = str(value)
-    if not text.isprintable():
-        text = repr(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _mismatch(client_says: str, host: str) -> ArchiveError:
     return ArchiveError(
         f"the client calls itself '{client_says}', not '{host}' "
@@ -140,7 +133,7 @@ def newest_usable(
     warnings = []
     for entry in listing.unusable:
         # words from the client: shown, but never trusted to be printable
-        name, problem = (_printable(entry.get(k, "?"), 120) for k in ("name", "problem"))
+        name, problem = (printable(entry.get(k, "?"), 120) for k in ("name", "problem"))
         warnings.append(f"ignoring {name}: {problem}")
     by_stamp: dict[str, list[Sidecar]] = {}
     horizon = now + FUTURE_TOLERANCE
@@ -201,7 +194,7 @@ def client_warnings(archive: Sidecar, limit: int = SHOWN_WARNINGS) -> list[str]:
     entries skipped), as ``on the client: service/task: warning`` lines, at most
     ``limit`` of them and a count of the rest; client words are escaped and capped."""
     found = [
-        f"on the client: {service.name}/{task.type}: {_printable(warning, 300)}"
+        f"on the client: {service.name}/{task.type}: {printable(warning, 300)}"
         for service in archive.services
         for task in service.tasks
         for warning in task.warnings
@@ -366,8 +359,8 @@ class HostPull:
         owner = listing.lock
         self._skip(
             f"busy: the client was still publishing an archive after {config.lock_retries} "
-            f"retries (pid {_printable(owner.get('pid'), 20)}, since "
-            f"{_printable(owner.get('started'), 40)})",
+            f"retries (pid {printable(owner.get('pid'), 20)}, since "
+            f"{printable(owner.get('started'), 40)})",
             problem=True,
         )
         return None

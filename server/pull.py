@@ -64,6 +64,7 @@ def assess(config: ServerConfig, results: list[HostResult]) -> None:
         host = config.host(result.host)
         entry = recorded.get(result.host, {})
         result.last_verified = entry.get("last_verified")
+        result.databases_proven = entry.get("databases_proven")
         if result.repository_bytes is None:
             result.repository_bytes = entry.get("repository_bytes")
         newest_age = age(result.newest_snapshot, now)

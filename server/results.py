@@ -27,6 +27,8 @@ class HostResult:
     resumed_from: int = 0
     oldest_snapshot: str | None = None
     last_verified: str | None = None
+    databases_proven: str | None = None
+    """When a drill last loaded every database dump of the host (None: never, or none)."""
     repository_bytes: int | None = None
     stale: bool = False
     """The newest snapshot is older than the host's max_age (or there is none)."""

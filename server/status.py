@@ -27,6 +27,7 @@ def status_table(config: ServerConfig, status: dict) -> str:
             "LAST RESULT",
             "NEWEST SNAPSHOT",
             "LAST VERIFIED",
+            "DATABASES PROVEN",
             "REPOSITORY",
             "LAST RUNS",
         )
@@ -40,6 +41,7 @@ def status_table(config: ServerConfig, status: dict) -> str:
                 row.result,
                 "never" if row.newest_age is None else f"{human_duration(row.newest_age)} ago",
                 "never" if row.verified_age is None else f"{human_duration(row.verified_age)} ago",
+                row.databases_text,
                 human_size(row.repository_bytes) if row.repository_bytes else "-",
                 row.history_text or "-",
             )

@@ -102,9 +102,14 @@ def _record_drill(entry: dict, drill, now: str) -> None:
     entry["verify_result"] = Status.OK if drill.ok else Status.FAILED
     entry["verify_summary"] = drill.summary
     entry["verify_problems"] = drill.problems[:20]
+    entry["verify_warnings"] = drill.warnings[:20]
+    if drill.databases:
+        entry["database_proofs"] = [p.summary for p in drill.databases[:20]]
     if drill.ok:
         entry["last_verified"] = now
         entry["last_verified_snapshot"] = drill.snapshot_id
+        if drill.databases_proven:
+            entry["databases_proven"] = now
 
 
 def record_drills(state_dir: Path, drills) -> dict:

@@ -24,7 +24,8 @@ Modules: ``tarformat`` (headers, reading), ``writer`` (the client's streaming wr
 ``filedata`` (reading a file that may change), ``sparse``, ``tee`` (the compressor's
 output), ``reader`` (decompress, hash and iterate a stream; verify a file), ``unpack``
 (the server's safe unpacker), ``manifest``, ``sidecar``, ``acl``, ``compression``,
-``stats`` and ``directory`` (the archive directory: publish, list, retention).
+``stats``, ``dumps`` (the names of database dumps) and ``directory`` (the archive
+directory: publish, list, retention).
 This package imports only common's runtime modules (errors, log, runner, locks, fsutil,
 schema, units), never the client, the server or the plugins.
 """

@@ -120,6 +120,9 @@ def test_replace_swaps_the_database_in_and_keeps_the_one_it_replaced(pg, tmp_pat
     assert dry.returncode == 0, dry.stderr
     assert "would: preflight: ok" in dry.stderr
     assert re.search(r"would: DESTRUCTIVE: swap: shop -> shop_before_restore_\S+", dry.stderr)
+    planned = dry.stdout.splitlines()  # the plan on standard output, for -q and for scripts
+    assert planned[0] == "would: preflight: ok"
+    assert re.match(r"would: DESTRUCTIVE: swap: shop -> shop_before_restore_\d", planned[-1])
     assert rows(pg) == "1=99,2=99" and "shop_restored" not in " ".join(databases(pg))
 
     result = restore(box, "--replace")

@@ -94,3 +94,37 @@ def test_references_to_the_architecture_name_its_sections():
     assert cited
     wrong = [f"{p.relative_to(ROOT)}: {s}" for p, s in cited if s not in headings]
     assert not wrong, f"references to missing sections of docs/architecture.md: {wrong}"
+
+
+def _options(parser) -> dict[str, set[str]]:
+    """Every subcommand of ``parser`` and its long options."""
+    import argparse
+
+    found: dict[str, set[str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[name] = {
+                    option
+                    for sub_action in sub._actions
+                    for option in sub_action.option_strings
+                    if option.startswith("--") and option != "--help"
+                }
+    return found
+
+
+def test_the_man_pages_name_every_command_and_flag():
+    from pullback.client.cli import build_parser as client_parser
+    from pullback.server.cli import build_parser as server_parser
+
+    missing = []
+    for page, parser in (
+        ("pullback-client.8", client_parser),
+        ("pullback-server.8", server_parser),
+    ):
+        text = (ROOT / "docs" / "man" / page).read_text().replace("\\-", "-")
+        for command, options in _options(parser()).items():
+            if f".B {command}" not in text and f"B {command}\n" not in text:
+                missing.append(f"{page}: command {command}")
+            missing += [f"{page}: {command} {o}" for o in sorted(options) if o not in text]
+    assert missing == []

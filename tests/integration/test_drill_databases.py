@@ -1,0 +1,286 @@
+"""Restore drills prove databases by loading every dump into a throwaway engine the drill
+starts itself: real PostgreSQL and MariaDB (their dumps made by the real pg_dump and
+mariadb-dump), SQLite, hostile dumps, a decompression bomb, and the whole cycle through a
+real client, sshd, restic and ``pullback-server verify``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from pullback.common.log import get_logger
+from pullback.server import db_proof
+from pullback.server.db_proof import ProofSettings, ProofState, prove_databases
+from tests.helpers.databases import PG_BIN, MariaDB, Postgres
+from tests.helpers.fleet import Fleet
+
+pytestmark = pytest.mark.skipif(
+    PG_BIN is None or shutil.which("mariadbd") is None,
+    reason="PostgreSQL and MariaDB are not installed",
+)
+LOG = get_logger("test")
+
+
+@pytest.fixture
+def shared_root():
+    """A directory the postgres and mysql users can reach (pytest's tmp is root-only)."""
+    root = Path(tempfile.mkdtemp(prefix="pullback-db-", dir="/tmp"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg(shared_root):
+    server = Postgres(shared_root / "pg").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def maria(shared_root):
+    server = MariaDB(shared_root / "maria").start()
+    yield server
+    server.stop()
+
+
+def settings(tmp_path: Path, **changes) -> ProofSettings:
+    found = ProofSettings(Path("/var/tmp"), timeout=600, max_size=1 << 40)
+    for key, value in changes.items():
+        setattr(found, key, value)
+    return found
+
+
+def pg_dump(pg: Postgres, database: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        argv = [PG_BIN / "pg_dump", "-h", pg.socket, "-p", pg.port, "-U", "postgres", "-Fc"]
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *map(str, argv), database], stdout=out, check=True
+        )
+
+
+def maria_dump(maria: MariaDB, database: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        subprocess.run(
+            [
+                "mariadb-dump",
+                "--no-defaults",
+                f"--socket={maria.socket}",
+                "-uroot",
+                "--single-transaction",
+                "--routines",
+                "--events",
+                "--triggers",
+                "--databases",
+                database,
+            ],
+            stdout=out,
+            check=True,
+        )
+
+
+def leftovers() -> list[str]:
+    return sorted(p.name for p in Path("/var/tmp").glob("pullback-proof-*"))
+
+
+def test_dumps_of_both_engines_and_sqlite_are_loaded_and_counted(pg, maria, tmp_path):
+    pg.sql("CREATE DATABASE shop")
+    pg.sql(
+        "CREATE TABLE orders(id int PRIMARY KEY, total int); "
+        "INSERT INTO orders SELECT g, g * 10 FROM generate_series(1, 1500) g; "
+        'CREATE TABLE "odd ""name"""(a text); INSERT INTO "odd ""name""" VALUES (\'x\'); '
+        "CREATE VIEW big AS SELECT * FROM orders WHERE total > 100; "
+        "CREATE FUNCTION total() RETURNS bigint LANGUAGE sql AS 'SELECT sum(total) FROM orders';",
+        database="shop",
+    )
+    maria.sql(
+        "CREATE DATABASE crm; CREATE TABLE crm.customers(id INT PRIMARY KEY, name TEXT); "
+        "INSERT INTO crm.customers VALUES (1, 'ada'), (2, 'bob'), (3, 'cy'); "
+        "CREATE TABLE crm.`odd ``name`(a INT); INSERT INTO crm.`odd ``name` VALUES (1); "
+        "CREATE VIEW crm.names AS SELECT name FROM crm.customers; "
+        "CREATE TRIGGER crm.upper BEFORE INSERT ON crm.customers "
+        "FOR EACH ROW SET NEW.name = UPPER(NEW.name);"
+    )
+    tree = tmp_path / "snapshot"
+    pg_dump(pg, "shop", tree / "services/app/postgresql/shop.dump")
+    maria_dump(maria, "crm", tree / "services/app/mariadb/crm.sql")
+    (tree / "services/notes/sqlite").mkdir(parents=True)
+    db = sqlite3.connect(tree / "services/notes/sqlite/notes.db")
+    db.executescript("CREATE TABLE n(a); INSERT INTO n VALUES (1), (2);")
+    db.commit()
+    db.close()
+
+    proofs = {p.database: p for p in prove_databases(tree, LOG, settings(tmp_path))}
+    assert proofs["shop"].state == ProofState.PROVEN, proofs["shop"].problem
+    assert (proofs["shop"].tables, proofs["shop"].rows) == (2, 1501)
+    assert proofs["shop"].summary == "app/shop (postgresql): 2 tables, 1,501 rows"
+    assert proofs["crm"].state == ProofState.PROVEN, proofs["crm"].problem
+    assert (proofs["crm"].tables, proofs["crm"].rows) == (2, 4)
+    assert (proofs["notes.db"].tables, proofs["notes.db"].rows) == (1, 2)
+    assert leftovers() == []  # the engines are stopped and their directories gone
+    assert subprocess.run(["pgrep", "-f", "pullback-proof-"], check=False).returncode != 0
+
+
+def test_a_damaged_dump_fails_the_proof_with_the_tools_own_words(pg, maria, tmp_path):
+    pg.sql("CREATE DATABASE shop")
+    pg.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 50000) g", database="shop")
+    tree = tmp_path / "snapshot"
+    dump = tree / "services/app/postgresql/shop.dump"
+    pg_dump(pg, "shop", dump)
+    data = dump.read_bytes()
+    dump.write_bytes(data[: len(data) // 2])  # cut short
+    sql = tree / "services/app/mariadb/crm.sql"
+    sql.parent.mkdir(parents=True)
+    sql.write_text("CREATE DATABASE crm; USE crm; CREATE TABLE t (a INT; INSERT INTO t VALUES (1);")
+    sqlite = tree / "services/app/sqlite/broken.db"
+    sqlite.parent.mkdir(parents=True)
+    sqlite.write_bytes(b"SQLite format 3\0" + b"\xff" * 4000)
+
+    proofs = {p.database: p for p in prove_databases(tree, LOG, settings(tmp_path))}
+    assert proofs["shop"].state == ProofState.FAILED
+    assert proofs["shop"].problem.startswith("does not load: pg_restore: error:")
+    assert proofs["crm"].state == ProofState.FAILED
+    assert "ERROR 1064" in proofs["crm"].problem  # MariaDB's own words
+    assert proofs["broken.db"].state == ProofState.FAILED
+
+
+def test_a_hostile_dump_runs_no_program_and_touches_no_file(pg, maria, tmp_path):
+    marker = Path(tempfile.mkdtemp(prefix="pullback-marker-", dir="/tmp"))
+    marker.chmod(0o777)
+    # PostgreSQL: a CHECK constraint whose function runs a program for each row loaded,
+    # which it does only in the drill's load (it does nothing in the client's database)
+    pg.sql("CREATE DATABASE evil")
+    pg.sql(
+        "CREATE TABLE pwn(line text); "
+        "CREATE FUNCTION f(int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+        "IF current_database() LIKE 'proof%' THEN "
+        f"EXECUTE 'COPY public.pwn FROM PROGRAM ''touch {marker}/pg''';"
+        "END IF; RETURN $1; END $$; "
+        "CREATE TABLE t(a int CHECK (f(a) = a)); INSERT INTO t VALUES (1);",
+        database="evil",
+    )
+    tree = tmp_path / "snapshot"
+    pg_dump(pg, "evil", tree / "services/app/postgresql/evil.dump")
+    # MariaDB: a file written by the server, the client's shell escape, files read by
+    # the server and by the client; each in a service of its own (a load stops at an error)
+    attacks = {
+        "outfile": f"SELECT 'x' INTO OUTFILE '{marker}/outfile';",
+        "shell": f"\\! touch {marker}/shell",
+        "infile": "LOAD DATA INFILE '/etc/shadow' INTO TABLE t;",
+        "local": "LOAD DATA LOCAL INFILE '/etc/shadow' INTO TABLE t;",
+    }
+    for service, attack in attacks.items():
+        sql = tree / f"services/{service}/mariadb/evil.sql"
+        sql.parent.mkdir(parents=True)
+        sql.write_text(f"CREATE DATABASE evil; USE evil; CREATE TABLE t (a TEXT);\n{attack}\n")
+
+    proofs = prove_databases(tree, LOG, settings(tmp_path))
+    assert sorted(p.name for p in marker.iterdir()) == []  # nothing ran, nothing written
+    assert all(p.state != ProofState.PROVEN for p in proofs), [p.summary for p in proofs]
+    said = {p.service: p.problem for p in proofs}
+    print(said)
+    assert "not proven: it needs rights" in said["app"]
+    assert "sandbox" in said["shell"].lower()
+    for service in ("outfile", "infile", "local"):
+        assert "denied" in said[service].lower() or "not allowed" in said[service].lower()
+
+    # the oracle: the same dumps loaded the naive way (superuser, no sandbox) do run
+    pg.sql("CREATE DATABASE proof_naive")
+    with open(tree / "services/app/postgresql/evil.dump", "rb") as dump:
+        argv = [PG_BIN / "pg_restore", "-h", pg.socket, "-p", pg.port, "-U", "postgres"]
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *map(str, argv), "-d", "proof_naive"],
+            stdin=dump,
+            check=False,
+        )
+    with open(tree / "services/shell/mariadb/evil.sql", "rb") as dump:
+        subprocess.run(maria.client_argv(), stdin=dump, check=False)
+    assert sorted(p.name for p in marker.iterdir()) == ["pg", "shell"]
+    shutil.rmtree(marker)
+
+
+def test_a_dump_that_grows_past_the_limit_is_stopped(pg, monkeypatch, tmp_path):
+    pg.sql("CREATE DATABASE bomb")
+    # a few MiB of dump that loads as ~100 MiB of rows and index
+    pg.sql(
+        "CREATE TABLE t AS SELECT g, repeat('x', 40) AS pad FROM generate_series(1, 1200000) g; "
+        "CREATE INDEX ON t (g, pad)",
+        database="bomb",
+    )
+    tree = tmp_path / "snapshot"
+    pg_dump(pg, "bomb", tree / "services/app/postgresql/bomb.dump")
+    monkeypatch.setattr(db_proof, "_WATCH_EVERY", 0.2)
+    baseline = 60 << 20  # an empty cluster takes about 40 MiB
+    (proof,) = prove_databases(tree, LOG, settings(tmp_path, max_size=baseline))
+    assert proof.state == ProofState.FAILED
+    assert proof.problem == "stopped: the loaded data grew past max_unpacked_size (60.0 MiB)"
+    assert leftovers() == []
+
+    (slow,) = prove_databases(tree, LOG, settings(tmp_path, timeout=1.0))
+    assert slow.state == ProofState.FAILED
+    assert slow.problem == "stopped: it took longer than database_proof_timeout (1s)"
+
+
+def test_an_engine_that_is_not_installed_is_a_warning(maria, monkeypatch, tmp_path):
+    maria.sql("CREATE DATABASE crm; CREATE TABLE crm.t(a INT); INSERT INTO crm.t VALUES (1);")
+    tree = tmp_path / "snapshot"
+    maria_dump(maria, "crm", tree / "services/app/mariadb/crm.sql")
+    # cannot uninstall MariaDB for one test: the server looks for its programs on PATH
+    monkeypatch.setattr(db_proof.shutil, "which", lambda name: None)
+    (proof,) = prove_databases(tree, LOG, settings(tmp_path))
+    assert proof.state == ProofState.UNPROVEN
+    assert proof.problem == "dump not proven: install mariadb-server on the server"
+
+
+def test_verify_proves_the_databases_of_a_pulled_snapshot(pg, maria, tmp_path):
+    pg.sql("CREATE DATABASE shop")
+    pg.sql(
+        "CREATE TABLE orders(id int); INSERT INTO orders SELECT generate_series(1, 250)",
+        database="shop",
+    )
+    maria.sql("CREATE DATABASE crm; CREATE TABLE crm.c(id INT); INSERT INTO crm.c VALUES (1),(2);")
+    fleet = Fleet(tmp_path / "fleet", backend="restic")
+    try:
+        host = fleet.add_host("web1")
+        host.client.add_service(
+            "shop",
+            f"""\
+            service: {{name: shop}}
+            postgresql:
+              host: {pg.socket}
+              port: {pg.port}
+              user: postgres
+              database: shop
+              globals: false
+            mariadb:
+              socket: {maria.socket}
+              database: crm
+            """,
+        )
+        run = host.client.cli("run")
+        assert run.returncode == 0, run.stderr
+        assert fleet.server("pull").returncode == 0
+        verified = fleet.server("verify", "--host", "web1")
+        print(verified.stdout)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert (
+            "databases proven by loading them: shop/shop (postgresql): 1 table, 250 rows; "
+            "shop/crm (mariadb): 1 table, 2 rows" in verified.stdout
+        )
+        status = fleet.server("status")
+        assert "DATABASES PROVEN" in status.stdout
+        line = next(x for x in status.stdout.splitlines() if x.startswith("web1"))
+        assert "0s ago" in line.split("ok", 1)[1]
+        recorded = json.loads(fleet.server("status", "--json").stdout)["hosts"]["web1"]
+        assert recorded["databases_proven"] == recorded["last_verified"]
+        assert len(recorded["database_proofs"]) == 2
+    finally:
+        fleet.stop()

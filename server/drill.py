@@ -11,6 +11,7 @@ import random
 import shutil
 import time
 from dataclasses import dataclass, field
+from errno import ENOSPC
 
 from ..common.archive.manifest import MANIFEST_NAME, parse
 from ..common.clock import iso
@@ -158,10 +159,9 @@ def drill(ctx: HostContext, pick_random: bool = False) -> DrillResult:
     except PullbackError as exc:
         result.problems.append(str(exc))
     except OSError as exc:
-        result.problems.append(
-            f"{exc.filename or scratch}: {exc.strerror} "
-            f"({human_size(free_bytes(config.state_dir))} free)"
-        )
+        where = f"{exc.filename}: " if exc.filename else ""
+        free = f" ({human_size(free_bytes(scratch.parent))} free)" if exc.errno == ENOSPC else ""
+        result.problems.append(f"{where}{exc.strerror or exc}{free}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         result.duration = time.monotonic() - started

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,11 +95,12 @@ def proof_command(service: str | None) -> str:
     """The shell command that proves a restored snapshot (or one service of it) byte for
     byte against its manifest. In the C locale, so that a name that is not UTF-8 is
     checked like any other (grep skips such lines as "binary" in a UTF-8 locale); a
-    service with no line at all fails (``--strict``, and sha256sum finds nothing)."""
+    service with no line at all fails (``--strict``, and sha256sum finds nothing). The
+    service's prefix is a fixed string (``grep -F``): a ``.`` in a name is not a wildcard."""
     if not service:
         return "LC_ALL=C sha256sum --check --strict MANIFEST.sha256"
     return (
-        f"LC_ALL=C grep -a -- '  services/{service}/' MANIFEST.sha256 "
+        f"LC_ALL=C grep -aF -- {shlex.quote(f'  services/{service}/')} MANIFEST.sha256 "
         "| LC_ALL=C sha256sum --check --strict"
     )
 

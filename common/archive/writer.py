@@ -392,14 +392,13 @@ class ArchiveWriter:
                 stack.pop()
                 continue
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            try:
-                est = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
+            arc = f"{arc_dir}/{entry.name}"
+            est = self._entry_stat(entry, arc, stats)
+            if est is None:
                 continue
             is_dir = stat.S_ISDIR(est.st_mode)
             if exclude is not None and exclude(rel, is_dir):
                 continue
-            arc = f"{arc_dir}/{entry.name}"
             self._add_entry(entry.path, arc, est, stats, xattrs)
             if is_dir and len(os.fsencode(arc)) <= MAX_ARCNAME:  # else skipped, said so
                 stack.append((entry.path, rel, arc, self._listing(entry.path, stats)))
@@ -418,15 +417,36 @@ class ArchiveWriter:
             )
         return iter(())
 
+    def _entry_stat(
+        self, entry: os.DirEntry, arcname: str, stats: TaskStats
+    ) -> os.stat_result | None:
+        """The entry's ``lstat``, or None when it is skipped: gone, unreadable, or too
+        long a path (checked first: such a path may be too long for the kernel too)."""
+        if len(os.fsencode(arcname)) > MAX_ARCNAME:
+            self._too_long(entry.path, arcname, stats)
+            return None
+        try:
+            return entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            stats.warnings.append(f"{entry.path}: skipped, cannot be read: {exc.strerror}")
+            return None
+
+    @staticmethod
+    def _too_long(path: str, arcname: str, stats: TaskStats) -> None:
+        size = len(os.fsencode(arcname))
+        stats.warnings.append(
+            f"{path}: skipped, its path is too long to back up "
+            f"({size} bytes in the archive; at most {MAX_ARCNAME})"
+        )
+
     def _add_entry(
         self, path: str, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
     ) -> None:
         mode = st.st_mode
         if len(os.fsencode(arcname)) > MAX_ARCNAME:
-            stats.warnings.append(
-                f"{path}: skipped, its path is too long to back up "
-                f"({len(os.fsencode(arcname))} bytes in the archive; at most {MAX_ARCNAME})"
-            )
+            self._too_long(path, arcname, stats)
         elif stat.S_ISREG(mode):
             if arcname not in self._manifest:  # listed twice (overlapping paths): once
                 self._add_file(path, arcname, st, stats, xattrs)

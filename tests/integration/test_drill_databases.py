@@ -6,6 +6,7 @@ real client, sshd, restic and ``pullback-server verify``."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -177,6 +178,16 @@ def test_a_hostile_dump_runs_no_program_and_touches_no_file(pg, maria, tmp_path)
         "infile": "LOAD DATA INFILE '/etc/shadow' INTO TABLE t;",
         "local": "LOAD DATA LOCAL INFILE '/etc/shadow' INTO TABLE t;",
     }
+    # a routine that would run as root, and the same with its definer hidden from a filter
+    for service, definer in (
+        ("root", "DEFINER=`root`@`localhost`"),
+        ("hidden", "DEFINER/**/=root"),
+    ):
+        attacks[service] = (
+            f"DELIMITER ;;\nCREATE {definer} PROCEDURE p() SQL SECURITY DEFINER BEGIN "
+            f"SET GLOBAL general_log_file = '{marker}/{service}.log'; "
+            "SET GLOBAL general_log = 1; END ;;\nDELIMITER ;\nCALL p();"
+        )
     for service, attack in attacks.items():
         sql = tree / f"services/{service}/mariadb/evil.sql"
         sql.parent.mkdir(parents=True)
@@ -189,7 +200,7 @@ def test_a_hostile_dump_runs_no_program_and_touches_no_file(pg, maria, tmp_path)
     print(said)
     assert "not proven: it needs rights" in said["app"]
     assert "sandbox" in said["shell"].lower()
-    for service in ("outfile", "infile", "local"):
+    for service in ("outfile", "infile", "local", "root", "hidden"):
         assert "denied" in said[service].lower() or "not allowed" in said[service].lower()
 
     # the oracle: the same dumps loaded the naive way (superuser, no sandbox) do run
@@ -275,10 +286,9 @@ def test_verify_proves_the_databases_of_a_pulled_snapshot(pg, maria, tmp_path):
             "databases proven by loading them: shop/shop (postgresql): 1 table, 250 rows; "
             "shop/crm (mariadb): 1 table, 2 rows" in verified.stdout
         )
-        status = fleet.server("status")
-        assert "DATABASES PROVEN" in status.stdout
-        line = next(x for x in status.stdout.splitlines() if x.startswith("web1"))
-        assert "0s ago" in line.split("ok", 1)[1]
+        header, line = fleet.server("status").stdout.splitlines()[:2]
+        column = header.index("DATABASES PROVEN")
+        assert re.fullmatch(r"\d+s ago", line[column:].split("  ")[0]), line
         recorded = json.loads(fleet.server("status", "--json").stdout)["hosts"]["web1"]
         assert recorded["databases_proven"] == recorded["last_verified"]
         assert len(recorded["database_proofs"]) == 2

@@ -195,6 +195,80 @@ hosts:
     assert "node1" in status and "stored" in status
 
 
+def test_databases_and_special_bits_round_trip_under_systemd(root, installed):
+    """docs/client.md's stock-Debian database setup followed literally (PostgreSQL by peer
+    authentication with run_as, MariaDB's root by unix_socket), a set-uid file and a file
+    capability, pulled by the shipped units; the drill under pullback-maintain.service
+    loads both dumps into its own throwaway engines; a restore gives every bit back."""
+    root.run(
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql mariadb-server "
+        "libcap2-bin",
+        timeout=1200,
+    )
+    root.run(
+        "runuser -u postgres -- psql -q -c 'CREATE DATABASE shop' && "
+        "runuser -u postgres -- psql -q -d shop -c "
+        "'CREATE TABLE orders(id int); INSERT INTO orders SELECT generate_series(1, 42)'"
+    )
+    root.run(
+        "mariadb -e 'CREATE DATABASE crm; CREATE TABLE crm.c(id INT); "
+        "INSERT INTO crm.c VALUES (1), (2), (3)'"
+    )
+    root.write(
+        "/etc/pullback/services/db/service.yaml",
+        "service: {name: db}\n"
+        "postgresql: {database: shop, run_as: postgres}\n"
+        "mariadb: {database: crm}\n",
+        0o600,
+    )
+    root.run(
+        "cp /usr/bin/true /srv/app/data/suid && chmod 4755 /srv/app/data/suid && "
+        "cp /usr/bin/true /srv/app/data/capped && setcap cap_net_raw+ep /srv/app/data/capped"
+    )
+    checked = root.run(["pullback-client", "check"], check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # the timers' runs are due at once (--if-due), the drill too
+    root.write("/etc/pullback/client.yaml", "hostname: node1\nmin_interval: 1s\n", 0o640)
+    root.run("chgrp pullback /etc/pullback/client.yaml")
+    config = (root.path / "etc/pullback/server.yaml").read_text()
+    root.write(
+        "/etc/pullback/server.yaml",
+        config + "min_interval: 1s\nmaintenance: {verify_every: 1s}\n",
+        0o640,
+    )
+    root.run("sleep 2")  # the next archive needs the next second's stamp
+    client = root.run(["systemctl", "start", "pullback-client.service"], check=False)
+    client_log = root.run(["journalctl", "-u", "pullback-client.service", "--no-pager"]).stdout
+    assert client.returncode == 0, client_log
+    server = root.run(["systemctl", "start", "pullback-server.service"], check=False)
+    server_log = root.run(["journalctl", "-u", "pullback-server.service", "--no-pager"]).stdout
+    assert server.returncode == 0, server_log
+    assert server_log.count("[node1] stored: stored node1-") == 2, server_log
+    root.run("journalctl --rotate --vacuum-time=1s >/dev/null 2>&1 || true")
+    maintain = root.run(["systemctl", "start", "pullback-maintain.service"], check=False)
+    maintain_log = root.run(["journalctl", "-u", "pullback-maintain.service", "--no-pager"]).stdout
+    assert maintain.returncode == 0, maintain_log
+    assert (
+        "databases proven by loading them: db/shop (postgresql): 1 table, 42 rows; "
+        "db/crm (mariadb): 1 table, 3 rows" in maintain_log
+    ), maintain_log
+    status = root.run(["pullback-server", "status"]).stdout
+    assert "DATABASES PROVEN" in status and "never" not in status.splitlines()[1], status
+    assert root.run("ls /var/tmp | grep -c pullback-proof || true").stdout.strip() == "0"
+
+    root.run(["pullback-server", "restore", "node1", "--service", "app", "--target", "/var/tmp/r"])
+    restored = "/var/tmp/r/services/app/files/srv/app/data"
+    assert root.run(f"stat -c %a {restored}/suid").stdout.strip() == "4755"
+    assert "cap_net_raw=ep" in root.run(f"getcap {restored}/capped").stdout
+    root.run(
+        "pullback-client restore --service app --from /var/tmp/r --task files "
+        "--target /var/tmp/back"
+    )
+    back = "/var/tmp/back/srv/app/data"
+    assert root.run(f"stat -c %a {back}/suid").stdout.strip() == "4755"
+    assert "cap_net_raw=ep" in root.run(f"getcap {back}/capped").stdout
+
+
 def test_security_exposure_of_the_units(root, installed):
     for unit in ("pullback-client.service", "pullback-server.service", "pullback-maintain.service"):
         out = root.run(["systemd-analyze", "security", unit, "--no-pager"], check=False).stdout
@@ -208,6 +282,7 @@ def test_purge_leaves_nothing_of_the_packages(root, installed):
     admin_files = {
         "/etc/pullback/repository.pass",
         "/etc/pullback/services/app/service.yaml",
+        "/etc/pullback/services/db/service.yaml",
         "/etc/ssh/sshd_config.d/pullback-test.conf",
     }
     root.run(
@@ -229,7 +304,13 @@ def test_purge_leaves_nothing_of_the_packages(root, installed):
         and not p.startswith(("/var/cache/apt", "/tmp/debs", "/srv/", f"{kept[1]}/"))
         and p not in kept
         and p not in admin_files
-        and p not in ("/etc/pullback", "/etc/pullback/services", "/etc/pullback/services/app")
+        and p
+        not in (
+            "/etc/pullback",
+            "/etc/pullback/services",
+            "/etc/pullback/services/app",
+            "/etc/pullback/services/db",
+        )
     )
     leftover = root.run("ls -la /var/lib/pullback 2>&1 || true").stdout
     assert ours == [], "left behind by purge:\n" + "\n".join(ours) + "\n" + leftover

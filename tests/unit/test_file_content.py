@@ -243,3 +243,27 @@ def test_a_path_too_deep_to_back_up_is_skipped_and_named(tmp_path):
         names = tar.getnames()
     assert "services/app/files/shallow" in names
     assert all(len(os.fsencode(n)) <= MAX_ARCNAME for n in names)
+
+
+def test_an_entry_too_long_for_the_kernel_is_skipped_not_fatal(tmp_path):
+    # the parent is still archived (under 4000 bytes), its child's absolute path is past
+    # PATH_MAX (4096): even stat() of it fails, and that must cost only the child
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "shallow").write_text("kept")
+    fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+    left = 3950 - len(os.fsencode(str(source)))
+    while left > 0:
+        name = "p" * min(200, left - 1) if left > 1 else "p"
+        os.mkdir(name, dir_fd=fd)
+        next_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = next_fd
+        left -= len(name) + 1
+    os.mkdir("c" * 200, dir_fd=fd)
+    os.close(fd)
+    archive, stats = archive_of(tmp_path, source)
+    assert len(stats.warnings) == 1, stats.warnings
+    assert "skipped, its path is too long to back up" in stats.warnings[0]
+    with tarfile.open(archive) as tar:
+        assert "services/app/files/shallow" in tar.getnames()

@@ -137,3 +137,25 @@ def test_the_proof_command_checks_every_name_in_any_locale(tmp_path, service):
         ["sh", "-c", proof_command(service)], cwd=tmp_path, env=env, capture_output=True
     )
     assert failed.returncode == 1 and b"FAILED" in failed.stdout
+
+
+def test_the_proof_command_takes_a_service_name_literally(tmp_path):
+    import subprocess
+
+    from pullback.server.restore import proof_command
+
+    for name in ("services/web.1/a", "services/web-1/b"):
+        (tmp_path / name).parent.mkdir(parents=True)
+        (tmp_path / name).write_text(name)
+    manifest = subprocess.run(
+        ["sha256sum", "services/web.1/a", "services/web-1/b"],
+        cwd=tmp_path,
+        capture_output=True,
+        check=True,
+    ).stdout
+    (tmp_path / "MANIFEST.sha256").write_bytes(manifest)
+    (tmp_path / "services/web-1/b").unlink()  # another service, not restored
+    proof = subprocess.run(
+        ["sh", "-c", proof_command("web.1")], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert (proof.returncode, proof.stdout) == (0, "services/web.1/a: OK\n"), proof.stderr

@@ -1,0 +1,45 @@
+"""Database names and the dump files named after them: every name maps to one file name
+and back, whatever its characters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pullback.common.archive.dumps import database_of, file_name
+
+NAMES = [
+    "shop",
+    "plain_name-1.x",
+    "price€",
+    "price AC",  # what 'price€' used to be confused with
+    "émoji😀",
+    "x\u3000y",
+    "x000y",
+    "we\"ird 'name",
+    "a%b",
+    "100%",
+    "%41",
+    "../etc",
+    "a/b",
+    ".hidden",
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_name_comes_back_from_its_file_name(name):
+    stored = file_name(name, ".dump")
+    assert "/" not in stored and stored.isascii()
+    assert database_of(Path(stored), ".dump") == name
+
+
+def test_different_names_never_share_a_file_name():
+    assert len({file_name(n, ".sql") for n in NAMES}) == len(NAMES)
+
+
+def test_file_names_of_older_archives_are_still_read():
+    # before 0.2 a character up to U+00FF was escaped by its code point; é was kept
+    assert database_of(Path("sp%A7.sql"), ".sql") == "sp§"
+    assert database_of(Path("café.sql"), ".sql") == "café"
+    assert database_of(Path("a%20b.sql"), ".sql") == "a b"

@@ -205,7 +205,7 @@ class ServiceRestore:
         for task, spec in zip(self.tasks, service.tasks, strict=True):
             options.point_at_server(task, spec.type.schema)
         self.plan = RestorePlan(
-            stamp=content.stamp or stamp_of(utc_now()),
+            stamp=stamp_of(utc_now()),
             replace=options.replace,
             dry_run=options.dry_run,
             safety_dir=config.work_dir.parent / "before-restore",

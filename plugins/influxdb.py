@@ -131,6 +131,8 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
     try:
         if plan.replace:
             kept = (plan.safety_dir or source) / f"influxdb-before-restore-{plan.stamp}"
+            if kept.exists():
+                raise TaskError(f"{kept} exists already (a restore in the same second?)")
             if plan.step(log, f"copy the live data to {kept} ({argv[0]} backup)"):
                 task.run(_backup_argv(config, kept), env=env, timeout=timeout(task))
         if plan.step(log, f"{' '.join(argv)}: restore into {where}", destructive=plan.replace):

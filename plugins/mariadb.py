@@ -28,6 +28,13 @@ SYSTEM_SCHEMAS = {"information_schema", "performance_schema", "sys"}
 _TABLES_SQL = (
     "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = {schema}"
 )
+_SESSIONS_SQL = (
+    "SELECT COUNT(*) FROM information_schema.processlist "
+    "WHERE db = {schema} AND id <> CONNECTION_ID()"
+)
+_LOCK_WAIT = "SET SESSION lock_wait_timeout = 60; "
+"""Before a statement that changes a live database: wait a minute for a lock, then fail
+(and change nothing) instead of waiting for the application and running much later."""
 _OTHERS_SQL = (
     "SELECT (SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = {schema})"
     " + (SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = {schema})"
@@ -206,6 +213,36 @@ def _can_create(grants: list[str]) -> bool:
     return False
 
 
+_DEFINER = re.compile(rb"DEFINER=`((?:[^`]|``)*)`@`((?:[^`]|``)*)`")
+_CHUNK = 1 << 20
+
+
+def definers(dump: Path) -> set[str]:
+    """The ``user@host`` of every ``DEFINER=`` clause in a dump (views, triggers,
+    routines, events), read through once in chunks."""
+    found: set[str] = set()
+    tail = b""
+    with open(dump, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            window = tail + chunk
+            for match in _DEFINER.finditer(window):
+                user, host = (
+                    g.replace(b"``", b"`").decode(errors="replace") for g in match.groups()
+                )
+                found.add(f"{user}@{host}")
+            tail = window[-600:]  # a clause cut by the chunk's end is seen whole next time
+    return found
+
+
+def _can_act_as_others(grants: list[str]) -> bool:
+    """Whether ``SHOW GRANTS`` lets the user give an object another definer."""
+    for grant in grants:
+        match = re.match(r"GRANT (.+?) ON \*\.\* TO", grant)
+        if match and re.search(r"ALL PRIVILEGES|SUPER|SET USER", match.group(1)):
+            return True
+    return False
+
+
 def _ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
@@ -242,11 +279,14 @@ class _Restore:
             self.restore_database(dump)
 
     def preflight(self) -> list[str]:
+        """What would stop the restore, found before anything is changed."""
         problems = []
         for dump in self.dumps:
             problems += self._incomplete(dump)
         try:
             grants = _query(self.task, self.options, "SHOW GRANTS")
+            user = _query(self.task, self.options, "SELECT CURRENT_USER()")[0]
+            live = set(_query(self.task, self.options, "SHOW DATABASES"))
         except CommandError as exc:
             return [*problems, str(_explain(exc, "cannot log in"))]
         if not _can_create(grants):
@@ -254,6 +294,38 @@ class _Restore:
                 "the user may not create databases (CREATE on *.*), and a restore creates "
                 "one; grant it or restore with --username of a user who can (e.g. root)"
             )
+        for dump in self.dumps:
+            problems += self._names_taken(database_of(dump, ".sql"), live)
+            others = definers(dump) - {user}
+            if others and not _can_act_as_others(grants):
+                problems.append(
+                    f"{dump.name} defines views, triggers or routines for "
+                    f"{', '.join(sorted(others)[:3])}, which needs the SET USER (or SUPER) "
+                    "privilege; grant it or restore with --username of a user who has it"
+                )
+        return problems
+
+    def _names_taken(self, name: str, live: set[str]) -> list[str]:
+        """The names this restore would create that exist already, and, for --replace, a
+        live database in use (its DROP or RENAME would wait for the application)."""
+        problems = []
+        words = ("restored", "before_restore") if self.plan.replace else ("restored",)
+        for taken in (renamed(name, word, self.plan.stamp, 64) for word in words):
+            if taken in live:
+                problems.append(f"a database {taken} exists already; try again")
+        safety = (self.plan.safety_dir or Path("/nonexistent")) / (
+            renamed(name, "before_restore", self.plan.stamp, 64) + ".sql"
+        )
+        if self.plan.replace and safety.exists():
+            problems.append(f"{safety} exists already; try again")
+        if self.plan.replace and name in live:
+            literal = "'" + name.replace("\\", "\\\\").replace("'", "''") + "'"
+            sessions = _query(self.task, self.options, _SESSIONS_SQL.format(schema=literal))
+            if sessions and sessions[0] != "0":
+                problems.append(
+                    f"{sessions[0]} session(s) are using {name}: stop the application "
+                    "(a docker or systemd task of the service does) and try again"
+                )
         return problems
 
     def _incomplete(self, dump: Path) -> list[str]:
@@ -272,7 +344,7 @@ class _Restore:
 
     def _sql(self, sql: str, what: str) -> None:
         try:
-            _query(self.task, self.options, sql)
+            _query(self.task, self.options, _LOCK_WAIT + sql)
         except CommandError as exc:
             raise TaskError(f"{what} failed: {tool_said(exc)}") from None
 
@@ -349,15 +421,21 @@ class _Restore:
         if live and self.plan.step(log, f"copy the live {name} to {safety} (mariadb-dump)"):
             self._copy_aside(name, safety)
         if self.plan.step(log, f"replace {name} by the restored copy", destructive=live):
+            where = f"what {name} held is in {safety} (load it with: mariadb < {safety})"
             self._sql(f"DROP DATABASE IF EXISTS {_ident(name)}", f"removing the live {name}")
             try:
                 self._load(dump, name, name)
             except CommandError as exc:
                 raise TaskError(
-                    f"loading {dump.name} into {name} failed: {tool_said(exc)}; what {name} "
-                    f"held is in {safety} (load it with: mariadb < {safety}); the restored "
-                    f"copy is in {fresh}"
+                    f"loading {dump.name} into {name} failed: {tool_said(exc)}; {where}; "
+                    f"the restored copy is in {fresh}"
                 ) from None
+            except BaseException:  # interrupted: say where everything is, then stop
+                self.plan.note(
+                    log,
+                    f"interrupted while replacing {name}: {where}; the restored copy is in {fresh}",
+                )
+                raise
             self._sql(f"DROP DATABASE {_ident(fresh)}", f"removing {fresh}")
             if live:
                 self.plan.note(log, f"{name} is restored; what it held is kept in {safety}")

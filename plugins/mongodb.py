@@ -113,6 +113,8 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
                 plan.note(log, f"restored as {renamed_to}; the live databases are untouched")
             return
         kept = (plan.safety_dir or source) / f"mongodb-before-restore-{plan.stamp}.archive.gz"
+        if kept.exists():
+            raise TaskError(f"{kept} exists already (a restore in the same second?); try again")
         if plan.step(log, f"copy the live databases to {kept} (mongodump)"):
             kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             dump = ["mongodump", *_arguments(task), f"--archive={kept}", "--gzip"]

@@ -12,7 +12,8 @@ how to swap it in. ``--replace`` swaps it in itself, after a preflight (every du
 to its end, the role may create databases and owns the live ones, no session is connected)
 and in one transaction of two renames: the live database becomes
 ``<name>_before_restore_<stamp>``, the restored one takes its name. A failure at any point
-leaves a working database under the live name.
+leaves a working database under the live name. Roles the server has are never changed:
+of ``globals.sql`` only the roles it lacks are created (:mod:`.pg_globals`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ._common import (
     timeout,
     tool_said,
 )
+from .pg_globals import only_new_roles
 from .task import ProbeResult, Requirement, RestorePlan, Task, TaskError, TaskType
 
 GLOBALS = "globals.sql"
@@ -258,6 +260,8 @@ class _Restore:
         self.owners: set[str] = set()
         """The roles the dumps give their objects to."""
         self.missing_roles: set[str] = set()
+        self.roles: set[str] = set()
+        """The roles the server has: globals.sql never changes them."""
 
     def run(self) -> None:
         problems = self.preflight()
@@ -273,31 +277,44 @@ class _Restore:
 
     def preflight(self) -> list[str]:
         """What would stop the restore, found before anything is changed."""
-        problems = []
-        for dump in self.dumps:
-            try:  # reads the whole table of contents: a truncated dump fails here
-                self.owners |= self._owners(dump)
-            except CommandError as exc:
-                problems.append(f"{dump.name} cannot be read to its end ({tool_said(exc)})")
+        problems = self._unreadable()
         try:
             role = (_psql(self.task, self.env, ROLE_SQL) or ["f|f|f"])[0].split("|")
             self.superuser, self.createdb, self.createrole = (v == "t" for v in role)
-            live = set(_psql(self.task, self.env, LIST_SQL))
-            roles = set(_psql(self.task, self.env, "SELECT rolname FROM pg_roles"))
+            live = set(_psql(self.task, self.env, "SELECT datname FROM pg_database"))
+            self.roles = set(_psql(self.task, self.env, "SELECT rolname FROM pg_roles"))
         except CommandError as exc:
             return [*problems, str(_explain(exc, "cannot log in"))]
         if not (self.globals.exists() and self.createrole):  # else they come with the roles
-            self.missing_roles = self.owners - roles
+            self.missing_roles = self.owners - self.roles
         if not self.createdb:
             problems.append(
                 "the role cannot create databases (CREATEDB), and a restore creates one; "
                 "grant it (ALTER ROLE ... CREATEDB) or restore with --username of a role "
                 "that can (e.g. postgres)"
             )
-        if self.plan.replace:
-            for name in (database_of(d, ".dump") for d in self.dumps):
-                if name in live:
-                    problems += self._replace_problems(name)
+        for name in (database_of(d, ".dump") for d in self.dumps):
+            words = ("restored", "before_restore") if self.plan.replace else ("restored",)
+            problems += [
+                f"a database {taken} exists already (a restore in the same second?); try again"
+                for taken in (renamed(name, word, self.plan.stamp) for word in words)
+                if taken in live
+            ]
+            if self.plan.replace and name in live:
+                problems += self._replace_problems(name)
+        return problems
+
+    def _unreadable(self) -> list[str]:
+        """The dumps that cannot be read to their end: their table of contents (which also
+        names the roles owning their objects), then every byte."""
+        problems = []
+        for dump in self.dumps:
+            try:
+                self.owners |= self._owners(dump)
+                everything = ["pg_restore", "--file=/dev/null"]
+                self.task.run(everything, stdin=dump, timeout=timeout(self.task), level=10)
+            except CommandError as exc:
+                problems.append(f"{dump.name} cannot be read to its end ({tool_said(exc)})")
         return problems
 
     def _owners(self, dump: Path) -> set[str]:
@@ -345,13 +362,23 @@ class _Restore:
                 "roles (globals.sql) are not restored: the role may not create roles",
             )
             return
-        if self.plan.step(self.task.log, f"load the roles of {GLOBALS} (existing ones stay)"):
-            try:  # an existing role is an error psql reports and goes past
-                self.task.run(
-                    ["psql", "-X", "-q", "-d", "postgres"], env=self.env, stdin=self.globals
-                )
+        sql, left_alone = only_new_roles(self.globals.read_text(errors="replace"), self.roles)
+        what = f"create the roles of {GLOBALS} that this server lacks"
+        if left_alone:
+            shown = ", ".join(left_alone[:10]) + (" ..." if len(left_alone) > 10 else "")
+            what += f"; the existing roles stay as they are ({shown})"
+        if self.plan.step(self.task.log, what):
+            new_roles = self.task.staging / ".new-roles.sql"
+            new_roles.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(new_roles, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:  # it holds password hashes
+                handle.write(sql)
+            try:
+                self.task.run(["psql", "-X", "-q", "-d", "postgres"], env=self.env, stdin=new_roles)
             except CommandError as exc:
                 self.task.log.warning("some roles were not created: %s", tool_said(exc))
+            finally:
+                new_roles.unlink(missing_ok=True)
 
     def restore_database(self, dump: Path) -> None:
         name = database_of(dump, ".dump")
@@ -380,8 +407,8 @@ class _Restore:
             self.plan.note(
                 log,
                 f"{name} is restored as {fresh}; the live {name} is untouched. To swap it in: "
-                f'ALTER DATABASE "{name}" RENAME TO "{before}"; '
-                f'ALTER DATABASE "{fresh}" RENAME TO "{name}"; '
+                f"ALTER DATABASE {_quote(name)} RENAME TO {_quote(before)}; "
+                f"ALTER DATABASE {_quote(fresh)} RENAME TO {_quote(name)}; "
                 "(or restore again with --replace)",
             )
 
@@ -414,7 +441,7 @@ class _Restore:
                 self.plan.note(
                     self.task.log,
                     f"{name} is restored; the database it replaced is kept as {before} "
-                    f'(drop it when you are sure: DROP DATABASE "{before}")',
+                    f"(drop it when you are sure: DROP DATABASE {_quote(before)})",
                 )
 
     def _sql(self, sql: str, what: str) -> None:

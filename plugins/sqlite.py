@@ -102,6 +102,13 @@ def _keep(live: Path, kept: Path, busy_timeout: int) -> None:
     os.chmod(kept, st.st_mode & 0o7777)
 
 
+def _aside(path: Path, plan) -> Path:
+    """The file this restore writes next to ``path``: the restored copy, or, with
+    ``--replace``, the live database it keeps."""
+    word = "before-restore" if plan.replace else "restored"
+    return path.with_name(f"{path.name}.{word}-{plan.stamp}")
+
+
 @hookimpl
 def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool, plan):
     """Each copy is checked (``integrity_check``), then lands beside its database as
@@ -110,10 +117,15 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
     the application first (a docker or systemd task of the same service does that)."""
     log, busy = task.log, task.config["busy_timeout"]
     copies = [(Path(p), source / p.lstrip("/")) for p in task.config["paths"]]
-    for _path, copy in copies:
+    for path, copy in copies:
         if not copy.is_file():
             raise TaskError(f"{copy} is not in the restored snapshot")
         _check(copy, True)
+        if target is None and _aside(path, plan).exists():
+            raise TaskError(
+                f"preflight failed, nothing was changed: {_aside(path, plan)} exists "
+                "already (a restore in the same second?); try again"
+            )
     plan.step(log, "preflight: ok (every copy passes integrity_check)")
     for path, copy in copies:
         if target is not None:
@@ -121,12 +133,12 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
             if plan.step(log, f"restore {path} to {destination}"):
                 _place(copy, destination, busy)
         elif not plan.replace:
-            beside = path.with_name(f"{path.name}.restored-{plan.stamp}")
+            beside = _aside(path, plan)
             if plan.step(log, f"restore {path} beside it, as {beside}"):
                 _place(copy, beside, busy)
                 plan.note(log, f"{path} is restored as {beside}; the live file is untouched")
         else:
-            kept = path.with_name(f"{path.name}.before-restore-{plan.stamp}")
+            kept = _aside(path, plan)
             if path.exists() and plan.step(log, f"keep the live {path} as {kept}"):
                 _keep(path, kept, busy)
             if plan.step(log, f"replace {path}", destructive=path.exists()):

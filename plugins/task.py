@@ -86,7 +86,8 @@ class RestorePlan:
     """
 
     stamp: str
-    """The snapshot's stamp (or the time of the restore): names the copies."""
+    """The time of the restore: names the copies (``_restored_``, ``_before_restore_``),
+    so a second restore never overwrites what an earlier one kept."""
     replace: bool = False
     dry_run: bool = False
     safety_dir: Path | None = None

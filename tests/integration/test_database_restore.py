@@ -153,18 +153,74 @@ def test_replace_refuses_while_the_application_is_connected(pg, tmp_path):
     assert not [d for d in databases(pg) if "restored" in d or "before" in d]
 
 
-def test_a_truncated_dump_fails_the_preflight_with_the_tools_words(pg, tmp_path):
+@pytest.mark.parametrize("kept", [0.5, 0.8])
+def test_a_truncated_dump_fails_the_preflight_with_the_tools_words(pg, tmp_path, kept):
     owner_setup(pg, createdb=True)
+    pg.sql(  # enough data that a cut at 80 % leaves the table of contents whole
+        "SET ROLE shop_owner; CREATE TABLE filler AS "
+        "SELECT g, md5(g::text) AS pad FROM generate_series(1, 60000) g;",
+        database="shop",
+    )
     box = shop_client(tmp_path, pg)
     (archive,) = box.published()
-    # a snapshot directory whose dump lost its second half
     subprocess.run(["tar", "--zstd", "-xf", str(archive), "-C", str(tmp_path)], check=True)
     (dump,) = (tmp_path / "services/shop/postgresql").glob("*.dump")
-    dump.write_bytes(dump.read_bytes()[: dump.stat().st_size // 2])
+    dump.write_bytes(dump.read_bytes()[: int(dump.stat().st_size * kept)])
+    dry = box.cli("restore", "--service", "shop", "--from", str(tmp_path), "--replace", "-n")
+    assert dry.stdout.startswith("would: preflight: FAILED: shop.dump cannot be read to its end")
+    before = databases(pg)
     result = box.cli("restore", "--service", "shop", "--from", str(tmp_path), "--replace")
     assert result.returncode == 1
     assert "shop.dump cannot be read to its end (pg_restore:" in result.stderr
-    assert rows(pg) == "1=10,2=20"
+    assert rows(pg) == "1=10,2=20" and databases(pg) == before
+
+
+def test_the_roles_a_server_has_are_never_changed_by_a_restore(pg, tmp_path):
+    """globals.sql holds yesterday's passwords: a restore only adds missing roles."""
+    pg.sql("CREATE ROLE app LOGIN PASSWORD 'old-pw' CONNECTION LIMIT 5")
+    pg.sql("CREATE ROLE gone LOGIN")
+    pg.sql("CREATE DATABASE shop OWNER app")
+    box = ClientSandbox(tmp_path / "client")
+    password = secret(box, "backup.pass", pg.password)
+    box.add_service(
+        "shop",
+        f"""        service: {{name: shop}}
+        postgresql:
+          host: 127.0.0.1
+          port: {pg.port}
+          user: backup
+          password_file: {password}
+          database: shop
+        """,
+    )
+    assert box.cli("run").returncode == 0
+    pg.sql("ALTER ROLE app PASSWORD 'new-pw' CONNECTION LIMIT -1")
+    pg.sql("ALTER ROLE backup PASSWORD 'rotated-Pa55'")  # the restoring role's, too
+    pg.sql("DROP ROLE gone")
+    password.write_text("rotated-Pa55\n")
+    attributes = "SELECT rolpassword, rolconnlimit FROM pg_authid WHERE rolname = 'app'"
+    before = pg.sql(attributes)
+    result = restore(box)
+    assert result.returncode == 0, result.stderr
+    assert pg.sql(attributes) == before  # password and limit as they were set today
+    assert pg.sql("SELECT count(*) FROM pg_roles WHERE rolname = 'gone'") == "1"  # back
+    assert "the existing roles stay as they are (app, backup, postgres)" in result.stderr
+
+
+def test_restoring_twice_keeps_both_and_never_overwrites_what_was_kept(pg, tmp_path):
+    owner_setup(pg, createdb=True)
+    box = shop_client(tmp_path, pg)
+    assert restore(box).returncode == 0
+    time.sleep(1.1)  # the copies are named by the time of the restore
+    assert restore(box).returncode == 0
+    assert len([d for d in databases(pg) if d.startswith("shop_restored_")]) == 2
+    pg.sql("UPDATE orders SET total = 99", database="shop")
+    assert restore(box, "--replace").returncode == 0
+    pg.sql("UPDATE orders SET total = 77", database="shop")
+    time.sleep(1.1)
+    assert restore(box, "--replace").returncode == 0
+    kept = sorted(d for d in databases(pg) if d.startswith("shop_before_restore_"))
+    assert [rows(pg, d) for d in kept] == ["1=99,2=99", "1=77,2=77"]
 
 
 def test_restore_to_another_server(pg, shared_root, tmp_path):
@@ -365,6 +421,55 @@ def test_mariadb_a_truncated_dump_fails_the_preflight(maria, tmp_path):
     assert maria_rows(maria) == "1=10,2=20"
 
 
+def test_mariadb_replace_refuses_while_the_application_is_connected(maria, tmp_path):
+    maria.sql("CREATE VIEW shop.big AS SELECT * FROM shop.orders WHERE total > 15")
+    box = maria_client(tmp_path, maria, root_by_socket(maria))
+    app = subprocess.Popen(  # an open transaction holds a metadata lock on shop.orders
+        [*maria.client_argv("shop")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        app.stdin.write("BEGIN; SELECT COUNT(*) FROM orders;\n")
+        app.stdin.flush()
+        time.sleep(0.5)
+        before = maria_databases(maria)
+        result = restore(box, "--replace")
+        assert result.returncode == 1
+        assert "session(s) are using shop: stop the application" in result.stderr
+        assert maria_databases(maria) == before and maria_rows(maria) == "1=10,2=20"
+    finally:
+        app.stdin.close()
+        app.wait(timeout=30)
+
+
+def test_mariadb_a_user_who_cannot_set_definers_is_stopped_by_the_preflight(maria, tmp_path):
+    maria.sql(
+        "CREATE VIEW shop.big AS SELECT * FROM shop.orders WHERE total > 15; "
+        "CREATE USER 'restorer'@'127.0.0.1' IDENTIFIED BY 'R3st-pw'; "
+        "GRANT ALL ON `shop%`.* TO 'restorer'@'127.0.0.1'; "
+        "GRANT CREATE, SELECT ON *.* TO 'restorer'@'127.0.0.1';"
+    )
+    box = maria_client(tmp_path, maria, root_by_socket(maria))
+    password = secret(box, "restorer.pass", "R3st-pw")
+    before = maria_databases(maria)
+    result = restore(
+        box,
+        "--hostname",
+        "127.0.0.1",
+        "--port",
+        str(maria.port),
+        "--username",
+        "restorer",
+        "--password-file",
+        str(password),
+    )
+    assert result.returncode == 1
+    assert "defines views, triggers or routines for root@localhost" in result.stderr
+    assert "SET USER" in result.stderr and maria_databases(maria) == before
+
+
 # -- SQLite -------------------------------------------------------------------------------
 
 
@@ -394,3 +499,11 @@ def test_sqlite_restores_beside_or_keeps_the_file_it_replaces(tmp_path):
     assert result.returncode == 0, result.stderr
     (kept,) = tmp_path.glob("app.db.before-restore-*")
     assert body(live) == "backed up" and body(kept) == "changed since"
+
+    # a second --replace keeps what the first one kept
+    with sqlite3.connect(live) as db:
+        db.execute("UPDATE notes SET body = 'changed again'")
+    time.sleep(1.1)
+    assert restore(box, "--replace").returncode == 0
+    kept = sorted(tmp_path.glob("app.db.before-restore-*"))
+    assert [body(k) for k in kept] == ["changed since", "changed again"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..common.errors import CommandError
 from ..common.units import parse_duration
-from .task import Task
+from .task import RestorePlan, Task, TaskError
 
 
 def first(config: dict, *keys: str, default=None):
@@ -67,3 +67,42 @@ def tool_said(exc: CommandError, lines: int = 3) -> str:
     errors = [line for line in said if "error" in line.lower()]
     chosen = (errors or said)[-lines:]
     return " / ".join(chosen) if chosen else exc.reason
+
+
+class DatabaseRestore:
+    """The shape of every database task's restore: a preflight that changes nothing, its
+    verdict as the plan's first step, then each dump in turn (``restore_database``).
+
+    A subclass names its dump files (``suffix``) and gives :meth:`preflight` and
+    :meth:`restore_database`; :meth:`before_databases` runs once between the two (the
+    roles of PostgreSQL's ``globals.sql``)."""
+
+    suffix = ""
+
+    def __init__(self, task: Task, source: Path, plan: RestorePlan):
+        self.task = task
+        self.plan = plan
+        self.dumps = sorted(source.glob(f"*{self.suffix}"))
+        if not self.dumps:
+            raise TaskError(f"no *{self.suffix} files in {source}")
+
+    def run(self) -> None:
+        """Raises TaskError: the preflight's problems (nothing changed), or a step's."""
+        problems = self.preflight()
+        verdict = "ok" if not problems else "FAILED: " + "; ".join(problems)
+        self.plan.step(self.task.log, f"preflight: {verdict}")
+        if problems:
+            raise TaskError(f"preflight failed, nothing was changed: {'; '.join(problems)}")
+        self.before_databases()
+        for dump in self.dumps:
+            self.restore_database(dump)
+
+    def preflight(self) -> list[str]:
+        """What would stop the restore, found before anything is changed."""
+        raise NotImplementedError
+
+    def before_databases(self) -> None:
+        """What comes once before the databases (nothing by default)."""
+
+    def restore_database(self, dump: Path) -> None:
+        raise NotImplementedError

@@ -14,6 +14,7 @@ from ..common.errors import CommandError
 from ..common.secrets import read_secret_file
 from . import hookimpl, load_plugin_schema
 from ._common import (
+    DatabaseRestore,
     extra_options,
     first,
     forget_private,
@@ -258,25 +259,14 @@ def renaming(lines, old: str, new: str):
         yield line
 
 
-class _Restore:
+class _Restore(DatabaseRestore):
     """One task's restore: the preflight, then each database beside or over the live one."""
 
-    def __init__(self, task: Task, source: Path, plan: RestorePlan):
-        self.task = task
-        self.plan = plan
-        self.options = _options(task)
-        self.dumps = sorted(source.glob("*.sql"))
-        if not self.dumps:
-            raise TaskError(f"no *.sql files in {source}")
+    suffix = ".sql"
 
-    def run(self) -> None:
-        problems = self.preflight()
-        verdict = "ok" if not problems else "FAILED: " + "; ".join(problems)
-        self.plan.step(self.task.log, f"preflight: {verdict}")
-        if problems:
-            raise TaskError(f"preflight failed, nothing was changed: {'; '.join(problems)}")
-        for dump in self.dumps:
-            self.restore_database(dump)
+    def __init__(self, task: Task, source: Path, plan: RestorePlan):
+        super().__init__(task, source, plan)
+        self.options = _options(task)
 
     def preflight(self) -> list[str]:
         """What would stop the restore, found before anything is changed."""

@@ -26,6 +26,7 @@ from ..common.errors import CommandError
 from ..common.secrets import read_secret_file
 from . import hookimpl, load_plugin_schema
 from ._common import (
+    DatabaseRestore,
     extra_options,
     first,
     forget_private,
@@ -245,16 +246,14 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-class _Restore:
+class _Restore(DatabaseRestore):
     """One task's restore: the preflight, then each database beside or over the live one."""
 
+    suffix = ".dump"
+
     def __init__(self, task: Task, source: Path, plan: RestorePlan):
-        self.task = task
-        self.plan = plan
+        super().__init__(task, source, plan)
         self.env = _env(task)
-        self.dumps = sorted(source.glob("*.dump"))
-        if not self.dumps:
-            raise TaskError(f"no *.dump files in {source}")
         self.globals = source / GLOBALS
         self.superuser = self.createdb = self.createrole = False
         self.owners: set[str] = set()
@@ -262,16 +261,6 @@ class _Restore:
         self.missing_roles: set[str] = set()
         self.roles: set[str] = set()
         """The roles the server has: globals.sql never changes them."""
-
-    def run(self) -> None:
-        problems = self.preflight()
-        verdict = "ok" if not problems else "FAILED: " + "; ".join(problems)
-        self.plan.step(self.task.log, f"preflight: {verdict}")
-        if problems:
-            raise TaskError(f"preflight failed, nothing was changed: {'; '.join(problems)}")
-        self.restore_roles()
-        for dump in self.dumps:
-            self.restore_database(dump)
 
     # -- the preflight ------------------------------------------------------------------
 
@@ -353,7 +342,8 @@ class _Restore:
 
     # -- the steps ----------------------------------------------------------------------
 
-    def restore_roles(self) -> None:
+    def before_databases(self) -> None:
+        """The roles of globals.sql that the server lacks."""
         if not self.globals.exists():
             return
         if not self.createrole:

@@ -33,7 +33,7 @@ def file_name(name: str, suffix: str) -> str:
 def database_of(file: Path, suffix: str) -> str:
     """The database name a dump file was named after (see :func:`file_name`).
 
-    Archives written before 0.2 escaped a character as ``%`` and its code point in two
+    Older archives escaped a character as ``%`` and its code point in two
     or more hex digits; such a name that is not valid UTF-8 escapes is read the old way
     (for characters up to U+00FF, which is all that could be read back then)."""
     stem = file.name.removesuffix(suffix)

@@ -4,11 +4,9 @@ being written to, restored into fresh servers, compared row by row."""
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,15 +16,6 @@ from tests.helpers.client import ClientSandbox
 from tests.helpers.databases import PG_BIN, MariaDB, Postgres
 
 pytestmark = pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL is not installed")
-
-
-@pytest.fixture
-def shared_root():
-    """A directory the postgres and mysql users can reach (pytest's tmp is root-only)."""
-    root = Path(tempfile.mkdtemp(prefix="pullback-db-", dir="/tmp"))
-    root.chmod(0o755)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def password_file(box: ClientSandbox, value: str) -> Path:

@@ -5,9 +5,7 @@ server to restore to, a live session, a truncated dump."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,22 +15,6 @@ from tests.helpers.client import ClientSandbox
 from tests.helpers.databases import PG_BIN, MariaDB, Postgres
 
 pytestmark = pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL is not installed")
-
-
-@pytest.fixture
-def shared_root():
-    """A directory the postgres user can reach (pytest's tmp is root-only)."""
-    root = Path(tempfile.mkdtemp(prefix="pullback-db-", dir="/tmp"))
-    root.chmod(0o755)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def pg(shared_root):
-    server = Postgres(shared_root / "pg").start()
-    yield server
-    server.stop()
 
 
 def secret(box: ClientSandbox, name: str, value: str) -> Path:

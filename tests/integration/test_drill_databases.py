@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -28,31 +29,9 @@ pytestmark = pytest.mark.skipif(
 LOG = get_logger("test")
 
 
-@pytest.fixture
-def shared_root():
-    """A directory the postgres and mysql users can reach (pytest's tmp is root-only)."""
-    root = Path(tempfile.mkdtemp(prefix="pullback-db-", dir="/tmp"))
-    root.chmod(0o755)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def pg(shared_root):
-    server = Postgres(shared_root / "pg").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def maria(shared_root):
-    server = MariaDB(shared_root / "maria").start()
-    yield server
-    server.stop()
-
-
-def settings(tmp_path: Path, **changes) -> ProofSettings:
-    found = ProofSettings(Path("/var/tmp"), timeout=600, max_size=1 << 40)
+def settings(shared_root: Path, **changes) -> ProofSettings:
+    """The drill's settings, its engines in a directory of this test's own."""
+    found = ProofSettings(shared_root / "engines", timeout=600, max_size=1 << 40)
     for key, value in changes.items():
         setattr(found, key, value)
     return found
@@ -88,11 +67,15 @@ def maria_dump(maria: MariaDB, database: str, target: Path) -> None:
         )
 
 
-def leftovers() -> list[str]:
-    return sorted(p.name for p in Path("/var/tmp").glob("pullback-proof-*"))
+def leftovers(shared_root: Path) -> list[str]:
+    """What the drill's engines left behind: directories, and processes running there."""
+    engines = shared_root / "engines"
+    found = sorted(p.name for p in engines.glob("*")) if engines.exists() else []
+    ps = subprocess.run(["pgrep", "-af", str(engines)], capture_output=True, text=True)
+    return found + ps.stdout.splitlines()
 
 
-def test_dumps_of_both_engines_and_sqlite_are_loaded_and_counted(pg, maria, tmp_path):
+def test_dumps_of_both_engines_and_sqlite_are_loaded_and_counted(pg, maria, shared_root, tmp_path):
     pg.sql("CREATE DATABASE shop")
     pg.sql(
         "CREATE TABLE orders(id int PRIMARY KEY, total int); "
@@ -119,18 +102,17 @@ def test_dumps_of_both_engines_and_sqlite_are_loaded_and_counted(pg, maria, tmp_
     db.commit()
     db.close()
 
-    proofs = {p.database: p for p in prove_databases(tree, LOG, settings(tmp_path))}
+    proofs = {p.database: p for p in prove_databases(tree, LOG, settings(shared_root))}
     assert proofs["shop"].state == ProofState.PROVEN, proofs["shop"].problem
     assert (proofs["shop"].tables, proofs["shop"].rows) == (2, 1501)
     assert proofs["shop"].summary == "app/shop (postgresql): 2 tables, 1,501 rows"
     assert proofs["crm"].state == ProofState.PROVEN, proofs["crm"].problem
     assert (proofs["crm"].tables, proofs["crm"].rows) == (2, 4)
     assert (proofs["notes.db"].tables, proofs["notes.db"].rows) == (1, 2)
-    assert leftovers() == []  # the engines are stopped and their directories gone
-    assert subprocess.run(["pgrep", "-f", "pullback-proof-"], check=False).returncode != 0
+    assert leftovers(shared_root) == []  # the engines are stopped, their directories gone
 
 
-def test_a_damaged_dump_fails_the_proof_with_the_tools_own_words(pg, maria, tmp_path):
+def test_a_damaged_dump_fails_the_proof_with_the_tools_own_words(pg, maria, shared_root, tmp_path):
     pg.sql("CREATE DATABASE shop")
     pg.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 50000) g", database="shop")
     tree = tmp_path / "snapshot"
@@ -145,7 +127,7 @@ def test_a_damaged_dump_fails_the_proof_with_the_tools_own_words(pg, maria, tmp_
     sqlite.parent.mkdir(parents=True)
     sqlite.write_bytes(b"SQLite format 3\0" + b"\xff" * 4000)
 
-    proofs = {p.database: p for p in prove_databases(tree, LOG, settings(tmp_path))}
+    proofs = {p.database: p for p in prove_databases(tree, LOG, settings(shared_root))}
     assert proofs["shop"].state == ProofState.FAILED
     assert proofs["shop"].problem.startswith("does not load: pg_restore: error:")
     assert proofs["crm"].state == ProofState.FAILED
@@ -153,7 +135,7 @@ def test_a_damaged_dump_fails_the_proof_with_the_tools_own_words(pg, maria, tmp_
     assert proofs["broken.db"].state == ProofState.FAILED
 
 
-def test_a_hostile_dump_runs_no_program_and_touches_no_file(pg, maria, tmp_path):
+def test_a_hostile_dump_runs_no_program_and_touches_no_file(pg, maria, shared_root, tmp_path):
     marker = Path(tempfile.mkdtemp(prefix="pullback-marker-", dir="/tmp"))
     marker.chmod(0o777)
     # PostgreSQL: a CHECK constraint whose function runs a program for each row loaded,
@@ -193,7 +175,7 @@ def test_a_hostile_dump_runs_no_program_and_touches_no_file(pg, maria, tmp_path)
         sql.parent.mkdir(parents=True)
         sql.write_text(f"CREATE DATABASE evil; USE evil; CREATE TABLE t (a TEXT);\n{attack}\n")
 
-    proofs = prove_databases(tree, LOG, settings(tmp_path))
+    proofs = prove_databases(tree, LOG, settings(shared_root))
     assert sorted(p.name for p in marker.iterdir()) == []  # nothing ran, nothing written
     assert all(p.state != ProofState.PROVEN for p in proofs), [p.summary for p in proofs]
     said = {p.service: p.problem for p in proofs}
@@ -218,7 +200,7 @@ def test_a_hostile_dump_runs_no_program_and_touches_no_file(pg, maria, tmp_path)
     shutil.rmtree(marker)
 
 
-def test_a_dump_that_grows_past_the_limit_is_stopped(pg, monkeypatch, tmp_path):
+def test_a_dump_that_grows_past_the_limit_is_stopped(pg, monkeypatch, shared_root, tmp_path):
     pg.sql("CREATE DATABASE bomb")
     # a few MiB of dump that loads as ~100 MiB of rows and index
     pg.sql(
@@ -230,23 +212,38 @@ def test_a_dump_that_grows_past_the_limit_is_stopped(pg, monkeypatch, tmp_path):
     pg_dump(pg, "bomb", tree / "services/app/postgresql/bomb.dump")
     monkeypatch.setattr(db_proof, "_WATCH_EVERY", 0.2)
     baseline = 60 << 20  # an empty cluster takes about 40 MiB
-    (proof,) = prove_databases(tree, LOG, settings(tmp_path, max_size=baseline))
+    (proof,) = prove_databases(tree, LOG, settings(shared_root, max_size=baseline))
     assert proof.state == ProofState.FAILED
     assert proof.problem == "stopped: the loaded data grew past max_unpacked_size (60.0 MiB)"
-    assert leftovers() == []
+    assert leftovers(shared_root) == []
 
-    (slow,) = prove_databases(tree, LOG, settings(tmp_path, timeout=1.0))
+
+def test_a_dump_that_never_finishes_loading_is_stopped(pg, shared_root, tmp_path):
+    pg.sql("CREATE DATABASE slow")
+    pg.sql(  # each row loaded waits a minute, in the drill's database only
+        "CREATE FUNCTION wait(int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN "
+        "IF current_database() LIKE 'proof%' THEN PERFORM pg_sleep(60); END IF; "
+        "RETURN $1; END $$; CREATE TABLE t(a int CHECK (wait(a) = a)); "
+        "INSERT INTO t SELECT generate_series(1, 10);",
+        database="slow",
+    )
+    tree = tmp_path / "snapshot"
+    pg_dump(pg, "slow", tree / "services/app/postgresql/slow.dump")
+    started = time.monotonic()
+    (slow,) = prove_databases(tree, LOG, settings(shared_root, timeout=3.0))
     assert slow.state == ProofState.FAILED
-    assert slow.problem == "stopped: it took longer than database_proof_timeout (1s)"
+    assert slow.problem == "stopped: it took longer than database_proof_timeout (3s)"
+    assert time.monotonic() - started < 60
+    assert leftovers(shared_root) == []
 
 
-def test_an_engine_that_is_not_installed_is_a_warning(maria, monkeypatch, tmp_path):
+def test_an_engine_that_is_not_installed_is_a_warning(maria, monkeypatch, shared_root, tmp_path):
     maria.sql("CREATE DATABASE crm; CREATE TABLE crm.t(a INT); INSERT INTO crm.t VALUES (1);")
     tree = tmp_path / "snapshot"
     maria_dump(maria, "crm", tree / "services/app/mariadb/crm.sql")
     # cannot uninstall MariaDB for one test: the server looks for its programs on PATH
     monkeypatch.setattr(db_proof.shutil, "which", lambda name: None)
-    (proof,) = prove_databases(tree, LOG, settings(tmp_path))
+    (proof,) = prove_databases(tree, LOG, settings(shared_root))
     assert proof.state == ProofState.UNPROVEN
     assert proof.problem == "dump not proven: install mariadb-server on the server"
 

@@ -39,7 +39,7 @@ def test_different_names_never_share_a_file_name():
 
 
 def test_file_names_of_older_archives_are_still_read():
-    # before 0.2 a character up to U+00FF was escaped by its code point; é was kept
+    # older archives escaped a character up to U+00FF by its code point; é was kept
     assert database_of(Path("sp%A7.sql"), ".sql") == "sp§"
     assert database_of(Path("café.sql"), ".sql") == "café"
     assert database_of(Path("a%20b.sql"), ".sql") == "a b"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import tempfile
@@ -54,10 +55,15 @@ def extra_options(task: Task, key: str = "dump_options") -> list[str]:
 
 def renamed(name: str, word: str, stamp: str, limit: int = 63) -> str:
     """``shop_restored_20261130T120000Z``: a copy's name, the base shortened so that the
-    whole fits ``limit`` bytes (PostgreSQL's identifiers hold 63, MariaDB's 64)."""
+    whole fits ``limit`` bytes (PostgreSQL's identifiers hold 63, MariaDB's 64), and then
+    marked with a short hash of the whole name, so that two names never share a copy."""
     suffix = f"_{word}_{stamp}"
-    base = name.encode()[: limit - len(suffix)].decode("utf-8", "ignore")
-    return base + suffix
+    if len(name.encode()) + len(suffix) <= limit:
+        return name + suffix
+    # shortened: a few hex digits of the whole name keep two long names apart
+    mark = "_" + hashlib.sha256(name.encode()).hexdigest()[:6]
+    base = name.encode()[: limit - len(suffix) - len(mark)].decode("utf-8", "ignore")
+    return base + mark + suffix
 
 
 def tool_said(exc: CommandError, lines: int = 3) -> str:

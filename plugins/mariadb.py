@@ -214,13 +214,14 @@ def _can_create(grants: list[str]) -> bool:
     return False
 
 
-_DEFINER = re.compile(rb"DEFINER=`((?:[^`]|``)*)`@`((?:[^`]|``)*)`")
+_DEFINER = re.compile(rb"DEFINER=`((?:[^`]|``)*)`(?:@`((?:[^`]|``)*)`)?")
+"""``DEFINER=`user`@`host``` or, for a role, ``DEFINER=`role```."""
 _CHUNK = 1 << 20
 
 
 def definers(dump: Path) -> set[str]:
-    """The ``user@host`` of every ``DEFINER=`` clause in a dump (views, triggers,
-    routines, events), read through once in chunks."""
+    """The ``user@host`` (or role) of every ``DEFINER=`` clause in a dump (views,
+    triggers, routines, events), read through once in chunks."""
     found: set[str] = set()
     tail = b""
     with open(dump, "rb") as handle:
@@ -228,9 +229,9 @@ def definers(dump: Path) -> set[str]:
             window = tail + chunk
             for match in _DEFINER.finditer(window):
                 user, host = (
-                    g.replace(b"``", b"`").decode(errors="replace") for g in match.groups()
+                    (g or b"").replace(b"``", b"`").decode(errors="replace") for g in match.groups()
                 )
-                found.add(f"{user}@{host}")
+                found.add(f"{user}@{host}" if match.group(2) is not None else user)
             tail = window[-600:]  # a clause cut by the chunk's end is seen whole next time
     return found
 
@@ -412,7 +413,13 @@ class _Restore(DatabaseRestore):
             self._copy_aside(name, safety)
         if self.plan.step(log, f"replace {name} by the restored copy", destructive=live):
             where = f"what {name} held is in {safety} (load it with: mariadb < {safety})"
-            self._sql(f"DROP DATABASE IF EXISTS {_ident(name)}", f"removing the live {name}")
+            try:  # waits a minute at most for the application's locks
+                self._sql(f"DROP DATABASE IF EXISTS {_ident(name)}", f"removing the live {name}")
+            except TaskError as exc:
+                raise TaskError(
+                    f"{exc}; {name} is unchanged (is an application using it?); the restored "
+                    f"copy is in {fresh}, and a copy of {name} in {safety}"
+                ) from None
             try:
                 self._load(dump, name, name)
             except CommandError as exc:
@@ -451,19 +458,25 @@ class _Restore(DatabaseRestore):
             self._sql(f"DROP DATABASE {_ident(before)}", f"removing the unused {before}")
 
     def _copy_aside(self, name: str, safety: Path) -> None:
+        """Dump the live database to ``safety``, a new file (never one that exists: it
+        may be what an earlier restore kept), readable by root only."""
         safety.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         dump = _tool("mariadb-dump", "mysqldump")
         try:
-            self.task.run(
-                [dump, *self.options, *DUMP_OPTIONS, "--databases", name],
-                stdout=safety,
-                timeout=timeout(self.task),
-            )
+            fd = os.open(safety, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise TaskError(f"{safety} exists already, nothing was changed; try again") from None
+        try:
+            with os.fdopen(fd, "wb") as out:
+                self.task.run(
+                    [dump, *self.options, *DUMP_OPTIONS, "--databases", name],
+                    stdout=out,
+                    timeout=timeout(self.task),
+                )
         except CommandError as exc:
             raise TaskError(
                 f"copying the live {name} aside failed, nothing was changed: {tool_said(exc)}"
             ) from None
-        os.chmod(safety, 0o600)
 
 
 @hookimpl

@@ -35,7 +35,7 @@ from ._common import (
     timeout,
     tool_said,
 )
-from .pg_globals import only_new_roles
+from .pg_globals import only_new
 from .task import ProbeResult, Requirement, RestorePlan, Task, TaskError, TaskType
 
 GLOBALS = "globals.sql"
@@ -261,6 +261,8 @@ class _Restore(DatabaseRestore):
         self.missing_roles: set[str] = set()
         self.roles: set[str] = set()
         """The roles the server has: globals.sql never changes them."""
+        self.tablespaces: set[str] = set()
+        """The tablespaces the server has: globals.sql never changes them either."""
 
     # -- the preflight ------------------------------------------------------------------
 
@@ -272,6 +274,7 @@ class _Restore(DatabaseRestore):
             self.superuser, self.createdb, self.createrole = (v == "t" for v in role)
             live = set(_psql(self.task, self.env, "SELECT datname FROM pg_database"))
             self.roles = set(_psql(self.task, self.env, "SELECT rolname FROM pg_roles"))
+            self.tablespaces = set(_psql(self.task, self.env, "SELECT spcname FROM pg_tablespace"))
         except CommandError as exc:
             return [*problems, str(_explain(exc, "cannot log in"))]
         if not (self.globals.exists() and self.createrole):  # else they come with the roles
@@ -352,7 +355,8 @@ class _Restore(DatabaseRestore):
                 "roles (globals.sql) are not restored: the role may not create roles",
             )
             return
-        sql, left_alone = only_new_roles(self.globals.read_text(errors="replace"), self.roles)
+        dumped = self.globals.read_text(errors="replace")
+        sql, left_alone = only_new(dumped, self.roles, self.tablespaces)
         what = f"create the roles of {GLOBALS} that this server lacks"
         if left_alone:
             shown = ", ".join(left_alone[:10]) + (" ..." if len(left_alone) > 10 else "")

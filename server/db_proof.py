@@ -12,12 +12,16 @@ failed drill. The engines are stopped and their directories removed afterwards, 
 happened.
 
 A dump is written by the client, so it is hostile until proven otherwise: it is loaded by
-an unprivileged role of the throwaway engine (no superuser, no ``FILE``, no ``SUPER``), so
-its SQL can neither run programs nor touch the server's files; MariaDB's client runs in
-``--sandbox`` mode and as ``mysql``, the server with ``--secure-file-priv`` pointing at an
-empty directory. A load is stopped past ``database_proof_timeout``, when the engine's data
-grows past the host's ``max_unpacked_size``, or when its filesystem has under 1 GiB left.
-What the engines say is escaped and cut before it is reported.
+an unprivileged role of the throwaway engine made for it alone (no superuser, no
+``FILE``, no ``SUPER``, no right to act as another definer: ``DEFINER=`` clauses are taken
+out as the dump is fed), so its SQL can neither run programs nor touch the server's
+files, nor change what loads the next dump. MariaDB's client runs in ``--sandbox`` mode
+and as ``mysql``; its server with ``--secure-file-priv`` and ``--tmpdir`` in the engine's
+directory and ``--skip-symbolic-links`` (``DATA DIRECTORY=`` is ignored). A load is
+stopped past ``database_proof_timeout``, when the engine's directory grows past the
+host's ``max_unpacked_size``, or when its filesystem has under 1 GiB left; each engine
+process may use at most :data:`MEMORY_LIMIT` of address space. What the engines say is
+escaped and cut before it is reported.
 """
 
 from __future__ import annotations
@@ -49,11 +53,16 @@ from ..common.units import human_duration, human_size
 
 MIN_FREE = 1 << 30
 """A load stops when the engine's filesystem has less than this left."""
+MEMORY_LIMIT = 4 << 30
+"""The address space each engine process may use (``prlimit --as``): a dump that asks
+for more memory gets an error, not the server's memory."""
 _WATCH_EVERY = 2.0
 _STARTUP = 180.0
 _SAID = 200
 """At most this many characters of an engine's own words per line of a proof's problem."""
 PROOF_ROLE = "pullback_proof"
+"""The stem of the roles that load the dumps: a fresh one per dump (``pullback_proof_1``,
+...), dropped after it, so one dump cannot change the role that loads the next."""
 _PG_COUNT = (
     "SELECT count(*), coalesce(sum((xpath('/row/c/text()', query_to_xml(format("
     "'select count(*) as c from %I.%I', table_schema, table_name), false, true, '')))[1]"
@@ -72,8 +81,16 @@ PREPARE counting FROM @query;
 SELECT @tables;
 EXECUTE counting;
 """
-_NOT_ALLOWED = ("must be superuser", "permission denied", "access denied", "must be owner")
-"""What an engine says when a dump needs more than the proof's unprivileged role."""
+_NOT_ALLOWED = (
+    "must be superuser",
+    "permission denied",
+    "must be owner",
+    "access denied;",
+    "access denied for user",
+)
+"""What an engine says when a dump needs more than the proof's unprivileged role. (Not
+its login failing: that fresh role's login is the drill's own, so that is a failure.)"""
+_LOGIN = "(using password"
 
 
 class ProofState(StrEnum):
@@ -130,6 +147,12 @@ def _as(user: str, argv: list) -> list[str]:
     ``setpriv``, not ``runuser``: no PAM session, so no journal lines per command."""
     ids = [f"--reuid={user}", f"--regid={user}", "--init-groups", "--no-new-privs"]
     return ["setpriv", *ids, "--", *map(str, argv)]
+
+
+def _bounded(argv: list) -> list[str]:
+    """``argv`` with at most :data:`MEMORY_LIMIT` of address space, for it and every
+    process it starts (an engine's server)."""
+    return ["prlimit", f"--as={MEMORY_LIMIT}", "--", *map(str, argv)]
 
 
 def _said(exc: CommandError) -> str:
@@ -204,13 +227,14 @@ class _Postgres(_Engine):
         log = self.work / "postgresql.log"  # not our pipe: the server outlives pg_ctl
         try:
             self.run(
-                self._tool("pg_ctl", "-D", self.data, "-l", log, "-o", options, "-w", "start"),
+                _bounded(
+                    self._tool("pg_ctl", "-D", self.data, "-l", log, "-o", options, "-w", "start")
+                ),
                 stdout=os.devnull,
             )
         except CommandError as exc:
             exc.tail[:] = _last_lines(log) or exc.tail
             raise
-        self._psql(f"CREATE ROLE {PROOF_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
 
     def _psql(self, sql: str, role: str = "postgres", database: str = "postgres", **options) -> str:
         out = self.work / "out"
@@ -224,20 +248,23 @@ class _Postgres(_Engine):
         return out.read_text().strip()
 
     def load(self, dump: Path, database: str, timeout: float) -> tuple[int, int]:
-        self._psql(f'CREATE DATABASE "{database}" OWNER {PROOF_ROLE}')
+        role = f"{PROOF_ROLE}_{database}"
+        self._psql(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+        self._psql(f'CREATE DATABASE "{database}" OWNER {role}')
         try:
-            restore = ["pg_restore", "-h", self.socket, "-U", PROOF_ROLE, "--exit-on-error"]
+            restore = ["pg_restore", "-h", self.socket, "-U", role, "--exit-on-error"]
             self.run(
                 self._tool(*restore, "--no-owner", "--no-privileges", "-d", database),
                 stdin=dump,
                 timeout=timeout,
             )
-            counted = self._psql(_PG_COUNT, PROOF_ROLE, database, timeout=timeout)
+            counted = self._psql(_PG_COUNT, role, database, timeout=timeout)
             tables, rows = counted.split("|")
             return int(tables), int(rows)
         finally:
             with contextlib.suppress(CommandError):
                 self._psql(f'DROP DATABASE "{database}" WITH (FORCE)')
+                self._psql(f"DROP ROLE {role}")
 
     def stop(self) -> None:
         if self.bin is None or not (self.data / "postmaster.pid").exists():
@@ -270,6 +297,7 @@ class _MariaDB(_Engine):
         self.install = shutil.which("mariadb-install-db")
         self.data, self.socket = work / "data", work / "mysqld.sock"
         self.process: RunningCommand | None = None
+        self.loads = 0
 
     @property
     def missing(self) -> str:
@@ -295,20 +323,24 @@ class _MariaDB(_Engine):
             stdout=os.devnull,
         )
         self.process = self.runner.start(
-            [
-                self.server,
-                "--no-defaults",
-                f"--datadir={self.data}",
-                f"--socket={self.socket}",
-                "--skip-networking",
-                f"--user={self.account}",
-                f"--pid-file={self.work / 'pid'}",
-                f"--secure-file-priv={files}",
-                "--local-infile=0",
-                "--skip-log-bin",
-                "--innodb-buffer-pool-size=64M",
-                f"--log-error={self.work / 'error.log'}",
-            ],
+            _bounded(
+                [
+                    self.server,
+                    "--no-defaults",
+                    f"--datadir={self.data}",
+                    f"--socket={self.socket}",
+                    "--skip-networking",
+                    f"--user={self.account}",
+                    f"--pid-file={self.work / 'pid'}",
+                    f"--secure-file-priv={files}",
+                    "--local-infile=0",
+                    "--skip-log-bin",
+                    "--innodb-buffer-pool-size=64M",
+                    f"--log-error={self.work / 'error.log'}",
+                    f"--tmpdir={files}",  # temporary tables count against the size limit
+                    "--skip-symbolic-links",  # DATA/INDEX DIRECTORY= are ignored
+                ]
+            ),
             stdout=os.devnull,
             level=10,
         )
@@ -318,13 +350,14 @@ class _MariaDB(_Engine):
                 tail = _last_lines(self.work / "error.log")
                 raise CommandError("mariadbd", None, tail, "did not start")
             time.sleep(0.2)
-        self._root(f"CREATE USER {PROOF_ROLE}@localhost")
 
-    def _client(self, as_root: bool, *extra: str) -> list[str]:
+    def _client(self, user: str, *extra: str) -> list[str]:
+        """The mariadb client as ``user``: root (by the socket, as root), or a proof role
+        (as ``mysql``, in sandbox mode)."""
         argv = ["mariadb", "--no-defaults", f"--socket={self.socket}", "--local-infile=0"]
-        if as_root:
+        if user == "root":
             return [*argv, "-uroot", *extra]
-        return _as(self.account, [*argv, "--sandbox", f"-u{PROOF_ROLE}", *extra])
+        return _as(self.account, [*argv, "--sandbox", f"-u{user}", *extra])
 
     def _ready(self) -> bool:
         try:
@@ -335,7 +368,7 @@ class _MariaDB(_Engine):
 
     def _root(self, sql: str) -> str:
         out = self.work / "out"
-        self.run(self._client(True, "--batch", "--skip-column-names", "-e", sql), stdout=out)
+        self.run(self._client("root", "--batch", "--skip-column-names", "-e", sql), stdout=out)
         return out.read_text().strip()
 
     def load(self, dump: Path, database: str, timeout: float) -> tuple[int, int]:
@@ -345,10 +378,13 @@ class _MariaDB(_Engine):
             raise ValueError("its database name is not one MariaDB allows")
         ident = database.replace("`", "``")
         pattern = ident.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
-        self._root(f"GRANT ALL PRIVILEGES ON `{pattern}`.* TO {PROOF_ROLE}@localhost")
+        self.loads += 1
+        role = f"{PROOF_ROLE}_{self.loads}"
+        self._root(f"CREATE USER {role}@localhost")
+        self._root(f"GRANT ALL PRIVILEGES ON `{pattern}`.* TO {role}@localhost")
         try:
             with _without_definers(dump) as stdin:
-                self.run(self._client(False), stdin=stdin, timeout=timeout)
+                self.run(self._client(role), stdin=stdin, timeout=timeout)
             # the counting query is built in SQL, so no table name is ever parsed here
             literal = "'" + database.replace("\\", "\\\\").replace("'", "''") + "'"
             tables, rows = self._root(_MARIADB_COUNT.replace("@schema", literal)).split()
@@ -356,6 +392,7 @@ class _MariaDB(_Engine):
         finally:
             with contextlib.suppress(CommandError):
                 self._root(f"DROP DATABASE IF EXISTS `{ident}`")
+                self._root(f"DROP USER {role}@localhost")
 
     def stop(self) -> None:
         """Shut the server down through its socket (it runs as ``mysql``: a signal from us
@@ -391,10 +428,9 @@ def _without_definers(dump: Path) -> Iterator[IO[bytes]]:
 
     def feed() -> None:
         try:
-            with open(dump, "rb") as lines, os.fdopen(write_end, "wb") as pipe:
-                for line in lines:
-                    odd = b"DEFINER" in line or b"definer" in line
-                    pipe.write(_DEFINER.sub(b"", line) if odd else line)
+            with open(dump, "rb") as source, os.fdopen(write_end, "wb") as pipe:
+                for piece in _stripped(source):
+                    pipe.write(piece)
         except BrokenPipeError:
             pass  # the client stopped; its exit status says why
 
@@ -405,6 +441,30 @@ def _without_definers(dump: Path) -> Iterator[IO[bytes]]:
             yield stdin
     finally:
         feeder.join()
+
+
+_CHUNK = 1 << 20
+_KEEP = 1024
+"""Bytes held back at the end of a chunk: a clause cut by the chunk's end is seen whole
+with the next one (a real clause is far shorter; a longer one is left in and fails)."""
+
+
+def _stripped(source: IO[bytes]) -> Iterator[bytes]:
+    """``source`` in pieces of about a megabyte, DEFINER clauses taken out; memory stays
+    bounded however long a line of the dump is. A piece ends at a line's end where it can
+    (mariadb-dump writes a clause on one line), else :data:`_KEEP` bytes before the
+    chunk's end, which a real clause never crosses."""
+    carry = b""
+    while chunk := source.read(_CHUNK):
+        window = carry + chunk
+        cut = window.rfind(b"\n") + 1 or max(0, len(window) - _KEEP)
+        piece, carry = window[:cut], window[cut:]
+        if b"DEFINER" in piece or b"definer" in piece:
+            piece = _DEFINER.sub(b"", piece)
+        yield piece
+    if b"DEFINER" in carry or b"definer" in carry:
+        carry = _DEFINER.sub(b"", carry)
+    yield carry
 
 
 def _has_sandbox() -> bool:
@@ -542,7 +602,7 @@ def _load(
             elif isinstance(exc, CommandTimeout):
                 limit = human_duration(settings.timeout)
                 proof.fail(f"stopped: it took longer than database_proof_timeout ({limit})")
-            elif any(word in said.lower() for word in _NOT_ALLOWED):
+            elif _LOGIN not in said and any(word in said.lower() for word in _NOT_ALLOWED):
                 proof.fail(
                     f"not proven: it needs rights the drill's unprivileged role lacks ({said})",
                     ProofState.UNPROVEN,

@@ -161,6 +161,8 @@ def test_the_roles_a_server_has_are_never_changed_by_a_restore(pg, tmp_path):
     """globals.sql holds yesterday's passwords: a restore only adds missing roles."""
     pg.sql("CREATE ROLE app LOGIN PASSWORD 'old-pw' CONNECTION LIMIT 5")
     pg.sql("CREATE ROLE gone LOGIN")
+    pg.sql("CREATE ROLE \"o'brien\"; COMMENT ON ROLE \"o'brien\" IS 'irish; -- really'")
+    pg.sql("ALTER ROLE postgres PASSWORD 'pg-old'")
     pg.sql("CREATE DATABASE shop OWNER app")
     box = ClientSandbox(tmp_path / "client")
     password = secret(box, "backup.pass", pg.password)
@@ -178,14 +180,17 @@ def test_the_roles_a_server_has_are_never_changed_by_a_restore(pg, tmp_path):
     assert box.cli("run").returncode == 0
     pg.sql("ALTER ROLE app PASSWORD 'new-pw' CONNECTION LIMIT -1")
     pg.sql("ALTER ROLE backup PASSWORD 'rotated-Pa55'")  # the restoring role's, too
-    pg.sql("DROP ROLE gone")
+    pg.sql("DROP ROLE gone; DROP ROLE \"o'brien\"; ALTER ROLE postgres PASSWORD 'pg-new'")
     password.write_text("rotated-Pa55\n")
-    attributes = "SELECT rolpassword, rolconnlimit FROM pg_authid WHERE rolname = 'app'"
+    attributes = (
+        "SELECT string_agg(rolname || rolpassword || rolconnlimit, ',' ORDER BY rolname) "
+        "FROM pg_authid WHERE rolpassword IS NOT NULL"
+    )
     before = pg.sql(attributes)
     result = restore(box)
     assert result.returncode == 0, result.stderr
     assert pg.sql(attributes) == before  # password and limit as they were set today
-    assert pg.sql("SELECT count(*) FROM pg_roles WHERE rolname = 'gone'") == "1"  # back
+    assert pg.sql("SELECT count(*) FROM pg_roles WHERE rolname IN ('gone', 'o''brien')") == "2"
     assert "the existing roles stay as they are (app, backup, postgres)" in result.stderr
 
 

@@ -175,8 +175,20 @@ def test_a_hostile_dump_runs_no_program_and_touches_no_file(pg, maria, shared_ro
         sql.parent.mkdir(parents=True)
         sql.write_text(f"CREATE DATABASE evil; USE evil; CREATE TABLE t (a TEXT);\n{attack}\n")
 
+    # a table asked to live outside the engine's directory (ignored, so it may prove)
+    placed = tree / "services/placed/mariadb/placed.sql"
+    placed.parent.mkdir(parents=True)
+    placed.write_text(
+        "CREATE DATABASE placed; USE placed; CREATE TABLE t (a INT) ENGINE=InnoDB "
+        f"DATA DIRECTORY='{marker}'; INSERT INTO t VALUES (1);\n"
+    )
+
     proofs = prove_databases(tree, LOG, settings(shared_root))
     assert sorted(p.name for p in marker.iterdir()) == []  # nothing ran, nothing written
+    assert [p.summary for p in proofs if p.service == "placed"] == [
+        "placed/placed (mariadb): 1 table, 1 row"
+    ]
+    proofs = [p for p in proofs if p.service != "placed"]
     assert all(p.state != ProofState.PROVEN for p in proofs), [p.summary for p in proofs]
     said = {p.service: p.problem for p in proofs}
     print(said)
@@ -291,3 +303,35 @@ def test_verify_proves_the_databases_of_a_pulled_snapshot(pg, maria, tmp_path):
         assert len(recorded["database_proofs"]) == 2
     finally:
         fleet.stop()
+
+
+def test_a_dump_cannot_spoil_the_proof_of_the_next(maria, shared_root, tmp_path):
+    tree = tmp_path / "snapshot"
+    for service, sql in (
+        ("a-lockout", "CREATE DATABASE a; SET PASSWORD = PASSWORD('locked-out');"),
+        ("b-broken", "CREATE DATABASE b; USE b; CREATE TABLE t (a INT;"),
+    ):
+        dump = tree / f"services/{service}/mariadb/{service[0]}.sql"
+        dump.parent.mkdir(parents=True)
+        dump.write_text(sql + "\n")
+    first, second = prove_databases(tree, LOG, settings(shared_root))
+    assert first.state == ProofState.PROVEN, first.summary
+    assert second.state == ProofState.FAILED, second.summary  # a failure, not a warning
+    assert "ERROR 1064" in second.problem
+
+
+def test_a_dump_cannot_take_the_servers_memory(monkeypatch, shared_root, tmp_path):
+    monkeypatch.setattr(db_proof, "MEMORY_LIMIT", 3 << 30)
+    dump = tmp_path / "snapshot/services/m/mariadb/m.sql"
+    dump.parent.mkdir(parents=True)
+    dump.write_text(  # a table in memory, doubled until it would hold 4 GB
+        "CREATE DATABASE m; USE m; SET SESSION max_heap_table_size = 8 * 1024 * 1024 * 1024;\n"
+        "CREATE TABLE t (a CHAR(255)) ENGINE=MEMORY;\n"
+        "INSERT INTO t SELECT REPEAT('x', 255) FROM seq_1_to_1000000;\n"
+        + "INSERT INTO t SELECT * FROM t;\n"
+        * 4
+    )
+    (proof,) = prove_databases(tmp_path / "snapshot", LOG, settings(shared_root))
+    assert proof.state == ProofState.FAILED
+    assert "Out of memory" in proof.problem
+    assert leftovers(shared_root) == []

@@ -53,6 +53,7 @@ PASSWD = Path("/etc/passwd")
 GOOD = build_tar([Entry("services/app/files/good.txt", data=b"good\n")])
 GOOD_TREE = {
     b"MANIFEST.sha256",
+    b"SIDECAR.json",  # the server's own record of the pull, beside the manifest
     b"services",
     b"services/app",
     b"services/app/files",

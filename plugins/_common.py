@@ -6,11 +6,13 @@ import hashlib
 import os
 import shlex
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..common.errors import CommandError
 from ..common.units import parse_duration
-from .task import RestorePlan, Task, TaskError
+from .task import ProbeResult, RestorePlan, Task, TaskError
 
 
 def first(config: dict, *keys: str, default=None):
@@ -73,6 +75,28 @@ def tool_said(exc: CommandError, lines: int = 3) -> str:
     errors = [line for line in said if "error" in line.lower()]
     chosen = (errors or said)[-lines:]
     return " / ".join(chosen) if chosen else exc.reason
+
+
+@contextmanager
+def probing(task: Task, explain: Callable[[CommandError, str], Exception]) -> Iterator[ProbeResult]:
+    """A database probe's result. What the block raises becomes one of its problems (a
+    tool's failure through ``explain``, as "cannot log in"); the task's credential files
+    are removed afterwards."""
+    result = ProbeResult()
+    try:
+        yield result
+    except CommandError as exc:
+        result.problems.append(str(explain(exc, "cannot log in")))
+    except TaskError as exc:
+        result.problems.append(str(exc))
+    finally:
+        forget_private(task)
+
+
+def absent(names: Iterable[str], existing: Iterable[str]) -> list[str]:
+    """One problem per configured database the server does not have."""
+    have = set(existing)
+    return [f"database {name!r} does not exist" for name in names if name not in have]
 
 
 class DatabaseRestore:

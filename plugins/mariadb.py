@@ -15,15 +15,17 @@ from ..common.secrets import read_secret_file
 from . import hookimpl, load_plugin_schema
 from ._common import (
     DatabaseRestore,
+    absent,
     extra_options,
     first,
     forget_private,
     private_file,
+    probing,
     renamed,
     timeout,
     tool_said,
 )
-from .task import ProbeResult, Requirement, RestorePlan, Task, TaskError, TaskType
+from .task import Requirement, RestorePlan, Task, TaskError, TaskType
 
 SYSTEM_SCHEMAS = {"information_schema", "performance_schema", "sys"}
 _TABLES_SQL = (
@@ -173,23 +175,14 @@ def pullback_dump(task: Task):
 @hookimpl
 def pullback_probe(task: Task):
     """Log in as a dump would; warn when a restore could not create a database."""
-    result = ProbeResult()
-    try:
+    with probing(task, _explain) as result:
         options = _options(task)
-        names = databases(task, options)
-        existing = set(_query(task, options, "SHOW DATABASES"))
-        result.problems += [f"database {n!r} does not exist" for n in names if n not in existing]
+        result.problems += absent(databases(task, options), _query(task, options, "SHOW DATABASES"))
         if not _can_create(_query(task, options, "SHOW GRANTS")):
             result.warnings.append(
                 "the user may not create databases (CREATE on *.*): a restore could not "
                 "bring a database back; grant it, or restore with --username of one who can"
             )
-    except CommandError as exc:
-        result.problems.append(str(_explain(exc, "cannot log in")))
-    except TaskError as exc:
-        result.problems.append(str(exc))
-    finally:
-        forget_private(task)
     return result
 
 

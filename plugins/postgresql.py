@@ -27,16 +27,18 @@ from ..common.secrets import read_secret_file
 from . import hookimpl, load_plugin_schema
 from ._common import (
     DatabaseRestore,
+    absent,
     extra_options,
     first,
     forget_private,
     private_file,
+    probing,
     renamed,
     timeout,
     tool_said,
 )
 from .pg_globals import only_new
-from .task import ProbeResult, Requirement, RestorePlan, Task, TaskError, TaskType
+from .task import Requirement, RestorePlan, Task, TaskError, TaskType
 
 GLOBALS = "globals.sql"
 LIST_SQL = (
@@ -174,24 +176,15 @@ def pullback_plan(task: Task):
 @hookimpl
 def pullback_probe(task: Task):
     """Log in as a dump would; list what a restore would lack."""
-    result = ProbeResult()
-    try:
+    with probing(task, _explain) as result:
         env = _env(task)
-        names = databases(task, env)
-        existing = set(_psql(task, env, LIST_SQL))
-        result.problems += [f"database {n!r} does not exist" for n in names if n not in existing]
+        result.problems += absent(databases(task, env), _psql(task, env, LIST_SQL))
         _, createdb, _ = (_psql(task, env, ROLE_SQL) or ["f|f|f"])[0].split("|")
         if createdb != "t":
             result.warnings.append(
                 "the role cannot create databases (CREATEDB): a restore could not bring a "
                 "database back; grant it, or restore with --username of a role that can"
             )
-    except CommandError as exc:
-        result.problems.append(str(_explain(exc, "cannot log in")))
-    except TaskError as exc:
-        result.problems.append(str(exc))
-    finally:
-        forget_private(task)
     return result
 
 

@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..common.errors import (
     PullbackError,
     UsageError,
 )
-from ..common.fsutil import free_bytes, remove_tree_contents
+from ..common.fsutil import free_bytes, remove_tree_contents, set_dir_mode
 from ..common.locks import FileLock
 from ..common.log import PrefixAdapter, get_logger
 from ..common.notify import Notifier
@@ -198,7 +199,12 @@ class ClientRun:
             human_duration(time.monotonic() - self.started),
         )
         config = self.config
-        archives.apply_retention(config.archive_dir, config.keep_last, config.keep_days)
+        archives.apply_retention(
+            config.archive_dir,
+            config.keep_last,
+            config.keep_days,
+            fetched_keep=config.fetched_keep,
+        )
         failed = [r.name for r in self.reports if r.status != Status.OK]
         if failed:
             total = len(self.reports)
@@ -262,10 +268,16 @@ class ClientRun:
 
 
 def _prepare_directories(config: ClientConfig) -> None:
-    """Create the archive and work directories, remove what an interrupted run left, and
-    refuse to start without enough free space (raises PullbackError)."""
+    """Create the archive and work directories with their modes whatever the umask,
+    remove what an interrupted run left, and refuse to start without enough free space
+    (raises PullbackError)."""
     for directory in (config.archive_dir, config.work_dir):
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # work: root's alone (database dumps); archives: read by the serve endpoint's group
+    set_dir_mode(config.work_dir, 0o700)
+    setgid = os.stat(config.archive_dir).st_mode & stat.S_ISGID
+    set_dir_mode(config.archive_dir, setgid | 0o750)
+    archives.prepare_marks(config.archive_dir)
     leftovers = remove_tree_contents(config.work_dir) + archives.remove_partials(config.archive_dir)
     if leftovers:
         log.warning("removed leftovers of an interrupted run: %s", ", ".join(leftovers))

@@ -3,7 +3,9 @@
 Installed as ``restrict,command="pullback-client serve" ssh-ed25519 AAAA... pullback@server``
 in the authorized_keys of the unprivileged ``pullback`` user. sshd puts what the server
 asked for in ``SSH_ORIGINAL_COMMAND``; the four requests of :mod:`pullback.common.protocol`
-are answered (``fetched`` moves the archive to ``fetched/``, keeping ``fetched_keep``).
+are answered (``fetched`` leaves a mark; the client's own run moves the archive to
+``fetched/`` once a newer one exists). The ``pullback`` user reads the archive directory
+and writes only its marks directory.
 
 Anything else is refused, logged (to syslog and stderr), and exits 2. Nothing else runs.
 """
@@ -22,8 +24,8 @@ from pathlib import Path
 
 from ..common import __version__
 from ..common.archive import directory as archives
-from ..common.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from ..common.fsutil import fsync_dir, write_all
+from ..common.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ArchiveError
+from ..common.fsutil import write_all
 from ..common.locks import lock_status
 from ..common.log import get_logger
 from ..common.protocol import (
@@ -126,26 +128,12 @@ def send(config: ClientConfig, name: str, offset: int, out_fd: int) -> int:
 
 
 def mark_fetched(config: ClientConfig, name: str) -> None:
-    """Move a fetched archive and its sidecar to ``fetched/``, keeping ``fetched_keep``."""
-    source = config.archive_dir / name
-    target_dir = config.archive_dir / archives.FETCHED_DIR
-    if not source.is_file() and not (target_dir / name).is_file():
-        raise Refused(f"no archive {name}")  # before the lock: a refusal changes nothing
-    with archives.directory_lock(config.archive_dir, "marking an archive fetched").acquire(
-        wait=archives.LOCK_WAIT
-    ):
-        if not source.is_file():
-            if (target_dir / name).is_file():
-                return  # already marked: asking twice is fine
-            raise Refused(f"no archive {name}")
-        target_dir.mkdir(mode=0o750, exist_ok=True)
-        os.rename(source, target_dir / name)
-        side = source.with_name(name + ".json")
-        if side.exists():
-            os.rename(side, target_dir / side.name)
-        archives.keep_fetched(config.archive_dir, config.fetched_keep)
-        fsync_dir(target_dir)
-        fsync_dir(config.archive_dir)
+    """Record that the server stored ``name``: a mark only. The client's own run moves
+    it to ``fetched/`` once a newer archive exists (see ``directory.retire_marked``)."""
+    try:
+        archives.mark_fetched(config.archive_dir, name)
+    except ArchiveError as exc:
+        raise Refused(str(exc)) from None
 
 
 def command(config: ClientConfig, args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import time
-import traceback
 from pathlib import Path
 
 from ..common.archive.sidecar import ServiceReport, TaskReport
@@ -216,7 +215,7 @@ class ServiceRun:
         task_report.error = task_report.error or message
         task.log.error("%s", message)
         if not isinstance(exc, PullbackError | OSError):
-            task.log.debug("%s", "".join(traceback.format_exception(exc)))
+            task.log.debug("the task failed:", exc_info=exc)
 
     def _skip(self, task: Task, exc: BaseException) -> None:
         self.reports[id(task)].status = Status.SKIPPED

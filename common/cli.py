@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,5 +103,5 @@ def main_wrapper(
     except BrokenPipeError:
         return EXIT_FAILED
     except Exception:
-        log.critical("internal error, please report it:\n%s", traceback.format_exc())
+        log.critical("internal error, please report it:", exc_info=True)
         return 70  # EX_SOFTWARE

@@ -75,3 +75,16 @@ def remove_tree_contents(path: Path) -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
     return removed
+
+
+def set_dir_mode(path: Path, mode: int, gid: int | None = None) -> None:
+    """Give the directory ``path`` exactly ``mode`` (and the group ``gid``), through a
+    descriptor opened without following a link: a link planted in its place is an
+    error (OSError ELOOP or ENOTDIR), never followed."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)

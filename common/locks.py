@@ -67,11 +67,11 @@ class FileLock:
         Returns self. Raises :class:`LockBusy` naming the holder when it stays busy.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # group-writable: the serve endpoint (group pullback) takes the archive-directory lock
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
-        with contextlib.suppress(OSError):  # the umask took the group's write bit
+        # never through a link; readable by all (the serve endpoint asks who holds it)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with contextlib.suppress(OSError):  # the umask took the read bits
             if os.fstat(fd).st_uid == os.geteuid():
-                os.fchmod(fd, 0o664)
+                os.fchmod(fd, 0o644)
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -129,7 +129,7 @@ def lock_status(path: str | os.PathLike) -> LockOwner | None:
     Needs only read access to the lock file, so an unprivileged reader can ask.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:

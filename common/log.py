@@ -13,6 +13,7 @@ import os
 import sys
 
 from . import secrets
+from .text import escaped
 
 LOGGER_NAME = "pullback"
 
@@ -46,12 +47,19 @@ Log = logging.Logger | PrefixAdapter
 
 
 class MaskingFormatter(logging.Formatter):
-    """Formats a record and masks every registered secret in the result."""
+    """Formats a record and masks every registered secret in the result. A message is
+    always one line: whatever it quotes (a client's words, a tool's output) is
+    :func:`~.text.escaped`, so no message can forge another line or move the cursor;
+    only a traceback (``exc_info``) spans lines."""
 
     def __init__(self, journal: bool):
         fmt = "%(message)s" if journal else "%(asctime)s %(levelname)-7s %(message)s"
         super().__init__(fmt, datefmt="%H:%M:%S")
         self.journal = journal
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escaped(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         text = secrets.mask(super().format(record))

@@ -27,8 +27,11 @@ from .archive.sidecar import ARCHIVE_NAME
 PROTOCOL = 1
 MAX_REQUEST = 512
 """Characters a request line may have."""
-MAX_LISTING = 64 << 20
-"""Bytes a ``list`` answer may have before the server stops reading it."""
+MAX_LISTING = 16 << 20
+"""Bytes a ``list`` answer may have before the server stops reading it: a real client
+lists a few dozen archives of some KiB each."""
+MAX_ARCHIVES = 1000
+"""Archives (usable or not) a ``list`` answer may name; more is not a real client."""
 
 _OFFSET = re.compile(r"^(0|[1-9][0-9]{0,18})$")
 
@@ -128,15 +131,18 @@ def parse_listing(raw: bytes) -> Listing:
     """Read a ``list`` answer. Raises ValueError when it is not one."""
     try:
         data: Any = json.loads(raw)
-        return Listing(
+        listing = Listing(
             str(data["host"]),
             str(data.get("pullback_version", "?")),
             data.get("lock"),
             list(data["archives"]),
             [u for u in data.get("unusable", []) if isinstance(u, dict)],
         )
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"not a list answer: {exc}") from None
+    except (KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise ValueError(f"not a list answer: {type(exc).__name__}") from None
+    if len(listing.archives) + len(listing.unusable) > MAX_ARCHIVES:
+        raise ValueError(f"a list answer naming more than {MAX_ARCHIVES} archives")
+    return listing
 
 
 def lock_answer(lock: dict | None) -> str:

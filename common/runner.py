@@ -16,6 +16,7 @@ import collections
 import contextlib
 import logging
 import os
+import resource
 import shlex
 import signal
 import threading
@@ -35,6 +36,16 @@ SH_MAJOR = int(sh.__version__.split(".")[0])
 # sh 2 returns a plain string from a foreground call unless told otherwise; sh 1 does not
 # know the argument at all. Background calls return the command object in both.
 _SH_VERSION_ARGS = {"_return_cmd": True} if SH_MAJOR >= 2 else {}
+
+
+def _uncapped() -> None:
+    """In a command's process, before it runs: lift the address-space cap that a host's
+    pull process holds itself to (server.host_process). The command's memory is its own
+    (restic and borg need theirs); the cap is for the Python that reads a client's bytes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
 
 TAIL_LINES = 20
 KILL_GRACE = 10.0
@@ -234,6 +245,7 @@ class Runner:
                 _bg=True,
                 _bg_exc=False,
                 _new_session=True,
+                _preexec_fn=_uncapped,
                 _tty_out=False,
                 _in=in_file,
                 _out=out_file if out_file is not None else echo,

@@ -3,11 +3,58 @@
 from __future__ import annotations
 
 
+def escaped(text: str) -> str:
+    """``text`` with every character that is not printable written as an escape (``\\n``,
+    ``\\x1b``, ``\\u2028``), and bytes that were not UTF-8 (surrogate escapes) as
+    ``\\xNN``: what it says can still be read, but it can neither forge a line nor move a
+    terminal's cursor. The one function every word from outside passes through."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable():
+            out.append(char)
+        elif 0xDC80 <= ord(char) <= 0xDCFF:
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        else:
+            out.append(repr(char)[1:-1])
+    return "".join(out)
+
+
 def printable(value: object, limit: int) -> str:
-    """``value`` as one line of at most ``limit`` printable characters: anything else
-    (newlines, escapes, controls) is written as Python escapes, and the excess is cut with
-    an ellipsis, so what a client controls can neither forge lines nor flood a report."""
-    text = str(value)
-    if not text.isprintable():
-        text = repr(text)
+    """``value`` as one line of at most ``limit`` characters, :func:`escaped`, the excess
+    cut with an ellipsis: what a client controls can neither forge lines nor flood a
+    report."""
+    text = escaped(str(value))
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class BoundedWarnings(list):
+    """A list of warnings that keeps the first ``limit`` and counts the rest, so that a
+    hostile input making one warning per entry costs a count, not memory or lines."""
+
+    def __init__(self, limit: int = 100):
+        super().__init__()
+        self.limit = limit
+        self.dropped = 0
+
+    def append(self, text: str) -> None:
+        if len(self) < self.limit:
+            super().append(text)
+        else:
+            self.dropped += 1
+
+    def extend(self, texts) -> None:
+        for text in texts:
+            self.append(text)
+
+    @property
+    def total(self) -> int:
+        """How many were added, kept or not."""
+        return len(self) + self.dropped
+
+    def lines(self, limit: int) -> list[str]:
+        """At most ``limit`` warnings, then "... and N more" for the rest."""
+        shown = list(self[:limit])
+        more = self.total - len(shown)
+        return [*shown, f"... and {more} more warnings like these"] if more else shown

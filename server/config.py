@@ -35,6 +35,8 @@ class HostConfig:
     """Bytes one archive may unpack to (regular files, sparse ones at apparent size)."""
     max_entries: int
     """Members one archive may hold (files, directories, links, device nodes)."""
+    max_archive_size: int
+    """Bytes an archive may announce; a larger one is not fetched."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,12 @@ class ServerConfig:
     lock_dir: Path
     parallel: int
     host_timeout: float
+    pull_memory_limit: int
+    """Bytes of address space for each host's pull process (0: no cap)."""
+    min_free_space: int
+    """Bytes a download must leave free on the filesystem of ``state_dir``."""
+    partial_max_age: float
+    """Seconds a partial download is kept for resuming."""
     lock_retries: int
     lock_wait: float
     backend: BackendConfig
@@ -183,6 +191,7 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
                     host.get("max_unpacked_size", data["max_unpacked_size"])
                 ),
                 max_entries=host.get("max_entries", data["max_entries"]),
+                max_archive_size=parse_size(host.get("max_archive_size", data["max_archive_size"])),
             )
         )
     if backend["type"] == "borg":
@@ -201,6 +210,9 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
         lock_dir=Path(data["lock_dir"]),
         parallel=data["parallel"],
         host_timeout=parse_duration(data["host_timeout"]),
+        pull_memory_limit=parse_size(data["pull_memory_limit"]),
+        min_free_space=parse_size(data["min_free_space"]),
+        partial_max_age=parse_duration(data["partial_max_age"]),
         lock_retries=data["lock_retries"],
         lock_wait=parse_duration(data["lock_wait"]),
         backend=BackendConfig(

@@ -25,7 +25,6 @@ import datetime as dt
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,11 +46,11 @@ from ..common.log import recent_lines
 from ..common.notify import Notifier
 from ..common.outcome import Status
 from ..common.protocol import Listing
-from ..common.text import printable
+from ..common.text import BoundedWarnings, printable
 from ..common.units import human_duration, human_size
 from .backends import Snapshot, SnapshotSpec
 from .host import HostContext
-from .journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, Journal
+from .journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, PhaseLog
 from .remote import Remote, TransferCut
 from .results import HostResult
 from .transfer import Fetched, discard_partial, fetch_and_unpack
@@ -115,14 +114,14 @@ class Choice:
 
 def _mismatch(client_says: str, host: str) -> ArchiveError:
     return ArchiveError(
-        f"the client calls itself '{client_says}', not '{host}' "
+        f"the client calls itself '{printable(client_says, 100)}', not '{host}' "
         "(check hostname: in its client.yaml)"
     )
 
 
 def newest_usable(
     listing: Listing, host: str, now: dt.datetime
-) -> tuple[Sidecar | None, list[str]]:
+) -> tuple[Sidecar | None, BoundedWarnings]:
     """The newest archive of ``listing`` that may be fetched, and a warning for every one
     passed over: a bad sidecar, a size that differs from the sidecar, a stamp in the future
     (a wrong client clock must not hide every later archive), and a stamp two archives
@@ -130,7 +129,7 @@ def newest_usable(
 
     Raises ArchiveError when a sidecar names another host.
     """
-    warnings = []
+    warnings = BoundedWarnings(KEPT_WARNINGS)
     for entry in listing.unusable:
         # words from the client: shown, but never trusted to be printable
         name, problem = (printable(entry.get(k, "?"), 120) for k in ("name", "problem"))
@@ -139,10 +138,10 @@ def newest_usable(
     horizon = now + FUTURE_TOLERANCE
     for entry in listing.archives:
         try:
-            name = str(entry["name"])
-            side = sidecars.from_data(entry["sidecar"], expected_name=name)
+            name = printable(entry["name"], 120)
+            side = sidecars.from_data(entry["sidecar"], expected_name=str(entry["name"]))
         except (KeyError, TypeError, ArchiveError) as exc:
-            warnings.append(f"ignoring an archive with a bad sidecar: {exc}")
+            warnings.append(f"ignoring an archive with a bad sidecar: {printable(exc, 300)}")
             continue
         if side.host != host:
             raise _mismatch(side.host, host)
@@ -155,7 +154,7 @@ def newest_usable(
     best = None
     for stamp, sides in by_stamp.items():
         if len(sides) > 1:
-            names = ", ".join(sorted(s.archive.name for s in sides))
+            names = ", ".join(sorted(printable(s.archive.name, 120) for s in sides)[:3])
             warnings.append(f"ignoring {names}: two archives share the stamp {stamp}")
         elif best is None or stamp > best.stamp:
             best = sides[0]
@@ -171,11 +170,12 @@ def choose(listing: Listing, host: str, stored: Stored, now: dt.datetime) -> Cho
     """
     if listing.host != host:
         raise _mismatch(listing.host, host)
-    best, warnings = newest_usable(listing, host, now)
+    best, passed_over = newest_usable(listing, host, now)
+    warnings = passed_over.lines(KEPT_WARNINGS)
     if best is None:
         reason = (
-            "no archive can be fetched: " + "; ".join(warnings)
-            if warnings
+            "no archive can be fetched: " + "; ".join(passed_over.lines(3))
+            if passed_over
             else "the client has no archive to fetch"
         )
         return Choice(skip=reason, problem=True, warnings=warnings)
@@ -218,6 +218,8 @@ def failure_reason(exc: BaseException) -> str:
         )
     if isinstance(exc, PullbackError | OSError):
         return describe(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory: the pull needed more than pull_memory_limit allows"
     return f"internal error: {describe(exc)}"
 
 
@@ -228,7 +230,7 @@ class HostPull:
         self,
         ctx: HostContext,
         options: PullOptions,
-        journal: Journal | None = None,
+        journal: PhaseLog | None = None,
         interrupted: InterruptedRun | None = None,
         connect: Callable[[HostContext], ClientEndpoint] | None = None,
     ):
@@ -262,11 +264,12 @@ class HostPull:
                 limit = human_duration(ctx.config.host_timeout)
                 result.reason = f"timed out after {limit} (host_timeout); {result.reason}"
             if not isinstance(exc, PullbackError | OSError):
-                ctx.log.debug("%s", traceback.format_exc())
+                ctx.log.debug("the pull failed:", exc_info=True)
         finally:
             timer.cancel()
             result.duration = time.monotonic() - self.started
             self._phase(None)
+        result.cleaned()
         self._report()
         return result
 
@@ -403,12 +406,9 @@ class HostPull:
         atomic_write(self.ctx.staging / SIDECAR_NAME, archive.to_json(), mode=0o600)
         self.result.resumed_from = fetched.resumed_from
         warnings = fetched.unpacked.warnings
-        for warning in warnings[:SHOWN_WARNINGS]:
+        for warning in warnings.lines(SHOWN_WARNINGS):
             self.ctx.log.warning("%s", warning)
-        if len(warnings) > SHOWN_WARNINGS:
-            more = len(warnings) - SHOWN_WARNINGS
-            self.ctx.log.warning("... and %d more warnings like these", more)
-        self.result.warnings.extend(warnings[:KEPT_WARNINGS])
+        self.result.warnings.extend(warnings.lines(KEPT_WARNINGS))
         stats = fetched.unpacked
         self.ctx.log.info(
             "fetched %s (%s%s), unpacked %d files (%d rewritten, %d unchanged, %d removed)",

@@ -20,6 +20,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ..common.clock import iso, utc_now
 from ..common.fsutil import atomic_write
@@ -32,6 +33,13 @@ TRANSFERRING = "transferring and unpacking"
 STORING = "storing"
 
 log = get_logger("journal")
+
+
+class PhaseLog(Protocol):
+    """Where a host's pull says which phase it is in: the :class:`Journal`, or the pipe
+    of a host's process to the parent that keeps it."""
+
+    def phase(self, host: str, phase: str | None) -> None: ...
 
 
 @dataclass
@@ -59,6 +67,7 @@ class Journal:
         self._phases: dict[str, str] = {}
         self._started = iso(utc_now())
         self._lock = threading.Lock()
+        self._kept: dict[str, str] = {}
 
     def begin(self) -> InterruptedRun | None:
         """Start this run's journal; return the run a crash interrupted, if any."""
@@ -86,8 +95,18 @@ class Journal:
                 self._phases[host] = phase
             self._write()
 
+    def keep(self, phases: dict[str, str]) -> None:
+        """Hosts whose work was killed in ``phases`` (e.g. while storing): :meth:`end`
+        leaves them in the journal for the next pull, as if this run had been killed."""
+        self._kept.update(phases)
+
     def end(self) -> None:
-        """The run ended without a crash: remove the journal."""
+        """The run ended: remove the journal (or keep only what :meth:`keep` named)."""
+        if self._kept:
+            with self._lock:
+                self._phases = dict(self._kept)
+                self._write()
+            return
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 

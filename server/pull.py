@@ -1,8 +1,9 @@
 """``pullback-server pull``: fetch every host's newest archive and store it.
 
-Hosts run in parallel (``parallel:``), each in its own thread with its own deadline
-(``host_timeout``, see :class:`~.host_pull.HostPull`): a hung or slow host times out alone
-and a failure in one never stops the others. An instance lock keeps two pulls (or a pull
+Hosts run in parallel (``parallel:``), each in a process of its own with its own deadline
+(``host_timeout``) and memory cap (``pull_memory_limit``), killed if it overstays (see
+:mod:`.host_process`): a hung, slow or hostile host times out alone and a failure in one
+never stops the others. An instance lock keeps two pulls (or a pull
 and maintenance) apart; a journal tells the next pull what a killed one was doing.
 """
 
@@ -19,7 +20,8 @@ from ..common.signals import SignalGuard
 from ..common.units import human_duration
 from . import status_file
 from .config import ServerConfig
-from .host import for_each_host
+from .host import HostContext
+from .host_process import PhaseRelay, pull_hosts
 from .host_pull import HostPull, PullOptions
 from .journal import Journal
 from .results import HostResult
@@ -42,10 +44,14 @@ def pull(
         journal = None if dry_run else Journal(config.state_dir)
         interrupted = journal.begin() if journal else None
         options = PullOptions(dry_run, if_due)
+
+        def work(ctx: HostContext, relay: PhaseRelay) -> HostResult:
+            host_pull = HostPull(ctx, options, relay, interrupted)
+            relay.result = host_pull.result
+            return host_pull.run()
+
         try:
-            results = for_each_host(
-                config, hosts, lambda ctx: HostPull(ctx, options, journal, interrupted).run()
-            )
+            results = pull_hosts(config, hosts, work, journal)
         finally:
             if journal:
                 journal.end()

@@ -23,6 +23,7 @@ from ..common.errors import PullbackError
 from ..common.log import get_logger
 from ..common.protocol import Listing
 from ..common.runner import Runner, RunningCommand
+from ..common.text import printable
 from . import known_hosts
 from .config import HostConfig, SshConfig
 
@@ -32,6 +33,12 @@ _F_SETPIPE_SZ = 1031
 # AES-GCM runs on the CPU's AES instructions and beats OpenSSH's default chacha20 there;
 # all three are authenticated ciphers of current OpenSSH.
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
+
+
+_TICK = 0.5
+"""How often a wait for a control answer looks at its deadline and the host's cancel."""
+MAX_STDERR = 64 << 10
+"""How much of a refused request's standard error is read (its last line is shown)."""
 
 
 class RemoteError(PullbackError):
@@ -125,47 +132,70 @@ class Remote:
         self.close()
 
     def request(self, text: str, limit: int = protocol.MAX_LISTING) -> bytes:
-        """Send one request; return its standard output. Raises RemoteError."""
+        """Send one request; return its standard output. The whole answer (its output,
+        at most ``limit`` bytes; its standard error, at most MAX_STDERR; its exit status)
+        must arrive within ``idle_timeout``, and a cancelled host stops waiting at once:
+        a client that trickles its answer cannot hold the pull. Raises RemoteError."""
         if self._client is None:
             self.connect()
         assert self._client is not None
+        ends = time.monotonic() + self.ssh.idle_timeout
         try:
             channel = self._client.get_transport().open_session(timeout=self.ssh.connect_timeout)
-            channel.settimeout(self.ssh.idle_timeout)
+            channel.settimeout(_TICK)
             channel.exec_command(text)
-            out = bytearray()
+            out = self._collect(channel, text, ends, limit)
             err = bytearray()
-            while True:
-                data = channel.recv(1 << 16)
-                if not data:
-                    break
-                out += data
-                if len(out) > limit:
-                    raise RemoteError(f"{self.host.name}: the answer to {text!r} is too big")
-            while channel.recv_stderr_ready():
-                err += channel.recv_stderr(1 << 16)
+            while channel.recv_stderr_ready() and len(err) < MAX_STDERR:
+                err += channel.recv_stderr(MAX_STDERR)
+            while not channel.status_event.wait(_TICK):
+                self._waiting(text, ends)
             status = channel.recv_exit_status()
             channel.close()
-        except TimeoutError:
-            raise RemoteError(
-                f"{self.host.name}: no answer to {text!r} within {self.ssh.idle_timeout:g}s"
-            ) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise RemoteError(f"{self.host.name}: {text!r} failed: {_plain(exc)}") from None
         if status != 0:
-            message = err.decode("utf-8", "replace").strip().splitlines()
+            message = bytes(err[:MAX_STDERR]).decode("utf-8", "replace").strip().splitlines()
             reason = message[-1] if message else f"exit status {status}"
-            raise RemoteError(f"{self.host.name}: the client refused {text!r}: {reason}")
+            raise RemoteError(
+                f"{self.host.name}: the client refused {text!r}: {printable(reason, 200)}"
+            )
         return bytes(out)
+
+    def _collect(self, channel, text: str, ends: float, limit: int) -> bytearray:
+        """The request's standard output, up to its end. Raises RemoteError."""
+        out = bytearray()
+        while True:
+            self._waiting(text, ends)
+            try:
+                data = channel.recv(1 << 16)
+            except TimeoutError:
+                continue
+            if not data:
+                return out
+            out += data
+            if len(out) > limit:
+                raise RemoteError(f"{self.host.name}: the answer to {text!r} is too big")
+
+    def _waiting(self, text: str, ends: float) -> None:
+        """Raises RemoteError when the answer is late or the host was cancelled."""
+        cancel = self.runner.cancel
+        if cancel is not None and cancel.is_set():
+            raise RemoteError(f"{self.host.name}: {text!r} cancelled")
+        if time.monotonic() > ends:
+            raise RemoteError(
+                f"{self.host.name}: no whole answer to {text!r} within "
+                f"{self.ssh.idle_timeout:g}s (idle_timeout)"
+            )
 
     def list_archives(self) -> Listing:
         raw = self.request(protocol.LIST.text)
         try:
             return protocol.parse_listing(raw)
-        except ValueError:
+        except ValueError as exc:
             raise RemoteError(
-                f"{self.host.name}: the client's list answer is not "
-                f"understood (is pullback-client serve its forced command?)"
+                f"{self.host.name}: the client's list answer is not understood ({exc}; "
+                "is pullback-client serve its forced command?)"
             ) from None
 
     def mark_fetched(self, name: str) -> None:

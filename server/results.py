@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from ..common.outcome import Status
+from ..common.text import printable
+
+MAX_REASON = 2000
+"""Characters of a host's reason, in a log line, the mail and status.json."""
+MAX_WARNING = 500
+MAX_WARNINGS = 25
+"""Warnings kept per host (the last says how many more there were)."""
+MAX_WORD = 300
 
 
 @dataclass
@@ -39,6 +47,8 @@ class HostResult:
     snapshot_count: int = 0
     store_peak_rss: int = 0
     """Highest resident memory of the restic/borg process that stored the archive."""
+    peak_rss: int = 0
+    """Highest resident memory of the host's own pull process (see host_process)."""
     client_failed_services: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -51,3 +61,34 @@ class HostResult:
             or self.unverified
             or bool(self.client_failed_services)
         )
+
+    def to_dict(self) -> dict:
+        """The result as JSON-ready data (what a host's pull process sends its parent)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HostResult:
+        """The result :meth:`to_dict` gave, :meth:`cleaned`. Raises ValueError, KeyError
+        or TypeError."""
+        known = {f.name for f in fields(cls)}
+        result = cls(**{k: v for k, v in data.items() if k in known})
+        result.status = Status(result.status)
+        return result.cleaned()
+
+    def cleaned(self) -> HostResult:
+        """This result with every word in it fit to print (it quotes a client's words):
+        each text :func:`~pullback.common.text.printable` and capped, at most
+        MAX_WARNINGS warnings and a count of the rest. Returns ``self``."""
+        self.reason = printable(self.reason, MAX_REASON)
+        for name in ("archive", "stamp", "snapshot_id", "started"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, printable(value, MAX_WORD))
+        services = [printable(s, MAX_WORD) for s in self.client_failed_services]
+        self.client_failed_services = services[:MAX_WARNINGS]
+        warnings = [printable(w, MAX_WARNING) for w in self.warnings]
+        if len(warnings) > MAX_WARNINGS:
+            more = len(warnings) - MAX_WARNINGS + 1
+            warnings = [*warnings[: MAX_WARNINGS - 1], f"... and {more} more warnings"]
+        self.warnings = warnings
+        return self

@@ -16,9 +16,7 @@ log = get_logger("status")
 
 STATUS_FILE = "status.json"
 HISTORY = 30
-KEPT_WARNINGS = 20
-HISTORY = 30
-KEPT_WARNINGS = 20
+KEPT_WARNINGS = 25
 
 
 def load_status(state_dir: Path) -> dict:
@@ -56,12 +54,7 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
                 "warnings": result.warnings[:KEPT_WARNINGS],
             }
         )
-        if result.newest_snapshot:
-            entry["newest_snapshot"] = result.newest_snapshot
-        if result.repository_bytes is not None:
-            entry["repository_bytes"] = result.repository_bytes
-        if result.store_peak_rss:
-            entry["store_peak_rss"] = result.store_peak_rss
+        entry.update(_known_facts(result))
         if result.status == Status.STORED:
             entry.update(
                 {
@@ -88,6 +81,17 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
         )
         entry["history"] = entry["history"][-HISTORY:]
     return _save(state_dir, status)
+
+
+def _known_facts(result: HostResult) -> dict:
+    """What the result knows and an earlier entry may hold: kept unless known anew."""
+    facts = {
+        "newest_snapshot": result.newest_snapshot,
+        "repository_bytes": result.repository_bytes,
+        "store_peak_rss": result.store_peak_rss or None,
+        "pull_peak_rss": result.peak_rss or None,
+    }
+    return {key: value for key, value in facts.items() if value is not None}
 
 
 def _save(state_dir: Path, status: dict) -> dict:

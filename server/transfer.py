@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from ..common.archive.unpack import (
 from ..common.errors import ArchiveError
 from ..common.fsutil import free_bytes, write_all
 from ..common.log import get_logger
-from ..common.units import human_size
+from ..common.units import human_duration, human_size
 from .host import HostContext
 from .remote import TransferCut
 
@@ -135,6 +136,9 @@ class _Download:
         self.limits = UnpackLimits(ctx.host.max_unpacked_size, ctx.host.max_entries)
         self.unpacked: UnpackStats | None = None
         self.unpack_error: BaseException | None = None
+        self.resumed_from = 0
+        self.arrived = 0
+        """Where this try started, and the partial file's length when it ended."""
 
     def run(self) -> Fetched:
         growing, offset, digest = self._open_partial()
@@ -153,37 +157,64 @@ class _Download:
             os.close(fd)
             growing.finish(transfer_error)
             worker.join()
+        self.resumed_from, self.arrived = offset, growing.written
         self._judge(transfer_error, digest.hexdigest())
         assert self.unpacked is not None
         return Fetched(self.path, digest.hexdigest(), self.archive.size, offset, self.unpacked)
 
     def _open_partial(self) -> tuple[GrowingFile, int, hashlib._Hash]:
-        """Drop partial downloads of other archives and one longer than this archive;
-        return the growing file, the offset to resume at and the hash of what is there.
+        """Drop partial downloads of other archives, one longer than this archive and one
+        older than ``partial_max_age``; return the growing file, the offset to resume at
+        and the hash of what is there.
 
-        Raises ArchiveError when the rest does not fit on the disk.
+        Raises ArchiveTooLarge past the host's ``max_archive_size``, ArchiveError when
+        the rest would leave less than ``min_free_space`` on the disk.
         """
         name, size, partial_dir = self.archive.name, self.archive.size, self.ctx.partial_dir
+        limit = self.ctx.host.max_archive_size
+        if size > limit:
+            raise ArchiveTooLarge(
+                f"refused {name}: its sidecar announces {human_size(size)}, more than "
+                f"max_archive_size ({human_size(limit)} in server.yaml)"
+            )
         partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for old in partial_dir.iterdir():
             if old.name != name:
                 self.ctx.log.info("removing the partial download of an older archive, %s", old.name)
                 old.unlink()
-        if self.path.exists() and self.path.stat().st_size > size:
-            self.path.unlink()
+        self._drop_stale_partial()
         growing = GrowingFile(self.path, size)
         offset = growing.written
         needed = size - offset
         free = free_bytes(partial_dir)
-        if free < needed:
+        reserve = self.ctx.config.min_free_space
+        if free - needed < reserve:
             raise ArchiveError(
-                f"not enough free space in {partial_dir} for {name}: "
-                f"{human_size(free)} free, {human_size(needed)} needed"
+                f"not enough free space in {partial_dir} for {name}: {human_size(free)} "
+                f"free, {human_size(needed)} needed and {human_size(reserve)} kept free "
+                "(min_free_space)"
             )
         if offset:
             self.ctx.log.info("resuming %s at %s of %s", name, human_size(offset), human_size(size))
         digest = _hash_prefix(self.path, offset) if offset else hashlib.sha256()
         return growing, offset, digest
+
+    def _drop_stale_partial(self) -> None:
+        """Remove this archive's partial download if it is longer than the archive or
+        older than ``partial_max_age``."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return
+        age = time.time() - st.st_mtime
+        if st.st_size > self.archive.size or age > self.ctx.config.partial_max_age:
+            self.ctx.log.info(
+                "removing the partial download %s (%s, %s old)",
+                self.archive.name,
+                human_size(st.st_size),
+                human_duration(age),
+            )
+            self.path.unlink()
 
     def _unpack(self, growing: GrowingFile) -> None:
         """The worker: unpack the partial file into staging as it grows."""
@@ -229,6 +260,24 @@ class _Download:
                 f"{human_size(growing.written)} of {human_size(size)}"
             )
 
+    def _judge_transfer(self, error: BaseException) -> None:
+        """Raise the transfer's error. A cut (or SIGTERM) keeps the partial file for
+        resuming, unless this try brought no new byte (a client that always stops short
+        keeps nothing); too many bytes or a write error (a full disk) remove it."""
+        if isinstance(error, TransferCut):
+            if self.resumed_from and self.arrived == self.resumed_from:
+                self.path.unlink(missing_ok=True)
+                raise TransferCut(
+                    f"{error}; the resumed transfer brought nothing new, so the partial "
+                    "download was removed"
+                ) from None
+            raise error
+        if isinstance(error, ArchiveError | OSError):
+            self.path.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise ArchiveError(f"cannot write {self.path}: {error.strerror}") from None
+        raise error
+
     def _judge(self, transfer_error: BaseException | None, sha256: str) -> None:
         """Raise what went wrong first: a refused archive (the partial file goes), the
         transfer (a cut keeps the partial file), the checksum, the unpacking."""
@@ -240,11 +289,7 @@ class _Download:
                 raise ArchiveTooLarge(f"refused {name}: {error}") from None
             raise error
         if transfer_error is not None:
-            if isinstance(transfer_error, ArchiveError):
-                self.path.unlink(missing_ok=True)
-            if isinstance(transfer_error, OSError) and not isinstance(transfer_error, TransferCut):
-                raise ArchiveError(f"cannot write {self.path}: {transfer_error.strerror}") from None
-            raise transfer_error
+            self._judge_transfer(transfer_error)
         if sha256 != self.archive.sha256:
             self.path.unlink(missing_ok=True)
             raise ArchiveError(

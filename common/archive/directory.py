@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..clock import parse_stamp, utc_now
 from ..errors import ArchiveError
-from ..fsutil import atomic_write, fsync_dir
+from ..fsutil import atomic_write, fsync_dir, set_dir_mode
 from ..locks import FileLock
 from ..log import get_logger
 from ..outcome import Status
@@ -21,6 +22,10 @@ log = get_logger("archives")
 
 LOCK_NAME = ".lock"
 FETCHED_DIR = "fetched"
+MARKS_DIR = ".fetched-marks"
+"""Where the serve endpoint (the unprivileged ``pullback`` user, group-writable) leaves
+one empty file per archive the server says it has stored. Only root's own run moves
+archives, and never the newest: see :func:`retire_marked`."""
 PARTIAL_SUFFIX = ".partial"
 LOCK_WAIT = 120.0
 
@@ -35,6 +40,8 @@ class LocalArchive:
     sidecar: Sidecar | None
     fetched: bool = False
     problem: str = ""
+    marked: bool = False
+    """The server said it stored it; it moves to ``fetched/`` once a newer one exists."""
 
     @property
     def name(self) -> str:
@@ -68,10 +75,19 @@ def directory_lock(archive_dir: Path, purpose: str) -> FileLock:
     return FileLock(archive_dir / LOCK_NAME, purpose=purpose)
 
 
+def _marks(archive_dir: Path) -> set[str]:
+    """The names marked fetched (a directory the pullback user writes: names only)."""
+    try:
+        return {name for name in os.listdir(archive_dir / MARKS_DIR) if ARCHIVE_NAME.match(name)}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
 def _scan(directory: Path, fetched: bool) -> list[LocalArchive]:
     found: list[LocalArchive] = []
     if not directory.is_dir():
         return found
+    marks = set() if fetched else _marks(directory)
     for entry in directory.iterdir():
         match = ARCHIVE_NAME.match(entry.name)
         if not match or not entry.is_file():
@@ -85,7 +101,17 @@ def _scan(directory: Path, fetched: bool) -> list[LocalArchive]:
             problem = "no sidecar (incomplete)"
         except (OSError, ArchiveError) as exc:
             problem = str(exc)
-        found.append(LocalArchive(entry, match["host"], match["stamp"], sidecar, fetched, problem))
+        found.append(
+            LocalArchive(
+                entry,
+                match["host"],
+                match["stamp"],
+                sidecar,
+                fetched,
+                problem,
+                marked=entry.name in marks,
+            )
+        )
     return found
 
 
@@ -157,16 +183,101 @@ def keep_fetched(archive_dir: Path, keep: int) -> list[str]:
     return [a.name for a in expired]
 
 
+def prepare_marks(archive_dir: Path) -> None:
+    """Make MARKS_DIR: the only place the serve endpoint writes (group-writable, the
+    archive directory's group), and never a link."""
+    marks = archive_dir / MARKS_DIR
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(marks, 0o700)
+    try:
+        set_dir_mode(marks, 0o2770, gid=os.stat(archive_dir).st_gid)
+    except OSError as exc:
+        raise ArchiveError(
+            f"{marks} is not a directory of its own ({exc.strerror}); remove it"
+        ) from None
+
+
+def mark_fetched(archive_dir: Path, name: str) -> None:
+    """Record that the server stored ``name`` (the serve endpoint, as ``pullback``): an
+    empty file in MARKS_DIR, nothing moved or deleted. Asking twice is fine.
+
+    Raises ArchiveError when there is no such archive.
+    """
+    if not ARCHIVE_NAME.match(name) or "/" in name:
+        raise ArchiveError(f"not an archive name: {name!r}")
+    exists = False
+    for directory in (archive_dir, archive_dir / FETCHED_DIR):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            exists = exists or stat.S_ISREG(os.lstat(directory / name).st_mode)
+    if not exists:
+        raise ArchiveError(f"no archive {name}")
+    marks = os.open(archive_dir / MARKS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640, dir_fd=marks
+        )
+        os.close(fd)
+    except FileExistsError:
+        pass
+    finally:
+        os.close(marks)
+
+
+def retire_marked(archive_dir: Path, keep: int) -> list[str]:
+    """Move the archives the server stored to ``fetched/``, except the newest complete
+    one (a stolen server key cannot make a client drop the archive the server has not
+    pulled yet), then keep the ``keep`` newest of ``fetched/``. Removes the marks of
+    archives no longer there. Returns what moved. Call it under the directory lock, as
+    root: marks are only names, never opened or followed."""
+    marks = _marks(archive_dir)
+    if not marks:
+        return []
+    current = [a for a in list_archives(archive_dir, include_fetched=False) if a.complete]
+    newest = current[-1].name if current else None
+    target = archive_dir / FETCHED_DIR
+    target.mkdir(mode=0o2750, exist_ok=True)
+    moved = []
+    for archive in current:
+        if archive.marked and archive.name != newest:
+            os.rename(archive.path, target / archive.name)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(archive.sidecar_path, target / archive.sidecar_path.name)
+            moved.append(archive.name)
+    keep_marks = {newest} if newest in marks else set()
+    marks_fd = os.open(archive_dir / MARKS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for name in os.listdir(marks_fd):
+            if name not in keep_marks:
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                    os.unlink(name, dir_fd=marks_fd)
+    finally:
+        os.close(marks_fd)
+    if moved:
+        keep_fetched(archive_dir, keep)
+        fsync_dir(target)
+        fsync_dir(archive_dir)
+    return moved
+
+
 def apply_retention(
-    archive_dir: Path, keep_last: int, keep_days: int, now: dt.datetime | None = None
+    archive_dir: Path,
+    keep_last: int,
+    keep_days: int,
+    now: dt.datetime | None = None,
+    fetched_keep: int | None = None,
 ) -> list[str]:
-    """Delete expired archives and leftovers of interrupted publishes; return their names.
+    """Move the archives the server stored to ``fetched/`` (with ``fetched_keep``: see
+    :func:`retire_marked`), delete expired archives and leftovers of interrupted
+    publishes; return the names deleted.
 
     Runs under the directory lock. Archives in ``fetched/`` follow the same rules.
     """
     now = now or utc_now()
     removed = []
     with directory_lock(archive_dir, "local retention").acquire(wait=LOCK_WAIT):
+        if fetched_keep is not None:
+            for name in retire_marked(archive_dir, fetched_keep):
+                log.info("%s was stored by the server; moved to %s/", name, FETCHED_DIR)
         archives = list_archives(archive_dir)
         for archive in archives:
             if not archive.complete and archive.problem.startswith("no sidecar"):
@@ -178,15 +289,22 @@ def apply_retention(
             log.info("retention: deleting %s", archive.name)
             _delete(archive)
             removed.append(archive.name)
-        for directory in (archive_dir, archive_dir / FETCHED_DIR):
-            if not directory.is_dir():
-                continue
-            for side in directory.glob("*.json"):
-                if not side.with_suffix("").exists() and ARCHIVE_NAME.match(side.stem):
-                    side.unlink()
-                    removed.append(side.name)
+        removed += _orphan_sidecars(archive_dir)
         if removed:
             fsync_dir(archive_dir)
+    return removed
+
+
+def _orphan_sidecars(archive_dir: Path) -> list[str]:
+    """Delete sidecars whose archive is gone; return their names."""
+    removed = []
+    for directory in (archive_dir, archive_dir / FETCHED_DIR):
+        if not directory.is_dir():
+            continue
+        for side in directory.glob("*.json"):
+            if not side.with_suffix("").exists() and ARCHIVE_NAME.match(side.stem):
+                side.unlink()
+                removed.append(side.name)
     return removed
 
 

@@ -19,6 +19,7 @@ from ..outcome import Status
 from ..schema import load_schema
 
 FORMAT = 1
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 SIDECAR_NAME = "SIDECAR.json"
 """The sidecar's name inside a stored snapshot, beside MANIFEST.sha256: the server puts it
 there, so a restored snapshot says which services and tasks failed in it."""
@@ -80,7 +81,10 @@ class Sidecar:
 
     @property
     def failed_services(self) -> list[str]:
-        return [s.name for s in self.services if s.status != Status.OK]
+        """The names of the services that failed, as the server may use them (restic
+        tags, a borg comment, a report): a client's words, so anything but a service
+        name's letters, digits, '.', '_' and '-' becomes '_', and at most 128 of them."""
+        return [_SAFE_NAME.sub("_", s.name)[:128] for s in self.services if s.status != Status.OK]
 
     def to_json(self) -> str:
         data = asdict(self)

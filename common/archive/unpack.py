@@ -33,12 +33,14 @@ import os
 import shutil
 import stat
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ArchiveError
 from ..fsutil import pwrite_all, write_all
 from ..log import get_logger
+from ..text import BoundedWarnings, escaped
 from ..units import human_size
 from . import acl, sparse
 from .manifest import MANIFEST_NAME, parse
@@ -52,6 +54,12 @@ _KEPT = ((MANIFEST_NAME,), (SIDECAR_NAME,))
 """What the sweep leaves in staging although no member names it: the server writes the
 sidecar there (an archive cannot hold a member of that name: it is outside services/)."""
 MAX_NAME = 4095
+XATTR_SIZE_MAX = 65536
+"""The largest extended attribute value Linux holds (an ACL is one too)."""
+MAX_DIR_META = 64 << 20
+"""The directories' extended attributes and ACLs kept until the end of an archive, in
+all: real trees carry a few bytes per directory; a hostile one cannot grow memory."""
+_APPLIED_PAX = (b"SCHILY.xattr.", b"SCHILY.acl.access", b"SCHILY.acl.default")
 MAX_COMPONENT = 255
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _IS_ROOT = os.geteuid() == 0
@@ -92,7 +100,8 @@ class UnpackStats:
     """Files whose content had to be (re)written."""
     unchanged: int = 0
     removed: int = 0
-    warnings: list[str] = field(default_factory=list)
+    warnings: BoundedWarnings = field(default_factory=BoundedWarnings)
+    """The first 100 warnings; ``warnings.total`` counts them all."""
 
 
 def safe_parts(name: str) -> tuple[str, ...]:
@@ -112,15 +121,6 @@ def safe_parts(name: str) -> tuple[str, ...]:
     if parts[0] not in TOP_LEVEL or (parts[0] == MANIFEST_NAME and len(parts) > 1):
         raise HostileArchive(f"member {name!r} is outside services/ (not a pullback archive)")
     return parts
-
-
-def shown(name: str) -> str:
-    """``name`` fit for one line of a log or a mail: control characters and bytes that are
-    not UTF-8 are written as escapes (``\\n``, ``\\xff``), so a name cannot forge lines."""
-    text = os.fsencode(name).decode("utf-8", "backslashreplace")
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _apparent_size(member: Member) -> int:
@@ -168,10 +168,15 @@ class Unpacker:
         self._seen: set[int] = set()
         self._links: set[int] = set()
         self._files: set[int] = set()
+        self._link_digests: dict[int, str] = {}
+        """The digest of each file some hard link points to, hashed once for all its links."""
         self._sum = _Sum()
         self._manifest_sum: _Sum | None = None
         self._last_parent: tuple[str, ...] | None = None
-        self._dir_meta: list[tuple[tuple[str, ...], Member]] = []
+        self._dir_meta: dict[int, tuple[tuple[str, ...], Member]] = {}
+        """Each directory's metadata, applied at the end (its files change its mtime);
+        a repeated directory replaces its record. Only what is applied is kept."""
+        self._dir_meta_bytes = 0
         self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict()
         self._root = -1
         self._chown_warned = False
@@ -260,7 +265,7 @@ class Unpacker:
         self._seen.add(key)
         if member.is_dir:
             self._dir(parts)
-            self._dir_meta.append((parts, member))
+            self._keep_dir_meta(key, parts, member)
         elif member.is_file:
             if sparse.is_sparse(member.pax):
                 self._write_sparse(parts, member, chunks)
@@ -279,7 +284,42 @@ class Unpacker:
             self._hardlink(parts, member)
         else:
             self._seen.discard(key)
-            self.stats.warnings.append(f"{shown(member.name)}: device node dropped")
+            self.stats.warnings.append(f"{escaped(member.name)}: device node dropped")
+
+    def _keep_dir_meta(self, key: int, parts: tuple[str, ...], member: Member) -> None:
+        """Keep a directory's metadata for the end: its xattrs and ACLs only (no other
+        PAX record), values Linux could not hold dropped with a warning, and all
+        directories' together at most MAX_DIR_META bytes. Raises ArchiveTooLarge."""
+        kept: dict[bytes, bytes] = {}
+        for name, value in member.pax.items():
+            if not name.startswith(_APPLIED_PAX):
+                continue
+            if len(value) > XATTR_SIZE_MAX:
+                self.stats.warnings.append(
+                    f"{escaped(member.name)}: {escaped(os.fsdecode(name))} of {len(value)} bytes "
+                    "dropped (Linux holds at most 64 KiB)"
+                )
+                continue
+            kept[name] = value
+        previous = self._dir_meta.get(key)
+        if previous is not None:
+            self._dir_meta_bytes -= _meta_size(previous[1])
+        compact = Member(
+            member.name,
+            member.kind,
+            mode=member.mode,
+            uid=member.uid,
+            gid=member.gid,
+            mtime_ns=member.mtime_ns,
+            pax=kept,
+        )
+        self._dir_meta_bytes += _meta_size(compact)
+        if self._dir_meta_bytes > MAX_DIR_META:
+            raise ArchiveTooLarge(
+                f"its directories carry more than {human_size(MAX_DIR_META)} of extended "
+                "attributes and ACLs"
+            )
+        self._dir_meta[key] = (parts, compact)
 
     def _check_limits(self, member: Member) -> None:
         """Count ``member`` against the limits; refuse the old GNU sparse forms.
@@ -379,7 +419,7 @@ class Unpacker:
                 try:
                     wanted[xattr] = acl.from_text(value.decode("utf-8", "replace"))
                 except (ValueError, KeyError):
-                    self.stats.warnings.append(f"{shown(member.name)}: unreadable ACL dropped")
+                    self.stats.warnings.append(f"{escaped(member.name)}: unreadable ACL dropped")
         try:
             current = {n: os.getxattr(fd, n) for n in os.listxattr(fd)}
         except OSError:
@@ -396,7 +436,7 @@ class Unpacker:
                     os.setxattr(fd, name, value)
                 except OSError as exc:
                     self.stats.warnings.append(
-                        f"{shown(member.name)}: extended attribute {shown(name)} not kept: "
+                        f"{escaped(member.name)}: extended attribute {escaped(name)} not kept: "
                         f"{exc.strerror}"
                     )
 
@@ -434,15 +474,10 @@ class Unpacker:
         """A FIFO, made again unless the same one is there."""
         parent = self._dir(parts[:-1])
         name = parts[-1]
-        try:
-            st = os.lstat(name, dir_fd=parent)
-            if stat.S_ISFIFO(st.st_mode) and self._same_meta(st, member):
-                self.stats.unchanged += 1
-                return
-            _remove(name, parent)
-            self._forget_dir(parts)
-        except FileNotFoundError:
-            pass
+        if self._kept(
+            parts, parent, lambda st: stat.S_ISFIFO(st.st_mode) and self._same_meta(st, member)
+        ):
+            return
         os.mkfifo(name, 0o600, dir_fd=parent)
         fd = os.open(
             name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent
@@ -451,6 +486,20 @@ class Unpacker:
             self._apply_meta(fd, member, self._mode(member), force=True)
         finally:
             os.close(fd)
+
+    def _kept(self, parts, parent: int, same: Callable[[os.stat_result], bool]) -> bool:
+        """True when the entry at ``parts`` already is what the member says (counted as
+        unchanged); else whatever is there is removed to make room and False returned."""
+        try:
+            st = os.lstat(parts[-1], dir_fd=parent)
+        except FileNotFoundError:
+            return False
+        if same(st):
+            self.stats.unchanged += 1
+            return True
+        _remove(parts[-1], parent)
+        self._forget_dir(parts)
+        return False
 
     @staticmethod
     def _same_meta(st: os.stat_result, member: Member) -> bool:
@@ -463,21 +512,17 @@ class Unpacker:
     def _symlink(self, parts, member: Member) -> None:
         parent = self._dir(parts[:-1])
         name = parts[-1]
-        try:
-            st = os.lstat(name, dir_fd=parent)
-            same = (
+
+        def same(st: os.stat_result) -> bool:
+            return (
                 stat.S_ISLNK(st.st_mode)
                 and os.readlink(name, dir_fd=parent) == member.linkname
                 and (not _IS_ROOT or (st.st_uid, st.st_gid) == (member.uid, member.gid))
                 and st.st_mtime_ns == member.mtime_ns
             )
-            if same:
-                self.stats.unchanged += 1
-                return
-            _remove(name, parent)
-            self._forget_dir(parts)
-        except FileNotFoundError:
-            pass
+
+        if self._kept(parts, parent, same):
+            return
         os.symlink(member.linkname, name, dir_fd=parent)
         if _IS_ROOT:
             os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
@@ -498,19 +543,17 @@ class Unpacker:
         self.stats.files += 1
         source_dir = self._dir(target[:-1])
 
-        self._sum.add(member.name, _hash_file(target[-1], source_dir))
+        digest = self._link_digests.get(_key(target))
+        if digest is None:
+            digest = self._link_digests[_key(target)] = _hash_file(target[-1], source_dir)
+        self._sum.add(member.name, digest)
         parent = self._dir(parts[:-1])
         name = parts[-1]
         source = os.lstat(target[-1], dir_fd=source_dir)
-        try:
-            st = os.lstat(name, dir_fd=parent)
-            if st.st_ino == source.st_ino and st.st_dev == source.st_dev:
-                self.stats.unchanged += 1
-                return
-            _remove(name, parent)
-            self._forget_dir(parts)
-        except FileNotFoundError:
-            pass
+        if self._kept(
+            parts, parent, lambda st: (st.st_ino, st.st_dev) == (source.st_ino, source.st_dev)
+        ):
+            return
         os.link(target[-1], name, src_dir_fd=source_dir, dst_dir_fd=parent, follow_symlinks=False)
 
     # -- the end ------------------------------------------------------------------------
@@ -531,7 +574,7 @@ class Unpacker:
             os.close(fd)
         self._fds.clear()
         self._sweep()
-        for parts, member in sorted(self._dir_meta, key=lambda item: -len(item[0])):
+        for parts, member in sorted(self._dir_meta.values(), key=lambda item: -len(item[0])):
             fd = self._dir(parts)
             self._apply_meta(fd, member, member.mode & 0o7777, force=False)
         return self.stats
@@ -597,6 +640,11 @@ def _rewrite(fd: int, chunks, digest, old_size: int) -> bool:
         os.ftruncate(fd, position)
         changed = True
     return changed
+
+
+def _meta_size(member: Member) -> int:
+    """What a directory's kept metadata costs, for MAX_DIR_META: its name and records."""
+    return len(member.name) + sum(len(k) + len(v) for k, v in member.pax.items())
 
 
 def _key(parts: tuple[str, ...]) -> int:

@@ -23,6 +23,8 @@ class Entry:
     linkname: str = ""
     mode: int = 0o644
     in_manifest: bool = True
+    pax: list[tuple[bytes, bytes]] | None = None
+    """Extra PAX records (xattrs, ACLs)."""
 
 
 def build_tar(entries: list[Entry], manifest: bool = True) -> bytes:
@@ -40,6 +42,7 @@ def build_tar(entries: list[Entry], manifest: bool = True) -> bytes:
             linkname=entry.linkname,
             uname="root",
             gname="root",
+            pax=entry.pax,
         )
         if size:
             out += entry.data + bytes((-size) % 512)

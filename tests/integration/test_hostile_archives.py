@@ -840,6 +840,34 @@ def test_a_million_tiny_entries_are_refused_at_max_entries(corpus):
     recovers(corpus, ["h0"])
 
 
+def directory_bomb(repeats: int, distinct: int) -> Iterator[bytes]:
+    """One directory repeated ``repeats`` times and ``distinct`` more, each header with
+    1 MiB of extended attributes (almost nothing once compressed), then a good file."""
+    xattrs = [(f"SCHILY.xattr.user.x{i}".encode(), b"x" * 60_000) for i in range(17)]
+    same = tarformat.header("services/d", tarformat.DIRTYPE, mode=0o755, mtime_ns=MTIME, pax=xattrs)
+    for _ in range(repeats):
+        yield same
+    for i in range(distinct):
+        yield tarformat.header(
+            f"services/d/{i}", tarformat.DIRTYPE, mode=0o755, mtime_ns=MTIME, pax=xattrs
+        )
+    yield build_tar([Entry("services/d/good.txt", data=b"good\n")])
+
+
+PULL_RSS_BOUND = 300 << 20
+"""What a host's pull process may reach on the directory bomb (ordinary pulls: ~45 MiB)."""
+
+
+def test_directory_metadata_cannot_grow_the_servers_memory(corpus):
+    corpus.publish_stream("h3", directory_bomb(repeats=1500, distinct=40))
+    pulled = corpus.pull(["h3"])
+    # 1.5 GB of headers for one directory kept 1.5 GiB until the end; now one record
+    status = json.loads((corpus.fleet.state / "status.json").read_text())["hosts"]["h3"]
+    assert status["pull_peak_rss"] < PULL_RSS_BOUND, status["pull_peak_rss"]
+    assert pulled.result("h3").startswith("stored: "), pulled.lines("h3")
+    recovers(corpus, ["h3"])
+
+
 def test_a_zstd_tar_bomb_is_refused_at_max_unpacked_size(corpus):
     archive = corpus.publish_stream("h1", zero_bomb(members=16, each=64 << 20))  # 1 GiB
     assert archive.stat().st_size < 1 << 20  # a bomb: under 1 MiB compressed

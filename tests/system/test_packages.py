@@ -125,9 +125,14 @@ def test_timers_are_enabled_and_services_skip_an_example_config(root, installed)
     journal = root.run(["journalctl", "-u", "pullback-client.service", "--no-pager"]).stdout
     assert "nothing to back up yet" in journal
     assert root.run(
-        "stat -c '%U:%G %a' /var/lib/pullback/archives /etc/pullback/client.yaml "
-        "/etc/pullback/id_ed25519"
-    ).stdout.split("\n")[:3] == ["root:pullback 2770", "root:pullback 640", "root:root 600"]
+        "stat -c '%U:%G %a' /var/lib/pullback/archives /var/lib/pullback/archives/.fetched-marks "
+        "/etc/pullback/client.yaml /etc/pullback/id_ed25519"
+    ).stdout.split("\n")[:4] == [
+        "root:pullback 2750",
+        "root:pullback 2770",
+        "root:pullback 640",
+        "root:root 600",
+    ]
 
 
 def test_a_configured_client_and_server_run_under_systemd(root, installed):

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 import signal
 import threading
 import time
@@ -95,6 +96,35 @@ def test_client_words_in_unusable_entries_are_escaped_and_capped():
     choice = choose(listing(unusable=unusable), "web1", NOTHING, NOW)
     assert "\n" not in choice.skip and "\x1b" not in choice.skip
     assert len(choice.warnings[0]) < 300
+
+
+def test_a_flood_of_junk_entries_costs_a_count_not_lines():
+    junk = [{"name": f"junk{i}\n[web2] stored", "problem": "x" * 200} for i in range(999)]
+    choice = choose(listing(entry(A), unusable=junk), "web1", NOTHING, NOW)
+    assert choice.archive.archive.name == A
+    assert len(choice.warnings) == 21  # KEPT_WARNINGS, then the count of the rest
+    assert choice.warnings[-1] == "... and 979 more warnings like these"
+    assert not any("\n" in w for w in choice.warnings)
+    nothing = choose(listing(unusable=junk), "web1", NOTHING, NOW)
+    assert len(nothing.skip) < 600 and nothing.skip.endswith("... and 996 more warnings like these")
+
+
+def test_a_result_is_cleaned_at_the_boundary():
+    from pullback.server.results import HostResult
+
+    result = HostResult(
+        "web1",
+        reason="x" * 5000,
+        archive="a\x1b[2Jb",
+        warnings=[f"w{i}\n[web2] stored" for i in range(100)],
+        client_failed_services=["svc\r"] * 3,
+    )
+    data = json.loads(json.dumps(result.to_dict()))
+    again = HostResult.from_dict(data)
+    assert len(again.reason) == 2000 and again.archive == "a\\x1b[2Jb"
+    assert len(again.warnings) == 25 and again.warnings[-1] == "... and 76 more warnings"
+    assert again.warnings[0] == "w0\\n[web2] stored"
+    assert again.client_failed_services == ["svc\\r"] * 3
 
 
 def test_a_bad_sidecar_is_passed_over_for_an_older_good_one():
@@ -364,6 +394,49 @@ def test_a_cut_transfer_keeps_what_arrived_and_the_next_run_resumes(config, back
     client.cut_at = None
     again = make_pull(config, backend, client).run()
     assert again.status == Status.STORED and again.resumed_from == archive.stat().st_size // 2
+
+
+def test_a_resume_that_brings_nothing_drops_the_partial_download(config, backend, client):
+    archive = publish_one(client)
+    client.cut_at = archive.stat().st_size - 1  # all but the last byte, run after run
+    first = make_pull(config, backend, client).run()
+    assert first.reason.endswith("what arrived is kept and the next run resumes")
+    second = make_pull(config, backend, client).run()
+    assert second.status == Status.FAILED
+    assert "the resumed transfer brought nothing new, so the partial download was removed" in (
+        second.reason
+    )
+    assert not (config.partial_dir("web1") / archive.name).exists()
+
+
+def test_an_old_partial_download_is_removed(config, backend, client):
+    archive = publish_one(client)
+    partial = config.partial_dir("web1") / archive.name
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(archive.read_bytes()[:100])
+    old = time.time() - 4 * 86400  # partial_max_age is 3 days
+    os.utime(partial, (old, old))
+    result = make_pull(config, backend, client).run()
+    assert result.status == Status.STORED and result.resumed_from == 0
+
+
+def test_an_archive_past_max_archive_size_is_not_fetched(config, backend, client):
+    archive = publish_one(client)
+    small = dataclasses.replace(config.hosts[0], max_archive_size=archive.stat().st_size - 1)
+    result = make_pull(dataclasses.replace(config, hosts=(small,)), backend, client).run()
+    assert result.status == Status.FAILED
+    assert f"refused {archive.name}: its sidecar announces" in result.reason
+    assert "more than max_archive_size" in result.reason
+    assert not config.partial_dir("web1").exists() or not any(config.partial_dir("web1").iterdir())
+    assert backend.stored == []
+
+
+def test_a_download_must_leave_min_free_space(config, backend, client):
+    publish_one(client)
+    greedy = dataclasses.replace(config, min_free_space=1 << 60)
+    result = make_pull(greedy, backend, client).run()
+    assert result.status == Status.FAILED
+    assert "kept free (min_free_space)" in result.reason
 
 
 def test_a_store_cut_short_by_a_killed_pull_has_its_stale_locks_removed(config, backend, client):

@@ -76,13 +76,19 @@ def test_released_lock_leaves_no_owner(tmp_path, caplog):
     assert lock_status(tmp_path / "never-created.lock") is None
 
 
-def test_lock_file_is_group_writable_whatever_the_umask(tmp_path):
+def test_a_lock_is_readable_by_all_and_never_opened_through_a_link(tmp_path):
     import os
 
-    old = os.umask(0o022)
+    old = os.umask(0o077)
     try:
         with FileLock(tmp_path / "g.lock"):
             pass
     finally:
         os.umask(old)
-    assert (tmp_path / "g.lock").stat().st_mode & 0o777 == 0o664
+    assert (tmp_path / "g.lock").stat().st_mode & 0o777 == 0o644
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    os.symlink(victim, tmp_path / "planted.lock")
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        FileLock(tmp_path / "planted.lock").acquire()
+    assert victim.read_text() == "precious" and victim.stat().st_mode & 0o777 == 0o644

@@ -19,10 +19,22 @@ logger.debug("hidden at verbosity 0")
 """
 
 
-def run(env_extra: dict) -> str:
+HOSTILE = """
+from pullback.common import log
+log.setup(0)
+logger = log.get_logger("x")
+logger.warning("[web1] %s", "evil" + chr(10) + "[web2] stored " + chr(27) + "[2J")
+try:
+    raise ValueError("boom")
+except ValueError:
+    logger.error("with a traceback:", exc_info=True)
+"""
+
+
+def run(env_extra: dict, script: str = SCRIPT) -> str:
     env = dict(os.environ, **env_extra)
     return subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
     ).stderr
 
 
@@ -49,3 +61,11 @@ def test_tail_handler_keeps_recent_masked_lines():
     secrets.register("tail-secret-1")
     log.get_logger("t").debug("debug with tail-secret-1")
     assert tail.lines[-1].endswith("debug with ******")
+
+
+def test_a_message_is_one_line_whatever_it_quotes():
+    out = run({"JOURNAL_STREAM": ""}, HOSTILE)
+    assert "[web1] evil\\n[web2] stored \\x1b[2J" in out
+    assert "\x1b" not in out
+    assert not any(line.startswith("[web2]") for line in out.splitlines())
+    assert "Traceback (most recent call last):" in out.splitlines()  # tracebacks span lines

@@ -70,3 +70,12 @@ def test_the_list_answer_on_the_wire():
     }
     assert protocol.lock_answer(None) == '{"lock": null}'
     assert protocol.FETCHED_ANSWER == '{"ok": true}'
+
+
+def test_a_list_answer_is_bounded_in_entries_and_depth():
+    many = {"host": "web1", "archives": [{}] * 600, "unusable": [{}] * 401}
+    with pytest.raises(ValueError, match="more than 1000 archives"):
+        protocol.parse_listing(json.dumps(many).encode())
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(ValueError, match="not a list answer"):
+        protocol.parse_listing(b'{"host": "web1", "archives": ' + deep + b"}")

@@ -91,9 +91,30 @@ def test_list_send_from_offset_and_fetched(box, tmp_path):
     for archive in (first, second):
         assert run_serve(box, f"fetched {archive.name}", tmp_path)[0] == 0
     assert run_serve(box, f"fetched {second.name}", tmp_path)[0] == 0  # twice is fine
+    # a mark only: nothing moves until the client's own run, and never the newest archive
+    assert not (box.archives / "fetched").exists()
+    listed = json.loads(run_serve(box, "list", tmp_path)[1])["archives"]
+    assert [a["name"] for a in listed] == [first.name, second.name]
+    time.sleep(1.05)
+    assert box.cli("run").returncode == 0  # a newer archive: both marked ones retire
+    third = box.published()[-1]
     fetched = sorted(p.name for p in (box.archives / "fetched").iterdir())
     assert fetched == [second.name, second.name + ".json"]  # fetched_keep: 1
-    assert json.loads(run_serve(box, "list", tmp_path)[1])["archives"] == []
+    listed = json.loads(run_serve(box, "list", tmp_path)[1])["archives"]
+    assert [a["name"] for a in listed] == [third.name]
+    assert os.listdir(box.archives / ".fetched-marks") == []
+
+
+def test_a_stolen_server_key_cannot_retire_the_newest_archive(box, tmp_path):
+    from pullback.common.archive import directory
+
+    assert box.cli("run").returncode == 0
+    (newest,) = box.published()
+    assert run_serve(box, f"fetched {newest.name}", tmp_path)[0] == 0
+    directory.apply_retention(box.archives, keep_last=1, keep_days=0, fetched_keep=1)
+    names = [a["name"] for a in json.loads(run_serve(box, "list", tmp_path)[1])["archives"]]
+    assert names == [newest.name]  # still there for the real server to pull
+    assert os.listdir(box.archives / ".fetched-marks") == [newest.name]
 
 
 def test_refusals_through_the_cli_exit_2(box):

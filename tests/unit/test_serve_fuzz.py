@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from pullback.client import serve as serve_module
 from pullback.client.config import load_client_config
 from pullback.client.serve import serve
+from pullback.common.archive import directory
 from pullback.common.protocol import Refused, parse_request
 from tests.helpers.client import ClientSandbox
 
@@ -190,6 +191,7 @@ def reset_archives(box: ClientSandbox) -> None:
         (box.archives / name).write_bytes(name.encode() * 100)
         (box.archives / f"{name}.json").write_text("{}\n")
     (box.archives / "fetched" / "web1-20261121T030000Z.tar").write_bytes(b"old")
+    directory.prepare_marks(box.archives)
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
@@ -261,8 +263,13 @@ def test_serve_changes_nothing_for_a_refused_request(text):
     request = parse_request(text)
     if request.verb == "send":
         assert sent == (box.archives / request.archive).read_bytes()[request.offset :]
-    if request.verb != "fetched":
-        assert snapshot(box.archives) == before
+    after = snapshot(box.archives)
+    if request.verb == "fetched":  # a mark, and nothing else
+        marks = {k for k in after if k.startswith(".fetched-marks")}
+        assert marks == {".fetched-marks", f".fetched-marks/{request.archive}"}
+        after = {k: v for k, v in after.items() if not k.startswith(".fetched-marks")}
+        before = {k: v for k, v in before.items() if not k.startswith(".fetched-marks")}
+    assert after == before
 
 
 def test_serve_reads_ssh_original_command(monkeypatch):

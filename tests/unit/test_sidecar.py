@@ -66,3 +66,11 @@ def test_not_json_and_wrong_archive():
         sidecar.parse(b"\x00garbage")
     with pytest.raises(ArchiveError, match=r"describes 'web1-20261122T030000Z\.tar\.zst'"):
         sidecar.parse(json.dumps(GOOD), expected_name="web1-20261123T030000Z.tar.zst")
+
+
+def test_failed_service_names_are_words_the_server_can_use():
+    data = json.loads(json.dumps(GOOD))
+    data["services"][0]["name"] = "db,partial\n[web2] stored " + "x" * 300
+    parsed = sidecar.parse(json.dumps(data))
+    (name,) = parsed.failed_services
+    assert name.startswith("db_partial__web2__stored_x") and len(name) == 128

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from pullback.common.archive import tarformat
+from pullback.common.archive import unpack as unpack_module
 from pullback.common.archive.manifest import format_line
 from pullback.common.archive.tarformat import TarFormatError, TarReader
 from pullback.common.archive.unpack import (
@@ -17,8 +18,8 @@ from pullback.common.archive.unpack import (
     Unpacker,
     UnpackLimits,
     safe_parts,
-    shown,
 )
+from pullback.common.text import escaped
 from tests.helpers.archives import MTIME, Entry, build_tar
 
 
@@ -91,6 +92,24 @@ def test_second_unpack_touches_only_what_changed(tmp_path):
     assert stats.removed == 1
 
 
+def test_symlinks_and_fifos_already_there_are_kept_and_others_replaced(tmp_path):
+    staging = tmp_path / "s"
+    entries = [
+        Entry("services/a/f", data=b"x"),
+        Entry("services/a/l", tarformat.SYMTYPE, linkname="f"),
+        Entry("services/a/p", tarformat.FIFOTYPE),
+    ]
+    unpack(staging, entries)
+    fifo = os.stat(staging / "services/a/p").st_ino
+    stats = unpack(staging, entries)
+    assert (stats.written, stats.unchanged) == (0, 3)
+    assert os.stat(staging / "services/a/p").st_ino == fifo
+    moved = [entries[0], Entry("services/a/l", tarformat.SYMTYPE, linkname="p"), entries[2]]
+    stats = unpack(staging, moved)
+    assert stats.unchanged == 2
+    assert os.readlink(staging / "services/a/l") == "p"
+
+
 def test_hard_links_are_links_inside_staging(tmp_path):
     staging = tmp_path / "s"
     unpack(
@@ -101,6 +120,60 @@ def test_hard_links_are_links_inside_staging(tmp_path):
         ],
     )
     assert os.stat(staging / "services/a/f").st_ino == os.stat(staging / "services/a/g").st_ino
+    unpack(staging, [Entry("services/a/f", data=b"x"), Entry("services/a/g", data=b"y")])
+    assert (staging / "services/a/f").read_bytes() == b"x"  # g became a file of its own
+    assert os.stat(staging / "services/a/f").st_ino != os.stat(staging / "services/a/g").st_ino
+
+
+def test_each_hard_link_target_is_hashed_once(tmp_path, monkeypatch):
+    hashed = []
+    real = unpack_module._hash_file
+    monkeypatch.setattr(
+        unpack_module, "_hash_file", lambda name, fd: hashed.append(name) or real(name, fd)
+    )
+    big = Entry("services/a/big", data=os.urandom(1 << 20))
+    links = [Entry(f"services/a/l{i}", tarformat.LNKTYPE, linkname=big.name) for i in range(300)]
+    stats = unpack(tmp_path / "s", [big, *links])
+    assert hashed == ["big"]  # not 300 times: work stays linear in what arrived
+    assert stats.files == 301
+
+
+def test_a_repeated_directory_keeps_one_record(tmp_path):
+    xattr = [(b"SCHILY.xattr.user.big", b"x" * 3000)]
+    entries = [Entry("services/a", tarformat.DIRTYPE, mode=0o755, pax=xattr)] * 2000
+    tar = build_tar([*entries, Entry("services/a/f", data=b"x")])
+    reader = TarReader(io.BytesIO(tar))
+    with Unpacker(tmp_path / "s") as unpacker:
+        for member in reader:
+            unpacker.add(member, reader.chunks())
+        assert len(unpacker._dir_meta) == 1
+        assert unpacker._dir_meta_bytes < 3100  # not 2000 times that
+        unpacker.finish()
+    assert os.getxattr(tmp_path / "s/services/a", "user.big") == b"x" * 3000
+
+
+def test_directory_metadata_kept_for_the_end_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(unpack_module, "MAX_DIR_META", 1 << 20)
+    xattr = [(b"SCHILY.xattr.user.big", b"x" * 60_000)]
+    dirs = [Entry(f"services/d{i}", tarformat.DIRTYPE, pax=xattr) for i in range(40)]
+    with pytest.raises(ArchiveTooLarge, match=r"more than 1\.0 MiB of extended attributes"):
+        unpack(tmp_path / "s", dirs)
+    too_big = [(b"SCHILY.xattr.user.huge", b"x" * 70_000), (b"comment", b"y" * 500_000)]
+    stats = unpack(tmp_path / "t", [Entry("services/d", tarformat.DIRTYPE, pax=too_big)])
+    assert stats.warnings == [
+        "services/d: SCHILY.xattr.user.huge of 70000 bytes dropped (Linux holds at most 64 KiB)"
+    ]
+
+
+def test_warnings_are_counted_past_the_first_hundred(tmp_path):
+    nodes = [Entry(f"services/a/dev{i}", tarformat.CHRTYPE) for i in range(300)]
+    stats = unpack(tmp_path / "s", nodes)
+    assert (len(stats.warnings), stats.warnings.total) == (100, 300)
+    assert stats.warnings.lines(2) == [
+        "services/a/dev0: device node dropped",
+        "services/a/dev1: device node dropped",
+        "... and 298 more warnings like these",
+    ]
 
 
 def test_manifest_mismatch_is_an_error(tmp_path):
@@ -186,6 +259,6 @@ def test_set_id_bits_and_file_capabilities_are_kept_in_a_root_only_staging(tmp_p
 
 
 def test_names_in_warnings_cannot_forge_lines():
-    assert shown("services/a/x\n[web2] stored") == "services/a/x\\n[web2] stored"
-    assert shown(os.fsdecode(b"services/a/\xff\x1b[31m")) == "services/a/\\xff\\x1b[31m"
-    assert shown("services/a/caf\u00e9") == "services/a/caf\u00e9"
+    assert escaped("services/a/x\n[web2] stored") == "services/a/x\\n[web2] stored"
+    assert escaped(os.fsdecode(b"services/a/\xff\x1b[31m")) == "services/a/\\xff\\x1b[31m"
+    assert escaped("services/a/caf\u00e9") == "services/a/caf\u00e9"

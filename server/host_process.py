@@ -1,0 +1,296 @@
+"""Each host's pull in a child process of its own, ended by force at its deadline.
+
+A client controls every byte of its answers and of its archive. Whatever those bytes make
+a pull do (wait, loop, grow) stays inside one process per host:
+
+- the child pulls the host and ends the pull itself at ``host_timeout`` (its commands
+  are stopped, its waits end: see :class:`~.host_pull.HostPull`);
+- the parent kills the child, and every process the child started, ``KILL_GRACE``
+  seconds after that if it is still there. Nothing a host does can keep the run from
+  ending, writing its status, sending its mail and releasing the server lock;
+- the child's address space is capped (``pull_memory_limit``): past it the host fails,
+  the others go on. The programs it runs (ssh, restic, borg) are not held to that cap;
+- a child that crashes or is killed becomes its host's failed result, with what it had
+  found out up to its last phase (the repository's snapshots, the archive it chose).
+
+The child speaks to the parent in JSON lines on a pipe: each phase it enters (the parent
+keeps the journal) with its result so far, and its final result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..common.errors import Interrupted
+from ..common.log import get_logger
+from ..common.outcome import Status
+from ..common.units import human_duration, human_size
+from .config import HostConfig, ServerConfig
+from .host import HostContext
+from .journal import STORING, Journal
+from .results import HostResult
+
+log = get_logger("host")
+
+KILL_GRACE = 30.0
+"""How long past its deadline a host's process may take to end itself before it is killed."""
+MAX_MESSAGE = 1 << 20
+"""The longest line a child may send (its result: our own words, warnings capped)."""
+_POLL_MS = 200
+
+
+class PhaseRelay:
+    """The child's side of the pipe: what :class:`~.host_pull.HostPull` sees as its journal."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.result: HostResult | None = None
+        """The pull's result so far, sent with each phase."""
+
+    def phase(self, host: str, phase: str | None) -> None:
+        """Tell the parent that the host entered ``phase`` (None: done)."""
+        self.send({"phase": phase, "result": self.result.to_dict() if self.result else None})
+
+    def send(self, message: dict) -> None:
+        data = (json.dumps(message) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+
+Work = Callable[[HostContext, PhaseRelay], HostResult]
+"""One host's pull, run in its child: it reports its phases through the relay."""
+
+
+@dataclass
+class _Child:
+    """The parent's view of one host's process."""
+
+    host: HostConfig
+    pid: int
+    fd: int
+    kill_at: float
+    data: bytearray = field(default_factory=bytearray)
+    phase: str | None = None
+    partial: dict | None = None
+    result: HostResult | None = None
+    killed: str = ""
+    """Why the parent killed it (empty: it was not killed)."""
+
+    def take(self, chunk: bytes, journal: Journal | None) -> None:
+        """Read the complete lines of what the child sent."""
+        self.data += chunk
+        while b"\n" in self.data:
+            line, _, rest = bytes(self.data).partition(b"\n")
+            self.data = bytearray(rest)
+            self._message(line, journal)
+        if len(self.data) > MAX_MESSAGE:
+            raise ValueError("a message from a host's process is too long")
+
+    def _message(self, line: bytes, journal: Journal | None) -> None:
+        message = json.loads(line)
+        if "final" in message:
+            self.result = HostResult.from_dict(message["final"])
+            return
+        self.phase, self.partial = message.get("phase"), message.get("result")
+        if journal is not None:
+            journal.phase(self.host.name, self.phase)
+
+
+def pull_hosts(
+    config: ServerConfig,
+    hosts: list[HostConfig],
+    work: Work,
+    journal: Journal | None = None,
+) -> list[HostResult]:
+    """Run ``work`` for every host, each in a child process, ``parallel`` at a time.
+
+    Returns the results in the order of ``hosts``. On SIGTERM (Interrupted) the children
+    are told to stop, waited for (at most KILL_GRACE) or killed, and Interrupted is
+    raised again. A host killed while storing stays in the journal (``journal.end``
+    keeps it), so that the next pull removes the repository lock it may have left."""
+    waiting = list(hosts)
+    running: dict[int, _Child] = {}
+    results: dict[str, HostResult] = {}
+    cut: dict[str, str] = {}
+    poller = select.poll()
+    try:
+        while waiting or running:
+            while waiting and len(running) < config.parallel:
+                child = _start(config, waiting.pop(0), work)
+                running[child.fd] = child
+                poller.register(child.fd, select.POLLIN | select.POLLHUP)
+            for fd, _ in poller.poll(_POLL_MS):
+                child = running[fd]
+                if _read(child, journal):
+                    continue
+                poller.unregister(fd)
+                del running[fd]
+                results[child.host.name] = _reap(config, child, cut)
+            for child in running.values():
+                if time.monotonic() > child.kill_at:
+                    limit = human_duration(config.host_timeout)
+                    _kill(
+                        child,
+                        f"timed out after {limit} (host_timeout): its pull did not stop by "
+                        f"itself and was killed {human_duration(KILL_GRACE)} later",
+                    )
+    except Interrupted:
+        _stop_all(list(running.values()))
+        raise
+    finally:
+        for child in running.values():
+            os.close(child.fd)
+        if journal is not None:
+            journal.keep(cut)
+    return [results[h.name] for h in hosts]
+
+
+def _read(child: _Child, journal: Journal | None) -> bool:
+    """Read what the child sent; False at its end (or when it sends nonsense: killed)."""
+    try:
+        chunk = os.read(child.fd, 1 << 16)
+        if chunk:
+            child.take(chunk, journal)
+            return True
+    except (OSError, ValueError) as exc:
+        _kill(child, f"its pull process sent what it may not ({exc}) and was killed")
+    os.close(child.fd)
+    return False
+
+
+def _start(config: ServerConfig, host: HostConfig, work: Work) -> _Child:
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_end)
+        code = 70
+        try:
+            code = _child_main(config, host, work, write_end)
+        except BaseException:
+            log.exception("[%s] the host's pull process failed", host.name)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    kill_at = time.monotonic() + config.host_timeout + KILL_GRACE
+    return _Child(host, pid, read_end, kill_at)
+
+
+def _child_main(config: ServerConfig, host: HostConfig, work: Work, fd: int) -> int:
+    """Pull ``host`` in this (child) process; return its exit code."""
+    os.setpgid(0, 0)
+    limit = config.pull_memory_limit
+    if limit:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard == resource.RLIM_INFINITY or limit < hard:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    relay = PhaseRelay(fd)
+    ctx = HostContext.open(config, host)
+    done: list[HostResult] = []
+    thread = threading.Thread(target=lambda: done.append(work(ctx, relay)), name="pull")
+    thread.start()
+    interrupted = False
+    while thread.is_alive():
+        try:
+            thread.join(0.1)
+        except Interrupted:  # SIGTERM: the pull stops as at its deadline
+            interrupted = True
+            ctx.cancel.set()
+    if done:
+        result = done[0]
+        result.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        relay.send({"final": result.to_dict()})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return 130 if interrupted else 0
+
+
+def _reap(config: ServerConfig, child: _Child, cut: dict[str, str]) -> HostResult:
+    """The child's result, or a failed one saying how its process ended."""
+    _, status, usage = os.wait4(child.pid, 0)
+    if child.result is not None and not child.killed:
+        return child.result
+    name = child.host.name
+    result = HostResult.from_dict(child.partial) if child.partial else HostResult(name)
+    result.status = Status.FAILED
+    result.peak_rss = usage.ru_maxrss * 1024
+    if child.killed:
+        result.reason = child.killed
+    elif os.WIFSIGNALED(status):
+        signame = signal.Signals(os.WTERMSIG(status)).name
+        result.reason = f"its pull process died ({signame})"
+    else:
+        code = os.waitstatus_to_exitcode(status)
+        result.reason = f"its pull process ended without a result (exit {code})"
+    if config.pull_memory_limit and not child.killed:
+        memory = human_size(config.pull_memory_limit)
+        result.reason += f"; it may have reached pull_memory_limit ({memory})"
+    result.reason += "; nothing more was stored"
+    if child.phase == STORING:
+        cut[name] = STORING
+        result.warnings.append(
+            "it was cut while storing: the next pull removes the lock it may have left"
+        )
+    log.error("[%s] %s: %s", name, result.status, result.reason)
+    return result
+
+
+def _kill(child: _Child, why: str) -> None:
+    """Kill the child and every process it started (they run in sessions of their own)."""
+    if child.killed:
+        return
+    child.killed = why
+    family = _descendants(child.pid)
+    for pid in [child.pid, *family]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _stop_all(children: list[_Child]) -> None:
+    """SIGTERM: each child stops as at its deadline; those still there after KILL_GRACE
+    are killed. Reaps them all."""
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGTERM)
+    ends = time.monotonic() + KILL_GRACE
+    for child in children:
+        while os.waitpid(child.pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > ends:
+                _kill(child, "stopped by SIGTERM")
+                os.waitpid(child.pid, 0)
+                break
+            time.sleep(0.1)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every living process below ``pid`` (from /proc), deepest last."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found

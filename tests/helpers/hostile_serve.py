@@ -1,0 +1,98 @@
+"""A malicious serve endpoint: the forced command of a hostile client's sshd.
+
+``python hostile_serve.py MODE CLIENT_CONFIG``: sshd hands it the server's request in
+``SSH_ORIGINAL_COMMAND``. Requests the mode does not attack are answered by the real
+``pullback-client serve`` (so the archive and listing are genuine); the attacked one
+misbehaves as the mode says. Used by tests/integration/test_hostile_clients.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def real(config: str) -> bytes:
+    """What the real serve answers to this request."""
+    argv = [sys.executable, "-m", "pullback.client.cli", "--config", config, "serve"]
+    return subprocess.run(argv, capture_output=True, check=False).stdout
+
+
+def trickle(prefix: bytes) -> None:
+    """A byte every half second, for ever: never idle long, never done."""
+    out = sys.stdout.buffer
+    for byte in prefix:
+        out.write(bytes([byte]))
+        out.flush()
+        time.sleep(0.5)
+    while True:
+        out.write(b" ")
+        out.flush()
+        time.sleep(0.5)
+
+
+FORGED = "\n[good] stored everything\x1b[2J\r"
+"""Words that would forge a line (and clear a terminal) if printed as they are."""
+
+
+def listing(config: str, change) -> None:
+    """Answer ``list`` with the real listing, changed by ``change(data)``."""
+    data = json.loads(real(config))
+    change(data)
+    sys.stdout.write(json.dumps(data) + "\n")
+
+
+def junk(data: dict) -> None:
+    data["unusable"] = [{"name": f"junk{i}{FORGED}", "problem": FORGED * 20} for i in range(5000)]
+
+
+def forged_host(data: dict) -> None:
+    data["host"] = "evil" + FORGED
+
+
+def huge(data: dict) -> None:
+    for entry in data["archives"]:
+        entry["size"] = entry["sidecar"]["archive"]["size"] = 10 << 40
+
+
+def main() -> None:
+    mode, config = sys.argv[1], sys.argv[2]
+    request = os.environ.get("SSH_ORIGINAL_COMMAND", "")
+    verb = request.split(" ", 1)[0]
+    changes = {"junk-list": junk, "forged-host": forged_host, "huge-archive": huge}
+    if mode in changes and verb == "list":
+        listing(config, changes[mode])
+    elif mode == "short-send" and verb == "send":
+        name, offset = request.split(" ")[1:]
+        size = os.path.getsize(os.path.join(os.path.dirname(config), "archives", name))
+        with open(os.path.join(os.path.dirname(config), "archives", name), "rb") as handle:
+            handle.seek(int(offset))
+            sys.stdout.buffer.write(handle.read(max(0, size - 1 - int(offset))))
+    elif mode == "refuse-fetched" and verb == "fetched":
+        sys.stderr.write(("refused" + FORGED) * 1000 + "\n")
+        sys.exit(2)
+    elif mode == "trickle-list" and verb == "list":
+        trickle(b'{"host": "')
+    elif mode == "trickle-fetched" and verb == "fetched":
+        trickle(b'{"ok": ')
+    elif mode == "no-exit-status" and verb == "list":
+        sys.stdout.buffer.write(real(config))
+        sys.stdout.buffer.flush()
+        os.close(1)  # the answer is complete, but the command never ends
+        time.sleep(60)  # longer than any test waits; then gone
+    elif mode == "stderr-flood" and verb == "list":
+        line = b"\x1b[2J[web2] stored everything " * 100 + b"\n"
+        while True:
+            sys.stderr.buffer.write(line)
+    else:
+        os.execv(
+            sys.executable,
+            [sys.executable, "-m", "pullback.client.cli", "--config", config, "serve"],
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""A hostile client harms nobody but itself: each attack runs a malicious serve endpoint
+(tests/helpers/hostile_serve.py) as the forced command of a real sshd, beside a good host
+in the same pull.
+
+For every attack: the run ends within ``host_timeout`` plus a small margin, the good host
+is stored, status.json is written and the server lock is free for the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.fleet import Fleet, FleetHost
+
+HOSTILE_SERVE = Path(__file__).parents[1] / "helpers" / "hostile_serve.py"
+HOST_TIMEOUT = 30
+IDLE_TIMEOUT = 8
+MARGIN = 15
+"""Seconds past the bound a run may take: process starts, the good host's store, reporting."""
+
+
+def make_hostile(fleet: Fleet, name: str, mode: str) -> FleetHost:
+    """A host whose sshd runs the hostile endpoint in ``mode`` (same port, same host key)."""
+    host = fleet.add_host(name)
+    host.make_archive()
+    host.sshd.stop()
+    host.sshd.forced_command = f"{sys.executable} {HOSTILE_SERVE} {mode} {host.client.config}"
+    host.sshd.start()
+    return host
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    fleet = Fleet(tmp_path)
+    good = fleet.add_host("good")
+    good.make_archive()
+    fleet.write_config(
+        host_timeout=f"{HOST_TIMEOUT}s",
+        parallel=2,
+        ssh={"idle_timeout": f"{IDLE_TIMEOUT}s"},
+    )
+    yield fleet
+    fleet.stop()
+
+
+def pull_against(fleet: Fleet, mode: str, bound: float) -> tuple[str, float]:
+    """Pull ``good`` and a host attacking in ``mode``; return stderr and the duration,
+    after checking what every attack must leave intact."""
+    make_hostile(fleet, "evil", mode)
+    started = time.monotonic()
+    result = fleet.server("pull", timeout=bound + 120)
+    elapsed = time.monotonic() - started
+    assert elapsed < bound + MARGIN, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "[good] stored" in result.stderr
+    assert len(fleet.snapshots("good")) == 1
+    status = json.loads((fleet.state / "status.json").read_text())
+    assert status["hosts"]["evil"]["last_result"] == "failed"
+    again = fleet.server("pull", "--host", "good", timeout=120)
+    assert again.returncode == 0, again.stderr  # the server lock was released
+    return result.stderr, elapsed
+
+
+def evil_line(stderr: str) -> str:
+    return next(line for line in stderr.splitlines() if "[evil] failed:" in line)
+
+
+def test_a_list_answer_trickled_a_byte_at_a_time_ends_at_idle_timeout(fleet):
+    stderr, _ = pull_against(fleet, "trickle-list", IDLE_TIMEOUT)
+    assert f"no whole answer to 'list' within {IDLE_TIMEOUT}s (idle_timeout)" in evil_line(stderr)
+
+
+def test_an_answer_whose_command_never_ends_is_not_waited_for(fleet):
+    stderr, _ = pull_against(fleet, "no-exit-status", IDLE_TIMEOUT)
+    assert "no whole answer to 'list'" in evil_line(stderr)
+
+
+def test_a_stderr_flood_neither_holds_the_pull_nor_reaches_the_log(fleet):
+    stderr, _ = pull_against(fleet, "stderr-flood", IDLE_TIMEOUT)
+    assert "no whole answer to 'list'" in evil_line(stderr)
+    assert "\x1b" not in stderr
+    assert "[web2] stored everything" not in stderr
+
+
+def test_a_fetched_answer_trickled_is_only_a_warning_and_ends(fleet):
+    make_hostile(fleet, "evil", "trickle-fetched")
+    started = time.monotonic()
+    result = fleet.server("pull", timeout=300)
+    elapsed = time.monotonic() - started
+    assert elapsed < IDLE_TIMEOUT + MARGIN + 10, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[evil] stored" in result.stderr  # the archive was good; only 'fetched' hangs
+    assert "could not tell the client that" in result.stderr
+    assert "no whole answer to 'fetched" in result.stderr
+
+
+FORGED_LINE = re.compile(r"^(\S+ \w+ +)?\[good\] stored everything", re.MULTILINE)
+
+
+def no_forged_line(fleet: Fleet, stderr: str) -> None:
+    """The hostile words reached no output as a line of their own, nor as raw escapes."""
+    for text in (stderr, (fleet.state / "status.json").read_text()):
+        assert "\x1b" not in text and "\r" not in text
+    assert not FORGED_LINE.search(stderr)
+
+
+def test_a_flood_of_junk_entries_is_refused_in_a_few_words(fleet):
+    stderr, _ = pull_against(fleet, "junk-list", IDLE_TIMEOUT)
+    assert "the client's list answer is not understood (a list answer naming more than 1000" in (
+        evil_line(stderr)
+    )
+    assert len(stderr.splitlines()) < 100
+    assert (fleet.state / "status.json").stat().st_size < 20_000
+    no_forged_line(fleet, stderr)
+
+
+def test_a_forged_host_name_is_escaped(fleet):
+    stderr, _ = pull_against(fleet, "forged-host", IDLE_TIMEOUT)
+    assert "the client calls itself 'evil\\n[good] stored everything\\x1b[2J\\r'" in evil_line(
+        stderr
+    )
+    no_forged_line(fleet, stderr)
+
+
+def test_an_archive_past_max_archive_size_is_never_fetched(fleet):
+    stderr, _ = pull_against(fleet, "huge-archive", IDLE_TIMEOUT)
+    assert "its sidecar announces 10.0 TiB, more than max_archive_size (512.0 GiB" in (
+        evil_line(stderr)
+    )
+    partial = fleet.state / "partial" / "evil"
+    assert not partial.exists() or not any(partial.iterdir())
+
+
+def test_all_but_the_last_byte_keeps_no_partial_download_for_long(fleet):
+    make_hostile(fleet, "evil", "short-send")
+    first = fleet.server("pull", "--host", "evil", timeout=120)
+    assert "what arrived is kept and the next run resumes" in first.stderr
+    second = fleet.server("pull", "--host", "evil", timeout=120)
+    assert "the resumed transfer brought nothing new, so the partial download was removed" in (
+        second.stderr
+    )
+    assert not any((fleet.state / "partial" / "evil").iterdir())
+
+
+def test_a_refusal_s_words_are_escaped_and_capped(fleet):
+    make_hostile(fleet, "evil", "refuse-fetched")
+    result = fleet.server("pull", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = next(line for line in result.stderr.splitlines() if "could not tell" in line)
+    assert "the client refused 'fetched " in warning and len(warning) < 600
+    no_forged_line(fleet, result.stderr)

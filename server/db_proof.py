@@ -108,6 +108,8 @@ class ProofSettings:
     directory: Path
     timeout: float
     max_size: int
+    cancel: threading.Event | None = None
+    """Set at the drill's deadline: the engine's commands stop."""
 
 
 @dataclass
@@ -553,6 +555,7 @@ def _prove_engine(
     suffix = SUFFIXES[engine_class.engine]
     proofs = [DatabaseProof(s, engine_class.engine, database_of(d, suffix)) for s, d in dumps]
     runner = Runner(log)
+    runner.cancel = settings.cancel
     settings.directory.mkdir(parents=True, exist_ok=True)
     work = Path(
         tempfile.mkdtemp(prefix=f"pullback-proof-{engine_class.engine}-", dir=settings.directory)

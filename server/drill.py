@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from errno import ENOSPC
@@ -17,7 +18,7 @@ from ..common.archive.manifest import MANIFEST_NAME, parse
 from ..common.clock import iso
 from ..common.errors import PullbackError
 from ..common.fsutil import free_bytes
-from ..common.units import human_size
+from ..common.units import human_duration, human_size
 from .db_proof import DatabaseProof, ProofSettings, ProofState, prove_databases
 from .host import HostContext
 
@@ -115,8 +116,25 @@ def check_tree(root, result: DrillResult) -> None:
 
 
 def drill(ctx: HostContext, pick_random: bool = False) -> DrillResult:
-    """Restore the newest (or a random) snapshot of the host and check it. Never raises a
-    PullbackError: problems are in the result."""
+    """Restore the newest (or a random) snapshot of the host and check it, within the
+    host's ``host_timeout`` (as its pull): past it, restores and engine commands stop and
+    the drill says so. Never raises a PullbackError: problems are in the result."""
+    deadline = threading.Timer(ctx.config.host_timeout, ctx.cancel.set)
+    deadline.daemon = True
+    deadline.start()
+    try:
+        result = _drill(ctx, pick_random)
+    finally:
+        deadline.cancel()
+    if ctx.cancel.is_set() and not deadline.is_alive():
+        limit = human_duration(ctx.config.host_timeout)
+        result.problems.append(f"the drill was stopped at host_timeout ({limit})")
+        result.ok = False
+    ctx.log.log(logging.INFO if result.ok else logging.ERROR, "%s", result.summary)
+    return result
+
+
+def _drill(ctx: HostContext, pick_random: bool) -> DrillResult:
     config, host, backend = ctx.config, ctx.host, ctx.backend
     started = time.monotonic()
     result = DrillResult(host.name)
@@ -150,6 +168,7 @@ def drill(ctx: HostContext, pick_random: bool = False) -> DrillResult:
                 config.maintenance.database_proof_dir,
                 config.maintenance.database_proof_timeout,
                 host.max_unpacked_size,
+                ctx.cancel,
             )
             result.databases = prove_databases(scratch, ctx.log, settings)
             result.problems += [
@@ -165,5 +184,4 @@ def drill(ctx: HostContext, pick_random: bool = False) -> DrillResult:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         result.duration = time.monotonic() - started
-    ctx.log.log(logging.INFO if result.ok else logging.ERROR, "%s", result.summary)
     return result

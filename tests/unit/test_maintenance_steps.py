@@ -103,6 +103,27 @@ def test_the_drill_names_what_is_changed_missing_or_unlisted(tmp_path):
     ]
 
 
+def test_a_drill_ends_at_host_timeout(config, tmp_path):
+    import dataclasses
+    import time
+
+    from pullback.common.errors import PullbackError
+
+    class SlowBackend(FakeBackend):
+        def restore(self, snapshot, target, includes):  # a restore that would take hours
+            if not context.cancel.wait(60):
+                raise AssertionError("the deadline never came")
+            raise PullbackError("restic restore: cancelled")
+
+    backend = SlowBackend(snapshot_list=[Snapshot("s1", T0, "20261101T030000Z")])
+    context = fake_context(dataclasses.replace(config, host_timeout=0.3), "web1", backend)
+    started = time.monotonic()
+    result = drill(context)
+    assert time.monotonic() - started < 5
+    assert not result.ok
+    assert result.problems[-1] == "the drill was stopped at host_timeout (0s)"
+
+
 def test_a_drill_without_snapshots_fails_in_words(config):
     result = drill(fake_context(config, "web1", FakeBackend()))
     assert (result.ok, result.problems) == (False, ["no snapshot to restore"])

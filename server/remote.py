@@ -37,6 +37,8 @@ CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@opens
 
 _TICK = 0.5
 """How often a wait for a control answer looks at its deadline and the host's cancel."""
+MAX_SHORT_ANSWER = 4096
+"""Bytes a ``fetched`` answer may have (it is ``{"ok": true}``)."""
 MAX_STDERR = 64 << 10
 """How much of a refused request's standard error is read (its last line is shown)."""
 
@@ -199,7 +201,7 @@ class Remote:
             ) from None
 
     def mark_fetched(self, name: str) -> None:
-        self.request(protocol.Request.fetched(name).text)
+        self.request(protocol.Request.fetched(name).text, limit=MAX_SHORT_ANSWER)
 
     # -- bytes (OpenSSH) ----------------------------------------------------------------
 

@@ -21,6 +21,8 @@ from tests.helpers.fleet import Fleet, FleetHost
 HOSTILE_SERVE = Path(__file__).parents[1] / "helpers" / "hostile_serve.py"
 HOST_TIMEOUT = 30
 IDLE_TIMEOUT = 8
+PEAK_RSS_BOUND = 300 << 20
+"""The hostile host's own pull process (an ordinary pull: about 42 MiB)."""
 MARGIN = 15
 """Seconds past the bound a run may take: process starts, the good host's store, reporting."""
 
@@ -62,6 +64,7 @@ def pull_against(fleet: Fleet, mode: str, bound: float) -> tuple[str, float]:
     assert len(fleet.snapshots("good")) == 1
     status = json.loads((fleet.state / "status.json").read_text())
     assert status["hosts"]["evil"]["last_result"] == "failed"
+    assert status["hosts"]["evil"].get("pull_peak_rss", 0) < PEAK_RSS_BOUND
     again = fleet.server("pull", "--host", "good", timeout=120)
     assert again.returncode == 0, again.stderr  # the server lock was released
     return result.stderr, elapsed

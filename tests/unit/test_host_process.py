@@ -26,6 +26,7 @@ from pullback.server.config import load_server_config
 from pullback.server.host_process import pull_hosts
 from pullback.server.journal import STORING, TRANSFERRING, Journal
 from pullback.server.results import HostResult
+from tests.helpers.interrupt import interrupted_after
 
 
 def vm_size() -> int:
@@ -162,17 +163,9 @@ def test_sigterm_stops_every_host_process(tmp_path):
         ctx.cancel.wait(60)
         return stored(ctx, relay)
 
-    def sigterm(signum, frame):
-        raise Interrupted(signal.SIGTERM)
-
-    previous = signal.signal(signal.SIGALRM, sigterm)
-    signal.setitimer(signal.ITIMER_REAL, 1.0)
     started = time.monotonic()
-    try:
-        with pytest.raises(Interrupted):
-            pull_hosts(config, list(config.hosts), wait)
-    finally:
-        signal.signal(signal.SIGALRM, previous)
+    with pytest.raises(Interrupted), interrupted_after(1.0):
+        pull_hosts(config, list(config.hosts), wait)
     assert time.monotonic() - started < 10
     children = [int(p) for p in pids.read_text().split()]
     assert len(children) == 2  # two at a time; the third never started

@@ -11,7 +11,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from pullback.server.journal import CONNECTING, STORING, TRANSFERRING, Interrupt
 from pullback.server.remote import RemoteError, TransferCut
 from tests.helpers.archives import Entry, build_tar, publish
 from tests.helpers.fakes import FakeBackend, fake_context
+from tests.helpers.interrupt import interrupted_after
 
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 
@@ -590,17 +590,9 @@ def test_for_each_host_runs_every_host_and_sigterm_cancels_them_all(tmp_path):
         seen.append(ctx.name)
         return ctx.cancel.wait(20)
 
-    def sigterm(signum, frame):
-        raise Interrupted(signal.SIGTERM)
-
-    previous = signal.signal(signal.SIGALRM, sigterm)
-    signal.setitimer(signal.ITIMER_REAL, 0.5)
     started = time.monotonic()
-    try:
-        with pytest.raises(Interrupted):
-            for_each_host(config, hosts, wait_for_cancel)
-    finally:
-        signal.signal(signal.SIGALRM, previous)
+    with pytest.raises(Interrupted), interrupted_after(0.5):
+        for_each_host(config, hosts, wait_for_cancel)
     assert time.monotonic() - started < 10  # the running hosts were cancelled, not waited out
     assert seen[:2] == ["a", "b"]  # two at a time; the third never started
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -83,8 +84,12 @@ def set_dir_mode(path: Path, mode: int, gid: int | None = None) -> None:
     error (OSError ELOOP or ENOTDIR), never followed."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        if gid is not None:
+        st = os.fstat(fd)
+        if gid is not None and st.st_gid != gid:
             os.fchown(fd, -1, gid)
-        os.fchmod(fd, mode)
+        # only when it differs: under RestrictSUIDSGID= (the units) any chmod that names
+        # a set-id bit is refused, even one that keeps it as it is
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
     finally:
         os.close(fd)

@@ -188,8 +188,10 @@ hosts:
     server_log = root.run(["journalctl", "-u", "pullback-server.service", "--no-pager"]).stdout
     assert "published node1-" in client_log
     assert "[node1] stored: stored node1-" in server_log
-    fetched = root.run("ls /var/lib/pullback/archives/fetched").stdout
-    assert fetched.count(".tar.zst\n") == 1
+    # fetched leaves a mark (written by the pullback user); the newest archive stays
+    marked = root.run("ls /var/lib/pullback/archives/.fetched-marks").stdout
+    assert marked.count(".tar.zst\n") == 1
+    assert root.run("ls /var/lib/pullback/archives").stdout.count(".tar.zst\n") == 1
 
     maintain = root.run(["systemctl", "start", "pullback-maintain.service"], check=False)
     maintain_log = root.run(["journalctl", "-u", "pullback-maintain.service", "--no-pager"]).stdout

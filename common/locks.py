@@ -20,9 +20,11 @@ from pathlib import Path
 
 from .clock import iso, utc_now
 from .errors import LockBusy
+from .fsutil import atomic_write
 from .log import get_logger
 
 log = get_logger("lock")
+PUBLIC_SUFFIX = "-owner"
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,12 @@ class FileLock:
         Returns self. Raises :class:`LockBusy` naming the holder when it stays busy.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # never through a link; readable by all (the serve endpoint asks who holds it)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        with contextlib.suppress(OSError):  # the umask took the read bits
+        # never through a link, and only for its owner: whoever can open a lock file can
+        # hold it (flock needs no write access); who holds it is told by :attr:`public`
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with contextlib.suppress(OSError):
             if os.fstat(fd).st_uid == os.geteuid():
-                os.fchmod(fd, 0o644)
+                os.fchmod(fd, 0o600)
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -101,12 +104,27 @@ class FileLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         self._fd = fd
+        with contextlib.suppress(OSError):  # only for the curious: never fails the lock
+            atomic_write(self.public, json.dumps(record) + "\n", mode=0o644)
         return self
+
+    @property
+    def public(self) -> Path:
+        """Beside the lock, readable by all while it is held: who holds it (see
+        :func:`lock_status`)."""
+        return self.path.with_name(self.path.name + PUBLIC_SUFFIX)
+
+    def descriptors(self) -> tuple[int, ...]:
+        """The open descriptor that holds the lock (none when it is not held): a child
+        process that must not hold the lock closes it."""
+        return () if self._fd is None else (self._fd,)
 
     def release(self) -> None:
         """Clear the owner record and drop the lock (the file stays, to avoid races)."""
         if self._fd is None:
             return
+        with contextlib.suppress(OSError):
+            self.public.unlink()
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, 0)
         os.close(self._fd)  # closing drops the flock
@@ -126,20 +144,24 @@ class FileLock:
 def lock_status(path: str | os.PathLike) -> LockOwner | None:
     """Return the live holder of the lock at ``path``, or None when nobody holds it.
 
-    Needs only read access to the lock file, so an unprivileged reader can ask.
-    """
+    Reads only the public record beside the lock (an unprivileged reader such as the
+    serve endpoint cannot open the lock itself, so it cannot hold it either); a record
+    whose process is gone is a holder that died: None."""
+    public = Path(path).with_name(Path(path).name + PUBLIC_SUFFIX)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(public, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            return _read_owner(fd) or LockOwner(0, "?", "?", "owner not yet recorded")
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        owner = _read_owner(fd)
     finally:
         os.close(fd)
+    if owner is None or owner.pid <= 0:
+        return owner
+    try:
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's (root's)
+    return owner

@@ -13,9 +13,11 @@ import os
 import sys
 
 from . import secrets
-from .text import escaped
+from .text import printable
 
 LOGGER_NAME = "pullback"
+MAX_MESSAGE = 8000
+"""Characters of one log message; the rest is cut (what it quotes may be a client's)."""
 
 _PRIORITY = {
     logging.DEBUG: 7,
@@ -58,7 +60,7 @@ class MaskingFormatter(logging.Formatter):
         self.journal = journal
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escaped(record.message)
+        record.message = printable(record.message, MAX_MESSAGE)
         return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:

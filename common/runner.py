@@ -21,7 +21,7 @@ import shlex
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -47,6 +47,44 @@ def _uncapped() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
 
+class _Lines:
+    """Cuts a command's output, as it comes in chunks, into lines for ``emit``; a line
+    longer than MAX_LINE is cut there and the rest of it skipped, so a tool (or a client
+    through it) writing without newlines costs MAX_LINE of memory, not all it wrote."""
+
+    def __init__(self, emit: Callable[[str], None]):
+        self.emit = emit
+        self.pending = ""
+        self.skipping = False
+        self._lock = threading.Lock()  # the reader thread, and flush() from wait()
+
+    def __call__(self, chunk: str) -> None:
+        with self._lock:
+            *complete, rest = (self.pending + chunk).split("\n")
+            for line in complete:
+                if self.skipping:
+                    self.skipping = False
+                    continue
+                self.emit(line)
+            if self.skipping:
+                rest = ""
+            elif len(rest) > MAX_LINE:
+                self.emit(rest[:MAX_LINE] + " … (line cut)")
+                rest, self.skipping = "", True
+            self.pending = rest
+
+    def flush(self) -> None:
+        """The last line, if the output did not end with a newline."""
+        with self._lock:
+            if self.pending and not self.skipping:
+                self.emit(self.pending)
+            self.pending, self.skipping = "", False
+
+
+MAX_LINE = 4000
+"""Characters of one line of a command's output that are logged (and kept)."""
+_CHUNK = 4096
+"""sh hands output over in chunks of this size (and the rest at the end), never more."""
 TAIL_LINES = 20
 KILL_GRACE = 10.0
 _POLL = 0.05
@@ -75,8 +113,10 @@ class RunningCommand:
         timeout: float | None,
         ok_codes,
         tail: collections.deque[str],
+        flush: Callable[[], None] = lambda: None,
     ):
         self.runner = runner
+        self._flush = flush
         self.display = display
         self._proc = proc
         self._started = time.monotonic()
@@ -140,6 +180,7 @@ class RunningCommand:
                 time.sleep(_POLL)
             with contextlib.suppress(sh.ErrorReturnCode):
                 self._proc.wait()  # exit codes are judged below, the same way for sh 1 and 2
+            self._flush()
             code = self._proc.exit_code
         except BaseException:
             # an interrupt (SIGTERM) or a timeout: leave nothing running behind us
@@ -220,9 +261,15 @@ class Runner:
         name = Path(args[0]).name
 
         def echo(line: str) -> None:
-            line = secrets.mask(line.rstrip("\n"), self.secrets)
+            line = secrets.mask(line, self.secrets)
             tail.append(line)
             self.log.log(level, "%s: %s", name, line)
+
+        out_lines, err_lines = _Lines(echo), _Lines(echo)
+
+        def flush() -> None:
+            out_lines.flush()
+            err_lines.flush()
 
         full_env = dict(os.environ)
         full_env.update(self.env)
@@ -240,6 +287,8 @@ class Runner:
             in_file = as_file(stdin if stdin is not None else os.devnull, "rb")
             out_file = as_file(stdout, "wb")
             options: dict[str, Any] = dict(_SH_VERSION_ARGS)  # sh 1 and 2 differ
+            if out_file is None:
+                options["_out_bufsize"] = _CHUNK
             proc = program(
                 *args[1:],
                 _bg=True,
@@ -248,8 +297,9 @@ class Runner:
                 _preexec_fn=_uncapped,
                 _tty_out=False,
                 _in=in_file,
-                _out=out_file if out_file is not None else echo,
-                _err=echo,
+                _out=out_file if out_file is not None else out_lines,
+                _err=err_lines,
+                _err_bufsize=_CHUNK,  # chunks, not lines: _Lines cuts them, bounded
                 _env=full_env,
                 _cwd=None if cwd is None else os.fspath(cwd),
                 _ok_code=list(range(256)),
@@ -261,4 +311,4 @@ class Runner:
         finally:
             for handle in opened:
                 handle.close()
-        return RunningCommand(self, display, proc, timeout, ok_codes, tail)
+        return RunningCommand(self, display, proc, timeout, ok_codes, tail, flush)

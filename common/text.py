@@ -29,6 +29,10 @@ def printable(value: object, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+MAX_WARNING = 1000
+"""Characters of one warning kept by :class:`BoundedWarnings`."""
+
+
 class BoundedWarnings(list):
     """A list of warnings that keeps the first ``limit`` and counts the rest, so that a
     hostile input making one warning per entry costs a count, not memory or lines."""
@@ -40,7 +44,7 @@ class BoundedWarnings(list):
 
     def append(self, text: str) -> None:
         if len(self) < self.limit:
-            super().append(text)
+            super().append(printable(text, MAX_WARNING))
         else:
             self.dropped += 1
 

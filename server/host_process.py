@@ -20,6 +20,7 @@ keeps the journal) with its result so far, and its final result.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import resource
@@ -47,6 +48,7 @@ KILL_GRACE = 30.0
 MAX_MESSAGE = 1 << 20
 """The longest line a child may send (its result: our own words, warnings capped)."""
 _POLL_MS = 200
+_PR_SET_PDEATHSIG = 1
 
 
 class PhaseRelay:
@@ -59,7 +61,8 @@ class PhaseRelay:
 
     def phase(self, host: str, phase: str | None) -> None:
         """Tell the parent that the host entered ``phase`` (None: done)."""
-        self.send({"phase": phase, "result": self.result.to_dict() if self.result else None})
+        so_far = HostResult.from_dict(self.result.to_dict()).to_dict() if self.result else None
+        self.send({"phase": phase, "result": so_far})  # a cleaned copy: words capped
 
     def send(self, message: dict) -> None:
         data = (json.dumps(message) + "\n").encode()
@@ -112,13 +115,16 @@ def pull_hosts(
     hosts: list[HostConfig],
     work: Work,
     journal: Journal | None = None,
+    parent_only: tuple[int, ...] = (),
 ) -> list[HostResult]:
     """Run ``work`` for every host, each in a child process, ``parallel`` at a time.
 
     Returns the results in the order of ``hosts``. On SIGTERM (Interrupted) the children
     are told to stop, waited for (at most KILL_GRACE) or killed, and Interrupted is
     raised again. A host killed while storing stays in the journal (``journal.end``
-    keeps it), so that the next pull removes the repository lock it may have left."""
+    keeps it), so that the next pull removes the repository lock it may have left.
+    ``parent_only``: descriptors a child closes first (the server lock: a child that
+    outlived its parent must not hold it)."""
     waiting = list(hosts)
     running: dict[int, _Child] = {}
     results: dict[str, HostResult] = {}
@@ -127,7 +133,7 @@ def pull_hosts(
     try:
         while waiting or running:
             while waiting and len(running) < config.parallel:
-                child = _start(config, waiting.pop(0), work)
+                child = _start(config, waiting.pop(0), work, parent_only)
                 running[child.fd] = child
                 poller.register(child.fd, select.POLLIN | select.POLLHUP)
             for fd, _ in poller.poll(_POLL_MS):
@@ -169,13 +175,20 @@ def _read(child: _Child, journal: Journal | None) -> bool:
     return False
 
 
-def _start(config: ServerConfig, host: HostConfig, work: Work) -> _Child:
+def _start(
+    config: ServerConfig, host: HostConfig, work: Work, parent_only: tuple[int, ...]
+) -> _Child:
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: never returns
+        _die_with(parent)
         os.close(read_end)
+        for fd in parent_only:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         code = 70
         try:
             code = _child_main(config, host, work, write_end)
@@ -186,6 +199,16 @@ def _start(config: ServerConfig, host: HostConfig, work: Work) -> _Child:
     os.close(write_end)
     kill_at = time.monotonic() + config.host_timeout + KILL_GRACE
     return _Child(host, pid, read_end, kill_at)
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this child when the parent dies (PR_SET_PDEATHSIG): killed
+    outright, the parent can no longer end it at its deadline."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(70)
 
 
 def _child_main(config: ServerConfig, host: HostConfig, work: Work, fd: int) -> int:

@@ -140,7 +140,7 @@ def newest_usable(
         try:
             name = printable(entry["name"], 120)
             side = sidecars.from_data(entry["sidecar"], expected_name=str(entry["name"]))
-        except (KeyError, TypeError, ArchiveError) as exc:
+        except (KeyError, TypeError, ValueError, ArchiveError) as exc:
             warnings.append(f"ignoring an archive with a bad sidecar: {printable(exc, 300)}")
             continue
         if side.host != host:
@@ -194,7 +194,8 @@ def client_warnings(archive: Sidecar, limit: int = SHOWN_WARNINGS) -> list[str]:
     entries skipped), as ``on the client: service/task: warning`` lines, at most
     ``limit`` of them and a count of the rest; client words are escaped and capped."""
     found = [
-        f"on the client: {service.name}/{task.type}: {printable(warning, 300)}"
+        f"on the client: {printable(service.name, 100)}/{printable(task.type, 40)}: "
+        f"{printable(warning, 300)}"
         for service in archive.services
         for task in service.tasks
         for warning in task.warnings

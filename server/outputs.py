@@ -3,6 +3,10 @@ summary mail, pings and messages. None of them can fail a backup."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
+from ..common.errors import describe
 from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
@@ -11,6 +15,7 @@ from .config import ServerConfig
 from .results import HostResult
 
 log = get_logger("outputs")
+T = TypeVar("T")
 
 
 def publish(config: ServerConfig) -> dict:
@@ -19,9 +24,19 @@ def publish(config: ServerConfig) -> dict:
     for what, write in (("metrics file", metrics.write), ("status page", status_page.write)):
         try:
             write(config, status)
-        except OSError as exc:
-            log.warning("could not write the %s: %s", what, exc)
+        except Exception as exc:
+            log.warning("could not write the %s: %s", what, describe(exc), exc_info=True)
     return status
+
+
+def _guarded(what: str, action: Callable[[], T], fallback: T) -> T:
+    """``action()``, or ``fallback`` (logged) when it fails in any way: what the people
+    watching get must never stop the rest of what they get."""
+    try:
+        return action()
+    except Exception as exc:
+        log.error("could not %s: %s", what, describe(exc), exc_info=True)
+        return fallback
 
 
 def finish_pull(
@@ -36,13 +51,24 @@ def finish_pull(
             print(report.render(results)[0])
         return
     status = publish(config)
-    history = {row.host: row for row in fleet_view.rows(config, status)}
-    text, _ = report.render(results, history)
+    history: dict[str, fleet_view.HostRow] = _guarded(
+        "read the fleet's history",
+        lambda: {row.host: row for row in fleet_view.rows(config, status)},
+        {},
+    )
+    plain = "\n".join(f"{r.host}: {r.status}: {r.reason}" for r in results)
+    text = _guarded("render the summary", lambda: report.render(results, history)[0], plain)
     if show:
         print(text)
-    report.send_summary(config.email, results, history)
+    _guarded(
+        "send the summary mail", lambda: report.send_summary(config.email, results, history), None
+    )
     ok = not any(r.status == Status.FAILED for r in results)
-    notifier.finish(ok, report.subject(results, "pullback:"), text)
+    _guarded(
+        "send the pings",
+        lambda: notifier.finish(ok, report.subject(results, "pullback:"), text),
+        None,
+    )
 
 
 def finish_maintenance(config: ServerConfig, results, notifier: Notifier) -> None:

@@ -51,7 +51,7 @@ def pull(
             return host_pull.run()
 
         try:
-            results = pull_hosts(config, hosts, work, journal)
+            results = pull_hosts(config, hosts, work, journal, parent_only=lock.descriptors())
         finally:
             if journal:
                 journal.end()

@@ -30,7 +30,7 @@ from ..common.archive.unpack import (
     UnpackStats,
 )
 from ..common.errors import ArchiveError
-from ..common.fsutil import free_bytes, write_all
+from ..common.fsutil import atomic_write, free_bytes, write_all
 from ..common.log import get_logger
 from ..common.units import human_duration, human_size
 from .host import HostContext
@@ -45,6 +45,8 @@ class ByteSource(Protocol):
 
 log = get_logger("transfer")
 CHUNK = 1 << 20
+STARTED = ".started"
+"""Beside a partial download: when its first byte arrived (seconds since the epoch)."""
 _REFUSED = (HostileArchive, ArchiveTooLarge)
 """Unpacker errors that make the rest of the transfer pointless."""
 
@@ -133,7 +135,12 @@ class _Download:
         self.remote = remote
         self.archive = archive
         self.path = ctx.partial_dir / archive.name
-        self.limits = UnpackLimits(ctx.host.max_unpacked_size, ctx.host.max_entries)
+        self.limits = UnpackLimits(
+            ctx.host.max_unpacked_size,
+            ctx.host.max_entries,
+            min_free=ctx.config.min_free_space,
+            cancel=ctx.cancel,
+        )
         self.unpacked: UnpackStats | None = None
         self.unpack_error: BaseException | None = None
         self.resumed_from = 0
@@ -179,7 +186,7 @@ class _Download:
             )
         partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for old in partial_dir.iterdir():
-            if old.name != name:
+            if old.name not in (name, name + STARTED):
                 self.ctx.log.info("removing the partial download of an older archive, %s", old.name)
                 old.unlink()
         self._drop_stale_partial()
@@ -201,20 +208,28 @@ class _Download:
 
     def _drop_stale_partial(self) -> None:
         """Remove this archive's partial download if it is longer than the archive or
-        older than ``partial_max_age``."""
+        was begun more than ``partial_max_age`` ago (counted from its first byte, so a
+        client sending a byte a night cannot keep it), and note when a new one begins."""
+        started = self.path.with_name(self.path.name + STARTED)
         try:
             st = self.path.stat()
         except FileNotFoundError:
+            atomic_write(started, f"{time.time():.0f}\n", mode=0o600)
             return
-        age = time.time() - st.st_mtime
+        try:
+            since = float(started.read_text())
+        except (OSError, ValueError):
+            since = st.st_mtime
+        age = time.time() - since
         if st.st_size > self.archive.size or age > self.ctx.config.partial_max_age:
             self.ctx.log.info(
-                "removing the partial download %s (%s, %s old)",
+                "removing the partial download %s (%s, begun %s ago)",
                 self.archive.name,
                 human_size(st.st_size),
                 human_duration(age),
             )
-            self.path.unlink()
+            discard_partial(self.path)
+            atomic_write(started, f"{time.time():.0f}\n", mode=0o600)
 
     def _unpack(self, growing: GrowingFile) -> None:
         """The worker: unpack the partial file into staging as it grows."""
@@ -266,14 +281,14 @@ class _Download:
         keeps nothing); too many bytes or a write error (a full disk) remove it."""
         if isinstance(error, TransferCut):
             if self.resumed_from and self.arrived == self.resumed_from:
-                self.path.unlink(missing_ok=True)
+                discard_partial(self.path)
                 raise TransferCut(
                     f"{error}; the resumed transfer brought nothing new, so the partial "
                     "download was removed"
                 ) from None
             raise error
         if isinstance(error, ArchiveError | OSError):
-            self.path.unlink(missing_ok=True)
+            discard_partial(self.path)
         if isinstance(error, OSError):
             raise ArchiveError(f"cannot write {self.path}: {error.strerror}") from None
         raise error
@@ -284,20 +299,20 @@ class _Download:
         error, name = self.unpack_error, self.archive.name
         if isinstance(error, _REFUSED):
             # refused whatever the transfer did: a refused archive leaves no resume point
-            self.path.unlink(missing_ok=True)
+            discard_partial(self.path)
             if isinstance(error, ArchiveTooLarge):
                 raise ArchiveTooLarge(f"refused {name}: {error}") from None
             raise error
         if transfer_error is not None:
             self._judge_transfer(transfer_error)
         if sha256 != self.archive.sha256:
-            self.path.unlink(missing_ok=True)
+            discard_partial(self.path)
             raise ArchiveError(
                 f"{name}: checksum mismatch: the bytes received hash to {sha256[:16]}..., "
                 f"the sidecar says {self.archive.sha256[:16]}...; nothing was stored"
             )
         if isinstance(error, ArchiveError):
-            self.path.unlink(missing_ok=True)
+            discard_partial(self.path)
             raise error
         if isinstance(error, OSError):
             raise ArchiveError(
@@ -319,5 +334,7 @@ def fetch_and_unpack(ctx: HostContext, remote: ByteSource, archive: ArchiveInfo)
 
 
 def discard_partial(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    """Remove a partial download and the note of when it began."""
+    for each in (path, path.with_name(path.name + STARTED)):
+        with contextlib.suppress(FileNotFoundError):
+            each.unlink()

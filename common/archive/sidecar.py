@@ -24,8 +24,11 @@ SIDECAR_NAME = "SIDECAR.json"
 """The sidecar's name inside a stored snapshot, beside MANIFEST.sha256: the server puts it
 there, so a restored snapshot says which services and tasks failed in it."""
 ARCHIVE_NAME = re.compile(
-    r"^(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*)-(?P<stamp>\d{8}T\d{6}Z)\.tar(?:\.zst|\.gz)?$"
+    r"\A(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*)-(?P<stamp>[0-9]{8}T[0-9]{6}Z)\.tar(?:\.zst|\.gz)?\Z"
 )
+"""An archive's name (ASCII only, nothing after it: not even a newline)."""
+_HOST = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_STAMP = re.compile(r"\A[0-9]{8}T[0-9]{6}Z\Z")
 MAX_WARNINGS = 20
 
 
@@ -124,6 +127,15 @@ def from_data(data: Any, expected_name: str | None = None) -> Sidecar:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "top level"
         raise ArchiveError(f"sidecar is malformed at {where}: {error.message}")
+    # JSON Schema's `$` lets a trailing newline through: the names must be whole
+    if not (
+        ARCHIVE_NAME.match(data["archive"]["name"])
+        and _HOST.match(data["host"])
+        and _STAMP.match(data["stamp"])
+    ):
+        raise ArchiveError(
+            "sidecar is malformed: its host, stamp or archive name has extra characters"
+        )
     if expected_name is not None and data["archive"]["name"] != expected_name:
         raise ArchiveError(f"sidecar describes {data['archive']['name']!r}, not {expected_name!r}")
     services = [

@@ -32,6 +32,7 @@ import hashlib
 import os
 import shutil
 import stat
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,6 +87,18 @@ class UnpackLimits:
     max_size: int | None = None
     max_entries: int | None = None
     source: str = "server.yaml"
+    min_free: int | None = None
+    """Bytes the staging tree's filesystem must keep free (and MIN_FREE_INODES inodes),
+    looked at every FREE_CHECK_BYTES of data and FREE_CHECK_MEMBERS members."""
+    cancel: threading.Event | None = None
+    """Set at the host's deadline: the next member (or data chunk) stops the unpacking."""
+
+
+MAX_MANIFEST_LINE = 32 << 10
+"""A manifest line: a digest, and a name of at most 4,095 bytes, escaped (4 bytes each)."""
+MIN_FREE_INODES = 10_000
+FREE_CHECK_BYTES = 64 << 20
+FREE_CHECK_MEMBERS = 10_000
 
 
 _SPARSE_SIZE_KEYS = (b"GNU.sparse.realsize", b"GNU.sparse.size")
@@ -163,6 +176,8 @@ class Unpacker:
         self.limits = limits or UnpackLimits()
         self.stats = UnpackStats()
         self._unpacked_size = 0
+        self._free_checked_at = (0, 0)
+        """(bytes, members) when the free space was last looked at."""
         # Memory stays flat in the number of files: paths are kept as 128-bit keys, and the
         # files' digests as one order-independent sum compared with the manifest's.
         self._seen: set[int] = set()
@@ -240,6 +255,8 @@ class Unpacker:
         parts = safe_parts(member.name)
         self.stats.members += 1
         self._check_limits(member)
+        if self.limits.cancel is not None:
+            chunks = _cancellable(chunks, self.limits.cancel)
         if parts == (MANIFEST_NAME,):
             summed = _ManifestReader()
             self._write_file(parts, member, summed.feed(chunks), count=False)
@@ -285,6 +302,33 @@ class Unpacker:
         else:
             self._seen.discard(key)
             self.stats.warnings.append(f"{escaped(member.name)}: device node dropped")
+
+    def _check_free(self, upcoming: int) -> None:
+        """Refuse the archive when writing the next ``upcoming`` bytes would leave less
+        than ``min_free`` bytes (or MIN_FREE_INODES inodes) free: one host's archive must
+        not starve the others. Looked at before any member of FREE_CHECK_BYTES or more,
+        and every FREE_CHECK_BYTES of data or FREE_CHECK_MEMBERS members in between, so
+        it errs by less than FREE_CHECK_BYTES. Raises ArchiveTooLarge."""
+        limits, (at_bytes, at_members) = self.limits, self._free_checked_at
+        if limits.min_free is None:
+            return
+        members = self.stats.members
+        if (
+            upcoming < FREE_CHECK_BYTES
+            and self._unpacked_size - at_bytes < FREE_CHECK_BYTES
+            and members - at_members < FREE_CHECK_MEMBERS
+        ):
+            return
+        self._free_checked_at = (self._unpacked_size, members)
+        fs = os.fstatvfs(self._root)
+        free = fs.f_bavail * fs.f_frsize
+        few_inodes = fs.f_files > 0 and fs.f_favail < MIN_FREE_INODES  # btrfs counts none
+        if free - upcoming < limits.min_free or few_inodes:
+            raise ArchiveTooLarge(
+                f"unpacking it would leave less than {human_size(limits.min_free)} or "
+                f"{MIN_FREE_INODES:,} inodes free under the staging tree ({human_size(free)}, "
+                f"{fs.f_favail:,} inodes left; min_free_space in {limits.source})"
+            )
 
     def _keep_dir_meta(self, key: int, parts: tuple[str, ...], member: Member) -> None:
         """Keep a directory's metadata for the end: its xattrs and ACLs only (no other
@@ -332,8 +376,11 @@ class Unpacker:
                 f"it holds more than {limits.max_entries:,} entries "
                 f"(max_entries in {limits.source})"
             )
+        if limits.cancel is not None and limits.cancel.is_set():
+            raise ArchiveError("unpacking stopped: the host's time is up")
         size = _apparent_size(member)
         self._unpacked_size += size
+        self._check_free(member.size)
         if limits.max_size is not None and self._unpacked_size > limits.max_size:
             raise ArchiveTooLarge(
                 f"it unpacks to more than {human_size(limits.max_size)} "
@@ -642,6 +689,15 @@ def _rewrite(fd: int, chunks, digest, old_size: int) -> bool:
     return changed
 
 
+def _cancellable(chunks, cancel: threading.Event):
+    """``chunks``, stopping (ArchiveError) once ``cancel`` is set: one huge member cannot
+    keep a host past its deadline."""
+    for chunk in chunks:
+        if cancel.is_set():
+            raise ArchiveError("unpacking stopped: the host's time is up")
+        yield chunk
+
+
 def _meta_size(member: Member) -> int:
     """What a directory's kept metadata costs, for MAX_DIR_META: its name and records."""
     return len(member.name) + sum(len(k) + len(v) for k, v in member.pax.items())
@@ -684,6 +740,10 @@ class _ManifestReader:
         for chunk in chunks:
             data = self._rest + chunk
             *lines, self._rest = data.split(b"\n")
+            if len(self._rest) > MAX_MANIFEST_LINE:  # else each chunk copies all so far
+                raise ArchiveError(
+                    f"{MANIFEST_NAME} has a line longer than {MAX_MANIFEST_LINE:,} bytes"
+                )
             for line in lines:
                 self._line(line)
             yield chunk

@@ -239,6 +239,7 @@ class FaultBed:
         return {
             "parallel": 6,
             "host_timeout": "120s",
+            "min_free_space": "1K",  # the disk-full faults fill small disks on purpose
             "lock_wait": "1s",
             "lock_retries": 1,
             "ssh": {"connect_timeout": "3s", "idle_timeout": "6s", "keepalive": "1s"},

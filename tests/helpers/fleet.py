@@ -113,6 +113,7 @@ class Fleet:
             },
             "lock_wait": "1s",
             "lock_retries": 2,
+            "min_free_space": "100M",
             "hosts": [
                 {
                     "name": h.name,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -59,14 +58,16 @@ def test_full_cycle_two_hosts(tmp_path, backend):
                     assert (
                         restored / "services/app/files" / data / rel
                     ).read_bytes() == path.read_bytes()
-            assert host.client.published() == []  # marked fetched: moved to fetched/
-            assert list((host.client.archives / "fetched").glob("*.tar.zst"))
+            # marked fetched; the newest stays until a newer one is published
+            (newest,) = host.client.published()
+            assert (host.client.archives / ".fetched-marks" / newest.name).exists()
             fleet.check_repository(name)
 
         status = fleet.server("status", "--json")
         assert '"last_result": "stored"' in status.stdout
 
         # the next day: one file changed; staging keeps the rest untouched
+        (newest_web,) = web.client.published()
         time.sleep(1.1)
         web.make_archive({"site/index.html": b"<h1>changed</h1>"})
         result = fleet.server("pull", "--host", "web1")
@@ -75,10 +76,14 @@ def test_full_cycle_two_hosts(tmp_path, backend):
         assert len(fleet.snapshots("web1")) == 2
         assert len(fleet.snapshots("db1")) == 1
 
+        # the newer archive retired the marked one to fetched/
+        assert [p.name for p in (web.client.archives / "fetched").glob("*.tar.zst")] == [
+            newest_web.name
+        ]
         # nothing new: a quiet, clean run
         result = fleet.server("pull")
         assert result.returncode == 0
-        assert "the client has no archive to fetch" in result.stderr
+        assert "is already stored" in result.stderr
     finally:
         fleet.stop()
 
@@ -166,13 +171,12 @@ def test_already_stored_and_older_archives_are_skipped(fleet):
     archive = host.make_archive()
     assert fleet.server("pull").returncode == 0
     # the mark did not reach the client: the same archive is offered again
-    fetched = host.client.archives / "fetched"
-    for path in fetched.iterdir():
-        shutil.copy2(path, host.client.archives / path.name)
+    mark = host.client.archives / ".fetched-marks" / archive.name
+    mark.unlink()
     result = fleet.server("pull")
     assert result.returncode == 0
     assert f"{archive.name} is already stored" in result.stderr
-    assert host.client.published() == []  # and now it is marked
+    assert mark.exists()  # and now it is marked
     # an archive older than the newest snapshot
     older = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
     publish(host.client.archives, "web1", build_tar([Entry("services/x/a", data=b"a")]), older)
@@ -223,7 +227,8 @@ def test_cut_transfer_is_resumed(fleet, tmp_path):
     restored = fleet.restore("web1", tmp_path / "restored")
     sha256sum_check(restored)
     assert len(fleet.snapshots("web1")) == 1
-    assert (host.client.archives / "fetched" / archive.name).stat().st_size == size
+    assert (host.client.archives / archive.name).stat().st_size == size
+    assert (host.client.archives / ".fetched-marks" / archive.name).exists()
 
 
 def test_checksum_mismatch_stores_nothing(fleet):

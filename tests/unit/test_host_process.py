@@ -170,3 +170,48 @@ def test_sigterm_stops_every_host_process(tmp_path):
     children = [int(p) for p in pids.read_text().split()]
     assert len(children) == 2  # two at a time; the third never started
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)  # reaped
+
+
+ORPHAN = """
+import sys, time, os
+from pathlib import Path
+from pullback.common.locks import FileLock
+from pullback.server.config import load_server_config
+from pullback.server.host_process import pull_hosts
+
+config = load_server_config(sys.argv[1])
+lock = FileLock(Path(sys.argv[2])).acquire()
+
+def work(ctx, relay):
+    Path(sys.argv[3]).write_text(str(os.getpid()))
+    while True:
+        time.sleep(0.1)
+
+pull_hosts(config, list(config.hosts), work, parent_only=lock.descriptors())
+"""
+
+
+def test_a_host_process_dies_with_its_parent_and_never_holds_the_server_lock(tmp_path):
+    from pullback.common.locks import FileLock
+
+    config = make_config(tmp_path, hosts=("a",))
+    lock, pid_file = tmp_path / "server.lock", tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN, str(config.path), str(lock), str(pid_file)],
+        cwd=Path(__file__).parents[2],
+    )
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    parent.kill()  # the OOM killer, or kill -9
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while (
+        Path(f"/proc/{child}").exists()
+        and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z"
+    ):
+        assert time.monotonic() < deadline, "the host's process outlived its parent"
+        time.sleep(0.05)
+    FileLock(lock).acquire().release()  # free at once: the child never held it

@@ -420,6 +420,18 @@ def test_an_old_partial_download_is_removed(config, backend, client):
     assert result.status == Status.STORED and result.resumed_from == 0
 
 
+def test_a_partial_download_ages_from_its_first_byte(config, backend, client):
+    archive = publish_one(client)
+    partial = config.partial_dir("web1") / archive.name
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(archive.read_bytes()[:100])  # its mtime: now (a byte a night)
+    started = partial.with_name(partial.name + ".started")
+    started.write_text(f"{time.time() - 4 * 86400:.0f}\n")  # begun 4 days ago
+    result = make_pull(config, backend, client).run()
+    assert result.status == Status.STORED and result.resumed_from == 0
+    assert not partial.exists() and not started.exists()
+
+
 def test_an_archive_past_max_archive_size_is_not_fetched(config, backend, client):
     archive = publish_one(client)
     small = dataclasses.replace(config.hosts[0], max_archive_size=archive.stat().st_size - 1)

@@ -76,16 +76,20 @@ def test_released_lock_leaves_no_owner(tmp_path, caplog):
     assert lock_status(tmp_path / "never-created.lock") is None
 
 
-def test_a_lock_is_readable_by_all_and_never_opened_through_a_link(tmp_path):
+def test_a_lock_is_its_owners_alone_and_never_opened_through_a_link(tmp_path):
     import os
 
-    old = os.umask(0o077)
+    old = os.umask(0o000)
     try:
-        with FileLock(tmp_path / "g.lock"):
-            pass
+        with FileLock(tmp_path / "g.lock", purpose="publishing"):
+            # who holds it is public; the lock itself is not (whoever opens it could hold it)
+            assert (tmp_path / "g.lock-owner").stat().st_mode & 0o777 == 0o644
+            assert lock_status(tmp_path / "g.lock").purpose == "publishing"
     finally:
         os.umask(old)
-    assert (tmp_path / "g.lock").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "g.lock").stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "g.lock-owner").exists()
+    assert lock_status(tmp_path / "g.lock") is None
     victim = tmp_path / "victim"
     victim.write_text("precious")
     os.symlink(victim, tmp_path / "planted.lock")

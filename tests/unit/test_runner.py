@@ -104,3 +104,15 @@ def test_command_not_found(runner):
 def test_killed_by_signal(runner):
     with pytest.raises(CommandError, match="killed by SIGKILL"):
         runner.run(["sh", "-c", "kill -9 $$"])
+
+
+def test_an_endless_line_costs_a_bounded_line(runner):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    script = "head -c 200000000 /dev/zero | tr '\\0' x >&2; echo >&2; echo after >&2"
+    result = runner.run(["sh", "-c", script])
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    assert grown < 50 << 20, f"the runner kept {grown} bytes of one line"
+    assert result.tail[0] == "x" * 4000 + " … (line cut)"
+    assert result.tail[-1] == "after"

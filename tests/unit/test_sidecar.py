@@ -74,3 +74,25 @@ def test_failed_service_names_are_words_the_server_can_use():
     parsed = sidecar.parse(json.dumps(data))
     (name,) = parsed.failed_services
     assert name.startswith("db_partial__web2__stored_x") and len(name) == 128
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("archive", "content_bytes"), 10**400),
+        (("archive", "size"), 2**63),
+        (("duration",), 1e400),
+        (("archive", "name"), "web1-20261122T030000Z.tar.zst\n"),
+        (("stamp",), "20261122T030000Z\n"),
+        (("host",), "web1\n"),
+        (("archive", "name"), "web1-2026112\u0662T030000Z.tar.zst"),
+    ],
+)
+def test_numbers_and_names_the_server_cannot_use_are_refused(path, value):
+    data = json.loads(json.dumps(GOOD))
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(ArchiveError, match="sidecar is malformed"):
+        sidecar.from_data(data)

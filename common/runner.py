@@ -113,6 +113,7 @@ class RunningCommand:
         timeout: float | None,
         ok_codes,
         tail: collections.deque[str],
+        *,
         flush: Callable[[], None] = lambda: None,
     ):
         self.runner = runner
@@ -311,4 +312,4 @@ class Runner:
         finally:
             for handle in opened:
                 handle.close()
-        return RunningCommand(self, display, proc, timeout, ok_codes, tail, flush)
+        return RunningCommand(self, display, proc, timeout, ok_codes, tail, flush=flush)

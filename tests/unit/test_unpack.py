@@ -262,3 +262,23 @@ def test_names_in_warnings_cannot_forge_lines():
     assert escaped("services/a/x\n[web2] stored") == "services/a/x\\n[web2] stored"
     assert escaped(os.fsdecode(b"services/a/\xff\x1b[31m")) == "services/a/\\xff\\x1b[31m"
     assert escaped("services/a/caf\u00e9") == "services/a/caf\u00e9"
+
+
+def test_unpacking_keeps_min_free_space(tmp_path):
+    fs = os.statvfs(tmp_path)
+    free = fs.f_bavail * fs.f_frsize
+    limits = UnpackLimits(min_free=free - (32 << 20))  # room for 32 MiB more, not 64
+    big = Entry("services/a/big", data=bytes(64 << 20))
+    with pytest.raises(ArchiveTooLarge, match=r"would leave less than .* free under the staging"):
+        unpack(tmp_path / "s", [Entry("services/a/small", data=b"x"), big], limits)
+    assert not (tmp_path / "s/services/a/big").exists()  # refused before a byte of it
+
+
+def test_a_manifest_line_without_an_end_is_refused_early(tmp_path):
+    from pullback.common.errors import ArchiveError
+
+    endless = tarformat.header(
+        "MANIFEST.sha256", tarformat.REGTYPE, mode=0o644, size=1 << 20, mtime_ns=MTIME
+    ) + b"x" * (1 << 20)
+    with pytest.raises(ArchiveError, match="a line longer than 32,768 bytes"):
+        unpack_tar(tmp_path / "s", endless + bytes(1024))

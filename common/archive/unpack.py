@@ -380,12 +380,12 @@ class Unpacker:
             raise ArchiveError("unpacking stopped: the host's time is up")
         size = _apparent_size(member)
         self._unpacked_size += size
-        self._check_free(member.size)
         if limits.max_size is not None and self._unpacked_size > limits.max_size:
             raise ArchiveTooLarge(
                 f"it unpacks to more than {human_size(limits.max_size)} "
                 f"(max_unpacked_size in {limits.source})"
             )
+        self._check_free(member.size)
         if any(k.startswith(b"GNU.sparse.") for k in member.pax) and not sparse.is_sparse(
             member.pax
         ):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import resource
 import select
@@ -32,9 +33,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..common import secrets
 from ..common.errors import Interrupted
-from ..common.log import get_logger
+from ..common.log import TailHandler, get_logger
 from ..common.outcome import Status
+from ..common.text import printable
 from ..common.units import human_duration, human_size
 from .config import HostConfig, ServerConfig
 from .host import HostContext
@@ -45,6 +48,8 @@ log = get_logger("host")
 
 KILL_GRACE = 30.0
 """How long past its deadline a host's process may take to end itself before it is killed."""
+MAX_LOG_MESSAGE = 8000
+"""Characters of one log message a child sends (as the parent's log lines hold)."""
 MAX_MESSAGE = 1 << 20
 """The longest line a child may send (its result: our own words, warnings capped)."""
 _POLL_MS = 200
@@ -58,6 +63,7 @@ class PhaseRelay:
         self.fd = fd
         self.result: HostResult | None = None
         """The pull's result so far, sent with each phase."""
+        self._lock = threading.Lock()  # the pull's threads log too: one line at a time
 
     def phase(self, host: str, phase: str | None) -> None:
         """Tell the parent that the host entered ``phase`` (None: done)."""
@@ -66,9 +72,60 @@ class PhaseRelay:
 
     def send(self, message: dict) -> None:
         data = (json.dumps(message) + "\n").encode()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+
+
+class _LogRelay(logging.Handler):
+    """In the child: every log record goes to the parent, which logs it as its own (its
+    handlers: the terminal or journal, the lines kept for the mail). Secrets are masked
+    here, where they are known; the message is cut to what one log line may hold."""
+
+    def __init__(self, relay: PhaseRelay):
+        super().__init__(logging.DEBUG)
+        self.relay = relay
+        self._traceback = logging.Formatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = secrets.mask(printable(record.getMessage(), MAX_LOG_MESSAGE))
+            trace = (
+                secrets.mask(self._traceback.formatException(record.exc_info))
+                if record.exc_info
+                else None
+            )
+            self.relay.send({"log": [record.name, record.levelno, message, trace]})
+        except Exception:
+            self.handleError(record)
+
+
+def _relay_logs(relay: PhaseRelay) -> None:
+    """Send the child's pullback log to the parent instead of to stderr (the lines kept
+    for the host's own messages stay)."""
+    logger = get_logger()
+    for handler in list(logger.handlers):
+        if not isinstance(handler, TailHandler):
+            logger.removeHandler(handler)
+    logger.addHandler(_LogRelay(relay))
+    logger.setLevel(logging.DEBUG)
+
+
+def _log_in_parent(entry: list) -> None:
+    """Log a record a child sent (its name, level, message and traceback)."""
+    name, level, message, trace = entry
+    record = logging.makeLogRecord(
+        {
+            "name": str(name),
+            "levelno": int(level),
+            "levelname": logging.getLevelName(int(level)),
+            "msg": "%s",
+            "args": (str(message),),
+            "exc_text": str(trace) if trace else None,
+        }
+    )
+    logging.getLogger(str(name)).handle(record)
 
 
 Work = Callable[[HostContext, PhaseRelay], HostResult]
@@ -102,6 +159,9 @@ class _Child:
 
     def _message(self, line: bytes, journal: Journal | None) -> None:
         message = json.loads(line)
+        if "log" in message:
+            _log_in_parent(message["log"])
+            return
         if "final" in message:
             self.result = HostResult.from_dict(message["final"])
             return
@@ -220,6 +280,7 @@ def _child_main(config: ServerConfig, host: HostConfig, work: Work, fd: int) -> 
         if hard == resource.RLIM_INFINITY or limit < hard:
             resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     relay = PhaseRelay(fd)
+    _relay_logs(relay)
     ctx = HostContext.open(config, host)
     done: list[HostResult] = []
     thread = threading.Thread(target=lambda: done.append(work(ctx, relay)), name="pull")

@@ -177,7 +177,11 @@ def test_already_stored_and_older_archives_are_skipped(fleet):
     assert result.returncode == 0
     assert f"{archive.name} is already stored" in result.stderr
     assert mark.exists()  # and now it is marked
-    # an archive older than the newest snapshot
+    # an archive older than the newest snapshot (the stored one retired to fetched/)
+    retired = host.client.archives / "fetched"
+    retired.mkdir(exist_ok=True)
+    for path in (archive, archive.with_name(archive.name + ".json")):
+        path.rename(retired / path.name)
     older = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
     publish(host.client.archives, "web1", build_tar([Entry("services/x/a", data=b"a")]), older)
     result = fleet.server("pull")

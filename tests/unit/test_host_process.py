@@ -215,3 +215,29 @@ def test_a_host_process_dies_with_its_parent_and_never_holds_the_server_lock(tmp
         assert time.monotonic() < deadline, "the host's process outlived its parent"
         time.sleep(0.05)
     FileLock(lock).acquire().release()  # free at once: the child never held it
+
+
+def test_a_host_process_logs_through_its_parent_masked_and_one_line(tmp_path, caplog):
+    import logging
+
+    from pullback.common import secrets
+    from pullback.common.log import get_logger
+
+    config = make_config(tmp_path, hosts=("a",))
+
+    def work(ctx, relay):
+        secrets.register("s3cret-known-only-here")
+        ctx.log.warning("the password is s3cret-known-only-here\n[b] stored")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            get_logger("host").error("it failed:", exc_info=True)
+        return stored(ctx, relay)
+
+    caplog.set_level(logging.DEBUG, logger="pullback")
+    (result,) = pull_hosts(config, list(config.hosts), work)
+    assert result.status == Status.STORED
+    warning = next(r for r in caplog.records if "the password is" in r.getMessage())
+    assert warning.getMessage() == "[a] the password is ******\\n[b] stored"
+    error = next(r for r in caplog.records if r.getMessage() == "it failed:")
+    assert "ValueError: boom" in error.exc_text

@@ -210,10 +210,17 @@ def _soak(bed: FaultBed, rng: random.Random) -> None:
         code, log = _pull_in_process(bed)  # after a kill: the next run, which recovers
         if not killed:
             heal(bed, cycle)
-        found = STORED.findall(extra_log + log)
+        found = set(STORED.findall(extra_log + log))
         if killed:  # the killed store may have finished its snapshot just in time
-            found += ALREADY.findall(log)
-        for host, name in found:
+            # (only this cycle's archives: an archive stays offered, and "already
+            # stored", until the client publishes a newer one; the killed run may have
+            # said "stored" for it too)
+            found |= {
+                (host, name)
+                for host, name in ALREADY.findall(log)
+                if host in cycle.archives and cycle.archives[host].name == name
+            }
+        for host, name in sorted(found):
             assert host not in cycle.stored, f"cycle {number}: {host} stored twice: {log}"
             cycle.stored[host] = name
         for host, archive in cycle.archives.items():

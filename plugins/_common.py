@@ -6,6 +6,7 @@ import hashlib
 import os
 import shlex
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,7 +100,7 @@ def absent(names: Iterable[str], existing: Iterable[str]) -> list[str]:
     return [f"database {name!r} does not exist" for name in names if name not in have]
 
 
-class DatabaseRestore:
+class DatabaseRestore(ABC):
     """The shape of every database task's restore: a preflight that changes nothing, its
     verdict as the plan's first step, then each dump in turn (``restore_database``).
 
@@ -127,12 +128,13 @@ class DatabaseRestore:
         for dump in self.dumps:
             self.restore_database(dump)
 
+    @abstractmethod
     def preflight(self) -> list[str]:
         """What would stop the restore, found before anything is changed."""
-        raise NotImplementedError
 
-    def before_databases(self) -> None:
+    def before_databases(self) -> None:  # noqa: B027 - optional, nothing by default
         """What comes once before the databases (nothing by default)."""
 
+    @abstractmethod
     def restore_database(self, dump: Path) -> None:
-        raise NotImplementedError
+        """Restore one dump as the plan says (beside the live database, or in its place)."""

@@ -37,6 +37,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -164,7 +165,7 @@ def _said(exc: CommandError) -> str:
     return " / ".join((errors or lines)[-2:]) or exc.reason
 
 
-class _Engine:
+class _Engine(ABC):
     """A throwaway database engine in ``work``, run by ``runner``."""
 
     engine = ""
@@ -187,14 +188,17 @@ class _Engine:
         options["env"] = {"HOME": str(self.work), **options.get("env", {})}
         self.runner.run(argv, cwd=self.work, level=10, **options)
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Make and start the engine. Raises CommandError."""
 
+    @abstractmethod
     def load(self, dump: Path, database: str, timeout: float) -> tuple[int, int]:
-        raise NotImplementedError
+        """Load ``dump`` into ``database``; return its tables and rows. Raises CommandError."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop the engine (a failure to stop is the caller's warning)."""
 
 
 class _Postgres(_Engine):

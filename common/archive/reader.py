@@ -131,6 +131,11 @@ class TarStream:
         self._close(failed=exc_type is not None)
 
     def _close(self, failed: bool = True) -> None:
+        if self._pipe is None and not failed:
+            # uncompressed: the record padding after the end-of-archive marker is part of
+            # the archive's bytes (its sha256 and size), as a decompressor would read it
+            while self.source.read(CHUNK):
+                pass
         if self._pipe is not None:
             if not failed:
                 # drain what follows the end-of-archive marker so the decompressor can finish

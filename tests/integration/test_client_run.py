@@ -101,6 +101,22 @@ def test_all_good_exits_0_and_list_shows_the_archive(box):
     assert "1/1 ok" in table and "ready" in table
 
 
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_every_compression_publishes_an_archive_that_verifies(box, compression):
+    """``compression: none`` once never published ("changed on disk after it was
+    written"): the record padding after the end marker was not counted on reading."""
+    good_service(box)
+    box.write_config(compression=compression)
+    result = box.cli("run")
+    assert result.returncode == 0, result.stderr
+    (entry,) = json.loads(box.cli("list", "--json").stdout)
+    suffix = {"none": ".tar", "gzip": ".tar.gz"}[compression]
+    assert entry["name"].endswith(suffix)
+    archive = box.archives / entry["name"]
+    verified = verify_archive(archive)
+    assert verified.size == archive.stat().st_size == entry["sidecar"]["archive"]["size"]
+
+
 def test_retention_keeps_keep_last(box):
     good_service(box)
     box.write_config(keep_last=2, keep_days=0)

@@ -33,7 +33,7 @@ from typing import Protocol
 from ..common.archive import sidecar as sidecars
 from ..common.archive.sidecar import SIDECAR_NAME, Sidecar
 from ..common.archive.unpack import HostileArchive
-from ..common.clock import iso, iso_or_none, parse_stamp, utc_now
+from ..common.clock import age, iso, iso_or_none, parse_stamp, utc_now
 from ..common.errors import (
     ArchiveError,
     CommandError,
@@ -110,6 +110,9 @@ class Choice:
     """An archive to tell the client about although it is not fetched (already stored)."""
     warnings: list[str] = field(default_factory=list)
     """Archives passed over, and why."""
+    waiting: bool = False
+    """Nothing new from the client yet (no archive, or its newest is already stored): the
+    server's timer fired before the client's. A problem only once the host is stale."""
 
 
 def _mismatch(client_says: str, host: str) -> ArchiveError:
@@ -164,24 +167,29 @@ def newest_usable(
 def choose(listing: Listing, host: str, stored: Stored, now: dt.datetime) -> Choice:
     """Decide what to do with a client's listing; a pure function.
 
-    Skips: no usable archive (a problem when archives were passed over or there are
-    none), the chosen archive already stored (tell the client it was fetched), or older
-    than the newest snapshot. Raises ArchiveError when the client is another host.
+    Skips: no usable archive (a problem when archives were passed over; waiting when
+    there are none), the chosen archive already stored (waiting; tell the client it was
+    fetched), or older than the newest snapshot. Raises ArchiveError when the client is
+    another host.
     """
     if listing.host != host:
         raise _mismatch(listing.host, host)
     best, passed_over = newest_usable(listing, host, now)
     warnings = passed_over.lines(KEPT_WARNINGS)
     if best is None:
-        reason = (
-            "no archive can be fetched: " + "; ".join(passed_over.lines(3))
-            if passed_over
-            else "the client has no archive to fetch"
-        )
-        return Choice(skip=reason, problem=True, warnings=warnings)
+        if passed_over:
+            reason = "no archive can be fetched: " + "; ".join(passed_over.lines(3))
+            return Choice(skip=reason, problem=True, warnings=warnings)
+        return Choice(skip="the client has no archive to fetch", waiting=True)
     name = best.archive.name
     if best.stamp in stored.stamps:
-        return Choice(best, f"{name} is already stored", mark_fetched=name, warnings=warnings)
+        return Choice(
+            best,
+            f"{name} is already stored",
+            mark_fetched=name,
+            warnings=warnings,
+            waiting=True,
+        )
     newest = stored.newest
     if newest is not None and parse_stamp(best.stamp) < newest.time:
         skip = f"{name} is older than the newest snapshot ({iso(newest.time)}); not stored"
@@ -327,12 +335,12 @@ class HostPull:
         newest = self.note_snapshots(snapshots).newest
         if newest is None:
             return True
-        age = (utc_now() - newest.time).total_seconds()
-        if age >= self.ctx.host.min_interval:
+        newest_age = (utc_now() - newest.time).total_seconds()
+        if newest_age >= self.ctx.host.min_interval:
             return True
         self.result.status, self.result.fresh = Status.SKIPPED, True
         self.result.reason = (
-            f"fresh: the newest snapshot is {human_duration(age)} old "
+            f"fresh: the newest snapshot is {human_duration(newest_age)} old "
             f"(min_interval {human_duration(self.ctx.host.min_interval)})"
         )
         return False
@@ -388,7 +396,9 @@ class HostPull:
             result.size, result.content_bytes = info.size, info.content_bytes
             result.client_failed_services = choice.archive.failed_services
         if choice.skip:
-            self._skip(choice.skip, problem=choice.problem)
+            self._skip(choice.skip, problem=choice.problem or self._stale_waiting(choice))
+            if choice.waiting and self.options.if_due and not self.result.problem:
+                self.result.fresh = True  # a quiet skip: the client's timer comes later
             if choice.mark_fetched and not self.options.dry_run:
                 self.mark_fetched(remote, choice.mark_fetched)
             return False
@@ -460,6 +470,14 @@ class HostPull:
             self._warn(f"could not tell the client that {name} was fetched: {exc}")
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _stale_waiting(self, choice: Choice) -> bool:
+        """Waiting for the client is a problem once the host has no snapshot within its
+        ``max_age`` (or none at all): then the client is not just later than the server."""
+        if not choice.waiting:
+            return False
+        newest = age(self.result.newest_snapshot, utc_now())
+        return newest is None or newest > self.ctx.host.max_age
 
     def _skip(self, reason: str, problem: bool = False) -> None:
         self.result.status, self.result.reason = Status.SKIPPED, reason

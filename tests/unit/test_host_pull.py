@@ -75,11 +75,12 @@ def test_the_newest_archive_is_chosen():
     assert choice.archive.archive.name == B and not choice.skip and not choice.warnings
 
 
-def test_no_archive_at_all_is_a_problem_skip():
+def test_no_archive_at_all_is_waiting_for_the_client():
     choice = choose(listing(), "web1", NOTHING, NOW)
-    assert (choice.archive, choice.skip, choice.problem) == (
+    assert (choice.archive, choice.skip, choice.problem, choice.waiting) == (
         None,
         "the client has no archive to fetch",
+        False,
         True,
     )
 
@@ -368,6 +369,33 @@ def test_an_archive_already_stored_is_marked_fetched_again(config, backend, clie
     result = make_pull(config, backend, client).run()
     assert (result.status, result.reason) == (Status.SKIPPED, f"{archive.name} is already stored")
     assert client.marked == [archive.name] and backend.stored == []
+
+
+@pytest.mark.parametrize("published", [False, True])
+def test_the_server_before_the_client_is_no_problem_until_the_host_is_stale(
+    config, backend, client, published
+):
+    """The two hourly timers are independent: on some days the server looks before the
+    client has made today's archive. Nothing new (no archive, or the newest is already
+    stored) is a quiet skip in a timer run while the newest snapshot is within max_age
+    (36h), and a problem after that, or when nothing was ever stored."""
+    stamp = None
+    if published:
+        archive = publish_one(client)
+        stamp = archive.name.split("-", 1)[1].split(".")[0]
+    for hours, problem in ((21, False), (37, True)):
+        when = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+        # published: the client's newest archive is the snapshot the server has
+        backend.snapshot_list = [Snapshot("s0", when, stamp or stamp_of(when))]
+        timer = make_pull(config, backend, client, PullOptions(if_due=True)).run()
+        assert (timer.status, timer.problem, timer.fresh) == (Status.SKIPPED, problem, not problem)
+        by_hand = make_pull(config, backend, client).run()
+        assert (by_hand.status, by_hand.problem, by_hand.fresh) == (Status.SKIPPED, problem, False)
+    backend.snapshot_list = []
+    if not published:  # never stored, and the client has nothing: a problem
+        never = make_pull(config, backend, client, PullOptions(if_due=True)).run()
+        assert (never.problem, never.fresh) == (True, False)
+        assert never.reason == "the client has no archive to fetch"
 
 
 def test_a_checksum_mismatch_fails_and_stores_nothing(config, backend, client):

@@ -94,8 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[parent],
         help="exit 1 when server.yaml lists no host yet (for systemd's ExecCondition)",
     )
-    p = sub.add_parser("status", parents=[parent], help="how each host's last pull went")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser(
+        "status",
+        parents=[parent],
+        help="how each host's last pull went",
+        description="Exit 0: every host fresh and its last pull not failed; 1: a host is "
+        "stale (no snapshot within max_age, or never stored) or its last pull failed. "
+        "With --check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+    )
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="machine-readable output")
+    form.add_argument(
+        "--check",
+        action="store_true",
+        help="one line for Nagios, Icinga, Zabbix or Checkmk: state, hosts by kind, perfdata",
+    )
     p = sub.add_parser(
         "check", parents=[parent], help="validate the configuration and reach every host"
     )
@@ -116,7 +129,7 @@ ACTIONS = {
     "verify": Action("verify:command"),
     "snapshots": Action("snapshots:command"),
     "restore": Action("restore:command"),
-    "status": Action("status:command"),
+    "status": Action("status:command", loads_config=False),
     "check": Action("check:command"),
     "trust": Action("trust:command"),
 }

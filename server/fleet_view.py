@@ -41,6 +41,8 @@ class HostRow:
     state: HostState
     result: str
     reason: str = ""
+    stale: bool = False
+    """No snapshot within ``max_age``, or none at all (whatever the state says first)."""
     newest_age: float | None = None
     verified_age: float | None = None
     verify_result: Status | None = None
@@ -85,9 +87,10 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
     for host in config.hosts:
         entry = status.get("hosts", {}).get(host.name, {})
         result = entry.get("last_result", "never pulled")
+        stale = is_stale(entry, host.max_age, now)
         if result == Status.FAILED:
             state = HostState.FAILED
-        elif is_stale(entry, host.max_age, now):
+        elif stale:
             state = HostState.STALE
         elif entry.get("problem") or entry.get("verify_result") == Status.FAILED:
             state = HostState.ATTENTION
@@ -100,6 +103,7 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
                 state=state,
                 result=result,
                 reason=entry.get("reason", ""),
+                stale=stale,
                 newest_age=age(entry.get("newest_snapshot"), now),
                 verified_age=age(entry.get("last_verified"), now),
                 verify_result=entry.get("verify_result"),

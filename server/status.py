@@ -1,7 +1,9 @@
-"""``pullback-server status``: how each host stands, as a table or as JSON.
+"""``pullback-server status``: how each host stands, as a table, as JSON, or as one line
+for a monitoring system (``--check``).
 
-Exits 1 when a host is stale (no snapshot within its ``max_age``), so a monitoring check
-can run it as it is.
+Exits 1 when a host is stale (no snapshot within its ``max_age``, or never stored) or
+its last pull failed, so a monitoring check can run it as it is. ``--check`` follows the
+monitoring-plugin convention of Nagios, Icinga, Zabbix and Checkmk instead.
 """
 
 from __future__ import annotations
@@ -9,12 +11,37 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
 
-from ..common.errors import EXIT_FAILED, EXIT_OK
+from ..common.errors import EXIT_FAILED, EXIT_OK, ConfigError, PullbackError
 from ..common.units import human_duration, human_size
-from .config import ServerConfig
-from .fleet_view import HostState, rows
-from .status_file import load_status
+from .config import ServerConfig, load_server_config
+from .fleet_view import HostRow, HostState, rows
+from .status_file import STATUS_FILE, read_status
+
+NAMES_SHOWN = 10
+"""Host names a ``--check`` line lists per kind before it only counts the rest."""
+
+
+class Check(IntEnum):
+    """The exit codes of a monitoring plugin."""
+
+    OK = 0
+    WARNING = 1
+    """A host's last pull failed or needs attention, but its newest snapshot is fresh."""
+    CRITICAL = 2
+    """A host is stale: no snapshot within its ``max_age``, or never stored."""
+    UNKNOWN = 3
+    """The configuration or the status file cannot be read: nothing can be said."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    state: Check
+    line: str
+    """``PULLBACK <STATE> - <what> | <perfdata>``: one line, as monitoring systems read it."""
 
 
 def status_table(config: ServerConfig, status: dict) -> str:
@@ -53,14 +80,84 @@ def status_table(config: ServerConfig, status: dict) -> str:
     return "\n".join(lines + notes)
 
 
-def command(config: ServerConfig, args: argparse.Namespace) -> int:
-    status = load_status(config.state_dir)
+def _names(hosts: list[str]) -> str:
+    shown = ", ".join(hosts[:NAMES_SHOWN])
+    return shown + (f" and {len(hosts) - NAMES_SHOWN} more" if len(hosts) > NAMES_SHOWN else "")
+
+
+def fleet_check(found: list[HostRow]) -> CheckResult:
+    """The ``--check`` verdict on the rows of :func:`~.fleet_view.rows`: CRITICAL when a
+    host is stale, WARNING when one failed its last pull or needs attention, else OK;
+    UNKNOWN without hosts. The perfdata counts the hosts by kind and gives the age of the
+    oldest newest snapshot in seconds."""
+    if not found:
+        return CheckResult(Check.UNKNOWN, "PULLBACK UNKNOWN - server.yaml lists no host")
+    stale = [r.host for r in found if r.stale]
+    failed = [r.host for r in found if r.state == HostState.FAILED and not r.stale]
+    attention = [r.host for r in found if r.state == HostState.ATTENTION]
+    ok = [r.host for r in found if r.state == HostState.OK]
+    state = Check.CRITICAL if stale else Check.WARNING if failed or attention else Check.OK
+    parts = [
+        f"{label}: {_names(hosts)}"
+        for label, hosts in (
+            ("stale", stale),
+            ("last pull failed", failed),
+            ("needs attention", attention),
+        )
+        if hosts
+    ]
+    parts.append(f"{len(ok)} of {len(found)} hosts ok")
+    perf = (
+        f"hosts={len(found)} ok={len(ok)} attention={len(attention)} "
+        f"failed={len(failed)} stale={len(stale)}"
+    )
+    ages = [r.newest_age for r in found if r.newest_age is not None]
+    if ages:
+        perf += f" oldest_snapshot_age={round(max(ages))}s"
+    return CheckResult(state, f"PULLBACK {state.name} - {'; '.join(parts)} | {perf}")
+
+
+def _check(path: Path) -> int:
+    """``status --check``: print one line; the exit code is the :class:`Check`."""
+    try:
+        config = load_server_config(path)
+        status = read_status(config.state_dir)
+    except ConfigError as exc:
+        first = str(exc.problems[0]) if exc.problems else str(exc)
+        result = CheckResult(Check.UNKNOWN, f"PULLBACK UNKNOWN - {first}")
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else exc
+        result = CheckResult(Check.UNKNOWN, f"PULLBACK UNKNOWN - cannot read {STATUS_FILE}: {why}")
+    else:
+        result = fleet_check(rows(config, status))
+    print(result.line)
+    return int(result.state)
+
+
+def command(path: Path, args: argparse.Namespace) -> int:
+    """Print the table (or JSON, or the ``--check`` line). Returns 1 when a host is stale
+    or failed its last pull (``--check``: the :class:`Check` code). Raises ConfigError, and
+    PullbackError when the status file cannot be read."""
+    if args.check:
+        return _check(path)
+    config = load_server_config(path)
+    try:
+        status = read_status(config.state_dir)
+    except OSError as exc:
+        raise PullbackError(
+            f"cannot read {config.state_dir / STATUS_FILE}: {exc.strerror}"
+        ) from None
+    except ValueError as exc:
+        raise PullbackError(f"cannot read {config.state_dir / STATUS_FILE}: {exc}") from None
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         print(status_table(config, status))
-    stale = [r.host for r in rows(config, status) if r.state == HostState.STALE]
+    found = rows(config, status)
+    stale = [r.host for r in found if r.stale]
+    failed = [r.host for r in found if r.state == HostState.FAILED]
     if stale:
         print(f"stale (no snapshot within max_age): {', '.join(stale)}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+    if failed:
+        print(f"failed (the last pull): {', '.join(failed)}", file=sys.stderr)
+    return EXIT_FAILED if stale or failed else EXIT_OK

@@ -19,17 +19,28 @@ HISTORY = 30
 KEPT_WARNINGS = 25
 
 
-def load_status(state_dir: Path) -> dict:
-    """The recorded status of every host ({} when nothing was recorded yet)."""
+def read_status(state_dir: Path) -> dict:
+    """The recorded status of every host (no hosts when nothing was recorded yet).
+
+    Raises OSError when the file cannot be read (permissions), ValueError when it is not
+    a status file."""
     try:
         data = json.loads((state_dir / STATUS_FILE).read_text())
     except FileNotFoundError:
         return {"hosts": {}}
+    if not isinstance(data, dict) or not isinstance(data.setdefault("hosts", {}), dict):
+        raise ValueError("not a status file")
+    return data
+
+
+def load_status(state_dir: Path) -> dict:
+    """As :func:`read_status`, but an unreadable file is a warning and an empty status
+    (a run then starts a new one)."""
+    try:
+        return read_status(state_dir)
     except ValueError:
         log.warning("%s is unreadable; starting a new one", state_dir / STATUS_FILE)
         return {"hosts": {}}
-    data.setdefault("hosts", {})
-    return data
 
 
 def record(state_dir: Path, results: list[HostResult]) -> dict:

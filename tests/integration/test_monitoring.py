@@ -155,6 +155,55 @@ def test_a_host_that_stopped_producing_is_stale_first_and_in_the_subject(fleet):
     assert quiet.client.published() == []
 
 
+def test_status_exit_codes_and_the_monitoring_plugin_line(fleet):
+    """``status`` exits 1 for a stale or failing host; ``status --check`` speaks the
+    monitoring-plugin convention (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN) in one line."""
+    for name in ("fine", "flaky"):
+        fleet.add_host(name).make_archive()
+    assert fleet.server("pull").returncode == 0
+    assert fleet.server("status").returncode == 0
+    check = fleet.server("status", "--check")
+    assert (check.returncode, check.stdout) == (
+        0,
+        "PULLBACK OK - 2 of 2 hosts ok | hosts=2 ok=2 attention=0 failed=0 stale=0 "
+        f"oldest_snapshot_age={check.stdout.split('oldest_snapshot_age=')[1].strip()}\n",
+    )
+
+    fleet.hosts["flaky"].sshd.stop()  # stored yesterday, unreachable today
+    assert fleet.server("pull").returncode == 1
+    status = fleet.server("status")
+    assert status.returncode == 1
+    assert "failed (the last pull): flaky" in status.stderr
+    check = fleet.server("status", "--check")
+    assert check.returncode == 1
+    assert check.stdout.startswith("PULLBACK WARNING - last pull failed: flaky; 1 of 2 hosts ok |")
+    assert "failed=1 stale=0" in check.stdout
+
+    fleet.add_host("never", trust=False)  # configured, never stored
+    fleet.write_config()
+    status = fleet.server("status")
+    assert status.returncode == 1 and "stale (no snapshot within max_age): never" in status.stderr
+    check = fleet.server("status", "--check")
+    assert check.returncode == 2
+    assert check.stdout.startswith(
+        "PULLBACK CRITICAL - stale: never; last pull failed: flaky; 1 of 3 hosts ok |"
+    )
+
+    (fleet.state / "status.json").write_text("[1, 2")
+    check = fleet.server("status", "--check")
+    assert check.returncode == 3
+    assert check.stdout.startswith("PULLBACK UNKNOWN - cannot read status.json: ")
+    broken = fleet.root / "broken.yaml"
+    broken.write_text("hosts: 7\n")
+    check = fleet.server("--config", str(broken), "status", "--check")
+    assert check.returncode == 3 and check.stdout.startswith("PULLBACK UNKNOWN - ")
+    assert "broken.yaml" in check.stdout and check.stdout.count("\n") == 1
+    plain = fleet.server("status")
+    assert (
+        plain.returncode == 1 and "cannot read" in plain.stderr and "Traceback" not in plain.stderr
+    )
+
+
 def test_retry_until_fresh(fleet):
     sink = SmtpSink().start()
     try:

@@ -1,0 +1,35 @@
+"""``status --check``: the monitoring-plugin verdict is a pure function of the fleet rows."""
+
+from __future__ import annotations
+
+from pullback.server.fleet_view import HostRow, HostState
+from pullback.server.status import Check, fleet_check
+
+
+def row(name: str, state: HostState, stale: bool = False, age: float | None = 3600.0) -> HostRow:
+    return HostRow(name, state, "stored", stale=stale, newest_age=age)
+
+
+def test_ok_warning_critical_unknown():
+    assert fleet_check([row("a", HostState.OK)]).state == Check.OK
+    assert fleet_check([row("a", HostState.OK), row("b", HostState.ATTENTION)]).state == (
+        Check.WARNING
+    )
+    assert fleet_check([row("a", HostState.FAILED)]).state == Check.WARNING
+    # failed and stale: the stale part decides (no fresh snapshot is the emergency)
+    both = fleet_check([row("a", HostState.FAILED, stale=True, age=None)])
+    assert both.state == Check.CRITICAL
+    assert both.line == (
+        "PULLBACK CRITICAL - stale: a; 0 of 1 hosts ok | hosts=1 ok=0 attention=0 failed=0 stale=1"
+    )
+    assert fleet_check([]).state == Check.UNKNOWN
+
+
+def test_the_line_names_ten_hosts_then_counts_and_gives_the_oldest_age():
+    rows = [row(f"h{i:02}", HostState.STALE, stale=True, age=100.0 + i) for i in range(25)]
+    result = fleet_check(rows)
+    assert result.line.startswith(
+        "PULLBACK CRITICAL - stale: h00, h01, h02, h03, h04, h05, h06, h07, h08, h09 and 15 more;"
+    )
+    assert result.line.endswith("stale=25 oldest_snapshot_age=124s")
+    assert "\n" not in result.line

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -12,17 +11,13 @@ from pathlib import Path
 from ..common.archive.compression import compress_command
 from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_CONFIG, EXIT_OK, describe
+from ..common.fsutil import writable_or_creatable
+from ..common.sandbox import output_problem, unit_writable_paths
 from ..common.schema import load_schema
 from ..plugins.manager import PluginSet, load_plugins
 from .config import ClientConfig
 from .services import Service, discover, find_service_files
 from .stages import make_tasks, validate_service
-
-
-def _writable_or_creatable(path: Path) -> bool:
-    while not path.exists():
-        path = path.parent
-    return os.access(path, os.W_OK | os.X_OK)
 
 
 @dataclass
@@ -58,8 +53,12 @@ def _setting_problems(config: ClientConfig) -> list[str]:
         )
     for key in ("archive_dir", "work_dir", "lock_dir"):
         path = getattr(config, key)
-        if not _writable_or_creatable(path):
+        if not writable_or_creatable(path):
             problems.append(f"{config.path}: {key}: {path} is not writable")
+    if config.metrics_file is not None:
+        unit = "pullback-client.service"
+        found = output_problem("metrics_file", config.metrics_file, unit, unit_writable_paths(unit))
+        problems += [f"{config.path}: {found}"] if found else []
     for directory in config.service_dirs:
         if not directory.is_dir():
             problems.append(f"{config.path}: service_dirs: {directory} does not exist")

@@ -122,7 +122,7 @@ def metrics(status: dict) -> Metrics:
     return m
 
 
-def _failure_mail(config: ClientConfig, run: RunSummary) -> str:
+def _failure_mail(config: ClientConfig, run: RunSummary, unwritten: list[str]) -> str:
     def load(name: str) -> str:
         return resources.files("pullback.client.templates").joinpath(name).read_text("utf-8")
 
@@ -140,22 +140,32 @@ def _failure_mail(config: ClientConfig, run: RunSummary) -> str:
         archive=run.sidecar.archive.name if run.sidecar else None,
         status=run.sidecar.status if run.sidecar else None,
         log=recent_lines()[-60:],
+        unwritten=unwritten,
     )
 
 
-def finish(config: ClientConfig, notifier: Notifier, run: RunSummary) -> None:
-    """Record the run and tell whoever listens. Never raises for a delivery problem."""
+def finish(config: ClientConfig, notifier: Notifier, run: RunSummary) -> list[str]:
+    """Record the run and tell whoever listens. Never raises for a delivery problem;
+    returns what could not be written or delivered (the metrics file, the mail, a ping),
+    each also an error in the log, so that the run can say so in its exit status."""
+    problems = []
     try:
         status = record(config, run)
-        if config.metrics_file is not None:
-            metrics(status).write(config.metrics_file)
     except OSError as exc:
-        log.warning("could not record the run's status or metrics: %s", exc)
-    headline = run.headline()
-    body = _failure_mail(config, run)
+        log.error("could not record the run's status: %s", exc)
+        status = {"services": {}}
+        problems.append(f"status file {status_path(config)}: {exc.strerror}")
+    if config.metrics_file is not None:
+        try:
+            metrics(status).write(config.metrics_file)
+        except OSError as exc:
+            log.error("could not write the metrics file %s: %s", config.metrics_file, exc)
+            problems.append(f"metrics file {config.metrics_file}: {exc.strerror}")
+    headline = run.headline() + (f"; {len(problems)} output(s) NOT WRITTEN" if problems else "")
+    body = _failure_mail(config, run, problems)
     email = config.email
     if email is not None and (
-        email.send == "always" or (email.send == "on_problem" and not run.ok)
+        email.send == "always" or (email.send == "on_problem" and (not run.ok or problems))
     ):
         subject = f"{email.subject_prefix} {config.hostname}: {headline}"
         message = mail.build_message(email.sender, email.to, subject, body)
@@ -163,4 +173,8 @@ def finish(config: ClientConfig, notifier: Notifier, run: RunSummary) -> None:
             mail.send(email.smtp, message)
         except mail.MailError as exc:
             log.error("the mail was not sent: %s", exc)
-    notifier.finish(run.ok, f"pullback-client {config.hostname}: {headline}", body)
+            problems.append("mail not sent")
+    ok = run.ok and not problems
+    title = f"pullback-client {config.hostname}: {headline}"
+    problems += [f"{what} not delivered" for what in notifier.finish(ok, title, body)]
+    return problems

@@ -329,5 +329,5 @@ def run_and_report(
         raise
     ok = result.exit_code == EXIT_OK
     summary = outputs.RunSummary(ok, time.monotonic() - started, result.services, result.sidecar)
-    outputs.finish(config, notifier, summary)
-    return result.exit_code
+    unwritten = outputs.finish(config, notifier, summary)
+    return result.exit_code or (EXIT_FAILED if unwritten else EXIT_OK)

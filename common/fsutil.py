@@ -93,3 +93,14 @@ def set_dir_mode(path: Path, mode: int, gid: int | None = None) -> None:
             os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+def writable_or_creatable(path: Path) -> bool:
+    """True when ``path`` can be written, or created (its nearest existing ancestor is a
+    directory this process may write to)."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if existing.is_dir():
+        return os.access(existing, os.W_OK | os.X_OK)
+    return existing == path and os.access(path, os.W_OK)

@@ -115,24 +115,33 @@ class Notifier:
                 self.config.timeout,
             )
 
-    def finish(self, ok: bool, title: str, body: str) -> None:
-        """Ping and message whoever is configured that the run ended (``ok`` or not)."""
+    def finish(self, ok: bool, title: str, body: str) -> list[str]:
+        """Ping and message whoever is configured that the run ended (``ok`` or not).
+
+        Returns what could not be delivered (``healthchecks ping``, ``ntfy message``,
+        ``gotify message``; each is also a warning in the log), [] when all went out."""
         config = self.config
         if config is None:
-            return
+            return []
         body = secrets.mask(body)[-MAX_BODY:]
         title = secrets.mask(title)
+        missed = []
         if config.healthchecks:
             url = config.healthchecks.rstrip("/") + ("" if ok else "/fail")
             what = f"{self.label}: {'success' if ok else 'failure'} ping"
             headers = {"Content-Type": "text/plain; charset=utf-8"}
-            _send(what, url, body.encode(), headers, config.timeout)
-        if config.ntfy and (not ok or config.ntfy.when == "always"):
-            self._ntfy(config.ntfy, ok, title, body, config.timeout)
-        if config.gotify and (not ok or config.gotify.when == "always"):
-            self._gotify(config.gotify, ok, title, body, config.timeout)
+            if not _send(what, url, body.encode(), headers, config.timeout):
+                missed.append("healthchecks ping")
+        ntfy, gotify = config.ntfy, config.gotify
+        if ntfy and (not ok or ntfy.when == "always"):
+            ok_sent = self._ntfy(ntfy, ok, title, body, config.timeout)
+            missed += [] if ok_sent else ["ntfy message"]
+        if gotify and (not ok or gotify.when == "always"):
+            ok_sent = self._gotify(gotify, ok, title, body, config.timeout)
+            missed += [] if ok_sent else ["gotify message"]
+        return missed
 
-    def _ntfy(self, ntfy: NtfyConfig, ok: bool, title: str, body: str, timeout: float) -> None:
+    def _ntfy(self, ntfy: NtfyConfig, ok: bool, title: str, body: str, timeout: float) -> bool:
         headers = {
             "Title": title.encode("ascii", "replace").decode(),
             "Priority": "high" if not ok else "default",
@@ -141,16 +150,16 @@ class Notifier:
         token = _token(ntfy.token_file)
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        _send(f"{self.label}: ntfy message", ntfy.url, body.encode(), headers, timeout)
+        return _send(f"{self.label}: ntfy message", ntfy.url, body.encode(), headers, timeout)
 
     def _gotify(
         self, gotify: GotifyConfig, ok: bool, title: str, body: str, timeout: float
-    ) -> None:
+    ) -> bool:
         token = _token(gotify.token_file)
         if not token:
-            return
+            return False
         payload = {"title": title, "message": body, "priority": gotify.priority if not ok else 2}
-        _send(
+        return _send(
             f"{self.label}: gotify message",
             f"{gotify.url.rstrip('/')}/message",
             json.dumps(payload).encode(),

@@ -8,6 +8,7 @@ import shutil
 
 from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError
+from ..common.sandbox import output_problem, unit_writable_paths
 from ..common.schema import load_schema
 from .backends import RepositoryMissing, read_password
 from .config import ServerConfig
@@ -57,6 +58,13 @@ def local_problems(config: ServerConfig) -> list[str]:
                 f"be read): (umask 077; head -c 32 /dev/urandom | base64 > {path})"
             )
         problems.append(f"{config.path}: backend.password_file: {exc}{fix}")
+    outputs = (("metrics_file", config.metrics_file), ("status_page", config.status_page))
+    for unit in ("pullback-server.service", "pullback-maintain.service"):
+        allowed = unit_writable_paths(unit)
+        for setting, output in outputs:
+            found = output_problem(setting, output, unit, allowed) if output else None
+            if found and f"{config.path}: {found}" not in problems:
+                problems.append(f"{config.path}: {found}")
     schema = load_schema("pullback.common", "server")
     data = load_validated(config.path, schema, allow_empty=False).data
     problems += [

@@ -203,5 +203,5 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     notifier = Notifier(config.notify, "maintenance")
     notifier.start()
     code, results = maintain(config, args.host, args.verify)
-    finish_maintenance(config, results, notifier)
-    return code
+    unwritten = finish_maintenance(config, results, notifier)
+    return code or (EXIT_FAILED if unwritten else EXIT_OK)

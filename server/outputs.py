@@ -1,5 +1,8 @@
 """What every run leaves for the people and tools watching: metrics, the status page, the
-summary mail, pings and messages. None of them can fail a backup."""
+summary mail, pings and messages. None of them can stop a backup or the other outputs;
+one that is configured and cannot be written or delivered makes the run exit 1, is
+recorded in status.json (``outputs``) and named in the summary mail: monitoring that
+silently stops updating is the failure this guards against."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from ..common.errors import describe
 from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
+from ..common.text import printable
 from . import fleet_view, metrics, report, status_file, status_page
 from .config import ServerConfig
 from .results import HostResult
@@ -18,15 +22,31 @@ log = get_logger("outputs")
 T = TypeVar("T")
 
 
-def publish(config: ServerConfig) -> dict:
-    """Rewrite the metrics file and the status page from the status file; return it."""
+def publish(config: ServerConfig) -> tuple[dict, list[str]]:
+    """Rewrite the metrics file and the status page from the status file. Returns the
+    status and what could not be written (``metrics file /path: Read-only file system``,
+    each also an error in the log)."""
     status = status_file.load_status(config.state_dir)
-    for what, write in (("metrics file", metrics.write), ("status page", status_page.write)):
+    problems = []
+    for what, path, write in (
+        ("metrics file", config.metrics_file, metrics.write),
+        ("status page", config.status_page, status_page.write),
+    ):
         try:
             write(config, status)
         except Exception as exc:
-            log.warning("could not write the %s: %s", what, describe(exc), exc_info=True)
-    return status
+            log.error("could not write the %s %s: %s", what, path, describe(exc), exc_info=True)
+            problems.append(printable(f"{what} {path}: {describe(exc)}", 300))
+    return status, problems
+
+
+def record_problems(config: ServerConfig, problems: list[str]) -> None:
+    """Keep the outputs' problems in status.json (``status`` and ``--check`` show them)."""
+    _guarded(
+        "record the outputs' problems",
+        lambda: status_file.record_outputs(config.state_dir, problems),
+        None,
+    )
 
 
 def _guarded(what: str, action: Callable[[], T], fallback: T) -> T:
@@ -45,36 +65,65 @@ def finish_pull(
     notifier: Notifier,
     dry_run: bool = False,
     show: bool = False,
-) -> None:
+) -> list[str]:
+    """Status page, metrics, pings and the summary mail after a pull. Returns the
+    outputs that could not be written or delivered ([] when all were)."""
     if dry_run:
         if show:
             print(report.render(results)[0])
-        return
-    status = publish(config)
+        return []
+    status, problems = publish(config)
     history: dict[str, fleet_view.HostRow] = _guarded(
         "read the fleet's history",
         lambda: {row.host: row for row in fleet_view.rows(config, status)},
         {},
     )
     plain = "\n".join(f"{r.host}: {r.status}: {r.reason}" for r in results)
-    text = _guarded("render the summary", lambda: report.render(results, history)[0], plain)
+    text = _guarded(
+        "render the summary", lambda: report.render(results, history, outputs=problems)[0], plain
+    )
     if show:
         print(text)
-    _guarded(
-        "send the summary mail", lambda: report.send_summary(config.email, results, history), None
-    )
-    ok = not any(r.status == Status.FAILED for r in results)
-    _guarded(
+    ok = not any(r.status == Status.FAILED for r in results) and not problems
+    missed = _guarded(
         "send the pings",
-        lambda: notifier.finish(ok, report.subject(results, "pullback:"), text),
-        None,
+        lambda: notifier.finish(ok, report.subject(results, "pullback:", problems), text),
+        ["pings"],
     )
+    problems += [f"{what} not delivered" for what in missed]
+    mailed = _guarded(
+        "send the summary mail",
+        lambda: report.send_summary(config.email, results, history, problems),
+        False,
+    )
+    if (
+        mailed is False
+        and config.email is not None
+        and report.should_send(config.email.send, results, problems)
+    ):
+        problems.append("summary mail not sent")
+    record_problems(config, problems)
+    return problems
 
 
-def finish_maintenance(config: ServerConfig, results, notifier: Notifier) -> None:
-    publish(config)
+def finish_maintenance(config: ServerConfig, results, notifier: Notifier) -> list[str]:
+    """As :func:`finish_pull`, after maintenance. Returns the outputs' problems."""
+    _, problems = publish(config)
     text, _ = report.render_maintenance(results)
     print(text)
-    report.send_maintenance(config.email, results)
-    ok = not any(r.status == Status.FAILED for r in results)
-    notifier.finish(ok, f"pullback maintenance {'ok' if ok else 'FAILED'}", text)
+    if (
+        not _guarded(
+            "send the maintenance report",
+            lambda: report.send_maintenance(config.email, results),
+            False,
+        )
+        and config.email is not None
+        and report.should_send(config.email.send, results)
+    ):
+        problems.append("maintenance report not mailed")
+    ok = not any(r.status == Status.FAILED for r in results) and not problems
+    title = f"pullback maintenance {'ok' if ok else 'FAILED'}"
+    missed = _guarded("send the pings", lambda: notifier.finish(ok, title, text), ["pings"])
+    problems += [f"{what} not delivered" for what in missed]
+    record_problems(config, problems)
+    return problems

@@ -108,5 +108,5 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     if not args.dry_run:
         notifier.start()
     code, results = pull(config, args.host, args.dry_run, args.if_due)
-    finish_pull(config, results, notifier, args.dry_run, args.summary)
-    return code
+    unwritten = finish_pull(config, results, notifier, args.dry_run, args.summary)
+    return code or (EXIT_FAILED if unwritten else EXIT_OK)

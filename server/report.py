@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from importlib import resources
 
 import jinja2
@@ -51,7 +52,7 @@ def ordered(results: list[HostResult]) -> list[HostResult]:
     return sorted(results, key=lambda r: (not r.is_problem, _ORDER[r.status], r.host))
 
 
-def _headline(results: list[HostResult]) -> str:
+def _headline(results: list[HostResult], outputs: Sequence[str] = ()) -> str:
     failed = [r.host for r in results if r.status == Status.FAILED]
     stale = [r.host for r in results if r.stale and r.status != Status.FAILED]
     parts = []
@@ -59,6 +60,8 @@ def _headline(results: list[HostResult]) -> str:
         parts.append(f"{len(failed)} of {len(results)} hosts FAILED: {', '.join(failed)}")
     if stale:
         parts.append(f"STALE: {', '.join(stale)}")
+    if outputs:
+        parts.append(f"OUTPUTS NOT WRITTEN: {len(outputs)}")
     if parts:
         return "; ".join(parts)
     problems = [r.host for r in results if r.is_problem]
@@ -69,17 +72,23 @@ def _headline(results: list[HostResult]) -> str:
     return f"{hosts} ok ({stored} stored)"
 
 
-def subject(results: list[HostResult], prefix: str) -> str:
-    """The mail's subject: failures and stale hosts first, then hosts needing attention."""
-    return f"{prefix} {_headline(results)}".strip()
+def subject(results: list[HostResult], prefix: str, outputs: Sequence[str] = ()) -> str:
+    """The mail's subject: failures, stale hosts and outputs not written first, then hosts
+    needing attention."""
+    return f"{prefix} {_headline(results, outputs)}".strip()
 
 
 def render(
-    results: list[HostResult], history: dict | None = None, now: dt.datetime | None = None
+    results: list[HostResult],
+    history: dict | None = None,
+    now: dt.datetime | None = None,
+    outputs: Sequence[str] = (),
 ) -> tuple[str, str]:
-    """The (text, html) bodies of the summary; ``history`` maps hosts to fleet rows."""
+    """The (text, html) bodies of the summary; ``history`` maps hosts to fleet rows,
+    ``outputs`` are the configured outputs that could not be written."""
     now = now or utc_now()
     context = {
+        "outputs": list(outputs),
         "history": history or {},
         "results": ordered(results),
         "now": now,
@@ -130,28 +139,32 @@ def send_maintenance(email: EmailConfig | None, results) -> bool:
     return True
 
 
-def should_send(policy: str, results) -> bool:
-    if all(getattr(r, "fresh", False) for r in results) and not any(r.is_problem for r in results):
-        return False  # an hourly run that found every host fresh: say nothing
-    if policy == "always":
-        return True
+def should_send(policy: str, results, outputs: Sequence[str] = ()) -> bool:
+    """Whether the ``send`` policy (always, on_problem, never) mails this run."""
     if policy == "never":
         return False
-    return any(r.is_problem for r in results)
+    if outputs:
+        return True  # monitoring is not being written: say so, whatever else happened
+    if all(getattr(r, "fresh", False) for r in results) and not any(r.is_problem for r in results):
+        return False  # an hourly run that found every host fresh: say nothing
+    return policy == "always" or any(r.is_problem for r in results)
 
 
 def send_summary(
-    email: EmailConfig | None, results: list[HostResult], history: dict | None = None
+    email: EmailConfig | None,
+    results: list[HostResult],
+    history: dict | None = None,
+    outputs: Sequence[str] = (),
 ) -> bool:
     """Mail the summary when the policy says so. Returns True if a mail was delivered.
 
-    An unreachable or refusing SMTP server is logged and changes nothing else.
+    An unreachable or refusing SMTP server is logged (the caller decides what it means).
     """
-    if email is None or not results or not should_send(email.send, results):
+    if email is None or not results or not should_send(email.send, results, outputs):
         return False
-    text, html = render(results, history)
+    text, html = render(results, history, outputs=outputs)
     message = mail.build_message(
-        email.sender, email.to, subject(results, email.subject_prefix), text, html
+        email.sender, email.to, subject(results, email.subject_prefix, outputs), text, html
     )
     try:
         mail.send(email.smtp, message)

@@ -1,9 +1,10 @@
 """``pullback-server status``: how each host stands, as a table, as JSON, or as one line
 for a monitoring system (``--check``).
 
-Exits 1 when a host is stale (no snapshot within its ``max_age``, or never stored) or
-its last pull failed, so a monitoring check can run it as it is. ``--check`` follows the
-monitoring-plugin convention of Nagios, Icinga, Zabbix and Checkmk instead.
+Exits 1 when a host is stale (no snapshot within its ``max_age``, or never stored), its
+last pull failed, or the last run could not write a configured output, so a monitoring
+check can run it as it is. ``--check`` follows the monitoring-plugin convention of
+Nagios, Icinga, Zabbix and Checkmk instead.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -19,7 +21,7 @@ from ..common.errors import EXIT_FAILED, EXIT_OK, ConfigError, PullbackError
 from ..common.units import human_duration, human_size
 from .config import ServerConfig, load_server_config
 from .fleet_view import HostRow, HostState, rows
-from .status_file import STATUS_FILE, read_status
+from .status_file import STATUS_FILE, output_problems, read_status
 
 NAMES_SHOWN = 10
 """Host names a ``--check`` line lists per kind before it only counts the rest."""
@@ -85,36 +87,53 @@ def _names(hosts: list[str]) -> str:
     return shown + (f" and {len(hosts) - NAMES_SHOWN} more" if len(hosts) > NAMES_SHOWN else "")
 
 
-def fleet_check(found: list[HostRow]) -> CheckResult:
-    """The ``--check`` verdict on the rows of :func:`~.fleet_view.rows`: CRITICAL when a
-    host is stale, WARNING when one failed its last pull or needs attention, else OK;
-    UNKNOWN without hosts. The perfdata counts the hosts by kind and gives the age of the
-    oldest newest snapshot in seconds."""
-    if not found:
-        return CheckResult(Check.UNKNOWN, "PULLBACK UNKNOWN - server.yaml lists no host")
-    stale = [r.host for r in found if r.stale]
-    failed = [r.host for r in found if r.state == HostState.FAILED and not r.stale]
-    attention = [r.host for r in found if r.state == HostState.ATTENTION]
-    ok = [r.host for r in found if r.state == HostState.OK]
-    state = Check.CRITICAL if stale else Check.WARNING if failed or attention else Check.OK
-    parts = [
-        f"{label}: {_names(hosts)}"
-        for label, hosts in (
-            ("stale", stale),
-            ("last pull failed", failed),
-            ("needs attention", attention),
-        )
-        if hosts
-    ]
-    parts.append(f"{len(ok)} of {len(found)} hosts ok")
-    perf = (
-        f"hosts={len(found)} ok={len(ok)} attention={len(attention)} "
-        f"failed={len(failed)} stale={len(stale)}"
+def _kinds(found: list[HostRow]) -> dict[str, list[str]]:
+    """The hosts by kind, each host in one: stale (whatever else), failed, attention, ok."""
+    kinds: dict[str, list[str]] = {"stale": [], "failed": [], "attention": [], "ok": []}
+    for row in found:
+        if row.stale:
+            kinds["stale"].append(row.host)
+        elif row.state == HostState.FAILED:
+            kinds["failed"].append(row.host)
+        elif row.state == HostState.ATTENTION:
+            kinds["attention"].append(row.host)
+        else:
+            kinds["ok"].append(row.host)
+    return kinds
+
+
+def _perfdata(found: list[HostRow], kinds: dict[str, list[str]]) -> str:
+    perf = f"hosts={len(found)} " + " ".join(
+        f"{kind}={len(kinds[kind])}" for kind in ("ok", "attention", "failed", "stale")
     )
     ages = [r.newest_age for r in found if r.newest_age is not None]
-    if ages:
-        perf += f" oldest_snapshot_age={round(max(ages))}s"
-    return CheckResult(state, f"PULLBACK {state.name} - {'; '.join(parts)} | {perf}")
+    return perf + (f" oldest_snapshot_age={round(max(ages))}s" if ages else "")
+
+
+def fleet_check(found: list[HostRow], outputs: Sequence[str] = ()) -> CheckResult:
+    """The ``--check`` verdict on the rows of :func:`~.fleet_view.rows`: CRITICAL when a
+    host is stale, WARNING when one failed its last pull or needs attention, or when the
+    last run could not write an output (``outputs``), else OK; UNKNOWN without hosts. The
+    perfdata counts the hosts by kind and gives the age of the oldest newest snapshot in
+    seconds."""
+    if not found:
+        return CheckResult(Check.UNKNOWN, "PULLBACK UNKNOWN - server.yaml lists no host")
+    kinds = _kinds(found)
+    if kinds["stale"]:
+        state = Check.CRITICAL
+    elif kinds["failed"] or kinds["attention"] or outputs:
+        state = Check.WARNING
+    else:
+        state = Check.OK
+    labels = {"stale": "stale", "failed": "last pull failed", "attention": "needs attention"}
+    parts = [f"{label}: {_names(kinds[kind])}" for kind, label in labels.items() if kinds[kind]]
+    if outputs:
+        more = f" (+{len(outputs) - 1} more)" if outputs[1:] else ""
+        parts.append(f"not written: {outputs[0]}{more}")
+    parts.append(f"{len(kinds['ok'])} of {len(found)} hosts ok")
+    return CheckResult(
+        state, f"PULLBACK {state.name} - {'; '.join(parts)} | {_perfdata(found, kinds)}"
+    )
 
 
 def _check(path: Path) -> int:
@@ -129,7 +148,7 @@ def _check(path: Path) -> int:
         why = exc.strerror if isinstance(exc, OSError) else exc
         result = CheckResult(Check.UNKNOWN, f"PULLBACK UNKNOWN - cannot read {STATUS_FILE}: {why}")
     else:
-        result = fleet_check(rows(config, status))
+        result = fleet_check(rows(config, status), output_problems(status))
     print(result.line)
     return int(result.state)
 
@@ -160,4 +179,7 @@ def command(path: Path, args: argparse.Namespace) -> int:
         print(f"stale (no snapshot within max_age): {', '.join(stale)}", file=sys.stderr)
     if failed:
         print(f"failed (the last pull): {', '.join(failed)}", file=sys.stderr)
-    return EXIT_FAILED if stale or failed else EXIT_OK
+    unwritten = output_problems(status)
+    for problem in unwritten:
+        print(f"not written by the last run: {problem}", file=sys.stderr)
+    return EXIT_FAILED if stale or failed or unwritten else EXIT_OK

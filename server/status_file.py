@@ -150,3 +150,21 @@ def record_maintenance(state_dir: Path, results) -> dict:
         if result.drill is not None:
             _record_drill(entry, result.drill, now)
     return _save(state_dir, status)
+
+
+def record_outputs(state_dir: Path, problems: list[str]) -> dict:
+    """Record which configured outputs (metrics file, status page, mail, pings) the last
+    run could not write or deliver; an empty list clears it."""
+    status = load_status(state_dir)
+    if problems:
+        status["outputs"] = {"time": iso(utc_now()), "problems": problems[:KEPT_WARNINGS]}
+    else:
+        status.pop("outputs", None)
+    return _save(state_dir, status)
+
+
+def output_problems(status: dict) -> list[str]:
+    """What :func:`record_outputs` recorded ([] when every output was written)."""
+    outputs = status.get("outputs")
+    problems = outputs.get("problems") if isinstance(outputs, dict) else None
+    return [str(p) for p in problems] if isinstance(problems, list) else []

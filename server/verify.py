@@ -36,10 +36,11 @@ def verify(
 
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:
-    from .outputs import publish
+    from .outputs import publish, record_problems
 
     code, results = verify(config, args.host, args.random)
-    publish(config)
+    _, unwritten = publish(config)
+    record_problems(config, unwritten)
     for result in results:
         print(f"{result.host}: {result.summary}")
-    return code
+    return code or (EXIT_FAILED if unwritten else EXIT_OK)

@@ -276,6 +276,84 @@ def test_client_if_due_failure_mail_pings_and_metrics(tmp_path, http):
         sink.stop()
 
 
+def test_an_output_that_cannot_be_written_fails_the_run_visibly(fleet, tmp_path):
+    """The shipped units once made the recommended metrics path read-only: every timer run
+    logged an error and succeeded, and the monitoring silently stopped updating. Now the
+    run exits 1, status.json and ``status`` say what was not written, ``--check`` warns
+    and the summary mail names it; the next good run clears it."""
+    sink = SmtpSink().start()
+    try:
+        fleet.smtp_port = sink.port
+        fleet.add_host("web1").make_archive()
+        blocked = tmp_path / "not-a-directory"
+        blocked.write_text("a file where the directory should be\n")
+        fleet.write_config(
+            metrics_file=str(blocked / "pullback.prom"),
+            status_page=str(tmp_path / "www" / "index.html"),
+            email={"send": "on_problem"},
+        )
+        pull = fleet.server("pull")
+        assert pull.returncode == 1, pull.stderr
+        assert "[web1] stored" in pull.stderr
+        assert f"could not write the metrics file {blocked}/pullback.prom" in pull.stderr
+        assert (tmp_path / "www" / "index.html").exists()  # the other output is still written
+        (message,) = sink.messages
+        assert message["Subject"] == "[pullback] OUTPUTS NOT WRITTEN: 1"
+        text, html = sink.bodies(message)
+        assert f"metrics file {blocked}/pullback.prom: " in text
+        assert "OUTPUTS NOT WRITTEN" in text and 'class="outputs"' in html
+        status = fleet.server("status")
+        assert status.returncode == 1
+        assert f"not written by the last run: metrics file {blocked}/pullback.prom" in status.stderr
+        check = fleet.server("status", "--check")
+        assert check.returncode == 1
+        assert check.stdout.startswith(
+            f"PULLBACK WARNING - not written: metrics file {blocked}/pullback.prom: "
+        )
+        recorded = json.loads((fleet.state / "status.json").read_text())["outputs"]
+        assert len(recorded["problems"]) == 1
+
+        fleet.write_config(metrics_file=str(tmp_path / "metrics" / "pullback.prom"))
+        again = fleet.server("pull")
+        assert again.returncode == 0, again.stderr
+        assert fleet.server("status").returncode == 0
+        assert "outputs" not in json.loads((fleet.state / "status.json").read_text())
+    finally:
+        sink.stop()
+
+
+def test_a_client_whose_metrics_cannot_be_written_exits_1_and_mails(tmp_path):
+    sink = SmtpSink().start()
+    try:
+        box = ClientSandbox(tmp_path / "client")
+        blocked = tmp_path / "not-a-directory"
+        blocked.write_text("x")
+        box.write_config(
+            email={
+                "smtp": {"host": "127.0.0.1", "port": sink.port},
+                "from": "client@test",
+                "to": ["ops@test"],
+            },
+            metrics_file=str(blocked / "client.prom"),
+        )
+        (tmp_path / "d").mkdir()
+        (tmp_path / "d" / "f").write_text("x")
+        box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{tmp_path / 'd'}]}}\n")
+        result = box.cli("run")
+        assert result.returncode == 1
+        assert len(box.published()) == 1  # the backup itself is made
+        assert f"could not write the metrics file {blocked}/client.prom" in result.stderr
+        (message,) = sink.messages  # on_problem: this is one
+        assert message["Subject"] == (
+            "[pullback] testhost: all 1 services ok; 1 output(s) NOT WRITTEN"
+        )
+        body = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+        heading = "NOT WRITTEN (monitoring that reads it is out of date):"
+        assert f"{heading}\n    metrics file {blocked}/client.prom: " in body
+    finally:
+        sink.stop()
+
+
 WRITER = """
 import sys, time
 from pathlib import Path

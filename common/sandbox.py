@@ -1,0 +1,71 @@
+"""Where the shipped systemd units let pullback write, as systemd has loaded them.
+
+The units run with ``ProtectSystem=strict``: everything outside their
+``ReadWritePaths=`` (drop-ins included) is read-only to a timer run, even for root,
+while the same command run by hand writes anywhere. ``check`` uses this to say, before
+the first timer run, which configured output a timer run could not write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from .errors import CommandError
+from .fsutil import writable_or_creatable
+from .runner import Runner
+
+
+def unit_writable_paths(unit: str) -> list[str] | None:
+    """The unit's ``ReadWritePaths=`` entries (``-`` marks one that may be missing), or
+    None when systemd is not running here or does not know the unit."""
+    if shutil.which("systemctl") is None or not os.path.isdir("/run/systemd/system"):
+        return None
+    try:
+        result = Runner().run(
+            ["systemctl", "show", "--property=ReadWritePaths,LoadState", unit],
+            timeout=10,
+            level=logging.DEBUG,
+        )
+    except CommandError:
+        return None
+    found = dict(line.split("=", 1) for line in result.tail if "=" in line)
+    if found.get("LoadState") != "loaded":
+        return None
+    return found.get("ReadWritePaths", "").split()
+
+
+def _allowing(path: Path, allowed: list[str]) -> Path | None:
+    """The ``ReadWritePaths=`` directory ``path`` is below, or None."""
+    for entry in allowed:
+        directory = Path(entry.lstrip("-+"))
+        if path.is_relative_to(directory):
+            return directory
+    return None
+
+
+def output_problem(setting: str, path: Path, unit: str, allowed: list[str] | None) -> str | None:
+    """Why a configured output file (``metrics_file``, ``status_page``) cannot be written
+    by this command or by ``unit``'s timer runs, with the fix; None when it can.
+    ``allowed`` is :func:`unit_writable_paths` of the unit (None: not checked)."""
+    directory = path.parent
+    if not writable_or_creatable(directory) or (directory.exists() and not directory.is_dir()):
+        return f"{setting}: {directory} is not writable"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{setting}: {path} is not writable"
+    if allowed is None:
+        return None
+    granted = _allowing(path, allowed)
+    if granted is not None and not granted.is_dir():
+        return (
+            f"{setting}: {unit} may write below {granted} only once it exists: mkdir -p {granted}"
+        )
+    if granted is None:
+        return (
+            f"{setting}: {path} is outside the ReadWritePaths= of {unit}, so its timer runs "
+            f"cannot write it (runs by hand can): choose a path below {allowed[0].lstrip('-')}, "
+            f"or allow it: systemctl edit {unit} and add [Service] ReadWritePaths={directory}"
+        )
+    return None

@@ -47,9 +47,9 @@ class ClientConfig:
 
 
 def default_hostname() -> str:
-    """The machine's FQDN, or its short name when the FQDN is not a usable file name."""
-    name = socket.getfqdn()
-    return name if name and "/" not in name and name != "localhost" else socket.gethostname()
+    """The machine's short host name (``hostname -s``: up to the first dot), the name
+    every example of server.yaml uses; ``hostname:`` in client.yaml overrides it."""
+    return socket.gethostname().split(".")[0] or "localhost"
 
 
 def configured(path: Path, args: argparse.Namespace) -> int:

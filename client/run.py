@@ -286,7 +286,11 @@ def _prepare_directories(config: ClientConfig) -> None:
 
 def fresh(config: ClientConfig) -> str | None:
     """Why the run is not due (a good archive younger than min_interval), or None."""
-    good = [a for a in archives.list_archives(config.archive_dir) if a.good]
+    good = [
+        a
+        for a in archives.list_archives(config.archive_dir)
+        if a.good and a.host == config.hostname  # not one made under an earlier hostname
+    ]
     if not good:
         return None
     age = (utc_now() - good[-1].created).total_seconds()

@@ -74,6 +74,11 @@ def answer_list(config: ClientConfig) -> Listing:
     without a valid sidecar (``unusable``: name and problem)."""
     found, unusable = [], []
     for archive in archives.list_archives(config.archive_dir, include_fetched=False):
+        if archive.host != config.hostname:
+            # made under another hostname: never offered, but named (hostname: changed?)
+            problem = f"made as host {archive.host}; this client is now {config.hostname}"
+            unusable.append({"name": archive.name, "problem": problem})
+            continue
         if archive.sidecar is None:
             # named, so that the server can say why a host seems to have no archive
             unusable.append({"name": archive.name, "problem": archive.problem})

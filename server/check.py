@@ -10,6 +10,7 @@ from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError
 from ..common.sandbox import output_problem, unit_writable_paths
 from ..common.schema import load_schema
+from ..common.text import printable
 from .backends import RepositoryMissing, read_password
 from .config import ServerConfig
 from .host import HostContext
@@ -84,11 +85,26 @@ def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
     except PullbackError as exc:
         problems.append(f"{name}: {exc}")
         return
-    newest = max((a["name"] for a in listing.archives), default=None)
+    if listing.host != name:
+        problems.append(
+            f"{name}: the client names itself and its archives "
+            f"'{printable(listing.host, 100)}', not '{name}': every pull would fail; set "
+            f"hostname: {name} in its /etc/pullback/client.yaml, or name the host "
+            f"'{printable(listing.host, 100)}' in {ctx.config.path}"
+        )
+        return
+    usable = [a for a in listing.archives if str(a.get("name", "")).startswith(f"{name}-")]
+    newest = max((str(a["name"]) for a in usable), default=None)
     good.append(
-        f"{name}: reachable, {len(listing.archives)} archive(s) ready"
-        + (f", newest {newest}" if newest else "")
+        f"{name}: reachable, {len(usable)} archive(s) ready"
+        + (f", newest {printable(newest, 120)}" if newest else "")
     )
+    if len(listing.unusable):
+        shown = "; ".join(
+            f"{printable(u.get('name'), 120)}: {printable(u.get('problem'), 200)}"
+            for u in listing.unusable[:3]
+        )
+        good.append(f"{name}: {len(listing.unusable)} archive(s) not offered: {shown}")
     backend = ctx.backend
     try:
         backend.prepare(create=False)

@@ -433,3 +433,38 @@ def test_check_and_status(fleet):
     result = fleet.server("check")
     assert result.returncode == 1
     assert "readable by others (mode 0644); run: chmod 600" in result.stdout
+
+
+def test_one_host_name_rule_check_says_what_a_pull_would_trip_over(fleet):
+    """The client once defaulted to its FQDN while server.yaml said web1: check said
+    "reachable, 1 archive(s) ready" and every pull failed. Then, with hostname: fixed,
+    --if-due still counted the archive of the old name as fresh."""
+    host = fleet.add_host("web1")
+    client = host.client
+    client.hostname = "web1.example.org"
+    client.write_config()
+    old = host.make_archive()
+    assert old.name.startswith("web1.example.org-")
+    check = fleet.server("check")
+    assert check.returncode == 1
+    assert (
+        "problem: web1: the client names itself and its archives 'web1.example.org', not "
+        "'web1': every pull would fail; set hostname: web1 in its /etc/pullback/client.yaml"
+    ) in check.stdout
+    assert fleet.server("pull").returncode == 1
+
+    client.hostname = "web1"
+    client.write_config()
+    run = client.cli("run", "--if-due")  # the old name's archive does not count as fresh
+    assert run.returncode == 0, run.stderr
+    assert "fresh:" not in run.stderr
+    check = fleet.server("check")
+    assert check.returncode == 0, check.stdout
+    assert "web1: reachable, 1 archive(s) ready, newest web1-" in check.stdout
+    assert (
+        f"web1: 1 archive(s) not offered: {old.name}: made as host web1.example.org; "
+        "this client is now web1"
+    ) in check.stdout
+    pull = fleet.server("pull")
+    assert pull.returncode == 0, pull.stderr
+    assert "[web1] stored: stored web1-" in pull.stderr

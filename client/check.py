@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.archive.compression import compress_command
+from ..common.cli import print_json
 from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_CONFIG, EXIT_OK, describe
 from ..common.fsutil import writable_or_creatable
@@ -32,6 +33,11 @@ def command(config: ClientConfig, args: argparse.Namespace) -> int:
     """``pullback-client check``: one line per problem (exit 2), then one ``warning:``
     line per warning, or ``<config>: ok``."""
     result = check(config)
+    if args.json:
+        print_json(
+            {"hostname": config.hostname, "problems": result.problems, "warnings": result.warnings}
+        )
+        return EXIT_CONFIG if result.problems else EXIT_OK
     for problem in result.problems:
         print(problem)
     for warning in result.warnings:

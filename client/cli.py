@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..common.cli import Action, common_options, dispatch, main_wrapper, make_parser
+from ..common.cli import Action, common_options, dispatch, json_option, main_wrapper, make_parser
 from .config import DEFAULT_PATH, load_client_config
 
 DESCRIPTION = __doc__
@@ -37,16 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-s", "--service", action="append", metavar="NAME", help="only this service (repeatable)"
     )
-    sub.add_parser(
+    p = sub.add_parser(
         "check", parents=[parent], help="validate the configuration, every service and plugin"
     )
+    json_option(p)
     sub.add_parser(
         "configured",
         parents=[parent],
         help="exit 1 when no service is configured yet (for systemd's ExecCondition)",
     )
     p = sub.add_parser("list", parents=[parent], help="list the archives on this machine")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    json_option(p)
     p = sub.add_parser(
         "restore",
         parents=[parent],

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import enum
 import importlib
+import json
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,6 +18,27 @@ from . import log as logs
 from .errors import EXIT_CONFIG, EXIT_FAILED, ConfigError, Interrupted, PullbackError
 
 log = logs.get_logger()
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (Path, set, frozenset)):
+        return str(value) if isinstance(value, Path) else sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def print_json(data: Any) -> None:
+    """What ``--json`` prints: ``data`` (dataclasses, enums and paths included) as
+    indented JSON with sorted keys, on standard output."""
+    print(json.dumps(data, indent=2, sort_keys=True, default=_jsonable))
+
+
+def json_option(parser: argparse._ActionsContainer) -> None:
+    """``--json``, the same on every command that lists or reports."""
+    parser.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
 
 
 def common_options(default_config: Path) -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ import argparse
 import os
 import shutil
 
+from ..common.cli import print_json
 from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError
 from ..common.sandbox import output_problem, unit_writable_paths
@@ -20,6 +21,9 @@ from .remote import Remote
 def command(config: ServerConfig, args: argparse.Namespace) -> int:
     """``pullback-server check``: what is fine, then one ``problem:`` line per problem."""
     good, problems = check(config, args.host)
+    if args.json:
+        print_json({"ok": good, "problems": problems})
+        return EXIT_FAILED if problems else EXIT_OK
     for line in good:
         print(line)
     for line in problems:

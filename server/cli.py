@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..common.cli import Action, common_options, dispatch, main_wrapper, make_parser
+from ..common.cli import Action, common_options, dispatch, json_option, main_wrapper, make_parser
 from .config import DEFAULT_PATH, load_server_config
 
 DESCRIPTION = __doc__
@@ -34,11 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip hosts whose newest snapshot is younger than min_interval (for timers)",
     )
-    p.add_argument(
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument(
         "--summary",
         action="store_true",
         help="print the summary (the mail's text) on standard output",
     )
+    json_option(shown)
     p = sub.add_parser(
         "maintain",
         parents=[parent],
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         help="skip the restore drill",
     )
+    json_option(p)
     p = sub.add_parser(
         "verify",
         parents=[parent],
@@ -70,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", action="append", metavar="NAME", help="only this host")
     p.add_argument("--random", action="store_true", help="a random snapshot, not the newest")
+    json_option(p)
     p = sub.add_parser("snapshots", parents=[parent], help="list a host's snapshots")
     p.add_argument("hostname", metavar="HOST")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    json_option(p)
     p = sub.add_parser(
         "restore", parents=[parent], help="restore (part of) a host's snapshot into a directory"
     )
@@ -103,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "With --check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
     )
     form = p.add_mutually_exclusive_group()
-    form.add_argument("--json", action="store_true", help="machine-readable output")
+    json_option(form)
     form.add_argument(
         "--check",
         action="store_true",
@@ -113,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check", parents=[parent], help="validate the configuration and reach every host"
     )
     p.add_argument("--host", action="append", metavar="NAME", help="only this host")
+    json_option(p)
     p = sub.add_parser(
         "trust", parents=[parent], help="show a host's SSH key and record it in known_hosts"
     )

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..common.cli import print_json
 from ..common.clock import parse_iso, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, PullbackError
 from ..common.fsutil import atomic_write
@@ -203,5 +204,8 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     notifier = Notifier(config.notify, "maintenance")
     notifier.start()
     code, results = maintain(config, args.host, args.verify)
-    unwritten = finish_maintenance(config, results, notifier)
-    return code or (EXIT_FAILED if unwritten else EXIT_OK)
+    unwritten = finish_maintenance(config, results, notifier, show=not args.json)
+    code = code or (EXIT_FAILED if unwritten else EXIT_OK)
+    if args.json:
+        print_json({"exit_code": code, "hosts": results, "not_written": unwritten})
+    return code

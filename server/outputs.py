@@ -106,11 +106,15 @@ def finish_pull(
     return problems
 
 
-def finish_maintenance(config: ServerConfig, results, notifier: Notifier) -> list[str]:
-    """As :func:`finish_pull`, after maintenance. Returns the outputs' problems."""
+def finish_maintenance(
+    config: ServerConfig, results, notifier: Notifier, show: bool = True
+) -> list[str]:
+    """As :func:`finish_pull`, after maintenance (``show``: print the report). Returns
+    the outputs' problems."""
     _, problems = publish(config)
     text, _ = report.render_maintenance(results)
-    print(text)
+    if show:
+        print(text)
     if (
         not _guarded(
             "send the maintenance report",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..common.cli import print_json
 from ..common.clock import age, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK
 from ..common.locks import FileLock
@@ -109,4 +110,9 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
         notifier.start()
     code, results = pull(config, args.host, args.dry_run, args.if_due)
     unwritten = finish_pull(config, results, notifier, args.dry_run, args.summary)
-    return code or (EXIT_FAILED if unwritten else EXIT_OK)
+    code = code or (EXIT_FAILED if unwritten else EXIT_OK)
+    if args.json:
+        print_json(
+            {"exit_code": code, "hosts": [r.to_dict() for r in results], "not_written": unwritten}
+        )
+    return code

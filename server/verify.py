@@ -7,7 +7,9 @@ pull or maintenance.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
+from ..common.cli import print_json
 from ..common.errors import EXIT_FAILED, EXIT_OK
 from ..common.locks import FileLock
 from ..common.log import get_logger
@@ -41,6 +43,11 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     code, results = verify(config, args.host, args.random)
     _, unwritten = publish(config)
     record_problems(config, unwritten)
+    code = code or (EXIT_FAILED if unwritten else EXIT_OK)
+    if args.json:
+        drills = [{**dataclasses.asdict(r), "summary": r.summary} for r in results]
+        print_json({"exit_code": code, "hosts": drills, "not_written": unwritten})
+        return code
     for result in results:
         print(f"{result.host}: {result.summary}")
-    return code or (EXIT_FAILED if unwritten else EXIT_OK)
+    return code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -468,3 +469,40 @@ def test_one_host_name_rule_check_says_what_a_pull_would_trip_over(fleet):
     pull = fleet.server("pull")
     assert pull.returncode == 0, pull.stderr
     assert "[web1] stored: stored web1-" in pull.stderr
+
+
+def test_every_command_that_lists_or_reports_speaks_json(fleet):
+    host = fleet.add_host("web1")
+    host.make_archive()
+    pull = fleet.server("pull", "--json")
+    assert pull.returncode == 0, pull.stderr
+    pulled = json.loads(pull.stdout)
+    assert pulled["exit_code"] == 0 and pulled["not_written"] == []
+    ((result),) = pulled["hosts"]
+    assert (result["host"], result["status"]) == ("web1", "stored")
+    check = json.loads(fleet.server("check", "--json").stdout)
+    assert check["problems"] == [] and any("reachable" in line for line in check["ok"])
+    snapshots = json.loads(fleet.server("snapshots", "web1", "--json").stdout)
+    assert len(snapshots) == 1
+    status = json.loads(fleet.server("status", "--json").stdout)
+    assert status["hosts"]["web1"]["last_result"] == "stored"
+    verify = fleet.server("verify", "--json")
+    assert verify.returncode == 0, verify.stderr
+    (drill,) = json.loads(verify.stdout)["hosts"]
+    assert drill["ok"] and "match the manifest" in drill["summary"]
+    maintain = fleet.server("maintain", "--no-verify", "--json")
+    assert maintain.returncode == 0, maintain.stderr
+    (maintained,) = json.loads(maintain.stdout)["hosts"]
+    assert maintained["status"] == "ok" and [s["name"] for s in maintained["steps"]][:2] == [
+        "locks",
+        "forget",
+    ]
+    client_check = host.client.cli("check", "--json")
+    assert client_check.returncode == 0, client_check.stdout
+    assert json.loads(client_check.stdout) == {
+        "hostname": "web1",
+        "problems": [],
+        "warnings": [],
+    }
+    listing = json.loads(host.client.cli("list", "--json").stdout)
+    assert len(listing) == 1

@@ -123,8 +123,19 @@ def test_the_man_pages_name_every_command_and_flag():
         ("pullback-server.8", server_parser),
     ):
         text = (ROOT / "docs" / "man" / page).read_text().replace("\\-", "-")
+        synopsis = text[text.index(".SH SYNOPSIS") : text.index(".SH DESCRIPTION")]
+        entries = {}  # command -> its synopsis entry (".B program", options, ".B command", ...)
+        for entry in synopsis.split(".br"):
+            bold = [line[3:] for line in entry.splitlines() if line.startswith(".B ")]
+            entries[bold[1]] = entry
         for command, options in _options(parser()).items():
             if f".B {command}" not in text and f"B {command}\n" not in text:
                 missing.append(f"{page}: command {command}")
-            missing += [f"{page}: {command} {o}" for o in sorted(options) if o not in text]
+            # each option in the command's own synopsis entry, and described somewhere
+            entry = entries.get(command, "")
+            missing += [
+                f"{page}: {command} {o}"
+                for o in sorted(options - {"--config", "--verbose", "--quiet"})
+                if o not in entry or text.count(o) < 2
+            ]
     assert missing == []

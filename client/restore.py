@@ -30,6 +30,7 @@ from ..common.errors import (
 from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.outcome import Status
+from ..common.progress import CountingReader, Progress, Watched
 from ..common.signals import SignalGuard
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import RestorePlan, Task
@@ -43,9 +44,11 @@ log = get_logger("restore")
 
 def unpack_archive(archive: Path, into: Path) -> Path:
     """Unpack a pullback archive safely (manifest checked) into ``into``; return it."""
+    progress = Progress("unpack", archive.stat().st_size)
     with (
         open(archive, "rb") as raw,
-        TarStream(raw, compression_of(archive.name)) as stream,
+        Watched(progress),
+        TarStream(CountingReader(raw, progress), compression_of(archive.name)) as stream,
         Unpacker(into) as unpacker,
     ):
         for member in stream.members():

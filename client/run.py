@@ -30,6 +30,7 @@ from ..common.locks import FileLock
 from ..common.log import PrefixAdapter, get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
+from ..common.progress import Progress, Watched
 from ..common.signals import SignalGuard
 from ..common.units import human_duration, human_size
 from ..plugins.manager import PluginSet, load_plugins
@@ -215,7 +216,8 @@ class ClientRun:
     def write(self) -> WrittenArchive | None:
         """Run every service into the archive; None (nothing written) when no task of any
         service succeeded."""
-        with self.writer:
+        self.writer.progress = Progress("pack")
+        with self.writer, Watched(self.writer.progress):
             for service in self.services:
                 staging = self.work / "services" / service.name
                 report = run_service(service, self.plugins, self.writer, staging, self.guard)

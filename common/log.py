@@ -13,6 +13,7 @@ import os
 import sys
 
 from . import secrets
+from .progress import STATUS, interactive
 from .text import printable
 
 LOGGER_NAME = "pullback"
@@ -83,6 +84,16 @@ class TailHandler(logging.Handler):
         self.lines.extend(self.format(record).splitlines())
 
 
+class _Console(logging.StreamHandler):
+    """The terminal (or journal) handler: a log line is written above the status line
+    of running work, which is drawn again below it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        STATUS.clear()
+        super().emit(record)
+        STATUS.redraw()
+
+
 def stderr_is_journal() -> bool:
     """True when stderr is connected to journald (systemd sets ``JOURNAL_STREAM``)."""
     stream = os.environ.get("JOURNAL_STREAM", "")
@@ -113,8 +124,10 @@ def setup(verbosity: int = 0, journal: bool | None = None) -> TailHandler:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
-    console = logging.StreamHandler(sys.stderr)
+    console = _Console(sys.stderr)
     console.setLevel(level)
+    STATUS.stream = sys.stderr
+    STATUS.enabled = verbosity >= 0 and interactive(sys.stderr)
     console.setFormatter(MaskingFormatter(stderr_is_journal() if journal is None else journal))
     logger.addHandler(console)
     global _tail

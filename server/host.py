@@ -36,6 +36,9 @@ class HostContext:
     backend: Backend
     cancel: threading.Event = field(default_factory=threading.Event)
     """Set at the host's deadline or on SIGTERM: running commands stop, waits end."""
+    progress: Callable[[str, int, int | None], None] = field(default=lambda *_: None)
+    """Told how far a long step is: (what, bytes done, bytes expected or None). A host's
+    pull process sends it to the parent, which shows it on a terminal."""
 
     @classmethod
     def open(

@@ -37,6 +37,8 @@ from ..common import secrets
 from ..common.errors import Interrupted
 from ..common.log import TailHandler, get_logger
 from ..common.outcome import Status
+from ..common.procfs import descendants
+from ..common.progress import INTERVAL, STATUS, Progress
 from ..common.text import printable
 from ..common.units import human_duration, human_size
 from .config import HostConfig, ServerConfig
@@ -64,11 +66,19 @@ class PhaseRelay:
         self.result: HostResult | None = None
         """The pull's result so far, sent with each phase."""
         self._lock = threading.Lock()  # the pull's threads log too: one line at a time
+        self._progress_sent = 0.0
 
     def phase(self, host: str, phase: str | None) -> None:
         """Tell the parent that the host entered ``phase`` (None: done)."""
         so_far = HostResult.from_dict(self.result.to_dict()).to_dict() if self.result else None
         self.send({"phase": phase, "result": so_far})  # a cleaned copy: words capped
+
+    def progress(self, what: str, done: int, total: int | None) -> None:
+        """Tell the parent how far a long step is (at most every INTERVAL seconds)."""
+        now = time.monotonic()
+        if now - self._progress_sent >= INTERVAL or done == total:
+            self._progress_sent = now
+            self.send({"progress": [what, done, total]})
 
     def send(self, message: dict) -> None:
         data = (json.dumps(message) + "\n").encode()
@@ -146,6 +156,13 @@ class _Child:
     result: HostResult | None = None
     killed: str = ""
     """Why the parent killed it (empty: it was not killed)."""
+    progress: Progress | None = None
+    """How far its long step is (for the terminal's status line)."""
+
+    def status(self) -> str:
+        """What the terminal's status line says of this host."""
+        doing = self.progress.text() if self.progress else (self.phase or "starting")
+        return f"{self.host.name}: {doing}"
 
     def take(self, chunk: bytes, journal: Journal | None) -> None:
         """Read the complete lines of what the child sent."""
@@ -165,7 +182,14 @@ class _Child:
         if "final" in message:
             self.result = HostResult.from_dict(message["final"])
             return
+        if "progress" in message:
+            what, done, total = message["progress"]
+            if self.progress is None or self.progress.label != what:
+                self.progress = Progress(printable(what, 20), total, start=int(done))
+            self.progress.done = int(done)
+            return
         self.phase, self.partial = message.get("phase"), message.get("result")
+        self.progress = None
         if journal is not None:
             journal.phase(self.host.name, self.phase)
 
@@ -199,9 +223,11 @@ def pull_hosts(
             for fd, _ in poller.poll(_POLL_MS):
                 child = running[fd]
                 if _read(child, journal):
+                    STATUS.show(child.host.name, child.status())
                     continue
                 poller.unregister(fd)
                 del running[fd]
+                STATUS.drop(child.host.name)
                 results[child.host.name] = _reap(config, child, cut)
             for child in running.values():
                 if time.monotonic() > child.kill_at:
@@ -281,7 +307,9 @@ def _child_main(config: ServerConfig, host: HostConfig, work: Work, fd: int) -> 
             resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     relay = PhaseRelay(fd)
     _relay_logs(relay)
+    STATUS.enabled = False  # the parent draws the status line
     ctx = HostContext.open(config, host)
+    ctx.progress = relay.progress
     done: list[HostResult] = []
     thread = threading.Thread(target=lambda: done.append(work(ctx, relay)), name="pull")
     thread.start()
@@ -336,7 +364,7 @@ def _kill(child: _Child, why: str) -> None:
     if child.killed:
         return
     child.killed = why
-    family = _descendants(child.pid)
+    family = descendants(child.pid)
     for pid in [child.pid, *family]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
@@ -356,25 +384,3 @@ def _stop_all(children: list[_Child]) -> None:
                 os.waitpid(child.pid, 0)
                 break
             time.sleep(0.1)
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every living process below ``pid`` (from /proc), deepest last."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        parents[int(entry)] = int(fields[1])
-    found: list[int] = []
-    frontier = [pid]
-    while frontier:
-        below = [child for child, parent in parents.items() if parent in frontier]
-        found += below
-        frontier = below
-    return found

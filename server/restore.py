@@ -13,6 +13,8 @@ from ..common.archive.manifest import MANIFEST_NAME
 from ..common.archive.sidecar import SIDECAR_NAME
 from ..common.clock import shown
 from ..common.errors import EXIT_OK, PullbackError, UsageError
+from ..common.procfs import bytes_written_below
+from ..common.progress import STATUS, Progress, Watched
 from .backends import Snapshot
 from .config import ServerConfig
 from .host import HostContext
@@ -142,7 +144,9 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
     target.mkdir(parents=True, exist_ok=True)
     os.chmod(target, 0o700)
     ctx.log.info("restoring snapshot %s (%s) into %s", snapshot.id, shown(snapshot.time), target)
-    ctx.backend.restore(snapshot, target, includes)
+    total = ctx.backend.restore_size(snapshot) if STATUS.enabled and not includes else None
+    with Watched(Progress("restore", total), sample=lambda: bytes_written_below(os.getpid())):
+        ctx.backend.restore(snapshot, target, includes)
     if request.service and not (target / "services" / request.service).is_dir():
         raise PullbackError(
             f"snapshot {snapshot.id} of {request.host} holds no service {request.service!r}"

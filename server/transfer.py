@@ -265,6 +265,7 @@ class _Download:
                         )
                     digest.update(data)
                     growing.append(fd, data)
+                    self.ctx.progress("fetch", growing.written, size)
                     if self._refused():
                         break  # refused: the rest of the archive is not wanted
             finally:

@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 from ..errors import ArchiveError, CommandError
 from ..log import get_logger
+from ..progress import STATUS, Progress
 from ..runner import Runner, RunningCommand
 from . import acl, sparse, tarformat
 from .compression import compress_command, test_command
@@ -95,6 +96,8 @@ class ArchiveWriter:
         self._members = 0
         self._files = 0
         self._content = 0
+        self.progress: Progress | None = None
+        """Moved on by every byte of the (uncompressed) stream, and shown, when set."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -226,6 +229,9 @@ class ArchiveWriter:
 
     def _write(self, data) -> None:
         view = memoryview(data)
+        if self.progress is not None:
+            self.progress.advance(len(view))
+            STATUS.show(self.progress.label, self.progress.text())
         if self._compressor is None:
             self._sha256.update(view)  # uncompressed: these bytes are the archive
         while view:

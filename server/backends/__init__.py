@@ -97,6 +97,10 @@ class Backend(Protocol):
         """Restore ``includes`` (paths relative to the snapshot root; all when empty) of
         ``snapshot`` so that ``target`` holds ``services/`` and ``MANIFEST.sha256``."""
 
+    def restore_size(self, snapshot: Snapshot) -> int | None:
+        """Bytes of file data a whole restore of ``snapshot`` writes (for its progress),
+        or None when the tool cannot say."""
+
 
 def make_backend(
     config: BackendConfig,

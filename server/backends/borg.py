@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ...common.archive.manifest import MANIFEST_NAME
 from ...common.archive.sidecar import SIDECAR_NAME
-from ...common.errors import CommandError
+from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
 from ..retention import select
 from . import ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
@@ -90,6 +90,10 @@ def check_args(duration: float) -> list[list[str]]:
         ["check", "--repository-only", "--max-duration", str(int(duration))],
         ["check", "--archives-only", "--last", "1"],
     ]
+
+
+def info_args(name: str) -> list[str]:
+    return ["info", "--json", f"::{name}"]
 
 
 def extract_args(name: str, includes: list[str]) -> list[str]:
@@ -204,3 +208,10 @@ class BorgBackend(RepositoryBackend):
         self.run(
             extract_args(snapshot.id, includes), cwd=target, timeout=24 * 3600, ok_codes=(0, 1)
         )
+
+    def restore_size(self, snapshot: Snapshot) -> int | None:
+        try:
+            data = self._json(info_args(snapshot.id), timeout=600)
+            return int(data["archives"][0]["stats"]["original_size"])
+        except (PullbackError, KeyError, IndexError, TypeError, ValueError):
+            return None

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ...common.clock import is_stamp
-from ...common.errors import CommandError
+from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
 from . import ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
 from .base import RepositoryBackend, local_path
@@ -109,6 +109,10 @@ def restore_args(snapshot_id: str, target: Path, includes: list[str]) -> list[st
     for include in includes:
         args += ["--include", f"/{include.strip('/')}"]
     return args
+
+
+def restore_size_args(snapshot_id: str) -> list[str]:
+    return ["stats", "--json", "--mode", "restore-size", snapshot_id]
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -264,6 +268,13 @@ class ResticBackend(RepositoryBackend):
         root holds ``services/`` and ``MANIFEST.sha256`` and restores straight into
         ``target``."""
         self.run(restore_args(snapshot.id, target, includes), timeout=24 * 3600)
+
+    def restore_size(self, snapshot: Snapshot) -> int | None:
+        try:
+            data = self._json(restore_size_args(snapshot.id), timeout=600)
+            return int(data["total_size"])
+        except (PullbackError, KeyError, TypeError, ValueError):
+            return None
 
 
 def _summary(output: bytes) -> dict:

@@ -40,7 +40,11 @@ _TICK = 0.5
 MAX_SHORT_ANSWER = 4096
 """Bytes a ``fetched`` answer may have (it is ``{"ok": true}``)."""
 MAX_STDERR = 64 << 10
-"""How much of a refused request's standard error is read (its last line is shown)."""
+"""How much of a refused request's standard error is kept (its last line is shown)."""
+MAX_STDERR_READ = 1 << 20
+"""Standard error a control request may write at all: past it the request fails. paramiko
+buffers whatever the peer sends, flow control or not, so it is read (and dropped past
+MAX_STDERR) all along, never left to pile up (a client's sshd is the client's)."""
 
 
 class RemoteError(PullbackError):
@@ -49,6 +53,34 @@ class RemoteError(PullbackError):
 
 class TransferCut(RemoteError):
     """The byte stream stopped before the end; what arrived is kept for resuming."""
+
+
+class _Stderr:
+    """A control request's standard error: the first MAX_STDERR bytes kept, the rest
+    dropped; more than MAX_STDERR_READ in all fails the request."""
+
+    def __init__(self, host: str, request: str):
+        self.host, self.request = host, request
+        self.kept = bytearray()
+        self.total = 0
+
+    def drain(self, channel) -> None:
+        """Read what has arrived. Raises RemoteError past MAX_STDERR_READ."""
+        while channel.recv_stderr_ready():
+            data = channel.recv_stderr(1 << 16)
+            if not data:
+                return
+            if len(self.kept) < MAX_STDERR:
+                self.kept += data[: MAX_STDERR - len(self.kept)]
+            self.count(len(data))
+
+    def count(self, size: int) -> None:
+        self.total += size
+        if self.total > MAX_STDERR_READ:
+            raise RemoteError(
+                f"{self.host}: the client wrote more than {MAX_STDERR_READ >> 20} MiB of "
+                f"messages in answer to {self.request!r}; refused"
+            )
 
 
 class Remote:
@@ -146,29 +178,33 @@ class Remote:
             channel = self._client.get_transport().open_session(timeout=self.ssh.connect_timeout)
             channel.settimeout(_TICK)
             channel.exec_command(text)
-            out = self._collect(channel, text, ends, limit)
-            err = bytearray()
-            while channel.recv_stderr_ready() and len(err) < MAX_STDERR:
-                err += channel.recv_stderr(MAX_STDERR)
+            err = _Stderr(self.host.name, text)
+            out = self._collect(channel, text, ends, limit, err)
             while not channel.status_event.wait(_TICK):
                 self._waiting(text, ends)
+                err.drain(channel)
+                while channel.recv_ready():  # nothing may follow the end: dropped, counted
+                    err.count(len(channel.recv(1 << 16)))
+            err.drain(channel)
             status = channel.recv_exit_status()
             channel.close()
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise RemoteError(f"{self.host.name}: {text!r} failed: {_plain(exc)}") from None
         if status != 0:
-            message = bytes(err[:MAX_STDERR]).decode("utf-8", "replace").strip().splitlines()
+            message = bytes(err.kept).decode("utf-8", "replace").strip().splitlines()
             reason = message[-1] if message else f"exit status {status}"
             raise RemoteError(
                 f"{self.host.name}: the client refused {text!r}: {printable(reason, 200)}"
             )
         return bytes(out)
 
-    def _collect(self, channel, text: str, ends: float, limit: int) -> bytearray:
-        """The request's standard output, up to its end. Raises RemoteError."""
+    def _collect(self, channel, text: str, ends: float, limit: int, err: _Stderr) -> bytearray:
+        """The request's standard output, up to its end (its standard error read all
+        along into ``err``). Raises RemoteError."""
         out = bytearray()
         while True:
             self._waiting(text, ends)
+            err.drain(channel)
             try:
                 data = channel.recv(1 << 16)
             except TimeoutError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.fleet import Fleet, FleetHost
+from tests.helpers.sshd import make_key
 
 HOSTILE_SERVE = Path(__file__).parents[1] / "helpers" / "hostile_serve.py"
+HOSTILE_SSH = Path(__file__).parents[1] / "helpers" / "hostile_ssh.py"
 HOST_TIMEOUT = 30
 IDLE_TIMEOUT = 8
 PEAK_RSS_BOUND = 300 << 20
@@ -158,3 +161,50 @@ def test_a_refusal_s_words_are_escaped_and_capped(fleet):
     warning = next(line for line in result.stderr.splitlines() if "could not tell" in line)
     assert "the client refused 'fetched " in warning and len(warning) < 600
     no_forged_line(fleet, result.stderr)
+
+
+class _HostileSsh:
+    """The address of tests/helpers/hostile_ssh.py, as a fleet host's sshd."""
+
+    user = "pullback"
+
+    def __init__(self, root: Path, mode: str):
+        root.mkdir(parents=True)
+        self.host_key = make_key(root / "host_key")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HOSTILE_SSH), mode, str(self.host_key)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.address, self.port = "127.0.0.1", int(self.proc.stdout.readline())
+
+    def known_hosts_line(self) -> str:
+        kind, key = Path(f"{self.host_key}.pub").read_text().split()[:2]
+        return f"[{self.address}]:{self.port} {kind} {key}\n"
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.mark.parametrize("mode", ["stderr", "stdout"])
+def test_an_ssh_server_that_ignores_flow_control_cannot_fill_memory(fleet, tmp_path, mode):
+    """Root on a client owns its SSH port. A server that pushes standard error (or output)
+    past the channel window into paramiko's unbounded buffers took a host's pull process
+    to 3.75 GiB before the control requests read standard error all along."""
+    root = tmp_path / "hostile-ssh"
+    fleet.hosts["evil"] = FleetHost(
+        "evil", fleet.hosts["good"].client, _HostileSsh(root, mode), root
+    )
+    fleet.trust("evil")
+    fleet.write_config()
+    started = time.monotonic()
+    result = fleet.server("pull", timeout=HOST_TIMEOUT + 120)
+    assert time.monotonic() - started < IDLE_TIMEOUT + MARGIN
+    assert result.returncode == 1
+    assert "[good] stored" in result.stderr
+    assert "\x1b[2J" not in result.stderr and "[good] stored: everything" not in result.stderr
+    evil = json.loads((fleet.state / "status.json").read_text())["hosts"]["evil"]
+    expected = "more than 1 MiB of messages" if mode == "stderr" else "answer to 'list' is too big"
+    assert evil["last_result"] == "failed" and expected in evil["reason"]
+    assert evil["pull_peak_rss"] < 120 << 20

@@ -104,3 +104,15 @@ def writable_or_creatable(path: Path) -> bool:
     if existing.is_dir():
         return os.access(existing, os.W_OK | os.X_OK)
     return existing == path and os.access(path, os.W_OK)
+
+
+def directory_size(path: Path) -> int:
+    """Bytes the files below ``path`` occupy on disk."""
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+            except FileNotFoundError:
+                continue
+    return total

@@ -29,8 +29,14 @@ from ..common.archive.unpack import (
     UnpackLimits,
     UnpackStats,
 )
-from ..common.errors import ArchiveError
-from ..common.fsutil import atomic_write, free_bytes, write_all
+from ..common.errors import ArchiveError, PullbackError
+from ..common.fsutil import (
+    atomic_write,
+    directory_size,
+    free_bytes,
+    remove_tree_contents,
+    write_all,
+)
 from ..common.log import get_logger
 from ..common.units import human_duration, human_size
 from .host import HostContext
@@ -165,9 +171,23 @@ class _Download:
             growing.finish(transfer_error)
             worker.join()
         self.resumed_from, self.arrived = offset, growing.written
-        self._judge(transfer_error, digest.hexdigest())
+        try:
+            self._judge(transfer_error, digest.hexdigest())
+        except PullbackError:
+            self._empty_staging()
+            raise
         assert self.unpacked is not None
         return Fetched(self.path, digest.hexdigest(), self.archive.size, offset, self.unpacked)
+
+    def _empty_staging(self) -> None:
+        """After a failed fetch the staging tree holds an unknown part of an archive that
+        was not stored (perhaps one built to fill the disk): it is emptied, so one
+        host's failure never keeps the space the others need. The next pull unpacks
+        every file again (the partial download, if kept, is not fetched again)."""
+        staging = self.ctx.staging
+        used = directory_size(staging)
+        if remove_tree_contents(staging):
+            self.ctx.log.info("emptied the staging tree of the failed pull (%s)", human_size(used))
 
     def _open_partial(self) -> tuple[GrowingFile, int, hashlib._Hash]:
         """Drop partial downloads of other archives, one longer than this archive and one

@@ -8,11 +8,11 @@ builder functions (see :mod:`.restic` and :mod:`.borg`).
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 from ...common.errors import CommandError
+from ...common.fsutil import directory_size
 from ...common.runner import CommandResult, Runner
 from ..config import BackendConfig, HostConfig
 from .errors import BackendError, RepositoryLocked, RepositoryMissing
@@ -23,18 +23,6 @@ def local_path(repository: str) -> Path | None:
     if repository.startswith("/") and "://" not in repository:
         return Path(repository)
     return None
-
-
-def directory_size(path: Path) -> int:
-    """Bytes the files below ``path`` occupy on disk."""
-    total = 0
-    for directory, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
-            except FileNotFoundError:
-                continue
-    return total
 
 
 def last_line(exc: CommandError) -> str:

@@ -204,11 +204,11 @@ class Pulled:
 class Corpus:
     """One fleet of HOSTS hosts with the limits set, and a clock for newer and newer archives."""
 
-    def __init__(self, fleet: Fleet):
+    def __init__(self, fleet: Fleet, count: int = HOSTS):
         self.fleet = fleet
-        self.hosts = [fleet.add_host(f"h{i}") for i in range(HOSTS)]
+        self.hosts = [fleet.add_host(f"h{i}") for i in range(count)]
         fleet.write_config(
-            parallel=HOSTS, max_unpacked_size=MAX_UNPACKED_SIZE, max_entries=MAX_ENTRIES
+            parallel=count, max_unpacked_size=MAX_UNPACKED_SIZE, max_entries=MAX_ENTRIES
         )
         start = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) - dt.timedelta(days=30)
         self._clock = (start + dt.timedelta(minutes=n) for n in itertools.count())
@@ -840,6 +840,44 @@ def test_a_million_tiny_entries_are_refused_at_max_entries(corpus):
     recovers(corpus, ["h0"])
 
 
+def zeros_under_a_wrong_manifest(size: int) -> Iterator[bytes]:
+    """One file of ``size`` zero bytes whose manifest line is wrong: it unpacks whole,
+    then the pull fails (a few KiB on the wire)."""
+    zeros = bytes(1 << 20)
+    yield tarformat.header("services/x/zeros", tarformat.REGTYPE, mode=0o644, size=size)
+    for _ in range(size >> 20):
+        yield zeros
+    yield member(MANIFEST_NAME, format_line("services/x/zeros", "0" * 64)) + bytes(1024)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_failed_pull_keeps_no_disk_from_the_other_hosts(tmp_path):
+    """Found by an attack: 9 KiB on the wire unpacked to 281 MiB in the failed host's
+    staging tree, which was kept, so the other host failed "not enough free space" night
+    after night. A failed fetch now empties its staging tree."""
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(state)], check=True)
+    fleet = Fleet(tmp_path / "fleet")
+    fleet.state = state
+    try:
+        corpus = Corpus(fleet, count=2)
+        fleet.write_config(parallel=1, min_free_space="100M", max_unpacked_size="1G")
+        archive = corpus.publish_stream("h0", zeros_under_a_wrong_manifest(200 << 20))
+        assert archive.stat().st_size < 64 << 10
+        corpus.hosts[1].make_archive({"big.bin": os.urandom(40 << 20)})
+        for night in (1, 2):
+            pulled = corpus.pull(["h0", "h1"])
+            assert pulled.result("h0").startswith("failed: "), pulled.lines("h0")
+            assert "does not match its MANIFEST.sha256" in pulled.result("h0")
+            assert pulled.result("h1").startswith(("stored: ", "skipped: ")), pulled.lines("h1")
+            assert list(corpus.staging("h0").iterdir()) == [], f"night {night}"
+        assert corpus.snapshots("h1") == 1
+    finally:
+        fleet.stop()
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
 def directory_bomb(repeats: int, distinct: int) -> Iterator[bytes]:
     """One directory repeated ``repeats`` times and ``distinct`` more, each header with
     1 MiB of extended attributes (almost nothing once compressed), then a good file."""
@@ -877,9 +915,10 @@ def test_a_zstd_tar_bomb_is_refused_at_max_unpacked_size(corpus):
     result = pulled.result("h1")
     assert result == f"failed: refused {archive.name}: {SIZE_REFUSAL}; nothing was stored"
     assert_nothing_outside(before)
-    # the first 64 MiB were within the limit; nothing past it was written
-    bomb = corpus.staging("h1") / "services/bomb"
-    assert sorted(os.listdir(bomb)) == ["zeros-000"]
+    # the first 64 MiB were within the limit and were written; the failed pull empties
+    # the staging tree, so the bomb keeps no space from the other hosts
+    assert "emptied the staging tree of the failed pull (64.0 MiB)" in pulled.stderr
+    assert list(corpus.staging("h1").iterdir()) == []
     recovers(corpus, ["h1"])
 
 

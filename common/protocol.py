@@ -27,9 +27,11 @@ from .archive.sidecar import ARCHIVE_NAME
 PROTOCOL = 1
 MAX_REQUEST = 512
 """Characters a request line may have."""
-MAX_LISTING = 16 << 20
+MAX_LISTING = 2 << 20
 """Bytes a ``list`` answer may have before the server stops reading it: a real client
-lists a few dozen archives of some KiB each."""
+lists a few archives of a few KiB each (its keep_last and keep_days), so about a
+thousand ordinary ones fit. Decoding costs about 30 bytes of memory per byte of JSON at
+worst (a list of empty objects): 2 MiB stay near 60 MiB (16 MiB took a pull to 476 MiB)."""
 MAX_ARCHIVES = 1000
 """Archives (usable or not) a ``list`` answer may name; more is not a real client."""
 

@@ -7,6 +7,7 @@ pull and to check the bytes it received, so :func:`parse` validates it strictly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,8 @@ ARCHIVE_NAME = re.compile(
 _HOST = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _STAMP = re.compile(r"\A[0-9]{8}T[0-9]{6}Z\Z")
 MAX_WARNINGS = 20
+MAX_SCHEMA_ERRORS = 20
+"""Schema errors looked at before one is reported."""
 
 
 @dataclass
@@ -123,7 +126,10 @@ def from_data(data: Any, expected_name: str | None = None) -> Sidecar:
             f"({FORMAT}); upgrade pullback on this machine"
         )
     validator = jsonschema.Draft202012Validator(load_schema("pullback.common", "sidecar"))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    # the best of the first few errors: a sidecar of a million wrong items (a client's
+    # bytes) costs what finding a few of them costs, not seconds per megabyte
+    first = itertools.islice(validator.iter_errors(data), MAX_SCHEMA_ERRORS)
+    error = jsonschema.exceptions.best_match(first)
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "top level"
         raise ArchiveError(f"sidecar is malformed at {where}: {error.message}")

@@ -46,7 +46,15 @@ def listing(config: str, change) -> None:
 
 
 def junk(data: dict) -> None:
-    data["unusable"] = [{"name": f"junk{i}{FORGED}", "problem": FORGED * 20} for i in range(5000)]
+    data["unusable"] = [{"name": f"junk{i}{FORGED}", "problem": FORGED * 20} for i in range(1500)]
+
+
+def fat_list(config: str) -> None:
+    """The real listing with a key of empty objects up to just below what the server
+    reads (2 MiB): decoding it is the most memory a legal answer can cost."""
+    body = json.dumps(json.loads(real(config)))[:-1].encode() + b', "junk": ['
+    room = (2 << 20) - len(body) - 16
+    sys.stdout.buffer.write(body + b"{}," * (room // 3) + b"{}]}\n")
 
 
 def forged_host(data: dict) -> None:
@@ -65,6 +73,8 @@ def main() -> None:
     changes = {"junk-list": junk, "forged-host": forged_host, "huge-archive": huge}
     if mode in changes and verb == "list":
         listing(config, changes[mode])
+    elif mode == "fat-list" and verb == "list":
+        fat_list(config)
     elif mode == "short-send" and verb == "send":
         name, offset = request.split(" ")[1:]
         size = os.path.getsize(os.path.join(os.path.dirname(config), "archives", name))

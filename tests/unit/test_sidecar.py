@@ -103,7 +103,7 @@ def test_a_sidecar_of_a_million_wrong_items_is_refused_by_its_first_errors():
     collected); now the item counts are bounded and only the first errors are looked at."""
     data = json.loads(json.dumps(GOOD))
     data["services"] = [{"name": 7}] * 200_000
-    with pytest.raises(ArchiveError, match="sidecar is malformed at services: .* is too long"):
+    with pytest.raises(ArchiveError, match=r"sidecar is malformed at services: .* is too long"):
         sidecar.from_data(data)
     data["services"] = [{"name": 7, "status": "ok"}] * 900  # within maxItems, all wrong
     with pytest.raises(ArchiveError, match=r"sidecar is malformed at services/\d+/name"):

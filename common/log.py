@@ -14,7 +14,7 @@ import sys
 
 from . import secrets
 from .progress import STATUS, interactive
-from .text import printable
+from .text import escaped, printable
 
 LOGGER_NAME = "pullback"
 MAX_MESSAGE = 8000
@@ -64,12 +64,30 @@ class MaskingFormatter(logging.Formatter):
         record.message = printable(record.message, MAX_MESSAGE)
         return super().formatMessage(record)
 
+    def formatException(self, ei) -> str:
+        return _escaped_lines(super().formatException(ei))
+
     def format(self, record: logging.LogRecord) -> str:
+        if record.exc_text:  # a host's process sent it formatted: its lines escaped too
+            record.exc_text = _escaped_lines(record.exc_text)
         text = secrets.mask(super().format(record))
         if self.journal:
             prio = _PRIORITY.get(record.levelno, 6)
             text = "\n".join(f"<{prio}>{line}" for line in text.splitlines())
         return text
+
+
+def _escaped_lines(text: str) -> str:
+    """A traceback's lines, each :func:`~.text.escaped` (an exception's words may quote
+    what came from outside) and every one after the first indented, so that a line break
+    inside an exception's message cannot start a line that looks like a log line."""
+    first, *rest = text.split("\n")
+    return "\n".join(
+        [
+            escaped(first),
+            *(line if line.startswith("  ") else f"  {line}" for line in map(escaped, rest)),
+        ]
+    )
 
 
 class TailHandler(logging.Handler):

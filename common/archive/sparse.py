@@ -20,8 +20,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from ..errors import ArchiveError
 
 BLOCK = 512
 MAX_REGIONS = 1 << 16
@@ -106,9 +109,12 @@ def is_sparse(pax: dict[bytes, bytes]) -> bool:
     return pax.get(MAJOR) == b"1" and pax.get(MINOR) == b"0"
 
 
-def hash_zeros(digest, count: int) -> None:
-    """Feed ``count`` zero bytes to ``digest`` (a hole reads as zeros)."""
+def hash_zeros(digest, count: int, cancel: threading.Event | None = None) -> None:
+    """Feed ``count`` zero bytes to ``digest`` (a hole reads as zeros). A hole of a TiB
+    takes minutes: ``cancel`` (when set) stops it. Raises ArchiveError when cancelled."""
     while count > 0:
+        if cancel is not None and cancel.is_set():
+            raise ArchiveError("unpacking stopped: the host's time is up")
         step = min(count, len(_ZEROS))
         digest.update(_ZEROS[:step] if step < len(_ZEROS) else _ZEROS)
         count -= step

@@ -464,4 +464,22 @@ def _member(block: bytes, kind: bytes, size: int, meta: _Meta) -> tuple[Member, 
         gname=(pax.get(b"gname") or _string(block[297:329])).decode("utf-8", "surrogateescape"),
         pax=pax,
     )
+    _check_ranges(member)
     return member, size
+
+
+MAX_ID = (1 << 32) - 2
+"""The largest user or group id Linux has (``(uid_t) -1`` means "unchanged")."""
+MAX_MTIME_NS = (1 << 63) - 1
+"""Nanoseconds since the epoch a file time can hold (about the year 2262)."""
+
+
+def _check_ranges(member: Member) -> None:
+    """Refuse owners and times no file can have (they would fail chown and utime
+    deep inside the unpacker). Raises TarFormatError."""
+    if not (0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID):
+        raise TarFormatError(
+            f"{member.name!r}: an owner no file can have (uid or gid out of range)"
+        )
+    if not -MAX_MTIME_NS <= member.mtime_ns <= MAX_MTIME_NS:
+        raise TarFormatError(f"{member.name!r}: a modification time no file can have")

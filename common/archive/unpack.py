@@ -57,9 +57,16 @@ sidecar there (an archive cannot hold a member of that name: it is outside servi
 MAX_NAME = 4095
 XATTR_SIZE_MAX = 65536
 """The largest extended attribute value Linux holds (an ACL is one too)."""
+XATTR_LIST_MAX = 65536
+"""The most bytes of extended attribute names one Linux inode holds."""
 MAX_DIR_META = 64 << 20
 """The directories' extended attributes and ACLs kept until the end of an archive, in
-all: real trees carry a few bytes per directory; a hostile one cannot grow memory."""
+all, counted as the memory they take (:func:`_meta_size`): real trees carry a few bytes
+per directory; a hostile one cannot grow memory."""
+RECORD_COST = 160
+"""Memory of one kept record besides its bytes (two bytes objects and a dict slot)."""
+DIRECTORY_COST = 400
+"""Memory of one kept directory besides its records (its Member, tuple and key)."""
 _APPLIED_PAX = (b"SCHILY.xattr.", b"SCHILY.acl.access", b"SCHILY.acl.default")
 MAX_COMPONENT = 255
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -335,6 +342,7 @@ class Unpacker:
         PAX record), values Linux could not hold dropped with a warning, and all
         directories' together at most MAX_DIR_META bytes. Raises ArchiveTooLarge."""
         kept: dict[bytes, bytes] = {}
+        names = 0  # bytes of attribute names, as Linux counts them (XATTR_LIST_MAX)
         for name, value in member.pax.items():
             if not name.startswith(_APPLIED_PAX):
                 continue
@@ -344,6 +352,13 @@ class Unpacker:
                     "dropped (Linux holds at most 64 KiB)"
                 )
                 continue
+            names += len(name) - len(b"SCHILY.xattr.") + 1
+            if names > XATTR_LIST_MAX:
+                self.stats.warnings.append(
+                    f"{escaped(member.name)}: extended attributes past the first 64 KiB of "
+                    "names dropped (Linux holds no more on one inode)"
+                )
+                break
             kept[name] = value
         previous = self._dir_meta.get(key)
         if previous is not None:
@@ -503,11 +518,11 @@ class Unpacker:
             data = sparse.SparseData(chunks, member.size, realsize)
             position = 0
             for offset, piece in data.pieces():
-                sparse.hash_zeros(digest, offset - position)
+                sparse.hash_zeros(digest, offset - position, self.limits.cancel)
                 digest.update(piece)
                 pwrite_all(fd, piece, offset)
                 position = offset + len(piece)
-            sparse.hash_zeros(digest, realsize - position)
+            sparse.hash_zeros(digest, realsize - position, self.limits.cancel)
             os.ftruncate(fd, realsize)
             self.stats.written += 1
             self._apply_meta(fd, member, self._mode(member), force=True)
@@ -699,8 +714,10 @@ def _cancellable(chunks, cancel: threading.Event):
 
 
 def _meta_size(member: Member) -> int:
-    """What a directory's kept metadata costs, for MAX_DIR_META: its name and records."""
-    return len(member.name) + sum(len(k) + len(v) for k, v in member.pax.items())
+    """What a directory's kept metadata costs in memory, for MAX_DIR_META: its name and
+    records with their objects' overhead (an empty record costs RECORD_COST, not 0)."""
+    records = sum(len(k) + len(v) + RECORD_COST for k, v in member.pax.items())
+    return DIRECTORY_COST + len(member.name) + records
 
 
 def _key(parts: tuple[str, ...]) -> int:

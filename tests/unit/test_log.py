@@ -25,7 +25,7 @@ log.setup(0)
 logger = log.get_logger("x")
 logger.warning("[web1] %s", "evil" + chr(10) + "[web2] stored " + chr(27) + "[2J")
 try:
-    raise ValueError("boom")
+    raise ValueError("boom" + chr(10) + "[web2] stored " + chr(27) + "[2J")
 except ValueError:
     logger.error("with a traceback:", exc_info=True)
 """
@@ -69,3 +69,5 @@ def test_a_message_is_one_line_whatever_it_quotes():
     assert "\x1b" not in out
     assert not any(line.startswith("[web2]") for line in out.splitlines())
     assert "Traceback (most recent call last):" in out.splitlines()  # tracebacks span lines
+    # an exception's words are escaped too (its own line breaks stay)
+    assert "\x1b" not in out and not any(line.startswith("[web2]") for line in out.splitlines())

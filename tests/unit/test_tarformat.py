@@ -111,3 +111,21 @@ def test_piled_up_extended_headers_are_refused():
     )
     with pytest.raises(tarformat.TarFormatError, match="not plausible"):
         list(tarformat.TarReader(io.BytesIO(stream + bytes(1024))))
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ((b"uid", b"%d" % (1 << 50)), "an owner no file can have"),
+        ((b"gid", b"4294967295"), "an owner no file can have"),
+        ((b"mtime", b"%d" % (1 << 70)), "a modification time no file can have"),
+    ],
+)
+def test_owners_and_times_no_file_can_have_are_format_errors(record, message):
+    """Found by an attack: they failed deep in chown/utime as "internal error"."""
+    block = tarformat.header("f", tarformat.REGTYPE, mode=0o644, pax=[record])
+    with pytest.raises(tarformat.TarFormatError, match=message):
+        list(tarformat.TarReader(io.BytesIO(block + bytes(1024))))
+    pre_1970 = tarformat.header("old", tarformat.REGTYPE, mode=0o644, mtime_ns=-(10**18))
+    (member,) = tarformat.TarReader(io.BytesIO(pre_1970 + bytes(1024)))
+    assert member.mtime_ns == -(10**18)

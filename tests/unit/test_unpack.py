@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 
 import pytest
 
+from pullback.common.archive import sparse as sparse_module
 from pullback.common.archive import tarformat
 from pullback.common.archive import unpack as unpack_module
 from pullback.common.archive.manifest import format_line
@@ -19,6 +21,7 @@ from pullback.common.archive.unpack import (
     UnpackLimits,
     safe_parts,
 )
+from pullback.common.errors import ArchiveError
 from pullback.common.text import escaped
 from tests.helpers.archives import MTIME, Entry, build_tar
 
@@ -147,7 +150,7 @@ def test_a_repeated_directory_keeps_one_record(tmp_path):
         for member in reader:
             unpacker.add(member, reader.chunks())
         assert len(unpacker._dir_meta) == 1
-        assert unpacker._dir_meta_bytes < 3100  # not 2000 times that
+        assert unpacker._dir_meta_bytes < 3700  # one record and its overhead, not 2000
         unpacker.finish()
     assert os.getxattr(tmp_path / "s/services/a", "user.big") == b"x" * 3000
 
@@ -162,6 +165,25 @@ def test_directory_metadata_kept_for_the_end_is_bounded(tmp_path, monkeypatch):
     stats = unpack(tmp_path / "t", [Entry("services/d", tarformat.DIRTYPE, pax=too_big)])
     assert stats.warnings == [
         "services/d: SCHILY.xattr.user.huge of 70000 bytes dropped (Linux holds at most 64 KiB)"
+    ]
+
+
+def test_a_directory_keeps_no_more_attribute_names_than_an_inode_holds(tmp_path):
+    """34,000 empty attributes per directory were counted as their bytes (a few MiB) but
+    took 6.7 times that in memory; now each record costs its overhead too, and names past
+    Linux's 64 KiB per inode are dropped."""
+    many = [(b"SCHILY.xattr.user.%06d" % i, b"") for i in range(10_000)]
+    reader = TarReader(io.BytesIO(build_tar([Entry("services/d", tarformat.DIRTYPE, pax=many)])))
+    with Unpacker(tmp_path / "s") as unpacker:
+        for member in reader:
+            unpacker.add(member, reader.chunks())
+        ((_, kept),) = unpacker._dir_meta.values()
+        assert len(kept.pax) == 65536 // len(b"user.000000\0")  # 5461 names fit
+        assert unpacker._dir_meta_bytes > len(kept.pax) * unpack_module.RECORD_COST
+        warnings = unpacker.stats.warnings
+    assert warnings == [
+        "services/d: extended attributes past the first 64 KiB of names dropped (Linux "
+        "holds no more on one inode)"
     ]
 
 
@@ -282,3 +304,15 @@ def test_a_manifest_line_without_an_end_is_refused_early(tmp_path):
     ) + b"x" * (1 << 20)
     with pytest.raises(ArchiveError, match="a line longer than 32,768 bytes"):
         unpack_tar(tmp_path / "s", endless + bytes(1024))
+
+
+def test_hashing_a_hole_of_a_tib_stops_when_the_host_is_cancelled():
+    """A sparse member's holes are hashed as zeros: a TiB takes ten minutes, so the
+    host's cancel (its deadline) stops it, as it stops every data chunk."""
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(ArchiveError, match="the host's time is up"):
+        sparse_module.hash_zeros(hashlib.sha256(), 1 << 40, cancel)
+    digest = hashlib.sha256()
+    sparse_module.hash_zeros(digest, 3 << 20, threading.Event())
+    assert digest.hexdigest() == hashlib.sha256(bytes(3 << 20)).hexdigest()

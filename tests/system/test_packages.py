@@ -3,63 +3,12 @@ into a booted Debian 12 root (systemd as PID 1), configured, run by systemd, pur
 
 from __future__ import annotations
 
-import glob
-import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from tests.helpers.debroot import CACHE, CLEAN_ENV, BootedRoot, Unavailable, fresh_copy
-
-ROOT_DIR = Path(__file__).resolve().parents[2]
-APT_CACHE = CACHE / "apt-archives"
-
-if os.geteuid() != 0:
-    pytest.skip(
-        "the system tier needs root (debootstrap, namespaces, systemd)", allow_module_level=True
-    )
-for tool in ("dpkg-buildpackage", "lintian", "debootstrap", "unshare", "nsenter"):
-    if shutil.which(tool) is None:
-        pytest.skip(
-            f"{tool} is not installed (scripts/install-deps installs it)", allow_module_level=True
-        )
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> dict:
-    """Build the three .debs from a clean copy of the tracked files."""
-    work = tmp_path_factory.mktemp("build")
-    source = work / "pullback"
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT_DIR,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, files):
-        path = ROOT_DIR / os.fsdecode(name)
-        if path.is_file():
-            target = source / os.fsdecode(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-    result = subprocess.run(
-        ["dpkg-buildpackage", "-us", "-uc", "-b"],
-        cwd=source,
-        capture_output=True,
-        text=True,
-        env=CLEAN_ENV,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    debs = sorted(Path(p) for p in glob.glob(str(work / "*.deb")))
-    assert [d.name.split("_")[0] for d in debs] == [
-        "pullback-client",
-        "pullback-common",
-        "pullback-server",
-    ]
-    changes = next(work.glob("*.changes"))
-    return {"debs": debs, "changes": changes}
+from tests.helpers.debroot import CLEAN_ENV
 
 
 def test_lintian_reports_no_errors_and_no_warnings(built):
@@ -72,28 +21,6 @@ def test_lintian_reports_no_errors_and_no_warnings(built):
     complaints = [line for line in result.stdout.splitlines() if line.startswith(("E:", "W:"))]
     assert complaints == [], "\n".join(complaints)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-@pytest.fixture(scope="module")
-def root(built, tmp_path_factory):
-    try:
-        path = fresh_copy(tmp_path_factory.mktemp("debroot") / "root")
-    except Unavailable as exc:
-        pytest.skip(f"no Debian root: {exc}")
-    if APT_CACHE.is_dir():  # packages downloaded by an earlier run
-        for deb in APT_CACHE.glob("*.deb"):
-            shutil.copy2(deb, path / "var/cache/apt/archives" / deb.name)
-    booted = BootedRoot.boot(path)
-    try:
-        yield booted
-    finally:
-        APT_CACHE.mkdir(parents=True, exist_ok=True)
-        for deb in (path / "var/cache/apt/archives").glob("*.deb"):
-            if not (APT_CACHE / deb.name).exists():
-                shutil.copy2(deb, APT_CACHE / deb.name)
-        booted.poweroff()
-        subprocess.run(["umount", "-R", str(path)], capture_output=True)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,121 @@
+"""The system tier's machinery: the packages built once per session (this version and a
+newer one, for upgrades), and a booted Debian 12 root per test module."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.debroot import CACHE, CLEAN_ENV, BootedRoot, Unavailable, fresh_copy
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+APT_CACHE = CACHE / "apt-archives"
+UPGRADE_VERSION = "99.0.0"
+"""The version of the packages an upgrade installs (built from the same tree)."""
+
+HERE = Path(__file__).parent
+
+
+def _unavailable() -> str | None:
+    """Why the system tier cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the system tier needs root (debootstrap, namespaces, systemd)"
+    for tool in ("dpkg-buildpackage", "lintian", "debootstrap", "unshare", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (scripts/install-deps installs it)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _unavailable()
+    if reason is None:
+        return
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(HERE):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _copy_tracked(source: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT_DIR,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, files):
+        path = ROOT_DIR / os.fsdecode(name)
+        if path.is_file():
+            target = source / os.fsdecode(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+
+
+def build(work: Path, version: str | None = None) -> dict:
+    """The three .debs of a clean copy of the tracked files, as ``version`` (a changelog
+    entry on top) when given; returns their paths and the .changes file."""
+    source = work / "pullback"
+    _copy_tracked(source)
+    if version is not None:
+        changelog = source / "debian/changelog"
+        entry = (
+            f"pullback ({version}) unstable; urgency=medium\n\n"
+            "  * A newer build, for the upgrade tests.\n\n"
+            " -- pullback developers <pullback@example.org>  Mon, 30 Nov 2026 05:00:00 +0000\n\n"
+        )
+        changelog.write_text(entry + changelog.read_text())
+    result = subprocess.run(
+        ["dpkg-buildpackage", "-us", "-uc", "-b"],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        env=CLEAN_ENV,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    debs = sorted(Path(p) for p in glob.glob(str(work / "*.deb")))
+    assert [d.name.split("_")[0] for d in debs] == [
+        "pullback-client",
+        "pullback-common",
+        "pullback-server",
+    ]
+    return {"debs": debs, "changes": next(work.glob("*.changes"))}
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> dict:
+    """The packages of this tree."""
+    return build(tmp_path_factory.mktemp("build"))
+
+
+@pytest.fixture(scope="session")
+def built_upgrade(tmp_path_factory) -> dict:
+    """The same packages as a newer version (UPGRADE_VERSION)."""
+    return build(tmp_path_factory.mktemp("build-upgrade"), UPGRADE_VERSION)
+
+
+@pytest.fixture(scope="module")
+def root(built, tmp_path_factory):
+    """A fresh booted Debian 12 root for the test module (packages apt fetched before are
+    kept in a cache between runs)."""
+    try:
+        path = fresh_copy(tmp_path_factory.mktemp("debroot") / "root")
+    except Unavailable as exc:
+        pytest.skip(f"no Debian root: {exc}")
+    if APT_CACHE.is_dir():
+        for deb in APT_CACHE.glob("*.deb"):
+            shutil.copy2(deb, path / "var/cache/apt/archives" / deb.name)
+    booted = BootedRoot.boot(path)
+    try:
+        yield booted
+    finally:
+        APT_CACHE.mkdir(parents=True, exist_ok=True)
+        for deb in (path / "var/cache/apt/archives").glob("*.deb"):
+            if not (APT_CACHE / deb.name).exists():
+                shutil.copy2(deb, APT_CACHE / deb.name)
+        booted.poweroff()
+        subprocess.run(["umount", "-R", str(path)], capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)

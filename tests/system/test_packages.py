@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from tests.helpers.debroot import CLEAN_ENV
+from tests.system.conftest import ROOT_DIR
 
 
 def test_lintian_reports_no_errors_and_no_warnings(built):
@@ -21,6 +22,35 @@ def test_lintian_reports_no_errors_and_no_warnings(built):
     complaints = [line for line in result.stdout.splitlines() if line.startswith(("E:", "W:"))]
     assert complaints == [], "\n".join(complaints)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_build_leaves_nothing_git_would_show(built):
+    """Everything dpkg-buildpackage writes into the source tree is in .gitignore."""
+    source = built["changes"].parent / "pullback"
+    tracked = set(
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+    )
+    made = [
+        str(p.relative_to(source))
+        for p in source.rglob("*")
+        if p.is_file() and str(p.relative_to(source)) not in tracked
+    ]
+    assert made, "the build wrote nothing? (the check would be empty)"
+    shown = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--verbose", "--non-matching", "--stdin"],
+        cwd=ROOT_DIR,
+        input="\n".join(made),
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    not_ignored = [line.split("\t")[1] for line in shown if line.startswith("::")]
+    assert not_ignored == [], "\n".join(not_ignored[:30])
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,13 @@ def test_the_walkthrough_runs_as_written(machine):
     assert "Stopping" not in installed.stdout + installed.stderr
     for timer in ("pullback-client.timer", "pullback-server.timer", "pullback-maintain.timer"):
         assert timer in installed.stdout
+    # the units' Documentation= links lead to files the packages installed
+    units = "pullback-client.service pullback-server.service pullback-maintain.service"
+    links = walk.sh(f"systemctl show -p Documentation --value {units}").stdout.split()
+    files = [link.removeprefix("file://") for link in links if link.startswith("file://")]
+    assert len(files) == 3
+    for doc in [*files, "/usr/share/doc/pullback-common/monitoring.md"]:
+        assert (machine.path / doc.lstrip("/")).is_file(), doc
 
     checked = walk.step("service")
     assert "/etc/pullback/client.yaml: ok" in checked.stdout

@@ -498,4 +498,6 @@ class HostPull:
         if not self.options.dry_run:
             lines = [result.reason, *result.warnings, *recent_lines(f"[{self.ctx.name}]")]
             ok = result.status != Status.FAILED
-            self.notifier.finish(ok, f"pullback: {self.ctx.name} {result.status}", "\n".join(lines))
+            title = f"pullback: {self.ctx.name} {result.status}"
+            missed = self.notifier.finish(ok, title, "\n".join(lines))
+            result.not_delivered = [f"{self.ctx.name}: {what} not delivered" for what in missed]

@@ -73,6 +73,7 @@ def finish_pull(
             print(report.render(results)[0])
         return []
     status, problems = publish(config)
+    problems += [missed for r in results for missed in r.not_delivered[:5]]
     history: dict[str, fleet_view.HostRow] = _guarded(
         "read the fleet's history",
         lambda: {row.host: row for row in fleet_view.rows(config, status)},

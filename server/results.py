@@ -51,6 +51,8 @@ class HostResult:
     """Highest resident memory of the host's own pull process (see host_process)."""
     client_failed_services: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    not_delivered: list[str] = field(default_factory=list)
+    """The host's own pings and messages that could not be delivered (the run exits 1)."""
 
     @property
     def is_problem(self) -> bool:
@@ -91,4 +93,5 @@ class HostResult:
             more = len(warnings) - MAX_WARNINGS + 1
             warnings = [*warnings[: MAX_WARNINGS - 1], f"... and {more} more warnings"]
         self.warnings = warnings
+        self.not_delivered = [printable(w, MAX_WORD) for w in self.not_delivered[:5]]
         return self

@@ -594,13 +594,13 @@ FAULTS = [
     Fault("key file unreadable", key_file_unreadable, r"cannot use the SSH key .*id_ed25519", 1,
           undo),
     # mail and webhooks: the backups go on, the failure to tell is logged
-    Fault("SMTP server down", smtp_down, r"mail.*(refused|could not)", 0, reconfigure,
+    Fault("SMTP server down", smtp_down, r"mail.*(refused|could not)", 1, reconfigure,
           names_host=False),
-    Fault("SMTP server slow", _smtp_misbehaving("slow"), r"mail.*timed out", 0, reconfigure,
+    Fault("SMTP server slow", _smtp_misbehaving("slow"), r"mail.*timed out", 1, reconfigure,
           names_host=False),
-    Fault("SMTP server refusing", _smtp_misbehaving("refuse"), r"mail.*relaying denied", 0,
+    Fault("SMTP server refusing", _smtp_misbehaving("refuse"), r"mail.*relaying denied", 1,
           reconfigure, names_host=False),
-    Fault("webhook endpoint hanging", webhook_hanging, r"timed out", 0, reconfigure,
+    Fault("webhook endpoint hanging", webhook_hanging, r"timed out", 1, reconfigure,
           names_host=False),
     # running twice
     Fault("two pulls at once", two_pulls, LOCKED, 75),

@@ -19,6 +19,7 @@ def archive_record(archive: LocalArchive) -> dict:
         "stamp": archive.stamp,
         "size": archive.path.stat().st_size,
         "fetched": archive.fetched,
+        "stored_by_server": archive.fetched or archive.marked,
         "complete": archive.complete,
     }
     if archive.sidecar is not None:
@@ -26,6 +27,14 @@ def archive_record(archive: LocalArchive) -> dict:
     if archive.problem:
         record["problem"] = archive.problem
     return record
+
+
+def _where(archive: LocalArchive) -> str:
+    """``fetched`` (moved aside), ``stored`` (the server said so; it stays offered until a
+    newer archive exists) or ``ready`` (not stored yet)."""
+    if archive.fetched:
+        return "fetched"
+    return "stored, kept" if archive.marked else "ready"
 
 
 def render_table(found: list[LocalArchive]) -> str:
@@ -43,9 +52,7 @@ def render_table(found: list[LocalArchive]) -> str:
             services = f"{total - len(failed)}/{total} ok"
             if failed:
                 services += f" (failed: {', '.join(failed)})"
-        rows.append(
-            (archive.name, size, status, services, "fetched" if archive.fetched else "ready")
-        )
+        rows.append((archive.name, size, status, services, _where(archive)))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(
         "  ".join(col.ljust(widths[i]) for i, col in enumerate(row[:4])) + "  " + row[4]

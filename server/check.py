@@ -60,7 +60,7 @@ def local_problems(config: ServerConfig) -> list[str]:
             path = config.backend.password_file
             fix = (
                 f"; create it (and keep a copy somewhere safe: without it no backup can "
-                f"be read): (umask 077; head -c 32 /dev/urandom | base64 > {path})"
+                f"be read): [ -e {path} ] || (umask 077; head -c 32 /dev/urandom | base64 > {path})"
             )
         problems.append(f"{config.path}: backend.password_file: {exc}{fix}")
     outputs = (("metrics_file", config.metrics_file), ("status_page", config.status_page))
@@ -129,8 +129,15 @@ def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[st
     """Return (lines of what is fine, problems); reaching hosts but changing nothing."""
     good: list[str] = []
     problems = local_problems(config)
-    if problems:
-        return good, problems
+    units = unit_writable_paths("pullback-server.service") is not None
+    for setting, output in (
+        ("metrics_file", config.metrics_file),
+        ("status_page", config.status_page),
+    ):
+        if output is not None and not any(f": {setting}: " in p for p in problems):
+            by = ", also by the units' timer runs" if units else " (systemd is not running here)"
+            good.append(f"{setting} {output}: writable{by}")
+    # every host is tried whatever is wrong locally: all problems at once, one round
     for host in config.select_hosts(names):
         check_host(HostContext.open(config, host), good, problems)
     return good, problems

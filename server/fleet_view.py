@@ -49,7 +49,7 @@ class HostRow:
     databases_age: float | None = None
     """How long ago a drill last loaded every database dump of the host."""
     has_databases: bool = False
-    """A drill has found database dumps in this host's snapshots."""
+    """The host's newest snapshot holds database dumps (seen when stored, or by a drill)."""
     repository_bytes: int | None = None
     duration: float | None = None
     store_peak_rss: int | None = None
@@ -108,7 +108,7 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
                 verified_age=age(entry.get("last_verified"), now),
                 verify_result=entry.get("verify_result"),
                 databases_age=age(entry.get("databases_proven"), now),
-                has_databases=bool(entry.get("database_proofs")),
+                has_databases=bool(entry.get("database_proofs") or entry.get("database_dumps")),
                 repository_bytes=entry.get("repository_bytes"),
                 duration=entry.get("duration"),
                 store_peak_rss=entry.get("store_peak_rss"),

@@ -159,10 +159,14 @@ class _Child:
     progress: Progress | None = None
     """How far its long step is (for the terminal's status line)."""
 
-    def status(self) -> str:
-        """What the terminal's status line says of this host."""
-        doing = self.progress.text() if self.progress else (self.phase or "starting")
-        return f"{self.host.name}: {doing}"
+    def status(self) -> str | None:
+        """What the terminal's status line says of this host (None: its pull has ended,
+        it is only reporting)."""
+        if self.progress is not None:
+            return f"{self.host.name}: {self.progress.text()}"
+        if self.phase is None:
+            return None if self.partial is not None else f"{self.host.name}: starting"
+        return f"{self.host.name}: {self.phase}"
 
     def take(self, chunk: bytes, journal: Journal | None) -> None:
         """Read the complete lines of what the child sent."""
@@ -223,7 +227,11 @@ def pull_hosts(
             for fd, _ in poller.poll(_POLL_MS):
                 child = running[fd]
                 if _read(child, journal):
-                    STATUS.show(child.host.name, child.status())
+                    shown = child.status()
+                    if shown is None:
+                        STATUS.drop(child.host.name)
+                    else:
+                        STATUS.show(child.host.name, shown)
                     continue
                 poller.unregister(fd)
                 del running[fd]

@@ -48,7 +48,8 @@ from ..common.outcome import Status
 from ..common.protocol import Listing
 from ..common.text import BoundedWarnings, printable
 from ..common.units import human_duration, human_size
-from .backends import Snapshot, SnapshotSpec
+from .backends import RepositoryMissing, Snapshot, SnapshotSpec
+from .db_proof import find_dumps
 from .host import HostContext
 from .journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, PhaseLog
 from .remote import Remote, TransferCut
@@ -251,6 +252,8 @@ class HostPull:
         self.result = HostResult(ctx.name, started=iso(utc_now()))
         self.notifier = Notifier(ctx.host.notify, f"pull of {ctx.name}")
         self.started = time.monotonic()
+        self.repository_missing = False
+        """The repository does not exist yet; it is made before the first store."""
 
     # -- the whole run ------------------------------------------------------------------
 
@@ -283,12 +286,14 @@ class HostPull:
         return result
 
     def _steps(self) -> None:
-        self.ctx.backend.prepare()
+        self.open_repository()
         self.clear_interrupted_store()
         # The repository's snapshot list and the client's listing are independent: ask
         # both at once (each costs a process start and, for restic, a key derivation).
         with ThreadPoolExecutor(1, thread_name_prefix=f"snapshots-{self.ctx.name}") as pool:
-            asked = pool.submit(self.ctx.backend.snapshots)
+            asked = pool.submit(
+                lambda: [] if self.repository_missing else self.ctx.backend.snapshots()
+            )
             try:
                 if self.options.if_due and not self.due(asked.result()):
                     return
@@ -310,6 +315,9 @@ class HostPull:
             if not self.apply(choice, remote):
                 return
             assert choice.archive is not None
+            if self.repository_missing:
+                self.ctx.backend.prepare(create=True)
+                self.repository_missing = False
             fetched = self.fetch(remote, choice.archive)
             self.store(choice.archive, fetched)
             self.mark_fetched(remote, choice.archive.archive.name)
@@ -317,11 +325,22 @@ class HostPull:
 
     # -- the phases -----------------------------------------------------------------------
 
+    def open_repository(self) -> None:
+        """Open the host's repository. A missing one (``backend.init``) is made only when
+        an archive is about to be stored, so a host that fails before (unreachable, or
+        another host) leaves no empty repository behind. Raises BackendError."""
+        try:
+            self.ctx.backend.prepare(create=False)
+        except RepositoryMissing:
+            if not self.ctx.config.backend.init:
+                raise
+            self.repository_missing = True
+
     def clear_interrupted_store(self) -> None:
         """If a killed pull was storing this host, remove the locks its store left (only
         locks whose process is gone)."""
         cut = self.interrupted is not None and self.interrupted.phases.get(self.ctx.name) == STORING
-        if not cut or self.options.dry_run:
+        if not cut or self.options.dry_run or self.repository_missing:
             return
         try:
             message = self.ctx.backend.unlock()
@@ -443,6 +462,7 @@ class HostPull:
         spec = SnapshotSpec(archive.stamp, when, tuple(archive.failed_services))
         stored = ctx.backend.store(ctx.staging, spec, timeout)
         result.status = Status.STORED
+        result.database_dumps = sum(len(found) for found in find_dumps(ctx.staging).values())
         result.snapshot_id = stored.snapshot_id
         result.bytes_added = stored.bytes_added
         result.store_peak_rss = stored.peak_rss

@@ -35,7 +35,10 @@ def publish(config: ServerConfig) -> tuple[dict, list[str]]:
         try:
             write(config, status)
         except Exception as exc:
-            log.error("could not write the %s %s: %s", what, path, describe(exc), exc_info=True)
+            # a path the units may not write is an administrator's matter: one line; any
+            # other failure is a bug, and its traceback says where
+            trace = not isinstance(exc, OSError)
+            log.error("could not write the %s %s: %s", what, path, describe(exc), exc_info=trace)
             problems.append(printable(f"{what} {path}: {describe(exc)}", 300))
     return status, problems
 

@@ -113,6 +113,6 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     code = code or (EXIT_FAILED if unwritten else EXIT_OK)
     if args.json:
         print_json(
-            {"exit_code": code, "hosts": [r.to_dict() for r in results], "not_written": unwritten}
+            {"exit_code": code, "hosts": [r.to_report() for r in results], "not_written": unwritten}
         )
     return code

@@ -9,12 +9,16 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common.archive import sidecar as sidecars
 from ..common.archive.manifest import MANIFEST_NAME
 from ..common.archive.sidecar import SIDECAR_NAME
 from ..common.clock import shown
-from ..common.errors import EXIT_OK, PullbackError, UsageError
+from ..common.errors import EXIT_OK, ArchiveError, PullbackError, UsageError
+from ..common.fsutil import remove_tree_contents
+from ..common.outcome import Status
 from ..common.procfs import bytes_written_below
 from ..common.progress import STATUS, Progress, Watched
+from ..common.text import printable
 from .backends import Snapshot
 from .config import ServerConfig
 from .host import HostContext
@@ -107,7 +111,13 @@ def proof_command(service: str | None) -> str:
     )
 
 
-def next_steps(request: RestoreRequest, snapshot: Snapshot, address: str) -> str:
+def copy_command(target: Path, address: str, port: int) -> str:
+    """The rsync line that copies a restored tree to the client (its sshd's port too)."""
+    ssh = f" -e 'ssh -p {port}'" if port != 22 else ""
+    return f"rsync -aHAX{ssh} {target}/ root@{address}:/var/tmp/pullback-restore/"
+
+
+def next_steps(request: RestoreRequest, snapshot: Snapshot, address: str, port: int = 22) -> str:
     """What the administrator reads after a restore: how to prove it, how to put it back."""
     target, service = request.target, request.service
     check = proof_command(service)
@@ -119,7 +129,7 @@ def next_steps(request: RestoreRequest, snapshot: Snapshot, address: str) -> str
     if service:
         steps += [
             f"to put {service} back on {request.host}: copy {target} to it, e.g.",
-            f"  rsync -aHAX {target}/ root@{address}:/var/tmp/pullback-restore/",
+            f"  {copy_command(target, address, port)}",
             "then run on the client:",
             f"  pullback-client restore --service {service} "
             "--from /var/tmp/pullback-restore --dry-run   (then without --dry-run)",
@@ -145,14 +155,29 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
     os.chmod(target, 0o700)
     ctx.log.info("restoring snapshot %s (%s) into %s", snapshot.id, shown(snapshot.time), target)
     total = ctx.backend.restore_size(snapshot) if STATUS.enabled and not includes else None
+    was_empty = not any(target.iterdir())
     with Watched(Progress("restore", total), sample=lambda: bytes_written_below(os.getpid())):
         ctx.backend.restore(snapshot, target, includes)
     if request.service and not (target / "services" / request.service).is_dir():
+        held = _services_of(target)
+        if was_empty:  # what came with the miss (the manifest, the sidecar) goes again
+            remove_tree_contents(target)
         raise PullbackError(
             f"snapshot {snapshot.id} of {request.host} holds no service {request.service!r}"
+            + (f" (it holds: {', '.join(held)})" if held else "")
         )
-    steps = next_steps(request, snapshot, ctx.host.address)
+    steps = next_steps(request, snapshot, ctx.host.address, ctx.host.port)
     return f"note: {why}\n{steps}" if why else steps
+
+
+def _services_of(target: Path) -> list[str]:
+    """The services a restored snapshot holds, by its sidecar: those that succeeded on
+    the client ([] when it has no sidecar)."""
+    try:
+        side = sidecars.parse((target / SIDECAR_NAME).read_bytes())
+    except (OSError, ArchiveError):
+        return []
+    return sorted(printable(s.name, 100) for s in side.services if s.status == Status.OK)
 
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:

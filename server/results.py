@@ -15,6 +15,13 @@ MAX_WARNINGS = 25
 MAX_WORD = 300
 
 
+_REPORT_NAMES = {
+    "snapshot_count": "snapshots",
+    "client_failed_services": "failed_services",
+    "peak_rss": "pull_peak_rss",
+}
+
+
 @dataclass
 class HostResult:
     """One host's outcome. ``problem`` marks skips an administrator should hear about."""
@@ -51,6 +58,8 @@ class HostResult:
     """Highest resident memory of the host's own pull process (see host_process)."""
     client_failed_services: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    database_dumps: int | None = None
+    """Database dumps in the stored snapshot (None: nothing stored this time)."""
     not_delivered: list[str] = field(default_factory=list)
     """The host's own pings and messages that could not be delivered (the run exits 1)."""
 
@@ -67,6 +76,15 @@ class HostResult:
     def to_dict(self) -> dict:
         """The result as JSON-ready data (what a host's pull process sends its parent)."""
         return asdict(self)
+
+    def to_report(self) -> dict:
+        """The result as ``pull --json`` shows it: :meth:`to_dict` with the names
+        status.json uses for the same facts (``snapshots``, ``failed_services``,
+        ``pull_peak_rss``)."""
+        data = self.to_dict()
+        for ours, theirs in _REPORT_NAMES.items():
+            data[theirs] = data.pop(ours)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> HostResult:

@@ -101,6 +101,7 @@ def _known_facts(result: HostResult) -> dict:
         "repository_bytes": result.repository_bytes,
         "store_peak_rss": result.store_peak_rss or None,
         "pull_peak_rss": result.peak_rss or None,
+        "database_dumps": result.database_dumps,
     }
     return {key: value for key, value in facts.items() if value is not None}
 

@@ -296,6 +296,7 @@ def test_an_output_that_cannot_be_written_fails_the_run_visibly(fleet, tmp_path)
         assert pull.returncode == 1, pull.stderr
         assert "[web1] stored" in pull.stderr
         assert f"could not write the metrics file {blocked}/pullback.prom" in pull.stderr
+        assert "Traceback" not in pull.stderr  # an administrator's matter: one line
         assert (tmp_path / "www" / "index.html").exists()  # the other output is still written
         (message,) = sink.messages
         assert message["Subject"] == "[pullback] OUTPUTS NOT WRITTEN: 1"

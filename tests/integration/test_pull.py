@@ -357,16 +357,18 @@ def test_summary_mail_lists_failures_first(fleet):
         sink.stop()
 
 
-def test_unreachable_smtp_changes_nothing_else(fleet):
+def test_unreachable_smtp_stores_all_and_says_so_in_the_exit_status(fleet):
     fleet.smtp_port = 9  # nothing listens on the discard port here
     host = fleet.add_host("web1")
     host.make_archive()
     result = fleet.server("pull")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the unit fails: nobody got the mail
     assert (
         "the summary mail was not sent: cannot reach the SMTP server 127.0.0.1:9" in result.stderr
     )
     assert len(fleet.snapshots("web1")) == 1
+    status = fleet.server("status")
+    assert "not written by the last run: summary mail not sent" in status.stderr
 
 
 def test_two_pulls_at_once_and_bad_config(fleet):
@@ -453,6 +455,7 @@ def test_one_host_name_rule_check_says_what_a_pull_would_trip_over(fleet):
         "'web1': every pull would fail; set hostname: web1 in its /etc/pullback/client.yaml"
     ) in check.stdout
     assert fleet.server("pull").returncode == 1
+    assert not (fleet.repos / "web1").exists()  # no empty repository for a host that failed
 
     client.hostname = "web1"
     client.write_config()
@@ -480,6 +483,9 @@ def test_every_command_that_lists_or_reports_speaks_json(fleet):
     assert pulled["exit_code"] == 0 and pulled["not_written"] == []
     ((result),) = pulled["hosts"]
     assert (result["host"], result["status"]) == ("web1", "stored")
+    status_names = json.loads(fleet.server("status", "--json").stdout)["hosts"]["web1"]
+    for key in ("snapshots", "failed_services", "pull_peak_rss", "database_dumps"):
+        assert key in result and key in status_names  # one name for one fact
     check = json.loads(fleet.server("check", "--json").stdout)
     assert check["problems"] == [] and any("reachable" in line for line in check["ok"])
     snapshots = json.loads(fleet.server("snapshots", "web1", "--json").stdout)
@@ -504,5 +510,6 @@ def test_every_command_that_lists_or_reports_speaks_json(fleet):
         "problems": [],
         "warnings": [],
     }
-    listing = json.loads(host.client.cli("list", "--json").stdout)
-    assert len(listing) == 1
+    (listed,) = json.loads(host.client.cli("list", "--json").stdout)
+    assert listed["stored_by_server"] and not listed["fetched"]  # marked, kept until a newer
+    assert "stored, kept" in host.client.cli("list").stdout

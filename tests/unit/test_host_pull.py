@@ -285,8 +285,9 @@ class SpyNotifier:
     def start(self) -> None:
         self.calls.append("start")
 
-    def finish(self, ok: bool, title: str, body: str) -> None:
+    def finish(self, ok: bool, title: str, body: str) -> list[str]:
         self.calls.append(f"finish ok={ok}")
+        return []
 
 
 class PhaseLog(Journal):

@@ -167,7 +167,10 @@ class Fleet:
         }
 
     def snapshots(self, name: str) -> list[dict]:
-        """The snapshots (restic) or archives (borg) in a host's repository."""
+        """The snapshots (restic) or archives (borg) in a host's repository ([] while it
+        has none: a repository is made with the host's first store)."""
+        if not (self.repos / name).exists():
+            return []
         if self.backend == "restic":
             out = subprocess.run(
                 ["restic", "snapshots", "--json"],

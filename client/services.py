@@ -19,6 +19,8 @@ from ..plugins.manager import PluginSet
 from ..plugins.task import TaskType
 
 SERVICE_FILE = "service.yaml"
+SERVICE_FILES = (SERVICE_FILE, "service.yml")
+"""The names a service file may have (backup-suite shipped both)."""
 
 #: The built-in task keys (docs/architecture.md, *Service files*): a missing plugin for one
 #: of these is "not installed", not a typo.
@@ -64,15 +66,18 @@ class Service:
 
 
 def find_service_files(service_dirs: list[Path] | tuple[Path, ...]) -> list[Path]:
-    """``<dir>/<name>/service.yaml`` and ``<dir>/<type>/<name>/service.yaml``, sorted."""
+    """``<dir>/<name>/service.yaml`` and ``<dir>/<type>/<name>/service.yaml`` (or
+    ``service.yml``), sorted. A directory with both names gives both: the two services
+    then share one name, which is reported."""
     found: list[Path] = []
     for directory in service_dirs:
-        for pattern in (f"*/{SERVICE_FILE}", f"*/*/{SERVICE_FILE}"):
-            found.extend(
-                p
-                for p in directory.glob(pattern)
-                if not any(part.startswith(".") for part in p.relative_to(directory).parts)
-            )
+        for name in SERVICE_FILES:
+            for pattern in (f"*/{name}", f"*/*/{name}"):
+                found.extend(
+                    p
+                    for p in directory.glob(pattern)
+                    if not any(part.startswith(".") for part in p.relative_to(directory).parts)
+                )
     return sorted(set(found))
 
 

@@ -28,6 +28,11 @@ def pullback_task_types():
     ]
 
 
+def _pinning(config: dict) -> bool:
+    """pin_images, or backup-suite's pin_images_to_digest."""
+    return bool(first(config, "pin_images_to_digest", default=False) or config["pin_images"])
+
+
 def compose_file(task: Task) -> Path:
     return Path(first(task.config, "docker_compose_path", "compose_file"))
 
@@ -72,7 +77,7 @@ def pullback_plan(task: Task):
         lines.append(f"stop the running services of {compose_file(task)}, start them after")
     if task.config["backup_config"]:
         lines.append("archive the compose file and .env")
-    if task.config["pin_images"]:
+    if _pinning(task.config):
         lines.append("record the image digests")
     return lines
 
@@ -102,7 +107,7 @@ def pullback_dump(task: Task):
         env = Path(task.config.get("project_directory") or source.parent) / ".env"
         if env.is_file():
             shutil.copy2(env, task.staging / ".env")
-    if task.config["pin_images"]:
+    if _pinning(task.config):
         _pin_images(task)
 
 

@@ -32,6 +32,8 @@ def _v2_env(task: Task) -> dict[str, str]:
     env = {"INFLUX_HOST": task.config["host"]} if task.config.get("host") else {}
     if task.config.get("token_file"):
         env["INFLUX_TOKEN"] = read_secret_file(task.config["token_file"], "token file")
+    elif task.config.get("token"):  # backup-suite's way: in the (owner-only) service file
+        env["INFLUX_TOKEN"] = task.config["token"]
     if task.config.get("org"):
         env["INFLUX_ORG"] = task.config["org"]
     return env
@@ -47,6 +49,8 @@ def pullback_validate(task: Task):
     config = task.config
     if config["version"] == 1 and (config.get("token_file") or config.get("bucket")):
         return ["token_file and bucket are for InfluxDB 2 (version: 2)"]
+    if config.get("token_file") and config.get("token"):
+        return ["give token_file or token, not both"]
     if config["version"] == 2 and config.get("database"):
         return ["database is for InfluxDB 1 (version: 1); InfluxDB 2 has bucket"]
     return []

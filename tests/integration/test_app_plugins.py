@@ -79,7 +79,7 @@ def test_stop_dump_start_order_and_start_after_a_failed_dump(tmp_path, standins,
         docker:
           docker_compose_path: {app}
           wait_after_restart: 0
-          pin_images: true
+          pin_images_to_digest: true   # backup-suite's name of pin_images
         systemd:
           units: [app.service, worker.service]
         command:
@@ -173,6 +173,19 @@ def test_influx_token_goes_by_environment(tmp_path, standins):
     (call,) = standins.calls()
     assert call["token_in_env"] == "influx-token-xyz"
     assert "influx-token-xyz" not in " ".join(call["args"])
+
+
+def test_backup_suite_s_token_in_the_file_goes_by_environment_and_stays_masked(tmp_path, standins):
+    standins.set()
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("i", "service: {name: i}\ninfluxdb: {token: infl-tok-123456, org: home}\n")
+    result = box.cli("run", "-v", env=standins.env)
+    assert result.returncode == 0, result.stderr
+    (call,) = standins.calls()
+    assert call["token_in_env"] == "infl-tok-123456"
+    assert "infl-tok-123456" not in " ".join(call["args"]) + result.stderr
+    (archive,) = box.published()
+    assert b"infl-tok-123456" not in archive.with_name(archive.name + ".json").read_bytes()
 
 
 def test_a_missing_tool_skips_that_task_with_a_clear_message(tmp_path):

@@ -60,6 +60,29 @@ def test_backup_suite_file_parses_unchanged(tmp_path, plugins):
     assert not any("files" in m for m in messages)
 
 
+def test_backup_suite_spellings_are_understood(tmp_path, plugins):
+    """What backup-suite's shipped files use: the name service.yml, service.type,
+    pin_images_to_digest, and the InfluxDB token in the file itself (a secret: masked)."""
+    path = tmp_path / "other/pihole/service.yml"
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        textwrap.dedent(
+            """            service: {name: pihole, type: other}
+            docker: {docker_compose_path: /opt/ph/compose.yml, pin_images_to_digest: true}
+            influxdb: {host: "http://localhost:8086", token: s3cr3t-token-value, org: home}
+            """
+        )
+    )
+    path.chmod(0o600)
+    assert find_service_files([tmp_path]) == [path]
+    service = load_service(path, plugins)
+    assert service.problems == [] and service.name == "pihole"
+    docker, influx = service.tasks
+    assert docker.config["pin_images_to_digest"] is True
+    assert influx.config["token"] == "s3cr3t-token-value"
+    assert "s3cr3t-token-value" in service.secrets  # masked wherever it could appear
+
+
 def test_unknown_task_names_file_line_and_suggests(tmp_path, plugins):
     path = put(tmp_path, "x", "service:\n  name: x\nfile:\n  paths: [/etc]\n")
     service = load_service(path, plugins)

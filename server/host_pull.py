@@ -48,13 +48,14 @@ from ..common.outcome import Status
 from ..common.protocol import Listing
 from ..common.text import BoundedWarnings, printable
 from ..common.units import human_duration, human_size
+from . import status_file
 from .backends import RepositoryMissing, Snapshot, SnapshotSpec
 from .db_proof import find_dumps
 from .host import HostContext
 from .journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, PhaseLog
 from .remote import Remote, TransferCut
 from .results import HostResult
-from .transfer import Fetched, discard_partial, fetch_and_unpack
+from .transfer import ChecksumMismatch, Fetched, discard_partial, fetch_and_unpack
 
 FUTURE_TOLERANCE = dt.timedelta(hours=1)
 """How far in the future an archive's stamp may lie (clock skew) and still be taken."""
@@ -123,15 +124,21 @@ def _mismatch(client_says: str, host: str) -> ArchiveError:
     )
 
 
+CHECKSUM_TRIES = 2
+"""Pulls in which an archive may fail its checksum before the next newest is taken."""
+
+
 def newest_usable(
-    listing: Listing, host: str, now: dt.datetime
+    listing: Listing, host: str, now: dt.datetime, refused: frozenset[str] = frozenset()
 ) -> tuple[Sidecar | None, BoundedWarnings]:
     """The newest archive of ``listing`` that may be fetched, and a warning for every one
     passed over: a bad sidecar, a size that differs from the sidecar, a stamp in the future
     (a wrong client clock must not hide every later archive), and a stamp two archives
     share (which one is the real one cannot be told).
 
-    Raises ArchiveError when a sidecar names another host.
+    ``refused``: archives that failed their checksum CHECKSUM_TRIES times (passed over, so
+    that one damaged archive does not block every later pull until the client makes a
+    newer one). Raises ArchiveError when a sidecar names another host.
     """
     warnings = BoundedWarnings(KEPT_WARNINGS)
     for entry in listing.unusable:
@@ -149,6 +156,12 @@ def newest_usable(
             continue
         if side.host != host:
             raise _mismatch(side.host, host)
+        if side.archive.name in refused:
+            warnings.append(
+                f"passing over {name}: its bytes did not match its checksum in "
+                f"{CHECKSUM_TRIES} pulls; taking the newest archive before it"
+            )
+            continue
         if not isinstance(entry.get("size"), int) or entry["size"] != side.archive.size:
             warnings.append(f"ignoring {name}: its size differs from its sidecar")
         elif parse_stamp(side.stamp) > horizon:
@@ -165,7 +178,13 @@ def newest_usable(
     return best, warnings
 
 
-def choose(listing: Listing, host: str, stored: Stored, now: dt.datetime) -> Choice:
+def choose(
+    listing: Listing,
+    host: str,
+    stored: Stored,
+    now: dt.datetime,
+    refused: frozenset[str] = frozenset(),
+) -> Choice:
     """Decide what to do with a client's listing; a pure function.
 
     Skips: no usable archive (a problem when archives were passed over; waiting when
@@ -175,7 +194,7 @@ def choose(listing: Listing, host: str, stored: Stored, now: dt.datetime) -> Cho
     """
     if listing.host != host:
         raise _mismatch(listing.host, host)
-    best, passed_over = newest_usable(listing, host, now)
+    best, passed_over = newest_usable(listing, host, now, refused)
     warnings = passed_over.lines(KEPT_WARNINGS)
     if best is None:
         if passed_over:
@@ -311,7 +330,7 @@ class HostPull:
             if listing is None:
                 return
             stored = self.note_snapshots(asked.result())
-            choice = choose(listing, self.ctx.name, stored, utc_now())
+            choice = choose(listing, self.ctx.name, stored, utc_now(), self.refused())
             if not self.apply(choice, remote):
                 return
             assert choice.archive is not None
@@ -335,6 +354,11 @@ class HostPull:
             if not self.ctx.config.backend.init:
                 raise
             self.repository_missing = True
+
+    def refused(self) -> frozenset[str]:
+        """Archives that failed their checksum in CHECKSUM_TRIES pulls (status.json)."""
+        failures = status_file.checksum_failures(self.ctx.config.state_dir, self.ctx.name)
+        return frozenset(name for name, count in failures.items() if count >= CHECKSUM_TRIES)
 
     def clear_interrupted_store(self) -> None:
         """If a killed pull was storing this host, remove the locks its store left (only
@@ -431,7 +455,11 @@ class HostPull:
     def fetch(self, remote: ClientEndpoint, archive: Sidecar) -> Fetched:
         """Fetch and unpack ``archive`` into staging, resuming a partial download."""
         self._phase(TRANSFERRING)
-        fetched = fetch_and_unpack(self.ctx, remote, archive.archive)
+        try:
+            fetched = fetch_and_unpack(self.ctx, remote, archive.archive)
+        except ChecksumMismatch:
+            self.result.checksum_failed = archive.archive.name
+            raise
         # the snapshot carries its sidecar: a restore can tell which tasks failed in it
         atomic_write(self.ctx.staging / SIDECAR_NAME, archive.to_json(), mode=0o600)
         self.result.resumed_from = fetched.resumed_from

@@ -58,6 +58,8 @@ class HostResult:
     """Highest resident memory of the host's own pull process (see host_process)."""
     client_failed_services: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    checksum_failed: str | None = None
+    """The archive whose bytes did not match its sidecar's sha256 in this pull."""
     database_dumps: int | None = None
     """Database dumps in the stored snapshot (None: nothing stored this time)."""
     not_delivered: list[str] = field(default_factory=list)
@@ -100,7 +102,7 @@ class HostResult:
         each text :func:`~pullback.common.text.printable` and capped, at most
         MAX_WARNINGS warnings and a count of the rest. Returns ``self``."""
         self.reason = printable(self.reason, MAX_REASON)
-        for name in ("archive", "stamp", "snapshot_id", "started"):
+        for name in ("archive", "stamp", "snapshot_id", "started", "checksum_failed"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, printable(value, MAX_WORD))

@@ -66,6 +66,7 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
             }
         )
         entry.update(_known_facts(result))
+        _count_checksum_failure(entry, result)
         if result.status == Status.STORED:
             entry.update(
                 {
@@ -92,6 +93,29 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
         )
         entry["history"] = entry["history"][-HISTORY:]
     return _save(state_dir, status)
+
+
+CHECKSUM_FAILURES_KEPT = 10
+
+
+def _count_checksum_failure(entry: dict, result: HostResult) -> None:
+    """``checksum_failures``: per archive, how many pulls found its bytes not matching its
+    sidecar (a stored snapshot clears them: they are all older then)."""
+    if result.status == Status.STORED:
+        entry.pop("checksum_failures", None)
+        return
+    if result.checksum_failed is None:
+        return
+    failures = dict(entry.get("checksum_failures") or {})
+    failures[result.checksum_failed] = int(failures.get(result.checksum_failed, 0)) + 1
+    entry["checksum_failures"] = dict(sorted(failures.items())[-CHECKSUM_FAILURES_KEPT:])
+
+
+def checksum_failures(state_dir: Path, host: str) -> dict[str, int]:
+    """What :func:`_count_checksum_failure` recorded for ``host``."""
+    entry = load_status(state_dir)["hosts"].get(host, {})
+    failures = entry.get("checksum_failures") if isinstance(entry, dict) else None
+    return {str(k): int(v) for k, v in failures.items()} if isinstance(failures, dict) else {}
 
 
 def _known_facts(result: HostResult) -> dict:

@@ -328,7 +328,7 @@ class _Download:
             self._judge_transfer(transfer_error)
         if sha256 != self.archive.sha256:
             discard_partial(self.path)
-            raise ArchiveError(
+            raise ChecksumMismatch(
                 f"{name}: checksum mismatch: the bytes received hash to {sha256[:16]}..., "
                 f"the sidecar says {self.archive.sha256[:16]}...; nothing was stored"
             )
@@ -341,6 +341,10 @@ class _Download:
             ) from None
         if error is not None:
             raise error
+
+
+class ChecksumMismatch(ArchiveError):
+    """The bytes that arrived are not the archive the sidecar describes."""
 
 
 def fetch_and_unpack(ctx: HostContext, remote: ByteSource, archive: ArchiveInfo) -> Fetched:

@@ -21,6 +21,7 @@ from pullback.common.clock import iso, parse_stamp, stamp_of
 from pullback.common.errors import ArchiveError, CommandError, Interrupted, PullbackError
 from pullback.common.outcome import Status
 from pullback.common.protocol import Listing
+from pullback.server import status_file
 from pullback.server.backends import BackendError, Snapshot
 from pullback.server.config import load_server_config
 from pullback.server.host import for_each_host
@@ -410,6 +411,39 @@ def test_a_checksum_mismatch_fails_and_stores_nothing(config, backend, client):
     assert "checksum mismatch" in result.reason and result.reason.endswith("nothing was stored")
     assert backend.stored == [] and client.marked == []
     assert not (config.partial_dir("web1") / archive.name).exists()
+
+
+def test_an_archive_that_fails_its_checksum_twice_gives_way_to_the_one_before(
+    config, backend, client
+):
+    """A damaged archive once blocked every later pull until the client made a newer one:
+    after two pulls in which its bytes did not match, the newest archive before it (if
+    newer than what is stored) is taken, and the pull says so."""
+    older = publish(
+        client.archive_dir,
+        "web1",
+        build_tar([Entry("services/app/files/a.txt", data=b"older\n")]),
+        dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=2),
+    )
+    damaged = publish_one(client)
+    side = damaged.with_name(damaged.name + ".json")
+    data = json.loads(side.read_text())
+    data["archive"]["sha256"] = hashlib.sha256(b"other").hexdigest()
+    side.write_text(json.dumps(data))
+    for _ in range(2):
+        result = make_pull(config, backend, client).run()
+        assert result.status == Status.FAILED and "checksum mismatch" in result.reason
+        assert result.checksum_failed == damaged.name
+        status_file.record(config.state_dir, [result])
+    third = make_pull(config, backend, client).run()
+    assert third.status == Status.STORED, third.reason
+    assert third.archive == older.name
+    assert (
+        f"passing over {damaged.name}: its bytes did not match its checksum in 2 pulls; "
+        "taking the newest archive before it"
+    ) in third.warnings
+    status_file.record(config.state_dir, [third])
+    assert status_file.checksum_failures(config.state_dir, "web1") == {}  # cleared by a store
 
 
 def test_a_cut_transfer_keeps_what_arrived_and_the_next_run_resumes(config, backend, client):

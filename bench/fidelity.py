@@ -167,7 +167,7 @@ def _skipped(stderr: str) -> list[str]:
 def _client_run(fleet: Fleet, src: Path, failures: dict[str, str]) -> list[str]:
     """Add a ``files`` service holding ``src`` to the fleet's host and run the client.
     If the run fails on the edge tree's long path, that goes into ``failures`` (under
-    "long path") and the run is repeated with ``exclude: [/long]``, so that the other
+    "long path") and the run is repeated with ``exclude: [/<src>/long]``, so that the other
     kinds are still measured. Returns the run's warnings about entries it skipped."""
     host = fleet.hosts["web1"]
     files: dict[str, list[str]] = {"paths": [str(src)]}
@@ -178,10 +178,10 @@ def _client_run(fleet: Fleet, src: Path, failures: dict[str, str]) -> list[str]:
         failed = [line for line in ran.stderr.splitlines() if "failed" in line]
         failures["long path"] = (
             "the client run failed (the other kinds measured by a second run with "
-            "exclude: [/long]; its backup time includes the failed run): "
+            f"exclude: [/{src.name}/long]; its backup time includes the failed run): "
             + _short(" | ".join(failed), 600)
         )
-        files["exclude"] = ["/long"]
+        files["exclude"] = [f"/{src.name}/long"]  # anchored at the listed path's parent
         host.client.add_service("fidelity", yaml.safe_dump(service))
         ran = host.client.cli("run", timeout=TIMEOUT)
     return _skipped(_cli(ran, "pullback-client run").stderr)

@@ -1,20 +1,27 @@
-"""Exclude patterns with rsync's meaning, as backup-suite's ``files`` task used them.
+"""Exclude patterns with rsync's meaning, exactly as backup-suite's ``files`` task used them.
 
-Patterns are matched against paths relative to each listed path:
+backup-suite copied each listed path with ``cd "$(dirname PATH)" && rsync -a
+--delete-excluded --exclude P... "$(basename PATH)" DEST/``: rsync's transfer root is the
+*parent* of the listed path, so the names patterns are matched against are
+``<basename>``, ``<basename>/sub``, ... (:meth:`ExcludeMatcher.rooted` does the same):
 
-- ``*.log`` (no slash): matches the last component at any depth;
+- ``*.log`` (no slash): matches the last component at any depth, the listed item itself
+  included;
 - ``cache/`` (trailing slash): matches directories only;
-- ``/tmp`` (leading slash): anchored at the listed path;
-- ``a/b``, ``**/x``: matched against the whole relative path (at any depth unless
-  anchored); ``*`` and ``?`` stop at ``/``, ``**`` crosses it, ``[...]`` is a class.
+- ``/media/tmp`` (leading slash): anchored at the listed path's parent;
+- ``media/big.mp4``, ``**/x``: matched against the end of the path on a component
+  boundary (the listed item's own name counts); ``*`` and ``?`` stop at ``/``, ``**``
+  crosses it, ``[...]`` is a class; ``dir/***`` is the directory and all below it.
 
-An excluded directory is left out with everything below it.
+An excluded directory is left out with everything below it. ``tests/integration/
+test_exclude_oracle.py`` holds this to real rsync.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
@@ -61,6 +68,14 @@ class _Rule:
     basename_only: bool
 
 
+def compile_rules(pattern: str) -> list[_Rule]:
+    """The rules of one pattern (``dir/***`` is two: the directory, and all below it).
+    Raises ValueError for an empty or unusable one."""
+    if pattern.endswith("/***") and len(pattern) > 4:
+        return [compile_rule(pattern[:-4]), compile_rule(pattern[:-4] + "/**")]
+    return [compile_rule(pattern)]
+
+
 def compile_rule(pattern: str) -> _Rule:
     """Compile one pattern. Raises ValueError for an empty or unusable one."""
     if not pattern or pattern in ("/", "//"):
@@ -85,7 +100,7 @@ class ExcludeMatcher:
 
     def __init__(self, patterns: Iterable[str]):
         self.patterns = list(patterns)
-        self.rules = [compile_rule(p) for p in self.patterns]
+        self.rules = [rule for p in self.patterns for rule in compile_rules(p)]
 
     def __call__(self, relative: str, is_dir: bool) -> bool:
         name = relative.rsplit("/", 1)[-1]
@@ -98,3 +113,16 @@ class ExcludeMatcher:
 
     def __bool__(self) -> bool:
         return bool(self.rules)
+
+    def rooted(self, path: str | os.PathLike) -> Callable[[str, bool], bool]:
+        """The exclude function for the tree below the listed ``path``: its entries'
+        paths (relative to ``path``) are matched as rsync saw them, below the listed
+        item's own name (see the module's docstring)."""
+        base = os.path.basename(os.path.normpath(path))
+        return lambda relative, is_dir: self(f"{base}/{relative}", is_dir)
+
+    def excludes_listed(self, path: str | os.PathLike) -> bool:
+        """True when a pattern leaves out the listed ``path`` itself (rsync matched the
+        item's own name: ``*.ini`` drops a listed ``/opt/app/config.ini``)."""
+        base = os.path.basename(os.path.normpath(path))
+        return self(base, os.path.isdir(path) and not os.path.islink(path))

@@ -51,12 +51,16 @@ def pullback_plan(task: Task):
     lines = []
     for path in task.config["paths"]:
         files = size = 0
+        if matcher.excludes_listed(path):
+            lines.append(f"would leave out {path}: an exclude pattern matches its name")
+            continue
+        excluded = matcher.rooted(path)
         for root, dirs, names in os.walk(path):
             rel_root = os.path.relpath(root, path)
             rel_root = "" if rel_root == "." else rel_root + "/"
-            dirs[:] = [d for d in dirs if not matcher(rel_root + d, True)]
+            dirs[:] = [d for d in dirs if not excluded(rel_root + d, True)]
             for name in names:
-                if matcher(rel_root + name, False):
+                if excluded(rel_root + name, False):
                     continue
                 try:
                     size += os.lstat(os.path.join(root, name)).st_size
@@ -78,8 +82,12 @@ def pullback_dump(task: Task):
         task.log.info("rsync_options is ignored: ACLs, xattrs and hard links are always kept")
     missing: list[str] = []
     for path in task.config["paths"]:
+        if matcher.excludes_listed(path):
+            task.log.info("%s left out: an exclude pattern matches its name", path)
+            continue
+        exclude = matcher.rooted(path) if matcher else None
         try:
-            stats = task.add_tree(Path(path), exclude=matcher or None, xattrs=task.config["xattrs"])
+            stats = task.add_tree(Path(path), exclude=exclude, xattrs=task.config["xattrs"])
         except FileNotFoundError:
             if task.config["missing_ok"]:
                 task.log.warning("%s does not exist; skipped (missing_ok)", path)

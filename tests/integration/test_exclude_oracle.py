@@ -1,0 +1,158 @@
+"""Exclude patterns mean what they meant under backup-suite: real rsync is the oracle.
+
+backup-suite's files plugin copied each listed path as
+``cd "$(dirname PATH)" && rsync -a --delete-excluded --exclude P ... "$(basename PATH)" DEST/``.
+For a table of tricky cases (anchored, ``**``, ``***``, trailing ``/``, nested names that
+repeat, the listed item's own name, several listed paths) this test runs exactly that and
+compares the set of paths rsync copied with the set pullback's ``files`` task archives —
+first through the matcher the task uses, then through a real client run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pullback.plugins.exclude import ExcludeMatcher
+from tests.helpers.client import ClientSandbox
+
+if shutil.which("rsync") is None:
+    pytest.skip("rsync is not installed (scripts/install-deps)", allow_module_level=True)
+
+TREE = [
+    "app/config.ini",
+    "app/cache/a.txt",
+    "app/logs/x.log",
+    "app/logs/keep.txt",
+    "app/mediafiles/large_video.mp4",
+    "app/mediafiles/small.jpg",
+    "app/mediafiles/anch",
+    "app/mediafiles/sub/mediafiles/large_video.mp4",
+    "app/mediafiles/a/b/c.txt",
+    "app/deep/a/b/cache",
+    "app/deep/a/b/x.txt",
+    "app/data/one",
+    "app/anch",
+    "other/mediafiles/keep.me",
+]
+
+# (listed paths below the tree's root, exclude patterns)
+CASES = [
+    (["app"], ["*.log"]),
+    (["app"], ["cache/"]),
+    (["app"], ["cache"]),
+    (["app/mediafiles"], ["mediafiles/large_video.mp4"]),  # the shipped tandoor example
+    (["app/mediafiles/"], ["mediafiles/large_video.mp4"]),  # trailing slash: the same
+    (["app/mediafiles"], ["/mediafiles/anch"]),
+    (["app/mediafiles"], ["/anch"]),
+    (["app"], ["/anch", "/app/anch"]),
+    (["app"], ["a/b"]),
+    (["app"], ["**/c.txt"]),
+    (["app"], ["mediafiles/**"]),
+    (["app"], ["app/logs/"]),
+    (["app"], ["/app/logs"]),
+    (["app"], ["sub/***"]),
+    (["app"], ["*.mp4", "?ata"]),
+    (["app"], ["[cd]ache", "[!x]*.txt"]),
+    (["app/config.ini", "app/logs"], ["config.ini"]),  # the listed item's own name
+    (["app/logs", "app/mediafiles"], ["logs"]),
+    (["app/mediafiles", "other/mediafiles"], ["mediafiles/large_video.mp4", "keep.me"]),
+    (["app"], ["app"]),
+]
+
+
+def make_tree(root: Path) -> None:
+    for rel in TREE:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rel + "\n")
+
+
+def by_rsync(root: Path, listed: list[str], patterns: list[str], dest: Path) -> set[str]:
+    """What backup-suite's rsync line copies of each listed path (``N:<basename>/...``,
+    N its place in the list). Each goes to a destination of its own: backup-suite put
+    them all in one, where a second path with the same name replaced the first
+    (``--delete-excluded`` implies ``--delete``); pullback keeps both, under their full
+    paths, and that loss is not what is compared here."""
+    found: set[str] = set()
+    for number, entry in enumerate(listed):
+        path = root / entry.rstrip("/")
+        excludes = [arg for p in patterns for arg in ("--exclude", p)]
+        target = dest / str(number)
+        target.mkdir(parents=True)
+        subprocess.run(
+            ["rsync", "-a", "--delete-excluded", *excludes, path.name, f"{target}/"],
+            cwd=path.parent,
+            check=True,
+        )
+        found |= {f"{number}:{rel}" for rel in _files(target)}
+    return found
+
+
+def by_matcher(root: Path, listed: list[str], patterns: list[str]) -> set[str]:
+    """What the files task keeps, walking as its archive writer does (an excluded
+    directory is not entered)."""
+    matcher = ExcludeMatcher(patterns)
+    kept: set[str] = set()
+    for number, entry in enumerate(listed):
+        path = root / entry.rstrip("/")
+        if matcher.excludes_listed(path):
+            continue
+        if path.is_file():
+            kept.add(f"{number}:{path.name}")
+            continue
+        excluded = matcher.rooted(path)
+        for directory, dirs, names in os.walk(path):
+            rel = os.path.relpath(directory, path)
+            rel = "" if rel == "." else rel + "/"
+            dirs[:] = [d for d in dirs if not excluded(rel + d, True)]
+            kept.update(
+                f"{number}:{path.name}/{rel}{n}" for n in names if not excluded(rel + n, False)
+            )
+    return kept
+
+
+def _files(dest: Path) -> set[str]:
+    return {str(Path(d, n).relative_to(dest)) for d, _, names in os.walk(dest) for n in names}
+
+
+@pytest.mark.parametrize(("listed", "patterns"), CASES, ids=lambda v: ",".join(v))
+def test_the_same_files_as_backup_suite_s_rsync(tmp_path, listed, patterns):
+    make_tree(tmp_path / "tree")
+    expected = by_rsync(tmp_path / "tree", listed, patterns, tmp_path / "rsync")
+    assert by_matcher(tmp_path / "tree", listed, patterns) == expected
+
+
+def test_a_client_run_archives_what_rsync_copied(tmp_path):
+    """The tandoor example end to end: the listed media directory and a second one,
+    through the files task into a real archive."""
+    root = tmp_path / "tree"
+    make_tree(root)
+    listed = ["app/mediafiles", "app/logs"]
+    patterns = ["mediafiles/large_video.mp4", "*.log", "/mediafiles/a"]
+    expected = by_rsync(root, listed, patterns, tmp_path / "rsync")
+    box = ClientSandbox(tmp_path / "client")
+    paths = ", ".join(str(root / p) for p in listed)
+    excludes = ", ".join(f'"{p}"' for p in patterns)
+    box.add_service(
+        "media", f"service: {{name: media}}\nfiles: {{paths: [{paths}], exclude: [{excludes}]}}\n"
+    )
+    result = box.cli("run")
+    assert result.returncode == 0, result.stderr
+    (archive,) = box.published()
+    prefix = f"services/media/files{root}/app/"
+    unzstd = subprocess.run(["zstd", "-dc", archive], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(unzstd)) as tar:
+        archived = {
+            m.name.removeprefix(prefix)
+            for m in tar.getmembers()
+            if m.isfile() and m.name.startswith(prefix)
+        }
+    numbered = {f"{listed.index('app/' + rel.split('/')[0])}:{rel}" for rel in archived}
+    assert numbered == expected

@@ -170,7 +170,7 @@ def finish(config: ClientConfig, notifier: Notifier, run: RunSummary) -> list[st
         subject = f"{email.subject_prefix} {config.hostname}: {headline}"
         message = mail.build_message(email.sender, email.to, subject, body)
         try:
-            mail.send(email.smtp, message)
+            mail.deliver(email, message)
         except mail.MailError as exc:
             log.error("the mail was not sent: %s", exc)
             problems.append("mail not sent")

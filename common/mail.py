@@ -1,16 +1,20 @@
-"""Sending a report by SMTP: plain text plus HTML, STARTTLS/SSL/none, optional login."""
+"""Sending a report: by SMTP (plain text plus HTML, STARTTLS/SSL/none, optional login) or
+through the local sendmail program."""
 
 from __future__ import annotations
 
+import logging
 import smtplib
 import ssl
+import tempfile
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from . import secrets
-from .errors import PullbackError
+from .errors import CommandError, PullbackError
+from .runner import Runner
 from .units import parse_duration
 
 
@@ -32,6 +36,8 @@ class EmailConfig:
     to: tuple[str, ...]
     send: str
     subject_prefix: str
+    sendmail: Path | None = None
+    """Deliver through this program (``sendmail -t -oi``) instead of SMTP."""
 
 
 def email_config(data: dict | None) -> EmailConfig | None:
@@ -54,6 +60,7 @@ def email_config(data: dict | None) -> EmailConfig | None:
         to=tuple(data["to"]),
         send=data["send"],
         subject_prefix=data["subject_prefix"],
+        sendmail=Path(data["sendmail"]) if data.get("sendmail") else None,
     )
 
 
@@ -84,6 +91,34 @@ def build_message(
     if html is not None:
         message.add_alternative(secrets.mask(html), subtype="html")
     return message
+
+
+def deliver(email: EmailConfig, message: EmailMessage) -> None:
+    """Deliver ``message`` the way ``email`` says: its sendmail program, or SMTP. Raises
+    MailError in plain words."""
+    if email.sendmail is not None:
+        sendmail(email.sendmail, message, email.smtp.timeout)
+    else:
+        send(email.smtp, message)
+
+
+def sendmail_argv(program: Path) -> list[str]:
+    """How the local sendmail is run: recipients from the message's headers (``-t``), a
+    line of a single dot is no end of the message (``-oi``)."""
+    return [str(program), "-t", "-oi"]
+
+
+def sendmail(program: Path, message: EmailMessage, timeout: float) -> None:
+    """Hand ``message`` to the local ``program`` (msmtp, exim, postfix). Raises MailError
+    with the program's last words when it fails."""
+    with tempfile.TemporaryFile() as text:
+        text.write(message.as_bytes())
+        text.seek(0)
+        try:
+            Runner().run(sendmail_argv(program), stdin=text, timeout=timeout, level=logging.DEBUG)
+        except CommandError as exc:
+            said = exc.tail[-1] if exc.tail else exc.reason
+            raise MailError(f"{program} did not take the mail: {said}") from None
 
 
 def send(smtp, message: EmailMessage) -> None:

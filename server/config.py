@@ -37,6 +37,8 @@ class HostConfig:
     """Members one archive may hold (files, directories, links, device nodes)."""
     max_archive_size: int
     """Bytes an archive may announce; a larger one is not fetched."""
+    email_to: tuple[str, ...] = ()
+    """The host's own recipients (a mail of its result alone after each pull)."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
                 max_age=parse_duration(host.get("max_age", default_max_age)),
                 min_interval=parse_duration(host.get("min_interval", data["min_interval"])),
                 notify=notify_config(host.get("notify")),
+                email_to=tuple(host.get("email_to", ())),
                 max_unpacked_size=parse_size(
                     host.get("max_unpacked_size", data["max_unpacked_size"])
                 ),

@@ -95,19 +95,32 @@ def finish_pull(
         ["pings"],
     )
     problems += [f"{what} not delivered" for what in missed]
+    problems += _mail(config, results, history, problems)
+    record_problems(config, problems)
+    return problems
+
+
+def _mail(
+    config: ServerConfig, results: list[HostResult], history: dict, problems: list[str]
+) -> list[str]:
+    """The summary to ``email.to``, each host's own result to its ``email_to``. Returns
+    what could not be sent."""
+    unsent = []
     mailed = _guarded(
         "send the summary mail",
         lambda: report.send_summary(config.email, results, history, problems),
         False,
     )
-    if (
-        mailed is False
-        and config.email is not None
-        and report.should_send(config.email.send, results, problems)
-    ):
-        problems.append("summary mail not sent")
-    record_problems(config, problems)
-    return problems
+    email = config.email
+    if mailed is False and email is not None and report.should_send(email.send, results, problems):
+        unsent.append("summary mail not sent")
+    recipients = {h.name: h.email_to for h in config.hosts if h.email_to}
+    hosts = _guarded(
+        "send the hosts' own mails",
+        lambda: report.send_host_mails(email, results, recipients),
+        sorted(recipients),
+    )
+    return unsent + [f"the mail to {host}'s recipients not sent" for host in hosts]
 
 
 def finish_maintenance(

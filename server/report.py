@@ -132,11 +132,39 @@ def send_maintenance(email: EmailConfig | None, results) -> bool:
         email.sender, email.to, f"{email.subject_prefix} {text}", body, html
     )
     try:
-        mail.send(email.smtp, message)
+        mail.deliver(email, message)
     except mail.MailError as exc:
         log.error("the maintenance report was not sent: %s", exc)
         return False
     return True
+
+
+def send_host_mails(
+    email: EmailConfig | None, results: list[HostResult], recipients: dict[str, tuple[str, ...]]
+) -> list[str]:
+    """Mail each host's owners (``hosts[].email_to``) its result alone, by the ``send``
+    policy. Returns the hosts whose mail could not be sent."""
+    if email is None:
+        return []
+    failed = []
+    for result in results:
+        to = recipients.get(result.host)
+        if not to or not should_send(email.send, [result]):
+            continue
+        text, html = render([result])
+        message = mail.build_message(
+            email.sender,
+            to,
+            subject([result], f"{email.subject_prefix} {result.host}:"),
+            text,
+            html,
+        )
+        try:
+            mail.deliver(email, message)
+        except mail.MailError as exc:
+            log.error("the mail for %s's recipients was not sent: %s", result.host, exc)
+            failed.append(result.host)
+    return failed
 
 
 def should_send(policy: str, results, outputs: Sequence[str] = ()) -> bool:
@@ -167,7 +195,7 @@ def send_summary(
         email.sender, email.to, subject(results, email.subject_prefix, outputs), text, html
     )
     try:
-        mail.send(email.smtp, message)
+        mail.deliver(email, message)
     except mail.MailError as exc:
         log.error("the summary mail was not sent: %s", exc)
         return False

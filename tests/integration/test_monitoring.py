@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +203,45 @@ def test_status_exit_codes_and_the_monitoring_plugin_line(fleet):
     assert (
         plain.returncode == 1 and "cannot read" in plain.stderr and "Traceback" not in plain.stderr
     )
+
+
+@pytest.mark.skipif(shutil.which("msmtp") is None, reason="msmtp is not installed")
+def test_mail_through_the_local_sendmail_and_to_a_host_s_own_recipients(fleet, tmp_path):
+    """backup-suite sent its mail with msmtp; pullback does too when told to (a real msmtp
+    here, delivering to a real SMTP server), and a host's owners get its result alone."""
+    sink = SmtpSink().start()
+    try:
+        sendmail = tmp_path / "sendmail"
+        sendmail.write_text(
+            "#!/bin/sh\n"
+            f"exec msmtp --host=127.0.0.1 --port={sink.port} --auth=off --tls=off "
+            '--from=pullback@server.test "$@"\n'
+        )
+        sendmail.chmod(0o755)
+        fleet.smtp_port = 9  # SMTP itself would fail: the mail must go through sendmail
+        fleet.add_host("web1").make_archive()
+        fleet.add_host("db1").make_archive()
+        fleet.host_extra["db1"] = {"email_to": ["dba@example.test"]}
+        fleet.write_config(email={"sendmail": str(sendmail), "send": "always"})
+        result = fleet.server("pull")
+        assert result.returncode == 0, result.stderr
+        subjects = sorted(m["Subject"] for m in sink.messages)
+        assert subjects == [
+            "[pullback] all 2 hosts are ok (2 stored)",
+            "[pullback] db1: the host is ok (1 stored)",
+        ]
+        own = next(m for m in sink.messages if "db1:" in m["Subject"])
+        assert own["To"] == "dba@example.test"
+        text, _ = sink.bodies(own)
+        assert "db1" in text and "web1" not in text
+    finally:
+        sink.stop()
+
+    fleet.write_config(email={"sendmail": "/nonexistent/sendmail"})
+    fleet.hosts["web1"].make_archive()
+    failed = fleet.server("pull")
+    assert failed.returncode == 1  # stored, but nobody was told: the unit fails
+    assert "/nonexistent/sendmail" in failed.stderr
 
 
 def test_retry_until_fresh(fleet):

@@ -35,7 +35,10 @@ _F_SETPIPE_SZ = 1031
 CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"
 
 
-_TICK = 0.5
+_TICK = 0.02
+"""How long one read of a control answer waits for output before standard error is
+drained again: paramiko buffers a peer's standard error without flow control, so what
+piles up between two drains is this long's worth (a flood: 135 MiB at 0.5 s)."""
 """How often a wait for a control answer looks at its deadline and the host's cancel."""
 MAX_SHORT_ANSWER = 4096
 """Bytes a ``fetched`` answer may have (it is ``{"ok": true}``)."""

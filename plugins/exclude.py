@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 
@@ -120,6 +120,22 @@ class ExcludeMatcher:
         item's own name (see the module's docstring)."""
         base = os.path.basename(os.path.normpath(path))
         return lambda relative, is_dir: self(f"{base}/{relative}", is_dir)
+
+    def kept_files(self, path: str | os.PathLike[str]) -> Iterator[str]:
+        """The files below the listed ``path`` these patterns keep, relative to it (the
+        listed file itself is ``""``), as the archive writer walks: an excluded
+        directory is not entered."""
+        if self.excludes_listed(path):
+            return
+        if not os.path.isdir(path) or os.path.islink(path):
+            yield ""
+            return
+        excluded = self.rooted(path)
+        for directory, dirs, names in os.walk(os.fspath(path)):
+            rel = os.path.relpath(directory, path)
+            rel = "" if rel == "." else rel + "/"
+            dirs[:] = [d for d in dirs if not excluded(rel + d, True)]
+            yield from (rel + n for n in names if not excluded(rel + n, False))
 
     def excludes_listed(self, path: str | os.PathLike) -> bool:
         """True when a pattern leaves out the listed ``path`` itself (rsync matched the

@@ -50,25 +50,16 @@ def pullback_plan(task: Task):
     matcher = _matcher(task)
     lines = []
     for path in task.config["paths"]:
-        files = size = 0
         if matcher.excludes_listed(path):
             lines.append(f"would leave out {path}: an exclude pattern matches its name")
             continue
-        excluded = matcher.rooted(path)
-        for root, dirs, names in os.walk(path):
-            rel_root = os.path.relpath(root, path)
-            rel_root = "" if rel_root == "." else rel_root + "/"
-            dirs[:] = [d for d in dirs if not excluded(rel_root + d, True)]
-            for name in names:
-                if excluded(rel_root + name, False):
-                    continue
-                try:
-                    size += os.lstat(os.path.join(root, name)).st_size
-                    files += 1
-                except OSError:
-                    pass
-        if os.path.isfile(path):
-            files, size = 1, os.path.getsize(path)
+        files = size = 0
+        for rel in matcher.kept_files(path):
+            try:
+                size += os.lstat(os.path.join(path, rel) if rel else path).st_size
+                files += 1
+            except OSError:
+                pass
         lines.append(f"would archive {path}: {files} files, {human_size(size)}")
     if matcher:
         lines.append(f"excluding: {', '.join(matcher.patterns)}")

@@ -96,25 +96,16 @@ def by_rsync(root: Path, listed: list[str], patterns: list[str], dest: Path) -> 
 
 
 def by_matcher(root: Path, listed: list[str], patterns: list[str]) -> set[str]:
-    """What the files task keeps, walking as its archive writer does (an excluded
-    directory is not entered)."""
+    """What the files task keeps (its dry run's walk, as its archive writer walks: an
+    excluded directory is not entered)."""
     matcher = ExcludeMatcher(patterns)
     kept: set[str] = set()
     for number, entry in enumerate(listed):
         path = root / entry.rstrip("/")
-        if matcher.excludes_listed(path):
-            continue
-        if path.is_file():
-            kept.add(f"{number}:{path.name}")
-            continue
-        excluded = matcher.rooted(path)
-        for directory, dirs, names in os.walk(path):
-            rel = os.path.relpath(directory, path)
-            rel = "" if rel == "." else rel + "/"
-            dirs[:] = [d for d in dirs if not excluded(rel + d, True)]
-            kept.update(
-                f"{number}:{path.name}/{rel}{n}" for n in names if not excluded(rel + n, False)
-            )
+        kept.update(
+            f"{number}:{path.name}/{rel}" if rel else f"{number}:{path.name}"
+            for rel in matcher.kept_files(path)
+        )
     return kept
 
 

@@ -142,7 +142,8 @@ class CountingReader:
     def read(self, n: int = -1) -> bytes:
         data = self.source.read(n)
         self.progress.advance(len(data))
-        STATUS.show(self.progress.label, self.progress.text())
+        if STATUS.enabled:  # no text made per read unless a terminal shows it
+            STATUS.show(self.progress.label, self.progress.text())
         return data
 
 

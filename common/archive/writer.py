@@ -231,7 +231,8 @@ class ArchiveWriter:
         view = memoryview(data)
         if self.progress is not None:
             self.progress.advance(len(view))
-            STATUS.show(self.progress.label, self.progress.text())
+            if STATUS.enabled:  # no text made per write unless a terminal shows it
+                STATUS.show(self.progress.label, self.progress.text())
         if self._compressor is None:
             self._sha256.update(view)  # uncompressed: these bytes are the archive
         while view:

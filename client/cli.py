@@ -102,10 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[parent],
         help="answer the server (the forced command of its SSH key; not for humans)",
     )
+    p = sub.add_parser(
+        "import-backup-suite",
+        parents=[parent],
+        help="client.yaml from backup-suite's client_config.yml (and common_config)",
+        description="Read backup-suite's configuration and print pullback's: every key "
+        "mapped, or said why it has no equivalent (on standard error). With --write the "
+        "result replaces the configuration file, the old one kept as .before-import.",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=Path("/etc/backup"),
+        metavar="DIR",
+        help="backup-suite's configuration directory (default /etc/backup)",
+    )
+    p.add_argument("--write", action="store_true", help="write the configuration file")
     return parser
 
 
 ACTIONS = {
+    "import-backup-suite": Action("import_suite:command", loads_config=False),
     "configured": Action("config:configured", loads_config=False),
     "run": Action("run:command"),
     "check": Action("check:command"),

@@ -73,6 +73,8 @@ class BackendConfig:
     password_file: Path
     init: bool
     timeout: float
+    backup_options: tuple[str, ...] = ()
+    """Extra arguments of every restic backup / borg create, as given."""
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,7 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
             password_file=Path(backend["password_file"]),
             init=backend["init"],
             timeout=parse_duration(backend["timeout"]),
+            backup_options=tuple(backend.get("backup_options", ())),
         ),
         ssh=SshConfig(
             key_file=Path(ssh["key_file"]),

@@ -12,6 +12,7 @@ import re
 import shlex
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ...common.archive.manifest import MANIFEST_NAME
@@ -59,10 +60,11 @@ def failed_of(text: str) -> tuple[str, ...]:
     return tuple(n for n in text.removeprefix(PARTIAL).split(", ") if n)
 
 
-def create_args(host: str, spec: SnapshotSpec) -> list[str]:
+def create_args(host: str, spec: SnapshotSpec, extra: Sequence[str] = ()) -> list[str]:
     """``borg create`` of the staging tree (run in it), timed like the archive and, when
     partial, commented with the failed services; the files cache keys on ctime and size,
-    as the staging tree keeps unchanged files untouched."""
+    as the staging tree keeps unchanged files untouched. ``extra``: the administrator's
+    ``backend.backup_options``, as they are (never through a shell)."""
     marked = ["--comment", comment(spec.failed)] if spec.failed else []
     return [
         "create",
@@ -71,6 +73,7 @@ def create_args(host: str, spec: SnapshotSpec) -> list[str]:
         "--timestamp",
         spec.when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
         *marked,
+        *extra,
         f"::{archive_name(host, spec.stamp)}",
         "services",
         MANIFEST_NAME,
@@ -159,7 +162,7 @@ class BorgBackend(RepositoryBackend):
         started = time.monotonic()
         name = archive_name(self.host.name, spec.stamp)
         with tempfile.TemporaryFile() as out:
-            args = create_args(self.host.name, spec)
+            args = create_args(self.host.name, spec, self.config.backup_options)
             ran = self.run(args, cwd=staging, stdout=out, timeout=timeout, ok_codes=(0, 1))
             out.seek(0)
             try:

@@ -11,6 +11,7 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ...common.clock import is_stamp
@@ -41,10 +42,11 @@ def snapshots_args(host: str) -> list[str]:
     return ["snapshots", "--host", host, "--tag", TAG, "--json"]
 
 
-def backup_args(host: str, spec: SnapshotSpec) -> list[str]:
+def backup_args(host: str, spec: SnapshotSpec, extra: Sequence[str] = ()) -> list[str]:
     """``restic backup`` of the staging tree (run in it: the snapshot's root holds
     ``services/`` and ``MANIFEST.sha256``), tagged and timed like the archive; a partial
-    archive's snapshot is also tagged ``partial`` and ``failed:<service>`` per service."""
+    archive's snapshot is also tagged ``partial`` and ``failed:<service>`` per service.
+    ``extra``: the administrator's ``backend.backup_options``, as they are (no shell)."""
     marks = [PARTIAL, *(f"{FAILED}{name}" for name in spec.failed)] if spec.failed else []
     return [
         "backup",
@@ -59,6 +61,7 @@ def backup_args(host: str, spec: SnapshotSpec) -> list[str]:
         "--time",
         spec.when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "--ignore-inode",
+        *extra,
         ".",
     ]
 
@@ -203,7 +206,7 @@ class ResticBackend(RepositoryBackend):
     def store(self, staging: Path, spec: SnapshotSpec, timeout: float) -> StoreResult:
         started = time.monotonic()
         with tempfile.TemporaryFile() as out:
-            args = backup_args(self.host.name, spec)
+            args = backup_args(self.host.name, spec, self.config.backup_options)
             ran = self.run(args, cwd=staging, stdout=out, timeout=timeout)
             out.seek(0)
             summary = _summary(out.read())

@@ -271,3 +271,12 @@ def test_a_live_restic_lock_is_waited_for_then_named(server_config):
     with pytest.raises(RepositoryLocked, match=r"locked by a live process \(by PID 42 on db1"):
         backend.prune()
     assert [c[1] for c in runner.calls] == ["prune", "list", "unlock", "list"]
+
+
+def test_backup_options_are_passed_as_they_are_before_the_paths():
+    spec = SnapshotSpec("20261122T035000Z", WHEN)
+    extra = ("--exclude-caches", "--compression", "max")
+    args = restic.backup_args("web1", spec, extra)
+    assert args[-4:] == ["--exclude-caches", "--compression", "max", "."]
+    created = borg.create_args("web1", spec, ("--exclude-caches",))
+    assert created[created.index("::web1-20261122T035000Z") - 1] == "--exclude-caches"

@@ -1,0 +1,13 @@
+"""``pullback-server import-backup-suite``: server.yaml from backup-suite's server_config.yml."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..common.backup_suite import convert_server, run_import
+
+
+def command(path: Path, args: argparse.Namespace) -> int:
+    """Print (or with ``--write`` write) server.yaml made from ``--from``'s files."""
+    return run_import(args.source, path, args.write, convert_server, "server_config.yml")

@@ -122,6 +122,7 @@ def check(config: ClientConfig) -> CheckResult:
         for service in discover(config.service_dirs, plugins):
             found = _service_problems(service, plugins)
             result.problems += found
-            if not found:
+            if not found:  # a service's warnings, like its probe's, once it has no problem
+                result.warnings += [str(w) for w in service.warnings]
                 _probe(service, plugins, Path(scratch), result)
     return result

@@ -100,6 +100,8 @@ def dry_run(services: list[Service], plugins: PluginSet) -> int:
     code = EXIT_OK
     for service in services:
         print(f"service {service.name} ({service.file})")
+        for warning in service.warnings:
+            print(f"  warning: {warning}")
         if service.broken:
             code = EXIT_FAILED
             for problem in service.problems:

@@ -37,6 +37,10 @@ WELL_KNOWN_TASKS = (
     "influxdb",
 )
 
+BACKUP_SUITE_NOTE = "x-backup-suite"
+"""Schema annotation of a key backup-suite's files may set that pullback accepts but does
+not use as backup-suite's documentation said: its text says what pullback does instead."""
+
 
 @dataclass
 class TaskSpec:
@@ -46,6 +50,8 @@ class TaskSpec:
     type: TaskType
     config: dict[str, Any]
     line: int | None
+    warnings: list[str] = field(default_factory=list)
+    """What the section sets that pullback does not use (``key: what it does instead``)."""
 
 
 @dataclass
@@ -59,6 +65,8 @@ class Service:
     tasks: list[TaskSpec] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    """Keys accepted but not used as backup-suite used them; shown, never fatal."""
 
     @property
     def broken(self) -> bool:
@@ -105,6 +113,33 @@ def _read(path: Path) -> YamlDocument | Service:
     return doc
 
 
+def backup_suite_notes(doc: YamlDocument, schema: dict, prefix: tuple = ()) -> list[Problem]:
+    """One warning per key set at ``prefix`` whose schema carries ``x-backup-suite``: the
+    key is accepted (a backup-suite file works unchanged) but not used as backup-suite's
+    documentation said, and the warning says what pullback does instead. Values of secret
+    keys are never quoted. Returns them as Problems (file, line, key, message)."""
+    section: Any = doc.data
+    for part in prefix:
+        section = section.get(part) if isinstance(section, dict) else None
+    if not isinstance(section, dict):
+        return []
+    notes = []
+    for key, sub in schema.get("properties", {}).items():
+        instead = sub.get(BACKUP_SUITE_NOTE) if isinstance(sub, dict) else None
+        if not instead or key not in section:
+            continue
+        shown = "" if sub.get("x-secret") else f" ({printable_value(section[key])})"
+        message = f"accepted for backup-suite{shown}, not applied: {instead}"
+        notes.append(doc.problem((*prefix, key), message))
+    return notes
+
+
+def printable_value(value: Any, limit: int = 120) -> str:
+    """``value`` as written (repr), cut to ``limit`` characters; for a warning."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _add_task(service: Service, doc: YamlDocument, key: str, task_type: TaskType) -> list[Problem]:
     """Validate the section ``key`` against its plugin's schema and add it as a task;
     return its problems."""
@@ -115,7 +150,11 @@ def _add_task(service: Service, doc: YamlDocument, key: str, task_type: TaskType
     if problems:
         return problems
     config = schemas.apply_defaults(task_type.schema, section)
-    service.tasks.append(TaskSpec(key, task_type, config, doc.line_of((key,))))
+    notes = backup_suite_notes(doc, task_type.schema, (key,))
+    spec = TaskSpec(key, task_type, config, doc.line_of((key,)))
+    spec.warnings = [f"{n.key}: {n.message}" for n in notes]
+    service.tasks.append(spec)
+    service.warnings += notes
     service.secrets.extend(v for _, v in schemas.find_secrets(task_type.schema, config))
     exposed = world_readable_secret(doc, task_type.schema, prefix=(key,))
     return [exposed] if exposed else []
@@ -128,11 +167,13 @@ def load_service(path: Path, plugins: PluginSet) -> Service:
         return doc
     schema = load_schema("pullback.common", "service")
     problems = schemas.validate(doc, schema)
+    notes = backup_suite_notes(doc, schema["properties"]["service"], ("service",))
     head = schemas.apply_defaults(schema, doc.data).get("service")
     head = head if isinstance(head, dict) else {}
     name = head.get("name")
     service = Service(name if isinstance(name, str) and name else path.parent.name, path)
     service.enabled = head.get("enabled") is not False
+    service.warnings = notes
     service.description = str(head.get("description", ""))
 
     seen_types: dict[str, str] = {}

@@ -49,6 +49,7 @@ def make_tasks(
                 dry_run=dry_run,
             )
         )
+        tasks[-1].stats.warnings.extend(spec.warnings)  # reach the sidecar with the task's own
     return tasks
 
 
@@ -91,6 +92,8 @@ class ServiceRun:
         """Every stage; returns the report. Raises ArchiveError (the archive itself
         failed) and Interrupted (SIGTERM/SIGINT), in both cases after every finish ran."""
         started = time.monotonic()
+        for warning in self.service.warnings:
+            self.log.warning("%s", warning)
         if self.refused():
             return self.report
         runnable = self.runnable()

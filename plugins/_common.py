@@ -53,7 +53,19 @@ def timeout(task: Task) -> float:
 
 
 def extra_options(task: Task, key: str = "dump_options") -> list[str]:
-    return shlex.split(task.config.get(key) or "")
+    """The section's ``key`` (e.g. ``dump_options``) as an argument list, never through a
+    shell: see :func:`split_options`."""
+    return split_options(task.config.get(key) or "")
+
+
+def split_options(text: str) -> list[str]:
+    """``text`` split as a shell would split words (quotes group, nothing is expanded);
+    with an unbalanced quote, split at whitespace as backup-suite's ``read -a`` did, so
+    that a line backup-suite ran still runs. Returns the arguments."""
+    try:
+        return shlex.split(text)
+    except ValueError:
+        return text.split()
 
 
 def renamed(name: str, word: str, stamp: str, limit: int = 63) -> str:

@@ -69,8 +69,6 @@ def pullback_plan(task: Task):
 @hookimpl
 def pullback_dump(task: Task):
     matcher = _matcher(task)
-    if task.config.get("rsync_options"):
-        task.log.info("rsync_options is ignored: ACLs, xattrs and hard links are always kept")
     missing: list[str] = []
     for path in task.config["paths"]:
         if matcher.excludes_listed(path):

@@ -35,6 +35,7 @@ WELL_KNOWN_TASKS = (
     "systemd",
     "mongodb",
     "influxdb",
+    "univention",
 )
 
 BACKUP_SUITE_NOTE = "x-backup-suite"

@@ -68,25 +68,31 @@ def pullback_plan(task: Task):
 
 @hookimpl
 def pullback_dump(task: Task):
-    matcher = _matcher(task)
+    missing = archive_paths(task, task.config["paths"], _matcher(task), task.config["xattrs"])
+    if missing and not task.config["missing_ok"]:
+        raise TaskError(f"{len(missing)} path(s) do not exist: {', '.join(missing)}")
+    for path in missing:
+        task.log.warning("%s does not exist; skipped (missing_ok)", path)
+
+
+def archive_paths(task: Task, paths: list[str], matcher: ExcludeMatcher, xattrs: bool) -> list[str]:
+    """Stream each of ``paths`` into the archive, leaving out what ``matcher`` excludes
+    (as backup-suite's rsync did, from each path's parent). Returns the paths that do not
+    exist (nothing of them is archived); the caller decides whether that fails."""
     missing: list[str] = []
-    for path in task.config["paths"]:
+    for path in paths:
         if matcher.excludes_listed(path):
             task.log.info("%s left out: an exclude pattern matches its name", path)
             continue
         exclude = matcher.rooted(path) if matcher else None
         try:
-            stats = task.add_tree(Path(path), exclude=exclude, xattrs=task.config["xattrs"])
+            stats = task.add_tree(Path(path), exclude=exclude, xattrs=xattrs)
         except FileNotFoundError:
-            if task.config["missing_ok"]:
-                task.log.warning("%s does not exist; skipped (missing_ok)", path)
-                continue
             missing.append(path)
             continue
         for warning in stats.warnings:  # each odd entry is skipped or archived as read
             task.log.warning("%s", warning)
-    if missing:
-        raise TaskError(f"{len(missing)} path(s) do not exist: {', '.join(missing)}")
+    return missing
 
 
 def _copy_parents(copy: Path, destination: Path, source_root: Path) -> None:
@@ -111,10 +117,20 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
     set-id bits, times, links, FIFOs, xattrs with file capabilities, ACLs; zeros become
     holes again), to its own place or below ``target``. Files that exist are replaced;
     files that are not in the snapshot are left alone."""
-    for path in task.config["paths"]:
+    restore_paths(task, task.config["paths"], source, target, dry_run)
+
+
+def restore_paths(
+    task: Task, paths: list[str], source: Path, target: Path | None, dry_run: bool
+) -> None:
+    """Copy each of ``paths`` from ``source`` (the task's restored directory) back to its
+    place or below ``target``, as :func:`pullback_restore` says. Raises TaskError for a
+    path the snapshot lacks, unless the section says ``missing_ok`` (or has no such key:
+    a task that archives what exists, like univention's ``custom_paths``)."""
+    for path in paths:
         copy = source / path.lstrip("/")
         if not os.path.lexists(copy):
-            if task.config["missing_ok"]:
+            if task.config.get("missing_ok", True):
                 continue
             raise TaskError(f"{path} is not in the restored snapshot ({copy})")
         destination = (target / path.lstrip("/")) if target else Path(path)

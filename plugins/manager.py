@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "pullback.plugins.systemd",
     "pullback.plugins.mongodb",
     "pullback.plugins.influxdb",
+    "pullback.plugins.univention",
 )
 
 ENTRY_POINT_GROUP = "pullback"

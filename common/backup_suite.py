@@ -24,6 +24,7 @@ import yaml
 
 from .errors import EXIT_OK, UsageError
 from .fsutil import atomic_write
+from .sandbox import HOMES
 
 COMMON_LINE = re.compile(r"^\s*(?:readonly\s+|export\s+)?([A-Z_][A-Z0-9_]*)=(.*)$")
 
@@ -147,8 +148,10 @@ def convert_server(data: dict, common: dict[str, str] | None = None) -> Conversi
             conv.drop(f"global.{key}", why)
     if "hostname" in data:
         conv.drop("hostname", "the summary names the server by its host name")
+    root = restic.get("repository_root")
     conv.settings["hosts"] = [
-        _host(conv, n, host) for n, host in enumerate(data.get("hosts") or [])
+        _host(conv, n, host, str(root) if root else None)
+        for n, host in enumerate(data.get("hosts") or [])
     ]
     return conv
 
@@ -188,10 +191,20 @@ def _maintenance(conv: Conversion, maintenance: dict) -> None:
     elif mode.lower() == "true":
         conv.settings["maintenance"] = {"check_subsets": 1}
         conv.map("restic.maintenance.check_read_data_mode", "maintenance.check_subsets: 1")
+    settings = conv.settings.setdefault("maintenance", {})
+    for key in ("prune", "check"):
+        if key in maintenance:
+            settings[key] = str(maintenance[key]).strip().lower() not in ("false", "no", "0")
+            conv.map(f"restic.maintenance.{key}", f"maintenance.{key}")
+    if maintenance.get("check_options"):
+        settings["check_options"] = shlex.split(str(maintenance["check_options"]))
+        conv.map(
+            "restic.maintenance.check_options",
+            "maintenance.check_options (a list; pullback adds its --read-data-subset)",
+        )
+    if not settings:
+        del conv.settings["maintenance"]
     for key, why in (
-        ("prune", "pullback prunes after every forget that removed a snapshot"),
-        ("check", "pullback checks a rotating part of the data every maintenance run"),
-        ("check_options", "pullback chooses restic check's options (--read-data-subset)"),
         ("show_stats", "the repository size is in status.json and the metrics"),
         ("log_level", "use -v or -q"),
     ):
@@ -199,11 +212,20 @@ def _maintenance(conv: Conversion, maintenance: dict) -> None:
             conv.drop(f"restic.maintenance.{key}", why)
 
 
-def _host(conv: Conversion, number: int, host: dict) -> dict[str, Any]:
+def _host(conv: Conversion, number: int, host: dict, root: str | None) -> dict[str, Any]:
     where = f"hosts[{number}]."
     name = str(host.get("hostname", f"host{number}"))
     out: dict[str, Any] = {"name": name.split(".")[0], "address": name}
     conv.map(f"{where}hostname", f"hosts[].name {out['name']!r} and address {name!r}")
+    if root and out["name"] != name:  # backup-suite's repository is named by the full name
+        out["repository"] = f"{root.rstrip('/')}/{name}"
+        conv.map(f"{where}hostname", f"hosts[].repository {out['repository']!r} (as before)")
+    out["adopt_host"] = name
+    conv.map(
+        f"{where}hostname",
+        f"hosts[].adopt_host {name!r}: backup-suite's snapshots stay this host's "
+        "(listed, restorable, under the same retention)",
+    )
     if host.get("ssh_user"):
         conv.drop(
             f"{where}ssh_user",
@@ -211,10 +233,7 @@ def _host(conv: Conversion, number: int, host: dict) -> dict[str, Any]:
             "serve`); add the server's key there (docs/server.md)",
         )
     if host.get("ssh_key_file"):
-        conv.drop(
-            f"{where}ssh_key_file",
-            "pullback uses one server key (ssh.key_file); give its public half to every client",
-        )
+        _key(conv, where, str(host["ssh_key_file"]), out)
     if host.get("remote_tar_dir"):
         conv.drop(f"{where}remote_tar_dir", "the client's serve endpoint offers its archives")
     if host.get("admin_email"):
@@ -229,14 +248,33 @@ def _host(conv: Conversion, number: int, host: dict) -> dict[str, Any]:
     return out
 
 
-def convert_client(data: dict, common: dict[str, str] | None = None) -> Conversion:
+def _key(conv: Conversion, where: str, key: str, out: dict[str, Any]) -> None:
+    """A host's own key; one in a home directory is moved to /etc/pullback/keys, where
+    the server's units (``ProtectHome=yes``) can read it."""
+    if not key.startswith(HOMES):
+        out["ssh_key_file"] = key
+        conv.map(f"{where}ssh_key_file", "hosts[].ssh_key_file")
+        return
+    moved = f"/etc/pullback/keys/{Path(key).name}"
+    out["ssh_key_file"] = moved
+    conv.map(f"{where}ssh_key_file", f"hosts[].ssh_key_file {moved!r}")
+    conv.drop(
+        f"{where}ssh_key_file",
+        f"the server's units cannot read {key} (ProtectHome=yes): copy it with "
+        f"`install -D -m 0600 {key} {moved}`",
+    )
+
+
+def convert_client(
+    data: dict, common: dict[str, str] | None = None, service_dir: str = "/etc/backup"
+) -> Conversion:
     """``client_config.yml`` (and ``common_config``) as client.yaml settings; the service
-    files stay where they are (``service_dirs: [/etc/backup]``)."""
+    files stay where they are (``service_dirs: [<service_dir>]``)."""
     common = common or {}
     conv = Conversion()
     settings = conv.settings
-    settings["service_dirs"] = ["/etc/backup"]
-    conv.map("(service files in /etc/backup/<type>/<name>/)", "service_dirs: [/etc/backup]")
+    settings["service_dirs"] = [service_dir]
+    conv.map(f"(service files in {service_dir}/<type>/<name>/)", f"service_dirs: [{service_dir}]")
     if data.get("hostname"):
         settings["hostname"] = str(data["hostname"])
         conv.map("hostname", "hostname")

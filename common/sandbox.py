@@ -17,6 +17,10 @@ from .errors import CommandError
 from .fsutil import writable_or_creatable
 from .runner import Runner
 
+HOMES = ("/root/", "/home/", "/run/user/")
+"""Where the shipped server units see nothing (``ProtectHome=yes``): a key or file the
+server needs cannot be there."""
+
 
 def unit_writable_paths(unit: str) -> list[str] | None:
     """The unit's ``ReadWritePaths=`` entries (``-`` marks one that may be missing), or

@@ -9,7 +9,7 @@ import shutil
 from ..common.cli import print_json
 from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError
-from ..common.sandbox import output_problem, unit_writable_paths
+from ..common.sandbox import HOMES, output_problem, unit_writable_paths
 from ..common.schema import load_schema
 from ..common.text import printable
 from .backends import RepositoryMissing, read_password
@@ -31,6 +31,28 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     return EXIT_FAILED if problems else EXIT_OK
 
 
+def key_problems(config: ServerConfig) -> list[str]:
+    """What is wrong with the SSH keys in use: each host's own, and the server's when a
+    host has none of its own. A key in a home directory is hidden from the units."""
+    keys = {h.key_file: f"hosts[{h.name}].ssh_key_file" for h in config.hosts if h.key_file}
+    if any(h.key_file is None for h in config.hosts) or not config.hosts:
+        keys[config.ssh.key_file] = "ssh.key_file"
+    problems = []
+    for key, setting in keys.items():
+        if str(key).startswith(HOMES):
+            problems.append(
+                f"{config.path}: {setting}: {key} is in a home directory, which the units "
+                f"hide (ProtectHome=yes): move it, e.g. install -D -m 0600 {key} "
+                f"/etc/pullback/keys/{key.name}"
+            )
+        elif not os.access(key, os.R_OK):
+            problems.append(
+                f"{config.path}: {setting}: cannot read {key} "
+                f"(create it: ssh-keygen -t ed25519 -N '' -f {key})"
+            )
+    return problems
+
+
 def local_problems(config: ServerConfig) -> list[str]:
     """What is wrong on this machine: missing tools, the SSH key, known_hosts, the
     repository password."""
@@ -42,11 +64,7 @@ def local_problems(config: ServerConfig) -> list[str]:
     ):
         if not shutil.which(program):
             problems.append(f"{program} is not installed (apt install {package})")
-    if not os.access(config.ssh.key_file, os.R_OK):
-        problems.append(
-            f"{config.path}: ssh.key_file: cannot read {config.ssh.key_file} "
-            f"(create it: ssh-keygen -t ed25519 -N '' -f {config.ssh.key_file})"
-        )
+    problems += key_problems(config)
     if not config.ssh.known_hosts.exists():
         problems.append(
             f"{config.path}: ssh.known_hosts: {config.ssh.known_hosts} does not "
@@ -113,7 +131,11 @@ def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
     try:
         backend.prepare(create=False)
         snapshots = backend.snapshots()
-        good.append(f"{name}: repository {backend.repository()} has {len(snapshots)} snapshot(s)")
+        adopted = sum(s.adopted for s in snapshots)
+        good.append(
+            f"{name}: repository {backend.repository()} has {len(snapshots)} snapshot(s)"
+            + (f", {adopted} of them adopted ({ctx.host.adopt_host})" if adopted else "")
+        )
     except RepositoryMissing as exc:
         if ctx.config.backend.init:
             good.append(

@@ -39,11 +39,18 @@ class HostConfig:
     """Bytes an archive may announce; a larger one is not fetched."""
     email_to: tuple[str, ...] = ()
     """The host's own recipients (a mail of its result alone after each pull)."""
+    key_file: Path | None = None
+    """This host's own SSH key (None: ``ssh.key_file``)."""
+    adopt_host: str | None = None
+    """restic: the host name of another program's snapshots adopted as this host's."""
 
 
 @dataclass(frozen=True)
 class MaintenanceConfig:
     check_subsets: int
+    prune: bool
+    check: bool
+    check_options: tuple[str, ...]
     borg_check_duration: float
     verify_every: float
     verify_max_age: float
@@ -192,6 +199,8 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
                 min_interval=parse_duration(host.get("min_interval", data["min_interval"])),
                 notify=notify_config(host.get("notify")),
                 email_to=tuple(host.get("email_to", ())),
+                key_file=Path(host["ssh_key_file"]) if host.get("ssh_key_file") else None,
+                adopt_host=host.get("adopt_host"),
                 max_unpacked_size=parse_size(
                     host.get("max_unpacked_size", data["max_unpacked_size"])
                 ),
@@ -201,6 +210,9 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
         )
     if backend["type"] == "borg":
         for index, host in enumerate(data["hosts"]):
+            if "adopt_host" in host:
+                where = ("hosts", index, "adopt_host")
+                problems.append(doc.problem(where, "restic only (backend.type: restic)"))
             if ":" in host.get("repository", "") and not host["repository"].startswith("ssh://"):
                 problems.append(
                     doc.problem(
@@ -246,6 +258,9 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
         status_page=Path(data["status_page"]) if data.get("status_page") else None,
         maintenance=MaintenanceConfig(
             check_subsets=maintenance["check_subsets"],
+            prune=maintenance["prune"],
+            check=maintenance["check"],
+            check_options=tuple(maintenance["check_options"]),
             borg_check_duration=parse_duration(maintenance["borg_check_duration"]),
             verify_every=default_verify,
             verify_max_age=parse_duration(maintenance["verify_max_age"]),

@@ -19,6 +19,7 @@ from ..common.clock import iso
 from ..common.errors import PullbackError
 from ..common.fsutil import free_bytes
 from ..common.units import human_duration, human_size
+from .backends import Snapshot
 from .db_proof import DatabaseProof, ProofSettings, ProofState, prove_databases
 from .host import HostContext
 
@@ -134,15 +135,25 @@ def drill(ctx: HostContext, pick_random: bool = False) -> DrillResult:
     return result
 
 
+def _provable(listed: list[Snapshot], result: DrillResult) -> list[Snapshot]:
+    """The snapshots a drill can prove (pullback's: adopted ones hold no manifest); when
+    there is none, the problem is noted in ``result``."""
+    snapshots = [s for s in listed if not s.adopted]
+    if not snapshots:
+        adopted = len(listed)
+        why = f" ({adopted} adopted from backup-suite: they hold no manifest)"
+        result.problems.append("no snapshot to restore" + (why if adopted else ""))
+    return snapshots
+
+
 def _drill(ctx: HostContext, pick_random: bool) -> DrillResult:
     config, host, backend = ctx.config, ctx.host, ctx.backend
     started = time.monotonic()
     result = DrillResult(host.name)
     scratch = config.scratch_dir() / host.name
     try:
-        snapshots = backend.snapshots()
+        snapshots = _provable(backend.snapshots(), result)
         if not snapshots:
-            result.problems.append("no snapshot to restore")
             return result
         snapshot = random.choice(snapshots) if pick_random else snapshots[-1]  # noqa: S311
         result.snapshot_id = snapshot.id

@@ -104,9 +104,16 @@ class HostMaintenance:
     def _steps(self) -> None:
         backend = self.ctx.backend
         self.step("locks", lambda: backend.unlock() or "no stale lock")
+        maintenance = self.ctx.config.maintenance
         if self.step("forget", self.forget) and self.result.forgotten:
-            self.step("prune", self.prune)
-        self.step("check", self.check)
+            if maintenance.prune:
+                self.step("prune", self.prune)
+            else:
+                self.skipped("prune", "maintenance.prune is false: the space stays taken")
+        if maintenance.check:
+            self.step("check", self.check)
+        else:
+            self.skipped("check", "maintenance.check is false")
         self.step("size", self.size)
         self.drill()
 
@@ -138,6 +145,11 @@ class HostMaintenance:
         self.ctx.log.info("%s: %s", name, detail)
         return True
 
+    def skipped(self, name: str, why: str) -> None:
+        """Record a step the configuration leaves out."""
+        self.result.steps.append(Step(name, True, f"not run: {why}"))
+        self.ctx.log.info("%s: not run: %s", name, why)
+
     def forget(self) -> str:
         outcome = self.ctx.backend.forget(self.ctx.host.retention)
         self.result.forgotten = len(outcome.removed)
@@ -152,7 +164,10 @@ class HostMaintenance:
     def check(self) -> str:
         maintenance = self.ctx.config.maintenance
         return self.ctx.backend.check(
-            self.part, maintenance.check_subsets, maintenance.borg_check_duration
+            self.part,
+            maintenance.check_subsets,
+            maintenance.borg_check_duration,
+            maintenance.check_options,
         )
 
     def size(self) -> str:

@@ -87,11 +87,12 @@ class _Stderr:
 
 
 class Remote:
-    """One client host, reached as its ``user`` with the server's key."""
+    """One client host, reached as its ``user`` with the server's key (or its own)."""
 
     def __init__(self, host: HostConfig, ssh: SshConfig, runner: Runner | None = None):
         self.host = host
         self.ssh = ssh
+        self.key_file = host.key_file or ssh.key_file
         self.runner = runner or Runner(log)
         self._client: paramiko.SSHClient | None = None
 
@@ -99,8 +100,8 @@ class Remote:
 
     def connect(self) -> None:
         """Open the control connection. Raises HostKeyError or RemoteError in plain words."""
-        if not os.access(self.ssh.key_file, os.R_OK):
-            raise RemoteError(f"cannot read the SSH key {self.ssh.key_file}")
+        if not os.access(self.key_file, os.R_OK):
+            raise RemoteError(f"cannot read the SSH key {self.key_file}")
         client = paramiko.SSHClient()
         known_hosts.load(self.ssh.known_hosts)  # raises in words if it is unreadable
         if self.ssh.known_hosts.exists():
@@ -115,7 +116,7 @@ class Remote:
                 self.host.address,
                 self.host.port,
                 self.host.user,
-                key_filename=str(self.ssh.key_file),
+                key_filename=str(self.key_file),
                 look_for_keys=False,
                 allow_agent=False,
                 timeout=timeout,
@@ -143,7 +144,7 @@ class Remote:
             reason = _plain(exc)
             if "private key" in reason.lower():  # paramiko's words for a key it cannot read
                 raise RemoteError(
-                    f"{self.host.name}: cannot use the SSH key {self.ssh.key_file}: {reason}"
+                    f"{self.host.name}: cannot use the SSH key {self.key_file}: {reason}"
                 ) from None
             if time.monotonic() - started >= 0.9 * timeout and "timed out" not in reason:
                 # paramiko words a stalled handshake in many ways; what counts is the wait
@@ -255,7 +256,7 @@ class Remote:
             "-x",
             "-a",
             "-i",
-            str(self.ssh.key_file),
+            str(self.key_file),
             "-o",
             "IdentitiesOnly=yes",
             "-o",

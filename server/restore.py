@@ -41,10 +41,13 @@ class RestoreRequest:
     def from_args(cls, args: argparse.Namespace) -> RestoreRequest:
         return cls(args.hostname, args.target, args.snapshot, args.service, args.path, args.force)
 
-    def includes(self) -> list[str]:
-        """The paths inside the snapshot to restore (all when empty). Raises UsageError."""
+    def includes(self, adopted: bool = False) -> list[str]:
+        """The paths inside the snapshot to restore (all when empty); in an adopted
+        backup-suite snapshot a service is ``<type>/<name>``. Raises UsageError."""
         includes = []
-        if self.service:
+        if self.service and adopted:
+            includes.append(f"*/{self.service}")
+        elif self.service:
             includes += [f"services/{self.service}", MANIFEST_NAME, SIDECAR_NAME]
         if self.path:
             includes.append(_relative(self.path))
@@ -117,8 +120,25 @@ def copy_command(target: Path, address: str, port: int) -> str:
     return f"rsync -aHAX{ssh} {target}/ root@{address}:/var/tmp/pullback-restore/"
 
 
+def adopted_steps(request: RestoreRequest, snapshot: Snapshot) -> str:
+    """What to do after restoring a snapshot backup-suite made (adopted): its layout is
+    backup-suite's and it has no manifest to prove it by."""
+    return "\n".join(
+        [
+            f"restored snapshot {snapshot.id} of {request.host} (taken {shown(snapshot.time)}, "
+            f"made by backup-suite) into {request.target}",
+            "it holds <type>/<service>/ as backup-suite stored them (files under data/, "
+            "database dumps, compose files); it has no manifest to prove it by",
+            "put it back by hand, as with backup-suite: see docs/restore.md, "
+            "'Snapshots made by backup-suite'",
+        ]
+    )
+
+
 def next_steps(request: RestoreRequest, snapshot: Snapshot, address: str, port: int = 22) -> str:
     """What the administrator reads after a restore: how to prove it, how to put it back."""
+    if snapshot.adopted:
+        return adopted_steps(request, snapshot)
     target, service = request.target, request.service
     check = proof_command(service)
     steps = [
@@ -144,11 +164,12 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
     target = request.target
     if target.exists() and any(target.iterdir()) and not request.force:
         raise UsageError(f"{target} is not empty; choose an empty directory or add --force")
-    includes = request.includes()
+    request.includes()  # a wrong --path is refused before the repository is opened
     ctx.backend.prepare(create=False)
     snapshot, why = pick_snapshot(
         ctx.backend.snapshots(), request.snapshot, request.host, request.service
     )
+    includes = request.includes(snapshot.adopted)
     if why:
         ctx.log.warning("%s", why)
     target.mkdir(parents=True, exist_ok=True)
@@ -158,7 +179,7 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
     was_empty = not any(target.iterdir())
     with Watched(Progress("restore", total), sample=lambda: bytes_written_below(os.getpid())):
         ctx.backend.restore(snapshot, target, includes)
-    if request.service and not (target / "services" / request.service).is_dir():
+    if request.service and not _holds(target, request.service, snapshot.adopted):
         held = _services_of(target)
         if was_empty:  # what came with the miss (the manifest, the sidecar) goes again
             remove_tree_contents(target)
@@ -168,6 +189,14 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
         )
     steps = next_steps(request, snapshot, ctx.host.address, ctx.host.port)
     return f"note: {why}\n{steps}" if why else steps
+
+
+def _holds(target: Path, service: str, adopted: bool) -> bool:
+    """True when the restored tree holds ``service`` (``services/<name>``, or in an
+    adopted backup-suite snapshot ``<type>/<name>``)."""
+    if not adopted:
+        return (target / "services" / service).is_dir()
+    return any((kind / service).is_dir() for kind in target.iterdir() if kind.is_dir())
 
 
 def _services_of(target: Path) -> list[str]:

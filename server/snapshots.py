@@ -24,6 +24,8 @@ def list_snapshots(config: ServerConfig, name: str) -> list[Snapshot]:
 
 
 def _status(snapshot: Snapshot) -> str:
+    if snapshot.adopted:
+        return "adopted (backup-suite)"
     if not snapshot.failed:
         return str(Status.OK)
     return f"{Status.PARTIAL}: {', '.join(snapshot.failed)} failed"
@@ -40,6 +42,7 @@ def render(snapshots: list[Snapshot], as_json: bool) -> str:
                     "stamp": s.stamp,
                     "status": Status.PARTIAL if s.failed else Status.OK,
                     "failed_services": list(s.failed),
+                    "adopted": s.adopted,
                 }
                 for s in snapshots
             ],

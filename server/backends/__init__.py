@@ -7,6 +7,7 @@ build their tools' argv with pure functions, unit-tested for plain equality.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +26,9 @@ class Snapshot:
     """The archive stamp the snapshot was made from (pullback's own snapshots)."""
     failed: tuple[str, ...] = ()
     """The services that failed on the client in its archive: the snapshot is partial."""
+    adopted: bool = False
+    """Made by another program (backup-suite) and adopted (``hosts[].adopt_host``): its
+    own layout (``<type>/<name>/...``), no manifest, no stamp."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +90,10 @@ class Backend(Protocol):
     def prune(self) -> None:
         """Free the space of forgotten snapshots (restic prune / borg compact)."""
 
-    def check(self, part: int, parts: int, duration: float) -> str:
+    def check(self, part: int, parts: int, duration: float, extra: Sequence[str] = ()) -> str:
         """Check the repository, reading part ``part`` of ``parts`` of the data (restic) or
-        for ``duration`` seconds, resuming (borg). Returns a summary; raises BackendError."""
+        for ``duration`` seconds, resuming (borg); ``extra`` arguments go to the tool as
+        they are. Returns a summary; raises BackendError."""
 
     def size(self) -> int:
         """Bytes the repository occupies."""

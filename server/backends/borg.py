@@ -86,12 +86,13 @@ def delete_args(names: list[str]) -> list[str]:
     return ["delete", f"::{names[0]}", *names[1:]]
 
 
-def check_args(duration: float) -> list[list[str]]:
+def check_args(duration: float, extra: Sequence[str] = ()) -> list[list[str]]:
     """The two checks: the repository for up to ``duration`` seconds (resuming where the
-    last one stopped), then the newest archive's consistency."""
+    last one stopped), then the newest archive's consistency; ``extra``: the
+    administrator's ``maintenance.check_options``, on both."""
     return [
-        ["check", "--repository-only", "--max-duration", str(int(duration))],
-        ["check", "--archives-only", "--last", "1"],
+        ["check", "--repository-only", "--max-duration", str(int(duration)), *extra],
+        ["check", "--archives-only", "--last", "1", *extra],
     ]
 
 
@@ -192,8 +193,8 @@ class BorgBackend(RepositoryBackend):
     def prune(self) -> None:
         self.run(["compact"], timeout=24 * 3600)
 
-    def check(self, part: int, parts: int, duration: float) -> str:
-        repository, archives = check_args(duration)
+    def check(self, part: int, parts: int, duration: float, extra: Sequence[str] = ()) -> str:
+        repository, archives = check_args(duration, extra)
         self.run(repository, timeout=duration + 3600)
         self.run(archives, timeout=24 * 3600)
         return (

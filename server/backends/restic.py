@@ -38,8 +38,18 @@ _POLICY_KEYS = (
 # -- argv, as pure functions ----------------------------------------------------------------
 
 
-def snapshots_args(host: str) -> list[str]:
-    return ["snapshots", "--host", host, "--tag", TAG, "--json"]
+def selection_args(host: str, adopt: str | None = None) -> list[str]:
+    """Which snapshots are the host's: pullback's (its host name and tag), and with
+    ``adopt`` also those of that restic host carrying its name as a tag (backup-suite's
+    ``--host NAME --tag NAME``). restic ORs repeated ``--host`` and ``--tag`` options."""
+    if not adopt:
+        return ["--host", host, "--tag", TAG]
+    hosts = dict.fromkeys((host, adopt))
+    return [*(a for h in hosts for a in ("--host", h)), "--tag", TAG, "--tag", adopt]
+
+
+def snapshots_args(host: str, adopt: str | None = None) -> list[str]:
+    return ["snapshots", *selection_args(host, adopt), "--json"]
 
 
 def backup_args(host: str, spec: SnapshotSpec, extra: Sequence[str] = ()) -> list[str]:
@@ -88,23 +98,24 @@ def policy_args(policy: dict) -> list[str]:
     return args
 
 
-def forget_args(host: str, policy: dict) -> list[str]:
+def forget_args(host: str, policy: dict, adopt: str | None = None) -> list[str]:
+    """The policy over the host's snapshots as one series: adopted ones (another host
+    name, other paths) are not grouped apart (``--group-by ''``)."""
     return [
         "forget",
-        "--host",
-        host,
-        "--tag",
-        TAG,
+        *selection_args(host, adopt),
         "--group-by",
-        "host",
+        "" if adopt else "host",
         *policy_args(policy),
         "--json",
     ]
 
 
-def check_args(part: int, parts: int) -> list[str]:
-    """Read part ``part`` of ``parts`` of the data (all of it when ``parts`` is 1)."""
-    return ["check", f"--read-data-subset={part}/{parts}" if parts > 1 else "--read-data"]
+def check_args(part: int, parts: int, extra: Sequence[str] = ()) -> list[str]:
+    """Read part ``part`` of ``parts`` of the data (all of it when ``parts`` is 1);
+    ``extra``: the administrator's ``maintenance.check_options``, as they are."""
+    read = f"--read-data-subset={part}/{parts}" if parts > 1 else "--read-data"
+    return ["check", read, *extra]
 
 
 def restore_args(snapshot_id: str, target: Path, includes: list[str]) -> list[str]:
@@ -193,14 +204,18 @@ class ResticBackend(RepositoryBackend):
         self.run(["init"], timeout=600)
 
     def snapshots(self) -> list[Snapshot]:
-        data = self._json(snapshots_args(self.host.name), timeout=600)
+        data = self._json(snapshots_args(self.host.name, self.host.adopt_host), timeout=600)
         found = []
         for item in data or []:
             tags = item.get("tags") or []
+            short = item.get("short_id") or item["id"][:8]
+            when = parse_time(item["time"])
+            if TAG not in tags:
+                found.append(Snapshot(short, when, None, adopted=True))
+                continue
             stamp = next((t for t in tags if is_stamp(t)), None)
             failed = tuple(t.removeprefix(FAILED) for t in tags if t.startswith(FAILED))
-            short = item.get("short_id") or item["id"][:8]
-            found.append(Snapshot(short, parse_time(item["time"]), stamp, failed))
+            found.append(Snapshot(short, when, stamp, failed))
         return sorted(found, key=lambda s: s.time)
 
     def store(self, staging: Path, spec: SnapshotSpec, timeout: float) -> StoreResult:
@@ -248,7 +263,7 @@ class ResticBackend(RepositoryBackend):
         return message
 
     def forget(self, policy: dict) -> ForgetResult:
-        data = self._json(forget_args(self.host.name, policy))
+        data = self._json(forget_args(self.host.name, policy, self.host.adopt_host))
         kept, removed = [], []
         for group in data or []:
             kept += [s.get("short_id") or s["id"][:8] for s in group.get("keep") or []]
@@ -258,8 +273,8 @@ class ResticBackend(RepositoryBackend):
     def prune(self) -> None:
         self.run(["prune"], timeout=24 * 3600)
 
-    def check(self, part: int, parts: int, duration: float) -> str:
-        self.run(check_args(part, parts), stdout="/dev/null", timeout=24 * 3600)
+    def check(self, part: int, parts: int, duration: float, extra: Sequence[str] = ()) -> str:
+        self.run(check_args(part, parts, extra), stdout="/dev/null", timeout=24 * 3600)
         return f"restic check read part {part}/{parts} of the data: no errors"
 
     def remote_size(self) -> int:

@@ -83,10 +83,10 @@ class FakeBackend:
     def prune(self) -> None:
         self.pruned += 1
 
-    def check(self, part: int, parts: int, duration: float) -> str:
+    def check(self, part: int, parts: int, duration: float, extra=()) -> str:
         if self.fail_check:
             raise self.fail_check
-        self.checked.append((part, parts))
+        self.checked.append((part, parts, *extra))
         return f"fake check of part {part}/{parts}: no errors"
 
     def size(self) -> int:

@@ -44,7 +44,7 @@ def test_the_server_config_is_written_and_the_old_file_kept(tmp_path):
     printed = cli("server", "--config", str(target), "import-backup-suite", "--from", str(old))
     assert printed.returncode == 0, printed.stderr
     assert yaml.safe_load(printed.stdout)["hosts"][0]["name"] == "web1"
-    assert "no equivalent: hosts[0].ssh_key_file: pullback uses one server key" in printed.stderr
+    assert "mapped: hosts[0].ssh_key_file -> hosts[].ssh_key_file" in printed.stderr
     assert target.read_text() == "# the packaged example\n"  # only printed
     written = cli(
         "server", "--config", str(target), "import-backup-suite", "--from", str(old), "--write"

@@ -74,6 +74,20 @@ def test_restic_forget_by_policy():
     ]
 
 
+def test_adopted_snapshots_are_selected_by_host_and_tag_and_forgotten_as_one_series():
+    selection = ["--host", "web1", "--host", "web1.example.org"]
+    selection += ["--tag", "pullback", "--tag", "web1.example.org"]
+    assert restic.snapshots_args("web1", "web1.example.org") == [
+        "snapshots",
+        *selection,
+        "--json",
+    ]
+    args = restic.forget_args("web1", {"keep_last": 3}, "web1.example.org")
+    assert args == ["forget", *selection, "--group-by", "", "--keep-last", "3", "--json"]
+    # the same name: one --host
+    assert restic.snapshots_args("web1", "web1")[1:5] == ["--host", "web1", "--tag", "pullback"]
+
+
 def test_a_policy_that_keeps_nothing_is_refused():
     with pytest.raises(BackendError, match="keeps nothing"):
         restic.policy_args({"keep_daily": 0})
@@ -87,6 +101,11 @@ def test_keep_within_in_restic_units(value, restic_value):
 def test_restic_check_reads_a_rotating_part_or_everything():
     assert restic.check_args(3, 8) == ["check", "--read-data-subset=3/8"]
     assert restic.check_args(1, 1) == ["check", "--read-data"]
+    assert restic.check_args(1, 2, ["--with-cache"]) == [
+        "check",
+        "--read-data-subset=1/2",
+        "--with-cache",
+    ]
 
 
 def test_restic_restore_includes_are_rooted():

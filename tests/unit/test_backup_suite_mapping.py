@@ -26,8 +26,9 @@ restic:
   backup_options: "--exclude-caches --compression max"
   maintenance:
     forget_policy: "--keep-daily 7 --keep-weekly 4 --keep-monthly 12 --group-by host"
-    prune: true
+    prune: false
     check: true
+    check_options: "--with-cache --retry-lock 5m"
     check_read_data_mode: "10%"
 hosts:
   - hostname: web1.example.org
@@ -74,13 +75,21 @@ def test_the_server_config_becomes_a_valid_server_yaml(tmp_path):
         "backup_options": ["--exclude-caches", "--compression", "max"],
     }
     assert settings["retention"] == {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12}
-    assert settings["maintenance"] == {"check_subsets": 10}
+    assert settings["maintenance"] == {
+        "check_subsets": 10,
+        "prune": False,
+        "check": True,
+        "check_options": ["--with-cache", "--retry-lock", "5m"],
+    }
     assert settings["email"]["to"] == ["ops@example.org"]
     assert settings["email"]["sendmail"] == "/usr/bin/msmtp"
     (host,) = settings["hosts"]
     assert host == {
         "name": "web1",
         "address": "web1.example.org",
+        "repository": "/srv/restic/web1.example.org",
+        "adopt_host": "web1.example.org",
+        "ssh_key_file": "/etc/pullback/keys/id_web1",
         "email_to": ["web-team@example.org"],
         "retention": {"keep_daily": 3},
     }
@@ -99,6 +108,7 @@ def test_the_server_config_becomes_a_valid_server_yaml(tmp_path):
         "hosts[0].remote_tar_dir",
         "hosts[0].restic_forget_policy",
         "not understood: --group-by host",
+        "install -D -m 0600 /root/.ssh/id_web1 /etc/pullback/keys/id_web1",
     ):
         assert key in said, key
     path = tmp_path / "server.yaml"

@@ -54,6 +54,33 @@ def test_forget_by_policy_then_prune_check_size_and_no_drill_when_asked(config):
     assert result.steps[-1].detail == "not due yet"
 
 
+def test_prune_and_check_can_be_switched_off_and_check_options_pass_through(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        "retention: {keep_daily: 3}\n"
+        "maintenance: {prune: false, check_options: [--with-cache]}\n"
+        "hosts:\n  - name: web1\n"
+    )
+    config = load_server_config(path)
+    backend = FakeBackend(snapshot_list=daily(5))
+    result = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()
+    assert result.forgotten == 2 and backend.pruned == 0
+    assert ("prune", "not run: maintenance.prune is false: the space stays taken") in [
+        (s.name, s.detail) for s in result.steps
+    ]
+    assert backend.checked == [(1, 8, "--with-cache")]
+    path.write_text(path.read_text().replace("prune: false", "check: false"))
+    backend = FakeBackend(snapshot_list=daily(5))
+    result = HostMaintenance(
+        fake_context(load_server_config(path), "web1", backend), 1, verify=False
+    ).run()
+    assert backend.pruned == 1 and backend.checked == []
+    assert ("check", "not run: maintenance.check is false") in [
+        (s.name, s.detail) for s in result.steps
+    ]
+
+
 def test_nothing_forgotten_means_no_prune(config):
     backend = FakeBackend(snapshot_list=daily(2))
     result = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..common.backup_suite import Conversion, convert_client, run_import
+from ..common.backup_suite import Conversion, convert_client
+from ..common.backup_suite_files import ImportSpec, run_import
 
 
 def command(path: Path, args: argparse.Namespace) -> int:
-    """Print (or with ``--write`` write) client.yaml made from ``--from``'s files."""
+    """Print (or with ``--write`` write) client.yaml made from ``--from``'s files; the
+    service files stay in ``--from``."""
+    service_dir = str(args.source.absolute())
 
     def convert(data: dict, common: dict[str, str]) -> Conversion:
-        return convert_client(data, common, str(args.source.absolute()))
+        return convert_client(data, common, service_dir)
 
-    return run_import(args.source, path, args.write, convert, "client_config.yml")
+    return run_import(
+        args.source, path, args.write, ImportSpec("client_config.yml", convert, "client")
+    )

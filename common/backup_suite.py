@@ -4,29 +4,41 @@ backup-suite (the shell project pullback replaces) keeps ``/etc/backup/server_co
 ``/etc/backup/client_config.yml`` and the bash file ``/etc/backup/common_config``. Each
 ``convert_*`` function takes what was read and returns a :class:`Conversion`: pullback's
 settings, one line per key saying where it went, and one line per key that has no
-equivalent (and what pullback does instead). Nothing here touches a file.
+equivalent (and what pullback does instead). Nothing here touches a file; reading and
+writing is :mod:`.backup_suite_files`.
+
+Every value is checked for its type before it is used (a list where a word belongs is
+refused, so an alias bomb is never expanded): :class:`BadValue` names the key.
 """
 
 from __future__ import annotations
 
-import os
+import ipaddress
 import re
 import shlex
 import shutil
-import stat
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .errors import EXIT_OK, UsageError
-from .fsutil import atomic_write
 from .sandbox import HOMES
 
 COMMON_LINE = re.compile(r"^\s*(?:readonly\s+|export\s+)?([A-Z_][A-Z0-9_]*)=(.*)$")
+DEFAULTED = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*:?-(.*)\}$")
+"""``${MSMTP_CMD:-msmtp}``: bash's "this variable, else the default"."""
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SUITE_STAMP = re.compile(r"^\d{8}_\d{6}$")
+"""backup-suite's archive time tag, ``YYYYmmdd_HHMMSS``."""
+DEFAULT_POLICY = "--keep-daily 7 --keep-weekly 4 --keep-monthly 12 --keep-yearly 3"
+"""backup-suite's forget policy when none is set."""
+
+
+class BadValue(ValueError):
+    """A value of the old configuration that cannot be converted; ``key`` names it."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")
 
 
 @dataclass
@@ -46,100 +58,246 @@ class Conversion:
         self.unmapped.append(f"{old}: {why}")
 
 
-def read_common_config(text: str) -> dict[str, str]:
+# -- typed reading ---------------------------------------------------------------------------
+
+
+def section(data: dict, key: str, where: str = "") -> dict:
+    """The mapping at ``key`` ({} when absent). Raises BadValue for anything else."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadValue(f"{where}{key}", f"expected a mapping of keys, got {_kind(value)}")
+    return value
+
+
+def text(value: Any, key: str) -> str | None:
+    """A scalar as text (None when absent or empty). Raises BadValue for a list or a
+    mapping: a word is expected there."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool | int | float | str):
+        return str(value)
+    raise BadValue(key, f"expected a single value, got {_kind(value)}")
+
+
+def number(value: Any, key: str) -> int | None:
+    """A whole number of at least 0 (None when absent). Raises BadValue."""
+    shown = text(value, key)
+    if shown is None:
+        return None
+    if not shown.strip().isdigit():
+        raise BadValue(key, f"expected a whole number, got {shown!r}")
+    return int(shown)
+
+
+def words(value: Any, key: str) -> list[str]:
+    """A shell-quoted line as its words (never run). Raises BadValue for an unbalanced
+    quote."""
+    line = text(value, key) or ""
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise BadValue(key, f"cannot split {line!r} into words: {exc}") from None
+
+
+def switch(value: Any, key: str) -> bool:
+    """backup-suite's ``true``/``false`` (a YAML boolean or the word). Raises BadValue."""
+    if isinstance(value, bool):
+        return value
+    word = (text(value, key) or "").strip().lower()
+    if word in ("true", "false"):
+        return word == "true"
+    raise BadValue(key, f"expected true or false, got {word or 'nothing'!r}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    return "a list" if isinstance(value, list) else type(value).__name__
+
+
+def read_common_config(source: str) -> dict[str, str]:
     """The assignments of ``common_config`` (a bash file, read, never run): ``NAME=value``
-    with shell quoting undone; lines that are not plain assignments are skipped."""
+    with shell quoting undone and ``${NAME:-default}`` taken as its default; lines that
+    are not plain assignments, and values still naming a variable, are skipped."""
     found: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in source.splitlines():
         match = COMMON_LINE.match(line)
         if not match:
             continue
         try:
-            words = shlex.split(match[2], comments=True)
+            parts = shlex.split(match[2], comments=True)
         except ValueError:
             continue
-        found[match[1]] = words[0] if words else ""
+        value = parts[0] if parts else ""
+        defaulted = DEFAULTED.match(value)
+        value = defaulted[1] if defaulted else value
+        if "$" not in value:
+            found[match[1]] = value
     return found
 
 
+def command_path(name: str) -> str:
+    """An absolute path for a command backup-suite named bare (``msmtp``): where it is
+    installed, else ``/usr/bin/<name>``."""
+    if name.startswith("/"):
+        return name
+    return shutil.which(name) or f"/usr/bin/{Path(name).name}"
+
+
+def first(*candidates: tuple[str, Any]) -> tuple[str, Any]:
+    """The first ``(key, value)`` whose value is set, or ``("", None)``: which old key a
+    setting came from, for the mapping line."""
+    return next(((key, value) for key, value in candidates if value not in (None, "")), ("", None))
+
+
+# -- retention -------------------------------------------------------------------------------
+
 RETENTION_FLAGS = {
     "--keep-last": "keep_last",
+    "-l": "keep_last",
     "--keep-hourly": "keep_hourly",
+    "-H": "keep_hourly",
     "--keep-daily": "keep_daily",
+    "-d": "keep_daily",
     "--keep-weekly": "keep_weekly",
+    "-w": "keep_weekly",
     "--keep-monthly": "keep_monthly",
+    "-m": "keep_monthly",
     "--keep-yearly": "keep_yearly",
+    "-y": "keep_yearly",
     "--keep-within": "keep_within",
 }
+WITHIN = re.compile(r"^\s*\d+[hdwmy]\s*$")
 
 
-def retention_of(policy: str) -> tuple[dict[str, Any], list[str]]:
-    """backup-suite's ``forget_policy`` (``--keep-daily 7 --keep-weekly 4``) as pullback's
-    retention keys, and the words it could not use."""
-    words = shlex.split(policy)
+def retention_of(policy: str, key: str = "forget_policy") -> tuple[dict[str, Any], list[str]]:
+    """backup-suite's ``forget_policy`` (``--keep-daily 7 --keep-weekly 4``, restic's short
+    flags too) as pullback's retention keys, and the words it could not use. Raises
+    BadValue for a count that is not a whole number."""
+    tokens = words(policy, key)
     retention: dict[str, Any] = {}
     left: list[str] = []
     index = 0
-    while index < len(words):
-        word = words[index]
-        flag, _, inline = word.partition("=")
-        if flag in RETENTION_FLAGS:
-            value = inline or (words[index + 1] if index + 1 < len(words) else "")
-            index += 1 if inline else 2
-            key = RETENTION_FLAGS[flag]
-            retention[key] = value if key == "keep_within" else int(value)
+    while index < len(tokens):
+        flag, _, inline = tokens[index].partition("=")
+        if flag not in RETENTION_FLAGS:
+            left.append(tokens[index])
+            index += 1
             continue
-        left.append(word)
-        index += 1
+        value = inline or (tokens[index + 1] if index + 1 < len(tokens) else "")
+        index += 1 if inline else 2
+        name = RETENTION_FLAGS[flag]
+        if name == "keep_within":
+            if not WITHIN.match(value):
+                raise BadValue(key, f"{flag} {value!r}: expected a duration like 2d or 1w")
+            retention[name] = value.strip()
+        else:
+            retention[name] = number(value, f"{key} {flag}")
     return retention, left
 
 
-def _recipients(value: Any) -> list[str]:
-    if isinstance(value, list):
-        return [str(v) for v in value if v]
-    return [part.strip() for part in str(value or "").replace(";", ",").split(",") if part.strip()]
+# -- mail ------------------------------------------------------------------------------------
 
 
-def _email(conv: Conversion, admin: Any, prefix: Any, msmtp: Any, source: str) -> None:
-    to = _recipients(admin)
+def recipients(value: Any, key: str) -> list[str]:
+    """Addresses from a list or a comma/semicolon separated line. Raises BadValue."""
+    items = value if isinstance(value, list) else [value]
+    found: list[str] = []
+    for item in items:
+        line = text(item, key) or ""
+        found += [part.strip() for part in line.replace(";", ",").split(",") if part.strip()]
+    return found
+
+
+@dataclass(frozen=True)
+class MailSources:
+    """Where the mail settings came from: ``(old key, value)`` each."""
+
+    admin: tuple[str, Any]
+    prefix: tuple[str, Any]
+    msmtp: tuple[str, Any]
+
+
+def convert_email(conv: Conversion, sources: MailSources) -> None:
+    """``email`` from the administrator's address, the subject prefix and msmtp."""
+    to = recipients(sources.admin[1], sources.admin[0]) if sources.admin[0] else []
     if not to:
+        for key, value in (sources.prefix, sources.msmtp):
+            if key and value:
+                conv.drop(key, "no admin_email was set: pullback sends no mail until email.to is")
         return
     email: dict[str, Any] = {"to": to, "from": "pullback@localhost", "send": "on_problem"}
-    conv.map(f"{source}admin_email", "email.to")
+    conv.map(sources.admin[0], "email.to")
     conv.drop(
         "(sender)",
         "backup-suite sent without a From header; email.from is set to pullback@localhost: "
         "change it to an address your mail server accepts",
     )
+    prefix = text(sources.prefix[1], sources.prefix[0] or "email_subject_prefix")
     if prefix:
-        email["subject_prefix"] = str(prefix)
-        conv.map(f"{source}email_subject_prefix", "email.subject_prefix")
-    email["sendmail"] = str(msmtp or "/usr/bin/msmtp")
-    conv.map(f"{source}msmtp_cmd", "email.sendmail (msmtp, as before)")
+        email["subject_prefix"] = prefix
+        conv.map(sources.prefix[0], "email.subject_prefix")
+    msmtp = text(sources.msmtp[1], sources.msmtp[0] or "msmtp_cmd") or "msmtp"
+    email["sendmail"] = command_path(msmtp)
+    conv.map(sources.msmtp[0] or "(msmtp, backup-suite's mailer)", "email.sendmail")
     conv.settings["email"] = email
 
 
+COMMON_KEYS = {
+    "DEFAULT_ADMIN_EMAIL": "",
+    "MSMTP_CMD": "",
+    "DEFAULT_KEEP_DAYS": "",
+    "DEFAULT_MIN_FREE_SPACE_MB": "",
+    "UNIVENTION_BACKUP_CMD": "set univention.command in the univention service file",
+    "DEFAULT_PLUGIN_DIR": "pullback's plugins are Python packages (plugin_dirs for your own)",
+    "LOG_LEVEL_COMMON": "use -v or -q; the journal keeps every level",
+}
+"""common_config keys with a meaning of their own; every other one names a tool, which
+pullback runs from the PATH."""
+
+
+def account_common(conv: Conversion, common: dict[str, str], used: set[str]) -> None:
+    """One line for each common_config key the conversion did not use."""
+    for key in sorted(set(common) - used):
+        why = COMMON_KEYS.get(key) or (
+            "pullback runs the tools on the PATH"
+            if key.endswith("_CMD")
+            else "not used by this side (client or server)"
+        )
+        conv.drop(f"common_config {key}", why)
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
 def convert_server(data: dict, common: dict[str, str] | None = None) -> Conversion:
-    """``server_config.yml`` (and ``common_config``) as server.yaml settings."""
+    """``server_config.yml`` (and ``common_config``) as server.yaml settings. Raises
+    BadValue."""
     common = common or {}
     conv = Conversion()
-    glob = data.get("global") or {}
-    restic = data.get("restic") or {}
+    glob = section(data, "global")
+    restic = section(data, "restic")
     conv.settings["backend"] = _backend(conv, restic)
-    _maintenance(conv, restic.get("maintenance") or {})
-
-    _email(
+    _maintenance(conv, section(restic, "maintenance", "restic."))
+    convert_email(
         conv,
-        glob.get("admin_email") or common.get("DEFAULT_ADMIN_EMAIL"),
-        data.get("email_subject_prefix"),
-        glob.get("msmtp_cmd") or common.get("MSMTP_CMD"),
-        "global.",
-    )
-    for key, why in (
-        (
-            "local_temp_base_dir",
-            "pullback unpacks into state_dir/staging/<host>, kept between pulls",
+        MailSources(
+            first(
+                ("global.admin_email", glob.get("admin_email")),
+                ("common_config DEFAULT_ADMIN_EMAIL", common.get("DEFAULT_ADMIN_EMAIL")),
+            ),
+            first(("email_subject_prefix", data.get("email_subject_prefix"))),
+            first(
+                ("global.msmtp_cmd", glob.get("msmtp_cmd")),
+                ("common_config MSMTP_CMD", common.get("MSMTP_CMD")),
+            ),
         ),
+    )
+    account_common(conv, common, {"DEFAULT_ADMIN_EMAIL", "MSMTP_CMD"})
+    for key, why in (
+        ("local_temp_base_dir", "pullback unpacks into state_dir/staging/<host>"),
         ("yq_cmd", "not needed"),
         ("jq_cmd", "not needed"),
         ("log_level", "use -v or -q; the journal keeps every level"),
@@ -148,24 +306,58 @@ def convert_server(data: dict, common: dict[str, str] | None = None) -> Conversi
             conv.drop(f"global.{key}", why)
     if "hostname" in data:
         conv.drop("hostname", "the summary names the server by its host name")
-    root = restic.get("repository_root")
-    conv.settings["hosts"] = [
-        _host(conv, n, host, str(root) if root else None)
-        for n, host in enumerate(data.get("hosts") or [])
-    ]
+    hosts = data.get("hosts") or []
+    if not isinstance(hosts, list) or not all(isinstance(h, dict) for h in hosts):
+        raise BadValue("hosts", "expected a list of hosts, each a mapping of keys")
+    names = host_names(
+        [text(h.get("hostname"), f"hosts[{n}].hostname") for n, h in enumerate(hosts)]
+    )
+    context = HostContext(text(restic.get("repository_root"), "restic.repository_root"), conv)
+    conv.settings["hosts"] = [_host(context, n, host, names[n]) for n, host in enumerate(hosts)]
     return conv
+
+
+def host_names(full: list[str | None]) -> list[str]:
+    """pullback's name for each old ``hostname``: its first label (``web1`` for
+    ``web1.example.org``, as the client names itself), but the whole name for an IP
+    address or when two hosts would share a first label. Raises BadValue."""
+    for number, name in enumerate(full):
+        if name is None or not HOST_NAME.match(name) or ".." in name:
+            raise BadValue(
+                f"hosts[{number}].hostname",
+                f"expected a host name (letters, digits, '.', '_', '-'), got {name!r}",
+            )
+    short = [_short(name) for name in full if name]
+    return [
+        short_name if short.count(short_name) == 1 else name
+        for name, short_name in zip(full, short, strict=True)
+        if name
+    ]
+
+
+def _short(name: str) -> str:
+    try:
+        ipaddress.ip_address(name)
+        return name
+    except ValueError:
+        return name.split(".")[0]
 
 
 def _backend(conv: Conversion, restic: dict) -> dict[str, Any]:
     backend: dict[str, Any] = {"type": "restic"}
-    if restic.get("repository_root"):
-        backend["repository_root"] = str(restic["repository_root"])
-        conv.map("restic.repository_root", "backend.repository_root")
-    if restic.get("password_file"):
-        backend["password_file"] = str(restic["password_file"])
-        conv.map("restic.password_file", "backend.password_file")
-    if restic.get("backup_options"):
-        backend["backup_options"] = shlex.split(str(restic["backup_options"]))
+    for key in ("repository_root", "password_file"):
+        value = text(restic.get(key), f"restic.{key}")
+        if value:
+            backend[key] = value
+            conv.map(f"restic.{key}", f"backend.{key}")
+    backend["init"] = False
+    conv.map(
+        "(backup-suite's repositories exist)",
+        "backend.init: false (a pull never makes a new one where an old one is missing)",
+    )
+    options = words(restic.get("backup_options"), "restic.backup_options")
+    if options:
+        backend["backup_options"] = options
         conv.map("restic.backup_options", "backend.backup_options (a list, never a shell line)")
     if restic.get("restic_cmd"):
         conv.drop("restic.restic_cmd", "pullback runs the restic on the PATH (/usr/bin/restic)")
@@ -173,57 +365,116 @@ def _backend(conv: Conversion, restic: dict) -> dict[str, Any]:
 
 
 def _maintenance(conv: Conversion, maintenance: dict) -> None:
-    policy = maintenance.get("forget_policy")
-    retention, left = retention_of(
-        str(policy or "--keep-daily 7 --keep-weekly 4 --keep-monthly 12 --keep-yearly 3")
-    )
-    conv.settings["retention"] = retention
-    conv.map(
-        "restic.maintenance.forget_policy" if policy else "(backup-suite's default policy)",
-        "retention",
-    )
+    where = "restic.maintenance."
+    policy = text(maintenance.get("forget_policy"), f"{where}forget_policy")
+    retention, left = retention_of(policy or DEFAULT_POLICY, f"{where}forget_policy")
+    said = f"{where}forget_policy" if policy else "(backup-suite's default policy)"
+    if retention:
+        conv.settings["retention"] = retention
+        conv.map(said, "retention")
+    else:
+        conv.drop(said, "keeps nothing pullback understands: pullback's default retention applies")
     if left:
-        conv.drop("restic.maintenance.forget_policy", f"not understood: {' '.join(left)}")
-    mode = str(maintenance.get("check_read_data_mode", "")).strip()
-    if mode.endswith("%") and mode[:-1].isdigit() and int(mode[:-1]) > 0:
-        conv.settings["maintenance"] = {"check_subsets": max(1, round(100 / int(mode[:-1])))}
-        conv.map("restic.maintenance.check_read_data_mode", "maintenance.check_subsets")
-    elif mode.lower() == "true":
-        conv.settings["maintenance"] = {"check_subsets": 1}
-        conv.map("restic.maintenance.check_read_data_mode", "maintenance.check_subsets: 1")
-    settings = conv.settings.setdefault("maintenance", {})
+        conv.drop(f"{where}forget_policy", f"not understood: {' '.join(left)}")
+    settings: dict[str, Any] = {}
+    _read_data(
+        conv,
+        text(maintenance.get("check_read_data_mode"), f"{where}check_read_data_mode"),
+        settings,
+    )
     for key in ("prune", "check"):
         if key in maintenance:
-            settings[key] = str(maintenance[key]).strip().lower() not in ("false", "no", "0")
-            conv.map(f"restic.maintenance.{key}", f"maintenance.{key}")
-    if maintenance.get("check_options"):
-        settings["check_options"] = shlex.split(str(maintenance["check_options"]))
-        conv.map(
-            "restic.maintenance.check_options",
-            "maintenance.check_options (a list; pullback adds its --read-data-subset)",
-        )
-    if not settings:
-        del conv.settings["maintenance"]
+            settings[key] = switch(maintenance[key], f"{where}{key}")
+            conv.map(f"{where}{key}", f"maintenance.{key}")
+    options = words(maintenance.get("check_options"), f"{where}check_options")
+    options = _check_options(conv, options, settings)
+    if options:
+        settings["check_options"] = options
+        conv.map(f"{where}check_options", "maintenance.check_options (a list)")
+    if settings:
+        conv.settings["maintenance"] = settings
     for key, why in (
         ("show_stats", "the repository size is in status.json and the metrics"),
         ("log_level", "use -v or -q"),
     ):
         if key in maintenance:
-            conv.drop(f"restic.maintenance.{key}", why)
+            conv.drop(f"{where}{key}", why)
 
 
-def _host(conv: Conversion, number: int, host: dict, root: str | None) -> dict[str, Any]:
-    where = f"hosts[{number}]."
-    name = str(host.get("hostname", f"host{number}"))
-    out: dict[str, Any] = {"name": name.split(".")[0], "address": name}
-    conv.map(f"{where}hostname", f"hosts[].name {out['name']!r} and address {name!r}")
-    if root and out["name"] != name:  # backup-suite's repository is named by the full name
-        out["repository"] = f"{root.rstrip('/')}/{name}"
+def _read_data(conv: Conversion, mode: str | None, settings: dict[str, Any]) -> None:
+    """``check_read_data_mode`` (``true``, ``10%``, ``1/5``) as ``check_subsets``: each
+    maintenance reads 1/N of the data, so all of it over N runs."""
+    if mode is None:
+        return
+    key = "restic.maintenance.check_read_data_mode"
+    subsets = read_data_subsets(mode)
+    if subsets is None:
+        conv.drop(
+            key,
+            f"{mode!r} not understood: pullback reads 1/8 of the data each run "
+            "(maintenance.check_subsets)",
+        )
+        return
+    settings["check_subsets"] = subsets
+    conv.map(key, f"maintenance.check_subsets: {subsets}")
+
+
+def read_data_subsets(mode: str) -> int | None:
+    """How many runs read all the data for a restic read-data mode: ``true`` 1, ``10%``
+    10, ``2/5`` 5; None for what is not understood (``false``, ``0%``, ``abc``)."""
+    mode = mode.strip().lower().replace(" ", "")
+    if mode == "true":
+        return 1
+    percent = re.fullmatch(r"(\d+(?:\.\d+)?)%", mode)
+    if percent and 0 < float(percent[1]) <= 100:
+        return max(1, round(100 / float(percent[1])))
+    part = re.fullmatch(r"(\d+)/(\d+)", mode)
+    if part and 0 < int(part[1]) <= int(part[2]):
+        return int(part[2])
+    return None
+
+
+def _check_options(conv: Conversion, options: list[str], settings: dict[str, Any]) -> list[str]:
+    """``check_options`` without the read-data ones, which become ``check_subsets``
+    (pullback adds its own ``--read-data-subset``; restic refuses both at once)."""
+    key = "restic.maintenance.check_options"
+    kept: list[str] = []
+    index = 0
+    while index < len(options):
+        option, _, inline = options[index].partition("=")
+        index += 1
+        if option == "--read-data":
+            settings["check_subsets"] = 1
+            conv.map(f"{key} --read-data", "maintenance.check_subsets: 1")
+        elif option == "--read-data-subset":
+            value = inline or (options[index] if index < len(options) else "")
+            index += 0 if inline else 1
+            _read_data(conv, value, settings)
+        else:
+            kept.append(options[index - 1])
+    return kept
+
+
+@dataclass(frozen=True)
+class HostContext:
+    """What every host's conversion shares."""
+
+    repository_root: str | None
+    conv: Conversion
+
+
+def _host(context: HostContext, number: int, host: dict, name: str) -> dict[str, Any]:
+    conv, where = context.conv, f"hosts[{number}]."
+    full = str(host["hostname"])
+    out: dict[str, Any] = {"name": name, "address": full}
+    conv.map(f"{where}hostname", f"hosts[].name {name!r} and address {full!r}")
+    if context.repository_root and name != full:  # the old repository is named by the full name
+        out["repository"] = f"{context.repository_root.rstrip('/')}/{full}"
         conv.map(f"{where}hostname", f"hosts[].repository {out['repository']!r} (as before)")
-    out["adopt_host"] = name
+    out["adopt_host"] = full
     conv.map(
         f"{where}hostname",
-        f"hosts[].adopt_host {name!r}: backup-suite's snapshots stay this host's "
+        f"hosts[].adopt_host {full!r}: backup-suite's snapshots stay this host's "
         "(listed, restorable, under the same retention)",
     )
     if host.get("ssh_user"):
@@ -232,30 +483,42 @@ def _host(conv: Conversion, number: int, host: dict, root: str | None) -> dict[s
             "pullback logs in as the client's `pullback` user (forced command `pullback-client "
             "serve`); add the server's key there (docs/server.md)",
         )
-    if host.get("ssh_key_file"):
-        _key(conv, where, str(host["ssh_key_file"]), out)
+    key = text(host.get("ssh_key_file"), f"{where}ssh_key_file")
+    if key:
+        _key(conv, where, key, name, out)
     if host.get("remote_tar_dir"):
         conv.drop(f"{where}remote_tar_dir", "the client's serve endpoint offers its archives")
     if host.get("admin_email"):
-        out["email_to"] = _recipients(host["admin_email"])
+        out["email_to"] = recipients(host["admin_email"], f"{where}admin_email")
         conv.map(f"{where}admin_email", "hosts[].email_to")
-    if host.get("restic_forget_policy"):
-        retention, left = retention_of(str(host["restic_forget_policy"]))
-        out["retention"] = retention
-        conv.map(f"{where}restic_forget_policy", "hosts[].retention")
-        if left:
-            conv.drop(f"{where}restic_forget_policy", f"not understood: {' '.join(left)}")
+    policy = text(host.get("restic_forget_policy"), f"{where}restic_forget_policy")
+    if policy:
+        _host_retention(conv, where, policy, out)
     return out
 
 
-def _key(conv: Conversion, where: str, key: str, out: dict[str, Any]) -> None:
-    """A host's own key; one in a home directory is moved to /etc/pullback/keys, where
-    the server's units (``ProtectHome=yes``) can read it."""
+def _host_retention(conv: Conversion, where: str, policy: str, out: dict[str, Any]) -> None:
+    """A host's own policy replaces the global one in backup-suite: every count it does
+    not set is written as 0, so that pullback does not add the global ones."""
+    retention, left = retention_of(policy, f"{where}restic_forget_policy")
+    if not retention:
+        conv.drop(f"{where}restic_forget_policy", "keeps nothing pullback understands: ignored")
+        return
+    counts = {name for name in RETENTION_FLAGS.values() if name != "keep_within"}
+    out["retention"] = {**dict.fromkeys(sorted(counts), 0), **retention}
+    conv.map(f"{where}restic_forget_policy", "hosts[].retention (the global counts set to 0)")
+    if left:
+        conv.drop(f"{where}restic_forget_policy", f"not understood: {' '.join(left)}")
+
+
+def _key(conv: Conversion, where: str, key: str, name: str, out: dict[str, Any]) -> None:
+    """A host's own key; one in a home directory is moved to /etc/pullback/keys/<name>,
+    where the server's units (``ProtectHome=yes``) can read it."""
     if not key.startswith(HOMES):
         out["ssh_key_file"] = key
         conv.map(f"{where}ssh_key_file", "hosts[].ssh_key_file")
         return
-    moved = f"/etc/pullback/keys/{Path(key).name}"
+    moved = f"/etc/pullback/keys/{name}"
     out["ssh_key_file"] = moved
     conv.map(f"{where}ssh_key_file", f"hosts[].ssh_key_file {moved!r}")
     conv.drop(
@@ -265,34 +528,58 @@ def _key(conv: Conversion, where: str, key: str, out: dict[str, Any]) -> None:
     )
 
 
+# -- the client ------------------------------------------------------------------------------
+
+
 def convert_client(
     data: dict, common: dict[str, str] | None = None, service_dir: str = "/etc/backup"
 ) -> Conversion:
     """``client_config.yml`` (and ``common_config``) as client.yaml settings; the service
-    files stay where they are (``service_dirs: [<service_dir>]``)."""
+    files stay where they are (``service_dirs: [<service_dir>]``). Raises BadValue."""
     common = common or {}
     conv = Conversion()
     settings = conv.settings
     settings["service_dirs"] = [service_dir]
     conv.map(f"(service files in {service_dir}/<type>/<name>/)", f"service_dirs: [{service_dir}]")
-    if data.get("hostname"):
-        settings["hostname"] = str(data["hostname"])
-        conv.map("hostname", "hostname")
-    keep = data.get("keep_days") or common.get("DEFAULT_KEEP_DAYS")
-    if keep:
-        settings["keep_days"] = int(keep)
-        conv.map("keep_days", "keep_days")
-    free = data.get("min_free_space_mb") or common.get("DEFAULT_MIN_FREE_SPACE_MB")
-    if free:
-        settings["min_free_space"] = f"{int(free)}M"
-        conv.map("min_free_space_mb", "min_free_space")
-    _email(
-        conv,
-        data.get("admin_email") or common.get("DEFAULT_ADMIN_EMAIL"),
-        data.get("email_subject_prefix"),
-        (data.get("tools") or {}).get("msmtp_cmd") or common.get("MSMTP_CMD"),
-        "",
+    hostname = text(data.get("hostname"), "hostname")
+    if hostname:
+        (settings["hostname"],) = host_names([hostname])
+        conv.map(
+            "hostname",
+            f"hostname {settings['hostname']!r} (the name pullback-server import-backup-suite "
+            "gives this host; archives are named by it)",
+        )
+    key, keep = first(
+        ("keep_days", data.get("keep_days")),
+        ("common_config DEFAULT_KEEP_DAYS", common.get("DEFAULT_KEEP_DAYS")),
     )
+    if keep is not None:
+        settings["keep_days"] = number(keep, key)
+        conv.map(key, "keep_days")
+    key, free = first(
+        ("min_free_space_mb", data.get("min_free_space_mb")),
+        ("common_config DEFAULT_MIN_FREE_SPACE_MB", common.get("DEFAULT_MIN_FREE_SPACE_MB")),
+    )
+    if free is not None:
+        settings["min_free_space"] = f"{number(free, key)}M"
+        conv.map(key, "min_free_space")
+    tools = section(data, "tools")
+    convert_email(
+        conv,
+        MailSources(
+            first(
+                ("admin_email", data.get("admin_email")),
+                ("common_config DEFAULT_ADMIN_EMAIL", common.get("DEFAULT_ADMIN_EMAIL")),
+            ),
+            first(("email_subject_prefix", data.get("email_subject_prefix"))),
+            first(
+                ("tools.msmtp_cmd", tools.get("msmtp_cmd")),
+                ("common_config MSMTP_CMD", common.get("MSMTP_CMD")),
+            ),
+        ),
+    )
+    used = {"DEFAULT_ADMIN_EMAIL", "MSMTP_CMD", "DEFAULT_KEEP_DAYS", "DEFAULT_MIN_FREE_SPACE_MB"}
+    account_common(conv, common, used)
     for key, why in (
         (
             "base_backup_dir",
@@ -302,50 +589,9 @@ def convert_client(
         ("backup_group", "the archives belong to root:pullback, read by the serve endpoint"),
         ("plugin_dir", "pullback's plugins are Python packages (plugin_dirs for your own)"),
         ("log_level", "use -v or -q; the journal keeps every level"),
-        ("tools", "pullback runs the tools on the PATH"),
     ):
         if key in data:
             conv.drop(key, why)
+    for tool in sorted(set(tools) - {"msmtp_cmd"}):
+        conv.drop(f"tools.{tool}", "pullback runs the tools on the PATH")
     return conv
-
-
-def run_import(
-    source: Path, target: Path, write: bool, convert: Callable[..., Conversion], old_name: str
-) -> int:
-    """``import-backup-suite``: read ``source/old_name`` (and ``source/common_config``),
-    print what became of each key on standard error, and the new settings on standard
-    output, or with ``write`` into ``target`` (the file there is kept beside it as
-    ``<name>.before-import``). Returns the exit code; raises UsageError when the old file
-    cannot be read."""
-    old = source / old_name
-    try:
-        data = yaml.safe_load(old.read_text()) or {}
-    except OSError as exc:
-        raise UsageError(f"cannot read {old}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{old} is not YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{old}: expected a mapping of keys")
-    common_file = source / "common_config"
-    common = read_common_config(common_file.read_text()) if common_file.is_file() else {}
-    conv = convert(data, common)
-    for line in conv.mapped:
-        print(f"mapped: {line}", file=sys.stderr)
-    for line in conv.unmapped:
-        print(f"no equivalent: {line}", file=sys.stderr)
-    text = f"# made by import-backup-suite from {old}\n" + yaml.safe_dump(
-        conv.settings, sort_keys=False
-    )
-    if not write:
-        print(text, end="")
-        return EXIT_OK
-    if target.exists():
-        kept = target.with_name(target.name + ".before-import")
-        shutil.copy2(target, kept)
-        print(f"kept the old {target} as {kept}", file=sys.stderr)
-    before = target.stat() if target.exists() else None
-    atomic_write(target, text, mode=stat.S_IMODE(before.st_mode) if before else 0o640)
-    if before is not None:  # client.yaml is read by the serve endpoint's group
-        os.chown(target, before.st_uid, before.st_gid)
-    print(f"wrote {target}; now run the check command", file=sys.stderr)
-    return EXIT_OK

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..common.backup_suite import convert_server, run_import
+from ..common.backup_suite import convert_server
+from ..common.backup_suite_files import ImportSpec, run_import
+
+SPEC = ImportSpec("server_config.yml", convert_server, "server")
 
 
 def command(path: Path, args: argparse.Namespace) -> int:
     """Print (or with ``--write`` write) server.yaml made from ``--from``'s files."""
-    return run_import(args.source, path, args.write, convert_server, "server_config.yml")
+    return run_import(args.source, path, args.write, SPEC)

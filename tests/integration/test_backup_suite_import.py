@@ -69,3 +69,59 @@ def test_a_missing_old_file_is_a_usage_error(tmp_path):
     )
     assert result.returncode == 2
     assert f"cannot read {tmp_path}/client_config.yml" in result.stderr
+
+
+def test_a_second_write_keeps_the_first_original_and_its_owner(tmp_path):
+    old = tmp_path / "etc-backup"
+    old.mkdir()
+    (old / "server_config.yml").write_text(SERVER_CONFIG)
+    target = tmp_path / "server.yaml"
+    target.write_text("# the original\n")
+    os.chown(target, 0, 65534)
+    target.chmod(0o640)
+    for _ in range(2):
+        written = cli(
+            "server", "--config", str(target), "import-backup-suite", "--from", str(old), "--write"
+        )
+        assert written.returncode == 0, written.stderr
+    original = tmp_path / "server.yaml.before-import"
+    assert original.read_text() == "# the original\n"
+    assert (os.stat(original).st_gid, oct(os.stat(original).st_mode & 0o777)) == (65534, "0o640")
+    assert (tmp_path / "server.yaml.before-import.1").read_text().startswith("# made by")
+
+
+def test_what_cannot_be_converted_or_written_is_refused_with_exit_2(tmp_path):
+    old = tmp_path / "etc-backup"
+    old.mkdir()
+    cases = {
+        "hosts: {web1: {}}\n": "server_config.yml: hosts: expected a list of hosts",
+        "global: {admin_email: x}\n": "converts to a configuration pullback refuses",
+        "global: {admin_email: ops@example.org}  # caf\xe9\n": "is not UTF-8 text",
+    }
+    for text, said in cases.items():
+        (old / "server_config.yml").write_bytes(text.encode("latin-1"))
+        result = cli(
+            "server",
+            "--config",
+            str(tmp_path / "s.yaml"),
+            "import-backup-suite",
+            "--from",
+            str(old),
+        )
+        assert result.returncode == 2 and said in result.stderr, (text, result.stderr)
+        assert "Traceback" not in result.stderr
+    (old / "server_config.yml").write_text(SERVER_CONFIG)
+    (tmp_path / "dir.yaml").mkdir()
+    (tmp_path / "link.yaml").symlink_to(tmp_path / "elsewhere.yaml")
+    for target in ("dir.yaml", "link.yaml"):
+        result = cli(
+            "server",
+            "--config",
+            str(tmp_path / target),
+            "import-backup-suite",
+            "--from",
+            str(old),
+            "--write",
+        )
+        assert result.returncode == 2 and "a directory or a symbolic link" in result.stderr
+    assert not (tmp_path / "elsewhere.yaml").exists()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from pullback.common.backup_suite import (
+    BadValue,
     convert_client,
     convert_server,
+    host_names,
     read_common_config,
+    read_data_subsets,
     retention_of,
 )
 from pullback.common.config import load_validated
@@ -72,6 +76,7 @@ def test_the_server_config_becomes_a_valid_server_yaml(tmp_path):
         "type": "restic",
         "repository_root": "/srv/restic",
         "password_file": "/etc/backup/restic.pass",
+        "init": False,
         "backup_options": ["--exclude-caches", "--compression", "max"],
     }
     assert settings["retention"] == {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12}
@@ -89,9 +94,17 @@ def test_the_server_config_becomes_a_valid_server_yaml(tmp_path):
         "address": "web1.example.org",
         "repository": "/srv/restic/web1.example.org",
         "adopt_host": "web1.example.org",
-        "ssh_key_file": "/etc/pullback/keys/id_web1",
+        "ssh_key_file": "/etc/pullback/keys/web1",
         "email_to": ["web-team@example.org"],
-        "retention": {"keep_daily": 3},
+        # the host's own policy replaced the global one in backup-suite
+        "retention": {
+            "keep_daily": 3,
+            "keep_hourly": 0,
+            "keep_last": 0,
+            "keep_monthly": 0,
+            "keep_weekly": 0,
+            "keep_yearly": 0,
+        },
     }
     # every key of the old file is accounted for, one line each
     said = "\n".join(conv.mapped + conv.unmapped)
@@ -108,7 +121,7 @@ def test_the_server_config_becomes_a_valid_server_yaml(tmp_path):
         "hosts[0].remote_tar_dir",
         "hosts[0].restic_forget_policy",
         "not understood: --group-by host",
-        "install -D -m 0600 /root/.ssh/id_web1 /etc/pullback/keys/id_web1",
+        "install -D -m 0600 /root/.ssh/id_web1 /etc/pullback/keys/web1",
     ):
         assert key in said, key
     path = tmp_path / "server.yaml"
@@ -129,7 +142,7 @@ def test_the_client_config_becomes_a_valid_client_yaml(tmp_path):
     conv = convert_client(old, read_common_config(COMMON))
     assert conv.settings == {
         "service_dirs": ["/etc/backup"],
-        "hostname": "web1.example.org",
+        "hostname": "web1",  # the name the server's import gives it
         "keep_days": 5,
         "min_free_space": "800M",
         "email": {
@@ -144,3 +157,117 @@ def test_the_client_config_becomes_a_valid_client_yaml(tmp_path):
     path = tmp_path / "client.yaml"
     path.write_text(yaml.safe_dump(conv.settings))
     load_validated(path, load_schema("pullback.common", "client"), allow_empty=True)
+
+
+# -- what a fresh-eyes attack found (issue 17 review) ----------------------------------------
+
+
+def test_backup_suite_s_shipped_common_config_gives_a_usable_mailer():
+    common = read_common_config('MSMTP_CMD="${MSMTP_CMD:-msmtp}"\nTAR_CMD="$TAR"\n')
+    assert common == {"MSMTP_CMD": "msmtp"}  # the default taken; a bare variable skipped
+    conv = convert_server({"global": {"admin_email": "ops@example.org"}}, common)
+    assert conv.settings["email"]["sendmail"].startswith("/")
+    assert "common_config MSMTP_CMD -> email.sendmail" in conv.mapped
+
+
+@pytest.mark.parametrize(
+    ("hosts", "names"),
+    [
+        (["web1.a.org", "db1.a.org"], ["web1", "db1"]),
+        (["web1.a.org", "web1.b.org"], ["web1.a.org", "web1.b.org"]),  # would collide
+        (["web1", "web1.example.org"], ["web1", "web1.example.org"]),
+        (["10.0.0.5", "10.0.0.6"], ["10.0.0.5", "10.0.0.6"]),  # addresses stay whole
+    ],
+)
+def test_host_names_are_short_unless_they_would_collide_or_are_addresses(hosts, names):
+    assert host_names(hosts) == names
+
+
+@pytest.mark.parametrize(
+    ("old", "key"),
+    [
+        ({"hosts": {"web1": {}}}, "hosts"),
+        ({"hosts": ["web1"]}, "hosts"),
+        ({"global": ["a"]}, "global"),
+        ({"restic": "x"}, "restic"),
+        ({"restic": {"maintenance": "x"}}, "restic.maintenance"),
+        ({"hosts": [{"hostname": None}]}, "hosts[0].hostname"),
+        ({"hosts": [{"hostname": ["a", "b"]}]}, "hosts[0].hostname"),
+        ({"hosts": [{"hostname": "web 1.example.org"}]}, "hosts[0].hostname"),
+        ({"hosts": [{"hostname": "web1.x/../../etc"}]}, "hosts[0].hostname"),
+        ({"hosts": [{"hostname": "w", "ssh_key_file": [1]}]}, "hosts[0].ssh_key_file"),
+        ({"restic": {"maintenance": {"forget_policy": "--keep-daily seven"}}}, "forget_policy"),
+        ({"restic": {"maintenance": {"forget_policy": "--keep-daily -1"}}}, "forget_policy"),
+        ({"restic": {"backup_options": "--exclude 'unbalanced"}}, "restic.backup_options"),
+        ({"restic": {"maintenance": {"prune": "off"}}}, "restic.maintenance.prune"),
+        ({"restic": {"maintenance": {"check": None}}}, "restic.maintenance.check"),
+    ],
+)
+def test_a_value_of_the_wrong_shape_is_refused_naming_its_key(old, key):
+    with pytest.raises(BadValue) as caught:
+        convert_server(old)
+    assert key in str(caught.value)
+
+
+def test_an_alias_bomb_is_refused_without_being_expanded():
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    for level in range(1, 9):
+        bomb += f"{chr(97 + level)}: &{chr(97 + level)} [*{chr(96 + level)}] \n".replace(
+            f"[*{chr(96 + level)}]", ", ".join([f"*{chr(96 + level)}"] * 9).join("[]")
+        )
+    data = yaml.safe_load(bomb + "global: {admin_email: *i}\n")
+    with pytest.raises(BadValue, match=r"global\.admin_email: expected a single value"):
+        convert_server(data)
+
+
+@pytest.mark.parametrize(
+    ("mode", "subsets"),
+    [
+        ("true", 1),
+        ("10%", 10),
+        ("25 %", 4),
+        ("2/5", 5),
+        ("100%", 1),
+        ("10.5%", 10),
+        ("false", None),
+        ("0%", None),
+        ("150%", None),
+        ("abc", None),
+    ],
+)
+def test_read_data_modes(mode, subsets):
+    assert read_data_subsets(mode) == subsets
+
+
+def test_read_data_in_check_options_becomes_check_subsets():
+    maintenance = {"check_options": "--read-data --with-cache", "check_read_data_mode": "abc"}
+    conv = convert_server({"restic": {"maintenance": maintenance}})
+    assert conv.settings["maintenance"] == {"check_subsets": 1, "check_options": ["--with-cache"]}
+    assert any("'abc' not understood" in line for line in conv.unmapped)
+
+
+def test_short_retention_flags_and_a_policy_pullback_cannot_use():
+    assert retention_of("-d 7 -w 4 -m 12 -y 3")[0] == {
+        "keep_daily": 7,
+        "keep_weekly": 4,
+        "keep_monthly": 12,
+        "keep_yearly": 3,
+    }
+    conv = convert_server({"restic": {"maintenance": {"forget_policy": "--keep-tag x"}}})
+    assert "retention" not in conv.settings
+    assert any("pullback's default retention applies" in line for line in conv.unmapped)
+
+
+def test_every_common_config_key_and_tool_gets_a_line():
+    common = read_common_config("UNIVENTION_BACKUP_CMD=/usr/sbin/ucs-backup\nDOCKER_CMD=docker\n")
+    conv = convert_client({"tools": {"tar_cmd": "/bin/tar"}}, common)
+    said = "\n".join(conv.unmapped)
+    assert "common_config UNIVENTION_BACKUP_CMD: set univention.command" in said
+    assert "common_config DOCKER_CMD: pullback runs the tools on the PATH" in said
+    assert "tools.tar_cmd: pullback runs the tools on the PATH" in said
+
+
+def test_mail_settings_without_a_recipient_are_said_not_silently_dropped():
+    conv = convert_client({"email_subject_prefix": "[B]", "tools": {"msmtp_cmd": "msmtp"}})
+    assert "email" not in conv.settings
+    assert sum("no admin_email was set" in line for line in conv.unmapped) == 2

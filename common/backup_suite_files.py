@@ -1,0 +1,133 @@
+"""``import-backup-suite``: read backup-suite's files, convert them
+(:mod:`.backup_suite`), check the result against pullback's schema, print or write it.
+
+Bounds: each old file is read up to :data:`MAX_FILE` bytes; every value is type-checked
+before use (a YAML alias bomb is refused at its first list, never expanded).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .backup_suite import BadValue, Conversion, read_common_config
+from .config import load_validated
+from .errors import EXIT_OK, ConfigError, UsageError
+from .fsutil import atomic_write
+from .schema import load_schema
+
+MAX_FILE = 1 << 20
+"""Bytes read of each old file (backup-suite's are a few KiB)."""
+
+
+@dataclass(frozen=True)
+class ImportSpec:
+    """One side's import: the old file's name, the converter, pullback's schema."""
+
+    old_name: str
+    convert: Callable[[dict, dict[str, str]], Conversion]
+    schema: str
+    """``server`` or ``client``."""
+
+
+def read_text(path: Path) -> str:
+    """A small UTF-8 text file. Raises UsageError (unreadable, too big, not UTF-8)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_FILE:
+        raise UsageError(f"{path} is larger than {MAX_FILE >> 20} MiB; not a backup-suite file")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text (byte {exc.start}); convert it first") from None
+
+
+def read_old(source: Path, spec: ImportSpec) -> tuple[dict, dict[str, str]]:
+    """The old YAML file's keys and common_config's assignments. Raises UsageError."""
+    old = source / spec.old_name
+    try:
+        data = yaml.safe_load(read_text(old)) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{old} is not YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{old}: expected a mapping of keys")
+    common_file = source / "common_config"
+    common = read_common_config(read_text(common_file)) if common_file.exists() else {}
+    return data, common
+
+
+def checked_text(conv: Conversion, spec: ImportSpec, old: Path) -> str:
+    """The new file's text, after loading it as pullback would. Raises UsageError naming
+    the keys pullback would refuse."""
+    text = f"# made by import-backup-suite from {old}\n" + yaml.safe_dump(
+        conv.settings, sort_keys=False, allow_unicode=True
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
+        handle.write(text)
+        handle.flush()
+        try:
+            load_validated(
+                handle.name, load_schema("pullback.common", spec.schema), allow_empty=True
+            )
+        except ConfigError as exc:
+            said = str(exc).replace(handle.name, "(converted)")
+            raise UsageError(
+                f"{old} converts to a configuration pullback refuses:\n{said}"
+            ) from None
+    return text
+
+
+def run_import(source: Path, target: Path, write: bool, spec: ImportSpec) -> int:
+    """``import-backup-suite``: read ``source/<old_name>`` (and ``source/common_config``),
+    print what became of each key on standard error, and the new settings on standard
+    output, or with ``write`` into ``target`` (the file there is kept beside it as
+    ``<name>.before-import``, never overwritten). Returns the exit code; raises
+    UsageError (exit 2) when an old file cannot be read or converted, naming the key."""
+    old = source / spec.old_name
+    data, common = read_old(source, spec)
+    try:
+        conv = spec.convert(data, common)
+    except BadValue as exc:
+        raise UsageError(f"{old}: {exc}") from None
+    for line in conv.mapped:
+        print(f"mapped: {line}", file=sys.stderr)
+    for line in conv.unmapped:
+        print(f"no equivalent: {line}", file=sys.stderr)
+    text = checked_text(conv, spec, old)
+    if not write:
+        print(text, end="")
+        return EXIT_OK
+    write_keeping(target, text)
+    print(f"wrote {target}; now run the check command", file=sys.stderr)
+    return EXIT_OK
+
+
+def write_keeping(target: Path, text: str) -> None:
+    """Write ``target``, keeping the file there as ``<name>.before-import`` (or ``.1``,
+    ``.2`` ... when that exists) with its owner and mode. Raises UsageError for a target
+    that is a directory or a symbolic link."""
+    if target.is_symlink() or target.is_dir():
+        raise UsageError(f"{target} is a directory or a symbolic link; name the file itself")
+    before = target.stat() if target.exists() else None
+    if before is not None:
+        kept = target.with_name(target.name + ".before-import")
+        number = 0
+        while kept.exists():
+            number += 1
+            kept = target.with_name(f"{target.name}.before-import.{number}")
+        atomic_write(kept, target.read_bytes(), mode=stat.S_IMODE(before.st_mode))
+        os.chown(kept, before.st_uid, before.st_gid)
+        print(f"kept the old {target} as {kept}", file=sys.stderr)
+    atomic_write(target, text, mode=stat.S_IMODE(before.st_mode) if before else 0o640)
+    if before is not None:  # client.yaml is read by the serve endpoint's group
+        os.chown(target, before.st_uid, before.st_gid)

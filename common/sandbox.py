@@ -50,6 +50,24 @@ def _allowing(path: Path, allowed: list[str]) -> Path | None:
     return None
 
 
+def repository_problem(path: Path, allowed: dict[str, list[str] | None]) -> str | None:
+    """Why the units (``allowed``: each unit's :func:`unit_writable_paths`, None for one
+    not checked) cannot write the local repository ``path``, with the drop-in that fixes
+    it; None when they can."""
+    if str(path).startswith(HOMES):
+        return f"{path} is in a home directory, which the units hide (ProtectHome=yes)"
+    barred = [
+        unit for unit, paths in allowed.items() if paths is not None and not _allowing(path, paths)
+    ]
+    if not barred:
+        return None
+    return (
+        f"{path} is outside the ReadWritePaths= of {' and '.join(barred)}, so their timer "
+        f"runs cannot write it (runs by hand can): for each, systemctl edit UNIT and add "
+        f"[Service] ReadWritePaths={path.parent}"
+    )
+
+
 def output_problem(setting: str, path: Path, unit: str, allowed: list[str] | None) -> str | None:
     """Why a configured output file (``metrics_file``, ``status_page``) cannot be written
     by this command or by ``unit``'s timer runs, with the fix; None when it can.

@@ -9,10 +9,11 @@ import shutil
 from ..common.cli import print_json
 from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError
-from ..common.sandbox import HOMES, output_problem, unit_writable_paths
+from ..common.sandbox import HOMES, output_problem, repository_problem, unit_writable_paths
 from ..common.schema import load_schema
 from ..common.text import printable
 from .backends import RepositoryMissing, read_password
+from .backends.base import local_path
 from .config import ServerConfig
 from .host import HostContext
 from .remote import Remote
@@ -31,6 +32,10 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     return EXIT_FAILED if problems else EXIT_OK
 
 
+UNITS = ("pullback-server.service", "pullback-maintain.service")
+"""The server's units that write repositories and outputs."""
+
+
 def key_problems(config: ServerConfig) -> list[str]:
     """What is wrong with the SSH keys in use: each host's own, and the server's when a
     host has none of its own. A key in a home directory is hidden from the units."""
@@ -39,16 +44,17 @@ def key_problems(config: ServerConfig) -> list[str]:
         keys[config.ssh.key_file] = "ssh.key_file"
     problems = []
     for key, setting in keys.items():
-        if str(key).startswith(HOMES):
+        if not key.is_file() or not os.access(key, os.R_OK):
+            what = "is not a file" if key.exists() and not key.is_file() else "cannot be read"
+            problems.append(
+                f"{config.path}: {setting}: {key} {what} "
+                f"(create it: ssh-keygen -t ed25519 -N '' -f {key})"
+            )
+        elif str(key).startswith(HOMES):
             problems.append(
                 f"{config.path}: {setting}: {key} is in a home directory, which the units "
                 f"hide (ProtectHome=yes): move it, e.g. install -D -m 0600 {key} "
                 f"/etc/pullback/keys/{key.name}"
-            )
-        elif not os.access(key, os.R_OK):
-            problems.append(
-                f"{config.path}: {setting}: cannot read {key} "
-                f"(create it: ssh-keygen -t ed25519 -N '' -f {key})"
             )
     return problems
 
@@ -82,7 +88,7 @@ def local_problems(config: ServerConfig) -> list[str]:
             )
         problems.append(f"{config.path}: backend.password_file: {exc}{fix}")
     outputs = (("metrics_file", config.metrics_file), ("status_page", config.status_page))
-    for unit in ("pullback-server.service", "pullback-maintain.service"):
+    for unit in UNITS:
         allowed = unit_writable_paths(unit)
         for setting, output in outputs:
             found = output_problem(setting, output, unit, allowed) if output else None
@@ -159,7 +165,13 @@ def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[st
         if output is not None and not any(f": {setting}: " in p for p in problems):
             by = ", also by the units' timer runs" if units else " (systemd is not running here)"
             good.append(f"{setting} {output}: writable{by}")
+    allowed = {unit: unit_writable_paths(unit) for unit in UNITS}
     # every host is tried whatever is wrong locally: all problems at once, one round
     for host in config.select_hosts(names):
-        check_host(HostContext.open(config, host), good, problems)
+        ctx = HostContext.open(config, host)
+        local = local_path(ctx.backend.repository())
+        said = repository_problem(local, allowed) if local is not None else None
+        if said:
+            problems.append(f"{host.name}: repository {said}")
+        check_host(ctx, good, problems)
     return good, problems

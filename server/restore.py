@@ -43,10 +43,20 @@ class RestoreRequest:
 
     def includes(self, adopted: bool = False) -> list[str]:
         """The paths inside the snapshot to restore (all when empty); in an adopted
-        backup-suite snapshot a service is ``<type>/<name>``. Raises UsageError."""
+        backup-suite snapshot a service is ``<name>`` below any ``<type>``, or
+        ``<type>/<name>``. Raises UsageError."""
+        if self.service is not None:
+            parts = self.service.split("/")
+            if len(parts) > (2 if adopted else 1) or not all(
+                p not in ("", ".", "..") for p in parts
+            ):
+                raise UsageError(
+                    f"--service {self.service!r} is not a service name"
+                    + (" (or <type>/<name> in a backup-suite snapshot)" if adopted else "")
+                )
         includes = []
         if self.service and adopted:
-            includes.append(f"*/{self.service}")
+            includes.append(self.service if "/" in self.service else f"*/{self.service}")
         elif self.service:
             includes += [f"services/{self.service}", MANIFEST_NAME, SIDECAR_NAME]
         if self.path:
@@ -164,7 +174,7 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
     target = request.target
     if target.exists() and any(target.iterdir()) and not request.force:
         raise UsageError(f"{target} is not empty; choose an empty directory or add --force")
-    request.includes()  # a wrong --path is refused before the repository is opened
+    request.includes(adopted=True)  # a wrong --path is refused before the repository opens
     ctx.backend.prepare(create=False)
     snapshot, why = pick_snapshot(
         ctx.backend.snapshots(), request.snapshot, request.host, request.service
@@ -196,6 +206,8 @@ def _holds(target: Path, service: str, adopted: bool) -> bool:
     adopted backup-suite snapshot ``<type>/<name>``)."""
     if not adopted:
         return (target / "services" / service).is_dir()
+    if "/" in service:
+        return (target / service).is_dir()
     return any((kind / service).is_dir() for kind in target.iterdir() if kind.is_dir())
 
 

@@ -28,7 +28,8 @@ class Snapshot:
     """The services that failed on the client in its archive: the snapshot is partial."""
     adopted: bool = False
     """Made by another program (backup-suite) and adopted (``hosts[].adopt_host``): its
-    own layout (``<type>/<name>/...``), no manifest, no stamp."""
+    own layout (``<type>/<name>/...``), no manifest; its stamp is backup-suite's
+    ``YYYYmmdd_HHMMSS`` tag (the client's local time), never a pullback stamp."""
 
 
 @dataclass(frozen=True)

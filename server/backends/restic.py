@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ...common.backup_suite import SUITE_STAMP
 from ...common.clock import is_stamp
 from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
@@ -118,10 +119,24 @@ def check_args(part: int, parts: int, extra: Sequence[str] = ()) -> list[str]:
     return ["check", read, *extra]
 
 
+ANY_FIRST = "*/"
+"""An include starting so matches below any first directory (an adopted snapshot's
+``<type>/``); everything else in an include is literal."""
+
+
+def literal(path: str) -> str:
+    """``path`` with restic's pattern characters escaped, so it matches only itself."""
+    return re.sub(r"([\\*?\[])", r"\\\1", path)
+
+
 def restore_args(snapshot_id: str, target: Path, includes: list[str]) -> list[str]:
+    """``restic restore`` of ``includes`` (paths in the snapshot, matched literally; a
+    leading ``*/`` stands for any first directory)."""
     args = ["restore", snapshot_id, "--target", str(target)]
     for include in includes:
-        args += ["--include", f"/{include.strip('/')}"]
+        path = include.strip("/")
+        head = ANY_FIRST if path.startswith(ANY_FIRST) else ""
+        args += ["--include", f"/{head}{literal(path.removeprefix(head))}"]
     return args
 
 
@@ -210,8 +225,9 @@ class ResticBackend(RepositoryBackend):
             tags = item.get("tags") or []
             short = item.get("short_id") or item["id"][:8]
             when = parse_time(item["time"])
-            if TAG not in tags:
-                found.append(Snapshot(short, when, None, adopted=True))
+            if TAG not in tags:  # adopted: backup-suite's archive time tag is its stamp
+                stamp = next((t for t in tags if SUITE_STAMP.match(t)), None)
+                found.append(Snapshot(short, when, stamp, adopted=True))
                 continue
             stamp = next((t for t in tags if is_stamp(t)), None)
             failed = tuple(t.removeprefix(FAILED) for t in tags if t.startswith(FAILED))

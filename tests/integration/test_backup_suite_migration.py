@@ -221,6 +221,23 @@ def test_a_backup_suite_host_moves_to_pullback_with_its_history(migration):
         str(tmp_path / "m"),
     )
     assert missing.returncode == 1 and "holds no service 'nope'" in missing.stderr
+    # a name is matched literally, never as a pattern; <type>/<name> and the old stamp work
+    pattern = fleet.server(
+        "restore", "web1", "--snapshot", oldest, "--service", "a*", "--target", str(tmp_path / "p")
+    )
+    assert pattern.returncode == 1 and "holds no service 'a*'" in pattern.stderr
+    typed = fleet.server(
+        "restore",
+        "web1",
+        "--snapshot",
+        "20261120_030000",
+        "--service",
+        "files/app",
+        "--target",
+        str(tmp_path / "t"),
+    )
+    assert typed.returncode == 0, typed.stderr
+    assert (tmp_path / "t/files/app/data/app/config.ini").read_text() == "[app]\nname = old\n"
 
     # step: retention over both, as one series (forget_policy --keep-last 2): the oldest
     # backup-suite snapshot goes, the newest old one and pullback's stay; restic says so

@@ -11,6 +11,7 @@ import hashlib
 
 import pytest
 
+from pullback.common.errors import ConfigError
 from pullback.common.outcome import Status
 from pullback.server.backends import BackendError, Snapshot
 from pullback.server.config import load_server_config
@@ -207,3 +208,24 @@ def test_the_proof_command_takes_a_service_name_literally(tmp_path):
         ["sh", "-c", proof_command("web.1")], cwd=tmp_path, capture_output=True, text=True
     )
     assert (proof.returncode, proof.stdout) == (0, "services/web.1/a: OK\n"), proof.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("maintenance: {check_options: [--read-data]}", "--read-data"),
+        ("maintenance: {check_options: ['--read-data-subset=10%']}", "--read-data-subset=10%"),
+        ("maintenance: {check_options: [--repo, /elsewhere]}", "--repo"),
+        ("maintenance: {check_options: [-r/elsewhere]}", "-r/elsewhere"),
+        ("backend: {backup_options: [--password-command, 'sh -c x']}", "--password-command"),
+        ("backend: {backup_options: ['--option=sftp.command=x']}", "--option=sftp.command=x"),
+    ],
+)
+def test_options_that_would_change_the_repository_or_the_check_are_refused(
+    tmp_path, setting, value
+):
+    path = tmp_path / "server.yaml"
+    path.write_text(f"state_dir: {tmp_path}\n{setting}\nhosts:\n  - name: web1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_server_config(path)
+    assert f"got {value!r}" in str(caught.value)

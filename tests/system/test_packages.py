@@ -174,15 +174,21 @@ def test_databases_and_special_bits_round_trip_under_systemd(root, installed):
         "runuser -u postgres -- psql -q -d shop -c "
         "'CREATE TABLE orders(id int); INSERT INTO orders SELECT generate_series(1, 42)'"
     )
+    # a dump user whose password is in root's ~/.my.cnf, as backup-suite kept it: the
+    # unit must give mysqldump a $HOME (a system unit has none), or it connects without
     root.run(
         "mariadb -e 'CREATE DATABASE crm; CREATE TABLE crm.c(id INT); "
-        "INSERT INTO crm.c VALUES (1), (2), (3)'"
+        "INSERT INTO crm.c VALUES (1), (2), (3); "
+        'CREATE USER crmdump@localhost IDENTIFIED BY "dump-pw-42"; '
+        "GRANT SELECT, SHOW VIEW, TRIGGER, LOCK TABLES, EVENT ON crm.* TO crmdump@localhost; "
+        "GRANT PROCESS ON *.* TO crmdump@localhost'"
     )
+    root.write("/root/.my.cnf", "[client]\npassword=dump-pw-42\n", 0o600)
     root.write(
         "/etc/pullback/services/db/service.yaml",
         "service: {name: db}\n"
         "postgresql: {database: shop, run_as: postgres}\n"
-        "mariadb: {database: crm}\n",
+        "mariadb: {database: crm, user: crmdump}\n",
         0o600,
     )
     root.run(

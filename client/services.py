@@ -14,6 +14,7 @@ from typing import Any
 from ..common import schema as schemas
 from ..common.config import world_readable_secret
 from ..common.schema import load_schema
+from ..common.text import printable
 from ..common.yamlfile import Problem, YamlDocument, YamlFileError, load
 from ..plugins.manager import PluginSet
 from ..plugins.task import TaskType
@@ -129,16 +130,10 @@ def backup_suite_notes(doc: YamlDocument, schema: dict, prefix: tuple = ()) -> l
         instead = sub.get(BACKUP_SUITE_NOTE) if isinstance(sub, dict) else None
         if not instead or key not in section:
             continue
-        shown = "" if sub.get("x-secret") else f" ({printable_value(section[key])})"
+        shown = "" if sub.get("x-secret") else f" ({printable(repr(section[key]), 120)})"
         message = f"accepted for backup-suite{shown}, not applied: {instead}"
         notes.append(doc.problem((*prefix, key), message))
     return notes
-
-
-def printable_value(value: Any, limit: int = 120) -> str:
-    """``value`` as written (repr), cut to ``limit`` characters; for a warning."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _add_task(service: Service, doc: YamlDocument, key: str, task_type: TaskType) -> list[Problem]:

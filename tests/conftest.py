@@ -12,6 +12,22 @@ from pullback.common import secrets
 
 TESTS = Path(__file__).parent
 TIERS = ("unit", "integration", "system")
+TOOL_MODULES = {
+    "test_backup_suite_migration.py",
+    "test_bench_fidelity.py",
+    "test_bench_smoke.py",
+    "test_database_restore.py",
+    "test_drill_databases.py",
+    "test_exclude_oracle.py",
+    "test_hostile_archives.py",
+    "test_maintenance.py",
+    "test_partial_snapshots.py",
+    "test_restore_fidelity.py",
+}
+"""Integration modules whose subject is what external tools (restic, borg, rsync, the
+database engines) and the standard library do with pullback's files, not a Python
+library: marked ``tools`` and run once, on the current PyPI releases. The Debian pass
+(Debian 12's paramiko, PyYAML, jsonschema, pluggy, Jinja2) runs every other module."""
 
 
 def pytest_collection_modifyitems(config, items):
@@ -20,6 +36,8 @@ def pytest_collection_modifyitems(config, items):
         tier = relative.parts[0]
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+        if tier == "integration" and relative.name in TOOL_MODULES:
+            item.add_marker(pytest.mark.tools)
 
 
 @pytest.fixture(autouse=True)

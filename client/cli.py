@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..common.cli import Action, common_options, dispatch, json_option, main_wrapper, make_parser
+from ..common.cli import (
+    Action,
+    common_options,
+    dispatch,
+    import_suite_parser,
+    json_option,
+    main_wrapper,
+    make_parser,
+)
 from .config import DEFAULT_PATH, load_client_config
 
 DESCRIPTION = __doc__
@@ -102,23 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[parent],
         help="answer the server (the forced command of its SSH key; not for humans)",
     )
-    p = sub.add_parser(
-        "import-backup-suite",
-        parents=[parent],
-        help="client.yaml from backup-suite's client_config.yml (and common_config)",
-        description="Read backup-suite's configuration and print pullback's: every key "
-        "mapped, or said why it has no equivalent (on standard error). With --write the "
-        "result replaces the configuration file, the old one kept as .before-import.",
-    )
-    p.add_argument(
-        "--from",
-        dest="source",
-        type=Path,
-        default=Path("/etc/backup"),
-        metavar="DIR",
-        help="backup-suite's configuration directory (default /etc/backup)",
-    )
-    p.add_argument("--write", action="store_true", help="write the configuration file")
+    import_suite_parser(sub, parent, "client.yaml", "client_config.yml")
     return parser
 
 

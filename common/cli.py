@@ -41,6 +41,27 @@ def json_option(parser: argparse._ActionsContainer) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
 
 
+def import_suite_parser(sub, parent: argparse.ArgumentParser, new: str, old: str) -> None:
+    """The ``import-backup-suite`` subcommand (``--from DIR``, ``--write``) of either side."""
+    p = sub.add_parser(
+        "import-backup-suite",
+        parents=[parent],
+        help=f"{new} from backup-suite's {old} (and common_config)",
+        description="Read backup-suite's configuration and print pullback's: every key "
+        "mapped, or said why it has no equivalent (on standard error). With --write the "
+        "result replaces the configuration file, the old one kept as .before-import.",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=Path("/etc/backup"),
+        metavar="DIR",
+        help="backup-suite's configuration directory (default /etc/backup)",
+    )
+    p.add_argument("--write", action="store_true", help="write the configuration file")
+
+
 def common_options(default_config: Path) -> argparse.ArgumentParser:
     """A parent parser with --config, -v and -q, usable before and after the subcommand."""
     parent = argparse.ArgumentParser(add_help=False)

@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..common.cli import Action, common_options, dispatch, json_option, main_wrapper, make_parser
+from ..common.cli import (
+    Action,
+    common_options,
+    dispatch,
+    import_suite_parser,
+    json_option,
+    main_wrapper,
+    make_parser,
+)
 from .config import DEFAULT_PATH, load_server_config
 
 DESCRIPTION = __doc__
@@ -124,23 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hostname", metavar="HOST", help="a host name from server.yaml")
     p.add_argument("--yes", action="store_true", help="record without asking")
     p.add_argument("--replace", action="store_true", help="replace a different pinned key")
-    p = sub.add_parser(
-        "import-backup-suite",
-        parents=[parent],
-        help="server.yaml from backup-suite's server_config.yml (and common_config)",
-        description="Read backup-suite's configuration and print pullback's: every key "
-        "mapped, or said why it has no equivalent (on standard error). With --write the "
-        "result replaces the configuration file, the old one kept as .before-import.",
-    )
-    p.add_argument(
-        "--from",
-        dest="source",
-        type=Path,
-        default=Path("/etc/backup"),
-        metavar="DIR",
-        help="backup-suite's configuration directory (default /etc/backup)",
-    )
-    p.add_argument("--write", action="store_true", help="write the configuration file")
+    import_suite_parser(sub, parent, "server.yaml", "server_config.yml")
     return parser
 
 

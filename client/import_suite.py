@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..common.backup_suite import Conversion, convert_client
 from ..common.backup_suite_files import ImportSpec, run_import
+from .config import load_client_config
 
 
 def command(path: Path, args: argparse.Namespace) -> int:
@@ -18,5 +19,5 @@ def command(path: Path, args: argparse.Namespace) -> int:
         return convert_client(data, common, service_dir)
 
     return run_import(
-        args.source, path, args.write, ImportSpec("client_config.yml", convert, "client")
+        args.source, path, args.write, ImportSpec("client_config.yml", convert, load_client_config)
     )

@@ -86,7 +86,7 @@ def number(value: Any, key: str) -> int | None:
     shown = text(value, key)
     if shown is None:
         return None
-    if not shown.strip().isdigit():
+    if not re.fullmatch(r"\s*[0-9]+\s*", shown):
         raise BadValue(key, f"expected a whole number, got {shown!r}")
     return int(shown)
 
@@ -140,10 +140,13 @@ def read_common_config(source: str) -> dict[str, str]:
 
 def command_path(name: str) -> str:
     """An absolute path for a command backup-suite named bare (``msmtp``): where it is
-    installed, else ``/usr/bin/<name>``."""
+    installed, else ``/usr/bin/<name>``. Raises BadValue for a relative path or one with
+    shell syntax."""
+    if re.search(r"[`$;|&<>()~*?]", name) or ("/" in name and not name.startswith("/")):
+        raise BadValue("msmtp_cmd", f"{name!r} is not a program pullback can run")
     if name.startswith("/"):
         return name
-    return shutil.which(name) or f"/usr/bin/{Path(name).name}"
+    return shutil.which(name) or f"/usr/bin/{name}"
 
 
 def first(*candidates: tuple[str, Any]) -> tuple[str, Any]:
@@ -186,8 +189,11 @@ def retention_of(policy: str, key: str = "forget_policy") -> tuple[dict[str, Any
             left.append(tokens[index])
             index += 1
             continue
-        value = inline or (tokens[index + 1] if index + 1 < len(tokens) else "")
-        index += 1 if inline else 2
+        given = "=" in tokens[index]
+        value = inline if given else (tokens[index + 1] if index + 1 < len(tokens) else "")
+        index += 1 if given else 2
+        if not value or value.startswith("-"):
+            raise BadValue(key, f"{flag} has no value")
         name = RETENTION_FLAGS[flag]
         if name == "keep_within":
             if not WITHIN.match(value):
@@ -239,9 +245,18 @@ def convert_email(conv: Conversion, sources: MailSources) -> None:
     if prefix:
         email["subject_prefix"] = prefix
         conv.map(sources.prefix[0], "email.subject_prefix")
-    msmtp = text(sources.msmtp[1], sources.msmtp[0] or "msmtp_cmd") or "msmtp"
-    email["sendmail"] = command_path(msmtp)
-    conv.map(sources.msmtp[0] or "(msmtp, backup-suite's mailer)", "email.sendmail")
+    said = sources.msmtp[0] or "(msmtp, backup-suite's mailer)"
+    program, *arguments = words(sources.msmtp[1], said) or ["msmtp"]
+    email["sendmail"] = command_path(program)
+    conv.map(said, "email.sendmail")
+    if arguments:
+        conv.drop(
+            said,
+            f"pullback runs {email['sendmail']} -t -oi: move {' '.join(arguments)!r} into "
+            "msmtp's configuration (e.g. its default account)",
+        )
+    if not Path(email["sendmail"]).is_file():
+        conv.drop(said, f"{email['sendmail']} is not installed here")
     conv.settings["email"] = email
 
 
@@ -369,6 +384,8 @@ def _maintenance(conv: Conversion, maintenance: dict) -> None:
     policy = text(maintenance.get("forget_policy"), f"{where}forget_policy")
     retention, left = retention_of(policy or DEFAULT_POLICY, f"{where}forget_policy")
     said = f"{where}forget_policy" if policy else "(backup-suite's default policy)"
+    if retention and not any(retention.values()):
+        raise BadValue(f"{where}forget_policy", "keeps nothing (every count is 0)")
     if retention:
         conv.settings["retention"] = retention
         conv.map(said, "retention")
@@ -401,12 +418,16 @@ def _maintenance(conv: Conversion, maintenance: dict) -> None:
             conv.drop(f"{where}{key}", why)
 
 
-def _read_data(conv: Conversion, mode: str | None, settings: dict[str, Any]) -> None:
+def _read_data(
+    conv: Conversion,
+    mode: str | None,
+    settings: dict[str, Any],
+    key: str = "restic.maintenance.check_read_data_mode",
+) -> None:
     """``check_read_data_mode`` (``true``, ``10%``, ``1/5``) as ``check_subsets``: each
     maintenance reads 1/N of the data, so all of it over N runs."""
     if mode is None:
         return
-    key = "restic.maintenance.check_read_data_mode"
     subsets = read_data_subsets(mode)
     if subsets is None:
         conv.drop(
@@ -449,7 +470,7 @@ def _check_options(conv: Conversion, options: list[str], settings: dict[str, Any
         elif option == "--read-data-subset":
             value = inline or (options[index] if index < len(options) else "")
             index += 0 if inline else 1
-            _read_data(conv, value, settings)
+            _read_data(conv, value, settings, f"{key} --read-data-subset")
         else:
             kept.append(options[index - 1])
     return kept
@@ -507,8 +528,19 @@ def _host_retention(conv: Conversion, where: str, policy: str, out: dict[str, An
     counts = {name for name in RETENTION_FLAGS.values() if name != "keep_within"}
     out["retention"] = {**dict.fromkeys(sorted(counts), 0), **retention}
     conv.map(f"{where}restic_forget_policy", "hosts[].retention (the global counts set to 0)")
+    if "keep_within" not in retention and "keep_within" in context_retention(conv):
+        conv.drop(
+            f"{where}restic_forget_policy",
+            "the global --keep-within still applies to this host (pullback cannot unset it "
+            "per host): give the host its own keep_within or remove the global one",
+        )
     if left:
         conv.drop(f"{where}restic_forget_policy", f"not understood: {' '.join(left)}")
+
+
+def context_retention(conv: Conversion) -> dict[str, Any]:
+    """The global retention converted so far."""
+    return conv.settings.get("retention") or {}
 
 
 def _key(conv: Conversion, where: str, key: str, name: str, out: dict[str, Any]) -> None:

@@ -18,10 +18,8 @@ from pathlib import Path
 import yaml
 
 from .backup_suite import BadValue, Conversion, read_common_config
-from .config import load_validated
 from .errors import EXIT_OK, ConfigError, UsageError
 from .fsutil import atomic_write
-from .schema import load_schema
 
 MAX_FILE = 1 << 20
 """Bytes read of each old file (backup-suite's are a few KiB)."""
@@ -33,12 +31,16 @@ class ImportSpec:
 
     old_name: str
     convert: Callable[[dict, dict[str, str]], Conversion]
-    schema: str
-    """``server`` or ``client``."""
+    load: Callable[[Path], object]
+    """pullback's own loader of the new file (schema and every other rule); raises
+    ConfigError."""
 
 
 def read_text(path: Path) -> str:
-    """A small UTF-8 text file. Raises UsageError (unreadable, too big, not UTF-8)."""
+    """A small UTF-8 text file. Raises UsageError (unreadable, not a regular file, too
+    big, not UTF-8)."""
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{path} is not a regular file")
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_FILE + 1)
@@ -59,6 +61,8 @@ def read_old(source: Path, spec: ImportSpec) -> tuple[dict, dict[str, str]]:
         data = yaml.safe_load(read_text(old)) or {}
     except yaml.YAMLError as exc:
         raise UsageError(f"{old} is not YAML: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{old} is nested too deeply; not a backup-suite file") from None
     if not isinstance(data, dict):
         raise UsageError(f"{old}: expected a mapping of keys")
     common_file = source / "common_config"
@@ -76,9 +80,7 @@ def checked_text(conv: Conversion, spec: ImportSpec, old: Path) -> str:
         handle.write(text)
         handle.flush()
         try:
-            load_validated(
-                handle.name, load_schema("pullback.common", spec.schema), allow_empty=True
-            )
+            spec.load(Path(handle.name))
         except ConfigError as exc:
             said = str(exc).replace(handle.name, "(converted)")
             raise UsageError(
@@ -99,6 +101,8 @@ def run_import(source: Path, target: Path, write: bool, spec: ImportSpec) -> int
         conv = spec.convert(data, common)
     except BadValue as exc:
         raise UsageError(f"{old}: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{old} is nested too deeply; not a backup-suite file") from None
     for line in conv.mapped:
         print(f"mapped: {line}", file=sys.stderr)
     for line in conv.unmapped:
@@ -107,7 +111,10 @@ def run_import(source: Path, target: Path, write: bool, spec: ImportSpec) -> int
     if not write:
         print(text, end="")
         return EXIT_OK
-    write_keeping(target, text)
+    try:
+        write_keeping(target, text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {exc.filename or target}: {exc.strerror}") from None
     print(f"wrote {target}; now run the check command", file=sys.stderr)
     return EXIT_OK
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from ..common.backup_suite import convert_server
 from ..common.backup_suite_files import ImportSpec, run_import
+from .config import load_server_config
 
-SPEC = ImportSpec("server_config.yml", convert_server, "server")
+SPEC = ImportSpec("server_config.yml", convert_server, load_server_config)
 
 
 def command(path: Path, args: argparse.Namespace) -> int:

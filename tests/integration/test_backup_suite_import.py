@@ -125,3 +125,32 @@ def test_what_cannot_be_converted_or_written_is_refused_with_exit_2(tmp_path):
         )
         assert result.returncode == 2 and "a directory or a symbolic link" in result.stderr
     assert not (tmp_path / "elsewhere.yaml").exists()
+
+
+def test_what_pullback_itself_would_refuse_or_cannot_read_is_exit_2(tmp_path):
+    old = tmp_path / "etc-backup"
+    old.mkdir()
+    (old / "server_config.yml").write_text(
+        "hosts: [{hostname: web1.a.org}, {hostname: web1.a.org}]\n"
+    )
+    twice = cli(
+        "server", "--config", str(tmp_path / "s.yaml"), "import-backup-suite", "--from", str(old)
+    )
+    assert twice.returncode == 2 and "is listed twice" in twice.stderr, twice.stderr
+    (old / "server_config.yml").write_text("hosts: " + "[" * 50000 + "]" * 50000 + "\n")
+    deep = cli(
+        "server", "--config", str(tmp_path / "s.yaml"), "import-backup-suite", "--from", str(old)
+    )
+    assert deep.returncode == 2 and "nested too deeply" in deep.stderr, deep.stderr[-300:]
+    (old / "server_config.yml").write_text(SERVER_CONFIG)
+    os.mkfifo(old / "common_config")
+    fifo = cli(
+        "server", "--config", str(tmp_path / "s.yaml"), "import-backup-suite", "--from", str(old)
+    )
+    assert fifo.returncode == 2 and "is not a regular file" in fifo.stderr
+    (old / "common_config").unlink()
+    nowhere = tmp_path / "no-such-dir" / "server.yaml"
+    result = cli(
+        "server", "--config", str(nowhere), "import-backup-suite", "--from", str(old), "--write"
+    )
+    assert result.returncode == 2 and "cannot write" in result.stderr, result.stderr

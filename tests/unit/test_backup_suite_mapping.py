@@ -271,3 +271,43 @@ def test_mail_settings_without_a_recipient_are_said_not_silently_dropped():
     conv = convert_client({"email_subject_prefix": "[B]", "tools": {"msmtp_cmd": "msmtp"}})
     assert "email" not in conv.settings
     assert sum("no admin_email was set" in line for line in conv.unmapped) == 2
+
+
+# -- the second look at the fixes --------------------------------------------------------------
+
+
+def test_msmtp_with_arguments_keeps_the_program_and_says_where_the_rest_goes():
+    conv = convert_server(
+        {"global": {"admin_email": "ops@example.org"}}, {"MSMTP_CMD": "msmtp -a backup"}
+    )
+    assert conv.settings["email"]["sendmail"].endswith("/msmtp")
+    assert any("move '-a backup' into msmtp's configuration" in line for line in conv.unmapped)
+    for bad in ("`which msmtp`", "bin/msmtp", "msmtp;reboot", "~/bin/msmtp"):
+        with pytest.raises(BadValue):
+            convert_server({"global": {"admin_email": "o@x.org"}}, {"MSMTP_CMD": bad})
+
+
+@pytest.mark.parametrize(
+    ("old", "said"),
+    [
+        ({"keep_days": "\u00b2"}, "keep_days: expected a whole number"),
+        (
+            {"restic": {"maintenance": {"forget_policy": "--keep-daily"}}},
+            "--keep-daily has no value",
+        ),
+        ({"restic": {"maintenance": {"forget_policy": "--keep-daily= -w 2"}}}, "has no value"),
+        ({"restic": {"maintenance": {"forget_policy": "--keep-daily 0"}}}, "keeps nothing"),
+    ],
+)
+def test_numbers_and_policies_that_mean_nothing_are_refused(old, said):
+    with pytest.raises(BadValue, match=said):
+        (convert_client if "keep_days" in old else convert_server)(old)
+
+
+def test_a_global_keep_within_that_a_host_cannot_drop_is_said():
+    old = {
+        "restic": {"maintenance": {"forget_policy": "--keep-within 30d --keep-daily 7"}},
+        "hosts": [{"hostname": "web1.example.org", "restic_forget_policy": "--keep-last 3"}],
+    }
+    conv = convert_server(old)
+    assert any("global --keep-within still applies" in line for line in conv.unmapped)

@@ -44,10 +44,11 @@ def key_problems(config: ServerConfig) -> list[str]:
         keys[config.ssh.key_file] = "ssh.key_file"
     problems = []
     for key, setting in keys.items():
-        if not key.is_file() or not os.access(key, os.R_OK):
-            what = "is not a file" if key.exists() and not key.is_file() else "cannot be read"
+        if key.exists() and not key.is_file():
+            problems.append(f"{config.path}: {setting}: {key} is not a file (name the key)")
+        elif not os.access(key, os.R_OK):
             problems.append(
-                f"{config.path}: {setting}: {key} {what} "
+                f"{config.path}: {setting}: {key} cannot be read "
                 f"(create it: ssh-keygen -t ed25519 -N '' -f {key})"
             )
         elif str(key).startswith(HOMES):
@@ -169,7 +170,7 @@ def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[st
     # every host is tried whatever is wrong locally: all problems at once, one round
     for host in config.select_hosts(names):
         ctx = HostContext.open(config, host)
-        local = local_path(ctx.backend.repository())
+        local = local_path(os.path.normpath(ctx.backend.repository()))
         said = repository_problem(local, allowed) if local is not None else None
         if said:
             problems.append(f"{host.name}: repository {said}")

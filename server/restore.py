@@ -66,7 +66,7 @@ class RestoreRequest:
 
 def _relative(path: str) -> str:
     parts = [p for p in path.strip("/").split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
+    if not parts or any(p in (".", "..") for p in parts) or parts[0] == "*":
         raise UsageError(f"--path {path!r} is not a path inside the snapshot (like services/app)")
     return "/".join(parts)
 

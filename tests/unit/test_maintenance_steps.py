@@ -219,6 +219,10 @@ def test_the_proof_command_takes_a_service_name_literally(tmp_path):
         ("maintenance: {check_options: [-r/elsewhere]}", "-r/elsewhere"),
         ("backend: {backup_options: [--password-command, 'sh -c x']}", "--password-command"),
         ("backend: {backup_options: ['--option=sftp.command=x']}", "--option=sftp.command=x"),
+        ("backend: {backup_options: [-qr, /elsewhere]}", "-qr"),
+        ("backend: {backup_options: [--host, other]}", "--host"),
+        ("backend: {backup_options: ['--time=2020-01-01']}", "--time=2020-01-01"),
+        ("backend: {backup_options: [--files-from, /etc/shadow]}", "--files-from"),
     ],
 )
 def test_options_that_would_change_the_repository_or_the_check_are_refused(

@@ -70,19 +70,35 @@ def _tool(*names: str) -> str:
     return next((n for n in names if shutil.which(n)), names[0])
 
 
-def _options(task: Task) -> list[str]:
-    """Connection options; the defaults file must come first, as the tools demand."""
+GLOBAL_OPTION_FILES = ("/etc/my.cnf", "/etc/mysql/my.cnf")
+"""The system-wide option files the client tools read (socket path, character set)."""
+
+
+def credentials_file(task: Task, global_files: tuple[str, ...] = GLOBAL_OPTION_FILES) -> str:
+    """The text of the option file pullback hands the tools (``--defaults-file``) when the
+    task names its credentials: the system-wide files, the task's ``defaults_file``, then
+    its password. Being the only file read, it keeps root's ``~/.my.cnf`` (read after any
+    ``--defaults-extra-file``, so it would win) from replacing the task's credentials."""
     config = task.config
-    options: list[str] = []
+    lines = [f"!include {path}" for path in global_files if os.path.isfile(path)]
+    if config.get("defaults_file"):
+        lines.append(f"!include {config['defaults_file']}")
     if config.get("password_file"):
         password = read_secret_file(config["password_file"])
         escaped = password.replace("\\", "\\\\").replace('"', '\\"')
-        extra = private_file(task, "my.cnf", f'[client]\npassword="{escaped}"\n')
-        if config.get("defaults_file"):
-            extra.write_text(f"!include {config['defaults_file']}\n" + extra.read_text())
-        options.append(f"--defaults-extra-file={extra}")
-    elif config.get("defaults_file"):
-        options.append(f"--defaults-extra-file={config['defaults_file']}")
+        lines += ["[client]", f'password="{escaped}"']
+    return "\n".join(lines) + "\n"
+
+
+def _options(task: Task) -> list[str]:
+    """Connection options; the defaults file must come first, as the tools demand. With
+    no credentials of its own the task uses the tools' usual files (root's ``~/.my.cnf``:
+    the client unit sets ``HOME=/root``)."""
+    config = task.config
+    options: list[str] = []
+    if config.get("password_file") or config.get("defaults_file"):
+        own = private_file(task, "my.cnf", credentials_file(task))
+        options.append(f"--defaults-file={own}")
     host = first(config, "host", "hostname")
     user = first(config, "user", "username")
     if host:

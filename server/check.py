@@ -39,11 +39,13 @@ UNITS = ("pullback-server.service", "pullback-maintain.service")
 def key_problems(config: ServerConfig) -> list[str]:
     """What is wrong with the SSH keys in use: each host's own, and the server's when a
     host has none of its own. A key in a home directory is hidden from the units."""
-    keys = {h.key_file: f"hosts[{h.name}].ssh_key_file" for h in config.hosts if h.key_file}
+    keys = {
+        h.key_file: (f"hosts[{h.name}].ssh_key_file", h.name) for h in config.hosts if h.key_file
+    }
     if any(h.key_file is None for h in config.hosts) or not config.hosts:
-        keys[config.ssh.key_file] = "ssh.key_file"
+        keys[config.ssh.key_file] = ("ssh.key_file", config.ssh.key_file.name)
     problems = []
-    for key, setting in keys.items():
+    for key, (setting, moved) in keys.items():
         if key.exists() and not key.is_file():
             problems.append(f"{config.path}: {setting}: {key} is not a file (name the key)")
         elif not os.access(key, os.R_OK):
@@ -55,14 +57,23 @@ def key_problems(config: ServerConfig) -> list[str]:
             problems.append(
                 f"{config.path}: {setting}: {key} is in a home directory, which the units "
                 f"hide (ProtectHome=yes): move it, e.g. install -D -m 0600 {key} "
-                f"/etc/pullback/keys/{key.name}"
+                f"/etc/pullback/keys/{moved}"  # the name import-backup-suite gives it
             )
     return problems
 
 
-def local_problems(config: ServerConfig) -> list[str]:
-    """What is wrong on this machine: missing tools, the SSH key, known_hosts, the
-    repository password."""
+def units_writable_paths() -> dict[str, list[str] | None]:
+    """Each server unit's ``ReadWritePaths=`` (None where systemd cannot say): asked of
+    systemd once per check."""
+    return {unit: unit_writable_paths(unit) for unit in UNITS}
+
+
+def local_problems(
+    config: ServerConfig, allowed: dict[str, list[str] | None] | None = None
+) -> list[str]:
+    """What is wrong on this machine: missing tools, the SSH keys, known_hosts, the
+    repository password, outputs the units cannot write (``allowed``: the units'
+    :func:`units_writable_paths`, asked when not given)."""
     problems: list[str] = []
     tool = {"restic": "restic", "borg": "borg"}[config.backend.type]
     for program, package in (
@@ -89,10 +100,9 @@ def local_problems(config: ServerConfig) -> list[str]:
             )
         problems.append(f"{config.path}: backend.password_file: {exc}{fix}")
     outputs = (("metrics_file", config.metrics_file), ("status_page", config.status_page))
-    for unit in UNITS:
-        allowed = unit_writable_paths(unit)
+    for unit, paths in (allowed if allowed is not None else units_writable_paths()).items():
         for setting, output in outputs:
-            found = output_problem(setting, output, unit, allowed) if output else None
+            found = output_problem(setting, output, unit, paths) if output else None
             if found and f"{config.path}: {found}" not in problems:
                 problems.append(f"{config.path}: {found}")
     schema = load_schema("pullback.common", "server")
@@ -157,8 +167,9 @@ def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
 def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[str], list[str]]:
     """Return (lines of what is fine, problems); reaching hosts but changing nothing."""
     good: list[str] = []
-    problems = local_problems(config)
-    units = unit_writable_paths("pullback-server.service") is not None
+    allowed = units_writable_paths()
+    problems = local_problems(config, allowed)
+    units = allowed[UNITS[0]] is not None
     for setting, output in (
         ("metrics_file", config.metrics_file),
         ("status_page", config.status_page),
@@ -166,7 +177,6 @@ def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[st
         if output is not None and not any(f": {setting}: " in p for p in problems):
             by = ", also by the units' timer runs" if units else " (systemd is not running here)"
             good.append(f"{setting} {output}: writable{by}")
-    allowed = {unit: unit_writable_paths(unit) for unit in UNITS}
     # every host is tried whatever is wrong locally: all problems at once, one round
     for host in config.select_hosts(names):
         ctx = HostContext.open(config, host)

@@ -45,7 +45,7 @@ def test_every_key_in_use_is_checked_and_one_in_a_home_is_refused(tmp_path, monk
     assert f"hosts[web1].ssh_key_file: {tmp_path / 'missing'} cannot be read" in said
     assert f"hosts[mail1].ssh_key_file: {tmp_path / 'a-directory'} is not a file (name" in said
     assert f"hosts[db1].ssh_key_file: {home}/.ssh/id_db1 is in a home directory" in said
-    assert f"install -D -m 0600 {home}/.ssh/id_db1 /etc/pullback/keys/id_db1" in said
+    assert f"install -D -m 0600 {home}/.ssh/id_db1 /etc/pullback/keys/db1" in said
     # every host has its own key: the unused global one is not asked for
     assert "ssh.key_file" not in said.replace("ssh_key_file", "")
 

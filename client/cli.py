@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-s", "--service", action="append", metavar="NAME", help="only this service (repeatable)"
     )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="make a full archive even when a delta could be made (incremental.enabled)",
+    )
     p = sub.add_parser(
         "check", parents=[parent], help="validate the configuration, every service and plugin"
     )

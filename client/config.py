@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.config import load_validated
@@ -16,6 +16,16 @@ from ..common.schema import load_schema
 from ..common.units import parse_duration, parse_size
 
 DEFAULT_PATH = Path("/etc/pullback/client.yaml")
+
+
+@dataclass(frozen=True)
+class IncrementalConfig:
+    """``incremental:`` of client.yaml (defaults in the schema)."""
+
+    enabled: bool = False
+    full_every: float = 7 * 86400.0
+    full_ratio: float = 0.5
+    cache_dir: Path = Path("/var/cache/pullback")
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class ClientConfig:
     email: EmailConfig | None
     notify: NotifyConfig | None
     metrics_file: Path | None
+    incremental: IncrementalConfig = field(default_factory=lambda: IncrementalConfig())
 
     @property
     def archive_suffix(self) -> str:
@@ -99,4 +110,14 @@ def load_client_config(path: str | os.PathLike = DEFAULT_PATH) -> ClientConfig:
         email=email_config(data.get("email")),
         notify=notify_config(data.get("notify")),
         metrics_file=Path(data["metrics_file"]) if data.get("metrics_file") else None,
+        incremental=_incremental(data["incremental"]),
+    )
+
+
+def _incremental(data: dict) -> IncrementalConfig:
+    return IncrementalConfig(
+        enabled=data["enabled"],
+        full_every=parse_duration(data["full_every"]),
+        full_ratio=float(data["full_ratio"]),
+        cache_dir=Path(data["cache_dir"]),
     )

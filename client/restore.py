@@ -57,6 +57,21 @@ def unpack_archive(archive: Path, into: Path) -> Path:
     return into
 
 
+def refuse_delta(archive: Path, sidecar_file: Path) -> None:
+    """Raise UsageError when ``archive`` is a delta: it holds only what changed since its
+    base, so a restore from it alone would be incomplete."""
+    try:
+        info = sidecars.parse(sidecar_file.read_bytes(), expected_name=archive.name).archive
+    except (OSError, ArchiveError):
+        return  # no usable sidecar: the unpacker refuses a delta's members itself
+    if info.is_delta and info.base is not None:
+        raise UsageError(
+            f"{archive.name} is a delta archive (only what changed since {info.base.name}); "
+            "restore from the server's snapshot (pullback-server restore), or from the "
+            "newest full archive in the archive directory"
+        )
+
+
 def service_root(source: Path, name: str) -> Path:
     """The ``services/<name>`` directory inside ``source`` (a snapshot root or that dir)."""
     for candidate in (source / "services" / name, source / name, source):
@@ -135,8 +150,9 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
         if source.is_file():
             if not ARCHIVE_NAME.match(source.name):
                 raise UsageError(f"{source} is not a pullback archive")
-            log.info("unpacking %s (checked against its manifest)", source.name)
             sidecar_file = source.with_name(source.name + ".json")
+            refuse_delta(source, sidecar_file)
+            log.info("unpacking %s (checked against its manifest)", source.name)
             source = unpack_archive(source, Path(scratch) / "archive")
         root = service_root(source, name)
         restore = ServiceRestore(

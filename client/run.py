@@ -13,9 +13,10 @@ from pathlib import Path
 
 from ..common import __version__
 from ..common.archive import directory as archives
+from ..common.archive.filecache import FileCache
 from ..common.archive.reader import verify_archive
-from ..common.archive.sidecar import ArchiveInfo, ServiceReport, Sidecar
-from ..common.archive.writer import ArchiveWriter, WrittenArchive
+from ..common.archive.sidecar import ArchiveInfo, ArchiveKind, ServiceReport, Sidecar
+from ..common.archive.writer import ArchiveWriter, Incremental, WrittenArchive
 from ..common.clock import iso, stamp_of, utc_now
 from ..common.errors import (
     EXIT_FAILED,
@@ -34,7 +35,7 @@ from ..common.progress import Progress, Watched
 from ..common.signals import SignalGuard
 from ..common.units import human_duration, human_size
 from ..plugins.manager import PluginSet, load_plugins
-from . import outputs
+from . import incremental, outputs
 from .config import ClientConfig
 from .services import Service, discover
 from .stages import make_tasks, run_service, validate_service
@@ -77,11 +78,13 @@ def check_free_space(config: ClientConfig) -> None:
     Raises PullbackError naming the directory, what is free and what is needed.
     """
     published = [a for a in archives.list_archives(config.archive_dir) if a.complete]
-    newest = published[-1].path.stat().st_size if published else 0
+    # the newest full archive: the newest archive may be a small delta, the run a full
+    fulls = [a for a in published if a.sidecar and not a.sidecar.archive.is_delta]
+    newest = (fulls or published)[-1].path.stat().st_size if published else 0
     needs = {
         config.archive_dir: (
             max(config.min_free_space, int(newest * 1.1)),
-            f"1.1 x the newest archive ({human_size(newest)})" if newest else "",
+            f"1.1 x the newest full archive ({human_size(newest)})" if newest else "",
         ),
         config.work_dir: (config.min_free_space, ""),
     }
@@ -135,8 +138,15 @@ def _new_stamp(config: ClientConfig) -> tuple[str, dt.datetime]:
         time.sleep(0.2)
 
 
-def run(config: ClientConfig, names: list[str] | None = None, dry: bool = False) -> RunResult:
-    """Run the client once. Returns the result; raises LockBusy, ConfigError, PullbackError."""
+def run(
+    config: ClientConfig,
+    names: list[str] | None = None,
+    dry: bool = False,
+    *,
+    full: bool = False,
+) -> RunResult:
+    """Run the client once (``full``: a full archive even when a delta could be made).
+    Returns the result; raises LockBusy, ConfigError, PullbackError."""
     plugins = load_plugins(config.plugin_dirs)
     services = select_services(discover(config.service_dirs, plugins), names)
     if dry:
@@ -149,7 +159,9 @@ def run(config: ClientConfig, names: list[str] | None = None, dry: bool = False)
 
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
     with lock.acquire(), SignalGuard() as guard:
-        return ClientRun(config, services, plugins, guard).run()
+        client_run = ClientRun(config, services, plugins, guard)
+        client_run.full_asked = full
+        return client_run.run()
 
 
 class ClientRun:
@@ -175,23 +187,34 @@ class ClientRun:
         self.tmp = config.archive_dir / f".{self.name}.{os.getpid()}{archives.PARTIAL_SUFFIX}"
         self.work = config.work_dir / self.stamp
         self.writer = ArchiveWriter(self.tmp, config.compression, config.compression_level)
+        self.full_asked = False
+        """``run --full``: a full archive whatever the chain."""
+        self.decision: incremental.Decision | None = None
+        """Full or delta, and why (None: incremental archives are off)."""
 
     def run(self) -> RunResult:
         """Returns the result. Raises ArchiveError when no archive could be published."""
         names = ", ".join(s.name for s in self.services)
         log.info("run %s: %d service(s): %s", self.stamp, len(self.services), names)
+        cache = self.plan_incremental()
         try:
             written = self.write()
             if written is None:
                 return RunResult(EXIT_FAILED, self.reports)
             self.verify(written)
             sidecar = self.sidecar(written)
+            if cache is not None:
+                cache.finish(self.name, written.manifest_sha256)
             with self.guard.shielded():
                 published = archives.publish(self.tmp, sidecar, self.config.archive_dir)
+                if cache is not None:
+                    cache.swap()  # after the archive: a crash between keeps the old base
         except ArchiveError as exc:
             raise ArchiveError(f"no archive was published: {exc}") from None
         finally:
             self.writer.abort()  # idempotent; removes the temporary file if it is still there
+            if cache is not None:
+                cache.close()
             shutil.rmtree(self.work, ignore_errors=True)
         log.info(
             "published %s (%s, %d files, %s of data) in %s",
@@ -202,18 +225,46 @@ class ClientRun:
             human_duration(time.monotonic() - self.started),
         )
         config = self.config
-        archives.apply_retention(
-            config.archive_dir,
-            config.keep_last,
-            config.keep_days,
-            fetched_keep=config.fetched_keep,
-        )
+        if config.incremental.enabled:
+            archives.apply_chain_retention(config.archive_dir)
+        else:
+            archives.apply_retention(
+                config.archive_dir,
+                config.keep_last,
+                config.keep_days,
+                fetched_keep=config.fetched_keep,
+            )
         failed = [r.name for r in self.reports if r.status != Status.OK]
         if failed:
             total = len(self.reports)
             log.error("%d of %d services failed: %s", len(failed), total, ", ".join(failed))
         code = EXIT_FAILED if failed else EXIT_OK
         return RunResult(code, self.reports, sidecar, published.name)
+
+    def plan_incremental(self) -> FileCache | None:
+        """With incremental archives on: decide full or delta, open the file cache and
+        hand it to the writer. Returns the cache (None when incremental archives are
+        off)."""
+        config = self.config
+        if not config.incremental.enabled:
+            return None
+        cache = FileCache(config.incremental.cache_dir, config.hostname)
+        forced = None
+        if incremental.take_full_request(config):
+            forced = "the server asked for a full archive"
+        if self.full_asked:
+            forced = "asked for with --full"
+        self.decision = decision = incremental.decide(config, cache, self.created, forced)
+        try:
+            cache.start()
+        except OSError as exc:
+            cache.close()
+            raise ArchiveError(f"cannot write the file cache in {cache.directory}: {exc}") from None
+        self.work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kind = "delta" if decision.delta else "full archive"
+        log.info("%s: %s", kind, decision.reason)
+        self.writer.incremental = Incremental(cache, decision.delta, self.work)
+        return cache
 
     def write(self) -> WrittenArchive | None:
         """Run every service into the archive; None (nothing written) when no task of any
@@ -251,6 +302,7 @@ class ClientRun:
 
     def sidecar(self, written: WrittenArchive) -> Sidecar:
         ok = all(r.status == Status.OK for r in self.reports)
+        base = self.decision.base if self.decision is not None else None
         return Sidecar(
             host=self.config.hostname,
             stamp=self.stamp,
@@ -265,6 +317,10 @@ class ClientRun:
                 written.members,
                 written.files,
                 written.content_bytes,
+                kind=ArchiveKind.DELTA if base is not None else ArchiveKind.FULL,
+                manifest_sha256=written.manifest_sha256,
+                base=base,
+                sent_bytes=written.sent_bytes,
             ),
             services=self.reports,
             duration=round(time.monotonic() - self.started, 3),
@@ -307,11 +363,16 @@ def fresh(config: ClientConfig) -> str | None:
 
 
 def command(config: ClientConfig, args: argparse.Namespace) -> int:
-    return run_and_report(config, args.service, args.dry_run, args.if_due)
+    return run_and_report(config, args.service, args.dry_run, args.if_due, full=args.full)
 
 
 def run_and_report(
-    config: ClientConfig, names: list[str] | None = None, dry: bool = False, if_due: bool = False
+    config: ClientConfig,
+    names: list[str] | None = None,
+    dry: bool = False,
+    if_due: bool = False,
+    *,
+    full: bool = False,
 ) -> int:
     """``pullback-client run``: the run, then its status, metrics, mail and pings.
 
@@ -328,7 +389,7 @@ def run_and_report(
     notifier.start()
     started = time.monotonic()
     try:
-        result = run(config, names)
+        result = run(config, names, full=full)
     except LockBusy:
         raise  # another run is going on and will report itself
     except PullbackError as exc:

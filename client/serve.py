@@ -171,6 +171,10 @@ def serve(config: ClientConfig, request_text: str | None = None, out: int | None
             mark_fetched(config, request.archive)
             audit.info("%s marked fetched by %s", request.archive, _peer())
             os.write(out_fd, (FETCHED_ANSWER + "\n").encode())
+        elif request.verb is Verb.FULL:
+            archives.mark_want_full(config.archive_dir)
+            audit.info("a full archive asked for by %s", _peer())
+            os.write(out_fd, (FETCHED_ANSWER + "\n").encode())
         return EXIT_OK
     except Refused as exc:
         shown = repr(request_text)[:200]

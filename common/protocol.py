@@ -1,7 +1,7 @@
 """The serve protocol: what the server may ask a client, and what the client answers.
 
 The server's SSH key runs ``pullback-client serve`` as a forced command; sshd hands the
-requested command line over in ``SSH_ORIGINAL_COMMAND``. Exactly four requests exist:
+requested command line over in ``SSH_ORIGINAL_COMMAND``. Exactly five requests exist:
 
 ``list``                    a JSON :class:`Listing`: protocol, host, version, the
                             archive-directory lock, every complete archive with its size
@@ -9,6 +9,8 @@ requested command line over in ``SSH_ORIGINAL_COMMAND``. Exactly four requests e
 ``lock``                    ``{"lock": <the lock record or null>}``
 ``send <archive> <offset>`` the archive's raw bytes from ``offset`` to its end
 ``fetched <archive>``       ``{"ok": true}`` once the archive moved to ``fetched/``
+``full``                    ``{"ok": true}``: the next run makes a full archive (the
+                            server cannot use the client's chain of deltas); protocol 2
 
 Both sides use this module: the client to parse (and refuse) requests and to build its
 answer, the server to write requests and to read the answer, which it never trusts.
@@ -24,7 +26,8 @@ from typing import Any
 
 from .archive.sidecar import ARCHIVE_NAME
 
-PROTOCOL = 1
+PROTOCOL = 2
+"""1: the first four requests; 2: delta archives and the ``full`` request."""
 MAX_REQUEST = 512
 """Characters a request line may have."""
 MAX_LISTING = 2 << 20
@@ -43,10 +46,11 @@ class Verb(StrEnum):
     LOCK = "lock"
     SEND = "send"
     FETCHED = "fetched"
+    FULL = "full"
 
 
 class Refused(Exception):
-    """A request that is not one of the four, with the reason."""
+    """A request that is not one of the five, with the reason."""
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,11 @@ class Request:
 
 LIST = Request(Verb.LIST)
 LOCK = Request(Verb.LOCK)
+FULL = Request(Verb.FULL)
 
 
 def parse_request(text: str | None) -> Request:
-    """Parse ``SSH_ORIGINAL_COMMAND``. Raises Refused for anything but the four requests."""
+    """Parse ``SSH_ORIGINAL_COMMAND``. Raises Refused for anything but the five requests."""
     if text is None or not text.strip():
         raise Refused("no request: this key only answers pullback-server")
     if len(text) > MAX_REQUEST:
@@ -88,7 +93,7 @@ def parse_request(text: str | None) -> Request:
         raise Refused("request holds control or non-ASCII characters")
     words = text.split(" ")
     verb = words[0]
-    if verb in (Verb.LIST, Verb.LOCK) and len(words) == 1:
+    if verb in (Verb.LIST, Verb.LOCK, Verb.FULL) and len(words) == 1:
         return Request(Verb(verb))
     if verb == Verb.SEND and len(words) == 3:
         if not ARCHIVE_NAME.match(words[1]):
@@ -115,6 +120,8 @@ class Listing:
     """Complete archives: ``{"name", "size", "sidecar"}``."""
     unusable: list[dict] = field(default_factory=list)
     """Archives the client holds without a valid sidecar: ``{"name", "problem"}``."""
+    protocol: int = PROTOCOL
+    """What the client speaks (1 from a client before delta archives)."""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -139,12 +146,21 @@ def parse_listing(raw: bytes) -> Listing:
             data.get("lock"),
             list(data["archives"]),
             [u for u in data.get("unusable", []) if isinstance(u, dict)],
+            _protocol(data.get("protocol")),
         )
     except (KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(f"not a list answer: {type(exc).__name__}") from None
     if len(listing.archives) + len(listing.unusable) > MAX_ARCHIVES:
         raise ValueError(f"a list answer naming more than {MAX_ARCHIVES} archives")
     return listing
+
+
+def _protocol(value: Any) -> int:
+    """The listing's protocol: a small whole number, else 1 (what an old client sends
+    none of, or a confused one anything)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1000:
+        return value
+    return 1
 
 
 def lock_answer(lock: dict | None) -> str:

@@ -11,6 +11,8 @@ the host's turn:
    :func:`choose`): the newest usable archive, or a skip and why;
 5. ``fetch``: stream the archive into the partial file while unpacking it into staging
    (:mod:`.transfer`), checked against its sha256 and manifest;
+   (a delta: the archives that lead to it from what staging holds, see :mod:`.chain`,
+   falling back once to the chain's full archive when staging is not the delta's base);
 6. ``store``: one snapshot from staging (restic/borg);
 7. ``mark_fetched``: tell the client, which moves the archive to ``fetched/``;
 8. ``measure``: the repository's size, for the report.
@@ -30,9 +32,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..common.archive import baseindex
 from ..common.archive import sidecar as sidecars
 from ..common.archive.sidecar import SIDECAR_NAME, Sidecar
-from ..common.archive.unpack import HostileArchive
+from ..common.archive.unpack import BaseMismatch, HostileArchive
 from ..common.clock import age, iso, iso_or_none, parse_stamp, utc_now
 from ..common.errors import (
     ArchiveError,
@@ -48,7 +51,7 @@ from ..common.outcome import Status
 from ..common.protocol import Listing
 from ..common.text import BoundedWarnings, printable
 from ..common.units import human_duration, human_size
-from . import status_file
+from . import chain, status_file
 from .backends import RepositoryMissing, Snapshot, SnapshotSpec
 from .db_proof import find_dumps
 from .host import HostContext
@@ -73,6 +76,8 @@ class ClientEndpoint(Protocol):
     def list_archives(self) -> Listing: ...
 
     def mark_fetched(self, name: str) -> None: ...
+
+    def ask_full(self) -> None: ...
 
     def stream(self, name: str, offset: int, cancel=None) -> Generator[bytes, None, None]: ...
 
@@ -122,6 +127,10 @@ def _mismatch(client_says: str, host: str) -> ArchiveError:
         f"the client calls itself '{printable(client_says, 100)}', not '{host}' "
         "(check hostname: in its client.yaml)"
     )
+
+
+class ChainBroken(ArchiveError):
+    """The newest archive is a delta the server cannot reach from what the client lists."""
 
 
 CHECKSUM_TRIES = 2
@@ -233,6 +242,19 @@ def client_warnings(archive: Sidecar, limit: int = SHOWN_WARNINGS) -> list[str]:
     return found
 
 
+def transfer_note(result: HostResult) -> str:
+    """How the stored archive came, when it was not one full archive: ``; a delta (12.0
+    KiB fetched)``, ``; 3 archives applied``, ``; fell back to the full archive``."""
+    parts = []
+    if result.delta:
+        parts.append(f"a delta ({human_size(result.fetched_bytes)} fetched)")
+    if result.applied > 1:
+        parts.append(f"{result.applied} archives applied")
+    if result.fell_back:
+        parts.append("fell back to the chain's full archive")
+    return "; " + ", ".join(parts) if parts else ""
+
+
 def failure_reason(exc: BaseException) -> str:
     """What a failed pull says, in plain words, for ``exc``."""
     if isinstance(exc, TransferCut):
@@ -337,7 +359,7 @@ class HostPull:
             if self.repository_missing:
                 self.ctx.backend.prepare(create=True)
                 self.repository_missing = False
-            fetched = self.fetch(remote, choice.archive)
+            fetched = self.reach(remote, listing, choice.archive)
             self.store(choice.archive, fetched)
             self.mark_fetched(remote, choice.archive.archive.name)
             self.measure()
@@ -452,6 +474,60 @@ class HostPull:
             return False
         return True
 
+    def reach(self, remote: ClientEndpoint, listing: Listing, newest: Sidecar) -> Fetched | None:
+        """Bring staging to ``newest``: fetch it, or (a delta) every archive from what
+        staging holds to it; once, when staging turns out not to be a delta's base, the
+        chain from its full archive instead (reported). Returns the last fetch (None:
+        staging already held ``newest``). A chain that cannot be applied asks the client
+        for a full archive and raises."""
+        ctx = self.ctx
+        route = chain.plan(newest, listing, ctx.name, baseindex.read_tree(ctx.staging))
+        if route.store_only:
+            ctx.log.info("staging already holds %s; storing it", newest.archive.name)
+            return None
+        try:
+            try:
+                return self._apply(remote, route)
+            except BaseMismatch as exc:
+                if route.from_full:
+                    raise
+                self._warn(f"fell back to a full transfer: {exc}")
+                self.result.fell_back = True
+                return self._apply(remote, chain.plan(newest, listing, ctx.name, None))
+        except (ChainBroken, ArchiveError) as exc:
+            if newest.archive.is_delta and not isinstance(exc, ChecksumMismatch):
+                self.ask_full(remote, listing)
+            raise
+
+    def _apply(self, remote: ClientEndpoint, route: chain.Plan) -> Fetched:
+        """Fetch the archives of ``route`` in order; returns the last fetch."""
+        if route.problem:
+            raise ChainBroken(route.problem)
+        fetched = None
+        for number, archive in enumerate(route.archives, 1):
+            if fetched is not None:
+                discard_partial(fetched.path)
+            if len(route.archives) > 1:
+                self.ctx.log.info(
+                    "applying %s (%d of %d)", archive.archive.name, number, len(route.archives)
+                )
+            fetched = self.fetch(remote, archive)
+        assert fetched is not None
+        self.result.applied = len(route.archives)
+        return fetched
+
+    def ask_full(self, remote: ClientEndpoint, listing: Listing) -> None:
+        """Ask the client for a full archive (a client of protocol 2 or later); a failure
+        is only a warning."""
+        if listing.protocol < 2 or self.options.dry_run:
+            return
+        try:
+            remote.ask_full()
+        except PullbackError as exc:
+            self._warn(f"could not ask the client for a full archive: {exc}")
+            return
+        self._warn("asked the client to make its next archive a full one")
+
     def fetch(self, remote: ClientEndpoint, archive: Sidecar) -> Fetched:
         """Fetch and unpack ``archive`` into staging, resuming a partial download."""
         self._phase(TRANSFERRING)
@@ -460,9 +536,12 @@ class HostPull:
         except ChecksumMismatch:
             self.result.checksum_failed = archive.archive.name
             raise
-        # the snapshot carries its sidecar: a restore can tell which tasks failed in it
-        atomic_write(self.ctx.staging / SIDECAR_NAME, archive.to_json(), mode=0o600)
+        # the snapshot carries its sidecar: a restore can tell which tasks failed in it;
+        # it holds the whole tree whatever the archive was (format 1 for every reader)
+        atomic_write(self.ctx.staging / SIDECAR_NAME, archive.to_json(as_full=True), mode=0o600)
         self.result.resumed_from = fetched.resumed_from
+        self.result.fetched_bytes += fetched.size - fetched.resumed_from
+        self.result.delta = archive.archive.is_delta
         warnings = fetched.unpacked.warnings
         for warning in warnings.lines(SHOWN_WARNINGS):
             self.ctx.log.warning("%s", warning)
@@ -480,7 +559,7 @@ class HostPull:
         )
         return fetched
 
-    def store(self, archive: Sidecar, fetched: Fetched) -> None:
+    def store(self, archive: Sidecar, fetched: Fetched | None) -> None:
         """Store the staging tree as one snapshot, within what is left of the deadline."""
         ctx, result = self.ctx, self.result
         self._phase(STORING)
@@ -498,10 +577,11 @@ class HostPull:
         result.newest_snapshot = iso(when)
         result.reason = (
             f"stored {archive.archive.name} as {ctx.backend.name} snapshot "
-            f"{stored.snapshot_id} (+{human_size(stored.bytes_added)})"
+            f"{stored.snapshot_id} (+{human_size(stored.bytes_added)}){transfer_note(result)}"
         )
         result.warnings.extend(client_warnings(archive))
-        discard_partial(fetched.path)
+        if fetched is not None:
+            discard_partial(fetched.path)
 
     def measure(self) -> None:
         """The repository's size, for the report; a failure is only a warning."""

@@ -39,6 +39,16 @@ def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) ->
     archive = g("pullback_archive_bytes", "Size of the host's last stored archive.")
     content = g("pullback_archive_content_bytes", "Bytes of data in the last stored archive.")
     added = g("pullback_repository_added_bytes", "Bytes the last store added to the repository.")
+    fetched = g(
+        "pullback_fetched_bytes",
+        "Bytes the last successful pull fetched (a delta: what changed; every archive applied).",
+    )
+    delta = g("pullback_last_archive_delta", "1 when the last stored archive came as a delta.")
+    fell_back = g(
+        "pullback_fell_back_to_full",
+        "1 when the last pull found staging was not a delta's base and applied the chain "
+        "from its full archive.",
+    )
     repo = g("pullback_repository_bytes", "Size of the host's repository.")
     count = g("pullback_snapshots", "Number of pullback snapshots in the host's repository.")
     newest = g("pullback_newest_snapshot_timestamp_seconds", "Time of the host's newest snapshot.")
@@ -65,6 +75,9 @@ def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) ->
         archive.add(entry.get("size"), **labels)
         content.add(entry.get("content_bytes"), **labels)
         added.add(entry.get("bytes_added"), **labels)
+        fetched.add(entry.get("fetched_bytes"), **labels)
+        delta.add(entry.get("delta"), **labels)
+        fell_back.add(entry.get("fell_back"), **labels)
         repo.add(entry.get("repository_bytes"), **labels)
         count.add(entry.get("snapshots"), **labels)
         newest.add(_ts(entry.get("newest_snapshot")), **labels)

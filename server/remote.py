@@ -243,6 +243,10 @@ class Remote:
     def mark_fetched(self, name: str) -> None:
         self.request(protocol.Request.fetched(name).text, limit=MAX_SHORT_ANSWER)
 
+    def ask_full(self) -> None:
+        """Ask the client to make its next archive a full one (protocol 2)."""
+        self.request(protocol.FULL.text, limit=MAX_SHORT_ANSWER)
+
     # -- bytes (OpenSSH) ----------------------------------------------------------------
 
     def ssh_argv(self, request: str) -> list[str]:

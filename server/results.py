@@ -59,6 +59,14 @@ class HostResult:
     client_failed_services: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     checksum_failed: str | None = None
+    delta: bool = False
+    """The archive stored came as a delta (only what changed travelled)."""
+    applied: int = 0
+    """Archives applied to reach it (more than one: days the server had missed)."""
+    fell_back: bool = False
+    """Staging was not a delta's base: the chain was applied from its full archive."""
+    fetched_bytes: int = 0
+    """Bytes that travelled in this pull (all archives applied, resumed parts not counted)."""
     """The archive whose bytes did not match its sidecar's sha256 in this pull."""
     database_dumps: int | None = None
     """Database dumps in the stored snapshot (None: nothing stored this time)."""

@@ -76,6 +76,10 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
                     "size": result.size,
                     "content_bytes": result.content_bytes,
                     "bytes_added": result.bytes_added,
+                    "fetched_bytes": result.fetched_bytes,
+                    "delta": result.delta,
+                    "archives_applied": result.applied,
+                    "fell_back": result.fell_back,
                     "snapshot_id": result.snapshot_id,
                     "failed_services": result.client_failed_services,
                 }

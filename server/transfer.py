@@ -6,6 +6,12 @@ grows, decompresses and unpacks it into staging, so transfer and unpacking overl
 archive is stored only if the whole file matches the sidecar's sha256 and every file
 matches the archive's manifest. An archive the unpacker refuses (hostile content, or more
 than the host's ``max_unpacked_size``/``max_entries``) stops the transfer at once.
+
+A delta archive is downloaded whole (and checked against its sha256) before it is
+applied, so a cut transfer leaves staging, the delta's base, as it was. Every unpack
+moves the base index aside first and writes it anew only when the archive passed every
+check (:mod:`..common.archive.baseindex`); a failed unpack empties staging and leaves no
+index.
 """
 
 from __future__ import annotations
@@ -20,16 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ..common.archive import baseindex
+from ..common.archive.baseindex import IndexedTree, IndexWriter
 from ..common.archive.reader import TarStream
 from ..common.archive.sidecar import ArchiveInfo
 from ..common.archive.unpack import (
     ArchiveTooLarge,
+    BaseMismatch,
     HostileArchive,
     Unpacker,
     UnpackLimits,
     UnpackStats,
 )
-from ..common.errors import ArchiveError, PullbackError
+from ..common.errors import ArchiveError
 from ..common.fsutil import (
     atomic_write,
     directory_size,
@@ -117,6 +126,7 @@ class Fetched:
     size: int
     resumed_from: int
     unpacked: UnpackStats
+    manifest_sha256: str = ""
 
 
 def _hash_prefix(path: Path, length: int) -> hashlib._Hash:
@@ -149,11 +159,15 @@ class _Download:
         )
         self.unpacked: UnpackStats | None = None
         self.unpack_error: BaseException | None = None
+        self.index: IndexWriter | None = None
+        self.manifest_sha256 = ""
         self.resumed_from = 0
         self.arrived = 0
         """Where this try started, and the partial file's length when it ended."""
 
     def run(self) -> Fetched:
+        if self.archive.is_delta:
+            return self._run_delta()
         growing, offset, digest = self._open_partial()
         worker = threading.Thread(
             target=self._unpack, args=(growing,), name=f"unpack-{self.ctx.name}", daemon=True
@@ -171,13 +185,64 @@ class _Download:
             growing.finish(transfer_error)
             worker.join()
         self.resumed_from, self.arrived = offset, growing.written
+        return self._settle(transfer_error, digest.hexdigest())
+
+    def _run_delta(self) -> Fetched:
+        """Download the delta whole, check its sha256, then apply it onto staging (which
+        must hold its base: else BaseMismatch, staging untouched)."""
+        base = self.archive.base
+        held = baseindex.read_tree(self.ctx.staging)
+        if (
+            base is None
+            or held is None
+            or (held.archive, held.manifest_sha256)
+            != (
+                base.name,
+                base.manifest_sha256,
+            )
+        ):
+            holds = held.archive if held else "no indexed tree"
+            raise BaseMismatch(
+                f"{self.archive.name} is a delta against {base.name if base else '?'}, and "
+                f"staging holds {holds}"
+            )
+        growing, offset, digest = self._open_partial()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        transfer_error: BaseException | None = None
         try:
-            self._judge(transfer_error, digest.hexdigest())
-        except PullbackError:
-            self._empty_staging()
+            self._transfer(growing, fd, offset, digest)
+        except BaseException as exc:
+            transfer_error = exc
+        finally:
+            os.fsync(fd)
+            os.close(fd)
+            growing.finish(transfer_error)
+        self.resumed_from, self.arrived = offset, growing.written
+        self._judge(transfer_error, digest.hexdigest())  # staging not touched yet
+        self._unpack(growing)
+        return self._settle(None, digest.hexdigest())
+
+    def _settle(self, transfer_error: BaseException | None, sha256: str) -> Fetched:
+        """Judge the fetch; on success make the new index the base. Returns what was
+        fetched; raises (staging emptied, no index) when anything failed."""
+        try:
+            self._judge(transfer_error, sha256)
+            assert self.unpacked is not None and self.index is not None
+            self.index.commit(IndexedTree(self.archive.name, self.manifest_sha256))
+        except BaseException as exc:
+            if self.index is not None:
+                self.index.abort()
+            if isinstance(exc, Exception):
+                self._empty_staging()
             raise
-        assert self.unpacked is not None
-        return Fetched(self.path, digest.hexdigest(), self.archive.size, offset, self.unpacked)
+        return Fetched(
+            self.path,
+            sha256,
+            self.archive.size,
+            self.resumed_from,
+            self.unpacked,
+            self.manifest_sha256,
+        )
 
     def _empty_staging(self) -> None:
         """After a failed fetch the staging tree holds an unknown part of an archive that
@@ -185,6 +250,7 @@ class _Download:
         host's failure never keeps the space the others need. The next pull unpacks
         every file again (the partial download, if kept, is not fetched again)."""
         staging = self.ctx.staging
+        baseindex.drop(staging)
         used = directory_size(staging)
         if remove_tree_contents(staging):
             self.ctx.log.info("emptied the staging tree of the failed pull (%s)", human_size(used))
@@ -252,20 +318,38 @@ class _Download:
             atomic_write(started, f"{time.time():.0f}\n", mode=0o600)
 
     def _unpack(self, growing: GrowingFile) -> None:
-        """The worker: unpack the partial file into staging as it grows."""
+        """The worker: unpack the partial file into staging as it grows. The old index
+        is moved aside first (a delta's base members are checked against it) and the
+        new one recorded; :meth:`_settle` commits it."""
         reader = growing.reader()
+        staging = self.ctx.staging
+        base = baseindex.take(staging)
         try:
+            self.index = IndexWriter(staging)
             with (
                 TarStream(reader, self.archive.compression, self.ctx.runner) as stream,
-                Unpacker(self.ctx.staging, self.limits) as unpacker,
+                Unpacker(
+                    staging,
+                    self.limits,
+                    base if self.archive.is_delta else None,
+                    self.index,
+                ) as unpacker,
             ):
                 for member in stream.members():
                     unpacker.add(member, stream.read_data(member))
                 self.unpacked = unpacker.finish()
+                self.manifest_sha256 = unpacker.manifest_sha256
+            announced = self.archive.manifest_sha256
+            if announced and announced != self.manifest_sha256:
+                raise ArchiveError(
+                    f"{self.archive.name}: its manifest is not the one its sidecar names"
+                )
         except BaseException as exc:
             self.unpack_error = exc
         finally:
             reader.close()
+            if base is not None:
+                base.close()
 
     def _refused(self) -> bool:
         return isinstance(self.unpack_error, _REFUSED)

@@ -223,6 +223,25 @@ def mark_fetched(archive_dir: Path, name: str) -> None:
         os.close(marks)
 
 
+WANT_FULL = "want-full"
+"""The mark the serve endpoint leaves when the server asks for a full archive."""
+
+
+def mark_want_full(archive_dir: Path) -> None:
+    """Record that the server asks for a full archive (the serve endpoint, as
+    ``pullback``): an empty file in MARKS_DIR, used up by the next run."""
+    marks = os.open(archive_dir / MARKS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(
+            WANT_FULL, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640, dir_fd=marks
+        )
+        os.close(fd)
+    except FileExistsError:
+        pass
+    finally:
+        os.close(marks)
+
+
 def retire_marked(archive_dir: Path, keep: int) -> list[str]:
     """Move the archives the server stored to ``fetched/``, except the newest complete
     one (a stolen server key cannot make a client drop the archive the server has not
@@ -273,26 +292,73 @@ def apply_retention(
     Runs under the directory lock. Archives in ``fetched/`` follow the same rules.
     """
     now = now or utc_now()
-    removed = []
     with directory_lock(archive_dir, "local retention").acquire(wait=LOCK_WAIT):
         if fetched_keep is not None:
             for name in retire_marked(archive_dir, fetched_keep):
                 log.info("%s was stored by the server; moved to %s/", name, FETCHED_DIR)
-        archives = list_archives(archive_dir)
-        for archive in archives:
-            if not archive.complete and archive.problem.startswith("no sidecar"):
-                log.warning("removing %s: its publication never completed", archive.name)
-                _delete(archive)
-                removed.append(archive.name)
-        complete = [a for a in archives if a.complete]
-        for archive in select_expired(complete, keep_last, keep_days, now):
-            log.info("retention: deleting %s", archive.name)
+        complete, removed = _complete_archives(archive_dir)
+        expired = select_expired(complete, keep_last, keep_days, now)
+        return _finish_retention(archive_dir, expired, removed)
+
+
+def apply_chain_retention(archive_dir: Path) -> list[str]:
+    """Retention with incremental archives: keep the newest full archive and every
+    archive after it (the chain the server may still need), delete everything older and
+    leftovers of interrupted publishes; return the names deleted. Marks of archives no
+    longer there are removed; nothing moves to ``fetched/``.
+
+    Runs under the directory lock.
+    """
+    with directory_lock(archive_dir, "local retention").acquire(wait=LOCK_WAIT):
+        complete, removed = _complete_archives(archive_dir)
+        fulls = [a for a in complete if a.sidecar and not a.sidecar.archive.is_delta]
+        horizon = fulls[-1].stamp if fulls else ""
+        expired = [a for a in complete if a.stamp < horizon]
+        removed = _finish_retention(archive_dir, expired, removed)
+        _drop_stale_marks(archive_dir)
+        return removed
+
+
+def _complete_archives(archive_dir: Path) -> tuple[list[LocalArchive], list[str]]:
+    """The complete archives (both directories, oldest first), after deleting those whose
+    publication never completed (their names are the second item)."""
+    removed = []
+    archives = list_archives(archive_dir)
+    for archive in archives:
+        if not archive.complete and archive.problem.startswith("no sidecar"):
+            log.warning("removing %s: its publication never completed", archive.name)
             _delete(archive)
             removed.append(archive.name)
-        removed += _orphan_sidecars(archive_dir)
-        if removed:
-            fsync_dir(archive_dir)
+    return [a for a in archives if a.complete], removed
+
+
+def _finish_retention(
+    archive_dir: Path, expired: list[LocalArchive], removed: list[str]
+) -> list[str]:
+    for archive in expired:
+        log.info("retention: deleting %s", archive.name)
+        _delete(archive)
+        removed.append(archive.name)
+    removed += _orphan_sidecars(archive_dir)
+    if removed:
+        fsync_dir(archive_dir)
     return removed
+
+
+def _drop_stale_marks(archive_dir: Path) -> None:
+    """Remove the fetched marks of archives that are gone (names only, never followed)."""
+    present = {a.name for a in list_archives(archive_dir, include_fetched=False)}
+    try:
+        marks_fd = os.open(archive_dir / MARKS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        for name in os.listdir(marks_fd):
+            if ARCHIVE_NAME.match(name) and name not in present:
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                    os.unlink(name, dir_fd=marks_fd)
+    finally:
+        os.close(marks_fd)
 
 
 def _orphan_sidecars(archive_dir: Path) -> list[str]:

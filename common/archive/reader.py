@@ -20,6 +20,7 @@ from ..log import get_logger
 from ..runner import Runner, RunningCommand
 from . import sparse
 from .compression import compression_of, decompress_command
+from .deltaops import DATA_KEY, FULL
 from .manifest import MANIFEST_NAME, parse
 from .tarformat import Member, TarFormatError, TarReader
 
@@ -182,7 +183,9 @@ def _mismatch_message(problems: list[str]) -> str:
 class _Digests:
     """What reading an archive back found: every file's digest and its manifest."""
 
-    computed: dict[str, str] = field(default_factory=dict)
+    computed: dict[str, str | None] = field(default_factory=dict)
+    """Each file's digest; None for a delta's file made from its base (checked by the
+    server, which holds the base: here only its presence in the manifest)."""
     listed: dict[str, str] | None = None
     members: int = 0
     files: int = 0
@@ -194,6 +197,12 @@ class _Digests:
             self.computed[member.name] = self.computed.get(member.linkname, "")
             self.files += 1
         if not member.is_file:
+            return
+        if member.pax.get(DATA_KEY, FULL) != FULL:  # base or delta: needs the base
+            for _ in stream.read_data(member):
+                pass
+            self.computed[member.name] = None
+            self.files += 1
             return
         if sparse.is_sparse(member.pax):
             realsize = int(member.pax.get(sparse.REALSIZE, b"0") or 0)
@@ -220,7 +229,7 @@ class _Digests:
         for name, digest in self.computed.items():
             if name not in listed:
                 found.append(f"{name} is not listed")
-            elif listed[name] != digest:
+            elif digest is not None and listed[name] != digest:
                 found.append(f"{name} has changed")
         found.extend(f"{name} is missing" for name in listed if name not in self.computed)
         return found

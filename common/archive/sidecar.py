@@ -11,6 +11,7 @@ import itertools
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import jsonschema
@@ -20,6 +21,11 @@ from ..outcome import Status
 from ..schema import load_schema
 
 FORMAT = 1
+"""The format of a full archive's sidecar (what every pullback reads)."""
+DELTA_FORMAT = 2
+"""The format of a delta archive's sidecar: a server that reads only format 1 passes the
+delta over with a warning instead of mis-applying it."""
+FORMATS = (FORMAT, DELTA_FORMAT)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 SIDECAR_NAME = "SIDECAR.json"
 """The sidecar's name inside a stored snapshot, beside MANIFEST.sha256: the server puts it
@@ -62,6 +68,20 @@ class ServiceReport:
     tasks: list[TaskReport] = field(default_factory=list)
 
 
+class ArchiveKind(StrEnum):
+    FULL = "full"
+    DELTA = "delta"
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """The archive a delta is based on: its name and the sha256 of its manifest, the
+    identifier client and server agree on (docs/architecture.md, *Incremental pulls*)."""
+
+    name: str
+    manifest_sha256: str
+
+
 @dataclass
 class ArchiveInfo:
     name: str
@@ -71,6 +91,17 @@ class ArchiveInfo:
     members: int = 0
     files: int = 0
     content_bytes: int = 0
+    kind: ArchiveKind = ArchiveKind.FULL
+    manifest_sha256: str = ""
+    """The sha256 of the archive's MANIFEST.sha256 member ("" from an older client)."""
+    base: BaseRef | None = None
+    """A delta's base (None for a full archive)."""
+    sent_bytes: int = 0
+    """Bytes of file content the archive carries (a delta: what changed)."""
+
+    @property
+    def is_delta(self) -> bool:
+        return self.kind is ArchiveKind.DELTA
 
 
 @dataclass
@@ -92,9 +123,19 @@ class Sidecar:
         name's letters, digits, '.', '_' and '-' becomes '_', and at most 128 of them."""
         return [_SAFE_NAME.sub("_", s.name)[:128] for s in self.services if s.status != Status.OK]
 
-    def to_json(self) -> str:
+    def to_json(self, as_full: bool = False) -> str:
+        """The sidecar as published. ``as_full``: the copy kept inside a snapshot, which
+        holds the whole tree whatever the archive was, in the format every reader reads."""
         data = asdict(self)
+        data["format"] = DELTA_FORMAT if self.archive.is_delta and not as_full else FORMAT
         data = {"format": data.pop("format"), **data}
+        info = data["archive"]
+        for key in ("base", "manifest_sha256"):
+            if not info[key]:
+                del info[key]  # an older client's archive, or a full one
+        if as_full:
+            info.pop("base", None)
+            info["kind"] = str(ArchiveKind.FULL)
         data["duration"] = round(data["duration"], 3)
         for service in data["services"]:
             service["duration"] = round(service["duration"], 3)
@@ -120,10 +161,10 @@ def parse(text: str | bytes, expected_name: str | None = None) -> Sidecar:
 
 def from_data(data: Any, expected_name: str | None = None) -> Sidecar:
     """Validate already-decoded sidecar JSON (see :func:`parse`)."""
-    if isinstance(data, dict) and data.get("format") != FORMAT:
+    if isinstance(data, dict) and data.get("format") not in FORMATS:
         raise ArchiveError(
-            f"sidecar format {data.get('format')!r} is not the one this pullback reads "
-            f"({FORMAT}); upgrade pullback on this machine"
+            f"sidecar format {data.get('format')!r} is not one this pullback reads "
+            f"({', '.join(map(str, FORMATS))}); upgrade pullback on this machine"
         )
     validator = jsonschema.Draft202012Validator(load_schema("pullback.common", "sidecar"))
     # the best of the first few errors: a sidecar of a million wrong items (a client's
@@ -142,6 +183,10 @@ def from_data(data: Any, expected_name: str | None = None) -> Sidecar:
         raise ArchiveError(
             "sidecar is malformed: its host, stamp or archive name has extra characters"
         )
+    info = data["archive"]
+    base = info.get("base")
+    if base is not None and not ARCHIVE_NAME.match(base["name"]):
+        raise ArchiveError("sidecar is malformed: its base archive name has extra characters")
     if expected_name is not None and data["archive"]["name"] != expected_name:
         raise ArchiveError(f"sidecar describes {data['archive']['name']!r}, not {expected_name!r}")
     services = [
@@ -154,9 +199,18 @@ def from_data(data: Any, expected_name: str | None = None) -> Sidecar:
         for s in data["services"]
     ]
     fields = _known(Sidecar, data)
-    fields["archive"] = ArchiveInfo(**_known(ArchiveInfo, data["archive"]))
+    fields["archive"] = _archive_info(info)
     fields["services"] = services
     return Sidecar(**fields)
+
+
+def _archive_info(info: dict) -> ArchiveInfo:
+    """The validated ``archive`` object of a sidecar."""
+    archive = _known(ArchiveInfo, info)
+    archive["kind"] = ArchiveKind(info.get("kind", ArchiveKind.FULL))
+    base = info.get("base")
+    archive["base"] = BaseRef(base["name"], base["manifest_sha256"]) if base else None
+    return ArchiveInfo(**archive)
 
 
 def _known(cls, data: dict) -> dict:

@@ -16,7 +16,11 @@ Safety (the archive comes from a host that may be compromised):
   maps are checked (:mod:`.sparse`); older GNU sparse forms refuse the archive;
 - optional limits (:class:`UnpackLimits`, the server's ``max_unpacked_size`` and
   ``max_entries``) are checked as each member's header arrives, before its data is
-  written: a tar bomb is refused after at most one limit's worth of writes.
+  written: a tar bomb is refused after at most one limit's worth of writes;
+- a delta archive's ``base`` and ``delta`` members (docs/archive-format.md, *Delta
+  archives*) may only use a file of staging that the base index (:mod:`.baseindex`)
+  vouches for, untouched since (else :class:`BaseMismatch`); PBD1 streams are applied by
+  :mod:`.deltaops`, in constant memory, into a new file.
 
 Economy: the staging tree is kept between runs. A file whose content and metadata did
 not change is not touched at all (not even its ctime), so ``restic backup
@@ -43,7 +47,9 @@ from ..fsutil import pwrite_all, write_all
 from ..log import get_logger
 from ..text import BoundedWarnings, escaped
 from ..units import human_size
-from . import acl, sparse
+from . import acl, deltaops, sparse
+from .baseindex import BaseIndex, IndexedFile, IndexWriter
+from .deltaops import DATA_KEY, REALSIZE_KEY
 from .manifest import MANIFEST_NAME, parse
 from .sidecar import SIDECAR_NAME
 from .tarformat import FIFOTYPE, Member
@@ -75,6 +81,15 @@ _IS_ROOT = os.geteuid() == 0
 
 class HostileArchive(ArchiveError):
     """The archive tried to write where it must not; nothing from it is stored."""
+
+
+class BaseMismatch(ArchiveError):
+    """A delta needs a base file that staging does not hold as its index says (no
+    index, another archive, or a file changed since): the delta cannot be applied here,
+    and the chain is replayed from its full."""
+
+
+_DECIMAL = frozenset(b"0123456789")
 
 
 class ArchiveTooLarge(ArchiveError):
@@ -149,6 +164,13 @@ def _apparent_size(member: Member) -> int:
     Raises HostileArchive for a size that is negative or not a number.
     """
     size = member.size
+    realsize = member.pax.get(REALSIZE_KEY)
+    if realsize is not None:
+        if not (0 < len(realsize) <= 19 and set(realsize) <= _DECIMAL):
+            raise HostileArchive(
+                f"member {member.name!r} has a PULLBACK.realsize that is not a number"
+            )
+        size = int(realsize)
     for key in _SPARSE_SIZE_KEYS:
         value = member.pax.get(key)
         if value is not None:
@@ -178,9 +200,23 @@ def _remove(name: str, dir_fd: int) -> None:
 class Unpacker:
     """Applies the members of one archive to ``staging``; use as a context manager."""
 
-    def __init__(self, staging: Path, limits: UnpackLimits | None = None):
+    def __init__(
+        self,
+        staging: Path,
+        limits: UnpackLimits | None = None,
+        base: BaseIndex | None = None,
+        index: IndexWriter | None = None,
+    ):
         self.staging = staging
         self.limits = limits or UnpackLimits()
+        self.base = base
+        """The index of what staging held before: base and delta members need it."""
+        self.index = index
+        """Where every file this archive leaves is recorded (the next delta's base)."""
+        self.manifest_sha256 = ""
+        """The sha256 of the archive's manifest member, once it was read."""
+        self._claimed: set[int] = set()
+        """Inodes of shared (hard-linked) staging files a base member kept in place."""
         self.stats = UnpackStats()
         self._unpacked_size = 0
         self._free_checked_at = (0, 0)
@@ -265,12 +301,15 @@ class Unpacker:
         if self.limits.cancel is not None:
             chunks = _cancellable(chunks, self.limits.cancel)
         if parts == (MANIFEST_NAME,):
+            if DATA_KEY in member.pax:
+                raise HostileArchive("the manifest cannot come from the base")
             summed = _ManifestReader()
             self._write_file(parts, member, summed.feed(chunks), count=False)
             try:
                 self._manifest_sum = summed.finish()
             except ValueError as exc:
                 raise ArchiveError(str(exc)) from None
+            self.manifest_sha256 = summed.sha256.hexdigest()
             return
         key = _key(parts)
         if key in self._seen and not member.is_dir:
@@ -291,10 +330,7 @@ class Unpacker:
             self._dir(parts)
             self._keep_dir_meta(key, parts, member)
         elif member.is_file:
-            if sparse.is_sparse(member.pax):
-                self._write_sparse(parts, member, chunks)
-            else:
-                self._write_file(parts, member, chunks)
+            self._regular(parts, member, chunks)
             self._files.add(key)
             self.stats.files += 1
             self.stats.bytes += _apparent_size(member)
@@ -309,6 +345,20 @@ class Unpacker:
         else:
             self._seen.discard(key)
             self.stats.warnings.append(f"{escaped(member.name)}: device node dropped")
+
+    def _regular(self, parts, member: Member, chunks) -> None:
+        """A regular file: its bytes from the member, the base, or a PBD1 delta."""
+        source = member.pax.get(DATA_KEY, deltaops.FULL)
+        if source == deltaops.BASE:
+            self._base_file(parts, member)
+        elif source == deltaops.DELTA:
+            self._delta_file(parts, member, chunks)
+        elif source != deltaops.FULL:
+            raise HostileArchive(f"member {member.name!r} has an unknown PULLBACK.data")
+        elif sparse.is_sparse(member.pax):
+            self._write_sparse(parts, member, chunks)
+        else:
+            self._write_file(parts, member, chunks)
 
     def _check_free(self, upcoming: int) -> None:
         """Refuse the archive when writing the next ``upcoming`` bytes would leave less
@@ -391,15 +441,8 @@ class Unpacker:
                 f"it holds more than {limits.max_entries:,} entries "
                 f"(max_entries in {limits.source})"
             )
-        if limits.cancel is not None and limits.cancel.is_set():
-            raise ArchiveError("unpacking stopped: the host's time is up")
-        size = _apparent_size(member)
-        self._unpacked_size += size
-        if limits.max_size is not None and self._unpacked_size > limits.max_size:
-            raise ArchiveTooLarge(
-                f"it unpacks to more than {human_size(limits.max_size)} "
-                f"(max_unpacked_size in {limits.source})"
-            )
+        _check_cancel(limits.cancel)
+        self._count_size(_apparent_size(member))
         self._check_free(member.size)
         if any(k.startswith(b"GNU.sparse.") for k in member.pax) and not sparse.is_sparse(
             member.pax
@@ -407,6 +450,17 @@ class Unpacker:
             raise HostileArchive(
                 f"member {member.name!r} is a sparse file in an old GNU format, which "
                 "pullback never writes (only the PAX 1.0 sparse format is read)"
+            )
+
+    def _count_size(self, size: int) -> None:
+        """Count ``size`` bytes of files against ``max_unpacked_size``. Raises
+        ArchiveTooLarge past it."""
+        limits = self.limits
+        self._unpacked_size += size
+        if limits.max_size is not None and self._unpacked_size > limits.max_size:
+            raise ArchiveTooLarge(
+                f"it unpacks to more than {human_size(limits.max_size)} "
+                f"(max_unpacked_size in {limits.source})"
             )
 
     @staticmethod
@@ -437,7 +491,13 @@ class Unpacker:
             if fd >= 0:
                 os.close(fd)
             if count:
-                self._sum.add(member.name, digest.hexdigest())
+                self._summed(member.name, digest.hexdigest())
+
+    def _summed(self, name: str, digest: str) -> None:
+        """``name`` is a file of this archive with ``digest``: into the sum and the index."""
+        self._sum.add(name, digest)
+        if self.index is not None:
+            self.index.add(name, digest)
 
     def _plain_file(self, parent: int, name: str, parts) -> os.stat_result | None:
         """The stat of ``name`` when it is a plain file of staging to rewrite in place;
@@ -530,7 +590,101 @@ class Unpacker:
             raise HostileArchive(f"member {member.name!r}: {exc}") from None
         finally:
             os.close(fd)
-        self._sum.add(member.name, digest.hexdigest())
+        self._summed(member.name, digest.hexdigest())
+
+    def _base_row(self, parts, member: Member) -> tuple[int, IndexedFile, os.stat_result]:
+        """The staging directory, index row and stat of the base file a ``base`` or
+        ``delta`` member names (its own name). Raises BaseMismatch unless the index has
+        the file and staging still holds it untouched."""
+        if self.base is None:
+            raise BaseMismatch(f"{escaped(member.name)} needs a base, and staging has none")
+        row = self.base.lookup(member.name)
+        if row is None:
+            raise BaseMismatch(f"{escaped(member.name)} is not a file of the base")
+        parent = self._dir(parts[:-1])
+        try:
+            st = os.lstat(parts[-1], dir_fd=parent)
+        except FileNotFoundError:
+            raise BaseMismatch(f"{escaped(member.name)} is missing from staging") from None
+        if not stat.S_ISREG(st.st_mode) or not row.matches(st):
+            raise BaseMismatch(f"{escaped(member.name)} changed in staging since its index")
+        return parent, row, st
+
+    def _base_file(self, parts, member: Member) -> None:
+        """A file whose bytes are the base's: kept in place (a shared inode already kept
+        for another name is copied apart), its metadata brought to the header's."""
+        parent, row, st = self._base_row(parts, member)
+        self._count_size(row.size)
+        name = parts[-1]
+        if st.st_nlink > 1:
+            if st.st_ino in self._claimed:
+                self._copy_apart(parent, name)
+            self._claimed.add(st.st_ino)
+            self._link_digests[_key(parts)] = row.sha256
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            self._apply_meta(fd, member, self._mode(member), force=False)
+        finally:
+            os.close(fd)
+        self.stats.unchanged += 1
+        self._summed(member.name, row.sha256)
+
+    def _copy_apart(self, parent: int, name: str) -> None:
+        """Give ``name`` an inode of its own with the same bytes (a hard link broken)."""
+        temporary = f".pullback-apart.{os.getpid()}.{threading.get_ident()}"
+        _remove(temporary, parent)
+        source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            target = os.open(temporary, flags, 0o600, dir_fd=parent)
+            try:
+                while os.copy_file_range(source, target, 1 << 30):
+                    _check_cancel(self.limits.cancel)
+            finally:
+                os.close(target)
+        finally:
+            os.close(source)
+        os.rename(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
+
+    def _delta_file(self, parts, member: Member, chunks) -> None:
+        """A file made of its base and a PBD1 stream: written into a new file beside the
+        base, hashed as written, then renamed over it. Raises BaseMismatch, DeltaError
+        (an ArchiveError) for a stream that breaks a rule."""
+        parent, _, st = self._base_row(parts, member)
+        realsize = _apparent_size(member)
+        name = parts[-1]
+        temporary = f".pullback-delta.{os.getpid()}.{threading.get_ident()}"
+        _remove(temporary, parent)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        base_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        digest = hashlib.sha256()
+        try:
+            fd = os.open(temporary, flags, 0o600, dir_fd=parent)
+            try:
+                with (
+                    os.fdopen(os.dup(base_fd), "rb") as base,
+                    os.fdopen(os.dup(fd), "wb") as out,
+                ):
+                    deltaops.apply(
+                        _ChunkReader(chunks),
+                        base,
+                        st.st_size,
+                        _HashingWriter(out, digest),
+                        realsize,
+                        lambda: _check_cancel(self.limits.cancel),
+                    )
+                self._apply_meta(fd, member, self._mode(member), force=True)
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=parent)
+            raise
+        finally:
+            os.close(base_fd)
+        os.rename(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
+        self.stats.written += 1
+        self._summed(member.name, digest.hexdigest())
 
     def _fifo(self, parts, member: Member) -> None:
         """A FIFO, made again unless the same one is there."""
@@ -608,7 +762,7 @@ class Unpacker:
         digest = self._link_digests.get(_key(target))
         if digest is None:
             digest = self._link_digests[_key(target)] = _hash_file(target[-1], source_dir)
-        self._sum.add(member.name, digest)
+        self._summed(member.name, digest)
         parent = self._dir(parts[:-1])
         name = parts[-1]
         source = os.lstat(target[-1], dir_fd=source_dir)
@@ -704,6 +858,49 @@ def _rewrite(fd: int, chunks, digest, old_size: int) -> bool:
     return changed
 
 
+def _check_cancel(cancel: threading.Event | None) -> None:
+    """Raises ArchiveError once the host's deadline set ``cancel``."""
+    if cancel is not None and cancel.is_set():
+        raise ArchiveError("unpacking stopped: the host's time is up")
+
+
+class _ChunkReader:
+    """A member's data chunks as the file object PBD1 is read from. A read costs what it
+    returns (a record header of a few bytes does not copy the rest of the chunk)."""
+
+    def __init__(self, chunks):
+        self._chunks = iter(chunks)
+        self._chunk = memoryview(b"")
+        self._position = 0
+
+    def read(self, size: int) -> bytes:
+        parts = []
+        while size > 0:
+            if self._position >= len(self._chunk):
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._chunk, self._position = memoryview(chunk), 0
+                continue
+            piece = self._chunk[self._position : self._position + size]
+            self._position += len(piece)
+            size -= len(piece)
+            parts.append(piece)
+        return b"".join(parts)
+
+
+class _HashingWriter:
+    """Writes to ``out`` and hashes what passes."""
+
+    def __init__(self, out, digest):
+        self._out = out
+        self._digest = digest
+
+    def write(self, data) -> int:
+        self._digest.update(data)
+        return self._out.write(data)
+
+
 def _cancellable(chunks, cancel: threading.Event):
     """``chunks``, stopping (ArchiveError) once ``cancel`` is set: one huge member cannot
     keep a host past its deadline."""
@@ -751,10 +948,12 @@ class _ManifestReader:
 
     def __init__(self):
         self.sum = _Sum()
+        self.sha256 = hashlib.sha256()
         self._rest = b""
 
     def feed(self, chunks):
         for chunk in chunks:
+            self.sha256.update(chunk)
             data = self._rest + chunk
             *lines, self._rest = data.split(b"\n")
             if len(self._rest) > MAX_MANIFEST_LINE:  # else each chunk copies all so far

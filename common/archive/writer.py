@@ -7,6 +7,12 @@ hard links, FIFOs, set-id bits, extended attributes (file capabilities and POSIX
 included) are kept; files with holes travel without them (:mod:`.sparse`); sockets and
 device nodes are skipped with a warning. How a file that changes while it is read is
 handled: :mod:`.filedata`.
+
+With :class:`Incremental`, every regular file is recorded in the run's file cache
+(:mod:`.filecache`), and a delta archive carries the bytes of changed files only: a file
+the cache vouches for is a ``base`` member (not read), a read file whose digest is the
+cached one too, and a changed file of CHUNKED_FROM bytes or more a ``delta`` member of
+copied chunks and literal bytes (docs/archive-format.md, *Delta archives*).
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import hashlib
 import os
 import pwd
 import stat
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -28,8 +36,10 @@ from ..errors import ArchiveError, CommandError
 from ..log import get_logger
 from ..progress import STATUS, Progress
 from ..runner import Runner, RunningCommand
-from . import acl, sparse, tarformat
+from . import acl, chunker, deltaops, sparse, tarformat
 from .compression import compress_command, test_command
+from .deltaops import BASE, DATA_KEY, DELTA, REALSIZE_KEY
+from .filecache import CHUNKED_FROM, CachedFile, FileCache
 from .filedata import Content, read_content, streamed_note
 from .manifest import MANIFEST_NAME, format_line
 from .sparse import Region
@@ -63,6 +73,21 @@ class WrittenArchive:
     size: int = 0
     tested: bool = False
     """The compressor's own checksums were verified (zstd -t / gzip -t) as it was written."""
+    manifest_sha256: str = ""
+    """The sha256 of the MANIFEST.sha256 member."""
+    sent_bytes: int = 0
+    """Bytes of file content the archive carries (a delta: only what changed)."""
+
+
+@dataclass
+class Incremental:
+    """How a run uses its file cache. ``delta``: unchanged files become ``base`` members
+    and changed large ones ``delta`` members (else every file is sent whole); the new
+    cache is recorded either way. ``spool_dir`` holds a delta member while it is made."""
+
+    cache: FileCache
+    delta: bool
+    spool_dir: Path
 
 
 class ArchiveWriter:
@@ -75,8 +100,12 @@ class ArchiveWriter:
         level: int | None = None,
         runner: Runner | None = None,
         xattrs: bool = True,
+        *,
+        incremental: Incremental | None = None,
     ):
         self.path = Path(path)
+        self.incremental = incremental
+        self._sent = 0
         self.compression = compression
         self.level = level
         self.runner = runner or Runner(log)
@@ -151,6 +180,7 @@ class ArchiveWriter:
         try:
             data = b"".join(format_line(n, d) for n, d in sorted(self._manifest.items()))
             self._add_bytes(MANIFEST_NAME, data, record=False)
+            manifest_sha256 = hashlib.sha256(data).hexdigest()
             self._emit(bytes(2 * BLOCK))
             self._emit(bytes((-self._offset) % RECORD))
             self._flush()
@@ -182,6 +212,8 @@ class ArchiveWriter:
             sha256,
             size,
             tested=self._tee is not None,
+            manifest_sha256=manifest_sha256,
+            sent_bytes=self._sent,
         )
 
     def abort(self) -> None:
@@ -477,13 +509,11 @@ class ArchiveWriter:
     def _add_file(
         self, path: str, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
     ) -> None:
-        if st.st_nlink > 1:
-            first = self._links.get((st.st_dev, st.st_ino))
-            if first is not None:
-                self._emit(self._header(arcname, st, tarformat.LNKTYPE, linkname=first))
-                self._manifest[arcname] = self._manifest[first]
-                stats.files += 1
-                return
+        if st.st_nlink > 1 and self._add_link(arcname, st, stats):
+            return
+        old = self._cached(path, arcname, st, stats, xattrs)
+        if old is False:
+            return
         try:
             fd = _open_noatime(path)
         except FileNotFoundError:
@@ -492,6 +522,7 @@ class ArchiveWriter:
         except OSError as exc:
             stats.warnings.append(f"{path}: skipped, cannot be opened: {exc.strerror}")
             return
+        read_at = time.time_ns()
         try:
             attrs = self._read_xattrs(path, stats) if xattrs else None
             try:
@@ -499,10 +530,15 @@ class ArchiveWriter:
             except OSError as exc:
                 stats.warnings.append(f"{path}: skipped, cannot be read: {exc.strerror}")
                 return
-            if content.regions is not None:
-                digest = self._add_sparse(fd, arcname, content, attrs, stats)
-            else:
-                digest = self._add_dense(fd, arcname, content, attrs, path, stats)
+            digest, chunks = self._add_content(
+                fd,
+                arcname,
+                content,
+                attrs,
+                path,
+                stats,
+                old=old if isinstance(old, CachedFile) else None,
+            )
             note = content.note or (
                 streamed_note(content.stat, fd) if content.data is None else None
             )
@@ -510,24 +546,158 @@ class ArchiveWriter:
             os.close(fd)
         if note:
             stats.warnings.append(f"{path}: {note}")
+        row = CachedFile.of(content.stat, digest, chunks, read_at)
+        self._recorded(arcname, st, row.uncacheable() if note else row, stats, content.size)
+
+    def _cached(
+        self, path: str, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
+    ) -> CachedFile | bool | None:
+        """The file's row in the cache (None: none); False when the row vouched for the
+        file and it went into the delta as a ``base`` member, unread."""
+        inc = self.incremental
+        old = inc.cache.lookup(arcname) if inc is not None else None
+        if inc is None or not inc.delta or old is None or not old.unchanged(st):
+            return old
+        attrs = self._read_xattrs(path, stats) if xattrs else None
+        self._emit_base(arcname, st, attrs)
+        self._recorded(arcname, st, old, stats, st.st_size)
+        return False
+
+    def _add_link(self, arcname: str, st: os.stat_result, stats: TaskStats) -> bool:
+        """A hard link to a file already in the archive; False when it is the first."""
+        first = self._links.get((st.st_dev, st.st_ino))
+        if first is None:
+            return False
+        self._emit(self._header(arcname, st, tarformat.LNKTYPE, linkname=first))
+        self._manifest[arcname] = self._manifest[first]
+        if self.incremental is not None:
+            row = CachedFile.of(st, self._manifest[first], None, time.time_ns())
+            self.incremental.cache.record(arcname, row)
+        stats.files += 1
+        return True
+
+    def _recorded(
+        self, arcname: str, st: os.stat_result, row: CachedFile, stats: TaskStats, size: int
+    ) -> None:
+        """Count a regular file that went into the archive with ``row``'s digest."""
         if st.st_nlink > 1:
             self._links[(st.st_dev, st.st_ino)] = arcname
-        self._manifest[arcname] = digest
+        self._manifest[arcname] = row.sha256
+        if self.incremental is not None:
+            self.incremental.cache.record(arcname, row)
         stats.files += 1
-        stats.bytes += content.size
+        stats.bytes += size
         self._files += 1
-        self._content += content.size
+        self._content += size
+
+    def _emit_base(self, arcname: str, st: os.stat_result, attrs) -> None:
+        """A member whose bytes are the base's file of the same name."""
+        self._emit(
+            self._header(arcname, st, tarformat.REGTYPE, xattrs=attrs, extra=[(DATA_KEY, BASE)])
+        )
+
+    def _add_content(
+        self,
+        fd: int,
+        arcname: str,
+        content: Content,
+        attrs,
+        path: str,
+        stats: TaskStats,
+        *,
+        old: CachedFile | None,
+    ) -> tuple[str, bytes | None]:
+        """Put a read file into the archive: whole, as a ``base`` member when its bytes
+        are the cached ones, or as a ``delta`` member. Returns its sha256 and packed
+        chunk list (None below CHUNKED_FROM, for sparse files, or without a cache)."""
+        inc = self.incremental
+        delta_from = old if inc is not None and inc.delta else None
+        if content.regions is not None:
+            return self._add_sparse(fd, arcname, content, attrs, stats), None
+        if content.data is None:
+            if delta_from is not None and delta_from.chunks is not None:
+                return self._add_streamed_delta(fd, arcname, content, attrs, stats, delta_from)
+            found: list[chunker.Chunk] | None = [] if inc is not None else None
+            digest = self._add_dense(fd, arcname, content, attrs, path, stats, found=found)
+            return digest, _packed(found)
+        data = content.data
+        digest = hashlib.sha256(data).hexdigest()
+        chunks = _chunks_of(data) if inc is not None else None
+        if delta_from is not None and digest == delta_from.sha256:
+            self._emit_base(arcname, content.stat, attrs)
+            return digest, _packed(chunks)
+        if delta_from is not None and delta_from.chunks is not None and chunks:
+            pieces = zip(chunks, _split(data, chunks), strict=True)
+            encoded = _encode(chunker.unpack(delta_from.chunks), pieces)
+            if len(encoded) < len(data):
+                self._emit_delta(arcname, content.stat, attrs, len(data), len(encoded))
+                self._emit(encoded)
+                self._emit(bytes((-len(encoded)) % BLOCK))
+                return digest, _packed(chunks)
+        self._add_dense(fd, arcname, content, attrs, path, stats)
+        return digest, _packed(chunks)
+
+    def _emit_delta(self, arcname: str, st: os.stat_result, attrs, realsize: int, size: int):
+        """The header of a member whose data is a PBD1 stream of ``size`` bytes."""
+        extra = [(DATA_KEY, DELTA), (REALSIZE_KEY, str(realsize).encode())]
+        self._emit(
+            self._header(arcname, st, tarformat.REGTYPE, size=size, xattrs=attrs, extra=extra)
+        )
+        self._sent += size
+
+    def _add_streamed_delta(
+        self,
+        fd: int,
+        arcname: str,
+        content: Content,
+        attrs,
+        stats: TaskStats,
+        old: CachedFile,
+    ) -> tuple[str, bytes | None]:
+        """A large changed file as a ``delta`` member against ``old``'s chunks (or a
+        ``base`` member when its bytes did not change): read once into the chunker, the
+        PBD1 stream spooled beside the run's work (tar needs its size first)."""
+        inc = self.incremental
+        assert inc is not None and old.chunks is not None
+        digest = hashlib.sha256()
+        found: list[chunker.Chunk] = []
+        warnings: list[str] = []
+        pieces = _read_pieces(fd, content.stat.st_size, digest, found, warnings)
+        with tempfile.TemporaryFile(dir=inc.spool_dir) as spool:
+            size = _encode_to(chunker.unpack(old.chunks), pieces, spool)
+            realsize = sum(c.length for c in found)
+            if digest.hexdigest() == old.sha256 and realsize == old.size:
+                self._emit_base(arcname, content.stat, attrs)
+            else:
+                self._emit_delta(arcname, content.stat, attrs, realsize, size)
+                spool.seek(0)
+                while data := spool.read(CHUNK):
+                    self._emit(data)
+                self._emit(bytes((-size) % BLOCK))
+        path = arcname
+        stats.warnings.extend(f"{path}: {warning}" for warning in warnings)
+        return digest.hexdigest(), chunker.pack(found)
 
     def _add_dense(
-        self, fd: int, arcname: str, content: Content, attrs, path: str, stats: TaskStats
+        self,
+        fd: int,
+        arcname: str,
+        content: Content,
+        attrs,
+        path: str,
+        stats: TaskStats,
+        *,
+        found: list[chunker.Chunk] | None = None,
     ) -> str:
-        """A file without holes: its bytes read ahead, or streamed. Returns its sha256."""
+        """A file without holes: its bytes read ahead, or streamed (then split into
+        ``found`` chunks on the way, when a list is given). Returns its sha256."""
         header = self._header(
             arcname, content.stat, tarformat.REGTYPE, size=content.size, xattrs=attrs
         )
         self._emit(header)
+        self._sent += content.size
         if content.data is None:
-            return self._copy_data(fd, content.size, path, stats)
+            return self._copy_data(fd, content.size, path, stats, found)
         self._emit(content.data)
         self._emit(bytes((-len(content.data)) % BLOCK))
         return hashlib.sha256(content.data).hexdigest()
@@ -569,13 +739,21 @@ class ArchiveWriter:
         self._emit(bytes((-length) % BLOCK))
         return digest.hexdigest()
 
-    def _copy_data(self, fd: int, size: int, path: str, stats: TaskStats) -> str:
+    def _copy_data(
+        self,
+        fd: int,
+        size: int,
+        path: str,
+        stats: TaskStats,
+        found: list[chunker.Chunk] | None = None,
+    ) -> str:
         """Stream exactly ``size`` bytes of ``fd`` into the archive; return their sha256.
 
         A file that shrinks while read is padded with zeros, to keep the stream whole,
-        and said so.
+        and said so. With ``found``, the bytes are split into chunks on the way.
         """
         digest = hashlib.sha256()
+        cutter = chunker.Chunker() if found is not None and size >= CHUNKED_FROM else None
         remaining = size
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
@@ -585,6 +763,8 @@ class ArchiveWriter:
                 if not n:
                     break
                 digest.update(view[:n])
+                if cutter is not None:
+                    found.extend(c for c, _ in cutter.feed(view[:n]))  # type: ignore[union-attr]
                 self._flush()
                 self._offset += n
                 self._write(view[:n])
@@ -597,10 +777,94 @@ class ArchiveWriter:
             while remaining:
                 part = pad[: min(remaining, len(pad))]
                 digest.update(part)
+                if cutter is not None:
+                    found.extend(c for c, _ in cutter.feed(part))  # type: ignore[union-attr]
                 self._emit(part)
                 remaining -= len(part)
+        if cutter is not None:
+            found.extend(c for c, _ in cutter.finish())  # type: ignore[union-attr]
         self._emit(bytes((-size) % BLOCK))
         return digest.hexdigest()
+
+
+def _packed(chunks: list[chunker.Chunk] | None) -> bytes | None:
+    return chunker.pack(chunks) if chunks else None
+
+
+def _chunks_of(data: bytes) -> list[chunker.Chunk] | None:
+    """The chunks of a read-ahead file of CHUNKED_FROM bytes or more (else None)."""
+    if len(data) < CHUNKED_FROM:
+        return None
+    cutter = chunker.Chunker()
+    return [c for c, _ in (*cutter.feed(data), *cutter.finish())]
+
+
+def _split(data: bytes, chunks: list[chunker.Chunk]) -> Iterator[bytes]:
+    view, position = memoryview(data), 0
+    for chunk in chunks:
+        yield bytes(view[position : position + chunk.length])
+        position += chunk.length
+
+
+def _as_pbd1(ops) -> Iterator[deltaops.Op]:
+    for op in ops:
+        if isinstance(op, chunker.Copy):
+            yield deltaops.Copy(op.offset, op.length)
+        else:
+            yield deltaops.Data(op.data)
+
+
+def _encode(old: list[chunker.Chunk], pieces) -> bytes:
+    """The PBD1 stream that makes the file of ``pieces`` (chunk, bytes) from ``old``."""
+    out = _BytesOut()
+    deltaops.encode(_as_pbd1(chunker.delta_ops(old, pieces)), out)
+    return b"".join(out.parts)
+
+
+def _encode_to(old: list[chunker.Chunk], pieces, spool) -> int:
+    """Write the PBD1 stream of ``pieces`` against ``old`` to ``spool``; its size."""
+    return deltaops.encode(_as_pbd1(chunker.delta_ops(old, pieces)), spool)
+
+
+class _BytesOut:
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+
+def _read_pieces(fd: int, size: int, digest, found: list, warnings: list[str]):
+    """The chunks (with their bytes) of the first ``size`` bytes of ``fd``, hashed into
+    ``digest`` and listed in ``found`` on the way; a file that shrank is padded with
+    zeros (and a warning added), as a streamed file is."""
+    cutter = chunker.Chunker(keep_data=True)
+    remaining = size
+    try:
+        while remaining:
+            data = os.read(fd, min(CHUNK, remaining))
+            if not data:
+                break
+            remaining -= len(data)
+            digest.update(data)
+            for chunk, piece in cutter.feed(data):
+                found.append(chunk)
+                yield chunk, piece
+    except OSError as exc:
+        warnings.append(f"read failed: {exc.strerror}")
+    if remaining:
+        warnings.append("shrank while being read; padded with zeros")
+        while remaining:
+            part = bytes(min(remaining, CHUNK))
+            remaining -= len(part)
+            digest.update(part)
+            for chunk, piece in cutter.feed(part):
+                found.append(chunk)
+                yield chunk, piece
+    for chunk, piece in cutter.finish():
+        found.append(chunk)
+        yield chunk, piece
 
 
 def _pread_exact(fd: int, length: int, offset: int, stats: TaskStats, name: str) -> bytes:

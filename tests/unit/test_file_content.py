@@ -95,9 +95,9 @@ def test_a_large_file_that_shrinks_while_streamed_keeps_the_stream_valid(tmp_pat
     big.write_bytes(b"a" * (filedata.REREAD_LIMIT + MIB))
 
     class ShrinkingWriter(ArchiveWriter):
-        def _copy_data(self, fd, size, path, stats):
+        def _copy_data(self, fd, size, path, stats, found=None):
             os.truncate(path, 1000)  # the application truncates it as it is streamed
-            return super()._copy_data(fd, size, path, stats)
+            return super()._copy_data(fd, size, path, stats, found)
 
     path = tmp_path / "host-20260101T000000Z.tar"
     with ShrinkingWriter(path, "none") as writer:

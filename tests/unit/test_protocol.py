@@ -53,15 +53,27 @@ def test_unusable_entries_that_are_not_mappings_are_dropped():
     assert protocol.parse_listing(raw).unusable == [{"name": "n"}]
 
 
-def test_verbs_are_the_four():
-    assert sorted(Verb) == ["fetched", "list", "lock", "send"]
+def test_verbs_are_the_five():
+    assert sorted(Verb) == ["fetched", "full", "list", "lock", "send"]
+
+
+def test_the_listing_says_which_protocol_the_client_speaks():
+    """1 from a client before delta archives (it sends none) or any nonsense; the server
+    sends ``full`` only to 2 or later."""
+    wire = json.loads(Listing("web1", "1.2.3", None, [], []).to_json())
+    assert protocol.parse_listing(json.dumps(wire).encode()).protocol == 2
+    for value in (None, "2", True, 0, -1, 10**9, 2.5):
+        wire["protocol"] = value
+        assert protocol.parse_listing(json.dumps(wire).encode()).protocol == 1
+    del wire["protocol"]
+    assert protocol.parse_listing(json.dumps(wire).encode()).protocol == 1
 
 
 def test_the_list_answer_on_the_wire():
     """The keys older and newer peers rely on: changing one breaks mixed fleets."""
     wire = json.loads(Listing("web1", "1.2.3", None, [], []).to_json())
     assert wire == {
-        "protocol": 1,
+        "protocol": 2,
         "host": "web1",
         "pullback_version": "1.2.3",
         "lock": None,

@@ -237,6 +237,7 @@ QUIET_AUDIT.propagate = False
 @example("fetched web1-20261124T030000Z.tar")
 @example("fetched web1-20261121T030000Z.tar")
 @example("list")
+@example("full")
 def test_serve_changes_nothing_for_a_refused_request(text):
     """``serve``: exit 0 only for a request of the grammar; a refused one exits 2, answers
     nothing and leaves the archive directory exactly as it was; no process is ever
@@ -264,9 +265,10 @@ def test_serve_changes_nothing_for_a_refused_request(text):
     if request.verb == "send":
         assert sent == (box.archives / request.archive).read_bytes()[request.offset :]
     after = snapshot(box.archives)
-    if request.verb == "fetched":  # a mark, and nothing else
+    if request.verb in ("fetched", "full"):  # a mark, and nothing else
         marks = {k for k in after if k.startswith(".fetched-marks")}
-        assert marks == {".fetched-marks", f".fetched-marks/{request.archive}"}
+        mark = request.archive if request.verb == "fetched" else "want-full"
+        assert marks == {".fetched-marks", f".fetched-marks/{mark}"}
         after = {k: v for k, v in after.items() if not k.startswith(".fetched-marks")}
         before = {k: v for k, v in before.items() if not k.startswith(".fetched-marks")}
     assert after == before

@@ -46,7 +46,36 @@ def test_round_trip_and_unknown_keys_from_newer_writers():
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d.update(format=2), "sidecar format 2 is not the one this pullback reads"),
+        (lambda d: d.update(format=3), "sidecar format 3 is not one this pullback reads"),
+        (lambda d: d.update(format=2), "at archive: 'kind' is a required property"),
+        (
+            lambda d: d["archive"].update(
+                base={"name": "web1-20261121T030000Z.tar", "manifest_sha256": "b" * 64}
+            ),
+            "at archive: .* should not be valid",
+        ),
+        (
+            lambda d: (
+                d.update(format=2)
+                or d["archive"].update(
+                    kind="delta",
+                    manifest_sha256="c" * 64,
+                    base={"name": "web1-2026.tar", "manifest_sha256": "b" * 64},
+                )
+            ),
+            "at archive/base/name",
+        ),
+        (
+            lambda d: (
+                d.update(format=2)
+                or d["archive"].update(
+                    kind="delta",
+                    manifest_sha256="c" * 64,
+                    base={"name": "web1-20261121T030000Z.tar\n", "manifest_sha256": "b" * 64},
+                )
+            ),
+            "base archive name has extra characters",
+        ),
         (lambda d: d["archive"].update(name="../../etc/passwd"), "at archive/name"),
         (lambda d: d["archive"].update(sha256="zz"), "at archive/sha256"),
         (lambda d: d["archive"].update(size=-1), "at archive/size"),
@@ -59,6 +88,22 @@ def test_malformed_sidecars_are_refused(mutate, message):
     mutate(data)
     with pytest.raises(ArchiveError, match=message):
         sidecar.parse(json.dumps(data))
+
+
+def test_a_delta_names_its_base_and_is_kept_in_snapshots_as_format_1():
+    data = json.loads(json.dumps(GOOD))
+    base = {"name": "web1-20261121T030000Z.tar.zst", "manifest_sha256": "b" * 64}
+    data["format"] = 2
+    data["archive"].update(kind="delta", manifest_sha256="c" * 64, base=base)
+    parsed = sidecar.parse(json.dumps(data))
+    assert parsed.archive.is_delta
+    assert parsed.archive.base == sidecar.BaseRef(base["name"], "b" * 64)
+    assert sidecar.parse(parsed.to_json()) == parsed
+    assert json.loads(parsed.to_json())["format"] == 2
+    kept = json.loads(parsed.to_json(as_full=True))
+    assert kept["format"] == 1 and kept["archive"]["kind"] == "full"
+    assert "base" not in kept["archive"]
+    assert not sidecar.parse(json.dumps(kept)).archive.is_delta
 
 
 def test_not_json_and_wrong_archive():

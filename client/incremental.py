@@ -1,0 +1,118 @@
+"""Whether a run makes a full archive or a delta, and the chain it extends
+(docs/architecture.md, *Incremental pulls*).
+
+A delta is made only against the newest complete archive of the archive directory, and
+only when the file cache describes exactly that archive (name and manifest sha256): then
+the server, holding that archive's tree, can apply it. Everything else makes a full.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+from dataclasses import dataclass
+
+from ..common.archive import directory as archives
+from ..common.archive.directory import LocalArchive
+from ..common.archive.filecache import FileCache
+from ..common.archive.sidecar import BaseRef
+from ..common.units import human_duration, human_size
+from .config import ClientConfig
+
+MAX_CHAIN = 100
+"""Archives a chain may have before a full is made whatever ``full_every`` says (the
+server refuses longer chains)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What this run makes: a delta against ``base``, or a full archive and why."""
+
+    base: BaseRef | None
+    reason: str
+
+    @property
+    def delta(self) -> bool:
+        return self.base is not None
+
+
+def chain_of(newest: LocalArchive, by_name: dict[str, LocalArchive]) -> list[LocalArchive]:
+    """``newest`` and the archives it is built on, back to its full archive (oldest
+    first). Returns [] when the chain is broken (a base is missing or not complete, or a
+    loop)."""
+    chain = [newest]
+    while True:
+        side = chain[-1].sidecar
+        if side is None:
+            return []
+        base = side.archive.base
+        if base is None:
+            return chain[::-1]
+        previous = by_name.get(base.name)
+        if previous is None or previous.stamp >= chain[-1].stamp:
+            return []
+        chain.append(previous)
+
+
+def decide(
+    config: ClientConfig, cache: FileCache, now: dt.datetime, forced: str | None = None
+) -> Decision:
+    """Full or delta for this run; ``forced`` is a reason to make a full anyway."""
+    if forced:
+        return Decision(None, forced)
+    unusable = cache.load()
+    if unusable or cache.base is None:
+        return Decision(None, unusable or "there is no file cache")
+    current = [
+        a
+        for a in archives.list_archives(config.archive_dir, include_fetched=False)
+        if a.complete and a.host == config.hostname
+    ]
+    if not current:
+        return Decision(None, "there is no archive to build on")
+    newest = current[-1]
+    assert newest.sidecar is not None
+    info = newest.sidecar.archive
+    if BaseRef(info.name, info.manifest_sha256) != cache.base:
+        return Decision(None, f"the file cache describes {cache.base.name}, not the newest archive")
+    chain = chain_of(newest, {a.name: a for a in current})
+    due = full_due(config, chain, now) if chain else f"the chain of {newest.name} is broken"
+    if due:
+        return Decision(None, due)
+    return Decision(cache.base, f"a delta against {newest.name}")
+
+
+def full_due(config: ClientConfig, chain: list[LocalArchive], now: dt.datetime) -> str | None:
+    """Why the chain (full archive first) should end with a full archive now, or None."""
+    full = chain[0]
+    assert full.sidecar is not None
+    age = (now - full.created).total_seconds()
+    inc = config.incremental
+    if age >= inc.full_every:
+        return (
+            f"the full archive {full.name} is {human_duration(age)} old "
+            f"(full_every {human_duration(inc.full_every)})"
+        )
+    deltas = sum(a.sidecar.archive.size for a in chain[1:] if a.sidecar)
+    if deltas > inc.full_ratio * full.sidecar.archive.size:
+        return (
+            f"the deltas since {full.name} add up to {human_size(deltas)}, more than "
+            f"full_ratio {inc.full_ratio:g} of it"
+        )
+    if len(chain) >= MAX_CHAIN:
+        return f"the chain since {full.name} has {len(chain)} archives (at most {MAX_CHAIN})"
+    return None
+
+
+def take_full_request(config: ClientConfig) -> bool:
+    """Whether the server asked for a full archive; the request is used up."""
+    path = config.archive_dir / archives.MARKS_DIR / archives.WANT_FULL
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except (IsADirectoryError, PermissionError):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+    return True

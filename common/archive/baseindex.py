@@ -1,0 +1,207 @@
+"""The record of what a staging tree holds, against which a delta's base members are checked
+(docs/architecture.md, *Incremental pulls*).
+
+``<staging>.index.db`` (SQLite) names the archive the tree was unpacked from and the
+sha256 of that archive's manifest, and for every regular file its sha256 and the
+``ino``, ``size``, ``mtime_ns`` and ``ctime_ns`` it had when the unpack finished. A file
+whose stat still equals its row has not been touched since: its bytes are the row's
+sha256 without being read again.
+
+Lifecycle, so that a crash can never leave an index that lies: :func:`take` moves the
+index aside (``.old``) before an unpack touches staging and opens it read-only; the
+unpack records the new tree with an :class:`IndexWriter`, whose :meth:`~IndexWriter.commit`
+puts the new index in place only after every check passed; :func:`drop` removes
+whatever is left after a failure. No index means no base: the next delta is refused and
+the chain replayed from its full.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..fsutil import fsync_dir
+
+INDEX_FORMAT = 1
+_SUFFIX = ".index.db"
+_OLD, _NEW = ".old", ".new"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedFile:
+    """One regular file of the staging tree, as the unpack left it."""
+
+    sha256: str
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    def matches(self, st: os.stat_result) -> bool:
+        """Whether ``st`` is the file this row describes, untouched since."""
+        return (self.ino, self.size, self.mtime_ns, self.ctime_ns) == (
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedTree:
+    """Which archive a staging tree holds."""
+
+    archive: str
+    manifest_sha256: str
+
+
+def index_path(staging: Path) -> Path:
+    """Where the index of ``staging`` lives (beside it: the sweep and the store never see it)."""
+    return staging.with_name(staging.name + _SUFFIX)
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}?mode=rwc"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=DELETE")
+    return db
+
+
+def _read_tree(db: sqlite3.Connection) -> IndexedTree | None:
+    meta = dict(db.execute("SELECT k, v FROM meta"))
+    if meta.get("format") != str(INDEX_FORMAT) or meta.get("state") != "complete":
+        return None
+    return IndexedTree(meta["archive"], meta["manifest_sha256"])
+
+
+def read_tree(staging: Path) -> IndexedTree | None:
+    """The archive ``staging`` holds by its index, or None (no index, or not one this
+    version wrote completely)."""
+    path = index_path(staging)
+    if not path.exists():
+        return None
+    try:
+        with contextlib.closing(_connect(path, readonly=True)) as db:
+            return _read_tree(db)
+    except sqlite3.Error:
+        return None
+
+
+class BaseIndex:
+    """The index of the tree staging holds before an unpack (read-only)."""
+
+    def __init__(self, db: sqlite3.Connection, tree: IndexedTree):
+        self._db = db
+        self.tree = tree
+
+    def lookup(self, name: str) -> IndexedFile | None:
+        """The row of the regular file ``name`` (its archive member name), or None."""
+        row = self._db.execute(
+            "SELECT sha256, ino, size, mtime_ns, ctime_ns FROM files WHERE name = ?", (name,)
+        ).fetchone()
+        return IndexedFile(*row) if row else None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def take(staging: Path) -> BaseIndex | None:
+    """Move the index of ``staging`` aside and open it: from now on, until
+    :meth:`IndexWriter.commit`, staging has no index. Returns None when there was none
+    (or it is not usable); a leftover of an interrupted unpack is removed first."""
+    path = index_path(staging)
+    old = path.with_name(path.name + _OLD)
+    for leftover in (old, path.with_name(path.name + _NEW)):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+    try:
+        os.rename(path, old)
+    except FileNotFoundError:
+        return None
+    fsync_dir(path.parent)
+    try:
+        db = _connect(old, readonly=True)
+        tree = _read_tree(db)
+    except sqlite3.Error:
+        return None
+    if tree is None:
+        db.close()
+        return None
+    return BaseIndex(db, tree)
+
+
+def drop(staging: Path) -> None:
+    """Remove every index file of ``staging`` (after a failed unpack, or emptied staging)."""
+    path = index_path(staging)
+    for each in (path, path.with_name(path.name + _OLD), path.with_name(path.name + _NEW)):
+        with contextlib.suppress(FileNotFoundError):
+            each.unlink()
+
+
+class IndexWriter:
+    """Records the files an unpack leaves in staging; :meth:`commit` makes it the index."""
+
+    def __init__(self, staging: Path):
+        self.staging = staging
+        self.path = index_path(staging)
+        self._new = self.path.with_name(self.path.name + _NEW)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileNotFoundError):
+            self._new.unlink()
+        self._db = _connect(self._new, readonly=False)
+        self._db.executescript(
+            """
+            PRAGMA synchronous=OFF;
+            CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+            CREATE TABLE files (name TEXT PRIMARY KEY, sha256 TEXT NOT NULL,
+                ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER)
+                WITHOUT ROWID;
+            BEGIN;
+            """
+        )
+
+    def add(self, name: str, sha256: str) -> None:
+        """Record the regular file (or hard link) ``name`` with its digest."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO files (name, sha256) VALUES (?, ?)", (name, sha256)
+        )
+
+    def commit(self, tree: IndexedTree) -> None:
+        """Take every recorded file's stat as staging has it now, and put the index in
+        place of the old one (fsynced). Call it once the unpack passed every check.
+        Raises OSError, sqlite3.Error."""
+        db, root = self._db, os.fspath(self.staging)
+        names = [name for (name,) in db.execute("SELECT name FROM files")]
+        rows = []
+        for name in names:
+            st = os.lstat(os.path.join(root, name))
+            rows.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, name))
+        db.executemany(
+            "UPDATE files SET ino = ?, size = ?, mtime_ns = ?, ctime_ns = ? WHERE name = ?",
+            rows,
+        )
+        meta = {
+            "format": str(INDEX_FORMAT),
+            "archive": tree.archive,
+            "manifest_sha256": tree.manifest_sha256,
+            "state": "complete",
+        }
+        db.executemany("INSERT INTO meta (k, v) VALUES (?, ?)", meta.items())
+        db.execute("COMMIT")
+        db.close()
+        with open(self._new, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.rename(self._new, self.path)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.with_name(self.path.name + _OLD).unlink()
+        fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Forget what was recorded (the unpack failed)."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._new.unlink()

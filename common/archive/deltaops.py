@@ -1,0 +1,183 @@
+"""``PBD1``: how a changed file travels in a delta archive, as copies from the file the
+server already holds (its base) and literal bytes (docs/archive-format.md, *Delta
+archives*).
+
+The stream is ``b"PBD1"``, then records, then ``b"E"``:
+
+- ``b"C"`` ``offset`` ``length`` (two unsigned 64-bit big-endian numbers): copy
+  ``length`` bytes of the base file from ``offset``;
+- ``b"D"`` ``length`` ``<length bytes>``: these bytes.
+
+Every length is at least 1, a copy lies inside the base, and the lengths add up to the
+size the member's header announced (already counted against the server's budgets before
+a byte is read). :func:`apply` checks each rule before it writes the bytes a record
+makes, reads and writes in pieces of at most :data:`PIECE` bytes (memory is constant
+whatever a record claims), and asks ``check`` between pieces, so a cancelled pull stops
+within one piece. A stream from a hostile client can therefore cost no more time than
+its own length and the announced size, no more memory than one piece, and no more disk
+than the announced size.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..errors import ArchiveError
+
+DATA_KEY = b"PULLBACK.data"
+"""The PAX record of a regular-file member in a delta archive that says where its bytes
+come from: ``full`` (the member's data, also when absent), ``base`` or ``delta``."""
+REALSIZE_KEY = b"PULLBACK.realsize"
+"""The PAX record of a ``delta`` member: the size of the file it makes (decimal)."""
+FULL, BASE, DELTA = b"full", b"base", b"delta"
+MAGIC = b"PBD1"
+COPY, DATA, END = b"C", b"D", b"E"
+PIECE = 1 << 20
+"""Bytes read or written at once."""
+_NUMBER = struct.Struct(">Q")
+
+
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+class Seekable(Readable, Protocol):
+    def seek(self, offset: int, /) -> int: ...
+
+
+class DeltaError(ArchiveError):
+    """A PBD1 stream breaks a rule; nothing it made may be used."""
+
+
+@dataclass(frozen=True)
+class Copy:
+    """``length`` bytes of the base file from ``offset``."""
+
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Data:
+    """Literal bytes."""
+
+    payload: bytes
+
+
+Op = Copy | Data
+
+
+def encode(ops: Iterable[Op], out: Writable) -> int:
+    """Write ``ops`` as a PBD1 stream (adjacent copies merged); return the bytes written.
+
+    Raises ValueError for an empty op (a zero length or no bytes)."""
+    written = out.write(MAGIC)
+    pending: Copy | None = None
+    for op in ops:
+        if isinstance(op, Copy):
+            if op.length < 1 or op.offset < 0:
+                raise ValueError(f"a copy of {op.length} bytes at {op.offset}")
+            if pending and pending.offset + pending.length == op.offset:
+                pending = Copy(pending.offset, pending.length + op.length)
+                continue
+            written += _flush(pending, out)
+            pending = op
+            continue
+        if not op.payload:
+            raise ValueError("an empty data record")
+        written += _flush(pending, out)
+        pending = None
+        written += out.write(DATA + _NUMBER.pack(len(op.payload)))
+        written += out.write(op.payload)
+    written += _flush(pending, out)
+    return written + out.write(END)
+
+
+def _flush(copy: Copy | None, out: Writable) -> int:
+    if copy is None:
+        return 0
+    return out.write(COPY + _NUMBER.pack(copy.offset) + _NUMBER.pack(copy.length))
+
+
+def apply(
+    stream: Readable,
+    base: Seekable,
+    base_size: int,
+    out: Writable,
+    realsize: int,
+    check: Callable[[], None] = lambda: None,
+) -> int:
+    """Write the file a PBD1 ``stream`` describes to ``out``, copying from ``base`` (of
+    ``base_size`` bytes); return the bytes written, which equal ``realsize``.
+
+    Raises DeltaError for any broken rule (no magic, an unknown record, a zero length,
+    a copy outside the base, more or fewer bytes than ``realsize``, a stream cut short or
+    with bytes after its end); whatever ``check`` raises (the pull's cancel)."""
+    if _exactly(stream, len(MAGIC)) != MAGIC:
+        raise DeltaError("not a PBD1 delta (no magic)")
+    made = 0
+    while True:
+        kind = _exactly(stream, 1)
+        if kind == END:
+            break
+        if kind == COPY:
+            offset, length = _number(stream), _number(stream)
+            _count(made, length, realsize)
+            if offset > base_size or length > base_size - offset:
+                raise DeltaError(
+                    f"a copy of {length} bytes at {offset} reaches past the base "
+                    f"({base_size} bytes)"
+                )
+            base.seek(offset)
+            _pipe(base, out, length, check, "the base file")
+        elif kind == DATA:
+            length = _number(stream)
+            _count(made, length, realsize)
+            _pipe(stream, out, length, check, "the delta")
+        else:
+            raise DeltaError(f"an unknown record {kind!r}")
+        made += length
+    if made != realsize:
+        raise DeltaError(f"the delta makes {made} bytes where {realsize} were announced")
+    if stream.read(1):
+        raise DeltaError("bytes after the end of the delta")
+    return made
+
+
+def _count(made: int, length: int, realsize: int) -> None:
+    if length < 1:
+        raise DeltaError("a record of 0 bytes")
+    if length > realsize - made:
+        raise DeltaError(f"the delta makes more than the {realsize} bytes announced")
+
+
+def _number(stream: Readable) -> int:
+    return int(_NUMBER.unpack(_exactly(stream, _NUMBER.size))[0])
+
+
+def _exactly(stream: Readable, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise DeltaError("the delta is cut short")
+    return data
+
+
+def _pipe(
+    source: Readable, out: Writable, length: int, check: Callable[[], None], what: str
+) -> None:
+    """Copy ``length`` bytes in pieces. Raises DeltaError when ``source`` ends first."""
+    left = length
+    while left:
+        check()
+        piece = source.read(min(PIECE, left))
+        if not piece:
+            raise DeltaError(f"{what} ended {left} bytes early")
+        out.write(piece)
+        left -= len(piece)

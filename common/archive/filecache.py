@@ -1,0 +1,226 @@
+"""The client's file cache: the regular files of its last published archive, so that the
+next run neither reads nor hashes a file that did not change (docs/architecture.md,
+*Incremental pulls*).
+
+``<cache_dir>/files.db`` (SQLite) holds per archive member name the file's ``dev``,
+``ino``, ``size``, ``mtime_ns`` and ``ctime_ns`` as they were *before* it was read, its
+sha256, its chunk list (files of :data:`CHUNKED_FROM` bytes or more) and whether the row
+may be trusted without reading the file again (:attr:`CachedFile.cacheable`). Its meta
+names the archive it describes and that archive's manifest sha256: the base of the next
+delta.
+
+A run reads the old cache and writes the new one beside it (``files.db.new``);
+:meth:`FileCache.swap` puts the new one in place after the archive is published. Losing
+the cache costs one full archive, never correctness: any doubt (another format, host or
+chunker, an unreadable file) makes the cache empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..fsutil import fsync_dir
+from . import chunker
+from .sidecar import BaseRef
+
+CACHE_FORMAT = 1
+CACHE_NAME = "files.db"
+RACY_NS = 2_000_000_000
+"""A file whose mtime or ctime lies this close to the moment it was read may change again
+within the same clock tick unseen (git's racy-clean problem): it is read again next run."""
+CHUNKED_FROM = 1 << 20
+"""Files this large or larger are split into chunks, so that they can travel as deltas."""
+
+
+@dataclass(frozen=True, slots=True)
+class CachedFile:
+    """One regular file as the last archive had it."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    sha256: str
+    chunks: bytes | None = None
+    """The packed chunk list (:func:`.chunker.pack`), for files of CHUNKED_FROM or more."""
+    cacheable: bool = True
+
+    @classmethod
+    def of(
+        cls, st: os.stat_result, sha256: str, chunks: bytes | None, read_at_ns: int
+    ) -> CachedFile:
+        """The row for a file with stat ``st`` (taken before it was read at
+        ``read_at_ns``) and the digest of what was read."""
+        racy = max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS
+        return cls(
+            st.st_dev,
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            sha256,
+            chunks,
+            not racy,
+        )
+
+    def unchanged(self, st: os.stat_result) -> bool:
+        """True when the file with stat ``st`` may be taken from this row unread."""
+        return self.cacheable and (
+            self.dev,
+            self.ino,
+            self.size,
+            self.mtime_ns,
+            self.ctime_ns,
+        ) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def uncacheable(self) -> CachedFile:
+        """This row, to be checked by reading the file next run (it changed while read)."""
+        return CachedFile(
+            self.dev,
+            self.ino,
+            self.size,
+            self.mtime_ns,
+            self.ctime_ns,
+            self.sha256,
+            self.chunks,
+            False,
+        )
+
+
+def _meta(host: str) -> dict[str, str]:
+    return {"format": str(CACHE_FORMAT), "host": host, "chunker": chunker.PARAMS}
+
+
+class FileCache:
+    """The old cache (read) and the new one (written) of one run."""
+
+    def __init__(self, directory: Path, host: str):
+        self.directory = directory
+        self.host = host
+        self.path = directory / CACHE_NAME
+        self._new_path = directory / (CACHE_NAME + ".new")
+        self._old: sqlite3.Connection | None = None
+        self._new: sqlite3.Connection | None = None
+        self.base: BaseRef | None = None
+        """The archive the old cache describes (None: no usable cache)."""
+
+    # -- the old cache ------------------------------------------------------------------
+
+    def load(self) -> str | None:
+        """Open the old cache. Returns None when it is usable (:attr:`base` set), else
+        why not (the run is then a full one)."""
+        if not self.path.exists():
+            return "there is no file cache yet"
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            meta = dict(db.execute("SELECT k, v FROM meta"))
+        except sqlite3.Error as exc:
+            return f"the file cache {self.path} is unreadable ({exc})"
+        expected = _meta(self.host)
+        if any(meta.get(k) != v for k, v in expected.items()):
+            db.close()
+            return "the file cache was made by another version or for another host name"
+        if not meta.get("archive") or not meta.get("manifest_sha256"):
+            db.close()
+            return "the file cache is incomplete"
+        self._old = db
+        self.base = BaseRef(meta["archive"], meta["manifest_sha256"])
+        return None
+
+    def lookup(self, name: str) -> CachedFile | None:
+        """The old row of the member ``name``, or None."""
+        if self._old is None:
+            return None
+        row = self._old.execute(
+            "SELECT dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable "
+            "FROM files WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            return None
+        dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable = row
+        return CachedFile(dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, bool(cacheable))
+
+    # -- the new cache ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin the new cache (``files.db.new``). Raises OSError, sqlite3.Error."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.directory, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            self._new_path.unlink()
+        db = sqlite3.connect(self._new_path, isolation_level=None)
+        db.executescript(
+            """
+            PRAGMA journal_mode=DELETE;
+            PRAGMA synchronous=OFF;
+            CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+            CREATE TABLE files (name TEXT PRIMARY KEY, dev INTEGER, ino INTEGER,
+                size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT NOT NULL,
+                chunks BLOB, cacheable INTEGER) WITHOUT ROWID;
+            BEGIN;
+            """
+        )
+        self._new = db
+
+    def record(self, name: str, row: CachedFile) -> None:
+        """Put the member ``name`` into the new cache."""
+        if self._new is not None:
+            self._new.execute(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    row.dev,
+                    row.ino,
+                    row.size,
+                    row.mtime_ns,
+                    row.ctime_ns,
+                    row.sha256,
+                    row.chunks,
+                    int(row.cacheable),
+                ),
+            )
+
+    def finish(self, archive: str, manifest_sha256: str) -> None:
+        """Complete the new cache for ``archive`` (fsynced; not yet in place)."""
+        db = self._new
+        if db is None:
+            return
+        meta = {**_meta(self.host), "archive": archive, "manifest_sha256": manifest_sha256}
+        db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        db.execute("COMMIT")
+        db.close()
+        self._new = None
+        with open(self._new_path, "rb") as handle:
+            os.fsync(handle.fileno())
+
+    def swap(self) -> None:
+        """Put the finished new cache in place of the old one."""
+        self.close()
+        if self._new_path.exists():
+            os.rename(self._new_path, self.path)
+            fsync_dir(self.directory)
+
+    def close(self) -> None:
+        """Close both caches; an unfinished new one is removed."""
+        if self._old is not None:
+            self._old.close()
+            self._old = None
+        if self._new is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._new.close()
+            self._new = None
+            with contextlib.suppress(FileNotFoundError):
+                self._new_path.unlink()
+
+
+def drop(directory: Path) -> None:
+    """Remove the cache (the next run is full)."""
+    for name in (CACHE_NAME, CACHE_NAME + ".new"):
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()

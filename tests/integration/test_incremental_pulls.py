@@ -1,0 +1,201 @@
+"""Incremental pulls end to end: a client with ``incremental.enabled`` behind a real sshd,
+real restic; the next day travels as a delta and every snapshot restores to exactly that
+day's tree; missed days are replayed; a lost or damaged base falls back to the full in
+the same pull; a chain the server cannot use makes the client's next archive a full."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.fleet import Fleet, FleetHost
+from tests.helpers.tree import snapshot
+
+pytestmark = pytest.mark.integration
+
+ROW = b"INSERT INTO items VALUES (%d, 'an item of the day, with some words');\n"
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    fleet = Fleet(tmp_path)
+    yield fleet
+    fleet.stop()
+
+
+def incremental_host(fleet: Fleet, name: str = "web1") -> FleetHost:
+    host = fleet.add_host(name)
+    host.client.write_config(
+        incremental={"enabled": True, "cache_dir": str(fleet.root / name / "cache")}
+    )
+    data = host.data
+    for i in range(40):
+        (data / "docs" / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (data / "docs" / f"d{i % 4}" / f"note{i}.txt").write_text(f"note {i}\n" * 20)
+    (data / "dump.sql").write_bytes(b"".join(ROW % i for i in range(60_000)))
+    (data / "blob.bin").write_bytes(os.urandom(2 << 20))
+    os.link(data / "docs" / "d1" / "note1.txt", data / "docs" / "hard.txt")
+    os.symlink("d1/note1.txt", data / "docs" / "soft")
+    return host
+
+
+def run_client(host: FleetHost, *args: str) -> dict:
+    """Run the client (after the racy-clean window); return the new archive's sidecar."""
+    time.sleep(2.1)  # files younger than 2 s are read again next run: let them age
+    before = set(host.client.published())
+    result = host.client.cli("run", *args)
+    assert result.returncode == 0, result.stderr
+    (new,) = set(host.client.published()) - before
+    return host.client.sidecar(new)
+
+
+def pull(fleet: Fleet, *args: str) -> dict:
+    result = fleet.server("pull", "--host", "web1", *args)
+    status = json.loads((fleet.state / "status.json").read_text())
+    return {"rc": result.returncode, "log": result.stderr, "host": status["hosts"]["web1"]}
+
+
+def restored(fleet: Fleet, snapshot_id: str, target: Path) -> dict:
+    subprocess.run(
+        ["restic", "restore", snapshot_id, "--target", str(target)],
+        env=fleet.repo_env("web1"),
+        capture_output=True,
+        check=True,
+    )
+    (manifest,) = list(target.rglob("MANIFEST.sha256"))
+    check = subprocess.run(
+        ["sha256sum", "--check", "--strict", "--quiet", "MANIFEST.sha256"],
+        cwd=manifest.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    (files,) = [p for p in manifest.parent.glob("services/app/files")]
+    return snapshot(files / str(fleet.hosts["web1"].data).lstrip("/"))
+
+
+def day_of_changes(data: Path, day: int) -> None:
+    """A day of work: rows appended, a note edited, one deleted, one added, a chmod, a
+    hard link broken, a symlink retargeted, the blob changed in place."""
+    with open(data / "dump.sql", "ab") as handle:
+        handle.write(b"".join(ROW % (100_000 * day + i) for i in range(500)))
+    (data / "docs" / "d2" / f"note{2 + 4 * day % 36}.txt").write_text(f"edited on day {day}\n")
+    victim = data / "docs" / "d3" / f"note{3 + 4 * day}.txt"
+    victim.unlink(missing_ok=True)
+    (data / "docs" / f"new-{day}.txt").write_text(f"new on day {day}\n")
+    os.chmod(data / "docs" / "d0" / "note0.txt", 0o600 if day % 2 else 0o640)
+    hard = data / "docs" / "hard.txt"
+    if day == 1:
+        hard.unlink()
+        hard.write_text("no longer a link\n")
+    soft = data / "docs" / "soft"
+    soft.unlink()
+    os.symlink(f"d0/note{4 * day % 40}.txt", soft)
+    with open(data / "blob.bin", "r+b") as handle:
+        handle.seek(4096 * day)
+        handle.write(os.urandom(100))
+
+
+def snapshot_ids(fleet: Fleet) -> list[str]:
+    return [s["id"] for s in fleet.snapshots("web1")]
+
+
+def test_the_next_day_travels_as_a_delta_and_restores_exactly(fleet, tmp_path):
+    host = incremental_host(fleet)
+    first = run_client(host)
+    assert first["format"] == 1 and first["archive"]["kind"] == "full"
+    day1 = pull(fleet)
+    assert day1["rc"] == 0, day1["log"]
+    trees = [snapshot(host.data)]
+
+    day_of_changes(host.data, 1)
+    second = run_client(host)
+    assert second["format"] == 2 and second["archive"]["kind"] == "delta"
+    assert second["archive"]["base"]["name"] == first["archive"]["name"]
+    # what changed travels: a fraction of the full archive
+    assert second["archive"]["size"] < first["archive"]["size"] / 10
+    day2 = pull(fleet)
+    assert day2["rc"] == 0, day2["log"]
+    assert day2["host"]["last_result"] == "stored"
+    trees.append(snapshot(host.data))
+
+    # a delta alone is not a tree: restoring from it is refused, in words, changing nothing
+    delta_file = host.client.archives / second["archive"]["name"]
+    refused = host.client.cli("restore", "--service", "app", "--from", str(delta_file))
+    assert refused.returncode == 2, refused.stderr
+    assert "is a delta archive (only what changed since" in refused.stderr
+    assert snapshot(host.data) == trees[-1]
+
+    ids = snapshot_ids(fleet)
+    assert len(ids) == 2
+    for number, (snap, tree) in enumerate(zip(ids, trees, strict=True)):
+        assert restored(fleet, snap, tmp_path / f"r{number}") == tree
+
+
+def test_missed_days_are_replayed_and_a_lost_base_falls_back_to_the_full(fleet, tmp_path):
+    host = incremental_host(fleet)
+    run_client(host)
+    assert pull(fleet)["rc"] == 0
+    for day in (1, 2):  # the server misses two days
+        day_of_changes(host.data, day)
+        side = run_client(host)
+        assert side["archive"]["kind"] == "delta"
+    replay = pull(fleet, "-v")
+    assert replay["rc"] == 0, replay["log"]
+    assert "(2 of 2)" in replay["log"]
+    assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r2") == snapshot(host.data)
+
+    # the server loses its staging tree: the next delta is applied after the full
+    staging = fleet.state / "staging" / "web1"
+    shutil.rmtree(staging)
+    day_of_changes(host.data, 3)
+    run_client(host)
+    fallback = pull(fleet, "-v")
+    assert fallback["rc"] == 0, fallback["log"]
+    assert "(4 of 4)" in fallback["log"]
+    assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r3") == snapshot(host.data)
+
+    # a file of staging changes behind the index's back: found, and the same pull falls
+    # back to the chain's full archive, reported
+    note = next(staging.rglob("note5.txt"))
+    note.write_text("bit rot\n")
+    day_of_changes(host.data, 4)
+    run_client(host)
+    damaged = pull(fleet)
+    assert damaged["rc"] == 0, damaged["log"]
+    assert any("fell back to a full transfer" in w for w in damaged["host"]["warnings"])
+    assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r4") == snapshot(host.data)
+
+
+def test_a_chain_the_server_cannot_use_makes_the_next_archive_full(fleet, tmp_path):
+    host = incremental_host(fleet)
+    full = run_client(host)
+    assert pull(fleet)["rc"] == 0
+    day_of_changes(host.data, 1)
+    run_client(host)
+    # the server lost its base and the client its full archive: no way to the newest
+    shutil.rmtree(fleet.state / "staging" / "web1")
+    name = full["archive"]["name"]
+    for path in (host.client.archives / name, host.client.archives / f"{name}.json"):
+        path.unlink()
+    broken = pull(fleet)
+    assert broken["rc"] == 1
+    reason = broken["host"]["reason"]
+    assert "its base" in reason and "not on the client" in reason
+    assert (host.client.archives / ".fetched-marks" / "want-full").exists()
+
+    after = run_client(host)
+    assert after["archive"]["kind"] == "full"
+    assert not (host.client.archives / ".fetched-marks" / "want-full").exists()
+    healed = pull(fleet)
+    assert healed["rc"] == 0, healed["log"]
+    assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r") == snapshot(host.data)
+    # the client keeps the newest full and the deltas since, nothing older
+    kinds = [host.client.sidecar(a)["archive"]["kind"] for a in host.client.published()]
+    assert kinds == ["full"]

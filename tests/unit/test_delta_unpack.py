@@ -1,0 +1,208 @@
+"""A delta archive applied onto a staging tree and its base index: what a good delta
+makes, and every way a hostile or damaged one is refused without writing outside staging
+or leaving an index that lies."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pytest
+
+from pullback.common.archive import baseindex, deltaops, tarformat
+from pullback.common.archive.baseindex import IndexedTree, IndexWriter
+from pullback.common.archive.deltaops import BASE, DATA_KEY, DELTA, REALSIZE_KEY, Copy, Data
+from pullback.common.archive.manifest import MANIFEST_NAME, format_line
+from pullback.common.archive.tarformat import TarReader
+from pullback.common.archive.unpack import (
+    ArchiveTooLarge,
+    BaseMismatch,
+    HostileArchive,
+    Unpacker,
+    UnpackLimits,
+)
+from pullback.common.errors import ArchiveError
+from tests.helpers.archives import MTIME
+
+BIG = bytes(range(256)) * 4096  # 1 MiB
+FILES = {"services/app/a.txt": b"alpha\n", "services/app/big.bin": BIG, "services/app/d/x": b"x"}
+
+
+def member(name: str, data: bytes = b"", kind=tarformat.REGTYPE, pax=None, linkname=""):
+    size = len(data) if kind == tarformat.REGTYPE else 0
+    head = tarformat.header(
+        name, kind, mode=0o644, size=size, mtime_ns=MTIME, pax=pax, linkname=linkname
+    )
+    return head + data + bytes((-size) % 512)
+
+
+def tar(members: list[bytes], manifest: dict[str, bytes]) -> tuple[bytes, str]:
+    """The archive of ``members`` with a manifest of ``manifest`` (name: the file's
+    bytes); returns it and the manifest's sha256."""
+    lines = b"".join(
+        format_line(n, hashlib.sha256(d).hexdigest()) for n, d in sorted(manifest.items())
+    )
+    body = b"".join(members) + member(MANIFEST_NAME, lines) + bytes(1024)
+    return body, hashlib.sha256(lines).hexdigest()
+
+
+def apply(staging, data: bytes, delta: bool, limits: UnpackLimits | None = None) -> str:
+    """Unpack ``data`` as the pull does; commit the new index. Returns the manifest sha."""
+    base = baseindex.take(staging)
+    index = IndexWriter(staging)
+    reader = TarReader(io.BytesIO(data))
+    try:
+        with Unpacker(staging, limits, base if delta else None, index) as unpacker:
+            for each in reader:
+                unpacker.add(each, reader.chunks())
+            unpacker.finish()
+            index.commit(IndexedTree("web1-20261130T030000Z.tar", unpacker.manifest_sha256))
+            return unpacker.manifest_sha256
+    except BaseException:
+        index.abort()
+        raise
+    finally:
+        if base is not None:
+            base.close()
+
+
+@pytest.fixture
+def staging(tmp_path):
+    staging = tmp_path / "staging" / "web1"
+    members = [member(n, d) for n, d in FILES.items()]
+    apply(staging, tar(members, FILES)[0], delta=False)
+    return staging
+
+
+def base_member(name: str) -> bytes:
+    return member(name, pax=[(DATA_KEY, BASE)])
+
+
+def delta_member(name: str, ops: list, realsize: int) -> bytes:
+    out = io.BytesIO()
+    deltaops.encode(ops, out)
+    return member(name, out.getvalue(), pax=[(DATA_KEY, DELTA), (REALSIZE_KEY, b"%d" % realsize)])
+
+
+def test_base_members_keep_files_unread_and_a_delta_member_rebuilds_its_file(staging):
+    before = os.stat(staging / "services/app/a.txt")
+    grown = BIG + b"appended rows\n"
+    ops = [Copy(0, len(BIG)), Data(b"appended rows\n")]
+    files = {**FILES, "services/app/big.bin": grown}
+    members = [
+        base_member("services/app/a.txt"),
+        delta_member("services/app/big.bin", ops, len(grown)),
+        base_member("services/app/d/x"),
+    ]
+    apply(staging, tar(members, files)[0], delta=True)
+    assert (staging / "services/app/big.bin").read_bytes() == grown
+    after = os.stat(staging / "services/app/a.txt")
+    assert (after.st_ino, after.st_ctime_ns) == (before.st_ino, before.st_ctime_ns)
+    # and the new index vouches for the new file: a delta on top of it applies too
+    ops = [Copy(0, 100), Data(b"!")]
+    again = {**files, "services/app/big.bin": grown[:100] + b"!"}
+    members[1] = delta_member("services/app/big.bin", ops, 101)
+    apply(staging, tar(members, again)[0], delta=True)
+    assert (staging / "services/app/big.bin").read_bytes() == grown[:100] + b"!"
+
+
+def test_what_a_delta_no_longer_names_is_swept(staging):
+    files = {"services/app/a.txt": b"alpha\n"}
+    apply(staging, tar([base_member("services/app/a.txt")], files)[0], delta=True)
+    assert sorted(p.name for p in (staging / "services/app").iterdir()) == ["a.txt"]
+
+
+A = "services/app/a.txt"
+HOSTILE = [
+    # a base member naming a file the base does not hold
+    ([base_member("services/app/new")], {"services/app/new": b""}, BaseMismatch, "not a file of"),
+    # a base member claiming other bytes than the base's: the manifest disagrees
+    ([base_member(A)], {A: b"other"}, ArchiveError, "does not match"),
+    # copies outside the base file
+    ([delta_member(A, [Copy(0, 7)], 7)], {A: b"alpha\n\n"}, ArchiveError, "past the base"),
+    # a delta making more than it announced
+    ([delta_member(A, [Data(b"12345")], 4)], {A: b"1234"}, ArchiveError, "more than the 4"),
+    # a realsize that is not a number
+    ([member(A, b"PBD1E", pax=[(DATA_KEY, DELTA), (REALSIZE_KEY, b"-1")])], {}, HostileArchive,
+     "not a number"),
+    # an unknown source of bytes
+    ([member(A, pax=[(DATA_KEY, b"elsewhere")])], {}, HostileArchive, "unknown PULLBACK.data"),
+    # a base member that is the manifest, or outside services/
+    ([base_member(MANIFEST_NAME)], {}, HostileArchive, "manifest cannot come from"),
+    ([base_member("etc/passwd")], {}, HostileArchive, "outside services/"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("members", "manifest", "error", "words"), HOSTILE)
+def test_a_hostile_delta_is_refused(staging, members, manifest, error, words):
+    with pytest.raises(error, match=words):
+        apply(staging, tar(members, manifest)[0], delta=True)
+    assert baseindex.read_tree(staging) is None  # no index: the next delta is refused
+
+
+def test_a_delta_cannot_claim_more_than_max_unpacked_size(staging):
+    huge = 1 << 40
+    ops = [Copy(0, len(BIG))] * (huge // len(BIG))
+    data = member(
+        "services/app/big.bin",
+        b"",
+        pax=[(DATA_KEY, DELTA), (REALSIZE_KEY, b"%d" % huge)],
+    )
+    assert ops  # the stream itself is never read: the header's size is refused first
+    limits = UnpackLimits(max_size=10 << 20)
+    with pytest.raises(ArchiveTooLarge, match=r"more than 10\.0 MiB"):
+        apply(staging, tar([data], {})[0], delta=True, limits=limits)
+
+
+def test_base_files_count_against_max_unpacked_size(staging):
+    limits = UnpackLimits(max_size=len(BIG) - 1)
+    files = {"services/app/big.bin": BIG}
+    with pytest.raises(ArchiveTooLarge):
+        apply(staging, tar([base_member("services/app/big.bin")], files)[0], True, limits)
+
+
+def test_a_base_file_changed_in_staging_is_a_mismatch(staging):
+    (staging / "services/app/a.txt").write_bytes(b"alphA\n")
+    with pytest.raises(BaseMismatch, match="changed in staging"):
+        apply(staging, tar([base_member("services/app/a.txt")], FILES)[0], delta=True)
+
+
+def test_without_an_index_no_base_member_is_taken(staging):
+    baseindex.drop(staging)
+    with pytest.raises(BaseMismatch, match="staging has none"):
+        apply(staging, tar([base_member("services/app/a.txt")], FILES)[0], delta=True)
+
+
+def test_a_full_archive_may_not_use_the_base(staging):
+    with pytest.raises(BaseMismatch):
+        apply(staging, tar([base_member("services/app/a.txt")], FILES)[0], delta=False)
+
+
+def test_a_base_symlink_is_never_followed(staging, tmp_path):
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"secret")
+    target = staging / "services/app/a.txt"
+    target.unlink()
+    target.symlink_to(outside)
+    with pytest.raises(BaseMismatch):
+        apply(staging, tar([base_member("services/app/a.txt")], FILES)[0], delta=True)
+    assert outside.read_bytes() == b"secret"
+
+
+def test_hard_links_made_and_broken_across_a_delta(staging):
+    # day 2: x becomes a hard link of a.txt
+    files = {**FILES, "services/app/d/x": b"alpha\n"}
+    members = [
+        base_member("services/app/a.txt"),
+        base_member("services/app/big.bin"),
+        member("services/app/d/x", kind=tarformat.LNKTYPE, linkname="services/app/a.txt"),
+    ]
+    apply(staging, tar(members, files)[0], delta=True)
+    a, x = staging / "services/app/a.txt", staging / "services/app/d/x"
+    assert os.stat(a).st_ino == os.stat(x).st_ino
+    # day 3: both stay with the same bytes, as two files: the link is broken
+    members[2] = base_member("services/app/d/x")
+    apply(staging, tar(members, files)[0], delta=True)
+    assert os.stat(a).st_ino != os.stat(x).st_ino
+    assert x.read_bytes() == a.read_bytes() == b"alpha\n"

@@ -49,7 +49,7 @@ class Writable(Protocol):
 
 
 class Seekable(Readable, Protocol):
-    def seek(self, offset: int, /) -> int: ...
+    def seek(self, offset: int, _whence: int = 0, /) -> int: ...
 
 
 class DeltaError(ArchiveError):
@@ -149,6 +149,72 @@ def apply(
     if stream.read(1):
         raise DeltaError("bytes after the end of the delta")
     return made
+
+
+def in_place(stream: Seekable, base_size: int, realsize: int) -> bool:
+    """Whether the PBD1 ``stream`` can be applied to its base file in place: every copy
+    keeps its offset (appends, blocks rewritten in place), so no copy reads bytes an
+    earlier record wrote. Reads only the record headers (data is skipped); leaves the
+    stream where it was. Raises DeltaError for any rule :func:`apply` checks."""
+    start = stream.seek(0, 1)
+    try:
+        if _exactly(stream, len(MAGIC)) != MAGIC:
+            raise DeltaError("not a PBD1 delta (no magic)")
+        made, identity = 0, True
+        while (kind := _exactly(stream, 1)) != END:
+            if kind == COPY:
+                offset, length = _number(stream), _number(stream)
+                _count(made, length, realsize)
+                if offset > base_size or length > base_size - offset:
+                    raise DeltaError(f"a copy of {length} bytes at {offset} reaches past the base")
+                identity = identity and offset == made
+            elif kind == DATA:
+                length = _number(stream)
+                _count(made, length, realsize)
+                stream.seek(length, 1)  # a short stream is refused when applied
+            else:
+                raise DeltaError(f"an unknown record {kind!r}")
+            made += length
+        return identity and made == realsize
+    finally:
+        stream.seek(start)
+
+
+def apply_in_place(
+    stream: Readable,
+    write_at: Callable[[bytes, int], None],
+    realsize: int,
+    check: Callable[[], None] = lambda: None,
+) -> None:
+    """Apply a PBD1 stream that :func:`in_place` accepted: only its literal bytes are
+    written (``write_at(data, offset)``); the caller truncates to ``realsize``.
+    Raises DeltaError for a stream that breaks a rule."""
+    if _exactly(stream, len(MAGIC)) != MAGIC:
+        raise DeltaError("not a PBD1 delta (no magic)")
+    made = 0
+    while (kind := _exactly(stream, 1)) != END:
+        if kind == COPY:
+            _number(stream)
+            length = _number(stream)
+        elif kind == DATA:
+            length = _number(stream)
+            _count(made, length, realsize)
+            left, position = length, made
+            while left:
+                check()
+                piece = stream.read(min(PIECE, left))
+                if not piece:
+                    raise DeltaError(f"the delta ended {left} bytes early")
+                write_at(piece, position)
+                position += len(piece)
+                left -= len(piece)
+        else:
+            raise DeltaError(f"an unknown record {kind!r}")
+        made += length
+    if made != realsize:
+        raise DeltaError(f"the delta makes {made} bytes where {realsize} were announced")
+    if stream.read(1):
+        raise DeltaError("bytes after the end of the delta")
 
 
 def _count(made: int, length: int, realsize: int) -> None:

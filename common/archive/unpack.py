@@ -36,6 +36,7 @@ import hashlib
 import os
 import shutil
 import stat
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -60,6 +61,8 @@ TOP_LEVEL = ("services", MANIFEST_NAME)
 _KEPT = ((MANIFEST_NAME,), (SIDECAR_NAME,))
 """What the sweep leaves in staging although no member names it: the server writes the
 sidecar there (an archive cannot hold a member of that name: it is outside services/)."""
+SPOOL_IN_MEMORY = 16 << 20
+"""A delta member's PBD1 stream is kept in memory up to this size, on disk beyond it."""
 MAX_NAME = 4095
 XATTR_SIZE_MAX = 65536
 """The largest extended attribute value Linux holds (an ACL is one too)."""
@@ -647,11 +650,49 @@ class Unpacker:
         os.rename(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
 
     def _delta_file(self, parts, member: Member, chunks) -> None:
-        """A file made of its base and a PBD1 stream: written into a new file beside the
-        base, hashed as written, then renamed over it. Raises BaseMismatch, DeltaError
-        (an ArchiveError) for a stream that breaks a rule."""
-        parent, _, st = self._base_row(parts, member)
+        """A file made of its base and a PBD1 stream (spooled first: it is at most the
+        member's size). When every copy keeps its offset (appends, blocks rewritten in
+        place) only the literal bytes are written into the base file; else the file is
+        made anew beside it, and renamed over it. Hashed either way. Raises
+        BaseMismatch, DeltaError (an ArchiveError) for a stream that breaks a rule."""
+        _, _, st = self._base_row(parts, member)
         realsize = _apparent_size(member)
+        with tempfile.SpooledTemporaryFile(
+            max_size=SPOOL_IN_MEMORY, mode="w+b", dir=os.fspath(self.staging.parent)
+        ) as spool:
+            for chunk in chunks:
+                spool.write(chunk)
+            spool.seek(0)
+            if st.st_nlink == 1 and deltaops.in_place(spool, st.st_size, realsize):
+                digest = self._patch(parts, member, spool, realsize)
+            else:
+                digest = self._rebuild(parts, member, spool, st.st_size, realsize)
+        self.stats.written += 1
+        self._summed(member.name, digest)
+
+    def _patch(self, parts, member: Member, spool, realsize: int) -> str:
+        """Write a delta's literal bytes into its base file, truncate it to its size,
+        hash it; returns the digest."""
+        parent = self._dir(parts[:-1])
+        fd = os.open(parts[-1], os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            deltaops.apply_in_place(
+                spool,
+                lambda data, offset: pwrite_all(fd, data, offset),
+                realsize,
+                lambda: _check_cancel(self.limits.cancel),
+            )
+            os.ftruncate(fd, realsize)
+            digest = _hash_fd(fd, self.limits.cancel)
+            self._apply_meta(fd, member, self._mode(member), force=True)
+        finally:
+            os.close(fd)
+        return digest
+
+    def _rebuild(self, parts, member: Member, spool, base_size: int, realsize: int) -> str:
+        """Make a delta's file anew beside its base from copies and literal bytes,
+        hashed as written, and rename it over the base; returns the digest."""
+        parent = self._dir(parts[:-1])
         name = parts[-1]
         temporary = f".pullback-delta.{os.getpid()}.{threading.get_ident()}"
         _remove(temporary, parent)
@@ -666,9 +707,9 @@ class Unpacker:
                     os.fdopen(os.dup(fd), "wb") as out,
                 ):
                     deltaops.apply(
-                        _ChunkReader(chunks),
+                        spool,
                         base,
-                        st.st_size,
+                        base_size,
                         _HashingWriter(out, digest),
                         realsize,
                         lambda: _check_cancel(self.limits.cancel),
@@ -683,8 +724,7 @@ class Unpacker:
         finally:
             os.close(base_fd)
         os.rename(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
-        self.stats.written += 1
-        self._summed(member.name, digest.hexdigest())
+        return digest.hexdigest()
 
     def _fifo(self, parts, member: Member) -> None:
         """A FIFO, made again unless the same one is there."""
@@ -864,29 +904,15 @@ def _check_cancel(cancel: threading.Event | None) -> None:
         raise ArchiveError("unpacking stopped: the host's time is up")
 
 
-class _ChunkReader:
-    """A member's data chunks as the file object PBD1 is read from. A read costs what it
-    returns (a record header of a few bytes does not copy the rest of the chunk)."""
-
-    def __init__(self, chunks):
-        self._chunks = iter(chunks)
-        self._chunk = memoryview(b"")
-        self._position = 0
-
-    def read(self, size: int) -> bytes:
-        parts = []
-        while size > 0:
-            if self._position >= len(self._chunk):
-                chunk = next(self._chunks, None)
-                if chunk is None:
-                    break
-                self._chunk, self._position = memoryview(chunk), 0
-                continue
-            piece = self._chunk[self._position : self._position + size]
-            self._position += len(piece)
-            size -= len(piece)
-            parts.append(piece)
-        return b"".join(parts)
+def _hash_fd(fd: int, cancel: threading.Event | None) -> str:
+    """The sha256 of the whole file ``fd``, stopping at the host's deadline."""
+    digest = hashlib.sha256()
+    position = 0
+    while data := os.pread(fd, 1 << 20, position):
+        _check_cancel(cancel)
+        digest.update(data)
+        position += len(data)
+    return digest.hexdigest()
 
 
 class _HashingWriter:

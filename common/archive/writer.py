@@ -659,12 +659,21 @@ class ArchiveWriter:
         PBD1 stream spooled beside the run's work (tar needs its size first)."""
         inc = self.incremental
         assert inc is not None and old.chunks is not None
-        digest = hashlib.sha256()
+        old_chunks = chunker.unpack(old.chunks)
+        digest = _same_prefix(fd, old, old_chunks, content.stat.st_size)
         found: list[chunker.Chunk] = []
         warnings: list[str] = []
-        pieces = _read_pieces(fd, content.stat.st_size, digest, found, warnings)
+        if digest is not None:  # appended to: copy the old bytes, send the rest
+            start = old.size - old_chunks[-1].length
+            found.extend(old_chunks[:-1])
+            tail = _tail_pieces(fd, start, old.size, content.stat.st_size, digest, found)
+            ops = _appended_ops(old.size, tail)
+        else:
+            digest = hashlib.sha256()
+            pieces = _read_pieces(fd, content.stat.st_size, digest, found, warnings)
+            ops = _as_pbd1(chunker.delta_ops(old_chunks, pieces))
         with tempfile.TemporaryFile(dir=inc.spool_dir) as spool:
-            size = _encode_to(chunker.unpack(old.chunks), pieces, spool)
+            size = deltaops.encode(ops, spool)
             realsize = sum(c.length for c in found)
             if digest.hexdigest() == old.sha256 and realsize == old.size:
                 self._emit_base(arcname, content.stat, attrs)
@@ -821,9 +830,63 @@ def _encode(old: list[chunker.Chunk], pieces) -> bytes:
     return b"".join(out.parts)
 
 
-def _encode_to(old: list[chunker.Chunk], pieces, spool) -> int:
-    """Write the PBD1 stream of ``pieces`` against ``old`` to ``spool``; its size."""
-    return deltaops.encode(_as_pbd1(chunker.delta_ops(old, pieces)), spool)
+def _same_prefix(fd: int, old: CachedFile, chunks: list[chunker.Chunk], size: int):
+    """When the file only grew since ``old`` (its first ``old.size`` bytes hash to
+    ``old.sha256``): the sha256 object of that prefix, to go on with. Else None. The
+    first and last old chunks are compared first, so a file changed elsewhere is
+    mostly told apart without reading it all."""
+    if size <= old.size or not chunks:
+        return None
+    for offset, chunk in ((0, chunks[0]), (old.size - chunks[-1].length, chunks[-1])):
+        data = _pread_all(fd, chunk.length, offset)
+        if hashlib.sha256(data).digest()[: chunker.ID_SIZE] != chunk.digest:
+            return None
+    digest = hashlib.sha256()
+    position = 0
+    while position < old.size:
+        data = os.pread(fd, min(CHUNK, old.size - position), position)
+        if not data:
+            return None
+        digest.update(data)
+        position += len(data)
+    return digest if digest.hexdigest() == old.sha256 else None
+
+
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    parts, got = [], 0
+    while got < length:
+        data = os.pread(fd, min(CHUNK, length - got), offset + got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+def _tail_pieces(fd: int, start: int, old_size: int, size: int, digest, found: list):
+    """The bytes from ``old_size`` to ``size`` (hashed into ``digest``), in pieces;
+    ``found`` gets the chunks from ``start`` (the old last chunk's start, a cut point,
+    so the chunks are those of the whole file). A file that shrank meanwhile ends
+    early (the caller pads)."""
+    cutter = chunker.Chunker()
+    position = start
+    while position < size:
+        data = os.pread(fd, min(CHUNK, size - position), position)
+        if not data:
+            break
+        found.extend(c for c, _ in cutter.feed(data))
+        if position + len(data) > old_size:
+            piece = data[max(0, old_size - position) :]
+            digest.update(piece)
+            yield piece
+        position += len(data)
+    found.extend(c for c, _ in cutter.finish())
+
+
+def _appended_ops(old_size: int, tail) -> Iterator[deltaops.Op]:
+    yield deltaops.Copy(0, old_size)
+    for piece in tail:
+        yield deltaops.Data(piece)
 
 
 class _BytesOut:

@@ -95,8 +95,11 @@ def test_base_members_keep_files_unread_and_a_delta_member_rebuilds_its_file(sta
         delta_member("services/app/big.bin", ops, len(grown)),
         base_member("services/app/d/x"),
     ]
+    big_before = os.stat(staging / "services/app/big.bin").st_ino
     apply(staging, tar(members, files)[0], delta=True)
     assert (staging / "services/app/big.bin").read_bytes() == grown
+    # an append is written in place: only the new bytes, the same inode
+    assert os.stat(staging / "services/app/big.bin").st_ino == big_before
     after = os.stat(staging / "services/app/a.txt")
     assert (after.st_ino, after.st_ctime_ns) == (before.st_ino, before.st_ctime_ns)
     # and the new index vouches for the new file: a delta on top of it applies too
@@ -105,6 +108,14 @@ def test_base_members_keep_files_unread_and_a_delta_member_rebuilds_its_file(sta
     members[1] = delta_member("services/app/big.bin", ops, 101)
     apply(staging, tar(members, again)[0], delta=True)
     assert (staging / "services/app/big.bin").read_bytes() == grown[:100] + b"!"
+    # copies that move bytes make the file anew beside the base
+    moved = grown[50:100] + grown[:100] + b"?"
+    ops = [Copy(50, 50), Copy(0, 100), Data(b"?")]
+    members[1] = delta_member("services/app/big.bin", ops, len(moved))
+    apply(staging, tar(members, {**again, "services/app/big.bin": moved})[0], delta=True)
+    assert (staging / "services/app/big.bin").read_bytes() == moved
+    assert os.stat(staging / "services/app/big.bin").st_ino != big_before
+    assert not list((staging / "services/app").glob(".pullback-*"))
 
 
 def test_what_a_delta_no_longer_names_is_swept(staging):

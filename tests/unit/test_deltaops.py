@@ -124,3 +124,30 @@ def test_empty_ops_cannot_be_encoded():
     for op in (Copy(0, 0), Data(b""), Copy(-1, 3)):
         with pytest.raises(ValueError):
             encode([op], io.BytesIO())
+
+
+def test_in_place_only_when_every_copy_keeps_its_offset():
+    from pullback.common.archive.deltaops import apply_in_place, in_place
+
+    def stream(ops):
+        out = io.BytesIO()
+        encode(ops, out)
+        out.seek(0)
+        return out
+
+    base = bytearray(b"0123456789")
+    appended = stream([Copy(0, 10), Data(b"ab")])
+    assert in_place(appended, 10, 12) and appended.tell() == 0
+    apply_in_place(appended, lambda data, at: base.__setitem__(slice(at, at + len(data)), data), 12)
+    assert bytes(base) == b"0123456789ab"
+    assert not in_place(stream([Copy(1, 9), Data(b"x")]), 10, 10)  # a move
+    assert in_place(stream([Data(b"x"), Copy(1, 9)]), 10, 10)  # a byte rewritten in place
+    with pytest.raises(DeltaError, match="past the base"):
+        in_place(stream([Copy(0, 11)]), 10, 11)
+    with pytest.raises(DeltaError, match="more than the"):
+        in_place(stream([Copy(0, 10), Data(b"ab")]), 10, 11)
+    short = io.BytesIO(b"PBD1D" + Q.pack(5) + b"ab")
+    with pytest.raises(DeltaError, match="cut short"):
+        in_place(short, 10, 5)
+    with pytest.raises(DeltaError, match="ended 3 bytes early"):
+        apply_in_place(short, lambda data, at: None, 5)

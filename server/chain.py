@@ -54,8 +54,16 @@ def _sidecar(listing: Listing, name: str, host: str) -> Sidecar | None:
     return None
 
 
-def plan(newest: Sidecar, listing: Listing, host: str, held: IndexedTree | None) -> Plan:
-    """How to reach ``newest`` when staging holds ``held`` (None: nothing usable)."""
+def plan(
+    newest: Sidecar,
+    listing: Listing,
+    host: str,
+    held: IndexedTree | None,
+    refused: frozenset[str] = frozenset(),
+) -> Plan:
+    """How to reach ``newest`` when staging holds ``held`` (None: nothing usable).
+    ``refused``: archives that failed their checksum too often: a chain through one of
+    them cannot be applied."""
     info = newest.archive
     if held_ref(held) == BaseRef(info.name, info.manifest_sha256) and info.manifest_sha256:
         return Plan([newest], from_full=False, store_only=True)
@@ -78,5 +86,7 @@ def plan(newest: Sidecar, listing: Listing, host: str, held: IndexedTree | None)
             return Plan(problem=f"the base {name} on the client is not the one a delta names")
         if previous.stamp >= chain[-1].stamp:
             return Plan(problem=f"the base {name} is not older than the delta built on it")
+        if base.name in refused:
+            return Plan(problem=f"the base {name} did not match its checksum in several pulls")
         chain.append(previous)
     return Plan(chain[::-1], from_full=True)

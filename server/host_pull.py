@@ -481,7 +481,8 @@ class HostPull:
         staging already held ``newest``). A chain that cannot be applied asks the client
         for a full archive and raises."""
         ctx = self.ctx
-        route = chain.plan(newest, listing, ctx.name, baseindex.read_tree(ctx.staging))
+        refused = self.refused()
+        route = chain.plan(newest, listing, ctx.name, baseindex.read_tree(ctx.staging), refused)
         if route.store_only:
             ctx.log.info("staging already holds %s; storing it", newest.archive.name)
             return None
@@ -493,7 +494,7 @@ class HostPull:
                     raise
                 self._warn(f"fell back to a full transfer: {exc}")
                 self.result.fell_back = True
-                return self._apply(remote, chain.plan(newest, listing, ctx.name, None))
+                return self._apply(remote, chain.plan(newest, listing, ctx.name, None, refused))
         except (ChainBroken, ArchiveError) as exc:
             if newest.archive.is_delta and not isinstance(exc, ChecksumMismatch):
                 self.ask_full(remote, listing)

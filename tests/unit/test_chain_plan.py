@@ -92,6 +92,15 @@ def test_a_broken_chain_says_why():
     assert plan.archives == [] and "base web1-20261101T030000Z.tar.zst is not on" in plan.problem
 
 
+def test_a_base_that_keeps_failing_its_checksum_breaks_the_chain():
+    days = [side(1), side(2, 1), side(3, 2)]
+    plan = chain.plan(parsed(days[2]), listing(*days), HOST, held(1), frozenset({name(2)}))
+    assert "did not match its checksum" in plan.problem
+    # the base staging holds is not fetched again, whatever its checksum did
+    plan = chain.plan(parsed(days[2]), listing(*days), HOST, held(2), frozenset({name(2)}))
+    assert names(plan) == [3]
+
+
 def test_a_base_with_another_manifest_is_not_the_base():
     days = [side(1), side(2, 1)]
     days[0]["archive"]["manifest_sha256"] = "e" * 64

@@ -5,6 +5,9 @@ the same pull; a chain the server cannot use makes the client's next archive a f
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -14,6 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from pullback.common.archive import deltaops, tarformat
+from pullback.common.archive.deltaops import BASE, DATA_KEY
+from pullback.common.archive.manifest import MANIFEST_NAME, format_line
+from tests.helpers.archives import MTIME
 from tests.helpers.fleet import Fleet, FleetHost
 from tests.helpers.tree import snapshot
 
@@ -199,3 +206,74 @@ def test_a_chain_the_server_cannot_use_makes_the_next_archive_full(fleet, tmp_pa
     # the client keeps the newest full and the deltas since, nothing older
     kinds = [host.client.sidecar(a)["archive"]["kind"] for a in host.client.published()]
     assert kinds == ["full"]
+
+
+def publish_delta(host: FleetHost, base: dict, members: list[bytes], manifest: dict) -> str:
+    """Publish a hand-made delta on ``base`` (its sidecar) into the client's archive
+    directory, as a compromised client would; returns its name."""
+    lines = b"".join(
+        format_line(n, hashlib.sha256(d).hexdigest()) for n, d in sorted(manifest.items())
+    )
+    tail = tarformat.header(
+        MANIFEST_NAME, tarformat.REGTYPE, mode=0o644, size=len(lines), mtime_ns=MTIME
+    )
+    body = b"".join(members) + tail + lines + bytes((-len(lines)) % 512) + bytes(1024)
+    data = subprocess.run(["zstd", "-q", "-c"], input=body, capture_output=True).stdout
+    when = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    stamp = when.strftime("%Y%m%dT%H%M%SZ")
+    name = f"web1-{stamp}.tar.zst"
+    (host.client.archives / name).write_bytes(data)
+    side = json.loads(json.dumps(base))
+    side.update(format=2, stamp=stamp, created=when.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    side["archive"].update(
+        name=name,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        kind="delta",
+        manifest_sha256=hashlib.sha256(lines).hexdigest(),
+        base={
+            "name": base["archive"]["name"],
+            "manifest_sha256": base["archive"]["manifest_sha256"],
+        },
+    )
+    (host.client.archives / f"{name}.json").write_text(json.dumps(side))
+    return name
+
+
+def member(name: str, data: bytes = b"", pax=None) -> bytes:
+    head = tarformat.header(
+        name, tarformat.REGTYPE, mode=0o644, size=len(data), mtime_ns=MTIME, pax=pax
+    )
+    return head + data + bytes((-len(data)) % 512)
+
+
+@pytest.mark.parametrize("attack", ["a file the base never had", "a copy past the base"])
+def test_a_hostile_delta_stores_nothing_and_asks_for_a_full(fleet, tmp_path, attack):
+    host = incremental_host(fleet)
+    full = run_client(host)
+    assert pull(fleet)["rc"] == 0
+    target = f"services/app/files{host.data}/docs/d0/note0.txt"
+    if attack == "a file the base never had":
+        members = [member(f"services/app/files{host.data}/etc/shadow", pax=[(DATA_KEY, BASE)])]
+        manifest = {f"services/app/files{host.data}/etc/shadow": b"root::0:0\n"}
+    else:
+        stream = io.BytesIO()
+        deltaops.encode([deltaops.Copy(0, 10_000)], stream)
+        pax = [(DATA_KEY, deltaops.DELTA), (deltaops.REALSIZE_KEY, b"10000")]
+        members = [member(target, stream.getvalue(), pax)]
+        manifest = {target: bytes(10_000)}
+    time.sleep(1.1)  # a stamp of its own
+    publish_delta(host, full, members, manifest)
+    attacked = pull(fleet)
+    assert attacked["rc"] == 1, attacked["log"]
+    assert "nothing was stored" in attacked["host"]["reason"]
+    assert len(snapshot_ids(fleet)) == 1
+    assert (host.client.archives / ".fetched-marks" / "want-full").exists()
+    # the staging tree holds nothing of it, and no index that could vouch for it
+    assert not (fleet.state / "staging" / "web1.index.db").exists()
+    assert not list((fleet.state / "staging").rglob("shadow"))
+    # the client's next run is a full archive, and it heals the host
+    healed = run_client(host)
+    assert healed["archive"]["kind"] == "full"
+    assert pull(fleet)["rc"] == 0
+    assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r") == snapshot(host.data)

@@ -65,6 +65,7 @@ def plan(
     ``refused``: archives that failed their checksum too often: a chain through one of
     them cannot be applied."""
     info = newest.archive
+    newest_name = printable(info.name, 120)
     if held_ref(held) == BaseRef(info.name, info.manifest_sha256) and info.manifest_sha256:
         return Plan([newest], from_full=False, store_only=True)
     chain = [newest]
@@ -74,12 +75,12 @@ def plan(
         if base == held_ref(held):
             return Plan(chain[::-1], from_full=False)
         if len(chain) >= MAX_CHAIN:
-            return Plan(problem=f"the chain of {info.name} is longer than {MAX_CHAIN} archives")
+            return Plan(problem=f"the chain of {newest_name} is longer than {MAX_CHAIN} archives")
         previous = _sidecar(listing, base.name, host)
         name = printable(base.name, 120)
         if previous is None:
             return Plan(
-                problem=f"{info.name} is a delta, and its base {name} is not on the client "
+                problem=f"{newest_name} is a delta, and its base {name} is not on the client "
                 "(or its sidecar is not usable)"
             )
         if previous.archive.manifest_sha256 != base.manifest_sha256:

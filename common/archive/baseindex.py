@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ..fsutil import fsync_dir
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
+"""2: names stored as bytes (a name need not be UTF-8)."""
 _SUFFIX = ".index.db"
 _OLD, _NEW = ".old", ".new"
 
@@ -56,6 +57,11 @@ class IndexedTree:
 
     archive: str
     manifest_sha256: str
+
+
+def _raw(name: str) -> bytes:
+    """A member name as stored: its bytes (names need not be UTF-8)."""
+    return name.encode("utf-8", "surrogateescape")
 
 
 def index_path(staging: Path) -> Path:
@@ -100,7 +106,8 @@ class BaseIndex:
     def lookup(self, name: str) -> IndexedFile | None:
         """The row of the regular file ``name`` (its archive member name), or None."""
         row = self._db.execute(
-            "SELECT sha256, ino, size, mtime_ns, ctime_ns FROM files WHERE name = ?", (name,)
+            "SELECT sha256, ino, size, mtime_ns, ctime_ns FROM files WHERE name = ?",
+            (_raw(name),),
         ).fetchone()
         return IndexedFile(*row) if row else None
 
@@ -156,7 +163,7 @@ class IndexWriter:
             """
             PRAGMA synchronous=OFF;
             CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-            CREATE TABLE files (name TEXT PRIMARY KEY, sha256 TEXT NOT NULL,
+            CREATE TABLE files (name BLOB PRIMARY KEY, sha256 TEXT NOT NULL,
                 ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER)
                 WITHOUT ROWID;
             BEGIN;
@@ -166,14 +173,19 @@ class IndexWriter:
     def add(self, name: str, sha256: str) -> None:
         """Record the regular file (or hard link) ``name`` with its digest."""
         self._db.execute(
-            "INSERT OR REPLACE INTO files (name, sha256) VALUES (?, ?)", (name, sha256)
+            "INSERT OR REPLACE INTO files (name, sha256) VALUES (?, ?)", (_raw(name), sha256)
         )
+
+    def digests(self):
+        """Every recorded (name, sha256), names as the archive has them."""
+        for raw, sha256 in self._db.execute("SELECT name, sha256 FROM files"):
+            yield os.fsdecode(raw), sha256
 
     def commit(self, tree: IndexedTree) -> None:
         """Take every recorded file's stat as staging has it now, and put the index in
         place of the old one (fsynced). Call it once the unpack passed every check.
         Raises OSError, sqlite3.Error."""
-        db, root = self._db, os.fspath(self.staging)
+        db, root = self._db, os.fsencode(self.staging)
         names = [name for (name,) in db.execute("SELECT name FROM files")]
         rows = []
         for name in names:

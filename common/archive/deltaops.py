@@ -37,6 +37,8 @@ MAGIC = b"PBD1"
 COPY, DATA, END = b"C", b"D", b"E"
 PIECE = 1 << 20
 """Bytes read or written at once."""
+CHECK_EVERY = 4096
+"""Records between two looks at the deadline (each record costs about a microsecond)."""
 _NUMBER = struct.Struct(">Q")
 
 
@@ -151,17 +153,26 @@ def apply(
     return made
 
 
-def in_place(stream: Seekable, base_size: int, realsize: int) -> bool:
+def in_place(
+    stream: Seekable,
+    base_size: int,
+    realsize: int,
+    check: Callable[[], None] = lambda: None,
+) -> bool:
     """Whether the PBD1 ``stream`` can be applied to its base file in place: every copy
     keeps its offset (appends, blocks rewritten in place), so no copy reads bytes an
     earlier record wrote. Reads only the record headers (data is skipped); leaves the
-    stream where it was. Raises DeltaError for any rule :func:`apply` checks."""
+    stream where it was; asks ``check`` every CHECK_EVERY records. Raises DeltaError for
+    any rule :func:`apply` checks."""
     start = stream.seek(0, 1)
     try:
         if _exactly(stream, len(MAGIC)) != MAGIC:
             raise DeltaError("not a PBD1 delta (no magic)")
-        made, identity = 0, True
+        made, identity, records = 0, True, 0
         while (kind := _exactly(stream, 1)) != END:
+            records += 1
+            if records % CHECK_EVERY == 0:
+                check()
             if kind == COPY:
                 offset, length = _number(stream), _number(stream)
                 _count(made, length, realsize)
@@ -191,8 +202,11 @@ def apply_in_place(
     Raises DeltaError for a stream that breaks a rule."""
     if _exactly(stream, len(MAGIC)) != MAGIC:
         raise DeltaError("not a PBD1 delta (no magic)")
-    made = 0
+    made, records = 0, 0
     while (kind := _exactly(stream, 1)) != END:
+        records += 1
+        if records % CHECK_EVERY == 0:
+            check()
         if kind == COPY:
             _number(stream)
             length = _number(stream)

@@ -27,7 +27,8 @@ from ..fsutil import fsync_dir
 from . import chunker
 from .sidecar import BaseRef
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+"""2: names stored as bytes (a name need not be UTF-8)."""
 CACHE_NAME = "files.db"
 RACY_NS = 2_000_000_000
 """A file whose mtime or ctime lies this close to the moment it was read may change again
@@ -139,7 +140,7 @@ class FileCache:
         row = self._old.execute(
             "SELECT dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable "
             "FROM files WHERE name = ?",
-            (name,),
+            (name.encode("utf-8", "surrogateescape"),),
         ).fetchone()
         if row is None:
             return None
@@ -160,7 +161,7 @@ class FileCache:
             PRAGMA journal_mode=DELETE;
             PRAGMA synchronous=OFF;
             CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-            CREATE TABLE files (name TEXT PRIMARY KEY, dev INTEGER, ino INTEGER,
+            CREATE TABLE files (name BLOB PRIMARY KEY, dev INTEGER, ino INTEGER,
                 size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT NOT NULL,
                 chunks BLOB, cacheable INTEGER) WITHOUT ROWID;
             BEGIN;
@@ -174,7 +175,7 @@ class FileCache:
             self._new.execute(
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    name,
+                    name.encode("utf-8", "surrogateescape"),
                     row.dev,
                     row.ino,
                     row.size,

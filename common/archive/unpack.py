@@ -61,6 +61,8 @@ TOP_LEVEL = ("services", MANIFEST_NAME)
 _KEPT = ((MANIFEST_NAME,), (SIDECAR_NAME,))
 """What the sweep leaves in staging although no member names it: the server writes the
 sidecar there (an archive cannot hold a member of that name: it is outside services/)."""
+MAX_NAMED = 5
+"""Files a manifest mismatch names (and it stops looking after one more)."""
 SPOOL_IN_MEMORY = 16 << 20
 """A delta member's PBD1 stream is kept in memory up to this size, on disk beyond it."""
 MAX_NAME = 4095
@@ -169,6 +171,8 @@ def _apparent_size(member: Member) -> int:
     size = member.size
     realsize = member.pax.get(REALSIZE_KEY)
     if realsize is not None:
+        if member.pax.get(DATA_KEY) != deltaops.DELTA:
+            raise HostileArchive(f"member {member.name!r} has a PULLBACK.realsize but no delta")
         if not (0 < len(realsize) <= 19 and set(realsize) <= _DECIMAL):
             raise HostileArchive(
                 f"member {member.name!r} has a PULLBACK.realsize that is not a number"
@@ -363,7 +367,7 @@ class Unpacker:
         else:
             self._write_file(parts, member, chunks)
 
-    def _check_free(self, upcoming: int) -> None:
+    def _check_free(self, upcoming: int, force: bool = False) -> None:
         """Refuse the archive when writing the next ``upcoming`` bytes would leave less
         than ``min_free`` bytes (or MIN_FREE_INODES inodes) free: one host's archive must
         not starve the others. Looked at before any member of FREE_CHECK_BYTES or more,
@@ -374,7 +378,8 @@ class Unpacker:
             return
         members = self.stats.members
         if (
-            upcoming < FREE_CHECK_BYTES
+            not force
+            and upcoming < FREE_CHECK_BYTES
             and self._unpacked_size - at_bytes < FREE_CHECK_BYTES
             and members - at_members < FREE_CHECK_MEMBERS
         ):
@@ -445,8 +450,11 @@ class Unpacker:
                 f"(max_entries in {limits.source})"
             )
         _check_cancel(limits.cancel)
-        self._count_size(_apparent_size(member))
-        self._check_free(member.size)
+        size = _apparent_size(member)
+        self._count_size(size)
+        # what it writes: its data; a delta its spool and its file beside the base
+        is_delta = member.pax.get(DATA_KEY) == deltaops.DELTA
+        self._check_free(member.size + size if is_delta else member.size)
         if any(k.startswith(b"GNU.sparse.") for k in member.pax) and not sparse.is_sparse(
             member.pax
         ):
@@ -633,7 +641,9 @@ class Unpacker:
         self._summed(member.name, row.sha256)
 
     def _copy_apart(self, parent: int, name: str) -> None:
-        """Give ``name`` an inode of its own with the same bytes (a hard link broken)."""
+        """Give ``name`` an inode of its own with the same bytes (a hard link broken).
+        Raises ArchiveTooLarge when the copy would leave less than ``min_free``."""
+        self._check_free(os.lstat(name, dir_fd=parent).st_size, force=True)
         temporary = f".pullback-apart.{os.getpid()}.{threading.get_ident()}"
         _remove(temporary, parent)
         source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
@@ -663,7 +673,10 @@ class Unpacker:
             for chunk in chunks:
                 spool.write(chunk)
             spool.seek(0)
-            if st.st_nlink == 1 and deltaops.in_place(spool, st.st_size, realsize):
+            cancel = self.limits.cancel
+            if st.st_nlink == 1 and deltaops.in_place(
+                spool, st.st_size, realsize, lambda: _check_cancel(cancel)
+            ):
                 digest = self._patch(parts, member, spool, realsize)
             else:
                 digest = self._rebuild(parts, member, spool, st.st_size, realsize)
@@ -836,26 +849,42 @@ class Unpacker:
         return self.stats
 
     def _name_mismatches(self) -> list[str]:
-        """Which files differ from the manifest (only run when the sums disagree)."""
+        """Which files differ from the manifest (only run when the sums disagree): from
+        the digests this archive recorded when there is an index, else by reading the
+        regular files of staging (never a FIFO or a link), stopping at MAX_NAMED."""
         try:
             listed = parse((self.staging / MANIFEST_NAME).read_bytes())
         except (OSError, ValueError) as exc:
             return [f"{MANIFEST_NAME} is unreadable: {exc}"]
-        problems = []
+        problems: list[str] = []
         found = set()
+        for name, digest in self._digests():
+            found.add(name)
+            if name not in listed:
+                problems.append(f"{escaped(name)} is not listed")
+            elif digest() != listed[name]:
+                problems.append(f"{escaped(name)} has changed")
+            if len(problems) > MAX_NAMED:
+                return problems
+        problems += [f"{escaped(n)} is missing" for n in listed if n not in found]
+        return problems[: MAX_NAMED + 1]
+
+    def _digests(self):
+        """(name, a function returning its digest) for every file this archive made."""
+        if self.index is not None:
+            for name, digest in self.index.digests():
+                yield name, lambda digest=digest: digest
+            return
         for directory, _, files in os.walk(self.staging / "services"):
             for file_name in files:
                 path = os.path.join(directory, file_name)
                 name = os.path.relpath(path, self.staging)
-                if os.path.islink(path) or _key(tuple(name.split("/"))) not in self._seen:
+                if _key(tuple(name.split("/"))) not in self._seen:
                     continue
-                found.add(name)
-                if name not in listed:
-                    problems.append(f"{name} is not listed")
-                elif _hash_path(path) != listed[name]:
-                    problems.append(f"{name} has changed")
-        problems += [f"{n} is missing" for n in listed if n not in found]
-        return problems
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    continue  # a FIFO would block, a link is not a file of the manifest
+                _check_cancel(self.limits.cancel)
+                yield name, lambda path=path: _hash_path(path)
 
     def _sweep(self) -> None:
         stack: list[tuple[str, ...]] = [()]
@@ -1004,7 +1033,8 @@ class _ManifestReader:
 
 def _hash_path(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()

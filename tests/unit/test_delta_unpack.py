@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 
 import pytest
 
@@ -217,3 +218,71 @@ def test_hard_links_made_and_broken_across_a_delta(staging):
     apply(staging, tar(members, files)[0], delta=True)
     assert os.stat(a).st_ino != os.stat(x).st_ino
     assert x.read_bytes() == a.read_bytes() == b"alpha\n"
+
+
+def test_names_that_are_not_utf8_are_indexed_and_taken_from_the_base(staging):
+    """A name is bytes: the index keeps it as bytes (it once failed every pull of a host
+    with one such file, full pulls too)."""
+    odd = "services/app/caf\udce9.txt"
+    files = {**FILES, odd: b"latin-1 name\n"}
+    apply(staging, tar([member(n, d) for n, d in files.items()], files)[0], delta=False)
+    members = [base_member(n) for n in files]
+    apply(staging, tar(members, files)[0], delta=True)
+    assert (staging / "services/app/caf\udce9.txt").read_bytes() == b"latin-1 name\n"
+
+
+def test_a_delta_is_checked_against_min_free_space_by_what_it_writes(staging):
+    """A 2 KB stream that makes a file of 100 GiB (copies of its base) is refused before
+    a byte is written, by what it would write, not by its own size."""
+    free = os.statvfs(staging).f_bavail * os.statvfs(staging).f_frsize
+    huge = 100 << 30
+    ops = [Copy(0, len(BIG))] * (huge // len(BIG))
+    pax = [(DATA_KEY, DELTA), (REALSIZE_KEY, b"%d" % huge)]
+    stream = io.BytesIO()
+    deltaops.encode(ops[:10], stream)  # the header is judged before the stream is read
+    limits = UnpackLimits(min_free=max(0, free - huge // 2))
+    data = member("services/app/big.bin", stream.getvalue(), pax=pax)
+    with pytest.raises(ArchiveTooLarge, match="would leave less than"):
+        apply(staging, tar([data], {})[0], delta=True, limits=limits)
+
+
+def test_a_realsize_only_counts_on_a_delta_member(staging):
+    data = member("services/app/x", b"y" * 4096, pax=[(REALSIZE_KEY, b"1")])
+    with pytest.raises(HostileArchive, match=r"PULLBACK\.realsize but no delta"):
+        apply(staging, tar([data], {"services/app/x": b"y" * 4096})[0], delta=False)
+
+
+def test_a_stream_of_a_million_records_stops_at_the_deadline(staging):
+    """Reading a PBD1 stream's record headers looks at the deadline too (the deadline
+    comes while they are read: the first looks at it pass)."""
+
+    class Later(threading.Event):
+        looks = 0
+
+        def is_set(self) -> bool:
+            self.looks += 1
+            return self.looks > 40
+
+    stream = io.BytesIO()
+    deltaops.encode([Copy(0, 1), Data(b"x")] * 150_000, stream)
+    pax = [(DATA_KEY, DELTA), (REALSIZE_KEY, b"300000")]
+    data = member("services/app/big.bin", stream.getvalue(), pax=pax)
+    cancel = Later()
+    with pytest.raises(ArchiveError, match="time is up"):
+        apply(staging, tar([data], {})[0], delta=True, limits=UnpackLimits(cancel=cancel))
+    assert cancel.looks > 40
+
+
+def test_a_manifest_mismatch_is_named_without_reading_staging_again(staging, monkeypatch):
+    """With an index, the files that differ are named from the digests this archive
+    recorded: a delta of base members with one wrong digest costs no re-read of staging
+    (it once read the whole tree after the deadline)."""
+    import pullback.common.archive.unpack as unpack_module
+
+    def never(path):
+        raise AssertionError(f"{path} read again")
+
+    monkeypatch.setattr(unpack_module, "_hash_path", never)
+    files = {**FILES, "services/app/a.txt": b"not what the base holds"}
+    with pytest.raises(ArchiveError, match=r"a\.txt has changed"):
+        apply(staging, tar([base_member(n) for n in FILES], files)[0], delta=True)

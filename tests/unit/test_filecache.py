@@ -77,3 +77,19 @@ def test_an_unfinished_or_broken_cache_is_not_used(tmp_path):
     db.commit()
     db.close()
     assert "another version" in (FileCache(tmp_path / "cache", HOST).load() or "")
+
+
+def test_a_name_that_is_not_utf8_is_kept_as_its_bytes(tmp_path):
+    cache = FileCache(tmp_path / "cache", HOST)
+    cache.start()
+    path = tmp_path / "f"
+    path.write_text("x")
+    name = "services/app/caf\udce9.txt"
+    cache.record(name, CachedFile.of(os.stat(path), "d" * 64, None, 0))
+    cache.finish("web1-20261130T030000Z.tar.zst", "c" * 64)
+    cache.swap()
+    again = FileCache(tmp_path / "cache", HOST)
+    assert again.load() is None
+    row = again.lookup(name)
+    assert row is not None and row.sha256 == "d" * 64
+    again.close()

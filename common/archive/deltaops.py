@@ -30,6 +30,9 @@ from ..errors import ArchiveError
 DATA_KEY = b"PULLBACK.data"
 """The PAX record of a regular-file member in a delta archive that says where its bytes
 come from: ``full`` (the member's data, also when absent), ``base`` or ``delta``."""
+BASE_KEY = b"PULLBACK.base"
+"""The PAX record of a ``base`` or ``delta`` member whose base file has another name (the
+file was renamed): that name, as a member name of the base archive."""
 REALSIZE_KEY = b"PULLBACK.realsize"
 """The PAX record of a ``delta`` member: the size of the file it makes (decimal)."""
 FULL, BASE, DELTA = b"full", b"base", b"delta"

@@ -27,8 +27,8 @@ from ..fsutil import fsync_dir
 from . import chunker
 from .sidecar import BaseRef
 
-CACHE_FORMAT = 2
-"""2: names stored as bytes (a name need not be UTF-8)."""
+CACHE_FORMAT = 3
+"""2: names stored as bytes (a name need not be UTF-8); 3: an index by inode (renames)."""
 CACHE_NAME = "files.db"
 RACY_NS = 2_000_000_000
 """A file whose mtime or ctime lies this close to the moment it was read may change again
@@ -93,6 +93,11 @@ class CachedFile:
         )
 
 
+def _row(row) -> CachedFile:
+    dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable = row
+    return CachedFile(dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, bool(cacheable))
+
+
 def _meta(host: str) -> dict[str, str]:
     return {"format": str(CACHE_FORMAT), "host": host, "chunker": chunker.PARAMS}
 
@@ -142,10 +147,18 @@ class FileCache:
             "FROM files WHERE name = ?",
             (name.encode("utf-8", "surrogateescape"),),
         ).fetchone()
-        if row is None:
+        return _row(row) if row else None
+
+    def lookup_inode(self, dev: int, ino: int) -> tuple[str, CachedFile] | None:
+        """A member name the old cache has for the file ``(dev, ino)``, and its row."""
+        if self._old is None:
             return None
-        dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable = row
-        return CachedFile(dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, bool(cacheable))
+        row = self._old.execute(
+            "SELECT name, dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable "
+            "FROM files WHERE dev = ? AND ino = ? LIMIT 1",
+            (dev, ino),
+        ).fetchone()
+        return (row[0].decode("utf-8", "surrogateescape"), _row(row[1:])) if row else None
 
     # -- the new cache ------------------------------------------------------------------
 
@@ -164,6 +177,7 @@ class FileCache:
             CREATE TABLE files (name BLOB PRIMARY KEY, dev INTEGER, ino INTEGER,
                 size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT NOT NULL,
                 chunks BLOB, cacheable INTEGER) WITHOUT ROWID;
+            CREATE INDEX files_inode ON files (dev, ino);
             BEGIN;
             """
         )

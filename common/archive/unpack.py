@@ -50,7 +50,7 @@ from ..text import BoundedWarnings, escaped
 from ..units import human_size
 from . import acl, deltaops, sparse
 from .baseindex import BaseIndex, IndexedFile, IndexWriter
-from .deltaops import DATA_KEY, REALSIZE_KEY
+from .deltaops import BASE_KEY, DATA_KEY, REALSIZE_KEY
 from .manifest import MANIFEST_NAME, parse
 from .sidecar import SIDECAR_NAME
 from .tarformat import FIFOTYPE, Member
@@ -202,6 +202,19 @@ def _remove(name: str, dir_fd: int) -> None:
         shutil.rmtree(name, dir_fd=dir_fd)
     else:
         os.unlink(name, dir_fd=dir_fd)
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The base file a ``base`` or ``delta`` member takes its bytes from."""
+
+    parent: int
+    """The descriptor of its directory (closed by the caller when ``own``)."""
+    name: str
+    row: IndexedFile
+    st: os.stat_result
+    own: bool
+    """It has another name than the member (a renamed file)."""
 
 
 class Unpacker:
@@ -603,42 +616,103 @@ class Unpacker:
             os.close(fd)
         self._summed(member.name, digest.hexdigest())
 
-    def _base_row(self, parts, member: Member) -> tuple[int, IndexedFile, os.stat_result]:
-        """The staging directory, index row and stat of the base file a ``base`` or
-        ``delta`` member names (its own name). Raises BaseMismatch unless the index has
-        the file and staging still holds it untouched."""
+    def _base_row(self, parts, member: Member) -> _Base:
+        """The base file a ``base`` or ``delta`` member takes its bytes from: the file of
+        its own name, or of the name ``PULLBACK.base`` gives (a renamed file). Raises
+        BaseMismatch unless the index has the file and staging still holds it untouched;
+        HostileArchive for a base name outside ``services/``."""
         if self.base is None:
             raise BaseMismatch(f"{escaped(member.name)} needs a base, and staging has none")
-        row = self.base.lookup(member.name)
+        name, base_parts, own = member.name, parts, False
+        raw = member.pax.get(BASE_KEY)
+        if raw is not None and raw.decode("utf-8", "surrogateescape") != member.name:
+            name = raw.decode("utf-8", "surrogateescape")
+            base_parts = safe_parts(name)
+            if base_parts[0] != "services":
+                raise HostileArchive(f"member {member.name!r} takes its bytes from {name!r}")
+            own = True
+        row = self.base.lookup(name)
         if row is None:
-            raise BaseMismatch(f"{escaped(member.name)} is not a file of the base")
-        parent = self._dir(parts[:-1])
+            raise BaseMismatch(f"{escaped(name)} is not a file of the base")
+        parent = self._existing_dir(base_parts[:-1]) if own else self._dir(parts[:-1])
+        if parent < 0:
+            raise BaseMismatch(f"{escaped(name)} is missing from staging")
         try:
-            st = os.lstat(parts[-1], dir_fd=parent)
-        except FileNotFoundError:
-            raise BaseMismatch(f"{escaped(member.name)} is missing from staging") from None
-        if not stat.S_ISREG(st.st_mode) or not row.matches(st):
-            raise BaseMismatch(f"{escaped(member.name)} changed in staging since its index")
-        return parent, row, st
+            st = os.lstat(base_parts[-1], dir_fd=parent)
+            if not stat.S_ISREG(st.st_mode) or not row.matches(st):
+                raise BaseMismatch(f"{escaped(name)} changed in staging since its index")
+        except BaseException as exc:
+            if own:
+                os.close(parent)
+            if isinstance(exc, FileNotFoundError):
+                raise BaseMismatch(f"{escaped(name)} is missing from staging") from None
+            raise
+        return _Base(parent, base_parts[-1], row, st, own)
+
+    def _existing_dir(self, parts: tuple[str, ...]) -> int:
+        """A new descriptor of the staging directory ``parts`` if it exists as one (no
+        component a link; nothing created or replaced), else -1."""
+        fd = os.dup(self._root)
+        for part in parts:
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                os.close(fd)
+                return -1
+            os.close(fd)
+            fd = child
+        return fd
 
     def _base_file(self, parts, member: Member) -> None:
         """A file whose bytes are the base's: kept in place (a shared inode already kept
-        for another name is copied apart), its metadata brought to the header's."""
-        parent, row, st = self._base_row(parts, member)
+        for another name is copied apart), or copied from the base's other name (a
+        renamed file); its metadata brought to the header's."""
+        base = self._base_row(parts, member)
+        row, st = base.row, base.st
         self._count_size(row.size)
-        name = parts[-1]
-        if st.st_nlink > 1:
+        if base.own:
+            try:
+                self._copy_from(base, parts)
+            finally:
+                os.close(base.parent)
+        elif st.st_nlink > 1:
             if st.st_ino in self._claimed:
-                self._copy_apart(parent, name)
+                self._copy_apart(base.parent, base.name)
             self._claimed.add(st.st_ino)
+        if st.st_nlink > 1 or base.own:
             self._link_digests[_key(parts)] = row.sha256
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        parent = self._dir(parts[:-1])
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         try:
-            self._apply_meta(fd, member, self._mode(member), force=False)
+            self._apply_meta(fd, member, self._mode(member), force=base.own)
         finally:
             os.close(fd)
-        self.stats.unchanged += 1
+        if base.own:
+            self.stats.written += 1
+        else:
+            self.stats.unchanged += 1
         self._summed(member.name, row.sha256)
+
+    def _copy_from(self, base: _Base, parts) -> None:
+        """Copy the base file (of another name) to ``parts``, replacing what is there."""
+        self._check_free(base.st.st_size, force=True)
+        parent = self._dir(parts[:-1])
+        temporary = f".pullback-moved.{os.getpid()}.{threading.get_ident()}"
+        _remove(temporary, parent)
+        source = os.open(base.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base.parent)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            target = os.open(temporary, flags, 0o600, dir_fd=parent)
+            try:
+                while os.copy_file_range(source, target, 1 << 30):
+                    _check_cancel(self.limits.cancel)
+            finally:
+                os.close(target)
+        finally:
+            os.close(source)
+        _remove(parts[-1], parent)
+        self._forget_dir((*parts,))
+        os.rename(temporary, parts[-1], src_dir_fd=parent, dst_dir_fd=parent)
 
     def _copy_apart(self, parent: int, name: str) -> None:
         """Give ``name`` an inode of its own with the same bytes (a hard link broken).
@@ -665,21 +739,29 @@ class Unpacker:
         place) only the literal bytes are written into the base file; else the file is
         made anew beside it, and renamed over it. Hashed either way. Raises
         BaseMismatch, DeltaError (an ArchiveError) for a stream that breaks a rule."""
-        _, _, st = self._base_row(parts, member)
+        base = self._base_row(parts, member)
         realsize = _apparent_size(member)
-        with tempfile.SpooledTemporaryFile(
-            max_size=SPOOL_IN_MEMORY, mode="w+b", dir=os.fspath(self.staging.parent)
-        ) as spool:
-            for chunk in chunks:
-                spool.write(chunk)
-            spool.seek(0)
-            cancel = self.limits.cancel
-            if st.st_nlink == 1 and deltaops.in_place(
-                spool, st.st_size, realsize, lambda: _check_cancel(cancel)
-            ):
-                digest = self._patch(parts, member, spool, realsize)
-            else:
-                digest = self._rebuild(parts, member, spool, st.st_size, realsize)
+        try:
+            with tempfile.SpooledTemporaryFile(
+                max_size=SPOOL_IN_MEMORY, mode="w+b", dir=os.fspath(self.staging.parent)
+            ) as spool:
+                for chunk in chunks:
+                    spool.write(chunk)
+                spool.seek(0)
+                cancel = self.limits.cancel
+                if (
+                    not base.own
+                    and base.st.st_nlink == 1
+                    and deltaops.in_place(
+                        spool, base.st.st_size, realsize, lambda: _check_cancel(cancel)
+                    )
+                ):
+                    digest = self._patch(parts, member, spool, realsize)
+                else:
+                    digest = self._rebuild(parts, member, spool, base, realsize)
+        finally:
+            if base.own:
+                os.close(base.parent)
         self.stats.written += 1
         self._summed(member.name, digest)
 
@@ -702,26 +784,28 @@ class Unpacker:
             os.close(fd)
         return digest
 
-    def _rebuild(self, parts, member: Member, spool, base_size: int, realsize: int) -> str:
-        """Make a delta's file anew beside its base from copies and literal bytes,
-        hashed as written, and rename it over the base; returns the digest."""
+    def _rebuild(self, parts, member: Member, spool, base: _Base, realsize: int) -> str:
+        """Make a delta's file anew from copies of its base and literal bytes, hashed as
+        written, and rename it over whatever has its name; returns the digest."""
         parent = self._dir(parts[:-1])
         name = parts[-1]
+        base_size = base.st.st_size
+        self._check_free(realsize, force=True)
         temporary = f".pullback-delta.{os.getpid()}.{threading.get_ident()}"
         _remove(temporary, parent)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        base_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        base_fd = os.open(base.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base.parent)
         digest = hashlib.sha256()
         try:
             fd = os.open(temporary, flags, 0o600, dir_fd=parent)
             try:
                 with (
-                    os.fdopen(os.dup(base_fd), "rb") as base,
+                    os.fdopen(os.dup(base_fd), "rb") as base_file,
                     os.fdopen(os.dup(fd), "wb") as out,
                 ):
                     deltaops.apply(
                         spool,
-                        base,
+                        base_file,
                         base_size,
                         _HashingWriter(out, digest),
                         realsize,
@@ -736,6 +820,8 @@ class Unpacker:
             raise
         finally:
             os.close(base_fd)
+        _remove(name, parent)
+        self._forget_dir((*parts,))
         os.rename(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
         return digest.hexdigest()
 

@@ -38,7 +38,7 @@ from ..progress import STATUS, Progress
 from ..runner import Runner, RunningCommand
 from . import acl, chunker, deltaops, sparse, tarformat
 from .compression import compress_command, test_command
-from .deltaops import BASE, DATA_KEY, DELTA, REALSIZE_KEY
+from .deltaops import BASE, BASE_KEY, DATA_KEY, DELTA, REALSIZE_KEY
 from .filecache import CHUNKED_FROM, CachedFile, FileCache
 from .filedata import Content, read_content, streamed_note
 from .manifest import MANIFEST_NAME, format_line
@@ -106,6 +106,8 @@ class ArchiveWriter:
         self.path = Path(path)
         self.incremental = incremental
         self._sent = 0
+        self._base_of: str | None = None
+        """The base's name of the file being added, when it was renamed since."""
         self.compression = compression
         self.level = level
         self.runner = runner or Runner(log)
@@ -556,12 +558,27 @@ class ArchiveWriter:
         file and it went into the delta as a ``base`` member, unread."""
         inc = self.incremental
         old = inc.cache.lookup(arcname) if inc is not None else None
+        self._base_of = None
+        if inc is not None and inc.delta and old is None:
+            return self._moved(inc.cache, st)
         if inc is None or not inc.delta or old is None or not old.unchanged(st):
             return old
         attrs = self._read_xattrs(path, stats) if xattrs else None
         self._emit_base(arcname, st, attrs)
         self._recorded(arcname, st, old, stats, st.st_size)
         return False
+
+    def _moved(self, cache: FileCache, st: os.stat_result) -> CachedFile | None:
+        """The row of a file the last archive had under another name (same device and
+        inode: renamed, or its directory renamed), unless that name is already in this
+        archive (the server would no longer find the base's bytes there). The file is
+        still read: its bytes decide between a ``base`` member of the other name and a
+        ``delta`` against it."""
+        found = cache.lookup_inode(st.st_dev, st.st_ino)
+        if found is None or found[0] in self._manifest:
+            return None
+        self._base_of = found[0]
+        return found[1]
 
     def _add_link(self, arcname: str, st: os.stat_result, stats: TaskStats) -> bool:
         """A hard link to a file already in the archive; False when it is the first."""
@@ -591,10 +608,15 @@ class ArchiveWriter:
         self._content += size
 
     def _emit_base(self, arcname: str, st: os.stat_result, attrs) -> None:
-        """A member whose bytes are the base's file of the same name."""
-        self._emit(
-            self._header(arcname, st, tarformat.REGTYPE, xattrs=attrs, extra=[(DATA_KEY, BASE)])
-        )
+        """A member whose bytes are the base's file of the same name (or of the name
+        ``_base_of`` says: a renamed file)."""
+        extra = [(DATA_KEY, BASE), *self._base_record()]
+        self._emit(self._header(arcname, st, tarformat.REGTYPE, xattrs=attrs, extra=extra))
+
+    def _base_record(self) -> list[tuple[bytes, bytes]]:
+        if self._base_of is None:
+            return []
+        return [(BASE_KEY, self._base_of.encode("utf-8", "surrogateescape"))]
 
     def _add_content(
         self,
@@ -639,7 +661,7 @@ class ArchiveWriter:
 
     def _emit_delta(self, arcname: str, st: os.stat_result, attrs, realsize: int, size: int):
         """The header of a member whose data is a PBD1 stream of ``size`` bytes."""
-        extra = [(DATA_KEY, DELTA), (REALSIZE_KEY, str(realsize).encode())]
+        extra = [(DATA_KEY, DELTA), (REALSIZE_KEY, str(realsize).encode()), *self._base_record()]
         self._emit(
             self._header(arcname, st, tarformat.REGTYPE, size=size, xattrs=attrs, extra=extra)
         )

@@ -277,3 +277,22 @@ def test_a_hostile_delta_stores_nothing_and_asks_for_a_full(fleet, tmp_path, att
     assert healed["archive"]["kind"] == "full"
     assert pull(fleet)["rc"] == 0
     assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r") == snapshot(host.data)
+
+
+def test_renamed_files_and_directories_travel_as_names(fleet, tmp_path):
+    host = incremental_host(fleet)
+    run_client(host)
+    assert pull(fleet)["rc"] == 0
+    data = host.data
+    (data / "docs" / "d1").rename(data / "docs" / "renamed-dir")
+    (data / "blob.bin").rename(data / "moved-blob.bin")
+    (data / "dump.sql").rename(data / "dump-old.sql")
+    with open(data / "dump-old.sql", "ab") as handle:  # renamed and grown
+        handle.write(b"".join(ROW % (900_000 + i) for i in range(100)))
+    side = run_client(host)
+    assert side["archive"]["kind"] == "delta"
+    # the 2 MiB blob and the 3.5 MB dump do not travel again: a few KB do
+    assert side["archive"]["sent_bytes"] < 100_000, side["archive"]
+    pulled = pull(fleet)
+    assert pulled["rc"] == 0, pulled["log"]
+    assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r") == snapshot(data)

@@ -13,7 +13,15 @@ import pytest
 
 from pullback.common.archive import baseindex, deltaops, tarformat
 from pullback.common.archive.baseindex import IndexedTree, IndexWriter
-from pullback.common.archive.deltaops import BASE, DATA_KEY, DELTA, REALSIZE_KEY, Copy, Data
+from pullback.common.archive.deltaops import (
+    BASE,
+    BASE_KEY,
+    DATA_KEY,
+    DELTA,
+    REALSIZE_KEY,
+    Copy,
+    Data,
+)
 from pullback.common.archive.manifest import MANIFEST_NAME, format_line
 from pullback.common.archive.tarformat import TarReader
 from pullback.common.archive.unpack import (
@@ -286,3 +294,64 @@ def test_a_manifest_mismatch_is_named_without_reading_staging_again(staging, mon
     files = {**FILES, "services/app/a.txt": b"not what the base holds"}
     with pytest.raises(ArchiveError, match=r"a\.txt has changed"):
         apply(staging, tar([base_member(n) for n in FILES], files)[0], delta=True)
+
+
+def moved_member(name: str, base: str) -> bytes:
+    return member(name, pax=[(DATA_KEY, BASE), (BASE_KEY, base.encode())])
+
+
+def test_a_renamed_file_is_taken_from_its_old_name(staging):
+    """A file (or a directory of files) renamed since the base travels as its old name;
+    the old name, no longer in the archive, is swept."""
+    files = {
+        "services/app/b.txt": b"alpha\n",
+        "services/app/moved/x": b"x",
+        "services/app/big.bin": BIG,
+    }
+    members = [
+        moved_member("services/app/b.txt", "services/app/a.txt"),
+        base_member("services/app/big.bin"),
+        moved_member("services/app/moved/x", "services/app/d/x"),
+    ]
+    apply(staging, tar(members, files)[0], delta=True)
+    assert (staging / "services/app/b.txt").read_bytes() == b"alpha\n"
+    assert (staging / "services/app/moved/x").read_bytes() == b"x"
+    assert not (staging / "services/app/a.txt").exists()
+    assert not (staging / "services/app/d").exists()
+
+
+def test_two_files_that_swapped_names(staging):
+    files = {
+        "services/app/a.txt": b"x",
+        "services/app/d/x": b"alpha\n",
+        "services/app/big.bin": BIG,
+    }
+    members = [
+        moved_member("services/app/a.txt", "services/app/d/x"),
+        base_member("services/app/big.bin"),
+        moved_member("services/app/d/x", "services/app/a.txt"),
+    ]
+    # the second one's base was overwritten by the first: refused, never mixed up
+    with pytest.raises(BaseMismatch):
+        apply(staging, tar(members, files)[0], delta=True)
+
+
+@pytest.mark.parametrize(
+    ("base", "error"),
+    [
+        (MANIFEST_NAME, HostileArchive),
+        ("etc/passwd", HostileArchive),
+        ("services/../../x", HostileArchive),
+        ("services/app/nothing", BaseMismatch),
+        ("services/app/d", BaseMismatch),  # a directory
+    ],
+)
+def test_a_base_name_must_be_a_file_of_the_base(staging, base, error):
+    with pytest.raises(error):
+        apply(staging, tar([moved_member("services/app/n", base)], {})[0], delta=True)
+
+
+def test_a_base_name_through_a_symlink_is_not_followed_nor_replaced(staging, tmp_path):
+    (staging / "services/app/link").symlink_to(staging / "services/app/d")
+    with pytest.raises(BaseMismatch):
+        apply(staging, tar([moved_member("services/app/n", "services/app/link/x")], {})[0], True)

@@ -20,6 +20,9 @@ from ..common.archive.sidecar import BaseRef
 from ..common.units import human_duration, human_size
 from .config import ClientConfig
 
+FUTURE_TOLERANCE = dt.timedelta(hours=1)
+"""How far ahead of the clock an archive's stamp may be and still count (the server's
+tolerance too)."""
 MAX_CHAIN = 100
 """Archives a chain may have before a full is made whatever ``full_every`` says (the
 server refuses longer chains)."""
@@ -64,11 +67,7 @@ def decide(
     unusable = cache.load()
     if unusable or cache.base is None:
         return Decision(None, unusable or "there is no file cache")
-    current = [
-        a
-        for a in archives.list_archives(config.archive_dir, include_fetched=False)
-        if a.complete and a.host == config.hostname
-    ]
+    current = own_archives(config, now)
     if not current:
         return Decision(None, "there is no archive to build on")
     newest = current[-1]
@@ -83,8 +82,31 @@ def decide(
     return Decision(cache.base, f"a delta against {newest.name}")
 
 
+def own_archives(config: ClientConfig, now: dt.datetime) -> list[LocalArchive]:
+    """The complete archives this host made (not another host name's, not dated ahead
+    of the clock), oldest first."""
+    horizon = now + FUTURE_TOLERANCE
+    return [
+        a
+        for a in archives.list_archives(config.archive_dir, include_fetched=False)
+        if a.complete and a.host == config.hostname and a.created <= horizon
+    ]
+
+
+def _whole(archive: LocalArchive) -> bool:
+    """Whether the archive file still has the size its sidecar announces."""
+    try:
+        size = archive.path.stat().st_size
+    except OSError:
+        return False
+    return archive.sidecar is not None and size == archive.sidecar.archive.size
+
+
 def full_due(config: ClientConfig, chain: list[LocalArchive], now: dt.datetime) -> str | None:
     """Why the chain (full archive first) should end with a full archive now, or None."""
+    damaged = [a.name for a in chain if not _whole(a)]
+    if damaged:
+        return f"{damaged[0]} of the chain is damaged (its size differs from its sidecar)"
     full = chain[0]
     assert full.sidecar is not None
     age = (now - full.created).total_seconds()

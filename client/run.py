@@ -226,7 +226,7 @@ class ClientRun:
         )
         config = self.config
         if config.incremental.enabled:
-            archives.apply_chain_retention(config.archive_dir)
+            archives.apply_chain_retention(config.archive_dir, config.hostname)
         else:
             archives.apply_retention(
                 config.archive_dir,

@@ -495,8 +495,10 @@ class HostPull:
                 self._warn(f"fell back to a full transfer: {exc}")
                 self.result.fell_back = True
                 return self._apply(remote, chain.plan(newest, listing, ctx.name, None, refused))
-        except (ChainBroken, ArchiveError) as exc:
-            if newest.archive.is_delta and not isinstance(exc, ChecksumMismatch):
+        except (ChainBroken, ArchiveError):
+            # a checksum mismatch too: over SSH it means damage on the client's disk,
+            # and every later delta would be built on the damaged archive
+            if newest.archive.is_delta:
                 self.ask_full(remote, listing)
             raise
 

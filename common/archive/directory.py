@@ -301,19 +301,32 @@ def apply_retention(
         return _finish_retention(archive_dir, expired, removed)
 
 
-def apply_chain_retention(archive_dir: Path) -> list[str]:
-    """Retention with incremental archives: keep the newest full archive and every
-    archive after it (the chain the server may still need), delete everything older and
+def apply_chain_retention(
+    archive_dir: Path, host: str, now: dt.datetime | None = None
+) -> list[str]:
+    """Retention with incremental archives: keep the newest full archive of ``host``
+    and every archive after it (the chain the server may still need), delete everything
+    older and
     leftovers of interrupted publishes; return the names deleted. Marks of archives no
     longer there are removed; nothing moves to ``fetched/``.
 
     Runs under the directory lock.
     """
+    latest = (now or utc_now()) + dt.timedelta(hours=1)
     with directory_lock(archive_dir, "local retention").acquire(wait=LOCK_WAIT):
         complete, removed = _complete_archives(archive_dir)
-        fulls = [a for a in complete if a.sidecar and not a.sidecar.archive.is_delta]
-        horizon = fulls[-1].stamp if fulls else ""
-        expired = [a for a in complete if a.stamp < horizon]
+        # only this host's fulls, not dated ahead of the clock: a stray archive must
+        # never make the real chain look old
+        fulls = [
+            a
+            for a in complete
+            if a.sidecar
+            and not a.sidecar.archive.is_delta
+            and a.host == host
+            and a.created <= latest
+        ]
+        oldest_kept = fulls[-1].stamp if fulls else ""
+        expired = [a for a in complete if a.stamp < oldest_kept]
         removed = _finish_retention(archive_dir, expired, removed)
         _drop_stale_marks(archive_dir)
         return removed

@@ -200,7 +200,9 @@ class FaultBed:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     @classmethod
-    def start(cls, root: Path, hosts: list[str] = HOSTS) -> FaultBed:
+    def start(cls, root: Path, hosts: list[str] = HOSTS, incremental: bool = False) -> FaultBed:
+        """Six hosts (``incremental``: their clients make delta archives after the
+        first, so every fault meets the incremental path)."""
         fleet = NetFleet(root)
         smtp = SmtpSink().start()
         http = HttpSink(hang_seconds=60).start()
@@ -208,6 +210,9 @@ class FaultBed:
         try:
             for name in hosts:
                 host = fleet.add_host(name)
+                if incremental:
+                    cache = str(root / "hosts" / name / "cache")
+                    host.client.write_config(incremental={"enabled": True, "cache_dir": cache})
                 gate = bed.gate_file(name)
                 # a dump that waits while the gate file exists: holds a client run in packing
                 host.client.add_service(

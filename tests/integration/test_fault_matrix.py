@@ -571,7 +571,7 @@ FAULTS = [
     Fault("scratch disk full during transfer", scratch_full_in_transfer,
           r"no space left on device", 1, _free_scratch),
     Fault("scratch disk full during unpack", scratch_full_in_unpack,
-          r"no space left on device", 1, _grow_scratch),
+          r"no space left on device|not enough free space", 1, _grow_scratch),
     Fault("repository disk full during store", repository_full,
           r"no space left on device", 1, _grow_repository),
     # archives
@@ -610,12 +610,15 @@ FAULTS = [
 # fmt: on
 
 
-@pytest.fixture(scope="module")
-def bed(tmp_path_factory):
+@pytest.fixture(scope="module", params=["full", "incremental"])
+def bed(tmp_path_factory, request):
+    """The fleet, once with full archives every day and once with delta archives (the
+    clients' ``incremental.enabled``): each fault meets both paths."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    bed = FaultBed.start(tmp_path_factory.mktemp("faults"))
+    incremental = request.param == "incremental"
+    bed = FaultBed.start(tmp_path_factory.mktemp("faults"), incremental=incremental)
     try:
         for name in HOSTS:
             bed.new_archive(name)

@@ -1,0 +1,116 @@
+"""The client's choice between a full archive and a delta, and chain retention: a delta
+only onto the newest archive the file cache describes, whole, of this host, not from the
+future; a full whenever doubt exists; retention never lets a stray archive end the chain."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from pullback.client.config import ClientConfig, IncrementalConfig
+from pullback.client.incremental import decide
+from pullback.common.archive import directory
+from pullback.common.archive.filecache import FileCache
+
+NOW = dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC)
+
+
+def config(tmp_path: Path) -> ClientConfig:
+    return ClientConfig(
+        path=tmp_path / "client.yaml",
+        hostname="web1",
+        archive_dir=tmp_path / "archives",
+        work_dir=tmp_path / "work",
+        lock_dir=tmp_path / "run",
+        service_dirs=(),
+        plugin_dirs=(),
+        compression="zstd",
+        compression_level=None,
+        keep_last=3,
+        keep_days=7,
+        min_free_space=0,
+        verify="checksums",
+        fetched_keep=1,
+        min_interval=0,
+        email=None,
+        notify=None,
+        metrics_file=None,
+        incremental=IncrementalConfig(True, 7 * 86400, 0.5, tmp_path / "cache"),
+    )
+
+
+def publish(cfg: ClientConfig, day: int, base: int | None = None, host="web1", size=1000):
+    """An archive of ``day`` (hours before NOW when negative: days otherwise)."""
+    when = NOW - dt.timedelta(days=day)
+    stamp = when.strftime("%Y%m%dT%H%M%SZ")
+    name = f"{host}-{stamp}.tar.zst"
+    cfg.archive_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.archive_dir / name).write_bytes(b"x" * size)
+    archive = {
+        "name": name,
+        "size": size,
+        "sha256": "a" * 64,
+        "compression": "zstd",
+        "kind": "full" if base is None else "delta",
+        "manifest_sha256": f"{int(day * 24):064x}",
+    }
+    if base is not None:
+        archive["base"] = {"name": base, "manifest_sha256": f"{int(day * 24) + 24:064x}"}
+    side = {
+        "format": 1 if base is None else 2,
+        "host": host,
+        "stamp": stamp,
+        "created": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "pullback_version": "t",
+        "status": "ok",
+        "archive": archive,
+        "services": [],
+    }
+    (cfg.archive_dir / f"{name}.json").write_text(json.dumps(side))
+    return name, f"{int(day * 24):064x}"
+
+
+def cache_of(cfg: ClientConfig, name: str, manifest: str) -> FileCache:
+    cache = FileCache(cfg.incremental.cache_dir, cfg.hostname)
+    cache.start()
+    cache.finish(name, manifest)
+    cache.swap()
+    return FileCache(cfg.incremental.cache_dir, cfg.hostname)
+
+
+def test_a_delta_onto_the_newest_archive_the_cache_describes(tmp_path):
+    cfg = config(tmp_path)
+    full, _ = publish(cfg, 3)
+    newest, manifest = publish(cfg, 2, base=full, size=100)
+    decision = decide(cfg, cache_of(cfg, newest, manifest), NOW)
+    assert decision.delta and decision.base.name == newest
+
+
+def test_doubt_makes_a_full(tmp_path):
+    cfg = config(tmp_path)
+    full, _ = publish(cfg, 3)
+    newest, manifest = publish(cfg, 2, base=full, size=100)
+    assert "asked" in decide(cfg, cache_of(cfg, newest, manifest), NOW, forced="asked").reason
+    assert not decide(cfg, cache_of(cfg, full, "f" * 64), NOW).delta  # describes another
+    (cfg.archive_dir / full).write_bytes(b"short")  # the chain's full truncated
+    decision = decide(cfg, cache_of(cfg, newest, manifest), NOW)
+    assert not decision.delta and "damaged" in decision.reason
+    cfg2 = config(tmp_path / "old")
+    old_full, manifest = publish(cfg2, 8)
+    decision = decide(cfg2, cache_of(cfg2, old_full, manifest), NOW)
+    assert not decision.delta and "full_every" in decision.reason
+
+
+def test_a_stray_archive_from_the_future_neither_counts_nor_ends_the_chain(tmp_path):
+    cfg = config(tmp_path)
+    full, _ = publish(cfg, 3)
+    newest, manifest = publish(cfg, 2, base=full, size=100)
+    stray, _ = publish(cfg, -3)  # three days ahead
+    publish(cfg, 1, host="web1old")  # made under another host name
+    assert decide(cfg, cache_of(cfg, newest, manifest), NOW).delta
+    removed = directory.apply_chain_retention(cfg.archive_dir, cfg.hostname, NOW)
+    assert full not in removed and newest not in removed
+    publish(cfg, 0.5)  # a new full of this host: what is older goes
+    removed = directory.apply_chain_retention(cfg.archive_dir, cfg.hostname, NOW)
+    assert {full, newest} <= set(removed) and stray not in removed

@@ -198,6 +198,8 @@ class FaultBed:
     http: HttpSink
     scratch: Path
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+    incremental: bool = False
+    """The clients make delta archives after their first."""
 
     @classmethod
     def start(cls, root: Path, hosts: list[str] = HOSTS, incremental: bool = False) -> FaultBed:
@@ -206,7 +208,7 @@ class FaultBed:
         fleet = NetFleet(root)
         smtp = SmtpSink().start()
         http = HttpSink(hang_seconds=60).start()
-        bed = cls(fleet, smtp, http, root / "scratch")
+        bed = cls(fleet, smtp, http, root / "scratch", incremental=incremental)
         try:
             for name in hosts:
                 host = fleet.add_host(name)

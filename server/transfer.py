@@ -169,22 +169,13 @@ class _Download:
         if self.archive.is_delta:
             return self._run_delta()
         growing, offset, digest = self._open_partial()
+        # the file exists before the worker opens it to read
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         worker = threading.Thread(
             target=self._unpack, args=(growing,), name=f"unpack-{self.ctx.name}", daemon=True
         )
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         worker.start()
-        transfer_error: BaseException | None = None
-        try:
-            self._transfer(growing, fd, offset, digest)
-        except BaseException as exc:
-            transfer_error = exc
-        finally:
-            os.fsync(fd)
-            os.close(fd)
-            growing.finish(transfer_error)
-            worker.join()
-        self.resumed_from, self.arrived = offset, growing.written
+        transfer_error = self._receive(growing, offset, digest, worker)
         return self._settle(transfer_error, digest.hexdigest())
 
     def _run_delta(self) -> Fetched:
@@ -192,21 +183,24 @@ class _Download:
         must hold its base: else BaseMismatch, staging untouched)."""
         base = self.archive.base
         held = baseindex.read_tree(self.ctx.staging)
-        if (
-            base is None
-            or held is None
-            or (held.archive, held.manifest_sha256)
-            != (
-                base.name,
-                base.manifest_sha256,
-            )
-        ):
+        wanted = (base.name, base.manifest_sha256) if base else None
+        if held is None or (held.archive, held.manifest_sha256) != wanted:
             holds = held.archive if held else "no indexed tree"
             raise BaseMismatch(
                 f"{self.archive.name} is a delta against {base.name if base else '?'}, and "
                 f"staging holds {holds}"
             )
         growing, offset, digest = self._open_partial()
+        transfer_error = self._receive(growing, offset, digest)
+        self._judge(transfer_error, digest.hexdigest())  # staging not touched yet
+        self._unpack(growing)
+        return self._settle(None, digest.hexdigest())
+
+    def _receive(
+        self, growing: GrowingFile, offset: int, digest, worker: threading.Thread | None = None
+    ) -> BaseException | None:
+        """Append the client's bytes to the partial file (``worker`` unpacking it as it
+        grows, joined at the end); returns what stopped the transfer, if anything."""
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         transfer_error: BaseException | None = None
         try:
@@ -217,10 +211,10 @@ class _Download:
             os.fsync(fd)
             os.close(fd)
             growing.finish(transfer_error)
+            if worker is not None:
+                worker.join()
         self.resumed_from, self.arrived = offset, growing.written
-        self._judge(transfer_error, digest.hexdigest())  # staging not touched yet
-        self._unpack(growing)
-        return self._settle(None, digest.hexdigest())
+        return transfer_error
 
     def _settle(self, transfer_error: BaseException | None, sha256: str) -> Fetched:
         """Judge the fetch; on success make the new index the base. Returns what was

@@ -211,6 +211,11 @@ def mark_fetched(archive_dir: Path, name: str) -> None:
             exists = exists or stat.S_ISREG(os.lstat(directory / name).st_mode)
     if not exists:
         raise ArchiveError(f"no archive {name}")
+    _leave_mark(archive_dir, name)
+
+
+def _leave_mark(archive_dir: Path, name: str) -> None:
+    """An empty file ``name`` in MARKS_DIR (never through a link; there already: fine)."""
     marks = os.open(archive_dir / MARKS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         fd = os.open(
@@ -230,16 +235,7 @@ WANT_FULL = "want-full"
 def mark_want_full(archive_dir: Path) -> None:
     """Record that the server asks for a full archive (the serve endpoint, as
     ``pullback``): an empty file in MARKS_DIR, used up by the next run."""
-    marks = os.open(archive_dir / MARKS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        fd = os.open(
-            WANT_FULL, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640, dir_fd=marks
-        )
-        os.close(fd)
-    except FileExistsError:
-        pass
-    finally:
-        os.close(marks)
+    _leave_mark(archive_dir, WANT_FULL)
 
 
 def retire_marked(archive_dir: Path, keep: int) -> list[str]:

@@ -695,32 +695,24 @@ class Unpacker:
 
     def _copy_from(self, base: _Base, parts) -> None:
         """Copy the base file (of another name) to ``parts``, replacing what is there."""
-        self._check_free(base.st.st_size, force=True)
         parent = self._dir(parts[:-1])
-        temporary = f".pullback-moved.{os.getpid()}.{threading.get_ident()}"
-        _remove(temporary, parent)
-        source = os.open(base.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base.parent)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            target = os.open(temporary, flags, 0o600, dir_fd=parent)
-            try:
-                while os.copy_file_range(source, target, 1 << 30):
-                    _check_cancel(self.limits.cancel)
-            finally:
-                os.close(target)
-        finally:
-            os.close(source)
-        _remove(parts[-1], parent)
+        self._copy_file(base.parent, base.name, parent, parts[-1])
         self._forget_dir((*parts,))
-        os.rename(temporary, parts[-1], src_dir_fd=parent, dst_dir_fd=parent)
 
     def _copy_apart(self, parent: int, name: str) -> None:
-        """Give ``name`` an inode of its own with the same bytes (a hard link broken).
-        Raises ArchiveTooLarge when the copy would leave less than ``min_free``."""
-        self._check_free(os.lstat(name, dir_fd=parent).st_size, force=True)
-        temporary = f".pullback-apart.{os.getpid()}.{threading.get_ident()}"
+        """Give ``name`` an inode of its own with the same bytes (a hard link broken)."""
+        self._copy_file(parent, name, parent, name)
+
+    def _copy_file(self, source_dir: int, source_name: str, parent: int, name: str) -> None:
+        """Copy a file of staging (its bytes) to ``name``, through a new file renamed
+        over whatever is there. Raises ArchiveTooLarge when the copy would leave less
+        than ``min_free``."""
+        size = os.lstat(source_name, dir_fd=source_dir).st_size
+        self._check_free(size, force=True)
+        temporary = f".pullback-copy.{os.getpid()}.{threading.get_ident()}"
         _remove(temporary, parent)
-        source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        source = os.open(source_name, flags, dir_fd=source_dir)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             target = os.open(temporary, flags, 0o600, dir_fd=parent)
@@ -731,6 +723,8 @@ class Unpacker:
                 os.close(target)
         finally:
             os.close(source)
+        if source_name != name or source_dir != parent:
+            _remove(name, parent)  # a directory there: rename cannot replace it
         os.rename(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
 
     def _delta_file(self, parts, member: Member, chunks) -> None:

@@ -705,8 +705,7 @@ class ArchiveWriter:
                 while data := spool.read(CHUNK):
                     self._emit(data)
                 self._emit(bytes((-size) % BLOCK))
-        path = arcname
-        stats.warnings.extend(f"{path}: {warning}" for warning in warnings)
+        stats.warnings.extend(f"{arcname}: {warning}" for warning in warnings)
         return digest.hexdigest(), chunker.pack(found)
 
     def _add_dense(

@@ -329,6 +329,8 @@ class _Download:
                     self.index,
                 ) as unpacker,
             ):
+                if self.archive.is_delta:
+                    self._check_bases(unpacker)
                 for member in stream.members():
                     unpacker.add(member, stream.read_data(member))
                 self.unpacked = unpacker.finish()
@@ -344,6 +346,16 @@ class _Download:
             reader.close()
             if base is not None:
                 base.close()
+
+    def _check_bases(self, unpacker: Unpacker) -> None:
+        """A first pass over a (downloaded) delta: every base file it takes bytes from
+        is checked before staging is changed (so a wrong base costs no write)."""
+        with (
+            open(self.path, "rb") as raw,
+            TarStream(raw, self.archive.compression, self.ctx.runner) as stream,
+        ):
+            for member in stream.members():
+                unpacker.check_base(member)
 
     def _refused(self) -> bool:
         return isinstance(self.unpack_error, _REFUSED)

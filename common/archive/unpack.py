@@ -237,6 +237,9 @@ class Unpacker:
         """The sha256 of the archive's manifest member, once it was read."""
         self._claimed: set[int] = set()
         """Inodes of shared (hard-linked) staging files a base member kept in place."""
+        self._shared: dict[str, tuple[int, int]] = {}
+        """Hard-linked base files :meth:`check_base` found untouched: (inode, size)."""
+        self._checked = 0
         self.stats = UnpackStats()
         self._unpacked_size = 0
         self._free_checked_at = (0, 0)
@@ -619,18 +622,12 @@ class Unpacker:
     def _base_row(self, parts, member: Member) -> _Base:
         """The base file a ``base`` or ``delta`` member takes its bytes from: the file of
         its own name, or of the name ``PULLBACK.base`` gives (a renamed file). Raises
-        BaseMismatch unless the index has the file and staging still holds it untouched;
-        HostileArchive for a base name outside ``services/``."""
-        if self.base is None:
-            raise BaseMismatch(f"{escaped(member.name)} needs a base, and staging has none")
-        name, base_parts, own = member.name, parts, False
-        raw = member.pax.get(BASE_KEY)
-        if raw is not None and raw.decode("utf-8", "surrogateescape") != member.name:
-            name = raw.decode("utf-8", "surrogateescape")
-            base_parts = safe_parts(name)
-            if base_parts[0] != "services":
-                raise HostileArchive(f"member {member.name!r} takes its bytes from {name!r}")
-            own = True
+        BaseMismatch unless the index has the file and staging still holds it untouched
+        (a hard-linked one :meth:`check_base` found untouched before this archive changed
+        anything: only its inode and size then, as another of its names may have been
+        changed or removed since); HostileArchive for a base name outside ``services/``."""
+        name, base_parts, own = self._base_name(parts, member)
+        assert self.base is not None
         row = self.base.lookup(name)
         if row is None:
             raise BaseMismatch(f"{escaped(name)} is not a file of the base")
@@ -639,7 +636,9 @@ class Unpacker:
             raise BaseMismatch(f"{escaped(name)} is missing from staging")
         try:
             st = os.lstat(base_parts[-1], dir_fd=parent)
-            if not stat.S_ISREG(st.st_mode) or not row.matches(st):
+            shared = self._shared.get(name)
+            untouched = (st.st_ino, st.st_size) == shared if shared is not None else row.matches(st)
+            if not stat.S_ISREG(st.st_mode) or not untouched:
                 raise BaseMismatch(f"{escaped(name)} changed in staging since its index")
         except BaseException as exc:
             if own:
@@ -648,6 +647,59 @@ class Unpacker:
                 raise BaseMismatch(f"{escaped(name)} is missing from staging") from None
             raise
         return _Base(parent, base_parts[-1], row, st, own)
+
+    def _base_name(self, parts, member: Member) -> tuple[str, tuple[str, ...], bool]:
+        """The name, components and whether it is another name than the member's, of
+        the base file a member takes its bytes from. Raises BaseMismatch without a base
+        index, HostileArchive for a name outside ``services/``."""
+        if self.base is None:
+            raise BaseMismatch(f"{escaped(member.name)} needs a base, and staging has none")
+        raw = member.pax.get(BASE_KEY)
+        if raw is None or raw.decode("utf-8", "surrogateescape") == member.name:
+            return member.name, parts, False
+        name = raw.decode("utf-8", "surrogateescape")
+        base_parts = safe_parts(name)
+        if base_parts[0] != "services":
+            raise HostileArchive(f"member {member.name!r} takes its bytes from {name!r}")
+        return name, base_parts, True
+
+    def check_base(self, member: Member) -> None:
+        """Before anything of a delta is applied: check the base file ``member`` takes
+        its bytes from, if any, against the index, and remember a hard-linked one (its
+        other names may change or go while the archive is applied, which changes its
+        ctime). Call it for every member first, then :meth:`add` each. Raises
+        BaseMismatch, HostileArchive, ArchiveTooLarge (past ``max_entries``), ArchiveError
+        (at the deadline)."""
+        self._checked += 1
+        limits = self.limits
+        if limits.max_entries is not None and self._checked > limits.max_entries:
+            raise ArchiveTooLarge(
+                f"it holds more than {limits.max_entries:,} entries "
+                f"(max_entries in {limits.source})"
+            )
+        if not member.is_file or member.pax.get(DATA_KEY, deltaops.FULL) == deltaops.FULL:
+            return
+        if self._checked % 1000 == 0:
+            _check_cancel(limits.cancel)
+        parts = safe_parts(member.name)
+        if parts == (MANIFEST_NAME,):
+            raise HostileArchive("the manifest cannot come from the base")
+        name, base_parts, _ = self._base_name(parts, member)
+        assert self.base is not None
+        row = self.base.lookup(name)
+        parent = self._existing_dir(base_parts[:-1])
+        if row is None or parent < 0:
+            raise BaseMismatch(f"{escaped(name)} is not a file of the base in staging")
+        try:
+            st = os.lstat(base_parts[-1], dir_fd=parent)
+        except FileNotFoundError:
+            raise BaseMismatch(f"{escaped(name)} is missing from staging") from None
+        finally:
+            os.close(parent)
+        if not stat.S_ISREG(st.st_mode) or not row.matches(st):
+            raise BaseMismatch(f"{escaped(name)} changed in staging since its index")
+        if st.st_nlink > 1:
+            self._shared[name] = (st.st_ino, st.st_size)
 
     def _existing_dir(self, parts: tuple[str, ...]) -> int:
         """A new descriptor of the staging directory ``parts`` if it exists as one (no

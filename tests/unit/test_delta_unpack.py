@@ -63,6 +63,10 @@ def apply(staging, data: bytes, delta: bool, limits: UnpackLimits | None = None)
     reader = TarReader(io.BytesIO(data))
     try:
         with Unpacker(staging, limits, base if delta else None, index) as unpacker:
+            if delta:  # the server's first pass over a downloaded delta
+                first = TarReader(io.BytesIO(data))
+                for each in first:
+                    unpacker.check_base(each)
             for each in reader:
                 unpacker.add(each, reader.chunks())
             unpacker.finish()

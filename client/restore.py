@@ -13,7 +13,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common.archive import baseindex
+from ..common.archive import directory as archives
 from ..common.archive import sidecar as sidecars
+from ..common.archive.baseindex import BaseIndex, IndexedTree, IndexWriter
 from ..common.archive.compression import compression_of
 from ..common.archive.reader import TarStream
 from ..common.archive.sidecar import ARCHIVE_NAME, SIDECAR_NAME, ServiceReport, TaskReport
@@ -35,6 +38,7 @@ from ..common.signals import SignalGuard
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import RestorePlan, Task
 from .config import ClientConfig
+from .incremental import chain_of
 from .run import INSTANCE_LOCK
 from .services import Service, discover
 from .stages import make_tasks
@@ -42,34 +46,71 @@ from .stages import make_tasks
 log = get_logger("restore")
 
 
-def unpack_archive(archive: Path, into: Path) -> Path:
-    """Unpack a pullback archive safely (manifest checked) into ``into``; return it."""
+def unpack_archive(
+    archive: Path, into: Path, base: BaseIndex | None = None, index: IndexWriter | None = None
+) -> Path:
+    """Unpack a pullback archive safely (manifest checked) into ``into``, onto ``base``
+    (the tree ``into`` holds, for a delta) and recording ``index`` (committed); return
+    ``into``."""
+    compression = compression_of(archive.name)
     progress = Progress("unpack", archive.stat().st_size)
-    with (
-        open(archive, "rb") as raw,
-        Watched(progress),
-        TarStream(CountingReader(raw, progress), compression_of(archive.name)) as stream,
-        Unpacker(into) as unpacker,
-    ):
-        for member in stream.members():
-            unpacker.add(member, stream.read_data(member))
+    with Unpacker(into, None, base, index) as unpacker:
+        if base is not None:
+            with open(archive, "rb") as raw, TarStream(raw, compression) as stream:
+                for member in stream.members():
+                    unpacker.check_base(member)
+        with (
+            open(archive, "rb") as raw,
+            Watched(progress),
+            TarStream(CountingReader(raw, progress), compression) as stream,
+        ):
+            for member in stream.members():
+                unpacker.add(member, stream.read_data(member))
         unpacker.finish()
+        if index is not None:
+            index.commit(IndexedTree(archive.name, unpacker.manifest_sha256))
     return into
 
 
-def refuse_delta(archive: Path, sidecar_file: Path) -> None:
-    """Raise UsageError when ``archive`` is a delta: it holds only what changed since its
-    base, so a restore from it alone would be incomplete."""
+def unpack_chain(archive: Path, into: Path) -> Path:
+    """Unpack ``archive`` into ``into``; a delta by unpacking the chain it is built on
+    first, its full archive and every delta up to it, as the server does (each base
+    checked against the index the previous one left). Returns ``into``. Raises
+    UsageError when an archive of the chain is not in the directory."""
+    chain = chain_for(archive)
+    for number, path in enumerate(chain):
+        base = baseindex.take(into) if number else None
+        index = IndexWriter(into)
+        try:
+            unpack_archive(path, into, base, index)
+        finally:
+            if base is not None:
+                base.close()
+    return into
+
+
+def chain_for(archive: Path) -> list[Path]:
+    """The archives to unpack to get ``archive``'s tree: itself, after its full archive
+    and the deltas between when it is a delta. Raises UsageError for a broken chain."""
     try:
-        info = sidecars.parse(sidecar_file.read_bytes(), expected_name=archive.name).archive
+        info = sidecars.parse(
+            archive.with_name(archive.name + ".json").read_bytes(), expected_name=archive.name
+        ).archive
     except (OSError, ArchiveError):
-        return  # no usable sidecar: the unpacker refuses a delta's members itself
-    if info.is_delta and info.base is not None:
+        return [archive]  # no usable sidecar: the unpacker refuses a delta's members itself
+    if not info.is_delta:
+        return [archive]
+    present = {a.name: a for a in archives.list_archives(archive.parent) if a.complete}
+    chain = chain_of(present[archive.name], present) if archive.name in present else []
+    if not chain:
         raise UsageError(
-            f"{archive.name} is a delta archive (only what changed since {info.base.name}); "
-            "restore from the server's snapshot (pullback-server restore), or from the "
-            "newest full archive in the archive directory"
+            f"{archive.name} is a delta archive (only what changed since "
+            f"{info.base.name if info.base else '?'}), and the archives it is built on "
+            f"are not all in {archive.parent}: restore from the server's snapshot "
+            "(pullback-server restore) instead"
         )
+    log.info("%s is a delta: unpacking its chain of %d archives", archive.name, len(chain))
+    return [a.path for a in chain]
 
 
 def service_root(source: Path, name: str) -> Path:
@@ -151,9 +192,8 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
             if not ARCHIVE_NAME.match(source.name):
                 raise UsageError(f"{source} is not a pullback archive")
             sidecar_file = source.with_name(source.name + ".json")
-            refuse_delta(source, sidecar_file)
             log.info("unpacking %s (checked against its manifest)", source.name)
-            source = unpack_archive(source, Path(scratch) / "archive")
+            source = unpack_chain(source, Path(scratch) / "archive")
         root = service_root(source, name)
         restore = ServiceRestore(
             config, service, plugins, options, read_content(sidecar_file, root, name), Path(scratch)

@@ -132,12 +132,24 @@ def test_the_next_day_travels_as_a_delta_and_restores_exactly(fleet, tmp_path):
     assert day2["host"]["last_result"] == "stored"
     trees.append(snapshot(host.data))
 
-    # a delta alone is not a tree: restoring from it is refused, in words, changing nothing
+    # a delta alone is not a tree: restoring from it unpacks its chain (full, then delta)
     delta_file = host.client.archives / second["archive"]["name"]
-    refused = host.client.cli("restore", "--service", "app", "--from", str(delta_file))
-    assert refused.returncode == 2, refused.stderr
-    assert "is a delta archive (only what changed since" in refused.stderr
-    assert snapshot(host.data) == trees[-1]
+    target = tmp_path / "local"
+    local = host.client.cli(
+        "restore", "--service", "app", "--from", str(delta_file), "--target", str(target)
+    )
+    assert local.returncode == 0, local.stderr
+    assert "unpacking its chain of 2 archives" in local.stderr
+    assert snapshot(target / str(host.data).lstrip("/")) == trees[-1]
+    # ... and says so when the chain is not all there
+    full_file = host.client.archives / first["archive"]["name"]
+    full_file.rename(tmp_path / "aside")
+    broken = host.client.cli(
+        "restore", "--service", "app", "--from", str(delta_file), "--target", str(target)
+    )
+    assert broken.returncode == 2, broken.stderr
+    assert "is a delta archive (only what changed since" in broken.stderr
+    (tmp_path / "aside").rename(full_file)
 
     ids = snapshot_ids(fleet)
     assert len(ids) == 2

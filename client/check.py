@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.archive.compression import compress_command
+from ..common.archive.filecache import CACHE_NAME
 from ..common.cli import print_json
 from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_CONFIG, EXIT_OK, describe
@@ -61,9 +62,13 @@ def _setting_problems(config: ClientConfig) -> list[str]:
         path = getattr(config, key)
         if not writable_or_creatable(path):
             problems.append(f"{config.path}: {key}: {path} is not writable")
-    if config.metrics_file is not None:
-        unit = "pullback-client.service"
-        found = output_problem("metrics_file", config.metrics_file, unit, unit_writable_paths(unit))
+    unit = "pullback-client.service"
+    outputs = {"metrics_file": config.metrics_file}
+    if config.incremental.enabled:  # the file cache, written by every run
+        outputs["incremental.cache_dir"] = config.incremental.cache_dir / CACHE_NAME
+    allowed = unit_writable_paths(unit) if any(outputs.values()) else None
+    for setting, path in outputs.items():
+        found = output_problem(setting, path, unit, allowed) if path is not None else None
         problems += [f"{config.path}: {found}"] if found else []
     for directory in config.service_dirs:
         if not directory.is_dir():

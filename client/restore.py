@@ -55,7 +55,7 @@ def unpack_archive(
     compression = compression_of(archive.name)
     progress = Progress("unpack", archive.stat().st_size)
     with Unpacker(into, None, base, index) as unpacker:
-        if base is not None:
+        if base is not None and base.linked:
             with open(archive, "rb") as raw, TarStream(raw, compression) as stream:
                 for member in stream.members():
                     unpacker.check_base(member)

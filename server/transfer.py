@@ -329,7 +329,7 @@ class _Download:
                     self.index,
                 ) as unpacker,
             ):
-                if self.archive.is_delta:
+                if self.archive.is_delta and base is not None and base.linked:
                     self._check_bases(unpacker)
                 for member in stream.members():
                     unpacker.add(member, stream.read_data(member))

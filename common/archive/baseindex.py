@@ -99,9 +99,12 @@ def read_tree(staging: Path) -> IndexedTree | None:
 class BaseIndex:
     """The index of the tree staging holds before an unpack (read-only)."""
 
-    def __init__(self, db: sqlite3.Connection, tree: IndexedTree):
+    def __init__(self, db: sqlite3.Connection, tree: IndexedTree, linked: bool = True):
         self._db = db
         self.tree = tree
+        self.linked = linked
+        """Some of its files are hard-linked (a delta's base files are then checked in a
+        first pass, :meth:`..unpack.Unpacker.check_base`)."""
 
     def lookup(self, name: str) -> IndexedFile | None:
         """The row of the regular file ``name`` (its archive member name), or None."""
@@ -132,12 +135,13 @@ def take(staging: Path) -> BaseIndex | None:
     try:
         db = _connect(old, readonly=True)
         tree = _read_tree(db)
+        linked = dict(db.execute("SELECT k, v FROM meta")).get("linked") != "0"
     except sqlite3.Error:
         return None
     if tree is None:
         db.close()
         return None
-    return BaseIndex(db, tree)
+    return BaseIndex(db, tree, linked)
 
 
 def drop(staging: Path) -> None:
@@ -188,8 +192,10 @@ class IndexWriter:
         db, root = self._db, os.fsencode(self.staging)
         names = [name for (name,) in db.execute("SELECT name FROM files")]
         rows = []
+        linked = False
         for name in names:
             st = os.lstat(os.path.join(root, name))
+            linked = linked or st.st_nlink > 1
             rows.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, name))
         db.executemany(
             "UPDATE files SET ino = ?, size = ?, mtime_ns = ?, ctime_ns = ? WHERE name = ?",
@@ -200,6 +206,7 @@ class IndexWriter:
             "archive": tree.archive,
             "manifest_sha256": tree.manifest_sha256,
             "state": "complete",
+            "linked": "1" if linked else "0",
         }
         db.executemany("INSERT INTO meta (k, v) VALUES (?, ?)", meta.items())
         db.execute("COMMIT")

@@ -667,7 +667,8 @@ class Unpacker:
         """Before anything of a delta is applied: check the base file ``member`` takes
         its bytes from, if any, against the index, and remember a hard-linked one (its
         other names may change or go while the archive is applied, which changes its
-        ctime). Call it for every member first, then :meth:`add` each. Raises
+        ctime). Call it for every member first, then :meth:`add` each (needed only when
+        the base has hard-linked files: ``BaseIndex.linked``). Raises
         BaseMismatch, HostileArchive, ArchiveTooLarge (past ``max_entries``), ArchiveError
         (at the deadline)."""
         self._checked += 1

@@ -158,6 +158,33 @@ hosts:
     status = root.run(["pullback-server", "status"]).stdout
     assert "node1" in status and "stored" in status
 
+    # incremental archives as docs/client.md switches them on: the units let the client
+    # keep its file cache (/var/cache/pullback) and the server its index beside staging
+    root.write(
+        "/etc/pullback/client.yaml",
+        "hostname: node1\nmin_interval: 1s\nincremental: {enabled: true}\n",
+        0o640,
+    )
+    root.run("chgrp pullback /etc/pullback/client.yaml")
+    assert "incremental" not in root.run(["pullback-client", "check"], check=False).stdout
+    for day in ("full", "delta"):
+        root.run(f"sleep 2.1; echo 'day {day}' >> /srv/app/data/a.txt")
+        started = root.run(["systemctl", "start", "pullback-client.service"], check=False)
+        log = root.run(["journalctl", "-u", "pullback-client.service", "--no-pager"]).stdout
+        assert started.returncode == 0, log
+        assert ("delta: a delta against" if day == "delta" else "full archive:") in log
+    assert root.run("stat -c %a /var/cache/pullback").stdout.strip() == "700"
+    root.write(  # the timer's pull is --if-due: the first snapshot is minutes old
+        "/etc/pullback/server.yaml",
+        f"min_interval: 1s\nhosts:\n  - {{name: node1, address: 127.0.0.1, port: {port}}}\n",
+        0o640,
+    )
+    server = root.run(["systemctl", "start", "pullback-server.service"], check=False)
+    server_log = root.run(["journalctl", "-u", "pullback-server.service", "--no-pager"]).stdout
+    assert server.returncode == 0, server_log
+    assert "a delta (" in server_log
+    assert root.run("ls /var/lib/pullback/server/staging").stdout.count("node1.index.db") == 1
+
 
 def test_databases_and_special_bits_round_trip_under_systemd(root, installed):
     """docs/client.md's stock-Debian database setup followed literally (PostgreSQL by peer

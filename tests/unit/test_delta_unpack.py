@@ -63,7 +63,7 @@ def apply(staging, data: bytes, delta: bool, limits: UnpackLimits | None = None)
     reader = TarReader(io.BytesIO(data))
     try:
         with Unpacker(staging, limits, base if delta else None, index) as unpacker:
-            if delta:  # the server's first pass over a downloaded delta
+            if delta and base is not None and base.linked:  # the server's first pass
                 first = TarReader(io.BytesIO(data))
                 for each in first:
                     unpacker.check_base(each)

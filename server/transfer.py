@@ -331,6 +331,7 @@ class _Download:
             ):
                 if self.archive.is_delta and base is not None and base.linked:
                     self._check_bases(unpacker)
+                    base.rewind()
                 for member in stream.members():
                     unpacker.add(member, stream.read_data(member))
                 self.unpacked = unpacker.finish()

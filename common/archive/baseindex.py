@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fsutil import fsync_dir
+from .ordered import OrderedLookup
 
 INDEX_FORMAT = 2
 """2: names stored as bytes (a name need not be UTF-8)."""
@@ -101,18 +102,21 @@ class BaseIndex:
 
     def __init__(self, db: sqlite3.Connection, tree: IndexedTree, linked: bool = True):
         self._db = db
+        self._rows = OrderedLookup(db, "sha256, ino, size, mtime_ns, ctime_ns")
         self.tree = tree
         self.linked = linked
         """Some of its files are hard-linked (a delta's base files are then checked in a
         first pass, :meth:`..unpack.Unpacker.check_base`)."""
 
     def lookup(self, name: str) -> IndexedFile | None:
-        """The row of the regular file ``name`` (its archive member name), or None."""
-        row = self._db.execute(
-            "SELECT sha256, ino, size, mtime_ns, ctime_ns FROM files WHERE name = ?",
-            (_raw(name),),
-        ).fetchone()
+        """The row of the regular file ``name`` (its archive member name), or None.
+        Cheapest when asked in archive order; :meth:`rewind` before another pass."""
+        row = self._rows.get(_raw(name))
         return IndexedFile(*row) if row else None
+
+    def rewind(self) -> None:
+        """The next lookups are a new pass over the archive, from its first member."""
+        self._rows.rewind()
 
     def close(self) -> None:
         self._db.close()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..fsutil import fsync_dir
 from . import chunker
+from .ordered import OrderedLookup
 from .sidecar import BaseRef
 
 CACHE_FORMAT = 3
@@ -111,6 +112,7 @@ class FileCache:
         self.path = directory / CACHE_NAME
         self._new_path = directory / (CACHE_NAME + ".new")
         self._old: sqlite3.Connection | None = None
+        self._rows: OrderedLookup | None = None
         self._new: sqlite3.Connection | None = None
         self.base: BaseRef | None = None
         """The archive the old cache describes (None: no usable cache)."""
@@ -135,18 +137,17 @@ class FileCache:
             db.close()
             return "the file cache is incomplete"
         self._old = db
+        self._rows = OrderedLookup(
+            db, "dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable"
+        )
         self.base = BaseRef(meta["archive"], meta["manifest_sha256"])
         return None
 
     def lookup(self, name: str) -> CachedFile | None:
-        """The old row of the member ``name``, or None."""
-        if self._old is None:
+        """The old row of the member ``name``, or None (cheapest in walk order)."""
+        if self._rows is None:
             return None
-        row = self._old.execute(
-            "SELECT dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable "
-            "FROM files WHERE name = ?",
-            (name.encode("utf-8", "surrogateescape"),),
-        ).fetchone()
+        row = self._rows.get(name.encode("utf-8", "surrogateescape"))
         return _row(row) if row else None
 
     def lookup_inode(self, dev: int, ino: int) -> tuple[str, CachedFile] | None:
@@ -224,6 +225,7 @@ class FileCache:
     def close(self) -> None:
         """Close both caches; an unfinished new one is removed."""
         if self._old is not None:
+            self._rows = None
             self._old.close()
             self._old = None
         if self._new is not None:

@@ -1,0 +1,55 @@
+"""Lookups by name in an SQLite table of files, cheap when asked in (nearly) name order.
+
+The client's file cache and the server's staging index are both tables whose key is a
+file's member name (bytes, ``WITHOUT ROWID``: stored in name order). Both are asked about
+every file of a tree, in the order a tree is walked, which is nearly the same order. One
+query per file costs about as much as the rest of the work on an unchanged file; reading
+the table once, alongside, costs almost nothing. :class:`OrderedLookup` does that and
+falls back to one query whenever the order differs (a new file, a name the walk and the
+table order differently), so every answer is the table's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+BATCH = 512
+"""Rows read at a time: memory stays a few hundred rows, whatever the table's size."""
+
+
+class OrderedLookup:
+    """``get(name)``: the row of ``name`` (its other columns), or None.
+
+    ``columns`` are the columns returned after the name; ``table`` must have a ``name``
+    key column. The connection must stay open and unchanged while this is used.
+    """
+
+    def __init__(self, db: sqlite3.Connection, columns: str, table: str = "files"):
+        self._db = db
+        # columns and table are the caller's constants, never data
+        self._order = f"SELECT name, {columns} FROM {table} ORDER BY name"  # noqa: S608
+        self._point = f"SELECT {columns} FROM {table} WHERE name = ?"  # noqa: S608
+        self._rows: Iterator[tuple] = iter(())
+        self._next: tuple | None = None
+        self.rewind()
+
+    def rewind(self) -> None:
+        """Start again from the first name (a second pass over the same tree)."""
+        self._rows = self._batches(self._db.execute(self._order))
+        self._next = next(self._rows, None)
+
+    @staticmethod
+    def _batches(cursor: sqlite3.Cursor) -> Iterator[tuple]:
+        while batch := cursor.fetchmany(BATCH):
+            yield from batch
+
+    def get(self, name: bytes) -> tuple | None:
+        """The row of ``name`` without the name, or None when the table has none."""
+        while self._next is not None and self._next[0] < name:
+            self._next = next(self._rows, None)
+        found = self._next
+        if found is not None and found[0] == name:
+            self._next = next(self._rows, None)
+            return found[1:]
+        return self._db.execute(self._point, (name,)).fetchone()

@@ -4,11 +4,13 @@
 the host's turn:
 
 1. ``due``: with ``--if-due``, a host whose newest snapshot is younger than
-   ``min_interval`` is skipped quietly;
+   ``min_interval`` is skipped quietly (status.json's record of it, when old enough,
+   spares waiting for the repository's snapshot list);
 2. ``connect``: reach the client over SSH (pinned host key);
 3. ``wait_for_client``: ask for its archives, again while it is publishing one;
 4. ``choose``: a pure function of the listing and the repository's snapshots (see
-   :func:`choose`): the newest usable archive, or a skip and why;
+   :func:`choose`): the newest usable archive, or a skip and why (chosen before the
+   snapshot list arrives when staging reaches it by deltas, and confirmed before storing);
 5. ``fetch``: stream the archive into the partial file while unpacking it into staging
    (:mod:`.transfer`), checked against its sha256 and manifest;
    (a delta: the archives that lead to it from what staging holds, see :mod:`.chain`,
@@ -30,7 +32,7 @@ import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from ..common.archive import baseindex
 from ..common.archive import sidecar as sidecars
@@ -97,11 +99,17 @@ class Stored:
     newest: Snapshot | None
     stamps: frozenset[str]
 
+    NOTHING: ClassVar[Stored]
+    """Nothing stored (or not known yet)."""
+
     @classmethod
     def of(cls, snapshots: list[Snapshot]) -> Stored:
         return cls(
             snapshots[-1] if snapshots else None, frozenset(s.stamp for s in snapshots if s.stamp)
         )
+
+
+Stored.NOTHING = Stored(None, frozenset())
 
 
 @dataclass
@@ -336,7 +344,7 @@ class HostPull:
                 lambda: [] if self.repository_missing else self.ctx.backend.snapshots()
             )
             try:
-                if self.options.if_due and not self.due(asked.result()):
+                if self.options.if_due and not self.recorded_due() and not self.due(asked.result()):
                     return
                 self._pull(asked)
             finally:
@@ -351,8 +359,7 @@ class HostPull:
             listing = self.wait_for_client(remote)
             if listing is None:
                 return
-            stored = self.note_snapshots(asked.result())
-            choice = choose(listing, self.ctx.name, stored, utc_now(), self.refused())
+            choice, early = self.choose_early(listing, asked)
             if not self.apply(choice, remote):
                 return
             assert choice.archive is not None
@@ -360,9 +367,50 @@ class HostPull:
                 self.ctx.backend.prepare(create=True)
                 self.repository_missing = False
             fetched = self.reach(remote, listing, choice.archive)
+            if early and not self.still_chosen(listing, choice, asked, remote, fetched):
+                return
             self.store(choice.archive, fetched)
             self.mark_fetched(remote, choice.archive.archive.name)
             self.measure()
+
+    def choose_early(self, listing: Listing, asked: Future) -> tuple[Choice, bool]:
+        """The choice, and whether it was made before the repository's snapshot list
+        arrived. Only a cheap choice is made early: an archive that staging reaches by
+        deltas from the tree it holds (the snapshot list, which costs restic a key
+        derivation, then arrives while it is fetched; :meth:`still_chosen`)."""
+        refused = self.refused()
+        if not asked.done() and not self.options.dry_run:
+            choice = choose(listing, self.ctx.name, Stored.NOTHING, utc_now(), refused)
+            if choice.archive is not None and not choice.skip:
+                tree = baseindex.read_tree(self.ctx.staging)
+                route = chain.plan(choice.archive, listing, self.ctx.name, tree, refused)
+                if not route.from_full and not route.problem:
+                    return choice, True
+        stored = self.note_snapshots(asked.result())
+        return choose(listing, self.ctx.name, stored, utc_now(), refused), False
+
+    def still_chosen(
+        self,
+        listing: Listing,
+        early: Choice,
+        asked: Future,
+        remote: ClientEndpoint,
+        fetched: Fetched | None,
+    ) -> bool:
+        """After an early choice's fetch: whether the repository's snapshots (now
+        known) choose the same archive. If not (it is already stored, or older than the
+        newest snapshot), the host ends as that choice says; staging keeps the fetched
+        tree, which its index describes."""
+        stored = self.note_snapshots(asked.result())
+        choice = choose(listing, self.ctx.name, stored, utc_now(), self.refused())
+        assert early.archive is not None
+        same = choice.archive is not None and choice.archive.stamp == early.archive.stamp
+        if same and not choice.skip:
+            return True
+        if fetched is not None:
+            discard_partial(fetched.path)
+        self.apply(choice, remote)
+        return False
 
     # -- the phases -----------------------------------------------------------------------
 
@@ -394,6 +442,21 @@ class HostPull:
             message = f"could not remove a stale repository lock: {exc}"
         if message:  # (the backend has logged it)
             self.result.warnings.append(message)
+
+    def recorded_due(self) -> bool:
+        """Whether status.json shows the host due without waiting for the repository:
+        the newest snapshot recorded there is older than ``min_interval``. When the
+        record is missing or fresh, :meth:`due` asks the repository. A record older than
+        the truth (a snapshot stored by another tool) costs at most one snapshot more;
+        the repository's list still decides, before storing, whether the archive is
+        already there (:meth:`still_chosen`)."""
+        entry = status_file.load_status(self.ctx.config.state_dir)["hosts"].get(self.ctx.name)
+        newest = entry.get("newest_snapshot") if isinstance(entry, dict) else None
+        try:
+            seconds = age(newest, utc_now()) if isinstance(newest, str) else None
+        except ValueError:
+            return False
+        return seconds is not None and seconds >= self.ctx.host.min_interval
 
     def due(self, snapshots: list[Snapshot]) -> bool:
         """False (and the result a quiet skip) when the newest snapshot is fresh."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,10 @@ class FakeBackend:
     """What was asked of it, in order (a test may share the list with a fake client)."""
     copies: Path | None = None
     name: str = "fake"
+    snapshots_delay: float = 0.0
+    """Seconds the snapshot list takes (restic's key derivation, made visible)."""
+    snapshots_answered: float | None = None
+    """When (time.monotonic) the snapshot list was last answered."""
 
     def repository(self) -> str:
         return "memory"
@@ -51,6 +56,8 @@ class FakeBackend:
             raise RepositoryMissing("the fake repository memory does not exist")
 
     def snapshots(self) -> list[Snapshot]:
+        time.sleep(self.snapshots_delay)
+        self.snapshots_answered = time.monotonic()
         if self.fail_snapshots:
             raise self.fail_snapshots
         return list(self.snapshot_list)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pullback.common.archive import baseindex
 from pullback.common.clock import iso, parse_stamp, stamp_of
 from pullback.common.errors import ArchiveError, CommandError, Interrupted, PullbackError
 from pullback.common.outcome import Status
@@ -203,6 +204,8 @@ class FakeClient:
         self.hang = False
         self.refuse_fetched: PullbackError | None = None
         self.events: list[str] = []
+        self.listed: float | None = None
+        """When (time.monotonic) the last listing was answered."""
 
     def __enter__(self):
         return self
@@ -215,6 +218,7 @@ class FakeClient:
             if not self.cancel.wait(30):
                 raise AssertionError("the deadline never came")
             raise PullbackError("web1: no answer to 'list'")
+        self.listed = time.monotonic()
         lock = None
         if self.locked_answers:
             self.locked_answers -= 1
@@ -371,6 +375,53 @@ def test_an_archive_already_stored_is_marked_fetched_again(config, backend, clie
     result = make_pull(config, backend, client).run()
     assert (result.status, result.reason) == (Status.SKIPPED, f"{archive.name} is already stored")
     assert client.marked == [archive.name] and backend.stored == []
+
+
+def test_an_old_recorded_snapshot_spares_waiting_for_the_repository(config, backend, client):
+    """With --if-due, status.json's newest snapshot (old enough) makes the host due at
+    once: the client is asked while the repository still derives its key. A fresh or
+    missing record waits for the repository (the host may be fresh)."""
+    archive = publish_one(client)
+    backend.snapshots_delay = 0.5
+    result = make_pull(config, backend, client, PullOptions(if_due=True)).run()
+    assert result.status == Status.STORED, result.reason
+    assert client.listed > backend.snapshots_answered  # no record: asked the repository first
+    status_file.record(config.state_dir, [result])  # newest snapshot: the archive's, 1 h old
+    client.listed = None
+    again = make_pull(config, backend, client, PullOptions(if_due=True)).run()
+    assert (again.status, again.fresh) == (Status.SKIPPED, True)  # 1 h < min_interval
+    assert client.listed is None
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    status = json.loads((config.state_dir / "status.json").read_text())
+    status["hosts"]["web1"]["newest_snapshot"] = iso(old)
+    (config.state_dir / "status.json").write_text(json.dumps(status))
+    third = make_pull(config, backend, client, PullOptions(if_due=True)).run()
+    assert client.listed < backend.snapshots_answered  # asked the client without waiting
+    # the repository still decides, before storing: the archive is already there
+    assert (third.status, third.reason) == (Status.SKIPPED, f"{archive.name} is already stored")
+    assert len(backend.stored) == 1 and client.marked == [archive.name, archive.name]
+
+
+def test_an_early_choice_is_confirmed_by_the_repository_before_storing(config, backend, client):
+    """Staging reaching the newest archive without a full transfer (here: it holds it
+    already) is chosen before the snapshot list arrives; the list then finds it stored,
+    and nothing is stored twice."""
+    archive = publish_one(client)
+    assert make_pull(config, backend, client).run().status == Status.STORED
+    held = baseindex.read_tree(config.staging_dir("web1"))
+    side = archive.with_name(archive.name + ".json")  # a client's sidecar names its manifest
+    data = json.loads(side.read_text())
+    data["archive"]["manifest_sha256"] = held.manifest_sha256
+    side.write_text(json.dumps(data))
+    backend.snapshot_list = [
+        Snapshot("s1", parse_stamp(stamp), stamp) for _, stamp in backend.stored
+    ]
+    backend.snapshots_delay = 0.5
+    result = make_pull(config, backend, client).run()
+    assert client.listed < backend.snapshots_answered  # chosen before the list came
+    assert (result.status, result.reason) == (Status.SKIPPED, f"{archive.name} is already stored")
+    assert len(backend.stored) == 1 and client.marked == [archive.name, archive.name]
+    assert list(config.partial_dir("web1").iterdir()) == []
 
 
 @pytest.mark.parametrize("published", [False, True])

@@ -1,16 +1,21 @@
-"""Hand-made archives (hostile or odd) published into a client's archive directory."""
+"""Hand-made archives (hostile or odd) published into a client's archive directory: full
+archives (sidecar format 1) and delta archives (format 2, naming their base; the members
+of docs/archive-format.md, *Delta archives*)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from pullback.common.archive import tarformat
+from pullback.common.archive.deltaops import BASE, BASE_KEY, DATA_KEY, DELTA, REALSIZE_KEY
 from pullback.common.archive.manifest import MANIFEST_NAME, format_line
+from pullback.common.archive.sidecar import BaseRef
 
 MTIME = 1_700_000_000 * 1_000_000_000
 
@@ -62,8 +67,23 @@ def build_tar(entries: list[Entry], manifest: bool = True) -> bytes:
     return bytes(out)
 
 
-def publish(archive_dir: Path, host: str, tar: bytes, when: dt.datetime | None = None) -> Path:
-    """Compress ``tar`` with zstd and publish it with a valid sidecar; return the archive."""
+def publish(
+    archive_dir: Path,
+    host: str,
+    tar: bytes,
+    when: dt.datetime | None = None,
+    *,
+    base: BaseRef | None = None,
+    manifest_sha256: str | None = None,
+) -> Path:
+    """Compress ``tar`` with zstd and publish it with a valid sidecar; return the archive.
+
+    With ``base`` the sidecar is a delta's (format 2, ``kind: delta``, naming ``base``);
+    its ``manifest_sha256`` is ``manifest_sha256`` if given, else the digest of ``tar``'s
+    manifest member (:func:`manifest_digest`; that of no bytes when there is none). A full
+    archive's sidecar (format 1) carries ``kind`` and ``manifest_sha256`` only when
+    ``manifest_sha256`` is given.
+    """
     when = when or dt.datetime.now(dt.UTC).replace(microsecond=0)
     stamp = when.strftime("%Y%m%dT%H%M%SZ")
     name = f"{host}-{stamp}.tar.zst"
@@ -71,20 +91,119 @@ def publish(archive_dir: Path, host: str, tar: bytes, when: dt.datetime | None =
     path = archive_dir / name
     data = subprocess.run(["zstd", "-q", "-c"], input=tar, capture_output=True, check=True).stdout
     path.write_bytes(data)
+    info: dict = {
+        "name": name,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "compression": "zstd",
+    }
+    if base is not None:
+        digest = manifest_sha256 or manifest_digest(tar) or hashlib.sha256(b"").hexdigest()
+        info.update(
+            kind="delta",
+            manifest_sha256=digest,
+            base={"name": base.name, "manifest_sha256": base.manifest_sha256},
+        )
+    elif manifest_sha256 is not None:
+        info.update(kind="full", manifest_sha256=manifest_sha256)
     sidecar = {
-        "format": 1,
+        "format": 1 if base is None else 2,
         "host": host,
         "stamp": stamp,
         "created": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "pullback_version": "test",
         "status": "ok",
-        "archive": {
-            "name": name,
-            "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "compression": "zstd",
-        },
+        "archive": info,
         "services": [{"name": "x", "status": "ok"}],
     }
     path.with_name(name + ".json").write_text(json.dumps(sidecar))
     return path
+
+
+# -- delta archives -----------------------------------------------------------------------
+
+
+def _manifest_at(tar: bytes) -> int | None:
+    """Where the header of ``tar``'s manifest member begins when the manifest is its last
+    member, a plain ustar header right before the two zero blocks that end the archive
+    (as :func:`build_tar` and the hostile corpus write it); None otherwise."""
+    block = tarformat.BLOCK
+    end = len(tar) - 2 * block
+    if end < block or len(tar) % block or tar[end:] != bytes(2 * block):
+        return None
+    for start in range(end - block, -1, -block):
+        head = tar[start : start + block]
+        if head[:100].rstrip(b"\0") != MANIFEST_NAME.encode() or head[156:157] != b"0":
+            continue
+        try:
+            size = int(head[124:136].rstrip(b"\0 ") or b"0", 8)
+        except ValueError:
+            return None
+        return start if start + block + size + (-size) % block == end else None
+    return None
+
+
+def manifest_digest(tar: bytes) -> str | None:
+    """The sha256 of ``tar``'s manifest member's bytes (what a delta's sidecar names as
+    its ``manifest_sha256``), or None when ``tar`` does not end with a manifest."""
+    start = _manifest_at(tar)
+    if start is None:
+        return None
+    size = int(tar[start + 124 : start + 136].rstrip(b"\0 ") or b"0", 8)
+    data = tar[start + tarformat.BLOCK : start + tarformat.BLOCK + size]
+    return hashlib.sha256(data).hexdigest()
+
+
+def with_first(tar: bytes, first: bytes, line: bytes = b"") -> bytes:
+    """``tar`` with the member ``first`` (its header blocks and data) before its first
+    member and ``line`` added to its manifest; returns the new archive. A ``tar`` that does
+    not end with a manifest (:func:`manifest_digest` is None) only gets ``first``."""
+    start = _manifest_at(tar)
+    if start is None:
+        return first + tar
+    size = int(tar[start + 124 : start + 136].rstrip(b"\0 ") or b"0", 8)
+    lines = tar[start + tarformat.BLOCK : start + tarformat.BLOCK + size] + line
+    manifest = tarformat.header(
+        MANIFEST_NAME, tarformat.REGTYPE, mode=0o644, size=len(lines), mtime_ns=MTIME
+    )
+    padding = bytes((-len(lines)) % tarformat.BLOCK)
+    return first + tar[:start] + manifest + lines + padding + bytes(2 * tarformat.BLOCK)
+
+
+def file_member(
+    name: str, data: bytes = b"", pax: list[tuple[bytes, bytes]] | None = None, mode: int = 0o644
+) -> bytes:
+    """One regular-file member (header, ``data``, padding); returns its bytes."""
+    head = tarformat.header(
+        name,
+        tarformat.REGTYPE,
+        mode=mode,
+        size=len(data),
+        mtime_ns=MTIME,
+        uname="root",
+        gname="root",
+        pax=pax,
+    )
+    return head + data + bytes((-len(data)) % tarformat.BLOCK)
+
+
+def base_member(name: str, base_name: str | bytes | None = None) -> bytes:
+    """A delta's member whose bytes are its base file's (``PULLBACK.data=base``), that of
+    ``base_name`` (``PULLBACK.base``) when given; returns its bytes."""
+    pax = [(DATA_KEY, BASE)]
+    if base_name is not None:
+        raw = base_name if isinstance(base_name, bytes) else os.fsencode(base_name)
+        pax.append((BASE_KEY, raw))
+    return file_member(name, pax=pax)
+
+
+def delta_member(
+    name: str, stream: bytes, realsize: int | bytes, base_name: str | None = None
+) -> bytes:
+    """A delta's member made of a PBD1 ``stream`` (``PULLBACK.data=delta``) announcing
+    ``realsize`` (a number, or the record's raw bytes); returns its bytes."""
+    size = realsize if isinstance(realsize, bytes) else b"%d" % realsize
+    pax = [(DATA_KEY, DELTA), (REALSIZE_KEY, size)]
+    if base_name is not None:
+        pax.append((BASE_KEY, os.fsencode(base_name)))
+    return file_member(name, stream, pax=pax)

@@ -3,11 +3,28 @@
 A compromised client controls its archive, the archive's manifest and its sidecar, so
 every archive here arrives with a matching sha256. Each case says what the pull must do:
 refuse the archive (the host fails with plain words, no snapshot is stored, the partial
-download is gone) or neutralise it (a snapshot is stored and staging holds the harmless
-form). After every round: nothing was created outside staging (every escape target lies
-in ``OUTSIDE``, which must stay empty) and /etc/passwd is untouched. After every category:
-a good archive pulls fine on the first RECOVERED hosts used (whatever the cases left in
-their staging trees), and staging then mirrors it exactly.
+download is gone, staging is emptied and no base index is left that could vouch for it)
+or neutralise it (a snapshot is stored, staging holds the harmless form and the index
+names the archive). After every round: nothing was created outside staging (every escape
+target lies in ``OUTSIDE``, which must stay empty) and /etc/passwd is untouched. After
+every category: a good archive pulls fine on the first RECOVERED hosts used (whatever the
+cases left in their staging trees), and staging then mirrors it exactly.
+
+Every category runs twice (the ``kind`` fixture): each case published as a full archive,
+and the same case published as a delta archive (sidecar format 2) on a good base that
+staging holds, so that the server goes through its delta path (the delta downloaded
+whole, then unpacked onto the base with the base index). The delta form of a case is
+its archive with one member more in front, ``services/app/files/good.txt`` taken from
+the base (``PULLBACK.data=base``), and that file's line added to its manifest; its base
+is the good archive (or, for a case with an archive stored first, that archive with
+good.txt added). The client keeps the base beside the delta, as a real client keeps its
+chain. Expectations are the same in both forms, except where the delta path legitimately
+differs, which :func:`_round` states: a refused delta also makes the server ask the client
+for a full archive; a delta that needs a base file staging does not hold (BaseMismatch)
+is first replayed from the chain's full archive in the same pull (reported), and only
+then refused; a delta whose chain cannot be followed is never applied (staging keeps
+its base). Delta-specific cases (base names, PBD1 streams, sidecars naming other bases,
+manifests the applied tree does not match) are a category of their own.
 
 Cases of a round run on separate hosts in one ``pullback-server pull``, which pulls them
 in parallel: one fleet serves the whole module.
@@ -17,12 +34,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import itertools
 import json
 import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import tarfile
 import tempfile
@@ -33,9 +52,22 @@ from pathlib import Path
 
 import pytest
 
-from pullback.common.archive import tarformat
+from pullback.common.archive import baseindex, deltaops, tarformat
+from pullback.common.archive.deltaops import BASE, DATA_KEY, REALSIZE_KEY, Copy, Data
+from pullback.common.archive.directory import prepare_marks
 from pullback.common.archive.manifest import MANIFEST_NAME, format_line
-from tests.helpers.archives import MTIME, Entry, build_tar, publish
+from pullback.common.archive.sidecar import SIDECAR_NAME, BaseRef
+from tests.helpers.archives import (
+    MTIME,
+    Entry,
+    base_member,
+    build_tar,
+    delta_member,
+    file_member,
+    manifest_digest,
+    publish,
+    with_first,
+)
 from tests.helpers.fleet import Fleet
 
 pytestmark = pytest.mark.integration
@@ -50,7 +82,11 @@ OUTSIDE = Path(tempfile.gettempdir()) / f"pullback-hostile-{os.getpid()}"
 UP = "../" * 40  # deeper than any staging path
 HOSTILE = "refused a hostile archive: "
 PASSWD = Path("/etc/passwd")
-GOOD = build_tar([Entry("services/app/files/good.txt", data=b"good\n")])
+GOOD_NAME = "services/app/files/good.txt"
+GOOD_BYTES = b"good\n"
+GOOD_LINE = format_line(GOOD_NAME, hashlib.sha256(GOOD_BYTES).hexdigest())
+GOOD = build_tar([Entry(GOOD_NAME, data=GOOD_BYTES)])
+GOOD_MANIFEST = manifest_digest(GOOD)
 GOOD_TREE = {
     b"MANIFEST.sha256",
     b"SIDECAR.json",  # the server's own record of the pull, beside the manifest
@@ -59,6 +95,11 @@ GOOD_TREE = {
     b"services/app/files",
     b"services/app/files/good.txt",
 }
+KINDS = ("full", "delta")
+FULL_MATRIX = bool(os.environ.get("PULLBACK_FULL_MATRIX"))
+"""Also the delta form of the slowest cases (as the fault matrix's rows under it)."""
+ASKED_FULL = "asked the client to make its next archive a full one"
+FELL_BACK = "fell back to a full transfer"
 
 
 # -- archives ---------------------------------------------------------------------------
@@ -75,6 +116,7 @@ def member(
     kind: bytes = tarformat.REGTYPE,
     pax: list[tuple[bytes, bytes]] | None = None,
     size: int | None = None,
+    linkname: str = "",
 ) -> bytes:
     """One member: its header (``pax`` adds records), ``data`` and padding."""
     head = tarformat.header(
@@ -83,6 +125,7 @@ def member(
         mode=0o644,
         size=len(data) if size is None else size,
         mtime_ns=MTIME,
+        linkname=linkname,
         uname="root",
         gname="root",
         pax=pax,
@@ -181,9 +224,67 @@ class Case:
     opening: str = HOSTILE
     """How a refusal's reason begins."""
     check: Callable[[Path, str], None] | None = None
-    """For a neutralised case: asserts on the host's staging tree and its log lines."""
+    """Asserts on the host's staging tree and its log lines (after the other checks)."""
     before: bytes | None = None
-    """An archive stored first (leaving something in staging the case then meets)."""
+    """An archive stored first (leaving something in staging the case then meets; a
+    delta's base)."""
+    form: str | None = None
+    """``"full"`` or ``"delta"``: the case is always published in that form, its archive
+    as it is (a delta is then based on ``before``). None: in the form of the test's
+    ``kind``, a delta made by :func:`as_delta`."""
+    names: Callable[[Corpus, str, BaseRef], BaseRef] | None = None
+    """For a delta: the base its sidecar names, given the corpus, the host and the base
+    staging holds (by default that one). It may publish more archives on the client."""
+    manifest_sha256: str | None = None
+    """For a delta: what its sidecar says its manifest's sha256 is (by default the truth)."""
+    falls_back: bool = False
+    """A refused delta that needed a base file staging does not hold as its index says
+    (BaseMismatch): the server replays the chain from its full archive in the same pull,
+    reported, before it refuses the delta again."""
+    keeps_base: bool = False
+    """A refused delta that is never applied (its chain cannot be followed): staging and
+    its index stay the base's."""
+
+
+@dataclass(frozen=True)
+class Form:
+    """How a case is published in one test's form."""
+
+    first: bytes | None
+    """Stored first (None: a delta's base is the good archive, pulled unless staging
+    still holds the one stored last)."""
+    tar: bytes
+    delta: bool
+
+    @classmethod
+    def of(cls, case: Case, kind: str) -> Form:
+        """The form of ``case`` in a test of ``kind`` (``"full"`` or ``"delta"``)."""
+        form = case.form or kind
+        if form == "full":
+            return cls(case.before, case.tar, delta=False)
+        if case.form == "delta":
+            assert case.before is not None, "a crafted delta names the archive stored first"
+            return cls(case.before, case.tar, delta=True)
+        first = None if case.before is None else with_good(case.before)
+        return cls(first, as_delta(case.tar), delta=True)
+
+
+def with_good(tar: bytes) -> bytes:
+    """``tar`` with good.txt (its bytes) as its first member: a base of :func:`as_delta`."""
+    return with_first(tar, file_member(GOOD_NAME, GOOD_BYTES), GOOD_LINE)
+
+
+def as_delta(tar: bytes) -> bytes:
+    """The delta form of a corpus archive: good.txt taken from the base first, then every
+    member of ``tar`` as it is (their data travels whole, as a changed file's does), the
+    manifest listing good.txt too."""
+    return with_first(tar, base_member(GOOD_NAME), GOOD_LINE)
+
+
+@pytest.fixture(params=KINDS)
+def kind(request) -> str:
+    """The form every case of a test is published in: ``"full"`` or ``"delta"``."""
+    return request.param
 
 
 @dataclass
@@ -207,19 +308,49 @@ class Corpus:
     def __init__(self, fleet: Fleet, count: int = HOSTS):
         self.fleet = fleet
         self.hosts = [fleet.add_host(f"h{i}") for i in range(count)]
+        for host in self.hosts:
+            # what the client's first run makes: where the serve endpoint leaves its marks
+            # (an archive fetched, a full archive wanted)
+            host.client.archives.mkdir(parents=True, exist_ok=True)
+            prepare_marks(host.client.archives)
         fleet.write_config(
             parallel=count, max_unpacked_size=MAX_UNPACKED_SIZE, max_entries=MAX_ENTRIES
         )
         start = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) - dt.timedelta(days=30)
         self._clock = (start + dt.timedelta(minutes=n) for n in itertools.count())
+        self.goods: dict[str, str] = {}
+        """Per host, the name of the good archive stored last (a delta's base if staging
+        still holds it)."""
 
-    def publish(self, host: str, tar: bytes) -> Path:
-        """Publish ``tar`` as ``host``'s only archive, newer than any before; return it."""
-        return publish(self._clear(host), host, tar, next(self._clock))
+    def publish(
+        self,
+        host: str,
+        tar: bytes,
+        *,
+        base: BaseRef | None = None,
+        manifest_sha256: str | None = None,
+        keep: Iterable[str] = (),
+    ) -> Path:
+        """Publish ``tar`` as ``host``'s newest archive, newer than any before, the
+        client's archives but those named in ``keep`` removed first; return it. With
+        ``base`` it is a delta on that base (see :func:`tests.helpers.archives.publish`
+        for ``manifest_sha256``)."""
+        archives = self._clear(host, set(keep))
+        return publish(
+            archives, host, tar, next(self._clock), base=base, manifest_sha256=manifest_sha256
+        )
 
-    def publish_stream(self, host: str, chunks: Iterable[bytes]) -> Path:
-        """Like :meth:`publish`, the tar coming as ``chunks`` straight into zstd."""
-        path = self.publish(host, b"")
+    def publish_stream(
+        self,
+        host: str,
+        chunks: Iterable[bytes],
+        base: BaseRef | None = None,
+        manifest_sha256: str | None = None,
+    ) -> Path:
+        """Like :meth:`publish`, the tar coming as ``chunks`` straight into zstd (a delta
+        on ``base`` keeps its base on the client); returns the archive."""
+        keep = () if base is None else (base.name,)
+        path = self.publish(host, b"", base=base, manifest_sha256=manifest_sha256, keep=keep)
         with open(path, "wb") as out:
             zstd = subprocess.Popen(["zstd", "-q", "-c", "-T0"], stdin=subprocess.PIPE, stdout=out)
             for chunk in chunks:
@@ -233,10 +364,11 @@ class Corpus:
         sidecar_path.write_text(json.dumps(sidecar))
         return path
 
-    def _clear(self, host: str) -> Path:
+    def _clear(self, host: str, keep: set[str] = frozenset()) -> Path:
         archives = self.fleet.hosts[host].client.archives
         for old in archives.glob(f"{host}-*.tar.zst*"):
-            old.unlink()
+            if old.name.removesuffix(".json") not in keep:
+                old.unlink()
         return archives
 
     def pull(self, hosts: Iterable[str]) -> Pulled:
@@ -254,6 +386,50 @@ class Corpus:
 
     def partial(self, host: str) -> Path:
         return self.fleet.state / "partial" / host
+
+    def held(self, host: str) -> BaseRef | None:
+        """The archive ``host``'s staging tree holds by the server's base index (what a
+        delta on it names as its base), or None when it has no index."""
+        tree = baseindex.read_tree(self.staging(host))
+        return None if tree is None else BaseRef(tree.archive, tree.manifest_sha256)
+
+    def want_full(self, host: str) -> Path:
+        """The mark the server leaves on ``host``'s client when it asks for a full archive."""
+        return self.fleet.hosts[host].client.archives / ".fetched-marks" / "want-full"
+
+    def holds_good(self, host: str) -> bool:
+        """Whether ``host``'s staging holds the good archive stored last, still on the client."""
+        held = self.held(host)
+        archives = self.fleet.hosts[host].client.archives
+        return (
+            held is not None
+            and held.name == self.goods.get(host)
+            and (archives / held.name).exists()
+        )
+
+    def hold(self, tars: dict[str, bytes]) -> dict[str, BaseRef]:
+        """Store each host's archive of ``tars`` (a full one, its sidecar naming its
+        manifest's sha256 as a client's does); returns what each staging then holds, by
+        the server's index, which must be that archive and the manifest it shipped."""
+        published = {
+            host: self.publish(host, tar, manifest_sha256=manifest_digest(tar))
+            for host, tar in tars.items()
+        }
+        pulled = self.pull(tars)
+        assert pulled.returncode == 0, pulled.stderr
+        held = {}
+        for host, tar in tars.items():
+            held[host] = self.held(host)
+            assert held[host] == BaseRef(published[host].name, manifest_digest(tar)), host
+            if tar is GOOD:
+                self.goods[host] = published[host].name
+        return held
+
+    def hold_good(self, hosts: Iterable[str]) -> dict[str, BaseRef]:
+        """Bring the good archive into the staging of each of ``hosts`` that does not hold
+        it still; returns what each holds."""
+        self.hold({host: GOOD for host in hosts if not self.holds_good(host)})
+        return {host: self.held(host) for host in hosts}
 
 
 def passwd_state() -> tuple:
@@ -277,8 +453,14 @@ def tree(root: Path) -> set[bytes]:
     return found
 
 
-def run(corpus: Corpus, cases: dict[str, Case]) -> list[str]:
-    """Run ``cases`` (all refused, or all neutralised), one host each, in rounds of HOSTS.
+def is_empty(directory: Path) -> bool:
+    """Whether ``directory`` holds nothing (or does not exist)."""
+    return not directory.exists() or not any(directory.iterdir())
+
+
+def run(corpus: Corpus, cases: dict[str, Case], kind: str = "full") -> list[str]:
+    """Run ``cases`` (all refused, or all neutralised), one host each, in rounds of HOSTS,
+    each case in its form for ``kind`` (:class:`Form`).
 
     Returns the hosts used. Fails listing every case that went wrong.
     """
@@ -289,24 +471,54 @@ def run(corpus: Corpus, cases: dict[str, Case]) -> list[str]:
     used: list[str] = []
     for start in range(0, len(names), HOSTS):
         chunk = {f"h{i}": names[start + i] for i in range(min(HOSTS, len(names) - start))}
-        problems += _round(corpus, {host: cases[case] for host, case in chunk.items()}, chunk)
+        problems += _round(corpus, {host: cases[case] for host, case in chunk.items()}, chunk, kind)
         used += [host for host in chunk if host not in used]
     assert not problems, "\n".join(problems)
     return used
 
 
-def _round(corpus: Corpus, cases: dict[str, Case], names: dict[str, str]) -> list[str]:
+def _round(corpus: Corpus, cases: dict[str, Case], names: dict[str, str], kind: str) -> list[str]:
     """Publish each case on its host (``cases`` maps host to case, ``names`` host to the
-    case's name), pull them all at once, check. Returns what went wrong, case by case."""
-    first = {host: case.before for host, case in cases.items() if case.before is not None}
-    for host, tar in first.items():
-        corpus.publish(host, tar)
+    case's name), pull them all at once, check. Returns what went wrong, case by case.
+
+    A delta is published on the base staging holds (read from the server's index), the
+    base kept on the client. Where the delta path differs from the full one, it is
+    checked here: a refused delta asks the client for a full archive (the mark on the
+    client), falls back to the chain's full archive only when the case says so, and
+    leaves staging its base only when the case says it is never applied; a stored one
+    came as a delta (the result says so) and took good.txt from its base.
+    """
+    forms = {host: Form.of(case, kind) for host, case in cases.items()}
+    first = {host: form.first for host, form in forms.items() if form.first is not None}
+    first.update(
+        {
+            host: GOOD
+            for host, form in forms.items()
+            if form.delta and form.first is None and not corpus.holds_good(host)
+        }
+    )
     if first:
-        pulled = corpus.pull(first)
-        assert pulled.returncode == 0, pulled.stderr
+        corpus.hold(first)
     counts = {host: corpus.snapshots(host) for host in cases}
+    bases: dict[str, BaseRef] = {}
+    published: dict[str, Path] = {}
     for host, case in cases.items():
-        corpus.publish(host, case.tar)
+        form = forms[host]
+        corpus.want_full(host).unlink(missing_ok=True)
+        if not form.delta:
+            published[host] = corpus.publish(host, form.tar)
+            continue
+        held = corpus.held(host)
+        assert held is not None, f"{names[host]} ({host}): staging holds no base"
+        bases[host] = held
+        named = case.names(corpus, host, held) if case.names is not None else held
+        published[host] = corpus.publish(
+            host,
+            form.tar,
+            base=named,
+            manifest_sha256=case.manifest_sha256,
+            keep={held.name, named.name},
+        )
     before = passwd_state()
     pulled = corpus.pull(cases)
     assert_nothing_outside(before)
@@ -314,7 +526,8 @@ def _round(corpus: Corpus, cases: dict[str, Case], names: dict[str, str]) -> lis
     assert pulled.returncode == (1 if refused else 0), pulled.stderr
     problems = []
     for host, case in cases.items():
-        result = pulled.result(host)
+        result, lines, form = pulled.result(host), pulled.lines(host), forms[host]
+        staging = corpus.staging(host)
         try:
             if refused:
                 assert case.expect, "a refusal names its words"
@@ -323,21 +536,40 @@ def _round(corpus: Corpus, cases: dict[str, Case], names: dict[str, str]) -> lis
                 assert result.endswith("; nothing was stored"), result
                 assert corpus.snapshots(host) == counts[host], "a snapshot was stored"
                 assert not any(corpus.partial(host).iterdir()), "the partial file is left"
+                if case.keeps_base:
+                    assert corpus.held(host) == bases[host], "staging is not its base any more"
+                else:
+                    assert corpus.held(host) is None, f"an index is left: {corpus.held(host)}"
+                    assert is_empty(staging), f"staging was not emptied: {sorted(tree(staging))}"
+                if form.delta:
+                    assert ASKED_FULL in lines, "the client was not asked for a full archive"
+                    assert corpus.want_full(host).exists(), "no full request on the client"
+                    assert (FELL_BACK in lines) == case.falls_back, lines
+                else:
+                    assert ASKED_FULL not in lines, lines
             else:
                 assert result.startswith("stored: "), result
                 assert corpus.snapshots(host) == counts[host] + 1, "no snapshot was stored"
-                if case.check is not None:
-                    case.check(corpus.staging(host), pulled.lines(host))
+                shipped = BaseRef(published[host].name, manifest_digest(form.tar))
+                assert corpus.held(host) == shipped, "the index does not name what was stored"
+                if form.delta:
+                    assert "; a delta (" in result, result
+                    assert FELL_BACK not in lines, lines
+                    if case.form is None:
+                        assert (staging / GOOD_NAME).read_bytes() == GOOD_BYTES
+            if case.check is not None:
+                case.check(staging, lines)
         except AssertionError as exc:
-            problems.append(f"{names[host]} ({host}): {exc}")
+            problems.append(f"{names[host]} ({host}, {kind}): {exc}")
     return problems
 
 
 def recovers(corpus: Corpus, hosts: list[str]) -> None:
-    """A good archive then pulls fine on each of ``hosts``; staging mirrors it exactly."""
+    """A good archive (a full one) then pulls fine on each of ``hosts``; staging mirrors it
+    exactly and its index names it (after a refused delta the server asked the client
+    for a full archive, and this is the full the client then makes)."""
     counts = {host: corpus.snapshots(host) for host in hosts}
-    for host in hosts:
-        corpus.publish(host, GOOD)
+    published = {host: corpus.publish(host, GOOD, manifest_sha256=GOOD_MANIFEST) for host in hosts}
     before = passwd_state()
     pulled = corpus.pull(hosts)
     assert_nothing_outside(before)
@@ -347,6 +579,8 @@ def recovers(corpus: Corpus, hosts: list[str]) -> None:
         assert corpus.snapshots(host) == counts[host] + 1
         assert tree(corpus.staging(host)) == GOOD_TREE, host
         assert not any(corpus.partial(host).iterdir())
+        assert corpus.held(host) == BaseRef(published[host].name, GOOD_MANIFEST), host
+        corpus.goods[host] = published[host].name
 
 
 @pytest.fixture(scope="module")
@@ -413,8 +647,8 @@ PATHS = {
 }
 
 
-def test_path_tricks_are_refused(corpus):
-    recovers(corpus, run(corpus, PATHS)[:RECOVERED])
+def test_path_tricks_are_refused(corpus, kind):
+    recovers(corpus, run(corpus, PATHS, kind)[:RECOVERED])
 
 
 # -- link tricks ------------------------------------------------------------------------
@@ -500,8 +734,8 @@ LINKS = {
 }
 
 
-def test_link_tricks_are_refused(corpus):
-    recovers(corpus, run(corpus, LINKS)[:RECOVERED])
+def test_link_tricks_are_refused(corpus, kind):
+    recovers(corpus, run(corpus, LINKS, kind)[:RECOVERED])
 
 
 def _links_are_data(staging: Path, lines: str) -> None:
@@ -571,8 +805,8 @@ NEUTRAL_LINKS = {
 }
 
 
-def test_links_are_stored_as_data_and_never_followed(corpus):
-    recovers(corpus, run(corpus, NEUTRAL_LINKS)[:RECOVERED])
+def test_links_are_stored_as_data_and_never_followed(corpus, kind):
+    recovers(corpus, run(corpus, NEUTRAL_LINKS, kind)[:RECOVERED])
 
 
 # -- device nodes, FIFOs, set-id bits ---------------------------------------------------
@@ -625,8 +859,8 @@ DEVICES = {
 }
 
 
-def test_device_nodes_are_dropped_and_fifos_kept(corpus):
-    recovers(corpus, run(corpus, DEVICES)[:RECOVERED])
+def test_device_nodes_are_dropped_and_fifos_kept(corpus, kind):
+    recovers(corpus, run(corpus, DEVICES, kind)[:RECOVERED])
 
 
 def _mode_is(name: str, mode: int, warning: str | None) -> Callable[[Path, str], None]:
@@ -715,8 +949,8 @@ SET_ID = {
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="set-id bits and capabilities need root")
-def test_set_id_bits_and_capabilities_are_kept_in_a_root_only_staging(corpus):
-    recovers(corpus, run(corpus, SET_ID)[:RECOVERED])
+def test_set_id_bits_and_capabilities_are_kept_in_a_root_only_staging(corpus, kind):
+    recovers(corpus, run(corpus, SET_ID, kind)[:RECOVERED])
 
 
 # -- sparse and oversized files ---------------------------------------------------------
@@ -769,8 +1003,8 @@ SIZES = {
 }
 
 
-def test_hostile_sparse_and_oversized_files_are_refused(corpus):
-    recovers(corpus, run(corpus, SIZES)[:RECOVERED])
+def test_hostile_sparse_and_oversized_files_are_refused(corpus, kind):
+    recovers(corpus, run(corpus, SIZES, kind)[:RECOVERED])
 
 
 # -- names ------------------------------------------------------------------------------
@@ -815,15 +1049,473 @@ NAMES = {
 }
 
 
-def test_odd_names_are_stored_faithfully_and_shown_escaped(corpus):
-    recovers(corpus, run(corpus, NAMES)[:RECOVERED])
+def test_odd_names_are_stored_faithfully_and_shown_escaped(corpus, kind):
+    recovers(corpus, run(corpus, NAMES, kind)[:RECOVERED])
+
+
+# -- delta tricks -----------------------------------------------------------------------
+# What only a delta can try: take bytes from a file of staging it must not reach, make a
+# file from a PBD1 stream that breaks a rule, name a base staging does not hold, ship a
+# manifest the applied tree does not match. tests/unit/test_delta_unpack.py,
+# test_deltaops.py and test_chain_plan.py hold most of these rules one function at a
+# time; here each goes through a whole pull (real sshd, real restic) with the corpus's
+# checks. Every case is a delta on BASE_TREE, stored first and kept on the client, or on
+# LINKED_TREE, whose hard link makes the server check every base file a delta names in
+# a first pass over the delta before it changes anything.
+
+FILES = "services/app/files"
+DATA_BIN = bytes(range(256)) * 16  # 4 KiB
+BASE_PASSWD = b"a file of the base that is named passwd\n"
+BASE_ENTRIES = [
+    Entry(GOOD_NAME, data=GOOD_BYTES),
+    Entry(f"{FILES}/data.bin", data=DATA_BIN),
+    Entry(f"{FILES}/dir", tarformat.DIRTYPE, mode=0o755),
+    Entry(f"{FILES}/dir/passwd", data=BASE_PASSWD),
+    Entry(f"{FILES}/link", SYM, linkname="dir"),
+    Entry(f"{FILES}/etc", SYM, linkname="/etc"),
+]
+BASE_TREE = build_tar(BASE_ENTRIES)
+LINKED_TREE = build_tar([*BASE_ENTRIES, Entry(f"{FILES}/hard", HARD, linkname=GOOD_NAME)])
+COUNT = struct.Struct(">Q")
+FORGED_BASE = f"{FILES}/x\n[h9] stored: forged\x1b[2J"
+
+
+def pbd1(*ops: Copy | Data) -> bytes:
+    """The PBD1 stream of ``ops``, as the client writes it."""
+    out = io.BytesIO()
+    deltaops.encode(ops, out)
+    return out.getvalue()
+
+
+def record(kind: bytes, *numbers: int) -> bytes:
+    """One raw PBD1 record header: ``kind`` and its numbers (no check of any rule)."""
+    return kind + b"".join(COUNT.pack(n) for n in numbers)
+
+
+def symlink(name: str, target: str) -> bytes:
+    return member(name, kind=SYM, linkname=target)
+
+
+def on_base(*members: bytes, files: dict[str, bytes], base: bytes = BASE_TREE, **how) -> Case:
+    """A delta of ``members`` (then a manifest listing ``files``: name, the file's
+    bytes) on ``base``; ``how`` are the other fields of its :class:`Case`."""
+    return Case(raw_archive(*members, files=files), before=base, form="delta", **how)
+
+
+def _mismatch(words: str, base: bytes = BASE_TREE, *members: bytes, files: dict) -> Case:
+    """A delta refused because staging does not hold a base file it names (after the
+    same pull replayed the chain from its full archive)."""
+    return on_base(*members, files=files, base=base, expect=words, opening="", falls_back=True)
+
+
+def _broken(words: str, *members: bytes, files: dict, **how) -> Case:
+    """A delta refused by a rule that is not about names (a stream, a manifest)."""
+    return on_base(*members, files=files, expect=words, opening="", **how)
+
+
+def _not_on_the_client(corpus: Corpus, host: str, held: BaseRef) -> BaseRef:
+    return BaseRef(f"{host}-20000101T000000Z.tar.zst", held.manifest_sha256)
+
+
+def _another_manifest(corpus: Corpus, host: str, held: BaseRef) -> BaseRef:
+    return BaseRef(held.name, "0" * 64)
+
+
+def _another_full(corpus: Corpus, host: str, held: BaseRef) -> BaseRef:
+    """A second full archive on the client (the good one, without data.bin), newer than
+    the stored base: the delta names it."""
+    other = corpus.publish(host, GOOD, manifest_sha256=GOOD_MANIFEST, keep={held.name})
+    return BaseRef(other.name, GOOD_MANIFEST)
+
+
+def _forged_base_escaped(staging: Path, lines: str) -> None:
+    assert "x\\n[h9] stored: forged\\x1b[2J is not a file of the base" in lines
+    assert "\x1b" not in lines
+
+
+def _bomb_emptied(staging: Path, lines: str) -> None:
+    assert "emptied the staging tree of the failed pull (60.0 MiB)" in lines, lines
+
+
+GOOD_FROM_BASE = base_member(GOOD_NAME)
+STOLEN = f"{FILES}/stolen"
+PLANTED = symlink(f"{FILES}/dir", "/etc")  # where the base has the directory dir/
+DATA_NAME = f"{FILES}/data.bin"
+WHOLE = {GOOD_NAME: GOOD_BYTES, DATA_NAME: DATA_BIN}
+BLOWN_UP = 60 << 20
+DELTA_TRICKS = {
+    # PULLBACK.base (the base file's name) meets the resolver every member name meets;
+    # the records of a delta member are checked before anything is written
+    "PULLBACK.base absolute": Case(
+        raw_archive(base_member(STOLEN, "/etc/passwd"), files={STOLEN: PASSWD.read_bytes()}),
+        "member '/etc/passwd' has an absolute path",
+        before=BASE_TREE,
+        form="delta",
+    ),
+    "PULLBACK.base absolute, on a linked base (refused in the first pass)": Case(
+        raw_archive(base_member(STOLEN, "/etc/passwd"), files={STOLEN: PASSWD.read_bytes()}),
+        "member '/etc/passwd' has an absolute path",
+        before=LINKED_TREE,
+        form="delta",
+    ),
+    "PULLBACK.base with '..'": Case(
+        raw_archive(base_member(STOLEN, f"{FILES}/{UP}etc/passwd")),
+        "has a '..' component",
+        before=BASE_TREE,
+        form="delta",
+    ),
+    "PULLBACK.base outside services/": Case(
+        raw_archive(base_member(STOLEN, "etc/passwd")),
+        "member 'etc/passwd' is outside services/",
+        before=BASE_TREE,
+        form="delta",
+    ),
+    "PULLBACK.base at MANIFEST.sha256": Case(
+        raw_archive(base_member(STOLEN, MANIFEST_NAME)),
+        f"member '{STOLEN}' takes its bytes from 'MANIFEST.sha256'",
+        before=BASE_TREE,
+        form="delta",
+    ),
+    "PULLBACK.base at SIDECAR.json (the server's record in staging)": Case(
+        raw_archive(base_member(STOLEN, SIDECAR_NAME)),
+        "member 'SIDECAR.json' is outside services/",
+        before=BASE_TREE,
+        form="delta",
+    ),
+    "the manifest taken from the base": Case(
+        GOOD_FROM_BASE + member(MANIFEST_NAME, pax=[(DATA_KEY, BASE)]) + bytes(1024),
+        "the manifest cannot come from the base",
+        before=BASE_TREE,
+        form="delta",
+    ),
+    "PULLBACK.realsize on a member that is not a delta": Case(
+        raw_archive(member(STOLEN, b"y" * 10, pax=[(REALSIZE_KEY, b"1")])),
+        f"member '{STOLEN}' has a PULLBACK.realsize but no delta",
+        before=BASE_TREE,
+        form="delta",
+    ),
+    # base files staging does not hold: the chain is replayed once, then refused
+    "PULLBACK.base at a directory of the base": _mismatch(
+        f"{FILES}/dir is not a file of the base",
+        BASE_TREE,
+        base_member(STOLEN, f"{FILES}/dir"),
+        files={STOLEN: b""},
+    ),
+    "PULLBACK.base at a symlink of the base (to /etc)": _mismatch(
+        f"{FILES}/etc is not a file of the base",
+        BASE_TREE,
+        base_member(STOLEN, f"{FILES}/etc"),
+        files={STOLEN: b""},
+    ),
+    "PULLBACK.base through a symlink of the base": _mismatch(
+        f"{FILES}/link/passwd is not a file of the base",
+        BASE_TREE,
+        base_member(STOLEN, f"{FILES}/link/passwd"),
+        files={STOLEN: BASE_PASSWD},
+    ),
+    "PULLBACK.base through a symlink to /etc the delta put where the base had a directory": (
+        _mismatch(
+            f"{FILES}/dir/passwd is missing from staging",
+            BASE_TREE,
+            PLANTED,
+            base_member(STOLEN, f"{FILES}/dir/passwd"),
+            files={STOLEN: BASE_PASSWD},
+        )
+    ),
+    "the same on a linked base (the first pass sees the directory, the second the link)": (
+        _mismatch(
+            f"{FILES}/dir/passwd is missing from staging",
+            LINKED_TREE,
+            PLANTED,
+            base_member(STOLEN, f"{FILES}/dir/passwd"),
+            files={STOLEN: BASE_PASSWD},
+        )
+    ),
+    "PULLBACK.base at a base file the delta replaced by a symlink to /etc/passwd": _mismatch(
+        f"{GOOD_NAME} changed in staging since its index",
+        BASE_TREE,
+        symlink(GOOD_NAME, "/etc/passwd"),
+        base_member(STOLEN, GOOD_NAME),
+        files={STOLEN: GOOD_BYTES},
+    ),
+    "PULLBACK.data=base for a file the base never had": _mismatch(
+        f"{FILES}/shadow is not a file of the base",
+        BASE_TREE,
+        base_member(f"{FILES}/shadow"),
+        files={f"{FILES}/shadow": b"root::0:0:99999:7:::\n"},
+    ),
+    "the same on a linked base (refused in the first pass)": _mismatch(
+        f"{FILES}/shadow is not a file of the base",
+        LINKED_TREE,
+        base_member(f"{FILES}/shadow"),
+        files={f"{FILES}/shadow": b"root::0:0:99999:7:::\n"},
+    ),
+    "PULLBACK.base that forges a log line": Case(
+        raw_archive(base_member(STOLEN, FORGED_BASE), files={STOLEN: b""}),
+        "is not a file of the base",
+        opening="",
+        check=_forged_base_escaped,
+        before=BASE_TREE,
+        form="delta",
+        falls_back=True,
+    ),
+    # PBD1 streams that break a rule
+    "PBD1 copy past the base's end": _broken(
+        "a copy of 4097 bytes at 0 reaches past the base",
+        delta_member(DATA_NAME, pbd1(Copy(0, 4097)), 4097),
+        files={DATA_NAME: DATA_BIN + b"\0"},
+    ),
+    "PBD1 claiming a PULLBACK.realsize of 1 TiB": Case(
+        raw_archive(delta_member(DATA_NAME, pbd1(Copy(0, 4096)), 1 << 40)),
+        SIZE_REFUSAL,
+        opening="refused h",
+        before=BASE_TREE,
+        form="delta",
+    ),
+    "PBD1 making fewer bytes than its PULLBACK.realsize": _broken(
+        "the delta makes 4096 bytes where 8192 were announced",
+        delta_member(DATA_NAME, pbd1(Copy(0, 4096)), 8192),
+        files={DATA_NAME: DATA_BIN * 2},
+    ),
+    "PBD1 with a truncated record": _broken(
+        "the delta is cut short",
+        delta_member(DATA_NAME, b"PBD1" + record(b"C", 0)[:-3], 4096),
+        files=WHOLE,
+    ),
+    "PBD1 with bytes after its end, after a byte patched in place": _broken(
+        "bytes after the end of the delta",
+        delta_member(DATA_NAME, pbd1(Copy(0, 100), Data(b"X"), Copy(101, 3995)) + b"junk", 4096),
+        files={DATA_NAME: DATA_BIN[:100] + b"X" + DATA_BIN[101:]},
+    ),
+    "PBD1 copies blowing 4 KiB up to 60 MiB, under a wrong manifest": _broken(
+        f"the archive does not match its MANIFEST.sha256: {DATA_NAME} has changed",
+        delta_member(DATA_NAME, pbd1(*[Copy(0, 4096)] * (BLOWN_UP // 4096)), BLOWN_UP),
+        files={DATA_NAME: b"not what it makes"},
+        check=_bomb_emptied,
+    ),
+    # manifests (the member, and the sidecar's word for it) the applied tree does not match
+    "a base member whose manifest line says other bytes": _broken(
+        f"does not match its MANIFEST.sha256: {DATA_NAME} has changed",
+        GOOD_FROM_BASE,
+        base_member(DATA_NAME),
+        files={GOOD_NAME: GOOD_BYTES, DATA_NAME: b"other bytes"},
+    ),
+    "a PBD1 member whose result is not its manifest line": _broken(
+        f"does not match its MANIFEST.sha256: {DATA_NAME} has changed",
+        delta_member(DATA_NAME, pbd1(Copy(0, 100), Data(b"!")), 101),
+        files={DATA_NAME: DATA_BIN[:100] + b"?"},
+    ),
+    "a base file its manifest does not list": _broken(
+        f"does not match its MANIFEST.sha256: {DATA_NAME} is not listed",
+        GOOD_FROM_BASE,
+        base_member(DATA_NAME),
+        files={GOOD_NAME: GOOD_BYTES},
+    ),
+    "a sidecar whose manifest_sha256 is not the delta's manifest": _broken(
+        "its manifest is not the one its sidecar names",
+        GOOD_FROM_BASE,
+        files={GOOD_NAME: GOOD_BYTES},
+        manifest_sha256="0" * 64,
+    ),
+    # sidecars naming a base that is not the one staging holds: the delta is never
+    # applied onto staging's base (only onto the archive it names, if the chain leads there)
+    "a sidecar naming a base the client does not have": _broken(
+        "-20000101T000000Z.tar.zst is not on the client",
+        GOOD_FROM_BASE,
+        files={GOOD_NAME: GOOD_BYTES},
+        names=_not_on_the_client,
+        keeps_base=True,
+    ),
+    "a sidecar naming the stored base with another manifest": _broken(
+        "on the client is not the one a delta names",
+        GOOD_FROM_BASE,
+        base_member(DATA_NAME),
+        files=WHOLE,
+        names=_another_manifest,
+        keeps_base=True,
+    ),
+    "a sidecar naming another full archive of the client, which lacks a file it takes": (
+        _broken(
+            f"{DATA_NAME} is not a file of the base",
+            GOOD_FROM_BASE,
+            base_member(DATA_NAME),
+            files=WHOLE,
+            names=_another_full,
+        )
+    ),
+    # a full archive may not take anything from staging, even when staging holds a base
+    "a full archive (format 1) with a base member": Case(
+        raw_archive(GOOD_FROM_BASE, files={GOOD_NAME: GOOD_BYTES}),
+        f"{GOOD_NAME} needs a base, and staging has none",
+        opening="",
+        before=BASE_TREE,
+        form="full",
+    ),
+    "a full archive (format 1) with a PBD1 member": Case(
+        raw_archive(delta_member(DATA_NAME, pbd1(Copy(0, 4096)), 4096), files=WHOLE),
+        f"{DATA_NAME} needs a base, and staging has none",
+        opening="",
+        before=BASE_TREE,
+        form="full",
+    ),
+}
+
+
+def test_delta_tricks_are_refused(corpus):
+    recovers(corpus, run(corpus, DELTA_TRICKS, "delta")[:RECOVERED])
+
+
+def _no_leftovers(staging: Path) -> None:
+    """No file an applied delta makes beside its base (``.pullback-*``) is left."""
+    assert not [p for p in tree(staging) if os.path.basename(p).startswith(b".pullback-")]
+
+
+def _renamed_and_grown(staging: Path, lines: str) -> None:
+    files = staging / FILES
+    assert (files / "good.txt").read_bytes() == GOOD_BYTES
+    assert (files / "data.bin").read_bytes() == DATA_BIN + b"appended\n"
+    assert (files / "moved").read_bytes() == BASE_PASSWD
+    assert sorted(os.listdir(files)) == ["data.bin", "good.txt", "moved"]  # the rest swept
+    _no_leftovers(staging)
+
+
+def _moved_bytes(staging: Path, lines: str) -> None:
+    assert (staging / DATA_NAME).read_bytes() == DATA_BIN[2048:] + DATA_BIN[:2048]
+    _no_leftovers(staging)
+
+
+def _link_broken(staging: Path, lines: str) -> None:
+    good, hard = staging / GOOD_NAME, staging / FILES / "hard"
+    assert good.read_bytes() == hard.read_bytes() == GOOD_BYTES
+    assert good.stat().st_ino != hard.stat().st_ino
+    assert good.stat().st_nlink == hard.stat().st_nlink == 1
+
+
+def _link_kept(staging: Path, lines: str) -> None:
+    good, hard = staging / GOOD_NAME, staging / FILES / "hard"
+    assert good.read_bytes() == GOOD_BYTES
+    assert good.stat().st_ino == hard.stat().st_ino
+
+
+def _turned_into_links(staging: Path, lines: str) -> None:
+    assert os.readlink(staging / GOOD_NAME) == "/etc/passwd"
+    assert (staging / FILES / "dir").read_bytes() == b"now a file"
+    assert (staging / DATA_NAME).read_bytes() == DATA_BIN
+
+
+WELL_FORMED_DELTAS = {
+    "base, renamed and appended members (the append written in place)": on_base(
+        GOOD_FROM_BASE,
+        delta_member(DATA_NAME, pbd1(Copy(0, 4096), Data(b"appended\n")), 4105),
+        base_member(f"{FILES}/moved", f"{FILES}/dir/passwd"),
+        files={
+            GOOD_NAME: GOOD_BYTES,
+            DATA_NAME: DATA_BIN + b"appended\n",
+            f"{FILES}/moved": BASE_PASSWD,
+        },
+        refused=False,
+        check=_renamed_and_grown,
+    ),
+    "a PBD1 member that moves bytes (made anew beside its base)": on_base(
+        GOOD_FROM_BASE,
+        delta_member(DATA_NAME, pbd1(Copy(2048, 2048), Copy(0, 2048)), 4096),
+        files={GOOD_NAME: GOOD_BYTES, DATA_NAME: DATA_BIN[2048:] + DATA_BIN[:2048]},
+        refused=False,
+        check=_moved_bytes,
+    ),
+    "both names of a hard-linked base file taken from the base (the link broken)": on_base(
+        GOOD_FROM_BASE,
+        base_member(f"{FILES}/hard"),
+        files={GOOD_NAME: GOOD_BYTES, f"{FILES}/hard": GOOD_BYTES},
+        base=LINKED_TREE,
+        refused=False,
+        check=_link_broken,
+    ),
+    "a hard-linked base file and its link member": on_base(
+        GOOD_FROM_BASE,
+        member(f"{FILES}/hard", kind=HARD, linkname=GOOD_NAME),
+        files={GOOD_NAME: GOOD_BYTES, f"{FILES}/hard": GOOD_BYTES},
+        base=LINKED_TREE,
+        refused=False,
+        check=_link_kept,
+    ),
+    "a base file turned into a symlink to /etc/passwd, a base directory into a file": on_base(
+        symlink(GOOD_NAME, "/etc/passwd"),
+        member(f"{FILES}/dir", b"now a file"),
+        base_member(DATA_NAME),
+        files={f"{FILES}/dir": b"now a file", DATA_NAME: DATA_BIN},
+        refused=False,
+        check=_turned_into_links,
+    ),
+}
+
+
+def test_well_formed_deltas_are_stored(corpus):
+    """The controls of the delta tricks: deltas made by hand as the category's are, but
+    well formed, are stored and make exactly their tree."""
+    recovers(corpus, run(corpus, WELL_FORMED_DELTAS, "delta")[:RECOVERED])
 
 
 # -- limits -----------------------------------------------------------------------------
+# In the delta form each archive is a delta on a base stored first (the good archive, or
+# for the million entries LINKED_GOOD); streamed archives carry their members as they
+# are, good.txt taken from the base only where it changes no count the test asserts.
+
+LINKED_GOOD = build_tar(
+    [Entry(GOOD_NAME, data=GOOD_BYTES), Entry(f"{FILES}/good-link.txt", HARD, linkname=GOOD_NAME)]
+)
+"""A good base with a hard link: a delta on it is read twice (a first pass checks the base
+files it names before anything is written)."""
 
 
-def test_a_million_tiny_entries_are_refused_at_max_entries(corpus):
-    corpus.publish_stream("h0", many_entries(1000))
+def delta_base(corpus: Corpus, host: str, kind: str, tar: bytes = GOOD) -> BaseRef | None:
+    """In the delta form, ``tar`` stored on ``host`` first (the good archive only when
+    staging does not hold it still) and the client's full request forgotten; returns the
+    base a delta then names (None in the full form)."""
+    if kind == "full":
+        return None
+    corpus.want_full(host).unlink(missing_ok=True)
+    if tar is GOOD:
+        return corpus.hold_good([host])[host]
+    return corpus.hold({host: tar})[host]
+
+
+def publish_in(corpus: Corpus, host: str, tar: bytes, kind: str) -> Path:
+    """Publish ``tar`` on ``host`` in the form of ``kind`` (a delta made by
+    :func:`as_delta` on the good archive); returns the archive."""
+    base = delta_base(corpus, host, kind)
+    if base is None:
+        return corpus.publish(host, tar)
+    return corpus.publish(host, as_delta(tar), base=base, keep={base.name})
+
+
+def asked_full(corpus: Corpus, pulled: Pulled, host: str, kind: str) -> None:
+    """After a refused archive: in the delta form the server asked the client for a full
+    one (the mark is on the client), in the full form it did not; no index is left."""
+    assert corpus.held(host) is None, corpus.held(host)
+    if kind == "delta":
+        assert ASKED_FULL in pulled.lines(host), pulled.lines(host)
+        assert corpus.want_full(host).exists()
+    else:
+        assert ASKED_FULL not in pulled.lines(host), pulled.lines(host)
+
+
+def slow_delta(kind: str, why: str) -> None:
+    """Skip the delta form of a slow case unless PULLBACK_FULL_MATRIX is set (``why``
+    says what it would cost)."""
+    if kind == "delta" and not FULL_MATRIX:
+        pytest.skip(f"the delta form {why}; PULLBACK_FULL_MATRIX=1 runs it")
+
+
+def test_a_million_tiny_entries_are_refused_at_max_entries(corpus, kind):
+    """In the delta form the archive (about 9 MB) is downloaded whole before it is read,
+    and read twice, its base being hard-linked: the first pass, which checks base files,
+    stops at max_entries too."""
+    base = delta_base(corpus, "h0", kind, LINKED_GOOD)
+    if base is None:
+        corpus.publish_stream("h0", many_entries(1000))
+    else:
+        corpus.publish_stream("h0", itertools.chain([GOOD_FROM_BASE], many_entries(1000)), base)
     before = passwd_state()
     started = time.monotonic()
     pulled = corpus.pull(["h0"])
@@ -837,6 +1529,7 @@ def test_a_million_tiny_entries_are_refused_at_max_entries(corpus):
     assert elapsed < 20, f"the refusal took {elapsed:.1f}s"
     assert_nothing_outside(before)
     assert not any(corpus.partial("h0").iterdir())
+    asked_full(corpus, pulled, "h0", kind)
     recovers(corpus, ["h0"])
 
 
@@ -851,10 +1544,17 @@ def zeros_under_a_wrong_manifest(size: int) -> Iterator[bytes]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-def test_a_failed_pull_keeps_no_disk_from_the_other_hosts(tmp_path):
+def test_a_failed_pull_keeps_no_disk_from_the_other_hosts(tmp_path, kind):
     """Found by an attack: 9 KiB on the wire unpacked to 281 MiB in the failed host's
     staging tree, which was kept, so the other host failed "not enough free space" night
-    after night. A failed fetch now empties its staging tree."""
+    after night. A failed fetch now empties its staging tree.
+
+    In the delta form the archive is a delta on the good archive, kept on the client: the
+    first night it is applied onto staging's base, the second (no index left) after the
+    chain's full archive in the same pull; both nights staging ends empty. That form
+    runs only with PULLBACK_FULL_MATRIX=1 (a fleet of its own: it doubles the module's
+    slowest test); the delta tricks' 60 MiB PBD1 bomb shows a delta's writes emptied."""
+    slow_delta(kind, "needs a second fleet and tmpfs (about 15 s)")
     state = tmp_path / "state"
     state.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(state)], check=True)
@@ -863,7 +1563,8 @@ def test_a_failed_pull_keeps_no_disk_from_the_other_hosts(tmp_path):
     try:
         corpus = Corpus(fleet, count=2)
         fleet.write_config(parallel=1, min_free_space="100M", max_unpacked_size="1G")
-        archive = corpus.publish_stream("h0", zeros_under_a_wrong_manifest(200 << 20))
+        base = delta_base(corpus, "h0", kind)
+        archive = corpus.publish_stream("h0", zeros_under_a_wrong_manifest(200 << 20), base)
         assert archive.stat().st_size < 64 << 10
         corpus.hosts[1].make_archive({"big.bin": os.urandom(40 << 20)})
         for night in (1, 2):
@@ -872,10 +1573,18 @@ def test_a_failed_pull_keeps_no_disk_from_the_other_hosts(tmp_path):
             assert "does not match its MANIFEST.sha256" in pulled.result("h0")
             assert pulled.result("h1").startswith(("stored: ", "skipped: ")), pulled.lines("h1")
             assert list(corpus.staging("h0").iterdir()) == [], f"night {night}"
+            asked_full(corpus, pulled, "h0", kind)
+            if kind == "delta":
+                assert (FELL_BACK in pulled.lines("h0")) is False
+                assert ("(1 of 2)" in pulled.lines("h0")) == (night == 2), pulled.lines("h0")
+                corpus.want_full("h0").unlink()
         assert corpus.snapshots("h1") == 1
     finally:
         fleet.stop()
         subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+BOMB_TAIL = build_tar([Entry("services/d/good.txt", data=b"good\n")])
 
 
 def directory_bomb(repeats: int, distinct: int) -> Iterator[bytes]:
@@ -889,25 +1598,31 @@ def directory_bomb(repeats: int, distinct: int) -> Iterator[bytes]:
         yield tarformat.header(
             f"services/d/{i}", tarformat.DIRTYPE, mode=0o755, mtime_ns=MTIME, pax=xattrs
         )
-    yield build_tar([Entry("services/d/good.txt", data=b"good\n")])
+    yield BOMB_TAIL
 
 
 PULL_RSS_BOUND = 300 << 20
 """What a host's pull process may reach on the directory bomb (ordinary pulls: ~45 MiB)."""
 
 
-def test_directory_metadata_cannot_grow_the_servers_memory(corpus):
-    corpus.publish_stream("h3", directory_bomb(repeats=600, distinct=40))
+def test_directory_metadata_cannot_grow_the_servers_memory(corpus, kind):
+    base = delta_base(corpus, "h3", kind)
+    digest = None if base is None else manifest_digest(BOMB_TAIL)
+    corpus.publish_stream("h3", directory_bomb(repeats=600, distinct=40), base, digest)
     pulled = corpus.pull(["h3"])
     # 600 MB of headers for one directory were all kept until the end; now one record
     status = json.loads((corpus.fleet.state / "status.json").read_text())["hosts"]["h3"]
     assert status["pull_peak_rss"] < PULL_RSS_BOUND, status["pull_peak_rss"]
     assert pulled.result("h3").startswith("stored: "), pulled.lines("h3")
+    assert ("; a delta (" in pulled.result("h3")) == (kind == "delta"), pulled.result("h3")
     recovers(corpus, ["h3"])
 
 
-def test_a_zstd_tar_bomb_is_refused_at_max_unpacked_size(corpus):
-    archive = corpus.publish_stream("h1", zero_bomb(members=16, each=64 << 20))  # 1 GiB
+def test_a_zstd_tar_bomb_is_refused_at_max_unpacked_size(corpus, kind):
+    """In the delta form the bomb is downloaded whole (under 1 MiB) before it is unpacked;
+    it takes nothing from its base, so the same first 64 MiB are written."""
+    base = delta_base(corpus, "h1", kind)
+    archive = corpus.publish_stream("h1", zero_bomb(members=16, each=64 << 20), base)  # 1 GiB
     assert archive.stat().st_size < 1 << 20  # a bomb: under 1 MiB compressed
     before = passwd_state()
     pulled = corpus.pull(["h1"])
@@ -919,20 +1634,24 @@ def test_a_zstd_tar_bomb_is_refused_at_max_unpacked_size(corpus):
     # the staging tree, so the bomb keeps no space from the other hosts
     assert "emptied the staging tree of the failed pull (64.0 MiB)" in pulled.stderr
     assert list(corpus.staging("h1").iterdir()) == []
+    asked_full(corpus, pulled, "h1", kind)
     recovers(corpus, ["h1"])
 
 
-def test_a_host_may_have_its_own_limits(corpus):
+def test_a_host_may_have_its_own_limits(corpus, kind):
     corpus.fleet.host_extra["h2"] = {"max_entries": 5, "max_unpacked_size": "1K"}
     corpus.fleet.write_config()
     try:
-        corpus.publish("h2", build_tar([Entry(f"services/x/{i}", data=b"x") for i in range(5)]))
+        tar = build_tar([Entry(f"services/x/{i}", data=b"x") for i in range(5)])
+        publish_in(corpus, "h2", tar, kind)
         pulled = corpus.pull(["h2"])
         assert pulled.returncode == 1
         assert "it holds more than 5 entries (max_entries in server.yaml)" in pulled.result("h2")
-        corpus.publish("h2", build_tar([Entry("services/x/big", data=b"x" * 1025)]))
+        asked_full(corpus, pulled, "h2", kind)
+        publish_in(corpus, "h2", build_tar([Entry("services/x/big", data=b"x" * 1025)]), kind)
         pulled = corpus.pull(["h2"])
         assert "it unpacks to more than 1.0 KiB" in pulled.result("h2")
+        asked_full(corpus, pulled, "h2", kind)
     finally:
         del corpus.fleet.host_extra["h2"]
         corpus.fleet.write_config()

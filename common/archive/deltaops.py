@@ -21,7 +21,7 @@ than the announced size.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -111,6 +111,56 @@ def _flush(copy: Copy | None, out: Writable) -> int:
     return out.write(COPY + _NUMBER.pack(copy.offset) + _NUMBER.pack(copy.length))
 
 
+@dataclass(frozen=True)
+class _Literal:
+    """``length`` literal bytes follow the record in the stream; whoever takes the
+    record reads or skips them before asking for the next."""
+
+    length: int
+
+
+def _records(
+    stream: Readable, base_size: int, realsize: int, check: Callable[[], None]
+) -> Iterator[tuple[int, Copy | _Literal]]:
+    """Each record of a PBD1 ``stream`` with the offset it writes at, every rule checked
+    on the way (the magic, known records, no zero length, a copy inside the base, no
+    more than ``realsize`` bytes, and exactly ``realsize`` at the end); ``check`` asked
+    every CHECK_EVERY records. Raises DeltaError."""
+    if _exactly(stream, len(MAGIC)) != MAGIC:
+        raise DeltaError("not a PBD1 delta (no magic)")
+    made, records = 0, 0
+    while (kind := _exactly(stream, 1)) != END:
+        records += 1
+        if records % CHECK_EVERY == 0:
+            check()
+        record: Copy | _Literal
+        if kind == COPY:
+            offset, length = _number(stream), _number(stream)
+            _count(made, length, realsize)
+            if offset > base_size or length > base_size - offset:
+                raise DeltaError(
+                    f"a copy of {length} bytes at {offset} reaches past the base "
+                    f"({base_size} bytes)"
+                )
+            record = Copy(offset, length)
+        elif kind == DATA:
+            length = _number(stream)
+            _count(made, length, realsize)
+            record = _Literal(length)
+        else:
+            raise DeltaError(f"an unknown record {kind!r}")
+        yield made, record
+        made += length
+    if made != realsize:
+        raise DeltaError(f"the delta makes {made} bytes where {realsize} were announced")
+
+
+def _ended(stream: Readable) -> None:
+    """Raises DeltaError when bytes follow the end record."""
+    if stream.read(1):
+        raise DeltaError("bytes after the end of the delta")
+
+
 def apply(
     stream: Readable,
     base: Seekable,
@@ -125,35 +175,14 @@ def apply(
     Raises DeltaError for any broken rule (no magic, an unknown record, a zero length,
     a copy outside the base, more or fewer bytes than ``realsize``, a stream cut short or
     with bytes after its end); whatever ``check`` raises (the pull's cancel)."""
-    if _exactly(stream, len(MAGIC)) != MAGIC:
-        raise DeltaError("not a PBD1 delta (no magic)")
-    made = 0
-    while True:
-        kind = _exactly(stream, 1)
-        if kind == END:
-            break
-        if kind == COPY:
-            offset, length = _number(stream), _number(stream)
-            _count(made, length, realsize)
-            if offset > base_size or length > base_size - offset:
-                raise DeltaError(
-                    f"a copy of {length} bytes at {offset} reaches past the base "
-                    f"({base_size} bytes)"
-                )
-            base.seek(offset)
-            _pipe(base, out, length, check, "the base file")
-        elif kind == DATA:
-            length = _number(stream)
-            _count(made, length, realsize)
-            _pipe(stream, out, length, check, "the delta")
+    for _, record in _records(stream, base_size, realsize, check):
+        if isinstance(record, Copy):
+            base.seek(record.offset)
+            _pipe(base, out, record.length, check, "the base file")
         else:
-            raise DeltaError(f"an unknown record {kind!r}")
-        made += length
-    if made != realsize:
-        raise DeltaError(f"the delta makes {made} bytes where {realsize} were announced")
-    if stream.read(1):
-        raise DeltaError("bytes after the end of the delta")
-    return made
+            _pipe(stream, out, record.length, check, "the delta")
+    _ended(stream)
+    return realsize
 
 
 def in_place(
@@ -165,31 +194,17 @@ def in_place(
     """Whether the PBD1 ``stream`` can be applied to its base file in place: every copy
     keeps its offset (appends, blocks rewritten in place), so no copy reads bytes an
     earlier record wrote. Reads only the record headers (data is skipped); leaves the
-    stream where it was; asks ``check`` every CHECK_EVERY records. Raises DeltaError for
-    any rule :func:`apply` checks."""
+    stream where it was. Raises DeltaError for any rule :func:`apply` checks but a
+    stream cut short in its literal bytes (refused when applied)."""
     start = stream.seek(0, 1)
     try:
-        if _exactly(stream, len(MAGIC)) != MAGIC:
-            raise DeltaError("not a PBD1 delta (no magic)")
-        made, identity, records = 0, True, 0
-        while (kind := _exactly(stream, 1)) != END:
-            records += 1
-            if records % CHECK_EVERY == 0:
-                check()
-            if kind == COPY:
-                offset, length = _number(stream), _number(stream)
-                _count(made, length, realsize)
-                if offset > base_size or length > base_size - offset:
-                    raise DeltaError(f"a copy of {length} bytes at {offset} reaches past the base")
-                identity = identity and offset == made
-            elif kind == DATA:
-                length = _number(stream)
-                _count(made, length, realsize)
-                stream.seek(length, 1)  # a short stream is refused when applied
+        identity = True
+        for made, record in _records(stream, base_size, realsize, check):
+            if isinstance(record, Copy):
+                identity = identity and record.offset == made
             else:
-                raise DeltaError(f"an unknown record {kind!r}")
-            made += length
-        return identity and made == realsize
+                stream.seek(record.length, 1)
+        return identity
     finally:
         stream.seek(start)
 
@@ -197,41 +212,29 @@ def in_place(
 def apply_in_place(
     stream: Readable,
     write_at: Callable[[bytes, int], None],
+    base_size: int,
     realsize: int,
     check: Callable[[], None] = lambda: None,
 ) -> None:
     """Apply a PBD1 stream that :func:`in_place` accepted: only its literal bytes are
     written (``write_at(data, offset)``); the caller truncates to ``realsize``.
     Raises DeltaError for a stream that breaks a rule."""
-    if _exactly(stream, len(MAGIC)) != MAGIC:
-        raise DeltaError("not a PBD1 delta (no magic)")
-    made, records = 0, 0
-    while (kind := _exactly(stream, 1)) != END:
-        records += 1
-        if records % CHECK_EVERY == 0:
-            check()
-        if kind == COPY:
-            _number(stream)
-            length = _number(stream)
-        elif kind == DATA:
-            length = _number(stream)
-            _count(made, length, realsize)
-            left, position = length, made
-            while left:
-                check()
-                piece = stream.read(min(PIECE, left))
-                if not piece:
-                    raise DeltaError(f"the delta ended {left} bytes early")
-                write_at(piece, position)
-                position += len(piece)
-                left -= len(piece)
-        else:
-            raise DeltaError(f"an unknown record {kind!r}")
-        made += length
-    if made != realsize:
-        raise DeltaError(f"the delta makes {made} bytes where {realsize} were announced")
-    if stream.read(1):
-        raise DeltaError("bytes after the end of the delta")
+    for made, record in _records(stream, base_size, realsize, check):
+        if isinstance(record, _Literal):
+            _pipe(stream, _At(write_at, made), record.length, check, "the delta")
+    _ended(stream)
+
+
+class _At:
+    """A writer that writes at successive offsets from ``start`` through ``write_at``."""
+
+    def __init__(self, write_at: Callable[[bytes, int], None], start: int):
+        self._write_at, self._position = write_at, start
+
+    def write(self, data: bytes) -> int:
+        self._write_at(data, self._position)
+        self._position += len(data)
+        return len(data)
 
 
 def _count(made: int, length: int, realsize: int) -> None:

@@ -803,7 +803,7 @@ class Unpacker:
                         spool, base.st.st_size, realsize, lambda: _check_cancel(cancel)
                     )
                 ):
-                    digest = self._patch(parts, member, spool, realsize)
+                    digest = self._patch(parts, member, spool, base, realsize)
                 else:
                     digest = self._rebuild(parts, member, spool, base, realsize)
         finally:
@@ -812,7 +812,7 @@ class Unpacker:
         self.stats.written += 1
         self._summed(member.name, digest)
 
-    def _patch(self, parts, member: Member, spool, realsize: int) -> str:
+    def _patch(self, parts, member: Member, spool, base: _Base, realsize: int) -> str:
         """Write a delta's literal bytes into its base file, truncate it to its size,
         hash it; returns the digest."""
         parent = self._dir(parts[:-1])
@@ -821,6 +821,7 @@ class Unpacker:
             deltaops.apply_in_place(
                 spool,
                 lambda data, offset: pwrite_all(fd, data, offset),
+                base.st.st_size,
                 realsize,
                 lambda: _check_cancel(self.limits.cancel),
             )

@@ -138,7 +138,9 @@ def test_in_place_only_when_every_copy_keeps_its_offset():
     base = bytearray(b"0123456789")
     appended = stream([Copy(0, 10), Data(b"ab")])
     assert in_place(appended, 10, 12) and appended.tell() == 0
-    apply_in_place(appended, lambda data, at: base.__setitem__(slice(at, at + len(data)), data), 12)
+    apply_in_place(
+        appended, lambda data, at: base.__setitem__(slice(at, at + len(data)), data), 10, 12
+    )
     assert bytes(base) == b"0123456789ab"
     assert not in_place(stream([Copy(1, 9), Data(b"x")]), 10, 10)  # a move
     assert in_place(stream([Data(b"x"), Copy(1, 9)]), 10, 10)  # a byte rewritten in place
@@ -150,4 +152,6 @@ def test_in_place_only_when_every_copy_keeps_its_offset():
     with pytest.raises(DeltaError, match="cut short"):
         in_place(short, 10, 5)
     with pytest.raises(DeltaError, match="ended 3 bytes early"):
-        apply_in_place(short, lambda data, at: None, 5)
+        apply_in_place(short, lambda data, at: None, 10, 5)
+    with pytest.raises(DeltaError, match="past the base"):  # checked again as applied
+        apply_in_place(stream([Copy(0, 11)]), lambda data, at: None, 10, 11)

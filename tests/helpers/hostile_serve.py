@@ -8,6 +8,8 @@ misbehaves as the mode says. Used by tests/integration/test_hostile_clients.py.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import os
 import subprocess
@@ -61,6 +63,37 @@ def forged_host(data: dict) -> None:
     data["host"] = "evil" + FORGED
 
 
+def _fake_deltas(data: dict, count: int, oldest_base: dict | None) -> None:
+    """Add ``count`` deltas newer than the real archive, each built on the one before
+    (the oldest on ``oldest_base``, or on the real archive): sidecars that pass every
+    check, archives that are never there."""
+    real_entry = data["archives"][-1]
+    real_side = real_entry["sidecar"]
+    stamp = dt.datetime.strptime(real_side["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    base = oldest_base or {
+        "name": real_side["archive"]["name"],
+        "manifest_sha256": real_side["archive"].get("manifest_sha256", "0" * 64),
+    }
+    for number in range(1, count + 1):
+        when = stamp + dt.timedelta(seconds=number)
+        side = json.loads(json.dumps(real_side))
+        side["format"] = 2
+        side["stamp"] = when.strftime("%Y%m%dT%H%M%SZ")
+        name = f"{side['host']}-{side['stamp']}.tar.zst"
+        manifest = hashlib.sha256(name.encode()).hexdigest()
+        side["archive"].update(name=name, kind="delta", base=base, manifest_sha256=manifest)
+        data["archives"].append({"name": name, "size": side["archive"]["size"], "sidecar": side})
+        base = {"name": name, "manifest_sha256": manifest}
+
+
+def long_chain(data: dict) -> None:
+    _fake_deltas(data, 150, None)
+
+
+def missing_base(data: dict) -> None:
+    _fake_deltas(data, 1, {"name": "evil-20000101T000000Z.tar.zst", "manifest_sha256": "1" * 64})
+
+
 def huge(data: dict) -> None:
     for entry in data["archives"]:
         entry["size"] = entry["sidecar"]["archive"]["size"] = 10 << 40
@@ -70,7 +103,13 @@ def main() -> None:
     mode, config = sys.argv[1], sys.argv[2]
     request = os.environ.get("SSH_ORIGINAL_COMMAND", "")
     verb = request.split(" ", 1)[0]
-    changes = {"junk-list": junk, "forged-host": forged_host, "huge-archive": huge}
+    changes = {
+        "junk-list": junk,
+        "forged-host": forged_host,
+        "huge-archive": huge,
+        "delta-long-chain": long_chain,
+        "delta-missing-base": missing_base,
+    }
     if mode in changes and verb == "list":
         listing(config, changes[mode])
     elif mode == "fat-list" and verb == "list":

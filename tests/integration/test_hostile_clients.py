@@ -146,6 +146,30 @@ def test_a_forged_host_name_is_escaped(fleet):
     no_forged_line(fleet, stderr)
 
 
+@pytest.mark.parametrize(
+    ("mode", "words"),
+    [
+        ("delta-long-chain", "is longer than 100 archives"),
+        ("delta-missing-base", "is a delta, and its base evil-20000101T000000Z.tar.zst is not"),
+    ],
+)
+def test_a_delta_chain_that_cannot_be_applied_fails_in_a_few_words_and_asks_for_a_full(
+    fleet, mode, words
+):
+    """A listing of deltas whose chain is too long, or names a base the client does not
+    have: the host fails before a byte is fetched, in one line, and the client is asked
+    for a full archive (its serve endpoint leaves the mark)."""
+    stderr, _ = pull_against(fleet, mode, IDLE_TIMEOUT)
+    line = evil_line(stderr)
+    assert words in line and line.endswith("nothing was stored"), line
+    assert len(line) < 600 and len(stderr.splitlines()) < 60
+    assert "asked the client to make its next archive a full one" in stderr
+    marks = fleet.hosts["evil"].client.archives / ".fetched-marks"
+    assert (marks / "want-full").exists()
+    partial = fleet.state / "partial" / "evil"
+    assert not partial.exists() or not any(partial.iterdir())
+
+
 def test_an_archive_past_max_archive_size_is_never_fetched(fleet):
     stderr, _ = pull_against(fleet, "huge-archive", IDLE_TIMEOUT)
     assert "its sidecar announces 10.0 TiB, more than max_archive_size (512.0 GiB" in (

@@ -373,13 +373,19 @@ class Corpus:
 
     def pull(self, hosts: Iterable[str]) -> Pulled:
         selected = [arg for host in hosts for arg in ("--host", host)]
+        assert selected, "a pull of no host named would pull every host"
         result = self.fleet.server("pull", *selected, timeout=120)
         return Pulled(result.returncode, result.stderr)
 
     def snapshots(self, host: str) -> int:
         """How many snapshots ``host``'s restic repository holds (one file each)."""
+        return len(self.snapshot_ids(host))
+
+    def snapshot_ids(self, host: str) -> set[str]:
+        """The ids of the snapshots ``host``'s restic repository holds (its files' names:
+        a snapshot changed or removed is a name gone)."""
         snapshots = self.fleet.repos / host / "snapshots"
-        return len(os.listdir(snapshots)) if snapshots.exists() else 0
+        return set(os.listdir(snapshots)) if snapshots.exists() else set()
 
     def staging(self, host: str) -> Path:
         return self.fleet.state / "staging" / host
@@ -411,6 +417,8 @@ class Corpus:
         """Store each host's archive of ``tars`` (a full one, its sidecar naming its
         manifest's sha256 as a client's does); returns what each staging then holds, by
         the server's index, which must be that archive and the manifest it shipped."""
+        if not tars:
+            return {}  # (a pull without --host would pull every host)
         published = {
             host: self.publish(host, tar, manifest_sha256=manifest_digest(tar))
             for host, tar in tars.items()
@@ -499,7 +507,7 @@ def _round(corpus: Corpus, cases: dict[str, Case], names: dict[str, str], kind: 
     )
     if first:
         corpus.hold(first)
-    counts = {host: corpus.snapshots(host) for host in cases}
+    snapshots = {host: corpus.snapshot_ids(host) for host in cases}
     bases: dict[str, BaseRef] = {}
     published: dict[str, Path] = {}
     for host, case in cases.items():
@@ -534,7 +542,8 @@ def _round(corpus: Corpus, cases: dict[str, Case], names: dict[str, str], kind: 
                 assert result.startswith(f"failed: {case.opening}"), result
                 assert case.expect in result, f"expected {case.expect!r} in {result!r}"
                 assert result.endswith("; nothing was stored"), result
-                assert corpus.snapshots(host) == counts[host], "a snapshot was stored"
+                after = corpus.snapshot_ids(host)
+                assert after == snapshots[host], f"snapshots {snapshots[host]} became {after}"
                 assert not any(corpus.partial(host).iterdir()), "the partial file is left"
                 if case.keeps_base:
                     assert corpus.held(host) == bases[host], "staging is not its base any more"
@@ -549,7 +558,9 @@ def _round(corpus: Corpus, cases: dict[str, Case], names: dict[str, str], kind: 
                     assert ASKED_FULL not in lines, lines
             else:
                 assert result.startswith("stored: "), result
-                assert corpus.snapshots(host) == counts[host] + 1, "no snapshot was stored"
+                after = corpus.snapshot_ids(host)
+                assert len(after - snapshots[host]) == 1, "no snapshot was stored"
+                assert snapshots[host] <= after, "an earlier snapshot is gone"
                 shipped = BaseRef(published[host].name, manifest_digest(form.tar))
                 assert corpus.held(host) == shipped, "the index does not name what was stored"
                 if form.delta:
@@ -1093,6 +1104,7 @@ def record(kind: bytes, *numbers: int) -> bytes:
 
 
 def symlink(name: str, target: str) -> bytes:
+    """A symlink member ``name`` pointing to ``target``; returns its bytes."""
     return member(name, kind=SYM, linkname=target)
 
 
@@ -1114,16 +1126,18 @@ def _broken(words: str, *members: bytes, files: dict, **how) -> Case:
 
 
 def _not_on_the_client(corpus: Corpus, host: str, held: BaseRef) -> BaseRef:
+    """Returns a base of the host's name that the client never had."""
     return BaseRef(f"{host}-20000101T000000Z.tar.zst", held.manifest_sha256)
 
 
 def _another_manifest(corpus: Corpus, host: str, held: BaseRef) -> BaseRef:
+    """Returns the held base's name with a manifest's sha256 that is not its own."""
     return BaseRef(held.name, "0" * 64)
 
 
 def _another_full(corpus: Corpus, host: str, held: BaseRef) -> BaseRef:
-    """A second full archive on the client (the good one, without data.bin), newer than
-    the stored base: the delta names it."""
+    """Publishes a second full archive on the client (the good one, without data.bin),
+    newer than the stored base; returns it as the base the delta names."""
     other = corpus.publish(host, GOOD, manifest_sha256=GOOD_MANIFEST, keep={held.name})
     return BaseRef(other.name, GOOD_MANIFEST)
 
@@ -1152,7 +1166,7 @@ DELTA_TRICKS = {
         before=BASE_TREE,
         form="delta",
     ),
-    "PULLBACK.base absolute, on a linked base (refused in the first pass)": Case(
+    "PULLBACK.base absolute, on a linked base (a first pass reads it first)": Case(
         raw_archive(base_member(STOLEN, "/etc/passwd"), files={STOLEN: PASSWD.read_bytes()}),
         "member '/etc/passwd' has an absolute path",
         before=LINKED_TREE,
@@ -1244,8 +1258,8 @@ DELTA_TRICKS = {
         base_member(f"{FILES}/shadow"),
         files={f"{FILES}/shadow": b"root::0:0:99999:7:::\n"},
     ),
-    "the same on a linked base (refused in the first pass)": _mismatch(
-        f"{FILES}/shadow is not a file of the base",
+    "the same on a linked base (the first pass refuses it: its own words)": _mismatch(
+        f"{FILES}/shadow is not a file of the base in staging",
         LINKED_TREE,
         base_member(f"{FILES}/shadow"),
         files={f"{FILES}/shadow": b"root::0:0:99999:7:::\n"},
@@ -1403,6 +1417,11 @@ def _turned_into_links(staging: Path, lines: str) -> None:
     assert (staging / DATA_NAME).read_bytes() == DATA_BIN
 
 
+def _replayed(staging: Path, lines: str) -> None:
+    assert "(1 of 2)" in lines and "2 archives applied" in lines, lines
+    assert sorted(os.listdir(staging / FILES)) == ["good.txt"]
+
+
 WELL_FORMED_DELTAS = {
     "base, renamed and appended members (the append written in place)": on_base(
         GOOD_FROM_BASE,
@@ -1446,6 +1465,13 @@ WELL_FORMED_DELTAS = {
         files={f"{FILES}/dir": b"now a file", DATA_NAME: DATA_BIN},
         refused=False,
         check=_turned_into_links,
+    ),
+    "a delta naming another full archive of the client (replayed from it, reported)": on_base(
+        GOOD_FROM_BASE,
+        files={GOOD_NAME: GOOD_BYTES},
+        names=_another_full,
+        refused=False,
+        check=_replayed,
     ),
 }
 

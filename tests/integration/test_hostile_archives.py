@@ -33,6 +33,7 @@ in parallel: one fleet serves the whole module.
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import hashlib
 import io
 import itertools
@@ -45,6 +46,7 @@ import struct
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -1377,6 +1379,130 @@ DELTA_TRICKS = {
 
 def test_delta_tricks_are_refused(corpus):
     recovers(corpus, run(corpus, DELTA_TRICKS, "delta")[:RECOVERED])
+
+
+class SpoolWatch:
+    """While a pull runs, the largest file without a name (``O_TMPFILE``, or removed)
+    that any process holds open in ``directory``: where the server spools a delta
+    member's PBD1 stream before it applies it. Use it as a context manager; ``peak`` is
+    that file's largest size seen, in bytes."""
+
+    def __init__(self, directory: Path):
+        self.prefix = f"{directory}/"
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> SpoolWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.01):
+            for fd in glob.glob("/proc/[0-9]*/fd/*"):
+                try:
+                    target = os.readlink(fd)
+                    if target.startswith(self.prefix) and target.endswith(" (deleted)"):
+                        self.peak = max(self.peak, os.stat(fd).st_size)
+                except OSError:
+                    continue  # the process or the descriptor is gone
+
+
+JUNK = 256 << 20
+
+
+def stream_after_its_end(junk: int) -> Iterator[bytes]:
+    """A delta on BASE_TREE whose data.bin is a valid PBD1 stream (the base file, 4 KiB)
+    followed by ``junk`` zero bytes, then a manifest: a few KiB once compressed."""
+    stream = pbd1(Copy(0, 4096))
+    pax = [(DATA_KEY, deltaops.DELTA), (REALSIZE_KEY, b"4096")]
+    yield GOOD_FROM_BASE
+    yield tarformat.header(
+        DATA_NAME, tarformat.REGTYPE, mode=0o644, size=len(stream) + junk, pax=pax
+    )
+    yield stream
+    zeros = bytes(1 << 20)
+    for _ in range(junk >> 20):
+        yield zeros
+    yield bytes((-(len(stream) + junk)) % tarformat.BLOCK)
+    yield raw_archive(files=WHOLE)
+
+
+def test_a_delta_stream_writes_no_more_than_max_unpacked_size(corpus):
+    """A full archive is refused after at most max_unpacked_size of writes (the zstd
+    bomb); a delta member's PBD1 stream must not be a way around it. This one announces
+    4 KiB (PULLBACK.realsize) and carries 256 MiB of zeros after its end: the server may
+    refuse it (by its size, or as bytes after the end) but may not write more than the
+    limit (64 MiB) to do so, not even into the spool it reads the stream from."""
+    (held,) = corpus.hold({"h0": BASE_TREE}).values()
+    corpus.want_full("h0").unlink(missing_ok=True)
+    snapshots = corpus.snapshot_ids("h0")
+    archive = corpus.publish_stream("h0", stream_after_its_end(JUNK), held)
+    assert archive.stat().st_size < 1 << 20
+    before = passwd_state()
+    with SpoolWatch(corpus.fleet.state / "staging") as spool:
+        pulled = corpus.pull(["h0"])
+    assert_nothing_outside(before)
+    assert pulled.returncode == 1, pulled.stderr
+    assert pulled.result("h0").endswith("; nothing was stored"), pulled.lines("h0")
+    assert corpus.snapshot_ids("h0") == snapshots
+    assert corpus.held("h0") is None and is_empty(corpus.staging("h0"))
+    assert ASKED_FULL in pulled.lines("h0")
+    limit = 64 << 20
+    assert spool.peak <= limit, (
+        f"the server spooled {spool.peak >> 20} MiB of a delta member announcing 4 KiB, "
+        f"more than max_unpacked_size ({limit >> 20} MiB): {pulled.result('h0')}"
+    )
+    recovers(corpus, ["h0"])
+
+
+def test_a_hard_linked_base_file_patched_in_place_is_not_vouched_for_again(corpus):
+    """A hard-linked base file is held to its inode and size only once the first pass
+    checked it (applying another of its names changes its ctime). A delta on LINKED_TREE
+    replaces the link's other name by a symlink (good.txt is then alone on its inode),
+    patches good.txt in place to bytes of the same size, and then takes good.txt under
+    a new name (PULLBACK.base), claiming the base's bytes for it in its manifest. The
+    copy holds the patched bytes: the archive does not match its manifest and must be
+    refused, nothing stored, no index left (else the index vouches for the copy with
+    the base's digest, and a later delta can take it from there)."""
+    (held,) = corpus.hold({"h0": LINKED_TREE}).values()
+    corpus.want_full("h0").unlink(missing_ok=True)
+    snapshots = corpus.snapshot_ids("h0")
+    patched = b"evil\n"
+    assert len(patched) == len(GOOD_BYTES)
+    copy = f"{FILES}/copy"
+    tar = raw_archive(
+        symlink(f"{FILES}/hard", "/etc/passwd"),
+        delta_member(GOOD_NAME, pbd1(Data(patched)), len(patched)),
+        base_member(copy, GOOD_NAME),
+        files={GOOD_NAME: patched, copy: GOOD_BYTES},
+    )
+    corpus.publish("h0", tar, base=held, keep={held.name})
+    before = passwd_state()
+    pulled = corpus.pull(["h0"])
+    assert_nothing_outside(before)
+    staging = corpus.staging("h0")
+    if pulled.returncode == 0:
+        check = subprocess.run(
+            ["sha256sum", "--check", "--quiet", MANIFEST_NAME],
+            cwd=staging,
+            capture_output=True,
+            text=True,
+        )
+        pytest.fail(
+            f"{pulled.result('h0')}; staging's {copy} holds {(staging / copy).read_bytes()!r}, "
+            f"its manifest and the base index say {GOOD_BYTES!r} (sha256sum --check: "
+            f"{check.stdout.strip()}); the index names {corpus.held('h0')}"
+        )
+    assert pulled.result("h0").endswith("; nothing was stored"), pulled.lines("h0")
+    assert corpus.snapshot_ids("h0") == snapshots
+    assert corpus.held("h0") is None and is_empty(staging)
+    assert ASKED_FULL in pulled.lines("h0")
+    recovers(corpus, ["h0"])
 
 
 def _no_leftovers(staging: Path) -> None:

@@ -427,13 +427,13 @@ class Corpus:
         }
         pulled = self.pull(tars)
         assert pulled.returncode == 0, pulled.stderr
-        held = {}
+        holds = {}
         for host, tar in tars.items():
-            held[host] = self.held(host)
-            assert held[host] == BaseRef(published[host].name, manifest_digest(tar)), host
+            holds[host] = self.held(host)
+            assert holds[host] == BaseRef(published[host].name, manifest_digest(tar)), host
             if tar is GOOD:
                 self.goods[host] = published[host].name
-        return held
+        return holds
 
     def hold_good(self, hosts: Iterable[str]) -> dict[str, BaseRef]:
         """Bring the good archive into the staging of each of ``hosts`` that does not hold

@@ -239,6 +239,9 @@ class Unpacker:
         """Inodes of shared (hard-linked) staging files a base member kept in place."""
         self._shared: dict[str, tuple[int, int]] = {}
         """Hard-linked base files :meth:`check_base` found untouched: (inode, size)."""
+        self._written: set[int] = set()
+        """Inodes of staging files this archive wrote into in place: none of them is
+        held to its inode and size alone any more (:meth:`_base_row`)."""
         self._checked = 0
         self.stats = UnpackStats()
         self._unpacked_size = 0
@@ -467,10 +470,11 @@ class Unpacker:
             )
         _check_cancel(limits.cancel)
         size = _apparent_size(member)
-        self._count_size(size)
-        # what it writes: its data; a delta its spool and its file beside the base
+        # what it writes: its data; a delta its spool (the stream) and its file
         is_delta = member.pax.get(DATA_KEY) == deltaops.DELTA
-        self._check_free(member.size + size if is_delta else member.size)
+        written = member.size + size if is_delta else size
+        self._count_size(written)
+        self._check_free(written if is_delta else member.size)
         if any(k.startswith(b"GNU.sparse.") for k in member.pax) and not sparse.is_sparse(
             member.pax
         ):
@@ -509,6 +513,7 @@ class Unpacker:
                 changed = _write_new(fd, chunks, digest)
             else:
                 fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+                self._written.add(st.st_ino)
                 changed = _rewrite(fd, chunks, digest, st.st_size)
             if count:
                 self.stats.written += changed
@@ -637,7 +642,10 @@ class Unpacker:
         try:
             st = os.lstat(base_parts[-1], dir_fd=parent)
             shared = self._shared.get(name)
-            untouched = (st.st_ino, st.st_size) == shared if shared is not None else row.matches(st)
+            if shared is not None and st.st_ino not in self._written:
+                untouched = (st.st_ino, st.st_size) == shared
+            else:
+                untouched = row.matches(st)
             if not stat.S_ISREG(st.st_mode) or not untouched:
                 raise BaseMismatch(f"{escaped(name)} changed in staging since its index")
         except BaseException as exc:
@@ -818,6 +826,7 @@ class Unpacker:
         parent = self._dir(parts[:-1])
         fd = os.open(parts[-1], os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         try:
+            self._written.add(os.fstat(fd).st_ino)
             deltaops.apply_in_place(
                 spool,
                 lambda data, offset: pwrite_all(fd, data, offset),

@@ -630,7 +630,8 @@ class Unpacker:
         BaseMismatch unless the index has the file and staging still holds it untouched
         (a hard-linked one :meth:`check_base` found untouched before this archive changed
         anything: only its inode and size then, as another of its names may have been
-        changed or removed since); HostileArchive for a base name outside ``services/``."""
+        changed or removed since, unless this archive wrote into it or at its name);
+        HostileArchive for a base name outside ``services/``."""
         name, base_parts, own = self._base_name(parts, member)
         assert self.base is not None
         row = self.base.lookup(name)
@@ -642,7 +643,10 @@ class Unpacker:
         try:
             st = os.lstat(base_parts[-1], dir_fd=parent)
             shared = self._shared.get(name)
-            if shared is not None and st.st_ino not in self._written:
+            # held to inode and size only while this archive wrote neither into that
+            # inode nor at that name (a file made there may reuse the inode's number)
+            rewritten = own and _key(base_parts) in self._seen
+            if shared is not None and st.st_ino not in self._written and not rewritten:
                 untouched = (st.st_ino, st.st_size) == shared
             else:
                 untouched = row.matches(st)

@@ -359,3 +359,77 @@ def test_a_base_name_through_a_symlink_is_not_followed_nor_replaced(staging, tmp
     (staging / "services/app/link").symlink_to(staging / "services/app/d")
     with pytest.raises(BaseMismatch):
         apply(staging, tar([moved_member("services/app/n", "services/app/link/x")], {})[0], True)
+
+
+def linked_base(staging) -> dict[str, bytes]:
+    """Staging made a base whose a.txt and d/x are one hard-linked file; returns its files."""
+    files = {**FILES, "services/app/d/x": b"alpha\n"}
+    members = [
+        base_member("services/app/a.txt"),
+        base_member("services/app/big.bin"),
+        member("services/app/d/x", kind=tarformat.LNKTYPE, linkname="services/app/a.txt"),
+    ]
+    apply(staging, tar(members, files)[0], delta=True)
+    return files
+
+
+def sparse_member(name: str, data: bytes) -> bytes:
+    """A PAX 1.0 sparse file of one data region: ``data`` at offset 0."""
+    body = f"1\n0\n{len(data)}\n".encode().ljust(512, b"\0") + data
+    directory, base = name.rsplit("/", 1)
+    return member(
+        f"{directory}/GNUSparseFile.0/{base}",
+        body,
+        pax=[
+            (b"GNU.sparse.major", b"1"),
+            (b"GNU.sparse.minor", b"0"),
+            (b"GNU.sparse.name", name.encode()),
+            (b"GNU.sparse.realsize", b"%d" % len(data)),
+        ],
+    )
+
+
+@pytest.mark.parametrize("how", ["rewritten in place", "made anew at its name"])
+def test_a_hard_linked_base_file_the_delta_wrote_is_not_taken_by_inode_and_size(
+    staging, monkeypatch, how
+):
+    """On a hard-linked base, a delta frees d/x of its other name (a.txt becomes a
+    symlink), writes other bytes of the same size at d/x (in place, or as a new file,
+    which may get the freed inode's number back), then takes d/x under a new name
+    claiming the base's bytes: a mismatch, not the base's digest vouching for new bytes.
+
+    ext4 here does not reuse the number at once, so the new file's lstat is made to
+    show the old number and size (what a filesystem that reuses it would show; a PAX
+    sparse member is at least its stored size, 518 bytes)."""
+    files = linked_base(staging)
+    import pullback.common.archive.unpack as unpack_module
+
+    old_ino = os.lstat(staging / "services/app/d/x").st_ino
+    real_lstat = os.lstat
+
+    def reused(path, *args, **kwargs):
+        st = real_lstat(path, *args, **kwargs)
+        if path == "x" and st.st_size == 518:  # the sparse member's file
+            fields = list(st)
+            fields[1], fields[6] = old_ino, 6  # st_ino, st_size
+            return os.stat_result(fields)
+        return st
+
+    monkeypatch.setattr(unpack_module.os, "lstat", reused)
+    evil = b"evil!\n"
+    assert len(evil) == len(files["services/app/d/x"])
+    written = (
+        member("services/app/d/x", evil)
+        if how == "rewritten in place"
+        else sparse_member("services/app/d/x", evil)
+    )
+    members = [
+        member("services/app/a.txt", kind=tarformat.SYMTYPE, linkname="elsewhere"),
+        base_member("services/app/big.bin"),
+        written,
+        moved_member("services/app/e.txt", "services/app/d/x"),
+    ]
+    manifest = {"services/app/big.bin": BIG, "services/app/d/x": evil}
+    manifest["services/app/e.txt"] = b"alpha\n"  # what the base's digest would vouch for
+    with pytest.raises(BaseMismatch, match="changed in staging since its index"):
+        apply(staging, tar(members, manifest)[0], delta=True)

@@ -138,14 +138,17 @@ def take(staging: Path) -> BaseIndex | None:
     fsync_dir(path.parent)
     try:
         db = _connect(old, readonly=True)
-        tree = _read_tree(db)
-        linked = dict(db.execute("SELECT k, v FROM meta")).get("linked") != "0"
     except sqlite3.Error:
         return None
-    if tree is None:
-        db.close()
-        return None
-    return BaseIndex(db, tree, linked)
+    try:
+        tree = _read_tree(db)
+        linked = dict(db.execute("SELECT k, v FROM meta")).get("linked") != "0"
+        if tree is not None:
+            return BaseIndex(db, tree, linked)
+    except sqlite3.Error:
+        pass
+    db.close()
+    return None
 
 
 def drop(staging: Path) -> None:

@@ -30,14 +30,19 @@ class OrderedLookup:
         # columns and table are the caller's constants, never data
         self._order = f"SELECT name, {columns} FROM {table} ORDER BY name"  # noqa: S608
         self._point = f"SELECT {columns} FROM {table} WHERE name = ?"  # noqa: S608
-        self._rows: Iterator[tuple] = iter(())
+        self._rows: Iterator[tuple] | None = None
         self._next: tuple | None = None
-        self.rewind()
 
     def rewind(self) -> None:
         """Start again from the first name (a second pass over the same tree)."""
-        self._rows = self._batches(self._db.execute(self._order))
-        self._next = next(self._rows, None)
+        self._rows = None
+
+    def _start(self) -> Iterator[tuple]:
+        """The table read in name order, from its first row (read when first asked, so
+        that opening costs nothing and a damaged table fails where a query would)."""
+        rows = self._batches(self._db.execute(self._order))
+        self._next = next(rows, None)
+        return rows
 
     @staticmethod
     def _batches(cursor: sqlite3.Cursor) -> Iterator[tuple]:
@@ -46,10 +51,13 @@ class OrderedLookup:
 
     def get(self, name: bytes) -> tuple | None:
         """The row of ``name`` without the name, or None when the table has none."""
+        if self._rows is None:
+            self._rows = self._start()
+        rows = self._rows
         while self._next is not None and self._next[0] < name:
-            self._next = next(self._rows, None)
+            self._next = next(rows, None)
         found = self._next
         if found is not None and found[0] == name:
-            self._next = next(self._rows, None)
+            self._next = next(rows, None)
             return found[1:]
         return self._db.execute(self._point, (name,)).fetchone()

@@ -25,12 +25,13 @@ host's deadline (``host_timeout``) cancels whatever step is running.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Callable, Generator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -128,6 +129,18 @@ class Choice:
     waiting: bool = False
     """Nothing new from the client yet (no archive, or its newest is already stored): the
     server's timer fired before the client's. A problem only once the host is stale."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A choice and what it was made with (:meth:`HostPull.still_chosen` makes it
+    again with the repository's snapshots alone changed)."""
+
+    choice: Choice
+    now: dt.datetime
+    refused: frozenset[str]
+    early: bool = False
+    """Made before the repository's snapshot list arrived."""
 
 
 def _mismatch(client_says: str, host: str) -> ArchiveError:
@@ -348,8 +361,10 @@ class HostPull:
                     return
                 self._pull(asked)
             finally:
-                if self.result.status != Status.STORED and asked.done() and not asked.exception():
-                    self.note_snapshots(asked.result())  # for the report of a failed host
+                if self.result.status != Status.STORED:
+                    wait([asked])  # (an early failure comes before the list: wait for it)
+                    if not asked.exception():
+                        self.note_snapshots(asked.result())  # for the report of a failed host
 
     def _pull(self, asked: Future) -> None:
         if not self.options.dry_run:
@@ -359,7 +374,8 @@ class HostPull:
             listing = self.wait_for_client(remote)
             if listing is None:
                 return
-            choice, early = self.choose_early(listing, asked)
+            decision = self.choose_early(listing, asked)
+            choice = decision.choice
             if not self.apply(choice, remote):
                 return
             assert choice.archive is not None
@@ -367,49 +383,54 @@ class HostPull:
                 self.ctx.backend.prepare(create=True)
                 self.repository_missing = False
             fetched = self.reach(remote, listing, choice.archive)
-            if early and not self.still_chosen(listing, choice, asked, remote, fetched):
+            if decision.early and not self.still_chosen(listing, decision, asked, remote, fetched):
                 return
             self.store(choice.archive, fetched)
             self.mark_fetched(remote, choice.archive.archive.name)
             self.measure()
 
-    def choose_early(self, listing: Listing, asked: Future) -> tuple[Choice, bool]:
-        """The choice, and whether it was made before the repository's snapshot list
-        arrived. Only a cheap choice is made early: an archive that staging reaches by
-        deltas from the tree it holds (the snapshot list, which costs restic a key
-        derivation, then arrives while it is fetched; :meth:`still_chosen`)."""
-        refused = self.refused()
+    def choose_early(self, listing: Listing, asked: Future) -> Decision:
+        """The choice, made before the repository's snapshot list arrived when it is
+        cheap: an archive that staging reaches by deltas from the tree it holds (the
+        list, which costs restic a key derivation, then arrives while it is fetched;
+        :meth:`still_chosen`). Otherwise made with the list."""
+        refused, now = self.refused(), utc_now()
         if not asked.done() and not self.options.dry_run:
-            choice = choose(listing, self.ctx.name, Stored.NOTHING, utc_now(), refused)
+            choice = choose(listing, self.ctx.name, Stored.NOTHING, now, refused)
             if choice.archive is not None and not choice.skip:
                 tree = baseindex.read_tree(self.ctx.staging)
                 route = chain.plan(choice.archive, listing, self.ctx.name, tree, refused)
                 if not route.from_full and not route.problem:
-                    return choice, True
+                    return Decision(choice, now, refused, early=True)
         stored = self.note_snapshots(asked.result())
-        return choose(listing, self.ctx.name, stored, utc_now(), refused), False
+        return Decision(choose(listing, self.ctx.name, stored, now, refused), now, refused)
 
     def still_chosen(
         self,
         listing: Listing,
-        early: Choice,
+        decision: Decision,
         asked: Future,
         remote: ClientEndpoint,
         fetched: Fetched | None,
     ) -> bool:
         """After an early choice's fetch: whether the repository's snapshots (now
-        known) choose the same archive. If not (it is already stored, or older than the
-        newest snapshot), the host ends as that choice says; staging keeps the fetched
-        tree, which its index describes."""
-        stored = self.note_snapshots(asked.result())
-        choice = choose(listing, self.ctx.name, stored, utc_now(), self.refused())
-        assert early.archive is not None
-        same = choice.archive is not None and choice.archive.stamp == early.archive.stamp
-        if same and not choice.skip:
+        known) leave it standing. Chosen again at the same time with the same refusals,
+        the archive is the same, or the choice a skip (already stored, or older than the
+        newest snapshot): the host then ends as the skip says, its warnings said once;
+        staging keeps the fetched tree, which its index describes. Raises what asking
+        for the snapshots raised (the download is dropped first)."""
+        try:
+            stored = self.note_snapshots(asked.result())
+        except BaseException:
+            if fetched is not None:
+                discard_partial(fetched.path)
+            raise
+        choice = choose(listing, self.ctx.name, stored, decision.now, decision.refused)
+        if not choice.skip:
             return True
         if fetched is not None:
             discard_partial(fetched.path)
-        self.apply(choice, remote)
+        self.apply(dataclasses.replace(choice, warnings=[]), remote)
         return False
 
     # -- the phases -----------------------------------------------------------------------

@@ -52,6 +52,8 @@ def record(state_dir: Path, results: list[HostResult]) -> dict:
         if result.fresh:
             # a quiet skip: the host is fine; only say when it was last looked at
             entry["last_checked"] = result.started or now
+            if result.newest_snapshot:  # the repository's word: corrects an older record
+                entry["newest_snapshot"] = result.newest_snapshot
             continue
         entry.update(
             {

@@ -206,6 +206,7 @@ class FakeClient:
         self.events: list[str] = []
         self.listed: float | None = None
         """When (time.monotonic) the last listing was answered."""
+        self.fail_list: PullbackError | None = None
 
     def __enter__(self):
         return self
@@ -219,6 +220,8 @@ class FakeClient:
                 raise AssertionError("the deadline never came")
             raise PullbackError("web1: no answer to 'list'")
         self.listed = time.monotonic()
+        if self.fail_list:
+            raise self.fail_list
         lock = None
         if self.locked_answers:
             self.locked_answers -= 1
@@ -422,6 +425,49 @@ def test_an_early_choice_is_confirmed_by_the_repository_before_storing(config, b
     assert (result.status, result.reason) == (Status.SKIPPED, f"{archive.name} is already stored")
     assert len(backend.stored) == 1 and client.marked == [archive.name, archive.name]
     assert list(config.partial_dir("web1").iterdir()) == []
+
+
+def test_a_host_failing_before_the_snapshot_list_still_reports_its_snapshots(
+    config, backend, client
+):
+    """Not waiting for the repository must not cost the report its facts: a client that
+    fails at once is reported with the snapshots the repository holds."""
+    archive = publish_one(client)
+    assert make_pull(config, backend, client).run().status == Status.STORED
+    stamp = archive.name.split("-", 1)[1].split(".")[0]
+    backend.snapshot_list = [Snapshot("s1", parse_stamp(stamp), stamp)]
+    status = {"hosts": {"web1": {"newest_snapshot": iso(NOW - dt.timedelta(days=2))}}}
+    (config.state_dir / "status.json").write_text(json.dumps(status))
+    backend.snapshots_delay = 0.5
+    client.fail_list = PullbackError("web1: connection refused")
+    result = make_pull(config, backend, client, PullOptions(if_due=True)).run()
+    assert client.listed < backend.snapshots_answered  # it did not wait
+    assert result.status == Status.FAILED and "connection refused" in result.reason
+    assert (result.snapshot_count, result.newest_snapshot) == (1, iso(parse_stamp(stamp)))
+
+
+def test_an_early_choice_is_made_again_at_the_same_time(config, backend, client):
+    """An archive dated past the future tolerance when the early choice was made stays
+    passed over when the snapshot list confirms it, however long the fetch took: the
+    host ends as the list says (already stored), not with another archive unfetched."""
+    archive = publish_one(client)
+    assert make_pull(config, backend, client).run().status == Status.STORED
+    held = baseindex.read_tree(config.staging_dir("web1"))
+    side = archive.with_name(archive.name + ".json")
+    data = json.loads(side.read_text())
+    data["archive"]["manifest_sha256"] = held.manifest_sha256
+    side.write_text(json.dumps(data))
+    ahead = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1, seconds=2)
+    publish(
+        client.archive_dir, "web1", build_tar([Entry("services/app/files/b", data=b"b")]), ahead
+    )
+    stamp = archive.name.split("-", 1)[1].split(".")[0]
+    backend.snapshot_list = [Snapshot("s1", parse_stamp(stamp), stamp)]
+    backend.snapshots_delay = 3.5  # past the moment the future archive would be taken
+    result = make_pull(config, backend, client).run()
+    assert (result.status, result.reason) == (Status.SKIPPED, f"{archive.name} is already stored")
+    passed_over = [w for w in result.warnings if "dated in the future" in w]
+    assert len(passed_over) == 1, result.warnings  # said once
 
 
 @pytest.mark.parametrize("published", [False, True])
@@ -744,3 +790,15 @@ def test_what_the_client_warned_about_reaches_the_result(config, backend, client
     assert len(shown) == 11
     sidecar = json.loads((config.staging_dir("web1") / "SIDECAR.json").read_text())
     assert sidecar["archive"]["name"] == archive.name  # the snapshot carries its sidecar
+
+
+def test_a_quiet_skip_corrects_the_recorded_newest_snapshot(tmp_path):
+    """A fresh host's skip records when it was looked at and the repository's newest
+    snapshot: an older record (which spares waiting for the repository) is corrected."""
+    from pullback.server.results import HostResult
+
+    status_file.record(tmp_path, [HostResult("web1", newest_snapshot="2026-11-01T00:00:00Z")])
+    fresh = HostResult("web1", status=Status.SKIPPED, fresh=True)
+    fresh.newest_snapshot = "2026-11-30T11:00:00Z"
+    entry = status_file.record(tmp_path, [fresh])["hosts"]["web1"]
+    assert entry["newest_snapshot"] == "2026-11-30T11:00:00Z" and "last_checked" in entry

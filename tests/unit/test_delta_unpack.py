@@ -215,18 +215,12 @@ def test_a_base_symlink_is_never_followed(staging, tmp_path):
 
 
 def test_hard_links_made_and_broken_across_a_delta(staging):
-    # day 2: x becomes a hard link of a.txt
-    files = {**FILES, "services/app/d/x": b"alpha\n"}
-    members = [
-        base_member("services/app/a.txt"),
-        base_member("services/app/big.bin"),
-        member("services/app/d/x", kind=tarformat.LNKTYPE, linkname="services/app/a.txt"),
-    ]
-    apply(staging, tar(members, files)[0], delta=True)
+    files = linked_base(staging)  # day 2: x becomes a hard link of a.txt
     a, x = staging / "services/app/a.txt", staging / "services/app/d/x"
     assert os.stat(a).st_ino == os.stat(x).st_ino
     # day 3: both stay with the same bytes, as two files: the link is broken
-    members[2] = base_member("services/app/d/x")
+    members = [base_member(n) for n in ("services/app/a.txt", "services/app/big.bin")]
+    members.append(base_member("services/app/d/x"))
     apply(staging, tar(members, files)[0], delta=True)
     assert os.stat(a).st_ino != os.stat(x).st_ino
     assert x.read_bytes() == a.read_bytes() == b"alpha\n"

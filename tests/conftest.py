@@ -27,7 +27,16 @@ TOOL_MODULES = {
 """Integration modules whose subject is what external tools (restic, borg, rsync, the
 database engines) and the standard library do with pullback's files, not a Python
 library: marked ``tools`` and run once, on the current PyPI releases. The Debian pass
-(Debian 12's paramiko, PyYAML, jsonschema, pluggy, Jinja2) runs every other module."""
+(Debian 12's paramiko, PyYAML, jsonschema, pluggy, Jinja2) runs every other module but
+ONCE_MODULES."""
+ONCE_MODULES = {
+    "test_incremental_days.py",
+    "test_incremental_pulls.py",
+}
+"""Integration modules whose subject is pullback's own delta archives (the standard
+library's sqlite3 and hashlib, restic): 3.6 min of the Debian pass that meet no library
+the other modules do not meet there (paramiko's requests, the full request included, run
+in test_pull and test_hostile_clients). Marked ``once``; their unit tests run on both."""
 
 
 def pytest_collection_modifyitems(config, items):
@@ -38,6 +47,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(getattr(pytest.mark, tier))
         if tier == "integration" and relative.name in TOOL_MODULES:
             item.add_marker(pytest.mark.tools)
+        if tier == "integration" and relative.name in ONCE_MODULES:
+            item.add_marker(pytest.mark.once)
 
 
 @pytest.fixture(autouse=True)

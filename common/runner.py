@@ -16,6 +16,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import resource
 import shlex
 import signal
@@ -86,6 +87,19 @@ MAX_LINE = 4000
 _CHUNK = 4096
 """sh hands output over in chunks of this size (and the rest at the end), never more."""
 TAIL_LINES = 20
+_FRAME = re.compile(
+    r"^(\t\S+:\d+( \+0x[0-9a-f]+)?"  # \tgithub.com/restic/restic/.../rest.go:399 +0x1d
+    r"|[\w.-]+(/[\w.-]+)*\.(\(\*?\w+\)\.)?[\w.]+(\(.*\))?"  # pkg/path.(*T).Method(...)
+    r"|goroutine \d+ \[\w+\]:)$"
+)
+
+
+def is_stack_frame(line: str) -> bool:
+    """Whether ``line`` is a line of a Go stack trace (restic's and rclone's fatal
+    errors end with one): kept out of a failure's tail, which is for words."""
+    return bool(_FRAME.match(line.rstrip()))
+
+
 KILL_GRACE = 10.0
 _POLL = 0.05
 
@@ -263,7 +277,8 @@ class Runner:
 
         def echo(line: str) -> None:
             line = secrets.mask(line, self.secrets)
-            tail.append(line)
+            if not is_stack_frame(line):  # a Go program's trace would push out its words
+                tail.append(line)
             self.log.log(level, "%s: %s", name, line)
 
         out_lines, err_lines = _Lines(echo), _Lines(echo)

@@ -15,6 +15,7 @@ from ..common.schema import load_schema
 from ..common.units import parse_duration, parse_size
 
 DEFAULT_PATH = Path("/etc/pullback/server.yaml")
+BORG_LOCATIONS = "borg repositories are paths or ssh:// URLs"
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,16 @@ class HostConfig:
     """This host's own SSH key (None: ``ssh.key_file``)."""
     adopt_host: str | None = None
     """restic: the host name of another program's snapshots adopted as this host's."""
+    repository_file: Path | None = None
+    """A file whose first line is this host's repository (a URL that may carry a
+    password): instead of ``repository``."""
+    maintenance_repository: str | None = None
+    """Where ``maintain`` reaches this host's repository (the endpoint that may delete);
+    None: ``backend.maintenance_repository_url``, else where pulls reach it."""
+    maintenance_repository_file: Path | None = None
+    """``maintenance_repository`` kept in a file (it may carry a password)."""
+    password_file: Path | None = None
+    """This host's own repository password (None: ``backend.password_file``)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,11 @@ class BackendConfig:
     timeout: float
     backup_options: tuple[str, ...] = ()
     """Extra arguments of every restic backup / borg create, as given."""
+    repository_url: str | None = None
+    """Every host's repository, ``{host}`` replaced by its name, instead of a directory
+    below ``repository_root``."""
+    maintenance_repository_url: str | None = None
+    """The same for ``maintain`` (the endpoint that may delete)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +164,27 @@ class ServerConfig:
         return self.maintenance.scratch_dir or self.state_dir / "drill"
 
 
+def _borg_problems(doc, data: dict) -> list:
+    """What borg cannot do of what the configuration asks: adopting another program's
+    snapshots, repositories that are neither paths nor ``ssh://`` URLs."""
+    problems = []
+    for index, host in enumerate(data["hosts"]):
+        if "adopt_host" in host:
+            where = ("hosts", index, "adopt_host")
+            problems.append(doc.problem(where, "restic only (backend.type: restic)"))
+        for key in ("repository", "maintenance_repository"):
+            if ":" in host.get(key, "") and not host[key].startswith("ssh://"):
+                problems.append(doc.problem(("hosts", index, key), BORG_LOCATIONS))
+    for key in ("repository_url", "maintenance_repository_url"):
+        if key in data["backend"] and not data["backend"][key].startswith(("ssh://", "/")):
+            problems.append(doc.problem(("backend", key), BORG_LOCATIONS))
+    return problems
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
 def configured(path: Path, args: argparse.Namespace) -> int:
     """``pullback-server configured``: 1 when the configuration is valid and lists no
     enabled host (systemd's ExecCondition then skips the run quietly), else 0: a broken
@@ -201,6 +238,10 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
                 email_to=tuple(host.get("email_to", ())),
                 key_file=Path(host["ssh_key_file"]) if host.get("ssh_key_file") else None,
                 adopt_host=host.get("adopt_host"),
+                repository_file=_path(host.get("repository_file")),
+                maintenance_repository=host.get("maintenance_repository"),
+                maintenance_repository_file=_path(host.get("maintenance_repository_file")),
+                password_file=_path(host.get("password_file")),
                 max_unpacked_size=parse_size(
                     host.get("max_unpacked_size", data["max_unpacked_size"])
                 ),
@@ -209,16 +250,7 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
             )
         )
     if backend["type"] == "borg":
-        for index, host in enumerate(data["hosts"]):
-            if "adopt_host" in host:
-                where = ("hosts", index, "adopt_host")
-                problems.append(doc.problem(where, "restic only (backend.type: restic)"))
-            if ":" in host.get("repository", "") and not host["repository"].startswith("ssh://"):
-                problems.append(
-                    doc.problem(
-                        ("hosts", index, "repository"), "borg repositories are paths or ssh:// URLs"
-                    )
-                )
+        problems += _borg_problems(doc, data)
     if problems:
         raise ConfigError(problems)
     return ServerConfig(
@@ -239,6 +271,8 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
             init=backend["init"],
             timeout=parse_duration(backend["timeout"]),
             backup_options=tuple(backend.get("backup_options", ())),
+            repository_url=backend.get("repository_url"),
+            maintenance_repository_url=backend.get("maintenance_repository_url"),
         ),
         ssh=SshConfig(
             key_file=Path(ssh["key_file"]),

@@ -19,7 +19,7 @@ from typing import TypeVar
 from ..common.errors import Interrupted
 from ..common.log import PrefixAdapter, get_logger
 from ..common.runner import Runner
-from .backends import Backend, make_backend
+from .backends import Backend, Role, make_backend
 from .config import HostConfig, ServerConfig
 
 T = TypeVar("T")
@@ -42,15 +42,26 @@ class HostContext:
 
     @classmethod
     def open(
-        cls, config: ServerConfig, host: HostConfig, cancel: threading.Event | None = None
+        cls,
+        config: ServerConfig,
+        host: HostConfig,
+        cancel: threading.Event | None = None,
+        role: Role = Role.PULL,
     ) -> HostContext:
-        """The context of ``host``: its logger, a cancellable runner and its backend."""
+        """The context of ``host``: its logger, a cancellable runner and its backend,
+        reaching the repository where ``role`` does (maintenance: the endpoint that may
+        delete, see :mod:`.backends.location`)."""
         cancel = cancel or threading.Event()
         log = PrefixAdapter(get_logger("host"), host.name)
         runner = Runner(log)
         runner.cancel = cancel
         backend = make_backend(
-            config.backend, host, config.state_dir, runner, config.maintenance.repository_lock_wait
+            config.backend,
+            host,
+            config.state_dir,
+            runner,
+            config.maintenance.repository_lock_wait,
+            role,
         )
         return cls(config, host, log, runner, backend, cancel)
 
@@ -70,15 +81,19 @@ class HostContext:
 
 
 def for_each_host(
-    config: ServerConfig, hosts: list[HostConfig], work: Callable[[HostContext], T]
+    config: ServerConfig,
+    hosts: list[HostConfig],
+    work: Callable[[HostContext], T],
+    role: Role = Role.PULL,
 ) -> list[T]:
-    """Run ``work`` on every host's context, ``parallel`` hosts at a time, and return the
-    results in the order of ``hosts``. ``work`` must report its own failures; SIGTERM
-    (Interrupted, in the main thread) cancels every host and is raised again."""
+    """Run ``work`` on every host's context (for ``role``), ``parallel`` hosts at a time,
+    and return the results in the order of ``hosts``. ``work`` must report its own
+    failures; SIGTERM (Interrupted, in the main thread) cancels every host and is raised
+    again."""
     cancels = {h.name: threading.Event() for h in hosts}
 
     def one(host: HostConfig) -> T:
-        return work(HostContext.open(config, host, cancels[host.name]))
+        return work(HostContext.open(config, host, cancels[host.name], role))
 
     with ThreadPoolExecutor(max_workers=config.parallel, thread_name_prefix="host") as pool:
         futures = [pool.submit(one, h) for h in hosts]

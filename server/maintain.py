@@ -25,7 +25,7 @@ from ..common.outcome import Status
 from ..common.signals import SignalGuard
 from ..common.units import human_size
 from . import status_file
-from .backends import RepositoryMissing
+from .backends import RepositoryMissing, Role
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
@@ -199,7 +199,10 @@ def maintain(
             h.name: rotation.get(h.name, {}).get("check_part", 0) % parts + 1 for h in hosts
         }
         results = for_each_host(
-            config, hosts, lambda ctx: HostMaintenance(ctx, next_part[ctx.name], verify).run()
+            config,
+            hosts,
+            lambda ctx: HostMaintenance(ctx, next_part[ctx.name], verify).run(),
+            Role.MAINTAIN,
         )
         for result in results:
             if any(s.name == "check" and s.ok for s in result.steps):

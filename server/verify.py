@@ -15,6 +15,7 @@ from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.signals import SignalGuard
 from . import status_file
+from .backends import Role
 from .config import ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext
@@ -32,7 +33,8 @@ def verify(
     results = []
     with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
         for host in hosts:  # one at a time: each drill may fill the scratch space
-            results.append(drill(HostContext.open(config, host), pick_random))
+            ctx = HostContext.open(config, host, role=Role.MAINTAIN)
+            results.append(drill(ctx, pick_random))
         status_file.record_drills(config.state_dir, results)
     return (EXIT_OK if all(r.ok for r in results) else EXIT_FAILED), results
 

@@ -16,6 +16,7 @@ from ...common import secrets
 from ...common.runner import Runner
 from ..config import BackendConfig, HostConfig
 from .errors import BackendError, IncompleteStore, RepositoryLocked, RepositoryMissing
+from .location import Role
 
 
 @dataclass(frozen=True)
@@ -114,16 +115,18 @@ def make_backend(
     state_dir: Path,
     runner: Runner,
     lock_wait: float = 1800.0,
+    role: Role = Role.PULL,
 ) -> Backend:
-    """The backend of ``config.type`` for one host; a live repository lock is waited
-    for up to ``lock_wait`` seconds."""
+    """The backend of ``config.type`` for one host, reaching its repository where
+    ``role`` does (:mod:`.location`); a live repository lock is waited for up to
+    ``lock_wait`` seconds."""
     if config.type == "restic":
         from .restic import ResticBackend
 
-        return ResticBackend(config, host, state_dir, runner, lock_wait)
+        return ResticBackend(config, host, state_dir, runner, lock_wait, role)
     from .borg import BorgBackend
 
-    return BorgBackend(config, host, state_dir, runner, lock_wait)
+    return BorgBackend(config, host, state_dir, runner, lock_wait, role)
 
 
 def read_password(path: Path) -> str:
@@ -144,6 +147,7 @@ __all__ = [
     "IncompleteStore",
     "RepositoryLocked",
     "RepositoryMissing",
+    "Role",
     "Snapshot",
     "SnapshotSpec",
     "StoreResult",

@@ -16,6 +16,7 @@ from ...common.fsutil import directory_size
 from ...common.runner import CommandResult, Runner
 from ..config import BackendConfig, HostConfig
 from .errors import BackendError, RepositoryLocked, RepositoryMissing
+from .location import Location, Role, locate
 
 
 def local_path(repository: str) -> Path | None:
@@ -50,16 +51,35 @@ class RepositoryBackend(ABC):
         state_dir: Path,
         runner: Runner,
         lock_wait: float = 1800.0,
+        role: Role = Role.PULL,
     ):
         self.config = config
         self.host = host
         self.state_dir = state_dir
         self.runner = runner
         self.lock_wait = lock_wait
+        self.role = role
+        self._location: Location | None = None
+
+    @property
+    def password_file(self) -> Path:
+        """The repository's password file: the host's own, or ``backend.password_file``."""
+        return self.host.password_file or self.config.password_file
+
+    def location(self) -> Location:
+        """Where the host's repository is for this backend's role (read once; a location
+        file is read then). Raises BackendError for a location file it cannot use."""
+        if self._location is None:
+            self._location = locate(self.config, self.host, self.role)
+        return self._location
 
     def repository(self) -> str:
-        """Where the host's repository is: its own setting, or ``repository_root/<host>``."""
-        return self.host.repository or str(self.config.repository_root / self.host.name)
+        """Where the host's repository is, as words may show it (a password masked)."""
+        try:
+            return self.location().shown
+        except BackendError:
+            where = self.host.maintenance_repository_file if self.role is Role.MAINTAIN else None
+            return f"the repository named in {where or self.host.repository_file}"
 
     @abstractmethod
     def env(self) -> dict[str, str]:
@@ -80,7 +100,7 @@ class RepositoryBackend(ABC):
         if self.wrong_password(exc):
             return BackendError(
                 f"wrong password for the {self.name} repository {self.repository()} "
-                f"(password_file {self.config.password_file})"
+                f"(password_file {self.password_file})"
             )
         if self._said(exc, self.LOCKED):
             holder = self.lock_holder(exc)

@@ -23,6 +23,7 @@ from ..retention import select
 from . import ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
 from .base import RepositoryBackend
 from .errors import BackendError, IncompleteStore
+from .location import read_location_file
 
 DELETE_BATCH = 50
 PARTIAL = "partial; failed: "
@@ -119,10 +120,14 @@ class BorgBackend(RepositoryBackend):
         return all(p in text for p in self.WRONG_PASSWORD)
 
     def env(self) -> dict[str, str]:
-        read_password(self.config.password_file)  # refuses a missing or exposed file
+        read_password(self.password_file)  # refuses a missing or exposed file
+        location = self.location()
+        repository = location.value
+        if location.file is not None:  # borg has no BORG_REPO file: the line, by environment
+            repository = read_location_file(location.file)
         return {
-            "BORG_REPO": self.repository(),
-            "BORG_PASSCOMMAND": f"head -n 1 {shlex.quote(str(self.config.password_file))}",
+            "BORG_REPO": str(repository),
+            "BORG_PASSCOMMAND": f"head -n 1 {shlex.quote(str(self.password_file))}",
             "BORG_BASE_DIR": str(self.state_dir / "cache" / "borg"),
             "BORG_RELOCATED_REPO_ACCESS_IS_OK": "no",
             "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "no",

@@ -158,6 +158,10 @@ def parse_time(text: str) -> dt.datetime:
 # -- the backend ----------------------------------------------------------------------------
 
 
+REFUSED_DELETE = ("blob not removed, server response: 403 Forbidden",)
+"""What restic's REST backend says when the server refuses a deletion (append-only)."""
+
+
 class ResticBackend(RepositoryBackend):
     name = "restic"
     WRONG_PASSWORD = ("wrong password", "no key found")
@@ -170,14 +174,32 @@ class ResticBackend(RepositoryBackend):
     )
 
     def env(self) -> dict[str, str]:
-        read_password(self.config.password_file)  # registered as a secret; refuses a bad file
+        read_password(self.password_file)  # registered as a secret; refuses a bad file
+        location = self.location()
+        where = (
+            {"RESTIC_REPOSITORY_FILE": str(location.file)}
+            if location.file is not None
+            else {"RESTIC_REPOSITORY": str(location.value)}
+        )
         return {
-            "RESTIC_REPOSITORY": self.repository(),
-            "RESTIC_PASSWORD_FILE": str(self.config.password_file),
+            **where,
+            "RESTIC_PASSWORD_FILE": str(self.password_file),
             "RESTIC_CACHE_DIR": str(self.state_dir / "cache" / "restic"),
             "RESTIC_PROGRESS_FPS": "0.2",
             "TZ": "UTC",  # --time is read in the local zone; make that UTC
         }
+
+    def explain(self, exc: CommandError) -> BackendError:
+        """As every backend's, and a deletion the repository refused named as such: an
+        append-only endpoint (docs/scaling.md), reached by the wrong role."""
+        if self._said(exc, REFUSED_DELETE):
+            return BackendError(
+                f"the repository {self.repository()} refused to delete (403 Forbidden): "
+                "an append-only endpoint cannot forget or prune; maintenance goes through "
+                "the endpoint that may delete (hosts[].maintenance_repository_file, "
+                "hosts[].maintenance_repository or backend.maintenance_repository_url)"
+            )
+        return super().explain(exc)
 
     def lock_holder(self, exc: CommandError) -> str:
         line = next((line for line in exc.tail if self.LOCKED[0] in line), "")

@@ -1,0 +1,110 @@
+"""Where a host's repository is for one role, and how that is shown without its secrets.
+
+A host's repository can be reached two ways (docs/scaling.md, *Split roles*):
+
+- the **pull** role (``pull``, ``snapshots``, ``restore``) writes new snapshots, and can
+  go through an append-only endpoint (``rclone serve restic --append-only``, rest-server
+  ``--append-only``, ``borg serve --append-only``) that refuses every deletion;
+- the **maintain** role (``maintain``: forget, prune, check, drills) needs the endpoint
+  that may delete. Its location is the host's ``maintenance_repository`` (or ``_file``),
+  else ``backend.maintenance_repository_url``, else the pull location.
+
+A location given in a file (``repository_file``: a URL whose user information may carry
+a password, as restic's REST backend wants it) is passed to the tool by file
+(``RESTIC_REPOSITORY_FILE``; borg: ``BORG_REPO``) and shown with its password masked.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...common import secrets
+from ..config import BackendConfig, HostConfig
+from .errors import BackendError
+
+_USERINFO = re.compile(
+    r"^(?P<head>(?:[a-z0-9]+:)?[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:]*):(?P<password>[^/@]*)@"
+)
+"""A URL's ``scheme://user:password@``, with restic's ``rest:`` prefix before it."""
+
+
+class Role(enum.Enum):
+    """Which of a host's repository endpoints a command uses."""
+
+    PULL = "pull"
+    MAINTAIN = "maintain"
+
+
+@dataclass(frozen=True)
+class Location:
+    """One endpoint of a host's repository."""
+
+    shown: str
+    """The location as it is written in words: a password it carries is ``***``."""
+    value: str | None
+    """The location itself, when the configuration gives it (never carries a password)."""
+    file: Path | None = None
+    """The file whose first line is the location (it may carry a password)."""
+
+
+def masked(location: str) -> str:
+    """``location`` with the password of its ``user:password@`` replaced by ``***``."""
+    return _USERINFO.sub(lambda m: f"{m['head']}{m['user']}:***@", location, count=1)
+
+
+def password_of(location: str) -> str | None:
+    """The password a URL's user information carries, or None."""
+    match = _USERINFO.match(location)
+    return match["password"] if match and match["password"] else None
+
+
+def _template(url: str, host: str) -> str:
+    return url.replace("{host}", host)
+
+
+def locate(backend: BackendConfig, host: HostConfig, role: Role) -> Location:
+    """The location of ``host``'s repository for ``role`` (see the module's words).
+
+    Raises BackendError when a location file cannot be read or is exposed.
+    """
+    if role is Role.MAINTAIN:
+        if host.maintenance_repository_file is not None:
+            return _from_file(host.maintenance_repository_file)
+        if host.maintenance_repository is not None:
+            return Location(host.maintenance_repository, host.maintenance_repository)
+        if backend.maintenance_repository_url is not None:
+            url = _template(backend.maintenance_repository_url, host.name)
+            return Location(url, url)
+    if host.repository_file is not None:
+        return _from_file(host.repository_file)
+    if host.repository is not None:
+        return Location(host.repository, host.repository)
+    if backend.repository_url is not None:
+        url = _template(backend.repository_url, host.name)
+        return Location(url, url)
+    path = str(backend.repository_root / host.name)
+    return Location(path, path)
+
+
+def _from_file(path: Path) -> Location:
+    """A location kept in a file: read (the line and its password registered as
+    secrets, masked wherever they could be printed) to be shown masked. Raises
+    BackendError."""
+    line = read_location_file(path)
+    password = password_of(line)
+    if password:  # masked alone too (restic may print the URL its own way)
+        secrets.register(password, urllib.parse.unquote(password))
+    return Location(masked(line.strip()), None, path)
+
+
+def read_location_file(path: Path) -> str:
+    """The first line of a location file (registered as a secret). Raises BackendError
+    when it is missing, empty, unreadable or readable by others."""
+    try:
+        return secrets.read_secret_file(path, "repository file").strip()
+    except secrets.SecretFileError as exc:
+        raise BackendError(str(exc)) from None

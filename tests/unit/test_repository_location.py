@@ -1,0 +1,151 @@
+"""Where a host's repository is for each role, shown without its password."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from pullback.common import secrets
+from pullback.common.errors import ConfigError
+from pullback.common.runner import is_stack_frame
+from pullback.server.backends import Role, make_backend
+from pullback.server.backends.errors import BackendError
+from pullback.server.backends.location import locate, masked, password_of
+from pullback.server.config import load_server_config
+
+CONFIG = """\
+backend:
+  repository_root: /srv/repos
+  password_file: {pw}
+hosts:
+  - name: web1
+  - name: db1
+    repository: rest:http://store:8000/db1/
+    maintenance_repository: rest:http://store:8001/db1/
+  - name: app1
+    repository_file: {repo}
+    maintenance_repository_file: {maint}
+    password_file: {own}
+"""
+
+
+def secret(path: Path, line: str) -> Path:
+    path.write_text(line + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def config(tmp_path):
+    files = {
+        "pw": secret(tmp_path / "pw", "shared"),
+        "repo": secret(tmp_path / "repo", "rest:http://puller:Pull-Pw-81@store:8000/app1/"),
+        "maint": secret(tmp_path / "maint", "rest:https://boss:Boss%2FPw@store:8001/app1/"),
+        "own": secret(tmp_path / "own", "app1-only"),
+    }
+    path = tmp_path / "server.yaml"
+    path.write_text(CONFIG.format(**files))
+    return load_server_config(path)
+
+
+def test_each_role_finds_its_own_endpoint_and_falls_back_to_the_pull_one(config):
+    backend = config.backend
+    web1, db1, app1 = config.hosts
+    assert locate(backend, web1, Role.PULL).value == "/srv/repos/web1"
+    assert locate(backend, web1, Role.MAINTAIN).value == "/srv/repos/web1"
+    assert locate(backend, db1, Role.PULL).value == "rest:http://store:8000/db1/"
+    assert locate(backend, db1, Role.MAINTAIN).value == "rest:http://store:8001/db1/"
+    pull = locate(backend, app1, Role.PULL)
+    assert (pull.value, pull.shown) == (None, "rest:http://puller:***@store:8000/app1/")
+    assert pull.file == app1.repository_file
+    assert locate(backend, app1, Role.MAINTAIN).shown == "rest:https://boss:***@store:8001/app1/"
+
+
+def test_templates_place_every_host_unless_it_has_its_own(config):
+    backend = dataclasses.replace(
+        config.backend,
+        repository_url="rest:http://store:8000/{host}/",
+        maintenance_repository_url="rest:http://store:8001/{host}/",
+    )
+    web1, db1, _ = config.hosts
+    assert locate(backend, web1, Role.PULL).value == "rest:http://store:8000/web1/"
+    assert locate(backend, web1, Role.MAINTAIN).value == "rest:http://store:8001/web1/"
+    assert locate(backend, db1, Role.MAINTAIN).value == "rest:http://store:8001/db1/"
+
+
+def test_the_tool_gets_the_location_by_file_and_the_host_s_own_password(config, tmp_path):
+    app1 = config.hosts[2]
+    env = make_backend(config.backend, app1, tmp_path, None, role=Role.PULL).env()
+    assert env["RESTIC_REPOSITORY_FILE"] == str(app1.repository_file)
+    assert "RESTIC_REPOSITORY" not in env
+    assert env["RESTIC_PASSWORD_FILE"] == str(app1.password_file)
+    assert "Pull-Pw-81" not in repr(env)
+    # the password is a secret from then on: masked wherever it would be printed
+    assert "Pull-Pw-81" not in secrets.mask("restic said http://puller:Pull-Pw-81@store")
+    maint = make_backend(config.backend, app1, tmp_path, None, role=Role.MAINTAIN)
+    assert maint.env()["RESTIC_REPOSITORY_FILE"] == str(app1.maintenance_repository_file)
+    assert "Boss/Pw" not in secrets.mask("Boss/Pw"), "the decoded form is masked too"
+
+
+def test_an_exposed_location_file_is_refused_in_words(config, tmp_path):
+    app1 = config.hosts[2]
+    os.chmod(app1.repository_file, 0o644)
+    backend = make_backend(config.backend, app1, tmp_path, None)
+    with pytest.raises(BackendError, match=r"readable by others .* chmod 600"):
+        backend.env()
+    assert str(app1.repository_file) in backend.repository()
+
+
+@pytest.mark.parametrize(
+    ("location", "shown", "password"),
+    [
+        ("rest:http://u:p4ss@h:8000/x/", "rest:http://u:***@h:8000/x/", "p4ss"),
+        ("s3:https://s3.example/bucket/x", "s3:https://s3.example/bucket/x", None),
+        ("sftp:user@host:/srv/x", "sftp:user@host:/srv/x", None),
+        ("ssh://borg@host:22/./x", "ssh://borg@host:22/./x", None),
+        ("/var/lib/pullback/x", "/var/lib/pullback/x", None),
+    ],
+)
+def test_a_password_in_a_url_is_masked(location, shown, password):
+    assert masked(location) == shown
+    assert password_of(location) == password
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "    repository: rest:http://u:pw@store/x/",
+        "    maintenance_repository: rest:http://u:pw@s/x/",
+    ],
+)
+def test_a_password_written_into_the_configuration_is_refused(tmp_path, key):
+    path = tmp_path / "server.yaml"
+    path.write_text(f"hosts:\n  - name: web1\n{key}\n")
+    with pytest.raises(ConfigError) as info:
+        load_server_config(path)
+    assert info.value.exit_code == 2
+    (problem,) = [str(p) for p in info.value.problems]
+    name = key.split(":")[0].strip()
+    assert problem.startswith(f"{path}:3: hosts[0].{name}: ")
+    assert "without a password" in problem
+
+
+def test_borg_locations_are_paths_or_ssh_urls(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        "backend: {type: borg, maintenance_repository_url: 'rest:http://s/{host}/'}\nhosts: []\n"
+    )
+    with pytest.raises(ConfigError, match=r"backend.maintenance_repository_url: borg"):
+        load_server_config(path)
+
+
+def test_go_stack_frames_are_not_words():
+    assert is_stack_frame("github.com/restic/restic/internal/backend.(*RetryBackend).Remove")
+    assert is_stack_frame("\tgithub.com/restic/restic/internal/backend/rest/rest.go:399")
+    assert is_stack_frame("runtime.goexit")
+    assert not is_stack_frame("blob not removed, server response: 403 Forbidden (403)")
+    assert not is_stack_frame("Fatal: wrong password or no key found")
+    assert not is_stack_frame("done")

@@ -22,10 +22,11 @@ TOOL_MODULES = {
     "test_hostile_archives.py",
     "test_maintenance.py",
     "test_partial_snapshots.py",
+    "test_remote_repositories.py",
     "test_restore_fidelity.py",
 }
-"""Integration modules whose subject is what external tools (restic, borg, rsync, the
-database engines) and the standard library do with pullback's files, not a Python
+"""Integration modules whose subject is what external tools (restic, borg, rsync, rclone's
+REST server, the database engines) and the standard library do with pullback's files, not a Python
 library: marked ``tools`` and run once, on the current PyPI releases. The Debian pass
 (Debian 12's paramiko, PyYAML, jsonschema, pluggy, Jinja2) runs every other module but
 ONCE_MODULES."""

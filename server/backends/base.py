@@ -142,10 +142,15 @@ class RepositoryBackend(ABC):
         except CommandError as exc:
             if not self._said(exc, self.MISSING) or self.wrong_password(exc):
                 raise self.explain(exc) from None
-        if not (self.config.init and create):
+        if not self.config.init:
             raise RepositoryMissing(
                 f"the {self.name} repository {self.repository()} does not exist "
                 f"and backend.init is false; create it with {self.name} init"
+            )
+        if not create:
+            raise RepositoryMissing(
+                f"the {self.name} repository {self.repository()} does not exist yet "
+                "(no pull has stored to it)"
             )
         self.init()
 

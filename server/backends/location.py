@@ -27,9 +27,11 @@ from ..config import BackendConfig, HostConfig
 from .errors import BackendError
 
 _USERINFO = re.compile(
-    r"^(?P<head>(?:[a-z0-9]+:)?[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:]*):(?P<password>[^/@]*)@"
+    r"^(?P<head>(?:[a-z0-9]+:)?[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:]*):(?P<password>.*)@"
 )
-"""A URL's ``scheme://user:password@``, with restic's ``rest:`` prefix before it."""
+"""A URL's ``scheme://user:password@``, with restic's ``rest:`` prefix before it. The
+password runs to the last ``@``: one written raw may hold ``/`` or ``@`` (restic cannot
+parse it then, and prints the line back: the whole password must be known to mask it)."""
 
 
 class Role(enum.Enum):

@@ -166,12 +166,10 @@ class ResticBackend(RepositoryBackend):
     name = "restic"
     WRONG_PASSWORD = ("wrong password", "no key found")
     LOCKED = ("repository is already locked",)
-    MISSING = (
-        "Is there a repository at the following location?",
-        "does not exist",
-        "unable to open config file",
-        "repository not found",
-    )
+    MISSING = ("config: no such file", "<config/> does not exist", "repository not found")
+    """Only what says the repository's config file is not there: restic asks "Is there a
+    a repository at the following location?" after any failure to open it, a refused
+    login (401) or a server that is down too, and those must not look like "none yet"."""
 
     def env(self) -> dict[str, str]:
         read_password(self.password_file)  # registered as a secret; refuses a bad file
@@ -199,6 +197,11 @@ class ResticBackend(RepositoryBackend):
                 "the endpoint that may delete (hosts[].maintenance_repository_file, "
                 "hosts[].maintenance_repository or backend.maintenance_repository_url)"
             )
+        fatal = [line for line in exc.tail if line.startswith("Fatal: ")]
+        if fatal and not self.wrong_password(exc) and not self._said(exc, self.LOCKED):
+            # restic's own sentence, not the location it prints after it
+            reason = fatal[-1].removeprefix("Fatal: ")
+            return BackendError(f"restic failed on {self.repository()}: {reason}")
         return super().explain(exc)
 
     def lock_holder(self, exc: CommandError) -> str:

@@ -299,3 +299,40 @@ def test_backup_options_are_passed_as_they_are_before_the_paths():
     assert args[-4:] == ["--exclude-caches", "--compression", "max", "."]
     created = borg.create_args("web1", spec, ("--exclude-caches",))
     assert created[created.index("::web1-20261122T035000Z") - 1] == "--exclude-caches"
+
+
+@pytest.mark.parametrize(
+    ("said", "words"),
+    [
+        ("unexpected HTTP response (401): 401 Unauthorized", "401 Unauthorized"),
+        ("client.Head: dial tcp 127.0.0.1:1: connect: connection refused", "connection refused"),
+    ],
+)
+def test_a_refused_login_or_a_server_down_is_not_a_missing_repository(server_config, said, words):
+    """restic asks "Is there a repository at the following location?" after any failure
+    to open one: only a missing config file means "none yet" (and may be initialised)."""
+    from pullback.server.backends import BackendError, RepositoryMissing
+    from tests.helpers.fakes import ScriptedRunner
+
+    runner = ScriptedRunner(
+        failure(
+            f"Fatal: unable to open config file: {said}",
+            "Is there a repository at the following location?",
+            "rest:http://puller:***@store:8000/web1/",
+        )
+    )
+    with pytest.raises(BackendError) as info:
+        backend_of("restic", server_config, runner).prepare(create=True)
+    assert not isinstance(info.value, RepositoryMissing)
+    assert runner.calls == [["restic", "cat", "config"]], "never restic init"
+    assert str(info.value).endswith(f"unable to open config file: {said}")
+    assert words in str(info.value)
+
+
+def test_a_missing_repository_asked_for_without_a_pull_says_so(server_config):
+    from pullback.server.backends import RepositoryMissing
+    from tests.helpers.fakes import ScriptedRunner
+
+    runner = ScriptedRunner(failure("Fatal: unable to open config file: <config/> does not exist"))
+    with pytest.raises(RepositoryMissing, match=r"does not exist yet \(no pull has stored to it\)"):
+        backend_of("restic", server_config, runner).prepare(create=False)

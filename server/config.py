@@ -60,6 +60,9 @@ class HostConfig:
 class MaintenanceConfig:
     check_subsets: int
     prune: bool
+    forget: bool
+    """False on a pull server whose repositories another machine forgets and prunes
+    (split roles): maintain then only checks, measures and drills."""
     check: bool
     check_options: tuple[str, ...]
     borg_check_duration: float
@@ -164,6 +167,18 @@ class ServerConfig:
         return self.maintenance.scratch_dir or self.state_dir / "drill"
 
 
+def _double_locations(doc, data: dict) -> list:
+    """A host that names its repository both in the file and inline (one would win
+    silently)."""
+    problems = []
+    for index, host in enumerate(data["hosts"]):
+        for key in ("repository", "maintenance_repository"):
+            if key in host and f"{key}_file" in host:
+                message = f"give either {key} or {key}_file, not both"
+                problems.append(doc.problem(("hosts", index, f"{key}_file"), message))
+    return problems
+
+
 def _borg_problems(doc, data: dict) -> list:
     """What borg cannot do of what the configuration asks: adopting another program's
     snapshots, repositories that are neither paths nor ``ssh://`` URLs."""
@@ -249,6 +264,7 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
                 max_archive_size=parse_size(host.get("max_archive_size", data["max_archive_size"])),
             )
         )
+    problems += _double_locations(doc, data)
     if backend["type"] == "borg":
         problems += _borg_problems(doc, data)
     if problems:
@@ -293,6 +309,7 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
         maintenance=MaintenanceConfig(
             check_subsets=maintenance["check_subsets"],
             prune=maintenance["prune"],
+            forget=maintenance["forget"],
             check=maintenance["check"],
             check_options=tuple(maintenance["check_options"]),
             borg_check_duration=parse_duration(maintenance["borg_check_duration"]),

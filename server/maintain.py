@@ -29,6 +29,7 @@ from .backends import RepositoryMissing, Role
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
+from .host_pull import FUTURE_TOLERANCE
 from .pull import INSTANCE_LOCK
 
 log = get_logger("maintain")
@@ -105,7 +106,9 @@ class HostMaintenance:
         backend = self.ctx.backend
         self.step("locks", lambda: backend.unlock() or "no stale lock")
         maintenance = self.ctx.config.maintenance
-        if self.step("forget", self.forget) and self.result.forgotten:
+        if not maintenance.forget:
+            self.skipped("forget", "maintenance.forget is false (another machine forgets)")
+        elif self.step("forget", self.forget) and self.result.forgotten:
             if maintenance.prune:
                 self.step("prune", self.prune)
             else:
@@ -151,6 +154,18 @@ class HostMaintenance:
         self.ctx.log.info("%s: not run: %s", name, why)
 
     def forget(self) -> str:
+        """Apply the retention policy, unless a snapshot is dated in the future: restic
+        measures ``keep_within`` from the newest snapshot, and a snapshot pullback did not
+        make (its pulls refuse archives dated ahead) would make it forget real history.
+        Raises PullbackError then."""
+        horizon = utc_now() + FUTURE_TOLERANCE
+        ahead = [s for s in self.ctx.backend.snapshots() if s.time > horizon]
+        if ahead:
+            raise PullbackError(
+                f"forget held: snapshot {ahead[-1].id} is dated {ahead[-1].time:%Y-%m-%d %H:%M} "
+                "UTC, in the future; pullback's pulls never store one, so it was added by "
+                "another hand: inspect it (restic snapshots) and remove it before forgetting"
+            )
         outcome = self.ctx.backend.forget(self.ctx.host.retention)
         self.result.forgotten = len(outcome.removed)
         return f"kept {len(outcome.kept)} snapshot(s), forgot {len(outcome.removed)}" + (

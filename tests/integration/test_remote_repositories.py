@@ -105,6 +105,15 @@ def test_the_cycle_runs_on_a_rest_store_and_the_pull_role_cannot_erase_history(
     assert "maintenance_repository" in result.stderr
     for name, url in pull_urls.items():
         assert len(restic_json(url, passwords[name], "snapshots")) == 2
+    # the pull server's own maintenance with forget off: checks and drills through the
+    # append-only endpoint (reading and locking are allowed there)
+    fleet.write_config(maintenance={"forget": False})
+    result = server("maintain", "--verify")
+    assert "forget: not run: maintenance.forget is false" in result.stderr, result.stderr
+    assert "match the manifest" in result.stderr and "no errors" in result.stderr
+    for name, url in pull_urls.items():
+        assert len(restic_json(url, passwords[name], "snapshots")) == 2
+    fleet.write_config(maintenance={"forget": True})
 
     # maintenance through the full endpoint, with its own credential: forgets and prunes
     for name in ("web1", "db1"):

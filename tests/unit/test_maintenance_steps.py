@@ -82,6 +82,36 @@ def test_prune_and_check_can_be_switched_off_and_check_options_pass_through(tmp_
     ]
 
 
+def test_forget_can_be_switched_off_on_a_pull_server_of_split_roles(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        "retention: {keep_daily: 3}\n"
+        "maintenance: {forget: false}\n"
+        "hosts:\n  - name: web1\n"
+    )
+    backend = FakeBackend(snapshot_list=daily(5))
+    context = fake_context(load_server_config(path), "web1", backend)
+    result = HostMaintenance(context, 1, verify=False).run()
+    assert result.status == Status.OK and len(backend.snapshot_list) == 5
+    assert [(s.name, s.detail) for s in result.steps][1] == (
+        "forget",
+        "not run: maintenance.forget is false (another machine forgets)",
+    )
+    assert backend.pruned == 0 and backend.checked == [(1, 8)]
+
+
+def test_a_snapshot_dated_in_the_future_holds_forget(config):
+    """restic's keep_within counts from the newest snapshot: one dated a year ahead (not
+    made by pullback's pulls, which refuse such archives) would forget real history."""
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
+    backend = FakeBackend(snapshot_list=[*daily(5), Snapshot("f1", future, None)])
+    result = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()
+    assert result.status == Status.FAILED
+    assert result.reason.startswith("forget: forget held: snapshot f1 is dated ")
+    assert len(backend.snapshot_list) == 6 and backend.pruned == 0
+
+
 def test_nothing_forgotten_means_no_prune(config):
     backend = FakeBackend(snapshot_list=daily(2))
     result = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()

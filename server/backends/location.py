@@ -74,22 +74,34 @@ def locate(backend: BackendConfig, host: HostConfig, role: Role) -> Location:
     Raises BackendError when a location file cannot be read or is exposed.
     """
     if role is Role.MAINTAIN:
-        if host.maintenance_repository_file is not None:
-            return _from_file(host.maintenance_repository_file)
-        if host.maintenance_repository is not None:
-            return Location(host.maintenance_repository, host.maintenance_repository)
-        if backend.maintenance_repository_url is not None:
-            url = _template(backend.maintenance_repository_url, host.name)
-            return Location(url, url)
-    if host.repository_file is not None:
-        return _from_file(host.repository_file)
-    if host.repository is not None:
-        return Location(host.repository, host.repository)
-    if backend.repository_url is not None:
-        url = _template(backend.repository_url, host.name)
-        return Location(url, url)
+        found = _first(
+            host.maintenance_repository_file,
+            host.maintenance_repository,
+            backend.maintenance_repository_url,
+            host.name,
+        )
+        if found is not None:
+            return found
+    found = _first(host.repository_file, host.repository, backend.repository_url, host.name)
+    if found is not None:
+        return found
     path = str(backend.repository_root / host.name)
     return Location(path, path)
+
+
+def _first(
+    file: Path | None, inline: str | None, template: str | None, host: str
+) -> Location | None:
+    """The location one role's settings give, in their order: the file, the host's own
+    location, the template; None when none is set."""
+    if file is not None:
+        return _from_file(file)
+    if inline is not None:
+        return Location(inline, inline)
+    if template is not None:
+        url = _template(template, host)
+        return Location(url, url)
+    return None
 
 
 def _from_file(path: Path) -> Location:

@@ -18,7 +18,7 @@ from ...common.backup_suite import SUITE_STAMP
 from ...common.clock import is_stamp
 from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
-from . import ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
+from . import Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
 from .base import RepositoryBackend, local_path
 from .errors import BackendError, IncompleteStore
 
@@ -142,6 +142,10 @@ def restore_args(snapshot_id: str, target: Path, includes: list[str]) -> list[st
 
 def restore_size_args(snapshot_id: str) -> list[str]:
     return ["stats", "--json", "--mode", "restore-size", snapshot_id]
+
+
+def diff_args(older: str, newer: str) -> list[str]:
+    return ["diff", "--json", older, newer]
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -328,6 +332,26 @@ class ResticBackend(RepositoryBackend):
         ``target``."""
         self.run(restore_args(snapshot.id, target, includes), timeout=24 * 3600)
 
+    def changes(self, older: Snapshot, newer: Snapshot) -> Change:
+        """``restic diff`` of the two snapshots, and their sizes (``stats``). Raises
+        BackendError."""
+        with tempfile.TemporaryFile() as out:
+            self.run(diff_args(older.id, newer.id), stdout=out, level=10, timeout=3600)
+            out.seek(0)
+            stats = _statistics(out.read())
+        before = self._json(restore_size_args(older.id), timeout=3600) or {}
+        after = self._json(restore_size_args(newer.id), timeout=3600) or {}
+        try:
+            return Change(
+                files_before=int(before["total_file_count"]),
+                changed=int(stats.get("changed_files", 0)),
+                removed=int((stats.get("removed") or {}).get("files", 0)),
+                bytes_before=int(before["total_size"]),
+                bytes_after=int(after["total_size"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BackendError(f"restic stats did not say the snapshots' sizes ({exc})") from None
+
     def restore_size(self, snapshot: Snapshot) -> int | None:
         try:
             data = self._json(restore_size_args(snapshot.id), timeout=600)
@@ -336,13 +360,27 @@ class ResticBackend(RepositoryBackend):
             return None
 
 
-def _summary(output: bytes) -> dict:
-    """The ``summary`` message of ``restic backup --json`` (an empty dict if none)."""
+def _message(output: bytes, kind: str) -> dict:
+    """The first JSON message of ``message_type`` ``kind`` in restic's ``--json`` output
+    (an empty dict if none)."""
     for line in output.splitlines():
         try:
             message = json.loads(line)
         except ValueError:
             continue
-        if isinstance(message, dict) and message.get("message_type") == "summary":
+        if isinstance(message, dict) and message.get("message_type") == kind:
             return message
     return {}
+
+
+def _statistics(output: bytes) -> dict:
+    """The ``statistics`` message of ``restic diff --json``. Raises BackendError."""
+    found = _message(output, "statistics")
+    if not found:
+        raise BackendError("restic diff did not report its statistics")
+    return found
+
+
+def _summary(output: bytes) -> dict:
+    """The ``summary`` message of ``restic backup --json`` (an empty dict if none)."""
+    return _message(output, "summary")

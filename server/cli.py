@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hostname", metavar="HOST", help="a host name from server.yaml")
     p.add_argument("--yes", action="store_true", help="record without asking")
     p.add_argument("--replace", action="store_true", help="replace a different pinned key")
+    p = sub.add_parser(
+        "release",
+        parents=[parent],
+        help="end the ransomware guard's hold on a host: forget by the policy again",
+    )
+    p.add_argument("hostname", metavar="HOST", help="a host name from server.yaml")
     import_suite_parser(sub, parent, "server.yaml", "server_config.yml")
     return parser
 
@@ -147,6 +153,7 @@ ACTIONS = {
     "status": Action("status:command", loads_config=False),
     "check": Action("check:command"),
     "trust": Action("trust:command"),
+    "release": Action("release:command"),
 }
 
 

@@ -13,6 +13,7 @@ from ..common.mail import EmailConfig, email_config
 from ..common.notify import NotifyConfig, notify_config
 from ..common.schema import load_schema
 from ..common.units import parse_duration, parse_size
+from .guard import GuardLimits
 
 DEFAULT_PATH = Path("/etc/pullback/server.yaml")
 BORG_LOCATIONS = "borg repositories are paths or ssh:// URLs"
@@ -63,6 +64,7 @@ class MaintenanceConfig:
     forget: bool
     """False on a pull server whose repositories another machine forgets and prunes
     (split roles): maintain then only checks, measures and drills."""
+    guard: GuardLimits
     check: bool
     check_options: tuple[str, ...]
     borg_check_duration: float
@@ -310,6 +312,7 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
             check_subsets=maintenance["check_subsets"],
             prune=maintenance["prune"],
             forget=maintenance["forget"],
+            guard=GuardLimits(**maintenance["guard"]),
             check=maintenance["check"],
             check_options=tuple(maintenance["check_options"]),
             borg_check_duration=parse_duration(maintenance["borg_check_duration"]),

@@ -55,6 +55,8 @@ class HostRow:
     store_peak_rss: int | None = None
     history: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
+    held: str | None = None
+    """Why the ransomware guard holds forget for the host (None: it does not)."""
 
     @property
     def databases_text(self) -> str:
@@ -92,17 +94,27 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
             state = HostState.FAILED
         elif stale:
             state = HostState.STALE
-        elif entry.get("problem") or entry.get("verify_result") == Status.FAILED:
+        elif (
+            entry.get("problem")
+            or entry.get("verify_result") == Status.FAILED
+            or isinstance(entry.get("guard_hold"), dict)
+        ):
             state = HostState.ATTENTION
         else:
             state = HostState.OK
+        hold = entry.get("guard_hold")
+        held = (
+            f"forget held by the ransomware guard: {hold.get('reason')}"
+            if isinstance(hold, dict)
+            else None
+        )
         history = entry.get("history", [])[-HISTORY_CELLS:]
         found.append(
             HostRow(
                 host=host.name,
                 state=state,
                 result=result,
-                reason=entry.get("reason", ""),
+                reason=held or entry.get("reason", ""),
                 stale=stale,
                 newest_age=age(entry.get("newest_snapshot"), now),
                 verified_age=age(entry.get("last_verified"), now),
@@ -114,6 +126,7 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
                 store_peak_rss=entry.get("store_peak_rss"),
                 history=[h.get("result", "?") for h in history],
                 sizes=[h["repository_bytes"] for h in history if h.get("repository_bytes")],
+                held=held,
             )
         )
     return sorted(found, key=lambda r: (_ORDER[r.state], r.host))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..common.cli import print_json
-from ..common.clock import parse_iso, utc_now
+from ..common.clock import iso, parse_iso, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, PullbackError
 from ..common.fsutil import atomic_write
 from ..common.locks import FileLock
@@ -24,7 +24,7 @@ from ..common.notify import Notifier
 from ..common.outcome import Status
 from ..common.signals import SignalGuard
 from ..common.units import human_size
-from . import status_file
+from . import guard, status_file
 from .backends import RepositoryMissing, Role
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
@@ -52,6 +52,9 @@ class MaintainResult:
     forgotten: int = 0
     drill: DrillResult | None = None
     duration: float = 0.0
+    hold: dict | None = None
+    """The ransomware guard's hold when this run made one: ``since``, ``snapshot``,
+    ``older``, ``reason`` (kept in status.json until ``release``)."""
 
     @property
     def reason(self) -> str:
@@ -108,6 +111,8 @@ class HostMaintenance:
         maintenance = self.ctx.config.maintenance
         if not maintenance.forget:
             self.skipped("forget", "maintenance.forget is false (another machine forgets)")
+        elif not self.step("guard", self.guard):
+            self.skipped("forget", "held by the ransomware guard")
         elif self.step("forget", self.forget) and self.result.forgotten:
             if maintenance.prune:
                 self.step("prune", self.prune)
@@ -152,6 +157,45 @@ class HostMaintenance:
         """Record a step the configuration leaves out."""
         self.result.steps.append(Step(name, True, f"not run: {why}"))
         self.ctx.log.info("%s: not run: %s", name, why)
+
+    def guard(self) -> str:
+        """The ransomware guard (:mod:`.guard`): raises PullbackError to hold forget when
+        a hold is recorded and not released, or when the newest snapshot changed too much
+        from the one before; returns what it found otherwise."""
+        limits = self.ctx.config.maintenance.guard
+        if not limits.enabled:
+            return "not run: maintenance.guard.enabled is false"
+        entry = status_file.load_status(self.ctx.config.state_dir)["hosts"].get(self.ctx.name, {})
+        hold = entry.get("guard_hold")
+        if isinstance(hold, dict):
+            raise PullbackError(
+                f"forget held since {hold.get('since')}: {hold.get('reason')}; release it "
+                f"with: pullback-server release {self.ctx.name}"
+            )
+        found = guard.pair(self.ctx.backend.snapshots())
+        if found is None:
+            return "fewer than two snapshots: nothing to compare"
+        older, newer = found
+        if entry.get("guard_released") == newer.id:
+            return f"snapshot {newer.id} was released by an administrator"
+        change = self.ctx.backend.changes(older, newer)
+        reason = guard.judge(change, limits)
+        if reason is None:
+            return (
+                f"{change.changed_share:.0%} changed or removed, {change.shrink:.0%} smaller "
+                f"from {older.id} to {newer.id}: a normal day"
+            )
+        reason = f"snapshot {newer.id} against {older.id}: {reason}"
+        self.result.hold = {
+            "since": iso(utc_now()),
+            "snapshot": newer.id,
+            "older": older.id,
+            "reason": reason,
+        }
+        raise PullbackError(
+            f"forget held: {reason}; every snapshot is kept. If the change is expected, "
+            f"release it with: pullback-server release {self.ctx.name}"
+        )
 
     def forget(self) -> str:
         """Apply the retention policy, unless a snapshot is dated in the future: restic

@@ -58,6 +58,11 @@ def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) ->
         "When a restore drill last proved the host's snapshot.",
     )
     verify_ok = g("pullback_last_verify_ok", "1 when the host's last restore drill passed.")
+    held = g(
+        "pullback_forget_held",
+        "1 while the ransomware guard holds forget and prune for the host "
+        "(pullback-server release HOST ends it).",
+    )
     memory = g(
         "pullback_store_peak_memory_bytes",
         "Peak resident memory of restic/borg storing the host's last archive.",
@@ -86,6 +91,7 @@ def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) ->
         if "verify_result" in entry:
             verify_ok.add(entry["verify_result"] == Status.OK, **labels)
         memory.add(entry.get("store_peak_rss"), **labels)
+        held.add(isinstance(entry.get("guard_hold"), dict), **labels)
     g("pullback_metrics_timestamp_seconds", "When these metrics were written.").add(now.timestamp())
     return m
 

@@ -2,7 +2,8 @@
 for a monitoring system (``--check``).
 
 Exits 1 when a host is stale (no snapshot within its ``max_age``, or never stored), its
-last pull failed, or the last run could not write a configured output, so a monitoring
+last pull failed, the ransomware guard holds its forget, or the last run could not write
+a configured output, so a monitoring
 check can run it as it is. ``--check`` follows the monitoring-plugin convention of
 Nagios, Icinga, Zabbix and Checkmk instead.
 """
@@ -172,14 +173,26 @@ def command(path: Path, args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
         print(status_table(config, status))
-    found = rows(config, status)
+    complaints = _complaints(rows(config, status), output_problems(status))
+    for line in complaints:
+        print(line, file=sys.stderr)
+    return EXIT_FAILED if complaints else EXIT_OK
+
+
+def _complaints(found: list[HostRow], unwritten: list[str]) -> list[str]:
+    """The lines that make ``status`` exit 1: stale hosts, failed pulls, forget held by
+    the ransomware guard, outputs the last run could not write."""
+    lines = []
     stale = [r.host for r in found if r.stale]
     failed = [r.host for r in found if r.state == HostState.FAILED]
+    held = [r.host for r in found if r.held]
     if stale:
-        print(f"stale (no snapshot within max_age): {', '.join(stale)}", file=sys.stderr)
+        lines.append(f"stale (no snapshot within max_age): {', '.join(stale)}")
     if failed:
-        print(f"failed (the last pull): {', '.join(failed)}", file=sys.stderr)
-    unwritten = output_problems(status)
-    for problem in unwritten:
-        print(f"not written by the last run: {problem}", file=sys.stderr)
-    return EXIT_FAILED if stale or failed or unwritten else EXIT_OK
+        lines.append(f"failed (the last pull): {', '.join(failed)}")
+    if held:
+        lines.append(
+            f"forget held by the ransomware guard: {', '.join(held)} "
+            "(pullback-server release HOST once the change is understood)"
+        )
+    return lines + [f"not written by the last run: {problem}" for problem in unwritten]

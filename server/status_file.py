@@ -180,7 +180,23 @@ def record_maintenance(state_dir: Path, results) -> dict:
             entry["repository_bytes"] = result.repository_size
         if result.drill is not None:
             _record_drill(entry, result.drill, now)
+        if result.hold is not None:
+            entry["guard_hold"] = result.hold
     return _save(state_dir, status)
+
+
+def release_hold(state_dir: Path, host: str) -> dict | None:
+    """End the ransomware guard's hold on ``host``: its snapshot is accepted (not judged
+    again). Returns the hold that was ended, or None when there was none."""
+    status = load_status(state_dir)
+    entry = status["hosts"].get(host, {})
+    hold = entry.pop("guard_hold", None)
+    if not isinstance(hold, dict):
+        return None
+    entry["guard_released"] = hold.get("snapshot")
+    entry["guard_released_at"] = iso(utc_now())
+    _save(state_dir, status)
+    return hold
 
 
 def record_outputs(state_dir: Path, problems: list[str]) -> dict:

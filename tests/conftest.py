@@ -22,6 +22,7 @@ TOOL_MODULES = {
     "test_hostile_archives.py",
     "test_maintenance.py",
     "test_partial_snapshots.py",
+    "test_ransomware_guard.py",
     "test_remote_repositories.py",
     "test_restore_fidelity.py",
 }

@@ -44,6 +44,32 @@ class SnapshotSpec:
 
 
 @dataclass(frozen=True)
+class Change:
+    """What changed from one snapshot of a host to the next, as the tool counts it."""
+
+    files_before: int
+    """Entries of the older snapshot (files and directories)."""
+    changed: int
+    """Entries whose content or metadata changed."""
+    removed: int
+    """Entries of the older snapshot gone from the newer."""
+    bytes_before: int
+    bytes_after: int
+
+    @property
+    def changed_share(self) -> float:
+        """Changed and removed entries over the older snapshot's entries."""
+        return (self.changed + self.removed) / max(1, self.files_before)
+
+    @property
+    def shrink(self) -> float:
+        """How much smaller the newer snapshot's data is, as a share of the older's."""
+        if self.bytes_before <= 0:
+            return 0.0
+        return max(0.0, 1 - self.bytes_after / self.bytes_before)
+
+
+@dataclass(frozen=True)
 class ForgetResult:
     kept: list[str]
     removed: list[str]
@@ -108,6 +134,10 @@ class Backend(Protocol):
         """Bytes of file data a whole restore of ``snapshot`` writes (for its progress),
         or None when the tool cannot say."""
 
+    def changes(self, older: Snapshot, newer: Snapshot) -> Change:
+        """What changed from ``older`` to ``newer`` (the ransomware guard's measure).
+        Raises BackendError."""
+
 
 def make_backend(
     config: BackendConfig,
@@ -143,6 +173,7 @@ def read_password(path: Path) -> str:
 __all__ = [
     "Backend",
     "BackendError",
+    "Change",
     "ForgetResult",
     "IncompleteStore",
     "RepositoryLocked",

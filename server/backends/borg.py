@@ -20,7 +20,7 @@ from ...common.archive.sidecar import SIDECAR_NAME
 from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
 from ..retention import select
-from . import ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
+from . import Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
 from .base import RepositoryBackend
 from .errors import BackendError, IncompleteStore
 from .location import read_location_file
@@ -99,6 +99,26 @@ def check_args(duration: float, extra: Sequence[str] = ()) -> list[list[str]]:
 
 def info_args(name: str) -> list[str]:
     return ["info", "--json", f"::{name}"]
+
+
+def diff_args(older: str, newer: str) -> list[str]:
+    return ["diff", "--json-lines", f"::{older}", newer]
+
+
+def count_diff(lines) -> tuple[int, int]:
+    """(changed, removed) entries of ``borg diff --json-lines`` output: an entry with a
+    change other than being added or removed is changed."""
+    changed = removed = 0
+    for line in lines:
+        try:
+            kinds = {c.get("type") for c in json.loads(line).get("changes", [])}
+        except (ValueError, AttributeError):
+            continue
+        if "removed" in kinds:
+            removed += 1
+        elif kinds - {"added"}:
+            changed += 1
+    return changed, removed
 
 
 def extract_args(name: str, includes: list[str]) -> list[str]:
@@ -217,6 +237,26 @@ class BorgBackend(RepositoryBackend):
         self.run(
             extract_args(snapshot.id, includes), cwd=target, timeout=24 * 3600, ok_codes=(0, 1)
         )
+
+    def changes(self, older: Snapshot, newer: Snapshot) -> Change:
+        """``borg diff`` of the two archives, and their sizes (``borg info``). Raises
+        BackendError."""
+        with tempfile.TemporaryFile() as out:
+            self.run(diff_args(older.id, newer.id), stdout=out, level=10, timeout=3600)
+            out.seek(0)
+            changed, removed = count_diff(out)
+        try:
+            before = self._json(info_args(older.id), timeout=600)["archives"][0]["stats"]
+            after = self._json(info_args(newer.id), timeout=600)["archives"][0]["stats"]
+            return Change(
+                int(before["nfiles"]),
+                changed,
+                removed,
+                int(before["original_size"]),
+                int(after["original_size"]),
+            )
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise BackendError(f"borg info did not say the archives' sizes ({exc})") from None
 
     def restore_size(self, snapshot: Snapshot) -> int | None:
         try:

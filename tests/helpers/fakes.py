@@ -45,6 +45,8 @@ class FakeBackend:
     """Seconds the snapshot list takes (restic's key derivation, made visible)."""
     snapshots_answered: float | None = None
     """When (time.monotonic) the snapshot list was last answered."""
+    change: object = None
+    """What :meth:`changes` answers (None: a normal day)."""
 
     def repository(self) -> str:
         return "memory"
@@ -101,6 +103,13 @@ class FakeBackend:
         if self.fail_size:
             raise self.fail_size
         return 4096
+
+    def changes(self, older: Snapshot, newer: Snapshot):
+        """What the guard measures: ``change`` (a normal day: 2 of 1000 entries)."""
+        from pullback.server.backends import Change
+
+        self.events.append(f"changes {older.id} {newer.id}")
+        return self.change or Change(1000, 20, 0, 10**9, 10**9 + 10**6)
 
     def restore(self, snapshot: Snapshot, target: Path, includes: list[str]) -> None:
         source = self.trees[snapshot.id]

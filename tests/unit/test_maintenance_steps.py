@@ -49,7 +49,15 @@ def test_forget_by_policy_then_prune_check_size_and_no_drill_when_asked(config):
     backend = FakeBackend(snapshot_list=daily(5))
     result = HostMaintenance(fake_context(config, "web1", backend), 3, verify=False).run()
     assert result.status == Status.OK
-    assert [s.name for s in result.steps] == ["locks", "forget", "prune", "check", "size", "drill"]
+    assert [s.name for s in result.steps] == [
+        "locks",
+        "guard",
+        "forget",
+        "prune",
+        "check",
+        "size",
+        "drill",
+    ]
     assert result.forgotten == 2 and [s.id for s in backend.snapshot_list] == ["s2", "s3", "s4"]
     assert (backend.pruned, backend.checked, result.repository_size) == (1, [(3, 4)], 4096)
     assert result.steps[-1].detail == "not due yet"

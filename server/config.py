@@ -312,7 +312,12 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
             check_subsets=maintenance["check_subsets"],
             prune=maintenance["prune"],
             forget=maintenance["forget"],
-            guard=GuardLimits(**maintenance["guard"]),
+            guard=GuardLimits(
+                **{
+                    **maintenance["guard"],
+                    "min_bytes": parse_size(maintenance["guard"]["min_bytes"]),
+                }
+            ),
             check=maintenance["check"],
             check_options=tuple(maintenance["check_options"]),
             borg_check_duration=parse_duration(maintenance["borg_check_duration"]),

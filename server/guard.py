@@ -13,6 +13,7 @@ outlives later snapshots: only ``release`` ends it.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,32 +25,61 @@ if TYPE_CHECKING:  # the backends import the configuration, which imports this
 class GuardLimits:
     enabled: bool = True
     max_changed: float = 0.5
-    """Share of the older snapshot's entries changed or removed that holds forget."""
+    """Share of the older snapshot's entries changed or removed, or of its data no longer
+    in the newer one, that holds forget."""
     max_shrink: float = 0.5
     """Share of the older snapshot's data gone that holds forget."""
     min_files: int = 100
-    """Fewer entries in the older snapshot than this: not judged (a share of a handful
-    of files says nothing)."""
+    """Fewer entries in the older snapshot than this: its entries are not judged (a share
+    of a handful of files says nothing)."""
+    min_bytes: int = 64 << 20
+    """Less data in the older snapshot than this: its bytes are not judged."""
 
 
 def judge(change: Change, limits: GuardLimits) -> str | None:
-    """Why this change is abnormal (the words of the hold), or None for a normal day."""
-    if change.files_before < limits.min_files:
-        return None
+    """Why this change is abnormal (the words of the hold), or None for a normal one."""
     reasons = []
-    if change.changed_share > limits.max_changed:
+    if change.files_before >= limits.min_files and change.changed_share > limits.max_changed:
         reasons.append(
             f"{change.changed_share:.0%} of {change.files_before} entries changed or removed "
             f"(max_changed {limits.max_changed:.0%})"
         )
-    if change.shrink > limits.max_shrink:
-        reasons.append(
-            f"the data shrank by {change.shrink:.0%} (max_shrink {limits.max_shrink:.0%})"
-        )
+    if change.bytes_before >= limits.min_bytes:
+        if change.rewritten_share > limits.max_changed:
+            reasons.append(
+                f"{change.rewritten_share:.0%} of the data is no longer there as it was "
+                f"(max_changed {limits.max_changed:.0%})"
+            )
+        if change.shrink > limits.max_shrink:
+            reasons.append(
+                f"the data shrank by {change.shrink:.0%} (max_shrink {limits.max_shrink:.0%})"
+            )
     return "; ".join(reasons) or None
 
 
-def pair(snapshots: list[Snapshot]) -> tuple[Snapshot, Snapshot] | None:
-    """The two newest of pullback's own snapshots (oldest first), or None with fewer."""
-    own = [s for s in snapshots if not s.adopted]
-    return (own[-2], own[-1]) if len(own) >= 2 else None
+def dated_ahead(snapshots: list[Snapshot], horizon: dt.datetime) -> Snapshot | None:
+    """The newest snapshot dated after ``horizon``, or None: restic measures
+    ``keep_within`` from the newest snapshot, so one dated ahead would forget history."""
+    ahead = [s for s in snapshots if s.time > horizon]
+    return ahead[-1] if ahead else None
+
+
+def own(snapshots: list[Snapshot]) -> list[Snapshot]:
+    """pullback's own complete snapshots, oldest first: adopted ones (another program's
+    layout) and partial ones (a failed service looks like mass removal) are not judged."""
+    return [s for s in snapshots if not s.adopted and not s.failed]
+
+
+def baseline(snapshots: list[Snapshot], judged: str | None) -> tuple[Snapshot, Snapshot] | None:
+    """The pair to compare: the newest complete snapshot against the last one judged
+    normal or released (``judged``), so that everything since the last maintenance is
+    covered by one comparison; against the one before it when that one is gone or was
+    never recorded. None with nothing new or fewer than two snapshots."""
+    found = own(snapshots)
+    if len(found) < 2:
+        return None
+    newer = found[-1]
+    if newer.id == judged:
+        return None
+    older = next((s for s in found[:-1] if s.id == judged), found[-2])
+    return older, newer

@@ -55,6 +55,8 @@ class MaintainResult:
     hold: dict | None = None
     """The ransomware guard's hold when this run made one: ``since``, ``snapshot``,
     ``older``, ``reason`` (kept in status.json until ``release``)."""
+    judged: str | None = None
+    """The snapshot the guard found normal: the next maintenance compares against it."""
 
     @property
     def reason(self) -> str:
@@ -112,7 +114,7 @@ class HostMaintenance:
         if not maintenance.forget:
             self.skipped("forget", "maintenance.forget is false (another machine forgets)")
         elif not self.step("guard", self.guard):
-            self.skipped("forget", "held by the ransomware guard")
+            self.skipped("forget", "the ransomware guard did not clear it (see guard)")
         elif self.step("forget", self.forget) and self.result.forgotten:
             if maintenance.prune:
                 self.step("prune", self.prune)
@@ -160,11 +162,11 @@ class HostMaintenance:
 
     def guard(self) -> str:
         """The ransomware guard (:mod:`.guard`): raises PullbackError to hold forget when
-        a hold is recorded and not released, or when the newest snapshot changed too much
-        from the one before; returns what it found otherwise."""
+        a hold is recorded and not released (even with the guard switched off since), when
+        a snapshot is dated in the future, or when the newest complete snapshot changed too
+        much from the last one judged normal (one comparison covers every day since the
+        last maintenance); returns what it found otherwise."""
         limits = self.ctx.config.maintenance.guard
-        if not limits.enabled:
-            return "not run: maintenance.guard.enabled is false"
         entry = status_file.load_status(self.ctx.config.state_dir)["hosts"].get(self.ctx.name, {})
         hold = entry.get("guard_hold")
         if isinstance(hold, dict):
@@ -172,28 +174,42 @@ class HostMaintenance:
                 f"forget held since {hold.get('since')}: {hold.get('reason')}; release it "
                 f"with: pullback-server release {self.ctx.name}"
             )
-        found = guard.pair(self.ctx.backend.snapshots())
+        if not limits.enabled:
+            return "not run: maintenance.guard.enabled is false"
+        snapshots = self.ctx.backend.snapshots()
+        ahead = guard.dated_ahead(snapshots, utc_now() + FUTURE_TOLERANCE)
+        if ahead is not None:
+            self._hold(
+                ahead.id,
+                None,
+                f"snapshot {ahead.id} is dated {ahead.time:%Y-%m-%d %H:%M} UTC, in the "
+                "future (pullback's pulls never store one)",
+            )
+        found = guard.baseline(snapshots, entry.get("guard_judged"))
         if found is None:
-            return "fewer than two snapshots: nothing to compare"
+            return "no new complete snapshot to compare"
         older, newer = found
-        if entry.get("guard_released") == newer.id:
-            return f"snapshot {newer.id} was released by an administrator"
         change = self.ctx.backend.changes(older, newer)
         reason = guard.judge(change, limits)
-        if reason is None:
-            return (
-                f"{change.changed_share:.0%} changed or removed, {change.shrink:.0%} smaller "
-                f"from {older.id} to {newer.id}: a normal day"
-            )
-        reason = f"snapshot {newer.id} against {older.id}: {reason}"
+        if reason is not None:
+            self._hold(newer.id, older.id, f"snapshot {newer.id} against {older.id}: {reason}")
+        self.result.judged = newer.id
+        return (
+            f"from {older.id} to {newer.id}: {change.changed_share:.0%} of the entries and "
+            f"{change.rewritten_share:.0%} of the data changed or removed, "
+            f"{change.shrink:.0%} smaller: normal"
+        )
+
+    def _hold(self, snapshot: str, older: str | None, reason: str) -> None:
+        """Record a new hold on this host (saved with the result). Raises PullbackError."""
         self.result.hold = {
             "since": iso(utc_now()),
-            "snapshot": newer.id,
-            "older": older.id,
+            "snapshot": snapshot,
+            "older": older,
             "reason": reason,
         }
         raise PullbackError(
-            f"forget held: {reason}; every snapshot is kept. If the change is expected, "
+            f"forget held: {reason}; every snapshot is kept. Once the change is understood, "
             f"release it with: pullback-server release {self.ctx.name}"
         )
 
@@ -202,13 +218,12 @@ class HostMaintenance:
         measures ``keep_within`` from the newest snapshot, and a snapshot pullback did not
         make (its pulls refuse archives dated ahead) would make it forget real history.
         Raises PullbackError then."""
-        horizon = utc_now() + FUTURE_TOLERANCE
-        ahead = [s for s in self.ctx.backend.snapshots() if s.time > horizon]
-        if ahead:
+        ahead = guard.dated_ahead(self.ctx.backend.snapshots(), utc_now() + FUTURE_TOLERANCE)
+        if ahead is not None:
             raise PullbackError(
-                f"forget held: snapshot {ahead[-1].id} is dated {ahead[-1].time:%Y-%m-%d %H:%M} "
-                "UTC, in the future; pullback's pulls never store one, so it was added by "
-                "another hand: inspect it (restic snapshots) and remove it before forgetting"
+                f"not run: snapshot {ahead.id} is dated {ahead.time:%Y-%m-%d %H:%M} UTC, in "
+                "the future; pullback's pulls never store one, so it was added by another "
+                "hand: inspect it (restic snapshots) and remove it before forgetting"
             )
         outcome = self.ctx.backend.forget(self.ctx.host.retention)
         self.result.forgotten = len(outcome.removed)

@@ -1,26 +1,32 @@
 """``pullback-server release HOST``: end the ransomware guard's hold on a host.
 
 The guard (:mod:`.guard`) held forget and prune because the host's newest snapshot
-changed too much from the one before. Releasing accepts that snapshot: the next
-``maintain`` forgets by the retention policy again, and judges only snapshots after it.
+changed too much from the last one judged normal. Releasing accepts the held snapshot:
+the next ``maintain`` compares the newest snapshot against it and, if that is normal,
+forgets by the retention policy again.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..common.errors import EXIT_OK, UsageError
+from ..common.errors import EXIT_OK
+from ..common.locks import FileLock
 from . import status_file
 from .config import ServerConfig
+from .pull import INSTANCE_LOCK
 
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:
-    """Release the hold; print what was released. Raises UsageError for an unknown host
-    or a host with no hold."""
+    """Release the hold; print what was released (or that there was none: exit 0 all the
+    same, so that a script may release twice). Raises UsageError for an unknown host."""
     host = config.host(args.hostname)
-    hold = status_file.release_hold(config.state_dir, host.name)
+    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server release")
+    with lock.acquire(wait=config.maintenance.wait_for_pull):  # pulls rewrite status.json
+        hold = status_file.release_hold(config.state_dir, host.name)
     if hold is None:
-        raise UsageError(f"{host.name}: forget is not held; nothing to release")
+        print(f"{host.name}: forget is not held; nothing to release")
+        return EXIT_OK
     print(
         f"{host.name}: released the hold of {hold.get('since')} ({hold.get('reason')}); "
         "the next maintain forgets by the retention policy again"

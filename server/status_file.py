@@ -182,19 +182,22 @@ def record_maintenance(state_dir: Path, results) -> dict:
             _record_drill(entry, result.drill, now)
         if result.hold is not None:
             entry["guard_hold"] = result.hold
+        if result.judged is not None:
+            entry["guard_judged"] = result.judged
     return _save(state_dir, status)
 
 
 def release_hold(state_dir: Path, host: str) -> dict | None:
-    """End the ransomware guard's hold on ``host``: its snapshot is accepted (not judged
-    again). Returns the hold that was ended, or None when there was none."""
+    """End the ransomware guard's hold on ``host``: its snapshot is accepted, and the next
+    maintenance compares the newest snapshot against it. Returns the hold that was ended,
+    or None when there was none."""
     status = load_status(state_dir)
     entry = status["hosts"].get(host, {})
     hold = entry.pop("guard_hold", None)
     if not isinstance(hold, dict):
         return None
-    entry["guard_released"] = hold.get("snapshot")
-    entry["guard_released_at"] = iso(utc_now())
+    entry["guard_judged"] = hold.get("snapshot")  # the next comparison starts from it
+    entry["guard_released"] = {"snapshot": hold.get("snapshot"), "time": iso(utc_now())}
     _save(state_dir, status)
     return hold
 

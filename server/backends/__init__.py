@@ -55,11 +55,21 @@ class Change:
     """Entries of the older snapshot gone from the newer."""
     bytes_before: int
     bytes_after: int
+    bytes_removed: int = 0
+    """Bytes of the older snapshot's data that the newer no longer holds as they were
+    (rewritten, encrypted, deleted)."""
 
     @property
     def changed_share(self) -> float:
         """Changed and removed entries over the older snapshot's entries."""
         return (self.changed + self.removed) / max(1, self.files_before)
+
+    @property
+    def rewritten_share(self) -> float:
+        """Bytes of the older snapshot's data no longer there as they were, as a share."""
+        if self.bytes_before <= 0:
+            return 0.0
+        return min(1.0, self.bytes_removed / self.bytes_before)
 
     @property
     def shrink(self) -> float:

@@ -105,20 +105,26 @@ def diff_args(older: str, newer: str) -> list[str]:
     return ["diff", "--json-lines", f"::{older}", newer]
 
 
-def count_diff(lines) -> tuple[int, int]:
-    """(changed, removed) entries of ``borg diff --json-lines`` output: an entry with a
-    change other than being added or removed is changed."""
-    changed = removed = 0
+def count_diff(lines) -> tuple[int, int, int]:
+    """(changed, removed, bytes removed) of ``borg diff --json-lines`` output: a file
+    whose content changed (``modified``) is changed, anything ``removed …`` (a file, a
+    directory, a link) is removed; added entries and metadata-only changes (mode, owner,
+    times) are neither. Bytes removed: what a modified file lost, and removed files'
+    sizes."""
+    changed = removed = lost = 0
     for line in lines:
         try:
-            kinds = {c.get("type") for c in json.loads(line).get("changes", [])}
+            items = json.loads(line).get("changes", [])
+            kinds = {str(c.get("type", "")) for c in items}
         except (ValueError, AttributeError):
             continue
-        if "removed" in kinds:
+        if any(kind.startswith("removed") for kind in kinds):
             removed += 1
-        elif kinds - {"added"}:
+            lost += sum(int(c.get("size", 0) or 0) for c in items)
+        elif "modified" in kinds:
             changed += 1
-    return changed, removed
+            lost += sum(int(c.get("removed", 0) or 0) for c in items if c.get("type") == "modified")
+    return changed, removed, lost
 
 
 def extract_args(name: str, includes: list[str]) -> list[str]:
@@ -244,7 +250,7 @@ class BorgBackend(RepositoryBackend):
         with tempfile.TemporaryFile() as out:
             self.run(diff_args(older.id, newer.id), stdout=out, level=10, timeout=3600)
             out.seek(0)
-            changed, removed = count_diff(out)
+            changed, removed, lost = count_diff(out)
         try:
             before = self._json(info_args(older.id), timeout=600)["archives"][0]["stats"]
             after = self._json(info_args(newer.id), timeout=600)["archives"][0]["stats"]
@@ -254,6 +260,7 @@ class BorgBackend(RepositoryBackend):
                 removed,
                 int(before["original_size"]),
                 int(after["original_size"]),
+                lost,
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise BackendError(f"borg info did not say the archives' sizes ({exc})") from None

@@ -348,6 +348,7 @@ class ResticBackend(RepositoryBackend):
                 removed=int((stats.get("removed") or {}).get("files", 0)),
                 bytes_before=int(before["total_size"]),
                 bytes_after=int(after["total_size"]),
+                bytes_removed=int((stats.get("removed") or {}).get("bytes", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BackendError(f"restic stats did not say the snapshots' sizes ({exc})") from None

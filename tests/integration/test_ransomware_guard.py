@@ -39,7 +39,7 @@ def test_an_encrypted_looking_day_holds_forget_and_a_normal_one_does_not(tmp_pat
         day(documents)
         day({"docs/000.txt": b"edited\n", "docs/new.txt": b"a new file\n"})  # a normal day
         said = maintain(0)
-        assert "a normal day" in said, said
+        assert ": normal" in said, said
         assert len(fleet.snapshots("web1")) == 2
 
         # ransomware: every document rewritten with random bytes of the same size

@@ -16,7 +16,7 @@ from pullback.server.backends import Change, Snapshot
 from pullback.server.backends.borg import count_diff, diff_args
 from pullback.server.backends.restic import diff_args as restic_diff_args
 from pullback.server.config import load_server_config
-from pullback.server.guard import GuardLimits, judge, pair
+from pullback.server.guard import GuardLimits, baseline, judge
 from pullback.server.maintain import HostMaintenance
 from tests.helpers.fakes import FakeBackend, fake_context
 
@@ -39,66 +39,93 @@ def days(count: int) -> list[Snapshot]:
     return [Snapshot(f"s{i}", T0 + dt.timedelta(days=i), None) for i in range(count)]
 
 
+GB = 10**9
+
+
 @pytest.mark.parametrize(
     ("change", "held"),
     [
-        (Change(5000, 60, 5, 10**9, 10**9 + 10**7), False),  # a normal day: 1.3 %
+        (Change(5000, 60, 5, GB, GB + 10**7, 10**7), False),  # a normal day: 1.3 %
         (ENCRYPTED, True),  # every file rewritten
-        (Change(5000, 10, 3000, 10**9, 4 * 10**8), True),  # most files deleted
-        (Change(5000, 10, 0, 10**9, 3 * 10**8), True),  # the data shrank by 70 %
-        (Change(5000, 2500, 0, 10**9, 10**9), False),  # exactly at the limit: not over it
-        (Change(40, 40, 0, 100, 100), False),  # too few files to judge
+        (Change(5000, 10, 3000, GB, 4 * 10**8, 6 * 10**8), True),  # most files deleted
+        (Change(5000, 10, 0, GB, 3 * 10**8, 7 * 10**8), True),  # the data shrank by 70 %
+        (Change(5000, 2500, 0, GB, GB, GB // 2), False),  # exactly at the limits
+        (Change(40, 40, 0, 100, 100, 100), False),  # too few files and bytes to judge
+        # few large files: 12 dumps of 50 GB emptied, or 5 of 5000 files with 90 % of
+        # the data encrypted (the same sizes): judged by their bytes
+        (Change(12, 12, 0, 50 * GB, 1000, 50 * GB), True),
+        (Change(5000, 5, 0, 10 * GB, 10 * GB, 9 * GB), True),
     ],
 )
 def test_what_holds_forget(change, held):
     assert (judge(change, GuardLimits()) is not None) is held
 
 
-def test_only_pullback_s_own_snapshots_are_compared():
+def test_one_comparison_covers_every_day_since_the_last_judged_one():
+    """maintain runs weekly, pulls daily: Tuesday's encryption must not hide between two
+    encrypted snapshots; the newest is compared with the last one judged normal."""
+    week = days(8)
+    assert baseline(week, judged="s1") == (week[1], week[7])
+    assert baseline(week, judged="s7") is None, "nothing new"
+    assert baseline(week, judged=None) == (week[6], week[7])
+    assert baseline(week, judged="gone") == (week[6], week[7])
     adopted = Snapshot("old", T0, None, adopted=True)
-    assert pair([adopted, *days(1)]) is None
-    assert pair([*days(3), adopted]) == tuple(days(3)[1:])
+    partial = Snapshot("p8", T0 + dt.timedelta(days=8), None, failed=("db",))
+    assert baseline([adopted, *days(1)], None) is None
+    assert baseline([*week, partial], "s1") == (week[1], week[7]), "partial: not judged"
 
 
 def test_an_abnormal_day_holds_forget_until_released(config):
-    backend = FakeBackend(snapshot_list=days(4), change=ENCRYPTED)
+    context = fake_context(config, "web1", FakeBackend(snapshot_list=days(3)))
+    first = HostMaintenance(context, 1, verify=False).run()
+    assert first.judged == "s2" and first.status == Status.OK
+    status_file.record_maintenance(config.state_dir, [first])
+
+    # a week later: encrypted on the fourth day; compared with s2, the last judged
+    backend = FakeBackend(snapshot_list=days(7), change=ENCRYPTED)
     result = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()
+    assert "changes s2 s6" in backend.events
     assert result.status == Status.FAILED
-    assert result.reason.startswith("guard: forget held: snapshot s3 against s2: 100% of 5000")
+    assert result.reason.startswith("guard: forget held: snapshot s6 against s2: 100% of 5000")
     assert "pullback-server release web1" in result.reason
-    assert [s.id for s in backend.snapshot_list] == ["s0", "s1", "s2", "s3"], "nothing forgotten"
+    assert len(backend.snapshot_list) == 7, "nothing forgotten"
     assert backend.pruned == 0 and backend.checked, "the check still runs"
     status_file.record_maintenance(config.state_dir, [result])
 
-    # the hold outlives later snapshots, normal or not: only release ends it
-    backend = FakeBackend(snapshot_list=days(5))
+    # the hold outlives later snapshots, normal or not
+    backend = FakeBackend(snapshot_list=days(8))
     again = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()
     assert again.reason.startswith("guard: forget held since ")
-    assert len(backend.snapshot_list) == 5 and "changes s3 s4" not in backend.events
+    assert len(backend.snapshot_list) == 8 and not any("changes" in e for e in backend.events)
 
-    # shown: status exits 1 and names it, the metric is 1
+    # shown: the metric is 1
     saved = status_file.load_status(config.state_dir)
-    assert saved["hosts"]["web1"]["guard_hold"]["snapshot"] == "s3"
-    text = metrics.build(config, saved).render()
-    assert 'pullback_forget_held{host="web1"} 1' in text
+    assert saved["hosts"]["web1"]["guard_hold"]["snapshot"] == "s6"
+    assert 'pullback_forget_held{host="web1"} 1' in metrics.build(config, saved).render()
 
     with pytest.raises(UsageError, match="no host named"):
         release.command(config, argparse.Namespace(hostname="db9"))
     assert release.command(config, argparse.Namespace(hostname="web1")) == 0
-    with pytest.raises(UsageError, match="not held"):
-        release.command(config, argparse.Namespace(hostname="web1"))
-    released = status_file.load_status(config.state_dir)["hosts"]["web1"]
-    assert released["guard_released"] == "s3" and "guard_hold" not in released
-    assert (
-        'pullback_forget_held{host="web1"} 0'
-        in metrics.build(config, released and status_file.load_status(config.state_dir)).render()
-    )
+    assert release.command(config, argparse.Namespace(hostname="web1")) == 0, "idempotent"
+    released = status_file.load_status(config.state_dir)
+    assert released["hosts"]["web1"]["guard_judged"] == "s6"
+    assert "guard_hold" not in released["hosts"]["web1"]
+    assert 'pullback_forget_held{host="web1"} 0' in metrics.build(config, released).render()
 
-    # released: the accepted snapshot is not judged again, and forget runs
-    backend = FakeBackend(snapshot_list=days(4), change=ENCRYPTED)
+    # released: the next comparison starts from the released snapshot, and forget runs
+    backend = FakeBackend(snapshot_list=days(8))
     result = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()
+    assert "changes s6 s7" in backend.events
     assert result.status == Status.OK, result.reason
-    assert [s.id for s in backend.snapshot_list] == ["s2", "s3"]
+    assert [s.id for s in backend.snapshot_list] == ["s6", "s7"]
+
+
+def test_a_snapshot_dated_in_the_future_is_a_hold(config):
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
+    backend = FakeBackend(snapshot_list=[*days(5), Snapshot("f1", future, None)])
+    result = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()
+    assert result.reason.startswith("guard: forget held: snapshot f1 is dated ")
+    assert result.hold is not None and len(backend.snapshot_list) == 6
 
 
 def test_status_exits_1_while_forget_is_held(config, tmp_path, capsys):
@@ -132,11 +159,14 @@ def test_the_guard_can_be_switched_off(tmp_path):
 def test_borg_diff_lines_are_counted_as_changed_or_removed():
     lines = [
         b'{"changes": [{"type": "mtime"}], "path": "d"}',
+        b'{"changes": [{"type": "mode"}, {"type": "ctime"}], "path": "d/f3"}',
         b'{"changes": [{"added": 50, "removed": 4, "type": "modified"}], "path": "d/f1"}',
         b'{"changes": [{"size": 4, "type": "added"}], "path": "d/f5"}',
-        b'{"changes": [{"size": 4, "type": "removed"}], "path": "d/f2"}',
+        b'{"changes": [{"type": "added directory"}], "path": "d/new"}',
+        b'{"changes": [{"size": 7, "type": "removed"}], "path": "d/f2"}',
+        b'{"changes": [{"type": "removed directory"}], "path": "d/old"}',
         b"not json",
     ]
-    assert count_diff(lines) == (2, 1)
+    assert count_diff(lines) == (1, 2, 11)
     assert diff_args("web1-a", "web1-b") == ["diff", "--json-lines", "::web1-a", "web1-b"]
     assert restic_diff_args("s1", "s2") == ["diff", "--json", "s1", "s2"]

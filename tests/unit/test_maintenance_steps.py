@@ -109,14 +109,20 @@ def test_forget_can_be_switched_off_on_a_pull_server_of_split_roles(tmp_path):
     assert backend.pruned == 0 and backend.checked == [(1, 8)]
 
 
-def test_a_snapshot_dated_in_the_future_holds_forget(config):
+def test_a_snapshot_dated_in_the_future_holds_forget_without_the_guard_too(tmp_path):
     """restic's keep_within counts from the newest snapshot: one dated a year ahead (not
     made by pullback's pulls, which refuse such archives) would forget real history."""
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\nretention: {{keep_daily: 3}}\n"
+        "maintenance: {guard: {enabled: false}}\nhosts:\n  - name: web1\n"
+    )
     future = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
     backend = FakeBackend(snapshot_list=[*daily(5), Snapshot("f1", future, None)])
-    result = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()
+    context = fake_context(load_server_config(path), "web1", backend)
+    result = HostMaintenance(context, 1, verify=False).run()
     assert result.status == Status.FAILED
-    assert result.reason.startswith("forget: forget held: snapshot f1 is dated ")
+    assert result.reason.startswith("forget: not run: snapshot f1 is dated ")
     assert len(backend.snapshot_list) == 6 and backend.pruned == 0
 
 

@@ -499,8 +499,9 @@ def test_every_command_that_lists_or_reports_speaks_json(fleet):
     maintain = fleet.server("maintain", "--no-verify", "--json")
     assert maintain.returncode == 0, maintain.stderr
     (maintained,) = json.loads(maintain.stdout)["hosts"]
-    assert maintained["status"] == "ok" and [s["name"] for s in maintained["steps"]][:2] == [
+    assert maintained["status"] == "ok" and [s["name"] for s in maintained["steps"]][:3] == [
         "locks",
+        "guard",
         "forget",
     ]
     client_check = host.client.cli("check", "--json")

@@ -25,7 +25,7 @@ from ..common.outcome import Status
 from ..common.signals import SignalGuard
 from ..common.units import human_size
 from . import guard, status_file
-from .backends import RepositoryMissing, Role
+from .backends import RepositoryMissing, Role, Snapshot
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
@@ -97,6 +97,7 @@ class HostMaintenance:
         self.verify = verify
         """Run the drill (True), skip it (False), or run it when due (None)."""
         self.result = MaintainResult(ctx.name)
+        self._listed: list[Snapshot] | None = None
 
     def run(self) -> MaintainResult:
         started = time.monotonic()
@@ -176,7 +177,7 @@ class HostMaintenance:
             )
         if not limits.enabled:
             return "not run: maintenance.guard.enabled is false"
-        snapshots = self.ctx.backend.snapshots()
+        snapshots = self._snapshots()
         ahead = guard.dated_ahead(snapshots, utc_now() + FUTURE_TOLERANCE)
         if ahead is not None:
             self._hold(
@@ -200,6 +201,13 @@ class HostMaintenance:
             f"{change.shrink:.0%} smaller: normal"
         )
 
+    def _snapshots(self) -> list[Snapshot]:
+        """The host's snapshots before forget, listed once for the guard and forget (a
+        restic process and its key derivation each time)."""
+        if self._listed is None:
+            self._listed = self.ctx.backend.snapshots()
+        return self._listed
+
     def _hold(self, snapshot: str, older: str | None, reason: str) -> None:
         """Record a new hold on this host (saved with the result). Raises PullbackError."""
         self.result.hold = {
@@ -218,7 +226,7 @@ class HostMaintenance:
         measures ``keep_within`` from the newest snapshot, and a snapshot pullback did not
         make (its pulls refuse archives dated ahead) would make it forget real history.
         Raises PullbackError then."""
-        ahead = guard.dated_ahead(self.ctx.backend.snapshots(), utc_now() + FUTURE_TOLERANCE)
+        ahead = guard.dated_ahead(self._snapshots(), utc_now() + FUTURE_TOLERANCE)
         if ahead is not None:
             raise PullbackError(
                 f"not run: snapshot {ahead.id} is dated {ahead.time:%Y-%m-%d %H:%M} UTC, in "

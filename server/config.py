@@ -55,6 +55,13 @@ class HostConfig:
     """``maintenance_repository`` kept in a file (it may carry a password)."""
     password_file: Path | None = None
     """This host's own repository password (None: ``backend.password_file``)."""
+    group: str | None = None
+    """restic: the group whose repository this host shares (cross-host deduplication)."""
+
+    @property
+    def repository_key(self) -> str:
+        """The name its repository goes by: its group's, else its own."""
+        return self.group or self.name
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,45 @@ def _double_locations(doc, data: dict) -> list:
     return problems
 
 
+GROUP_LOCATION_KEYS = (
+    "repository",
+    "repository_file",
+    "maintenance_repository",
+    "maintenance_repository_file",
+)
+
+
+def _group_problems(doc, data: dict) -> list:
+    """Groups that cannot share one repository: a grouped host that names a repository
+    of its own, hosts of one group with different passwords, a group named like a host
+    outside it (both would be ``<repository_root>/<name>``), a borg backend."""
+    problems = []
+    passwords: dict[str, tuple[int, str | None]] = {}
+    names = {host["name"]: host.get("group") for host in data["hosts"]}
+    for index, host in enumerate(data["hosts"]):
+        group = host.get("group")
+        if group is None:
+            continue
+        where = ("hosts", index, "group")
+        if data["backend"]["type"] != "restic":
+            problems.append(doc.problem(where, "restic only (backend.type: restic)"))
+        for key in GROUP_LOCATION_KEYS:
+            if key in host:
+                message = f"a host of group '{group}' uses the group's repository: drop {key}"
+                problems.append(doc.problem(("hosts", index, key), message))
+        if group in names and names[group] != group:
+            message = f"'{group}' is also a host outside the group (they would share a repository)"
+            problems.append(doc.problem(where, message))
+        first = passwords.setdefault(group, (index, host.get("password_file")))
+        if first[1] != host.get("password_file"):
+            message = (
+                f"the hosts of group '{group}' share one repository and so one password: "
+                f"give the same password_file as hosts[{first[0]}]"
+            )
+            problems.append(doc.problem(("hosts", index, "password_file"), message))
+    return problems
+
+
 def _borg_problems(doc, data: dict) -> list:
     """What borg cannot do of what the configuration asks: adopting another program's
     snapshots, repositories that are neither paths nor ``ssh://`` URLs."""
@@ -259,6 +305,7 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
                 maintenance_repository=host.get("maintenance_repository"),
                 maintenance_repository_file=_path(host.get("maintenance_repository_file")),
                 password_file=_path(host.get("password_file")),
+                group=host.get("group"),
                 max_unpacked_size=parse_size(
                     host.get("max_unpacked_size", data["max_unpacked_size"])
                 ),
@@ -266,7 +313,7 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
                 max_archive_size=parse_size(host.get("max_archive_size", data["max_archive_size"])),
             )
         )
-    problems += _double_locations(doc, data)
+    problems += _double_locations(doc, data) + _group_problems(doc, data)
     if backend["type"] == "borg":
         problems += _borg_problems(doc, data)
     if problems:

@@ -11,7 +11,7 @@ import argparse
 import datetime as dt
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..common.cli import print_json
@@ -90,12 +90,20 @@ class HostMaintenance:
     """Maintain one host's repository, step by step; :meth:`run` never raises (except
     Interrupted): each step's outcome is in the result."""
 
-    def __init__(self, ctx: HostContext, part: int, verify: bool | None = None):
+    def __init__(
+        self,
+        ctx: HostContext,
+        part: int,
+        verify: bool | None = None,
+        share: GroupShare | None = None,
+    ):
         self.ctx = ctx
         self.part = part
         """The part of the data ``check`` reads this time (1 .. check_subsets)."""
         self.verify = verify
         """Run the drill (True), skip it (False), or run it when due (None)."""
+        self.share = share
+        """The host's place in its group (None: the repository is its own)."""
         self.result = MaintainResult(ctx.name)
         self._listed: list[Snapshot] | None = None
 
@@ -116,11 +124,17 @@ class HostMaintenance:
             self.skipped("forget", "maintenance.forget is false (another machine forgets)")
         elif not self.step("guard", self.guard):
             self.skipped("forget", "the ransomware guard did not clear it (see guard)")
-        elif self.step("forget", self.forget) and self.result.forgotten:
-            if maintenance.prune:
-                self.step("prune", self.prune)
-            else:
-                self.skipped("prune", "maintenance.prune is false: the space stays taken")
+        else:
+            self.step("forget", self.forget)
+        if self.share is not None and not self.share.last:
+            self.skipped("prune", f"group {self.share.group}: its last host prunes and checks")
+            self.drill()
+            return
+        forgotten = self.result.forgotten + (self.share.forgotten if self.share else 0)
+        if forgotten and maintenance.prune:
+            self.step("prune", self.prune)
+        elif forgotten:
+            self.skipped("prune", "maintenance.prune is false: the space stays taken")
         if maintenance.check:
             self.step("check", self.check)
         else:
@@ -268,6 +282,57 @@ class HostMaintenance:
             self.result.status = Status.FAILED
 
 
+@dataclass
+class GroupShare:
+    """A host's place in the group whose repository it shares: the group's hosts are
+    maintained one after another, each forgetting its own snapshots; the last one prunes
+    (when any of them forgot), checks and measures the repository once."""
+
+    group: str
+    last: bool
+    forgotten: int = 0
+    """Snapshots the group's hosts before this one forgot in this run."""
+
+
+def _units(hosts: list[HostConfig]) -> list[list[HostConfig]]:
+    """The hosts as units of work: a host alone, or every (selected) host of a group."""
+    units: dict[str, list[HostConfig]] = {}
+    for host in hosts:
+        units.setdefault(f"group:{host.group}" if host.group else host.name, []).append(host)
+    return list(units.values())
+
+
+def _maintain_unit(
+    ctx: HostContext, members: list[HostConfig], part: int, verify: bool | None
+) -> list[MaintainResult]:
+    """Maintain a unit of :func:`_units` (``ctx`` is its first host's)."""
+    if ctx.host.group is None:
+        return [HostMaintenance(ctx, part, verify).run()]
+    results: list[MaintainResult] = []
+    forgotten = 0
+    for index, member in enumerate(members):
+        here = (
+            ctx if index == 0 else HostContext.open(ctx.config, member, ctx.cancel, Role.MAINTAIN)
+        )
+        share = GroupShare(member.group or "", index == len(members) - 1, forgotten)
+        results.append(HostMaintenance(here, part, verify, share).run())
+        forgotten += results[-1].forgotten
+    size = results[-1].repository_size  # one repository: every host shows its size
+    for result in results:
+        result.repository_size = size
+    return results
+
+
+def _rotate(
+    rotation: dict, done: Iterable[tuple[HostConfig, MaintainResult]], parts: dict[str, int]
+) -> None:
+    """Record the part ``check`` read of each repository checked (``parts``: by the name
+    its repository goes by), so the next run reads the next one."""
+    for host, result in done:
+        if any(s.name == "check" and s.ok for s in result.steps):
+            rotation.setdefault(host.repository_key, {})["check_part"] = parts[host.repository_key]
+
+
 def maintain(
     config: ServerConfig, names: list[str] | None = None, verify: bool | None = None
 ) -> tuple[int, list[MaintainResult]]:
@@ -277,19 +342,22 @@ def maintain(
     with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
         rotation = _rotation(config)
         parts = config.maintenance.check_subsets
+        units = {unit[0].name: unit for unit in _units(hosts)}
         next_part = {
-            h.name: rotation.get(h.name, {}).get("check_part", 0) % parts + 1 for h in hosts
+            h.repository_key: rotation.get(h.repository_key, {}).get("check_part", 0) % parts + 1
+            for h in hosts
         }
-        results = for_each_host(
+        done = for_each_host(
             config,
-            hosts,
-            lambda ctx: HostMaintenance(ctx, next_part[ctx.name], verify).run(),
+            [unit[0] for unit in units.values()],
+            lambda ctx: _maintain_unit(
+                ctx, units[ctx.name], next_part[ctx.host.repository_key], verify
+            ),
             Role.MAINTAIN,
         )
-        for result in results:
-            if any(s.name == "check" and s.ok for s in result.steps):
-                part = rotation.get(result.host, {}).get("check_part", 0) % parts + 1
-                rotation.setdefault(result.host, {})["check_part"] = part
+        results = [result for unit in done for result in unit]
+        hosts_done = [host for unit in units.values() for host in unit]
+        _rotate(rotation, zip(hosts_done, results, strict=True), next_part)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(config.state_dir / ROTATION_FILE, json.dumps(rotation, indent=2) + "\n")
         status_file.record_maintenance(config.state_dir, results)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ...common.errors import CommandError
 from ...common.fsutil import directory_size
+from ...common.locks import FileLock
 from ...common.runner import CommandResult, Runner
 from ..config import BackendConfig, HostConfig
 from .errors import BackendError, RepositoryLocked, RepositoryMissing
@@ -133,15 +134,8 @@ class RepositoryBackend(ABC):
         Raises RepositoryMissing (missing, and ``init: false`` or not ``create``), or
         BackendError (wrong password, unreachable, ...).
         """
-        local = local_path(self.repository())
-        if local is not None and (local / "config").is_file():
-            return  # no tool process (and key derivation) needed to know it exists
-        try:
-            self.run_tool(self.probe_args(), level=10, stdout="/dev/null", timeout=600)
+        if self._opens():
             return
-        except CommandError as exc:
-            if not self._said(exc, self.MISSING) or self.wrong_password(exc):
-                raise self.explain(exc) from None
         if not self.config.init:
             raise RepositoryMissing(
                 f"the {self.name} repository {self.repository()} does not exist "
@@ -152,7 +146,29 @@ class RepositoryBackend(ABC):
                 f"the {self.name} repository {self.repository()} does not exist yet "
                 "(no pull has stored to it)"
             )
-        self.init()
+        # the hosts of a group share the repository and pull at once: one makes it, the
+        # others wait for it and find it made (two inits at once could each write a key
+        # and a config, the last config winning over a key that no longer opens it)
+        lock = FileLock(
+            self.state_dir / f"init-{self.host.repository_key}.lock", f"{self.name} init"
+        )
+        with lock.acquire(wait=600):
+            if not self._opens():
+                self.init()
+
+    def _opens(self) -> bool:
+        """True when the repository exists and opens, False when it is missing. Raises
+        BackendError (wrong password, unreachable, ...)."""
+        local = local_path(self.repository())
+        if local is not None and (local / "config").is_file():
+            return True  # no tool process (and key derivation) needed to know it exists
+        try:
+            self.run_tool(self.probe_args(), level=10, stdout="/dev/null", timeout=600)
+            return True
+        except CommandError as exc:
+            if not self._said(exc, self.MISSING) or self.wrong_password(exc):
+                raise self.explain(exc) from None
+        return False
 
     @abstractmethod
     def probe_args(self) -> list[str]:

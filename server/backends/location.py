@@ -64,8 +64,10 @@ def password_of(location: str) -> str | None:
     return match["password"] if match and match["password"] else None
 
 
-def _template(url: str, host: str) -> str:
-    return url.replace("{host}", host)
+def _template(url: str, name: str) -> str:
+    """A URL template with ``{host}`` replaced by the repository's name (the host's, or
+    its group's)."""
+    return url.replace("{host}", name)
 
 
 def locate(backend: BackendConfig, host: HostConfig, role: Role) -> Location:
@@ -78,19 +80,21 @@ def locate(backend: BackendConfig, host: HostConfig, role: Role) -> Location:
             host.maintenance_repository_file,
             host.maintenance_repository,
             backend.maintenance_repository_url,
-            host.name,
+            host.repository_key,
         )
         if found is not None:
             return found
-    found = _first(host.repository_file, host.repository, backend.repository_url, host.name)
+    found = _first(
+        host.repository_file, host.repository, backend.repository_url, host.repository_key
+    )
     if found is not None:
         return found
-    path = str(backend.repository_root / host.name)
+    path = str(backend.repository_root / host.repository_key)
     return Location(path, path)
 
 
 def _first(
-    file: Path | None, inline: str | None, template: str | None, host: str
+    file: Path | None, inline: str | None, template: str | None, name: str
 ) -> Location | None:
     """The location one role's settings give, in their order: the file, the host's own
     location, the template; None when none is set."""
@@ -99,7 +103,7 @@ def _first(
     if inline is not None:
         return Location(inline, inline)
     if template is not None:
-        url = _template(template, host)
+        url = _template(template, name)
         return Location(url, url)
     return None
 

@@ -267,9 +267,15 @@ def test_a_missing_repository_is_created_only_when_allowed(server_config):
     from tests.helpers.fakes import ScriptedRunner
 
     missing = failure("Fatal: unable to open config file: stat /r/config: no such file")
+    runner = ScriptedRunner(missing, missing)
+    backend_of("restic", server_config, runner).prepare()
+    # looked for again under the init lock (another host of its group may have made it)
+    probe = ["restic", "cat", "config"]
+    assert runner.calls == [probe, probe, ["restic", "init"]]
+    # made by another host of the group while this one waited for the lock: no init
     runner = ScriptedRunner(missing)
     backend_of("restic", server_config, runner).prepare()
-    assert runner.calls == [["restic", "cat", "config"], ["restic", "init"]]
+    assert runner.calls == [probe, probe]
     no_init = dataclasses.replace(
         server_config, backend=dataclasses.replace(server_config.backend, init=False)
     )

@@ -1,0 +1,84 @@
+"""Cross-host deduplication: the hosts of a ``group`` share one restic repository (real
+restic, real pulls over sshd). Data they have in common is stored once; each host's
+snapshots stay its own through pull, snapshots, maintain, drill and restore; the
+repository is made once when the group's first pulls run at the same time, and pruned
+and checked once per maintenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers.fleet import Fleet
+
+pytestmark = pytest.mark.integration
+
+SHARED = 6 << 20
+"""Bytes both web hosts hold alike (random: compression cannot hide a second copy)."""
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    fleet = Fleet(tmp_path / "fleet")
+    yield fleet
+    fleet.stop()
+
+
+def repository_bytes(path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_a_group_stores_common_data_once_and_keeps_each_hosts_history_its_own(tmp_path, fleet):
+    shared = os.urandom(SHARED)
+    web1, web2, db1 = (fleet.add_host(n) for n in ("web1", "web2", "db1"))
+    fleet.host_extra.update({"web1": {"group": "web"}, "web2": {"group": "web"}})
+    fleet.write_config(parallel=3, retention={"keep_last": 1})
+
+    def server(*args: str) -> subprocess.CompletedProcess:
+        result = fleet.server(*args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    for day in range(2):
+        for host in (web1, web2):
+            host.make_archive({"os/blob": shared, "own.txt": f"{host.name} {day}".encode()})
+        db1.make_archive({"dump.sql": b"INSERT %d;\n" % day})
+        server("pull")  # the three at once: the group's two make one repository together
+        time.sleep(1.1)
+
+    assert sorted(p.name for p in fleet.repos.iterdir()) == ["db1", "web"]
+    by_host = {}
+    for snap in fleet.snapshots("web"):
+        by_host.setdefault(snap["hostname"], []).append(snap)
+    assert {h: len(s) for h, s in by_host.items()} == {"web1": 2, "web2": 2}
+    # the common 6 MiB once, not once per host (two separate repositories: >= 12 MiB)
+    stored = repository_bytes(fleet.repos / "web")
+    assert stored < 1.3 * SHARED, stored
+    listed = json.loads(server("snapshots", "web2", "--json").stdout)
+    assert len(listed) == 2, listed
+
+    result = json.loads(server("maintain", "--verify", "--json").stdout)
+    steps = {h["host"]: {s["name"]: s for s in h["steps"]} for h in result["hosts"]}
+    assert steps["web1"]["forget"]["detail"].startswith("kept 1 snapshot(s), forgot 1")
+    assert steps["web2"]["forget"]["detail"].startswith("kept 1 snapshot(s), forgot 1")
+    # one prune and one check for the group's repository, by its last host
+    assert "its last host prunes" in steps["web1"]["prune"]["detail"]
+    assert "check" not in steps["web1"]
+    assert steps["web2"]["prune"]["ok"] and steps["web2"]["check"]["ok"]
+    for name in ("web1", "web2", "db1"):
+        assert steps[name]["drill"]["ok"], steps[name]["drill"]
+    sizes = {h["host"]: h["repository_size"] for h in result["hosts"]}
+    assert sizes["web1"] == sizes["web2"] > 0
+    left = [s["hostname"] for s in fleet.snapshots("web")]
+    assert sorted(left) == ["web1", "web2"], "each host keeps its own newest snapshot"
+
+    target = tmp_path / "restored"
+    server("restore", "web2", "--target", str(target))
+    (own,) = target.rglob("own.txt")
+    assert own.read_bytes() == b"web2 1"
+    (blob,) = target.rglob("blob")
+    assert blob.read_bytes() == shared

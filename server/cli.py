@@ -111,8 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[parent],
         help="how each host's last pull went",
         description="Exit 0: every host fresh and its last pull not failed; 1: a host is "
-        "stale (no snapshot within max_age, or never stored) or its last pull failed. "
+        "stale (no snapshot within max_age, or never stored) or its last pull failed "
+        "(with --merge also: a host on two servers, a file that cannot be read). "
         "With --check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+    )
+    p.add_argument(
+        "--merge",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="another pull server's status.json, copied here: its hosts too (repeatable)",
     )
     form = p.add_mutually_exclusive_group()
     json_option(form)
@@ -120,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="one line for Nagios, Icinga, Zabbix or Checkmk: state, hosts by kind, perfdata",
+    )
+    form.add_argument(
+        "--html", type=Path, metavar="FILE", help="write the status page to FILE instead"
     )
     p = sub.add_parser(
         "check", parents=[parent], help="validate the configuration and reach every host"

@@ -1,37 +1,24 @@
 """One view of the fleet, from the status file: what the status page, ``status`` and the
-summary's history show."""
+summary's history show; with ``status --merge``, the hosts of other pull servers too, read
+from copies of their status files (another machine's words: bounded and cleaned)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from ..common.clock import age, utc_now
 from ..common.outcome import Status
 from ..common.units import human_duration, human_size
 from .config import ServerConfig
+from .host_state import HISTORY_CELLS, SYMBOLS, HostState
+from .merged_status import Source, default_max_age, read_merged
 from .metrics import is_stale
 
-
-class HostState(StrEnum):
-    """How a host stands, worst first: what the status table and page sort by."""
-
-    FAILED = "failed"
-    STALE = "stale"
-    ATTENTION = "attention"
-    """Stored or skipped, but with something an administrator should look at."""
-    OK = "ok"
+__all__ = ["HostRow", "HostState", "Source", "fleet", "read_merged", "rows"]
 
 
-SYMBOLS: dict[str, str] = {
-    Status.STORED: "✓",
-    Status.SKIPPED: "·",
-    HostState.ATTENTION: "!",
-    Status.FAILED: "✗",
-}
-"""The history cells: a run stored, skipped, needing attention, or failed."""
-HISTORY_CELLS = 14
 _ORDER = {state: rank for rank, state in enumerate(HostState)}
 
 
@@ -57,6 +44,14 @@ class HostRow:
     sizes: list[int] = field(default_factory=list)
     held: str | None = None
     """Why the ransomware guard holds forget for the host (None: it does not)."""
+    server: str = ""
+    """The pull server whose status file the row comes from (with ``status --merge``;
+    "" without)."""
+
+    @property
+    def label(self) -> str:
+        """``web1``, or with status files merged ``web1 (backup2)``."""
+        return f"{self.host} ({self.server})" if self.server else self.host
 
     @property
     def databases_text(self) -> str:
@@ -85,48 +80,150 @@ class HostRow:
 def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> list[HostRow]:
     """A row per configured host, failures first, then stale, then needing attention."""
     now = now or utc_now()
-    found = []
-    for host in config.hosts:
-        entry = status.get("hosts", {}).get(host.name, {})
-        result = entry.get("last_result", "never pulled")
-        stale = is_stale(entry, host.max_age, now)
-        if result == Status.FAILED:
-            state = HostState.FAILED
-        elif stale:
-            state = HostState.STALE
-        elif (
-            entry.get("problem")
-            or entry.get("verify_result") == Status.FAILED
-            or isinstance(entry.get("guard_hold"), dict)
-        ):
-            state = HostState.ATTENTION
-        else:
-            state = HostState.OK
-        hold = entry.get("guard_hold")
-        held = (
-            f"forget held by the ransomware guard: {hold.get('reason')}"
-            if isinstance(hold, dict)
-            else None
+    hosts = status.get("hosts", {})
+    found = [host_row(h.name, hosts.get(h.name, {}), h.max_age, now) for h in config.hosts]
+    return sorted(found, key=_rank)
+
+
+def _rank(row: HostRow) -> tuple[int, str, str]:
+    return _ORDER[row.state], row.host, row.server
+
+
+def _state(entry: dict, stale: bool) -> HostState:
+    """Failed (the last pull), else stale, else needing attention, else ok."""
+    if entry.get("last_result") == Status.FAILED:
+        return HostState.FAILED
+    if stale:
+        return HostState.STALE
+    if (
+        entry.get("problem")
+        or entry.get("verify_result") == Status.FAILED
+        or isinstance(entry.get("guard_hold"), dict)
+    ):
+        return HostState.ATTENTION
+    return HostState.OK
+
+
+def host_row(
+    name: str, entry: dict, max_age: float, now: dt.datetime, *, server: str = ""
+) -> HostRow:
+    """The row of the host ``name`` from its status ``entry``, stale past ``max_age``."""
+    stale = is_stale(entry, max_age, now)
+    hold = entry.get("guard_hold")
+    held = (
+        f"forget held by the ransomware guard: {hold.get('reason')}"
+        if isinstance(hold, dict)
+        else None
+    )
+    history = entry.get("history", [])[-HISTORY_CELLS:]
+    return HostRow(
+        host=name,
+        state=_state(entry, stale),
+        result=entry.get("last_result", "never pulled"),
+        reason=held or entry.get("reason", ""),
+        stale=stale,
+        newest_age=age(entry.get("newest_snapshot"), now),
+        verified_age=age(entry.get("last_verified"), now),
+        verify_result=entry.get("verify_result"),
+        databases_age=age(entry.get("databases_proven"), now),
+        has_databases=bool(entry.get("database_proofs") or entry.get("database_dumps")),
+        repository_bytes=entry.get("repository_bytes"),
+        duration=entry.get("duration"),
+        store_peak_rss=entry.get("store_peak_rss"),
+        history=[h.get("result", "?") for h in history],
+        sizes=[h["repository_bytes"] for h in history if h.get("repository_bytes")],
+        held=held,
+        server=server,
+    )
+
+
+# ---- status --merge: other servers' status files (read in .merged_status) ----------
+
+
+def source_rows(source: Source, now: dt.datetime) -> list[HostRow]:
+    """The rows of a merged file: the hosts its server.yaml listed when it was written
+    (``configured``), each stale past its own ``max_age``; from a file that records none
+    (written by an older pullback), every host it holds, by :func:`default_max_age`."""
+    hosts = source.status.get("hosts", {})
+    configured = source.status.get("configured", {name: {} for name in hosts})
+    return [
+        host_row(
+            name,
+            hosts.get(name, {}),
+            limits.get("max_age") or default_max_age(),
+            now,
+            server=source.server,
         )
-        history = entry.get("history", [])[-HISTORY_CELLS:]
-        found.append(
-            HostRow(
-                host=host.name,
-                state=state,
-                result=result,
-                reason=held or entry.get("reason", ""),
-                stale=stale,
-                newest_age=age(entry.get("newest_snapshot"), now),
-                verified_age=age(entry.get("last_verified"), now),
-                verify_result=entry.get("verify_result"),
-                databases_age=age(entry.get("databases_proven"), now),
-                has_databases=bool(entry.get("database_proofs") or entry.get("database_dumps")),
-                repository_bytes=entry.get("repository_bytes"),
-                duration=entry.get("duration"),
-                store_peak_rss=entry.get("store_peak_rss"),
-                history=[h.get("result", "?") for h in history],
-                sizes=[h["repository_bytes"] for h in history if h.get("repository_bytes")],
-                held=held,
-            )
-        )
-    return sorted(found, key=lambda r: (_ORDER[r.state], r.host))
+        for name, limits in configured.items()
+    ]
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """This server's hosts and those of the merged status files: one view."""
+
+    rows: list[HostRow]
+    sources: list[Source]
+    """This server first, then the merged files in the order given."""
+    now: dt.datetime
+
+    @property
+    def merged(self) -> bool:
+        return len(self.sources) > 1
+
+    def duplicates(self) -> dict[str, list[str]]:
+        """Each host that more than one server shows (a mistake of sharding: every row is
+        kept), with those servers."""
+        order = {source.server: index for index, source in enumerate(self.sources)}
+        servers: dict[str, list[str]] = {}
+        for row in self.rows:
+            servers.setdefault(row.host, []).append(row.server)
+        return {
+            host: sorted(found, key=order.__getitem__)
+            for host, found in sorted(servers.items())
+            if len(found) > 1
+        }
+
+    def unreadable(self) -> list[Source]:
+        return [source for source in self.sources if source.error is not None]
+
+    def notes(self) -> list[str]:
+        """A line per merged file (when its status was written, or why it cannot be read)
+        and per host on more than one server."""
+        lines = []
+        for source in self.sources[1:]:
+            if source.error is not None:
+                lines.append(f"{source.where}: cannot be read ({source.error}); hosts unknown")
+                continue
+            written = age(source.status.get("updated"), self.now)
+            when = "at an unknown time" if written is None else f"{human_duration(written)} ago"
+            where = "" if source.where in source.server else f" ({source.where})"
+            lines.append(f"{source.server}: status file written {when}{where}")
+        lines += [
+            f"{host} on more than one server: {', '.join(found)}"
+            for host, found in self.duplicates().items()
+        ]
+        return lines
+
+
+def fleet(
+    config: ServerConfig,
+    local: Source,
+    merged: Sequence[Source] = (),
+    now: dt.datetime | None = None,
+) -> Fleet:
+    """The rows of this server's hosts (``local``: its own status) and of every host of
+    the ``merged`` files, worst first; with merged files, each row names its server (a
+    merged server named as one before it is named by its file too, ``b1 (copy.json)``,
+    so that every row says where it came from)."""
+    now = now or utc_now()
+    found = rows(config, local.status, now)
+    if merged:
+        found = [replace(row, server=local.server) for row in found]
+    sources = [local]
+    for source in merged:
+        if source.server in {s.server for s in sources}:
+            source = replace(source, server=f"{source.server} ({source.where})")
+        sources.append(source)
+        found += source_rows(source, now)
+    return Fleet(sorted(found, key=_rank), sources, now)

@@ -58,7 +58,7 @@ def pull(
                 journal.end()
         assess(config, results)
         if not dry_run:
-            status_file.record(config.state_dir, results)
+            status_file.record(config.state_dir, results, {h.name: h.max_age for h in config.hosts})
     failed = [r for r in results if r.status == Status.FAILED]
     return (EXIT_FAILED if failed else EXIT_OK), results
 

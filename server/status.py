@@ -6,6 +6,11 @@ last pull failed, the ransomware guard holds its forget, or the last run could n
 a configured output, so a monitoring
 check can run it as it is. ``--check`` follows the monitoring-plugin convention of
 Nagios, Icinga, Zabbix and Checkmk instead.
+
+``--merge FILE`` (repeatable) adds the hosts of other pull servers, from copies of their
+status files, to the same table, JSON, line or page (``--html FILE``): one fleet view. A
+host that two servers list, or a merged file that cannot be read, makes it exit 1 too
+(``--check``: WARNING, UNKNOWN).
 """
 
 from __future__ import annotations
@@ -14,15 +19,16 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import IntEnum
 from pathlib import Path
 
 from ..common.errors import EXIT_FAILED, EXIT_OK, ConfigError, PullbackError
 from ..common.units import human_duration, human_size
+from . import status_page
 from .config import ServerConfig, load_server_config
-from .fleet_view import HostRow, HostState, rows
-from .status_file import STATUS_FILE, output_problems, read_status
+from .fleet_view import Fleet, HostRow, HostState, Source, fleet, read_merged
+from .status_file import STATUS_FILE, output_problems, read_status, server_name
 
 NAMES_SHOWN = 10
 """Host names a ``--check`` line lists per kind before it only counts the rest."""
@@ -37,7 +43,8 @@ class Check(IntEnum):
     CRITICAL = 2
     """A host is stale: no snapshot within its ``max_age``, or never stored."""
     UNKNOWN = 3
-    """The configuration or the status file cannot be read: nothing can be said."""
+    """The configuration or the status file cannot be read: nothing can be said (or a
+    merged status file cannot be read, and no host is stale: its hosts may be)."""
 
 
 @dataclass(frozen=True)
@@ -47,40 +54,49 @@ class CheckResult:
     """``PULLBACK <STATE> - <what> | <perfdata>``: one line, as monitoring systems read it."""
 
 
-def status_table(config: ServerConfig, status: dict) -> str:
-    """The status table: a row per host, worst first, then a line per problem."""
-    found = rows(config, status)
-    table = [
-        (
-            "HOST",
-            "STATE",
-            "LAST RESULT",
-            "NEWEST SNAPSHOT",
-            "LAST VERIFIED",
-            "DATABASES PROVEN",
-            "REPOSITORY",
-            "LAST RUNS",
-        )
+HEADER = (
+    "HOST",
+    "SERVER",
+    "STATE",
+    "LAST RESULT",
+    "NEWEST SNAPSHOT",
+    "LAST VERIFIED",
+    "DATABASES PROVEN",
+    "REPOSITORY",
+    "LAST RUNS",
+)
+SERVER_COLUMN = 1
+"""Shown only when status files are merged."""
+
+
+def _cells(row: HostRow) -> tuple[str, ...]:
+    return (
+        row.host,
+        row.server,
+        row.state,
+        row.result,
+        "never" if row.newest_age is None else f"{human_duration(row.newest_age)} ago",
+        "never" if row.verified_age is None else f"{human_duration(row.verified_age)} ago",
+        row.databases_text,
+        human_size(row.repository_bytes) if row.repository_bytes else "-",
+        row.history_text or "-",
+    )
+
+
+def status_table(view: Fleet) -> str:
+    """The status table: a row per host, worst first (with its SERVER when status files
+    are merged), then a line per problem and per merged file."""
+    table = [HEADER, *(_cells(row) for row in view.rows)]
+    if not view.merged:
+        table = [r[:SERVER_COLUMN] + r[SERVER_COLUMN + 1 :] for r in table]
+    notes = [
+        f"{row.label}: {row.reason}"
+        for row in view.rows
+        if row.state != HostState.OK and row.reason
     ]
-    notes = []
-    for row in found:
-        table.append(
-            (
-                row.host,
-                row.state,
-                row.result,
-                "never" if row.newest_age is None else f"{human_duration(row.newest_age)} ago",
-                "never" if row.verified_age is None else f"{human_duration(row.verified_age)} ago",
-                row.databases_text,
-                human_size(row.repository_bytes) if row.repository_bytes else "-",
-                row.history_text or "-",
-            )
-        )
-        if row.state != HostState.OK and row.reason:
-            notes.append(f"{row.host}: {row.reason}")
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in table]
-    return "\n".join(lines + notes)
+    return "\n".join(lines + notes + view.notes())
 
 
 def _names(hosts: list[str]) -> str:
@@ -93,13 +109,13 @@ def _kinds(found: list[HostRow]) -> dict[str, list[str]]:
     kinds: dict[str, list[str]] = {"stale": [], "failed": [], "attention": [], "ok": []}
     for row in found:
         if row.stale:
-            kinds["stale"].append(row.host)
+            kinds["stale"].append(row.label)
         elif row.state == HostState.FAILED:
-            kinds["failed"].append(row.host)
+            kinds["failed"].append(row.label)
         elif row.state == HostState.ATTENTION:
-            kinds["attention"].append(row.host)
+            kinds["attention"].append(row.label)
         else:
-            kinds["ok"].append(row.host)
+            kinds["ok"].append(row.label)
     return kinds
 
 
@@ -111,33 +127,74 @@ def _perfdata(found: list[HostRow], kinds: dict[str, list[str]]) -> str:
     return perf + (f" oldest_snapshot_age={round(max(ages))}s" if ages else "")
 
 
-def fleet_check(found: list[HostRow], outputs: Sequence[str] = ()) -> CheckResult:
+def _verdict(kinds: dict[str, list[str]], warnings: bool, unreadable: bool) -> Check:
+    """CRITICAL for a stale host, else UNKNOWN for a merged file that cannot be read,
+    else WARNING (``warnings``: a host failed or needs attention, an output not written,
+    a host on two servers), else OK."""
+    if kinds["stale"]:
+        return Check.CRITICAL
+    if unreadable:
+        return Check.UNKNOWN
+    if kinds["failed"] or kinds["attention"] or warnings:
+        return Check.WARNING
+    return Check.OK
+
+
+def _first(label: str, items: Sequence[str]) -> str:
+    """``label: the first (+N more)``."""
+    more = f" (+{len(items) - 1} more)" if items[1:] else ""
+    return f"{label}: {items[0]}{more}"
+
+
+def fleet_check(
+    found: list[HostRow],
+    outputs: Sequence[str] = (),
+    unreadable: Sequence[str] = (),
+    duplicates: Sequence[str] = (),
+) -> CheckResult:
     """The ``--check`` verdict on the rows of :func:`~.fleet_view.rows`: CRITICAL when a
-    host is stale, WARNING when one failed its last pull or needs attention, or when the
-    last run could not write an output (``outputs``), else OK; UNKNOWN without hosts. The
+    host is stale, UNKNOWN when a merged status file cannot be read (``unreadable``:
+    ``FILE (why)``), WARNING when a host failed its last pull or needs attention, when
+    the last run could not write an output (``outputs``) or a host is on more than one
+    server (``duplicates``: ``HOST (a, b)``), else OK; UNKNOWN without hosts. The
     perfdata counts the hosts by kind and gives the age of the oldest newest snapshot in
     seconds."""
-    if not found:
+    if not found and not unreadable:
         return CheckResult(Check.UNKNOWN, "PULLBACK UNKNOWN - server.yaml lists no host")
     kinds = _kinds(found)
-    if kinds["stale"]:
-        state = Check.CRITICAL
-    elif kinds["failed"] or kinds["attention"] or outputs:
-        state = Check.WARNING
-    else:
-        state = Check.OK
+    state = _verdict(kinds, bool(outputs or duplicates), bool(unreadable))
     labels = {"stale": "stale", "failed": "last pull failed", "attention": "needs attention"}
     parts = [f"{label}: {_names(kinds[kind])}" for kind, label in labels.items() if kinds[kind]]
+    if duplicates:
+        parts.append(f"on more than one server: {_names(list(duplicates))}")
+    if unreadable:
+        parts.append(_first("cannot read", unreadable))
     if outputs:
-        more = f" (+{len(outputs) - 1} more)" if outputs[1:] else ""
-        parts.append(f"not written: {outputs[0]}{more}")
+        parts.append(_first("not written", outputs))
     parts.append(f"{len(kinds['ok'])} of {len(found)} hosts ok")
     return CheckResult(
         state, f"PULLBACK {state.name} - {'; '.join(parts)} | {_perfdata(found, kinds)}"
     )
 
 
-def _check(path: Path) -> int:
+def _view(config: ServerConfig, status: dict, merged: Sequence[Source]) -> Fleet:
+    return fleet(config, Source(server_name(), None, status), merged)
+
+
+def _outputs(view: Fleet) -> list[str]:
+    """What each server's last run could not write; a merged server's named."""
+    found = []
+    for source in view.sources:
+        prefix = "" if source.file is None else f"{source.server}: "
+        found += [prefix + problem for problem in output_problems(source.status)]
+    return found
+
+
+def _duplicates(view: Fleet) -> list[str]:
+    return [f"{host} ({', '.join(servers)})" for host, servers in view.duplicates().items()]
+
+
+def _check(path: Path, merged: Sequence[Source]) -> int:
     """``status --check``: print one line; the exit code is the :class:`Check`."""
     try:
         config = load_server_config(path)
@@ -149,17 +206,41 @@ def _check(path: Path) -> int:
         why = exc.strerror if isinstance(exc, OSError) else exc
         result = CheckResult(Check.UNKNOWN, f"PULLBACK UNKNOWN - cannot read {STATUS_FILE}: {why}")
     else:
-        result = fleet_check(rows(config, status), output_problems(status))
+        view = _view(config, status, merged)
+        unreadable = [f"{s.where} ({s.error})" for s in view.unreadable()]
+        result = fleet_check(view.rows, _outputs(view), unreadable, _duplicates(view))
     print(result.line)
     return int(result.state)
 
 
+def _fleet_json(view: Fleet) -> dict:
+    """``status --merge ... --json``: each server's status (a merged one as checked and
+    cleaned, None when unreadable, with its ``error``), every row, the hosts on more than
+    one server."""
+    return {
+        "servers": [
+            {
+                "server": source.server,
+                "file": None if source.file is None else str(source.file),
+                "error": source.error,
+                "status": None if source.error else source.status,
+            }
+            for source in view.sources
+        ],
+        "rows": [asdict(row) for row in view.rows],
+        "duplicates": view.duplicates(),
+    }
+
+
 def command(path: Path, args: argparse.Namespace) -> int:
-    """Print the table (or JSON, or the ``--check`` line). Returns 1 when a host is stale
-    or failed its last pull (``--check``: the :class:`Check` code). Raises ConfigError, and
-    PullbackError when the status file cannot be read."""
+    """Print the table (or JSON, or the ``--check`` line, or write the page to
+    ``--html``), of this server's hosts and those of the ``--merge`` files. Returns 1
+    when :func:`_complaints` finds something (``--check``: the :class:`Check` code).
+    Raises ConfigError, and PullbackError when this server's status file cannot be read
+    or the page cannot be written."""
+    merged = [read_merged(file) for file in getattr(args, "merge", None) or ()]
     if args.check:
-        return _check(path)
+        return _check(path, merged)
     config = load_server_config(path)
     try:
         status = read_status(config.state_dir)
@@ -169,23 +250,36 @@ def command(path: Path, args: argparse.Namespace) -> int:
         ) from None
     except ValueError as exc:
         raise PullbackError(f"cannot read {config.state_dir / STATUS_FILE}: {exc}") from None
+    view = _view(config, status, merged)
+    page = getattr(args, "html", None)  # a Namespace made by hand may lack both
     if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
+        print(json.dumps(_fleet_json(view) if merged else status, indent=2, sort_keys=True))
+    elif page is not None:
+        _write_page(page, view)
     else:
-        print(status_table(config, status))
-    complaints = _complaints(rows(config, status), output_problems(status))
+        print(status_table(view))
+    complaints = _complaints(view)
     for line in complaints:
         print(line, file=sys.stderr)
     return EXIT_FAILED if complaints else EXIT_OK
 
 
-def _complaints(found: list[HostRow], unwritten: list[str]) -> list[str]:
+def _write_page(path: Path, view: Fleet) -> None:
+    """The view's status page to ``path``. Raises PullbackError when it cannot be written."""
+    try:
+        status_page.write_page(path, status_page.render_fleet(view))
+    except OSError as exc:
+        raise PullbackError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _complaints(view: Fleet) -> list[str]:
     """The lines that make ``status`` exit 1: stale hosts, failed pulls, forget held by
-    the ransomware guard, outputs the last run could not write."""
+    the ransomware guard, outputs the last run could not write; with merged files, hosts
+    on more than one server and files that cannot be read."""
     lines = []
-    stale = [r.host for r in found if r.stale]
-    failed = [r.host for r in found if r.state == HostState.FAILED]
-    held = [r.host for r in found if r.held]
+    stale = [r.label for r in view.rows if r.stale]
+    failed = [r.label for r in view.rows if r.state == HostState.FAILED]
+    held = [r.label for r in view.rows if r.held]
     if stale:
         lines.append(f"stale (no snapshot within max_age): {', '.join(stale)}")
     if failed:
@@ -195,4 +289,13 @@ def _complaints(found: list[HostRow], unwritten: list[str]) -> list[str]:
             f"forget held by the ransomware guard: {', '.join(held)} "
             "(pullback-server release HOST once the change is understood)"
         )
-    return lines + [f"not written by the last run: {problem}" for problem in unwritten]
+    lines += [
+        f"on more than one server (each host belongs in one server.yaml): {host}: "
+        + ", ".join(servers)
+        for host, servers in view.duplicates().items()
+    ]
+    lines += [
+        f"cannot read the merged status file {s.where}: {s.error} (its hosts are unknown)"
+        for s in view.unreadable()
+    ]
+    return lines + [f"not written by the last run: {problem}" for problem in _outputs(view)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..common.clock import iso, utc_now
@@ -43,9 +45,17 @@ def load_status(state_dir: Path) -> dict:
         return {"hosts": {}}
 
 
-def record(state_dir: Path, results: list[HostResult]) -> dict:
-    """Merge ``results`` into the status file (written atomically); return the new status."""
+def record(
+    state_dir: Path, results: list[HostResult], max_ages: Mapping[str, float] | None = None
+) -> dict:
+    """Merge ``results`` into the status file (written atomically); return the new status.
+
+    ``max_ages``: every host server.yaml lists and its ``max_age`` in seconds, recorded as
+    ``configured`` so that another server's ``status --merge`` shows just those hosts and
+    judges each by its own ``max_age`` (None: the recorded ones are kept)."""
     status = load_status(state_dir)
+    if max_ages is not None:
+        status["configured"] = {name: {"max_age": max_ages[name]} for name in sorted(max_ages)}
     now = iso(utc_now())
     for result in results:
         entry = status["hosts"].setdefault(result.host, {})
@@ -136,8 +146,16 @@ def _known_facts(result: HostResult) -> dict:
     return {key: value for key, value in facts.items() if value is not None}
 
 
+def server_name() -> str:
+    """This machine's host name (``socket.gethostname()``: no resolver is asked, so a
+    broken DNS cannot hold a run up): the ``server`` each status file records, and what
+    ``status --merge`` shows in its SERVER column."""
+    return socket.gethostname()
+
+
 def _save(state_dir: Path, status: dict) -> dict:
     status["updated"] = iso(utc_now())
+    status["server"] = server_name()
     state_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(state_dir / STATUS_FILE, json.dumps(status, indent=2, sort_keys=True) + "\n")
     return status

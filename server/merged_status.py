@@ -1,0 +1,246 @@
+"""Other servers' status files, copied here for ``status --merge``: read within bounds
+and cleaned field by field (another machine's words: every name, time, count and text is
+checked or cut before the fleet view shows it)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..common.clock import parse_iso
+from ..common.schema import load_schema
+from ..common.text import printable
+from ..common.units import parse_duration
+from .host_state import HISTORY_CELLS, SYMBOLS
+
+MAX_MERGED_BYTES = 32 << 20
+"""A merged status file larger than this is refused by name: parsing JSON costs up to
+some ten times its size in memory. A real one takes a few KiB per host."""
+MAX_MERGED_HOSTS = 10_000
+"""Hosts one merged status file may list (``hosts``, ``configured``); more is refused."""
+MAX_NAME = 253
+"""Characters of a host or server name from a merged file (a DNS name's most)."""
+MAX_TEXT = 300
+"""Characters of a reason, result or problem from a merged file; longer ones are cut."""
+MAX_TEXTS = 25
+"""Problems (outputs not written, database proofs) kept from a merged file."""
+
+
+@functools.cache
+def _server_schema() -> dict:
+    return load_schema("pullback.common", "server")
+
+
+def default_max_age() -> float:
+    """server.yaml's default ``max_age`` in seconds (the schema's ``max_age.default``):
+    how the hosts of a merged file that records no ``configured`` are judged."""
+    return parse_duration(_server_schema()["properties"]["max_age"]["default"])
+
+
+@functools.cache
+def _host_name() -> re.Pattern:
+    """server.yaml's pattern of ``hosts[].name``."""
+    pattern = _server_schema()["properties"]["hosts"]["items"]["properties"]["name"]["pattern"]
+    return re.compile(pattern)
+
+
+def _is_name(value: object) -> bool:
+    """A host name server.yaml could hold, at most MAX_NAME characters."""
+    return isinstance(value, str) and len(value) <= MAX_NAME and bool(_host_name().fullmatch(value))
+
+
+def _time(value: object) -> str | None:
+    if isinstance(value, str) and len(value) <= 40:
+        try:
+            parse_iso(value)
+        except ValueError:
+            return None
+        return value
+    return None
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63:
+        return value
+    return None
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) and 0 <= seconds < 1e10 else None
+    return None
+
+
+def _word(value: object) -> str | None:
+    return printable(value, MAX_TEXT) if isinstance(value, str) else None
+
+
+def _flag(value: object) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _texts(value: object) -> list[str] | None:
+    if not isinstance(value, list):
+        return None
+    return [printable(text, MAX_TEXT) for text in value[:MAX_TEXTS]]
+
+
+def _hold(value: object) -> dict | None:
+    return (
+        {"reason": printable(value.get("reason", ""), MAX_TEXT)}
+        if isinstance(value, dict)
+        else None
+    )
+
+
+def _history(value: object) -> list[dict] | None:
+    if not isinstance(value, list):
+        return None
+    return [
+        {
+            "result": run.get("result") if run.get("result") in SYMBOLS else "?",
+            "repository_bytes": _count(run.get("repository_bytes")),
+        }
+        for run in value[-HISTORY_CELLS:]
+        if isinstance(run, dict)
+    ]
+
+
+_FIELDS: dict[str, Callable[[object], object]] = {
+    "last_result": _word,
+    "reason": _word,
+    "problem": _flag,
+    "verify_result": _word,
+    "newest_snapshot": _time,
+    "last_attempt": _time,
+    "last_success": _time,
+    "last_checked": _time,
+    "last_verified": _time,
+    "databases_proven": _time,
+    "database_proofs": _texts,
+    "database_dumps": _count,
+    "repository_bytes": _count,
+    "store_peak_rss": _count,
+    "snapshots": _count,
+    "duration": _seconds,
+    "guard_hold": _hold,
+    "history": _history,
+}
+"""What the view takes from a host's entry in a merged file, and how each is checked."""
+
+
+def clean_entry(raw: object) -> dict:
+    """A host's entry from a merged file: the facts of :data:`_FIELDS` that have the
+    right type and range (texts printable and cut); others are left out, as unknown."""
+    if not isinstance(raw, dict):
+        return {}
+    cleaned = {key: check(raw.get(key)) for key, check in _FIELDS.items()}
+    return {key: value for key, value in cleaned.items() if value is not None}
+
+
+def _named(value: object, key: str) -> dict:
+    """``value`` (the file's ``key``) as a mapping of host names. Raises ValueError when it
+    is not one, holds more than MAX_MERGED_HOSTS or a name server.yaml cannot hold."""
+    if not isinstance(value, dict):
+        raise ValueError(f"not a status file: {key} is not an object")
+    if len(value) > MAX_MERGED_HOSTS:
+        raise ValueError(f"more than {MAX_MERGED_HOSTS} hosts in {key}")
+    for name in value:
+        if not _is_name(name):
+            raise ValueError(f"not a host name in {key}: {printable(repr(name), 80)}")
+    return value
+
+
+def _max_age(limits: object) -> dict:
+    seconds = _seconds(limits.get("max_age")) if isinstance(limits, dict) else None
+    return {"max_age": seconds} if seconds else {}
+
+
+def clean_status(data: object) -> dict:
+    """What the view takes from a merged status file, checked and made fit to print:
+    ``hosts`` (each entry :func:`clean_entry`), ``configured`` (the hosts its server.yaml
+    listed, each with its ``max_age``), ``server``, ``updated`` and ``outputs``. Raises
+    ValueError when it is not a status file."""
+    if not isinstance(data, dict):
+        raise ValueError("not a status file: not an object")
+    hosts = _named(data.get("hosts", {}), "hosts")
+    status: dict = {"hosts": {name: clean_entry(entry) for name, entry in hosts.items()}}
+    if "configured" in data:
+        configured = _named(data["configured"], "configured")
+        status["configured"] = {name: _max_age(limits) for name, limits in configured.items()}
+    if _is_name(data.get("server")):
+        status["server"] = data["server"]
+    if _time(data.get("updated")):
+        status["updated"] = data["updated"]
+    outputs = data.get("outputs")
+    problems = _texts(outputs.get("problems")) if isinstance(outputs, dict) else None
+    if problems:
+        status["outputs"] = {"problems": problems}
+    return status
+
+
+def _load_json(path: Path) -> object:
+    """The JSON in ``path``, a regular file of at most MAX_MERGED_BYTES (opened without
+    blocking: a FIFO is refused, not waited on). Raises OSError, ValueError."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    too_large = ValueError(f"larger than {MAX_MERGED_BYTES >> 20} MiB")
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > MAX_MERGED_BYTES:
+            raise too_large
+        with open(descriptor, "rb", closefd=False) as file:
+            data = file.read(MAX_MERGED_BYTES + 1)
+    finally:
+        os.close(descriptor)
+    if len(data) > MAX_MERGED_BYTES:
+        raise too_large
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError:
+        raise ValueError("not JSON: not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("not a status file: nested too deeply") from None
+
+
+@dataclass(frozen=True)
+class Source:
+    """One server's part of a fleet view: its name, the merged file it was read from
+    (None: this server's own status file) and its status, or why it could not be read."""
+
+    server: str
+    file: Path | None = None
+    status: dict = field(default_factory=dict)
+    error: str | None = None
+    """Why the merged file could not be read: its hosts are unknown."""
+
+    @property
+    def where(self) -> str:
+        """``this server``, or the merged file's path (fit to print)."""
+        return "this server" if self.file is None else printable(self.file, MAX_NAME)
+
+
+def read_merged(path: Path) -> Source:
+    """Another server's status file, copied here (``status --merge``): at most
+    MAX_MERGED_BYTES, checked by :func:`clean_status`. Named by the ``server`` it records,
+    else by its path. Never raises: a file that cannot be read is a Source with an
+    ``error``."""
+    fallback = printable(path, MAX_NAME)
+    try:
+        status = clean_status(_load_json(path))
+    except OSError as exc:
+        return Source(fallback, path, error=exc.strerror or type(exc).__name__)
+    except ValueError as exc:
+        return Source(fallback, path, error=printable(exc, MAX_TEXT))
+    return Source(status.get("server", fallback), path, status)

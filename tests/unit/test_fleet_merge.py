@@ -1,0 +1,392 @@
+"""``status --merge``: one view of a fleet sharded across pull servers, from status files
+written by the real writer (status_file.record) for two servers, each with its own
+server.yaml and state directory; the merged files read as another machine's words."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pullback.common.clock import iso, utc_now
+from pullback.common.outcome import Status
+from pullback.server import status_file
+from pullback.server.cli import main as server_main
+from pullback.server.config import ServerConfig, load_server_config
+from pullback.server.fleet_view import fleet
+from pullback.server.merged_status import (
+    MAX_MERGED_BYTES,
+    MAX_MERGED_HOSTS,
+    MAX_TEXT,
+    Source,
+    default_max_age,
+    read_merged,
+)
+from pullback.server.results import HostResult
+
+pytestmark = pytest.mark.unit
+
+HOURS = 3600.0
+
+
+@dataclass
+class Server:
+    """A pull server of the test: its server.yaml, loaded, and its status file."""
+
+    path: Path
+    config: ServerConfig
+
+    @property
+    def status(self) -> Path:
+        return self.config.state_dir / status_file.STATUS_FILE
+
+    def pulled(self, *results: HostResult) -> None:
+        """What a pull records: the results, with every configured host's max_age."""
+        max_ages = {host.name: host.max_age for host in self.config.hosts}
+        status_file.record(self.config.state_dir, list(results), max_ages)
+
+    def renamed(self, name: str) -> Path:
+        """The status file as if written on the machine ``name`` (the writer records the
+        host name of the machine it runs on, and these tests run on one)."""
+        data = json.loads(self.status.read_text())
+        data["server"] = name
+        self.status.write_text(json.dumps(data))
+        return self.status
+
+
+def make_server(root: Path, name: str, hosts: dict[str, str | None]) -> Server:
+    """A server.yaml listing ``hosts`` (name: its own max_age, or None: the default)."""
+    lines = [f"state_dir: {root / name / 'state'}", f"lock_dir: {root / name}", "hosts:"]
+    for host, max_age in hosts.items():
+        lines.append(f"  - name: {host}")
+        if max_age:
+            lines.append(f"    max_age: {max_age}")
+    path = root / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return Server(path, load_server_config(path))
+
+
+def stored(host: str, hours: float, reason: str = "") -> HostResult:
+    """A pull of ``host`` that stored a snapshot ``hours`` ago."""
+    when = iso(utc_now() - dt.timedelta(hours=hours))
+    return HostResult(host, Status.STORED, reason, started=when, newest_snapshot=when)
+
+
+def status(server: Server, *args: str, capsys) -> tuple[int, str, str]:
+    """``pullback-server --config <server.yaml> status ARGS``, in this process."""
+    code = server_main(["--config", str(server.path), "status", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def two(tmp_path) -> tuple[Server, Server]:
+    """Server a (a1, a2) and server b (b1 with max_age 2h, b2): all stored an hour ago
+    but b1, stored three hours ago, so stale by its own max_age."""
+    a = make_server(tmp_path, "a", {"a1": None, "a2": None})
+    b = make_server(tmp_path, "b", {"b1": "2h", "b2": None})
+    a.pulled(stored("a1", 1), stored("a2", 1))
+    b.pulled(stored("b1", 3), stored("b2", 1))
+    return a, b
+
+
+def table_rows(out: str) -> dict[tuple[str, str], list[str]]:
+    """The table's rows by (HOST, SERVER), cut where the header's titles begin (a server
+    named by its file's path may hold spaces)."""
+    header, *lines = out.splitlines()
+    titles = ["HOST", "SERVER", "STATE", "LAST RESULT", "NEWEST SNAPSHOT"]
+    starts = [header.index(title) for title in titles]
+    assert starts == sorted(starts)
+    rows = {}
+    for line in lines:
+        cells = [
+            line[start:end].strip() for start, end in zip(starts, [*starts[1:], None], strict=True)
+        ]
+        if cells[2] in ("ok", "stale", "failed", "attention"):
+            rows[(cells[0], cells[1])] = cells[2:]
+    return rows
+
+
+def test_the_writer_records_its_server_and_each_configured_host_s_max_age(tmp_path):
+    a = make_server(tmp_path, "a", {"a1": "2h", "a2": None})
+    a.pulled(stored("a1", 1))
+    data = json.loads(a.status.read_text())
+    assert data["server"] == socket.gethostname() == status_file.server_name()
+    assert data["configured"] == {"a1": {"max_age": 2 * HOURS}, "a2": {"max_age": 36 * HOURS}}
+    assert data["updated"]
+    # a run that does not know the configuration keeps what the last pull recorded
+    status_file.record_outputs(a.config.state_dir, ["metrics file /x: Read-only file system"])
+    assert json.loads(a.status.read_text())["configured"] == data["configured"]
+    assert default_max_age() == 36 * HOURS  # the schema's default
+
+
+def test_two_servers_in_one_table_each_row_with_its_server(two, capsys):
+    a, b = two
+    merged = b.renamed("backup-b")
+    code, out, err = status(a, "--merge", str(merged), capsys=capsys)
+    rows = table_rows(out)
+    here = socket.gethostname()
+    assert set(rows) == {("a1", here), ("a2", here), ("b1", "backup-b"), ("b2", "backup-b")}
+    assert rows[("b1", "backup-b")][0] == "stale"  # 3h old, past b1's own max_age of 2h
+    assert rows[("b2", "backup-b")][:2] == ["ok", "stored"]
+    assert out.splitlines()[1].startswith("b1")  # worst first, across servers
+    assert "backup-b: status file written " in out
+    assert code == 1
+    assert err == "stale (no snapshot within max_age): b1 (backup-b)\n"
+
+
+def test_without_merge_the_table_has_no_server_column(two, capsys):
+    a, _ = two
+    code, out, err = status(a, capsys=capsys)
+    assert out.splitlines()[0].split()[:2] == ["HOST", "STATE"]
+    assert (code, err) == (0, "")
+
+
+def test_check_counts_every_server_s_hosts(two, capsys):
+    a, b = two
+    merged = b.renamed("backup-b")
+    code, out, _ = status(a, "--check", "--merge", str(merged), capsys=capsys)
+    assert code == 2
+    assert out.startswith(
+        "PULLBACK CRITICAL - stale: b1 (backup-b); 3 of 4 hosts ok | "
+        "hosts=4 ok=3 attention=0 failed=0 stale=1 oldest_snapshot_age="
+    )
+    assert out.count("\n") == 1
+
+
+def test_json_has_every_server_and_every_row(two, capsys):
+    a, b = two
+    merged = b.renamed("backup-b")
+    code, out, _ = status(a, "--json", "--merge", str(merged), capsys=capsys)
+    data = json.loads(out)
+    servers = {s["server"]: s for s in data["servers"]}
+    assert set(servers) == {socket.gethostname(), "backup-b"}
+    assert servers["backup-b"]["file"] == str(merged) and servers["backup-b"]["error"] is None
+    assert set(servers["backup-b"]["status"]["hosts"]) == {"b1", "b2"}
+    assert servers[socket.gethostname()]["file"] is None
+    assert {(r["host"], r["server"], r["state"]) for r in data["rows"]} == {
+        ("a1", socket.gethostname(), "ok"),
+        ("a2", socket.gethostname(), "ok"),
+        ("b1", "backup-b", "stale"),
+        ("b2", "backup-b", "ok"),
+    }
+    assert data["duplicates"] == {}
+    assert code == 1
+
+
+def test_a_host_on_two_servers_is_shown_twice_and_named_with_both(tmp_path, capsys):
+    a = make_server(tmp_path, "a", {"a1": None, "web": None})
+    b = make_server(tmp_path, "b", {"b1": None, "web": None})
+    a.pulled(stored("a1", 1), stored("web", 1))
+    b.pulled(stored("b1", 1), stored("web", 2))
+    merged = b.renamed("backup-b")
+    here = socket.gethostname()
+    code, out, err = status(a, "--merge", str(merged), capsys=capsys)
+    rows = table_rows(out)
+    assert ("web", here) in rows and ("web", "backup-b") in rows
+    assert code == 1
+    assert f"on more than one server (each host belongs in one server.yaml): web: {here}, " in err
+    assert err.rstrip().endswith("web: " + f"{here}, backup-b")
+    code, out, _ = status(a, "--check", "--merge", str(merged), capsys=capsys)
+    assert code == 1
+    assert out.startswith(
+        f"PULLBACK WARNING - on more than one server: web ({here}, backup-b); 4 of 4 hosts ok |"
+    )
+
+
+def test_a_file_merged_twice_or_the_server_s_own_is_told_apart_by_its_path(two, capsys):
+    a, _ = two
+    code, out, err = status(a, "--merge", str(a.status), capsys=capsys)
+    here = socket.gethostname()
+    assert set(table_rows(out)) == {
+        ("a1", here),
+        ("a2", here),
+        ("a1", f"{here} ({a.status})"),
+        ("a2", f"{here} ({a.status})"),
+    }
+    assert code == 1
+    assert f"a1: {here}, {here} ({a.status})" in err
+
+
+def test_a_merged_file_that_cannot_be_read_is_named_and_the_rest_is_shown(two, capsys):
+    a, b = two
+    missing = b.status.parent / "gone.json"
+    code, out, err = status(a, "--merge", str(b.status), "--merge", str(missing), capsys=capsys)
+    assert code == 1
+    assert {host for host, _ in table_rows(out)} == {"a1", "a2", "b1", "b2"}
+    assert f"{missing}: cannot be read (No such file or directory); hosts unknown" in out
+    assert (
+        f"cannot read the merged status file {missing}: No such file or directory "
+        "(its hosts are unknown)"
+    ) in err
+    # --check: UNKNOWN (those hosts may be stale) ...
+    fresh = make_server(b.path.parent, "c", {"c1": None})
+    fresh.pulled(stored("c1", 1))
+    code, out, _ = status(fresh, "--check", "--merge", str(missing), capsys=capsys)
+    assert code == 3
+    assert out.startswith(
+        f"PULLBACK UNKNOWN - cannot read: {missing} (No such file or directory); 1 of 1 hosts ok |"
+    )
+    # ... but a stale host is CRITICAL whatever else is unknown
+    code, out, _ = status(a, "--check", "--merge", str(b.status), "--merge", str(missing),
+                          capsys=capsys)  # fmt: skip
+    assert code == 2 and out.startswith("PULLBACK CRITICAL - stale: b1")
+    assert f"cannot read: {missing} (No such file or directory)" in out
+
+
+BAD_FILES = {
+    "empty.json": b"",
+    "truncated.json": b'{"hosts": {"b1": {"last_result": "sto',
+    "list.json": b"[1, 2]",
+    "latin1.json": b'{"hosts": {"caf\xe9": {}}}',
+    "hosts-a-list.json": b'{"hosts": ["b1"]}',
+    "deep.json": b"[" * 100_000 + b"]" * 100_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_a_file_that_is_not_a_status_file_is_refused_with_its_name(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(BAD_FILES[name])
+    source = read_merged(path)
+    assert source.error and source.status == {} and source.server == str(path)
+    assert source.error.startswith(("not JSON", "not a status file"))
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "huge.json"
+    with path.open("wb") as file:
+        file.truncate(MAX_MERGED_BYTES + 1)  # sparse: costs no disk
+    assert read_merged(path).error == f"larger than {MAX_MERGED_BYTES >> 20} MiB"
+
+
+def test_a_fifo_or_a_directory_is_refused_without_waiting(tmp_path):
+    fifo = tmp_path / "status.json"
+    os.mkfifo(fifo)
+    assert read_merged(fifo).error == "not a regular file"
+    assert read_merged(tmp_path).error == "not a regular file"
+
+
+def test_names_a_server_yaml_cannot_hold_are_refused(tmp_path):
+    long = tmp_path / "long.json"
+    long.write_text(json.dumps({"hosts": {"x" * 10_000_000: {}}}))  # a 10 MB host name
+    error = read_merged(long).error
+    assert error is not None and error.startswith("not a host name in hosts: 'xxxx")
+    assert len(error) <= 120
+    escape = tmp_path / "escape.json"
+    escape.write_text(json.dumps({"hosts": {"b1\x1b[2J": {}}}))
+    assert read_merged(escape).error == "not a host name in hosts: 'b1\\x1b[2J'"
+
+
+def test_thousands_of_hosts_are_read_more_than_the_limit_refused(tmp_path):
+    many = tmp_path / "many.json"
+    when = iso(utc_now())
+    hosts = {f"h{i}": {"last_result": "stored", "newest_snapshot": when} for i in range(5000)}
+    many.write_text(json.dumps({"hosts": hosts}))
+    assert len(read_merged(many).status["hosts"]) == 5000
+    hosts.update({f"x{i}": {} for i in range(MAX_MERGED_HOSTS)})
+    many.write_text(json.dumps({"hosts": hosts}))
+    assert read_merged(many).error == f"more than {MAX_MERGED_HOSTS} hosts in hosts"
+
+
+def test_hostile_words_are_escaped_and_cut_and_wrong_types_left_out(two, capsys):
+    a, b = two
+    b.pulled(HostResult("b2", reason="cannot connect\x1b[2J\x1b]0;owned\x07" + "y" * 50_000))
+    data = json.loads(b.status.read_text())
+    data["server"] = "b\x1b[31m"  # not a host name: the file is named by its path
+    entry = data["hosts"]["b2"]
+    entry.update(
+        {
+            "repository_bytes": 10**400,
+            "duration": "forever",
+            "newest_snapshot": "yesterday",
+            "history": [{"result": "\x1b[2J"}, "x", {"result": "stored"}],
+        }
+    )
+    b.status.write_text(json.dumps(data))
+    code, out, err = status(a, "--merge", str(b.status), capsys=capsys)
+    assert code == 1
+    assert "\x1b" not in out + err and "\x07" not in out + err
+    (note,) = [line for line in out.splitlines() if line.startswith("b2 (")]
+    assert note.startswith(f"b2 ({b.status}): cannot connect\\x1b[2J\\x1b]0;owned\\x07yyy")
+    assert len(note) <= len(f"b2 ({b.status}): ") + MAX_TEXT
+    row = next(line for line in out.splitlines()[1:] if line.startswith("b2 "))
+    assert "failed" in row and "never" in row and row.rstrip().endswith("?✓")
+    view = fleet(a.config, Source("a", None, {}), [read_merged(b.status)])
+    (b2,) = [r for r in view.rows if r.host == "b2"]
+    assert (b2.repository_bytes, b2.duration, b2.newest_age) == (None, None, None)
+
+
+def test_a_file_no_longer_written_makes_its_hosts_stale(two):
+    """The other server stopped (or the copying did): its hosts' newest snapshots only
+    grow older, so each is stale once past its max_age, and the file's age is told."""
+    a, b = two
+    local = Source("a", None, json.loads(a.status.read_text()))
+    merged = [read_merged(b.renamed("backup-b"))]
+    now = fleet(a.config, local, merged)
+    assert [r.host for r in now.rows if r.stale] == ["b1"]
+    later = fleet(a.config, local, merged, utc_now() + dt.timedelta(days=3))
+    assert {r.host for r in later.rows if r.stale} == {"a1", "a2", "b1", "b2"}
+    assert later.notes() == [f"backup-b: status file written 3d00h ago ({b.status})"]
+
+
+def test_a_file_of_an_older_version_is_judged_by_the_default_max_age(tmp_path, capsys):
+    """Before files recorded ``configured`` and ``server``: every host the file holds, by
+    the schema's default max_age (36h), named by the file's path."""
+    a = make_server(tmp_path, "a", {"a1": None})
+    a.pulled(stored("a1", 1))
+    old = tmp_path / "old-b.json"
+    hosts = {
+        "b1": {"last_result": "stored", "newest_snapshot": stored("b1", 30).newest_snapshot},
+        "b2": {"last_result": "stored", "newest_snapshot": stored("b2", 40).newest_snapshot},
+    }
+    old.write_text(json.dumps({"hosts": hosts, "updated": iso(utc_now())}))
+    code, out, err = status(a, "--merge", str(old), capsys=capsys)
+    rows = table_rows(out)
+    assert rows[("b1", str(old))][0] == "ok" and rows[("b2", str(old))][0] == "stale"
+    assert (code, err) == (1, f"stale (no snapshot within max_age): b2 ({old})\n")
+
+
+def test_a_host_removed_from_the_other_server_s_config_is_not_shown(tmp_path, capsys):
+    a = make_server(tmp_path, "a", {"a1": None})
+    a.pulled(stored("a1", 1))
+    b = make_server(tmp_path, "b", {"b1": None, "gone": None})
+    b.pulled(stored("b1", 1), stored("gone", 1))
+    b = make_server(tmp_path, "b", {"b1": None})  # gone: removed from server.yaml
+    b.pulled(stored("b1", 1))
+    assert "gone" in json.loads(b.status.read_text())["hosts"]  # kept, as ever
+    code, out, _ = status(a, "--merge", str(b.renamed("backup-b")), capsys=capsys)
+    assert {host for host, _ in table_rows(out)} == {"a1", "b1"} and code == 0
+
+
+def test_the_page_of_the_fleet_names_servers_and_escapes_their_words(two, capsys, tmp_path):
+    a, b = two
+    b.pulled(HostResult("b2", reason="<script>alert(1)</script>"))
+    merged = b.renamed("backup-b")
+    page = tmp_path / "www" / "fleet.html"
+    code, out, err = status(a, "--html", str(page), "--merge", str(merged), capsys=capsys)
+    assert out == "" and code == 1 and "failed (the last pull): b2 (backup-b)" in err
+    html = page.read_text()
+    assert "<th>server</th>" in html
+    assert 'data-host="b2" data-server="backup-b"' in html
+    assert "<td>backup-b</td>" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script" not in html
+    assert "backup-b: status file written" in html
+    assert oct(page.stat().st_mode & 0o777) == "0o644"
+    # this server's own page (what every run writes) has no server column
+    code, _, _ = status(a, "--html", str(page), capsys=capsys)
+    assert code == 0 and "<th>server</th>" not in page.read_text()
+
+
+def test_a_page_that_cannot_be_written_is_an_error_naming_it(two, capsys, tmp_path):
+    a, _ = two
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = status(a, "--html", str(blocker / "index.html"), capsys=capsys)
+    assert code == 1 and f"cannot write {blocker / 'index.html'}: " in err

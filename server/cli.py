@@ -82,6 +82,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", action="append", metavar="NAME", help="only this host")
     p.add_argument("--random", action="store_true", help="a random snapshot, not the newest")
     json_option(p)
+    p = sub.add_parser(
+        "copy",
+        parents=[parent],
+        help="copy new snapshots into each host's second copy and prove it",
+        description="Per host: copy the snapshots its copy (copy: in server.yaml) lacks, "
+        "compare the copy's snapshot list with the primary's, and run the restore drill "
+        "against the copy when copy.verify_every says it is due. Exit 1 when a copy "
+        "failed, fell behind or diverged.",
+    )
+    p.add_argument("--host", action="append", metavar="NAME", help="only this host")
+    copy_drill = p.add_mutually_exclusive_group()
+    copy_drill.add_argument(
+        "--verify",
+        dest="verify",
+        action="store_const",
+        const=True,
+        help="drill the copy even if it is not due",
+    )
+    copy_drill.add_argument(
+        "--no-verify", dest="verify", action="store_const", const=False, help="no drill"
+    )
+    json_option(p)
     p = sub.add_parser("snapshots", parents=[parent], help="list a host's snapshots")
     p.add_argument("hostname", metavar="HOST")
     json_option(p)
@@ -101,11 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", required=True, type=Path, metavar="DIR", help="where to restore (must be empty)"
     )
     p.add_argument("--force", action="store_true", help="restore into a non-empty directory")
-    sub.add_parser(
+    p = sub.add_parser(
         "configured",
         parents=[parent],
         help="exit 1 when server.yaml lists no host yet (for systemd's ExecCondition)",
     )
+    p.add_argument("--copy", action="store_true", help="exit 1 also when it has no copy: section")
     p = sub.add_parser(
         "status",
         parents=[parent],
@@ -159,6 +182,7 @@ ACTIONS = {
     "pull": Action("pull:command"),
     "maintain": Action("maintain:command"),
     "verify": Action("verify:command"),
+    "copy": Action("copy:command"),
     "snapshots": Action("snapshots:command"),
     "restore": Action("restore:command"),
     "status": Action("status:command", loads_config=False),

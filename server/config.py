@@ -55,6 +55,12 @@ class HostConfig:
     """``maintenance_repository`` kept in a file (it may carry a password)."""
     password_file: Path | None = None
     """This host's own repository password (None: ``backend.password_file``)."""
+    copy_repository: str | None = None
+    """This host's copy instead of ``copy``'s root or template."""
+    copy_repository_file: Path | None = None
+    """``copy_repository`` kept in a file (it may carry a password)."""
+    copy_password_file: Path | None = None
+    """This host's copy's own password (None: ``copy.password_file``)."""
     group: str | None = None
     """restic: the group whose repository this host shares (cross-host deduplication)."""
 
@@ -97,6 +103,22 @@ class SshConfig:
 
 
 @dataclass(frozen=True)
+class CopyConfig:
+    """The second copy of every host's repository (``copy:``; docs/disaster-recovery.md)."""
+
+    repository_root: Path | None
+    """One copy per host below this directory (or ``repository_url``)."""
+    repository_url: str | None
+    """Every host's copy, ``{host}`` replaced by its name."""
+    password_file: Path | None
+    """The copies' password (None: the primary's)."""
+    max_age: float
+    """Seconds the newest copied snapshot may be old before the copy is a problem."""
+    verify_every: float
+    """Seconds between restore drills of each host's copy."""
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     type: str
     repository_root: Path
@@ -110,6 +132,8 @@ class BackendConfig:
     below ``repository_root``."""
     maintenance_repository_url: str | None = None
     """The same for ``maintain`` (the endpoint that may delete)."""
+    copy: CopyConfig | None = None
+    """Where the second copies are (None: no copy is made)."""
 
 
 @dataclass(frozen=True)
@@ -244,22 +268,71 @@ def _borg_problems(doc, data: dict) -> list:
     return problems
 
 
+def _copy_problems(doc, data: dict) -> list:
+    """A copy section that says nowhere to copy to, or a copy asked of borg."""
+    copy = data.get("copy")
+    hosts_copy = [
+        i
+        for i, h in enumerate(data["hosts"])
+        if "copy_repository" in h or "copy_repository_file" in h
+    ]
+    problems = []
+    if copy is None:
+        for index in hosts_copy:
+            problems.append(
+                doc.problem(("hosts", index), "a copy repository without a copy: section")
+            )
+        return problems
+    if data["backend"]["type"] != "restic":
+        problems.append(
+            doc.problem(
+                ("copy",),
+                "restic only for now (backend.type: restic); borg: docs/disaster-recovery.md",
+            )
+        )
+    if "repository_root" not in copy and "repository_url" not in copy:
+        problems.append(
+            doc.problem(("copy",), "give repository_root or repository_url (where the copies go)")
+        )
+    for index, host in enumerate(data["hosts"]):
+        if "copy_repository" in host and "copy_repository_file" in host:
+            message = "give either copy_repository or copy_repository_file, not both"
+            problems.append(doc.problem(("hosts", index, "copy_repository_file"), message))
+    return problems
+
+
+def _copy_config(copy: dict | None) -> CopyConfig | None:
+    if copy is None:
+        return None
+    return CopyConfig(
+        repository_root=_path(copy.get("repository_root")),
+        repository_url=copy.get("repository_url"),
+        password_file=_path(copy.get("password_file")),
+        max_age=parse_duration(copy["max_age"]),
+        verify_every=parse_duration(copy["verify_every"]),
+    )
+
+
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
 def configured(path: Path, args: argparse.Namespace) -> int:
     """``pullback-server configured``: 1 when the configuration is valid and lists no
-    enabled host (systemd's ExecCondition then skips the run quietly), else 0: a broken
+    enabled host, or with ``--copy`` has no ``copy:`` section (systemd's ExecCondition
+    then skips the run quietly), else 0: a broken
     configuration must not be skipped silently, the run itself reports it."""
     try:
         config = load_server_config(path)
     except ConfigError:
         return EXIT_OK
-    if any(h.enabled for h in config.hosts):
-        return EXIT_OK
-    print(f"no host listed in {config.path}: nothing to pull yet")
-    return 1
+    if not any(h.enabled for h in config.hosts):
+        print(f"no host listed in {config.path}: nothing to pull yet")
+        return 1
+    if getattr(args, "copy", False) and config.backend.copy is None:
+        print(f"no copy: section in {config.path}: nothing to copy")
+        return 1
+    return EXIT_OK
 
 
 def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
@@ -306,6 +379,9 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
                 maintenance_repository_file=_path(host.get("maintenance_repository_file")),
                 password_file=_path(host.get("password_file")),
                 group=host.get("group"),
+                copy_repository=host.get("copy_repository"),
+                copy_repository_file=_path(host.get("copy_repository_file")),
+                copy_password_file=_path(host.get("copy_password_file")),
                 max_unpacked_size=parse_size(
                     host.get("max_unpacked_size", data["max_unpacked_size"])
                 ),
@@ -314,6 +390,7 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
             )
         )
     problems += _double_locations(doc, data) + _group_problems(doc, data)
+    problems += _copy_problems(doc, data)
     if backend["type"] == "borg":
         problems += _borg_problems(doc, data)
     if problems:
@@ -338,6 +415,7 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
             backup_options=tuple(backend.get("backup_options", ())),
             repository_url=backend.get("repository_url"),
             maintenance_repository_url=backend.get("maintenance_repository_url"),
+            copy=_copy_config(data.get("copy")),
         ),
         ssh=SshConfig(
             key_file=Path(ssh["key_file"]),

@@ -22,6 +22,54 @@ __all__ = ["HostRow", "HostState", "Source", "fleet", "read_merged", "rows"]
 _ORDER = {state: rank for rank, state in enumerate(HostState)}
 
 
+@dataclass(frozen=True)
+class CopyView:
+    """How a host's second copy stands (``pullback-server copy``; status.json's ``copy``)."""
+
+    copied_age: float | None
+    """Seconds since the last copy that succeeded (None: never)."""
+    newest_age: float | None
+    """Seconds since the copy's newest snapshot was taken."""
+    drilled_age: float | None
+    """Seconds since a drill last proved the copy."""
+    stale: bool
+    """The copy's newest snapshot is older than ``copy.max_age``, or it holds none."""
+    problem: str | None
+    """Why the last copy failed (it fell behind, diverged, or could not run)."""
+
+    @property
+    def text(self) -> str:
+        """``copied 3h ago, drilled 2d ago`` (what status and the page show)."""
+        if self.copied_age is None:
+            return "never copied"
+        drilled = "never" if self.drilled_age is None else f"{human_duration(self.drilled_age)} ago"
+        return f"copied {human_duration(self.copied_age)} ago, drilled {drilled}"
+
+    @property
+    def complaint(self) -> str | None:
+        """Why the copy needs attention, or None."""
+        if self.problem:
+            return f"copy failed: {self.problem}"
+        if self.stale:
+            return "copy stale: no copied snapshot within copy.max_age"
+        return None
+
+
+def copy_view(entry: dict, max_age: float, now: dt.datetime) -> CopyView:
+    """The copy part of a host's status ``entry``; stale past ``max_age`` seconds."""
+    found = entry.get("copy")
+    copy: dict = found if isinstance(found, dict) else {}
+    newest = age(copy.get("newest"), now)
+    failed = copy.get("result") == Status.FAILED
+    return CopyView(
+        copied_age=age(copy.get("copied"), now),
+        newest_age=newest,
+        drilled_age=age(copy.get("verified"), now),
+        stale=newest is None or newest > max_age,
+        problem=str(copy.get("reason", "")) if failed else None,
+    )
+
+
 @dataclass
 class HostRow:
     host: str
@@ -47,6 +95,8 @@ class HostRow:
     server: str = ""
     """The pull server whose status file the row comes from (with ``status --merge``;
     "" without)."""
+    copy: CopyView | None = None
+    """The host's second copy (None: no copy is configured)."""
 
     @property
     def label(self) -> str:
@@ -82,6 +132,13 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
     now = now or utc_now()
     hosts = status.get("hosts", {})
     found = [host_row(h.name, hosts.get(h.name, {}), h.max_age, now) for h in config.hosts]
+    if config.backend.copy is not None:
+        limit = config.backend.copy.max_age
+        for row in found:
+            row.copy = copy_view(hosts.get(row.host, {}), limit, now)
+            if row.copy.complaint and row.state == HostState.OK:
+                row.state = HostState.ATTENTION
+                row.reason = row.reason or row.copy.complaint
     return sorted(found, key=_rank)
 
 

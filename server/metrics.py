@@ -92,8 +92,39 @@ def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) ->
             verify_ok.add(entry["verify_result"] == Status.OK, **labels)
         memory.add(entry.get("store_peak_rss"), **labels)
         held.add(isinstance(entry.get("guard_hold"), dict), **labels)
+    if config.backend.copy is not None:
+        _copy_metrics(m, config, status, now)
     g("pullback_metrics_timestamp_seconds", "When these metrics were written.").add(now.timestamp())
     return m
+
+
+def _copy_metrics(m: Metrics, config: ServerConfig, status: dict, now: dt.datetime) -> None:
+    """The second copies' gauges (``pullback-server copy``), per host."""
+    g = m.gauge
+    copied = g(
+        "pullback_copy_last_success_timestamp_seconds", "When the host's copy last succeeded."
+    )
+    ok = g("pullback_copy_ok", "1 when the host's last copy succeeded and matched its primary.")
+    newest = g(
+        "pullback_copy_newest_snapshot_timestamp_seconds", "Time of the copy's newest snapshot."
+    )
+    stale = g(
+        "pullback_copy_stale", "1 when the copy's newest snapshot is older than copy.max_age."
+    )
+    drilled = g(
+        "pullback_copy_verified_timestamp_seconds", "When a restore drill last proved the copy."
+    )
+    limit = config.backend.copy.max_age if config.backend.copy else 0.0
+    for host in config.hosts:
+        entry = status.get("hosts", {}).get(host.name, {}).get("copy") or {}
+        labels = {"host": host.name}
+        copied.add(_ts(entry.get("copied")), **labels)
+        if "result" in entry:
+            ok.add(entry["result"] != Status.FAILED, **labels)
+        newest.add(_ts(entry.get("newest")), **labels)
+        when = _ts(entry.get("newest"))
+        stale.add(when is None or now.timestamp() - when > limit, **labels)
+        drilled.add(_ts(entry.get("verified")), **labels)
 
 
 def write(config: ServerConfig, status: dict) -> None:

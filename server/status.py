@@ -64,9 +64,12 @@ HEADER = (
     "DATABASES PROVEN",
     "REPOSITORY",
     "LAST RUNS",
+    "COPY",
 )
 SERVER_COLUMN = 1
 """Shown only when status files are merged."""
+COPY_COLUMN = len(HEADER) - 1
+"""Shown only when a second copy is configured (``copy:``)."""
 
 
 def _cells(row: HostRow) -> tuple[str, ...]:
@@ -80,6 +83,7 @@ def _cells(row: HostRow) -> tuple[str, ...]:
         row.databases_text,
         human_size(row.repository_bytes) if row.repository_bytes else "-",
         row.history_text or "-",
+        row.copy.text if row.copy else "-",
     )
 
 
@@ -87,6 +91,8 @@ def status_table(view: Fleet) -> str:
     """The status table: a row per host, worst first (with its SERVER when status files
     are merged), then a line per problem and per merged file."""
     table = [HEADER, *(_cells(row) for row in view.rows)]
+    if not any(row.copy for row in view.rows):
+        table = [r[:COPY_COLUMN] for r in table]
     if not view.merged:
         table = [r[:SERVER_COLUMN] + r[SERVER_COLUMN + 1 :] for r in table]
     notes = [
@@ -272,6 +278,11 @@ def _write_page(path: Path, view: Fleet) -> None:
         raise PullbackError(f"cannot write {path}: {exc.strerror}") from None
 
 
+def _copy_complaints(view: Fleet) -> list[tuple[HostRow, str]]:
+    """The hosts whose second copy failed or is stale, with why."""
+    return [(r, r.copy.complaint) for r in view.rows if r.copy is not None and r.copy.complaint]
+
+
 def _complaints(view: Fleet) -> list[str]:
     """The lines that make ``status`` exit 1: stale hosts, failed pulls, forget held by
     the ransomware guard, outputs the last run could not write; with merged files, hosts
@@ -289,6 +300,7 @@ def _complaints(view: Fleet) -> list[str]:
             f"forget held by the ransomware guard: {', '.join(held)} "
             "(pullback-server release HOST once the change is understood)"
         )
+    lines += [f"{row.label}: {complaint}" for row, complaint in _copy_complaints(view)]
     lines += [
         f"on more than one server (each host belongs in one server.yaml): {host}: "
         + ", ".join(servers)

@@ -205,6 +205,29 @@ def record_maintenance(state_dir: Path, results) -> dict:
     return _save(state_dir, status)
 
 
+def record_copies(state_dir: Path, results) -> dict:
+    """Record copy runs (``pullback-server copy``) in each host's ``copy`` entry: the
+    attempt, its result and reason, what the copy holds, when it last succeeded, and
+    its drill (``verify_*``) when one ran."""
+    status = load_status(state_dir)
+    now = iso(utc_now())
+    for result in results:
+        host = status["hosts"].setdefault(result.host, {})
+        entry = host.setdefault("copy", {})
+        entry.update(attempt=now, result=result.status, reason=result.reason)
+        if result.status != Status.SKIPPED:
+            entry.update(snapshots=result.snapshots, newest=result.newest)
+        if result.status == Status.OK:
+            entry["copied"] = now
+        if result.drill is not None:
+            entry["verify_attempt"] = now
+            entry["verify_result"] = Status.OK if result.drill.ok else Status.FAILED
+            entry["verify_summary"] = result.drill.summary
+            if result.drill.ok:
+                entry["verified"] = now
+    return _save(state_dir, status)
+
+
 def release_hold(state_dir: Path, host: str) -> dict | None:
     """End the ransomware guard's hold on ``host``: its snapshot is accepted, and the next
     maintenance compares the newest snapshot against it. Returns the hold that was ended,

@@ -31,6 +31,8 @@ class Snapshot:
     """Made by another program (backup-suite) and adopted (``hosts[].adopt_host``): its
     own layout (``<type>/<name>/...``), no manifest; its stamp is backup-suite's
     ``YYYYmmdd_HHMMSS`` tag (the client's local time), never a pullback stamp."""
+    tree: str | None = None
+    """restic: the snapshot's root tree: a copy's is its original's (same content)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,18 @@ class Backend(Protocol):
     def restore_size(self, snapshot: Snapshot) -> int | None:
         """Bytes of file data a whole restore of ``snapshot`` writes (for its progress),
         or None when the tool cannot say."""
+
+    def copy_from(self, source: Backend, snapshots: Sequence[Snapshot], timeout: float) -> None:
+        """Copy ``snapshots`` of ``source`` (the host's primary repository) into this one
+        (its second copy); only data this one lacks travels. Raises BackendError."""
+
+    def init_copy(self, source: Backend) -> None:
+        """Make this repository as a copy of ``source`` (its chunker parameters, so copied
+        data deduplicates as it did there). Raises BackendError."""
+
+    def env(self) -> dict[str, str]:
+        """The tool's environment for this repository (its location and password by
+        file, never the secrets themselves)."""
 
     def changes(self, older: Snapshot, newer: Snapshot) -> Change:
         """What changed from ``older`` to ``newer`` (the ransomware guard's measure).

@@ -64,8 +64,12 @@ class RepositoryBackend(ABC):
 
     @property
     def password_file(self) -> Path:
-        """The repository's password file: the host's own, or ``backend.password_file``."""
-        return self.host.password_file or self.config.password_file
+        """The repository's password file: the host's own, or ``backend.password_file``;
+        for a copy, the copy's own (the host's, ``copy.password_file``) before those."""
+        primary = self.host.password_file or self.config.password_file
+        if self.role is Role.COPY and self.config.copy is not None:
+            return self.host.copy_password_file or self.config.copy.password_file or primary
+        return primary
 
     def location(self) -> Location:
         """Where the host's repository is for this backend's role (read once; a location
@@ -79,8 +83,11 @@ class RepositoryBackend(ABC):
         try:
             return self.location().shown
         except BackendError:
-            where = self.host.maintenance_repository_file if self.role is Role.MAINTAIN else None
-            return f"the repository named in {where or self.host.repository_file}"
+            files = {
+                Role.MAINTAIN: self.host.maintenance_repository_file,
+                Role.COPY: self.host.copy_repository_file,
+            }
+            return f"the repository named in {files.get(self.role) or self.host.repository_file}"
 
     @abstractmethod
     def env(self) -> dict[str, str]:
@@ -115,9 +122,14 @@ class RepositoryBackend(ABC):
         """Who holds the lock, if the tool says (restic does)."""
         return ""
 
-    def run_tool(self, args: list[str], **kwargs) -> CommandResult:
-        """Run the tool with ``args`` once; raises CommandError as it failed."""
-        return self.runner.run([self.name, *args], env=self.env(), **kwargs)
+    def run_tool(
+        self, args: list[str], extra_env: dict[str, str] | None = None, **kwargs
+    ) -> CommandResult:
+        """Run the tool with ``args`` once (``extra_env`` added to :meth:`env`); raises
+        CommandError as it failed."""
+        return self.runner.run(
+            [self.name, *args], env={**self.env(), **(extra_env or {})}, **kwargs
+        )
 
     def run(self, args: list[str], **kwargs) -> CommandResult:
         """Run the tool; raises BackendError in plain words."""

@@ -20,7 +20,7 @@ from ...common.archive.sidecar import SIDECAR_NAME
 from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
 from ..retention import select
-from . import Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
+from . import Backend, Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
 from .base import RepositoryBackend
 from .errors import BackendError, IncompleteStore
 from .location import read_location_file
@@ -135,6 +135,9 @@ def extract_args(name: str, includes: list[str]) -> list[str]:
 # -- the backend ----------------------------------------------------------------------------
 
 
+COPY_RESTIC_ONLY = "a second copy is made for restic repositories only (docs/disaster-recovery.md)"
+
+
 class BorgBackend(RepositoryBackend):
     name = "borg"
     WRONG_PASSWORD = ("passphrase supplied", "is incorrect")
@@ -243,6 +246,14 @@ class BorgBackend(RepositoryBackend):
         self.run(
             extract_args(snapshot.id, includes), cwd=target, timeout=24 * 3600, ok_codes=(0, 1)
         )
+
+    def copy_from(self, source: Backend, snapshots: Sequence[Snapshot], timeout: float) -> None:
+        """Not offered for borg yet (the configuration refuses ``copy:`` with borg)."""
+        raise BackendError(COPY_RESTIC_ONLY)
+
+    def init_copy(self, source: Backend) -> None:
+        """Not offered for borg yet (see :meth:`copy_from`)."""
+        raise BackendError(COPY_RESTIC_ONLY)
 
     def changes(self, older: Snapshot, newer: Snapshot) -> Change:
         """``borg diff`` of the two archives, and their sizes (``borg info``). Raises

@@ -39,6 +39,8 @@ class Role(enum.Enum):
 
     PULL = "pull"
     MAINTAIN = "maintain"
+    COPY = "copy"
+    """The host's second copy (``copy:``, ``hosts[].copy_repository``)."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,11 @@ def _template(url: str, name: str) -> str:
 def locate(backend: BackendConfig, host: HostConfig, role: Role) -> Location:
     """The location of ``host``'s repository for ``role`` (see the module's words).
 
-    Raises BackendError when a location file cannot be read or is exposed.
+    Raises BackendError when a location file cannot be read or is exposed, or a copy
+    is asked of a configuration without one.
     """
+    if role is Role.COPY:
+        return _copy(backend, host)
     if role is Role.MAINTAIN:
         found = _first(
             host.maintenance_repository_file,
@@ -90,6 +95,21 @@ def locate(backend: BackendConfig, host: HostConfig, role: Role) -> Location:
     if found is not None:
         return found
     path = str(backend.repository_root / host.repository_key)
+    return Location(path, path)
+
+
+def _copy(backend: BackendConfig, host: HostConfig) -> Location:
+    """Where ``host``'s second copy is: its own, else the copy's template or root."""
+    copy = backend.copy
+    if copy is None:
+        raise BackendError("no copy: section in the configuration")
+    url = copy.repository_url
+    found = _first(host.copy_repository_file, host.copy_repository, url, host.repository_key)
+    if found is not None:
+        return found
+    if copy.repository_root is None:
+        raise BackendError("copy: gives neither repository_root nor repository_url")
+    path = str(copy.repository_root / host.repository_key)
     return Location(path, path)
 
 

@@ -18,7 +18,7 @@ from ...common.backup_suite import SUITE_STAMP
 from ...common.clock import is_stamp
 from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
-from . import Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
+from . import Backend, Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
 from .base import RepositoryBackend, local_path
 from .errors import BackendError, IncompleteStore
 
@@ -47,6 +47,17 @@ def selection_args(host: str, adopt: str | None = None) -> list[str]:
         return ["--host", host, "--tag", TAG]
     hosts = dict.fromkeys((host, adopt))
     return [*(a for h in hosts for a in ("--host", h)), "--tag", TAG, "--tag", adopt]
+
+
+def from_env(env: dict[str, str]) -> dict[str, str]:
+    """A repository's environment as the source of ``restic copy`` (and of ``init
+    --copy-chunker-params``): its location and password by file, as ``RESTIC_FROM_*``."""
+    names = {
+        "RESTIC_REPOSITORY": "RESTIC_FROM_REPOSITORY",
+        "RESTIC_REPOSITORY_FILE": "RESTIC_FROM_REPOSITORY_FILE",
+        "RESTIC_PASSWORD_FILE": "RESTIC_FROM_PASSWORD_FILE",
+    }
+    return {names[key]: value for key, value in env.items() if key in names}
 
 
 def snapshots_args(host: str, adopt: str | None = None) -> list[str]:
@@ -260,8 +271,27 @@ class ResticBackend(RepositoryBackend):
                 continue
             stamp = next((t for t in tags if is_stamp(t)), None)
             failed = tuple(t.removeprefix(FAILED) for t in tags if t.startswith(FAILED))
-            found.append(Snapshot(short, when, stamp, failed))
+            found.append(Snapshot(short, when, stamp, failed, tree=item.get("tree")))
         return sorted(found, key=lambda s: s.time)
+
+    def copy_from(self, source: Backend, snapshots: Sequence[Snapshot], timeout: float) -> None:
+        """``restic copy`` of ``snapshots`` from ``source`` (the primary) into this
+        repository (the copy): only their blobs the copy lacks travel. Raises
+        BackendError."""
+        self.run(
+            ["copy", *(s.id for s in snapshots)],
+            extra_env=from_env(source.env()),
+            stdout="/dev/null",
+            timeout=timeout,
+        )
+
+    def init_copy(self, source: Backend) -> None:
+        """Make this repository (the copy) with the primary's chunker parameters, so that
+        what is copied deduplicates as it did there. Raises BackendError."""
+        local = local_path(self.repository())
+        if local is not None:
+            local.parent.mkdir(parents=True, exist_ok=True)
+        self.run(["init", "--copy-chunker-params"], extra_env=from_env(source.env()), timeout=600)
 
     def store(self, staging: Path, spec: SnapshotSpec, timeout: float) -> StoreResult:
         started = time.monotonic()

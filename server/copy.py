@@ -1,0 +1,277 @@
+"""``pullback-server copy``: a second copy of every host's repository, proven.
+
+Per host: the snapshots of the primary repository (where pulls store) that its copy
+(``copy:``, ``hosts[].copy_repository``) lacks are copied with ``restic copy`` (only the
+data the copy lacks travels), then the copy's snapshot list is compared with the
+primary's: a snapshot the copy should hold and does not (it fell behind), a snapshot
+whose content differs from its original, or one the primary never had (it diverged), is
+a failure. The restore drill runs against the copy on its own interval
+(``copy.verify_every``). The outcome goes to status.json's ``copy`` entry of the host,
+which ``status``, the metrics and the status page show (docs/disaster-recovery.md).
+
+It runs under its own lock (one copy at a time), not the pull's: a first copy may take
+hours and must not hold the night's pulls back; restic's repository locks keep it apart
+from a prune.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..common.cli import print_json
+from ..common.clock import iso, parse_iso, utc_now
+from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, PullbackError
+from ..common.locks import FileLock
+from ..common.log import get_logger
+from ..common.outcome import Status
+from ..common.signals import SignalGuard
+from ..common.units import human_size
+from . import status_file
+from .backends import Backend, RepositoryMissing, Role, Snapshot, make_backend
+from .backends.base import local_path
+from .config import HostConfig, ServerConfig
+from .drill import DrillResult, drill
+from .host import HostContext, for_each_host
+
+log = get_logger("copy")
+COPY_LOCK = "pullback-copy.lock"
+NAMES_SHOWN = 5
+"""Snapshots a copy's problem names before it only counts the rest."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The copy's snapshot list against the primary's, after a copy."""
+
+    missing: list[str] = field(default_factory=list)
+    """Primary snapshots the copy should hold and does not (it fell behind)."""
+    diverged: list[str] = field(default_factory=list)
+    """Snapshots in both whose content differs (the copy's tree is not its original's)."""
+    foreign: list[str] = field(default_factory=list)
+    """Copy snapshots newer than the primary's newest that the primary never had."""
+
+    @property
+    def problems(self) -> list[str]:
+        """The comparison's findings in words (empty: the copy matches)."""
+        found = []
+        if self.missing:
+            found.append(f"the copy lacks {_some(self.missing)} of the primary (fell behind)")
+        if self.diverged:
+            found.append(f"content differs from the primary: {_some(self.diverged)}")
+        if self.foreign:
+            found.append(f"the copy holds snapshots the primary never had: {_some(self.foreign)}")
+        return found
+
+
+def _some(ids: list[str]) -> str:
+    shown = ", ".join(ids[:NAMES_SHOWN])
+    more = f" and {len(ids) - NAMES_SHOWN} more" if len(ids) > NAMES_SHOWN else ""
+    return f"{len(ids)} snapshot(s) ({shown}{more})"
+
+
+def _key(snapshot: Snapshot) -> tuple[str, str | None]:
+    """What a snapshot and its copy have in common: its time and archive stamp (restic
+    copy keeps both, and its tree)."""
+    return (iso(snapshot.time), snapshot.stamp)
+
+
+def to_copy(primary: Sequence[Snapshot], copy: Sequence[Snapshot]) -> list[Snapshot]:
+    """The primary's snapshots the copy lacks, newer than the copy's newest (older ones
+    it lacks were forgotten by the copy's own retention, or by the primary before a copy
+    ran: copying them again would undo the copy's policy)."""
+    held = {_key(s) for s in copy}
+    newest = max((s.time for s in copy), default=None)
+    return [s for s in primary if _key(s) not in held and (newest is None or s.time > newest)]
+
+
+def compare(
+    primary: Sequence[Snapshot], copy: Sequence[Snapshot], since: dt.datetime | None
+) -> Comparison:
+    """The copy after a copy against the primary: ``since`` is the copy's newest
+    snapshot before it (None: it was empty), so every primary snapshot after it must now
+    be there."""
+    held = {_key(s): s for s in copy}
+    originals = {_key(s): s for s in primary}
+    missing = [s.id for s in primary if _key(s) not in held and _after(s, since)]
+    diverged = [
+        held[key].id
+        for key, original in originals.items()
+        if key in held and _differ(original, held[key])
+    ]
+    newest = max((s.time for s in primary), default=None)
+    foreign = [s.id for s in copy if _key(s) not in originals and newest and s.time > newest]
+    return Comparison(missing, diverged, foreign)
+
+
+def _differ(original: Snapshot, copied: Snapshot) -> bool:
+    """Both trees are known and are not the same (restic copy keeps the tree)."""
+    return bool(original.tree and copied.tree) and original.tree != copied.tree
+
+
+def _after(snapshot: Snapshot, since: dt.datetime | None) -> bool:
+    """Taken after ``since`` (None: any time)."""
+    return since is None or snapshot.time > since
+
+
+@dataclass
+class CopyResult:
+    host: str
+    status: Status = Status.OK
+    """ok, failed, or skipped (no primary repository yet)."""
+    copied: int = 0
+    """Snapshots copied by this run."""
+    snapshots: int = 0
+    """Snapshots the copy holds of the host afterwards."""
+    newest: str | None = None
+    """The copy's newest snapshot's time (ISO), after the run."""
+    bytes_added: int | None = None
+    """Bytes the copy grew by (a local copy only)."""
+    problems: list[str] = field(default_factory=list)
+    drill: DrillResult | None = None
+    duration: float = 0.0
+
+    @property
+    def reason(self) -> str:
+        if self.problems:
+            return "; ".join(self.problems)
+        if self.status == Status.SKIPPED:
+            return "no primary repository yet: nothing to copy"
+        added = f", {human_size(self.bytes_added)} added" if self.bytes_added else ""
+        return f"copied {self.copied} snapshot(s){added}; the copy holds {self.snapshots}"
+
+    @property
+    def is_problem(self) -> bool:
+        return self.status == Status.FAILED
+
+
+class HostCopy:
+    """Copy one host's new snapshots, compare, and drill the copy when due; :meth:`run`
+    never raises (except Interrupted)."""
+
+    def __init__(self, ctx: HostContext, verify: bool | None):
+        self.ctx = ctx
+        self.verify = verify
+        """Drill the copy (True), not (False), or when due (None)."""
+        self.result = CopyResult(ctx.name)
+        config = ctx.config
+        self.primary: Backend = make_backend(
+            config.backend,
+            ctx.host,
+            config.state_dir,
+            ctx.runner,
+            config.maintenance.repository_lock_wait,
+            Role.PULL,
+        )
+
+    def run(self) -> CopyResult:
+        started = time.monotonic()
+        try:
+            self._copy()
+            if self.result.status == Status.OK:
+                self._drill()
+        except Interrupted:
+            raise
+        except RepositoryMissing:
+            self.result.status = Status.SKIPPED
+        except PullbackError as exc:
+            self.result.status = Status.FAILED
+            self.result.problems.append(str(exc))
+        finally:
+            self.result.duration = time.monotonic() - started
+        level = 40 if self.result.is_problem else 20
+        self.ctx.log.log(level, "copy: %s", self.result.reason)
+        return self.result
+
+    def _copy(self) -> None:
+        """Raises RepositoryMissing (no primary yet), PullbackError."""
+        self.primary.prepare(create=False)
+        copy = self.ctx.backend
+        try:
+            copy.prepare(create=False)
+        except RepositoryMissing:
+            self.ctx.log.info("making the copy %s", copy.repository())
+            copy.init_copy(self.primary)
+        primary, held = self.primary.snapshots(), copy.snapshots()
+        since = max((s.time for s in held), default=None)
+        todo = to_copy(primary, held)
+        if todo:
+            before = self._local_size()
+            copy.copy_from(self.primary, todo, self.ctx.config.backend.timeout)
+            held = copy.snapshots()
+            after = self._local_size()
+            if before is not None and after is not None:
+                self.result.bytes_added = max(0, after - before)
+        self.result.copied = len(todo)
+        self.result.snapshots = len(held)
+        self.result.newest = iso(max(s.time for s in held)) if held else None
+        self.result.problems += compare(primary, held, since).problems
+        if self.result.problems:
+            self.result.status = Status.FAILED
+
+    def _local_size(self) -> int | None:
+        path = local_path(self.ctx.backend.repository())
+        return self.ctx.backend.size() if path is not None and path.exists() else None
+
+    def _drill(self) -> None:
+        """The restore drill against the copy, when asked for or due."""
+        due = copy_drill_due(self.ctx.config, self.ctx.host, utc_now())
+        if not (due if self.verify is None else self.verify):
+            return
+        config = self.ctx.config
+        scratch = config.scratch_dir() / "copy"  # a maintain's drill may run beside it
+        maintenance = dataclasses.replace(config.maintenance, scratch_dir=scratch)
+        ctx = dataclasses.replace(
+            self.ctx, config=dataclasses.replace(config, maintenance=maintenance)
+        )
+        self.result.drill = drill(ctx)
+        if not self.result.drill.ok:
+            self.result.status = Status.FAILED
+            self.result.problems.append(f"drill of the copy: {self.result.drill.summary}")
+
+
+def copy_drill_due(config: ServerConfig, host: HostConfig, now: dt.datetime) -> bool:
+    """Whether the copy of ``host`` is due a drill (``copy.verify_every``)."""
+    entry = status_file.load_status(config.state_dir)["hosts"].get(host.name, {})
+    last = (entry.get("copy") or {}).get("verify_attempt")
+    every = config.backend.copy.verify_every if config.backend.copy else 0.0
+    return not last or (now - parse_iso(last)).total_seconds() >= every
+
+
+def copy(
+    config: ServerConfig, names: list[str] | None = None, verify: bool | None = None
+) -> tuple[int, list[CopyResult]]:
+    """Copy the hosts' new snapshots into their copies. Returns (exit code, results).
+    Raises PullbackError when no copy is configured, LockBusy when a copy runs."""
+    if config.backend.copy is None:
+        raise PullbackError(
+            f"{config.path} has no copy: section: nowhere to copy to (docs/disaster-recovery.md)"
+        )
+    hosts = config.select_hosts(names)
+    lock = FileLock(config.lock_dir / COPY_LOCK, purpose="pullback-server copy")
+    with lock.acquire(), SignalGuard():
+        results = for_each_host(config, hosts, lambda ctx: HostCopy(ctx, verify).run(), Role.COPY)
+        status_file.record_copies(config.state_dir, results)
+    failed = [r for r in results if r.is_problem]
+    return (EXIT_FAILED if failed else EXIT_OK), results
+
+
+def command(config: ServerConfig, args: argparse.Namespace) -> int:
+    """``pullback-server copy``: copy, then print a line per host (or JSON)."""
+    from .outputs import publish, record_problems
+
+    code, results = copy(config, args.host, args.verify)
+    _, unwritten = publish(config)
+    record_problems(config, unwritten)
+    code = code or (EXIT_FAILED if unwritten else EXIT_OK)
+    if args.json:
+        print_json({"exit_code": code, "hosts": results, "not_written": unwritten})
+        return code
+    for result in results:
+        drilled = f"; drill: {result.drill.summary}" if result.drill else ""
+        print(f"{result.host}: {result.status}: {result.reason}{drilled}")
+    return code

@@ -1,0 +1,126 @@
+"""The second copy (``pullback-server copy``, issue 20), with real restic: into a local
+directory and into an append-only REST store (``rclone serve restic --append-only``).
+Only what the copy lacks travels; the copy's list is compared with the primary's; a copy
+that diverged or fell behind is a problem in ``status``; the copy is drilled."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.fleet import Fleet
+from tests.helpers.rest_store import RestEndpoint
+
+pytestmark = pytest.mark.integration
+
+COPY_PASSWORD = "copy-Own-Password-71"
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    fleet = Fleet(tmp_path / "fleet")
+    yield fleet
+    fleet.stop()
+
+
+def restic(repo: str, password_file: Path, *args: str, check: bool = True):
+    env = {**os.environ, "RESTIC_REPOSITORY": repo, "RESTIC_PASSWORD_FILE": str(password_file)}
+    return subprocess.run(
+        ["restic", "--no-cache", *args], env=env, capture_output=True, text=True, check=check
+    )
+
+
+def snapshots(repo: str, password_file: Path) -> list[dict]:
+    return json.loads(restic(repo, password_file, "snapshots", "--json").stdout)
+
+
+def test_a_local_copy_takes_only_what_it_lacks_and_a_diverged_or_stale_copy_is_a_problem(
+    tmp_path, fleet
+):
+    web = fleet.add_host("web1")
+    copy_pass = tmp_path / "copy.pass"
+    copy_pass.write_text(COPY_PASSWORD + "\n")
+    copy_pass.chmod(0o600)
+    copies = tmp_path / "copies"
+    metrics = tmp_path / "metrics.prom"
+    fleet.write_config(
+        copy={"repository_root": str(copies), "password_file": str(copy_pass)},
+        metrics_file=str(metrics),
+    )
+
+    def server(*args: str, rc: int = 0) -> subprocess.CompletedProcess:
+        result = fleet.server(*args)
+        assert result.returncode == rc, result.stdout + result.stderr
+        return result
+
+    for day in range(2):
+        web.make_archive({"site/index.html": f"day {day}".encode(), "blob": os.urandom(200_000)})
+        server("pull")
+        time.sleep(1.1)
+    result = json.loads(server("copy", "--json").stdout)
+    (host,) = result["hosts"]
+    assert host["status"] == "ok" and host["copied"] == 2 and host["snapshots"] == 2, host
+    assert host["drill"]["ok"], "the first copy is drilled (never drilled before)"
+    copy_repo = str(copies / "web1")
+    primary = {s["tree"] for s in fleet.snapshots("web1")}
+    assert {s["tree"] for s in snapshots(copy_repo, copy_pass)} == primary
+    # the copy opens with its own password only
+    assert restic(copy_repo, fleet.password_file, "cat", "config", check=False).returncode != 0
+
+    # the next day: one snapshot travels, not the history
+    web.make_archive({"site/index.html": b"day 2"})
+    server("pull")
+    host = json.loads(server("copy", "--json").stdout)["hosts"][0]
+    assert host["copied"] == 1 and host["snapshots"] == 3, host
+    assert host["drill"] is None, "drilled again only when copy.verify_every is due"
+    table = server("status").stdout
+    assert "COPY" in table and "copied" in table and "ago, drilled" in table, table
+    assert 'pullback_copy_ok{host="web1"} 1' in metrics.read_text()
+
+    # a snapshot the primary never had appears in the copy: the copy diverged
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "x").write_text("not from the primary")
+    restic(copy_repo, copy_pass, "backup", "--host", "web1", "--tag", "pullback", str(planted))
+    result = server("copy", rc=1)
+    assert "holds snapshots the primary never had" in result.stdout, result.stdout
+    status = server("status", rc=1)
+    assert "web1: copy failed" in status.stderr, status.stderr
+    assert 'pullback_copy_ok{host="web1"} 0' in metrics.read_text()
+    restic(copy_repo, copy_pass, "forget", "latest", "--host", "web1", "--tag", "pullback")
+
+    # the copy falls behind its limit: stale, like a stale backup
+    server("copy")
+    fleet.write_config(
+        copy={"repository_root": str(copies), "password_file": str(copy_pass), "max_age": "2s"}
+    )
+    time.sleep(2.5)
+    status = server("status", rc=1)
+    assert "web1: copy stale" in status.stderr, status.stderr
+
+
+def test_a_copy_into_an_append_only_rest_store_is_made_and_drilled(tmp_path, fleet):
+    store_dir = tmp_path / "offsite"
+    store_dir.mkdir()
+    offsite = RestEndpoint(store_dir, append_only=True).start()
+    try:
+        web = fleet.add_host("web1")
+        fleet.write_config(copy={"repository_url": offsite.url("{host}")})
+        for day in range(2):
+            web.make_archive({"a.txt": f"{day}".encode() * 1000})
+            assert fleet.server("pull").returncode == 0
+            time.sleep(1.1)
+        result = fleet.server("copy", "--verify", "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        host = json.loads(result.stdout)["hosts"][0]
+        assert host["copied"] == 2 and host["drill"]["ok"], host
+        assert len(snapshots(offsite.url("web1"), fleet.password_file)) == 2
+        again = json.loads(fleet.server("copy", "--json").stdout)["hosts"][0]
+        assert again["copied"] == 0 and again["status"] == "ok", again
+    finally:
+        offsite.stop()

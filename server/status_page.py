@@ -30,6 +30,7 @@ def _render(
             when=shown(now),
             servers=servers,
             notes=notes,
+            copies=any(r.copy for r in found),
         )
     )
 

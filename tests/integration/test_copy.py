@@ -48,9 +48,11 @@ def test_a_local_copy_takes_only_what_it_lacks_and_a_diverged_or_stale_copy_is_a
     copy_pass.chmod(0o600)
     copies = tmp_path / "copies"
     metrics = tmp_path / "metrics.prom"
+    page = tmp_path / "status.html"
     fleet.write_config(
         copy={"repository_root": str(copies), "password_file": str(copy_pass)},
         metrics_file=str(metrics),
+        status_page=str(page),
     )
 
     def server(*args: str, rc: int = 0) -> subprocess.CompletedProcess:
@@ -81,6 +83,7 @@ def test_a_local_copy_takes_only_what_it_lacks_and_a_diverged_or_stale_copy_is_a
     table = server("status").stdout
     assert "COPY" in table and "copied" in table and "ago, drilled" in table, table
     assert 'pullback_copy_ok{host="web1"} 1' in metrics.read_text()
+    assert "<th>copy</th>" in page.read_text() and "ago, drilled" in page.read_text()
 
     # a snapshot the primary never had appears in the copy: the copy diverged
     planted = tmp_path / "planted"

@@ -172,6 +172,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="end the ransomware guard's hold on a host: forget by the policy again",
     )
     p.add_argument("hostname", metavar="HOST", help="a host name from server.yaml")
+    p = sub.add_parser(
+        "export-recovery",
+        parents=[parent],
+        help="write what a new server needs if this one is lost (docs/disaster-recovery.md)",
+        description="A tar file (mode 0600) with server.yaml, the clients' pinned host keys, "
+        "this server's public key, every host's repository locations and, with "
+        "--with-secrets, the password and location files encrypted with age to the "
+        "recipients in --recipient. Keep it away from this server.",
+    )
+    p.add_argument("--output", required=True, type=Path, metavar="FILE", help="the bundle")
+    p.add_argument(
+        "--with-secrets",
+        action="store_true",
+        help="add the repository passwords and location files, encrypted (needs --recipient)",
+    )
+    p.add_argument(
+        "--recipient",
+        type=Path,
+        metavar="FILE",
+        help="age recipients file (age1… or ssh-ed25519 public keys, one per line)",
+    )
     import_suite_parser(sub, parent, "server.yaml", "server_config.yml")
     return parser
 
@@ -189,6 +210,7 @@ ACTIONS = {
     "check": Action("check:command"),
     "trust": Action("trust:command"),
     "release": Action("release:command"),
+    "export-recovery": Action("export_recovery:command"),
 }
 
 

@@ -23,12 +23,14 @@ TOOL_MODULES = {
     "test_maintenance.py",
     "test_partial_snapshots.py",
     "test_ransomware_guard.py",
+    "test_remote_backends.py",
     "test_remote_repositories.py",
     "test_restore_fidelity.py",
 }
 """Integration modules whose subject is what external tools (restic, borg, rsync, rclone's
 REST server, the database engines) and the standard library do with pullback's files, not a Python
-library: marked ``tools`` and run once, on the current PyPI releases. The Debian pass
+library: marked ``tools`` and run once, on the current PyPI releases (test_remote_backends
+also needs moto's S3 server, a test dependency the Debian pass lacks). The Debian pass
 (Debian 12's paramiko, PyYAML, jsonschema, pluggy, Jinja2) runs every other module but
 ONCE_MODULES."""
 ONCE_MODULES = {

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ...common import secrets
 from ...common.backup_suite import SUITE_STAMP
 from ...common.clock import is_stamp
 from ...common.errors import CommandError, PullbackError
@@ -47,6 +49,10 @@ def selection_args(host: str, adopt: str | None = None) -> list[str]:
         return ["--host", host, "--tag", TAG]
     hosts = dict.fromkeys((host, adopt))
     return [*(a for h in hosts for a in ("--host", h)), "--tag", TAG, "--tag", adopt]
+
+
+CLOUD_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+"""Environment variables restic reads that hold a secret of a remote store."""
 
 
 def from_env(env: dict[str, str]) -> dict[str, str]:
@@ -181,13 +187,22 @@ class ResticBackend(RepositoryBackend):
     name = "restic"
     WRONG_PASSWORD = ("wrong password", "no key found")
     LOCKED = ("repository is already locked",)
-    MISSING = ("config: no such file", "<config/> does not exist", "repository not found")
+    MISSING = (
+        "config: no such file",  # a directory
+        "<config/> does not exist",  # REST
+        "open config file: Lstat: file does not exist",  # sftp
+        "open config file: Stat: The specified key does not exist",  # S3 (a missing bucket is not)
+        "repository not found",
+    )
     """Only what says the repository's config file is not there: restic asks "Is there a
     a repository at the following location?" after any failure to open it, a refused
     login (401) or a server that is down too, and those must not look like "none yet"."""
 
     def env(self) -> dict[str, str]:
         read_password(self.password_file)  # registered as a secret; refuses a bad file
+        # S3 credentials reach restic from the unit's environment (docs/scaling.md): masked
+        # wherever restic or an error could print them
+        secrets.register(*(os.environ.get(name, "") for name in CLOUD_SECRETS))
         location = self.location()
         where = (
             {"RESTIC_REPOSITORY_FILE": str(location.file)}

@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="end the ransomware guard's hold on a host: forget by the policy again",
     )
     p.add_argument("hostname", metavar="HOST", help="a host name from server.yaml")
+    p.add_argument("--copy", action="store_true", help="the hold on the host's second copy")
     p = sub.add_parser(
         "export-recovery",
         parents=[parent],

@@ -116,6 +116,8 @@ class CopyConfig:
     """Seconds the newest copied snapshot may be old before the copy is a problem."""
     verify_every: float
     """Seconds between restore drills of each host's copy."""
+    retention: dict | None = None
+    """The copies' own retention policy, applied by ``maintain`` (None: keep all)."""
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,7 @@ def _copy_config(copy: dict | None) -> CopyConfig | None:
         password_file=_path(copy.get("password_file")),
         max_age=parse_duration(copy["max_age"]),
         verify_every=parse_duration(copy["verify_every"]),
+        retention=dict(copy["retention"]) if "retention" in copy else None,
     )
 
 

@@ -36,6 +36,8 @@ class CopyView:
     """The copy's newest snapshot is older than ``copy.max_age``, or it holds none."""
     problem: str | None
     """Why the last copy failed (it fell behind, diverged, or could not run)."""
+    held: str | None = None
+    """Why the ransomware guard holds the copy's forget (None: it does not)."""
 
     @property
     def text(self) -> str:
@@ -48,6 +50,8 @@ class CopyView:
     @property
     def complaint(self) -> str | None:
         """Why the copy needs attention, or None."""
+        if self.held:
+            return f"copy's forget held by the ransomware guard: {self.held}"
         if self.problem:
             return f"copy failed: {self.problem}"
         if self.stale:
@@ -67,6 +71,7 @@ def copy_view(entry: dict, max_age: float, now: dt.datetime) -> CopyView:
         drilled_age=age(copy.get("verified"), now),
         stale=newest is None or newest > max_age,
         problem=str(copy.get("reason", "")) if failed else None,
+        held=str(hold.get("reason")) if isinstance(hold := copy.get("guard_hold"), dict) else None,
     )
 
 

@@ -8,6 +8,7 @@ pull), so the two never work on a repository at the same time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -57,6 +58,13 @@ class MaintainResult:
     ``older``, ``reason`` (kept in status.json until ``release``)."""
     judged: str | None = None
     """The snapshot the guard found normal: the next maintenance compares against it."""
+    scope: str = ""
+    """``""``: the host's repository; ``"copy"``: its second copy (``copy.retention``)."""
+
+    @property
+    def label(self) -> str:
+        """``web1``, or ``web1 (copy)`` for the maintenance of its second copy."""
+        return f"{self.host} ({self.scope})" if self.scope else self.host
 
     @property
     def reason(self) -> str:
@@ -96,6 +104,7 @@ class HostMaintenance:
         part: int,
         verify: bool | None = None,
         share: GroupShare | None = None,
+        scope: str = "",
     ):
         self.ctx = ctx
         self.part = part
@@ -104,7 +113,7 @@ class HostMaintenance:
         """Run the drill (True), skip it (False), or run it when due (None)."""
         self.share = share
         """The host's place in its group (None: the repository is its own)."""
-        self.result = MaintainResult(ctx.name)
+        self.result = MaintainResult(ctx.name, scope=scope)
         self._listed: list[Snapshot] | None = None
 
     def run(self) -> MaintainResult:
@@ -182,12 +191,14 @@ class HostMaintenance:
         much from the last one judged normal (one comparison covers every day since the
         last maintenance); returns what it found otherwise."""
         limits = self.ctx.config.maintenance.guard
-        entry = status_file.load_status(self.ctx.config.state_dir)["hosts"].get(self.ctx.name, {})
+        entry = status_file.guard_entry(
+            status_file.load_status(self.ctx.config.state_dir), self.ctx.name, self.result.scope
+        )
         hold = entry.get("guard_hold")
         if isinstance(hold, dict):
             raise PullbackError(
                 f"forget held since {hold.get('since')}: {hold.get('reason')}; release it "
-                f"with: pullback-server release {self.ctx.name}"
+                f"with: {self._release_command}"
             )
         if not limits.enabled:
             return "not run: maintenance.guard.enabled is false"
@@ -232,8 +243,13 @@ class HostMaintenance:
         }
         raise PullbackError(
             f"forget held: {reason}; every snapshot is kept. Once the change is understood, "
-            f"release it with: pullback-server release {self.ctx.name}"
+            f"release it with: {self._release_command}"
         )
+
+    @property
+    def _release_command(self) -> str:
+        copy = " --copy" if self.result.scope == "copy" else ""
+        return f"pullback-server release {self.ctx.name}{copy}"
 
     def forget(self) -> str:
         """Apply the retention policy, unless a snapshot is dated in the future: restic
@@ -271,7 +287,10 @@ class HostMaintenance:
         return human_size(self.result.repository_size)
 
     def drill(self) -> None:
-        """The restore drill, when asked for or due."""
+        """The restore drill, when asked for or due (a copy's: by ``copy``)."""
+        if self.result.scope == "copy":
+            self.skipped("drill", "the copy is drilled by pullback-server copy")
+            return
         due = drill_due(self.ctx.config, self.ctx.host, utc_now())
         if not (due if self.verify is None else self.verify):
             self.result.steps.append(Step("drill", True, "not due yet"))
@@ -302,20 +321,33 @@ def _units(hosts: list[HostConfig]) -> list[list[HostConfig]]:
     return list(units.values())
 
 
+@dataclass(frozen=True)
+class Pass:
+    """One walk of maintenance over the hosts: their repositories (through the
+    maintenance endpoint), or their second copies (by the copies' own retention)."""
+
+    role: Role
+    scope: str
+    """``""`` or ``"copy"`` (:attr:`MaintainResult.scope`)."""
+    verify: bool | None
+
+    def key(self, host: HostConfig) -> str:
+        """The name the repository's check rotation is kept under."""
+        return f"{self.scope}:{host.repository_key}" if self.scope else host.repository_key
+
+
 def _maintain_unit(
-    ctx: HostContext, members: list[HostConfig], part: int, verify: bool | None
+    ctx: HostContext, members: list[HostConfig], part: int, walk: Pass
 ) -> list[MaintainResult]:
     """Maintain a unit of :func:`_units` (``ctx`` is its first host's)."""
     if ctx.host.group is None:
-        return [HostMaintenance(ctx, part, verify).run()]
+        return [HostMaintenance(ctx, part, walk.verify, scope=walk.scope).run()]
     results: list[MaintainResult] = []
     forgotten = 0
     for index, member in enumerate(members):
-        here = (
-            ctx if index == 0 else HostContext.open(ctx.config, member, ctx.cancel, Role.MAINTAIN)
-        )
+        here = ctx if index == 0 else HostContext.open(ctx.config, member, ctx.cancel, walk.role)
         share = GroupShare(member.group or "", index == len(members) - 1, forgotten)
-        results.append(HostMaintenance(here, part, verify, share).run())
+        results.append(HostMaintenance(here, part, walk.verify, share, walk.scope).run())
         forgotten += results[-1].forgotten
     size = results[-1].repository_size  # one repository: every host shows its size
     for result in results:
@@ -324,13 +356,46 @@ def _maintain_unit(
 
 
 def _rotate(
-    rotation: dict, done: Iterable[tuple[HostConfig, MaintainResult]], parts: dict[str, int]
+    rotation: dict,
+    done: Iterable[tuple[HostConfig, MaintainResult]],
+    parts: dict[str, int],
+    walk: Pass,
 ) -> None:
-    """Record the part ``check`` read of each repository checked (``parts``: by the name
-    its repository goes by), so the next run reads the next one."""
+    """Record the part ``check`` read of each repository checked (``parts``: by
+    :meth:`Pass.key`), so the next run reads the next one."""
     for host, result in done:
         if any(s.name == "check" and s.ok for s in result.steps):
-            rotation.setdefault(host.repository_key, {})["check_part"] = parts[host.repository_key]
+            rotation.setdefault(walk.key(host), {})["check_part"] = parts[walk.key(host)]
+
+
+def _run_pass(
+    config: ServerConfig, hosts: list[HostConfig], walk: Pass, rotation: dict
+) -> list[MaintainResult]:
+    """Maintain ``hosts`` in one :class:`Pass`, ``parallel`` units at a time."""
+    parts = config.maintenance.check_subsets
+    units = {unit[0].name: unit for unit in _units(hosts)}
+    next_part = {
+        walk.key(h): rotation.get(walk.key(h), {}).get("check_part", 0) % parts + 1 for h in hosts
+    }
+    done = for_each_host(
+        config,
+        [unit[0] for unit in units.values()],
+        lambda ctx: _maintain_unit(ctx, units[ctx.name], next_part[walk.key(ctx.host)], walk),
+        walk.role,
+    )
+    results = [result for unit in done for result in unit]
+    hosts_done = [host for unit in units.values() for host in unit]
+    _rotate(rotation, zip(hosts_done, results, strict=True), next_part, walk)
+    return results
+
+
+def _copies(config: ServerConfig, hosts: list[HostConfig]) -> list[HostConfig]:
+    """The hosts as their copies' maintenance sees them (the copies' retention), or []
+    when no copy has a retention of its own (a copy keeps everything then)."""
+    copy = config.backend.copy
+    if copy is None or copy.retention is None:
+        return []
+    return [dataclasses.replace(h, retention=copy.retention) for h in hosts]
 
 
 def maintain(
@@ -341,23 +406,10 @@ def maintain(
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server maintain")
     with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
         rotation = _rotation(config)
-        parts = config.maintenance.check_subsets
-        units = {unit[0].name: unit for unit in _units(hosts)}
-        next_part = {
-            h.repository_key: rotation.get(h.repository_key, {}).get("check_part", 0) % parts + 1
-            for h in hosts
-        }
-        done = for_each_host(
-            config,
-            [unit[0] for unit in units.values()],
-            lambda ctx: _maintain_unit(
-                ctx, units[ctx.name], next_part[ctx.host.repository_key], verify
-            ),
-            Role.MAINTAIN,
-        )
-        results = [result for unit in done for result in unit]
-        hosts_done = [host for unit in units.values() for host in unit]
-        _rotate(rotation, zip(hosts_done, results, strict=True), next_part)
+        results = _run_pass(config, hosts, Pass(Role.MAINTAIN, "", verify), rotation)
+        copies = _copies(config, hosts)
+        if copies:
+            results += _run_pass(config, copies, Pass(Role.COPY, "copy", False), rotation)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(config.state_dir / ROTATION_FILE, json.dumps(rotation, indent=2) + "\n")
         status_file.record_maintenance(config.state_dir, results)

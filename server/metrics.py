@@ -114,6 +114,11 @@ def _copy_metrics(m: Metrics, config: ServerConfig, status: dict, now: dt.dateti
     drilled = g(
         "pullback_copy_verified_timestamp_seconds", "When a restore drill last proved the copy."
     )
+    held = g(
+        "pullback_copy_forget_held",
+        "1 while the ransomware guard holds forget and prune on the host's copy "
+        "(pullback-server release HOST --copy ends it).",
+    )
     limit = config.backend.copy.max_age if config.backend.copy else 0.0
     for host in config.hosts:
         entry = status.get("hosts", {}).get(host.name, {}).get("copy") or {}
@@ -125,6 +130,7 @@ def _copy_metrics(m: Metrics, config: ServerConfig, status: dict, now: dt.dateti
         when = _ts(entry.get("newest"))
         stale.add(when is None or now.timestamp() - when > limit, **labels)
         drilled.add(_ts(entry.get("verified")), **labels)
+        held.add(isinstance(entry.get("guard_hold"), dict), **labels)
 
 
 def write(config: ServerConfig, status: dict) -> None:

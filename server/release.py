@@ -1,4 +1,5 @@
-"""``pullback-server release HOST``: end the ransomware guard's hold on a host.
+"""``pullback-server release HOST [--copy]``: end the ransomware guard's hold on a host
+(or on its second copy).
 
 The guard (:mod:`.guard`) held forget and prune because the host's newest snapshot
 changed too much from the last one judged normal. Releasing accepts the held snapshot:
@@ -21,14 +22,16 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     """Release the hold; print what was released (or that there was none: exit 0 all the
     same, so that a script may release twice). Raises UsageError for an unknown host."""
     host = config.host(args.hostname)
+    scope = "copy" if getattr(args, "copy", False) else ""
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server release")
     with lock.acquire(wait=config.maintenance.wait_for_pull):  # pulls rewrite status.json
-        hold = status_file.release_hold(config.state_dir, host.name)
+        hold = status_file.release_hold(config.state_dir, host.name, scope)
+    name = f"{host.name}'s copy" if scope else host.name
     if hold is None:
-        print(f"{host.name}: forget is not held; nothing to release")
+        print(f"{name}: forget is not held; nothing to release")
         return EXIT_OK
     print(
-        f"{host.name}: released the hold of {hold.get('since')} ({hold.get('reason')}); "
+        f"{name}: released the hold of {hold.get('since')} ({hold.get('reason')}); "
         "the next maintain forgets by the retention policy again"
     )
     return EXIT_OK

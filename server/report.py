@@ -121,7 +121,7 @@ def send_maintenance(email: EmailConfig | None, results) -> bool:
     """Mail the maintenance report by the same ``send`` policy as the pull summary."""
     if email is None or not results or not should_send(email.send, results):
         return False
-    failed = [r.host for r in results if r.status == Status.FAILED]
+    failed = [r.label for r in results if r.status == Status.FAILED]
     text = (
         f"maintenance FAILED on {len(failed)} of {len(results)} hosts: {', '.join(failed)}"
         if failed

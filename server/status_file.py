@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from ..common.clock import iso, utc_now
 from ..common.fsutil import atomic_write
+from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.outcome import Status
 from .fleet_view import HostState
@@ -17,6 +19,7 @@ from .results import HostResult
 log = get_logger("status")
 
 STATUS_FILE = "status.json"
+STATUS_LOCK = "status.lock"
 HISTORY = 30
 KEPT_WARNINGS = 25
 
@@ -53,62 +56,63 @@ def record(
     ``max_ages``: every host server.yaml lists and its ``max_age`` in seconds, recorded as
     ``configured`` so that another server's ``status --merge`` shows just those hosts and
     judges each by its own ``max_age`` (None: the recorded ones are kept)."""
-    status = load_status(state_dir)
-    if max_ages is not None:
-        status["configured"] = {name: {"max_age": max_ages[name]} for name in sorted(max_ages)}
-    now = iso(utc_now())
-    for result in results:
-        entry = status["hosts"].setdefault(result.host, {})
-        if result.fresh:
-            # a quiet skip: the host is fine; only say when it was last looked at
-            entry["last_checked"] = result.started or now
-            if result.newest_snapshot:  # the repository's word: corrects an older record
-                entry["newest_snapshot"] = result.newest_snapshot
-            continue
-        entry.update(
-            {
-                "last_attempt": result.started or now,
-                "last_result": result.status,
-                "reason": result.reason,
-                "problem": result.is_problem,
-                "duration": round(result.duration, 3),
-                "snapshots": result.snapshot_count,
-                "stale": result.stale,
-                "warnings": result.warnings[:KEPT_WARNINGS],
-            }
-        )
-        entry.update(_known_facts(result))
-        _count_checksum_failure(entry, result)
-        if result.status == Status.STORED:
+    with _locked(state_dir):
+        status = load_status(state_dir)
+        if max_ages is not None:
+            status["configured"] = {name: {"max_age": max_ages[name]} for name in sorted(max_ages)}
+        now = iso(utc_now())
+        for result in results:
+            entry = status["hosts"].setdefault(result.host, {})
+            if result.fresh:
+                # a quiet skip: the host is fine; only say when it was last looked at
+                entry["last_checked"] = result.started or now
+                if result.newest_snapshot:  # the repository's word: corrects an older record
+                    entry["newest_snapshot"] = result.newest_snapshot
+                continue
             entry.update(
                 {
-                    "last_success": result.started or now,
-                    "archive": result.archive,
-                    "stamp": result.stamp,
-                    "size": result.size,
-                    "content_bytes": result.content_bytes,
-                    "bytes_added": result.bytes_added,
-                    "fetched_bytes": result.fetched_bytes,
-                    "delta": result.delta,
-                    "archives_applied": result.applied,
-                    "fell_back": result.fell_back,
-                    "snapshot_id": result.snapshot_id,
-                    "failed_services": result.client_failed_services,
+                    "last_attempt": result.started or now,
+                    "last_result": result.status,
+                    "reason": result.reason,
+                    "problem": result.is_problem,
+                    "duration": round(result.duration, 3),
+                    "snapshots": result.snapshot_count,
+                    "stale": result.stale,
+                    "warnings": result.warnings[:KEPT_WARNINGS],
                 }
             )
-        elif result.status != Status.FAILED:
-            entry["last_success"] = result.started or now
-        entry.setdefault("history", []).append(
-            {
-                "time": result.started or now,
-                "result": Status.FAILED
-                if result.status == Status.FAILED
-                else (HostState.ATTENTION if result.is_problem else result.status),
-                "repository_bytes": entry.get("repository_bytes"),
-            }
-        )
-        entry["history"] = entry["history"][-HISTORY:]
-    return _save(state_dir, status)
+            entry.update(_known_facts(result))
+            _count_checksum_failure(entry, result)
+            if result.status == Status.STORED:
+                entry.update(
+                    {
+                        "last_success": result.started or now,
+                        "archive": result.archive,
+                        "stamp": result.stamp,
+                        "size": result.size,
+                        "content_bytes": result.content_bytes,
+                        "bytes_added": result.bytes_added,
+                        "fetched_bytes": result.fetched_bytes,
+                        "delta": result.delta,
+                        "archives_applied": result.applied,
+                        "fell_back": result.fell_back,
+                        "snapshot_id": result.snapshot_id,
+                        "failed_services": result.client_failed_services,
+                    }
+                )
+            elif result.status != Status.FAILED:
+                entry["last_success"] = result.started or now
+            entry.setdefault("history", []).append(
+                {
+                    "time": result.started or now,
+                    "result": Status.FAILED
+                    if result.status == Status.FAILED
+                    else (HostState.ATTENTION if result.is_problem else result.status),
+                    "repository_bytes": entry.get("repository_bytes"),
+                }
+            )
+            entry["history"] = entry["history"][-HISTORY:]
+        return _save(state_dir, status)
 
 
 CHECKSUM_FAILURES_KEPT = 10
@@ -153,6 +157,14 @@ def server_name() -> str:
     return socket.gethostname()
 
 
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """Hold ``status.lock`` while a writer reads, changes and saves the status file: a
+    copy (its own lock) may record beside a pull or maintenance (the instance lock)."""
+    with FileLock(state_dir / STATUS_LOCK, "status.json").acquire(wait=300):
+        yield
+
+
 def _save(state_dir: Path, status: dict) -> dict:
     status["updated"] = iso(utc_now())
     status["server"] = server_name()
@@ -178,80 +190,94 @@ def _record_drill(entry: dict, drill, now: str) -> None:
 
 def record_drills(state_dir: Path, drills) -> dict:
     """Record restore drills (``pullback-server verify``)."""
-    status = load_status(state_dir)
-    now = iso(utc_now())
-    for drill in drills:
-        _record_drill(status["hosts"].setdefault(drill.host, {}), drill, now)
-    return _save(state_dir, status)
+    with _locked(state_dir):
+        status = load_status(state_dir)
+        now = iso(utc_now())
+        for drill in drills:
+            _record_drill(status["hosts"].setdefault(drill.host, {}), drill, now)
+        return _save(state_dir, status)
+
+
+def guard_entry(status: dict, host: str, scope: str = "") -> dict:
+    """Where the ransomware guard's state of ``host`` is kept: its entry, or for its
+    second copy (``scope`` ``"copy"``) the entry's ``copy`` part (created as needed when
+    the status is saved afterwards)."""
+    entry = status["hosts"].setdefault(host, {})
+    return entry.setdefault("copy", {}) if scope == "copy" else entry
 
 
 def record_maintenance(state_dir: Path, results) -> dict:
-    """Record maintenance runs: their result, the repository size, a drill if one ran."""
-    status = load_status(state_dir)
-    now = iso(utc_now())
-    for result in results:
-        entry = status["hosts"].setdefault(result.host, {})
-        entry["last_maintained"] = now
-        entry["maintain_result"] = result.status
-        entry["maintain_reason"] = result.reason
-        if result.repository_size is not None:
-            entry["repository_bytes"] = result.repository_size
-        if result.drill is not None:
-            _record_drill(entry, result.drill, now)
-        if result.hold is not None:
-            entry["guard_hold"] = result.hold
-        if result.judged is not None:
-            entry["guard_judged"] = result.judged
-    return _save(state_dir, status)
+    """Record maintenance runs: their result, the repository size, a drill if one ran
+    (a second copy's run in the host's ``copy`` part)."""
+    with _locked(state_dir):
+        status = load_status(state_dir)
+        now = iso(utc_now())
+        for result in results:
+            entry = guard_entry(status, result.host, getattr(result, "scope", ""))
+            entry["last_maintained"] = now
+            entry["maintain_result"] = result.status
+            entry["maintain_reason"] = result.reason
+            if result.repository_size is not None:
+                entry["repository_bytes"] = result.repository_size
+            if result.drill is not None:
+                _record_drill(entry, result.drill, now)
+            if result.hold is not None:
+                entry["guard_hold"] = result.hold
+            if result.judged is not None:
+                entry["guard_judged"] = result.judged
+        return _save(state_dir, status)
 
 
 def record_copies(state_dir: Path, results) -> dict:
     """Record copy runs (``pullback-server copy``) in each host's ``copy`` entry: the
     attempt, its result and reason, what the copy holds, when it last succeeded, and
     its drill (``verify_*``) when one ran."""
-    status = load_status(state_dir)
-    now = iso(utc_now())
-    for result in results:
-        host = status["hosts"].setdefault(result.host, {})
-        entry = host.setdefault("copy", {})
-        entry.update(attempt=now, result=result.status, reason=result.reason)
-        if result.status != Status.SKIPPED:
-            entry.update(snapshots=result.snapshots, newest=result.newest)
-        if result.status == Status.OK:
-            entry["copied"] = now
-        if result.drill is not None:
-            entry["verify_attempt"] = now
-            entry["verify_result"] = Status.OK if result.drill.ok else Status.FAILED
-            entry["verify_summary"] = result.drill.summary
-            if result.drill.ok:
-                entry["verified"] = now
-    return _save(state_dir, status)
+    with _locked(state_dir):
+        status = load_status(state_dir)
+        now = iso(utc_now())
+        for result in results:
+            host = status["hosts"].setdefault(result.host, {})
+            entry = host.setdefault("copy", {})
+            entry.update(attempt=now, result=result.status, reason=result.reason)
+            if result.status != Status.SKIPPED:
+                entry.update(snapshots=result.snapshots, newest=result.newest)
+            if result.status == Status.OK:
+                entry["copied"] = now
+            if result.drill is not None:
+                entry["verify_attempt"] = now
+                entry["verify_result"] = Status.OK if result.drill.ok else Status.FAILED
+                entry["verify_summary"] = result.drill.summary
+                if result.drill.ok:
+                    entry["verified"] = now
+        return _save(state_dir, status)
 
 
-def release_hold(state_dir: Path, host: str) -> dict | None:
-    """End the ransomware guard's hold on ``host``: its snapshot is accepted, and the next
-    maintenance compares the newest snapshot against it. Returns the hold that was ended,
-    or None when there was none."""
-    status = load_status(state_dir)
-    entry = status["hosts"].get(host, {})
-    hold = entry.pop("guard_hold", None)
-    if not isinstance(hold, dict):
-        return None
-    entry["guard_judged"] = hold.get("snapshot")  # the next comparison starts from it
-    entry["guard_released"] = {"snapshot": hold.get("snapshot"), "time": iso(utc_now())}
-    _save(state_dir, status)
-    return hold
+def release_hold(state_dir: Path, host: str, scope: str = "") -> dict | None:
+    """End the ransomware guard's hold on ``host`` (its second copy's: ``scope``
+    ``"copy"``): its snapshot is accepted, and the next maintenance compares the newest
+    snapshot against it. Returns the hold that was ended, or None when there was none."""
+    with _locked(state_dir):
+        status = load_status(state_dir)
+        entry = guard_entry(status, host, scope)
+        hold = entry.pop("guard_hold", None)
+        if not isinstance(hold, dict):
+            return None
+        entry["guard_judged"] = hold.get("snapshot")  # the next comparison starts from it
+        entry["guard_released"] = {"snapshot": hold.get("snapshot"), "time": iso(utc_now())}
+        _save(state_dir, status)
+        return hold
 
 
 def record_outputs(state_dir: Path, problems: list[str]) -> dict:
     """Record which configured outputs (metrics file, status page, mail, pings) the last
     run could not write or deliver; an empty list clears it."""
-    status = load_status(state_dir)
-    if problems:
-        status["outputs"] = {"time": iso(utc_now()), "problems": problems[:KEPT_WARNINGS]}
-    else:
-        status.pop("outputs", None)
-    return _save(state_dir, status)
+    with _locked(state_dir):
+        status = load_status(state_dir)
+        if problems:
+            status["outputs"] = {"time": iso(utc_now()), "problems": problems[:KEPT_WARNINGS]}
+        else:
+            status.pop("outputs", None)
+        return _save(state_dir, status)
 
 
 def output_problems(status: dict) -> list[str]:

@@ -127,3 +127,52 @@ def test_a_copy_into_an_append_only_rest_store_is_made_and_drilled(tmp_path, fle
         assert again["copied"] == 0 and again["status"] == "ok", again
     finally:
         offsite.stop()
+
+
+def test_the_copys_own_retention_is_applied_by_maintain_and_guarded(tmp_path, fleet):
+    """``copy.retention`` (here shorter than the primary's, to see it act) is applied by
+    ``maintain``, not by ``copy``; a day that looks encrypted holds the copy's forget as it
+    holds the primary's, until ``release HOST --copy``."""
+    web = fleet.add_host("web1")
+    copies = tmp_path / "copies"
+    fleet.write_config(
+        copy={"repository_root": str(copies), "retention": {"keep_last": 1}},
+        retention={"keep_last": 5},
+        maintenance={"guard": {"min_files": 5, "min_bytes": "1"}},
+    )
+    files = {f"data/f{i}.txt": f"file {i} ".encode() * 500 for i in range(20)}
+
+    def day(changed: dict[str, bytes]) -> None:
+        files.update(changed)
+        web.make_archive(files)
+        assert fleet.server("pull").returncode == 0
+        result = fleet.server("copy", "--no-verify")
+        assert result.returncode == 0, result.stdout + result.stderr
+        time.sleep(1.1)
+
+    def copy_count() -> int:
+        return len(snapshots(str(copies / "web1"), fleet.password_file))
+
+    day({})
+    day({"data/f0.txt": b"an ordinary day"})
+    result = fleet.server("copy", "--json")  # nothing new: retention is not copy's business
+    assert copy_count() == 2, result.stdout
+    maintained = json.loads(fleet.server("maintain", "--json").stdout)
+    copy_run = next(h for h in maintained["hosts"] if h["scope"] == "copy")
+    forget = next(s for s in copy_run["steps"] if s["name"] == "forget")
+    assert forget["detail"].startswith("kept 1 snapshot(s), forgot 1"), copy_run
+    assert copy_count() == 1 and len(fleet.snapshots("web1")) == 2
+
+    # every file rewritten with random bytes: both forgets are held
+    day({name: os.urandom(len(data)) for name, data in files.items()})
+    result = fleet.server("maintain")
+    assert result.returncode == 1
+    assert "release web1 --copy" in result.stderr + result.stdout, result.stderr
+    assert copy_count() == 2, "the held copy keeps every snapshot"
+    status = fleet.server("status")
+    assert "web1: copy's forget held by the ransomware guard" in status.stderr, status.stderr
+    released = fleet.server("release", "web1", "--copy")
+    assert "web1's copy: released the hold" in released.stdout, released.stdout
+    result = fleet.server("maintain")
+    assert result.returncode == 1, "the primary's hold stays until it is released too"
+    assert copy_count() == 1, "the released copy forgets by its own policy again"

@@ -271,7 +271,8 @@ def _borg_problems(doc, data: dict) -> list:
 
 
 def _copy_problems(doc, data: dict) -> list:
-    """A copy section that says nowhere to copy to, or a copy asked of borg."""
+    """A copy section that says nowhere to copy to, a host's copy without a section, or
+    what a borg copy cannot have."""
     copy = data.get("copy")
     hosts_copy = [
         i
@@ -285,13 +286,8 @@ def _copy_problems(doc, data: dict) -> list:
                 doc.problem(("hosts", index), "a copy repository without a copy: section")
             )
         return problems
-    if data["backend"]["type"] != "restic":
-        problems.append(
-            doc.problem(
-                ("copy",),
-                "restic only for now (backend.type: restic); borg: docs/disaster-recovery.md",
-            )
-        )
+    if data["backend"]["type"] == "borg":
+        problems += _borg_copy_problems(doc, data)
     if "repository_root" not in copy and "repository_url" not in copy:
         problems.append(
             doc.problem(("copy",), "give repository_root or repository_url (where the copies go)")
@@ -300,6 +296,22 @@ def _copy_problems(doc, data: dict) -> list:
         if "copy_repository" in host and "copy_repository_file" in host:
             message = "give either copy_repository or copy_repository_file, not both"
             problems.append(doc.problem(("hosts", index, "copy_repository_file"), message))
+    return problems
+
+
+def _borg_copy_problems(doc, data: dict) -> list:
+    """What a borg copy (a mirror of the primary's directory) cannot have: a password or
+    a retention of its own."""
+    problems = []
+    copy = data["copy"]
+    for key in ("password_file", "retention"):
+        if key in copy:
+            message = f"a borg copy mirrors its primary (same key and archives): drop {key}"
+            problems.append(doc.problem(("copy", key), message))
+    for index, host in enumerate(data["hosts"]):
+        if "copy_password_file" in host:
+            message = "a borg copy mirrors its primary (same key): drop copy_password_file"
+            problems.append(doc.problem(("hosts", index, "copy_password_file"), message))
     return problems
 
 

@@ -191,12 +191,14 @@ class HostCopy:
         """Raises RepositoryMissing (no primary yet), PullbackError."""
         self.primary.prepare(create=False)
         copy = self.ctx.backend
+        made = False
         try:
             copy.prepare(create=False)
         except RepositoryMissing:
             self.ctx.log.info("making the copy %s", copy.repository())
-            copy.init_copy(self.primary)
-        primary, held = self.primary.snapshots(), copy.snapshots()
+            copy.init_copy(self.primary)  # (borg's copy is made by the mirror itself)
+            made = True
+        primary, held = self.primary.snapshots(), [] if made else copy.snapshots()
         since = max((s.time for s in held), default=None)
         todo = to_copy(primary, held)
         if todo:

@@ -21,9 +21,9 @@ from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
 from ..retention import select
 from . import Backend, Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
-from .base import RepositoryBackend
+from .base import RepositoryBackend, local_path
 from .errors import BackendError, IncompleteStore
-from .location import read_location_file
+from .location import Role, read_location_file
 
 DELETE_BATCH = 50
 PARTIAL = "partial; failed: "
@@ -127,15 +127,34 @@ def count_diff(lines) -> tuple[int, int, int]:
     return changed, removed, lost
 
 
+def mirror_args(source: Path, target: str, rsync_options: Sequence[str] = ()) -> list[str]:
+    """``borg with-lock`` on the primary ``source`` around ``rsync -a --delete`` of its
+    directory into ``target`` (a path, or ``user@host:/path``): the copy is the
+    primary's twin, taken while no borg process writes it."""
+    # not the lock with-lock holds: the copy would look locked by a process that is gone
+    locks = ["--exclude", "/lock.exclusive", "--exclude", "/lock.roster"]
+    rsync = ["rsync", "-a", "--delete", *locks, *rsync_options, f"{source}/", f"{target}/"]
+    return ["with-lock", str(source), *rsync]
+
+
+def rsync_target(location: str) -> tuple[str, list[str]]:
+    """Where rsync writes a borg copy, and its options: a path as it is,
+    ``ssh://user@host:port/path`` as ``user@host:/path`` with ``-e "ssh -p port"``.
+    Raises BackendError for anything else."""
+    if location.startswith("/"):
+        return location, []
+    match = re.fullmatch(r"ssh://(?P<who>[^/:]+)(?::(?P<port>\d+))?(?P<path>/.*)", location)
+    if match is None:
+        raise BackendError(f"a borg copy goes to a path or an ssh:// location, not {location}")
+    return f"{match['who']}:{match['path']}", ["-e", f"ssh -p {match['port'] or 22}"]
+
+
 def extract_args(name: str, includes: list[str]) -> list[str]:
     """Extract (part of) an archive into the current directory, holes as holes."""
     return ["extract", "--sparse", f"::{name}", *includes]
 
 
 # -- the backend ----------------------------------------------------------------------------
-
-
-COPY_RESTIC_ONLY = "a second copy is made for restic repositories only (docs/disaster-recovery.md)"
 
 
 class BorgBackend(RepositoryBackend):
@@ -154,10 +173,13 @@ class BorgBackend(RepositoryBackend):
         repository = location.value
         if location.file is not None:  # borg has no BORG_REPO file: the line, by environment
             repository = read_location_file(location.file)
+        base = "borg-copy" if self.role is Role.COPY else "borg"
         return {
             "BORG_REPO": str(repository),
             "BORG_PASSCOMMAND": f"head -n 1 {shlex.quote(str(self.password_file))}",
-            "BORG_BASE_DIR": str(self.state_dir / "cache" / "borg"),
+            # a copy is the primary's twin (same repository id): its own cache and
+            # security records, so neither takes the other for a relocated repository
+            "BORG_BASE_DIR": str(self.state_dir / "cache" / base),
             "BORG_RELOCATED_REPO_ACCESS_IS_OK": "no",
             "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "no",
             # locks of dead processes on this host are stale and removed by borg itself
@@ -248,12 +270,28 @@ class BorgBackend(RepositoryBackend):
         )
 
     def copy_from(self, source: Backend, snapshots: Sequence[Snapshot], timeout: float) -> None:
-        """Not offered for borg yet (the configuration refuses ``copy:`` with borg)."""
-        raise BackendError(COPY_RESTIC_ONLY)
+        """borg 1.2 copies no archives between repositories (``export-tar | import-tar``
+        would lose xattrs and ACLs): the nearest that keeps deduplication is a mirror of
+        the primary's directory (:func:`mirror_args`), so the copy has the primary's key,
+        password, archives and retention. Raises BackendError."""
+        primary = local_path(source.repository())
+        if primary is None or not isinstance(source, RepositoryBackend):
+            raise BackendError(
+                f"a borg copy mirrors a repository on this machine; {source.repository()} "
+                "is not one"
+            )
+        target, options = rsync_target(str(self.location().value))
+        args = with_lock_wait(mirror_args(primary, target, options), self.lock_wait)
+        try:
+            source.run_tool(args, stdout="/dev/null", timeout=timeout)
+        except CommandError as exc:
+            raise self.explain(exc) from None
 
     def init_copy(self, source: Backend) -> None:
-        """Not offered for borg yet (see :meth:`copy_from`)."""
-        raise BackendError(COPY_RESTIC_ONLY)
+        """Only the directory above it: the mirror brings the repository (and its key)."""
+        local = local_path(self.repository())
+        if local is not None:
+            local.parent.mkdir(parents=True, exist_ok=True)
 
     def changes(self, older: Snapshot, newer: Snapshot) -> Change:
         """``borg diff`` of the two archives, and their sizes (``borg info``). Raises

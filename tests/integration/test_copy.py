@@ -176,3 +176,40 @@ def test_the_copys_own_retention_is_applied_by_maintain_and_guarded(tmp_path, fl
     result = fleet.server("maintain")
     assert result.returncode == 1, "the primary's hold stays until it is released too"
     assert copy_count() == 1, "the released copy forgets by its own policy again"
+
+
+def test_a_borg_copy_is_a_mirror_taken_under_the_primarys_lock_and_drilled(tmp_path):
+    """borg 1.2 copies no archives between repositories: the copy is the primary's
+    directory mirrored under ``borg with-lock`` (deduplication kept: it is the same
+    repository), listed and compared like restic's, and drilled."""
+    fleet = Fleet(tmp_path / "fleet", backend="borg")
+    try:
+        web = fleet.add_host("web1")
+        copies = tmp_path / "copies"
+        bad = fleet.write_config(
+            copy={"repository_root": str(copies), "retention": {"keep_last": 1}}
+        )
+        refused = fleet.server("copy")
+        assert refused.returncode == 2 and "drop retention" in refused.stderr, refused.stderr
+        assert str(bad) in refused.stderr
+        fleet.write_config(copy={"repository_root": str(copies)})
+        for day in range(2):
+            web.make_archive({"a.txt": f"day {day}".encode() * 1000})
+            assert fleet.server("pull").returncode == 0
+            time.sleep(1.1)
+        result = fleet.server("copy", "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        host = json.loads(result.stdout)["hosts"][0]
+        assert host["copied"] == 2 and host["snapshots"] == 2 and host["drill"]["ok"], host
+        env = {**fleet.repo_env("web1"), "BORG_REPO": str(copies / "web1")}
+        env["BORG_BASE_DIR"] = str(tmp_path / "borg-look")
+        listed = subprocess.run(
+            ["borg", "list", "--short"], env=env, capture_output=True, text=True, check=True
+        )
+        assert len(listed.stdout.split()) == 2, listed.stdout
+        web.make_archive({"a.txt": b"day 2"})
+        assert fleet.server("pull").returncode == 0
+        again = json.loads(fleet.server("copy", "--json").stdout)["hosts"][0]
+        assert again["copied"] == 1 and again["snapshots"] == 3, again
+    finally:
+        fleet.stop()

@@ -80,3 +80,22 @@ def test_a_copy_without_a_place_or_a_host_copy_without_a_section_is_refused(tmp_
     with pytest.raises(ConfigError) as caught:
         load_server_config(write(tmp_path, "hosts: [{name: web1, copy_repository: /x}]\n"))
     assert "without a copy: section" in str(caught.value.problems[0])
+
+
+def test_a_borg_copy_is_a_mirror_of_the_primary_without_its_lock():
+    from pathlib import Path
+
+    from pullback.server.backends.borg import mirror_args, rsync_target
+    from pullback.server.backends.errors import BackendError
+
+    args = mirror_args(Path("/srv/repos/web1"), "/mnt/copy/web1")
+    assert args[:3] == ["with-lock", "/srv/repos/web1", "rsync"]
+    assert args[-2:] == ["/srv/repos/web1/", "/mnt/copy/web1/"]
+    assert "--delete" in args and "/lock.exclusive" in args and "/lock.roster" in args
+    assert rsync_target("/mnt/copy/web1") == ("/mnt/copy/web1", [])
+    assert rsync_target("ssh://backup@store:2222/srv/borg/web1") == (
+        "backup@store:/srv/borg/web1",
+        ["-e", "ssh -p 2222"],
+    )
+    with pytest.raises(BackendError, match="a path or an ssh:// location"):
+        rsync_target("rest:http://store/web1")

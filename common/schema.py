@@ -26,6 +26,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .secrets import mask_url_password
 from .units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
 from .yamlfile import KeyPath, Problem, YamlDocument
 
@@ -89,7 +90,7 @@ def _type_of(value: Any) -> str:
 def _shown(value: Any, secret: bool) -> str:
     if secret:
         return "(a secret value, not shown)"
-    text = repr(value)
+    text = repr(mask_url_password(value) if isinstance(value, str) else value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

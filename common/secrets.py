@@ -7,6 +7,7 @@ command runner masks the command lines it logs and the output tails it raises wi
 from __future__ import annotations
 
 import os
+import re
 import stat
 import threading
 from pathlib import Path
@@ -46,6 +47,10 @@ class SecretFileError(PullbackError):
     """A file holding a secret is missing, empty, unreadable or readable by others."""
 
 
+MAX_SECRET_FILE = 64 << 10
+"""Bytes of a secret file read: its first line is all that is used."""
+
+
 def read_secret_file(path: str | os.PathLike, what: str = "password file") -> str:
     """The first line of a file holding a secret (a password, a token), registered so
     that it is masked from then on.
@@ -57,12 +62,15 @@ def read_secret_file(path: str | os.PathLike, what: str = "password file") -> st
     path = Path(path)
     try:
         mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):  # a FIFO or a device would hang or flood the reader
+            raise SecretFileError(f"the {what} {path} is not a regular file")
         if mode & 0o077:
             raise SecretFileError(
                 f"the {what} {path} is readable by others (mode {stat.S_IMODE(mode):04o}); "
                 f"run: chmod 600 {path}"
             )
-        lines = path.read_text().splitlines()
+        with path.open("rb") as file:  # one line is wanted: a huge file is not read whole
+            lines = file.read(MAX_SECRET_FILE).decode().splitlines()
     except FileNotFoundError:
         raise SecretFileError(f"the {what} {path} does not exist") from None
     except (PermissionError, IsADirectoryError):
@@ -79,3 +87,28 @@ def forget_all() -> None:
     """Drop every registered secret (tests use this between cases)."""
     with _lock:
         _secrets.clear()
+
+
+_USERINFO = re.compile(
+    r"^(?P<head>(?:[a-z0-9]+:)?[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/:]*):(?P<password>.*)@"
+)
+"""A URL's ``scheme://user:password@``, with restic's ``rest:`` prefix before it. The
+user may hold ``@`` (``backup@corp``: restic reads the user information to the last
+``@``), and so may the password, which runs to the last ``@``: one written raw may hold
+``/`` or ``@`` (restic cannot parse it then, and prints the line back: the whole password
+must be known to mask it)."""
+
+
+def mask_url_password(location: str) -> str:
+    """``location`` (a repository URL) with the password of its ``user:password@``
+    replaced by ``***``; each line of a value that holds several."""
+    return "\n".join(
+        _USERINFO.sub(lambda m: f"{m['head']}{m['user']}:***@", line, count=1)
+        for line in location.split("\n")
+    )
+
+
+def url_password(location: str) -> str | None:
+    """The password a repository URL's user information carries, or None."""
+    match = _USERINFO.match(location)
+    return match["password"] if match and match["password"] else None

@@ -236,6 +236,9 @@ def _group_problems(doc, data: dict) -> list:
         where = ("hosts", index, "group")
         if data["backend"]["type"] != "restic":
             problems.append(doc.problem(where, "restic only (backend.type: restic)"))
+        if "adopt_host" in host:  # it would take another member's snapshots as its own
+            message = f"a host of group '{group}' adopts no snapshots: its group shares them"
+            problems.append(doc.problem(("hosts", index, "adopt_host"), message))
         for key in GROUP_LOCATION_KEYS:
             if key in host:
                 message = f"a host of group '{group}' uses the group's repository: drop {key}"
@@ -267,6 +270,47 @@ def _borg_problems(doc, data: dict) -> list:
     for key in ("repository_url", "maintenance_repository_url"):
         if key in data["backend"] and not data["backend"][key].startswith(("ssh://", "/")):
             problems.append(doc.problem(("backend", key), BORG_LOCATIONS))
+    return problems
+
+
+def _where(host: dict, root: str | None, template: str | None, own: str) -> str | None:
+    """Where a host's repository (``own``: the key of its own location) is, as the
+    configuration says it without reading files, normalised; None when a file says."""
+    if f"{own}_file" in host:
+        return None
+    key = host.get("group") or host["name"]
+    found = host.get(own) or (template.replace("{host}", key) if template else None)
+    if found is None and root is not None:
+        found = str(Path(root) / key)
+    if found is None:
+        return None
+    return os.path.normpath(found) if found.startswith("/") else found.rstrip("/")
+
+
+def _shared_locations(doc, data: dict) -> list:
+    """Two hosts outside one group whose repositories (or copies) are one: their first
+    pulls would each make it (restic: two keys, one config; the repository is lost)."""
+    backend, copy = data["backend"], data.get("copy")
+    roles = [("repository", backend.get("repository_root"), backend.get("repository_url"))]
+    if copy is not None:
+        roles.append(("copy_repository", copy.get("repository_root"), copy.get("repository_url")))
+    problems = []
+    for own, root, template in roles:
+        seen: dict[str, tuple[str, int]] = {}
+        for index, host in enumerate(data["hosts"]):
+            where = _where(host, root, template, own)
+            if where is None:
+                continue
+            key = host.get("group") or host["name"]
+            first = seen.setdefault(where, (key, index))
+            if first[0] != key:
+                message = (
+                    f"{where} is also the {own.replace('_', ' ')} of hosts[{first[1]}]: hosts "
+                    "share one only as a group (hosts[].group)"
+                )
+                problems.append(
+                    doc.problem(("hosts", index, own if own in host else "name"), message)
+                )
     return problems
 
 
@@ -405,7 +449,7 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
             )
         )
     problems += _double_locations(doc, data) + _group_problems(doc, data)
-    problems += _copy_problems(doc, data)
+    problems += _copy_problems(doc, data) + _shared_locations(doc, data)
     if backend["type"] == "borg":
         problems += _borg_problems(doc, data)
     if problems:

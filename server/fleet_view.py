@@ -13,7 +13,7 @@ from ..common.outcome import Status
 from ..common.units import human_duration, human_size
 from .config import ServerConfig
 from .host_state import HISTORY_CELLS, SYMBOLS, HostState
-from .merged_status import Source, default_max_age, read_merged
+from .merged_status import Source, default_copy_max_age, default_max_age, read_merged
 from .metrics import is_stale
 
 __all__ = ["HostRow", "HostState", "Source", "fleet", "read_merged", "rows"]
@@ -138,13 +138,17 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
     hosts = status.get("hosts", {})
     found = [host_row(h.name, hosts.get(h.name, {}), h.max_age, now) for h in config.hosts]
     if config.backend.copy is not None:
-        limit = config.backend.copy.max_age
         for row in found:
-            row.copy = copy_view(hosts.get(row.host, {}), limit, now)
-            if row.copy.complaint and row.state == HostState.OK:
-                row.state = HostState.ATTENTION
-                row.reason = row.reason or row.copy.complaint
+            _add_copy(row, hosts.get(row.host, {}), config.backend.copy.max_age, now)
     return sorted(found, key=_rank)
+
+
+def _add_copy(row: HostRow, entry: dict, max_age: float, now: dt.datetime) -> None:
+    """Give ``row`` its copy's view; a copy that needs attention makes an ok row so."""
+    row.copy = copy_view(entry, max_age, now)
+    if row.copy.complaint and row.state == HostState.OK:
+        row.state = HostState.ATTENTION
+        row.reason = row.reason or row.copy.complaint
 
 
 def _rank(row: HostRow) -> tuple[int, str, str]:
@@ -208,16 +212,15 @@ def source_rows(source: Source, now: dt.datetime) -> list[HostRow]:
     (written by an older pullback), every host it holds, by :func:`default_max_age`."""
     hosts = source.status.get("hosts", {})
     configured = source.status.get("configured", {name: {} for name in hosts})
-    return [
-        host_row(
-            name,
-            hosts.get(name, {}),
-            limits.get("max_age") or default_max_age(),
-            now,
-            server=source.server,
-        )
-        for name, limits in configured.items()
-    ]
+    found = []
+    for name, limits in configured.items():
+        entry = hosts.get(name, {})
+        row = host_row(name, entry, limits.get("max_age") or default_max_age(), now)
+        row.server = source.server
+        if "copy" in entry:  # that server copies: judged by the default copy.max_age
+            _add_copy(row, entry, default_copy_max_age(), now)
+        found.append(row)
+    return found
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,15 @@ def own(snapshots: list[Snapshot]) -> list[Snapshot]:
     return [s for s in snapshots if not s.adopted and not s.failed]
 
 
+def partial_since(snapshots: list[Snapshot]) -> list[Snapshot]:
+    """pullback's partial snapshots newer than its newest complete one (a client whose
+    dumps fail — as ransomware breaks them — makes nothing the guard can judge)."""
+    mine = [s for s in snapshots if not s.adopted]
+    complete = [s.time for s in mine if not s.failed]
+    newest = max(complete, default=None)
+    return [s for s in mine if s.failed and (newest is None or s.time > newest)]
+
+
 def baseline(snapshots: list[Snapshot], judged: str | None) -> tuple[Snapshot, Snapshot] | None:
     """The pair to compare: the newest complete snapshot against the last one judged
     normal or released (``judged``), so that everything since the last maintenance is

@@ -37,6 +37,11 @@ log = get_logger("maintain")
 ROTATION_FILE = "maintenance.json"
 
 
+class ForgetWaits(PullbackError):
+    """The guard cannot judge yet (only partial snapshots are new): forget does not run
+    this time, and that is no failure."""
+
+
 @dataclass
 class Step:
     name: str
@@ -157,6 +162,19 @@ class HostMaintenance:
             self.ctx.backend.prepare(create=False)
             return True
         except RepositoryMissing:
+            stored = self._recorded_newest()
+            if stored:  # pulls stored there: this is the wrong place, not a new host
+                self.result.status = Status.FAILED
+                self.result.steps.append(
+                    Step(
+                        "repository",
+                        False,
+                        f"no repository at {self.ctx.backend.repository()}, yet snapshots "
+                        f"of this host were stored (newest {stored}): is its maintenance "
+                        "location right?",
+                    )
+                )
+                return False
             self.result.status = Status.SKIPPED
             self.result.steps.append(Step("repository", True, "none yet: nothing to maintain"))
         except PullbackError as exc:
@@ -170,6 +188,10 @@ class HostMaintenance:
             detail = action()
         except Interrupted:
             raise
+        except ForgetWaits as exc:  # not a failure: nothing is judged or forgotten yet
+            self.result.steps.append(Step(name, True, str(exc)))
+            self.ctx.log.info("%s: %s", name, exc)
+            return False
         except PullbackError as exc:
             self.result.steps.append(Step(name, False, str(exc)))
             self.result.status = Status.FAILED
@@ -191,9 +213,7 @@ class HostMaintenance:
         much from the last one judged normal (one comparison covers every day since the
         last maintenance); returns what it found otherwise."""
         limits = self.ctx.config.maintenance.guard
-        entry = status_file.guard_entry(
-            status_file.load_status(self.ctx.config.state_dir), self.ctx.name, self.result.scope
-        )
+        entry = status_file.guard_entry(self._guard_status(), self.ctx.name, self.result.scope)
         hold = entry.get("guard_hold")
         if isinstance(hold, dict):
             raise PullbackError(
@@ -209,9 +229,18 @@ class HostMaintenance:
                 ahead.id,
                 None,
                 f"snapshot {ahead.id} is dated {ahead.time:%Y-%m-%d %H:%M} UTC, in the "
-                "future (pullback's pulls never store one)",
+                "future (pullback's pulls never store one): inspect it and remove it "
+                f"({'restic forget' if self.ctx.config.backend.type == 'restic' else 'borg delete'}"
+                f" {ahead.id}) before releasing, or the next maintain holds again",
             )
         found = guard.baseline(snapshots, entry.get("guard_judged"))
+        waiting = guard.partial_since(snapshots)
+        if waiting:  # a partial one is not judged, and forget must not outrun the guard
+            raise ForgetWaits(
+                f"{len(waiting)} partial snapshot(s) since the newest complete one "
+                f"({', '.join(s.id for s in waiting[-3:])}): forget waits for a complete "
+                "snapshot the guard can judge"
+            )
         if found is None:
             return "no new complete snapshot to compare"
         older, newer = found
@@ -225,6 +254,35 @@ class HostMaintenance:
             f"{change.rewritten_share:.0%} of the data changed or removed, "
             f"{change.shrink:.0%} smaller: normal"
         )
+
+    def _recorded_newest(self) -> str | None:
+        """The newest snapshot status.json records of this host (of its copy, for the
+        copy's maintenance), or None."""
+        entry = status_file.guard_entry(
+            status_file.load_status(self.ctx.config.state_dir), self.ctx.name, self.result.scope
+        )
+        found = entry.get("newest" if self.result.scope == "copy" else "newest_snapshot")
+        return found if isinstance(found, str) else None
+
+    def _guard_status(self) -> dict:
+        """The status file, where the guard's holds and baselines are. Raises
+        PullbackError (forget held) when it cannot be read, or was found damaged once:
+        its holds may be lost."""
+        state = self.ctx.config.state_dir
+        if (state / status_file.DAMAGED).exists():
+            raise PullbackError(
+                f"{state / status_file.DAMAGED} is there: the status file was found damaged, "
+                "and the ransomware guard's holds and baselines with it; forget waits. Look "
+                "at the hosts' newest snapshots (pullback-server snapshots HOST), then "
+                "remove that file"
+            )
+        try:
+            return status_file.read_status(state)
+        except (OSError, ValueError) as exc:
+            raise PullbackError(
+                f"cannot read {state / status_file.STATUS_FILE} (the ransomware guard's "
+                f"holds and baselines): {exc}; forget waits"
+            ) from None
 
     def _snapshots(self) -> list[Snapshot]:
         """The host's snapshots before forget, listed once for the guard and forget (a

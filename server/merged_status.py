@@ -38,6 +38,13 @@ def _server_schema() -> dict:
     return load_schema("pullback.common", "server")
 
 
+def default_copy_max_age() -> float:
+    """server.yaml's default ``copy.max_age`` in seconds: how another server's copies are
+    judged (its status file does not say its own)."""
+    copy = _server_schema()["properties"]["copy"]["properties"]
+    return parse_duration(copy["max_age"]["default"])
+
+
 def default_max_age() -> float:
     """server.yaml's default ``max_age`` in seconds (the schema's ``max_age.default``):
     how the hosts of a merged file that records no ``configured`` are judged."""
@@ -106,7 +113,7 @@ def _history(value: object) -> list[dict] | None:
         return None
     return [
         {
-            "result": run.get("result") if run.get("result") in SYMBOLS else "?",
+            "result": run["result"] if _word(run.get("result")) in SYMBOLS else "?",
             "repository_bytes": _count(run.get("repository_bytes")),
         }
         for run in value[-HISTORY_CELLS:]
@@ -114,6 +121,22 @@ def _history(value: object) -> list[dict] | None:
     ]
 
 
+def _copy(value: object) -> dict | None:
+    """A host's second copy: what the view shows of it (:class:`~.fleet_view.CopyView`)."""
+    if not isinstance(value, dict):
+        return None
+    cleaned = {key: check(value.get(key)) for key, check in _COPY_FIELDS.items()}
+    return {key: found for key, found in cleaned.items() if found is not None}
+
+
+_COPY_FIELDS: dict[str, Callable[[object], object]] = {
+    "result": _word,
+    "reason": _word,
+    "newest": _time,
+    "copied": _time,
+    "verified": _time,
+    "guard_hold": _hold,
+}
 _FIELDS: dict[str, Callable[[object], object]] = {
     "last_result": _word,
     "reason": _word,
@@ -133,6 +156,7 @@ _FIELDS: dict[str, Callable[[object], object]] = {
     "duration": _seconds,
     "guard_hold": _hold,
     "history": _history,
+    "copy": _copy,
 }
 """What the view takes from a host's entry in a merged file, and how each is checked."""
 

@@ -18,10 +18,19 @@ def _ts(value: str | None) -> float | None:
     return parse_iso(value).timestamp()
 
 
+AHEAD = 3600.0
+"""Seconds a newest snapshot may lie in the future (clocks apart) before it counts as
+stale: a date far ahead would otherwise never grow old (a wrong clock, a forged record)."""
+
+
 def is_stale(entry: dict, max_age: float, now: dt.datetime) -> bool:
-    """Older than ``max_age``, or never stored at all."""
+    """Older than ``max_age``, dated more than :data:`AHEAD` in the future, or never
+    stored at all."""
     newest = _ts(entry.get("newest_snapshot"))
-    return newest is None or now.timestamp() - newest > max_age
+    if newest is None:
+        return True
+    age = now.timestamp() - newest
+    return age > max_age or age < -AHEAD
 
 
 def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> Metrics:

@@ -278,6 +278,13 @@ def _write_page(path: Path, view: Fleet) -> None:
         raise PullbackError(f"cannot write {path}: {exc.strerror}") from None
 
 
+def _at_most(lines: list[str]) -> list[str]:
+    """The first NAMES_SHOWN ``lines``, and one that counts the rest (a merged file may
+    name thousands of hosts)."""
+    more = len(lines) - NAMES_SHOWN
+    return lines[:NAMES_SHOWN] + ([f"... and {more} more such lines"] if more > 0 else [])
+
+
 def _copy_complaints(view: Fleet) -> list[tuple[HostRow, str]]:
     """The hosts whose second copy failed or is stale, with why."""
     return [(r, r.copy.complaint) for r in view.rows if r.copy is not None and r.copy.complaint]
@@ -292,20 +299,22 @@ def _complaints(view: Fleet) -> list[str]:
     failed = [r.label for r in view.rows if r.state == HostState.FAILED]
     held = [r.label for r in view.rows if r.held]
     if stale:
-        lines.append(f"stale (no snapshot within max_age): {', '.join(stale)}")
+        lines.append(f"stale (no snapshot within max_age): {_names(stale)}")
     if failed:
-        lines.append(f"failed (the last pull): {', '.join(failed)}")
+        lines.append(f"failed (the last pull): {_names(failed)}")
     if held:
         lines.append(
-            f"forget held by the ransomware guard: {', '.join(held)} "
+            f"forget held by the ransomware guard: {_names(held)} "
             "(pullback-server release HOST once the change is understood)"
         )
-    lines += [f"{row.label}: {complaint}" for row, complaint in _copy_complaints(view)]
-    lines += [
-        f"on more than one server (each host belongs in one server.yaml): {host}: "
-        + ", ".join(servers)
-        for host, servers in view.duplicates().items()
-    ]
+    lines += _at_most([f"{row.label}: {why}" for row, why in _copy_complaints(view)])
+    lines += _at_most(
+        [
+            f"on more than one server (each host belongs in one server.yaml): {host}: "
+            + ", ".join(servers)
+            for host, servers in view.duplicates().items()
+        ]
+    )
     lines += [
         f"cannot read the merged status file {s.where}: {s.error} (its hosts are unknown)"
         for s in view.unreadable()

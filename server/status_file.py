@@ -38,13 +38,22 @@ def read_status(state_dir: Path) -> dict:
     return data
 
 
+DAMAGED = STATUS_FILE + ".damaged"
+"""A status file that could not be read is kept under this name: the ransomware guard's
+holds and baselines were in it, so maintain holds every forget while it is there."""
+
+
 def load_status(state_dir: Path) -> dict:
-    """As :func:`read_status`, but an unreadable file is a warning and an empty status
-    (a run then starts a new one)."""
+    """As :func:`read_status`, but an unreadable file is kept as :data:`DAMAGED` (the
+    first one) and the status starts anew."""
     try:
         return read_status(state_dir)
     except ValueError:
-        log.warning("%s is unreadable; starting a new one", state_dir / STATUS_FILE)
+        path, damaged = state_dir / STATUS_FILE, state_dir / DAMAGED
+        if not damaged.exists():
+            with contextlib.suppress(OSError):
+                path.replace(damaged)
+        log.error("%s is unreadable (kept as %s); starting a new one", path, damaged)
         return {"hosts": {}}
 
 

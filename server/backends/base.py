@@ -8,6 +8,7 @@ builder functions (see :mod:`.restic` and :mod:`.borg`).
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -161,9 +162,9 @@ class RepositoryBackend(ABC):
         # the hosts of a group share the repository and pull at once: one makes it, the
         # others wait for it and find it made (two inits at once could each write a key
         # and a config, the last config winning over a key that no longer opens it)
-        lock = FileLock(
-            self.state_dir / f"init-{self.host.repository_key}.lock", f"{self.name} init"
-        )
+        # keyed by where the repository is, whoever names it
+        where = hashlib.sha256(self.repository().encode()).hexdigest()[:16]
+        lock = FileLock(self.state_dir / f"init-{where}.lock", f"{self.name} init")
         with lock.acquire(wait=600):
             if not self._opens():
                 self.init()

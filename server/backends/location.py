@@ -7,7 +7,8 @@ A host's repository can be reached two ways (docs/scaling.md, *Split roles*):
   ``--append-only``, ``borg serve --append-only``) that refuses every deletion;
 - the **maintain** role (``maintain``: forget, prune, check, drills) needs the endpoint
   that may delete. Its location is the host's ``maintenance_repository`` (or ``_file``),
-  else ``backend.maintenance_repository_url``, else the pull location.
+  else (for a host without a repository of its own) ``backend.maintenance_repository_url``,
+  else the pull location.
 
 A location given in a file (``repository_file``: a URL whose user information may carry
 a password, as restic's REST backend wants it) is passed to the tool by file
@@ -17,7 +18,6 @@ a password, as restic's REST backend wants it) is passed to the tool by file
 from __future__ import annotations
 
 import enum
-import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +25,6 @@ from pathlib import Path
 from ...common import secrets
 from ..config import BackendConfig, HostConfig
 from .errors import BackendError
-
-_USERINFO = re.compile(
-    r"^(?P<head>(?:[a-z0-9]+:)?[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:]*):(?P<password>.*)@"
-)
-"""A URL's ``scheme://user:password@``, with restic's ``rest:`` prefix before it. The
-password runs to the last ``@``: one written raw may hold ``/`` or ``@`` (restic cannot
-parse it then, and prints the line back: the whole password must be known to mask it)."""
 
 
 class Role(enum.Enum):
@@ -55,15 +48,8 @@ class Location:
     """The file whose first line is the location (it may carry a password)."""
 
 
-def masked(location: str) -> str:
-    """``location`` with the password of its ``user:password@`` replaced by ``***``."""
-    return _USERINFO.sub(lambda m: f"{m['head']}{m['user']}:***@", location, count=1)
-
-
-def password_of(location: str) -> str | None:
-    """The password a URL's user information carries, or None."""
-    match = _USERINFO.match(location)
-    return match["password"] if match and match["password"] else None
+masked = secrets.mask_url_password
+password_of = secrets.url_password
 
 
 def _template(url: str, name: str) -> str:
@@ -81,10 +67,12 @@ def locate(backend: BackendConfig, host: HostConfig, role: Role) -> Location:
     if role is Role.COPY:
         return _copy(backend, host)
     if role is Role.MAINTAIN:
+        own = host.repository is not None or host.repository_file is not None
         found = _first(
             host.maintenance_repository_file,
             host.maintenance_repository,
-            backend.maintenance_repository_url,
+            # a host with a repository of its own is not where the global template says
+            None if own else backend.maintenance_repository_url,
             host.repository_key,
         )
         if found is not None:

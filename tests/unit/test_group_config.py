@@ -77,3 +77,26 @@ def test_maintenance_takes_a_group_as_one_unit_and_other_hosts_alone(tmp_path):
     units = [[h.name for h in unit] for unit in _units(config.hosts)]
     assert units == [["web1", "web2"], ["db1"], ["app1"]]
     assert [h.repository_key for h in config.hosts] == ["web", "db1", "web", "apps"]
+
+
+def test_two_hosts_outside_one_group_on_one_repository_are_refused(tmp_path):
+    hosts = (
+        "  - {name: a, repository: /srv/repos/shared}\n"
+        "  - {name: b, repository: /srv/repos//shared/}\n"
+        "  - {name: web1, group: web}\n"
+        "  - {name: solo, repository: /srv/repos/web}\n"
+        "  - {name: c, adopt_host: old, group: web}\n"
+    )
+    said = problems(write(tmp_path, hosts))
+    assert "hosts[1].repository" in said and "of hosts[0]" in said
+    assert "hosts[3].repository" in said and "/srv/repos/web is also" in said
+    assert "hosts[4].adopt_host" in said
+
+
+def test_a_host_with_its_own_repository_is_maintained_there_not_by_the_template(tmp_path):
+    hosts = "  - {name: web1, repository: /elsewhere/web1}\n  - name: db1\n"
+    backend = "  maintenance_repository_url: rest:http://store:8001/{host}/\n"
+    config = load_server_config(write(tmp_path, hosts, backend))
+    web1, db1 = config.hosts
+    assert locate(config.backend, web1, Role.MAINTAIN).value == "/elsewhere/web1"
+    assert locate(config.backend, db1, Role.MAINTAIN).value == "rest:http://store:8001/db1/"

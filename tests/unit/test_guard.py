@@ -170,3 +170,50 @@ def test_borg_diff_lines_are_counted_as_changed_or_removed():
     assert count_diff(lines) == (1, 2, 11)
     assert diff_args("web1-a", "web1-b") == ["diff", "--json-lines", "::web1-a", "web1-b"]
     assert restic_diff_args("s1", "s2") == ["diff", "--json", "s1", "s2"]
+
+
+def test_partial_snapshots_since_the_last_complete_one_make_forget_wait(config):
+    """A client whose dumps fail (as ransomware breaks them) stores partial snapshots the
+    guard does not judge: forget must not run past them (it would keep only those)."""
+    partial = [Snapshot(f"p{i}", T0 + dt.timedelta(days=5 + i), None, ("db",)) for i in range(2)]
+    backend = FakeBackend(snapshot_list=[*days(5), *partial], change=ENCRYPTED)
+    result = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()
+    assert result.status == Status.OK, result.reason
+    steps = {s.name: s.detail for s in result.steps}
+    assert "2 partial snapshot(s) since the newest complete one (p0, p1)" in steps["guard"]
+    assert steps["forget"].startswith("not run"), steps
+    assert len(backend.snapshot_list) == 7, "nothing forgotten"
+
+
+def test_a_damaged_status_file_holds_forget_until_looked_at(config):
+    state = config.state_dir
+    state.mkdir(parents=True)
+    (state / "status.json").write_text("{not json")
+    assert status_file.load_status(state) == {"hosts": {}}
+    assert (state / "status.json.damaged").read_text() == "{not json", "kept, not lost"
+    backend = FakeBackend(snapshot_list=days(5))
+    result = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()
+    assert result.status == Status.FAILED
+    assert "status.json.damaged is there" in result.reason
+    assert len(backend.snapshot_list) == 5
+    (state / "status.json.damaged").unlink()
+    result = HostMaintenance(fake_context(config, "web1", backend), 1, verify=False).run()
+    assert result.status == Status.OK, result.reason
+
+
+def test_a_missing_repository_where_snapshots_were_stored_is_a_failure_not_a_skip(config):
+    from pullback.server.backends import RepositoryMissing
+
+    class Gone(FakeBackend):
+        def prepare(self, create=True):
+            raise RepositoryMissing("the restic repository /typo/web1 does not exist")
+
+    result = HostMaintenance(fake_context(config, "web1", Gone()), 1, verify=False).run()
+    assert result.status == Status.SKIPPED, "a host never stored: nothing to maintain"
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    (config.state_dir / "status.json").write_text(
+        json.dumps({"hosts": {"web1": {"newest_snapshot": iso(utc_now())}}})
+    )
+    result = HostMaintenance(fake_context(config, "web1", Gone()), 1, verify=False).run()
+    assert result.status == Status.FAILED
+    assert "yet snapshots of this host were stored" in result.reason

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pullback.common import secrets
@@ -46,8 +48,22 @@ def test_missing_empty_and_directory_are_said_in_words(tmp_path):
         read_secret_file(empty)
     folder = tmp_path / "folder"
     folder.mkdir(mode=0o700)
-    with pytest.raises(SecretFileError, match="cannot read"):
+    with pytest.raises(SecretFileError, match="is not a regular file"):
         read_secret_file(folder)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)  # would block the reader for ever
+    with pytest.raises(SecretFileError, match="is not a regular file"):
+        read_secret_file(fifo)
+
+
+def test_a_password_in_a_url_is_masked_whatever_its_user_or_password_holds():
+    from pullback.common.secrets import mask_url_password, url_password
+
+    url = "rest:http://backup@corp:S3cret/Pw@1@store:8000/web1/"
+    assert mask_url_password(url) == "rest:http://backup@corp:***@store:8000/web1/"
+    assert url_password(url) == "S3cret/Pw@1"
+    assert mask_url_password("x\nrest:http://u:pw@h/") == "x\nrest:http://u:***@h/"
+    assert url_password("rest:http://store:8000/web1/") is None
 
 
 def test_check_names_every_secret_file_that_others_may_read(tmp_path):

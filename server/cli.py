@@ -58,21 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run the restore drill when it is due. Waits for a running pull.",
     )
     p.add_argument("--host", action="append", metavar="NAME", help="only this host")
-    drill_choice = p.add_mutually_exclusive_group()
-    drill_choice.add_argument(
-        "--verify",
-        dest="verify",
-        action="store_const",
-        const=True,
-        help="run the restore drill even if it is not due",
-    )
-    drill_choice.add_argument(
-        "--no-verify",
-        dest="verify",
-        action="store_const",
-        const=False,
-        help="skip the restore drill",
-    )
+    drill_options(p, "the restore drill")
     json_option(p)
     p = sub.add_parser(
         "verify",
@@ -92,17 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "failed, fell behind or diverged.",
     )
     p.add_argument("--host", action="append", metavar="NAME", help="only this host")
-    copy_drill = p.add_mutually_exclusive_group()
-    copy_drill.add_argument(
-        "--verify",
-        dest="verify",
-        action="store_const",
-        const=True,
-        help="drill the copy even if it is not due",
-    )
-    copy_drill.add_argument(
-        "--no-verify", dest="verify", action="store_const", const=False, help="no drill"
-    )
+    drill_options(p, "the copy's restore drill")
     json_option(p)
     p = sub.add_parser("snapshots", parents=[parent], help="list a host's snapshots")
     p.add_argument("hostname", metavar="HOST")
@@ -196,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     import_suite_parser(sub, parent, "server.yaml", "server_config.yml")
     return parser
+
+
+def drill_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--verify`` (run ``what`` now, due or not) and ``--no-verify`` (not this time);
+    neither: when it is due. The value lands in ``verify`` (True, False or None)."""
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--verify", dest="verify", action="store_const", const=True, help=f"run {what} now"
+    )
+    choice.add_argument(
+        "--no-verify", dest="verify", action="store_const", const=False, help=f"skip {what}"
+    )
 
 
 ACTIONS = {

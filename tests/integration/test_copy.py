@@ -84,6 +84,8 @@ def test_a_local_copy_takes_only_what_it_lacks_and_a_diverged_or_stale_copy_is_a
     assert "COPY" in table and "copied" in table and "ago, drilled" in table, table
     assert 'pullback_copy_ok{host="web1"} 1' in metrics.read_text()
     assert "<th>copy</th>" in page.read_text() and "ago, drilled" in page.read_text()
+    summary = server("pull", "--summary").stdout  # the mail's text
+    assert "second copy: copied" in summary and "ago, drilled" in summary, summary
 
     # a snapshot the primary never had appears in the copy: the copy diverged
     planted = tmp_path / "planted"

@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", action="append", metavar="NAME", help="only this host")
     drill_options(p, "the copy's restore drill")
+    p.add_argument(
+        "--new",
+        action="store_true",
+        help="make a copy anew where the one that held snapshots is gone",
+    )
     json_option(p)
     p = sub.add_parser("snapshots", parents=[parent], help="list a host's snapshots")
     p.add_argument("hostname", metavar="HOST")

@@ -311,6 +311,40 @@ def _shared_locations(doc, data: dict) -> list:
                 problems.append(
                     doc.problem(("hosts", index, own if own in host else "name"), message)
                 )
+    if copy is not None:
+        problems += _copies_on_primaries(doc, data, roles)
+    return problems
+
+
+def _overlap(one: str, other: str) -> bool:
+    """The same location, or (local paths) one inside the other."""
+    if one == other:
+        return True
+    if one.startswith("/") and other.startswith("/"):
+        return Path(one).is_relative_to(other) or Path(other).is_relative_to(one)
+    return False
+
+
+def _copies_on_primaries(doc, data: dict, roles: list) -> list:
+    """A copy that is, holds or sits in a primary repository: no second copy at all (and
+    the copy's retention would forget the primary's history, a borg mirror overwrite it)."""
+    (_, root, template), (_, copy_root, copy_template) = roles
+    primaries = [
+        (index, where)
+        for index, host in enumerate(data["hosts"])
+        if (where := _where(host, root, template, "repository")) is not None
+    ]
+    problems = []
+    for index, host in enumerate(data["hosts"]):
+        copy = _where(host, copy_root, copy_template, "copy_repository")
+        clash = next((i for i, where in primaries if copy and _overlap(copy, where)), None)
+        if clash is not None:
+            message = (
+                f"the copy {copy} is (or overlaps) the repository of hosts[{clash}]: a second "
+                "copy must be somewhere else"
+            )
+            key = "copy_repository" if "copy_repository" in host else "name"
+            problems.append(doc.problem(("hosts", index, key), message))
     return problems
 
 
@@ -356,6 +390,10 @@ def _borg_copy_problems(doc, data: dict) -> list:
         if "copy_password_file" in host:
             message = "a borg copy mirrors its primary (same key): drop copy_password_file"
             problems.append(doc.problem(("hosts", index, "copy_password_file"), message))
+        if not host.get("copy_repository", "/").startswith(("/", "ssh://")):
+            problems.append(doc.problem(("hosts", index, "copy_repository"), BORG_LOCATIONS))
+    if not copy.get("repository_url", "/").startswith(("/", "ssh://")):
+        problems.append(doc.problem(("copy", "repository_url"), BORG_LOCATIONS))
     return problems
 
 

@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -96,16 +97,33 @@ def compare(
     snapshot before it (None: it was empty), so every primary snapshot after it must now
     be there."""
     held = {_key(s): s for s in copy}
+    twins = Counter(_key(s) for s in copy)
     originals = {_key(s): s for s in primary}
     missing = [s.id for s in primary if _key(s) not in held and _after(s, since)]
     diverged = [
         held[key].id
         for key, original in originals.items()
-        if key in held and _differ(original, held[key])
+        if key in held and (_differ(original, held[key]) or twins[key] > 1)
     ]
+    return Comparison(missing, diverged, _foreign(primary, copy))
+
+
+def _foreign(primary: Sequence[Snapshot], copy: Sequence[Snapshot]) -> list[str]:
+    """Copy snapshots the primary never had: newer than its newest and not its own, or
+    (restic) not made by ``restic copy`` at all."""
+    originals = {_key(s) for s in primary}
     newest = max((s.time for s in primary), default=None)
-    foreign = [s.id for s in copy if _key(s) not in originals and newest and s.time > newest]
-    return Comparison(missing, diverged, foreign)
+    return [
+        s.id
+        for s in copy
+        if (_key(s) not in originals and newest and s.time > newest) or _not_copied(s)
+    ]
+
+
+def _not_copied(snapshot: Snapshot) -> bool:
+    """A restic snapshot in the copy that ``restic copy`` did not make (it records the
+    original's id in each snapshot it writes): made in the copy by another hand."""
+    return snapshot.tree is not None and snapshot.original is None
 
 
 def _differ(original: Snapshot, copied: Snapshot) -> bool:
@@ -153,10 +171,12 @@ class HostCopy:
     """Copy one host's new snapshots, compare, and drill the copy when due; :meth:`run`
     never raises (except Interrupted)."""
 
-    def __init__(self, ctx: HostContext, verify: bool | None):
+    def __init__(self, ctx: HostContext, verify: bool | None, new: bool = False):
         self.ctx = ctx
         self.verify = verify
         """Drill the copy (True), not (False), or when due (None)."""
+        self.new = new
+        """Make the copy even if status.json says it held snapshots (``--new``)."""
         self.result = CopyResult(ctx.name)
         config = ctx.config
         self.primary: Backend = make_backend(
@@ -195,9 +215,10 @@ class HostCopy:
         try:
             copy.prepare(create=False)
         except RepositoryMissing:
+            self._refuse_to_remake()
             self.ctx.log.info("making the copy %s", copy.repository())
-            copy.init_copy(self.primary)  # (borg's copy is made by the mirror itself)
-            made = True
+            # (borg's copy is made by the mirror itself; a group's hosts make it once)
+            made = copy.make_once(lambda: copy.init_copy(self.primary))
         primary, held = self.primary.snapshots(), [] if made else copy.snapshots()
         since = max((s.time for s in held), default=None)
         todo = to_copy(primary, held)
@@ -214,6 +235,22 @@ class HostCopy:
         self.result.problems += compare(primary, held, since).problems
         if self.result.problems:
             self.result.status = Status.FAILED
+
+    def _refuse_to_remake(self) -> None:
+        """Raises PullbackError when the copy is missing but held snapshots before (an
+        off-site disk not mounted, a store emptied): making it anew would copy the whole
+        history again, past the copy's own retention, and hide the loss. ``--new`` says
+        a new copy is meant."""
+        entry = status_file.load_status(self.ctx.config.state_dir)["hosts"].get(self.ctx.name)
+        recorded = (entry or {}).get("copy") or {}
+        if self.new or not recorded.get("snapshots"):
+            return
+        raise PullbackError(
+            f"the copy {self.ctx.backend.repository()} is gone, yet it held "
+            f"{recorded.get('snapshots')} snapshot(s) (newest {recorded.get('newest')}): is "
+            "its disk mounted, its store reachable? To start a new copy there: "
+            f"pullback-server copy --host {self.ctx.name} --new"
+        )
 
     def _local_size(self) -> int | None:
         path = local_path(self.ctx.backend.repository())
@@ -237,15 +274,22 @@ class HostCopy:
 
 
 def copy_drill_due(config: ServerConfig, host: HostConfig, now: dt.datetime) -> bool:
-    """Whether the copy of ``host`` is due a drill (``copy.verify_every``)."""
+    """Whether the copy of ``host`` is due a drill: ``copy.verify_every`` after the last
+    one, and on every run after a failed one."""
     entry = status_file.load_status(config.state_dir)["hosts"].get(host.name, {})
-    last = (entry.get("copy") or {}).get("verify_attempt")
+    recorded = entry.get("copy") or {}
+    last = recorded.get("verify_attempt")
+    if not last or recorded.get("verify_result") == Status.FAILED:
+        return True  # never drilled, or the last drill failed: until one passes
     every = config.backend.copy.verify_every if config.backend.copy else 0.0
-    return not last or (now - parse_iso(last)).total_seconds() >= every
+    return (now - parse_iso(last)).total_seconds() >= every
 
 
 def copy(
-    config: ServerConfig, names: list[str] | None = None, verify: bool | None = None
+    config: ServerConfig,
+    names: list[str] | None = None,
+    verify: bool | None = None,
+    new: bool = False,
 ) -> tuple[int, list[CopyResult]]:
     """Copy the hosts' new snapshots into their copies. Returns (exit code, results).
     Raises PullbackError when no copy is configured, LockBusy when a copy runs."""
@@ -256,7 +300,9 @@ def copy(
     hosts = config.select_hosts(names)
     lock = FileLock(config.lock_dir / COPY_LOCK, purpose="pullback-server copy")
     with lock.acquire(), SignalGuard():
-        results = for_each_host(config, hosts, lambda ctx: HostCopy(ctx, verify).run(), Role.COPY)
+        results = for_each_host(
+            config, hosts, lambda ctx: HostCopy(ctx, verify, new).run(), Role.COPY
+        )
         status_file.record_copies(config.state_dir, results)
     failed = [r for r in results if r.is_problem]
     return (EXIT_FAILED if failed else EXIT_OK), results
@@ -266,7 +312,7 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     """``pullback-server copy``: copy, then print a line per host (or JSON)."""
     from .outputs import publish, record_problems
 
-    code, results = copy(config, args.host, args.verify)
+    code, results = copy(config, args.host, args.verify, args.new)
     _, unwritten = publish(config)
     record_problems(config, unwritten)
     code = code or (EXIT_FAILED if unwritten else EXIT_OK)

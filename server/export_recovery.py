@@ -131,9 +131,11 @@ def encrypted(secrets: list[Secret], recipients: Path) -> bytes:
     if shutil.which("age") is None:
         raise PullbackError("--with-secrets needs age to encrypt them: apt install age")
     plain = io.BytesIO()
-    with tarfile.open(fileobj=plain, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=plain, mode="w", format=tarfile.PAX_FORMAT, dereference=True) as tar:
         for secret in secrets:
             try:
+                if not secret.path.is_file():  # the file's bytes, never a link or a dir
+                    raise PullbackError(f"{secret.path} ({secret.what}) is not a regular file")
                 tar.add(str(secret.path), arcname=str(secret.path).lstrip("/"))
             except OSError as exc:
                 raise PullbackError(
@@ -146,7 +148,8 @@ def encrypted(secrets: list[Secret], recipients: Path) -> bytes:
         check=False,
     )
     if result.returncode != 0:
-        said = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        lines = result.stderr.decode(errors="replace").strip().splitlines()
+        said = [line for line in lines if "filippo.io/age/report" not in line][-1:]
         raise PullbackError(f"age could not encrypt to {recipients}: {' '.join(said)}")
     return result.stdout
 
@@ -197,6 +200,8 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
         raise UsageError("--with-secrets needs --recipient FILE (age or SSH public keys)")
     if args.recipient is not None and not args.with_secrets:
         raise UsageError("--recipient is for --with-secrets")
+    if args.output.exists() or args.output.is_symlink():
+        raise UsageError(f"{args.output} exists: remove it or give another --output")
     data = bundle(config, args.recipient if args.with_secrets else None)
     try:
         atomic_write(args.output, data, mode=0o600)

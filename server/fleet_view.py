@@ -70,7 +70,13 @@ def copy_view(entry: dict, max_age: float, now: dt.datetime) -> CopyView:
         newest_age=newest,
         drilled_age=age(copy.get("verified"), now),
         stale=newest is None or newest > max_age,
-        problem=str(copy.get("reason", "")) if failed else None,
+        problem=(
+            str(copy.get("reason", ""))
+            if failed
+            else f"the last drill of the copy failed: {copy.get('verify_summary', '')}"
+            if copy.get("verify_result") == Status.FAILED
+            else None
+        ),
         held=str(hold.get("reason")) if isinstance(hold := copy.get("guard_hold"), dict) else None,
     )
 
@@ -138,8 +144,11 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
     hosts = status.get("hosts", {})
     found = [host_row(h.name, hosts.get(h.name, {}), h.max_age, now) for h in config.hosts]
     if config.backend.copy is not None:
-        for row in found:
-            _add_copy(row, hosts.get(row.host, {}), config.backend.copy.max_age, now)
+        for host, row in zip(config.hosts, found, strict=True):
+            # a copy is not fresher than its primary may be; a disabled host is not copied
+            limit = max(config.backend.copy.max_age, host.max_age)
+            if host.enabled:
+                _add_copy(row, hosts.get(row.host, {}), limit, now)
     return sorted(found, key=_rank)
 
 

@@ -136,6 +136,8 @@ _COPY_FIELDS: dict[str, Callable[[object], object]] = {
     "copied": _time,
     "verified": _time,
     "guard_hold": _hold,
+    "verify_result": _word,
+    "verify_summary": _word,
 }
 _FIELDS: dict[str, Callable[[object], object]] = {
     "last_result": _word,

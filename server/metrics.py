@@ -128,10 +128,13 @@ def _copy_metrics(m: Metrics, config: ServerConfig, status: dict, now: dt.dateti
         "1 while the ransomware guard holds forget and prune on the host's copy "
         "(pullback-server release HOST --copy ends it).",
     )
-    limit = config.backend.copy.max_age if config.backend.copy else 0.0
+    copy_limit = config.backend.copy.max_age if config.backend.copy else 0.0
     for host in config.hosts:
+        if not host.enabled:  # not pulled, not copied
+            continue
         entry = status.get("hosts", {}).get(host.name, {}).get("copy") or {}
         labels = {"host": host.name}
+        limit = max(copy_limit, host.max_age)
         copied.add(_ts(entry.get("copied")), **labels)
         if "result" in entry:
             ok.add(entry["result"] != Status.FAILED, **labels)

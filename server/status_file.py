@@ -248,7 +248,7 @@ def record_copies(state_dir: Path, results) -> dict:
             host = status["hosts"].setdefault(result.host, {})
             entry = host.setdefault("copy", {})
             entry.update(attempt=now, result=result.status, reason=result.reason)
-            if result.status != Status.SKIPPED:
+            if result.status == Status.OK:  # a failed run keeps the last known
                 entry.update(snapshots=result.snapshots, newest=result.newest)
             if result.status == Status.OK:
                 entry["copied"] = now

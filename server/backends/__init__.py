@@ -7,7 +7,7 @@ build their tools' argv with pure functions, unit-tested for plain equality.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +33,8 @@ class Snapshot:
     ``YYYYmmdd_HHMMSS`` tag (the client's local time), never a pullback stamp."""
     tree: str | None = None
     """restic: the snapshot's root tree: a copy's is its original's (same content)."""
+    original: str | None = None
+    """restic: the id of the snapshot this one was copied from (``restic copy``)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,10 @@ class Backend(Protocol):
     def copy_from(self, source: Backend, snapshots: Sequence[Snapshot], timeout: float) -> None:
         """Copy ``snapshots`` of ``source`` (the host's primary repository) into this one
         (its second copy); only data this one lacks travels. Raises BackendError."""
+
+    def make_once(self, make: Callable[[], None]) -> bool:
+        """Run ``make`` unless the repository opens, under a lock keyed by its location;
+        returns whether it ran."""
 
     def init_copy(self, source: Backend) -> None:
         """Make this repository as a copy of ``source`` (its chunker parameters, so copied

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 from ...common.errors import CommandError
@@ -159,15 +160,21 @@ class RepositoryBackend(ABC):
                 f"the {self.name} repository {self.repository()} does not exist yet "
                 "(no pull has stored to it)"
             )
-        # the hosts of a group share the repository and pull at once: one makes it, the
-        # others wait for it and find it made (two inits at once could each write a key
-        # and a config, the last config winning over a key that no longer opens it)
-        # keyed by where the repository is, whoever names it
+        self.make_once(self.init)
+
+    def make_once(self, make: Callable[[], None]) -> bool:
+        """Run ``make`` (which creates the repository) unless the repository opens, under
+        a lock keyed by where it is: the hosts of a group share it and pull (or copy) at
+        once; two inits at once could each write a key and a config, the last config
+        winning over a key that no longer opens it. Returns whether ``make`` ran. Raises
+        BackendError."""
         where = hashlib.sha256(self.repository().encode()).hexdigest()[:16]
         lock = FileLock(self.state_dir / f"init-{where}.lock", f"{self.name} init")
         with lock.acquire(wait=600):
-            if not self._opens():
-                self.init()
+            if self._opens():
+                return False
+            make()
+            return True
 
     def _opens(self) -> bool:
         """True when the repository exists and opens, False when it is missing. Raises

@@ -6,6 +6,7 @@ password reaches borg through ``BORG_PASSCOMMAND`` reading the password file.
 
 from __future__ import annotations
 
+import configparser
 import datetime as dt
 import json
 import re
@@ -149,6 +150,33 @@ def rsync_target(location: str) -> tuple[str, list[str]]:
     return f"{match['who']}:{match['path']}", ["-e", f"ssh -p {match['port'] or 22}"]
 
 
+def repository_id(path: Path) -> str | None:
+    """The id in a borg repository's ``config`` (None: no borg repository there)."""
+    parser = configparser.ConfigParser()
+    try:
+        parser.read_string((path / "config").read_text())
+        return parser.get("repository", "id")
+    except (OSError, UnicodeDecodeError, configparser.Error):
+        return None
+
+
+def refuse_foreign_target(primary: Path, target: Path) -> None:
+    """Raises BackendError when ``target`` holds anything but the primary's twin:
+    ``rsync --delete`` would wipe it (or, over another repository, mix two keys)."""
+    try:
+        empty = not any(target.iterdir())
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BackendError(f"cannot read the copy's directory {target}: {exc.strerror}") from None
+    if empty or repository_id(target) == repository_id(primary) is not None:
+        return
+    raise BackendError(
+        f"{target} holds something else than a mirror of {primary} (files, or another "
+        "repository): a borg copy would delete it; give the copy an empty directory"
+    )
+
+
 def extract_args(name: str, includes: list[str]) -> list[str]:
     """Extract (part of) an archive into the current directory, holes as holes."""
     return ["extract", "--sparse", f"::{name}", *includes]
@@ -280,7 +308,11 @@ class BorgBackend(RepositoryBackend):
                 f"a borg copy mirrors a repository on this machine; {source.repository()} "
                 "is not one"
             )
-        target, options = rsync_target(str(self.location().value))
+        location = self.location()
+        value = read_location_file(location.file) if location.file else location.value
+        target, options = rsync_target(str(value))
+        if not options:
+            refuse_foreign_target(primary, Path(target))
         args = with_lock_wait(mirror_args(primary, target, options), self.lock_wait)
         try:
             source.run_tool(args, stdout="/dev/null", timeout=timeout)

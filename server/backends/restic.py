@@ -286,7 +286,11 @@ class ResticBackend(RepositoryBackend):
                 continue
             stamp = next((t for t in tags if is_stamp(t)), None)
             failed = tuple(t.removeprefix(FAILED) for t in tags if t.startswith(FAILED))
-            found.append(Snapshot(short, when, stamp, failed, tree=item.get("tree")))
+            found.append(
+                Snapshot(
+                    short, when, stamp, failed, tree=item.get("tree"), original=item.get("original")
+                )
+            )
         return sorted(found, key=lambda s: s.time)
 
     def copy_from(self, source: Backend, snapshots: Sequence[Snapshot], timeout: float) -> None:

@@ -99,10 +99,20 @@ def test_a_local_copy_takes_only_what_it_lacks_and_a_diverged_or_stale_copy_is_a
     assert 'pullback_copy_ok{host="web1"} 0' in metrics.read_text()
     restic(copy_repo, copy_pass, "forget", "latest", "--host", "web1", "--tag", "pullback")
 
+    # the copy vanishes (an off-site disk not mounted): not remade silently
+    moved = tmp_path / "copies-elsewhere"
+    (copies / "web1").rename(moved)
+    result = server("copy", rc=1)
+    assert "is gone, yet it held 3 snapshot(s)" in result.stdout, result.stdout
+    assert not (copies / "web1").exists()
+    assert server("status", rc=1).stderr.count("web1: copy failed") == 1
+    moved.rename(copies / "web1")
+
     # the copy falls behind its limit: stale, like a stale backup
     server("copy")
-    fleet.write_config(
-        copy={"repository_root": str(copies), "password_file": str(copy_pass), "max_age": "2s"}
+    fleet.write_config(  # (a copy is not judged stricter than its primary's max_age)
+        copy={"repository_root": str(copies), "password_file": str(copy_pass), "max_age": "2s"},
+        max_age="2s",
     )
     time.sleep(2.5)
     status = server("status", rc=1)

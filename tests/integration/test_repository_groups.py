@@ -36,7 +36,10 @@ def test_a_group_stores_common_data_once_and_keeps_each_hosts_history_its_own(tm
     shared = os.urandom(SHARED)
     web1, web2, db1 = (fleet.add_host(n) for n in ("web1", "web2", "db1"))
     fleet.host_extra.update({"web1": {"group": "web"}, "web2": {"group": "web"}})
-    fleet.write_config(parallel=3, retention={"keep_last": 1})
+    copies = tmp_path / "copies"
+    fleet.write_config(
+        parallel=3, retention={"keep_last": 1}, copy={"repository_root": str(copies)}
+    )
 
     def server(*args: str) -> subprocess.CompletedProcess:
         result = fleet.server(*args)
@@ -75,6 +78,15 @@ def test_a_group_stores_common_data_once_and_keeps_each_hosts_history_its_own(tm
     assert sizes["web1"] == sizes["web2"] > 0
     left = [s["hostname"] for s in fleet.snapshots("web")]
     assert sorted(left) == ["web1", "web2"], "each host keeps its own newest snapshot"
+
+    # the group's copy, made once by its hosts copying at once: one key opens it
+    copied = json.loads(server("copy", "--no-verify", "--json").stdout)
+    assert [h["status"] for h in copied["hosts"]] == ["ok", "ok", "ok"], copied
+    env = {**fleet.repo_env("web"), "RESTIC_REPOSITORY": str(copies / "web")}
+    keys = subprocess.run(
+        ["restic", "key", "list", "--json"], env=env, capture_output=True, check=True
+    ).stdout
+    assert len(json.loads(keys)) == 1, keys
 
     target = tmp_path / "restored"
     server("restore", "web2", "--target", str(target))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -18,8 +19,12 @@ T0 = dt.datetime(2026, 12, 1, 3, 0, tzinfo=dt.UTC)
 
 
 def snap(day: int, tree: str | None = None, sid: str | None = None) -> Snapshot:
+    """The primary's snapshot of ``day``, or with ``sid`` its copy (which restic copy
+    marks with the original's id)."""
     when = T0 + dt.timedelta(days=day)
-    return Snapshot(sid or f"s{day}", when, f"{when:%Y%m%dT%H%M%SZ}", tree=tree or f"t{day}")
+    original = f"s{day}" if sid else None
+    stamp = f"{when:%Y%m%dT%H%M%SZ}"
+    return Snapshot(sid or f"s{day}", when, stamp, tree=tree or f"t{day}", original=original)
 
 
 def test_a_copy_takes_what_it_lacks_newer_than_its_newest():
@@ -43,6 +48,11 @@ def test_the_comparison_names_a_copy_that_fell_behind_diverged_or_holds_foreign_
     assert changed.diverged == ["c3"]
     foreign = compare(primary, [*matching, snap(9, sid="x9")], since=primary[3].time)
     assert foreign.foreign == ["x9"] and "never had" in foreign.problems[0]
+    # planted by another hand: an old date, or a twin of a copied one (no original)
+    old = Snapshot("p0", T0 - dt.timedelta(days=400), None, tree="tp")
+    twin = Snapshot("p3", primary[3].time, primary[3].stamp, tree="tq")
+    planted = compare(primary, [*matching, old, twin], since=None)
+    assert planted.foreign == ["p0", "p3"] and planted.diverged, planted
 
 
 def write(tmp_path, text: str):
@@ -83,7 +93,6 @@ def test_a_copy_without_a_place_or_a_host_copy_without_a_section_is_refused(tmp_
 
 
 def test_a_borg_copy_is_a_mirror_of_the_primary_without_its_lock():
-    from pathlib import Path
 
     from pullback.server.backends.borg import mirror_args, rsync_target
     from pullback.server.backends.errors import BackendError
@@ -99,3 +108,123 @@ def test_a_borg_copy_is_a_mirror_of_the_primary_without_its_lock():
     )
     with pytest.raises(BackendError, match="a path or an ssh:// location"):
         rsync_target("rest:http://store/web1")
+
+
+def test_the_rebuild_points_every_host_at_its_copy_with_the_copys_password(tmp_path):
+    """docs/disaster-recovery.md's point-at-copies script, run on a server.yaml that
+    places copies every way it can: afterwards each host's pull location and password
+    are what its copy's were (the system tier runs the page on a simple one)."""
+    import re
+    import subprocess
+    import sys
+
+    from pullback.server.backends import make_backend
+    from tests.helpers.fakes import ScriptedRunner
+
+    page = (Path(__file__).parents[2] / "docs/disaster-recovery.md").read_text()
+    step = re.search(r"<!-- step: point-at-copies -->\n```sh\n(.*?)```", page, re.S)[1]
+    script = re.search(r"python3 - <<'EOF'\n(.*?)\nEOF\n", step, re.S)[1]
+
+    def secret(name: str) -> Path:
+        path = tmp_path / name
+        path.write_text(f"{name}\n")
+        path.chmod(0o600)
+        return path
+
+    own, copy_pw, web2_copy_pw, url = (secret(n) for n in ("own", "cp", "w2cp", "url"))
+    path = write(
+        tmp_path,
+        "copy: {repository_url: 'rest:http://offsite:8000/{host}/', "
+        f"password_file: {copy_pw}}}\n"
+        f"hosts:\n  - {{name: web1, password_file: {own}}}\n"
+        f"  - {{name: web2, copy_password_file: {web2_copy_pw}, repository: /srv/w2}}\n"
+        f"  - {{name: db1, copy_repository_file: {url}}}\n",
+    )
+    before = load_server_config(path)
+
+    def where(config, role):
+        return {
+            h.name: (
+                locate(config.backend, h, role).shown,
+                make_backend(
+                    config.backend, h, tmp_path, ScriptedRunner(), role=role
+                ).password_file,
+            )
+            for h in config.hosts
+        }
+
+    copies = where(before, Role.COPY)
+    script = script.replace("/etc/pullback/server.yaml", str(path))
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert where(load_server_config(path), Role.PULL) == copies
+    assert copies["web1"][1] == copy_pw and copies["web2"][1] == web2_copy_pw
+
+
+def test_a_copy_on_a_primary_repository_is_refused(tmp_path):
+    for text in (
+        "copy: {repository_root: /var/lib/pullback/repositories}\nhosts: [{name: web1}]\n",
+        "copy: {repository_root: /mnt/c}\n"
+        "hosts: [{name: web1, repository: /srv/r/web1, copy_repository: /srv/r/web1/}]\n",
+        "copy: {repository_root: /mnt/c}\n"
+        "hosts: [{name: web1}, {name: web2, copy_repository: /var/lib/pullback/repositories}]\n",
+    ):
+        with pytest.raises(ConfigError) as caught:
+            load_server_config(write(tmp_path, text))
+        assert "a second copy must be somewhere else" in str(caught.value.problems[0]), text
+
+
+def test_a_borg_mirror_never_writes_over_something_else(tmp_path):
+    from pullback.server.backends.borg import refuse_foreign_target
+    from pullback.server.backends.errors import BackendError
+
+    primary, target = tmp_path / "primary", tmp_path / "target"
+    primary.mkdir()
+    (primary / "config").write_text("[repository]\nversion = 1\nid = abc123\n")
+    refuse_foreign_target(primary, target)  # not there yet
+    target.mkdir()
+    refuse_foreign_target(primary, target)  # empty
+    (target / "config").write_text("[repository]\nversion = 1\nid = abc123\n")
+    refuse_foreign_target(primary, target)  # the twin, from an earlier run
+    (target / "config").write_text("[repository]\nversion = 1\nid = other\n")
+    with pytest.raises(BackendError, match="a borg copy would delete it"):
+        refuse_foreign_target(primary, target)
+    (target / "config").unlink()
+    (target / "IMPORTANT.txt").write_text("not a repository")
+    with pytest.raises(BackendError, match="holds something else"):
+        refuse_foreign_target(primary, target)
+
+
+def test_a_failed_drill_of_the_copy_stays_a_problem_and_is_tried_again(tmp_path):
+    import json
+
+    from pullback.common.clock import iso
+    from pullback.server.copy import copy_drill_due
+    from pullback.server.fleet_view import copy_view
+
+    now = dt.datetime.now(dt.UTC)
+    entry = {
+        "copy": {
+            "result": "ok",
+            "newest": iso(now),
+            "copied": iso(now),
+            "verify_attempt": iso(now),
+            "verify_result": "failed",
+            "verify_summary": "2 files differ",
+        }
+    }
+    assert copy_view(entry, 3 * 86400, now).complaint == (
+        "copy failed: the last drill of the copy failed: 2 files differ"
+    )
+    config = load_server_config(
+        write(
+            tmp_path,
+            f"state_dir: {tmp_path}/state\n"
+            "copy: {repository_root: /c}\nhosts: [{name: web1}]\n",
+        )
+    )
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/status.json").write_text(json.dumps({"hosts": {"web1": entry}}))
+    assert copy_drill_due(config, config.hosts[0], now), "tried again on the next run"
+    entry["copy"]["verify_result"] = "ok"
+    (tmp_path / "state/status.json").write_text(json.dumps({"hosts": {"web1": entry}}))
+    assert not copy_drill_due(config, config.hosts[0], now)

@@ -16,19 +16,23 @@ TOOL_MODULES = {
     "test_backup_suite_migration.py",
     "test_bench_fidelity.py",
     "test_bench_smoke.py",
+    "test_copy.py",
     "test_database_restore.py",
     "test_drill_databases.py",
     "test_exclude_oracle.py",
+    "test_export_recovery.py",
     "test_hostile_archives.py",
     "test_maintenance.py",
     "test_partial_snapshots.py",
     "test_ransomware_guard.py",
     "test_remote_backends.py",
     "test_remote_repositories.py",
+    "test_repository_groups.py",
     "test_restore_fidelity.py",
 }
 """Integration modules whose subject is what external tools (restic, borg, rsync, rclone's
-REST server, the database engines) and the standard library do with pullback's files, not a Python
+REST server, age, the database engines) and the standard library do with pullback's files (the
+copies and groups among them: restic's copy, init and deduplication), not a Python
 library: marked ``tools`` and run once, on the current PyPI releases (test_remote_backends
 also needs moto's S3 server, a test dependency the Debian pass lacks). The Debian pass
 (Debian 12's paramiko, PyYAML, jsonschema, pluggy, Jinja2) runs every other module but

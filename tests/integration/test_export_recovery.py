@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.files import secret_file as secret
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(
@@ -24,12 +26,6 @@ pytestmark = [
 PRIMARY = "primary-Password-7731"
 COPY = "copy-Password-1194"
 URL_SECRET = "url-Secret-5520"
-
-
-def secret(path: Path, text: str) -> Path:
-    path.write_text(text + "\n")
-    path.chmod(0o600)
-    return path
 
 
 def server(config: Path, *args: str) -> subprocess.CompletedProcess:

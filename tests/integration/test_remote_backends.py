@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.files import secret_file
 from tests.helpers.fleet import PASSWORD, Fleet
 from tests.helpers.s3_store import MotoS3, moto_missing
 from tests.helpers.ssh_store import SshStore
@@ -41,12 +42,6 @@ SETTINGS = {
     # the ransomware guard compares snapshots, the same on any store: not run here
     "maintenance": {"guard": {"enabled": False}},
 }
-
-
-def secret_file(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
 
 
 class Server:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.files import secret_file
 from tests.helpers.fleet import PASSWORD, Fleet
 from tests.helpers.rest_store import MAINTAIN_SECRET, RestStore
 
@@ -20,12 +21,6 @@ pytestmark = pytest.mark.integration
 
 PULL_SECRET = "pull-Secret-xk27"
 WEB1_PASSWORD = "web1-own-Password-55"
-
-
-def secret_file(path: Path, line: str) -> Path:
-    path.write_text(line + "\n")
-    path.chmod(0o600)
-    return path
 
 
 def restic_json(url: str, password_file: Path, *args: str) -> object:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 import pytest
 
@@ -15,6 +14,7 @@ from pullback.server.backends import Role, make_backend
 from pullback.server.backends.errors import BackendError
 from pullback.server.backends.location import locate, masked, password_of
 from pullback.server.config import load_server_config
+from tests.helpers.files import secret_file as secret
 
 CONFIG = """\
 backend:
@@ -30,12 +30,6 @@ hosts:
     maintenance_repository_file: {maint}
     password_file: {own}
 """
-
-
-def secret(path: Path, line: str) -> Path:
-    path.write_text(line + "\n")
-    path.chmod(0o600)
-    return path
 
 
 @pytest.fixture

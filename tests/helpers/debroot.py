@@ -9,6 +9,7 @@ test module gets a fresh copy. systemd runs in private PID and mount namespaces:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -28,13 +29,22 @@ class Unavailable(Exception):
 
 
 def base_root() -> Path:
-    """The cached pristine root, made with debootstrap the first time."""
+    """The cached pristine root, made with debootstrap the first time (under a lock: the
+    system tier's modules may run side by side, in pytest-xdist workers)."""
     base = CACHE / f"{SUITE}-base"
+    if (base / ".complete").exists():
+        return base
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _make_base(base)
+
+
+def _make_base(base: Path) -> Path:
     if (base / ".complete").exists():
         return base
     if shutil.which("debootstrap") is None:
         raise Unavailable("debootstrap is not installed (apt install debootstrap)")
-    CACHE.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(base, ignore_errors=True)
     result = subprocess.run(
         [

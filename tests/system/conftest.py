@@ -115,7 +115,10 @@ def root(built, tmp_path_factory):
         APT_CACHE.mkdir(parents=True, exist_ok=True)
         for deb in (path / "var/cache/apt/archives").glob("*.deb"):
             if not (APT_CACHE / deb.name).exists():
-                shutil.copy2(deb, APT_CACHE / deb.name)
+                # whole or not at all: another module's root may be reading the cache
+                partial = APT_CACHE / f".{deb.name}.{os.getpid()}"
+                shutil.copy2(deb, partial)
+                partial.rename(APT_CACHE / deb.name)
         booted.poweroff()
         subprocess.run(["umount", "-R", str(path)], capture_output=True)
         shutil.rmtree(path, ignore_errors=True)

@@ -17,7 +17,7 @@ from ..common.fsutil import writable_or_creatable
 from ..common.sandbox import output_problem, unit_writable_paths
 from ..common.schema import load_schema
 from ..plugins.manager import PluginSet, load_plugins
-from .config import ClientConfig
+from .config import ClientConfig, IncrementalMode
 from .services import Service, discover, find_service_files
 from .stages import make_tasks, validate_service
 
@@ -64,7 +64,7 @@ def _setting_problems(config: ClientConfig) -> list[str]:
             problems.append(f"{config.path}: {key}: {path} is not writable")
     unit = "pullback-client.service"
     outputs = {"metrics_file": config.metrics_file}
-    if config.incremental.enabled:  # the file cache, written by every run
+    if config.incremental.mode is not IncrementalMode.OFF:  # the file cache, every run
         outputs["incremental.cache_dir"] = config.incremental.cache_dir / CACHE_NAME
     allowed = unit_writable_paths(unit) if any(outputs.values()) else None
     for setting, path in outputs.items():

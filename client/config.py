@@ -6,6 +6,7 @@ import argparse
 import os
 import socket
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from ..common.config import load_validated
@@ -18,11 +19,29 @@ from ..common.units import parse_duration, parse_size
 DEFAULT_PATH = Path("/etc/pullback/client.yaml")
 
 
+class IncrementalMode(StrEnum):
+    """``incremental.enabled``: ``true``, ``false`` or ``auto``."""
+
+    ON = "on"
+    """Deltas between full archives (the server is known to apply them)."""
+    OFF = "off"
+    """Full archives only, kept by ``keep_last``, ``keep_days`` and ``fetched_keep``."""
+    AUTO = "auto"
+    """As OFF until a server has said it applies deltas (``fetched <archive> deltas``),
+    then as ON. The file cache is kept all along, so the first delta comes the run after."""
+
+    @classmethod
+    def of(cls, value: bool | str) -> IncrementalMode:
+        if value == "auto":
+            return cls.AUTO
+        return cls.ON if value is True else cls.OFF
+
+
 @dataclass(frozen=True)
 class IncrementalConfig:
     """``incremental:`` of client.yaml (defaults in the schema)."""
 
-    enabled: bool = False
+    mode: IncrementalMode = IncrementalMode.AUTO
     full_every: float = 7 * 86400.0
     full_ratio: float = 0.5
     cache_dir: Path = Path("/var/cache/pullback")
@@ -116,7 +135,7 @@ def load_client_config(path: str | os.PathLike = DEFAULT_PATH) -> ClientConfig:
 
 def _incremental(data: dict) -> IncrementalConfig:
     return IncrementalConfig(
-        enabled=data["enabled"],
+        mode=IncrementalMode.of(data["enabled"]),
         full_every=parse_duration(data["full_every"]),
         full_ratio=float(data["full_ratio"]),
         cache_dir=Path(data["cache_dir"]),

@@ -18,7 +18,7 @@ from ..common.archive.directory import LocalArchive
 from ..common.archive.filecache import FileCache
 from ..common.archive.sidecar import BaseRef
 from ..common.units import human_duration, human_size
-from .config import ClientConfig
+from .config import ClientConfig, IncrementalMode
 
 FUTURE_TOLERANCE = dt.timedelta(hours=1)
 """How far ahead of the clock an archive's stamp may be and still count (the server's
@@ -58,12 +58,29 @@ def chain_of(newest: LocalArchive, by_name: dict[str, LocalArchive]) -> list[Loc
         chain.append(previous)
 
 
+WAITING_FOR_SERVER = (
+    "no server has said yet that it applies deltas (incremental.enabled: auto; a pullback "
+    "server of 0.2 or later says so when it stores an archive)"
+)
+
+
+def makes_deltas(config: ClientConfig) -> bool:
+    """Whether this client makes deltas now: ``enabled: true``, or ``auto`` once a server
+    has said that it applies them (its mark in the archive directory)."""
+    mode = config.incremental.mode
+    if mode is IncrementalMode.AUTO:
+        return archives.server_applies_deltas(config.archive_dir)
+    return mode is IncrementalMode.ON
+
+
 def decide(
     config: ClientConfig, cache: FileCache, now: dt.datetime, forced: str | None = None
 ) -> Decision:
     """Full or delta for this run; ``forced`` is a reason to make a full anyway."""
     if forced:
         return Decision(None, forced)
+    if not makes_deltas(config):
+        return Decision(None, WAITING_FOR_SERVER)
     unusable = cache.load()
     if unusable or cache.base is None:
         return Decision(None, unusable or "there is no file cache")

@@ -36,7 +36,7 @@ from ..common.signals import SignalGuard
 from ..common.units import human_duration, human_size
 from ..plugins.manager import PluginSet, load_plugins
 from . import incremental, outputs
-from .config import ClientConfig
+from .config import ClientConfig, IncrementalMode
 from .services import Service, discover
 from .stages import make_tasks, run_service, validate_service
 
@@ -225,7 +225,7 @@ class ClientRun:
             human_duration(time.monotonic() - self.started),
         )
         config = self.config
-        if config.incremental.enabled:
+        if self.decision is not None and incremental.makes_deltas(config):
             archives.apply_chain_retention(config.archive_dir, config.hostname)
         else:
             archives.apply_retention(
@@ -242,11 +242,12 @@ class ClientRun:
         return RunResult(code, self.reports, sidecar, published.name)
 
     def plan_incremental(self) -> FileCache | None:
-        """With incremental archives on: decide full or delta, open the file cache and
-        hand it to the writer. Returns the cache (None when incremental archives are
-        off)."""
+        """Unless incremental archives are off: decide full or delta, open the file cache
+        and hand it to the writer (``auto`` keeps the cache while it waits for a server
+        that applies deltas, so the first delta comes the run after). Returns the cache
+        (None when incremental archives are off)."""
         config = self.config
-        if not config.incremental.enabled:
+        if config.incremental.mode is IncrementalMode.OFF:
             return None
         cache = FileCache(config.incremental.cache_dir, config.hostname)
         forced = None

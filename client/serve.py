@@ -2,10 +2,11 @@
 
 Installed as ``restrict,command="pullback-client serve" ssh-ed25519 AAAA... pullback@server``
 in the authorized_keys of the unprivileged ``pullback`` user. sshd puts what the server
-asked for in ``SSH_ORIGINAL_COMMAND``; the four requests of :mod:`pullback.common.protocol`
+asked for in ``SSH_ORIGINAL_COMMAND``; the requests of :mod:`pullback.common.protocol`
 are answered (``fetched`` leaves a mark; the client's own run moves the archive to
-``fetched/`` once a newer one exists). The ``pullback`` user reads the archive directory
-and writes only its marks directory.
+``fetched/`` once a newer one exists; ``fetched <archive> deltas`` also leaves the mark
+that the server applies deltas, which ``incremental.enabled: auto`` waits for). The
+``pullback`` user reads the archive directory and writes only its marks directory.
 
 Anything else is refused, logged (to syslog and stderr), and exits 2. Nothing else runs.
 """
@@ -169,6 +170,8 @@ def serve(config: ClientConfig, request_text: str | None = None, out: int | None
             )
         elif request.verb is Verb.FETCHED:
             mark_fetched(config, request.archive)
+            if request.deltas:
+                archives.mark_server_applies_deltas(config.archive_dir)
             audit.info("%s marked fetched by %s", request.archive, _peer())
             os.write(out_fd, (FETCHED_ANSWER + "\n").encode())
         elif request.verb is Verb.FULL:

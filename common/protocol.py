@@ -8,7 +8,11 @@ requested command line over in ``SSH_ORIGINAL_COMMAND``. Exactly five requests e
                             and sidecar, and the archives without a valid sidecar
 ``lock``                    ``{"lock": <the lock record or null>}``
 ``send <archive> <offset>`` the archive's raw bytes from ``offset`` to its end
-``fetched <archive>``       ``{"ok": true}`` once the archive moved to ``fetched/``
+``fetched <archive>``       ``{"ok": true}``: the server stored the archive (a mark; the
+                            client's run moves it to ``fetched/`` later)
+``fetched <archive> deltas`` the same, and the server applies delta archives: a client
+                            with ``incremental.enabled: auto`` makes deltas from its next
+                            run on; sent only to a client of protocol 3 or later
 ``full``                    ``{"ok": true}``: the next run makes a full archive (the
                             server cannot use the client's chain of deltas); protocol 2
 
@@ -26,8 +30,11 @@ from typing import Any
 
 from .archive.sidecar import ARCHIVE_NAME
 
-PROTOCOL = 2
-"""1: the first four requests; 2: delta archives and the ``full`` request."""
+PROTOCOL = 3
+"""1: the first four requests; 2: delta archives and the ``full`` request; 3: ``fetched
+<archive> deltas`` (the server says it applies deltas)."""
+DELTAS_WORD = "deltas"
+"""The third word of a ``fetched`` request from a server that applies delta archives."""
 MAX_REQUEST = 512
 """Characters a request line may have."""
 MAX_LISTING = 2 << 20
@@ -60,13 +67,15 @@ class Request:
     verb: Verb
     archive: str = ""
     offset: int = 0
+    deltas: bool = False
+    """``fetched``: the server applies delta archives (protocol 3)."""
 
     @property
     def text(self) -> str:
         if self.verb is Verb.SEND:
             return f"{self.verb} {self.archive} {self.offset}"
         if self.verb is Verb.FETCHED:
-            return f"{self.verb} {self.archive}"
+            return f"{self.verb} {self.archive}" + (f" {DELTAS_WORD}" if self.deltas else "")
         return str(self.verb)
 
     @classmethod
@@ -74,8 +83,8 @@ class Request:
         return cls(Verb.SEND, archive, offset)
 
     @classmethod
-    def fetched(cls, archive: str) -> Request:
-        return cls(Verb.FETCHED, archive)
+    def fetched(cls, archive: str, deltas: bool = False) -> Request:
+        return cls(Verb.FETCHED, archive, deltas=deltas)
 
 
 LIST = Request(Verb.LIST)
@@ -91,21 +100,25 @@ def parse_request(text: str | None) -> Request:
         raise Refused("request too long")
     if not text.isprintable() or not text.isascii():
         raise Refused("request holds control or non-ASCII characters")
-    words = text.split(" ")
-    verb = words[0]
-    if verb in (Verb.LIST, Verb.LOCK, Verb.FULL) and len(words) == 1:
+    verb, *rest = text.split(" ")
+    if verb in (Verb.LIST, Verb.LOCK, Verb.FULL) and not rest:
         return Request(Verb(verb))
-    if verb == Verb.SEND and len(words) == 3:
-        if not ARCHIVE_NAME.match(words[1]):
-            raise Refused("not an archive name")
-        if not _OFFSET.match(words[2]):
+    if verb == Verb.SEND and len(rest) == 2:
+        if not _OFFSET.match(rest[1]):
             raise Refused("offset is not a decimal number")
-        return Request(Verb.SEND, words[1], int(words[2]))
-    if verb == Verb.FETCHED and len(words) == 2:
-        if not ARCHIVE_NAME.match(words[1]):
-            raise Refused("not an archive name")
-        return Request(Verb.FETCHED, words[1])
+        return Request(Verb.SEND, _archive_name(rest[0]), int(rest[1]))
+    if verb == Verb.FETCHED and len(rest) in (1, 2):
+        if rest[1:] not in ([], [DELTAS_WORD]):
+            raise Refused(f"the third word of fetched can only be {DELTAS_WORD!r}")
+        return Request(Verb.FETCHED, _archive_name(rest[0]), deltas=len(rest) == 2)
     raise Refused("unknown request")
+
+
+def _archive_name(word: str) -> str:
+    """``word``, an archive's name. Raises Refused when it is not one."""
+    if not ARCHIVE_NAME.match(word):
+        raise Refused("not an archive name")
+    return word
 
 
 @dataclass

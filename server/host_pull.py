@@ -79,7 +79,7 @@ class ClientEndpoint(Protocol):
 
     def list_archives(self) -> Listing: ...
 
-    def mark_fetched(self, name: str) -> None: ...
+    def mark_fetched(self, name: str, deltas: bool = False) -> None: ...
 
     def ask_full(self) -> None: ...
 
@@ -317,6 +317,8 @@ class HostPull:
         self.started = time.monotonic()
         self.repository_missing = False
         """The repository does not exist yet; it is made before the first store."""
+        self.client_protocol = 1
+        """What the client's listing says it speaks (3: it hears that deltas apply)."""
 
     # -- the whole run ------------------------------------------------------------------
 
@@ -504,6 +506,7 @@ class HostPull:
         (``lock_retries`` times, ``lock_wait`` apart); None (a skip) if it stays busy."""
         config = self.ctx.config
         listing = remote.list_archives()
+        self.client_protocol = listing.protocol
         for attempt in range(config.lock_retries):
             if not listing.lock:
                 return listing
@@ -697,9 +700,10 @@ class HostPull:
             self.ctx.log.warning("could not measure the repository: %s", exc)
 
     def mark_fetched(self, remote: ClientEndpoint, name: str) -> None:
-        """Tell the client ``name`` was fetched; a refusal is only a warning."""
+        """Tell the client ``name`` was fetched, and (protocol 3) that this server applies
+        deltas; a refusal is only a warning."""
         try:
-            remote.mark_fetched(name)
+            remote.mark_fetched(name, deltas=self.client_protocol >= 3)
         except PullbackError as exc:
             self._warn(f"could not tell the client that {name} was fetched: {exc}")
 

@@ -238,6 +238,24 @@ def mark_want_full(archive_dir: Path) -> None:
     _leave_mark(archive_dir, WANT_FULL)
 
 
+APPLIES_DELTAS = "server-applies-deltas"
+"""The mark the serve endpoint leaves when the server says it applies delta archives
+(``fetched <archive> deltas``): ``incremental.enabled: auto`` makes deltas once it is
+there. It stays (removing it by hand makes the client full-only again until the next
+such request)."""
+
+
+def mark_server_applies_deltas(archive_dir: Path) -> None:
+    """Record that a server applies delta archives (the serve endpoint, as ``pullback``)."""
+    _leave_mark(archive_dir, APPLIES_DELTAS)
+
+
+def server_applies_deltas(archive_dir: Path) -> bool:
+    """Whether a server has said it applies delta archives (the mark is a name only:
+    whatever kind of entry it is, its presence counts, nothing is opened)."""
+    return os.path.lexists(archive_dir / MARKS_DIR / APPLIES_DELTAS)
+
+
 def retire_marked(archive_dir: Path, keep: int) -> list[str]:
     """Move the archives the server stored to ``fetched/``, except the newest complete
     one (a stolen server key cannot make a client drop the archive the server has not

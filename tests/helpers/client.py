@@ -28,6 +28,9 @@ class ClientSandbox:
         self.write_config()
 
     def write_config(self, **extra) -> Path:
+        """client.yaml with this sandbox's directories and ``extra``. Incremental archives
+        are off unless ``incremental`` is given (its file cache then in the sandbox unless
+        it says where): tests of full archives stay full whatever the server says."""
         data = {
             "hostname": self.hostname,
             "archive_dir": str(self.archives),
@@ -35,7 +38,10 @@ class ClientSandbox:
             "lock_dir": str(self.run_dir),
             "service_dirs": [str(self.services)],
             "min_free_space": "1M",
+            "incremental": {"enabled": False},
         }
+        if "incremental" in extra:
+            extra["incremental"] = {"cache_dir": str(self.root / "cache"), **extra["incremental"]}
         data.update(extra)
         self.config.write_text(yaml.safe_dump(data))
         return self.config

@@ -1,4 +1,4 @@
-"""Incremental pulls end to end: a client with ``incremental.enabled`` behind a real sshd,
+"""Incremental pulls end to end: a client making deltas behind a real sshd,
 real restic; the next day travels as a delta and every snapshot restores to exactly that
 day's tree; missed days are replayed; a lost or damaged base falls back to the full in
 the same pull; a chain the server cannot use makes the client's next archive a full."""
@@ -36,10 +36,10 @@ def fleet(tmp_path):
     fleet.stop()
 
 
-def incremental_host(fleet: Fleet, name: str = "web1") -> FleetHost:
+def incremental_host(fleet: Fleet, name: str = "web1", enabled: bool | str = True) -> FleetHost:
     host = fleet.add_host(name)
     host.client.write_config(
-        incremental={"enabled": True, "cache_dir": str(fleet.root / name / "cache")}
+        incremental={"enabled": enabled, "cache_dir": str(fleet.root / name / "cache")}
     )
     data = host.data
     for i in range(40):
@@ -114,11 +114,15 @@ def snapshot_ids(fleet: Fleet) -> list[str]:
 
 
 def test_the_next_day_travels_as_a_delta_and_restores_exactly(fleet, tmp_path):
-    host = incremental_host(fleet)
+    """The client as installed (``incremental.enabled: auto``): a full archive until the
+    server stored one and said that it applies deltas; the next day is a delta."""
+    host = incremental_host(fleet, enabled="auto")
     first = run_client(host)
     assert first["format"] == 1 and first["archive"]["kind"] == "full"
     day1 = pull(fleet)
     assert day1["rc"] == 0, day1["log"]
+    marks = host.client.archives / ".fetched-marks"
+    assert sorted(os.listdir(marks)) == ["server-applies-deltas", first["archive"]["name"]]
     trees = [snapshot(host.data)]
 
     day_of_changes(host.data, 1)

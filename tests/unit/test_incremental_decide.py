@@ -8,7 +8,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from pullback.client.config import ClientConfig, IncrementalConfig
+from pullback.client.config import ClientConfig, IncrementalConfig, IncrementalMode
 from pullback.client.incremental import decide
 from pullback.common.archive import directory
 from pullback.common.archive.filecache import FileCache
@@ -16,7 +16,7 @@ from pullback.common.archive.filecache import FileCache
 NOW = dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC)
 
 
-def config(tmp_path: Path) -> ClientConfig:
+def config(tmp_path: Path, mode: IncrementalMode = IncrementalMode.ON) -> ClientConfig:
     return ClientConfig(
         path=tmp_path / "client.yaml",
         hostname="web1",
@@ -36,7 +36,7 @@ def config(tmp_path: Path) -> ClientConfig:
         email=None,
         notify=None,
         metrics_file=None,
-        incremental=IncrementalConfig(True, 7 * 86400, 0.5, tmp_path / "cache"),
+        incremental=IncrementalConfig(mode, 7 * 86400, 0.5, tmp_path / "cache"),
     )
 
 
@@ -77,6 +77,23 @@ def cache_of(cfg: ClientConfig, name: str, manifest: str) -> FileCache:
     cache.finish(name, manifest)
     cache.swap()
     return FileCache(cfg.incremental.cache_dir, cfg.hostname)
+
+
+def test_auto_waits_for_a_server_that_applies_deltas(tmp_path):
+    """``auto``: a full archive (with its reason) until the serve endpoint left the
+    server's mark; a delta from then on. ``false`` never makes one."""
+    from pullback.common.archive import directory
+
+    cfg = config(tmp_path, IncrementalMode.AUTO)
+    full, _ = publish(cfg, 3)
+    newest, manifest = publish(cfg, 2, base=full, size=100)
+    decision = decide(cfg, cache_of(cfg, newest, manifest), NOW)
+    assert not decision.delta and "no server has said yet" in decision.reason
+    (cfg.archive_dir / directory.MARKS_DIR).mkdir(exist_ok=True)
+    directory.mark_server_applies_deltas(cfg.archive_dir)
+    assert decide(cfg, cache_of(cfg, newest, manifest), NOW).base.name == newest
+    off = config(tmp_path, IncrementalMode.OFF)
+    assert not decide(off, cache_of(off, newest, manifest), NOW).delta
 
 
 def test_a_delta_onto_the_newest_archive_the_cache_describes(tmp_path):

@@ -21,6 +21,10 @@ from pullback.common.protocol import LIST, LOCK, Listing, Request, Verb
             "send web1-20261122T030000Z.tar.gz 123",
         ),
         (Request.fetched("web1-20261122T030000Z.tar"), "fetched web1-20261122T030000Z.tar"),
+        (
+            Request.fetched("web1-20261122T030000Z.tar", deltas=True),
+            "fetched web1-20261122T030000Z.tar deltas",
+        ),
     ],
 )
 def test_a_request_is_written_as_the_client_parses_it(request_, text):
@@ -59,9 +63,9 @@ def test_verbs_are_the_five():
 
 def test_the_listing_says_which_protocol_the_client_speaks():
     """1 from a client before delta archives (it sends none) or any nonsense; the server
-    sends ``full`` only to 2 or later."""
+    sends ``full`` only to 2 or later, ``fetched <archive> deltas`` only to 3 or later."""
     wire = json.loads(Listing("web1", "1.2.3", None, [], []).to_json())
-    assert protocol.parse_listing(json.dumps(wire).encode()).protocol == 2
+    assert protocol.parse_listing(json.dumps(wire).encode()).protocol == 3
     for value in (None, "2", True, 0, -1, 10**9, 2.5):
         wire["protocol"] = value
         assert protocol.parse_listing(json.dumps(wire).encode()).protocol == 1
@@ -73,7 +77,7 @@ def test_the_list_answer_on_the_wire():
     """The keys older and newer peers rely on: changing one breaks mixed fleets."""
     wire = json.loads(Listing("web1", "1.2.3", None, [], []).to_json())
     assert wire == {
-        "protocol": 2,
+        "protocol": 3,
         "host": "web1",
         "pullback_version": "1.2.3",
         "lock": None,

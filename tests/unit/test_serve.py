@@ -30,6 +30,9 @@ from tests.helpers.client import ClientSandbox
         "send web1-20261122T030000Z.tar.zst 0 extra",
         "fetched",
         "fetched /etc/passwd",
+        "fetched web1-20261122T030000Z.tar.zst yes",
+        "fetched web1-20261122T030000Z.tar.zst deltas deltas",
+        "fetched web1-20261122T030000Z.tar.zst Deltas",
         "list\n",
         "send web1-20261122T030000Z.tar.zst 0\x00",
         "lock " * 200,
@@ -115,6 +118,35 @@ def test_a_stolen_server_key_cannot_retire_the_newest_archive(box, tmp_path):
     names = [a["name"] for a in json.loads(run_serve(box, "list", tmp_path)[1])["archives"]]
     assert names == [newest.name]  # still there for the real server to pull
     assert os.listdir(box.archives / ".fetched-marks") == [newest.name]
+
+
+def test_auto_makes_deltas_once_a_server_says_it_applies_them(box, tmp_path):
+    """``incremental.enabled: auto`` (the default): full archives, kept as ``keep_last``
+    says, while no server said it applies deltas (a server before them sends a plain
+    ``fetched``); once one says so (``fetched <archive> deltas``), the next run makes a
+    delta and the chain's retention takes over."""
+    import time
+
+    from pullback.common.archive import directory
+
+    box.write_config(incremental={}, keep_last=2, keep_days=0)
+    kinds, said = [], []
+    for request in ("fetched {}", "fetched {}", "fetched {} deltas", None):
+        result = box.cli("run")
+        assert result.returncode == 0, result.stderr
+        kinds.append("delta" if "delta: a delta against" in result.stderr else "full")
+        said.append(result.stderr)
+        if request is not None:
+            newest = box.published()[-1]
+            assert run_serve(box, request.format(newest.name), tmp_path)[0] == 0
+        time.sleep(1.05)
+    assert kinds == ["full", "full", "full", "delta"]
+    assert "no server has said yet that it applies deltas" in said[0]
+    assert "there is no file cache" not in said[2]  # the cache was kept while waiting
+    assert directory.server_applies_deltas(box.archives)
+    # the chain: the newest full archive and the delta on it, nothing older
+    names = [a.name for a in directory.list_archives(box.archives)]
+    assert len(names) == 2
 
 
 def test_refusals_through_the_cli_exit_2(box):

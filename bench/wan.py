@@ -1,6 +1,6 @@
 """pullback's next day over a rate-limited link, against rsync + restic and the hand pipeline.
 
-    python -m bench.wan [--scale 1] [--rate 100mbit] [--repeat 1] [--incremental]
+    python -m bench.wan [--scale 1] [--rate 100mbit] [--repeat 1] [--full-archives]
                         [--work DIR] [--no-save]
 
 The client lives in a network namespace (``pbwan<tag>``) whose only interface is one end of
@@ -25,9 +25,9 @@ client's pack (its run time and the newest archive's size) on day one against th
 day. Targets (issue "incremental pulls"): next-day time, pullback <= rsync + restic;
 wire bytes, pullback <= 1.5 x rsync; next-day pack <= 0.3 x day one's.
 
---incremental writes ``incremental: {enabled: true}`` into the client's client.yaml (the
-incremental archives being added; that key will become the default, and this flag then
-moot). Without it the bench runs against today's full archives.
+The client runs with its defaults (``incremental.enabled: auto``: day one's pull tells it
+that the server applies deltas, so the next day is a delta). --full-archives writes
+``incremental: {enabled: false}`` and measures full archives every day instead.
 
 The pristine dataset is cached in --work (``data-<scale>``, never mutated: each run works
 on a copy); everything else (namespace, veth, sshds, the run's directory) is removed at
@@ -152,8 +152,11 @@ class WanBench(Bench):
     def setup(self) -> None:
         self.key = make_key(self.work / "key")
         self.box = ClientSandbox(self.work / "client", hostname="bench")
-        extra = {"incremental": {"enabled": True}} if self.incremental else {}
-        self.box.write_config(keep_last=1, keep_days=0, min_free_space="1M", **extra)
+        # the client's own default (auto), or full archives only
+        incremental = {} if self.incremental else {"enabled": False}
+        self.box.write_config(
+            keep_last=1, keep_days=0, min_free_space="1M", incremental=incremental
+        )
         self.box.add_service("data", f"service: {{name: data}}\nfiles: {{paths: [{self.data}]}}\n")
         pub = Path(f"{self.key}.pub")
         where = {"address": self.link.peer, "netns": self.link.netns}
@@ -436,9 +439,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", default="100mbit", help="tc rate, both directions")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument(
-        "--incremental",
+        "--full-archives",
         action="store_true",
-        help="write incremental: {enabled: true} into client.yaml",
+        help="write incremental: {enabled: false} into client.yaml (full archives daily)",
     )
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/pullback-bench-wan"))
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
@@ -448,7 +451,7 @@ def main(argv=None) -> int:
         parser.error("needs root (ip netns, veth, tc)")
     args.work.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _terminate)
-    results = run(args.work, args.scale, args.rate, args.repeat, args.incremental)
+    results = run(args.work, args.scale, args.rate, args.repeat, not args.full_archives)
     print(report(results))
     if not args.no_save:
         out = HERE / "results" / f"wan-{dt.date.today().isoformat()}.json"

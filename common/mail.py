@@ -4,18 +4,18 @@ through the local sendmail program."""
 from __future__ import annotations
 
 import logging
-import smtplib
-import ssl
 import tempfile
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import secrets
 from .errors import CommandError, PullbackError
-from .runner import Runner
 from .units import parse_duration
+
+if TYPE_CHECKING:  # the email package, smtplib and ssl load when a mail is sent: every
+    # command reads the mail settings, few send (the serve endpoint never does)
+    from email.message import EmailMessage
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,9 @@ def _password(path: Path | None) -> str | None:
 def build_message(
     sender: str, to: list[str] | tuple[str, ...], subject: str, text: str, html: str | None = None
 ) -> EmailMessage:
+    from email.message import EmailMessage
+    from email.utils import formatdate, make_msgid
+
     message = EmailMessage()
     message["From"] = sender
     message["To"] = ", ".join(to)
@@ -111,6 +114,8 @@ def sendmail_argv(program: Path) -> list[str]:
 def sendmail(program: Path, message: EmailMessage, timeout: float) -> None:
     """Hand ``message`` to the local ``program`` (msmtp, exim, postfix). Raises MailError
     with the program's last words when it fails."""
+    from .runner import Runner  # sh loads only when a mail is handed over
+
     with tempfile.TemporaryFile() as text:
         text.write(message.as_bytes())
         text.seek(0)
@@ -124,6 +129,9 @@ def sendmail(program: Path, message: EmailMessage, timeout: float) -> None:
 def send(smtp, message: EmailMessage) -> None:
     """Deliver ``message`` with the settings ``smtp`` (host, port, security, username,
     password_file, ca_file, timeout). Raises MailError in plain words."""
+    import smtplib
+    import ssl
+
     context = ssl.create_default_context(cafile=str(smtp.ca_file) if smtp.ca_file else None)
     where = f"{smtp.host}:{smtp.port}"
     try:

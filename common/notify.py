@@ -7,8 +7,6 @@ log and never changes the outcome of a backup.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +80,9 @@ def _token(path: Path | None) -> str | None:
 
 
 def _send(what: str, url: str, data: bytes | None, headers: dict[str, str], timeout: float) -> bool:
+    import urllib.error  # here: http.client, ssl and email load only when a ping is sent
+    import urllib.request
+
     if not url.startswith(("http://", "https://")):  # the schema allows nothing else
         log.warning("%s not sent: %s is not an http(s) URL", what, secrets.mask(url))
         return False

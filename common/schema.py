@@ -50,7 +50,7 @@ def _include(node: Any) -> Any:
     """Replace every ``{x-include: NAME}`` by the shared fragment ``schemas/_NAME.yaml``."""
     if isinstance(node, dict):
         if "x-include" in node:
-            fragment = yaml.safe_load(_load_resource("pullback.common", f"_{node['x-include']}"))
+            fragment = _yaml(_load_resource("pullback.common", f"_{node['x-include']}"))
             extra = {k: v for k, v in node.items() if k != "x-include"}
             return _include({**fragment, **extra})
         return {k: _include(v) for k, v in node.items()}
@@ -61,7 +61,13 @@ def _include(node: Any) -> Any:
 
 @functools.cache
 def _parsed_schema(package: str, name: str) -> dict:
-    return _include(yaml.safe_load(_load_resource(package, name)))
+    return _include(_yaml(_load_resource(package, name)))
+
+
+def _yaml(text: str) -> Any:
+    """A schema's YAML, through libyaml when PyYAML has it (Debian's and PyPI's do): the
+    pure-Python parser took 85 ms of every command's start, the serve endpoint's too."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
 
 
 def load_schema(package: str, name: str) -> dict:

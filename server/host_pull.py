@@ -83,7 +83,9 @@ class ClientEndpoint(Protocol):
 
     def ask_full(self) -> None: ...
 
-    def stream(self, name: str, offset: int, cancel=None) -> Generator[bytes, None, None]: ...
+    def stream(
+        self, name: str, offset: int, cancel=None, size: int | None = None
+    ) -> Generator[bytes, None, None]: ...
 
 
 @dataclass(frozen=True)

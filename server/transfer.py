@@ -55,7 +55,9 @@ from .remote import TransferCut
 class ByteSource(Protocol):
     """Where an archive's bytes come from (a :class:`~.remote.Remote`)."""
 
-    def stream(self, name: str, offset: int, cancel=None) -> Generator[bytes, None, None]: ...
+    def stream(
+        self, name: str, offset: int, cancel=None, size: int | None = None
+    ) -> Generator[bytes, None, None]: ...
 
 
 log = get_logger("transfer")
@@ -366,7 +368,7 @@ class _Download:
         stop short, ArchiveError when more arrive than the sidecar announced."""
         name, size = self.archive.name, self.archive.size
         if offset < size:
-            stream = self.remote.stream(name, offset, self.ctx.cancel)
+            stream = self.remote.stream(name, offset, self.ctx.cancel, size=size)
             try:
                 for data in stream:
                     if growing.written + len(data) > size:

@@ -244,7 +244,7 @@ class FakeClient:
             raise self.refuse_fetched
         self.marked.append(name)
 
-    def stream(self, name: str, offset: int, cancel=None):
+    def stream(self, name: str, offset: int, cancel=None, size=None):
         data = (self.archive_dir / name).read_bytes()[offset:]
         if self.cut_at is not None:
             data = data[: self.cut_at - offset]

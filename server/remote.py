@@ -359,7 +359,11 @@ class Remote:
                 last = time.monotonic()
                 yield data
             while not channel.status_event.wait(_TICK):
+                if cancel is not None and cancel.is_set():
+                    raise TransferCut(f"{host}: transfer cancelled")
                 err.drain(channel)
+                while channel.recv_ready():  # nothing may follow the end: dropped, counted
+                    err.count(len(channel.recv(1 << 16)))
                 if time.monotonic() - last > self.ssh.idle_timeout:
                     raise TransferCut(f"{host}: the transfer never ended; it was cut")
             err.drain(channel)

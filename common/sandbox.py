@@ -22,14 +22,27 @@ HOMES = ("/root/", "/home/", "/run/user/")
 server needs cannot be there."""
 
 
+MADE_BY_SYSTEMD = "~"
+"""Marks an entry of :func:`unit_writable_paths` that systemd makes when the unit starts
+(``CacheDirectory=`` and its kin): writable by the unit whether it exists yet or not."""
+_MADE = {
+    "CacheDirectory": "/var/cache",
+    "StateDirectory": "/var/lib",
+    "LogsDirectory": "/var/log",
+    "RuntimeDirectory": "/run",
+}
+
+
 def unit_writable_paths(unit: str) -> list[str] | None:
-    """The unit's ``ReadWritePaths=`` entries (``-`` marks one that may be missing), or
-    None when systemd is not running here or does not know the unit."""
+    """The unit's ``ReadWritePaths=`` entries (``-`` marks one that may be missing) and the
+    directories systemd makes for it (``CacheDirectory=`` and its kin, marked
+    MADE_BY_SYSTEMD), or None when systemd is not running here or does not know the
+    unit."""
     if shutil.which("systemctl") is None or not os.path.isdir("/run/systemd/system"):
         return None
     try:
         result = Runner().run(
-            ["systemctl", "show", "--property=ReadWritePaths,LoadState", unit],
+            ["systemctl", "show", f"--property=ReadWritePaths,LoadState,{','.join(_MADE)}", unit],
             timeout=10,
             level=logging.DEBUG,
         )
@@ -38,15 +51,19 @@ def unit_writable_paths(unit: str) -> list[str] | None:
     found = dict(line.split("=", 1) for line in result.tail if "=" in line)
     if found.get("LoadState") != "loaded":
         return None
-    return found.get("ReadWritePaths", "").split()
+    made = [
+        f"{MADE_BY_SYSTEMD}{root}/{name}"
+        for key, root in _MADE.items()
+        for name in found.get(key, "").split()
+    ]
+    return found.get("ReadWritePaths", "").split() + made
 
 
-def _allowing(path: Path, allowed: list[str]) -> Path | None:
-    """The ``ReadWritePaths=`` directory ``path`` is below, or None."""
+def _allowing(path: Path, allowed: list[str]) -> str | None:
+    """The entry of ``allowed`` whose directory ``path`` is below, or None."""
     for entry in allowed:
-        directory = Path(entry.lstrip("-+"))
-        if path.is_relative_to(directory):
-            return directory
+        if path.is_relative_to(Path(entry.lstrip("-+" + MADE_BY_SYSTEMD))):
+            return entry
     return None
 
 
@@ -79,12 +96,15 @@ def output_problem(setting: str, path: Path, unit: str, allowed: list[str] | Non
         return f"{setting}: {path} is not writable"
     if allowed is None:
         return None
-    granted = _allowing(path, allowed)
-    if granted is not None and not granted.is_dir():
-        return (
-            f"{setting}: {unit} may write below {granted} only once it exists: mkdir -p {granted}"
-        )
-    if granted is None:
+    entry = _allowing(path, allowed)
+    if entry is not None and not entry.startswith(MADE_BY_SYSTEMD):
+        granted = Path(entry.lstrip("-+"))
+        if not granted.is_dir():
+            return (
+                f"{setting}: {unit} may write below {granted} only once it exists: "
+                f"mkdir -p {granted}"
+            )
+    if entry is None:
         return (
             f"{setting}: {path} is outside the ReadWritePaths= of {unit}, so its timer runs "
             f"cannot write it (runs by hand can): choose a path below {allowed[0].lstrip('-')}, "

@@ -358,16 +358,7 @@ class Remote:
                     break
                 last = time.monotonic()
                 yield data
-            while not channel.status_event.wait(_TICK):
-                if cancel is not None and cancel.is_set():
-                    raise TransferCut(f"{host}: transfer cancelled")
-                err.drain(channel)
-                while channel.recv_ready():  # nothing may follow the end: dropped, counted
-                    err.count(len(channel.recv(1 << 16)))
-                if time.monotonic() - last > self.ssh.idle_timeout:
-                    raise TransferCut(f"{host}: the transfer never ended; it was cut")
-            err.drain(channel)
-            status = channel.recv_exit_status()
+            status = self._await_end(channel, err, cancel, last)
         except RemoteError as exc:  # past MAX_STDERR_READ of words
             raise TransferCut(str(exc)) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
@@ -378,6 +369,22 @@ class Remote:
             words = bytes(err.kept).decode("utf-8", "replace").strip().splitlines()
             reason = printable(words[-1], 200) if words else f"exit status {status}"
             raise TransferCut(f"{host}: the transfer stopped: {reason}")
+
+    def _await_end(self, channel, err: _Stderr, cancel, last: float) -> int:
+        """The exit status that follows a stream's end, whatever comes after the end read,
+        counted and dropped all along. Raises TransferCut when cancelled or late, RemoteError
+        past MAX_STDERR_READ."""
+        host = self.host.name
+        while not channel.status_event.wait(_TICK):
+            if cancel is not None and cancel.is_set():
+                raise TransferCut(f"{host}: transfer cancelled")
+            err.drain(channel)
+            while channel.recv_ready():  # nothing may follow the end: dropped, counted
+                err.count(len(channel.recv(1 << 16)))
+            if time.monotonic() - last > self.ssh.idle_timeout:
+                raise TransferCut(f"{host}: the transfer never ended; it was cut")
+        err.drain(channel)
+        return channel.recv_exit_status()
 
     def _drain(self, fd: int, child: RunningCommand, cancel) -> Generator[bytes, None, None]:
         poller = select.poll()

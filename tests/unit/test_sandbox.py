@@ -33,6 +33,17 @@ def test_an_optional_path_that_does_not_exist_yet_must_be_created(tmp_path):
     )
 
 
+def test_a_directory_systemd_makes_for_the_unit_need_not_exist_yet(tmp_path):
+    """``CacheDirectory=pullback``: systemd makes /var/cache/pullback when the unit starts,
+    so the file cache of a fresh installation is no problem before the first run."""
+    from pullback.common.sandbox import MADE_BY_SYSTEMD
+
+    cache = tmp_path / "cache" / "pullback"
+    allowed = [f"-{tmp_path}/other", f"{MADE_BY_SYSTEMD}{cache}"]
+    assert output_problem("incremental.cache_dir", cache / "files.db", UNIT, allowed) is None
+    assert not cache.exists()
+
+
 def test_a_directory_that_is_a_file_is_not_writable(tmp_path):
     (tmp_path / "file").write_text("x")
     problem = output_problem("metrics_file", tmp_path / "file" / "m.prom", UNIT, None)

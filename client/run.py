@@ -260,7 +260,13 @@ class ClientRun:
             cache.start()
         except OSError as exc:
             cache.close()
-            raise ArchiveError(f"cannot write the file cache in {cache.directory}: {exc}") from None
+            problem = f"cannot write the file cache in {cache.directory}: {exc}"
+            if decision.reason != incremental.WAITING_FOR_SERVER:
+                raise ArchiveError(problem) from None
+            # no delta can be made yet: the full archive goes ahead without the cache
+            log.warning("%s; the first delta waits for it", problem)
+            self.decision = None
+            return None
         self.work.mkdir(parents=True, exist_ok=True, mode=0o700)
         kind = "delta" if decision.delta else "full archive"
         log.info("%s: %s", kind, decision.reason)

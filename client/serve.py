@@ -170,9 +170,11 @@ def serve(config: ClientConfig, request_text: str | None = None, out: int | None
             )
         elif request.verb is Verb.FETCHED:
             mark_fetched(config, request.archive)
+            claim = ""
             if request.deltas:
                 archives.mark_server_applies_deltas(config.archive_dir)
-            audit.info("%s marked fetched by %s", request.archive, _peer())
+                claim = ", who says it applies deltas"
+            audit.info("%s marked fetched by %s%s", request.archive, _peer(), claim)
             os.write(out_fd, (FETCHED_ANSWER + "\n").encode())
         elif request.verb is Verb.FULL:
             archives.mark_want_full(config.archive_dir)

@@ -69,12 +69,20 @@ def netem_available() -> bool:
         _ip("link", "del", name, check=False)
 
 
+def _unused_net() -> int:
+    """A second octet N whose 10.N.0.0/16 no interface here uses yet: two fleets (the
+    fault matrix and the soak, in two pytest-xdist workers) must not share a route."""
+    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    free = [n for n in range(100, 250) if f" 10.{n}." not in used]
+    return random.choice(free or [random.randrange(100, 250)])
+
+
 @dataclass
 class NetFleet(Fleet):
     """A :class:`Fleet` whose hosts are network namespaces behind a bridge."""
 
     tag: str = field(default_factory=lambda: f"{random.randrange(16**4):04x}")
-    net: int = field(default_factory=lambda: random.randrange(100, 250))
+    net: int = field(default_factory=lambda: _unused_net())
     namespaces: dict[str, str] = field(default_factory=dict)
     veths: dict[str, str] = field(default_factory=dict)
     netem: bool = False

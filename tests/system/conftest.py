@@ -3,6 +3,7 @@ newer one, for upgrades), and a booted Debian 12 root per test module."""
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import shutil
@@ -100,7 +101,16 @@ def built_upgrade(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def root(built, tmp_path_factory):
     """A fresh booted Debian 12 root for the test module (packages apt fetched before are
-    kept in a cache between runs)."""
+    kept in a cache between runs). One at a time on this machine: the roots share its
+    network (their sshds listen on port 22), so a module whose root boots while another
+    module's root runs (two pytest-xdist workers) waits for it."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".booted.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield from _booted_root(tmp_path_factory)
+
+
+def _booted_root(tmp_path_factory):
     try:
         path = fresh_copy(tmp_path_factory.mktemp("debroot") / "root")
     except Unavailable as exc:

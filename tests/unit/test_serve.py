@@ -149,6 +149,23 @@ def test_auto_makes_deltas_once_a_server_says_it_applies_them(box, tmp_path):
     assert len(names) == 2
 
 
+def test_a_client_waiting_for_deltas_goes_on_without_its_file_cache(box, tmp_path):
+    """``auto`` before any server said it applies deltas makes full archives: a file cache
+    it cannot write is a warning then, not a failed run; once deltas are made it fails
+    the run (a delta needs it)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    box.write_config(incremental={"cache_dir": str(blocker / "cache")})
+    waiting = box.cli("run")
+    assert waiting.returncode == 0, waiting.stderr
+    assert "cannot write the file cache" in waiting.stderr
+    assert "the first delta waits for it" in waiting.stderr
+    assert len(box.published()) == 1
+    box.write_config(incremental={"enabled": True, "cache_dir": str(blocker / "cache")})
+    on = box.cli("run")
+    assert on.returncode != 0 and "cannot write the file cache" in on.stderr
+
+
 def test_refusals_through_the_cli_exit_2(box):
     result = box.cli("serve", env={"SSH_ORIGINAL_COMMAND": "cat /etc/shadow"})
     assert result.returncode == 2

@@ -204,10 +204,16 @@ while sent < limit:
 """
 
 
-def test_cut_transfer_is_resumed(fleet, tmp_path):
+@pytest.mark.parametrize("megabytes", [3, 20], ids=["control-connection", "ssh-child"])
+def test_cut_transfer_is_resumed(fleet, tmp_path, megabytes):
+    """Both ways an archive travels: up to SMALL_STREAM over the control connection,
+    beyond it through an OpenSSH child (the resumed rest too)."""
+    from pullback.server.remote import SMALL_STREAM
+
     host = fleet.add_host("web1")
-    archive = host.make_archive({"big.bin": os.urandom(3 << 20)})
+    archive = host.make_archive({"big.bin": os.urandom(megabytes << 20)})
     size = archive.stat().st_size
+    assert (size - (1 << 20) > SMALL_STREAM) == (megabytes == 20)
     # the connection "breaks" after 1 MiB: the serve output goes through a cutter
     cutter = tmp_path / "cut.py"
     cutter.write_text(CUT)

@@ -56,7 +56,7 @@ def unit_writable_paths(unit: str) -> list[str] | None:
         for key, root in _MADE.items()
         for name in found.get(key, "").split()
     ]
-    return found.get("ReadWritePaths", "").split() + made
+    return made + found.get("ReadWritePaths", "").split()  # first: they need not exist yet
 
 
 def _allowing(path: Path, allowed: list[str]) -> str | None:

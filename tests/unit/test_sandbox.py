@@ -39,7 +39,7 @@ def test_a_directory_systemd_makes_for_the_unit_need_not_exist_yet(tmp_path):
     from pullback.common.sandbox import MADE_BY_SYSTEMD
 
     cache = tmp_path / "cache" / "pullback"
-    allowed = [f"-{tmp_path}/other", f"{MADE_BY_SYSTEMD}{cache}"]
+    allowed = [f"{MADE_BY_SYSTEMD}{cache}", f"-{tmp_path}/other", f"-{cache}"]  # as the unit
     assert output_problem("incremental.cache_dir", cache / "files.db", UNIT, allowed) is None
     assert not cache.exists()
 

@@ -58,6 +58,30 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, position: int) -> 
         position += n
 
 
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_PIECE = 1 << 20
+
+
+def make_hole(fd: int, offset: int, length: int) -> bool:
+    """Make ``length`` bytes of ``fd`` from ``offset`` read as zeros, without moving the
+    file's size: a hole punched (``fallocate(2)``, ``FALLOC_FL_PUNCH_HOLE``), or zeros
+    written where the file system cannot punch one. Returns whether a hole was punched.
+    Raises OSError for a failed write."""
+    import ctypes  # only a sparse file's delta needs it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    mode = _FALLOC_FL_KEEP_SIZE | _FALLOC_FL_PUNCH_HOLE
+    if libc.fallocate(fd, mode, ctypes.c_int64(offset), ctypes.c_int64(length)) == 0:
+        return True
+    end = min(offset + length, os.fstat(fd).st_size)  # past the end: already zeros
+    zeros = bytes(min(_PIECE, max(end - offset, 0)))
+    while offset < end:
+        step = min(_PIECE, end - offset)
+        pwrite_all(fd, zeros[:step], offset)
+        offset += step
+    return False
+
+
 def free_bytes(path: str | os.PathLike) -> int:
     """Free space for an unprivileged writer on the file system holding ``path``."""
     return shutil.disk_usage(path).free

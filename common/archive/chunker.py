@@ -36,6 +36,7 @@ text, ~2.2 GB/s on random data. The figures halve when other work shares the 2 c
 from __future__ import annotations
 
 import hashlib
+import itertools
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -53,6 +54,13 @@ ID_SIZE = 16
 """The bytes of sha256 kept as a chunk's id."""
 PARAMS = "nl-crc32-w64-m63-32k-512k-sha256/16"
 """Names the rule above; stored beside chunk lists so that a change invalidates them."""
+
+HOLE_ID = bytes(ID_SIZE)
+"""The id of a hole of a sparse file in a chunk list: its bytes read as zeros and are
+not stored (no chunk's sha256 starts with 16 zero bytes). A hole is never copied from,
+and the new file's holes travel as :class:`Hole`."""
+MAX_LENGTH = (1 << 32) - 1
+"""The longest entry a chunk list holds (a longer hole takes several)."""
 
 LITERAL_MAX = 1 << 20
 """Adjacent literal chunks are merged into one :class:`Literal` up to this many bytes."""
@@ -168,6 +176,37 @@ class Chunker:
         return Chunk(length, digest[:ID_SIZE]), data
 
 
+class SparseCutter:
+    """Splits a file with holes into chunk list entries: each data region cut on its own
+    (a :class:`Chunker` per region, so a region's cuts never depend on another's), every
+    hole as :func:`holes` entries. The data is fed piece by piece with the offset where
+    each piece lies; a piece that does not follow the one before starts a new region."""
+
+    def __init__(self, keep_data: bool = False) -> None:
+        self._cutter = Chunker(keep_data)
+        self._position = 0
+
+    def feed(self, offset: int, data: bytes) -> list[_Piece]:
+        """The entries that the bytes ``data`` at ``offset`` complete (with the hole
+        before them, if any). Raises ValueError for an offset before the last piece's end."""
+        if offset < self._position:
+            raise ValueError(f"a piece at {offset} goes back before {self._position}")
+        out: list[_Piece] = []
+        if offset > self._position:
+            out.extend(self._cutter.finish())
+            out.extend((chunk, None) for chunk in holes(offset - self._position))
+        out.extend(self._cutter.feed(data))
+        self._position = offset + len(data)
+        return out
+
+    def finish(self, size: int) -> list[_Piece]:
+        """The last entries of a file of ``size`` bytes (a trailing hole's among them)."""
+        out = self._cutter.finish()
+        out.extend((chunk, None) for chunk in holes(size - self._position))
+        self._position = 0
+        return out
+
+
 def _tail(before: bytes, data: bytes) -> bytes:
     """The last ``WINDOW - 1`` bytes of ``before`` followed by ``data``."""
     return (before + data)[-(WINDOW - 1) :]
@@ -237,26 +276,51 @@ class Literal:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Hole:
+    """``length`` bytes of the new file that are a hole."""
+
+    length: int
+
+
+def holes(length: int) -> list[Chunk]:
+    """The chunk list entries of a hole of ``length`` bytes (none for 0)."""
+    return [
+        Chunk(min(MAX_LENGTH, length - start), HOLE_ID) for start in range(0, length, MAX_LENGTH)
+    ]
+
+
 def _offsets(old: Sequence[Chunk]) -> dict[tuple[bytes, int], int]:
     """Where in the old file each of its chunks first begins, by (id, length)."""
     where: dict[tuple[bytes, int], int] = {}
     offset = 0
     for chunk in old:
-        where.setdefault((chunk.digest, chunk.length), offset)
+        if chunk.digest != HOLE_ID:
+            where.setdefault((chunk.digest, chunk.length), offset)
         offset += chunk.length
     return where
 
 
-def delta_ops(old: Sequence[Chunk], new: Iterable[_Piece]) -> Iterator[Copy | Literal]:
+def delta_ops(old: Sequence[Chunk], new: Iterable[_Piece]) -> Iterator[Copy | Literal | Hole]:
     """How to make the new file of the old one, chunk by chunk.
 
     Yields for each new chunk ``Copy(offset of the first old chunk with the same id and
-    length, length)`` when the old file has it, else ``Literal(its bytes)``. Adjacent
+    length, length)`` when the old file has it, ``Hole(length)`` for a hole (id
+    :data:`HOLE_ID`), else ``Literal(its bytes)``. Adjacent
     copies that are contiguous in the old file are merged into one Copy; adjacent
     literals are merged up to :data:`LITERAL_MAX` bytes each. Raises ValueError when a
     literal is needed but the chunk's bytes are None (a chunker that did not keep them).
     """
     where = _offsets(old)
+    for is_hole, pieces in itertools.groupby(new, key=lambda piece: piece[0].digest == HOLE_ID):
+        if is_hole:
+            yield from (Hole(chunk.length) for chunk, _ in pieces)
+        else:
+            yield from _data_ops(where, pieces)
+
+
+def _data_ops(where: dict[tuple[bytes, int], int], new: Iterable[_Piece]):
+    """:func:`delta_ops` of a run of new chunks without a hole."""
     copy: Copy | None = None
     literal: list[bytes] = []
     pending = 0

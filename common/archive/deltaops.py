@@ -6,7 +6,8 @@ The stream is ``b"PBD1"``, then records, then ``b"E"``:
 
 - ``b"C"`` ``offset`` ``length`` (two unsigned 64-bit big-endian numbers): copy
   ``length`` bytes of the base file from ``offset``;
-- ``b"D"`` ``length`` ``<length bytes>``: these bytes.
+- ``b"D"`` ``length`` ``<length bytes>``: these bytes;
+- ``b"H"`` ``length``: ``length`` zero bytes left unwritten, a hole (a sparse file's).
 
 Every length is at least 1, a copy lies inside the base, and the lengths add up to the
 size the member's header announced (already counted against the server's budgets before
@@ -23,7 +24,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..errors import ArchiveError
 
@@ -37,7 +38,7 @@ REALSIZE_KEY = b"PULLBACK.realsize"
 """The PAX record of a ``delta`` member: the size of the file it makes (decimal)."""
 FULL, BASE, DELTA = b"full", b"base", b"delta"
 MAGIC = b"PBD1"
-COPY, DATA, END = b"C", b"D", b"E"
+COPY, DATA, HOLE, END = b"C", b"D", b"H", b"E"
 PIECE = 1 << 20
 """Bytes read or written at once."""
 CHECK_EVERY = 4096
@@ -76,7 +77,22 @@ class Data:
     payload: bytes
 
 
-Op = Copy | Data
+@dataclass(frozen=True)
+class Hole:
+    """``length`` zero bytes that stay a hole in the file made."""
+
+    length: int
+
+
+Op = Copy | Data | Hole
+
+
+@runtime_checkable
+class HoleWritable(Writable, Protocol):
+    """A writer that can leave ``length`` bytes unwritten: it moves on without writing
+    (its caller sets the file's size at the end, for a trailing hole)."""
+
+    def hole(self, length: int, /) -> None: ...
 
 
 def encode(ops: Iterable[Op], out: Writable) -> int:
@@ -94,6 +110,13 @@ def encode(ops: Iterable[Op], out: Writable) -> int:
                 continue
             written += _flush(pending, out)
             pending = op
+            continue
+        if isinstance(op, Hole):
+            if op.length < 1:
+                raise ValueError(f"a hole of {op.length} bytes")
+            written += _flush(pending, out)
+            pending = None
+            written += out.write(HOLE + _NUMBER.pack(op.length))
             continue
         if not op.payload:
             raise ValueError("an empty data record")
@@ -121,7 +144,7 @@ class _Literal:
 
 def _records(
     stream: Readable, base_size: int, realsize: int, check: Callable[[], None]
-) -> Iterator[tuple[int, Copy | _Literal]]:
+) -> Iterator[tuple[int, Copy | _Literal | Hole]]:
     """Each record of a PBD1 ``stream`` with the offset it writes at, every rule checked
     on the way (the magic, known records, no zero length, a copy inside the base, no
     more than ``realsize`` bytes, and exactly ``realsize`` at the end); ``check`` asked
@@ -133,7 +156,7 @@ def _records(
         records += 1
         if records % CHECK_EVERY == 0:
             check()
-        record: Copy | _Literal
+        record: Copy | _Literal | Hole
         if kind == COPY:
             offset, length = _number(stream), _number(stream)
             _count(made, length, realsize)
@@ -147,6 +170,10 @@ def _records(
             length = _number(stream)
             _count(made, length, realsize)
             record = _Literal(length)
+        elif kind == HOLE:
+            length = _number(stream)
+            _count(made, length, realsize)
+            record = Hole(length)
         else:
             raise DeltaError(f"an unknown record {kind!r}")
         yield made, record
@@ -170,7 +197,9 @@ def apply(
     check: Callable[[], None] = lambda: None,
 ) -> int:
     """Write the file a PBD1 ``stream`` describes to ``out``, copying from ``base`` (of
-    ``base_size`` bytes); return the bytes written, which equal ``realsize``.
+    ``base_size`` bytes); return the bytes made, which equal ``realsize``. A hole is left
+    unwritten when ``out`` is a :class:`HoleWritable` (the caller then sets the file's
+    size to ``realsize``), else written as zeros.
 
     Raises DeltaError for any broken rule (no magic, an unknown record, a zero length,
     a copy outside the base, more or fewer bytes than ``realsize``, a stream cut short or
@@ -179,10 +208,24 @@ def apply(
         if isinstance(record, Copy):
             base.seek(record.offset)
             _pipe(base, out, record.length, check, "the base file")
+        elif isinstance(record, Hole):
+            _hole(out, record.length, check)
         else:
             _pipe(stream, out, record.length, check, "the delta")
     _ended(stream)
     return realsize
+
+
+def _hole(out: Writable, length: int, check: Callable[[], None]) -> None:
+    """Leave ``length`` bytes of ``out`` a hole, or write them as zeros."""
+    if isinstance(out, HoleWritable):
+        check()
+        out.hole(length)
+        return
+    zeros = bytes(min(PIECE, length))
+    while length:
+        check()
+        length -= out.write(zeros[: min(PIECE, length)])
 
 
 def in_place(
@@ -193,16 +236,17 @@ def in_place(
 ) -> bool:
     """Whether the PBD1 ``stream`` can be applied to its base file in place: every copy
     keeps its offset (appends, blocks rewritten in place), so no copy reads bytes an
-    earlier record wrote. Reads only the record headers (data is skipped); leaves the
-    stream where it was. Raises DeltaError for any rule :func:`apply` checks but a
-    stream cut short in its literal bytes (refused when applied)."""
+    earlier record wrote (a hole reads nothing). Reads only the record headers (data
+    is skipped); leaves the stream where it was. Raises DeltaError for any rule
+    :func:`apply` checks but a stream cut short in its literal bytes (refused when
+    applied)."""
     start = stream.seek(0, 1)
     try:
         identity = True
         for made, record in _records(stream, base_size, realsize, check):
             if isinstance(record, Copy):
                 identity = identity and record.offset == made
-            else:
+            elif isinstance(record, _Literal):
                 stream.seek(record.length, 1)
         return identity
     finally:
@@ -215,13 +259,22 @@ def apply_in_place(
     base_size: int,
     realsize: int,
     check: Callable[[], None] = lambda: None,
+    *,
+    hole_at: Callable[[int, int], object] | None = None,
 ) -> None:
     """Apply a PBD1 stream that :func:`in_place` accepted: only its literal bytes are
-    written (``write_at(data, offset)``); the caller truncates to ``realsize``.
+    written (``write_at(data, offset)``) and its holes made (``hole_at(offset,
+    length)``, else zeros written); the caller truncates to ``realsize``.
     Raises DeltaError for a stream that breaks a rule."""
     for made, record in _records(stream, base_size, realsize, check):
         if isinstance(record, _Literal):
             _pipe(stream, _At(write_at, made), record.length, check, "the delta")
+        elif isinstance(record, Hole):
+            if hole_at is None:
+                _hole(_At(write_at, made), record.length, check)
+            else:
+                check()
+                hole_at(made, record.length)
     _ended(stream)
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ArchiveError
-from ..fsutil import pwrite_all, write_all
+from ..fsutil import make_hole, pwrite_all, write_all
 from ..log import get_logger
 from ..text import BoundedWarnings, escaped
 from ..units import human_size
@@ -837,6 +837,7 @@ class Unpacker:
                 base.st.st_size,
                 realsize,
                 lambda: _check_cancel(self.limits.cancel),
+                hole_at=lambda offset, length: make_hole(fd, offset, length),
             )
             os.ftruncate(fd, realsize)
             digest = _hash_fd(fd, self.limits.cancel)
@@ -868,10 +869,11 @@ class Unpacker:
                         spool,
                         base_file,
                         base_size,
-                        _HashingWriter(out, digest),
+                        _HashingWriter(out, digest, self.limits.cancel),
                         realsize,
                         lambda: _check_cancel(self.limits.cancel),
                     )
+                os.ftruncate(fd, realsize)  # a trailing hole
                 self._apply_meta(fd, member, self._mode(member), force=True)
             finally:
                 os.close(fd)
@@ -1092,15 +1094,21 @@ def _hash_fd(fd: int, cancel: threading.Event | None) -> str:
 
 
 class _HashingWriter:
-    """Writes to ``out`` and hashes what passes."""
+    """Writes to ``out`` (a file) and hashes what passes; a hole is skipped over, hashed
+    as zeros (:class:`deltaops.HoleWritable`)."""
 
-    def __init__(self, out, digest):
+    def __init__(self, out, digest, cancel: threading.Event | None = None):
         self._out = out
         self._digest = digest
+        self._cancel = cancel
 
     def write(self, data) -> int:
         self._digest.update(data)
         return self._out.write(data)
+
+    def hole(self, length: int) -> None:
+        sparse.hash_zeros(self._digest, length, self._cancel)
+        self._out.seek(length, os.SEEK_CUR)
 
 
 def _cancellable(chunks, cancel: threading.Event):

@@ -631,11 +631,11 @@ class ArchiveWriter:
     ) -> tuple[str, bytes | None]:
         """Put a read file into the archive: whole, as a ``base`` member when its bytes
         are the cached ones, or as a ``delta`` member. Returns its sha256 and packed
-        chunk list (None below CHUNKED_FROM, for sparse files, or without a cache)."""
+        chunk list (None below CHUNKED_FROM or without a cache)."""
         inc = self.incremental
         delta_from = old if inc is not None and inc.delta else None
         if content.regions is not None:
-            return self._add_sparse(fd, arcname, content, attrs, stats), None
+            return self._add_sparse_content(fd, arcname, content, attrs, stats, delta_from)
         if content.data is None:
             if delta_from is not None and delta_from.chunks is not None:
                 return self._add_streamed_delta(fd, arcname, content, attrs, stats, delta_from)
@@ -694,19 +694,73 @@ class ArchiveWriter:
             digest = hashlib.sha256()
             pieces = _read_pieces(fd, content.stat.st_size, digest, found, warnings)
             ops = _as_pbd1(chunker.delta_ops(old_chunks, pieces))
-        with tempfile.TemporaryFile(dir=inc.spool_dir) as spool:
-            size = deltaops.encode(ops, spool)
-            realsize = sum(c.length for c in found)
-            if digest.hexdigest() == old.sha256 and realsize == old.size:
-                self._emit_base(arcname, content.stat, attrs)
-            else:
-                self._emit_delta(arcname, content.stat, attrs, realsize, size)
-                spool.seek(0)
-                while data := spool.read(CHUNK):
-                    self._emit(data)
-                self._emit(bytes((-size) % BLOCK))
+        self._emit_changes(
+            arcname, content.stat, attrs, ops, lambda: (digest, sum(c.length for c in found)), old
+        )
         stats.warnings.extend(f"{arcname}: {warning}" for warning in warnings)
         return digest.hexdigest(), chunker.pack(found)
+
+    def _add_sparse_content(
+        self,
+        fd: int,
+        arcname: str,
+        content: Content,
+        attrs,
+        stats: TaskStats,
+        delta_from: CachedFile | None,
+    ) -> tuple[str, bytes | None]:
+        """A file with holes: a delta against ``delta_from``'s chunks when it has a
+        list, else whole (its chunks listed from CHUNKED_FROM, with a cache)."""
+        if delta_from is not None and delta_from.chunks is not None:
+            return self._add_sparse_delta(fd, arcname, content, attrs, stats, delta_from)
+        wanted = self.incremental is not None and content.stat.st_size >= CHUNKED_FROM
+        listed: list[chunker.Chunk] | None = [] if wanted else None
+        digest = self._add_sparse(fd, arcname, content, attrs, stats, found=listed)
+        return digest, _packed(listed)
+
+    def _add_sparse_delta(
+        self,
+        fd: int,
+        arcname: str,
+        content: Content,
+        attrs,
+        stats: TaskStats,
+        old: CachedFile,
+    ) -> tuple[str, bytes | None]:
+        """A changed file with holes as a ``delta`` member against ``old``'s chunks (or
+        a ``base`` member when its bytes did not change): its data regions read once,
+        each cut into chunks on its own, its holes sent as holes."""
+        regions = _sparse_regions(content)
+        realsize = _sparse_size(content, regions)
+        digest = hashlib.sha256()
+        found: list[chunker.Chunk] = []
+        pieces = _sparse_pieces(
+            _sparse_data(fd, content, regions, stats, arcname), realsize, digest, found
+        )
+        ops = _as_pbd1(chunker.delta_ops(chunker.unpack(old.chunks or b""), pieces))
+        self._emit_changes(arcname, content.stat, attrs, ops, lambda: (digest, realsize), old)
+        return digest.hexdigest(), chunker.pack(found)
+
+    def _emit_changes(
+        self, arcname: str, st: os.stat_result, attrs, ops, made, old: CachedFile
+    ) -> None:
+        """Spool ``ops`` as a PBD1 stream (tar needs its size first), then emit it as a
+        ``delta`` member, or a ``base`` member when the file it makes is ``old``'s:
+        ``made()``, asked once the ops are spent, gives that file's sha256 object and
+        size."""
+        inc = self.incremental
+        assert inc is not None
+        with tempfile.TemporaryFile(dir=inc.spool_dir) as spool:
+            size = deltaops.encode(ops, spool)
+            digest, realsize = made()
+            if digest.hexdigest() == old.sha256 and realsize == old.size:
+                self._emit_base(arcname, st, attrs)
+                return
+            self._emit_delta(arcname, st, attrs, realsize, size)
+            spool.seek(0)
+            while data := spool.read(CHUNK):
+                self._emit(data)
+            self._emit(bytes((-size) % BLOCK))
 
     def _add_dense(
         self,
@@ -732,15 +786,22 @@ class ArchiveWriter:
         self._emit(bytes((-len(content.data)) % BLOCK))
         return hashlib.sha256(content.data).hexdigest()
 
-    def _add_sparse(self, fd: int, arcname: str, content: Content, attrs, stats: TaskStats) -> str:
-        """A file with holes, in the PAX 1.0 sparse format: the map, then only the data.
-        Returns the sha256 of the whole file, holes read as zeros."""
-        regions = content.regions or []
-        if content.pieces is not None:  # what was read is what is archived
-            regions = [
-                Region(r.offset, len(p)) for r, p in zip(regions, content.pieces, strict=True)
-            ]
-        realsize = max([content.stat.st_size] + [r.offset + r.length for r in regions])
+    def _add_sparse(
+        self,
+        fd: int,
+        arcname: str,
+        content: Content,
+        attrs,
+        stats: TaskStats,
+        *,
+        found: list[chunker.Chunk] | None = None,
+    ) -> str:
+        """A file with holes, in the PAX 1.0 sparse format: the map, then only the data
+        (read in pieces: memory stays one piece whatever a region's size). Returns the
+        sha256 of the whole file, holes read as zeros; lists its chunks, holes included,
+        in ``found`` when a list is given."""
+        regions = _sparse_regions(content)
+        realsize = _sparse_size(content, regions)
         table = sparse.encode_map(regions)
         length = len(table) + sum(r.length for r in regions)
         extra = sparse.pax_records(arcname, realsize)
@@ -755,17 +816,18 @@ class ArchiveWriter:
         self._emit(header)
         self._emit(table)
         digest = hashlib.sha256()
+        cutter = chunker.SparseCutter() if found is not None else None
         position = 0
-        for index, region in enumerate(regions):
-            sparse.hash_zeros(digest, region.offset - position)
-            if content.pieces is not None:
-                data = content.pieces[index]
-            else:
-                data = _pread_exact(fd, region.length, region.offset, stats, arcname)
+        for offset, data in _sparse_data(fd, content, regions, stats, arcname):
+            sparse.hash_zeros(digest, offset - position)
             digest.update(data)
             self._emit(data)
-            position = region.offset + region.length
+            if cutter is not None:
+                found.extend(chunk for chunk, _ in cutter.feed(offset, data))  # type: ignore[union-attr]
+            position = offset + len(data)
         sparse.hash_zeros(digest, realsize - position)
+        if cutter is not None:
+            found.extend(chunk for chunk, _ in cutter.finish(realsize))  # type: ignore[union-attr]
         self._emit(bytes((-length) % BLOCK))
         return digest.hexdigest()
 
@@ -840,8 +902,68 @@ def _as_pbd1(ops) -> Iterator[deltaops.Op]:
     for op in ops:
         if isinstance(op, chunker.Copy):
             yield deltaops.Copy(op.offset, op.length)
+        elif isinstance(op, chunker.Hole):
+            yield deltaops.Hole(op.length)
         else:
             yield deltaops.Data(op.data)
+
+
+def _sparse_regions(content: Content) -> list[Region]:
+    """The data regions a sparse file is archived with: those read ahead as read."""
+    regions = content.regions or []
+    if content.pieces is None:
+        return regions
+    return [Region(r.offset, len(p)) for r, p in zip(regions, content.pieces, strict=True)]
+
+
+def _sparse_size(content: Content, regions: list[Region]) -> int:
+    """The size a sparse file is archived with (at least the end of its last region)."""
+    return max([content.stat.st_size] + [r.offset + r.length for r in regions])
+
+
+def _sparse_data(
+    fd: int, content: Content, regions: list[Region], stats: TaskStats, name: str
+) -> Iterator[tuple[int, bytes]]:
+    """Each data region's bytes with the offset they lie at, in pieces of at most
+    CHUNK (those read ahead as they are); what cannot be read (the file shrank, or a
+    read failed) is zeros, said in a warning: the header is written."""
+    for index, region in enumerate(regions):
+        if content.pieces is not None:
+            if content.pieces[index]:
+                yield region.offset, content.pieces[index]
+            continue
+        got = 0
+        try:
+            while got < region.length:
+                data = os.pread(fd, min(region.length - got, CHUNK), region.offset + got)
+                if not data:
+                    break
+                yield region.offset + got, data
+                got += len(data)
+        except OSError as exc:
+            stats.warnings.append(f"{name}: read failed: {exc.strerror}; padded with zeros")
+        if got < region.length:
+            stats.warnings.append(f"{name}: shrank while being read; padded with zeros")
+            for start in range(got, region.length, CHUNK):
+                yield region.offset + start, bytes(min(CHUNK, region.length - start))
+
+
+def _sparse_pieces(data, realsize: int, digest, found: list) -> Iterator:
+    """The chunks (with their bytes; holes without) of a sparse file given as ``data``
+    (offset, bytes), hashed into ``digest`` (holes as zeros) and listed in ``found``."""
+    cutter = chunker.SparseCutter(keep_data=True)
+    position = 0
+    for offset, piece in data:
+        sparse.hash_zeros(digest, offset - position)
+        digest.update(piece)
+        position = offset + len(piece)
+        for entry in cutter.feed(offset, piece):
+            found.append(entry[0])
+            yield entry
+    sparse.hash_zeros(digest, realsize - position)
+    for entry in cutter.finish(realsize):
+        found.append(entry[0])
+        yield entry
 
 
 def _encode(old: list[chunker.Chunk], pieces) -> bytes:
@@ -855,8 +977,9 @@ def _same_prefix(fd: int, old: CachedFile, chunks: list[chunker.Chunk], size: in
     """When the file only grew since ``old`` (its first ``old.size`` bytes hash to
     ``old.sha256``): the sha256 object of that prefix, to go on with. Else None. The
     first and last old chunks are compared first, so a file changed elsewhere is
-    mostly told apart without reading it all."""
-    if size <= old.size or not chunks:
+    mostly told apart without reading it all. An old version with holes (a sparse
+    file's list) is never taken as a prefix: its last entry may be a hole of 4 GiB."""
+    if size <= old.size or not chunks or any(c.digest == chunker.HOLE_ID for c in chunks):
         return None
     for offset, chunk in ((0, chunks[0]), (old.size - chunks[-1].length, chunks[-1])):
         data = _pread_all(fd, chunk.length, offset)
@@ -949,25 +1072,6 @@ def _read_pieces(fd: int, size: int, digest, found: list, warnings: list[str]):
     for chunk, piece in cutter.finish():
         found.append(chunk)
         yield chunk, piece
-
-
-def _pread_exact(fd: int, length: int, offset: int, stats: TaskStats, name: str) -> bytes:
-    """``length`` bytes at ``offset`` of a streamed file; what cannot be read (the file
-    shrank, or a read failed) is zeros, said in a warning: the header is written."""
-    parts, got = [], 0
-    try:
-        while got < length:
-            data = os.pread(fd, min(length - got, CHUNK), offset + got)
-            if not data:
-                break
-            parts.append(data)
-            got += len(data)
-    except OSError as exc:
-        stats.warnings.append(f"{name}: read failed: {exc.strerror}; padded with zeros")
-    if got < length:
-        parts.append(bytes(length - got))
-        stats.warnings.append(f"{name}: shrank while being read; padded with zeros")
-    return b"".join(parts)
 
 
 def _open_noatime(path: str) -> int:

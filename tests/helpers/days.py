@@ -1,8 +1,8 @@
 """The bed of the multi-day randomized test (tests/integration/test_incremental_days.py).
 
 - :class:`DayTree`: a client data tree (a few dozen files, a large text file, a binary
-  file, hard links, symlinks, xattrs, ACLs, owners, old mtimes) and every change a day
-  may bring, each choosing its target from the current tree with two drawn integers;
+  file, a sparse image, hard links, symlinks, xattrs, ACLs, owners, old mtimes) and every
+  change a day may bring, each choosing its target from the current tree with two drawn integers;
 - :class:`DaysBed`: a fleet with one incremental host behind a real sshd, a real server
   with restic; runs the client and the server, records each day's tree by its archive's
   stamp, restores a snapshot and compares it with its day; can cut the transfer of one
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pullback.common.archive import acl
+from pullback.common.fsutil import make_hole
 from tests.helpers.fleet import Fleet
 from tests.helpers.tree import snapshot
 
@@ -33,7 +34,10 @@ BIG = "big.log"
 """The large text file (over 2 MiB of lines): chunked, travels as delta members."""
 BLOB = "blob.bin"
 """The binary file (over 1 MiB): chunked, overwritten in place."""
-PROTECTED = frozenset({BIG, BLOB})
+IMAGE = "disk.img"
+"""A sparse file (8 MiB or more, about 1 MiB of it data, like a VM image): chunked with
+its holes, written in place, holes filled and punched, grown with a trailing hole."""
+PROTECTED = frozenset({BIG, BLOB, IMAGE})
 """Never deleted, renamed or replaced (so that every day has large files to change)."""
 
 WORDS = (
@@ -73,6 +77,7 @@ KINDS = (
     "file_to_dir",
     "dir_to_file",
     "mtime",
+    "image",
 )
 """The changes a day may bring (``DayTree.change(kind, a, b)``)."""
 
@@ -120,6 +125,13 @@ class DayTree:
             (root / dirs[i % len(dirs)] / f"f{i:02d}.txt").write_bytes(text(rnd, size, i))
         (root / BIG).write_bytes(text(rnd, 2 * MiB + rnd.randrange(300_000)))
         (root / BLOB).write_bytes(rnd.randbytes(MiB + rnd.randrange(200_000)))
+        with open(root / IMAGE, "wb") as image:
+            for offset, data in ((0, rnd.randbytes(256 << 10)), (3 * MiB, text(rnd, 512 << 10))):
+                image.seek(offset)
+                image.write(data)
+            image.seek(6 * MiB)
+            image.write(rnd.randbytes(256 << 10))
+            image.truncate(8 * MiB)
         (root / "home/ann/docs/name with spaces.txt").write_text("spaces\n")
         (root / "etc/app/ünïcödé.conf").write_text("[ü]\nkey = välue\n")
         os.link(root / "etc/app/f00.txt", root / "var/lib/app/f00.hard")
@@ -334,6 +346,29 @@ class DayTree:
             handle.seek(at)
             handle.write(bytes(x ^ (1 + i % 255) for i, x in enumerate(old)))
         return f"overwrite {length} bytes at {at} of {BLOB}"
+
+    def _image(self, a, b, rnd):
+        path = self.root / IMAGE
+        size = path.stat().st_size
+        at = (a % size) & ~4095
+        fd = os.open(path, os.O_RDWR)
+        try:
+            how = b % 4
+            if how == 0:
+                data = rnd.randbytes(4096 * (1 + b % 16))
+                os.pwrite(fd, data, at)
+                return f"write {len(data)} bytes at {at} of {IMAGE}"
+            if how == 1:
+                length = 65536 * (1 + b % 16)
+                make_hole(fd, at, length)
+                return f"punch a hole of {length} bytes at {at} of {IMAGE}"
+            if how == 2:
+                os.ftruncate(fd, size + MiB * (1 + b % 3))
+                return f"grow {IMAGE} by a hole to {os.fstat(fd).st_size}"
+            os.pwrite(fd, b"rewritten in place\n" * 50, a % (200 << 10))
+            return f"rewrite 1000 bytes at {a % (200 << 10)} of {IMAGE}"
+        finally:
+            os.close(fd)
 
     def _truncate(self, a, b, rnd):
         files, _, _ = self.entries()

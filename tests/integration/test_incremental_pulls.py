@@ -20,6 +20,7 @@ import pytest
 from pullback.common.archive import deltaops, tarformat
 from pullback.common.archive.deltaops import BASE, DATA_KEY
 from pullback.common.archive.manifest import MANIFEST_NAME, format_line
+from pullback.common.fsutil import make_hole
 from tests.helpers.archives import MTIME
 from tests.helpers.fleet import Fleet, FleetHost
 from tests.helpers.tree import snapshot
@@ -222,6 +223,76 @@ def test_a_chain_the_server_cannot_use_makes_the_next_archive_full(fleet, tmp_pa
     # the client keeps the newest full and the deltas since, nothing older
     kinds = [host.client.sidecar(a)["archive"]["kind"] for a in host.client.published()]
     assert kinds == ["full"]
+
+
+MiB = 1 << 20
+
+
+def write_at(path: Path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def test_a_changed_sparse_image_travels_as_its_changes_and_stays_sparse(fleet, tmp_path):
+    """A VM image (a sparse file of 64 MiB holding 5 MiB) changed in place, a hole
+    filled and another made: the next day's archive holds the changed blocks, the
+    server patches its staging copy in place, and the holes stay holes all along."""
+    host = incremental_host(fleet)
+    image = host.data / "vm.img"
+    write_at(image, 0, os.urandom(2 * MiB))
+    write_at(image, 24 * MiB, os.urandom(2 * MiB))
+    write_at(image, 48 * MiB, os.urandom(MiB))
+    os.truncate(image, 64 * MiB)
+    assert image.stat().st_blocks * 512 < 6 * MiB  # the file system keeps holes
+    first = run_client(host)
+    assert pull(fleet)["rc"] == 0
+    staged = fleet.state / "staging" / "web1" / "services/app/files"
+    staged = staged / str(host.data).lstrip("/") / "vm.img"
+    inode = staged.stat().st_ino
+    trees = [snapshot(host.data)]
+
+    write_at(image, 24 * MiB + 4096, os.urandom(64 << 10))  # blocks rewritten
+    write_at(image, 12 * MiB, os.urandom(128 << 10))  # a hole filled
+    fd = os.open(image, os.O_RDWR)
+    try:
+        assert make_hole(fd, 48 * MiB, MiB)  # a region discarded (fstrim, a freed block)
+    finally:
+        os.close(fd)
+    second = run_client(host)
+    assert second["archive"]["kind"] == "delta"
+    # what changed travels (192 KiB of new bytes, the chunks around them, the notes'
+    # changes): not the image's 5 MiB, nor its 64
+    assert second["archive"]["size"] < MiB, second["archive"]["size"]
+    assert first["archive"]["size"] > 5 * MiB
+    day2 = pull(fleet, "-v")
+    assert day2["rc"] == 0, day2["log"]
+    trees.append(snapshot(host.data))
+    st = staged.stat()
+    assert st.st_ino == inode  # patched in place: only the changes were written
+    assert st.st_size == 64 * MiB and st.st_blocks * 512 < 6 * MiB  # holes kept and made
+    assert (
+        hashlib.sha256(staged.read_bytes()).digest() == hashlib.sha256(image.read_bytes()).digest()
+    )
+
+    # moved blocks (the image rewritten from another offset) rebuild it beside: sparse too
+    data = image.read_bytes()
+    os.truncate(image, 0)
+    write_at(image, 8 * MiB, data[: 4 * MiB])
+    os.truncate(image, 64 * MiB)
+    third = run_client(host)
+    assert third["archive"]["kind"] == "delta" and third["archive"]["size"] < MiB
+    assert pull(fleet)["rc"] == 0
+    trees.append(snapshot(host.data))
+    st = staged.stat()
+    assert st.st_ino != inode and st.st_blocks * 512 < 6 * MiB
+
+    ids = snapshot_ids(fleet)
+    assert len(ids) == 3
+    for number, (snap, tree) in enumerate(zip(ids, trees, strict=True)):
+        assert restored(fleet, snap, tmp_path / f"r{number}") == tree
 
 
 def publish_delta(host: FleetHost, base: dict, members: list[bytes], manifest: dict) -> str:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pullback.common.archive.chunker import (
     CHUNK_MAX,
     CHUNK_MIN,
+    HOLE_ID,
     ID_SIZE,
     LITERAL_MAX,
     MASK,
@@ -22,8 +23,11 @@ from pullback.common.archive.chunker import (
     Chunk,
     Chunker,
     Copy,
+    Hole,
     Literal,
+    SparseCutter,
     delta_ops,
+    holes,
     pack,
     unpack,
 )
@@ -313,3 +317,81 @@ def test_pack_round_trip_and_bad_blobs():
         pack([Chunk(0, bytes(ID_SIZE))])
     with pytest.raises(ValueError):
         pack([Chunk(1, bytes(ID_SIZE - 1))])
+
+
+def sparse_file(regions: list[tuple[int, bytes]], size: int) -> bytes:
+    """The bytes a file of these data regions reads as (holes as zeros)."""
+    out = bytearray(size)
+    for offset, data in regions:
+        out[offset : offset + len(data)] = data
+    return bytes(out)
+
+
+def cut_sparse(regions: list[tuple[int, bytes]], size: int, keep_data: bool = False):
+    cutter = SparseCutter(keep_data)
+    out = []
+    for offset, data in regions:
+        for start in range(0, len(data), 100_000):  # fed in pieces, as read
+            out.extend(cutter.feed(offset + start, data[start : start + 100_000]))
+    return out + cutter.finish(size)
+
+
+def test_a_sparse_file_is_cut_region_by_region_with_its_holes():
+    one, two = make_stream(1, [("text", 700_000)]), make_stream(2, [("binary", 300_000)])
+    size = 5 << 20
+    pieces = cut_sparse([(4096, one), (3 << 20, two)], size)
+    entries = [chunk for chunk, _ in pieces]
+    assert sum(c.length for c in entries) == size
+    assert [c for c in entries if c.digest == HOLE_ID] == [
+        Chunk(4096, HOLE_ID),
+        Chunk((3 << 20) - 4096 - len(one), HOLE_ID),
+        Chunk(size - (3 << 20) - len(two), HOLE_ID),
+    ]
+    # each region is cut as if it were a file of its own: a region's cuts never depend
+    # on the bytes of another
+    assert [c for c in entries if c.digest != HOLE_ID] == chunks_of(one) + chunks_of(two)
+    cutter = SparseCutter()
+    cutter.feed(10, b"x")
+    with pytest.raises(ValueError, match="goes back"):
+        cutter.feed(5, b"y")
+
+
+def test_a_hole_longer_than_an_entry_takes_several():
+    assert holes(0) == []
+    assert holes(3 << 32) == [Chunk((1 << 32) - 1, HOLE_ID)] * 3 + [Chunk(3, HOLE_ID)]
+    assert unpack(pack(holes(1 << 40))) == holes(1 << 40)
+
+
+def test_a_changed_sparse_file_travels_as_changes_and_holes_never_as_copies():
+    old_regions = [(0, make_stream(3, [("binary", 600_000)])), (2 << 20, b"x" * 50_000)]
+    size = 4 << 20
+    old_bytes = sparse_file(old_regions, size)
+    old = [chunk for chunk, _ in cut_sparse(old_regions, size)]
+    edited = bytearray(old_regions[0][1])
+    edited[300_000:300_010] = b"0123456789"  # blocks rewritten in place
+    new_regions = [(0, bytes(edited)), (1 << 20, b"new" * 1000)]  # a hole filled, one made
+    ops = list(delta_ops(old, cut_sparse(new_regions, size, keep_data=True)))
+    new = rebuild_sparse(old_bytes, ops)
+    assert new == sparse_file(new_regions, size)
+    assert sum(len(op.data) for op in ops if isinstance(op, Literal)) < 200_000
+    assert [op.length for op in ops if isinstance(op, Hole)] == [
+        (1 << 20) - len(edited),
+        size - (1 << 20) - 3000,
+    ]
+    # an old hole is no copy source, not even for zeros the new file holds as data
+    zeros = [(0, bytes(CHUNK_MAX))]
+    assert not any(
+        isinstance(op, Copy)
+        for op in delta_ops([Chunk(CHUNK_MAX, HOLE_ID)], cut_sparse(zeros, CHUNK_MAX, True))
+    )
+
+
+def rebuild_sparse(old: bytes, ops) -> bytes:
+    return b"".join(
+        old[op.offset : op.offset + op.length]
+        if isinstance(op, Copy)
+        else bytes(op.length)
+        if isinstance(op, Hole)
+        else op.data
+        for op in ops
+    )

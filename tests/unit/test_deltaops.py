@@ -15,8 +15,11 @@ from pullback.common.archive.deltaops import (
     Copy,
     Data,
     DeltaError,
+    Hole,
     apply,
+    apply_in_place,
     encode,
+    in_place,
 )
 
 Q = struct.Struct(">Q")
@@ -25,7 +28,11 @@ Q = struct.Struct(">Q")
 def made(ops, base: bytes) -> bytes:
     """What ``ops`` should make of ``base``."""
     return b"".join(
-        base[op.offset : op.offset + op.length] if isinstance(op, Copy) else op.payload
+        base[op.offset : op.offset + op.length]
+        if isinstance(op, Copy)
+        else bytes(op.length)
+        if isinstance(op, Hole)
+        else op.payload
         for op in ops
     )
 
@@ -38,8 +45,10 @@ def edits(draw):
         if draw(st.booleans()):
             offset = draw(st.integers(0, len(base) - 1))
             ops.append(Copy(offset, draw(st.integers(1, len(base) - offset))))
-        else:
+        elif draw(st.integers(0, 3)):
             ops.append(Data(draw(st.binary(min_size=1, max_size=300))))
+        else:
+            ops.append(Hole(draw(st.integers(1, 3 * PIECE))))
     return base, ops
 
 
@@ -84,6 +93,10 @@ BASE = b"0123456789" * 10
         (b"PBD1" + record(b"C", 0, 5) + b"E" + b"more", 5, "bytes after the end"),
         (b"PBD1" + b"Z" + b"E", 0, "an unknown record"),
         (b"PBD1" + record(b"D", 2**40) + b"E", 2**40, "ended"),
+        (b"PBD1" + record(b"H", 0) + b"E", 0, "a record of 0 bytes"),
+        (b"PBD1" + record(b"H", 11) + b"E", 10, "more than the 10 bytes"),
+        (b"PBD1" + record(b"H", 2**64 - 1) + b"E", 2**40, "more than the"),
+        (b"PBD1" + record(b"H", 3), 3, "cut short"),
     ],
 )
 def test_a_broken_stream_is_refused(body, realsize, said):
@@ -121,7 +134,7 @@ def test_a_cancelled_pull_stops_within_a_piece():
 
 
 def test_empty_ops_cannot_be_encoded():
-    for op in (Copy(0, 0), Data(b""), Copy(-1, 3)):
+    for op in (Copy(0, 0), Data(b""), Copy(-1, 3), Hole(0)):
         with pytest.raises(ValueError):
             encode([op], io.BytesIO())
 
@@ -155,3 +168,51 @@ def test_in_place_only_when_every_copy_keeps_its_offset():
         apply_in_place(short, lambda data, at: None, 10, 5)
     with pytest.raises(DeltaError, match="past the base"):  # checked again as applied
         apply_in_place(stream([Copy(0, 11)]), lambda data, at: None, 10, 11)
+
+
+class SparseFile(io.BytesIO):
+    """A file that records the holes it is asked to leave (a HoleWritable)."""
+
+    def __init__(self):
+        super().__init__()
+        self.holes: list[tuple[int, int]] = []
+
+    def hole(self, length: int) -> None:
+        self.holes.append((self.tell(), length))
+        self.seek(length, io.SEEK_CUR)
+
+
+def test_a_hole_is_left_unwritten_by_a_writer_that_can_and_written_as_zeros_else():
+    ops = [Copy(0, 4), Hole(3 * PIECE + 5), Data(b"xy"), Hole(7)]
+    stream = io.BytesIO()
+    encode(ops, stream)
+    realsize = 4 + 3 * PIECE + 5 + 2 + 7
+    sparse_out = SparseFile()
+    stream.seek(0)
+    assert apply(stream, io.BytesIO(BASE), len(BASE), sparse_out, realsize) == realsize
+    assert sparse_out.holes == [(4, 3 * PIECE + 5), (4 + 3 * PIECE + 7, 7)]
+    sparse = sparse_out.getvalue()
+    assert len(sparse) == realsize - 7  # the trailing hole: the caller sets the size
+    dense_out = io.BytesIO()
+    stream.seek(0)
+    apply(stream, io.BytesIO(BASE), len(BASE), dense_out, realsize)
+    assert sparse + bytes(7) == dense_out.getvalue() == made(ops, BASE)
+
+
+def test_holes_apply_in_place_through_hole_at_or_as_zeros():
+    stream = io.BytesIO()
+    encode([Copy(0, 3), Hole(4), Copy(7, 3), Data(b"ab"), Hole(2)], stream)
+    stream.seek(0)
+    assert in_place(stream, 10, 14)  # a hole reads nothing: still in place
+    punched: list[tuple[int, int]] = []
+    base = bytearray(BASE[:10])
+
+    def write_at(data, at):
+        base[at : at + len(data)] = data
+
+    apply_in_place(stream, write_at, 10, 14, hole_at=lambda at, n: punched.append((at, n)))
+    assert punched == [(3, 4), (12, 2)]
+    assert bytes(base) == b"0123456789ab"  # the holes are the caller's to make
+    stream.seek(0)
+    apply_in_place(stream, write_at, 10, 14)
+    assert bytes(base) == b"012" + bytes(4) + b"789ab" + bytes(2)

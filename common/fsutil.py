@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import os
 import shutil
 import stat
@@ -62,23 +64,50 @@ _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 _PIECE = 1 << 20
 
 
+@functools.cache
+def _fallocate():
+    """libc's ``fallocate64(2)`` (a 64-bit offset on every architecture), loaded once:
+    only a sparse file's delta needs it."""
+    import ctypes
+
+    function = ctypes.CDLL(None, use_errno=True).fallocate64
+    function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    function.restype = ctypes.c_int
+    return function
+
+
 def make_hole(fd: int, offset: int, length: int) -> bool:
     """Make ``length`` bytes of ``fd`` from ``offset`` read as zeros, without moving the
-    file's size: a hole punched (``fallocate(2)``, ``FALLOC_FL_PUNCH_HOLE``), or zeros
-    written where the file system cannot punch one. Returns whether a hole was punched.
-    Raises OSError for a failed write."""
-    import ctypes  # only a sparse file's delta needs it
+    file's size and without allocating: a hole punched (``fallocate(2)``,
+    ``FALLOC_FL_PUNCH_HOLE``), or, where the file system cannot punch one, zeros written
+    over the data found in the range (its holes, and what lies past the end, already
+    read as zeros). Returns whether a hole was punched. Raises OSError for any other
+    failure."""
+    import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
     mode = _FALLOC_FL_KEEP_SIZE | _FALLOC_FL_PUNCH_HOLE
-    if libc.fallocate(fd, mode, ctypes.c_int64(offset), ctypes.c_int64(length)) == 0:
+    if _fallocate()(fd, mode, offset, length) == 0:
         return True
-    end = min(offset + length, os.fstat(fd).st_size)  # past the end: already zeros
-    zeros = bytes(min(_PIECE, max(end - offset, 0)))
+    error = ctypes.get_errno()
+    if error not in (errno.EOPNOTSUPP, errno.ENOSYS):
+        raise OSError(error, os.strerror(error))
+    end = min(offset + length, os.fstat(fd).st_size)
     while offset < end:
-        step = min(_PIECE, end - offset)
-        pwrite_all(fd, zeros[:step], offset)
-        offset += step
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+            stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data from offset on
+                return False
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            start, stop = offset, end  # the file system cannot tell: all of it
+        zeros = bytes(min(_PIECE, max(stop - start, 0)))
+        while start < stop:
+            step = min(_PIECE, stop - start)
+            pwrite_all(fd, zeros[:step], start)
+            start += step
+        offset = max(stop, offset + 1)
     return False
 
 

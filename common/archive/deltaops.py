@@ -228,27 +228,64 @@ def _hole(out: Writable, length: int, check: Callable[[], None]) -> None:
         length -= out.write(zeros[: min(PIECE, length)])
 
 
-def in_place(
+BLOCK = 4096
+"""The file system block a survey counts allocation in (ext4's and xfs's)."""
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What a PBD1 stream will do, read from its record headers alone."""
+
+    in_place: bool
+    """Every copy keeps its offset (appends, blocks rewritten in place), so the stream
+    can be applied to its base file in place: no copy reads bytes an earlier record
+    wrote (a hole reads nothing)."""
+    in_place_bytes: int
+    """The most that applying it in place allocates: every block its data records touch
+    (a hole punched, or zeros written over data, frees or keeps)."""
+    new_bytes: int
+    """The most a new file made of it allocates: every block its data and copy records
+    touch (its holes allocate nothing)."""
+
+
+class _Blocks:
+    """Counts the blocks that records write, a block two records share once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._last = -1
+
+    def add(self, start: int, length: int) -> None:
+        first, last = start // BLOCK, (start + length - 1) // BLOCK
+        self.count += last - first + (first != self._last)
+        self._last = last
+
+
+def survey(
     stream: Seekable,
     base_size: int,
     realsize: int,
     check: Callable[[], None] = lambda: None,
-) -> bool:
-    """Whether the PBD1 ``stream`` can be applied to its base file in place: every copy
-    keeps its offset (appends, blocks rewritten in place), so no copy reads bytes an
-    earlier record wrote (a hole reads nothing). Reads only the record headers (data
-    is skipped); leaves the stream where it was. Raises DeltaError for any rule
+) -> Survey:
+    """Read the record headers of the PBD1 ``stream`` (data is skipped) and say what it
+    will do, counting what it allocates by whole blocks: a byte of data every 4 KiB
+    allocates 4 KiB. Leaves the stream where it was. Raises DeltaError for any rule
     :func:`apply` checks but a stream cut short in its literal bytes (refused when
     applied)."""
     start = stream.seek(0, 1)
     try:
         identity = True
+        literal, written = _Blocks(), _Blocks()
         for made, record in _records(stream, base_size, realsize, check):
             if isinstance(record, Copy):
                 identity = identity and record.offset == made
+                written.add(made, record.length)
             elif isinstance(record, _Literal):
                 stream.seek(record.length, 1)
-        return identity
+                literal.add(made, record.length)
+                written.add(made, record.length)
+        most = -(-realsize // BLOCK) * BLOCK
+        return Survey(identity, min(literal.count * BLOCK, most), min(written.count * BLOCK, most))
     finally:
         stream.seek(start)
 
@@ -262,7 +299,7 @@ def apply_in_place(
     *,
     hole_at: Callable[[int, int], object] | None = None,
 ) -> None:
-    """Apply a PBD1 stream that :func:`in_place` accepted: only its literal bytes are
+    """Apply a PBD1 stream that :func:`survey` found in place: only its literal bytes are
     written (``write_at(data, offset)``) and its holes made (``hole_at(offset,
     length)``, else zeros written); the caller truncates to ``realsize``.
     Raises DeltaError for a stream that breaks a rule."""

@@ -65,6 +65,8 @@ MAX_NAMED = 5
 """Files a manifest mismatch names (and it stops looking after one more)."""
 SPOOL_IN_MEMORY = 16 << 20
 """A delta member's PBD1 stream is kept in memory up to this size, on disk beyond it."""
+MAX_FILE_SIZE = (1 << 63) - 1
+"""The largest size a Linux file can have (``off_t``)."""
 MAX_NAME = 4095
 XATTR_SIZE_MAX = 65536
 """The largest extended attribute value Linux holds (an ACL is one too)."""
@@ -166,7 +168,7 @@ def safe_parts(name: str) -> tuple[str, ...]:
 def _apparent_size(member: Member) -> int:
     """The bytes ``member`` claims to unpack to: its data, or a sparse file's full size.
 
-    Raises HostileArchive for a size that is negative or not a number.
+    Raises HostileArchive for a size that is negative, past 2**63 - 1 or not a number.
     """
     size = member.size
     realsize = member.pax.get(REALSIZE_KEY)
@@ -189,6 +191,8 @@ def _apparent_size(member: Member) -> int:
                 ) from None
     if size < 0:
         raise HostileArchive(f"member {member.name!r} has a negative size")
+    if size > MAX_FILE_SIZE:
+        raise HostileArchive(f"member {member.name!r} has a size no file can have ({size})")
     return size
 
 
@@ -470,11 +474,11 @@ class Unpacker:
             )
         _check_cancel(limits.cancel)
         size = _apparent_size(member)
-        # what it writes: its data; a delta its spool (the stream) and its file
+        # what it writes: its data; a delta its spool (the stream) and its file, whose
+        # allocation is checked once the stream's records are known (_delta_file)
         is_delta = member.pax.get(DATA_KEY) == deltaops.DELTA
-        written = member.size + size if is_delta else size
-        self._count_size(written)
-        self._check_free(written if is_delta else member.size)
+        self._count_size(member.size + size if is_delta else size)
+        self._check_free(member.size)
         if any(k.startswith(b"GNU.sparse.") for k in member.pax) and not sparse.is_sparse(
             member.pax
         ):
@@ -769,21 +773,21 @@ class Unpacker:
         self._copy_file(parent, name, parent, name)
 
     def _copy_file(self, source_dir: int, source_name: str, parent: int, name: str) -> None:
-        """Copy a file of staging (its bytes) to ``name``, through a new file renamed
-        over whatever is there. Raises ArchiveTooLarge when the copy would leave less
-        than ``min_free``."""
-        size = os.lstat(source_name, dir_fd=source_dir).st_size
-        self._check_free(size, force=True)
+        """Copy a file of staging (its bytes, its holes kept) to ``name``, through a new
+        file renamed over whatever is there. Raises ArchiveTooLarge when the copy would
+        leave less than ``min_free``."""
         temporary = f".pullback-copy.{os.getpid()}.{threading.get_ident()}"
         _remove(temporary, parent)
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         source = os.open(source_name, flags, dir_fd=source_dir)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
+            size = os.fstat(source).st_size
+            regions = sparse.data_regions(source, size) or [sparse.Region(0, size)]
+            self._check_free(sum(r.length for r in regions), force=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             target = os.open(temporary, flags, 0o600, dir_fd=parent)
             try:
-                while os.copy_file_range(source, target, 1 << 30):
-                    _check_cancel(self.limits.cancel)
+                _copy_regions(source, target, regions, size, self.limits.cancel)
             finally:
                 os.close(target)
         finally:
@@ -796,7 +800,9 @@ class Unpacker:
         """A file made of its base and a PBD1 stream (spooled first: it is at most the
         member's size). When every copy keeps its offset (appends, blocks rewritten in
         place) only the literal bytes are written into the base file; else the file is
-        made anew beside it, and renamed over it. Hashed either way. Raises
+        made anew beside it, and renamed over it. Hashed either way. Checked against
+        ``min_free`` by the blocks its records write (holes none: a sparse image of 8 GiB
+        holding 1 MiB is not its apparent size; a byte every 4 KiB counts 4 KiB). Raises
         BaseMismatch, DeltaError (an ArchiveError) for a stream that breaks a rule."""
         base = self._base_row(parts, member)
         realsize = _apparent_size(member)
@@ -808,15 +814,14 @@ class Unpacker:
                     spool.write(chunk)
                 spool.seek(0)
                 cancel = self.limits.cancel
-                if (
-                    not base.own
-                    and base.st.st_nlink == 1
-                    and deltaops.in_place(
-                        spool, base.st.st_size, realsize, lambda: _check_cancel(cancel)
-                    )
-                ):
+                found = deltaops.survey(
+                    spool, base.st.st_size, realsize, lambda: _check_cancel(cancel)
+                )
+                if not base.own and base.st.st_nlink == 1 and found.in_place:
+                    self._check_free(found.in_place_bytes, force=True)
                     digest = self._patch(parts, member, spool, base, realsize)
                 else:
+                    self._check_free(found.new_bytes, force=True)
                     digest = self._rebuild(parts, member, spool, base, realsize)
         finally:
             if base.own:
@@ -852,7 +857,6 @@ class Unpacker:
         parent = self._dir(parts[:-1])
         name = parts[-1]
         base_size = base.st.st_size
-        self._check_free(realsize, force=True)
         temporary = f".pullback-delta.{os.getpid()}.{threading.get_ident()}"
         _remove(temporary, parent)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -1074,6 +1078,27 @@ def _rewrite(fd: int, chunks, digest, old_size: int) -> bool:
         os.ftruncate(fd, position)
         changed = True
     return changed
+
+
+def _copy_regions(
+    source: int,
+    target: int,
+    regions: list[sparse.Region],
+    size: int,
+    cancel: threading.Event | None,
+) -> None:
+    """Copy the ``size`` bytes of ``source`` to ``target``: only its data ``regions`` (a
+    sparse file's holes stay holes; ``copy_file_range`` alone would write them as
+    zeros), then the size set. Raises ArchiveError when the file shrank meanwhile."""
+    for region in regions:
+        offset, left = region.offset, region.length
+        while left:
+            _check_cancel(cancel)
+            done = os.copy_file_range(source, target, min(left, 1 << 30), offset, offset)
+            if not done:
+                raise ArchiveError("a staging file shrank while it was copied")
+            offset, left = offset + done, left - done
+    os.ftruncate(target, size)
 
 
 def _check_cancel(cancel: threading.Event | None) -> None:

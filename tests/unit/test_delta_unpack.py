@@ -21,6 +21,7 @@ from pullback.common.archive.deltaops import (
     REALSIZE_KEY,
     Copy,
     Data,
+    Hole,
 )
 from pullback.common.archive.manifest import MANIFEST_NAME, format_line
 from pullback.common.archive.tarformat import TarReader
@@ -46,11 +47,12 @@ def member(name: str, data: bytes = b"", kind=tarformat.REGTYPE, pax=None, linkn
     return head + data + bytes((-size) % 512)
 
 
-def tar(members: list[bytes], manifest: dict[str, bytes]) -> tuple[bytes, str]:
+def tar(members: list[bytes], manifest: dict[str, bytes | str]) -> tuple[bytes, str]:
     """The archive of ``members`` with a manifest of ``manifest`` (name: the file's
-    bytes); returns it and the manifest's sha256."""
+    bytes, or their sha256); returns it and the manifest's sha256."""
     lines = b"".join(
-        format_line(n, hashlib.sha256(d).hexdigest()) for n, d in sorted(manifest.items())
+        format_line(n, d if isinstance(d, str) else hashlib.sha256(d).hexdigest())
+        for n, d in sorted(manifest.items())
     )
     body = b"".join(members) + member(MANIFEST_NAME, lines) + bytes(1024)
     return body, hashlib.sha256(lines).hexdigest()
@@ -238,18 +240,22 @@ def test_names_that_are_not_utf8_are_indexed_and_taken_from_the_base(staging):
 
 
 def test_a_delta_is_checked_against_min_free_space_by_what_it_writes(staging):
-    """A 2 KB stream that makes a file of 100 GiB (copies of its base) is refused before
-    a byte is written, by what it would write, not by its own size."""
+    """A 1.7 MB stream that makes a file of 100 GiB (copies of its base) is refused
+    before a byte of the file is written, by what it would write (its records' lengths),
+    not by its own size."""
     free = os.statvfs(staging).f_bavail * os.statvfs(staging).f_frsize
     huge = 100 << 30
     ops = [Copy(0, len(BIG))] * (huge // len(BIG))
     pax = [(DATA_KEY, DELTA), (REALSIZE_KEY, b"%d" % huge)]
     stream = io.BytesIO()
-    deltaops.encode(ops[:10], stream)  # the header is judged before the stream is read
+    deltaops.encode(ops, stream)
     limits = UnpackLimits(min_free=max(0, free - huge // 2))
     data = member("services/app/big.bin", stream.getvalue(), pax=pax)
+    before = (staging / "services/app/big.bin").stat()
     with pytest.raises(ArchiveTooLarge, match="would leave less than"):
         apply(staging, tar([data], {})[0], delta=True, limits=limits)
+    assert not [p for p in staging.rglob("*") if p.name.startswith(".pullback-delta")]
+    assert (staging / "services/app/big.bin").stat().st_mtime_ns == before.st_mtime_ns
 
 
 def test_a_realsize_only_counts_on_a_delta_member(staging):
@@ -367,9 +373,12 @@ def linked_base(staging) -> dict[str, bytes]:
     return files
 
 
-def sparse_member(name: str, data: bytes) -> bytes:
-    """A PAX 1.0 sparse file of one data region: ``data`` at offset 0."""
-    body = f"1\n0\n{len(data)}\n".encode().ljust(512, b"\0") + data
+def sparse_member(name: str, data: bytes, realsize: int | None = None) -> bytes:
+    """A PAX 1.0 sparse file of one data region, ``data`` at offset 0, and a hole up
+    to ``realsize`` (none by default)."""
+    size = len(data) if realsize is None else realsize
+    regions = f"1\n0\n{len(data)}\n" if realsize is None else f"2\n0\n{len(data)}\n{size}\n0\n"
+    body = regions.encode().ljust(512, b"\0") + data
     directory, base = name.rsplit("/", 1)
     return member(
         f"{directory}/GNUSparseFile.0/{base}",
@@ -378,9 +387,75 @@ def sparse_member(name: str, data: bytes) -> bytes:
             (b"GNU.sparse.major", b"1"),
             (b"GNU.sparse.minor", b"0"),
             (b"GNU.sparse.name", name.encode()),
-            (b"GNU.sparse.realsize", b"%d" % len(data)),
+            (b"GNU.sparse.realsize", b"%d" % size),
         ],
     )
+
+
+IMAGE = 256 << 20
+"""A VM image's apparent size: more than the free space the tests below leave."""
+SPARE = 64 << 20
+"""What the tests leave above ``min_free``."""
+
+
+def image_digest(start: bytes) -> str:
+    """The sha256 of an image that holds ``start`` and then zeros."""
+    digest = hashlib.sha256(start)
+    zeros = bytes(1 << 20)
+    left = IMAGE - len(start)
+    while left:
+        digest.update(zeros[: min(left, len(zeros))])
+        left -= min(left, len(zeros))
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def image_staging(tmp_path):
+    """Staging holding a sparse image of 256 MiB with 64 KiB of data."""
+    staging = tmp_path / "staging" / "web1"
+    data = os.urandom(64 << 10)
+    files: dict[str, bytes | str] = {"services/app/vm.img": image_digest(data)}
+    apply(staging, tar([sparse_member("services/app/vm.img", data, IMAGE)], files)[0], False)
+    assert (staging / "services/app/vm.img").stat().st_blocks * 512 < 1 << 20
+    return staging, data
+
+
+def image_day(staging, name: str, ops: list, made: bytes) -> None:
+    """Apply a delta of the image (``made``: its first bytes; the rest zeros), or the
+    image renamed (no ``ops``), with only SPARE bytes above ``min_free``."""
+    free = os.statvfs(staging).f_bavail * os.statvfs(staging).f_frsize
+    manifest: dict[str, bytes | str] = {name: image_digest(made)}
+    members = [delta_member(name, ops, IMAGE) if ops else moved_member(name, "services/app/vm.img")]
+    apply(staging, tar(members, manifest)[0], True, UnpackLimits(min_free=free - SPARE))
+
+
+@pytest.mark.parametrize("how", ["in place", "made anew", "renamed"])
+def test_a_sparse_image_counts_against_min_free_by_what_it_allocates(image_staging, how):
+    """A delta of a 256 MiB image holding 64 KiB, or the image renamed, on a disk with
+    64 MiB above min_free: checked by the bytes it writes, not by its apparent size, and
+    its holes stay holes (a rename's copy too)."""
+    staging, data = image_staging
+    block = os.urandom(4096)
+    name, ops, made = {
+        "in place": (
+            "services/app/vm.img",
+            [Data(block), Copy(4096, len(data) - 4096), Hole(IMAGE - len(data))],
+            block + data[4096:],
+        ),
+        "made anew": (
+            "services/app/vm.img",
+            [Copy(4096, len(data) - 4096), Data(block), Hole(IMAGE - len(data))],
+            data[4096:] + block,
+        ),
+        "renamed": ("services/app/disk.img", [], data),
+    }[how]
+    inode = (staging / "services/app/vm.img").stat().st_ino
+    image_day(staging, name, ops, made)
+    st = (staging / name).stat()
+    assert st.st_size == IMAGE and st.st_blocks * 512 < 1 << 20
+    assert (st.st_ino == inode) == (how == "in place")
+    with open(staging / name, "rb") as handle:
+        assert handle.read(len(made)) == made
 
 
 @pytest.mark.parametrize("how", ["rewritten in place", "made anew at its name"])
@@ -427,3 +502,37 @@ def test_a_hard_linked_base_file_the_delta_wrote_is_not_taken_by_inode_and_size(
     manifest["services/app/e.txt"] = b"alpha\n"  # what the base's digest would vouch for
     with pytest.raises(BaseMismatch, match="changed in staging since its index"):
         apply(staging, tar(members, manifest)[0], delta=True)
+
+
+def test_a_size_past_what_a_file_can_have_is_refused(staging):
+    """19 digits pass as a number, but no file holds 2**63 bytes or more (an
+    ``OverflowError`` in ``ftruncate`` otherwise)."""
+    stream = io.BytesIO()
+    deltaops.encode([Hole(1)], stream)
+    pax = [(DATA_KEY, DELTA), (REALSIZE_KEY, b"9" * 19)]
+    data = member("services/app/big.bin", stream.getvalue(), pax=pax)
+    limits = UnpackLimits(max_size=None)
+    with pytest.raises(HostileArchive, match="a size no file can have"):
+        apply(staging, tar([data], {})[0], delta=True, limits=limits)
+
+
+@pytest.mark.parametrize("how", ["in place", "made anew"])
+def test_a_byte_every_block_counts_a_block_against_min_free(image_staging, how):
+    """A hostile delta of the image: a byte, then a hole to the next 4 KiB, 65536 times
+    (1.2 MB of stream) would allocate the whole 256 MiB with 64 MiB above min_free: it
+    is refused before a byte of the file is written (counted by the blocks it touches,
+    not by its 64 KiB of data)."""
+    staging, _ = image_staging
+    ops: list = [Copy(4096, 1), Hole(4095)] if how == "made anew" else []
+    for _ in range(len(ops) // 2, IMAGE // 4096):
+        ops += [Data(b"x"), Hole(4095)]
+    path = staging / "services/app/vm.img"
+    before = path.stat()
+    with pytest.raises(ArchiveTooLarge, match="would leave less than"):
+        image_day(staging, "services/app/vm.img", ops, b"")
+    after = path.stat()
+    assert (after.st_ino, after.st_blocks, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_blocks,
+        before.st_mtime_ns,
+    )

@@ -16,10 +16,11 @@ from pullback.common.archive.deltaops import (
     Data,
     DeltaError,
     Hole,
+    Survey,
     apply,
     apply_in_place,
     encode,
-    in_place,
+    survey,
 )
 
 Q = struct.Struct(">Q")
@@ -140,8 +141,6 @@ def test_empty_ops_cannot_be_encoded():
 
 
 def test_in_place_only_when_every_copy_keeps_its_offset():
-    from pullback.common.archive.deltaops import apply_in_place, in_place
-
     def stream(ops):
         out = io.BytesIO()
         encode(ops, out)
@@ -150,20 +149,23 @@ def test_in_place_only_when_every_copy_keeps_its_offset():
 
     base = bytearray(b"0123456789")
     appended = stream([Copy(0, 10), Data(b"ab")])
-    assert in_place(appended, 10, 12) and appended.tell() == 0
+    found = survey(appended, 10, 12)
+    assert found.in_place and appended.tell() == 0
+    # counted in blocks: 2 bytes in place touch one block; 12 bytes made anew one
+    assert (found.in_place_bytes, found.new_bytes) == (4096, 4096)
     apply_in_place(
         appended, lambda data, at: base.__setitem__(slice(at, at + len(data)), data), 10, 12
     )
     assert bytes(base) == b"0123456789ab"
-    assert not in_place(stream([Copy(1, 9), Data(b"x")]), 10, 10)  # a move
-    assert in_place(stream([Data(b"x"), Copy(1, 9)]), 10, 10)  # a byte rewritten in place
+    assert not survey(stream([Copy(1, 9), Data(b"x")]), 10, 10).in_place  # a move
+    assert survey(stream([Data(b"x"), Copy(1, 9)]), 10, 10).in_place  # a byte rewritten
     with pytest.raises(DeltaError, match="past the base"):
-        in_place(stream([Copy(0, 11)]), 10, 11)
+        survey(stream([Copy(0, 11)]), 10, 11)
     with pytest.raises(DeltaError, match="more than the"):
-        in_place(stream([Copy(0, 10), Data(b"ab")]), 10, 11)
+        survey(stream([Copy(0, 10), Data(b"ab")]), 10, 11)
     short = io.BytesIO(b"PBD1D" + Q.pack(5) + b"ab")
     with pytest.raises(DeltaError, match="cut short"):
-        in_place(short, 10, 5)
+        survey(short, 10, 5)
     with pytest.raises(DeltaError, match="ended 3 bytes early"):
         apply_in_place(short, lambda data, at: None, 10, 5)
     with pytest.raises(DeltaError, match="past the base"):  # checked again as applied
@@ -203,7 +205,8 @@ def test_holes_apply_in_place_through_hole_at_or_as_zeros():
     stream = io.BytesIO()
     encode([Copy(0, 3), Hole(4), Copy(7, 3), Data(b"ab"), Hole(2)], stream)
     stream.seek(0)
-    assert in_place(stream, 10, 14)  # a hole reads nothing: still in place
+    # a hole reads nothing: still in place; and it allocates nothing
+    assert survey(stream, 10, 14) == Survey(in_place=True, in_place_bytes=4096, new_bytes=4096)
     punched: list[tuple[int, int]] = []
     base = bytearray(BASE[:10])
 
@@ -216,3 +219,19 @@ def test_holes_apply_in_place_through_hole_at_or_as_zeros():
     stream.seek(0)
     apply_in_place(stream, write_at, 10, 14)
     assert bytes(base) == b"012" + bytes(4) + b"789ab" + bytes(2)
+
+
+def test_a_survey_counts_every_block_a_record_touches():
+    """A byte every 4 KiB allocates a block each: 19 bytes of stream cost 4 KiB of disk,
+    and are counted so; neighbours in one block count it once; holes count nothing."""
+    ops = [op for _ in range(1000) for op in (Data(b"x"), Hole(4095))]
+    stream = io.BytesIO()
+    encode(ops, stream)
+    stream.seek(0)
+    found = survey(stream, 0, 1000 * 4096)
+    assert found.in_place_bytes == found.new_bytes == 1000 * 4096
+    stream = io.BytesIO()
+    encode([Copy(0, 3000), Data(b"y" * 2000), Hole(1 << 30), Copy(5000, 5)], stream)
+    stream.seek(0)
+    found = survey(stream, 8192, 5000 + (1 << 30) + 5)
+    assert found == Survey(in_place=False, in_place_bytes=2 * 4096, new_bytes=3 * 4096)

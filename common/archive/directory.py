@@ -319,31 +319,51 @@ def apply_chain_retention(
     archive_dir: Path, host: str, now: dt.datetime | None = None
 ) -> list[str]:
     """Retention with incremental archives: keep the newest full archive of ``host``
-    and every archive after it (the chain the server may still need), delete everything
-    older and
-    leftovers of interrupted publishes; return the names deleted. Marks of archives no
-    longer there are removed; nothing moves to ``fetched/``.
+    and every archive after it (the chain the server may still need), and the newest
+    archive in which every service succeeded with the chain it needs (when a service
+    failed in every archive since: as classic retention keeps it); delete everything
+    older and leftovers of interrupted publishes; return the names deleted. Marks of
+    archives no longer there are removed; nothing moves to ``fetched/``.
 
     Runs under the directory lock.
     """
     latest = (now or utc_now()) + dt.timedelta(hours=1)
     with directory_lock(archive_dir, "local retention").acquire(wait=LOCK_WAIT):
         complete, removed = _complete_archives(archive_dir)
-        # only this host's fulls, not dated ahead of the clock: a stray archive must
+        # only this host's archives, not dated ahead of the clock: a stray archive must
         # never make the real chain look old
-        fulls = [
-            a
-            for a in complete
-            if a.sidecar
-            and not a.sidecar.archive.is_delta
-            and a.host == host
-            and a.created <= latest
-        ]
-        oldest_kept = fulls[-1].stamp if fulls else ""
-        expired = [a for a in complete if a.stamp < oldest_kept]
+        own = [a for a in complete if a.host == host and a.created <= latest]
+        oldest_kept, kept = _chain_kept(own, complete)
+        expired = [a for a in complete if a.stamp < oldest_kept and a.name not in kept]
         removed = _finish_retention(archive_dir, expired, removed)
         _drop_stale_marks(archive_dir)
         return removed
+
+
+def _chain_kept(own: list[LocalArchive], complete: list[LocalArchive]) -> tuple[str, set[str]]:
+    """What chain retention keeps of this host's archives (``own``): the stamp of the
+    newest full archive, everything from which stays, and the names of the newest good
+    archive's chain when that is older."""
+    fulls = [a for a in own if a.sidecar and not a.sidecar.archive.is_delta]
+    oldest_kept = fulls[-1].stamp if fulls else ""
+    good = [a for a in own if a.good]
+    if good and good[-1].stamp < oldest_kept:
+        return oldest_kept, _chain(good[-1], complete)
+    return oldest_kept, set()
+
+
+def _chain(archive: LocalArchive, complete: list[LocalArchive]) -> set[str]:
+    """The names of ``archive`` and the archives it is built on (its bases followed
+    back to a full, or as far as they are there; each strictly older than the last)."""
+    by_name = {a.name: a for a in complete}
+    names = {archive.name}
+    while archive.sidecar is not None and archive.sidecar.archive.base is not None:
+        base = by_name.get(archive.sidecar.archive.base.name)
+        if base is None or base.name in names or base.stamp >= archive.stamp:
+            break
+        names.add(base.name)
+        archive = base
+    return names
 
 
 def _complete_archives(archive_dir: Path) -> tuple[list[LocalArchive], list[str]]:

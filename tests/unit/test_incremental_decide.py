@@ -40,7 +40,9 @@ def config(tmp_path: Path, mode: IncrementalMode = IncrementalMode.ON) -> Client
     )
 
 
-def publish(cfg: ClientConfig, day: int, base: int | None = None, host="web1", size=1000):
+def publish(
+    cfg: ClientConfig, day: float, base: str | None = None, host="web1", size=1000, status="ok"
+):
     """An archive of ``day`` (hours before NOW when negative: days otherwise)."""
     when = NOW - dt.timedelta(days=day)
     stamp = when.strftime("%Y%m%dT%H%M%SZ")
@@ -63,7 +65,7 @@ def publish(cfg: ClientConfig, day: int, base: int | None = None, host="web1", s
         "stamp": stamp,
         "created": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "pullback_version": "t",
-        "status": "ok",
+        "status": status,
         "archive": archive,
         "services": [],
     }
@@ -131,3 +133,34 @@ def test_a_stray_archive_from_the_future_neither_counts_nor_ends_the_chain(tmp_p
     publish(cfg, 0.5)  # a new full of this host: what is older goes
     removed = directory.apply_chain_retention(cfg.archive_dir, cfg.hostname, NOW)
     assert {full, newest} <= set(removed) and stray not in removed
+
+
+def test_the_newest_archive_in_which_every_service_succeeded_keeps_its_chain(tmp_path):
+    """A database dump that fails from some day on: the newest full archive and the
+    deltas since all lack it. The newest good archive (a delta) and the chain it needs
+    (its full, the deltas between) stay, as classic retention keeps the newest good
+    archive; once a good archive follows, the old chain goes."""
+    cfg = config(tmp_path)
+    old_full, _ = publish(cfg, 5)
+    good, _ = publish(cfg, 4, base=old_full)
+    partial_full, _ = publish(cfg, 3, status="partial")
+    partial_delta, _ = publish(cfg, 2, base=partial_full, status="partial")
+    removed = directory.apply_chain_retention(cfg.archive_dir, cfg.hostname, NOW)
+    assert removed == []
+    older, _ = publish(cfg, 6)  # an older full than the good one's chain: it goes
+    removed = directory.apply_chain_retention(cfg.archive_dir, cfg.hostname, NOW)
+    assert removed == [older]
+    # the failure goes on for weeks: only the good chain and the newest full's stay
+    for day in (1.9, 1.8):
+        last_full, _ = publish(cfg, day, status="partial")
+        publish(cfg, day - 0.05, base=last_full, status="partial")
+    removed = directory.apply_chain_retention(cfg.archive_dir, cfg.hostname, NOW)
+    assert partial_full in removed and partial_delta in removed and len(removed) == 4
+    assert {old_full, good, last_full} <= set(directory_names(cfg))
+    publish(cfg, 1, base=last_full)  # good again: the newest full's chain suffices
+    removed = directory.apply_chain_retention(cfg.archive_dir, cfg.hostname, NOW)
+    assert set(removed) == {old_full, good}
+
+
+def directory_names(cfg: ClientConfig) -> list[str]:
+    return [a.name for a in directory.list_archives(cfg.archive_dir)]

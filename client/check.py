@@ -18,6 +18,7 @@ from ..common.sandbox import output_problem, unit_writable_paths
 from ..common.schema import load_schema
 from ..plugins.manager import PluginSet, load_plugins
 from .config import ClientConfig, IncrementalMode
+from .incremental import WAITING_FOR_SERVER, makes_deltas
 from .services import Service, discover, find_service_files
 from .stages import make_tasks, validate_service
 
@@ -28,15 +29,27 @@ class CheckResult:
     """What would make a run fail."""
     warnings: list[str] = field(default_factory=list)
     """What a restore would lack (reported, but the configuration is usable)."""
+    notes: list[str] = field(default_factory=list)
+    """What a run will do that an administrator may not expect (no problem)."""
+    deltas: str = "off"
+    """``off`` (full archives only: ``enabled: false``), ``waiting`` (full archives until
+    a server says it applies deltas) or ``on`` (deltas, and a full archive whenever one
+    is due)."""
 
 
 def command(config: ClientConfig, args: argparse.Namespace) -> int:
     """``pullback-client check``: one line per problem (exit 2), then one ``warning:``
-    line per warning, or ``<config>: ok``."""
+    line per warning and one ``note:`` line per note, or ``<config>: ok``."""
     result = check(config)
     if args.json:
         print_json(
-            {"hostname": config.hostname, "problems": result.problems, "warnings": result.warnings}
+            {
+                "hostname": config.hostname,
+                "problems": result.problems,
+                "warnings": result.warnings,
+                "notes": result.notes,
+                "deltas": result.deltas,
+            }
         )
         return EXIT_CONFIG if result.problems else EXIT_OK
     for problem in result.problems:
@@ -45,6 +58,8 @@ def command(config: ClientConfig, args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     if result.problems:
         return EXIT_CONFIG
+    for note in result.notes:  # (after the problems are mended: they come first)
+        print(f"note: {note}")
     print(f"{config.path}: ok")
     return EXIT_OK
 
@@ -117,12 +132,24 @@ def _probe(service: Service, plugins: PluginSet, scratch: Path, result: CheckRes
             result.warnings += [f"{where}: {w}" for w in probe.warnings]
 
 
+def _deltas(config: ClientConfig, result: CheckResult) -> None:
+    """Say whether the next run makes deltas; a note while ``auto`` waits for a server."""
+    if config.incremental.mode is IncrementalMode.OFF:
+        return
+    if makes_deltas(config):
+        result.deltas = "on"
+        return
+    result.deltas = "waiting"
+    result.notes.append(f"archives are full ones for now: {WAITING_FOR_SERVER}")
+
+
 def check(config: ClientConfig) -> CheckResult:
     """Every problem found in the configuration, services and plugins, and what the
     database tasks' servers say when asked with their credentials."""
     plugins = load_plugins(config.plugin_dirs)
     result = CheckResult([f"{config.path}: plugin_dirs: {e}" for e in plugins.errors])
     result.problems += _setting_problems(config)
+    _deltas(config, result)
     with tempfile.TemporaryDirectory(prefix="pullback-check-") as scratch:
         for service in discover(config.service_dirs, plugins):
             found = _service_problems(service, plugins)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pullback.common.archive.directory import mark_server_applies_deltas
 from pullback.common.archive.reader import verify_archive
 from pullback.common.locks import lock_status
 from tests.helpers.client import ClientSandbox
@@ -224,6 +225,30 @@ def test_check_lists_every_problem_one_per_line(box):
     bad.unlink()
     result = box.cli("check")
     assert result.returncode == 0 and result.stdout.strip() == f"{box.config}: ok"
+
+
+def test_check_says_when_the_next_archives_are_full_ones_waiting_for_a_server(box, tmp_path):
+    """``enabled: auto`` (the default) before any server said it applies deltas: a note
+    (no problem, exit 0); after the serve endpoint left its mark, none. ``--json`` says
+    which in ``deltas``."""
+    good_service(box, "one")
+    box.write_config(incremental={"cache_dir": str(tmp_path / "cache")})
+    result = box.cli("check")
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines() == [
+        "note: archives are full ones for now: no server has said yet that it applies "
+        "deltas (incremental.enabled: auto; a pullback server of 0.2 or later says so when "
+        "it stores an archive)",
+        f"{box.config}: ok",
+    ]
+    assert json.loads(box.cli("check", "--json").stdout)["deltas"] == "waiting"
+    (box.archives / ".fetched-marks").mkdir(parents=True)  # as the serve endpoint makes it
+    mark_server_applies_deltas(box.archives)
+    result = box.cli("check")
+    assert result.returncode == 0 and result.stdout.strip() == f"{box.config}: ok"
+    assert json.loads(box.cli("check", "--json").stdout)["deltas"] == "on"
+    box.write_config(incremental={"enabled": False})
+    assert json.loads(box.cli("check", "--json").stdout)["deltas"] == "off"
 
 
 def test_service_filter_and_unknown_service(box):

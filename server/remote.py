@@ -15,7 +15,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import paramiko
 
@@ -83,13 +83,27 @@ class _Stderr:
                 self.kept += data[: MAX_STDERR - len(self.kept)]
             self.count(len(data))
 
-    def count(self, size: int) -> None:
+    def count(self, size: int, what: str = "messages") -> None:
+        """Count ``size`` bytes of ``what``. Raises RemoteError past MAX_STDERR_READ."""
         self.total += size
         if self.total > MAX_STDERR_READ:
             raise RemoteError(
                 f"{self.host}: the client wrote more than {MAX_STDERR_READ >> 20} MiB of "
-                f"messages in answer to {self.request!r}; refused"
+                f"{what} in answer to {self.request!r}; refused"
             )
+
+    def await_status(self, channel, waiting: Callable[[], None]) -> int:
+        """The exit status that follows the end of a request's output: its messages read
+        and anything that comes after the end counted and dropped all along (paramiko
+        would keep every byte of it). ``waiting`` raises when the wait is over (late, or
+        cancelled). Raises RemoteError past MAX_STDERR_READ."""
+        while not channel.status_event.wait(_TICK):
+            waiting()
+            self.drain(channel)
+            while channel.recv_ready():  # nothing may follow the end
+                self.count(len(channel.recv(1 << 16)), "output after its end")
+        self.drain(channel)
+        return channel.recv_exit_status()
 
 
 class Remote:
@@ -190,13 +204,7 @@ class Remote:
             channel.exec_command(text)
             err = _Stderr(self.host.name, text)
             out = self._collect(channel, text, ends, limit, err)
-            while not channel.status_event.wait(_TICK):
-                self._waiting(text, ends)
-                err.drain(channel)
-                while channel.recv_ready():  # nothing may follow the end: dropped, counted
-                    err.count(len(channel.recv(1 << 16)))
-            err.drain(channel)
-            status = channel.recv_exit_status()
+            status = err.await_status(channel, lambda: self._waiting(text, ends))
             channel.close()
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise RemoteError(f"{self.host.name}: {text!r} failed: {_plain(exc)}") from None
@@ -358,7 +366,9 @@ class Remote:
                     break
                 last = time.monotonic()
                 yield data
-            status = self._await_end(channel, err, cancel, last)
+            status = err.await_status(channel, lambda: self._stream_waiting(cancel, last))
+        except TransferCut:
+            raise
         except RemoteError as exc:  # past MAX_STDERR_READ of words
             raise TransferCut(str(exc)) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
@@ -370,21 +380,13 @@ class Remote:
             reason = printable(words[-1], 200) if words else f"exit status {status}"
             raise TransferCut(f"{host}: the transfer stopped: {reason}")
 
-    def _await_end(self, channel, err: _Stderr, cancel, last: float) -> int:
-        """The exit status that follows a stream's end, whatever comes after the end read,
-        counted and dropped all along. Raises TransferCut when cancelled or late, RemoteError
-        past MAX_STDERR_READ."""
-        host = self.host.name
-        while not channel.status_event.wait(_TICK):
-            if cancel is not None and cancel.is_set():
-                raise TransferCut(f"{host}: transfer cancelled")
-            err.drain(channel)
-            while channel.recv_ready():  # nothing may follow the end: dropped, counted
-                err.count(len(channel.recv(1 << 16)))
-            if time.monotonic() - last > self.ssh.idle_timeout:
-                raise TransferCut(f"{host}: the transfer never ended; it was cut")
-        err.drain(channel)
-        return channel.recv_exit_status()
+    def _stream_waiting(self, cancel, last: float) -> None:
+        """Raises TransferCut when a stream's end is awaited past ``idle_timeout`` since
+        its ``last`` bytes, or the host was cancelled."""
+        if cancel is not None and cancel.is_set():
+            raise TransferCut(f"{self.host.name}: transfer cancelled")
+        if time.monotonic() - last > self.ssh.idle_timeout:
+            raise TransferCut(f"{self.host.name}: the transfer never ended; it was cut")
 
     def _drain(self, fd: int, child: RunningCommand, cancel) -> Generator[bytes, None, None]:
         poller = select.poll()

@@ -31,7 +31,8 @@ that the server applies deltas, so the next day is a delta). --full-archives wri
 
 The pristine dataset is cached in --work (``data-<scale>``, never mutated: each run works
 on a copy); everything else (namespace, veth, sshds, the run's directory) is removed at
-the end, also on Ctrl-C. Raw figures go to bench/results/wan-<date>.json.
+the end, also on Ctrl-C. Raw figures go to bench/results/wan-<date>.json, or
+wan-<scale>-<date>.json at another scale than 1.
 """
 
 from __future__ import annotations
@@ -454,7 +455,8 @@ def main(argv=None) -> int:
     results = run(args.work, args.scale, args.rate, args.repeat, not args.full_archives)
     print(report(results))
     if not args.no_save:
-        out = HERE / "results" / f"wan-{dt.date.today().isoformat()}.json"
+        scale = "" if args.scale == 1 else f"{args.scale:g}-"  # one file per scale and day
+        out = HERE / "results" / f"wan-{scale}{dt.date.today().isoformat()}.json"
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nwrote {out}")

@@ -516,6 +516,8 @@ def test_every_command_that_lists_or_reports_speaks_json(fleet):
         "hostname": "web1",
         "problems": [],
         "warnings": [],
+        "notes": [],
+        "deltas": "off",
     }
     (listed,) = json.loads(host.client.cli("list", "--json").stdout)
     assert listed["stored_by_server"] and not listed["fetched"]  # marked, kept until a newer

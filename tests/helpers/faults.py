@@ -249,7 +249,9 @@ class FaultBed:
             "min_free_space": "1K",  # the disk-full faults fill small disks on purpose
             "lock_wait": "1s",
             "lock_retries": 1,
-            "ssh": {"connect_timeout": "3s", "idle_timeout": "6s", "keepalive": "1s"},
+            # idle_timeout: six hosts' serve processes start at once on a loaded CI machine
+            # (6 s was once too short for a whole `list` answer)
+            "ssh": {"connect_timeout": "3s", "idle_timeout": "15s", "keepalive": "1s"},
             "maintenance": {"repository_lock_wait": "3s"},
             "retention": {"keep_last": 1000},  # every snapshot stays: losses show
             "email": {

@@ -170,7 +170,10 @@ def test_restic_on_sftp_through_the_ssh_client_configuration(tmp_path, fleet):
         store.known_hosts.write_text("")
         result = server("--verbose", "snapshots", "web1", rc=1)
         assert f"restic failed on {url}" in result.stderr, result.stderr
-        assert "Host key verification failed" in result.stderr, result.stderr
+        # ssh's own words, or restic's when it closed the session before ssh's message
+        # reached it (a race inside restic: seen once in a loaded CI run)
+        said = ("Host key verification failed", "unable to start the sftp session")
+        assert any(words in result.stderr for words in said), result.stderr
         store.known_hosts.write_text(pinned)
         shows_no_secret(server.written())
     finally:

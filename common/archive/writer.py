@@ -817,15 +817,11 @@ class ArchiveWriter:
         self._emit(table)
         digest = hashlib.sha256()
         cutter = chunker.SparseCutter() if found is not None else None
-        position = 0
-        for offset, data in _sparse_data(fd, content, regions, stats, arcname):
-            sparse.hash_zeros(digest, offset - position)
-            digest.update(data)
+        data_pieces = _sparse_data(fd, content, regions, stats, arcname)
+        for offset, data in _hashed(data_pieces, realsize, digest):
             self._emit(data)
             if cutter is not None:
                 found.extend(chunk for chunk, _ in cutter.feed(offset, data))  # type: ignore[union-attr]
-            position = offset + len(data)
-        sparse.hash_zeros(digest, realsize - position)
         if cutter is not None:
             found.extend(chunk for chunk, _ in cutter.finish(realsize))  # type: ignore[union-attr]
         self._emit(bytes((-length) % BLOCK))
@@ -948,19 +944,26 @@ def _sparse_data(
                 yield region.offset + start, bytes(min(CHUNK, region.length - start))
 
 
-def _sparse_pieces(data, realsize: int, digest, found: list) -> Iterator:
-    """The chunks (with their bytes; holes without) of a sparse file given as ``data``
-    (offset, bytes), hashed into ``digest`` (holes as zeros) and listed in ``found``."""
-    cutter = chunker.SparseCutter(keep_data=True)
+def _hashed(data, realsize: int, digest) -> Iterator[tuple[int, bytes]]:
+    """``data`` (offset, bytes) of a file of ``realsize`` bytes, passed on as each piece
+    is hashed into ``digest``, the holes before it (and at the end) as zeros."""
     position = 0
     for offset, piece in data:
         sparse.hash_zeros(digest, offset - position)
         digest.update(piece)
         position = offset + len(piece)
+        yield offset, piece
+    sparse.hash_zeros(digest, realsize - position)
+
+
+def _sparse_pieces(data, realsize: int, digest, found: list) -> Iterator:
+    """The chunks (with their bytes; holes without) of a sparse file given as ``data``
+    (offset, bytes), hashed into ``digest`` (holes as zeros) and listed in ``found``."""
+    cutter = chunker.SparseCutter(keep_data=True)
+    for offset, piece in _hashed(data, realsize, digest):
         for entry in cutter.feed(offset, piece):
             found.append(entry[0])
             yield entry
-    sparse.hash_zeros(digest, realsize - position)
     for entry in cutter.finish(realsize):
         found.append(entry[0])
         yield entry

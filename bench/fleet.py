@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from bench import dataset
-from bench.run import HERE, PASSWORD
+from bench.run import HERE, PASSWORD, byte_compile
 from tests.helpers.client import ClientSandbox
 from tests.helpers.sshd import Sshd, make_key, serve_command
 
@@ -177,6 +177,7 @@ class FleetBench:
 
 
 def run(work: Path, scale: float, hosts: int) -> dict:
+    byte_compile()
     bench = FleetBench(work, scale, hosts)
     bench.setup()
     try:

@@ -260,8 +260,9 @@ def retire_marked(archive_dir: Path, keep: int) -> list[str]:
     """Move the archives the server stored to ``fetched/``, except the newest complete
     one (a stolen server key cannot make a client drop the archive the server has not
     pulled yet), then keep the ``keep`` newest of ``fetched/``. Removes the marks of
-    archives no longer there. Returns what moved. Call it under the directory lock, as
-    root: marks are only names, never opened or followed."""
+    archives no longer there (other marks, :data:`WANT_FULL` and :data:`APPLIES_DELTAS`,
+    stay). Returns what moved. Call it under the directory lock, as root: marks are only
+    names, never opened or followed."""
     marks = _marks(archive_dir)
     if not marks:
         return []
@@ -280,7 +281,7 @@ def retire_marked(archive_dir: Path, keep: int) -> list[str]:
     marks_fd = os.open(archive_dir / MARKS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         for name in os.listdir(marks_fd):
-            if name not in keep_marks:
+            if ARCHIVE_NAME.match(name) and name not in keep_marks:
                 with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
                     os.unlink(name, dir_fd=marks_fd)
     finally:

@@ -120,6 +120,28 @@ def test_a_stolen_server_key_cannot_retire_the_newest_archive(box, tmp_path):
     assert os.listdir(box.archives / ".fetched-marks") == [newest.name]
 
 
+def test_retiring_fetched_archives_keeps_the_servers_other_marks(box, tmp_path):
+    """Classic retention (``incremental.enabled: false``, or ``auto`` still waiting)
+    removes the fetched marks it used up, never the mark that a server applies deltas
+    nor its request for a full archive: both outlive any archive (found by an outside
+    tester: switching deltas off and on again lost the server's word)."""
+    import time
+
+    from pullback.common.archive import directory
+
+    for _ in range(2):
+        assert box.cli("run").returncode == 0
+        time.sleep(1.05)
+    first, second = box.published()
+    assert run_serve(box, f"fetched {first.name} deltas", tmp_path)[0] == 0
+    assert run_serve(box, "full", tmp_path)[0] == 0
+    moved = directory.retire_marked(box.archives, keep=1)
+    assert moved == [first.name]
+    marks = sorted(os.listdir(box.archives / ".fetched-marks"))
+    assert marks == sorted([directory.APPLIES_DELTAS, directory.WANT_FULL])
+    assert directory.server_applies_deltas(box.archives)
+
+
 def test_auto_makes_deltas_once_a_server_says_it_applies_them(box, tmp_path):
     """``incremental.enabled: auto`` (the default): full archives, kept as ``keep_last``
     says, while no server said it applies deltas (a server before them sends a plain

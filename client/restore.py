@@ -114,10 +114,12 @@ def chain_for(archive: Path) -> list[Path]:
 
 
 def service_root(source: Path, name: str) -> Path:
-    """The ``services/<name>`` directory inside ``source`` (a snapshot root or that dir)."""
+    """The ``services/<name>`` directory inside ``source``: a snapshot root, its
+    ``services`` directory, or that directory itself (named after the service; a
+    snapshot root of other services never is). Raises UsageError when there is none."""
     for candidate in (source / "services" / name, source / name, source):
         if candidate.is_dir() and any(p.is_dir() for p in candidate.iterdir()):
-            if candidate == source and not (source / "services").exists() and source.name != name:
+            if candidate == source and ((source / "services").exists() or source.name != name):
                 continue
             return candidate
     raise UsageError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -256,6 +257,30 @@ def test_restore_usage_errors(tmp_path):
     assert result.returncode == 2
     result = box.cli("restore", "--service", "app", "--from", str(tmp_path / "missing"))
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_restore_from_a_snapshot_without_the_service_exits_2(tmp_path):
+    """A restored snapshot of other services is a wrong source (exit 2, named), never
+    "nothing to restore" and success (found by an outside tester, with a database
+    task, which exited 0, and a files task, which exited 1)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("a\n")
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{data}]}}\n")
+    box.add_service("shop", f"service: {{name: shop}}\nfiles: {{paths: [{data}]}}\n")
+    assert box.cli("run").returncode == 0
+    (archive,) = box.published()
+    from pullback.client.restore import unpack_archive
+
+    unpacked = unpack_archive(archive, tmp_path / "snapshot")
+    shutil.rmtree(unpacked / "services" / "shop")
+    for source in (unpacked, unpacked / "services"):
+        result = box.cli("restore", "--service", "shop", "--from", str(source))
+        assert result.returncode == 2, result.stderr
+        assert "holds no services/shop/" in result.stderr
+    app = box.cli("restore", "--service", "app", "--from", str(unpacked / "services" / "app"))
+    assert app.returncode == 0, app.stderr
 
 
 def _restore_calls(standins, box: ClientSandbox, *args: str) -> tuple:

@@ -132,7 +132,7 @@ def test_retiring_fetched_archives_keeps_the_servers_other_marks(box, tmp_path):
     for _ in range(2):
         assert box.cli("run").returncode == 0
         time.sleep(1.05)
-    first, second = box.published()
+    first, _second = box.published()
     assert run_serve(box, f"fetched {first.name} deltas", tmp_path)[0] == 0
     assert run_serve(box, "full", tmp_path)[0] == 0
     moved = directory.retire_marked(box.archives, keep=1)

@@ -60,7 +60,7 @@ from .backends import RepositoryMissing, Snapshot, SnapshotSpec, StoreResult
 from .db_proof import find_dumps
 from .host import HostContext
 from .journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, PhaseLog
-from .remote import Remote, TransferCut
+from .remote import ArchiveGone, Remote, TransferCut
 from .results import HostResult
 from .transfer import ChecksumMismatch, Fetched, discard_partial, fetch_and_unpack
 
@@ -376,23 +376,33 @@ class HostPull:
             self.notifier.start()
         self._phase(CONNECTING)
         with self.connect() as remote:
-            listing = self.wait_for_client(remote)
-            if listing is None:
-                return
-            decision = self.choose_early(listing, asked)
-            choice = decision.choice
-            if not self.apply(choice, remote):
-                return
-            assert choice.archive is not None
-            if self.repository_missing:
-                self.ctx.backend.prepare(create=True)
-                self.repository_missing = False
-            fetched = self.reach(remote, listing, choice.archive)
-            if decision.early and not self.still_chosen(listing, decision, asked, remote, fetched):
-                return
-            self.store(choice.archive, fetched)
-            self.mark_fetched(remote, choice.archive.archive.name)
-            self.measure()
+            try:
+                self._pull_newest(remote, asked)
+            except ArchiveGone as exc:
+                # the client's own run removed an archive of the chain being fetched
+                # (a new full archive ends the chain): what the client holds now, once
+                self._warn(f"{exc}: its own run replaced it during this pull; listed again")
+                self._pull_newest(remote, asked)
+
+    def _pull_newest(self, remote: ClientEndpoint, asked: Future) -> None:
+        """List the client's archives, choose, fetch (or skip) and store."""
+        listing = self.wait_for_client(remote)
+        if listing is None:
+            return
+        decision = self.choose_early(listing, asked)
+        choice = decision.choice
+        if not self.apply(choice, remote):
+            return
+        assert choice.archive is not None
+        if self.repository_missing:
+            self.ctx.backend.prepare(create=True)
+            self.repository_missing = False
+        fetched = self.reach(remote, listing, choice.archive)
+        if decision.early and not self.still_chosen(listing, decision, asked, remote, fetched):
+            return
+        self.store(choice.archive, fetched)
+        self.mark_fetched(remote, choice.archive.archive.name)
+        self.measure()
 
     def choose_early(self, listing: Listing, asked: Future) -> Decision:
         """The choice, made before the repository's snapshot list arrived when it is
@@ -572,10 +582,13 @@ class HostPull:
         for a full archive and raises."""
         ctx = self.ctx
         refused = self.refused()
-        route = chain.plan(newest, listing, ctx.name, baseindex.read_tree(ctx.staging), refused)
+        held = baseindex.read_tree(ctx.staging)
+        route = chain.plan(newest, listing, ctx.name, held, refused)
         if route.store_only:
             ctx.log.info("staging already holds %s; storing it", newest.archive.name)
             return None
+        if newest.archive.is_delta and route.from_full and not route.problem:
+            self._fell_back(newest, held)
         try:
             try:
                 return self._apply(remote, route)
@@ -591,6 +604,20 @@ class HostPull:
             if newest.archive.is_delta:
                 self.ask_full(remote, listing)
             raise
+
+    def _fell_back(self, newest: Sidecar, held: baseindex.IndexedTree | None) -> None:
+        """Report that reaching the delta ``newest`` takes its chain's full archive,
+        staging holding none of its bases (``held``: what it holds, if anything)."""
+        holds = (
+            f"holds {printable(held.archive, 120)}, which is not in its chain"
+            if held is not None
+            else "holds no indexed tree (lost, emptied after a failed pull, or never pulled)"
+        )
+        self._warn(
+            f"fell back to a full transfer: {printable(newest.archive.name, 120)} is a delta "
+            f"and staging {holds}"
+        )
+        self.result.fell_back = True
 
     def _apply(self, remote: ClientEndpoint, route: chain.Plan) -> Fetched:
         """Fetch the archives of ``route`` in order; returns the last fetch."""
@@ -724,6 +751,9 @@ class HostPull:
         self.result.problem = self.result.problem or problem
 
     def _warn(self, message: str) -> None:
+        """Log and keep ``message``; once only (a host listed again repeats its choice)."""
+        if message in self.result.warnings:
+            return
         self.ctx.log.warning("%s", message)
         self.result.warnings.append(message)
 

@@ -64,6 +64,20 @@ class TransferCut(RemoteError):
     """The byte stream stopped before the end; what arrived is kept for resuming."""
 
 
+class ArchiveGone(RemoteError):
+    """The client no longer has the archive asked for (its own run removed it, or a
+    newer archive replaced it, while the server was fetching): nothing to resume."""
+
+
+def _stopped(host: str, name: str, status: int | None, reason: str) -> RemoteError:
+    """The error of a ``send`` that ended with ``status`` and last said ``reason``:
+    ArchiveGone when the client refused it for an archive it does not have (serve's
+    refusal, exit 2), else TransferCut."""
+    if status == 2 and reason.endswith(f": no archive {name}"):
+        return ArchiveGone(f"{host}: {name} is no longer on the client")
+    return TransferCut(f"{host}: the transfer stopped: {reason}")
+
+
 class _Stderr:
     """A control request's standard error: the first MAX_STDERR bytes kept, the rest
     dropped; more than MAX_STDERR_READ in all fails the request."""
@@ -318,9 +332,10 @@ class Remote:
 
         Raises TransferCut when the stream stops early, stalls for ``idle_timeout``, or the
         ssh child fails; the caller keeps what arrived and resumes from there later.
+        Raises ArchiveGone when the client says it has no such archive (any more).
         """
         if size is not None and size - offset <= SMALL_STREAM and self._client is not None:
-            yield from self._stream_control(protocol.Request.send(name, offset).text, cancel)
+            yield from self._stream_control(name, offset, cancel)
             return
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         with contextlib.suppress(OSError):  # fewer, larger reads
@@ -330,17 +345,18 @@ class Remote:
                 self.ssh_argv(protocol.Request.send(name, offset).text), stdout=stdout, level=10
             )
         try:
-            yield from self._drain(read_end, child, cancel)
+            yield from self._drain(read_end, child, cancel, name)
         finally:
             os.close(read_end)
             if child.alive():
                 child.stop(grace=2.0)
 
-    def _stream_control(self, text: str, cancel) -> Generator[bytes, None, None]:
-        """``text``'s output over a channel of the control connection, as it arrives.
-        Raises TransferCut as :meth:`stream` does."""
+    def _stream_control(self, name: str, offset: int, cancel) -> Generator[bytes, None, None]:
+        """The archive's bytes from ``offset`` over a channel of the control connection,
+        as they arrive. Raises TransferCut or ArchiveGone as :meth:`stream` does."""
         assert self._client is not None
         host = self.host.name
+        text = protocol.Request.send(name, offset).text
         try:
             channel = self._client.get_transport().open_session(timeout=self.ssh.connect_timeout)
         except (OSError, paramiko.SSHException, EOFError) as exc:
@@ -378,7 +394,7 @@ class Remote:
         if status != 0:
             words = bytes(err.kept).decode("utf-8", "replace").strip().splitlines()
             reason = printable(words[-1], 200) if words else f"exit status {status}"
-            raise TransferCut(f"{host}: the transfer stopped: {reason}")
+            raise _stopped(host, name, status, reason)
 
     def _stream_waiting(self, cancel, last: float) -> None:
         """Raises TransferCut when a stream's end is awaited past ``idle_timeout`` since
@@ -388,7 +404,9 @@ class Remote:
         if time.monotonic() - last > self.ssh.idle_timeout:
             raise TransferCut(f"{self.host.name}: the transfer never ended; it was cut")
 
-    def _drain(self, fd: int, child: RunningCommand, cancel) -> Generator[bytes, None, None]:
+    def _drain(
+        self, fd: int, child: RunningCommand, cancel, name: str
+    ) -> Generator[bytes, None, None]:
         poller = select.poll()
         poller.register(fd, select.POLLIN | select.POLLHUP)
         last = time.monotonic()
@@ -411,9 +429,9 @@ class Remote:
             child.wait()
         except PullbackError as exc:
             tail = getattr(exc, "tail", None) or []
-            raise TransferCut(
-                f"{self.host.name}: the transfer stopped: {tail[-1] if tail else exc}"
-            ) from None
+            status = getattr(exc, "exit_code_of_command", None)
+            reason = printable(tail[-1], 200) if tail else str(exc)
+            raise _stopped(self.host.name, name, status, reason) from None
 
 
 def _plain(exc: BaseException) -> str:

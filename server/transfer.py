@@ -49,7 +49,7 @@ from ..common.fsutil import (
 from ..common.log import get_logger
 from ..common.units import human_duration, human_size
 from .host import HostContext
-from .remote import TransferCut
+from .remote import ArchiveGone, TransferCut
 
 
 class ByteSource(Protocol):
@@ -392,7 +392,8 @@ class _Download:
     def _judge_transfer(self, error: BaseException) -> None:
         """Raise the transfer's error. A cut (or SIGTERM) keeps the partial file for
         resuming, unless this try brought no new byte (a client that always stops short
-        keeps nothing); too many bytes or a write error (a full disk) remove it."""
+        keeps nothing); too many bytes, a write error (a full disk) or an archive the
+        client no longer has remove it."""
         if isinstance(error, TransferCut):
             if self.resumed_from and self.arrived == self.resumed_from:
                 discard_partial(self.path)
@@ -401,8 +402,8 @@ class _Download:
                     "download was removed"
                 ) from None
             raise error
-        if isinstance(error, ArchiveError | OSError):
-            discard_partial(self.path)
+        if isinstance(error, ArchiveError | OSError | ArchiveGone):
+            discard_partial(self.path)  # (gone: there is nothing left to resume)
         if isinstance(error, OSError):
             raise ArchiveError(f"cannot write {self.path}: {error.strerror}") from None
         raise error

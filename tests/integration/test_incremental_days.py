@@ -172,15 +172,16 @@ class IncrementalDays(RuleBasedStateMachine):
     def expect(self, newest: str) -> Expect:
         """The archives the server applies to reach ``newest`` (server/chain.py, in the
         model's words): from what staging holds when it is the base of a delta on the way,
-        else from the chain's full; a broken staging tree makes it fall back to the full;
-        a base missing on the client or refused ends the chain."""
+        else from the chain's full, which is a fallback when the newest is a delta (staging
+        lost, broken, or holding none of its bases); a base missing on the client or
+        refused ends the chain."""
         assert self.bed is not None
         sides = self.bed.client_sidecars()
         chain, name, fell_back = [newest], newest, False
         while True:
             base = sides[name]["archive"].get("base")
             if base is None:
-                return Expect(chain[::-1], fell_back)
+                return Expect(chain[::-1], fell_back or len(chain) > 1)
             if base["name"] == self.held:
                 if self.intact:
                     return Expect(chain[::-1])

@@ -23,6 +23,7 @@ from pullback.common.archive.manifest import MANIFEST_NAME, format_line
 from pullback.common.fsutil import make_hole
 from tests.helpers.archives import MTIME
 from tests.helpers.fleet import Fleet, FleetHost
+from tests.helpers.sshd import serve_command
 from tests.helpers.tree import snapshot
 
 pytestmark = pytest.mark.integration
@@ -195,6 +196,49 @@ def test_missed_days_are_replayed_and_a_lost_base_falls_back_to_the_full(fleet, 
     assert damaged["rc"] == 0, damaged["log"]
     assert any("fell back to a full transfer" in w for w in damaged["host"]["warnings"])
     assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r4") == snapshot(host.data)
+
+
+def test_a_chain_the_clients_own_run_ends_during_a_pull_is_listed_again(fleet, tmp_path):
+    """The server replays a chain (its staging was lost) while the client's own run makes
+    a full archive, whose retention deletes the chain's later archives: the pull does
+    not fail with a resume that cannot come; it lists the client again and fetches the
+    new full archive, reported (found by an outside tester)."""
+    host = incremental_host(fleet)
+    run_client(host)
+    assert pull(fleet)["rc"] == 0
+    day_of_changes(host.data, 1)
+    run_client(host)
+    day_of_changes(host.data, 2)
+    second = run_client(host)["archive"]["name"]
+    shutil.rmtree(fleet.state / "staging" / "web1")
+    # the forced command, as the tester timed it: the client's run starts right as the
+    # server asks for the chain's second delta (sshd reads authorized_keys each login)
+    serve = serve_command(host.client.config)
+    run = serve.replace(" serve", " run --full")
+    flag = tmp_path / "ran"
+    wrapper = tmp_path / "serve.sh"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case "$SSH_ORIGINAL_COMMAND" in "send {second} "*)\n'
+        f"  [ -e {flag} ] || {{ touch {flag}; {run} >/dev/null 2>&1; }};;\n"
+        "esac\n"
+        f"exec {serve}\n"
+    )
+    wrapper.chmod(0o755)
+    auth = host.sshd.root / "authorized_keys"
+    auth.write_text(auth.read_text().replace(f'command="{serve}"', f'command="{wrapper}"'))
+    time.sleep(2.1)
+    relisted = pull(fleet, "-v")
+    assert flag.exists()
+    assert relisted["rc"] == 0, relisted["log"]
+    warnings = relisted["host"]["warnings"]
+    assert any(f"{second} is no longer on the client" in w for w in warnings), warnings
+    assert "resumes" not in relisted["log"]
+    (newest,) = host.client.published()
+    assert host.client.sidecar(newest)["archive"]["kind"] == "full"
+    assert relisted["host"]["archive"] == newest.name
+    assert not list((fleet.state / "partial").rglob(f"{second}*"))
+    assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r") == snapshot(host.data)
 
 
 def test_a_chain_the_server_cannot_use_makes_the_next_archive_full(fleet, tmp_path):

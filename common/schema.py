@@ -144,6 +144,9 @@ def _missing_keys(error: jsonschema.ValidationError, path: KeyPath, schema: dict
 
 def _wrong_type(error: jsonschema.ValidationError, path: KeyPath, schema: dict, secret: bool):
     wanted = error.validator_value
+    scalar = isinstance(error.instance, str | int | float) and not isinstance(error.instance, bool)
+    if scalar and schema.get("x-expected"):  # "expected a duration like 7d, got 7"
+        return [(path, f"expected {schema['x-expected']}, got {_shown(error.instance, secret)}")]
     message = f"expected {_expected_types(wanted)}, got {_type_of(error.instance)}"
     if not isinstance(error.instance, dict | list):
         message += f" {_shown(error.instance, secret)}"

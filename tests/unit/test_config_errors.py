@@ -52,7 +52,7 @@ def test_every_problem_is_reported_in_line_order(tmp_path):
 
 def test_list_item_line_is_its_own(tmp_path):
     path = write(tmp_path, "service_dirs:\n  - /ok\n  - /fine\n  - 42\n")
-    assert problems_of(path) == [f"{path}:4: service_dirs[2]: expected a string, got an integer 42"]
+    assert problems_of(path) == [f"{path}:4: service_dirs[2]: expected an absolute path, got 42"]
 
 
 def test_bad_size(tmp_path):
@@ -147,3 +147,26 @@ def test_cli_prints_problems_and_exits_2_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{path}:1: compression: 'lzma' is not one of" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("7", "7"), ("0d", "'0d'"), ("1.5d", "'1.5d'"), ("10m", "'10m'"), ("7 days", "'7 days'")],
+)
+def test_full_every_needs_hours_days_or_weeks(tmp_path, value, shown):
+    """A bare number means seconds elsewhere: ``full_every: 7`` made every archive a full
+    one and ``check`` said ok (found by an outside tester). It is refused, exit 2."""
+    path = write(tmp_path, f"hostname: web1\nincremental:\n  full_every: {value}\n")
+    assert problems_of(path) == [
+        f"{path}:3: incremental.full_every: expected a whole number of hours, days or "
+        f"weeks, like 7d, got {shown}"
+    ]
+
+
+@pytest.mark.parametrize("value", ["36h", "7d", "2w", " 1d "])
+def test_full_every_takes_its_units(tmp_path, value):
+    from pullback.common.units import parse_duration
+
+    path = write(tmp_path, f"hostname: web1\nincremental:\n  full_every: '{value}'\n")
+    config = load_client_config(path)
+    assert config.incremental.full_every == parse_duration(value)

@@ -170,3 +170,12 @@ def test_full_every_takes_its_units(tmp_path, value):
     path = write(tmp_path, f"hostname: web1\nincremental:\n  full_every: '{value}'\n")
     config = load_client_config(path)
     assert config.incremental.full_every == parse_duration(value)
+
+
+def test_a_relative_cache_dir_is_refused(tmp_path):
+    """Under the unit a relative cache_dir failed later, in garbled words (found by an
+    outside tester); it is a config error: file, line, key, exit 2."""
+    path = write(tmp_path, "hostname: web1\nincremental:\n  cache_dir: var/cache/pullback\n")
+    assert problems_of(path) == [
+        f"{path}:3: incremental.cache_dir: expected an absolute path, got 'var/cache/pullback'"
+    ]

@@ -128,6 +128,24 @@ def dry_run(services: list[Service], plugins: PluginSet) -> int:
     return code
 
 
+def dry_archive_kind(config: ClientConfig, full: bool) -> str:
+    """Whether a run now would make a full archive or a delta, and why, in words (the
+    server's request for a full is looked at, not used up)."""
+    if config.incremental.mode is IncrementalMode.OFF:
+        return "full (incremental.enabled: false)"
+    forced = None
+    if (config.archive_dir / archives.MARKS_DIR / archives.WANT_FULL).exists():
+        forced = "the server asked for a full archive"
+    if full:
+        forced = "asked for with --full"
+    cache = FileCache(config.incremental.cache_dir, config.hostname)
+    try:
+        decision = incremental.decide(config, cache, utc_now(), forced)
+    finally:
+        cache.close()
+    return f"a delta ({decision.reason})" if decision.delta else f"full ({decision.reason})"
+
+
 def _new_stamp(config: ClientConfig) -> tuple[str, dt.datetime]:
     while True:
         now = utc_now()
@@ -150,7 +168,9 @@ def run(
     plugins = load_plugins(config.plugin_dirs)
     services = select_services(discover(config.service_dirs, plugins), names)
     if dry:
-        return RunResult(dry_run(services, plugins))
+        code = dry_run(services, plugins)
+        print(f"archive: {dry_archive_kind(config, full)}")
+        return RunResult(code)
     if not services:
         log.warning(
             "no enabled services found in %s", ", ".join(str(d) for d in config.service_dirs)
@@ -386,7 +406,7 @@ def run_and_report(
     Returns the exit code; raises what :func:`run` raises (after reporting it).
     """
     if dry:
-        return run(config, names, dry=True).exit_code
+        return run(config, names, dry=True, full=full).exit_code
     if if_due:
         reason = fresh(config)
         if reason:

@@ -391,7 +391,7 @@ class HostPull:
             return
         decision = self.choose_early(listing, asked)
         choice = decision.choice
-        if not self.apply(choice, remote):
+        if not self.apply(choice, remote, listing):
             return
         assert choice.archive is not None
         if self.repository_missing:
@@ -550,8 +550,9 @@ class HostPull:
         result.snapshot_count = len(snapshots)
         return Stored.of(snapshots)
 
-    def apply(self, choice: Choice, remote: ClientEndpoint) -> bool:
-        """Record ``choice`` in the result; True when its archive is to be fetched."""
+    def apply(self, choice: Choice, remote: ClientEndpoint, listing: Listing | None = None) -> bool:
+        """Record ``choice`` in the result; True when its archive is to be fetched (a dry
+        run says what it would fetch, with ``listing``: the chain a delta takes)."""
         for warning in choice.warnings:
             self._warn(warning)
         if choice.archive is not None:
@@ -569,10 +570,35 @@ class HostPull:
             return False
         if self.options.dry_run:
             assert choice.archive is not None
-            size = human_size(choice.archive.archive.size)
-            self._skip(f"dry run: would fetch {choice.archive.archive.name} ({size})")
+            self._skip(f"dry run: would {self._would_fetch(choice.archive, listing)}")
             return False
         return True
+
+    def _would_fetch(self, newest: Sidecar, listing: Listing | None) -> str:
+        """What fetching ``newest`` takes, in words: the archive, or a delta's chain from
+        what staging holds (or from its full archive, a fallback, or not at all)."""
+        name, size = newest.archive.name, human_size(newest.archive.size)
+        if not newest.archive.is_delta or listing is None:
+            return f"fetch {name} ({size})"
+        held = baseindex.read_tree(self.ctx.staging)
+        route = chain.plan(newest, listing, self.ctx.name, held, self.refused())
+        self.result.delta = True
+        if route.problem:
+            return f"fail: {route.problem} (a delta, {size})"
+        total = human_size(sum(a.archive.size for a in route.archives))
+        if route.store_only:
+            return f"store {name}, which staging already holds"
+        if not route.from_full:
+            base = route.archives[0].archive.base
+            onto = printable(base.name, 120) if base else "?"
+            count = len(route.archives)
+            chain_words = f"{count} archives, " if count > 1 else ""
+            return f"fetch {name}, a delta onto staging's {onto} ({chain_words}{total})"
+        return (
+            f"fetch {name}, a delta, from its chain's full archive "
+            f"{route.archives[0].archive.name} ({len(route.archives)} archives, {total}): "
+            "staging holds none of its bases, a fallback"
+        )
 
     def reach(self, remote: ClientEndpoint, listing: Listing, newest: Sidecar) -> Fetched | None:
         """Bring staging to ``newest``: fetch it, or (a delta) every archive from what

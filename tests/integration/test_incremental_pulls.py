@@ -241,6 +241,30 @@ def test_a_chain_the_clients_own_run_ends_during_a_pull_is_listed_again(fleet, t
     assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r") == snapshot(host.data)
 
 
+def test_a_dry_run_says_what_a_delta_would_take(fleet, tmp_path):
+    """``pull --dry-run`` of a delta names its chain and what it adds up to; when staging
+    holds none of its bases, that the chain's full comes first, a fallback (it said only
+    the newest archive's size: an outside tester saw "135.6 KiB" for a 450 MiB replay)."""
+    host = incremental_host(fleet)
+    full = run_client(host)["archive"]
+    assert pull(fleet)["rc"] == 0
+    for day in (1, 2):
+        day_of_changes(host.data, day)
+        newest = run_client(host)["archive"]
+    dry = fleet.server("pull", "--host", "web1", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    said = dry.stdout + dry.stderr
+    assert f"would fetch {newest['name']}, a delta onto staging's {full['name']}" in said, said
+    assert "(2 archives, " in said
+    shutil.rmtree(fleet.state / "staging" / "web1")
+    (fleet.state / "staging" / "web1.index.db").unlink()
+    dry = fleet.server("pull", "--host", "web1", "--dry-run")
+    said = dry.stdout + dry.stderr
+    assert f"from its chain's full archive {full['name']} (3 archives, " in said, said
+    assert "staging holds none of its bases, a fallback" in said
+    assert len(snapshot_ids(fleet)) == 1  # nothing stored
+
+
 def test_a_chain_the_server_cannot_use_makes_the_next_archive_full(fleet, tmp_path):
     host = incremental_host(fleet)
     full = run_client(host)

@@ -163,9 +163,18 @@ def test_auto_makes_deltas_once_a_server_says_it_applies_them(box, tmp_path):
             assert run_serve(box, request.format(newest.name), tmp_path)[0] == 0
         time.sleep(1.05)
     assert kinds == ["full", "full", "full", "delta"]
+    dry = box.cli("run", "--dry-run")  # says what the next run makes, changes nothing
+    assert dry.returncode == 0, dry.stderr
+    assert "archive: a delta (a delta against " in dry.stdout, dry.stdout
+    assert "archive: full (asked for with --full)" in box.cli("run", "--dry-run", "--full").stdout
+    assert run_serve(box, "full", tmp_path)[0] == 0
+    asked = box.cli("run", "--dry-run").stdout
+    assert "archive: full (the server asked for a full archive)" in asked, asked
+    assert (box.archives / ".fetched-marks" / directory.WANT_FULL).exists()  # not used up
     assert "no server has said yet that it applies deltas" in said[0]
     assert "there is no file cache" not in said[2]  # the cache was kept while waiting
     assert directory.server_applies_deltas(box.archives)
+    (box.archives / ".fetched-marks" / directory.WANT_FULL).unlink()
     # the chain: the newest full archive and the delta on it, nothing older
     names = [a.name for a in directory.list_archives(box.archives)]
     assert len(names) == 2

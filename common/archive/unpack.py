@@ -139,7 +139,8 @@ class UnpackStats:
     files: int = 0
     bytes: int = 0
     written: int = 0
-    """Files whose content had to be (re)written."""
+    """Files (hard links too) whose content had to be (re)written or linked anew;
+    ``written + unchanged == files``."""
     unchanged: int = 0
     removed: int = 0
     warnings: BoundedWarnings = field(default_factory=BoundedWarnings)
@@ -909,15 +910,18 @@ class Unpacker:
         finally:
             os.close(fd)
 
-    def _kept(self, parts, parent: int, same: Callable[[os.stat_result], bool]) -> bool:
-        """True when the entry at ``parts`` already is what the member says (counted as
-        unchanged); else whatever is there is removed to make room and False returned."""
+    def _kept(
+        self, parts, parent: int, same: Callable[[os.stat_result], bool], file: bool = False
+    ) -> bool:
+        """True when the entry at ``parts`` already is what the member says (a ``file``,
+        a hard link, counted as unchanged: the counts are of files); else whatever is
+        there is removed to make room and False returned."""
         try:
             st = os.lstat(parts[-1], dir_fd=parent)
         except FileNotFoundError:
             return False
         if same(st):
-            self.stats.unchanged += 1
+            self.stats.unchanged += file
             return True
         _remove(parts[-1], parent)
         self._forget_dir(parts)
@@ -973,10 +977,14 @@ class Unpacker:
         name = parts[-1]
         source = os.lstat(target[-1], dir_fd=source_dir)
         if self._kept(
-            parts, parent, lambda st: (st.st_ino, st.st_dev) == (source.st_ino, source.st_dev)
+            parts,
+            parent,
+            lambda st: (st.st_ino, st.st_dev) == (source.st_ino, source.st_dev),
+            file=True,
         ):
             return
         os.link(target[-1], name, src_dir_fd=source_dir, dst_dir_fd=parent, follow_symlinks=False)
+        self.stats.written += 1
 
     # -- the end ------------------------------------------------------------------------
 

@@ -225,8 +225,14 @@ class Remote:
         if status != 0:
             message = bytes(err.kept).decode("utf-8", "replace").strip().splitlines()
             reason = message[-1] if message else f"exit status {status}"
+            hint = ""
+            if status == 127:  # the shell ran the request as a command: no forced command
+                hint = (
+                    "; the server's key in the client's /var/lib/pullback/.ssh/authorized_keys "
+                    "needs 'restrict,command=\"pullback-client serve\"' before it"
+                )
             raise RemoteError(
-                f"{self.host.name}: the client refused {text!r}: {printable(reason, 200)}"
+                f"{self.host.name}: the client refused {text!r}: {printable(reason, 200)}{hint}"
             )
         return bytes(out)
 

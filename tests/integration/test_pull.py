@@ -111,6 +111,23 @@ def test_unknown_host_key_is_refused_until_trusted(fleet):
     assert len(fleet.snapshots("web1")) == 1
 
 
+def test_a_key_without_the_forced_command_is_named(fleet, tmp_path):
+    """A server key added to authorized_keys without ``command=``: the client's shell runs
+    ``list`` as a command ("sh: 1: list: not found", status 127); the failure says what
+    the line needs (an outside tester got only the shell's words)."""
+    host = fleet.add_host("web1")
+    host.make_archive()
+    shell = tmp_path / "login-shell.sh"  # what sshd does without a forced command
+    shell.write_text('#!/bin/sh\nexec /bin/sh -c "$SSH_ORIGINAL_COMMAND"\n')
+    shell.chmod(0o755)
+    auth = host.sshd.root / "authorized_keys"
+    auth.write_text(auth.read_text().replace(host.sshd.forced_command, str(shell)))
+    result = fleet.server("pull")
+    assert result.returncode == 1
+    assert "list: not found" in result.stderr
+    assert "needs 'restrict,command=\"pullback-client serve\"' before it" in result.stderr
+
+
 def test_changed_host_key_is_refused(fleet):
     host = fleet.add_host("web1")
     host.make_archive()

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..common.units import human_size
 from . import hookimpl, load_plugin_schema
 from .exclude import ExcludeMatcher
-from .task import Task, TaskError, TaskType
+from .task import RestorePlan, Task, TaskError, TaskType
 
 CP = ("-a", "--sparse=always")
 """How files go back: everything ``cp -a`` keeps, and holes where the data is zeros
@@ -112,21 +112,23 @@ def _copy_parents(copy: Path, destination: Path, source_root: Path) -> None:
 
 
 @hookimpl
-def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
+def pullback_restore(task: Task, source: Path, target: Path | None, plan: RestorePlan):
     """Copy every listed path back with ``cp -a --sparse=always`` (owners, modes with
     set-id bits, times, links, FIFOs, xattrs with file capabilities, ACLs; zeros become
     holes again), to its own place or below ``target``. Files that exist are replaced;
     files that are not in the snapshot are left alone."""
-    restore_paths(task, task.config["paths"], source, target, dry_run)
+    restore_paths(task, task.config["paths"], source, target, plan)
 
 
 def restore_paths(
-    task: Task, paths: list[str], source: Path, target: Path | None, dry_run: bool
+    task: Task, paths: list[str], source: Path, target: Path | None, plan: RestorePlan
 ) -> None:
     """Copy each of ``paths`` from ``source`` (the task's restored directory) back to its
-    place or below ``target``, as :func:`pullback_restore` says. Raises TaskError for a
-    path the snapshot lacks, unless the section says ``missing_ok`` (or has no such key:
-    a task that archives what exists, like univention's ``custom_paths``)."""
+    place or below ``target``, as :func:`pullback_restore` says, each a step of ``plan``
+    (destructive where something is there to be replaced; a dry run only says it).
+    Raises TaskError for a path the snapshot lacks, unless the section says
+    ``missing_ok`` (or has no such key: a task that archives what exists, like
+    univention's ``custom_paths``)."""
     for path in paths:
         copy = source / path.lstrip("/")
         if not os.path.lexists(copy):
@@ -134,9 +136,10 @@ def restore_paths(
                 continue
             raise TaskError(f"{path} is not in the restored snapshot ({copy})")
         destination = (target / path.lstrip("/")) if target else Path(path)
-        if dry_run:
-            count = sum(len(files) for _, _, files in os.walk(copy)) if copy.is_dir() else 1
-            task.log.info("would restore %s (%d files) to %s", path, count, destination)
+        count = sum(len(files) for _, _, files in os.walk(copy)) if copy.is_dir() else 1
+        over = ", replacing what is there" if os.path.lexists(destination) else ""
+        text = f"restore {path} ({count} files) to {destination}{over}"
+        if not plan.step(task.log, text, destructive=bool(over)):
             continue
         _copy_parents(copy, destination, source)
         if copy.is_dir() and not copy.is_symlink():

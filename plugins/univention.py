@@ -113,12 +113,10 @@ def _warn(task: Task, text: str) -> None:
 
 
 @hookimpl
-def pullback_restore(
-    task: Task, source: Path, target: Path | None, dry_run: bool, plan: RestorePlan
-):
+def pullback_restore(task: Task, source: Path, target: Path | None, plan: RestorePlan):
     """The custom paths go back as the ``files`` task's paths do; UCS's own archive is
     left in the restored directory for UCS's tools, and the plan's notes say where."""
-    restore_paths(task, task.config["custom_paths"], source, target, dry_run)
+    restore_paths(task, task.config["custom_paths"], source, target, plan)
     backup_dir = source / task.config["backup_dir"].lstrip("/")
     kept = sorted(p for p in backup_dir.glob("*") if p.name.endswith(ARCHIVE_SUFFIXES))
     for archive in kept:

@@ -225,7 +225,7 @@ def test_restore_files_to_a_target_keeps_metadata(tmp_path, is_root):
         "restore", "--service", "app", "--from", str(archive), "--target", str(target), "--dry-run"
     )
     assert dry.returncode == 0, dry.stderr
-    assert "would restore" in dry.stderr and not target.exists()
+    assert "would: restore " in dry.stdout and not target.exists()
     result = box.cli("restore", "--service", "app", "--from", str(archive), "--target", str(target))
     assert result.returncode == 0, result.stderr
     assert snapshot(target / str(data).lstrip("/")) == snapshot(data)

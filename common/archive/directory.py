@@ -313,7 +313,28 @@ def apply_retention(
                 log.info("%s was stored by the server; moved to %s/", name, FETCHED_DIR)
         complete, removed = _complete_archives(archive_dir)
         expired = select_expired(complete, keep_last, keep_days, now)
+        expired += [a for a in _superseded_deltas(complete) if a not in expired]
         return _finish_retention(archive_dir, expired, removed)
+
+
+def _superseded_deltas(complete: list[LocalArchive]) -> list[LocalArchive]:
+    """Delta archives (left from a time deltas were made) older than their host's newest
+    full archive, which the server takes instead: never fetched again, they would only
+    fill ``keep_last``. The chain of the newest archive in which every service succeeded
+    stays while it is older (as chain retention keeps it)."""
+    superseded = []
+    for host in {a.host for a in complete}:
+        own = [a for a in complete if a.host == host]
+        newest_full, kept = _chain_kept(own, complete)
+        superseded += [
+            a
+            for a in own
+            if a.sidecar
+            and a.sidecar.archive.is_delta
+            and a.stamp < newest_full
+            and a.name not in kept
+        ]
+    return superseded
 
 
 def apply_chain_retention(

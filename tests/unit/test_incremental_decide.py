@@ -164,3 +164,19 @@ def test_the_newest_archive_in_which_every_service_succeeded_keeps_its_chain(tmp
 
 def directory_names(cfg: ClientConfig) -> list[str]:
     return [a.name for a in directory.list_archives(cfg.archive_dir)]
+
+
+def test_classic_retention_drops_deltas_a_newer_full_supersedes(tmp_path):
+    """Deltas switched off (``enabled: false``): classic retention keeps ``keep_last``
+    archives, and the deltas left from before, which a newer full archive supersedes,
+    go rather than fill those places (an outside tester saw two deltas kept whose full
+    archive was gone). A delta newer than every full stays."""
+    cfg = config(tmp_path)
+    full, _ = publish(cfg, 5)
+    first, _ = publish(cfg, 4, base=full)
+    second, _ = publish(cfg, 3, base=first)
+    newer_full, _ = publish(cfg, 2)
+    newest_delta, _ = publish(cfg, 1, base=newer_full)
+    removed = directory.apply_retention(cfg.archive_dir, keep_last=3, keep_days=0, now=NOW)
+    assert set(removed) == {full, first, second}
+    assert directory_names(cfg) == [newer_full, newest_delta]

@@ -100,7 +100,10 @@ def chain_for(archive: Path) -> list[Path]:
         return [archive]  # no usable sidecar: the unpacker refuses a delta's members itself
     if not info.is_delta:
         return [archive]
-    present = {a.name: a for a in archives.list_archives(archive.parent) if a.complete}
+    directory = archive.parent
+    if directory.name == archives.FETCHED_DIR:  # its chain may span both directories
+        directory = directory.parent
+    present = {a.name: a for a in archives.list_archives(directory) if a.complete}
     chain = chain_of(present[archive.name], present) if archive.name in present else []
     if not chain:
         raise UsageError(

@@ -156,6 +156,25 @@ def test_the_next_day_travels_as_a_delta_and_restores_exactly(fleet, tmp_path):
     assert broken.returncode == 2, broken.stderr
     assert "is a delta archive (only what changed since" in broken.stderr
     (tmp_path / "aside").rename(full_file)
+    # a delta in fetched/ (deltas switched off later) finds its full in the directory above
+    fetched = host.client.archives / "fetched"
+    fetched.mkdir(exist_ok=True)
+    for path in (delta_file, delta_file.with_name(delta_file.name + ".json")):
+        path.rename(fetched / path.name)
+    target = tmp_path / "from-fetched"
+    moved = host.client.cli(
+        "restore",
+        "--service",
+        "app",
+        "--from",
+        str(fetched / delta_file.name),
+        "--target",
+        str(target),
+    )
+    assert moved.returncode == 0, moved.stderr
+    assert snapshot(target / str(host.data).lstrip("/")) == trees[-1]
+    for path in fetched.iterdir():
+        path.rename(host.client.archives / path.name)
 
     ids = snapshot_ids(fleet)
     assert len(ids) == 2

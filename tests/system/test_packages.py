@@ -11,6 +11,14 @@ import pytest
 from tests.helpers.debroot import CLEAN_ENV
 from tests.system.conftest import ROOT_DIR
 
+TIMERS = (
+    "pullback-client.timer",
+    "pullback-server.timer",
+    "pullback-maintain.timer",
+    "pullback-copy.timer",
+)
+"""The four timers the packages enable (README, walkthrough.md)."""
+
 
 def test_lintian_reports_no_errors_and_no_warnings(built):
     result = subprocess.run(
@@ -72,7 +80,7 @@ def installed(root, built):
 
 def test_timers_are_enabled_and_services_skip_an_example_config(root, installed):
     timers = root.run(["systemctl", "list-timers", "--all", "--no-legend"]).stdout
-    for timer in ("pullback-client.timer", "pullback-server.timer", "pullback-maintain.timer"):
+    for timer in TIMERS:
         assert timer in timers
         assert root.run(["systemctl", "is-enabled", timer]).stdout.strip() == "enabled"
     # a fresh installation: nothing configured yet, so the services are skipped, not failed

@@ -24,6 +24,14 @@ DOC = ROOT_DIR / "docs" / "walkthrough.md"
 STEP = re.compile(r"<!-- step: (?P<name>[\w-]+) -->\n```sh\n(?P<code>.*?)```", re.S)
 ROWS = 42
 
+TIMERS = (
+    "pullback-client.timer",
+    "pullback-server.timer",
+    "pullback-maintain.timer",
+    "pullback-copy.timer",
+)
+"""The four timers the packages enable (README, walkthrough.md)."""
+
 
 def steps() -> dict[str, str]:
     """The page's steps, in order: name -> shell code."""
@@ -112,7 +120,7 @@ def test_the_walkthrough_runs_as_written(machine):
     started = time.monotonic()
     installed = walk.step("install")
     assert "Stopping" not in installed.stdout + installed.stderr
-    for timer in ("pullback-client.timer", "pullback-server.timer", "pullback-maintain.timer"):
+    for timer in TIMERS:
         assert timer in installed.stdout
     # the units' Documentation= links lead to files the packages installed
     units = "pullback-client.service pullback-server.service pullback-maintain.service"

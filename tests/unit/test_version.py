@@ -17,3 +17,9 @@ def test_the_version_is_the_same_in_all_three_places():
     debian = re.match(r"^pullback \(([^)]+)\) ", changelog)
     assert debian is not None, changelog
     assert __version__ == project == debian.group(1)
+
+
+def test_the_man_pages_carry_the_version():
+    for page in sorted((ROOT / "docs/man").glob("*.8")):
+        header = page.read_text().splitlines()[0]
+        assert f'"pullback {__version__}"' in header, (page.name, header)

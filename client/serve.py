@@ -28,7 +28,7 @@ from ..common.archive import directory as archives
 from ..common.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ArchiveError
 from ..common.fsutil import write_all
 from ..common.locks import lock_status
-from ..common.log import get_logger
+from ..common.log import bare_messages, get_logger
 from ..common.protocol import (
     FETCHED_ANSWER,
     Listing,
@@ -43,7 +43,10 @@ log = get_logger("serve")
 
 
 def _audit_logger() -> logging.Logger:
+    """syslog's auth facility only: standard error carries what the server reads (a
+    refusal says itself there once, through ``log``)."""
     audit = logging.getLogger("pullback.serve.audit")
+    audit.propagate = False
     if not audit.handlers and Path("/dev/log").exists():
         with contextlib.suppress(OSError):
             handler = logging.handlers.SysLogHandler(
@@ -51,6 +54,8 @@ def _audit_logger() -> logging.Logger:
             )
             handler.setFormatter(logging.Formatter("pullback-client[%(process)d]: %(message)s"))
             audit.addHandler(handler)
+    if not audit.handlers:  # no syslog here: nowhere (never logging's last resort)
+        audit.addHandler(logging.NullHandler())
     return audit
 
 
@@ -143,6 +148,7 @@ def mark_fetched(config: ClientConfig, name: str) -> None:
 
 
 def command(config: ClientConfig, args: argparse.Namespace) -> int:
+    bare_messages()  # the server quotes what serve says: no time and level of their own
     return serve(config)
 
 

@@ -55,8 +55,9 @@ class MaskingFormatter(logging.Formatter):
     :func:`~.text.escaped`, so no message can forge another line or move the cursor;
     only a traceback (``exc_info``) spans lines."""
 
-    def __init__(self, journal: bool):
-        fmt = "%(message)s" if journal else "%(asctime)s %(levelname)-7s %(message)s"
+    def __init__(self, journal: bool, bare: bool = False):
+        bare = bare or journal
+        fmt = "%(message)s" if bare else "%(asctime)s %(levelname)-7s %(message)s"
         super().__init__(fmt, datefmt="%H:%M:%S")
         self.journal = journal
 
@@ -130,6 +131,14 @@ def recent_lines(containing: str = "") -> list[str]:
     """The most recent log lines of this run (those containing ``containing``)."""
     lines = list(_tail.lines) if _tail is not None else []
     return [line for line in lines if containing in line]
+
+
+def bare_messages() -> None:
+    """Write messages to standard error without time and level: words another program
+    reads and quotes (the serve endpoint's, which the server shows in its own)."""
+    for handler in get_logger().handlers:
+        if isinstance(handler, _Console):
+            handler.setFormatter(MaskingFormatter(journal=False, bare=True))
 
 
 def setup(verbosity: int = 0, journal: bool | None = None) -> TailHandler:

@@ -204,3 +204,8 @@ def test_refusals_through_the_cli_exit_2(box):
     assert "refused request 'cat /etc/shadow'" in result.stderr
     result = box.cli("serve", env={"SSH_ORIGINAL_COMMAND": "send nope-20261122T030000Z.tar 0"})
     assert result.returncode == 2 and "no archive" in result.stderr
+    # one line, in words the server quotes as they are: no time and level of serve's own
+    # (the server's ArchiveGone reads the end of it), said once
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("refused request 'send nope-20261122T030000Z.tar 0' from ")
+    assert line.endswith(": no archive nope-20261122T030000Z.tar")

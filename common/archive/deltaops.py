@@ -30,13 +30,14 @@ from ..errors import ArchiveError
 
 DATA_KEY = b"PULLBACK.data"
 """The PAX record of a regular-file member in a delta archive that says where its bytes
-come from: ``full`` (the member's data, also when absent), ``base`` or ``delta``."""
+come from: ``full`` (the member's data, also when absent), ``base``, ``same`` (the base's
+bytes and metadata: the header's are left empty) or ``delta``."""
 BASE_KEY = b"PULLBACK.base"
 """The PAX record of a ``base`` or ``delta`` member whose base file has another name (the
 file was renamed): that name, as a member name of the base archive."""
 REALSIZE_KEY = b"PULLBACK.realsize"
 """The PAX record of a ``delta`` member: the size of the file it makes (decimal)."""
-FULL, BASE, DELTA = b"full", b"base", b"delta"
+FULL, BASE, SAME, DELTA = b"full", b"base", b"same", b"delta"
 MAGIC = b"PBD1"
 COPY, DATA, HOLE, END = b"C", b"D", b"H", b"E"
 PIECE = 1 << 20

@@ -380,8 +380,8 @@ class Unpacker:
     def _regular(self, parts, member: Member, chunks) -> None:
         """A regular file: its bytes from the member, the base, or a PBD1 delta."""
         source = member.pax.get(DATA_KEY, deltaops.FULL)
-        if source == deltaops.BASE:
-            self._base_file(parts, member)
+        if source in (deltaops.BASE, deltaops.SAME):
+            self._base_file(parts, member, same=source == deltaops.SAME)
         elif source == deltaops.DELTA:
             self._delta_file(parts, member, chunks)
         elif source != deltaops.FULL:
@@ -733,10 +733,15 @@ class Unpacker:
             fd = child
         return fd
 
-    def _base_file(self, parts, member: Member) -> None:
+    def _base_file(self, parts, member: Member, same: bool = False) -> None:
         """A file whose bytes are the base's: kept in place (a shared inode already kept
         for another name is copied apart), or copied from the base's other name (a
-        renamed file); its metadata brought to the header's."""
+        renamed file); its metadata brought to the header's, or (``same``: a ``same``
+        member, whose header carries none) left as the base's, which the file untouched
+        since the index still has. Raises BaseMismatch for a ``same`` member that
+        staging cannot keep as it is (another name, a shared inode to copy apart)."""
+        if same and BASE_KEY in member.pax:
+            raise HostileArchive(f"member {member.name!r} is 'same' under another name")
         base = self._base_row(parts, member)
         row, st = base.row, base.st
         self._count_size(row.size)
@@ -747,16 +752,19 @@ class Unpacker:
                 os.close(base.parent)
         elif st.st_nlink > 1:
             if st.st_ino in self._claimed:
+                if same:  # (a link the client broke changed its file's ctime: never same)
+                    raise BaseMismatch(f"{escaped(member.name)} shares its inode in staging")
                 self._copy_apart(base.parent, base.name)
             self._claimed.add(st.st_ino)
         if st.st_nlink > 1 or base.own:
             self._link_digests[_key(parts)] = row.sha256
-        parent = self._dir(parts[:-1])
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-        try:
-            self._apply_meta(fd, member, self._mode(member), force=base.own)
-        finally:
-            os.close(fd)
+        if not same:
+            parent = self._dir(parts[:-1])
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            try:
+                self._apply_meta(fd, member, self._mode(member), force=base.own)
+            finally:
+                os.close(fd)
         if base.own:
             self.stats.written += 1
         else:

@@ -38,7 +38,7 @@ from ..progress import STATUS, Progress
 from ..runner import Runner, RunningCommand
 from . import acl, chunker, deltaops, sparse, tarformat
 from .compression import compress_command, test_command
-from .deltaops import BASE, BASE_KEY, DATA_KEY, DELTA, REALSIZE_KEY
+from .deltaops import BASE, BASE_KEY, DATA_KEY, DELTA, REALSIZE_KEY, SAME
 from .filecache import CHUNKED_FROM, CachedFile, FileCache
 from .filedata import Content, read_content, streamed_note
 from .manifest import MANIFEST_NAME, format_line
@@ -513,7 +513,7 @@ class ArchiveWriter:
     ) -> None:
         if st.st_nlink > 1 and self._add_link(arcname, st, stats):
             return
-        old = self._cached(path, arcname, st, stats, xattrs)
+        old = self._cached(arcname, st, stats)
         if old is False:
             return
         try:
@@ -552,10 +552,10 @@ class ArchiveWriter:
         self._recorded(arcname, st, row.uncacheable() if note else row, stats, content.size)
 
     def _cached(
-        self, path: str, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
+        self, arcname: str, st: os.stat_result, stats: TaskStats
     ) -> CachedFile | bool | None:
         """The file's row in the cache (None: none); False when the row vouched for the
-        file and it went into the delta as a ``base`` member, unread."""
+        file and it went into the delta as a ``same`` member, unread."""
         inc = self.incremental
         old = inc.cache.lookup(arcname) if inc is not None else None
         self._base_of = None
@@ -563,8 +563,7 @@ class ArchiveWriter:
             return self._moved(inc.cache, st)
         if inc is None or not inc.delta or old is None or not old.unchanged(st):
             return old
-        attrs = self._read_xattrs(path, stats) if xattrs else None
-        self._emit_base(arcname, st, attrs)
+        self._emit_same(arcname)
         self._recorded(arcname, st, old, stats, st.st_size)
         return False
 
@@ -612,6 +611,15 @@ class ArchiveWriter:
         ``_base_of`` says: a renamed file)."""
         extra = [(DATA_KEY, BASE), *self._base_record()]
         self._emit(self._header(arcname, st, tarformat.REGTYPE, xattrs=attrs, extra=extra))
+
+    def _emit_same(self, arcname: str) -> None:
+        """A member whose bytes and metadata are the base's file of the same name: the
+        cache vouched for the file, its ctime included, so nothing about it (owner, mode,
+        times, extended attributes, ACLs) changed since the base. Only its name travels;
+        the header's other fields are left empty (about 6 bytes compressed, against 40
+        for a ``base`` member, and no extended attributes read)."""
+        self._members += 1
+        self._emit(tarformat.header(arcname, tarformat.REGTYPE, mode=0, pax=[(DATA_KEY, SAME)]))
 
     def _base_record(self) -> list[tuple[bytes, bytes]]:
         if self._base_of is None:

@@ -577,7 +577,7 @@ class DaysBed:
 
     def members(self, name: str) -> dict[str, tuple[str, str]]:
         """Regular-file members of the client's archive ``name``: where their bytes come
-        from (``PULLBACK.data``: full, base or delta) and the name of the base's file they
+        from (``PULLBACK.data``: full, base, same or delta) and the name of the base's file they
         are taken from (``PULLBACK.base`` of a renamed file, else their own)."""
         path = self.archives / name
         side = self.host.client.sidecar(path)

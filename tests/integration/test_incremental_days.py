@@ -419,7 +419,7 @@ class IncrementalDays(RuleBasedStateMachine):
         info = side["archive"]
         if info["kind"] == "delta":
             members = self.bed.members(info["name"]).values()
-            taken = sorted(base for data, base in members if data in ("base", "delta"))
+            taken = sorted(b for data, b in members if data in ("base", "same", "delta"))
             victim = self.bed.staging / taken[which % len(taken)]
             self.say(f"damaged in staging: {victim}")
             with open(victim, "r+b") as handle:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import threading
 
 import pytest
@@ -19,6 +20,7 @@ from pullback.common.archive.deltaops import (
     DATA_KEY,
     DELTA,
     REALSIZE_KEY,
+    SAME,
     Copy,
     Data,
     Hole,
@@ -536,3 +538,65 @@ def test_a_byte_every_block_counts_a_block_against_min_free(image_staging, how):
         before.st_blocks,
         before.st_mtime_ns,
     )
+
+
+def same_member(name: str, pax=None) -> bytes:
+    """A ``same`` member as the client writes one: the name only, the rest left empty."""
+    head = tarformat.header(name, tarformat.REGTYPE, mode=0, pax=[(DATA_KEY, SAME), *(pax or [])])
+    return head
+
+
+def test_same_members_keep_files_and_their_metadata_untouched(staging):
+    """A ``same`` member (bytes and metadata as in the base; its header's mode 0, owner
+    0, time 0) leaves the file as it is: nothing opened or changed, not even its ctime;
+    the file keeps the base's mode, time and extended attributes. Beside it a ``base``
+    member, whose header's metadata is applied."""
+    a, x = staging / "services/app/a.txt", staging / "services/app/d/x"
+    kept = [(b"SCHILY.xattr.user.kept", b"yes")]
+    odd = tarformat.header("services/app/d/x", tarformat.REGTYPE, mode=0o600, size=1, mtime_ns=1)
+    full = [
+        member("services/app/a.txt", FILES["services/app/a.txt"], pax=kept),
+        member("services/app/big.bin", BIG),
+        odd + b"x" + bytes(511),
+    ]
+    apply(staging, tar(full, FILES)[0], delta=False)  # the base: a's xattr, x's mode 0600
+    before = os.stat(a)
+    members = [
+        same_member("services/app/a.txt"),
+        same_member("services/app/big.bin"),
+        member("services/app/d/x", pax=[(DATA_KEY, BASE)]),  # mode 0644 in its header
+    ]
+    apply(staging, tar(members, FILES)[0], delta=True)
+    after = os.stat(a)
+    assert (after.st_ino, after.st_ctime_ns, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_ctime_ns,
+        before.st_mtime_ns,
+    )
+    assert stat.S_IMODE(after.st_mode) == 0o644 and after.st_mtime_ns == MTIME
+    assert os.getxattr(a, "user.kept") == b"yes"
+    assert stat.S_IMODE(os.stat(x).st_mode) == 0o644  # the base member's header applied
+    assert os.stat(x).st_mtime_ns == MTIME
+    # and the index still vouches for both: the next day's same members apply
+    apply(staging, tar([same_member(n) for n in FILES], FILES)[0], delta=True)
+    assert os.stat(a).st_ctime_ns == before.st_ctime_ns
+
+
+def test_a_same_member_needs_its_file_untouched_in_staging(staging):
+    """staging's file changed behind the index (a chmod: its ctime): its metadata may no
+    longer be the base's, so a ``same`` member is a mismatch (the pull falls back)."""
+    os.chmod(staging / "services/app/a.txt", 0o600)
+    with pytest.raises(BaseMismatch, match="changed in staging since its index"):
+        apply(staging, tar([same_member(n) for n in FILES], FILES)[0], delta=True)
+
+
+def test_a_same_member_under_another_name_is_refused(staging):
+    files = {**FILES, "services/app/b.txt": FILES["services/app/a.txt"]}
+    files.pop("services/app/a.txt")
+    members = [
+        same_member("services/app/b.txt", pax=[(BASE_KEY, b"services/app/a.txt")]),
+        same_member("services/app/big.bin"),
+        same_member("services/app/d/x"),
+    ]
+    with pytest.raises(HostileArchive, match="'same' under another name"):
+        apply(staging, tar(members, files)[0], delta=True)

@@ -3,9 +3,10 @@ next run neither reads nor hashes a file that did not change (docs/architecture.
 *Incremental pulls*).
 
 ``<cache_dir>/files.db`` (SQLite) holds per archive member name the file's ``dev``,
-``ino``, ``size``, ``mtime_ns`` and ``ctime_ns`` as they were *before* it was read, its
-sha256, its chunk list (files of :data:`CHUNKED_FROM` bytes or more) and whether the row
-may be trusted without reading the file again (:attr:`CachedFile.cacheable`). Its meta
+``ino``, ``size``, ``mtime_ns``, ``ctime_ns``, mode, owner and group as they were
+*before* it was read, whether its extended attributes went into the archive, its sha256,
+its chunk list (files of :data:`CHUNKED_FROM` bytes or more) and whether the row may be
+trusted without reading the file again (:attr:`CachedFile.cacheable`). Its meta
 names the archive it describes and that archive's manifest sha256: the base of the next
 delta.
 
@@ -18,6 +19,7 @@ chunker, an unreadable file) makes the cache empty.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -28,8 +30,10 @@ from . import chunker
 from .ordered import OrderedLookup
 from .sidecar import BaseRef
 
-CACHE_FORMAT = 3
-"""2: names stored as bytes (a name need not be UTF-8); 3: an index by inode (renames)."""
+CACHE_FORMAT = 4
+"""2: names stored as bytes (a name need not be UTF-8); 3: an index by inode (renames);
+4: mode, owner, group and whether extended attributes were read (a row vouches for the
+file's metadata too: an unchanged file travels as a ``same`` member)."""
 CACHE_NAME = "files.db"
 RACY_NS = 2_000_000_000
 """A file whose mtime or ctime lies this close to the moment it was read may change again
@@ -51,13 +55,25 @@ class CachedFile:
     chunks: bytes | None = None
     """The packed chunk list (:func:`.chunker.pack`), for files of CHUNKED_FROM or more."""
     cacheable: bool = True
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    xattrs: bool = False
+    """Its extended attributes (and ACLs) were read into the archive (the task's
+    ``xattrs``): a row read without them cannot vouch for a run that wants them."""
 
     @classmethod
     def of(
-        cls, st: os.stat_result, sha256: str, chunks: bytes | None, read_at_ns: int
+        cls,
+        st: os.stat_result,
+        sha256: str,
+        chunks: bytes | None,
+        read_at_ns: int,
+        xattrs: bool = False,
     ) -> CachedFile:
         """The row for a file with stat ``st`` (taken before it was read at
-        ``read_at_ns``) and the digest of what was read."""
+        ``read_at_ns``), the digest of what was read, and whether its extended
+        attributes were."""
         racy = max(st.st_mtime_ns, st.st_ctime_ns) >= read_at_ns - RACY_NS
         return cls(
             st.st_dev,
@@ -68,35 +84,62 @@ class CachedFile:
             sha256,
             chunks,
             not racy,
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            xattrs,
         )
 
     def unchanged(self, st: os.stat_result) -> bool:
-        """True when the file with stat ``st`` may be taken from this row unread."""
+        """True when the file with stat ``st`` may be taken from this row unread: its
+        stat fields, mode and owner included (ctime covers chmod and chown, except where
+        a file system's owners and modes come from mount options)."""
         return self.cacheable and (
             self.dev,
             self.ino,
             self.size,
             self.mtime_ns,
             self.ctime_ns,
-        ) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            self.mode,
+            self.uid,
+            self.gid,
+        ) == (
+            st.st_dev,
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+        )
 
     def uncacheable(self) -> CachedFile:
-        """This row, to be checked by reading the file next run (it changed while read)."""
-        return CachedFile(
-            self.dev,
-            self.ino,
-            self.size,
-            self.mtime_ns,
-            self.ctime_ns,
-            self.sha256,
-            self.chunks,
-            False,
-        )
+        """This row, to be checked by reading the file next run (it changed while read,
+        or its extended attributes could not be read)."""
+        return dataclasses.replace(self, cacheable=False)
+
+
+_COLUMNS = "dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable, mode, uid, gid, xattrs"
+"""A row's columns, in :class:`CachedFile`'s order."""
 
 
 def _row(row) -> CachedFile:
-    dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable = row
-    return CachedFile(dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, bool(cacheable))
+    dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable, mode, uid, gid, xattrs = row
+    return CachedFile(
+        dev,
+        ino,
+        size,
+        mtime_ns,
+        ctime_ns,
+        sha256,
+        chunks,
+        bool(cacheable),
+        mode,
+        uid,
+        gid,
+        bool(xattrs),
+    )
 
 
 def _meta(host: str) -> dict[str, str]:
@@ -137,9 +180,7 @@ class FileCache:
             db.close()
             return "the file cache is incomplete"
         self._old = db
-        self._rows = OrderedLookup(
-            db, "dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable"
-        )
+        self._rows = OrderedLookup(db, _COLUMNS)
         self.base = BaseRef(meta["archive"], meta["manifest_sha256"])
         return None
 
@@ -154,11 +195,8 @@ class FileCache:
         """A member name the old cache has for the file ``(dev, ino)``, and its row."""
         if self._old is None:
             return None
-        row = self._old.execute(
-            "SELECT name, dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable "
-            "FROM files WHERE dev = ? AND ino = ? LIMIT 1",
-            (dev, ino),
-        ).fetchone()
+        query = f"SELECT name, {_COLUMNS} FROM files WHERE dev = ? AND ino = ? LIMIT 1"  # noqa: S608
+        row = self._old.execute(query, (dev, ino)).fetchone()
         return (row[0].decode("utf-8", "surrogateescape"), _row(row[1:])) if row else None
 
     # -- the new cache ------------------------------------------------------------------
@@ -177,7 +215,8 @@ class FileCache:
             CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
             CREATE TABLE files (name BLOB PRIMARY KEY, dev INTEGER, ino INTEGER,
                 size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT NOT NULL,
-                chunks BLOB, cacheable INTEGER) WITHOUT ROWID;
+                chunks BLOB, cacheable INTEGER, mode INTEGER, uid INTEGER, gid INTEGER,
+                xattrs INTEGER) WITHOUT ROWID;
             CREATE INDEX files_inode ON files (dev, ino);
             BEGIN;
             """
@@ -188,7 +227,7 @@ class FileCache:
         """Put the member ``name`` into the new cache."""
         if self._new is not None:
             self._new.execute(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name.encode("utf-8", "surrogateescape"),
                     row.dev,
@@ -199,6 +238,10 @@ class FileCache:
                     row.sha256,
                     row.chunks,
                     int(row.cacheable),
+                    row.mode,
+                    row.uid,
+                    row.gid,
+                    int(row.xattrs),
                 ),
             )
 

@@ -513,7 +513,7 @@ class ArchiveWriter:
     ) -> None:
         if st.st_nlink > 1 and self._add_link(arcname, st, stats):
             return
-        old = self._cached(arcname, st, stats)
+        old = self._cached(arcname, st, stats, xattrs)
         if old is False:
             return
         try:
@@ -525,8 +525,10 @@ class ArchiveWriter:
             stats.warnings.append(f"{path}: skipped, cannot be opened: {exc.strerror}")
             return
         read_at = time.time_ns()
+        warned = len(stats.warnings)
         try:
             attrs = self._read_xattrs(path, stats) if xattrs else None
+            partial_attrs = len(stats.warnings) > warned  # read again next run, not same
             try:
                 content = read_content(fd)  # nothing of the file is in the archive yet
             except OSError as exc:
@@ -548,20 +550,25 @@ class ArchiveWriter:
             os.close(fd)
         if note:
             stats.warnings.append(f"{path}: {note}")
-        row = CachedFile.of(content.stat, digest, chunks, read_at)
-        self._recorded(arcname, st, row.uncacheable() if note else row, stats, content.size)
+        row = CachedFile.of(content.stat, digest, chunks, read_at, xattrs and self.xattrs)
+        trusted = not note and not partial_attrs
+        self._recorded(arcname, st, row if trusted else row.uncacheable(), stats, content.size)
 
     def _cached(
-        self, arcname: str, st: os.stat_result, stats: TaskStats
+        self, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
     ) -> CachedFile | bool | None:
         """The file's row in the cache (None: none); False when the row vouched for the
-        file and it went into the delta as a ``same`` member, unread."""
+        file, its metadata and (``xattrs``: the task archives them) its extended
+        attributes read as this run would, and it went into the delta as a ``same``
+        member, unread."""
         inc = self.incremental
         old = inc.cache.lookup(arcname) if inc is not None else None
         self._base_of = None
         if inc is not None and inc.delta and old is None:
             return self._moved(inc.cache, st)
         if inc is None or not inc.delta or old is None or not old.unchanged(st):
+            return old
+        if old.xattrs != (xattrs and self.xattrs):  # the task's setting changed: read again
             return old
         self._emit_same(arcname)
         self._recorded(arcname, st, old, stats, st.st_size)
@@ -587,8 +594,10 @@ class ArchiveWriter:
         self._emit(self._header(arcname, st, tarformat.LNKTYPE, linkname=first))
         self._manifest[arcname] = self._manifest[first]
         if self.incremental is not None:
+            # never trusted: the first name's digest with this name's later stat (the
+            # inode may have changed in between); read again if it is ever walked first
             row = CachedFile.of(st, self._manifest[first], None, time.time_ns())
-            self.incremental.cache.record(arcname, row)
+            self.incremental.cache.record(arcname, row.uncacheable())
         stats.files += 1
         return True
 

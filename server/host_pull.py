@@ -382,6 +382,7 @@ class HostPull:
                 # the client's own run removed an archive of the chain being fetched
                 # (a new full archive ends the chain): what the client holds now, once
                 self._warn(f"{exc}: its own run replaced it during this pull; listed again")
+                self.result.fell_back = False  # (said of what this pull stores)
                 self._pull_newest(remote, asked)
 
     def _pull_newest(self, remote: ClientEndpoint, asked: Future) -> None:
@@ -633,7 +634,14 @@ class HostPull:
 
     def _fell_back(self, newest: Sidecar, held: baseindex.IndexedTree | None) -> None:
         """Report that reaching the delta ``newest`` takes its chain's full archive,
-        staging holding none of its bases (``held``: what it holds, if anything)."""
+        staging holding none of its bases (``held``: what it holds, if anything); the
+        first pull of a host (no snapshot, no indexed tree) only says so in the log."""
+        if held is None and self.result.snapshot_count == 0:
+            self.ctx.log.info(
+                "first pull: %s is a delta; its chain is applied from its full archive",
+                printable(newest.archive.name, 120),
+            )
+            return
         holds = (
             f"holds {printable(held.archive, 120)}, which is not in its chain"
             if held is not None

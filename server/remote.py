@@ -69,13 +69,14 @@ class ArchiveGone(RemoteError):
     newer archive replaced it, while the server was fetching): nothing to resume."""
 
 
-def _stopped(host: str, name: str, status: int | None, reason: str) -> RemoteError:
-    """The error of a ``send`` that ended with ``status`` and last said ``reason``:
-    ArchiveGone when the client refused it for an archive it does not have (serve's
-    refusal, exit 2), else TransferCut."""
-    if status == 2 and reason.endswith(f": no archive {name}"):
+def _stopped(host: str, name: str, status: int | None, last: str) -> RemoteError:
+    """The error of a ``send`` that ended with ``status`` and last said ``last`` (the
+    whole line: a long host name or peer address must not cut its end off): ArchiveGone
+    when the client refused it for an archive it does not have (serve's refusal, exit
+    2), else TransferCut, quoting at most 200 characters."""
+    if status == 2 and last.rstrip().endswith(f": no archive {name}"):
         return ArchiveGone(f"{host}: {name} is no longer on the client")
-    return TransferCut(f"{host}: the transfer stopped: {reason}")
+    return TransferCut(f"{host}: the transfer stopped: {printable(last, 200)}")
 
 
 class _Stderr:
@@ -399,8 +400,7 @@ class Remote:
             channel.close()
         if status != 0:
             words = bytes(err.kept).decode("utf-8", "replace").strip().splitlines()
-            reason = printable(words[-1], 200) if words else f"exit status {status}"
-            raise _stopped(host, name, status, reason)
+            raise _stopped(host, name, status, words[-1] if words else f"exit status {status}")
 
     def _stream_waiting(self, cancel, last: float) -> None:
         """Raises TransferCut when a stream's end is awaited past ``idle_timeout`` since
@@ -436,8 +436,7 @@ class Remote:
         except PullbackError as exc:
             tail = getattr(exc, "tail", None) or []
             status = getattr(exc, "exit_code_of_command", None)
-            reason = printable(tail[-1], 200) if tail else str(exc)
-            raise _stopped(self.host.name, name, status, reason) from None
+            raise _stopped(self.host.name, name, status, tail[-1] if tail else str(exc)) from None
 
 
 def _plain(exc: BaseException) -> str:

@@ -228,7 +228,9 @@ class _Download:
         except BaseException as exc:
             if self.index is not None:
                 self.index.abort()
-            if isinstance(exc, Exception):
+            if isinstance(exc, ArchiveGone) and self._untouched():
+                baseindex.put_back(self.ctx.staging)  # nothing arrived: staging as it was
+            elif isinstance(exc, Exception):
                 self._empty_staging()
             raise
         return Fetched(
@@ -239,6 +241,12 @@ class _Download:
             self.unpacked,
             self.manifest_sha256,
         )
+
+    def _untouched(self) -> bool:
+        """Whether this try left staging as it was: not one byte arrived, so the
+        unpacker saw no member."""
+        members = self.unpacked.members if self.unpacked is not None else 0
+        return self.arrived == self.resumed_from == 0 and members == 0
 
     def _empty_staging(self) -> None:
         """After a failed fetch the staging tree holds an unknown part of an archive that

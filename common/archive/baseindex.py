@@ -151,6 +151,18 @@ def take(staging: Path) -> BaseIndex | None:
     return None
 
 
+def put_back(staging: Path) -> bool:
+    """Make the index :func:`take` moved aside the index again (an unpack that changed
+    nothing in staging). Returns whether there was one to put back."""
+    path = index_path(staging)
+    try:
+        os.rename(path.with_name(path.name + _OLD), path)
+    except FileNotFoundError:
+        return False
+    fsync_dir(path.parent)
+    return True
+
+
 def drop(staging: Path) -> None:
     """Remove every index file of ``staging`` (after a failed unpack, or emptied staging)."""
     path = index_path(staging)

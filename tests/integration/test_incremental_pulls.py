@@ -231,15 +231,48 @@ def test_a_chain_the_clients_own_run_ends_during_a_pull_is_listed_again(fleet, t
     day_of_changes(host.data, 2)
     second = run_client(host)["archive"]["name"]
     shutil.rmtree(fleet.state / "staging" / "web1")
-    # the forced command, as the tester timed it: the client's run starts right as the
-    # server asks for the chain's second delta (sshd reads authorized_keys each login)
+    # the client's run starts right as the server asks for the chain's second delta
+    flag = run_full_when_asked_for(host, second, tmp_path)
+    relisted = pull(fleet, "-v")
+    assert flag.exists()
+    assert relisted["rc"] == 0, relisted["log"]
+    warnings = relisted["host"]["warnings"]
+    assert any(f"{second} is no longer on the client" in w for w in warnings), warnings
+    assert "resumes" not in relisted["log"]
+    assert relisted["host"]["fell_back"] is False  # what it stored is a full archive
+    (newest,) = host.client.published()
+    assert host.client.sidecar(newest)["archive"]["kind"] == "full"
+    assert relisted["host"]["archive"] == newest.name
+    assert not list((fleet.state / "partial").rglob(f"{second}*"))
+    assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r") == snapshot(host.data)
+
+
+def test_a_first_pull_of_a_chain_is_not_a_fallback(fleet):
+    """A host pulled for the first time whose newest archive is already a delta
+    (``enabled: true``): its chain is applied from its full archive, and that is no
+    fallback (nothing was lost), said in the log only (found by an outside review)."""
+    host = incremental_host(fleet)
+    run_client(host)
+    day_of_changes(host.data, 1)
+    assert run_client(host)["archive"]["kind"] == "delta"
+    first = pull(fleet, "-v")
+    assert first["rc"] == 0, first["log"]
+    assert first["host"]["fell_back"] is False
+    assert not any("fell back" in w for w in first["host"]["warnings"])
+    assert "first pull: " in first["log"] and "(2 of 2)" in first["log"]
+
+
+def run_full_when_asked_for(host: FleetHost, name: str, tmp_path: Path) -> Path:
+    """Make the client's forced command run ``pullback-client run --full`` (once) just
+    before it answers ``send <name>``, as an outside tester timed it (sshd reads
+    authorized_keys at each login). Returns the file that says it ran."""
     serve = serve_command(host.client.config)
     run = serve.replace(" serve", " run --full")
     flag = tmp_path / "ran"
     wrapper = tmp_path / "serve.sh"
     wrapper.write_text(
         "#!/bin/sh\n"
-        f'case "$SSH_ORIGINAL_COMMAND" in "send {second} "*)\n'
+        f'case "$SSH_ORIGINAL_COMMAND" in "send {name} "*)\n'
         f"  [ -e {flag} ] || {{ touch {flag}; {run} >/dev/null 2>&1; }};;\n"
         "esac\n"
         f"exec {serve}\n"
@@ -247,17 +280,28 @@ def test_a_chain_the_clients_own_run_ends_during_a_pull_is_listed_again(fleet, t
     wrapper.chmod(0o755)
     auth = host.sshd.root / "authorized_keys"
     auth.write_text(auth.read_text().replace(f'command="{serve}"', f'command="{wrapper}"'))
-    time.sleep(2.1)
+    time.sleep(2.1)  # the files' racy window
+    return flag
+
+
+def test_a_full_archive_gone_before_its_first_byte_leaves_staging_as_it_was(fleet, tmp_path):
+    """The newest archive is a full one, and the client's own run replaces it just as the
+    server asks for it: nothing arrived, so staging and its index are kept (not emptied,
+    which would make restic read the whole tree again); the same pull fetches the new
+    one (found by an outside review)."""
+    host = incremental_host(fleet)
+    run_client(host)
+    assert pull(fleet)["rc"] == 0
+    day_of_changes(host.data, 1)
+    wanted = run_client(host, "--full")["archive"]["name"]
+    flag = run_full_when_asked_for(host, wanted, tmp_path)
     relisted = pull(fleet, "-v")
     assert flag.exists()
     assert relisted["rc"] == 0, relisted["log"]
-    warnings = relisted["host"]["warnings"]
-    assert any(f"{second} is no longer on the client" in w for w in warnings), warnings
-    assert "resumes" not in relisted["log"]
+    assert any(f"{wanted} is no longer on the client" in w for w in relisted["host"]["warnings"])
+    assert "emptied the staging tree" not in relisted["log"], relisted["log"]
     (newest,) = host.client.published()
-    assert host.client.sidecar(newest)["archive"]["kind"] == "full"
-    assert relisted["host"]["archive"] == newest.name
-    assert not list((fleet.state / "partial").rglob(f"{second}*"))
+    assert relisted["host"]["archive"] == newest.name != wanted
     assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r") == snapshot(host.data)
 
 

@@ -154,3 +154,27 @@ def test_cancel_stops_the_wait_for_an_end_that_never_comes(connect):
     with pytest.raises(TransferCut, match="cancelled"):
         list(remote.stream(NAME, 0, cancel, size=len(ARCHIVE)))
     assert time.monotonic() - started < 5  # not idle_timeout's 20 s
+
+
+@pytest.mark.parametrize("length", [8, 36, 60])
+@pytest.mark.parametrize("offset", [0, 12_345_678_901])
+def test_an_archive_the_client_no_longer_has_is_told_from_a_cut(length, offset):
+    """serve's refusal "... from <peer>: no archive <name>" is matched whole: with a long
+    host name and an IPv6 peer the line passes 200 characters, and its cut end hid the
+    words (found by an outside review; the pull then failed instead of listing again)."""
+    from pullback.common import protocol
+    from pullback.server.remote import ArchiveGone, TransferCut, _stopped
+
+    host = "h" * length
+    name = f"{host}-20261201T030000Z.tar.zst"
+    text = protocol.Request.send(name, offset).text
+    line = f"refused request {text!r} from 2001:db8:abcd:12:3456:789a:bcde:f012: no archive {name}"
+    gone = _stopped(host, name, 2, line)
+    assert isinstance(gone, ArchiveGone) and str(gone).endswith(
+        f"{name} is no longer on the client"
+    )
+    assert isinstance(_stopped(host, name, 1, line), TransferCut)  # not serve's refusal
+    other = f"{host}-20261202T030000Z.tar.zst"  # another archive's refusal is a cut
+    assert isinstance(_stopped(host, other, 2, line), TransferCut)
+    cut = _stopped(host, name, 255, "x" * 1000)
+    assert isinstance(cut, TransferCut) and len(str(cut)) < 400

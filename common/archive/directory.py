@@ -153,13 +153,15 @@ def select_expired(
     """The complete archives that local retention deletes.
 
     An archive is kept when it is one of the ``keep_last`` newest, or younger than
-    ``keep_days`` days, or the newest archive in which every service succeeded.
+    ``keep_days`` days, or the newest archive in which every service succeeded (not
+    dated ahead of the clock: a stray one must not take that place).
     """
     complete = sorted((a for a in archives if a.complete), key=lambda a: a.stamp)
     keep = {id(a) for a in complete[-keep_last:]} if keep_last > 0 else set()
     horizon = now - dt.timedelta(days=keep_days)
     keep.update(id(a) for a in complete if a.created > horizon)
-    good = [a for a in complete if a.good]
+    latest = now + dt.timedelta(hours=1)
+    good = [a for a in complete if a.good and a.created <= latest]
     if good:
         keep.add(id(good[-1]))
     return [a for a in complete if id(a) not in keep]
@@ -313,18 +315,26 @@ def apply_retention(
                 log.info("%s was stored by the server; moved to %s/", name, FETCHED_DIR)
         complete, removed = _complete_archives(archive_dir)
         expired = select_expired(complete, keep_last, keep_days, now)
-        expired += [a for a in _superseded_deltas(complete) if a not in expired]
+        expired += [a for a in _superseded_deltas(complete, now) if a not in expired]
+        # a delta that stays keeps the archives it is built on (else it is of no use)
+        needed: set[str] = set()
+        for archive in complete:
+            if archive not in expired and archive.sidecar and archive.sidecar.archive.is_delta:
+                needed |= _chain(archive, complete)
+        expired = [a for a in expired if a.name not in needed]
         return _finish_retention(archive_dir, expired, removed)
 
 
-def _superseded_deltas(complete: list[LocalArchive]) -> list[LocalArchive]:
+def _superseded_deltas(complete: list[LocalArchive], now: dt.datetime) -> list[LocalArchive]:
     """Delta archives (left from a time deltas were made) older than their host's newest
     full archive, which the server takes instead: never fetched again, they would only
     fill ``keep_last``. The chain of the newest archive in which every service succeeded
-    stays while it is older (as chain retention keeps it)."""
+    stays while it is older (as chain retention keeps it); archives dated ahead of the
+    clock count for neither (a stray one must not make the real ones look old)."""
+    latest = now + dt.timedelta(hours=1)
     superseded = []
     for host in {a.host for a in complete}:
-        own = [a for a in complete if a.host == host]
+        own = [a for a in complete if a.host == host and a.created <= latest]
         newest_full, kept = _chain_kept(own, complete)
         superseded += [
             a

@@ -180,3 +180,30 @@ def test_classic_retention_drops_deltas_a_newer_full_supersedes(tmp_path):
     removed = directory.apply_retention(cfg.archive_dir, keep_last=3, keep_days=0, now=NOW)
     assert set(removed) == {full, first, second}
     assert directory_names(cfg) == [newer_full, newest_delta]
+
+
+def test_classic_retention_keeps_a_kept_deltas_chain_and_ignores_a_stray_from_the_future(
+    tmp_path,
+):
+    """The newest archive in which every service succeeded is a delta, and today's full
+    has a failed service: the delta stays with the archives it is built on (keep_last
+    alone deleted them, leaving a delta nothing can use). A good full dated a year ahead
+    (a clock once wrong) takes neither the newest good archive's place nor makes the
+    real ones superseded (both found by an outside review)."""
+    import json
+
+    for stray in (False, True):
+        cfg = config(tmp_path / str(stray), IncrementalMode.OFF)
+        full, _ = publish(cfg, 5)
+        first, _ = publish(cfg, 4, base=full)
+        good, _ = publish(cfg, 3, base=first)
+        today, _ = publish(cfg, 0.5, status="partial")
+        if stray:
+            ahead, _ = publish(cfg, -365)
+            side = cfg.archive_dir / f"{ahead}.json"
+            data = json.loads(side.read_text())
+            data["archive"]["manifest_sha256"] = "b" * 64
+            side.write_text(json.dumps(data))
+        removed = directory.apply_retention(cfg.archive_dir, keep_last=2, keep_days=0, now=NOW)
+        assert removed == [], stray
+        assert {full, first, good, today} <= set(directory_names(cfg))

@@ -88,9 +88,12 @@ def test_an_answer_whose_command_never_ends_is_not_waited_for(fleet):
 
 
 def test_a_stderr_flood_neither_holds_the_pull_nor_reaches_the_log(fleet):
-    stderr, elapsed = pull_against(fleet, "stderr-flood", IDLE_TIMEOUT)
+    stderr, _ = pull_against(fleet, "stderr-flood", IDLE_TIMEOUT)
     assert "the client wrote more than 1 MiB of messages in answer to 'list'" in evil_line(stderr)
-    assert elapsed < IDLE_TIMEOUT  # refused at the first MiB, not at the deadline
+    # refused at the first MiB, not at the deadline: the host's own pull, not the whole
+    # command (the good host's store made that pass 8 s once on a loaded CI machine)
+    status = json.loads((fleet.state / "status.json").read_text())
+    assert status["hosts"]["evil"]["duration"] < IDLE_TIMEOUT / 2, status["hosts"]["evil"]
     assert "\x1b" not in stderr
     assert "[web2] stored everything" not in stderr
 

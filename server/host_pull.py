@@ -37,6 +37,7 @@ from typing import ClassVar, Protocol
 
 from ..common.archive import baseindex
 from ..common.archive import sidecar as sidecars
+from ..common.archive.baseindex import IndexedTree
 from ..common.archive.sidecar import SIDECAR_NAME, Sidecar
 from ..common.archive.unpack import BaseMismatch, HostileArchive
 from ..common.clock import age, iso, iso_or_none, parse_stamp, utc_now
@@ -581,8 +582,7 @@ class HostPull:
         name, size = newest.archive.name, human_size(newest.archive.size)
         if not newest.archive.is_delta or listing is None:
             return f"fetch {name} ({size})"
-        held = baseindex.read_tree(self.ctx.staging)
-        route = chain.plan(newest, listing, self.ctx.name, held, self.refused())
+        held, route = self._route(newest, listing, self.refused())
         self.result.delta = True
         if route.problem:
             return f"fail: {route.problem} (a delta, {size})"
@@ -595,11 +595,24 @@ class HostPull:
             count = len(route.archives)
             chain_words = f"{count} archives, " if count > 1 else ""
             return f"fetch {name}, a delta onto staging's {onto} ({chain_words}{total})"
+        why = "a first pull" if self._first_pull(held) else "a fallback"
         return (
             f"fetch {name}, a delta, from its chain's full archive "
             f"{route.archives[0].archive.name} ({len(route.archives)} archives, {total}): "
-            "staging holds none of its bases, a fallback"
+            f"staging holds none of its bases, {why}"
         )
+
+    def _route(
+        self, newest: Sidecar, listing: Listing, refused: frozenset[str]
+    ) -> tuple[IndexedTree | None, chain.Plan]:
+        """What staging holds, and the plan that reaches ``newest`` from there."""
+        held = baseindex.read_tree(self.ctx.staging)
+        return held, chain.plan(newest, listing, self.ctx.name, held, refused)
+
+    def _first_pull(self, held: IndexedTree | None) -> bool:
+        """Whether this is the host's first pull: no snapshot, no indexed tree (a
+        delta's chain from its full is then no fallback: nothing was lost)."""
+        return held is None and self.result.snapshot_count == 0
 
     def reach(self, remote: ClientEndpoint, listing: Listing, newest: Sidecar) -> Fetched | None:
         """Bring staging to ``newest``: fetch it, or (a delta) every archive from what
@@ -609,8 +622,7 @@ class HostPull:
         for a full archive and raises."""
         ctx = self.ctx
         refused = self.refused()
-        held = baseindex.read_tree(ctx.staging)
-        route = chain.plan(newest, listing, ctx.name, held, refused)
+        held, route = self._route(newest, listing, refused)
         if route.store_only:
             ctx.log.info("staging already holds %s; storing it", newest.archive.name)
             return None
@@ -632,11 +644,11 @@ class HostPull:
                 self.ask_full(remote, listing)
             raise
 
-    def _fell_back(self, newest: Sidecar, held: baseindex.IndexedTree | None) -> None:
+    def _fell_back(self, newest: Sidecar, held: IndexedTree | None) -> None:
         """Report that reaching the delta ``newest`` takes its chain's full archive,
         staging holding none of its bases (``held``: what it holds, if anything); the
-        first pull of a host (no snapshot, no indexed tree) only says so in the log."""
-        if held is None and self.result.snapshot_count == 0:
+        first pull of a host only says so in the log."""
+        if self._first_pull(held):
             self.ctx.log.info(
                 "first pull: %s is a delta; its chain is applied from its full archive",
                 printable(newest.archive.name, 120),

@@ -255,6 +255,8 @@ def test_a_first_pull_of_a_chain_is_not_a_fallback(fleet):
     run_client(host)
     day_of_changes(host.data, 1)
     assert run_client(host)["archive"]["kind"] == "delta"
+    dry = fleet.server("pull", "--host", "web1", "--dry-run")  # says the same beforehand
+    assert "staging holds none of its bases, a first pull" in dry.stdout + dry.stderr
     first = pull(fleet, "-v")
     assert first["rc"] == 0, first["log"]
     assert first["host"]["fell_back"] is False

@@ -144,6 +144,20 @@ def full_due(config: ClientConfig, chain: list[LocalArchive], now: dt.datetime) 
     return None
 
 
+def forced_full(config: ClientConfig, asked: bool, use_up: bool = True) -> str | None:
+    """Why this run must be a full archive whatever the cache says (``asked``: ``--full``;
+    the server's request, used up unless ``use_up`` is False, as a dry run wants), or
+    None."""
+    requested = (
+        take_full_request(config)
+        if use_up
+        else (config.archive_dir / archives.MARKS_DIR / archives.WANT_FULL).exists()
+    )
+    if asked:
+        return "asked for with --full"
+    return "the server asked for a full archive" if requested else None
+
+
 def take_full_request(config: ClientConfig) -> bool:
     """Whether the server asked for a full archive; the request is used up."""
     path = config.archive_dir / archives.MARKS_DIR / archives.WANT_FULL

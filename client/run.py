@@ -133,11 +133,7 @@ def dry_archive_kind(config: ClientConfig, full: bool) -> str:
     server's request for a full is looked at, not used up)."""
     if config.incremental.mode is IncrementalMode.OFF:
         return "full (incremental.enabled: false)"
-    forced = None
-    if (config.archive_dir / archives.MARKS_DIR / archives.WANT_FULL).exists():
-        forced = "the server asked for a full archive"
-    if full:
-        forced = "asked for with --full"
+    forced = incremental.forced_full(config, full, use_up=False)
     cache = FileCache(config.incremental.cache_dir, config.hostname)
     try:
         decision = incremental.decide(config, cache, utc_now(), forced)
@@ -270,11 +266,7 @@ class ClientRun:
         if config.incremental.mode is IncrementalMode.OFF:
             return None
         cache = FileCache(config.incremental.cache_dir, config.hostname)
-        forced = None
-        if incremental.take_full_request(config):
-            forced = "the server asked for a full archive"
-        if self.full_asked:
-            forced = "asked for with --full"
+        forced = incremental.forced_full(config, self.full_asked)
         self.decision = decision = incremental.decide(config, cache, self.created, forced)
         try:
             cache.start()

@@ -243,10 +243,9 @@ class _Download:
         )
 
     def _untouched(self) -> bool:
-        """Whether this try left staging as it was: not one byte arrived, so the
-        unpacker saw no member."""
-        members = self.unpacked.members if self.unpacked is not None else 0
-        return self.arrived == self.resumed_from == 0 and members == 0
+        """Whether this try left staging as it was: not one byte is in the partial file,
+        so the unpacker saw no member."""
+        return self.arrived == 0
 
     def _empty_staging(self) -> None:
         """After a failed fetch the staging tree holds an unknown part of an archive that

@@ -54,7 +54,7 @@ def unpack_archive(
     ``into``."""
     compression = compression_of(archive.name)
     progress = Progress("unpack", archive.stat().st_size)
-    with Unpacker(into, None, base, index) as unpacker:
+    with Unpacker(into, None, base, index, announced=_announced(archive)) as unpacker:
         if base is not None and base.linked:
             with open(archive, "rb") as raw, TarStream(raw, compression) as stream:
                 for member in stream.members():
@@ -89,15 +89,30 @@ def unpack_chain(archive: Path, into: Path) -> Path:
     return into
 
 
+def _sidecar_of(archive: Path) -> sidecars.Sidecar | None:
+    """The sidecar beside ``archive``, or None when it is missing or unusable."""
+    try:
+        return sidecars.parse(
+            archive.with_name(archive.name + ".json").read_bytes(), expected_name=archive.name
+        )
+    except (OSError, ArchiveError):
+        return None
+
+
+def _announced(archive: Path) -> str:
+    """The sha256 of the complete manifest ``archive``'s sidecar names ("" without a
+    usable sidecar: a delta's partial manifest is then refused by the unpacker)."""
+    side = _sidecar_of(archive)
+    return side.archive.manifest_sha256 if side else ""
+
+
 def chain_for(archive: Path) -> list[Path]:
     """The archives to unpack to get ``archive``'s tree: itself, after its full archive
     and the deltas between when it is a delta. Raises UsageError for a broken chain."""
-    try:
-        info = sidecars.parse(
-            archive.with_name(archive.name + ".json").read_bytes(), expected_name=archive.name
-        ).archive
-    except (OSError, ArchiveError):
+    side = _sidecar_of(archive)
+    if side is None:
         return [archive]  # no usable sidecar: the unpacker refuses a delta's members itself
+    info = side.archive
     if not info.is_delta:
         return [archive]
     directory = archive.parent

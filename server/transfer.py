@@ -336,6 +336,7 @@ class _Download:
                     self.limits,
                     base if self.archive.is_delta else None,
                     self.index,
+                    announced=self.archive.manifest_sha256,
                 ) as unpacker,
             ):
                 if self.archive.is_delta and base is not None and base.linked:

@@ -200,8 +200,9 @@ class IndexWriter:
         )
 
     def digests(self):
-        """Every recorded (name, sha256), names as the archive has them."""
-        for raw, sha256 in self._db.execute("SELECT name, sha256 FROM files"):
+        """Every recorded (name, sha256), names as the archive has them, in the order of
+        the names' bytes (:func:`manifest.order`)."""
+        for raw, sha256 in self._db.execute("SELECT name, sha256 FROM files ORDER BY name"):
             yield os.fsdecode(raw), sha256
 
     def commit(self, tree: IndexedTree) -> None:

@@ -9,15 +9,23 @@ from __future__ import annotations
 import os
 
 MANIFEST_NAME = "MANIFEST.sha256"
+MANIFEST_KEY = b"PULLBACK.manifest"
+"""The PAX record of a delta's ``MANIFEST.sha256`` member when it lists only some files:
+:data:`PARTIAL`. Such a member lists every file but the ``base`` and ``same`` members
+(whose bytes are the base's, and so are their digests); the day's complete manifest,
+the one the sidecar's ``manifest_sha256`` names, is rebuilt by whoever holds the base."""
+PARTIAL = b"partial"
 
 
-def _fs_bytes(name: str) -> bytes:
+def order(name: str) -> bytes:
+    """The sort key of a manifest's lines: the name's bytes (as the server's index sorts
+    its names, so that it can rebuild a complete manifest byte for byte)."""
     return os.fsencode(name)
 
 
 def format_line(name: str, digest: str) -> bytes:
     """One manifest line for ``name`` (as stored in the archive) and its hex digest."""
-    raw = _fs_bytes(name)
+    raw = os.fsencode(name)
     if any(c in raw for c in b"\\\n\r"):
         raw = raw.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
         return b"\\" + digest.encode() + b"  " + raw + b"\n"

@@ -20,7 +20,7 @@ from ..log import get_logger
 from ..runner import Runner, RunningCommand
 from . import sparse
 from .compression import compression_of, decompress_command
-from .deltaops import DATA_KEY, FULL
+from .deltaops import DATA_KEY, DELTA, FULL
 from .manifest import MANIFEST_NAME, parse
 from .tarformat import Member, TarFormatError, TarReader
 
@@ -184,8 +184,12 @@ class _Digests:
     """What reading an archive back found: every file's digest and its manifest."""
 
     computed: dict[str, str | None] = field(default_factory=dict)
-    """Each file's digest; None for a delta's file made from its base (checked by the
-    server, which holds the base: here only its presence in the manifest)."""
+    """Each file's digest; None for a ``delta`` member's file (made from its base:
+    checked by the server, which holds the base; here only its presence in the
+    manifest)."""
+    from_base: set[str] = field(default_factory=set)
+    """The ``base`` and ``same`` members: a partial manifest leaves them out, a complete
+    one lists them (their digests are the base's, checked by the server)."""
     listed: dict[str, str] | None = None
     members: int = 0
     files: int = 0
@@ -194,14 +198,21 @@ class _Digests:
     def add(self, stream: TarStream, member: Member) -> None:
         self.members += 1
         if member.is_hardlink:
-            self.computed[member.name] = self.computed.get(member.linkname, "")
+            from_base = member.linkname in self.from_base  # its digest is the base's
+            self.computed[member.name] = (
+                None if from_base else self.computed.get(member.linkname, "")
+            )
             self.files += 1
         if not member.is_file:
             return
-        if member.pax.get(DATA_KEY, FULL) != FULL:  # base or delta: needs the base
+        source = member.pax.get(DATA_KEY, FULL)
+        if source != FULL:  # base, same or delta: needs the base
             for _ in stream.read_data(member):
                 pass
-            self.computed[member.name] = None
+            if source == DELTA:
+                self.computed[member.name] = None
+            else:
+                self.from_base.add(member.name)
             self.files += 1
             return
         if sparse.is_sparse(member.pax):
@@ -231,7 +242,11 @@ class _Digests:
                 found.append(f"{name} is not listed")
             elif digest is not None and listed[name] != digest:
                 found.append(f"{name} has changed")
-        found.extend(f"{name} is missing" for name in listed if name not in self.computed)
+        found.extend(
+            f"{name} is missing"
+            for name in listed
+            if name not in self.computed and name not in self.from_base
+        )
         return found
 
 

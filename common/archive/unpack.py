@@ -51,7 +51,7 @@ from ..units import human_size
 from . import acl, deltaops, sparse
 from .baseindex import BaseIndex, IndexedFile, IndexWriter
 from .deltaops import BASE_KEY, DATA_KEY, REALSIZE_KEY
-from .manifest import MANIFEST_NAME, parse
+from .manifest import MANIFEST_KEY, MANIFEST_NAME, PARTIAL, format_line, parse
 from .sidecar import SIDECAR_NAME
 from .tarformat import FIFOTYPE, Member
 
@@ -231,6 +231,8 @@ class Unpacker:
         limits: UnpackLimits | None = None,
         base: BaseIndex | None = None,
         index: IndexWriter | None = None,
+        *,
+        announced: str = "",
     ):
         self.staging = staging
         self.limits = limits or UnpackLimits()
@@ -239,7 +241,16 @@ class Unpacker:
         self.index = index
         """Where every file this archive leaves is recorded (the next delta's base)."""
         self.manifest_sha256 = ""
-        """The sha256 of the archive's manifest member, once it was read."""
+        """The sha256 of the archive's complete manifest: its manifest member's, or, for
+        a partial one, the manifest :meth:`finish` rebuilt from the index."""
+        self.announced = announced
+        """The sha256 of the complete manifest the sidecar names (a partial manifest
+        member is refused without it)."""
+        self._partial = False
+        self._from_base: set[int] = set()
+        """Keys of the ``base`` and ``same`` members, which a partial manifest leaves out."""
+        self._implied = _Sum()
+        """Their names and the index's digests: what a partial manifest leaves out."""
         self._claimed: set[int] = set()
         """Inodes of shared (hard-linked) staging files a base member kept in place."""
         self._shared: dict[str, tuple[int, int]] = {}
@@ -334,6 +345,7 @@ class Unpacker:
         if parts == (MANIFEST_NAME,):
             if DATA_KEY in member.pax:
                 raise HostileArchive("the manifest cannot come from the base")
+            self._partial = self._is_partial(member)
             summed = _ManifestReader()
             self._write_file(parts, member, summed.feed(chunks), count=False)
             try:
@@ -376,6 +388,21 @@ class Unpacker:
         else:
             self._seen.discard(key)
             self.stats.warnings.append(f"{escaped(member.name)}: device node dropped")
+
+    def _is_partial(self, member: Member) -> bool:
+        """Whether the manifest member lists only the files whose bytes travel. Raises
+        HostileArchive for an unknown form, or a partial one where nothing can complete
+        it (no base, no index, no sha256 of the complete manifest to prove it by)."""
+        form = member.pax.get(MANIFEST_KEY)
+        if form is None:
+            return False
+        if form != PARTIAL:
+            raise HostileArchive(f"{MANIFEST_NAME} has an unknown PULLBACK.manifest")
+        if self.base is None or self.index is None or not self.announced:
+            raise HostileArchive(
+                f"a partial {MANIFEST_NAME} needs a base, and the sha256 of the complete one"
+            )
+        return True
 
     def _regular(self, parts, member: Member, chunks) -> None:
         """A regular file: its bytes from the member, the base, or a PBD1 delta."""
@@ -770,6 +797,8 @@ class Unpacker:
         else:
             self.stats.unchanged += 1
         self._summed(member.name, row.sha256)
+        self._from_base.add(_key(parts))
+        self._implied.add(member.name, row.sha256)
 
     def _copy_from(self, base: _Base, parts) -> None:
         """Copy the base file (of another name) to ``parts``, replacing what is there."""
@@ -1001,13 +1030,17 @@ class Unpacker:
         metadata. Returns the statistics; raises ArchiveError on a manifest mismatch."""
         if self._manifest_sum is None:
             raise ArchiveError(f"the archive has no {MANIFEST_NAME}")
-
-        if self._manifest_sum != self._sum:
+        listed = self._manifest_sum
+        if self._partial:
+            listed = listed.plus(self._implied)
+        if listed != self._sum:
             problems = self._name_mismatches() or ["the files and the manifest differ"]
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
             raise ArchiveError(
                 f"the archive does not match its {MANIFEST_NAME}: {'; '.join(problems[:5])}{more}"
             )
+        if self._partial:
+            self._complete_manifest()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -1016,6 +1049,40 @@ class Unpacker:
             fd = self._dir(parts)
             self._apply_meta(fd, member, member.mode & 0o7777, force=False)
         return self.stats
+
+    def _complete_manifest(self) -> None:
+        """After a partial manifest passed: write the day's complete manifest into
+        staging, from the index (every file this archive left, with the digest it was
+        checked against, in the order of the names' bytes, as the client sorts it), and
+        prove it against the sidecar's sha256. Raises BaseMismatch when they differ: the
+        files whose bytes travelled matched, so a file the base supplied is not what the
+        client's cache vouched for (staging's tree is not the client's base)."""
+        assert self.index is not None
+        digest = hashlib.sha256()
+        fd = os.open(MANIFEST_NAME, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW, dir_fd=self._root)
+        try:
+            batch: list[bytes] = []
+            for number, (name, sha256) in enumerate(self.index.digests(), 1):
+                batch.append(format_line(name, sha256))
+                if number % 4096 == 0:
+                    self._write_lines(fd, batch, digest)
+            self._write_lines(fd, batch, digest)
+        finally:
+            os.close(fd)
+        self.manifest_sha256 = digest.hexdigest()
+        if self.manifest_sha256 != self.announced:
+            raise BaseMismatch(
+                "the files the base supplies differ from the day's manifest (staging's "
+                "index and the client's file cache disagree)"
+            )
+
+    def _write_lines(self, fd: int, batch: list[bytes], digest) -> None:
+        """Write and hash ``batch`` (emptied), checking the host's deadline."""
+        _check_cancel(self.limits.cancel)
+        data = b"".join(batch)
+        digest.update(data)
+        write_all(fd, data)
+        batch.clear()
 
     def _name_mismatches(self) -> list[str]:
         """Which files differ from the manifest (only run when the sums disagree): from
@@ -1028,6 +1095,8 @@ class Unpacker:
         problems: list[str] = []
         found = set()
         for name, digest in self._digests():
+            if self._partial and _key(tuple(name.split("/"))) in self._from_base:
+                continue  # left out of a partial manifest: proved by the complete one
             found.add(name)
             if name not in listed:
                 problems.append(f"{escaped(name)} is not listed")
@@ -1189,6 +1258,13 @@ class _Sum:
         ).digest()
         self.total = (self.total + int.from_bytes(item, "little")) % (1 << 256)
         self.count += 1
+
+    def plus(self, other: _Sum) -> _Sum:
+        """The sum of both sets of pairs."""
+        both = _Sum()
+        both.total = (self.total + other.total) % (1 << 256)
+        both.count = self.count + other.count
+        return both
 
     def __eq__(self, other) -> bool:
         return isinstance(other, _Sum) and (self.total, self.count) == (other.total, other.count)

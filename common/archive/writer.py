@@ -41,7 +41,7 @@ from .compression import compress_command, test_command
 from .deltaops import BASE, BASE_KEY, DATA_KEY, DELTA, REALSIZE_KEY, SAME
 from .filecache import CHUNKED_FROM, CachedFile, FileCache
 from .filedata import Content, read_content, streamed_note
-from .manifest import MANIFEST_NAME, format_line
+from .manifest import MANIFEST_KEY, MANIFEST_NAME, PARTIAL, format_line, order
 from .sparse import Region
 from .stats import ExcludeFn, TaskStats
 from .tee import Tee
@@ -74,7 +74,7 @@ class WrittenArchive:
     tested: bool = False
     """The compressor's own checksums were verified (zstd -t / gzip -t) as it was written."""
     manifest_sha256: str = ""
-    """The sha256 of the MANIFEST.sha256 member."""
+    """The sha256 of the complete manifest (a delta's member may list only some files)."""
     sent_bytes: int = 0
     """Bytes of file content the archive carries (a delta: only what changed)."""
 
@@ -120,6 +120,8 @@ class ArchiveWriter:
         self._buf = bytearray()
         self._offset = 0
         self._manifest: dict[str, str] = {}
+        self._from_base: set[str] = set()
+        """The ``base`` and ``same`` members: a delta's manifest member leaves them out."""
         self._links: dict[tuple[int, int], str] = {}
         self._dirs: set[str] = set()
         self._users: dict[int, str] = {}
@@ -180,9 +182,7 @@ class ArchiveWriter:
         if file is None:
             raise ArchiveError(f"{self.path} is not open")
         try:
-            data = b"".join(format_line(n, d) for n, d in sorted(self._manifest.items()))
-            self._add_bytes(MANIFEST_NAME, data, record=False)
-            manifest_sha256 = hashlib.sha256(data).hexdigest()
+            manifest_sha256 = self._add_manifest()
             self._emit(bytes(2 * BLOCK))
             self._emit(bytes((-self._offset) % RECORD))
             self._flush()
@@ -217,6 +217,24 @@ class ArchiveWriter:
             manifest_sha256=manifest_sha256,
             sent_bytes=self._sent,
         )
+
+    def _add_manifest(self) -> str:
+        """Append the manifest member: every file's line, or (a delta with ``base`` or
+        ``same`` members) every line but theirs, marked partial. Returns the sha256 of
+        the complete manifest, in either case."""
+        names = sorted(self._manifest, key=order)
+        lines = [format_line(name, self._manifest[name]) for name in names]
+        complete = b"".join(lines)
+        if not self._from_base:
+            self._add_bytes(MANIFEST_NAME, complete, record=False)
+        else:
+            from_base = self._from_base
+            listed = b"".join(
+                line for name, line in zip(names, lines, strict=True) if name not in from_base
+            )
+            extra = [(MANIFEST_KEY, PARTIAL)]
+            self._add_bytes(MANIFEST_NAME, listed, record=False, extra=extra)
+        return hashlib.sha256(complete).hexdigest()
 
     def abort(self) -> None:
         """Stop the compressor and delete the partial file."""
@@ -335,6 +353,7 @@ class ArchiveWriter:
                 mtime_ns=int(time.time()) * 1_000_000_000,
                 uname="root",
                 gname="root",
+                pax=extra or None,
             )
         pax = list(extra or [])
         if xattrs:
@@ -389,8 +408,18 @@ class ArchiveWriter:
         for i in range(1, len(parts) + 1):
             self.add_directory("/".join(parts[:i]))
 
-    def _add_bytes(self, arcname: str, data: bytes, mode: int = 0o644, record: bool = True):
-        self._emit(self._header(arcname, None, tarformat.REGTYPE, size=len(data), mode=mode))
+    def _add_bytes(
+        self,
+        arcname: str,
+        data: bytes,
+        mode: int = 0o644,
+        record: bool = True,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ):
+        header = self._header(
+            arcname, None, tarformat.REGTYPE, size=len(data), mode=mode, extra=extra
+        )
+        self._emit(header)
         self._emit(data)
         self._emit(bytes((-len(data)) % BLOCK))
         if record:
@@ -619,6 +648,7 @@ class ArchiveWriter:
         """A member whose bytes are the base's file of the same name (or of the name
         ``_base_of`` says: a renamed file)."""
         extra = [(DATA_KEY, BASE), *self._base_record()]
+        self._from_base.add(arcname)
         self._emit(self._header(arcname, st, tarformat.REGTYPE, xattrs=attrs, extra=extra))
 
     def _emit_same(self, arcname: str) -> None:
@@ -628,6 +658,7 @@ class ArchiveWriter:
         the header's other fields are left empty (about 6 bytes compressed, against 40
         for a ``base`` member, and no extended attributes read)."""
         self._members += 1
+        self._from_base.add(arcname)
         self._emit(tarformat.header(arcname, tarformat.REGTYPE, mode=0, pax=[(DATA_KEY, SAME)]))
 
     def _base_record(self) -> list[tuple[bytes, bytes]]:

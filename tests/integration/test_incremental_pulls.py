@@ -315,6 +315,14 @@ def regular_members(path: Path) -> dict[str, tarfile.TarInfo]:
             return {m.name: m for m in tar if m.isreg()}
 
 
+def zstd_member(path: Path, name: str) -> bytes:
+    """The data of member ``name`` of a client's archive, as GNU tar extracts it."""
+    out = subprocess.run(
+        ["tar", "--zstd", "-xOf", str(path), name], capture_output=True, check=True
+    )
+    return out.stdout
+
+
 def test_an_unchanged_file_travels_as_its_name_and_keeps_its_metadata(fleet, tmp_path):
     """A file the cache vouches for, ctime included, is a ``same`` member: its name and
     nothing else (mode, owner and time empty), a few bytes compressed; the server leaves
@@ -338,8 +346,24 @@ def test_an_unchanged_file_travels_as_its_name_and_keeps_its_metadata(fleet, tmp
     assert chmodded.pax_headers["PULLBACK.data"] == "base" and chmodded.mode == 0o600
     kinds = [m.pax_headers.get("PULLBACK.data", "full") for m in members.values()]
     assert kinds.count("same") >= 40, kinds
+    # the manifest member lists only the files whose bytes travel; the sidecar names
+    # the complete manifest, which the server rebuilds into staging
+    manifest = members["MANIFEST.sha256"]
+    assert manifest.pax_headers["PULLBACK.manifest"] == "partial"
+    listed = zstd_member(archive, "MANIFEST.sha256").decode()
+    assert f"{prefix}/d0/note4.txt" not in listed and f"{prefix}/d1/note5.txt" not in listed
     pulled = pull(fleet)
     assert pulled["rc"] == 0, pulled["log"]
+    complete = (fleet.state / "staging" / "web1" / "MANIFEST.sha256").read_bytes()
+    assert hashlib.sha256(complete).hexdigest() == side["archive"]["manifest_sha256"]
+    assert f"{prefix}/d0/note4.txt".encode() in complete
+    check = subprocess.run(
+        ["sha256sum", "--check", "--strict", "--quiet", "MANIFEST.sha256"],
+        cwd=fleet.state / "staging" / "web1",
+        capture_output=True,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
     target = tmp_path / "r"
     assert restored(fleet, snapshot_ids(fleet)[-1], target) == snapshot(host.data)
     (note,) = target.rglob("d0/note4.txt")

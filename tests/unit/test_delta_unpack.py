@@ -25,7 +25,14 @@ from pullback.common.archive.deltaops import (
     Data,
     Hole,
 )
-from pullback.common.archive.manifest import MANIFEST_NAME, format_line
+from pullback.common.archive.manifest import (
+    MANIFEST_KEY,
+    MANIFEST_NAME,
+    PARTIAL,
+    format_line,
+    order,
+    parse,
+)
 from pullback.common.archive.tarformat import TarReader
 from pullback.common.archive.unpack import (
     ArchiveTooLarge,
@@ -49,24 +56,38 @@ def member(name: str, data: bytes = b"", kind=tarformat.REGTYPE, pax=None, linkn
     return head + data + bytes((-size) % 512)
 
 
-def tar(members: list[bytes], manifest: dict[str, bytes | str]) -> tuple[bytes, str]:
+def tar(
+    members: list[bytes], manifest: dict[str, bytes | str], left_out: set[str] | None = None
+) -> tuple[bytes, str]:
     """The archive of ``members`` with a manifest of ``manifest`` (name: the file's
-    bytes, or their sha256); returns it and the manifest's sha256."""
-    lines = b"".join(
-        format_line(n, d if isinstance(d, str) else hashlib.sha256(d).hexdigest())
-        for n, d in sorted(manifest.items())
-    )
-    body = b"".join(members) + member(MANIFEST_NAME, lines) + bytes(1024)
-    return body, hashlib.sha256(lines).hexdigest()
+    bytes, or their sha256), or (``left_out``: the client's delta with ``base`` and
+    ``same`` members) a partial one without those names; returns it and the sha256 of
+    the complete manifest."""
+    lines = [
+        (n, format_line(n, d if isinstance(d, str) else hashlib.sha256(d).hexdigest()))
+        for n, d in sorted(manifest.items(), key=lambda item: order(item[0]))
+    ]
+    complete = b"".join(line for _, line in lines)
+    if left_out is None:
+        last = member(MANIFEST_NAME, complete)
+    else:
+        listed = b"".join(line for n, line in lines if n not in left_out)
+        last = member(MANIFEST_NAME, listed, pax=[(MANIFEST_KEY, PARTIAL)])
+    body = b"".join(members) + last + bytes(1024)
+    return body, hashlib.sha256(complete).hexdigest()
 
 
-def apply(staging, data: bytes, delta: bool, limits: UnpackLimits | None = None) -> str:
+def apply(
+    staging, data: bytes, delta: bool, limits: UnpackLimits | None = None, announced: str = ""
+) -> str:
     """Unpack ``data`` as the pull does; commit the new index. Returns the manifest sha."""
     base = baseindex.take(staging)
     index = IndexWriter(staging)
     reader = TarReader(io.BytesIO(data))
     try:
-        with Unpacker(staging, limits, base if delta else None, index) as unpacker:
+        with Unpacker(
+            staging, limits, base if delta else None, index, announced=announced
+        ) as unpacker:
             if delta and base is not None and base.linked:  # the server's first pass
                 first = TarReader(io.BytesIO(data))
                 for each in first:
@@ -600,3 +621,96 @@ def test_a_same_member_under_another_name_is_refused(staging):
     ]
     with pytest.raises(HostileArchive, match="'same' under another name"):
         apply(staging, tar(members, files)[0], delta=True)
+
+
+# -- a partial manifest: the files whose bytes travel, the rest proved by the sidecar ------
+
+
+def partial_day(staging):
+    """The next day as the client sends it: a.txt unchanged (``same``), d/x's metadata
+    changed (``base``), big.bin grown (``delta``), a new file; the manifest lists only
+    big.bin and the new file. Returns the archive, its complete manifest's sha256 and
+    the day's files."""
+    grown = BIG + b"rows\n"
+    files = {**FILES, "services/app/big.bin": grown, "services/app/new": b"new\n"}
+    members = [
+        same_member("services/app/a.txt"),
+        delta_member("services/app/big.bin", [Copy(0, len(BIG)), Data(b"rows\n")], len(grown)),
+        member("services/app/d/x", pax=[(DATA_KEY, BASE)]),
+        member("services/app/new", b"new\n"),
+    ]
+    left_out = {"services/app/a.txt", "services/app/d/x"}
+    data, complete = tar(members, files, left_out)
+    return data, complete, files
+
+
+def test_a_partial_manifest_is_completed_from_the_index_and_proved_by_the_sidecar(staging):
+    """Staging ends with the day's complete manifest, byte for byte the client's (the
+    one whose sha256 the sidecar names), and ``sha256sum -c`` of it holds; the index
+    vouches for every file, so the next partial delta applies on top."""
+    data, complete, files = partial_day(staging)
+    manifest_member = next(m for m in TarReader(io.BytesIO(data)) if m.name == MANIFEST_NAME)
+    assert manifest_member.pax[MANIFEST_KEY] == PARTIAL
+    assert apply(staging, data, delta=True, announced=complete) == complete
+    written = (staging / MANIFEST_NAME).read_bytes()
+    assert hashlib.sha256(written).hexdigest() == complete
+    assert parse(written) == {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
+    for name, content in files.items():
+        assert (staging / name).read_bytes() == content
+    again = [same_member(n) for n in files]
+    data, complete = tar(again, files, left_out=set(files))  # nothing changed: all left out
+    assert apply(staging, data, delta=True, announced=complete) == complete
+
+
+def test_a_file_the_base_supplies_that_differs_from_the_day_is_a_base_mismatch(staging):
+    """The client's cache says a.txt holds other bytes than staging's index: the files
+    that travelled match, but the rebuilt manifest is not the sidecar's: a base mismatch
+    (the pull falls back to a full archive), never a snapshot."""
+    data, _, files = partial_day(staging)
+    wrong = {**files, "services/app/a.txt": b"what the client has\n"}
+    _, announced = tar([], wrong, left_out=set())
+    with pytest.raises(BaseMismatch, match="differ from the day's manifest"):
+        apply(staging, data, delta=True, announced=announced)
+    assert baseindex.read_tree(staging) is None  # the failed apply left no index
+
+
+@pytest.mark.parametrize(
+    "case, error, words",
+    [
+        ("no sha256 of the complete manifest", HostileArchive, "needs a base"),
+        ("a full archive", HostileArchive, "needs a base"),
+        ("an unknown form", HostileArchive, "unknown PULLBACK.manifest"),
+        ("a travelling file left out", ArchiveError, "services/app/new is not listed"),
+        ("a base file listed", ArchiveError, "does not match"),
+    ],
+)
+def test_a_partial_manifest_that_cannot_be_proved_is_refused(staging, case, error, words):
+    data, complete, files = partial_day(staging)
+    delta, announced = True, complete
+    if case == "no sha256 of the complete manifest":
+        announced = ""
+    elif case == "a full archive":
+        members = [member(n, d) for n, d in files.items()]
+        data, announced = tar(members, files, left_out={"services/app/a.txt"})
+        delta = False
+    elif case == "an unknown form":
+        data = data.replace(b"PULLBACK.manifest=partial", b"PULLBACK.manifest=complet")
+    elif case == "a travelling file left out":
+        data, announced = tar(
+            [
+                same_member("services/app/a.txt"),
+                member("services/app/big.bin", files["services/app/big.bin"]),
+                member("services/app/d/x", pax=[(DATA_KEY, BASE)]),
+                member("services/app/new", b"new\n"),
+            ],
+            files,
+            left_out={"services/app/a.txt", "services/app/d/x", "services/app/new"},
+        )
+    elif case == "a base file listed":
+        data, announced = tar(
+            [same_member("services/app/a.txt"), *[member(n, d) for n, d in files.items()][1:]],
+            files,
+            left_out=set(),
+        )
+    with pytest.raises(error, match=words):
+        apply(staging, data, delta=delta, announced=announced)

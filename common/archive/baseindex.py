@@ -29,6 +29,8 @@ from .ordered import OrderedLookup
 INDEX_FORMAT = 2
 """2: names stored as bytes (a name need not be UTF-8)."""
 _SUFFIX = ".index.db"
+_BATCH = 1024
+"""Rows :class:`IndexWriter` gathers before it inserts them at once."""
 _OLD, _NEW = ".old", ".new"
 
 
@@ -192,23 +194,34 @@ class IndexWriter:
             BEGIN;
             """
         )
+        self._pending: list[tuple[bytes, str]] = []
 
     def add(self, name: str, sha256: str) -> None:
         """Record the regular file (or hard link) ``name`` with its digest."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO files (name, sha256) VALUES (?, ?)", (_raw(name), sha256)
+        self._pending.append((_raw(name), sha256))
+        if len(self._pending) >= _BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Insert the rows :meth:`add` gathered (in their order: a later row of a name
+        replaces an earlier one)."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO files (name, sha256) VALUES (?, ?)", self._pending
         )
+        self._pending.clear()
 
     def digests(self):
         """Every recorded (name, sha256), names as the archive has them, in the order of
         the names' bytes (:func:`manifest.order`)."""
+        self._flush()
         for raw, sha256 in self._db.execute("SELECT name, sha256 FROM files ORDER BY name"):
-            yield os.fsdecode(raw), sha256
+            yield raw.decode("utf-8", "surrogateescape"), sha256  # as _raw encodes it
 
     def commit(self, tree: IndexedTree) -> None:
         """Take every recorded file's stat as staging has it now, and put the index in
         place of the old one (fsynced). Call it once the unpack passed every check.
         Raises OSError, sqlite3.Error."""
+        self._flush()
         db, root = self._db, os.fsencode(self.staging)
         names = [name for (name,) in db.execute("SELECT name FROM files")]
         rows = []

@@ -15,6 +15,15 @@ MANIFEST_KEY = b"PULLBACK.manifest"
 (whose bytes are the base's, and so are their digests); the day's complete manifest,
 the one the sidecar's ``manifest_sha256`` names, is rebuilt by whoever holds the base."""
 PARTIAL = b"partial"
+NOTICE_NAME = (
+    "MANIFEST.sha256 of a delta archive lists only what changed: "
+    "restore it with pullback-client restore --from"
+)
+"""The name of the first line of a partial manifest (its digest all zeros): no file of an
+archive has it (every name starts with ``services/``), so ``sha256sum --check`` of a
+delta extracted by hand fails on it, naming the way to restore instead of passing
+while the files the base supplies came out empty."""
+NOTICE_LINE = b"0" * 64 + b"  " + NOTICE_NAME.encode() + b"\n"
 
 
 def order(name: str) -> bytes:

@@ -21,7 +21,7 @@ from ..runner import Runner, RunningCommand
 from . import sparse
 from .compression import compression_of, decompress_command
 from .deltaops import DATA_KEY, DELTA, FULL
-from .manifest import MANIFEST_NAME, parse
+from .manifest import MANIFEST_KEY, MANIFEST_NAME, NOTICE_NAME, PARTIAL, parse
 from .tarformat import Member, TarFormatError, TarReader
 
 log = get_logger("archive")
@@ -191,6 +191,7 @@ class _Digests:
     """The ``base`` and ``same`` members: a partial manifest leaves them out, a complete
     one lists them (their digests are the base's, checked by the server)."""
     listed: dict[str, str] | None = None
+    partial: bool = False
     members: int = 0
     files: int = 0
     content: int = 0
@@ -230,6 +231,9 @@ class _Digests:
                 data += chunk
         if data is not None:
             self.listed = parse(bytes(data))  # raises ValueError
+            self.partial = member.pax.get(MANIFEST_KEY) == PARTIAL
+            if self.partial:
+                self.listed.pop(NOTICE_NAME, None)
             return
         self.computed[member.name] = digest.hexdigest()
         self.files += 1
@@ -237,6 +241,9 @@ class _Digests:
 
     def problems(self, listed: dict[str, str]) -> list[str]:
         found = []
+        for name in self.from_base:  # a partial manifest leaves them out, a complete one not
+            if (name in listed) == self.partial:
+                found.append(f"{name} is {'listed' if self.partial else 'missing'}")
         for name, digest in self.computed.items():
             if name not in listed:
                 found.append(f"{name} is not listed")

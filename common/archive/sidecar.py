@@ -93,7 +93,8 @@ class ArchiveInfo:
     content_bytes: int = 0
     kind: ArchiveKind = ArchiveKind.FULL
     manifest_sha256: str = ""
-    """The sha256 of the archive's MANIFEST.sha256 member ("" from an older client)."""
+    """The sha256 of the archive's complete manifest: its MANIFEST.sha256 member's, or
+    what a delta's partial member completes to ("" from an older client)."""
     base: BaseRef | None = None
     """A delta's base (None for a full archive)."""
     sent_bytes: int = 0

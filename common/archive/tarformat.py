@@ -9,6 +9,7 @@ names, big sizes or ids, extended attributes, ACLs).
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass, field
 
 BLOCK = 512
@@ -418,10 +419,16 @@ class _Meta:
             self.long_link = _string(data)
 
 
+def _byte_sum(data: bytes) -> int:
+    """The sum of ``data``'s bytes (at most 256 of them), in C: adler32's low half is 1
+    plus that sum modulo 65521, and 256 bytes add up to 65280 at most."""
+    return (zlib.adler32(data) & 0xFFFF) - 1
+
+
 def _check_checksum(block: bytes) -> None:
     """Raises TarFormatError unless the header's checksum (unsigned or signed) is right."""
     stored = _number(block[148:156])
-    unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    unsigned = _byte_sum(block[:148]) + 256 + _byte_sum(block[156:412]) + _byte_sum(block[412:])
     if stored == unsigned:
         return
     high = sum(b for b in block[:148] if b > 127) + sum(b for b in block[156:] if b > 127)

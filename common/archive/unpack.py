@@ -51,7 +51,15 @@ from ..units import human_size
 from . import acl, deltaops, sparse
 from .baseindex import BaseIndex, IndexedFile, IndexWriter
 from .deltaops import BASE_KEY, DATA_KEY, REALSIZE_KEY
-from .manifest import MANIFEST_KEY, MANIFEST_NAME, PARTIAL, format_line, parse
+from .manifest import (
+    MANIFEST_KEY,
+    MANIFEST_NAME,
+    NOTICE_LINE,
+    NOTICE_NAME,
+    PARTIAL,
+    format_line,
+    parse,
+)
 from .sidecar import SIDECAR_NAME
 from .tarformat import FIFOTYPE, Member
 
@@ -247,8 +255,7 @@ class Unpacker:
         """The sha256 of the complete manifest the sidecar names (a partial manifest
         member is refused without it)."""
         self._partial = False
-        self._from_base: set[int] = set()
-        """Keys of the ``base`` and ``same`` members, which a partial manifest leaves out."""
+        self._manifest_mtime = 0
         self._implied = _Sum()
         """Their names and the index's digests: what a partial manifest leaves out."""
         self._claimed: set[int] = set()
@@ -343,33 +350,17 @@ class Unpacker:
         if self.limits.cancel is not None:
             chunks = _cancellable(chunks, self.limits.cancel)
         if parts == (MANIFEST_NAME,):
-            if DATA_KEY in member.pax:
-                raise HostileArchive("the manifest cannot come from the base")
-            self._partial = self._is_partial(member)
-            summed = _ManifestReader()
-            self._write_file(parts, member, summed.feed(chunks), count=False)
-            try:
-                self._manifest_sum = summed.finish()
-            except ValueError as exc:
-                raise ArchiveError(str(exc)) from None
-            self.manifest_sha256 = summed.sha256.hexdigest()
+            self._manifest(parts, member, chunks)
             return
         key = _key(parts)
         if key in self._seen and not member.is_dir:
             raise HostileArchive(f"member {member.name!r} appears twice")
-        if parts[:-1] != self._last_parent:
-            # members come directory by directory: parents change rarely
-            for i in range(1, len(parts)):
-                parent = _key(parts[:i])
-                if parent in self._links:
-                    raise HostileArchive(
-                        f"member {member.name!r} would be written through the "
-                        f"symlink {'/'.join(parts[:i])!r}"
-                    )
-                self._seen.add(parent)
-            self._last_parent = parts[:-1]
+        if parts[:-1] != self._last_parent:  # members come directory by directory
+            self._check_parents(parts, member)
         self._seen.add(key)
         if member.is_dir:
+            if key in self._files:
+                raise HostileArchive(f"member {member.name!r} is a file and a directory")
             self._dir(parts)
             self._keep_dir_meta(key, parts, member)
         elif member.is_file:
@@ -385,9 +376,41 @@ class Unpacker:
             self._symlink(parts, member)
         elif member.is_hardlink:
             self._hardlink(parts, member)
+            self._files.add(key)  # a name of the manifest too
         else:
             self._seen.discard(key)
             self.stats.warnings.append(f"{escaped(member.name)}: device node dropped")
+
+    def _manifest(self, parts, member: Member, chunks) -> None:
+        """The manifest member: summed as it passes to staging's file."""
+        if DATA_KEY in member.pax:
+            raise HostileArchive("the manifest cannot come from the base")
+        self._partial = self._is_partial(member)
+        self._manifest_mtime = member.mtime_ns
+        summed = _ManifestReader(NOTICE_LINE[:-1] if self._partial else None)
+        self._write_file(parts, member, summed.feed(chunks), count=False)
+        try:
+            self._manifest_sum = summed.finish()
+        except ValueError as exc:
+            raise ArchiveError(str(exc)) from None
+        self.manifest_sha256 = summed.sha256.hexdigest()
+
+    def _check_parents(self, parts: tuple[str, ...], member: Member) -> None:
+        """Refuse a member below a symlink or a file of this archive; note its parents
+        as seen (the sweep keeps them)."""
+        for i in range(1, len(parts)):
+            parent = _key(parts[:i])
+            if parent in self._links:
+                raise HostileArchive(
+                    f"member {member.name!r} would be written through the "
+                    f"symlink {'/'.join(parts[:i])!r}"
+                )
+            if parent in self._files:
+                raise HostileArchive(
+                    f"member {member.name!r} is below the file {'/'.join(parts[:i])!r}"
+                )
+            self._seen.add(parent)
+        self._last_parent = parts[:-1]
 
     def _is_partial(self, member: Member) -> bool:
         """Whether the manifest member lists only the files whose bytes travel. Raises
@@ -797,8 +820,11 @@ class Unpacker:
         else:
             self.stats.unchanged += 1
         self._summed(member.name, row.sha256)
-        self._from_base.add(_key(parts))
         self._implied.add(member.name, row.sha256)
+        # its line of the complete manifest, which the server writes (a partial one)
+        line = len(format_line(member.name, row.sha256))
+        self._count_size(line)
+        self._check_free(line)
 
     def _copy_from(self, base: _Base, parts) -> None:
         """Copy the base file (of another name) to ``parts``, replacing what is there."""
@@ -1059,7 +1085,8 @@ class Unpacker:
         client's cache vouched for (staging's tree is not the client's base)."""
         assert self.index is not None
         digest = hashlib.sha256()
-        fd = os.open(MANIFEST_NAME, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW, dir_fd=self._root)
+        flags = os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(MANIFEST_NAME, flags, dir_fd=self._root)
         try:
             batch: list[bytes] = []
             for number, (name, sha256) in enumerate(self.index.digests(), 1):
@@ -1067,6 +1094,7 @@ class Unpacker:
                 if number % 4096 == 0:
                     self._write_lines(fd, batch, digest)
             self._write_lines(fd, batch, digest)
+            os.utime(fd, ns=(self._manifest_mtime, self._manifest_mtime))
         finally:
             os.close(fd)
         self.manifest_sha256 = digest.hexdigest()
@@ -1094,12 +1122,12 @@ class Unpacker:
             return [f"{MANIFEST_NAME} is unreadable: {exc}"]
         problems: list[str] = []
         found = set()
+        listed.pop(NOTICE_NAME, None)
         for name, digest in self._digests():
-            if self._partial and _key(tuple(name.split("/"))) in self._from_base:
-                continue  # left out of a partial manifest: proved by the complete one
             found.add(name)
             if name not in listed:
-                problems.append(f"{escaped(name)} is not listed")
+                if not self._partial:  # (a partial one leaves the base's files out)
+                    problems.append(f"{escaped(name)} is not listed")
             elif digest() != listed[name]:
                 problems.append(f"{escaped(name)} has changed")
             if len(problems) > MAX_NAMED:
@@ -1271,9 +1299,11 @@ class _Sum:
 
 
 class _ManifestReader:
-    """Sums the manifest's entries while its bytes pass through to the staging file."""
+    """Sums the manifest's entries while its bytes pass through to the staging file;
+    ``skipped``: a line that is no entry (a partial manifest's notice)."""
 
-    def __init__(self):
+    def __init__(self, skipped: bytes | None = None):
+        self.skipped = skipped
         self.sum = _Sum()
         self.sha256 = hashlib.sha256()
         self._rest = b""
@@ -1292,7 +1322,7 @@ class _ManifestReader:
             yield chunk
 
     def _line(self, line: bytes) -> None:
-        if not line:
+        if not line or line == self.skipped:
             return
         # a name listed twice cannot make the sums agree: no set of names is needed
         for name, digest in parse(line + b"\n").items():

@@ -41,7 +41,7 @@ from .compression import compress_command, test_command
 from .deltaops import BASE, BASE_KEY, DATA_KEY, DELTA, REALSIZE_KEY, SAME
 from .filecache import CHUNKED_FROM, CachedFile, FileCache
 from .filedata import Content, read_content, streamed_note
-from .manifest import MANIFEST_KEY, MANIFEST_NAME, PARTIAL, format_line, order
+from .manifest import MANIFEST_KEY, MANIFEST_NAME, NOTICE_LINE, PARTIAL, format_line, order
 from .sparse import Region
 from .stats import ExcludeFn, TaskStats
 from .tee import Tee
@@ -220,8 +220,8 @@ class ArchiveWriter:
 
     def _add_manifest(self) -> str:
         """Append the manifest member: every file's line, or (a delta with ``base`` or
-        ``same`` members) every line but theirs, marked partial. Returns the sha256 of
-        the complete manifest, in either case."""
+        ``same`` members) the notice line and every line but theirs, marked partial.
+        Returns the sha256 of the complete manifest, in either case."""
         names = sorted(self._manifest, key=order)
         lines = [format_line(name, self._manifest[name]) for name in names]
         complete = b"".join(lines)
@@ -229,7 +229,7 @@ class ArchiveWriter:
             self._add_bytes(MANIFEST_NAME, complete, record=False)
         else:
             from_base = self._from_base
-            listed = b"".join(
+            listed = NOTICE_LINE + b"".join(
                 line for name, line in zip(names, lines, strict=True) if name not in from_base
             )
             extra = [(MANIFEST_KEY, PARTIAL)]

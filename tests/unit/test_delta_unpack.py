@@ -28,6 +28,7 @@ from pullback.common.archive.deltaops import (
 from pullback.common.archive.manifest import (
     MANIFEST_KEY,
     MANIFEST_NAME,
+    NOTICE_LINE,
     PARTIAL,
     format_line,
     order,
@@ -71,7 +72,7 @@ def tar(
     if left_out is None:
         last = member(MANIFEST_NAME, complete)
     else:
-        listed = b"".join(line for n, line in lines if n not in left_out)
+        listed = NOTICE_LINE + b"".join(line for n, line in lines if n not in left_out)
         last = member(MANIFEST_NAME, listed, pax=[(MANIFEST_KEY, PARTIAL)])
     body = b"".join(members) + last + bytes(1024)
     return body, hashlib.sha256(complete).hexdigest()
@@ -680,7 +681,7 @@ def test_a_file_the_base_supplies_that_differs_from_the_day_is_a_base_mismatch(s
         ("no sha256 of the complete manifest", HostileArchive, "needs a base"),
         ("a full archive", HostileArchive, "needs a base"),
         ("an unknown form", HostileArchive, "unknown PULLBACK.manifest"),
-        ("a travelling file left out", ArchiveError, "services/app/new is not listed"),
+        ("a travelling file left out", ArchiveError, "does not match"),
         ("a base file listed", ArchiveError, "does not match"),
     ],
 )
@@ -714,3 +715,33 @@ def test_a_partial_manifest_that_cannot_be_proved_is_refused(staging, case, erro
         )
     with pytest.raises(error, match=words):
         apply(staging, data, delta=delta, announced=announced)
+
+
+def test_the_lines_a_partial_manifest_leaves_out_count_against_max_unpacked_size(staging):
+    """The server writes the complete manifest itself: every left-out line counts as it
+    arrives. Names of 3,000 backslashes (6,000 bytes a line, escaped) taken from one base
+    file: a few bytes of archive each, refused before the manifest could fill the disk."""
+    deep = "/".join(["\\" * 250] * 12)
+    names = [f"services/app/{i:03d}/{deep}" for i in range(400)]
+    members = [member(n, pax=[(DATA_KEY, BASE), (BASE_KEY, b"services/app/a.txt")]) for n in names]
+    files = {n: FILES["services/app/a.txt"] for n in names}
+    data, complete = tar(members, files, left_out=set(names))
+    assert len(data) < 2 << 20  # (uncompressed; a few KB with zstd)
+    limits = UnpackLimits(max_size=2 << 20)
+    with pytest.raises(ArchiveTooLarge, match=r"more than 2\.0 MiB"):
+        apply(staging, data, delta=True, limits=limits, announced=complete)
+
+
+@pytest.mark.parametrize("second", ["a directory", "a file below it"])
+def test_a_file_cannot_also_be_a_directory(staging, second):
+    """The file's name would stay in the index and the manifest while staging holds a
+    directory there."""
+    files = {"services/app/a.txt": b"alpha\n"}
+    later = (
+        member("services/app/a.txt", kind=tarformat.DIRTYPE)
+        if second == "a directory"
+        else member("services/app/a.txt/inner", b"i")
+    )
+    data, _ = tar([member("services/app/a.txt", b"alpha\n"), later], files)
+    with pytest.raises(HostileArchive, match=r"a file and a directory|is below the file"):
+        apply(staging, data, delta=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,8 +18,10 @@ import pytest
 from pullback.common.archive import writer
 from pullback.common.archive.deltaops import DATA_KEY
 from pullback.common.archive.filecache import CachedFile, FileCache
+from pullback.common.archive.reader import verify_archive
 from pullback.common.archive.tarformat import TarReader
 from pullback.common.archive.writer import ArchiveWriter, Incremental
+from pullback.common.errors import ArchiveError
 
 
 @pytest.fixture
@@ -103,3 +106,35 @@ def test_a_mode_or_owner_changed_without_a_new_ctime_is_not_unchanged(tmp_path, 
     fields = list(st)
     fields[{"st_mode": 0, "st_uid": 4, "st_gid": 5}[field]] += 1
     assert not row.unchanged(os.stat_result(fields, times))
+
+
+def test_a_deltas_manifest_leaves_the_base_files_out_and_says_so(tmp_path, tree):
+    """The delta's manifest member lists only what travels, after a notice line: the
+    client's read-back accepts it, refuses it once it no longer says it is partial, and
+    ``sha256sum --check`` of the delta extracted by hand fails, naming the way to
+    restore, instead of passing over the base's files (extracted empty)."""
+    (tree / "changed.txt").write_bytes(b"one\n")
+    ctime_settles()
+    day(tmp_path, tree, 1, delta=False)
+    (tree / "changed.txt").write_bytes(b"two\n")
+    assert day(tmp_path, tree, 2, delta=True)["f.txt"][0] == b"same"
+    delta = tmp_path / "web1-20261202T030000Z.tar"
+    verified = verify_archive(delta)
+    assert list(verified.manifest) == ["services/app/files/src/changed.txt"]
+    raw = delta.read_bytes()
+    assert raw.count(b"PULLBACK.manifest=partial") == 1
+    extracted = tmp_path / "by-hand"
+    extracted.mkdir()
+    subprocess.run(["tar", "-xf", str(delta), "-C", str(extracted)], check=True)
+    check = subprocess.run(
+        ["sha256sum", "--check", "--strict", "MANIFEST.sha256"],
+        cwd=extracted,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+    assert check.returncode != 0
+    assert "restore it with pullback-client restore --from" in check.stdout + check.stderr
+    delta.write_bytes(raw.replace(b"manifest=partial", b"manifest=Partial"))
+    with pytest.raises(ArchiveError, match=r"f\.txt is missing"):
+        verify_archive(delta)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 
 import pytest
@@ -74,3 +75,26 @@ def test_an_absurd_extended_header_is_refused():
     block = tarformat.header("h", tarformat.PAXTYPE, mode=0o644, size=tarformat.MAX_META + 1)
     with pytest.raises(TarFormatError, match="not plausible"):
         members(block + bytes(1024))
+
+
+def test_header_checksums_with_every_byte_high_are_summed_exactly(tmp_path):
+    """The checksum sums a header's bytes in three parts of at most 256 (adler32 in C):
+    GNU tar's headers whose name, link name and ustar prefix are 0xff bytes read back,
+    and one bit flipped in the prefix, the last part, is still caught."""
+    assert tarformat._byte_sum(b"\xff" * 256) == 256 * 255
+    high = "\udcff" * 99  # 99 bytes of 0xff as a file name
+    (tmp_path / high).mkdir()
+    (tmp_path / high / high).write_bytes(b"y")  # its prefix field: 99 bytes of 0xff
+    (tmp_path / "link").symlink_to(high)
+    names = [os.fsencode(high), b"link"]  # (the directory brings its file)
+    data = subprocess.run(
+        ["tar", "--format=ustar", "--owner=0", "--group=0", "-cf", "-", "-C", tmp_path, *names],
+        capture_output=True,
+        check=True,
+    ).stdout
+    found = [m.name for m, _ in members(data)]
+    assert found == [f"{high}/", f"{high}/{high}", "link"]
+    flipped = bytearray(data)
+    flipped[512 + 400] ^= 0x01  # in the file header's prefix field (bytes 345-499)
+    with pytest.raises(TarFormatError, match="checksum"):
+        members(bytes(flipped))

@@ -35,6 +35,8 @@ CACHE_FORMAT = 4
 4: mode, owner, group and whether extended attributes were read (a row vouches for the
 file's metadata too: an unchanged file travels as a ``same`` member)."""
 CACHE_NAME = "files.db"
+_BATCH = 1024
+"""Rows of the new cache gathered before they are inserted at once."""
 RACY_NS = 2_000_000_000
 """A file whose mtime or ctime lies this close to the moment it was read may change again
 within the same clock tick unseen (git's racy-clean problem): it is read again next run."""
@@ -157,6 +159,8 @@ class FileCache:
         self._old: sqlite3.Connection | None = None
         self._rows: OrderedLookup | None = None
         self._new: sqlite3.Connection | None = None
+        self._pending: list[tuple] = []
+        """Rows of the new cache not inserted yet."""
         self.base: BaseRef | None = None
         """The archive the old cache describes (None: no usable cache)."""
 
@@ -224,10 +228,9 @@ class FileCache:
         self._new = db
 
     def record(self, name: str, row: CachedFile) -> None:
-        """Put the member ``name`` into the new cache."""
+        """Put the member ``name`` into the new cache (inserted by the thousand)."""
         if self._new is not None:
-            self._new.execute(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._pending.append(
                 (
                     name.encode("utf-8", "surrogateescape"),
                     row.dev,
@@ -242,14 +245,27 @@ class FileCache:
                     row.uid,
                     row.gid,
                     int(row.xattrs),
-                ),
+                )
             )
+            if len(self._pending) >= _BATCH:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Insert the rows :meth:`record` gathered, in their order (a later row of a
+        name replaces an earlier one)."""
+        if self._new is not None:
+            self._new.executemany(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self._pending,
+            )
+        self._pending.clear()
 
     def finish(self, archive: str, manifest_sha256: str) -> None:
         """Complete the new cache for ``archive`` (fsynced; not yet in place)."""
         db = self._new
         if db is None:
             return
+        self._flush()
         meta = {**_meta(self.host), "archive": archive, "manifest_sha256": manifest_sha256}
         db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
         db.execute("COMMIT")
@@ -271,6 +287,7 @@ class FileCache:
             self._rows = None
             self._old.close()
             self._old = None
+        self._pending.clear()
         if self._new is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._new.close()

@@ -47,6 +47,7 @@ from .stats import ExcludeFn, TaskStats
 from .tee import Tee
 
 log = get_logger("archive")
+_SAME_RECORD = [(DATA_KEY, SAME)]
 
 BLOCK = tarformat.BLOCK
 RECORD = 20 * BLOCK
@@ -659,7 +660,7 @@ class ArchiveWriter:
         for a ``base`` member, and no extended attributes read)."""
         self._members += 1
         self._from_base.add(arcname)
-        self._emit(tarformat.header(arcname, tarformat.REGTYPE, mode=0, pax=[(DATA_KEY, SAME)]))
+        self._emit(tarformat.name_only_header(arcname, _SAME_RECORD))
 
     def _base_record(self) -> list[tuple[bytes, bytes]]:
         if self._base_of is None:

@@ -98,3 +98,23 @@ def test_header_checksums_with_every_byte_high_are_summed_exactly(tmp_path):
     flipped[512 + 400] ^= 0x01  # in the file header's prefix field (bytes 345-499)
     with pytest.raises(TarFormatError, match="checksum"):
         members(bytes(flipped))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_name_only_header_is_the_general_header_byte_for_byte(seed):
+    """The ``same`` member's template path gives exactly what :func:`tarformat.header`
+    gives, for short ASCII names, and falls back for the rest (long, non-ASCII, a
+    trailing slash); GNU tar's reader (ours) reads the name back."""
+    import random
+
+    rng = random.Random(seed)
+    alphabet = "abcXYZ019._-/ %:\\\\"
+    names = ["a", "x" * 100, "d/" + "y" * 97, "é/non-ascii", "z" * 101, "dir/", "\\udcff"]
+    names += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 120))) for _ in range(300)]
+    pax = [(b"PULLBACK.data", b"same")]
+    for name in names:
+        fast = tarformat.name_only_header(name, pax)
+        assert fast == tarformat.header(name, tarformat.REGTYPE, mode=0, pax=pax), name
+    assert tuple(pax) in tarformat._NAME_ONLY  # (the template was used, not only the fallback)
+    ((member, _),) = members(fast + bytes(1024))
+    assert member.name == names[-1] and member.pax[b"PULLBACK.data"] == b"same"

@@ -453,6 +453,7 @@ class _Meta:
 def _byte_sum(data: bytes) -> int:
     """The sum of ``data``'s bytes (at most 256 of them), in C: adler32's low half is 1
     plus that sum modulo 65521, and 256 bytes add up to 65280 at most."""
+    assert len(data) <= 256
     return (zlib.adler32(data) & 0xFFFF) - 1
 
 

@@ -275,6 +275,7 @@ class Unpacker:
         self._seen: set[int] = set()
         self._links: set[int] = set()
         self._files: set[int] = set()
+        self._fifos: set[int] = set()
         self._link_digests: dict[int, str] = {}
         """The digest of each file some hard link points to, hashed once for all its links."""
         self._sum = _Sum()
@@ -359,7 +360,7 @@ class Unpacker:
             self._check_parents(parts, member)
         self._seen.add(key)
         if member.is_dir:
-            if key in self._files:
+            if key in self._files or key in self._links or key in self._fifos:
                 raise HostileArchive(f"member {member.name!r} is a file and a directory")
             self._dir(parts)
             self._keep_dir_meta(key, parts, member)
@@ -370,6 +371,7 @@ class Unpacker:
             self.stats.bytes += _apparent_size(member)
         elif member.kind == FIFOTYPE:
             self._fifo(parts, member)
+            self._fifos.add(key)
         elif member.is_symlink:
             self._links.add(key)
             self._last_parent = None  # a later member below it must be checked again
@@ -405,7 +407,7 @@ class Unpacker:
                     f"member {member.name!r} would be written through the "
                     f"symlink {'/'.join(parts[:i])!r}"
                 )
-            if parent in self._files:
+            if parent in self._files or parent in self._fifos:
                 raise HostileArchive(
                     f"member {member.name!r} is below the file {'/'.join(parts[:i])!r}"
                 )
@@ -1122,7 +1124,8 @@ class Unpacker:
             return [f"{MANIFEST_NAME} is unreadable: {exc}"]
         problems: list[str] = []
         found = set()
-        listed.pop(NOTICE_NAME, None)
+        if self._partial:
+            listed.pop(NOTICE_NAME, None)
         for name, digest in self._digests():
             found.add(name)
             if name not in listed:

@@ -732,16 +732,25 @@ def test_the_lines_a_partial_manifest_leaves_out_count_against_max_unpacked_size
         apply(staging, data, delta=True, limits=limits, announced=complete)
 
 
+@pytest.mark.parametrize("first", ["a file", "a FIFO", "a symlink"])
 @pytest.mark.parametrize("second", ["a directory", "a file below it"])
-def test_a_file_cannot_also_be_a_directory(staging, second):
+def test_a_file_cannot_also_be_a_directory(staging, first, second):
     """The file's name would stay in the index and the manifest while staging holds a
-    directory there."""
-    files = {"services/app/a.txt": b"alpha\n"}
+    directory there (a FIFO or a symlink would silently become one)."""
+    files = {"services/app/a.txt": b"alpha\n"} if first == "a file" else {}
+    earlier = {
+        "a file": member("services/app/a.txt", b"alpha\n"),
+        "a FIFO": member("services/app/a.txt", kind=tarformat.FIFOTYPE),
+        "a symlink": member("services/app/a.txt", kind=tarformat.SYMTYPE, linkname="x"),
+    }[first]
     later = (
         member("services/app/a.txt", kind=tarformat.DIRTYPE)
         if second == "a directory"
         else member("services/app/a.txt/inner", b"i")
     )
-    data, _ = tar([member("services/app/a.txt", b"alpha\n"), later], files)
-    with pytest.raises(HostileArchive, match=r"a file and a directory|is below the file"):
+    files |= {} if second == "a directory" else {"services/app/a.txt/inner": b"i"}
+    data, _ = tar([earlier, later], files)
+    with pytest.raises(
+        HostileArchive, match=r"a file and a directory|is below the file|through the symlink"
+    ):
         apply(staging, data, delta=False)

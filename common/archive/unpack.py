@@ -360,7 +360,11 @@ class Unpacker:
             self._check_parents(parts, member)
         self._seen.add(key)
         if member.is_dir:
-            if key in self._files or key in self._links or key in self._fifos:
+            if key in self._links:
+                raise HostileArchive(
+                    f"member {member.name!r} would be written through the symlink {member.name!r}"
+                )
+            if key in self._files or key in self._fifos:
                 raise HostileArchive(f"member {member.name!r} is a file and a directory")
             self._dir(parts)
             self._keep_dir_meta(key, parts, member)

@@ -186,7 +186,8 @@ class Fleet:
 
     def check_repository(self, name: str) -> None:
         tool = ["restic", "check"] if self.backend == "restic" else ["borg", "check"]
-        subprocess.run(tool, env=self.repo_env(name), capture_output=True, check=True)
+        done = subprocess.run(tool, env=self.repo_env(name), capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(tool)} of {name}: {done.stdout}{done.stderr}"
 
     def restore(self, name: str, target: Path) -> Path:
         """Restore the newest snapshot; return the directory holding services/."""

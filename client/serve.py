@@ -7,6 +7,9 @@ are answered (``fetched`` leaves a mark; the client's own run moves the archive 
 ``fetched/`` once a newer one exists; ``fetched <archive> deltas`` also leaves the mark
 that the server applies deltas, which ``incremental.enabled: auto`` waits for). The
 ``pullback`` user reads the archive directory and writes only its marks directory.
+A ``session`` (protocol 4) answers these requests one after another, read as lines from
+standard input, each answer framed (:mod:`pullback.common.protocol`): a whole pull costs
+one process start.
 
 Anything else is refused, logged (to syslog and stderr), and exits 2. Nothing else runs.
 """
@@ -31,11 +34,16 @@ from ..common.locks import lock_status
 from ..common.log import bare_messages, get_logger
 from ..common.protocol import (
     FETCHED_ANSWER,
+    MAX_REQUEST,
+    MAX_SESSION_REQUESTS,
     Listing,
     Refused,
+    Request,
     Verb,
     lock_answer,
+    ok_frame,
     parse_request,
+    refused_frame,
 )
 from .config import ClientConfig
 
@@ -107,8 +115,11 @@ def _open_archive(config: ClientConfig, name: str) -> int:
     return fd
 
 
-def send(config: ClientConfig, name: str, offset: int, out_fd: int) -> int:
-    """Copy the archive from ``offset`` to ``out_fd``; return the bytes sent."""
+def send(config: ClientConfig, name: str, offset: int, out_fd: int, framed=False) -> int:
+    """Copy the archive from ``offset`` to ``out_fd`` (``framed``: after the ``ok
+    <length>`` line of a session); return the bytes sent. Raises Refused (no such
+    archive, an offset past its end), OSError (a framed answer that could not be sent
+    whole included: the session cannot go on)."""
     try:
         fd = _open_archive(config, name)
     except FileNotFoundError:
@@ -117,25 +128,36 @@ def send(config: ClientConfig, name: str, offset: int, out_fd: int) -> int:
         size = os.fstat(fd).st_size
         if offset > size:
             raise Refused(f"offset {offset} is past the end ({size} bytes)")
-        sent = 0
-        position = offset
-        try:
-            while position < size:
-                n = os.sendfile(out_fd, fd, position, min(size - position, 1 << 30))
-                if n == 0:
-                    break
-                position += n
-                sent += n
-        except OSError as exc:
-            if exc.errno != 22 or sent:  # EINVAL: the output cannot take sendfile
-                raise
-            os.lseek(fd, position, os.SEEK_SET)
-            while chunk := os.read(fd, 1 << 20):
-                write_all(out_fd, chunk)
-                sent += len(chunk)
+        if framed:
+            write_all(out_fd, ok_frame(size - offset))
+        sent = _copy(fd, offset, size, out_fd)
+        if framed and sent != size - offset:
+            raise OSError(f"{name} ended after {sent} of {size - offset} bytes")
         return sent
     finally:
         os.close(fd)
+
+
+def _copy(fd: int, offset: int, size: int, out_fd: int) -> int:
+    """Copy ``fd`` from ``offset`` up to ``size`` to ``out_fd``; return the bytes copied."""
+    sent = 0
+    position = offset
+    try:
+        while position < size:
+            n = os.sendfile(out_fd, fd, position, min(size - position, 1 << 30))
+            if n == 0:
+                break
+            position += n
+            sent += n
+    except OSError as exc:
+        if exc.errno != 22 or sent:  # EINVAL: the output cannot take sendfile
+            raise
+        os.lseek(fd, position, os.SEEK_SET)
+        while position < size and (chunk := os.read(fd, min(1 << 20, size - position))):
+            write_all(out_fd, chunk)
+            sent += len(chunk)
+            position += len(chunk)
+    return sent
 
 
 def mark_fetched(config: ClientConfig, name: str) -> None:
@@ -152,46 +174,26 @@ def command(config: ClientConfig, args: argparse.Namespace) -> int:
     return serve(config)
 
 
-def serve(config: ClientConfig, request_text: str | None = None, out: int | None = None) -> int:
-    """Answer one request (from ``SSH_ORIGINAL_COMMAND``); return the exit code."""
+def serve(
+    config: ClientConfig,
+    request_text: str | None = None,
+    out: int | None = None,
+    stdin: int | None = None,
+) -> int:
+    """Answer one request (from ``SSH_ORIGINAL_COMMAND``), or every request of a
+    ``session`` (lines read from ``stdin``); return the exit code."""
     if request_text is None:
         request_text = os.environ.get("SSH_ORIGINAL_COMMAND")
     out_fd = sys.stdout.fileno() if out is None else out
     audit = _audit_logger()
     try:
         request = parse_request(request_text)
-        if request.verb is Verb.LIST:
-            os.write(out_fd, (answer_list(config).to_json() + "\n").encode())
-        elif request.verb is Verb.LOCK:
-            os.write(out_fd, (lock_answer(_lock_record(config)) + "\n").encode())
-        elif request.verb is Verb.SEND:
-            sys.stdout.flush()
-            sent = send(config, request.archive, request.offset, out_fd)
-            audit.info(
-                "sent %s from byte %d (%d bytes) to %s",
-                request.archive,
-                request.offset,
-                sent,
-                _peer(),
-            )
-        elif request.verb is Verb.FETCHED:
-            mark_fetched(config, request.archive)
-            claim = ""
-            if request.deltas:
-                archives.mark_server_applies_deltas(config.archive_dir)
-                claim = ", who says it applies deltas"
-            audit.info("%s marked fetched by %s%s", request.archive, _peer(), claim)
-            os.write(out_fd, (FETCHED_ANSWER + "\n").encode())
-        elif request.verb is Verb.FULL:
-            archives.mark_want_full(config.archive_dir)
-            audit.info("a full archive asked for by %s", _peer())
-            os.write(out_fd, (FETCHED_ANSWER + "\n").encode())
+        if request.verb is Verb.SESSION:
+            return _session(config, sys.stdin.fileno() if stdin is None else stdin, out_fd, audit)
+        _answer(config, request, out_fd, audit)
         return EXIT_OK
     except Refused as exc:
-        shown = repr(request_text)[:200]
-        message = f"refused request {shown} from {_peer()}: {exc}"
-        audit.warning("%s", message)
-        log.error("%s", message)
+        _refusal(audit, request_text, exc)
         return EXIT_CONFIG
     except BrokenPipeError:
         audit.warning("the server closed the connection during %r", request_text)
@@ -199,3 +201,89 @@ def serve(config: ClientConfig, request_text: str | None = None, out: int | None
     except OSError as exc:
         log.error("cannot answer %r: %s", request_text, exc)
         return EXIT_FAILED
+
+
+def _refusal(audit: logging.Logger, request_text: str | None, exc: Refused) -> None:
+    """Say that ``request_text`` was refused: to syslog's auth facility and standard error."""
+    message = f"refused request {repr(request_text)[:200]} from {_peer()}: {exc}"
+    audit.warning("%s", message)
+    log.error("%s", message)
+
+
+def _session(config: ClientConfig, in_fd: int, out_fd: int, audit: logging.Logger) -> int:
+    """Answer the requests read as lines from ``in_fd`` until it ends, each answer framed
+    (``ok <length>`` and its bytes, or ``refused <words>``: the session goes on). Returns
+    EXIT_OK at the end of the input. Raises Refused for a line longer than MAX_REQUEST or
+    past MAX_SESSION_REQUESTS requests (the session ends), OSError when an answer cannot
+    be written whole (the server sees the answer cut)."""
+    lines = _RequestLines(in_fd)
+    for _ in range(MAX_SESSION_REQUESTS):
+        line = lines.next()
+        if line is None:
+            return EXIT_OK
+        try:
+            request = parse_request(line)
+            if request.verb is Verb.SESSION:
+                raise Refused("a session cannot open another")
+            _answer(config, request, out_fd, audit, framed=True)
+        except Refused as exc:
+            _refusal(audit, line, exc)
+            write_all(out_fd, refused_frame(str(exc)))
+    raise Refused(f"more than {MAX_SESSION_REQUESTS} requests in one session")
+
+
+class _RequestLines:
+    """A session's request lines, read from a descriptor: at most MAX_REQUEST characters
+    each (ASCII; anything else is left to :func:`parse_request` to refuse)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buffer = b""
+
+    def next(self) -> str | None:
+        """The next line without its newline, or None at the end of the input (a last
+        line without its newline is dropped: the server went away). Raises Refused."""
+        while b"\n" not in self.buffer:
+            if len(self.buffer) > MAX_REQUEST:
+                raise Refused(f"a request line longer than {MAX_REQUEST} characters")
+            data = os.read(self.fd, 4096)
+            if not data:
+                return None
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        if len(line) > MAX_REQUEST:
+            raise Refused(f"a request line longer than {MAX_REQUEST} characters")
+        return line.decode("ascii", "replace")
+
+
+def _answer(
+    config: ClientConfig, request: Request, out_fd: int, audit: logging.Logger, framed=False
+) -> None:
+    """Answer ``request`` on ``out_fd`` (``framed``: after the ``ok <length>`` line of a
+    session). Raises Refused, OSError."""
+    if request.verb is Verb.SEND:
+        sys.stdout.flush()
+        sent = send(config, request.archive, request.offset, out_fd, framed)
+        audit.info(
+            "sent %s from byte %d (%d bytes) to %s", request.archive, request.offset, sent, _peer()
+        )
+        return
+    if request.verb is Verb.LIST:
+        answer = answer_list(config).to_json()
+    elif request.verb is Verb.LOCK:
+        answer = lock_answer(_lock_record(config))
+    elif request.verb is Verb.FETCHED:
+        mark_fetched(config, request.archive)
+        claim = ""
+        if request.deltas:
+            archives.mark_server_applies_deltas(config.archive_dir)
+            claim = ", who says it applies deltas"
+        audit.info("%s marked fetched by %s%s", request.archive, _peer(), claim)
+        answer = FETCHED_ANSWER
+    else:
+        assert request.verb is Verb.FULL
+        archives.mark_want_full(config.archive_dir)
+        audit.info("a full archive asked for by %s", _peer())
+        answer = FETCHED_ANSWER
+    data = (answer + "\n").encode()
+    write_all(out_fd, ok_frame(len(data)) + data if framed else data)

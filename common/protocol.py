@@ -1,7 +1,7 @@
 """The serve protocol: what the server may ask a client, and what the client answers.
 
 The server's SSH key runs ``pullback-client serve`` as a forced command; sshd hands the
-requested command line over in ``SSH_ORIGINAL_COMMAND``. Exactly five requests exist:
+requested command line over in ``SSH_ORIGINAL_COMMAND``. Exactly six requests exist:
 
 ``list``                    a JSON :class:`Listing`: protocol, host, version, the
                             archive-directory lock, every complete archive with its size
@@ -15,6 +15,12 @@ requested command line over in ``SSH_ORIGINAL_COMMAND``. Exactly five requests e
                             run on; sent only to a client of protocol 3 or later
 ``full``                    ``{"ok": true}``: the next run makes a full archive (the
                             server cannot use the client's chain of deltas); protocol 2
+``session``                 protocol 4: one serve process answers the other five, one
+                            after another, read as lines from its standard input; each
+                            answer is framed (:func:`ok_frame`, :func:`refused_frame`,
+                            :func:`parse_frame`), so one SSH channel and one process start
+                            serve a whole pull (a process start and the sshd session cost
+                            0.3-0.4 s each over a WAN link)
 
 Both sides use this module: the client to parse (and refuse) requests and to build its
 answer, the server to write requests and to read the answer, which it never trusts.
@@ -30,9 +36,9 @@ from typing import Any
 
 from .archive.sidecar import ARCHIVE_NAME
 
-PROTOCOL = 3
+PROTOCOL = 4
 """1: the first four requests; 2: delta archives and the ``full`` request; 3: ``fetched
-<archive> deltas`` (the server says it applies deltas)."""
+<archive> deltas`` (the server says it applies deltas); 4: ``session``."""
 DELTAS_WORD = "deltas"
 """The third word of a ``fetched`` request from a server that applies delta archives."""
 MAX_REQUEST = 512
@@ -44,6 +50,13 @@ thousand ordinary ones fit. Decoding costs about 30 bytes of memory per byte of 
 worst (a list of empty objects): 2 MiB stay near 60 MiB (16 MiB took a pull to 476 MiB)."""
 MAX_ARCHIVES = 1000
 """Archives (usable or not) a ``list`` answer may name; more is not a real client."""
+MAX_SESSION_REQUESTS = 1000
+"""Requests one ``session`` answers: a pull asks for a listing (again while the client
+publishes), each archive of a chain and the ``fetched`` mark, a few dozen at most."""
+MAX_FRAME = 600
+"""Bytes of a session answer's first line (``ok <length>`` or ``refused <words>``)."""
+MAX_REFUSAL = 400
+"""Characters of a refusal's words in a session answer."""
 
 _OFFSET = re.compile(r"^(0|[1-9][0-9]{0,18})$")
 
@@ -54,10 +67,11 @@ class Verb(StrEnum):
     SEND = "send"
     FETCHED = "fetched"
     FULL = "full"
+    SESSION = "session"
 
 
 class Refused(Exception):
-    """A request that is not one of the five, with the reason."""
+    """A request that is not one of the six, with the reason."""
 
 
 @dataclass(frozen=True)
@@ -90,10 +104,12 @@ class Request:
 LIST = Request(Verb.LIST)
 LOCK = Request(Verb.LOCK)
 FULL = Request(Verb.FULL)
+SESSION = Request(Verb.SESSION)
 
 
 def parse_request(text: str | None) -> Request:
-    """Parse ``SSH_ORIGINAL_COMMAND``. Raises Refused for anything but the five requests."""
+    """Parse ``SSH_ORIGINAL_COMMAND`` (or a line of a session). Raises Refused for anything
+    but the six requests."""
     if text is None or not text.strip():
         raise Refused("no request: this key only answers pullback-server")
     if len(text) > MAX_REQUEST:
@@ -101,7 +117,7 @@ def parse_request(text: str | None) -> Request:
     if not text.isprintable() or not text.isascii():
         raise Refused("request holds control or non-ASCII characters")
     verb, *rest = text.split(" ")
-    if verb in (Verb.LIST, Verb.LOCK, Verb.FULL) and not rest:
+    if verb in (Verb.LIST, Verb.LOCK, Verb.FULL, Verb.SESSION) and not rest:
         return Request(Verb(verb))
     if verb == Verb.SEND and len(rest) == 2:
         if not _OFFSET.match(rest[1]):
@@ -182,3 +198,40 @@ def lock_answer(lock: dict | None) -> str:
 
 
 FETCHED_ANSWER = '{"ok": true}'
+
+
+# -- a session's answers --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The first line of a session answer: ``length`` bytes follow, or the request was
+    refused (``refused``: the client's words, not yet escaped)."""
+
+    length: int = 0
+    refused: str | None = None
+
+
+def ok_frame(length: int) -> bytes:
+    """The line before an answer of ``length`` bytes."""
+    return f"ok {length}\n".encode()
+
+
+def refused_frame(reason: str) -> bytes:
+    """The line that refuses a request, its words on one line of at most MAX_REFUSAL
+    characters of printable ASCII."""
+    words = "".join(c if c.isascii() and c.isprintable() else "?" for c in reason)
+    return f"refused {words[:MAX_REFUSAL]}\n".encode()
+
+
+def parse_frame(line: bytes) -> Frame:
+    """Read a session answer's first line (its newline included). Raises ValueError when
+    it is not one (a client's bytes: never trusted)."""
+    if len(line) > MAX_FRAME or not line.endswith(b"\n"):
+        raise ValueError("a session answer without its first line")
+    word, _, rest = line[:-1].partition(b" ")
+    if word == b"ok" and _OFFSET.fullmatch(rest.decode("ascii", "replace")):
+        return Frame(int(rest))
+    if word == b"refused":
+        return Frame(refused=rest.decode("ascii", "replace"))
+    raise ValueError("a session answer that is neither ok nor refused")

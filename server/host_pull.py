@@ -158,6 +158,8 @@ class ChainBroken(ArchiveError):
     """The newest archive is a delta the server cannot reach from what the client lists."""
 
 
+SESSION_PROTOCOL = 4
+"""The first serve protocol with ``session`` (one serve process answers a whole pull)."""
 CHECKSUM_TRIES = 2
 """Pulls in which an archive may fail its checksum before the next newest is taken."""
 
@@ -299,6 +301,13 @@ def failure_reason(exc: BaseException) -> str:
     return f"internal error: {describe(exc)}"
 
 
+def _remote(ctx: HostContext) -> Remote:
+    """The client's serve endpoint, asked over one session when its last listing said it
+    speaks protocol 4 or later (else, or when it cannot open one, request by request)."""
+    known = status_file.client_protocol(ctx.config.state_dir, ctx.name)
+    return Remote(ctx.host, ctx.config.ssh, ctx.runner, session=known >= SESSION_PROTOCOL)
+
+
 class HostPull:
     """Pull one host: :meth:`run` the phases; each phase is a method of its own."""
 
@@ -314,7 +323,7 @@ class HostPull:
         self.options = options
         self.journal = journal
         self.interrupted = interrupted
-        self._connect = connect or (lambda c: Remote(c.host, c.config.ssh, c.runner))
+        self._connect = connect or _remote
         self.result = HostResult(ctx.name, started=iso(utc_now()))
         self.notifier = Notifier(ctx.host.notify, f"pull of {ctx.name}")
         self.started = time.monotonic()
@@ -520,7 +529,7 @@ class HostPull:
         (``lock_retries`` times, ``lock_wait`` apart); None (a skip) if it stays busy."""
         config = self.ctx.config
         listing = remote.list_archives()
-        self.client_protocol = listing.protocol
+        self.client_protocol = self.result.client_protocol = listing.protocol
         for attempt in range(config.lock_retries):
             if not listing.lock:
                 return listing

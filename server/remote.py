@@ -5,6 +5,12 @@ problems are caught precisely. A large archive flows through an OpenSSH ``ssh`` 
 (same key, same known_hosts, strict checking): paramiko moves about 70 MB/s to disk here,
 OpenSSH over 250 MB/s, as fast as ``scp``. A small one (SMALL_STREAM: a day's delta)
 comes over the paramiko connection already open, saving a handshake.
+
+With ``session`` (a client of protocol 4, as its last listing said), the requests of a
+pull share one channel and one ``pullback-client serve`` process (:class:`_Session`): each
+other request would cost a process start and an sshd session, 0.3-0.4 s over a WAN link.
+A client that cannot open one (an older one refuses the word) is asked request by request,
+as before.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import paramiko
 from ..common import protocol
 from ..common.errors import PullbackError
 from ..common.log import get_logger
-from ..common.protocol import Listing
+from ..common.protocol import Frame, Listing
 from ..common.runner import Runner, RunningCommand
 from ..common.text import printable
 from . import known_hosts
@@ -124,12 +130,22 @@ class _Stderr:
 class Remote:
     """One client host, reached as its ``user`` with the server's key (or its own)."""
 
-    def __init__(self, host: HostConfig, ssh: SshConfig, runner: Runner | None = None):
+    def __init__(
+        self,
+        host: HostConfig,
+        ssh: SshConfig,
+        runner: Runner | None = None,
+        *,
+        session: bool = False,
+    ):
         self.host = host
         self.ssh = ssh
         self.key_file = host.key_file or ssh.key_file
         self.runner = runner or Runner(log)
         self._client: paramiko.SSHClient | None = None
+        self.use_session = session
+        """Ask over one ``session`` (protocol 4); cleared when the client cannot open one."""
+        self._session: _Session | None = None
 
     # -- control (paramiko) -------------------------------------------------------------
 
@@ -193,9 +209,46 @@ class Remote:
         self._client = client
 
     def close(self) -> None:
+        self._drop_session()
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def _drop_session(self) -> None:
+        """Close the session (its serve process sees its input end and exits); the next
+        request opens another."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def _ask(self, text: str) -> tuple[_Session, Frame] | None:
+        """Send ``text`` over the session (opened first if need be); return it and the
+        answer's first line, or None when the client cannot open a session (then it is
+        asked request by request from now on). Raises RemoteError (the session dropped)."""
+        if self._client is None:
+            self.connect()
+        assert self._client is not None
+        if self._session is None:
+            try:
+                channel = self._client.get_transport().open_session(
+                    timeout=self.ssh.connect_timeout
+                )
+                channel.settimeout(_TICK)
+                channel.exec_command(protocol.SESSION.text)
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                raise RemoteError(f"{self.host.name}: 'session' failed: {_plain(exc)}") from None
+            self._session = _Session(self, channel)
+        session = self._session
+        try:
+            return session, session.ask(text)
+        except _NoSession as exc:
+            self._drop_session()
+            self.use_session = False
+            log.debug("%s: no session (%s); asking request by request", self.host.name, exc)
+            return None
+        except BaseException:
+            self._drop_session()
+            raise
 
     def __enter__(self) -> Remote:
         self.connect()
@@ -209,6 +262,10 @@ class Remote:
         at most ``limit`` bytes; its standard error, at most MAX_STDERR; its exit status)
         must arrive within ``idle_timeout``, and a cancelled host stops waiting at once:
         a client that trickles its answer cannot hold the pull. Raises RemoteError."""
+        if self.use_session:
+            asked = self._ask(text)
+            if asked is not None:
+                return self._session_answer(text, limit, *asked)
         if self._client is None:
             self.connect()
         assert self._client is not None
@@ -236,6 +293,22 @@ class Remote:
                 f"{self.host.name}: the client refused {text!r}: {printable(reason, 200)}{hint}"
             )
         return bytes(out)
+
+    def _session_answer(self, text: str, limit: int, session: _Session, frame: Frame) -> bytes:
+        """The rest of a session's answer to ``text`` (at most ``limit`` bytes). Raises
+        RemoteError for a refusal (the session goes on) or a broken answer (dropped)."""
+        if frame.refused is not None:
+            raise RemoteError(
+                f"{self.host.name}: the client refused {text!r}: {printable(frame.refused, 200)}"
+            )
+        if frame.length > limit:
+            self._drop_session()
+            raise RemoteError(f"{self.host.name}: the answer to {text!r} is too big")
+        try:
+            return b"".join(session.body(frame.length, lambda: self._waiting(text, session.ends)))
+        except BaseException:
+            self._drop_session()
+            raise
 
     def _collect(self, channel, text: str, ends: float, limit: int, err: _Stderr) -> bytearray:
         """The request's standard output, up to its end (its standard error read all
@@ -342,6 +415,11 @@ class Remote:
         Raises ArchiveGone when the client says it has no such archive (any more).
         """
         if size is not None and size - offset <= SMALL_STREAM and self._client is not None:
+            if self.use_session:
+                asked = self._stream_ask(name, offset, size)
+                if asked is not None:
+                    yield from self._stream_session(asked, cancel)
+                    return
             yield from self._stream_control(name, offset, cancel)
             return
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -374,16 +452,11 @@ class Remote:
             channel.exec_command(text)
             last = time.monotonic()
             while True:
-                if cancel is not None and cancel.is_set():
-                    raise TransferCut(f"{host}: transfer cancelled")
+                self._stream_idle(cancel, last)
                 err.drain(channel)
                 try:
                     data = channel.recv(1 << 20)
                 except TimeoutError:
-                    if time.monotonic() - last > self.ssh.idle_timeout:
-                        raise TransferCut(
-                            f"{host}: no data for {self.ssh.idle_timeout:g}s; the transfer was cut"
-                        ) from None
                     continue
                 if not data:
                     break
@@ -402,6 +475,57 @@ class Remote:
             words = bytes(err.kept).decode("utf-8", "replace").strip().splitlines()
             raise _stopped(host, name, status, words[-1] if words else f"exit status {status}")
 
+    def _stream_ask(self, name: str, offset: int, size: int) -> _Session | None:
+        """Ask the session for ``name`` from ``offset``: the session, its answer's length
+        checked against what the sidecar announced, or None (no session: ask otherwise).
+        Raises ArchiveGone when the client has no such archive, TransferCut else."""
+        host = self.host.name
+        text = protocol.Request.send(name, offset).text
+        try:
+            asked = self._ask(text)
+        except RemoteError as exc:
+            raise TransferCut(str(exc)) from None
+        if asked is None:
+            return None
+        session, frame = asked
+        if frame.refused is not None:
+            raise _stopped(host, name, 2, f"the client refused {text!r}: {frame.refused}")
+        if frame.length != size - offset:
+            self._drop_session()
+            raise TransferCut(
+                f"{host}: the client offers {frame.length} bytes of {name} from byte {offset}; "
+                f"its listing said {size - offset}"
+            )
+        session.pending = frame.length
+        return session
+
+    def _stream_session(self, session: _Session, cancel) -> Generator[bytes, None, None]:
+        """The bytes of a ``send`` the session answers (:meth:`_stream_ask`), as they
+        arrive. Raises TransferCut; an answer not read to its end drops the session."""
+        last = [time.monotonic()]
+        complete = False
+        try:
+            for data in session.body(session.pending, lambda: self._stream_idle(cancel, last[0])):
+                last[0] = time.monotonic()
+                yield data
+            complete = True
+        except TransferCut:
+            raise
+        except RemoteError as exc:
+            raise TransferCut(str(exc)) from None
+        finally:
+            if not complete:
+                self._drop_session()
+
+    def _stream_idle(self, cancel, last: float) -> None:
+        """Raises TransferCut when a stream was cancelled or idle past ``idle_timeout``."""
+        if cancel is not None and cancel.is_set():
+            raise TransferCut(f"{self.host.name}: transfer cancelled")
+        if time.monotonic() - last > self.ssh.idle_timeout:
+            raise TransferCut(
+                f"{self.host.name}: no data for {self.ssh.idle_timeout:g}s; the transfer was cut"
+            )
+
     def _stream_waiting(self, cancel, last: float) -> None:
         """Raises TransferCut when a stream's end is awaited past ``idle_timeout`` since
         its ``last`` bytes, or the host was cancelled."""
@@ -417,14 +541,8 @@ class Remote:
         poller.register(fd, select.POLLIN | select.POLLHUP)
         last = time.monotonic()
         while True:
-            if cancel is not None and cancel.is_set():
-                raise TransferCut(f"{self.host.name}: transfer cancelled")
+            self._stream_idle(cancel, last)
             if not poller.poll(500):
-                if time.monotonic() - last > self.ssh.idle_timeout:
-                    raise TransferCut(
-                        f"{self.host.name}: no data for "
-                        f"{self.ssh.idle_timeout:g}s; the transfer was cut"
-                    )
                 continue
             data = os.read(fd, 1 << 20)
             if not data:
@@ -437,6 +555,116 @@ class Remote:
             tail = getattr(exc, "tail", None) or []
             status = getattr(exc, "exit_code_of_command", None)
             raise _stopped(self.host.name, name, status, tail[-1] if tail else str(exc)) from None
+
+
+class _NoSession(Exception):
+    """The client ended a session before its first answer (an older one refuses the
+    word): it is asked request by request instead."""
+
+
+class _Session:
+    """One ``session`` channel: requests written as lines, their answers read framed
+    (``ok <length>`` and that many bytes, or ``refused <words>``). Its standard error is
+    drained all along and bounded as a control request's (:class:`_Stderr`)."""
+
+    def __init__(self, remote: Remote, channel):
+        self.remote = remote
+        self.channel = channel
+        self.err = _Stderr(remote.host.name, protocol.SESSION.text)
+        self.buffer = bytearray()
+        self.answered = 0
+        self.ends = 0.0
+        """When the whole answer to the request being asked must have arrived."""
+        self.pending = 0
+        """Bytes of the answer still to read (a ``send`` streamed by the caller)."""
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            self.channel.close()
+
+    def ask(self, text: str) -> Frame:
+        """Write the request ``text``; return its answer's first line. The whole answer
+        is due within ``idle_timeout``. Raises _NoSession (ended before its first answer),
+        RemoteError."""
+        remote = self.remote
+        self.ends = time.monotonic() + remote.ssh.idle_timeout
+        waiting = lambda: remote._waiting(text, self.ends)  # noqa: E731
+        try:
+            self._write(f"{text}\n".encode(), waiting)
+            line = self._line(waiting)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            if not self.answered:
+                raise _NoSession(_plain(exc)) from None
+            raise RemoteError(f"{remote.host.name}: {text!r} failed: {_plain(exc)}") from None
+        if line is None:
+            status = self.err.await_status(self.channel, waiting)
+            words = bytes(self.err.kept).decode("utf-8", "replace").strip().splitlines()
+            if not self.answered and status != 0:
+                raise _NoSession(words[-1] if words else f"exit status {status}")
+            raise RemoteError(
+                f"{remote.host.name}: the client ended its session before answering {text!r}"
+                + (f": {printable(words[-1], 200)}" if words else "")
+            )
+        try:
+            frame = protocol.parse_frame(line)
+        except ValueError as exc:
+            raise RemoteError(f"{remote.host.name}: the answer to {text!r}: {exc}") from None
+        self.answered += 1
+        return frame
+
+    def body(self, length: int, waiting: Callable[[], None]) -> Generator[bytes, None, None]:
+        """The ``length`` bytes that follow an answer's first line, as they arrive;
+        ``waiting`` raises when the wait is over. Raises RemoteError when they stop."""
+        left = length
+        if self.buffer:
+            data = bytes(self.buffer[:left])
+            del self.buffer[: len(data)]
+            left -= len(data)
+            if data:
+                yield data
+        while left:
+            data = self._recv(min(left, 1 << 20), waiting)
+            if not data:
+                raise RemoteError(
+                    f"{self.remote.host.name}: the answer stopped {left} bytes before its end"
+                )
+            left -= len(data)
+            yield data
+
+    def _line(self, waiting: Callable[[], None]) -> bytes | None:
+        """The answer's first line (newline included), None when the channel ends first.
+        Raises RemoteError past MAX_FRAME bytes without a newline."""
+        while (end := self.buffer.find(b"\n")) < 0:
+            if len(self.buffer) > protocol.MAX_FRAME:
+                raise RemoteError(
+                    f"{self.remote.host.name}: a session answer's first line is too long"
+                )
+            data = self._recv(1 << 16, waiting)
+            if not data:
+                return None
+            self.buffer += data
+        line = bytes(self.buffer[: end + 1])
+        del self.buffer[: end + 1]
+        return line
+
+    def _recv(self, size: int, waiting: Callable[[], None]) -> bytes:
+        """Up to ``size`` bytes of output (b"" at its end), standard error drained."""
+        while True:
+            waiting()
+            self.err.drain(self.channel)
+            try:
+                return self.channel.recv(size)
+            except TimeoutError:
+                continue
+
+    def _write(self, data: bytes, waiting: Callable[[], None]) -> None:
+        view = memoryview(data)
+        while view:
+            waiting()
+            try:
+                view = view[self.channel.send(view) :]
+            except TimeoutError:
+                continue
 
 
 def _plain(exc: BaseException) -> str:

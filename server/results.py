@@ -72,6 +72,8 @@ class HostResult:
     """Database dumps in the stored snapshot (None: nothing stored this time)."""
     not_delivered: list[str] = field(default_factory=list)
     """The host's own pings and messages that could not be delivered (the run exits 1)."""
+    client_protocol: int | None = None
+    """The serve protocol the client's listing said it speaks (None: no listing came)."""
 
     @property
     def is_problem(self) -> bool:

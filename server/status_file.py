@@ -147,6 +147,13 @@ def checksum_failures(state_dir: Path, host: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in failures.items()} if isinstance(failures, dict) else {}
 
 
+def client_protocol(state_dir: Path, host: str) -> int:
+    """The serve protocol ``host``'s client last said it speaks (1 when not known)."""
+    entry = load_status(state_dir)["hosts"].get(host, {})
+    value = entry.get("client_protocol") if isinstance(entry, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+
 def _known_facts(result: HostResult) -> dict:
     """What the result knows and an earlier entry may hold: kept unless known anew."""
     facts = {
@@ -155,6 +162,7 @@ def _known_facts(result: HostResult) -> dict:
         "store_peak_rss": result.store_peak_rss or None,
         "pull_peak_rss": result.peak_rss or None,
         "database_dumps": result.database_dumps,
+        "client_protocol": result.client_protocol,
     }
     return {key: value for key, value in facts.items() if value is not None}
 

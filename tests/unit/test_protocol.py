@@ -57,15 +57,15 @@ def test_unusable_entries_that_are_not_mappings_are_dropped():
     assert protocol.parse_listing(raw).unusable == [{"name": "n"}]
 
 
-def test_verbs_are_the_five():
-    assert sorted(Verb) == ["fetched", "full", "list", "lock", "send"]
+def test_verbs_are_the_six():
+    assert sorted(Verb) == ["fetched", "full", "list", "lock", "send", "session"]
 
 
 def test_the_listing_says_which_protocol_the_client_speaks():
     """1 from a client before delta archives (it sends none) or any nonsense; the server
     sends ``full`` only to 2 or later, ``fetched <archive> deltas`` only to 3 or later."""
     wire = json.loads(Listing("web1", "1.2.3", None, [], []).to_json())
-    assert protocol.parse_listing(json.dumps(wire).encode()).protocol == 3
+    assert protocol.parse_listing(json.dumps(wire).encode()).protocol == 4
     for value in (None, "2", True, 0, -1, 10**9, 2.5):
         wire["protocol"] = value
         assert protocol.parse_listing(json.dumps(wire).encode()).protocol == 1
@@ -77,7 +77,7 @@ def test_the_list_answer_on_the_wire():
     """The keys older and newer peers rely on: changing one breaks mixed fleets."""
     wire = json.loads(Listing("web1", "1.2.3", None, [], []).to_json())
     assert wire == {
-        "protocol": 3,
+        "protocol": 4,
         "host": "web1",
         "pullback_version": "1.2.3",
         "lock": None,
@@ -95,3 +95,41 @@ def test_a_list_answer_is_bounded_in_entries_and_depth():
     deep = b"[" * 100_000 + b"]" * 100_000
     with pytest.raises(ValueError, match="not a list answer"):
         protocol.parse_listing(b'{"host": "web1", "archives": ' + deep + b"}")
+
+
+def test_session_frames_round_trip_and_refuse_anything_else():
+    """A session answer's first line: ``ok <length>`` or ``refused <words>``; a client's
+    bytes otherwise are a ValueError, never a guess."""
+    assert protocol.parse_frame(protocol.ok_frame(0)) == protocol.Frame(0)
+    assert protocol.parse_frame(protocol.ok_frame(123456789)) == protocol.Frame(123456789)
+    refused = protocol.parse_frame(protocol.refused_frame("no archive x.tar.zst"))
+    assert refused.refused == "no archive x.tar.zst"
+    for line in (
+        b"ok 12",  # no newline
+        b"ok -1\n",
+        b"ok 01\n",
+        b"ok 1 2\n",
+        b"ok 12345678901234567890\n",  # past 2**63
+        b"OK 1\n",
+        b"maybe 1\n",
+        b"ok \n",
+        b"ok " + b"1" * 700 + b"\n",
+        b"refused " + b"x" * protocol.MAX_FRAME + b"\n",
+    ):
+        with pytest.raises(ValueError):
+            protocol.parse_frame(line)
+
+
+def test_a_refusal_frame_is_one_bounded_line_of_printable_ascii():
+    line = protocol.refused_frame("bad\nline\x1b[31m \u00e9" + "y" * 5000)
+    assert line.count(b"\n") == 1 and line.endswith(b"\n")
+    assert len(line) <= len(b"refused \n") + protocol.MAX_REFUSAL <= protocol.MAX_FRAME
+    assert all(32 <= b < 127 for b in line[:-1])
+    assert protocol.parse_frame(line).refused.startswith("bad?line?[31m ?yyy")
+
+
+def test_session_is_a_request_of_one_word():
+    assert protocol.parse_request("session") == protocol.SESSION
+    for text in ("session now", "session ", "sessions"):
+        with pytest.raises(protocol.Refused):
+            protocol.parse_request(text)

@@ -51,7 +51,7 @@ def connect():
     server that answers each request with ``answer(channel, request)``."""
     opened = []
 
-    def make(answer, idle_timeout: float = 20) -> Remote:
+    def make(answer, idle_timeout: float = 20, session: bool = False) -> Remote:
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
@@ -80,6 +80,8 @@ def connect():
         remote.host = SimpleNamespace(name="evil")
         remote.ssh = SimpleNamespace(connect_timeout=5, idle_timeout=idle_timeout)
         remote._client = client
+        remote.use_session, remote._session = session, None
+        remote.runner = SimpleNamespace(cancel=None)
         return remote
 
     yield make
@@ -178,3 +180,198 @@ def test_an_archive_the_client_no_longer_has_is_told_from_a_cut(length, offset):
     assert isinstance(_stopped(host, other, 2, line), TransferCut)
     cut = _stopped(host, name, 255, "x" * 1000)
     assert isinstance(cut, TransferCut) and len(str(cut)) < 400
+
+
+# -- a session (protocol 4): one channel, one serve process, framed answers ------------
+
+
+def _lines(channel: paramiko.Channel):
+    """The request lines a session channel receives, until the server closes it."""
+    buffer = b""
+    while True:
+        while b"\n" not in buffer:
+            data = channel.recv(4096)
+            if not data:
+                return
+            buffer += data
+        line, _, buffer = buffer.partition(b"\n")
+        yield line.decode()
+
+
+def _session_server(frame: Callable[[paramiko.Channel, str], None], execs: list[str]):
+    """An answer function for ``connect``: a session that answers each line with
+    ``frame(channel, line)``; every exec request is noted in ``execs``."""
+
+    def answer(channel, command):
+        execs.append(command)
+        if command != "session":
+            channel.sendall_stderr(f"refused request {command!r}: unknown request\n".encode())
+            channel.send_exit_status(2)
+            channel.close()
+            return
+        try:
+            for line in _lines(channel):
+                frame(channel, line)
+            channel.send_exit_status(0)
+            channel.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            return  # the server hung up on a session it refused: what the test wants
+
+    return answer
+
+
+def _honest(channel, line):
+    from pullback.common import protocol
+
+    if line.startswith("send "):
+        data = ARCHIVE[int(line.split()[2]) :]
+    elif line == "list":
+        data = b'{"protocol": 4, "host": "evil", "archives": []}\n'
+    elif line.startswith("fetched "):
+        data = b'{"ok": true}\n'
+    else:
+        channel.sendall(protocol.refused_frame("unknown request"))
+        return
+    channel.sendall(protocol.ok_frame(len(data)) + data)
+
+
+def test_a_session_carries_a_whole_pull_over_one_exec(connect):
+    """list, two sends and fetched: one ``session`` exec, every answer right."""
+    execs: list[str] = []
+    remote = connect(_session_server(_honest, execs), session=True)
+    assert remote.list_archives().protocol == 4
+    assert b"".join(remote.stream(NAME, 0, size=len(ARCHIVE))) == ARCHIVE
+    assert b"".join(remote.stream(NAME, 1000, size=len(ARCHIVE))) == ARCHIVE[1000:]
+    remote.mark_fetched(NAME, deltas=True)
+    assert execs == ["session"]
+    remote.close()
+
+
+def test_a_client_that_refuses_a_session_is_asked_request_by_request(connect):
+    """An older client refuses the word (exit 2): the same request is asked on its own
+    channel, and so is every later one."""
+    execs: list[str] = []
+
+    def old_client(channel, command):
+        execs.append(command)
+        if command == "session":
+            channel.sendall_stderr(b"refused request 'session' from x: unknown request\n")
+            channel.send_exit_status(2)
+        elif command == "list":
+            channel.sendall(b'{"protocol": 3, "host": "evil", "archives": []}\n')
+            channel.send_exit_status(0)
+        else:
+            _send(channel, command)
+            channel.send_exit_status(0)
+        channel.close()
+
+    remote = connect(old_client, session=True)
+    assert remote.list_archives().protocol == 3
+    assert not remote.use_session
+    assert b"".join(remote.stream(NAME, 0, size=len(ARCHIVE))) == ARCHIVE
+    assert execs == ["session", "list", f"send {NAME} 0"]
+
+
+def test_a_refused_request_keeps_the_session_and_no_archive_is_gone(connect):
+    from pullback.common import protocol
+    from pullback.server.remote import ArchiveGone, RemoteError
+
+    execs: list[str] = []
+
+    def frame(channel, line):
+        if line.startswith("send "):
+            channel.sendall(protocol.refused_frame(f"no archive {NAME}"))
+        elif line.startswith("fetched "):
+            channel.sendall(protocol.refused_frame("the disk said \x1b[31mno"))
+        else:
+            _honest(channel, line)
+
+    remote = connect(_session_server(frame, execs), session=True)
+    with pytest.raises(ArchiveGone, match="no longer on the client"):
+        list(remote.stream(NAME, 0, size=len(ARCHIVE)))
+    with pytest.raises(RemoteError, match=r"refused 'fetched .*': the disk said \?\[31mno"):
+        remote.mark_fetched(NAME)
+    assert remote.list_archives().host == "evil"
+    assert execs == ["session"]
+
+
+@pytest.mark.parametrize(
+    "answer, words",
+    [
+        (b"ok 99999999\n", "too big"),  # past the list answer's bound, before reading it
+        (b"x" * 5000, "first line is too long"),
+        (b"ok 5\nabc", "stopped 2 bytes before its end"),
+        (b"yes 5\n", "neither ok nor refused"),
+    ],
+)
+def test_a_session_answer_out_of_bounds_fails_the_request(connect, answer, words):
+    """A hostile client's session answer: an announced length past the request's bound,
+    a first line without end, an answer cut short, a frame that is none. Each fails the
+    request in words, reading no more than it bounds, and drops the session."""
+    from pullback.server.remote import RemoteError
+
+    def frame(channel, line):
+        channel.sendall(answer)
+        if b"abc" in answer:
+            channel.close()
+
+    remote = connect(_session_server(frame, []), session=True, idle_timeout=3)
+    with pytest.raises(RemoteError, match=words):
+        remote.list_archives()
+    assert remote._session is None
+
+
+def test_a_send_whose_length_is_not_the_listings_is_a_cut(connect):
+    from pullback.common import protocol
+
+    def frame(channel, line):
+        channel.sendall(protocol.ok_frame(len(ARCHIVE) * 1000))
+
+    remote = connect(_session_server(frame, []), session=True)
+    with pytest.raises(TransferCut, match="offers 1024000 bytes"):
+        list(remote.stream(NAME, 0, size=len(ARCHIVE)))
+    assert remote._session is None
+
+
+def test_a_session_that_trickles_or_stalls_is_cut_at_idle_timeout(connect):
+    """The bytes of a send stop half way: the transfer is cut after idle_timeout; a
+    control answer that never completes fails at the same bound."""
+    from pullback.common import protocol
+    from pullback.server.remote import RemoteError
+
+    def frame(channel, line):
+        if line.startswith("send "):
+            channel.sendall(protocol.ok_frame(len(ARCHIVE)) + ARCHIVE[:10])
+        else:
+            channel.sendall(b"ok 40\n{")
+
+    remote = connect(_session_server(frame, []), session=True, idle_timeout=1)
+    started = time.monotonic()
+    with pytest.raises(TransferCut, match="no data for 1s"):
+        list(remote.stream(NAME, 0, size=len(ARCHIVE)))
+    with pytest.raises(RemoteError, match="within 1s"):
+        remote.list_archives()
+    assert time.monotonic() - started < 8
+
+
+def test_a_stream_left_half_read_drops_the_session_and_the_next_request_opens_one(connect):
+    """The unpacker refused an archive half way: the rest of its answer is never read,
+    so the session cannot frame another answer; the next request opens a new one."""
+    execs: list[str] = []
+    big = bytes(range(256)) * 8192  # 2 MiB: more than one read
+
+    def frame(channel, line):
+        from pullback.common import protocol
+
+        if line.startswith("send "):
+            channel.sendall(protocol.ok_frame(len(big)) + big)
+        else:
+            _honest(channel, line)
+
+    remote = connect(_session_server(frame, execs), session=True)
+    stream = remote.stream(NAME, 0, size=len(big))
+    next(stream)
+    stream.close()
+    assert remote._session is None
+    assert remote.list_archives().host == "evil"
+    assert execs == ["session", "session"]

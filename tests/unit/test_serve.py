@@ -9,6 +9,7 @@ import pytest
 
 from pullback.client.config import load_client_config
 from pullback.client.serve import serve
+from pullback.common import protocol
 from pullback.common.protocol import Refused, parse_request
 from tests.helpers.client import ClientSandbox
 
@@ -209,3 +210,83 @@ def test_refusals_through_the_cli_exit_2(box):
     (line,) = result.stderr.splitlines()
     assert line.startswith("refused request 'send nope-20261122T030000Z.tar 0' from ")
     assert line.endswith(": no archive nope-20261122T030000Z.tar")
+
+
+def run_session(box, tmp_path, lines: bytes) -> tuple[int, bytes]:
+    """``serve`` of a ``session`` fed ``lines`` on its standard input."""
+    feed, out = tmp_path / "session-in", tmp_path / "session-out"
+    feed.write_bytes(lines)
+    with open(feed, "rb") as stdin, open(out, "wb") as handle:
+        code = serve(load_client_config(box.config), "session", handle.fileno(), stdin.fileno())
+    return code, out.read_bytes()
+
+
+def read_frames(data: bytes) -> list[tuple[str, bytes]]:
+    """The framed answers of a session: ("ok", bytes) or ("refused", words)."""
+    answers = []
+    while data:
+        line, _, data = data.partition(b"\n")
+        frame = protocol.parse_frame(line + b"\n")
+        if frame.refused is not None:
+            answers.append(("refused", frame.refused.encode()))
+        else:
+            answers.append(("ok", data[: frame.length]))
+            data = data[frame.length :]
+    return answers
+
+
+def test_a_session_answers_every_request_framed_and_goes_on_after_a_refusal(box, tmp_path):
+    """One process answers list, send (whole and from an offset), a refused request and
+    fetched, each framed, in order; the end of its input ends it with 0."""
+    assert box.cli("run").returncode == 0
+    (archive,) = box.published()
+    data = archive.read_bytes()
+    lines = (
+        "list\n"
+        f"send {archive.name} 0\n"
+        f"send {archive.name} 1000\n"
+        "cat /etc/shadow\n"
+        "send nope-20261122T030000Z.tar 0\n"
+        "session\n"
+        f"fetched {archive.name} deltas\n"
+    )
+    code, out = run_session(box, tmp_path, lines.encode())
+    assert code == 0
+    answers = read_frames(out)
+    assert [kind for kind, _ in answers] == [
+        "ok",
+        "ok",
+        "ok",
+        "refused",
+        "refused",
+        "refused",
+        "ok",
+    ]
+    assert json.loads(answers[0][1])["archives"][0]["name"] == archive.name
+    assert answers[1][1] == data and answers[2][1] == data[1000:]
+    assert answers[3][1] == b"unknown request"
+    assert answers[4][1] == b"no archive nope-20261122T030000Z.tar"
+    assert answers[5][1] == b"a session cannot open another"
+    assert json.loads(answers[6][1]) == {"ok": True}
+    marks = box.archives / ".fetched-marks"
+    assert sorted(os.listdir(marks)) == sorted([archive.name, "server-applies-deltas"])
+
+
+def test_a_session_is_bounded_in_line_length_and_requests(box, tmp_path):
+    """A line past MAX_REQUEST ends the session (exit 2) without reading further; so does
+    the request after MAX_SESSION_REQUESTS; a last line without its newline is dropped."""
+    code, out = run_session(box, tmp_path, b"list\n" + b"l" * 100_000 + b"\nlist\n")
+    assert code == 2 and [kind for kind, _ in read_frames(out)] == ["ok"]
+    code, out = run_session(box, tmp_path, b"lock\n" * (protocol.MAX_SESSION_REQUESTS + 5))
+    assert code == 2 and len(read_frames(out)) == protocol.MAX_SESSION_REQUESTS
+    code, out = run_session(box, tmp_path, b"lock\nlock")
+    assert code == 0 and len(read_frames(out)) == 1
+
+
+def test_a_session_through_the_cli(box):
+    """As sshd runs it: the request in SSH_ORIGINAL_COMMAND, the lines on standard input."""
+    assert box.cli("run").returncode == 0
+    result = box.cli("serve", env={"SSH_ORIGINAL_COMMAND": "session"}, input="lock\nfull\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == 'ok 15\n{"lock": null}\nok 13\n{"ok": true}\n'
+    assert (box.archives / ".fetched-marks" / "want-full").exists()

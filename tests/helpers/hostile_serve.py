@@ -4,6 +4,10 @@
 ``SSH_ORIGINAL_COMMAND``. Requests the mode does not attack are answered by the real
 ``pullback-client serve`` (so the archive and listing are genuine); the attacked one
 misbehaves as the mode says. Used by tests/integration/test_hostile_clients.py.
+
+A ``session`` (protocol 4) is refused as an older client refuses it, so that every attack
+meets the server request by request whatever the server remembers of the client; the
+bounds of a session's own answers are attacked in tests/unit/test_remote_stream.py.
 """
 
 from __future__ import annotations
@@ -110,6 +114,9 @@ def main() -> None:
         "delta-long-chain": long_chain,
         "delta-missing-base": missing_base,
     }
+    if verb == "session":
+        sys.stderr.write(f"refused request {request!r}: unknown request\n")
+        sys.exit(2)
     if mode in changes and verb == "list":
         listing(config, changes[mode])
     elif mode == "fat-list" and verb == "list":

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -267,17 +268,14 @@ def test_a_first_pull_of_a_chain_is_not_a_fallback(fleet):
 def run_full_when_asked_for(host: FleetHost, name: str, tmp_path: Path) -> Path:
     """Make the client's forced command run ``pullback-client run --full`` (once) just
     before it answers ``send <name>``, as an outside tester timed it (sshd reads
-    authorized_keys at each login). Returns the file that says it ran."""
+    authorized_keys at each login), in a session too (tests/helpers/serve_hook.py).
+    Returns the file that says it ran."""
     serve = serve_command(host.client.config)
-    run = serve.replace(" serve", " run --full")
     flag = tmp_path / "ran"
+    hook = Path(__file__).parent.parent / "helpers" / "serve_hook.py"
     wrapper = tmp_path / "serve.sh"
     wrapper.write_text(
-        "#!/bin/sh\n"
-        f'case "$SSH_ORIGINAL_COMMAND" in "send {name} "*)\n'
-        f"  [ -e {flag} ] || {{ touch {flag}; {run} >/dev/null 2>&1; }};;\n"
-        "esac\n"
-        f"exec {serve}\n"
+        f"#!/bin/sh\nexec {sys.executable} {hook} {name} {flag} {host.client.config}\n"
     )
     wrapper.chmod(0o755)
     auth = host.sshd.root / "authorized_keys"

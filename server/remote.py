@@ -20,6 +20,7 @@ import fcntl
 import os
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Generator
 
@@ -44,9 +45,9 @@ CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@opens
 
 _TICK = 0.02
 """How long one read of a control answer waits for output before standard error is
-drained again: paramiko buffers a peer's standard error without flow control, so what
-piles up between two drains is this long's worth (a flood: 135 MiB at 0.5 s)."""
-"""How often a wait for a control answer looks at its deadline and the host's cancel."""
+drained again, and how often a wait looks at its deadline and the host's cancel:
+paramiko buffers a peer's standard error without flow control, so what piles up between
+two drains is this long's worth (a flood: 135 MiB at 0.5 s)."""
 SMALL_STREAM = 16 << 20
 """Archives (what is left of them) up to this size travel over the control connection,
 which is open already: no second SSH handshake and no ``ssh`` child, which cost more than
@@ -221,10 +222,12 @@ class Remote:
             self._session.close()
             self._session = None
 
-    def _ask(self, text: str) -> tuple[_Session, Frame] | None:
-        """Send ``text`` over the session (opened first if need be); return it and the
-        answer's first line, or None when the client cannot open a session (then it is
-        asked request by request from now on). Raises RemoteError (the session dropped)."""
+    def _ask(self, text: str, retried: bool = False) -> tuple[_Session, Frame] | None:
+        """Send ``text`` over the session (opened first if need be; once more on a new
+        one when it ended between answers); return it and the answer's first line, held
+        (:meth:`_Session.done` when the answer is read), or None when the client cannot
+        open a session (then it is asked request by request from now on). Raises
+        RemoteError (the session dropped)."""
         if self._client is None:
             self.connect()
         assert self._client is not None
@@ -246,6 +249,13 @@ class Remote:
             self.use_session = False
             log.debug("%s: no session (%s); asking request by request", self.host.name, exc)
             return None
+        except _SessionEnded as exc:
+            # between two answers (a long store): sshd's ChannelTimeout, a killed serve
+            self._drop_session()
+            if retried:
+                raise RemoteError(str(exc)) from None
+            log.debug("%s: %s; opening another session", self.host.name, exc)
+            return self._ask(text, retried=True)
         except BaseException:
             self._drop_session()
             raise
@@ -297,18 +307,23 @@ class Remote:
     def _session_answer(self, text: str, limit: int, session: _Session, frame: Frame) -> bytes:
         """The rest of a session's answer to ``text`` (at most ``limit`` bytes). Raises
         RemoteError for a refusal (the session goes on) or a broken answer (dropped)."""
-        if frame.refused is not None:
-            raise RemoteError(
-                f"{self.host.name}: the client refused {text!r}: {printable(frame.refused, 200)}"
-            )
-        if frame.length > limit:
-            self._drop_session()
-            raise RemoteError(f"{self.host.name}: the answer to {text!r} is too big")
         try:
-            return b"".join(session.body(frame.length, lambda: self._waiting(text, session.ends)))
-        except BaseException:
-            self._drop_session()
-            raise
+            if frame.refused is not None:
+                raise RemoteError(
+                    f"{self.host.name}: the client refused {text!r}: "
+                    f"{printable(frame.refused, 200)}"
+                )
+            if frame.length > limit:
+                self._drop_session()
+                raise RemoteError(f"{self.host.name}: the answer to {text!r} is too big")
+            try:
+                waiting = lambda: self._waiting(text, session.ends)  # noqa: E731
+                return b"".join(session.body(frame.length, waiting))
+            except BaseException:
+                self._drop_session()
+                raise
+        finally:
+            session.done()
 
     def _collect(self, channel, text: str, ends: float, limit: int, err: _Stderr) -> bytearray:
         """The request's standard output, up to its end (its standard error read all
@@ -489,8 +504,10 @@ class Remote:
             return None
         session, frame = asked
         if frame.refused is not None:
+            session.done()
             raise _stopped(host, name, 2, f"the client refused {text!r}: {frame.refused}")
         if frame.length != size - offset:
+            session.done()
             self._drop_session()
             raise TransferCut(
                 f"{host}: the client offers {frame.length} bytes of {name} from byte {offset}; "
@@ -514,6 +531,7 @@ class Remote:
         except RemoteError as exc:
             raise TransferCut(str(exc)) from None
         finally:
+            session.done()
             if not complete:
                 self._drop_session()
 
@@ -562,10 +580,18 @@ class _NoSession(Exception):
     word): it is asked request by request instead."""
 
 
+class _SessionEnded(Exception):
+    """A session that answered before ended before a byte of the next answer (closed
+    while idle between answers): the request is asked once more on a new one."""
+
+
 class _Session:
     """One ``session`` channel: requests written as lines, their answers read framed
-    (``ok <length>`` and that many bytes, or ``refused <words>``). Its standard error is
-    drained all along and bounded as a control request's (:class:`_Stderr`)."""
+    (``ok <length>`` and that many bytes, or ``refused <words>``). What the client sends
+    is read all along, bounded as a control request's (:class:`_Stderr`): during an
+    answer by whoever reads it, between answers (the download of a large archive, the
+    store, hours maybe) by a watcher thread that drops it (paramiko would keep every byte
+    of a peer that ignores flow control)."""
 
     def __init__(self, remote: Remote, channel):
         self.remote = remote
@@ -577,16 +603,59 @@ class _Session:
         """When the whole answer to the request being asked must have arrived."""
         self.pending = 0
         """Bytes of the answer still to read (a ``send`` streamed by the caller)."""
+        self.busy = threading.Lock()
+        """Held from a request's line to the end of its answer (:meth:`done`)."""
+        self._held = False
+        self.broken = ""
+        """Why the watcher closed the session."""
+        self._closed = threading.Event()
+        threading.Thread(target=self._watch, name="session-watch", daemon=True).start()
 
     def close(self) -> None:
+        self._closed.set()
         with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
             self.channel.close()
+
+    def done(self) -> None:
+        """The answer asked for is read (or given up): the watcher may drain again."""
+        if self._held:
+            self._held = False
+            self.busy.release()
+
+    def _watch(self) -> None:
+        """Between answers: read whatever arrives and drop it, standard error counted as
+        messages, output as output between answers (there should be none); past
+        MAX_STDERR_READ the session is closed."""
+        while not self._closed.wait(_TICK):
+            if not self.busy.acquire(blocking=False):
+                continue
+            try:
+                self.err.drain(self.channel)
+                while self.channel.recv_ready():
+                    size = len(self.channel.recv(1 << 16))
+                    self.err.count(size, "output between its answers")
+            except (RemoteError, OSError, EOFError, paramiko.SSHException) as exc:
+                self.broken = str(exc)
+                self.close()
+            finally:
+                self.busy.release()
 
     def ask(self, text: str) -> Frame:
         """Write the request ``text``; return its answer's first line. The whole answer
         is due within ``idle_timeout``. Raises _NoSession (ended before its first answer),
         RemoteError."""
+        self.busy.acquire()
+        self._held = True
+        try:
+            return self._ask(text)
+        except BaseException:
+            self.done()
+            raise
+
+    def _ask(self, text: str) -> Frame:
         remote = self.remote
+        if self.broken:
+            raise RemoteError(self.broken)
         self.ends = time.monotonic() + remote.ssh.idle_timeout
         waiting = lambda: remote._waiting(text, self.ends)  # noqa: E731
         try:
@@ -595,12 +664,20 @@ class _Session:
         except (OSError, paramiko.SSHException, EOFError) as exc:
             if not self.answered:
                 raise _NoSession(_plain(exc)) from None
+            if not self.buffer:
+                raise _SessionEnded(
+                    f"{remote.host.name}: {text!r} found the session closed: {_plain(exc)}"
+                ) from None
             raise RemoteError(f"{remote.host.name}: {text!r} failed: {_plain(exc)}") from None
         if line is None:
             status = self.err.await_status(self.channel, waiting)
             words = bytes(self.err.kept).decode("utf-8", "replace").strip().splitlines()
             if not self.answered and status != 0:
                 raise _NoSession(words[-1] if words else f"exit status {status}")
+            if self.answered and not self.buffer:
+                raise _SessionEnded(
+                    f"{remote.host.name}: the session ended before {text!r} (exit {status})"
+                )
             raise RemoteError(
                 f"{remote.host.name}: the client ended its session before answering {text!r}"
                 + (f": {printable(words[-1], 200)}" if words else "")
@@ -661,6 +738,7 @@ class _Session:
         view = memoryview(data)
         while view:
             waiting()
+            self.err.drain(self.channel)
             try:
                 view = view[self.channel.send(view) :]
             except TimeoutError:

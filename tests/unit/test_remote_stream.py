@@ -375,3 +375,62 @@ def test_a_stream_left_half_read_drops_the_session_and_the_next_request_opens_on
     assert remote._session is None
     assert remote.list_archives().host == "evil"
     assert execs == ["session", "session"]
+
+
+def test_a_flood_between_answers_is_dropped_as_it_arrives_and_closes_the_session(connect):
+    """After its answer the client's sshd sends 64 MiB past the window while the server
+    is busy elsewhere (a store: nobody asks): the watcher reads and drops it, closes the
+    session past 1 MiB, and the next request says why (paramiko would keep every byte)."""
+    from pullback.server.remote import RemoteError
+
+    flooded = threading.Event()
+
+    def frame(channel, line):
+        _honest(channel, line)
+        if line == "list" and not flooded.is_set():
+            flooded.set()
+            transport, chunk = channel.get_transport(), b"A" * 32768
+            for _ in range(2048):
+                message = Message()
+                message.add_byte(cMSG_CHANNEL_DATA)
+                message.add_int(channel.remote_chanid)
+                message.add_string(chunk)
+                transport._send_user_message(message)
+
+    remote = connect(_session_server(frame, []), session=True)
+    remote.list_archives()
+    session = remote._session
+    deadline = time.monotonic() + 20
+    while not session.broken and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "more than 1 MiB of output between its answers" in session.broken
+    # what piled up before the close: a few ticks of an in-process flood, not all of it
+    assert len(session.channel.in_buffer) < 40 << 20
+    with pytest.raises(RemoteError, match="more than 1 MiB of output between its answers"):
+        remote.mark_fetched(NAME)
+    assert remote._session is None
+
+
+def test_a_session_closed_between_answers_is_opened_again_once(connect):
+    """sshd's ChannelTimeout (or a killed serve) ends the session during a long store:
+    the next request goes over a new session, once."""
+    execs: list[str] = []
+
+    def one_answer(channel, command):
+        execs.append(command)
+        for line in _lines(channel):
+            _honest(channel, line)
+            break
+        time.sleep(0.2)
+        channel.send_exit_status(0)
+        channel.close()
+
+    remote = connect(one_answer, session=True)
+    assert remote.list_archives().host == "evil"
+    time.sleep(0.5)  # the session ends while the server does something else
+    remote.mark_fetched(NAME, deltas=True)
+    assert execs == ["session", "session"]
+    time.sleep(0.5)
+    assert b"".join(remote.stream(NAME, 0, size=len(ARCHIVE))) == ARCHIVE
+    assert execs == ["session", "session", "session"]
+    assert remote.use_session

@@ -275,8 +275,13 @@ def test_a_session_answers_every_request_framed_and_goes_on_after_a_refusal(box,
 def test_a_session_is_bounded_in_line_length_and_requests(box, tmp_path):
     """A line past MAX_REQUEST ends the session (exit 2) without reading further; so does
     the request after MAX_SESSION_REQUESTS; a last line without its newline is dropped."""
-    code, out = run_session(box, tmp_path, b"list\n" + b"l" * 100_000 + b"\nlist\n")
-    assert code == 2 and [kind for kind, _ in read_frames(out)] == ["ok"]
+    feed = tmp_path / "long"
+    feed.write_bytes(b"list\n" + b"l" * 100_000 + b"\nlist\n")
+    with open(feed, "rb") as stdin, open(tmp_path / "long-out", "wb") as handle:
+        code = serve(load_client_config(box.config), "session", handle.fileno(), stdin.fileno())
+        read = os.lseek(stdin.fileno(), 0, os.SEEK_CUR)  # how far serve read its input
+    assert code == 2 and [k for k, _ in read_frames((tmp_path / "long-out").read_bytes())] == ["ok"]
+    assert read <= protocol.MAX_REQUEST + 2 * 4096
     code, out = run_session(box, tmp_path, b"lock\n" * (protocol.MAX_SESSION_REQUESTS + 5))
     assert code == 2 and len(read_frames(out)) == protocol.MAX_SESSION_REQUESTS
     code, out = run_session(box, tmp_path, b"lock\nlock")
@@ -290,3 +295,24 @@ def test_a_session_through_the_cli(box):
     assert result.returncode == 0, result.stderr
     assert result.stdout == 'ok 15\n{"lock": null}\nok 13\n{"ok": true}\n'
     assert (box.archives / ".fetched-marks" / "want-full").exists()
+
+
+def test_a_sessions_refusals_reach_the_auth_log(box, tmp_path):
+    """Each refused line of a session is logged to the auth facility, as a request of its
+    own would be."""
+    import logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    audit = logging.getLogger("pullback.serve.audit")
+    handler = Keep()
+    audit.addHandler(handler)
+    try:
+        run_session(box, tmp_path, b"cat /etc/shadow\nlock\n")
+    finally:
+        audit.removeHandler(handler)
+    assert any("refused request 'cat /etc/shadow'" in r and "unknown request" in r for r in records)

@@ -89,6 +89,18 @@ def connect():
         thing.close()
 
 
+def _flood(channel: paramiko.Channel) -> None:
+    """64 MiB of output past the channel's window: paramiko's peer keeps what arrives
+    whatever its window (flow control is the sender's courtesy)."""
+    transport, chunk = channel.get_transport(), b"A" * 32768
+    for _ in range(2048):
+        message = Message()
+        message.add_byte(cMSG_CHANNEL_DATA)
+        message.add_int(channel.remote_chanid)
+        message.add_string(chunk)
+        transport._send_user_message(message)
+
+
 def _send(channel: paramiko.Channel, request: str) -> None:
     offset = int(request.split()[2])
     channel.sendall(ARCHIVE[offset:])
@@ -126,14 +138,8 @@ def test_data_after_the_end_is_counted_and_stops_the_transfer(connect):
         _send(channel, request)
         channel.shutdown_write()
         time.sleep(0.3)
-        transport, chunk = channel.get_transport(), b"A" * 32768
         try:
-            for _ in range(2048):
-                message = Message()
-                message.add_byte(cMSG_CHANNEL_DATA)
-                message.add_int(channel.remote_chanid)
-                message.add_string(chunk)
-                transport._send_user_message(message)
+            _flood(channel)
         except (OSError, EOFError, paramiko.SSHException):
             return  # the server hung up: what this test wants
 
@@ -389,13 +395,7 @@ def test_a_flood_between_answers_is_dropped_as_it_arrives_and_closes_the_session
         _honest(channel, line)
         if line == "list" and not flooded.is_set():
             flooded.set()
-            transport, chunk = channel.get_transport(), b"A" * 32768
-            for _ in range(2048):
-                message = Message()
-                message.add_byte(cMSG_CHANNEL_DATA)
-                message.add_int(channel.remote_chanid)
-                message.add_string(chunk)
-                transport._send_user_message(message)
+            _flood(channel)
 
     remote = connect(_session_server(frame, []), session=True)
     remote.list_archives()

@@ -215,6 +215,35 @@ class Remote:
             self._client.close()
             self._client = None
 
+    def _exec(self, channel, text: str, cancel=None) -> None:
+        """``channel.exec_command(text)`` within ``connect_timeout``: paramiko waits for
+        the exec request's reply without a deadline, so a client's sshd that never
+        replies would hold the pull until ``host_timeout``. The channel is closed at the
+        deadline, or when the host is cancelled, which ends the wait. Raises TimeoutError
+        then, SSHException when the request is refused."""
+        cancel = cancel or self.runner.cancel
+        replied = threading.Event()
+        late = threading.Event()
+
+        def watch() -> None:
+            ends = time.monotonic() + self.ssh.connect_timeout
+            while not replied.wait(_TICK):
+                if time.monotonic() > ends or (cancel is not None and cancel.is_set()):
+                    late.set()
+                    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                        channel.close()
+                    return
+
+        threading.Thread(target=watch, name="exec-watch", daemon=True).start()
+        try:
+            channel.exec_command(text)
+        except (OSError, EOFError, paramiko.SSHException):
+            if late.is_set():
+                raise TimeoutError(f"no answer to {text!r}") from None
+            raise
+        finally:
+            replied.set()
+
     def _drop_session(self) -> None:
         """Close the session (its serve process sees its input end and exits); the next
         request opens another."""
@@ -237,7 +266,7 @@ class Remote:
                     timeout=self.ssh.connect_timeout
                 )
                 channel.settimeout(_TICK)
-                channel.exec_command(protocol.SESSION.text)
+                self._exec(channel, protocol.SESSION.text)
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 raise RemoteError(f"{self.host.name}: 'session' failed: {_plain(exc)}") from None
             self._session = _Session(self, channel)
@@ -283,7 +312,7 @@ class Remote:
         try:
             channel = self._client.get_transport().open_session(timeout=self.ssh.connect_timeout)
             channel.settimeout(_TICK)
-            channel.exec_command(text)
+            self._exec(channel, text)
             err = _Stderr(self.host.name, text)
             out = self._collect(channel, text, ends, limit, err)
             status = err.await_status(channel, lambda: self._waiting(text, ends))
@@ -464,7 +493,7 @@ class Remote:
         err = _Stderr(host, text)
         try:
             channel.settimeout(_TICK)
-            channel.exec_command(text)
+            self._exec(channel, text, cancel)
             last = time.monotonic()
             while True:
                 self._stream_idle(cancel, last)

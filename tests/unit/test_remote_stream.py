@@ -24,8 +24,9 @@ ARCHIVE = bytes(range(256)) * 4
 
 
 class _Server(paramiko.ServerInterface):
-    def __init__(self, answer: Callable[[paramiko.Channel, str], None]):
+    def __init__(self, answer: Callable[[paramiko.Channel, str], None], hold_exec: float = 0):
         self.answer = answer
+        self.hold_exec = hold_exec
 
     def check_auth_password(self, username, password):
         return paramiko.AUTH_SUCCESSFUL
@@ -37,6 +38,8 @@ class _Server(paramiko.ServerInterface):
         return paramiko.OPEN_SUCCEEDED
 
     def check_channel_exec_request(self, channel, command):
+        time.sleep(self.hold_exec)  # (a reply held back: the whole connection waits)
+
         def answer():
             time.sleep(0.1)  # after paramiko acknowledged the request, as sshd would
             self.answer(channel, command.decode())
@@ -51,7 +54,9 @@ def connect():
     server that answers each request with ``answer(channel, request)``."""
     opened = []
 
-    def make(answer, idle_timeout: float = 20, session: bool = False) -> Remote:
+    def make(
+        answer, idle_timeout: float = 20, session: bool = False, hold_exec: float = 0
+    ) -> Remote:
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
@@ -60,7 +65,7 @@ def connect():
             conn, _ = listener.accept()
             transport = paramiko.Transport(conn)
             transport.add_server_key(paramiko.ECDSAKey.generate())
-            transport.start_server(server=_Server(answer))
+            transport.start_server(server=_Server(answer, hold_exec))
             opened.append(transport)
 
         threading.Thread(target=serve, daemon=True).start()
@@ -434,3 +439,28 @@ def test_a_session_closed_between_answers_is_opened_again_once(connect):
     assert b"".join(remote.stream(NAME, 0, size=len(ARCHIVE))) == ARCHIVE
     assert execs == ["session", "session", "session"]
     assert remote.use_session
+
+
+@pytest.mark.parametrize("session", [False, True])
+def test_an_exec_request_never_answered_fails_at_connect_timeout(connect, session):
+    """A client's sshd that never replies to the exec request: paramiko would wait for
+    ever; the request fails at connect_timeout (2 s here)."""
+    from pullback.server.remote import RemoteError
+
+    remote = connect(_session_server(_honest, []), session=session, hold_exec=30)
+    remote.ssh.connect_timeout = 2
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match="timed out"):
+        remote.list_archives()
+    assert time.monotonic() - started < 6
+
+
+def test_a_cancel_ends_the_wait_for_an_exec_reply(connect):
+    remote = connect(_session_server(_honest, []), hold_exec=30)
+    remote.ssh.connect_timeout = 60
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(TransferCut, match="timed out"):
+        list(remote.stream(NAME, 0, cancel, size=len(ARCHIVE)))
+    assert time.monotonic() - started < 5

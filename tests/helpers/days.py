@@ -465,22 +465,56 @@ try:
         name, limit = handle.read().split()
 except OSError:
     name, limit = None, 0
+limit = int(limit)
+
+
+def copy(source, count):
+    # count bytes from source to our output; returns how many came
+    sent = 0
+    while sent < count:
+        data = os.read(source, min(65536, count - sent))
+        if not data:
+            break
+        os.write(1, data)
+        sent += len(data)
+    return sent
+
+
+if name is not None and words == ["session"]:
+    # a session: its requests pass through; the answer to send <name> 0 stops after
+    # limit bytes of the archive, and the connection with it
+    serve = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    out = serve.stdout.fileno()
+    for line in sys.stdin.buffer:
+        serve.stdin.write(line)
+        serve.stdin.flush()
+        head = b""
+        while not head.endswith(b"\\n"):
+            byte = os.read(out, 1)
+            if not byte:
+                sys.exit(1)
+            head += byte
+        os.write(1, head)
+        length = int(head.split()[1]) if head.startswith(b"ok ") else 0
+        if line.split() == [b"send", name.encode(), b"0"] and length:
+            os.unlink(cut_file)
+            copy(out, min(length, limit))
+            serve.kill()
+            sys.exit(1)
+        copy(out, length)
+    serve.stdin.close()
+    sys.exit(serve.wait())
 if len(words) != 3 or words[0] != "send" or words[1] != name or words[2] != "0":
     os.execv(sys.executable, argv)
 os.unlink(cut_file)
 serve = subprocess.Popen(argv, stdout=subprocess.PIPE)
-sent, limit = 0, int(limit)
-while sent < limit:
-    data = os.read(serve.stdout.fileno(), min(65536, limit - sent))
-    if not data:
-        break
-    os.write(1, data)
-    sent += len(data)
+copy(serve.stdout.fileno(), limit)
 serve.kill()
 serve.wait()
 """
 """The forced command: ``pullback-client serve``, except for the one ``send <name> 0`` the
-cut file names, whose output stops after the given number of bytes (a cut connection)."""
+cut file names, whose output stops after the given number of bytes (a cut connection),
+asked on its own or in a session."""
 
 
 @dataclass

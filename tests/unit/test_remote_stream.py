@@ -215,12 +215,12 @@ def _session_server(frame: Callable[[paramiko.Channel, str], None], execs: list[
 
     def answer(channel, command):
         execs.append(command)
-        if command != "session":
-            channel.sendall_stderr(f"refused request {command!r}: unknown request\n".encode())
-            channel.send_exit_status(2)
-            channel.close()
-            return
         try:
+            if command != "session":
+                channel.sendall_stderr(f"refused request {command!r}: unknown request\n".encode())
+                channel.send_exit_status(2)
+                channel.close()
+                return
             for line in _lines(channel):
                 frame(channel, line)
             channel.send_exit_status(0)

@@ -673,7 +673,11 @@ class _Session:
         """Write the request ``text``; return its answer's first line. The whole answer
         is due within ``idle_timeout``. Raises _NoSession (ended before its first answer),
         RemoteError."""
-        self.busy.acquire()
+        if not self.busy.acquire(timeout=self.remote.ssh.idle_timeout):
+            raise RemoteError(
+                f"{self.remote.host.name}: {text!r} waited {self.remote.ssh.idle_timeout:g}s "
+                "for the session's answer before it to be read"
+            )
         self._held = True
         try:
             return self._ask(text)

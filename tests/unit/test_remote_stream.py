@@ -464,3 +464,30 @@ def test_a_cancel_ends_the_wait_for_an_exec_reply(connect):
     with pytest.raises(TransferCut, match="timed out"):
         list(remote.stream(NAME, 0, cancel, size=len(ARCHIVE)))
     assert time.monotonic() - started < 5
+
+
+def test_a_request_behind_an_answer_never_read_waits_at_most_idle_timeout(connect):
+    """A stream left open half read (a caller that neither reads nor closes it) holds the
+    session: the next request waits idle_timeout for it, then fails in words."""
+    from pullback.server.remote import RemoteError
+
+    big = bytes(range(256)) * 8192
+
+    def frame(channel, line):
+        from pullback.common import protocol
+
+        if line.startswith("send "):
+            channel.sendall(protocol.ok_frame(len(big)) + big)
+        else:
+            _honest(channel, line)
+
+    remote = connect(_session_server(frame, []), session=True, idle_timeout=1)
+    stream = remote.stream(NAME, 0, size=len(big))
+    next(stream)
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match="waited 1s for the session's answer before it"):
+        remote.list_archives()
+    assert time.monotonic() - started < 4
+    stream.close()
+    assert remote._session is None
+    assert remote.list_archives().host == "evil"

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,10 +185,28 @@ class Fleet:
         ).stdout
         return json.loads(out)["archives"]
 
-    def check_repository(self, name: str) -> None:
+    def check_repository(self, name: str, lock_wait: float = 90) -> None:
+        """``restic check`` / ``borg check`` of the host's repository must pass. A lock
+        another live process holds (a soak's killed pull left a restic running: seen once
+        49 s after the lock was made) is waited for up to ``lock_wait`` seconds; the
+        failure then names the restic and borg processes still running."""
         tool = ["restic", "check"] if self.backend == "restic" else ["borg", "check"]
-        done = subprocess.run(tool, env=self.repo_env(name), capture_output=True, text=True)
-        assert done.returncode == 0, f"{' '.join(tool)} of {name}: {done.stdout}{done.stderr}"
+        ends = time.monotonic() + lock_wait
+        while True:
+            done = subprocess.run(tool, env=self.repo_env(name), capture_output=True, text=True)
+            words = f"{done.stdout}{done.stderr}"
+            if done.returncode == 0 or "already locked" not in words:
+                break
+            if time.monotonic() > ends:
+                running = subprocess.run(
+                    ["ps", "-eo", "pid,ppid,etimes,args"], capture_output=True, text=True
+                ).stdout
+                words += "\n" + "\n".join(
+                    line for line in running.splitlines() if "restic" in line or "borg" in line
+                )
+                break
+            time.sleep(2)
+        assert done.returncode == 0, f"{' '.join(tool)} of {name}: {words}"
 
     def restore(self, name: str, target: Path) -> Path:
         """Restore the newest snapshot; return the directory holding services/."""

@@ -462,7 +462,7 @@ class Remote:
             if self.use_session:
                 asked = self._stream_ask(name, offset, size)
                 if asked is not None:
-                    yield from self._stream_session(asked, cancel)
+                    yield from self._stream_session(asked, size - offset, cancel)
                     return
             yield from self._stream_control(name, offset, cancel)
             return
@@ -542,16 +542,17 @@ class Remote:
                 f"{host}: the client offers {frame.length} bytes of {name} from byte {offset}; "
                 f"its listing said {size - offset}"
             )
-        session.pending = frame.length
         return session
 
-    def _stream_session(self, session: _Session, cancel) -> Generator[bytes, None, None]:
-        """The bytes of a ``send`` the session answers (:meth:`_stream_ask`), as they
-        arrive. Raises TransferCut; an answer not read to its end drops the session."""
+    def _stream_session(
+        self, session: _Session, length: int, cancel
+    ) -> Generator[bytes, None, None]:
+        """The ``length`` bytes of a ``send`` the session answers (:meth:`_stream_ask`), as
+        they arrive. Raises TransferCut; an answer not read to its end drops the session."""
         last = [time.monotonic()]
         complete = False
         try:
-            for data in session.body(session.pending, lambda: self._stream_idle(cancel, last[0])):
+            for data in session.body(length, lambda: self._stream_idle(cancel, last[0])):
                 last[0] = time.monotonic()
                 yield data
             complete = True
@@ -630,8 +631,6 @@ class _Session:
         self.answered = 0
         self.ends = 0.0
         """When the whole answer to the request being asked must have arrived."""
-        self.pending = 0
-        """Bytes of the answer still to read (a ``send`` streamed by the caller)."""
         self.busy = threading.Lock()
         """Held from a request's line to the end of its answer (:meth:`done`)."""
         self._held = False

@@ -479,8 +479,13 @@ class HostPull:
 
     def clear_interrupted_store(self) -> None:
         """If a killed pull was storing this host, remove the locks its store left (only
-        locks whose process is gone)."""
-        cut = self.interrupted is not None and self.interrupted.phases.get(self.ctx.name) == STORING
+        locks whose process is gone). A journal that says "transferring" counts too: the
+        host's process tells the journal's writer its phase through a pipe, so a kill
+        just after the store began can leave the journal one phase behind (a soak caught
+        it: a ``restic backup`` killed with its lock while the journal still said
+        transferring)."""
+        phase = self.interrupted.phases.get(self.ctx.name) if self.interrupted else None
+        cut = phase in (TRANSFERRING, STORING)
         if not cut or self.options.dry_run or self.repository_missing:
             return
         try:

@@ -186,10 +186,11 @@ class Fleet:
         return json.loads(out)["archives"]
 
     def check_repository(self, name: str, lock_wait: float = 90) -> None:
-        """``restic check`` / ``borg check`` of the host's repository must pass. A lock
-        another live process holds (a soak's killed pull left a restic running: seen once
-        49 s after the lock was made) is waited for up to ``lock_wait`` seconds; the
-        failure then names the restic and borg processes still running."""
+        """``restic check`` / ``borg check`` of the host's repository must pass. A lock is
+        waited for up to ``lock_wait`` seconds; the failure then names the restic and borg
+        processes still running. (restic 0.14 refuses its exclusive lock while any lock is
+        there, a dead process's too: a soak's failure here was a killed store's lock that
+        the next pull had not removed, with no restic running.)"""
         tool = ["restic", "check"] if self.backend == "restic" else ["borg", "check"]
         ends = time.monotonic() + lock_wait
         while True:

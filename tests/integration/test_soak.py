@@ -210,6 +210,9 @@ def _soak(bed: FaultBed, rng: random.Random) -> None:
         code, log = _pull_in_process(bed)  # after a kill: the next run, which recovers
         if not killed:
             heal(bed, cycle)
+        else:  # the recovering pull removed the killed store's lock (only a dead one's)
+            left = {host: bed.restic_locks(host) for host in HOSTS}
+            assert not any(left.values()), f"cycle {number}: locks left {left}:\n{log}"
         found = set(STORED.findall(extra_log + log))
         if killed:  # the killed store may have finished its snapshot just in time
             # (only this cycle's archives: an archive stays offered, and "already

@@ -621,6 +621,22 @@ def test_a_store_cut_short_by_a_killed_pull_has_its_stale_locks_removed(config, 
     assert "removed 1 stale lock(s)" in result.warnings
 
 
+def test_a_journal_one_phase_behind_the_store_still_has_its_stale_locks_removed(
+    config, backend, client
+):
+    # the host's process tells the journal's writer its phase through a pipe: a pull
+    # killed just after the store began can leave "transferring" in the journal
+    killed = InterruptedRun(99, "2026-11-30T11:00:00Z", {"web1": TRANSFERRING})
+    make_pull(config, backend, client, interrupted=killed).run()
+    assert backend.unlocked == 1
+
+
+def test_a_pull_killed_while_connecting_leaves_the_repository_alone(config, backend, client):
+    killed = InterruptedRun(99, "2026-11-30T11:00:00Z", {"web1": CONNECTING})
+    make_pull(config, backend, client, interrupted=killed).run()
+    assert backend.unlocked == 0
+
+
 def test_a_repository_that_cannot_be_read_fails_the_host(config, backend, client):
     publish_one(client)
     backend.fail_snapshots = BackendError("wrong password for the restic repository memory")

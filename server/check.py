@@ -115,6 +115,13 @@ def local_problems(
     return problems
 
 
+def _of_host(name: str, exc: Exception) -> str:
+    """The problem ``exc`` of host ``name``, the name said once (errors of the
+    connection already begin with it)."""
+    text = str(exc)
+    return text if text.startswith(f"{name}: ") else f"{name}: {text}"
+
+
 def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
     """Reach the client and the repository of one host, changing nothing."""
     name = ctx.name
@@ -122,7 +129,7 @@ def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
         with Remote(ctx.host, ctx.config.ssh, ctx.runner) as remote:
             listing = remote.list_archives()
     except PullbackError as exc:
-        problems.append(f"{name}: {exc}")
+        problems.append(_of_host(name, exc))
         return
     if listing.host != name:
         problems.append(
@@ -159,9 +166,9 @@ def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
                 f"{name}: repository {backend.repository()} will be created by the first pull"
             )
         else:
-            problems.append(f"{name}: {exc}")
+            problems.append(_of_host(name, exc))
     except PullbackError as exc:
-        problems.append(f"{name}: {exc}")
+        problems.append(_of_host(name, exc))
 
 
 def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[str], list[str]]:

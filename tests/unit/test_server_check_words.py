@@ -1,0 +1,41 @@
+"""What ``pullback-server check`` and the summary mail say: each fact once, in words."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+
+from pullback.server import report
+from pullback.server.check import check
+from pullback.server.config import load_server_config
+from pullback.server.results import HostResult, Status
+from tests.helpers.sshd import free_port
+
+
+def test_an_unreachable_host_is_named_once(tmp_path):
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (tmp_path / "pw").write_text("pw\n")
+    (tmp_path / "pw").chmod(0o600)
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        f"ssh: {{key_file: {tmp_path / 'id'}, connect_timeout: 2s}}\n"
+        f"backend: {{type: restic, repository_url: '{tmp_path}/repo/{{host}}', "
+        f"password_file: {tmp_path / 'pw'}}}\n"
+        f"hosts:\n  - name: web1\n    address: 127.0.0.1\n    port: {free_port()}\n"
+    )
+    _, problems = check(load_server_config(path))
+    reach = [p for p in problems if "cannot connect" in p]
+    assert reach and reach[0].startswith("web1: cannot connect to 127.0.0.1"), problems
+    assert not any("web1: web1:" in p for p in problems), problems
+
+
+def test_a_host_never_stored_has_no_snapshot_rather_than_one_never_old():
+    now = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)
+    never = HostResult("web1", Status.FAILED, "unreachable", stale=True)
+    stored = HostResult("web2", Status.STORED, newest_snapshot="2026-12-01T23:00:00Z")
+    text, _ = report.render([never, stored], now=now)
+    assert "newest snapshot: none, last verified: never" in text
+    assert "never old" not in text
+    assert "newest snapshot: 1h00m old (2026-12-01T23:00:00Z)" in text

@@ -20,7 +20,7 @@ from ..common.archive.baseindex import BaseIndex, IndexedTree, IndexWriter
 from ..common.archive.compression import compression_of
 from ..common.archive.reader import TarStream
 from ..common.archive.sidecar import ARCHIVE_NAME, SIDECAR_NAME, ServiceReport, TaskReport
-from ..common.archive.unpack import Unpacker
+from ..common.archive.unpack import BaseMismatch, Unpacker
 from ..common.clock import stamp_of, utc_now
 from ..common.errors import (
     EXIT_FAILED,
@@ -83,6 +83,15 @@ def unpack_chain(archive: Path, into: Path) -> Path:
         index = IndexWriter(into)
         try:
             unpack_archive(path, into, base, index)
+        except BaseMismatch:
+            if len(chain) > 1 or _sidecar_of(archive) is not None:
+                raise
+            raise UsageError(
+                f"{archive.name} is a delta archive (it takes files from the archives "
+                f"before it), and its sidecar {archive.name}.json, which names them, is "
+                "missing or unreadable: put the sidecar back beside it, or restore from "
+                "the server's snapshot (pullback-server restore) instead"
+            ) from None
         finally:
             if base is not None:
                 base.close()

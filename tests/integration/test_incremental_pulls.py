@@ -158,6 +158,15 @@ def test_the_next_day_travels_as_a_delta_and_restores_exactly(fleet, tmp_path):
     assert broken.returncode == 2, broken.stderr
     assert "is a delta archive (only what changed since" in broken.stderr
     (tmp_path / "aside").rename(full_file)
+    # ... and when its sidecar, which names the chain, is missing
+    sidecar = delta_file.with_name(delta_file.name + ".json")
+    sidecar.rename(tmp_path / "sidecar-aside")
+    blind = host.client.cli(
+        "restore", "--service", "app", "--from", str(delta_file), "--target", str(target)
+    )
+    assert blind.returncode == 2, blind.stderr
+    assert f"its sidecar {delta_file.name}.json, which names them, is missing" in blind.stderr
+    (tmp_path / "sidecar-aside").rename(sidecar)
     # a delta in fetched/ (deltas switched off later) finds its full in the directory above
     fetched = host.client.archives / "fetched"
     fetched.mkdir(exist_ok=True)

@@ -56,7 +56,8 @@ paramiko's slower copying (about 70 MB/s against OpenSSH's 250 MB/s here) up to 
 MAX_SHORT_ANSWER = 4096
 """Bytes a ``fetched`` answer may have (it is ``{"ok": true}``)."""
 MAX_STDERR = 64 << 10
-"""How much of a refused request's standard error is kept (its last line is shown)."""
+"""How much of a request's standard error is kept, the last bytes (its last line is
+shown; a session's standard error gathers every request's)."""
 MAX_STDERR_READ = 1 << 20
 """Standard error a control request may write at all: past it the request fails. paramiko
 buffers whatever the peer sends, flow control or not, so it is read (and dropped past
@@ -87,8 +88,8 @@ def _stopped(host: str, name: str, status: int | None, last: str) -> RemoteError
 
 
 class _Stderr:
-    """A control request's standard error: the first MAX_STDERR bytes kept, the rest
-    dropped; more than MAX_STDERR_READ in all fails the request."""
+    """A control request's standard error: the last MAX_STDERR bytes kept, what came
+    before dropped; more than MAX_STDERR_READ in all fails the request."""
 
     def __init__(self, host: str, request: str):
         self.host, self.request = host, request
@@ -101,8 +102,9 @@ class _Stderr:
             data = channel.recv_stderr(1 << 16)
             if not data:
                 return
-            if len(self.kept) < MAX_STDERR:
-                self.kept += data[: MAX_STDERR - len(self.kept)]
+            self.kept += data[-MAX_STDERR:]
+            if len(self.kept) > MAX_STDERR:
+                del self.kept[: len(self.kept) - MAX_STDERR]
             self.count(len(data))
 
     def count(self, size: int, what: str = "messages") -> None:

@@ -17,6 +17,7 @@ import pytest
 from paramiko.common import cMSG_CHANNEL_DATA
 from paramiko.message import Message
 
+from pullback.server import remote as remote_module
 from pullback.server.remote import SMALL_STREAM, Remote, TransferCut
 
 NAME = "evil-20261201T000000Z.tar.zst"
@@ -491,3 +492,26 @@ def test_a_request_behind_an_answer_never_read_waits_at_most_idle_timeout(connec
     stream.close()
     assert remote._session is None
     assert remote.list_archives().host == "evil"
+
+
+class _StderrOnly:
+    """A channel that has only standard error to give, in the pieces it was given."""
+
+    def __init__(self, pieces: list[bytes]):
+        self.pieces = pieces
+
+    def recv_stderr_ready(self) -> bool:
+        return bool(self.pieces)
+
+    def recv_stderr(self, size: int) -> bytes:
+        return self.pieces.pop(0)
+
+
+def test_the_newest_standard_error_is_kept_and_its_bound_holds():
+    # a session's many refusals: the line that ended it is the one shown, not the first
+    err = remote_module._Stderr("web1", "session")
+    older = [f"refused {n}\n".encode() * 2000 for n in range(5)]  # 5 x 22 KB
+    err.drain(_StderrOnly([*older, b"the last words\n"]))
+    assert len(err.kept) == remote_module.MAX_STDERR
+    assert bytes(err.kept).splitlines()[-1] == b"the last words"
+    assert err.total == sum(map(len, older)) + len(b"the last words\n")

@@ -764,9 +764,16 @@ class HostPull:
         when = parse_stamp(archive.stamp)
         remaining = max(60.0, ctx.config.host_timeout - (time.monotonic() - self.started))
         timeout = min(ctx.config.backend.timeout, remaining)
-        spec = SnapshotSpec(archive.stamp, when, tuple(archive.failed_services))
+        read_all = not status_file.reads_ctime(ctx.config.state_dir, ctx.name)
+        if read_all and status_file.stored_before(ctx.config.state_dir, ctx.name):
+            ctx.log.info(
+                "every file of staging is read once: an older pullback's snapshots may keep "
+                "stale bytes of a file rewritten with its old size and mtime"
+            )
+        spec = SnapshotSpec(archive.stamp, when, tuple(archive.failed_services), read_all)
         stored = self._store_in_turn(spec, timeout)
         result.status = Status.STORED
+        result.reads_ctime = True
         result.database_dumps = sum(len(found) for found in find_dumps(ctx.staging).values())
         result.snapshot_id = stored.snapshot_id
         result.bytes_added = stored.bytes_added

@@ -23,8 +23,8 @@ Safety (the archive comes from a host that may be compromised):
   :mod:`.deltaops`, in constant memory, into a new file.
 
 Economy: the staging tree is kept between runs. A file whose content and metadata did
-not change is not touched at all (not even its ctime), so ``restic backup
---ignore-inode`` / ``borg create`` re-read only what changed. Afterwards, whatever the
+not change is not touched at all (not even its ctime), so ``restic backup`` / ``borg
+create`` (both compare ctime) re-read only what changed. Afterwards, whatever the
 archive no longer holds is removed, so staging mirrors the archive exactly.
 """
 

@@ -45,6 +45,10 @@ class SnapshotSpec:
     stamp: str
     when: dt.datetime
     failed: tuple[str, ...] = ()
+    read_all: bool = False
+    """Read every file of staging again instead of trusting the parent snapshot's (restic
+    ``--force``): once per host, when no snapshot of it is known to have been made by a
+    restic that compares ctime (see :func:`.restic.backup_args`)."""
 
 
 @dataclass(frozen=True)

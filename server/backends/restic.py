@@ -74,7 +74,13 @@ def backup_args(host: str, spec: SnapshotSpec, extra: Sequence[str] = ()) -> lis
     """``restic backup`` of the staging tree (run in it: the snapshot's root holds
     ``services/`` and ``MANIFEST.sha256``), tagged and timed like the archive; a partial
     archive's snapshot is also tagged ``partial`` and ``failed:<service>`` per service.
-    ``extra``: the administrator's ``backend.backup_options``, as they are (no shell)."""
+    ``extra``: the administrator's ``backend.backup_options``, as they are (no shell).
+    Never ``--ignore-inode``: restic 0.14 (Debian 12's) then checks no ctime either, and
+    a file rewritten with bytes of the same length and its old mtime (``cp -p``,
+    ``rsync -a``) kept the parent snapshot's old bytes. The staging tree keeps an
+    unchanged file's inode and ctime, so only what changed is read. ``spec.read_all``
+    (``--force``) reads every file once: the snapshots an older pullback made that way
+    may hold such stale bytes, and a parent restic trusts would carry them on."""
     marks = [PARTIAL, *(f"{FAILED}{name}" for name in spec.failed)] if spec.failed else []
     return [
         "backup",
@@ -88,7 +94,7 @@ def backup_args(host: str, spec: SnapshotSpec, extra: Sequence[str] = ()) -> lis
         *[arg for mark in marks for arg in ("--tag", mark)],
         "--time",
         spec.when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "--ignore-inode",
+        *(["--force"] if spec.read_all else []),
         *extra,
         ".",
     ]

@@ -587,3 +587,73 @@ def test_renamed_files_and_directories_travel_as_names(fleet, tmp_path):
     pulled = pull(fleet)
     assert pulled["rc"] == 0, pulled["log"]
     assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r") == snapshot(data)
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["delta", "full"])
+def test_an_edit_that_keeps_size_and_mtime_is_stored(fleet, tmp_path, enabled):
+    """``cp -p``, ``rsync -a`` or a deploy tool can rewrite a file with bytes of the same
+    length and keep its mtime: the client sees the new ctime, staging gets the new bytes
+    with the old size and mtime, and restic must read them (restic 0.14 checks no ctime
+    under ``--ignore-inode``, and stored the old bytes: a newcomer's walkthrough)."""
+    host = incremental_host(fleet, enabled=enabled)
+    run_client(host)
+    assert pull(fleet)["rc"] == 0
+    note = host.data / "docs" / "d0" / "note0.txt"
+    before = note.stat()
+    note.write_text(note.read_text().replace("note 0", "NOTE 0", 1))
+    os.utime(note, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (note.stat().st_size, note.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    run_client(host)
+    day2 = pull(fleet)
+    assert day2["rc"] == 0, day2["log"]
+    tree = restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "restored")
+    assert tree == snapshot(host.data)
+
+
+def test_the_first_pull_after_the_upgrade_reads_every_file_and_heals_a_stale_snapshot(
+    fleet, tmp_path
+):
+    """An older pullback stored such an edit's old bytes, and restic's parent kept them
+    (it records the file's new ctime with the old bytes): the first store of this
+    version reads every file once (``--force``), then trusts the parent again."""
+    host = incremental_host(fleet)
+    run_client(host)
+    assert pull(fleet)["rc"] == 0
+    note = host.data / "docs" / "d0" / "note0.txt"
+    before = note.stat()
+    note.write_text(note.read_text().replace("note 0", "NOTE 0", 1))
+    os.utime(note, ns=(before.st_atime_ns, before.st_mtime_ns))
+    run_client(host)
+    # the older pullback: restic backup --ignore-inode, which compared no ctime
+    fleet.write_config(backend={"backup_options": ["--ignore-inode"]})
+    assert pull(fleet)["rc"] == 0
+    key = os.fsencode(note.relative_to(host.data))
+    stale = restored_tree(fleet, snapshot_ids(fleet)[-1], tmp_path / "stale")
+    assert stale[key] != snapshot(host.data)[key], "the older pullback's defect is not here"
+    # upgraded: status.json knows nothing of a ctime-reading store yet
+    fleet.write_config(backend={"backup_options": []})
+    status_path = fleet.state / "status.json"
+    status = json.loads(status_path.read_text())
+    del status["hosts"]["web1"]["reads_ctime"]
+    status_path.write_text(json.dumps(status))
+    run_client(host)
+    healed = pull(fleet)
+    assert healed["rc"] == 0, healed["log"]
+    assert "every file of staging is read once" in healed["log"]
+    assert healed["host"]["reads_ctime"] is True
+    assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "healed") == snapshot(host.data)
+    run_client(host)
+    quiet = pull(fleet)
+    assert quiet["rc"] == 0 and "read once" not in quiet["log"]
+
+
+def restored_tree(fleet: Fleet, snapshot_id: str, target: Path) -> dict:
+    """The restored tree of the host's data, without checking its manifest."""
+    subprocess.run(
+        ["restic", "restore", snapshot_id, "--target", str(target)],
+        env=fleet.repo_env("web1"),
+        capture_output=True,
+        check=True,
+    )
+    (files,) = list(target.rglob("services/app/files"))
+    return snapshot(files / str(fleet.hosts["web1"].data).lstrip("/"))

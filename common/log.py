@@ -44,6 +44,21 @@ class PrefixAdapter(logging.LoggerAdapter):
     def process(self, msg, kwargs):
         return f"[{self.prefix}] {msg}", kwargs
 
+    def log(self, level, msg, *args, **kwargs) -> None:
+        """Log as the logger would, the prefix said once: a message that begins with it
+        (an error of the host's connection says ``web1: ...``) loses that beginning."""
+        if not self.isEnabledFor(level):
+            return
+        try:
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):  # let logging report the broken call as it does
+            super().log(level, msg, *args, **kwargs)
+            return
+        head = f"{self.prefix}: "
+        if text.startswith(head):
+            text = text[len(head) :]
+        super().log(level, "%s", text, **kwargs)
+
 
 Log = logging.Logger | PrefixAdapter
 """What pullback code logs to: the logger itself, or a prefixed view of it."""

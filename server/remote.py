@@ -191,7 +191,9 @@ class Remote:
             client.close()
             raise RemoteError(
                 f"{self.host.name}: the client refused the server's key for user "
-                f"{self.host.user}: add it to that user's authorized_keys"
+                f"{self.host.user}: add it to that user's authorized_keys (already "
+                "there? sshd ignores the file when it, ~/.ssh or the home directory is "
+                "writable by anyone but that user)"
             ) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             client.close()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fsutil import fsync_dir
+from .manifest import MANIFEST_NAME
 from .ordered import OrderedLookup
 
 INDEX_FORMAT = 2
@@ -87,10 +88,11 @@ def _read_tree(db: sqlite3.Connection) -> IndexedTree | None:
 
 
 def read_tree(staging: Path) -> IndexedTree | None:
-    """The archive ``staging`` holds by its index, or None (no index, or not one this
-    version wrote completely)."""
+    """The archive ``staging`` holds by its index, or None (no index, not one this
+    version wrote completely, or a staging tree that is gone: every indexed tree has its
+    manifest at its root)."""
     path = index_path(staging)
-    if not path.exists():
+    if not path.exists() or not os.path.lexists(staging / MANIFEST_NAME):
         return None
     try:
         with contextlib.closing(_connect(path, readonly=True)) as db:

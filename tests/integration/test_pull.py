@@ -539,3 +539,17 @@ def test_every_command_that_lists_or_reports_speaks_json(fleet):
     (listed,) = json.loads(host.client.cli("list", "--json").stdout)
     assert listed["stored_by_server"] and not listed["fetched"]  # marked, kept until a newer
     assert "stored, kept" in host.client.cli("list").stdout
+
+
+def test_a_refused_key_says_where_to_look(fleet):
+    """The client's sshd refused the server's key: the words say to add it, and that a
+    key already there is ignored when the file or its directories are writable by others
+    (sshd's StrictModes: a newcomer's chmod 0666 got only "add it")."""
+    host = fleet.add_host("web1")
+    host.make_archive()
+    (host.sshd.root / "authorized_keys").write_text("")
+    result = fleet.server("pull")
+    assert result.returncode == 1
+    assert "the client refused the server's key for user" in result.stderr
+    assert "writable by anyone but that user" in result.stderr
+    assert "web1: web1:" not in result.stderr, result.stderr

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from ..common.clock import age, utc_now
 from ..common.outcome import Status
+from ..common.text import printable
 from ..common.units import human_duration, human_size
 from .config import ServerConfig
 from .host_state import HISTORY_CELLS, SYMBOLS, HostState
@@ -179,6 +180,15 @@ def _state(entry: dict, stale: bool) -> HostState:
     return HostState.OK
 
 
+def _reason(entry: dict) -> str:
+    """What the row says under the table: the last pull's words, unless that pull went
+    well and the last restore drill failed (what made the host need attention)."""
+    if entry.get("last_result") != Status.FAILED and entry.get("verify_result") == Status.FAILED:
+        said = printable(str(entry.get("verify_summary") or "see status --json"), 300)
+        return f"the last restore drill failed: {said}"
+    return str(entry.get("reason", ""))
+
+
 def host_row(
     name: str, entry: dict, max_age: float, now: dt.datetime, *, server: str = ""
 ) -> HostRow:
@@ -195,7 +205,7 @@ def host_row(
         host=name,
         state=_state(entry, stale),
         result=entry.get("last_result", "never pulled"),
-        reason=held or entry.get("reason", ""),
+        reason=held or _reason(entry),
         stale=stale,
         newest_age=age(entry.get("newest_snapshot"), now),
         verified_age=age(entry.get("last_verified"), now),

@@ -381,6 +381,17 @@ def fresh(config: ClientConfig) -> str | None:
     )
 
 
+def broken_services(config: ClientConfig, names: list[str] | None = None) -> list[str]:
+    """The services whose file is broken, each logged as the run would skip it: a timer
+    tick with nothing to do still says so at once (exit 1), not only the next due run."""
+    plugins = load_plugins(config.plugin_dirs)
+    broken = [s for s in select_services(discover(config.service_dirs, plugins), names) if s.broken]
+    for service in broken:
+        problems = "; ".join(str(p) for p in service.problems)
+        PrefixAdapter(log, service.name).error("its service file is broken: %s", problems)
+    return [s.name for s in broken]
+
+
 def command(config: ClientConfig, args: argparse.Namespace) -> int:
     return run_and_report(config, args.service, args.dry_run, args.if_due, full=args.full)
 
@@ -403,7 +414,7 @@ def run_and_report(
         reason = fresh(config)
         if reason:
             log.info("%s; nothing to do", reason)
-            return EXIT_OK
+            return EXIT_FAILED if broken_services(config, names) else EXIT_OK
     notifier = Notifier(config.notify, f"run on {config.hostname}")
     notifier.start()
     started = time.monotonic()

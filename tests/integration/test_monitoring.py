@@ -296,6 +296,14 @@ def test_client_if_due_failure_mail_pings_and_metrics(tmp_path, http):
         again = box.cli("run", "--if-due")
         assert again.returncode == 0 and "fresh:" in again.stderr
         assert len(box.published()) == 1  # no second archive within min_interval
+        # a service file broken since: the next tick says so (exit 1), fresh or not
+        typo = box.add_service("typo", "service: {name: typo}\nfile: {paths: [/srv]}\n")
+        broken = box.cli("run", "--if-due")
+        assert broken.returncode == 1, broken.stderr
+        assert "[typo] its service file is broken: " in broken.stderr
+        assert "did you mean 'files'" in broken.stderr
+        assert len(box.published()) == 1
+        shutil.rmtree(typo.parent)
         assert http.paths() == ["/hc/client/start", "/hc/client"]
         found = samples(metrics)
         assert found[("pullback_client_service_ok", (("service", "app"),))] == 1

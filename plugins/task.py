@@ -143,10 +143,13 @@ class Task:
 
     def run(self, argv: Sequence[str | os.PathLike], **kwargs) -> CommandResult:
         """Run a command through the task's runner (secrets masked, output logged); as
-        the task's ``run_as`` user when its section names one (``runuser``)."""
+        the task's ``run_as`` user when its section names one (``runuser``), then from
+        ``/`` unless ``cwd`` says otherwise (the caller's directory, /root, is closed to
+        that user: runuser said so on every dump)."""
         user = self.config.get("run_as")
         if user:
             argv = ["runuser", "-u", user, "--", *argv]
+            kwargs.setdefault("cwd", "/")
         return self.runner.run(argv, **kwargs)
 
     def add_tree(

@@ -266,12 +266,19 @@ def test_a_stock_debian_postgresql_with_peer_authentication(shared_root, tmp_pat
 
         service("run_as: postgres")
         assert box.cli("check").returncode == 0
-        assert box.cli("run").returncode == 0
+        home = tmp_path / "root-home"  # started from root's home, closed to postgres
+        home.mkdir(mode=0o700)
+        ran = box.cli("run", cwd=home)
+        assert ran.returncode == 0, ran.stderr
         pg.sql("UPDATE orders SET total = 99", "shop")
         (archive,) = box.published()
-        result = box.cli("restore", "--service", "shop", "--from", str(archive), "--replace")
+        result = box.cli(
+            "restore", "--service", "shop", "--from", str(archive), "--replace", cwd=home
+        )
         assert result.returncode == 0, result.stderr
         assert rows(pg) == "1=10"
+        # the tools run as postgres from /, not from a directory it cannot enter
+        assert "could not change directory" not in ran.stderr + result.stderr
     finally:
         pg.stop()
 

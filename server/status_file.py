@@ -215,8 +215,8 @@ def _record_drill(entry: dict, drill, now: str) -> None:
     if drill.ok:
         entry["last_verified"] = now
         entry["last_verified_snapshot"] = drill.snapshot_id
-        if drill.databases_proven:
-            entry["databases_proven"] = now
+    if drill.databases_proven:  # every dump loaded, even when a file of it failed
+        entry["databases_proven"] = now
 
 
 def record_drills(state_dir: Path, drills) -> dict:

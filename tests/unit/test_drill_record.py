@@ -1,0 +1,29 @@
+"""What status.json keeps of a restore drill."""
+
+from __future__ import annotations
+
+from pullback.server import status_file
+from pullback.server.db_proof import DatabaseProof
+from pullback.server.drill import DrillResult
+
+
+def test_dumps_that_loaded_are_proven_even_when_a_file_of_the_snapshot_failed(tmp_path):
+    drill = DrillResult(
+        "web1",
+        ok=False,
+        snapshot_id="83ac9c9e",
+        problems=["changed: services/app/files/srv/app/f12.txt"],
+        databases=[DatabaseProof("shop", "postgresql", "shop", tables=3, rows=12)],
+    )
+    entry = status_file.record_drills(tmp_path, [drill])["hosts"]["web1"]
+    assert entry["verify_result"] == "failed"
+    assert "last_verified" not in entry  # the snapshot as a whole was not proven
+    assert entry["databases_proven"] == entry["last_verified_attempt"]
+
+
+def test_a_dump_that_failed_to_load_proves_nothing(tmp_path):
+    bad = DatabaseProof("shop", "postgresql", "shop")
+    bad.fail("ERROR: syntax error at line 3")
+    drill = DrillResult("web1", ok=False, snapshot_id="83ac9c9e", databases=[bad])
+    entry = status_file.record_drills(tmp_path, [drill])["hosts"]["web1"]
+    assert "databases_proven" not in entry

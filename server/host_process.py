@@ -43,7 +43,7 @@ from ..common.text import printable
 from ..common.units import human_duration, human_size
 from .config import HostConfig, ServerConfig
 from .host import HostContext
-from .journal import STORING, Journal
+from .journal import CONNECTING, STORING, Journal
 from .results import HostResult
 
 log = get_logger("host")
@@ -221,7 +221,10 @@ def pull_hosts(
     try:
         while waiting or running:
             while waiting and len(running) < config.parallel:
-                child = _start(config, waiting.pop(0), work, parent_only)
+                host = waiting.pop(0)
+                if journal is not None:  # before the child exists: a kill finds it named
+                    journal.phase(host.name, CONNECTING)
+                child = _start(config, host, work, parent_only)
                 running[child.fd] = child
                 poller.register(child.fd, select.POLLIN | select.POLLHUP)
             for fd, _ in poller.poll(_POLL_MS):

@@ -331,6 +331,8 @@ class HostPull:
         """The repository does not exist yet; it is made before the first store."""
         self.client_protocol = 1
         """What the client's listing says it speaks (3: it hears that deltas apply)."""
+        self.untrusted_parent = False
+        """The host's newest snapshot lacks restic's CTIME_TAG: the store reads every file."""
 
     # -- the whole run ------------------------------------------------------------------
 
@@ -478,14 +480,13 @@ class HostPull:
         return frozenset(name for name, count in failures.items() if count >= CHECKSUM_TRIES)
 
     def clear_interrupted_store(self) -> None:
-        """If a killed pull was storing this host, remove the locks its store left (only
-        locks whose process is gone). A journal that says "transferring" counts too: the
-        host's process tells the journal's writer its phase through a pipe, so a kill
-        just after the store began can leave the journal one phase behind (a soak caught
-        it: a ``restic backup`` killed with its lock while the journal still said
-        transferring)."""
-        phase = self.interrupted.phases.get(self.ctx.name) if self.interrupted else None
-        cut = phase in (TRANSFERRING, STORING)
+        """If a killed pull had begun this host, remove the locks its store may have left
+        (only locks whose process is gone), whatever phase its journal says: the host's
+        process tells the journal's writer its phase through a pipe, so a kill can leave
+        the journal behind the store (a soak caught a ``restic backup`` killed with its
+        lock while the journal still said "connecting"). The host is in the journal
+        from before its process starts."""
+        cut = self.interrupted is not None and self.ctx.name in self.interrupted.phases
         if not cut or self.options.dry_run or self.repository_missing:
             return
         try:
@@ -564,6 +565,8 @@ class HostPull:
         result.newest_snapshot = iso_or_none(snapshots[-1].time if snapshots else None)
         result.oldest_snapshot = iso_or_none(snapshots[0].time if snapshots else None)
         result.snapshot_count = len(snapshots)
+        own = [s for s in snapshots if not s.adopted]
+        self.untrusted_parent = bool(own) and not own[-1].reads_ctime
         return Stored.of(snapshots)
 
     def apply(self, choice: Choice, remote: ClientEndpoint, listing: Listing | None = None) -> bool:
@@ -764,16 +767,16 @@ class HostPull:
         when = parse_stamp(archive.stamp)
         remaining = max(60.0, ctx.config.host_timeout - (time.monotonic() - self.started))
         timeout = min(ctx.config.backend.timeout, remaining)
-        read_all = not status_file.reads_ctime(ctx.config.state_dir, ctx.name)
-        if read_all and status_file.stored_before(ctx.config.state_dir, ctx.name):
+        read_all = self.untrusted_parent
+        if read_all:
             ctx.log.info(
-                "every file of staging is read once: an older pullback's snapshots may keep "
-                "stale bytes of a file rewritten with its old size and mtime"
+                "every file of staging is read again: the newest snapshot was made by an "
+                "older pullback, which may have kept a file's older bytes (one rewritten "
+                "with its old size and mtime)"
             )
         spec = SnapshotSpec(archive.stamp, when, tuple(archive.failed_services), read_all)
         stored = self._store_in_turn(spec, timeout)
         result.status = Status.STORED
-        result.reads_ctime = True
         result.database_dumps = sum(len(found) for found in find_dumps(ctx.staging).values())
         result.snapshot_id = stored.snapshot_id
         result.bytes_added = stored.bytes_added

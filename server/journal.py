@@ -6,8 +6,9 @@ that is killed outright (SIGKILL, the OOM killer, a power cut) leaves it behind;
 pull, which holds the same server lock, reads it and reports, per host, what was being
 done when the server died ("killed while storing web3"). A host whose store was cut
 short may have left a stale repository lock; the pull removes it (only locks whose
-process is gone are ever removed), for a host recorded as transferring too, since the
-phase reaches the journal through a pipe and may lag the store by one step.
+process is gone are ever removed), for every host the journal names: a host is in it
+from before its process starts, and the phase reaches the journal through a pipe, so it
+may lag the store.
 
 The journal is best effort: a full scratch disk must not fail a pull because the journal
 could not be written.

@@ -73,9 +73,6 @@ class HostResult:
     not_delivered: list[str] = field(default_factory=list)
     """The host's own pings and messages that could not be delivered (the run exits 1)."""
     client_protocol: int | None = None
-    reads_ctime: bool | None = None
-    """True once a snapshot was stored by a backend that compares ctime and (restic)
-    read every file, so that no stale bytes of an older pullback's snapshots carry on."""
     """The serve protocol the client's listing said it speaks (None: no listing came)."""
 
     @property

@@ -154,19 +154,6 @@ def client_protocol(state_dir: Path, host: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 1
 
 
-def reads_ctime(state_dir: Path, host: str) -> bool:
-    """Whether a snapshot of ``host`` was stored by this pullback's store, which compares
-    ctime and read every file once (False: an older pullback's snapshots, or none)."""
-    entry = load_status(state_dir)["hosts"].get(host, {})
-    return isinstance(entry, dict) and entry.get("reads_ctime") is True
-
-
-def stored_before(state_dir: Path, host: str) -> bool:
-    """Whether a pull stored a snapshot of ``host`` before (status.json's record)."""
-    entry = load_status(state_dir)["hosts"].get(host, {})
-    return isinstance(entry, dict) and bool(entry.get("snapshot_id"))
-
-
 def _known_facts(result: HostResult) -> dict:
     """What the result knows and an earlier entry may hold: kept unless known anew."""
     facts = {
@@ -176,7 +163,6 @@ def _known_facts(result: HostResult) -> dict:
         "pull_peak_rss": result.peak_rss or None,
         "database_dumps": result.database_dumps,
         "client_protocol": result.client_protocol,
-        "reads_ctime": result.reads_ctime,
     }
     return {key: value for key, value in facts.items() if value is not None}
 

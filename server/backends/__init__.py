@@ -35,6 +35,9 @@ class Snapshot:
     """restic: the snapshot's root tree: a copy's is its original's (same content)."""
     original: str | None = None
     """restic: the id of the snapshot this one was copied from (``restic copy``)."""
+    reads_ctime: bool = True
+    """restic: made by a store that compared ctime over a clean parent (its CTIME_TAG);
+    False for an older pullback's snapshot, which may hold a file's older bytes."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,9 @@ class SnapshotSpec:
     when: dt.datetime
     failed: tuple[str, ...] = ()
     read_all: bool = False
-    """Read every file of staging again instead of trusting the parent snapshot's (restic
-    ``--force``): once per host, when no snapshot of it is known to have been made by a
-    restic that compares ctime (see :func:`.restic.backup_args`)."""
+    """Read every file of staging again instead of trusting the parent snapshot (restic
+    ``--force``): the host's newest snapshot was made by an older pullback, which may
+    have kept a file's older bytes (see :func:`.restic.backup_args`)."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,10 @@ from .base import RepositoryBackend, local_path
 from .errors import BackendError, IncompleteStore
 
 TAG = "pullback"
+CTIME_TAG = "pullback-ctime"
+"""On every snapshot this version makes: restic compared ctime (no ``--ignore-inode``) and
+its parent had this tag too, or every file was read (``--force``). A pullback snapshot
+without it may hold a file's older bytes (see :func:`backup_args`)."""
 PARTIAL = "partial"
 FAILED = "failed:"
 _TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
@@ -79,8 +83,9 @@ def backup_args(host: str, spec: SnapshotSpec, extra: Sequence[str] = ()) -> lis
     a file rewritten with bytes of the same length and its old mtime (``cp -p``,
     ``rsync -a``) kept the parent snapshot's old bytes. The staging tree keeps an
     unchanged file's inode and ctime, so only what changed is read. ``spec.read_all``
-    (``--force``) reads every file once: the snapshots an older pullback made that way
-    may hold such stale bytes, and a parent restic trusts would carry them on."""
+    (``--force``) reads every file: when the parent snapshot lacks CTIME_TAG (an older
+    pullback made it), it may hold such stale bytes, and restic recorded the new ctime
+    with them, so trusting it would carry them on."""
     marks = [PARTIAL, *(f"{FAILED}{name}" for name in spec.failed)] if spec.failed else []
     return [
         "backup",
@@ -91,6 +96,8 @@ def backup_args(host: str, spec: SnapshotSpec, extra: Sequence[str] = ()) -> lis
         TAG,
         "--tag",
         spec.stamp,
+        "--tag",
+        CTIME_TAG,
         *[arg for mark in marks for arg in ("--tag", mark)],
         "--time",
         spec.when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
@@ -294,7 +301,13 @@ class ResticBackend(RepositoryBackend):
             failed = tuple(t.removeprefix(FAILED) for t in tags if t.startswith(FAILED))
             found.append(
                 Snapshot(
-                    short, when, stamp, failed, tree=item.get("tree"), original=item.get("original")
+                    short,
+                    when,
+                    stamp,
+                    failed,
+                    tree=item.get("tree"),
+                    original=item.get("original"),
+                    reads_ctime=CTIME_TAG in tags,
                 )
             )
         return sorted(found, key=lambda s: s.time)

@@ -37,6 +37,8 @@ class FakeBackend:
     fail_store: BaseException | None = None
     fail_size: BaseException | None = None
     store_timeouts: list[float] = field(default_factory=list)
+    read_all: list[bool] = field(default_factory=list)
+    """Each store's ``spec.read_all`` (every file read again, not the parent trusted)."""
     events: list[str] = field(default_factory=list)
     """What was asked of it, in order (a test may share the list with a fake client)."""
     copies: Path | None = None
@@ -68,6 +70,7 @@ class FakeBackend:
         stamp, when = spec.stamp, spec.when
         self.events.append("store")
         self.store_timeouts.append(timeout)
+        self.read_all.append(spec.read_all)
         if self.fail_store:
             raise self.fail_store
         manifest = (staging / "MANIFEST.sha256").read_bytes()

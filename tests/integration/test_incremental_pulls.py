@@ -5,6 +5,7 @@ the same pull; a chain the server cannot use makes the client's next archive a f
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -23,6 +24,8 @@ from pullback.common.archive import deltaops, tarformat
 from pullback.common.archive.deltaops import BASE, DATA_KEY
 from pullback.common.archive.manifest import MANIFEST_NAME, format_line
 from pullback.common.fsutil import make_hole
+from pullback.server import cli as server_cli
+from pullback.server.backends import restic as restic_backend
 from tests.helpers.archives import MTIME
 from tests.helpers.fleet import Fleet, FleetHost
 from tests.helpers.sshd import serve_command
@@ -613,11 +616,12 @@ def test_an_edit_that_keeps_size_and_mtime_is_stored(fleet, tmp_path, enabled):
 
 
 def test_the_first_pull_after_the_upgrade_reads_every_file_and_heals_a_stale_snapshot(
-    fleet, tmp_path
+    fleet, tmp_path, monkeypatch
 ):
     """An older pullback stored such an edit's old bytes, and restic's parent kept them
-    (it records the file's new ctime with the old bytes): the first store of this
-    version reads every file once (``--force``), then trusts the parent again."""
+    (it records the file's new ctime with the old bytes): a store over a parent without
+    the ``pullback-ctime`` tag reads every file (``--force``), then trusts the parent
+    again. The mark is the repository's, so a downgrade or an older copy is caught too."""
     host = incremental_host(fleet)
     run_client(host)
     assert pull(fleet)["rc"] == 0
@@ -626,27 +630,33 @@ def test_the_first_pull_after_the_upgrade_reads_every_file_and_heals_a_stale_sna
     note.write_text(note.read_text().replace("note 0", "NOTE 0", 1))
     os.utime(note, ns=(before.st_atime_ns, before.st_mtime_ns))
     run_client(host)
-    # the older pullback: restic backup --ignore-inode, which compared no ctime
-    fleet.write_config(backend={"backup_options": ["--ignore-inode"]})
-    assert pull(fleet)["rc"] == 0
+    # the older pullback's store, in this process (its host processes fork from it)
+    newer = restic_backend.backup_args
+
+    def older(host_name, spec, extra=()):
+        args = newer(host_name, spec, extra)
+        at = args.index(restic_backend.CTIME_TAG)
+        return [*args[: at - 1], *args[at + 1 : -1], "--ignore-inode", "."]
+
+    monkeypatch.setattr(restic_backend, "backup_args", older)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert server_cli.main(["--config", str(fleet.config), "pull", "--host", "web1"]) == 0
+    monkeypatch.undo()
+    tags = fleet.snapshots("web1")[-1]["tags"]
+    assert "pullback" in tags and restic_backend.CTIME_TAG not in tags, tags
     key = os.fsencode(note.relative_to(host.data))
     stale = restored_tree(fleet, snapshot_ids(fleet)[-1], tmp_path / "stale")
     assert stale[key] != snapshot(host.data)[key], "the older pullback's defect is not here"
-    # upgraded: status.json knows nothing of a ctime-reading store yet
-    fleet.write_config(backend={"backup_options": []})
-    status_path = fleet.state / "status.json"
-    status = json.loads(status_path.read_text())
-    del status["hosts"]["web1"]["reads_ctime"]
-    status_path.write_text(json.dumps(status))
+
     run_client(host)
     healed = pull(fleet)
     assert healed["rc"] == 0, healed["log"]
-    assert "every file of staging is read once" in healed["log"]
-    assert healed["host"]["reads_ctime"] is True
+    assert "every file of staging is read again" in healed["log"]
     assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "healed") == snapshot(host.data)
     run_client(host)
     quiet = pull(fleet)
-    assert quiet["rc"] == 0 and "read once" not in quiet["log"]
+    assert quiet["rc"] == 0 and "read again" not in quiet["log"]
 
 
 def restored_tree(fleet: Fleet, snapshot_id: str, target: Path) -> dict:

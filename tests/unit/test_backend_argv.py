@@ -22,6 +22,8 @@ def test_restic_backup_is_tagged_and_timed_like_the_archive_in_utc():
         "pullback",
         "--tag",
         "20261122T035000Z",
+        "--tag",
+        "pullback-ctime",
         "--time",
         "2026-11-22 03:50:00",
         ".",
@@ -35,7 +37,14 @@ def test_a_partial_archive_makes_a_tagged_restic_snapshot():
     spec = SnapshotSpec("20261122T035000Z", WHEN, ("db", "cache"))
     args = restic.backup_args("web1", spec)
     tags = [args[i + 1] for i, a in enumerate(args) if a == "--tag"]
-    assert tags == ["pullback", "20261122T035000Z", "partial", "failed:db", "failed:cache"]
+    assert tags == [
+        "pullback",
+        "20261122T035000Z",
+        "pullback-ctime",
+        "partial",
+        "failed:db",
+        "failed:cache",
+    ]
 
 
 def test_a_partial_archive_makes_a_commented_borg_archive():

@@ -179,3 +179,20 @@ def test_a_relative_cache_dir_is_refused(tmp_path):
     assert problems_of(path) == [
         f"{path}:3: incremental.cache_dir: expected an absolute path, got 'var/cache/pullback'"
     ]
+
+
+@pytest.mark.parametrize("option", ["--ignore-inode", "--ignore-ctime", "--repo=/x"])
+def test_backup_options_that_would_keep_stale_bytes_are_refused(tmp_path, option):
+    from pullback.server.config import load_server_config
+
+    path = write(
+        tmp_path,
+        "hosts: [{name: web1}]\nbackend:\n  type: restic\n"
+        f"  backup_options: [--exclude-caches, '{option}']\n",
+        "server.yaml",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_server_config(path)
+    (problem,) = [str(p) for p in info.value.problems]
+    assert problem.startswith(f"{path}:4: backend.backup_options[1]:"), problem
+    assert "skip files by size and mtime alone" in problem

@@ -631,8 +631,17 @@ def test_a_journal_one_phase_behind_the_store_still_has_its_stale_locks_removed(
     assert backend.unlocked == 1
 
 
-def test_a_pull_killed_while_connecting_leaves_the_repository_alone(config, backend, client):
+def test_a_journal_that_never_saw_the_store_still_has_its_stale_locks_removed(
+    config, backend, client
+):
+    # a soak's kill left "connecting" while the host's restic had made its lock
     killed = InterruptedRun(99, "2026-11-30T11:00:00Z", {"web1": CONNECTING})
+    make_pull(config, backend, client, interrupted=killed).run()
+    assert backend.unlocked == 1
+
+
+def test_a_host_the_killed_pull_never_began_leaves_the_repository_alone(config, backend, client):
+    killed = InterruptedRun(99, "2026-11-30T11:00:00Z", {"db1": STORING})
     make_pull(config, backend, client, interrupted=killed).run()
     assert backend.unlocked == 0
 
@@ -818,3 +827,34 @@ def test_a_quiet_skip_corrects_the_recorded_newest_snapshot(tmp_path):
     fresh.newest_snapshot = "2026-11-30T11:00:00Z"
     entry = status_file.record(tmp_path, [fresh])["hosts"]["web1"]
     assert entry["newest_snapshot"] == "2026-11-30T11:00:00Z" and "last_checked" in entry
+
+
+@pytest.mark.parametrize(
+    ("snapshots", "read_all"),
+    [
+        ([], False),  # a first snapshot: nothing to trust
+        ([Snapshot("s0", parse_stamp("20261101T030000Z"), "20261101T030000Z")], False),
+        (
+            [
+                Snapshot("s0", parse_stamp("20261101T030000Z"), "20261101T030000Z"),
+                Snapshot("old", parse_stamp("20261102T030000Z"), "20261102T030000Z", adopted=True),
+                Snapshot(
+                    "s1",
+                    parse_stamp("20261103T030000Z"),
+                    "20261103T030000Z",
+                    reads_ctime=False,
+                ),
+            ],
+            True,  # the newest own snapshot came from an older pullback
+        ),
+    ],
+    ids=["none", "this version's", "an older pullback's"],
+)
+def test_a_parent_an_older_pullback_made_is_not_trusted(
+    config, backend, client, snapshots, read_all
+):
+    publish_one(client)
+    backend.snapshot_list = list(snapshots)
+    result = make_pull(config, backend, client).run()
+    assert result.status == Status.STORED, result.reason
+    assert backend.read_all == [read_all]

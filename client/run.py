@@ -225,7 +225,9 @@ class ClientRun:
                 published = archives.publish(self.tmp, sidecar, self.config.archive_dir)
                 if cache is not None:
                     cache.swap()  # after the archive: a crash between keeps the old base
-        except ArchiveError as exc:
+        except (ArchiveError, LockBusy) as exc:
+            # (the archive directory's lock held past its wait: a failure of this run,
+            # exit 1 and reported, not another run's lock, exit 75)
             raise ArchiveError(f"no archive was published: {exc}") from None
         finally:
             self.writer.abort()  # idempotent; removes the temporary file if it is still there
@@ -240,22 +242,30 @@ class ClientRun:
             human_size(written.content_bytes),
             human_duration(time.monotonic() - self.started),
         )
-        config = self.config
-        if self.decision is not None and incremental.makes_deltas(config):
-            archives.apply_chain_retention(config.archive_dir, config.hostname)
-        else:
-            archives.apply_retention(
-                config.archive_dir,
-                config.keep_last,
-                config.keep_days,
-                fetched_keep=config.fetched_keep,
-            )
+        self.retain()
         failed = [r.name for r in self.reports if r.status != Status.OK]
         if failed:
             total = len(self.reports)
             log.error("%d of %d services failed: %s", len(failed), total, ", ".join(failed))
         code = EXIT_FAILED if failed else EXIT_OK
         return RunResult(code, self.reports, sidecar, published.name)
+
+    def retain(self) -> None:
+        """The archive directory's retention after a publish; a directory lock held past
+        its wait leaves it to the next run (a warning: the archive is published)."""
+        config = self.config
+        try:
+            if self.decision is not None and incremental.makes_deltas(config):
+                archives.apply_chain_retention(config.archive_dir, config.hostname)
+            else:
+                archives.apply_retention(
+                    config.archive_dir,
+                    config.keep_last,
+                    config.keep_days,
+                    fetched_keep=config.fetched_keep,
+                )
+        except LockBusy as exc:
+            log.warning("retention left to the next run: %s", exc)
 
     def plan_incremental(self) -> FileCache | None:
         """Unless incremental archives are off: decide full or delta, open the file cache

@@ -49,9 +49,10 @@ class PrefixAdapter(logging.LoggerAdapter):
         (an error of the host's connection says ``web1: ...``) loses that beginning."""
         if not self.isEnabledFor(level):
             return
+        kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1  # the caller's line, not this
         try:
             text = str(msg) % args if args else str(msg)
-        except (TypeError, ValueError):  # let logging report the broken call as it does
+        except Exception:  # let logging report the broken call as it does, never raise
             super().log(level, msg, *args, **kwargs)
             return
         head = f"{self.prefix}: "

@@ -181,12 +181,15 @@ def _state(entry: dict, stale: bool) -> HostState:
 
 
 def _reason(entry: dict) -> str:
-    """What the row says under the table: the last pull's words, unless that pull went
-    well and the last restore drill failed (what made the host need attention)."""
+    """What the row says under the table: the last pull's words, and after them, unless
+    that pull failed (its words come first and alone), that the last restore drill
+    failed (what made the host need attention)."""
+    reason = str(entry.get("reason", ""))
     if entry.get("last_result") != Status.FAILED and entry.get("verify_result") == Status.FAILED:
         said = printable(str(entry.get("verify_summary") or "see status --json"), 300)
-        return f"the last restore drill failed: {said}"
-    return str(entry.get("reason", ""))
+        drill = f"the last restore drill failed: {said}"
+        return f"{reason}; {drill}" if reason else drill
+    return reason
 
 
 def host_row(

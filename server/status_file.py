@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from ..common.clock import iso, utc_now
+from ..common.errors import LockBusy, PullbackError
 from ..common.fsutil import atomic_write
 from ..common.locks import FileLock
 from ..common.log import get_logger
@@ -174,11 +175,22 @@ def server_name() -> str:
     return socket.gethostname()
 
 
+STATUS_LOCK_WAIT = 300.0
+"""Seconds a writer of status.json waits for another one (a copy beside a pull)."""
+
+
 @contextlib.contextmanager
 def _locked(state_dir: Path) -> Iterator[None]:
     """Hold ``status.lock`` while a writer reads, changes and saves the status file: a
-    copy (its own lock) may record beside a pull or maintenance (the instance lock)."""
-    with FileLock(state_dir / STATUS_LOCK, "status.json").acquire(wait=300):
+    copy (its own lock) may record beside a pull or maintenance (the instance lock).
+    Raises PullbackError (exit 1, not 75: the run did its work and could not record it)
+    when it stays held STATUS_LOCK_WAIT seconds."""
+    lock = FileLock(state_dir / STATUS_LOCK, "status.json")
+    try:
+        lock.acquire(wait=STATUS_LOCK_WAIT)
+    except LockBusy as exc:
+        raise PullbackError(f"status.json could not be written: {exc}") from None
+    with lock:
         yield
 
 

@@ -321,3 +321,28 @@ def test_full_disk_while_packing_publishes_nothing_and_keeps_earlier_archives(bo
         assert not box.leftovers()
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_an_archive_directory_locked_past_its_wait_fails_the_run_not_exit_75(
+    box, monkeypatch, capsys
+):
+    """75 means "another run holds the run's lock" (the unit skips the tick); a publish
+    that waited in vain for the archive directory's lock is this run's failure: exit 1,
+    said as "no archive was published" (an outside review found it exiting 75)."""
+    import fcntl
+
+    from pullback.client.cli import main
+    from pullback.common.archive import directory
+
+    good_service(box)
+    monkeypatch.setattr(directory, "LOCK_WAIT", 0.5)
+    archive_dir = box.root / "archives"
+    archive_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(archive_dir / directory.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a process stuck while holding it
+        assert main(["--config", str(box.config), "run"]) == 1
+    finally:
+        os.close(fd)
+    assert "no archive was published: " in capsys.readouterr().err
+    assert box.published() == []

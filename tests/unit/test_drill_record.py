@@ -27,3 +27,18 @@ def test_a_dump_that_failed_to_load_proves_nothing(tmp_path):
     drill = DrillResult("web1", ok=False, snapshot_id="83ac9c9e", databases=[bad])
     entry = status_file.record_drills(tmp_path, [drill])["hosts"]["web1"]
     assert "databases_proven" not in entry
+
+
+def test_a_status_file_locked_past_its_wait_fails_the_run_not_exit_75(tmp_path, monkeypatch):
+    import pytest
+
+    from pullback.common.errors import EXIT_FAILED, LockBusy, PullbackError
+    from pullback.common.locks import FileLock
+
+    monkeypatch.setattr(status_file, "STATUS_LOCK_WAIT", 0.3)
+    drill = DrillResult("web1", ok=True, snapshot_id="83ac9c9e")
+    held = FileLock(tmp_path / status_file.STATUS_LOCK, "another writer")
+    with held.acquire(), pytest.raises(PullbackError) as info:
+        status_file.record_drills(tmp_path, [drill])
+    assert not isinstance(info.value, LockBusy) and info.value.exit_code == EXIT_FAILED
+    assert str(info.value).startswith("status.json could not be written: ")

@@ -25,8 +25,20 @@ def test_a_failed_drill_is_what_the_row_says():
     row = host_row("web1", entry, 86400, NOW)
     assert row.state is HostState.ATTENTION
     assert row.reason == (
+        f"{STORED['reason']}; "
         "the last restore drill failed: snapshot 83ac9c9e FAILED: changed: services/app/f12.txt"
     )
+
+
+def test_a_stale_host_with_a_failed_drill_says_both():
+    entry = {
+        "last_result": "skipped",
+        "reason": "no new archive: the newest is 3 days old",
+        "verify_result": "failed",
+        "verify_summary": "snapshot 83ac9c9e FAILED: changed: f12.txt",
+    }
+    row = host_row("web1", entry, 86400, NOW)
+    assert row.reason.startswith("no new archive: the newest is 3 days old; the last restore")
 
 
 def test_a_good_drill_leaves_the_pulls_words():

@@ -22,3 +22,20 @@ def test_the_prefix_is_said_once(caplog):
         "[web1] web10: another host's words stay whole",
         "[web1] 100% done",
     ]
+
+
+def test_an_argument_that_cannot_be_shown_does_not_raise_and_the_callers_line_is_kept(caplog):
+    class Broken:
+        def __str__(self):
+            raise RuntimeError("boom")
+
+    log = PrefixAdapter(logging.getLogger("pullback.test"), "web1")
+    logging.raiseExceptions, raised = False, logging.raiseExceptions  # as in production
+    try:
+        with caplog.at_level(logging.INFO, logger="pullback.test"):
+            log.info("%s", Broken())  # no exception reaches the caller
+            log.info("fine")
+    finally:
+        logging.raiseExceptions = raised
+    assert caplog.records[-1].getMessage() == "[web1] fine"
+    assert caplog.records[-1].filename == "test_prefixed_log.py"

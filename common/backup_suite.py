@@ -371,6 +371,14 @@ def _backend(conv: Conversion, restic: dict) -> dict[str, Any]:
         "backend.init: false (a pull never makes a new one where an old one is missing)",
     )
     options = words(restic.get("backup_options"), "restic.backup_options")
+    for blind in ("--ignore-inode", "--ignore-ctime"):
+        if blind in options:
+            options = [o for o in options if o != blind]
+            conv.drop(
+                f"restic.backup_options {blind}",
+                "with it restic 0.14 compares no ctime and keeps a file's older bytes when "
+                "it was rewritten with its old size and mtime (pullback refuses it)",
+            )
     if options:
         backend["backup_options"] = options
         conv.map("restic.backup_options", "backend.backup_options (a list, never a shell line)")

@@ -311,3 +311,12 @@ def test_a_global_keep_within_that_a_host_cannot_drop_is_said():
     }
     conv = convert_server(old)
     assert any("global --keep-within still applies" in line for line in conv.unmapped)
+
+
+def test_backup_options_that_hide_rewritten_files_are_dropped_with_the_reason():
+    server = yaml.safe_load(SERVER)
+    server["restic"]["backup_options"] = "--exclude-caches --ignore-inode --ignore-ctime"
+    conv = convert_server(server, read_common_config(COMMON))
+    assert conv.settings["backend"]["backup_options"] == ["--exclude-caches"]
+    dropped = [u for u in conv.unmapped if u.startswith("restic.backup_options --ignore")]
+    assert len(dropped) == 2 and "keeps a file's older bytes" in dropped[0]

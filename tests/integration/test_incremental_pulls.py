@@ -599,13 +599,9 @@ def test_renamed_files_and_directories_travel_as_names(fleet, tmp_path):
     assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r") == snapshot(data)
 
 
-@pytest.mark.parametrize("enabled", [True, False], ids=["delta", "full"])
-def test_an_edit_that_keeps_size_and_mtime_is_stored(fleet, tmp_path, enabled):
-    """``cp -p``, ``rsync -a`` or a deploy tool can rewrite a file with bytes of the same
-    length and keep its mtime: the client sees the new ctime, staging gets the new bytes
-    with the old size and mtime, and restic must read them (restic 0.14 checks no ctime
-    under ``--ignore-inode``, and stored the old bytes: a newcomer's walkthrough)."""
-    host = incremental_host(fleet, enabled=enabled)
+def edit_keeping_size_and_mtime(fleet: Fleet, host: FleetHost) -> Path:
+    """Day one pulled; then a note rewritten with bytes of the same length and its old
+    mtime (as ``cp -p`` or ``rsync -a`` leave it), and the client run again. Returns it."""
     run_client(host)
     assert pull(fleet)["rc"] == 0
     note = host.data / "docs" / "d0" / "note0.txt"
@@ -614,6 +610,17 @@ def test_an_edit_that_keeps_size_and_mtime_is_stored(fleet, tmp_path, enabled):
     os.utime(note, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert (note.stat().st_size, note.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     run_client(host)
+    return note
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["delta", "full"])
+def test_an_edit_that_keeps_size_and_mtime_is_stored(fleet, tmp_path, enabled):
+    """``cp -p``, ``rsync -a`` or a deploy tool can rewrite a file with bytes of the same
+    length and keep its mtime: the client sees the new ctime, staging gets the new bytes
+    with the old size and mtime, and restic must read them (restic 0.14 checks no ctime
+    under ``--ignore-inode``, and stored the old bytes: a newcomer's walkthrough)."""
+    host = incremental_host(fleet, enabled=enabled)
+    edit_keeping_size_and_mtime(fleet, host)
     day2 = pull(fleet)
     assert day2["rc"] == 0, day2["log"]
     tree = restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "restored")
@@ -628,13 +635,7 @@ def test_the_first_pull_after_the_upgrade_reads_every_file_and_heals_a_stale_sna
     the ``pullback-ctime`` tag reads every file (``--force``), then trusts the parent
     again. The mark is the repository's, so a downgrade or an older copy is caught too."""
     host = incremental_host(fleet)
-    run_client(host)
-    assert pull(fleet)["rc"] == 0
-    note = host.data / "docs" / "d0" / "note0.txt"
-    before = note.stat()
-    note.write_text(note.read_text().replace("note 0", "NOTE 0", 1))
-    os.utime(note, ns=(before.st_atime_ns, before.st_mtime_ns))
-    run_client(host)
+    note = edit_keeping_size_and_mtime(fleet, host)
     # the older pullback's store, in this process (its host processes fork from it)
     newer = restic_backend.backup_args
 

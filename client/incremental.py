@@ -73,6 +73,12 @@ def makes_deltas(config: ClientConfig) -> bool:
     return mode is IncrementalMode.ON
 
 
+def makes_lean_deltas(config: ClientConfig) -> bool:
+    """Whether this client's deltas are lean (sidecar format 3): a server has said that
+    it applies them (its mark in the archive directory)."""
+    return archives.server_applies_lean_deltas(config.archive_dir)
+
+
 def decide(
     config: ClientConfig, cache: FileCache, now: dt.datetime, forced: str | None = None
 ) -> Decision:

@@ -51,10 +51,14 @@ def unpack_archive(
 ) -> Path:
     """Unpack a pullback archive safely (manifest checked) into ``into``, onto ``base``
     (the tree ``into`` holds, for a delta) and recording ``index`` (committed); return
-    ``into``."""
+    ``into``. Without a usable sidecar a delta's partial manifest is refused by the
+    unpacker (nothing names the complete manifest's sha256)."""
     compression = compression_of(archive.name)
     progress = Progress("unpack", archive.stat().st_size)
-    with Unpacker(into, None, base, index, announced=_announced(archive)) as unpacker:
+    side = _sidecar_of(archive)
+    announced = side.archive.manifest_sha256 if side else ""
+    lean = side is not None and side.archive.lean
+    with Unpacker(into, None, base, index, announced=announced, lean=lean) as unpacker:
         if base is not None and base.linked:
             with open(archive, "rb") as raw, TarStream(raw, compression) as stream:
                 for member in stream.members():
@@ -106,13 +110,6 @@ def _sidecar_of(archive: Path) -> sidecars.Sidecar | None:
         )
     except (OSError, ArchiveError):
         return None
-
-
-def _announced(archive: Path) -> str:
-    """The sha256 of the complete manifest ``archive``'s sidecar names ("" without a
-    usable sidecar: a delta's partial manifest is then refused by the unpacker)."""
-    side = _sidecar_of(archive)
-    return side.archive.manifest_sha256 if side else ""
 
 
 def chain_for(archive: Path) -> list[Path]:

@@ -290,9 +290,10 @@ class ClientRun:
             self.decision = None
             return None
         self.work.mkdir(parents=True, exist_ok=True, mode=0o700)
-        kind = "delta" if decision.delta else "full archive"
+        lean = decision.delta and incremental.makes_lean_deltas(self.config)
+        kind = ("lean delta" if lean else "delta") if decision.delta else "full archive"
         log.info("%s: %s", kind, decision.reason)
-        self.writer.incremental = Incremental(cache, decision.delta, self.work)
+        self.writer.incremental = Incremental(cache, decision.delta, self.work, lean=lean)
         return cache
 
     def write(self) -> WrittenArchive | None:
@@ -332,6 +333,7 @@ class ClientRun:
     def sidecar(self, written: WrittenArchive) -> Sidecar:
         ok = all(r.status == Status.OK for r in self.reports)
         base = self.decision.base if self.decision is not None else None
+        inc = self.writer.incremental
         return Sidecar(
             host=self.config.hostname,
             stamp=self.stamp,
@@ -350,6 +352,7 @@ class ClientRun:
                 manifest_sha256=written.manifest_sha256,
                 base=base,
                 sent_bytes=written.sent_bytes,
+                lean=base is not None and inc is not None and inc.lean,
             ),
             services=self.reports,
             duration=round(time.monotonic() - self.started, 3),

@@ -275,7 +275,10 @@ def _answer(
     elif request.verb is Verb.FETCHED:
         mark_fetched(config, request.archive)
         claim = ""
-        if request.deltas:
+        if request.lean:
+            archives.mark_server_applies_lean_deltas(config.archive_dir)
+            claim = ", who says it applies lean deltas"
+        elif request.deltas:
             archives.mark_server_applies_deltas(config.archive_dir)
             claim = ", who says it applies deltas"
         audit.info("%s marked fetched by %s%s", request.archive, _peer(), claim)

@@ -13,6 +13,9 @@ requested command line over in ``SSH_ORIGINAL_COMMAND``. Exactly six requests ex
 ``fetched <archive> deltas`` the same, and the server applies delta archives: a client
                             with ``incremental.enabled: auto`` makes deltas from its next
                             run on; sent only to a client of protocol 3 or later
+``fetched <archive> lean-deltas`` the same, and the server applies lean deltas (sidecar
+                            format 3): the client makes them from its next run on;
+                            sent only to a client of protocol 5 or later
 ``full``                    ``{"ok": true}``: the next run makes a full archive (the
                             server cannot use the client's chain of deltas); protocol 2
 ``session``                 protocol 4: one serve process answers the other five, one
@@ -37,11 +40,14 @@ from typing import Any
 
 from .archive.sidecar import ARCHIVE_NAME
 
-PROTOCOL = 4
+PROTOCOL = 5
 """1: the first four requests; 2: delta archives and the ``full`` request; 3: ``fetched
-<archive> deltas`` (the server says it applies deltas); 4: ``session``."""
+<archive> deltas`` (the server says it applies deltas); 4: ``session``; 5: ``fetched
+<archive> lean-deltas`` (and lean deltas)."""
 DELTAS_WORD = "deltas"
 """The third word of a ``fetched`` request from a server that applies delta archives."""
+LEAN_DELTAS_WORD = "lean-deltas"
+"""The third word of a ``fetched`` request from a server that applies lean deltas too."""
 MAX_REQUEST = 512
 """Characters a request line may have."""
 MAX_LISTING = 2 << 20
@@ -84,13 +90,16 @@ class Request:
     offset: int = 0
     deltas: bool = False
     """``fetched``: the server applies delta archives (protocol 3)."""
+    lean: bool = False
+    """``fetched``: the server applies lean deltas too (protocol 5)."""
 
     @property
     def text(self) -> str:
         if self.verb is Verb.SEND:
             return f"{self.verb} {self.archive} {self.offset}"
         if self.verb is Verb.FETCHED:
-            return f"{self.verb} {self.archive}" + (f" {DELTAS_WORD}" if self.deltas else "")
+            word = LEAN_DELTAS_WORD if self.lean else DELTAS_WORD if self.deltas else ""
+            return f"{self.verb} {self.archive}" + (f" {word}" if word else "")
         return str(self.verb)
 
     @classmethod
@@ -98,8 +107,9 @@ class Request:
         return cls(Verb.SEND, archive, offset)
 
     @classmethod
-    def fetched(cls, archive: str, deltas: bool = False) -> Request:
-        return cls(Verb.FETCHED, archive, deltas=deltas)
+    def fetched(cls, archive: str, deltas: bool = False, lean: bool = False) -> Request:
+        """``fetched``; ``lean`` implies ``deltas``."""
+        return cls(Verb.FETCHED, archive, deltas=deltas or lean, lean=lean)
 
 
 LIST = Request(Verb.LIST)
@@ -125,9 +135,12 @@ def parse_request(text: str | None) -> Request:
             raise Refused("offset is not a decimal number")
         return Request(Verb.SEND, _archive_name(rest[0]), int(rest[1]))
     if verb == Verb.FETCHED and len(rest) in (1, 2):
-        if rest[1:] not in ([], [DELTAS_WORD]):
-            raise Refused(f"the third word of fetched can only be {DELTAS_WORD!r}")
-        return Request(Verb.FETCHED, _archive_name(rest[0]), deltas=len(rest) == 2)
+        if rest[1:] not in ([], [DELTAS_WORD], [LEAN_DELTAS_WORD]):
+            raise Refused(
+                f"the third word of fetched can only be {DELTAS_WORD!r} or {LEAN_DELTAS_WORD!r}"
+            )
+        lean = rest[1:] == [LEAN_DELTAS_WORD]
+        return Request.fetched(_archive_name(rest[0]), deltas=len(rest) == 2, lean=lean)
     raise Refused("unknown request")
 
 

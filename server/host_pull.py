@@ -80,7 +80,7 @@ class ClientEndpoint(Protocol):
 
     def list_archives(self) -> Listing: ...
 
-    def mark_fetched(self, name: str, deltas: bool = False) -> None: ...
+    def mark_fetched(self, name: str, deltas: bool = False, lean: bool = False) -> None: ...
 
     def ask_full(self) -> None: ...
 
@@ -799,10 +799,11 @@ class HostPull:
             self.ctx.log.warning("could not measure the repository: %s", exc)
 
     def mark_fetched(self, remote: ClientEndpoint, name: str) -> None:
-        """Tell the client ``name`` was fetched, and (protocol 3) that this server applies
-        deltas; a refusal is only a warning."""
+        """Tell the client ``name`` was fetched, and that this server applies deltas
+        (protocol 3), lean ones too (protocol 5); a refusal is only a warning."""
         try:
-            remote.mark_fetched(name, deltas=self.client_protocol >= 3)
+            protocol = self.client_protocol
+            remote.mark_fetched(name, deltas=protocol >= 3, lean=protocol >= 5)
         except PullbackError as exc:
             self._warn(f"could not tell the client that {name} was fetched: {exc}")
 

@@ -396,9 +396,11 @@ class Remote:
                 "is pullback-client serve its forced command?)"
             ) from None
 
-    def mark_fetched(self, name: str, deltas: bool = False) -> None:
-        """Say that ``name`` is stored and (``deltas``) that this server applies deltas."""
-        self.request(protocol.Request.fetched(name, deltas).text, limit=MAX_SHORT_ANSWER)
+    def mark_fetched(self, name: str, deltas: bool = False, lean: bool = False) -> None:
+        """Say that ``name`` is stored and (``deltas``) that this server applies deltas,
+        (``lean``) lean ones too."""
+        request = protocol.Request.fetched(name, deltas, lean)
+        self.request(request.text, limit=MAX_SHORT_ANSWER)
 
     def ask_full(self) -> None:
         """Ask the client to make its next archive a full one (protocol 2)."""

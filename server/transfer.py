@@ -337,6 +337,7 @@ class _Download:
                     base if self.archive.is_delta else None,
                     self.index,
                     announced=self.archive.manifest_sha256,
+                    lean=self.archive.lean,
                 ) as unpacker,
             ):
                 if self.archive.is_delta and base is not None and base.linked:

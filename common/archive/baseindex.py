@@ -118,6 +118,25 @@ class BaseIndex:
         row = self._rows.get(_raw(name))
         return IndexedFile(*row) if row else None
 
+    def count(self) -> int:
+        """How many files the index has."""
+        return int(self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
+
+    def has(self, name: str) -> bool:
+        """Whether the index has a row for ``name`` (one query: for a few names)."""
+        found = self._db.execute("SELECT 1 FROM files WHERE name = ?", (_raw(name),))
+        return found.fetchone() is not None
+
+    def rows(self):
+        """Every (name, :class:`IndexedFile`), in the order of the names' bytes, read in
+        batches (memory stays flat)."""
+        cursor = self._db.execute(
+            "SELECT name, sha256, ino, size, mtime_ns, ctime_ns FROM files ORDER BY name"
+        )
+        while batch := cursor.fetchmany(512):
+            for raw, *row in batch:
+                yield raw.decode("utf-8", "surrogateescape"), IndexedFile(*row)
+
     def rewind(self) -> None:
         """The next lookups are a new pass over the archive, from its first member."""
         self._rows.rewind()

@@ -258,6 +258,22 @@ def server_applies_deltas(archive_dir: Path) -> bool:
     return os.path.lexists(archive_dir / MARKS_DIR / APPLIES_DELTAS)
 
 
+APPLIES_LEAN_DELTAS = "server-applies-lean-deltas"
+"""The mark the serve endpoint leaves when the server says it applies lean deltas too
+(``fetched <archive> lean-deltas``): the client's deltas are then lean (sidecar format 3)."""
+
+
+def mark_server_applies_lean_deltas(archive_dir: Path) -> None:
+    """Record that a server applies lean deltas (and so deltas)."""
+    _leave_mark(archive_dir, APPLIES_DELTAS)
+    _leave_mark(archive_dir, APPLIES_LEAN_DELTAS)
+
+
+def server_applies_lean_deltas(archive_dir: Path) -> bool:
+    """Whether a server has said it applies lean deltas (a name only, as above)."""
+    return os.path.lexists(archive_dir / MARKS_DIR / APPLIES_LEAN_DELTAS)
+
+
 def retire_marked(archive_dir: Path, keep: int) -> list[str]:
     """Move the archives the server stored to ``fetched/``, except the newest complete
     one (a stolen server key cannot make a client drop the archive the server has not

@@ -203,6 +203,15 @@ class FileCache:
         row = self._old.execute(query, (dev, ino)).fetchone()
         return (row[0].decode("utf-8", "surrogateescape"), _row(row[1:])) if row else None
 
+    def names(self):
+        """Every member name the old cache has (raw bytes), in the order of their bytes."""
+        if self._old is None:
+            return
+        cursor = self._old.execute("SELECT name FROM files ORDER BY name")
+        while batch := cursor.fetchmany(512):
+            for (raw,) in batch:
+                yield raw
+
     # -- the new cache ------------------------------------------------------------------
 
     def start(self) -> None:

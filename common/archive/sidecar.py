@@ -25,7 +25,10 @@ FORMAT = 1
 DELTA_FORMAT = 2
 """The format of a delta archive's sidecar: a server that reads only format 1 passes the
 delta over with a warning instead of mis-applying it."""
-FORMATS = (FORMAT, DELTA_FORMAT)
+LEAN_FORMAT = 3
+"""The format of a lean delta's sidecar (its unchanged files left out, the base's removed
+ones listed in ``REMOVED.list``): a server that reads only formats 1 and 2 passes it over."""
+FORMATS = (FORMAT, DELTA_FORMAT, LEAN_FORMAT)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 SIDECAR_NAME = "SIDECAR.json"
 """The sidecar's name inside a stored snapshot, beside MANIFEST.sha256: the server puts it
@@ -99,10 +102,19 @@ class ArchiveInfo:
     """A delta's base (None for a full archive)."""
     sent_bytes: int = 0
     """Bytes of file content the archive carries (a delta: what changed)."""
+    lean: bool = False
+    """A lean delta (sidecar format 3): its unchanged files are not named."""
 
     @property
     def is_delta(self) -> bool:
         return self.kind is ArchiveKind.DELTA
+
+    @property
+    def format(self) -> int:
+        """The sidecar format this archive is published with."""
+        if not self.is_delta:
+            return FORMAT
+        return LEAN_FORMAT if self.lean else DELTA_FORMAT
 
 
 @dataclass
@@ -128,9 +140,10 @@ class Sidecar:
         """The sidecar as published. ``as_full``: the copy kept inside a snapshot, which
         holds the whole tree whatever the archive was, in the format every reader reads."""
         data = asdict(self)
-        data["format"] = DELTA_FORMAT if self.archive.is_delta and not as_full else FORMAT
+        data["format"] = self.archive.format if not as_full else FORMAT
         data = {"format": data.pop("format"), **data}
         info = data["archive"]
+        del info["lean"]  # (the format says it)
         for key in ("base", "manifest_sha256"):
             if not info[key]:
                 del info[key]  # an older client's archive, or a full one
@@ -200,14 +213,15 @@ def from_data(data: Any, expected_name: str | None = None) -> Sidecar:
         for s in data["services"]
     ]
     fields = _known(Sidecar, data)
-    fields["archive"] = _archive_info(info)
+    fields["archive"] = _archive_info(info, data["format"] == LEAN_FORMAT)
     fields["services"] = services
     return Sidecar(**fields)
 
 
-def _archive_info(info: dict) -> ArchiveInfo:
-    """The validated ``archive`` object of a sidecar."""
+def _archive_info(info: dict, lean: bool) -> ArchiveInfo:
+    """The validated ``archive`` object of a sidecar (``lean``: of format 3)."""
     archive = _known(ArchiveInfo, info)
+    archive["lean"] = lean
     archive["kind"] = ArchiveKind(info.get("kind", ArchiveKind.FULL))
     base = info.get("base")
     archive["base"] = BaseRef(base["name"], base["manifest_sha256"]) if base else None

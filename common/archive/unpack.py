@@ -48,7 +48,7 @@ from ..fsutil import make_hole, pwrite_all, write_all
 from ..log import get_logger
 from ..text import BoundedWarnings, escaped
 from ..units import human_size
-from . import acl, deltaops, sparse
+from . import acl, deltaops, removed, sparse
 from .baseindex import BaseIndex, IndexedFile, IndexWriter
 from .deltaops import BASE_KEY, DATA_KEY, REALSIZE_KEY
 from .manifest import (
@@ -241,8 +241,14 @@ class Unpacker:
         index: IndexWriter | None = None,
         *,
         announced: str = "",
+        lean: bool = False,
     ):
         self.staging = staging
+        self.lean = lean
+        """A lean delta (sidecar format 3): the base files it neither names nor lists in
+        ``REMOVED.list`` are kept (:meth:`_keep_base_files`)."""
+        self._removed: set[int] | None = None
+        """The keys of the names ``REMOVED.list`` gave (None: not read yet)."""
         self.limits = limits or UnpackLimits()
         self.base = base
         """The index of what staging held before: base and delta members need it."""
@@ -345,6 +351,11 @@ class Unpacker:
         Raises HostileArchive, or ArchiveTooLarge past a limit, before anything of a
         refused member is written.
         """
+        if member.name == removed.REMOVED_NAME:
+            self.stats.members += 1
+            self._check_limits(member)
+            self._removed_list(member, chunks)
+            return
         parts = safe_parts(member.name)
         self.stats.members += 1
         self._check_limits(member)
@@ -386,6 +397,91 @@ class Unpacker:
         else:
             self._seen.discard(key)
             self.stats.warnings.append(f"{escaped(member.name)}: device node dropped")
+
+    def _removed_list(self, member: Member, chunks) -> None:
+        """A lean delta's ``REMOVED.list``: the base files its tree no longer has as
+        files, each checked (a name below ``services/``, a file of the base) and kept as
+        a key. Raises HostileArchive (not a lean delta, a second list, after the
+        manifest, not a plain member, a broken list), BaseMismatch (a name the base does
+        not have)."""
+        name = removed.REMOVED_NAME
+        if not self.lean or self.base is None:
+            raise HostileArchive(f"{name} in an archive that is not a lean delta")
+        if self._removed is not None or self._manifest_sum is not None:
+            raise HostileArchive(f"{name} comes twice, or after {MANIFEST_NAME}")
+        if not member.is_file or any(k.startswith(b"PULLBACK.") for k in member.pax):
+            raise HostileArchive(f"{name} is not a plain file member")
+        reader = removed.RemovedReader(self.base.count())
+        if member.size > reader.max_size():
+            raise HostileArchive(f"{name} is larger than the base's names could make it")
+        self._removed = keys = set()
+        if self.limits.cancel is not None:
+            chunks = _cancellable(chunks, self.limits.cancel)
+        try:
+            for listed in reader.feed(chunks):
+                parts = safe_parts(listed)
+                if parts[0] != "services":
+                    raise HostileArchive(f"{name} names {listed!r}, outside services/")
+                if not self.base.has(listed):
+                    raise BaseMismatch(f"{escaped(listed)} is removed, but not a file of the base")
+                keys.add(_key(parts))
+        except removed.RemovedListError as exc:
+            raise HostileArchive(str(exc)) from None
+
+    def _keep_base_files(self) -> int:
+        """A lean delta, at its end: keep every file of the base index that the archive
+        neither named nor listed as removed, when staging still holds it as the index
+        says (a plain file of one link, ``ino``, ``size``, ``mtime_ns`` and ``ctime_ns``
+        equal) below directories this archive named. Each is counted as a ``same``
+        member is, and recorded in the new index with the row's digest (the rebuilt
+        manifest's proof covers it). Returns how many were kept. Raises HostileArchive
+        without ``REMOVED.list``, BaseMismatch for a file staging does not hold so."""
+        if self._removed is None:
+            raise HostileArchive(f"a lean delta without {removed.REMOVED_NAME}")
+        assert self.base is not None and self.index is not None
+        root, gone = os.fsencode(self.staging), self._removed
+        named_dirs: dict[str, bool] = {}
+        kept = 0
+        for number, (name, row) in enumerate(self.base.rows(), 1):
+            if number % 4096 == 0:
+                _check_cancel(self.limits.cancel)
+            parts = tuple(name.split("/"))  # (our own index: names safe_parts passed)
+            key = _key(parts)
+            if key in self._seen or key in gone:
+                continue
+            directory = name.rpartition("/")[0]
+            if directory not in named_dirs:
+                named_dirs[directory] = self._named_dirs(parts[:-1])
+            if not named_dirs[directory]:
+                raise BaseMismatch(
+                    f"{escaped(name)} is left out, but its directory is not in the archive"
+                )
+            try:
+                st = os.lstat(root + b"/" + name.encode("utf-8", "surrogateescape"))
+            except FileNotFoundError:
+                raise BaseMismatch(f"{escaped(name)} is missing from staging") from None
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not row.matches(st):
+                raise BaseMismatch(f"{escaped(name)} changed in staging since its index")
+            self._seen.add(key)
+            self.index.add(name, row.sha256)
+            line = len(format_line(name, row.sha256))
+            self._count_size(row.size + line)
+            self._check_free(line)
+            kept += 1
+        self.stats.files += kept
+        self.stats.unchanged += kept
+        return kept
+
+    def _named_dirs(self, parts: tuple[str, ...]) -> bool:
+        """Whether every directory of ``parts`` (and so the path to it) is one this
+        archive made or named as a directory: no link, file or FIFO of it on the way."""
+        for i in range(1, len(parts) + 1):
+            key = _key(parts[:i])
+            if key not in self._seen or key in self._links or key in self._files:
+                return False
+            if key in self._fifos:
+                return False
+        return True
 
     def _manifest(self, parts, member: Member, chunks) -> None:
         """The manifest member: summed as it passes to staging's file."""
@@ -1062,6 +1158,10 @@ class Unpacker:
         metadata. Returns the statistics; raises ArchiveError on a manifest mismatch."""
         if self._manifest_sum is None:
             raise ArchiveError(f"the archive has no {MANIFEST_NAME}")
+        if self.lean and self._keep_base_files() and not self._partial:
+            raise HostileArchive(
+                f"a lean delta left files out, yet its {MANIFEST_NAME} claims to list them all"
+            )
         listed = self._manifest_sum
         if self._partial:
             listed = listed.plus(self._implied)

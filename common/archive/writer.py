@@ -36,7 +36,7 @@ from ..errors import ArchiveError, CommandError
 from ..log import get_logger
 from ..progress import STATUS, Progress
 from ..runner import Runner, RunningCommand
-from . import acl, chunker, deltaops, sparse, tarformat
+from . import acl, chunker, deltaops, removed, sparse, tarformat
 from .compression import compress_command, test_command
 from .deltaops import BASE, BASE_KEY, DATA_KEY, DELTA, REALSIZE_KEY, SAME
 from .filecache import CHUNKED_FROM, CachedFile, FileCache
@@ -89,6 +89,9 @@ class Incremental:
     cache: FileCache
     delta: bool
     spool_dir: Path
+    lean: bool = False
+    """A lean delta: unchanged files with one link are left out, and the base's files
+    the tree no longer has are listed in ``REMOVED.list`` (sidecar format 3)."""
 
 
 class ArchiveWriter:
@@ -223,6 +226,9 @@ class ArchiveWriter:
         """Append the manifest member: every file's line, or (a delta with ``base`` or
         ``same`` members) the notice line and every line but theirs, marked partial.
         Returns the sha256 of the complete manifest, in either case."""
+        inc = self.incremental
+        if inc is not None and inc.delta and inc.lean:
+            self._add_removed(inc.cache)
         names = sorted(self._manifest, key=order)
         lines = [format_line(name, self._manifest[name]) for name in names]
         complete = b"".join(lines)
@@ -236,6 +242,13 @@ class ArchiveWriter:
             extra = [(MANIFEST_KEY, PARTIAL)]
             self._add_bytes(MANIFEST_NAME, listed, record=False, extra=extra)
         return hashlib.sha256(complete).hexdigest()
+
+    def _add_removed(self, cache: FileCache) -> None:
+        """A lean delta's ``REMOVED.list``: the base's files (the old cache's rows) that
+        this archive did not record as regular files or hard links."""
+        here = self._manifest
+        gone = (raw for raw in cache.names() if raw.decode("utf-8", "surrogateescape") not in here)
+        self._add_bytes(removed.REMOVED_NAME, removed.pack(gone), record=False)
 
     def abort(self) -> None:
         """Stop the compressor and delete the partial file."""
@@ -600,7 +613,7 @@ class ArchiveWriter:
             return old
         if old.xattrs != (xattrs and self.xattrs):  # the task's setting changed: read again
             return old
-        self._emit_same(arcname)
+        self._emit_same(arcname, left_out=inc.lean and st.st_nlink == 1)
         self._recorded(arcname, st, old, stats, st.st_size)
         return False
 
@@ -652,14 +665,18 @@ class ArchiveWriter:
         self._from_base.add(arcname)
         self._emit(self._header(arcname, st, tarformat.REGTYPE, xattrs=attrs, extra=extra))
 
-    def _emit_same(self, arcname: str) -> None:
+    def _emit_same(self, arcname: str, left_out: bool = False) -> None:
         """A member whose bytes and metadata are the base's file of the same name: the
         cache vouched for the file, its ctime included, so nothing about it (owner, mode,
         times, extended attributes, ACLs) changed since the base. Only its name travels;
         the header's other fields are left empty (about 6 bytes compressed, against 40
-        for a ``base`` member, and no extended attributes read)."""
-        self._members += 1
+        for a ``base`` member, and no extended attributes read). ``left_out`` (a lean
+        delta, a file of one link): not even its name; the server keeps the base's file
+        because ``REMOVED.list`` does not name it."""
         self._from_base.add(arcname)
+        if left_out:
+            return
+        self._members += 1
         self._emit(tarformat.name_only_header(arcname, _SAME_RECORD))
 
     def _base_record(self) -> list[tuple[bytes, bytes]]:

@@ -134,12 +134,14 @@ def test_the_next_day_travels_as_a_delta_and_restores_exactly(fleet, tmp_path):
     day1 = pull(fleet)
     assert day1["rc"] == 0, day1["log"]
     marks = host.client.archives / ".fetched-marks"
-    assert sorted(os.listdir(marks)) == ["server-applies-deltas", first["archive"]["name"]]
+    said = ["server-applies-deltas", "server-applies-lean-deltas"]
+    assert sorted(os.listdir(marks)) == [*said, first["archive"]["name"]]
     trees = [snapshot(host.data)]
 
     day_of_changes(host.data, 1)
     second = run_client(host)
-    assert second["format"] == 2 and second["archive"]["kind"] == "delta"
+    # a lean delta (protocol 5): its unchanged files not named, its removed ones listed
+    assert second["format"] == 3 and second["archive"]["kind"] == "delta"
     assert second["archive"]["base"]["name"] == first["archive"]["name"]
     # what changed travels: a fraction of the full archive
     assert second["archive"]["size"] < first["archive"]["size"] / 10
@@ -340,29 +342,45 @@ def zstd_member(path: Path, name: str) -> bytes:
     return out.stdout
 
 
-def test_an_unchanged_file_travels_as_its_name_and_keeps_its_metadata(fleet, tmp_path):
+@pytest.mark.parametrize("form", ["lean", "format 2"])
+def test_an_unchanged_file_travels_as_its_name_and_keeps_its_metadata(fleet, tmp_path, form):
     """A file the cache vouches for, ctime included, is a ``same`` member: its name and
-    nothing else (mode, owner and time empty), a few bytes compressed; the server leaves
-    it untouched, and the snapshot still restores with every file's metadata. A file
-    only chmod'ed is a ``base`` member carrying its new mode. Measured here: what the
-    next day of 40 unchanged notes costs per file."""
+    nothing else (mode, owner and time empty), a few bytes compressed; in a lean delta
+    (protocol 5) not even that. The server leaves it untouched, and the snapshot still
+    restores with every file's metadata. A file only chmod'ed is a ``base`` member
+    carrying its new mode. ``format 2``: a client that a server of 0.2.1 told only that
+    it applies deltas (the lean mark removed), whose deltas this server still applies.
+    Measured here: what the next day of 40 unchanged notes costs per file."""
     host = incremental_host(fleet)
     os.setxattr(host.data / "docs" / "d0" / "note4.txt", "user.origin", b"day zero")
     run_client(host)
     assert pull(fleet)["rc"] == 0
+    if form == "format 2":
+        (host.client.archives / ".fetched-marks" / "server-applies-lean-deltas").unlink()
     os.chmod(host.data / "docs" / "d1" / "note5.txt", 0o600)
     side = run_client(host)
+    assert side["format"] == (3 if form == "lean" else 2)
     archive = host.client.archives / side["archive"]["name"]
     members = regular_members(archive)
     prefix = f"services/app/files{host.data}/docs"
-    same = members[f"{prefix}/d0/note4.txt"]
-    assert same.pax_headers["PULLBACK.data"] == "same"
-    assert (same.mode, same.uid, same.mtime, same.size) == (0, 0, 0, 0)
-    assert "SCHILY.xattr.user.origin" not in same.pax_headers
+    kinds = [m.pax_headers.get("PULLBACK.data", "full") for m in members.values()]
+    if form == "lean":
+        assert f"{prefix}/d0/note4.txt" not in members
+        # only a file of several links stays a ``same`` member (its links travel)
+        root = f"services/app/files{host.data}"
+        for name, each in members.items():
+            if each.pax_headers.get("PULLBACK.data") == "same":
+                assert os.stat(host.data / name[len(root) + 1 :]).st_nlink > 1, name
+        assert len(members) < 10, list(members)
+        assert zstd_member(archive, "REMOVED.list") == b""
+    else:
+        same = members[f"{prefix}/d0/note4.txt"]
+        assert same.pax_headers["PULLBACK.data"] == "same"
+        assert (same.mode, same.uid, same.mtime, same.size) == (0, 0, 0, 0)
+        assert "SCHILY.xattr.user.origin" not in same.pax_headers
+        assert kinds.count("same") >= 40, kinds
     chmodded = members[f"{prefix}/d1/note5.txt"]
     assert chmodded.pax_headers["PULLBACK.data"] == "base" and chmodded.mode == 0o600
-    kinds = [m.pax_headers.get("PULLBACK.data", "full") for m in members.values()]
-    assert kinds.count("same") >= 40, kinds
     # the manifest member lists only the files whose bytes travel; the sidecar names
     # the complete manifest, which the server rebuilds into staging
     manifest = members["MANIFEST.sha256"]

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from pullback.common.archive import baseindex, deltaops, tarformat
+from pullback.common.archive import baseindex, deltaops, removed, tarformat
 from pullback.common.archive.baseindex import IndexedTree, IndexWriter
 from pullback.common.archive.deltaops import (
     BASE,
@@ -79,15 +79,21 @@ def tar(
 
 
 def apply(
-    staging, data: bytes, delta: bool, limits: UnpackLimits | None = None, announced: str = ""
+    staging,
+    data: bytes,
+    delta: bool,
+    limits: UnpackLimits | None = None,
+    announced: str = "",
+    lean: bool = False,
 ) -> str:
-    """Unpack ``data`` as the pull does; commit the new index. Returns the manifest sha."""
+    """Unpack ``data`` as the pull does (``lean``: a format-3 sidecar's); commit the new
+    index. Returns the manifest sha."""
     base = baseindex.take(staging)
     index = IndexWriter(staging)
     reader = TarReader(io.BytesIO(data))
     try:
         with Unpacker(
-            staging, limits, base if delta else None, index, announced=announced
+            staging, limits, base if delta else None, index, announced=announced, lean=lean
         ) as unpacker:
             if delta and base is not None and base.linked:  # the server's first pass
                 first = TarReader(io.BytesIO(data))
@@ -754,3 +760,116 @@ def test_a_file_cannot_also_be_a_directory(staging, first, second):
         HostileArchive, match=r"a file and a directory|is below the file|through the symlink"
     ):
         apply(staging, data, delta=False)
+
+
+# -- lean deltas: unchanged files not named, the removed ones listed ----------------------
+
+
+def removed_member(*names: str, data: bytes | None = None, pax=None) -> bytes:
+    """``REMOVED.list`` naming ``names`` (or holding ``data``)."""
+    raw = removed.pack(n.encode() for n in names) if data is None else data
+    return member(removed.REMOVED_NAME, raw, pax=pax)
+
+
+def lean_day(staging, *extra: bytes, listed: tuple[str, ...] = ("services/app/d/x",)):
+    """The next day as a lean delta: a.txt rewritten (whole), big.bin unchanged (left
+    out), d/x removed (listed); ``extra`` members go before REMOVED.list. Returns the
+    archive, its complete manifest's sha256 and the day's files."""
+    files = {"services/app/a.txt": b"alpha 2\n", "services/app/big.bin": BIG}
+    members = [member("services/app/a.txt", b"alpha 2\n"), *extra, removed_member(*listed)]
+    data, complete = tar(members, files, left_out={"services/app/big.bin"})
+    return data, complete, files
+
+
+def test_a_lean_delta_keeps_what_it_does_not_name_and_removes_what_it_lists(staging):
+    """A left-out file is kept untouched (same inode and ctime), a listed one removed
+    (and its emptied directory, which the archive no longer names), a named one
+    rewritten; staging's rebuilt manifest is the day's, and the new index vouches for
+    the kept file: a lean delta on top of this one keeps it again."""
+    big = os.stat(staging / "services/app/big.bin")
+    data, complete, files = lean_day(staging)
+    assert apply(staging, data, delta=True, announced=complete, lean=True) == complete
+    after = os.stat(staging / "services/app/big.bin")
+    assert (after.st_ino, after.st_ctime_ns) == (big.st_ino, big.st_ctime_ns)
+    assert not (staging / "services/app/d").exists()
+    assert (staging / "services/app/a.txt").read_bytes() == b"alpha 2\n"
+    assert parse((staging / MANIFEST_NAME).read_bytes()) == {
+        n: hashlib.sha256(d).hexdigest() for n, d in files.items()
+    }
+    # nothing changed, nothing removed: the directories (a client restates them all)
+    # and the list
+    members = [member("services/app", kind=tarformat.DIRTYPE), removed_member()]
+    data, complete = tar(members, files, left_out=set(files))
+    assert apply(staging, data, delta=True, announced=complete, lean=True) == complete
+    assert os.stat(staging / "services/app/big.bin").st_ino == big.st_ino
+
+
+def test_a_lean_delta_that_keeps_a_file_the_client_removed_fails_its_proof(staging):
+    """A client that forgot to list a removed file: staging would keep it, and the
+    rebuilt manifest is not the sidecar's: a base mismatch (a fallback), no snapshot."""
+    data, complete, _ = lean_day(
+        staging, member("services/app/d", kind=tarformat.DIRTYPE), listed=()
+    )
+    with pytest.raises(BaseMismatch, match="differ from the day's manifest"):
+        apply(staging, data, delta=True, announced=complete, lean=True)
+
+
+def _touched(staging):
+    os.utime(staging / "services/app/big.bin", ns=(MTIME, MTIME))  # a new ctime
+    return lean_day(staging)[0]
+
+
+def _outside(staging):
+    return lean_day(staging, listed=("etc/passwd",))[0]
+
+
+LEAN_REFUSED = [
+    ("the list in a delta of format 2", lambda s: lean_day(s)[0], False, HostileArchive,
+     "not a lean delta"),
+    ("no list", lambda s: tar([member("services/app/a.txt", b"alpha 2\n")],
+                             {"services/app/a.txt": b"alpha 2\n"})[0], True, HostileArchive,
+     "without REMOVED.list"),
+    ("the list twice", lambda s: lean_day(s, removed_member())[0], True, HostileArchive,
+     "comes twice"),
+    ("out of order", lambda s: lean_day(s, listed=("services/app/d/x", "services/app/a.txt"))[0],
+     True, HostileArchive, "strictly increasing"),
+    ("no final NUL", lambda s: lean_day(s, removed_member(data=b"services/app/d/x"))[0], True,
+     HostileArchive, "NUL"),
+    ("too large", lambda s: lean_day(s, removed_member(data=b"x" * 5 * 4097))[0], True,
+     HostileArchive, "larger than"),
+    ("a PULLBACK record", lambda s: lean_day(
+        s, removed_member(pax=[(DATA_KEY, BASE)]))[0], True, HostileArchive, "plain file"),
+    ("a name outside services/", _outside, True, HostileArchive, "outside services/"),
+    ("a name with ..", lambda s: lean_day(s, listed=("services/../x",))[0], True,
+     HostileArchive, "'..' component"),
+    ("a name the base lacks", lambda s: lean_day(s, listed=("services/app/zz",))[0], True,
+     BaseMismatch, "not a file of the base"),
+    ("a kept file changed in staging", _touched, True, BaseMismatch, "changed in staging"),
+    ("a kept file below a symlink", lambda s: lean_day(
+        s, member("services/app/d", kind=tarformat.SYMTYPE, linkname="/etc"), listed=())[0],
+     True, BaseMismatch, "directory is not in the archive"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "lean", "error", "words"), LEAN_REFUSED, ids=[c[0] for c in LEAN_REFUSED]
+)
+def test_a_lean_delta_that_breaks_its_form_is_refused(staging, case, make, lean, error, words):
+    """Every bound of REMOVED.list (docs/architecture.md, *Lean deltas: unchanged files
+    not named at all*) and every check of a kept file; nothing is stored and staging
+    keeps no index (the next pull falls back to the chain's full)."""
+    data = make(staging)
+    _, complete, _ = lean_day(staging)
+    with pytest.raises(error, match=words):
+        apply(staging, data, delta=True, announced=complete, lean=lean)
+    assert baseindex.read_tree(staging) is None
+
+
+def test_a_lean_delta_whose_manifest_claims_every_file_is_refused(staging):
+    """Files left out while the manifest member says it lists every file (not partial):
+    refused, or the kept file would be in staging but not in the manifest."""
+    files = {"services/app/a.txt": b"alpha 2\n", "services/app/big.bin": BIG}
+    members = [member("services/app/a.txt", b"alpha 2\n"), removed_member("services/app/d/x")]
+    data, complete = tar(members, files)
+    with pytest.raises(HostileArchive, match="claims to list them all"):
+        apply(staging, data, delta=True, announced=complete, lean=True)

@@ -238,7 +238,7 @@ class FakeClient:
             )
         return Listing(self.host, "test", lock, found, [])
 
-    def mark_fetched(self, name: str, deltas: bool = False) -> None:
+    def mark_fetched(self, name: str, deltas: bool = False, lean: bool = False) -> None:
         self.events.append("fetched")
         if self.refuse_fetched:
             raise self.refuse_fetched

@@ -25,6 +25,10 @@ from pullback.common.protocol import LIST, LOCK, Listing, Request, Verb
             Request.fetched("web1-20261122T030000Z.tar", deltas=True),
             "fetched web1-20261122T030000Z.tar deltas",
         ),
+        (
+            Request.fetched("web1-20261122T030000Z.tar", lean=True),
+            "fetched web1-20261122T030000Z.tar lean-deltas",
+        ),
     ],
 )
 def test_a_request_is_written_as_the_client_parses_it(request_, text):
@@ -65,7 +69,7 @@ def test_the_listing_says_which_protocol_the_client_speaks():
     """1 from a client before delta archives (it sends none) or any nonsense; the server
     sends ``full`` only to 2 or later, ``fetched <archive> deltas`` only to 3 or later."""
     wire = json.loads(Listing("web1", "1.2.3", None, [], []).to_json())
-    assert protocol.parse_listing(json.dumps(wire).encode()).protocol == 4
+    assert protocol.parse_listing(json.dumps(wire).encode()).protocol == 5
     for value in (None, "2", True, 0, -1, 10**9, 2.5):
         wire["protocol"] = value
         assert protocol.parse_listing(json.dumps(wire).encode()).protocol == 1
@@ -77,7 +81,7 @@ def test_the_list_answer_on_the_wire():
     """The keys older and newer peers rely on: changing one breaks mixed fleets."""
     wire = json.loads(Listing("web1", "1.2.3", None, [], []).to_json())
     assert wire == {
-        "protocol": 4,
+        "protocol": 5,
         "host": "web1",
         "pullback_version": "1.2.3",
         "lock": None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -34,6 +35,8 @@ from tests.helpers.client import ClientSandbox
         "fetched web1-20261122T030000Z.tar.zst yes",
         "fetched web1-20261122T030000Z.tar.zst deltas deltas",
         "fetched web1-20261122T030000Z.tar.zst Deltas",
+        "fetched web1-20261122T030000Z.tar.zst lean",
+        "fetched web1-20261122T030000Z.tar.zst lean-deltas deltas",
         "list\n",
         "send web1-20261122T030000Z.tar.zst 0\x00",
         "lock " * 200,
@@ -179,6 +182,49 @@ def test_auto_makes_deltas_once_a_server_says_it_applies_them(box, tmp_path):
     # the chain: the newest full archive and the delta on it, nothing older
     names = [a.name for a in directory.list_archives(box.archives)]
     assert len(names) == 2
+
+
+def test_a_server_that_applies_lean_deltas_gets_lean_ones(box, tmp_path):
+    """``fetched <archive> lean-deltas`` (protocol 5) leaves both marks; the next run's
+    delta is lean: sidecar format 3, an unchanged file not named at all, the base's
+    removed file listed in ``REMOVED.list`` (NUL-ended), a changed one restated."""
+    import tarfile
+    import time
+
+    from pullback.common.archive import directory
+
+    data = tmp_path / "d"
+    (data / "gone").write_bytes(b"x" * 100)
+    (data / "kept").write_bytes(b"y" * 100)
+    old = time.time() - 3600  # far from the racy window: the cache trusts them
+    for name in ("f", "gone", "kept"):
+        os.utime(data / name, (old, old))
+    time.sleep(2.1)  # their ctimes out of the racy window too
+    box.write_config(incremental={}, fetched_keep=1)
+    assert box.cli("run").returncode == 0
+    first = box.published()[-1]
+    assert run_serve(box, f"fetched {first.name} lean-deltas", tmp_path)[0] == 0
+    assert directory.server_applies_deltas(box.archives)
+    assert directory.server_applies_lean_deltas(box.archives)
+    (data / "gone").unlink()
+    (data / "f").write_bytes(b"changed")
+    time.sleep(1.05)
+    result = box.cli("run")
+    assert result.returncode == 0, result.stderr
+    assert "lean delta: a delta against" in result.stderr
+    delta = box.published()[-1]
+    side = json.loads(delta.with_name(delta.name + ".json").read_text())
+    assert side["format"] == 3 and side["archive"]["kind"] == "delta"
+    assert "lean" not in side["archive"]
+    plain = tmp_path / "delta.tar"
+    subprocess.run(["zstd", "-q", "-d", "-o", str(plain), str(delta)], check=True)
+    with tarfile.open(plain) as tar:
+        names = tar.getnames()
+        removed = tar.extractfile("REMOVED.list").read()
+    assert not any(n.endswith("/kept") for n in names), names
+    assert any(n.endswith("/f") for n in names), names
+    assert names[-2:] == ["REMOVED.list", "MANIFEST.sha256"]
+    assert removed.endswith(b"/gone\0") and removed.count(b"\0") == 1, removed
 
 
 def test_a_client_waiting_for_deltas_goes_on_without_its_file_cache(box, tmp_path):

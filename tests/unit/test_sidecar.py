@@ -46,7 +46,7 @@ def test_round_trip_and_unknown_keys_from_newer_writers():
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d.update(format=3), "sidecar format 3 is not one this pullback reads"),
+        (lambda d: d.update(format=4), "sidecar format 4 is not one this pullback reads"),
         (lambda d: d.update(format=2), "at archive: 'kind' is a required property"),
         (
             lambda d: d["archive"].update(

@@ -22,6 +22,7 @@ from . import sparse
 from .compression import compression_of, decompress_command
 from .deltaops import DATA_KEY, DELTA, FULL
 from .manifest import MANIFEST_KEY, MANIFEST_NAME, NOTICE_NAME, PARTIAL, parse
+from .removed import REMOVED_NAME
 from .tarformat import Member, TarFormatError, TarReader
 
 log = get_logger("archive")
@@ -207,14 +208,8 @@ class _Digests:
         if not member.is_file:
             return
         source = member.pax.get(DATA_KEY, FULL)
-        if source != FULL:  # base, same or delta: needs the base
-            for _ in stream.read_data(member):
-                pass
-            if source == DELTA:
-                self.computed[member.name] = None
-            else:
-                self.from_base.add(member.name)
-            self.files += 1
+        if source != FULL or member.name == REMOVED_NAME:
+            self._skipped(stream, member, source)
             return
         if sparse.is_sparse(member.pax):
             realsize = int(member.pax.get(sparse.REALSIZE, b"0") or 0)
@@ -238,6 +233,20 @@ class _Digests:
         self.computed[member.name] = digest.hexdigest()
         self.files += 1
         self.content += member.size
+
+    def _skipped(self, stream: TarStream, member: Member, source: bytes) -> None:
+        """A member whose data is not the file's bytes, read past: a file made from the
+        base (``base``, ``same``, ``delta``: the server, which holds the base, checks
+        it), or a lean delta's ``REMOVED.list`` (no file of the tree)."""
+        for _ in stream.read_data(member):
+            pass
+        if member.name == REMOVED_NAME:
+            return
+        if source == DELTA:
+            self.computed[member.name] = None
+        else:
+            self.from_base.add(member.name)
+        self.files += 1
 
     def problems(self, listed: dict[str, str]) -> list[str]:
         found = []

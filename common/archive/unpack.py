@@ -402,10 +402,12 @@ class Unpacker:
         """A lean delta's ``REMOVED.list``: the base files its tree no longer has as
         files, each checked (a name below ``services/``, a file of the base) and kept as
         a key. Raises HostileArchive (not a lean delta, a second list, after the
-        manifest, not a plain member, a broken list), BaseMismatch (a name the base does
-        not have)."""
+        manifest, not a plain member, a broken list), BaseMismatch (no base, or a name
+        the base does not have)."""
         name = removed.REMOVED_NAME
-        if not self.lean or self.base is None:
+        if self.base is None:  # (as a base member without one: a delta restored alone)
+            raise BaseMismatch(f"{name}: a lean delta needs a base, and staging has none")
+        if not self.lean:
             raise HostileArchive(f"{name} in an archive that is not a lean delta")
         if self._removed is not None or self._manifest_sum is not None:
             raise HostileArchive(f"{name} comes twice, or after {MANIFEST_NAME}")
@@ -433,9 +435,10 @@ class Unpacker:
         neither named nor listed as removed, when staging still holds it as the index
         says (a plain file of one link, ``ino``, ``size``, ``mtime_ns`` and ``ctime_ns``
         equal) below directories this archive named. Each is counted as a ``same``
-        member is, and recorded in the new index with the row's digest (the rebuilt
-        manifest's proof covers it). Returns how many were kept. Raises HostileArchive
-        without ``REMOVED.list``, BaseMismatch for a file staging does not hold so."""
+        member is (against ``max_entries`` too), and recorded in the new index with the
+        row's digest (the rebuilt manifest's proof covers it). Returns how many were kept.
+        Raises HostileArchive without ``REMOVED.list``, BaseMismatch for a file staging
+        does not hold so, ArchiveTooLarge past a limit."""
         if self._removed is None:
             raise HostileArchive(f"a lean delta without {removed.REMOVED_NAME}")
         assert self.base is not None and self.index is not None
@@ -462,12 +465,18 @@ class Unpacker:
                 raise BaseMismatch(f"{escaped(name)} is missing from staging") from None
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not row.matches(st):
                 raise BaseMismatch(f"{escaped(name)} changed in staging since its index")
+            kept += 1
+            most = self.limits.max_entries
+            if most is not None and self.stats.members + kept > most:
+                raise ArchiveTooLarge(
+                    f"it holds more than {most:,} entries, the files it keeps from the "
+                    f"base included (max_entries in {self.limits.source})"
+                )
             self._seen.add(key)
             self.index.add(name, row.sha256)
             line = len(format_line(name, row.sha256))
             self._count_size(row.size + line)
             self._check_free(line)
-            kept += 1
         self.stats.files += kept
         self.stats.unchanged += kept
         return kept

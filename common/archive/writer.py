@@ -128,6 +128,8 @@ class ArchiveWriter:
         """The ``base`` and ``same`` members: a delta's manifest member leaves them out."""
         self._links: dict[tuple[int, int], str] = {}
         self._dirs: set[str] = set()
+        self._others: set[str] = set()
+        """Symlinks and FIFOs written (overlapping paths walk them twice)."""
         self._users: dict[int, str] = {}
         self._groups: dict[int, str] = {}
         self._members = 0
@@ -538,14 +540,18 @@ class ArchiveWriter:
             attrs = self._read_xattrs(path, stats) if xattrs else None
             self._dirs.add(arcname)
             self._emit(self._header(arcname, st, tarformat.DIRTYPE, xattrs=attrs))
+        elif arcname in self._others:
+            return  # listed twice (overlapping paths): once, as a file is
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(path)
             except FileNotFoundError:
                 return
+            self._others.add(arcname)
             self._emit(self._header(arcname, st, tarformat.SYMTYPE, linkname=target))
         elif stat.S_ISFIFO(mode):
             attrs = self._read_xattrs(path, stats) if xattrs else None
+            self._others.add(arcname)
             self._emit(self._header(arcname, st, tarformat.FIFOTYPE, xattrs=attrs))
         else:
             kind = "socket" if stat.S_ISSOCK(mode) else "device node"

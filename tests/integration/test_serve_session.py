@@ -64,7 +64,7 @@ def test_pulls_after_the_first_ask_over_one_session(fleet, tmp_path):
     assert day1["rc"] == 0, day1["log"]
     name = first["archive"]["name"]
     # nothing known of the client yet: request by request, and its protocol noted
-    assert serves(fleet) == ["list", f"send {name} 0", f"fetched {name} deltas"]
+    assert serves(fleet) == ["list", f"send {name} 0", f"fetched {name} lean-deltas"]
     assert day1["host"]["client_protocol"] == 4
     trees = [snapshot(host.data)]
 
@@ -79,7 +79,7 @@ def test_pulls_after_the_first_ask_over_one_session(fleet, tmp_path):
         assert serves(fleet)[before:] == ["session"]  # list, send, fetched: one process
         trees.append(snapshot(host.data))
     marks = sorted(os.listdir(host.client.archives / ".fetched-marks"))
-    assert sidecar["archive"]["name"] in marks and "server-applies-deltas" in marks
+    assert sidecar["archive"]["name"] in marks and "server-applies-lean-deltas" in marks
 
     for number, (snap, tree) in enumerate(zip(snapshot_ids(fleet), trees, strict=True)):
         assert restored(fleet, snap, tmp_path / f"r{number}") == tree
@@ -106,7 +106,12 @@ def test_a_client_that_refuses_a_session_is_asked_request_by_request(fleet):
     result = pull(fleet)
     assert result["rc"] == 0, result["log"]
     name = second["archive"]["name"]
-    assert serves(fleet)[before:] == ["session", "list", f"send {name} 0", f"fetched {name} deltas"]
+    assert serves(fleet)[before:] == [
+        "session",
+        "list",
+        f"send {name} 0",
+        f"fetched {name} lean-deltas",
+    ]
     status = json.loads((fleet.state / "status.json").read_text())["hosts"]["web1"]
     assert status["last_result"] == "stored" and status["archive"] == name
     assert status["delta"] is True and first["archive"]["name"] != name

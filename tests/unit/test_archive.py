@@ -167,3 +167,34 @@ def test_a_large_sparse_region_is_archived_in_pieces_and_gnu_tar_agrees(tmp_path
         assert handle.read(8 << 20) == bytes(8 << 20)
         assert handle.read(40 << 20) == region
         assert handle.read() == bytes(52 << 20)
+
+
+def test_overlapping_paths_write_each_symlink_and_fifo_once(tmp_path):
+    """A task whose paths overlap (``[d, d/sub]``) walks ``sub`` twice: a file was
+    written once, but a symlink or FIFO twice, and the server refused the archive
+    ("appears twice") every day (found by an outside review)."""
+    from pullback.common.archive.unpack import Unpacker
+
+    source = tmp_path / "d"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "f").write_text("f")
+    os.symlink("f", source / "sub" / "lnk")
+    os.mkfifo(source / "sub" / "fifo")
+    path = tmp_path / "host-20260101T000000Z.tar"
+    with ArchiveWriter(path, "none") as writer:
+        writer.add_tree(source, "services/svc/files/d")
+        writer.add_tree(source / "sub", "services/svc/files/d/sub")
+        writer.finish()
+    listing = subprocess.run(["tar", "-tf", str(path)], capture_output=True, text=True)
+    names = [n.rstrip("/") for n in listing.stdout.split()]
+    for name in ("lnk", "fifo", "f"):
+        assert names.count(f"services/svc/files/d/sub/{name}") == 1, names
+    verify_archive(path)
+    from pullback.common.archive.reader import TarStream
+
+    with Unpacker(tmp_path / "staging") as unpacker, open(path, "rb") as raw:
+        with TarStream(raw, "none") as stream:
+            for member in stream.members():
+                unpacker.add(member, stream.read_data(member))
+        unpacker.finish()
+    assert os.readlink(tmp_path / "staging/services/svc/files/d/sub/lnk") == "f"

@@ -873,3 +873,23 @@ def test_a_lean_delta_whose_manifest_claims_every_file_is_refused(staging):
     data, complete = tar(members, files)
     with pytest.raises(HostileArchive, match="claims to list them all"):
         apply(staging, data, delta=True, announced=complete, lean=True)
+
+
+def test_the_files_a_lean_delta_keeps_count_against_max_entries(staging):
+    """Kept files are entries of staging (restic and borg hold them, the sweep keys
+    them): a lean delta naming few members cannot grow staging past ``max_entries``
+    (found by an outside review: staging grew by 4 files a day past a limit of 6)."""
+    data, complete, _ = lean_day(staging)
+    with pytest.raises(ArchiveTooLarge, match="the files it keeps from the base"):
+        apply(staging, data, delta=True, announced=complete, lean=True,
+              limits=UnpackLimits(max_entries=3))  # fmt: skip
+    assert baseindex.read_tree(staging) is None
+
+
+def test_a_lean_delta_without_a_base_asks_for_one(tmp_path):
+    """A lean delta unpacked alone (restored by hand without its sidecar, which names
+    its chain): a base mismatch, which restore turns into "put the sidecar back", not a
+    hostile archive."""
+    data, complete, _ = lean_day(None)
+    with pytest.raises(BaseMismatch, match="needs a base"):
+        apply(tmp_path / "alone", data, delta=False, announced=complete)

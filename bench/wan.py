@@ -17,8 +17,8 @@ on the same mutated data (the order rotates):
 
   pullback   pullback-client run (in the namespace) + pullback-server pull (restic)
   by hand    tar -c | zstd -T0 -3 into a file (in the namespace); ssh cat | zstd -d |
-             tar -x into a kept tree; restic backup --ignore-inode
-  rsync      rsync -a --delete -e ssh into a kept tree; restic backup --ignore-inode
+             tar -x into a kept tree; restic backup (no --ignore-inode, as pullback)
+  rsync      rsync -a --delete -e ssh into a kept tree; restic backup
 
 Bytes on the wire are rx_bytes + tx_bytes of the host-side veth around each row. Also the
 client's pack (its run time and the newest archive's size) on day one against the next
@@ -216,8 +216,11 @@ class WanBench(Bench):
         return path
 
     def restic_backup(self, tree: Path, repo: Path, host: str) -> float:
+        """The hand pipelines' store, with pullback's own safety: no ``--ignore-inode``
+        (under which restic 0.14 compares no ctime and keeps a file's older bytes when it
+        was rewritten with its old size and mtime; pullback 0.2.1 dropped it)."""
         return timed(
-            ["restic", "-q", "-r", str(repo), "backup", "--host", host, "--ignore-inode", "."],
+            ["restic", "-q", "-r", str(repo), "backup", "--host", host, "."],
             cwd=tree,
             env=self.env,
             stdout=subprocess.DEVNULL,

@@ -215,11 +215,14 @@ class IndexWriter:
             BEGIN;
             """
         )
-        self._pending: list[tuple[bytes, str]] = []
+        self._pending: list[tuple] = []
 
-    def add(self, name: str, sha256: str) -> None:
-        """Record the regular file (or hard link) ``name`` with its digest."""
-        self._pending.append((_raw(name), sha256))
+    def add(self, name: str, sha256: str, kept: IndexedFile | None = None) -> None:
+        """Record the regular file (or hard link) ``name`` with its digest; ``kept``: a
+        file of one link left untouched, whose stat is its old row's (just checked
+        against staging): :meth:`commit` does not stat it again."""
+        stat = (kept.ino, kept.size, kept.mtime_ns, kept.ctime_ns) if kept else (None,) * 4
+        self._pending.append((_raw(name), sha256, *stat))
         if len(self._pending) >= _BATCH:
             self._flush()
 
@@ -227,7 +230,9 @@ class IndexWriter:
         """Insert the rows :meth:`add` gathered (in their order: a later row of a name
         replaces an earlier one)."""
         self._db.executemany(
-            "INSERT OR REPLACE INTO files (name, sha256) VALUES (?, ?)", self._pending
+            "INSERT OR REPLACE INTO files (name, sha256, ino, size, mtime_ns, ctime_ns) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            self._pending,
         )
         self._pending.clear()
 
@@ -239,12 +244,12 @@ class IndexWriter:
             yield raw.decode("utf-8", "surrogateescape"), sha256  # as _raw encodes it
 
     def commit(self, tree: IndexedTree) -> None:
-        """Take every recorded file's stat as staging has it now, and put the index in
-        place of the old one (fsynced). Call it once the unpack passed every check.
-        Raises OSError, sqlite3.Error."""
+        """Take every recorded file's stat as staging has it now (a kept one's is
+        known), and put the index in place of the old one (fsynced). Call it once the
+        unpack passed every check. Raises OSError, sqlite3.Error."""
         self._flush()
         db, root = self._db, os.fsencode(self.staging)
-        names = [name for (name,) in db.execute("SELECT name FROM files")]
+        names = [name for (name,) in db.execute("SELECT name FROM files WHERE ino IS NULL")]
         rows = []
         linked = False
         for name in names:

@@ -473,7 +473,7 @@ class Unpacker:
                     f"base included (max_entries in {self.limits.source})"
                 )
             self._seen.add(key)
-            self.index.add(name, row.sha256)
+            self.index.add(name, row.sha256, kept=row)  # (its stat: the row's, checked)
             line = len(format_line(name, row.sha256))
             self._count_size(row.size + line)
             self._check_free(line)

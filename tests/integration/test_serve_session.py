@@ -65,7 +65,7 @@ def test_pulls_after_the_first_ask_over_one_session(fleet, tmp_path):
     name = first["archive"]["name"]
     # nothing known of the client yet: request by request, and its protocol noted
     assert serves(fleet) == ["list", f"send {name} 0", f"fetched {name} lean-deltas"]
-    assert day1["host"]["client_protocol"] == 4
+    assert day1["host"]["client_protocol"] == 5
     trees = [snapshot(host.data)]
 
     for day in (1, 2):

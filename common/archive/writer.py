@@ -630,10 +630,25 @@ class ArchiveWriter:
         still read: its bytes decide between a ``base`` member of the other name and a
         ``delta`` against it."""
         found = cache.lookup_inode(st.st_dev, st.st_ino)
-        if found is None or found[0] in self._manifest:
+        if found is None or self._written_over(found[0]):
             return None
         self._base_of = found[0]
         return found[1]
+
+    def _written_over(self, old: str) -> bool:
+        """Whether this archive already wrote something at the base name ``old``, or a
+        non-directory above it: the server, applying members in order, no longer holds
+        the base's file there (a file moved into a new directory of its own name, a
+        directory renamed and a symlink left at its old name). Such a file is then read
+        and sent as a new one."""
+        if old in self._manifest or old in self._dirs or old in self._others:
+            return True
+        parts = old.split("/")
+        for end in range(1, len(parts)):
+            above = "/".join(parts[:end])
+            if above in self._manifest or above in self._others:
+                return True
+        return False
 
     def _add_link(self, arcname: str, st: os.stat_result, stats: TaskStats) -> bool:
         """A hard link to a file already in the archive; False when it is the first."""

@@ -174,6 +174,15 @@ def safe_parts(name: str) -> tuple[str, ...]:
     return parts
 
 
+def _member_parts(member: Member) -> tuple[str, ...]:
+    """The components of ``member``'s name (:func:`safe_parts`); a name ending with '/'
+    must be a directory's. Raises HostileArchive."""
+    parts = safe_parts(member.name)
+    if member.name.endswith("/") and not member.is_dir:
+        raise HostileArchive(f"member {member.name!r} ends with '/' but is no directory")
+    return parts
+
+
 def _apparent_size(member: Member) -> int:
     """The bytes ``member`` claims to unpack to: its data, or a sparse file's full size.
 
@@ -356,7 +365,7 @@ class Unpacker:
             self._check_limits(member)
             self._removed_list(member, chunks)
             return
-        parts = safe_parts(member.name)
+        parts = _member_parts(member)
         self.stats.members += 1
         self._check_limits(member)
         if self.limits.cancel is not None:
@@ -395,8 +404,14 @@ class Unpacker:
             self._hardlink(parts, member)
             self._files.add(key)  # a name of the manifest too
         else:
-            self._seen.discard(key)
-            self.stats.warnings.append(f"{escaped(member.name)}: device node dropped")
+            self._device_node(parts, key, member)
+
+    def _device_node(self, parts: tuple[str, ...], key: int, member: Member) -> None:
+        """A device node: dropped with a warning; its parents, already seen, are made
+        the directories its name says (a base file there must not outlive the sweep)."""
+        self._dir(parts[:-1])
+        self._seen.discard(key)
+        self.stats.warnings.append(f"{escaped(member.name)}: device node dropped")
 
     def _removed_list(self, member: Member, chunks) -> None:
         """A lean delta's ``REMOVED.list``: the base files its tree no longer has as

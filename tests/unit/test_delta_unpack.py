@@ -893,3 +893,25 @@ def test_a_lean_delta_without_a_base_asks_for_one(tmp_path):
     data, complete, _ = lean_day(None)
     with pytest.raises(BaseMismatch, match="needs a base"):
         apply(tmp_path / "alone", data, delta=False, announced=complete)
+
+
+def test_a_device_node_below_a_removed_file_leaves_no_stale_file(staging):
+    """A dropped device node named below a base file (``a.txt/tty``, a.txt listed as
+    removed): its parents are made the directories its name says, so nothing of the
+    base file stays in staging beside the manifest (an outside review found a.txt kept,
+    unlisted, because the node's parents were marked seen but never made)."""
+    node = member("services/app/a.txt/tty", kind=tarformat.CHRTYPE)
+    files = {"services/app/big.bin": BIG}
+    members = [node, removed_member("services/app/a.txt", "services/app/d/x")]
+    data, complete = tar(members, files, left_out=set(files))
+    apply(staging, data, delta=True, announced=complete, lean=True)
+    assert (staging / "services/app/a.txt").is_dir()
+    assert not list((staging / "services/app/a.txt").iterdir())
+
+
+@pytest.mark.parametrize("kind", [tarformat.REGTYPE, tarformat.SYMTYPE])
+def test_a_member_ending_with_a_slash_must_be_a_directory(staging, kind):
+    """Refused with words (an outside review saw a bare NotADirectoryError later)."""
+    bad = member("services/app/new/", b"", kind=kind, linkname="x")
+    with pytest.raises(HostileArchive, match="ends with '/'"):
+        apply(staging, tar([bad], {})[0], delta=False)

@@ -57,7 +57,7 @@ def unpack_archive(
     progress = Progress("unpack", archive.stat().st_size)
     side = _sidecar_of(archive)
     announced = side.archive.manifest_sha256 if side else ""
-    lean = side is not None and side.archive.lean
+    lean = side.archive.lean if side is not None else None  # None: not known
     with Unpacker(into, None, base, index, announced=announced, lean=lean) as unpacker:
         if base is not None and base.linked:
             with open(archive, "rb") as raw, TarStream(raw, compression) as stream:

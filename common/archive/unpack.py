@@ -250,12 +250,13 @@ class Unpacker:
         index: IndexWriter | None = None,
         *,
         announced: str = "",
-        lean: bool = False,
+        lean: bool | None = False,
     ):
         self.staging = staging
         self.lean = lean
         """A lean delta (sidecar format 3): the base files it neither names nor lists in
-        ``REMOVED.list`` are kept (:meth:`_keep_base_files`)."""
+        ``REMOVED.list`` are kept (:meth:`_keep_base_files`). None: not known (an
+        archive restored by hand without its sidecar)."""
         self._removed: set[int] | None = None
         """The keys of the names ``REMOVED.list`` gave (None: not read yet)."""
         self.limits = limits or UnpackLimits()
@@ -360,8 +361,7 @@ class Unpacker:
         Raises HostileArchive, or ArchiveTooLarge past a limit, before anything of a
         refused member is written.
         """
-        if member.name == removed.REMOVED_NAME:
-            self.stats.members += 1
+        if member.name == removed.REMOVED_NAME:  # (no entry of the tree: not counted)
             self._check_limits(member)
             self._removed_list(member, chunks)
             return
@@ -417,18 +417,11 @@ class Unpacker:
         """A lean delta's ``REMOVED.list``: the base files its tree no longer has as
         files, each checked (a name below ``services/``, a file of the base) and kept as
         a key. Raises HostileArchive (not a lean delta, a second list, after the
-        manifest, not a plain member, a broken list), BaseMismatch (no base, or a name
-        the base does not have)."""
+        manifest, not a plain member, a broken list), BaseMismatch (a lean delta, or an
+        archive of unknown kind, without a base; a name the base does not have)."""
         name = removed.REMOVED_NAME
-        if self.base is None:  # (as a base member without one: a delta restored alone)
-            raise BaseMismatch(f"{name}: a lean delta needs a base, and staging has none")
-        if not self.lean:
-            raise HostileArchive(f"{name} in an archive that is not a lean delta")
-        if self._removed is not None or self._manifest_sum is not None:
-            raise HostileArchive(f"{name} comes twice, or after {MANIFEST_NAME}")
-        if not member.is_file or any(k.startswith(b"PULLBACK.") for k in member.pax):
-            raise HostileArchive(f"{name} is not a plain file member")
-        reader = removed.RemovedReader(self.base.count())
+        base = self._removed_list_base(member)
+        reader = removed.RemovedReader(base.count())
         if member.size > reader.max_size():
             raise HostileArchive(f"{name} is larger than the base's names could make it")
         self._removed = keys = set()
@@ -439,11 +432,28 @@ class Unpacker:
                 parts = safe_parts(listed)
                 if parts[0] != "services":
                     raise HostileArchive(f"{name} names {listed!r}, outside services/")
-                if not self.base.has(listed):
+                if not base.has(listed):
                     raise BaseMismatch(f"{escaped(listed)} is removed, but not a file of the base")
                 keys.add(_key(parts))
         except removed.RemovedListError as exc:
             raise HostileArchive(str(exc)) from None
+
+    def _removed_list_base(self, member: Member) -> BaseIndex:
+        """The base ``REMOVED.list`` names files of, once it may come here. Raises
+        BaseMismatch (no base), HostileArchive (not a lean delta, a second list, after
+        the manifest, not a plain member)."""
+        name = removed.REMOVED_NAME
+        if self.lean is None and self.base is None:  # (a delta restored alone, unknown)
+            raise BaseMismatch(f"{name}: a lean delta needs a base, and staging has none")
+        if not self.lean:
+            raise HostileArchive(f"{name} in an archive that is not a lean delta")
+        if self.base is None:
+            raise BaseMismatch(f"{name}: a lean delta needs a base, and staging has none")
+        if self._removed is not None or self._manifest_sum is not None:
+            raise HostileArchive(f"{name} comes twice, or after {MANIFEST_NAME}")
+        if not member.is_file or any(k.startswith(b"PULLBACK.") for k in member.pax):
+            raise HostileArchive(f"{name} is not a plain file member")
+        return self.base
 
     def _keep_base_files(self) -> int:
         """A lean delta, at its end: keep every file of the base index that the archive
@@ -864,6 +874,8 @@ class Unpacker:
         the base has hard-linked files: ``BaseIndex.linked``). Raises
         BaseMismatch, HostileArchive, ArchiveTooLarge (past ``max_entries``), ArchiveError
         (at the deadline)."""
+        if member.name == removed.REMOVED_NAME:
+            return  # (no entry of the tree: :meth:`add` reads it)
         self._checked += 1
         limits = self.limits
         if limits.max_entries is not None and self._checked > limits.max_entries:

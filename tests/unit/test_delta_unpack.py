@@ -84,7 +84,7 @@ def apply(
     delta: bool,
     limits: UnpackLimits | None = None,
     announced: str = "",
-    lean: bool = False,
+    lean: bool | None = False,
 ) -> str:
     """Unpack ``data`` as the pull does (``lean``: a format-3 sidecar's); commit the new
     index. Returns the manifest sha."""
@@ -880,19 +880,32 @@ def test_the_files_a_lean_delta_keeps_count_against_max_entries(staging):
     them): a lean delta naming few members cannot grow staging past ``max_entries``
     (found by an outside review: staging grew by 4 files a day past a limit of 6)."""
     data, complete, _ = lean_day(staging)
+    # a.txt and the manifest are members, big.bin is kept: 3 entries, as a full archive
+    # of the same tree has (REMOVED.list is no entry of the tree)
     with pytest.raises(ArchiveTooLarge, match="the files it keeps from the base"):
         apply(staging, data, delta=True, announced=complete, lean=True,
-              limits=UnpackLimits(max_entries=3))  # fmt: skip
+              limits=UnpackLimits(max_entries=2))  # fmt: skip
     assert baseindex.read_tree(staging) is None
+    fresh = staging.parent / "again"
+    full = [member(n, d) for n, d in FILES.items()]
+    apply(fresh, tar(full, FILES)[0], delta=False)
+    apply(fresh, data, delta=True, announced=complete, lean=True,
+          limits=UnpackLimits(max_entries=3))  # fmt: skip
+    files = {"services/app/a.txt": b"alpha 2\n", "services/app/big.bin": BIG}
+    apply(fresh, tar([member(n, d) for n, d in files.items()], files)[0], delta=False,
+          limits=UnpackLimits(max_entries=3))  # fmt: skip
 
 
 def test_a_lean_delta_without_a_base_asks_for_one(tmp_path):
-    """A lean delta unpacked alone (restored by hand without its sidecar, which names
-    its chain): a base mismatch, which restore turns into "put the sidecar back", not a
-    hostile archive."""
+    """A lean delta unpacked alone, its kind not known (restored by hand without its
+    sidecar, which names its chain): a base mismatch, which restore turns into "put the
+    sidecar back". A full archive (its sidecar known) carrying the list is hostile, and
+    refused as such (a second review saw it taken for a base mismatch)."""
     data, complete, _ = lean_day(None)
     with pytest.raises(BaseMismatch, match="needs a base"):
-        apply(tmp_path / "alone", data, delta=False, announced=complete)
+        apply(tmp_path / "alone", data, delta=False, announced=complete, lean=None)
+    with pytest.raises(HostileArchive, match="not a lean delta"):
+        apply(tmp_path / "full", data, delta=False, announced=complete, lean=False)
 
 
 def test_a_device_node_below_a_removed_file_leaves_no_stale_file(staging):

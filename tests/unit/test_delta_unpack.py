@@ -928,3 +928,37 @@ def test_a_member_ending_with_a_slash_must_be_a_directory(staging, kind):
     bad = member("services/app/new/", b"", kind=kind, linkname="x")
     with pytest.raises(HostileArchive, match="ends with '/'"):
         apply(staging, tar([bad], {})[0], delta=False)
+
+
+def _linked(staging) -> bool:
+    base = baseindex.take(staging)
+    assert base is not None
+    try:
+        return base.linked
+    finally:
+        base.close()
+        baseindex.put_back(staging)
+
+
+def test_the_index_says_whether_staging_has_hard_links_with_kept_files_too(tmp_path):
+    """``linked`` (a delta's base files then get a first pass) follows the files this
+    archive wrote: kept files (one link, checked) never set it, a hard link does, and
+    a lean delta that keeps every other file leaves it as its members say."""
+    staging = tmp_path / "staging"
+    link = member("services/app/l", kind=tarformat.LNKTYPE, linkname="services/app/a.txt")
+    full = [member(n, d) for n, d in FILES.items()]
+    apply(staging, tar([*full, link], {**FILES, "services/app/l": FILES[A]})[0], delta=False)
+    assert _linked(staging)
+    # the next day: the pair unchanged (a ``same`` member and its link), the rest kept
+    files = {**FILES, "services/app/l": FILES[A]}
+    members = [same_member(A), link, removed_member()]
+    dirs = [member("services/app/d", kind=tarformat.DIRTYPE)]
+    data, complete = tar([*dirs, *members], files, left_out=set(FILES))
+    apply(staging, data, delta=True, announced=complete, lean=True)
+    assert _linked(staging)
+    # the link gone: only kept files and a rewritten one, none of them linked
+    files = {**FILES, A: b"alpha 3\n"}
+    members = [*dirs, member(A, b"alpha 3\n"), removed_member("services/app/l")]
+    data, complete = tar(members, files, left_out={"services/app/big.bin", "services/app/d/x"})
+    apply(staging, data, delta=True, announced=complete, lean=True)
+    assert not _linked(staging)

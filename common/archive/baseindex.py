@@ -5,7 +5,9 @@
 sha256 of that archive's manifest, and for every regular file its sha256 and the
 ``ino``, ``size``, ``mtime_ns`` and ``ctime_ns`` it had when the unpack finished. A file
 whose stat still equals its row has not been touched since: its bytes are the row's
-sha256 without being read again.
+sha256 without being read again. A large file may also have its hash's state (table
+``states``, :mod:`.sha256state`): a delta that only appends to it is then hashed by its
+new bytes. An index without that table (an older pullback's) is read as having none.
 
 Lifecycle, so that a crash can never leave an index that lies: :func:`take` moves the
 index aside (``.old``) before an unpack touches staging and opens it read-only; the
@@ -112,6 +114,16 @@ class BaseIndex:
         """Some of its files are hard-linked (a delta's base files are then checked in a
         first pass, :meth:`..unpack.Unpacker.check_base`)."""
 
+    def state(self, name: str) -> bytes | None:
+        """The saved hash state of the file ``name`` (:mod:`.sha256state`), or None (none
+        saved, or an index of an older pullback)."""
+        try:
+            found = self._db.execute("SELECT state FROM states WHERE name = ?", (_raw(name),))
+        except sqlite3.Error:
+            return None
+        row = found.fetchone()
+        return bytes(row[0]) if row else None
+
     def lookup(self, name: str) -> IndexedFile | None:
         """The row of the regular file ``name`` (its archive member name), or None.
         Cheapest when asked in archive order; :meth:`rewind` before another pass."""
@@ -212,17 +224,29 @@ class IndexWriter:
             CREATE TABLE files (name BLOB PRIMARY KEY, sha256 TEXT NOT NULL,
                 ino INTEGER, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER)
                 WITHOUT ROWID;
+            CREATE TABLE states (name BLOB PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
             BEGIN;
             """
         )
         self._pending: list[tuple] = []
+        self._states: list[tuple[bytes, bytes]] = []
 
-    def add(self, name: str, sha256: str, kept: IndexedFile | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        sha256: str,
+        kept: IndexedFile | None = None,
+        state: bytes | None = None,
+    ) -> None:
         """Record the regular file (or hard link) ``name`` with its digest; ``kept``: a
         file of one link left untouched, whose stat is its old row's (just checked
-        against staging): :meth:`commit` does not stat it again."""
+        against staging): :meth:`commit` does not stat it again, and takes its hash
+        state from the old index; ``state``: the hash state of a file this unpack
+        hashed whole."""
         stat = (kept.ino, kept.size, kept.mtime_ns, kept.ctime_ns) if kept else (None,) * 4
         self._pending.append((_raw(name), sha256, *stat))
+        if state is not None:
+            self._states.append((_raw(name), state))
         if len(self._pending) >= _BATCH:
             self._flush()
 
@@ -235,6 +259,12 @@ class IndexWriter:
             self._pending,
         )
         self._pending.clear()
+        # (a state is checked against its file's size and digest before it is used: one
+        # left by an earlier row of the name is never taken for a later row's bytes)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO states (name, state) VALUES (?, ?)", self._states
+        )
+        self._states.clear()
 
     def digests(self):
         """Every recorded (name, sha256), names as the archive has them, in the order of
@@ -269,6 +299,7 @@ class IndexWriter:
         }
         db.executemany("INSERT INTO meta (k, v) VALUES (?, ?)", meta.items())
         db.execute("COMMIT")
+        self._carry_states()  # (ATTACH cannot be inside a transaction)
         db.close()
         with open(self._new, "rb") as handle:
             os.fsync(handle.fileno())
@@ -276,6 +307,31 @@ class IndexWriter:
         with contextlib.suppress(FileNotFoundError):
             self.path.with_name(self.path.name + _OLD).unlink()
         fsync_dir(self.path.parent)
+
+    def _carry_states(self) -> None:
+        """Copy the old index's hash states (:func:`take` left it beside, ``.old``) of the
+        files that kept their name and digest and got none this time (kept, ``same`` and
+        ``base`` members). States are a saving, never needed: an old index that cannot
+        be read leaves them out."""
+        old = self.path.with_name(self.path.name + _OLD)
+        if not old.exists():
+            return
+        db = self._db
+        try:
+            db.execute("ATTACH DATABASE ? AS base", (f"file:{old}?mode=ro",))
+        except sqlite3.Error:
+            return
+        try:
+            db.execute(
+                "INSERT OR IGNORE INTO states (name, state) SELECT s.name, s.state "
+                "FROM base.states s JOIN base.files b ON b.name = s.name "
+                "JOIN files f ON f.name = s.name WHERE f.sha256 = b.sha256"
+            )
+        except sqlite3.Error:
+            pass  # (an older pullback's index has no states)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("DETACH DATABASE base")
 
     def abort(self) -> None:
         """Forget what was recorded (the unpack failed)."""

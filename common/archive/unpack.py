@@ -48,9 +48,10 @@ from ..fsutil import make_hole, pwrite_all, write_all
 from ..log import get_logger
 from ..text import BoundedWarnings, escaped
 from ..units import human_size
-from . import acl, deltaops, removed, sparse
+from . import acl, deltaops, removed, sha256state, sparse
 from .baseindex import BaseIndex, IndexedFile, IndexWriter
 from .deltaops import BASE_KEY, DATA_KEY, REALSIZE_KEY
+from .filecache import CHUNKED_FROM
 from .manifest import (
     MANIFEST_KEY,
     MANIFEST_NAME,
@@ -694,7 +695,7 @@ class Unpacker:
         """Write (or leave alone) one file; with ``count`` its digest joins the sum."""
         parent = self._dir(parts[:-1])
         name = parts[-1]
-        digest = hashlib.sha256()
+        digest = _hasher(member.size)
         fd = -1
         try:
             st = self._plain_file(parent, name, parts)
@@ -714,13 +715,14 @@ class Unpacker:
             if fd >= 0:
                 os.close(fd)
             if count:
-                self._summed(member.name, digest.hexdigest())
+                self._summed(member.name, digest.hexdigest(), _state(digest))
 
-    def _summed(self, name: str, digest: str) -> None:
-        """``name`` is a file of this archive with ``digest``: into the sum and the index."""
+    def _summed(self, name: str, digest: str, state: bytes | None = None) -> None:
+        """``name`` is a file of this archive with ``digest``: into the sum and the index
+        (with its hash ``state``, when it has one: :mod:`.sha256state`)."""
         self._sum.add(name, digest)
         if self.index is not None:
-            self.index.add(name, digest)
+            self.index.add(name, digest, state=state)
 
     def _plain_file(self, parent: int, name: str, parts) -> os.stat_result | None:
         """The stat of ``name`` when it is a plain file of staging to rewrite in place;
@@ -1029,33 +1031,57 @@ class Unpacker:
             if base.own:
                 os.close(base.parent)
         self.stats.written += 1
-        self._summed(member.name, digest)
+        self._summed(member.name, digest.hexdigest(), _state(digest))
 
-    def _patch(self, parts, member: Member, spool, base: _Base, realsize: int) -> str:
+    def _patch(self, parts, member: Member, spool, base: _Base, realsize: int):
         """Write a delta's literal bytes into its base file, truncate it to its size,
-        hash it; returns the digest."""
+        hash it; returns the hash. A file that only grew (nothing written before the
+        base's end) is hashed by its new bytes, from the base's saved hash state when the
+        index has one that hashed the base's size to its row's digest (*Hash states of
+        grown files* in docs/architecture.md); any other is read whole."""
         parent = self._dir(parts[:-1])
         fd = os.open(parts[-1], os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        base_size = base.st.st_size
+        first = [realsize]  # the lowest offset this delta writes at (or makes a hole)
+
+        def write_at(data: bytes, offset: int) -> None:
+            first[0] = min(first[0], offset)
+            pwrite_all(fd, data, offset)
+
+        def hole_at(offset: int, length: int) -> None:
+            first[0] = min(first[0], offset)
+            make_hole(fd, offset, length)
+
         try:
             self._written.add(os.fstat(fd).st_ino)
             deltaops.apply_in_place(
                 spool,
-                lambda data, offset: pwrite_all(fd, data, offset),
-                base.st.st_size,
+                write_at,
+                base_size,
                 realsize,
                 lambda: _check_cancel(self.limits.cancel),
-                hole_at=lambda offset, length: make_hole(fd, offset, length),
+                hole_at=hole_at,
             )
             os.ftruncate(fd, realsize)
-            digest = _hash_fd(fd, self.limits.cancel)
+            grown = realsize >= base_size and first[0] >= base_size
+            assert self.base is not None
+            resumed = (
+                sha256state.resume(self.base.state(member.name), base_size, base.row.sha256)
+                if grown
+                else None
+            )
+            if resumed is not None:
+                digest = _hash_fd(fd, self.limits.cancel, resumed, base_size)
+            else:
+                digest = _hash_fd(fd, self.limits.cancel, _hasher(realsize))
             self._apply_meta(fd, member, self._mode(member), force=True)
         finally:
             os.close(fd)
         return digest
 
-    def _rebuild(self, parts, member: Member, spool, base: _Base, realsize: int) -> str:
+    def _rebuild(self, parts, member: Member, spool, base: _Base, realsize: int):
         """Make a delta's file anew from copies of its base and literal bytes, hashed as
-        written, and rename it over whatever has its name; returns the digest."""
+        written, and rename it over whatever has its name; returns the hash."""
         parent = self._dir(parts[:-1])
         name = parts[-1]
         base_size = base.st.st_size
@@ -1063,7 +1089,7 @@ class Unpacker:
         _remove(temporary, parent)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         base_fd = os.open(base.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base.parent)
-        digest = hashlib.sha256()
+        digest = _hasher(realsize)
         try:
             fd = os.open(temporary, flags, 0o600, dir_fd=parent)
             try:
@@ -1092,7 +1118,7 @@ class Unpacker:
         _remove(name, parent)
         self._forget_dir((*parts,))
         os.rename(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
-        return digest.hexdigest()
+        return digest
 
     def _fifo(self, parts, member: Member) -> None:
         """A FIFO, made again unless the same one is there."""
@@ -1363,15 +1389,36 @@ def _check_cancel(cancel: threading.Event | None) -> None:
         raise ArchiveError("unpacking stopped: the host's time is up")
 
 
-def _hash_fd(fd: int, cancel: threading.Event | None) -> str:
-    """The sha256 of the whole file ``fd``, stopping at the host's deadline."""
-    digest = hashlib.sha256()
-    position = 0
+def _hash_fd(fd: int, cancel: threading.Event | None, digest, start: int = 0):
+    """``digest`` (a sha256) fed the file ``fd`` from ``start`` to its end, stopping at
+    the host's deadline; returns it."""
+    position = start
     while data := os.pread(fd, 1 << 20, position):
         _check_cancel(cancel)
         digest.update(data)
         position += len(data)
-    return digest.hexdigest()
+    return digest
+
+
+STATE_FROM = CHUNKED_FROM
+"""Files this large or larger get their hash state saved in the index (those a delta can
+append to)."""
+
+
+def _hasher(size: int):
+    """A sha256 for a file of ``size`` bytes: one whose state can be saved
+    (:mod:`.sha256state`) when the file is large enough to be worth it and this system
+    has one, else hashlib's."""
+    if size >= STATE_FROM:
+        resumable = sha256state.new()
+        if resumable is not None:
+            return resumable
+    return hashlib.sha256()
+
+
+def _state(digest) -> bytes | None:
+    """The saved state of ``digest`` when it is a resumable one, else None."""
+    return digest.state() if isinstance(digest, sha256state.ResumableSha256) else None
 
 
 class _HashingWriter:

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from pullback.common.archive import baseindex, deltaops, removed, tarformat
+from pullback.common.archive import baseindex, deltaops, removed, sha256state, tarformat
 from pullback.common.archive.baseindex import IndexedTree, IndexWriter
 from pullback.common.archive.deltaops import (
     BASE,
@@ -962,3 +962,88 @@ def test_the_index_says_whether_staging_has_hard_links_with_kept_files_too(tmp_p
     data, complete = tar(members, files, left_out={"services/app/big.bin", "services/app/d/x"})
     apply(staging, data, delta=True, announced=complete, lean=True)
     assert not _linked(staging)
+
+
+def _state_of(staging, name: str) -> bytes | None:
+    import sqlite3
+
+    with sqlite3.connect(baseindex.index_path(staging)) as db:
+        row = db.execute("SELECT state FROM states WHERE name = ?", (name.encode(),)).fetchone()
+    return row[0] if row else None
+
+
+@pytest.fixture
+def hashed_from(monkeypatch):
+    """Where each file the unpack hashes after patching it is read from (0: whole)."""
+    from pullback.common.archive import unpack
+
+    starts: list[int] = []
+    real = unpack._hash_fd
+
+    def spy(fd, cancel, digest, start=0):
+        starts.append(start)
+        return real(fd, cancel, digest, start)
+
+    monkeypatch.setattr(unpack, "_hash_fd", spy)
+    return starts
+
+
+def test_a_grown_file_is_hashed_by_its_new_bytes_from_its_saved_state(staging, hashed_from):
+    """The index keeps the hash state of a large file; a delta that only appends to it
+    is hashed from there (its new bytes read, not the 1 MiB before them), a day that
+    leaves the file alone carries the state over, and the manifest is proved all the
+    same; a delta that writes before the old end reads the file whole."""
+    big = "services/app/big.bin"
+    assert _state_of(staging, big) is not None  # the full archive's file
+    assert _state_of(staging, "services/app/a.txt") is None  # small: no state
+    grown = BIG + b"appended rows\n"
+    files = {**FILES, big: grown}
+    members = [
+        base_member("services/app/a.txt"),
+        delta_member(big, [Copy(0, len(BIG)), Data(b"appended rows\n")], len(grown)),
+        base_member("services/app/d/x"),
+    ]
+    data, complete = tar(members, files)
+    assert apply(staging, data, delta=True) == complete
+    assert hashed_from == [len(BIG)]
+    # a day that does not touch it: the state comes along into the new index
+    members[1] = base_member(big)
+    data, complete = tar(members, files)
+    assert apply(staging, data, delta=True) == complete
+    again = grown + b"more rows\n"
+    members[1] = delta_member(big, [Copy(0, len(grown)), Data(b"more rows\n")], len(again))
+    data, complete = tar(members, {**files, big: again})
+    assert apply(staging, data, delta=True) == complete
+    assert hashed_from == [len(BIG), len(grown)]
+    assert (staging / big).read_bytes() == again
+    # a row rewritten before the end: the whole file is read
+    edited = again[:100] + b"!" + again[101:]
+    ops = [Copy(0, 100), Data(b"!"), Copy(101, len(again) - 101)]
+    members[1] = delta_member(big, ops, len(edited))
+    data, complete = tar(members, {**files, big: edited})
+    assert apply(staging, data, delta=True) == complete
+    assert hashed_from[-1] == 0
+    assert (staging / big).read_bytes() == edited
+
+
+def test_a_state_that_does_not_hash_to_its_row_is_not_used(staging, hashed_from):
+    """A state of other bytes of the same size (a damaged or forged index) would prove a
+    file the server does not hold: it is checked against the row's digest and passed
+    over, the file read whole and proved against the manifest."""
+    import sqlite3
+
+    big = "services/app/big.bin"
+    other = sha256state.new()
+    assert other is not None
+    other.update(b"\xff" * len(BIG))
+    with sqlite3.connect(baseindex.index_path(staging)) as db:
+        db.execute("UPDATE states SET state = ? WHERE name = ?", (other.state(), big.encode()))
+    grown = BIG + b"tail\n"
+    members = [
+        base_member("services/app/a.txt"),
+        delta_member(big, [Copy(0, len(BIG)), Data(b"tail\n")], len(grown)),
+        base_member("services/app/d/x"),
+    ]
+    data, complete = tar(members, {**FILES, big: grown})
+    assert apply(staging, data, delta=True) == complete
+    assert hashed_from == [0]

@@ -6,7 +6,10 @@ next run neither reads nor hashes a file that did not change (docs/architecture.
 ``ino``, ``size``, ``mtime_ns``, ``ctime_ns``, mode, owner and group as they were
 *before* it was read, whether its extended attributes went into the archive, its sha256,
 its chunk list (files of :data:`CHUNKED_FROM` bytes or more) and whether the row may be
-trusted without reading the file again (:attr:`CachedFile.cacheable`). Its meta
+trusted without reading the file again (:attr:`CachedFile.cacheable`); table ``states``
+keeps the hash state of large files (:mod:`.sha256state`), so that a file that only grew
+is hashed by its new bytes (*Hash states of grown files* in docs/architecture.md; a cache
+without the table, an older client's, has none). Its meta
 names the archive it describes and that archive's manifest sha256: the base of the next
 delta.
 
@@ -161,6 +164,7 @@ class FileCache:
         self._new: sqlite3.Connection | None = None
         self._pending: list[tuple] = []
         """Rows of the new cache not inserted yet."""
+        self._states: list[tuple[bytes, bytes]] = []
         self.base: BaseRef | None = None
         """The archive the old cache describes (None: no usable cache)."""
 
@@ -203,6 +207,19 @@ class FileCache:
         row = self._old.execute(query, (dev, ino)).fetchone()
         return (row[0].decode("utf-8", "surrogateescape"), _row(row[1:])) if row else None
 
+    def state(self, name: str) -> bytes | None:
+        """The saved hash state of the old cache's member ``name``, or None."""
+        if self._old is None:
+            return None
+        try:
+            found = self._old.execute(
+                "SELECT state FROM states WHERE name = ?",
+                (name.encode("utf-8", "surrogateescape"),),
+            ).fetchone()
+        except sqlite3.Error:
+            return None  # (an older client's cache has no states)
+        return bytes(found[0]) if found else None
+
     def names(self):
         """Every member name the old cache has (raw bytes), in the order of their bytes."""
         if self._old is None:
@@ -231,14 +248,19 @@ class FileCache:
                 chunks BLOB, cacheable INTEGER, mode INTEGER, uid INTEGER, gid INTEGER,
                 xattrs INTEGER) WITHOUT ROWID;
             CREATE INDEX files_inode ON files (dev, ino);
+            CREATE TABLE states (name BLOB PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
             BEGIN;
             """
         )
         self._new = db
 
-    def record(self, name: str, row: CachedFile) -> None:
-        """Put the member ``name`` into the new cache (inserted by the thousand)."""
+    def record(self, name: str, row: CachedFile, state: bytes | None = None) -> None:
+        """Put the member ``name`` into the new cache (inserted by the thousand), with
+        the hash ``state`` of the bytes its digest is of, when there is one (a row taken
+        from the old cache keeps its state: :meth:`finish`)."""
         if self._new is not None:
+            if state is not None:
+                self._states.append((name.encode("utf-8", "surrogateescape"), state))
             self._pending.append(
                 (
                     name.encode("utf-8", "surrogateescape"),
@@ -267,7 +289,10 @@ class FileCache:
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self._pending,
             )
+            # (a state is checked against its row's size and digest before it is used)
+            self._new.executemany("INSERT OR REPLACE INTO states VALUES (?, ?)", self._states)
         self._pending.clear()
+        self._states.clear()
 
     def finish(self, archive: str, manifest_sha256: str) -> None:
         """Complete the new cache for ``archive`` (fsynced; not yet in place)."""
@@ -278,10 +303,33 @@ class FileCache:
         meta = {**_meta(self.host), "archive": archive, "manifest_sha256": manifest_sha256}
         db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
         db.execute("COMMIT")
+        self._carry_states(db)  # (ATTACH cannot be inside a transaction)
         db.close()
         self._new = None
         with open(self._new_path, "rb") as handle:
             os.fsync(handle.fileno())
+
+    def _carry_states(self, db: sqlite3.Connection) -> None:
+        """Copy the old cache's hash states of the files whose name and digest this run
+        kept (unchanged files: recorded from their old rows, never read). States are a
+        saving, never needed: an old cache without them leaves them out."""
+        if self._old is None:
+            return
+        try:
+            db.execute("ATTACH DATABASE ? AS old", (str(self.path),))  # (only read)
+        except sqlite3.Error:
+            return
+        try:
+            db.execute(
+                "INSERT OR IGNORE INTO states (name, state) SELECT s.name, s.state "
+                "FROM old.states s JOIN old.files o ON o.name = s.name "
+                "JOIN files f ON f.name = s.name WHERE f.sha256 = o.sha256"
+            )
+        except sqlite3.Error:
+            pass  # (an older client's cache has no states)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("DETACH DATABASE old")
 
     def swap(self) -> None:
         """Put the finished new cache in place of the old one."""

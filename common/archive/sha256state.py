@@ -112,6 +112,21 @@ class ResumableSha256:
         return self.digest().hex()
 
 
+def hasher(resumable: bool):
+    """A sha256 with ``update`` and ``hexdigest``: one whose state can be saved when
+    ``resumable`` is asked for and :func:`available`, else hashlib's."""
+    if resumable:
+        made = new()
+        if made is not None:
+            return made
+    return hashlib.sha256()
+
+
+def state_of(digest) -> bytes | None:
+    """The state of ``digest`` when it is a resumable one (:func:`hasher`), else None."""
+    return digest.state() if isinstance(digest, ResumableSha256) else None
+
+
 def new() -> ResumableSha256 | None:
     """A fresh hash, or None when :func:`available` is False."""
     if not available():

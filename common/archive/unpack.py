@@ -695,7 +695,7 @@ class Unpacker:
         """Write (or leave alone) one file; with ``count`` its digest joins the sum."""
         parent = self._dir(parts[:-1])
         name = parts[-1]
-        digest = _hasher(member.size)
+        digest = sha256state.hasher(member.size >= CHUNKED_FROM)
         fd = -1
         try:
             st = self._plain_file(parent, name, parts)
@@ -715,7 +715,7 @@ class Unpacker:
             if fd >= 0:
                 os.close(fd)
             if count:
-                self._summed(member.name, digest.hexdigest(), _state(digest))
+                self._summed(member.name, digest.hexdigest(), sha256state.state_of(digest))
 
     def _summed(self, name: str, digest: str, state: bytes | None = None) -> None:
         """``name`` is a file of this archive with ``digest``: into the sum and the index
@@ -1031,7 +1031,7 @@ class Unpacker:
             if base.own:
                 os.close(base.parent)
         self.stats.written += 1
-        self._summed(member.name, digest.hexdigest(), _state(digest))
+        self._summed(member.name, digest.hexdigest(), sha256state.state_of(digest))
 
     def _patch(self, parts, member: Member, spool, base: _Base, realsize: int):
         """Write a delta's literal bytes into its base file, truncate it to its size,
@@ -1073,7 +1073,8 @@ class Unpacker:
             if resumed is not None:
                 digest = _hash_fd(fd, self.limits.cancel, resumed, base_size)
             else:
-                digest = _hash_fd(fd, self.limits.cancel, _hasher(realsize))
+                whole = sha256state.hasher(realsize >= CHUNKED_FROM)
+                digest = _hash_fd(fd, self.limits.cancel, whole)
             self._apply_meta(fd, member, self._mode(member), force=True)
         finally:
             os.close(fd)
@@ -1089,7 +1090,7 @@ class Unpacker:
         _remove(temporary, parent)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         base_fd = os.open(base.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base.parent)
-        digest = _hasher(realsize)
+        digest = sha256state.hasher(realsize >= CHUNKED_FROM)
         try:
             fd = os.open(temporary, flags, 0o600, dir_fd=parent)
             try:
@@ -1398,27 +1399,6 @@ def _hash_fd(fd: int, cancel: threading.Event | None, digest, start: int = 0):
         digest.update(data)
         position += len(data)
     return digest
-
-
-STATE_FROM = CHUNKED_FROM
-"""Files this large or larger get their hash state saved in the index (those a delta can
-append to)."""
-
-
-def _hasher(size: int):
-    """A sha256 for a file of ``size`` bytes: one whose state can be saved
-    (:mod:`.sha256state`) when the file is large enough to be worth it and this system
-    has one, else hashlib's."""
-    if size >= STATE_FROM:
-        resumable = sha256state.new()
-        if resumable is not None:
-            return resumable
-    return hashlib.sha256()
-
-
-def _state(digest) -> bytes | None:
-    """The saved state of ``digest`` when it is a resumable one, else None."""
-    return digest.state() if isinstance(digest, sha256state.ResumableSha256) else None
 
 
 class _HashingWriter:

@@ -28,6 +28,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -36,7 +37,7 @@ from ..errors import ArchiveError, CommandError
 from ..log import get_logger
 from ..progress import STATUS, Progress
 from ..runner import Runner, RunningCommand
-from . import acl, chunker, deltaops, removed, sparse, tarformat
+from . import acl, chunker, deltaops, removed, sha256state, sparse, tarformat
 from .compression import compress_command, test_command
 from .deltaops import BASE, BASE_KEY, DATA_KEY, DELTA, REALSIZE_KEY, SAME
 from .filecache import CHUNKED_FROM, CachedFile, FileCache
@@ -112,6 +113,8 @@ class ArchiveWriter:
         self._sent = 0
         self._base_of: str | None = None
         """The base's name of the file being added, when it was renamed since."""
+        self._state: bytes | None = None
+        """The hash state of the file just read whole, when it has one (into the cache)."""
         self.compression = compression
         self.level = level
         self.runner = runner or Runner(log)
@@ -575,6 +578,7 @@ class ArchiveWriter:
             return
         read_at = time.time_ns()
         warned = len(stats.warnings)
+        self._state = None
         try:
             attrs = self._read_xattrs(path, stats) if xattrs else None
             partial_attrs = len(stats.warnings) > warned  # read again next run, not same
@@ -601,7 +605,8 @@ class ArchiveWriter:
             stats.warnings.append(f"{path}: {note}")
         row = CachedFile.of(content.stat, digest, chunks, read_at, xattrs and self.xattrs)
         trusted = not note and not partial_attrs
-        self._recorded(arcname, st, row if trusted else row.uncacheable(), stats, content.size)
+        row = row if trusted else row.uncacheable()
+        self._recorded(arcname, st, row, stats, content.size, state=self._state)
 
     def _cached(
         self, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
@@ -666,14 +671,22 @@ class ArchiveWriter:
         return True
 
     def _recorded(
-        self, arcname: str, st: os.stat_result, row: CachedFile, stats: TaskStats, size: int
+        self,
+        arcname: str,
+        st: os.stat_result,
+        row: CachedFile,
+        stats: TaskStats,
+        size: int,
+        *,
+        state: bytes | None = None,
     ) -> None:
-        """Count a regular file that went into the archive with ``row``'s digest."""
+        """Count a regular file that went into the archive with ``row``'s digest (and
+        the hash ``state`` of its bytes, for the cache)."""
         if st.st_nlink > 1:
             self._links[(st.st_dev, st.st_ino)] = arcname
         self._manifest[arcname] = row.sha256
         if self.incremental is not None:
-            self.incremental.cache.record(arcname, row)
+            self.incremental.cache.record(arcname, row, state)
         stats.files += 1
         stats.bytes += size
         self._files += 1
@@ -769,7 +782,8 @@ class ArchiveWriter:
         inc = self.incremental
         assert inc is not None and old.chunks is not None
         old_chunks = chunker.unpack(old.chunks)
-        digest = _same_prefix(fd, old, old_chunks, content.stat.st_size)
+        state = inc.cache.state(self._base_of or arcname)
+        digest = _same_prefix(fd, old, old_chunks, content.stat.st_size, state)
         found: list[chunker.Chunk] = []
         warnings: list[str] = []
         if digest is not None:  # appended to: copy the old bytes, send the rest
@@ -778,13 +792,14 @@ class ArchiveWriter:
             tail = _tail_pieces(fd, start, old.size, content.stat.st_size, digest, found)
             ops = _appended_ops(old.size, tail)
         else:
-            digest = hashlib.sha256()
+            digest = sha256state.hasher(resumable=True)
             pieces = _read_pieces(fd, content.stat.st_size, digest, found, warnings)
             ops = _as_pbd1(chunker.delta_ops(old_chunks, pieces))
         self._emit_changes(
             arcname, content.stat, attrs, ops, lambda: (digest, sum(c.length for c in found)), old
         )
         stats.warnings.extend(f"{arcname}: {warning}" for warning in warnings)
+        self._state = sha256state.state_of(digest)
         return digest.hexdigest(), chunker.pack(found)
 
     def _add_sparse_content(
@@ -927,8 +942,8 @@ class ArchiveWriter:
         A file that shrinks while read is padded with zeros, to keep the stream whole,
         and said so. With ``found``, the bytes are split into chunks on the way.
         """
-        digest = hashlib.sha256()
         cutter = chunker.Chunker() if found is not None and size >= CHUNKED_FROM else None
+        digest = sha256state.hasher(resumable=cutter is not None)
         remaining = size
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
@@ -959,6 +974,7 @@ class ArchiveWriter:
         if cutter is not None:
             found.extend(c for c, _ in cutter.finish())  # type: ignore[union-attr]
         self._emit(bytes((-size) % BLOCK))
+        self._state = sha256state.state_of(digest)
         return digest.hexdigest()
 
 
@@ -1063,19 +1079,30 @@ def _encode(old: list[chunker.Chunk], pieces) -> bytes:
     return b"".join(out.parts)
 
 
-def _same_prefix(fd: int, old: CachedFile, chunks: list[chunker.Chunk], size: int):
+def _same_prefix(
+    fd: int, old: CachedFile, chunks: list[chunker.Chunk], size: int, state: bytes | None = None
+):
     """When the file only grew since ``old`` (its first ``old.size`` bytes hash to
     ``old.sha256``): the sha256 object of that prefix, to go on with. Else None. The
     first and last old chunks are compared first, so a file changed elsewhere is
     mostly told apart without reading it all. An old version with holes (a sparse
-    file's list) is never taken as a prefix: its last entry may be a hole of 4 GiB."""
+    file's list) is never taken as a prefix: its last entry may be a hole of 4 GiB.
+
+    With the old version's hash ``state`` (which :func:`.sha256state.resume` takes up
+    only for ``old.size`` bytes hashing to ``old.sha256``), the prefix is proved by its
+    old chunks' digests instead, on two threads (:func:`_chunks_match`), and the hash
+    goes on from the state: the prefix is read once either way, but hashed on two
+    cores rather than one."""
     if size <= old.size or not chunks or any(c.digest == chunker.HOLE_ID for c in chunks):
         return None
     for offset, chunk in ((0, chunks[0]), (old.size - chunks[-1].length, chunks[-1])):
         data = _pread_all(fd, chunk.length, offset)
         if hashlib.sha256(data).digest()[: chunker.ID_SIZE] != chunk.digest:
             return None
-    digest = hashlib.sha256()
+    resumed = sha256state.resume(state, old.size, old.sha256)
+    if resumed is not None:
+        return resumed if _chunks_match(fd, chunks, old.size) else None
+    digest = sha256state.hasher(resumable=True)
     position = 0
     while position < old.size:
         data = os.pread(fd, min(CHUNK, old.size - position), position)
@@ -1084,6 +1111,32 @@ def _same_prefix(fd: int, old: CachedFile, chunks: list[chunker.Chunk], size: in
         digest.update(data)
         position += len(data)
     return digest if digest.hexdigest() == old.sha256 else None
+
+
+def _chunks_match(fd: int, chunks: list[chunker.Chunk], size: int) -> bool:
+    """Whether the first ``size`` bytes of ``fd`` are still the ``chunks`` (which must
+    cover exactly that much): each chunk's bytes read and hashed to its digest (a
+    truncated sha256, :data:`.chunker.ID_SIZE` bytes), the list cut in two halves hashed
+    at once (hashlib and ``pread`` let go of the GIL)."""
+    if sum(c.length for c in chunks) != size:
+        return False
+    offsets, position = [], 0
+    for chunk in chunks:
+        offsets.append(position)
+        position += chunk.length
+
+    def part(first: int, end: int) -> bool:
+        for chunk, offset in zip(chunks[first:end], offsets[first:end], strict=True):
+            data = _pread_all(fd, chunk.length, offset)
+            if hashlib.sha256(data).digest()[: chunker.ID_SIZE] != chunk.digest:
+                return False
+        return True
+
+    half = len(chunks) // 2
+    with ThreadPoolExecutor(1, thread_name_prefix="prefix-check") as pool:
+        second = pool.submit(part, half, len(chunks))
+        first = part(0, half)
+        return first and second.result()
 
 
 def _pread_all(fd: int, length: int, offset: int) -> bytes:

@@ -1,0 +1,159 @@
+"""A large file (streamed: REREAD_LIMIT or more) that only grew (a dump with rows
+appended) is proved unchanged up to its old size by its old chunks' digests, on two
+threads, and hashed on from the hash state the file cache kept (*Hash states of grown
+files*); any other change, or a state that does not hash to the row, takes the
+one-thread path that reads and hashes it whole. The manifest's digest is the sha256 of
+the whole file either way."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from pullback.common.archive import chunker, sha256state, writer
+from pullback.common.archive.deltaops import DATA_KEY, DELTA
+from pullback.common.archive.filecache import FileCache
+from pullback.common.archive.filedata import REREAD_LIMIT
+from pullback.common.archive.manifest import MANIFEST_NAME
+from pullback.common.archive.tarformat import TarReader
+from pullback.common.archive.writer import ArchiveWriter, Incremental
+
+NAME = "services/db/files/src/dump.sql"
+
+
+def rows(first: int, count: int) -> bytes:
+    return b"".join(
+        b"INSERT INTO t VALUES (%d, 'row number %d');\n" % (n, n)
+        for n in range(first, first + count)
+    )
+
+
+@pytest.fixture
+def src(tmp_path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    settle(src / "dump.sql", rows(0, 440_000))  # past REREAD_LIMIT: streamed
+    assert (src / "dump.sql").stat().st_size > REREAD_LIMIT
+    return src
+
+
+def settle(path: Path, data: bytes) -> None:
+    """Write ``data``, its times past the cache's racy window (without waiting)."""
+    path.write_bytes(data)
+    old = time.time_ns() - 10 * 1_000_000_000
+    os.utime(path, ns=(old, old))
+
+
+def day(tmp_path: Path, src: Path, number: int, delta: bool = True) -> dict:
+    """One run of the files task over ``src``; returns the dump's member kind and the
+    digest the manifest gives it (None when a delta's manifest leaves it out)."""
+    cache = FileCache(tmp_path / "cache", "db1")
+    cache.load()
+    cache.start()
+    out = tmp_path / f"db1-2026120{number}T030000Z.tar"
+    with ArchiveWriter(out, "none", incremental=Incremental(cache, delta, tmp_path)) as archive:
+        archive.add_tree(src, "services/db/files/src")
+        written = archive.finish()
+    cache.finish(out.name, written.manifest_sha256)
+    cache.swap()
+    kind, listed = None, {}
+    reader = TarReader(io.BytesIO(out.read_bytes()))
+    for member in reader:
+        if member.name == NAME:
+            kind = member.pax.get(DATA_KEY)
+        elif member.name == MANIFEST_NAME:
+            for line in b"".join(reader.chunks()).splitlines():
+                digest, _, name = line.partition(b"  ")
+                listed[name.decode()] = digest.decode()
+    return {"kind": kind, "sha256": listed.get(NAME)}
+
+
+def cached_state(tmp_path: Path) -> bytes | None:
+    with sqlite3.connect(tmp_path / "cache" / "files.db") as db:
+        row = db.execute("SELECT state FROM states WHERE name = ?", (NAME.encode(),)).fetchone()
+    return row[0] if row else None
+
+
+@pytest.fixture
+def proved_by_chunks(monkeypatch):
+    """What each look at an old prefix by its chunks found (True: unchanged)."""
+    found: list[bool] = []
+    real = writer._chunks_match
+
+    def spy(fd, chunks, size):
+        found.append(real(fd, chunks, size))
+        return found[-1]
+
+    monkeypatch.setattr(writer, "_chunks_match", spy)
+    return found
+
+
+def test_an_appended_file_is_proved_by_its_chunks_and_hashed_from_its_state(
+    tmp_path, src, proved_by_chunks
+):
+    day(tmp_path, src, 1, delta=False)
+    assert cached_state(tmp_path) is not None  # the full day's read kept the state
+    dump = src / "dump.sql"
+    settle(dump, dump.read_bytes() + rows(440_000, 500))
+    seen = day(tmp_path, src, 2)
+    assert seen["kind"] == DELTA
+    assert seen["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
+    assert proved_by_chunks == [True]
+    # a day that leaves it alone carries the state over; the next append uses it again
+    assert day(tmp_path, src, 3)["sha256"] is None  # (unchanged: not listed)
+    assert cached_state(tmp_path) is not None
+    settle(dump, dump.read_bytes() + rows(440_500, 500))
+    seen = day(tmp_path, src, 4)
+    assert seen["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
+    assert proved_by_chunks == [True, True]
+
+
+def test_a_row_changed_in_the_middle_is_caught_by_its_chunk(tmp_path, src, proved_by_chunks):
+    """The first and last old chunks are unchanged, so only the chunk comparison can
+    tell; the file is then read whole as a changed file."""
+    day(tmp_path, src, 1, delta=False)
+    dump = src / "dump.sql"
+    data = bytearray(dump.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 6] = b"CHANGE"
+    settle(dump, bytes(data) + rows(440_000, 10))
+    seen = day(tmp_path, src, 2)
+    assert proved_by_chunks == [False]
+    assert seen["kind"] == DELTA
+    assert seen["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
+
+
+def test_a_state_of_other_bytes_is_not_used(tmp_path, src, proved_by_chunks):
+    """A cache state that does not finish to the row's digest (damaged, or another
+    file's) is passed over: the prefix is read and hashed on one thread, as before."""
+    day(tmp_path, src, 1, delta=False)
+    dump = src / "dump.sql"
+    other = sha256state.new()
+    assert other is not None
+    other.update(bytes(dump.stat().st_size))
+    with sqlite3.connect(tmp_path / "cache" / "files.db") as db:
+        db.execute("UPDATE states SET state = ? WHERE name = ?", (other.state(), NAME.encode()))
+    settle(dump, dump.read_bytes() + rows(440_000, 10))
+    seen = day(tmp_path, src, 2)
+    assert proved_by_chunks == []
+    assert seen["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
+    assert cached_state(tmp_path) is not None  # (the one-thread path saves a state too)
+
+
+def test_chunks_that_do_not_cover_the_old_size_prove_nothing(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = [chunker.Chunk(100, hashlib.sha256(b"x" * 100).digest()[: chunker.ID_SIZE])]
+        assert writer._chunks_match(fd, chunks, 100)
+        assert not writer._chunks_match(fd, chunks, 101)
+        assert not writer._chunks_match(fd, chunks * 2, 100)
+    finally:
+        os.close(fd)

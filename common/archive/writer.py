@@ -1126,9 +1126,17 @@ def _chunks_match(fd: int, chunks: list[chunker.Chunk], size: int) -> bool:
         position += chunk.length
 
     def part(first: int, end: int) -> bool:
+        if first >= end:
+            return True
+        view = memoryview(bytearray(max(c.length for c in chunks[first:end])))
         for chunk, offset in zip(chunks[first:end], offsets[first:end], strict=True):
-            data = _pread_all(fd, chunk.length, offset)
-            if hashlib.sha256(data).digest()[: chunker.ID_SIZE] != chunk.digest:
+            got = 0
+            while got < chunk.length:  # into one buffer: no bytes object per chunk
+                read = os.preadv(fd, [view[got : chunk.length]], offset + got)
+                if not read:
+                    return False
+                got += read
+            if hashlib.sha256(view[: chunk.length]).digest()[: chunker.ID_SIZE] != chunk.digest:
                 return False
         return True
 

@@ -238,7 +238,7 @@ class Bench:
             check=True,
         )
         subprocess.run(
-            ["restic", "-q", "-r", str(repo), "backup", "--host", "bench", "--ignore-inode", "."],
+            ["restic", "-q", "-r", str(repo), "backup", "--host", "bench", "."],
             cwd=staging,
             env=self.env,
             check=True,
@@ -260,7 +260,7 @@ class Bench:
         scp_to_disk(self.key, self.known, self.plain, tgz, landed)
         subprocess.run(["tar", "-xzf", str(landed), "-C", str(unpacked)], check=True)
         subprocess.run(
-            ["restic", "-q", "-r", str(repo), "backup", "--host", "seed", "--ignore-inode", "."],
+            ["restic", "-q", "-r", str(repo), "backup", "--host", "seed", "."],
             cwd=unpacked,
             env=self.env,
             check=True,

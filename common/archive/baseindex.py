@@ -119,10 +119,10 @@ class BaseIndex:
         saved, or an index of an older pullback)."""
         try:
             found = self._db.execute("SELECT state FROM states WHERE name = ?", (_raw(name),))
+            row = found.fetchone()
         except sqlite3.Error:
             return None
-        row = found.fetchone()
-        return bytes(row[0]) if row else None
+        return row[0] if row and isinstance(row[0], bytes) else None  # (a blob, or nothing)
 
     def lookup(self, name: str) -> IndexedFile | None:
         """The row of the regular file ``name`` (its archive member name), or None.

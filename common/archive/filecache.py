@@ -218,7 +218,7 @@ class FileCache:
             ).fetchone()
         except sqlite3.Error:
             return None  # (an older client's cache has no states)
-        return bytes(found[0]) if found else None
+        return found[0] if found and isinstance(found[0], bytes) else None  # (a blob, or nothing)
 
     def names(self):
         """Every member name the old cache has (raw bytes), in the order of their bytes."""

@@ -31,6 +31,12 @@ _BUFFER = 256
 that it writes no more than :data:`CTX_SIZE`)."""
 _BITS = struct.Struct("=II")
 """The bit count's two words (low, high) at offset 32 of the context."""
+_FILL = struct.Struct("=II")
+"""``num`` (bytes of the 64-byte block filled) and ``md_len`` (the digest's length) at
+offset 104: OpenSSL trusts both (a ``num`` of 64 or more makes ``SHA256_Final`` write
+past the context), so a saved state must have them right before it is used."""
+_FILL_AT = 104
+DIGEST_SIZE = 32
 
 
 def _candidates() -> list[str]:
@@ -85,10 +91,15 @@ class ResumableSha256:
         self._ctx = ctx
 
     def update(self, data) -> None:
-        """Hash ``data`` (bytes, or anything with the buffer protocol)."""
+        """Hash ``data`` (bytes, or anything with the buffer protocol: a writable one,
+        such as a view of a bytearray, without a copy)."""
         if not isinstance(data, bytes):
-            data = bytes(data)
-        if data and self._update(self._ctx, data, len(data)) != 1:
+            view = memoryview(data).cast("B")
+            try:
+                data = (ctypes.c_char * len(view)).from_buffer(view)
+            except TypeError:  # read-only
+                data = bytes(view)
+        if len(data) and self._update(self._ctx, data, len(data)) != 1:
             raise OSError("SHA256_Update failed")
 
     def state(self) -> bytes:
@@ -99,6 +110,13 @@ class ResumableSha256:
         """How many bytes were hashed."""
         low, high = _BITS.unpack_from(self._ctx.raw, 32)
         return ((high << 32) | low) // 8
+
+    def whole(self) -> bool:
+        """Whether the context's own bookkeeping agrees with the bytes it counts hashed
+        (what makes it safe to hand to OpenSSL)."""
+        bits_low, _ = _BITS.unpack_from(self._ctx.raw, 32)
+        num, md_len = _FILL.unpack_from(self._ctx.raw, _FILL_AT)
+        return bits_low % 8 == 0 and num == self.hashed() % 64 and md_len == DIGEST_SIZE
 
     def digest(self) -> bytes:
         """The digest of what was hashed so far (the state is left as it is)."""
@@ -138,19 +156,23 @@ def new() -> ResumableSha256 | None:
     return ResumableSha256(functions, ctx)
 
 
-def resume(state: bytes | None, size: int, sha256: str) -> ResumableSha256 | None:
+def resume(state: object, size: int, sha256: str) -> ResumableSha256 | None:
     """The hash taken up from ``state``, when it hashed exactly ``size`` bytes whose
-    digest is ``sha256`` (hex); None otherwise (no state, not one of this format, not
-    available here)."""
-    if not state or len(state) != len(TAG) + CTX_SIZE or not state.startswith(TAG):
+    digest is ``sha256`` (hex); None otherwise (no state, not bytes of this format, a
+    context whose bookkeeping is off, not available here). Never raises: a state is a
+    saving, and a damaged one only costs reading the file whole."""
+    if not isinstance(state, bytes) or len(state) != len(TAG) + CTX_SIZE:
         return None
-    if not available():
+    if not state.startswith(TAG) or not available():
         return None
     ctx = ctypes.create_string_buffer(state[len(TAG) :], _BUFFER)
     taken = ResumableSha256(_library(), ctx)
-    if taken.hashed() != size or taken.hexdigest() != sha256:
+    if taken.hashed() != size or not taken.whole():
         return None
-    return taken
+    try:
+        return taken if taken.hexdigest() == sha256 else None
+    except OSError:
+        return None
 
 
 @functools.cache
@@ -171,8 +193,8 @@ def _self_test(functions) -> bool:
         if ctx.raw[CTX_SIZE:] != b"\xa5" * (_BUFFER - CTX_SIZE):
             return False  # a context larger than the layout this module saves
         taken = ResumableSha256(functions, ctypes.create_string_buffer(ctx.raw[:CTX_SIZE], _BUFFER))
-        if taken.hashed() != cut:
-            return False
+        if taken.hashed() != cut or not taken.whole():
+            return False  # (the layout this module reads is not this OpenSSL's)
         taken.update(data[cut:])
         if taken.digest() != hashlib.sha256(data).digest():
             return False

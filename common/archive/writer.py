@@ -115,6 +115,9 @@ class ArchiveWriter:
         """The base's name of the file being added, when it was renamed since."""
         self._state: bytes | None = None
         """The hash state of the file just read whole, when it has one (into the cache)."""
+        self._doubt = False
+        """The file just read changed under the read in a way its stat may not show: its
+        row is read again next run, without a state."""
         self.compression = compression
         self.level = level
         self.runner = runner or Runner(log)
@@ -578,7 +581,7 @@ class ArchiveWriter:
             return
         read_at = time.time_ns()
         warned = len(stats.warnings)
-        self._state = None
+        self._state, self._doubt = None, False
         try:
             attrs = self._read_xattrs(path, stats) if xattrs else None
             partial_attrs = len(stats.warnings) > warned  # read again next run, not same
@@ -604,9 +607,26 @@ class ArchiveWriter:
         if note:
             stats.warnings.append(f"{path}: {note}")
         row = CachedFile.of(content.stat, digest, chunks, read_at, xattrs and self.xattrs)
-        trusted = not note and not partial_attrs
+        self._record_read(
+            arcname, st, row, stats, content.size, doubted=bool(note or partial_attrs)
+        )
+
+    def _record_read(
+        self,
+        arcname: str,
+        st: os.stat_result,
+        row: CachedFile,
+        stats: TaskStats,
+        size: int,
+        *,
+        doubted: bool,
+    ) -> None:
+        """Record a file just read with ``row``; ``doubted`` (or the read's own doubt,
+        ``_doubt``): read it again next run, without a hash state."""
+        trusted = not doubted and not self._doubt
         row = row if trusted else row.uncacheable()
-        self._recorded(arcname, st, row, stats, content.size, state=self._state)
+        state = self._state if trusted else None  # (a doubtful row is hashed whole next run)
+        self._recorded(arcname, st, row, stats, size, state=state)
 
     def _cached(
         self, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
@@ -789,7 +809,16 @@ class ArchiveWriter:
         if digest is not None:  # appended to: copy the old bytes, send the rest
             start = old.size - old_chunks[-1].length
             found.extend(old_chunks[:-1])
-            tail = _tail_pieces(fd, start, old.size, content.stat.st_size, digest, found)
+            tail = _tail_pieces(
+                fd,
+                start,
+                old.size,
+                content.stat.st_size,
+                digest,
+                found,
+                old_last=old_chunks[-1],
+                warnings=warnings,
+            )
             ops = _appended_ops(old.size, tail)
         else:
             digest = sha256state.hasher(resumable=True)
@@ -800,6 +829,7 @@ class ArchiveWriter:
         )
         stats.warnings.extend(f"{arcname}: {warning}" for warning in warnings)
         self._state = sha256state.state_of(digest)
+        self._doubt = bool(warnings)
         return digest.hexdigest(), chunker.pack(found)
 
     def _add_sparse_content(
@@ -1158,24 +1188,49 @@ def _pread_all(fd: int, length: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _tail_pieces(fd: int, start: int, old_size: int, size: int, digest, found: list):
+def _tail_pieces(
+    fd: int,
+    start: int,
+    old_size: int,
+    size: int,
+    digest,
+    found: list,
+    *,
+    old_last: chunker.Chunk,
+    warnings: list[str],
+):
     """The bytes from ``old_size`` to ``size`` (hashed into ``digest``), in pieces;
     ``found`` gets the chunks from ``start`` (the old last chunk's start, a cut point,
-    so the chunks are those of the whole file). A file that shrank meanwhile ends
-    early (the caller pads)."""
+    so the chunks are those of the whole file). The old last chunk is read again here
+    for the chunker: bytes that are no longer ``old_last`` (the file changed between
+    the prefix's proof and this read) add a warning, since ``found`` then lists bytes
+    that ``digest`` was not fed (the caller reads the file whole next run). A file that
+    shrank below its old size meanwhile keeps its proved old part (``found`` ends with
+    ``old_last``, nothing more is sent) and adds a warning too: before, the delta
+    copied the old size into a smaller file, which the server refused."""
     cutter = chunker.Chunker()
+    again = hashlib.sha256()  # the old last chunk, as read now
+    kept = len(found)
     position = start
     while position < size:
         data = os.pread(fd, min(CHUNK, size - position), position)
         if not data:
             break
         found.extend(c for c, _ in cutter.feed(data))
+        again.update(data[: max(0, old_size - position)])
         if position + len(data) > old_size:
             piece = data[max(0, old_size - position) :]
             digest.update(piece)
             yield piece
         position += len(data)
+    if position < old_size:
+        del found[kept:]
+        found.append(old_last)
+        warnings.append("shrank while being read; its old part kept, read whole next run")
+        return
     found.extend(c for c, _ in cutter.finish())
+    if again.digest()[: chunker.ID_SIZE] != old_last.digest:
+        warnings.append("changed while being read (before its old end); read whole next run")
 
 
 def _appended_ops(old_size: int, tail) -> Iterator[deltaops.Op]:

@@ -1047,3 +1047,26 @@ def test_a_state_that_does_not_hash_to_its_row_is_not_used(staging, hashed_from)
     data, complete = tar(members, {**FILES, big: grown})
     assert apply(staging, data, delta=True) == complete
     assert hashed_from == [0]
+
+
+@pytest.mark.parametrize("damage", ["text", 7, b"PBS1" + bytes(112)])
+def test_a_damaged_state_in_the_index_only_costs_a_whole_read(staging, hashed_from, damage):
+    """Found by an outside review: a state of another type raised (TypeError) and one
+    whose context was off crashed the process; the pull then failed for every host of
+    the process. A state that is not one costs reading the file whole."""
+    import sqlite3
+
+    big = "services/app/big.bin"
+    with sqlite3.connect(baseindex.index_path(staging)) as db:
+        db.execute("DROP TABLE states")  # (a damaged one: any type, no constraint)
+        db.execute("CREATE TABLE states (name BLOB PRIMARY KEY, state)")
+        db.execute("INSERT INTO states VALUES (?, ?)", (big.encode(), damage))
+    grown = BIG + b"tail\n"
+    members = [
+        base_member("services/app/a.txt"),
+        delta_member(big, [Copy(0, len(BIG)), Data(b"tail\n")], len(grown)),
+        base_member("services/app/d/x"),
+    ]
+    data, complete = tar(members, {**FILES, big: grown})
+    assert apply(staging, data, delta=True) == complete
+    assert hashed_from == [0]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pullback.common.archive import chunker, sha256state, writer
-from pullback.common.archive.deltaops import DATA_KEY, DELTA
+from pullback.common.archive.deltaops import BASE, DATA_KEY, DELTA
 from pullback.common.archive.filecache import FileCache
 from pullback.common.archive.filedata import REREAD_LIMIT
 from pullback.common.archive.manifest import MANIFEST_NAME
@@ -157,3 +157,66 @@ def test_chunks_that_do_not_cover_the_old_size_prove_nothing(tmp_path):
         assert not writer._chunks_match(fd, chunks * 2, 100)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("stat_shows_it", [True, False], ids=["stat-moved", "stat-still"])
+def test_a_change_under_the_read_of_the_old_part_is_read_whole_next_run(
+    tmp_path, src, monkeypatch, stat_shows_it
+):
+    """Found by an outside review: a byte of the old last chunk rewritten between the
+    prefix's proof and the tail's read left the cache's chunks and its state describing
+    different bytes, and the next appends proved the prefix by those chunks and went on
+    from that state: the manifest's digest was not the file's, every day. Now the row
+    is doubted (read whole, without a state, next run), also where the file's stat does
+    not show the write (coarse timestamps: streamed_note sees nothing)."""
+    day(tmp_path, src, 1, delta=False)
+    dump = src / "dump.sql"
+    settle(dump, dump.read_bytes() + rows(440_000, 500))
+    real = writer._tail_pieces
+
+    def racing(fd, start, old_size, *rest, **named):
+        with open(dump, "r+b") as handle:  # another process, during the read
+            handle.seek(old_size - 10)
+            handle.write(b"#")
+        yield from real(fd, start, old_size, *rest, **named)
+
+    monkeypatch.setattr(writer, "_tail_pieces", racing)
+    if not stat_shows_it:
+        monkeypatch.setattr(writer, "streamed_note", lambda before, fd: None)
+    day(tmp_path, src, 2)
+    monkeypatch.setattr(writer, "_tail_pieces", real)
+    assert cached_state(tmp_path) is None
+    with sqlite3.connect(tmp_path / "cache" / "files.db") as db:
+        (cacheable,) = db.execute(
+            "SELECT cacheable FROM files WHERE name = ?", (NAME.encode(),)
+        ).fetchone()
+    assert not cacheable
+    for number, first in ((3, 440_500), (4, 441_000)):
+        settle(dump, dump.read_bytes() + rows(first, 500))
+        seen = day(tmp_path, src, number)
+        assert seen["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest(), number
+
+
+def test_a_file_cut_below_its_old_size_under_the_read_keeps_its_old_part(
+    tmp_path, src, monkeypatch
+):
+    """Found by an outside review (older than the states): a grown file truncated below
+    its old size between the prefix's proof and the tail's read was sent as a copy of
+    the old size into a smaller file, a delta the server refuses. Now the proved old
+    part stands (the old bytes: a ``base`` member), with a warning, and the next run
+    reads the file whole."""
+    day(tmp_path, src, 1, delta=False)
+    dump = src / "dump.sql"
+    settle(dump, dump.read_bytes() + rows(440_000, 500))
+    real = writer._tail_pieces
+
+    def cut(fd, start, old_size, *rest, **named):
+        os.truncate(dump, old_size - 100)
+        yield from real(fd, start, old_size, *rest, **named)
+
+    monkeypatch.setattr(writer, "_tail_pieces", cut)
+    assert day(tmp_path, src, 2)["kind"] == BASE
+    monkeypatch.setattr(writer, "_tail_pieces", real)
+    settle(dump, dump.read_bytes() + rows(440_500, 500))
+    seen = day(tmp_path, src, 3)
+    assert seen["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()

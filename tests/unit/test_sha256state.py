@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 
 import pytest
 
@@ -65,3 +66,26 @@ def test_without_libcrypto_it_says_so(monkeypatch):
     finally:
         sha256state._library.cache_clear()
         sha256state.available.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "offset, value",
+    [(104, 64), (104, 100_000), (104, 5), (108, 0), (108, 64), (32, 7)],
+    ids=["num-64", "num-huge", "num-off", "md_len-0", "md_len-64", "bits-odd"],
+)
+def test_a_damaged_context_is_refused_before_openssl_sees_it(offset, value):
+    """Found by an outside review: OpenSSL trusts the context's ``num`` (a value of 64
+    or more made SHA256_Final write past the buffer: the process died) and ``md_len``
+    (SHA256_Final failed with an OSError). The state's bookkeeping is checked first;
+    a damaged one is only a state not used."""
+    first = sha256state.new()
+    assert first is not None
+    first.update(DATA[:1000])
+    state = bytearray(first.state())
+    struct.pack_into("=I", state, len(sha256state.TAG) + offset, value)
+    assert sha256state.resume(bytes(state), 1000, hashlib.sha256(DATA[:1000]).hexdigest()) is None
+
+
+@pytest.mark.parametrize("state", ["text", 12, 3.5, bytearray(116)])
+def test_a_state_that_is_not_bytes_is_not_used(state):
+    assert sha256state.resume(state, 0, hashlib.sha256(b"").hexdigest()) is None

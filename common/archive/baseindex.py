@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fsutil import fsync_dir
+from . import sha256state
 from .manifest import MANIFEST_NAME
 from .ordered import OrderedLookup
 
@@ -311,27 +312,10 @@ class IndexWriter:
     def _carry_states(self) -> None:
         """Copy the old index's hash states (:func:`take` left it beside, ``.old``) of the
         files that kept their name and digest and got none this time (kept, ``same`` and
-        ``base`` members). States are a saving, never needed: an old index that cannot
-        be read leaves them out."""
+        ``base`` members)."""
         old = self.path.with_name(self.path.name + _OLD)
-        if not old.exists():
-            return
-        db = self._db
-        try:
-            db.execute("ATTACH DATABASE ? AS base", (f"file:{old}?mode=ro",))
-        except sqlite3.Error:
-            return
-        try:
-            db.execute(
-                "INSERT OR IGNORE INTO states (name, state) SELECT s.name, s.state "
-                "FROM base.states s JOIN base.files b ON b.name = s.name "
-                "JOIN files f ON f.name = s.name WHERE f.sha256 = b.sha256"
-            )
-        except sqlite3.Error:
-            pass  # (an older pullback's index has no states)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("DETACH DATABASE base")
+        if old.exists():
+            sha256state.carry_states(self._db, str(old))
 
     def abort(self) -> None:
         """Forget what was recorded (the unpack failed)."""

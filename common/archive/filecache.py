@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fsutil import fsync_dir
-from . import chunker
+from . import chunker, sha256state
 from .ordered import OrderedLookup
 from .sidecar import BaseRef
 
@@ -311,25 +311,9 @@ class FileCache:
 
     def _carry_states(self, db: sqlite3.Connection) -> None:
         """Copy the old cache's hash states of the files whose name and digest this run
-        kept (unchanged files: recorded from their old rows, never read). States are a
-        saving, never needed: an old cache without them leaves them out."""
-        if self._old is None:
-            return
-        try:
-            db.execute("ATTACH DATABASE ? AS old", (str(self.path),))  # (only read)
-        except sqlite3.Error:
-            return
-        try:
-            db.execute(
-                "INSERT OR IGNORE INTO states (name, state) SELECT s.name, s.state "
-                "FROM old.states s JOIN old.files o ON o.name = s.name "
-                "JOIN files f ON f.name = s.name WHERE f.sha256 = o.sha256"
-            )
-        except sqlite3.Error:
-            pass  # (an older client's cache has no states)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("DETACH DATABASE old")
+        kept (unchanged files: recorded from their old rows, never read)."""
+        if self._old is not None:
+            sha256state.carry_states(db, str(self.path))
 
     def swap(self) -> None:
         """Put the finished new cache in place of the old one."""

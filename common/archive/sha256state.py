@@ -15,10 +15,12 @@ state that fails either is not used; the caller hashes the whole file as before.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import hashlib
+import sqlite3
 import struct
 
 TAG = b"PBS1"
@@ -199,3 +201,27 @@ def _self_test(functions) -> bool:
         if taken.digest() != hashlib.sha256(data).digest():
             return False
     return True
+
+
+def carry_states(db: sqlite3.Connection, old: str) -> None:
+    """Copy into ``db``'s table ``states`` the states the database file ``old`` (an older
+    index or file cache: tables ``files`` with ``name`` and ``sha256``, and ``states``)
+    has for the names whose digest ``db``'s ``files`` still gives them, where ``db`` has
+    none yet. Call it outside a transaction (ATTACH cannot be inside one). States are a
+    saving, never needed: an ``old`` that cannot be read, or has no states (an older
+    pullback's), leaves them out."""
+    try:
+        db.execute("ATTACH DATABASE ? AS old", (old,))  # (only read)
+    except sqlite3.Error:
+        return
+    try:
+        db.execute(
+            "INSERT OR IGNORE INTO states (name, state) SELECT s.name, s.state "
+            "FROM old.states s JOIN old.files o ON o.name = s.name "
+            "JOIN files f ON f.name = s.name WHERE f.sha256 = o.sha256"
+        )
+    except sqlite3.Error:
+        pass
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("DETACH DATABASE old")

@@ -607,26 +607,16 @@ class ArchiveWriter:
         if note:
             stats.warnings.append(f"{path}: {note}")
         row = CachedFile.of(content.stat, digest, chunks, read_at, xattrs and self.xattrs)
-        self._record_read(
-            arcname, st, row, stats, content.size, doubted=bool(note or partial_attrs)
-        )
+        row, state = self._trusted(row, doubted=bool(note or partial_attrs))
+        self._recorded(arcname, st, row, stats, content.size, state=state)
 
-    def _record_read(
-        self,
-        arcname: str,
-        st: os.stat_result,
-        row: CachedFile,
-        stats: TaskStats,
-        size: int,
-        *,
-        doubted: bool,
-    ) -> None:
-        """Record a file just read with ``row``; ``doubted`` (or the read's own doubt,
-        ``_doubt``): read it again next run, without a hash state."""
-        trusted = not doubted and not self._doubt
-        row = row if trusted else row.uncacheable()
-        state = self._state if trusted else None  # (a doubtful row is hashed whole next run)
-        self._recorded(arcname, st, row, stats, size, state=state)
+    def _trusted(self, row: CachedFile, doubted: bool) -> tuple[CachedFile, bytes | None]:
+        """The cache row and hash state to record for a file just read with ``row``:
+        when ``doubted`` (or the read's own doubt, ``_doubt``), the row marked to be read
+        again next run, and no state."""
+        if doubted or self._doubt:
+            return row.uncacheable(), None  # (a doubtful row is hashed whole next run)
+        return row, self._state
 
     def _cached(
         self, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool

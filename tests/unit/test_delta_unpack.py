@@ -1026,6 +1026,19 @@ def test_a_grown_file_is_hashed_by_its_new_bytes_from_its_saved_state(staging, h
     assert (staging / big).read_bytes() == edited
 
 
+def _append_a_tail(staging) -> None:
+    """A day that appends a line to big.bin (a delta applied in place), proved."""
+    big = "services/app/big.bin"
+    grown = BIG + b"tail\n"
+    members = [
+        base_member("services/app/a.txt"),
+        delta_member(big, [Copy(0, len(BIG)), Data(b"tail\n")], len(grown)),
+        base_member("services/app/d/x"),
+    ]
+    data, complete = tar(members, {**FILES, big: grown})
+    assert apply(staging, data, delta=True) == complete
+
+
 def test_a_state_that_does_not_hash_to_its_row_is_not_used(staging, hashed_from):
     """A state of other bytes of the same size (a damaged or forged index) would prove a
     file the server does not hold: it is checked against the row's digest and passed
@@ -1038,14 +1051,7 @@ def test_a_state_that_does_not_hash_to_its_row_is_not_used(staging, hashed_from)
     other.update(b"\xff" * len(BIG))
     with sqlite3.connect(baseindex.index_path(staging)) as db:
         db.execute("UPDATE states SET state = ? WHERE name = ?", (other.state(), big.encode()))
-    grown = BIG + b"tail\n"
-    members = [
-        base_member("services/app/a.txt"),
-        delta_member(big, [Copy(0, len(BIG)), Data(b"tail\n")], len(grown)),
-        base_member("services/app/d/x"),
-    ]
-    data, complete = tar(members, {**FILES, big: grown})
-    assert apply(staging, data, delta=True) == complete
+    _append_a_tail(staging)
     assert hashed_from == [0]
 
 
@@ -1061,12 +1067,5 @@ def test_a_damaged_state_in_the_index_only_costs_a_whole_read(staging, hashed_fr
         db.execute("DROP TABLE states")  # (a damaged one: any type, no constraint)
         db.execute("CREATE TABLE states (name BLOB PRIMARY KEY, state)")
         db.execute("INSERT INTO states VALUES (?, ?)", (big.encode(), damage))
-    grown = BIG + b"tail\n"
-    members = [
-        base_member("services/app/a.txt"),
-        delta_member(big, [Copy(0, len(BIG)), Data(b"tail\n")], len(grown)),
-        base_member("services/app/d/x"),
-    ]
-    data, complete = tar(members, {**FILES, big: grown})
-    assert apply(staging, data, delta=True) == complete
+    _append_a_tail(staging)
     assert hashed_from == [0]

@@ -95,7 +95,10 @@ class Bench:
             make_key(self.work / "key") if not (self.work / "key").exists() else self.work / "key"
         )
         self.box = ClientSandbox(self.work / "client", hostname="bench")
-        self.box.write_config(keep_last=1, keep_days=0, min_free_space="1M")
+        # the client's own default (incremental: auto): a pack with no archive to build on
+        # is full (the pack row); a next day after a pull is a delta (until 2026-12-02
+        # this bench's client had deltas off: its next-day row measured full archives)
+        self.box.write_config(keep_last=1, keep_days=0, min_free_space="1M", incremental={})
         self.box.add_service("data", f"service: {{name: data}}\nfiles: {{paths: [{self.data}]}}\n")
         self.serve = Sshd(
             self.work / "sshd-serve", Path(f"{self.key}.pub"), serve_command(self.box.config)
@@ -166,8 +169,12 @@ class Bench:
 
     # -- the pieces -----------------------------------------------------------------------
 
-    def pullback_pack(self) -> float:
-        for archive in self.box.published():
+    def pullback_pack(self, keep: bool = False) -> float:
+        """``pullback-client run``; the archives before it are removed first (one full
+        archive measured at a time) unless ``keep``: a next day's delta builds on the
+        client's chain, and without it the client makes a full archive (until
+        2026-12-02 the next-day row measured full archives that way)."""
+        for archive in [] if keep else self.box.published():
             archive.unlink()
             archive.with_name(archive.name + ".json").unlink()
         seconds = timed(
@@ -224,7 +231,10 @@ class Bench:
             return {"seconds": seconds, "pullback_mb": self_kb / 1024, "tree_mb": tree_kb / 1024}
         return timed(argv)
 
-    def hand_pull(self, staging: Path, repo: Path) -> float:
+    def hand_pull(self, staging: Path, repo: Path, archive: Path | None = None) -> float:
+        """The hand pipeline's pull of ``archive`` (default: pullback's newest, a full
+        one on the full-pull row; a next day passes the day's own tar|zstd archive,
+        since pullback's is then a delta)."""
         self.offer_again()
         staging.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -232,7 +242,7 @@ class Bench:
             [
                 "sh",
                 "-c",
-                " ".join(self.ssh) + f" cat {self.archive} | "
+                " ".join(self.ssh) + f" cat {archive or self.archive} | "
                 f"zstd -q -d -c | tar -x -f - -C {staging}",
             ],
             check=True,
@@ -319,20 +329,25 @@ def run(work: Path, scale: float, repeat: int, rss_scales: list[float]) -> dict:
         # the next days build on the last full pull of each side
         last_ours = next(counter) - 1
         state, repos = work / f"full-state-{last_ours - 1}", work / f"full-repos-{last_ours - 1}"
-        hand_staging, hand_repo = (
-            work / f"hand-staging-{last_ours}",
-            work / f"hand-repo-{last_ours}",
-        )
+        # the hand side's next days build on its own full pull of its own tar|zstd archive
+        # (pullback's next-day archives are deltas), primed here, untimed
+        hand_staging, hand_repo = work / "hand-next-staging", work / "hand-next-repo"
+        shutil.rmtree(hand_staging, ignore_errors=True)
+        bench.fresh_repo(hand_repo)
+        bench.hand_pack()
+        bench.hand_pull(hand_staging, hand_repo, bench.work / "hand.tar.zst")
         ours_days, hand_days = [], []
         for day in range(repeat):
             dataset.mutate(bench.data, seed=100 + day)
-            bench.pullback_pack()
+            bench.pullback_pack(keep=True)
+            bench.hand_pack()  # the day's full archive, for the hand side (not timed here)
+            hand_archive = bench.work / "hand.tar.zst"
             if day % 2:
-                hand_days.append(bench.hand_pull(hand_staging, hand_repo))
+                hand_days.append(bench.hand_pull(hand_staging, hand_repo, hand_archive))
                 ours_days.append(bench.pullback_pull(state, repos))
             else:
                 ours_days.append(bench.pullback_pull(state, repos))
-                hand_days.append(bench.hand_pull(hand_staging, hand_repo))
+                hand_days.append(bench.hand_pull(hand_staging, hand_repo, hand_archive))
         rows["next day"] = (ours_days, hand_days)
         seed_repo = work / "seed-repo"
         bench.fresh_repo(seed_repo)

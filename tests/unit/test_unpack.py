@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
 import threading
 
 import pytest
@@ -306,14 +307,31 @@ def test_names_in_warnings_cannot_forge_lines():
     assert escaped("services/a/caf\u00e9") == "services/a/caf\u00e9"
 
 
-def test_unpacking_keeps_min_free_space(tmp_path):
-    fs = os.statvfs(tmp_path)
+@pytest.fixture
+def own_filesystem(tmp_path):
+    """A file system of this test's alone (a 256 MiB tmpfs; root's, as the suite runs):
+    its free space moves only with what the test writes. On the shared one, another
+    worker deleting its trees freed more than the test's margin between the statvfs and
+    the unpacker's, and the check passed (a CI run caught it)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where = tmp_path / "fs"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", where], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", where], check=False)
+
+
+def test_unpacking_keeps_min_free_space(own_filesystem):
+    fs = os.statvfs(own_filesystem)
     free = fs.f_bavail * fs.f_frsize
     limits = UnpackLimits(min_free=free - (32 << 20))  # room for 32 MiB more, not 64
     big = Entry("services/a/big", data=bytes(64 << 20))
     with pytest.raises(ArchiveTooLarge, match=r"would leave less than .* free under the staging"):
-        unpack(tmp_path / "s", [Entry("services/a/small", data=b"x"), big], limits)
-    assert not (tmp_path / "s/services/a/big").exists()  # refused before a byte of it
+        unpack(own_filesystem / "s", [Entry("services/a/small", data=b"x"), big], limits)
+    assert not (own_filesystem / "s/services/a/big").exists()  # refused before a byte of it
 
 
 def test_a_manifest_line_without_an_end_is_refused_early(tmp_path):

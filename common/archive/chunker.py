@@ -39,7 +39,9 @@ import hashlib
 import itertools
 import struct
 import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 CHUNK_MIN = 32 << 10
@@ -109,10 +111,11 @@ class Chunker:
 
         Returns the chunks these bytes complete, in order, each with its bytes when the
         chunker keeps them, else None. Nothing of ``data`` is referenced once this returns
-        (it may be a buffer the caller reuses): a ``bytearray`` or ``memoryview`` is
-        copied to ``bytes`` first, and the bytes that start a chunk still open are copied.
+        (it may be a buffer the caller reuses, but not while this runs): a ``memoryview``
+        is copied to ``bytes`` first (a ``bytearray`` is read in place), and the bytes
+        that start a chunk still open are copied.
         """
-        if not isinstance(data, bytes):
+        if not isinstance(data, bytes | bytearray):
             data = bytes(data)
         size = len(data)
         if not size:
@@ -131,7 +134,7 @@ class Chunker:
             start = cut
         if start < size:
             self._open(view[max(start, 0) :], size - start)
-        self._tail = data[-(WINDOW - 1) :] if size >= WINDOW - 1 else _tail(self._tail, data)
+        self._tail = bytes(data[-(WINDOW - 1) :]) if size >= WINDOW - 1 else _tail(self._tail, data)
         return out
 
     def finish(self) -> list[_Piece]:
@@ -176,6 +179,44 @@ class Chunker:
         return Chunk(length, digest[:ID_SIZE]), data
 
 
+class ChunkerAside:
+    """A :class:`Chunker` (bytes not kept) that cuts on a thread of ``pool`` while the
+    caller goes on with the same bytes (hashing, writing them): a large file costs the
+    longer of the two, not their sum (the cutting is mostly sha256 and ``bytes.find``,
+    which let other threads run). ``pool`` must run one task at a time, in order (a
+    ``ThreadPoolExecutor(1)``), for the feeds to reach the chunker in order.
+
+    A buffer given to :meth:`feed` is read on that thread: the caller changes it only
+    after :meth:`settle` has waited for that feed.
+    """
+
+    def __init__(self, pool: Executor) -> None:
+        self._pool = pool
+        self._cutter = Chunker()
+        self._pending: deque[Future[None]] = deque()
+        self.chunks: list[Chunk] = []
+        """The chunks found so far (all of them after :meth:`finish`)."""
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Queue the next bytes of the stream (see the class for a reused buffer)."""
+        self._pending.append(self._pool.submit(self._feed, data))
+
+    def settle(self, pending: int = 0) -> None:
+        """Wait until at most the newest ``pending`` feeds are still queued or running.
+        Raises what a feed raised."""
+        while len(self._pending) > pending:
+            self._pending.popleft().result()
+
+    def finish(self) -> list[Chunk]:
+        """Wait for every feed and end the stream. Returns the file's chunks."""
+        self.settle()
+        self.chunks.extend(chunk for chunk, _ in self._cutter.finish())
+        return self.chunks
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        self.chunks.extend(chunk for chunk, _ in self._cutter.feed(data))
+
+
 class SparseCutter:
     """Splits a file with holes into chunk list entries: each data region cut on its own
     (a :class:`Chunker` per region, so a region's cuts never depend on another's), every
@@ -207,12 +248,12 @@ class SparseCutter:
         return out
 
 
-def _tail(before: bytes, data: bytes) -> bytes:
+def _tail(before: bytes, data: bytes | bytearray) -> bytes:
     """The last ``WINDOW - 1`` bytes of ``before`` followed by ``data``."""
     return (before + data)[-(WINDOW - 1) :]
 
 
-def _find_cut(data: bytes, tail: bytes, low: int, high: int) -> int:
+def _find_cut(data: bytes | bytearray, tail: bytes, low: int, high: int) -> int:
     """Where the first newline in ``data[low:high]`` whose window passes ends a chunk.
 
     ``tail`` is the stream just before ``data`` (the window may reach into it). Returns

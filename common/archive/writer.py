@@ -27,6 +27,7 @@ import pwd
 import stat
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -143,6 +144,8 @@ class ArchiveWriter:
         self._content = 0
         self.progress: Progress | None = None
         """Moved on by every byte of the (uncompressed) stream, and shown, when set."""
+        self._chunker_pool: ThreadPoolExecutor | None = None
+        """The thread that cuts large files into chunks (:meth:`_cutting`)."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -193,6 +196,7 @@ class ArchiveWriter:
         file = self._file
         if file is None:
             raise ArchiveError(f"{self.path} is not open")
+        self._stop_cutting()
         try:
             manifest_sha256 = self._add_manifest()
             self._emit(bytes(2 * BLOCK))
@@ -259,7 +263,8 @@ class ArchiveWriter:
         self._add_bytes(removed.REMOVED_NAME, removed.pack(gone), record=False)
 
     def abort(self) -> None:
-        """Stop the compressor and delete the partial file."""
+        """Stop the compressor and the chunker thread, and delete the partial file."""
+        self._stop_cutting()
         if self._compressor is not None and self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
@@ -298,6 +303,18 @@ class ArchiveWriter:
             raise ArchiveError(f"the compressor failed writing {self.path}: {reason}") from None
         finally:
             self._compressor = None
+
+    def _cutting(self) -> ThreadPoolExecutor:
+        """The one thread that cuts large files into chunks beside the writing (started
+        at the first such file, stopped by :meth:`finish` and :meth:`abort`)."""
+        if self._chunker_pool is None:
+            self._chunker_pool = ThreadPoolExecutor(1, thread_name_prefix="chunker")
+        return self._chunker_pool
+
+    def _stop_cutting(self) -> None:
+        if self._chunker_pool is not None:
+            self._chunker_pool.shutdown(wait=True, cancel_futures=True)
+            self._chunker_pool = None
 
     # -- raw output ---------------------------------------------------------------------
 
@@ -749,25 +766,45 @@ class ArchiveWriter:
         if content.data is None:
             if delta_from is not None and delta_from.chunks is not None:
                 return self._add_streamed_delta(fd, arcname, content, attrs, stats, delta_from)
-            found: list[chunker.Chunk] | None = [] if inc is not None else None
-            digest = self._add_dense(fd, arcname, content, attrs, path, stats, found=found)
-            return digest, _packed(found)
+            return self._add_streamed(fd, arcname, content, attrs, path, stats, old=old)
         data = content.data
         digest = hashlib.sha256(data).hexdigest()
-        chunks = _chunks_of(data) if inc is not None else None
+        chunks = _read_ahead_chunks(data, digest, old) if inc is not None else None
         if delta_from is not None and digest == delta_from.sha256:
             self._emit_base(arcname, content.stat, attrs)
-            return digest, _packed(chunks)
-        if delta_from is not None and delta_from.chunks is not None and chunks:
-            pieces = zip(chunks, _split(data, chunks), strict=True)
+            return digest, chunks
+        if delta_from is not None and delta_from.chunks is not None and chunks is not None:
+            cuts = chunker.unpack(chunks)
+            pieces = zip(cuts, _split(data, cuts), strict=True)
             encoded = _encode(chunker.unpack(delta_from.chunks), pieces)
             if len(encoded) < len(data):
                 self._emit_delta(arcname, content.stat, attrs, len(data), len(encoded))
                 self._emit(encoded)
                 self._emit(bytes((-len(encoded)) % BLOCK))
-                return digest, _packed(chunks)
-        self._add_dense(fd, arcname, content, attrs, path, stats)
-        return digest, _packed(chunks)
+                return digest, chunks
+        self._add_dense(fd, arcname, content, attrs, path, stats, sha256=digest)
+        return digest, chunks
+
+    def _add_streamed(
+        self,
+        fd: int,
+        arcname: str,
+        content: Content,
+        attrs,
+        path: str,
+        stats: TaskStats,
+        *,
+        old: CachedFile | None,
+    ) -> tuple[str, bytes | None]:
+        """A streamed file sent whole. Returns its sha256 and chunk list: cut on the way,
+        or, when the cache vouches for the file, the row's list if the digest is the
+        row's (same bytes, same cuts), else none."""
+        vouched = old if old and old.chunks and old.unchanged(content.stat) else None
+        found: list[chunker.Chunk] | None = [] if self.incremental and not vouched else None
+        digest = self._add_dense(fd, arcname, content, attrs, path, stats, found=found)
+        if vouched is not None:
+            return digest, vouched.chunks if digest == vouched.sha256 else None
+        return digest, _packed(found)
 
     def _emit_delta(self, arcname: str, st: os.stat_result, attrs, realsize: int, size: int):
         """The header of a member whose data is a PBD1 stream of ``size`` bytes."""
@@ -894,9 +931,11 @@ class ArchiveWriter:
         stats: TaskStats,
         *,
         found: list[chunker.Chunk] | None = None,
+        sha256: str | None = None,
     ) -> str:
-        """A file without holes: its bytes read ahead, or streamed (then split into
-        ``found`` chunks on the way, when a list is given). Returns its sha256."""
+        """A file without holes: its bytes read ahead (their ``sha256`` when the caller
+        has it already), or streamed (then split into ``found`` chunks on the way, when
+        a list is given). Returns its sha256."""
         header = self._header(
             arcname, content.stat, tarformat.REGTYPE, size=content.size, xattrs=attrs
         )
@@ -906,7 +945,7 @@ class ArchiveWriter:
             return self._copy_data(fd, content.size, path, stats, found)
         self._emit(content.data)
         self._emit(bytes((-len(content.data)) % BLOCK))
-        return hashlib.sha256(content.data).hexdigest()
+        return sha256 or hashlib.sha256(content.data).hexdigest()
 
     def _add_sparse(
         self,
@@ -962,19 +1001,30 @@ class ArchiveWriter:
         A file that shrinks while read is padded with zeros, to keep the stream whole,
         and said so. With ``found``, the bytes are split into chunks on the way.
         """
-        cutter = chunker.Chunker() if found is not None and size >= CHUNKED_FROM else None
-        digest = sha256state.hasher(resumable=cutter is not None)
+        cutter = (
+            chunker.ChunkerAside(self._cutting())
+            if found is not None and size >= CHUNKED_FROM
+            else None
+        )
+        digest = sha256state.hasher(resumable=self.incremental is not None and size >= CHUNKED_FROM)
         remaining = size
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
+        # two buffers: one is read, hashed and written while the chunker thread cuts
+        # the other (the one read before)
+        buffers = (bytearray(CHUNK), bytearray(CHUNK) if cutter is not None else None)
+        turn = 0
         try:
             while remaining:
+                buffer = buffers[turn] or buffers[0]
+                turn ^= 1
+                if cutter is not None:
+                    cutter.settle(pending=1)  # the feed that read this buffer is done
+                view = memoryview(buffer)
                 n = os.readv(fd, [view[: min(CHUNK, remaining)]])
                 if not n:
                     break
                 digest.update(view[:n])
                 if cutter is not None:
-                    found.extend(c for c, _ in cutter.feed(view[:n]))  # type: ignore[union-attr]
+                    cutter.feed(buffer if n == CHUNK else bytes(view[:n]))
                 self._flush()
                 self._offset += n
                 self._write(view[:n])
@@ -983,31 +1033,63 @@ class ArchiveWriter:
             stats.warnings.append(f"{path}: read failed: {exc.strerror}")
         if remaining:
             stats.warnings.append(f"{path}: shrank while being read; padded with zeros")
-            pad = bytes(min(remaining, CHUNK))
-            while remaining:
-                part = pad[: min(remaining, len(pad))]
-                digest.update(part)
-                if cutter is not None:
-                    found.extend(c for c, _ in cutter.feed(part))  # type: ignore[union-attr]
-                self._emit(part)
-                remaining -= len(part)
+            self._pad(remaining, digest, cutter)
         if cutter is not None:
-            found.extend(c for c, _ in cutter.finish())  # type: ignore[union-attr]
+            found.extend(cutter.finish())  # type: ignore[union-attr]
         self._emit(bytes((-size) % BLOCK))
         self._state = sha256state.state_of(digest)
         return digest.hexdigest()
+
+    def _pad(self, remaining: int, digest, cutter: chunker.ChunkerAside | None) -> None:
+        """``remaining`` zeros in place of the bytes a shrunk file no longer has."""
+        pad = bytes(min(remaining, CHUNK))
+        while remaining:
+            part = pad[: min(remaining, len(pad))]
+            digest.update(part)
+            if cutter is not None:
+                cutter.feed(part)
+            self._emit(part)
+            remaining -= len(part)
 
 
 def _packed(chunks: list[chunker.Chunk] | None) -> bytes | None:
     return chunker.pack(chunks) if chunks else None
 
 
-def _chunks_of(data: bytes) -> list[chunker.Chunk] | None:
-    """The chunks of a read-ahead file of CHUNKED_FROM bytes or more (else None)."""
+def _read_ahead_chunks(data: bytes, digest: str, old: CachedFile | None) -> bytes | None:
+    """The packed chunk list of a read-ahead file (``digest``: its sha256; ``old``: its
+    cache row, if any), or None: below CHUNKED_FROM, or not worth cutting yet.
+
+    - Its bytes are the row's: the row's list stands (same bytes, same cuts), not made
+      again; a row without one stays without (the file has not changed since it was
+      first seen).
+    - First seen (no row): cut when its bytes compress (:func:`_compressible`: text,
+      database pages, images of file systems). Compressed or encrypted data (media,
+      archives) is replaced whole far more often than edited in place, and cutting
+      costs about as much as hashing it again: such a file is cut at its first change,
+      which travels whole (at most REREAD_LIMIT bytes, once), and its later changes
+      travel as deltas.
+    - Changed since its row: cut.
+    """
     if len(data) < CHUNKED_FROM:
         return None
+    if old is not None and old.cacheable and old.sha256 == digest:
+        return old.chunks
+    if old is None and not _compressible(data):
+        return None
     cutter = chunker.Chunker()
-    return [c for c, _ in (*cutter.feed(data), *cutter.finish())]
+    return chunker.pack(c for c, _ in (*cutter.feed(data), *cutter.finish()))
+
+
+_SAMPLE = 8 << 10
+
+
+def _compressible(data: bytes) -> bool:
+    """Whether three samples of ``data`` (its start, middle and end, 8 KiB each)
+    compress by a tenth or more at zlib's fastest level (about 0.1 ms)."""
+    middle = len(data) // 2
+    sample = data[:_SAMPLE] + data[middle : middle + _SAMPLE] + data[-_SAMPLE:]
+    return len(zlib.compress(sample, 1)) < 0.9 * len(sample)
 
 
 def _split(data: bytes, chunks: list[chunker.Chunk]) -> Iterator[bytes]:

@@ -53,7 +53,9 @@ def incremental_host(fleet: Fleet, name: str = "web1", enabled: bool | str = Tru
         (data / "docs" / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
         (data / "docs" / f"d{i % 4}" / f"note{i}.txt").write_text(f"note {i}\n" * 20)
     (data / "dump.sql").write_bytes(b"".join(ROW % i for i in range(60_000)))
-    (data / "blob.bin").write_bytes(os.urandom(2 << 20))
+    # a file of database pages: binary, and compressible (a first-seen file whose bytes do
+    # not compress is cut into chunks only at its first change: test_first_day_cuts.py)
+    (data / "blob.bin").write_bytes(b"".join(os.urandom(1024) + bytes(3072) for _ in range(512)))
     os.link(data / "docs" / "d1" / "note1.txt", data / "docs" / "hard.txt")
     os.symlink("d1/note1.txt", data / "docs" / "soft")
     return host

@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import random
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from pullback.common.archive.chunker import (
     WINDOW,
     Chunk,
     Chunker,
+    ChunkerAside,
     Copy,
     Hole,
     Literal,
@@ -168,6 +170,33 @@ def test_tiny_pieces_and_buffers_the_caller_reuses():
     out.extend(chunker.finish())
     assert out == expected
     assert chunked([data], keep_data=True) == expected  # finish() starts over
+
+
+def test_cutting_aside_from_two_buffers_the_caller_reuses():
+    """The writer's way (:meth:`ArchiveWriter._copy_data`): bytearrays read in turn, each
+    fed whole (or a copy of a short last piece) and refilled once ``settle(1)`` returned;
+    the chunks are the ones a Chunker finds in one go, and the same for a bytearray fed
+    in place as for bytes."""
+    data = make_stream(11, [("lines", 40_000), ("binary", 30_000), ("text", 50_000)])
+    expected = [chunk for chunk, _ in chunked([data])]
+    size = 50_000
+    with ThreadPoolExecutor(1) as pool:
+        aside = ChunkerAside(pool)
+        buffers = (bytearray(size), bytearray(size))
+        for turn, at in enumerate(range(0, len(data), size)):
+            buffer = buffers[turn % 2]
+            aside.settle(pending=1)
+            piece = data[at : at + size]
+            buffer[: len(piece)] = piece
+            aside.feed(buffer if len(piece) == size else bytes(piece))
+        assert aside.finish() == expected
+        broken = ChunkerAside(pool)
+        broken.feed(None)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            broken.settle()
+    whole = Chunker()
+    in_place = whole.feed(bytearray(data)) + whole.finish()
+    assert [chunk for chunk, _ in in_place] == expected
 
 
 def test_empty_stream_and_empty_feeds():

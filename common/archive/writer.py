@@ -1197,9 +1197,9 @@ def _same_prefix(
     cores rather than one."""
     if size <= old.size or not chunks or any(c.digest == chunker.HOLE_ID for c in chunks):
         return None
+    view = memoryview(bytearray(max(chunks[0].length, chunks[-1].length)))
     for offset, chunk in ((0, chunks[0]), (old.size - chunks[-1].length, chunks[-1])):
-        data = _pread_all(fd, chunk.length, offset)
-        if hashlib.sha256(data).digest()[: chunker.ID_SIZE] != chunk.digest:
+        if not _chunk_is(fd, chunk, offset, view):
             return None
     resumed = sha256state.resume(state, old.size, old.sha256)
     if resumed is not None:
@@ -1231,16 +1231,10 @@ def _chunks_match(fd: int, chunks: list[chunker.Chunk], size: int) -> bool:
         if first >= end:
             return True
         view = memoryview(bytearray(max(c.length for c in chunks[first:end])))
-        for chunk, offset in zip(chunks[first:end], offsets[first:end], strict=True):
-            got = 0
-            while got < chunk.length:  # into one buffer: no bytes object per chunk
-                read = os.preadv(fd, [view[got : chunk.length]], offset + got)
-                if not read:
-                    return False
-                got += read
-            if hashlib.sha256(view[: chunk.length]).digest()[: chunker.ID_SIZE] != chunk.digest:
-                return False
-        return True
+        return all(
+            _chunk_is(fd, chunk, offset, view)
+            for chunk, offset in zip(chunks[first:end], offsets[first:end], strict=True)
+        )
 
     half = len(chunks) // 2
     with ThreadPoolExecutor(1, thread_name_prefix="prefix-check") as pool:
@@ -1249,15 +1243,17 @@ def _chunks_match(fd: int, chunks: list[chunker.Chunk], size: int) -> bool:
         return first and second.result()
 
 
-def _pread_all(fd: int, length: int, offset: int) -> bytes:
-    parts, got = [], 0
-    while got < length:
-        data = os.pread(fd, min(CHUNK, length - got), offset + got)
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return b"".join(parts)
+def _chunk_is(fd: int, chunk: chunker.Chunk, offset: int, view: memoryview) -> bool:
+    """Whether the bytes of ``fd`` at ``offset`` are still ``chunk`` (its length read
+    into ``view``, a buffer at least that long: no bytes object per chunk, and hashed
+    to its digest, a truncated sha256 of :data:`.chunker.ID_SIZE` bytes)."""
+    got = 0
+    while got < chunk.length:
+        read = os.preadv(fd, [view[got : chunk.length]], offset + got)
+        if not read:
+            return False
+        got += read
+    return hashlib.sha256(view[: chunk.length]).digest()[: chunker.ID_SIZE] == chunk.digest
 
 
 def _tail_pieces(

@@ -93,13 +93,20 @@ class YamlFileError(Exception):
         super().__init__("\n".join(map(str, problems)))
 
 
-def _syntax_message(exc: yaml.MarkedYAMLError) -> str:
+def _syntax_message(exc: yaml.MarkedYAMLError, line: int, at: _Lines) -> str:
+    """What is wrong, said at ``line``; the line where the construct PyYAML was reading
+    began, when that is another (an unclosed ``[`` or quote is found lines later)."""
     problem = exc.problem or "invalid YAML"
     if "'\\t'" in problem or "\\t" in problem:
         return "a tab character: YAML must be indented with spaces"
     text = f"YAML syntax error: {problem}"
     if exc.context:
-        text += f" ({exc.context})"
+        began = at(exc.context_mark) if exc.context_mark else line
+        text += (
+            f" ({exc.context}, which began at line {began})"
+            if began != line
+            else f" ({exc.context})"
+        )
     return text
 
 
@@ -282,7 +289,7 @@ def _parse(text: str, file: str, at: _Lines) -> tuple[yaml.Node | None, Any]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = at(mark) if mark else at.index(loader.index)
-        raise YamlFileError([Problem(file, line, "", _syntax_message(exc))]) from None
+        raise YamlFileError([Problem(file, line, "", _syntax_message(exc, line, at))]) from None
     except yaml.YAMLError as exc:
         raise YamlFileError(
             [Problem(file, at.index(loader.index), "", f"YAML error: {exc}")]

@@ -66,6 +66,15 @@ def test_bad_yaml_syntax(tmp_path):
     path = write(tmp_path, "hostname: web1\nservice_dirs: [/a, /b\nkeep_last: 2\n")
     (problem,) = problems_of(path)
     assert problem.startswith(f"{path}:3: YAML syntax error")
+    # where the unclosed sequence began, too: the line an editor should look at first
+    assert problem.endswith("(while parsing a flow sequence, which began at line 2)"), problem
+
+
+def test_an_unclosed_quote_says_where_it_began(tmp_path):
+    path = write(tmp_path, 'hostname: "web1\nkeep_last: 2\n')
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:3: YAML syntax error: found unexpected end of stream")
+    assert "which began at line 1" in problem, problem
 
 
 def test_tab_indentation(tmp_path):

@@ -170,13 +170,17 @@ class Bench:
     # -- the pieces -----------------------------------------------------------------------
 
     def pullback_pack(self, keep: bool = False) -> float:
-        """``pullback-client run``; the archives before it are removed first (one full
-        archive measured at a time) unless ``keep``: a next day's delta builds on the
-        client's chain, and without it the client makes a full archive (until
-        2026-12-02 the next-day row measured full archives that way)."""
+        """``pullback-client run``; the archives before it and the file cache are removed
+        first (a first day, measured one at a time) unless ``keep``: a next day's delta
+        builds on the client's chain, and without it the client makes a full archive
+        (until 2026-12-02 the next-day row measured full archives that way). A full
+        archive reads the cache's rows (and keeps the chunk lists of unchanged files), so
+        a pack with the cache left would measure a periodic full, not a first day."""
         for archive in [] if keep else self.box.published():
             archive.unlink()
             archive.with_name(archive.name + ".json").unlink()
+        if not keep:
+            shutil.rmtree(self.box.root / "cache", ignore_errors=True)
         seconds = timed(
             [self.py, "-m", "pullback.client.cli", "-q", "--config", str(self.box.config), "run"]
         )

@@ -82,12 +82,14 @@ def makes_lean_deltas(config: ClientConfig) -> bool:
 def decide(
     config: ClientConfig, cache: FileCache, now: dt.datetime, forced: str | None = None
 ) -> Decision:
-    """Full or delta for this run; ``forced`` is a reason to make a full anyway."""
+    """Full or delta for this run; ``forced`` is a reason to make a full anyway. The old
+    cache is opened in every case: a full archive uses its rows too (which files had
+    chunk lists, the lists of unchanged bytes, hash states)."""
+    unusable = cache.load()
     if forced:
         return Decision(None, forced)
     if not makes_deltas(config):
         return Decision(None, WAITING_FOR_SERVER)
-    unusable = cache.load()
     if unusable or cache.base is None:
         return Decision(None, unusable or "there is no file cache")
     current = own_archives(config, now)

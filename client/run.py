@@ -293,7 +293,9 @@ class ClientRun:
         lean = decision.delta and incremental.makes_lean_deltas(self.config)
         kind = ("lean delta" if lean else "delta") if decision.delta else "full archive"
         log.info("%s: %s", kind, decision.reason)
-        self.writer.incremental = Incremental(cache, decision.delta, self.work, lean=lean)
+        self.writer.incremental = Incremental(
+            cache, decision.delta, self.work, lean=lean, fresh_cuts=bool(forced)
+        )
         return cache
 
     def write(self) -> WrittenArchive | None:

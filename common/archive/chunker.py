@@ -182,9 +182,11 @@ class Chunker:
 class ChunkerAside:
     """A :class:`Chunker` (bytes not kept) that cuts on a thread of ``pool`` while the
     caller goes on with the same bytes (hashing, writing them): a large file costs the
-    longer of the two, not their sum (the cutting is mostly sha256 and ``bytes.find``,
-    which let other threads run). ``pool`` must run one task at a time, in order (a
-    ``ThreadPoolExecutor(1)``), for the feeds to reach the chunker in order.
+    longer of the two, not their sum, where there is a core to spare. The two overlap
+    because the caller's reads, writes and hashing let go of the GIL, as the chunks'
+    sha256 does (the cut search in Python and ``bytes.find`` hold it). ``pool`` must run
+    one task at a time, in order (a ``ThreadPoolExecutor(1)``), for the feeds to reach
+    the chunker in order.
 
     A buffer given to :meth:`feed` is read on that thread: the caller changes it only
     after :meth:`settle` has waited for that feed.

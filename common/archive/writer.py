@@ -94,6 +94,10 @@ class Incremental:
     lean: bool = False
     """A lean delta: unchanged files with one link are left out, and the base's files
     the tree no longer has are listed in ``REMOVED.list`` (sidecar format 3)."""
+    fresh_cuts: bool = False
+    """Cut every large file that had a chunk list afresh, never taking the cached list
+    of unchanged bytes (a full archive someone asked for: the cache may be what went
+    wrong)."""
 
 
 class ArchiveWriter:
@@ -553,6 +557,25 @@ class ArchiveWriter:
     def _add_entry(
         self, path: str, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
     ) -> None:
+        """Add one entry. Raises ArchiveError for any failure that leaves the stream in
+        the middle of a member (a header promised bytes that did not follow): the caller
+        must not go on writing into it, and the archive is never published."""
+        before = self._offset
+        try:
+            self._add_one(path, arcname, st, stats, xattrs)
+        except ArchiveError:
+            raise
+        except Exception as exc:
+            if self._offset == before:
+                raise  # nothing of the entry was written: the stream is still whole
+            raise ArchiveError(
+                f"the archive broke off in the middle of {path} "
+                f"({type(exc).__name__}); it is not published"
+            ) from exc
+
+    def _add_one(
+        self, path: str, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
+    ) -> None:
         mode = st.st_mode
         if len(os.fsencode(arcname)) > MAX_ARCNAME:
             self._too_long(path, arcname, stats)
@@ -645,8 +668,8 @@ class ArchiveWriter:
         inc = self.incremental
         old = inc.cache.lookup(arcname) if inc is not None else None
         self._base_of = None
-        if inc is not None and inc.delta and old is None:
-            return self._moved(inc.cache, st)
+        if inc is not None and old is None:
+            return self._moved(inc.cache, st)  # (in a full too: its row's chunk list)
         if inc is None or not inc.delta or old is None or not old.unchanged(st):
             return old
         if old.xattrs != (xattrs and self.xattrs):  # the task's setting changed: read again
@@ -769,7 +792,9 @@ class ArchiveWriter:
             return self._add_streamed(fd, arcname, content, attrs, path, stats, old=old)
         data = content.data
         digest = hashlib.sha256(data).hexdigest()
-        chunks = _read_ahead_chunks(data, digest, old) if inc is not None else None
+        chunks = None
+        if inc is not None:
+            chunks = _read_ahead_chunks(data, digest, old, reuse=not inc.fresh_cuts)
         if delta_from is not None and digest == delta_from.sha256:
             self._emit_base(arcname, content.stat, attrs)
             return digest, chunks
@@ -799,7 +824,9 @@ class ArchiveWriter:
         """A streamed file sent whole. Returns its sha256 and chunk list: cut on the way,
         or, when the cache vouches for the file, the row's list if the digest is the
         row's (same bytes, same cuts), else none."""
-        vouched = old if old and old.chunks and old.unchanged(content.stat) else None
+        inc = self.incremental
+        reuse = inc is not None and not inc.fresh_cuts and _reusable(old)
+        vouched = old if old and reuse and old.unchanged(content.stat) else None
         found: list[chunker.Chunk] | None = [] if self.incremental and not vouched else None
         digest = self._add_dense(fd, arcname, content, attrs, path, stats, found=found)
         if vouched is not None:
@@ -1012,28 +1039,30 @@ class ArchiveWriter:
         # the other (the one read before)
         buffers = (bytearray(CHUNK), bytearray(CHUNK) if cutter is not None else None)
         turn = 0
-        try:
-            while remaining:
-                buffer = buffers[turn] or buffers[0]
-                turn ^= 1
-                if cutter is not None:
-                    cutter.settle(pending=1)  # the feed that read this buffer is done
-                view = memoryview(buffer)
+        while remaining:
+            buffer = buffers[turn] or buffers[0]
+            turn ^= 1
+            if cutter is not None:
+                cutter.settle(pending=1)  # the feed that read this buffer is done
+            view = memoryview(buffer)
+            try:
                 n = os.readv(fd, [view[: min(CHUNK, remaining)]])
-                if not n:
-                    break
-                digest.update(view[:n])
-                if cutter is not None:
-                    cutter.feed(buffer if n == CHUNK else bytes(view[:n]))
-                self._flush()
-                self._offset += n
-                self._write(view[:n])
-                remaining -= n
-        except OSError as exc:
-            stats.warnings.append(f"{path}: read failed: {exc.strerror}")
+            except OSError as exc:
+                stats.warnings.append(f"{path}: read failed: {exc.strerror}")
+                break
+            if not n:
+                break
+            digest.update(view[:n])
+            if cutter is not None:
+                cutter.feed(buffer if n == CHUNK else bytes(view[:n]))
+            self._flush()
+            self._offset += n
+            self._write(view[:n])
+            remaining -= n
         if remaining:
             stats.warnings.append(f"{path}: shrank while being read; padded with zeros")
             self._pad(remaining, digest, cutter)
+            self._doubt = True  # (the archive has zeros the file may not: read it next run)
         if cutter is not None:
             found.extend(cutter.finish())  # type: ignore[union-attr]
         self._emit(bytes((-size) % BLOCK))
@@ -1056,13 +1085,25 @@ def _packed(chunks: list[chunker.Chunk] | None) -> bytes | None:
     return chunker.pack(chunks) if chunks else None
 
 
-def _read_ahead_chunks(data: bytes, digest: str, old: CachedFile | None) -> bytes | None:
+def _reusable(row: CachedFile | None) -> bool:
+    """Whether ``row``'s chunk list may stand for bytes with its digest: there is one,
+    the row is trusted, and it has no hole (a file with holes whose holes were filled
+    with zeros has the same bytes, but zeros that are data can be copied and holes
+    cannot)."""
+    if row is None or not row.chunks or not row.cacheable:
+        return False
+    return all(chunk.digest != chunker.HOLE_ID for chunk in chunker.unpack(row.chunks))
+
+
+def _read_ahead_chunks(
+    data: bytes, digest: str, old: CachedFile | None, *, reuse: bool = True
+) -> bytes | None:
     """The packed chunk list of a read-ahead file (``digest``: its sha256; ``old``: its
     cache row, if any), or None: below CHUNKED_FROM, or not worth cutting yet.
 
     - Its bytes are the row's: the row's list stands (same bytes, same cuts), not made
-      again; a row without one stays without (the file has not changed since it was
-      first seen).
+      again (unless not ``reuse``, or :func:`_reusable` says no); a trusted row without
+      one stays without (the file has not changed since it was first seen).
     - First seen (no row): cut when its bytes compress (:func:`_compressible`: text,
       database pages, images of file systems). Compressed or encrypted data (media,
       archives) is replaced whole far more often than edited in place, and cutting
@@ -1074,7 +1115,10 @@ def _read_ahead_chunks(data: bytes, digest: str, old: CachedFile | None) -> byte
     if len(data) < CHUNKED_FROM:
         return None
     if old is not None and old.cacheable and old.sha256 == digest:
-        return old.chunks
+        if not old.chunks:
+            return None
+        if reuse and _reusable(old):
+            return old.chunks
     if old is None and not _compressible(data):
         return None
     cutter = chunker.Chunker()

@@ -110,7 +110,9 @@ def test_doubt_makes_a_full(tmp_path):
     cfg = config(tmp_path)
     full, _ = publish(cfg, 3)
     newest, manifest = publish(cfg, 2, base=full, size=100)
-    assert "asked" in decide(cfg, cache_of(cfg, newest, manifest), NOW, forced="asked").reason
+    asked = cache_of(cfg, newest, manifest)
+    assert "asked" in decide(cfg, asked, NOW, forced="asked").reason
+    assert asked.base is not None  # the old cache is read all the same: its rows serve a full
     assert not decide(cfg, cache_of(cfg, full, "f" * 64), NOW).delta  # describes another
     (cfg.archive_dir / full).write_bytes(b"short")  # the chain's full truncated
     decision = decide(cfg, cache_of(cfg, newest, manifest), NOW)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import ArchiveError, CommandError
+from ..errors import ArchiveError, CommandError, Interrupted
 from ..log import get_logger
 from ..progress import STATUS, Progress
 from ..runner import Runner, RunningCommand
@@ -563,8 +563,8 @@ class ArchiveWriter:
         before = self._offset
         try:
             self._add_one(path, arcname, st, stats, xattrs)
-        except ArchiveError:
-            raise
+        except (ArchiveError, Interrupted):
+            raise  # (each stops the run as it is)
         except Exception as exc:
             if self._offset == before:
                 raise  # nothing of the entry was written: the stream is still whole
@@ -827,7 +827,7 @@ class ArchiveWriter:
         inc = self.incremental
         reuse = inc is not None and not inc.fresh_cuts and _reusable(old)
         vouched = old if old and reuse and old.unchanged(content.stat) else None
-        found: list[chunker.Chunk] | None = [] if self.incremental and not vouched else None
+        found: list[chunker.Chunk] | None = [] if inc is not None and not vouched else None
         digest = self._add_dense(fd, arcname, content, attrs, path, stats, found=found)
         if vouched is not None:
             return digest, vouched.chunks if digest == vouched.sha256 else None

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import io
 import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from pullback.common.archive.filedata import REREAD_LIMIT
 from pullback.common.archive.manifest import MANIFEST_NAME
 from pullback.common.archive.tarformat import TarReader
 from pullback.common.archive.writer import ArchiveWriter, Incremental
-from pullback.common.errors import ArchiveError
+from pullback.common.errors import ArchiveError, Interrupted
 
 PREFIX = "services/db/files/src/"
 
@@ -271,3 +272,27 @@ def test_a_failure_in_the_middle_of_a_member_stops_the_archive(tmp_path, monkeyp
     with pytest.raises(ArchiveError, match=r"broke off in the middle of .*big\.sql"), archive:
         archive.add_tree(src, PREFIX.rstrip("/"))
     assert not out.exists()
+
+
+def test_a_signal_in_the_middle_of_a_member_stays_a_signal(tmp_path, monkeypatch):
+    """SIGTERM (systemd stopping the run) keeps its own exit status and words."""
+    src = tmp_path / "src"
+    src.mkdir()
+    settle(src / "big.sql", b"x = 1;\n" * (3 * (1 << 20)))
+    real, fed = chunker.ChunkerAside._feed, [0]
+
+    def stopped(self, data):
+        fed[0] += 1
+        if fed[0] == 4:
+            raise Interrupted(signal.SIGTERM)
+        return real(self, data)
+
+    monkeypatch.setattr(chunker.ChunkerAside, "_feed", stopped)
+    cache = FileCache(tmp_path / "cache", "db1")
+    cache.load()
+    cache.start()
+    archive = ArchiveWriter(
+        tmp_path / "stopped.tar", "none", incremental=Incremental(cache, False, tmp_path)
+    )
+    with pytest.raises(Interrupted), archive:
+        archive.add_tree(src, PREFIX.rstrip("/"))

@@ -248,10 +248,21 @@ def test_a_streamed_file_that_could_not_be_read_whole_is_read_again_next_run(tmp
     assert second["listed"]["big.sql"] == hashlib.sha256(text).hexdigest()
 
 
-def test_a_failure_in_the_middle_of_a_member_stops_the_archive(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("raised", "expected", "words"),
+    [
+        (RuntimeError("the chunker thread failed"), ArchiveError, r"broke off .*big\.sql"),
+        (Interrupted(signal.SIGTERM), Interrupted, None),
+    ],
+    ids=["failure", "signal"],
+)
+def test_a_failure_in_the_middle_of_a_member_stops_the_archive(
+    tmp_path, monkeypatch, raised, expected, words
+):
     """A header promised bytes that did not follow: the stream is broken, so whatever
     failed becomes an ArchiveError (which the run does not swallow as one task's
-    failure), and the archive is never finished."""
+    failure), and the archive is never finished; a signal (systemd stopping the run)
+    stays an Interrupted, with its own exit status and words."""
     src = tmp_path / "src"
     src.mkdir()
     settle(src / "big.sql", b"x = 1;\n" * (3 * (1 << 20)))
@@ -260,7 +271,7 @@ def test_a_failure_in_the_middle_of_a_member_stops_the_archive(tmp_path, monkeyp
     def failing(self, data):
         fed[0] += 1
         if fed[0] == 4:
-            raise RuntimeError("the chunker thread failed")
+            raise raised
         return real(self, data)
 
     monkeypatch.setattr(chunker.ChunkerAside, "_feed", failing)
@@ -269,30 +280,6 @@ def test_a_failure_in_the_middle_of_a_member_stops_the_archive(tmp_path, monkeyp
     cache.start()
     out = tmp_path / "broken.tar"
     archive = ArchiveWriter(out, "none", incremental=Incremental(cache, False, tmp_path))
-    with pytest.raises(ArchiveError, match=r"broke off in the middle of .*big\.sql"), archive:
+    with pytest.raises(expected, match=words), archive:
         archive.add_tree(src, PREFIX.rstrip("/"))
     assert not out.exists()
-
-
-def test_a_signal_in_the_middle_of_a_member_stays_a_signal(tmp_path, monkeypatch):
-    """SIGTERM (systemd stopping the run) keeps its own exit status and words."""
-    src = tmp_path / "src"
-    src.mkdir()
-    settle(src / "big.sql", b"x = 1;\n" * (3 * (1 << 20)))
-    real, fed = chunker.ChunkerAside._feed, [0]
-
-    def stopped(self, data):
-        fed[0] += 1
-        if fed[0] == 4:
-            raise Interrupted(signal.SIGTERM)
-        return real(self, data)
-
-    monkeypatch.setattr(chunker.ChunkerAside, "_feed", stopped)
-    cache = FileCache(tmp_path / "cache", "db1")
-    cache.load()
-    cache.start()
-    archive = ArchiveWriter(
-        tmp_path / "stopped.tar", "none", incremental=Incremental(cache, False, tmp_path)
-    )
-    with pytest.raises(Interrupted), archive:
-        archive.add_tree(src, PREFIX.rstrip("/"))

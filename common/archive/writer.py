@@ -42,7 +42,7 @@ from . import acl, chunker, deltaops, removed, sha256state, sparse, tarformat
 from .compression import compress_command, test_command
 from .deltaops import BASE, BASE_KEY, DATA_KEY, DELTA, REALSIZE_KEY, SAME
 from .filecache import CHUNKED_FROM, CachedFile, FileCache
-from .filedata import Content, read_content, streamed_note
+from .filedata import REREAD_LIMIT, Content, read_content, streamed_note
 from .manifest import MANIFEST_KEY, MANIFEST_NAME, NOTICE_LINE, PARTIAL, format_line, order
 from .sparse import Region
 from .stats import ExcludeFn, TaskStats
@@ -789,26 +789,51 @@ class ArchiveWriter:
         if content.data is None:
             if delta_from is not None and delta_from.chunks is not None:
                 return self._add_streamed_delta(fd, arcname, content, attrs, stats, delta_from)
+            if delta_from is not None:
+                grown = self._add_grown(fd, arcname, content, attrs, stats, delta_from)
+                if grown is not None:
+                    return grown
             return self._add_streamed(fd, arcname, content, attrs, path, stats, old=old)
         data = content.data
         digest = hashlib.sha256(data).hexdigest()
         chunks = None
         if inc is not None:
             chunks = _read_ahead_chunks(data, digest, old, reuse=not inc.fresh_cuts)
-        if delta_from is not None and digest == delta_from.sha256:
+        if delta_from is None or not self._add_read_changes(
+            arcname, content, attrs, (digest, chunks), delta_from
+        ):
+            self._add_dense(fd, arcname, content, attrs, path, stats, sha256=digest)
+        return digest, chunks
+
+    def _add_read_changes(
+        self, arcname: str, content: Content, attrs, made: tuple[str, bytes | None], old: CachedFile
+    ) -> bool:
+        """A read-ahead file against its row ``old``, ``made`` its sha256 and chunk list:
+        a ``base`` member when its bytes are the row's, a ``delta`` member of the chunks
+        that changed, or of its new bytes when it only grew (a row without a list).
+        Returns False, with nothing emitted, when none of these applies or pays (the
+        caller sends it whole)."""
+        data = content.data
+        assert data is not None
+        digest, chunks = made
+        if digest == old.sha256:
             self._emit_base(arcname, content.stat, attrs)
-            return digest, chunks
-        if delta_from is not None and delta_from.chunks is not None and chunks is not None:
+            return True
+        if old.chunks is not None and chunks is not None:
             cuts = chunker.unpack(chunks)
             pieces = zip(cuts, _split(data, cuts), strict=True)
-            encoded = _encode(chunker.unpack(delta_from.chunks), pieces)
-            if len(encoded) < len(data):
-                self._emit_delta(arcname, content.stat, attrs, len(data), len(encoded))
-                self._emit(encoded)
-                self._emit(bytes((-len(encoded)) % BLOCK))
-                return digest, chunks
-        self._add_dense(fd, arcname, content, attrs, path, stats, sha256=digest)
-        return digest, chunks
+            encoded = _encode(chunker.unpack(old.chunks), pieces)
+            if len(encoded) >= len(data):
+                return False
+            self._emit_delta(arcname, content.stat, attrs, len(data), len(encoded))
+            self._emit(encoded)
+            self._emit(bytes((-len(encoded)) % BLOCK))
+            return True
+        if old.chunks is None and _grew(data, old):
+            ops = _appended_ops(old.size, [data[old.size :]])
+            self._emit_changes(arcname, content.stat, attrs, ops, lambda: (digest, len(data)), old)
+            return True
+        return False
 
     def _add_streamed(
         self,
@@ -832,6 +857,55 @@ class ArchiveWriter:
         if vouched is not None:
             return digest, vouched.chunks if digest == vouched.sha256 else None
         return digest, _packed(found)
+
+    def _add_grown(
+        self,
+        fd: int,
+        arcname: str,
+        content: Content,
+        attrs,
+        stats: TaskStats,
+        old: CachedFile,
+    ) -> tuple[str, bytes | None] | None:
+        """A streamed file whose row has no chunk list (first seen as bytes that did not
+        compress, :func:`_read_ahead_chunks`) and that only grew: its first ``old.size``
+        bytes hash to ``old.sha256``. A ``delta`` member copies them and carries the
+        rest; the whole file is cut on the way, for its next change. Returns its sha256
+        and chunk list; None, with nothing emitted (the caller sends it whole), when it
+        did not only grow. Only a row of at most REREAD_LIMIT bytes is tried: a proof
+        that fails costs one read of that much more."""
+        size = content.stat.st_size
+        if not 0 < old.size <= REREAD_LIMIT or size <= old.size:
+            return None
+        cutter = chunker.Chunker()
+        found: list[chunker.Chunk] = []
+        digest = sha256state.hasher(resumable=True)
+        position = 0
+        while position < old.size:
+            data = os.pread(fd, min(CHUNK, old.size - position), position)
+            if not data:
+                return None
+            digest.update(data)
+            found.extend(c for c, _ in cutter.feed(data))
+            position += len(data)
+        if digest.hexdigest() != old.sha256:
+            return None
+        warnings: list[str] = []
+        tail = _grown_tail(
+            fd, old.size, size, digest, cutter=cutter, found=found, warnings=warnings
+        )
+        self._emit_changes(
+            arcname,
+            content.stat,
+            attrs,
+            _appended_ops(old.size, tail),
+            lambda: (digest.hexdigest(), sum(c.length for c in found)),
+            old,
+        )
+        stats.warnings.extend(f"{arcname}: {warning}" for warning in warnings)
+        self._state = sha256state.state_of(digest)
+        self._doubt = bool(warnings)
+        return digest.hexdigest(), chunker.pack(found)
 
     def _emit_delta(self, arcname: str, st: os.stat_result, attrs, realsize: int, size: int):
         """The header of a member whose data is a PBD1 stream of ``size`` bytes."""
@@ -879,7 +953,12 @@ class ArchiveWriter:
             pieces = _read_pieces(fd, content.stat.st_size, digest, found, warnings)
             ops = _as_pbd1(chunker.delta_ops(old_chunks, pieces))
         self._emit_changes(
-            arcname, content.stat, attrs, ops, lambda: (digest, sum(c.length for c in found)), old
+            arcname,
+            content.stat,
+            attrs,
+            ops,
+            lambda: (digest.hexdigest(), sum(c.length for c in found)),
+            old,
         )
         stats.warnings.extend(f"{arcname}: {warning}" for warning in warnings)
         self._state = sha256state.state_of(digest)
@@ -924,7 +1003,9 @@ class ArchiveWriter:
             _sparse_data(fd, content, regions, stats, arcname), realsize, digest, found
         )
         ops = _as_pbd1(chunker.delta_ops(chunker.unpack(old.chunks or b""), pieces))
-        self._emit_changes(arcname, content.stat, attrs, ops, lambda: (digest, realsize), old)
+        self._emit_changes(
+            arcname, content.stat, attrs, ops, lambda: (digest.hexdigest(), realsize), old
+        )
         return digest.hexdigest(), chunker.pack(found)
 
     def _emit_changes(
@@ -932,14 +1013,14 @@ class ArchiveWriter:
     ) -> None:
         """Spool ``ops`` as a PBD1 stream (tar needs its size first), then emit it as a
         ``delta`` member, or a ``base`` member when the file it makes is ``old``'s:
-        ``made()``, asked once the ops are spent, gives that file's sha256 object and
+        ``made()``, asked once the ops are spent, gives that file's sha256 (hex) and
         size."""
         inc = self.incremental
         assert inc is not None
         with tempfile.TemporaryFile(dir=inc.spool_dir) as spool:
             size = deltaops.encode(ops, spool)
-            digest, realsize = made()
-            if digest.hexdigest() == old.sha256 and realsize == old.size:
+            sha256, realsize = made()
+            if sha256 == old.sha256 and realsize == old.size:
                 self._emit_base(arcname, st, attrs)
                 return
             self._emit_delta(arcname, st, attrs, realsize, size)
@@ -1343,6 +1424,40 @@ def _tail_pieces(
     found.extend(c for c, _ in cutter.finish())
     if again.digest()[: chunker.ID_SIZE] != old_last.digest:
         warnings.append("changed while being read (before its old end); read whole next run")
+
+
+def _grew(data: bytes, old: CachedFile) -> bool:
+    """Whether the read-ahead ``data`` only grew since ``old``: longer, and its first
+    ``old.size`` bytes hash to ``old.sha256``."""
+    return 0 < old.size < len(data) and (
+        hashlib.sha256(memoryview(data)[: old.size]).hexdigest() == old.sha256
+    )
+
+
+def _grown_tail(
+    fd: int,
+    position: int,
+    size: int,
+    digest,
+    *,
+    cutter: chunker.Chunker,
+    found: list[chunker.Chunk],
+    warnings: list[str],
+) -> Iterator[bytes]:
+    """The bytes of ``fd`` from ``position`` (the end of a proved old part) to ``size``,
+    hashed into ``digest`` and cut by ``cutter`` into ``found`` (its last chunk too, once
+    they are spent). A file that shrank meanwhile ends early, with a warning: it is
+    archived as read, and read whole next run."""
+    while position < size:
+        data = os.pread(fd, min(CHUNK, size - position), position)
+        if not data:
+            warnings.append("shrank while being read; archived as read, read whole next run")
+            break
+        digest.update(data)
+        found.extend(c for c, _ in cutter.feed(data))
+        position += len(data)
+        yield data
+    found.extend(c for c, _ in cutter.finish())
 
 
 def _appended_ops(old_size: int, tail) -> Iterator[deltaops.Op]:

@@ -223,6 +223,64 @@ def test_a_file_whose_holes_were_filled_with_zeros_does_not_keep_its_sparse_list
     assert chunker.HOLE_ID not in {c.digest for c in kept}
 
 
+def member_sizes(tmp_path: Path, number: int) -> dict[str, int]:
+    """The data size of every file member of day ``number``'s archive."""
+    reader = TarReader(io.BytesIO((tmp_path / f"db1-2026120{number}T030000Z.tar").read_bytes()))
+    return {m.name.removeprefix(PREFIX): m.size for m in reader if m.name.startswith(PREFIX)}
+
+
+def grow(path: Path, data: bytes) -> None:
+    with open(path, "ab") as handle:
+        handle.write(data)
+    old = time.time_ns() - 10 * 1_000_000_000
+    os.utime(path, ns=(old, old))
+
+
+@pytest.mark.parametrize("grown_to", [3 * CHUNKED_FROM, REREAD_LIMIT + 2 * CHUNKED_FROM])
+def test_a_file_without_a_list_that_only_grew_sends_what_it_grew_by(tmp_path, grown_to):
+    """Found by an outside review: a first-seen file whose bytes did not compress has no
+    list, and when it then grew (past REREAD_LIMIT: streamed) it travelled whole. Its
+    old part, proved by the row's digest, is now copied; only what it grew by travels,
+    and the whole file is cut for its next change."""
+    src = tmp_path / "src"
+    src.mkdir()
+    old = os.urandom(2 * CHUNKED_FROM)
+    settle(src / "photo.raw", old)
+    day(tmp_path, src, 1, delta=False)
+    assert chunk_lists(tmp_path)["photo.raw"] is None
+    grow(src / "photo.raw", os.urandom(grown_to - len(old)))
+    seen = day(tmp_path, src, 2)
+    whole = (src / "photo.raw").read_bytes()
+    assert seen["kinds"]["photo.raw"] == DELTA
+    assert seen["listed"]["photo.raw"] == hashlib.sha256(whole).hexdigest()
+    sent = member_sizes(tmp_path, 2)["photo.raw"]
+    assert grown_to - len(old) < sent < grown_to - len(old) + 4096  # the new bytes, framed
+    listed = chunker.unpack(chunk_lists(tmp_path)["photo.raw"])
+    cutter = chunker.Chunker()
+    assert listed == [c for c, _ in (*cutter.feed(whole), *cutter.finish())]
+    edit(src / "photo.raw", len(whole) // 2, os.urandom(100))  # ... which is a delta
+    seen = day(tmp_path, src, 3)
+    assert seen["kinds"]["photo.raw"] == DELTA
+    assert member_sizes(tmp_path, 3)["photo.raw"] < 2 * chunker.CHUNK_MAX
+
+
+def test_a_file_without_a_list_changed_before_its_old_end_travels_whole(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("small.raw", "large.raw"):
+        settle(src / name, os.urandom(2 * CHUNKED_FROM))
+    day(tmp_path, src, 1, delta=False)
+    for name, size in (("small.raw", CHUNKED_FROM), ("large.raw", REREAD_LIMIT)):
+        edit(src / name, 10, b"changed")
+        grow(src / name, os.urandom(size))
+    seen = day(tmp_path, src, 2)
+    sizes = member_sizes(tmp_path, 2)
+    for name in ("small.raw", "large.raw"):
+        whole = (src / name).read_bytes()
+        assert seen["kinds"][name] is None and sizes[name] == len(whole)
+        assert seen["listed"][name] == hashlib.sha256(whole).hexdigest()
+
+
 def test_a_streamed_file_that_could_not_be_read_whole_is_read_again_next_run(tmp_path, monkeypatch):
     """Found by an outside review (older than these rules): a read error left the
     archive with zeros and the row trusted, so the next delta said `same` and the

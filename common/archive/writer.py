@@ -55,6 +55,9 @@ BLOCK = tarformat.BLOCK
 RECORD = 20 * BLOCK
 CHUNK = 1 << 20
 _BUFFER = 1 << 20
+GROWN_TAIL_MAX = 64 << 20
+"""The most new bytes a file without a chunk list that only grew sends as a delta (a
+copy of its old part and the new bytes, spooled first): past this it travels whole."""
 _F_SETPIPE_SZ = 1031
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 MAX_ARCNAME = 4000
@@ -872,24 +875,26 @@ class ArchiveWriter:
         bytes hash to ``old.sha256``. A ``delta`` member copies them and carries the
         rest; the whole file is cut on the way, for its next change. Returns its sha256
         and chunk list; None, with nothing emitted (the caller sends it whole), when it
-        did not only grow. Only a row of at most REREAD_LIMIT bytes is tried: a proof
-        that fails costs one read of that much more."""
+        did not only grow, or its old part could not be read. Tried only for a row of at
+        most REREAD_LIMIT bytes (held in memory for the proof, which costs at most one
+        read of that much more when it fails) and at most GROWN_TAIL_MAX new bytes (the
+        delta is spooled before it is sent)."""
         size = content.stat.st_size
-        if not 0 < old.size <= REREAD_LIMIT or size <= old.size:
+        if not 0 < old.size <= REREAD_LIMIT or not old.size < size <= old.size + GROWN_TAIL_MAX:
             return None
-        cutter = chunker.Chunker()
-        found: list[chunker.Chunk] = []
-        digest = sha256state.hasher(resumable=True)
-        position = 0
-        while position < old.size:
-            data = os.pread(fd, min(CHUNK, old.size - position), position)
-            if not data:
+        prefix = bytearray(old.size)
+        try:
+            if _read_into(fd, memoryview(prefix), 0) < old.size:
                 return None
-            digest.update(data)
-            found.extend(c for c, _ in cutter.feed(data))
-            position += len(data)
+        except OSError:
+            return None  # (the caller's read warns, and pads)
+        digest = sha256state.hasher(resumable=True)
+        digest.update(prefix)
         if digest.hexdigest() != old.sha256:
             return None
+        cutter = chunker.Chunker()
+        found = [c for c, _ in cutter.feed(prefix)]
+        del prefix
         warnings: list[str] = []
         tail = _grown_tail(
             fd, old.size, size, digest, cutter=cutter, found=found, warnings=warnings
@@ -1322,6 +1327,14 @@ def _same_prefix(
     cores rather than one."""
     if size <= old.size or not chunks or any(c.digest == chunker.HOLE_ID for c in chunks):
         return None
+    try:
+        return _proved_prefix(fd, old, chunks, state)
+    except OSError:
+        return None  # (the caller's whole read warns, and pads)
+
+
+def _proved_prefix(fd: int, old: CachedFile, chunks: list[chunker.Chunk], state: bytes | None):
+    """:func:`_same_prefix` once the file is longer. Raises OSError."""
     view = memoryview(bytearray(max(chunks[0].length, chunks[-1].length)))
     for offset, chunk in ((0, chunks[0]), (old.size - chunks[-1].length, chunks[-1])):
         if not _chunk_is(fd, chunk, offset, view):
@@ -1372,12 +1385,8 @@ def _chunk_is(fd: int, chunk: chunker.Chunk, offset: int, view: memoryview) -> b
     """Whether the bytes of ``fd`` at ``offset`` are still ``chunk`` (its length read
     into ``view``, a buffer at least that long: no bytes object per chunk, and hashed
     to its digest, a truncated sha256 of :data:`.chunker.ID_SIZE` bytes)."""
-    got = 0
-    while got < chunk.length:
-        read = os.preadv(fd, [view[got : chunk.length]], offset + got)
-        if not read:
-            return False
-        got += read
+    if _read_into(fd, view[: chunk.length], offset) < chunk.length:
+        return False
     return hashlib.sha256(view[: chunk.length]).digest()[: chunker.ID_SIZE] == chunk.digest
 
 
@@ -1406,7 +1415,11 @@ def _tail_pieces(
     kept = len(found)
     position = start
     while position < size:
-        data = os.pread(fd, min(CHUNK, size - position), position)
+        try:
+            data = os.pread(fd, min(CHUNK, size - position), position)
+        except OSError as exc:
+            warnings.append(f"read failed: {exc.strerror}; archived as read, read whole next run")
+            break
         if not data:
             break
         found.extend(c for c, _ in cutter.feed(data))
@@ -1427,10 +1440,13 @@ def _tail_pieces(
 
 
 def _grew(data: bytes, old: CachedFile) -> bool:
-    """Whether the read-ahead ``data`` only grew since ``old``: longer, and its first
-    ``old.size`` bytes hash to ``old.sha256``."""
-    return 0 < old.size < len(data) and (
-        hashlib.sha256(memoryview(data)[: old.size]).hexdigest() == old.sha256
+    """Whether the read-ahead ``data`` (CHUNKED_FROM bytes or more: a smaller file
+    travels whole) only grew since ``old``: longer, and its first ``old.size`` bytes
+    hash to ``old.sha256``."""
+    return (
+        len(data) >= CHUNKED_FROM
+        and 0 < old.size < len(data)
+        and (hashlib.sha256(memoryview(data)[: old.size]).hexdigest() == old.sha256)
     )
 
 
@@ -1446,18 +1462,39 @@ def _grown_tail(
 ) -> Iterator[bytes]:
     """The bytes of ``fd`` from ``position`` (the end of a proved old part) to ``size``,
     hashed into ``digest`` and cut by ``cutter`` into ``found`` (its last chunk too, once
-    they are spent). A file that shrank meanwhile ends early, with a warning: it is
-    archived as read, and read whole next run."""
+    they are spent). A file that shrank meanwhile, or a read that failed, is padded with
+    zeros to ``size`` and named in ``warnings``, as a streamed file is."""
+    try:
+        while position < size:
+            data = os.pread(fd, min(CHUNK, size - position), position)
+            if not data:
+                warnings.append("shrank while being read; padded with zeros")
+                break
+            digest.update(data)
+            found.extend(c for c, _ in cutter.feed(data))
+            position += len(data)
+            yield data
+    except OSError as exc:
+        warnings.append(f"read failed: {exc.strerror}; padded with zeros")
     while position < size:
-        data = os.pread(fd, min(CHUNK, size - position), position)
-        if not data:
-            warnings.append("shrank while being read; archived as read, read whole next run")
-            break
-        digest.update(data)
-        found.extend(c for c, _ in cutter.feed(data))
-        position += len(data)
-        yield data
+        zeros = bytes(min(CHUNK, size - position))
+        digest.update(zeros)
+        found.extend(c for c, _ in cutter.feed(zeros))
+        position += len(zeros)
+        yield zeros
     found.extend(c for c, _ in cutter.finish())
+
+
+def _read_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``fd`` at ``offset``; returns how much was read (less at the
+    end of the file). Raises OSError."""
+    got = 0
+    while got < len(view):
+        read = os.preadv(fd, [view[got:]], offset + got)
+        if not read:
+            break
+        got += read
+    return got
 
 
 def _appended_ops(old_size: int, tail) -> Iterator[deltaops.Op]:

@@ -619,19 +619,23 @@ def test_renamed_files_and_directories_travel_as_names(fleet, tmp_path):
     assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r") == snapshot(data)
 
 
-def test_a_grown_file_that_did_not_compress_sends_only_what_it_grew_by(fleet, tmp_path):
-    """A first-seen file whose bytes do not compress gets no chunk list; grown past the
-    read-ahead size, its old part is proved by its digest and copied on the server."""
+@pytest.mark.parametrize(("first", "added"), [(2 << 20, 3 << 20), (4 << 20, 14 << 20)])
+def test_a_grown_file_that_did_not_compress_sends_only_what_it_grew_by(
+    fleet, tmp_path, first, added
+):
+    """A first-seen file whose bytes do not compress gets no chunk list; grown (within
+    the read-ahead size, or past it: streamed), its old part is proved by its digest
+    and copied on the server."""
     host = incremental_host(fleet)
     media = host.data / "media.bin"
-    media.write_bytes(os.urandom(4 << 20))
+    media.write_bytes(os.urandom(first))
     run_client(host)
     assert pull(fleet)["rc"] == 0
     with open(media, "ab") as handle:
-        handle.write(os.urandom(14 << 20))  # 18 MiB: streamed
+        handle.write(os.urandom(added))
     side = run_client(host)
     assert side["archive"]["kind"] == "delta"
-    assert (14 << 20) < side["archive"]["sent_bytes"] < (14 << 20) + 200_000, side["archive"]
+    assert added < side["archive"]["sent_bytes"] < added + 200_000, side["archive"]
     pulled = pull(fleet)
     assert pulled["rc"] == 0, pulled["log"]
     assert pulled["host"]["delta"] is True

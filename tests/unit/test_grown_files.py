@@ -7,6 +7,7 @@ the whole file either way."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -218,5 +219,42 @@ def test_a_file_cut_below_its_old_size_under_the_read_keeps_its_old_part(
     assert day(tmp_path, src, 2)["kind"] == BASE
     monkeypatch.setattr(writer, "_tail_pieces", real)
     settle(dump, dump.read_bytes() + rows(440_500, 500))
+    seen = day(tmp_path, src, 3)
+    assert seen["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
+
+
+def test_an_old_part_that_cannot_be_read_proves_nothing(tmp_path, src, monkeypatch):
+    """Found by an outside review: an OSError while proving the old part (its chunks
+    read on two threads) failed the whole files task. It now proves nothing: the file is
+    read whole, as a changed file (here that read succeeds)."""
+    day(tmp_path, src, 1, delta=False)
+    dump = src / "dump.sql"
+    settle(dump, dump.read_bytes() + rows(440_000, 500))
+
+    def broken(*args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(writer.os, "preadv", broken)
+    seen = day(tmp_path, src, 2)
+    assert seen["kind"] == DELTA
+    assert seen["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
+
+
+def test_new_bytes_that_cannot_be_read_keep_the_old_part_and_are_read_next_run(
+    tmp_path, src, monkeypatch
+):
+    """A read error after the old part was proved: the file is archived as far as it was
+    read (its old part: a ``base`` member), named in a warning, and read whole next run."""
+    day(tmp_path, src, 1, delta=False)
+    dump = src / "dump.sql"
+    settle(dump, dump.read_bytes() + rows(440_000, 500))
+    real = os.pread
+
+    def broken(*args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(writer.os, "pread", broken)
+    assert day(tmp_path, src, 2)["kind"] == BASE
+    monkeypatch.setattr(writer.os, "pread", real)
     seen = day(tmp_path, src, 3)
     assert seen["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()

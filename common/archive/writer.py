@@ -853,8 +853,12 @@ class ArchiveWriter:
         or, when the cache vouches for the file, the row's list if the digest is the
         row's (same bytes, same cuts), else none."""
         inc = self.incremental
-        reuse = inc is not None and not inc.fresh_cuts and _reusable(old)
-        vouched = old if old and reuse and old.unchanged(content.stat) else None
+        reuse = inc is not None and not inc.fresh_cuts
+        vouched = (  # (the stat first: cheaper than unpacking the row's list for holes)
+            old
+            if reuse and old is not None and old.unchanged(content.stat) and _reusable(old)
+            else None
+        )
         found: list[chunker.Chunk] | None = [] if inc is not None and not vouched else None
         digest = self._add_dense(fd, arcname, content, attrs, path, stats, found=found)
         if vouched is not None:

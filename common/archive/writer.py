@@ -903,18 +903,17 @@ class ArchiveWriter:
         tail = _grown_tail(
             fd, old.size, size, digest, cutter=cutter, found=found, warnings=warnings
         )
-        self._emit_changes(
+        return self._emit_read(
             arcname,
-            content.stat,
+            content,
             attrs,
             _appended_ops(old.size, tail),
-            lambda: (digest.hexdigest(), sum(c.length for c in found)),
             old,
+            stats=stats,
+            digest=digest,
+            found=found,
+            warnings=warnings,
         )
-        stats.warnings.extend(f"{arcname}: {warning}" for warning in warnings)
-        self._state = sha256state.state_of(digest)
-        self._doubt = bool(warnings)
-        return digest.hexdigest(), chunker.pack(found)
 
     def _emit_delta(self, arcname: str, st: os.stat_result, attrs, realsize: int, size: int):
         """The header of a member whose data is a PBD1 stream of ``size`` bytes."""
@@ -961,6 +960,35 @@ class ArchiveWriter:
             digest = sha256state.hasher(resumable=True)
             pieces = _read_pieces(fd, content.stat.st_size, digest, found, warnings)
             ops = _as_pbd1(chunker.delta_ops(old_chunks, pieces))
+        return self._emit_read(
+            arcname,
+            content,
+            attrs,
+            ops,
+            old,
+            stats=stats,
+            digest=digest,
+            found=found,
+            warnings=warnings,
+        )
+
+    def _emit_read(
+        self,
+        arcname: str,
+        content: Content,
+        attrs,
+        ops,
+        old: CachedFile,
+        *,
+        stats: TaskStats,
+        digest,
+        found: list[chunker.Chunk],
+        warnings: list[str],
+    ) -> tuple[str, bytes | None]:
+        """Emit ``ops``, the changes of a large file against ``old`` that spending them
+        reads once (hashing its bytes into ``digest``, its chunks into ``found``, what
+        went wrong into ``warnings``: the row is then doubted, read whole next run).
+        Returns the file's sha256 and packed chunk list."""
         self._emit_changes(
             arcname,
             content.stat,

@@ -33,7 +33,8 @@ MiB = 1 << 20
 BIG = "big.log"
 """The large text file (over 2 MiB of lines): chunked, travels as delta members."""
 BLOB = "blob.bin"
-"""The binary file (over 1 MiB): chunked, overwritten in place."""
+"""The binary file (over 1 MiB, random bytes: no chunk list until its first change):
+overwritten in place, and grown."""
 IMAGE = "disk.img"
 """A sparse file (8 MiB or more, about 1 MiB of it data, like a VM image): chunked with
 its holes, written in place, holes filled and punched, grown with a trailing hole."""
@@ -73,6 +74,7 @@ KINDS = (
     "append",
     "insert",
     "overwrite",
+    "grow",
     "truncate",
     "file_to_dir",
     "dir_to_file",
@@ -346,6 +348,12 @@ class DayTree:
             handle.seek(at)
             handle.write(bytes(x ^ (1 + i % 255) for i, x in enumerate(old)))
         return f"overwrite {length} bytes at {at} of {BLOB}"
+
+    def _grow(self, a, b, rnd):
+        data = rnd.randbytes(1 + b % (512 << 10))
+        with open(self.root / BLOB, "ab") as handle:
+            handle.write(data)
+        return f"append {len(data)} random bytes to {BLOB}"
 
     def _image(self, a, b, rnd):
         path = self.root / IMAGE

@@ -4,7 +4,7 @@ A hypothesis state machine drives one client (``incremental: {enabled: true}``) 
 real sshd and a real server with restic. Every rule is one day: a drawn list of changes
 to the client's tree (add, delete, rename a file or a directory, chmod, chown, ``user.*``
 xattrs, POSIX ACLs, hard links made and broken, symlinks retargeted, the large text file
-appended to and edited in the middle, the binary file overwritten in place, a sparse
+appended to and edited in the middle, the binary file overwritten in place and grown, a sparse
 image written, its holes filled, punched and grown, truncation,
 a file replaced by a directory and back, mtimes set in the past), then the client's run
 (the day's tree is recorded by its archive's stamp), then the pull, and perhaps a fault:

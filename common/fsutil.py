@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -62,6 +63,19 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, position: int) -> 
 
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 _PIECE = 1 << 20
+
+
+def pread_span(fd: int, start: int, end: int | None = None) -> Iterator[bytes]:
+    """The bytes of ``fd`` from ``start`` to ``end`` (None: to the end of the file) in
+    pieces of at most 1 MiB, not moving the file offset; fewer bytes when the file ends
+    first. Raises OSError when a read fails."""
+    position = start
+    while end is None or position < end:
+        data = os.pread(fd, _PIECE if end is None else min(_PIECE, end - position), position)
+        if not data:
+            return
+        position += len(data)
+        yield data
 
 
 @functools.cache

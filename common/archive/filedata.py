@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..fsutil import pread_span
 from . import sparse
 from .sparse import Region
 
@@ -32,15 +33,7 @@ def changed(before: os.stat_result, after: os.stat_result) -> bool:
 
 def _pread_all(fd: int, length: int, offset: int) -> bytes:
     """``length`` bytes of ``fd`` at ``offset`` (fewer only at the end of the file)."""
-    parts = []
-    while length > 0:
-        data = os.pread(fd, min(length, 1 << 20), offset)
-        if not data:
-            break
-        parts.append(data)
-        offset += len(data)
-        length -= len(data)
-    return b"".join(parts)
+    return b"".join(pread_span(fd, offset, offset + length))
 
 
 @dataclass

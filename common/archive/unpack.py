@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ArchiveError
-from ..fsutil import make_hole, pwrite_all, write_all
+from ..fsutil import make_hole, pread_span, pwrite_all, write_all
 from ..log import get_logger
 from ..text import BoundedWarnings, escaped
 from ..units import human_size
@@ -1393,11 +1393,9 @@ def _check_cancel(cancel: threading.Event | None) -> None:
 def _hash_fd(fd: int, cancel: threading.Event | None, digest, start: int = 0):
     """``digest`` (a sha256) fed the file ``fd`` from ``start`` to its end, stopping at
     the host's deadline; returns it."""
-    position = start
-    while data := os.pread(fd, 1 << 20, position):
+    for data in pread_span(fd, start):
         _check_cancel(cancel)
         digest.update(data)
-        position += len(data)
     return digest
 
 

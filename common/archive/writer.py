@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ArchiveError, CommandError, Interrupted
+from ..fsutil import pread_span
 from ..log import get_logger
 from ..progress import STATUS, Progress
 from ..runner import Runner, RunningCommand
@@ -897,7 +898,7 @@ class ArchiveWriter:
         if digest.hexdigest() != old.sha256:
             return None
         cutter = chunker.Chunker()
-        found = [c for c, _ in cutter.feed(prefix)]
+        found = [c for c, _ in cutter.feed(prefix)]  # (the old part: proved, as it was read)
         del prefix
         warnings: list[str] = []
         tail = _grown_tail(
@@ -939,20 +940,21 @@ class ArchiveWriter:
         assert inc is not None and old.chunks is not None
         old_chunks = chunker.unpack(old.chunks)
         state = inc.cache.state(self._base_of or arcname)
-        digest = _same_prefix(fd, old, old_chunks, content.stat.st_size, state)
+        proved = _same_prefix(fd, old, old_chunks, content.stat.st_size, state)
         found: list[chunker.Chunk] = []
         warnings: list[str] = []
-        if digest is not None:  # appended to: copy the old bytes, send the rest
-            start = old.size - old_chunks[-1].length
+        if proved is not None:  # appended to: copy the old bytes, send the rest
+            digest, last = proved
             found.extend(old_chunks[:-1])
-            tail = _tail_pieces(
+            cutter = chunker.Chunker()  # from the old last chunk's start, a cut point
+            found.extend(c for c, _ in cutter.feed(last))  # (as proved: no second read)
+            tail = _grown_tail(
                 fd,
-                start,
                 old.size,
                 content.stat.st_size,
                 digest,
-                found,
-                old_last=old_chunks[-1],
+                cutter=cutter,
+                found=found,
                 warnings=warnings,
             )
             ops = _appended_ops(old.size, tail)
@@ -1156,7 +1158,7 @@ class ArchiveWriter:
         # two buffers: one is read, hashed and written while the chunker thread cuts
         # the other (the one read before)
         buffers = (bytearray(CHUNK), bytearray(CHUNK) if cutter is not None else None)
-        turn = 0
+        turn, error = 0, None
         while remaining:
             buffer = buffers[turn] or buffers[0]
             turn ^= 1
@@ -1166,7 +1168,7 @@ class ArchiveWriter:
             try:
                 n = os.readv(fd, [view[: min(CHUNK, remaining)]])
             except OSError as exc:
-                stats.warnings.append(f"{path}: read failed: {exc.strerror}")
+                error = exc
                 break
             if not n:
                 break
@@ -1178,7 +1180,7 @@ class ArchiveWriter:
             self._write(view[:n])
             remaining -= n
         if remaining:
-            stats.warnings.append(f"{path}: shrank while being read; padded with zeros")
+            stats.warnings.append(f"{path}: {_unread(error)}")
             self._pad(remaining, digest, cutter)
             self._doubt = True  # (the archive has zeros the file may not: read it next run)
         if cutter is not None:
@@ -1295,20 +1297,12 @@ def _sparse_data(
             if content.pieces[index]:
                 yield region.offset, content.pieces[index]
             continue
-        got = 0
-        try:
-            while got < region.length:
-                data = os.pread(fd, min(region.length - got, CHUNK), region.offset + got)
-                if not data:
-                    break
-                yield region.offset + got, data
-                got += len(data)
-        except OSError as exc:
-            stats.warnings.append(f"{name}: read failed: {exc.strerror}; padded with zeros")
-        if got < region.length:
-            stats.warnings.append(f"{name}: shrank while being read; padded with zeros")
-            for start in range(got, region.length, CHUNK):
-                yield region.offset + start, bytes(min(CHUNK, region.length - start))
+        warnings: list[str] = []
+        position = region.offset
+        for data in _padded(fd, region.offset, region.offset + region.length, warnings):
+            yield position, data
+            position += len(data)
+        stats.warnings.extend(f"{name}: {warning}" for warning in warnings)
 
 
 def _hashed(data, realsize: int, digest) -> Iterator[tuple[int, bytes]]:
@@ -1345,18 +1339,20 @@ def _encode(old: list[chunker.Chunk], pieces) -> bytes:
 
 def _same_prefix(
     fd: int, old: CachedFile, chunks: list[chunker.Chunk], size: int, state: bytes | None = None
-):
+) -> tuple[object, bytes] | None:
     """When the file only grew since ``old`` (its first ``old.size`` bytes hash to
-    ``old.sha256``): the sha256 object of that prefix, to go on with. Else None. The
-    first and last old chunks are compared first, so a file changed elsewhere is
-    mostly told apart without reading it all. An old version with holes (a sparse
-    file's list) is never taken as a prefix: its last entry may be a hole of 4 GiB.
+    ``old.sha256``): the sha256 object of that prefix, to go on with, and the old last
+    chunk's bytes as they were proved (the chunker goes on from them: they are not read
+    again, so the new list describes exactly the bytes the delta gives the server).
+    Else None. The first and last old chunks are compared first, so a file changed
+    elsewhere is mostly told apart without reading it all. An old version with holes (a
+    sparse file's list) is never taken as a prefix: its last entry may be a hole of 4 GiB.
 
     With the old version's hash ``state`` (which :func:`.sha256state.resume` takes up
     only for ``old.size`` bytes hashing to ``old.sha256``), the prefix is proved by its
     old chunks' digests instead, on two threads (:func:`_chunks_match`), and the hash
     goes on from the state: the prefix is read once either way, but hashed on two
-    cores rather than one."""
+    cores rather than one. A read that fails proves nothing."""
     if size <= old.size or not chunks or any(c.digest == chunker.HOLE_ID for c in chunks):
         return None
     try:
@@ -1365,24 +1361,23 @@ def _same_prefix(
         return None  # (the caller's whole read warns, and pads)
 
 
-def _proved_prefix(fd: int, old: CachedFile, chunks: list[chunker.Chunk], state: bytes | None):
+def _proved_prefix(
+    fd: int, old: CachedFile, chunks: list[chunker.Chunk], state: bytes | None
+) -> tuple[object, bytes] | None:
     """:func:`_same_prefix` once the file is longer. Raises OSError."""
     view = memoryview(bytearray(max(chunks[0].length, chunks[-1].length)))
     for offset, chunk in ((0, chunks[0]), (old.size - chunks[-1].length, chunks[-1])):
         if not _chunk_is(fd, chunk, offset, view):
             return None
+    last = bytes(view[: chunks[-1].length])  # (its digest is the old last chunk's)
     resumed = sha256state.resume(state, old.size, old.sha256)
     if resumed is not None:
-        return resumed if _chunks_match(fd, chunks, old.size) else None
-    digest = sha256state.hasher(resumable=True)
-    position = 0
-    while position < old.size:
-        data = os.pread(fd, min(CHUNK, old.size - position), position)
-        if not data:
-            return None
+        return (resumed, last) if _chunks_match(fd, chunks, old.size) else None
+    digest, got = sha256state.hasher(resumable=True), 0
+    for data in pread_span(fd, 0, old.size):
         digest.update(data)
-        position += len(data)
-    return digest if digest.hexdigest() == old.sha256 else None
+        got += len(data)
+    return (digest, last) if got == old.size and digest.hexdigest() == old.sha256 else None
 
 
 def _chunks_match(fd: int, chunks: list[chunker.Chunk], size: int) -> bool:
@@ -1422,55 +1417,6 @@ def _chunk_is(fd: int, chunk: chunker.Chunk, offset: int, view: memoryview) -> b
     return hashlib.sha256(view[: chunk.length]).digest()[: chunker.ID_SIZE] == chunk.digest
 
 
-def _tail_pieces(
-    fd: int,
-    start: int,
-    old_size: int,
-    size: int,
-    digest,
-    found: list,
-    *,
-    old_last: chunker.Chunk,
-    warnings: list[str],
-):
-    """The bytes from ``old_size`` to ``size`` (hashed into ``digest``), in pieces;
-    ``found`` gets the chunks from ``start`` (the old last chunk's start, a cut point,
-    so the chunks are those of the whole file). The old last chunk is read again here
-    for the chunker: bytes that are no longer ``old_last`` (the file changed between
-    the prefix's proof and this read) add a warning, since ``found`` then lists bytes
-    that ``digest`` was not fed (the caller reads the file whole next run). A file that
-    shrank below its old size meanwhile keeps its proved old part (``found`` ends with
-    ``old_last``, nothing more is sent) and adds a warning too: before, the delta
-    copied the old size into a smaller file, which the server refused."""
-    cutter = chunker.Chunker()
-    again = hashlib.sha256()  # the old last chunk, as read now
-    kept = len(found)
-    position = start
-    while position < size:
-        try:
-            data = os.pread(fd, min(CHUNK, size - position), position)
-        except OSError as exc:
-            warnings.append(f"read failed: {exc.strerror}; archived as read, read whole next run")
-            break
-        if not data:
-            break
-        found.extend(c for c, _ in cutter.feed(data))
-        again.update(data[: max(0, old_size - position)])
-        if position + len(data) > old_size:
-            piece = data[max(0, old_size - position) :]
-            digest.update(piece)
-            yield piece
-        position += len(data)
-    if position < old_size:
-        del found[kept:]
-        found.append(old_last)
-        warnings.append("shrank while being read; its old part kept, read whole next run")
-        return
-    found.extend(c for c, _ in cutter.finish())
-    if again.digest()[: chunker.ID_SIZE] != old_last.digest:
-        warnings.append("changed while being read (before its old end); read whole next run")
-
-
 def _grew(data: bytes, old: CachedFile) -> bool:
     """Whether the read-ahead ``data`` (CHUNKED_FROM bytes or more: a smaller file
     travels whole) only grew since ``old``: longer, and its first ``old.size`` bytes
@@ -1492,28 +1438,14 @@ def _grown_tail(
     found: list[chunker.Chunk],
     warnings: list[str],
 ) -> Iterator[bytes]:
-    """The bytes of ``fd`` from ``position`` (the end of a proved old part) to ``size``,
-    hashed into ``digest`` and cut by ``cutter`` into ``found`` (its last chunk too, once
-    they are spent). A file that shrank meanwhile, or a read that failed, is padded with
-    zeros to ``size`` and named in ``warnings``, as a streamed file is."""
-    try:
-        while position < size:
-            data = os.pread(fd, min(CHUNK, size - position), position)
-            if not data:
-                warnings.append("shrank while being read; padded with zeros")
-                break
-            digest.update(data)
-            found.extend(c for c, _ in cutter.feed(data))
-            position += len(data)
-            yield data
-    except OSError as exc:
-        warnings.append(f"read failed: {exc.strerror}; padded with zeros")
-    while position < size:
-        zeros = bytes(min(CHUNK, size - position))
-        digest.update(zeros)
-        found.extend(c for c, _ in cutter.feed(zeros))
-        position += len(zeros)
-        yield zeros
+    """The bytes of ``fd`` from ``position`` (the end of a proved old part, which
+    ``cutter`` was fed last) to ``size``, hashed into ``digest`` and cut by ``cutter``
+    into ``found`` (its last chunk too, once they are spent); what cannot be read is
+    zeros (:func:`_padded`)."""
+    for data in _padded(fd, position, size, warnings):
+        digest.update(data)
+        found.extend(c for c, _ in cutter.feed(data))
+        yield data
     found.extend(c for c, _ in cutter.finish())
 
 
@@ -1546,34 +1478,47 @@ class _BytesOut:
 
 def _read_pieces(fd: int, size: int, digest, found: list, warnings: list[str]):
     """The chunks (with their bytes) of the first ``size`` bytes of ``fd``, hashed into
-    ``digest`` and listed in ``found`` on the way; a file that shrank is padded with
-    zeros (and a warning added), as a streamed file is."""
+    ``digest`` and listed in ``found`` on the way; what cannot be read is zeros
+    (:func:`_padded`)."""
     cutter = chunker.Chunker(keep_data=True)
-    remaining = size
-    try:
-        while remaining:
-            data = os.read(fd, min(CHUNK, remaining))
-            if not data:
-                break
-            remaining -= len(data)
-            digest.update(data)
-            for chunk, piece in cutter.feed(data):
-                found.append(chunk)
-                yield chunk, piece
-    except OSError as exc:
-        warnings.append(f"read failed: {exc.strerror}")
-    if remaining:
-        warnings.append("shrank while being read; padded with zeros")
-        while remaining:
-            part = bytes(min(remaining, CHUNK))
-            remaining -= len(part)
-            digest.update(part)
-            for chunk, piece in cutter.feed(part):
-                found.append(chunk)
-                yield chunk, piece
+    for data in _padded(fd, 0, size, warnings):
+        digest.update(data)
+        for chunk, piece in cutter.feed(data):
+            found.append(chunk)
+            yield chunk, piece
     for chunk, piece in cutter.finish():
         found.append(chunk)
         yield chunk, piece
+
+
+def _padded(fd: int, start: int, end: int, warnings: list[str]) -> Iterator[bytes]:
+    """The bytes of ``fd`` from ``start`` to ``end`` in pieces (:func:`.pread_span`).
+    What cannot be read (the file ended first, or a read failed) comes as zeros, so the
+    member holds the size its header promised, and is said in ``warnings``: the caller
+    then doubts the file's row, which is read whole next run. The one rule of every
+    read that cannot be taken back (the streamed whole file's, :meth:`_copy_data`,
+    says the same words)."""
+    position, error = start, None
+    try:
+        for data in pread_span(fd, start, end):
+            position += len(data)
+            yield data
+    except OSError as exc:
+        error = exc
+    if position < end:
+        warnings.append(_unread(error))
+    while position < end:
+        zeros = bytes(min(CHUNK, end - position))
+        position += len(zeros)
+        yield zeros
+
+
+def _unread(error: OSError | None) -> str:
+    """The warning for a file read short (``error``: the read that failed; None: it
+    ended first), its rest padded with zeros."""
+    if error is None:
+        return "shrank while being read; padded with zeros"
+    return f"read failed: {error.strerror}; padded with zeros"
 
 
 def _open_noatime(path: str) -> int:

@@ -6,6 +6,7 @@ extract the same way (sparse files included), and what GNU tar writes, pullback 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pullback.common.archive import filedata, sparse
+from pullback.common.archive import writer as writer_module
 from pullback.common.archive.reader import verify_archive
 from pullback.common.archive.stats import TaskStats
 from pullback.common.archive.unpack import Unpacker
@@ -267,3 +269,36 @@ def test_an_entry_too_long_for_the_kernel_is_skipped_not_fatal(tmp_path):
     assert "skipped, its path is too long to back up" in stats.warnings[0]
     with tarfile.open(archive) as tar:
         assert "services/app/files/shallow" in tar.getnames()
+
+
+@pytest.mark.parametrize("failure", ["shrank", "eio"])
+def test_a_file_read_short_is_padded_with_zeros_and_says_why(tmp_path, monkeypatch, failure):
+    """One rule for bytes that cannot be read once a header or a proof promised them
+    (``writer._padded``, beside the whole streamed file's ``_copy_data``): zeros to the
+    promised end, and one warning naming why."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * (3 * MIB))
+    real = os.pread
+
+    def eio(fd, length, offset):
+        if offset >= 2 * MIB:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, length, offset)
+
+    if failure == "shrank":
+        os.truncate(path, 2 * MIB)
+    else:
+        monkeypatch.setattr(os, "pread", eio)
+    warnings: list[str] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = b"".join(writer_module._padded(fd, MIB, 3 * MIB, warnings))
+    finally:
+        os.close(fd)
+    assert got == b"x" * MIB + bytes(MIB)
+    assert warnings == [
+        {
+            "shrank": "shrank while being read; padded with zeros",
+            "eio": "read failed: Input/output error; padded with zeros",
+        }[failure]
+    ]

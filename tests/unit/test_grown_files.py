@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pullback.common.archive import chunker, sha256state, writer
-from pullback.common.archive.deltaops import BASE, DATA_KEY, DELTA
+from pullback.common.archive.deltaops import DATA_KEY, DELTA
 from pullback.common.archive.filecache import FileCache
 from pullback.common.archive.filedata import REREAD_LIMIT
 from pullback.common.archive.manifest import MANIFEST_NAME
@@ -160,64 +160,89 @@ def test_chunks_that_do_not_cover_the_old_size_prove_nothing(tmp_path):
         os.close(fd)
 
 
+def cut_list(data: bytes) -> bytes:
+    """The chunk list of ``data`` cut in one go."""
+    cutter = chunker.Chunker()
+    return chunker.pack([c for c, _ in cutter.feed(data)] + [c for c, _ in cutter.finish()])
+
+
+def cached_list(tmp_path: Path) -> tuple[bytes, bool]:
+    """The dump's chunk list in the file cache, and whether its row is trusted."""
+    with sqlite3.connect(tmp_path / "cache" / "files.db") as db:
+        return db.execute(
+            "SELECT chunks, cacheable FROM files WHERE name = ?", (NAME.encode(),)
+        ).fetchone()
+
+
 @pytest.mark.parametrize("stat_shows_it", [True, False], ids=["stat-moved", "stat-still"])
-def test_a_change_under_the_read_of_the_old_part_is_read_whole_next_run(
+def test_a_change_to_the_old_part_after_its_proof_does_not_reach_the_list(
     tmp_path, src, monkeypatch, stat_shows_it
 ):
     """Found by an outside review: a byte of the old last chunk rewritten between the
-    prefix's proof and the tail's read left the cache's chunks and its state describing
-    different bytes, and the next appends proved the prefix by those chunks and went on
-    from that state: the manifest's digest was not the file's, every day. Now the row
-    is doubted (read whole, without a state, next run), also where the file's stat does
-    not show the write (coarse timestamps: streamed_note sees nothing)."""
+    prefix's proof and the tail's read left the cache's chunk list describing bytes the
+    archive did not carry (the old last chunk was read a second time for the chunker),
+    so the next delta copied a chunk the server does not hold. Now the chunker goes on
+    from the old last chunk's bytes as they were proved: the list is the cut of exactly
+    the archived bytes (the old part and what was appended), whether or not the file's
+    stat shows the write (coarse timestamps: streamed_note sees nothing), and the
+    following days, whose proof reads the file again, find the change."""
     day(tmp_path, src, 1, delta=False)
     dump = src / "dump.sql"
-    settle(dump, dump.read_bytes() + rows(440_000, 500))
-    real = writer._tail_pieces
+    old = dump.read_bytes()
+    appended = rows(440_000, 500)
+    settle(dump, old + appended)
+    real = writer._grown_tail
 
-    def racing(fd, start, old_size, *rest, **named):
+    def racing(fd, position, *rest, **named):
         with open(dump, "r+b") as handle:  # another process, during the read
-            handle.seek(old_size - 10)
+            handle.seek(position - 10)
             handle.write(b"#")
-        yield from real(fd, start, old_size, *rest, **named)
+        yield from real(fd, position, *rest, **named)
 
-    monkeypatch.setattr(writer, "_tail_pieces", racing)
+    monkeypatch.setattr(writer, "_grown_tail", racing)
     if not stat_shows_it:
         monkeypatch.setattr(writer, "streamed_note", lambda before, fd: None)
-    day(tmp_path, src, 2)
-    monkeypatch.setattr(writer, "_tail_pieces", real)
-    assert cached_state(tmp_path) is None
-    with sqlite3.connect(tmp_path / "cache" / "files.db") as db:
-        (cacheable,) = db.execute(
-            "SELECT cacheable FROM files WHERE name = ?", (NAME.encode(),)
-        ).fetchone()
-    assert not cacheable
+    seen = day(tmp_path, src, 2)
+    monkeypatch.setattr(writer, "_grown_tail", real)
+    assert seen["kind"] == DELTA
+    assert seen["sha256"] == hashlib.sha256(old + appended).hexdigest()  # what was proved
+    chunks, cacheable = cached_list(tmp_path)
+    assert chunks == cut_list(old + appended)
+    if stat_shows_it:
+        assert not cacheable  # a write the stat shows: read whole next run
     for number, first in ((3, 440_500), (4, 441_000)):
         settle(dump, dump.read_bytes() + rows(first, 500))
         seen = day(tmp_path, src, number)
         assert seen["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest(), number
+        assert cached_list(tmp_path)[0] == cut_list(dump.read_bytes()), number
 
 
-def test_a_file_cut_below_its_old_size_under_the_read_keeps_its_old_part(
+def test_a_file_cut_below_its_old_size_under_the_read_is_padded_and_read_again(
     tmp_path, src, monkeypatch
 ):
     """Found by an outside review (older than the states): a grown file truncated below
     its old size between the prefix's proof and the tail's read was sent as a copy of
-    the old size into a smaller file, a delta the server refuses. Now the proved old
-    part stands (the old bytes: a ``base`` member), with a warning, and the next run
-    reads the file whole."""
+    the old size into a smaller file, a delta the server refuses. Now the new part is
+    zeros (the proved old part stands), as for any file read short, with a warning,
+    and the next run reads the file whole."""
     day(tmp_path, src, 1, delta=False)
     dump = src / "dump.sql"
-    settle(dump, dump.read_bytes() + rows(440_000, 500))
-    real = writer._tail_pieces
+    old = dump.read_bytes()
+    settle(dump, old + rows(440_000, 500))
+    size = dump.stat().st_size
+    real = writer._grown_tail
 
-    def cut(fd, start, old_size, *rest, **named):
-        os.truncate(dump, old_size - 100)
-        yield from real(fd, start, old_size, *rest, **named)
+    def cut(fd, position, *rest, **named):
+        os.truncate(dump, position - 100)
+        yield from real(fd, position, *rest, **named)
 
-    monkeypatch.setattr(writer, "_tail_pieces", cut)
-    assert day(tmp_path, src, 2)["kind"] == BASE
-    monkeypatch.setattr(writer, "_tail_pieces", real)
+    monkeypatch.setattr(writer, "_grown_tail", cut)
+    seen = day(tmp_path, src, 2)
+    monkeypatch.setattr(writer, "_grown_tail", real)
+    padded = old + bytes(size - len(old))
+    assert seen["kind"] == DELTA
+    assert seen["sha256"] == hashlib.sha256(padded).hexdigest()
+    assert cached_list(tmp_path) == (cut_list(padded), 0)
     settle(dump, dump.read_bytes() + rows(440_500, 500))
     seen = day(tmp_path, src, 3)
     assert seen["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
@@ -240,21 +265,24 @@ def test_an_old_part_that_cannot_be_read_proves_nothing(tmp_path, src, monkeypat
     assert seen["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
 
 
-def test_new_bytes_that_cannot_be_read_keep_the_old_part_and_are_read_next_run(
-    tmp_path, src, monkeypatch
-):
-    """A read error after the old part was proved: the file is archived as far as it was
-    read (its old part: a ``base`` member), named in a warning, and read whole next run."""
+def test_new_bytes_that_cannot_be_read_are_padded_and_read_next_run(tmp_path, src, monkeypatch):
+    """A read error after the old part was proved (by its chunks: ``preadv``): the new
+    part is zeros, named in a warning, and the file is read whole next run."""
     day(tmp_path, src, 1, delta=False)
     dump = src / "dump.sql"
-    settle(dump, dump.read_bytes() + rows(440_000, 500))
+    old = dump.read_bytes()
+    settle(dump, old + rows(440_000, 500))
+    size = dump.stat().st_size
     real = os.pread
 
     def broken(*args):
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(writer.os, "pread", broken)
-    assert day(tmp_path, src, 2)["kind"] == BASE
+    seen = day(tmp_path, src, 2)
     monkeypatch.setattr(writer.os, "pread", real)
+    assert seen["kind"] == DELTA
+    assert seen["sha256"] == hashlib.sha256(old + bytes(size - len(old))).hexdigest()
+    assert not cached_list(tmp_path)[1]
     seen = day(tmp_path, src, 3)
     assert seen["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()

@@ -791,12 +791,15 @@ class ArchiveWriter:
         if content.regions is not None:
             return self._add_sparse_content(fd, arcname, content, attrs, stats, delta_from)
         if content.data is None:
+            said: list[str] = []  # (what went wrong reading it, named by its path)
+            made = None
             if delta_from is not None and delta_from.chunks is not None:
-                return self._add_streamed_delta(fd, arcname, content, attrs, stats, delta_from)
-            if delta_from is not None:
-                grown = self._add_grown(fd, arcname, content, attrs, stats, delta_from)
-                if grown is not None:
-                    return grown
+                made = self._add_streamed_delta(fd, arcname, content, attrs, delta_from, said)
+            elif delta_from is not None:
+                made = self._add_grown(fd, arcname, content, attrs, delta_from, said)
+            stats.warnings.extend(f"{path}: {warning}" for warning in said)
+            if made is not None:
+                return made
             return self._add_streamed(fd, arcname, content, attrs, path, stats, old=old)
         data = content.data
         digest = hashlib.sha256(data).hexdigest()
@@ -872,8 +875,8 @@ class ArchiveWriter:
         arcname: str,
         content: Content,
         attrs,
-        stats: TaskStats,
         old: CachedFile,
+        warnings: list[str],
     ) -> tuple[str, bytes | None] | None:
         """A streamed file whose row has no chunk list (first seen as bytes that did not
         compress, :func:`_read_ahead_chunks`) and that only grew: its first ``old.size``
@@ -883,7 +886,8 @@ class ArchiveWriter:
         did not only grow, or its old part could not be read. Tried only for a row of at
         most REREAD_LIMIT bytes (held in memory for the proof, which costs at most one
         read of that much more when it fails) and at most GROWN_TAIL_MAX new bytes (the
-        delta is spooled before it is sent)."""
+        delta is spooled before it is sent). What went wrong reading the new bytes goes
+        into ``warnings``."""
         size = content.stat.st_size
         if not 0 < old.size <= REREAD_LIMIT or not old.size < size <= old.size + GROWN_TAIL_MAX:
             return None
@@ -900,7 +904,6 @@ class ArchiveWriter:
         cutter = chunker.Chunker()
         found = [c for c, _ in cutter.feed(prefix)]  # (the old part: proved, as it was read)
         del prefix
-        warnings: list[str] = []
         tail = _grown_tail(
             fd, old.size, size, digest, cutter=cutter, found=found, warnings=warnings
         )
@@ -910,7 +913,6 @@ class ArchiveWriter:
             attrs,
             _appended_ops(old.size, tail),
             old,
-            stats=stats,
             digest=digest,
             found=found,
             warnings=warnings,
@@ -930,19 +932,19 @@ class ArchiveWriter:
         arcname: str,
         content: Content,
         attrs,
-        stats: TaskStats,
         old: CachedFile,
+        warnings: list[str],
     ) -> tuple[str, bytes | None]:
         """A large changed file as a ``delta`` member against ``old``'s chunks (or a
         ``base`` member when its bytes did not change): read once into the chunker, the
-        PBD1 stream spooled beside the run's work (tar needs its size first)."""
+        PBD1 stream spooled beside the run's work (tar needs its size first). What went
+        wrong reading it goes into ``warnings``."""
         inc = self.incremental
         assert inc is not None and old.chunks is not None
         old_chunks = chunker.unpack(old.chunks)
         state = inc.cache.state(self._base_of or arcname)
         proved = _same_prefix(fd, old, old_chunks, content.stat.st_size, state)
         found: list[chunker.Chunk] = []
-        warnings: list[str] = []
         if proved is not None:  # appended to: copy the old bytes, send the rest
             digest, last = proved
             found.extend(old_chunks[:-1])
@@ -968,7 +970,6 @@ class ArchiveWriter:
             attrs,
             ops,
             old,
-            stats=stats,
             digest=digest,
             found=found,
             warnings=warnings,
@@ -982,14 +983,14 @@ class ArchiveWriter:
         ops,
         old: CachedFile,
         *,
-        stats: TaskStats,
         digest,
         found: list[chunker.Chunk],
         warnings: list[str],
     ) -> tuple[str, bytes | None]:
         """Emit ``ops``, the changes of a large file against ``old`` that spending them
         reads once (hashing its bytes into ``digest``, its chunks into ``found``, what
-        went wrong into ``warnings``: the row is then doubted, read whole next run).
+        went wrong into ``warnings``, which the caller reports by the file's path: the
+        row is then doubted, read whole next run).
         Returns the file's sha256 and packed chunk list."""
         self._emit_changes(
             arcname,
@@ -999,7 +1000,6 @@ class ArchiveWriter:
             lambda: (digest.hexdigest(), sum(c.length for c in found)),
             old,
         )
-        stats.warnings.extend(f"{arcname}: {warning}" for warning in warnings)
         self._state = sha256state.state_of(digest)
         self._doubt = bool(warnings)
         return digest.hexdigest(), chunker.pack(found)

@@ -54,7 +54,7 @@ def day(tmp_path: Path, src: Path, number: int, delta: bool = True, fresh: bool 
     out = tmp_path / f"db1-2026120{number}T030000Z.tar"
     inc = Incremental(cache, delta, tmp_path, fresh_cuts=fresh)
     with ArchiveWriter(out, "none", incremental=inc) as archive:
-        archive.add_tree(src, PREFIX.rstrip("/"))
+        stats = archive.add_tree(src, PREFIX.rstrip("/"))
         written = archive.finish()
     cache.finish(out.name, written.manifest_sha256)
     cache.swap()
@@ -67,7 +67,7 @@ def day(tmp_path: Path, src: Path, number: int, delta: bool = True, fresh: bool 
                 listed[name.decode().removeprefix(PREFIX)] = digest.decode()
         elif member.name.startswith(PREFIX):
             kinds[member.name.removeprefix(PREFIX)] = member.pax.get(DATA_KEY)
-    return {"kinds": kinds, "listed": listed}
+    return {"kinds": kinds, "listed": listed, "warnings": stats.warnings}
 
 
 def chunk_lists(tmp_path: Path) -> dict[str, bytes | None]:
@@ -346,6 +346,9 @@ def test_a_grown_file_whose_new_part_cannot_be_read_is_padded_and_read_again(tmp
     monkeypatch.setattr(writer.os, "pread", real)
     padded = whole[: 3 * CHUNKED_FROM] + bytes(len(whole) - 3 * CHUNKED_FROM)
     assert seen["kinds"]["a.raw"] == DELTA
+    assert seen["warnings"] == [  # (named by its path, as every file's warning is)
+        f"{src / 'a.raw'}: read failed: Input/output error; padded with zeros"
+    ]
     assert seen["listed"]["a.raw"] == hashlib.sha256(padded).hexdigest()
     again = day(tmp_path, src, 3)  # doubted: read again, not vouched for
     assert again["kinds"]["a.raw"] != SAME

@@ -50,6 +50,7 @@ def test_every_shell_block_of_the_walkthrough_is_a_step():
         "server-config",
         "trust",
         "first-backup",
+        "next-day",
         "monitoring",
         "restore",
         "upgrade",
@@ -155,6 +156,15 @@ def test_the_walkthrough_runs_as_written(machine):
     assert f'data-host="{host}"' in page
     assert "Read-only file system" not in walk.journal("pullback-server.service")
 
+    next_day = walk.step("next-day")  # a delta, applied and proved, as the page says
+    assert f"[{host}] stored: stored {host}-" in next_day.stdout + next_day.stderr
+    assert "a delta (" in next_day.stdout + next_day.stderr, next_day.stdout
+    metrics = next_day.stdout
+    assert f'pullback_last_archive_delta{{host="{host}"}} 1' in metrics, metrics
+    assert f'pullback_fell_back_to_full{{host="{host}"}} 0' in metrics, metrics
+    fetched = re.search(rf'pullback_fetched_bytes{{host="{host}"}} (\d+)', metrics)
+    assert fetched is not None and int(fetched[1]) > 0, metrics
+
     monitored = walk.step("monitoring")
     assert monitored.stdout.splitlines()[-1].startswith("PULLBACK OK - 1 of 1 hosts ok |")
     exit_codes = _unhappy_monitoring(walk, host)
@@ -163,9 +173,9 @@ def test_the_walkthrough_runs_as_written(machine):
     name = restored.stdout.strip().splitlines()[-1]
     assert name.startswith("shop_restored_"), restored.stdout
     rows = walk.sh(f"runuser -u postgres -- psql -Atc 'SELECT count(*) FROM orders' -d {name}")
-    assert rows.stdout.strip() == str(ROWS)
+    assert rows.stdout.strip() == str(ROWS + 1)  # the next day's row: stored from a delta
     live = walk.sh("runuser -u postgres -- psql -Atc 'SELECT count(*) FROM orders' -d shop")
-    assert live.stdout.strip() == str(ROWS)  # the live database untouched
+    assert live.stdout.strip() == str(ROWS + 1)  # the live database untouched
 
     _upgrade_while_a_backup_runs(walk)
 

@@ -73,7 +73,7 @@ def finish_pull(
     outputs that could not be written or delivered ([] when all were)."""
     if dry_run:
         if show:
-            print(report.render(results)[0])
+            print(report.render_text(results))
         return []
     status, problems = publish(config)
     problems += [missed for r in results for missed in r.not_delivered[:5]]
@@ -84,7 +84,7 @@ def finish_pull(
     )
     plain = "\n".join(f"{r.host}: {r.status}: {r.reason}" for r in results)
     text = _guarded(
-        "render the summary", lambda: report.render(results, history, outputs=problems)[0], plain
+        "render the summary", lambda: report.render_text(results, history, outputs=problems), plain
     )
     if show:
         print(text)

@@ -84,10 +84,33 @@ def render(
     now: dt.datetime | None = None,
     outputs: Sequence[str] = (),
 ) -> tuple[str, str]:
-    """The (text, html) bodies of the summary; ``history`` maps hosts to fleet rows,
-    ``outputs`` are the configured outputs that could not be written."""
+    """The (text, html) bodies of the summary mail; ``history`` maps hosts to fleet
+    rows, ``outputs`` are the configured outputs that could not be written."""
+    context = _summary(results, history, now, outputs)
+    return (
+        _environment(False).get_template("summary.txt.j2").render(context),
+        _environment(True).get_template("summary.html.j2").render(context),
+    )
+
+
+def render_text(
+    results: list[HostResult],
+    history: dict | None = None,
+    now: dt.datetime | None = None,
+    outputs: Sequence[str] = (),
+) -> str:
+    """The summary's text body alone (the terminal, the pings): the HTML template is
+    compiled only for a mail."""
+    context = _summary(results, history, now, outputs)
+    return _environment(False).get_template("summary.txt.j2").render(context)
+
+
+def _summary(
+    results: list[HostResult], history: dict | None, now: dt.datetime | None, outputs
+) -> dict:
+    """The summary templates' context."""
     now = now or utc_now()
-    context = {
+    return {
         "outputs": list(outputs),
         "history": history or {},
         "results": ordered(results),
@@ -97,9 +120,6 @@ def render(
         "failed": sum(r.status == Status.FAILED for r in results),
         "total_added": sum(r.bytes_added for r in results),
     }
-    text = _environment(False).get_template("summary.txt.j2").render(context)
-    html = _environment(True).get_template("summary.html.j2").render(context)
-    return text, html
 
 
 def render_maintenance(results, now: dt.datetime | None = None) -> tuple[str, str]:

@@ -39,3 +39,20 @@ def test_a_host_never_stored_has_no_snapshot_rather_than_one_never_old():
     assert "newest snapshot: none, last verified: never" in text
     assert "never old" not in text
     assert "newest snapshot: 1h00m old (2026-12-01T23:00:00Z)" in text
+
+
+def test_the_text_summary_alone_is_the_mails_text_and_compiles_no_html(monkeypatch):
+    """The terminal and the pings take the text body only (``render_text``); the HTML
+    template is compiled for a mail alone (about 10 ms a pull)."""
+    now = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)
+    results = [HostResult("web1", Status.STORED, newest_snapshot="2026-12-01T23:00:00Z")]
+    text, html = report.render(results, now=now)
+    assert "<html" in html.lower()
+    real = report._environment
+
+    def text_only(autoescape: bool):
+        assert not autoescape, "the HTML environment was asked for"
+        return real(autoescape)
+
+    monkeypatch.setattr(report, "_environment", text_only)
+    assert report.render_text(results, now=now) == text

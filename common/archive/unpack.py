@@ -788,34 +788,72 @@ class Unpacker:
                     )
 
     def _write_sparse(self, parts, member: Member, chunks) -> None:
-        """Write a sparse file afresh: its regions where the map puts them, holes left as
-        holes; its digest (holes read as zeros) joins the sum. Raises HostileArchive for a
-        bad map."""
+        """A sparse file: its regions where the map puts them, holes left as holes; its
+        digest (holes read as zeros) joins the sum. Staging's file is kept, and only its
+        bytes that differ written, when it has the same size and exactly the member's
+        data regions (a full archive's unchanged disk image: its inode stays, so the
+        backend does not read it again); otherwise it is written afresh, since writing
+        into a hole fills it. Raises HostileArchive for a bad map."""
         parent = self._dir(parts[:-1])
         name = parts[-1]
         realsize = _apparent_size(member)
-        _remove(name, parent)  # never rewritten in place: a hole must stay a hole
-        self._forget_dir((*parts,))
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(name, flags, 0o600, dir_fd=parent)
-        digest = hashlib.sha256()
         try:
             data = sparse.SparseData(chunks, member.size, realsize)
+            fd = self._same_regions(parent, name, data.regions, realsize)
+            fresh = fd is None
+            if fd is None:
+                _remove(name, parent)
+                self._forget_dir((*parts,))
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(name, flags, 0o600, dir_fd=parent)
+        except sparse.SparseMapError as exc:
+            raise HostileArchive(f"member {member.name!r}: {exc}") from None
+        digest = hashlib.sha256()
+        changed = fresh
+        try:
             position = 0
             for offset, piece in data.pieces():
                 sparse.hash_zeros(digest, offset - position, self.limits.cancel)
                 digest.update(piece)
-                pwrite_all(fd, piece, offset)
+                if fresh or os.pread(fd, len(piece), offset) != piece:
+                    pwrite_all(fd, piece, offset)  # (kept: within a data region of the file)
+                    changed = True
                 position = offset + len(piece)
             sparse.hash_zeros(digest, realsize - position, self.limits.cancel)
-            os.ftruncate(fd, realsize)
-            self.stats.written += 1
-            self._apply_meta(fd, member, self._mode(member), force=True)
+            if fresh:
+                os.ftruncate(fd, realsize)
+            self.stats.written += changed
+            self.stats.unchanged += not changed
+            self._apply_meta(fd, member, self._mode(member), force=changed)
         except sparse.SparseMapError as exc:
             raise HostileArchive(f"member {member.name!r}: {exc}") from None
         finally:
             os.close(fd)
         self._summed(member.name, digest.hexdigest())
+
+    def _same_regions(
+        self, parent: int, name: str, regions: list[sparse.Region], size: int
+    ) -> int | None:
+        """An fd (read and write) of staging's ``name`` when it is a plain file of one
+        link, ``size`` bytes long, whose data regions are exactly ``regions`` (empty ones
+        aside); else None (and nothing opened)."""
+        try:
+            st = os.lstat(name, dir_fd=parent)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != size:
+            return None
+        fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            held = sparse.data_regions(fd, size)
+        except OSError:
+            held = None
+        wanted = [r for r in regions if r.length]
+        if held is None or [r for r in held if r.length] != wanted:
+            os.close(fd)
+            return None
+        self._written.add(st.st_ino)
+        return fd
 
     def _base_row(self, parts, member: Member) -> _Base:
         """The base file a ``base`` or ``delta`` member takes its bytes from: the file of

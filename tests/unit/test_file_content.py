@@ -22,6 +22,7 @@ from pullback.common.archive.reader import verify_archive
 from pullback.common.archive.stats import TaskStats
 from pullback.common.archive.unpack import Unpacker
 from pullback.common.archive.writer import MAX_ARCNAME, ArchiveWriter
+from pullback.common.fsutil import make_hole
 
 MIB = 1 << 20
 
@@ -154,6 +155,63 @@ def test_a_sparse_file_is_unpacked_sparse(tmp_path):
     copy = staging / "services/app/files/db.sparse"
     assert sha(copy) == sha(source / "db.sparse")
     assert copy.stat().st_size == 32 * MIB and copy.stat().st_blocks * 512 < MIB
+
+
+def unpack_into(staging: Path, archive: Path, compression: str = "zstd"):
+    """The statistics of ``archive`` unpacked over ``staging``."""
+    from pullback.common.archive.reader import TarStream
+
+    with (
+        open(archive, "rb") as raw,
+        TarStream(raw, compression) as stream,
+        Unpacker(staging) as unpacker,
+    ):
+        for member in stream.members():
+            unpacker.add(member, stream.read_data(member))
+        return unpacker.finish()
+
+
+def test_a_full_archives_unchanged_sparse_file_keeps_its_staging_file(tmp_path):
+    """A full archive (a periodic one, or a pull that fell back) of a disk image that did
+    not change leaves staging's file alone: same inode, nothing written, so the backend
+    does not read it again. A change inside its data is written in place (the holes stay
+    holes); data where a hole was writes it afresh."""
+    source = tmp_path / "src"
+    source.mkdir()
+    image = source / "disk.img"
+    make_sparse(image, 32 * MIB, {MIB: b"data" * 1024, 20 * MIB: b"more" * 2048})
+    assert image.stat().st_blocks * 512 < MIB
+    staging = tmp_path / "staging"
+    copy = staging / "services/app/files/disk.img"
+    archive, _ = archive_of(tmp_path, source, "zstd")
+    first = unpack_into(staging, archive)
+    assert first.written == 1
+    inode = copy.stat().st_ino
+    archive.unlink()
+
+    archive, _ = archive_of(tmp_path, source, "zstd")  # the same image, a full archive again
+    again = unpack_into(staging, archive)
+    assert (again.written, again.unchanged) == (0, 1)
+    assert copy.stat().st_ino == inode and sha(copy) == sha(image)
+    archive.unlink()
+
+    with open(image, "r+b") as handle:  # inside a data region
+        handle.seek(20 * MIB + 100)
+        handle.write(b"EDIT")
+    archive, _ = archive_of(tmp_path, source, "zstd")
+    edited = unpack_into(staging, archive)
+    assert (edited.written, edited.unchanged) == (1, 0)
+    assert copy.stat().st_ino == inode and sha(copy) == sha(image)
+    assert copy.stat().st_blocks * 512 < MIB  # the holes stayed holes
+    archive.unlink()
+
+    with open(image, "r+b") as handle:  # a data region made a hole: the regions differ
+        assert make_hole(handle.fileno(), MIB, 4096)
+    archive, _ = archive_of(tmp_path, source, "zstd")
+    moved = unpack_into(staging, archive)
+    assert moved.written == 1
+    assert sha(copy) == sha(image)  # (written in place, the old data would have stayed)
+    assert copy.stat().st_blocks * 512 < MIB
 
 
 def test_what_gnu_tar_writes_sparse_pullback_reads(tmp_path):

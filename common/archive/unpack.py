@@ -726,13 +726,20 @@ class Unpacker:
 
     def _plain_file(self, parent: int, name: str, parts) -> os.stat_result | None:
         """The stat of ``name`` when it is a plain file of staging to rewrite in place;
-        anything else there (a directory, a link, a file shared by a hard link) is
-        removed and None returned."""
+        anything else there (a directory, a link) is removed and None returned. A file
+        shared by hard links is rewritten in place only by a full archive, and only at
+        the first of its names the archive writes (an unchanged hard-linked file then
+        keeps its inode, and restic does not read it again): every other name of it in
+        staging gets its own member after (a link to it kept, anything else written
+        apart) or is swept at the end. In a delta, another name may be a base file that
+        must keep its bytes, so a shared file there is written afresh."""
         try:
             st = os.lstat(name, dir_fd=parent)
         except FileNotFoundError:
             return None
-        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+        if stat.S_ISREG(st.st_mode) and (
+            st.st_nlink == 1 or (self.base is None and st.st_ino not in self._written)
+        ):
             return st
         _remove(name, parent)
         self._forget_dir((*parts,))

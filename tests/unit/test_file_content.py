@@ -214,6 +214,36 @@ def test_a_full_archives_unchanged_sparse_file_keeps_its_staging_file(tmp_path):
     assert copy.stat().st_blocks * 512 < MIB
 
 
+def test_a_full_archives_unchanged_hard_linked_file_keeps_its_staging_inode(tmp_path):
+    """A full archive of a hard-linked pair that did not change leaves staging's shared
+    file alone (same inode: restic does not read it again). When the client broke the
+    link and gave both names other bytes, each name gets its own bytes: the second name
+    is not written into the inode the first one just wrote."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_bytes(b"shared\n" * 1000)
+    os.link(source / "a", source / "b")
+    staging = tmp_path / "staging"
+    files = staging / "services/app/files"
+    for number in (1, 2):
+        archive, _ = archive_of(tmp_path, source, "zstd")
+        stats = unpack_into(staging, archive)
+        archive.unlink()
+        if number == 1:
+            inode = (files / "a").stat().st_ino
+    assert (stats.written, stats.unchanged) == (0, 2)
+    assert (files / "a").stat().st_ino == (files / "b").stat().st_ino == inode
+
+    (source / "b").unlink()  # the link broken: two files of other bytes
+    (source / "a").write_bytes(b"first\n" * 500)
+    (source / "b").write_bytes(b"second\n" * 700)
+    archive, _ = archive_of(tmp_path, source, "zstd")
+    stats = unpack_into(staging, archive)
+    assert (files / "a").read_bytes() == (source / "a").read_bytes()
+    assert (files / "b").read_bytes() == (source / "b").read_bytes()
+    assert (files / "a").stat().st_nlink == (files / "b").stat().st_nlink == 1
+
+
 def test_what_gnu_tar_writes_sparse_pullback_reads(tmp_path):
     make_sparse(tmp_path / "f", 10 * MIB, {3 * MIB: b"abc", 10 * MIB - 1: b"z"})
     archive = tmp_path / "gnu.tar"

@@ -109,6 +109,9 @@ class HostRow:
     "" without)."""
     copy: CopyView | None = None
     """The host's second copy (None: no copy is configured)."""
+    warnings: list[str] = field(default_factory=list)
+    """The last pull's warnings (the status page shows them): at most PAGE_WARNINGS, each
+    one line of at most 300 characters, and a last line saying how many more."""
 
     @property
     def label(self) -> str:
@@ -222,7 +225,23 @@ def host_row(
         sizes=[h["repository_bytes"] for h in history if h.get("repository_bytes")],
         held=held,
         server=server,
+        warnings=_page_warnings(entry.get("warnings")),
     )
+
+
+PAGE_WARNINGS = 5
+"""The last pull's warnings a host's row shows; ``status --json`` has them all."""
+
+
+def _page_warnings(warnings: object) -> list[str]:
+    """The first PAGE_WARNINGS of a status entry's ``warnings`` (a client's words, or a
+    merged file's: each made one line of at most 300 characters), and how many more."""
+    if not isinstance(warnings, list):
+        return []
+    shown = [printable(w, 300) for w in warnings[:PAGE_WARNINGS]]
+    if len(warnings) > PAGE_WARNINGS:
+        shown.append(f"… and {len(warnings) - PAGE_WARNINGS} more (status --json)")
+    return shown
 
 
 # ---- status --merge: other servers' status files (read in .merged_status) ----------

@@ -159,6 +159,7 @@ _FIELDS: dict[str, Callable[[object], object]] = {
     "guard_hold": _hold,
     "history": _history,
     "copy": _copy,
+    "warnings": _texts,
 }
 """What the view takes from a host's entry in a merged file, and how each is checked."""
 

@@ -390,3 +390,28 @@ def test_a_page_that_cannot_be_written_is_an_error_naming_it(two, capsys, tmp_pa
     blocker.write_text("")
     code, _, err = status(a, "--html", str(blocker / "index.html"), capsys=capsys)
     assert code == 1 and f"cannot write {blocker / 'index.html'}: " in err
+
+
+def test_the_page_shows_a_hosts_last_warnings_bounded_and_escaped(two, capsys, tmp_path):
+    """Found by a newcomer: "fell back to a full transfer: <why>" reached the mail and
+    status.json but not the page, which server.md promised. The page shows the first
+    PAGE_WARNINGS of the last pull's warnings (a client's words: one line each, at most
+    300 characters, escaped) and how many more there are."""
+    a, b = two
+    words = [
+        "fell back to a full transfer: staging/b2 is not the delta's base",
+        "<script>alert(1)</script>\nforged line",
+        "x" * 5000,
+        *[f"warning {n}" for n in range(4)],
+    ]
+    b.pulled(HostResult("b2", Status.STORED, warnings=words))
+    a.pulled(HostResult("a1", Status.STORED, warnings=["a1: read failed: EIO; padded"]))
+    page = tmp_path / "www" / "fleet.html"
+    status(a, "--html", str(page), "--merge", str(b.renamed("backup-b")), capsys=capsys)
+    html = page.read_text()
+    assert "a1: read failed: EIO; padded" in html  # this server's own host too
+    assert "fell back to a full transfer: staging/b2 is not the delta&#39;s base" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;\\nforged line" in html
+    assert "<script" not in html and "x" * 300 not in html and "x" * 299 in html
+    assert "warning 1" in html and "warning 2" not in html
+    assert "… and 2 more (status --json)" in html

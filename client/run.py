@@ -283,11 +283,15 @@ class ClientRun:
         except OSError as exc:
             cache.close()
             problem = f"cannot write the file cache in {cache.directory}: {exc}"
-            if decision.reason != incremental.WAITING_FOR_SERVER:
-                raise ArchiveError(problem) from None
-            # no delta can be made yet: the full archive goes ahead without the cache
-            log.warning("%s; the first delta waits for it", problem)
-            self.decision = None
+            self.decision = None  # a full archive, made without the cache: a day is never lost
+            if decision.reason == incremental.WAITING_FOR_SERVER:
+                log.warning("%s; the first delta waits for it", problem)
+            else:
+                log.warning(
+                    "%s; this archive is a full one, made without it, as every run's will "
+                    "be until it can be written (pullback-client check says why)",
+                    problem,
+                )
             return None
         self.work.mkdir(parents=True, exist_ok=True, mode=0o700)
         lean = decision.delta and incremental.makes_lean_deltas(self.config)

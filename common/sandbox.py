@@ -105,9 +105,10 @@ def output_problem(setting: str, path: Path, unit: str, allowed: list[str] | Non
                 f"mkdir -p {granted}"
             )
     if entry is None:
+        below = allowed[0].lstrip("-+" + MADE_BY_SYSTEMD)
         return (
             f"{setting}: {path} is outside the ReadWritePaths= of {unit}, so its timer runs "
-            f"cannot write it (runs by hand can): choose a path below {allowed[0].lstrip('-')}, "
+            f"cannot write it (runs by hand can): choose a path below {below}, "
             f"or allow it: systemctl edit {unit} and add [Service] ReadWritePaths={directory}"
         )
     return None

@@ -44,6 +44,16 @@ def test_a_directory_systemd_makes_for_the_unit_need_not_exist_yet(tmp_path):
     assert not cache.exists()
 
 
+def test_the_path_to_choose_is_shown_without_its_unit_marks(tmp_path):
+    """Found by a newcomer: "choose a path below ~/var/cache/pullback" (the mark of a
+    directory systemd makes leaked, and read as a home directory)."""
+    from pullback.common.sandbox import MADE_BY_SYSTEMD
+
+    allowed = [f"{MADE_BY_SYSTEMD}/var/cache/pullback", "-/var/lib/pullback"]
+    problem = output_problem("incremental.cache_dir", tmp_path / "c" / "files.db", UNIT, allowed)
+    assert problem is not None and "choose a path below /var/cache/pullback, " in problem
+
+
 def test_a_directory_that_is_a_file_is_not_writable(tmp_path):
     (tmp_path / "file").write_text("x")
     problem = output_problem("metrics_file", tmp_path / "file" / "m.prom", UNIT, None)

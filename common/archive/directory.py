@@ -174,13 +174,23 @@ def _delete(archive: LocalArchive) -> None:
 
 
 def keep_fetched(archive_dir: Path, keep: int) -> list[str]:
-    """Delete all but the ``keep`` newest archives of ``fetched/``; return their names.
+    """Keep the ``keep`` newest full archives of ``fetched/`` and the deltas after the
+    oldest of them; delete the rest, each said in the log. Returns their names. A delta
+    does not count against ``keep``: alone it restores nothing, so after deltas were
+    switched off the slots go to the chain's full archive, not its last delta (found by
+    a newcomer: ``fetched_keep: 1`` kept the delta, which retention then deleted as
+    superseded, and the client held no stored archive at all).
 
     Call it under the directory lock.
     """
     fetched = [a for a in list_archives(archive_dir) if a.fetched]
-    expired = fetched[: max(0, len(fetched) - keep)]
+    fulls = [a for a in fetched if not (a.sidecar and a.sidecar.archive.is_delta)]
+    kept = fulls[max(0, len(fulls) - keep) :] if keep > 0 else []
+    expired = [
+        a for a in fetched if a not in kept and (a in fulls or not kept or a.stamp < kept[0].stamp)
+    ]
     for archive in expired:
+        log.info("retention: deleting %s/%s (past fetched_keep)", FETCHED_DIR, archive.name)
         _delete(archive)
     return [a.name for a in expired]
 

@@ -425,3 +425,33 @@ def test_a_rename_whose_old_name_the_archive_replaced_applies(box, tmp_path, mov
         assert hashlib.sha256(written).hexdigest() == side["archive"]["manifest_sha256"]
         assert run_serve(box, f"fetched {archive.name} lean-deltas", tmp_path)[0] == 0
     assert side["format"] == 3
+
+
+def test_switching_deltas_off_keeps_the_stored_full_archive(box, tmp_path):
+    """Found by a newcomer: with a stored chain (a full archive and a delta) and
+    ``fetched_keep: 1``, the first run after ``enabled: false`` kept the delta in
+    ``fetched/``, deleted it at once as superseded, and deleted the full archive without
+    a word: the client held no archive the server had stored. A delta does not count
+    against ``fetched_keep`` now, and every deletion is logged."""
+    import time
+
+    data = tmp_path / "d"
+    box.write_config(incremental={}, fetched_keep=1)
+    assert box.cli("run").returncode == 0
+    full = box.published()[-1]
+    assert run_serve(box, f"fetched {full.name} lean-deltas", tmp_path)[0] == 0
+    (data / "f").write_bytes(b"changed")
+    time.sleep(1.05)
+    made = box.cli("run")
+    assert made.returncode == 0 and "lean delta" in made.stderr, made.stderr
+    delta = box.published()[-1]
+    assert run_serve(box, f"fetched {delta.name} lean-deltas", tmp_path)[0] == 0
+    time.sleep(1.05)
+    box.write_config(incremental={"enabled": False}, fetched_keep=1)
+    switched = box.cli("run")
+    assert switched.returncode == 0, switched.stderr
+    newest = box.published()[-1]
+    assert [a.name for a in box.published()] == [newest.name]
+    fetched = sorted(p.name for p in (box.archives / "fetched").iterdir())
+    assert fetched == [full.name, full.name + ".json"]
+    assert f"retention: deleting {delta.name}" in switched.stderr

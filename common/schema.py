@@ -148,18 +148,40 @@ def _wrong_type(error: jsonschema.ValidationError, path: KeyPath, schema: dict, 
     if scalar and schema.get("x-expected"):  # "expected a duration like 7d, got 7"
         return [(path, f"expected {schema['x-expected']}, got {_shown(error.instance, secret)}")]
     message = f"expected {_expected_types(wanted)}, got {_type_of(error.instance)}"
-    if not isinstance(error.instance, dict | list):
+    if error.instance is not None and not isinstance(error.instance, dict | list):
         message += f" {_shown(error.instance, secret)}"
-    if isinstance(error.instance, bool) and "string" in (
-        [wanted] if isinstance(wanted, str) else wanted
-    ):
+    kinds = [wanted] if isinstance(wanted, str) else wanted
+    if isinstance(error.instance, bool) and "string" in kinds:
         message += " (YAML reads yes/no/on/off as true/false: put the value in quotes)"
+    elif (
+        isinstance(error.instance, str)
+        and {"number", "integer"} & set(kinds)
+        and _reads_as_number(error.instance)
+    ):
+        message += " (YAML reads a number like 1e9 as text: write 1000000000 or 1.0e+9)"
     return [(path, message)]
 
 
+def _reads_as_number(text: str) -> bool:
+    """Whether ``text`` is a number Python reads (1e9) that YAML 1.1 left a string."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _yaml_word(value: Any) -> str:
+    """A schema value as it is written in YAML: ``true``, ``null``, ``zstd``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
+
+
 def _not_one_of(error: jsonschema.ValidationError, path: KeyPath, schema: dict, secret: bool):
-    shown = "" if secret else f"{error.instance!r} is "
-    return [(path, f"{shown}not one of {error.validator_value}")]
+    shown = "" if secret else f"{_shown(error.instance, secret)} is "
+    choices = ", ".join(_yaml_word(value) for value in error.validator_value)
+    return [(path, f"{shown}not one of {choices}")]
 
 
 _BY_VALIDATOR = {

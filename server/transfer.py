@@ -256,7 +256,11 @@ class _Download:
         baseindex.drop(staging)
         used = directory_size(staging)
         if remove_tree_contents(staging):
-            self.ctx.log.info("emptied the staging tree of the failed pull (%s)", human_size(used))
+            self.ctx.log.info(
+                "emptied the staging tree (%s): %s was not applied",
+                human_size(used),
+                self.archive.name,
+            )
 
     def _open_partial(self) -> tuple[GrowingFile, int, hashlib._Hash]:
         """Drop partial downloads of other archives, one longer than this archive and one

@@ -28,9 +28,31 @@ def problems_of(path: Path) -> list[str]:
 
 def test_enum_error_names_file_line_key_and_choices(tmp_path):
     path = write(tmp_path, "hostname: web1\n" + "\n" * 5 + "compression: lzma\n")
-    assert problems_of(path) == [
-        f"{path}:7: compression: 'lzma' is not one of ['zstd', 'gzip', 'none']"
-    ]
+    assert problems_of(path) == [f"{path}:7: compression: 'lzma' is not one of zstd, gzip, none"]
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            "incremental: {enabled: maybe}",
+            "incremental.enabled: 'maybe' is not one of true, false, auto",
+        ),
+        ("incremental:", "incremental: expected a mapping, got nothing (null)"),
+        (
+            "incremental: {full_ratio: 1e9}",
+            "incremental.full_ratio: expected a number, got a string '1e9' (YAML reads a "
+            "number like 1e9 as text: write 1000000000 or 1.0e+9)",
+        ),
+    ],
+    ids=["yaml-words", "null", "exponent"],
+)
+def test_what_a_newcomer_got_wrong_is_said_in_yaml_words(tmp_path, text, said):
+    """Found by a newcomer: choices in Python's spelling ([True, False, 'auto']), "got
+    nothing (null) None", and 1e9 (text to YAML 1.1) refused as a string without a word
+    why. (A zero ``full_every`` is test_full_every_needs_hours_days_or_weeks's.)"""
+    path = write(tmp_path, text + "\n")
+    assert problems_of(path) == [f"{path}:1: {said}"]
 
 
 def test_wrong_type(tmp_path):
@@ -167,8 +189,8 @@ def test_full_every_needs_hours_days_or_weeks(tmp_path, value, shown):
     one and ``check`` said ok (found by an outside tester). It is refused, exit 2."""
     path = write(tmp_path, f"hostname: web1\nincremental:\n  full_every: {value}\n")
     assert problems_of(path) == [
-        f"{path}:3: incremental.full_every: expected a whole number of hours, days or "
-        f"weeks, like 7d, got {shown}"
+        f"{path}:3: incremental.full_every: expected a whole number (1 or more) of hours, "
+        f"days or weeks, like 7d, got {shown}"
     ]
 
 

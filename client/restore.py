@@ -34,7 +34,7 @@ from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.outcome import Status
 from ..common.progress import CountingReader, Progress, Watched
-from ..common.signals import SignalGuard
+from ..common.signals import RESTORING, SignalGuard
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import RestorePlan, Task
 from .config import ClientConfig
@@ -307,7 +307,7 @@ class ServiceRestore:
                 f"{', '.join(t.key for t in self.tasks)}"
             )
         lock = FileLock(self.config.lock_dir / INSTANCE_LOCK, purpose="pullback-client restore")
-        with lock.acquire(), SignalGuard() as guard:
+        with lock.acquire(), SignalGuard(RESTORING) as guard:
             for task in self.tasks:
                 task.staging.mkdir(parents=True, exist_ok=True)
             try:

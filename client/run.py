@@ -32,7 +32,7 @@ from ..common.log import PrefixAdapter, get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
 from ..common.progress import Progress, Watched
-from ..common.signals import SignalGuard
+from ..common.signals import RESTORING, SignalGuard
 from ..common.units import human_duration, human_size
 from ..plugins.manager import PluginSet, load_plugins
 from . import incremental, outputs
@@ -174,7 +174,7 @@ def run(
         return RunResult(EXIT_OK)
 
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
-    with lock.acquire(), SignalGuard() as guard:
+    with lock.acquire(), SignalGuard(RESTORING) as guard:
         client_run = ClientRun(config, services, plugins, guard)
         client_run.full_asked = full
         return client_run.run()

@@ -17,13 +17,21 @@ from .log import get_logger
 
 log = get_logger()
 
+RESTORING = "stopping after restoring what was stopped"
+"""What the client says on a signal: services it stopped are started again first."""
+KEPT_FOR_NEXT_PULL = "stopping; a download in progress is kept, and the next pull resumes it"
+"""What a pull says on a signal."""
+
 
 class SignalGuard:
     """Installs the handlers on enter and restores the previous ones on exit."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, stopping: str = "stopping"):
+        """``stopping``: what the log says the program does on a signal (the client's
+        run: "stopping after restoring what was stopped")."""
+        self.stopping = stopping
         self.received: int | None = None
         self._shield_depth = 0
         self._raised = False
@@ -38,7 +46,7 @@ class SignalGuard:
         if self._shield_depth:
             log.warning("%s received; finishing the current step first", name)
             return
-        log.warning("%s received; stopping after restoring what was stopped", name)
+        log.warning("%s received; %s", name, self.stopping)
         self._raised = True
         raise Interrupted(signum)
 

@@ -805,6 +805,10 @@ class HostPull:
             protocol = self.client_protocol
             remote.mark_fetched(name, deltas=protocol >= 3, lean=protocol >= 5)
         except PullbackError as exc:
+            if str(exc).rstrip().endswith(f"no archive {name}"):  # (serve's refusal)
+                # the client's own run replaced it during this pull: nothing left to mark
+                self.ctx.log.info("%s is no longer on the client: not marked fetched", name)
+                return
             self._warn(f"could not tell the client that {name} was fetched: {exc}")
 
     # -- helpers ------------------------------------------------------------------------

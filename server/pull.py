@@ -17,7 +17,7 @@ from ..common.errors import EXIT_FAILED, EXIT_OK
 from ..common.locks import FileLock
 from ..common.notify import Notifier
 from ..common.outcome import Status
-from ..common.signals import SignalGuard
+from ..common.signals import KEPT_FOR_NEXT_PULL, SignalGuard
 from ..common.units import human_duration
 from . import status_file
 from .config import ServerConfig
@@ -40,7 +40,7 @@ def pull(
     results). Raises LockBusy, PullbackError."""
     hosts = config.select_hosts(names)
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server pull")
-    with lock.acquire(), SignalGuard():
+    with lock.acquire(), SignalGuard(KEPT_FOR_NEXT_PULL):
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         journal = None if dry_run else Journal(config.state_dir)
         interrupted = journal.begin() if journal else None

@@ -697,6 +697,18 @@ def test_a_refused_fetched_is_a_warning_not_a_failure(config, backend, client):
     )
 
 
+def test_a_fetched_archive_the_clients_own_run_replaced_is_no_warning(config, backend, client):
+    """Found by a newcomer: ``run --full`` during a pull deleted the archive being
+    stored (its open file still arrived whole, and was stored), and the mark it could
+    no longer take was a warning in status.json, the page and the mail. Serve's "no
+    archive" is the client's own replacement: said in the log only."""
+    archive = publish_one(client)
+    client.refuse_fetched = PullbackError(f"web1: fetched: no archive {archive.name}")
+    result = make_pull(config, backend, client).run()
+    assert result.status == Status.STORED
+    assert not any("could not tell the client" in w for w in result.warnings), result.warnings
+
+
 def test_a_repository_that_cannot_be_measured_is_a_warning(config, backend, client):
     publish_one(client)
     backend.fail_size = BackendError("restic stats failed")

@@ -11,6 +11,7 @@ import pytest
 
 from pullback.client.services import load_service
 from pullback.client.stages import run_service
+from pullback.common import signals
 from pullback.common.archive.writer import ArchiveWriter
 from pullback.common.signals import SignalGuard
 from pullback.plugins.manager import load_plugins
@@ -124,3 +125,36 @@ def test_failing_finish_marks_the_service_failed(tmp_path, plugins):
     )
     assert report.status == "failed"
     assert "command: finish failed" in report.error and "exited with code 4" in report.error
+
+
+@pytest.mark.parametrize(
+    ("stopping", "said"),
+    [
+        (None, "SIGINT received; stopping"),
+        (signals.RESTORING, "SIGINT received; stopping after restoring what was stopped"),
+        (signals.KEPT_FOR_NEXT_PULL, "SIGINT received; stopping; a download in progress is kept"),
+    ],
+    ids=["plain", "client", "pull"],
+)
+def test_a_signal_is_said_in_the_words_of_the_program_it_stops(stopping, said):
+    """Found by a newcomer: an interrupted pull said the client's words ("stopping after
+    restoring what was stopped"), though a pull stops no service."""
+    import logging
+    import os
+    import signal
+
+    from pullback.common.errors import Interrupted
+    from pullback.common.log import get_logger
+
+    said_now: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said_now.append(record.getMessage())  # type: ignore[method-assign]
+    get_logger().addHandler(handler)
+    try:
+        with pytest.raises(Interrupted), SignalGuard(*([stopping] if stopping else [])):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # (the handler runs between bytecodes of this thread)
+                pass
+    finally:
+        get_logger().removeHandler(handler)
+    assert any(line.startswith(said) for line in said_now), said_now

@@ -181,18 +181,32 @@ def keep_fetched(archive_dir: Path, keep: int) -> list[str]:
     a newcomer: ``fetched_keep: 1`` kept the delta, which retention then deleted as
     superseded, and the client held no stored archive at all).
 
+    Only an archive whose sidecar says so counts as full. One without a readable
+    sidecar may be either: it stays while it is newer than the oldest kept full archive
+    or no full archive is kept (an outside review found such a delta counted as full,
+    and the chain's real full archive deleted).
+
     Call it under the directory lock.
     """
     fetched = [a for a in list_archives(archive_dir) if a.fetched]
-    fulls = [a for a in fetched if not (a.sidecar and a.sidecar.archive.is_delta)]
+    fulls = [a for a in fetched if a.sidecar and not a.sidecar.archive.is_delta]
     kept = fulls[max(0, len(fulls) - keep) :] if keep > 0 else []
-    expired = [
-        a for a in fetched if a not in kept and (a in fulls or not kept or a.stamp < kept[0].stamp)
-    ]
+    expired = [a for a in fetched if a not in kept and _past_fetched_keep(a, fulls, kept)]
+    if keep <= 0:
+        expired = fetched
     for archive in expired:
         log.info("retention: deleting %s/%s (past fetched_keep)", FETCHED_DIR, archive.name)
         _delete(archive)
     return [a.name for a in expired]
+
+
+def _past_fetched_keep(
+    archive: LocalArchive, fulls: list[LocalArchive], kept: list[LocalArchive]
+) -> bool:
+    """Whether ``keep_fetched`` deletes ``archive``, which is not one it keeps."""
+    if archive in fulls or (kept and archive.stamp < kept[0].stamp):
+        return True
+    return not kept and archive.sidecar is not None  # a delta without its full
 
 
 def prepare_marks(archive_dir: Path) -> None:

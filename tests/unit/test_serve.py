@@ -455,3 +455,36 @@ def test_switching_deltas_off_keeps_the_stored_full_archive(box, tmp_path):
     fetched = sorted(p.name for p in (box.archives / "fetched").iterdir())
     assert fetched == [full.name, full.name + ".json"]
     assert f"retention: deleting {delta.name}" in switched.stderr
+
+
+def test_fetched_keep_never_counts_an_archive_of_unknown_kind_as_full(box, tmp_path):
+    """Found by an outside review: a fetched delta whose sidecar could not be read
+    counted as a full archive, so ``fetched_keep: 1`` kept it and deleted the chain's
+    real full archive. Only a sidecar that says "full" counts now; the unreadable one
+    stays while it is newer than the kept full archive, and goes with ``fetched_keep: 0``."""
+    import shutil
+    import time
+
+    from pullback.common.archive.directory import FETCHED_DIR, keep_fetched
+
+    box.write_config(incremental={}, fetched_keep=1)
+    assert box.cli("run").returncode == 0
+    full = box.published()[-1]
+    assert run_serve(box, f"fetched {full.name} lean-deltas", tmp_path)[0] == 0
+    (tmp_path / "d" / "f").write_bytes(b"changed")
+    time.sleep(1.05)
+    made = box.cli("run")
+    assert made.returncode == 0 and "lean delta" in made.stderr, made.stderr
+    delta = box.published()[-1]
+    fetched = box.archives / FETCHED_DIR
+    fetched.mkdir(exist_ok=True)
+    for archive in (delta,) if (fetched / full.name).exists() else (full, delta):
+        for path in (archive, archive.with_name(archive.name + ".json")):
+            shutil.move(path, fetched / path.name)
+    (fetched / (delta.name + ".json")).write_text("{not json")
+    assert keep_fetched(box.archives, 1) == []
+    assert sorted(p.name for p in fetched.iterdir() if not p.name.endswith(".json")) == [
+        full.name,
+        delta.name,
+    ]
+    assert keep_fetched(box.archives, 0) == [full.name, delta.name]

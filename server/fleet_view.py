@@ -112,11 +112,20 @@ class HostRow:
     warnings: list[str] = field(default_factory=list)
     """The last pull's warnings (the status page shows them): at most PAGE_WARNINGS, each
     one line of at most 300 characters, and a last line saying how many more."""
+    delta: bool | None = None
+    """Whether the last stored archive was a delta (None: not recorded)."""
 
     @property
     def label(self) -> str:
         """``web1``, or with status files merged ``web1 (backup2)``."""
         return f"{self.host} ({self.server})" if self.server else self.host
+
+    @property
+    def result_text(self) -> str:
+        """``stored (delta)``, ``stored (full)``, or the last result alone."""
+        if self.result != "stored" or self.delta is None:
+            return self.result
+        return f"stored ({'delta' if self.delta else 'full'})"
 
     @property
     def databases_text(self) -> str:
@@ -226,6 +235,7 @@ def host_row(
         held=held,
         server=server,
         warnings=_page_warnings(entry.get("warnings")),
+        delta=entry["delta"] if isinstance(entry.get("delta"), bool) else None,
     )
 
 

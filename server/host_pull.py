@@ -731,8 +731,9 @@ class HostPull:
         self.result.warnings.extend(warnings.lines(KEPT_WARNINGS))
         stats = fetched.unpacked
         self.ctx.log.info(
-            "fetched %s (%s%s), unpacked %d files (%d rewritten, %d unchanged, %d removed)",
+            "fetched %s (%s, %s%s), unpacked %d files (%d rewritten, %d unchanged, %d removed)",
             archive.archive.name,
+            "a delta" if archive.archive.is_delta else "a full archive",
             human_size(fetched.size),
             f", resumed at {human_size(fetched.resumed_from)}" if fetched.resumed_from else "",
             stats.files,

@@ -160,6 +160,7 @@ _FIELDS: dict[str, Callable[[object], object]] = {
     "history": _history,
     "copy": _copy,
     "warnings": _texts,
+    "delta": _flag,
 }
 """What the view takes from a host's entry in a merged file, and how each is checked."""
 

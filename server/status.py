@@ -77,7 +77,7 @@ def _cells(row: HostRow) -> tuple[str, ...]:
         row.host,
         row.server,
         row.state,
-        row.result,
+        row.result_text,
         "never" if row.newest_age is None else f"{human_duration(row.newest_age)} ago",
         "never" if row.verified_age is None else f"{human_duration(row.verified_age)} ago",
         row.databases_text,

@@ -262,6 +262,8 @@ class IncrementalDays(RuleBasedStateMachine):
         if expect.fell_back:
             assert any("fell back to a full transfer" in w for w in status["warnings"])
         assert status["delta"] == (side["archive"]["kind"] == "delta")
+        kind = "a delta" if status["delta"] else "a full archive"
+        assert f"fetched {status['archive']} ({kind}, " in pulled.log, pulled.log
         snapshot_id = status["snapshot_id"]
         assert snapshot_id not in self.bed.stored
         self.bed.stored[snapshot_id] = side["stamp"]

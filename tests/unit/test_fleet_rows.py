@@ -49,3 +49,23 @@ def test_a_good_drill_leaves_the_pulls_words():
 def test_a_failed_pull_says_its_own_words_first():
     entry = {"last_result": "failed", "reason": "unreachable", "verify_result": "failed"}
     assert host_row("web1", entry, 86400, NOW).reason == "unreachable"
+
+
+def test_the_last_result_says_whether_a_delta_or_a_full_archive_was_stored():
+    """Found by a newcomer: nothing in ``status`` said how the stored archive travelled
+    (status.json's ``delta`` did). A result other than "stored", a status file without
+    the fact, or one whose fact is not a boolean (a merged file is untrusted) says the
+    result alone."""
+    from pullback.server.fleet_view import Fleet
+    from pullback.server.status import status_table
+
+    assert host_row("web1", {**STORED, "delta": True}, 86400, NOW).result_text == "stored (delta)"
+    assert host_row("web1", {**STORED, "delta": False}, 86400, NOW).result_text == "stored (full)"
+    assert host_row("web1", STORED, 86400, NOW).result_text == "stored"
+    assert host_row("web1", {**STORED, "delta": "yes"}, 86400, NOW).result_text == "stored"
+    failed = {"last_result": "failed", "reason": "unreachable", "delta": True}
+    assert host_row("web1", failed, 86400, NOW).result_text == "failed"
+    table = status_table(Fleet([host_row("web1", {**STORED, "delta": True}, 86400, NOW)], [], NOW))
+    header, line = table.splitlines()[:2]
+    column = header.index("LAST RESULT")
+    assert line[column:].startswith("stored (delta)  "), table

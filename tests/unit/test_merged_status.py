@@ -134,7 +134,7 @@ def test_two_servers_in_one_table_each_row_with_its_server(two, capsys):
     here = socket.gethostname()
     assert set(rows) == {("a1", here), ("a2", here), ("b1", "backup-b"), ("b2", "backup-b")}
     assert rows[("b1", "backup-b")][0] == "stale"  # 3h old, past b1's own max_age of 2h
-    assert rows[("b2", "backup-b")][:2] == ["ok", "stored"]
+    assert rows[("b2", "backup-b")][:2] == ["ok", "stored (full)"]  # from the merged file's "delta"
     assert out.splitlines()[1].startswith("b1")  # worst first, across servers
     assert "backup-b: status file written " in out
     assert code == 1

@@ -11,8 +11,9 @@ from ..common.units import human_size
 from .config import ClientConfig
 
 
-def archive_record(archive: LocalArchive) -> dict:
-    """The JSON form of one archive: its sidecar plus where it lies."""
+def archive_record(archive: LocalArchive, newest_stored: str = "") -> dict:
+    """The JSON form of one archive: its sidecar plus where it lies (``where``: the
+    table's WHERE, see :func:`_where`)."""
     record = {
         "name": archive.name,
         "path": str(archive.path),
@@ -21,6 +22,7 @@ def archive_record(archive: LocalArchive) -> dict:
         "fetched": archive.fetched,
         "stored_by_server": archive.fetched or archive.marked,
         "complete": archive.complete,
+        "where": _where(archive, newest_stored),
     }
     if archive.sidecar is not None:
         record["sidecar"] = json.loads(archive.sidecar.to_json())
@@ -29,18 +31,28 @@ def archive_record(archive: LocalArchive) -> dict:
     return record
 
 
-def _where(archive: LocalArchive) -> str:
-    """``fetched`` (moved aside), ``stored`` (the server said so; it stays offered until a
-    newer archive exists) or ``ready`` (not stored yet)."""
+def _where(archive: LocalArchive, newest_stored: str) -> str:
+    """``fetched`` (moved aside), ``stored, kept`` (the server said so; it stays offered
+    until a newer archive exists), ``superseded`` (never stored, and an archive newer
+    than it was, stamped ``newest_stored``: no pull takes it now; retention removes it)
+    or ``ready`` (not stored yet)."""
     if archive.fetched:
         return "fetched"
-    return "stored, kept" if archive.marked else "ready"
+    if archive.marked:
+        return "stored, kept"
+    return "superseded" if archive.stamp < newest_stored else "ready"
+
+
+def _newest_stored(found: list[LocalArchive]) -> str:
+    """The stamp of the newest archive the server stored ("" when none)."""
+    return max((a.stamp for a in found if a.fetched or a.marked), default="")
 
 
 def render_table(found: list[LocalArchive]) -> str:
     if not found:
         return "no archives"
     rows = [("ARCHIVE", "SIZE", "STATUS", "SERVICES", "WHERE")]
+    newest_stored = _newest_stored(found)
     for archive in found:
         size = human_size(archive.path.stat().st_size)
         if archive.sidecar is None:
@@ -52,7 +64,7 @@ def render_table(found: list[LocalArchive]) -> str:
             services = f"{total - len(failed)}/{total} ok"
             if failed:
                 services += f" (failed: {', '.join(failed)})"
-        rows.append((archive.name, size, status, services, _where(archive)))
+        rows.append((archive.name, size, status, services, _where(archive, newest_stored)))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(
         "  ".join(col.ljust(widths[i]) for i, col in enumerate(row[:4])) + "  " + row[4]
@@ -68,5 +80,6 @@ def command(config: ClientConfig, args: argparse.Namespace) -> int:
 def listing(config: ClientConfig, as_json: bool) -> str:
     found = list_archives(config.archive_dir)
     if as_json:
-        return json.dumps([archive_record(a) for a in found], indent=2)
+        newest_stored = _newest_stored(found)
+        return json.dumps([archive_record(a, newest_stored) for a in found], indent=2)
     return render_table(found)

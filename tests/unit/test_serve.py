@@ -488,3 +488,39 @@ def test_fetched_keep_never_counts_an_archive_of_unknown_kind_as_full(box, tmp_p
         delta.name,
     ]
     assert keep_fetched(box.archives, 0) == [full.name, delta.name]
+
+
+def test_an_archive_no_pull_will_take_is_listed_as_superseded(box, tmp_path):
+    """Found by a newcomer: an archive the server never stored, older than one it did
+    (a missed day's delta, applied in its chain), stayed "ready" in ``pullback-client
+    list`` until retention removed it, though no pull takes it. It is
+    "superseded" now, in the table and in ``--json``'s ``where``; the newest archive not
+    stored yet stays "ready"."""
+    import time
+
+    box.write_config(incremental={}, keep_last=5)
+    names = []
+
+    def day(number: int) -> None:
+        (tmp_path / "d" / "f").write_bytes(b"day %d" % number)
+        time.sleep(1.05)
+        assert box.cli("run").returncode == 0
+        names.append(box.published()[-1].name)
+
+    def where() -> tuple[dict[str, str], dict[str, str]]:
+        listed = json.loads(box.cli("list", "--json").stdout)
+        table = box.cli("list").stdout.splitlines()[1:]
+        return {r["name"]: r["where"] for r in listed}, {
+            line.split()[0]: line.split("  ")[-1] for line in table
+        }
+
+    day(0)
+    day(1)  # the server missed day 0, and stores day 1
+    assert run_serve(box, f"fetched {names[1]}", tmp_path)[0] == 0
+    listed, table = where()
+    assert listed[names[0]] == table[names[0]] == "superseded", table
+    assert listed[names[1]] == table[names[1]] == "stored, kept", table
+    day(2)
+    listed, table = where()
+    assert listed[names[2]] == table[names[2]] == "ready", table
+    assert listed[names[0]] == "superseded"  # until keep_last's retention removes it

@@ -642,6 +642,7 @@ class HostPull:
         held, route = self._route(newest, listing, refused)
         if route.store_only:
             ctx.log.info("staging already holds %s; storing it", newest.archive.name)
+            self.result.delta = newest.archive.is_delta
             return None
         if newest.archive.is_delta and route.from_full and not route.problem:
             self._fell_back(newest, held)

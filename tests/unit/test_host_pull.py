@@ -870,3 +870,31 @@ def test_a_parent_an_older_pullback_made_is_not_trusted(
     result = make_pull(config, backend, client).run()
     assert result.status == Status.STORED, result.reason
     assert backend.read_all == [read_all]
+
+
+def test_a_delta_stored_from_staging_after_a_failed_store_is_said_a_delta(config, backend, client):
+    """Found by an outside review: a delta fetched by a pull whose store failed is
+    stored by the next pull from staging without a fetch, and the row said "stored
+    (full)"; it says what was stored."""
+    from pullback.common.archive.sidecar import BaseRef
+    from pullback.server.fleet_view import host_row
+    from tests.helpers.archives import manifest_digest
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    tar = build_tar([Entry("services/app/files/a.txt", data=b"alpha\n")])
+    digest = manifest_digest(tar)
+    full = publish(
+        client.archive_dir, "web1", tar, now - dt.timedelta(hours=2), manifest_sha256=digest
+    )
+    assert make_pull(config, backend, client).run().status == Status.STORED
+    changed = build_tar([Entry("services/app/files/a.txt", data=b"beta\n")])
+    base = BaseRef(full.name, digest)
+    publish(client.archive_dir, "web1", changed, now - dt.timedelta(hours=1), base=base)
+    backend.fail_store = BackendError("disk full")
+    assert make_pull(config, backend, client).run().status == Status.FAILED
+    backend.fail_store = None
+    stored = make_pull(config, backend, client).run()
+    assert stored.status == Status.STORED and stored.delta
+    status = status_file.record(config.state_dir, [stored])
+    row = host_row("web1", status["hosts"]["web1"], 86400, dt.datetime.now(dt.UTC))
+    assert row.result_text == "stored (delta)"

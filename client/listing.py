@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
-from ..common.archive.directory import LocalArchive, list_archives
+from ..common.archive.directory import LocalArchive, chain_of, list_archives
 from ..common.errors import EXIT_OK
 from ..common.units import human_size
 from .config import ClientConfig
 
 
-def archive_record(archive: LocalArchive, newest_stored: str = "") -> dict:
+def archive_record(archive: LocalArchive, stored: _Stored | None = None) -> dict:
     """The JSON form of one archive: its sidecar plus where it lies (``where``: the
     table's WHERE, see :func:`_where`)."""
     record = {
         "name": archive.name,
         "path": str(archive.path),
         "stamp": archive.stamp,
-        "size": archive.path.stat().st_size,
+        "size": _size(archive),
         "fetched": archive.fetched,
         "stored_by_server": archive.fetched or archive.marked,
         "complete": archive.complete,
-        "where": _where(archive, newest_stored),
+        "where": _where(archive, stored or _Stored()),
     }
     if archive.sidecar is not None:
         record["sidecar"] = json.loads(archive.sidecar.to_json())
@@ -31,30 +32,57 @@ def archive_record(archive: LocalArchive, newest_stored: str = "") -> dict:
     return record
 
 
-def _where(archive: LocalArchive, newest_stored: str) -> str:
+def _size(archive: LocalArchive) -> int | None:
+    """The archive's size; None when it went between the listing and now (a run that
+    holds the directory lock moved or deleted it: ``list`` takes no lock)."""
+    try:
+        return archive.path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _where(archive: LocalArchive, stored: _Stored) -> str:
     """``fetched`` (moved aside), ``stored, kept`` (the server said so; it stays offered
-    until a newer archive exists), ``superseded`` (never stored, and an archive newer
-    than it was, stamped ``newest_stored``: no pull takes it now; retention removes it)
-    or ``ready`` (not stored yet)."""
+    while retention keeps it), ``superseded`` (never stored, an archive newer than it
+    was, and no archive present is built on it: no pull takes it; retention removes it)
+    ``not offered`` (no valid sidecar: no pull takes it) or ``ready`` (not stored yet)."""
     if archive.fetched:
         return "fetched"
     if archive.marked:
         return "stored, kept"
-    return "superseded" if archive.stamp < newest_stored else "ready"
+    if archive.sidecar is None:
+        return "not offered"
+    if archive.stamp < stored.newest and archive.name not in stored.bases:
+        return "superseded"
+    return "ready"
 
 
-def _newest_stored(found: list[LocalArchive]) -> str:
-    """The stamp of the newest archive the server stored ("" when none)."""
-    return max((a.stamp for a in found if a.fetched or a.marked), default="")
+@dataclass(frozen=True)
+class _Stored:
+    """What tells a superseded archive: the newest stored stamp, and the archives a
+    newer one is built on (a pull from its full archive takes them)."""
+
+    newest: str = ""
+    bases: frozenset[str] = frozenset()
+
+
+def _stored(found: list[LocalArchive]) -> _Stored:
+    complete = [a for a in found if a.complete]
+    bases: set[str] = set()
+    for archive in complete:
+        bases |= chain_of(archive, complete) - {archive.name}
+    newest = max((a.stamp for a in found if a.fetched or a.marked), default="")
+    return _Stored(newest, frozenset(bases))
 
 
 def render_table(found: list[LocalArchive]) -> str:
     if not found:
         return "no archives"
     rows = [("ARCHIVE", "SIZE", "STATUS", "SERVICES", "WHERE")]
-    newest_stored = _newest_stored(found)
+    stored = _stored(found)
     for archive in found:
-        size = human_size(archive.path.stat().st_size)
+        found_size = _size(archive)
+        size = "gone" if found_size is None else human_size(found_size)
         if archive.sidecar is None:
             status, services = "incomplete", archive.problem
         else:
@@ -64,7 +92,7 @@ def render_table(found: list[LocalArchive]) -> str:
             services = f"{total - len(failed)}/{total} ok"
             if failed:
                 services += f" (failed: {', '.join(failed)})"
-        rows.append((archive.name, size, status, services, _where(archive, newest_stored)))
+        rows.append((archive.name, size, status, services, _where(archive, stored)))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(
         "  ".join(col.ljust(widths[i]) for i, col in enumerate(row[:4])) + "  " + row[4]
@@ -80,6 +108,6 @@ def command(config: ClientConfig, args: argparse.Namespace) -> int:
 def listing(config: ClientConfig, as_json: bool) -> str:
     found = list_archives(config.archive_dir)
     if as_json:
-        newest_stored = _newest_stored(found)
-        return json.dumps([archive_record(a, newest_stored) for a in found], indent=2)
+        stored = _stored(found)
+        return json.dumps([archive_record(a, stored) for a in found], indent=2)
     return render_table(found)

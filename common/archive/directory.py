@@ -360,7 +360,7 @@ def apply_retention(
         needed: set[str] = set()
         for archive in complete:
             if archive not in expired and archive.sidecar and archive.sidecar.archive.is_delta:
-                needed |= _chain(archive, complete)
+                needed |= chain_of(archive, complete)
         expired = [a for a in expired if a.name not in needed]
         return _finish_retention(archive_dir, expired, removed)
 
@@ -420,11 +420,11 @@ def _chain_kept(own: list[LocalArchive], complete: list[LocalArchive]) -> tuple[
     oldest_kept = fulls[-1].stamp if fulls else ""
     good = [a for a in own if a.good]
     if good and good[-1].stamp < oldest_kept:
-        return oldest_kept, _chain(good[-1], complete)
+        return oldest_kept, chain_of(good[-1], complete)
     return oldest_kept, set()
 
 
-def _chain(archive: LocalArchive, complete: list[LocalArchive]) -> set[str]:
+def chain_of(archive: LocalArchive, complete: list[LocalArchive]) -> set[str]:
     """The names of ``archive`` and the archives it is built on (its bases followed
     back to a full, or as far as they are there; each strictly older than the last)."""
     by_name = {a.name: a for a in complete}

@@ -145,9 +145,15 @@ def test_the_walkthrough_runs_as_written(machine):
 
     first = walk.step("first-backup")
     to_first_snapshot = time.monotonic() - started
-    row = next(line for line in first.stdout.splitlines() if line.startswith(f"{host} "))
-    assert row.split()[1:3] == ["ok", "stored"], first.stdout
-    assert row.split()[6] == "never", first.stdout  # DATABASES PROVEN: it has a dump
+    lines = first.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("HOST "))
+    row = next(line for line in lines if line.startswith(f"{host} "))
+
+    def cell(title: str) -> str:
+        return row[header.index(title) :].split("  ")[0].strip()
+
+    assert (cell("STATE"), cell("LAST RESULT")) == ("ok", "stored (full)"), first.stdout
+    assert cell("DATABASES PROVEN") == "never", first.stdout  # it has a dump
     assert f"[{host}] stored: stored {host}-" in walk.journal("pullback-server.service")
     # the monitoring outputs were written by the unit's run, not by hand
     metrics = walk.sh("cat /var/lib/prometheus/node-exporter/pullback.prom").stdout

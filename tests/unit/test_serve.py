@@ -524,3 +524,25 @@ def test_an_archive_no_pull_will_take_is_listed_as_superseded(box, tmp_path):
     listed, table = where()
     assert listed[names[2]] == table[names[2]] == "ready", table
     assert listed[names[0]] == "superseded"  # until keep_last's retention removes it
+
+
+def test_a_missed_days_delta_another_is_built_on_is_not_superseded(box, tmp_path):
+    """Found by an outside review: with deltas, a missed day's delta that a newer,
+    stored delta is built on was listed "superseded", though chain retention keeps it
+    and a pull from the full archive takes it."""
+    import time
+
+    box.write_config(incremental={}, keep_last=1, keep_days=0)
+    names = []
+    for number in range(3):
+        (tmp_path / "d" / "g").write_bytes(b"day %d" % number)
+        time.sleep(1.05)
+        made = box.cli("run")
+        assert made.returncode == 0, made.stderr
+        assert number == 0 or "lean delta" in made.stderr, made.stderr
+        names.append(box.published()[-1].name)
+        if number in (0, 2):  # the server missed day 1: it applied it in day 2's chain
+            assert run_serve(box, f"fetched {names[-1]} lean-deltas", tmp_path)[0] == 0
+    listed = {r["name"]: r for r in json.loads(box.cli("list", "--json").stdout)}
+    assert listed[names[2]]["sidecar"]["archive"]["base"]["name"] == names[1]
+    assert listed[names[1]]["where"] == "ready"

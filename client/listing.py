@@ -44,7 +44,7 @@ def _size(archive: LocalArchive) -> int | None:
 def _where(archive: LocalArchive, stored: _Stored) -> str:
     """``fetched`` (moved aside), ``stored, kept`` (the server said so; it stays offered
     while retention keeps it), ``superseded`` (never stored, an archive newer than it
-    was, and no archive present is built on it: no pull takes it; retention removes it)
+    was, and no archive present is built on it: no pull takes it; retention removes it),
     ``not offered`` (no valid sidecar: no pull takes it) or ``ready`` (not stored yet)."""
     if archive.fetched:
         return "fetched"

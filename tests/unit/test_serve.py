@@ -492,10 +492,11 @@ def test_fetched_keep_never_counts_an_archive_of_unknown_kind_as_full(box, tmp_p
 
 def test_an_archive_no_pull_will_take_is_listed_as_superseded(box, tmp_path):
     """Found by a newcomer: an archive the server never stored, older than one it did
-    (a missed day's delta, applied in its chain), stayed "ready" in ``pullback-client
-    list`` until retention removed it, though no pull takes it. It is
-    "superseded" now, in the table and in ``--json``'s ``where``; the newest archive not
-    stored yet stays "ready"."""
+    and that no archive is built on (here a missed day's full archive), stayed "ready"
+    in ``pullback-client list`` until retention removed it, though no pull takes it. It
+    is "superseded" now, in the table and in ``--json``'s ``where``; the newest archive
+    not stored yet stays "ready". (A missed delta a newer one is built on is not: see
+    the next test.)"""
     import time
 
     box.write_config(incremental={}, keep_last=5)

@@ -184,29 +184,40 @@ def keep_fetched(archive_dir: Path, keep: int) -> list[str]:
     Only an archive whose sidecar says so counts as full. One without a readable
     sidecar may be either: it stays while it is newer than the oldest kept full archive
     or no full archive is kept (an outside review found such a delta counted as full,
-    and the chain's real full archive deleted).
+    and the chain's real full archive deleted). While no full archive is kept, a delta
+    goes only when none of the archives it is built on back to a full one is left in
+    either directory (:func:`_orphaned`).
 
     Call it under the directory lock.
     """
-    fetched = [a for a in list_archives(archive_dir) if a.fetched]
-    fulls = [a for a in fetched if a.sidecar and not a.sidecar.archive.is_delta]
-    kept = fulls[max(0, len(fulls) - keep) :] if keep > 0 else []
-    expired = [a for a in fetched if a not in kept and _past_fetched_keep(a, fulls, kept)]
+    archives = list_archives(archive_dir)
+    fetched = [a for a in archives if a.fetched]
     if keep <= 0:
         expired = fetched
+    else:
+        fulls = [a for a in fetched if a.sidecar and not a.sidecar.archive.is_delta]
+        kept = fulls[-keep:]
+        expired = [
+            a
+            for a in fetched
+            if a not in kept
+            and (a in fulls or (a.stamp < kept[0].stamp if kept else _orphaned(a, archives)))
+        ]
     for archive in expired:
         log.info("retention: deleting %s/%s (past fetched_keep)", FETCHED_DIR, archive.name)
         _delete(archive)
     return [a.name for a in expired]
 
 
-def _past_fetched_keep(
-    archive: LocalArchive, fulls: list[LocalArchive], kept: list[LocalArchive]
-) -> bool:
-    """Whether ``keep_fetched`` deletes ``archive``, which is not one it keeps."""
-    if archive in fulls or (kept and archive.stamp < kept[0].stamp):
-        return True
-    return not kept and archive.sidecar is not None  # a delta without its full
+def _orphaned(archive: LocalArchive, archives: list[LocalArchive]) -> bool:
+    """Whether ``archive`` is a delta whose chain, followed through both directories,
+    stops at a missing base: it restores nothing. An archive whose sidecar cannot be
+    read, or whose chain reaches one, may be (or rest on) a full archive: not orphaned
+    (an outside review found a fetched delta deleted while its full archive was in the
+    archive directory, or in ``fetched/`` with a sidecar that could not be read)."""
+    names = chain_of(archive, archives)
+    root = next(a for a in archives if a.name in names)  # oldest first: the chain's start
+    return root.sidecar is not None and root.sidecar.archive.is_delta
 
 
 def prepare_marks(archive_dir: Path) -> None:
@@ -318,6 +329,7 @@ def retire_marked(archive_dir: Path, keep: int) -> list[str]:
             os.rename(archive.path, target / archive.name)
             with contextlib.suppress(FileNotFoundError):
                 os.rename(archive.sidecar_path, target / archive.sidecar_path.name)
+            log.info("%s was stored by the server; moved to %s/", archive.name, FETCHED_DIR)
             moved.append(archive.name)
     keep_marks = {newest} if newest in marks else set()
     marks_fd = os.open(archive_dir / MARKS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -350,9 +362,9 @@ def apply_retention(
     """
     now = now or utc_now()
     with directory_lock(archive_dir, "local retention").acquire(wait=LOCK_WAIT):
+        _finish_moves(archive_dir)
         if fetched_keep is not None:
-            for name in retire_marked(archive_dir, fetched_keep):
-                log.info("%s was stored by the server; moved to %s/", name, FETCHED_DIR)
+            retire_marked(archive_dir, fetched_keep)
         complete, removed = _complete_archives(archive_dir)
         expired = select_expired(complete, keep_last, keep_days, now)
         expired += [a for a in _superseded_deltas(complete, now) if a not in expired]
@@ -401,6 +413,7 @@ def apply_chain_retention(
     """
     latest = (now or utc_now()) + dt.timedelta(hours=1)
     with directory_lock(archive_dir, "local retention").acquire(wait=LOCK_WAIT):
+        _finish_moves(archive_dir)
         complete, removed = _complete_archives(archive_dir)
         # only this host's archives, not dated ahead of the clock: a stray archive must
         # never make the real chain look old
@@ -438,14 +451,34 @@ def chain_of(archive: LocalArchive, complete: list[LocalArchive]) -> set[str]:
     return names
 
 
+def _finish_moves(archive_dir: Path) -> None:
+    """Finish moves to ``fetched/`` a crash cut short: :func:`retire_marked` renames an
+    archive, then its sidecar, so an archive in ``fetched/`` without a sidecar whose
+    sidecar is still in the archive directory (and no archive beside it) gets it back.
+    Without this, the next retention deleted the archive as an unfinished publish and
+    the sidecar as an orphan (found by an outside review). Call it under the directory
+    lock."""
+    target = archive_dir / FETCHED_DIR
+    for archive in _scan(target, fetched=True):
+        left = archive_dir / archive.sidecar_path.name
+        stray = archive.problem.startswith("no sidecar") and left.is_file()
+        if stray and not os.path.lexists(archive_dir / archive.name):
+            os.rename(left, archive.sidecar_path)
+            log.info("finished moving %s to %s/ (a run was cut short)", archive.name, FETCHED_DIR)
+            fsync_dir(target)
+
+
 def _complete_archives(archive_dir: Path) -> tuple[list[LocalArchive], list[str]]:
     """The complete archives (both directories, oldest first), after deleting those whose
-    publication never completed (their names are the second item)."""
+    publication (or deletion) never completed (their names are the second item)."""
     removed = []
     archives = list_archives(archive_dir)
     for archive in archives:
         if not archive.complete and archive.problem.startswith("no sidecar"):
-            log.warning("removing %s: its publication never completed", archive.name)
+            if archive.fetched:
+                log.warning("removing %s/%s: its sidecar is gone", FETCHED_DIR, archive.name)
+            else:
+                log.warning("removing %s: its publication never completed", archive.name)
             _delete(archive)
             removed.append(archive.name)
     return [a for a in archives if a.complete], removed

@@ -547,3 +547,91 @@ def test_a_missed_days_delta_another_is_built_on_is_not_superseded(box, tmp_path
     listed = {r["name"]: r for r in json.loads(box.cli("list", "--json").stdout)}
     assert listed[names[2]]["sidecar"]["archive"]["base"]["name"] == names[1]
     assert listed[names[1]]["where"] == "ready"
+
+
+def _stored_chain(box, tmp_path, deltas: int) -> list:
+    """A full archive and ``deltas`` deltas on it, the full one marked stored (so deltas
+    are made): the archives, oldest first, still in the archive directory."""
+    import time
+
+    box.write_config(incremental={}, fetched_keep=1, keep_last=10, keep_days=30)
+    assert box.cli("run").returncode == 0
+    assert run_serve(box, f"fetched {box.published()[-1].name} lean-deltas", tmp_path)[0] == 0
+    for day in range(deltas):
+        (tmp_path / "d" / "g").write_bytes(b"day %d" % day)
+        time.sleep(1.05)
+        made = box.cli("run")
+        assert made.returncode == 0 and "lean delta" in made.stderr, made.stderr
+    return box.published()
+
+
+def _move_to_fetched(box, *archives) -> None:
+    import shutil
+
+    from pullback.common.archive.directory import FETCHED_DIR
+
+    (box.archives / FETCHED_DIR).mkdir(exist_ok=True)
+    for archive in archives:
+        for path in (archive, archive.with_name(archive.name + ".json")):
+            shutil.move(path, box.archives / FETCHED_DIR / path.name)
+
+
+def test_fetched_deltas_stay_while_their_full_archive_is_anywhere(box, tmp_path):
+    """Found by an outside review: ``keep_fetched`` called a fetched delta "without its
+    full archive" from ``fetched/`` alone, so it deleted (a) the deltas of a full archive
+    whose sidecar could not be read, and (b) a stored delta moved alone to ``fetched/``
+    while its full archive was still in the archive directory. It follows the chain
+    through both directories now; a delta whose base is gone still goes."""
+    from pullback.common.archive.directory import FETCHED_DIR, keep_fetched
+
+    full, first, second = _stored_chain(box, tmp_path, deltas=2)
+    fetched = box.archives / FETCHED_DIR
+    _move_to_fetched(box, first, second)  # (b): the full archive stays where it was
+    assert keep_fetched(box.archives, 1) == []
+    _move_to_fetched(box, full)
+    (fetched / (full.name + ".json")).write_text("{not json")  # (a)
+    assert keep_fetched(box.archives, 1) == []
+    assert sorted(p.name for p in fetched.glob("*.zst")) == [full.name, first.name, second.name]
+    (fetched / full.name).unlink()
+    (fetched / (full.name + ".json")).unlink()
+    assert keep_fetched(box.archives, 1) == [first.name, second.name]
+
+
+def test_a_move_to_fetched_cut_short_is_finished(box, tmp_path):
+    """Found by an outside review: a crash between ``retire_marked``'s two renames (the
+    archive in ``fetched/``, its sidecar not yet) made the next run delete the archive as
+    an unfinished publish and its sidecar as an orphan. The move is finished now."""
+    from pullback.common.archive.directory import FETCHED_DIR, apply_retention
+
+    (full,) = _stored_chain(box, tmp_path, deltas=0)
+    box.write_config(fetched_keep=1, keep_last=10, keep_days=30)
+    (box.archives / FETCHED_DIR).mkdir()
+    full.rename(box.archives / FETCHED_DIR / full.name)  # the cut: its sidecar stays
+    assert apply_retention(box.archives, keep_last=10, keep_days=30, fetched_keep=1) == []
+    moved = box.archives / FETCHED_DIR / full.name
+    assert moved.is_file() and moved.with_name(full.name + ".json").is_file()
+    assert not (box.archives / (full.name + ".json")).exists()
+    # an archive in fetched/ whose sidecar is nowhere (a deletion cut short) still goes
+    moved.with_name(full.name + ".json").unlink()
+    assert apply_retention(box.archives, keep_last=10, keep_days=30, fetched_keep=1) == [full.name]
+
+
+def test_the_log_says_an_archive_moved_before_it_says_it_deleted_it(box, tmp_path):
+    """Found by an outside review: "retention: deleting fetched/X (past fetched_keep)"
+    came before "X was stored by the server; moved to fetched/"."""
+    import time
+
+    box.write_config(fetched_keep=0)
+    names = []
+    logs = []
+    for _ in range(2):
+        made = box.cli("run")
+        assert made.returncode == 0, made.stderr
+        logs.append(made.stderr)
+        names.append(box.published()[-1].name)
+        assert run_serve(box, f"fetched {names[-1]}", tmp_path)[0] == 0
+        time.sleep(1.05)
+    lines = logs[1].splitlines()
+    moved = [i for i, line in enumerate(lines) if f"{names[0]} was stored" in line]
+    deleted = [i for i, line in enumerate(lines) if f"deleting fetched/{names[0]}" in line]
+    assert moved and deleted and moved[0] < deleted[0], logs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,20 @@ def _clean_global_state():
 @pytest.fixture
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+@pytest.fixture
+def own_filesystem(tmp_path):
+    """A file system of this test's alone (a 512 MiB tmpfs; root's, as the suite runs):
+    its free space moves only with what the test writes. On the shared one, another
+    worker writing or deleting between a test's statvfs and the unpacker's moved free
+    space past the test's margin (CI runs caught it both ways)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where = tmp_path / "fs"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", where], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", where], check=False)

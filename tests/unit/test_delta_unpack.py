@@ -8,7 +8,6 @@ import hashlib
 import io
 import os
 import stat
-import subprocess
 import threading
 
 import pytest
@@ -441,25 +440,15 @@ def image_digest(start: bytes) -> str:
 
 
 @pytest.fixture
-def image_staging(tmp_path):
-    """Staging holding a sparse image of 256 MiB with 64 KiB of data, on a tmpfs of its
-    own when run as root: the free space the tests measure is then theirs alone (on the
-    shared disk, another test worker writing between the measure and the unpack made
-    them fail now and then)."""
-    disk = tmp_path / "staging"
-    disk.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(disk)]
-    mounted = os.geteuid() == 0 and subprocess.run(mount, check=False).returncode == 0
-    try:
-        staging = disk / "web1"
-        data = os.urandom(64 << 10)
-        files: dict[str, bytes | str] = {"services/app/vm.img": image_digest(data)}
-        apply(staging, tar([sparse_member("services/app/vm.img", data, IMAGE)], files)[0], False)
-        assert (staging / "services/app/vm.img").stat().st_blocks * 512 < 1 << 20
-        yield staging, data
-    finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(disk)], check=False)
+def image_staging(own_filesystem):
+    """Staging holding a sparse image of 256 MiB with 64 KiB of data, on a file system of
+    its own (the tests measure its free space)."""
+    staging = own_filesystem / "web1"
+    data = os.urandom(64 << 10)
+    files: dict[str, bytes | str] = {"services/app/vm.img": image_digest(data)}
+    apply(staging, tar([sparse_member("services/app/vm.img", data, IMAGE)], files)[0], False)
+    assert (staging / "services/app/vm.img").stat().st_blocks * 512 < 1 << 20
+    return staging, data
 
 
 def image_day(staging, name: str, ops: list, made: bytes) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import subprocess
 import threading
 
 import pytest
@@ -305,23 +304,6 @@ def test_names_in_warnings_cannot_forge_lines():
     assert escaped("services/a/x\n[web2] stored") == "services/a/x\\n[web2] stored"
     assert escaped(os.fsdecode(b"services/a/\xff\x1b[31m")) == "services/a/\\xff\\x1b[31m"
     assert escaped("services/a/caf\u00e9") == "services/a/caf\u00e9"
-
-
-@pytest.fixture
-def own_filesystem(tmp_path):
-    """A file system of this test's alone (a 256 MiB tmpfs; root's, as the suite runs):
-    its free space moves only with what the test writes. On the shared one, another
-    worker deleting its trees freed more than the test's margin between the statvfs and
-    the unpacker's, and the check passed (a CI run caught it)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where = tmp_path / "fs"
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", where], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", where], check=False)
 
 
 def test_unpacking_keeps_min_free_space(own_filesystem):

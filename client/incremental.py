@@ -14,15 +14,12 @@ import os
 from dataclasses import dataclass
 
 from ..common.archive import directory as archives
-from ..common.archive.directory import LocalArchive
+from ..common.archive.directory import FUTURE_TOLERANCE, LocalArchive, full_chain
 from ..common.archive.filecache import FileCache
 from ..common.archive.sidecar import BaseRef
 from ..common.units import human_duration, human_size
 from .config import ClientConfig, IncrementalMode
 
-FUTURE_TOLERANCE = dt.timedelta(hours=1)
-"""How far ahead of the clock an archive's stamp may be and still count (the server's
-tolerance too)."""
 MAX_CHAIN = 100
 """Archives a chain may have before a full is made whatever ``full_every`` says (the
 server refuses longer chains)."""
@@ -38,24 +35,6 @@ class Decision:
     @property
     def delta(self) -> bool:
         return self.base is not None
-
-
-def chain_of(newest: LocalArchive, by_name: dict[str, LocalArchive]) -> list[LocalArchive]:
-    """``newest`` and the archives it is built on, back to its full archive (oldest
-    first). Returns [] when the chain is broken (a base is missing or not complete, or a
-    loop)."""
-    chain = [newest]
-    while True:
-        side = chain[-1].sidecar
-        if side is None:
-            return []
-        base = side.archive.base
-        if base is None:
-            return chain[::-1]
-        previous = by_name.get(base.name)
-        if previous is None or previous.stamp >= chain[-1].stamp:
-            return []
-        chain.append(previous)
 
 
 WAITING_FOR_SERVER = (
@@ -100,7 +79,7 @@ def decide(
     info = newest.sidecar.archive
     if BaseRef(info.name, info.manifest_sha256) != cache.base:
         return Decision(None, f"the file cache describes {cache.base.name}, not the newest archive")
-    chain = chain_of(newest, {a.name: a for a in current})
+    chain = full_chain(newest, {a.name: a for a in current})
     due = full_due(config, chain, now) if chain else f"the chain of {newest.name} is broken"
     if due:
         return Decision(None, due)

@@ -38,7 +38,6 @@ from ..common.signals import RESTORING, SignalGuard
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import RestorePlan, Task
 from .config import ClientConfig
-from .incremental import chain_of
 from .run import INSTANCE_LOCK
 from .services import Service, discover
 from .stages import make_tasks
@@ -125,7 +124,7 @@ def chain_for(archive: Path) -> list[Path]:
     if directory.name == archives.FETCHED_DIR:  # its chain may span both directories
         directory = directory.parent
     present = {a.name: a for a in archives.list_archives(directory) if a.complete}
-    chain = chain_of(present[archive.name], present) if archive.name in present else []
+    chain = archives.full_chain(present[archive.name], present) if archive.name in present else []
     if not chain:
         raise UsageError(
             f"{archive.name} is a delta archive (only what changed since "

@@ -28,6 +28,10 @@ one empty file per archive the server says it has stored. Only root's own run mo
 archives, and never the newest: see :func:`retire_marked`."""
 PARTIAL_SUFFIX = ".partial"
 LOCK_WAIT = 120.0
+FUTURE_TOLERANCE = dt.timedelta(hours=1)
+"""How far ahead of the clock an archive may be dated and still count as the newest (or
+the newest good) one: a stray archive dated later must not take that place (the server's
+tolerance too)."""
 
 
 @dataclass
@@ -160,7 +164,7 @@ def select_expired(
     keep = {id(a) for a in complete[-keep_last:]} if keep_last > 0 else set()
     horizon = now - dt.timedelta(days=keep_days)
     keep.update(id(a) for a in complete if a.created > horizon)
-    latest = now + dt.timedelta(hours=1)
+    latest = now + FUTURE_TOLERANCE
     good = [a for a in complete if a.good and a.created <= latest]
     if good:
         keep.add(id(good[-1]))
@@ -173,7 +177,7 @@ def _delete(archive: LocalArchive) -> None:
             path.unlink()
 
 
-def keep_fetched(archive_dir: Path, keep: int) -> list[str]:
+def keep_fetched(archive_dir: Path, keep: int, now: dt.datetime | None = None) -> list[str]:
     """Keep the ``keep`` newest full archives of ``fetched/`` and the deltas after the
     oldest of them; delete the rest, each said in the log. Returns their names. A delta
     does not count against ``keep``: alone it restores nothing, so after deltas were
@@ -184,29 +188,49 @@ def keep_fetched(archive_dir: Path, keep: int) -> list[str]:
     Only an archive whose sidecar says so counts as full. One without a readable
     sidecar may be either: it stays while it is newer than the oldest kept full archive
     or no full archive is kept (an outside review found such a delta counted as full,
-    and the chain's real full archive deleted). While no full archive is kept, a delta
-    goes only when none of the archives it is built on back to a full one is left in
-    either directory (:func:`_orphaned`).
+    and the chain's real full archive deleted). While ``keep`` is 1 or more and no full
+    archive is kept, a delta goes only when none of the archives it is built on back to
+    a full one is left in either directory (:func:`_orphaned`). ``keep`` 0 keeps nothing.
+
+    The newest archive in which every service succeeded, with the chain it needs, always
+    stays, as local retention promises (an outside review found it deleted when newer
+    full archives in ``fetched/`` had a failed service).
 
     Call it under the directory lock.
     """
     archives = list_archives(archive_dir)
-    fetched = [a for a in archives if a.fetched]
-    if keep <= 0:
-        expired = fetched
-    else:
-        fulls = [a for a in fetched if a.sidecar and not a.sidecar.archive.is_delta]
-        kept = fulls[-keep:]
-        expired = [
-            a
-            for a in fetched
-            if a not in kept
-            and (a in fulls or (a.stamp < kept[0].stamp if kept else _orphaned(a, archives)))
-        ]
+    promised = newest_good_chain(archives, now or utc_now())
+    expired = [a for a in _past_keep(archives, keep) if a.name not in promised]
     for archive in expired:
         log.info("retention: deleting %s/%s (past fetched_keep)", FETCHED_DIR, archive.name)
         _delete(archive)
     return [a.name for a in expired]
+
+
+def _past_keep(archives: list[LocalArchive], keep: int) -> list[LocalArchive]:
+    """The archives of ``fetched/`` past ``fetched_keep`` (``keep_fetched``'s rule,
+    before the newest good archive's chain is taken out)."""
+    fetched = [a for a in archives if a.fetched]
+    if keep <= 0:
+        return fetched
+    fulls = [a for a in fetched if a.sidecar and not a.sidecar.archive.is_delta]
+    kept = fulls[-keep:]
+    return [
+        a
+        for a in fetched
+        if a not in kept
+        and (a in fulls or (a.stamp < kept[0].stamp if kept else _orphaned(a, archives)))
+    ]
+
+
+def newest_good_chain(archives: list[LocalArchive], now: dt.datetime) -> set[str]:
+    """The names of the newest archive of ``archives`` in which every service succeeded
+    (not dated ahead of the clock: a stray one must not take that place; not a delta
+    whose chain is broken: it restores nothing) and of the archives it is built on;
+    empty when there is none. Local retention never deletes them."""
+    latest = now + FUTURE_TOLERANCE
+    good = [a for a in archives if a.good and a.created <= latest and not _orphaned(a, archives)]
+    return chain_of(good[-1], archives) if good else set()
 
 
 def _orphaned(archive: LocalArchive, archives: list[LocalArchive]) -> bool:
@@ -215,9 +239,8 @@ def _orphaned(archive: LocalArchive, archives: list[LocalArchive]) -> bool:
     read, or whose chain reaches one, may be (or rest on) a full archive: not orphaned
     (an outside review found a fetched delta deleted while its full archive was in the
     archive directory, or in ``fetched/`` with a sidecar that could not be read)."""
-    names = chain_of(archive, archives)
-    root = next(a for a in archives if a.name in names)  # oldest first: the chain's start
-    return root.sidecar is not None and root.sidecar.archive.is_delta
+    root = _walk_back(archive, {a.name: a for a in archives})[0].sidecar
+    return root is not None and root.archive.is_delta
 
 
 def prepare_marks(archive_dir: Path) -> None:
@@ -309,42 +332,55 @@ def server_applies_lean_deltas(archive_dir: Path) -> bool:
     return os.path.lexists(archive_dir / MARKS_DIR / APPLIES_LEAN_DELTAS)
 
 
-def retire_marked(archive_dir: Path, keep: int) -> list[str]:
+def retire_marked(archive_dir: Path, keep: int, now: dt.datetime | None = None) -> list[str]:
     """Move the archives the server stored to ``fetched/``, except the newest complete
     one (a stolen server key cannot make a client drop the archive the server has not
-    pulled yet), then keep the ``keep`` newest of ``fetched/``. Removes the marks of
-    archives no longer there (other marks, :data:`WANT_FULL` and :data:`APPLIES_DELTAS`,
-    stay). Returns what moved. Call it under the directory lock, as root: marks are only
-    names, never opened or followed."""
-    marks = _marks(archive_dir)
-    if not marks:
-        return []
-    current = [a for a in list_archives(archive_dir, include_fetched=False) if a.complete]
-    newest = current[-1].name if current else None
+    pulled yet; an archive dated ahead of the clock does not take that place, it only
+    stays too), then keep the ``keep`` newest of ``fetched/`` (:func:`keep_fetched`,
+    every run: a lowered ``fetched_keep``, or a move a crash cut short, applies without
+    waiting for the next move). Removes the marks of archives no longer there (other
+    marks, :data:`WANT_FULL` and :data:`APPLIES_DELTAS`, stay). Returns what moved, each
+    said in the log. Call it under the directory lock, as root: marks are only names,
+    never opened or followed."""
+    now = now or utc_now()
     target = archive_dir / FETCHED_DIR
-    target.mkdir(mode=0o2750, exist_ok=True)
     moved = []
-    for archive in current:
-        if archive.marked and archive.name != newest:
-            os.rename(archive.path, target / archive.name)
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(archive.sidecar_path, target / archive.sidecar_path.name)
-            log.info("%s was stored by the server; moved to %s/", archive.name, FETCHED_DIR)
-            moved.append(archive.name)
-    keep_marks = {newest} if newest in marks else set()
-    marks_fd = os.open(archive_dir / MARKS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    marks = _marks(archive_dir)
+    if marks:
+        current = [a for a in list_archives(archive_dir, include_fetched=False) if a.complete]
+        latest = now + FUTURE_TOLERANCE
+        real = [a for a in current if a.created <= latest]
+        newest = {a[-1].name for a in (current, real) if a}
+        target.mkdir(mode=0o2750, exist_ok=True)
+        for archive in current:
+            if archive.marked and archive.name not in newest:
+                os.rename(archive.path, target / archive.name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(archive.sidecar_path, target / archive.sidecar_path.name)
+                log.info("%s was stored by the server; moved to %s/", archive.name, FETCHED_DIR)
+                moved.append(archive.name)
+        _remove_marks(archive_dir, keep=newest & marks)
+    deleted = keep_fetched(archive_dir, keep, now) if target.is_dir() else []
+    if moved or deleted:
+        fsync_dir(target)
+        fsync_dir(archive_dir)
+    return moved
+
+
+def _remove_marks(archive_dir: Path, keep: set[str]) -> None:
+    """Remove the fetched marks but those of ``keep`` (names only, never followed;
+    :data:`WANT_FULL` and :data:`APPLIES_DELTAS` are no archive names and stay)."""
+    try:
+        marks_fd = os.open(archive_dir / MARKS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return
     try:
         for name in os.listdir(marks_fd):
-            if ARCHIVE_NAME.match(name) and name not in keep_marks:
+            if ARCHIVE_NAME.match(name) and name not in keep:
                 with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
                     os.unlink(name, dir_fd=marks_fd)
     finally:
         os.close(marks_fd)
-    if moved:
-        keep_fetched(archive_dir, keep)
-        fsync_dir(target)
-        fsync_dir(archive_dir)
-    return moved
 
 
 def apply_retention(
@@ -364,7 +400,7 @@ def apply_retention(
     with directory_lock(archive_dir, "local retention").acquire(wait=LOCK_WAIT):
         _finish_moves(archive_dir)
         if fetched_keep is not None:
-            retire_marked(archive_dir, fetched_keep)
+            retire_marked(archive_dir, fetched_keep, now)
         complete, removed = _complete_archives(archive_dir)
         expired = select_expired(complete, keep_last, keep_days, now)
         expired += [a for a in _superseded_deltas(complete, now) if a not in expired]
@@ -383,7 +419,7 @@ def _superseded_deltas(complete: list[LocalArchive], now: dt.datetime) -> list[L
     fill ``keep_last``. The chain of the newest archive in which every service succeeded
     stays while it is older (as chain retention keeps it); archives dated ahead of the
     clock count for neither (a stray one must not make the real ones look old)."""
-    latest = now + dt.timedelta(hours=1)
+    latest = now + FUTURE_TOLERANCE
     superseded = []
     for host in {a.host for a in complete}:
         own = [a for a in complete if a.host == host and a.created <= latest]
@@ -411,7 +447,7 @@ def apply_chain_retention(
 
     Runs under the directory lock.
     """
-    latest = (now or utc_now()) + dt.timedelta(hours=1)
+    latest = (now or utc_now()) + FUTURE_TOLERANCE
     with directory_lock(archive_dir, "local retention").acquire(wait=LOCK_WAIT):
         _finish_moves(archive_dir)
         complete, removed = _complete_archives(archive_dir)
@@ -421,7 +457,8 @@ def apply_chain_retention(
         oldest_kept, kept = _chain_kept(own, complete)
         expired = [a for a in complete if a.stamp < oldest_kept and a.name not in kept]
         removed = _finish_retention(archive_dir, expired, removed)
-        _drop_stale_marks(archive_dir)
+        present = list_archives(archive_dir, include_fetched=False)
+        _remove_marks(archive_dir, keep={a.name for a in present})  # of archives gone
         return removed
 
 
@@ -440,15 +477,29 @@ def _chain_kept(own: list[LocalArchive], complete: list[LocalArchive]) -> tuple[
 def chain_of(archive: LocalArchive, complete: list[LocalArchive]) -> set[str]:
     """The names of ``archive`` and the archives it is built on (its bases followed
     back to a full, or as far as they are there; each strictly older than the last)."""
-    by_name = {a.name: a for a in complete}
-    names = {archive.name}
-    while archive.sidecar is not None and archive.sidecar.archive.base is not None:
-        base = by_name.get(archive.sidecar.archive.base.name)
-        if base is None or base.name in names or base.stamp >= archive.stamp:
+    return {a.name for a in _walk_back(archive, {a.name: a for a in complete})}
+
+
+def full_chain(newest: LocalArchive, by_name: dict[str, LocalArchive]) -> list[LocalArchive]:
+    """``newest`` and the archives it is built on, back to its full archive (oldest
+    first). Returns [] when the chain is broken (a base is missing, newer than the
+    archive built on it, or has no valid sidecar)."""
+    chain = _walk_back(newest, by_name)
+    root = chain[0].sidecar
+    return chain if root is not None and not root.archive.is_delta else []
+
+
+def _walk_back(archive: LocalArchive, by_name: dict[str, LocalArchive]) -> list[LocalArchive]:
+    """``archive`` and its bases as far as they are in ``by_name``, oldest first: the
+    walk stops at a full archive, an archive without a valid sidecar, a missing base or
+    one not strictly older than the archive built on it (so a loop ends too)."""
+    chain = [archive]
+    while (side := chain[-1].sidecar) is not None and side.archive.base is not None:
+        base = by_name.get(side.archive.base.name)
+        if base is None or base.stamp >= chain[-1].stamp:
             break
-        names.add(base.name)
-        archive = base
-    return names
+        chain.append(base)
+    return chain[::-1]
 
 
 def _finish_moves(archive_dir: Path) -> None:
@@ -497,32 +548,22 @@ def _finish_retention(
     return removed
 
 
-def _drop_stale_marks(archive_dir: Path) -> None:
-    """Remove the fetched marks of archives that are gone (names only, never followed)."""
-    present = {a.name for a in list_archives(archive_dir, include_fetched=False)}
-    try:
-        marks_fd = os.open(archive_dir / MARKS_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    try:
-        for name in os.listdir(marks_fd):
-            if ARCHIVE_NAME.match(name) and name not in present:
-                with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
-                    os.unlink(name, dir_fd=marks_fd)
-    finally:
-        os.close(marks_fd)
-
-
 def _orphan_sidecars(archive_dir: Path) -> list[str]:
-    """Delete sidecars whose archive is gone; return their names."""
+    """Delete sidecars whose archive is gone, each said in the log; return their names.
+    Only regular files go: anything else named like a sidecar (a directory, a link) is
+    left, or every later retention would fail on it (an outside review made one)."""
     removed = []
     for directory in (archive_dir, archive_dir / FETCHED_DIR):
         if not directory.is_dir():
             continue
         for side in directory.glob("*.json"):
-            if not side.with_suffix("").exists() and ARCHIVE_NAME.match(side.stem):
-                side.unlink()
-                removed.append(side.name)
+            if not ARCHIVE_NAME.match(side.stem) or os.path.lexists(side.with_suffix("")):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISREG(os.lstat(side).st_mode):
+                    side.unlink()
+                    log.info("retention: deleting %s (its archive is gone)", side.name)
+                    removed.append(side.name)
     return removed
 
 

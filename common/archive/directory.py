@@ -157,24 +157,30 @@ def select_expired(
     """The complete archives that local retention deletes.
 
     An archive is kept when it is one of the ``keep_last`` newest, or younger than
-    ``keep_days`` days, or the newest archive in which every service succeeded (not
-    dated ahead of the clock: a stray one must not take that place).
+    ``keep_days`` days, or the newest archive in which every service succeeded or one
+    it is built on (:func:`newest_good_chain`).
     """
     complete = sorted((a for a in archives if a.complete), key=lambda a: a.stamp)
     keep = {id(a) for a in complete[-keep_last:]} if keep_last > 0 else set()
     horizon = now - dt.timedelta(days=keep_days)
     keep.update(id(a) for a in complete if a.created > horizon)
-    latest = now + FUTURE_TOLERANCE
-    good = [a for a in complete if a.good and a.created <= latest]
-    if good:
-        keep.add(id(good[-1]))
-    return [a for a in complete if id(a) not in keep]
+    promised = newest_good_chain(complete, now)
+    return [a for a in complete if id(a) not in keep and a.name not in promised]
 
 
-def _delete(archive: LocalArchive) -> None:
-    for path in (archive.sidecar_path, archive.path):  # sidecar first: never half-listed
-        with contextlib.suppress(FileNotFoundError):
+def _delete(archive: LocalArchive) -> bool:
+    """Delete the archive, its sidecar first (never half-listed). Returns False, with a
+    warning, when one of them cannot be removed (a directory of that name, a read-only
+    file system): one odd entry must not fail every run's retention."""
+    for path in (archive.sidecar_path, archive.path):
+        try:
             path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("retention: cannot delete %s (%s); left in place", path, exc.strerror)
+            return False
+    return True
 
 
 def keep_fetched(archive_dir: Path, keep: int, now: dt.datetime | None = None) -> list[str]:
@@ -198,22 +204,30 @@ def keep_fetched(archive_dir: Path, keep: int, now: dt.datetime | None = None) -
 
     Call it under the directory lock.
     """
+    now = now or utc_now()
     archives = list_archives(archive_dir)
-    promised = newest_good_chain(archives, now or utc_now())
-    expired = [a for a in _past_keep(archives, keep) if a.name not in promised]
-    for archive in expired:
-        log.info("retention: deleting %s/%s (past fetched_keep)", FETCHED_DIR, archive.name)
-        _delete(archive)
-    return [a.name for a in expired]
+    promised = newest_good_chain(archives, now)
+    deleted = []
+    for archive in _past_keep(archives, keep, now):
+        if archive.name not in promised:
+            log.info("retention: deleting %s/%s (past fetched_keep)", FETCHED_DIR, archive.name)
+            if _delete(archive):
+                deleted.append(archive.name)
+    return deleted
 
 
-def _past_keep(archives: list[LocalArchive], keep: int) -> list[LocalArchive]:
+def _past_keep(archives: list[LocalArchive], keep: int, now: dt.datetime) -> list[LocalArchive]:
     """The archives of ``fetched/`` past ``fetched_keep`` (``keep_fetched``'s rule,
-    before the newest good archive's chain is taken out)."""
+    before the newest good archive's chain is taken out). A full archive dated ahead of
+    the clock takes no slot (an outside review had a stray one make every stored archive
+    go as it moved): it is left to local retention."""
     fetched = [a for a in archives if a.fetched]
     if keep <= 0:
         return fetched
-    fulls = [a for a in fetched if a.sidecar and not a.sidecar.archive.is_delta]
+    latest = now + FUTURE_TOLERANCE
+    fulls = [
+        a for a in fetched if a.sidecar and not a.sidecar.archive.is_delta and a.created <= latest
+    ]
     kept = fulls[-keep:]
     return [
         a
@@ -225,12 +239,20 @@ def _past_keep(archives: list[LocalArchive], keep: int) -> list[LocalArchive]:
 
 def newest_good_chain(archives: list[LocalArchive], now: dt.datetime) -> set[str]:
     """The names of the newest archive of ``archives`` in which every service succeeded
-    (not dated ahead of the clock: a stray one must not take that place; not a delta
-    whose chain is broken: it restores nothing) and of the archives it is built on;
-    empty when there is none. Local retention never deletes them."""
+    (not dated ahead of the clock: a stray one must not take that place) and of the
+    archives it is built on; empty when there is none. Every retention keeps them: the
+    one rule for "the newest good archive" (an outside review found two, and a delta
+    whose chain is broken kept in place of the good full archive before it)."""
     latest = now + FUTURE_TOLERANCE
-    good = [a for a in archives if a.good and a.created <= latest and not _orphaned(a, archives)]
-    return chain_of(good[-1], archives) if good else set()
+    newest = _newest_good([a for a in archives if a.created <= latest], archives)
+    return chain_of(newest, archives) if newest else set()
+
+
+def _newest_good(candidates: list[LocalArchive], archives: list[LocalArchive]):
+    """The newest of ``candidates`` (oldest first) in which every service succeeded and
+    that restores (not a delta whose chain through ``archives`` is broken), or None."""
+    good = [a for a in candidates if a.good and not _orphaned(a, archives)]
+    return good[-1] if good else None
 
 
 def _orphaned(archive: LocalArchive, archives: list[LocalArchive]) -> bool:
@@ -344,27 +366,53 @@ def retire_marked(archive_dir: Path, keep: int, now: dt.datetime | None = None) 
     never opened or followed."""
     now = now or utc_now()
     target = archive_dir / FETCHED_DIR
-    moved = []
-    marks = _marks(archive_dir)
-    if marks:
-        current = [a for a in list_archives(archive_dir, include_fetched=False) if a.complete]
-        latest = now + FUTURE_TOLERANCE
-        real = [a for a in current if a.created <= latest]
-        newest = {a[-1].name for a in (current, real) if a}
-        target.mkdir(mode=0o2750, exist_ok=True)
-        for archive in current:
-            if archive.marked and archive.name not in newest:
-                os.rename(archive.path, target / archive.name)
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(archive.sidecar_path, target / archive.sidecar_path.name)
-                log.info("%s was stored by the server; moved to %s/", archive.name, FETCHED_DIR)
-                moved.append(archive.name)
-        _remove_marks(archive_dir, keep=newest & marks)
+    moved = _move_marked(archive_dir, now) if _marks(archive_dir) else []
     deleted = keep_fetched(archive_dir, keep, now) if target.is_dir() else []
     if moved or deleted:
         fsync_dir(target)
         fsync_dir(archive_dir)
     return moved
+
+
+def _move_marked(archive_dir: Path, now: dt.datetime) -> list[str]:
+    """Move the marked archives but the newest (see :func:`retire_marked`) to
+    ``fetched/``; remove the marks but those of archives still in place (the newest, and
+    one that could not move: the next run tries again). Returns what moved."""
+    current = [a for a in list_archives(archive_dir, include_fetched=False) if a.complete]
+    latest = now + FUTURE_TOLERANCE
+    real = [a for a in current if a.created <= latest]
+    newest = {a[-1].name for a in (current, real) if a}
+    target = archive_dir / FETCHED_DIR
+    target.mkdir(mode=0o2750, exist_ok=True)
+    moved = []
+    for archive in current:
+        if archive.marked and archive.name not in newest and _move(archive, target):
+            log.info("%s was stored by the server; moved to %s/", archive.name, FETCHED_DIR)
+            moved.append(archive.name)
+    _remove_marks(archive_dir, keep={a.name for a in current if a.marked} - set(moved))
+    return moved
+
+
+def _move(archive: LocalArchive, target: Path) -> bool:
+    """Move the archive, then its sidecar, into ``target``. Returns False, with a
+    warning, when the archive cannot go (``fetched/`` on another file system, a directory
+    of its name there): it stays where it is, and the run goes on."""
+    try:
+        os.rename(archive.path, target / archive.name)
+    except OSError as exc:
+        log.warning(
+            "cannot move %s to %s/ (%s); left in place", archive.name, FETCHED_DIR, exc.strerror
+        )
+        return False
+    try:
+        os.rename(archive.sidecar_path, target / archive.sidecar_path.name)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # the next run's _finish_moves tries again
+        log.warning(
+            "cannot move %s to %s/ (%s)", archive.sidecar_path.name, FETCHED_DIR, exc.strerror
+        )
+    return True
 
 
 def _remove_marks(archive_dir: Path, keep: set[str]) -> None:
@@ -468,9 +516,9 @@ def _chain_kept(own: list[LocalArchive], complete: list[LocalArchive]) -> tuple[
     archive's chain when that is older."""
     fulls = [a for a in own if a.sidecar and not a.sidecar.archive.is_delta]
     oldest_kept = fulls[-1].stamp if fulls else ""
-    good = [a for a in own if a.good]
-    if good and good[-1].stamp < oldest_kept:
-        return oldest_kept, chain_of(good[-1], complete)
+    good = _newest_good(own, complete)
+    if good and good.stamp < oldest_kept:
+        return oldest_kept, chain_of(good, complete)
     return oldest_kept, set()
 
 
@@ -514,7 +562,11 @@ def _finish_moves(archive_dir: Path) -> None:
         left = archive_dir / archive.sidecar_path.name
         stray = archive.problem.startswith("no sidecar") and left.is_file()
         if stray and not os.path.lexists(archive_dir / archive.name):
-            os.rename(left, archive.sidecar_path)
+            try:
+                os.rename(left, archive.sidecar_path)
+            except OSError as exc:
+                log.warning("cannot finish moving %s (%s)", archive.name, exc.strerror)
+                continue
             log.info("finished moving %s to %s/ (a run was cut short)", archive.name, FETCHED_DIR)
             fsync_dir(target)
 
@@ -530,8 +582,8 @@ def _complete_archives(archive_dir: Path) -> tuple[list[LocalArchive], list[str]
                 log.warning("removing %s/%s: its sidecar is gone", FETCHED_DIR, archive.name)
             else:
                 log.warning("removing %s: its publication never completed", archive.name)
-            _delete(archive)
-            removed.append(archive.name)
+            if _delete(archive):
+                removed.append(archive.name)
     return [a for a in archives if a.complete], removed
 
 
@@ -540,8 +592,8 @@ def _finish_retention(
 ) -> list[str]:
     for archive in expired:
         log.info("retention: deleting %s", archive.name)
-        _delete(archive)
-        removed.append(archive.name)
+        if _delete(archive):
+            removed.append(archive.name)
     removed += _orphan_sidecars(archive_dir)
     if removed:
         fsync_dir(archive_dir)

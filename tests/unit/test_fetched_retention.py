@@ -14,6 +14,7 @@ import pytest
 from pullback.common.archive.directory import (
     FETCHED_DIR,
     MARKS_DIR,
+    apply_chain_retention,
     apply_retention,
     keep_fetched,
 )
@@ -134,3 +135,64 @@ def test_an_archive_dated_ahead_does_not_let_the_real_newest_move(archives):
     retention(archives, fetched_keep=0)
     assert present(archives) == [real, stray]
     assert sorted(os.listdir(archives / MARKS_DIR)) == [real, stray]  # still owed a move
+
+
+@pytest.mark.parametrize("how", ["fetched", "chain"])
+def test_a_good_delta_whose_chain_is_broken_never_takes_the_good_full_archives_place(archives, how):
+    """Two rules for "the newest good archive": ``keep_fetched`` skipped a delta whose
+    base is gone (it restores nothing), local and chain retention did not, so they kept
+    that delta and deleted the good full archive before it, the only one that restores
+    with every service. One rule now (``newest_good_chain``), in every retention."""
+    good = put(archives, 0, stamp="20251201T000000Z")
+    broken = put(archives, 0, stamp="20251215T000000Z", base="web1-20251210T000000Z.tar.zst")
+    put(archives, 0, stamp="20260101T120000Z", ok=False)  # the newest: a service failed
+    if how == "fetched":
+        mark(archives, good)
+        mark(archives, broken)
+        apply_retention(archives, keep_last=1, keep_days=1, now=NOW, fetched_keep=1)
+        assert good in present(archives / FETCHED_DIR)
+    else:
+        apply_chain_retention(archives, "web1", now=NOW)
+        assert good in present(archives)
+
+
+def test_an_entry_retention_cannot_delete_is_a_warning_not_a_failed_run(archives, caplog):
+    """A directory named like a fetched archive's sidecar made ``keep_fetched`` (which
+    runs every run) raise IsADirectoryError, so every run failed: the archive is left
+    in place with a warning, and the rest of retention goes on."""
+    old = put(archives / FETCHED_DIR, 1)
+    (archives / FETCHED_DIR / (old + ".json")).unlink()
+    (archives / FETCHED_DIR / (old + ".json")).mkdir()
+    put(archives / FETCHED_DIR, 2)
+    put(archives, 3)
+    retention(archives, fetched_keep=1)
+    assert old in present(archives / FETCHED_DIR)
+    assert f"cannot delete {archives / FETCHED_DIR / old}.json" in caplog.text
+
+
+def test_an_archive_dated_ahead_in_fetched_takes_no_fetched_keep_slot(archives):
+    """A stray full archive dated 2030 in ``fetched/`` counted as the newest kept one,
+    so with ``fetched_keep: 1`` every archive the server stored went as it moved."""
+    put(archives / FETCHED_DIR, 0, stamp="20300101T000000Z", ok=False)
+    stored = put(archives, 1, ok=False)
+    put(archives, 2)  # the newest, good
+    mark(archives, stored)
+    retention(archives, fetched_keep=1)
+    assert stored in present(archives / FETCHED_DIR)
+
+
+def test_an_archive_that_cannot_move_stays_marked_and_moves_next_run(archives, caplog):
+    """A directory of the archive's name in ``fetched/`` (or ``fetched/`` on another file
+    system) made the move raise and the run fail: it is a warning now, the archive stays
+    in place with its mark, and a later run moves it."""
+    stored = put(archives, 1)
+    put(archives, 2)
+    mark(archives, stored)
+    (archives / FETCHED_DIR / stored).mkdir(parents=True)
+    retention(archives, fetched_keep=1)
+    assert stored in present(archives) and f"cannot move {stored}" in caplog.text
+    assert os.listdir(archives / MARKS_DIR) == [stored]
+    (archives / FETCHED_DIR / stored).rmdir()
+    retention(archives, fetched_keep=1)
+    assert present(archives / FETCHED_DIR) == [stored]
+    assert os.listdir(archives / MARKS_DIR) == []

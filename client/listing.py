@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
-from ..common.archive.directory import LocalArchive, chain_of, list_archives
+from ..common.archive.directory import LocalArchive, chain_of, list_archives, newest_stored
 from ..common.errors import EXIT_OK
 from ..common.units import human_size
 from .config import ClientConfig
 
 
-def archive_record(archive: LocalArchive, stored: _Stored | None = None) -> dict:
+def archive_record(archive: LocalArchive, stored: _Stored) -> dict:
     """The JSON form of one archive: its sidecar plus where it lies (``where``: the
     table's WHERE, see :func:`_where`)."""
     record = {
@@ -23,7 +24,7 @@ def archive_record(archive: LocalArchive, stored: _Stored | None = None) -> dict
         "fetched": archive.fetched,
         "stored_by_server": archive.fetched or archive.marked,
         "complete": archive.complete,
-        "where": _where(archive, stored or _Stored()),
+        "where": _where(archive, stored),
     }
     if archive.sidecar is not None:
         record["sidecar"] = json.loads(archive.sidecar.to_json())
@@ -44,8 +45,9 @@ def _size(archive: LocalArchive) -> int | None:
 def _where(archive: LocalArchive, stored: _Stored) -> str:
     """``fetched`` (moved aside), ``stored, kept`` (the server said so; it stays offered
     while retention keeps it), ``superseded`` (never stored, an archive newer than it
-    was, and no archive present is built on it: no pull takes it; retention removes it),
-    ``not offered`` (no valid sidecar: no pull takes it) or ``ready`` (not stored yet)."""
+    was, and no archive present is built on it: no pull takes it; retention removes it
+    unless it is the newest archive in which every service succeeded), ``not offered``
+    (no valid sidecar: no pull takes it) or ``ready`` (not stored yet)."""
     if archive.fetched:
         return "fetched"
     if archive.marked:
@@ -66,20 +68,18 @@ class _Stored:
     bases: frozenset[str] = frozenset()
 
 
-def _stored(found: list[LocalArchive]) -> _Stored:
+def _stored(found: list[LocalArchive], archive_dir: Path) -> _Stored:
     complete = [a for a in found if a.complete]
     bases: set[str] = set()
     for archive in complete:
         bases |= chain_of(archive, complete) - {archive.name}
-    newest = max((a.stamp for a in found if a.fetched or a.marked), default="")
-    return _Stored(newest, frozenset(bases))
+    return _Stored(newest_stored(archive_dir), frozenset(bases))
 
 
-def render_table(found: list[LocalArchive]) -> str:
+def render_table(found: list[LocalArchive], stored: _Stored) -> str:
     if not found:
         return "no archives"
     rows = [("ARCHIVE", "SIZE", "STATUS", "SERVICES", "WHERE")]
-    stored = _stored(found)
     for archive in found:
         found_size = _size(archive)
         size = "gone" if found_size is None else human_size(found_size)
@@ -107,7 +107,7 @@ def command(config: ClientConfig, args: argparse.Namespace) -> int:
 
 def listing(config: ClientConfig, as_json: bool) -> str:
     found = list_archives(config.archive_dir)
+    stored = _stored(found, config.archive_dir)
     if as_json:
-        stored = _stored(found)
         return json.dumps([archive_record(a, stored) for a in found], indent=2)
-    return render_table(found)
+    return render_table(found, stored)

@@ -26,6 +26,11 @@ MARKS_DIR = ".fetched-marks"
 """Where the serve endpoint (the unprivileged ``pullback`` user, group-writable) leaves
 one empty file per archive the server says it has stored. Only root's own run moves
 archives, and never the newest: see :func:`retire_marked`."""
+NEWEST_STORED = ".newest-stored"
+"""A file root's run writes in the archive directory: the name of the newest archive the
+server said it stored. Marks and ``fetched/`` go with retention; this stays, so
+``pullback-client list`` still knows which archives no pull will take (the server never
+takes one older than its newest snapshot)."""
 PARTIAL_SUFFIX = ".partial"
 LOCK_WAIT = 120.0
 FUTURE_TOLERANCE = dt.timedelta(hours=1)
@@ -77,6 +82,41 @@ def directory_lock(archive_dir: Path, purpose: str) -> FileLock:
     """The archive-directory lock (publish, retention, mark fetched): see
     docs/architecture.md, *The archive*."""
     return FileLock(archive_dir / LOCK_NAME, purpose=purpose)
+
+
+def newest_stored(archive_dir: Path) -> str:
+    """The stamp of the newest archive the server said it stored, as far as this client
+    knows (its marks, ``fetched/`` and :data:`NEWEST_STORED`); "" when none."""
+    names = _marks(archive_dir) | _noted(archive_dir)
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        names |= {n for n in os.listdir(archive_dir / FETCHED_DIR) if ARCHIVE_NAME.match(n)}
+    return max((_stamp(n) for n in names), default="")
+
+
+def _stamp(name: str) -> str:
+    match = ARCHIVE_NAME.match(name)
+    return match["stamp"] if match else ""
+
+
+def _noted(archive_dir: Path) -> set[str]:
+    """The name :data:`NEWEST_STORED` holds (an empty set when none or not a name)."""
+    try:
+        text = (archive_dir / NEWEST_STORED).read_text("utf-8", errors="replace").strip()
+    except (OSError, ValueError):
+        return set()
+    return {text} if ARCHIVE_NAME.fullmatch(text) else set()
+
+
+def _note_stored(archive_dir: Path) -> None:
+    """Write :data:`NEWEST_STORED` when a mark names a newer archive than it holds
+    (before retention removes marks). Call it under the directory lock, as root."""
+    marked = max(_marks(archive_dir), key=_stamp, default="")
+    noted = max(_noted(archive_dir), key=_stamp, default="")
+    if marked and _stamp(marked) > _stamp(noted):
+        try:
+            atomic_write(archive_dir / NEWEST_STORED, marked + "\n", mode=0o640)
+        except OSError as exc:
+            log.warning("cannot note %s as stored (%s)", marked, exc.strerror)
 
 
 def _marks(archive_dir: Path) -> set[str]:
@@ -158,10 +198,13 @@ def select_expired(
 
     An archive is kept when it is one of the ``keep_last`` newest, or younger than
     ``keep_days`` days, or the newest archive in which every service succeeded or one
-    it is built on (:func:`newest_good_chain`).
+    it is built on (:func:`newest_good_chain`). An archive dated ahead of the clock
+    takes no ``keep_last`` place (an outside test had a stray one make a run delete the
+    archive it had just published); ``keep_days`` keeps it.
     """
     complete = sorted((a for a in archives if a.complete), key=lambda a: a.stamp)
-    keep = {id(a) for a in complete[-keep_last:]} if keep_last > 0 else set()
+    real = [a for a in complete if a.created <= now + FUTURE_TOLERANCE]
+    keep = {id(a) for a in real[-keep_last:]} if keep_last > 0 else set()
     horizon = now - dt.timedelta(days=keep_days)
     keep.update(id(a) for a in complete if a.created > horizon)
     promised = newest_good_chain(complete, now)
@@ -447,11 +490,15 @@ def apply_retention(
     now = now or utc_now()
     with directory_lock(archive_dir, "local retention").acquire(wait=LOCK_WAIT):
         _finish_moves(archive_dir)
+        _note_stored(archive_dir)
         if fetched_keep is not None:
             retire_marked(archive_dir, fetched_keep, now)
         complete, removed = _complete_archives(archive_dir)
-        expired = select_expired(complete, keep_last, keep_days, now)
-        expired += [a for a in _superseded_deltas(complete, now) if a not in expired]
+        # superseded deltas take no keep_last place (an outside test saw them push the
+        # full archive before them out after deltas were switched off)
+        superseded = _superseded_deltas(complete, now)
+        rest = [a for a in complete if a not in superseded]
+        expired = select_expired(rest, keep_last, keep_days, now) + superseded
         # a delta that stays keeps the archives it is built on (else it is of no use)
         needed: set[str] = set()
         for archive in complete:
@@ -498,6 +545,7 @@ def apply_chain_retention(
     latest = (now or utc_now()) + FUTURE_TOLERANCE
     with directory_lock(archive_dir, "local retention").acquire(wait=LOCK_WAIT):
         _finish_moves(archive_dir)
+        _note_stored(archive_dir)
         complete, removed = _complete_archives(archive_dir)
         # only this host's archives, not dated ahead of the clock: a stray archive must
         # never make the real chain look old

@@ -14,9 +14,11 @@ import pytest
 from pullback.common.archive.directory import (
     FETCHED_DIR,
     MARKS_DIR,
+    NEWEST_STORED,
     apply_chain_retention,
     apply_retention,
     keep_fetched,
+    newest_stored,
 )
 from pullback.common.archive.sidecar import ArchiveInfo, ArchiveKind, BaseRef, Sidecar
 from pullback.common.outcome import Status
@@ -196,3 +198,40 @@ def test_an_archive_that_cannot_move_stays_marked_and_moves_next_run(archives, c
     retention(archives, fetched_keep=1)
     assert present(archives / FETCHED_DIR) == [stored]
     assert os.listdir(archives / MARKS_DIR) == []
+
+
+def test_an_archive_dated_ahead_takes_no_keep_last_place(archives):
+    """With ``keep_last: 1``, a stray archive dated ahead of the clock took the one place,
+    so a run deleted the partial archive it had just published (its good services never
+    reached the server). ``keep_days`` keeps the stray; the newest real archive stays."""
+    put(archives, 1)
+    stray = put(archives, 0, stamp="20260105T000000Z")
+    partial = put(archives, 2, ok=False)
+    assert apply_retention(archives, keep_last=1, keep_days=0, now=NOW) == []
+    assert present(archives) == sorted(["web1-20260101T000001Z.tar.zst", partial, stray])
+
+
+def test_superseded_deltas_take_no_keep_last_place(archives):
+    """After deltas were switched off, the old chain's deltas (deleted as superseded)
+    filled ``keep_last: 3`` and pushed the full archive before them out."""
+    old = put(archives, 1)
+    first = put(archives, 2, base=old)
+    put(archives, 3, base=first)
+    new = put(archives, 4)
+    apply_retention(archives, keep_last=3, keep_days=0, now=NOW)
+    assert present(archives) == [old, new]
+
+
+def test_the_newest_stored_archive_is_remembered_past_retention(archives):
+    """``pullback-client list`` told a superseded archive by the marks and ``fetched/``,
+    which retention empties: after ``fetched_keep: 0`` deleted the stored archive, an
+    older one no pull takes showed "ready" again. The newest stored name is kept."""
+    good = put(archives, 1)
+    stored = put(archives, 2, ok=False)
+    mark(archives, stored)
+    put(archives, 3, ok=False)
+    retention(archives, fetched_keep=0)
+    assert present(archives / FETCHED_DIR) == [] and good in present(archives)
+    assert newest_stored(archives) == "20260101T000002Z"
+    (archives / NEWEST_STORED).write_text("../../etc/passwd\n")  # not a name: ignored
+    assert newest_stored(archives) == ""

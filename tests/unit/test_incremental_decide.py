@@ -172,7 +172,8 @@ def test_classic_retention_drops_deltas_a_newer_full_supersedes(tmp_path):
     """Deltas switched off (``enabled: false``): classic retention keeps ``keep_last``
     archives, and the deltas left from before, which a newer full archive supersedes,
     go rather than fill those places (an outside tester saw two deltas kept whose full
-    archive was gone). A delta newer than every full stays."""
+    archive was gone; another, that the superseded deltas took ``keep_last`` places and
+    pushed the old full archive out). A delta newer than every full stays."""
     cfg = config(tmp_path)
     full, _ = publish(cfg, 5)
     first, _ = publish(cfg, 4, base=full)
@@ -180,8 +181,8 @@ def test_classic_retention_drops_deltas_a_newer_full_supersedes(tmp_path):
     newer_full, _ = publish(cfg, 2)
     newest_delta, _ = publish(cfg, 1, base=newer_full)
     removed = directory.apply_retention(cfg.archive_dir, keep_last=3, keep_days=0, now=NOW)
-    assert set(removed) == {full, first, second}
-    assert directory_names(cfg) == [newer_full, newest_delta]
+    assert set(removed) == {first, second}
+    assert directory_names(cfg) == [full, newer_full, newest_delta]
 
 
 def test_classic_retention_keeps_a_kept_deltas_chain_and_ignores_a_stray_from_the_future(

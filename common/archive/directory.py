@@ -291,7 +291,9 @@ def newest_good_chain(archives: list[LocalArchive], now: dt.datetime) -> set[str
     return chain_of(newest, archives) if newest else set()
 
 
-def _newest_good(candidates: list[LocalArchive], archives: list[LocalArchive]):
+def _newest_good(
+    candidates: list[LocalArchive], archives: list[LocalArchive]
+) -> LocalArchive | None:
     """The newest of ``candidates`` (oldest first) in which every service succeeded and
     that restores (not a delta whose chain through ``archives`` is broken), or None."""
     good = [a for a in candidates if a.good and not _orphaned(a, archives)]

@@ -14,9 +14,10 @@ import os
 from dataclasses import dataclass
 
 from ..common.archive import directory as archives
-from ..common.archive.directory import FUTURE_TOLERANCE, LocalArchive, full_chain
+from ..common.archive.directory import LocalArchive, by_names, full_chain
 from ..common.archive.filecache import FileCache
 from ..common.archive.sidecar import BaseRef
+from ..common.clock import FUTURE_TOLERANCE
 from ..common.units import human_duration, human_size
 from .config import ClientConfig, IncrementalMode
 
@@ -79,7 +80,7 @@ def decide(
     info = newest.sidecar.archive
     if BaseRef(info.name, info.manifest_sha256) != cache.base:
         return Decision(None, f"the file cache describes {cache.base.name}, not the newest archive")
-    chain = full_chain(newest, {a.name: a for a in current})
+    chain = full_chain(newest, by_names(current))
     due = full_due(config, chain, now) if chain else f"the chain of {newest.name} is broken"
     if due:
         return Decision(None, due)

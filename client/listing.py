@@ -7,7 +7,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common.archive.directory import LocalArchive, chain_of, list_archives, newest_stored
+from ..common.archive.directory import (
+    LocalArchive,
+    base_of,
+    by_names,
+    list_archives,
+    newest_stored,
+)
 from ..common.errors import EXIT_OK
 from ..common.units import human_size
 from .config import ClientConfig
@@ -70,9 +76,9 @@ class _Stored:
 
 def _stored(found: list[LocalArchive], archive_dir: Path) -> _Stored:
     complete = [a for a in found if a.complete]
-    bases: set[str] = set()
-    for archive in complete:
-        bases |= chain_of(archive, complete) - {archive.name}
+    by_name = by_names(complete)
+    # an archive in another's chain is the direct, older base of one archive in it
+    bases = {base.name for a in complete if (base := base_of(a, by_name)) is not None}
     return _Stored(newest_stored(archive_dir), frozenset(bases))
 
 

@@ -123,7 +123,7 @@ def chain_for(archive: Path) -> list[Path]:
     directory = archive.parent
     if directory.name == archives.FETCHED_DIR:  # its chain may span both directories
         directory = directory.parent
-    present = {a.name: a for a in archives.list_archives(directory) if a.complete}
+    present = archives.by_names([a for a in archives.list_archives(directory) if a.complete])
     chain = archives.full_chain(present[archive.name], present) if archive.name in present else []
     if not chain:
         raise UsageError(

@@ -11,6 +11,10 @@ import datetime as dt
 
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+FUTURE_TOLERANCE = dt.timedelta(hours=1)
+"""How far ahead of the clock an archive or snapshot may be dated (clock skew) and still
+be taken as the newest one: the server's pull and maintenance and the client's retention
+use the same. A stray one dated later must not take that place."""
 
 
 def utc_now() -> dt.datetime:

@@ -40,7 +40,7 @@ from ..common.archive import sidecar as sidecars
 from ..common.archive.baseindex import IndexedTree
 from ..common.archive.sidecar import SIDECAR_NAME, Sidecar
 from ..common.archive.unpack import BaseMismatch, HostileArchive
-from ..common.clock import age, iso, iso_or_none, parse_stamp, utc_now
+from ..common.clock import FUTURE_TOLERANCE, age, iso, iso_or_none, parse_stamp, utc_now
 from ..common.errors import (
     ArchiveError,
     CommandError,
@@ -65,8 +65,6 @@ from .remote import ArchiveGone, Remote, TransferCut
 from .results import HostResult
 from .transfer import ChecksumMismatch, Fetched, discard_partial, fetch_and_unpack
 
-FUTURE_TOLERANCE = dt.timedelta(hours=1)
-"""How far in the future an archive's stamp may lie (clock skew) and still be taken."""
 SHOWN_WARNINGS = 10
 KEPT_WARNINGS = 20
 

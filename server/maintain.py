@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..common.cli import print_json
-from ..common.clock import iso, parse_iso, utc_now
+from ..common.clock import FUTURE_TOLERANCE, iso, parse_iso, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, PullbackError
 from ..common.fsutil import atomic_write
 from ..common.locks import FileLock
@@ -30,7 +30,6 @@ from .backends import RepositoryMissing, Role, Snapshot
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
-from .host_pull import FUTURE_TOLERANCE
 from .pull import INSTANCE_LOCK
 
 log = get_logger("maintain")

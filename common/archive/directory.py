@@ -9,7 +9,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..clock import parse_stamp, utc_now
+from ..clock import FUTURE_TOLERANCE, parse_stamp, utc_now
 from ..errors import ArchiveError
 from ..fsutil import atomic_write, fsync_dir, set_dir_mode
 from ..locks import FileLock
@@ -33,10 +33,6 @@ server said it stored. Marks and ``fetched/`` go with retention; this stays, so
 takes one older than its newest snapshot)."""
 PARTIAL_SUFFIX = ".partial"
 LOCK_WAIT = 120.0
-FUTURE_TOLERANCE = dt.timedelta(hours=1)
-"""How far ahead of the clock an archive may be dated and still count as the newest (or
-the newest good) one: a stray archive dated later must not take that place (the server's
-tolerance too)."""
 
 
 @dataclass
@@ -272,11 +268,12 @@ def _past_keep(archives: list[LocalArchive], keep: int, now: dt.datetime) -> lis
         a for a in fetched if a.sidecar and not a.sidecar.archive.is_delta and a.created <= latest
     ]
     kept = fulls[-keep:]
+    by_name = by_names(archives)
     return [
         a
         for a in fetched
         if a not in kept
-        and (a in fulls or (a.stamp < kept[0].stamp if kept else _orphaned(a, archives)))
+        and (a in fulls or (a.stamp < kept[0].stamp if kept else _orphaned(a, by_name)))
     ]
 
 
@@ -287,26 +284,29 @@ def newest_good_chain(archives: list[LocalArchive], now: dt.datetime) -> set[str
     one rule for "the newest good archive" (an outside review found two, and a delta
     whose chain is broken kept in place of the good full archive before it)."""
     latest = now + FUTURE_TOLERANCE
-    newest = _newest_good([a for a in archives if a.created <= latest], archives)
-    return chain_of(newest, archives) if newest else set()
+    by_name = by_names(archives)
+    newest = _newest_good([a for a in archives if a.created <= latest], by_name)
+    return chain_of(newest, by_name) if newest else set()
 
 
 def _newest_good(
-    candidates: list[LocalArchive], archives: list[LocalArchive]
+    candidates: list[LocalArchive], by_name: dict[str, LocalArchive]
 ) -> LocalArchive | None:
     """The newest of ``candidates`` (oldest first) in which every service succeeded and
-    that restores (not a delta whose chain through ``archives`` is broken), or None."""
-    good = [a for a in candidates if a.good and not _orphaned(a, archives)]
-    return good[-1] if good else None
+    that restores (not a delta whose chain through ``by_name`` is broken), or None."""
+    for archive in reversed(candidates):
+        if archive.good and not _orphaned(archive, by_name):
+            return archive
+    return None
 
 
-def _orphaned(archive: LocalArchive, archives: list[LocalArchive]) -> bool:
+def _orphaned(archive: LocalArchive, by_name: dict[str, LocalArchive]) -> bool:
     """Whether ``archive`` is a delta whose chain, followed through both directories,
     stops at a missing base: it restores nothing. An archive whose sidecar cannot be
     read, or whose chain reaches one, may be (or rest on) a full archive: not orphaned
     (an outside review found a fetched delta deleted while its full archive was in the
     archive directory, or in ``fetched/`` with a sidecar that could not be read)."""
-    root = _walk_back(archive, {a.name: a for a in archives})[0].sidecar
+    root = _walk_back(archive, by_name)[0].sidecar
     return root is not None and root.archive.is_delta
 
 
@@ -502,10 +502,10 @@ def apply_retention(
         rest = [a for a in complete if a not in superseded]
         expired = select_expired(rest, keep_last, keep_days, now) + superseded
         # a delta that stays keeps the archives it is built on (else it is of no use)
-        needed: set[str] = set()
-        for archive in complete:
-            if archive not in expired and archive.sidecar and archive.sidecar.archive.is_delta:
-                needed |= chain_of(archive, complete)
+        needed = chains_of(
+            [a for a in complete if a not in expired and a.sidecar and a.sidecar.archive.is_delta],
+            by_names(complete),
+        )
         expired = [a for a in expired if a.name not in needed]
         return _finish_retention(archive_dir, expired, removed)
 
@@ -566,16 +566,49 @@ def _chain_kept(own: list[LocalArchive], complete: list[LocalArchive]) -> tuple[
     archive's chain when that is older."""
     fulls = [a for a in own if a.sidecar and not a.sidecar.archive.is_delta]
     oldest_kept = fulls[-1].stamp if fulls else ""
-    good = _newest_good(own, complete)
+    by_name = by_names(complete)
+    good = _newest_good(own, by_name)
     if good and good.stamp < oldest_kept:
-        return oldest_kept, chain_of(good, complete)
+        return oldest_kept, chain_of(good, by_name)
     return oldest_kept, set()
 
 
-def chain_of(archive: LocalArchive, complete: list[LocalArchive]) -> set[str]:
+def by_names(archives: list[LocalArchive]) -> dict[str, LocalArchive]:
+    """``archives`` by name, for following chains (:func:`chain_of`, :func:`full_chain`);
+    of two of one name (the archive directory's and ``fetched/``'s), the later in
+    ``archives``. Build it once per listing: each walk is then linear in the chain."""
+    return {a.name: a for a in archives}
+
+
+def chain_of(archive: LocalArchive, by_name: dict[str, LocalArchive]) -> set[str]:
     """The names of ``archive`` and the archives it is built on (its bases followed
-    back to a full, or as far as they are there; each strictly older than the last)."""
-    return {a.name for a in _walk_back(archive, {a.name: a for a in complete})}
+    back to a full, or as far as they are in ``by_name``; each strictly older than the
+    last)."""
+    return {a.name for a in _walk_back(archive, by_name)}
+
+
+def chains_of(archives: list[LocalArchive], by_name: dict[str, LocalArchive]) -> set[str]:
+    """The union of :func:`chain_of` over ``archives``, each archive walked once: a walk
+    stops where an earlier one passed (the rest of its chain is in already), so a long
+    chain costs its length, not its square."""
+    found: set[str] = set()
+    for archive in archives:
+        current: LocalArchive | None = archive
+        while current is not None and current.name not in found:
+            found.add(current.name)
+            current = base_of(current, by_name)
+    return found
+
+
+def base_of(archive: LocalArchive, by_name: dict[str, LocalArchive]) -> LocalArchive | None:
+    """The archive ``archive`` is built on, when it is in ``by_name`` and strictly older
+    (so a walk back always ends); None for a full archive, one without a valid sidecar,
+    or a base that is missing or not older."""
+    side = archive.sidecar
+    if side is None or side.archive.base is None:
+        return None
+    base = by_name.get(side.archive.base.name)
+    return base if base is not None and base.stamp < archive.stamp else None
 
 
 def full_chain(newest: LocalArchive, by_name: dict[str, LocalArchive]) -> list[LocalArchive]:
@@ -592,10 +625,7 @@ def _walk_back(archive: LocalArchive, by_name: dict[str, LocalArchive]) -> list[
     walk stops at a full archive, an archive without a valid sidecar, a missing base or
     one not strictly older than the archive built on it (so a loop ends too)."""
     chain = [archive]
-    while (side := chain[-1].sidecar) is not None and side.archive.base is not None:
-        base = by_name.get(side.archive.base.name)
-        if base is None or base.stamp >= chain[-1].stamp:
-            break
+    while (base := base_of(chain[-1], by_name)) is not None:
         chain.append(base)
     return chain[::-1]
 

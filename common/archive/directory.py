@@ -649,6 +649,7 @@ def _finish_moves(archive_dir: Path) -> None:
                 continue
             log.info("finished moving %s to %s/ (a run was cut short)", archive.name, FETCHED_DIR)
             fsync_dir(target)
+            fsync_dir(archive_dir)  # (else a power cut can leave the sidecar in both)
 
 
 def _complete_archives(archive_dir: Path) -> tuple[list[LocalArchive], list[str]]:

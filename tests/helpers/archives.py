@@ -15,7 +15,8 @@ from pathlib import Path
 from pullback.common.archive import tarformat
 from pullback.common.archive.deltaops import BASE, BASE_KEY, DATA_KEY, DELTA, REALSIZE_KEY
 from pullback.common.archive.manifest import MANIFEST_NAME, format_line
-from pullback.common.archive.sidecar import BaseRef
+from pullback.common.archive.sidecar import ArchiveInfo, ArchiveKind, BaseRef, Sidecar
+from pullback.common.outcome import Status
 
 MTIME = 1_700_000_000 * 1_000_000_000
 
@@ -207,3 +208,20 @@ def delta_member(
     if base_name is not None:
         pax.append((BASE_KEY, os.fsencode(base_name)))
     return file_member(name, stream, pax=pax)
+
+
+def listed_sidecar(name: str, stamp: str, base: str = "", ok: bool = True) -> Sidecar:
+    """A valid sidecar of ``web1``'s archive ``name`` (10 bytes, its digests made up),
+    for tests of what the archive directory's listing and retention decide: a delta on
+    the archive ``base`` when given, a failed service unless ``ok``."""
+    info = ArchiveInfo(
+        name,
+        10,
+        "0" * 64,
+        "zstd",
+        kind=ArchiveKind.DELTA if base else ArchiveKind.FULL,
+        manifest_sha256="1" * 64,
+        base=BaseRef(base, "1" * 64) if base else None,
+    )
+    status = Status.OK if ok else Status.PARTIAL
+    return Sidecar("web1", stamp, "2026-01-01T00:00:00Z", "0.3.0", status, info, [])

@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from pullback.client.listing import _stored
 from pullback.common.archive import directory
 from pullback.common.archive.directory import LocalArchive, by_names, chain_of, chains_of
-from pullback.common.archive.sidecar import ArchiveInfo, ArchiveKind, BaseRef, Sidecar
-from pullback.common.outcome import Status
+from tests.helpers.archives import listed_sidecar
 
 
 def _archive(number: int, base: int | None, readable: bool = True) -> LocalArchive:
@@ -27,17 +26,7 @@ def _archive(number: int, base: int | None, readable: bool = True) -> LocalArchi
     if not readable:
         return LocalArchive(Path(name), "web1", stamp, None, problem="unreadable")
     base_name = _archive(base, None).name if base is not None else ""
-    info = ArchiveInfo(
-        name,
-        10,
-        "0" * 64,
-        "zstd",
-        kind=ArchiveKind.DELTA if base_name else ArchiveKind.FULL,
-        manifest_sha256="1" * 64,
-        base=BaseRef(base_name, "1" * 64) if base_name else None,
-    )
-    sidecar = Sidecar("web1", stamp, "2026-01-01T00:00:00Z", "0.3.0", Status.OK, info, [])
-    return LocalArchive(Path(name), "web1", stamp, sidecar)
+    return LocalArchive(Path(name), "web1", stamp, listed_sidecar(name, stamp, base_name))
 
 
 directories = st.lists(st.none() | st.integers(0, 40), max_size=30).map(

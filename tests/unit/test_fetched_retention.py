@@ -20,8 +20,7 @@ from pullback.common.archive.directory import (
     keep_fetched,
     newest_stored,
 )
-from pullback.common.archive.sidecar import ArchiveInfo, ArchiveKind, BaseRef, Sidecar
-from pullback.common.outcome import Status
+from tests.helpers.archives import listed_sidecar
 
 NOW = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
 
@@ -40,17 +39,7 @@ def put(directory: Path, second: int, base: str = "", ok: bool = True, stamp: st
     given, a failed service unless ``ok``. Returns its name."""
     stamp = stamp or f"20260101T0000{second:02d}Z"
     name = f"web1-{stamp}.tar.zst"
-    info = ArchiveInfo(
-        name,
-        10,
-        "0" * 64,
-        "zstd",
-        kind=ArchiveKind.DELTA if base else ArchiveKind.FULL,
-        manifest_sha256="1" * 64,
-        base=BaseRef(base, "1" * 64) if base else None,
-    )
-    status = Status.OK if ok else Status.PARTIAL
-    sidecar = Sidecar("web1", stamp, "2026-01-01T00:00:00Z", "0.3.0", status, info, [])
+    sidecar = listed_sidecar(name, stamp, base, ok)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / name).write_bytes(b"x" * 10)
     (directory / (name + ".json")).write_text(sidecar.to_json())

@@ -73,6 +73,39 @@ def timed(argv, **kwargs) -> float:
     return time.monotonic() - started
 
 
+def ssh_argv(key: Path, known_hosts: Path, port: int) -> list[str]:
+    """``ssh`` with only ``key``, host keys checked against ``known_hosts``, no prompt and
+    no user configuration: the hand rows' way in (login and command to follow)."""
+    return [
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-i",
+        str(key),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-p",
+        str(port),
+    ]
+
+
+def trust_and_password(work: Path, *sshds: Sshd) -> tuple[Path, Path]:
+    """Write ``work/known_hosts`` (the keys of ``sshds``) and ``work/repository.pass``
+    (mode 0600). Returns their paths."""
+    known = work / "known_hosts"
+    known.write_text("".join(sshd.known_hosts_line() for sshd in sshds))
+    password_file = work / "repository.pass"
+    password_file.write_text(PASSWORD + "\n")
+    password_file.chmod(0o600)
+    return known, password_file
+
+
 class Bench:
     def __init__(self, work: Path, scale: float):
         byte_compile()
@@ -106,27 +139,9 @@ class Bench:
         self.plain = Sshd(
             self.work / "sshd-plain", Path(f"{self.key}.pub"), forced_command="", plain=True
         ).start()
-        self.known = self.work / "known_hosts"
-        self.known.write_text(self.serve.known_hosts_line() + self.plain.known_hosts_line())
-        self.password_file = self.work / "repository.pass"
-        self.password_file.write_text(PASSWORD + "\n")
-        self.password_file.chmod(0o600)
+        self.known, self.password_file = trust_and_password(self.work, self.serve, self.plain)
         self.ssh = [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            str(self.key),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            f"UserKnownHostsFile={self.known}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-p",
-            str(self.plain.port),
+            *ssh_argv(self.key, self.known, self.plain.port),
             f"{self.plain.user}@127.0.0.1",
         ]
 

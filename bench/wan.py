@@ -57,7 +57,7 @@ from pathlib import Path
 import yaml
 
 from bench import dataset
-from bench.run import HERE, PASSWORD, Bench, timed
+from bench.run import HERE, Bench, ssh_argv, timed, trust_and_password
 from tests.helpers.client import ClientSandbox
 from tests.helpers.sshd import Sshd, make_key, serve_command
 
@@ -167,28 +167,8 @@ class WanBench(Bench):
         self.plain = Sshd(
             self.work / "sshd-plain", pub, "", plain=True, port=PLAIN_PORT, **where
         ).start()
-        self.known = self.work / "known_hosts"
-        self.known.write_text(self.serve.known_hosts_line() + self.plain.known_hosts_line())
-        self.password_file = self.work / "repository.pass"
-        self.password_file.write_text(PASSWORD + "\n")
-        self.password_file.chmod(0o600)
-        self.ssh_cmd = [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            str(self.key),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            f"UserKnownHostsFile={self.known}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-p",
-            str(self.plain.port),
-        ]
+        self.known, self.password_file = trust_and_password(self.work, self.serve, self.plain)
+        self.ssh_cmd = ssh_argv(self.key, self.known, self.plain.port)
         self.remote_login = f"{self.plain.user}@{self.link.peer}"
         self.ssh = [*self.ssh_cmd, self.remote_login]
         # each side's day-one state, kept across the days

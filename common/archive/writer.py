@@ -86,6 +86,21 @@ class WrittenArchive:
     """Bytes of file content the archive carries (a delta: only what changed)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _OpenFile:
+    """The regular file being added, as each step of its way into the archive needs it:
+    its descriptor (open until the add returns), its member name, what was read of it,
+    the extended attributes that travel with it (None: not archived), its path (which
+    warnings name) and its task's figures and warnings."""
+
+    fd: int
+    arcname: str
+    content: Content
+    attrs: dict[str, bytes] | None
+    path: str
+    stats: TaskStats
+
+
 @dataclass
 class Incremental:
     """How a run uses its file cache. ``delta``: unchanged files become ``base`` members
@@ -634,14 +649,9 @@ class ArchiveWriter:
             except OSError as exc:
                 stats.warnings.append(f"{path}: skipped, cannot be read: {exc.strerror}")
                 return
+            file = _OpenFile(fd, arcname, content, attrs, path, stats)
             digest, chunks = self._add_content(
-                fd,
-                arcname,
-                content,
-                attrs,
-                path,
-                stats,
-                old=old if isinstance(old, CachedFile) else None,
+                file, old=old if isinstance(old, CachedFile) else None
             )
             note = content.note or (
                 streamed_note(content.stat, fd) if content.data is None else None
@@ -746,12 +756,15 @@ class ArchiveWriter:
         self._files += 1
         self._content += size
 
-    def _emit_base(self, arcname: str, st: os.stat_result, attrs) -> None:
+    def _emit_base(self, file: _OpenFile) -> None:
         """A member whose bytes are the base's file of the same name (or of the name
         ``_base_of`` says: a renamed file)."""
         extra = [(DATA_KEY, BASE), *self._base_record()]
-        self._from_base.add(arcname)
-        self._emit(self._header(arcname, st, tarformat.REGTYPE, xattrs=attrs, extra=extra))
+        self._from_base.add(file.arcname)
+        header = self._header(
+            file.arcname, file.content.stat, tarformat.REGTYPE, xattrs=file.attrs, extra=extra
+        )
+        self._emit(header)
 
     def _emit_same(self, arcname: str, left_out: bool = False) -> None:
         """A member whose bytes and metadata are the base's file of the same name: the
@@ -772,59 +785,48 @@ class ArchiveWriter:
             return []
         return [(BASE_KEY, self._base_of.encode("utf-8", "surrogateescape"))]
 
-    def _add_content(
-        self,
-        fd: int,
-        arcname: str,
-        content: Content,
-        attrs,
-        path: str,
-        stats: TaskStats,
-        *,
-        old: CachedFile | None,
-    ) -> tuple[str, bytes | None]:
+    def _add_content(self, file: _OpenFile, *, old: CachedFile | None) -> tuple[str, bytes | None]:
         """Put a read file into the archive: whole, as a ``base`` member when its bytes
         are the cached ones, or as a ``delta`` member. Returns its sha256 and packed
         chunk list (None below CHUNKED_FROM or without a cache)."""
         inc = self.incremental
         delta_from = old if inc is not None and inc.delta else None
+        content = file.content
         if content.regions is not None:
-            return self._add_sparse_content(fd, arcname, content, attrs, stats, delta_from)
+            return self._add_sparse_content(file, delta_from)
         if content.data is None:
             said: list[str] = []  # (what went wrong reading it, named by its path)
             made = None
             if delta_from is not None and delta_from.chunks is not None:
-                made = self._add_streamed_delta(fd, arcname, content, attrs, delta_from, said)
+                made = self._add_streamed_delta(file, delta_from, said)
             elif delta_from is not None:
-                made = self._add_grown(fd, arcname, content, attrs, delta_from, said)
-            stats.warnings.extend(f"{path}: {warning}" for warning in said)
+                made = self._add_grown(file, delta_from, said)
+            file.stats.warnings.extend(f"{file.path}: {warning}" for warning in said)
             if made is not None:
                 return made
-            return self._add_streamed(fd, arcname, content, attrs, path, stats, old=old)
+            return self._add_streamed(file, old=old)
         data = content.data
         digest = hashlib.sha256(data).hexdigest()
         chunks = None
         if inc is not None:
             chunks = _read_ahead_chunks(data, digest, old, reuse=not inc.fresh_cuts)
-        if delta_from is None or not self._add_read_changes(
-            arcname, content, attrs, (digest, chunks), delta_from
-        ):
-            self._add_dense(fd, arcname, content, attrs, path, stats, sha256=digest)
+        if delta_from is None or not self._add_read_changes(file, (digest, chunks), delta_from):
+            self._add_dense(file, sha256=digest)
         return digest, chunks
 
     def _add_read_changes(
-        self, arcname: str, content: Content, attrs, made: tuple[str, bytes | None], old: CachedFile
+        self, file: _OpenFile, made: tuple[str, bytes | None], old: CachedFile
     ) -> bool:
         """A read-ahead file against its row ``old``, ``made`` its sha256 and chunk list:
         a ``base`` member when its bytes are the row's, a ``delta`` member of the chunks
         that changed, or of its new bytes when it only grew (a row without a list).
         Returns False, with nothing emitted, when none of these applies or pays (the
         caller sends it whole)."""
-        data = content.data
+        data = file.content.data
         assert data is not None
         digest, chunks = made
         if digest == old.sha256:
-            self._emit_base(arcname, content.stat, attrs)
+            self._emit_base(file)
             return True
         if old.chunks is not None and chunks is not None:
             cuts = chunker.unpack(chunks)
@@ -832,27 +834,17 @@ class ArchiveWriter:
             encoded = _encode(chunker.unpack(old.chunks), pieces)
             if len(encoded) >= len(data):
                 return False
-            self._emit_delta(arcname, content.stat, attrs, len(data), len(encoded))
+            self._emit_delta(file, len(data), len(encoded))
             self._emit(encoded)
             self._emit(bytes((-len(encoded)) % BLOCK))
             return True
         if old.chunks is None and _grew(data, old):
             ops = _appended_ops(old.size, [data[old.size :]])
-            self._emit_changes(arcname, content.stat, attrs, ops, lambda: (digest, len(data)), old)
+            self._emit_changes(file, ops, lambda: (digest, len(data)), old)
             return True
         return False
 
-    def _add_streamed(
-        self,
-        fd: int,
-        arcname: str,
-        content: Content,
-        attrs,
-        path: str,
-        stats: TaskStats,
-        *,
-        old: CachedFile | None,
-    ) -> tuple[str, bytes | None]:
+    def _add_streamed(self, file: _OpenFile, *, old: CachedFile | None) -> tuple[str, bytes | None]:
         """A streamed file sent whole. Returns its sha256 and chunk list: cut on the way,
         or, when the cache vouches for the file, the row's list if the digest is the
         row's (same bytes, same cuts), else none."""
@@ -860,23 +852,17 @@ class ArchiveWriter:
         reuse = inc is not None and not inc.fresh_cuts
         vouched = (  # (the stat first: cheaper than unpacking the row's list for holes)
             old
-            if reuse and old is not None and old.unchanged(content.stat) and _reusable(old)
+            if reuse and old is not None and old.unchanged(file.content.stat) and _reusable(old)
             else None
         )
         found: list[chunker.Chunk] | None = [] if inc is not None and not vouched else None
-        digest = self._add_dense(fd, arcname, content, attrs, path, stats, found=found)
+        digest = self._add_dense(file, found=found)
         if vouched is not None:
             return digest, vouched.chunks if digest == vouched.sha256 else None
         return digest, _packed(found)
 
     def _add_grown(
-        self,
-        fd: int,
-        arcname: str,
-        content: Content,
-        attrs,
-        old: CachedFile,
-        warnings: list[str],
+        self, file: _OpenFile, old: CachedFile, warnings: list[str]
     ) -> tuple[str, bytes | None] | None:
         """A streamed file whose row has no chunk list (first seen as bytes that did not
         compress, :func:`_read_ahead_chunks`) and that only grew: its first ``old.size``
@@ -888,7 +874,7 @@ class ArchiveWriter:
         read of that much more when it fails) and at most GROWN_TAIL_MAX new bytes (the
         delta is spooled before it is sent). What went wrong reading the new bytes goes
         into ``warnings``."""
-        size = content.stat.st_size
+        fd, size = file.fd, file.content.stat.st_size
         if not 0 < old.size <= REREAD_LIMIT or not old.size < size <= old.size + GROWN_TAIL_MAX:
             return None
         prefix = bytearray(old.size)
@@ -908,32 +894,25 @@ class ArchiveWriter:
             fd, old.size, size, digest, cutter=cutter, found=found, warnings=warnings
         )
         return self._emit_read(
-            arcname,
-            content,
-            attrs,
-            _appended_ops(old.size, tail),
-            old,
-            digest=digest,
-            found=found,
-            warnings=warnings,
+            file, _appended_ops(old.size, tail), old, digest=digest, found=found, warnings=warnings
         )
 
-    def _emit_delta(self, arcname: str, st: os.stat_result, attrs, realsize: int, size: int):
+    def _emit_delta(self, file: _OpenFile, realsize: int, size: int):
         """The header of a member whose data is a PBD1 stream of ``size`` bytes."""
         extra = [(DATA_KEY, DELTA), (REALSIZE_KEY, str(realsize).encode()), *self._base_record()]
-        self._emit(
-            self._header(arcname, st, tarformat.REGTYPE, size=size, xattrs=attrs, extra=extra)
+        header = self._header(
+            file.arcname,
+            file.content.stat,
+            tarformat.REGTYPE,
+            size=size,
+            xattrs=file.attrs,
+            extra=extra,
         )
+        self._emit(header)
         self._sent += size
 
     def _add_streamed_delta(
-        self,
-        fd: int,
-        arcname: str,
-        content: Content,
-        attrs,
-        old: CachedFile,
-        warnings: list[str],
+        self, file: _OpenFile, old: CachedFile, warnings: list[str]
     ) -> tuple[str, bytes | None]:
         """A large changed file as a ``delta`` member against ``old``'s chunks (or a
         ``base`` member when its bytes did not change): read once into the chunker, the
@@ -942,8 +921,9 @@ class ArchiveWriter:
         inc = self.incremental
         assert inc is not None and old.chunks is not None
         old_chunks = chunker.unpack(old.chunks)
-        state = inc.cache.state(self._base_of or arcname)
-        proved = _same_prefix(fd, old, old_chunks, content.stat.st_size, state)
+        state = inc.cache.state(self._base_of or file.arcname)
+        fd, size = file.fd, file.content.stat.st_size
+        proved = _same_prefix(fd, old, old_chunks, size, state)
         found: list[chunker.Chunk] = []
         if proved is not None:  # appended to: copy the old bytes, send the rest
             digest, last = proved
@@ -951,35 +931,18 @@ class ArchiveWriter:
             cutter = chunker.Chunker()  # from the old last chunk's start, a cut point
             found.extend(c for c, _ in cutter.feed(last))  # (as proved: no second read)
             tail = _grown_tail(
-                fd,
-                old.size,
-                content.stat.st_size,
-                digest,
-                cutter=cutter,
-                found=found,
-                warnings=warnings,
+                fd, old.size, size, digest, cutter=cutter, found=found, warnings=warnings
             )
             ops = _appended_ops(old.size, tail)
         else:
             digest = sha256state.hasher(resumable=True)
-            pieces = _read_pieces(fd, content.stat.st_size, digest, found, warnings)
+            pieces = _read_pieces(fd, size, digest, found, warnings)
             ops = _as_pbd1(chunker.delta_ops(old_chunks, pieces))
-        return self._emit_read(
-            arcname,
-            content,
-            attrs,
-            ops,
-            old,
-            digest=digest,
-            found=found,
-            warnings=warnings,
-        )
+        return self._emit_read(file, ops, old, digest=digest, found=found, warnings=warnings)
 
     def _emit_read(
         self,
-        arcname: str,
-        content: Content,
-        attrs,
+        file: _OpenFile,
         ops,
         old: CachedFile,
         *,
@@ -993,63 +956,38 @@ class ArchiveWriter:
         row is then doubted, read whole next run).
         Returns the file's sha256 and packed chunk list."""
         self._emit_changes(
-            arcname,
-            content.stat,
-            attrs,
-            ops,
-            lambda: (digest.hexdigest(), sum(c.length for c in found)),
-            old,
+            file, ops, lambda: (digest.hexdigest(), sum(c.length for c in found)), old
         )
         self._state = sha256state.state_of(digest)
         self._doubt = bool(warnings)
         return digest.hexdigest(), chunker.pack(found)
 
     def _add_sparse_content(
-        self,
-        fd: int,
-        arcname: str,
-        content: Content,
-        attrs,
-        stats: TaskStats,
-        delta_from: CachedFile | None,
+        self, file: _OpenFile, delta_from: CachedFile | None
     ) -> tuple[str, bytes | None]:
         """A file with holes: a delta against ``delta_from``'s chunks when it has a
         list, else whole (its chunks listed from CHUNKED_FROM, with a cache)."""
         if delta_from is not None and delta_from.chunks is not None:
-            return self._add_sparse_delta(fd, arcname, content, attrs, stats, delta_from)
-        wanted = self.incremental is not None and content.stat.st_size >= CHUNKED_FROM
+            return self._add_sparse_delta(file, delta_from)
+        wanted = self.incremental is not None and file.content.stat.st_size >= CHUNKED_FROM
         listed: list[chunker.Chunk] | None = [] if wanted else None
-        digest = self._add_sparse(fd, arcname, content, attrs, stats, found=listed)
+        digest = self._add_sparse(file, found=listed)
         return digest, _packed(listed)
 
-    def _add_sparse_delta(
-        self,
-        fd: int,
-        arcname: str,
-        content: Content,
-        attrs,
-        stats: TaskStats,
-        old: CachedFile,
-    ) -> tuple[str, bytes | None]:
+    def _add_sparse_delta(self, file: _OpenFile, old: CachedFile) -> tuple[str, bytes | None]:
         """A changed file with holes as a ``delta`` member against ``old``'s chunks (or
         a ``base`` member when its bytes did not change): its data regions read once,
         each cut into chunks on its own, its holes sent as holes."""
-        regions = _sparse_regions(content)
-        realsize = _sparse_size(content, regions)
+        regions = _sparse_regions(file.content)
+        realsize = _sparse_size(file.content, regions)
         digest = hashlib.sha256()
         found: list[chunker.Chunk] = []
-        pieces = _sparse_pieces(
-            _sparse_data(fd, content, regions, stats, arcname), realsize, digest, found
-        )
+        pieces = _sparse_pieces(_sparse_data(file, regions), realsize, digest, found)
         ops = _as_pbd1(chunker.delta_ops(chunker.unpack(old.chunks or b""), pieces))
-        self._emit_changes(
-            arcname, content.stat, attrs, ops, lambda: (digest.hexdigest(), realsize), old
-        )
+        self._emit_changes(file, ops, lambda: (digest.hexdigest(), realsize), old)
         return digest.hexdigest(), chunker.pack(found)
 
-    def _emit_changes(
-        self, arcname: str, st: os.stat_result, attrs, ops, made, old: CachedFile
-    ) -> None:
+    def _emit_changes(self, file: _OpenFile, ops, made, old: CachedFile) -> None:
         """Spool ``ops`` as a PBD1 stream (tar needs its size first), then emit it as a
         ``delta`` member, or a ``base`` member when the file it makes is ``old``'s:
         ``made()``, asked once the ops are spent, gives that file's sha256 (hex) and
@@ -1060,9 +998,9 @@ class ArchiveWriter:
             size = deltaops.encode(ops, spool)
             sha256, realsize = made()
             if sha256 == old.sha256 and realsize == old.size:
-                self._emit_base(arcname, st, attrs)
+                self._emit_base(file)
                 return
-            self._emit_delta(arcname, st, attrs, realsize, size)
+            self._emit_delta(file, realsize, size)
             spool.seek(0)
             while data := spool.read(CHUNK):
                 self._emit(data)
@@ -1070,12 +1008,7 @@ class ArchiveWriter:
 
     def _add_dense(
         self,
-        fd: int,
-        arcname: str,
-        content: Content,
-        attrs,
-        path: str,
-        stats: TaskStats,
+        file: _OpenFile,
         *,
         found: list[chunker.Chunk] | None = None,
         sha256: str | None = None,
@@ -1083,49 +1016,41 @@ class ArchiveWriter:
         """A file without holes: its bytes read ahead (their ``sha256`` when the caller
         has it already), or streamed (then split into ``found`` chunks on the way, when
         a list is given). Returns its sha256."""
+        content = file.content
         header = self._header(
-            arcname, content.stat, tarformat.REGTYPE, size=content.size, xattrs=attrs
+            file.arcname, content.stat, tarformat.REGTYPE, size=content.size, xattrs=file.attrs
         )
         self._emit(header)
         self._sent += content.size
         if content.data is None:
-            return self._copy_data(fd, content.size, path, stats, found)
+            return self._copy_data(file.fd, content.size, file.path, file.stats, found)
         self._emit(content.data)
         self._emit(bytes((-len(content.data)) % BLOCK))
         return sha256 or hashlib.sha256(content.data).hexdigest()
 
-    def _add_sparse(
-        self,
-        fd: int,
-        arcname: str,
-        content: Content,
-        attrs,
-        stats: TaskStats,
-        *,
-        found: list[chunker.Chunk] | None = None,
-    ) -> str:
+    def _add_sparse(self, file: _OpenFile, *, found: list[chunker.Chunk] | None = None) -> str:
         """A file with holes, in the PAX 1.0 sparse format: the map, then only the data
         (read in pieces: memory stays one piece whatever a region's size). Returns the
         sha256 of the whole file, holes read as zeros; lists its chunks, holes included,
         in ``found`` when a list is given."""
-        regions = _sparse_regions(content)
-        realsize = _sparse_size(content, regions)
+        regions = _sparse_regions(file.content)
+        realsize = _sparse_size(file.content, regions)
         table = sparse.encode_map(regions)
         length = len(table) + sum(r.length for r in regions)
-        extra = sparse.pax_records(arcname, realsize)
+        extra = sparse.pax_records(file.arcname, realsize)
         header = self._header(
-            sparse.placeholder(arcname),
-            content.stat,
+            sparse.placeholder(file.arcname),
+            file.content.stat,
             tarformat.REGTYPE,
             size=length,
-            xattrs=attrs,
+            xattrs=file.attrs,
             extra=extra,
         )
         self._emit(header)
         self._emit(table)
         digest = hashlib.sha256()
         cutter = chunker.SparseCutter() if found is not None else None
-        data_pieces = _sparse_data(fd, content, regions, stats, arcname)
+        data_pieces = _sparse_data(file, regions)
         for offset, data in _hashed(data_pieces, realsize, digest):
             self._emit(data)
             if cutter is not None:
@@ -1286,23 +1211,22 @@ def _sparse_size(content: Content, regions: list[Region]) -> int:
     return max([content.stat.st_size] + [r.offset + r.length for r in regions])
 
 
-def _sparse_data(
-    fd: int, content: Content, regions: list[Region], stats: TaskStats, name: str
-) -> Iterator[tuple[int, bytes]]:
+def _sparse_data(file: _OpenFile, regions: list[Region]) -> Iterator[tuple[int, bytes]]:
     """Each data region's bytes with the offset they lie at, in pieces of at most
     CHUNK (those read ahead as they are); what cannot be read (the file shrank, or a
     read failed) is zeros, said in a warning: the header is written."""
+    pieces = file.content.pieces
     for index, region in enumerate(regions):
-        if content.pieces is not None:
-            if content.pieces[index]:
-                yield region.offset, content.pieces[index]
+        if pieces is not None:
+            if pieces[index]:
+                yield region.offset, pieces[index]
             continue
         warnings: list[str] = []
         position = region.offset
-        for data in _padded(fd, region.offset, region.offset + region.length, warnings):
+        for data in _padded(file.fd, region.offset, region.offset + region.length, warnings):
             yield position, data
             position += len(data)
-        stats.warnings.extend(f"{name}: {warning}" for warning in warnings)
+        file.stats.warnings.extend(f"{file.arcname}: {warning}" for warning in warnings)
 
 
 def _hashed(data, realsize: int, digest) -> Iterator[tuple[int, bytes]]:

@@ -62,9 +62,19 @@ def import_suite_parser(sub, parent: argparse.ArgumentParser, new: str, old: str
     p.add_argument("--write", action="store_true", help="write the configuration file")
 
 
+class WholeOptionsParser(argparse.ArgumentParser):
+    """argparse taking whole option names only: by default it takes any unambiguous
+    prefix (``run --ful`` made a full archive, ``restore --forc`` wrote into a full
+    target: an outside test). Its subcommands' parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def common_options(default_config: Path) -> argparse.ArgumentParser:
     """A parent parser with --config, -v and -q, usable before and after the subcommand."""
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = WholeOptionsParser(add_help=False)
     parent.add_argument(
         "-c",
         "--config",
@@ -90,7 +100,7 @@ def common_options(default_config: Path) -> argparse.ArgumentParser:
 
 
 def make_parser(prog: str, description: str, parent: argparse.ArgumentParser):
-    parser = argparse.ArgumentParser(prog=prog, description=description, parents=[parent])
+    parser = WholeOptionsParser(prog=prog, description=description, parents=[parent])
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     return parser, sub

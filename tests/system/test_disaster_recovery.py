@@ -141,6 +141,10 @@ def test_the_server_is_rebuilt_from_the_copy_as_the_page_says(machine):
     resumed = step("resume")
     row = next(line for line in resumed.stdout.splitlines() if line.startswith(f"{host} "))
     assert row.split()[1:3] == ["ok", "stored"], resumed.stdout
+    # the client's newest archive is a delta, and staging went with the disks: the page
+    # says the first pull applies the client's chain from its full archive, and says so
+    said = resumed.stdout + resumed.stderr
+    assert "fell back to a full transfer" in said and "staging holds no indexed tree" in said, said
     after = stamps(machine, host)
     assert after[: len(before)] == before and len(after) == len(before) + 1, (before, after)
     print(

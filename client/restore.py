@@ -215,11 +215,26 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
         sidecar_file = source / SIDECAR_NAME
         if source.is_file():
             if not ARCHIVE_NAME.match(source.name):
-                raise UsageError(f"{source} is not a pullback archive")
+                raise UsageError(
+                    f"{source} is not a pullback archive: its name must be "
+                    "HOST-STAMP.tar.zst (or .tar.gz, .tar), as the client made it"
+                )
             sidecar_file = source.with_name(source.name + ".json")
             log.info("unpacking %s (checked against its manifest)", source.name)
-            source = unpack_chain(source, Path(scratch) / "archive")
-        root = service_root(source, name)
+            unpacked = unpack_chain(source, Path(scratch) / "archive")
+        else:
+            unpacked = source
+        try:
+            root = service_root(unpacked, name)
+        except UsageError:
+            # nothing of the service in it: because it failed that day, or never was
+            failed = read_content(sidecar_file, unpacked / "services" / name, name).report
+            if failed is not None and failed.status != Status.OK:
+                return _failed_that_day(failed, source)
+            raise UsageError(
+                f"{source} holds no services/{name}/: restore the snapshot first "
+                f"(pullback-server restore HOST --service {name} --target DIR)"
+            ) from None
         restore = ServiceRestore(
             config, service, plugins, options, read_content(sidecar_file, root, name), Path(scratch)
         )
@@ -230,6 +245,28 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
         for note in restore.plan.notes:
             print(note)
         return code
+
+
+def _failed_that_day(report: ServiceReport, source: Path) -> int:
+    """Say that ``source`` holds nothing of the service ``report`` describes because it
+    failed on the day of the backup (each failed task and why); returns EXIT_FAILED (an
+    outside test got exit 2 and advice naming a scratch directory already gone)."""
+    why = "; ".join(
+        f"{t.type}: {t.error or f'{t.status}, no reason recorded'}"
+        for t in report.tasks
+        if t.status != Status.OK
+    )
+    log.error(
+        "%s: nothing to restore: this service %s in %s (%s); restore from a snapshot in "
+        "which it succeeded (pullback-server restore HOST --service %s --target DIR takes "
+        "the newest such one)",
+        report.name,
+        report.status,
+        source,
+        why or report.error or "no reason recorded",
+        report.name,
+    )
+    return EXIT_FAILED
 
 
 @dataclass(frozen=True)

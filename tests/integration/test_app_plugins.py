@@ -283,6 +283,34 @@ def test_restore_from_a_snapshot_without_the_service_exits_2(tmp_path):
     assert app.returncode == 0, app.stderr
 
 
+def test_restore_of_a_service_that_failed_that_day_says_so_exit_1(tmp_path):
+    """A service whose every task failed has nothing in the archive: the restore says
+    it failed that day, why, and where to restore from instead, exit 1, naming the
+    archive given (an outside test got exit 2, "restore the snapshot first", and a
+    scratch directory already gone)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("a\n")
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{data}]}}\n")
+    box.add_service(
+        "shop",
+        'service: {name: shop}\ncommand: {dump: [{run: ["sh", "-c", "exit 3"], '
+        "output: shop.sql}]}\n",
+    )
+    assert box.cli("run").returncode == 1  # a partial archive: app is in it
+    (archive,) = box.published()
+    result = box.cli("restore", "--service", "shop", "--from", str(archive), "--dry-run")
+    assert result.returncode == 1, result.stderr
+    said = result.stderr
+    assert f"shop: nothing to restore: this service failed in {archive}" in said, said
+    assert "(command: dump failed: " in said, said  # each failed task, and why
+    assert "pullback-server restore HOST --service shop" in said
+    assert "pullback-restore-" not in said  # no scratch directory named
+    app = box.cli("restore", "--service", "app", "--from", str(archive), "--dry-run")
+    assert app.returncode == 0, app.stderr
+
+
 def _restore_calls(standins, box: ClientSandbox, *args: str) -> tuple:
     (archive,) = box.published()
     before = len(standins.calls())

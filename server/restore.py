@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.archive import sidecar as sidecars
-from ..common.archive.manifest import MANIFEST_NAME
+from ..common.archive.manifest import MANIFEST_NAME, format_line, parse
 from ..common.archive.sidecar import SIDECAR_NAME
 from ..common.clock import shown
 from ..common.errors import EXIT_OK, ArchiveError, PullbackError, UsageError
@@ -61,6 +61,8 @@ class RestoreRequest:
             includes += [f"services/{self.service}", MANIFEST_NAME, SIDECAR_NAME]
         if self.path:
             includes.append(_relative(self.path))
+            if not adopted and not self.service:  # what proves it, and what it was
+                includes += [MANIFEST_NAME, SIDECAR_NAME]
         return includes
 
 
@@ -124,6 +126,32 @@ def proof_command(service: str | None) -> str:
     )
 
 
+def path_proof(target: Path, path: str) -> str | None:
+    """The command that proves what ``--path`` restored, ``path`` relative to the
+    snapshot: its own manifest line (a regular file) or every line below it (a
+    directory), so a file restic left out fails the check. A name that is not UTF-8 is
+    checked against the whole manifest, files not restored ignored. None when the
+    manifest lists nothing there (a symlink, a FIFO, a directory of no regular file)
+    or cannot be read."""
+    try:
+        manifest = parse((target / MANIFEST_NAME).read_bytes())
+    except (OSError, ValueError):
+        return None
+    check = "LC_ALL=C sha256sum --check --strict"
+    try:
+        if path in manifest:
+            line = format_line(path, manifest[path]).rstrip(b"\n").decode("utf-8")
+            picked = f"LC_ALL=C grep -aFx -- {shlex.quote(line)} {MANIFEST_NAME}"
+        elif any(name.startswith(path + "/") for name in manifest):
+            path.encode("utf-8")
+            picked = f"LC_ALL=C grep -aF -- {shlex.quote(f'  {path}/')} {MANIFEST_NAME}"
+        else:
+            return None
+    except UnicodeError:
+        return f"{check} --ignore-missing {MANIFEST_NAME}"
+    return f"{picked} | {check}"
+
+
 def copy_command(target: Path, address: str, port: int) -> str:
     """The rsync line that copies a restored tree to the client (its sshd's port too)."""
     ssh = f" -e 'ssh -p {port}'" if port != 22 else ""
@@ -150,11 +178,16 @@ def next_steps(request: RestoreRequest, snapshot: Snapshot, address: str, port: 
     if snapshot.adopted:
         return adopted_steps(request, snapshot)
     target, service = request.target, request.service
-    check = proof_command(service)
+    check: str | None = proof_command(service)
+    if request.path and not service:
+        check = path_proof(target, _relative(request.path))
     steps = [
         f"restored snapshot {snapshot.id} of {request.host} (taken {shown(snapshot.time)}) "
         f"into {target}",
-        f"prove it byte for byte:  cd {target} && {check}",
+        f"prove it byte for byte:  cd {target} && {check}"
+        if check
+        else f"no regular file is at {request.path} (the manifest lists only those): "
+        "nothing to prove it by",
     ]
     if service:
         steps += [
@@ -196,6 +229,15 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
         raise PullbackError(
             f"snapshot {snapshot.id} of {request.host} holds no service {request.service!r}"
             + (f" (it holds: {', '.join(held)})" if held else "")
+        )
+    if request.path and not os.path.lexists(target / _relative(request.path)):
+        if was_empty:  # (an outside test got "restored" and an empty directory)
+            remove_tree_contents(target)
+        raise UsageError(
+            f"snapshot {snapshot.id} of {request.host} has nothing at "
+            f"{_relative(request.path)!r}: a path inside a snapshot starts with "
+            "services/<service>/ (files/ and the dumps below it; a file is at "
+            "services/<service>/files/<its absolute path>)"
         )
     steps = next_steps(request, snapshot, ctx.host.address, ctx.host.port)
     return f"note: {why}\n{steps}" if why else steps

@@ -260,6 +260,44 @@ def test_restore_round_trip_is_byte_exact_with_owners_modes_mtimes(pulled, tmp_p
     assert again.returncode == 2 and "is not empty" in again.stderr
 
 
+def _proof(output: str) -> str:
+    (line,) = [x for x in output.splitlines() if x.startswith("prove it byte for byte:")]
+    return line.split(":", 1)[1].strip()
+
+
+def test_restore_of_one_path_proves_it_and_refuses_a_path_not_there(pulled, tmp_path):
+    """``--path``: a file or a directory comes with the manifest, and the proof line the
+    output gives passes in the target; a path the snapshot does not have is exit 2 and
+    leaves the target empty (an outside test got "restored", exit 0, an empty target,
+    and a proof line that failed for want of the manifest)."""
+    fleet, host = pulled
+    inside = "services/app/files" + str(host.data) + "/tree"
+    for number, (path, kind) in enumerate(
+        [(f"{inside}/etc/app/config.ini", "file"), (f"{inside}/data", "directory")]
+    ):
+        target = tmp_path / f"one-{number}"
+        result = fleet.server("restore", "web1", "--path", path, "--target", str(target))
+        assert result.returncode == 0, result.stderr
+        assert (target / path).exists() and (target / "MANIFEST.sha256").is_file(), kind
+        proof = subprocess.run(_proof(result.stdout), shell=True, cwd=target, capture_output=True)
+        assert proof.returncode == 0, (kind, proof.stdout, proof.stderr)
+        assert b": OK" in proof.stdout
+        if kind == "directory":  # a file the restore lost fails the proof
+            (target / path / "exact-block").unlink()
+            again = subprocess.run(_proof(result.stdout), shell=True, cwd=target)
+            assert again.returncode != 0
+    link = fleet.server(
+        "restore", "web1", "--path", f"{inside}/data/dangling", "--target", str(tmp_path / "l")
+    )
+    assert link.returncode == 0, link.stderr
+    assert "nothing to prove it by" in link.stdout
+    missing = tmp_path / "missing"
+    result = fleet.server("restore", "web1", "--path", f"{inside}/nosuch", "--target", str(missing))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "has nothing at" in result.stderr and "services/<service>/" in result.stderr
+    assert not any(missing.iterdir())
+
+
 def test_a_drill_proves_a_good_snapshot_and_status_shows_it(pulled):
     fleet, _ = pulled
     result = fleet.server("verify")

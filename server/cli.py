@@ -103,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target", required=True, type=Path, metavar="DIR", help="where to restore (must be empty)"
     )
-    p.add_argument("--force", action="store_true", help="restore into a non-empty directory")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="restore into a non-empty directory (what is in the way is set aside)",
+    )
     p = sub.add_parser(
         "configured",
         parents=[parent],

@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.archive import sidecar as sidecars
 from ..common.archive.manifest import MANIFEST_NAME, format_line, parse
 from ..common.archive.sidecar import SIDECAR_NAME
-from ..common.clock import shown
+from ..common.clock import shown, stamp_of, utc_now
 from ..common.errors import EXIT_OK, ArchiveError, PullbackError, UsageError
 from ..common.fsutil import remove_tree_contents
 from ..common.outcome import Status
@@ -217,14 +219,32 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
         ctx.log.warning("%s", why)
     target.mkdir(parents=True, exist_ok=True)
     os.chmod(target, 0o700)
+    aside = SetAside.of(target, includes, snapshot.adopted) if request.force else None
     ctx.log.info("restoring snapshot %s (%s) into %s", snapshot.id, shown(snapshot.time), target)
     total = ctx.backend.restore_size(snapshot) if STATUS.enabled and not includes else None
     was_empty = not any(target.iterdir())
-    with Watched(Progress("restore", total), sample=lambda: bytes_written_below(os.getpid())):
-        ctx.backend.restore(snapshot, target, includes)
+    try:
+        with Watched(Progress("restore", total), sample=lambda: bytes_written_below(os.getpid())):
+            ctx.backend.restore(snapshot, target, includes)
+        _check_restored(request, snapshot, was_empty)
+    except BaseException:
+        if aside is not None:
+            aside.put_back()
+        raise
+    steps = next_steps(request, snapshot, ctx.host.address, ctx.host.port)
+    if aside is not None:
+        steps += f"\nwhat the target held there before is in {aside.directory}: remove it when done"
+    return f"note: {why}\n{steps}" if why else steps
+
+
+def _check_restored(request: RestoreRequest, snapshot: Snapshot, was_empty: bool) -> None:
+    """Raise when the snapshot held nothing of what was asked: no such service
+    (PullbackError) or nothing at the path (UsageError), the target emptied again when
+    it was empty before (what came with the miss: the manifest, the sidecar)."""
+    target = request.target
     if request.service and not _holds(target, request.service, snapshot.adopted):
         held = _services_of(target)
-        if was_empty:  # what came with the miss (the manifest, the sidecar) goes again
+        if was_empty:
             remove_tree_contents(target)
         raise PullbackError(
             f"snapshot {snapshot.id} of {request.host} holds no service {request.service!r}"
@@ -239,8 +259,63 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
             "services/<service>/ (files/ and the dumps below it; a file is at "
             "services/<service>/files/<its absolute path>)"
         )
-    steps = next_steps(request, snapshot, ctx.host.address, ctx.host.port)
-    return f"note: {why}\n{steps}" if why else steps
+
+
+ASIDE_PREFIX = ".pullback-replaced-"
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """What ``--force`` moved out of the restore's way: ``moved`` (relative paths) now
+    below ``directory`` (``target/.pullback-replaced-<time>-…``)."""
+
+    target: Path
+    directory: Path
+    moved: tuple[Path, ...]
+
+    @classmethod
+    def of(cls, target: Path, includes: list[str], adopted: bool) -> SetAside | None:
+        """Move what ``target`` holds where this restore writes (the included paths, or
+        for a whole snapshot ``services/``, the manifest and the sidecar; every entry of
+        an adopted one) aside, so the restore writes into nothing (restic cannot write
+        over a symlink, a FIFO or a hard link: an outside test's second restore failed
+        half-way) and nothing is destroyed. None when nothing was there."""
+        if includes:
+            patterns = includes
+        elif adopted:
+            patterns = ["*"]
+        else:
+            patterns = ["services", MANIFEST_NAME, SIDECAR_NAME]
+        found = {
+            p
+            for pattern in patterns
+            for p in target.glob(pattern)
+            if not p.name.startswith(ASIDE_PREFIX)
+        }
+        found = {p for p in found if not any(a in found for a in p.parents)}  # (moved with it)
+        if not found:
+            return None
+        stamp = stamp_of(utc_now())
+        directory = Path(tempfile.mkdtemp(prefix=f"{ASIDE_PREFIX}{stamp}-", dir=target))
+        moved = []
+        for path in sorted(found):
+            relative = path.relative_to(target)
+            (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, directory / relative)
+            moved.append(relative)
+        return cls(target, directory, tuple(moved))
+
+    def put_back(self) -> None:
+        """After a failed restore: what it wrote there goes (it came from the snapshot),
+        what was set aside comes back, and the aside directory goes."""
+        for relative in self.moved:
+            place = self.target / relative
+            if place.is_dir() and not place.is_symlink():
+                shutil.rmtree(place)
+            elif os.path.lexists(place):
+                place.unlink()
+            os.rename(self.directory / relative, place)
+        shutil.rmtree(self.directory)
 
 
 def _holds(target: Path, service: str, adopted: bool) -> bool:

@@ -298,6 +298,34 @@ def test_restore_of_one_path_proves_it_and_refuses_a_path_not_there(pulled, tmp_
     assert not any(missing.iterdir())
 
 
+def test_a_forced_restore_over_an_earlier_one_sets_it_aside(pulled, tmp_path):
+    """``--force`` into the target of an earlier restore (a FIFO, symlinks and hard
+    links in it): what was there moves to ``.pullback-replaced-…`` and the restore
+    proves; a forced restore that fails puts it back (an outside test's restic failed
+    on "file exists", exit 1, the target half replaced)."""
+    fleet, host = pulled
+    target = tmp_path / "again"
+    first = fleet.server("restore", "web1", "--service", "app", "--target", str(target))
+    assert first.returncode == 0, first.stderr
+    tree = target / "services/app/files" / str(host.data).lstrip("/") / "tree"
+    (tree / "etc/app/config.ini").write_text("edited after the first restore\n")
+    kept = snapshot(tree)
+    second = fleet.server("restore", "web1", "--service", "app", "--target", str(target), "--force")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert snapshot(tree) == snapshot(host.data / "tree")
+    proof = subprocess.run(_proof(second.stdout), shell=True, cwd=target, capture_output=True)
+    assert proof.returncode == 0, proof.stdout + proof.stderr
+    (aside,) = target.glob(".pullback-replaced-*")
+    assert str(aside) in second.stdout
+    assert snapshot(aside / tree.relative_to(target)) == kept  # nothing destroyed
+    before = snapshot(target)
+    failed = fleet.server(
+        "restore", "web1", "--path", "services/app/nosuch", "--target", str(target), "--force"
+    )
+    assert failed.returncode == 2, failed.stdout + failed.stderr
+    assert snapshot(target) == before  # what it moved aside came back
+
+
 def test_a_drill_proves_a_good_snapshot_and_status_shows_it(pulled):
     fleet, _ = pulled
     result = fleet.server("verify")

@@ -114,6 +114,8 @@ class HostRow:
     one line of at most 300 characters, and a last line saying how many more."""
     delta: bool | None = None
     """Whether the last stored archive was a delta (None: not recorded)."""
+    fell_back: bool = False
+    """Whether the last pull that stored fell back to its chain's full archive."""
 
     @property
     def label(self) -> str:
@@ -122,10 +124,14 @@ class HostRow:
 
     @property
     def result_text(self) -> str:
-        """``stored (delta)``, ``stored (full)``, or the last result alone."""
+        """``stored (delta)``, ``stored (full)``, ``stored (delta, fell back)`` (staging
+        was not the delta's base: an outside test read ``stored (delta)`` and missed the
+        warning), or the last result alone."""
         if self.result != "stored" or self.delta is None:
             return self.result
-        return f"stored ({'delta' if self.delta else 'full'})"
+        return (
+            f"stored ({'delta' if self.delta else 'full'}{', fell back' if self.fell_back else ''})"
+        )
 
     @property
     def databases_text(self) -> str:
@@ -236,6 +242,7 @@ def host_row(
         server=server,
         warnings=_page_warnings(entry.get("warnings")),
         delta=entry["delta"] if isinstance(entry.get("delta"), bool) else None,
+        fell_back=entry.get("fell_back") is True,
     )
 
 

@@ -38,7 +38,7 @@ from typing import ClassVar, Protocol
 from ..common.archive import baseindex
 from ..common.archive import sidecar as sidecars
 from ..common.archive.baseindex import IndexedTree
-from ..common.archive.sidecar import SIDECAR_NAME, Sidecar
+from ..common.archive.sidecar import ARCHIVE_NAME, SIDECAR_NAME, Sidecar
 from ..common.archive.unpack import BaseMismatch, HostileArchive
 from ..common.clock import FUTURE_TOLERANCE, age, iso, iso_or_none, parse_stamp, utc_now
 from ..common.errors import (
@@ -610,7 +610,13 @@ class HostPull:
             count = len(route.archives)
             chain_words = f"{count} archives, " if count > 1 else ""
             return f"fetch {name}, a delta onto staging's {onto} ({chain_words}{total})"
-        why = "a first pull" if self._first_pull(held) else "a fallback"
+        why = (
+            "a first pull"
+            if self._first_pull(held)
+            else "a full archive made since the last pull"
+            if self._new_chain(held, route)
+            else "a fallback"
+        )
         return (
             f"fetch {name}, a delta, from its chain's full archive "
             f"{route.archives[0].archive.name} ({len(route.archives)} archives, {total}): "
@@ -623,6 +629,15 @@ class HostPull:
         """What staging holds, and the plan that reaches ``newest`` from there."""
         held = baseindex.read_tree(self.ctx.staging)
         return held, chain.plan(newest, listing, self.ctx.name, held, refused)
+
+    @staticmethod
+    def _new_chain(held: IndexedTree | None, route: chain.Plan) -> bool:
+        """Whether ``route`` starts at a full archive made after the tree staging holds:
+        the client made a full archive (``--full``, ``full_every``) and deltas on it
+        between two pulls. Fetching that full archive is no fallback (an outside test saw
+        such missed days reported as one)."""
+        match = ARCHIVE_NAME.fullmatch(held.archive) if held else None
+        return bool(match and route.archives and route.archives[0].stamp > match["stamp"])
 
     def _first_pull(self, held: IndexedTree | None) -> bool:
         """Whether this is the host's first pull: no snapshot, no indexed tree (a
@@ -643,7 +658,7 @@ class HostPull:
             self.result.delta = newest.archive.is_delta
             return None
         if newest.archive.is_delta and route.from_full and not route.problem:
-            self._fell_back(newest, held)
+            self._fell_back(newest, held, route)
         try:
             try:
                 return self._apply(remote, route)
@@ -660,14 +675,24 @@ class HostPull:
                 self.ask_full(remote, listing)
             raise
 
-    def _fell_back(self, newest: Sidecar, held: IndexedTree | None) -> None:
+    def _fell_back(self, newest: Sidecar, held: IndexedTree | None, route: chain.Plan) -> None:
         """Report that reaching the delta ``newest`` takes its chain's full archive,
-        staging holding none of its bases (``held``: what it holds, if anything); the
-        first pull of a host only says so in the log."""
+        staging holding none of its bases (``held``: what it holds, if anything). The
+        first pull of a host, and a chain whose full archive the client made after the
+        tree staging holds (missed days: nothing was lost), only say so in the log."""
         if self._first_pull(held):
             self.ctx.log.info(
                 "first pull: %s is a delta; its chain is applied from its full archive",
                 printable(newest.archive.name, 120),
+            )
+            return
+        if self._new_chain(held, route):
+            self.ctx.log.info(
+                "missed days: %s is a delta on the full archive %s, made since staging's "
+                "%s; its chain is applied from that full archive",
+                printable(newest.archive.name, 120),
+                printable(route.archives[0].archive.name, 120),
+                printable(held.archive, 120) if held else "?",
             )
             return
         holds = (

@@ -161,6 +161,7 @@ _FIELDS: dict[str, Callable[[object], object]] = {
     "copy": _copy,
     "warnings": _texts,
     "delta": _flag,
+    "fell_back": _flag,
 }
 """What the view takes from a host's entry in a merged file, and how each is checked."""
 

@@ -242,6 +242,39 @@ def test_missed_days_are_replayed_and_a_lost_base_falls_back_to_the_full(fleet, 
     assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r4") == snapshot(host.data)
 
 
+def test_a_full_archive_made_between_two_pulls_is_missed_days_not_a_fallback(fleet, tmp_path):
+    """The client made a full archive (``run --full``) and a delta on it before the next
+    pull: staging still holds the tree the last pull stored, which is not in the new
+    chain, and the pull applies the chain from its full archive. Nothing was lost: no
+    fallback warning, ``fell_back`` false, said in the log (an outside test saw a
+    fallback reported, with its metric)."""
+    host = incremental_host(fleet)
+    run_client(host)
+    assert pull(fleet)["rc"] == 0
+    day_of_changes(host.data, 1)
+    assert run_client(host)["archive"]["kind"] == "delta"
+    assert pull(fleet)["rc"] == 0
+    day_of_changes(host.data, 2)
+    full = run_client(host, "--full")["archive"]["name"]
+    day_of_changes(host.data, 3)
+    assert run_client(host)["archive"]["kind"] == "delta"
+    dry = fleet.server("pull", "--host", "web1", "--dry-run")
+    assert "a full archive made since the last pull" in dry.stdout + dry.stderr
+    missed = pull(fleet, "-v")
+    assert missed["rc"] == 0, missed["log"]
+    assert missed["host"]["fell_back"] is False
+    assert not any("fell back" in w for w in missed["host"]["warnings"]), missed["host"]
+    assert f"on the full archive {full}, made since staging's" in missed["log"]
+    assert "(2 of 2)" in missed["log"]
+    assert restored(fleet, snapshot_ids(fleet)[-1], tmp_path / "r") == snapshot(host.data)
+    # a lost staging tree is still a fallback
+    shutil.rmtree(fleet.state / "staging" / "web1")
+    day_of_changes(host.data, 4)
+    run_client(host)
+    lost = pull(fleet)
+    assert lost["host"]["fell_back"] is True
+
+
 def test_a_chain_the_clients_own_run_ends_during_a_pull_is_listed_again(fleet, tmp_path):
     """The server replays a chain (its staging was lost) while the client's own run makes
     a full archive, whose retention deletes the chain's later archives: the pull does

@@ -65,6 +65,11 @@ def test_the_last_result_says_whether_a_delta_or_a_full_archive_was_stored():
     assert host_row("web1", {**STORED, "delta": "yes"}, 86400, NOW).result_text == "stored"
     failed = {"last_result": "failed", "reason": "unreachable", "delta": True}
     assert host_row("web1", failed, 86400, NOW).result_text == "failed"
+    # a fallback shows in the table too (an outside test saw it only in --json and mail)
+    fell = {**STORED, "delta": True, "fell_back": True}
+    assert host_row("web1", fell, 86400, NOW).result_text == "stored (delta, fell back)"
+    odd = {**STORED, "delta": True, "fell_back": "yes"}  # (a merged file is untrusted)
+    assert host_row("web1", odd, 86400, NOW).result_text == "stored (delta)"
     table = status_table(Fleet([host_row("web1", {**STORED, "delta": True}, 86400, NOW)], [], NOW))
     header, line = table.splitlines()[:2]
     column = header.index("LAST RESULT")

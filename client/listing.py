@@ -10,6 +10,7 @@ from pathlib import Path
 from ..common.archive.directory import (
     LocalArchive,
     base_of,
+    broken_chains,
     by_names,
     list_archives,
     newest_stored,
@@ -30,8 +31,12 @@ def archive_record(archive: LocalArchive, stored: _Stored) -> dict:
         "fetched": archive.fetched,
         "stored_by_server": archive.fetched or archive.marked,
         "complete": archive.complete,
+        "kind": _kind(archive),
         "where": _where(archive, stored),
+        "chain_broken": archive.name in stored.broken,
     }
+    if _other_host(archive, stored):
+        record["made_as"] = archive.host
     if archive.sidecar is not None:
         record["sidecar"] = json.loads(archive.sidecar.to_json())
     if archive.problem:
@@ -48,17 +53,43 @@ def _size(archive: LocalArchive) -> int | None:
         return None
 
 
+def _kind(archive: LocalArchive) -> str:
+    """``full``, ``delta``, or ``-`` (no valid sidecar says)."""
+    if archive.sidecar is None:
+        return "-"
+    return "delta" if archive.sidecar.archive.is_delta else "full"
+
+
+def _other_host(archive: LocalArchive, stored: _Stored) -> bool:
+    """Made under another host name than this client's (``hostname:`` changed): the
+    serve endpoint does not offer it."""
+    return bool(stored.hostname) and archive.host != stored.hostname
+
+
+def _where_shown(archive: LocalArchive, stored: _Stored) -> str:
+    """The table's WHERE: :func:`_where`, with why an archive of another host name is
+    not offered, and a delta whose chain is broken said (an outside test saw a delta
+    whose full archive was gone listed as any other)."""
+    where = _where(archive, stored)
+    if _other_host(archive, stored) and where == "not offered":
+        where += f" (made as {archive.host})"
+    if archive.name in stored.broken:
+        where += "; chain broken"
+    return where
+
+
 def _where(archive: LocalArchive, stored: _Stored) -> str:
     """``fetched`` (moved aside), ``stored, kept`` (the server said so; it stays offered
     while retention keeps it), ``superseded`` (never stored, an archive newer than it
     was, and no archive present is built on it: no pull takes it; retention removes it
     unless it is the newest archive in which every service succeeded), ``not offered``
-    (no valid sidecar: no pull takes it) or ``ready`` (not stored yet)."""
+    (no valid sidecar, or made under another host name: no pull takes it) or ``ready``
+    (not stored yet)."""
     if archive.fetched:
         return "fetched"
     if archive.marked:
         return "stored, kept"
-    if archive.sidecar is None:
+    if archive.sidecar is None or _other_host(archive, stored):
         return "not offered"
     if archive.stamp < stored.newest and archive.name not in stored.bases:
         return "superseded"
@@ -72,20 +103,25 @@ class _Stored:
 
     newest: str = ""
     bases: frozenset[str] = frozenset()
+    broken: frozenset[str] = frozenset()
+    """Deltas whose chain here does not reach a full archive."""
+    hostname: str = ""
+    """This client's host name ("": not known)."""
 
 
-def _stored(found: list[LocalArchive], archive_dir: Path) -> _Stored:
+def _stored(found: list[LocalArchive], archive_dir: Path, hostname: str = "") -> _Stored:
     complete = [a for a in found if a.complete]
     by_name = by_names(complete)
     # an archive in another's chain is the direct, older base of one archive in it
     bases = {base.name for a in complete if (base := base_of(a, by_name)) is not None}
-    return _Stored(newest_stored(archive_dir), frozenset(bases))
+    broken = broken_chains(complete, by_name)
+    return _Stored(newest_stored(archive_dir), frozenset(bases), frozenset(broken), hostname)
 
 
 def render_table(found: list[LocalArchive], stored: _Stored) -> str:
     if not found:
         return "no archives"
-    rows = [("ARCHIVE", "SIZE", "STATUS", "SERVICES", "WHERE")]
+    rows = [("ARCHIVE", "KIND", "SIZE", "STATUS", "SERVICES", "WHERE")]
     for archive in found:
         found_size = _size(archive)
         size = "gone" if found_size is None else human_size(found_size)
@@ -98,10 +134,11 @@ def render_table(found: list[LocalArchive], stored: _Stored) -> str:
             services = f"{total - len(failed)}/{total} ok"
             if failed:
                 services += f" (failed: {', '.join(failed)})"
-        rows.append((archive.name, size, status, services, _where(archive, stored)))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        where = _where_shown(archive, stored)
+        rows.append((archive.name, _kind(archive), size, status, services, where))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join(
-        "  ".join(col.ljust(widths[i]) for i, col in enumerate(row[:4])) + "  " + row[4]
+        "  ".join(col.ljust(widths[i]) for i, col in enumerate(row[:5])) + "  " + row[5]
         for row in rows
     )
 
@@ -113,7 +150,7 @@ def command(config: ClientConfig, args: argparse.Namespace) -> int:
 
 def listing(config: ClientConfig, as_json: bool) -> str:
     found = list_archives(config.archive_dir)
-    stored = _stored(found, config.archive_dir)
+    stored = _stored(found, config.archive_dir, config.hostname)
     if as_json:
         return json.dumps([archive_record(a, stored) for a in found], indent=2)
     return render_table(found, stored)

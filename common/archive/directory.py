@@ -600,6 +600,31 @@ def chains_of(archives: list[LocalArchive], by_name: dict[str, LocalArchive]) ->
     return found
 
 
+def broken_chains(archives: list[LocalArchive], by_name: dict[str, LocalArchive]) -> set[str]:
+    """The names of the deltas among ``archives`` whose chain through ``by_name`` does not
+    reach a full archive (:func:`full_chain` would be empty): alone they restore nothing.
+    Each archive is walked once (what a walk learnt holds for every archive it passed)."""
+    reaches: dict[str, bool] = {}
+    for archive in archives:
+        passed: list[LocalArchive] = []
+        current = archive
+        while current.name not in reaches:
+            passed.append(current)
+            base = base_of(current, by_name)
+            if base is None:
+                root = current.sidecar
+                reaches[current.name] = root is not None and not root.archive.is_delta
+                break
+            current = base
+        for name in (a.name for a in passed):
+            reaches[name] = reaches[current.name]
+    return {
+        a.name
+        for a in archives
+        if a.sidecar is not None and a.sidecar.archive.is_delta and not reaches[a.name]
+    }
+
+
 def base_of(archive: LocalArchive, by_name: dict[str, LocalArchive]) -> LocalArchive | None:
     """The archive ``archive`` is built on, when it is in ``by_name`` and strictly older
     (so a walk back always ends); None for a full archive, one without a valid sidecar,

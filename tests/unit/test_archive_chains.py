@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from pullback.client.listing import _stored
 from pullback.common.archive import directory
-from pullback.common.archive.directory import LocalArchive, by_names, chain_of, chains_of
+from pullback.common.archive.directory import (
+    LocalArchive,
+    broken_chains,
+    by_names,
+    chain_of,
+    chains_of,
+    full_chain,
+)
 from tests.helpers.archives import listed_sidecar
 
 
@@ -66,6 +73,20 @@ def test_list_calls_an_archive_a_base_exactly_when_a_chain_passes_it(archives, t
     assert stored.bases == expected
 
 
+@settings(max_examples=300, deadline=None)
+@given(archives=directories)
+def test_broken_chains_are_the_deltas_full_chain_cannot_reach(archives):
+    complete = [a for a in archives if a.complete]
+    by_name = by_names(complete)
+    expected = {
+        a.name
+        for a in complete
+        if a.sidecar is not None and a.sidecar.archive.is_delta and not full_chain(a, by_name)
+    }
+    assert broken_chains(complete, by_name) == expected
+    assert broken_chains(complete[::-1], by_name) == expected
+
+
 def test_a_long_chain_is_walked_once(monkeypatch):
     """2 000 deltas in one chain: every retention asks which archives the kept deltas
     need; each base is looked up a bounded number of times, not once per later delta."""
@@ -83,3 +104,7 @@ def test_a_long_chain_is_walked_once(monkeypatch):
     assert chains_of(archives, by_name) == set(by_name)
     assert calls <= 2 * len(archives)
     assert chain_of(archives[-1], by_name) == set(by_name)
+    calls = 0
+    del by_name[archives[0].name]  # the full archive: every delta is broken
+    assert broken_chains(archives[1:], by_name) == set(by_name)
+    assert calls <= 2 * len(archives)

@@ -551,6 +551,37 @@ def test_a_missed_days_delta_another_is_built_on_is_not_superseded(box, tmp_path
     assert listed[names[1]]["where"] == "ready"
 
 
+def test_list_says_each_kind_a_broken_chain_and_another_host_names_archive(box, tmp_path):
+    """Found by a newcomer: ``list`` had no column for full or delta, listed a delta
+    whose full archive was deleted by hand like any other, and called an archive made
+    under the old ``hostname:`` "ready", though serve does not offer it."""
+    full, first, second = _stored_chain(box, tmp_path, 2)
+
+    def rows() -> tuple[dict[str, list[str]], dict[str, dict]]:
+        lines = box.cli("list").stdout.splitlines()
+        assert lines[0].split()[:3] == ["ARCHIVE", "KIND", "SIZE"], lines[0]
+        listed = json.loads(box.cli("list", "--json").stdout)
+        return {line.split()[0]: line.split("  ") for line in lines[1:]}, {
+            r["name"]: r for r in listed
+        }
+
+    table, listed = rows()
+    assert table[full.name][1] == "full" and table[second.name][1] == "delta", table
+    assert [listed[a.name]["kind"] for a in (full, first, second)] == ["full", "delta", "delta"]
+    assert not any(r["chain_broken"] for r in listed.values())
+    for path in (full, full.with_name(full.name + ".json")):
+        path.unlink()  # by hand
+    table, listed = rows()
+    assert table[second.name][-1].endswith("; chain broken"), table
+    assert listed[second.name]["chain_broken"] and listed[first.name]["chain_broken"]
+    box.write_config(incremental={}, hostname="renamed")
+    table, listed = rows()
+    made = f"not offered (made as {box.hostname}); chain broken"
+    assert table[second.name][-1] == made, table
+    assert listed[second.name]["where"] == "not offered"
+    assert listed[second.name]["made_as"] == box.hostname
+
+
 def _stored_chain(box, tmp_path, deltas: int) -> list:
     """A full archive and ``deltas`` deltas on it, the full one marked stored (so deltas
     are made): the archives, oldest first, still in the archive directory."""

@@ -82,7 +82,9 @@ def _where(archive: LocalArchive, stored: _Stored) -> str:
     """``fetched`` (moved aside), ``stored, kept`` (the server said so; it stays offered
     while retention keeps it), ``superseded`` (never stored, an archive newer than it
     was, and no archive present is built on it: no pull takes it; retention removes it
-    unless it is the newest archive in which every service succeeded), ``not offered``
+    in its turn, past ``keep_last`` and ``keep_days`` or with deltas once a newer full
+    archive is here, unless it is the newest archive in which every service
+    succeeded), ``not offered``
     (no valid sidecar, or made under another host name: no pull takes it) or ``ready``
     (not stored yet)."""
     if archive.fetched:

@@ -761,10 +761,7 @@ class ArchiveWriter:
         ``_base_of`` says: a renamed file)."""
         extra = [(DATA_KEY, BASE), *self._base_record()]
         self._from_base.add(file.arcname)
-        header = self._header(
-            file.arcname, file.content.stat, tarformat.REGTYPE, xattrs=file.attrs, extra=extra
-        )
-        self._emit(header)
+        self._emit(self._file_header(file, extra=extra))
 
     def _emit_same(self, arcname: str, left_out: bool = False) -> None:
         """A member whose bytes and metadata are the base's file of the same name: the
@@ -897,18 +894,29 @@ class ArchiveWriter:
             file, _appended_ops(old.size, tail), old, digest=digest, found=found, warnings=warnings
         )
 
-    def _emit_delta(self, file: _OpenFile, realsize: int, size: int):
-        """The header of a member whose data is a PBD1 stream of ``size`` bytes."""
-        extra = [(DATA_KEY, DELTA), (REALSIZE_KEY, str(realsize).encode()), *self._base_record()]
-        header = self._header(
-            file.arcname,
+    def _file_header(
+        self,
+        file: _OpenFile,
+        *,
+        size: int = 0,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        name: str | None = None,
+    ) -> bytes:
+        """The header of ``file``'s member (named ``name`` when given, else its own):
+        a regular file of ``size`` data bytes with its stat and attributes."""
+        return self._header(
+            name or file.arcname,
             file.content.stat,
             tarformat.REGTYPE,
             size=size,
             xattrs=file.attrs,
             extra=extra,
         )
-        self._emit(header)
+
+    def _emit_delta(self, file: _OpenFile, realsize: int, size: int):
+        """The header of a member whose data is a PBD1 stream of ``size`` bytes."""
+        extra = [(DATA_KEY, DELTA), (REALSIZE_KEY, str(realsize).encode()), *self._base_record()]
+        self._emit(self._file_header(file, size=size, extra=extra))
         self._sent += size
 
     def _add_streamed_delta(
@@ -1017,10 +1025,7 @@ class ArchiveWriter:
         has it already), or streamed (then split into ``found`` chunks on the way, when
         a list is given). Returns its sha256."""
         content = file.content
-        header = self._header(
-            file.arcname, content.stat, tarformat.REGTYPE, size=content.size, xattrs=file.attrs
-        )
-        self._emit(header)
+        self._emit(self._file_header(file, size=content.size))
         self._sent += content.size
         if content.data is None:
             return self._copy_data(file.fd, content.size, file.path, file.stats, found)
@@ -1038,15 +1043,8 @@ class ArchiveWriter:
         table = sparse.encode_map(regions)
         length = len(table) + sum(r.length for r in regions)
         extra = sparse.pax_records(file.arcname, realsize)
-        header = self._header(
-            sparse.placeholder(file.arcname),
-            file.content.stat,
-            tarformat.REGTYPE,
-            size=length,
-            xattrs=file.attrs,
-            extra=extra,
-        )
-        self._emit(header)
+        name = sparse.placeholder(file.arcname)
+        self._emit(self._file_header(file, size=length, extra=extra, name=name))
         self._emit(table)
         digest = hashlib.sha256()
         cutter = chunker.SparseCutter() if found is not None else None

@@ -186,7 +186,7 @@ def next_steps(request: RestoreRequest, snapshot: Snapshot, address: str, port: 
     steps = [
         f"restored snapshot {snapshot.id} of {request.host} (taken {shown(snapshot.time)}) "
         f"into {target}",
-        f"prove it byte for byte:  cd {target} && {check}"
+        f"prove it byte for byte:  cd {shlex.quote(str(target))} && {check}"
         if check
         else f"no regular file is at {request.path} (the manifest lists only those): "
         "nothing to prove it by",

@@ -291,3 +291,49 @@ def test_options_that_would_change_the_repository_or_the_check_are_refused(
     with pytest.raises(ConfigError) as caught:
         load_server_config(path)
     assert f"got {value!r}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "picked",
+    [
+        b"services/app/files/caf\xe9",  # not UTF-8: the whole manifest, missing ones ignored
+        b"services/app/files/new\nline",  # an escaped manifest line
+        b"services/app/files/plain",
+        b"services/app/files",  # a directory: every line below it
+    ],
+)
+def test_the_path_proof_checks_what_the_path_holds(tmp_path, picked):
+    """``restore --path``'s proof line (found by a newcomer: it checked a manifest the
+    restore had not brought). Run as printed, from anywhere (its ``cd`` is quoted: the
+    target here has a space), it passes, and fails once a file there is damaged."""
+    import subprocess
+
+    from pullback.server.restore import RestoreRequest, next_steps
+
+    target = tmp_path / "a restore"
+    names = [
+        b"services/app/files/caf\xe9",
+        b"services/app/files/plain",
+        b"services/app/files/new\nline",
+    ]
+    for name in names:
+        path = os.path.join(os.fsencode(target), name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(name)
+    manifest = subprocess.run(
+        ["sha256sum", "--", *names], cwd=target, capture_output=True, check=True
+    ).stdout
+    (target / "MANIFEST.sha256").write_bytes(manifest)
+    request = RestoreRequest("web1", target, path=os.fsdecode(picked))
+    steps = next_steps(request, Snapshot("s1", T0, "20261101T030000Z"), "web1")
+    (line,) = [x for x in steps.splitlines() if x.startswith("prove it byte for byte:")]
+    command = line.split(":", 1)[1].strip()
+    env = {**os.environ, "LC_ALL": "C.UTF-8"}
+    proof = subprocess.run(["sh", "-c", command], cwd=tmp_path, env=env, capture_output=True)
+    assert proof.returncode == 0, (command, proof.stdout, proof.stderr)
+    damaged = picked if picked in names else names[1]
+    with open(os.path.join(os.fsencode(target), damaged), "wb") as handle:
+        handle.write(b"damaged")
+    failed = subprocess.run(["sh", "-c", command], cwd=tmp_path, env=env, capture_output=True)
+    assert failed.returncode == 1 and b"FAILED" in failed.stdout, command

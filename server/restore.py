@@ -157,7 +157,8 @@ def path_proof(target: Path, path: str) -> str | None:
 def copy_command(target: Path, address: str, port: int) -> str:
     """The rsync line that copies a restored tree to the client (its sshd's port too)."""
     ssh = f" -e 'ssh -p {port}'" if port != 22 else ""
-    return f"rsync -aHAX{ssh} {target}/ root@{address}:/var/tmp/pullback-restore/"
+    source = shlex.quote(f"{target}/")
+    return f"rsync -aHAX{ssh} {source} root@{address}:/var/tmp/pullback-restore/"
 
 
 def adopted_steps(request: RestoreRequest, snapshot: Snapshot) -> str:

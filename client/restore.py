@@ -35,6 +35,7 @@ from ..common.log import get_logger
 from ..common.outcome import Status
 from ..common.progress import CountingReader, Progress, Watched
 from ..common.signals import RESTORING, SignalGuard
+from ..common.text import printable
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import RestorePlan, Task
 from .config import ClientConfig
@@ -251,20 +252,20 @@ def _failed_that_day(report: ServiceReport, source: Path) -> int:
     """Say that ``source`` holds nothing of the service ``report`` describes because it
     failed on the day of the backup (each failed task and why); returns EXIT_FAILED (an
     outside test got exit 2 and advice naming a scratch directory already gone)."""
-    why = "; ".join(
-        f"{t.type}: {t.error or f'{t.status}, no reason recorded'}"
-        for t in report.tasks
+    why = "; ".join(  # (words from a sidecar: each one line, bounded)
+        f"{printable(t.type, 40)}: {printable(t.error or f'{t.status}, no reason recorded', 300)}"
+        for t in report.tasks[:10]
         if t.status != Status.OK
     )
     log.error(
         "%s: nothing to restore: this service %s in %s (%s); restore from a snapshot in "
         "which it succeeded (pullback-server restore HOST --service %s --target DIR takes "
         "the newest such one)",
-        report.name,
+        printable(report.name, 100),
         report.status,
         source,
-        why or report.error or "no reason recorded",
-        report.name,
+        why or printable(report.error or "no reason recorded", 300),
+        printable(report.name, 100),
     )
     return EXIT_FAILED
 

@@ -4,9 +4,12 @@ say how to prove it and put it back on the client."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import shlex
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +19,10 @@ from ..common.archive.manifest import MANIFEST_NAME, format_line, parse
 from ..common.archive.sidecar import SIDECAR_NAME
 from ..common.clock import shown, stamp_of, utc_now
 from ..common.errors import EXIT_OK, ArchiveError, PullbackError, UsageError
-from ..common.fsutil import remove_tree_contents
 from ..common.outcome import Status
 from ..common.procfs import bytes_written_below
 from ..common.progress import STATUS, Progress, Watched
+from ..common.signals import SignalGuard
 from ..common.text import printable
 from .backends import Snapshot
 from .config import ServerConfig
@@ -69,6 +72,13 @@ class RestoreRequest:
 
 
 def _relative(path: str) -> str:
+    try:
+        path.encode("utf-8")
+    except UnicodeError:  # (restic's and borg's arguments are text)
+        raise UsageError(
+            f"--path {printable(path, 200)} is not UTF-8: restore its service (--service) "
+            "or the whole snapshot instead"
+        ) from None
     parts = [p for p in path.strip("/").split("/") if p]
     if not parts or any(p in (".", "..") for p in parts) or parts[0] == "*":
         raise UsageError(f"--path {path!r} is not a path inside the snapshot (like services/app)")
@@ -145,6 +155,8 @@ def path_proof(target: Path, path: str) -> str | None:
             line = format_line(path, manifest[path]).rstrip(b"\n").decode("utf-8")
             picked = f"LC_ALL=C grep -aFx -- {shlex.quote(line)} {MANIFEST_NAME}"
         elif any(name.startswith(path + "/") for name in manifest):
+            if any(c in path for c in "\\\n\r"):  # (escaped in the manifest's lines)
+                raise UnicodeError
             path.encode("utf-8")
             picked = f"LC_ALL=C grep -aF -- {shlex.quote(f'  {path}/')} {MANIFEST_NAME}"
         else:
@@ -158,7 +170,8 @@ def copy_command(target: Path, address: str, port: int) -> str:
     """The rsync line that copies a restored tree to the client (its sshd's port too)."""
     ssh = f" -e 'ssh -p {port}'" if port != 22 else ""
     source = shlex.quote(f"{target}/")
-    return f"rsync -aHAX{ssh} {source} root@{address}:/var/tmp/pullback-restore/"
+    aside = f" --exclude='/{ASIDE_PREFIX}*'"  # (what --force set aside stays here)
+    return f"rsync -aHAX{ssh}{aside} {source} root@{address}:/var/tmp/pullback-restore/"
 
 
 def adopted_steps(request: RestoreRequest, snapshot: Snapshot) -> str:
@@ -220,40 +233,64 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
         ctx.log.warning("%s", why)
     target.mkdir(parents=True, exist_ok=True)
     os.chmod(target, 0o700)
-    aside = SetAside.of(target, includes, snapshot.adopted) if request.force else None
-    ctx.log.info("restoring snapshot %s (%s) into %s", snapshot.id, shown(snapshot.time), target)
-    total = ctx.backend.restore_size(snapshot) if STATUS.enabled and not includes else None
-    was_empty = not any(target.iterdir())
-    try:
-        with Watched(Progress("restore", total), sample=lambda: bytes_written_below(os.getpid())):
-            ctx.backend.restore(snapshot, target, includes)
-        _check_restored(request, snapshot, was_empty)
-    except BaseException:
-        if aside is not None:
-            aside.put_back()
-        raise
+    with SignalGuard(
+        "stopping; what the restore wrote goes, what it set aside comes back"
+    ) as guard:
+        aside = SetAside.of(target, includes, snapshot.adopted) if request.force else None
+        ctx.log.info(
+            "restoring snapshot %s (%s) into %s", snapshot.id, shown(snapshot.time), target
+        )
+        total = ctx.backend.restore_size(snapshot) if STATUS.enabled and not includes else None
+        before = set(os.listdir(target))
+        try:
+            with Watched(Progress("restore", total), sample=_written_so_far):
+                ctx.backend.restore(snapshot, target, includes)
+            _check_restored(request, snapshot)
+        except BaseException:
+            with guard.shielded():
+                _undo(target, before, aside)
+            raise
     steps = next_steps(request, snapshot, ctx.host.address, ctx.host.port)
     if aside is not None:
         steps += f"\nwhat the target held there before is in {aside.directory}: remove it when done"
     return f"note: {why}\n{steps}" if why else steps
 
 
-def _check_restored(request: RestoreRequest, snapshot: Snapshot, was_empty: bool) -> None:
+def _written_so_far() -> int:
+    """The bytes this process and its children (restic, borg) have written."""
+    return bytes_written_below(os.getpid())
+
+
+def _undo(target: Path, before: set[str], aside: SetAside | None) -> None:
+    """After a failed (or interrupted) restore: what it made at the top of ``target``
+    goes (it came from the snapshot: the manifest and sidecar of a miss, a partial
+    tree), and what ``--force`` set aside comes back where it was."""
+    for name in set(os.listdir(target)) - before:
+        _remove(target / name)
+    if aside is not None:
+        aside.put_back()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _check_restored(request: RestoreRequest, snapshot: Snapshot) -> None:
     """Raise when the snapshot held nothing of what was asked: no such service
-    (PullbackError) or nothing at the path (UsageError), the target emptied again when
-    it was empty before (what came with the miss: the manifest, the sidecar)."""
+    (PullbackError) or nothing at the path (UsageError; an outside test got "restored"
+    and an empty directory)."""
     target = request.target
     if request.service and not _holds(target, request.service, snapshot.adopted):
         held = _services_of(target)
-        if was_empty:
-            remove_tree_contents(target)
         raise PullbackError(
             f"snapshot {snapshot.id} of {request.host} holds no service {request.service!r}"
             + (f" (it holds: {', '.join(held)})" if held else "")
         )
     if request.path and not os.path.lexists(target / _relative(request.path)):
-        if was_empty:  # (an outside test got "restored" and an empty directory)
-            remove_tree_contents(target)
         raise UsageError(
             f"snapshot {snapshot.id} of {request.host} has nothing at "
             f"{_relative(request.path)!r}: a path inside a snapshot starts with "
@@ -276,47 +313,76 @@ class SetAside:
 
     @classmethod
     def of(cls, target: Path, includes: list[str], adopted: bool) -> SetAside | None:
-        """Move what ``target`` holds where this restore writes (the included paths, or
-        for a whole snapshot ``services/``, the manifest and the sidecar; every entry of
-        an adopted one) aside, so the restore writes into nothing (restic cannot write
-        over a symlink, a FIFO or a hard link: an outside test's second restore failed
-        half-way) and nothing is destroyed. None when nothing was there."""
-        if includes:
-            patterns = includes
-        elif adopted:
-            patterns = ["*"]
-        else:
-            patterns = ["services", MANIFEST_NAME, SIDECAR_NAME]
-        found = {
-            p
-            for pattern in patterns
-            for p in target.glob(pattern)
-            if not p.name.startswith(ASIDE_PREFIX)
-        }
-        found = {p for p in found if not any(a in found for a in p.parents)}  # (moved with it)
+        """Move aside what ``target`` holds where this restore writes, so that the
+        restore writes into nothing: restic cannot write over a symlink, a FIFO or a hard
+        link (an outside test's second restore failed half-way), and a symlink an earlier
+        restore left on the way would take its writes out of the target. Nothing is
+        destroyed. None when nothing was in the way. Raises PullbackError (what moved is
+        back) when an entry cannot move."""
+        found = _in_the_way(target, _written(target, includes, adopted))
         if not found:
             return None
         stamp = stamp_of(utc_now())
         directory = Path(tempfile.mkdtemp(prefix=f"{ASIDE_PREFIX}{stamp}-", dir=target))
-        moved = []
+        aside = cls(target, directory, ())
         for path in sorted(found):
             relative = path.relative_to(target)
-            (directory / relative).parent.mkdir(parents=True, exist_ok=True)
-            os.rename(path, directory / relative)
-            moved.append(relative)
-        return cls(target, directory, tuple(moved))
+            try:
+                (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+                os.rename(path, directory / relative)
+            except OSError as exc:
+                aside.put_back()
+                raise PullbackError(
+                    f"cannot set {path} aside for --force ({exc.strerror}); nothing was "
+                    "restored and the target is as it was"
+                ) from None
+            aside = dataclasses.replace(aside, moved=(*aside.moved, relative))
+        return aside
 
     def put_back(self) -> None:
-        """After a failed restore: what it wrote there goes (it came from the snapshot),
-        what was set aside comes back, and the aside directory goes."""
+        """What was set aside comes back where it was (whatever a failed restore wrote
+        there goes first: it came from the snapshot), and the aside directory goes."""
         for relative in self.moved:
             place = self.target / relative
-            if place.is_dir() and not place.is_symlink():
-                shutil.rmtree(place)
-            elif os.path.lexists(place):
-                place.unlink()
+            _remove(place)
+            place.parent.mkdir(parents=True, exist_ok=True)
             os.rename(self.directory / relative, place)
         shutil.rmtree(self.directory)
+
+
+def _written(target: Path, includes: list[str], adopted: bool) -> list[str]:
+    """The paths (relative to ``target``, literal) a restore of ``includes`` writes:
+    the whole snapshot's ``services``, manifest and sidecar; in an adopted snapshot
+    every entry, and a service ``*/NAME`` below each directory there."""
+    if not includes:
+        return sorted(os.listdir(target)) if adopted else ["services", MANIFEST_NAME, SIDECAR_NAME]
+    written = []
+    for include in includes:
+        if include.startswith("*/"):  # (adopted: a service below any type)
+            written += [f"{kind}/{include[2:]}" for kind in sorted(os.listdir(target))]
+        else:
+            written.append(include)
+    return [w for w in written if not w.split("/")[0].startswith(ASIDE_PREFIX)]
+
+
+def _in_the_way(target: Path, written: list[str]) -> set[Path]:
+    """For each path the restore writes, the entry of ``target`` in its way: the first
+    component on the way that is not a directory (a symlink is not: lstat), or the
+    entry itself. Never followed out of ``target``. One inside another goes with it."""
+    found: set[Path] = set()
+    for relative in written:
+        current = target
+        parts = [p for p in relative.split("/") if p]
+        for number, part in enumerate(parts, 1):
+            current = current / part
+            try:
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                break
+            if number == len(parts) or not stat.S_ISDIR(mode):
+                found.add(current)
+                break
+    return {p for p in found if not any(a in found for a in p.parents)}
 
 
 def _holds(target: Path, service: str, adopted: bool) -> bool:

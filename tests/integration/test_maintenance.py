@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -324,6 +325,40 @@ def test_a_forced_restore_over_an_earlier_one_sets_it_aside(pulled, tmp_path):
     )
     assert failed.returncode == 2, failed.stdout + failed.stderr
     assert snapshot(target) == before  # what it moved aside came back
+
+
+def test_a_forced_restore_never_follows_a_symlink_left_in_the_target(pulled, tmp_path):
+    """An earlier restore left a symlink on the way of ``--force --path`` (a client's
+    symlink, or one the operator made): the restore moved the file the link led to out
+    of its place, and restic wrote the client's bytes there, outside the target (an
+    outside attack). The link is set aside now; nothing outside the target changes."""
+    fleet, host = pulled
+    target = tmp_path / "t"
+    inside = "services/app/files" + str(host.data) + "/tree/data"
+    first = fleet.server("restore", "web1", "--service", "app", "--target", str(target))
+    assert first.returncode == 0, first.stderr
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "exact-block").write_text("the server's own file\n")
+    shutil.rmtree(target / inside)
+    (target / inside).symlink_to(victim)  # data -> victim
+    forced = fleet.server(
+        "restore", "web1", "--path", f"{inside}/exact-block", "--target", str(target), "--force"
+    )
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert (victim / "exact-block").read_text() == "the server's own file\n"
+    assert not (target / inside).is_symlink()
+    assert (target / inside / "exact-block").read_bytes() == b"x" * 512
+    (aside,) = target.glob(".pullback-replaced-*")
+    assert (aside / inside).is_symlink()  # set aside, not followed
+    # a glob character in --path is a name, not a pattern: nothing else moves
+    mine = target / inside / "mine.txt"
+    mine.write_text("the operator's\n")
+    star = fleet.server(
+        "restore", "web1", "--path", f"{inside}/[em]*", "--target", str(target), "--force"
+    )
+    assert star.returncode == 2, star.stdout + star.stderr
+    assert mine.read_text() == "the operator's\n"
 
 
 def test_a_drill_proves_a_good_snapshot_and_status_shows_it(pulled):

@@ -296,10 +296,10 @@ def test_options_that_would_change_the_repository_or_the_check_are_refused(
 @pytest.mark.parametrize(
     "picked",
     [
-        b"services/app/files/caf\xe9",  # not UTF-8: the whole manifest, missing ones ignored
         b"services/app/files/new\nline",  # an escaped manifest line
         b"services/app/files/plain",
         b"services/app/files",  # a directory: every line below it
+        b"services/app/back\\slash",  # escaped lines below it: the whole manifest
     ],
 )
 def test_the_path_proof_checks_what_the_path_holds(tmp_path, picked):
@@ -315,6 +315,7 @@ def test_the_path_proof_checks_what_the_path_holds(tmp_path, picked):
         b"services/app/files/caf\xe9",
         b"services/app/files/plain",
         b"services/app/files/new\nline",
+        b"services/app/back\\slash/f",
     ]
     for name in names:
         path = os.path.join(os.fsencode(target), name)
@@ -332,8 +333,19 @@ def test_the_path_proof_checks_what_the_path_holds(tmp_path, picked):
     env = {**os.environ, "LC_ALL": "C.UTF-8"}
     proof = subprocess.run(["sh", "-c", command], cwd=tmp_path, env=env, capture_output=True)
     assert proof.returncode == 0, (command, proof.stdout, proof.stderr)
-    damaged = picked if picked in names else names[1]
+    damaged = picked if picked in names else next(n for n in names if n.startswith(picked))
     with open(os.path.join(os.fsencode(target), damaged), "wb") as handle:
         handle.write(b"damaged")
     failed = subprocess.run(["sh", "-c", command], cwd=tmp_path, env=env, capture_output=True)
     assert failed.returncode == 1 and b"FAILED" in failed.stdout, command
+
+
+def test_a_path_that_is_not_utf8_is_refused_before_the_repository_opens(tmp_path):
+    """restic's and borg's arguments are text: it was an internal error (an outside
+    test), it is a usage error naming the way round."""
+    from pullback.common.errors import UsageError
+    from pullback.server.restore import RestoreRequest
+
+    request = RestoreRequest("web1", tmp_path, path=os.fsdecode(b"services/app/caf\xe9"))
+    with pytest.raises(UsageError, match="is not UTF-8: restore its service"):
+        request.includes()

@@ -588,13 +588,18 @@ def chain_of(archive: LocalArchive, by_name: dict[str, LocalArchive]) -> set[str
 
 
 def chains_of(archives: list[LocalArchive], by_name: dict[str, LocalArchive]) -> set[str]:
-    """The union of :func:`chain_of` over ``archives``, each archive walked once: a walk
-    stops where an earlier one passed (the rest of its chain is in already), so a long
-    chain costs its length, not its square."""
+    """The union of :func:`chain_of` over ``archives``, each archive walked once: the
+    first step from each archive itself (a copy of one name in both directories may name
+    another base than the copy ``by_name`` holds: an outside fuzzer), the rest through
+    ``by_name`` and only as far as no earlier walk went, so a long chain costs its
+    length, not its square."""
     found: set[str] = set()
+    walked: set[str] = set()  # names whose chain through by_name is in ``found``
     for archive in archives:
-        current: LocalArchive | None = archive
-        while current is not None and current.name not in found:
+        found.add(archive.name)
+        current = base_of(archive, by_name)
+        while current is not None and current.name not in walked:
+            walked.add(current.name)
             found.add(current.name)
             current = base_of(current, by_name)
     return found
@@ -603,26 +608,38 @@ def chains_of(archives: list[LocalArchive], by_name: dict[str, LocalArchive]) ->
 def broken_chains(archives: list[LocalArchive], by_name: dict[str, LocalArchive]) -> set[str]:
     """The names of the deltas among ``archives`` whose chain through ``by_name`` does not
     reach a full archive (:func:`full_chain` would be empty): alone they restore nothing.
-    Each archive is walked once (what a walk learnt holds for every archive it passed)."""
-    reaches: dict[str, bool] = {}
+    The first step from each archive itself (see :func:`chains_of`), the rest through
+    ``by_name``, each archive there walked once."""
+    reaches: dict[str, bool] = {}  # by name, for the archives of by_name
+    broken = set()
     for archive in archives:
-        passed: list[LocalArchive] = []
-        current = archive
-        while current.name not in reaches:
-            passed.append(current)
-            base = base_of(current, by_name)
-            if base is None:
-                root = current.sidecar
-                reaches[current.name] = root is not None and not root.archive.is_delta
-                break
-            current = base
-        for name in (a.name for a in passed):
-            reaches[name] = reaches[current.name]
-    return {
-        a.name
-        for a in archives
-        if a.sidecar is not None and a.sidecar.archive.is_delta and not reaches[a.name]
-    }
+        side = archive.sidecar
+        if side is None or not side.archive.is_delta:
+            continue
+        base = base_of(archive, by_name)
+        if base is None or not _reaches_full(base, by_name, reaches):
+            broken.add(archive.name)
+    return broken
+
+
+def _reaches_full(
+    archive: LocalArchive, by_name: dict[str, LocalArchive], reaches: dict[str, bool]
+) -> bool:
+    """Whether ``archive`` (one of ``by_name``'s) is a full archive or a delta whose chain
+    reaches one; what the walk learns goes into ``reaches``."""
+    passed: list[LocalArchive] = []
+    current = archive
+    while current.name not in reaches:
+        passed.append(current)
+        base = base_of(current, by_name)
+        if base is None:
+            root = current.sidecar
+            reaches[current.name] = root is not None and not root.archive.is_delta
+            break
+        current = base
+    for name in (a.name for a in passed):
+        reaches[name] = reaches[current.name]
+    return reaches[archive.name]
 
 
 def base_of(archive: LocalArchive, by_name: dict[str, LocalArchive]) -> LocalArchive | None:

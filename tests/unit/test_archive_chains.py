@@ -6,6 +6,7 @@ that grows with the chain's length, not its square (a re-read found retention an
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -36,15 +37,27 @@ def _archive(number: int, base: int | None, readable: bool = True) -> LocalArchi
     return LocalArchive(Path(name), "web1", stamp, listed_sidecar(name, stamp, base_name))
 
 
-directories = st.lists(st.none() | st.integers(0, 40), max_size=30).map(
-    lambda bases: [
+def _directory(bases: list[int | None], copies: list[int | None]) -> list[LocalArchive]:
+    found = [
         _archive(number, base, readable=number % 7 != 3)
         for number, base in enumerate(bases)
         if number % 5 != 4  # gaps: some bases are missing
     ]
+    for number, base in enumerate(copies[: len(bases)]):
+        if number % 3 == 0:  # the same name in fetched/, built on another base
+            copy = _archive(number, base)
+            found.append(dataclasses.replace(copy, fetched=True))
+    return sorted(found, key=lambda a: (a.stamp, a.fetched))
+
+
+directories = st.builds(
+    _directory,
+    st.lists(st.none() | st.integers(0, 40), max_size=30),
+    st.lists(st.none() | st.integers(0, 40), max_size=30),
 )
 """Up to 30 archives, full or a delta on any number; every 7th unreadable, every 5th
-missing."""
+missing; some with a copy of the same name in ``fetched/`` built on another base (an
+outside fuzzer found such copies walked as one)."""
 
 
 @settings(max_examples=300, deadline=None)

@@ -636,8 +636,13 @@ class HostPull:
         the client made a full archive (``--full``, ``full_every``) and deltas on it
         between two pulls. Fetching that full archive is no fallback (an outside test saw
         such missed days reported as one)."""
-        match = ARCHIVE_NAME.fullmatch(held.archive) if held else None
-        return bool(match and route.archives and route.archives[0].stamp > match["stamp"])
+        if held is None or not route.archives:
+            return False
+        # both stamps from archive names (a sidecar's own stamp field is the client's
+        # word: an outside attack hid a real fallback with one dated later)
+        held_name = ARCHIVE_NAME.fullmatch(held.archive)
+        full_name = ARCHIVE_NAME.fullmatch(route.archives[0].archive.name)
+        return bool(held_name and full_name and full_name["stamp"] > held_name["stamp"])
 
     def _first_pull(self, held: IndexedTree | None) -> bool:
         """Whether this is the host's first pull: no snapshot, no indexed tree (a

@@ -898,3 +898,29 @@ def test_a_delta_stored_from_staging_after_a_failed_store_is_said_a_delta(config
     status = status_file.record(config.state_dir, [stored])
     row = host_row("web1", status["hosts"]["web1"], 86400, dt.datetime.now(dt.UTC))
     assert row.result_text == "stored (delta)"
+
+
+def test_missed_days_are_told_by_archive_names_not_a_sidecars_stamp():
+    """A chain is "missed days", not a fallback, when its full archive was made after the
+    tree staging holds. A sidecar's stamp field is the client's word: an old full
+    archive whose sidecar claimed a later stamp hid a real fallback (an outside attack).
+    The names decide."""
+    import json
+
+    from pullback.common.archive import sidecar as sidecars
+    from pullback.common.archive.baseindex import IndexedTree
+    from pullback.server import chain
+    from pullback.server.host_pull import HostPull
+    from tests.helpers.archives import listed_sidecar
+
+    held = IndexedTree("web1-20261202T030000Z.tar.zst", "1" * 64)
+
+    def full(name: str, stamp: str) -> chain.Plan:
+        data = json.loads(listed_sidecar(name, stamp).to_json())
+        return chain.Plan([sidecars.from_data(data, expected_name=name)], from_full=True)
+
+    lying = full("web1-20261201T030000Z.tar.zst", "20261203T020000Z")
+    assert HostPull._new_chain(held, lying) is False
+    newer = full("web1-20261203T030000Z.tar.zst", "20261203T030000Z")
+    assert HostPull._new_chain(held, newer) is True
+    assert HostPull._new_chain(None, newer) is False

@@ -228,14 +228,7 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
         try:
             root = service_root(unpacked, name)
         except UsageError:
-            # nothing of the service in it: because it failed that day, or never was
-            failed = read_content(sidecar_file, unpacked / "services" / name, name).report
-            if failed is not None and failed.status != Status.OK:
-                return _failed_that_day(failed, source)
-            raise UsageError(
-                f"{source} holds no services/{name}/: restore the snapshot first "
-                f"(pullback-server restore HOST --service {name} --target DIR)"
-            ) from None
+            return _nothing_of(name, source, unpacked, sidecar_file)
         restore = ServiceRestore(
             config, service, plugins, options, read_content(sidecar_file, root, name), Path(scratch)
         )
@@ -246,6 +239,23 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
         for note in restore.plan.notes:
             print(note)
         return code
+
+
+def _nothing_of(name: str, source: Path, unpacked: Path, sidecar_file: Path) -> int:
+    """``source`` (unpacked into ``unpacked``) holds nothing of the service ``name``:
+    because it failed that day, says the sidecar (beside the archive, at the snapshot's
+    root, or above the services directory given): EXIT_FAILED, said. Raises UsageError
+    when it never was there (a wrong source)."""
+    for candidate in (sidecar_file, unpacked.parent / SIDECAR_NAME):
+        failed = read_content(candidate, unpacked / "services" / name, name).report
+        if failed is not None:
+            if failed.status != Status.OK:
+                return _failed_that_day(failed, source)
+            break
+    raise UsageError(
+        f"{source} holds no services/{name}/: restore the snapshot first "
+        f"(pullback-server restore HOST --service {name} --target DIR)"
+    )
 
 
 def _failed_that_day(report: ServiceReport, source: Path) -> int:

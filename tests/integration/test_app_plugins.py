@@ -307,6 +307,16 @@ def test_restore_of_a_service_that_failed_that_day_says_so_exit_1(tmp_path):
     assert "(command: dump failed: " in said, said  # each failed task, and why
     assert "pullback-server restore HOST --service shop" in said
     assert "pullback-restore-" not in said  # no scratch directory named
+    # from a restored snapshot, its root or its services directory (the server's
+    # restore brings SIDECAR.json to the root)
+    from pullback.client.restore import unpack_archive
+
+    snap = unpack_archive(archive, tmp_path / "snap")
+    (snap / "SIDECAR.json").write_bytes(archive.with_name(archive.name + ".json").read_bytes())
+    for source in (snap, snap / "services"):
+        result = box.cli("restore", "--service", "shop", "--from", str(source), "--dry-run")
+        assert result.returncode == 1, (source, result.stderr)
+        assert "shop: nothing to restore: this service failed in" in result.stderr
     app = box.cli("restore", "--service", "app", "--from", str(archive), "--dry-run")
     assert app.returncode == 0, app.stderr
 

@@ -349,3 +349,42 @@ def test_a_path_that_is_not_utf8_is_refused_before_the_repository_opens(tmp_path
     request = RestoreRequest("web1", tmp_path, path=os.fsdecode(b"services/app/caf\xe9"))
     with pytest.raises(UsageError, match="is not UTF-8: restore its service"):
         request.includes()
+
+
+def test_a_signal_in_a_forced_restore_undoes_it(config, tmp_path, monkeypatch):
+    """SIGTERM (systemd, kill) in the middle of ``restore --force``: what the restore
+    wrote goes and what it set aside comes back, as on any failure (an outside attack
+    found the target half restored and the operator's files in a directory nobody named).
+    The backend stands in for restic: it writes part of the tree, then a real SIGTERM
+    arrives (without the restore's signal handler it would end this test's process,
+    which fails the test as loudly)."""
+    import signal
+    import time
+
+    from pullback.common.errors import Interrupted
+    from pullback.server import restore as server_restore
+    from pullback.server.restore import RestoreRequest
+    from tests.helpers.tree import snapshot
+
+    tree = tmp_path / "snapshot"
+    _tree(tree, {"services/app/files/a": b"alpha", "services/app/files/b": b"beta"})
+    backend = FakeBackend(snapshot_list=[Snapshot("s1", T0, "20261101T030000Z")])
+    backend.trees["s1"] = tree
+
+    def cut_short(snapshot, target, includes):
+        (target / "services/app/files").mkdir(parents=True)
+        (target / "services/app/files/a").write_bytes(b"al")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # (the handler raises Interrupted here)
+
+    monkeypatch.setattr(backend, "restore", cut_short)
+    monkeypatch.setattr(
+        server_restore.HostContext, "open", lambda cfg, host: fake_context(cfg, "web1", backend)
+    )
+    target = tmp_path / "target"
+    _tree(target, {"services/app/files/a": b"edited", "services/app/files/mine": b"mine"})
+    (target / "NOTES.txt").write_text("the operator's\n")
+    before = snapshot(target)
+    with pytest.raises(Interrupted):
+        server_restore.restore(config, RestoreRequest("web1", target, force=True))
+    assert snapshot(target) == before

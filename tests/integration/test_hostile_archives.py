@@ -1138,6 +1138,10 @@ def _another_manifest(corpus: Corpus, host: str, held: BaseRef) -> BaseRef:
     return BaseRef(held.name, "0" * 64)
 
 
+def _missed_days(staging: Path, lines: str) -> None:
+    assert "missed days: " in lines and "made since staging's" in lines, lines
+
+
 def _another_full(corpus: Corpus, host: str, held: BaseRef) -> BaseRef:
     """Publishes a second full archive on the client (the good one, without data.bin),
     newer than the stored base; returns it as the base the delta names."""
@@ -1358,7 +1362,9 @@ DELTA_TRICKS = {
             base_member(DATA_NAME),
             files=WHOLE,
             names=_another_full,
-            falls_back=True,  # staging holds an archive outside the delta's chain
+            # a full archive made after staging's tree: missed days, said in the log
+            # (then refused for the file it lacks), not a fallback
+            check=_missed_days,
         )
     ),
     # a full archive may not take anything from staging, even when staging holds a base
@@ -1548,6 +1554,7 @@ def _turned_into_links(staging: Path, lines: str) -> None:
 def _replayed(staging: Path, lines: str) -> None:
     assert "(1 of 2)" in lines and "2 archives applied" in lines, lines
     assert sorted(os.listdir(staging / FILES)) == ["good.txt"]
+    _missed_days(staging, lines)
 
 
 WELL_FORMED_DELTAS = {
@@ -1599,7 +1606,7 @@ WELL_FORMED_DELTAS = {
         files={GOOD_NAME: GOOD_BYTES},
         names=_another_full,
         refused=False,
-        falls_back=True,  # staging holds an archive outside the delta's chain: reported
+        # a full archive made after staging's tree: missed days, said, not a fallback
         check=_replayed,
     ),
 }

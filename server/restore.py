@@ -223,6 +223,14 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
     target = request.target
     if target.exists() and any(target.iterdir()) and not request.force:
         raise UsageError(f"{target} is not empty; choose an empty directory or add --force")
+    if request.force and request.path and any(c in request.path for c in "*?[\\"):
+        # restic and borg read these as a pattern, which could match entries of the
+        # target that are set aside by name only (a symlink among them would be written
+        # through): into an empty directory, there is nothing to be in the way
+        raise UsageError(
+            f"--path {printable(request.path, 200)} holds *, ?, [ or \\, which restic and "
+            "borg read as a pattern: restore it into an empty directory, without --force"
+        )
     request.includes(adopted=True)  # a wrong --path is refused before the repository opens
     ctx.backend.prepare(create=False)
     snapshot, why = pick_snapshot(

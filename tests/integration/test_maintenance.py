@@ -358,6 +358,7 @@ def test_a_forced_restore_never_follows_a_symlink_left_in_the_target(pulled, tmp
         "restore", "web1", "--path", f"{inside}/[em]*", "--target", str(target), "--force"
     )
     assert star.returncode == 2, star.stdout + star.stderr
+    assert "read as a pattern: restore it into an empty directory" in star.stderr
     assert mine.read_text() == "the operator's\n"
 
 

@@ -32,7 +32,7 @@ import yaml
 from bench import dataset
 from bench.transfer import _pullback as stream_to_disk
 from bench.transfer import _scp as scp_to_disk
-from bench.transfer import bench_remote
+from bench.transfer import bench_remote, ssh_argv
 from pullback.server.remote import Remote
 from tests.helpers.client import ClientSandbox
 from tests.helpers.sshd import Sshd, make_key, serve_command
@@ -71,28 +71,6 @@ def timed(argv, **kwargs) -> float:
     started = time.monotonic()
     subprocess.run(argv, check=True, **kwargs)
     return time.monotonic() - started
-
-
-def ssh_argv(key: Path, known_hosts: Path, port: int) -> list[str]:
-    """``ssh`` with only ``key``, host keys checked against ``known_hosts``, no prompt and
-    no user configuration: the hand rows' way in (login and command to follow)."""
-    return [
-        "ssh",
-        "-F",
-        "/dev/null",
-        "-i",
-        str(key),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        f"UserKnownHostsFile={known_hosts}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=yes",
-        "-p",
-        str(port),
-    ]
 
 
 def trust_and_password(work: Path, *sshds: Sshd) -> tuple[Path, Path]:

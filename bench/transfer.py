@@ -26,24 +26,35 @@ from tests.helpers.client import ClientSandbox
 from tests.helpers.sshd import Sshd, make_key, serve_command
 
 
+def ssh_argv(key: Path, known_hosts: Path, port: int, tool: str = "ssh") -> list[str]:
+    """``ssh`` (or ``scp``, quiet) with only ``key``, host keys checked against
+    ``known_hosts``, no prompt and no user configuration: the hand rows' way in (login and
+    command, or the files, to follow)."""
+    return [
+        tool,
+        *(["-q"] if tool == "scp" else []),
+        "-F",
+        "/dev/null",
+        "-i",
+        str(key),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-P" if tool == "scp" else "-p",
+        str(port),
+    ]
+
+
 def _scp(key: Path, known: Path, sshd: Sshd, source: Path, target: Path) -> float:
     started = time.monotonic()
     subprocess.run(
         [
-            "scp",
-            "-q",
-            "-F",
-            "/dev/null",
-            "-i",
-            str(key),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            f"UserKnownHostsFile={known}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-P",
-            str(sshd.port),
+            *ssh_argv(key, known, sshd.port, tool="scp"),
             f"{sshd.user}@127.0.0.1:{source}",
             str(target),
         ],

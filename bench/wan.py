@@ -57,7 +57,8 @@ from pathlib import Path
 import yaml
 
 from bench import dataset
-from bench.run import HERE, Bench, ssh_argv, timed, trust_and_password
+from bench.run import HERE, Bench, timed, trust_and_password
+from bench.transfer import ssh_argv
 from tests.helpers.client import ClientSandbox
 from tests.helpers.sshd import Sshd, make_key, serve_command
 

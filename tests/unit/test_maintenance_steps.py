@@ -215,6 +215,22 @@ def test_a_drill_without_snapshots_fails_in_words(config):
     assert (result.ok, result.problems) == (False, ["no snapshot to restore"])
 
 
+def _named_tree(root, names: list[bytes]) -> None:
+    """Files of the byte names ``names`` below ``root`` (each holding its name) and the
+    manifest ``sha256sum`` writes of them (names that are not UTF-8 or hold a newline)."""
+    import subprocess
+
+    for name in names:
+        path = os.path.join(os.fsencode(root), name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(name)
+    manifest = subprocess.run(
+        ["sha256sum", "--", *names], cwd=root, capture_output=True, check=True
+    ).stdout
+    (root / "MANIFEST.sha256").write_bytes(manifest)
+
+
 @pytest.mark.parametrize("service", ["app", None])
 def test_the_proof_command_checks_every_name_in_any_locale(tmp_path, service):
     import os
@@ -223,15 +239,7 @@ def test_the_proof_command_checks_every_name_in_any_locale(tmp_path, service):
     from pullback.server.restore import proof_command
 
     names = [b"services/app/files/caf\xe9", b"services/app/files/plain", b"services/app/new\nline"]
-    for name in names:
-        path = os.path.join(os.fsencode(tmp_path), name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.write(name)
-    manifest = subprocess.run(
-        ["sha256sum", "--", *names], cwd=tmp_path, capture_output=True, check=True
-    ).stdout
-    (tmp_path / "MANIFEST.sha256").write_bytes(manifest)
+    _named_tree(tmp_path, names)
     env = {**os.environ, "LC_ALL": "C.UTF-8"}  # what an administrator's shell has
     proof = subprocess.run(
         ["sh", "-c", proof_command(service)], cwd=tmp_path, env=env, capture_output=True
@@ -317,15 +325,7 @@ def test_the_path_proof_checks_what_the_path_holds(tmp_path, picked):
         b"services/app/files/new\nline",
         b"services/app/back\\slash/f",
     ]
-    for name in names:
-        path = os.path.join(os.fsencode(target), name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.write(name)
-    manifest = subprocess.run(
-        ["sha256sum", "--", *names], cwd=target, capture_output=True, check=True
-    ).stdout
-    (target / "MANIFEST.sha256").write_bytes(manifest)
+    _named_tree(target, names)
     request = RestoreRequest("web1", target, path=os.fsdecode(picked))
     steps = next_steps(request, Snapshot("s1", T0, "20261101T030000Z"), "web1")
     (line,) = [x for x in steps.splitlines() if x.startswith("prove it byte for byte:")]

@@ -137,12 +137,19 @@ def remove_tree_contents(path: Path) -> list[str]:
         return removed
     for entry in path.iterdir():
         removed.append(entry.name)
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
+        remove_entry(entry, ignore_errors=True)
     return removed
+
+
+def remove_entry(path: Path, ignore_errors: bool = False) -> None:
+    """Delete ``path``: a directory with everything in it (a symlink is never followed),
+    anything else unlinked; nothing when it is gone already. Raises OSError unless
+    ``ignore_errors`` (a directory's contents only)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def set_dir_mode(path: Path, mode: int, gid: int | None = None) -> None:

@@ -4,7 +4,6 @@ say how to prove it and put it back on the client."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import shlex
@@ -19,6 +18,7 @@ from ..common.archive.manifest import MANIFEST_NAME, format_line, parse
 from ..common.archive.sidecar import SIDECAR_NAME
 from ..common.clock import shown, stamp_of, utc_now
 from ..common.errors import EXIT_OK, ArchiveError, PullbackError, UsageError
+from ..common.fsutil import remove_entry
 from ..common.outcome import Status
 from ..common.procfs import bytes_written_below
 from ..common.progress import STATUS, Progress, Watched
@@ -274,17 +274,9 @@ def _undo(target: Path, before: set[str], aside: SetAside | None) -> None:
     goes (it came from the snapshot: the manifest and sidecar of a miss, a partial
     tree), and what ``--force`` set aside comes back where it was."""
     for name in set(os.listdir(target)) - before:
-        _remove(target / name)
+        remove_entry(target / name)
     if aside is not None:
         aside.put_back()
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 def _check_restored(request: RestoreRequest, snapshot: Snapshot) -> None:
@@ -352,7 +344,7 @@ class SetAside:
         there goes first: it came from the snapshot), and the aside directory goes."""
         for relative in self.moved:
             place = self.target / relative
-            _remove(place)
+            remove_entry(place)
             place.parent.mkdir(parents=True, exist_ok=True)
             os.rename(self.directory / relative, place)
         shutil.rmtree(self.directory)

@@ -38,3 +38,27 @@ def bytes_written_below(pid: int) -> int:
                 if line.startswith("write_bytes:"):
                     total += int(line.split()[1])
     return total
+
+
+def flock_held(path: str | os.PathLike) -> bool | None:
+    """Whether some process holds an ``flock`` on the file at ``path``, as /proc/locks
+    tells: a held lock, whoever holds it, without opening the file (which needs its
+    owner's rights) and without taking it (which could make its owner's next start
+    fail). The file is known by its inode number alone (btrfs and overlay report
+    another device in stat than in /proc/locks), so a lock held on a file of the same
+    number on another file system reads as held. Returns None when /proc/locks or the
+    file cannot be read, False when the file does not exist."""
+    try:
+        inode = os.stat(path).st_ino
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            table = handle.read()
+    except FileNotFoundError:
+        return None if os.path.lexists(path) else False
+    except OSError:
+        return None
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF" (a waiter's: "1: -> FLOCK")
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
+            return True
+    return False

@@ -14,6 +14,7 @@ from ..common.text import printable
 from ..common.units import human_duration, human_size
 from .config import ServerConfig
 from .host_state import HISTORY_CELLS, SYMBOLS, HostState
+from .journal import NO_ACTIVITY, InterruptedRun, PullActivity
 from .merged_status import Source, default_copy_max_age, default_max_age, read_merged
 from .metrics import is_stale
 
@@ -116,6 +117,9 @@ class HostRow:
     """Whether the last stored archive was a delta (None: not recorded)."""
     fell_back: bool = False
     """Whether the last pull that stored fell back to its chain's full archive."""
+    killed: str | None = None
+    """What a pull was doing for this host when it was killed outright, before it could
+    write the status file (None: no such pull since the status file was written)."""
 
     @property
     def label(self) -> str:
@@ -169,6 +173,24 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
             if host.enabled:
                 _add_copy(row, hosts.get(row.host, {}), limit, now)
     return sorted(found, key=_rank)
+
+
+def _mark_killed(found: list[HostRow], killed: InterruptedRun) -> None:
+    """The rows of the hosts a killed pull was pulling: the status file holds the pull
+    before it, so each such row needs attention and says what was cut."""
+    for row in found:
+        phase = killed.phases.get(row.host)
+        if phase is None:
+            continue
+        row.killed = phase
+        words = (
+            f"the last pull (pid {killed.pid}, started {printable(killed.started, 40)}) was "
+            f"killed while {printable(phase, 40)}; the next pull reports it and removes a "
+            "repository lock it left"
+        )
+        row.reason = f"{row.reason}; {words}" if row.reason else words
+        if row.state == HostState.OK:
+            row.state = HostState.ATTENTION
 
 
 def _add_copy(row: HostRow, entry: dict, max_age: float, now: dt.datetime) -> None:
@@ -289,6 +311,8 @@ class Fleet:
     sources: list[Source]
     """This server first, then the merged files in the order given."""
     now: dt.datetime
+    activity: PullActivity = NO_ACTIVITY
+    """A pull running now, or one killed since the status file was written."""
 
     @property
     def merged(self) -> bool:
@@ -314,6 +338,18 @@ class Fleet:
         """A line per merged file (when its status was written, or why it cannot be read)
         and per host on more than one server."""
         lines = []
+        running = self.activity.running
+        if running is not None:
+            doing = ", ".join(
+                f"{printable(host, 80)} {printable(phase, 40)}"
+                for host, phase in sorted(running.phases.items())[:10]
+            )
+            more = len(running.phases) - 10
+            lines.append(
+                f"a pull is running (pid {running.pid}, since {printable(running.started, 40)})"
+                + (f": {doing}" if doing else "")
+                + (f" and {more} more" if more > 0 else "")
+            )
         for source in self.sources[1:]:
             if source.error is not None:
                 lines.append(f"{source.where}: cannot be read ({source.error}); hosts unknown")
@@ -334,13 +370,17 @@ def fleet(
     local: Source,
     merged: Sequence[Source] = (),
     now: dt.datetime | None = None,
+    activity: PullActivity = NO_ACTIVITY,
 ) -> Fleet:
     """The rows of this server's hosts (``local``: its own status) and of every host of
     the ``merged`` files, worst first; with merged files, each row names its server (a
     merged server named as one before it is named by its file too, ``b1 (copy.json)``,
-    so that every row says where it came from)."""
+    so that every row says where it came from). ``activity``: this server's pull
+    running now or killed (the killed pull's hosts need attention)."""
     now = now or utc_now()
     found = rows(config, local.status, now)
+    if activity.killed is not None:
+        _mark_killed(found, activity.killed)
     if merged:
         found = [replace(row, server=local.server) for row in found]
     sources = [local]
@@ -349,4 +389,4 @@ def fleet(
             source = replace(source, server=f"{source.server} ({source.where})")
         sources.append(source)
         found += source_rows(source, now)
-    return Fleet(sorted(found, key=_rank), sources, now)
+    return Fleet(sorted(found, key=_rank), sources, now, activity)

@@ -26,9 +26,16 @@ from typing import Protocol
 
 from ..common.clock import iso, utc_now
 from ..common.fsutil import atomic_write
+from ..common.locks import lock_status
 from ..common.log import get_logger
+from ..common.procfs import flock_held
 
 JOURNAL_FILE = "pull-in-progress.json"
+INSTANCE_LOCK = "server.lock"
+"""The server lock (in ``lock_dir``): a pull, a maintenance run, a verification or a
+release holds it, one at a time."""
+PULL_PURPOSE = "pullback-server pull"
+"""What a pull's server lock says it is for (its owner record)."""
 
 CONNECTING = "connecting"
 TRANSFERRING = "transferring and unpacking"
@@ -51,6 +58,9 @@ class InterruptedRun:
     pid: int
     started: str
     phases: dict[str, str] = field(default_factory=dict)
+    ended: bool = False
+    """The run ended, keeping hosts whose store it cut (:meth:`Journal.keep`): it was not
+    killed, and its status file says why each of those hosts failed."""
 
     def describe(self, host: str) -> str:
         """Plain words for one host, e.g. 'the previous pull (pid 42, started ...) was
@@ -75,15 +85,8 @@ class Journal:
         """Start this run's journal; return the run a crash interrupted, if any."""
         previous = None
         try:
-            data = json.loads(self.path.read_text())
-            previous = InterruptedRun(
-                int(data["pid"]),
-                str(data["started"]),
-                {str(h): str(p) for h, p in dict(data["hosts"]).items()},
-            )
-        except FileNotFoundError:
-            pass  # the last run ended normally
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            previous = read_journal(self.path.parent)
+        except (OSError, ValueError) as exc:
             log.warning("ignoring an unreadable journal %s: %s", self.path, exc)
         self._write()
         return previous
@@ -107,14 +110,80 @@ class Journal:
         if self._kept:
             with self._lock:
                 self._phases = dict(self._kept)
-                self._write()
+                self._write(ended=True)
             return
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
-    def _write(self) -> None:
+    def _write(self, ended: bool = False) -> None:
         record = {"pid": os.getpid(), "started": self._started, "hosts": self._phases}
+        if ended:
+            record["ended"] = True
         try:
             atomic_write(self.path, json.dumps(record, sort_keys=True) + "\n", mode=0o600)
         except OSError as exc:
             log.debug("could not write the journal %s: %s", self.path, exc)
+
+
+MAX_JOURNAL = 1 << 20
+"""Bytes of a journal that are read (a pull writes a line per host it is pulling)."""
+
+
+def read_journal(state_dir: Path) -> InterruptedRun | None:
+    """The journal in ``state_dir``: the pull in progress, or the one a crash
+    interrupted; None when there is none (the last pull ended normally). Raises OSError
+    and ValueError when it cannot be read or is not a journal."""
+    try:
+        with open(state_dir / JOURNAL_FILE, "rb") as handle:
+            raw = handle.read(MAX_JOURNAL + 1)
+    except FileNotFoundError:
+        return None
+    if len(raw) > MAX_JOURNAL:
+        raise ValueError(f"longer than {MAX_JOURNAL} bytes")
+    try:
+        data = json.loads(raw)
+        return InterruptedRun(
+            int(data["pid"]),
+            str(data["started"]),
+            {str(h): str(p) for h, p in dict(data["hosts"]).items()},
+            data.get("ended") is True,
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a pull journal ({exc.__class__.__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class PullActivity:
+    """What ``status`` says of pulls beside the status file: one running now, or one that
+    was killed before it could write the status file."""
+
+    running: InterruptedRun | None = None
+    """The pull holding the server lock now, with the phase of each host it pulls."""
+    killed: InterruptedRun | None = None
+    """The last pull, killed outright (its hosts' phases then): the status file still
+    holds the results of the pull before it; the next pull reports and cleans up."""
+
+
+NO_ACTIVITY = PullActivity()
+"""No pull running, none killed (or nothing could be read)."""
+
+
+def pull_activity(state_dir: Path, lock_dir: Path) -> PullActivity:
+    """Whether a pull runs now (it holds the server lock, as /proc/locks and the lock's
+    owner record tell) or one was killed (its journal is left, and nobody or another
+    command holds the lock). What cannot be read (the journal, /proc/locks, the owner
+    record of a held lock) says nothing: a plain :class:`PullActivity`."""
+    try:
+        journal = read_journal(state_dir)
+    except (OSError, ValueError):
+        return NO_ACTIVITY
+    lock = lock_dir / INSTANCE_LOCK
+    held = flock_held(lock)
+    owner = lock_status(lock) if held else None
+    if held is None or (held and owner is None):
+        return NO_ACTIVITY
+    if owner is not None and owner.purpose == PULL_PURPOSE:
+        return PullActivity(running=journal or InterruptedRun(owner.pid, owner.started))
+    if journal is None or journal.ended or not journal.phases:
+        return NO_ACTIVITY
+    return PullActivity(killed=journal)

@@ -30,7 +30,7 @@ from .backends import RepositoryMissing, Role, Snapshot
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
-from .pull import INSTANCE_LOCK
+from .journal import INSTANCE_LOCK
 
 log = get_logger("maintain")
 ROTATION_FILE = "maintenance.json"

@@ -15,7 +15,7 @@ from ..common.errors import EXIT_OK
 from ..common.locks import FileLock
 from . import status_file
 from .config import ServerConfig
-from .pull import INSTANCE_LOCK
+from .journal import INSTANCE_LOCK
 
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:

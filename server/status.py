@@ -28,6 +28,7 @@ from ..common.units import human_duration, human_size
 from . import status_page
 from .config import ServerConfig, load_server_config
 from .fleet_view import Fleet, HostRow, HostState, Source, fleet, read_merged
+from .journal import PullActivity, pull_activity
 from .status_file import STATUS_FILE, output_problems, read_status, server_name
 
 NAMES_SHOWN = 10
@@ -184,7 +185,18 @@ def fleet_check(
 
 
 def _view(config: ServerConfig, status: dict, merged: Sequence[Source]) -> Fleet:
-    return fleet(config, Source(server_name(), None, status), merged)
+    activity = pull_activity(config.state_dir, config.lock_dir)
+    return fleet(config, Source(server_name(), None, status), merged, activity=activity)
+
+
+def _activity_json(activity: PullActivity) -> dict:
+    """``pull_running`` and ``pull_killed`` (each only when there is one): pid, start
+    and each host's phase, as the pull's journal holds them."""
+    found = {}
+    for key, run in (("pull_running", activity.running), ("pull_killed", activity.killed)):
+        if run is not None:
+            found[key] = {"pid": run.pid, "started": run.started, "hosts": run.phases}
+    return found
 
 
 def _outputs(view: Fleet) -> list[str]:
@@ -259,7 +271,9 @@ def command(path: Path, args: argparse.Namespace) -> int:
     view = _view(config, status, merged)
     page = getattr(args, "html", None)  # a Namespace made by hand may lack both
     if args.json:
-        print(json.dumps(_fleet_json(view) if merged else status, indent=2, sort_keys=True))
+        shown = _fleet_json(view) if merged else status
+        shown = {**shown, **_activity_json(view.activity)}
+        print(json.dumps(shown, indent=2, sort_keys=True))
     elif page is not None:
         _write_page(page, view)
     else:
@@ -290,23 +304,33 @@ def _copy_complaints(view: Fleet) -> list[tuple[HostRow, str]]:
     return [(r, r.copy.complaint) for r in view.rows if r.copy is not None and r.copy.complaint]
 
 
+def _host_complaints(found: list[HostRow]) -> list[str]:
+    """A line per kind of host trouble that makes ``status`` exit 1, naming the hosts:
+    a killed pull was pulling them, stale, failed, forget held."""
+    killed = [f"{r.label} (while {r.killed})" for r in found if r.killed]
+    lines = [f"killed before it wrote its status (the last pull): {_names(killed)}"] * bool(killed)
+    kinds = (
+        ("stale (no snapshot within max_age)", lambda r: r.stale, ""),
+        ("failed (the last pull)", lambda r: r.state == HostState.FAILED, ""),
+        (
+            "forget held by the ransomware guard",
+            lambda r: r.held,
+            " (pullback-server release HOST once the change is understood)",
+        ),
+    )
+    for label, has, advice in kinds:
+        named = [r.label for r in found if has(r)]
+        if named:
+            lines.append(f"{label}: {_names(named)}{advice}")
+    return lines
+
+
 def _complaints(view: Fleet) -> list[str]:
-    """The lines that make ``status`` exit 1: stale hosts, failed pulls, forget held by
-    the ransomware guard, outputs the last run could not write; with merged files, hosts
-    on more than one server and files that cannot be read."""
-    lines = []
-    stale = [r.label for r in view.rows if r.stale]
-    failed = [r.label for r in view.rows if r.state == HostState.FAILED]
-    held = [r.label for r in view.rows if r.held]
-    if stale:
-        lines.append(f"stale (no snapshot within max_age): {_names(stale)}")
-    if failed:
-        lines.append(f"failed (the last pull): {_names(failed)}")
-    if held:
-        lines.append(
-            f"forget held by the ransomware guard: {_names(held)} "
-            "(pullback-server release HOST once the change is understood)"
-        )
+    """The lines that make ``status`` exit 1: hosts a killed pull was pulling, stale
+    hosts, failed pulls, forget held by the ransomware guard, outputs the last run could
+    not write; with merged files, hosts on more than one server and files that cannot be
+    read."""
+    lines = _host_complaints(view.rows)
     lines += _at_most([f"{row.label}: {why}" for row, why in _copy_complaints(view)])
     lines += _at_most(
         [

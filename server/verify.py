@@ -19,7 +19,7 @@ from .backends import Role
 from .config import ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext
-from .pull import INSTANCE_LOCK
+from .journal import INSTANCE_LOCK
 
 log = get_logger("verify")
 

@@ -197,7 +197,13 @@ def server_killed_while_storing(bed: FaultBed, host: str) -> Outcome:
     kill_tree(run)
     assert bed.snapshot_ids(host)[: len(before)] == before
     assert bed.restic_locks(host), "the killed store left no lock (the fault was not hit)"
+    # before the next pull, status says what the status file cannot: the kill
+    shown = bed.fleet.server("status")
+    assert shown.returncode == 1, shown
+    assert f"{host}: " in shown.stdout and "was killed while storing" in shown.stdout, shown
+    assert f"the last pull): {host} (while storing)" in shown.stderr, shown
     result = bed.pull()
+    assert "was killed" not in bed.fleet.server("status").stdout  # the next pull ended it
     assert not bed.restic_locks(host), f"the stale lock is still there: {result.stderr}"
     return Outcome(bed.report(result, host), result.returncode, None)
 

@@ -1,0 +1,169 @@
+"""``status`` says what the status file cannot: a pull running now, or one killed
+outright (SIGKILL, the OOM killer, a power cut) before it wrote the status file. The
+journal a pull keeps, and the server lock as /proc/locks shows it, tell which."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pullback.common.locks import FileLock
+from pullback.common.procfs import flock_held
+from pullback.server.journal import (
+    INSTANCE_LOCK,
+    JOURNAL_FILE,
+    MAX_JOURNAL,
+    PULL_PURPOSE,
+    Journal,
+    pull_activity,
+)
+from tests.helpers.status_servers import Server, make_server, status, stored
+
+pytestmark = pytest.mark.unit
+
+
+def test_flock_held_sees_a_lock_of_another_process_and_its_release(tmp_path):
+    path = tmp_path / "some.lock"
+    assert flock_held(path) is False  # no file: nobody holds it
+    path.touch()
+    assert flock_held(path) is False
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert flock_held(path) is True
+        assert flock_held(tmp_path / "other.lock") is False
+    finally:
+        holder.kill()
+        holder.wait()
+    assert flock_held(path) is False  # the kernel dropped it with its holder
+
+
+def killed_pull(server: Server, phases: dict[str, str]) -> None:
+    """A pull's journal, as one killed outright leaves it (its pid is long gone)."""
+    record = {"pid": 999_999, "started": "2026-12-03T03:00:00Z", "hosts": phases}
+    path = server.config.state_dir / JOURNAL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+@pytest.fixture
+def server(tmp_path) -> Server:
+    """web1 and web2, both stored an hour ago: ok."""
+    server = make_server(tmp_path, "b", {"web1": None, "web2": None})
+    server.pulled(stored("web1", 1), stored("web2", 1))
+    return server
+
+
+def test_a_killed_pull_makes_its_hosts_need_attention_and_status_exit_1(server, capsys):
+    code, out, err = status(server, capsys=capsys)
+    assert code == 0, err
+    killed_pull(server, {"web1": "storing"})
+    code, out, err = status(server, capsys=capsys)
+    assert code == 1
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:3]}
+    assert rows == {"web1": "attention", "web2": "ok"}
+    assert (
+        "web1: the last pull (pid 999999, started 2026-12-03T03:00:00Z) was killed "
+        "while storing; the next pull reports it and removes a repository lock it left"
+    ) in out
+    assert err == "killed before it wrote its status (the last pull): web1 (while storing)\n"
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert code == 1 and out.startswith("PULLBACK WARNING - needs attention: web1;")
+    code, out, _ = status(server, "--json", capsys=capsys)
+    assert json.loads(out)["pull_killed"] == {
+        "pid": 999_999,
+        "started": "2026-12-03T03:00:00Z",
+        "hosts": {"web1": "storing"},
+    }
+    assert "pull_running" not in json.loads(out)
+
+
+def test_a_running_pull_is_a_note_and_no_complaint(server, capsys):
+    config = server.config
+    with FileLock(config.lock_dir / INSTANCE_LOCK, PULL_PURPOSE).acquire():
+        journal = Journal(config.state_dir)
+        journal.begin()
+        journal.phase("web2", "transferring and unpacking")
+        code, out, err = status(server, capsys=capsys)
+        assert code == 0, err
+        assert "a pull is running (pid " in out
+        assert out.rstrip().endswith(": web2 transferring and unpacking")
+        assert "attention" not in out
+        code, out, _ = status(server, "--json", capsys=capsys)
+        assert json.loads(out)["pull_running"]["hosts"] == {"web2": "transferring and unpacking"}
+        journal.end()
+    assert status(server, capsys=capsys)[0] == 0
+    assert "a pull is running" not in status(server, capsys=capsys)[1]
+
+
+def test_a_killed_pulls_journal_under_another_commands_lock_is_still_killed(server):
+    """maintain, verify and release hold the same lock: their run is not a pull."""
+    killed_pull(server, {"web2": "connecting"})
+    config = server.config
+    with FileLock(config.lock_dir / INSTANCE_LOCK, "pullback-server maintain").acquire():
+        activity = pull_activity(config.state_dir, config.lock_dir)
+    assert activity.running is None
+    assert activity.killed is not None and activity.killed.phases == {"web2": "connecting"}
+
+
+def test_a_journal_kept_by_a_pull_that_ended_is_not_a_kill(server):
+    """A pull that cut a host's store at its deadline ends, keeping that host in the
+    journal for the next pull (a repository lock to remove); the status file already
+    says why the host failed."""
+    config = server.config
+    journal = Journal(config.state_dir)
+    journal.begin()
+    journal.keep({"web1": "storing"})
+    journal.end()
+    assert json.loads((config.state_dir / JOURNAL_FILE).read_text())["ended"] is True
+    activity = pull_activity(config.state_dir, config.lock_dir)
+    assert activity.running is None and activity.killed is None
+    assert Journal(config.state_dir).begin().phases == {"web1": "storing"}  # still read
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b'{"pid": 1}', b"[]", b'{"pid": 1, "started": "x", "hosts": 5}', b" " * 2],
+)
+def test_an_unreadable_journal_says_nothing(server, content, capsys):
+    (server.config.state_dir / JOURNAL_FILE).write_bytes(content)
+    activity = pull_activity(server.config.state_dir, server.config.lock_dir)
+    assert activity.running is None and activity.killed is None
+    assert status(server, capsys=capsys)[0] == 0
+
+
+def test_a_huge_journal_is_not_read_past_its_bound(server):
+    path = server.config.state_dir / JOURNAL_FILE
+    hosts = {f"h{i}": "storing" for i in range(MAX_JOURNAL // 10)}
+    path.write_text(json.dumps({"pid": 1, "started": "x", "hosts": hosts}))
+    assert path.stat().st_size > MAX_JOURNAL
+    started = time.monotonic()
+    activity = pull_activity(server.config.state_dir, server.config.lock_dir)
+    assert activity.killed is None and time.monotonic() - started < 5
+
+
+def test_hostile_words_in_a_journal_are_made_printable(server, capsys):
+    killed_pull(server, {"web1": "storing\x1b[2J" + "x" * 10_000})
+    code, out, _ = status(server, capsys=capsys)
+    assert code == 1 and "\x1b" not in out
+    assert max(len(line) for line in out.splitlines()) < 400
+
+
+def test_no_journal_and_no_lock_file_say_nothing(tmp_path: Path):
+    activity = pull_activity(tmp_path / "state", tmp_path / "locks")
+    assert activity.running is None and activity.killed is None

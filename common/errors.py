@@ -78,6 +78,12 @@ class ArchiveError(PullbackError):
     """An archive could not be written, read or verified; nothing from it is used."""
 
 
+class LocalArchiveError(ArchiveError):
+    """An archive could not be taken for a reason of this machine's own: its disk full
+    or unwritable, its time up. Nothing says the archive is damaged, so the server does
+    not ask its client for a full archive."""
+
+
 def describe(exc: BaseException) -> str:
     """An exception in plain words: the message of pullback's own errors, ``file: reason``
     for an operating-system error, the type and message of anything else (a bug)."""

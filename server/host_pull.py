@@ -45,6 +45,7 @@ from ..common.errors import (
     ArchiveError,
     CommandError,
     Interrupted,
+    LocalArchiveError,
     PullbackError,
     describe,
 )
@@ -654,7 +655,8 @@ class HostPull:
         staging holds to it; once, when staging turns out not to be a delta's base, the
         chain from its full archive instead (reported). Returns the last fetch (None:
         staging already held ``newest``). A chain that cannot be applied asks the client
-        for a full archive and raises."""
+        for a full archive (unless the fault is the server's own, LocalArchiveError) and
+        raises."""
         ctx = self.ctx
         refused = self.refused()
         held, route = self._route(newest, listing, refused)
@@ -673,10 +675,12 @@ class HostPull:
                 self._warn(f"fell back to a full transfer: {exc}")
                 self.result.fell_back = True
                 return self._apply(remote, chain.plan(newest, listing, ctx.name, None, refused))
-        except (ChainBroken, ArchiveError):
+        except (ChainBroken, ArchiveError) as exc:
             # a checksum mismatch too: over SSH it means damage on the client's disk,
-            # and every later delta would be built on the damaged archive
-            if newest.archive.is_delta:
+            # and every later delta would be built on the damaged archive; not this
+            # server's own trouble (its disk full, its time up): a full archive would
+            # only cost more
+            if newest.archive.is_delta and not isinstance(exc, LocalArchiveError):
                 self.ask_full(remote, listing)
             raise
 

@@ -17,6 +17,7 @@ index.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import threading
@@ -38,7 +39,7 @@ from ..common.archive.unpack import (
     UnpackLimits,
     UnpackStats,
 )
-from ..common.errors import ArchiveError
+from ..common.errors import ArchiveError, LocalArchiveError
 from ..common.fsutil import (
     atomic_write,
     directory_size,
@@ -289,7 +290,7 @@ class _Download:
         free = free_bytes(partial_dir)
         reserve = self.ctx.config.min_free_space
         if free - needed < reserve:
-            raise ArchiveError(
+            raise LocalArchiveError(
                 f"not enough free space in {partial_dir} for {name}: {human_size(free)} "
                 f"free, {human_size(needed)} needed and {human_size(reserve)} kept free "
                 "(min_free_space)"
@@ -418,7 +419,7 @@ class _Download:
         if isinstance(error, ArchiveError | OSError | ArchiveGone):
             discard_partial(self.path)  # (gone: there is nothing left to resume)
         if isinstance(error, OSError):
-            raise ArchiveError(f"cannot write {self.path}: {error.strerror}") from None
+            raise LocalArchiveError(f"cannot write {self.path}: {error.strerror}") from None
         raise error
 
     def _judge(self, transfer_error: BaseException | None, sha256: str) -> None:
@@ -443,11 +444,16 @@ class _Download:
             discard_partial(self.path)
             raise error
         if isinstance(error, OSError):
-            raise ArchiveError(
-                f"cannot unpack {name} into {self.ctx.staging}: {error.strerror}"
-            ) from None
+            # a full, read-only or failing disk is the server's; other errors may come
+            # of what the archive holds
+            kind = LocalArchiveError if error.errno in _DISK_ERRNOS else ArchiveError
+            raise kind(f"cannot unpack {name} into {self.ctx.staging}: {error.strerror}") from None
         if error is not None:
             raise error
+
+
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+"""What an unpack into staging meets when the server's disk, not the archive, fails."""
 
 
 class ChecksumMismatch(ArchiveError):

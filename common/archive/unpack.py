@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ArchiveError
+from ..errors import ArchiveError, LocalArchiveError
 from ..fsutil import make_hole, pread_span, pwrite_all, write_all
 from ..log import get_logger
 from ..text import BoundedWarnings, escaped
@@ -1424,7 +1424,7 @@ def _copy_regions(
             _check_cancel(cancel)
             done = os.copy_file_range(source, target, min(left, 1 << 30), offset, offset)
             if not done:
-                raise ArchiveError("a staging file shrank while it was copied")
+                raise LocalArchiveError("a staging file shrank while it was copied")
             offset, left = offset + done, left - done
     os.ftruncate(target, size)
 
@@ -1432,7 +1432,7 @@ def _copy_regions(
 def _check_cancel(cancel: threading.Event | None) -> None:
     """Raises ArchiveError once the host's deadline set ``cancel``."""
     if cancel is not None and cancel.is_set():
-        raise ArchiveError("unpacking stopped: the host's time is up")
+        raise LocalArchiveError("unpacking stopped: the host's time is up")
 
 
 def _hash_fd(fd: int, cancel: threading.Event | None, digest, start: int = 0):
@@ -1467,7 +1467,7 @@ def _cancellable(chunks, cancel: threading.Event):
     keep a host past its deadline."""
     for chunk in chunks:
         if cancel.is_set():
-            raise ArchiveError("unpacking stopped: the host's time is up")
+            raise LocalArchiveError("unpacking stopped: the host's time is up")
         yield chunk
 
 

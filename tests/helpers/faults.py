@@ -328,6 +328,10 @@ class FaultBed:
     def client(self, host: str):
         return self.fleet.hosts[host].client
 
+    def asked_full(self, host: str) -> bool:
+        """Whether the server left the client its mark asking for a full archive."""
+        return (self.client(host).archives / ".fetched-marks" / "want-full").exists()
+
     def gate_file(self, host: str) -> Path:
         return self.fleet.root / "hosts" / host / "gate"
 

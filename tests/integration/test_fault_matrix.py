@@ -237,6 +237,7 @@ def scratch_full_in_transfer(bed: FaultBed, host: str) -> Outcome:
     fill(scratch / "filler")
     out, err = run.communicate(timeout=120)
     result = subprocess.CompletedProcess(run.args, run.returncode, out, err)
+    assert not bed.asked_full(host), f"its own disk made the server ask for a full archive: {err}"
     return Outcome(f"{err}\nstatus: {bed.status(host).get('reason', '')}", result.returncode)
 
 
@@ -262,6 +263,7 @@ def scratch_full_in_unpack(bed: FaultBed, host: str) -> Outcome:
     archive = bed.new_archive(host, zeros_mb=32)
     assert archive.stat().st_size < 2**20, "the archive itself must fit the scratch disk"
     result = bed.pull()
+    assert not bed.asked_full(host), f"its own disk made the server ask: {result.stderr}"
     return Outcome(
         result.stderr + f"\nstatus: {bed.status(host).get('reason', '')}", result.returncode
     )

@@ -105,6 +105,10 @@ class RepositoryBackend(ABC):
         """The tool failed because the password does not open the repository."""
         return self._said(exc, self.WRONG_PASSWORD)
 
+    def locked(self, exc: CommandError) -> bool:
+        """The tool failed because a live process holds the repository's lock."""
+        return self._said(exc, self.LOCKED)
+
     def explain(self, exc: CommandError) -> BackendError:
         """The plain-words error for a failed run of the tool."""
         if self.wrong_password(exc):
@@ -112,13 +116,17 @@ class RepositoryBackend(ABC):
                 f"wrong password for the {self.name} repository {self.repository()} "
                 f"(password_file {self.password_file})"
             )
-        if self._said(exc, self.LOCKED):
+        if self.locked(exc):
             holder = self.lock_holder(exc)
             return RepositoryLocked(
                 f"the {self.name} repository {self.repository()} is locked by a live "
                 f"process{f' ({holder})' if holder else ''}; waited {self.lock_wait:g}s"
             )
-        return BackendError(f"{self.name} failed on {self.repository()}: {last_line(exc)}")
+        return BackendError(f"{self.name} failed on {self.repository()}: {self.said(exc)}")
+
+    def said(self, exc: CommandError) -> str:
+        """The line of the tool's output that says why it failed: its last line."""
+        return last_line(exc)
 
     def lock_holder(self, exc: CommandError) -> str:
         """Who holds the lock, if the tool says (restic does)."""

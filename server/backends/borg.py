@@ -182,18 +182,39 @@ def extract_args(name: str, includes: list[str]) -> list[str]:
     return ["extract", "--sparse", f"::{name}", *includes]
 
 
+_EXCEPTION_NAME = re.compile(r"^borg(?:\.\w+)+: ")
+"""``borg.locking.LockFailed: `` before the words of the error borg raised."""
+
+
 # -- the backend ----------------------------------------------------------------------------
 
 
 class BorgBackend(RepositoryBackend):
     name = "borg"
     WRONG_PASSWORD = ("passphrase supplied", "is incorrect")
-    LOCKED = ("Failed to create/acquire the lock", "lock.exclusive")
+    LOCKED = ("Failed to create/acquire the lock",)
+    LOCK_TIMEOUT = "(timeout)"
     MISSING = ("does not exist", "is not a valid repository")
 
     def wrong_password(self, exc: CommandError) -> bool:
         text = "\n".join(exc.tail)  # one sentence: both of its halves
         return all(p in text for p in self.WRONG_PASSWORD)
+
+    def said(self, exc: CommandError) -> str:
+        """borg ends an unexpected error with its traceback, then a report of the
+        platform (``Platform: ...`` to ``SSH_ORIGINAL_COMMAND: None``): the error is the
+        last line before that report, its exception's module path left out."""
+        lines = [line for line in exc.tail if line.strip()]
+        report = next((i for i, line in enumerate(lines) if line.startswith("Platform: ")), None)
+        if not report:
+            return super().said(exc)
+        return _EXCEPTION_NAME.sub("", lines[report - 1], count=1)
+
+    def locked(self, exc: CommandError) -> bool:
+        """borg's lock timed out (``Failed to create/acquire the lock ... (timeout).``);
+        the same words with an errno in the brackets are a failure to write the lock (a
+        read-only or full disk), said as borg said it."""
+        return any(self.LOCKED[0] in line and self.LOCK_TIMEOUT in line for line in exc.tail)
 
     def env(self) -> dict[str, str]:
         read_password(self.password_file)  # refuses a missing or exposed file

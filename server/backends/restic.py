@@ -241,7 +241,7 @@ class ResticBackend(RepositoryBackend):
                 "hosts[].maintenance_repository or backend.maintenance_repository_url)"
             )
         fatal = [line for line in exc.tail if line.startswith("Fatal: ")]
-        if fatal and not self.wrong_password(exc) and not self._said(exc, self.LOCKED):
+        if fatal and not self.wrong_password(exc) and not self.locked(exc):
             # restic's own sentence, not the location it prints after it
             reason = fatal[-1].removeprefix("Fatal: ")
             return BackendError(f"restic failed on {self.repository()}: {reason}")
@@ -262,7 +262,7 @@ class ResticBackend(RepositoryBackend):
                     raise IncompleteStore(
                         "restic stored an incomplete snapshot: some staged files could not be read"
                     ) from None
-                if not self._said(exc, self.LOCKED):
+                if not self.locked(exc):
                     raise self.explain(exc) from None
                 if self.unlock():
                     continue  # a stale lock is gone: try again at once

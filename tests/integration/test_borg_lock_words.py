@@ -1,0 +1,79 @@
+"""borg says "Failed to create/acquire the lock" both when a live process holds the
+lock past the wait and when it cannot write the lock at all (a read-only or full disk).
+Only the first is a locked repository; the second is said in borg's own words (an
+outside test was sent looking for a process that did not exist)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from pullback.common.log import get_logger
+from pullback.common.runner import Runner
+from pullback.server.backends import BackendError, RepositoryLocked, make_backend
+from pullback.server.config import load_server_config
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root"),
+]
+
+
+@pytest.fixture
+def borg(tmp_path):
+    password = tmp_path / "repository.pass"
+    password.write_text("correct horse\n")
+    password.chmod(0o600)
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        f"backend: {{type: borg, repository_root: {tmp_path / 'repos'}, "
+        f"password_file: {password}}}\n"
+        "hosts:\n  - name: web1\n"
+    )
+    config = load_server_config(path)
+    backend = make_backend(
+        config.backend, config.host("web1"), config.state_dir, Runner(get_logger("t")), 1
+    )
+    backend.prepare(create=True)
+    assert backend.snapshots() == []
+    return backend
+
+
+def test_a_live_lock_is_a_locked_repository(borg):
+    env = {**os.environ, **borg.env()}
+    holder = subprocess.Popen(
+        ["borg", "with-lock", borg.env()["BORG_REPO"], "sleep", "60"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(3)  # borg takes the lock as it starts
+        with pytest.raises(RepositoryLocked, match="is locked by a live process; waited 1s"):
+            borg.snapshots()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_read_only_repository_is_said_in_borgs_words_not_as_a_lock(borg):
+    repo = borg.env()["BORG_REPO"]
+    subprocess.run(["mount", "--bind", repo, repo], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", repo], check=True)
+        started = time.monotonic()
+        with pytest.raises(BackendError) as raised:
+            borg.snapshots()
+        assert not isinstance(raised.value, RepositoryLocked), raised.value
+        said = str(raised.value)
+        assert said.startswith("borg failed on ") and "(timeout)" not in said
+        assert "Failed to create/acquire the lock" in said and "Read-only file system" in said
+        assert "borg.locking" not in said and "SSH_ORIGINAL_COMMAND" not in said
+        assert time.monotonic() - started < 30
+    finally:
+        subprocess.run(["umount", repo], check=True)
+    assert borg.snapshots() == []  # writable again: nothing was harmed

@@ -564,6 +564,7 @@ class HostPull:
         result.newest_snapshot = iso_or_none(snapshots[-1].time if snapshots else None)
         result.oldest_snapshot = iso_or_none(snapshots[0].time if snapshots else None)
         result.snapshot_count = len(snapshots)
+        result.snapshots_listed = True
         own = [s for s in snapshots if not s.adopted]
         self.untrusted_parent = bool(own) and not own[-1].reads_ctime
         return Stored.of(snapshots)

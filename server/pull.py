@@ -72,16 +72,21 @@ def assess(config: ServerConfig, results: list[HostResult]) -> None:
         result.databases_proven = entry.get("databases_proven")
         if result.repository_bytes is None:
             result.repository_bytes = entry.get("repository_bytes")
+        if not result.snapshots_listed:
+            _recorded_snapshots(result, entry)
         newest_age = age(result.newest_snapshot, now)
         if newest_age is None or newest_age > host.max_age:
             result.stale = True
             result.warnings.insert(
                 0,
                 (
-                    "no snapshot has been stored yet"
-                    if newest_age is None
-                    else f"the newest snapshot is {human_duration(newest_age)} old "
+                    f"the newest snapshot is {human_duration(newest_age)} old "
                     f"(max_age {human_duration(host.max_age)})"
+                    if newest_age is not None
+                    else "no snapshot has been stored yet"
+                    if result.snapshots_listed
+                    else "no snapshot is known: the repository's snapshots could not be "
+                    "listed, and the status file records none"
                 ),
             )
         verified = age(result.last_verified, now)
@@ -97,6 +102,18 @@ def assess(config: ServerConfig, results: list[HostResult]) -> None:
                 else f"the last successful restore drill is {human_duration(verified)} old "
                 f"(verify_max_age {human_duration(limit)})"
             )
+
+
+def _recorded_snapshots(result: HostResult, entry: dict) -> None:
+    """A pull that could not list the repository's snapshots says what the status file
+    last recorded of them, not that there are none (which would call the host never
+    stored, and count it 0 snapshots)."""
+    recorded = entry.get("newest_snapshot")
+    if result.newest_snapshot is None and isinstance(recorded, str):
+        result.newest_snapshot = recorded
+    count = entry.get("snapshots")
+    if isinstance(count, int) and not isinstance(count, bool):
+        result.snapshot_count = max(result.snapshot_count, count)
 
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:

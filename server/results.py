@@ -52,6 +52,10 @@ class HostResult:
     fresh: bool = False
     """Skipped quietly: its newest snapshot is younger than min_interval (pull --if-due)."""
     snapshot_count: int = 0
+    snapshots_listed: bool = False
+    """The repository's snapshots were listed in this pull. False: it could not be opened
+    (a wrong password, a read-only disk), or the pull failed before; ``newest_snapshot``
+    and ``snapshot_count`` then come from the status file (see ``pull.assess``)."""
     store_peak_rss: int = 0
     """Highest resident memory of the restic/borg process that stored the archive."""
     peak_rss: int = 0

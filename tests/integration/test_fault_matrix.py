@@ -359,9 +359,18 @@ def wrong_password(bed: FaultBed, host: str) -> Outcome:
     good = bed.fleet.password_file.read_text()
     bed.fleet.password_file.write_text("not the password\n")
     bed.on_cleanup(lambda: bed.fleet.password_file.write_text(good))
+    before = bed.status(host)
+    assert before["snapshots"] >= 1 and not before["stale"], before
     bed.new_archive(host)
     result = bed.pull("--host", host)
     assert "not the password" not in result.stderr + bed.last_mail()
+    # the snapshots could not be listed: what was known of them stands (not "none", not
+    # stale, not 0 snapshots; an outside test saw all three)
+    after = bed.status(host)
+    assert (after["snapshots"], after["stale"]) == (before["snapshots"], False), after
+    assert after["newest_snapshot"] == before["newest_snapshot"]
+    assert "newest snapshot: none" not in bed.last_mail()
+    assert "no snapshot has been stored yet" not in result.stderr + bed.last_mail()
     bed.run_cleanups()  # the earlier-snapshot assertions need the right password
     return Outcome(bed.report(result, host), result.returncode)
 

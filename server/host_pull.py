@@ -124,7 +124,8 @@ class Choice:
     skip: str = ""
     """Why nothing is fetched (empty when ``archive`` is to be fetched)."""
     problem: bool = False
-    """The skip is something an administrator should hear about."""
+    """Something an administrator should hear about: archives were passed over, or the
+    skip is one."""
     mark_fetched: str | None = None
     """An archive to tell the client about although it is not fetched (already stored)."""
     warnings: list[str] = field(default_factory=list)
@@ -222,10 +223,11 @@ def choose(
 ) -> Choice:
     """Decide what to do with a client's listing; a pure function.
 
-    Skips: no usable archive (a problem when archives were passed over; waiting when
-    there are none), the chosen archive already stored (waiting; tell the client it was
-    fetched), or older than the newest snapshot. Raises ArchiveError when the client is
-    another host.
+    Skips: no usable archive (waiting when there are none), the chosen archive already
+    stored (waiting; tell the client it was fetched), or older than the newest snapshot.
+    Archives passed over (damaged, dated in the future, ...) make the choice a problem,
+    whatever is taken instead: a day the client made never reaches a snapshot. Raises
+    ArchiveError when the client is another host.
     """
     if listing.host != host:
         raise _mismatch(listing.host, host)
@@ -236,11 +238,12 @@ def choose(
             reason = "no archive can be fetched: " + "; ".join(passed_over.lines(3))
             return Choice(skip=reason, problem=True, warnings=warnings)
         return Choice(skip="the client has no archive to fetch", waiting=True)
-    name = best.archive.name
+    name, problem = best.archive.name, bool(passed_over)
     if best.stamp in stored.stamps:
         return Choice(
             best,
             f"{name} is already stored",
+            problem=problem,
             mark_fetched=name,
             warnings=warnings,
             waiting=True,
@@ -248,8 +251,8 @@ def choose(
     newest = stored.newest
     if newest is not None and parse_stamp(best.stamp) < newest.time:
         skip = f"{name} is older than the newest snapshot ({iso(newest.time)}); not stored"
-        return Choice(best, skip, warnings=warnings)
-    return Choice(best, warnings=warnings)
+        return Choice(best, skip, problem=problem, warnings=warnings)
+    return Choice(best, problem=problem, warnings=warnings)
 
 
 def client_warnings(archive: Sidecar, limit: int = SHOWN_WARNINGS) -> list[str]:
@@ -574,6 +577,7 @@ class HostPull:
         run says what it would fetch, with ``listing``: the chain a delta takes)."""
         for warning in choice.warnings:
             self._warn(warning)
+        self.result.problem = self.result.problem or choice.problem
         if choice.archive is not None:
             info = choice.archive.archive
             result = self.result

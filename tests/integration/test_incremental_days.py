@@ -386,6 +386,7 @@ class IncrementalDays(RuleBasedStateMachine):
         assert status["last_result"] == "skipped", status["reason"]
         assert f"{self.held} is already stored" in status["reason"]
         assert any(w.startswith(f"passing over {info['name']}") for w in status["warnings"])
+        assert status["problem"] is True  # the damaged day never reached a snapshot
         self.refused.add(info["name"])
         assert self.bed.want_full.exists(), "no full archive asked for"
         self.must_be_full = "the server asked for a full archive"
@@ -507,6 +508,7 @@ def test_a_damaged_archive_in_the_chain_makes_the_server_ask_for_a_full(tmp_path
         passed = bed.pull()  # passed over: the archive before it is already stored
         assert passed.status["last_result"] == "skipped", passed.status["reason"]
         assert any("passing over" in w for w in passed.status["warnings"])
+        assert passed.status["problem"] is True
 
         bed.tree.change("append", 3, 4)
         after = bed.run_client()["archive"]

@@ -539,7 +539,11 @@ def test_an_archive_that_fails_its_checksum_twice_gives_way_to_the_one_before(
         f"passing over {damaged.name}: its bytes did not match its checksum in 2 pulls; "
         "taking the newest archive before it"
     ) in third.warnings
+    # the damaged day never reaches a snapshot: the host needs attention (an outside test
+    # saw "ok", --check OK, and no mail with send: on_problem)
+    assert third.problem and third.is_problem
     status_file.record(config.state_dir, [third])
+    assert status_file.load_status(config.state_dir)["hosts"]["web1"]["problem"] is True
     assert status_file.checksum_failures(config.state_dir, "web1") == {}  # cleared by a store
 
 

@@ -15,6 +15,7 @@ from ..fsutil import atomic_write, fsync_dir, set_dir_mode
 from ..locks import FileLock
 from ..log import get_logger
 from ..outcome import Status
+from ..text import printable
 from . import sidecar as sidecars
 from .sidecar import ARCHIVE_NAME, Sidecar
 
@@ -507,6 +508,8 @@ def apply_retention(
             by_names(complete),
         )
         expired = [a for a in expired if a.name not in needed]
+        staying = [a for a in complete if a not in expired]
+        expired += _unreadable_past(archive_dir, staying, needed)
         return _finish_retention(archive_dir, expired, removed)
 
 
@@ -554,6 +557,10 @@ def apply_chain_retention(
         own = [a for a in complete if a.host == host and a.created <= latest]
         oldest_kept, kept = _chain_kept(own, complete)
         expired = [a for a in complete if a.stamp < oldest_kept and a.name not in kept]
+        staying = [a for a in complete if a not in expired]
+        deltas = [a for a in staying if a.sidecar and a.sidecar.archive.is_delta]
+        needed = chains_of(deltas, by_names(complete))
+        expired += _unreadable_past(archive_dir, staying, needed)
         removed = _finish_retention(archive_dir, expired, removed)
         present = list_archives(archive_dir, include_fetched=False)
         _remove_marks(archive_dir, keep={a.name for a in present})  # of archives gone
@@ -708,6 +715,32 @@ def _complete_archives(archive_dir: Path) -> tuple[list[LocalArchive], list[str]
             if _delete(archive):
                 removed.append(archive.name)
     return [a for a in archives if a.complete], removed
+
+
+def _unreadable_past(
+    archive_dir: Path, staying: list[LocalArchive], needed: set[str]
+) -> list[LocalArchive]:
+    """Archives whose sidecar cannot be read (damaged, truncated, not this archive's)
+    that are older than every complete archive that stays, and that no archive that
+    stays is built on: whatever their sidecar said, retention would have deleted them
+    (an outside review found them kept for ever, against the directory's bound). Said
+    in the log; none while no complete archive stays."""
+    if not staying:
+        return []
+    oldest = min(a.stamp for a in staying)
+    found = [
+        a
+        for a in list_archives(archive_dir)
+        if not a.complete and a.problem and a.stamp < oldest and a.name not in needed
+    ]
+    for archive in found:
+        log.warning(
+            "retention: %s's sidecar cannot be read (%s); it is older than every archive "
+            "kept, so it goes too",
+            archive.name,
+            printable(archive.problem, 200),
+        )
+    return found
 
 
 def _finish_retention(

@@ -224,3 +224,53 @@ def test_the_newest_stored_archive_is_remembered_past_retention(archives):
     assert newest_stored(archives) == "20260101T000002Z"
     (archives / NEWEST_STORED).write_text("../../etc/passwd\n")  # not a name: ignored
     assert newest_stored(archives) == ""
+
+
+def unreadable(directory: Path, second: int) -> str:
+    """An archive whose sidecar is damaged (cut in half): it may be full or a delta."""
+    name = put(directory, second)
+    side = directory / (name + ".json")
+    side.write_bytes(side.read_bytes()[:40])
+    return name
+
+
+@pytest.mark.parametrize("mode", ["chain", "classic"])
+def test_an_archive_whose_sidecar_cannot_be_read_goes_once_everything_as_old_has(
+    archives, mode, caplog
+):
+    """Kept for ever before (an outside review), against the archive directory's bound:
+    once every complete archive as old has gone, it goes too, said in the log."""
+    damaged = unreadable(archives, 1)
+    full = put(archives, 2)
+    delta = put(archives, 3, base=full)
+    newest_full = put(archives, 4)
+    if mode == "chain":
+        removed = apply_chain_retention(archives, "web1", NOW)
+    else:
+        removed = apply_retention(archives, keep_last=1, keep_days=0, now=NOW)
+    assert damaged in removed and full in removed and delta in removed
+    assert present(archives) == [newest_full]
+    assert f"{damaged}'s sidecar cannot be read" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["chain", "classic"])
+def test_an_archive_whose_sidecar_cannot_be_read_stays_while_it_may_be_needed(archives, mode):
+    """Newer than an archive that stays, or the base a kept delta names, or with no
+    complete archive left to judge by: it stays (it may be the chain's full archive)."""
+    older = put(archives, 1)
+    damaged = unreadable(archives, 2)
+    delta = put(archives, 3, base=damaged)
+    if mode == "chain":
+        apply_chain_retention(archives, "web1", NOW)
+    else:
+        apply_retention(archives, keep_last=5, keep_days=0, now=NOW)
+    assert damaged in present(archives) and delta in present(archives)
+    if mode == "classic":
+        assert older in present(archives)  # keep_last 5: everything stays
+
+    alone = archives.parent / "alone"
+    (alone / MARKS_DIR).mkdir(parents=True)
+    only = unreadable(alone, 1)
+    assert apply_chain_retention(alone, "web1", NOW) == []
+    assert apply_retention(alone, keep_last=0, keep_days=0, now=NOW) == []
+    assert present(alone) == [only]

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar, NamedTuple, Protocol
 
 from ..common.archive import baseindex
 from ..common.archive import sidecar as sidecars
@@ -164,9 +164,47 @@ CHECKSUM_TRIES = 2
 """Pulls in which an archive may fail its checksum before the next newest is taken."""
 
 
+class Usable(NamedTuple):
+    """What :func:`newest_usable` found."""
+
+    best: Sidecar | None
+    """The newest archive that may be fetched."""
+    warnings: BoundedWarnings
+    """One per archive passed over, and why."""
+    passed: list[str]
+    """The stamps of the archives passed over ("" where even the name says none)."""
+
+    def passed_since(self, stamp: str) -> bool:
+        """Whether an archive newer than ``stamp`` (or of no known stamp) was passed
+        over: a day the client made that is in no snapshot, and no later one covers."""
+        return any(not passed or passed > stamp for passed in self.passed)
+
+
+def _stamp_of(name: object) -> str:
+    match = ARCHIVE_NAME.match(name) if isinstance(name, str) else None
+    return match["stamp"] if match else ""
+
+
+def _passed_over(
+    name: str, entry: dict, side: Sidecar, refused: frozenset[str], horizon: dt.datetime
+) -> str | None:
+    """Why the listed archive ``name`` (its listing ``entry`` and parsed sidecar) is
+    passed over, or None when it may be fetched."""
+    if side.archive.name in refused:
+        return (
+            f"passing over {name}: its bytes did not match its checksum in "
+            f"{CHECKSUM_TRIES} pulls; taking the newest archive before it"
+        )
+    if not isinstance(entry.get("size"), int) or entry["size"] != side.archive.size:
+        return f"ignoring {name}: its size differs from its sidecar"
+    if parse_stamp(side.stamp) > horizon:
+        return f"ignoring {name}: it is dated in the future; check the client's clock"
+    return None
+
+
 def newest_usable(
     listing: Listing, host: str, now: dt.datetime, refused: frozenset[str] = frozenset()
-) -> tuple[Sidecar | None, BoundedWarnings]:
+) -> Usable:
     """The newest archive of ``listing`` that may be fetched, and a warning for every one
     passed over: a bad sidecar, a size that differs from the sidecar, a stamp in the future
     (a wrong client clock must not hide every later archive), and a stamp two archives
@@ -177,10 +215,12 @@ def newest_usable(
     newer one). Raises ArchiveError when a sidecar names another host.
     """
     warnings = BoundedWarnings(KEPT_WARNINGS)
+    passed: list[str] = []
     for entry in listing.unusable:
         # words from the client: shown, but never trusted to be printable
         name, problem = (printable(entry.get(k, "?"), 120) for k in ("name", "problem"))
         warnings.append(f"ignoring {name}: {problem}")
+        passed.append(_stamp_of(entry.get("name")))
     by_stamp: dict[str, list[Sidecar]] = {}
     horizon = now + FUTURE_TOLERANCE
     for entry in listing.archives:
@@ -189,29 +229,25 @@ def newest_usable(
             side = sidecars.from_data(entry["sidecar"], expected_name=str(entry["name"]))
         except (KeyError, TypeError, ValueError, ArchiveError) as exc:
             warnings.append(f"ignoring an archive with a bad sidecar: {printable(exc, 300)}")
+            passed.append(_stamp_of(entry.get("name") if isinstance(entry, dict) else None))
             continue
         if side.host != host:
             raise _mismatch(side.host, host)
-        if side.archive.name in refused:
-            warnings.append(
-                f"passing over {name}: its bytes did not match its checksum in "
-                f"{CHECKSUM_TRIES} pulls; taking the newest archive before it"
-            )
-            continue
-        if not isinstance(entry.get("size"), int) or entry["size"] != side.archive.size:
-            warnings.append(f"ignoring {name}: its size differs from its sidecar")
-        elif parse_stamp(side.stamp) > horizon:
-            warnings.append(f"ignoring {name}: it is dated in the future; check the client's clock")
-        else:
+        why = _passed_over(name, entry, side, refused, horizon)
+        if why is None:
             by_stamp.setdefault(side.stamp, []).append(side)
+        else:
+            warnings.append(why)
+            passed.append(side.stamp)
     best = None
     for stamp, sides in by_stamp.items():
         if len(sides) > 1:
             names = ", ".join(sorted(printable(s.archive.name, 120) for s in sides)[:3])
             warnings.append(f"ignoring {names}: two archives share the stamp {stamp}")
+            passed.append(stamp)
         elif best is None or stamp > best.stamp:
             best = sides[0]
-    return best, warnings
+    return Usable(best, warnings, passed)
 
 
 def choose(
@@ -225,20 +261,22 @@ def choose(
 
     Skips: no usable archive (waiting when there are none), the chosen archive already
     stored (waiting; tell the client it was fetched), or older than the newest snapshot.
-    Archives passed over (damaged, dated in the future, ...) make the choice a problem,
-    whatever is taken instead: a day the client made never reaches a snapshot. Raises
+    An archive passed over (damaged, dated in the future, ...) that is newer than the one
+    taken makes the choice a problem: a day the client made reaches no snapshot, and no
+    later one covers it (older ones passed over are only warned about). Raises
     ArchiveError when the client is another host.
     """
     if listing.host != host:
         raise _mismatch(listing.host, host)
-    best, passed_over = newest_usable(listing, host, now, refused)
+    usable = newest_usable(listing, host, now, refused)
+    best, passed_over = usable.best, usable.warnings
     warnings = passed_over.lines(KEPT_WARNINGS)
     if best is None:
         if passed_over:
             reason = "no archive can be fetched: " + "; ".join(passed_over.lines(3))
             return Choice(skip=reason, problem=True, warnings=warnings)
         return Choice(skip="the client has no archive to fetch", waiting=True)
-    name, problem = best.archive.name, bool(passed_over)
+    name, problem = best.archive.name, usable.passed_since(best.stamp)
     if best.stamp in stored.stamps:
         return Choice(
             best,

@@ -94,6 +94,23 @@ def test_only_unusable_archives_say_why():
     assert choice.skip == f"no archive can be fetched: ignoring {A}: no sidecar (incomplete)"
 
 
+def test_an_archive_passed_over_is_a_problem_only_when_no_later_one_is_taken():
+    """A day the client made that reaches no snapshot needs attention (an outside test
+    saw status --check OK after the damaged newest archive was passed over); one older
+    than the archive taken is covered by it, and only warned about."""
+    newest_refused = choose(listing(entry(A), entry(B)), "web1", NOTHING, NOW, frozenset({B}))
+    assert newest_refused.archive.archive.name == A and newest_refused.problem
+    older_refused = choose(listing(entry(A), entry(B)), "web1", NOTHING, NOW, frozenset({A}))
+    assert older_refused.archive.archive.name == B and not older_refused.problem
+    assert older_refused.warnings[0].startswith(f"passing over {A}")
+    ahead = "web1-20261130T230000Z.tar.zst"  # more than an hour past NOW
+    future = choose(listing(entry(A), entry(ahead)), "web1", NOTHING, NOW)
+    assert future.archive.archive.name == A and future.problem
+    stored = Stored(None, frozenset({"20261130T100000Z"}))
+    skipped = choose(listing(entry(A), entry(B)), "web1", stored, NOW, frozenset({B}))
+    assert skipped.skip == f"{A} is already stored" and skipped.problem
+
+
 def test_client_words_in_unusable_entries_are_escaped_and_capped():
     unusable = [{"name": "x\n[web2] stored", "problem": "\x1b[31m" + "y" * 500}]
     choice = choose(listing(unusable=unusable), "web1", NOTHING, NOW)

@@ -44,21 +44,27 @@ def flock_held(path: str | os.PathLike) -> bool | None:
     """Whether some process holds an ``flock`` on the file at ``path``, as /proc/locks
     tells: a held lock, whoever holds it, without opening the file (which needs its
     owner's rights) and without taking it (which could make its owner's next start
-    fail). The file is known by its inode number alone (btrfs and overlay report
-    another device in stat than in /proc/locks), so a lock held on a file of the same
-    number on another file system reads as held. Returns None when /proc/locks or the
-    file cannot be read, False when the file does not exist."""
+    fail). True: a lock on the file's inode on its device. None: it cannot be told
+    (/proc/locks or the file cannot be read, or only a lock on the same inode number on
+    another device is listed: btrfs and some overlays report another device in stat
+    than in /proc/locks, while separate tmpfs mounts number their inodes alike). False:
+    no lock on that inode number, or no such file."""
     try:
-        inode = os.stat(path).st_ino
+        found = os.stat(path)
         with open("/proc/locks", encoding="ascii", errors="replace") as handle:
             table = handle.read()
     except FileNotFoundError:
         return None if os.path.lexists(path) else False
     except OSError:
         return None
+    device = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+    same_number = False
     for line in table.splitlines():
         # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF" (a waiter's: "1: -> FLOCK")
         fields = line.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        if fields[5] == device:
             return True
-    return False
+        same_number = same_number or fields[5].endswith(f":{found.st_ino}")
+    return None if same_number else False

@@ -118,8 +118,10 @@ class HostRow:
     fell_back: bool = False
     """Whether the last pull that stored fell back to its chain's full archive."""
     killed: str | None = None
-    """What a pull was doing for this host when it was killed outright, before it could
-    write the status file (None: no such pull since the status file was written)."""
+    """How a pull that could not write the status file ended, and what it was doing for
+    this host then: ``killed while storing`` (SIGKILL, the OOM killer, a power cut),
+    ``stopped by SIGTERM while connecting`` (None: no such pull since the status file
+    was written)."""
 
     @property
     def label(self) -> str:
@@ -182,11 +184,11 @@ def _mark_killed(found: list[HostRow], killed: InterruptedRun) -> None:
         phase = killed.phases.get(row.host)
         if phase is None:
             continue
-        row.killed = phase
+        # (the journal's words: bounded and printable everywhere)
+        row.killed = f"{printable(killed.how, 40)} while {printable(phase, 40)}"
         words = (
             f"the last pull (pid {killed.pid}, started {printable(killed.started, 40)}) was "
-            f"killed while {printable(phase, 40)}; the next pull reports it and removes a "
-            "repository lock it left"
+            f"{row.killed}; the next pull reports it and removes a repository lock it left"
         )
         row.reason = f"{row.reason}; {words}" if row.reason else words
         if row.state == HostState.OK:

@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..common import secrets
@@ -230,25 +230,17 @@ def pull_hosts(
             for fd, _ in poller.poll(_POLL_MS):
                 child = running[fd]
                 if _read(child, journal):
-                    shown = child.status()
-                    if shown is None:
-                        STATUS.drop(child.host.name)
-                    else:
-                        STATUS.show(child.host.name, shown)
+                    _show(child)
                     continue
                 poller.unregister(fd)
                 del running[fd]
                 STATUS.drop(child.host.name)
                 results[child.host.name] = _reap(config, child, cut)
-            for child in running.values():
-                if time.monotonic() > child.kill_at:
-                    limit = human_duration(config.host_timeout)
-                    _kill(
-                        child,
-                        f"timed out after {limit} (host_timeout): its pull did not stop by "
-                        f"itself and was killed {human_duration(KILL_GRACE)} later",
-                    )
-    except Interrupted:
+            _kill_late(config, running.values())
+    except Interrupted as exc:
+        if journal is not None:  # no status file will say it: the journal keeps them
+            doing = {c.host.name: c.phase or CONNECTING for c in running.values()}
+            journal.stop(doing, signal.Signals(exc.signum).name)
         _stop_all(list(running.values()))
         raise
     finally:
@@ -257,6 +249,27 @@ def pull_hosts(
         if journal is not None:
             journal.keep(cut)
     return [results[h.name] for h in hosts]
+
+
+def _show(child: _Child) -> None:
+    """The child's progress on the terminal's status line (or none)."""
+    shown = child.status()
+    if shown is None:
+        STATUS.drop(child.host.name)
+    else:
+        STATUS.show(child.host.name, shown)
+
+
+def _kill_late(config: ServerConfig, children: Iterable[_Child]) -> None:
+    """Kill each child past its deadline (``host_timeout`` and KILL_GRACE)."""
+    for child in children:
+        if time.monotonic() > child.kill_at:
+            limit = human_duration(config.host_timeout)
+            _kill(
+                child,
+                f"timed out after {limit} (host_timeout): its pull did not stop by "
+                f"itself and was killed {human_duration(KILL_GRACE)} later",
+            )
 
 
 def _read(child: _Child, journal: Journal | None) -> bool:

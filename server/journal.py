@@ -36,6 +36,8 @@ INSTANCE_LOCK = "server.lock"
 release holds it, one at a time."""
 PULL_PURPOSE = "pullback-server pull"
 """What a pull's server lock says it is for (its owner record)."""
+DRY_RUN_PURPOSE = "pullback-server pull --dry-run"
+"""What a dry run's says: it keeps no journal, so a journal left is another pull's."""
 
 CONNECTING = "connecting"
 TRANSFERRING = "transferring and unpacking"
@@ -61,13 +63,21 @@ class InterruptedRun:
     ended: bool = False
     """The run ended, keeping hosts whose store it cut (:meth:`Journal.keep`): it was not
     killed, and its status file says why each of those hosts failed."""
+    stopped_by: str = ""
+    """The signal that stopped the run (``SIGTERM``: systemd stopping the unit, a
+    shutdown) before it wrote the status file; empty: it was killed outright."""
+
+    @property
+    def how(self) -> str:
+        """``killed`` or ``stopped by SIGTERM``."""
+        return f"stopped by {self.stopped_by}" if self.stopped_by else "killed"
 
     def describe(self, host: str) -> str:
         """Plain words for one host, e.g. 'the previous pull (pid 42, started ...) was
         killed while storing'."""
         return (
-            f"the previous pull (pid {self.pid}, started {self.started}) was killed while "
-            f"{self.phases[host]}"
+            f"the previous pull (pid {self.pid}, started {self.started}) was {self.how} "
+            f"while {self.phases[host]}"
         )
 
 
@@ -80,6 +90,7 @@ class Journal:
         self._started = iso(utc_now())
         self._lock = threading.Lock()
         self._kept: dict[str, str] = {}
+        self._stopped_by = ""
 
     def begin(self) -> InterruptedRun | None:
         """Start this run's journal; return the run a crash interrupted, if any."""
@@ -105,20 +116,31 @@ class Journal:
         leaves them in the journal for the next pull, as if this run had been killed."""
         self._kept.update(phases)
 
+    def stop(self, phases: dict[str, str], signal_name: str) -> None:
+        """The run is being stopped by ``signal_name`` and writes no status file: :meth:`end`
+        leaves the hosts it was pulling in the journal (their ``phases``), so that
+        ``status`` says so until the next pull, which reports it and removes the
+        repository locks they may have left."""
+        self._kept.update(phases)
+        self._stopped_by = signal_name
+
     def end(self) -> None:
-        """The run ended: remove the journal (or keep only what :meth:`keep` named)."""
+        """The run ended: remove the journal (or keep only what :meth:`keep` and
+        :meth:`stop` named)."""
         if self._kept:
             with self._lock:
                 self._phases = dict(self._kept)
-                self._write(ended=True)
+                self._write(ended=not self._stopped_by)
             return
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
     def _write(self, ended: bool = False) -> None:
-        record = {"pid": os.getpid(), "started": self._started, "hosts": self._phases}
+        record: dict = {"pid": os.getpid(), "started": self._started, "hosts": self._phases}
         if ended:
             record["ended"] = True
+        if self._stopped_by:
+            record["stopped_by"] = self._stopped_by
         try:
             atomic_write(self.path, json.dumps(record, sort_keys=True) + "\n", mode=0o600)
         except OSError as exc:
@@ -147,6 +169,7 @@ def read_journal(state_dir: Path) -> InterruptedRun | None:
             str(data["started"]),
             {str(h): str(p) for h, p in dict(data["hosts"]).items()},
             data.get("ended") is True,
+            str(data.get("stopped_by") or "")[:20],
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a pull journal ({exc.__class__.__name__}: {exc})") from None
@@ -170,20 +193,27 @@ NO_ACTIVITY = PullActivity()
 
 def pull_activity(state_dir: Path, lock_dir: Path) -> PullActivity:
     """Whether a pull runs now (it holds the server lock, as /proc/locks and the lock's
-    owner record tell) or one was killed (its journal is left, and nobody or another
-    command holds the lock). What cannot be read (the journal, /proc/locks, the owner
-    record of a held lock) says nothing: a plain :class:`PullActivity`."""
+    owner record tell) and whether one was killed (its journal is left, written by
+    another process than the lock's holder, if any). When /proc/locks cannot tell, a
+    live owner record decides. What cannot be read (the journal, both of those) says
+    nothing: :data:`NO_ACTIVITY`."""
     try:
         journal = read_journal(state_dir)
     except (OSError, ValueError):
         return NO_ACTIVITY
     lock = lock_dir / INSTANCE_LOCK
     held = flock_held(lock)
-    owner = lock_status(lock) if held else None
-    if held is None or (held and owner is None):
-        return NO_ACTIVITY
-    if owner is not None and owner.purpose == PULL_PURPOSE:
-        return PullActivity(running=journal or InterruptedRun(owner.pid, owner.started))
+    owner = lock_status(lock) if held is not False else None
+    if held is None:
+        held = owner is not None
+    if held and owner is None:
+        return NO_ACTIVITY  # held, by whom cannot be told
+    running = None
+    if owner is not None and owner.purpose in (PULL_PURPOSE, DRY_RUN_PURPOSE):
+        own = journal is not None and journal.pid == owner.pid
+        running = journal if own else InterruptedRun(owner.pid, owner.started)
+        if own:
+            return PullActivity(running=running)
     if journal is None or journal.ended or not journal.phases:
-        return NO_ACTIVITY
-    return PullActivity(killed=journal)
+        return PullActivity(running=running)
+    return PullActivity(running=running, killed=journal)

@@ -24,7 +24,7 @@ from .config import ServerConfig
 from .host import HostContext
 from .host_process import PhaseRelay, pull_hosts
 from .host_pull import HostPull, PullOptions
-from .journal import INSTANCE_LOCK, PULL_PURPOSE, Journal
+from .journal import DRY_RUN_PURPOSE, INSTANCE_LOCK, PULL_PURPOSE, Journal
 from .results import HostResult
 
 
@@ -37,7 +37,8 @@ def pull(
     """Pull the hosts (with ``if_due``, only those not fresh). Returns (exit code,
     results). Raises LockBusy, PullbackError."""
     hosts = config.select_hosts(names)
-    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose=PULL_PURPOSE)
+    purpose = DRY_RUN_PURPOSE if dry_run else PULL_PURPOSE
+    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose=purpose)
     with lock.acquire(), SignalGuard(KEPT_FOR_NEXT_PULL):
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         journal = None if dry_run else Journal(config.state_dir)

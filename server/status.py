@@ -196,6 +196,8 @@ def _activity_json(activity: PullActivity) -> dict:
     for key, run in (("pull_running", activity.running), ("pull_killed", activity.killed)):
         if run is not None:
             found[key] = {"pid": run.pid, "started": run.started, "hosts": run.phases}
+            if run.stopped_by:
+                found[key]["stopped_by"] = run.stopped_by
     return found
 
 
@@ -307,8 +309,10 @@ def _copy_complaints(view: Fleet) -> list[tuple[HostRow, str]]:
 def _host_complaints(found: list[HostRow]) -> list[str]:
     """A line per kind of host trouble that makes ``status`` exit 1, naming the hosts:
     a killed pull was pulling them, stale, failed, forget held."""
-    killed = [f"{r.label} (while {r.killed})" for r in found if r.killed]
-    lines = [f"killed before it wrote its status (the last pull): {_names(killed)}"] * bool(killed)
+    killed = [f"{r.label} ({r.killed})" for r in found if r.killed]
+    lines = [f"cut short before it wrote its status (the last pull): {_names(killed)}"] * bool(
+        killed
+    )
     kinds = (
         ("stale (no snapshot within max_age)", lambda r: r.stale, ""),
         ("failed (the last pull)", lambda r: r.state == HostState.FAILED, ""),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -171,6 +172,30 @@ def server_killed_while_transferring(bed: FaultBed, host: str) -> Outcome:
     return Outcome(bed.report(result, host), result.returncode, True)
 
 
+def server_stopped_while_transferring(bed: FaultBed, host: str) -> Outcome:
+    """systemd stops the unit (SIGTERM) mid-transfer: the pull writes no status file, so
+    until the next pull status says the host was cut short (it said "ok" before)."""
+    bed.new_archive(host, random_mb=6)
+    bed.fleet.slow(host, "16mbit")
+    before = bed.snapshot_ids(host)
+    run = bed.popen("pull")
+    wait_for(lambda: bed.partial_bytes(host) > 1_000_000, 60, "the transfer")
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143, err  # 128 + SIGTERM
+    assert bed.snapshot_ids(host) == before, "a stopped transfer stored something"
+    shown = bed.fleet.server("status")
+    assert shown.returncode == 1, shown
+    assert f"the last pull (pid {run.pid}, started " in shown.stdout, shown
+    assert "was stopped by SIGTERM while transferring" in shown.stdout, shown
+    assert f"{host} (stopped by SIGTERM while transferring" in shown.stderr, shown
+    bed.fleet.unslow(host)
+    result = bed.pull()
+    assert "resumed at" in result.stderr
+    assert "cut short" not in bed.fleet.server("status").stderr  # the next pull ended it
+    return Outcome(bed.report(result, host), result.returncode, True)
+
+
 def server_killed_while_unpacking(bed: FaultBed, host: str) -> Outcome:
     data = bed.fleet.hosts[host].data
     for index in range(1500):
@@ -201,7 +226,7 @@ def server_killed_while_storing(bed: FaultBed, host: str) -> Outcome:
     shown = bed.fleet.server("status")
     assert shown.returncode == 1, shown
     assert f"{host}: " in shown.stdout and "was killed while storing" in shown.stdout, shown
-    assert f"the last pull): {host} (while storing)" in shown.stderr, shown
+    assert f"the last pull): {host} (killed while storing)" in shown.stderr, shown
     result = bed.pull()
     assert "was killed" not in bed.fleet.server("status").stdout  # the next pull ended it
     assert not bed.restic_locks(host), f"the stale lock is still there: {result.stderr}"
@@ -578,6 +603,8 @@ FAULTS = [
     # the server killed
     Fault("server killed while transferring", server_killed_while_transferring,
           r"killed while transferring", 0),
+    Fault("server stopped (SIGTERM) while transferring", server_stopped_while_transferring,
+          r"stopped by SIGTERM while transferring", 0),
     Fault("server killed while unpacking", server_killed_while_unpacking,
           r"killed while transferring and unpacking", 0),
     Fault("server killed while storing", server_killed_while_storing,

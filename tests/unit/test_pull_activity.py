@@ -4,7 +4,9 @@ journal a pull keeps, and the server lock as /proc/locks shows it, tell which.""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import pytest
 from pullback.common.locks import FileLock
 from pullback.common.procfs import flock_held
 from pullback.server.journal import (
+    DRY_RUN_PURPOSE,
     INSTANCE_LOCK,
     JOURNAL_FILE,
     MAX_JOURNAL,
@@ -81,7 +84,9 @@ def test_a_killed_pull_makes_its_hosts_need_attention_and_status_exit_1(server, 
         "web1: the last pull (pid 999999, started 2026-12-03T03:00:00Z) was killed "
         "while storing; the next pull reports it and removes a repository lock it left"
     ) in out
-    assert err == "killed before it wrote its status (the last pull): web1 (while storing)\n"
+    assert (
+        err == "cut short before it wrote its status (the last pull): web1 (killed while storing)\n"
+    )
     code, out, _ = status(server, "--check", capsys=capsys)
     assert code == 1 and out.startswith("PULLBACK WARNING - needs attention: web1;")
     code, out, _ = status(server, "--json", capsys=capsys)
@@ -158,12 +163,82 @@ def test_a_huge_journal_is_not_read_past_its_bound(server):
 
 
 def test_hostile_words_in_a_journal_are_made_printable(server, capsys):
-    killed_pull(server, {"web1": "storing\x1b[2J" + "x" * 10_000})
-    code, out, _ = status(server, capsys=capsys)
-    assert code == 1 and "\x1b" not in out
-    assert max(len(line) for line in out.splitlines()) < 400
+    killed_pull(server, {"web1": "storing\x1b[2J\x1b]0;title\x07" + "x" * 10_000})
+    code, out, err = status(server, capsys=capsys)
+    assert code == 1 and "\x1b" not in out + err and "\x07" not in out + err
+    assert max(len(line) for line in (out + err).splitlines()) < 400
+
+
+@pytest.mark.parametrize("purpose", [PULL_PURPOSE, DRY_RUN_PURPOSE])
+def test_a_pull_running_after_a_killed_one_is_running_and_the_kill_still_said(
+    server, purpose, capsys
+):
+    """A dry run keeps no journal, and a pull rewrites the journal a moment after it
+    takes the lock: the journal left then is the killed pull's, not the running one's
+    (an outside review saw the dead pid shown as running and the kill hidden)."""
+    killed_pull(server, {"web1": "storing"})
+    config = server.config
+    with FileLock(config.lock_dir / INSTANCE_LOCK, purpose).acquire():
+        activity = pull_activity(config.state_dir, config.lock_dir)
+        code, out, err = status(server, capsys=capsys)
+    assert activity.running is not None and activity.running.pid == os.getpid()
+    assert activity.killed is not None and activity.killed.pid == 999_999
+    assert code == 1 and f"a pull is running (pid {os.getpid()}, since " in out
+    assert (
+        "cut short before it wrote its status (the last pull): web1 (killed while storing)" in err
+    )
+
+
+def _tmpfs(path: Path) -> Path:
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], check=True)
+    return path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts tmpfs")
+def test_a_lock_on_the_same_inode_number_of_another_file_system_hides_no_kill(tmp_path):
+    """Separate tmpfs mounts number their inodes alike: an flock on another one's file
+    of the same number read as the server lock held, and hid a killed pull."""
+    locks, other = _tmpfs(tmp_path / "locks"), _tmpfs(tmp_path / "other")
+    try:
+        (locks / INSTANCE_LOCK).touch()
+        (other / "other.lock").touch()
+        if (locks / INSTANCE_LOCK).stat().st_ino != (other / "other.lock").stat().st_ino:
+            pytest.skip("these tmpfs mounts number inodes apart")
+        state = tmp_path / "state"
+        state.mkdir()
+        (state / JOURNAL_FILE).write_text(
+            json.dumps({"pid": 999_999, "started": "x", "hosts": {"web1": "storing"}})
+        )
+        with open(other / "other.lock") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            assert flock_held(locks / INSTANCE_LOCK) is None  # cannot be told apart
+            activity = pull_activity(state, locks)
+        assert activity.running is None and activity.killed is not None
+        with FileLock(locks / INSTANCE_LOCK, PULL_PURPOSE).acquire():
+            assert flock_held(locks / INSTANCE_LOCK) is True
+    finally:
+        subprocess.run(["umount", str(locks)], check=True)
+        subprocess.run(["umount", str(other)], check=True)
 
 
 def test_no_journal_and_no_lock_file_say_nothing(tmp_path: Path):
     activity = pull_activity(tmp_path / "state", tmp_path / "locks")
     assert activity.running is None and activity.killed is None
+
+
+def test_a_pull_stopped_by_sigterm_keeps_its_hosts_for_status_and_the_next_pull(server):
+    """A pull stopped by SIGTERM writes no status file: status said "ok" (an outside
+    review). The journal keeps the hosts it was pulling, and how it ended."""
+    config = server.config
+    journal = Journal(config.state_dir)
+    journal.begin()
+    journal.phase("web1", "transferring and unpacking")
+    journal.stop({"web1": "transferring and unpacking"}, "SIGTERM")
+    journal.end()
+    activity = pull_activity(config.state_dir, config.lock_dir)
+    assert activity.killed is not None and activity.killed.stopped_by == "SIGTERM"
+    assert activity.killed.describe("web1").endswith(
+        "was stopped by SIGTERM while transferring and unpacking"
+    )
+    assert Journal(config.state_dir).begin().how == "stopped by SIGTERM"

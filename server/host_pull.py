@@ -198,7 +198,10 @@ def _passed_over(
     if not isinstance(entry.get("size"), int) or entry["size"] != side.archive.size:
         return f"ignoring {name}: its size differs from its sidecar"
     if parse_stamp(side.stamp) > horizon:
-        return f"ignoring {name}: it is dated in the future; check the client's clock"
+        return (
+            f"ignoring {name}: it is dated in the future; check the client's clock, then "
+            "delete it there (until then the host needs attention)"
+        )
     return None
 
 

@@ -68,3 +68,19 @@ def status(server: Server, *args: str, capsys) -> tuple[int, str, str]:
     code = server_main(["--config", str(server.path), "status", *args])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def one_host_config(root: Path, kind: str = "restic") -> ServerConfig:
+    """A server.yaml in ``root`` with one host, web1, and the backend ``kind`` (its
+    repositories, state and a 0600 password file under ``root``), loaded."""
+    password = root / "repository.pass"
+    password.write_text("correct horse\n")
+    password.chmod(0o600)
+    path = root / "server.yaml"
+    path.write_text(
+        f"state_dir: {root / 'state'}\n"
+        f"backend: {{type: {kind}, repository_root: {root / 'repos'}, "
+        f"password_file: {password}}}\n"
+        "hosts:\n  - name: web1\n"
+    )
+    return load_server_config(path)

@@ -14,7 +14,7 @@ import pytest
 from pullback.common.log import get_logger
 from pullback.common.runner import Runner
 from pullback.server.backends import BackendError, RepositoryLocked, make_backend
-from pullback.server.config import load_server_config
+from tests.helpers.status_servers import one_host_config
 
 pytestmark = [
     pytest.mark.integration,
@@ -24,17 +24,7 @@ pytestmark = [
 
 @pytest.fixture
 def borg(tmp_path):
-    password = tmp_path / "repository.pass"
-    password.write_text("correct horse\n")
-    password.chmod(0o600)
-    path = tmp_path / "server.yaml"
-    path.write_text(
-        f"state_dir: {tmp_path / 'state'}\n"
-        f"backend: {{type: borg, repository_root: {tmp_path / 'repos'}, "
-        f"password_file: {password}}}\n"
-        "hosts:\n  - name: web1\n"
-    )
-    config = load_server_config(path)
+    config = one_host_config(tmp_path, "borg")
     backend = make_backend(
         config.backend, config.host("web1"), config.state_dir, Runner(get_logger("t")), 1
     )

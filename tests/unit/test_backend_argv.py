@@ -193,18 +193,9 @@ def test_borg_list_delete_check_extract_init():
 
 @pytest.fixture
 def server_config(tmp_path):
-    password = tmp_path / "repository.pass"
-    password.write_text("correct horse\n")
-    password.chmod(0o600)
-    path = tmp_path / "server.yaml"
-    path.write_text(
-        f"state_dir: {tmp_path / 'state'}\n"
-        f"backend: {{repository_root: {tmp_path / 'repos'}, password_file: {password}}}\n"
-        "hosts:\n  - name: web1\n"
-    )
-    from pullback.server.config import load_server_config
+    from tests.helpers.status_servers import one_host_config
 
-    return load_server_config(path)
+    return one_host_config(tmp_path)
 
 
 def backend_of(kind: str, config, runner, lock_wait: float = 1800.0):

@@ -14,7 +14,7 @@ from ..common.text import printable
 from ..common.units import human_duration, human_size
 from .config import ServerConfig
 from .host_state import HISTORY_CELLS, SYMBOLS, HostState
-from .journal import NO_ACTIVITY, InterruptedRun, PullActivity
+from .journal import NO_ACTIVITY, WAITING, InterruptedRun, PullActivity
 from .merged_status import Source, default_copy_max_age, default_max_age, read_merged
 from .metrics import is_stale
 
@@ -342,11 +342,11 @@ class Fleet:
         lines = []
         running = self.activity.running
         if running is not None:
+            busy = sorted(running.phases.items(), key=lambda item: (item[1] == WAITING, item))
             doing = ", ".join(
-                f"{printable(host, 80)} {printable(phase, 40)}"
-                for host, phase in sorted(running.phases.items())[:10]
+                f"{printable(host, 80)} {printable(phase, 40)}" for host, phase in busy[:10]
             )
-            more = len(running.phases) - 10
+            more = len(busy) - 10
             lines.append(
                 f"a pull is running (pid {running.pid}, since {printable(running.started, 40)})"
                 + (f": {doing}" if doing else "")

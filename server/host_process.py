@@ -43,7 +43,7 @@ from ..common.text import printable
 from ..common.units import human_duration, human_size
 from .config import HostConfig, ServerConfig
 from .host import HostContext
-from .journal import CONNECTING, STORING, Journal
+from .journal import CONNECTING, STORING, WAITING, Journal
 from .results import HostResult
 
 log = get_logger("host")
@@ -218,13 +218,12 @@ def pull_hosts(
     results: dict[str, HostResult] = {}
     cut: dict[str, str] = {}
     poller = select.poll()
+    if journal is not None:
+        journal.waiting([h.name for h in hosts])
     try:
         while waiting or running:
             while waiting and len(running) < config.parallel:
-                host = waiting.pop(0)
-                if journal is not None:  # before the child exists: a kill finds it named
-                    journal.phase(host.name, CONNECTING)
-                child = _start(config, host, work, parent_only)
+                child = _begin(config, waiting.pop(0), work, journal, parent_only)
                 running[child.fd] = child
                 poller.register(child.fd, select.POLLIN | select.POLLHUP)
             for fd, _ in poller.poll(_POLL_MS):
@@ -239,8 +238,7 @@ def pull_hosts(
             _kill_late(config, running.values())
     except Interrupted as exc:
         if journal is not None:  # no status file will say it: the journal keeps them
-            doing = {c.host.name: c.phase or CONNECTING for c in running.values()}
-            journal.stop(doing, signal.Signals(exc.signum).name)
+            _journal_stop(journal, list(running.values()), waiting, exc)
         _stop_all(list(running.values()))
         raise
     finally:
@@ -249,6 +247,29 @@ def pull_hosts(
         if journal is not None:
             journal.keep(cut)
     return [results[h.name] for h in hosts]
+
+
+def _begin(
+    config: ServerConfig,
+    host: HostConfig,
+    work: Work,
+    journal: Journal | None,
+    parent_only: tuple[int, ...],
+) -> _Child:
+    """Start ``host``'s process, the journal saying so first (a kill finds it named)."""
+    if journal is not None:
+        journal.phase(host.name, CONNECTING)
+    return _start(config, host, work, parent_only)
+
+
+def _journal_stop(
+    journal: Journal, running: list[_Child], waiting: list[HostConfig], exc: Interrupted
+) -> None:
+    """Keep in ``journal`` the hosts a signal cut: those ``running`` in their phase, those
+    ``waiting`` as never started."""
+    doing = {child.host.name: child.phase or CONNECTING for child in running}
+    doing |= dict.fromkeys((host.name for host in waiting), WAITING)
+    journal.stop(doing, signal.Signals(exc.signum).name)
 
 
 def _show(child: _Child) -> None:

@@ -61,7 +61,7 @@ from . import chain, status_file
 from .backends import RepositoryMissing, Snapshot, SnapshotSpec, StoreResult
 from .db_proof import find_dumps
 from .host import HostContext
-from .journal import CONNECTING, STORING, TRANSFERRING, InterruptedRun, PhaseLog
+from .journal import CONNECTING, STORING, TRANSFERRING, WAITING, InterruptedRun, PhaseLog
 from .remote import ArchiveGone, Remote, TransferCut
 from .results import HostResult
 from .transfer import ChecksumMismatch, Fetched, discard_partial, fetch_and_unpack
@@ -528,8 +528,10 @@ class HostPull:
         process tells the journal's writer its phase through a pipe, so a kill can leave
         the journal behind the store (a soak caught a ``restic backup`` killed with its
         lock while the journal still said "connecting"). The host is in the journal
-        from before its process starts."""
-        cut = self.interrupted is not None and self.ctx.name in self.interrupted.phases
+        from before its process starts; "waiting for its turn" means it never started
+        (the parent writes "connecting" first)."""
+        phase = self.interrupted.phases.get(self.ctx.name) if self.interrupted else None
+        cut = phase is not None and phase != WAITING
         if not cut or self.options.dry_run or self.repository_missing:
             return
         try:

@@ -39,6 +39,8 @@ PULL_PURPOSE = "pullback-server pull"
 DRY_RUN_PURPOSE = "pullback-server pull --dry-run"
 """What a dry run's says: it keeps no journal, so a journal left is another pull's."""
 
+WAITING = "waiting for its turn"
+"""A host the pull has not started yet (``parallel`` hosts at a time)."""
 CONNECTING = "connecting"
 TRANSFERRING = "transferring and unpacking"
 STORING = "storing"
@@ -101,6 +103,13 @@ class Journal:
             log.warning("ignoring an unreadable journal %s: %s", self.path, exc)
         self._write()
         return previous
+
+    def waiting(self, hosts: list[str]) -> None:
+        """Record ``hosts`` as waiting for their turn, in one write: a pull killed before
+        it started them leaves them named too (they were not pulled that night)."""
+        with self._lock:
+            self._phases.update(dict.fromkeys(hosts, WAITING))
+            self._write()
 
     def phase(self, host: str, phase: str | None) -> None:
         """Record that ``host`` entered ``phase`` (None: the host is done)."""

@@ -24,7 +24,7 @@ from pullback.common.outcome import Status
 from pullback.server import host_process
 from pullback.server.config import load_server_config
 from pullback.server.host_process import pull_hosts
-from pullback.server.journal import STORING, TRANSFERRING, Journal
+from pullback.server.journal import CONNECTING, STORING, TRANSFERRING, WAITING, Journal
 from pullback.server.results import HostResult
 from tests.helpers.interrupt import interrupted_after
 
@@ -164,12 +164,38 @@ def test_sigterm_stops_every_host_process(tmp_path):
         return stored(ctx, relay)
 
     started = time.monotonic()
+    journal = Journal(tmp_path)
+    journal.begin()
     with pytest.raises(Interrupted), interrupted_after(1.0):
-        pull_hosts(config, list(config.hosts), wait)
+        pull_hosts(config, list(config.hosts), wait, journal)
     assert time.monotonic() - started < 10
     children = [int(p) for p in pids.read_text().split()]
     assert len(children) == 2  # two at a time; the third never started
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)  # reaped
+    # no status file is written after a SIGTERM: the journal keeps every host it cut,
+    # the one never started too, and how the run ended
+    journal.end()
+    kept = Journal(tmp_path).begin()
+    assert kept.stopped_by == "SIGTERM" and not kept.ended
+    assert kept.phases == {"a": CONNECTING, "b": CONNECTING, "c": WAITING}
+
+
+def test_hosts_wait_for_their_turn_in_the_journal(tmp_path):
+    """A pull killed before it started a host (``parallel``) leaves it named too."""
+    config = make_config(tmp_path, parallel=1)
+    journal = Journal(tmp_path)
+    journal.begin()
+    log = tmp_path / "seen"
+
+    def look(ctx, relay):  # (in the host's process: what it sees goes to a file)
+        with open(log, "a") as handle:
+            handle.write(json.dumps(json.loads(journal.path.read_text())["hosts"]) + "\n")
+        return stored(ctx, relay)
+
+    pull_hosts(config, list(config.hosts), look, journal)
+    seen = [json.loads(line) for line in log.read_text().splitlines()]
+    assert seen[0] == {"a": CONNECTING, "b": WAITING, "c": WAITING}
+    assert seen[2] == {"c": CONNECTING}
 
 
 ORPHAN = """

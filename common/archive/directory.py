@@ -496,7 +496,8 @@ def apply_retention(
         _note_stored(archive_dir)
         if fetched_keep is not None:
             retire_marked(archive_dir, fetched_keep, now)
-        complete, removed = _complete_archives(archive_dir)
+        listing = _complete_archives(archive_dir)
+        complete = listing.complete
         # superseded deltas take no keep_last place (an outside test saw them push the
         # full archive before them out after deltas were switched off)
         superseded = _superseded_deltas(complete, now)
@@ -509,8 +510,8 @@ def apply_retention(
         )
         expired = [a for a in expired if a.name not in needed]
         staying = [a for a in complete if a not in expired]
-        expired += _unreadable_past(archive_dir, staying, needed)
-        return _finish_retention(archive_dir, expired, removed)
+        expired += _unreadable_past(listing.unreadable, staying, needed)
+        return _finish_retention(archive_dir, expired, listing.removed)
 
 
 def _superseded_deltas(complete: list[LocalArchive], now: dt.datetime) -> list[LocalArchive]:
@@ -551,7 +552,8 @@ def apply_chain_retention(
     with directory_lock(archive_dir, "local retention").acquire(wait=LOCK_WAIT):
         _finish_moves(archive_dir)
         _note_stored(archive_dir)
-        complete, removed = _complete_archives(archive_dir)
+        listing = _complete_archives(archive_dir)
+        complete = listing.complete
         # only this host's archives, not dated ahead of the clock: a stray archive must
         # never make the real chain look old
         own = [a for a in complete if a.host == host and a.created <= latest]
@@ -560,8 +562,8 @@ def apply_chain_retention(
         staying = [a for a in complete if a not in expired]
         deltas = [a for a in staying if a.sidecar and a.sidecar.archive.is_delta]
         needed = chains_of(deltas, by_names(complete))
-        expired += _unreadable_past(archive_dir, staying, needed)
-        removed = _finish_retention(archive_dir, expired, removed)
+        expired += _unreadable_past(listing.unreadable, staying, needed)
+        removed = _finish_retention(archive_dir, expired, listing.removed)
         present = list_archives(archive_dir, include_fetched=False)
         _remove_marks(archive_dir, keep={a.name for a in present})  # of archives gone
         return removed
@@ -701,9 +703,20 @@ def _finish_moves(archive_dir: Path) -> None:
             fsync_dir(archive_dir)  # (else a power cut can leave the sidecar in both)
 
 
-def _complete_archives(archive_dir: Path) -> tuple[list[LocalArchive], list[str]]:
-    """The complete archives (both directories, oldest first), after deleting those whose
-    publication (or deletion) never completed (their names are the second item)."""
+@dataclass(frozen=True)
+class _Listing:
+    """The archive directory as retention sees it: ``complete`` archives (both
+    directories, oldest first), ``unreadable`` ones (their sidecar cannot be read), and
+    the names ``removed`` because their publication (or deletion) never completed."""
+
+    complete: list[LocalArchive]
+    unreadable: list[LocalArchive]
+    removed: list[str]
+
+
+def _complete_archives(archive_dir: Path) -> _Listing:
+    """List both directories once, after deleting the archives whose publication (or
+    deletion) never completed; returns the :class:`_Listing`."""
     removed = []
     archives = list_archives(archive_dir)
     for archive in archives:
@@ -714,11 +727,15 @@ def _complete_archives(archive_dir: Path) -> tuple[list[LocalArchive], list[str]
                 log.warning("removing %s: its publication never completed", archive.name)
             if _delete(archive):
                 removed.append(archive.name)
-    return [a for a in archives if a.complete], removed
+    return _Listing(
+        complete=[a for a in archives if a.complete],
+        unreadable=[a for a in archives if not a.complete and a.problem and a.name not in removed],
+        removed=removed,
+    )
 
 
 def _unreadable_past(
-    archive_dir: Path, staying: list[LocalArchive], needed: set[str]
+    unreadable: list[LocalArchive], staying: list[LocalArchive], needed: set[str]
 ) -> list[LocalArchive]:
     """Archives whose sidecar cannot be read (damaged, truncated, not this archive's)
     that are older than every complete archive that stays, and that no archive that
@@ -728,11 +745,7 @@ def _unreadable_past(
     if not staying:
         return []
     oldest = min(a.stamp for a in staying)
-    found = [
-        a
-        for a in list_archives(archive_dir)
-        if not a.complete and a.problem and a.stamp < oldest and a.name not in needed
-    ]
+    found = [a for a in unreadable if a.stamp < oldest and a.name not in needed]
     for archive in found:
         log.warning(
             "retention: %s's sidecar cannot be read (%s); it is older than every archive "

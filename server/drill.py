@@ -19,7 +19,9 @@ from ..common.archive.manifest import MANIFEST_NAME, parse
 from ..common.clock import iso
 from ..common.errors import PullbackError
 from ..common.fsutil import free_bytes
+from ..common.text import printable
 from ..common.units import human_duration, human_size
+from . import status_file
 from .backends import Snapshot
 from .db_proof import DatabaseProof, ProofSettings, ProofState, prove_databases
 from .host import HostContext
@@ -40,6 +42,12 @@ class DrillResult:
     databases: list[DatabaseProof] = field(default_factory=list)
     """A proof per database dump of the snapshot (none when it has none)."""
     duration: float = 0.0
+    failed_before: str | None = None
+    """The snapshot whose drill failed before (status.json's ``verify_failed_snapshot``):
+    drilled again instead of the newest while it is listed."""
+    failed_before_gone: bool = False
+    """That snapshot is no longer in the repository (forgotten, or the repository
+    rebuilt): its failure is over."""
 
     @property
     def proven(self) -> list[DatabaseProof]:
@@ -58,14 +66,20 @@ class DrillResult:
     @property
     def summary(self) -> str:
         if self.ok:
+            again = " (its earlier failed drill is over)" if self._again else ""
             return (
-                f"snapshot {self.snapshot_id} restored and all {self.files_checked} files "
+                f"snapshot {self.snapshot_id}{again} restored and all {self.files_checked} files "
                 f"({human_size(self.bytes_checked)}) match the manifest" + self._databases_said()
             )
         shown = "; ".join(self.problems[:SHOWN])
         more = f" (and {len(self.problems) - SHOWN} more)" if len(self.problems) > SHOWN else ""
         what = f"snapshot {self.snapshot_id}" if self.snapshot_id else "the drill"
         return f"{what} FAILED: {shown}{more}"
+
+    @property
+    def _again(self) -> bool:
+        """This drill was of the snapshot whose drill had failed."""
+        return self.failed_before is not None and self.failed_before == self.snapshot_id
 
     def _databases_said(self) -> str:
         said = ""
@@ -149,6 +163,31 @@ def _provable(listed: list[Snapshot], result: DrillResult) -> list[Snapshot]:
     return snapshots
 
 
+def _pick(
+    ctx: HostContext, snapshots: list[Snapshot], pick_random: bool, result: DrillResult
+) -> Snapshot:
+    """The snapshot to drill: one whose drill failed before, while it is listed (its
+    failure stays a problem until a drill of it passes: a passing drill of another
+    snapshot proves nothing of it; an outside test saw one ``verify --random`` of an
+    intact older snapshot clear the failure of the newest); else the newest, or a
+    random one. Notes the earlier failure in ``result``."""
+    entry = status_file.load_status(ctx.config.state_dir)["hosts"].get(ctx.host.name, {})
+    failed = entry.get("verify_failed_snapshot")
+    if isinstance(failed, dict) and isinstance(failed.get("id"), str):
+        result.failed_before = failed["id"]
+        again = [s for s in snapshots if s.id == failed["id"]]
+        if again:
+            ctx.log.info(
+                "snapshot %s failed its drill on %s: drilling it again",
+                again[0].id,
+                printable(str(failed.get("at")), 40),
+            )
+            return again[0]
+        result.failed_before_gone = True
+        ctx.log.info("snapshot %s, whose drill failed, is no longer listed", failed["id"][:64])
+    return random.choice(snapshots) if pick_random else snapshots[-1]  # noqa: S311
+
+
 def _drill(ctx: HostContext, pick_random: bool) -> DrillResult:
     config, host, backend = ctx.config, ctx.host, ctx.backend
     started = time.monotonic()
@@ -158,7 +197,7 @@ def _drill(ctx: HostContext, pick_random: bool) -> DrillResult:
         snapshots = _provable(backend.snapshots(), result)
         if not snapshots:
             return result
-        snapshot = random.choice(snapshots) if pick_random else snapshots[-1]  # noqa: S311
+        snapshot = _pick(ctx, snapshots, pick_random, result)
         result.snapshot_id = snapshot.id
         result.snapshot_time = iso(snapshot.time)
         shutil.rmtree(scratch, ignore_errors=True)

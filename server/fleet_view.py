@@ -216,22 +216,59 @@ def _state(entry: dict, stale: bool) -> HostState:
     if (
         entry.get("problem")
         or entry.get("verify_result") == Status.FAILED
+        or isinstance(entry.get("verify_failed_snapshot"), dict)
+        or _maintenance_failed(entry)
         or isinstance(entry.get("guard_hold"), dict)
     ):
         return HostState.ATTENTION
     return HostState.OK
 
 
+def _maintenance_failed(entry: dict) -> bool:
+    """The last maintenance failed in a step other than the drill (a drill has its own
+    record): a repository ``check`` that found damage stays a problem until a later
+    maintenance passes, which reads the same part again (an outside test saw "repository
+    contains errors" reach no status, page or metric)."""
+    failed = entry.get("maintain_failed")
+    if entry.get("maintain_result") != Status.FAILED:
+        return False
+    if not isinstance(failed, list):  # written before 0.3.3: the reason says which
+        return not str(entry.get("maintain_reason", "")).startswith("drill: ")
+    return any(step != "drill" for step in failed)
+
+
+def _drill_words(entry: dict) -> str | None:
+    """What a failed restore drill makes the row say, or None: the last drill, or the
+    earlier one of a snapshot that no drill has proven since."""
+    failed = entry.get("verify_failed_snapshot")
+    if entry.get("verify_result") == Status.FAILED:
+        said = printable(str(entry.get("verify_summary") or "see status --json"), 300)
+        return f"the last restore drill failed: {said}"
+    if isinstance(failed, dict):
+        said = printable(str(failed.get("summary") or "see status --json"), 300)
+        when = printable(str(failed.get("at")), 40)
+        return (
+            f"the restore drill of {when} failed: {said}; the next drill tries that "
+            "snapshot again, until it passes or the snapshot is forgotten"
+        )
+    return None
+
+
 def _reason(entry: dict) -> str:
     """What the row says under the table: the last pull's words, and after them, unless
-    that pull failed (its words come first and alone), that the last restore drill
-    failed (what made the host need attention)."""
+    that pull failed (its words come first and alone), that a restore drill failed or
+    the last maintenance did (what made the host need attention)."""
     reason = str(entry.get("reason", ""))
-    if entry.get("last_result") != Status.FAILED and entry.get("verify_result") == Status.FAILED:
-        said = printable(str(entry.get("verify_summary") or "see status --json"), 300)
-        drill = f"the last restore drill failed: {said}"
-        return f"{reason}; {drill}" if reason else drill
-    return reason
+    if entry.get("last_result") == Status.FAILED:
+        return reason
+    said = [reason] if reason else []
+    drill = _drill_words(entry)
+    if drill:
+        said.append(drill)
+    if _maintenance_failed(entry):
+        why = printable(str(entry.get("maintain_reason") or "see status --json"), 300)
+        said.append(f"the last maintenance failed: {why}")
+    return "; ".join(said)
 
 
 def host_row(

@@ -108,6 +108,13 @@ def _hold(value: object) -> dict | None:
     )
 
 
+def _failed_drill(value: object) -> dict | None:
+    """A snapshot's failed drill (``verify_failed_snapshot``): its words, cut."""
+    if not isinstance(value, dict):
+        return None
+    return {key: printable(str(value.get(key, "")), MAX_TEXT) for key in ("id", "at", "summary")}
+
+
 def _history(value: object) -> list[dict] | None:
     if not isinstance(value, list):
         return None
@@ -144,6 +151,10 @@ _FIELDS: dict[str, Callable[[object], object]] = {
     "reason": _word,
     "problem": _flag,
     "verify_result": _word,
+    "verify_failed_snapshot": _failed_drill,
+    "maintain_result": _word,
+    "maintain_reason": _word,
+    "maintain_failed": _texts,
     "newest_snapshot": _time,
     "last_attempt": _time,
     "last_success": _time,

@@ -67,6 +67,13 @@ def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) ->
         "When a restore drill last proved the host's snapshot.",
     )
     verify_ok = g("pullback_last_verify_ok", "1 when the host's last restore drill passed.")
+    maintained = g(
+        "pullback_last_maintained_timestamp_seconds", "When the host's last maintenance ran."
+    )
+    maintain_ok = g(
+        "pullback_last_maintain_ok",
+        "1 when the host's last maintenance (forget, prune, check, drill) did not fail.",
+    )
     held = g(
         "pullback_forget_held",
         "1 while the ransomware guard holds forget and prune for the host "
@@ -97,8 +104,12 @@ def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) ->
         newest.add(_ts(entry.get("newest_snapshot")), **labels)
         stale.add(is_stale(entry, host.max_age, now), **labels)
         verified.add(_ts(entry.get("last_verified")), **labels)
-        if "verify_result" in entry:
-            verify_ok.add(entry["verify_result"] == Status.OK, **labels)
+        if "verify_result" in entry:  # 0 too while a snapshot's failed drill stands
+            good = not isinstance(entry.get("verify_failed_snapshot"), dict)
+            verify_ok.add(entry["verify_result"] == Status.OK and good, **labels)
+        maintained.add(_ts(entry.get("last_maintained")), **labels)
+        if "maintain_result" in entry:
+            maintain_ok.add(entry["maintain_result"] != Status.FAILED, **labels)
         memory.add(entry.get("store_peak_rss"), **labels)
         held.add(isinstance(entry.get("guard_hold"), dict), **labels)
     if config.backend.copy is not None:

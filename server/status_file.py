@@ -213,6 +213,17 @@ def _record_drill(entry: dict, drill, now: str) -> None:
     if drill.ok:
         entry["last_verified"] = now
         entry["last_verified_snapshot"] = drill.snapshot_id
+        failed = entry.get("verify_failed_snapshot")
+        proven = isinstance(failed, dict) and failed.get("id") == drill.snapshot_id
+        if proven or drill.failed_before_gone or not isinstance(failed, dict):
+            entry.pop("verify_failed_snapshot", None)
+    elif drill.snapshot_id:  # stays until a drill of that snapshot passes, or it is gone
+        entry["verify_failed_snapshot"] = {
+            "id": drill.snapshot_id,
+            "time": drill.snapshot_time,
+            "at": now,
+            "summary": drill.summary[:300],
+        }
     if drill.databases_proven:  # every dump loaded, even when a file of it failed
         entry["databases_proven"] = now
 
@@ -246,6 +257,8 @@ def record_maintenance(state_dir: Path, results) -> dict:
             entry["last_maintained"] = now
             entry["maintain_result"] = result.status
             entry["maintain_reason"] = result.reason
+            # the steps that failed besides the drill (which has its own record)
+            entry["maintain_failed"] = [s.name for s in result.steps if not s.ok]
             if result.repository_size is not None:
                 entry["repository_bytes"] = result.repository_size
             if result.drill is not None:

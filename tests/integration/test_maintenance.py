@@ -395,6 +395,20 @@ def test_a_drill_catches_a_damaged_pack(pulled):
     assert "services/app/files/" in result.stdout  # names the files that do not restore
     status = json.loads(fleet.server("status", "--json").stdout)["hosts"]["web1"]
     assert status["verify_result"] == "failed"
+    assert status["verify_failed_snapshot"]["id"] in result.stdout
+    # the check finds it too, within check_subsets runs (8 here; it reads the failing part
+    # again until it passes), and that reaches status: an outside test saw "repository
+    # contains errors" in maintain's output and "ok" in status, --check and the metrics
+    for _ in range(8):
+        maintained = fleet.server("maintain", "--no-verify")
+        if maintained.returncode:
+            break
+    assert maintained.returncode == 1, maintained.stdout + maintained.stderr
+    fleet.server("verify")  # the drill's failure stays; the maintenance's is its own
+    check = fleet.server("status", "--check")
+    assert check.returncode == 1 and check.stdout.startswith("PULLBACK WARNING"), check.stdout
+    table = fleet.server("status").stdout
+    assert "the last maintenance failed: check: " in table, table
 
 
 def test_a_drill_catches_a_file_missing_from_the_snapshot(pulled):

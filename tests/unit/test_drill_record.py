@@ -42,3 +42,24 @@ def test_a_status_file_locked_past_its_wait_fails_the_run_not_exit_75(tmp_path, 
         status_file.record_drills(tmp_path, [drill])
     assert not isinstance(info.value, LockBusy) and info.value.exit_code == EXIT_FAILED
     assert str(info.value).startswith("status.json could not be written: ")
+
+
+def test_a_snapshots_failed_drill_stands_until_a_drill_of_it_passes_or_it_is_gone(tmp_path):
+    """An outside test: one ``verify --random`` of an intact older snapshot, passing, set
+    a host whose newest snapshot had failed its drill back to ok. A failure now stays
+    until a drill of that very snapshot passes, or the snapshot is no longer listed."""
+    failed = DrillResult("web1", ok=False, snapshot_id="3826e3e3", snapshot_time="T2")
+    failed.problems.append("changed: services/app/files/big.bin")
+    entry = status_file.record_drills(tmp_path, [failed])["hosts"]["web1"]
+    assert entry["verify_failed_snapshot"]["id"] == "3826e3e3"
+    other = DrillResult("web1", ok=True, snapshot_id="6a8e2a65", failed_before="3826e3e3")
+    entry = status_file.record_drills(tmp_path, [other])["hosts"]["web1"]
+    assert entry["verify_result"] == "ok"
+    assert entry["verify_failed_snapshot"]["id"] == "3826e3e3", "another snapshot proves nothing"
+    again = DrillResult("web1", ok=True, snapshot_id="3826e3e3", failed_before="3826e3e3")
+    entry = status_file.record_drills(tmp_path, [again])["hosts"]["web1"]
+    assert "verify_failed_snapshot" not in entry
+    status_file.record_drills(tmp_path, [failed])
+    gone = DrillResult("web1", ok=True, snapshot_id="9f00aa11", failed_before_gone=True)
+    entry = status_file.record_drills(tmp_path, [gone])["hosts"]["web1"]
+    assert "verify_failed_snapshot" not in entry

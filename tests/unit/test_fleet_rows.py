@@ -74,3 +74,48 @@ def test_the_last_result_says_whether_a_delta_or_a_full_archive_was_stored():
     header, line = table.splitlines()[:2]
     column = header.index("LAST RESULT")
     assert line[column:].startswith("stored (delta)  "), table
+
+
+def test_a_failed_maintenance_check_needs_attention_until_one_passes():
+    """An outside test: ``maintain`` said "check: ... repository contains errors" and
+    exited 1, while status, ``--check``, the page and the metrics said ok."""
+    from pullback.server import metrics
+    from pullback.server.config import load_server_config
+
+    damaged = {
+        **STORED,
+        "maintain_result": "failed",
+        "maintain_reason": "check: restic failed on /r/web1: repository contains errors",
+        "maintain_failed": ["check"],
+        "last_maintained": "2026-12-02T03:30:00Z",
+    }
+    row = host_row("web1", damaged, 86400, NOW)
+    assert row.state is HostState.ATTENTION
+    assert row.reason.endswith(
+        "; the last maintenance failed: check: restic failed on /r/web1: repository contains errors"
+    )
+    passed = {**damaged, "maintain_result": "ok", "maintain_failed": []}
+    assert host_row("web1", passed, 86400, NOW).state is HostState.OK
+    drill_only = {**damaged, "maintain_failed": ["drill"], "maintain_reason": "drill: x"}
+    assert host_row("web1", drill_only, 86400, NOW).state is HostState.OK, "the drill's own record"
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "server.yaml"
+        path.write_text(f"state_dir: {tmp}/state\nhosts: [{{name: web1}}]\n")
+        config = load_server_config(path)
+        text = metrics.build(config, {"hosts": {"web1": damaged}}, NOW).render()
+    assert 'pullback_last_maintain_ok{host="web1"} 0' in text
+
+
+def test_a_snapshots_failed_drill_stays_in_the_row_after_another_passes():
+    entry = {
+        **STORED,
+        "verify_result": "ok",
+        "verify_failed_snapshot": {"id": "3826e3e3", "at": "2026-12-02T03:40:00Z", "summary": "x"},
+    }
+    row = host_row("web1", entry, 86400, NOW)
+    assert row.state is HostState.ATTENTION
+    assert "the restore drill of 2026-12-02T03:40:00Z failed: x; the next drill tries" in row.reason

@@ -388,3 +388,23 @@ def test_a_signal_in_a_forced_restore_undoes_it(config, tmp_path, monkeypatch):
     with pytest.raises(Interrupted):
         server_restore.restore(config, RestoreRequest("web1", target, force=True))
     assert snapshot(target) == before
+
+
+def test_a_snapshot_whose_drill_failed_is_drilled_again_before_the_newest(config, tmp_path):
+    from pullback.server import status_file
+
+    for name in ("s1", "s2"):
+        _tree(tmp_path / name, {"services/app/files/a": name.encode()})
+    backend = FakeBackend(
+        snapshot_list=[Snapshot("s1", T0, "20261101T030000Z"), Snapshot("s2", T0 + DAY, None)]
+    )
+    backend.trees.update(s1=tmp_path / "s1", s2=tmp_path / "s2")
+    bad = DrillResult("web1", ok=False, snapshot_id="s1", problems=["changed: a"])
+    status_file.record_drills(config.state_dir, [bad])
+    result = drill(fake_context(config, "web1", backend))
+    assert (result.snapshot_id, result.failed_before, result.ok) == ("s1", "s1", True)
+    status_file.record_drills(config.state_dir, [result])
+    assert drill(fake_context(config, "web1", backend)).snapshot_id == "s2", "then the newest"
+    status_file.record_drills(config.state_dir, [DrillResult("web1", snapshot_id="s0")])
+    result = drill(fake_context(config, "web1", backend))  # s0 is forgotten: its failure ends
+    assert (result.snapshot_id, result.failed_before_gone) == ("s2", True)

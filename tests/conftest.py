@@ -48,7 +48,46 @@ the other modules do not meet there (paramiko's requests, the full request inclu
 in test_pull and test_hostile_clients). Marked ``once``; their unit tests run on both."""
 
 
+LONGEST_FIRST = (
+    "integration/test_fault_matrix.py",
+    "system/test_packages.py",
+    "integration/test_incremental_pulls.py",
+    "system/test_walkthrough.py",
+    "integration/test_maintenance.py",
+    "integration/test_hostile_archives.py",
+    "system/test_disaster_recovery.py",
+    "integration/test_pull.py",
+    "integration/test_soak.py",
+    "integration/test_drill_databases.py",
+    "integration/test_copy.py",
+    "integration/test_hostile_clients.py",
+    "integration/test_database_restore.py",
+    "integration/test_remote_backends.py",
+    "integration/test_remote_repositories.py",
+    "integration/test_incremental_days.py",
+    "integration/test_monitoring.py",
+)
+"""The modules that take longest (minutes, CI's --durations), run first: pytest-xdist
+(``--dist loadfile``) hands modules to its two workers in collection order, and the
+longest ones left for the end made CI's tail (one worker busy for ten minutes on the
+fault matrix, the other idle). The system tier's modules take turns on the booted root,
+so they are spread between the others. The rest keep their order, the many short unit
+modules last, filling the gaps."""
+
+
+def _longest_first(items: list) -> None:
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+
+    def key(pair: tuple[int, object]) -> tuple[int, int]:
+        place, item = pair
+        relative = Path(str(item.fspath)).relative_to(TESTS).as_posix()  # type: ignore[attr-defined]
+        return rank.get(relative, len(rank)), place
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+
+
 def pytest_collection_modifyitems(config, items):
+    _longest_first(items)
     for item in items:
         relative = Path(str(item.fspath)).relative_to(TESTS)
         tier = relative.parts[0]

@@ -29,6 +29,20 @@ def local_path(repository: str) -> Path | None:
     return None
 
 
+def repository_kind(path: Path) -> str | None:
+    """Which tool's repository the directory ``path`` holds, by its layout: ``"restic"``
+    (``keys/``, ``snapshots/`` and a ``config``), ``"borg"`` (its ``README`` says so), or
+    None (neither, or unreadable)."""
+    try:
+        if (path / "keys").is_dir() and (path / "snapshots").is_dir():
+            return "restic" if (path / "config").is_file() else None
+        with open(path / "README", "rb") as handle:
+            said = handle.read(64)
+    except OSError:
+        return None
+    return "borg" if said.startswith(b"This is a Borg Backup repository") else None
+
+
 def last_line(exc: CommandError) -> str:
     """The last non-blank line a failed command printed (or why it failed)."""
     lines = [line for line in exc.tail if line.strip()]
@@ -111,6 +125,14 @@ class RepositoryBackend(ABC):
 
     def explain(self, exc: CommandError) -> BackendError:
         """The plain-words error for a failed run of the tool."""
+        local = local_path(self.repository())
+        kind = repository_kind(local) if local is not None else None
+        if kind is not None and kind != self.name:  # borg: UnicodeDecodeError; restic:
+            return BackendError(  # "wrong password" (an outside test was misled by both)
+                f"{self.repository()} holds a {kind} repository, not a {self.name} one: "
+                f"is backend.type (or the host's backend) right? {self.name} said: "
+                f"{self.said(exc)}"
+            )
         if self.wrong_password(exc):
             return BackendError(
                 f"wrong password for the {self.name} repository {self.repository()} "

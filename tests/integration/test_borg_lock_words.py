@@ -67,3 +67,21 @@ def test_a_read_only_repository_is_said_in_borgs_words_not_as_a_lock(borg):
     finally:
         subprocess.run(["umount", repo], check=True)
     assert borg.snapshots() == []  # writable again: nothing was harmed
+
+
+@pytest.mark.parametrize("made_by", ["restic", "borg"])
+def test_a_repository_of_the_other_tool_is_named_as_such(tmp_path, made_by):
+    """An outside test switched backend.type to borg over a restic repository: "borg
+    failed on ...: UnicodeDecodeError: 'utf-8' codec can't decode byte 0x80"."""
+    runner = Runner(get_logger("t"))
+    made = one_host_config(tmp_path, made_by)
+    first = make_backend(made.backend, made.host("web1"), made.state_dir, runner, 1)
+    first.prepare(create=True)
+    other = "borg" if made_by == "restic" else "restic"
+    config = one_host_config(tmp_path, other)
+    backend = make_backend(config.backend, config.host("web1"), config.state_dir, runner, 1)
+    with pytest.raises(BackendError) as raised:
+        backend.snapshots()
+    said = str(raised.value)
+    assert f"holds a {made_by} repository, not a {other} one: is backend.type" in said, said
+    assert first.snapshots() == []  # nothing was harmed

@@ -84,7 +84,9 @@ def _where(archive: LocalArchive, stored: _Stored) -> str:
     was, and no archive present is built on it: no pull takes it; retention removes it
     in its turn, past ``keep_last`` and ``keep_days`` or with deltas once a newer full
     archive is here, unless it is the newest archive in which every service
-    succeeded), ``not offered``
+    succeeded), ``base, kept`` (never stored itself, older than the newest stored, and a
+    newer archive is built on it: a pull from its full archive applies it; an outside test
+    read "ready" as "will be stored"), ``not offered``
     (no valid sidecar, or made under another host name: no pull takes it) or ``ready``
     (not stored yet)."""
     if archive.fetched:
@@ -93,8 +95,8 @@ def _where(archive: LocalArchive, stored: _Stored) -> str:
         return "stored, kept"
     if archive.sidecar is None or _other_host(archive, stored):
         return "not offered"
-    if archive.stamp < stored.newest and archive.name not in stored.bases:
-        return "superseded"
+    if archive.stamp < stored.newest:  # never stored itself: no pull takes it alone
+        return "base, kept" if archive.name in stored.bases else "superseded"
     return "ready"
 
 

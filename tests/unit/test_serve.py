@@ -548,7 +548,7 @@ def test_a_missed_days_delta_another_is_built_on_is_not_superseded(box, tmp_path
             assert run_serve(box, f"fetched {names[-1]} lean-deltas", tmp_path)[0] == 0
     listed = {r["name"]: r for r in json.loads(box.cli("list", "--json").stdout)}
     assert listed[names[2]]["sidecar"]["archive"]["base"]["name"] == names[1]
-    assert listed[names[1]]["where"] == "ready"
+    assert listed[names[1]]["where"] == "base, kept"  # not "ready": it is not stored alone
 
 
 def test_list_says_each_kind_a_broken_chain_and_another_host_names_archive(box, tmp_path):

@@ -230,6 +230,17 @@ class ResticBackend(RepositoryBackend):
             "TZ": "UTC",  # --time is read in the local zone; make that UTC
         }
 
+    def said(self, exc: CommandError) -> str:
+        """restic's last line, and when that only counts errors ("There were 1 errors"),
+        the first error it counted (``ignoring error for PATH: REASON``), which it printed
+        before as a line of its output (an outside test found "ciphertext verification
+        failed" only in INFO lines, hidden by ``journalctl -p warning``)."""
+        last = super().said(exc)
+        if not last.rstrip(".").endswith(" errors"):
+            return last
+        first = next((line for line in exc.tail if line.startswith("ignoring error for ")), "")
+        return f"{last} (the first: {first.strip()[:300]})" if first else last
+
     def explain(self, exc: CommandError) -> BackendError:
         """As every backend's, and a deletion the repository refused named as such: an
         append-only endpoint (docs/scaling.md), reached by the wrong role."""

@@ -350,3 +350,32 @@ def test_the_first_store_after_the_upgrade_reads_every_file():
     spec = SnapshotSpec("20261122T035000Z", WHEN, read_all=True)
     args = restic.backup_args("web1", spec, ["--exclude-caches"])
     assert args[-3:] == ["--force", "--exclude-caches", "."]
+
+
+def test_restics_count_of_errors_is_said_with_the_first_error(tmp_path):
+    """An outside test: a drill of a damaged pack said "There were 1 errors"; what the
+    error was ("ciphertext verification failed") was only in INFO lines."""
+    from pullback.common.errors import CommandError
+    from pullback.common.log import get_logger
+    from pullback.common.runner import Runner
+    from pullback.server.backends import make_backend
+    from tests.helpers.status_servers import one_host_config
+
+    config = one_host_config(tmp_path)
+    backend = make_backend(
+        config.backend, config.host("web1"), config.state_dir, Runner(get_logger("t")), 1
+    )
+    tail = [
+        "restoring <Snapshot 3826e3e3 of [/s]> to /scratch/web1",
+        "ignoring error for /services/app/big.bin: ciphertext verification failed",
+        "ignoring error for /services/app/other.bin: ciphertext verification failed",
+        "Fatal: There were 2 errors",
+    ]
+    said = backend.said(CommandError("restic restore", 1, tail))
+    assert said == (
+        "Fatal: There were 2 errors (the first: ignoring error for /services/app/big.bin: "
+        "ciphertext verification failed)"
+    )
+    assert backend.said(CommandError("restic check", 1, ["Fatal: wrong password"])) == (
+        "Fatal: wrong password"
+    )

@@ -18,12 +18,14 @@ of ``globals.sql`` only the roles it lacks are created (:mod:`.pg_globals`).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from ..common.archive.dumps import database_of, file_name
 from ..common.errors import CommandError
 from ..common.secrets import read_secret_file
+from ..common.text import printable
 from . import hookimpl, load_plugin_schema
 from ._common import (
     DatabaseRestore,
@@ -48,6 +50,20 @@ ROLE_SQL = (
     "SELECT rolsuper, rolcreatedb OR rolsuper, rolcreaterole OR rolsuper "
     "FROM pg_roles WHERE rolname = current_user"
 )
+SESSIONS_SQL = (
+    # One JSON array a session (its words cannot break the line): what it is, then who.
+    # A role that is not a superuser (nor pg_read_all_stats) sees no backend_type of other
+    # roles' sessions; an autovacuum worker it still tells by its lack of a role. Before
+    # PostgreSQL 10 (no backend_type: to_jsonb reads a column that may be missing) the
+    # worker's query began "autovacuum:".
+    "SELECT json_build_array(kind, application_name, usename, host(client_addr)) FROM "
+    "(SELECT a.*, coalesce(to_jsonb(a) ->> 'backend_type', CASE WHEN a.usesysid IS NULL "
+    "OR a.query LIKE 'autovacuum:%' THEN 'autovacuum worker' END) AS kind "
+    "FROM pg_stat_activity a) s WHERE kind IS DISTINCT FROM 'autovacuum worker' "
+    "AND pid <> pg_backend_pid() AND datname IN ({names}) ORDER BY pid"
+)
+SESSIONS_SHOWN = 3
+"""Sessions named in a message; the others are counted."""
 
 
 @hookimpl
@@ -239,6 +255,22 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _described(session: list) -> str:
+    """``psql as shop_owner from 10.0.0.5 (client backend)``: one session, each of its
+    words (which its client chose) escaped and cut short."""
+    kind, application, user, address = (printable(word or "", 40) for word in session)
+    who = f"{application or 'no application_name'} as {user or '?'}"
+    if not kind:  # another role's session: PostgreSQL hides where it comes from too
+        return f"{who} (this role may not see more of it)"
+    return f"{who} {f'from {address}' if address else 'over the local socket'} ({kind})"
+
+
+def _listed(sessions: list[str]) -> str:
+    """The first few sessions, then how many more there are."""
+    more = len(sessions) - SESSIONS_SHOWN
+    return "; ".join(sessions[:SESSIONS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+
+
 class _Restore(DatabaseRestore):
     """One task's restore: the preflight, then each database beside or over the live one."""
 
@@ -320,21 +352,25 @@ class _Restore(DatabaseRestore):
             "SELECT pg_has_role(current_user, datdba, 'MEMBER') "  # noqa: S608 - _literal
             f"FROM pg_database WHERE datname = {_literal(name)}",
         )
-        sessions = _psql(
-            self.task,
-            self.env,
-            "SELECT count(*) FROM pg_stat_activity "  # noqa: S608 - quoted by _literal
-            f"WHERE datname = {_literal(name)} AND pid <> pg_backend_pid()",
-        )
+        sessions = self._sessions(name)
         problems = []
         if owns != ["t"] and not self.superuser:
             problems.append(f"the role does not own {name}, so it cannot rename it aside")
-        if sessions and sessions[0] != "0":
+        if sessions:
             problems.append(
-                f"{sessions[0]} session(s) are connected to {name}: stop the application "
-                "(a docker or systemd task of the service does) and try again"
+                f"{len(sessions)} session(s) are connected to {name} ({_listed(sessions)}): "
+                "stop the application (a docker or systemd task of the service does) and "
+                "try again"
             )
         return problems
+
+    def _sessions(self, *names: str) -> list[str]:
+        """The sessions that keep the databases ``names`` from being renamed, one short
+        line each: all but our own and autovacuum workers (a rename ends those itself).
+        Raises CommandError."""
+        quoted = ", ".join(_literal(name) for name in names)
+        rows = _psql(self.task, self.env, SESSIONS_SQL.format(names=quoted))
+        return [_described(json.loads(row)) for row in rows]
 
     # -- the steps ----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from ..common.archive.dumps import database_of, file_name
@@ -62,6 +63,8 @@ SESSIONS_SQL = (
     "FROM pg_stat_activity a) s WHERE kind IS DISTINCT FROM 'autovacuum worker' "
     "AND pid <> pg_backend_pid() AND datname IN ({names}) ORDER BY pid"
 )
+RENAME_ATTEMPTS = 3
+"""Tries of a swap refused for autovacuum workers alone."""
 SESSIONS_SHOWN = 3
 """Sessions named in a message; the others are counted."""
 
@@ -458,14 +461,57 @@ class _Restore(DatabaseRestore):
         ) + [f"ALTER DATABASE {_quote(fresh)} RENAME TO {_quote(name)}"]
         what = f"swap: {name} -> {before}, {fresh} -> {name}" if live else f"{fresh} -> {name}"
         if self.plan.step(self.task.log, what, destructive=live):
-            # one transaction: both renames happen, or neither
-            self._sql("BEGIN; " + "; ".join(renames) + "; COMMIT;", f"swapping {fresh} in")
+            self._rename(name, fresh, renames)
             if live:
                 self.plan.note(
                     self.task.log,
                     f"{name} is restored; the database it replaced is kept as {before} "
                     f"(drop it when you are sure: DROP DATABASE {_quote(before)})",
                 )
+
+    def _rename(self, name: str, fresh: str, renames: list[str]) -> None:
+        """The renames in one transaction: all happen, or none. A rename ends the
+        autovacuum workers on its database itself (waiting up to 5 seconds); when one is
+        refused and no other session is there (a worker came back), it is tried again."""
+        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"]
+        sql = "BEGIN; " + "; ".join(renames) + "; COMMIT;"
+        for attempt in range(RENAME_ATTEMPTS):
+            try:
+                self.task.run([*argv, sql], env=self.env, timeout=600)
+                return
+            except CommandError as exc:
+                said = tool_said(exc)
+            sessions = self._sessions_now(name, fresh)
+            if sessions or "accessed by other users" not in said:
+                break
+            self.task.log.info("the rename was refused (%s); trying again", said)
+            time.sleep(1 + attempt)
+        raise TaskError(self._left_behind(name, fresh, renames, said, sessions))
+
+    def _sessions_now(self, *names: str) -> list[str]:
+        """:meth:`_sessions`, or none when they cannot be listed (after a failure)."""
+        try:
+            return self._sessions(*names)
+        except CommandError:
+            return []
+
+    def _left_behind(self, name: str, fresh: str, renames: list[str], said: str, sessions):
+        """What a failed swap leaves, and how to finish it or undo it."""
+        failed = f"swapping {fresh} in failed: {said}"
+        try:
+            present = set(_psql(self.task, self.env, "SELECT datname FROM pg_database"))
+        except CommandError as exc:
+            return f"{failed}; the databases cannot be listed now ({tool_said(exc)}): see " + (
+                f"which of {name} and {fresh} exist, then run: {'; '.join(renames)};"
+            )
+        if fresh not in present:  # cannot be after a failed transaction, but say so
+            return f"{failed}; {fresh} is gone: see whether {name} is the restored database"
+        connected = f" (connected now: {_listed(sessions)})" if sessions else ""
+        return (
+            f"{failed}. The live {name} is untouched; the restored copy is kept as {fresh}. "
+            f"To finish, stop the application{connected} and run: {'; '.join(renames)}; "
+            f"or drop the copy (DROP DATABASE {_quote(fresh)}) and restore again"
+        )
 
     def _sql(self, sql: str, what: str) -> None:
         try:

@@ -202,6 +202,50 @@ def test_replace_goes_ahead_while_autovacuum_works_on_the_live_database(pg, tmp_
     assert rows(pg, kept) == "1=99,2=99"
 
 
+def test_a_swap_refused_after_the_preflight_says_what_it_left_and_how_to_finish(pg, tmp_path):
+    """A session connects while pg_restore runs (after the preflight passed): the swap is
+    refused, the live database is untouched, and the message names the copy it keeps, the
+    two renames that finish the restore, and how to drop the copy instead."""
+    owner_setup(pg, createdb=True)
+    pg.sql(  # an index whose build takes a second a row: pg_restore lasts two seconds
+        "SET ROLE shop_owner; CREATE FUNCTION slow(n int) RETURNS int IMMUTABLE "
+        "LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(1); RETURN n; END$$; "
+        "CREATE INDEX ON orders (slow(id));",
+        database="shop",
+    )
+    box = shop_client(tmp_path, pg)
+    pg.sql("UPDATE orders SET total = 99", database="shop")
+    (archive,) = box.published()
+    running = box.popen("restore", "--service", "shop", "--from", str(archive), "--replace")
+    deadline = time.monotonic() + 60
+    while not [d for d in databases(pg) if d.startswith("shop_restored_")]:
+        assert time.monotonic() < deadline and running.poll() is None, running.communicate()
+        time.sleep(0.05)
+    session = subprocess.Popen(pg.psql_argv("shop"), stdin=subprocess.PIPE, text=True)
+    try:
+        session.stdin.write("SELECT 1;\n")
+        session.stdin.flush()
+        _, stderr = running.communicate(timeout=120)
+    finally:
+        session.stdin.close()
+        session.wait(timeout=30)
+    assert running.returncode == 1, stderr
+    (fresh,) = [d for d in databases(pg) if d.startswith("shop_restored_")]
+    before = fresh.replace("_restored_", "_before_restore_")
+    assert rows(pg) == "1=99,2=99" and rows(pg, fresh) == "1=10,2=20"
+    assert before not in databases(pg)
+    said = " ".join(stderr.split())  # the log wraps no words, but be sure
+    assert (
+        f'swapping {fresh} in failed: ERROR: database "shop" is being accessed by other '
+        f"users. The live shop is untouched; the restored copy is kept as {fresh}. "
+        "To finish, stop the application "
+        "(connected now: psql as postgres (this role may not see more of it)) and run: "
+        f'ALTER DATABASE "shop" RENAME TO "{before}"; '
+        f'ALTER DATABASE "{fresh}" RENAME TO "shop"; '
+        f'or drop the copy (DROP DATABASE "{fresh}") and restore again'
+    ) in said
+
+
 @pytest.mark.parametrize("kept", [0.5, 0.8])
 def test_a_truncated_dump_fails_the_preflight_with_the_tools_words(pg, tmp_path, kept):
     owner_setup(pg, createdb=True)

@@ -18,12 +18,15 @@ of ``globals.sql`` only the roles it lacks are created (:mod:`.pg_globals`).
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
 from ..common.archive.dumps import database_of, file_name
 from ..common.errors import CommandError
 from ..common.secrets import read_secret_file
+from ..common.text import printable
 from . import hookimpl, load_plugin_schema
 from ._common import (
     DatabaseRestore,
@@ -48,6 +51,22 @@ ROLE_SQL = (
     "SELECT rolsuper, rolcreatedb OR rolsuper, rolcreaterole OR rolsuper "
     "FROM pg_roles WHERE rolname = current_user"
 )
+SESSIONS_SQL = (
+    # One JSON array a session (its words cannot break the line): what it is, then who.
+    # A role that is not a superuser (nor pg_read_all_stats) sees no backend_type of other
+    # roles' sessions; an autovacuum worker it still tells by its lack of a role. Before
+    # PostgreSQL 10 (no backend_type: to_jsonb reads a column that may be missing) the
+    # worker's query began "autovacuum:".
+    "SELECT json_build_array(kind, application_name, usename, host(client_addr)) FROM "
+    "(SELECT a.*, coalesce(to_jsonb(a) ->> 'backend_type', CASE WHEN a.usesysid IS NULL "
+    "OR a.query LIKE 'autovacuum:%' THEN 'autovacuum worker' END) AS kind "
+    "FROM pg_stat_activity a) s WHERE kind IS DISTINCT FROM 'autovacuum worker' "
+    "AND pid <> pg_backend_pid() AND datname IN ({names}) ORDER BY pid"
+)
+RENAME_ATTEMPTS = 3
+"""Tries of a swap refused for autovacuum workers alone."""
+SESSIONS_SHOWN = 3
+"""Sessions named in a message; the others are counted."""
 
 
 @hookimpl
@@ -239,6 +258,22 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _described(session: list) -> str:
+    """``psql as shop_owner from 10.0.0.5 (client backend)``: one session, each of its
+    words (which its client chose) escaped and cut short."""
+    kind, application, user, address = (printable(word or "", 40) for word in session)
+    who = f"{application or 'no application_name'} as {user or '?'}"
+    if not kind:  # another role's session: PostgreSQL hides where it comes from too
+        return f"{who} (this role may not see more of it)"
+    return f"{who} {f'from {address}' if address else 'over the local socket'} ({kind})"
+
+
+def _listed(sessions: list[str]) -> str:
+    """The first few sessions, then how many more there are."""
+    more = len(sessions) - SESSIONS_SHOWN
+    return "; ".join(sessions[:SESSIONS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+
+
 class _Restore(DatabaseRestore):
     """One task's restore: the preflight, then each database beside or over the live one."""
 
@@ -320,21 +355,25 @@ class _Restore(DatabaseRestore):
             "SELECT pg_has_role(current_user, datdba, 'MEMBER') "  # noqa: S608 - _literal
             f"FROM pg_database WHERE datname = {_literal(name)}",
         )
-        sessions = _psql(
-            self.task,
-            self.env,
-            "SELECT count(*) FROM pg_stat_activity "  # noqa: S608 - quoted by _literal
-            f"WHERE datname = {_literal(name)} AND pid <> pg_backend_pid()",
-        )
+        sessions = self._sessions(name)
         problems = []
         if owns != ["t"] and not self.superuser:
             problems.append(f"the role does not own {name}, so it cannot rename it aside")
-        if sessions and sessions[0] != "0":
+        if sessions:
             problems.append(
-                f"{sessions[0]} session(s) are connected to {name}: stop the application "
-                "(a docker or systemd task of the service does) and try again"
+                f"{len(sessions)} session(s) are connected to {name} ({_listed(sessions)}): "
+                "stop the application (a docker or systemd task of the service does) and "
+                "try again"
             )
         return problems
+
+    def _sessions(self, *names: str) -> list[str]:
+        """The sessions that keep the databases ``names`` from being renamed, one short
+        line each: all but our own and autovacuum workers (a rename ends those itself).
+        Raises CommandError."""
+        quoted = ", ".join(_literal(name) for name in names)
+        rows = _psql(self.task, self.env, SESSIONS_SQL.format(names=quoted))
+        return [_described(json.loads(row)) for row in rows]
 
     # -- the steps ----------------------------------------------------------------------
 
@@ -422,14 +461,57 @@ class _Restore(DatabaseRestore):
         ) + [f"ALTER DATABASE {_quote(fresh)} RENAME TO {_quote(name)}"]
         what = f"swap: {name} -> {before}, {fresh} -> {name}" if live else f"{fresh} -> {name}"
         if self.plan.step(self.task.log, what, destructive=live):
-            # one transaction: both renames happen, or neither
-            self._sql("BEGIN; " + "; ".join(renames) + "; COMMIT;", f"swapping {fresh} in")
+            self._rename(name, fresh, renames)
             if live:
                 self.plan.note(
                     self.task.log,
                     f"{name} is restored; the database it replaced is kept as {before} "
                     f"(drop it when you are sure: DROP DATABASE {_quote(before)})",
                 )
+
+    def _rename(self, name: str, fresh: str, renames: list[str]) -> None:
+        """The renames in one transaction: all happen, or none. A rename ends the
+        autovacuum workers on its database itself (waiting up to 5 seconds); when one is
+        refused and no other session is there (a worker came back), it is tried again."""
+        argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"]
+        sql = "BEGIN; " + "; ".join(renames) + "; COMMIT;"
+        for attempt in range(RENAME_ATTEMPTS):
+            try:
+                self.task.run([*argv, sql], env=self.env, timeout=600)
+                return
+            except CommandError as exc:
+                said = tool_said(exc)
+            sessions = self._sessions_now(name, fresh)
+            if sessions or "accessed by other users" not in said:
+                break
+            self.task.log.info("the rename was refused (%s); trying again", said)
+            time.sleep(1 + attempt)
+        raise TaskError(self._left_behind(name, fresh, renames, said, sessions))
+
+    def _sessions_now(self, *names: str) -> list[str]:
+        """:meth:`_sessions`, or none when they cannot be listed (after a failure)."""
+        try:
+            return self._sessions(*names)
+        except CommandError:
+            return []
+
+    def _left_behind(self, name: str, fresh: str, renames: list[str], said: str, sessions):
+        """What a failed swap leaves, and how to finish it or undo it."""
+        failed = f"swapping {fresh} in failed: {said}"
+        try:
+            present = set(_psql(self.task, self.env, "SELECT datname FROM pg_database"))
+        except CommandError as exc:
+            return f"{failed}; the databases cannot be listed now ({tool_said(exc)}): see " + (
+                f"which of {name} and {fresh} exist, then run: {'; '.join(renames)};"
+            )
+        if fresh not in present:  # cannot be after a failed transaction, but say so
+            return f"{failed}; {fresh} is gone: see whether {name} is the restored database"
+        connected = f" (connected now: {_listed(sessions)})" if sessions else ""
+        return (
+            f"{failed}. The live {name} is untouched; the restored copy is kept as {fresh}. "
+            f"To finish, stop the application{connected} and run: {'; '.join(renames)}; "
+            f"or drop the copy (DROP DATABASE {_quote(fresh)}) and restore again"
+        )
 
     def _sql(self, sql: str, what: str) -> None:
         try:

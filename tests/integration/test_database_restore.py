@@ -4,6 +4,7 @@ server to restore to, a live session, a truncated dump."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -118,21 +119,131 @@ def test_replace_swaps_the_database_in_and_keeps_the_one_it_replaced(pg, tmp_pat
 def test_replace_refuses_while_the_application_is_connected(pg, tmp_path):
     owner_setup(pg, createdb=True)
     box = shop_client(tmp_path, pg)
-    session = subprocess.Popen(
-        [*pg.psql_argv("shop")], stdin=subprocess.PIPE, text=True
-    )  # an application still holding a connection
-    session.stdin.write("SELECT 1;\n")
-    session.stdin.flush()
+    over_tcp = ["-h", "127.0.0.1", "-p", str(pg.port), "-U", "shop_owner", "-d", "shop"]
+    sessions = [  # an application still holding connections: one as the restoring role...
+        subprocess.Popen(
+            [PG_BIN / "psql", "-X", "-q", *over_tcp],
+            stdin=subprocess.PIPE,
+            text=True,
+            env={**app_env("shop-api"), "PGPASSWORD": "Sh0p-pw"},
+        ),
+        subprocess.Popen(  # ...and one as another role, with a long name
+            pg.psql_argv("shop"), stdin=subprocess.PIPE, text=True, env=app_env("shop-api" * 9)
+        ),
+    ]
+    for session in sessions:
+        session.stdin.write("SELECT 1;\n")
+        session.stdin.flush()
     time.sleep(0.5)
     try:
         result = restore(box, "--replace")
     finally:
-        session.stdin.close()
-        session.wait(timeout=30)
+        for session in sessions:
+            session.stdin.close()
+            session.wait(timeout=30)
     assert result.returncode == 1
-    assert "1 session(s) are connected to shop: stop the application" in result.stderr
+    # named by what they said they are (cut short: their clients chose it), who, where
+    # and what, as far as the restoring role may see
+    cut = ("shop-api" * 5)[:39] + "…"
+    assert (
+        "2 session(s) are connected to shop (shop-api as shop_owner from 127.0.0.1 (client "
+        f"backend); {cut} as postgres (this role may not see more of it)): stop the application"
+    ) in result.stderr
     assert rows(pg) == "1=10,2=20"
     assert not [d for d in databases(pg) if "restored" in d or "before" in d]
+
+
+def app_env(name: str) -> dict[str, str]:
+    return {**os.environ, "PGAPPNAME": name}
+
+
+def autovacuum_on(pg: Postgres, database: str) -> None:
+    """An autovacuum worker on ``database`` that stays for minutes (one page a tenth of a
+    second), as one does after a big table was loaded."""
+    pg.sql("ALTER SYSTEM SET autovacuum_naptime = 1")
+    pg.sql("SELECT pg_reload_conf()")
+    pg.sql(
+        "CREATE TABLE big WITH (autovacuum_vacuum_threshold = 0, "
+        "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_cost_delay = 100, "
+        "autovacuum_vacuum_cost_limit = 1) AS SELECT g FROM generate_series(1, 200000) g; "
+        "DELETE FROM big WHERE g % 2 = 0;",
+        database,
+    )
+    deadline = time.monotonic() + 90
+    while autovacuum_workers(pg, database) == 0:
+        assert time.monotonic() < deadline, "no autovacuum worker came"
+        time.sleep(0.2)
+
+
+def autovacuum_workers(pg: Postgres, database: str) -> int:
+    return int(
+        pg.sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+            f"AND datname = '{database}'"
+        )
+    )
+
+
+def test_replace_goes_ahead_while_autovacuum_works_on_the_live_database(pg, tmp_path):
+    """An autovacuum worker is no application: the preflight passes, and the rename ends
+    the worker (PostgreSQL does, and it restarts later)."""
+    owner_setup(pg, createdb=True)
+    box = shop_client(tmp_path, pg)
+    pg.sql("UPDATE orders SET total = 99", database="shop")
+    autovacuum_on(pg, "shop")
+    dry = restore(box, "--replace", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would: preflight: ok" in dry.stderr
+    assert autovacuum_workers(pg, "shop") == 1  # still at work as the swap begins
+    result = restore(box, "--replace")
+    assert result.returncode == 0, result.stderr
+    assert rows(pg) == "1=10,2=20"
+    (kept,) = [d for d in databases(pg) if d.startswith("shop_before_restore_")]
+    assert rows(pg, kept) == "1=99,2=99"
+
+
+def test_a_swap_refused_after_the_preflight_says_what_it_left_and_how_to_finish(pg, tmp_path):
+    """A session connects while pg_restore runs (after the preflight passed): the swap is
+    refused, the live database is untouched, and the message names the copy it keeps, the
+    two renames that finish the restore, and how to drop the copy instead."""
+    owner_setup(pg, createdb=True)
+    pg.sql(  # an index whose build takes a second a row: pg_restore lasts two seconds
+        "SET ROLE shop_owner; CREATE FUNCTION slow(n int) RETURNS int IMMUTABLE "
+        "LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(1); RETURN n; END$$; "
+        "CREATE INDEX ON orders (slow(id));",
+        database="shop",
+    )
+    box = shop_client(tmp_path, pg)
+    pg.sql("UPDATE orders SET total = 99", database="shop")
+    (archive,) = box.published()
+    running = box.popen("restore", "--service", "shop", "--from", str(archive), "--replace")
+    deadline = time.monotonic() + 60
+    while not [d for d in databases(pg) if d.startswith("shop_restored_")]:
+        assert time.monotonic() < deadline and running.poll() is None, running.communicate()
+        time.sleep(0.05)
+    session = subprocess.Popen(pg.psql_argv("shop"), stdin=subprocess.PIPE, text=True)
+    try:
+        session.stdin.write("SELECT 1;\n")
+        session.stdin.flush()
+        _, stderr = running.communicate(timeout=120)
+    finally:
+        session.stdin.close()
+        session.wait(timeout=30)
+    assert running.returncode == 1, stderr
+    (fresh,) = [d for d in databases(pg) if d.startswith("shop_restored_")]
+    before = fresh.replace("_restored_", "_before_restore_")
+    assert rows(pg) == "1=99,2=99" and rows(pg, fresh) == "1=10,2=20"
+    assert before not in databases(pg)
+    said = " ".join(stderr.split())  # the log wraps no words, but be sure
+    assert (
+        f'swapping {fresh} in failed: ERROR: database "shop" is being accessed by other '
+        f"users. The live shop is untouched; the restored copy is kept as {fresh}. "
+        "To finish, stop the application "
+        "(connected now: psql as postgres (this role may not see more of it)) and run: "
+        f'ALTER DATABASE "shop" RENAME TO "{before}"; '
+        f'ALTER DATABASE "{fresh}" RENAME TO "shop"; '
+        f'or drop the copy (DROP DATABASE "{fresh}") and restore again'
+    ) in said
 
 
 @pytest.mark.parametrize("kept", [0.5, 0.8])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..common.units import human_size
@@ -116,7 +119,8 @@ def pullback_restore(task: Task, source: Path, target: Path | None, plan: Restor
     """Copy every listed path back with ``cp -a --sparse=always`` (owners, modes with
     set-id bits, times, links, FIFOs, xattrs with file capabilities, ACLs; zeros become
     holes again), to its own place or below ``target``. Files that exist are replaced;
-    files that are not in the snapshot are left alone."""
+    every restored entry carries exactly the snapshot's extended attributes; files that
+    are not in the snapshot are left alone."""
     restore_paths(task, task.config["paths"], source, target, plan)
 
 
@@ -142,10 +146,97 @@ def restore_paths(
         if not plan.step(task.log, text, destructive=bool(over)):
             continue
         _copy_parents(copy, destination, source)
-        if copy.is_dir() and not copy.is_symlink():
-            destination.mkdir(exist_ok=True)
-            task.run(["cp", *CP, "--", f"{copy}/.", f"{destination}/"], timeout=None)
-            shutil.copystat(copy, destination)
-        else:
-            task.run(["cp", *CP, "--", str(copy), str(destination)], timeout=None)
+        _copy_back(task, copy, destination)
+        _same_xattrs(copy, destination)
         task.log.info("restored %s", destination)
+
+
+def _copy_back(task: Task, copy: Path, destination: Path) -> None:
+    """``cp`` the snapshot's ``copy`` onto ``destination``."""
+    if copy.is_dir() and not copy.is_symlink():
+        destination.mkdir(exist_ok=True)
+        task.run(["cp", *CP, "--", f"{copy}/.", f"{destination}/"], timeout=None)
+        shutil.copystat(copy, destination)
+    else:
+        task.run(["cp", *CP, "--", str(copy), str(destination)], timeout=None)
+
+
+def _pairs(copy: Path, destination: Path) -> Iterator[tuple[str, bool, os.stat_result | None]]:
+    """Every entry of the snapshot's ``copy`` (itself first, as ``""``), parents before
+    their contents: its path relative to ``copy``, whether it is a directory there, and
+    the ``lstat`` of the same path below ``destination`` (None: not there). No symlink is
+    followed on either side: a directory is entered only where both sides have a real
+    one (a live symlink where the snapshot has a directory is never walked through)."""
+    stack = [""]
+    top_live = _lstat(destination)
+    yield "", copy.is_dir() and not copy.is_symlink(), top_live
+    if not (top_live and stat.S_ISDIR(top_live.st_mode)) or copy.is_symlink():
+        return
+    while stack:
+        rel = stack.pop()
+        with os.scandir(copy / rel) as entries:
+            for entry in entries:
+                sub = os.path.join(rel, entry.name)
+                is_dir = entry.is_dir(follow_symlinks=False)
+                live = _lstat(destination / sub)
+                yield sub, is_dir, live
+                if is_dir and live is not None and stat.S_ISDIR(live.st_mode):
+                    stack.append(sub)
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+KEEP_XATTRS = ("security.selinux",)
+"""Extended attributes a restore never removes from a live entry, though the snapshot's
+copy lacks them: SELinux's label belongs to the live system's policy (the kernel gives
+every new file one), not to the data; removing it would leave the file unlabelled, and
+unreadable to a confined service under an enforcing policy."""
+MAX_XATTR_PROBLEMS = 5
+"""Failed removals named in the error (the rest are counted)."""
+
+
+def _same_xattrs(copy: Path, destination: Path) -> None:
+    """Every entry of ``copy`` that is now at ``destination`` carries exactly the copy's
+    extended attributes: ``cp -a`` adds the snapshot's and never removes others, so the
+    names the copy lacks (POSIX ACLs' ``system.posix_acl_*`` among them) are removed.
+    One ``lstat`` and two ``listxattr`` per entry. Raises TaskError naming each removal
+    that failed (the attribute is still there: nothing is lost)."""
+    problems: list[str] = []
+    for rel, _, live in _pairs(copy, destination):
+        if live is None:
+            continue
+        there = destination / rel if rel else destination
+        try:
+            extra = set(_xattrs(there)) - set(_xattrs(copy / rel if rel else copy))
+        except OSError as exc:
+            problems.append(f"{there}: cannot list extended attributes: {exc.strerror}")
+            continue
+        for name in sorted(extra - set(KEEP_XATTRS)):
+            try:
+                os.removexattr(there, name, follow_symlinks=False)
+            except OSError as exc:
+                if stat.S_ISLNK(live.st_mode) and exc.errno in (errno.EPERM, errno.ENOTSUP):
+                    continue  # the kernel keeps a symlink's attributes as they are
+                problems.append(f"{there}: cannot remove extended attribute {name}: {exc.strerror}")
+    if problems:
+        more = len(problems) - MAX_XATTR_PROBLEMS
+        listed = "; ".join(problems[:MAX_XATTR_PROBLEMS]) + (
+            f"; and {more} more" if more > 0 else ""
+        )
+        raise TaskError(
+            f"{destination} is restored but has extended attributes the snapshot lacks: {listed}"
+        )
+
+
+def _xattrs(path: Path) -> list[str]:
+    try:
+        return os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []  # a file system without them: nothing to remove
+        raise

@@ -68,3 +68,142 @@ def test_xattrs_and_acls_added_after_the_snapshot_are_gone_after_a_restore(tmp_p
     assert os.getxattr(live / "data/empty", "user.origin") == b"pullback-test"
     getfacl = ["getfacl", "-cpd", str(live / "data/deep")]
     assert subprocess.run(getfacl, capture_output=True, text=True, check=True).stdout == ""
+
+
+def aside_dirs(parent: Path) -> list[Path]:
+    return sorted(parent.glob(".pullback-before-restore-*"))
+
+
+def test_what_a_restore_replaces_is_kept_beside_by_a_hard_link(tmp_path):
+    """A live file changed after the snapshot is replaced, and kept: the same inode,
+    content and metadata, in <parent>/.pullback-before-restore-STAMP/data/. Entries only
+    the live side has are left alone and not kept; the output says where it all is."""
+    r = Restore(tmp_path)
+    live = r.live
+    config = live / "etc/app/config.ini"  # hard-linked to hardlink.ini, as in the snapshot
+    config.write_text("[main]\nkey = changed live\n")
+    os.chmod(config, 0o640)
+    os.chown(config, 1000, 1000)
+    before = os.lstat(config)
+    os.unlink(live / "etc/app/link.ini")
+    os.symlink("elsewhere.ini", live / "etc/app/link.ini")
+    (live / "data/only-live").write_text("not in the snapshot")
+
+    dry = r.run("--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"what it replaces is kept in {live.parent}/.pullback-before-restore-" in dry.stdout
+    assert aside_dirs(live.parent) == [] and config.read_text().endswith("changed live\n")
+
+    result = r.run()
+
+    assert result.returncode == 0, result.stderr
+    assert differences(r.copy, live, delete=False) == []  # the snapshot's, bit for bit
+    assert (live / "data/only-live").read_text() == "not in the snapshot"
+    (top,) = aside_dirs(live.parent)
+    aside = top / "data"
+    assert f"what was replaced in {live} (" in result.stdout
+    assert f"is kept in {aside}; delete it once you are satisfied" in result.stdout
+    kept = os.lstat(aside / "etc/app/config.ini")
+    assert (kept.st_ino, kept.st_mode, kept.st_uid, kept.st_mtime_ns) == (
+        before.st_ino,
+        before.st_mode,
+        before.st_uid,
+        before.st_mtime_ns,
+    )
+    assert (aside / "etc/app/config.ini").read_text() == "[main]\nkey = changed live\n"
+    assert os.readlink(aside / "etc/app/link.ini") == "elsewhere.ini"
+    assert (aside / "etc/app/hardlink.ini").stat().st_ino == before.st_ino
+    assert not (aside / "data/only-live").exists()
+    assert os.stat(top).st_mode & 0o777 == 0o700
+    # the live hard links are the snapshot's, new inodes: nothing written into the kept one
+    assert os.stat(config).st_ino == os.stat(live / "etc/app/hardlink.ini").st_ino
+    assert os.stat(config).st_ino != before.st_ino
+
+
+def test_set_uid_bits_capabilities_and_holes_survive_a_restore_over_live_files(tmp_path):
+    r = Restore(tmp_path)
+    edge = r.copy / "edge"
+    edge.mkdir()
+    su = edge / "su-like"
+    su.write_bytes(b"#!/bin/sh\n")
+    os.chmod(su, 0o4755)
+    ping = edge / "ping-like"
+    ping.write_bytes(b"\x7fELF not really\n")
+    os.chmod(ping, 0o755)
+    subprocess.run(["setcap", "cap_net_raw+ep", str(ping)], check=True)
+    with open(edge / "disk.img", "wb") as handle:  # 64 MiB apparent, 8 KiB of data
+        handle.truncate(64 << 20)
+        handle.seek(10 << 20)
+        handle.write(b"d" * 8192)
+    (r.live / "edge").mkdir()
+    for name in ("su-like", "ping-like", "disk.img"):
+        (r.live / "edge" / name).write_bytes(b"live")
+
+    result = r.run()
+
+    assert result.returncode == 0, result.stderr
+    assert differences(r.copy, r.live) == []
+    getcap = subprocess.run(["getcap", str(r.live / "edge/ping-like")], capture_output=True)
+    assert b"cap_net_raw=ep" in getcap.stdout
+    assert os.stat(r.live / "edge/su-like").st_mode & 0o7777 == 0o4755
+    image = os.stat(r.live / "edge/disk.img")
+    assert image.st_size == 64 << 20 and image.st_blocks * 512 < 1 << 20  # holes again
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """A tmpfs mounted at srv/data/data/deep: another file system below the path."""
+    point = tmp_path / "srv/data/data/deep"
+    made = []
+
+    def mount() -> Path:
+        if subprocess.run(["mount", "-t", "tmpfs", "pullback-test", str(point)]).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        made.append(point)
+        return point
+
+    yield mount
+    for point in made:
+        subprocess.run(["umount", str(point)], check=True)
+
+
+def test_what_cannot_be_linked_across_a_mount_point_is_copied_aside(tmp_path, mounted):
+    r = Restore(tmp_path)
+    shutil.rmtree(r.live / "data/deep")
+    (r.live / "data/deep").mkdir()
+    point = mounted()
+    (point / "er").mkdir()
+    (point / "er/blob.bin").write_bytes(b"live on another file system")
+    (r.live / "data/empty").write_text("live on the same one")
+
+    result = r.run()
+
+    assert result.returncode == 0, result.stderr
+    assert differences(r.copy / "data/deep/er", point / "er") == []
+    (top,) = aside_dirs(r.live.parent)
+    assert (top / "data/data/deep/er/blob.bin").read_bytes() == b"live on another file system"
+    assert os.stat(top / "data/data/deep/er/blob.bin").st_nlink == 1  # a copy
+    assert (top / "data/data/empty").read_text() == "live on the same one"
+
+
+def test_a_live_symlink_where_the_snapshot_has_a_directory_is_refused_safely(tmp_path):
+    """cp refuses to write through it (the outside directory is untouched); the rest is
+    restored, what it replaced is kept, and the error reads as lines, no literal \\n."""
+    r = Restore(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "blob.bin").write_text("outside")
+    shutil.rmtree(r.live / "data/deep/er")
+    os.symlink(outside, r.live / "data/deep/er")
+    (r.live / "data/empty").write_text("changed")
+
+    result = r.run()
+
+    assert result.returncode == 1
+    assert (outside / "blob.bin").read_text() == "outside"
+    assert os.path.islink(r.live / "data/deep/er")
+    assert (r.live / "data/empty").read_text() == ""
+    (top,) = aside_dirs(r.live.parent)
+    assert (top / "data/data/empty").read_text() == "changed"
+    assert not (top / "data/data/deep/er").exists()
+    assert "cannot overwrite non-directory" in result.stderr

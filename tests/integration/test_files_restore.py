@@ -206,4 +206,8 @@ def test_a_live_symlink_where_the_snapshot_has_a_directory_is_refused_safely(tmp
     (top,) = aside_dirs(r.live.parent)
     assert (top / "data/data/empty").read_text() == "changed"
     assert not (top / "data/data/deep/er").exists()
-    assert "cannot overwrite non-directory" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert "\\n" not in result.stderr
+    assert errors[0].endswith(": exited with code 1") and "restore failed: command" in errors[0]
+    assert "  | /usr/bin/cp: cannot overwrite non-directory" in errors[1]
+    assert errors[-1].endswith("exited with code 1")  # restore of app incomplete: files: ...

@@ -160,6 +160,11 @@ def restore_paths(
         text = f"restore {path} ({count} files) to {destination}{over}"
         if not plan.step(task.log, text, destructive=bool(over)):
             continue
+        if destination.is_symlink() and copy.is_dir() and not copy.is_symlink():
+            raise TaskError(
+                f"{destination} is a symlink where the snapshot has a directory: nothing "
+                "replaced (cp would write through it); move it away and restore again"
+            )
         _copy_parents(copy, destination, source)
         kept = _set_aside(task, copy, destination, aside)
         if kept:

@@ -211,3 +211,20 @@ def test_a_live_symlink_where_the_snapshot_has_a_directory_is_refused_safely(tmp
     assert errors[0].endswith(": exited with code 1") and "restore failed: command" in errors[0]
     assert "  | /usr/bin/cp: cannot overwrite non-directory" in errors[1]
     assert errors[-1].endswith("exited with code 1")  # restore of app incomplete: files: ...
+
+
+def test_a_restored_path_that_is_a_live_symlink_is_not_written_through(tmp_path):
+    """The path itself is a symlink now, the snapshot has a directory: cp would copy into
+    the directory it points at, replacing files there that nothing keeps."""
+    r = Restore(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    r.live.rename(elsewhere)
+    r.live.symlink_to(elsewhere)
+    (elsewhere / "data/empty").write_text("live, elsewhere")
+
+    result = r.run()
+
+    assert result.returncode == 1
+    assert f"{r.live} is a symlink where the snapshot has a directory: nothing" in result.stderr
+    assert (elsewhere / "data/empty").read_text() == "live, elsewhere"
+    assert aside_dirs(r.live.parent) == []

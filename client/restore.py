@@ -396,8 +396,13 @@ class ServiceRestore:
                 plan=self.plan,
             )
         except PullbackError as exc:
-            self.failures.append(f"{task.key}: {exc}")
-            task.log.error("restore failed: %s", exc)
+            # one log line per line of the error (a command's failure ends with the last
+            # lines it printed): a line break inside one message would be escaped as \n
+            first, *rest = str(exc).splitlines() or [type(exc).__name__]
+            self.failures.append(f"{task.key}: {first}")
+            task.log.error("restore failed: %s", first)
+            for line in rest:
+                task.log.error("%s", line)
 
     def nothing_to_restore(self, task: Task, source: Path) -> None:
         """A task with no data in the snapshot: a failure when its dump failed that day

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 from pullback.common.archive import acl
@@ -78,3 +79,14 @@ def snapshot(root: Path) -> dict:
                     entry["link_group"] = inodes.setdefault(st.st_ino, rel)
             out[rel] = entry
     return out
+
+
+def differences(source: Path, restored: Path, delete: bool = True) -> list[str]:
+    """What ``rsync -aHAXn --checksum --itemize-changes`` would change to make
+    ``restored`` like ``source`` (empty: identical in content, owner, mode, mtime,
+    symlink, hard link, ACL and extended attribute); ``delete``: entries only
+    ``restored`` has count too."""
+    argv = ["rsync", "-aHAXn", "--checksum", "--itemize-changes"]
+    argv += ["--delete"] if delete else []
+    out = subprocess.run([*argv, f"{source}/", f"{restored}/"], capture_output=True, check=True)
+    return [line for line in os.fsdecode(out.stdout).splitlines() if line.strip()]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.fleet import Fleet
-from tests.helpers.tree import make_rich_tree
+from tests.helpers.tree import differences, make_rich_tree
 
 MIB = 1 << 20
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="owners, set-id bits need root")
@@ -51,24 +51,6 @@ def make_edge_tree(root: Path) -> Path:
     (edge / "tmp").mkdir()
     os.chmod(edge / "tmp", 0o1777)
     return root
-
-
-def differences(source: Path, restored: Path) -> list[str]:
-    """What rsync would change to make ``restored`` like ``source`` (empty: identical)."""
-    out = subprocess.run(
-        [
-            "rsync",
-            "-aHAXn",
-            "--checksum",
-            "--itemize-changes",
-            "--delete",
-            f"{source}/",
-            f"{restored}/",
-        ],
-        capture_output=True,
-        check=True,
-    ).stdout
-    return [line for line in os.fsdecode(out).splitlines() if line.strip()]
 
 
 @pytest.fixture(params=["restic", "borg"])

@@ -212,7 +212,7 @@ def _set_aside(task: Task, copy: Path, destination: Path, aside: Path) -> int:
                 continue  # a directory is not replaced; cp refuses one kind for another
             kept += 1
             link = aside / rel
-            aside.parent.mkdir(mode=0o700, exist_ok=True)  # only root may look inside
+            _own_directory(aside.parent)
             link.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(destination / rel, link, follow_symlinks=False)
@@ -224,6 +224,26 @@ def _set_aside(task: Task, copy: Path, destination: Path, aside: Path) -> int:
         ) from None
     _copy_aside(task, destination, aside, unlinked)
     return kept
+
+
+def _own_directory(path: Path) -> None:
+    """Make ``path`` (mode 0700: only its owner may look inside), or accept it when this
+    restore made it already (another path of the task beside it): a real directory of
+    ours that no one else may write. Anything else there (a symlink planted under a
+    world-writable parent: the stamp in the name is predictable) raises OSError, and
+    nothing is linked into someone else's directory."""
+    try:
+        os.mkdir(path, 0o700)
+        return
+    except FileExistsError:
+        pass
+    found = os.lstat(path)
+    if (
+        not stat.S_ISDIR(found.st_mode)
+        or found.st_uid != os.geteuid()
+        or found.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ):
+        raise OSError(f"{path} is already there and is not this restore's own directory")
 
 
 def _copy_aside(task: Task, destination: Path, aside: Path, rels: list[str]) -> None:

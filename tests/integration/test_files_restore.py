@@ -228,3 +228,26 @@ def test_a_restored_path_that_is_a_live_symlink_is_not_written_through(tmp_path)
     assert f"{r.live} is a symlink where the snapshot has a directory: nothing" in result.stderr
     assert (elsewhere / "data/empty").read_text() == "live, elsewhere"
     assert aside_dirs(r.live.parent) == []
+
+
+def test_a_symlink_planted_where_the_kept_files_go_is_refused(tmp_path):
+    """The set-aside directory's name is predictable (its stamp is the restore's second):
+    under a parent others may write, a symlink planted there must not receive hard links
+    to the replaced files. The restore stops with nothing replaced."""
+    import datetime as dt
+
+    from pullback.common.clock import stamp_of
+
+    r = Restore(tmp_path)
+    (r.live / "etc/app/config.ini").write_text("[main]\nkey = changed live\n")
+    trap = tmp_path / "attacker"
+    trap.mkdir()
+    now = dt.datetime.now(dt.UTC)
+    for second in range(-2, 30):
+        name = f".pullback-before-restore-{stamp_of(now + dt.timedelta(seconds=second))}"
+        (r.live.parent / name).symlink_to(trap)
+    result = r.run()
+    assert result.returncode != 0, result.stdout
+    assert "is not this restore's own directory" in result.stdout + result.stderr
+    assert list(trap.iterdir()) == []
+    assert (r.live / "etc/app/config.ini").read_text().endswith("changed live\n")

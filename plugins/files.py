@@ -205,12 +205,14 @@ def _set_aside(task: Task, copy: Path, destination: Path, aside: Path) -> int:
     made in ``aside`` only to hold what is kept. Returns how many entries were kept.
     Raises TaskError when one cannot be kept: then nothing was replaced yet."""
     unlinked: list[str] = []
-    kept = 0
     try:
-        for rel, is_dir, live in _pairs(copy, destination):
-            if is_dir or live is None or stat.S_ISDIR(live.st_mode):
-                continue  # a directory is not replaced; cp refuses one kind for another
-            kept += 1
+        replaced = [
+            rel
+            for rel, is_dir, live in _pairs(copy, destination)
+            if not (is_dir or live is None or stat.S_ISDIR(live.st_mode))
+        ]  # a directory is not replaced; cp refuses one kind for another
+        _check_room(copy, destination, replaced)
+        for rel in replaced:
             link = aside / rel
             _own_directory(aside.parent)
             link.parent.mkdir(parents=True, exist_ok=True)
@@ -222,8 +224,27 @@ def _set_aside(task: Task, copy: Path, destination: Path, aside: Path) -> int:
         raise TaskError(
             f"nothing in {destination} was replaced: cannot keep what is there in {aside}: {exc}"
         ) from None
+    kept = len(replaced)
     _copy_aside(task, destination, aside, unlinked)
     return kept
+
+
+def _check_room(copy: Path, destination: Path, replaced: list[str]) -> None:
+    """Raises TaskError unless the file system of ``destination`` has room for the new
+    copies of the ``replaced`` entries: what they replace stays (kept aside) until the
+    administrator deletes it, so their blocks are not freed as the copy goes on (before
+    the set-aside, a restore over the same files took no room; now it takes theirs)."""
+    needed = sum(os.lstat(copy / rel).st_blocks * 512 for rel in replaced)
+    where = destination if os.path.lexists(destination) else destination.parent
+    found = os.statvfs(where)
+    free = found.f_bavail * found.f_frsize
+    if needed > free:
+        raise TaskError(
+            f"nothing in {destination} was replaced: what a restore replaces is kept until "
+            f"you delete it, so the new copies need {human_size(needed)} on its file "
+            f"system, which has {human_size(free)} free; free space there, or restore "
+            "beside the live files (--target DIR) and move what you need"
+        )
 
 
 def _own_directory(path: Path) -> None:

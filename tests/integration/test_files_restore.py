@@ -251,3 +251,30 @@ def test_a_symlink_planted_where_the_kept_files_go_is_refused(tmp_path):
     assert "is not this restore's own directory" in result.stdout + result.stderr
     assert list(trap.iterdir()) == []
     assert (r.live / "etc/app/config.ini").read_text().endswith("changed live\n")
+
+
+def test_a_restore_that_would_not_fit_beside_what_it_keeps_replaces_nothing(tmp_path):
+    """What a restore replaces is kept until the administrator deletes it, so the new
+    copies need room of their own: on a file system without it, the restore says so
+    before it replaces anything (not half-way, with ENOSPC)."""
+    live = tmp_path / "srv/data"
+    live.mkdir(parents=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "t", str(live)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (live / "big.bin").write_bytes(os.urandom(3 << 20))
+        snapshot = tmp_path / "snapshot"
+        copy = snapshot / "services/app/files" / str(live).lstrip("/")
+        copy.mkdir(parents=True)
+        (copy / "big.bin").write_bytes(os.urandom(3 << 20))
+        box = ClientSandbox(tmp_path / "client")
+        box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{live}]}}\n")
+        before = (live / "big.bin").read_bytes()
+        result = box.cli("restore", "--service", "app", "--from", str(snapshot))
+        assert result.returncode == 1, result.stdout + result.stderr
+        said = result.stdout + result.stderr
+        assert "nothing in " in said and "the new copies need 3.0 MiB" in said, said
+        assert (live / "big.bin").read_bytes() == before
+        assert aside_dirs(live.parent) == []
+    finally:
+        subprocess.run(["umount", str(live)], check=True)

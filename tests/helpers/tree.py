@@ -90,3 +90,31 @@ def differences(source: Path, restored: Path, delete: bool = True) -> list[str]:
     argv += ["--delete"] if delete else []
     out = subprocess.run([*argv, f"{source}/", f"{restored}/"], capture_output=True, check=True)
     return [line for line in os.fsdecode(out.stdout).splitlines() if line.strip()]
+
+
+def make_edge(edge: Path) -> Path:
+    """The directory ``edge`` with set-id files, a capability (``setcap``), a 64 MiB file
+    holding 8 KiB (holes), a FIFO, a setgid and a sticky directory: what a restore must
+    bring back bit for bit. Needs root."""
+    edge.mkdir()
+    su = edge / "su-like"
+    su.write_bytes(b"#!/bin/sh\necho root\n")
+    os.chmod(su, 0o4755)
+    sg = edge / "sg-like"
+    sg.write_bytes(b"#!/bin/sh\n")
+    os.chmod(sg, 0o2711)
+    ping = edge / "ping-like"
+    ping.write_bytes(b"\x7fELF not really\n")
+    os.chmod(ping, 0o755)
+    subprocess.run(["setcap", "cap_net_raw+ep", str(ping)], check=True)
+    with open(edge / "disk.img", "wb") as handle:  # 64 MiB apparent, 8 KiB of data
+        handle.truncate(64 << 20)
+        handle.seek(10 << 20)
+        handle.write(b"d" * 8192)
+    os.mkfifo(edge / "control.fifo")
+    os.chmod(edge / "control.fifo", 0o620)
+    (edge / "shared").mkdir()
+    os.chmod(edge / "shared", 0o2775)
+    (edge / "tmp").mkdir()
+    os.chmod(edge / "tmp", 0o1777)
+    return edge

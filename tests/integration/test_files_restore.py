@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.client import ClientSandbox
-from tests.helpers.tree import differences, make_rich_tree
+from tests.helpers.tree import differences, make_edge, make_rich_tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="owners and ACLs need root")
 
@@ -122,19 +122,7 @@ def test_what_a_restore_replaces_is_kept_beside_by_a_hard_link(tmp_path):
 
 def test_set_uid_bits_capabilities_and_holes_survive_a_restore_over_live_files(tmp_path):
     r = Restore(tmp_path)
-    edge = r.copy / "edge"
-    edge.mkdir()
-    su = edge / "su-like"
-    su.write_bytes(b"#!/bin/sh\n")
-    os.chmod(su, 0o4755)
-    ping = edge / "ping-like"
-    ping.write_bytes(b"\x7fELF not really\n")
-    os.chmod(ping, 0o755)
-    subprocess.run(["setcap", "cap_net_raw+ep", str(ping)], check=True)
-    with open(edge / "disk.img", "wb") as handle:  # 64 MiB apparent, 8 KiB of data
-        handle.truncate(64 << 20)
-        handle.seek(10 << 20)
-        handle.write(b"d" * 8192)
+    make_edge(r.copy / "edge")
     (r.live / "edge").mkdir()
     for name in ("su-like", "ping-like", "disk.img"):
         (r.live / "edge" / name).write_bytes(b"live")

@@ -18,38 +18,16 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.fleet import Fleet
-from tests.helpers.tree import differences, make_rich_tree
+from tests.helpers.tree import differences, make_edge, make_rich_tree
 
 MIB = 1 << 20
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="owners, set-id bits need root")
 
 
 def make_edge_tree(root: Path) -> Path:
-    """The rich tree, plus what the issue named: set-id files, a capability, holes, a
-    FIFO, sticky and setgid directories."""
+    """The rich tree, plus what the issue named (tests/helpers/tree.make_edge)."""
     make_rich_tree(root, as_root=True)
-    edge = root / "edge"
-    edge.mkdir()
-    su = edge / "su-like"
-    su.write_bytes(b"#!/bin/sh\necho root\n")
-    os.chmod(su, 0o4755)
-    sg = edge / "sg-like"
-    sg.write_bytes(b"#!/bin/sh\n")
-    os.chmod(sg, 0o2711)
-    ping = edge / "ping-like"
-    ping.write_bytes(b"\x7fELF not really\n")
-    os.chmod(ping, 0o755)
-    subprocess.run(["setcap", "cap_net_raw+ep", str(ping)], check=True)
-    with open(edge / "disk.img", "wb") as handle:  # 64 MiB apparent, 8 KiB of data
-        handle.truncate(64 * MIB)
-        handle.seek(10 * MIB)
-        handle.write(b"d" * 8192)
-    os.mkfifo(edge / "control.fifo")
-    os.chmod(edge / "control.fifo", 0o620)
-    (edge / "shared").mkdir()
-    os.chmod(edge / "shared", 0o2775)
-    (edge / "tmp").mkdir()
-    os.chmod(edge / "tmp", 0o1777)
+    make_edge(root / "edge")
     return root
 
 

@@ -22,7 +22,7 @@ from ..common.fsutil import free_bytes
 from ..common.text import printable
 from ..common.units import human_duration, human_size
 from . import status_file
-from .backends import Snapshot
+from .backends import Role, Snapshot
 from .db_proof import DatabaseProof, ProofSettings, ProofState, prove_databases
 from .host import HostContext
 
@@ -172,7 +172,9 @@ def _pick(
     intact older snapshot clear the failure of the newest); else the newest, or a
     random one. Notes the earlier failure in ``result``."""
     entry = status_file.load_status(ctx.config.state_dir)["hosts"].get(ctx.host.name, {})
-    failed = entry.get("verify_failed_snapshot")
+    # the primary's record: a copy's drill (pullback-server copy) keeps its own verdict
+    copying = getattr(ctx.backend, "role", Role.PULL) is Role.COPY
+    failed = None if copying else entry.get("verify_failed_snapshot")
     if isinstance(failed, dict) and isinstance(failed.get("id"), str):
         result.failed_before = failed["id"]
         again = [s for s in snapshots if s.id == failed["id"]]

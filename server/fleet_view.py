@@ -67,6 +67,11 @@ def copy_view(entry: dict, max_age: float, now: dt.datetime) -> CopyView:
     copy: dict = found if isinstance(found, dict) else {}
     newest = age(copy.get("newest"), now)
     failed = copy.get("result") == Status.FAILED
+    maintained = (
+        f"the copy's last maintenance failed: {copy.get('maintain_reason', '')}"
+        if _maintenance_failed(copy)
+        else None
+    )
     return CopyView(
         copied_age=age(copy.get("copied"), now),
         newest_age=newest,
@@ -77,7 +82,7 @@ def copy_view(entry: dict, max_age: float, now: dt.datetime) -> CopyView:
             if failed
             else f"the last drill of the copy failed: {copy.get('verify_summary', '')}"
             if copy.get("verify_result") == Status.FAILED
-            else None
+            else maintained
         ),
         held=str(hold.get("reason")) if isinstance(hold := copy.get("guard_hold"), dict) else None,
     )
@@ -224,6 +229,12 @@ def _state(entry: dict, stale: bool) -> HostState:
     return HostState.OK
 
 
+OWN_RECORDS = ("drill", "guard")
+"""Maintenance steps whose failure has a record of its own: the drill's (``verify_*``)
+and the ransomware guard's hold (``guard_hold``, which ``release`` ends: an outside
+review saw the host stay in attention after it, until the next maintenance)."""
+
+
 def _maintenance_failed(entry: dict) -> bool:
     """The last maintenance failed in a step other than the drill (a drill has its own
     record): a repository ``check`` that found damage stays a problem until a later
@@ -233,8 +244,8 @@ def _maintenance_failed(entry: dict) -> bool:
     if entry.get("maintain_result") != Status.FAILED:
         return False
     if not isinstance(failed, list):  # written before 0.3.3: the reason says which
-        return not str(entry.get("maintain_reason", "")).startswith("drill: ")
-    return any(step != "drill" for step in failed)
+        return not str(entry.get("maintain_reason", "")).startswith(("drill: ", "guard: "))
+    return any(step not in OWN_RECORDS for step in failed)
 
 
 def _drill_words(entry: dict) -> str | None:

@@ -119,3 +119,30 @@ def test_a_snapshots_failed_drill_stays_in_the_row_after_another_passes():
     row = host_row("web1", entry, 86400, NOW)
     assert row.state is HostState.ATTENTION
     assert "the restore drill of 2026-12-02T03:40:00Z failed: x; the next drill tries" in row.reason
+
+
+def test_a_guard_hold_is_its_own_record_and_a_copys_failed_maintenance_is_the_copys():
+    """An outside review: after ``release`` the host stayed in attention ("the last
+    maintenance failed: guard: forget held ...") until the next maintenance; and a
+    failed maintenance of the second copy reached nothing."""
+    released = {
+        **STORED,
+        "maintain_result": "failed",
+        "maintain_failed": ["guard"],
+        "maintain_reason": "guard: forget held since ...",
+    }
+    assert host_row("web1", released, 86400, NOW).state is HostState.OK
+    from pullback.server.fleet_view import copy_view
+
+    copy = {
+        "copy": {
+            "result": "ok",
+            "newest": "2026-12-02T03:00:00Z",
+            "maintain_result": "failed",
+            "maintain_failed": ["check"],
+            "maintain_reason": "check: repository contains errors",
+        }
+    }
+    assert copy_view(copy, 3 * 86400, NOW).complaint == (
+        "copy failed: the copy's last maintenance failed: check: repository contains errors"
+    )

@@ -408,3 +408,20 @@ def test_a_snapshot_whose_drill_failed_is_drilled_again_before_the_newest(config
     status_file.record_drills(config.state_dir, [DrillResult("web1", snapshot_id="s0")])
     result = drill(fake_context(config, "web1", backend))  # s0 is forgotten: its failure ends
     assert (result.snapshot_id, result.failed_before_gone) == ("s2", True)
+
+
+def test_a_copys_drill_is_not_steered_by_the_primarys_failed_snapshot(config, tmp_path):
+    from pullback.server import status_file
+    from pullback.server.backends import Role
+
+    for name in ("s1", "s2"):
+        _tree(tmp_path / name, {"services/app/files/a": name.encode()})
+    backend = FakeBackend(
+        snapshot_list=[Snapshot("s1", T0, "20261101T030000Z"), Snapshot("s2", T0 + DAY, None)]
+    )
+    backend.trees.update(s1=tmp_path / "s1", s2=tmp_path / "s2")
+    backend.role = Role.COPY  # type: ignore[attr-defined]
+    bad = DrillResult("web1", ok=False, snapshot_id="s1", problems=["changed: a"])
+    status_file.record_drills(config.state_dir, [bad])
+    result = drill(fake_context(config, "web1", backend))
+    assert (result.snapshot_id, result.failed_before) == ("s2", None)

@@ -146,16 +146,26 @@ def restore_paths(
         text = f"restore {path} ({count} files) to {destination}{over}"
         if not plan.step(task.log, text, destructive=bool(over)):
             continue
-        if destination.is_symlink() and copy.is_dir() and not copy.is_symlink():
-            raise TaskError(
-                f"{destination} is a symlink where the snapshot has a directory: nothing "
-                "replaced (cp would write through it); move it away and restore again"
-            )
+        _same_kind_at_top(copy, destination)
         _copy_parents(copy, destination, source)
         _copy_back(task, copy, destination)
         if task.config.get("xattrs", True):  # else the snapshot holds none to compare
             _same_xattrs(copy, destination)
         task.log.info("restored %s", destination)
+
+
+def _same_kind_at_top(copy: Path, destination: Path) -> None:
+    """Raises TaskError, before anything is replaced, when the restored path is now of
+    another kind than the snapshot's directory: a symlink (cp would write through it into
+    the directory it points at) or a file (an outside review saw an internal error)."""
+    if not _is_dir(copy) or not os.path.lexists(destination) or _is_dir(destination):
+        return
+    kind = "a symlink" if destination.is_symlink() else "a file"
+    why = " (cp would write through it)" if destination.is_symlink() else ""
+    raise TaskError(
+        f"{destination} is {kind} where the snapshot has a directory: nothing replaced"
+        f"{why}; move it away and restore again"
+    )
 
 
 def _copy_back(task: Task, copy: Path, destination: Path) -> None:

@@ -170,3 +170,15 @@ def test_the_attribute_pass_never_leaves_the_tree_through_a_swapped_symlink(tmp_
     assert os.getxattr(outside / "f", "user.rootmark") == b"must stay"
     assert os.getxattr(outside, "user.rootmark") == b"must stay"
     assert os.listxattr(live / "top.txt") == []
+
+
+def test_a_restored_path_that_is_a_file_now_is_refused_in_words(tmp_path):
+    """The snapshot has a directory, the live path is a file: "internal error, please
+    report it" (exit 70) before; now refused, nothing replaced."""
+    r = Restore(tmp_path)
+    shutil.rmtree(r.live)
+    r.live.write_text("a file now")
+    result = r.run()
+    assert result.returncode == 1, result.stderr
+    assert f"{r.live} is a file where the snapshot has a directory: nothing" in result.stderr
+    assert r.live.read_text() == "a file now"

@@ -390,7 +390,8 @@ def test_a_signal_in_a_forced_restore_undoes_it(config, tmp_path, monkeypatch):
     assert snapshot(target) == before
 
 
-def test_a_snapshot_whose_drill_failed_is_drilled_again_before_the_newest(config, tmp_path):
+def _s1_failed_its_drill(config, tmp_path) -> FakeBackend:
+    """Two snapshots, s1 and s2 (newest), and status.json saying s1's drill failed."""
     from pullback.server import status_file
 
     for name in ("s1", "s2"):
@@ -401,6 +402,13 @@ def test_a_snapshot_whose_drill_failed_is_drilled_again_before_the_newest(config
     backend.trees.update(s1=tmp_path / "s1", s2=tmp_path / "s2")
     bad = DrillResult("web1", ok=False, snapshot_id="s1", problems=["changed: a"])
     status_file.record_drills(config.state_dir, [bad])
+    return backend
+
+
+def test_a_snapshot_whose_drill_failed_is_drilled_again_before_the_newest(config, tmp_path):
+    from pullback.server import status_file
+
+    backend = _s1_failed_its_drill(config, tmp_path)
     result = drill(fake_context(config, "web1", backend))
     assert (result.snapshot_id, result.failed_before, result.ok) == ("s1", "s1", True)
     status_file.record_drills(config.state_dir, [result])
@@ -411,17 +419,9 @@ def test_a_snapshot_whose_drill_failed_is_drilled_again_before_the_newest(config
 
 
 def test_a_copys_drill_is_not_steered_by_the_primarys_failed_snapshot(config, tmp_path):
-    from pullback.server import status_file
     from pullback.server.backends import Role
 
-    for name in ("s1", "s2"):
-        _tree(tmp_path / name, {"services/app/files/a": name.encode()})
-    backend = FakeBackend(
-        snapshot_list=[Snapshot("s1", T0, "20261101T030000Z"), Snapshot("s2", T0 + DAY, None)]
-    )
-    backend.trees.update(s1=tmp_path / "s1", s2=tmp_path / "s2")
+    backend = _s1_failed_its_drill(config, tmp_path)
     backend.role = Role.COPY  # type: ignore[attr-defined]
-    bad = DrillResult("web1", ok=False, snapshot_id="s1", problems=["changed: a"])
-    status_file.record_drills(config.state_dir, [bad])
     result = drill(fake_context(config, "web1", backend))
     assert (result.snapshot_id, result.failed_before) == ("s2", None)

@@ -75,6 +75,14 @@ so they are spread between the others. The rest keep their order, the many short
 modules last, filling the gaps."""
 
 
+def pytest_configure(config):
+    # pytest-xdist 3.6+ reorders --dist loadfile's modules by their number of tests,
+    # largest first, which put the one-test soak and the system tier last (CI 2026-12-03):
+    # keep LONGEST_FIRST's order. Debian's 3.1 has no such option and keeps it anyway.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def _longest_first(items: list) -> None:
     rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
 

@@ -170,7 +170,7 @@ def _same_kind_at_top(copy: Path, destination: Path) -> None:
 
 def _copy_back(task: Task, copy: Path, destination: Path) -> None:
     """``cp`` the snapshot's ``copy`` onto ``destination``."""
-    if copy.is_dir() and not copy.is_symlink():
+    if _is_dir(copy):
         destination.mkdir(exist_ok=True)
         task.run(["cp", *CP, "--", f"{copy}/.", f"{destination}/"], timeout=None)
         shutil.copystat(copy, destination)
@@ -207,7 +207,7 @@ def _same_xattrs(copy: Path, destination: Path) -> None:
     stack = [
         (copy, top, str(destination), iter(sorted(os.listdir(copy))) if _is_dir(copy) else iter(()))
     ]
-    _match_xattrs(top, copy, str(destination), problems)
+    _matched(top, copy, str(destination), problems)
     while stack:
         here, fd, shown, names = stack[-1]
         name = next(names, None)
@@ -218,15 +218,15 @@ def _same_xattrs(copy: Path, destination: Path) -> None:
         child, where = here / name, f"{shown}/{name}"
         try:
             opened = _open_entry(fd, name, child)
-            if opened is None:
-                continue
-            _match_xattrs(opened, child, where, problems)
-            if _is_dir(child):
-                stack.append((child, opened, where, iter(sorted(os.listdir(child)))))
-            else:
-                os.close(opened)
         except OSError as exc:
             problems.append(f"{where}: {exc.strerror or exc}")
+            continue
+        if opened is None:
+            continue
+        if _matched(opened, child, where, problems) and _is_dir(child):
+            stack.append((child, opened, where, iter(sorted(os.listdir(child)))))
+        else:
+            os.close(opened)
     if problems:
         more = len(problems) - MAX_XATTR_PROBLEMS
         listed = "; ".join(problems[:MAX_XATTR_PROBLEMS]) + (
@@ -260,6 +260,16 @@ def _open_entry(dir_fd: int | None, name: str, copy: Path) -> int | None:
         os.close(fd)  # swapped between the look and the open
         return None
     return fd
+
+
+def _matched(fd: int, copy: Path, shown: str, problems: list[str]) -> bool:
+    """:func:`_match_xattrs`, an OSError of it noted in ``problems`` (False)."""
+    try:
+        _match_xattrs(fd, copy, shown, problems)
+        return True
+    except OSError as exc:
+        problems.append(f"{shown}: {exc.strerror or exc}")
+        return False
 
 
 def _match_xattrs(fd: int, copy: Path, shown: str, problems: list[str]) -> None:

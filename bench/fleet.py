@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from bench import dataset
-from bench.run import HERE, PASSWORD, byte_compile
+from bench.run import HERE, PASSWORD, byte_compile, installed_state
 from tests.helpers.client import ClientSandbox
 from tests.helpers.sshd import Sshd, make_key, serve_command
 
@@ -227,7 +227,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    results = run(args.work, args.scale, args.hosts)
+    with installed_state():
+        results = run(args.work, args.scale, args.hosts)
     print(report(results))
     if not args.no_save:
         out = HERE / "results" / f"fleet-{results['date'][:10]}.json"

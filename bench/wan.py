@@ -57,7 +57,7 @@ from pathlib import Path
 import yaml
 
 from bench import dataset
-from bench.run import HERE, Bench, timed, trust_and_password
+from bench.run import HERE, Bench, installed_state, timed, trust_and_password
 from bench.transfer import ssh_argv
 from tests.helpers.client import ClientSandbox
 from tests.helpers.sshd import Sshd, make_key, serve_command
@@ -436,7 +436,8 @@ def main(argv=None) -> int:
         parser.error("needs root (ip netns, veth, tc)")
     args.work.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _terminate)
-    results = run(args.work, args.scale, args.rate, args.repeat, not args.full_archives)
+    with installed_state():
+        results = run(args.work, args.scale, args.rate, args.repeat, not args.full_archives)
     print(report(results))
     if not args.no_save:
         scale = "" if args.scale == 1 else f"{args.scale:g}-"  # one file per scale and day

@@ -19,16 +19,21 @@ import difflib
 import functools
 import math
 import re
+import sys
+import threading
 from collections.abc import Iterator
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
 
+from . import validated
 from .secrets import mask_url_password
 from .units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
 from .yamlfile import KeyPath, Problem, YamlDocument
+
+if TYPE_CHECKING:
+    import jsonschema
 
 _TYPE_NAMES = {
     "string": "a string",
@@ -205,7 +210,7 @@ def _problems_for(error: jsonschema.ValidationError) -> Iterator[tuple[KeyPath, 
     elif kind in ("pattern", "format", "anyOf", "oneOf") and schema.get("x-expected"):
         yield path, f"expected {schema['x-expected']}, got {_shown(error.instance, secret)}"
     elif kind in ("anyOf", "oneOf") and error.context:
-        yield from _problems_for(jsonschema.exceptions.best_match(error.context))
+        yield from _problems_for(jsonschema_module().exceptions.best_match(error.context))
     elif kind == "minItems" and error.validator_value == 1:
         yield path, "must not be empty"
     elif secret:
@@ -259,7 +264,7 @@ def _pattern(validator, pattern: str, instance: Any, schema: dict):
     else:
         return
     if not good:
-        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+        yield jsonschema_module().ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
 def _is_integer(checker, instance: Any) -> bool:
@@ -267,10 +272,31 @@ def _is_integer(checker, instance: Any) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
+def jsonschema_module() -> Any:
+    """The ``jsonschema`` module, imported when a document is first validated: its import
+    is about 0.1 s of CPU, which a command whose documents are all known valid
+    (common/validated.py) does not spend."""
+    import jsonschema
+
+    return jsonschema
+
+
+def preload_validator(*, background: bool) -> None:
+    """Import ``jsonschema`` now (before a fork: every child has it), or on a thread of its
+    own (a host's pull loads it while it waits for the client; its sidecars are new data
+    every day: common/validated.py has no record of them)."""
+    if "jsonschema" in sys.modules:
+        return
+    if background:
+        threading.Thread(target=jsonschema_module, name="load-validator", daemon=True).start()
+    else:
+        jsonschema_module()
+
+
 @functools.cache
 def _validator_class(base: Any) -> Any:
     checker = base.TYPE_CHECKER.redefine("integer", _is_integer)
-    return jsonschema.validators.extend(base, {"pattern": _pattern}, type_checker=checker)
+    return jsonschema_module().validators.extend(base, {"pattern": _pattern}, type_checker=checker)
 
 
 def validate(doc: YamlDocument, schema: dict, prefix: KeyPath = ()) -> list[Problem]:
@@ -280,6 +306,10 @@ def validate(doc: YamlDocument, schema: dict, prefix: KeyPath = ()) -> list[Prob
     line, full key path and what was expected.
     """
     data = doc.sub(prefix).data if prefix else doc.data
+    seen_valid = validated.fingerprint("config", schema, data)
+    if validated.known(seen_valid):
+        return []
+    jsonschema = jsonschema_module()
     validator_cls = _validator_class(jsonschema.validators.validator_for(schema))
     validator = validator_cls(schema)
     problems = []
@@ -292,6 +322,8 @@ def validate(doc: YamlDocument, schema: dict, prefix: KeyPath = ()) -> list[Prob
                 seen.add((item.key, item.message))
                 problems.append(item)
     problems.sort(key=lambda p: (p.line or 0, p.key))
+    if not problems:
+        validated.remember(seen_valid)
     return problems
 
 

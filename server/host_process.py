@@ -39,6 +39,7 @@ from ..common.log import TailHandler, get_logger
 from ..common.outcome import Status
 from ..common.procfs import descendants
 from ..common.progress import INTERVAL, STATUS, Progress
+from ..common.schema import preload_validator
 from ..common.text import printable
 from ..common.units import human_duration, human_size
 from .config import HostConfig, ServerConfig
@@ -220,6 +221,8 @@ def pull_hosts(
     poller = select.poll()
     if journal is not None:
         journal.waiting([h.name for h in hosts])
+    if len(hosts) > 1:  # once, not in every child
+        preload_validator(background=False)
     try:
         while waiting or running:
             while waiting and len(running) < config.parallel:
@@ -350,6 +353,7 @@ def _child_main(config: ServerConfig, host: HostConfig, work: Work, fd: int) -> 
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard == resource.RLIM_INFINITY or limit < hard:
             resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    preload_validator(background=True)
     relay = PhaseRelay(fd)
     _relay_logs(relay)
     STATUS.enabled = False  # the parent draws the status line

@@ -173,7 +173,9 @@ def publish(tmp_archive: Path, sidecar: Sidecar, archive_dir: Path) -> Path:
     """
     final = archive_dir / sidecar.archive.name
     side_tmp = archive_dir / f".{final.name}.json.{os.getpid()}{PARTIAL_SUFFIX}"
-    atomic_write(side_tmp, sidecar.to_json(), mode=0o640)
+    text = sidecar.to_json()
+    atomic_write(side_tmp, text, mode=0o640)
+    sidecars.record_written(text)
     try:
         with directory_lock(archive_dir, "publishing an archive").acquire(wait=LOCK_WAIT):
             if final.exists():

@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import jsonschema
-
+from .. import validated
 from ..errors import ArchiveError
 from ..outcome import Status
-from ..schema import load_schema
+from ..schema import jsonschema_module, load_schema
 
 FORMAT = 1
 """The format of a full archive's sidecar (what every pullback reads)."""
@@ -168,9 +167,41 @@ def parse(text: str | bytes, expected_name: str | None = None) -> Sidecar:
     """Parse and validate a sidecar. Raises ArchiveError saying what is wrong with it."""
     try:
         data: Any = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ArchiveError(f"sidecar is not valid JSON: {exc}") from None
     return from_data(data, expected_name)
+
+
+def _fingerprint(data: Any) -> str:
+    return validated.fingerprint("sidecar", load_schema("pullback.common", "sidecar"), data)
+
+
+def record_written(text: str) -> None:
+    """Record a sidecar this process wrote (``text`` from :meth:`Sidecar.to_json`) as
+    valid (common/validated.py): the client's later commands and its serve endpoint then
+    read it without loading a validator. It is taken as valid without a check: the
+    writer is the code the schema describes, and tests/unit/test_sidecar.py proves that
+    every kind of sidecar it writes passes the schema. The record is this machine's own
+    (root writes it): a server checks what a client sends it whatever the client holds."""
+    validated.remember(_fingerprint(json.loads(text)))
+
+
+def _check_schema(data: Any) -> None:
+    """Raises ArchiveError naming where ``data`` breaks the sidecar's schema (data found
+    valid before, common/validated.py, is not checked again)."""
+    seen_valid = _fingerprint(data)
+    if validated.known(seen_valid):
+        return
+    jsonschema = jsonschema_module()
+    validator = jsonschema.Draft202012Validator(load_schema("pullback.common", "sidecar"))
+    # the best of the first few errors: a sidecar of a million wrong items (a client's
+    # bytes) costs what finding a few of them costs, not seconds per megabyte
+    first = itertools.islice(validator.iter_errors(data), MAX_SCHEMA_ERRORS)
+    error = jsonschema.exceptions.best_match(first)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "top level"
+        raise ArchiveError(f"sidecar is malformed at {where}: {error.message}")
+    validated.remember(seen_valid)
 
 
 def from_data(data: Any, expected_name: str | None = None) -> Sidecar:
@@ -180,14 +211,7 @@ def from_data(data: Any, expected_name: str | None = None) -> Sidecar:
             f"sidecar format {data.get('format')!r} is not one this pullback reads "
             f"({', '.join(map(str, FORMATS))}); upgrade pullback on this machine"
         )
-    validator = jsonschema.Draft202012Validator(load_schema("pullback.common", "sidecar"))
-    # the best of the first few errors: a sidecar of a million wrong items (a client's
-    # bytes) costs what finding a few of them costs, not seconds per megabyte
-    first = itertools.islice(validator.iter_errors(data), MAX_SCHEMA_ERRORS)
-    error = jsonschema.exceptions.best_match(first)
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "top level"
-        raise ArchiveError(f"sidecar is malformed at {where}: {error.message}")
+    _check_schema(data)
     # JSON Schema's `$` lets a trailing newline through: the names must be whole
     if not (
         ARCHIVE_NAME.match(data["archive"]["name"])

@@ -159,6 +159,19 @@ hosts:
     # ... and, from this server, that it applies deltas (incremental.enabled: auto)
     assert "server-applies-deltas\n" in marked
     assert root.run("ls /var/lib/pullback/archives").stdout.count(".tar.zst\n") == 1
+    # the record of validated documents (postinst): the configuration and the sidecar
+    # are known valid, so neither a command nor the serve endpoint (the pullback user)
+    # loads the schema validator again
+    record = "/var/lib/pullback/validated"
+    assert root.run(f"stat -c '%U %G %a' {record}").stdout == "root pullback 750\n"
+    assert root.run(f"ls {record} | wc -l").stdout.strip() != "0"
+    for command in (
+        "python3 -X importtime /usr/bin/pullback-client list",
+        "SSH_ORIGINAL_COMMAND=list runuser -u pullback -- "
+        "python3 -X importtime /usr/bin/pullback-client serve",
+    ):
+        imported = root.run(f"{command} 2>&1 >/dev/null").stdout
+        assert "import time:" in imported and " jsonschema\n" not in imported, command
 
     maintain = root.run(["systemctl", "start", "pullback-maintain.service"], check=False)
     maintain_log = root.run(["journalctl", "-u", "pullback-maintain.service", "--no-pager"]).stdout

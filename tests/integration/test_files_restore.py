@@ -75,11 +75,11 @@ class Restore:
     def plan(self, stamp: str = "20261203T183000Z") -> RestorePlan:
         return RestorePlan(stamp=stamp, safety_dir=self.safety)
 
-    def restore_here(self, plan: RestorePlan) -> None:
-        """Restore the files task in this process (the plan's stamp as given)."""
-        restore_paths(
-            self.task(), [str(self.live)], self.snapshot / "services/app/files", None, plan
-        )
+    def restore_here(self, plan: RestorePlan, *paths: Path) -> None:
+        """Restore the files task in this process (the plan's stamp as given): the live
+        tree, or ``paths`` below it."""
+        listed = [str(p) for p in paths or (self.live,)]
+        restore_paths(self.task(), listed, self.snapshot / "services/app/files", None, plan)
 
 
 def setfacl(*args: str) -> None:
@@ -470,3 +470,26 @@ def test_a_dry_run_names_what_it_would_keep_and_makes_nothing(tmp_path):
     )
     assert not r.safety.exists()
     assert (r.live / "data/empty").read_text() == "edited"
+
+
+def test_a_restored_path_that_is_one_file_is_kept_too(tmp_path):
+    r = Restore(tmp_path)
+    one = r.live / "data/secret.key"
+    one.write_text("edited")
+    r.restore_here(r.plan(), one)
+    assert r.kept("data/secret.key").read_text() == "edited"
+    assert one.read_text() == "k"
+
+
+def test_a_live_directory_where_the_snapshot_has_a_file_is_refused(tmp_path):
+    """cp -a of a file onto a directory copies it into the directory, over the entry of
+    its name there (nothing kept that): refused, nothing replaced."""
+    r = Restore(tmp_path)
+    place = r.live / "data/secret.key"
+    place.unlink()
+    place.mkdir()
+    (place / "secret.key").write_text("inside, live")
+    with pytest.raises(TaskError, match="is a directory where the snapshot has a file"):
+        r.restore_here(r.plan(), place)
+    assert (place / "secret.key").read_text() == "inside, live"
+    assert r.kept_dirs() == []

@@ -40,7 +40,7 @@ from pathlib import Path
 from ..common.archive.sparse import Region, data_regions
 from ..common.fsutil import fsync_dir, pread_span
 from ..common.log import Log
-from ..common.text import printable
+from ..common.text import BoundedWarnings, printable
 from ..common.units import human_size
 from .task import RestorePlan, TaskError
 
@@ -280,8 +280,8 @@ class _Progress:
     kept: Path | None = None
     count: int = 0
     blocks: int = 0
-    lost: list[str] = field(default_factory=list)
-    """Extended attributes that could not be kept, one line each."""
+    lost: BoundedWarnings = field(default_factory=lambda: BoundedWarnings(NAMED))
+    """Extended attributes that could not be kept, one line each (the first few)."""
 
     def so_far(self) -> str:
         if self.kept is None or not self.count:
@@ -333,14 +333,9 @@ def keep_aside(
     return progress.kept
 
 
-def _say_lost(log: Log, lost: list[str]) -> None:
-    if lost:
-        more = len(lost) - NAMED
-        log.warning(
-            "extended attributes that could not be kept: %s%s",
-            "; ".join(lost[:NAMED]),
-            f"; and {more} more" if more > 0 else "",
-        )
+def _say_lost(log: Log, lost: BoundedWarnings) -> None:
+    if lost.total:
+        log.warning("extended attributes that could not be kept: %s", "; ".join(lost.lines(NAMED)))
 
 
 def _check_room(safety: Path, found: list[Replaced]) -> None:
@@ -436,7 +431,7 @@ def _make_durable(safety: Path, progress: _Progress) -> None:
         raise _failed(str(progress.kept), exc, progress) from None
 
 
-def _keep_entry(pair: _Pair, where: Path, lost: list[str]) -> int:
+def _keep_entry(pair: _Pair, where: Path, lost: BoundedWarnings) -> int:
     """Copy the live entry of ``pair`` to the new ``where``; returns the bytes it takes."""
     live = pair.live
     if stat.S_ISREG(live.st_mode):
@@ -457,7 +452,7 @@ def _keep_entry(pair: _Pair, where: Path, lost: list[str]) -> int:
     return 0
 
 
-def _keep_file(fd: int, where: Path, lost: list[str]) -> int:
+def _keep_file(fd: int, where: Path, lost: BoundedWarnings) -> int:
     """Copy the open regular file ``fd`` (holes as holes) to the new file ``where`` with
     its owner, extended attributes, mode and times, durably; returns its blocks."""
     st = os.fstat(fd)
@@ -487,7 +482,7 @@ def _send(source: int, out: int, region: Region) -> None:
         offset, left = offset + sent, left - sent
 
 
-def _copy_xattrs(source: int, out: int, where: Path, lost: list[str]) -> None:
+def _copy_xattrs(source: int, out: int, where: Path, lost: BoundedWarnings) -> None:
     """Every extended attribute of ``source`` (ACLs, a file capability) onto ``out``;
     one that cannot be set is noted in ``lost``."""
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..common.units import human_size
 from . import hookimpl, load_plugin_schema
+from .before_restore import find_replaced, keep_aside
 from .exclude import ExcludeMatcher
 from .task import RestorePlan, Task, TaskError, TaskType
 
@@ -117,9 +118,12 @@ def _copy_parents(copy: Path, destination: Path, source_root: Path) -> None:
 def pullback_restore(task: Task, source: Path, target: Path | None, plan: RestorePlan):
     """Copy every listed path back with ``cp -a --sparse=always`` (owners, modes with
     set-id bits, times, links, FIFOs, xattrs with file capabilities, ACLs; zeros become
-    holes again), to its own place or below ``target``. Files that exist are replaced
-    (overwritten in place: nothing is kept of them, see docs/restore.md); every restored
-    file and directory then carries exactly the snapshot's extended attributes (unless the
+    holes again), to its own place or below ``target``. Before anything is replaced,
+    every live file the copy replaces whose content differs from the snapshot's is copied
+    aside, with its metadata, to a new directory below the restore's safety directory
+    (:mod:`.before_restore`; see docs/restore.md); when that fails, or would not fit,
+    nothing is replaced. Files that exist are then overwritten in place; every restored
+    file and directory carries exactly the snapshot's extended attributes (unless the
     task archives none: ``xattrs: false``); files that are not in the snapshot are left
     alone."""
     restore_paths(task, task.config["paths"], source, target, plan)
@@ -130,10 +134,13 @@ def restore_paths(
 ) -> None:
     """Copy each of ``paths`` from ``source`` (the task's restored directory) back to its
     place or below ``target``, as :func:`pullback_restore` says, each a step of ``plan``
-    (destructive where something is there to be replaced; a dry run only says it).
-    Raises TaskError for a path the snapshot lacks, unless the section says
-    ``missing_ok`` (or has no such key: a task that archives what exists, like
-    univention's ``custom_paths``)."""
+    (destructive where something is there to be replaced; a dry run only says it, and
+    what would be kept). First every path is checked and what its copy would replace is
+    kept (:func:`.before_restore.keep_aside`): a refusal or a failure there replaces
+    nothing of any path. Raises TaskError for a path the snapshot lacks, unless the
+    section says ``missing_ok`` (or has no such key: a task that archives what exists,
+    like univention's ``custom_paths``)."""
+    places = []
     for path in paths:
         copy = source / path.lstrip("/")
         if not os.path.lexists(copy):
@@ -141,12 +148,16 @@ def restore_paths(
                 continue
             raise TaskError(f"{path} is not in the restored snapshot ({copy})")
         destination = (target / path.lstrip("/")) if target else Path(path)
+        _same_kind_at_top(copy, destination)
+        places.append((path, copy, destination))
+    found = [find_replaced(c, d) for _, c, d in places if os.path.lexists(d)]
+    keep_aside(task.type, task.log, found, plan, source)
+    for path, copy, destination in places:
         count = sum(len(files) for _, _, files in os.walk(copy)) if copy.is_dir() else 1
         over = ", replacing what is there" if os.path.lexists(destination) else ""
         text = f"restore {path} ({count} files) to {destination}{over}"
         if not plan.step(task.log, text, destructive=bool(over)):
             continue
-        _same_kind_at_top(copy, destination)
         _copy_parents(copy, destination, source)
         _copy_back(task, copy, destination)
         if task.config.get("xattrs", True):  # else the snapshot holds none to compare
@@ -156,10 +167,17 @@ def restore_paths(
 
 def _same_kind_at_top(copy: Path, destination: Path) -> None:
     """Raises TaskError, before anything is replaced, when the restored path is now of
-    another kind than the snapshot's directory: a symlink (cp would write through it into
-    the directory it points at) or a file (an outside review saw an internal error)."""
-    if not _is_dir(copy) or not os.path.lexists(destination) or _is_dir(destination):
+    another kind than the snapshot's: a symlink where it has a directory (cp would write
+    through it into the directory it points at), a file where it has a directory (an
+    outside review saw an internal error), a directory where it has a file (cp would
+    copy the file into it, over whatever has its name there)."""
+    if not os.path.lexists(destination) or _is_dir(copy) == _is_dir(destination):
         return
+    if not _is_dir(copy):
+        raise TaskError(
+            f"{destination} is a directory where the snapshot has a file: nothing replaced "
+            "(cp would copy the file into it); move it away and restore again"
+        )
     kind = "a symlink" if destination.is_symlink() else "a file"
     why = " (cp would write through it)" if destination.is_symlink() else ""
     raise TaskError(

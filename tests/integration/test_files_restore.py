@@ -7,13 +7,20 @@ must bring back, bit for bit."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from pullback.common.runner import Runner
+from pullback.plugins import before_restore
+from pullback.plugins.files import restore_paths
+from pullback.plugins.task import RestorePlan, Task, TaskError
 from tests.helpers.client import ClientSandbox
 from tests.helpers.tree import differences, make_edge, make_rich_tree
 
@@ -32,8 +39,47 @@ class Restore:
         self.box = ClientSandbox(tmp_path / "client")
         self.box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{self.live}]}}\n")
 
-    def run(self, *extra: str) -> subprocess.CompletedProcess:
-        return self.box.cli("restore", "--service", "app", "--from", str(self.snapshot), *extra)
+    def run(self, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return self.box.cli(
+            "restore", "--service", "app", "--from", str(self.snapshot), *extra, timeout=timeout
+        )
+
+    @property
+    def safety(self) -> Path:
+        """The restore's safety directory: ``work_dir``'s parent's ``before-restore``."""
+        return self.box.root / "before-restore"
+
+    def kept_dirs(self) -> list[Path]:
+        return sorted(self.safety.glob("files-*")) if self.safety.exists() else []
+
+    def kept(self, relative: str, kept_dir: Path | None = None) -> Path:
+        """Where the restore kept the live ``relative`` (below the live tree)."""
+        if kept_dir is None:
+            (kept_dir,) = self.kept_dirs()
+        return kept_dir / str(self.live).lstrip("/") / relative
+
+    def both(self, relative: str, snapshot: bytes, live: bytes) -> None:
+        """A file ``relative`` in the snapshot's copy and, other, in the live tree."""
+        for root, data in ((self.copy, snapshot), (self.live, live)):
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / relative).write_bytes(data)
+
+    def task(self) -> Task:
+        """The service's files task, for a restore in this process."""
+        log = logging.getLogger("pullback.test.files")
+        config = {"paths": [str(self.live)], "exclude": [], "missing_ok": False, "xattrs": True}
+        staging = self.box.work / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        return Task("files", "files", config, "app", Path("/dev/null"), staging, Runner(log), log)
+
+    def plan(self, stamp: str = "20261203T183000Z") -> RestorePlan:
+        return RestorePlan(stamp=stamp, safety_dir=self.safety)
+
+    def restore_here(self, plan: RestorePlan, *paths: Path) -> None:
+        """Restore the files task in this process (the plan's stamp as given): the live
+        tree, or ``paths`` below it."""
+        listed = [str(p) for p in paths or (self.live,)]
+        restore_paths(self.task(), listed, self.snapshot / "services/app/files", None, plan)
 
 
 def setfacl(*args: str) -> None:
@@ -182,3 +228,268 @@ def test_a_restored_path_that_is_a_file_now_is_refused_in_words(tmp_path):
     assert result.returncode == 1, result.stderr
     assert f"{r.live} is a file where the snapshot has a directory: nothing" in result.stderr
     assert r.live.read_text() == "a file now"
+
+
+@pytest.fixture
+def small_safety():
+    """Mount a tmpfs (``-o options``) as a restore's safety directory; unmounted after."""
+    mounted: list[Path] = []
+
+    def mount(r: Restore, options: str) -> Path:
+        r.safety.mkdir(mode=0o700)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", r.safety], check=True)
+        mounted.append(r.safety)
+        return r.safety
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", path], check=False)
+
+
+def live_state(root: Path) -> dict[str, bytes]:
+    """The bytes of every regular file below ``root``, by relative path."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_a_live_file_edited_after_the_backup_is_kept_before_it_is_replaced(tmp_path):
+    """The edited file is kept (content, owner, mode, mtime, xattrs) in a new directory
+    below the safety directory, at its absolute path, before the snapshot's replaces
+    it; a changed symlink is kept as a symlink; an unchanged file is not kept; a file
+    only the live tree has is neither touched nor kept."""
+    r = Restore(tmp_path)
+    edited = r.live / "data/secret.key"
+    edited.write_text("changed after the backup")
+    os.chown(edited, 2345, 5432)
+    os.chmod(edited, 0o4640)
+    os.utime(edited, ns=(1_700_000_000_111_111_111, 1_700_000_000_222_222_222))
+    os.setxattr(edited, "user.note", b"live")
+    os.unlink(r.live / "etc/app/link.ini")
+    os.symlink("hardlink.ini", r.live / "etc/app/link.ini")
+    only_live = r.live / "data/only-live.txt"
+    only_live.write_text("nobody backed me up")
+    os.utime(only_live, ns=(1_650_000_000_000_000_000,) * 2)
+
+    result = r.run()
+
+    assert result.returncode == 0, result.stderr
+    (kept_dir,) = r.kept_dirs()
+    assert kept_dir.name.startswith("files-")
+    assert stat.S_IMODE(kept_dir.stat().st_mode) == 0o700 and kept_dir.stat().st_uid == 0
+    kept = r.kept("data/secret.key", kept_dir)
+    st = kept.lstat()
+    assert kept.read_text() == "changed after the backup"
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (2345, 5432, 0o4640)
+    assert st.st_mtime_ns == 1_700_000_000_222_222_222
+    assert os.getxattr(kept, "user.note") == b"live"
+    assert os.readlink(r.kept("etc/app/link.ini", kept_dir)) == "hardlink.ini"
+    every = sorted(
+        str(p.relative_to(r.kept("", kept_dir))) for p in r.kept("", kept_dir).rglob("*")
+    )
+    assert every == ["data", "data/secret.key", "etc", "etc/app", "etc/app/link.ini"]
+    assert edited.read_text() == "k"  # the snapshot's
+    assert only_live.read_text() == "nobody backed me up"
+    assert only_live.stat().st_mtime_ns == 1_650_000_000_000_000_000
+    assert differences(r.copy, r.live, delete=False) == []
+    assert re.search(
+        rf"kept 2 files \(\S+ \S+\) that the restore replaces in {kept_dir}: ", result.stderr
+    )
+    assert f"is kept in {kept_dir}" in result.stdout  # the note, for the administrator
+
+
+def test_a_restore_that_replaces_nothing_different_keeps_nothing_and_makes_no_directory(
+    tmp_path,
+):
+    r = Restore(tmp_path)
+    (r.live / "data/only-live.txt").write_text("left alone")
+    result = r.run()
+    assert result.returncode == 0, result.stderr
+    assert "nothing to keep of" in result.stderr
+    assert not r.safety.exists()
+
+
+def test_two_restores_in_the_same_second_keep_two_directories_and_lose_nothing(tmp_path):
+    """The same stamp twice (an outside review saw the second restore of a second lose
+    what the first had kept): each restore makes its own directory."""
+    r = Restore(tmp_path)
+    edited = r.live / "data/empty"
+    edited.write_text("first edit")
+    r.restore_here(r.plan())
+    edited.write_text("second edit")
+    r.restore_here(r.plan())
+
+    first, second = r.kept_dirs()
+    assert first != second
+    assert {r.kept("data/empty", d).read_text() for d in (first, second)} == {
+        "first edit",
+        "second edit",
+    }
+    assert edited.read_text() == ""
+
+
+def test_no_room_to_keep_what_a_restore_replaces_replaces_nothing(tmp_path, small_safety):
+    """A 3 MiB file edited, 1 MiB free where it would be kept: refused before anything is
+    replaced, saying what is needed and free, where, and that --target restores beside."""
+    r = Restore(tmp_path)
+    safety = small_safety(r, "size=1m,mode=0700")
+    (r.live / "data/deep/er/blob.bin").write_bytes(os.urandom(3 << 20))
+    (r.live / "data/empty").write_text("edited too")
+    before = live_state(r.live)
+
+    result = r.run()
+
+    assert result.returncode == 1
+    assert live_state(r.live) == before
+    assert re.search(
+        r"no room to keep what the restore replaces: 2 files need \S+ MiB", result.stderr
+    )
+    assert f"inodes in {safety}, where 1.0 MiB and" in result.stderr
+    assert "nothing was replaced" in result.stderr and "--target DIR" in result.stderr
+    assert list(safety.iterdir()) == []
+
+
+def test_out_of_inodes_where_a_restore_keeps_replaces_nothing(tmp_path, small_safety):
+    """The file system of the safety directory has bytes but few inodes: the room check
+    counts them and refuses; nothing of the live tree is removed or replaced (the
+    withdrawn design's cp --remove-destination left live names removed half-way)."""
+    r = Restore(tmp_path)
+    safety = small_safety(r, "size=64m,nr_inodes=12,mode=0700")
+    for number in range(40):
+        r.both(f"many/{number:02d}.txt", b"snapshot", b"live, edited")
+    before = live_state(r.live)
+
+    result = r.run()
+
+    assert result.returncode == 1
+    assert live_state(r.live) == before
+    assert "no room to keep what the restore replaces: 40 files need" in result.stderr
+    assert re.search(r"and \d+ inodes in .*, where \S+ MiB and \d+ inodes are free", result.stderr)
+    assert list(safety.iterdir()) == []
+
+
+def test_keeping_that_fails_half_way_replaces_nothing_and_says_what_was_kept(
+    tmp_path, small_safety, monkeypatch
+):
+    """Past the room check (a writer filled the disk meanwhile; here the check is off),
+    the keeping runs out of inodes half-way: nothing is replaced, and the error says how
+    much was kept where."""
+    r = Restore(tmp_path)
+    small_safety(r, "size=64m,nr_inodes=12,mode=0700")
+    for number in range(40):
+        r.both(f"many/{number:02d}.txt", b"snapshot", b"live, edited")
+    before = live_state(r.live)
+    monkeypatch.setattr(before_restore, "_check_room", lambda *_: None)
+
+    with pytest.raises(TaskError) as failed:
+        r.restore_here(r.plan())
+
+    assert live_state(r.live) == before
+    message = str(failed.value)
+    assert "keeping what the restore replaces failed at " in message
+    assert "No space left on device; nothing was replaced; " in message
+    (kept_dir,) = r.kept_dirs()
+    assert re.search(rf"; \d+ files \(\S+ \S+\) were kept in {kept_dir} \(a part only", message)
+
+
+def test_a_directory_swapped_for_a_symlink_to_etc_leads_nowhere_outside(tmp_path):
+    """The tree's owner makes a directory of the snapshot a symlink to /etc before the
+    restore, and the snapshot has names /etc has: nothing of /etc is read into the
+    kept directory, nothing there is written; the rest is kept and restored."""
+    r = Restore(tmp_path)
+    (r.copy / "data/deep/hostname").write_text("snapshot's, not /etc's")
+    (r.copy / "data/deep/passwd").write_text("snapshot's, not /etc's")
+    shutil.rmtree(r.live / "data/deep")
+    os.symlink("/etc", r.live / "data/deep")
+    (r.live / "data/empty").write_text("edited")
+    etc = {
+        name: (Path("/etc", name).read_bytes(), Path("/etc", name).stat())
+        for name in ("hostname", "passwd")
+    }
+
+    result = r.run()
+
+    assert result.returncode == 1  # cp refuses a directory over the symlink, as before
+    (kept_dir,) = r.kept_dirs()
+    kept = sorted(str(p.relative_to(r.kept("", kept_dir))) for p in r.kept("", kept_dir).rglob("*"))
+    assert kept == ["data", "data/empty"]
+    assert r.kept("data/empty", kept_dir).read_text() == "edited"
+    for name, (data, st) in etc.items():
+        now = Path("/etc", name).stat()
+        assert Path("/etc", name).read_bytes() == data
+        assert (now.st_mtime_ns, now.st_ino, now.st_uid) == (st.st_mtime_ns, st.st_ino, st.st_uid)
+    assert os.readlink(r.live / "data/deep") == "/etc"
+
+
+def test_a_live_symlink_where_the_snapshot_has_a_file_is_refused_before_anything(tmp_path):
+    """cp -a writes through a live symlink onto its target (content, owner, set-id mode:
+    an outside file became the tree owner's): the restore refuses before it replaces
+    anything, and keeps nothing."""
+    r = Restore(tmp_path)
+    outside = tmp_path / "outside.conf"
+    outside.write_text("someone else's")
+    outside.chmod(0o600)
+    (r.live / "data/secret.key").unlink()
+    os.symlink(outside, r.live / "data/secret.key")
+    (r.live / "data/empty").write_text("edited")
+
+    result = r.run()
+
+    assert result.returncode == 1
+    assert outside.read_text() == "someone else's"
+    assert (outside.stat().st_uid, stat.S_IMODE(outside.stat().st_mode)) == (0, 0o600)
+    assert (r.live / "data/empty").read_text() == "edited"  # nothing replaced
+    assert "data/secret.key is a symlink where the snapshot has a file (cp would write" in (
+        result.stderr
+    )
+    assert r.kept_dirs() == []
+
+
+def test_a_live_fifo_where_the_snapshot_has_a_file_is_refused_not_waited_on(tmp_path):
+    """cp opens a FIFO in the file's place and waits for a reader for ever."""
+    r = Restore(tmp_path)
+    (r.live / "data/secret.key").unlink()
+    os.mkfifo(r.live / "data/secret.key")
+    result = r.run(timeout=60)
+    assert result.returncode == 1
+    assert "data/secret.key is a FIFO where the snapshot has a file (cp would open it)" in (
+        result.stderr
+    )
+
+
+def test_a_dry_run_names_what_it_would_keep_and_makes_nothing(tmp_path):
+    r = Restore(tmp_path)
+    (r.live / "data/empty").write_text("edited")
+    (r.live / "data/exact-block").write_text("edited too")
+    result = r.run("--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        rf"would: keep 2 files \(\S+ \S+\) of {r.live} in {r.safety}/files-", result.stdout
+    )
+    assert not r.safety.exists()
+    assert (r.live / "data/empty").read_text() == "edited"
+
+
+def test_a_restored_path_that_is_one_file_is_kept_too(tmp_path):
+    r = Restore(tmp_path)
+    one = r.live / "data/secret.key"
+    one.write_text("edited")
+    r.restore_here(r.plan(), one)
+    assert r.kept("data/secret.key").read_text() == "edited"
+    assert one.read_text() == "k"
+
+
+def test_a_live_directory_where_the_snapshot_has_a_file_is_refused(tmp_path):
+    """cp -a of a file onto a directory copies it into the directory, over the entry of
+    its name there (nothing kept that): refused, nothing replaced."""
+    r = Restore(tmp_path)
+    place = r.live / "data/secret.key"
+    place.unlink()
+    place.mkdir()
+    (place / "secret.key").write_text("inside, live")
+    with pytest.raises(TaskError, match="is a directory where the snapshot has a file"):
+        r.restore_here(r.plan(), place)
+    assert (place / "secret.key").read_text() == "inside, live"
+    assert r.kept_dirs() == []

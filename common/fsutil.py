@@ -190,3 +190,26 @@ def directory_size(path: Path) -> int:
             except FileNotFoundError:
                 continue
     return total
+
+
+def untrusted_link(path: Path) -> Path | None:
+    """The first component above ``path`` (``path`` itself excluded) that is a symlink
+    another user could have made or swapped: one owned by anyone but root, or standing
+    in a directory that anyone but root may write to; None when there is none (or the
+    path does not reach that far yet). Root following such a link by name would read
+    or write wherever that user chose."""
+    current = Path(path.anchor or "/")
+    for part in path.parts[1:-1]:
+        parent = current
+        current = current / part
+        try:
+            info = os.lstat(current)
+            above = os.lstat(parent)
+        except OSError:
+            return None
+        if not stat.S_ISLNK(info.st_mode):
+            continue
+        if info.st_uid != 0 or above.st_uid != 0 or above.st_mode & 0o022:
+            return current
+        current = Path(os.path.realpath(current))
+    return None

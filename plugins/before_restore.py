@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Generator, Iterator
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.archive.sparse import Region, data_regions
-from ..common.fsutil import fsync_dir, pread_span
+from ..common.fsutil import fsync_dir, pread_span, untrusted_link
 from ..common.log import Log
 from ..common.text import BoundedWarnings, printable
 from ..common.units import human_size
@@ -148,15 +149,18 @@ def _pairs(
             if wanted is not None and names not in wanted:
                 continue
             copied, live = os.lstat(there), _look(fd, name)
+            if live is None and not names:  # the path itself: it was there a moment ago
+                raise OSError(errno.ENOENT, "the restored path is gone")
             if live is None or stat.S_ISDIR(live.st_mode) != stat.S_ISDIR(copied.st_mode):
                 continue  # cp creates it, or refuses it: nothing of it is replaced
             if not stat.S_ISDIR(live.st_mode):
                 yield _Pair(fd, name, names, there, copied, live)
                 continue
             opened = _open_checked(fd, name, live, _DIR)
-            if opened is not None:
-                below = [(n, there / n, (*names, n)) for n in sorted(os.listdir(there))]
-                stack.append((opened, iter(below)))
+            if opened is None:  # what it holds cannot be compared: refuse, not skip
+                raise OSError(errno.ESTALE, "a directory was swapped while it was compared")
+            below = [(n, there / n, (*names, n)) for n in sorted(os.listdir(there))]
+            stack.append((opened, iter(below)))
     finally:
         for fd, _ in stack:
             os.close(fd)
@@ -314,7 +318,12 @@ def keep_aside(
             continue
         if progress.kept is None:
             progress.kept = _make_kept_dir(safety, prefix)
-        _keep(replaced, progress)
+        try:
+            _keep(replaced, progress)
+        except TaskError:
+            if not progress.count:  # only directories of its own: nothing to look at
+                shutil.rmtree(progress.kept, ignore_errors=True)
+            raise
         log.info(
             "kept %s that the restore replaces in %s: %s",
             replaced.summary(),
@@ -370,8 +379,20 @@ def _check_room(safety: Path, found: list[Replaced]) -> None:
 def _make_kept_dir(safety: Path, prefix: str) -> Path:
     """A new directory below ``safety`` (made 0700 when missing), named ``prefix`` and
     random letters, mode 0700: no one can guess or take its name first."""
+    link = untrusted_link(safety / "x")
+    if link is not None:
+        raise TaskError(
+            f"{link} is a symlink another user could have made: the restore keeps nothing "
+            "through it; nothing was replaced"
+        )
     try:
         safety.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(safety)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+            raise TaskError(
+                f"{safety} is not a directory of root's that only root may write to: the "
+                "restore keeps nothing there; nothing was replaced"
+            )
         return Path(tempfile.mkdtemp(prefix=prefix, dir=safety))
     except OSError as exc:
         raise TaskError(
@@ -402,19 +423,34 @@ def _keep(replaced: Replaced, progress: _Progress) -> None:
                     raise TaskError(
                         f"{shown} is {why} now: nothing was replaced; {progress.so_far()}"
                     )
-                where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _make_parents(where)
                 progress.blocks += _keep_entry(pair, where, progress.lost)
                 progress.count += 1
     except OSError as exc:
         raise _failed(shown, exc, progress) from None
 
 
+def _make_parents(where: Path) -> None:
+    """The directories above ``where`` in the kept tree, each made 0700."""
+    missing = []
+    parent = where.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700)
+
+
 def _failed(shown: str, exc: OSError, progress: _Progress) -> TaskError:
     return TaskError(
         f"keeping what the restore replaces failed at {shown}: "
         f"{printable(exc.strerror or exc, NAME_LIMIT)}; nothing was replaced; "
-        f"{progress.so_far()} (a part only: the live files are untouched; remove it "
-        "when you like)"
+        f"{progress.so_far()}"
+        + (
+            " (a part only: the live files are untouched; remove it when you like)"
+            if progress.count
+            else ""
+        )
     )
 
 

@@ -8,6 +8,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from ..common.fsutil import untrusted_link
+from ..common.text import printable
 from ..common.units import human_size
 from . import hookimpl, load_plugin_schema
 from .before_restore import find_replaced, keep_aside
@@ -148,6 +150,7 @@ def restore_paths(
                 continue
             raise TaskError(f"{path} is not in the restored snapshot ({copy})")
         destination = (target / path.lstrip("/")) if target else Path(path)
+        _a_place_of_its_own(destination)
         _same_kind_at_top(copy, destination)
         places.append((path, copy, destination))
     found = [find_replaced(c, d) for _, c, d in places if os.path.lexists(d)]
@@ -163,6 +166,26 @@ def restore_paths(
         if task.config.get("xattrs", True):  # else the snapshot holds none to compare
             _same_xattrs(copy, destination)
         task.log.info("restored %s", destination)
+
+
+def _a_place_of_its_own(destination: Path) -> None:
+    """Raises TaskError, before anything is replaced, for a destination that has no name
+    (``/``: what it replaces could not be compared or kept) or below a symlink another
+    user could have made (its owner is not root, or it stands in a directory others may
+    write to: root would follow it by name, read what it points at into the kept
+    directory and write the snapshot there)."""
+    if destination == Path(destination.anchor or "/"):
+        raise TaskError(
+            "restoring / in place is refused: restore below --target DIR and copy what "
+            "you need from there"
+        )
+    link = untrusted_link(destination)
+    if link is not None:
+        raise TaskError(
+            f"{printable(link, 200)} is a symlink another user could have made or "
+            f"swapped, above {printable(destination, 200)}: nothing replaced; restore "
+            "below --target DIR, or put a directory there"
+        )
 
 
 def _same_kind_at_top(copy: Path, destination: Path) -> None:
@@ -193,7 +216,8 @@ def _copy_back(task: Task, copy: Path, destination: Path) -> None:
         task.run(["cp", *CP, "--", f"{copy}/.", f"{destination}/"], timeout=None)
         shutil.copystat(copy, destination)
     else:
-        task.run(["cp", *CP, "--", str(copy), str(destination)], timeout=None)
+        # -T: a live symlink to a directory at ``destination`` is replaced, not entered
+        task.run(["cp", *CP, "-T", "--", str(copy), str(destination)], timeout=None)
 
 
 KEEP_XATTRS = ("security.selinux",)

@@ -18,6 +18,7 @@ import copy
 import difflib
 import functools
 import math
+import os
 import re
 import sys
 import threading
@@ -73,6 +74,12 @@ def _yaml(text: str) -> Any:
     """A schema's YAML, through libyaml when PyYAML has it (Debian's and PyPI's do): the
     pure-Python parser took 85 ms of every command's start, the serve endpoint's too."""
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+
+
+def shared_schema(package: str, name: str) -> dict:
+    """The schema ``schemas/<name>.yaml`` of ``package``, one object for the process:
+    for readers that never change it (a validator; common/validated.py keys on it)."""
+    return _parsed_schema(package, name)
 
 
 def load_schema(package: str, name: str) -> dict:
@@ -272,6 +279,14 @@ def _is_integer(checker, instance: Any) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
+def _private(doc: YamlDocument) -> bool:
+    """Whether only its owner may read ``doc``'s file (then its record name is keyed)."""
+    try:
+        return not os.stat(doc.path).st_mode & 0o044
+    except (OSError, TypeError):
+        return True
+
+
 def jsonschema_module() -> Any:
     """The ``jsonschema`` module, imported when a document is first validated: its import
     is about 0.1 s of CPU, which a command whose documents are all known valid
@@ -306,7 +321,7 @@ def validate(doc: YamlDocument, schema: dict, prefix: KeyPath = ()) -> list[Prob
     line, full key path and what was expected.
     """
     data = doc.sub(prefix).data if prefix else doc.data
-    seen_valid = validated.fingerprint("config", schema, data)
+    seen_valid = validated.fingerprint("config", schema, data, private=_private(doc))
     if validated.known(seen_valid):
         return []
     jsonschema = jsonschema_module()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pullback.common import secrets
+from pullback.common import secrets, validated
 
 TESTS = Path(__file__).parent
 TIERS = ("unit", "integration", "system")
@@ -18,6 +18,8 @@ TOOL_MODULES = {
     "test_bench_fidelity.py",
     "test_bench_smoke.py",
     "test_copy.py",
+    "test_borg_lock_words.py",
+    "test_database_plugins.py",
     "test_database_restore.py",
     "test_drill_databases.py",
     "test_exclude_oracle.py",
@@ -105,6 +107,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.tools)
         if tier == "integration" and relative.name in ONCE_MODULES:
             item.add_marker(pytest.mark.once)
+
+
+@pytest.fixture(autouse=True)
+def _no_validation_record(monkeypatch):
+    """In this process, no record of validated documents (common/validated.py): a
+    machine with /var/lib/pullback/validated (the packages, a bench) would otherwise
+    make runs of the suite depend on each other. tests/unit/test_validated.py points
+    it at a directory of its own."""
+    monkeypatch.setattr(validated, "MEMO_DIR", Path("/nonexistent/pullback-validated"))
 
 
 @pytest.fixture(autouse=True)

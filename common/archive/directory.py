@@ -137,7 +137,7 @@ def _scan(directory: Path, fetched: bool) -> list[LocalArchive]:
         problem = ""
         side = entry.with_name(entry.name + ".json")
         try:
-            sidecar = sidecars.parse(side.read_bytes(), expected_name=entry.name)
+            sidecar = sidecars.parse(side.read_bytes(), expected_name=entry.name, record=True)
         except FileNotFoundError:
             problem = "no sidecar (incomplete)"
         except (OSError, ArchiveError) as exc:
@@ -174,8 +174,8 @@ def publish(tmp_archive: Path, sidecar: Sidecar, archive_dir: Path) -> Path:
     final = archive_dir / sidecar.archive.name
     side_tmp = archive_dir / f".{final.name}.json.{os.getpid()}{PARTIAL_SUFFIX}"
     text = sidecar.to_json()
+    sidecars.record_written(text)  # raises ArchiveError for one the server would refuse
     atomic_write(side_tmp, text, mode=0o640)
-    sidecars.record_written(text)
     try:
         with directory_lock(archive_dir, "publishing an archive").acquire(wait=LOCK_WAIT):
             if final.exists():

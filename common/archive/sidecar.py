@@ -17,7 +17,7 @@ from typing import Any
 from .. import validated
 from ..errors import ArchiveError
 from ..outcome import Status
-from ..schema import jsonschema_module, load_schema
+from ..schema import jsonschema_module, shared_schema
 
 FORMAT = 1
 """The format of a full archive's sidecar (what every pullback reads)."""
@@ -163,37 +163,35 @@ class Sidecar:
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
-def parse(text: str | bytes, expected_name: str | None = None) -> Sidecar:
-    """Parse and validate a sidecar. Raises ArchiveError saying what is wrong with it."""
+def parse(text: str | bytes, expected_name: str | None = None, *, record: bool = False) -> Sidecar:
+    """Parse and validate a sidecar. Raises ArchiveError saying what is wrong with it.
+    ``record``: a sidecar of this machine's own archive directory (common/validated.py)."""
     try:
         data: Any = json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ArchiveError(f"sidecar is not valid JSON: {exc}") from None
-    return from_data(data, expected_name)
-
-
-def _fingerprint(data: Any) -> str:
-    return validated.fingerprint("sidecar", load_schema("pullback.common", "sidecar"), data)
+    return from_data(data, expected_name, record=record)
 
 
 def record_written(text: str) -> None:
-    """Record a sidecar this process wrote (``text`` from :meth:`Sidecar.to_json`) as
-    valid (common/validated.py): the client's later commands and its serve endpoint then
-    read it without loading a validator. It is taken as valid without a check: the
-    writer is the code the schema describes, and tests/unit/test_sidecar.py proves that
-    every kind of sidecar it writes passes the schema. The record is this machine's own
-    (root writes it): a server checks what a client sends it whatever the client holds."""
-    validated.remember(_fingerprint(json.loads(text)))
+    """Validate a sidecar this process is publishing (``text`` from
+    :meth:`Sidecar.to_json`) and record it as valid (common/validated.py), so that the
+    client's later commands and its serve endpoint read it without loading a validator.
+    Raises ArchiveError when the writer made one the server would refuse (more services
+    than the schema allows, say): better at publishing than at every pull."""
+    _check_schema(json.loads(text), record=True)
 
 
-def _check_schema(data: Any) -> None:
-    """Raises ArchiveError naming where ``data`` breaks the sidecar's schema (data found
-    valid before, common/validated.py, is not checked again)."""
-    seen_valid = _fingerprint(data)
+def _check_schema(data: Any, *, record: bool = False) -> None:
+    """Raises ArchiveError naming where ``data`` breaks the sidecar's schema. With
+    ``record``, data found valid before is not checked again, and data found valid now
+    is recorded (common/validated.py); a server reading a client's sidecar never asks."""
+    schema = shared_schema("pullback.common", "sidecar")
+    seen_valid = validated.fingerprint("sidecar", schema, data) if record else ""
     if validated.known(seen_valid):
         return
     jsonschema = jsonschema_module()
-    validator = jsonschema.Draft202012Validator(load_schema("pullback.common", "sidecar"))
+    validator = jsonschema.Draft202012Validator(schema)
     # the best of the first few errors: a sidecar of a million wrong items (a client's
     # bytes) costs what finding a few of them costs, not seconds per megabyte
     first = itertools.islice(validator.iter_errors(data), MAX_SCHEMA_ERRORS)
@@ -204,14 +202,14 @@ def _check_schema(data: Any) -> None:
     validated.remember(seen_valid)
 
 
-def from_data(data: Any, expected_name: str | None = None) -> Sidecar:
+def from_data(data: Any, expected_name: str | None = None, *, record: bool = False) -> Sidecar:
     """Validate already-decoded sidecar JSON (see :func:`parse`)."""
     if isinstance(data, dict) and data.get("format") not in FORMATS:
         raise ArchiveError(
             f"sidecar format {data.get('format')!r} is not one this pullback reads "
             f"({', '.join(map(str, FORMATS))}); upgrade pullback on this machine"
         )
-    _check_schema(data)
+    _check_schema(data, record=record)
     # JSON Schema's `$` lets a trailing newline through: the names must be whole
     if not (
         ARCHIVE_NAME.match(data["archive"]["name"])

@@ -702,14 +702,29 @@ the first four on 2026-12-01; the last three ran with deltas in every CI until
 2026-12-03, 8-26 s each)."""
 
 
+KIND_ALIKE = {
+    "server killed while storing",
+    "repository disk full during store",
+    "server stopped (SIGTERM) while transferring",
+    "scratch disk full during transfer",
+    "client killed while publishing",
+}
+"""Rows whose fault meets an archive where a delta and a full one take the same code: the
+store from staging (a delta stored from staging after a failed store has unit tests of
+its own, tests/unit/test_host_pull.py), the download's bytes (a delta's kill while
+transferring and its cut transfer keep their rows), the publish. With deltas they are
+skipped in CI since 2026-12-03 (about 75 s of a worker; all passed with deltas in every
+CI before); ``PULLBACK_FULL_MATRIX=1`` runs them."""
+
+
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 def test_fault(bed: FaultBed, fault: Fault, tmp_path):
     if (
         bed.incremental
-        and fault.name in NOT_ABOUT_ARCHIVES
+        and fault.name in NOT_ABOUT_ARCHIVES | KIND_ALIKE
         and not os.environ.get("PULLBACK_FULL_MATRIX")
     ):
-        pytest.skip("not about archives: run once, with full archives")
+        pytest.skip("its fault meets no archive's kind: run once, with full archives")
     host = HOSTS[FAULTS.index(fault) % len(HOSTS)]
     bed.reset()
     try:

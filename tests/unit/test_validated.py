@@ -3,6 +3,7 @@ validator, and nothing but exactly the data that passed can hit."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 
@@ -34,7 +35,7 @@ def no_validator(monkeypatch):
     monkeypatch.setattr(sidecar, "jsonschema_module", _refuse)
 
 
-def test_data_of_another_type_or_shape_never_shares_a_name():
+def test_data_of_another_type_or_shape_never_shares_a_name(memo):
     schema = {"type": "object"}
 
     def name(data):
@@ -88,19 +89,68 @@ def test_an_invalid_configuration_is_never_recorded(tmp_path, memo):
     assert os.listdir(memo) == []
 
 
-def test_a_written_sidecar_is_read_without_the_validator_and_a_changed_one_is_checked(
-    memo, no_validator
+def test_a_published_sidecar_is_validated_once_and_then_read_without_the_validator(
+    memo, monkeypatch
 ):
     data = json.loads(json.dumps(GOOD))
     del data["added_later"], data["archive"]["future_key"]
     del data["services"][0]["tasks"][0]["extra"]
     written = json.dumps(data)
-    sidecar.record_written(written)
-    assert sidecar.parse(written).host == "web1"
+    sidecar.record_written(written)  # validated here (the run publishing it)
+    monkeypatch.setattr(sidecar, "jsonschema_module", _refuse)
+    assert sidecar.parse(written, record=True).host == "web1"
+    with pytest.raises(AssertionError, match="validator"):  # a server never asks the record
+        sidecar.parse(written)
     data["host"] = "web2"
     data["archive"]["name"] = "web2-20261122T030000Z.tar.zst"
     with pytest.raises(AssertionError, match="validator"):
-        sidecar.parse(json.dumps(data))
+        sidecar.parse(json.dumps(data), record=True)
+
+
+def test_a_sidecar_the_writer_makes_invalid_is_refused_when_published(memo):
+    """1001 services: the schema's limit; the server would refuse it at every pull."""
+    data = json.loads(json.dumps(GOOD))
+    data["services"] = [dict(data["services"][0], name=f"s{n}") for n in range(1001)]
+    with pytest.raises(ArchiveError, match="malformed"):
+        sidecar.record_written(json.dumps(data))
+    assert os.listdir(memo) == []
+
+
+def test_a_clients_sidecar_read_by_a_server_is_never_hashed(memo, monkeypatch):
+    """A client could make a server hash megabytes of junk under a key the schema lets
+    through, and evict its records (outside review): the server validates as before."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("hashed")
+
+    monkeypatch.setattr(validated, "fingerprint", refuse)
+    junk = json.loads(json.dumps(GOOD))
+    junk["added_later"] = {str(n): n for n in range(1000)}
+    assert sidecar.from_data(junk).host == "web1"
+    assert os.listdir(memo) == []
+
+
+def test_data_of_types_json_lacks_is_never_recorded(memo):
+    for value in ((("echo", "hi"),), {1, 2}, b"x", dt.date(2026, 1, 1)):
+        assert validated.fingerprint("config", {}, {"pre": value}) == ""
+
+
+def test_a_document_only_root_reads_is_named_by_a_keyed_hash(tmp_path, memo, monkeypatch):
+    public = validated.fingerprint("config", {}, {"password": "q7zx"})
+    private = validated.fingerprint("config", {}, {"password": "q7zx"}, private=True)
+    assert public and private and public != private
+    key = memo / validated.KEY_NAME
+    assert oct(key.stat().st_mode & 0o777) == "0o600" and len(key.read_bytes()) == 32
+    path = tmp_path / "service.yaml"
+    path.write_text("service: {name: app}\n")
+    path.chmod(0o600)
+    assert schemas._private(load(path))
+    path.chmod(0o640)
+    assert not schemas._private(load(path))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # cannot make the key: no name
+    key.unlink()
+    assert validated.fingerprint("config", {}, {"a": 1}, private=True) == ""
+    assert validated.fingerprint("config", {}, {"a": 1}) != ""
 
 
 def test_every_kind_of_sidecar_the_writer_makes_passes_the_schema():
@@ -137,14 +187,25 @@ def test_an_untrusted_directory_or_record_is_not_used(memo, monkeypatch):
 
 
 def test_the_record_keeps_the_most_recently_used(memo, monkeypatch):
-    monkeypatch.setattr(validated, "MAX_ENTRIES", 3)
-    names = [validated.fingerprint("config", {}, {"n": n}) for n in range(4)]
-    for age, name in enumerate(names[:3]):
+    monkeypatch.setattr(validated, "MAX_ENTRIES", 4)
+    names = [validated.fingerprint("config", {}, {"n": n}) for n in range(5)]
+    for age, name in enumerate(names[:4]):
         validated.remember(name)
         os.utime(memo / name, (1000 + age, 1000 + age))
     assert validated.known(names[0])  # used now: the newest
-    validated.remember(names[3])
-    assert sorted(os.listdir(memo)) == sorted([names[0], names[2], names[3]])
+    validated.remember(names[4])  # five: down to three (three quarters of four)
+    assert sorted(os.listdir(memo)) == sorted([names[0], names[3], names[4]])
+
+
+def test_a_record_dated_ahead_of_the_clock_counts_as_the_oldest(memo, monkeypatch):
+    monkeypatch.setattr(validated, "MAX_ENTRIES", 4)
+    names = [validated.fingerprint("config", {}, {"n": n}) for n in range(5)]
+    ahead = 4_000_000_000  # 2096
+    for name in names[:4]:
+        validated.remember(name)
+        os.utime(memo / name, (ahead, ahead))
+    validated.remember(names[4])  # the new one stays; the future ones go first
+    assert names[4] in os.listdir(memo) and len(os.listdir(memo)) == 3
 
 
 def _refuse():

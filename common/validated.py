@@ -31,6 +31,7 @@ keyed with a secret only root reads (:data:`KEY_NAME`), so its name tells nothin
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import importlib.util
@@ -175,23 +176,19 @@ def _key(directory: Path) -> bytes:
         os.close(fd)
 
 
-_rules_text: str | None = None
-
-
+@functools.cache
 def _rules() -> str:
-    global _rules_text
-    if _rules_text is None:
-        digest = hashlib.sha256()
-        for module in _RULES:
-            with contextlib.suppress(OSError):  # not installed as files: the version alone
-                digest.update(module.read_bytes())
-        spec = importlib.util.find_spec("jsonschema")  # its version, without importing it
-        if spec is not None and spec.origin:
-            with contextlib.suppress(OSError):
-                info = os.stat(Path(spec.origin).parent)
-                digest.update(f"{spec.origin}:{info.st_mtime_ns}:{info.st_ino}".encode())
-        _rules_text = digest.hexdigest()
-    return _rules_text
+    """A digest of the code that decides validity (read once a process)."""
+    digest = hashlib.sha256()
+    for module in _RULES:
+        with contextlib.suppress(OSError):  # not installed as files: the version alone
+            digest.update(module.read_bytes())
+    spec = importlib.util.find_spec("jsonschema")  # its version, without importing it
+    if spec is not None and spec.origin:
+        with contextlib.suppress(OSError):
+            info = os.stat(Path(spec.origin).parent)
+            digest.update(f"{spec.origin}:{info.st_mtime_ns}:{info.st_ino}".encode())
+    return digest.hexdigest()
 
 
 class _NotJson(Exception):

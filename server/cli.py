@@ -66,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="restore drill: restore a snapshot and check it against its manifest",
     )
     p.add_argument("--host", action="append", metavar="NAME", help="only this host")
-    p.add_argument("--random", action="store_true", help="a random snapshot, not the newest")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--random", action="store_true", help="a random snapshot, not the newest")
+    which.add_argument(
+        "--snapshot",
+        metavar="ID",
+        help="this snapshot (id prefix or archive stamp) of the one --host",
+    )
     json_option(p)
     p = sub.add_parser(
         "copy",

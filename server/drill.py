@@ -17,17 +17,28 @@ from errno import ENOSPC
 
 from ..common.archive.manifest import MANIFEST_NAME, parse
 from ..common.clock import iso
-from ..common.errors import PullbackError
+from ..common.errors import PullbackError, UsageError
 from ..common.fsutil import free_bytes
 from ..common.text import printable
 from ..common.units import human_duration, human_size
 from . import status_file
-from .backends import Role, Snapshot
+from .backends import Role, Snapshot, named
 from .db_proof import DatabaseProof, ProofSettings, ProofState, prove_databases
 from .host import HostContext
 
 CHUNK = 1 << 20
 SHOWN = 20
+
+
+@dataclass(frozen=True)
+class DrillChoice:
+    """Which snapshot a drill restores. ``snapshot`` names one (an id prefix or an archive
+    stamp, as ``restore --snapshot`` takes it): that one, whatever failed before. Else a
+    snapshot whose drill failed before comes first, while it is listed; else a random one
+    (``random``) or the newest."""
+
+    snapshot: str | None = None
+    random: bool = False
 
 
 @dataclass
@@ -133,15 +144,17 @@ def check_tree(root, result: DrillResult) -> None:
                 result.problems.append(f"not in the manifest: {rel}")
 
 
-def drill(ctx: HostContext, pick_random: bool = False) -> DrillResult:
-    """Restore the newest (or a random) snapshot of the host and check it, within the
-    host's ``host_timeout`` (as its pull): past it, restores and engine commands stop and
-    the drill says so. Never raises a PullbackError: problems are in the result."""
+def drill(ctx: HostContext, choice: DrillChoice | None = None) -> DrillResult:
+    """Restore the snapshot ``choice`` picks (default: a snapshot whose drill failed
+    before, else the newest) and check it, within the host's ``host_timeout`` (as its
+    pull): past it, restores and engine commands stop and the drill says so. Raises
+    UsageError when ``choice.snapshot`` names no single snapshot of the host (nothing was
+    restored); any other problem is in the result, never raised."""
     deadline = threading.Timer(ctx.config.host_timeout, ctx.cancel.set)
     deadline.daemon = True
     deadline.start()
     try:
-        result = _drill(ctx, pick_random)
+        result = _drill(ctx, choice or DrillChoice())
     finally:
         deadline.cancel()
     if ctx.cancel.is_set() and not deadline.is_alive():
@@ -161,6 +174,23 @@ def _provable(listed: list[Snapshot], result: DrillResult) -> list[Snapshot]:
         why = f" ({adopted} adopted from backup-suite: they hold no manifest)"
         result.problems.append("no snapshot to restore" + (why if adopted else ""))
     return snapshots
+
+
+def _named(listed: list[Snapshot], wanted: str, host: str) -> Snapshot:
+    """The one snapshot of ``listed`` that ``wanted`` names. Raises UsageError when none
+    or several do, or when it was adopted from backup-suite (it holds no manifest)."""
+    matches = named(listed, wanted)
+    if len(matches) != 1:
+        shown = printable(wanted, 80)
+        raise UsageError(
+            f"no single snapshot {shown!r} of {host}; see pullback-server snapshots {host}"
+        )
+    if matches[0].adopted:
+        raise UsageError(
+            f"snapshot {matches[0].id} of {host} was adopted from backup-suite: "
+            "it holds no manifest a drill could prove"
+        )
+    return matches[0]
 
 
 def _pick(
@@ -190,16 +220,25 @@ def _pick(
     return random.choice(snapshots) if pick_random else snapshots[-1]  # noqa: S311
 
 
-def _drill(ctx: HostContext, pick_random: bool) -> DrillResult:
+def _chosen(ctx: HostContext, choice: DrillChoice, result: DrillResult) -> Snapshot | None:
+    """The snapshot to drill, or None when the host has none a drill can prove (the
+    problem noted in ``result``). Raises UsageError as :func:`_named`."""
+    listed = ctx.backend.snapshots()
+    if choice.snapshot is not None:
+        return _named(listed, choice.snapshot, ctx.host.name)
+    snapshots = _provable(listed, result)
+    return _pick(ctx, snapshots, choice.random, result) if snapshots else None
+
+
+def _drill(ctx: HostContext, choice: DrillChoice) -> DrillResult:
     config, host, backend = ctx.config, ctx.host, ctx.backend
     started = time.monotonic()
     result = DrillResult(host.name)
     scratch = config.scratch_dir() / host.name
     try:
-        snapshots = _provable(backend.snapshots(), result)
-        if not snapshots:
+        snapshot = _chosen(ctx, choice, result)
+        if snapshot is None:
             return result
-        snapshot = _pick(ctx, snapshots, pick_random, result)
         result.snapshot_id = snapshot.id
         result.snapshot_time = iso(snapshot.time)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -230,6 +269,8 @@ def _drill(ctx: HostContext, pick_random: bool) -> DrillResult:
                 f"database {p.summary}" for p in result.databases if p.state == ProofState.FAILED
             ]
         result.ok = not result.problems
+    except UsageError:
+        raise
     except PullbackError as exc:
         result.problems.append(str(exc))
     except OSError as exc:

@@ -260,9 +260,19 @@ def _drill_words(entry: dict) -> str | None:
         when = printable(str(failed.get("at")), 40)
         return (
             f"the restore drill of {when} failed: {said}; the next drill tries that "
-            "snapshot again, until it passes or the snapshot is forgotten"
+            "snapshot again, until it passes or the snapshot is forgotten" + _more_failed(entry)
         )
     return None
+
+
+def _more_failed(entry: dict) -> str:
+    """The words for further snapshots whose drill failed (``verify --snapshot``), or ""."""
+    others = entry.get("verify_failed_others")
+    count = len(others) if isinstance(others, list) else 0
+    if not count:
+        return ""
+    which = "another snapshot" if count == 1 else f"{count} other snapshots"
+    return f"; {which} failed a drill too (status --json: verify_failed_others)"
 
 
 def _reason(entry: dict) -> str:

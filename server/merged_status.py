@@ -115,6 +115,13 @@ def _failed_drill(value: object) -> dict | None:
     return {key: printable(str(value.get(key, "")), MAX_TEXT) for key in ("id", "at", "summary")}
 
 
+def _failed_drills(value: object) -> list[dict] | None:
+    """Further failed drills (``verify_failed_others``): each one's words, cut."""
+    if not isinstance(value, list):
+        return None
+    return [d for d in (_failed_drill(v) for v in value[:20]) if d is not None]
+
+
 def _history(value: object) -> list[dict] | None:
     if not isinstance(value, list):
         return None
@@ -152,6 +159,7 @@ _FIELDS: dict[str, Callable[[object], object]] = {
     "problem": _flag,
     "verify_result": _word,
     "verify_failed_snapshot": _failed_drill,
+    "verify_failed_others": _failed_drills,
     "maintain_result": _word,
     "maintain_reason": _word,
     "maintain_failed": _texts,

@@ -24,7 +24,7 @@ from ..common.procfs import bytes_written_below
 from ..common.progress import STATUS, Progress, Watched
 from ..common.signals import SignalGuard
 from ..common.text import printable
-from .backends import Snapshot
+from .backends import Snapshot, named
 from .config import ServerConfig
 from .host import HostContext
 
@@ -113,7 +113,7 @@ def pick_snapshot(
         raise PullbackError(f"{host} has no snapshot yet")
     if wanted == "latest":
         return _newest_with(snapshots, service, host) if service else (snapshots[-1], "")
-    matches = [s for s in snapshots if s.id.startswith(wanted) or s.stamp == wanted]
+    matches = named(snapshots, wanted)
     if len(matches) != 1:
         raise UsageError(
             f"no single snapshot {wanted!r} of {host}; see pullback-server snapshots {host}"

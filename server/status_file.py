@@ -202,6 +202,46 @@ def _save(state_dir: Path, status: dict) -> dict:
     return status
 
 
+MORE_FAILED = 20
+"""At most this many further failed snapshots (``verify_failed_others``) are kept."""
+
+
+def _record_failed_snapshots(entry: dict, drill, now: str) -> None:
+    """Keep the snapshots whose drill failed and that no drill has proven since: the
+    first in ``verify_failed_snapshot`` (the one the next drill tries again), others in
+    ``verify_failed_others`` (a failed ``verify --snapshot`` of another one; an outside
+    review saw one record overwrite the other). A passing drill of a snapshot ends its
+    failure; a first one that is no longer listed ends too, and the next takes its
+    place."""
+    first = entry.get("verify_failed_snapshot")
+    others = entry.get("verify_failed_others")
+    others = [o for o in others if isinstance(o, dict)] if isinstance(others, list) else []
+    others = [o for o in others if o.get("id") != drill.snapshot_id]
+    ended = drill.failed_before_gone  # the first is no longer listed
+    if not isinstance(first, dict) or first.get("id") == drill.snapshot_id or ended:
+        first = None
+    if not drill.ok:
+        failed = {
+            "id": drill.snapshot_id,
+            "time": drill.snapshot_time,
+            "at": now,
+            "summary": drill.summary[:300],
+        }
+        others = [*others, failed] if first is not None else [failed, *others]
+    if first is None and others:
+        first = others.pop(0)
+    _put(entry, "verify_failed_snapshot", first)
+    _put(entry, "verify_failed_others", others[-MORE_FAILED:] or None)
+
+
+def _put(entry: dict, key: str, value: object) -> None:
+    """``entry[key] = value``, or no ``key`` at all when ``value`` is None."""
+    if value is None:
+        entry.pop(key, None)
+    else:
+        entry[key] = value
+
+
 def _record_drill(entry: dict, drill, now: str) -> None:
     entry["last_verified_attempt"] = now
     entry["verify_result"] = Status.OK if drill.ok else Status.FAILED
@@ -213,17 +253,8 @@ def _record_drill(entry: dict, drill, now: str) -> None:
     if drill.ok:
         entry["last_verified"] = now
         entry["last_verified_snapshot"] = drill.snapshot_id
-        failed = entry.get("verify_failed_snapshot")
-        proven = isinstance(failed, dict) and failed.get("id") == drill.snapshot_id
-        if proven or drill.failed_before_gone or not isinstance(failed, dict):
-            entry.pop("verify_failed_snapshot", None)
-    elif drill.snapshot_id:  # stays until a drill of that snapshot passes, or it is gone
-        entry["verify_failed_snapshot"] = {
-            "id": drill.snapshot_id,
-            "time": drill.snapshot_time,
-            "at": now,
-            "summary": drill.summary[:300],
-        }
+    if drill.ok or drill.snapshot_id:
+        _record_failed_snapshots(entry, drill, now)
     if drill.databases_proven:  # every dump loaded, even when a file of it failed
         entry["databases_proven"] = now
 

@@ -40,6 +40,15 @@ class Snapshot:
     False for an older pullback's snapshot, which may hold a file's older bytes."""
 
 
+def named(snapshots: Sequence[Snapshot], wanted: str) -> list[Snapshot]:
+    """The snapshots ``wanted`` names, as ``restore --snapshot`` and ``verify --snapshot``
+    take it: those whose id starts with it, or whose archive stamp is it (an empty
+    ``wanted`` names none)."""
+    if not wanted:
+        return []
+    return [s for s in snapshots if s.id.startswith(wanted) or s.stamp == wanted]
+
+
 @dataclass(frozen=True)
 class SnapshotSpec:
     """What a new snapshot is made of: the archive's stamp and time, and the services that

@@ -371,6 +371,16 @@ def test_a_drill_proves_a_good_snapshot_and_status_shows_it(pulled):
     assert status["verify_result"] == "ok" and status["last_verified"]
     table = fleet.server("status").stdout
     assert "LAST VERIFIED" in table and "ago" in table.splitlines()[1]
+    # one snapshot by name (a short id prefix), as after a repository's repair
+    proven = status["last_verified_snapshot"]
+    named = fleet.server("verify", "--host", "web1", "--snapshot", proven[:8])
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert f"web1: snapshot {proven} restored and all" in named.stdout
+    unknown = fleet.server("verify", "--host", "web1", "--snapshot", "0" * 12)
+    assert unknown.returncode == 2, unknown.stdout + unknown.stderr
+    assert f"no single snapshot '{'0' * 12}' of web1; see pullback-server snapshots web1" in (
+        unknown.stderr
+    )
 
 
 def _damage_one_pack(repository: Path, backend: str) -> None:

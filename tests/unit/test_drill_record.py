@@ -63,3 +63,44 @@ def test_a_snapshots_failed_drill_stands_until_a_drill_of_it_passes_or_it_is_gon
     gone = DrillResult("web1", ok=True, snapshot_id="9f00aa11", failed_before_gone=True)
     entry = status_file.record_drills(tmp_path, [gone])["hosts"]["web1"]
     assert "verify_failed_snapshot" not in entry
+
+
+def test_a_named_snapshots_failed_drill_is_kept_beside_the_first_one(tmp_path):
+    """``verify --snapshot`` of another snapshot that fails, while one failure stands:
+    both are kept (the first is what the next drill tries), and each ends only by a
+    passing drill of it; the next one takes the first's place."""
+
+    def drilled(snapshot: str, ok: bool, **more) -> dict:
+        result = DrillResult("web1", ok=ok, snapshot_id=snapshot, **more)
+        if not ok:
+            result.problems.append(f"changed: services/app/files/{snapshot}")
+        return status_file.record_drills(tmp_path, [result])["hosts"]["web1"]
+
+    drilled("newest", False)
+    entry = drilled("repaired", False)
+    assert entry["verify_failed_snapshot"]["id"] == "newest"
+    assert [o["id"] for o in entry["verify_failed_others"]] == ["repaired"]
+    entry = drilled("repaired", False)  # again: kept once
+    assert [o["id"] for o in entry["verify_failed_others"]] == ["repaired"]
+    entry = drilled("intact", True)
+    assert (entry["verify_failed_snapshot"]["id"], len(entry["verify_failed_others"])) == (
+        "newest",
+        1,
+    )
+    entry = drilled("newest", True, failed_before="newest")
+    assert entry["verify_failed_snapshot"]["id"] == "repaired", "the next takes its place"
+    assert "verify_failed_others" not in entry
+    drilled("third", False)
+    entry = drilled("fourth", True, failed_before_gone=True)  # "repaired" is forgotten
+    assert entry["verify_failed_snapshot"]["id"] == "third"
+    entry = drilled("third", True)
+    assert "verify_failed_snapshot" not in entry and "verify_failed_others" not in entry
+
+
+def test_further_failed_snapshots_are_bounded(tmp_path):
+    for number in range(status_file.MORE_FAILED + 5):
+        bad = DrillResult("web1", ok=False, snapshot_id=f"s{number}", problems=["changed: a"])
+        entry = status_file.record_drills(tmp_path, [bad])["hosts"]["web1"]
+    assert entry["verify_failed_snapshot"]["id"] == "s0"
+    others = [o["id"] for o in entry["verify_failed_others"]]
+    assert len(others) == status_file.MORE_FAILED and others[-1] == f"s{number}"

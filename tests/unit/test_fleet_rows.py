@@ -119,6 +119,12 @@ def test_a_snapshots_failed_drill_stays_in_the_row_after_another_passes():
     row = host_row("web1", entry, 86400, NOW)
     assert row.state is HostState.ATTENTION
     assert "the restore drill of 2026-12-02T03:40:00Z failed: x; the next drill tries" in row.reason
+    assert "failed a drill too" not in row.reason
+    entry["verify_failed_others"] = [{"id": "a1"}, {"id": "b2"}]
+    row = host_row("web1", entry, 86400, NOW)
+    assert row.reason.endswith(
+        "; 2 other snapshots failed a drill too (status --json: verify_failed_others)"
+    )
 
 
 def test_a_guard_hold_is_its_own_record_and_a_copys_failed_maintenance_is_the_copys():

@@ -12,11 +12,11 @@ import os
 
 import pytest
 
-from pullback.common.errors import ConfigError
+from pullback.common.errors import ConfigError, UsageError
 from pullback.common.outcome import Status
 from pullback.server.backends import BackendError, Snapshot
 from pullback.server.config import load_server_config
-from pullback.server.drill import DrillResult, check_tree, drill
+from pullback.server.drill import DrillChoice, DrillResult, check_tree, drill
 from pullback.server.maintain import HostMaintenance
 from tests.helpers.fakes import FakeBackend, fake_context
 
@@ -425,3 +425,36 @@ def test_a_copys_drill_is_not_steered_by_the_primarys_failed_snapshot(config, tm
     backend.role = Role.COPY  # type: ignore[attr-defined]
     result = drill(fake_context(config, "web1", backend))
     assert (result.snapshot_id, result.failed_before) == ("s2", None)
+
+
+def test_a_named_snapshot_is_drilled_whatever_failed_before(config, tmp_path):
+    backend = _s1_failed_its_drill(config, tmp_path)
+    result = drill(fake_context(config, "web1", backend), DrillChoice(snapshot="s2"))
+    assert (result.snapshot_id, result.ok) == ("s2", True)
+    by_stamp = drill(fake_context(config, "web1", backend), DrillChoice("20261101T030000Z"))
+    assert by_stamp.snapshot_id == "s1"
+
+
+@pytest.mark.parametrize("wanted", ["s", "s9", "", "x" * 500])
+def test_a_name_that_is_no_single_snapshot_is_a_usage_error(config, tmp_path, wanted):
+    backend = _s1_failed_its_drill(config, tmp_path)
+    with pytest.raises(UsageError) as info:
+        drill(fake_context(config, "web1", backend), DrillChoice(snapshot=wanted))
+    assert str(info.value).startswith("no single snapshot ")
+    assert str(info.value).endswith("of web1; see pullback-server snapshots web1")
+    assert len(str(info.value)) < 200, "a long name is cut"
+
+
+def test_an_adopted_snapshot_is_not_drilled_by_name(config, tmp_path):
+    backend = FakeBackend(snapshot_list=[Snapshot("a1", T0, "20261101_030000", adopted=True)])
+    with pytest.raises(UsageError, match="adopted from backup-suite"):
+        drill(fake_context(config, "web1", backend), DrillChoice(snapshot="a1"))
+
+
+def test_a_named_snapshot_needs_exactly_one_host(tmp_path):
+    from pullback.server.verify import verify
+
+    path = tmp_path / "server.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\nhosts:\n  - name: web1\n  - name: web2\n")
+    with pytest.raises(UsageError, match="give that host with --host"):
+        verify(load_server_config(path), None, DrillChoice(snapshot="s1"))

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from . import jsontext
 from .archive.sidecar import ARCHIVE_NAME
 
 PROTOCOL = 5
@@ -182,7 +183,7 @@ class Listing:
 def parse_listing(raw: bytes) -> Listing:
     """Read a ``list`` answer. Raises ValueError when it is not one."""
     try:
-        data: Any = json.loads(raw)
+        data: Any = jsontext.loads(raw)
         listing = Listing(
             str(data["host"]),
             str(data.get("pullback_version", "?")),

@@ -5,7 +5,6 @@ checked or cut before the fleet view shows it)."""
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import re
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common import jsontext
 from ..common.clock import parse_iso
 from ..common.schema import load_schema
 from ..common.text import printable
@@ -253,10 +253,10 @@ def _load_json(path: Path) -> object:
     if len(data) > MAX_MERGED_BYTES:
         raise too_large
     try:
-        return json.loads(data)
+        return jsontext.loads(data)
     except UnicodeDecodeError:
         raise ValueError("not JSON: not UTF-8") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # bad syntax, NaN or an infinity
         raise ValueError(f"not JSON: {exc}") from None
     except RecursionError:
         raise ValueError("not a status file: nested too deeply") from None

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .. import validated
+from .. import jsontext, validated
 from ..errors import ArchiveError
 from ..outcome import Status
 from ..schema import jsonschema_module, shared_schema
@@ -167,7 +167,7 @@ def parse(text: str | bytes, expected_name: str | None = None, *, record: bool =
     """Parse and validate a sidecar. Raises ArchiveError saying what is wrong with it.
     ``record``: a sidecar of this machine's own archive directory (common/validated.py)."""
     try:
-        data: Any = json.loads(text)
+        data: Any = jsontext.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ArchiveError(f"sidecar is not valid JSON: {exc}") from None
     return from_data(data, expected_name, record=record)

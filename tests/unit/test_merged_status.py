@@ -191,6 +191,7 @@ BAD_FILES = {
     "latin1.json": b'{"hosts": {"caf\xe9": {}}}',
     "hosts-a-list.json": b'{"hosts": ["b1"]}',
     "deep.json": b"[" * 100_000 + b"]" * 100_000,
+    "nan.json": b'{"hosts": {"b1": {"duration": NaN}}}',
 }
 
 

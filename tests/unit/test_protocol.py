@@ -49,7 +49,16 @@ def test_a_listing_reads_back_as_written():
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"[]", b'"x"', b"{}", b'{"host": "a"}', b'{"host": "a", "archives": 5}', b"\xff"],
+    [
+        b"",
+        b"[]",
+        b'"x"',
+        b"{}",
+        b'{"host": "a"}',
+        b'{"host": "a", "archives": 5}',
+        b"\xff",
+        b'{"host": "a", "archives": [], "protocol": NaN}',
+    ],
 )
 def test_anything_else_is_not_a_listing(raw):
     with pytest.raises(ValueError):

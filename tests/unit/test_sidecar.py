@@ -113,6 +113,16 @@ def test_not_json_and_wrong_archive():
         sidecar.parse(json.dumps(GOOD), expected_name="web1-20261123T030000Z.tar.zst")
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_number_json_has_not_is_refused(constant):
+    """An outside review: ``"duration": NaN`` passed the schema (every comparison with
+    NaN is false, so ``minimum`` held) and reached the reports."""
+    text = json.dumps({**GOOD, "duration": 12345.5}).replace("12345.5", constant)
+    assert f'"duration": {constant}' in text
+    with pytest.raises(ArchiveError, match=f"not valid JSON: {constant} is not a JSON number"):
+        sidecar.parse(text)
+
+
 def test_failed_service_names_are_words_the_server_can_use():
     data = json.loads(json.dumps(GOOD))
     data["services"][0]["name"] = "db,partial\n[web2] stored " + "x" * 300

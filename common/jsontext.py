@@ -1,0 +1,24 @@
+"""JSON as the standard says it, for text another machine or program wrote.
+
+Python's :func:`json.loads` also reads ``NaN``, ``Infinity`` and ``-Infinity``, which are
+no JSON numbers: a NaN passes every ``minimum`` and ``maximum`` of a schema (each
+comparison with it is false) and then reaches sums, sorts and reports. Text from a
+client (its listing and sidecars) and another server's status file are read here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _refuse(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def loads(text: str | bytes) -> Any:
+    """The JSON value of ``text``. Raises ValueError (json.JSONDecodeError for bad
+    syntax) when it is not JSON, NaN and the infinities included, UnicodeDecodeError
+    when bytes are not UTF-8, and RecursionError when it nests too deep for the
+    decoder."""
+    return json.loads(text, parse_constant=_refuse)

@@ -409,7 +409,25 @@ def _maintain_unit(
     size = results[-1].repository_size  # one repository: every host shows its size
     for result in results:
         result.repository_size = size
+    _share_failures(results, members[-1].group or "")
     return results
+
+
+SHARED_STEPS = ("prune", "check")
+"""The steps a group's last host runs for the whole repository."""
+
+
+def _share_failures(results: list[MaintainResult], group: str) -> None:
+    """A shared step that failed with the group's last host (damage its ``check``
+    found) fails every host of the group: their snapshots are in that repository (an
+    outside review saw the damage on the last host's row only)."""
+    last = results[-1]
+    failed = [s for s in last.steps if s.name in SHARED_STEPS and not s.ok]
+    for result in results[:-1]:
+        for step in failed:
+            said = f"group {group}, with {last.host}: {step.detail}"
+            result.steps.append(Step(step.name, False, said))
+            result.status = Status.FAILED
 
 
 def _rotate(

@@ -458,3 +458,26 @@ def test_a_named_snapshot_needs_exactly_one_host(tmp_path):
     path.write_text(f"state_dir: {tmp_path / 'state'}\nhosts:\n  - name: web1\n  - name: web2\n")
     with pytest.raises(UsageError, match="give that host with --host"):
         verify(load_server_config(path), None, DrillChoice(snapshot="s1"))
+
+
+def test_damage_the_groups_check_found_fails_every_host_of_the_group(tmp_path):
+    """An outside review: a group's check runs with its last host only, and damage it
+    found showed on that host's row alone, while every host's snapshots are there."""
+    from pullback.server import status_file
+    from pullback.server.fleet_view import host_row
+    from pullback.server.maintain import MaintainResult, Step, _share_failures
+
+    first = MaintainResult("web1", steps=[Step("forget", True, "kept 3")])
+    first.steps.append(Step("prune", True, "group shop: its last host prunes and checks"))
+    last = MaintainResult("web2", status=Status.FAILED)
+    last.steps += [Step("prune", True, "pruned"), Step("check", False, "pack 3f2a damaged")]
+    _share_failures([first, last], "shop")
+    assert first.status is Status.FAILED
+    assert first.steps[-1] == Step("check", False, "group shop, with web2: pack 3f2a damaged")
+    assert [s.name for s in last.steps] == ["prune", "check"], "the last host's own, once"
+    fine = MaintainResult("web3")
+    _share_failures([fine, MaintainResult("web4", steps=[Step("check", True, "no errors")])], "x")
+    assert fine.status is Status.OK and fine.steps == []
+    hosts = status_file.record_maintenance(tmp_path, [first, last])["hosts"]
+    row = host_row("web1", {**hosts["web1"], "last_result": "stored"}, 86400, T0)
+    assert "check: group shop, with web2: pack 3f2a damaged" in row.reason, row.reason

@@ -536,7 +536,12 @@ def _keep_one(replaced: Replaced, progress: _Progress, safety: Path, prefix: str
     was kept. Raises TaskError (a kept directory with nothing in it removed)."""
     if progress.kept is None:
         progress.kept = _make_kept_dir(safety, prefix)
-        progress.tree = _KeptTree(_open_kept(progress.kept))
+        try:
+            progress.tree = _KeptTree(_open_kept(progress.kept))
+        except TaskError:
+            with contextlib.suppress(OSError):
+                os.rmdir(progress.kept)  # empty: only a name is left behind otherwise
+            raise
     try:
         kept = _keep(replaced, progress)
     except TaskError:
@@ -624,7 +629,9 @@ def _open_kept(kept: Path) -> int:
     info = os.fstat(fd)
     if info.st_uid != 0 or info.st_mode & 0o077:
         os.close(fd)
-        raise TaskError(f"{kept} is not root's alone now: the restore keeps nothing there")
+        raise TaskError(
+            f"{kept} is not root's alone now: the restore keeps nothing there; nothing was replaced"
+        )
     return fd
 
 

@@ -406,6 +406,27 @@ def test_defect_a_safety_dir_owned_by_another_user_lets_them_redirect_the_keep(
     assert list(target.iterdir()) == [], "root wrote the kept file through the owner's symlink"
 
 
+def test_a_kept_directory_that_is_not_roots_alone_when_opened_keeps_nothing(tmp_path, monkeypatch):
+    """Everything kept is made by name below the kept directory's descriptor: that
+    directory, opened once, must still be root's 0700 one (here given to another user
+    between mkdtemp and the open); else nothing is kept or replaced, and it is removed."""
+    r = Restore(tmp_path)
+    (r.live / "data/empty").write_text("edited")
+    before = live_state(r.live)
+    real = before_restore._make_kept_dir
+
+    def given_away(safety, prefix):
+        kept = real(safety, prefix)
+        os.chown(kept, 65534, 65534)
+        return kept
+
+    monkeypatch.setattr(before_restore, "_make_kept_dir", given_away)
+    with pytest.raises(TaskError, match=r"is not root's alone now.*nothing was replaced"):
+        r.restore_here(r.plan())
+    assert live_state(r.live) == before
+    assert r.kept_dirs() == []
+
+
 def test_held_before_restore_is_a_file(tmp_path):
     r = Restore(tmp_path)
     r.safety.write_text("a file")

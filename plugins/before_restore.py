@@ -23,7 +23,18 @@ moment: it is walked by file descriptors, each directory opened with ``O_NOFOLLO
 O_DIRECTORY`` below its opened parent, each entry looked at with ``lstat`` relative to
 that parent and each file opened with ``O_NOFOLLOW`` and checked to be what was looked
 at, and copied from that descriptor. No path into the live tree is ever followed, read
-or written by name after its parent was opened.
+or written by name after its parent was opened. The walk (:class:`InStep`) holds two
+descriptors however deep the tree is: it closes a directory as it goes into one below
+it, and goes back up by ``..``, checking that it is the directory it came down from (a
+directory moved meanwhile stops the walk). The kept tree is made the same way, each
+entry by name below its open directory, so neither a tree deeper than the descriptors
+a process may hold nor a kept path longer than ``PATH_MAX`` stops a restore that ``cp``
+can do.
+
+Two regular files of one size are compared where either holds data (``SEEK_DATA``,
+``SEEK_HOLE``): a range that is a hole in both is equal unread; a range either holds is
+read from both (a hole reads as zeros, so data of zeros equals a hole). A file system
+that cannot tell holes has its files read whole.
 """
 
 from __future__ import annotations
@@ -31,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Generator, Iterator
@@ -39,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.archive.sparse import Region, data_regions
-from ..common.fsutil import fsync_dir, pread_span, untrusted_link
+from ..common.fsutil import fsync_dir, untrusted_link
 from ..common.log import Log
 from ..common.text import BoundedWarnings, printable
 from ..common.units import human_size
@@ -56,6 +66,8 @@ MARGIN_INODES = 16
 safety file system's, a block and an inode for each directory made, then 5 % and 1 MiB
 more, and 16 inodes more."""
 
+_PIECE = 1 << 20
+"""Bytes compared at a time."""
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -88,6 +100,9 @@ class Replaced:
     copy: Path
     destination: Path
     entries: list[Entry] = field(default_factory=list)
+    elsewhere: int = 0
+    """Entries that differ and another path of the task (one that overlaps, listed
+    earlier) keeps: left out of ``entries``."""
 
     @property
     def blocks(self) -> int:
@@ -107,16 +122,145 @@ class Replaced:
         more = len(self.entries) - NAMED
         return first + (f" and {more} more" if more > 0 else "")
 
+    def also(self) -> str:
+        """What an earlier path of the task keeps of this one, or ''."""
+        if not self.elsewhere:
+            return ""
+        return f"; {_files(self.elsewhere)} more that differ kept with an earlier path"
+
+    def none_why(self) -> str:
+        """Why nothing of this path is kept."""
+        if self.elsewhere:
+            return (
+                f"the {_files(self.elsewhere)} of it that differ are kept with an earlier "
+                "path of the task"
+            )
+        return "no live file it replaces differs"
+
+
+class _Cursor:
+    """One open directory of a tree however deep it lies: its descriptor, and the
+    identity of each directory above it, so that it goes back up by ``..`` and checks
+    it came back where it came down from. It holds one descriptor (two while it moves)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._above: list[tuple[int, int]] = []
+
+    def down(self, fd: int) -> None:
+        """Stand in ``fd``, a directory opened below this one (the cursor owns it now)."""
+        here = os.fstat(self.fd)
+        self._above.append((here.st_dev, here.st_ino))
+        os.close(self.fd)
+        self.fd = fd
+
+    def up(self) -> None:
+        """Stand in the directory above again. Raises OSError: ESTALE when ``..`` is not
+        the directory it came down from (this one was moved meanwhile)."""
+        parent = os.open("..", _DIR, dir_fd=self.fd)
+        there = os.fstat(parent)
+        if (there.st_dev, there.st_ino) != self._above[-1]:
+            os.close(parent)
+            raise OSError(errno.ESTALE, "a directory was moved while it was walked")
+        self._above.pop()
+        os.close(self.fd)
+        self.fd = parent
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(frozen=True)
+class Spot:
+    """An entry of the snapshot's copy, ``copy_name`` below its open directory
+    ``copy_dir``, and the live tree's place of it, ``name`` below the open ``live_dir``
+    (which may have no entry of that name). ``names`` is its place below the restored
+    path (none for the path itself); the two names differ only there."""
+
+    copy_dir: int
+    live_dir: int
+    copy_name: str
+    name: str
+    names: tuple[str, ...]
+
+
+class InStep:
+    """The snapshot's copy of a restored path and the live tree at its place, walked in
+    step along the copy's names (sorted), depth first, by descriptors: it holds two
+    however deep the tree is (each directory left is closed, and the walk goes back up
+    by ``..``, checked), and no path below the restored one is ever used. Each
+    :class:`Spot` it yields is the path itself first, then what is below the
+    directories the caller :meth:`enter` s; its descriptors stay open until the next
+    one is asked for. Raises OSError (ESTALE when a directory was moved while it was
+    walked)."""
+
+    def __init__(self, copy: Path, destination: Path) -> None:
+        opened = os.open(copy.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            live = os.open(destination.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            os.close(opened)
+            raise
+        self._copy, self._live = _Cursor(opened), _Cursor(live)
+        self._top = copy.name
+        self._levels: list[tuple[tuple[str, ...] | None, Iterator[str]]] = [
+            (None, iter([destination.name]))
+        ]
+
+    def __iter__(self) -> InStep:
+        return self
+
+    def __next__(self) -> Spot:
+        while self._levels:
+            names, left = self._levels[-1]
+            name = next(left, None)
+            if name is not None:
+                if names is None:  # the restored path
+                    return Spot(self._copy.fd, self._live.fd, self._top, name, ())
+                return Spot(self._copy.fd, self._live.fd, name, name, (*names, name))
+            self._levels.pop()
+            if self._levels:
+                self._copy.up()
+                self._live.up()
+        raise StopIteration
+
+    def enter(self, spot: Spot, live_dir: int) -> None:
+        """Walk on below the directory of ``spot`` (the last one yielded): ``live_dir``
+        is the live one, opened and checked by the caller (the walk owns it now); the
+        copy's is opened here."""
+        try:
+            opened = os.open(spot.copy_name, _DIR, dir_fd=self._copy.fd)
+        except OSError:
+            os.close(live_dir)
+            raise
+        try:
+            listing = sorted(os.listdir(opened))
+        except OSError:
+            os.close(opened)
+            os.close(live_dir)
+            raise
+        self._copy.down(opened)
+        self._live.down(live_dir)
+        self._levels.append((spot.names, iter(listing)))
+
+    def close(self) -> None:
+        self._copy.close()
+        self._live.close()
+
 
 @dataclass(frozen=True)
 class _Pair:
-    """A non-directory entry of the snapshot's copy, and the live entry at its place
-    (``name`` below the open directory ``dir_fd``)."""
+    """A non-directory entry of the snapshot's copy (``copy_name`` below the open
+    directory ``copy_dir``), and the live entry at its place (``name`` below
+    ``dir_fd``)."""
 
     dir_fd: int
+    copy_dir: int
+    copy_name: str
     name: str
     names: tuple[str, ...]
-    copy: Path
     copied: os.stat_result
     live: os.stat_result
 
@@ -132,38 +276,33 @@ def _pairs(
     below ``destination`` that is not one either, walking down the directories both
     have (``cp`` merges those, and refuses a directory for a non-directory or the other
     way round: nothing of such an entry is replaced). With ``wanted``, only the names
-    in it are looked at. Each ``_Pair``'s directory is open while it is handled.
+    in it are looked at. Each ``_Pair``'s directories are open while it is handled.
     Raises OSError."""
-    parent = os.open(destination.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    stack: list[tuple[int, Iterator[tuple[str, Path, tuple[str, ...]]]]] = [
-        (parent, iter([(destination.name, copy, ())]))
-    ]
-    try:
-        while stack:
-            fd, children = stack[-1]
-            child = next(children, None)
-            if child is None:
-                os.close(stack.pop()[0])
+    with contextlib.closing(InStep(copy, destination)) as walk:
+        for spot in walk:
+            if wanted is not None and spot.names not in wanted:
                 continue
-            name, there, names = child
-            if wanted is not None and names not in wanted:
-                continue
-            copied, live = os.lstat(there), _look(fd, name)
-            if live is None and not names:  # the path itself: it was there a moment ago
+            copied = os.stat(spot.copy_name, dir_fd=spot.copy_dir, follow_symlinks=False)
+            live = _look(spot.live_dir, spot.name)
+            if live is None and not spot.names:  # the path itself: it was there a moment ago
                 raise OSError(errno.ENOENT, "the restored path is gone")
             if live is None or stat.S_ISDIR(live.st_mode) != stat.S_ISDIR(copied.st_mode):
                 continue  # cp creates it, or refuses it: nothing of it is replaced
             if not stat.S_ISDIR(live.st_mode):
-                yield _Pair(fd, name, names, there, copied, live)
+                yield _Pair(
+                    spot.live_dir,
+                    spot.copy_dir,
+                    spot.copy_name,
+                    spot.name,
+                    spot.names,
+                    copied,
+                    live,
+                )
                 continue
-            opened = _open_checked(fd, name, live, _DIR)
+            opened = _open_checked(spot.live_dir, spot.name, live, _DIR)
             if opened is None:  # what it holds cannot be compared: refuse, not skip
                 raise OSError(errno.ESTALE, "a directory was swapped while it was compared")
-            below = [(n, there / n, (*names, n)) for n in sorted(os.listdir(there))]
-            stack.append((opened, iter(below)))
-    finally:
-        for fd, _ in stack:
-            os.close(fd)
+            walk.enter(spot, opened)
 
 
 def _look(dir_fd: int, name: str) -> os.stat_result | None:
@@ -250,7 +389,8 @@ def _differs(pair: _Pair) -> bool:
     if stat.S_IFMT(copied.st_mode) != stat.S_IFMT(live.st_mode):
         return True
     if stat.S_ISLNK(live.st_mode):
-        return os.readlink(pair.name, dir_fd=pair.dir_fd) != os.readlink(pair.copy)
+        target = os.readlink(pair.copy_name, dir_fd=pair.copy_dir)
+        return os.readlink(pair.name, dir_fd=pair.dir_fd) != target
     if not stat.S_ISREG(live.st_mode):
         return False  # a FIFO for a FIFO: nothing in it to lose
     if live.st_size != copied.st_size:
@@ -259,22 +399,61 @@ def _differs(pair: _Pair) -> bool:
     if fd is None:
         return True  # swapped since the look: keep whatever is there then
     try:
-        return not _same_bytes(fd, pair.copy)
+        theirs = os.open(pair.copy_name, _FILE, dir_fd=pair.copy_dir)
+        try:
+            return not _same_bytes(fd, theirs)
+        finally:
+            os.close(theirs)
     finally:
         os.close(fd)
 
 
-def _same_bytes(fd: int, copy: Path) -> bool:
-    theirs = os.open(copy, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _same_bytes(mine: int, theirs: int) -> bool:
+    """Whether the open regular files ``mine`` and ``theirs`` hold the same bytes, a hole
+    reading as zeros. Only the ranges where either holds data are read, from both: a
+    range that is a hole in both is equal unread (a 16 GiB image holding 1 MiB reads
+    2 MiB, not 32 GiB). Raises OSError."""
+    size = os.fstat(mine).st_size
+    if os.fstat(theirs).st_size != size:
+        return False
+    position = 0
+    while position < size:
+        start = min(
+            _next(mine, position, os.SEEK_DATA, size), _next(theirs, position, os.SEEK_DATA, size)
+        )
+        if start >= size:
+            return True  # holes to the end, in both
+        end = max(_next(mine, start, os.SEEK_HOLE, size), _next(theirs, start, os.SEEK_HOLE, size))
+        if not _same_span(mine, theirs, start, end):
+            return False
+        position = end
+    return True
+
+
+def _next(fd: int, offset: int, whence: int, size: int) -> int:
+    """Where the first data (``SEEK_DATA``) or hole (``SEEK_HOLE``) of ``fd`` at or past
+    ``offset`` starts, at most ``size`` (the end: none). A file system that cannot tell
+    (EINVAL, EOPNOTSUPP) has data everywhere: it is read. Raises OSError."""
     try:
-        position = 0
-        for data in pread_span(fd, 0):
-            if os.pread(theirs, len(data), position) != data:
-                return False
-            position += len(data)
-        return os.pread(theirs, 1, position) == b""
-    finally:
-        os.close(theirs)
+        return min(os.lseek(fd, offset, whence), size)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # no data past offset (or the file shrank)
+            return size
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return offset if whence == os.SEEK_DATA else size
+        raise
+
+
+def _same_span(mine: int, theirs: int, start: int, end: int) -> bool:
+    """Whether both files hold the same bytes from ``start`` to ``end`` (False when one
+    ends first: it shrank meanwhile). Raises OSError."""
+    position = start
+    while position < end:
+        data = os.pread(mine, min(_PIECE, end - position), position)
+        if not data or os.pread(theirs, len(data), position) != data:
+            return False
+        position += len(data)
+    return True
 
 
 @dataclass
@@ -282,6 +461,8 @@ class _Progress:
     """What a restore task has kept so far, and where."""
 
     kept: Path | None = None
+    tree: _KeptTree | None = None
+    """The kept directory, open while entries are kept into it."""
     count: int = 0
     blocks: int = 0
     lost: BoundedWarnings = field(default_factory=lambda: BoundedWarnings(NAMED))
@@ -298,40 +479,32 @@ def keep_aside(
 ) -> Path | None:
     """Copy every entry of ``found`` to a new directory of this task below the plan's
     safety directory (``fallback`` without one), after a room check; each path a step of
-    ``plan`` (a dry run only says it, and makes nothing). Returns that directory, or None
-    when nothing differs (none is made). Raises TaskError when the entries do not fit,
-    or keeping one failed: then nothing was replaced, and it says what was kept where."""
+    ``plan`` (a dry run only says it, and makes nothing). An entry that two paths of the
+    task list (paths that overlap) is kept, and counted, with the first. Returns that
+    directory, or None when nothing differs (none is made). Raises TaskError when the
+    entries do not fit, or keeping one failed: then nothing was replaced, and it says
+    what was kept where."""
     safety = plan.safety_dir or fallback
     prefix = f"{task_type}-{plan.stamp}-"
+    _once(found)
     for replaced in found:
         if not replaced.entries:
-            log.info(
-                "nothing to keep of %s: no live file it replaces differs", replaced.destination
-            )
+            log.info("nothing to keep of %s: %s", replaced.destination, replaced.none_why())
     if not any(r.entries for r in found):
         return None
     _check_room(safety, found)
     progress = _Progress()
-    for replaced in found:
-        text = f"keep {replaced.summary()} of {replaced.destination} in {safety}/{prefix}…"
-        if not replaced.entries or not plan.step(log, text):
-            continue
-        if progress.kept is None:
-            progress.kept = _make_kept_dir(safety, prefix)
-        try:
-            _keep(replaced, progress)
-        except TaskError:
-            if not progress.count:  # only directories of its own: nothing to look at
-                shutil.rmtree(progress.kept, ignore_errors=True)
-            raise
-        log.info(
-            "kept %s that the restore replaces in %s: %s",
-            replaced.summary(),
-            progress.kept,
-            replaced.named(),
-        )
+    try:
+        for replaced in found:
+            text = f"keep {replaced.summary()} of {replaced.destination} in {safety}/{prefix}…"
+            if replaced.entries and plan.step(log, text):
+                _keep_one(replaced, progress, safety, prefix, log)
+        if progress.kept is not None:
+            _make_durable(safety, progress)
+    finally:
+        if progress.tree is not None:
+            progress.tree.close()
     if progress.kept is not None:
-        _make_durable(safety, progress)
         _say_lost(log, progress.lost)
         plan.note(
             log,
@@ -340,6 +513,48 @@ def keep_aside(
             "delete it once you no longer need it",
         )
     return progress.kept
+
+
+def _once(found: list[Replaced]) -> None:
+    """Leave out of each of ``found`` the entries an earlier one lists (the same live
+    path: paths of a task that overlap), counting them in its ``elsewhere``."""
+    seen: set[str] = set()
+    for replaced in found:
+        entries = []
+        for entry in replaced.entries:
+            where = os.path.join(replaced.destination, *entry.names)
+            if where in seen:
+                replaced.elsewhere += 1
+            else:
+                seen.add(where)
+                entries.append(entry)
+        replaced.entries = entries
+
+
+def _keep_one(replaced: Replaced, progress: _Progress, safety: Path, prefix: str, log: Log) -> None:
+    """Keep the entries of ``replaced`` (making the task's directory first), and say what
+    was kept. Raises TaskError (a kept directory with nothing in it removed)."""
+    if progress.kept is None:
+        progress.kept = _make_kept_dir(safety, prefix)
+        try:
+            progress.tree = _KeptTree(_open_kept(progress.kept))
+        except TaskError:
+            with contextlib.suppress(OSError):
+                os.rmdir(progress.kept)  # empty: only a name is left behind otherwise
+            raise
+    try:
+        kept = _keep(replaced, progress)
+    except TaskError:
+        if not progress.count:  # only directories of its own: nothing to look at
+            _remove_empty(progress)
+        raise
+    log.info(
+        "kept %s that the restore replaces in %s: %s%s",
+        kept.summary(),
+        progress.kept,
+        kept.named(),
+        replaced.also(),
+    )
 
 
 def _say_lost(log: Log, lost: BoundedWarnings) -> None:
@@ -401,44 +616,139 @@ def _make_kept_dir(safety: Path, prefix: str) -> Path:
         ) from None
 
 
-def _keep(replaced: Replaced, progress: _Progress) -> None:
+def _open_kept(kept: Path) -> int:
+    """The new kept directory ``kept``, opened (everything is made below it by name);
+    raises TaskError when it is not root's alone now."""
+    try:
+        fd = os.open(kept, _DIR)
+    except OSError as exc:
+        raise TaskError(
+            f"cannot open {kept} to keep what the restore replaces: "
+            f"{exc.strerror or exc}; nothing was replaced"
+        ) from None
+    info = os.fstat(fd)
+    if info.st_uid != 0 or info.st_mode & 0o077:
+        os.close(fd)
+        raise TaskError(
+            f"{kept} is not root's alone now: the restore keeps nothing there; nothing was replaced"
+        )
+    return fd
+
+
+class _KeptTree:
+    """A task's open kept directory, and the directory below it where the last entry
+    went: one descriptor however deep (see :class:`_Cursor`). The directories on the way
+    are made 0700 where missing, and synced as they are left."""
+
+    def __init__(self, fd: int) -> None:
+        self._cursor = _Cursor(fd)
+        self._parts: list[str] = []
+
+    def into(self, parts: tuple[str, ...]) -> int:
+        """The descriptor of the directory ``parts`` below the kept directory (made where
+        missing), open until the next call. Raises OSError."""
+        common = 0
+        for mine, wanted in zip(self._parts, parts, strict=False):
+            if mine != wanted:
+                break
+            common += 1
+        while len(self._parts) > common:
+            self._leave()
+        for name in parts[common:]:
+            self._cursor.down(_made_dir(self._cursor.fd, name))
+            self._parts.append(name)
+        return self._cursor.fd
+
+    def _leave(self) -> None:
+        os.fsync(self._cursor.fd)
+        self._cursor.up()
+        self._parts.pop()
+
+    def finish(self) -> None:
+        """Sync every directory it stands below, up to the kept one. Raises OSError."""
+        while self._parts:
+            self._leave()
+        os.fsync(self._cursor.fd)
+
+    def remove(self) -> None:
+        """Remove the directories it made, when they are all it made (no entry was kept):
+        the one it stands in and those above it. Raises OSError."""
+        while self._parts:
+            name = self._parts.pop()
+            self._cursor.up()
+            os.rmdir(name, dir_fd=self._cursor.fd)
+
+    def close(self) -> None:
+        self._cursor.close()
+
+
+def _made_dir(dir_fd: int, name: str) -> int:
+    """The directory ``name`` below ``dir_fd``, made (0700) when missing, opened.
+    Raises OSError (a directory it made is removed again)."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+    except FileExistsError:
+        return os.open(name, _DIR, dir_fd=dir_fd)
+    try:
+        return os.open(name, _DIR, dir_fd=dir_fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rmdir(name, dir_fd=dir_fd)
+        raise
+
+
+def _remove_empty(progress: _Progress) -> None:
+    """Remove the task's kept directory, which holds only directories on the way to the
+    entry that could not be kept (best effort)."""
+    assert progress.kept is not None and progress.tree is not None
+    with contextlib.suppress(OSError):
+        progress.tree.remove()
+        os.rmdir(progress.kept)
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where a kept entry goes: ``name`` below the open kept directory ``dir_fd``;
+    ``shown`` is its path, for messages (it may be longer than ``PATH_MAX``)."""
+
+    dir_fd: int
+    name: str
+    shown: str
+
+
+def _keep(replaced: Replaced, progress: _Progress) -> Replaced:
     """Copy each entry of ``replaced`` into ``progress.kept``, at its absolute path.
-    Raises TaskError (nothing replaced; what was kept where) when one cannot be kept."""
-    assert progress.kept is not None
-    base = progress.kept / str(replaced.destination).lstrip("/")
+    Returns what it kept (gone since the scan: not kept). Raises TaskError (nothing
+    replaced; what was kept where) when one cannot be kept."""
+    assert progress.kept is not None and progress.tree is not None
+    top = replaced.destination.parts[1:]
     leaves = {e.names for e in replaced.entries}
     wanted = frozenset(
         e.names[:depth] for e in replaced.entries for depth in range(len(e.names) + 1)
     )
+    kept = Replaced(replaced.copy, replaced.destination)
     shown = replaced.shown(())
     try:
         with contextlib.closing(_pairs(replaced.copy, replaced.destination, wanted)) as pairs:
             for pair in pairs:
-                where = base.joinpath(*pair.names)
-                if pair.names not in leaves or os.path.lexists(where):
-                    continue  # a directory on the way; kept already (paths that overlap)
+                if pair.names not in leaves:
+                    continue  # a directory on the way
                 shown = replaced.shown(pair.names)
                 why = _write_through(pair)
                 if why:
                     raise TaskError(
                         f"{shown} is {why} now: nothing was replaced; {progress.so_far()}"
                     )
-                _make_parents(where)
-                progress.blocks += _keep_entry(pair, where, progress.lost)
+                parts = (*top, *pair.names)
+                into = progress.tree.into(parts[:-1])
+                where = os.path.join(progress.kept, *parts)
+                blocks = _keep_entry(pair, _Place(into, parts[-1], where), progress.lost)
+                kept.entries.append(Entry(pair.names, blocks))
+                progress.blocks += blocks
                 progress.count += 1
     except OSError as exc:
         raise _failed(shown, exc, progress) from None
-
-
-def _make_parents(where: Path) -> None:
-    """The directories above ``where`` in the kept tree, each made 0700."""
-    missing = []
-    parent = where.parent
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700)
+    return kept
 
 
 def _failed(shown: str, exc: OSError, progress: _Progress) -> TaskError:
@@ -455,54 +765,72 @@ def _failed(shown: str, exc: OSError, progress: _Progress) -> TaskError:
 
 
 def _make_durable(safety: Path, progress: _Progress) -> None:
-    """Every kept file was synced as it was written; now every directory of the kept
-    tree, and its entry in ``safety``, so that a crash during the ``cp`` that follows
-    cannot lose what was kept. Raises TaskError."""
-    assert progress.kept is not None
+    """Every kept file was synced as it was written, every directory of the kept tree
+    as it was left; now the rest of them, up to the kept directory, and its entry in
+    ``safety``, so that a crash during the ``cp`` that follows cannot lose what was
+    kept. Raises TaskError."""
+    assert progress.kept is not None and progress.tree is not None
     try:
-        for directory, _, _ in os.walk(progress.kept):
-            fsync_dir(directory)
+        progress.tree.finish()
         fsync_dir(safety)
     except OSError as exc:
         raise _failed(str(progress.kept), exc, progress) from None
 
 
-def _keep_entry(pair: _Pair, where: Path, lost: BoundedWarnings) -> int:
-    """Copy the live entry of ``pair`` to the new ``where``; returns the bytes it takes."""
+def _keep_entry(pair: _Pair, place: _Place, lost: BoundedWarnings) -> int:
+    """Copy the live entry of ``pair`` to the new ``place``; returns the bytes it takes.
+    Raises OSError (what it made of the entry removed again)."""
     live = pair.live
     if stat.S_ISREG(live.st_mode):
         fd = _open_checked(pair.dir_fd, pair.name, live, _FILE)
         if fd is None:
             raise OSError(errno.ESTALE, "it was replaced while it was being kept")
         try:
-            return _keep_file(fd, where, lost)
+            return _keep_file(fd, place, lost)
         finally:
             os.close(fd)
+    into, name = place.dir_fd, place.name
     if stat.S_ISLNK(live.st_mode):
-        os.symlink(os.readlink(pair.name, dir_fd=pair.dir_fd), where)
+        os.symlink(os.readlink(pair.name, dir_fd=pair.dir_fd), name, dir_fd=into)
     else:  # a FIFO, a socket or a device: a new node of its kind (no xattrs)
-        os.mknod(where, stat.S_IFMT(live.st_mode) | 0o600, live.st_rdev)
-        os.chmod(where, stat.S_IMODE(live.st_mode))
-    os.lchown(where, live.st_uid, live.st_gid)
-    os.utime(where, ns=(live.st_atime_ns, live.st_mtime_ns), follow_symlinks=False)
+        os.mknod(name, stat.S_IFMT(live.st_mode) | 0o600, live.st_rdev, dir_fd=into)
+    with _undone(place):
+        if not stat.S_ISLNK(live.st_mode):
+            os.chmod(name, stat.S_IMODE(live.st_mode), dir_fd=into)
+        os.chown(name, live.st_uid, live.st_gid, dir_fd=into, follow_symlinks=False)
+        times = (live.st_atime_ns, live.st_mtime_ns)
+        os.utime(name, ns=times, dir_fd=into, follow_symlinks=False)
     return 0
 
 
-def _keep_file(fd: int, where: Path, lost: BoundedWarnings) -> int:
-    """Copy the open regular file ``fd`` (holes as holes) to the new file ``where`` with
+@contextlib.contextmanager
+def _undone(place: _Place) -> Iterator[None]:
+    """Remove the entry just made at ``place`` when what follows raises OSError: a part
+    of a file is not kept."""
+    try:
+        yield
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(place.name, dir_fd=place.dir_fd)
+        raise
+
+
+def _keep_file(fd: int, place: _Place, lost: BoundedWarnings) -> int:
+    """Copy the open regular file ``fd`` (holes as holes) to the new file ``place`` with
     its owner, extended attributes, mode and times, durably; returns its blocks."""
     st = os.fstat(fd)
-    out = os.open(where, _NEW, 0o600)
+    out = os.open(place.name, _NEW, 0o600, dir_fd=place.dir_fd)
     try:
-        for region in data_regions(fd, st.st_size) or [Region(0, st.st_size)]:
-            _send(fd, out, region)
-        os.ftruncate(out, st.st_size)
-        os.fchown(out, st.st_uid, st.st_gid)  # before the capability and the set-id bits
-        _copy_xattrs(fd, out, where, lost)
-        os.fchmod(out, stat.S_IMODE(st.st_mode))
-        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
-        os.fsync(out)
-        return os.fstat(out).st_blocks * 512
+        with _undone(place):
+            for region in data_regions(fd, st.st_size) or [Region(0, st.st_size)]:
+                _send(fd, out, region)
+            os.ftruncate(out, st.st_size)
+            os.fchown(out, st.st_uid, st.st_gid)  # before the capability and set-id bits
+            _copy_xattrs(fd, out, place.shown, lost)
+            os.fchmod(out, stat.S_IMODE(st.st_mode))
+            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.fsync(out)
+            return os.fstat(out).st_blocks * 512
     finally:
         os.close(out)
 
@@ -518,9 +846,9 @@ def _send(source: int, out: int, region: Region) -> None:
         offset, left = offset + sent, left - sent
 
 
-def _copy_xattrs(source: int, out: int, where: Path, lost: BoundedWarnings) -> None:
+def _copy_xattrs(source: int, out: int, shown: str, lost: BoundedWarnings) -> None:
     """Every extended attribute of ``source`` (ACLs, a file capability) onto ``out``;
-    one that cannot be set is noted in ``lost``."""
+    one that cannot be set is noted in ``lost`` (``shown`` names the kept file)."""
     try:
         names = os.listxattr(source)
     except OSError as exc:
@@ -531,4 +859,4 @@ def _copy_xattrs(source: int, out: int, where: Path, lost: BoundedWarnings) -> N
         try:
             os.setxattr(out, name, os.getxattr(source, name))
         except OSError as exc:
-            lost.append(f"{printable(where, NAME_LIMIT)}: {name}: {exc.strerror or exc}")
+            lost.append(f"{printable(shown, NAME_LIMIT)}: {name}: {exc.strerror or exc}")

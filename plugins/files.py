@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -12,7 +13,7 @@ from ..common.fsutil import untrusted_link
 from ..common.text import printable
 from ..common.units import human_size
 from . import hookimpl, load_plugin_schema
-from .before_restore import find_replaced, keep_aside
+from .before_restore import InStep, Spot, find_replaced, keep_aside
 from .exclude import ExcludeMatcher
 from .task import RestorePlan, Task, TaskError, TaskType
 
@@ -156,7 +157,7 @@ def restore_paths(
     found = [find_replaced(c, d) for _, c, d in places if os.path.lexists(d)]
     keep_aside(task.type, task.log, found, plan, source)
     for path, copy, destination in places:
-        count = sum(len(files) for _, _, files in os.walk(copy)) if copy.is_dir() else 1
+        count = _count(copy)
         over = ", replacing what is there" if os.path.lexists(destination) else ""
         text = f"restore {path} ({count} files) to {destination}{over}"
         if not plan.step(task.log, text, destructive=bool(over)):
@@ -166,6 +167,24 @@ def restore_paths(
         if task.config.get("xattrs", True):  # else the snapshot holds none to compare
             _same_xattrs(copy, destination)
         task.log.info("restored %s", destination)
+
+
+_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""How an entry is opened to look at it (a directory with ``O_DIRECTORY`` too)."""
+
+
+def _count(copy: Path) -> int:
+    """How many entries of the snapshot's ``copy`` are not directories (1 for a file),
+    counted by descriptors however deep it is; what cannot be read is not counted."""
+    count = 0
+    with contextlib.suppress(OSError), contextlib.closing(InStep(copy, copy)) as walk:
+        for spot in walk:
+            found = os.stat(spot.copy_name, dir_fd=spot.copy_dir, follow_symlinks=False)
+            if not stat.S_ISDIR(found.st_mode):
+                count += 1
+                continue
+            walk.enter(spot, os.open(spot.name, _OPEN | os.O_DIRECTORY, dir_fd=spot.live_dir))
+    return count
 
 
 def _a_place_of_its_own(destination: Path) -> None:
@@ -233,42 +252,22 @@ def _same_xattrs(copy: Path, destination: Path) -> None:
     """Every regular file and directory of ``copy`` that is now at ``destination`` carries
     exactly the copy's extended attributes: ``cp -a`` adds the snapshot's and never
     removes others, so the names the copy lacks (POSIX ACLs' ``system.posix_acl_*`` among
-    them) are removed. The live tree is walked by file descriptors (each entry opened
-    with ``O_NOFOLLOW`` below its opened parent): a directory swapped for a symlink after
-    the copy (the tree's owner may do that) leads nowhere outside it. Symlinks, FIFOs and
-    entries of another kind than the copy's are left as they are; so is an entry whose
-    copy cannot list attributes (a file system without them: nothing to compare).
-    Raises TaskError naming each removal that failed (the attribute is still there)."""
+    them) are removed. Both trees are walked by file descriptors (:class:`.InStep`: each
+    entry opened with ``O_NOFOLLOW`` below its opened parent, two descriptors however
+    deep): a directory swapped for a symlink after the copy (the tree's owner may do
+    that) leads nowhere outside it. Symlinks, FIFOs and entries of another kind than the
+    copy's are left as they are; so is an entry whose copy cannot list attributes (a
+    file system without them: nothing to compare). Raises TaskError naming each removal
+    that failed (the attribute is still there), or when the walk cannot go on."""
     problems: list[str] = []
     try:
-        top = _open_entry(None, str(destination), copy)
+        with contextlib.closing(InStep(copy, destination)) as walk:
+            for spot in walk:
+                _match_spot(walk, spot, os.path.join(destination, *spot.names), problems)
     except OSError as exc:
-        raise TaskError(f"{destination}: cannot open it to compare attributes: {exc}") from None
-    if top is None:
-        return
-    stack = [
-        (copy, top, str(destination), iter(sorted(os.listdir(copy))) if _is_dir(copy) else iter(()))
-    ]
-    _matched(top, copy, str(destination), problems)
-    while stack:
-        here, fd, shown, names = stack[-1]
-        name = next(names, None)
-        if name is None:
-            os.close(fd)
-            stack.pop()
-            continue
-        child, where = here / name, f"{shown}/{name}"
-        try:
-            opened = _open_entry(fd, name, child)
-        except OSError as exc:
-            problems.append(f"{where}: {exc.strerror or exc}")
-            continue
-        if opened is None:
-            continue
-        if _matched(opened, child, where, problems) and _is_dir(child):
-            stack.append((child, opened, where, iter(sorted(os.listdir(child)))))
-        else:
-            os.close(opened)
+        raise TaskError(
+            f"{destination}: cannot walk it to compare attributes: {exc.strerror or exc}"
+        ) from None
     if problems:
         more = len(problems) - MAX_XATTR_PROBLEMS
         listed = "; ".join(problems[:MAX_XATTR_PROBLEMS]) + (
@@ -279,45 +278,74 @@ def _same_xattrs(copy: Path, destination: Path) -> None:
         )
 
 
+def _match_spot(walk: InStep, spot: Spot, shown: str, problems: list[str]) -> None:
+    """Match the attributes of the live entry at ``spot`` (``shown``) to the copy's, and
+    walk on into it when it is a directory; an OSError at the entry is noted in
+    ``problems``. Raises OSError when the walk cannot go on."""
+    try:
+        opened = _open_entry(spot)
+    except OSError as exc:
+        problems.append(f"{shown}: {exc.strerror or exc}")
+        return
+    if opened is None:
+        return
+    live, theirs, directory = opened
+    try:
+        matched = _matched(live, theirs, shown, problems)
+    finally:
+        os.close(theirs)
+    if matched and directory:
+        walk.enter(spot, live)
+    else:
+        os.close(live)
+
+
 def _is_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
 
 
-def _open_entry(dir_fd: int | None, name: str, copy: Path) -> int | None:
-    """The live entry ``name`` (below ``dir_fd``) opened without following a symlink, when
-    it is a regular file or a directory as its ``copy`` is; else None. Raises OSError."""
-    wanted = stat.S_ISDIR if _is_dir(copy) else stat.S_ISREG
-    if not wanted(os.lstat(copy).st_mode):
+def _open_entry(spot: Spot) -> tuple[int, int, bool] | None:
+    """The live entry and the copy's at ``spot``, both opened without following a
+    symlink, and whether they are directories, when the live one is a regular file or a
+    directory as the copy's is; else None. Raises OSError."""
+    copied = os.stat(spot.copy_name, dir_fd=spot.copy_dir, follow_symlinks=False)
+    wanted = stat.S_ISDIR if stat.S_ISDIR(copied.st_mode) else stat.S_ISREG
+    if not wanted(copied.st_mode):
         return None
     try:
-        found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        found = os.stat(spot.name, dir_fd=spot.live_dir, follow_symlinks=False)
     except FileNotFoundError:
         return None
     if not wanted(found.st_mode):
         return None  # a symlink, a FIFO, another kind: left as it is
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    fd = os.open(name, flags | (os.O_DIRECTORY if wanted is stat.S_ISDIR else 0), dir_fd=dir_fd)
+    flags = _OPEN | (os.O_DIRECTORY if wanted is stat.S_ISDIR else 0)
+    fd = os.open(spot.name, flags, dir_fd=spot.live_dir)
     now = os.fstat(fd)
     if (now.st_dev, now.st_ino) != (found.st_dev, found.st_ino) or not wanted(now.st_mode):
         os.close(fd)  # swapped between the look and the open
         return None
-    return fd
+    try:
+        return fd, os.open(spot.copy_name, flags, dir_fd=spot.copy_dir), wanted is stat.S_ISDIR
+    except OSError:
+        os.close(fd)
+        raise
 
 
-def _matched(fd: int, copy: Path, shown: str, problems: list[str]) -> bool:
+def _matched(fd: int, theirs: int, shown: str, problems: list[str]) -> bool:
     """:func:`_match_xattrs`, an OSError of it noted in ``problems`` (False)."""
     try:
-        _match_xattrs(fd, copy, shown, problems)
+        _match_xattrs(fd, theirs, shown, problems)
         return True
     except OSError as exc:
         problems.append(f"{shown}: {exc.strerror or exc}")
         return False
 
 
-def _match_xattrs(fd: int, copy: Path, shown: str, problems: list[str]) -> None:
-    """Remove from the open live entry ``fd`` the attributes ``copy`` lacks."""
+def _match_xattrs(fd: int, theirs: int, shown: str, problems: list[str]) -> None:
+    """Remove from the open live entry ``fd`` the attributes the open copy ``theirs``
+    lacks."""
     try:
-        wanted = set(os.listxattr(copy, follow_symlinks=False))
+        wanted = set(os.listxattr(theirs))
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return  # the copy cannot hold them: nothing to compare against

@@ -7,6 +7,7 @@ must bring back, bit for bit."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -493,3 +494,106 @@ def test_a_live_directory_where_the_snapshot_has_a_file_is_refused(tmp_path):
         r.restore_here(r.plan(), place)
     assert (place / "secret.key").read_text() == "inside, live"
     assert r.kept_dirs() == []
+
+
+def thread_read_bytes() -> int:
+    """The bytes this thread has read (``rchar`` of /proc/thread-self/io: every
+    read(2) and pread(2), from the page cache or not)."""
+    fields = dict(
+        line.split(": ") for line in Path("/proc/thread-self/io").read_text().splitlines()
+    )
+    return int(fields["rchar"])
+
+
+def sparse(path: Path, size: int, pieces: dict[int, bytes]) -> Path:
+    """A file of ``size`` bytes at ``path``, holding only ``pieces`` (offset: bytes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in pieces.items():
+            f.seek(offset)
+            f.write(data)
+    return path
+
+
+def first_data(path: Path) -> int:
+    with open(path, "rb") as f:
+        try:
+            return os.lseek(f.fileno(), 0, os.SEEK_DATA)
+        except OSError:
+            return os.stat(path).st_size
+
+
+def compared(tmp_path: Path, size: int, copy: dict[int, bytes], live: dict[int, bytes]):
+    """find_replaced of one sparse file, ``copy`` in the snapshot and ``live`` in its
+    place: the entries it found, and the bytes this thread read meanwhile."""
+    from pullback.plugins.before_restore import find_replaced
+
+    sparse(tmp_path / "copy/img", size, copy)
+    sparse(tmp_path / "live/img", size, live)
+    before = thread_read_bytes()
+    found = find_replaced(tmp_path / "copy/img", tmp_path / "live/img")
+    return found.entries, thread_read_bytes() - before
+
+
+MIB = 1 << 20
+BLOCK_OF = bytes(range(256)) * 4096  # 1 MiB of data, no zeros in long runs
+
+
+def test_a_big_sparse_file_is_compared_where_it_holds_data_only(tmp_path):
+    """16 GiB holding 1 MiB, the same in the snapshot and live: equal, reading the
+    megabyte of each (it read 32 GiB of zeros, 28 s, before); one byte other in the
+    data is found."""
+    size, middle = 16 << 30, 8 << 30
+    entries, read = compared(tmp_path, size, {middle: BLOCK_OF}, {middle: BLOCK_OF})
+    assert entries == []
+    assert read < 8 * MIB, read
+    other = BLOCK_OF[:-1] + b"\x00"
+    entries, read = compared(tmp_path / "2", size, {middle: BLOCK_OF}, {middle: other})
+    assert [e.names for e in entries] == [()]
+    assert read < 8 * MIB, read
+
+
+def test_maps_that_differ_over_equal_bytes_are_equal(tmp_path):
+    """Zeros written live where the snapshot has a hole (and a hole live where it has
+    zeros): the same bytes, so nothing is kept, though the maps differ."""
+    size = 64 * MIB
+    zeros = bytes(2 * MIB)
+    copy = {8 * MIB: BLOCK_OF, 40 * MIB: zeros}
+    live = {0: zeros, 8 * MIB: BLOCK_OF}
+    sparse(tmp_path / "probe/copy", size, copy)
+    sparse(tmp_path / "probe/live", size, live)
+    assert first_data(tmp_path / "probe/live") == 0  # the maps do differ
+    assert first_data(tmp_path / "probe/copy") == 8 * MIB
+    entries, read = compared(tmp_path, size, copy, live)
+    assert entries == []
+    assert read < 16 * MIB, read  # the three data ranges of either, from both
+
+
+@pytest.mark.parametrize("side", ["live", "copy"])
+def test_one_byte_where_the_other_has_a_hole_differs(tmp_path, side):
+    """A byte in the middle of what is a hole in the other file (either way round)."""
+    size = 64 * MIB
+    plain = {8 * MIB: BLOCK_OF}
+    more = {8 * MIB: BLOCK_OF, 33 * MIB + 12345: b"\x01"}
+    copy, live = (plain, more) if side == "live" else (more, plain)
+    entries, _ = compared(tmp_path, size, copy, live)
+    assert [e.names for e in entries] == [()]
+
+
+def test_a_file_system_that_cannot_tell_holes_has_its_files_read_whole(tmp_path, monkeypatch):
+    """lseek(SEEK_DATA) failing with EINVAL (a file system without it; none here has
+    none, so lseek is made to fail): both files are read whole, and compared exactly."""
+    real = os.lseek
+
+    def without_holes(fd, offset, whence):
+        if whence in (os.SEEK_DATA, os.SEEK_HOLE):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, offset, whence)
+
+    monkeypatch.setattr(os, "lseek", without_holes)
+    size = 16 * MIB
+    entries, read = compared(tmp_path, size, {MIB: BLOCK_OF}, {MIB: BLOCK_OF})
+    assert entries == [] and read >= 2 * size, read
+    entries, _ = compared(tmp_path / "2", size, {MIB: BLOCK_OF}, {9 * MIB: b"\x01"})
+    assert [e.names for e in entries] == [()]

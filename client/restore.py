@@ -405,12 +405,16 @@ class ServiceRestore:
 
     def run(self) -> int:
         options = self.options
-        selected = [t for t in self.tasks if options.wants(t)]
-        if options.task and not selected:
+        wanted = [t for t in self.tasks if options.wants(t)]
+        if options.task and not wanted:
             raise UsageError(
                 f"service {self.service.name} has no task {options.task!r}; its tasks: "
                 f"{', '.join(t.key for t in self.tasks)}"
             )
+        kinds = {t.key: spec.type for t, spec in zip(self.tasks, self.service.tasks, strict=True)}
+        # a task that holds no data (systemd) is restored by stopping and starting: an
+        # outside walk saw it warn "nothing to restore" on every restore
+        selected = [t for t in wanted if kinds[t.key].holds_data]
         lock = FileLock(self.config.lock_dir / INSTANCE_LOCK, purpose="pullback-client restore")
         with lock.acquire(), SignalGuard(RESTORING) as guard:
             for task in self.tasks:

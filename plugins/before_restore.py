@@ -272,12 +272,12 @@ def _files(count: int) -> str:
 def _pairs(
     copy: Path, destination: Path, wanted: frozenset[tuple[str, ...]] | None = None
 ) -> Generator[_Pair, None, None]:
-    """Every entry of ``copy`` that is not a directory and has a live entry at its place
-    below ``destination`` that is not one either, walking down the directories both
-    have (``cp`` merges those, and refuses a directory for a non-directory or the other
-    way round: nothing of such an entry is replaced). With ``wanted``, only the names
-    in it are looked at. Each ``_Pair``'s directories are open while it is handled.
-    Raises OSError."""
+    """Every entry of ``copy`` that has a live entry at its place below ``destination``,
+    where one of the two is not a directory, walking down the directories both have
+    (``cp`` merges those). A directory against a non-directory is a pair too: ``cp``
+    fails on it half-way (:func:`_clash`). With ``wanted``, only the names in it are
+    looked at. Each ``_Pair``'s directories are open while it is handled. Raises
+    OSError."""
     with contextlib.closing(InStep(copy, destination)) as walk:
         for spot in walk:
             if wanted is not None and spot.names not in wanted:
@@ -286,9 +286,9 @@ def _pairs(
             live = _look(spot.live_dir, spot.name)
             if live is None and not spot.names:  # the path itself: it was there a moment ago
                 raise OSError(errno.ENOENT, "the restored path is gone")
-            if live is None or stat.S_ISDIR(live.st_mode) != stat.S_ISDIR(copied.st_mode):
-                continue  # cp creates it, or refuses it: nothing of it is replaced
-            if not stat.S_ISDIR(live.st_mode):
+            if live is None:
+                continue  # cp creates it
+            if not stat.S_ISDIR(live.st_mode) or not stat.S_ISDIR(copied.st_mode):
                 yield _Pair(
                     spot.live_dir,
                     spot.copy_dir,
@@ -350,7 +350,7 @@ def find_replaced(copy: Path, destination: Path) -> Replaced:
     try:
         with contextlib.closing(_pairs(copy, destination)) as pairs:
             for pair in pairs:
-                why = _write_through(pair)
+                why = _clash(pair)
                 if why:
                     refused.append(f"{found.shown(pair.names)} is {why}")
                 elif _differs(pair):
@@ -372,14 +372,25 @@ def find_replaced(copy: Path, destination: Path) -> Replaced:
     return found
 
 
-def _write_through(pair: _Pair) -> str:
-    """Why ``cp`` must not meet the live entry of ``pair``, or ''."""
+def _clash(pair: _Pair) -> str:
+    """Why ``cp`` must not meet the live entry of ``pair``, or '': it would write
+    through it or open it, or fail on it half-way (a directory against a non-directory:
+    an outside walk saw the task's later paths left unrestored and their attributes
+    not set, while the dry run said all was well)."""
+    kind, theirs = _kind(pair.live), _kind(pair.copied)
+    if stat.S_ISDIR(pair.copied.st_mode) or stat.S_ISDIR(pair.live.st_mode):
+        return f"{kind} where the snapshot has {theirs} (cp cannot replace it)"
     if not stat.S_ISREG(pair.copied.st_mode) or stat.S_ISREG(pair.live.st_mode):
         return ""
-    kind = _KINDS.get(stat.S_IFMT(pair.live.st_mode), "an entry of another kind")
     if stat.S_ISLNK(pair.live.st_mode):
         return "a symlink where the snapshot has a file (cp would write through it)"
-    return f"a {kind} where the snapshot has a file (cp would open it)"
+    return f"{kind} where the snapshot has a file (cp would open it)"
+
+
+def _kind(looked: os.stat_result) -> str:
+    """``a file``, ``a directory``, ``a FIFO``...: the kind of entry ``looked`` is."""
+    word = _KINDS.get(stat.S_IFMT(looked.st_mode))
+    return f"a {word}" if word else "an entry of another kind"
 
 
 def _differs(pair: _Pair) -> bool:
@@ -492,6 +503,7 @@ def keep_aside(
             log.info("nothing to keep of %s: %s", replaced.destination, replaced.none_why())
     if not any(r.entries for r in found):
         return None
+    _check_safety(safety)
     _check_room(safety, found)
     progress = _Progress()
     try:
@@ -591,9 +603,11 @@ def _check_room(safety: Path, found: list[Replaced]) -> None:
     )
 
 
-def _make_kept_dir(safety: Path, prefix: str) -> Path:
-    """A new directory below ``safety`` (made 0700 when missing), named ``prefix`` and
-    random letters, mode 0700: no one can guess or take its name first."""
+def _check_safety(safety: Path) -> None:
+    """Raises TaskError when ``safety`` cannot be trusted to keep what a restore
+    replaces: a symlink above it another user could have made, or, when it exists, not
+    a directory of root's that only root may write to (asked by a dry run too: an
+    outside walk saw one say all was well where the restore then refused)."""
     link = untrusted_link(safety / "x")
     if link is not None:
         raise TaskError(
@@ -601,13 +615,25 @@ def _make_kept_dir(safety: Path, prefix: str) -> Path:
             "through it; nothing was replaced"
         )
     try:
-        safety.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = os.lstat(safety)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
-            raise TaskError(
-                f"{safety} is not a directory of root's that only root may write to: the "
-                "restore keeps nothing there; nothing was replaced"
-            )
+    except FileNotFoundError:
+        return  # made 0700 when something is kept
+    except OSError as exc:
+        raise TaskError(f"cannot look at {safety}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+        raise TaskError(
+            f"{safety} is not a directory of root's that only root may write to: the "
+            "restore keeps nothing there; nothing was replaced"
+        )
+
+
+def _make_kept_dir(safety: Path, prefix: str) -> Path:
+    """A new directory below ``safety`` (made 0700 when missing), named ``prefix`` and
+    random letters, mode 0700: no one can guess or take its name first."""
+    _check_safety(safety)
+    try:
+        safety.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_safety(safety)
         return Path(tempfile.mkdtemp(prefix=prefix, dir=safety))
     except OSError as exc:
         raise TaskError(
@@ -734,7 +760,7 @@ def _keep(replaced: Replaced, progress: _Progress) -> Replaced:
                 if pair.names not in leaves:
                     continue  # a directory on the way
                 shown = replaced.shown(pair.names)
-                why = _write_through(pair)
+                why = _clash(pair)
                 if why:
                     raise TaskError(
                         f"{shown} is {why} now: nothing was replaced; {progress.so_far()}"

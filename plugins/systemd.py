@@ -20,6 +20,7 @@ def pullback_task_types():
             description="systemd units (stop, start again)",
             requires=(Requirement(("systemctl",), "systemd"),),
             stops_service=True,
+            holds_data=False,
         )
     ]
 

@@ -55,6 +55,9 @@ class TaskType:
     """Programs without which the task is skipped (and the service reported failed)."""
     stops_service: bool = False
     """Its prepare stops the application (docker, systemd): restores are wrapped in it."""
+    holds_data: bool = True
+    """Its dump puts data in the archive; False (systemd: it only stops and starts
+    units): a restore has nothing of it to look for, and says nothing of it."""
 
     def missing(self, config: dict | None = None) -> list[str]:
         return [m for r in self.requires if (m := r.missing(config))]

@@ -171,7 +171,7 @@ def copy_command(target: Path, address: str, port: int) -> str:
     ssh = f" -e 'ssh -p {port}'" if port != 22 else ""
     source = shlex.quote(f"{target}/")
     aside = f" --exclude='/{ASIDE_PREFIX}*'"  # (what --force set aside stays here)
-    return f"rsync -aHAX{ssh}{aside} {source} root@{address}:/var/tmp/pullback-restore/"
+    return f"rsync -aHAX --delete{ssh}{aside} {source} root@{address}:/var/tmp/pullback-restore/"
 
 
 def adopted_steps(request: RestoreRequest, snapshot: Snapshot) -> str:

@@ -376,3 +376,33 @@ def test_influx_restores_into_a_new_bucket_and_never_replaces_everything_silentl
     assert replaced.returncode == 0, replaced.stderr
     calls = [short(c) for c in standins.calls()[before:]]
     assert calls == ["influx backup", "influx restore --full"]  # copied aside, then replaced
+
+
+def test_a_systemd_task_is_restored_by_stopping_and_starting_and_says_nothing_else(
+    tmp_path, standins
+):
+    """An outside walk: every restore of a service with a systemd task warned
+    "systemd: nothing to restore (.../systemd is not in the snapshot)"; such a task
+    holds no data."""
+    standins.set(active=["app.service"])
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("a")
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service(
+        "app",
+        f"service: {{name: app}}\nsystemd: {{units: [app.service]}}\nfiles: {{paths: [{data}]}}\n",
+    )
+    assert box.cli("run", env=standins.env).returncode == 0
+    (archive,) = box.published()
+    (data / "a.txt").write_text("edited")
+    result = box.cli("restore", "--service", "app", "--from", str(archive), env=standins.env)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to restore" not in result.stderr and " WARNING " not in result.stderr
+    assert (data / "a.txt").read_text() == "a"
+    calls = [short(c) for c in standins.calls()]
+    assert calls[-2:] == ["systemctl stop app.service", "systemctl start app.service"]
+    only = box.cli(
+        "restore", "--service", "app", "--from", str(archive), "--task", "systemd", env=standins.env
+    )
+    assert only.returncode == 0 and "nothing to restore" not in only.stderr, only.stderr

@@ -136,8 +136,10 @@ def test_set_uid_bits_capabilities_and_holes_survive_a_restore_over_live_files(t
 
 
 def test_a_live_symlink_where_the_snapshot_has_a_directory_is_refused_safely(tmp_path):
-    """cp refuses to write through it (the outside directory is untouched); the rest is
-    restored, and the error reads as lines, no literal \\n."""
+    """cp would refuse it half-way: the rest of that path restored, the task's later
+    paths not, their attributes not set, while the dry run said all was well (an outside
+    walk). Refused before anything, dry run too: nothing written, nothing kept; the
+    error reads as lines, no literal \\n."""
     r = Restore(tmp_path)
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -146,17 +148,39 @@ def test_a_live_symlink_where_the_snapshot_has_a_directory_is_refused_safely(tmp
     os.symlink(outside, r.live / "data/deep/er")
     (r.live / "data/empty").write_text("changed")
 
+    dry = r.run("--dry-run")
     result = r.run()
 
-    assert result.returncode == 1
+    for run in (dry, result):
+        assert run.returncode == 1, run.stdout + run.stderr
+        assert "data/deep/er is a symlink where the snapshot has a directory (cp cannot " in (
+            run.stderr
+        )
+        assert "nothing was replaced; move them away and restore again" in run.stderr
+        assert "\\n" not in run.stderr
     assert (outside / "blob.bin").read_text() == "outside"
     assert os.path.islink(r.live / "data/deep/er")
-    assert (r.live / "data/empty").read_text() == ""
-    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
-    assert "\\n" not in result.stderr
-    assert errors[0].endswith(": exited with code 1") and "restore failed: command" in errors[0]
-    assert "  | /usr/bin/cp: cannot overwrite non-directory" in errors[1]
-    assert errors[-1].endswith("exited with code 1")  # restore of app incomplete: files: ...
+    assert (r.live / "data/empty").read_text() == "changed", "nothing replaced"
+    assert r.kept_dirs() == []
+
+
+@pytest.mark.parametrize("kind", ["a directory where the snapshot has a file", "a file where"])
+def test_a_nested_directory_against_a_file_is_refused_before_anything(tmp_path, kind):
+    r = Restore(tmp_path)
+    (r.live / "data/empty").write_text("changed")
+    if kind.startswith("a directory"):
+        (r.live / "data/secret.key").unlink()
+        (r.live / "data/secret.key").mkdir()
+        (r.live / "data/secret.key/inside").write_text("live")
+        clash = "data/secret.key"
+    else:
+        shutil.rmtree(r.live / "data/deep/er")
+        (r.live / "data/deep/er").write_text("a file now")
+        clash = "data/deep/er"
+    with pytest.raises(TaskError, match=f"{clash} is {kind}"):
+        r.restore_here(r.plan())
+    assert (r.live / "data/empty").read_text() == "changed"
+    assert r.kept_dirs() == []
 
 
 def test_a_restored_path_that_is_a_live_symlink_is_not_written_through(tmp_path):
@@ -398,7 +422,7 @@ def test_keeping_that_fails_half_way_replaces_nothing_and_says_what_was_kept(
 def test_a_directory_swapped_for_a_symlink_to_etc_leads_nowhere_outside(tmp_path):
     """The tree's owner makes a directory of the snapshot a symlink to /etc before the
     restore, and the snapshot has names /etc has: nothing of /etc is read into the
-    kept directory, nothing there is written; the rest is kept and restored."""
+    kept directory, nothing there is written, nothing else replaced."""
     r = Restore(tmp_path)
     (r.copy / "data/deep/hostname").write_text("snapshot's, not /etc's")
     (r.copy / "data/deep/passwd").write_text("snapshot's, not /etc's")
@@ -412,11 +436,9 @@ def test_a_directory_swapped_for_a_symlink_to_etc_leads_nowhere_outside(tmp_path
 
     result = r.run()
 
-    assert result.returncode == 1  # cp refuses a directory over the symlink, as before
-    (kept_dir,) = r.kept_dirs()
-    kept = sorted(str(p.relative_to(r.kept("", kept_dir))) for p in r.kept("", kept_dir).rglob("*"))
-    assert kept == ["data", "data/empty"]
-    assert r.kept("data/empty", kept_dir).read_text() == "edited"
+    assert result.returncode == 1  # refused before anything: cp would fail half-way
+    assert "data/deep is a symlink where the snapshot has a directory" in result.stderr
+    assert r.kept_dirs() == [] and (r.live / "data/empty").read_text() == "edited"
     for name, (data, st) in etc.items():
         now = Path("/etc", name).stat()
         assert Path("/etc", name).read_bytes() == data

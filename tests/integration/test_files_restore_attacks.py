@@ -427,6 +427,19 @@ def test_a_kept_directory_that_is_not_roots_alone_when_opened_keeps_nothing(tmp_
     assert r.kept_dirs() == []
 
 
+def test_a_dry_run_refuses_a_safety_dir_the_restore_would_refuse(tmp_path):
+    """An outside walk: with before-restore a mode-1777 directory, the dry run said all
+    was well and the restore then refused."""
+    r = Restore(tmp_path)
+    r.safety.mkdir()
+    r.safety.chmod(0o1777)
+    (r.live / "data/empty").write_text("edited")
+    dry = RestorePlan(stamp="20261203T183000Z", safety_dir=r.safety, dry_run=True)
+    with pytest.raises(TaskError, match="not a directory of root's that only root may write"):
+        r.restore_here(dry)
+    assert list(r.safety.iterdir()) == [] and (r.live / "data/empty").read_text() == "edited"
+
+
 def test_held_before_restore_is_a_file(tmp_path):
     r = Restore(tmp_path)
     r.safety.write_text("a file")

@@ -151,10 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         "2: bad configuration.",
     )
     p.add_argument(
-        "--if-cut-short",
+        "--if-failed",
         action="store_true",
-        help="only when the last pull was cut short: nothing when $SERVICE_RESULT is "
-        "success or the pull's journal names no pull cut short (for ExecStopPost=)",
+        help="only when the unit's main process did not succeed: nothing when "
+        "$SERVICE_RESULT is success or exec-condition (for ExecStopPost=)",
     )
     p = sub.add_parser(
         "check", parents=[parent], help="validate the configuration and reach every host"

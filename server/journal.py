@@ -7,7 +7,7 @@ by SIGTERM keeps in it the hosts it was pulling (:meth:`Journal.stop`); the next
 which holds the same server lock, reads it and reports, per host, what was being done
 when the server died ("killed while storing web3"). Until then ``status``, and the
 metrics and status page that every run and the unit's ExecStopPost= (``pullback-server
-publish --if-cut-short``) write, say so (:func:`pull_activity`). A host whose store was
+publish --if-failed``) write, say so (:func:`pull_activity`). A host whose store was
 cut short may have left a stale repository lock; the pull removes it (only locks whose
 process is gone are ever removed), for every host the journal names: a host is in it
 from before its process starts, and the phase reaches the journal through a pipe, so it

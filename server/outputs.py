@@ -172,10 +172,10 @@ def finish_maintenance(
     return problems
 
 
-NOTHING_CUT = ("success", "exec-condition")
-"""systemd's ``$SERVICE_RESULT`` when no pull can have been cut short: the main process
-succeeded (an exit status in SuccessExitStatus= too) and wrote its outputs itself, or
-ExecCondition= skipped it (nothing configured yet)."""
+SUCCEEDED = ("success", "exec-condition")
+"""systemd's ``$SERVICE_RESULT`` when the unit's main process succeeded (an exit status
+in SuccessExitStatus= too) and wrote its outputs itself, or ExecCondition= skipped it
+(nothing configured yet): ``publish --if-failed`` has nothing to do."""
 
 
 def _say_cut_short(killed: InterruptedRun, result: str) -> None:
@@ -199,21 +199,24 @@ def _say_cut_short(killed: InterruptedRun, result: str) -> None:
 
 def command(path: Path, args: argparse.Namespace) -> int:
     """``pullback-server publish``: rewrite the metrics file and the status page now, from
-    the status file and the pull's journal. With ``--if-cut-short`` (the unit's
-    ExecStopPost=): nothing when ``$SERVICE_RESULT`` says the main process succeeded or
-    was skipped (:data:`NOTHING_CUT`; the configuration not even read), nor when the
-    journal names no pull cut short (the pull ended and wrote them, or another pull
-    holding the lock has taken over). Returns 0, or 1 when an output could not be
-    written. Raises ConfigError."""
+    the status file and the pull's journal (:func:`publish`: a pull cut short, or one
+    running that took over, as ``status`` tells them). With ``--if-failed`` (the unit's
+    ExecStopPost=): nothing when ``$SERVICE_RESULT`` is one of :data:`SUCCEEDED` (the
+    configuration not even read). Returns 0, or 1 when an output could not be written.
+    Raises ConfigError."""
     result = os.environ.get("SERVICE_RESULT", "")
-    if args.if_cut_short and result in NOTHING_CUT:
+    if args.if_failed and result in SUCCEEDED:
         return EXIT_OK
     config = load_server_config(path)
-    if args.if_cut_short:
-        killed = pull_activity(config.state_dir, config.lock_dir).killed
-        if killed is None:
-            log.info("no pull was cut short: the outputs stand as the last run wrote them")
-            return EXIT_OK
+    killed = pull_activity(config.state_dir, config.lock_dir).killed
+    if killed is not None:
         _say_cut_short(killed, result)
+    elif result:
+        log.info(
+            "the run did not succeed (systemd: %s, %s): rewriting the outputs from %s",
+            printable(result, 20),
+            printable(os.environ.get("EXIT_STATUS", ""), 20),
+            status_file.STATUS_FILE,
+        )
     _, problems = publish(config)
     return EXIT_FAILED if problems else EXIT_OK

@@ -24,7 +24,7 @@ def test_the_pull_s_unit_publishes_after_a_cut_short_pull_and_ignores_its_exit()
     assert line is not None and line.startswith("-/usr/bin/pullback-server "), line
     argv = shlex.split(line[1:])
     args = build_parser().parse_args(argv[1:])
-    assert args.command == "publish" and args.if_cut_short
+    assert args.command == "publish" and args.if_failed
 
 
 def test_the_units_without_a_journal_have_none():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -176,6 +176,18 @@ SUCCEEDED = ("success", "exec-condition")
 """systemd's ``$SERVICE_RESULT`` when the unit's main process succeeded (an exit status
 in SuccessExitStatus= too) and wrote its outputs itself, or ExecCondition= skipped it
 (nothing configured yet): ``publish --if-failed`` has nothing to do."""
+STOPPED = ("130", "143", "INT", "TERM")
+"""``$EXIT_STATUS`` of a pull a signal stopped: a drop-in's SuccessExitStatus= may call
+it success, but it wrote no status file."""
+
+
+def _succeeded(environ: Mapping[str, str]) -> bool:
+    """Whether systemd's variables in ``environ`` say the unit's main process succeeded
+    (or was skipped) and was not stopped by a signal."""
+    return (
+        environ.get("SERVICE_RESULT", "") in SUCCEEDED
+        and environ.get("EXIT_STATUS", "") not in STOPPED
+    )
 
 
 def _say_cut_short(killed: InterruptedRun, result: str) -> None:
@@ -201,11 +213,11 @@ def command(path: Path, args: argparse.Namespace) -> int:
     """``pullback-server publish``: rewrite the metrics file and the status page now, from
     the status file and the pull's journal (:func:`publish`: a pull cut short, or one
     running that took over, as ``status`` tells them). With ``--if-failed`` (the unit's
-    ExecStopPost=): nothing when ``$SERVICE_RESULT`` is one of :data:`SUCCEEDED` (the
-    configuration not even read). Returns 0, or 1 when an output could not be written.
-    Raises ConfigError."""
+    ExecStopPost=): nothing when systemd's variables say the pull succeeded
+    (:func:`_succeeded`; the configuration not even read). Returns 0, or 1 when an
+    output could not be written. Raises ConfigError."""
     result = os.environ.get("SERVICE_RESULT", "")
-    if args.if_failed and result in SUCCEEDED:
+    if args.if_failed and _succeeded(os.environ):
         return EXIT_OK
     config = load_server_config(path)
     killed = pull_activity(config.state_dir, config.lock_dir).killed

@@ -147,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--html", type=Path, metavar="FILE", help="write the status page to FILE instead"
     )
     p = sub.add_parser(
+        "publish",
+        parents=[parent],
+        help="rewrite the metrics file and the status page now (ExecStopPost= of the pull)",
+        description="Rewrite the metrics file and the status page from status.json and "
+        "the pull's journal, as every run does when it ends: the hosts of a pull killed "
+        "or stopped by a signal before it wrote status.json need attention "
+        "(pullback_pull_cut_short 1). Exit 0; 1: an output could not be written; "
+        "2: bad configuration.",
+    )
+    p.add_argument(
+        "--if-failed",
+        action="store_true",
+        help="only when the unit's main process did not succeed: nothing when "
+        "$SERVICE_RESULT is success or exec-condition (for ExecStopPost=)",
+    )
+    p = sub.add_parser(
         "check", parents=[parent], help="validate the configuration and reach every host"
     )
     p.add_argument("--host", action="append", metavar="NAME", help="only this host")
@@ -211,6 +227,7 @@ ACTIONS = {
     "snapshots": Action("snapshots:command"),
     "restore": Action("restore:command"),
     "status": Action("status:command", loads_config=False),
+    "publish": Action("outputs:command", loads_config=False),
     "check": Action("check:command"),
     "trust": Action("trust:command"),
     "release": Action("release:command"),

@@ -1,11 +1,14 @@
 """What the pull in progress is doing, kept on disk so that the next run can tell what a
 crash interrupted.
 
-A pull that ends in any ordinary way (done, failed, SIGTERM) removes the journal. One
-that is killed outright (SIGKILL, the OOM killer, a power cut) leaves it behind; the next
-pull, which holds the same server lock, reads it and reports, per host, what was being
-done when the server died ("killed while storing web3"). A host whose store was cut
-short may have left a stale repository lock; the pull removes it (only locks whose
+A pull that ends in an ordinary way (done, failed) removes the journal. One that is
+killed outright (SIGKILL, the OOM killer, a power cut) leaves it behind, and one stopped
+by SIGTERM keeps in it the hosts it was pulling (:meth:`Journal.stop`); the next pull,
+which holds the same server lock, reads it and reports, per host, what was being done
+when the server died ("killed while storing web3"). Until then ``status``, and the
+metrics and status page that every run and the unit's ExecStopPost= (``pullback-server
+publish --if-failed``) write, say so (:func:`pull_activity`). A host whose store was
+cut short may have left a stale repository lock; the pull removes it (only locks whose
 process is gone are ever removed), for every host the journal names: a host is in it
 from before its process starts, and the phase reaches the journal through a pipe, so it
 may lag the store.

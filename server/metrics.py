@@ -8,6 +8,7 @@ from ..common.clock import parse_iso, utc_now
 from ..common.metrics import Metrics
 from ..common.outcome import Status
 from .config import ServerConfig
+from .journal import NO_ACTIVITY, InterruptedRun, PullActivity
 
 RESULTS = (Status.STORED, Status.SKIPPED, Status.FAILED)
 
@@ -33,7 +34,14 @@ def is_stale(entry: dict, max_age: float, now: dt.datetime) -> bool:
     return age > max_age or age < -AHEAD
 
 
-def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> Metrics:
+def build(
+    config: ServerConfig,
+    status: dict,
+    now: dt.datetime | None = None,
+    activity: PullActivity = NO_ACTIVITY,
+) -> Metrics:
+    """The gauges of ``status`` (the status file) for every configured host, and of
+    ``activity``'s pull cut short (:func:`~.journal.pull_activity`), if any."""
     now = now or utc_now()
     m = Metrics()
     g = m.gauge
@@ -112,10 +120,40 @@ def build(config: ServerConfig, status: dict, now: dt.datetime | None = None) ->
             maintain_ok.add(entry["maintain_result"] != Status.FAILED, **labels)
         memory.add(entry.get("store_peak_rss"), **labels)
         held.add(isinstance(entry.get("guard_hold"), dict), **labels)
+    _cut_short_metrics(m, config, activity.killed)
     if config.backend.copy is not None:
         _copy_metrics(m, config, status, now)
     g("pullback_metrics_timestamp_seconds", "When these metrics were written.").add(now.timestamp())
     return m
+
+
+def _started(run: InterruptedRun) -> float | None:
+    """When ``run`` began, in seconds since the epoch; None when its journal's time is
+    not a time."""
+    try:
+        return _ts(run.started)
+    except ValueError:
+        return None
+
+
+def _cut_short_metrics(m: Metrics, config: ServerConfig, killed: InterruptedRun | None) -> None:
+    """``pullback_pull_cut_short`` per host: 1 for each host the last pull was pulling
+    when it was killed or stopped by a signal before it wrote the status file (``killed``,
+    the journal it left), else 0; and, while there is one, when that pull began."""
+    cut = m.gauge(
+        "pullback_pull_cut_short",
+        "1 when the last pull was killed or stopped by a signal while pulling the host, "
+        "before it wrote the status file (the other gauges show the pull before it); "
+        "the next pull to end sets it to 0.",
+    )
+    for host in config.hosts:
+        cut.add(killed is not None and host.name in killed.phases, host=host.name)
+    if killed is not None:
+        m.gauge(
+            "pullback_pull_cut_short_started_timestamp_seconds",
+            "When the pull that was cut short began (only while pullback_pull_cut_short "
+            "is 1 for a host).",
+        ).add(_started(killed))
 
 
 def _copy_metrics(m: Metrics, config: ServerConfig, status: dict, now: dt.datetime) -> None:
@@ -156,6 +194,8 @@ def _copy_metrics(m: Metrics, config: ServerConfig, status: dict, now: dt.dateti
         held.add(isinstance(entry.get("guard_hold"), dict), **labels)
 
 
-def write(config: ServerConfig, status: dict) -> None:
+def write(config: ServerConfig, status: dict, activity: PullActivity = NO_ACTIVITY) -> None:
+    """Replace the metrics file (when one is configured) by :func:`build`'s gauges.
+    Raises OSError when it cannot be written."""
     if config.metrics_file is not None:
-        build(config, status).write(config.metrics_file)
+        build(config, status, activity=activity).write(config.metrics_file)

@@ -6,16 +6,20 @@ silently stops updating is the failure this guards against."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
-from ..common.errors import describe
+from ..common.errors import EXIT_FAILED, EXIT_OK, describe
 from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
 from ..common.text import printable
 from . import fleet_view, metrics, report, status_file, status_page
-from .config import ServerConfig
+from .config import ServerConfig, load_server_config
+from .journal import NO_ACTIVITY, InterruptedRun, PullActivity, pull_activity
 from .results import HostResult
 
 log = get_logger("outputs")
@@ -23,17 +27,23 @@ T = TypeVar("T")
 
 
 def publish(config: ServerConfig) -> tuple[dict, list[str]]:
-    """Rewrite the metrics file and the status page from the status file. Returns the
-    status and what could not be written (``metrics file /path: Read-only file system``,
-    each also an error in the log)."""
+    """Rewrite the metrics file and the status page from the status file and the pull's
+    journal (a pull cut short before it wrote the status file: its hosts need attention,
+    ``pullback_pull_cut_short`` 1). Returns the status and what could not be written
+    (``metrics file /path: Read-only file system``, each also an error in the log)."""
     status = status_file.load_status(config.state_dir)
+    activity = _guarded(
+        "read the pull's journal",
+        lambda: pull_activity(config.state_dir, config.lock_dir),
+        NO_ACTIVITY,
+    )
     problems = []
     for what, path, write in (
         ("metrics file", config.metrics_file, metrics.write),
-        ("status page", config.status_page, status_page.write),
+        ("status page", config.status_page, _write_page),
     ):
         try:
-            write(config, status)
+            write(config, status, activity)
         except Exception as exc:
             # a path the units may not write is an administrator's matter: one line; any
             # other failure is a bug, and its traceback says where
@@ -41,6 +51,18 @@ def publish(config: ServerConfig) -> tuple[dict, list[str]]:
             log.error("could not write the %s %s: %s", what, path, describe(exc), exc_info=trace)
             problems.append(printable(f"{what} {path}: {describe(exc)}", 300))
     return status, problems
+
+
+def _write_page(config: ServerConfig, status: dict, activity: PullActivity) -> None:
+    """The status page (when one is configured): with a pull running or cut short, the
+    page ``status --html`` writes, which says so. Raises OSError when it cannot be
+    written."""
+    if activity == NO_ACTIVITY or config.status_page is None:
+        status_page.write(config, status)
+        return
+    local = fleet_view.Source(status_file.server_name(), None, status)
+    view = fleet_view.fleet(config, local, activity=activity)
+    status_page.write_page(config.status_page, status_page.render_fleet(view))
 
 
 def record_problems(config: ServerConfig, problems: list[str]) -> None:
@@ -148,3 +170,65 @@ def finish_maintenance(
     problems += [f"{what} not delivered" for what in missed]
     record_problems(config, problems)
     return problems
+
+
+SUCCEEDED = ("success", "exec-condition")
+"""systemd's ``$SERVICE_RESULT`` when the unit's main process succeeded (an exit status
+in SuccessExitStatus= too) and wrote its outputs itself, or ExecCondition= skipped it
+(nothing configured yet): ``publish --if-failed`` has nothing to do."""
+STOPPED = ("130", "143", "INT", "TERM")
+"""``$EXIT_STATUS`` of a pull a signal stopped: a drop-in's SuccessExitStatus= may call
+it success, but it wrote no status file."""
+
+
+def _succeeded(environ: Mapping[str, str]) -> bool:
+    """Whether systemd's variables in ``environ`` say the unit's main process succeeded
+    (or was skipped) and was not stopped by a signal."""
+    return (
+        environ.get("SERVICE_RESULT", "") in SUCCEEDED
+        and environ.get("EXIT_STATUS", "") not in STOPPED
+    )
+
+
+def _say_cut_short(killed: InterruptedRun, result: str) -> None:
+    """Log (a warning) what cut the pull short, as the journal and systemd say, and the
+    hosts it was pulling."""
+    hosts = sorted(killed.phases)
+    named = printable(", ".join(hosts[:10]), 1000)
+    more = f" and {len(hosts) - 10} more" if len(hosts) > 10 else ""
+    exited = printable(os.environ.get("EXIT_STATUS", ""), 20)
+    systemd = f" (systemd: {printable(result, 20)}, {exited})" if result else ""
+    log.warning(
+        "the pull (pid %d) was %s%s while pulling %s%s: the metrics and the status page "
+        "say so until the next pull ends",
+        killed.pid,
+        killed.how,
+        systemd,
+        named,
+        more,
+    )
+
+
+def command(path: Path, args: argparse.Namespace) -> int:
+    """``pullback-server publish``: rewrite the metrics file and the status page now, from
+    the status file and the pull's journal (:func:`publish`: a pull cut short, or one
+    running that took over, as ``status`` tells them). With ``--if-failed`` (the unit's
+    ExecStopPost=): nothing when systemd's variables say the pull succeeded
+    (:func:`_succeeded`; the configuration not even read). Returns 0, or 1 when an
+    output could not be written. Raises ConfigError."""
+    result = os.environ.get("SERVICE_RESULT", "")
+    if args.if_failed and _succeeded(os.environ):
+        return EXIT_OK
+    config = load_server_config(path)
+    killed = pull_activity(config.state_dir, config.lock_dir).killed
+    if killed is not None:
+        _say_cut_short(killed, result)
+    elif result:
+        log.info(
+            "the run did not succeed (systemd: %s, %s): rewriting the outputs from %s",
+            printable(result, 20),
+            printable(os.environ.get("EXIT_STATUS", ""), 20),
+            status_file.STATUS_FILE,
+        )
+    _, problems = publish(config)
+    return EXIT_FAILED if problems else EXIT_OK

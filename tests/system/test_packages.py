@@ -204,6 +204,36 @@ hosts:
     assert server.returncode == 0, server_log
     assert "a delta (" in server_log
     assert root.run("ls /var/lib/pullback/server/staging").stdout.count("node1.index.db") == 1
+
+    # a pull killed (the stop timeout, OOM) leaves no silently stale metrics: the unit's
+    # ExecStopPost= rewrites them from its journal, inside the unit's own sandbox
+    metrics = "/var/lib/pullback/metrics.prom"
+    root.write(
+        "/etc/pullback/server.yaml",
+        f"min_interval: 1s\nmetrics_file: {metrics}\n"
+        f"hosts:\n  - {{name: node1, address: 127.0.0.1, port: {port}}}\n",
+        0o640,
+    )
+    root.run(["systemctl", "kill", "-s", "STOP", "ssh.service"])  # the pull waits on it
+    try:
+        root.run(["systemctl", "start", "--no-block", "pullback-server.service"])
+        root.run(
+            'for i in $(seq 100); do grep -qs \'"node1": "connecting"\' '
+            "/var/lib/pullback/server/pull-in-progress.json && exit 0; sleep 0.2; done; exit 1"
+        )
+        root.run(["systemctl", "kill", "-s", "KILL", "pullback-server.service"])
+        root.run(  # (a oneshot is "activating" while it runs, "deactivating" in ExecStopPost)
+            "for i in $(seq 150); do case $(systemctl show -p ActiveState --value "
+            "pullback-server.service) in failed|inactive) exit 0;; esac; sleep 0.2; done; exit 1"
+        )
+    finally:
+        root.run(["systemctl", "kill", "-s", "CONT", "ssh.service"])
+    exposed = root.run(["cat", metrics], check=False).stdout
+    log = root.run(["journalctl", "-u", "pullback-server.service", "--no-pager"]).stdout
+    assert 'pullback_pull_cut_short{host="node1"} 1' in exposed, exposed + log
+    assert "the pull (pid " in log and ") was killed (systemd: signal, KILL)" in log, log
+    root.run(["systemctl", "reset-failed", "pullback-server.service"], check=False)
+    root.run(["rm", "-f", metrics])
     root.write(  # as the steps above left it, for the tests that follow
         "/etc/pullback/server.yaml",
         f"hosts:\n  - {{name: node1, address: 127.0.0.1, port: {port}}}\n",

@@ -39,7 +39,7 @@ from ..common.log import get_logger
 from ..common.outcome import Status
 from ..common.progress import CountingReader, Progress, Watched
 from ..common.signals import RESTORING, SignalGuard
-from ..common.text import printable
+from ..common.text import counted, printable
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import RestorePlan, Task
 from .config import ClientConfig
@@ -205,7 +205,7 @@ def _files(names: list[str]) -> str:
     """``N file(s) (a, b, c and M more)``, each name escaped and cut."""
     shown = ", ".join(printable(n, 200) for n in names[:SHOWN])
     more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
-    return f"{len(names)} {'file' if len(names) == 1 else 'files'} ({shown}{more})"
+    return f"{counted(len(names), 'file')} ({shown}{more})"
 
 
 @dataclass(frozen=True)

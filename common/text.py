@@ -29,6 +29,12 @@ def printable(value: object, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def counted(count: int, word: str, words: str | None = None) -> str:
+    """``1 file``, ``2 files``: ``count`` and ``word``, or its plural (``words``, else
+    ``word`` and an s) when ``count`` is not one."""
+    return f"{count} {word if count == 1 else words or word + 's'}"
+
+
 MAX_WARNING = 1000
 """Characters of one warning kept by :class:`BoundedWarnings`."""
 

@@ -51,7 +51,7 @@ from pathlib import Path
 from ..common.archive.sparse import Region, data_regions
 from ..common.fsutil import fsync_dir, untrusted_link
 from ..common.log import Log
-from ..common.text import BoundedWarnings, printable
+from ..common.text import BoundedWarnings, counted, printable
 from ..common.units import human_size
 from .task import RestorePlan, TaskError
 
@@ -266,7 +266,7 @@ class _Pair:
 
 
 def _files(count: int) -> str:
-    return f"{count} file{'' if count == 1 else 's'}"
+    return counted(count, "file")
 
 
 def _pairs(

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 from ..common.fsutil import untrusted_link
-from ..common.text import printable
+from ..common.text import counted, printable
 from ..common.units import human_size
 from . import hookimpl, load_plugin_schema
 from .before_restore import InStep, Spot, find_replaced, keep_aside
@@ -159,7 +159,7 @@ def restore_paths(
     for path, copy, destination in places:
         count = _count(copy)
         over = ", replacing what is there" if os.path.lexists(destination) else ""
-        text = f"restore {path} ({count} files) to {destination}{over}"
+        text = f"restore {path} ({counted(count, 'file')}) to {destination}{over}"
         if not plan.step(task.log, text, destructive=bool(over)):
             continue
         _copy_parents(copy, destination, source)

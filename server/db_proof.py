@@ -49,7 +49,7 @@ from ..common.errors import CommandError, CommandTimeout
 from ..common.fsutil import free_bytes
 from ..common.log import Log
 from ..common.runner import Runner, RunningCommand
-from ..common.text import printable
+from ..common.text import counted, printable
 from ..common.units import human_duration, human_size
 
 MIN_FREE = 1 << 30
@@ -134,8 +134,8 @@ class DatabaseProof:
         what = f"{printable(self.service, 80)}/{printable(self.database, 80)} ({self.engine})"
         if self.problem:
             return f"{what}: {self.problem}"
-        tables = f"{self.tables} table{'s' if self.tables != 1 else ''}"
-        return f"{what}: {tables}, {self.rows:,} row{'s' if self.rows != 1 else ''}"
+        rows = f"{self.rows:,} row{'' if self.rows == 1 else 's'}"
+        return f"{what}: {counted(self.tables, 'table')}, {rows}"
 
 
 def _user(name: str) -> pwd.struct_passwd | None:

@@ -21,7 +21,6 @@ import json
 import resource
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from bench import dataset
-from bench.run import HERE, PASSWORD, byte_compile, installed_state
+from bench.run import HERE, PASSWORD, byte_compile, installed_state, pullback_python
 from tests.helpers.client import ClientSandbox
 from tests.helpers.sshd import Sshd, make_key, serve_command
 
@@ -84,7 +83,9 @@ class FleetBench:
             box.write_config(keep_last=1, keep_days=0, min_free_space="1M")
             box.add_service("data", f"service: {{name: data}}\nfiles: {{paths: [{self.data}]}}\n")
             sshd = Sshd(
-                self.work / f"sshd{n}", Path(f"{self.key}.pub"), serve_command(box.config)
+                self.work / f"sshd{n}",
+                Path(f"{self.key}.pub"),
+                serve_command(box.config, pullback_python()),
             ).start()
             self.boxes.append(box)
             self.sshds.append(sshd)
@@ -94,7 +95,7 @@ class FleetBench:
         for box in self.boxes:
             subprocess.run(
                 [
-                    sys.executable,
+                    pullback_python(),
                     "-m",
                     "pullback.client.cli",
                     "-q",
@@ -150,7 +151,15 @@ class FleetBench:
     def pull(self, name: str, parallel: int, group: bool) -> dict:
         config = self.config(name, parallel, group)
         self.offer_again()
-        argv = [sys.executable, "-m", "pullback.server.cli", "-q", "--config", str(config), "pull"]
+        argv = [
+            pullback_python(),
+            "-m",
+            "pullback.server.cli",
+            "-q",
+            "--config",
+            str(config),
+            "pull",
+        ]
         cpu, started = _cpu(), time.monotonic()
         process = subprocess.Popen(argv)
         peak = [0]

@@ -163,7 +163,11 @@ class WanBench(Bench):
         pub = Path(f"{self.key}.pub")
         where = {"address": self.link.peer, "netns": self.link.netns}
         self.serve = Sshd(
-            self.work / "sshd-serve", pub, serve_command(self.box.config), port=SERVE_PORT, **where
+            self.work / "sshd-serve",
+            pub,
+            serve_command(self.box.config, self.py),
+            port=SERVE_PORT,
+            **where,
         ).start()
         self.plain = Sshd(
             self.work / "sshd-plain", pub, "", plain=True, port=PLAIN_PORT, **where

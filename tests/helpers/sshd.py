@@ -38,8 +38,9 @@ def make_key(path: Path, kind: str = "ed25519") -> Path:
     return path
 
 
-def serve_command(client_config: Path) -> str:
-    return f"{sys.executable} -m pullback.client.cli --config {client_config} serve"
+def serve_command(client_config: Path, python: str = sys.executable) -> str:
+    """The forced command of a client's serve endpoint, run by ``python``."""
+    return f"{python} -m pullback.client.cli --config {client_config} serve"
 
 
 @dataclass

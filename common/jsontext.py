@@ -9,6 +9,7 @@ client (its listing and sidecars) and another server's status file are read here
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
@@ -16,9 +17,19 @@ def _refuse(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON number")
 
 
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or an exponent, which Python would read as an
+    infinity when it is out of a float's range (``1e400``)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:40]} is out of a number's range")
+    return value
+
+
 def loads(text: str | bytes) -> Any:
     """The JSON value of ``text``. Raises ValueError (json.JSONDecodeError for bad
-    syntax) when it is not JSON, NaN and the infinities included, UnicodeDecodeError
+    syntax) when it is not JSON, NaN and the infinities included (``1e400`` too),
+    UnicodeDecodeError
     when bytes are not UTF-8, and RecursionError when it nests too deep for the
     decoder."""
-    return json.loads(text, parse_constant=_refuse)
+    return json.loads(text, parse_constant=_refuse, parse_float=_finite)

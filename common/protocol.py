@@ -194,6 +194,8 @@ def parse_listing(raw: bytes) -> Listing:
         )
     except (KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(f"not a list answer: {type(exc).__name__}") from None
+    if listing.lock is not None and not isinstance(listing.lock, dict):
+        raise ValueError("not a list answer: its lock is not an object")
     if len(listing.archives) + len(listing.unusable) > MAX_ARCHIVES:
         raise ValueError(f"a list answer naming more than {MAX_ARCHIVES} archives")
     return listing

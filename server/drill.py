@@ -59,6 +59,9 @@ class DrillResult:
     failed_before_gone: bool = False
     """That snapshot is no longer in the repository (forgotten, or the repository
     rebuilt): its failure is over."""
+    listed: frozenset[str] | None = None
+    """The ids of the snapshots the repository listed (None: not asked): a recorded
+    failure of one no longer listed is over."""
 
     @property
     def proven(self) -> list[DatabaseProof]:
@@ -224,6 +227,7 @@ def _chosen(ctx: HostContext, choice: DrillChoice, result: DrillResult) -> Snaps
     """The snapshot to drill, or None when the host has none a drill can prove (the
     problem noted in ``result``). Raises UsageError as :func:`_named`."""
     listed = ctx.backend.snapshots()
+    result.listed = frozenset(s.id for s in listed)
     if choice.snapshot is not None:
         return _named(listed, choice.snapshot, ctx.host.name)
     snapshots = _provable(listed, result)

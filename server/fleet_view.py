@@ -254,7 +254,10 @@ def _drill_words(entry: dict) -> str | None:
     failed = entry.get("verify_failed_snapshot")
     if entry.get("verify_result") == Status.FAILED:
         said = printable(str(entry.get("verify_summary") or "see status --json"), 300)
-        return f"the last restore drill failed: {said}"
+        standing = ""
+        if isinstance(failed, dict) and str(failed.get("id")) not in said:
+            standing = f"; the drill of snapshot {printable(str(failed.get('id')), 64)} failed too"
+        return f"the last restore drill failed: {said}{standing}{_more_failed(entry, said)}"
     if isinstance(failed, dict):
         said = printable(str(failed.get("summary") or "see status --json"), 300)
         when = printable(str(failed.get("at")), 40)
@@ -265,10 +268,12 @@ def _drill_words(entry: dict) -> str | None:
     return None
 
 
-def _more_failed(entry: dict) -> str:
-    """The words for further snapshots whose drill failed (``verify --snapshot``), or ""."""
+def _more_failed(entry: dict, said: str = "") -> str:
+    """The words for further snapshots whose drill failed (``verify --snapshot``) and
+    that ``said`` does not name already, or ""."""
     others = entry.get("verify_failed_others")
-    count = len(others) if isinstance(others, list) else 0
+    others = others if isinstance(others, list) else []
+    count = sum(1 for o in others if not (isinstance(o, dict) and str(o.get("id")) in said))
     if not count:
         return ""
     which = "another snapshot" if count == 1 else f"{count} other snapshots"

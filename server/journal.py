@@ -32,6 +32,7 @@ from ..common.fsutil import atomic_write
 from ..common.locks import lock_status
 from ..common.log import get_logger
 from ..common.procfs import flock_held
+from ..common.text import printable
 
 JOURNAL_FILE = "pull-in-progress.json"
 INSTANCE_LOCK = "server.lock"
@@ -183,8 +184,11 @@ def read_journal(state_dir: Path) -> InterruptedRun | None:
             data.get("ended") is True,
             str(data.get("stopped_by") or "")[:20],
         )
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"not a pull journal ({exc.__class__.__name__}: {exc})") from None
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError, RecursionError) as exc:
+        # (damage: a pid of 1e400 is an OverflowError, deep nesting a RecursionError;
+        # an outside review saw either stop every pull, status and publish with exit 70)
+        why = printable(f"{exc.__class__.__name__}: {exc}", 200)
+        raise ValueError(f"not a pull journal ({why})") from None
 
 
 @dataclass(frozen=True)

@@ -183,10 +183,13 @@ it success, but it wrote no status file."""
 
 def _succeeded(environ: Mapping[str, str]) -> bool:
     """Whether systemd's variables in ``environ`` say the unit's main process succeeded
-    (or was skipped) and was not stopped by a signal."""
+    (or was skipped) and was not stopped by a signal (``$EXIT_CODE`` ``killed`` or
+    ``dumped``: systemd counts SIGHUP, SIGINT, SIGTERM and SIGPIPE as clean for some
+    units, and a drop-in may list any signal in SuccessExitStatus=)."""
     return (
         environ.get("SERVICE_RESULT", "") in SUCCEEDED
         and environ.get("EXIT_STATUS", "") not in STOPPED
+        and environ.get("EXIT_CODE", "") not in ("killed", "dumped")
     )
 
 

@@ -202,8 +202,10 @@ def _save(state_dir: Path, status: dict) -> dict:
     return status
 
 
-MORE_FAILED = 20
-"""At most this many further failed snapshots (``verify_failed_others``) are kept."""
+MORE_FAILED = 100
+"""At most this many further failed snapshots (``verify_failed_others``) are kept, the
+newest (a repair proven snapshot by snapshot names fewer: an outside review lost the
+oldest of 23 at 20)."""
 
 
 def _record_failed_snapshots(entry: dict, drill, now: str) -> None:
@@ -217,7 +219,12 @@ def _record_failed_snapshots(entry: dict, drill, now: str) -> None:
     others = entry.get("verify_failed_others")
     others = [o for o in others if isinstance(o, dict)] if isinstance(others, list) else []
     others = [o for o in others if o.get("id") != drill.snapshot_id]
-    ended = drill.failed_before_gone  # the first is no longer listed
+    listed = drill.listed  # (None: not known) a forgotten snapshot's failure is over
+    if listed is not None:
+        others = [o for o in others if o.get("id") in listed]
+    ended = drill.failed_before_gone or (
+        listed is not None and isinstance(first, dict) and first.get("id") not in listed
+    )
     if not isinstance(first, dict) or first.get("id") == drill.snapshot_id or ended:
         first = None
     if not drill.ok:
@@ -225,7 +232,7 @@ def _record_failed_snapshots(entry: dict, drill, now: str) -> None:
             "id": drill.snapshot_id,
             "time": drill.snapshot_time,
             "at": now,
-            "summary": drill.summary[:300],
+            "summary": drill.summary[: 300 if first is None else 200],
         }
         others = [*others, failed] if first is not None else [failed, *others]
     if first is None and others:

@@ -104,3 +104,17 @@ def test_further_failed_snapshots_are_bounded(tmp_path):
     assert entry["verify_failed_snapshot"]["id"] == "s0"
     others = [o["id"] for o in entry["verify_failed_others"]]
     assert len(others) == status_file.MORE_FAILED and others[-1] == f"s{number}"
+
+
+def test_a_passing_drill_ends_the_failures_of_snapshots_no_longer_listed(tmp_path):
+    """An outside review: the next failure took the first's place without a look at
+    whether it was still listed, and kept the host in attention one drill per entry."""
+    for snapshot in ("s1", "s2", "s3"):
+        bad = DrillResult("web1", ok=False, snapshot_id=snapshot, problems=["changed: a"])
+        status_file.record_drills(tmp_path, [bad])
+    good = DrillResult("web1", ok=True, snapshot_id="s9", listed=frozenset({"s3", "s9"}))
+    entry = status_file.record_drills(tmp_path, [good])["hosts"]["web1"]
+    assert entry["verify_failed_snapshot"]["id"] == "s3" and "verify_failed_others" not in entry
+    gone = DrillResult("web1", ok=True, snapshot_id="s9", listed=frozenset({"s9"}))
+    entry = status_file.record_drills(tmp_path, [gone])["hosts"]["web1"]
+    assert "verify_failed_snapshot" not in entry

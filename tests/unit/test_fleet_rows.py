@@ -152,3 +152,21 @@ def test_a_guard_hold_is_its_own_record_and_a_copys_failed_maintenance_is_the_co
     assert copy_view(copy, 3 * 86400, NOW).complaint == (
         "copy failed: the copy's last maintenance failed: check: repository contains errors"
     )
+
+
+def test_a_failed_last_drill_names_the_failure_still_standing_too():
+    """An outside review: a default drill of B failed, then verify --snapshot A failed:
+    the row said only A's words."""
+    entry = {
+        **STORED,
+        "verify_result": "failed",
+        "verify_summary": "snapshot aaaa1111 FAILED: changed: x",
+        "verify_failed_snapshot": {"id": "bbbb2222", "at": "2026-12-02T03:40:00Z", "summary": "y"},
+        "verify_failed_others": [{"id": "aaaa1111"}, {"id": "cccc3333"}],
+    }
+    reason = host_row("web1", entry, 86400, NOW).reason
+    assert "the last restore drill failed: snapshot aaaa1111 FAILED: changed: x" in reason
+    assert "; the drill of snapshot bbbb2222 failed too" in reason
+    assert reason.endswith(
+        "; another snapshot failed a drill too (status --json: verify_failed_others)"
+    )

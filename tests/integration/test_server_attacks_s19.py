@@ -697,3 +697,41 @@ def test_publish_if_failed_after_a_kill_systemd_calls_success(tmp_path):
     result = server(config, "publish", "--if-failed", env=hup)
     assert result.returncode == 0, result.stderr
     assert metrics.exists() and cut_short(samples(metrics), "web1") == 1
+
+
+def test_a_group_copy_s_damage_fails_every_host_s_copy(tmp_path):
+    """The copy pass of maintain (copy.retention set): the group's copy "web" damaged,
+    every part read: both hosts' copy rows fail with the group's words, the primary
+    rows stay OK (held)."""
+    fleet = Fleet(tmp_path / "fleet")
+    copies = tmp_path / "copies"
+    try:
+        for name in ("web1", "web2"):
+            host = fleet.add_host(name)
+            (host.data / "big.bin").write_bytes(os.urandom(1 << 20))
+            host.make_archive()
+        fleet.host_extra.update({"web1": {"group": "web"}, "web2": {"group": "web"}})
+        fleet.write_config(
+            parallel=2,
+            copy={"repository_root": str(copies), "retention": {"keep_last": 5}},
+            maintenance={"check_subsets": 1, "repository_lock_wait": "5s"},
+        )
+        pulled = fleet.server("pull")
+        assert pulled.returncode == 0, pulled.stderr
+        copied = fleet.server("copy", "--no-verify")
+        assert copied.returncode == 0, copied.stdout + copied.stderr
+        _damage_one_pack(copies / "web", "restic")
+        result = fleet.server("maintain", "--no-verify", "--json")
+        assert result.returncode == 1, result.stdout + result.stderr
+        found = {(h["host"], h.get("scope", "")): h for h in json.loads(result.stdout)["hosts"]}
+        assert found[("web1", "")]["status"] == found[("web2", "")]["status"] == "ok"
+        assert found[("web1", "copy")]["status"] == found[("web2", "copy")]["status"] == "failed"
+        status = json.loads(fleet.server("status", "--json").stdout)["hosts"]
+        assert status["web1"]["copy"]["maintain_failed"] == ["check"]
+        assert status["web1"].get("maintain_result") == "ok"
+        shown = fleet.server("status")
+        table = shown.stdout + shown.stderr
+        assert table.count("the copy's last maintenance failed: check:") == 2, table
+        assert "group web, with web2" in table, table
+    finally:
+        fleet.stop()

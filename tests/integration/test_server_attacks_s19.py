@@ -219,6 +219,12 @@ def test_verify_snapshot_exit_codes_and_nothing_recorded(two_snapshots):
     # the same host twice is one host
     twice = fleet.server("verify", "--host", "web1", "--host", "web1", "--snapshot", older)
     assert twice.returncode == 0, twice.stdout + twice.stderr
+    # by its archive stamp, as restore --snapshot takes it
+    listed = json.loads(fleet.server("snapshots", "web1", "--json").stdout)
+    stamp = next(s["stamp"] for s in listed if s["id"] == older)
+    by_stamp = fleet.server("verify", "--host", "web1", "--snapshot", stamp, "--json")
+    assert by_stamp.returncode == 0, by_stamp.stdout + by_stamp.stderr
+    assert older in by_stamp.stdout
 
 
 @pytest.mark.xfail(

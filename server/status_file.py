@@ -208,6 +208,25 @@ newest (a repair proven snapshot by snapshot names fewer: an outside review lost
 oldest of 23 at 20)."""
 
 
+def _still_failed(entry: dict, drill) -> tuple[dict | None, list[dict]]:
+    """The first failed snapshot of ``entry`` and the others, before ``drill`` is
+    added: without the one it drilled, and without those it saw no longer listed."""
+    first = entry.get("verify_failed_snapshot")
+    first = first if isinstance(first, dict) else None
+    others = entry.get("verify_failed_others")
+    others = [o for o in others if isinstance(o, dict)] if isinstance(others, list) else []
+    listed = drill.listed  # (None: not known) a forgotten snapshot's failure is over
+    kept = [o for o in others if listed is None or o.get("id") in listed]
+    kept = [o for o in kept if o.get("id") != drill.snapshot_id]
+    if first is not None and (
+        first.get("id") == drill.snapshot_id
+        or drill.failed_before_gone
+        or (listed is not None and first.get("id") not in listed)
+    ):
+        first = None
+    return first, kept
+
+
 def _record_failed_snapshots(entry: dict, drill, now: str) -> None:
     """Keep the snapshots whose drill failed and that no drill has proven since: the
     first in ``verify_failed_snapshot`` (the one the next drill tries again), others in
@@ -215,18 +234,7 @@ def _record_failed_snapshots(entry: dict, drill, now: str) -> None:
     review saw one record overwrite the other). A passing drill of a snapshot ends its
     failure; a first one that is no longer listed ends too, and the next takes its
     place."""
-    first = entry.get("verify_failed_snapshot")
-    others = entry.get("verify_failed_others")
-    others = [o for o in others if isinstance(o, dict)] if isinstance(others, list) else []
-    others = [o for o in others if o.get("id") != drill.snapshot_id]
-    listed = drill.listed  # (None: not known) a forgotten snapshot's failure is over
-    if listed is not None:
-        others = [o for o in others if o.get("id") in listed]
-    ended = drill.failed_before_gone or (
-        listed is not None and isinstance(first, dict) and first.get("id") not in listed
-    )
-    if not isinstance(first, dict) or first.get("id") == drill.snapshot_id or ended:
-        first = None
+    first, others = _still_failed(entry, drill)
     if not drill.ok:
         failed = {
             "id": drill.snapshot_id,

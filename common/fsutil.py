@@ -192,6 +192,62 @@ def directory_size(path: Path) -> int:
     return total
 
 
+MAX_LINKS = 40
+"""Symlinks :func:`open_trusted_dir` follows on one path (the kernel's own limit)."""
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_trusted_dir(path: Path) -> int:
+    """The directory ``path`` opened by descriptors from ``/``, one name at a time,
+    following only symlinks only root could have made (root's, in a directory of root's
+    that no one else may write to), as :func:`untrusted_link` judges them: unlike a
+    check of the path followed by an open by name, no swap between the two can lead it
+    elsewhere. Returns the descriptor (the caller closes it). Raises OSError: ELOOP for
+    a symlink another user could have made (or too many), ENOTDIR, ENOENT."""
+    fd = os.open("/", _DIR_FLAGS)
+    parts = list(Path(path).parts[1:])
+    links = 0
+    try:
+        while parts:
+            name = parts.pop(0)
+            if name in ("", "."):
+                continue
+            try:
+                step = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                target = _trusted_target(fd, name)
+                links += 1
+                if links > MAX_LINKS:
+                    raise OSError(errno.ELOOP, "too many symlinks", str(path)) from None
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = -1
+                    fd = os.open("/", _DIR_FLAGS)
+                parts[:0] = list(Path(target).parts[1 if target.startswith("/") else 0 :])
+                continue
+            os.close(fd)
+            fd = step
+        return fd
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+
+
+def _trusted_target(dir_fd: int, name: str) -> str:
+    """The target of the symlink ``name`` below ``dir_fd``. Raises OSError: ENOTDIR when
+    it is no symlink, ELOOP when another user could have made it."""
+    found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISLNK(found.st_mode):
+        raise OSError(errno.ENOTDIR, "not a directory", name)
+    here = os.fstat(dir_fd)
+    if found.st_uid != 0 or here.st_uid != 0 or here.st_mode & 0o022:
+        raise OSError(errno.ELOOP, "a symlink another user could have made", name)
+    return os.readlink(name, dir_fd=dir_fd)
+
+
 def untrusted_link(path: Path) -> Path | None:
     """The first component above ``path`` (``path`` itself excluded) that is a symlink
     another user could have made or swapped: one owned by anyone but root, or standing

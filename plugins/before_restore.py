@@ -103,6 +103,9 @@ class Replaced:
     elsewhere: int = 0
     """Entries that differ and another path of the task (one that overlaps, listed
     earlier) keeps: left out of ``entries``."""
+    above: Identity | None = None
+    """The identity of the directory holding ``destination`` when it was checked: every
+    walk of it refuses another (:class:`InStep`)."""
 
     @property
     def blocks(self) -> int:
@@ -172,6 +175,10 @@ class _Cursor:
             self.fd = -1
 
 
+Identity = tuple[int, int]
+"""A directory's device and inode number."""
+
+
 @dataclass(frozen=True)
 class Spot:
     """An entry of the snapshot's copy, ``copy_name`` below its open directory
@@ -196,13 +203,23 @@ class InStep:
     one is asked for. Raises OSError (ESTALE when a directory was moved while it was
     walked)."""
 
-    def __init__(self, copy: Path, destination: Path) -> None:
+    def __init__(self, copy: Path, destination: Path, above: Identity | None = None) -> None:
+        """``above``: the identity the directory holding ``destination`` had when the
+        restore checked the path (``files._a_place_of_its_own``); the walk refuses
+        another (ESTALE: a directory above was swapped since, by its owner: an outside
+        attack had the attribute pass strip ACLs and capabilities outside the tree, and
+        the scan read outside files into the kept directory)."""
         opened = os.open(copy.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             live = os.open(destination.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             os.close(opened)
             raise
+        here = os.fstat(live)
+        if above is not None and (here.st_dev, here.st_ino) != above:
+            os.close(opened)
+            os.close(live)
+            raise OSError(errno.ESTALE, "a directory above the restored path was swapped")
         self._copy, self._live = _Cursor(opened), _Cursor(live)
         self._top = copy.name
         self._levels: list[tuple[tuple[str, ...] | None, Iterator[str]]] = [
@@ -270,7 +287,10 @@ def _files(count: int) -> str:
 
 
 def _pairs(
-    copy: Path, destination: Path, wanted: frozenset[tuple[str, ...]] | None = None
+    copy: Path,
+    destination: Path,
+    wanted: frozenset[tuple[str, ...]] | None = None,
+    above: Identity | None = None,
 ) -> Generator[_Pair, None, None]:
     """Every entry of ``copy`` that has a live entry at its place below ``destination``,
     where one of the two is not a directory, walking down the directories both have
@@ -278,7 +298,7 @@ def _pairs(
     fails on it half-way (:func:`_clash`). With ``wanted``, only the names in it are
     looked at. Each ``_Pair``'s directories are open while it is handled. Raises
     OSError."""
-    with contextlib.closing(InStep(copy, destination)) as walk:
+    with contextlib.closing(InStep(copy, destination, above)) as walk:
         for spot in walk:
             if wanted is not None and spot.names not in wanted:
                 continue
@@ -338,17 +358,17 @@ def _open_checked(dir_fd: int, name: str, looked: os.stat_result, flags: int) ->
     return fd
 
 
-def find_replaced(copy: Path, destination: Path) -> Replaced:
+def find_replaced(copy: Path, destination: Path, above: Identity | None = None) -> Replaced:
     """What ``cp -a`` of ``copy`` onto the existing ``destination`` would replace that
     differs from ``copy`` (see the module). Reads, never writes. Raises TaskError, before
     anything is replaced, for a live entry ``cp`` would write through (a symlink where
     the snapshot has a file: ``cp`` writes into what it points at) or open (a FIFO, a
     socket or a device there: ``cp`` waits on a FIFO for ever), and for an entry that
     cannot be compared."""
-    found = Replaced(copy, destination)
+    found = Replaced(copy, destination, above=above)
     refused: list[str] = []
     try:
-        with contextlib.closing(_pairs(copy, destination)) as pairs:
+        with contextlib.closing(_pairs(copy, destination, above=above)) as pairs:
             for pair in pairs:
                 why = _clash(pair)
                 if why:
@@ -752,10 +772,11 @@ def _keep(replaced: Replaced, progress: _Progress) -> Replaced:
     wanted = frozenset(
         e.names[:depth] for e in replaced.entries for depth in range(len(e.names) + 1)
     )
-    kept = Replaced(replaced.copy, replaced.destination)
+    kept = Replaced(replaced.copy, replaced.destination, above=replaced.above)
     shown = replaced.shown(())
     try:
-        with contextlib.closing(_pairs(replaced.copy, replaced.destination, wanted)) as pairs:
+        walked = _pairs(replaced.copy, replaced.destination, wanted, replaced.above)
+        with contextlib.closing(walked) as pairs:
             for pair in pairs:
                 if pair.names not in leaves:
                     continue  # a directory on the way

@@ -9,11 +9,11 @@ import shutil
 import stat
 from pathlib import Path
 
-from ..common.fsutil import untrusted_link
+from ..common.fsutil import open_trusted_dir, untrusted_link
 from ..common.text import counted, printable
 from ..common.units import human_size
 from . import hookimpl, load_plugin_schema
-from .before_restore import InStep, Spot, find_replaced, keep_aside
+from .before_restore import Identity, InStep, Spot, find_replaced, keep_aside
 from .exclude import ExcludeMatcher
 from .task import RestorePlan, Task, TaskError, TaskType
 
@@ -151,21 +151,29 @@ def restore_paths(
                 continue
             raise TaskError(f"{path} is not in the restored snapshot ({copy})")
         destination = (target / path.lstrip("/")) if target else Path(path)
-        _a_place_of_its_own(destination)
+        above = _a_place_of_its_own(destination)
         _same_kind_at_top(copy, destination)
-        places.append((path, copy, destination))
-    found = [find_replaced(c, d) for _, c, d in places if os.path.lexists(d)]
+        places.append((path, copy, destination, above))
+    found = [find_replaced(c, d, a) for _, c, d, a in places if os.path.lexists(d)]
     keep_aside(task.type, task.log, found, plan, source)
-    for path, copy, destination in places:
+    for path, copy, destination, above in places:
         count = _count(copy)
         over = ", replacing what is there" if os.path.lexists(destination) else ""
         text = f"restore {path} ({counted(count, 'file')}) to {destination}{over}"
         if not plan.step(task.log, text, destructive=bool(over)):
             continue
-        _copy_parents(copy, destination, source)
-        _copy_back(task, copy, destination)
+        try:
+            _copy_parents(copy, destination, source)
+            # a directory made just now is pinned now (a racing owner of the one above
+            # it had it missing at the check, and then a symlink to elsewhere)
+            above = above or _pin(destination.parent)
+            _copy_back(task, copy, destination)
+        except OSError as exc:  # (a racing owner: words, not an internal error)
+            raise TaskError(
+                f"cannot restore {printable(destination, 200)}: {exc.strerror or exc}"
+            ) from None
         if task.config.get("xattrs", True):  # else the snapshot holds none to compare
-            _same_xattrs(copy, destination)
+            _same_xattrs(copy, destination, above)
         task.log.info("restored %s", destination)
 
 
@@ -187,12 +195,15 @@ def _count(copy: Path) -> int:
     return count
 
 
-def _a_place_of_its_own(destination: Path) -> None:
-    """Raises TaskError, before anything is replaced, for a destination that has no name
-    (``/``: what it replaces could not be compared or kept) or below a symlink another
-    user could have made (its owner is not root, or it stands in a directory others may
+def _a_place_of_its_own(destination: Path) -> Identity | None:
+    """The identity of the directory holding ``destination`` (every later walk of it
+    refuses another: :class:`.InStep`), or None when it does not exist yet. Raises
+    TaskError, before anything is replaced, for a destination that has no name (``/``:
+    what it replaces could not be compared or kept), below a symlink another user
+    could have made (its owner is not root, or it stands in a directory others may
     write to: root would follow it by name, read what it points at into the kept
-    directory and write the snapshot there)."""
+    directory and write the snapshot there), or whose directory changed while it was
+    checked."""
     if destination == Path(destination.anchor or "/"):
         raise TaskError(
             "restoring / in place is refused: restore below --target DIR and copy what "
@@ -205,6 +216,29 @@ def _a_place_of_its_own(destination: Path) -> None:
             f"swapped, above {printable(destination, 200)}: nothing replaced; restore "
             "below --target DIR, or put a directory there"
         )
+    try:
+        return _pin(destination.parent)
+    except FileNotFoundError:
+        return None  # made by the restore: pinned once made (restore_paths)
+
+
+def _pin(directory: Path) -> Identity:
+    """The identity of ``directory``, reached by descriptors through symlinks only root
+    could have made (:func:`.open_trusted_dir`). Raises FileNotFoundError when it is not
+    there, TaskError for any other failure."""
+    try:
+        opened = open_trusted_dir(directory)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise TaskError(
+            f"{printable(directory, 200)} changed while it was checked "
+            f"({exc.strerror or exc}): nothing replaced; stop whoever owns it, or restore "
+            "below --target DIR"
+        ) from None
+    here = os.fstat(opened)
+    os.close(opened)
+    return here.st_dev, here.st_ino
 
 
 def _same_kind_at_top(copy: Path, destination: Path) -> None:
@@ -248,7 +282,7 @@ MAX_XATTR_PROBLEMS = 5
 """Failed removals named in the error (the rest are counted)."""
 
 
-def _same_xattrs(copy: Path, destination: Path) -> None:
+def _same_xattrs(copy: Path, destination: Path, above: Identity | None = None) -> None:
     """Every regular file and directory of ``copy`` that is now at ``destination`` carries
     exactly the copy's extended attributes: ``cp -a`` adds the snapshot's and never
     removes others, so the names the copy lacks (POSIX ACLs' ``system.posix_acl_*`` among
@@ -261,7 +295,7 @@ def _same_xattrs(copy: Path, destination: Path) -> None:
     that failed (the attribute is still there), or when the walk cannot go on."""
     problems: list[str] = []
     try:
-        with contextlib.closing(InStep(copy, destination)) as walk:
+        with contextlib.closing(InStep(copy, destination, above)) as walk:
             for spot in walk:
                 _match_spot(walk, spot, os.path.join(destination, *spot.names), problems)
     except OSError as exc:

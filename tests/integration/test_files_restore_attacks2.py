@@ -337,46 +337,26 @@ class Nested:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="high: InStep opens the restored path's parent by name (os.open(destination."
-    "parent), following symlinks) at every walk; the owner of a directory above the path "
-    "swapping it for a symlink after the restore's check makes the attribute pass after "
-    "cp remove attributes (ACLs, capabilities, user.*) from files outside the tree",
-)
 def test_a_parent_swapped_for_a_symlink_after_cp_leads_the_attribute_pass_nowhere(tmp_path):
     n = Nested(tmp_path)
+    above = files._a_place_of_its_own(n.path)  # the restore's check, as restore_paths
     n.restore()  # checked, kept, copied: the tree is the snapshot's now
     n.swap()  # then, before the attribute pass, the owner of sub/ acts
     with contextlib.suppress(TaskError):
-        files._same_xattrs(n.copy, n.path)
+        files._same_xattrs(n.copy, n.path, above)
     assert outside_state(n.outside) == n.before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="high (read): the scan and the keep open the restored path's parent by name; "
-    "swapped for a symlink after the check, the files outside it leads to are compared "
-    "and copied into the kept directory (root's 0700: not shown to the user), and kept "
-    "as the live tree's",
-)
 def test_a_parent_swapped_for_a_symlink_after_the_check_reads_nothing_outside(tmp_path):
     n = Nested(tmp_path)
-    files._a_place_of_its_own(n.path)  # the restore's check: sub/ is a directory then
+    above = files._a_place_of_its_own(n.path)  # the restore's check: sub/ is a directory
     n.swap()
     with contextlib.suppress(TaskError):
-        found = find_replaced(n.copy, n.path)
+        found = find_replaced(n.copy, n.path, above)
         keep_aside("files", logging.getLogger("t"), [found], n.r.plan(), n.r.snapshot)
     assert not any(SECRET in data for data in all_kept_bytes(n.r))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="high: end to end, a real owner (nobody) toggling a directory above the "
-    "restored path between a directory and a symlink to a root-only tree while "
-    "restores run: an outside file loses its attributes, or its secret is read into "
-    "a kept directory",
-)
 def test_race_a_parent_toggled_by_its_owner_during_real_restores_touches_nothing_outside(
     tmp_path,
 ):

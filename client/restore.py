@@ -169,6 +169,9 @@ def check_listed(snapshot: Path, root: Path) -> None:
     beside ``services/`` (a service's directory given alone) nothing can be checked, and
     a warning says so. Raises UsageError naming the files not listed, and ArchiveError
     for a manifest that does not parse."""
+    if root.parent.name == "services" and root.parent.parent != snapshot:
+        snapshot = root.parent.parent  # --from SNAPSHOT/services: the manifest beside it
+    _no_symlinks_above(snapshot, root)
     manifest = snapshot / MANIFEST_NAME
     relative = root.relative_to(snapshot).as_posix()
     if not relative.startswith("services/") or not manifest.is_file():
@@ -199,6 +202,22 @@ def check_listed(snapshot: Path, root: Path) -> None:
         )
     if listed:
         log.warning("%s listed in %s absent (fetched in part?)", _files(sorted(listed)), manifest)
+
+
+def _no_symlinks_above(snapshot: Path, root: Path) -> None:
+    """Raises UsageError when the service's directory ``root``, a directory between it
+    and ``snapshot``, or a task's directory in it is a symlink: a snapshot as the server
+    restores it has none there, and the restore would read through it files no check
+    saw (an outside attack planted a tree that way)."""
+    places = [root, *(p for p in root.iterdir() if not p.name.startswith("."))]
+    places += [p for p in root.parents if snapshot in p.parents]
+    for place in places:
+        if place.is_symlink():
+            raise UsageError(
+                f"{printable(str(place), 200)} is a symlink: a snapshot as restored has "
+                "none there. Fetch the snapshot into an empty directory and restore "
+                "again; nothing was changed"
+            )
 
 
 def _files(names: list[str]) -> str:

@@ -422,6 +422,8 @@ def _differs(pair: _Pair) -> bool:
     if stat.S_ISLNK(live.st_mode):
         target = os.readlink(pair.copy_name, dir_fd=pair.copy_dir)
         return os.readlink(pair.name, dir_fd=pair.dir_fd) != target
+    if stat.S_ISCHR(live.st_mode) or stat.S_ISBLK(live.st_mode):
+        return live.st_rdev != copied.st_rdev  # another device (an outside attack)
     if not stat.S_ISREG(live.st_mode):
         return False  # a FIFO for a FIFO: nothing in it to lose
     if live.st_size != copied.st_size:

@@ -564,12 +564,6 @@ def test_a_live_file_shrunk_and_grown_back_during_the_compare_is_kept(tmp_path, 
     assert ("big",) in [e.names for e in found.entries]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="low: a live device node of other numbers than the snapshot's (same kind) is "
-    "called the same (_differs: 'nothing in it to lose') and replaced by cp without "
-    "being kept; a symlink of another target is kept",
-)
 def test_a_device_node_of_other_numbers_is_kept_before_cp_replaces_it(tmp_path):
     r = Restore(tmp_path)
     os.mknod(r.copy / "data/dev", stat.S_IFCHR | 0o600, os.makedev(1, 3))
@@ -688,12 +682,6 @@ def test_a_symlink_of_an_older_snapshot_in_dir_is_not_restored(tmp_path):
     assert not os.path.lexists(r.live / "data/old-release-link")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="medium: a directory of DIR's service tree that is a symlink is not walked "
-    "(os.walk does not follow it), yet the restore reads through it: every file below "
-    "services/app/files is restored unchecked",
-)
 def test_files_below_a_symlinked_directory_in_dir_are_checked(tmp_path):
     r = Restore(tmp_path)
     write_manifest(r.snapshot)
@@ -707,11 +695,6 @@ def test_files_below_a_symlinked_directory_in_dir_are_checked(tmp_path):
     assert not os.path.lexists(r.live / "data/planted")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="medium (words, and no check): --from SNAPSHOT/services is accepted, and then "
-    "the manifest beside services/ is not looked at; the warning says there is none",
-)
 def test_from_the_services_directory_is_checked_against_the_manifest_beside_it(tmp_path):
     r = Restore(tmp_path)
     write_manifest(r.snapshot)

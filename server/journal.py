@@ -72,6 +72,17 @@ class InterruptedRun:
     stopped_by: str = ""
     """The signal that stopped the run (``SIGTERM``: systemd stopping the unit, a
     shutdown) before it wrote the status file; empty: it was killed outright."""
+    carried: InterruptedRun | None = None
+    """An earlier run cut short, for the hosts this run did not pull (``pull --host``):
+    they stay named until a pull of them (an outside review saw a pull of another host
+    erase that the killed one had a host to report and clean up)."""
+
+    def merged(self) -> InterruptedRun:
+        """This run and what it carried, as one (this run's identity; its phases win)."""
+        if self.carried is None:
+            return self
+        phases = {**self.carried.phases, **self.phases}
+        return InterruptedRun(self.pid, self.started, phases, self.ended, self.stopped_by)
 
     @property
     def how(self) -> str:
@@ -97,6 +108,7 @@ class Journal:
         self._lock = threading.Lock()
         self._kept: dict[str, str] = {}
         self._stopped_by = ""
+        self._carried: InterruptedRun | None = None
 
     def begin(self) -> InterruptedRun | None:
         """Start this run's journal; return the run a crash interrupted, if any."""
@@ -107,6 +119,22 @@ class Journal:
             log.warning("ignoring an unreadable journal %s: %s", self.path, exc)
         self._write()
         return previous
+
+    def carry(self, previous: InterruptedRun | None, pulled: list[str]) -> None:
+        """Keep in this run's journal, from its start to its end, the hosts that
+        ``previous`` (the run a crash interrupted, with what it carried) was cut short on
+        and this run does not pull: each stays named until a pull of it reports it and
+        cleans up. (Hosts of a run that ended keeping them are in its status file.)"""
+        if previous is None:
+            return
+        cut = previous.merged() if not previous.ended else previous.carried
+        if cut is None:
+            return
+        phases = {h: p for h, p in cut.phases.items() if h not in pulled}
+        if phases:
+            self._carried = InterruptedRun(cut.pid, cut.started, phases, False, cut.stopped_by)
+            with self._lock:
+                self._write()
 
     def waiting(self, hosts: list[str]) -> None:
         """Record ``hosts`` as waiting for their turn, in one write: a pull killed before
@@ -140,7 +168,7 @@ class Journal:
     def end(self) -> None:
         """The run ended: remove the journal (or keep only what :meth:`keep` and
         :meth:`stop` named)."""
-        if self._kept:
+        if self._kept or self._carried:
             with self._lock:
                 self._phases = dict(self._kept)
                 self._write(ended=not self._stopped_by)
@@ -154,6 +182,14 @@ class Journal:
             record["ended"] = True
         if self._stopped_by:
             record["stopped_by"] = self._stopped_by
+        carried = self._carried
+        if carried is not None:
+            record["carried"] = {
+                "pid": carried.pid,
+                "started": carried.started,
+                "hosts": carried.phases,
+                "stopped_by": carried.stopped_by,
+            }
         try:
             atomic_write(self.path, json.dumps(record, sort_keys=True) + "\n", mode=0o600)
         except OSError as exc:
@@ -177,18 +213,27 @@ def read_journal(state_dir: Path) -> InterruptedRun | None:
         raise ValueError(f"longer than {MAX_JOURNAL} bytes")
     try:
         data = json.loads(raw)
+        carried = data.get("carried")
         return InterruptedRun(
-            int(data["pid"]),
-            str(data["started"]),
-            {str(h): str(p) for h, p in dict(data["hosts"]).items()},
+            *_run_of(data),
             data.get("ended") is True,
             str(data.get("stopped_by") or "")[:20],
+            InterruptedRun(*_run_of(carried), False, str(carried.get("stopped_by") or "")[:20])
+            if carried is not None
+            else None,
         )
     except (KeyError, TypeError, AttributeError, ValueError, OverflowError, RecursionError) as exc:
         # (damage: a pid of 1e400 is an OverflowError, deep nesting a RecursionError;
         # an outside review saw either stop every pull, status and publish with exit 70)
         why = printable(f"{exc.__class__.__name__}: {exc}", 200)
         raise ValueError(f"not a pull journal ({why})") from None
+
+
+def _run_of(data: dict) -> tuple[int, str, dict[str, str]]:
+    """The pid, start and phases of a run's record. Raises KeyError, TypeError,
+    ValueError, AttributeError."""
+    phases = {str(h): str(p) for h, p in dict(data["hosts"]).items()}
+    return int(data["pid"]), str(data["started"]), phases
 
 
 @dataclass(frozen=True)
@@ -230,6 +275,9 @@ def pull_activity(state_dir: Path, lock_dir: Path) -> PullActivity:
         running = journal if own else InterruptedRun(owner.pid, owner.started)
         if own:
             return PullActivity(running=running)
-    if journal is None or journal.ended or not journal.phases:
+    if journal is None:
         return PullActivity(running=running)
-    return PullActivity(running=running, killed=journal)
+    # this run's own cut (with what it carried), else what it carried: its hosts are
+    # still to be pulled
+    cut = journal.merged() if journal.phases and not journal.ended else journal.carried
+    return PullActivity(running=running, killed=cut)

@@ -43,6 +43,10 @@ def pull(
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         journal = None if dry_run else Journal(config.state_dir)
         interrupted = journal.begin() if journal else None
+        if journal is not None:
+            journal.carry(interrupted, [h.name for h in hosts])
+        if interrupted is not None:
+            interrupted = interrupted.merged()  # (each host pulled reports what it carried)
         options = PullOptions(dry_run, if_due)
 
         def work(ctx: HostContext, relay: PhaseRelay) -> HostResult:

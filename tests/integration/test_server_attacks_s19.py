@@ -596,12 +596,6 @@ def test_a_dry_run_and_a_maintenance_keep_the_cut_short_shown(cut_fleet):
     assert "the next pull reports it" not in page.read_text()  # (its own warning stays)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pull --host good after a pull killed while pulling hung replaces the journal: "
-    "hung's cut-short gauge goes to 0 and no run ever reports that hung's pull was "
-    "killed (nor clears its store), though hung was not pulled since",
-)
 def test_a_pull_of_another_host_keeps_the_cut_short_of_the_one_killed(cut_fleet):
     fleet, metrics, page = cut_fleet
     with frozen(fleet, "hung"):
@@ -615,6 +609,10 @@ def test_a_pull_of_another_host_keeps_the_cut_short_of_the_one_killed(cut_fleet)
     other = fleet.server("pull", "--host", "good")
     assert other.returncode == 0, other.stderr
     assert cut_short(samples(metrics), "hung") == 1, "hung was not pulled since its kill"
+    assert "was killed while connecting" in page.read_text()
+    then = fleet.server("pull", "--host", "hung")
+    assert "was killed while connecting" in then.stderr, then.stderr  # reported once
+    assert cut_short(samples(metrics), "hung") == 0
 
 
 def dead_pid() -> int:

@@ -242,3 +242,31 @@ def test_a_pull_stopped_by_sigterm_keeps_its_hosts_for_status_and_the_next_pull(
         "was stopped by SIGTERM while transferring and unpacking"
     )
     assert Journal(config.state_dir).begin().how == "stopped by SIGTERM"
+
+
+def test_a_pull_of_other_hosts_carries_the_killed_ones_to_the_next_pull_of_them(tmp_path):
+    """``pull --host good`` after a pull killed while pulling ``hung``: ``hung`` stays
+    cut short, and the pull that next reads the journal is told of it."""
+    state, locks = tmp_path / "state", tmp_path / "locks"
+    state.mkdir()
+    locks.mkdir()
+    killed = {"pid": 999_999_999, "started": "2026-12-03T03:00:00Z"}
+    (state / JOURNAL_FILE).write_text(
+        json.dumps({**killed, "hosts": {"good": "transferring", "hung": "connecting"}})
+    )
+    journal = Journal(state)
+    previous = journal.begin()
+    journal.carry(previous, ["good"])
+    journal.end()
+    cut = pull_activity(state, locks).killed
+    assert cut is not None and cut.phases == {"hung": "connecting"}
+    assert (cut.pid, cut.started) == (killed["pid"], killed["started"])
+    again = Journal(state).begin()
+    assert again is not None and again.merged().phases == {"hung": "connecting"}
+    assert "(pid 999999999, started 2026-12-03T03:00:00Z) was killed while connecting" in (
+        again.carried.describe("hung")  # type: ignore[union-attr]
+    )
+    journal = Journal(state)
+    journal.carry(journal.begin(), ["good", "hung"])  # a pull of both: nothing carried
+    journal.end()
+    assert not (state / JOURNAL_FILE).exists()

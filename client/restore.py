@@ -9,19 +9,16 @@ is started again whatever happened.
 from __future__ import annotations
 
 import argparse
-import os
-import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common.archive import baseindex
+from ..common.archive import baseindex, listed
 from ..common.archive import directory as archives
 from ..common.archive import sidecar as sidecars
 from ..common.archive.baseindex import BaseIndex, IndexedTree, IndexWriter
 from ..common.archive.compression import compression_of
 from ..common.archive.manifest import MANIFEST_NAME
-from ..common.archive.manifest import parse as parse_manifest
 from ..common.archive.reader import TarStream
 from ..common.archive.sidecar import ARCHIVE_NAME, SIDECAR_NAME, ServiceReport, TaskReport
 from ..common.archive.unpack import BaseMismatch, Unpacker
@@ -181,27 +178,23 @@ def check_listed(snapshot: Path, root: Path) -> None:
             MANIFEST_NAME,
         )
         return
+    unlisted, absent = _Named(), _Named()
     try:
-        listed = {n for n in parse_manifest(manifest.read_bytes()) if n.startswith(relative + "/")}
+        for pair in listed.pairs(snapshot, manifest, relative):
+            if pair.regular is None:
+                absent.add(pair.name)
+            elif pair.digest is None and pair.regular:
+                unlisted.add(pair.name)
     except ValueError as exc:
         raise ArchiveError(f"{manifest}: {exc}") from None
-    unlisted = []
-    for directory, _, files in os.walk(root):
-        for file_name in files:
-            full = os.path.join(directory, file_name)
-            name = os.path.relpath(full, snapshot)
-            if name in listed:
-                listed.discard(name)
-            elif stat.S_ISREG(os.lstat(full).st_mode):
-                unlisted.append(name)
-    if unlisted:
+    if unlisted.count:
         raise UsageError(
             f"{printable(str(snapshot), 200)} is not the snapshot its {MANIFEST_NAME} "
-            f"describes: {_files(sorted(unlisted))} not in it. Fetch the snapshot into an "
+            f"describes: {unlisted} not in it. Fetch the snapshot into an "
             "empty directory (or rsync with --delete) and restore again; nothing was changed"
         )
-    if listed:
-        log.warning("%s listed in %s absent (fetched in part?)", _files(sorted(listed)), manifest)
+    if absent.count:
+        log.warning("%s listed in %s absent (fetched in part?)", absent, manifest)
 
 
 def _no_symlinks_above(snapshot: Path, root: Path) -> None:
@@ -220,11 +213,24 @@ def _no_symlinks_above(snapshot: Path, root: Path) -> None:
             )
 
 
-def _files(names: list[str]) -> str:
-    """``N file(s) (a, b, c and M more)``, each name escaped and cut."""
-    shown = ", ".join(printable(n, 200) for n in names[:SHOWN])
-    more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
-    return f"{counted(len(names), 'file')} ({shown}{more})"
+@dataclass
+class _Named:
+    """Files counted, the first :data:`SHOWN` of them by name (in the manifest's order):
+    a check's words and memory stay bounded however many there are."""
+
+    count: int = 0
+    names: list[str] = field(default_factory=list)
+
+    def add(self, name: str) -> None:
+        self.count += 1
+        if len(self.names) < SHOWN:
+            self.names.append(name)
+
+    def __str__(self) -> str:
+        """``N file(s) (a, b, c and M more)``, each name escaped and cut."""
+        shown = ", ".join(printable(n, 200) for n in self.names)
+        more = f" and {self.count - len(self.names)} more" if self.count > len(self.names) else ""
+        return f"{counted(self.count, 'file')} ({shown}{more})"
 
 
 @dataclass(frozen=True)

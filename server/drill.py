@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
 import shutil
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from errno import ENOSPC
+from pathlib import Path
 
-from ..common.archive.manifest import MANIFEST_NAME, parse
+from ..common.archive import listed
+from ..common.archive.manifest import MANIFEST_NAME
 from ..common.clock import iso
 from ..common.errors import PullbackError, UsageError
 from ..common.fsutil import free_bytes
@@ -106,45 +106,48 @@ class DrillResult:
         return said
 
 
-def _sha256(path) -> str:
+def _sha256(path: str) -> tuple[str, int]:
+    """The hex sha256 of the file at ``path`` and how many bytes it read."""
     digest = hashlib.sha256()
+    size = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
-def check_tree(root, result: DrillResult) -> None:
-    """Compare every regular file below ``root`` with ``root/MANIFEST.sha256``."""
-    manifest_path = root / MANIFEST_NAME
-    if not manifest_path.is_file():
+def check_tree(root: Path, result: DrillResult) -> None:
+    """Compare every regular file below ``root/services`` with ``root/MANIFEST.sha256``,
+    each name at most once, in the manifest's order (:mod:`.listed`: the manifest is
+    streamed, not held). What differs is in ``result.problems``; nothing is raised."""
+    manifest = root / MANIFEST_NAME
+    if not manifest.is_file():
         result.problems.append(f"{MANIFEST_NAME} is missing from the snapshot")
         return
     try:
-        manifest = parse(manifest_path.read_bytes())
-    except ValueError as exc:
-        result.problems.append(str(exc))
-        return
-    for name, digest in sorted(manifest.items()):
-        path = root / name
-        if not path.is_file() or path.is_symlink():
-            result.problems.append(f"missing: {name}")
-            continue
-        size = path.stat().st_size
-        if _sha256(path) != digest:
-            result.problems.append(f"changed: {name}")
-            continue
-        result.files_checked += 1
-        result.bytes_checked += size
-    base = os.fspath(root)
-    for directory, _, files in os.walk(root / "services"):
-        for file_name in files:
-            full = os.path.join(directory, file_name)
-            rel = os.path.relpath(full, base)
-            # the manifest lists regular files: a symlink or a FIFO that was backed up
-            # is no unlisted file (an outside test had every drill fail on a FIFO)
-            if rel not in manifest and stat.S_ISREG(os.lstat(full).st_mode):
-                result.problems.append(f"not in the manifest: {rel}")
+        for pair in listed.pairs(root, manifest, "services"):
+            _check_pair(pair, result)
+    except (ValueError, OSError) as exc:
+        result.problems.append(printable(str(exc), 300))
+
+
+def _check_pair(pair: listed.Pair, result: DrillResult) -> None:
+    """One name of the tree or the manifest, checked into ``result``. The manifest lists
+    regular files only: a symlink or a FIFO that was backed up is no unlisted file (an
+    outside test had every drill of a tree with a FIFO fail)."""
+    if pair.digest is None:
+        if pair.regular:
+            result.problems.append(f"not in the manifest: {pair.name}")
+    elif not pair.regular:
+        result.problems.append(f"missing: {pair.name}")
+    else:
+        digest, size = _sha256(pair.path)
+        if digest != pair.digest:
+            result.problems.append(f"changed: {pair.name}")
+        else:
+            result.files_checked += 1
+            result.bytes_checked += size
 
 
 def drill(ctx: HostContext, choice: DrillChoice | None = None) -> DrillResult:

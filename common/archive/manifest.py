@@ -7,6 +7,7 @@ backslash, newline or carriage return are escaped the way coreutils does it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 
 MANIFEST_NAME = "MANIFEST.sha256"
 MANIFEST_KEY = b"PULLBACK.manifest"
@@ -58,8 +59,21 @@ def _unescape(raw: bytes) -> bytes:
 
 def parse(data: bytes) -> dict[str, str]:
     """Map every name in a manifest to its hex digest. Raises ValueError on a bad line."""
-    entries: dict[str, str] = {}
-    for number, line in enumerate(data.split(b"\n"), 1):
+    return dict(entries(data.split(b"\n")))
+
+
+def entries(lines: Iterable[bytes]) -> Iterator[tuple[str, str]]:
+    """Each ``(name, hex digest)`` of a manifest's ``lines`` (with or without their
+    newline), in the file's order, one line at a time: a file object can be read without
+    holding it whole. Raises ValueError naming the first line that is not one."""
+    for raw, digest in raw_entries(lines):
+        yield os.fsdecode(raw), digest
+
+
+def raw_entries(lines: Iterable[bytes]) -> Iterator[tuple[bytes, str]]:
+    """As :func:`entries`, each name as its bytes (its sort key, :func:`order`)."""
+    for number, line in enumerate(lines, 1):
+        line = line.rstrip(b"\n")
         if not line:
             continue
         escaped = line.startswith(b"\\")
@@ -70,5 +84,4 @@ def parse(data: bytes) -> dict[str, str]:
             raise ValueError(f"{MANIFEST_NAME} line {number} is malformed")
         if escaped:
             raw = _unescape(raw)
-        entries[os.fsdecode(raw)] = digest.decode("ascii")
-    return entries
+        yield raw, digest.decode("ascii")

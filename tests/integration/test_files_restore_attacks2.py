@@ -38,6 +38,10 @@ from tests.integration.test_files_restore import Restore, live_state
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="owners, users and mounts need root")
 
 NOBODY = 65534
+RACE_SECONDS = float(os.environ.get("PULLBACK_RACE_SECONDS", "4"))
+"""How long each race runs: 4 s in CI (the hits before the fixes came within a second
+or two: 79-335 restores at about 300 a second), as long as you like by the variable
+(the attack ran them 10-20 s each)."""
 SECRET = b"SECRET-OUTSIDE-THE-TREE"
 
 
@@ -165,8 +169,8 @@ def test_race_owner_swaps_directories_for_symlinks_out_reads_nothing_outside(tmp
 
     outcomes: dict[str, int] = {}
     descriptors = len(os.listdir("/proc/self/fd"))
-    with hostile(r.live, act, seconds=40):
-        deadline = time.monotonic() + 15
+    with hostile(r.live, act, seconds=RACE_SECONDS + 25):
+        deadline = time.monotonic() + RACE_SECONDS
         while time.monotonic() < deadline:
             outcome = scan_and_keep(r, r.live)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
@@ -206,8 +210,8 @@ def test_race_every_file_kept_is_whole_and_the_live_bytes_of_its_name(tmp_path):
         os.rename("d2.x", "d2", src_dir_fd=c, dst_dir_fd=c)
         os.close(c)
 
-    with hostile(r.live, act, seconds=30):
-        deadline = time.monotonic() + 10
+    with hostile(r.live, act, seconds=RACE_SECONDS + 20):
+        deadline = time.monotonic() + RACE_SECONDS
         while time.monotonic() < deadline:
             scan_and_keep(r, r.live)
     checked = 0
@@ -244,8 +248,8 @@ def test_race_the_attribute_pass_removes_nothing_outside_through_swapped_dirs(tm
             os.close(c)
 
     results: dict[str, int] = {}
-    with hostile(r.live, act, seconds=30):
-        deadline = time.monotonic() + 10
+    with hostile(r.live, act, seconds=RACE_SECONDS + 20):
+        deadline = time.monotonic() + RACE_SECONDS
         while time.monotonic() < deadline:
             try:
                 files._same_xattrs(r.copy, r.live)
@@ -373,8 +377,8 @@ def test_race_a_parent_toggled_by_its_owner_during_real_restores_touches_nothing
         os.rename("sub.x", "sub", src_dir_fd=fd, dst_dir_fd=fd)
 
     outcomes: dict[str, int] = {}
-    with hostile(n.r.live, act, seconds=40):
-        deadline = time.monotonic() + 15
+    with hostile(n.r.live, act, seconds=RACE_SECONDS + 25):
+        deadline = time.monotonic() + RACE_SECONDS
         while time.monotonic() < deadline:
             try:
                 n.restore()
@@ -735,7 +739,8 @@ def test_dir_that_is_the_service_directory_itself_warns_and_is_not_checked(tmp_p
 
 def test_a_manifest_of_a_million_lines_is_checked_in_bounded_time_and_memory(tmp_path):
     """1,000,000 listed names (a big snapshot) and a small service tree: measured in a
-    child process, its peak RSS and its time."""
+    child process, its peak RSS (and its time, printed only). The manifest is streamed
+    (common/archive/listed): before, the check held every name, 566 MiB."""
     snap = tmp_path / "snap"
     (snap / "services/app/files").mkdir(parents=True)
     (snap / "services/app/files/a").write_bytes(b"a")
@@ -759,8 +764,7 @@ def test_a_manifest_of_a_million_lines_is_checked_in_bounded_time_and_memory(tmp
     )
     seconds, kib = out.stdout.split()
     print(f"1M-line manifest: {float(seconds):.2f} s, peak RSS {int(kib) / 1024:.0f} MiB")
-    assert float(seconds) < 30
-    assert int(kib) < 1024 * 1024
+    assert int(kib) < 100 * 1024
 
 
 # --- 5. a systemd task holds no data -------------------------------------------------

@@ -19,7 +19,7 @@ from ..common.archive.manifest import MANIFEST_NAME
 from ..common.clock import iso
 from ..common.errors import PullbackError, UsageError
 from ..common.fsutil import free_bytes
-from ..common.text import printable
+from ..common.text import counted, printable
 from ..common.units import human_duration, human_size
 from . import status_file
 from .backends import Role, Snapshot, named
@@ -28,6 +28,8 @@ from .host import HostContext
 
 CHUNK = 1 << 20
 SHOWN = 20
+NAMED = 1000
+"""Files a drill's problems name; the rest are counted (its memory and words bounded)."""
 
 
 @dataclass(frozen=True)
@@ -120,34 +122,45 @@ def _sha256(path: str) -> tuple[str, int]:
 def check_tree(root: Path, result: DrillResult) -> None:
     """Compare every regular file below ``root/services`` with ``root/MANIFEST.sha256``,
     each name at most once, in the manifest's order (:mod:`.listed`: the manifest is
-    streamed, not held). What differs is in ``result.problems``; nothing is raised."""
+    streamed, not held). What differs is in ``result.problems``, each name escaped and
+    cut, the first :data:`NAMED` of them by name and the rest counted on one line (a
+    snapshot's names are its client's words); nothing is raised."""
     manifest = root / MANIFEST_NAME
     if not manifest.is_file():
         result.problems.append(f"{MANIFEST_NAME} is missing from the snapshot")
         return
+    found: list[str] = []
+    more = 0
     try:
         for pair in listed.pairs(root, manifest, "services"):
-            _check_pair(pair, result)
+            problem = _check_pair(pair, result)
+            if problem and len(found) < NAMED:
+                found.append(problem)
+            elif problem:
+                more += 1
     except (ValueError, OSError) as exc:
-        result.problems.append(printable(str(exc), 300))
+        found.append(printable(str(exc), 300))
+    result.problems += found
+    if more:
+        result.problems.append(f"and {counted(more, 'file')} more differ from the manifest")
 
 
-def _check_pair(pair: listed.Pair, result: DrillResult) -> None:
-    """One name of the tree or the manifest, checked into ``result``. The manifest lists
-    regular files only: a symlink or a FIFO that was backed up is no unlisted file (an
-    outside test had every drill of a tree with a FIFO fail)."""
+def _check_pair(pair: listed.Pair, result: DrillResult) -> str | None:
+    """One name of the tree or the manifest: what is wrong with it, or None when it
+    matches (counted in ``result``). The manifest lists regular files only: a symlink or
+    a FIFO that was backed up is no unlisted file (an outside test had every drill of a
+    tree with a FIFO fail)."""
+    name = printable(pair.name, 200)
     if pair.digest is None:
-        if pair.regular:
-            result.problems.append(f"not in the manifest: {pair.name}")
-    elif not pair.regular:
-        result.problems.append(f"missing: {pair.name}")
-    else:
-        digest, size = _sha256(pair.path)
-        if digest != pair.digest:
-            result.problems.append(f"changed: {pair.name}")
-        else:
-            result.files_checked += 1
-            result.bytes_checked += size
+        return f"not in the manifest: {name}" if pair.regular else None
+    if not pair.regular:
+        return f"missing: {name}"
+    digest, size = _sha256(pair.path)
+    if digest != pair.digest:
+        return f"changed: {name}"
+    result.files_checked += 1
+    result.bytes_checked += size
+    return None
 
 
 def drill(ctx: HostContext, choice: DrillChoice | None = None) -> DrillResult:

@@ -9,6 +9,7 @@ import hashlib
 import os
 import random
 import stat
+import subprocess
 import tracemalloc
 
 import pytest
@@ -139,7 +140,10 @@ def test_a_deep_tree_is_walked_past_pythons_recursion_limit(tmp_path):
         path.mkdir()
     (path / "f").write_bytes(b"f")
     (tmp_path / MANIFEST_NAME).write_bytes(b"")
-    got = list(listed.pairs(tmp_path, tmp_path / MANIFEST_NAME, PREFIX))
+    try:
+        got = list(listed.pairs(tmp_path, tmp_path / MANIFEST_NAME, PREFIX))
+    finally:  # shutil.rmtree of pytest's basetemp recurses: it could not remove the tree
+        subprocess.run(["rm", "-rf", tmp_path / PREFIX], check=True)
     assert [p.name.count("/") for p in got] == [depth + 2]
 
 

@@ -189,6 +189,25 @@ def test_the_drill_takes_a_fifo_or_a_symlink_for_what_it_is(tmp_path):
     assert result.files_checked == 1
 
 
+def test_the_drills_problems_escape_names_and_count_past_a_thousand(tmp_path):
+    """A snapshot's names are its client's words: a newline or an escape sequence in one
+    is shown escaped, and a tree where everything differs names 1000 files and counts
+    the rest on one line (memory and words bounded)."""
+    from pullback.server.drill import NAMED
+
+    (tmp_path / "services/app").mkdir(parents=True)
+    (tmp_path / "MANIFEST.sha256").write_bytes(b"")
+    (tmp_path / "services/app/evil\n\x1b[2Jname").write_bytes(b"x")
+    for number in range(NAMED + 49):
+        (tmp_path / f"services/app/f{number:05}").write_bytes(b"x")
+    result = DrillResult("web1")
+    check_tree(tmp_path, result)
+    assert len(result.problems) == NAMED + 1
+    assert result.problems[-1] == "and 50 files more differ from the manifest"
+    evil = [p for p in result.problems if "evil" in p]
+    assert evil and "\n" not in evil[0] and "\x1b" not in evil[0], evil
+
+
 def test_a_drill_ends_at_host_timeout(config, tmp_path):
     import dataclasses
     import time

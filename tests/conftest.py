@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,7 +83,27 @@ so they are spread between the others. The rest keep their order, the many short
 modules last, filling the gaps."""
 
 
+def _cheap_restic_keys() -> None:
+    """Put tests/helpers/bin first on PATH: its ``restic`` runs the real one, and after
+    ``restic init`` gives the new repository a cheap key derivation
+    (tests/helpers/restic_kdf.py; about a third of the restic-heavy modules' time went to
+    scrypt). ``PULLBACK_TEST_STRONG_KDF=1`` keeps restic's own calibrated keys. The
+    booted Debian roots of the system tier run the packaged restic untouched."""
+    if (
+        os.environ.get("PULLBACK_TEST_STRONG_KDF") == "1"
+        or "PULLBACK_TEST_REAL_RESTIC" in os.environ
+    ):
+        return
+    real = shutil.which("restic")
+    if real is None:
+        return
+    os.environ["PULLBACK_TEST_REAL_RESTIC"] = real
+    os.environ["PULLBACK_TEST_PYTHON"] = sys.executable
+    os.environ["PATH"] = f"{TESTS / 'helpers' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 def pytest_configure(config):
+    _cheap_restic_keys()
     # pytest-xdist 3.6+ reorders --dist loadfile's modules by their number of tests,
     # largest first, which put the one-test soak and the system tier last (CI 2026-12-03):
     # keep LONGEST_FIRST's order. Debian's 3.1 has no such option and keeps it anyway.

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from ..common.errors import EXIT_FAILED, EXIT_OK, describe
+from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError, describe
 from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
@@ -29,9 +29,22 @@ T = TypeVar("T")
 def publish(config: ServerConfig) -> tuple[dict, list[str]]:
     """Rewrite the metrics file and the status page from the status file and the pull's
     journal (a pull cut short before it wrote the status file: its hosts need attention,
-    ``pullback_pull_cut_short`` 1). Returns the status and what could not be written
-    (``metrics file /path: Read-only file system``, each also an error in the log)."""
-    status = status_file.load_status(config.state_dir)
+    ``pullback_pull_cut_short`` 1), holding ``status.lock`` meanwhile (a writer of the
+    status file waits: what is shown is never older than it). Returns the status and
+    what could not be written (``metrics file /path: Read-only file system``, each also
+    an error in the log)."""
+    try:
+        with status_file.held(config.state_dir) as status:
+            return status, _write_outputs(config, status)
+    except (PullbackError, OSError) as exc:  # status.lock busy for minutes, or not ours
+        log.warning("%s; the metrics and the status page are written without it", exc)
+        status = status_file.load_status(config.state_dir)
+        return status, _write_outputs(config, status)
+
+
+def _write_outputs(config: ServerConfig, status: dict) -> list[str]:
+    """The metrics file and the status page from ``status`` and the pull's journal;
+    returns what could not be written."""
     activity = _guarded(
         "read the pull's journal",
         lambda: pull_activity(config.state_dir, config.lock_dir),
@@ -50,7 +63,7 @@ def publish(config: ServerConfig) -> tuple[dict, list[str]]:
             trace = not isinstance(exc, OSError)
             log.error("could not write the %s %s: %s", what, path, describe(exc), exc_info=trace)
             problems.append(printable(f"{what} {path}: {describe(exc)}", 300))
-    return status, problems
+    return problems
 
 
 def _write_page(config: ServerConfig, status: dict, activity: PullActivity) -> None:

@@ -194,6 +194,18 @@ def _locked(state_dir: Path) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def held(state_dir: Path) -> Iterator[dict]:
+    """The status (:func:`load_status`), with ``status.lock`` held until the block ends:
+    what is written from it (the metrics file, the status page) is then never older than
+    the status file, since a writer of the status file waits (a ``publish`` after a killed
+    pull that read the status before a maintenance recorded its own, then wrote last,
+    would have shown the run before until the next one). Raises PullbackError when the
+    lock stays held STATUS_LOCK_WAIT seconds."""
+    with _locked(state_dir):
+        yield load_status(state_dir)
+
+
 def _save(state_dir: Path, status: dict) -> dict:
     status["updated"] = iso(utc_now())
     status["server"] = server_name()

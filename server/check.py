@@ -12,9 +12,10 @@ from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError
 from ..common.sandbox import HOMES, output_problem, repository_problem, unit_writable_paths
 from ..common.schema import load_schema
 from ..common.text import printable
-from .backends import RepositoryMissing, read_password
+from .backends import RepositoryMissing, Role, read_password
 from .backends.base import local_path
 from .config import ServerConfig
+from .copy import gone
 from .host import HostContext
 from .remote import Remote
 
@@ -33,6 +34,10 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
 
 
 UNITS = ("pullback-server.service", "pullback-maintain.service")
+COPY_UNITS = ("pullback-copy.service", "pullback-maintain.service")
+"""The units that write a second copy: the copy, and the maintenance (its retention,
+check and drill; an outside walk saw it fail on a copy only pullback-copy.service's
+drop-in named)."""
 """The server's units that write repositories and outputs."""
 
 
@@ -192,4 +197,39 @@ def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[st
         if said:
             problems.append(f"{host.name}: repository {said}")
         check_host(ctx, good, problems)
+        if config.backend.copy is not None:
+            check_copy(HostContext.open(config, host, role=Role.COPY), allowed, good, problems)
     return good, problems
+
+
+def check_copy(
+    ctx: HostContext,
+    allowed: dict[str, list[str] | None],
+    good: list[str],
+    problems: list[str],
+) -> None:
+    """The host's second copy: whether the units that write it may (a local one), and
+    what it holds, changing nothing. ``allowed`` holds the units' ``ReadWritePaths=``
+    (those of :data:`COPY_UNITS` are asked here when missing)."""
+    for unit in COPY_UNITS:
+        if unit not in allowed:
+            allowed[unit] = unit_writable_paths(unit)
+    backend = ctx.backend
+    local = local_path(os.path.normpath(backend.repository()))
+    if local is not None:
+        said = repository_problem(local, {unit: allowed[unit] for unit in COPY_UNITS})
+        if said:
+            problems.append(f"{ctx.name}: copy {said}")
+    try:
+        backend.prepare(create=False)
+        good.append(
+            f"{ctx.name}: copy {backend.repository()} has {len(backend.snapshots())} snapshot(s)"
+        )
+    except RepositoryMissing:
+        said = gone(ctx.config, ctx.name, backend.repository())
+        if said:
+            problems.append(f"{ctx.name}: {said}")
+        else:
+            good.append(f"{ctx.name}: copy {backend.repository()} will be made by the next copy")
+    except PullbackError as exc:
+        problems.append(f"{ctx.name}: copy: {exc}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -152,6 +153,11 @@ class CopyResult:
     problems: list[str] = field(default_factory=list)
     drill: DrillResult | None = None
     duration: float = 0.0
+    location: str | None = None
+    """Which store the copy is in (:func:`location_id`): another than the one status.json
+    recorded is another copy, whose record starts anew."""
+    made: bool = False
+    """This run made the copy (a first copy, ``--new``, a new location)."""
 
     @property
     def reason(self) -> str:
@@ -177,7 +183,7 @@ class HostCopy:
         """Drill the copy (True), not (False), or when due (None)."""
         self.new = new
         """Make the copy even if status.json says it held snapshots (``--new``)."""
-        self.result = CopyResult(ctx.name)
+        self.result = CopyResult(ctx.name, location=location_id(ctx.backend.repository()))
         config = ctx.config
         self.primary: Backend = make_backend(
             config.backend,
@@ -219,6 +225,7 @@ class HostCopy:
             self.ctx.log.info("making the copy %s", copy.repository())
             # (borg's copy is made by the mirror itself; a group's hosts make it once)
             made = copy.make_once(lambda: copy.init_copy(self.primary))
+            self.result.made = True
         primary, held = self.primary.snapshots(), [] if made else copy.snapshots()
         since = max((s.time for s in held), default=None)
         todo = to_copy(primary, held)
@@ -237,20 +244,17 @@ class HostCopy:
             self.result.status = Status.FAILED
 
     def _refuse_to_remake(self) -> None:
-        """Raises PullbackError when the copy is missing but held snapshots before (an
-        off-site disk not mounted, a store emptied): making it anew would copy the whole
-        history again, past the copy's own retention, and hide the loss. ``--new`` says
-        a new copy is meant."""
-        entry = status_file.load_status(self.ctx.config.state_dir)["hosts"].get(self.ctx.name)
-        recorded = (entry or {}).get("copy") or {}
-        if self.new or not recorded.get("snapshots"):
+        """Raises PullbackError when the copy is missing but held snapshots before (see
+        :func:`gone`); ``--new`` says a new copy is meant."""
+        if self.new:
             return
-        raise PullbackError(
-            f"the copy {self.ctx.backend.repository()} is gone, yet it held "
-            f"{recorded.get('snapshots')} snapshot(s) (newest {recorded.get('newest')}): is "
-            "its disk mounted, its store reachable? To start a new copy there: "
-            f"pullback-server copy --host {self.ctx.name} --new"
-        )
+        said = gone(self.ctx.config, self.ctx.name, self.ctx.backend.repository())
+        if said:
+            raise PullbackError(said)
+        if _recorded(self.ctx.config, self.ctx.name).get("snapshots"):
+            # the copy: section names another store now (an outside walk moved it and
+            # was refused with the old store's count): a new copy, recorded anew
+            self.ctx.log.info("the copy moved to %s: a new copy", self.ctx.backend.repository())
 
     def _local_size(self) -> int | None:
         path = local_path(self.ctx.backend.repository())
@@ -258,7 +262,9 @@ class HostCopy:
 
     def _drill(self) -> None:
         """The restore drill against the copy, when asked for or due."""
-        due = copy_drill_due(self.ctx.config, self.ctx.host, utc_now())
+        due = self.result.made or copy_drill_due(
+            self.ctx.config, self.ctx.host, utc_now(), self.result.location
+        )
         if not (due if self.verify is None else self.verify):
             return
         config = self.ctx.config
@@ -273,11 +279,48 @@ class HostCopy:
             self.result.problems.append(f"drill of the copy: {self.result.drill.summary}")
 
 
-def copy_drill_due(config: ServerConfig, host: HostConfig, now: dt.datetime) -> bool:
-    """Whether the copy of ``host`` is due a drill: ``copy.verify_every`` after the last
-    one, and on every run after a failed one."""
-    entry = status_file.load_status(config.state_dir)["hosts"].get(host.name, {})
-    recorded = entry.get("copy") or {}
+def location_id(repository: str) -> str:
+    """Names a copy's store in status.json without saying where it is (a location may
+    hold credentials): the first 16 hex digits of the sha256 of ``repository``."""
+    return hashlib.sha256(repository.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def gone(config: ServerConfig, host: str, repository: str) -> str | None:
+    """Why the missing copy ``repository`` of ``host`` must not be made anew: status.json
+    says the copy in that store held snapshots (an off-site disk not mounted, a store
+    emptied: making it anew would copy the whole history again, past the copy's own
+    retention, and hide the loss). None when it never held any, or the record is of
+    another store (the copy moved)."""
+    recorded = _recorded(config, host)
+    if not recorded.get("snapshots"):
+        return None
+    if recorded.get("location") not in (None, location_id(repository)):
+        return None
+    return (
+        f"the copy {repository} is gone, yet it held {recorded.get('snapshots')} "
+        f"snapshot(s) (newest {recorded.get('newest')}): is its disk mounted, its store "
+        f"reachable? To start a new copy there: pullback-server copy --host {host} --new"
+    )
+
+
+def _recorded(config: ServerConfig, host: str) -> dict:
+    """The host's copy record in status.json ({} when none)."""
+    entry = status_file.load_status(config.state_dir)["hosts"].get(host) or {}
+    found = entry.get("copy")
+    return found if isinstance(found, dict) else {}
+
+
+def copy_drill_due(
+    config: ServerConfig, host: HostConfig, now: dt.datetime, location: str | None = None
+) -> bool:
+    """Whether the copy of ``host`` (in the store ``location``, :func:`location_id`) is
+    due a drill: ``copy.verify_every`` after the last one of that store, at once for a
+    store never drilled (another than the one recorded: an outside walk saw a new copy
+    shown "drilled 15m ago", the old store's drill), and on every run after a failed
+    one."""
+    recorded = _recorded(config, host.name)
+    if location is not None and recorded.get("location") not in (None, location):
+        return True
     last = recorded.get("verify_attempt")
     if not last or recorded.get("verify_result") == Status.FAILED:
         return True  # never drilled, or the last drill failed: until one passes

@@ -120,6 +120,8 @@ def build(
             maintain_ok.add(entry["maintain_result"] != Status.FAILED, **labels)
         memory.add(entry.get("store_peak_rss"), **labels)
         held.add(isinstance(entry.get("guard_hold"), dict), **labels)
+        if "maintain_result" in entry:  # an outside walk saw a failed one in no gauge
+            maintained.add(entry["maintain_result"] != Status.FAILED, **labels)
     _cut_short_metrics(m, config, activity.killed)
     if config.backend.copy is not None:
         _copy_metrics(m, config, status, now)
@@ -177,6 +179,11 @@ def _copy_metrics(m: Metrics, config: ServerConfig, status: dict, now: dt.dateti
         "1 while the ransomware guard holds forget and prune on the host's copy "
         "(pullback-server release HOST --copy ends it).",
     )
+    maintained = g(
+        "pullback_copy_last_maintain_ok",
+        "1 when the last maintenance of the host's copy (its retention, check and drill "
+        "by pullback-server maintain) succeeded; absent before the first.",
+    )
     copy_limit = config.backend.copy.max_age if config.backend.copy else 0.0
     for host in config.hosts:
         if not host.enabled:  # not pulled, not copied
@@ -192,6 +199,8 @@ def _copy_metrics(m: Metrics, config: ServerConfig, status: dict, now: dt.dateti
         stale.add(when is None or now.timestamp() - when > limit, **labels)
         drilled.add(_ts(entry.get("verified")), **labels)
         held.add(isinstance(entry.get("guard_hold"), dict), **labels)
+        if "maintain_result" in entry:  # an outside walk saw a failed one in no gauge
+            maintained.add(entry["maintain_result"] != Status.FAILED, **labels)
 
 
 def write(config: ServerConfig, status: dict, activity: PullActivity = NO_ACTIVITY) -> None:

@@ -331,13 +331,19 @@ def record_maintenance(state_dir: Path, results) -> dict:
 def record_copies(state_dir: Path, results) -> dict:
     """Record copy runs (``pullback-server copy``) in each host's ``copy`` entry: the
     attempt, its result and reason, what the copy holds, when it last succeeded, and
-    its drill (``verify_*``) when one ran."""
+    its drill (``verify_*``) when one ran. A copy made by the run, or in another store
+    than the one recorded (``location``), starts its entry anew: nothing of the old
+    store's (its drill, its maintenance, a guard's hold) is shown as the new one's."""
     with _locked(state_dir):
         status = load_status(state_dir)
         now = iso(utc_now())
         for result in results:
             host = status["hosts"].setdefault(result.host, {})
             entry = host.setdefault("copy", {})
+            if result.made or entry.get("location") not in (None, result.location):
+                entry.clear()  # another copy: the old one's counts, drills and holds end
+            if result.location is not None:
+                entry["location"] = result.location
             entry.update(attempt=now, result=result.status, reason=result.reason)
             if result.status == Status.OK:  # a failed run keeps the last known
                 entry.update(snapshots=result.snapshots, newest=result.newest)

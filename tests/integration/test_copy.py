@@ -225,3 +225,59 @@ def test_a_borg_copy_is_a_mirror_taken_under_the_primarys_lock_and_drilled(tmp_p
         assert again["copied"] == 1 and again["snapshots"] == 3, again
     finally:
         fleet.stop()
+
+
+def test_a_copy_moved_or_made_anew_is_a_new_copy_drilled_at_once(tmp_path, fleet):
+    """An outside walk of disaster-recovery.md: a copy: section moved to another store
+    was refused with the old store's count ("is gone, yet it held 7"), and a copy made
+    anew (``--new``) showed the old store's drill ("drilled 15m ago") and was not drilled
+    for copy.verify_every. Now either is a new copy: its record starts anew and it is
+    drilled at once. A failed maintenance of the copy is in the metrics, and ``check``
+    names the copy."""
+    web = fleet.add_host("web1")
+    metrics = tmp_path / "metrics.prom"
+    first, second = tmp_path / "copies", tmp_path / "other-disk"
+
+    def configure(root: Path, **extra) -> None:
+        fleet.write_config(copy={"repository_root": str(root), **extra}, metrics_file=str(metrics))
+
+    def copy_run(*args: str, rc: int = 0) -> dict:
+        result = fleet.server("copy", "--json", *args)
+        assert result.returncode == rc, result.stdout + result.stderr
+        return json.loads(result.stdout)["hosts"][0]
+
+    configure(first)
+    for day in range(2):
+        web.make_archive({"site/index.html": f"day {day}".encode()})
+        assert fleet.server("pull").returncode == 0
+        time.sleep(1.1)
+    assert copy_run()["drill"]["ok"]
+    assert copy_run()["drill"] is None  # verify_every (30 days) not due
+
+    configure(second)  # the copy moves to another disk
+    moved = copy_run()
+    assert moved["made"] and moved["snapshots"] == 2, moved
+    assert moved["drill"] is not None and moved["drill"]["ok"], "a new store is drilled at once"
+    entry = json.loads((fleet.state / "status.json").read_text())["hosts"]["web1"]["copy"]
+    assert entry["snapshots"] == 2 and entry["verify_result"] == "ok", entry
+
+    # the copy's disk emptied, then made anew on purpose: drilled at once, not "drilled
+    # 1s ago" from the store that is gone
+    subprocess.run(["rm", "-rf", str(second / "web1")], check=True)
+    refused = fleet.server("copy")
+    assert refused.returncode == 1 and "is gone, yet it held 2" in refused.stdout, refused.stdout
+    checked = fleet.server("check")
+    assert "is gone, yet it held 2" in checked.stdout + checked.stderr, checked.stdout
+    anew = copy_run("--new")
+    assert anew["made"] and anew["drill"] is not None and anew["drill"]["ok"], anew
+    checked = fleet.server("check")
+    assert "web1: copy " in checked.stdout and "has 2 snapshot(s)" in checked.stdout, checked.stdout
+
+    # a maintenance of the copy that fails is in the metrics (an outside walk saw only
+    # pullback_copy_ok 1): the copy's repository made unreadable to restic
+    configure(second, retention={"keep_last": 1})
+    for pack in (second / "web1" / "keys").iterdir():
+        pack.write_bytes(b"not a key")
+    assert fleet.server("maintain").returncode == 1
+    assert 'pullback_copy_last_maintain_ok{host="web1"} 0' in metrics.read_text()
+    assert 'pullback_last_maintain_ok{host="web1"} 1' in metrics.read_text()

@@ -43,11 +43,17 @@ class CopyView:
 
     @property
     def text(self) -> str:
-        """``copied 3h ago, drilled 2d ago`` (what status and the page show)."""
+        """``copied 3h ago, drilled 2d ago`` (what status and the page show), and what
+        needs attention after it (``; failed``, ``; stale``, ``; forget held``): an
+        outside walk saw a failed copy's cell read as a good one."""
+        flags = [word for word, on in (("failed", self.problem), ("forget held", self.held)) if on]
         if self.copied_age is None:
-            return "never copied"
+            return "; ".join(["never copied", *flags])
+        if self.stale:
+            flags.append("stale")
         drilled = "never" if self.drilled_age is None else f"{human_duration(self.drilled_age)} ago"
-        return f"copied {human_duration(self.copied_age)} ago, drilled {drilled}"
+        said = f"copied {human_duration(self.copied_age)} ago, drilled {drilled}"
+        return "; ".join([said, *flags])
 
     @property
     def complaint(self) -> str | None:

@@ -228,3 +228,20 @@ def test_a_failed_drill_of_the_copy_stays_a_problem_and_is_tried_again(tmp_path)
     entry["copy"]["verify_result"] = "ok"
     (tmp_path / "state/status.json").write_text(json.dumps({"hosts": {"web1": entry}}))
     assert not copy_drill_due(config, config.hosts[0], now)
+
+
+def test_the_copys_cell_says_what_needs_attention():
+    """An outside walk: a copy whose last run or drill failed read "copied 8s ago,
+    drilled 17m ago" like a good one; the failure was only above the table."""
+    from pullback.common.clock import iso
+    from pullback.server.fleet_view import copy_view
+
+    now = dt.datetime.now(dt.UTC)
+    good = {"copy": {"result": "ok", "newest": iso(now), "copied": iso(now), "verified": iso(now)}}
+    assert copy_view(good, 3 * 86400, now).text == "copied 0s ago, drilled 0s ago"
+    failed = {"copy": {**good["copy"], "result": "failed", "reason": "diverged"}}
+    assert copy_view(failed, 3 * 86400, now).text.endswith("; failed")
+    old = now - dt.timedelta(days=5)
+    stale = {"copy": {**good["copy"], "newest": iso(old)}}
+    assert copy_view(stale, 3 * 86400, now).text.endswith("; stale")
+    assert copy_view({}, 3 * 86400, now).text == "never copied"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError, describe
+from ..common.errors import EXIT_FAILED, EXIT_OK, describe
 from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
@@ -23,23 +23,28 @@ from .journal import NO_ACTIVITY, InterruptedRun, PullActivity, pull_activity
 from .results import HostResult
 
 log = get_logger("outputs")
+PUBLISH_TRIES = 3
+"""Times :func:`publish` writes the outputs when the status file keeps changing."""
 T = TypeVar("T")
 
 
 def publish(config: ServerConfig) -> tuple[dict, list[str]]:
     """Rewrite the metrics file and the status page from the status file and the pull's
     journal (a pull cut short before it wrote the status file: its hosts need attention,
-    ``pullback_pull_cut_short`` 1), holding ``status.lock`` meanwhile (a writer of the
-    status file waits: what is shown is never older than it). Returns the status and
-    what could not be written (``metrics file /path: Read-only file system``, each also
-    an error in the log)."""
-    try:
-        with status_file.held(config.state_dir) as status:
-            return status, _write_outputs(config, status)
-    except (PullbackError, OSError) as exc:  # status.lock busy for minutes, or not ours
-        log.warning("%s; the metrics and the status page are written without it", exc)
+    ``pullback_pull_cut_short`` 1); written again (up to :data:`PUBLISH_TRIES` times)
+    when the status file changed meanwhile, so what is shown is never older than it.
+    Returns the status and what could not be written (``metrics file /path: Read-only
+    file system``, each also an error in the log)."""
+    for _ in range(PUBLISH_TRIES):
+        seen = status_file.version(config.state_dir)
         status = status_file.load_status(config.state_dir)
-        return status, _write_outputs(config, status)
+        problems = _write_outputs(config, status)
+        if status_file.version(config.state_dir) == seen:
+            break
+        # the status changed while they were written (a maintenance recorded its run
+        # beside a publish after a killed pull): written again, so the last written is
+        # never older than the status file; no lock, so a slow disk holds no writer up
+    return status, problems
 
 
 def _write_outputs(config: ServerConfig, status: dict) -> list[str]:

@@ -194,16 +194,14 @@ def _locked(state_dir: Path) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def held(state_dir: Path) -> Iterator[dict]:
-    """The status (:func:`load_status`), with ``status.lock`` held until the block ends:
-    what is written from it (the metrics file, the status page) is then never older than
-    the status file, since a writer of the status file waits (a ``publish`` after a killed
-    pull that read the status before a maintenance recorded its own, then wrote last,
-    would have shown the run before until the next one). Raises PullbackError when the
-    lock stays held STATUS_LOCK_WAIT seconds."""
-    with _locked(state_dir):
-        yield load_status(state_dir)
+def version(state_dir: Path) -> tuple[int, int] | None:
+    """Which write of the status file is there now (its inode and mtime: every save
+    replaces the file), None when there is none."""
+    try:
+        found = (state_dir / STATUS_FILE).stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns
 
 
 def _save(state_dir: Path, status: dict) -> dict:
@@ -340,9 +338,13 @@ def record_copies(state_dir: Path, results) -> dict:
         for result in results:
             host = status["hosts"].setdefault(result.host, {})
             entry = host.setdefault("copy", {})
-            if result.made or entry.get("location") not in (None, result.location):
-                entry.clear()  # another copy: the old one's counts, drills and holds end
-            if result.location is not None:
+            moved = entry.get("location") not in (None, result.location)
+            if result.made or (moved and result.status == Status.OK):
+                # another copy: the old one's counts, drills and holds end (a failed run
+                # never ends them: a location file unreadable for one run named another
+                # store, and the record of the copy that was gone went with it)
+                entry.clear()
+            if result.location is not None and (result.status == Status.OK or not moved):
                 entry["location"] = result.location
             entry.update(attempt=now, result=result.status, reason=result.reason)
             if result.status == Status.OK:  # a failed run keeps the last known

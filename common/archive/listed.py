@@ -16,6 +16,7 @@ that is not a directory.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +51,28 @@ def pairs(root: Path, manifest: Path, prefix: str) -> Iterator[Pair]:
     manifest line that does not parse and OSError for a directory the walk cannot read."""
     base = os.fspath(root)
     start = order(prefix.rstrip("/") + "/")
+    walk = _walkable(os.fsencode(base), start)
     with open(manifest, "rb") as handle:
         listed = _listed(handle, start)
-        top = os.path.join(os.fsencode(base), start)
-        tree = _tree(os.fsencode(base), start) if os.path.isdir(top) else iter(())
+        tree = _tree(os.fsencode(base), start) if walk else iter(())
         yield from _merge(base, listed, tree)
+
+
+def _walkable(root: bytes, start: bytes) -> bool:
+    """Whether ``root/start`` is a directory reached through none but directories (not
+    there: False). Raises ValueError naming a component that is a symlink or no
+    directory: the walk never leaves the tree (an outside attack made ``services`` a
+    symlink to ``/etc`` and the drill named the server's files)."""
+    path = root
+    for part in start.rstrip(b"/").split(b"/"):
+        path = os.path.join(path, part)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(mode):
+            raise ValueError(f"{os.fsdecode(path)!r} is not a directory")
+    return True
 
 
 def _listed(handle: BinaryIO, start: bytes) -> Iterator[tuple[bytes, str]]:

@@ -181,6 +181,9 @@ def _member_parts(member: Member) -> tuple[str, ...]:
     parts = safe_parts(member.name)
     if member.name.endswith("/") and not member.is_dir:
         raise HostileArchive(f"member {member.name!r} ends with '/' but is no directory")
+    if parts == ("services",) and not member.is_dir:
+        # a symlink there took the drill's walk out of the restored tree (outside attack)
+        raise HostileArchive("member 'services' is no directory")
     return parts
 
 

@@ -29,13 +29,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.poly1305 import Poly1305
-
 CHEAP = {"N": 1024, "r": 8, "p": 1}
 
 
 def _mac(key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.poly1305 import Poly1305
+
     mask = Cipher(algorithms.AES(key[:16]), modes.ECB()).encryptor().update(iv)
     poly = Poly1305(key[16:32] + mask)
     poly.update(ciphertext)
@@ -49,6 +49,8 @@ def _derive(password: bytes, salt: bytes, params: dict) -> bytes:
 
 def _master(key_file: dict, passwords: list[bytes]) -> tuple[bytes, bytes] | None:
     """(the password that opens ``key_file``, its plaintext), or None."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     data = base64.b64decode(key_file["data"])
     iv, ciphertext, tag = data[:16], data[16:-16], data[-16:]
     for password in passwords:
@@ -62,6 +64,8 @@ def _master(key_file: dict, passwords: list[bytes]) -> tuple[bytes, bytes] | Non
 def weaken(repository: Path, passwords: list[bytes]) -> int:
     """Re-encrypt every key file of ``repository`` one of ``passwords`` opens; returns
     how many."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     done = 0
     for path in sorted((repository / "keys").iterdir()):
         key_file = json.loads(path.read_bytes())
@@ -100,7 +104,7 @@ def _option(args: list[str], short: str, long: str) -> str | None:
     return None
 
 
-def _repository(args: list[str]) -> Path | None:
+def _repository(args: list[str], made: bool = True) -> Path | None:
     value = _option(args, "-r", "--repo") or os.environ.get("RESTIC_REPOSITORY")
     named = _option(args, "--repository-file", "--repository-file")
     named = named or os.environ.get("RESTIC_REPOSITORY_FILE")
@@ -112,7 +116,7 @@ def _repository(args: list[str]) -> Path | None:
     if ":" in value.split("/", 1)[0]:  # rest:, sftp:, s3:, rclone:
         return None
     path = Path(value)
-    return path if (path / "keys").is_dir() else None
+    return path if not made or (path / "keys").is_dir() else None
 
 
 def _passwords(args: list[str]) -> list[bytes]:
@@ -127,13 +131,20 @@ def _passwords(args: list[str]) -> list[bytes]:
 
 
 def main(restic: str, args: list[str]) -> int:
+    """Run restic; a repository this run made (none before it: an argument "init" may be
+    a path or a tag of another command) gets the cheap key."""
+    try:
+        repository = _repository(args, made=False)
+        before = repository is not None and (repository / "config").exists()
+    except (OSError, ValueError):
+        before = True
     code = subprocess.run([restic, *args], check=False).returncode
-    if code == 0:
+    if code == 0 and not before:
         try:
             repository = _repository(args)
             if repository is not None:
                 weaken(repository, _passwords(args))
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, ImportError):
             pass  # left as restic made it: slower, never wrong
     return code
 

@@ -281,3 +281,36 @@ def test_a_copy_moved_or_made_anew_is_a_new_copy_drilled_at_once(tmp_path, fleet
     assert fleet.server("maintain").returncode == 1
     assert 'pullback_copy_last_maintain_ok{host="web1"} 0' in metrics.read_text()
     assert 'pullback_last_maintain_ok{host="web1"} 1' in metrics.read_text()
+
+
+def test_a_run_that_cannot_read_the_copys_location_keeps_its_record(tmp_path, fleet):
+    """helper-67's attack: a location file unusable for one run (mode 0644) gave that
+    run another location; its failure wiped the copy's record, and the next run, the
+    copy's disk not mounted, made the copy anew with exit 0. A failed run never ends the
+    record: the gone copy is refused."""
+    from tests.helpers.files import secret_file
+
+    web = fleet.add_host("web1")
+    store = tmp_path / "copies" / "web1"
+    repo_file = secret_file(tmp_path / "web1.copyrepo", str(store))
+    fleet.host_extra["web1"] = {"copy_repository_file": str(repo_file)}
+    fleet.write_config(copy={"repository_root": str(tmp_path / "unused")})
+
+    def copy_run() -> tuple[int, dict]:
+        result = fleet.server("copy", "--json")
+        return result.returncode, json.loads(result.stdout)["hosts"][0]
+
+    for day in range(2):
+        web.make_archive({"site/index.html": f"day {day}".encode()})
+        assert fleet.server("pull").returncode == 0
+        time.sleep(1.1)
+    assert copy_run()[0] == 0
+    repo_file.chmod(0o644)
+    assert copy_run()[0] == 1
+    repo_file.chmod(0o600)
+    entry = json.loads((fleet.state / "status.json").read_text())["hosts"]["web1"]["copy"]
+    assert entry["snapshots"] == 2, entry
+    subprocess.run(["rm", "-rf", str(store)], check=True)
+    code, result = copy_run()
+    assert code == 1 and "is gone, yet it held 2" in " ".join(result["problems"]), result
+    assert not store.exists()

@@ -43,3 +43,20 @@ def test_a_repository_made_by_init_opens_cheaply_with_its_password_only(tmp_path
     refused = _restic(repo, wrong, "snapshots", check=False)
     assert refused.returncode != 0
     assert "wrong password" in refused.stderr
+
+
+def test_a_repository_made_before_is_never_rekeyed(tmp_path):
+    """An outside review: ``restic backup init`` (a path named init) re-keyed a
+    repository restic had made with its own parameters. Only one the call made is."""
+    repo, password = tmp_path / "repo", tmp_path / "pass"
+    password.write_text("pw\n")
+    password.chmod(0o600)
+    real = os.environ.get("PULLBACK_TEST_REAL_RESTIC", "/usr/bin/restic")
+    env = {**os.environ, "RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD_FILE": str(password)}
+    subprocess.run([real, "init"], env=env, capture_output=True, check=True)
+    (key,) = (repo / "keys").iterdir()
+    before = key.read_bytes()
+    (tmp_path / "init").write_text("a file named init")
+    _restic(repo, password, "backup", str(tmp_path / "init"))
+    (key_after,) = (repo / "keys").iterdir()
+    assert key_after.read_bytes() == before

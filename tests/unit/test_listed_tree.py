@@ -169,3 +169,29 @@ def test_memory_stays_bounded_by_a_directory_not_by_the_manifest(tmp_path):
         tracemalloc.stop()
     assert count == 50_000
     assert peak < 1 << 20, f"peak {peak} bytes"  # the set alone held 5 MB
+
+
+@pytest.mark.parametrize("prefix", ["services", "services/app"])
+def test_a_symlink_at_the_prefix_is_refused_and_nothing_outside_is_walked(tmp_path, prefix):
+    """An outside attack: ``services`` a symlink to /etc (a hostile archive, or a damaged
+    store): the drill named, and for a listed name hashed, the server's own files."""
+    outside = tmp_path / "outside"
+    (outside / "app").mkdir(parents=True)
+    (outside / "app" / "hostname").write_bytes(b"server")
+    (tmp_path / "t").mkdir()
+    link_at = tmp_path / "t" / prefix
+    link_at.parent.mkdir(parents=True, exist_ok=True)
+    link_at.symlink_to(outside if prefix == "services" else outside / "app")
+    (tmp_path / "t" / MANIFEST_NAME).write_bytes(
+        format_line(f"{PREFIX}/hostname", _digest(b"server"))
+    )
+    with pytest.raises(ValueError, match="is not a directory"):
+        list(listed.pairs(tmp_path / "t", tmp_path / "t" / MANIFEST_NAME, PREFIX))
+
+    from pullback.server.drill import DrillResult, check_tree
+
+    result = DrillResult("web1")
+    check_tree(tmp_path / "t", result)
+    assert result.files_checked == 0  # nothing outside hashed
+    said = "is not a directory" if prefix == "services" else "missing: services/app/hostname"
+    assert len(result.problems) == 1 and said in result.problems[0], result.problems

@@ -336,3 +336,14 @@ def test_hashing_a_hole_of_a_tib_stops_when_the_host_is_cancelled():
     digest = hashlib.sha256()
     sparse_module.hash_zeros(digest, 3 << 20, threading.Event())
     assert digest.hexdigest() == hashlib.sha256(bytes(3 << 20)).hexdigest()
+
+
+@pytest.mark.parametrize("kind", [tarformat.SYMTYPE, tarformat.REGTYPE])
+def test_a_services_member_that_is_no_directory_is_refused(tmp_path, kind):
+    """An outside attack: an archive whose ``services`` was a symlink to /etc was
+    unpacked, and the drill's walk of the restored tree then named the server's files."""
+    staging = tmp_path / "staging"
+    entry = Entry("services", kind, linkname="/etc" if kind == tarformat.SYMTYPE else "")
+    with pytest.raises(HostileArchive, match="'services' is no directory"):
+        unpack(staging, [entry])
+    assert not (staging / "services").is_symlink()

@@ -294,7 +294,7 @@ def gone(config: ServerConfig, host: str, repository: str) -> str | None:
     recorded = _recorded(config, host)
     if not recorded.get("snapshots"):
         return None
-    if recorded.get("location") not in (None, location_id(repository)):
+    if status_file.other_store(recorded, location_id(repository)):
         return None
     return (
         f"the copy {repository} is gone, yet it held {recorded.get('snapshots')} "
@@ -319,7 +319,7 @@ def copy_drill_due(
     shown "drilled 15m ago", the old store's drill), and on every run after a failed
     one."""
     recorded = _recorded(config, host.name)
-    if location is not None and recorded.get("location") not in (None, location):
+    if location is not None and status_file.other_store(recorded, location):
         return True
     last = recorded.get("verify_attempt")
     if not last or recorded.get("verify_result") == Status.FAILED:

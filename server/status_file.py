@@ -194,6 +194,13 @@ def _locked(state_dir: Path) -> Iterator[None]:
         yield
 
 
+def other_store(copy_entry: dict, location: str | None) -> bool:
+    """Whether a host's copy record ``copy_entry`` is of another store than ``location``
+    (``copy.location_id``); a record that names none (written before copies recorded
+    their store) is taken as of the same store."""
+    return copy_entry.get("location") not in (None, location)
+
+
 def version(state_dir: Path) -> tuple[int, int] | None:
     """Which write of the status file is there now (its inode and mtime: every save
     replaces the file), None when there is none."""
@@ -338,7 +345,7 @@ def record_copies(state_dir: Path, results) -> dict:
         for result in results:
             host = status["hosts"].setdefault(result.host, {})
             entry = host.setdefault("copy", {})
-            moved = entry.get("location") not in (None, result.location)
+            moved = other_store(entry, result.location)
             if result.made or (moved and result.status == Status.OK):
                 # another copy: the old one's counts, drills and holds end (a failed run
                 # never ends them: a location file unreadable for one run named another

@@ -38,11 +38,13 @@ def load_validated(path: str | os.PathLike, schema: dict, *, allow_empty: bool) 
 
 def secret_file_problems(path: Path, schema: dict, data, prefix: KeyPath = ()) -> list[str]:
     """One ``file: key: problem`` line for every secret file ``data`` names (the schema's
-    ``x-secret-file`` properties) that is missing, empty or readable by others."""
+    ``x-secret-file`` properties) that is missing, empty or readable by others. It
+    registers no secret: what reads a file to use it registers what it holds (a location
+    file's line is not a secret, only its URL's password)."""
     problems = []
     for keys, value in find_secret_files(schema, data):
         try:
-            read_secret_file(value, str(keys[-1]).replace("_", " "))  # "token file"
+            read_secret_file(value, str(keys[-1]).replace("_", " "), register_line=False)
         except SecretFileError as exc:
             key = ".".join(str(k) for k in (*prefix, *keys))
             problems.append(f"{path}: {key}: {exc}")

@@ -51,9 +51,12 @@ MAX_SECRET_FILE = 64 << 10
 """Bytes of a secret file read: its first line is all that is used."""
 
 
-def read_secret_file(path: str | os.PathLike, what: str = "password file") -> str:
+def read_secret_file(
+    path: str | os.PathLike, what: str = "password file", *, register_line: bool = True
+) -> str:
     """The first line of a file holding a secret (a password, a token), registered so
-    that it is masked from then on.
+    that it is masked from then on (not with ``register_line=False``: a repository
+    location file, whose only secret is its URL's password, registered by its reader).
 
     One rule for every secret file: only its owner may read it. A file whose group or
     others have any permission is refused, whoever owns it, with the ``chmod`` that
@@ -79,7 +82,8 @@ def read_secret_file(path: str | os.PathLike, what: str = "password file") -> st
         raise SecretFileError(f"cannot read the {what} {path}: {exc}") from None
     if not lines or not lines[0].strip():
         raise SecretFileError(f"the {what} {path} is empty")
-    register(lines[0])
+    if register_line:
+        register(lines[0])
     return lines[0]
 
 

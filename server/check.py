@@ -226,7 +226,7 @@ def check_copy(
             f"{ctx.name}: copy {backend.repository()} has {len(backend.snapshots())} snapshot(s)"
         )
     except RepositoryMissing:
-        said = gone(ctx.config, ctx.name, backend.repository())
+        said = gone(ctx.config, ctx.name, backend)
         if said:
             problems.append(f"{ctx.name}: {said}")
         else:

@@ -34,7 +34,7 @@ from ..common.outcome import Status
 from ..common.signals import SignalGuard
 from ..common.units import human_size
 from . import status_file
-from .backends import Backend, RepositoryMissing, Role, Snapshot, make_backend
+from .backends import Backend, BackendError, RepositoryMissing, Role, Snapshot, make_backend
 from .backends.base import local_path
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
@@ -183,7 +183,7 @@ class HostCopy:
         """Drill the copy (True), not (False), or when due (None)."""
         self.new = new
         """Make the copy even if status.json says it held snapshots (``--new``)."""
-        self.result = CopyResult(ctx.name, location=location_id(ctx.backend.repository()))
+        self.result = CopyResult(ctx.name, location=store_of(ctx.backend))
         config = ctx.config
         self.primary: Backend = make_backend(
             config.backend,
@@ -248,7 +248,7 @@ class HostCopy:
         :func:`gone`); ``--new`` says a new copy is meant."""
         if self.new:
             return
-        said = gone(self.ctx.config, self.ctx.name, self.ctx.backend.repository())
+        said = gone(self.ctx.config, self.ctx.name, self.ctx.backend)
         if said:
             raise PullbackError(said)
         if _recorded(self.ctx.config, self.ctx.name).get("snapshots"):
@@ -285,8 +285,18 @@ def location_id(repository: str) -> str:
     return hashlib.sha256(repository.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def gone(config: ServerConfig, host: str, repository: str) -> str | None:
-    """Why the missing copy ``repository`` of ``host`` must not be made anew: status.json
+def store_of(backend: Backend) -> str | None:
+    """Which store ``backend``'s repository is (:func:`location_id` of its location),
+    None when its location cannot be read (a location file unreadable for one run is
+    not another store: its record must not be taken for a moved copy's)."""
+    try:
+        return location_id(backend.location().shown)
+    except BackendError:
+        return None
+
+
+def gone(config: ServerConfig, host: str, backend: Backend) -> str | None:
+    """Why the missing copy ``backend`` of ``host`` must not be made anew: status.json
     says the copy in that store held snapshots (an off-site disk not mounted, a store
     emptied: making it anew would copy the whole history again, past the copy's own
     retention, and hide the loss). None when it never held any, or the record is of
@@ -294,8 +304,9 @@ def gone(config: ServerConfig, host: str, repository: str) -> str | None:
     recorded = _recorded(config, host)
     if not recorded.get("snapshots"):
         return None
-    if status_file.other_store(recorded, location_id(repository)):
+    if status_file.other_store(recorded, store_of(backend)):
         return None
+    repository = backend.repository()
     return (
         f"the copy {repository} is gone, yet it held {recorded.get('snapshots')} "
         f"snapshot(s) (newest {recorded.get('newest')}): is its disk mounted, its store "

@@ -197,8 +197,9 @@ def _locked(state_dir: Path) -> Iterator[None]:
 def other_store(copy_entry: dict, location: str | None) -> bool:
     """Whether a host's copy record ``copy_entry`` is of another store than ``location``
     (``copy.location_id``); a record that names none (written before copies recorded
-    their store) is taken as of the same store."""
-    return copy_entry.get("location") not in (None, location)
+    their store) is taken as of the same store, and so is a store not known (None: its
+    location file could not be read)."""
+    return location is not None and copy_entry.get("location") not in (None, location)
 
 
 def version(state_dir: Path) -> tuple[int, int] | None:

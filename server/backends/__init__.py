@@ -16,7 +16,7 @@ from ...common import secrets
 from ...common.runner import Runner
 from ..config import BackendConfig, HostConfig
 from .errors import BackendError, IncompleteStore, RepositoryLocked, RepositoryMissing
-from .location import Role
+from .location import Location, Role
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,12 @@ class Backend(Protocol):
 
     name: str
 
+    def location(self) -> Location:
+        """Where the host's repository is for this backend's role, its password masked
+        in ``shown``. Raises BackendError for a location file it cannot use."""
+
     def repository(self) -> str:
-        """Where the host's repository is (a path or URL)."""
+        """Where the host's repository is (a path or URL), as words may show it."""
 
     def prepare(self, create: bool = True) -> None:
         """Make sure the repository exists (creating it when allowed) and opens.

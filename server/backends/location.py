@@ -117,9 +117,10 @@ def _first(
 
 
 def _from_file(path: Path) -> Location:
-    """A location kept in a file: read (the line and its password registered as
-    secrets, masked wherever they could be printed) to be shown masked. Raises
-    BackendError."""
+    """A location kept in a file: read (its password registered as a secret, masked
+    wherever it could be printed; the rest of the line is not a secret: an outside walk
+    saw restic's "created restic repository ... at /mnt/offsite/web1" print as "at ***")
+    to be shown masked. Raises BackendError."""
     line = read_location_file(path)
     password = password_of(line)
     if password:  # masked alone too (restic may print the URL its own way)
@@ -128,9 +129,10 @@ def _from_file(path: Path) -> Location:
 
 
 def read_location_file(path: Path) -> str:
-    """The first line of a location file (registered as a secret). Raises BackendError
-    when it is missing, empty, unreadable or readable by others."""
+    """The first line of a location file (not registered as a secret: its reader
+    registers the URL's password). Raises BackendError when it is missing, empty,
+    unreadable or readable by others."""
     try:
-        return secrets.read_secret_file(path, "repository file").strip()
+        return secrets.read_secret_file(path, "repository file", register_line=False).strip()
     except secrets.SecretFileError as exc:
         raise BackendError(str(exc)) from None

@@ -50,6 +50,11 @@ class FakeBackend:
     change: object = None
     """What :meth:`changes` answers (None: a normal day)."""
 
+    def location(self):
+        from pullback.server.backends.location import Location
+
+        return Location("memory", "memory")
+
     def repository(self) -> str:
         return "memory"
 

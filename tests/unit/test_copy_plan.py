@@ -246,3 +246,48 @@ def test_the_copys_cell_says_what_needs_attention():
     stale = {"copy": {**good["copy"], "newest": iso(old)}}
     assert copy_view(stale, 3 * 86400, now).text.endswith("; stale")
     assert copy_view({}, 3 * 86400, now).text == "never copied"
+
+
+def test_a_copy_store_that_cannot_be_read_is_not_taken_for_a_moved_copy(tmp_path):
+    """A location file unusable for one run (mode 0644 after an edit) named no store:
+    its record stays the copy's record (the run fails, nothing is started anew), and a
+    missing copy it held snapshots for is still refused, not made again."""
+    import json
+
+    from pullback.common.outcome import Status
+    from pullback.common.runner import Runner
+    from pullback.server import status_file
+    from pullback.server.backends import make_backend
+    from pullback.server.copy import CopyResult, gone, location_id, store_of
+
+    url = tmp_path / "copy-url"
+    url.write_text(f"{tmp_path}/offsite/web1\n")
+    url.chmod(0o600)
+    config = load_server_config(
+        write(
+            tmp_path,
+            f"state_dir: {tmp_path}/state\n"
+            "copy: {repository_root: /c}\n"
+            f"hosts: [{{name: web1, copy_repository_file: {url}}}]\n",
+        )
+    )
+    host = config.hosts[0]
+
+    def backend():
+        return make_backend(config.backend, host, config.state_dir, Runner(), 1.0, Role.COPY)
+
+    store = store_of(backend())
+    assert store == location_id(f"{tmp_path}/offsite/web1")
+    (tmp_path / "state").mkdir()
+    record = {"location": store, "snapshots": 4, "newest": "2026-12-01T00:00:00Z"}
+    (tmp_path / "state/status.json").write_text(json.dumps({"hosts": {"web1": {"copy": record}}}))
+    url.chmod(0o644)
+    assert store_of(backend()) is None
+    assert "is gone, yet it held 4 snapshot(s)" in gone(config, "web1", backend())
+    failed = CopyResult("web1", Status.FAILED, problems=["unreadable"], location=None)
+    status_file.record_copies(config.state_dir, [failed])
+    kept = status_file.load_status(config.state_dir)["hosts"]["web1"]["copy"]
+    assert (kept["location"], kept["snapshots"], kept["result"]) == (store, 4, "failed")
+    url.chmod(0o600)
+    url.write_text(f"{tmp_path}/elsewhere/web1\n")
+    assert gone(config, "web1", backend()) is None, "another store: the copy moved"

@@ -8,8 +8,10 @@ import os
 import pytest
 
 from pullback.common import secrets
+from pullback.common.config import load_validated, secret_file_problems
 from pullback.common.errors import ConfigError
 from pullback.common.runner import is_stack_frame
+from pullback.common.schema import load_schema
 from pullback.server.backends import Role, make_backend
 from pullback.server.backends.errors import BackendError
 from pullback.server.backends.location import locate, masked, password_of
@@ -149,3 +151,31 @@ def test_go_stack_frames_are_not_words():
     assert not is_stack_frame("blob not removed, server response: 403 Forbidden (403)")
     assert not is_stack_frame("Fatal: wrong password or no key found")
     assert not is_stack_frame("done")
+
+
+def test_only_a_location_file_s_password_is_a_secret(tmp_path):
+    """A location file keeps a URL's password out of server.yaml: that password is
+    masked, the rest of the line is not (an outside walk saw restic's "created restic
+    repository ... at /mnt/offsite/web1" printed as "at ***"), also after `check` read
+    the file to judge its mode."""
+    files = {
+        "pw": secret(tmp_path / "pw", "shared"),
+        "repo": secret(tmp_path / "repo", "/mnt/offsite-Q7/web1-local"),
+        "maint": secret(tmp_path / "maint", "rest:http://boss:Only-Pw-93@store:8001/web1/"),
+        "own": secret(tmp_path / "own", "app1-only"),
+    }
+    path = tmp_path / "server.yaml"
+    path.write_text(CONFIG.format(**files))
+    config = load_server_config(path)
+    schema = load_schema("pullback.common", "server")
+    data = load_validated(path, schema, allow_empty=False).data
+    assert secret_file_problems(path, schema, data) == []
+    app1 = config.hosts[2]
+    pull = locate(config.backend, app1, Role.PULL)
+    maint = locate(config.backend, app1, Role.MAINTAIN)
+    assert pull.shown == "/mnt/offsite-Q7/web1-local"
+    assert maint.shown == "rest:http://boss:***@store:8001/web1/"
+    said = "created restic repository 5d2 at /mnt/offsite-Q7/web1-local; auth Only-Pw-93"
+    assert secrets.mask(said) == (
+        f"created restic repository 5d2 at /mnt/offsite-Q7/web1-local; auth {secrets.MASK}"
+    )

@@ -10,6 +10,7 @@ import random
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from errno import ENOSPC
 from pathlib import Path
@@ -120,8 +121,9 @@ def _sha256(path: str) -> tuple[str, int]:
 
 
 def check_tree(root: Path, result: DrillResult) -> None:
-    """Compare every regular file below ``root/services`` with ``root/MANIFEST.sha256``,
-    each name at most once, in the manifest's order (:mod:`.listed`: the manifest is
+    """Compare every regular file below ``root/services`` with ``root/MANIFEST.sha256``
+    (a name it lists outside ``services/`` is a problem too), each name at most once, in
+    the manifest's order (:mod:`.listed`: the manifest is
     streamed, not held). What differs is in ``result.problems``, each name escaped and
     cut, the first :data:`NAMED` of them by name and the rest counted on one line (a
     snapshot's names are its client's words); nothing is raised."""
@@ -132,17 +134,28 @@ def check_tree(root: Path, result: DrillResult) -> None:
     found: list[str] = []
     more = 0
     try:
-        for pair in listed.pairs(root, manifest, "services"):
-            problem = _check_pair(pair, result)
-            if problem and len(found) < NAMED:
+        for problem in _tree_problems(root, manifest, result):
+            if len(found) < NAMED:
                 found.append(problem)
-            elif problem:
+            else:
                 more += 1
     except (ValueError, OSError) as exc:
         found.append(printable(str(exc), 300))
     result.problems += found
     if more:
         result.problems.append(f"and {counted(more, 'file')} more differ from the manifest")
+
+
+def _tree_problems(root: Path, manifest: Path, result: DrillResult) -> Iterator[str]:
+    """What differs between the tree below ``root/services`` and ``manifest``: each
+    pair's problem, then each name listed outside ``services/`` (a snapshot holds none:
+    its manifest is not the tree's). Raises ValueError, OSError as :func:`listed.pairs`."""
+    for pair in listed.pairs(root, manifest, "services"):
+        problem = _check_pair(pair, result)
+        if problem:
+            yield problem
+    for name in listed.outside(manifest, "services"):
+        yield f"listed outside services/: {printable(name, 200)}"
 
 
 def _check_pair(pair: listed.Pair, result: DrillResult) -> str | None:

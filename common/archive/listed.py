@@ -58,6 +58,17 @@ def pairs(root: Path, manifest: Path, prefix: str) -> Iterator[Pair]:
         yield from _merge(base, listed, tree)
 
 
+def outside(manifest: Path, prefix: str) -> Iterator[str]:
+    """Every name the manifest ``manifest`` lists that is not below ``prefix/`` (in a
+    snapshot, no name may be: :func:`pairs` never sees them), streamed. Raises
+    ValueError for a manifest line that does not parse."""
+    start = order(prefix.rstrip("/") + "/")
+    with open(manifest, "rb") as handle:
+        for key, _ in raw_entries(handle):
+            if not key.startswith(start):
+                yield os.fsdecode(key)
+
+
 def _walkable(root: bytes, start: bytes) -> bool:
     """Whether ``root/start`` is a directory reached through none but directories (not
     there: False). Raises ValueError naming a component that is a symlink or no

@@ -176,6 +176,25 @@ def test_the_drill_names_what_is_changed_missing_or_unlisted(tmp_path):
     ]
 
 
+def test_the_drill_names_a_line_listed_outside_services(tmp_path):
+    """A snapshot's manifest lists files below services/ only; one listing more is not
+    the tree's (``sha256sum --check`` of the snapshot fails): an outside attack saw the
+    drill pass it."""
+    _tree(tmp_path, {"services/app/files/a": b"alpha"})
+    manifest = tmp_path / "MANIFEST.sha256"
+    extra = hashlib.sha256(b"x").hexdigest()
+    manifest.write_bytes(
+        f"{extra}  etc/shadow\n".encode() + manifest.read_bytes() + f"{extra}  zz\n".encode()
+    )
+    result = DrillResult("web1")
+    check_tree(tmp_path, result)
+    assert result.problems == [
+        "listed outside services/: etc/shadow",
+        "listed outside services/: zz",
+    ]
+    assert result.files_checked == 1
+
+
 def test_the_drill_takes_a_fifo_or_a_symlink_for_what_it_is(tmp_path):
     """The manifest lists regular files; a FIFO or a symlink that was backed up is not
     "not in the manifest" (an outside test had every drill of a tree with a FIFO fail)."""

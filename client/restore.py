@@ -455,8 +455,19 @@ class ServiceRestore:
             failures = "; ".join(self.failures)
             log.error("restore of %s incomplete: %s", self.service.name, failures)
             return EXIT_FAILED
-        log.info("%s %s", "checked" if options.dry_run else "restored", self.service.name)
+        self.say_done(restored=bool(selected) or not options.task)
         return EXIT_OK
+
+    def say_done(self, restored: bool) -> None:
+        """The last line of a restore that went well; ``restored`` False: only a task
+        that holds no data was asked for (``--task systemd``, a restart: an outside walk
+        read "restored app")."""
+        name, dry_run = self.service.name, self.options.dry_run
+        if restored:
+            log.info("%s %s", "checked" if dry_run else "restored", name)
+            return
+        done = "would stop and start" if dry_run else "stopped and started"
+        log.info("%s %s; nothing restored: task %s holds no data", done, name, self.options.task)
 
     def stop(self) -> None:
         """Stop the application: the prepare of every task that stops the service."""

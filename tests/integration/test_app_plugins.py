@@ -406,3 +406,6 @@ def test_a_systemd_task_is_restored_by_stopping_and_starting_and_says_nothing_el
         "restore", "--service", "app", "--from", str(archive), "--task", "systemd", env=standins.env
     )
     assert only.returncode == 0 and "nothing to restore" not in only.stderr, only.stderr
+    assert "stopped and started app; nothing restored: task systemd holds no data" in only.stderr
+    assert "restored app" not in only.stderr, only.stderr
+    assert [short(c) for c in standins.calls()][-2:] == calls[-2:], "a restart"

@@ -787,3 +787,4 @@ def test_a_systemd_task_is_not_looked_for_in_the_snapshot(tmp_path):
     alone = r.run("--dry-run", "--task", "systemd")  # a restart only: exit 0, no warning
     said = alone.stdout + alone.stderr
     assert alone.returncode == 0 and "nothing to restore" not in said, said
+    assert "would stop and start app; nothing restored: task systemd holds no data" in said

@@ -248,10 +248,11 @@ class HostCopy:
         :func:`gone`); ``--new`` says a new copy is meant."""
         if self.new:
             return
-        said = gone(self.ctx.config, self.ctx.name, self.ctx.backend)
+        recorded = _recorded(self.ctx.config, self.ctx.name)
+        said = _gone(recorded, self.ctx.name, self.ctx.backend)
         if said:
             raise PullbackError(said)
-        if _recorded(self.ctx.config, self.ctx.name).get("snapshots"):
+        if recorded.get("snapshots"):
             # the copy: section names another store now (an outside walk moved it and
             # was refused with the old store's count): a new copy, recorded anew
             self.ctx.log.info("the copy moved to %s: a new copy", self.ctx.backend.repository())
@@ -301,7 +302,11 @@ def gone(config: ServerConfig, host: str, backend: Backend) -> str | None:
     emptied: making it anew would copy the whole history again, past the copy's own
     retention, and hide the loss). None when it never held any, or the record is of
     another store (the copy moved)."""
-    recorded = _recorded(config, host)
+    return _gone(_recorded(config, host), host, backend)
+
+
+def _gone(recorded: dict, host: str, backend: Backend) -> str | None:
+    """:func:`gone`, given the host's copy record ``recorded``."""
     if not recorded.get("snapshots"):
         return None
     if status_file.other_store(recorded, store_of(backend)):

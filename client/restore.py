@@ -439,7 +439,7 @@ class ServiceRestore:
         kinds = {t.key: spec.type for t, spec in zip(self.tasks, self.service.tasks, strict=True)}
         # a task that holds no data (systemd) is restored by stopping and starting: an
         # outside walk saw it warn "nothing to restore" on every restore
-        selected = [t for t in wanted if kinds[t.key].holds_data]
+        selected = [t for t in wanted if kinds[t.key].holds(t.config)]
         lock = FileLock(self.config.lock_dir / INSTANCE_LOCK, purpose="pullback-client restore")
         with lock.acquire(), SignalGuard(RESTORING) as guard:
             for task in self.tasks:

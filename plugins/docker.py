@@ -24,13 +24,22 @@ def pullback_task_types():
             description="docker compose applications (stop, archive config, start)",
             requires=(Requirement(("docker",), "install Docker with compose"),),
             stops_service=True,
+            holds_data=_archives_something,
         )
     ]
 
 
+def _archives_something(config: dict) -> bool:
+    """Whether the dump puts anything in the archive: the compose file, or the pinned
+    images (an outside walk saw every restore of a service with ``backup_config: false``
+    warn "docker: nothing to restore")."""
+    return bool(config.get("backup_config", True)) or _pinning(config)
+
+
 def _pinning(config: dict) -> bool:
     """pin_images, or backup-suite's pin_images_to_digest."""
-    return bool(first(config, "pin_images_to_digest", default=False) or config["pin_images"])
+    pinned = first(config, "pin_images_to_digest", default=False)
+    return bool(pinned or config.get("pin_images", False))
 
 
 def compose_file(task: Task) -> Path:

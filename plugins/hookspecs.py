@@ -52,7 +52,10 @@ def pullback_task_types():
     Returns a list of :class:`pullback.plugins.task.TaskType`: the service.yaml key, its
     aliases, and the JSON Schema that validates the section (with ``default`` values,
     ``description`` texts, and ``x-secret: true`` on values that must never be shown).
-    Two plugins declaring the same key is a configuration error.
+    Two plugins declaring the same key is a configuration error. ``stops_service=True``:
+    the task's prepare stops the application and its finish starts it again (a restore
+    is wrapped in them); ``holds_data=False`` (or a function of the task's section
+    returning False): its dump archives nothing, so a restore looks for nothing of it.
     """
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,12 +55,19 @@ class TaskType:
     """Programs without which the task is skipped (and the service reported failed)."""
     stops_service: bool = False
     """Its prepare stops the application (docker, systemd): restores are wrapped in it."""
-    holds_data: bool = True
+    holds_data: bool | Callable[[dict], bool] = True
     """Its dump puts data in the archive; False (systemd: it only stops and starts
-    units): a restore has nothing of it to look for, and says nothing of it."""
+    units): a restore has nothing of it to look for, and says nothing of it. A function
+    of the task's section says it for one section (docker with ``backup_config: false``
+    and no pinned images archives nothing)."""
 
     def missing(self, config: dict | None = None) -> list[str]:
         return [m for r in self.requires if (m := r.missing(config))]
+
+    def holds(self, config: dict) -> bool:
+        """Whether a task of this type with the section ``config`` puts data in the
+        archive (:attr:`holds_data`)."""
+        return self.holds_data(config) if callable(self.holds_data) else self.holds_data
 
 
 class ArchiveSink(Protocol):

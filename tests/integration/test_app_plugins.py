@@ -140,6 +140,34 @@ def test_a_failed_stop_still_starts_what_was_stopped_before(tmp_path, standins, 
     assert "prepare failed" in result.stderr
 
 
+def test_a_docker_task_that_archives_nothing_is_restored_by_stopping_and_starting(
+    tmp_path, standins, app
+):
+    """With ``backup_config: false`` and no pinned images the docker task archives
+    nothing: a restore stops and starts the application around the files and warns
+    nothing (an outside walk saw "docker: nothing to restore" on every restore). The
+    docker engine is a recording stand-in (no Docker here)."""
+    standins.set(running=["web"])
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("a")
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service(
+        "shop",
+        f"service: {{name: shop}}\ndocker: {{compose_file: {app}, backup_config: false}}\n"
+        f"files: {{paths: [{data}]}}\n",
+    )
+    assert box.cli("run", env=standins.env).returncode == 0
+    (archive,) = box.published()
+    (data / "a.txt").write_text("edited")
+    result = box.cli("restore", "--service", "shop", "--from", str(archive), env=standins.env)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to restore" not in result.stderr and " WARNING " not in result.stderr
+    assert (data / "a.txt").read_text() == "a"
+    calls = [short(c) for c in standins.calls()]
+    assert calls[-2:] == ["docker compose stop web", "docker compose start web"], calls
+
+
 def test_mongodb_password_goes_by_file_never_argv(tmp_path, standins):
     standins.set()
     box = ClientSandbox(tmp_path / "client")

@@ -28,8 +28,10 @@ from ..common.errors import (
     EXIT_OK,
     ArchiveError,
     ConfigError,
+    Interrupted,
     PullbackError,
     UsageError,
+    describe,
 )
 from ..common.locks import FileLock
 from ..common.log import get_logger
@@ -452,8 +454,9 @@ class ServiceRestore:
                 with guard.shielded():
                     self.start_again()
         if self.failures:
-            failures = "; ".join(self.failures)
-            log.error("restore of %s incomplete: %s", self.service.name, failures)
+            # each failure was said where it happened: named here, not said again
+            tasks = ", ".join(dict.fromkeys(f.split(":", 1)[0] for f in self.failures))
+            log.error("restore of %s incomplete: %s failed (above)", self.service.name, tasks)
             return EXIT_FAILED
         self.say_done(restored=bool(selected) or not options.task)
         return EXIT_OK
@@ -493,10 +496,16 @@ class ServiceRestore:
                 dry_run=self.options.dry_run,
                 plan=self.plan,
             )
-        except PullbackError as exc:
+        except Interrupted:
+            raise
+        except Exception as exc:
+            # any plugin's failure is the task's (an outside walk: a sqlite3 error ended
+            # the whole restore with a traceback, the service's later tasks not tried);
             # one log line per line of the error (a command's failure ends with the last
             # lines it printed): a line break inside one message would be escaped as \n
-            first, *rest = str(exc).splitlines() or [type(exc).__name__]
+            first, *rest = describe(exc).splitlines() or [type(exc).__name__]
+            if not isinstance(exc, PullbackError | OSError):
+                task.log.debug("the restore failed:", exc_info=exc)
             self.failures.append(f"{task.key}: {first}")
             task.log.error("restore failed: %s", first)
             for line in rest:

@@ -115,17 +115,38 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
     ``<path>.restored-<stamp>`` (or below ``--target``); with ``--replace`` it replaces the
     database atomically, the replaced one kept as ``<path>.before-restore-<stamp>``. Stop
     the application first (a docker or systemd task of the same service does that)."""
+    try:
+        _restore(task, source, target, plan)
+    except sqlite3.Error as exc:
+        raise TaskError(f"restore of a SQLite database failed: {exc}") from None
+
+
+def _preflight(path: Path, copy: Path, target: Path | None, plan) -> None:
+    """Raises TaskError when the snapshot's ``copy`` of the database ``path`` is missing
+    or fails ``integrity_check``, or when its restore would overwrite what it must not:
+    a directory (or a file of another kind) where ``--replace`` puts the database, or
+    a file an earlier restore kept. Raises sqlite3.Error."""
+    if not copy.is_file():
+        raise TaskError(f"{copy} is not in the restored snapshot")
+    _check(copy, True)
+    if target is None and plan.replace and os.path.lexists(path) and not path.is_file():
+        raise TaskError(
+            f"preflight failed, nothing was changed: {path} is not a database file "
+            "(a directory or another kind of file is there); move it away first"
+        )
+    if target is None and _aside(path, plan).exists():
+        raise TaskError(
+            f"preflight failed, nothing was changed: {_aside(path, plan)} exists "
+            "already (a restore in the same second?); try again"
+        )
+
+
+def _restore(task: Task, source: Path, target: Path | None, plan) -> None:
+    """:func:`pullback_restore`. Raises TaskError, sqlite3.Error, OSError."""
     log, busy = task.log, task.config["busy_timeout"]
     copies = [(Path(p), source / p.lstrip("/")) for p in task.config["paths"]]
     for path, copy in copies:
-        if not copy.is_file():
-            raise TaskError(f"{copy} is not in the restored snapshot")
-        _check(copy, True)
-        if target is None and _aside(path, plan).exists():
-            raise TaskError(
-                f"preflight failed, nothing was changed: {_aside(path, plan)} exists "
-                "already (a restore in the same second?); try again"
-            )
+        _preflight(path, copy, target, plan)
     plan.step(log, "preflight: ok (every copy passes integrity_check)")
     for path, copy in copies:
         if target is not None:

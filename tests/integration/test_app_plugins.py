@@ -168,6 +168,52 @@ def test_a_docker_task_that_archives_nothing_is_restored_by_stopping_and_startin
     assert calls[-2:] == ["docker compose stop web", "docker compose start web"], calls
 
 
+BRITTLE = """\
+from pullback.plugins import TaskType, hookimpl
+
+
+@hookimpl
+def pullback_task_types():
+    return [TaskType("brittle", {"type": "object"})]
+
+
+@hookimpl
+def pullback_dump(task):
+    (task.staging / "state").write_text("x")
+
+
+@hookimpl
+def pullback_restore(task, source, target, dry_run, plan):
+    raise KeyError("a bug in a third-party plugin")
+"""
+
+
+def test_a_plugin_s_bug_in_restore_fails_its_task_not_the_restore(tmp_path):
+    """A plugin is anyone's code: a restore hook raising anything (here a KeyError)
+    fails that task, said once, and the service's other tasks are restored (the restore
+    ended with "internal error" and a traceback, exit 70, the later tasks not tried)."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "brittle.py").write_text(BRITTLE)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("backed up")
+    box = ClientSandbox(tmp_path / "client")
+    box.write_config(plugin_dirs=[str(plugins)])
+    box.add_service("shop", f"service: {{name: shop}}\nbrittle: {{}}\nfiles: {{paths: [{data}]}}\n")
+    assert box.cli("run").returncode == 0
+    (archive,) = box.published()
+    (data / "a.txt").write_text("edited")
+    result = box.cli("restore", "--service", "shop", "--from", str(archive))
+    said = result.stderr
+    assert result.returncode == 1, said
+    assert "Traceback" not in said and "internal error" not in said, said
+    assert said.count("a bug in a third-party plugin") == 1, said
+    assert "[shop/brittle] restore failed: KeyError: 'a bug in a third-party plugin'" in said
+    assert "restore of shop incomplete: brittle failed (above)" in said, said
+    assert (data / "a.txt").read_text() == "backed up", "the files task still ran"
+
+
 def test_mongodb_password_goes_by_file_never_argv(tmp_path, standins):
     standins.set()
     box = ClientSandbox(tmp_path / "client")

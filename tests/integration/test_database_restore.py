@@ -627,3 +627,37 @@ def test_sqlite_restores_beside_or_keeps_the_file_it_replaces(tmp_path):
     assert restore(box, "--replace").returncode == 0
     kept = sorted(tmp_path.glob("app.db.before-restore-*"))
     assert [body(k) for k in kept] == ["changed since", "changed again"]
+
+
+def test_a_sqlite_replace_onto_a_directory_fails_its_task_and_the_others_run(tmp_path):
+    """An outside walk: with a directory where the database was, ``--replace`` ended the
+    whole restore with a traceback (a sqlite3 error, exit 70) after the files task had
+    run. Now the preflight refuses that task, nothing of it changed, the service's other
+    tasks are restored, and the failure is said once, then named in the last line."""
+    import sqlite3
+
+    live = tmp_path / "app.db"
+    with sqlite3.connect(live) as db:
+        db.execute("CREATE TABLE notes(body TEXT)")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("backed up")
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service(
+        "shop",
+        f"service: {{name: shop}}\nsqlite: {{paths: [{live}]}}\nfiles: {{paths: [{data}]}}\n",
+    )
+    assert box.cli("run").returncode == 0
+    live.unlink()
+    live.mkdir()
+    (live / "inside").write_text("not a database")
+    (data / "a.txt").write_text("edited")
+    result = restore(box, "--replace")
+    said = result.stderr
+    assert result.returncode == 1, said
+    assert "Traceback" not in said and "internal error" not in said, said
+    assert said.count("is not a database file") == 1, said
+    assert "restore of shop incomplete: sqlite failed (above)" in said, said
+    assert (live / "inside").read_text() == "not a database"
+    assert not list(tmp_path.glob("app.db.before-restore-*"))
+    assert (data / "a.txt").read_text() == "backed up", "the files task still ran"

@@ -447,9 +447,9 @@ class ServiceRestore:
             for task in self.tasks:
                 task.staging.mkdir(parents=True, exist_ok=True)
             try:
-                self.stop()
-                for task in selected:
-                    self.restore_task(task)
+                if self.stop():
+                    for task in selected:
+                        self.restore_task(task)
             finally:
                 with guard.shielded():
                     self.start_again()
@@ -472,15 +472,28 @@ class ServiceRestore:
         done = "would stop and start" if dry_run else "stopped and started"
         log.info("%s %s; nothing restored: task %s holds no data", done, name, self.options.task)
 
-    def stop(self) -> None:
-        """Stop the application: the prepare of every task that stops the service."""
+    def stop(self) -> bool:
+        """Stop the application: the prepare of every task that stops the service.
+        Returns False when one could not (nothing is restored then: the application
+        may still be running; what was stopped is started again), the failure said."""
         specs = zip(self.tasks, self.service.tasks, strict=True)
         for task in [t for t, spec in specs if spec.type.stops_service]:
             if self.options.dry_run:
                 task.log.info("would stop the application first")
                 continue
-            self.prepared.append(task)
-            self.plugins.call("prepare", task)
+            self.prepared.append(task)  # its finish runs whatever its prepare did
+            try:
+                self.plugins.call("prepare", task)
+            except Interrupted:
+                raise
+            except Exception as exc:
+                # an outside walk: a plugin's error here ended the restore with a
+                # traceback (exit 70)
+                said = f"could not stop the application: {describe(exc)}; nothing restored"
+                self.failures.append(f"{task.key}: {said}")
+                task.log.error("%s", said)
+                return False
+        return True
 
     def restore_task(self, task: Task) -> None:
         source = self.content.root / task.type
@@ -534,5 +547,5 @@ class ServiceRestore:
             try:
                 self.plugins.call("finish", task, failed=bool(self.failures))
             except Exception as exc:
-                self.failures.append(f"{task.key}: could not start again: {exc}")
-                task.log.error("could not start the application again: %s", exc)
+                self.failures.append(f"{task.key}: could not start again: {describe(exc)}")
+                task.log.error("could not start the application again: %s", describe(exc))

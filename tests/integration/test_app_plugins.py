@@ -168,6 +168,34 @@ def test_a_docker_task_that_archives_nothing_is_restored_by_stopping_and_startin
     assert calls[-2:] == ["docker compose stop web", "docker compose start web"], calls
 
 
+def test_a_restore_whose_stop_fails_restores_nothing_and_starts_again(tmp_path, standins, app):
+    """The application could not be stopped (``docker compose stop`` fails; the engine
+    is a recording stand-in): nothing is restored under it, what may have stopped is
+    started again, exit 1 with the reason once (a plugin's error there ended the restore
+    with a traceback, exit 70)."""
+    standins.set(running=["web"])
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("backed up")
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service(
+        "shop",
+        f"service: {{name: shop}}\ndocker: {{compose_file: {app}}}\nfiles: {{paths: [{data}]}}\n",
+    )
+    assert box.cli("run", env=standins.env).returncode == 0
+    (archive,) = box.published()
+    (data / "a.txt").write_text("edited")
+    standins.set(running=["web"], fail_stop=True)
+    result = box.cli("restore", "--service", "shop", "--from", str(archive), env=standins.env)
+    said = result.stderr
+    assert result.returncode == 1, said
+    assert "Traceback" not in said and said.count("could not stop the application") == 1, said
+    assert "nothing restored" in said and "restore of shop incomplete: docker failed" in said
+    assert (data / "a.txt").read_text() == "edited", "nothing restored under a live app"
+    calls = [short(c) for c in standins.calls()]
+    assert calls[-2:] == ["docker compose stop web", "docker compose start web"], calls
+
+
 BRITTLE = """\
 from pullback.plugins import TaskType, hookimpl
 

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         type=Path,
         metavar="DIR",
-        help="put files below DIR instead of their original place",
+        help="put files below DIR instead of their original place (made if missing)",
     )
     p.add_argument(
         "-n",

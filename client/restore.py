@@ -9,6 +9,7 @@ is started again whatever happened.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,6 +236,18 @@ class _Named:
         return f"{counted(self.count, 'file')} ({shown}{more})"
 
 
+def _target_of(given: Path | None) -> Path | None:
+    """``--target``, made absolute (a relative one is below the working directory: it
+    was taken as below the restored file's own path, and the copy failed). Raises
+    UsageError when it is there and is no directory."""
+    if given is None:
+        return None
+    target = Path(os.path.abspath(given))
+    if os.path.lexists(target) and not target.is_dir():
+        raise UsageError(f"--target {printable(str(target), 200)} is not a directory")
+    return target
+
+
 @dataclass(frozen=True)
 class RestoreOptions:
     """What ``pullback-client restore`` was asked: a service, where its data comes from
@@ -264,7 +277,13 @@ class RestoreOptions:
             if value is not None
         }
         return cls(
-            args.service, args.source, args.task, args.target, args.dry_run, args.replace, server
+            args.service,
+            args.source,
+            args.task,
+            _target_of(args.target),
+            args.dry_run,
+            args.replace,
+            server,
         )
 
     def wants(self, task: Task) -> bool:
@@ -431,21 +450,10 @@ class ServiceRestore:
         self.prepared: list[Task] = []
 
     def run(self) -> int:
-        options = self.options
-        wanted = [t for t in self.tasks if options.wants(t)]
-        if options.task and not wanted:
-            raise UsageError(
-                f"service {self.service.name} has no task {options.task!r}; its tasks: "
-                f"{', '.join(t.key for t in self.tasks)}"
-            )
-        kinds = {t.key: spec.type for t, spec in zip(self.tasks, self.service.tasks, strict=True)}
-        # a task that holds no data (systemd) is restored by stopping and starting: an
-        # outside walk saw it warn "nothing to restore" on every restore
-        selected = [t for t in wanted if kinds[t.key].holds(t.config)]
+        selected = self.selected()
         lock = FileLock(self.config.lock_dir / INSTANCE_LOCK, purpose="pullback-client restore")
         with lock.acquire(), SignalGuard(RESTORING) as guard:
-            for task in self.tasks:
-                task.staging.mkdir(parents=True, exist_ok=True)
+            self.make_room()
             try:
                 if self.stop():
                     for task in selected:
@@ -458,8 +466,32 @@ class ServiceRestore:
             tasks = ", ".join(dict.fromkeys(f.split(":", 1)[0] for f in self.failures))
             log.error("restore of %s incomplete: %s failed (above)", self.service.name, tasks)
             return EXIT_FAILED
-        self.say_done(restored=bool(selected) or not options.task)
+        self.say_done(restored=bool(selected) or not self.options.task)
         return EXIT_OK
+
+    def selected(self) -> list[Task]:
+        """The tasks whose data is restored: those asked for that hold data (a task that
+        holds none, systemd, is restored by stopping and starting: an outside walk saw
+        it warn "nothing to restore" on every restore). Raises UsageError for a
+        ``--task`` the service does not have."""
+        options = self.options
+        wanted = [t for t in self.tasks if options.wants(t)]
+        if options.task and not wanted:
+            raise UsageError(
+                f"service {self.service.name} has no task {options.task!r}; its tasks: "
+                f"{', '.join(t.key for t in self.tasks)}"
+            )
+        kinds = {t.key: spec.type for t, spec in zip(self.tasks, self.service.tasks, strict=True)}
+        return [t for t in wanted if kinds[t.key].holds(t.config)]
+
+    def make_room(self) -> None:
+        """The tasks' staging directories, and ``--target`` with its parents, as
+        restic's (a missing parent failed the files task: "cannot restore ...: No such
+        file or directory"); a dry run makes no target."""
+        for task in self.tasks:
+            task.staging.mkdir(parents=True, exist_ok=True)
+        if self.options.target is not None and not self.options.dry_run:
+            self.options.target.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def say_done(self, restored: bool) -> None:
         """The last line of a restore that went well; ``restored`` False: only a task

@@ -243,6 +243,27 @@ def test_the_attribute_pass_never_leaves_the_tree_through_a_swapped_symlink(tmp_
     assert os.listxattr(live / "top.txt") == []
 
 
+def test_target_is_made_relative_to_the_working_directory_and_must_be_a_directory(tmp_path):
+    """An outside try: ``--target check/here`` (relative, its parents missing) failed the
+    files task ("cannot restore check/here/srv/...: No such file or directory"), and a
+    file given as --target was "changed while it was checked". The target is made below
+    the working directory with its parents; a file there is a usage error (exit 2)."""
+    r = Restore(tmp_path)
+    r.both("notes.txt", b"snapshot", b"live")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    argv = ["restore", "--service", "app", "--from", str(r.snapshot)]
+    result = r.box.cli(*argv, "--target", "check/here", cwd=work)
+    assert result.returncode == 0, result.stderr
+    restored = work / "check/here" / str(r.live).lstrip("/") / "notes.txt"
+    assert restored.read_bytes() == b"snapshot"
+    assert (r.live / "notes.txt").read_bytes() == b"live"
+    (work / "a-file").write_bytes(b"")
+    refused = r.box.cli(*argv, "--target", "a-file", cwd=work)
+    assert refused.returncode == 2, refused.stderr
+    assert f"--target {work}/a-file is not a directory" in refused.stderr
+
+
 def test_a_restored_path_that_is_a_file_now_is_refused_in_words(tmp_path):
     """The snapshot has a directory, the live path is a file: "internal error, please
     report it" (exit 70) before; now refused, nothing replaced."""

@@ -221,16 +221,7 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
     (UsageError for a wrong host, snapshot, path or a non-empty target)."""
     ctx = HostContext.open(config, config.host(request.host))
     target = request.target
-    if target.exists() and any(target.iterdir()) and not request.force:
-        raise UsageError(f"{target} is not empty; choose an empty directory or add --force")
-    if request.force and request.path and any(c in request.path for c in "*?[\\"):
-        # restic and borg read these as a pattern, which could match entries of the
-        # target that are set aside by name only (a symlink among them would be written
-        # through): into an empty directory, there is nothing to be in the way
-        raise UsageError(
-            f"--path {printable(request.path, 200)} holds *, ?, [ or \\, which restic and "
-            "borg read as a pattern: restore it into an empty directory, without --force"
-        )
+    _refuse_target(request)
     request.includes(adopted=True)  # a wrong --path is refused before the repository opens
     ctx.backend.prepare(create=False)
     snapshot, why = pick_snapshot(
@@ -262,6 +253,25 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
     if aside is not None:
         steps += f"\nwhat the target held there before is in {aside.directory}: remove it when done"
     return f"note: {why}\n{steps}" if why else steps
+
+
+def _refuse_target(request: RestoreRequest) -> None:
+    """Raises UsageError when ``--target`` is no directory (it was a traceback, exit
+    70), is not empty without ``--force``, or with ``--force`` the ``--path`` holds a
+    pattern character."""
+    target = request.target
+    if os.path.lexists(target) and not target.is_dir():
+        raise UsageError(f"--target {target} is not a directory")
+    if target.exists() and any(target.iterdir()) and not request.force:
+        raise UsageError(f"{target} is not empty; choose an empty directory or add --force")
+    if request.force and request.path and any(c in request.path for c in "*?[\\"):
+        # restic and borg read these as a pattern, which could match entries of the
+        # target that are set aside by name only (a symlink among them would be written
+        # through): into an empty directory, there is nothing to be in the way
+        raise UsageError(
+            f"--path {printable(request.path, 200)} holds *, ?, [ or \\, which restic and "
+            "borg read as a pattern: restore it into an empty directory, without --force"
+        )
 
 
 def _written_so_far() -> int:

@@ -259,6 +259,10 @@ def test_restore_round_trip_is_byte_exact_with_owners_modes_mtimes(pulled, tmp_p
     assert check.returncode == 0, check.stdout + check.stderr
     again = fleet.server("restore", "web1", "--snapshot", snap["id"], "--target", str(target))
     assert again.returncode == 2 and "is not empty" in again.stderr
+    (tmp_path / "a-file").write_bytes(b"")  # an outside try: a traceback, exit 70
+    onto_a_file = fleet.server("restore", "web1", "--target", str(tmp_path / "a-file"))
+    assert onto_a_file.returncode == 2, onto_a_file.stderr
+    assert f"--target {tmp_path}/a-file is not a directory" in onto_a_file.stderr
 
 
 def _proof(output: str) -> str:

@@ -17,6 +17,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..common.units import human_size
+
 if TYPE_CHECKING:  # the backends import the configuration, which imports this
     from .backends import Change, Snapshot
 
@@ -55,6 +57,18 @@ def judge(change: Change, limits: GuardLimits) -> str | None:
                 f"the data shrank by {change.shrink:.0%} (max_shrink {limits.max_shrink:.0%})"
             )
     return "; ".join(reasons) or None
+
+
+def unjudged(change: Change, limits: GuardLimits) -> str:
+    """What :func:`judge` left unjudged, as words to append to a verdict ("" when it
+    judged both the entries and the data): an outside walk read "normal" for a snapshot
+    whose every file changed, below ``min_files`` and ``min_bytes``."""
+    left = []
+    if change.files_before < limits.min_files:
+        left.append(f"the entries (fewer than min_files {limits.min_files})")
+    if change.bytes_before < limits.min_bytes:
+        left.append(f"the data (less than min_bytes {human_size(limits.min_bytes)})")
+    return f"; not judged: {' and '.join(left)}" if left else ""
 
 
 def dated_ahead(snapshots: list[Snapshot], horizon: dt.datetime) -> Snapshot | None:

@@ -251,7 +251,7 @@ class HostMaintenance:
         return (
             f"from {older.id} to {newer.id}: {change.changed_share:.0%} of the entries and "
             f"{change.rewritten_share:.0%} of the data changed or removed, "
-            f"{change.shrink:.0%} smaller: normal"
+            f"{change.shrink:.0%} smaller: normal{guard.unjudged(change, limits)}"
         )
 
     def _recorded_newest(self) -> str | None:

@@ -81,8 +81,9 @@ class Change:
 
     @property
     def changed_share(self) -> float:
-        """Changed and removed entries over the older snapshot's entries."""
-        return (self.changed + self.removed) / max(1, self.files_before)
+        """Changed and removed entries over the older snapshot's entries, at most 1 (a
+        count of them may hold entries the older's count has not: "102% of 50")."""
+        return min(1.0, (self.changed + self.removed) / max(1, self.files_before))
 
     @property
     def rewritten_share(self) -> float:

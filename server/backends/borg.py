@@ -110,8 +110,8 @@ def count_diff(lines) -> tuple[int, int, int]:
     """(changed, removed, bytes removed) of ``borg diff --json-lines`` output: a file
     whose content changed (``modified``) is changed, anything ``removed …`` (a file, a
     directory, a link) is removed; added entries and metadata-only changes (mode, owner,
-    times) are neither. Bytes removed: what a modified file lost, and removed files'
-    sizes."""
+    times, and a ``modified`` of no bytes) are neither. Bytes removed: what a modified
+    file lost, and removed files' sizes."""
     changed = removed = lost = 0
     for line in lines:
         try:
@@ -122,10 +122,18 @@ def count_diff(lines) -> tuple[int, int, int]:
         if any(kind.startswith("removed") for kind in kinds):
             removed += 1
             lost += sum(int(c.get("size", 0) or 0) for c in items)
-        elif "modified" in kinds:
+        elif _content_changed(items):
             changed += 1
             lost += sum(int(c.get("removed", 0) or 0) for c in items if c.get("type") == "modified")
     return changed, removed, lost
+
+
+def _content_changed(items: list) -> bool:
+    """Whether a ``borg diff`` entry's changes say its content changed: a ``modified``
+    that added or removed bytes. borg 1.2 says ``modified`` with 0 added and 0 removed
+    when only the ctime changed (an outside walk: every file of a host fetched whole
+    again after a rebuild, the guard held forget at "102% changed")."""
+    return any(c.get("type") == "modified" and (c.get("added") or c.get("removed")) for c in items)
 
 
 def mirror_args(source: Path, target: str, rsync_options: Sequence[str] = ()) -> list[str]:

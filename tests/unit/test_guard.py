@@ -16,7 +16,7 @@ from pullback.server.backends import Change, Snapshot
 from pullback.server.backends.borg import count_diff, diff_args
 from pullback.server.backends.restic import diff_args as restic_diff_args
 from pullback.server.config import load_server_config
-from pullback.server.guard import GuardLimits, baseline, judge
+from pullback.server.guard import GuardLimits, baseline, judge, unjudged
 from pullback.server.maintain import HostMaintenance
 from tests.helpers.fakes import FakeBackend, fake_context
 
@@ -166,10 +166,28 @@ def test_borg_diff_lines_are_counted_as_changed_or_removed():
         b'{"changes": [{"size": 7, "type": "removed"}], "path": "d/f2"}',
         b'{"changes": [{"type": "removed directory"}], "path": "d/old"}',
         b"not json",
+        # borg 1.2 after a file was fetched whole again (its ctime only): no content change
+        b'{"changes": [{"added": 0, "removed": 0, "type": "modified"}], "path": "d/f9"}',
     ]
     assert count_diff(lines) == (1, 2, 11)
     assert diff_args("web1-a", "web1-b") == ["diff", "--json-lines", "::web1-a", "web1-b"]
     assert restic_diff_args("s1", "s2") == ["diff", "--json", "s1", "s2"]
+
+
+def test_a_verdict_says_what_it_did_not_judge():
+    """An outside walk read "normal" for a snapshot whose every file changed, below the
+    thresholds, and "102% of 50 entries": what is not judged is said, a share is at most
+    100%."""
+    small = Change(files_before=50, changed=52, removed=0, bytes_before=1 << 20, bytes_after=0)
+    assert small.changed_share == 1.0
+    limits = GuardLimits()
+    assert judge(small, limits) is None
+    assert unjudged(small, limits) == (
+        "; not judged: the entries (fewer than min_files 100) and the data "
+        "(less than min_bytes 64.0 MiB)"
+    )
+    big = Change(files_before=500, changed=1, removed=0, bytes_before=1 << 30, bytes_after=0)
+    assert unjudged(big, limits) == ""
 
 
 def test_partial_snapshots_since_the_last_complete_one_make_forget_wait(config):

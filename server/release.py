@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..common.errors import EXIT_OK
+from ..common.errors import EXIT_FAILED, EXIT_OK, UsageError
 from ..common.locks import FileLock
 from . import status_file
 from .config import ServerConfig
@@ -20,9 +20,16 @@ from .journal import INSTANCE_LOCK
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:
     """Release the hold; print what was released (or that there was none: exit 0 all the
-    same, so that a script may release twice). Raises UsageError for an unknown host."""
+    same, so that a script may release twice), and write the metrics and the status page
+    again (they said "held" until the next pull: an alert kept firing). Returns 1 when
+    those could not be written. Raises UsageError for an unknown host, or ``--copy``
+    without a ``copy:`` section."""
+    from .outputs import publish, record_problems
+
     host = config.host(args.hostname)
     scope = "copy" if getattr(args, "copy", False) else ""
+    if scope and config.backend.copy is None:
+        raise UsageError(f"{config.path} has no copy: section: {host.name} has no copy")
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server release")
     with lock.acquire(wait=config.maintenance.wait_for_pull):  # pulls rewrite status.json
         hold = status_file.release_hold(config.state_dir, host.name, scope)
@@ -34,4 +41,6 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
         f"{name}: released the hold of {hold.get('since')} ({hold.get('reason')}); "
         "the next maintain forgets by the retention policy again"
     )
-    return EXIT_OK
+    _, unwritten = publish(config)
+    record_problems(config, unwritten)
+    return EXIT_FAILED if unwritten else EXIT_OK

@@ -120,6 +120,30 @@ def test_an_abnormal_day_holds_forget_until_released(config):
     assert [s.id for s in backend.snapshot_list] == ["s6", "s7"]
 
 
+def test_a_release_rewrites_the_metrics_and_a_copy_needs_a_copy_section(tmp_path):
+    """An outside walk: after ``release`` the metric still said 1 (an alert kept firing
+    until the next pull), and ``release --copy`` without a copy said "not held", exit 0."""
+    metrics_file = tmp_path / "pullback.prom"
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\nlock_dir: {tmp_path / 'run'}\n"
+        f"metrics_file: {metrics_file}\nhosts:\n  - name: web1\n"
+    )
+    config = load_server_config(path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "state").mkdir()
+    hold = {"snapshot": "s6", "since": "2026-12-01T00:00:00Z", "reason": "encrypted"}
+    (tmp_path / "state/status.json").write_text(
+        json.dumps({"hosts": {"web1": {"guard_hold": hold}}})
+    )
+    metrics.write(config, status_file.load_status(config.state_dir))
+    assert 'pullback_forget_held{host="web1"} 1' in metrics_file.read_text()
+    assert release.command(config, argparse.Namespace(hostname="web1")) == 0
+    assert 'pullback_forget_held{host="web1"} 0' in metrics_file.read_text()
+    with pytest.raises(UsageError, match="has no copy: section: web1 has no copy"):
+        release.command(config, argparse.Namespace(hostname="web1", copy=True))
+
+
 def test_a_snapshot_dated_in_the_future_is_a_hold(config):
     future = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
     backend = FakeBackend(snapshot_list=[*days(5), Snapshot("f1", future, None)])

@@ -17,6 +17,7 @@ from ...common.errors import CommandError
 from ...common.fsutil import directory_size
 from ...common.locks import FileLock
 from ...common.runner import CommandResult, Runner
+from ...common.text import printable
 from ..config import BackendConfig, HostConfig
 from .errors import BackendError, RepositoryLocked, RepositoryMissing
 from .location import Location, Role, locate
@@ -47,6 +48,30 @@ def last_line(exc: CommandError) -> str:
     """The last non-blank line a failed command printed (or why it failed)."""
     lines = [line for line in exc.tail if line.strip()]
     return lines[-1] if lines else exc.reason
+
+
+SSH_PREFIXES = ("subprocess ssh: ", "Remote: ")
+"""How restic (sftp:) and borg (ssh://) pass on what ssh, or the far side, said."""
+SSH_SHOWN = 2
+"""Lines of it a failure names: the last ones (a changed host key's banner comes before
+ssh's "Host key ... has changed" and "Host key verification failed.")."""
+
+
+def ssh_words(exc: CommandError, besides: str = "") -> str:
+    """What ssh said on the way to a repository, as words to append to a failure ("" when
+    nothing; a line ``besides`` holds is not said again): an outside walk saw a changed
+    store host key as restic's bare "unable to start the sftp session, error: EOF". Each
+    line escaped and cut (a store's banner is its words)."""
+    said = [
+        line[len(prefix) :].strip()
+        for line in exc.tail
+        for prefix in SSH_PREFIXES
+        if line.startswith(prefix)
+    ]
+    said = [line for line in said if line.strip("@ ") and line not in besides]
+    if not said:
+        return ""
+    return " (over ssh: " + "; ".join(printable(line, 200) for line in said[-SSH_SHOWN:]) + ")"
 
 
 class RepositoryBackend(ABC):
@@ -144,7 +169,10 @@ class RepositoryBackend(ABC):
                 f"the {self.name} repository {self.repository()} is locked by a live "
                 f"process{f' ({holder})' if holder else ''}; waited {self.lock_wait:g}s"
             )
-        return BackendError(f"{self.name} failed on {self.repository()}: {self.said(exc)}")
+        said = self.said(exc)
+        return BackendError(
+            f"{self.name} failed on {self.repository()}: {said}{ssh_words(exc, said)}"
+        )
 
     def said(self, exc: CommandError) -> str:
         """The line of the tool's output that says why it failed: its last line."""

@@ -21,7 +21,7 @@ from ...common.clock import is_stamp
 from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
 from . import Backend, Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
-from .base import RepositoryBackend, local_path
+from .base import RepositoryBackend, local_path, ssh_words
 from .errors import BackendError, IncompleteStore
 
 TAG = "pullback"
@@ -255,7 +255,9 @@ class ResticBackend(RepositoryBackend):
         if fatal and not self.wrong_password(exc) and not self.locked(exc):
             # restic's own sentence, not the location it prints after it
             reason = fatal[-1].removeprefix("Fatal: ")
-            return BackendError(f"restic failed on {self.repository()}: {reason}")
+            return BackendError(
+                f"restic failed on {self.repository()}: {reason}{ssh_words(exc, reason)}"
+            )
         return super().explain(exc)
 
     def lock_holder(self, exc: CommandError) -> str:

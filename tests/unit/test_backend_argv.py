@@ -254,6 +254,48 @@ def test_a_wrong_password_is_said_so(server_config, kind, tail):
         backend.prepare()
 
 
+@pytest.mark.parametrize(
+    ("kind", "tail", "said"),
+    [
+        (
+            "restic",
+            [
+                "subprocess ssh: @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@",
+                "subprocess ssh: WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!",
+                "subprocess ssh: Host key for store.local has changed and you have requested "
+                "strict checking.",
+                "subprocess ssh: Host key verification failed.",
+                "Fatal: unable to open repository at sftp:store:/srv/web1: unable to start "
+                "the sftp session, error: EOF",
+            ],
+            "restic failed on .*: unable to open repository at sftp:store:/srv/web1: unable "
+            r"to start the sftp session, error: EOF \(over ssh: Host key for store.local has "
+            r"changed and you have requested strict checking.; Host key verification "
+            r"failed.\)$",
+        ),
+        (
+            "borg",
+            [
+                "Remote: Host key verification failed.",
+                "Connection closed by remote host. Is borg working on the server?",
+            ],
+            "borg failed on .*: Connection closed by remote host. Is borg working on the "
+            r"server\? \(over ssh: Host key verification failed.\)$",
+        ),
+        ("borg", ["Remote: Permission denied (publickey)."], r"\(publickey\).$"),
+    ],
+)
+def test_what_ssh_said_on_the_way_to_a_store_is_in_the_failure(server_config, kind, tail, said):
+    """An outside walk: a store whose host key changed failed as restic's bare "unable to
+    start the sftp session, error: EOF"; ssh's own words were dropped."""
+    from tests.helpers.fakes import ScriptedRunner
+
+    backend = backend_of(kind, server_config, ScriptedRunner(failure(*tail)))
+    with pytest.raises(BackendError, match=said) as raised:
+        backend.snapshots()
+    assert str(raised.value).count("Permission denied") <= 1
+
+
 def test_half_of_borgs_password_sentence_is_not_a_wrong_password(server_config):
     from tests.helpers.fakes import ScriptedRunner
 

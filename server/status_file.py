@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from ..common import secrets
 from ..common.clock import iso, utc_now
 from ..common.errors import LockBusy, PullbackError
 from ..common.fsutil import atomic_write
@@ -213,11 +214,30 @@ def version(state_dir: Path) -> tuple[int, int] | None:
 
 
 def _save(state_dir: Path, status: dict) -> dict:
+    """Write ``status`` (every secret the process knows masked in its words: ``status``,
+    the page and the metrics read it in a process that knows none). Returns it."""
     status["updated"] = iso(utc_now())
     status["server"] = server_name()
     state_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(state_dir / STATUS_FILE, json.dumps(status, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(_masked(status), indent=2, sort_keys=True)
+    atomic_write(state_dir / STATUS_FILE, text + "\n")
     return status
+
+
+_STATES = frozenset(s.value for s in Status)
+
+
+def _masked(value):
+    """``value`` with :func:`secrets.mask` applied to every string in it but a state
+    (``failed``: a password that is a state's name must not hide a failure) and keys
+    (host names and fields)."""
+    if isinstance(value, str):
+        return value if value in _STATES else secrets.mask(value)
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked(item) for item in value]
+    return value
 
 
 MORE_FAILED = 100

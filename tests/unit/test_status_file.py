@@ -1,0 +1,27 @@
+"""status.json holds no secret: what reads it (``status``, the page, the metrics) runs in a
+process that knows none to mask."""
+
+from __future__ import annotations
+
+from pullback.common import secrets
+from pullback.common.outcome import Status
+from pullback.server import status_file
+from pullback.server.copy import CopyResult
+
+
+def test_a_secret_in_a_reason_is_masked_and_a_state_never_is(tmp_path):
+    """An outside walk: a copy password file holding ``wrong`` masked restic's "wrong
+    password" in the log, yet the same line went unmasked to status.json, which
+    ``status`` printed. Every string there is masked as the log is, but a state: a
+    password that is a state's name must not hide a failure."""
+    secrets.register("Hunter2-copy", "failed")
+    said = "restic failed on rest:http://u:Hunter2-copy@store/web1/: unreachable"
+    result = CopyResult("web1", Status.FAILED, problems=[said], location="ab12")
+    status_file.record_copies(tmp_path, [result])
+    text = (tmp_path / status_file.STATUS_FILE).read_text()
+    assert "Hunter2-copy" not in text
+    entry = status_file.load_status(tmp_path)["hosts"]["web1"]["copy"]
+    assert entry["result"] == "failed"
+    assert entry["reason"] == (
+        f"restic {secrets.MASK} on rest:http://u:{secrets.MASK}@store/web1/: unreachable"
+    )

@@ -142,10 +142,12 @@ def send_maintenance(email: EmailConfig | None, results) -> bool:
     if email is None or not results or not should_send(email.send, results):
         return False
     failed = [r.label for r in results if r.status == Status.FAILED]
+    # a host's copy is maintained apart ("web1 (copy)"): one host and its copy were
+    # "0 of 2 hosts" (an outside walk)
     text = (
-        f"maintenance FAILED on {len(failed)} of {len(results)} hosts: {', '.join(failed)}"
+        f"maintenance FAILED on {len(failed)} of {len(results)} repositories: {', '.join(failed)}"
         if failed
-        else f"maintenance ok on {len(results)} host(s)"
+        else f"maintenance ok on {len(results)} repositories"
     )
     body, html = render_maintenance(results)
     message = mail.build_message(

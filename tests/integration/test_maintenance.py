@@ -466,6 +466,6 @@ def test_a_drill_catches_a_file_missing_from_the_snapshot(pulled):
     rel = victim.relative_to(staging)
     assert f"missing: {rel}" in result.stdout
     (message,) = sink.messages
-    assert "maintenance FAILED on 1 of 1 hosts: web1" in message["Subject"]
+    assert "maintenance FAILED on 1 of 1 repositories: web1" in message["Subject"]
     text, html = sink.bodies(message)
     assert f"missing: {rel}" in text and f"missing: {rel}" in html

@@ -529,8 +529,18 @@ class ServiceRestore:
 
     def restore_task(self, task: Task) -> None:
         source = self.content.root / task.type
-        if not source.is_dir():
+        if not source.is_dir() or self.content.failed_task(task.type) is not None:
+            # (a dump that streamed files and then failed left them in the archive: an
+            # outside plugin author saw them "restored", exit 0)
             self.nothing_to_restore(task, source)
+            return
+        if not self.plugins.implements("restore", task):
+            message = (
+                f"{task.key}: not restored: its plugin has no restore (pullback_restore); "
+                f"its data is in {source}"
+            )
+            task.log.error("%s", message)
+            self.failures.append(message)
             return
         try:
             self.plugins.call(

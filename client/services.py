@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common import schema as schemas
+from ..common import secrets
 from ..common.config import world_readable_secret
 from ..common.schema import load_schema
 from ..common.text import printable
@@ -151,7 +152,12 @@ def _add_task(service: Service, doc: YamlDocument, key: str, task_type: TaskType
     spec.warnings = [f"{n.key}: {n.message}" for n in notes]
     service.tasks.append(spec)
     service.warnings += notes
-    service.secrets.extend(v for _, v in schemas.find_secrets(task_type.schema, config))
+    found = [v for _, v in schemas.find_secrets(task_type.schema, config)]
+    service.secrets.extend(found)
+    # masked everywhere from now on, not only in the task's commands: a plugin's own
+    # log lines and exceptions carried them (an outside plugin author saw one in the
+    # log and twice in the sidecar)
+    secrets.register(*found)
     exposed = world_readable_secret(doc, task_type.schema, prefix=(key,))
     return [exposed] if exposed else []
 

@@ -12,6 +12,7 @@ from typing import cast
 
 import pluggy
 
+from ..common.errors import PullbackError
 from ..common.log import get_logger
 from . import hookspecs
 from .task import Task, TaskType
@@ -60,7 +61,22 @@ class PluginSet:
         owner = self.types[task.type][1]
         others = [p for p in self.pm.get_plugins() if p is not owner]
         caller = self.pm.subset_hook_caller(f"pullback_{stage}", remove_plugins=others)
-        return caller(task=task, **kwargs)
+        try:
+            return caller(task=task, **kwargs)
+        except SystemExit as exc:
+            # a plugin's sys.exit() is its failure, not the end of the run (an outside
+            # plugin author's ended every later service's backup, exit 3, no message)
+            raise PluginExit(f"the plugin called sys.exit({exc.code!r})") from None
+
+    def implements(self, stage: str, task: Task) -> bool:
+        """Whether the plugin that owns ``task.type`` implements ``pullback_<stage>``."""
+        owner = self.types[task.type][1]
+        hook = getattr(self.pm.hook, f"pullback_{stage}")
+        return any(impl.plugin is owner for impl in hook.get_hookimpls())
+
+
+class PluginExit(PullbackError):
+    """A plugin's hook called ``sys.exit()``: its task fails, the run goes on."""
 
 
 def _load_file(path: Path) -> object:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .. import jsontext, validated
+from .. import jsontext, secrets, validated
 from ..errors import ArchiveError
 from ..outcome import Status
 from ..schema import jsonschema_module, shared_schema
@@ -39,6 +39,10 @@ ARCHIVE_NAME = re.compile(
 _HOST = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _STAMP = re.compile(r"\A[0-9]{8}T[0-9]{6}Z\Z")
 MAX_WARNINGS = 20
+MAX_WORDS = 4000
+"""Characters of one error or warning a sidecar keeps (an outside test: a plugin's 2 MB
+error, stored twice, made the client's listing pass the server's 2 MiB bound, and the
+host could not be pulled while the archive was kept)."""
 MAX_SCHEMA_ERRORS = 20
 """Schema errors looked at before one is reported."""
 
@@ -152,15 +156,28 @@ class Sidecar:
         data["duration"] = round(data["duration"], 3)
         for service in data["services"]:
             service["duration"] = round(service["duration"], 3)
+            service["error"] = _words(service["error"])
             for task in service["tasks"]:
                 task["duration"] = round(task["duration"], 3)
-                warnings = task["warnings"]
+                task["error"] = _words(task["error"])
+                warnings = [_words(w) for w in task["warnings"]]
                 if len(warnings) > MAX_WARNINGS:
-                    task["warnings"] = [
+                    warnings = [
                         *warnings[:MAX_WARNINGS],
                         f"... and {len(warnings) - MAX_WARNINGS} more",
                     ]
+                task["warnings"] = warnings
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
+def _words(text: str | None) -> str | None:
+    """An error or warning as a sidecar keeps it: every secret the process knows masked
+    (a plugin's own log lines and exceptions may hold its section's ``x-secret`` values),
+    at most :data:`MAX_WORDS` characters."""
+    if text is None:
+        return None
+    text = secrets.mask(text)
+    return text if len(text) <= MAX_WORDS else text[: MAX_WORDS - 14] + " ... (cut off)"
 
 
 def parse(text: str | bytes, expected_name: str | None = None, *, record: bool = False) -> Sidecar:

@@ -196,8 +196,8 @@ def _said(secrets: list[Secret], notes: list[str], sealed: bool) -> str:
     else:
         text = (
             "No secrets are in this bundle: keep the repository passwords elsewhere too.\n"
-            "A new server needs these files, which it does not hold (bring them, with their\n"
-            "owners and modes; --with-secrets carries them, encrypted):\n" + _listed(secrets)
+            "A new server needs these files, which are not in this bundle (bring them, with\n"
+            "their owners and modes; --with-secrets carries them, encrypted):\n" + _listed(secrets)
         )
     if notes:
         text += "\nNot in this bundle, bring it yourself:\n" + "".join(f"  {n}\n" for n in notes)

@@ -9,9 +9,17 @@ The bundle is a tar file (mode 0600) to keep away from this server:
   copy are (passwords masked) and which password file opens each;
 - ``README.txt``: what to do with it (docs/disaster-recovery.md);
 - only with ``--with-secrets --recipient FILE``: ``secrets.tar.age``, the password files,
-  the location files (URLs that carry passwords) and the hosts' own SSH keys, under their
-  absolute paths, encrypted with ``age`` to the recipients in FILE (age public keys or
-  SSH public keys) before they leave memory.
+  the location files (URLs that carry passwords) and the hosts' own SSH keys, and what
+  reaches the stores outside this server (store_access: the ssh_config drop-ins the
+  stores' hosts match and the keys and known hosts files they name, the drop-ins of
+  pullback's units and the credential files they name), under their absolute paths with
+  their owners and modes, encrypted with ``age`` to the recipients in FILE (age public
+  keys or SSH public keys) before they leave memory. Without it, README.txt names every
+  such file, for the administrator to bring.
+
+No file bigger than ``store_access.MAX_FILE`` is read: one named by server.yaml stops the
+export, one found in the ssh or systemd configuration is left out and said (on standard
+error and in README.txt), as is one that is missing.
 
 The server's own private SSH key never goes in: a rebuilt server makes its own, and each
 client is told the new public key in one step.
@@ -26,15 +34,18 @@ import shutil
 import subprocess
 import tarfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.errors import EXIT_OK, PullbackError, UsageError
 from ..common.fsutil import atomic_write
+from ..common.log import get_logger
 from .backends import Role
 from .backends.errors import BackendError
 from .backends.location import locate
 from .config import HostConfig, ServerConfig
+from .store_access import Secret, SystemPaths, access_files, problem, read_bounded
+
+log = get_logger("export-recovery")
 
 PREFIX = "pullback-recovery"
 README = """\
@@ -43,21 +54,15 @@ pullback recovery bundle of {server}, written {when}
 The backup server is gone: docs/disaster-recovery.md ("Rebuilding the server") says how
 to use this. In short: install pullback-server on a new machine, put server.yaml and
 known_hosts back in /etc/pullback, decrypt secrets.tar.age with the age identity whose
-recipient it was made for and unpack it at / (it holds the password and location files
-under their own paths), point backend.repository_root (or repository_url) at the copies,
-and give every client the new server's public key.
+recipient it was made for and unpack it at / with tar -xpf (it holds the password and
+location files, and what reaches the stores, under their own paths with their modes),
+systemctl daemon-reload, point backend.repository_root (or repository_url) at the
+copies, and give every client the new server's public key.
 
 locations.txt says where every host's repositories are.
+
 {secrets}
 """
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A file the bundle's encrypted part carries, and why."""
-
-    path: Path
-    what: str
 
 
 def secret_files(config: ServerConfig) -> list[Secret]:
@@ -124,8 +129,24 @@ def fingerprints(paths: list[Path]) -> str:
     return "\n".join(out)
 
 
+def carried(secrets: list[Secret], strict: bool) -> tuple[list[Secret], list[str]]:
+    """The secrets that can be carried, and why each other one cannot. Raises
+    PullbackError, when ``strict``, for one server.yaml names (its repositories cannot
+    be opened without it)."""
+    kept, notes = [], []
+    for secret in secrets:
+        why = problem(secret.path)
+        if why is None:
+            kept.append(secret)
+        elif secret.required and strict:
+            raise PullbackError(f"{secret.path} ({secret.what}) cannot be carried: {why}")
+        else:
+            notes.append(f"{secret.path} ({secret.what}): {why}")
+    return kept, notes
+
+
 def encrypted(secrets: list[Secret], recipients: Path) -> bytes:
-    """A tar of ``secrets`` (absolute paths, owner-only modes kept) encrypted with
+    """A tar of ``secrets`` (absolute paths, owners and modes kept) encrypted with
     ``age -R recipients``; the plain tar exists only in memory. Raises PullbackError
     when age is missing, a secret file cannot be read, or age refuses the recipients."""
     if shutil.which("age") is None:
@@ -134,9 +155,12 @@ def encrypted(secrets: list[Secret], recipients: Path) -> bytes:
     with tarfile.open(fileobj=plain, mode="w", format=tarfile.PAX_FORMAT, dereference=True) as tar:
         for secret in secrets:
             try:
-                if not secret.path.is_file():  # the file's bytes, never a link or a dir
+                data = read_bounded(secret.path)
+                info = tar.gettarinfo(str(secret.path), arcname=str(secret.path).lstrip("/"))
+                if not info.isfile():  # the file's bytes, never a link or a dir
                     raise PullbackError(f"{secret.path} ({secret.what}) is not a regular file")
-                tar.add(str(secret.path), arcname=str(secret.path).lstrip("/"))
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
             except OSError as exc:
                 raise PullbackError(
                     f"cannot read {secret.path} ({secret.what}): {exc.strerror}"
@@ -160,10 +184,36 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def bundle(config: ServerConfig, recipients: Path | None) -> bytes:
-    """The recovery bundle (a tar) of ``config``; with ``recipients``, its secrets
-    encrypted to them. Raises PullbackError."""
-    secrets = secret_files(config) if recipients is not None else []
+def _listed(secrets: list[Secret]) -> str:
+    return "".join(f"  {s.path} ({s.what})\n" for s in secrets)
+
+
+def _said(secrets: list[Secret], notes: list[str], sealed: bool) -> str:
+    """What README.txt says of the secrets: what the encrypted part holds, or every file
+    to bring; then what is not carried."""
+    if sealed:
+        text = "secrets.tar.age holds, encrypted, under their own paths:\n" + _listed(secrets)
+    else:
+        text = (
+            "No secrets are in this bundle: keep the repository passwords elsewhere too.\n"
+            "A new server needs these files, which are not in this bundle (bring them, with\n"
+            "their owners and modes; --with-secrets carries them, encrypted):\n" + _listed(secrets)
+        )
+    if notes:
+        text += "\nNot in this bundle, bring it yourself:\n" + "".join(f"  {n}\n" for n in notes)
+    return text
+
+
+def bundle(
+    config: ServerConfig, recipients: Path | None, system: SystemPaths | None = None
+) -> tuple[bytes, list[str]]:
+    """The recovery bundle (a tar) of ``config``, and what it lacks in words; with
+    ``recipients``, its secrets (and what reaches the stores, found in ``system``'s
+    ssh and systemd configuration) encrypted to them. Raises PullbackError."""
+    access = access_files(config, system or SystemPaths())
+    wanted = secret_files(config) + access.files
+    secrets, notes = carried(wanted, strict=recipients is not None)
+    notes += access.notes
     part = encrypted(secrets, recipients) if recipients is not None else None
     public = Path(f"{config.ssh.key_file}.pub")
     files = {
@@ -174,15 +224,10 @@ def bundle(config: ServerConfig, recipients: Path | None) -> bytes:
     for name, path in (("known_hosts", config.ssh.known_hosts), ("server-key.pub", public)):
         if path.is_file():
             files[name] = path.read_bytes()
-    said = (
-        "secrets.tar.age holds, encrypted: " + ", ".join(f"{s.path} ({s.what})" for s in secrets)
-        if part is not None
-        else "No secrets are in this bundle: keep the repository passwords elsewhere too."
-    )
     files["README.txt"] = README.format(
         server=os.uname().nodename,
         when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        secrets=said,
+        secrets=_said(secrets if part is not None else wanted, notes, part is not None),
     ).encode()
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -190,7 +235,7 @@ def bundle(config: ServerConfig, recipients: Path | None) -> bytes:
             _add(tar, name, data)
         if part is not None:
             _add(tar, "secrets.tar.age", part)
-    return out.getvalue()
+    return out.getvalue(), notes
 
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:
@@ -202,11 +247,15 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
         raise UsageError("--recipient is for --with-secrets")
     if args.output.exists() or args.output.is_symlink():
         raise UsageError(f"{args.output} exists: remove it or give another --output")
-    data = bundle(config, args.recipient if args.with_secrets else None)
+    data, notes = bundle(config, args.recipient if args.with_secrets else None)
+    for note in notes:
+        log.warning("%s", note)
     try:
         atomic_write(args.output, data, mode=0o600)
     except OSError as exc:
         raise PullbackError(f"cannot write {args.output}: {exc.strerror}") from None
     what = "with its secrets encrypted" if args.with_secrets else "without secrets"
     print(f"wrote {args.output} ({len(data)} bytes, {what}); keep it away from this server")
+    if notes:
+        print(f"{len(notes)} thing(s) a new server needs are not in it: see its README.txt")
     return EXIT_OK

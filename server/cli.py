@@ -186,14 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="write what a new server needs if this one is lost (docs/disaster-recovery.md)",
         description="A tar file (mode 0600) with server.yaml, the clients' pinned host keys, "
         "this server's public key, every host's repository locations and, with "
-        "--with-secrets, the password and location files encrypted with age to the "
+        "--with-secrets, the password and location files and what reaches the stores "
+        "(matching ssh_config drop-ins, their keys and pinned host keys, pullback's unit "
+        "drop-ins and the credential files they name) encrypted with age to the "
         "recipients in --recipient. Keep it away from this server.",
     )
     p.add_argument("--output", required=True, type=Path, metavar="FILE", help="the bundle")
     p.add_argument(
         "--with-secrets",
         action="store_true",
-        help="add the repository passwords and location files, encrypted (needs --recipient)",
+        help="add the passwords, location files and store access files, encrypted "
+        "(needs --recipient)",
     )
     p.add_argument(
         "--recipient",

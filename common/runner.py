@@ -87,6 +87,9 @@ MAX_LINE = 4000
 _CHUNK = 4096
 """sh hands output over in chunks of this size (and the rest at the end), never more."""
 TAIL_LINES = 20
+MAX_LOGGED_LINES = 2000
+"""Lines of one command's output that are logged (an outside test: a plugin's command
+printing 300 000 lines wrote a 19 MB log); the rest are counted out, the tail kept."""
 _FRAME = re.compile(
     r"^(\t\S+:\d+( \+0x[0-9a-f]+)?"  # \tgithub.com/restic/restic/.../rest.go:399 +0x1d
     r"|[\w.-]+(/[\w.-]+)*\.(\(\*?\w+\)\.)?[\w.]+(\(.*\))?"  # pkg/path.(*T).Method(...)
@@ -274,12 +277,24 @@ class Runner:
 
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         name = Path(args[0]).name
+        logged = [0]
 
         def echo(line: str) -> None:
             line = secrets.mask(line, self.secrets)
             if not is_stack_frame(line):  # a Go program's trace would push out its words
                 tail.append(line)
-            self.log.log(level, "%s: %s", name, line)
+            logged[0] += 1
+            if logged[0] <= MAX_LOGGED_LINES:
+                self.log.log(level, "%s: %s", name, line)
+            elif logged[0] == MAX_LOGGED_LINES + 1:
+                self.log.log(
+                    level,
+                    "%s: (its output past %d lines is not logged; its last %d lines are "
+                    "kept for an error)",
+                    name,
+                    MAX_LOGGED_LINES,
+                    TAIL_LINES,
+                )
 
         out_lines, err_lines = _Lines(echo), _Lines(echo)
 

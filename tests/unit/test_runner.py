@@ -36,6 +36,23 @@ def test_failure_raises_with_exit_code_and_tail(runner):
     assert "exited with code 3" in str(error) and "| line30" in str(error)
 
 
+def test_a_commands_output_is_logged_up_to_a_bound_and_its_tail_kept(runner, caplog):
+    """A plugin's command printing 300 000 lines wrote a 19 MB log (an outside walk)."""
+    from pullback.common.runner import MAX_LOGGED_LINES
+
+    caplog.set_level(logging.INFO, logger="pullback.test")
+    script = f"seq 1 {MAX_LOGGED_LINES + 5000}; exit 3"
+    with pytest.raises(CommandError) as info:
+        runner.run(["sh", "-c", script])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sh: ")]
+    assert len(lines) == MAX_LOGGED_LINES + 1
+    assert lines[-1] == (
+        f"sh: (its output past {MAX_LOGGED_LINES} lines is not logged; its last 20 lines "
+        "are kept for an error)"
+    )
+    assert info.value.tail[-1] == str(MAX_LOGGED_LINES + 5000)
+
+
 def test_ok_codes(runner):
     assert runner.run(["sh", "-c", "exit 1"], ok_codes=(0, 1)).exit_code == 1
 

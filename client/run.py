@@ -25,6 +25,7 @@ from ..common.errors import (
     LockBusy,
     PullbackError,
     UsageError,
+    describe,
 )
 from ..common.fsutil import free_bytes, remove_tree_contents, set_dir_mode
 from ..common.locks import FileLock
@@ -122,7 +123,7 @@ def dry_run(services: list[Service], plugins: PluginSet) -> int:
             try:
                 lines = plugins.call("plan", task) or ["(no plan available)"]
             except Exception as exc:
-                lines = [f"cannot plan: {exc}"]
+                lines = [f"cannot plan: {describe(exc)}"]
             for line in lines:
                 print(f"    {line}")
     return code

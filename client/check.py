@@ -143,11 +143,17 @@ def _deltas(config: ClientConfig, result: CheckResult) -> None:
     result.notes.append(f"archives are full ones for now: {WAITING_FOR_SERVER}")
 
 
+def _plugin_problem(config: ClientConfig, plugins: PluginSet, error: str) -> str:
+    """A plugin error, under client.yaml's ``plugin_dirs:`` when that is where it is
+    fixed; an installed plugin's (entry point) or a task type's names its plugin."""
+    return f"{config.path}: plugin_dirs: {error}" if error in plugins.local_errors else error
+
+
 def check(config: ClientConfig) -> CheckResult:
     """Every problem found in the configuration, services and plugins, and what the
     database tasks' servers say when asked with their credentials."""
     plugins = load_plugins(config.plugin_dirs)
-    result = CheckResult([f"{config.path}: plugin_dirs: {e}" for e in plugins.errors])
+    result = CheckResult([_plugin_problem(config, plugins, e) for e in plugins.errors])
     result.problems += _setting_problems(config)
     _deltas(config, result)
     with tempfile.TemporaryDirectory(prefix="pullback-check-") as scratch:

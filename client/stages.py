@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..common.archive.sidecar import ServiceReport, TaskReport
@@ -24,6 +25,16 @@ from ..plugins.task import Task, TaskSkipped
 from .services import Service
 
 log = get_logger("client")
+
+
+def staging_dir(staging_root: Path, name: str) -> Path:
+    """``staging_root/name``, the staging directory of a task of type ``name``; raises
+    PullbackError when ``name`` would make it anything but a child of ``staging_root``
+    (the plugin manager refuses such names: this is the last line before an rmtree)."""
+    staging = staging_root / name
+    if not name or name in (".", "..") or staging.parent != staging_root or "\0" in name:
+        raise PullbackError(f"task type {name!r} is no directory name: refused as a staging dir")
+    return staging
 
 
 def make_tasks(
@@ -41,7 +52,7 @@ def make_tasks(
                 config=spec.config,
                 service=service.name,
                 service_file=service.file,
-                staging=staging_root / spec.type.name,
+                staging=staging_dir(staging_root, spec.type.name),
                 runner=Runner(task_log, secrets=service.secrets),
                 log=task_log,
                 arcdir=f"services/{service.name}/{spec.type.name}",
@@ -61,6 +72,8 @@ def validate_service(service: Service, plugins: PluginSet, tasks: list[Task]) ->
             found = plugins.call("validate", task) or []
         except Exception as exc:
             found = [f"validate failed: {describe(exc)}"]
+        if isinstance(found, str) or not isinstance(found, Iterable):
+            found = [found]  # one problem, not one per character
         problems.extend(f"{task.key}: {p}" for p in found)
     return problems
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -12,10 +14,12 @@ from typing import cast
 
 import pluggy
 
+from ..common import schema as schemas
+from ..common import validated
 from ..common.errors import PullbackError
 from ..common.log import get_logger
 from . import hookspecs
-from .task import Task, TaskType
+from .task import Requirement, Task, TaskType
 
 log = get_logger("plugins")
 
@@ -44,6 +48,10 @@ class PluginSet:
     types: dict[str, tuple[TaskType, object]] = field(default_factory=dict)
     """Task key or alias -> (its TaskType, the plugin that declared it)."""
     errors: list[str] = field(default_factory=list)
+    """Every plugin that failed to load, and every task type refused (one line each)."""
+    local_errors: list[str] = field(default_factory=list)
+    """Those of :attr:`errors` that client.yaml's ``plugin_dirs:`` is the place to fix (a
+    directory missing, a file of one that fails to load)."""
 
     def lookup(self, key: str) -> TaskType | None:
         """The task type for a service.yaml key (aliases resolved), or None."""
@@ -90,69 +98,248 @@ def _load_file(path: Path) -> object:
     return module
 
 
-def _register(
-    pm: pluggy.PluginManager, plugin_dirs: Iterable[Path], entry_points: bool
-) -> list[str]:
-    """Register the built-in, installed and local plugins; return what failed to load."""
+def _register_one(pm: pluggy.PluginManager, plugin: object, name: str) -> str | None:
+    """Register ``plugin`` as ``name``; None, or why it was refused. A refused plugin
+    leaves nothing behind (pluggy before 1.6 kept the hooks it had added before the one
+    whose arguments do not match the spec, e.g. ``pullback_dump(tsk)``)."""
+    try:
+        pm.register(plugin, name=name)
+    except Exception as exc:
+        if pm.get_plugin(name) is plugin:
+            pm.unregister(plugin)
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return None
+
+
+def _entry_point_origin(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    of = f" of distribution {dist.name} {dist.version}" if dist is not None else ""
+    return f"entry point '{ep.name}' ({ep.value}){of}"
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> list[str]:
+    """Register the installed plugins (group ``pullback``) one by one, as pluggy's
+    ``load_setuptools_entrypoints`` does (an entry point's name is its plugin's name; a
+    blocked name is skipped): one that fails to import or register is reported with its
+    distribution and left out, the others load. Of two distributions with an entry point
+    of the same name, the first (in sys.path's order) loads, and the second is an error
+    naming both."""
     errors = []
-    for name in BUILTIN_PLUGINS:
-        pm.register(importlib.import_module(name), name=name)
-    if entry_points:
+    seen: dict[str, str] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        origin = _entry_point_origin(ep)
+        if pm.is_blocked(ep.name):
+            continue
+        if ep.name in seen:
+            errors.append(f"{origin}: not loaded, {seen[ep.name]} has the same name")
+            continue
+        seen[ep.name] = origin
+        if pm.get_plugin(ep.name) is not None:
+            errors.append(f"{origin}: not loaded, its name is a built-in plugin's")
+            continue
         try:
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except Exception as exc:  # a broken third-party distribution must not stop backups
-            errors.append(f"entry point plugin failed to load: {exc}")
+            plugin = ep.load()
+        except (Exception, SystemExit) as exc:  # a broken distribution must not stop backups
+            errors.append(f"{origin} failed to load: {type(exc).__name__}: {exc}")
+            continue
+        refused = _register_one(pm, plugin, ep.name)
+        if refused:
+            errors.append(f"{origin} failed to register: {refused}")
+    return errors
+
+
+def _load_directories(pm: pluggy.PluginManager, plugin_dirs: Iterable[Path]) -> list[str]:
+    """Register every ``*.py`` of ``plugin_dirs`` (client.yaml), named by its path."""
+    errors = []
     for directory in plugin_dirs:
         if not directory.is_dir():
             errors.append(f"plugin directory {directory} does not exist")
             continue
         for path in sorted(directory.glob("*.py")):
             try:
-                pm.register(_load_file(path), name=str(path))
-            except Exception as exc:
-                errors.append(f"plugin {path} failed to load: {type(exc).__name__}: {exc}")
+                refused = _register_one(pm, _load_file(path), str(path))
+            except (Exception, SystemExit) as exc:
+                refused = f"{type(exc).__name__}: {exc}"
+            if refused:
+                errors.append(f"plugin {path} failed to load: {refused}")
+    return errors
+
+
+def _register(plugins: PluginSet, plugin_dirs: Iterable[Path], entry_points: bool) -> None:
+    """Register the built-in, installed and local plugins; record what failed to load."""
+    pm = plugins.pm
+    for name in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    if entry_points:
+        plugins.errors += _load_entry_points(pm)
+    local = _load_directories(pm, plugin_dirs)
+    plugins.errors += local
+    plugins.local_errors += local
     while True:  # a plugin with a misspelled hook is dropped, not half-used
         try:
             pm.check_pending()
-            return errors
+            return
         except pluggy.PluginValidationError as exc:
-            errors.append(f"plugin {pm.get_name(exc.plugin)}: {exc}")
+            plugins.errors.append(f"plugin {pm.get_name(exc.plugin)}: {exc}")
             pm.unregister(exc.plugin)
 
 
-def _collect_task_types(plugins: PluginSet) -> None:
-    """Ask every plugin for its task types; a key two plugins declare is an error."""
-    pm = plugins.pm
-    for impl in pm.hook.pullback_task_types.get_hookimpls():
-        plugin = impl.plugin
-        try:
-            declared = cast(list[TaskType], impl.function() or [])
-        except Exception as exc:
-            plugins.errors.append(
-                f"plugin {pm.get_name(plugin)}: pullback_task_types failed: {exc}"
+TASK_NAME = re.compile(r"[a-z][a-z0-9_]*(-[a-z0-9_]+)*")
+"""What a task type's name and each alias must be: the service.yaml key, and the name of
+the task's staging directory and of its directory in the archive (never a path)."""
+MAX_TASK_NAME = 64
+
+
+def _name_problem(task_type: TaskType) -> str | None:
+    if not isinstance(task_type.aliases, (tuple, list)):
+        return f"task '{task_type.name}': aliases must be a tuple of names"
+    for key in (task_type.name, *task_type.aliases):
+        if not isinstance(key, str) or len(key) > MAX_TASK_NAME or not TASK_NAME.fullmatch(key):
+            return (
+                f"task name {key!r} refused: a task name is lower-case letters, digits, "
+                f"'_' and '-', starts with a letter, at most {MAX_TASK_NAME} characters"
             )
+    return None
+
+
+def _shape_problem(schema: dict, where: str = "") -> str | None:
+    """pullback's own walks of a schema (defaults, secrets, backup-suite notes) read
+    every entry of ``properties`` as a mapping: ``true`` there passes JSON Schema's
+    check but not theirs."""
+    properties = schema.get("properties", {})
+    for key, sub in properties.items() if isinstance(properties, dict) else ():
+        if not isinstance(sub, dict):
+            return f"{where}properties.{key} is {sub!r}, expected a mapping"
+        problem = _shape_problem(sub, f"{where}properties.{key}.")
+        if problem:
+            return problem
+    for key in ("items", "additionalProperties"):
+        sub = schema.get(key)
+        problem = _shape_problem(sub, f"{where}{key}.") if isinstance(sub, dict) else None
+        if problem:
+            return problem
+    return None
+
+
+def _schema_problem(schema: object) -> str | None:
+    """None when ``schema`` is a valid JSON Schema (its draft by ``$schema``, 2020-12
+    without, as :func:`pullback.common.schema.validate` reads it) that pullback can walk;
+    else what is wrong. A valid one is recorded (common/validated.py): a run that finds it
+    there does not import the validator for it."""
+    if not isinstance(schema, dict):
+        return f"its schema is {type(schema).__name__}, expected a mapping"
+    seen_valid = validated.fingerprint("task-schema", {}, schema)
+    if validated.known(seen_valid):
+        return None
+    jsonschema = schemas.jsonschema_module()
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        return f"its schema is invalid: {exc.message}"
+    except Exception as exc:
+        return f"its schema is invalid: {type(exc).__name__}: {exc}"
+    problem = _shape_problem(schema)
+    if problem:
+        return f"its schema is invalid: {problem}"
+    validated.remember(seen_valid)
+    return None
+
+
+def _task_type_problem(task_type: object, builtin: bool) -> str | None:
+    """Why ``task_type`` cannot be used, or None. The built-in plugins' schemas are
+    checked by the test suite, not on every load."""
+    if not isinstance(task_type, TaskType):
+        return f"pullback_task_types returned {task_type!r}, expected TaskType objects"
+    problem = _name_problem(task_type)
+    if problem is None and not all(isinstance(r, Requirement) for r in task_type.requires):
+        problem = "requires must be Requirement objects"
+    if problem is None and not builtin:
+        problem = _schema_problem(task_type.schema)
+    return None if problem is None else f"task '{task_type.name}': {problem}"
+
+
+def _declared(plugins: PluginSet) -> list[tuple[TaskType, object]]:
+    """Every usable task type each plugin declares, with its plugin; what is wrong with
+    the others goes to ``errors``, naming the plugin and the task type."""
+    pm = plugins.pm
+    found = []
+    for impl in pm.hook.pullback_task_types.get_hookimpls():
+        name = pm.get_name(impl.plugin)
+        try:
+            declared = impl.function() or []
+        except Exception as exc:
+            plugins.errors.append(f"plugin {name}: pullback_task_types failed: {exc}")
             continue
+        if not isinstance(declared, (list, tuple)):
+            declared = [declared]  # "not a TaskType", below
         for task_type in declared:
-            for key in (task_type.name, *task_type.aliases):
-                if key in plugins.types:
-                    other = pm.get_name(plugins.types[key][1])
-                    plugins.errors.append(
-                        f"plugin {pm.get_name(plugin)}: task '{key}' is already handled by {other}"
-                    )
-                    continue
-                plugins.types[key] = (task_type, plugin)
+            problem = _task_type_problem(task_type, builtin=name in BUILTIN_PLUGINS)
+            if problem:
+                plugins.errors.append(f"plugin {name}: {problem}")
+            else:
+                found.append((cast(TaskType, task_type), impl.plugin))
+    return found
+
+
+def _owner(
+    plugins: PluginSet, key: str, claims: list[tuple[TaskType, object]]
+) -> tuple[TaskType, object] | None:
+    """Who handles ``key`` that the plugins in ``claims`` declare (an error when more
+    than one does): a built-in plugin keeps its keys, a third-party declaration of one is
+    the error; of third-party plugins alone, none handles it."""
+    if len(claims) == 1:
+        return claims[0]
+    pm = plugins.pm
+    builtin = [claim for claim in claims if pm.get_name(claim[1]) in BUILTIN_PLUGINS]
+    if len(builtin) == 1:
+        keeper = pm.get_name(builtin[0][1])
+        for _, plugin in claims:
+            if plugin is not builtin[0][1]:
+                plugins.errors.append(
+                    f"plugin {pm.get_name(plugin)}: task '{key}' is already handled by "
+                    f"{keeper} (built in): its declaration is ignored"
+                )
+        return builtin[0]
+    names = " and ".join(str(pm.get_name(plugin)) for _, plugin in claims)
+    plugins.errors.append(f"task '{key}' is declared by {names}: none of them handles it")
+    return None
+
+
+def _collect_task_types(plugins: PluginSet) -> None:
+    """Ask every plugin for its task types, and give each key (name or alias) to the one
+    plugin that declares it. A task type with a bad name or schema is refused (an error
+    naming the plugin and the type). A key several plugins declare is an error: it stays
+    a built-in plugin's when one of them is built in, else none handles it (the services
+    using it fail, as with an unknown task). A task type that lost its own name to that
+    loses its aliases too: its tasks are routed by that name."""
+    claims: dict[str, list[tuple[TaskType, object]]] = {}
+    for task_type, plugin in _declared(plugins):
+        for key in dict.fromkeys((task_type.name, *task_type.aliases)):
+            claims.setdefault(key, []).append((task_type, plugin))
+    for key, claimed in claims.items():
+        owner = _owner(plugins, key, claimed)
+        if owner is not None:
+            plugins.types[key] = owner
+    for key, (task_type, _) in list(plugins.types.items()):
+        routed = plugins.types.get(task_type.name)
+        if routed is None or routed[0] is not task_type:
+            del plugins.types[key]
 
 
 def load_plugins(plugin_dirs: Iterable[Path] = (), entry_points: bool = True) -> PluginSet:
     """Register the built-in, installed and local plugins and collect their task types.
 
-    A plugin that fails to load or declares a task type already taken is recorded in
-    ``errors`` (services needing it then fail alone); it never stops the others.
+    Installed plugins (entry points) load one by one. A plugin that fails to load or to
+    register (a hook whose arguments do not match its spec), a task type with a bad name
+    or schema, and a task key two plugins declare are recorded in ``errors`` and logged
+    (once per load); the services needing them then fail alone, as with an unknown task,
+    and the other plugins and task types are used. A built-in plugin's task keys stay its
+    own: a third-party plugin declaring one is the error.
     """
     pm = pluggy.PluginManager("pullback")
     pm.add_hookspecs(hookspecs)
     plugins = PluginSet(pm)
-    plugins.errors += _register(pm, plugin_dirs, entry_points)
+    _register(plugins, plugin_dirs, entry_points)
     _collect_task_types(plugins)
     for error in plugins.errors:
         log.error("%s", error)

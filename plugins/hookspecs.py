@@ -48,7 +48,7 @@ administrator can act on; the task is reported failed with it. Raise
 here: reported ``skipped: <message>`` (the service still counts as failed). A
 ``CommandError`` from ``task.run`` reads as the command, its exit code and last lines.
 Any other exception is reported as a bug of the plugin, with its type (``KeyError:
-'x'``; the traceback with ``-v``). Never call ``sys.exit()``.
+'x'``; the traceback with ``-v``). Never call ``sys.exit()`` (it fails the task as a bug).
 """
 
 from __future__ import annotations

@@ -93,6 +93,9 @@ def find_service_files(service_dirs: list[Path] | tuple[Path, ...]) -> list[Path
 
 
 def _unknown_task(doc: YamlDocument, key: str, plugins: PluginSet) -> Problem:
+    refused = [e for e in plugins.errors if f"task '{key}'" in e]
+    if refused:  # declared, but refused: say why, not "unknown"
+        return doc.problem((key,), f"task '{key}' is not available: {refused[0]}")
     if key in WELL_KNOWN_TASKS:
         return doc.problem((key,), f"task '{key}' is not available: no installed plugin handles it")
     known = plugins.known_keys()

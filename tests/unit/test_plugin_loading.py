@@ -180,7 +180,9 @@ def test_a_service_of_a_refused_task_type_is_broken_alone(tmp_path):
     service_file.write_text("service: {name: svc}\nbad: {x: 1}\n")
     service = load_service(service_file, plugins)  # no jsonschema UnknownType
     assert service.broken
-    assert "unknown task 'bad'" in str(service.problems[0])
+    said = str(service.problems[0])
+    assert "task 'bad' is not available: plugin " in said, said  # why, not "unknown"
+    assert "objekt" in said, said
 
 
 # -- 3: task type names -----------------------------------------------------------------

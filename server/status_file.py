@@ -224,15 +224,14 @@ def _save(state_dir: Path, status: dict) -> dict:
     return status
 
 
-_STATES = frozenset(s.value for s in Status)
-
-
 def _masked(value):
-    """``value`` with :func:`secrets.mask` applied to every string in it but a state
-    (``failed``: a password that is a state's name must not hide a failure) and keys
-    (host names and fields)."""
+    """``value`` with :func:`secrets.mask` applied to its words: every string in it that
+    holds whitespace (a reason, a summary, a problem), not an identifier read back (a
+    snapshot id, a store's id, a time, a state, a key: an outside attack registered
+    "2026" and every time became unreadable, "123" and a copy's own store was taken for
+    another)."""
     if isinstance(value, str):
-        return value if value in _STATES else secrets.mask(value)
+        return secrets.mask(value) if any(c.isspace() for c in value) else value
     if isinstance(value, dict):
         return {key: _masked(item) for key, item in value.items()}
     if isinstance(value, list):

@@ -25,3 +25,19 @@ def test_a_secret_in_a_reason_is_masked_and_a_state_never_is(tmp_path):
     assert entry["reason"] == (
         f"restic {secrets.MASK} on rest:http://u:{secrets.MASK}@store/web1/: unreachable"
     )
+
+
+def test_identifiers_read_back_are_never_masked(tmp_path):
+    """An outside attack: with "2026" or "cafe" registered (a weak password), every time
+    and a snapshot id were saved masked, then unreadable; with "123", a copy's own store
+    id was taken for another store."""
+    from pullback.common.clock import iso, utc_now
+    from pullback.server.status_file import other_store
+
+    secrets.register("2026", "cafe", "123")
+    now = iso(utc_now())
+    result = CopyResult("web1", Status.OK, snapshots=40, newest=now, location="ab123cafe")
+    status_file.record_copies(tmp_path, [result])
+    entry = status_file.load_status(tmp_path)["hosts"]["web1"]["copy"]
+    assert entry["newest"] == now and entry["location"] == "ab123cafe"
+    assert not other_store(entry, "ab123cafe")

@@ -95,16 +95,60 @@ class Store:
     """Reached with credentials from the units' environment (``s3:`` …)."""
 
 
+MAX_NAMED = 256
+"""Files the configuration files may name (keys, known hosts, credentials): past it, the
+rest are said, not carried (an outside attack: 130 000 names on one line took minutes)."""
+
+
+SYSTEM_FILES = frozenset(
+    Path(p) for p in ("/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow", "/etc/sudoers")
+)
+
+
+def _system_file(path: Path) -> bool:
+    """A file of the machine itself (its accounts, its SSH host keys): an outside review
+    had a unit's ``EnvironmentFile=/etc/shadow`` carried, to be unpacked over the new
+    server's."""
+    return path in SYSTEM_FILES or (
+        path.parent == Path("/etc/ssh") and path.name.startswith("ssh_host_")
+    )
+
+
 @dataclass
 class Access:
     """The files that reach the stores, and what cannot be carried, in words."""
 
     files: list[Secret] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    never: frozenset[Path] = frozenset()
+    """Files never carried: the server's own SSH key (clients trust it)."""
+    _seen: set[Path] = field(default_factory=set)
+    _full: bool = False
+    _named: int = 0
 
-    def add(self, path: Path, what: str) -> None:
-        if all(found.path != path for found in self.files):
+    def add(self, path: Path, what: str, *, named: bool = True) -> None:
+        """Carry ``path`` once. A file a configuration file names (``named``) counts
+        against :data:`MAX_NAMED`; a configuration file itself (bounded by MAX_FILES)
+        does not."""
+        if path in self._seen:
+            return
+        self._seen.add(path)
+        if _system_file(path):
+            self.notes.append(
+                f"{what}: {path} is a system file, never carried (unpacked on a new server it "
+                "would replace that server's own)"
+            )
+        elif path in self.never:
+            self.notes.append(
+                f"{what}: {path} is this server's own SSH key, never carried: a new server "
+                "makes its own (disaster-recovery.md), and the store must be told its key"
+            )
+        elif not named or self._named < MAX_NAMED:
+            self._named += named
             self.files.append(Secret(path, what, required=False))
+        elif not self._full:  # said once
+            self._full = True
+            self.notes.append(f"more than {MAX_NAMED} files named: the rest is not carried")
 
 
 def problem(path: Path) -> str | None:
@@ -226,9 +270,10 @@ def _ssh_words(value: str) -> list[str]:
         return value.split()
 
 
-def _ssh_config(path: Path, hosts: set[str], access: Access, reached: set[str]) -> None:
+def _ssh_config(path: Path, hosts: set[str], access: Access, reached: dict[str, set[str]]) -> None:
     """Carry ``path`` (an ssh_config drop-in) when a Host block of it takes a store's
-    host, with the files the blocks that take one name; ``reached`` gains those hosts."""
+    host, with the files the blocks that take one name; ``reached`` gains those hosts,
+    each with the file keywords set for it."""
     text = _text(path, access)
     if text is None:
         return
@@ -240,16 +285,26 @@ def _ssh_config(path: Path, hosts: set[str], access: Access, reached: set[str]) 
         if not taken:
             continue
         carried = True
-        reached |= taken
-        for keyword, value in settings:
-            if keyword in SSH_FILE_KEYWORDS:
-                what = f"{SSH_FILE_KEYWORDS[keyword]} in {path}, for {', '.join(sorted(taken))}"
-                for word in _ssh_words(value):
-                    _named(word, what, access)
-            elif keyword == "include":
-                access.notes.append(f"{path} includes {value!r}, which is not followed: bring it")
+        for host in taken:
+            reached.setdefault(host, set()).update(k for k, _ in settings)
+        _block_files(path, taken, settings, access)
     if carried:
-        access.add(path, f"ssh configuration of the store {', '.join(sorted(hosts & reached))}")
+        stores = ", ".join(sorted(hosts & set(reached)))
+        access.add(path, f"ssh configuration of the store {stores}", named=False)
+
+
+def _block_files(
+    path: Path, taken: set[str], settings: list[tuple[str, str]], access: Access
+) -> None:
+    """Carry the files one Host block of ``path`` that takes the stores ``taken`` names;
+    an Include is said, not followed."""
+    for keyword, value in settings:
+        if keyword in SSH_FILE_KEYWORDS:
+            what = f"{SSH_FILE_KEYWORDS[keyword]} in {path}, for {', '.join(sorted(taken))}"
+            for word in _ssh_words(value):
+                _named(word, what, access)
+        elif keyword == "include":
+            access.notes.append(f"{path} includes {value!r}, which is not followed: bring it")
 
 
 # systemd units ----------------------------------------------------------------------
@@ -293,7 +348,7 @@ def _unit_file(path: Path, access: Access) -> tuple[bool, bool]:
     text = _text(path, access)
     if text is None:
         return False, False
-    access.add(path, "a drop-in of pullback's units")
+    access.add(path, "a drop-in of pullback's units", named=False)
     environment = borg_rsh = False
     for line in text.splitlines():
         key, _, value = line.strip().partition("=")
@@ -317,7 +372,7 @@ def access_files(config: ServerConfig, system: SystemPaths) -> Access:
     """The files that reach the stores ``config`` places repositories and copies in
     (the units' drop-ins always: they also hold ``ReadWritePaths=``), and what a new
     server needs that they do not give, in words."""
-    access = Access()
+    access = Access(never=frozenset({config.ssh.key_file}))
     units = unit_files(system.systemd_dir)
     drop_ins = sorted(system.ssh_config_dir.glob("*.conf"))
     if len(units) + len(drop_ins) > MAX_FILES:
@@ -331,12 +386,31 @@ def access_files(config: ServerConfig, system: SystemPaths) -> Access:
         environment, borg_rsh = environment or sets, borg_rsh or rsh
     found = stores(config)
     hosts = {store.ssh_host for store in found if store.ssh_host is not None}
-    reached: set[str] = set()
+    reached: dict[str, set[str]] = {}
     for path in drop_ins if hosts else []:
         _ssh_config(path, hosts, access, reached)
     borg = config.backend.type == "borg"
-    access.notes += _unreached(found, reached, environment, borg and borg_rsh, system)
+    access.notes += _unreached(found, set(reached), environment, borg and borg_rsh, system)
+    access.notes += _defaults_used(reached)
     return access
+
+
+def _defaults_used(reached: dict[str, set[str]]) -> list[str]:
+    """What a store's host takes from ssh's defaults, not from a drop-in (the key and the
+    known hosts in the home of the user the command runs as): not carried, so said (an
+    outside review: a drop-in naming only User and Port gave no word of them)."""
+    notes = []
+    for host, keywords in sorted(reached.items()):
+        missing = [
+            word for word in ("IdentityFile", "UserKnownHostsFile") if word.lower() not in keywords
+        ]
+        if missing:
+            notes.append(
+                f"the ssh configuration of {host} names no {' and no '.join(missing)}: ssh "
+                "uses the ones in the home of the user it runs as (~/.ssh), which are not in "
+                "this bundle: bring them"
+            )
+    return notes
 
 
 def _unreached(

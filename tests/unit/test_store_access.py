@@ -197,3 +197,40 @@ def test_files_over_the_bound_are_not_read(tmp_path):
     small = tmp_path / "small"
     small.write_bytes(b"x" * MAX_FILE)
     assert problem(small) is None
+
+
+def test_the_servers_own_key_defaults_and_many_names_are_said_not_carried(tmp_path):
+    """An outside attack: a drop-in naming the server's own key (ssh.key_file) had it
+    carried; 130 000 names on one line took minutes (a quadratic check) and every file
+    would be held in memory; a drop-in naming no key or known hosts gave no word that
+    ssh uses the ones in ~/.ssh."""
+    from pullback.server.store_access import MAX_NAMED
+
+    paths = system(tmp_path)
+    names = " ".join(f"/k/{i}" for i in range(20_000))
+    (paths.ssh_config_dir / "store.conf").write_text(
+        "Host pullback-store\n"
+        "    IdentityFile /etc/pullback/id_ed25519\n"
+        f"    UserKnownHostsFile {names}\n"
+        "Host plain-store\n    User backup\n    Port 23\n"
+        "    IdentityFile /etc/ssh/ssh_host_ed25519_key\n"
+    )
+    access = access_files(
+        config(
+            tmp_path,
+            "hosts:\n  - {name: web1, repository: 'sftp:pullback-store:/r'}\n"
+            "  - {name: web2, repository: 'sftp:plain-store:/r'}\n",
+        ),
+        paths,
+    )
+    assert Path("/etc/pullback/id_ed25519") not in carried(access)
+    assert paths.ssh_config_dir / "store.conf" in carried(access), "the drop-in itself"
+    assert len(access.files) == MAX_NAMED + 1
+    said = "\n".join(access.notes)
+    assert "/etc/pullback/id_ed25519 is this server's own SSH key, never carried" in said
+    assert f"more than {MAX_NAMED} files named: the rest is not carried" in said
+    assert said.count("files named") == 1
+    assert "plain-store names no UserKnownHostsFile" in said
+    assert "/etc/ssh/ssh_host_ed25519_key is a system file, never carried" in said
+    assert Path("/etc/ssh/ssh_host_ed25519_key") not in carried(access)
+    assert "pullback-store names no" not in said

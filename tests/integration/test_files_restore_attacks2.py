@@ -175,7 +175,9 @@ def test_race_owner_swaps_directories_for_symlinks_out_reads_nothing_outside(tmp
             outcome = scan_and_keep(r, r.live)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
     print("outcomes", outcomes, "kept dirs", len(r.kept_dirs()))
-    assert len(os.listdir("/proc/self/fd")) == descriptors  # none left open by a refusal
+    # none left open by a refusal (fewer is no leak: a CI run saw 14 after 18, the
+    # worker's earlier tests' files closed by the collector meanwhile)
+    assert len(os.listdir("/proc/self/fd")) <= descriptors
     assert not any(SECRET in data for data in all_kept_bytes(r))
     assert outside_state(outside) == before
     assert outcomes.get("kept", 0) > 0 and outcomes.get("refused", 0) > 0

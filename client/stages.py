@@ -70,6 +70,8 @@ def validate_service(service: Service, plugins: PluginSet, tasks: list[Task]) ->
     for task in tasks:
         try:
             found = plugins.call("validate", task) or []
+        except Interrupted:
+            raise  # a SIGTERM while a validate hook ran: not a problem of the service
         except Exception as exc:
             found = [f"validate failed: {describe(exc)}"]
         if isinstance(found, str) or not isinstance(found, Iterable):

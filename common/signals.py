@@ -54,11 +54,14 @@ class SignalGuard:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._previous:
+            _ACTIVE.remove(self)
         self._previous.clear()
 
     @contextlib.contextmanager
@@ -76,3 +79,25 @@ class SignalGuard:
         if self.received is not None and not self._shield_depth and not self._raised:
             self._raised = True
             raise Interrupted(self.received)
+
+    def raise_swallowed(self) -> None:
+        """Raise Interrupted if a signal arrived, even one raised before: called when code
+        pullback does not control (a plugin's hook) returned or failed with another
+        error, after the Interrupted raised in it was caught there. Nothing while
+        shielded (a finish hook runs so)."""
+        if self.received is not None and not self._shield_depth:
+            self._raised = True
+            raise Interrupted(self.received)
+
+
+_ACTIVE: list[SignalGuard] = []
+"""The guards entered in the main thread, innermost last."""
+
+
+def raise_if_swallowed() -> None:
+    """After a plugin's hook returned, or raised anything but Interrupted: raise
+    Interrupted when a SIGTERM or SIGINT arrived meanwhile (a hook's ``except Exception``
+    caught the one raised in it: the run went on, and published an archive with the
+    cut-short dump said ok). Does nothing outside a guard, or inside a shielded block."""
+    if _ACTIVE and threading.current_thread() is threading.main_thread():
+        _ACTIVE[-1].raise_swallowed()

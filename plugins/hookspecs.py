@@ -39,7 +39,8 @@ validate and :func:`pullback_plan`; ``restore`` the prepare and finish of the
 ``stops_service`` task types around every :func:`pullback_restore`.
 
 **No time limit.** A hook runs until it returns (SIGTERM still ends it: it is raised as
-``pullback.common.errors.Interrupted``, an ``Exception``: never swallow it). ``task.run``
+``pullback.common.errors.Interrupted``, an ``Exception``: never swallow it; a hook that
+does runs on, and the run or restore stops when it returns). ``task.run``
 without ``timeout=`` waits for ever; the built-ins pass a ``timeout`` key of the section.
 
 **Failing.** Raise :class:`pullback.plugins.task.TaskError` with a message an

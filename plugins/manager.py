@@ -16,8 +16,9 @@ import pluggy
 
 from ..common import schema as schemas
 from ..common import validated
-from ..common.errors import PullbackError
+from ..common.errors import Interrupted, PullbackError
 from ..common.log import get_logger
+from ..common.signals import raise_if_swallowed
 from . import hookspecs
 from .task import Requirement, Task, TaskType
 
@@ -65,16 +66,26 @@ class PluginSet:
         """Call hook ``pullback_<stage>`` on the plugin that owns ``task.type`` only.
 
         Returns the hook's result (None when that plugin does not implement the stage).
+        Raises what the hook raised (PluginExit for its sys.exit()), and Interrupted when a
+        SIGTERM or SIGINT arrived while it ran, even one the hook caught.
         """
         owner = self.types[task.type][1]
         others = [p for p in self.pm.get_plugins() if p is not owner]
         caller = self.pm.subset_hook_caller(f"pullback_{stage}", remove_plugins=others)
         try:
-            return caller(task=task, **kwargs)
+            result = caller(task=task, **kwargs)
+        except Interrupted:
+            raise
         except SystemExit as exc:
             # a plugin's sys.exit() is its failure, not the end of the run (an outside
             # plugin author's ended every later service's backup, exit 3, no message)
+            raise_if_swallowed()
             raise PluginExit(f"the plugin called sys.exit({exc.code!r})") from None
+        except BaseException:
+            raise_if_swallowed()  # a signal the hook caught and turned into its error
+            raise
+        raise_if_swallowed()  # a signal the hook caught and went on
+        return result
 
     def implements(self, stage: str, task: Task) -> bool:
         """Whether the plugin that owns ``task.type`` implements ``pullback_<stage>``."""

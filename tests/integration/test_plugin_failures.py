@@ -50,10 +50,39 @@ def pullback_dump(task):
         raise TaskError("failed after streaming")
     if how == "exit":
         raise SystemExit(3)
+    if how in ("swallow", "swallow_raise"):
+        # a plugin that catches too much: the SIGTERM systemd sends lands in its try
+        import os, signal, time
+
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except Exception as exc:
+            if how == "swallow_raise":
+                raise TaskError(f"the dump broke: {exc}")
+        (task.staging / "state").write_text("cut short")
+
+
+@hookimpl
+def pullback_validate(task):
+    if task.config.get("how") == "signal_in_validate":
+        import os, signal, time
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    return []
 
 
 @hookimpl
 def pullback_restore(task, source, target, dry_run, plan):
+    if task.config.get("how") == "swallow":
+        import os, signal, time
+
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except Exception:
+            pass
     plan.step(task.log, f"restore the demo from {source}")
 """
 
@@ -156,3 +185,27 @@ def test_a_task_whose_plugin_cannot_restore_is_a_failure(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "its plugin has no restore" in result.stderr, result.stderr
     assert "restored nr" not in result.stderr
+
+
+@pytest.mark.parametrize("how", ["swallow", "swallow_raise", "signal_in_validate"])
+def test_a_signal_a_plugin_swallows_still_stops_the_run(tmp_path, how):
+    """A hook's ``except Exception`` caught the Interrupted that SIGTERM raises in it: the
+    run went on, and published an archive with the cut-short dump said ok. A SIGTERM in
+    a validate hook was the service's problem: the others ran and were published."""
+    box = sandbox(tmp_path, how)
+    result = box.cli("run")
+    assert result.returncode == 143, result.stderr
+    assert "SIGTERM received" in result.stderr, result.stderr
+    assert box.published() == []
+
+
+def test_a_signal_a_restore_hook_swallows_still_stops_the_restore(tmp_path):
+    """The same in a restore: it went on to the service's other tasks and said restored."""
+    box = sandbox(tmp_path, "ok")
+    assert box.cli("run").returncode == 0
+    (archive,) = box.published()
+    box.add_service("app", "service: {name: app}\ndemo: {how: swallow, secret: x}\n")
+    result = box.cli("restore", "--service", "app", "--from", str(archive))
+    assert result.returncode == 143, result.stderr
+    assert "SIGTERM received" in result.stderr, result.stderr
+    assert "restored app" not in result.stderr, result.stderr

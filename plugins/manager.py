@@ -19,6 +19,7 @@ from ..common import validated
 from ..common.errors import Interrupted, PullbackError
 from ..common.log import get_logger
 from ..common.signals import raise_if_swallowed
+from ..common.text import printable
 from . import hookspecs
 from .task import Requirement, Task, TaskType
 
@@ -232,6 +233,27 @@ def _shape_problem(schema: dict, where: str = "") -> str | None:
     return None
 
 
+def _default_problem(schema: dict, cls, where: str = "") -> str | None:
+    """The first ``default`` of a property that its own schema refuses (pullback fills
+    defaults in: a plugin's ``{"type": "string", "default": 5}`` reached its hook as an
+    int), as ``properties.KEY.default: why``; None when every one is valid."""
+    properties = schema.get("properties", {})
+    for key, sub in properties.items() if isinstance(properties, dict) else ():
+        here = f"{where}properties.{key}"
+        if "default" in sub:
+            try:
+                error = next(iter(cls(sub).iter_errors(sub["default"])), None)
+            except Exception:  # a $ref into the whole schema: not judged alone
+                error = None
+            if error is not None:
+                said = printable(error.message, 200)
+                return f"{here}.default: {said}"
+        problem = _default_problem(sub, cls, f"{here}.")
+        if problem:
+            return problem
+    return None
+
+
 def _schema_problem(schema: object) -> str | None:
     """None when ``schema`` is a valid JSON Schema (its draft by ``$schema``, 2020-12
     without, as :func:`pullback.common.schema.validate` reads it) that pullback can walk;
@@ -244,12 +266,13 @@ def _schema_problem(schema: object) -> str | None:
         return None
     jsonschema = schemas.jsonschema_module()
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
     except jsonschema.exceptions.SchemaError as exc:
         return f"its schema is invalid: {exc.message}"
     except Exception as exc:
         return f"its schema is invalid: {type(exc).__name__}: {exc}"
-    problem = _shape_problem(schema)
+    problem = _shape_problem(schema) or _default_problem(schema, cls)
     if problem:
         return f"its schema is invalid: {problem}"
     validated.remember(seen_valid)

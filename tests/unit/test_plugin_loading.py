@@ -12,6 +12,7 @@ import pytest
 
 from pullback.client.services import load_service
 from pullback.common import schema as schemas
+from pullback.plugins import manager
 from pullback.plugins.manager import BUILTIN_PLUGINS, load_plugins
 
 HEADER = "from pullback.plugins import Requirement, TaskType, hookimpl\n"
@@ -149,6 +150,14 @@ def test_two_distributions_with_one_entry_point_name_are_an_error_naming_both(si
         ('"object"', "its schema is str, expected a mapping"),
         ('{"type": "object", "properties": {"a": True}}', "properties.a is True"),
         ('{"$schema": ["x"]}', "its schema is invalid"),
+        (
+            '{"type": "object", "properties": {"timeout": {"type": "string", "default": 5}}}',
+            "properties.timeout.default: 5 is not of type 'string'",
+        ),
+        (
+            '{"properties": {"a": {"properties": {"n": {"minimum": 1, "default": 0}}}}}',
+            "properties.a.properties.n.default: 0 is less than the minimum of 1",
+        ),
     ],
 )
 def test_a_task_type_with_an_invalid_schema_is_refused_naming_plugin_and_type(
@@ -163,6 +172,17 @@ def test_a_task_type_with_an_invalid_schema_is_refused_naming_plugin_and_type(
     assert said in error
 
 
+def test_a_default_below_a_ref_into_the_whole_schema_is_not_judged_alone(tmp_path):
+    schema = (
+        '{"$defs": {"d": {"type": "string"}}, "type": "object",'
+        ' "properties": {"a": {"$ref": "#/$defs/d", "default": "x"}}}'
+    )
+    directory = local(tmp_path, "reffed", declaring(f'TaskType("reffed", {schema})'))
+    plugins = load_plugins([directory], entry_points=False)
+    assert plugins.errors == []
+    assert plugins.lookup("reffed") is not None
+
+
 def test_the_built_in_schemas_are_valid_ones():
     """Their schemas are not checked on every load: this checks them."""
     jsonschema = schemas.jsonschema_module()
@@ -170,6 +190,12 @@ def test_the_built_in_schemas_are_valid_ones():
     for task_type, plugin in plugins.types.values():
         assert plugins.pm.get_name(plugin) in BUILTIN_PLUGINS
         jsonschema.validators.validator_for(task_type.schema).check_schema(task_type.schema)
+        assert (
+            manager._default_problem(
+                task_type.schema, jsonschema.validators.validator_for(task_type.schema)
+            )
+            is None
+        ), task_type.name
 
 
 def test_a_service_of_a_refused_task_type_is_broken_alone(tmp_path):

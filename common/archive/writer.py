@@ -638,6 +638,11 @@ class ArchiveWriter:
         except OSError as exc:
             stats.warnings.append(f"{path}: skipped, cannot be opened: {exc.strerror}")
             return
+        kind = _not_regular(fd)
+        if kind:
+            os.close(fd)
+            stats.warnings.append(f"{path}: skipped, no longer a regular file when opened ({kind})")
+            return
         read_at = time.time_ns()
         warned = len(stats.warnings)
         self._state, self._doubt = None, False
@@ -1435,6 +1440,15 @@ def _padded(fd: int, start: int, end: int, warnings: list[str]) -> Iterator[byte
         yield zeros
 
 
+def _not_regular(fd: int) -> str | None:
+    """What ``fd`` is when it is not a regular file (a FIFO or device node swapped in
+    since the walk's lstat), or None."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a device node or other special file"
+
+
 def _unread(error: OSError | None) -> str:
     """The warning for a file read short (``error``: the read that failed; None: it
     ended first), its rest padded with zeros."""
@@ -1444,7 +1458,11 @@ def _unread(error: OSError | None) -> str:
 
 
 def _open_noatime(path: str) -> int:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    """``path`` opened to be read, its access time left alone where we may. Never
+    waits: ``O_NONBLOCK`` (no effect on a regular file) keeps a FIFO put in its place
+    since the walk's lstat from holding the run until a writer comes; the caller checks
+    what it opened. Raises OSError."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     if _O_NOATIME:
         try:
             return os.open(path, flags | _O_NOATIME)

@@ -282,6 +282,47 @@ def test_a_hostile_sparse_map_is_refused(body, problem):
 # -- FIFOs, devices, depth ----------------------------------------------------------------
 
 
+def test_a_file_swapped_for_a_fifo_before_it_is_opened_is_skipped_not_waited_on(
+    tmp_path, monkeypatch
+):
+    """A local user who may write below a backed-up path (an uploads directory) swaps a
+    file for a FIFO between the walk's lstat and the open: the open waited for a writer
+    that never came, and the client's run hung (the unit's timeout, or for ever)."""
+    import signal
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "upload.bin").write_bytes(b"x" * 100)
+    (source / "other.txt").write_text("o")
+    real = writer_module._open_noatime
+
+    def swapped(path):
+        if path.endswith("upload.bin"):
+            os.unlink(path)
+            os.mkfifo(path)
+        return real(path)
+
+    monkeypatch.setattr(writer_module, "_open_noatime", swapped)
+
+    def hung(*_):
+        raise TimeoutError("the writer waited on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        archive, stats = archive_of(tmp_path, source)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert stats.warnings == [
+        f"{source / 'upload.bin'}: skipped, no longer a regular file when opened (a FIFO)"
+    ]
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "services/app/files/other.txt" in names
+    assert "services/app/files/upload.bin" not in names
+
+
 def test_fifos_are_kept_sockets_are_skipped(tmp_path):
     import socket
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ..common.archive.dumps import database_of, file_name
 from ..common.errors import CommandError
@@ -128,6 +130,12 @@ def _explain(exc: CommandError, what: str) -> TaskError:
         )
     elif 'role "' in text and "does not exist" in text:
         hint = f"{tool_said(exc, 1)} (set user:, or run_as: postgres for peer authentication)"
+    elif "no password supplied" in text:
+        hint = (
+            "no password for this connection (give password_file, or a ~/.pgpass line for "
+            "this host, port and user whose database field is *: pullback connects to the "
+            "postgres database too)"
+        )
     elif "Connection refused" in text or "could not connect" in text:
         hint = "cannot reach the server (check host and port, and that it is running)"
     elif "timeout expired" in text:
@@ -137,16 +145,49 @@ def _explain(exc: CommandError, what: str) -> TaskError:
     return TaskError(f"{what}: {hint}")
 
 
-def _psql(task: Task, env: dict[str, str], sql: str, database: str = "postgres") -> list[str]:
-    """Run one statement; return its rows (``|``-separated fields). Raises CommandError."""
+T = TypeVar("T")
+
+
+def _home_database(task: Task) -> str | None:
+    """The first database the task names (None with ``all: true``)."""
+    if task.config["all"]:
+        return None
+    value = task.config["database"]
+    return value if isinstance(value, str) else next(iter(value), None)
+
+
+def _in_postgres_or_home(task: Task, attempt: Callable[[str], T]) -> T:
+    """``attempt(database)`` in the ``postgres`` database, and again in the task's own
+    (:func:`_home_database`) when no password matched the first: a ``~/.pgpass`` line
+    that names only the task's database (as backup-suite's README wrote them,
+    ``localhost:5432:webapp_db:webapp_user:pw``) made check and the globals dump fail
+    with "fe_sendauth: no password supplied", and the whole service with them. Raises
+    CommandError (the first attempt's when the second is not tried)."""
+    try:
+        return attempt("postgres")
+    except CommandError as exc:
+        home = _home_database(task)
+        if home in (None, "postgres") or "no password supplied" not in " ".join(exc.tail):
+            raise
+        return attempt(home)
+
+
+def _psql(task: Task, env: dict[str, str], sql: str, database: str | None = None) -> list[str]:
+    """Run one statement in ``database`` (by default ``postgres``, or the task's own
+    database when only it has a password: :func:`_in_postgres_or_home`); return its rows
+    (``|``-separated fields). Raises CommandError."""
     out = task.staging / ".psql-out"
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql]
-    try:
-        task.run(argv, env=env, stdout=out, timeout=300, level=10)
-        return [line for line in out.read_text().splitlines() if line]
-    finally:
-        out.unlink(missing_ok=True)
+
+    def attempt(where: str) -> list[str]:
+        argv = ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", where, "-c", sql]
+        try:
+            task.run(argv, env=env, stdout=out, timeout=300, level=10)
+            return [line for line in out.read_text().splitlines() if line]
+        finally:
+            out.unlink(missing_ok=True)
+
+    return attempt(database) if database else _in_postgres_or_home(task, attempt)
 
 
 def databases(task: Task, env: dict[str, str]) -> list[str]:
@@ -232,17 +273,20 @@ def pullback_dump(task: Task):
 
 def _dump_globals(task: Task, env: dict[str, str]) -> None:
     target = task.staging / GLOBALS
-    command = ["pg_dumpall", "--globals-only"]
-    try:
+
+    def dumpall(database: str, *options: str) -> None:
+        chosen = [] if database == "postgres" else [f"--database={database}"]  # (its default)
+        command = ["pg_dumpall", "--globals-only", *chosen, *options]
         task.run(command, env=env, stdout=target, timeout=timeout(task))
+
+    try:
+        _in_postgres_or_home(task, dumpall)
     except CommandError as exc:
         if "permission denied" not in " ".join(exc.tail):
             raise _explain(exc, "pg_dumpall --globals-only failed") from None
         task.log.warning("not a superuser: roles are dumped without their passwords")
         try:
-            task.run(
-                [*command, "--no-role-passwords"], env=env, stdout=target, timeout=timeout(task)
-            )
+            _in_postgres_or_home(task, lambda database: dumpall(database, "--no-role-passwords"))
         except CommandError as again:
             raise _explain(again, "pg_dumpall --globals-only failed") from None
 

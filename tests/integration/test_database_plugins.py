@@ -104,6 +104,44 @@ def test_postgresql_dump_under_writes_restores_consistently(shared_root, tmp_pat
         fresh.stop()
 
 
+def test_postgresql_with_a_pgpass_line_for_its_own_database_only(pg, tmp_path):
+    """backup-suite's README gives ~/.pgpass lines that name the database
+    (``localhost:5432:webapp_db:webapp_user:pw``): check and pg_dumpall --globals-only
+    connected to the postgres database, which such a line does not match ("fe_sendauth:
+    no password supplied"), and the whole service failed. They connect to the task's
+    database now; a non-superuser's roles are dumped without their passwords."""
+    pg.sql("CREATE ROLE webapp_user LOGIN PASSWORD 'webapp-pw-7'")
+    pg.sql("CREATE DATABASE webapp_db OWNER webapp_user")
+    pg.sql("CREATE TABLE t(x int); INSERT INTO t VALUES (42)", database="webapp_db")
+    pg.sql("ALTER TABLE t OWNER TO webapp_user", database="webapp_db")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".pgpass").write_text(f"127.0.0.1:{pg.port}:webapp_db:webapp_user:webapp-pw-7\n")
+    (home / ".pgpass").chmod(0o600)
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service(
+        "webapp",
+        f"""\
+        service: {{name: webapp}}
+        postgresql:
+          host: 127.0.0.1
+          port: {pg.port}
+          user: webapp_user
+          database: webapp_db
+        """,
+    )
+    env = {"HOME": str(home)}
+    checked = box.cli("check", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    ran = box.cli("run", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert "roles are dumped without their passwords" in ran.stderr, ran.stderr
+    assert "webapp-pw-7" not in ran.stdout + ran.stderr + checked.stdout + checked.stderr
+    (archive,) = box.published()
+    services = {s["name"]: s["status"] for s in box.sidecar(archive)["services"]}
+    assert services == {"webapp": "ok"}
+
+
 def test_postgresql_bad_sections_fail_alone(shared_root, tmp_path):
     server = Postgres(shared_root / "pg").start()
     try:

@@ -15,7 +15,7 @@ from ..common.units import human_size
 from . import hookimpl, load_plugin_schema
 from .before_restore import Identity, InStep, Spot, find_replaced, keep_aside
 from .exclude import ExcludeMatcher
-from .task import RestorePlan, Task, TaskError, TaskType
+from .task import ProbeResult, RestorePlan, Task, TaskError, TaskType
 
 CP = ("-a", "--sparse=always")
 """How files go back: everything ``cp -a`` keeps, and holes where the data is zeros
@@ -39,16 +39,31 @@ def _matcher(task: Task) -> ExcludeMatcher:
 
 @hookimpl
 def pullback_validate(task: Task):
-    problems = []
+    """A wrong exclude pattern. A path that does not exist is no reason not to run the
+    service (its database dump, its other paths): the dump fails the task for it, and
+    ``check`` names it (:func:`pullback_probe`)."""
     try:
         _matcher(task)
     except ValueError as exc:
-        problems.append(str(exc))
-    if not task.config["missing_ok"]:
-        problems.extend(
-            f"path {p} does not exist" for p in task.config["paths"] if not os.path.lexists(p)
-        )
-    return problems
+        return [str(exc)]
+    return []
+
+
+def _missing(task: Task) -> list[str]:
+    """The listed paths that do not exist."""
+    return [p for p in task.config["paths"] if not os.path.lexists(p)]
+
+
+@hookimpl
+def pullback_probe(task: Task) -> ProbeResult:
+    """A listed path that does not exist: a problem, unless ``missing_ok`` (a warning)."""
+    result = ProbeResult()
+    said = [f"path {printable(p, 200)} does not exist" for p in _missing(task)]
+    if task.config["missing_ok"]:
+        result.warnings += [f"{line} (skipped: missing_ok)" for line in said]
+    else:
+        result.problems += said
+    return result
 
 
 @hookimpl
@@ -56,6 +71,10 @@ def pullback_plan(task: Task):
     matcher = _matcher(task)
     lines = []
     for path in task.config["paths"]:
+        if not os.path.lexists(path):
+            outcome = "skipped (missing_ok)" if task.config["missing_ok"] else "the task fails"
+            lines.append(f"{path} does not exist: {outcome}")
+            continue
         if matcher.excludes_listed(path):
             lines.append(f"would leave out {path}: an exclude pattern matches its name")
             continue

@@ -227,6 +227,41 @@ def test_check_lists_every_problem_one_per_line(box):
     assert result.returncode == 0 and result.stdout.strip() == f"{box.config}: ok"
 
 
+def test_a_files_path_that_does_not_exist_fails_its_task_not_the_service(box, tmp_path):
+    """backup-suite skipped a missing path and kept the rest; pullback refused the whole
+    service at validation, its database dump and other paths lost with it (an outside
+    migration walk). Now the files task fails for it (run exit 1, named), its other
+    paths and the service's other tasks are archived; check names it."""
+    data = box.root.parent / "data"
+    box.add_service(
+        "app",
+        f"""\
+        service: {{name: app}}
+        command:
+          dump:
+            - run: [echo, "the dump"]
+              output: dump.txt
+        files:
+          paths: [{data / "uploads"}, {data / "gone"}]
+        """,
+    )
+    ran = box.cli("run")
+    assert ran.returncode == 1, ran.stderr
+    assert f"1 path(s) do not exist: {data / 'gone'}" in ran.stderr, ran.stderr
+    (archive,) = box.published()
+    (app,) = box.sidecar(archive)["services"]
+    assert app["status"] == "failed"
+    assert {t["type"]: t["status"] for t in app["tasks"]} == {"command": "ok", "files": "failed"}
+    listed = subprocess.run(
+        ["tar", "-tf", str(archive)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "services/app/command/dump.txt" in listed
+    assert "uploads/photo.jpg" in listed
+    checked = box.cli("check")
+    assert checked.returncode == 2
+    assert f"files: path {data / 'gone'} does not exist" in checked.stdout, checked.stdout
+
+
 def test_check_says_when_the_next_archives_are_full_ones_waiting_for_a_server(box, tmp_path):
     """``enabled: auto`` (the default) before any server said it applies deltas: a note
     (no problem, exit 0); after the serve endpoint left its mark, none. ``--json`` says

@@ -9,6 +9,7 @@ is started again whatever happened.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -145,15 +146,44 @@ def service_root(source: Path, name: str) -> Path:
     """The ``services/<name>`` directory inside ``source``: a snapshot root, its
     ``services`` directory, or that directory itself (named after the service; a
     snapshot root of other services never is). Raises UsageError when there is none."""
+    if not (source / "services").is_dir() and _backup_suite_layout(source, name):
+        raise no_service(source, name)  # (its <type>/<name>/data would pass for a task)
     for candidate in (source / "services" / name, source / name, source):
         if candidate.is_dir() and any(p.is_dir() for p in candidate.iterdir()):
             if candidate == source and ((source / "services").exists() or source.name != name):
                 continue
             return candidate
-    raise UsageError(
+    raise no_service(source, name)
+
+
+def no_service(source: Path, name: str) -> UsageError:
+    """The error for a ``--from`` that holds nothing of the service ``name``: a snapshot
+    backup-suite made, named as such (an outside walk was told to restore a snapshot it
+    had just restored), or one not restored yet."""
+    suite = _backup_suite_layout(source, name)
+    if suite is not None:
+        return UsageError(
+            f"{source} holds a snapshot backup-suite made ({suite}/): pullback-client "
+            "restore cannot read that layout; put its files back by hand (docs/restore.md, "
+            "'Snapshots made by backup-suite')"
+        )
+    return UsageError(
         f"{source} holds no services/{name}/: restore the snapshot first "
         f"(pullback-server restore HOST --service {name} --target DIR)"
     )
+
+
+BACKUP_SUITE_PARTS = ("data", "databases", "config_used", "docker_config")
+"""What backup-suite wrote below ``<type>/<service name>/`` of its archives."""
+
+
+def _backup_suite_layout(source: Path, name: str) -> str | None:
+    """``<type>/<name>`` when ``source`` (a restored adopted snapshot, or the service's
+    directory of one) is backup-suite's layout, else None."""
+    for candidate in (*source.glob(f"*/{glob.escape(name)}"), source):
+        if candidate.is_dir() and any((candidate / part).is_dir() for part in BACKUP_SUITE_PARTS):
+            return printable(str(candidate), 200)
+    return None
 
 
 SHOWN = 3
@@ -356,10 +386,7 @@ def _nothing_of(name: str, source: Path, unpacked: Path, sidecar_file: Path) -> 
             if failed.status != Status.OK:
                 return _failed_that_day(failed, source)
             break
-    raise UsageError(
-        f"{source} holds no services/{name}/: restore the snapshot first "
-        f"(pullback-server restore HOST --service {name} --target DIR)"
-    )
+    raise no_service(source, name)
 
 
 def _failed_that_day(report: ServiceReport, source: Path) -> int:

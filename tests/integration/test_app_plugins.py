@@ -385,6 +385,23 @@ def test_restore_from_a_snapshot_without_the_service_exits_2(tmp_path):
     assert app.returncode == 0, app.stderr
 
 
+def test_restore_from_a_restored_backup_suite_snapshot_says_what_it_is(tmp_path):
+    """An adopted backup-suite snapshot restored to a directory (its layout:
+    ``<type>/<service name>/{data,databases,...}``): the restore said "restore the
+    snapshot first", which had been done (an outside migration walk)."""
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("shared", f"service: {{name: shared}}\nfiles: {{paths: [{tmp_path}]}}\n")
+    restored = tmp_path / "r1"
+    (restored / "files" / "shared" / "data").mkdir(parents=True)
+    (restored / "files" / "shared" / "config_used").mkdir()
+    for source in (restored, restored / "files" / "shared"):
+        result = box.cli("restore", "--service", "shared", "--from", str(source), "--dry-run")
+        assert result.returncode == 2, result.stderr
+        assert "holds a snapshot backup-suite made" in result.stderr, result.stderr
+        assert "Snapshots made by backup-suite" in result.stderr
+        assert "restore the snapshot first" not in result.stderr
+
+
 def test_restore_of_a_service_that_failed_that_day_says_so_exit_1(tmp_path):
     """A service whose every task failed has nothing in the archive: the restore says
     it failed that day, why, and where to restore from instead, exit 1, naming the

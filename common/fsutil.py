@@ -236,6 +236,65 @@ def open_trusted_dir(path: Path) -> int:
         raise
 
 
+def same_entry(now: os.stat_result, looked: os.stat_result) -> bool:
+    """Whether ``now`` (an open descriptor's ``fstat``) is the entry ``looked`` at: the
+    same device, inode and kind."""
+    return (now.st_dev, now.st_ino, stat.S_IFMT(now.st_mode)) == (
+        looked.st_dev,
+        looked.st_ino,
+        stat.S_IFMT(looked.st_mode),
+    )
+
+
+def anchored_dir(dir_fd: int | None, name: str, looked: os.stat_result) -> int | None:
+    """The directory ``name`` below ``dir_fd`` (a path when None) opened without
+    following a symlink, when it is still the one ``looked`` at; None when it was
+    replaced meanwhile (a symlink, another directory, gone). Returns the descriptor (the
+    caller closes it). Raises OSError for another failure (EACCES)."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    if same_entry(os.fstat(fd), looked):
+        return fd
+    os.close(fd)
+    return None
+
+
+_PROC_FDS = os.path.isdir("/proc/self/fd")
+
+
+def anchored_path(dir_fd: int, name: str) -> str:
+    """A path to ``name`` below the directory open as ``dir_fd`` that the kernel resolves
+    from that very directory (``/proc/self/fd/N/name``), for the calls that take no
+    ``dir_fd`` (extended attributes) and those given one path: a directory above
+    swapped for a symlink cannot redirect it. ``name`` itself is not followed by calls
+    told not to. Without /proc, the empty string: the caller then uses the entry's own
+    path."""
+    return f"/proc/self/fd/{dir_fd}/{name}" if _PROC_FDS else ""
+
+
+def descriptor_room(reserve: int = 256) -> int:
+    """How many directories deep a walk may hold one descriptor each: the soft limit on
+    open files, raised to the hard one first when it is lower than needed for the
+    deepest path pullback archives (4000 bytes: 2000 levels), less ``reserve`` for
+    everything else the process opens."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2000 + reserve
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    return max(1, (wanted if soft == resource.RLIM_INFINITY else soft) - reserve)
+
+
 def _trusted_target(dir_fd: int, name: str) -> str:
     """The target of the symlink ``name`` below ``dir_fd``. Raises OSError: ENOTDIR when
     it is no symlink, ELOOP when another user could have made it."""

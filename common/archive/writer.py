@@ -32,10 +32,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from ..errors import ArchiveError, CommandError, Interrupted
-from ..fsutil import pread_span
+from ..fsutil import anchored_dir, anchored_path, descriptor_room, pread_span, same_entry
 from ..log import get_logger
 from ..progress import STATUS, Progress
 from ..runner import Runner, RunningCommand
@@ -84,6 +84,68 @@ class WrittenArchive:
     """The sha256 of the complete manifest (a delta's member may list only some files)."""
     sent_bytes: int = 0
     """Bytes of file content the archive carries (a delta: only what changed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _At:
+    """Where an entry is opened and read: ``name`` below the directory open as
+    ``dir_fd`` (None: ``name`` is a path), and ``shown``, the path warnings name."""
+
+    dir_fd: int | None
+    name: str
+    shown: str
+
+    def path(self) -> str:
+        """A path for the calls that take no ``dir_fd`` (extended attributes): resolved
+        from the open directory itself where /proc allows (:func:`anchored_path`)."""
+        if self.dir_fd is None:
+            return self.name
+        return anchored_path(self.dir_fd, self.name) or self.shown
+
+
+class _Names(NamedTuple):
+    """An entry's path (which warnings name), its path relative to the tree's top (for
+    excludes) and its member name."""
+
+    path: str
+    rel: str
+    arc: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Level:
+    """One directory of the walk: its path (which warnings name), its path relative to
+    the tree's top (for excludes) and in the archive, its open descriptor and the names
+    in it still to add."""
+
+    path: str
+    rel: str
+    arc: str
+    fd: int
+    names: Iterator[str]
+
+
+class _Walk:
+    """The directories from the tree's top down to the one being added, each open (one
+    descriptor a level: a directory swapped for a symlink above cannot redirect what is
+    read below). Closes them all on exit."""
+
+    def __init__(self, levels: list[_Level]):
+        self.levels = levels
+        self.depth_limit = descriptor_room()
+
+    def enter(self, level: _Level) -> None:
+        self.levels.append(level)
+
+    def leave(self) -> None:
+        os.close(self.levels.pop().fd)
+
+    def __enter__(self) -> _Walk:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        while self.levels:
+            self.leave()
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,14 +503,19 @@ class ArchiveWriter:
             pax=pax or None,
         )
 
-    def _read_xattrs(self, path: str, stats: TaskStats) -> dict[str, bytes] | None:
+    def _read_xattrs(
+        self, where: str | int, path: str, stats: TaskStats
+    ) -> dict[str, bytes] | None:
+        """The extended attributes of the entry at ``where``, a path or an open regular
+        file's descriptor (warnings name ``path``)."""
         if not self.xattrs:
             return None
         try:
-            names = os.listxattr(path, follow_symlinks=False)
+            follow = isinstance(where, int)  # (a descriptor: nothing to follow)
+            names = os.listxattr(where, follow_symlinks=follow)
             if not names:
                 return None
-            return {n: os.getxattr(path, n, follow_symlinks=False) for n in sorted(names)}
+            return {n: os.getxattr(where, n, follow_symlinks=follow) for n in sorted(names)}
         except OSError as exc:
             if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
                 return None
@@ -514,35 +581,79 @@ class ArchiveWriter:
             self._add_entry(source_str, arcname, st, stats, xattrs)
         if not (recursive and stat.S_ISDIR(st.st_mode)):
             return stats
-        # Depth first, each directory's whole subtree right after its header: the order
-        # `tar -c` writes and GNU tar relies on to restore directory mtimes.
-        stack = [(source_str, "", arcname, self._listing(source_str, stats))]
-        while stack:
-            _, rel_dir, arc_dir, entries = stack[-1]
-            entry = next(entries, None)
-            if entry is None:
-                stack.pop()
+        try:
+            root = anchored_dir(None, source_str, st)
+        except OSError as exc:
+            stats.warnings.append(
+                f"{source_str}: skipped what is in it, cannot be listed: {exc.strerror}"
+            )
+            return stats
+        if root is None:
+            stats.warnings.append(
+                f"{source_str}: replaced while being read; what is in it is skipped"
+            )
+            return stats
+        walk = _Walk(
+            [_Level(source_str, "", arcname, root, self._listing(root, source_str, stats))]
+        )
+        with walk:
+            self._walk(walk, stats, exclude, xattrs)
+        return stats
+
+    def _walk(self, walk: _Walk, stats: TaskStats, exclude: ExcludeFn | None, xattrs: bool) -> None:
+        """Depth first, each directory's whole subtree right after its header: the order
+        `tar -c` writes and GNU tar relies on to restore directory mtimes. Every entry is
+        looked at, read and listed below its directory's descriptor (a user who swaps a
+        directory for a symlink meanwhile cannot lead the walk out of the tree), its
+        directory checked to be the one looked at when it is opened."""
+        while walk.levels:
+            level = walk.levels[-1]
+            name = next(level.names, None)
+            if name is None:
+                walk.leave()
                 continue
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            arc = f"{arc_dir}/{entry.name}"
-            est = self._entry_stat(entry, arc, stats)
+            path, rel = f"{level.path}/{name}", f"{level.rel}/{name}" if level.rel else name
+            arc = f"{level.arc}/{name}"
+            est = self._entry_stat(level.fd, name, path, arc, stats)
             if est is None:
                 continue
             is_dir = stat.S_ISDIR(est.st_mode)
             if exclude is not None and exclude(rel, is_dir):
                 continue
-            self._add_entry(entry.path, arc, est, stats, xattrs)
+            self._add_entry(path, arc, est, stats, xattrs, _At(level.fd, name, path))
             if is_dir and len(os.fsencode(arc)) <= MAX_ARCNAME:  # else skipped, said so
-                stack.append((entry.path, rel, arc, self._listing(entry.path, stats)))
-        return stats
+                self._enter(walk, level.fd, _Names(path, rel, arc), est, stats)
+
+    def _enter(
+        self, walk: _Walk, parent_fd: int, names: _Names, est: os.stat_result, stats: TaskStats
+    ) -> None:
+        """Go into a directory of the one open as ``parent_fd``, when it is still the
+        one looked at (``est``; else a warning: its contents are not archived)."""
+        path, rel, arc = names
+        name = path.rsplit("/", 1)[-1]
+        if len(walk.levels) >= walk.depth_limit:
+            stats.warnings.append(
+                f"{path}: skipped what is in it, deeper than {walk.depth_limit} directories"
+            )
+            return
+        try:
+            fd = anchored_dir(parent_fd, name, est)
+        except OSError as exc:
+            stats.warnings.append(
+                f"{path}: skipped what is in it, cannot be listed: {exc.strerror}"
+            )
+            return
+        if fd is None:
+            stats.warnings.append(f"{path}: replaced while being read; what is in it is skipped")
+            return
+        walk.enter(_Level(path, rel, arc, fd, self._listing(fd, path, stats)))
 
     @staticmethod
-    def _listing(path: str, stats: TaskStats):
+    def _listing(fd: int, path: str, stats: TaskStats) -> Iterator[str]:
+        """The names in the directory open as ``fd``, sorted (none, said, when it cannot
+        be listed)."""
         try:
-            with os.scandir(path) as it:
-                return iter(sorted(it, key=lambda e: e.name))
-        except FileNotFoundError:
-            stats.warnings.append(f"{path}: directory vanished while being read")
+            return iter(sorted(os.listdir(fd)))
         except OSError as exc:
             stats.warnings.append(
                 f"{path}: skipped what is in it, cannot be listed: {exc.strerror}"
@@ -550,19 +661,20 @@ class ArchiveWriter:
         return iter(())
 
     def _entry_stat(
-        self, entry: os.DirEntry, arcname: str, stats: TaskStats
+        self, dir_fd: int, name: str, path: str, arcname: str, stats: TaskStats
     ) -> os.stat_result | None:
-        """The entry's ``lstat``, or None when it is skipped: gone, unreadable, or too
-        long a path (checked first: such a path may be too long for the kernel too)."""
+        """The entry's ``lstat`` below its directory's descriptor, or None when it is
+        skipped: gone, unreadable, or too long a path (checked first: such a path may be
+        too long for the kernel too)."""
         if len(os.fsencode(arcname)) > MAX_ARCNAME:
-            self._too_long(entry.path, arcname, stats)
+            self._too_long(path, arcname, stats)
             return None
         try:
-            return entry.stat(follow_symlinks=False)
+            return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            stats.warnings.append(f"{entry.path}: skipped, cannot be read: {exc.strerror}")
+            stats.warnings.append(f"{path}: skipped, cannot be read: {exc.strerror}")
             return None
 
     @staticmethod
@@ -574,14 +686,22 @@ class ArchiveWriter:
         )
 
     def _add_entry(
-        self, path: str, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
+        self,
+        path: str,
+        arcname: str,
+        st: os.stat_result,
+        stats: TaskStats,
+        xattrs: bool,
+        at: _At | None = None,
     ) -> None:
-        """Add one entry. Raises ArchiveError for any failure that leaves the stream in
-        the middle of a member (a header promised bytes that did not follow): the caller
-        must not go on writing into it, and the archive is never published."""
+        """Add one entry: ``path`` is what warnings name, ``at`` where it is opened and
+        read (below its directory's descriptor; ``path`` itself when None). Raises
+        ArchiveError for any failure that leaves the stream in the middle of a member
+        (a header promised bytes that did not follow): the caller must not go on
+        writing into it, and the archive is never published."""
         before = self._offset
         try:
-            self._add_one(path, arcname, st, stats, xattrs)
+            self._add_one(path, arcname, st, stats, xattrs, at or _At(None, path, path))
         except (ArchiveError, Interrupted):
             raise  # (each stops the run as it is)
         except Exception as exc:
@@ -593,29 +713,35 @@ class ArchiveWriter:
             ) from exc
 
     def _add_one(
-        self, path: str, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
+        self,
+        path: str,
+        arcname: str,
+        st: os.stat_result,
+        stats: TaskStats,
+        xattrs: bool,
+        at: _At,
     ) -> None:
         mode = st.st_mode
         if len(os.fsencode(arcname)) > MAX_ARCNAME:
             self._too_long(path, arcname, stats)
         elif stat.S_ISREG(mode):
             if arcname not in self._manifest:  # listed twice (overlapping paths): once
-                self._add_file(path, arcname, st, stats, xattrs)
+                self._add_file(path, arcname, st, stats, xattrs, at)
         elif stat.S_ISDIR(mode):
-            attrs = self._read_xattrs(path, stats) if xattrs else None
+            attrs = self._read_xattrs(at.path(), path, stats) if xattrs else None
             self._dirs.add(arcname)
             self._emit(self._header(arcname, st, tarformat.DIRTYPE, xattrs=attrs))
         elif arcname in self._others:
             return  # listed twice (overlapping paths): once, as a file is
         elif stat.S_ISLNK(mode):
             try:
-                target = os.readlink(path)
+                target = os.readlink(at.name, dir_fd=at.dir_fd)
             except FileNotFoundError:
                 return
             self._others.add(arcname)
             self._emit(self._header(arcname, st, tarformat.SYMTYPE, linkname=target))
         elif stat.S_ISFIFO(mode):
-            attrs = self._read_xattrs(path, stats) if xattrs else None
+            attrs = self._read_xattrs(at.path(), path, stats) if xattrs else None
             self._others.add(arcname)
             self._emit(self._header(arcname, st, tarformat.FIFOTYPE, xattrs=attrs))
         else:
@@ -623,7 +749,13 @@ class ArchiveWriter:
             stats.warnings.append(f"{path}: skipped, a {kind} is not backed up")
 
     def _add_file(
-        self, path: str, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
+        self,
+        path: str,
+        arcname: str,
+        st: os.stat_result,
+        stats: TaskStats,
+        xattrs: bool,
+        at: _At,
     ) -> None:
         if st.st_nlink > 1 and self._add_link(arcname, st, stats):
             return
@@ -631,23 +763,23 @@ class ArchiveWriter:
         if old is False:
             return
         try:
-            fd = _open_noatime(path)
+            fd = _open_noatime(at)
         except FileNotFoundError:
             stats.warnings.append(f"{path}: vanished before it could be read")
             return
         except OSError as exc:
             stats.warnings.append(f"{path}: skipped, cannot be opened: {exc.strerror}")
             return
-        kind = _not_regular(fd)
-        if kind:
+        swapped = _swapped(os.fstat(fd), st)
+        if swapped:
             os.close(fd)
-            stats.warnings.append(f"{path}: skipped, no longer a regular file when opened ({kind})")
+            stats.warnings.append(f"{path}: skipped, {swapped}")
             return
         read_at = time.time_ns()
         warned = len(stats.warnings)
         self._state, self._doubt = None, False
         try:
-            attrs = self._read_xattrs(path, stats) if xattrs else None
+            attrs = self._read_xattrs(fd, path, stats) if xattrs else None
             partial_attrs = len(stats.warnings) > warned  # read again next run, not same
             try:
                 content = read_content(fd)  # nothing of the file is in the archive yet
@@ -1440,13 +1572,17 @@ def _padded(fd: int, start: int, end: int, warnings: list[str]) -> Iterator[byte
         yield zeros
 
 
-def _not_regular(fd: int) -> str | None:
-    """What ``fd`` is when it is not a regular file (a FIFO or device node swapped in
-    since the walk's lstat), or None."""
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode):
-        return None
-    return "a FIFO" if stat.S_ISFIFO(mode) else "a device node or other special file"
+def _swapped(now: os.stat_result, looked: os.stat_result) -> str | None:
+    """Why the file opened (``now``, its ``fstat``) is not the regular file the walk
+    looked at (``looked``): a FIFO or device node swapped in meanwhile, another file;
+    None when it is."""
+    if stat.S_ISFIFO(now.st_mode):
+        return "no longer a regular file when opened (a FIFO)"
+    if not stat.S_ISREG(now.st_mode):
+        return "no longer a regular file when opened (a device node or other special file)"
+    if not same_entry(now, looked):
+        return "replaced by another file while being read"
+    return None
 
 
 def _unread(error: OSError | None) -> str:
@@ -1457,15 +1593,15 @@ def _unread(error: OSError | None) -> str:
     return f"read failed: {error.strerror}; padded with zeros"
 
 
-def _open_noatime(path: str) -> int:
-    """``path`` opened to be read, its access time left alone where we may. Never
+def _open_noatime(at: _At) -> int:
+    """The entry ``at`` opened to be read, its access time left alone where we may. Never
     waits: ``O_NONBLOCK`` (no effect on a regular file) keeps a FIFO put in its place
     since the walk's lstat from holding the run until a writer comes; the caller checks
     what it opened. Raises OSError."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     if _O_NOATIME:
         try:
-            return os.open(path, flags | _O_NOATIME)
+            return os.open(at.name, flags | _O_NOATIME, dir_fd=at.dir_fd)
         except PermissionError:
             pass  # O_NOATIME needs ownership or CAP_FOWNER; read normally then
-    return os.open(path, flags)
+    return os.open(at.name, flags, dir_fd=at.dir_fd)

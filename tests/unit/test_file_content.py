@@ -296,11 +296,11 @@ def test_a_file_swapped_for_a_fifo_before_it_is_opened_is_skipped_not_waited_on(
     (source / "other.txt").write_text("o")
     real = writer_module._open_noatime
 
-    def swapped(path):
-        if path.endswith("upload.bin"):
-            os.unlink(path)
-            os.mkfifo(path)
-        return real(path)
+    def swapped(at):
+        if at.name == "upload.bin":
+            os.unlink(at.shown)
+            os.mkfifo(at.shown)
+        return real(at)
 
     monkeypatch.setattr(writer_module, "_open_noatime", swapped)
 
@@ -321,6 +321,90 @@ def test_a_file_swapped_for_a_fifo_before_it_is_opened_is_skipped_not_waited_on(
         names = tar.getnames()
     assert "services/app/files/other.txt" in names
     assert "services/app/files/upload.bin" not in names
+
+
+def secret_tree(tmp_path: Path) -> Path:
+    secret = tmp_path / "root-only"
+    secret.mkdir()
+    (secret / "a.txt").write_text("root's secret\n")
+    (secret / "token").write_text("root's token\n")
+    return secret
+
+
+def test_a_directory_swapped_for_a_symlink_before_it_is_opened_is_not_followed(
+    tmp_path, monkeypatch
+):
+    """A user who may write below a backed-up path swaps a directory for a symlink to
+    a directory of root's between the walk's look at it and its listing: the walk
+    listed and archived root's files under the user's directory."""
+    secret = secret_tree(tmp_path)
+    source = tmp_path / "src"
+    (source / "uploads").mkdir(parents=True)
+    (source / "uploads" / "a.txt").write_text("mine\n")
+    real = writer_module.anchored_dir
+
+    def swapped(dir_fd, name, looked):
+        if name == "uploads":
+            os.rename(source / "uploads", source / "uploads.old")
+            os.symlink(secret, source / "uploads")
+        return real(dir_fd, name, looked)
+
+    monkeypatch.setattr(writer_module, "anchored_dir", swapped)
+    archive, stats = archive_of(tmp_path, source)
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert not [n for n in names if n.endswith("/token")]
+    assert stats.warnings == [
+        f"{source / 'uploads'}: replaced while being read; what is in it is skipped"
+    ]
+
+
+def test_a_parent_swapped_for_a_symlink_during_the_walk_leads_nowhere(tmp_path, monkeypatch):
+    """Once the walk is in a directory, a swap of that directory (or one above) for a
+    symlink cannot redirect what it reads there: the files come from the directory it
+    listed (moved aside), never from where the symlink points."""
+    secret = secret_tree(tmp_path)
+    source = tmp_path / "src"
+    (source / "uploads").mkdir(parents=True)
+    (source / "uploads" / "a.txt").write_text("mine\n")
+    real = writer_module._open_noatime
+    swapped = []
+
+    def open_after_a_swap(at):
+        if at.name == "a.txt" and not swapped:
+            swapped.append(True)
+            os.rename(source / "uploads", source / "uploads.old")
+            os.symlink(secret, source / "uploads")
+        return real(at)
+
+    monkeypatch.setattr(writer_module, "_open_noatime", open_after_a_swap)
+    archive, _ = archive_of(tmp_path, source)
+    with tarfile.open(archive) as tar:
+        data = tar.extractfile("services/app/files/uploads/a.txt").read()
+    assert swapped and data == b"mine\n"
+
+
+def test_a_tree_deeper_than_the_open_files_limit_is_walked_whole(tmp_path):
+    """One descriptor a level: a tree 1,500 directories deep (over the usual soft
+    limit of 1,024 open files) is archived to its bottom."""
+    source = tmp_path / "src"
+    source.mkdir()
+    deep = str(source)
+    for _ in range(1500):  # (os.makedirs recurses once a level)
+        deep += "/d"
+        os.mkdir(deep)
+    Path(deep, "bottom.txt").write_text("here\n")
+    try:
+        archive, stats = archive_of(tmp_path, source)
+    finally:  # bottom up: shutil.rmtree (pytest's clean-up too) recurses once a level
+        os.unlink(f"{deep}/bottom.txt")
+        while deep != str(source):
+            os.rmdir(deep)
+            deep = os.path.dirname(deep)
+    assert stats.warnings == []
+    with tarfile.open(archive) as tar:
+        bottom = [n for n in tar.getnames() if n.endswith("bottom.txt")]
+    assert len(bottom) == 1 and bottom[0].count("/d") == 1500
 
 
 def test_fifos_are_kept_sockets_are_skipped(tmp_path):

@@ -218,3 +218,13 @@ def test_a_tool_path_with_a_purpose_gets_advice():
     assert "common_config RESTIC_CMD: pullback runs the tool on the PATH, without " in said
     assert "Nice=19 and IOSchedulingClass=idle in a drop-in (systemctl edit " in said
     assert "pullback-server.service pullback-maintain.service)" in said
+
+
+def test_repositories_below_etc_backup_are_named_never_to_remove():
+    data = yaml.safe_load(SHIPPED_SERVER.replace("/media/backup/restic", "/etc/backup/restic"))
+    conv = convert_server(data, {})
+    assert conv.settings["backend"]["repository_root"] == "/etc/backup/restic"
+    assert (
+        "restic.repository_root: the repositories are in /etc/backup: never remove /etc/backup"
+        in "\n".join(conv.unmapped)
+    )

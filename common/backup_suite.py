@@ -13,7 +13,9 @@ refused, so an alias bomb is never expanded): :class:`BadValue` names the key.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
 import re
 import shlex
 import shutil
@@ -29,6 +31,8 @@ DEFAULTED = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*:?-(.*)\}$")
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SUITE_STAMP = re.compile(r"^\d{8}_\d{6}$")
 """backup-suite's archive time tag, ``YYYYmmdd_HHMMSS``."""
+PULLBACK_DIR = "/etc/pullback"
+"""Where a file moved out of backup-suite's directory or a home goes."""
 DEFAULT_POLICY = "--keep-daily 7 --keep-weekly 4 --keep-monthly 12 --keep-yearly 3"
 """backup-suite's forget policy when none is set."""
 
@@ -115,6 +119,75 @@ def _kind(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return "a list" if isinstance(value, list) else type(value).__name__
+
+
+class Asked(dict):
+    """A mapping of the old YAML file that remembers every key the conversion asked for
+    (``get``, ``[]``, ``in``; iterating asks for all), as key paths into ``asked``."""
+
+    def __init__(self, data: dict, asked: set[tuple], path: tuple):
+        super().__init__(data)
+        self._asked, self._path = asked, path
+
+    def _ask(self, key: Any) -> None:
+        self._asked.add((*self._path, str(key)))
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._ask(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        self._ask(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self._ask(key)
+        return super().__contains__(key)
+
+    def __iter__(self):
+        for key in super().__iter__():
+            self._ask(key)
+        return super().__iter__()
+
+
+def tracked(value: Any, asked: set[tuple], path: tuple = ()) -> Any:
+    """``value`` with every mapping in it (also inside lists) an :class:`Asked` that
+    records into ``asked``; other values as they are."""
+    if isinstance(value, dict):
+        return Asked(
+            {key: tracked(item, asked, (*path, str(key))) for key, item in value.items()},
+            asked,
+            path,
+        )
+    if isinstance(value, list):
+        return [tracked(item, asked, (*path, index)) for index, item in enumerate(value)]
+    return value
+
+
+def unasked(lines: dict[tuple, int], asked: set[tuple]) -> list[tuple[tuple, int, str]]:
+    """The keys of the old file the conversion never asked for, each as ``(key path, line,
+    why)``; below such a key nothing more is listed. ``lines`` are the file's key paths
+    (list items included) and their lines."""
+    found: list[tuple[tuple, int, str]] = []
+    for path, line in sorted(lines.items(), key=lambda item: item[1]):
+        if not path or isinstance(path[-1], int) or path in asked:
+            continue
+        above = [path[:n] for n in range(1, len(path)) if not isinstance(path[n - 1], int)]
+        if all(parent in asked for parent in above):
+            found.append((path, line, _unknown_why(path, asked)))
+    return found
+
+
+def _unknown_why(path: tuple, asked: set[tuple]) -> str:
+    """Why an unasked key has no line of its own: backup-suite 0.2 reads no such key, and
+    the known key it is closest to, if any (a misspelling)."""
+    siblings = sorted({str(p[-1]) for p in asked if len(p) == len(path) and p[:-1] == path[:-1]})
+    near = difflib.get_close_matches(str(path[-1]), siblings, n=1, cutoff=0.75)
+    hint = f" (a misspelling of {near[0]}?)" if near else ""
+    return (
+        f"backup-suite 0.2 reads no such key{hint}: it had no effect there and is not "
+        "converted; fix or remove it"
+    )
 
 
 def read_common_config(source: str) -> dict[str, str]:
@@ -273,44 +346,97 @@ COMMON_KEYS = {
 pullback runs from the PATH."""
 
 
-def account_common(conv: Conversion, common: dict[str, str], used: set[str]) -> None:
-    """One line for each common_config key the conversion did not use."""
+STANDARD_DIRS = ("/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin")
+"""Where the units' PATH finds a tool anyway."""
+WRAPPERS = {"nice", "ionice", "chrt", "taskset", "nocache", "trickle"}
+"""Programs that run another one at a lower priority or with a limit."""
+
+
+def tool_advice(value: str, server: bool) -> str:
+    """What pullback does instead of backup-suite's path to a tool (``value``, e.g.
+    ``/usr/lib/postgresql/16/bin/pg_dump`` or ``nice -n 19 ionice -c3 restic``): the
+    PATH, and how to keep the path's purpose in a unit drop-in. ``server`` picks the
+    units named."""
+    units = (
+        "pullback-server.service pullback-maintain.service"
+        if server
+        else ("pullback-client.service")
+    )
+    try:
+        parts = shlex.split(value)
+    except ValueError:
+        parts = value.split()
+    wrappers = [word for word in parts if os.path.basename(word) in WRAPPERS]
+    if wrappers:
+        return (
+            f"pullback runs the tool on the PATH, without {' '.join(parts[:-1])!r}; the units "
+            "run at Nice=10, IOSchedulingClass=best-effort: for a lower priority set e.g. "
+            f"Nice=19 and IOSchedulingClass=idle in a drop-in (systemctl edit {units})"
+        )
+    folder = os.path.dirname(parts[0]) if len(parts) == 1 and parts[0].startswith("/") else ""
+    if folder and folder not in STANDARD_DIRS:
+        return (
+            f"pullback runs {os.path.basename(parts[0])} from the PATH, not {parts[0]} (for "
+            "pg_dump, Debian's pg_wrapper picks the newest installed version): to keep this "
+            f"one, set Environment=PATH={folder}:/usr/sbin:/usr/bin:/sbin:/bin in a drop-in "
+            f"(systemctl edit {units})"
+        )
+    return "pullback runs the tools on the PATH"
+
+
+def account_common(conv: Conversion, common: dict[str, str], used: set[str], server: bool) -> None:
+    """One line for each common_config key the conversion did not use (``server``: for
+    the server's units)."""
     for key in sorted(set(common) - used):
         why = COMMON_KEYS.get(key) or (
-            "pullback runs the tools on the PATH"
+            tool_advice(common[key], server)
             if key.endswith("_CMD")
             else "not used by this side (client or server)"
         )
         conv.drop(f"common_config {key}", why)
 
 
+def overridden(conv: Conversion, common: dict[str, str], chosen: dict[str, str]) -> None:
+    """A line for each common_config key (``chosen``'s keys) whose setting came from
+    another key (``chosen``'s values: the old key used, "" for none)."""
+    for name, key in chosen.items():
+        if name not in common or key == f"common_config {name}":
+            continue
+        conv.drop(
+            f"common_config {name}",
+            f"overridden by {key}, as in backup-suite" if key else "empty: nothing to convert",
+        )
+
+
 # -- the server ------------------------------------------------------------------------------
 
 
-def convert_server(data: dict, common: dict[str, str] | None = None) -> Conversion:
-    """``server_config.yml`` (and ``common_config``) as server.yaml settings. Raises
+def convert_server(
+    data: dict, common: dict[str, str] | None = None, source: str = "/etc/backup"
+) -> Conversion:
+    """``server_config.yml`` (and ``common_config``) read from ``source`` as server.yaml
+    settings; a file below ``source`` is moved out (see :func:`move_out`). Raises
     BadValue."""
     common = common or {}
     conv = Conversion()
     glob = section(data, "global")
     restic = section(data, "restic")
-    conv.settings["backend"] = _backend(conv, restic)
+    conv.settings["backend"] = _backend(conv, restic, source)
     _maintenance(conv, section(restic, "maintenance", "restic."))
-    convert_email(
-        conv,
-        MailSources(
-            first(
-                ("global.admin_email", glob.get("admin_email")),
-                ("common_config DEFAULT_ADMIN_EMAIL", common.get("DEFAULT_ADMIN_EMAIL")),
-            ),
-            first(("email_subject_prefix", data.get("email_subject_prefix"))),
-            first(
-                ("global.msmtp_cmd", glob.get("msmtp_cmd")),
-                ("common_config MSMTP_CMD", common.get("MSMTP_CMD")),
-            ),
+    mail = MailSources(
+        first(
+            ("global.admin_email", glob.get("admin_email")),
+            ("common_config DEFAULT_ADMIN_EMAIL", common.get("DEFAULT_ADMIN_EMAIL")),
+        ),
+        first(("email_subject_prefix", data.get("email_subject_prefix"))),
+        first(
+            ("global.msmtp_cmd", glob.get("msmtp_cmd")),
+            ("common_config MSMTP_CMD", common.get("MSMTP_CMD")),
         ),
     )
-    account_common(conv, common, {"DEFAULT_ADMIN_EMAIL", "MSMTP_CMD"})
+    convert_email(conv, mail)
+    overridden(conv, common, {"DEFAULT_ADMIN_EMAIL": mail.admin[0], "MSMTP_CMD": mail.msmtp[0]})
+    account_common(conv, common, {"DEFAULT_ADMIN_EMAIL", "MSMTP_CMD"}, server=True)
     for key, why in (
         ("local_temp_base_dir", "pullback unpacks into state_dir/staging/<host>"),
         ("yq_cmd", "not needed"),
@@ -327,9 +453,23 @@ def convert_server(data: dict, common: dict[str, str] | None = None) -> Conversi
     names = host_names(
         [text(h.get("hostname"), f"hosts[{n}].hostname") for n, h in enumerate(hosts)]
     )
-    context = HostContext(text(restic.get("repository_root"), "restic.repository_root"), conv)
+    context = HostContext(
+        text(restic.get("repository_root"), "restic.repository_root"), conv, source
+    )
     conv.settings["hosts"] = [_host(context, n, host, names[n]) for n, host in enumerate(hosts)]
     return conv
+
+
+def below(path: str, directory: str) -> bool:
+    """Whether ``path`` lies in ``directory`` (compared as written, ``..`` resolved)."""
+    path, directory = os.path.normpath(path), os.path.normpath(directory)
+    return path.startswith(directory.rstrip("/") + "/")
+
+
+def move_out(conv: Conversion, old: str, path: str, moved: str, why: str) -> None:
+    """Say that the file ``path`` (of the old key ``old``) must be copied to ``moved``,
+    which the new configuration names, and how."""
+    conv.drop(old, f"{why}: copy it first with `install -D -m 0600 {path} {moved}`")
 
 
 def host_names(full: list[str | None]) -> list[str]:
@@ -358,13 +498,39 @@ def _short(name: str) -> str:
         return name.split(".")[0]
 
 
-def _backend(conv: Conversion, restic: dict) -> dict[str, Any]:
+def _first_label(name: str) -> str:
+    """The host name a client gives itself when ``name`` is its address: the first
+    label, also of an IP address (which a client never names itself by)."""
+    return name.split(".")[0]
+
+
+def _backend(conv: Conversion, restic: dict, source: str) -> dict[str, Any]:
     backend: dict[str, Any] = {"type": "restic"}
-    for key in ("repository_root", "password_file"):
-        value = text(restic.get(key), f"restic.{key}")
-        if value:
-            backend[key] = value
-            conv.map(f"restic.{key}", f"backend.{key}")
+    root = text(restic.get("repository_root"), "restic.repository_root")
+    if root:
+        backend["repository_root"] = root
+        conv.map("restic.repository_root", "backend.repository_root")
+        if below(root, source) or os.path.normpath(root) == os.path.normpath(source):
+            conv.drop(
+                "restic.repository_root",
+                f"the repositories are in {source}: never remove {source} (or move them and "
+                "change backend.repository_root first)",
+            )
+    password = text(restic.get("password_file"), "restic.password_file")
+    if password and below(password, source):
+        backend["password_file"] = f"{PULLBACK_DIR}/repository.pass"
+        conv.map("restic.password_file", f"backend.password_file {backend['password_file']!r}")
+        move_out(
+            conv,
+            "restic.password_file",
+            password,
+            backend["password_file"],
+            f"the repositories' only password is in {source}, which the migration's last "
+            "step removes; server.yaml names the copy",
+        )
+    elif password:
+        backend["password_file"] = password
+        conv.map("restic.password_file", "backend.password_file")
     backend["init"] = False
     conv.map(
         "(backup-suite's repositories exist)",
@@ -382,8 +548,9 @@ def _backend(conv: Conversion, restic: dict) -> dict[str, Any]:
     if options:
         backend["backup_options"] = options
         conv.map("restic.backup_options", "backend.backup_options (a list, never a shell line)")
-    if restic.get("restic_cmd"):
-        conv.drop("restic.restic_cmd", "pullback runs the restic on the PATH (/usr/bin/restic)")
+    restic_cmd = text(restic.get("restic_cmd"), "restic.restic_cmd")
+    if restic_cmd:
+        conv.drop("restic.restic_cmd", tool_advice(restic_cmd, server=True))
     return backend
 
 
@@ -490,6 +657,8 @@ class HostContext:
 
     repository_root: str | None
     conv: Conversion
+    source: str
+    """The directory backup-suite's files were read from."""
 
 
 def _host(context: HostContext, number: int, host: dict, name: str) -> dict[str, Any]:
@@ -497,6 +666,13 @@ def _host(context: HostContext, number: int, host: dict, name: str) -> dict[str,
     full = str(host["hostname"])
     out: dict[str, Any] = {"name": name, "address": full}
     conv.map(f"{where}hostname", f"hosts[].name {name!r} and address {full!r}")
+    if name == full and name != _first_label(full):
+        conv.drop(
+            f"{where}hostname",
+            f"the name stays {full!r} (an IP address, or another host has the same first "
+            f"label), but the client names itself by its short host name: set `hostname: "
+            f"{full}` in that client's client.yaml",
+        )
     if context.repository_root and name != full:  # the old repository is named by the full name
         out["repository"] = f"{context.repository_root.rstrip('/')}/{full}"
         conv.map(f"{where}hostname", f"hosts[].repository {out['repository']!r} (as before)")
@@ -514,16 +690,32 @@ def _host(context: HostContext, number: int, host: dict, name: str) -> dict[str,
         )
     key = text(host.get("ssh_key_file"), f"{where}ssh_key_file")
     if key:
-        _key(conv, where, key, name, out)
+        _key(context, where, key, name, out)
     if host.get("remote_tar_dir"):
         conv.drop(f"{where}remote_tar_dir", "the client's serve endpoint offers its archives")
-    if host.get("admin_email"):
-        out["email_to"] = recipients(host["admin_email"], f"{where}admin_email")
-        conv.map(f"{where}admin_email", "hosts[].email_to")
+    _host_mail(conv, where, host, out)
     policy = text(host.get("restic_forget_policy"), f"{where}restic_forget_policy")
     if policy:
         _host_retention(conv, where, policy, out)
     return out
+
+
+def _host_mail(conv: Conversion, where: str, host: dict, out: dict[str, Any]) -> None:
+    """A host's ``admin_email`` (its warnings) and ``admin-email`` (backup_server.sh mailed
+    it when the host's backup failed) as the host's ``email_to``."""
+    to: list[str] = []
+    for key in ("admin_email", "admin-email"):
+        if host.get(key):
+            to += [a for a in recipients(host[key], f"{where}{key}") if a not in to]
+            conv.map(f"{where}{key}", "hosts[].email_to")
+    if host.get("admin-email"):
+        conv.drop(
+            f"{where}admin-email",
+            "backup-suite mailed it only when this host's backup failed; pullback mails "
+            "email_to about every problem of this host",
+        )
+    if to:
+        out["email_to"] = to
 
 
 def _host_retention(conv: Conversion, where: str, policy: str, out: dict[str, Any]) -> None:
@@ -551,21 +743,23 @@ def context_retention(conv: Conversion) -> dict[str, Any]:
     return conv.settings.get("retention") or {}
 
 
-def _key(conv: Conversion, where: str, key: str, name: str, out: dict[str, Any]) -> None:
-    """A host's own key; one in a home directory is moved to /etc/pullback/keys/<name>,
-    where the server's units (``ProtectHome=yes``) can read it."""
-    if not key.startswith(HOMES):
+def _key(context: HostContext, where: str, key: str, name: str, out: dict[str, Any]) -> None:
+    """A host's own key; one in a home directory (which the server's units,
+    ``ProtectHome=yes``, cannot read) or below backup-suite's directory (which the
+    migration's last step removes) is moved to /etc/pullback/keys/<name>."""
+    conv = context.conv
+    if key.startswith(HOMES):
+        why = f"the server's units cannot read {key} (ProtectHome=yes)"
+    elif below(key, context.source):
+        why = f"{key} is in {context.source}, which the migration's last step removes"
+    else:
         out["ssh_key_file"] = key
         conv.map(f"{where}ssh_key_file", "hosts[].ssh_key_file")
         return
-    moved = f"/etc/pullback/keys/{name}"
+    moved = f"{PULLBACK_DIR}/keys/{name}"
     out["ssh_key_file"] = moved
     conv.map(f"{where}ssh_key_file", f"hosts[].ssh_key_file {moved!r}")
-    conv.drop(
-        f"{where}ssh_key_file",
-        f"the server's units cannot read {key} (ProtectHome=yes): copy it with "
-        f"`install -D -m 0600 {key} {moved}`",
-    )
+    move_out(conv, f"{where}ssh_key_file", key, moved, why)
 
 
 # -- the client ------------------------------------------------------------------------------
@@ -593,6 +787,7 @@ def convert_client(
         ("keep_days", data.get("keep_days")),
         ("common_config DEFAULT_KEEP_DAYS", common.get("DEFAULT_KEEP_DAYS")),
     )
+    chosen = {"DEFAULT_KEEP_DAYS": key}
     if keep is not None:
         settings["keep_days"] = number(keep, key)
         conv.map(key, "keep_days")
@@ -600,26 +795,26 @@ def convert_client(
         ("min_free_space_mb", data.get("min_free_space_mb")),
         ("common_config DEFAULT_MIN_FREE_SPACE_MB", common.get("DEFAULT_MIN_FREE_SPACE_MB")),
     )
+    chosen["DEFAULT_MIN_FREE_SPACE_MB"] = key
     if free is not None:
         settings["min_free_space"] = f"{number(free, key)}M"
         conv.map(key, "min_free_space")
     tools = section(data, "tools")
-    convert_email(
-        conv,
-        MailSources(
-            first(
-                ("admin_email", data.get("admin_email")),
-                ("common_config DEFAULT_ADMIN_EMAIL", common.get("DEFAULT_ADMIN_EMAIL")),
-            ),
-            first(("email_subject_prefix", data.get("email_subject_prefix"))),
-            first(
-                ("tools.msmtp_cmd", tools.get("msmtp_cmd")),
-                ("common_config MSMTP_CMD", common.get("MSMTP_CMD")),
-            ),
+    mail = MailSources(
+        first(
+            ("admin_email", data.get("admin_email")),
+            ("common_config DEFAULT_ADMIN_EMAIL", common.get("DEFAULT_ADMIN_EMAIL")),
+        ),
+        first(("email_subject_prefix", data.get("email_subject_prefix"))),
+        first(
+            ("tools.msmtp_cmd", tools.get("msmtp_cmd")),
+            ("common_config MSMTP_CMD", common.get("MSMTP_CMD")),
         ),
     )
-    used = {"DEFAULT_ADMIN_EMAIL", "MSMTP_CMD", "DEFAULT_KEEP_DAYS", "DEFAULT_MIN_FREE_SPACE_MB"}
-    account_common(conv, common, used)
+    convert_email(conv, mail)
+    chosen["DEFAULT_ADMIN_EMAIL"], chosen["MSMTP_CMD"] = mail.admin[0], mail.msmtp[0]
+    overridden(conv, common, chosen)
+    account_common(conv, common, set(chosen), server=False)
     for key, why in (
         (
             "base_backup_dir",
@@ -633,5 +828,5 @@ def convert_client(
         if key in data:
             conv.drop(key, why)
     for tool in sorted(set(tools) - {"msmtp_cmd"}):
-        conv.drop(f"tools.{tool}", "pullback runs the tools on the PATH")
+        conv.drop(f"tools.{tool}", tool_advice(text(tools[tool], f"tools.{tool}") or "", False))
     return conv

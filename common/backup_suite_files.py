@@ -17,9 +17,13 @@ from pathlib import Path
 
 import yaml
 
-from .backup_suite import BadValue, Conversion, read_common_config
+from .backup_suite import BadValue, Conversion, read_common_config, tracked, unasked
 from .errors import EXIT_OK, ConfigError, UsageError
 from .fsutil import atomic_write
+from .yamlfile import YamlDocument, YamlFileError, format_key, load
+
+HEADER = "# made by import-backup-suite from "
+"""The first line of every file the import writes."""
 
 MAX_FILE = 1 << 20
 """Bytes read of each old file (backup-suite's are a few KiB)."""
@@ -54,28 +58,31 @@ def read_text(path: Path) -> str:
         raise UsageError(f"{path} is not UTF-8 text (byte {exc.start}); convert it first") from None
 
 
-def read_old(source: Path, spec: ImportSpec) -> tuple[dict, dict[str, str]]:
-    """The old YAML file's keys and common_config's assignments. Raises UsageError."""
+def read_old(source: Path, spec: ImportSpec) -> tuple[YamlDocument, dict[str, str]]:
+    """The old YAML file (its keys and their lines; ``data`` {} for an empty file) and
+    common_config's assignments. Raises UsageError: a YAML error as ``file:line: message``
+    on one line, as pullback's own files say it."""
     old = source / spec.old_name
+    read_text(old)  # a regular file, small, UTF-8
     try:
-        data = yaml.safe_load(read_text(old)) or {}
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{old} is not YAML: {exc}") from None
+        doc = load(old)
+    except YamlFileError as exc:
+        raise UsageError("\n".join(str(p) for p in exc.problems)) from None
     except RecursionError:
         raise UsageError(f"{old} is nested too deeply; not a backup-suite file") from None
-    if not isinstance(data, dict):
+    if doc.data is None:
+        doc.data = {}
+    if not isinstance(doc.data, dict):
         raise UsageError(f"{old}: expected a mapping of keys")
     common_file = source / "common_config"
     common = read_common_config(read_text(common_file)) if common_file.exists() else {}
-    return data, common
+    return doc, common
 
 
 def checked_text(conv: Conversion, spec: ImportSpec, old: Path) -> str:
     """The new file's text, after loading it as pullback would. Raises UsageError naming
     the keys pullback would refuse."""
-    text = f"# made by import-backup-suite from {old}\n" + yaml.safe_dump(
-        conv.settings, sort_keys=False, allow_unicode=True
-    )
+    text = f"{HEADER}{old}\n" + yaml.safe_dump(conv.settings, sort_keys=False, allow_unicode=True)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
         handle.write(text)
         handle.flush()
@@ -96,13 +103,16 @@ def run_import(source: Path, target: Path, write: bool, spec: ImportSpec) -> int
     ``<name>.before-import``, never overwritten). Returns the exit code; raises
     UsageError (exit 2) when an old file cannot be read or converted, naming the key."""
     old = source / spec.old_name
-    data, common = read_old(source, spec)
+    doc, common = read_old(source, spec)
+    asked: set[tuple] = set()
     try:
-        conv = spec.convert(data, common)
+        conv = spec.convert(tracked(doc.data, asked), common)
     except BadValue as exc:
         raise UsageError(f"{old}: {exc}") from None
     except RecursionError:
         raise UsageError(f"{old} is nested too deeply; not a backup-suite file") from None
+    for path, number, why in unasked(doc.lines, asked):
+        conv.drop(f"{old}:{number}: {format_key(path)}", why)
     for line in conv.mapped:
         print(f"mapped: {line}", file=sys.stderr)
     for line in conv.unmapped:
@@ -111,10 +121,12 @@ def run_import(source: Path, target: Path, write: bool, spec: ImportSpec) -> int
     if not write:
         print(text, end="")
         return EXIT_OK
+    if not target.parent.is_dir():
+        raise UsageError(f"cannot write {target}: its directory {target.parent} does not exist")
     try:
         write_keeping(target, text)
     except OSError as exc:
-        raise UsageError(f"cannot write {exc.filename or target}: {exc.strerror}") from None
+        raise UsageError(f"cannot write {target}: {exc.strerror}") from None
     print(f"wrote {target}; now run the check command", file=sys.stderr)
     return EXIT_OK
 
@@ -132,9 +144,17 @@ def write_keeping(target: Path, text: str) -> None:
         while kept.exists():
             number += 1
             kept = target.with_name(f"{target.name}.before-import.{number}")
-        atomic_write(kept, target.read_bytes(), mode=stat.S_IMODE(before.st_mode))
+        was = target.read_bytes()
+        atomic_write(kept, was, mode=stat.S_IMODE(before.st_mode))
         os.chown(kept, before.st_uid, before.st_gid)
-        print(f"kept the old {target} as {kept}", file=sys.stderr)
+        if was.startswith(HEADER.encode()) and was != text.encode():
+            print(
+                f"warning: {target} was made by import-backup-suite and was changed since "
+                f"(or its source was): kept as {kept}; copy your changes from there",
+                file=sys.stderr,
+            )
+        else:
+            print(f"kept the old {target} as {kept}", file=sys.stderr)
     atomic_write(target, text, mode=stat.S_IMODE(before.st_mode) if before else 0o640)
     if before is not None:  # client.yaml is read by the serve endpoint's group
         os.chown(target, before.st_uid, before.st_gid)

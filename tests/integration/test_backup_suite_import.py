@@ -141,7 +141,9 @@ def test_what_pullback_itself_would_refuse_or_cannot_read_is_exit_2(tmp_path):
     deep = cli(
         "server", "--config", str(tmp_path / "s.yaml"), "import-backup-suite", "--from", str(old)
     )
-    assert deep.returncode == 2 and "nested too deeply" in deep.stderr, deep.stderr[-300:]
+    assert deep.returncode == 2 and "nested more than 64 levels deep" in deep.stderr, deep.stderr[
+        -300:
+    ]
     (old / "server_config.yml").write_text(SERVER_CONFIG)
     os.mkfifo(old / "common_config")
     fifo = cli(
@@ -154,3 +156,77 @@ def test_what_pullback_itself_would_refuse_or_cannot_read_is_exit_2(tmp_path):
         "server", "--config", str(nowhere), "import-backup-suite", "--from", str(old), "--write"
     )
     assert result.returncode == 2 and "cannot write" in result.stderr, result.stderr
+
+
+SHIPPED_CLIENT = """\
+base_backup_dir: "/var/tmp/backups"
+backup_user: "backup-ld"
+backup_group: "backup-ld" # Often same as user
+admin_email: "client-admin+backup@example.org"
+keep_days: 14
+"""
+"""backup-suite 0.2's configs/client_config.yml, comments left out."""
+
+
+def test_an_unknown_key_is_named_with_file_and_line(tmp_path):
+    old = tmp_path / "etc-backup"
+    old.mkdir()
+    (old / "client_config.yml").write_text(SHIPPED_CLIENT + "keep_dayz: 30\n")
+    result = cli(
+        "client", "-c", str(tmp_path / "c.yaml"), "import-backup-suite", "--from", str(old)
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"no equivalent: {old}/client_config.yml:6: keep_dayz: backup-suite 0.2 reads no such "
+        "key (a misspelling of keep_days?)" in result.stderr
+    ), result.stderr
+    server = SERVER_CONFIG.replace("remote_tar_dir: /var/tmp/b\n", "remote_tar_dir: /b\n    x: 1\n")
+    (old / "server_config.yml").write_text(server)
+    result = cli(
+        "server", "-c", str(tmp_path / "s.yaml"), "import-backup-suite", "--from", str(old)
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{old}/server_config.yml:11: hosts[0].x: backup-suite 0.2 reads" in result.stderr
+
+
+def test_a_yaml_error_is_one_line_with_file_and_line(tmp_path):
+    old = tmp_path / "etc-backup"
+    old.mkdir()
+    (old / "client_config.yml").write_text(SHIPPED_CLIENT.replace("14", "[14"))
+    result = cli(
+        "client", "-c", str(tmp_path / "c.yaml"), "import-backup-suite", "--from", str(old)
+    )
+    assert result.returncode == 2
+    (said,) = result.stderr.splitlines()
+    assert f"{old}/client_config.yml:6: YAML syntax error: " in said, said
+    assert "\\n" not in said and "<unicode string>" not in said
+
+
+def test_writing_into_a_missing_directory_names_it(tmp_path):
+    old = tmp_path / "etc-backup"
+    old.mkdir()
+    (old / "client_config.yml").write_text(SHIPPED_CLIENT)
+    target = tmp_path / "nodir" / "client.yaml"
+    result = cli("client", "-c", str(target), "import-backup-suite", "--from", str(old), "--write")
+    assert result.returncode == 2
+    assert f"cannot write {target}: its directory {target.parent} does not exist" in result.stderr
+    assert ".tmp" not in result.stderr
+
+
+def test_a_second_write_over_an_edited_import_warns(tmp_path):
+    old = tmp_path / "etc-backup"
+    old.mkdir()
+    (old / "client_config.yml").write_text(SHIPPED_CLIENT)
+    target = tmp_path / "client.yaml"
+    args = ("client", "-c", str(target), "import-backup-suite", "--from", str(old), "--write")
+    assert cli(*args).returncode == 0
+    again = cli(*args)  # unchanged: kept, no warning
+    assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
+    target.write_text(target.read_text() + "hostname: client-a\n")
+    edited = cli(*args)
+    assert edited.returncode == 0, edited.stderr
+    assert (
+        f"warning: {target} was made by import-backup-suite and was changed since (or its "
+        f"source was): kept as {target}.before-import.1" in edited.stderr
+    ), edited.stderr
+    assert "hostname: client-a" in (tmp_path / "client.yaml.before-import.1").read_text()

@@ -75,7 +75,7 @@ def test_the_server_config_becomes_a_valid_server_yaml(tmp_path):
     assert settings["backend"] == {
         "type": "restic",
         "repository_root": "/srv/restic",
-        "password_file": "/etc/backup/restic.pass",
+        "password_file": "/etc/pullback/repository.pass",
         "init": False,
         "backup_options": ["--exclude-caches", "--compression", "max"],
     }
@@ -122,6 +122,7 @@ def test_the_server_config_becomes_a_valid_server_yaml(tmp_path):
         "hosts[0].restic_forget_policy",
         "not understood: --group-by host",
         "install -D -m 0600 /root/.ssh/id_web1 /etc/pullback/keys/web1",
+        "install -D -m 0600 /etc/backup/restic.pass /etc/pullback/repository.pass",
     ):
         assert key in said, key
     path = tmp_path / "server.yaml"

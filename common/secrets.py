@@ -94,13 +94,18 @@ def forget_all() -> None:
 
 
 _USERINFO = re.compile(
-    r"^(?P<head>(?:[a-z0-9]+:)?[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/:]*):(?P<password>.*)@"
+    r"^(?P<head>(?:[a-z0-9]+:)?[A-Za-z][A-Za-z0-9+.-]*://|rest:)"
+    r"(?P<user>[^/:]*):(?P<password>.*)@"
 )
-"""A URL's ``scheme://user:password@``, with restic's ``rest:`` prefix before it. The
-user may hold ``@`` (``backup@corp``: restic reads the user information to the last
-``@``), and so may the password, which runs to the last ``@``: one written raw may hold
-``/`` or ``@`` (restic cannot parse it then, and prints the line back: the whole password
-must be known to mask it)."""
+"""A URL's ``scheme://user:password@``, with restic's ``rest:`` prefix before it (or
+``rest:user:password@`` with no scheme at all: restic prints that line back whole, "unsupported
+protocol scheme"). The user may hold ``@`` (``backup@corp``: restic reads the user
+information to the last ``@``), and so may the password, which runs to the last ``@``:
+one written raw may hold ``/`` or ``@`` (restic cannot parse it then, and prints the line
+back: the whole password must be known to mask it)."""
+
+_CUTS = re.compile(r"[/?#@:]")
+"""Where a URL parser cuts a raw password that holds them (``invalid port ":Zq9x"``)."""
 
 
 def mask_url_password(location: str) -> str:
@@ -116,3 +121,20 @@ def url_password(location: str) -> str | None:
     """The password a repository URL's user information carries, or None."""
     match = _USERINFO.match(location)
     return match["password"] if match and match["password"] else None
+
+
+def url_secrets(location: str) -> tuple[str, ...]:
+    """What to mask of a repository URL: its password, percent-decoded too, and the
+    pieces a parser cuts a raw one into at ``/ ? # @ :`` (an outside walk saw restic
+    print ``invalid port ":Zq9SECRETx" after host`` for ``puller:Zq9SECRETx/Kp+w==@``);
+    pieces shorter than 3 characters are not masked (:func:`register`). Empty without
+    a password."""
+    password = url_password(location)
+    if not password:
+        return ()
+    import urllib.parse
+
+    found = [password, urllib.parse.unquote(password)]
+    for value in list(found):
+        found += [piece for piece in _CUTS.split(value) if piece]
+    return tuple(dict.fromkeys(found))

@@ -18,7 +18,6 @@ a password, as restic's REST backend wants it) is passed to the tool by file
 from __future__ import annotations
 
 import enum
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +48,6 @@ class Location:
 
 
 masked = secrets.mask_url_password
-password_of = secrets.url_password
 
 
 def _template(url: str, name: str) -> str:
@@ -122,9 +120,8 @@ def _from_file(path: Path) -> Location:
     saw restic's "created restic repository ... at /mnt/offsite/web1" print as "at ***")
     to be shown masked. Raises BackendError."""
     line = read_location_file(path)
-    password = password_of(line)
-    if password:  # masked alone too (restic may print the URL its own way)
-        secrets.register(password, urllib.parse.unquote(password))
+    # masked alone too, and its pieces (restic may print the URL its own way)
+    secrets.register(*secrets.url_secrets(line))
     return Location(masked(line.strip()), None, path)
 
 

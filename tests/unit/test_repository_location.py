@@ -12,9 +12,10 @@ from pullback.common.config import load_validated, secret_file_problems
 from pullback.common.errors import ConfigError
 from pullback.common.runner import is_stack_frame
 from pullback.common.schema import load_schema
+from pullback.common.secrets import url_password as password_of
 from pullback.server.backends import Role, make_backend
 from pullback.server.backends.errors import BackendError
-from pullback.server.backends.location import locate, masked, password_of
+from pullback.server.backends.location import locate, masked
 from pullback.server.config import load_server_config
 from tests.helpers.files import secret_file as secret
 
@@ -106,6 +107,8 @@ def test_an_exposed_location_file_is_refused_in_words(config, tmp_path):
         ("sftp:user@host:/srv/x", "sftp:user@host:/srv/x", None),
         ("ssh://borg@host:22/./x", "ssh://borg@host:22/./x", None),
         ("/var/lib/pullback/x", "/var/lib/pullback/x", None),
+        # no scheme at all: restic prints it back whole ("unsupported protocol scheme")
+        ("rest:puller:LEAKa1@store:8000/web1/", "rest:puller:***@store:8000/web1/", "LEAKa1"),
     ],
 )
 def test_a_password_in_a_url_is_masked(location, shown, password):
@@ -179,3 +182,33 @@ def test_only_a_location_file_s_password_is_a_secret(tmp_path):
     assert secrets.mask(said) == (
         f"created restic repository 5d2 at /mnt/offsite-Q7/web1-local; auth {secrets.MASK}"
     )
+
+
+@pytest.mark.parametrize(
+    ("raw", "piece"),
+    [("Zq9SECRETx/Kp+w==", "Zq9SECRETx"), ("MAIL#LEAK77", "MAIL"), ("Abc?LEAKe5", "Abc")],
+)
+def test_what_restic_prints_of_a_raw_password_is_masked(tmp_path, raw, piece):
+    """A password not percent-encoded (the mistake scaling.md warns of): restic's Go URL
+    parser cuts it at / ? # and quotes a piece (``invalid port ":Zq9SECRETx" after
+    host``); an outside walk found the piece in the log, the mail, status and
+    status.json. Real restic, whose parse fails before any network."""
+    import subprocess
+
+    from pullback.common import secrets
+    from pullback.server.backends.location import _from_file
+
+    location = tmp_path / "web1.repository"
+    location.write_text(f"rest:http://puller:{raw}@store.example:8000/web1/\n")
+    location.chmod(0o600)
+    _from_file(location)
+    said = subprocess.run(
+        ["restic", "-r", location.read_text().strip(), "snapshots", "--no-lock"],
+        capture_output=True,
+        text=True,
+        env={"RESTIC_PASSWORD": "x", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=60,
+    ).stderr
+    assert f'":{piece}"' in said, said  # what restic prints of it
+    shown = secrets.mask(said)
+    assert piece not in shown and raw not in shown, shown

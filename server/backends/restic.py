@@ -55,6 +55,15 @@ def selection_args(host: str, adopt: str | None = None) -> list[str]:
     return [*(a for h in hosts for a in ("--host", h)), "--tag", TAG, "--tag", adopt]
 
 
+def selects(item: dict, host: str, adopt: str | None = None) -> bool:
+    """Whether :func:`selection_args` of ``host`` and ``adopt`` select the snapshot
+    ``item`` (one of ``restic snapshots --json``): its host is one of them and it carries
+    pullback's tag or ``adopt`` as a tag."""
+    tags = item.get("tags") or []
+    hosts, wanted = ({host, adopt}, {TAG, adopt}) if adopt else ({host}, {TAG})
+    return item.get("hostname") in hosts and any(t in wanted for t in tags)
+
+
 CLOUD_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 """Environment variables restic reads that hold a secret of a remote store."""
 
@@ -324,6 +333,17 @@ class ResticBackend(RepositoryBackend):
                 )
             )
         return sorted(found, key=lambda s: s.time)
+
+    def strangers(self, claimed: Sequence[tuple[str, str | None]]) -> dict[str, int]:
+        """The host names of the repository's snapshots that none of ``claimed`` (each
+        host sharing the repository: its name and adopt_host) selects, and how many
+        each has, unbounded (the caller bounds what it shows). Raises BackendError."""
+        counts: dict[str, int] = {}
+        for item in self._json(["snapshots", "--json"], timeout=600) or []:
+            if not any(selects(item, host, adopt) for host, adopt in claimed):
+                name = str(item.get("hostname"))
+                counts[name] = counts.get(name, 0) + 1
+        return counts
 
     def copy_from(self, source: Backend, snapshots: Sequence[Snapshot], timeout: float) -> None:
         """``restic copy`` of ``snapshots`` from ``source`` (the primary) into this

@@ -142,6 +142,10 @@ class Backend(Protocol):
         name and adopt_host of each host sharing it) owns, and how many each has.
         Raises BackendError."""
 
+    def adopted_services(self, snapshot: Snapshot) -> list[str]:
+        """The ``<type>/<name>`` directories of the adopted backup-suite ``snapshot``,
+        sorted. Raises BackendError."""
+
     def store(self, staging: Path, spec: SnapshotSpec, timeout: float) -> StoreResult:
         """Store ``staging`` as one snapshot of ``spec`` (stamp, time, failed services).
 

@@ -257,6 +257,11 @@ class RepositoryBackend(ABC):
         host's, and only restic ones are adopted; restic's says)."""
         return {}
 
+    def adopted_services(self, snapshot) -> list[str]:
+        """The ``<type>/<name>`` directories of an adopted backup-suite snapshot: none
+        here (only restic repositories are adopted; restic's lists them)."""
+        return []
+
     @abstractmethod
     def probe_args(self) -> list[str]:
         """Arguments of a cheap command that fails with a MISSING phrase when there is no

@@ -204,3 +204,60 @@ def test_check_warns_of_secrets_left_in_etc_backup(adopting):
         "0600 /etc/backup/client_a_id_ed25519 NEW, then point server.yaml at NEW)"
     )
     assert f"warning: {warned}" in fleet.server("check").stdout
+
+
+def test_restoring_a_service_an_adopted_snapshot_lacks_names_what_it_holds(adopting, tmp_path):
+    fleet = adopting
+    suite_snapshot(
+        fleet,
+        tmp_path / "work",
+        "20261122_030000",
+        {
+            **{f"files/s{n}/data/x": "x\n" for n in range(5)},
+            "docker/tandoor/config_used/service.yml": "service: {name: tandoor}\n",
+            "files/shared\x1b[2J/data/y": "y\n",
+        },
+    )
+    target = tmp_path / "restored"
+    done = fleet.server(
+        "restore",
+        "web1",
+        "--snapshot",
+        "20261122_030000",
+        "--service",
+        "shared_data",
+        "--target",
+        str(target),
+    )
+    assert done.returncode == 1, _said(done)
+    assert (
+        "holds no service 'shared_data' (it holds: docker/tandoor, files/s0, files/s1, "
+        "files/s2, files/s3 and 2 more)"
+    ) in done.stderr
+    # its type/name works, and the hostile name is escaped where it is named
+    done = fleet.server(
+        "restore",
+        "web1",
+        "--snapshot",
+        "20261122_030000",
+        "--service",
+        "docker/tandoor",
+        "--target",
+        str(target),
+    )
+    assert done.returncode == 0, _said(done)
+    (target / "docker" / "tandoor" / "config_used" / "service.yml").unlink()
+    suite_snapshot(
+        fleet, tmp_path / "work", "20261123_030000", {"files/shared\x1b[2J/data/y": "y\n"}
+    )
+    done = fleet.server(
+        "restore",
+        "web1",
+        "--snapshot",
+        "20261123_030000",
+        "--service",
+        "app",
+        "--target",
+        str(tmp_path / "again"),
+    )
+    assert "(it holds: files/shared\\x1b[2J)" in done.stderr and "\x1b" not in done.stderr

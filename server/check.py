@@ -5,29 +5,36 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+from pathlib import Path
 
 from ..common.cli import print_json
 from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError
 from ..common.sandbox import HOMES, output_problem, repository_problem, unit_writable_paths
 from ..common.schema import load_schema
-from ..common.text import printable
+from ..common.text import counted, printable
 from .backends import RepositoryMissing, Role, read_password
 from .backends.base import local_path
+from .backends.location import locate
 from .config import ServerConfig
 from .copy import gone
 from .host import HostContext
 from .remote import Remote
+from .snapshots import few
 
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:
-    """``pullback-server check``: what is fine, then one ``problem:`` line per problem."""
+    """``pullback-server check``: what is fine, one ``warning:`` line per warning, then one
+    ``problem:`` line per problem. Returns the exit code (1 for a problem)."""
     good, problems = check(config, args.host)
+    warnings = suite_dir_warnings(config)  # (they change no exit code)
     if args.json:
-        print_json({"ok": good, "problems": problems})
+        print_json({"ok": good, "warnings": warnings, "problems": problems})
         return EXIT_FAILED if problems else EXIT_OK
     for line in good:
         print(line)
+    for line in warnings:
+        print(f"warning: {line}")
     for line in problems:
         print(f"problem: {line}")
     return EXIT_FAILED if problems else EXIT_OK
@@ -67,6 +74,68 @@ def key_problems(config: ServerConfig) -> list[str]:
     return problems
 
 
+def _password_fix(config: ServerConfig) -> str:
+    """What to do about a missing ``backend.password_file``: restore it when a
+    repository it opens exists, or a host adopts backup-suite's (a new password cannot
+    open them); else make one. Returns the words, starting with ``; ``."""
+    path = config.backend.password_file
+    existing = _existing_repositories(config)
+    adopting = [h.name for h in config.hosts if h.adopt_host]
+    if existing or adopting:
+        why = (
+            f"the repository {existing[0]} exists"
+            if existing
+            else f"host {adopting[0]} adopts backup-suite's repository (adopt_host)"
+        )
+        return (
+            f"; {why}, and a new password cannot open an existing repository: restore the "
+            "file from where it was kept (a backup, the old server); only for a genuinely "
+            "new setup generate one"
+        )
+    return (
+        f"; create it (and keep a copy somewhere safe: without it no backup can "
+        f"be read): [ -e {path} ] || (umask 077; head -c 32 /dev/urandom | base64 > {path})"
+    )
+
+
+def _existing_repositories(config: ServerConfig) -> list[str]:
+    """The local repositories of hosts that use ``backend.password_file`` and exist
+    (their ``config`` file is there), as words."""
+    found = []
+    for host in config.hosts:
+        if host.password_file is not None:
+            continue
+        try:
+            where = local_path(locate(config.backend, host, Role.PULL).shown)
+        except PullbackError:
+            continue
+        if where is not None and (where / "config").is_file():
+            found.append(str(where))
+    return found
+
+
+SUITE_DIR = Path("/etc/backup")
+"""backup-suite's directory: step 8 of docs/migrating-from-backup-suite.md removes it."""
+
+
+def suite_dir_warnings(config: ServerConfig) -> list[str]:
+    """The secrets server.yaml names below :data:`SUITE_DIR` (the repository password,
+    SSH keys, as import-backup-suite carried them over), each with how to move it."""
+    named: list[tuple[str, Path | None]] = [("backend.password_file", config.backend.password_file)]
+    named += [(f"hosts[{h.name}].password_file", h.password_file) for h in config.hosts]
+    named += [(f"hosts[{h.name}].ssh_key_file", h.key_file) for h in config.hosts]
+    named.append(("ssh.key_file", config.ssh.key_file))
+    warnings = []
+    for setting, path in named:
+        if path is not None and path.is_relative_to(SUITE_DIR):
+            warnings.append(
+                f"{config.path}: {setting}: {path} lies in {SUITE_DIR}, which step 8 of the "
+                f"migration removes: move it first (install -D -m 0600 {path} NEW, then "
+                "point server.yaml at NEW)"
+            )
+    return list(dict.fromkeys(warnings))
+
+
 def units_writable_paths() -> dict[str, list[str] | None]:
     """Each server unit's ``ReadWritePaths=`` (None where systemd cannot say): asked of
     systemd once per check."""
@@ -98,11 +167,7 @@ def local_problems(
     except PullbackError as exc:
         fix = ""
         if not config.backend.password_file.exists():
-            path = config.backend.password_file
-            fix = (
-                f"; create it (and keep a copy somewhere safe: without it no backup can "
-                f"be read): [ -e {path} ] || (umask 077; head -c 32 /dev/urandom | base64 > {path})"
-            )
+            fix = _password_fix(config)
         problems.append(f"{config.path}: backend.password_file: {exc}{fix}")
     outputs = (("metrics_file", config.metrics_file), ("status_page", config.status_page))
     for unit, paths in (allowed if allowed is not None else units_writable_paths()).items():
@@ -165,6 +230,9 @@ def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
             f"{name}: repository {backend.repository()} has {len(snapshots)} snapshot(s)"
             + (f", {adopted} of them adopted ({ctx.host.adopt_host})" if adopted else "")
         )
+        unseen = _strangers(ctx)
+        if unseen:
+            problems.append(unseen)
     except RepositoryMissing as exc:
         if ctx.config.backend.init:
             good.append(
@@ -174,6 +242,32 @@ def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
             problems.append(_of_host(name, exc))
     except PullbackError as exc:
         problems.append(_of_host(name, exc))
+
+
+def _strangers(ctx: HostContext) -> str | None:
+    """The snapshots in the host's repository that are neither its own nor its
+    adopt_host's, nor another member's of its group, in words (their host names, at
+    most five, and counts), or None when there are none: a wrong
+    adopt_host (the short name where backup-suite used the whole one) leaves the old
+    history unlisted, unrestorable and out of the retention. Raises BackendError."""
+    host, config = ctx.host, ctx.config
+    sharing = [h for h in config.hosts if h is host or (host.group and h.group == host.group)]
+    counts = ctx.backend.strangers([(h.name, h.adopt_host) for h in sharing])
+    if not counts:
+        return None
+    ranked = sorted(counts, key=lambda name: (-counts[name], name))
+    hosts = "host" if len(ranked) == 1 else "hosts"
+    words = [printable(name, 100) for name in ranked]
+    if len(ranked) > 1:
+        words = [f"{word} ({counts[name]})" for word, name in zip(words, ranked, strict=True)]
+    named = few(words)
+    total = counted(sum(counts.values()), "snapshot")
+    if host.adopt_host:
+        adopt = printable(host.adopt_host, 100)
+        fix = f"neither this host's nor adopt_host's ({adopt}): is adopt_host right?"
+    else:
+        fix = "not this host's: if they are its backup-suite history, set adopt_host"
+    return f"{host.name}: {total} of {hosts} {named} in {ctx.backend.repository()} are {fix}"
 
 
 def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[str], list[str]]:

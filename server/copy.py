@@ -275,7 +275,7 @@ class HostCopy:
             self.ctx, config=dataclasses.replace(config, maintenance=maintenance)
         )
         self.result.drill = drill(ctx)
-        if not self.result.drill.ok:
+        if self.result.drill.failed:
             self.result.status = Status.FAILED
             self.result.problems.append(f"drill of the copy: {self.result.drill.summary}")
 

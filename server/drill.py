@@ -53,6 +53,8 @@ class DrillResult:
     files_checked: int = 0
     bytes_checked: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What a drill that found nothing to drill yet (``waiting``) says instead."""
     databases: list[DatabaseProof] = field(default_factory=list)
     """A proof per database dump of the snapshot (none when it has none)."""
     duration: float = 0.0
@@ -65,6 +67,15 @@ class DrillResult:
     listed: frozenset[str] | None = None
     """The ids of the snapshots the repository listed (None: not asked): a recorded
     failure of one no longer listed is over."""
+    waiting: bool = False
+    """Nothing to drill yet: the host never had a pullback snapshot (before its first
+    pull; it may hold snapshots adopted from backup-suite, which hold no manifest). A
+    note, not a failure; a host whose pullback snapshots are gone fails instead."""
+
+    @property
+    def failed(self) -> bool:
+        """The drill failed: it neither passed nor found nothing to drill yet."""
+        return not self.ok and not self.waiting
 
     @property
     def proven(self) -> list[DatabaseProof]:
@@ -82,6 +93,8 @@ class DrillResult:
 
     @property
     def summary(self) -> str:
+        if self.waiting:
+            return "; ".join(self.notes)
         if self.ok:
             again = " (its earlier failed drill is over)" if self._again else ""
             return (
@@ -192,20 +205,47 @@ def drill(ctx: HostContext, choice: DrillChoice | None = None) -> DrillResult:
     if ctx.cancel.is_set() and not deadline.is_alive():
         limit = human_duration(ctx.config.host_timeout)
         result.problems.append(f"the drill was stopped at host_timeout ({limit})")
-        result.ok = False
-    ctx.log.log(logging.INFO if result.ok else logging.ERROR, "%s", result.summary)
+        result.ok = result.waiting = False
+    ctx.log.log(logging.ERROR if result.failed else logging.INFO, "%s", result.summary)
     return result
 
 
-def _provable(listed: list[Snapshot], result: DrillResult) -> list[Snapshot]:
-    """The snapshots a drill can prove (pullback's: adopted ones hold no manifest); when
-    there is none, the problem is noted in ``result``."""
+def _provable(ctx: HostContext, listed: list[Snapshot], result: DrillResult) -> list[Snapshot]:
+    """The snapshots a drill can prove (pullback's: adopted ones hold no manifest). When
+    there is none, ``result`` says why: nothing to drill yet (``waiting``) for a host
+    that never had one, a problem for a host whose pullback snapshots are gone."""
     snapshots = [s for s in listed if not s.adopted]
-    if not snapshots:
-        adopted = len(listed)
-        why = f" ({adopted} adopted from backup-suite: they hold no manifest)"
-        result.problems.append("no snapshot to restore" + (why if adopted else ""))
-    return snapshots
+    if snapshots:
+        return snapshots
+    adopted = len(listed)
+    held = _pullback_held(ctx)
+    if held is None:
+        hold = counted(adopted, "adopted from backup-suite holds", "adopted from backup-suite hold")
+        why = f" ({hold} no manifest)" if adopted else ""
+        result.waiting = True
+        result.notes.append(f"nothing to drill yet: no pullback snapshot{why}")
+    else:
+        kept = f" (it holds {counted(adopted, 'adopted snapshot')} only)" if adopted else ""
+        result.problems.append(
+            f"no pullback snapshot to restore, though {held}{kept}: were they forgotten, "
+            "or is this another repository? see pullback-server snapshots "
+            f"{ctx.host.name} and status --json"
+        )
+    return []
+
+
+def _pullback_held(ctx: HostContext) -> str | None:
+    """What status.json says of a pullback snapshot the host had (stored by a pull, or
+    proven by a drill), in words; None when it never had one."""
+    entry = status_file.load_status(ctx.config.state_dir)["hosts"].get(ctx.host.name, {})
+    stored = entry.get("snapshot_id") or entry.get("archive")
+    proven = entry.get("last_verified_snapshot")
+    if stored:
+        when = printable(entry.get("last_success") or "?", 40)
+        return f"snapshot {printable(stored, 80)} was stored ({when})"
+    if proven:
+        return f"snapshot {printable(proven, 80)} passed a drill before"
+    return None
 
 
 def _named(listed: list[Snapshot], wanted: str, host: str) -> Snapshot:
@@ -259,7 +299,7 @@ def _chosen(ctx: HostContext, choice: DrillChoice, result: DrillResult) -> Snaps
     result.listed = frozenset(s.id for s in listed)
     if choice.snapshot is not None:
         return _named(listed, choice.snapshot, ctx.host.name)
-    snapshots = _provable(listed, result)
+    snapshots = _provable(ctx, listed, result)
     return _pick(ctx, snapshots, choice.random, result) if snapshots else None
 
 

@@ -112,7 +112,8 @@ def build(
         newest.add(_ts(entry.get("newest_snapshot")), **labels)
         stale.add(is_stale(entry, host.max_age, now), **labels)
         verified.add(_ts(entry.get("last_verified")), **labels)
-        if "verify_result" in entry:  # 0 too while a snapshot's failed drill stands
+        if entry.get("verify_result", Status.SKIPPED) != Status.SKIPPED:
+            # 0 too while a snapshot's failed drill stands; none while nothing to drill
             good = not isinstance(entry.get("verify_failed_snapshot"), dict)
             verify_ok.add(entry["verify_result"] == Status.OK and good, **labels)
         maintained.add(_ts(entry.get("last_maintained")), **labels)

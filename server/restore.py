@@ -24,9 +24,10 @@ from ..common.procfs import bytes_written_below
 from ..common.progress import STATUS, Progress, Watched
 from ..common.signals import SignalGuard
 from ..common.text import printable
-from .backends import Snapshot, named
+from .backends import Backend, Snapshot, named
 from .config import ServerConfig
 from .host import HostContext
+from .snapshots import few
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,7 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
         try:
             with Watched(Progress("restore", total), sample=_written_so_far):
                 ctx.backend.restore(snapshot, target, includes)
-            _check_restored(request, snapshot)
+            _check_restored(request, snapshot, ctx.backend)
         except BaseException:
             with guard.shielded():
                 _undo(target, before, aside)
@@ -289,16 +290,16 @@ def _undo(target: Path, before: set[str], aside: SetAside | None) -> None:
         aside.put_back()
 
 
-def _check_restored(request: RestoreRequest, snapshot: Snapshot) -> None:
+def _check_restored(request: RestoreRequest, snapshot: Snapshot, backend: Backend) -> None:
     """Raise when the snapshot held nothing of what was asked: no such service
-    (PullbackError) or nothing at the path (UsageError; an outside test got "restored"
-    and an empty directory)."""
+    (PullbackError, naming the services it holds) or nothing at the path (UsageError;
+    an outside test got "restored" and an empty directory)."""
     target = request.target
     if request.service and not _holds(target, request.service, snapshot.adopted):
-        held = _services_of(target)
+        held = _adopted_services(backend, snapshot) if snapshot.adopted else _services_of(target)
         raise PullbackError(
             f"snapshot {snapshot.id} of {request.host} holds no service {request.service!r}"
-            + (f" (it holds: {', '.join(held)})" if held else "")
+            + (f" (it holds: {few(held)})" if held else "")
         )
     if request.path and not os.path.lexists(target / _relative(request.path)):
         raise UsageError(
@@ -403,6 +404,16 @@ def _holds(target: Path, service: str, adopted: bool) -> bool:
     if "/" in service:
         return (target / service).is_dir()
     return any((kind / service).is_dir() for kind in target.iterdir() if kind.is_dir())
+
+
+def _adopted_services(backend: Backend, snapshot: Snapshot) -> list[str]:
+    """The ``<type>/<name>`` directories of an adopted backup-suite snapshot, each
+    escaped and cut ([] when the repository cannot say: the error stays the missing
+    service's)."""
+    try:
+        return [printable(name, 100) for name in backend.adopted_services(snapshot)]
+    except PullbackError:
+        return []
 
 
 def _services_of(target: Path) -> list[str]:

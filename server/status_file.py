@@ -294,10 +294,23 @@ def _put(entry: dict, key: str, value: object) -> None:
         entry[key] = value
 
 
+def drill_status(drill) -> Status:
+    """What ``verify_result`` records of ``drill``: ok, failed, or skipped when there was
+    nothing to drill yet (no pullback snapshot before the host's first pull)."""
+    if drill.waiting:
+        return Status.SKIPPED
+    return Status.OK if drill.ok else Status.FAILED
+
+
 def _record_drill(entry: dict, drill, now: str) -> None:
-    entry["last_verified_attempt"] = now
-    entry["verify_result"] = Status.OK if drill.ok else Status.FAILED
+    """Record ``drill`` in the host's ``entry``. One that found nothing to drill yet
+    records only its result and words: no attempt (the next maintenance drills the
+    first pull's snapshot at once), and it ends no failure recorded before."""
+    entry["verify_result"] = drill_status(drill)
     entry["verify_summary"] = drill.summary
+    if drill.waiting:
+        return
+    entry["last_verified_attempt"] = now
     entry["verify_problems"] = drill.problems[:20]
     entry["verify_warnings"] = drill.warnings[:20]
     if drill.databases:
@@ -379,8 +392,9 @@ def record_copies(state_dir: Path, results) -> dict:
             if result.status == Status.OK:
                 entry["copied"] = now
             if result.drill is not None:
-                entry["verify_attempt"] = now
-                entry["verify_result"] = Status.OK if result.drill.ok else Status.FAILED
+                if not result.drill.waiting:  # (as in _record_drill: no attempt)
+                    entry["verify_attempt"] = now
+                entry["verify_result"] = drill_status(result.drill)
                 entry["verify_summary"] = result.drill.summary
                 if result.drill.ok:
                     entry["verified"] = now

@@ -29,9 +29,9 @@ def verify(
     config: ServerConfig, names: list[str] | None = None, choice: DrillChoice | None = None
 ) -> tuple[int, list[DrillResult]]:
     """``pullback-server verify``: the restore drill for the hosts, now. Returns the exit
-    code (1 when a drill failed) and each host's result. Raises UsageError when
-    ``choice`` names a snapshot and the hosts are not exactly one, or the snapshot is not
-    one of its own (nothing is recorded then)."""
+    code (1 when a drill failed; a host with nothing to drill yet is no failure) and each
+    host's result. Raises UsageError when ``choice`` names a snapshot and the hosts are
+    not exactly one, or the snapshot is not one of its own (nothing is recorded then)."""
     hosts = config.select_hosts(names)
     if choice is not None and choice.snapshot is not None and len(hosts) != 1:
         raise UsageError("--snapshot names one host's snapshot: give that host with --host")
@@ -42,7 +42,7 @@ def verify(
             ctx = HostContext.open(config, host, role=Role.MAINTAIN)
             results.append(drill(ctx, choice))
         status_file.record_drills(config.state_dir, results)
-    return (EXIT_OK if all(r.ok for r in results) else EXIT_FAILED), results
+    return (EXIT_FAILED if any(r.failed for r in results) else EXIT_OK), results
 
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:

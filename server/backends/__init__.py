@@ -137,6 +137,15 @@ class Backend(Protocol):
     def snapshots(self) -> list[Snapshot]:
         """pullback's snapshots of this host, oldest first."""
 
+    def strangers(self, claimed: Sequence[tuple[str, str | None]]) -> dict[str, int]:
+        """The host names of the repository's snapshots that none of ``claimed`` (the
+        name and adopt_host of each host sharing it) owns, and how many each has.
+        Raises BackendError."""
+
+    def adopted_services(self, snapshot: Snapshot) -> list[str]:
+        """The ``<type>/<name>`` directories of the adopted backup-suite ``snapshot``,
+        sorted. Raises BackendError."""
+
     def store(self, staging: Path, spec: SnapshotSpec, timeout: float) -> StoreResult:
         """Store ``staging`` as one snapshot of ``spec`` (stamp, time, failed services).
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ...common.errors import CommandError
@@ -209,9 +209,12 @@ class RepositoryBackend(ABC):
         if self._opens():
             return
         if not self.config.init:
+            # init: false keeps a pull from making a new, empty repository where the old
+            # one is missing (an unmounted disk): advising init would undo that
             raise RepositoryMissing(
-                f"the {self.name} repository {self.repository()} does not exist "
-                f"and backend.init is false; create it with {self.name} init"
+                f"the {self.name} repository {self.repository()} does not exist: is its "
+                f"disk mounted? (backend.init is false, so pullback does not create it; "
+                f"`{self.name} init` only for a new repository)"
             )
         if not create:
             raise RepositoryMissing(
@@ -247,6 +250,17 @@ class RepositoryBackend(ABC):
             if not self._said(exc, self.MISSING) or self.wrong_password(exc):
                 raise self.explain(exc) from None
         return False
+
+    def strangers(self, claimed: Sequence[tuple[str, str | None]]) -> dict[str, int]:
+        """The host names of snapshots in the repository that none of ``claimed`` (name,
+        adopt_host) owns, and how many each has: none here (a borg repository is one
+        host's, and only restic ones are adopted; restic's says)."""
+        return {}
+
+    def adopted_services(self, snapshot) -> list[str]:
+        """The ``<type>/<name>`` directories of an adopted backup-suite snapshot: none
+        here (only restic repositories are adopted; restic's lists them)."""
+        return []
 
     @abstractmethod
     def probe_args(self) -> list[str]:

@@ -55,6 +55,19 @@ def selection_args(host: str, adopt: str | None = None) -> list[str]:
     return [*(a for h in hosts for a in ("--host", h)), "--tag", TAG, "--tag", adopt]
 
 
+def selects(item: dict, host: str, adopt: str | None = None) -> bool:
+    """Whether :func:`selection_args` of ``host`` and ``adopt`` select the snapshot
+    ``item`` (one of ``restic snapshots --json``): its host is one of them and it carries
+    pullback's tag or ``adopt`` as a tag."""
+    tags = item.get("tags") or []
+    hosts, wanted = ({host, adopt}, {TAG, adopt}) if adopt else ({host}, {TAG})
+    return item.get("hostname") in hosts and any(t in wanted for t in tags)
+
+
+KINDS_LISTED = 100
+"""Top directories (service types) of an adopted snapshot whose services are listed."""
+
+
 CLOUD_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 """Environment variables restic reads that hold a secret of a remote store."""
 
@@ -290,6 +303,27 @@ class ResticBackend(RepositoryBackend):
             out.seek(0)
             return json.loads(out.read() or b"null")
 
+    def _dirs(self, snapshot: Snapshot, below: list[str], depth: int) -> list[str]:
+        """The directories ``depth`` levels deep in ``snapshot`` that restic ls of the
+        directories ``below`` lists (those and what they hold, not deeper), as paths
+        without the leading slash, in restic's order. Raises BackendError."""
+        found = []
+        with tempfile.TemporaryFile() as out:
+            self.run(["ls", "--json", snapshot.id, *below], stdout=out, level=10, timeout=600)
+            out.seek(0)
+            for line in out:
+                path = _dir_path(line)
+                if path is not None and path.count("/") == depth - 1:
+                    found.append(path)
+        return found
+
+    def adopted_services(self, snapshot: Snapshot) -> list[str]:
+        """The ``<type>/<name>`` directories of an adopted backup-suite snapshot (its
+        services as backup-suite stored them), sorted; of at most :data:`KINDS_LISTED`
+        types. Raises BackendError."""
+        kinds = self._dirs(snapshot, ["/"], 1)[:KINDS_LISTED]
+        return sorted(self._dirs(snapshot, [f"/{k}" for k in kinds], 2)) if kinds else []
+
     def probe_args(self) -> list[str]:
         return ["cat", "config"]
 
@@ -324,6 +358,17 @@ class ResticBackend(RepositoryBackend):
                 )
             )
         return sorted(found, key=lambda s: s.time)
+
+    def strangers(self, claimed: Sequence[tuple[str, str | None]]) -> dict[str, int]:
+        """The host names of the repository's snapshots that none of ``claimed`` (each
+        host sharing the repository: its name and adopt_host) selects, and how many
+        each has, unbounded (the caller bounds what it shows). Raises BackendError."""
+        counts: dict[str, int] = {}
+        for item in self._json(["snapshots", "--json"], timeout=600) or []:
+            if not any(selects(item, host, adopt) for host, adopt in claimed):
+                name = str(item.get("hostname"))
+                counts[name] = counts.get(name, 0) + 1
+        return counts
 
     def copy_from(self, source: Backend, snapshots: Sequence[Snapshot], timeout: float) -> None:
         """``restic copy`` of ``snapshots`` from ``source`` (the primary) into this
@@ -440,6 +485,19 @@ class ResticBackend(RepositoryBackend):
             return int(data["total_size"])
         except (PullbackError, KeyError, TypeError, ValueError):
             return None
+
+
+def _dir_path(line: bytes) -> str | None:
+    """The path (no leading slash) of the directory a line of ``restic ls --json``
+    names, None for anything else."""
+    try:
+        node = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(node, dict) or node.get("type") != "dir":
+        return None
+    path = node.get("path")
+    return path.strip("/") if isinstance(path, str) else None
 
 
 def _message(output: bytes, kind: str) -> dict:

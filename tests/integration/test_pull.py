@@ -354,7 +354,7 @@ def test_missing_repository_with_init_false(fleet):
     fleet.write_config(backend={"init": False})
     result = fleet.server("pull")
     assert result.returncode == 1
-    assert "does not exist and backend.init is false" in result.stderr
+    assert "does not exist: is its disk mounted? (backend.init is false" in result.stderr
 
 
 def test_summary_mail_lists_failures_first(fleet):

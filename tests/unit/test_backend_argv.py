@@ -421,3 +421,23 @@ def test_restics_count_of_errors_is_said_with_the_first_error(tmp_path):
     assert backend.said(CommandError("restic check", 1, ["Fatal: wrong password"])) == (
         "Fatal: wrong password"
     )
+
+
+def test_selects_is_what_selection_args_ask_restic_for():
+    from pullback.server.backends.restic import selects
+
+    ours = {"hostname": "web1", "tags": ["pullback", "20261101T030000Z"]}
+    suite = {"hostname": "web1.example.org", "tags": ["web1.example.org", "20261101_030000"]}
+    assert selects(ours, "web1") and selects(ours, "web1", "web1.example.org")
+    assert not selects(suite, "web1") and not selects(suite, "web1", "web1")
+    assert selects(suite, "web1", "web1.example.org")
+    untagged = {"hostname": "web1.example.org", "tags": None}
+    assert not selects(untagged, "web1", "web1.example.org")
+
+
+def test_few_names_five_and_counts_the_rest():
+    from pullback.server.snapshots import few
+
+    assert few(["a"]) == "a"
+    assert few(list("abcde")) == "a, b, c, d, e"
+    assert few(list("abcdefg")) == "a, b, c, d, e and 2 more"

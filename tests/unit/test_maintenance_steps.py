@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 
 import pytest
@@ -248,9 +249,23 @@ def test_a_drill_ends_at_host_timeout(config, tmp_path):
     assert result.problems[-1] == "the drill was stopped at host_timeout (0s)"
 
 
-def test_a_drill_without_snapshots_fails_in_words(config):
+def test_a_drill_without_snapshots_before_the_first_pull_has_nothing_to_drill(config):
     result = drill(fake_context(config, "web1", FakeBackend()))
-    assert (result.ok, result.problems) == (False, ["no snapshot to restore"])
+    assert (result.ok, result.failed, result.problems) == (False, False, [])
+    assert result.summary == "nothing to drill yet: no pullback snapshot"
+
+
+def test_a_drill_without_snapshots_of_a_host_that_stored_one_fails_in_words(config):
+    from pullback.server import status_file
+
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    status = {"hosts": {"web1": {"snapshot_id": "0123abcd", "last_success": "2026-11-01"}}}
+    (config.state_dir / status_file.STATUS_FILE).write_text(json.dumps(status))
+    result = drill(fake_context(config, "web1", FakeBackend()))
+    assert result.failed and result.summary.startswith(
+        "the drill FAILED: no pullback snapshot to restore, though snapshot 0123abcd was "
+        "stored (2026-11-01): were they forgotten"
+    )
 
 
 def _named_tree(root, names: list[bytes]) -> None:

@@ -56,3 +56,38 @@ def test_the_text_summary_alone_is_the_mails_text_and_compiles_no_html(monkeypat
 
     monkeypatch.setattr(report, "_environment", text_only)
     assert report.render_text(results, now=now) == text
+
+
+def test_secrets_below_etc_backup_are_warnings_naming_the_move(tmp_path):
+    import yaml
+
+    from pullback.server.check import suite_dir_warnings
+    from pullback.server.config import load_server_config
+
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "backend": {
+                    "type": "restic",
+                    "repository_root": str(tmp_path / "repos"),
+                    "password_file": "/etc/backup/restic.pass",
+                },
+                "ssh": {"key_file": str(tmp_path / "id"), "known_hosts": str(tmp_path / "kh")},
+                "hosts": [
+                    {"name": "a", "ssh_key_file": "/etc/backup/a_id"},
+                    {"name": "b", "ssh_key_file": "/etc/backups/b_id"},
+                ],
+            }
+        )
+    )
+    warned = suite_dir_warnings(load_server_config(path))
+    assert [w.split(": ")[1] for w in warned] == [
+        "backend.password_file",
+        "hosts[a].ssh_key_file",
+    ]
+    assert warned[0].endswith(
+        "/etc/backup/restic.pass lies in /etc/backup, which step 8 of the migration removes: "
+        "move it first (install -D -m 0600 /etc/backup/restic.pass NEW, then point "
+        "server.yaml at NEW)"
+    )

@@ -35,6 +35,15 @@ def counted(count: int, word: str, words: str | None = None) -> str:
     return f"{count} {word if count == 1 else words or word + 's'}"
 
 
+def few(words: list[str], shown: int = 5) -> str:
+    """``a, b, c and 2 more``: the first ``shown`` of ``words`` (each already
+    :func:`printable` where it is data, a name read from a repository), the rest
+    counted."""
+    more = len(words) - shown
+    named = ", ".join(words[:shown])
+    return f"{named} and {more} more" if more > 0 else named
+
+
 MAX_WARNING = 1000
 """Characters of one warning kept by :class:`BoundedWarnings`."""
 

@@ -12,7 +12,7 @@ from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError
 from ..common.sandbox import HOMES, output_problem, repository_problem, unit_writable_paths
 from ..common.schema import load_schema
-from ..common.text import counted, printable
+from ..common.text import counted, few, printable
 from .backends import RepositoryMissing, Role, read_password
 from .backends.base import local_path
 from .backends.location import locate
@@ -20,7 +20,6 @@ from .config import ServerConfig
 from .copy import gone
 from .host import HostContext
 from .remote import Remote
-from .snapshots import few
 
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.outcome import Status
 from ..common.signals import SignalGuard
+from ..common.text import few
 from ..common.units import human_size
 from . import status_file
 from .backends import Backend, BackendError, RepositoryMissing, Role, Snapshot, make_backend
@@ -71,9 +72,7 @@ class Comparison:
 
 
 def _some(ids: list[str]) -> str:
-    shown = ", ".join(ids[:NAMES_SHOWN])
-    more = f" and {len(ids) - NAMES_SHOWN} more" if len(ids) > NAMES_SHOWN else ""
-    return f"{len(ids)} snapshot(s) ({shown}{more})"
+    return f"{len(ids)} snapshot(s) ({few(ids, NAMES_SHOWN)})"
 
 
 def _key(snapshot: Snapshot) -> tuple[str, str | None]:

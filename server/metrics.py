@@ -121,8 +121,6 @@ def build(
             maintain_ok.add(entry["maintain_result"] != Status.FAILED, **labels)
         memory.add(entry.get("store_peak_rss"), **labels)
         held.add(isinstance(entry.get("guard_hold"), dict), **labels)
-        if "maintain_result" in entry:  # an outside walk saw a failed one in no gauge
-            maintained.add(entry["maintain_result"] != Status.FAILED, **labels)
     _cut_short_metrics(m, config, activity.killed)
     if config.backend.copy is not None:
         _copy_metrics(m, config, status, now)

@@ -23,11 +23,10 @@ from ..common.outcome import Status
 from ..common.procfs import bytes_written_below
 from ..common.progress import STATUS, Progress, Watched
 from ..common.signals import SignalGuard
-from ..common.text import printable
+from ..common.text import few, printable
 from .backends import Backend, Snapshot, named
 from .config import ServerConfig
 from .host import HostContext
-from .snapshots import few
 
 
 @dataclass(frozen=True)

@@ -17,19 +17,6 @@ from .host import HostContext
 log = get_logger("snapshots")
 
 
-SHOWN_NAMES = 5
-"""Names of a repository's data (host names, services) a message shows; the rest are
-counted."""
-
-
-def few(words: list[str]) -> str:
-    """``a, b, c and 2 more``: the first :data:`SHOWN_NAMES` of ``words`` (each already
-    :func:`printable`: names read from a repository are data), the rest counted."""
-    more = len(words) - SHOWN_NAMES
-    shown = ", ".join(words[:SHOWN_NAMES])
-    return f"{shown} and {more} more" if more > 0 else shown
-
-
 def list_snapshots(config: ServerConfig, name: str) -> list[Snapshot]:
     backend = HostContext.open(config, config.host(name)).backend
     backend.prepare(create=False)

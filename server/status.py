@@ -24,6 +24,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from ..common.errors import EXIT_FAILED, EXIT_OK, ConfigError, PullbackError
+from ..common.text import few
 from ..common.units import human_duration, human_size
 from . import status_page
 from .config import ServerConfig, load_server_config
@@ -107,8 +108,7 @@ def status_table(view: Fleet) -> str:
 
 
 def _names(hosts: list[str]) -> str:
-    shown = ", ".join(hosts[:NAMES_SHOWN])
-    return shown + (f" and {len(hosts) - NAMES_SHOWN} more" if len(hosts) > NAMES_SHOWN else "")
+    return few(hosts, NAMES_SHOWN)
 
 
 def _kinds(found: list[HostRow]) -> dict[str, list[str]]:

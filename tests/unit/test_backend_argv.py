@@ -436,7 +436,7 @@ def test_selects_is_what_selection_args_ask_restic_for():
 
 
 def test_few_names_five_and_counts_the_rest():
-    from pullback.server.snapshots import few
+    from pullback.common.text import few
 
     assert few(["a"]) == "a"
     assert few(list("abcde")) == "a, b, c, d, e"

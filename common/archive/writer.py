@@ -701,7 +701,7 @@ class ArchiveWriter:
         writing into it, and the archive is never published."""
         before = self._offset
         try:
-            self._add_one(path, arcname, st, stats, xattrs, at or _At(None, path, path))
+            self._add_one(at or _At(None, path, path), arcname, st, stats, xattrs)
         except (ArchiveError, Interrupted):
             raise  # (each stops the run as it is)
         except Exception as exc:
@@ -713,20 +713,14 @@ class ArchiveWriter:
             ) from exc
 
     def _add_one(
-        self,
-        path: str,
-        arcname: str,
-        st: os.stat_result,
-        stats: TaskStats,
-        xattrs: bool,
-        at: _At,
+        self, at: _At, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
     ) -> None:
-        mode = st.st_mode
+        path, mode = at.shown, st.st_mode
         if len(os.fsencode(arcname)) > MAX_ARCNAME:
             self._too_long(path, arcname, stats)
         elif stat.S_ISREG(mode):
             if arcname not in self._manifest:  # listed twice (overlapping paths): once
-                self._add_file(path, arcname, st, stats, xattrs, at)
+                self._add_file(at, arcname, st, stats, xattrs)
         elif stat.S_ISDIR(mode):
             attrs = self._read_xattrs(at.path(), path, stats) if xattrs else None
             self._dirs.add(arcname)
@@ -749,14 +743,9 @@ class ArchiveWriter:
             stats.warnings.append(f"{path}: skipped, a {kind} is not backed up")
 
     def _add_file(
-        self,
-        path: str,
-        arcname: str,
-        st: os.stat_result,
-        stats: TaskStats,
-        xattrs: bool,
-        at: _At,
+        self, at: _At, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
     ) -> None:
+        path = at.shown
         if st.st_nlink > 1 and self._add_link(arcname, st, stats):
             return
         old = self._cached(arcname, st, stats, xattrs)

@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from ..errors import ArchiveError, CommandError, Interrupted
-from ..fsutil import anchored_dir, anchored_path, descriptor_room, pread_span, same_entry
+from ..fsutil import (
+    anchored_dir,
+    anchored_path,
+    descriptor_room,
+    open_trusted_dir,
+    pread_span,
+    same_entry,
+    untrusted_link,
+)
 from ..log import get_logger
 from ..progress import STATUS, Progress
 from ..runner import Runner, RunningCommand
@@ -94,13 +102,18 @@ class _At:
     dir_fd: int | None
     name: str
     shown: str
+    fd: int | None = None
+    """The entry itself, open (a directory the walk opened and checked first)."""
 
-    def path(self) -> str:
-        """A path for the calls that take no ``dir_fd`` (extended attributes): resolved
-        from the open directory itself where /proc allows (:func:`anchored_path`)."""
+    def attrs_at(self) -> str | int:
+        """Where its extended attributes are read: its own descriptor, or a path the
+        kernel resolves from its open directory (:func:`anchored_path`); the empty
+        string without /proc (a path by name could follow a parent swapped meanwhile)."""
+        if self.fd is not None:
+            return self.fd
         if self.dir_fd is None:
             return self.name
-        return anchored_path(self.dir_fd, self.name) or self.shown
+        return anchored_path(self.dir_fd, self.name)
 
 
 class _Names(NamedTuple):
@@ -510,6 +523,9 @@ class ArchiveWriter:
         file's descriptor (warnings name ``path``)."""
         if not self.xattrs:
             return None
+        if where == "":
+            stats.warnings.append(f"{path}: extended attributes not read (/proc is not mounted)")
+            return None
         try:
             follow = isinstance(where, int)  # (a descriptor: nothing to follow)
             names = os.listxattr(where, follow_symlinks=follow)
@@ -571,34 +587,58 @@ class ArchiveWriter:
         written, and FileNotFoundError when ``source`` does not exist.
         """
         stats = TaskStats()
-        source_str = os.fspath(source)
-        st = os.lstat(source_str)
-        self.ensure_parents(arcname)
-        if stat.S_ISDIR(st.st_mode) and arcname.rstrip("/") in self._dirs:
-            if not recursive:
-                return stats
-        else:
-            self._add_entry(source_str, arcname, st, stats, xattrs)
-        if not (recursive and stat.S_ISDIR(st.st_mode)):
+        source_str = os.fspath(source).rstrip("/") or "/"
+        top = self._open_top(source_str, stats)  # (raises FileNotFoundError)
+        if top is None:
             return stats
+        parent_fd, name, st = top
         try:
-            root = anchored_dir(None, source_str, st)
-        except OSError as exc:
-            stats.warnings.append(
-                f"{source_str}: skipped what is in it, cannot be listed: {exc.strerror}"
-            )
-            return stats
-        if root is None:
-            stats.warnings.append(
-                f"{source_str}: replaced while being read; what is in it is skipped"
-            )
-            return stats
-        walk = _Walk(
-            [_Level(source_str, "", arcname, root, self._listing(root, source_str, stats))]
-        )
-        with walk:
-            self._walk(walk, stats, exclude, xattrs)
+            self.ensure_parents(arcname)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            fd = self._open_directory(parent_fd, name, source_str, st, stats) if is_dir else None
+            if is_dir and fd is None:
+                return stats
+            with _Walk([]) as walk:
+                if fd is not None:  # (the walk owns it now)
+                    names = self._listing(fd, source_str, stats) if recursive else iter(())
+                    walk.enter(_Level(source_str, "", arcname, fd, names))
+                if not (is_dir and arcname.rstrip("/") in self._dirs):
+                    at = _At(parent_fd, name, source_str, fd)
+                    self._add_entry(source_str, arcname, st, stats, xattrs, at)
+                self._walk(walk, stats, exclude, xattrs)
+        finally:
+            os.close(parent_fd)
         return stats
+
+    @staticmethod
+    def _open_top(source: str, stats: TaskStats) -> tuple[int, str, os.stat_result] | None:
+        """The directory holding ``source`` opened by descriptors from ``/``, following
+        only symlinks root alone could have made (:func:`open_trusted_dir`), with
+        ``source``'s name and ``lstat`` below it; None, said, when a component above is
+        a symlink another user could have made (an outside attack: a user who owns a
+        directory on a configured path swapped the next one for a symlink to root's,
+        and root's files were archived). Raises FileNotFoundError when ``source`` does
+        not exist, OSError when it cannot be reached."""
+        parent, name = os.path.split(source)
+        try:
+            parent_fd = open_trusted_dir(Path(parent or "/"))
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise FileNotFoundError(errno.ENOENT, "no such file or directory", source) from None
+            if exc.errno != errno.ELOOP:
+                raise
+            link = untrusted_link(Path(source)) or parent
+            stats.warnings.append(
+                f"{source}: skipped: {link} on its way is a symlink another user could have "
+                "made or swapped; name the real path"
+            )
+            return None
+        name = name or "."  # source is /
+        try:
+            return parent_fd, name, os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except BaseException:
+            os.close(parent_fd)
+            raise
 
     def _walk(self, walk: _Walk, stats: TaskStats, exclude: ExcludeFn | None, xattrs: bool) -> None:
         """Depth first, each directory's whole subtree right after its header: the order
@@ -620,33 +660,55 @@ class ArchiveWriter:
             is_dir = stat.S_ISDIR(est.st_mode)
             if exclude is not None and exclude(rel, is_dir):
                 continue
-            self._add_entry(path, arc, est, stats, xattrs, _At(level.fd, name, path))
-            if is_dir and len(os.fsencode(arc)) <= MAX_ARCNAME:  # else skipped, said so
-                self._enter(walk, level.fd, _Names(path, rel, arc), est, stats)
+            if is_dir:
+                self._directory(walk, level.fd, _Names(path, rel, arc), est, (stats, xattrs))
+            else:
+                self._add_entry(path, arc, est, stats, xattrs, _At(level.fd, name, path))
 
-    def _enter(
-        self, walk: _Walk, parent_fd: int, names: _Names, est: os.stat_result, stats: TaskStats
+    def _directory(
+        self,
+        walk: _Walk,
+        parent_fd: int,
+        names: _Names,
+        est: os.stat_result,
+        how: tuple[TaskStats, bool],
     ) -> None:
-        """Go into a directory of the one open as ``parent_fd``, when it is still the
-        one looked at (``est``; else a warning: its contents are not archived)."""
-        path, rel, arc = names
+        """Add a directory of the one open as ``parent_fd`` and go into it: opened and
+        checked to be the one looked at (``est``) before anything of it is read (its
+        header's extended attributes come from that descriptor); one replaced meanwhile
+        is skipped whole, said. ``how``: the task's figures and whether xattrs travel."""
+        (path, rel, arc), (stats, xattrs) = names, how
         name = path.rsplit("/", 1)[-1]
         if len(walk.levels) >= walk.depth_limit:
+            self._add_entry(path, arc, est, stats, xattrs, _At(parent_fd, name, path))
             stats.warnings.append(
                 f"{path}: skipped what is in it, deeper than {walk.depth_limit} directories"
             )
             return
+        fd = self._open_directory(parent_fd, name, path, est, stats)
+        if fd is None:
+            return
+        try:
+            self._add_entry(path, arc, est, stats, xattrs, _At(parent_fd, name, path, fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        walk.enter(_Level(path, rel, arc, fd, self._listing(fd, path, stats)))
+
+    @staticmethod
+    def _open_directory(
+        parent_fd: int | None, name: str, path: str, est: os.stat_result, stats: TaskStats
+    ) -> int | None:
+        """The directory ``name`` below ``parent_fd`` opened, when it is the one looked
+        at; else None, the warning said (it is skipped whole)."""
         try:
             fd = anchored_dir(parent_fd, name, est)
         except OSError as exc:
-            stats.warnings.append(
-                f"{path}: skipped what is in it, cannot be listed: {exc.strerror}"
-            )
-            return
+            stats.warnings.append(f"{path}: skipped, cannot be opened: {exc.strerror}")
+            return None
         if fd is None:
-            stats.warnings.append(f"{path}: replaced while being read; what is in it is skipped")
-            return
-        walk.enter(_Level(path, rel, arc, fd, self._listing(fd, path, stats)))
+            stats.warnings.append(f"{path}: replaced while being read; skipped with what is in it")
+        return fd
 
     @staticmethod
     def _listing(fd: int, path: str, stats: TaskStats) -> Iterator[str]:
@@ -722,7 +784,7 @@ class ArchiveWriter:
             if arcname not in self._manifest:  # listed twice (overlapping paths): once
                 self._add_file(at, arcname, st, stats, xattrs)
         elif stat.S_ISDIR(mode):
-            attrs = self._read_xattrs(at.path(), path, stats) if xattrs else None
+            attrs = self._read_xattrs(at.attrs_at(), path, stats) if xattrs else None
             self._dirs.add(arcname)
             self._emit(self._header(arcname, st, tarformat.DIRTYPE, xattrs=attrs))
         elif arcname in self._others:
@@ -735,7 +797,7 @@ class ArchiveWriter:
             self._others.add(arcname)
             self._emit(self._header(arcname, st, tarformat.SYMTYPE, linkname=target))
         elif stat.S_ISFIFO(mode):
-            attrs = self._read_xattrs(at.path(), path, stats) if xattrs else None
+            attrs = self._read_xattrs(at.attrs_at(), path, stats) if xattrs else None
             self._others.add(arcname)
             self._emit(self._header(arcname, st, tarformat.FIFOTYPE, xattrs=attrs))
         else:
@@ -757,7 +819,7 @@ class ArchiveWriter:
             stats.warnings.append(f"{path}: vanished before it could be read")
             return
         except OSError as exc:
-            stats.warnings.append(f"{path}: skipped, cannot be opened: {exc.strerror}")
+            stats.warnings.append(f"{path}: skipped, {_unopened(exc)}")
             return
         swapped = _swapped(os.fstat(fd), st)
         if swapped:
@@ -1567,6 +1629,8 @@ def _swapped(now: os.stat_result, looked: os.stat_result) -> str | None:
     None when it is."""
     if stat.S_ISFIFO(now.st_mode):
         return "no longer a regular file when opened (a FIFO)"
+    if stat.S_ISDIR(now.st_mode):
+        return "no longer a regular file when opened (a directory)"
     if not stat.S_ISREG(now.st_mode):
         return "no longer a regular file when opened (a device node or other special file)"
     if not same_entry(now, looked):
@@ -1582,7 +1646,35 @@ def _unread(error: OSError | None) -> str:
     return f"read failed: {error.strerror}; padded with zeros"
 
 
+def _unopened(exc: OSError) -> str:
+    """Why a file the walk looked at could not be opened, in words."""
+    if exc.errno == errno.ENXIO:
+        return "no longer a regular file when opened (a socket)"
+    if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+        return f"another process held a lease on it for {LEASE_WAIT:g} s (a file server?)"
+    return f"cannot be opened: {exc.strerror}"
+
+
+LEASE_WAIT = 5.0
+"""Seconds a file under another process's lease (a write lease: an NFS delegation, a
+Samba oplock) is tried again: the first open asked the holder to give it up."""
+
+
 def _open_noatime(at: _At) -> int:
+    """:func:`_open_once`, again every 0.1 s for up to :data:`LEASE_WAIT` while another
+    process holds a lease on the file (``O_NONBLOCK`` makes the open fail instead of
+    waiting for the holder). Raises OSError."""
+    deadline = time.monotonic() + LEASE_WAIT
+    while True:
+        try:
+            return _open_once(at)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _open_once(at: _At) -> int:
     """The entry ``at`` opened to be read, its access time left alone where we may. Never
     waits: ``O_NONBLOCK`` (no effect on a regular file) keeps a FIFO put in its place
     since the walk's lstat from holding the run until a writer comes; the caller checks

@@ -353,10 +353,57 @@ def test_a_directory_swapped_for_a_symlink_before_it_is_opened_is_not_followed(
     archive, stats = archive_of(tmp_path, source)
     with tarfile.open(archive) as tar:
         names = tar.getnames()
-    assert not [n for n in names if n.endswith("/token")]
+    assert not [n for n in names if "uploads" in n]  # nor its header, xattrs and all
     assert stats.warnings == [
-        f"{source / 'uploads'}: replaced while being read; what is in it is skipped"
+        f"{source / 'uploads'}: replaced while being read; skipped with what is in it"
     ]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
+def test_a_configured_path_through_another_users_symlink_is_refused(tmp_path):
+    """An outside attack: a user owning a directory on a configured path
+    (``/srv/www/up/site/keys`` with ``up`` theirs) replaced ``site`` by a symlink to a
+    directory of root's that also has a ``keys/``; no race needed: root's files were
+    archived, exit 0, no warning. The path is now reached by descriptors from /,
+    following only symlinks root alone could have made."""
+    secret = tmp_path / "root-only"
+    (secret / "keys").mkdir(parents=True)
+    (secret / "keys" / "token").write_text("ROOT-ONLY-SECRET\n")
+    up = tmp_path / "www" / "up"
+    up.mkdir(parents=True)
+    os.chown(up, 65534, 65534)  # nobody's
+    os.symlink(secret, up / "site")
+    os.lchown(up / "site", 65534, 65534)
+    tmp_path.chmod(0o755)
+    archive, stats = archive_of_path(tmp_path, up / "site" / "keys")
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert not [n for n in names if "token" in n], names
+    assert stats.warnings == [
+        f"{up / 'site' / 'keys'}: skipped: {up / 'site'} on its way is a symlink another "
+        "user could have made or swapped; name the real path"
+    ]
+
+
+def test_a_configured_path_through_roots_own_symlink_is_followed(tmp_path):
+    """A symlink root made in a directory only root may write to (``/var/run`` ->
+    ``/run``) is followed as before."""
+    real = tmp_path / "real"
+    (real / "data").mkdir(parents=True)
+    (real / "data" / "a.txt").write_text("a\n")
+    os.symlink(real, tmp_path / "link")
+    archive, stats = archive_of_path(tmp_path, tmp_path / "link" / "data")
+    assert stats.warnings == []
+    with tarfile.open(archive) as tar:
+        assert "services/app/files/a.txt" in tar.getnames()
+
+
+def archive_of_path(tmp_path: Path, source: Path) -> tuple[Path, TaskStats]:
+    path = tmp_path / "host-20260101T000000Z.tar"
+    with ArchiveWriter(path, "none") as writer:
+        stats = writer.add_tree(source, "services/app/files")
+        writer.finish()
+    return path, stats
 
 
 def test_a_parent_swapped_for_a_symlink_during_the_walk_leads_nowhere(tmp_path, monkeypatch):
@@ -405,6 +452,57 @@ def test_a_tree_deeper_than_the_open_files_limit_is_walked_whole(tmp_path):
     with tarfile.open(archive) as tar:
         bottom = [n for n in tar.getnames() if n.endswith("bottom.txt")]
     assert len(bottom) == 1 and bottom[0].count("/d") == 1500
+
+
+LEASE_HOLDER = """
+import fcntl, os, signal, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+gives_up = sys.argv[2] == "gives-up"
+def broken(*_):
+    if gives_up:
+        time.sleep(0.3)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+signal.signal(signal.SIGIO, broken)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("held", flush=True)
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("holder", ["gives-up", "holds-on"])
+def test_a_file_under_another_process_lease_is_waited_for_a_while(tmp_path, monkeypatch, holder):
+    """A write lease (an NFS delegation, a Samba oplock): the open without waiting
+    (O_NONBLOCK, for FIFOs) fails at once; it is tried again while the holder gives the
+    lease up (read whole), for at most LEASE_WAIT (skipped, said)."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(writer_module, "LEASE_WAIT", 2.0)
+    source = tmp_path / "src"
+    source.mkdir()
+    leased = source / "leased.db"
+    leased.write_bytes(b"rows\n")
+    child = subprocess.Popen(
+        [sys.executable, "-c", LEASE_HOLDER, str(leased), holder],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "held"
+        archive, stats = archive_of(tmp_path, source)
+    finally:
+        child.kill()
+        child.wait()
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    if holder == "gives-up":
+        assert stats.warnings == []
+        assert "services/app/files/leased.db" in names
+    else:
+        assert stats.warnings == [
+            f"{leased}: skipped, another process held a lease on it for 2 s (a file server?)"
+        ]
+        assert "services/app/files/leased.db" not in names
 
 
 def test_fifos_are_kept_sockets_are_skipped(tmp_path):

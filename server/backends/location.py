@@ -84,6 +84,20 @@ def locate(backend: BackendConfig, host: HostConfig, role: Role) -> Location:
     return Location(path, path)
 
 
+def maintenance_setting(backend: BackendConfig, host: HostConfig) -> str | None:
+    """The setting that names ``host``'s maintenance location in words (``the URL in
+    FILE``, ``hosts[web1].maintenance_repository``, ``backend.maintenance_repository_url``),
+    or None when it falls back to the pull location."""
+    own = host.repository is not None or host.repository_file is not None
+    if host.maintenance_repository_file is not None:
+        return f"the URL in {host.maintenance_repository_file}"
+    if host.maintenance_repository is not None:
+        return f"hosts[{host.name}].maintenance_repository"
+    if backend.maintenance_repository_url is not None and not own:
+        return "backend.maintenance_repository_url"
+    return None
+
+
 def _copy(backend: BackendConfig, host: HostConfig) -> Location:
     """Where ``host``'s second copy is: its own, else the copy's template or root."""
     copy = backend.copy

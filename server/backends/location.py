@@ -142,8 +142,14 @@ def _from_file(path: Path) -> Location:
 def read_location_file(path: Path) -> str:
     """The first line of a location file (not registered as a secret: its reader
     registers the URL's password). Raises BackendError when it is missing, empty,
-    unreadable or readable by others."""
+    unreadable or readable by others, or its first line is a comment."""
     try:
-        return secrets.read_secret_file(path, "repository file", register_line=False).strip()
+        line = secrets.read_secret_file(path, "repository file", register_line=False).strip()
     except secrets.SecretFileError as exc:
         raise BackendError(str(exc)) from None
+    if line.startswith("#"):  # (not shown: a comment can hold anything)
+        raise BackendError(
+            f"the first line of {path} is a comment: the location is read from the first "
+            "line alone; put the repository URL there"
+        )
+    return line

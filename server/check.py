@@ -15,10 +15,11 @@ from ..common.schema import load_schema
 from ..common.text import counted, few, printable
 from .backends import RepositoryMissing, Role, read_password
 from .backends.base import local_path
-from .backends.location import locate
+from .backends.location import locate, maintenance_setting
 from .config import ServerConfig
 from .copy import gone
 from .host import HostContext
+from .missing import maintenance_apart, missing_words, why_it_should_exist
 from .remote import Remote
 
 
@@ -192,7 +193,18 @@ def _of_host(name: str, exc: Exception) -> str:
 
 
 def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
-    """Reach the client and the repository of one host, changing nothing."""
+    """Reach the client, and open the repository of one host (and its maintenance
+    location where that is apart), changing nothing: the repositories are opened
+    whether or not the client answers (the maintenance-only machine reaches none)."""
+    check_client(ctx, good, problems)
+    check_repository(ctx, good, problems)
+    config, host = ctx.config, ctx.host
+    if maintenance_apart(config, host):
+        check_maintenance(HostContext.open(config, host, role=Role.MAINTAIN), good, problems)
+
+
+def check_client(ctx: HostContext, good: list[str], problems: list[str]) -> None:
+    """Reach the client over SSH and list its archives, changing nothing."""
     name = ctx.name
     try:
         with Remote(ctx.host, ctx.config.ssh, ctx.runner) as remote:
@@ -220,7 +232,13 @@ def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
             for u in listing.unusable[:3]
         )
         good.append(f"{name}: {len(listing.unusable)} archive(s) not offered: {shown}")
-    backend = ctx.backend
+
+
+def check_repository(ctx: HostContext, good: list[str], problems: list[str]) -> None:
+    """Open the host's repository (where pulls store), changing nothing. A missing one
+    "will be created by the first pull", unless it is also the maintenance location of
+    a machine that must find it (:func:`.missing.why_it_should_exist`)."""
+    name, backend = ctx.name, ctx.backend
     try:
         backend.prepare(create=False)
         snapshots = backend.snapshots()
@@ -233,7 +251,13 @@ def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
         if unseen:
             problems.append(unseen)
     except RepositoryMissing as exc:
-        if ctx.config.backend.init:
+        config, host = ctx.config, ctx.host
+        why = None
+        if maintenance_setting(config.backend, host) and not maintenance_apart(config, host):
+            why = why_it_should_exist(config, host)
+        if why is not None:
+            problems.append(f"{name}: {missing_words(config, host, backend.repository(), why)}")
+        elif config.backend.init:
             good.append(
                 f"{name}: repository {backend.repository()} will be created by the first pull"
             )
@@ -241,6 +265,43 @@ def check_host(ctx: HostContext, good: list[str], problems: list[str]) -> None:
             problems.append(_of_host(name, exc))
     except PullbackError as exc:
         problems.append(_of_host(name, exc))
+
+
+def check_maintenance(ctx: HostContext, good: list[str], problems: list[str]) -> None:
+    """Open the host's maintenance location (``ctx``: its maintenance role), with its
+    own password, changing nothing: a missing one is a problem unless the pull location
+    has no repository yet either (a new host: its first pull makes the one both reach)."""
+    name, backend = ctx.name, ctx.backend
+    try:
+        backend.prepare(create=False)
+        good.append(
+            f"{name}: maintenance repository {backend.repository()} has "
+            f"{len(backend.snapshots())} snapshot(s)"
+        )
+    except RepositoryMissing:
+        why = _pull_side(ctx)
+        if why is None:
+            good.append(
+                f"{name}: maintenance repository {backend.repository()} does not exist yet "
+                "and neither does the pull location's: the first pull makes it"
+            )
+        else:
+            where = backend.repository()
+            problems.append(f"{name}: {missing_words(ctx.config, ctx.host, where, why)}")
+    except PullbackError as exc:
+        problems.append(f"{name}: maintenance location: {exc}")
+
+
+def _pull_side(ctx: HostContext) -> str | None:
+    """Why a missing maintenance repository of ``ctx``'s host is a mistake, in words,
+    or None when the pull location has no repository yet either (a new host)."""
+    try:
+        HostContext.open(ctx.config, ctx.host).backend.prepare(create=False)
+    except RepositoryMissing:
+        return why_it_should_exist(ctx.config, ctx.host, apart=False)
+    except PullbackError:
+        return "its maintenance location is not where pulls store"
+    return "the pull location has a repository: the two reach different ones"
 
 
 def _strangers(ctx: HostContext) -> str | None:

@@ -31,6 +31,7 @@ from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
 from .journal import INSTANCE_LOCK
+from .missing import missing_words, why_it_should_exist
 
 log = get_logger("maintain")
 ROTATION_FILE = "maintenance.json"
@@ -156,23 +157,16 @@ class HostMaintenance:
         self.drill()
 
     def open_repository(self) -> bool:
-        """True when there is a repository to maintain (a missing one is a skip)."""
+        """True when there is a repository to maintain. A missing one is a skip ("none
+        yet") only where it can be a host not pulled yet (:meth:`_missing_fails`)."""
         try:
             self.ctx.backend.prepare(create=False)
             return True
         except RepositoryMissing:
-            stored = self._recorded_newest()
-            if stored:  # pulls stored there: this is the wrong place, not a new host
+            failure = self._missing_fails()
+            if failure:
                 self.result.status = Status.FAILED
-                self.result.steps.append(
-                    Step(
-                        "repository",
-                        False,
-                        f"no repository at {self.ctx.backend.repository()}, yet snapshots "
-                        f"of this host were stored (newest {stored}): is its maintenance "
-                        "location right?",
-                    )
-                )
+                self.result.steps.append(Step("repository", False, failure))
                 return False
             self.result.status = Status.SKIPPED
             self.result.steps.append(Step("repository", True, "none yet: nothing to maintain"))
@@ -180,6 +174,22 @@ class HostMaintenance:
             self.result.status = Status.FAILED
             self.result.steps.append(Step("repository", False, str(exc)))
         return False
+
+    def _missing_fails(self) -> str | None:
+        """Why the missing repository is a failure, in words, or None when it can be a
+        host not pulled yet (:func:`.missing.why_it_should_exist`; a copy: when
+        status.json records a copy of the host)."""
+        where = self.ctx.backend.repository()
+        if self.result.scope == "copy":
+            stored = self._recorded_newest()
+            return (
+                f"no repository at {where}, yet snapshots of this host were stored (newest "
+                f"{stored}): is its location right?"
+                if stored
+                else None
+            )
+        why = why_it_should_exist(self.ctx.config, self.ctx.host)
+        return None if why is None else missing_words(self.ctx.config, self.ctx.host, where, why)
 
     def step(self, name: str, action: Callable[[], str]) -> bool:
         """Run one step; record and log its outcome. Returns True when it succeeded."""

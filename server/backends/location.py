@@ -84,6 +84,20 @@ def locate(backend: BackendConfig, host: HostConfig, role: Role) -> Location:
     return Location(path, path)
 
 
+def maintenance_setting(backend: BackendConfig, host: HostConfig) -> str | None:
+    """The setting that names ``host``'s maintenance location in words (``the URL in
+    FILE``, ``hosts[web1].maintenance_repository``, ``backend.maintenance_repository_url``),
+    or None when it falls back to the pull location."""
+    own = host.repository is not None or host.repository_file is not None
+    if host.maintenance_repository_file is not None:
+        return f"the URL in {host.maintenance_repository_file}"
+    if host.maintenance_repository is not None:
+        return f"hosts[{host.name}].maintenance_repository"
+    if backend.maintenance_repository_url is not None and not own:
+        return "backend.maintenance_repository_url"
+    return None
+
+
 def _copy(backend: BackendConfig, host: HostConfig) -> Location:
     """Where ``host``'s second copy is: its own, else the copy's template or root."""
     copy = backend.copy
@@ -128,8 +142,14 @@ def _from_file(path: Path) -> Location:
 def read_location_file(path: Path) -> str:
     """The first line of a location file (not registered as a secret: its reader
     registers the URL's password). Raises BackendError when it is missing, empty,
-    unreadable or readable by others."""
+    unreadable or readable by others, or its first line is a comment."""
     try:
-        return secrets.read_secret_file(path, "repository file", register_line=False).strip()
+        line = secrets.read_secret_file(path, "repository file", register_line=False).strip()
     except secrets.SecretFileError as exc:
         raise BackendError(str(exc)) from None
+    if line.startswith("#"):  # (not shown: a comment can hold anything)
+        raise BackendError(
+            f"the first line of {path} is a comment: the location is read from the first "
+            "line alone; put the repository URL there"
+        )
+    return line

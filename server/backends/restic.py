@@ -70,6 +70,29 @@ KINDS_LISTED = 100
 
 CLOUD_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 """Environment variables restic reads that hold a secret of a remote store."""
+S3_KEY_IDS = ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY", "MINIO_ACCESS_KEY", "AWS_PROFILE")
+"""Environment variables that give restic's S3 client (minio-go) its credentials."""
+
+
+def s3_unsigned(location: str) -> str | None:
+    """Why restic asks the S3 store at ``location`` without credentials, in words, or
+    None (not S3, or credentials are in this environment or the shared credentials
+    file): an unsigned request's "The specified key does not exist" proves nothing (an
+    outside walk saw ``check`` promise "will be created by the first pull" on it, and
+    the pull fail with "Access Denied")."""
+    if not location.startswith("s3:") or any(os.environ.get(n) for n in S3_KEY_IDS):
+        return None
+    shared = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.expanduser(
+        "~/.aws/credentials"
+    )
+    if os.path.isfile(shared):
+        return None
+    return (
+        "no S3 credentials in this environment (AWS_ACCESS_KEY_ID and "
+        f"AWS_SECRET_ACCESS_KEY, or AWS_SHARED_CREDENTIALS_FILE; {shared} does not exist): "
+        "export them as the units' drop-in sets them (docs/scaling.md), then try again (an EC2 "
+        "instance role is not seen here: make the repository once with restic init)"
+    )
 
 
 def from_env(env: dict[str, str]) -> dict[str, str]:
@@ -202,6 +225,23 @@ def parse_time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(f"{base}.{micro}{zone}")
 
 
+GO_CRASH = ("panic: ", "fatal error: ")
+"""How a Go program's crash begins (a panic, or the runtime's own fatal error); the stack
+trace that follows is kept out of a failure's tail, all but its "created by" lines."""
+
+
+def crash_words(tail: Sequence[str]) -> str | None:
+    """When restic crashed: ``restic crashed (panic: ...) after: <its last line before the
+    crash>`` (an outside walk saw a REST store stopped mid-backup reported as "created by
+    golang.org/x/sync/errgroup.(*Group).Go", the trace's last line); None otherwise."""
+    at = next((i for i, line in enumerate(tail) if line.startswith(GO_CRASH)), None)
+    if at is None:
+        return None
+    before = [line.strip() for line in tail[:at] if line.strip()]
+    after = f" after: {before[-1][:300]}" if before else ""
+    return f"restic crashed ({tail[at].strip()[:200]}){after}"
+
+
 # -- the backend ----------------------------------------------------------------------------
 
 
@@ -248,6 +288,9 @@ class ResticBackend(RepositoryBackend):
         the first error it counted (``ignoring error for PATH: REASON``), which it printed
         before as a line of its output (an outside test found "ciphertext verification
         failed" only in INFO lines, hidden by ``journalctl -p warning``)."""
+        crashed = crash_words(exc.tail)
+        if crashed is not None:
+            return crashed
         last = super().said(exc)
         if not last.rstrip(".").endswith(" errors"):
             return last
@@ -265,13 +308,48 @@ class ResticBackend(RepositoryBackend):
                 "hosts[].maintenance_repository or backend.maintenance_repository_url)"
             )
         fatal = [line for line in exc.tail if line.startswith("Fatal: ")]
-        if fatal and not self.wrong_password(exc) and not self.locked(exc):
+        if (
+            fatal
+            and crash_words(exc.tail) is None
+            and not self.wrong_password(exc)
+            and not self.locked(exc)
+        ):
             # restic's own sentence, not the location it prints after it
             reason = fatal[-1].removeprefix("Fatal: ")
             return BackendError(
                 f"restic failed on {self.repository()}: {reason}{ssh_words(exc, reason)}"
+                f"{self.file_hint(reason)}"
             )
         return super().explain(exc)
+
+    def file_hint(self, reason: str) -> str:
+        """What to check in the file the location came from, as words to append to
+        restic's ``reason`` ("" when none, or the location is not in a file): a refused
+        login (401) names the user and password there, a location restic cannot parse
+        the file's first line."""
+        try:
+            file = self.location().file
+        except BackendError:
+            return ""
+        if file is None:
+            return ""
+        if "401 Unauthorized" in reason:
+            return f"; check the user and password in {file}"
+        if "parsing repository location failed" in reason:
+            return f"; the location is the first line of {file}: is it right?"
+        return ""
+
+    def _opens(self) -> bool:
+        """As every backend's; a missing S3 repository is said only to a signed request.
+        Raises BackendError when restic asked without credentials."""
+        found = super()._opens()
+        unsigned = None if found else s3_unsigned(self.repository())
+        if unsigned:
+            raise BackendError(
+                f"the S3 store says there is no repository at {self.repository()}, but "
+                f"restic asked it without credentials: {unsigned}"
+            )
+        return found
 
     def lock_holder(self, exc: CommandError) -> str:
         line = next((line for line in exc.tail if self.LOCKED[0] in line), "")
@@ -331,7 +409,21 @@ class ResticBackend(RepositoryBackend):
         local = local_path(self.repository())
         if local is not None:
             local.parent.mkdir(parents=True, exist_ok=True)
-        self.run(["init"], timeout=600)
+        self._initialise(["init"])
+
+    def _initialise(self, args: list[str], extra_env: dict[str, str] | None = None) -> None:
+        """Run ``restic init`` (``args``) and log what it printed, the location filled in:
+        restic 0.14 prints "created restic repository ID at " and nothing after "at" when
+        the location came by file (``RESTIC_REPOSITORY_FILE``). Raises BackendError."""
+        with tempfile.TemporaryFile() as out:
+            self.run(args, extra_env=extra_env, stdout=out, timeout=600)
+            out.seek(0)
+            said = out.read().decode(errors="replace")
+        for line in said.splitlines():
+            if line.startswith("created restic repository ") and line.rstrip().endswith(" at"):
+                line = f"{line.rstrip()} {self.repository()}"
+            if line.strip():
+                self.runner.log.info("restic: %s", secrets.mask(line))
 
     def snapshots(self) -> list[Snapshot]:
         data = self._json(snapshots_args(self.host.name, self.host.adopt_host), timeout=600)
@@ -387,7 +479,7 @@ class ResticBackend(RepositoryBackend):
         local = local_path(self.repository())
         if local is not None:
             local.parent.mkdir(parents=True, exist_ok=True)
-        self.run(["init", "--copy-chunker-params"], extra_env=from_env(source.env()), timeout=600)
+        self._initialise(["init", "--copy-chunker-params"], extra_env=from_env(source.env()))
 
     def store(self, staging: Path, spec: SnapshotSpec, timeout: float) -> StoreResult:
         started = time.monotonic()

@@ -265,3 +265,64 @@ def test_restic_on_s3_with_credentials_from_the_environment_or_a_file(tmp_path, 
         shows_no_secret(server.written(), store.secret, wrong)
     finally:
         store.stop()
+
+
+def test_s3_missing_credentials_are_said_not_taken_for_a_new_repository(tmp_path, fleet, no_aws):
+    """An outside walk: without the credentials exported, ``check`` said "will be created
+    by the first pull" (an unauthenticated moto answered the unsigned request "The
+    specified key does not exist"), the pull then failed on "Access Denied". Here moto
+    checks no signature, as there: the absence is not believed without credentials."""
+    assert moto_missing() is None, moto_missing()
+    import socket
+    import sys
+
+    import boto3
+
+    from tests.helpers.sshd import free_port
+
+    port = free_port()
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    moto = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto did not listen"
+                time.sleep(0.1)
+        endpoint = f"http://127.0.0.1:{port}"
+        keys = {"aws_access_key_id": "id", "aws_secret_access_key": "secret"}
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys).create_bucket(
+            Bucket="pbbucket"
+        )
+        fleet.write_config(
+            **SETTINGS, backend={"repository_url": f"s3:{endpoint}/pbbucket/x{{host}}"}
+        )
+        server = Server(fleet, {"HOME": str(tmp_path)})  # no ~/.aws/credentials either
+        result = server("check", rc=1)
+        assert "will be created" not in result.stdout, result.stdout
+        assert "restic asked it without credentials: no S3 credentials" in result.stdout
+        result = server("pull", rc=1)
+        assert "AWS_SHARED_CREDENTIALS_FILE" in result.stdout + result.stderr
+        assert not [k for k in moto_keys(endpoint, keys) if k.startswith("xweb1/")], "no init"
+        server.env = {
+            "HOME": str(tmp_path),
+            "AWS_ACCESS_KEY_ID": "id",
+            "AWS_SECRET_ACCESS_KEY": "secret",
+        }
+        result = server("check")
+        assert "will be created by the first pull" in result.stdout, result.stdout
+    finally:
+        moto.terminate()
+        moto.wait(timeout=10)
+
+
+def moto_keys(endpoint: str, keys: dict[str, str]) -> list[str]:
+    """The object keys of moto's bucket ``pbbucket``."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys)
+    listed = client.list_objects_v2(Bucket="pbbucket").get("Contents", [])
+    return [item["Key"] for item in listed]

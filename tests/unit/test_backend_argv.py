@@ -356,6 +356,7 @@ def test_backup_options_are_passed_as_they_are_before_the_paths():
     [
         ("unexpected HTTP response (401): 401 Unauthorized", "401 Unauthorized"),
         ("client.Head: dial tcp 127.0.0.1:1: connect: connection refused", "connection refused"),
+        ("Stat: Access Denied.", "Access Denied"),  # S3 without credentials
     ],
 )
 def test_a_refused_login_or_a_server_down_is_not_a_missing_repository(server_config, said, words):
@@ -441,3 +442,36 @@ def test_few_names_five_and_counts_the_rest():
     assert few(["a"]) == "a"
     assert few(list("abcde")) == "a, b, c, d, e"
     assert few(list("abcdefg")) == "a, b, c, d, e and 2 more"
+
+
+def test_a_restic_panic_is_said_as_a_crash_with_the_error_before_it(tmp_path):
+    """An outside walk: a REST store stopped mid-backup made restic 0.14 panic, and the
+    failure read "created by golang.org/x/sync/errgroup.(*Group).Go", the trace's end."""
+    from pullback.common.errors import CommandError
+    from pullback.common.log import get_logger
+    from pullback.common.runner import Runner
+    from pullback.server.backends import make_backend
+    from tests.helpers.status_servers import one_host_config
+
+    config = one_host_config(tmp_path)
+    backend = make_backend(
+        config.backend, config.host("web1"), config.state_dir, Runner(get_logger("t")), 1
+    )
+    tail = [  # what the runner keeps of it: the frames and goroutine headers are left out
+        "Save(<data/2b9e1c>) returned error, retrying after 552ms: Post "
+        '"http://store:8000/web1/data/2b9e1c": dial tcp 127.0.0.1:8000: connect: '
+        "connection refused",
+        "panic: runtime error: invalid memory address or nil pointer dereference",
+        "[signal SIGSEGV: segmentation violation code=0x1 addr=0x0 pc=0x8b5b12]",
+        "",
+        "created by golang.org/x/sync/errgroup.(*Group).Go",
+    ]
+    error = backend.explain(CommandError("restic backup", 2, tail))
+    words = str(error)
+    assert "created by" not in words, words
+    assert words.endswith(
+        "restic crashed (panic: runtime error: invalid memory address or nil pointer "
+        "dereference) after: Save(<data/2b9e1c>) returned error, retrying after 552ms: Post "
+        '"http://store:8000/web1/data/2b9e1c": dial tcp 127.0.0.1:8000: connect: '
+        "connection refused"
+    ), words

@@ -258,4 +258,5 @@ def test_a_missing_repository_where_snapshots_were_stored_is_a_failure_not_a_ski
     )
     result = HostMaintenance(fake_context(config, "web1", Gone()), 1, verify=False).run()
     assert result.status == Status.FAILED
-    assert "yet snapshots of this host were stored" in result.reason
+    assert "this host was pulled before" in result.reason
+    assert "does not exist: is backend.repository_root" in result.reason

@@ -212,3 +212,59 @@ def test_what_restic_prints_of_a_raw_password_is_masked(tmp_path, raw, piece):
     assert f'":{piece}"' in said, said  # what restic prints of it
     shown = secrets.mask(said)
     assert piece not in shown and raw not in shown, shown
+
+
+def test_a_comment_as_the_first_line_of_a_location_file_is_refused_naming_it(config):
+    """An outside walk: ``restic failed on # store: ... invalid backend``."""
+    app1 = config.hosts[2]
+    secret(app1.repository_file, "# the store\nrest:http://puller:Pull-Pw-81@store:8000/app1/")
+    with pytest.raises(BackendError) as info:
+        locate(config.backend, app1, Role.PULL)
+    assert str(info.value) == (
+        f"the first line of {app1.repository_file} is a comment: the location is read from "
+        "the first line alone; put the repository URL there"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fatal", "hint"),
+    [
+        (
+            "unable to open config file: client.Head: unexpected HTTP response (401): "
+            "401 Unauthorized",
+            "; check the user and password in {file}",
+        ),
+        (
+            "parsing repository location failed: url.Parse: invalid port",
+            "; the location is the first line of {file}: is it right?",
+        ),
+        ("unable to open config file: connection refused", ""),
+    ],
+)
+def test_restic_s_failure_on_a_location_file_says_what_to_check_there(config, fatal, hint):
+    from pullback.common.errors import CommandError
+    from tests.helpers.fakes import ScriptedRunner
+
+    app1 = config.hosts[2]
+    runner = ScriptedRunner(CommandError("restic", 1, [f"Fatal: {fatal}"]))
+    backend = make_backend(config.backend, app1, config.state_dir, runner, 1)
+    with pytest.raises(BackendError) as info:
+        backend.run(["snapshots"])
+    assert str(info.value).endswith(f"{fatal}{hint.format(file=app1.repository_file)}")
+
+
+def test_restic_init_s_line_names_the_location_it_was_given_by_file(config, caplog):
+    """restic 0.14 prints "created restic repository ID at " and nothing after "at"
+    when the location came by RESTIC_REPOSITORY_FILE."""
+    from tests.helpers.fakes import ScriptedRunner
+
+    app1 = config.hosts[2]
+    said = b"created restic repository 7b7ca24ba9 at \n\nPlease note that knowledge...\n"
+    backend = make_backend(config.backend, app1, config.state_dir, ScriptedRunner(said), 1)
+    with caplog.at_level("INFO"):
+        backend.init()
+    assert (
+        "restic: created restic repository 7b7ca24ba9 at rest:http://puller:***@store:8000/app1/"
+        in caplog.text
+    ), caplog.text
+    assert "Pull-Pw-81" not in caplog.text

@@ -1,0 +1,69 @@
+"""Whether a repository that does not exist is a host not pulled yet ("none yet") or a
+mistake in where it is looked for: an outside walk of docs/scaling.md saw a typo in the
+maintenance-only machine's location reported as "ok, skipped: none yet" for ever."""
+
+from __future__ import annotations
+
+from ..common.errors import PullbackError
+from . import status_file
+from .backends.location import Role, locate, maintenance_setting
+from .config import HostConfig, ServerConfig
+
+PULL_RECORDS = ("newest_snapshot", "last_success", "snapshot_id")
+"""What status.json keeps of a host's pulls: a host with one was pulled here before."""
+
+
+def maintenance_apart(config: ServerConfig, host: HostConfig) -> bool:
+    """Whether ``host``'s maintenance location is not its pull location (one that cannot
+    be read counts as apart)."""
+    try:
+        return locate(config.backend, host, Role.MAINTAIN) != locate(
+            config.backend, host, Role.PULL
+        )
+    except PullbackError:
+        return True
+
+
+def why_it_should_exist(config: ServerConfig, host: HostConfig, apart: bool = True) -> str | None:
+    """Why ``host``'s maintenance repository must exist, in words, or None when its
+    absence can mean a host not pulled yet. It must when status.json records a pull of
+    the host, when its maintenance location is not its pull location, or when this
+    machine has no pull recorded at all and the location, also the pull location, is
+    set for maintenance (the maintenance-only machine of docs/scaling.md, *Split
+    roles*). ``apart=False``: a location apart from the pull location is not reason
+    enough (``check``, which has found no repository at the pull location either: a
+    pull server before its first pull)."""
+    hosts = status_file.load_status(config.state_dir)["hosts"]
+    entry = hosts.get(host.name, {})
+    recorded = next((k for k in PULL_RECORDS if isinstance(entry.get(k), str)), None)
+    if recorded:
+        return f"this host was pulled before, status.json has its {recorded} {entry[recorded]}"
+    if maintenance_apart(config, host):
+        return "its maintenance location is not where pulls store" if apart else None
+    pulled = any(
+        isinstance(e, dict) and any(e.get(k) for k in PULL_RECORDS) for e in hosts.values()
+    )
+    if not pulled and maintenance_setting(config.backend, host) is not None:
+        return "no pull is recorded on this machine, which only maintains"
+    return None
+
+
+def missing_words(config: ServerConfig, host: HostConfig, where: str, why: str) -> str:
+    """The failure of a maintenance repository ``where`` that does not exist and should
+    (``why``), saying which setting to check."""
+    named = maintenance_setting(config.backend, host) or _pull_setting(config, host)
+    return (
+        f"the maintenance repository {where} does not exist: is {named} right? (it "
+        f"cannot be a host not pulled yet: {why})"
+    )
+
+
+def _pull_setting(config: ServerConfig, host: HostConfig) -> str:
+    """The setting that names ``host``'s pull location, in words."""
+    if host.repository_file is not None:
+        return f"the URL in {host.repository_file}"
+    if host.repository is not None:
+        return f"hosts[{host.name}].repository"
+    if config.backend.repository_url is not None:
+        return "backend.repository_url"
+    return f"backend.repository_root ({config.backend.repository_root})"

@@ -10,7 +10,7 @@ from . import schema as schemas
 from .errors import ConfigError
 from .schema import find_secret_files, find_secrets
 from .secrets import SecretFileError, read_secret_file
-from .yamlfile import KeyPath, Problem, YamlDocument, YamlFileError, load
+from .yamlfile import KeyPath, Problem, YamlDocument, YamlFileError, format_key, load
 
 
 def load_validated(path: str | os.PathLike, schema: dict, *, allow_empty: bool) -> YamlDocument:
@@ -46,7 +46,7 @@ def secret_file_problems(path: Path, schema: dict, data, prefix: KeyPath = ()) -
         try:
             read_secret_file(value, str(keys[-1]).replace("_", " "), register_line=False)
         except SecretFileError as exc:
-            key = ".".join(str(k) for k in (*prefix, *keys))
+            key = format_key((*prefix, *keys))
             problems.append(f"{path}: {key}: {exc}")
     return problems
 

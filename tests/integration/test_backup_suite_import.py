@@ -9,6 +9,7 @@ import sys
 import yaml
 
 from pullback.server.config import load_server_config
+from tests.helpers.backup_suite_files import SHIPPED_CLIENT
 
 SERVER_CONFIG = """\
 global: {admin_email: ops@example.org, msmtp_cmd: /usr/bin/msmtp}
@@ -156,16 +157,6 @@ def test_what_pullback_itself_would_refuse_or_cannot_read_is_exit_2(tmp_path):
         "server", "--config", str(nowhere), "import-backup-suite", "--from", str(old), "--write"
     )
     assert result.returncode == 2 and "cannot write" in result.stderr, result.stderr
-
-
-SHIPPED_CLIENT = """\
-base_backup_dir: "/var/tmp/backups"
-backup_user: "backup-ld"
-backup_group: "backup-ld" # Often same as user
-admin_email: "client-admin+backup@example.org"
-keep_days: 14
-"""
-"""backup-suite 0.2's configs/client_config.yml, comments left out."""
 
 
 def test_an_unknown_key_is_named_with_file_and_line(tmp_path):

@@ -629,7 +629,7 @@ FAULTS = [
     # repositories
     Fault("wrong repository password", wrong_password, r"wrong password", 1),
     Fault("repository missing with init: false", repository_missing,
-          r"does not exist and backend.init is false", 1, reconfigure),
+          r"does not exist: is its disk mounted\? \(backend.init is false", 1, reconfigure),
     Fault("repository locked by a live process", repository_locked,
           r"locked by a live process", 1, undo),
     # SSH trust

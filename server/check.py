@@ -62,8 +62,7 @@ def key_problems(config: ServerConfig) -> list[str]:
             problems.append(f"{config.path}: {setting}: {key} is not a file (name the key)")
         elif not os.access(key, os.R_OK):
             problems.append(
-                f"{config.path}: {setting}: {key} cannot be read "
-                f"(create it: ssh-keygen -t ed25519 -N '' -f {key})"
+                f"{config.path}: {setting}: {key} cannot be read{_key_fix(config, key)}"
             )
         elif str(key).startswith(HOMES):
             problems.append(
@@ -72,6 +71,22 @@ def key_problems(config: ServerConfig) -> list[str]:
                 f"/etc/pullback/keys/{moved}"  # the name import-backup-suite gives it
             )
     return problems
+
+
+def _key_fix(config: ServerConfig, key: Path) -> str:
+    """What to do about an SSH key that cannot be read: copy the old one when a host
+    adopts backup-suite's history (its clients trust that key; a new one is refused by
+    every client until its public half is in their authorized_keys); else make one.
+    Returns the words, starting with `` (``."""
+    adopting = [h.name for h in config.hosts if h.adopt_host]
+    if adopting:
+        return (
+            f" (host {adopting[0]} adopts backup-suite's history: copy backup-suite's "
+            f"server key here, as import-backup-suite's `install -D -m 0600 ... {key}` "
+            "line says; its clients trust that key. A new key (ssh-keygen -t ed25519 "
+            f"-N '' -f {key}) works only once its .pub is in each client's authorized_keys)"
+        )
+    return f" (create it: ssh-keygen -t ed25519 -N '' -f {key})"
 
 
 def _password_fix(config: ServerConfig) -> str:

@@ -192,6 +192,23 @@ def test_a_missing_password_file_of_an_existing_repository_is_restored_not_made(
     assert f"(umask 077; head -c 32 /dev/urandom | base64 > {missing})" in said
 
 
+def test_a_missing_ssh_key_of_an_adopting_host_is_copied_not_made(adopting):
+    fleet = adopting
+    missing = fleet.root / "keys" / "web1"
+    fleet.host_extra["web1"]["ssh_key_file"] = str(missing)
+    fleet.write_config()
+    checked = fleet.server("check")
+    assert checked.returncode == 1, _said(checked)
+    (said,) = [line for line in checked.stdout.splitlines() if "ssh_key_file" in line]
+    assert f"{missing} cannot be read (host web1 adopts backup-suite's history: copy " in said
+    assert "its clients trust that key" in said
+    # a genuinely new setup: make one
+    del fleet.host_extra["web1"]["adopt_host"]
+    fleet.write_config()
+    said = fleet.server("check").stdout
+    assert f"cannot be read (create it: ssh-keygen -t ed25519 -N '' -f {missing})" in said
+
+
 def test_check_warns_of_secrets_left_in_etc_backup(adopting):
     fleet = adopting
     fleet.host_extra["web1"]["ssh_key_file"] = "/etc/backup/client_a_id_ed25519"

@@ -59,11 +59,28 @@ def pull(
         finally:
             if journal:
                 journal.end()
+        shared = group_sizes(config, results)
+        for result in results:
+            result.repository_bytes = shared.get(result.host, result.repository_bytes)
         assess(config, results)
         if not dry_run:
-            status_file.record(config.state_dir, results, {h.name: h.max_age for h in config.hosts})
+            max_ages = {h.name: h.max_age for h in config.hosts}
+            status_file.record(config.state_dir, results, max_ages, shared)
     failed = [r for r in results if r.status == Status.FAILED]
     return (EXIT_FAILED if failed else EXIT_OK), results
+
+
+def group_sizes(config: ServerConfig, results: list[HostResult]) -> dict[str, int]:
+    """The size of each group's one repository as this run last measured it, for every
+    member of the group (those this run did not pull too): the largest a member's pull
+    measured, since a pull only adds. A member measured earlier in the run, or in an
+    earlier run, would otherwise show an older size of the same repository."""
+    measured: dict[str, int] = {}
+    for result in results:
+        group = config.host(result.host).group
+        if group is not None and result.repository_bytes is not None:
+            measured[group] = max(measured.get(group, 0), result.repository_bytes)
+    return {h.name: measured[h.group] for h in config.hosts if h.group in measured}
 
 
 def assess(config: ServerConfig, results: list[HostResult]) -> None:

@@ -60,17 +60,21 @@ def load_status(state_dir: Path) -> dict:
 
 
 def record(
-    state_dir: Path, results: list[HostResult], max_ages: Mapping[str, float] | None = None
+    state_dir: Path,
+    results: list[HostResult],
+    max_ages: Mapping[str, float] | None = None,
+    sizes: Mapping[str, int] | None = None,
 ) -> dict:
     """Merge ``results`` into the status file (written atomically); return the new status.
 
     ``max_ages``: every host server.yaml lists and its ``max_age`` in seconds, recorded as
     ``configured`` so that another server's ``status --merge`` shows just those hosts and
-    judges each by its own ``max_age`` (None: the recorded ones are kept)."""
+    judges each by its own ``max_age`` (None: the recorded ones are kept). ``sizes``: the
+    repository size of hosts this run did not pull too (a group's members), recorded for
+    those already known."""
     with _locked(state_dir):
         status = load_status(state_dir)
-        if max_ages is not None:
-            status["configured"] = {name: {"max_age": max_ages[name]} for name in sorted(max_ages)}
+        _record_fleet(status, max_ages, sizes or {})
         now = iso(utc_now())
         for result in results:
             entry = status["hosts"].setdefault(result.host, {})
@@ -124,6 +128,18 @@ def record(
             )
             entry["history"] = entry["history"][-HISTORY:]
         return _save(state_dir, status)
+
+
+def _record_fleet(
+    status: dict, max_ages: Mapping[str, float] | None, sizes: Mapping[str, int]
+) -> None:
+    """What :func:`record` keeps of hosts besides its results: ``configured`` and the
+    sizes of hosts already known."""
+    if max_ages is not None:
+        status["configured"] = {name: {"max_age": max_ages[name]} for name in sorted(max_ages)}
+    for host, size in sizes.items():
+        if isinstance(status["hosts"].get(host), dict):
+            status["hosts"][host]["repository_bytes"] = size
 
 
 CHECKSUM_FAILURES_KEPT = 10

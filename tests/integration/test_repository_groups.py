@@ -94,3 +94,31 @@ def test_a_group_stores_common_data_once_and_keeps_each_hosts_history_its_own(tm
     assert own.read_bytes() == b"web2 1"
     (blob,) = target.rglob("blob")
     assert blob.read_bytes() == shared
+
+
+def test_every_member_of_a_group_shows_its_repositorys_size_after_a_pull(fleet):
+    """One repository, one size: a member pulled earlier in a run (it measured before the
+    next member stored), or not pulled at all, shows what the run last measured."""
+    web1, web2 = (fleet.add_host(n) for n in ("web1", "web2"))
+    fleet.host_extra.update({"web1": {"group": "web"}, "web2": {"group": "web"}})
+    fleet.write_config(parallel=1)
+    status_path = fleet.state / "status.json"
+
+    def sizes() -> dict:
+        hosts = json.loads(status_path.read_text())["hosts"]
+        return {name: hosts[name]["repository_bytes"] for name in ("web1", "web2")}
+
+    for host in (web1, web2):
+        host.make_archive({"own.bin": os.urandom(1 << 20)})
+    pulled = fleet.server("pull", "--json")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    reported = {h["host"]: h["repository_bytes"] for h in json.loads(pulled.stdout)["hosts"]}
+    on_disk = repository_bytes(fleet.repos / "web")
+    assert sizes()["web1"] == sizes()["web2"] == reported["web1"] == reported["web2"]
+    assert sizes()["web1"] >= on_disk - (64 << 10), (sizes(), on_disk)  # both stored: 2 MiB
+
+    web1.make_archive({"own.bin": os.urandom(1 << 20)})
+    time.sleep(1.1)
+    pulled = fleet.server("pull", "--host", "web1")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert sizes()["web2"] == sizes()["web1"] > reported["web2"] + (1 << 20) - (64 << 10)

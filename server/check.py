@@ -294,7 +294,7 @@ def check_maintenance(ctx: HostContext, good: list[str], problems: list[str]) ->
             f"{len(backend.snapshots())} snapshot(s)"
         )
     except RepositoryMissing:
-        why = _pull_side(ctx)
+        why = why_it_should_exist(ctx.config, ctx.host)
         if why is None:
             good.append(
                 f"{name}: maintenance repository {backend.repository()} does not exist yet "
@@ -305,18 +305,6 @@ def check_maintenance(ctx: HostContext, good: list[str], problems: list[str]) ->
             problems.append(f"{name}: {missing_words(ctx.config, ctx.host, where, why)}")
     except PullbackError as exc:
         problems.append(f"{name}: maintenance location: {exc}")
-
-
-def _pull_side(ctx: HostContext) -> str | None:
-    """Why a missing maintenance repository of ``ctx``'s host is a mistake, in words,
-    or None when the pull location has no repository yet either (a new host)."""
-    try:
-        HostContext.open(ctx.config, ctx.host).backend.prepare(create=False)
-    except RepositoryMissing:
-        return why_it_should_exist(ctx.config, ctx.host, apart=False)
-    except PullbackError:
-        return "its maintenance location is not where pulls store"
-    return "the pull location has a repository: the two reach different ones"
 
 
 def _strangers(ctx: HostContext) -> str | None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from ..common.errors import PullbackError
 from . import status_file
+from .backends import RepositoryMissing
 from .backends.location import Role, locate, maintenance_setting
 from .config import HostConfig, ServerConfig
+from .host import HostContext
 
 PULL_RECORDS = ("newest_snapshot", "last_success", "snapshot_id")
 """What status.json keeps of a host's pulls: a host with one was pulled here before."""
@@ -24,28 +26,41 @@ def maintenance_apart(config: ServerConfig, host: HostConfig) -> bool:
         return True
 
 
-def why_it_should_exist(config: ServerConfig, host: HostConfig, apart: bool = True) -> str | None:
+def why_it_should_exist(config: ServerConfig, host: HostConfig) -> str | None:
     """Why ``host``'s maintenance repository must exist, in words, or None when its
     absence can mean a host not pulled yet. It must when status.json records a pull of
-    the host, when its maintenance location is not its pull location, or when this
-    machine has no pull recorded at all and the location, also the pull location, is
-    set for maintenance (the maintenance-only machine of docs/scaling.md, *Split
-    roles*). ``apart=False``: a location apart from the pull location is not reason
-    enough (``check``, which has found no repository at the pull location either: a
-    pull server before its first pull)."""
+    the host, when its maintenance location is apart from its pull location and the
+    pull location has a repository or cannot be opened (:func:`pull_side`), or when
+    this machine has no pull recorded at all and the location, also the pull location,
+    is set for maintenance (the maintenance-only machine of docs/scaling.md, *Split
+    roles*)."""
     hosts = status_file.load_status(config.state_dir)["hosts"]
     entry = hosts.get(host.name, {})
     recorded = next((k for k in PULL_RECORDS if isinstance(entry.get(k), str)), None)
     if recorded:
         return f"this host was pulled before, status.json has its {recorded} {entry[recorded]}"
     if maintenance_apart(config, host):
-        return "its maintenance location is not where pulls store" if apart else None
+        return pull_side(config, host)
     pulled = any(
         isinstance(e, dict) and any(e.get(k) for k in PULL_RECORDS) for e in hosts.values()
     )
     if not pulled and maintenance_setting(config.backend, host) is not None:
         return "no pull is recorded on this machine, which only maintains"
     return None
+
+
+def pull_side(config: ServerConfig, host: HostConfig) -> str | None:
+    """Why a missing maintenance repository apart from ``host``'s pull location is a
+    mistake, in words, or None when the pull location has no repository yet either (a
+    pull server before the host's first pull, which makes the one both reach). Opens
+    the pull location, changing nothing."""
+    try:
+        HostContext.open(config, host).backend.prepare(create=False)
+    except RepositoryMissing:
+        return None
+    except PullbackError:
+        return "its maintenance location is not where pulls store"
+    return "the pull location has a repository: the two reach different ones"
 
 
 def missing_words(config: ServerConfig, host: HostConfig, where: str, why: str) -> str:

@@ -58,16 +58,24 @@ def test_a_missing_repository_is_none_yet_only_where_no_pull_was_due(tmp_path, f
     assert result.returncode == 0, result.stdout + result.stderr
     assert "none yet: nothing to maintain" in (result.stdout + result.stderr) + result.stdout
 
-    # a maintenance location of its own that is not there: a typo, not a new host
+    # a maintenance location of its own, and neither location has a repository: a new
+    # host as check calls it (the first pull makes the one both reach)
     elsewhere = tmp_path / "maint" / "web1"
     fleet.host_extra["web1"] = {"maintenance_repository": str(elsewhere)}
     fleet.write_config()
     result = fleet.server("maintain")
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "is hosts[web1].maintenance_repository right?" in (result.stdout + result.stderr), (
-        result.stdout + result.stderr
-    )
-    assert "not where pulls store" in (result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "none yet: nothing to maintain" in result.stdout + result.stderr
+    assert "neither does the pull location's" in fleet.server("check").stdout
+    # ... but once the pull location has one, it is a typo, not a new host
+    web.make_archive()
+    assert fleet.server("pull").returncode == 0
+    for why in ("this host was pulled before", "the pull location has a repository"):
+        result = fleet.server("maintain")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "is hosts[web1].maintenance_repository right?" in result.stdout + result.stderr
+        assert why in result.stdout + result.stderr, result.stdout + result.stderr
+        (fleet.state / "status.json").unlink()  # the record lost: the repository still says
 
     # pulled before, then the repository is gone (one location for both roles)
     fleet.host_extra["web1"] = {}

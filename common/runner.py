@@ -39,6 +39,17 @@ SH_MAJOR = int(sh.__version__.split(".")[0])
 _SH_VERSION_ARGS = {"_return_cmd": True} if SH_MAJOR >= 2 else {}
 
 
+def _fork_failure(text: str) -> str:
+    """Why a child failed between fork and exec (``sh.ForkException``'s text ends with
+    the child's traceback), in words: its last line, and what /proc's absence means
+    (``sh`` lists /proc/self/fd or /dev/fd in the child). Returns at most 300 characters."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else "the child failed before it started"
+    if not os.path.isdir("/proc/self/fd"):  # sh 2 lists it, sh 1 its link /dev/fd
+        last += " (is /proc mounted? pullback starts programs only with /proc)"
+    return last[:300]
+
+
 def _uncapped() -> None:
     """In a command's process, before it runs: lift the address-space cap that a host's
     pull process holds itself to (server.host_process). The command's memory is its own
@@ -339,6 +350,8 @@ class Runner:
             )
         except OSError as exc:
             raise CommandError(display, None, [], str(exc)) from None
+        except sh.ForkException as exc:  # the child failed before exec: its traceback's last line
+            raise CommandError(display, None, [], _fork_failure(str(exc))) from None
         finally:
             for handle in opened:
                 handle.close()

@@ -133,3 +133,39 @@ def test_an_endless_line_costs_a_bounded_line(runner):
     assert grown < 50 << 20, f"the runner kept {grown} bytes of one line"
     assert result.tail[0] == "x" * 4000 + " … (line cut)"
     assert result.tail[-1] == "after"
+
+
+NO_PROC_SCRIPT = """
+import logging, sys
+from pullback.common.errors import CommandError
+from pullback.common.runner import Runner
+try:
+    Runner(logging.getLogger("t")).run(["true"])
+except CommandError as exc:
+    print(str(exc))
+    sys.exit(1)
+print("ran")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace needs root")
+def test_a_child_that_cannot_start_without_proc_is_a_command_error_not_a_traceback():
+    """An outside attack ran the client with /proc unmounted: ``sh`` lists /proc/self/fd
+    in the child, and its ForkException left the run with a traceback (exit 70)."""
+    import subprocess
+    import sys
+
+    shell = f"umount -l /proc && exec {sys.executable} -c '{NO_PROC_SCRIPT}'"
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", shell],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if "unshare failed" in done.stderr or "umount" in done.stderr:
+        pytest.skip(f"no private mount namespace here: {done.stderr.strip()[:200]}")
+    assert done.returncode == 1, done.stdout + done.stderr
+    said = done.stdout.strip()
+    assert said.startswith("command failed: true: "), said
+    assert "(is /proc mounted? pullback starts programs only with /proc)" in said
+    assert "Traceback" not in done.stdout + done.stderr and len(said) < 400, said

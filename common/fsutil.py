@@ -278,6 +278,13 @@ def anchored_path(dir_fd: int, name: str) -> str:
     return f"/proc/self/fd/{dir_fd}/{name}" if _PROC_FDS else ""
 
 
+DEEPEST_LEVELS = 2000
+"""The most directory levels the deepest path pullback archives (4000 bytes) can hold."""
+
+DEPTH_HINT = "one open file a level: the open-files limit allows no more; raise LimitNOFILE"
+"""What a walk cut short by the hard open-files limit (below :data:`DEEPEST_LEVELS`) adds."""
+
+
 def descriptor_room(reserve: int = 256) -> int:
     """How many directories deep a walk may hold one descriptor each: the soft limit on
     open files, raised to the hard one first when it is lower than needed for the
@@ -286,7 +293,7 @@ def descriptor_room(reserve: int = 256) -> int:
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2000 + reserve
+    wanted = DEEPEST_LEVELS + reserve
     if soft != resource.RLIM_INFINITY and soft < wanted:
         raised = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
         with contextlib.suppress(ValueError, OSError):

@@ -36,6 +36,8 @@ from typing import BinaryIO, NamedTuple
 
 from ..errors import ArchiveError, CommandError, Interrupted
 from ..fsutil import (
+    DEEPEST_LEVELS,
+    DEPTH_HINT,
     anchored_dir,
     anchored_path,
     descriptor_room,
@@ -683,6 +685,7 @@ class ArchiveWriter:
             self._add_entry(path, arc, est, stats, xattrs, _At(parent_fd, name, path))
             stats.warnings.append(
                 f"{path}: skipped what is in it, deeper than {walk.depth_limit} directories"
+                + (f" ({DEPTH_HINT})" if walk.depth_limit < DEEPEST_LEVELS else "")
             )
             return
         fd = self._open_directory(parent_fd, name, path, est, stats)

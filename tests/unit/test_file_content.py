@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
+import resource
 import stat
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -375,7 +378,7 @@ def test_a_configured_path_through_another_users_symlink_is_refused(tmp_path):
     os.symlink(secret, up / "site")
     os.lchown(up / "site", 65534, 65534)
     tmp_path.chmod(0o755)
-    archive, stats = archive_of_path(tmp_path, up / "site" / "keys")
+    archive, stats = archive_of(tmp_path, up / "site" / "keys")
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     assert not [n for n in names if "token" in n], names
@@ -392,18 +395,10 @@ def test_a_configured_path_through_roots_own_symlink_is_followed(tmp_path):
     (real / "data").mkdir(parents=True)
     (real / "data" / "a.txt").write_text("a\n")
     os.symlink(real, tmp_path / "link")
-    archive, stats = archive_of_path(tmp_path, tmp_path / "link" / "data")
+    archive, stats = archive_of(tmp_path, tmp_path / "link" / "data")
     assert stats.warnings == []
     with tarfile.open(archive) as tar:
         assert "services/app/files/a.txt" in tar.getnames()
-
-
-def archive_of_path(tmp_path: Path, source: Path) -> tuple[Path, TaskStats]:
-    path = tmp_path / "host-20260101T000000Z.tar"
-    with ArchiveWriter(path, "none") as writer:
-        stats = writer.add_tree(source, "services/app/files")
-        writer.finish()
-    return path, stats
 
 
 def test_a_parent_swapped_for_a_symlink_during_the_walk_leads_nowhere(tmp_path, monkeypatch):
@@ -452,6 +447,51 @@ def test_a_tree_deeper_than_the_open_files_limit_is_walked_whole(tmp_path):
     with tarfile.open(archive) as tar:
         bottom = [n for n in tar.getnames() if n.endswith("bottom.txt")]
     assert len(bottom) == 1 and bottom[0].count("/d") == 1500
+
+
+LOW_LIMIT_WALK = """
+import json, sys
+from pullback.common.archive.writer import ArchiveWriter
+with ArchiveWriter(sys.argv[2], "none") as writer:
+    stats = writer.add_tree(sys.argv[1], "services/app/files")
+    writer.finish()
+print(json.dumps(stats.warnings))
+"""
+
+
+def test_a_tree_deeper_than_a_low_hard_limit_is_cut_and_says_how_to_raise_it(tmp_path):
+    """A hard open-files limit below what 2,000 levels need cuts the walk at (limit -
+    256) levels, said with the unit's setting to raise (an outside attack found the
+    warning silent on why). The walk runs in a child: a hard limit cannot be raised
+    again without CAP_SYS_RESOURCE."""
+    source = tmp_path / "src"
+    source.mkdir()
+    deep = str(source)
+    for _ in range(400):
+        deep += "/d"
+        os.mkdir(deep)
+    Path(deep, "bottom.txt").write_text("here\n")
+    archive = tmp_path / "host-20260101T000000Z.tar"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", LOW_LIMIT_WALK, str(source), str(archive)],
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (600, 600)),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        os.unlink(f"{deep}/bottom.txt")
+        while deep != str(source):
+            os.rmdir(deep)
+            deep = os.path.dirname(deep)
+    (warning,) = json.loads(done.stdout)
+    assert warning.endswith(
+        "skipped what is in it, deeper than 344 directories (one open file a level: the "
+        "open-files limit allows no more; raise LimitNOFILE)"
+    ), warning
+    with tarfile.open(archive) as tar:
+        assert max(n.count("/d") for n in tar.getnames()) == 344
 
 
 LEASE_HOLDER = """

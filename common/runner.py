@@ -32,6 +32,7 @@ import sh
 from . import secrets
 from .errors import CommandError, CommandTimeout
 from .log import Log, get_logger
+from .text import escaped
 
 SH_MAJOR = int(sh.__version__.split(".")[0])
 # sh 2 returns a plain string from a foreground call unless told otherwise; sh 1 does not
@@ -293,7 +294,7 @@ class Runner:
         def echo(line: str) -> None:
             line = secrets.mask(line, self.secrets)
             if not is_stack_frame(line):  # a Go program's trace would push out its words
-                tail.append(line)
+                tail.append(escaped(line))  # a store's or client's words: one line each
             logged[0] += 1
             if logged[0] <= MAX_LOGGED_LINES:
                 self.log.log(level, "%s: %s", name, line)

@@ -16,9 +16,12 @@ from .config import ServerConfig
 from .host_state import HISTORY_CELLS, SYMBOLS, HostState
 from .journal import NO_ACTIVITY, WAITING, InterruptedRun, PullActivity
 from .merged_status import Source, default_copy_max_age, default_max_age, read_merged
-from .metrics import is_stale
+from .metrics import is_stale, stale_time
 
 __all__ = ["HostRow", "HostState", "Source", "fleet", "read_merged", "rows"]
+
+SAID = 300
+"""Characters of a recorded reason (words a tool, a store or a client wrote) shown."""
 
 
 _ORDER = {state: rank for rank, state in enumerate(HostState)}
@@ -35,7 +38,8 @@ class CopyView:
     drilled_age: float | None
     """Seconds since a drill last proved the copy."""
     stale: bool
-    """The copy's newest snapshot is older than ``copy.max_age``, or it holds none."""
+    """The copy's newest snapshot is older than ``copy.max_age``, dated ahead, or it
+    holds none."""
     problem: str | None
     """Why the last copy failed (it fell behind, diverged, or could not run)."""
     held: str | None = None
@@ -74,7 +78,7 @@ def copy_view(entry: dict, max_age: float, now: dt.datetime) -> CopyView:
     newest = age(copy.get("newest"), now)
     failed = copy.get("result") == Status.FAILED
     maintained = (
-        f"the copy's last maintenance failed: {copy.get('maintain_reason', '')}"
+        f"the copy's last maintenance failed: {printable(copy.get('maintain_reason', ''), SAID)}"
         if _maintenance_failed(copy)
         else None
     )
@@ -82,15 +86,18 @@ def copy_view(entry: dict, max_age: float, now: dt.datetime) -> CopyView:
         copied_age=age(copy.get("copied"), now),
         newest_age=newest,
         drilled_age=age(copy.get("verified"), now),
-        stale=newest is None or newest > max_age,
+        stale=stale_time(copy.get("newest"), max_age, now),
         problem=(
-            str(copy.get("reason", ""))
+            printable(copy.get("reason", ""), SAID)
             if failed
-            else f"the last drill of the copy failed: {copy.get('verify_summary', '')}"
+            else "the last drill of the copy failed: "
+            + printable(copy.get("verify_summary", ""), SAID)
             if copy.get("verify_result") == Status.FAILED
             else maintained
         ),
-        held=str(hold.get("reason")) if isinstance(hold := copy.get("guard_hold"), dict) else None,
+        held=printable(hold.get("reason"), SAID)
+        if isinstance(hold := copy.get("guard_hold"), dict)
+        else None,
     )
 
 
@@ -259,13 +266,13 @@ def _drill_words(entry: dict) -> str | None:
     earlier one of a snapshot that no drill has proven since."""
     failed = entry.get("verify_failed_snapshot")
     if entry.get("verify_result") == Status.FAILED:
-        said = printable(str(entry.get("verify_summary") or "see status --json"), 300)
+        said = printable(str(entry.get("verify_summary") or "see status --json"), SAID)
         standing = ""
         if isinstance(failed, dict) and str(failed.get("id")) not in said:
             standing = f"; the drill of snapshot {printable(str(failed.get('id')), 64)} failed too"
         return f"the last restore drill failed: {said}{standing}{_more_failed(entry, said)}"
     if isinstance(failed, dict):
-        said = printable(str(failed.get("summary") or "see status --json"), 300)
+        said = printable(str(failed.get("summary") or "see status --json"), SAID)
         when = printable(str(failed.get("at")), 40)
         return (
             f"the restore drill of {when} failed: {said}; the next drill tries that "
@@ -298,7 +305,7 @@ def _reason(entry: dict) -> str:
     if drill:
         said.append(drill)
     if _maintenance_failed(entry):
-        why = printable(str(entry.get("maintain_reason") or "see status --json"), 300)
+        why = printable(str(entry.get("maintain_reason") or "see status --json"), SAID)
         said.append(f"the last maintenance failed: {why}")
     return "; ".join(said)
 
@@ -348,7 +355,7 @@ def _page_warnings(warnings: object) -> list[str]:
     merged file's: each made one line of at most 300 characters), and how many more."""
     if not isinstance(warnings, list):
         return []
-    shown = [printable(w, 300) for w in warnings[:PAGE_WARNINGS]]
+    shown = [printable(w, SAID) for w in warnings[:PAGE_WARNINGS]]
     if len(warnings) > PAGE_WARNINGS:
         shown.append(f"… and {len(warnings) - PAGE_WARNINGS} more (status --json)")
     return shown

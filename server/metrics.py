@@ -25,12 +25,18 @@ stale: a date far ahead would otherwise never grow old (a wrong clock, a forged 
 
 
 def is_stale(entry: dict, max_age: float, now: dt.datetime) -> bool:
-    """Older than ``max_age``, dated more than :data:`AHEAD` in the future, or never
-    stored at all."""
-    newest = _ts(entry.get("newest_snapshot"))
-    if newest is None:
+    """Whether a host's newest snapshot (its status ``entry``) is stale
+    (:func:`stale_time`)."""
+    return stale_time(entry.get("newest_snapshot"), max_age, now)
+
+
+def stale_time(newest: str | None, max_age: float, now: dt.datetime) -> bool:
+    """Whether the newest snapshot's time ``newest`` (ISO) is older than ``max_age``,
+    dated more than :data:`AHEAD` in the future, or missing (none stored at all)."""
+    when = _ts(newest)
+    if when is None:
         return True
-    age = now.timestamp() - newest
+    age = now.timestamp() - when
     return age > max_age or age < -AHEAD
 
 
@@ -168,7 +174,8 @@ def _copy_metrics(m: Metrics, config: ServerConfig, status: dict, now: dt.dateti
         "pullback_copy_newest_snapshot_timestamp_seconds", "Time of the copy's newest snapshot."
     )
     stale = g(
-        "pullback_copy_stale", "1 when the copy's newest snapshot is older than copy.max_age."
+        "pullback_copy_stale",
+        "1 when the copy's newest snapshot is older than copy.max_age (or dated ahead).",
     )
     drilled = g(
         "pullback_copy_verified_timestamp_seconds", "When a restore drill last proved the copy."
@@ -194,8 +201,7 @@ def _copy_metrics(m: Metrics, config: ServerConfig, status: dict, now: dt.dateti
         if "result" in entry:
             ok.add(entry["result"] != Status.FAILED, **labels)
         newest.add(_ts(entry.get("newest")), **labels)
-        when = _ts(entry.get("newest"))
-        stale.add(when is None or now.timestamp() - when > limit, **labels)
+        stale.add(stale_time(entry.get("newest"), limit, now), **labels)
         drilled.add(_ts(entry.get("verified")), **labels)
         held.add(isinstance(entry.get("guard_hold"), dict), **labels)
         if "maintain_result" in entry:  # an outside walk saw a failed one in no gauge

@@ -248,6 +248,40 @@ def test_the_copys_cell_says_what_needs_attention():
     assert copy_view({}, 3 * 86400, now).text == "never copied"
 
 
+def test_the_copys_recorded_words_are_printed_escaped_and_a_date_ahead_is_stale(tmp_path):
+    """An outside attack: a hostile copy store's words (escape sequences) reached the
+    status table, the page and the mail raw; a copy whose newest snapshot is dated in
+    the future never grew stale (the primary's has the AHEAD rule)."""
+    from pullback.common.clock import iso
+    from pullback.server import metrics
+    from pullback.server.fleet_view import copy_view
+
+    now = dt.datetime.now(dt.UTC)
+    hostile = "400 Bad\x1b]52;c;eA==\x07\x1b[2JRequest" + "x" * 5000
+    base = {"newest": iso(now), "copied": iso(now), "verified": iso(now)}
+    for record in (
+        {"result": "failed", "reason": hostile},
+        {"result": "ok", "verify_result": "failed", "verify_summary": hostile},
+        {"result": "ok", "maintain_result": "failed", "maintain_reason": hostile},
+        {"result": "ok", "guard_hold": {"reason": hostile}},
+    ):
+        view = copy_view({"copy": {**base, **record}}, 3 * 86400, now)
+        for said in (view.problem, view.held):
+            assert said is None or ("\x1b" not in said and len(said) < 400), said
+        assert "\\x1b]52" in (view.problem or view.held or ""), record
+    ahead = {"copy": {**base, "newest": "2099-01-01T00:00:00Z"}}
+    assert copy_view(ahead, 3 * 86400, now).stale
+    config = load_server_config(
+        write(
+            tmp_path,
+            f"state_dir: {tmp_path}/state\n"
+            "copy: {repository_root: /c}\nhosts: [{name: web1}]\n",
+        )
+    )
+    text = metrics.build(config, {"hosts": {"web1": ahead}}, now).render()
+    assert 'pullback_copy_stale{host="web1"} 1' in text, text
+
+
 def test_a_copy_store_that_cannot_be_read_is_not_taken_for_a_moved_copy(tmp_path):
     """A location file unusable for one run (mode 0644 after an edit) named no store:
     its record stays the copy's record (the run fails, nothing is started anew), and a

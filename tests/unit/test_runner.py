@@ -169,3 +169,13 @@ def test_a_child_that_cannot_start_without_proc_is_a_command_error_not_a_traceba
     assert said.startswith("command failed: true: "), said
     assert "(is /proc mounted? pullback starts programs only with /proc)" in said
     assert "Traceback" not in done.stdout + done.stderr and len(said) < 400, said
+
+
+def test_a_commands_last_lines_are_kept_escaped(runner):
+    """An outside attack: a hostile copy store's HTTP status line (restic prints it)
+    carried an OSC 52 clipboard write and cursor moves into the copy's report, the
+    maintenance mail and status.json, through the error's tail."""
+    with pytest.raises(CommandError) as info:
+        runner.run(["sh", "-c", r"printf '400 Bad\033]52;c;eA==\a\033[2JRequest\r\n' >&2; exit 1"])
+    assert info.value.tail == [r"400 Bad\x1b]52;c;eA==\x07\x1b[2JRequest\r"]
+    assert "\x1b" not in str(info.value) and "\a" not in str(info.value)

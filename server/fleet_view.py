@@ -221,8 +221,11 @@ def _add_copy(row: HostRow, entry: dict, max_age: float, now: dt.datetime) -> No
         row.reason = row.reason or row.copy.complaint
 
 
-def _rank(row: HostRow) -> tuple[int, str, str]:
-    return _ORDER[row.state], row.host, row.server
+def _rank(row: HostRow, own: str = "") -> tuple[int, bool, str, str]:
+    """Worst state first; within one, the rows of server ``own`` (this one) before a
+    merged file's (thousands of a file's hosts cannot push this server's out of the
+    names a line shows), then by host."""
+    return _ORDER[row.state], row.server != own, row.host, row.server
 
 
 def _state(entry: dict, stale: bool) -> HostState:
@@ -451,7 +454,8 @@ def fleet(
     activity: PullActivity = NO_ACTIVITY,
 ) -> Fleet:
     """The rows of this server's hosts (``local``: its own status) and of every host of
-    the ``merged`` files, worst first; with merged files, each row names its server (a
+    the ``merged`` files, worst first (this server's first within a state); with merged
+    files, each row names its server (a
     merged server named as one before it is named by its file too, ``b1 (copy.json)``,
     so that every row says where it came from). ``activity``: this server's pull
     running now or killed (the killed pull's hosts need attention)."""
@@ -467,4 +471,5 @@ def fleet(
             source = replace(source, server=f"{source.server} ({source.where})")
         sources.append(source)
         found += source_rows(source, now)
-    return Fleet(sorted(found, key=_rank), sources, now, activity)
+    own = local.server if merged else ""
+    return Fleet(sorted(found, key=lambda row: _rank(row, own)), sources, now, activity)

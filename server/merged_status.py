@@ -21,8 +21,13 @@ from ..common.units import parse_duration
 from .host_state import HISTORY_CELLS, SYMBOLS
 
 MAX_MERGED_BYTES = 32 << 20
-"""A merged status file larger than this is refused by name: parsing JSON costs up to
-some ten times its size in memory. A real one takes a few KiB per host."""
+"""A merged status file larger than this is refused by name (with MAX_MERGED_VALUES,
+parsing one costs at most about 250 MB). A real one takes a few KiB per host."""
+MAX_MERGED_VALUES = 1_500_000
+"""JSON values (counted before parsing, as its ``,``, ``[`` and ``{``) a merged status
+file may hold: a file of tiny values (``[[]],``) cost 42 times its size in memory
+(1.4 GB for 32 MiB); a real status file spends some 36 bytes a value (32 MiB: about
+930,000), so none is refused that fits MAX_MERGED_BYTES."""
 MAX_MERGED_HOSTS = 10_000
 """Hosts one merged status file may list (``hosts``, ``configured``); more is refused."""
 MAX_NAME = 253
@@ -252,6 +257,8 @@ def _load_json(path: Path) -> object:
         os.close(descriptor)
     if len(data) > MAX_MERGED_BYTES:
         raise too_large
+    if sum(data.count(mark) for mark in (b",", b"[", b"{")) > MAX_MERGED_VALUES:
+        raise ValueError(f"not a status file: more than {MAX_MERGED_VALUES:,} values")
     try:
         return jsontext.loads(data)
     except UnicodeDecodeError:

@@ -179,9 +179,8 @@ def fleet_check(
     if outputs:
         parts.append(_first("not written", outputs))
     parts.append(f"{len(kinds['ok'])} of {len(found)} hosts ok")
-    return CheckResult(
-        state, f"PULLBACK {state.name} - {'; '.join(parts)} | {_perfdata(found, kinds)}"
-    )
+    said = "; ".join(parts).replace("|", "¦")  # a monitor reads perfdata after the first |
+    return CheckResult(state, f"PULLBACK {state.name} - {said} | {_perfdata(found, kinds)}")
 
 
 def _view(config: ServerConfig, status: dict, merged: Sequence[Source]) -> Fleet:
@@ -221,7 +220,7 @@ def _check(path: Path, merged: Sequence[Source]) -> int:
         status = read_status(config.state_dir)
     except ConfigError as exc:
         first = str(exc.problems[0]) if exc.problems else str(exc)
-        result = CheckResult(Check.UNKNOWN, f"PULLBACK UNKNOWN - {first}")
+        result = CheckResult(Check.UNKNOWN, f"PULLBACK UNKNOWN - {first.replace('|', '¦')}")
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else exc
         result = CheckResult(Check.UNKNOWN, f"PULLBACK UNKNOWN - cannot read {STATUS_FILE}: {why}")

@@ -240,6 +240,29 @@ def test_thousands_of_hosts_are_read_more_than_the_limit_refused(tmp_path):
     assert read_merged(many).error == f"more than {MAX_MERGED_HOSTS} hosts in hosts"
 
 
+def test_a_file_of_tiny_values_is_refused_before_parsing_and_a_real_large_one_read(tmp_path):
+    """An outside attack: 32 MiB of ``[[[[]]]],`` cost 1.4 GB to parse (42 times its
+    size). Values are counted before parsing; a real file of 5,000 hosts with full
+    histories (some 130 values each) is still read."""
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text('{"hosts": {"a": {"warnings": [' + ",".join(["[[]]"] * 600_000) + "]}}}")
+    assert tiny.stat().st_size < MAX_MERGED_BYTES
+    assert read_merged(tiny).error == "not a status file: more than 1,500,000 values"
+    when = iso(utc_now())
+    entry = {
+        "last_result": "stored",
+        "newest_snapshot": when,
+        "reason": "stored web-20261204T031500Z.tar.zst as restic snapshot 1a2b3c4d (+12 MiB)",
+        "history": [{"time": when, "result": "stored", "repository_bytes": 123456789}]
+        * status_file.HISTORY,
+        "database_dumps": ["services/db/postgresql/app.sql.zst"] * 5,
+    }
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps({"hosts": {f"web{i}": entry for i in range(5000)}}))
+    assert real.stat().st_size < MAX_MERGED_BYTES
+    assert len(read_merged(real).status["hosts"]) == 5000
+
+
 def test_hostile_words_are_escaped_and_cut_and_wrong_types_left_out(two, capsys):
     a, b = two
     b.pulled(HostResult("b2", reason="cannot connect\x1b[2J\x1b]0;owned\x07" + "y" * 50_000))
@@ -360,3 +383,33 @@ def test_the_page_shows_a_hosts_last_warnings_bounded_and_escaped(two, capsys, t
     assert "<script" not in html and "x" * 300 not in html and "x" * 299 in html
     assert "warning 1" in html and "warning 2" not in html
     assert "… and 2 more (status --json)" in html
+
+
+def test_a_merged_file_can_neither_forge_perfdata_nor_crowd_out_this_servers_hosts(
+    tmp_path, capsys
+):
+    """An outside attack: a merged file's words with a '|' became the --check line's
+    perfdata (monitors split there: a forged stale=0, the real text cut), and thousands
+    of its stale hosts, sorted before this server's by name, hid this server's stale
+    host from the names the line shows."""
+    a = make_server(tmp_path, "a", {"zz-own": None})
+    a.pulled(stored("zz-own", 100))  # stale: 100 h old
+    forged = "x | hosts=2 ok=2 attention=0 failed=0 stale=0 oldest_snapshot_age=0s"
+    many = {
+        "server": "backup2",
+        "updated": iso(utc_now()),
+        "configured": {f"h{n:05}": {"max_age": 3600} for n in range(50)},
+        "hosts": {f"h{n:05}": {"newest_snapshot": "2020-01-01T00:00:00Z"} for n in range(50)},
+        "outputs": {"problems": [forged]},
+    }
+    merged = tmp_path / "backup2.json"
+    merged.write_text(json.dumps(many))
+    code, out, _ = status(a, "--check", "--merge", str(merged), capsys=capsys)
+    assert code == 2
+    assert out.count("|") == 1, out
+    own = socket.gethostname()
+    assert out.startswith(f"PULLBACK CRITICAL - stale: zz-own ({own}), h00000 (backup2)"), out
+    assert "not written: backup2: x ¦ hosts=2" in out
+    assert out.split(" | ")[1].startswith("hosts=51 ok=0 attention=0 failed=0 stale=51"), out
+    code, _, err = status(a, "--merge", str(merged), capsys=capsys)
+    assert f"stale (no snapshot within max_age): zz-own ({own}), h00000" in err, err

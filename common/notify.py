@@ -16,6 +16,19 @@ from .units import parse_duration
 
 log = get_logger("notify")
 MAX_BODY = 10_000
+"""Characters of a ping's or message's body: its head (the reason, the first warnings)
+and its tail (the last log lines), the middle cut and counted."""
+NTFY_BODY = 4000
+"""Bytes of an ntfy message: ntfy makes a longer one an attachment (attachment.txt)."""
+
+
+def cut_middle(text: str, limit: int) -> str:
+    """``text`` in at most about ``limit`` characters: its first and last halves, and a
+    line that counts what was cut between them."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n… ({len(text) - 2 * half} characters cut) …\n{text[-half:]}"
 
 
 @dataclass(frozen=True)
@@ -124,7 +137,7 @@ class Notifier:
         config = self.config
         if config is None:
             return []
-        body = secrets.mask(body)[-MAX_BODY:]
+        body = cut_middle(secrets.mask(body), MAX_BODY)
         title = secrets.mask(title)
         missed = []
         if config.healthchecks:
@@ -151,7 +164,10 @@ class Notifier:
         token = _token(ntfy.token_file)
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        return _send(f"{self.label}: ntfy message", ntfy.url, body.encode(), headers, timeout)
+        shown = cut_middle(body, NTFY_BODY // 4)  # at most 4 bytes a character
+        if len(body.encode()) <= NTFY_BODY:
+            shown = body
+        return _send(f"{self.label}: ntfy message", ntfy.url, shown.encode(), headers, timeout)
 
     def _gotify(
         self, gotify: GotifyConfig, ok: bool, title: str, body: str, timeout: float

@@ -47,6 +47,11 @@ MAX_SCHEMA_ERRORS = 20
 """Schema errors looked at before one is reported."""
 
 
+FAILED_NAMED = 32
+"""Failed services a sidecar names for the server (its tags, a comment, a report); the
+count of failed services is the sidecar's whole list."""
+
+
 @dataclass
 class TaskReport:
     """How one task of a service went."""
@@ -136,8 +141,11 @@ class Sidecar:
     def failed_services(self) -> list[str]:
         """The names of the services that failed, as the server may use them (restic
         tags, a borg comment, a report): a client's words, so anything but a service
-        name's letters, digits, '.', '_' and '-' becomes '_', and at most 128 of them."""
-        return [_SAFE_NAME.sub("_", s.name)[:128] for s in self.services if s.status != Status.OK]
+        name's letters, digits, '.', '_' and '-' becomes '_', each cut at 128 characters,
+        the first :data:`FAILED_NAMED` of them (a client's 998 failed services became 998
+        restic tags on every snapshot)."""
+        failed = [s.name for s in self.services if s.status != Status.OK][:FAILED_NAMED]
+        return [_SAFE_NAME.sub("_", name)[:128] for name in failed]
 
     def to_json(self, as_full: bool = False) -> str:
         """The sidecar as published. ``as_full``: the copy kept inside a snapshot, which

@@ -1,0 +1,55 @@
+"""What a ping or a message carries of a long report (a real HTTP server on loopback)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pullback.common.archive.sidecar import FAILED_NAMED
+from pullback.common.notify import MAX_BODY, NTFY_BODY, Notifier, NotifyConfig, NtfyConfig
+from tests.helpers.http import HttpSink
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def sink():
+    sink = HttpSink().start()
+    yield sink
+    sink.stop()
+
+
+def test_a_long_body_keeps_its_head_and_tail_and_ntfy_gets_no_attachment(sink):
+    """An outside attack: a client with 998 failed services made each ping's body its
+    last 10,000 characters, starting inside a restic command line: the reason and the
+    first warnings were gone; ntfy turned any body over 4,096 bytes into an
+    attachment."""
+    config = NotifyConfig(
+        healthchecks=f"{sink.url}/ping",
+        ntfy=NtfyConfig(f"{sink.url}/topic", None, "always"),
+        gotify=None,
+        timeout=5,
+    )
+    body = "REASON: stored with 998 failed services\n" + "w" * 50_000 + "\nLAST LOG LINE"
+    assert Notifier(config, "web1").finish(False, "pullback: web1 failed", body) == []
+    ping, ntfy = (r for r in sink.requests if r.method == "POST")
+    for request, limit in ((ping, MAX_BODY), (ntfy, NTFY_BODY)):
+        said = request.body.decode()
+        assert said.startswith("REASON: stored with 998 failed services"), said[:80]
+        assert said.endswith("LAST LOG LINE") and "characters cut) …" in said
+        assert len(request.body) <= limit + 100, len(request.body)
+    short = "all well"
+    assert Notifier(config, "web1").finish(True, "pullback: web1 stored", short) == []
+    assert [r.body for r in sink.requests[-2:]] == [b"all well", b"all well"]
+
+
+def test_a_sidecar_names_at_most_so_many_failed_services():
+    from pullback.common.archive.sidecar import ArchiveInfo, ServiceReport, Sidecar
+    from pullback.common.outcome import Status
+
+    services = [ServiceReport(f"svc{n}\x1b[2J" + "x" * 300, Status.FAILED) for n in range(998)]
+    info = ArchiveInfo("h-20260101T000000Z.tar.zst", 1, "0" * 64, "zstd")
+    everyone = [*services, ServiceReport("ok", Status.OK)]
+    sidecar = Sidecar("h", "20260101T000000Z", "", "0", Status.PARTIAL, info, everyone)
+    named = sidecar.failed_services
+    assert len(named) == FAILED_NAMED and named[0].startswith("svc0_")
+    assert all(len(name) <= 128 and "\x1b" not in name for name in named)

@@ -88,7 +88,7 @@ def _relative(path: str) -> str:
 def _newest_with(snapshots: list[Snapshot], service: str, host: str) -> tuple[Snapshot, str]:
     """The newest snapshot in which ``service`` succeeded on the client, and why it is not
     the newest of all when it is not. Raises PullbackError when there is none."""
-    good = [s for s in snapshots if service not in s.failed]
+    good = [s for s in snapshots if not s.failed_service(service)]
     if not good:
         raise PullbackError(f"{service} failed on {host} in every snapshot; nothing to restore")
     if good[-1] is snapshots[-1]:
@@ -119,7 +119,7 @@ def pick_snapshot(
             f"no single snapshot {wanted!r} of {host}; see pullback-server snapshots {host}"
         )
     chosen = matches[0]
-    if service and service in chosen.failed:
+    if service and chosen.failed_service(service):
         return chosen, f"{service} FAILED on the client in snapshot {chosen.id}: it may be missing"
     return chosen, ""
 

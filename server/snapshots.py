@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..common.archive.sidecar import MORE_FAILED
 from ..common.clock import iso, utc_now
 from ..common.errors import EXIT_OK
 from ..common.log import get_logger
@@ -28,7 +29,9 @@ def _status(snapshot: Snapshot) -> str:
         return "adopted (backup-suite)"
     if not snapshot.failed:
         return str(Status.OK)
-    return f"{Status.PARTIAL}: {', '.join(snapshot.failed)} failed"
+    named = [name for name in snapshot.failed if name != MORE_FAILED]
+    more = " and more" if MORE_FAILED in snapshot.failed else ""
+    return f"{Status.PARTIAL}: {', '.join(named)}{more} failed"
 
 
 def render(snapshots: list[Snapshot], as_json: bool) -> str:

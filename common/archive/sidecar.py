@@ -48,8 +48,10 @@ MAX_SCHEMA_ERRORS = 20
 
 
 FAILED_NAMED = 32
-"""Failed services a sidecar names for the server (its tags, a comment, a report); the
-count of failed services is the sidecar's whole list."""
+"""Failed services a sidecar names for the server (its tags, a comment, a report)."""
+MORE_FAILED = "*"
+"""The last of :data:`FAILED_NAMED` names when more services failed: any service may
+have failed (no service name holds a ``*``: :attr:`Sidecar.failed_services`)."""
 
 
 @dataclass
@@ -142,10 +144,11 @@ class Sidecar:
         """The names of the services that failed, as the server may use them (restic
         tags, a borg comment, a report): a client's words, so anything but a service
         name's letters, digits, '.', '_' and '-' becomes '_', each cut at 128 characters,
-        the first :data:`FAILED_NAMED` of them (a client's 998 failed services became 998
-        restic tags on every snapshot)."""
-        failed = [s.name for s in self.services if s.status != Status.OK][:FAILED_NAMED]
-        return [_SAFE_NAME.sub("_", name)[:128] for name in failed]
+        at most :data:`FAILED_NAMED` names (a client's 998 failed services became 998
+        restic tags on every snapshot): past that, the first ones and :data:`MORE_FAILED`."""
+        failed = [s.name for s in self.services if s.status != Status.OK]
+        named = [_SAFE_NAME.sub("_", name)[:128] for name in failed]
+        return named if len(named) <= FAILED_NAMED else [*named[: FAILED_NAMED - 1], MORE_FAILED]
 
     def to_json(self, as_full: bool = False) -> str:
         """The sidecar as published. ``as_full``: the copy kept inside a snapshot, which

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ...common import secrets
+from ...common.archive.sidecar import MORE_FAILED
 from ...common.runner import Runner
 from ..config import BackendConfig, HostConfig
 from .errors import BackendError, IncompleteStore, RepositoryLocked, RepositoryMissing
@@ -38,6 +39,11 @@ class Snapshot:
     reads_ctime: bool = True
     """restic: made by a store that compared ctime over a clean parent (its CTIME_TAG);
     False for an older pullback's snapshot, which may hold a file's older bytes."""
+
+    def failed_service(self, service: str) -> bool:
+        """Whether ``service`` failed on the client in this snapshot's archive, or may
+        have (more services failed than the snapshot names: ``MORE_FAILED``)."""
+        return service in self.failed or MORE_FAILED in self.failed
 
 
 def named(snapshots: Sequence[Snapshot], wanted: str) -> list[Snapshot]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pullback.common.archive.sidecar import FAILED_NAMED
+from pullback.common.archive.sidecar import FAILED_NAMED, MORE_FAILED
 from pullback.common.notify import MAX_BODY, NTFY_BODY, Notifier, NotifyConfig, NtfyConfig
 from tests.helpers.http import HttpSink
 
@@ -52,4 +52,24 @@ def test_a_sidecar_names_at_most_so_many_failed_services():
     sidecar = Sidecar("h", "20260101T000000Z", "", "0", Status.PARTIAL, info, everyone)
     named = sidecar.failed_services
     assert len(named) == FAILED_NAMED and named[0].startswith("svc0_")
+    assert named[-1] == MORE_FAILED and "svc30_" in named[-2]
     assert all(len(name) <= 128 and "\x1b" not in name for name in named)
+
+
+def test_a_snapshot_that_names_only_some_failed_services_is_no_service_s_good_one():
+    """With more failed services than a snapshot names, any service may have failed in
+    it: restore --service passes it over (naming it), as it does one that names it."""
+    import datetime as dt
+
+    from pullback.server.backends import Snapshot
+    from pullback.server.restore import pick_snapshot
+    from pullback.server.snapshots import render
+
+    when = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    older = Snapshot("aaaa1111", when, "20261201T000000Z")
+    newer = Snapshot("bbbb2222", when + dt.timedelta(days=1), "20261202T000000Z", ("a", "*"))
+    chosen, why = pick_snapshot([older, newer], "latest", "web1", "unnamed")
+    assert chosen is older and "newer snapshot(s) bbbb2222" in why
+    chosen, why = pick_snapshot([older, newer], "bbbb", "web1", "unnamed")
+    assert chosen is newer and "unnamed FAILED on the client in snapshot bbbb2222" in why
+    assert "partial: a and more failed" in render([older, newer], as_json=False)

@@ -44,9 +44,17 @@ def parse_iso(text: str) -> dt.datetime:
 
 def age(text: str | None, now: dt.datetime) -> float | None:
     """Seconds from the ISO time ``text`` to ``now`` (never negative); None for no time."""
+    found = signed_age(text, now)
+    return None if found is None else max(0.0, found)
+
+
+def signed_age(text: str | None, now: dt.datetime) -> float | None:
+    """Seconds from the ISO time ``text`` to ``now``, negative for a time ahead of
+    ``now`` (a wrong clock, a forged record: shown as such, never as "0s ago"); None for
+    no time."""
     if not text:
         return None
-    return max(0.0, (now - parse_iso(text)).total_seconds())
+    return (now - parse_iso(text)).total_seconds()
 
 
 def stamp_of(when: dt.datetime) -> str:

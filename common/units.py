@@ -47,6 +47,14 @@ def human_size(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
+def human_ago(seconds: float | None) -> str:
+    """``3h10m ago`` for an age in seconds, ``2d04h ahead`` for a negative one (a time
+    in the future), ``never`` for None."""
+    if seconds is None:
+        return "never"
+    return f"{human_duration(-seconds)} ahead" if seconds < 0 else f"{human_duration(seconds)} ago"
+
+
 def human_duration(seconds: float) -> str:
     """``5400`` -> ``1h30m``."""
     seconds = round(seconds)

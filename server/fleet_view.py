@@ -8,10 +8,10 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from ..common.clock import age, utc_now
+from ..common.clock import signed_age, utc_now
 from ..common.outcome import Status
 from ..common.text import printable
-from ..common.units import human_duration, human_size
+from ..common.units import human_ago, human_size
 from .config import ServerConfig
 from .host_state import HISTORY_CELLS, SYMBOLS, HostState
 from .journal import NO_ACTIVITY, WAITING, InterruptedRun, PullActivity
@@ -55,8 +55,7 @@ class CopyView:
             return "; ".join(["never copied", *flags])
         if self.stale:
             flags.append("stale")
-        drilled = "never" if self.drilled_age is None else f"{human_duration(self.drilled_age)} ago"
-        said = f"copied {human_duration(self.copied_age)} ago, drilled {drilled}"
+        said = f"copied {human_ago(self.copied_age)}, drilled {human_ago(self.drilled_age)}"
         return "; ".join([said, *flags])
 
     @property
@@ -75,7 +74,7 @@ def copy_view(entry: dict, max_age: float, now: dt.datetime) -> CopyView:
     """The copy part of a host's status ``entry``; stale past ``max_age`` seconds."""
     found = entry.get("copy")
     copy: dict = found if isinstance(found, dict) else {}
-    newest = age(copy.get("newest"), now)
+    newest = signed_age(copy.get("newest"), now)
     failed = copy.get("result") == Status.FAILED
     maintained = (
         f"the copy's last maintenance failed: {printable(copy.get('maintain_reason', ''), SAID)}"
@@ -83,9 +82,9 @@ def copy_view(entry: dict, max_age: float, now: dt.datetime) -> CopyView:
         else None
     )
     return CopyView(
-        copied_age=age(copy.get("copied"), now),
+        copied_age=signed_age(copy.get("copied"), now),
         newest_age=newest,
-        drilled_age=age(copy.get("verified"), now),
+        drilled_age=signed_age(copy.get("verified"), now),
         stale=stale_time(copy.get("newest"), max_age, now),
         problem=(
             printable(copy.get("reason", ""), SAID)
@@ -161,7 +160,7 @@ class HostRow:
     def databases_text(self) -> str:
         """``2 hours ago``, ``never`` (dumps but never all proven) or ``-`` (no dumps)."""
         if self.databases_age is not None:
-            return f"{human_duration(self.databases_age)} ago"
+            return human_ago(self.databases_age)
         return "never" if self.has_databases else "-"
 
     @property
@@ -331,10 +330,10 @@ def host_row(
         result=entry.get("last_result", "never pulled"),
         reason=held or _reason(entry),
         stale=stale,
-        newest_age=age(entry.get("newest_snapshot"), now),
-        verified_age=age(entry.get("last_verified"), now),
+        newest_age=signed_age(entry.get("newest_snapshot"), now),
+        verified_age=signed_age(entry.get("last_verified"), now),
         verify_result=entry.get("verify_result"),
-        databases_age=age(entry.get("databases_proven"), now),
+        databases_age=signed_age(entry.get("databases_proven"), now),
         has_databases=bool(entry.get("database_proofs") or entry.get("database_dumps")),
         repository_bytes=entry.get("repository_bytes"),
         duration=entry.get("duration"),
@@ -435,8 +434,8 @@ class Fleet:
             if source.error is not None:
                 lines.append(f"{source.where}: cannot be read ({source.error}); hosts unknown")
                 continue
-            written = age(source.status.get("updated"), self.now)
-            when = "at an unknown time" if written is None else f"{human_duration(written)} ago"
+            written = signed_age(source.status.get("updated"), self.now)
+            when = "at an unknown time" if written is None else human_ago(written)
             where = "" if source.where in source.server else f" ({source.where})"
             lines.append(f"{source.server}: status file written {when}{where}")
         lines += [

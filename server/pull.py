@@ -10,21 +10,23 @@ and maintenance) apart; a journal tells the next pull what a killed one was doin
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 
 from ..common.cli import print_json
-from ..common.clock import age, utc_now
+from ..common.clock import age, signed_age, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK
 from ..common.locks import FileLock
 from ..common.notify import Notifier
 from ..common.outcome import Status
 from ..common.signals import KEPT_FOR_NEXT_PULL, SignalGuard
-from ..common.units import human_duration
+from ..common.units import human_ago, human_duration
 from . import status_file
 from .config import ServerConfig
 from .host import HostContext
 from .host_process import PhaseRelay, pull_hosts
 from .host_pull import HostPull, PullOptions
 from .journal import DRY_RUN_PURPOSE, INSTANCE_LOCK, PULL_PURPOSE, Journal
+from .metrics import AHEAD, stale_time
 from .results import HostResult
 
 
@@ -83,6 +85,28 @@ def group_sizes(config: ServerConfig, results: list[HostResult]) -> dict[str, in
     return {h.name: measured[h.group] for h in config.hosts if h.group in measured}
 
 
+def _stale_words(result: HostResult, max_age: float, now: dt.datetime) -> str:
+    """Why the host's newest snapshot counts as stale (:func:`.metrics.stale_time`)."""
+    newest_age = signed_age(result.newest_snapshot, now)
+    if newest_age is None:
+        return (
+            "no snapshot has been stored yet"
+            if result.snapshots_listed
+            else "no snapshot is known: the repository's snapshots could not be listed, "
+            "and the status file records none"
+        )
+    if newest_age < 0:
+        return (
+            f"the newest snapshot is dated {human_ago(newest_age)} (max_age "
+            f"{human_duration(max_age)}; a date over {human_duration(AHEAD)} ahead counts "
+            "as stale)"
+        )
+    return (
+        f"the newest snapshot is {human_duration(newest_age)} old "
+        f"(max_age {human_duration(max_age)})"
+    )
+
+
 def assess(config: ServerConfig, results: list[HostResult]) -> None:
     """Flag hosts whose newest snapshot is too old or whose last drill is too old."""
     now = utc_now()
@@ -96,21 +120,9 @@ def assess(config: ServerConfig, results: list[HostResult]) -> None:
             result.repository_bytes = entry.get("repository_bytes")
         if not result.snapshots_listed:
             _recorded_snapshots(result, entry)
-        newest_age = age(result.newest_snapshot, now)
-        if newest_age is None or newest_age > host.max_age:
+        if stale_time(result.newest_snapshot, host.max_age, now):
             result.stale = True
-            result.warnings.insert(
-                0,
-                (
-                    f"the newest snapshot is {human_duration(newest_age)} old "
-                    f"(max_age {human_duration(host.max_age)})"
-                    if newest_age is not None
-                    else "no snapshot has been stored yet"
-                    if result.snapshots_listed
-                    else "no snapshot is known: the repository's snapshots could not be "
-                    "listed, and the status file records none"
-                ),
-            )
+            result.warnings.insert(0, _stale_words(result, host.max_age, now))
         verified = age(result.last_verified, now)
         limit = config.maintenance.verify_max_age
         oldest = age(result.oldest_snapshot, now)

@@ -13,7 +13,7 @@ from ..common.clock import utc_now
 from ..common.log import get_logger
 from ..common.mail import EmailConfig
 from ..common.outcome import Status
-from ..common.units import human_duration, human_size
+from ..common.units import human_ago, human_duration, human_size
 from .results import HostResult
 
 log = get_logger("report")
@@ -35,9 +35,7 @@ def _environment(autoescape: bool) -> jinja2.Environment:
     env.filters["size"] = lambda n: human_size(n) if n else "-"
     env.filters["duration"] = human_duration
     env.filters["age"] = _age
-    env.filters["ago"] = lambda seconds: (
-        "never" if seconds is None else (f"{human_duration(seconds)} ago")
-    )
+    env.filters["ago"] = human_ago
     return env
 
 

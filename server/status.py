@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..common.errors import EXIT_FAILED, EXIT_OK, ConfigError, PullbackError
 from ..common.text import few
-from ..common.units import human_duration, human_size
+from ..common.units import human_ago, human_size
 from . import status_page
 from .config import ServerConfig, load_server_config
 from .fleet_view import Fleet, HostRow, HostState, Source, fleet, read_merged
@@ -80,8 +80,8 @@ def _cells(row: HostRow) -> tuple[str, ...]:
         row.server,
         row.state,
         row.result_text,
-        "never" if row.newest_age is None else f"{human_duration(row.newest_age)} ago",
-        "never" if row.verified_age is None else f"{human_duration(row.verified_age)} ago",
+        human_ago(row.newest_age),
+        human_ago(row.verified_age),
         row.databases_text,
         human_size(row.repository_bytes) if row.repository_bytes else "-",
         row.history_text or "-",

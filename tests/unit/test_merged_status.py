@@ -413,3 +413,31 @@ def test_a_merged_file_can_neither_forge_perfdata_nor_crowd_out_this_servers_hos
     assert out.split(" | ")[1].startswith("hosts=51 ok=0 attention=0 failed=0 stale=51"), out
     code, _, err = status(a, "--merge", str(merged), capsys=capsys)
     assert f"stale (no snapshot within max_age): zz-own ({own}), h00000" in err, err
+
+
+def test_a_time_ahead_is_shown_ahead_and_a_snapshot_dated_ahead_is_stale_everywhere(
+    tmp_path, capsys
+):
+    """An outside attack: a newest snapshot dated in 9999 read "0s ago" in a stale row,
+    a drill dated ahead "0s ago" for ever, and the pull's own report called such a host
+    fresh (only status and the metrics had the one-hour AHEAD rule)."""
+    from pullback.server.pull import assess
+
+    a = make_server(tmp_path, "a", {"web1": None, "web2": None})
+    ahead = stored("web1", -49.5)  # dated 49.5 hours ahead
+    a.pulled(ahead, stored("web2", 1))
+    data = json.loads(a.status.read_text())
+    data["hosts"]["web2"]["last_verified"] = "9999-01-01T00:00:00Z"
+    a.status.write_text(json.dumps(data))
+    code, out, err = status(a, capsys=capsys)
+    (web1,) = [line for line in out.splitlines() if line.startswith("web1 ")]
+    assert " stale " in web1 and "2d01h ahead" in web1, web1
+    (web2,) = [line for line in out.splitlines() if line.startswith("web2 ")]
+    assert " ahead" in web2 and "0s ago" not in web2, web2
+    assert code == 1 and "stale (no snapshot within max_age): web1" in err
+    fresh = stored("web1", -49.5)
+    assess(a.config, [fresh])
+    assert fresh.stale and fresh.warnings[0].startswith("the newest snapshot is dated 2d0"), (
+        fresh.warnings
+    )
+    assert "ahead (max_age 36h00m; a date over 1h00m ahead counts as stale)" in fresh.warnings[0]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fsutil import atomic_write
+from .sandbox import lasting_output
 
 
 def _label_value(value: object) -> str:
@@ -53,5 +54,6 @@ class Metrics:
 
     def write(self, path: Path) -> None:
         """Replace ``path`` atomically: a collector never reads half a file."""
+        lasting_output(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, self.render(), mode=0o644)

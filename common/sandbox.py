@@ -8,6 +8,7 @@ the first timer run, which configured output a timer run could not write.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -22,6 +23,38 @@ HOMES = ("/root/", "/home/", "/run/user/")
 server needs cannot be there."""
 
 
+PRIVATE_TMPS = ("/tmp", "/var/tmp")
+"""What the shipped units get a private copy of (``PrivateTmp=yes``): systemd throws it
+away when the run ends, so an output written there is read by nobody."""
+
+
+def private_tmp(path: Path) -> str | None:
+    """The private /tmp or /var/tmp of this process's unit that ``path`` lies below
+    (systemd mounts ``.../systemd-private-<id>-<unit>-<x>/tmp`` there: seen in
+    /proc/self/mountinfo), or None."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as info:
+            mounts = [line.split()[3:5] for line in info if len(line.split()) > 4]
+    except OSError:
+        return None
+    for root, point in mounts:
+        if point in PRIVATE_TMPS and "/systemd-private-" in root and path.is_relative_to(point):
+            return point
+    return None
+
+
+def lasting_output(path: Path) -> None:
+    """Refuse an output that a private /tmp would swallow (:func:`private_tmp`).
+    Raises OSError saying so."""
+    where = private_tmp(path)
+    if where is not None:
+        raise OSError(
+            errno.EROFS,
+            f"{where} is this unit's own (PrivateTmp=yes), thrown away when the run ends: "
+            "choose another directory",
+        )
+
+
 MADE_BY_SYSTEMD = "~"
 """Marks an entry of :func:`unit_writable_paths` that systemd makes when the unit starts
 (``CacheDirectory=`` and its kin): writable by the unit whether it exists yet or not."""
@@ -31,18 +64,22 @@ _MADE = {
     "LogsDirectory": "/var/log",
     "RuntimeDirectory": "/run",
 }
+_PROPERTIES = ("ReadWritePaths", "LoadState", "PrivateTmp", *_MADE)
+PRIVATE = "!"
+"""Marks an entry of :func:`unit_writable_paths` that is the unit's own private /tmp or
+/var/tmp (``PrivateTmp=yes``): writable, and thrown away when the run ends."""
 
 
 def unit_writable_paths(unit: str) -> list[str] | None:
-    """The unit's ``ReadWritePaths=`` entries (``-`` marks one that may be missing) and the
+    """The unit's ``ReadWritePaths=`` entries (``-`` marks one that may be missing), the
     directories systemd makes for it (``CacheDirectory=`` and its kin, marked
-    MADE_BY_SYSTEMD), or None when systemd is not running here or does not know the
-    unit."""
+    MADE_BY_SYSTEMD) and its private /tmp and /var/tmp (marked PRIVATE), or None when
+    systemd is not running here or does not know the unit."""
     if shutil.which("systemctl") is None or not os.path.isdir("/run/systemd/system"):
         return None
     try:
         result = Runner().run(
-            ["systemctl", "show", f"--property=ReadWritePaths,LoadState,{','.join(_MADE)}", unit],
+            ["systemctl", "show", f"--property={','.join(_PROPERTIES)}", unit],
             timeout=10,
             level=logging.DEBUG,
         )
@@ -56,13 +93,24 @@ def unit_writable_paths(unit: str) -> list[str] | None:
         for key, root in _MADE.items()
         for name in found.get(key, "").split()
     ]
-    return made + found.get("ReadWritePaths", "").split()  # first: they need not exist yet
+    private = [f"{PRIVATE}{tmp}" for tmp in PRIVATE_TMPS if found.get("PrivateTmp") == "yes"]
+    return made + found.get("ReadWritePaths", "").split() + private  # made: need not exist
+
+
+def _private(path: Path, allowed: list[str]) -> str | None:
+    """The unit's private /tmp or /var/tmp (an entry marked PRIVATE) ``path`` is in."""
+    for entry in allowed:
+        if entry.startswith(PRIVATE) and path.is_relative_to(entry[1:]):
+            return entry[1:]
+    return None
 
 
 def _allowing(path: Path, allowed: list[str]) -> str | None:
     """The entry of ``allowed`` whose directory ``path`` is below, or None."""
     for entry in allowed:
-        if path.is_relative_to(Path(entry.lstrip("-+" + MADE_BY_SYSTEMD))):
+        if not entry.startswith(PRIVATE) and path.is_relative_to(
+            Path(entry.lstrip("-+" + MADE_BY_SYSTEMD))
+        ):
             return entry
     return None
 
@@ -73,6 +121,12 @@ def repository_problem(path: Path, allowed: dict[str, list[str] | None]) -> str 
     it; None when they can."""
     if str(path).startswith(HOMES):
         return f"{path} is in a home directory, which the units hide (ProtectHome=yes)"
+    private = [u for u, paths in allowed.items() if paths is not None and _private(path, paths)]
+    if private:
+        return (
+            f"{path} is in the private /tmp of {' and '.join(private)} (PrivateTmp=yes), "
+            "thrown away when each run ends: choose a directory that lasts"
+        )
     barred = [
         unit for unit, paths in allowed.items() if paths is not None and not _allowing(path, paths)
     ]
@@ -96,6 +150,13 @@ def output_problem(setting: str, path: Path, unit: str, allowed: list[str] | Non
         return f"{setting}: {path} is not writable"
     if allowed is None:
         return None
+    below = allowed[0].lstrip("-+" + MADE_BY_SYSTEMD) if allowed else "/var/lib/pullback"
+    tmp = _private(path, allowed)
+    if tmp is not None:
+        return (
+            f"{setting}: {path} is in {unit}'s own {tmp} (PrivateTmp=yes), thrown away "
+            f"when each run ends: choose a path below {below}"
+        )
     entry = _allowing(path, allowed)
     if entry is not None and not entry.startswith(MADE_BY_SYSTEMD):
         granted = Path(entry.lstrip("-+"))
@@ -105,7 +166,6 @@ def output_problem(setting: str, path: Path, unit: str, allowed: list[str] | Non
                 f"mkdir -p {granted}"
             )
     if entry is None:
-        below = allowed[0].lstrip("-+" + MADE_BY_SYSTEMD)
         return (
             f"{setting}: {path} is outside the ReadWritePaths= of {unit}, so its timer runs "
             f"cannot write it (runs by hand can): choose a path below {below}, "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..common.clock import shown, utc_now
 from ..common.fsutil import atomic_write
+from ..common.sandbox import lasting_output
 from .config import ServerConfig
 from .fleet_view import Fleet, HostRow, HostState, rows
 from .report import _environment
@@ -49,6 +50,7 @@ def render_fleet(view: Fleet) -> str:
 
 def write_page(path: Path, html: str) -> None:
     """Replace ``path`` (world-readable) by ``html`` atomically. Raises OSError."""
+    lasting_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, html, mode=0o644)
 

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from pullback.common.sandbox import output_problem
 
 UNIT = "pullback-server.service"
@@ -58,3 +65,71 @@ def test_a_directory_that_is_a_file_is_not_writable(tmp_path):
     (tmp_path / "file").write_text("x")
     problem = output_problem("metrics_file", tmp_path / "file" / "m.prom", UNIT, None)
     assert problem == f"metrics_file: {tmp_path}/file is not writable"
+
+
+def test_an_output_in_the_units_private_tmp_is_refused_even_when_allowed(tmp_path):
+    """An outside walk: metrics_file: /tmp/pullback.prom was never there for anyone to
+    read (the unit's PrivateTmp=yes), while every run said success; check advised a
+    ReadWritePaths=/tmp drop-in, which changes nothing."""
+    from pullback.common.sandbox import PRIVATE, repository_problem
+
+    allowed = ["/var/lib/pullback", "/tmp", f"{PRIVATE}/tmp", f"{PRIVATE}/var/tmp"]
+    problem = output_problem("metrics_file", Path("/tmp/pullback.prom"), UNIT, allowed)
+    assert problem == (
+        f"metrics_file: /tmp/pullback.prom is in {UNIT}'s own /tmp (PrivateTmp=yes), thrown "
+        "away when each run ends: choose a path below /var/lib/pullback"
+    )
+    said = repository_problem(Path("/var/tmp/repos/web1"), {UNIT: allowed, "other": None})
+    assert said == (
+        f"/var/tmp/repos/web1 is in the private /tmp of {UNIT} (PrivateTmp=yes), thrown away "
+        "when each run ends: choose a directory that lasts"
+    )
+    assert output_problem("metrics_file", tmp_path / "m.prom", UNIT, None) is None
+
+
+PRIVATE_TMP_WRITE = """
+import sys
+from pathlib import Path
+from pullback.common.metrics import Metrics
+try:
+    Metrics().write(Path("/tmp/pullback.prom"))
+except OSError as exc:
+    print(exc.strerror)
+    sys.exit(1)
+print("written")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace needs root")
+def test_a_run_in_a_private_tmp_does_not_write_its_metrics_there(tmp_path):
+    """What systemd's PrivateTmp=yes does, done by hand: a private mount namespace with a
+    directory named as systemd names it bound over /tmp. The write fails in words (the
+    run then exits 1 and says the output was not written)."""
+    private = tmp_path / "systemd-private-0123abcd-pullback-server.service-XyZ" / "tmp"
+    private.mkdir(parents=True)
+    shell = f"mount --bind {private} /tmp && exec {sys.executable} -c '{PRIVATE_TMP_WRITE}'"
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", shell],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if "unshare failed" in done.stderr or "mount:" in done.stderr:
+        pytest.skip(f"no private mount namespace here: {done.stderr.strip()[:200]}")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.strip() == (
+        "/tmp is this unit's own (PrivateTmp=yes), thrown away when the run ends: choose "
+        "another directory"
+    )
+    assert not (private / "pullback.prom").exists()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PRIVATE_TMP_WRITE.replace("/tmp/pullback.prom", str(tmp_path / "m")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "written", done.stderr

@@ -40,7 +40,15 @@ from ..common.archive import sidecar as sidecars
 from ..common.archive.baseindex import IndexedTree
 from ..common.archive.sidecar import ARCHIVE_NAME, SIDECAR_NAME, Sidecar
 from ..common.archive.unpack import BaseMismatch, HostileArchive
-from ..common.clock import FUTURE_TOLERANCE, age, iso, iso_or_none, parse_stamp, utc_now
+from ..common.clock import (
+    FUTURE_TOLERANCE,
+    age,
+    iso,
+    iso_or_none,
+    parse_stamp,
+    signed_age,
+    utc_now,
+)
 from ..common.errors import (
     ArchiveError,
     CommandError,
@@ -108,8 +116,13 @@ class Stored:
 
     @classmethod
     def of(cls, snapshots: list[Snapshot]) -> Stored:
+        """What ``snapshots`` (oldest first) hold; the newest is the newest not dated
+        over FUTURE_TOLERANCE ahead (one far ahead held every later archive out as
+        "older than the newest snapshot": the host was never stored again)."""
+        plausible = [s for s in snapshots if s.time <= utc_now() + FUTURE_TOLERANCE]
         return cls(
-            snapshots[-1] if snapshots else None, frozenset(s.stamp for s in snapshots if s.stamp)
+            plausible[-1] if plausible else None,
+            frozenset(s.stamp for s in snapshots if s.stamp),
         )
 
 
@@ -543,7 +556,7 @@ class HostPull:
 
     def recorded_due(self) -> bool:
         """Whether status.json shows the host due without waiting for the repository:
-        the newest snapshot recorded there is older than ``min_interval``. When the
+        the newest snapshot recorded there is old enough (:meth:`_due_at`). When the
         record is missing or fresh, :meth:`due` asks the repository. A record older than
         the truth (a snapshot stored by another tool) costs at most one snapshot more;
         the repository's list still decides, before storing, whether the archive is
@@ -551,10 +564,20 @@ class HostPull:
         entry = status_file.load_status(self.ctx.config.state_dir)["hosts"].get(self.ctx.name)
         newest = entry.get("newest_snapshot") if isinstance(entry, dict) else None
         try:
-            seconds = age(newest, utc_now()) if isinstance(newest, str) else None
+            seconds = signed_age(newest, utc_now()) if isinstance(newest, str) else None
         except ValueError:
             return False
-        return seconds is not None and seconds >= self.ctx.host.min_interval
+        return seconds is not None and self._due_at(seconds)
+
+    def _due_at(self, newest_age: float) -> bool:
+        """Whether a newest snapshot ``newest_age`` seconds old makes the host due: past
+        ``min_interval``, or past ``max_age`` when that is shorter (a host skipped as
+        fresh while stale waited for ever), or dated over FUTURE_TOLERANCE ahead (a
+        wrong clock: it would never grow old)."""
+        host = self.ctx.host
+        return newest_age >= min(host.min_interval, host.max_age) or (
+            newest_age < -FUTURE_TOLERANCE.total_seconds()
+        )
 
     def due(self, snapshots: list[Snapshot]) -> bool:
         """False (and the result a quiet skip) when the newest snapshot is fresh."""
@@ -562,7 +585,7 @@ class HostPull:
         if newest is None:
             return True
         newest_age = (utc_now() - newest.time).total_seconds()
-        if newest_age >= self.ctx.host.min_interval:
+        if self._due_at(newest_age):
             return True
         self.result.status, self.result.fresh = Status.SKIPPED, True
         self.result.reason = (
@@ -607,13 +630,21 @@ class HostPull:
     def note_snapshots(self, snapshots: list[Snapshot]) -> Stored:
         """Record the repository's snapshots in the result; return what choosing needs."""
         result = self.result
-        result.newest_snapshot = iso_or_none(snapshots[-1].time if snapshots else None)
+        stored = Stored.of(snapshots)
+        result.newest_snapshot = iso_or_none(stored.newest.time if stored.newest else None)
         result.oldest_snapshot = iso_or_none(snapshots[0].time if snapshots else None)
         result.snapshot_count = len(snapshots)
         result.snapshots_listed = True
+        ahead = [s for s in snapshots if stored.newest is None or s.time > stored.newest.time]
+        if ahead:
+            self._warn(
+                f"snapshot {ahead[-1].id} is dated {iso(ahead[-1].time)}, ahead of this "
+                "machine's clock: not taken for the newest (a wrong clock or a forged "
+                "snapshot: maintenance holds forget until it is removed)"
+            )
         own = [s for s in snapshots if not s.adopted]
         self.untrusted_parent = bool(own) and not own[-1].reads_ctime
-        return Stored.of(snapshots)
+        return stored
 
     def apply(self, choice: Choice, remote: ClientEndpoint, listing: Listing | None = None) -> bool:
         """Record ``choice`` in the result; True when its archive is to be fetched (a dry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ..common.clock import parse_iso, utc_now
+from ..common.clock import FUTURE_TOLERANCE, parse_iso, utc_now
 from ..common.metrics import Metrics
 from ..common.outcome import Status
 from .config import ServerConfig
@@ -19,7 +19,7 @@ def _ts(value: str | None) -> float | None:
     return parse_iso(value).timestamp()
 
 
-AHEAD = 3600.0
+AHEAD = FUTURE_TOLERANCE.total_seconds()
 """Seconds a newest snapshot may lie in the future (clocks apart) before it counts as
 stale: a date far ahead would otherwise never grow old (a wrong clock, a forged record)."""
 

@@ -365,6 +365,31 @@ def test_a_fresh_host_is_skipped_quietly_without_connecting(config, backend, cli
     assert result.reason.endswith(" old (min_interval 20h00m)")
 
 
+@pytest.mark.parametrize(
+    ("hours", "max_age"),
+    [(4, "3h"), (-48, "36h")],
+    ids=["stale-before-min-interval", "dated-ahead"],
+)
+def test_a_stale_host_is_due_whatever_its_min_interval(tmp_path, backend, client, hours, max_age):
+    """An outside walk: with max_age (3 h) below min_interval (20 h), every --if-due run
+    skipped the stale host as "fresh" (status: CRITICAL) until min_interval passed; a
+    newest snapshot dated two days ahead was "fresh" for ever."""
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\nlock_dir: {tmp_path / 'run'}\n"
+        f"hosts:\n  - name: web1\n    max_age: {max_age}\n"
+    )
+    config = load_server_config(path)
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+    backend.snapshot_list = [Snapshot("s0", when, stamp_of(when))]
+    publish_one(client)
+    result = make_pull(config, backend, client, PullOptions(if_due=True)).run()
+    assert not result.fresh and result.status == Status.STORED, result.reason
+    if hours < 0:  # the snapshot ahead is named, and not taken for the newest
+        assert any("snapshot s0 is dated " in w and "ahead" in w for w in result.warnings)
+        assert result.newest_snapshot != iso(when)
+
+
 def test_a_busy_client_is_asked_again_then_skipped_as_a_problem(config, backend, client):
     publish_one(client)
     client.locked_answers = 3  # lock_retries is 2: three answers in a row say busy

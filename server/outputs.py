@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from ..common import mail
 from ..common.errors import EXIT_FAILED, EXIT_OK, describe
 from ..common.log import get_logger
 from ..common.notify import Notifier
@@ -211,23 +212,20 @@ def _succeeded(environ: Mapping[str, str]) -> bool:
     )
 
 
-def _say_cut_short(killed: InterruptedRun, result: str) -> None:
+def _say_cut_short(killed: InterruptedRun, result: str) -> str:
     """Log (a warning) what cut the pull short, as the journal and systemd say, and the
-    hosts it was pulling."""
+    hosts it was pulling. Returns the words."""
     hosts = sorted(killed.phases)
     named = printable(", ".join(hosts[:10]), 1000)
     more = f" and {len(hosts) - 10} more" if len(hosts) > 10 else ""
     exited = printable(os.environ.get("EXIT_STATUS", ""), 20)
     systemd = f" (systemd: {printable(result, 20)}, {exited})" if result else ""
-    log.warning(
-        "the pull (pid %d) was %s%s while pulling %s%s: the metrics and the status page "
-        "say so until the next pull ends",
-        killed.pid,
-        killed.how,
-        systemd,
-        named,
-        more,
+    words = (
+        f"the pull (pid {killed.pid}) was {killed.how}{systemd} while pulling {named}{more}: "
+        "the metrics and the status page say so until the next pull ends"
     )
+    log.warning("%s", words)
+    return words
 
 
 def command(path: Path, args: argparse.Namespace) -> int:
@@ -242,8 +240,9 @@ def command(path: Path, args: argparse.Namespace) -> int:
         return EXIT_OK
     config = load_server_config(path)
     killed = pull_activity(config.state_dir, config.lock_dir).killed
+    words = None
     if killed is not None:
-        _say_cut_short(killed, result)
+        words = (f"the pull was {killed.how}", _say_cut_short(killed, result))
     elif result:
         log.info(
             "the run did not succeed (systemd: %s, %s): rewriting the outputs from %s",
@@ -251,5 +250,45 @@ def command(path: Path, args: argparse.Namespace) -> int:
             printable(os.environ.get("EXIT_STATUS", ""), 20),
             status_file.STATUS_FILE,
         )
+        if args.if_failed and not _reported_itself(os.environ):
+            words = (
+                "the pull ended without its report",
+                f"the pull ended without its report (systemd: {printable(result, 20)}, "
+                f"{printable(os.environ.get('EXIT_STATUS', ''), 20)}): journalctl -u "
+                "pullback-server.service says why",
+            )
     _, problems = publish(config)
+    if args.if_failed and words is not None:
+        problems += _tell_failed(config, *words)
     return EXIT_FAILED if problems else EXIT_OK
+
+
+REPORTED = ("0", "1", "75")
+"""``$EXIT_STATUS`` of a pull that ended on its own and sent its own mail and pings (ok,
+a host failed, another run held the lock)."""
+
+
+def _reported_itself(environ: Mapping[str, str]) -> bool:
+    """Whether systemd's variables say the pull exited by itself with a code after which
+    it has mailed and pinged (:data:`REPORTED`)."""
+    return environ.get("EXIT_CODE", "") == "exited" and environ.get("EXIT_STATUS", "") in REPORTED
+
+
+def _tell_failed(config: ServerConfig, what: str, words: str) -> list[str]:
+    """The failure mail (unless ``send: never``) and the failure ping and messages of a
+    pull that could not send its own (killed, stopped, crashed): ``what`` in the subject,
+    ``words`` the body. Returns what could not be delivered."""
+    notifier = Notifier(config.notify, "pull")
+    title = f"pullback: {what}"
+    missed = _guarded("send the pings", lambda: notifier.finish(False, title, words), ["pings"])
+    problems = [f"{what} not delivered" for what in missed]
+    email = config.email
+    if email is not None and email.send != "never":
+        subject = f"{email.subject_prefix} FAILED: {what}"
+        message = mail.build_message(email.sender, email.to, subject, words + "\n")
+        try:
+            mail.deliver(email, message)
+        except mail.MailError as exc:
+            log.error("the failure mail was not sent: %s", exc)
+            problems.append("failure mail not sent")
+    return problems

@@ -19,6 +19,8 @@ import pytest
 
 from tests.helpers.faults import kill_tree, wait_for
 from tests.helpers.fleet import Fleet
+from tests.helpers.http import HttpSink
+from tests.helpers.smtp import SmtpSink
 from tests.integration.test_monitoring import samples
 
 pytestmark = [pytest.mark.integration]
@@ -26,6 +28,8 @@ pytestmark = [pytest.mark.integration]
 KILLED = {"SERVICE_RESULT": "signal", "EXIT_CODE": "killed", "EXIT_STATUS": "KILL"}
 STOPPED = {"SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "143"}
 SUCCEEDED = {"SERVICE_RESULT": "success", "EXIT_CODE": "exited", "EXIT_STATUS": "0"}
+ONE_FAILED = {"SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "1"}
+"""A pull that ended by itself, a host failed: it mailed and pinged itself."""
 
 
 @pytest.fixture
@@ -81,18 +85,41 @@ def publish_after_stop(fleet: Fleet, env: dict) -> tuple[int, str, float]:
     return result.returncode, result.stderr, time.monotonic() - started
 
 
-def test_a_pull_killed_or_stopped_is_in_the_metrics_and_on_the_page(fleet, tmp_path):
+@pytest.fixture
+def smtp():
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def http():
+    sink = HttpSink().start()
+    yield sink
+    sink.stop()
+
+
+def test_a_pull_killed_or_stopped_is_in_the_metrics_and_on_the_page(fleet, tmp_path, smtp, http):
+    """... and in a mail and a failure ping (an outside walk: exit-codes.md promised the
+    failure mail; none came, and healthchecks got only /start)."""
     fleet.add_host("good").make_archive()
     fleet.add_host("hung").make_archive()
     out = tmp_path / "out"
     metrics, page = out / "pullback.prom", out / "index.html"
     # a frozen sshd must hold the pull while the test looks (ssh's ConnectTimeout covers
     # the banner exchange)
+    fleet.smtp_port = smtp.port
     fleet.write_config(
-        metrics_file=str(metrics), status_page=str(page), ssh={"connect_timeout": "120s"}
+        metrics_file=str(metrics),
+        status_page=str(page),
+        ssh={"connect_timeout": "120s"},
+        notify={"healthchecks": f"{http.url}/check"},
     )
     first = fleet.server("pull")
     assert first.returncode == 0, first.stderr
+    mailed, pinged = len(smtp.messages), len(http.requests)
+    assert fleet.server("publish", "--if-failed", env=ONE_FAILED).returncode == 0
+    assert (len(smtp.messages), len(http.requests)) == (mailed, pinged), "it mailed itself"
     assert cut_short(samples(metrics), "hung") == 0
     assert cut_short(samples(metrics), "good") == 0
 
@@ -115,6 +142,12 @@ def test_a_pull_killed_or_stopped_is_in_the_metrics_and_on_the_page(fleet, tmp_p
         assert code == 0, err
         assert took < 15, f"the outputs took {took:.1f}s"
         assert f"the pull (pid {run.pid}) was killed (systemd: signal, KILL)" in err, err
+        (failure,) = smtp.messages[mailed:]
+        assert failure["Subject"].endswith("FAILED: the pull was killed")
+        said = failure.get_body(("plain",)).get_content()
+        assert f"the pull (pid {run.pid}) was killed (systemd: signal, KILL) while " in said
+        # the killed pull sent its /start; ExecStopPost= the /fail it could not
+        assert [r.path for r in http.requests[pinged:]] == ["/check/start", "/check/fail"]
         found = samples(metrics)
         assert cut_short(found, "hung") == 1
         assert cut_short(found, "good") == 0  # stored before the kill: not cut

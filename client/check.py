@@ -14,7 +14,7 @@ from ..common.cli import print_json
 from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_CONFIG, EXIT_OK, describe
 from ..common.fsutil import writable_or_creatable
-from ..common.sandbox import output_problem, unit_writable_paths
+from ..common.sandbox import SERVER_CONFIG, output_problem, shared_metrics_file, unit_writable_paths
 from ..common.schema import load_schema
 from ..plugins.manager import PluginSet, load_plugins
 from .config import ClientConfig, IncrementalMode
@@ -64,6 +64,22 @@ def command(config: ClientConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _output_problems(config: ClientConfig) -> list[str]:
+    """The metrics file and the file cache that the unit cannot write, and a metrics
+    file the server's configuration on this machine names too."""
+    problems: list[str] = []
+    unit = "pullback-client.service"
+    outputs = {"metrics_file": config.metrics_file}
+    if config.incremental.mode is not IncrementalMode.OFF:  # the file cache, every run
+        outputs["incremental.cache_dir"] = config.incremental.cache_dir / CACHE_NAME
+    allowed = unit_writable_paths(unit) if any(outputs.values()) else None
+    for setting, path in outputs.items():
+        found = output_problem(setting, path, unit, allowed) if path is not None else None
+        problems += [f"{config.path}: {found}"] if found else []
+    shared = config.metrics_file and shared_metrics_file(config.metrics_file, SERVER_CONFIG)
+    return problems + ([f"{config.path}: {shared}"] if shared else [])
+
+
 def _setting_problems(config: ClientConfig) -> list[str]:
     """What is wrong with client.yaml's settings on this machine."""
     problems: list[str] = []
@@ -77,14 +93,7 @@ def _setting_problems(config: ClientConfig) -> list[str]:
         path = getattr(config, key)
         if not writable_or_creatable(path):
             problems.append(f"{config.path}: {key}: {path} is not writable")
-    unit = "pullback-client.service"
-    outputs = {"metrics_file": config.metrics_file}
-    if config.incremental.mode is not IncrementalMode.OFF:  # the file cache, every run
-        outputs["incremental.cache_dir"] = config.incremental.cache_dir / CACHE_NAME
-    allowed = unit_writable_paths(unit) if any(outputs.values()) else None
-    for setting, path in outputs.items():
-        found = output_problem(setting, path, unit, allowed) if path is not None else None
-        problems += [f"{config.path}: {found}"] if found else []
+    problems += _output_problems(config)
     for directory in config.service_dirs:
         if not directory.is_dir():
             problems.append(f"{config.path}: service_dirs: {directory} does not exist")

@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+from . import yamlfile
 from .errors import CommandError
 from .fsutil import writable_or_creatable
 from .runner import Runner
@@ -136,6 +137,30 @@ def repository_problem(path: Path, allowed: dict[str, list[str] | None]) -> str 
         f"{path} is outside the ReadWritePaths= of {' and '.join(barred)}, so their timer "
         f"runs cannot write it (runs by hand can): for each, systemctl edit UNIT and add "
         f"[Service] ReadWritePaths={path.parent}"
+    )
+
+
+CLIENT_CONFIG = Path("/etc/pullback/client.yaml")
+SERVER_CONFIG = Path("/etc/pullback/server.yaml")
+"""Where each side's configuration is on a machine that runs both."""
+
+
+def shared_metrics_file(path: Path, other: Path) -> str | None:
+    """Why this side's ``metrics_file`` ``path`` cannot be the one the other side's
+    configuration ``other`` names (a machine that is client and server: each run
+    rewrites the file and the other side's gauges vanish), or None (also when ``other``
+    is missing or cannot be read: its own check says so)."""
+    try:
+        theirs = yamlfile.load(other).data
+    except (yamlfile.YamlFileError, OSError):
+        return None
+    named = theirs.get("metrics_file") if isinstance(theirs, dict) else None
+    if not isinstance(named, str) or os.path.normpath(named) != os.path.normpath(path):
+        return None
+    return (
+        f"metrics_file: {path} is also the metrics_file of {other}: each side's runs "
+        "rewrite it and the other's gauges vanish; give each its own file "
+        "(e.g. pullback.prom and pullback-client.prom)"
     )
 
 

@@ -10,7 +10,14 @@ from pathlib import Path
 from ..common.cli import print_json
 from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError
-from ..common.sandbox import HOMES, output_problem, repository_problem, unit_writable_paths
+from ..common.sandbox import (
+    CLIENT_CONFIG,
+    HOMES,
+    output_problem,
+    repository_problem,
+    shared_metrics_file,
+    unit_writable_paths,
+)
 from ..common.schema import load_schema
 from ..common.text import counted, few, printable
 from .backends import RepositoryMissing, Role, read_password
@@ -157,6 +164,22 @@ def units_writable_paths() -> dict[str, list[str] | None]:
     return {unit: unit_writable_paths(unit) for unit in UNITS}
 
 
+def output_problems(
+    config: ServerConfig, allowed: dict[str, list[str] | None] | None = None
+) -> list[str]:
+    """The metrics file and the status page that the units cannot write (each once),
+    and a metrics file the client's configuration on this machine names too."""
+    problems: list[str] = []
+    outputs = (("metrics_file", config.metrics_file), ("status_page", config.status_page))
+    for unit, paths in (allowed if allowed is not None else units_writable_paths()).items():
+        for setting, output in outputs:
+            found = output_problem(setting, output, unit, paths) if output else None
+            if found and f"{config.path}: {found}" not in problems:
+                problems.append(f"{config.path}: {found}")
+    shared = config.metrics_file and shared_metrics_file(config.metrics_file, CLIENT_CONFIG)
+    return problems + ([f"{config.path}: {shared}"] if shared else [])
+
+
 def local_problems(
     config: ServerConfig, allowed: dict[str, list[str] | None] | None = None
 ) -> list[str]:
@@ -184,12 +207,7 @@ def local_problems(
         if not config.backend.password_file.exists():
             fix = _password_fix(config)
         problems.append(f"{config.path}: backend.password_file: {exc}{fix}")
-    outputs = (("metrics_file", config.metrics_file), ("status_page", config.status_page))
-    for unit, paths in (allowed if allowed is not None else units_writable_paths()).items():
-        for setting, output in outputs:
-            found = output_problem(setting, output, unit, paths) if output else None
-            if found and f"{config.path}: {found}" not in problems:
-                problems.append(f"{config.path}: {found}")
+    problems += output_problems(config, allowed)
     schema = load_schema("pullback.common", "server")
     data = load_validated(config.path, schema, allow_empty=False).data
     problems += [

@@ -8,9 +8,10 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from ..common.archive.sidecar import FAILED_NAMED
 from ..common.clock import signed_age, utc_now
 from ..common.outcome import Status
-from ..common.text import printable
+from ..common.text import few, printable
 from ..common.units import human_ago, human_size
 from .config import ServerConfig
 from .host_state import HISTORY_CELLS, SYMBOLS, HostState
@@ -134,6 +135,9 @@ class HostRow:
     """Whether the last stored archive was a delta (None: not recorded)."""
     fell_back: bool = False
     """Whether the last pull that stored fell back to its chain's full archive."""
+    client_failed: list[str] = field(default_factory=list)
+    """The services that failed on the client in the newest stored archive (its
+    snapshot is partial)."""
     killed: str | None = None
     """How a pull that could not write the status file ended, and what it was doing for
     this host then: ``killed while storing`` (SIGKILL, the OOM killer, a power cut),
@@ -303,6 +307,9 @@ def _reason(entry: dict) -> str:
     if entry.get("last_result") == Status.FAILED:
         return reason
     said = [reason] if reason else []
+    failed = _client_failed(entry)
+    if failed:
+        said.append(f"failed on the client: {few(failed)} (the snapshot is partial)")
     drill = _drill_words(entry)
     if drill:
         said.append(drill)
@@ -345,7 +352,18 @@ def host_row(
         warnings=_page_warnings(entry.get("warnings")),
         delta=entry["delta"] if isinstance(entry.get("delta"), bool) else None,
         fell_back=entry.get("fell_back") is True,
+        client_failed=_client_failed(entry),
     )
+
+
+def _client_failed(entry: dict) -> list[str]:
+    """The services that failed on the client in the host's newest stored archive, as
+    status.json keeps them (words the client chose: printable, cut); [] after a failed
+    pull, whose words come alone."""
+    found = entry.get("failed_services")
+    if entry.get("last_result") == Status.FAILED or not isinstance(found, list):
+        return []
+    return [printable(name, 130) for name in found[:FAILED_NAMED]]
 
 
 PAGE_WARNINGS = 5

@@ -184,6 +184,7 @@ _FIELDS: dict[str, Callable[[object], object]] = {
     "history": _history,
     "copy": _copy,
     "warnings": _texts,
+    "failed_services": _texts,
     "delta": _flag,
     "fell_back": _flag,
 }

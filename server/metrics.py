@@ -93,6 +93,11 @@ def build(
         "1 while the ransomware guard holds forget and prune for the host "
         "(pullback-server release HOST ends it).",
     )
+    client_failed = g(
+        "pullback_newest_snapshot_failed_services",
+        "Services that failed on the client in the host's newest stored archive (its "
+        "snapshot is partial).",
+    )
     memory = g(
         "pullback_store_peak_memory_bytes",
         "Peak resident memory of restic/borg storing the host's last archive.",
@@ -114,6 +119,9 @@ def build(
         delta.add(entry.get("delta"), **labels)
         fell_back.add(entry.get("fell_back"), **labels)
         repo.add(entry.get("repository_bytes"), **labels)
+        if "last_result" in entry:
+            failed = entry.get("failed_services")
+            client_failed.add(len(failed) if isinstance(failed, list) else 0, **labels)
         count.add(entry.get("snapshots"), **labels)
         newest.add(_ts(entry.get("newest_snapshot")), **labels)
         stale.add(is_stale(entry, host.max_age, now), **labels)

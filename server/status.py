@@ -316,6 +316,11 @@ def _host_complaints(found: list[HostRow]) -> list[str]:
         ("stale (no snapshot within max_age)", lambda r: r.stale, ""),
         ("failed (the last pull)", lambda r: r.state == HostState.FAILED, ""),
         (
+            "failed on the client (the newest snapshot is partial)",
+            lambda r: r.client_failed,
+            " (pullback-client list on the host says why)",
+        ),
+        (
             "forget held by the ransomware guard",
             lambda r: r.held,
             " (pullback-server release HOST once the change is understood)",

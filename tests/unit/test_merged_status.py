@@ -441,3 +441,31 @@ def test_a_time_ahead_is_shown_ahead_and_a_snapshot_dated_ahead_is_stale_everywh
         fresh.warnings
     )
     assert "ahead (max_age 36h00m; a date over 1h00m ahead counts as stale)" in fresh.warnings[0]
+
+
+def test_a_partial_snapshot_is_named_in_status_its_exit_code_and_the_metrics(tmp_path, capsys):
+    """An outside walk: a service that failed on the client made the host 'needs
+    attention' in --check, but status exited 0, its table and page named no service and
+    no metric changed; only the mail and --json said which."""
+    from pullback.server import metrics
+
+    a = make_server(tmp_path, "a", {"web1": None, "web2": None})
+    partial = stored("web1", 1)
+    partial.client_failed_services = ["bad\x1b[2J", "db"]
+    a.pulled(partial, stored("web2", 1))
+    code, out, err = status(a, capsys=capsys)
+    assert code == 1, err
+    assert (
+        "failed on the client (the newest snapshot is partial): web1 (pullback-client list "
+        "on the host says why)"
+    ) in err
+    assert "web1: failed on the client: bad\\x1b[2J, db (the snapshot is partial)" in out
+    assert "\x1b" not in out + err
+    text = metrics.build(a.config, json.loads(a.status.read_text())).render()
+    assert 'pullback_newest_snapshot_failed_services{host="web1"} 2' in text
+    assert 'pullback_newest_snapshot_failed_services{host="web2"} 0' in text
+    code, out, _ = status(a, "--check", capsys=capsys)
+    assert code == 1 and out.startswith("PULLBACK WARNING - needs attention: web1"), out
+    a.pulled(stored("web1", 0.5))  # the next archive is whole
+    code, _, err = status(a, capsys=capsys)
+    assert code == 0, err

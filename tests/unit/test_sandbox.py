@@ -133,3 +133,23 @@ def test_a_run_in_a_private_tmp_does_not_write_its_metrics_there(tmp_path):
         timeout=60,
     )
     assert done.stdout.strip() == "written", done.stderr
+
+
+def test_one_metrics_file_for_client_and_server_on_one_machine_is_refused(tmp_path):
+    """An outside walk: with the doc's example path in both server.yaml and client.yaml,
+    both checks said ok, and each run's file replaced the other side's gauges."""
+    from pullback.common.sandbox import shared_metrics_file
+
+    other = tmp_path / "client.yaml"
+    prom = Path("/var/lib/prometheus/node-exporter/pullback.prom")
+    assert shared_metrics_file(prom, other) is None  # no other side here
+    other.write_text(f"metrics_file: {prom.parent}/./pullback.prom\n")
+    assert shared_metrics_file(prom, other) == (
+        f"metrics_file: {prom} is also the metrics_file of {other}: each side's runs rewrite "
+        "it and the other's gauges vanish; give each its own file (e.g. pullback.prom and "
+        "pullback-client.prom)"
+    )
+    other.write_text(f"metrics_file: {prom.parent}/pullback-client.prom\n")
+    assert shared_metrics_file(prom, other) is None
+    other.write_text("metrics_file: [unclosed\n")
+    assert shared_metrics_file(prom, other) is None  # its own check names its syntax

@@ -225,7 +225,9 @@ def clean_status(data: object) -> dict:
     ValueError when it is not a status file."""
     if not isinstance(data, dict):
         raise ValueError("not a status file: not an object")
-    hosts = _named(data.get("hosts", {}), "hosts")
+    if "hosts" not in data:  # every status file has it, {} before a first pull
+        raise ValueError("not a status file: no hosts")
+    hosts = _named(data["hosts"], "hosts")
     status: dict = {"hosts": {name: clean_entry(entry) for name, entry in hosts.items()}}
     if "configured" in data:
         configured = _named(data["configured"], "configured")

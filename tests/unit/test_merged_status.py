@@ -192,6 +192,8 @@ BAD_FILES = {
     "hosts-a-list.json": b'{"hosts": ["b1"]}',
     "deep.json": b"[" * 100_000 + b"]" * 100_000,
     "nan.json": b'{"hosts": {"b1": {"duration": NaN}}}',
+    "empty-object.json": b"{}",  # an outside walk: read as a server of no hosts, OK
+    "other-object.json": b'{"name": "web1", "version": 3}',
 }
 
 

@@ -121,14 +121,18 @@ def metrics(status: dict) -> Metrics:
     return m
 
 
+FAILURE_TEMPLATE = (
+    resources.files("pullback.client.templates").joinpath("failure.txt.j2").read_text("utf-8")
+)
+"""The failure mail's template, read as the run starts: a run an upgrade overtakes mails
+with the template it started with (or one whose package was removed: with one)."""
+
+
 def _failure_mail(config: ClientConfig, run: RunSummary, unwritten: list[str]) -> str:
     import jinja2  # here: only a failed run writes a mail (25 ms of every run's start)
 
-    def load(name: str) -> str:
-        return resources.files("pullback.client.templates").joinpath(name).read_text("utf-8")
-
     env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(load),
+        loader=jinja2.DictLoader({"failure.txt.j2": FAILURE_TEMPLATE}),
         autoescape=False,  # noqa: S701 - a plain text mail, not HTML
         trim_blocks=True,
         lstrip_blocks=True,

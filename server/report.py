@@ -21,12 +21,25 @@ log = get_logger("report")
 _ORDER = {Status.FAILED: 0, Status.SKIPPED: 1, Status.STORED: 2}
 
 
-def _environment(autoescape: bool) -> jinja2.Environment:
-    def load(name: str) -> str:
-        return resources.files("pullback.server.templates").joinpath(name).read_text("utf-8")
+def _read_templates() -> dict[str, str]:
+    """Every template's text, read once as the command starts: a run that an upgrade
+    (or a removal) overtakes renders with the templates it started with, not the new
+    ones (an outside walk saw a pull render the upgrade's page, and one whose package
+    was removed fail 'No module named pullback.server.templates')."""
+    folder = resources.files("pullback.server.templates")
+    return {
+        entry.name: entry.read_text("utf-8")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".j2")
+    }
 
+
+TEMPLATES = _read_templates()
+
+
+def _environment(autoescape: bool) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(load),
+        loader=jinja2.DictLoader(TEMPLATES),
         autoescape=autoescape,  # noqa: S701 - the text body is not HTML; the HTML one escapes
         trim_blocks=True,
         lstrip_blocks=True,

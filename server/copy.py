@@ -372,7 +372,7 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
 
     code, results = copy(config, args.host, args.verify, args.new)
     _, unwritten = publish(config)
-    record_problems(config, unwritten)
+    record_problems(config, unwritten, "copy")
     code = code or (EXIT_FAILED if unwritten else EXIT_OK)
     if args.json:
         print_json({"exit_code": code, "hosts": results, "not_written": unwritten})

@@ -84,11 +84,12 @@ def _write_page(config: ServerConfig, status: dict, activity: PullActivity) -> N
     status_page.write_page(config.status_page, status_page.render_fleet(view))
 
 
-def record_problems(config: ServerConfig, problems: list[str]) -> None:
-    """Keep the outputs' problems in status.json (``status`` and ``--check`` show them)."""
+def record_problems(config: ServerConfig, problems: list[str], kind: str = "run") -> None:
+    """Keep the outputs' problems of a run of ``kind`` in status.json (``status`` and
+    ``--check`` show them, until a run of the same kind writes them all)."""
     _guarded(
         "record the outputs' problems",
-        lambda: status_file.record_outputs(config.state_dir, problems),
+        lambda: status_file.record_outputs(config.state_dir, problems, kind),
         None,
     )
 
@@ -137,7 +138,7 @@ def finish_pull(
     )
     problems += [f"{what} not delivered" for what in missed]
     problems += _mail(config, results, history, problems)
-    record_problems(config, problems)
+    record_problems(config, problems, "pull")
     return problems
 
 
@@ -187,7 +188,7 @@ def finish_maintenance(
     title = f"pullback maintenance {'ok' if ok else 'FAILED'}"
     missed = _guarded("send the pings", lambda: notifier.finish(ok, title, text), ["pings"])
     problems += [f"{what} not delivered" for what in missed]
-    record_problems(config, problems)
+    record_problems(config, problems, "maintain")
     return problems
 
 

@@ -433,13 +433,27 @@ def release_hold(state_dir: Path, host: str, scope: str = "") -> dict | None:
         return hold
 
 
-def record_outputs(state_dir: Path, problems: list[str]) -> dict:
+def record_outputs(state_dir: Path, problems: list[str], kind: str = "run") -> dict:
     """Record which configured outputs (metrics file, status page, mail, pings) the last
-    run could not write or deliver; an empty list clears it."""
+    run of ``kind`` (pull, maintain, copy, verify) could not write or deliver; an empty
+    list clears that kind's record alone (a maintenance, which sends no pull pings,
+    cleared a pull's undelivered ping: an outside walk). ``problems`` holds them all."""
     with _locked(state_dir):
         status = load_status(state_dir)
-        if problems:
-            status["outputs"] = {"time": iso(utc_now()), "problems": problems[:KEPT_WARNINGS]}
+        found = status.get("outputs")
+        runs = found.get("runs") if isinstance(found, dict) else None
+        runs = (
+            {k: v for k, v in runs.items() if isinstance(v, list)} if isinstance(runs, dict) else {}
+        )
+        runs[kind] = problems[:KEPT_WARNINGS]
+        runs = {k: v for k, v in runs.items() if v}
+        if runs:
+            every = list(dict.fromkeys(str(p) for kept in runs.values() for p in kept))
+            status["outputs"] = {
+                "time": iso(utc_now()),
+                "problems": every[:KEPT_WARNINGS],
+                "runs": runs,
+            }
         else:
             status.pop("outputs", None)
         return _save(state_dir, status)

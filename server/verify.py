@@ -51,7 +51,7 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     choice = DrillChoice(snapshot=args.snapshot, random=args.random)
     code, results = verify(config, args.host, choice)
     _, unwritten = publish(config)
-    record_problems(config, unwritten)
+    record_problems(config, unwritten, "verify")
     code = code or (EXIT_FAILED if unwritten else EXIT_OK)
     if args.json:
         drills = [{**dataclasses.asdict(r), "summary": r.summary} for r in results]

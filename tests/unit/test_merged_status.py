@@ -471,3 +471,22 @@ def test_a_partial_snapshot_is_named_in_status_its_exit_code_and_the_metrics(tmp
     a.pulled(stored("web1", 0.5))  # the next archive is whole
     code, _, err = status(a, capsys=capsys)
     assert code == 0, err
+
+
+def test_an_outputs_problem_is_cleared_only_by_a_run_of_the_same_kind(tmp_path, capsys):
+    """An outside walk: a pull's undelivered healthchecks ping was cleared by the next
+    maintenance, which sends no pull ping."""
+    a = make_server(tmp_path, "a", {"web1": None})
+    a.pulled(stored("web1", 1))
+    state = a.config.state_dir
+    status_file.record_outputs(state, ["healthchecks ping not delivered"], "pull")
+    status_file.record_outputs(state, [], "maintain")
+    assert status_file.output_problems(status_file.load_status(state)) == [
+        "healthchecks ping not delivered"
+    ]
+    status_file.record_outputs(state, ["maintenance report not mailed"], "maintain")
+    code, _, err = status(a, capsys=capsys)
+    assert code == 1 and "not written by the last run: maintenance report not mailed" in err
+    status_file.record_outputs(state, [], "pull")
+    status_file.record_outputs(state, [], "maintain")
+    assert "outputs" not in status_file.load_status(state)

@@ -3,13 +3,14 @@ into a booted Debian 12 root (systemd as PID 1), configured, run by systemd, pur
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
 import pytest
 
 from tests.helpers.debroot import CLEAN_ENV
-from tests.system.conftest import ROOT_DIR
+from tests.system.conftest import ROOT_DIR, UPGRADE_VERSION
 
 TIMERS = (
     "pullback-client.timer",
@@ -330,6 +331,168 @@ def test_security_exposure_of_the_units(root, installed):
         print(f"{unit}: {last}")
         exposure = float(last.split("exposure level for")[1].split(":")[1].split()[0])
         assert exposure < 5.0, out
+
+
+SLOW_SERVICE = (
+    "service: {name: slow}\ncommand: {dump: [{run: 'sleep 90; echo done', output: done.txt}]}\n"
+)
+"""A client service whose run takes 90 s: a backup in progress for as long as a test needs."""
+
+PORT = "2222"
+"""The client's sshd port (test_a_configured_client_and_server_run_under_systemd)."""
+
+
+def _server_yaml(root, extra: str = "") -> None:
+    root.write(
+        "/etc/pullback/server.yaml",
+        f"min_interval: 1s\n{extra}hosts:\n  - {{name: node1, address: 127.0.0.1, port: {PORT}}}\n",
+        0o640,
+    )
+
+
+def _state(root, unit: str) -> str:
+    return root.run(["systemctl", "show", "-p", "ActiveState", "--value", unit]).stdout.strip()
+
+
+def _main_pid(root, unit: str) -> int:
+    return int(root.run(["systemctl", "show", "-p", "MainPID", "--value", unit]).stdout)
+
+
+def _start_a_pull_that_waits(root) -> int:
+    """pullback-server.service pulling node1 while the client's sshd is stopped (SIGSTOP:
+    the connection hangs, within a connect_timeout of 2 minutes); returns its main pid."""
+    _server_yaml(root, "ssh: {connect_timeout: 2m}\n")
+    root.run(["systemctl", "kill", "-s", "STOP", "ssh.service"])
+    root.run(["systemctl", "start", "--no-block", "pullback-server.service"])
+    root.run(
+        'for i in $(seq 100); do grep -qs \'"node1": "connecting"\' '
+        "/var/lib/pullback/server/pull-in-progress.json && exit 0; sleep 0.2; done; exit 1"
+    )
+    assert _state(root, "pullback-server.service") == "activating"
+    return _main_pid(root, "pullback-server.service")
+
+
+def _copy_upgrade(root, built_upgrade) -> None:
+    """The packages of UPGRADE_VERSION into the root's /tmp/debs/upgrade."""
+    upgrade = root.path / "tmp/debs/upgrade"
+    upgrade.mkdir(parents=True, exist_ok=True)
+    for deb in built_upgrade["debs"]:
+        shutil.copy2(deb, upgrade / deb.name)
+
+
+def test_an_upgrade_leaves_a_running_pull_to_finish(root, installed, built_upgrade):
+    """docs/upgrading.md: apt upgrade stops no running service (the walkthrough shows it
+    for the client's run; this is the server's pull): it finishes with the code it
+    started with, and succeeds."""
+    _copy_upgrade(root, built_upgrade)
+    try:
+        pid = _start_a_pull_that_waits(root)
+        upgraded = root.run(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /tmp/debs/upgrade/pullback-*.deb"
+        )
+        assert "Stopping" not in upgraded.stdout + upgraded.stderr, upgraded.stdout
+        assert root.run("dpkg-query -W -f '${Version}' pullback-server").stdout == UPGRADE_VERSION
+        assert _state(root, "pullback-server.service") == "activating"
+        assert _main_pid(root, "pullback-server.service") == pid  # the same run, not a new one
+    finally:
+        root.run(["systemctl", "kill", "-s", "CONT", "ssh.service"])
+    root.run(
+        "for i in $(seq 600); do [ $(systemctl show -p ActiveState --value "
+        "pullback-server.service) = activating ] || exit 0; sleep 0.2; done; exit 1"
+    )
+    result = root.run("systemctl show -p Result -p ExecMainStatus pullback-server.service").stdout
+    log = root.run(["journalctl", "-u", "pullback-server.service", "--no-pager"]).stdout
+    assert "Result=success" in result and "ExecMainStatus=0" in result, result + log
+    assert "Traceback" not in log, log
+
+
+def _remove_while_it_runs(root, package: str, unit: str) -> dict:
+    """``apt-get remove`` of ``package`` while its ``unit`` runs; checks that apt
+    succeeded and that the run ended, without a traceback, before dpkg deleted a file of
+    the package. Returns the unit's journal since and how long the removal waited for
+    the run to end."""
+    dirs = [
+        "/usr/bin",  # its programs
+        f"/usr/share/doc/{package}/..",
+        "/lib/systemd/system",  # its units
+        f"/usr/lib/python3/dist-packages/pullback/{package.removeprefix('pullback-')}/..",
+    ]
+    pid = _main_pid(root, unit)
+    assert pid > 0
+    cursor = root.run(["journalctl", "--show-cursor", "-n", "0", "--no-pager"]).stdout
+    cursor = cursor.strip().split("cursor: ", 1)[1]
+    started = float(root.run(["date", "+%s.%N"]).stdout)
+    removed = root.run(
+        f"DEBIAN_FRONTEND=noninteractive apt-get remove -y -q {package}", check=False
+    )
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert f"Removing {package} " in removed.stdout
+    assert root.run(["kill", "-0", str(pid)], check=False).returncode != 0  # gone
+    # when systemd saw the run end ("Stopped ..."), against when dpkg deleted its files
+    # (the mtimes of the directories they were in)
+    entries = root.run(
+        ["journalctl", "-u", unit, "--after-cursor", cursor, "-o", "json", "--no-pager"]
+    ).stdout.splitlines()
+    ended = [
+        int(json.loads(entry)["__REALTIME_TIMESTAMP"]) / 1e6
+        for entry in entries
+        if str(json.loads(entry).get("MESSAGE", "")).startswith(f"Stopped {unit}")
+    ]
+    assert len(ended) == 1, entries
+    deleted = {
+        d: float(root.run(["stat", "-c", "%.9Y", d]).stdout)
+        for d in (root.run(["realpath", "-m", d]).stdout.strip() for d in dirs)
+    }
+    assert all(started < ended[0] < mtime for mtime in deleted.values()), (ended, deleted)
+    log = root.run(["journalctl", "-u", unit, "--after-cursor", cursor, "--no-pager"]).stdout
+    for failure in ("ModuleNotFoundError", "Traceback"):
+        assert failure not in log, log
+    return {"log": log, "waited": ended[0] - started}
+
+
+def test_removal_stops_a_running_backup_and_waits_for_it(root, installed, built_upgrade):
+    """apt remove stops the package's running services (SIGTERM) and waits for them to
+    end before dpkg deletes their files: the client's run starts again what it stopped
+    and ends, the pull's ExecStopPost= says it was cut short; nothing is left running
+    the programs that are gone."""
+    root.write("/etc/pullback/services/slow/service.yaml", SLOW_SERVICE, 0o600)
+    root.write("/etc/pullback/client.yaml", "hostname: node1\nmin_interval: 1s\n", 0o640)
+    root.run("chgrp pullback /etc/pullback/client.yaml")
+    root.run(["systemctl", "start", "--no-block", "pullback-client.service"])
+    root.run(
+        "for i in $(seq 150); do pgrep -fx 'sleep 90' >/dev/null && exit 0; sleep 0.2; done; exit 1"
+    )
+    client = _remove_while_it_runs(root, "pullback-client", "pullback-client.service")
+    assert "SIGTERM received; stopping after restoring what was stopped" in client["log"]
+    assert "status=143" in client["log"], client["log"]
+    assert root.run("pgrep -fx 'sleep 90'", check=False).returncode == 1  # its command too
+    assert root.run("dpkg-query -W -f '${Status}' pullback-client").stdout.endswith("config-files")
+
+    try:
+        _start_a_pull_that_waits(root)
+        server = _remove_while_it_runs(root, "pullback-server", "pullback-server.service")
+    finally:
+        root.run(["systemctl", "kill", "-s", "CONT", "ssh.service"])
+    assert "SIGTERM received; stopping" in server["log"], server["log"]
+    # ExecStopPost= ran while pullback-server was still there
+    assert "the pull (pid " in server["log"], server["log"]
+    assert ") was stopped by SIGTERM (systemd: exit-code, 143)" in server["log"], server["log"]
+    print(
+        f"\napt-get remove waited {client['waited']:.1f}s for the client's run, "
+        f"{server['waited']:.1f}s for the pull"
+    )
+
+    # as the tests before left it, for the purge that follows
+    root.run("rm -r /etc/pullback/services/slow")
+    root.run(
+        ["systemctl", "reset-failed", "pullback-client.service", "pullback-server.service"],
+        check=False,
+    )
+    _copy_upgrade(root, built_upgrade)
+    root.run(
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /tmp/debs/upgrade/pullback-*.deb"
+    )
+    _server_yaml(root)
 
 
 def test_purge_leaves_nothing_of_the_packages(root, installed):

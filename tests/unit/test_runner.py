@@ -152,18 +152,9 @@ print("ran")
 def test_a_child_that_cannot_start_without_proc_is_a_command_error_not_a_traceback():
     """An outside attack ran the client with /proc unmounted: ``sh`` lists /proc/self/fd
     in the child, and its ForkException left the run with a traceback (exit 70)."""
-    import subprocess
-    import sys
+    from tests.helpers.namespaces import in_mount_namespace
 
-    shell = f"umount -l /proc && exec {sys.executable} -c '{NO_PROC_SCRIPT}'"
-    done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", shell],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if "unshare failed" in done.stderr or "umount" in done.stderr:
-        pytest.skip(f"no private mount namespace here: {done.stderr.strip()[:200]}")
+    done = in_mount_namespace("umount -l /proc", NO_PROC_SCRIPT)
     assert done.returncode == 1, done.stdout + done.stderr
     said = done.stdout.strip()
     assert said.startswith("command failed: true: "), said

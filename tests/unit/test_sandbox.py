@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pullback.common.sandbox import output_problem
+from tests.helpers.namespaces import in_mount_namespace
 
 UNIT = "pullback-server.service"
 
@@ -107,15 +108,7 @@ def test_a_run_in_a_private_tmp_does_not_write_its_metrics_there(tmp_path):
     run then exits 1 and says the output was not written)."""
     private = tmp_path / "systemd-private-0123abcd-pullback-server.service-XyZ" / "tmp"
     private.mkdir(parents=True)
-    shell = f"mount --bind {private} /tmp && exec {sys.executable} -c '{PRIVATE_TMP_WRITE}'"
-    done = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", shell],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if "unshare failed" in done.stderr or "mount:" in done.stderr:
-        pytest.skip(f"no private mount namespace here: {done.stderr.strip()[:200]}")
+    done = in_mount_namespace(f"mount --bind {private} /tmp", PRIVATE_TMP_WRITE)
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.strip() == (
         "/tmp is this unit's own (PrivateTmp=yes), thrown away when the run ends: choose "

@@ -23,7 +23,7 @@ from ..common.fsutil import free_bytes
 from ..common.text import counted, printable
 from ..common.units import human_duration, human_size
 from . import status_file
-from .backends import Role, Snapshot, named
+from .backends import Role, Snapshot, named, plausible
 from .db_proof import DatabaseProof, ProofSettings, ProofState, prove_databases
 from .host import HostContext
 
@@ -289,7 +289,8 @@ def _pick(
             return again[0]
         result.failed_before_gone = True
         ctx.log.info("snapshot %s, whose drill failed, is no longer listed", failed["id"][:64])
-    return random.choice(snapshots) if pick_random else snapshots[-1]  # noqa: S311
+    believed = plausible(snapshots) or snapshots  # (all ahead: the drill proves one)
+    return random.choice(snapshots) if pick_random else believed[-1]  # noqa: S311
 
 
 def _chosen(ctx: HostContext, choice: DrillChoice, result: DrillResult) -> Snapshot | None:

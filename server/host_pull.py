@@ -66,7 +66,7 @@ from ..common.protocol import Listing
 from ..common.text import BoundedWarnings, printable
 from ..common.units import human_duration, human_size
 from . import chain, status_file
-from .backends import RepositoryMissing, Snapshot, SnapshotSpec, StoreResult
+from .backends import RepositoryMissing, Snapshot, SnapshotSpec, StoreResult, plausible
 from .db_proof import find_dumps
 from .host import HostContext
 from .journal import CONNECTING, STORING, TRANSFERRING, WAITING, InterruptedRun, PhaseLog
@@ -119,9 +119,9 @@ class Stored:
         """What ``snapshots`` (oldest first) hold; the newest is the newest not dated
         over FUTURE_TOLERANCE ahead (one far ahead held every later archive out as
         "older than the newest snapshot": the host was never stored again)."""
-        plausible = [s for s in snapshots if s.time <= utc_now() + FUTURE_TOLERANCE]
+        believed = plausible(snapshots)
         return cls(
-            plausible[-1] if plausible else None,
+            believed[-1] if believed else None,
             frozenset(s.stamp for s in snapshots if s.stamp),
         )
 

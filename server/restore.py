@@ -24,7 +24,7 @@ from ..common.procfs import bytes_written_below
 from ..common.progress import STATUS, Progress, Watched
 from ..common.signals import SignalGuard
 from ..common.text import few, printable
-from .backends import Backend, Snapshot, named
+from .backends import Backend, Snapshot, named, plausible
 from .config import ServerConfig
 from .host import HostContext
 
@@ -112,7 +112,20 @@ def pick_snapshot(
     if not snapshots:
         raise PullbackError(f"{host} has no snapshot yet")
     if wanted == "latest":
-        return _newest_with(snapshots, service, host) if service else (snapshots[-1], "")
+        believed = plausible(snapshots)
+        if not believed:
+            raise PullbackError(
+                f"every snapshot of {host} is dated ahead of this machine's clock; name one "
+                "with --snapshot"
+            )
+        chosen, why = _newest_with(believed, service, host) if service else (believed[-1], "")
+        ahead = [s.id for s in snapshots if s.time > believed[-1].time]
+        if ahead:
+            why = "; ".join(
+                [why] * bool(why)
+                + [f"passed over {', '.join(ahead)}, dated ahead of this machine's clock"]
+            )
+        return chosen, why
     matches = named(snapshots, wanted)
     if len(matches) != 1:
         raise UsageError(

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from ...common import secrets
 from ...common.archive.sidecar import MORE_FAILED
+from ...common.clock import FUTURE_TOLERANCE, utc_now
 from ...common.runner import Runner
 from ..config import BackendConfig, HostConfig
 from .errors import BackendError, IncompleteStore, RepositoryLocked, RepositoryMissing
@@ -44,6 +45,15 @@ class Snapshot:
         """Whether ``service`` failed on the client in this snapshot's archive, or may
         have (more services failed than the snapshot names: ``MORE_FAILED``)."""
         return service in self.failed or MORE_FAILED in self.failed
+
+
+def plausible(snapshots: Sequence[Snapshot]) -> list[Snapshot]:
+    """``snapshots`` but those dated over FUTURE_TOLERANCE ahead of now (a wrong clock, a
+    forged snapshot): never taken for the newest by a pull, ``restore latest`` or the
+    drill (an outside attack saw a snapshot dated two days ahead restored and drilled
+    in place of the real newest)."""
+    limit = utc_now() + FUTURE_TOLERANCE
+    return [s for s in snapshots if s.time <= limit]
 
 
 def named(snapshots: Sequence[Snapshot], wanted: str) -> list[Snapshot]:

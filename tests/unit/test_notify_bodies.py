@@ -73,3 +73,31 @@ def test_a_snapshot_that_names_only_some_failed_services_is_no_service_s_good_on
     chosen, why = pick_snapshot([older, newer], "bbbb", "web1", "unnamed")
     assert chosen is newer and "unnamed FAILED on the client in snapshot bbbb2222" in why
     assert "partial: a and more failed" in render([older, newer], as_json=False)
+
+
+def test_a_snapshot_dated_ahead_is_not_the_newest_for_restore_or_the_drill(tmp_path):
+    """An outside attack: a snapshot dated two days ahead (restic backup --time) was
+    what `restore` took for the latest and what the drill proved ("LAST VERIFIED 1s
+    ago" counted the forged snapshot)."""
+    import datetime as dt
+
+    from pullback.server.backends import Snapshot
+    from pullback.server.drill import DrillResult, _pick
+    from pullback.server.restore import pick_snapshot
+    from tests.helpers.status_servers import one_host_config
+
+    now = dt.datetime.now(dt.UTC)
+    real = Snapshot("aaaa1111", now - dt.timedelta(hours=2), "20261201T000000Z")
+    forged = Snapshot("ffff9999", now + dt.timedelta(days=2), "20261206T120000Z")
+    chosen, why = pick_snapshot([real, forged], "latest", "web1")
+    assert chosen is real and "passed over ffff9999, dated ahead" in why
+    chosen, _ = pick_snapshot([real, forged], "ffff", "web1")  # named: taken as asked
+    assert chosen is forged
+
+    class Ctx:
+        config = one_host_config(tmp_path)
+        host = config.hosts[0]
+        backend = None
+        log = None
+
+    assert _pick(Ctx, [real, forged], False, DrillResult("web1")) is real

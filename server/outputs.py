@@ -7,15 +7,18 @@ silently stops updating is the failure this guards against."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
 from ..common import mail
 from ..common.errors import EXIT_FAILED, EXIT_OK, describe
+from ..common.fsutil import atomic_write
 from ..common.log import get_logger
-from ..common.notify import Notifier
+from ..common.mail import EmailConfig
+from ..common.notify import Notifier, NotifyConfig
 from ..common.outcome import Status
 from ..common.text import printable
 from . import fleet_view, metrics, report, status_file, status_page
@@ -241,27 +244,47 @@ def command(path: Path, args: argparse.Namespace) -> int:
         return EXIT_OK
     config = load_server_config(path)
     killed = pull_activity(config.state_dir, config.lock_dir).killed
-    words = None
-    if killed is not None:
-        words = (f"the pull was {killed.how}", _say_cut_short(killed, result))
-    elif result:
+    said = _say_cut_short(killed, result) if killed is not None else ""
+    if killed is None and result:
         log.info(
             "the run did not succeed (systemd: %s, %s): rewriting the outputs from %s",
             printable(result, 20),
             printable(os.environ.get("EXIT_STATUS", ""), 20),
             status_file.STATUS_FILE,
         )
-        if args.if_failed and not _reported_itself(os.environ):
+    _, problems = publish(config)
+    if args.if_failed and not _reported_itself(os.environ):
+        if killed is not None and _first_told(config.state_dir, killed):
+            problems += _tell_failed(config, f"the pull was {killed.how}", said, killed.phases)
+        else:  # crashed, or stopped before its journal: an earlier cut is told already
             words = (
-                "the pull ended without its report",
                 f"the pull ended without its report (systemd: {printable(result, 20)}, "
                 f"{printable(os.environ.get('EXIT_STATUS', ''), 20)}): journalctl -u "
-                "pullback-server.service says why",
+                "pullback-server.service says why"
             )
-    _, problems = publish(config)
-    if args.if_failed and words is not None:
-        problems += _tell_failed(config, *words)
+            problems += _tell_failed(config, "the pull ended without its report", words)
     return EXIT_FAILED if problems else EXIT_OK
+
+
+TOLD = "cut-short-told.json"
+"""Which cut-short pull (pid, start) ``publish --if-failed`` last told of: its journal
+stays until a pull ends, and a later failed run must not tell of it again."""
+
+
+def _first_told(state_dir: Path, killed: InterruptedRun) -> bool:
+    """Whether ``killed`` was not told of before (and remember that it now is)."""
+    record = json.dumps({"pid": killed.pid, "started": killed.started})
+    path = state_dir / TOLD
+    try:
+        if path.read_text() == record:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    try:
+        atomic_write(path, record, mode=0o600)
+    except OSError as exc:
+        log.warning("could not note the cut-short pull as told: %s", describe(exc))
+    return True
 
 
 REPORTED = ("0", "1", "75")
@@ -275,21 +298,44 @@ def _reported_itself(environ: Mapping[str, str]) -> bool:
     return environ.get("EXIT_CODE", "") == "exited" and environ.get("EXIT_STATUS", "") in REPORTED
 
 
-def _tell_failed(config: ServerConfig, what: str, words: str) -> list[str]:
+def _tell_failed(
+    config: ServerConfig, what: str, words: str, hosts: Iterable[str] = ()
+) -> list[str]:
     """The failure mail (unless ``send: never``) and the failure ping and messages of a
     pull that could not send its own (killed, stopped, crashed): ``what`` in the subject,
-    ``words`` the body. Returns what could not be delivered."""
-    notifier = Notifier(config.notify, "pull")
-    title = f"pullback: {what}"
-    missed = _guarded("send the pings", lambda: notifier.finish(False, title, words), ["pings"])
-    problems = [f"{what} not delivered" for what in missed]
-    email = config.email
-    if email is not None and email.send != "never":
-        subject = f"{email.subject_prefix} FAILED: {what}"
-        message = mail.build_message(email.sender, email.to, subject, words + "\n")
-        try:
-            mail.deliver(email, message)
-        except mail.MailError as exc:
-            log.error("the failure mail was not sent: %s", exc)
-            problems.append("failure mail not sent")
+    ``words`` the body; each of ``hosts`` (those it was pulling) with pings or owners of
+    its own is told too. Returns what could not be delivered."""
+    problems = _ping_failed(config.notify, "pull", f"pullback: {what}", words)
+    problems += _mail_failed(config.email, config.email.to if config.email else (), what, words)
+    for host in config.hosts:
+        if host.name in hosts:
+            title = f"pullback: {host.name}: {what}"
+            problems += _ping_failed(host.notify, f"pull of {host.name}", title, words)
+            said = f"{host.name}: {what}"
+            problems += _mail_failed(config.email, host.email_to, said, words)
     return problems
+
+
+def _ping_failed(notify: NotifyConfig | None, label: str, title: str, words: str) -> list[str]:
+    """A failure ping and messages to ``notify`` (none: nothing). Returns the misses."""
+    if notify is None:
+        return []
+    notifier = Notifier(notify, label)
+    missed = _guarded("send the pings", lambda: notifier.finish(False, title, words), ["pings"])
+    return [f"{what} not delivered" for what in missed]
+
+
+def _mail_failed(
+    email: EmailConfig | None, to: tuple[str, ...] | list[str], what: str, words: str
+) -> list[str]:
+    """The failure mail to ``to`` (none, or ``send: never``: nothing). Returns the
+    misses."""
+    if email is None or not to or email.send == "never":
+        return []
+    subject = f"{email.subject_prefix} FAILED: {what}"
+    try:
+        mail.deliver(email, mail.build_message(email.sender, to, subject, words + "\n"))
+    except mail.MailError as exc:
+        log.error("the failure mail to %s was not sent: %s", ", ".join(to), exc)
+        return [f"failure mail to {', '.join(to)} not sent"]
+    return []

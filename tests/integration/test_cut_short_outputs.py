@@ -109,6 +109,10 @@ def test_a_pull_killed_or_stopped_is_in_the_metrics_and_on_the_page(fleet, tmp_p
     # a frozen sshd must hold the pull while the test looks (ssh's ConnectTimeout covers
     # the banner exchange)
     fleet.smtp_port = smtp.port
+    fleet.host_extra["hung"] = {
+        "notify": {"healthchecks": f"{http.url}/hung"},
+        "email_to": ["owner@example.test"],
+    }
     fleet.write_config(
         metrics_file=str(metrics),
         status_page=str(page),
@@ -142,12 +146,21 @@ def test_a_pull_killed_or_stopped_is_in_the_metrics_and_on_the_page(fleet, tmp_p
         assert code == 0, err
         assert took < 15, f"the outputs took {took:.1f}s"
         assert f"the pull (pid {run.pid}) was killed (systemd: signal, KILL)" in err, err
-        (failure,) = smtp.messages[mailed:]
+        failure, owners = smtp.messages[mailed:]
         assert failure["Subject"].endswith("FAILED: the pull was killed")
         said = failure.get_body(("plain",)).get_content()
         assert f"the pull (pid {run.pid}) was killed (systemd: signal, KILL) while " in said
+        # the host it was pulling: its owners and its own check hear of it too
+        assert owners["To"] == "owner@example.test"
+        assert owners["Subject"].endswith("FAILED: hung: the pull was killed")
         # the killed pull sent its /start; ExecStopPost= the /fail it could not
-        assert [r.path for r in http.requests[pinged:]] == ["/check/start", "/check/fail"]
+        sent = sorted(r.path for r in http.requests[pinged:])
+        assert sent == ["/check/fail", "/check/start", "/hung/fail", "/hung/start"], sent
+        # a later failed run does not tell of the same cut-short pull again
+        mailed = len(smtp.messages)
+        code, err, _ = publish_after_stop(fleet, {**STOPPED, "EXIT_STATUS": "70"})
+        (later,) = smtp.messages[mailed:]
+        assert later["Subject"].endswith("FAILED: the pull ended without its report"), later
         found = samples(metrics)
         assert cut_short(found, "hung") == 1
         assert cut_short(found, "good") == 0  # stored before the kill: not cut

@@ -38,8 +38,9 @@ def private_tmp(path: Path) -> str | None:
             mounts = [line.split()[3:5] for line in info if len(line.split()) > 4]
     except OSError:
         return None
+    real = Path(os.path.realpath(path))  # a symlink to /tmp, or /tmp/../var: where it lands
     for root, point in mounts:
-        if point in PRIVATE_TMPS and "/systemd-private-" in root and path.is_relative_to(point):
+        if point in PRIVATE_TMPS and "/systemd-private-" in root and real.is_relative_to(point):
             return point
     return None
 
@@ -155,7 +156,7 @@ def shared_metrics_file(path: Path, other: Path) -> str | None:
     except (yamlfile.YamlFileError, OSError):
         return None
     named = theirs.get("metrics_file") if isinstance(theirs, dict) else None
-    if not isinstance(named, str) or os.path.normpath(named) != os.path.normpath(path):
+    if not isinstance(named, str) or os.path.realpath(named) != os.path.realpath(path):
         return None
     return (
         f"metrics_file: {path} is also the metrics_file of {other}: each side's runs "
@@ -164,10 +165,25 @@ def shared_metrics_file(path: Path, other: Path) -> str | None:
     )
 
 
+SUGGESTED = {"metrics_file": "node-exporter", "status_page": "www"}
+"""The kind of unit-writable directory to suggest for an output (node_exporter reads
+the one, a web server the other: not /var/lib/pullback, which they may not read)."""
+
+
+def _suggested(setting: str, allowed: list[str]) -> str:
+    """The unit-writable directory to name for ``setting``: one of its kind, else the
+    first (a directory systemd makes, or the first ReadWritePaths= entry)."""
+    usable = [e.lstrip("-+" + MADE_BY_SYSTEMD) for e in allowed if not e.startswith(PRIVATE)]
+    fitting = [e for e in usable if SUGGESTED.get(setting, "\0") in e]
+    return (fitting or usable or ["/var/lib/pullback"])[0]
+
+
 def output_problem(setting: str, path: Path, unit: str, allowed: list[str] | None) -> str | None:
     """Why a configured output file (``metrics_file``, ``status_page``) cannot be written
     by this command or by ``unit``'s timer runs, with the fix; None when it can.
-    ``allowed`` is :func:`unit_writable_paths` of the unit (None: not checked)."""
+    ``allowed`` is :func:`unit_writable_paths` of the unit (None: not checked). Judged
+    where the path lands (symlinks resolved), said as written."""
+    shown, path = path, Path(os.path.realpath(path))
     directory = path.parent
     if not writable_or_creatable(directory) or (directory.exists() and not directory.is_dir()):
         return f"{setting}: {directory} is not writable"
@@ -175,11 +191,12 @@ def output_problem(setting: str, path: Path, unit: str, allowed: list[str] | Non
         return f"{setting}: {path} is not writable"
     if allowed is None:
         return None
-    below = allowed[0].lstrip("-+" + MADE_BY_SYSTEMD) if allowed else "/var/lib/pullback"
+    below = _suggested(setting, allowed)
+    said = str(shown) if shown == path else f"{shown} (which is {path})"
     tmp = _private(path, allowed)
     if tmp is not None:
         return (
-            f"{setting}: {path} is in {unit}'s own {tmp} (PrivateTmp=yes), thrown away "
+            f"{setting}: {said} is in {unit}'s own {tmp} (PrivateTmp=yes), thrown away "
             f"when each run ends: choose a path below {below}"
         )
     entry = _allowing(path, allowed)
@@ -192,7 +209,7 @@ def output_problem(setting: str, path: Path, unit: str, allowed: list[str] | Non
             )
     if entry is None:
         return (
-            f"{setting}: {path} is outside the ReadWritePaths= of {unit}, so its timer runs "
+            f"{setting}: {said} is outside the ReadWritePaths= of {unit}, so its timer runs "
             f"cannot write it (runs by hand can): choose a path below {below}, "
             f"or allow it: systemctl edit {unit} and add [Service] ReadWritePaths={directory}"
         )

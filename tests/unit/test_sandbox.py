@@ -146,3 +146,29 @@ def test_one_metrics_file_for_client_and_server_on_one_machine_is_refused(tmp_pa
     assert shared_metrics_file(prom, other) is None
     other.write_text("metrics_file: [unclosed\n")
     assert shared_metrics_file(prom, other) is None  # its own check names its syntax
+
+
+def test_an_output_is_judged_where_it_lands_and_a_readable_directory_suggested(tmp_path):
+    """An outside attack: node-exporter/t -> /tmp passed check ("writable") and the file
+    went to the unit's private /tmp; /tmp/../var/... was refused as in /tmp; check
+    suggested /var/cache/pullback (root's 0700) for a metrics file node_exporter reads.
+    (The private directory here is one of the test's own: pytest's are below /tmp.)"""
+    from pullback.common.sandbox import PRIVATE, shared_metrics_file
+
+    exporter, private = tmp_path / "node-exporter", tmp_path / "ptmp"
+    exporter.mkdir()
+    private.mkdir()
+    (exporter / "t").symlink_to(private)
+    allowed = ["~/var/cache/pullback", str(exporter), f"{PRIVATE}{private}"]
+    problem = output_problem("metrics_file", exporter / "t" / "c.prom", "u", allowed)
+    assert problem == (
+        f"metrics_file: {exporter}/t/c.prom (which is {private}/c.prom) is in u's own "
+        f"{private} (PrivateTmp=yes), thrown away when each run ends: choose a path below "
+        f"{exporter}"
+    )
+    back = private / ".." / "node-exporter" / "c.prom"
+    assert output_problem("metrics_file", back, "u", allowed) is None
+    (exporter / "x").symlink_to(".")
+    other = tmp_path / "server.yaml"
+    other.write_text(f"metrics_file: {exporter}/pullback.prom\n")
+    assert shared_metrics_file(exporter / "x" / "pullback.prom", other) is not None

@@ -22,6 +22,16 @@ NTFY_BODY = 4000
 """Bytes of an ntfy message: ntfy makes a longer one an attachment (attachment.txt)."""
 
 
+def _within_bytes(text: str, limit: int) -> str:
+    """``text`` cut in the middle (:func:`cut_middle`) until its UTF-8 is at most
+    ``limit`` bytes."""
+    shown, chars = text, len(text)
+    while len(shown.encode()) > limit and chars > 0:
+        chars = min(chars - 1, chars * limit // len(shown.encode()) - 64)
+        shown = cut_middle(text, max(chars, 0))
+    return shown
+
+
 def cut_middle(text: str, limit: int) -> str:
     """``text`` in at most about ``limit`` characters: its first and last halves, and a
     line that counts what was cut between them."""
@@ -164,9 +174,7 @@ class Notifier:
         token = _token(ntfy.token_file)
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        shown = cut_middle(body, NTFY_BODY // 4)  # at most 4 bytes a character
-        if len(body.encode()) <= NTFY_BODY:
-            shown = body
+        shown = _within_bytes(body, NTFY_BODY)
         return _send(f"{self.label}: ntfy message", ntfy.url, shown.encode(), headers, timeout)
 
     def _gotify(

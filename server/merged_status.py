@@ -22,7 +22,8 @@ from .host_state import HISTORY_CELLS, SYMBOLS
 
 MAX_MERGED_BYTES = 32 << 20
 """A merged status file larger than this is refused by name (with MAX_MERGED_VALUES,
-parsing one costs at most about 250 MB). A real one takes a few KiB per host."""
+parsing one costs at most about 350 MB: measured worst 326 MB, one 32 MiB string
+holding a 4-byte character). A real one takes a few KiB per host."""
 MAX_MERGED_VALUES = 1_500_000
 """JSON values (counted before parsing, as its ``,``, ``[`` and ``{``) a merged status
 file may hold: a file of tiny values (``[[]],``) cost 42 times its size in memory

@@ -130,7 +130,7 @@ def _perfdata(found: list[HostRow], kinds: dict[str, list[str]]) -> str:
     perf = f"hosts={len(found)} " + " ".join(
         f"{kind}={len(kinds[kind])}" for kind in ("ok", "attention", "failed", "stale")
     )
-    ages = [r.newest_age for r in found if r.newest_age is not None]
+    ages = [max(0.0, r.newest_age) for r in found if r.newest_age is not None]  # ahead: 0
     return perf + (f" oldest_snapshot_age={round(max(ages))}s" if ages else "")
 
 

@@ -37,6 +37,10 @@ def test_a_long_body_keeps_its_head_and_tail_and_ntfy_gets_no_attachment(sink):
         assert said.startswith("REASON: stored with 998 failed services"), said[:80]
         assert said.endswith("LAST LOG LINE") and "characters cut) …" in said
         assert len(request.body) <= limit + 100, len(request.body)
+    for wide in ("\U0001f600" * 30_000, "a" * 30_000):  # 4 bytes a character, and 1
+        assert Notifier(config, "web1").finish(False, "t", wide) == []
+        ntfy = [r for r in sink.requests if r.path == "/topic"][-1]
+        assert 3_500 <= len(ntfy.body) <= NTFY_BODY, len(ntfy.body)
     short = "all well"
     assert Notifier(config, "web1").finish(True, "pullback: web1 stored", short) == []
     assert [r.body for r in sink.requests[-2:]] == [b"all well", b"all well"]

@@ -64,7 +64,8 @@ def ordered(results: list[HostResult]) -> list[HostResult]:
 
 
 def _headline(results: list[HostResult], outputs: Sequence[str] = ()) -> str:
-    failed = [r.host for r in results if r.status == Status.FAILED]
+    # a failed host that is stale too says so: status --check calls it stale first
+    failed = [f"{r.host}{' (stale)' * r.stale}" for r in results if r.status == Status.FAILED]
     stale = [r.host for r in results if r.stale and r.status != Status.FAILED]
     parts = []
     if failed:

@@ -368,7 +368,8 @@ def test_summary_mail_lists_failures_first(fleet):
         result = fleet.server("pull")
         assert result.returncode == 1
         (message,) = sink.messages
-        assert message["Subject"] == "[pullback] 1 of 2 hosts FAILED: bad1"
+        # never stored: stale too, as status --check says first (an outside walk)
+        assert message["Subject"] == "[pullback] 1 of 2 hosts FAILED: bad1 (stale)"
         assert message["To"] == "ops@example.test"
         text, html = sink.bodies(message)
         assert text.index("bad1") < text.index("good1")

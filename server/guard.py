@@ -9,6 +9,13 @@ day would start to drop the good history the day before it needs; held, every sn
 stays. The hold is kept in status.json (``guard_hold``), shown by ``status`` (exit 1),
 the status page, the metrics (``pullback_forget_held``) and the maintenance mail, and
 outlives later snapshots: only ``release`` ends it.
+
+The same hold (of kind ``tampered``) is made when the snapshots changed behind the back
+of the machine that forgets: it records those it saw at each maintenance (:func:`seen`)
+and compares them at the next one (:func:`tampered`). A pull server's ``--append-only``
+borg key can still delete, rename and rewrite archives; their data stays until a
+compact, so nothing is pruned (compacted) while such a hold lasts, and the repository can
+be rolled back (docs/scaling.md).
 """
 
 from __future__ import annotations

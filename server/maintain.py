@@ -249,6 +249,7 @@ class HostMaintenance:
     def guard(self) -> str:
         """The ransomware guard (:mod:`.guard`): raises PullbackError to hold forget when
         a hold is recorded and not released (even with the guard switched off since), when
+        the snapshots changed behind this machine's back (:meth:`_tamper_check`), when
         a snapshot is dated in the future, or when the newest complete snapshot changed too
         much from the last one judged normal (one comparison covers every day since the
         last maintenance); returns what it found otherwise."""

@@ -324,9 +324,10 @@ class HostMaintenance:
             None,
             f"the snapshots changed behind this machine's back since its maintenance of "
             f"{record.get('at')}: {found}. Something that can write the repository deleted, "
-            "renamed or rewrote them (a pull server's append-only borg key can), or they "
-            "were removed by hand. Nothing is forgotten or compacted while this holds: "
-            "borg keeps the deleted archives' data until a compact, and the repository can "
+            "renamed or rewrote them (a pull server's append-only borg key can), they "
+            "were removed by hand, or another machine forgets too (only one may). Nothing "
+            "is forgotten or compacted while this holds: borg keeps the deleted archives' "
+            "data until a compact, and the repository can "
             f"be rolled back ({ROLL_BACK})",
             TAMPERED,
         )

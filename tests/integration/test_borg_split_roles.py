@@ -241,3 +241,22 @@ def test_a_changed_passphrase_is_said_with_the_way_back(split, tmp_path):
     assert done.returncode == 0, done.stderr
     maint("maintain", "--no-verify")
     days(fleet, pull, 1)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a tmpfs mount needs root")
+def test_a_full_store_is_said_in_the_stores_words(split, tmp_path):
+    """An outside test filled the store's disk: the pull read "borg failed on ssh://...:
+    Borg server: SSH_ORIGINAL_COMMAND: 'borg serve'", the last line of the store's
+    report; the error before it is said."""
+    fleet, store = split
+    pull, _ = setup(fleet, store, {"keep_last": 5})
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", store.directory], check=True)
+    try:
+        fleet.hosts["web1"].make_archive({"big.bin": os.urandom(6 << 20)})
+        said = pull("pull", rc=1)
+    finally:
+        subprocess.run(["umount", store.directory], check=True)
+    failed = [line for line in said.splitlines() if "borg failed on" in line]
+    assert failed, said
+    assert "SSH_ORIGINAL_COMMAND" not in failed[0] and "Borg server:" not in failed[0], failed
+    assert "No space left on device" in failed[0] or "free space" in failed[0], failed

@@ -9,6 +9,13 @@ day would start to drop the good history the day before it needs; held, every sn
 stays. The hold is kept in status.json (``guard_hold``), shown by ``status`` (exit 1),
 the status page, the metrics (``pullback_forget_held``) and the maintenance mail, and
 outlives later snapshots: only ``release`` ends it.
+
+The same hold (of kind ``tampered``) is made when the snapshots changed behind the back
+of the machine that forgets: it records those it saw at each maintenance (:func:`seen`)
+and compares them at the next one (:func:`tampered`). A pull server's ``--append-only``
+borg key can still delete, rename and rewrite archives; their data stays until a
+compact, so nothing is pruned (compacted) while such a hold lasts, and the repository can
+be rolled back (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..common.clock import iso_or_none, parse_iso
 from ..common.units import human_size
 
 if TYPE_CHECKING:  # the backends import the configuration, which imports this
@@ -106,3 +114,91 @@ def baseline(snapshots: list[Snapshot], judged: str | None) -> tuple[Snapshot, S
         return None
     older = next((s for s in found[:-1] if s.id == judged), found[-2])
     return older, newer
+
+
+SHOWN = 5
+"""At most this many snapshot names in the words of a tamper hold (then "and N more")."""
+
+
+def seen(
+    snapshots: list[Snapshot],
+    fingerprints: dict[str, str],
+    when: dt.datetime,
+    forgotten: list[str] | None = None,
+) -> dict:
+    """What the machine that forgets records of a host's snapshots after its maintenance
+    (``guard_seen`` in status.json): when, the newest snapshot's time, each snapshot's id
+    with its fingerprint (borg: the archive's id, which ``recreate`` or ``rename``
+    change; "" where the id is the content, as restic's is), and those it forgot then
+    (one listed again, as after a roll-back, did not appear from elsewhere)."""
+    return {
+        "at": iso_or_none(when),
+        "newest": iso_or_none(max((s.time for s in snapshots), default=None)),
+        "snapshots": {s.id: fingerprints.get(s.id, "")[:16] for s in snapshots},
+        "forgotten": list(forgotten or [])[-1000:],
+    }
+
+
+def _some(names: list[str]) -> str:
+    more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+    return ", ".join(names[:SHOWN]) + more
+
+
+def _recorded(record: object) -> tuple[dict[str, str], dt.datetime | None, set[str]] | None:
+    """The snapshots, newest time and forgotten ones of a ``guard_seen`` record, None for
+    none."""
+    if not isinstance(record, dict) or not isinstance(record.get("snapshots"), dict):
+        return None
+    newest = record.get("newest")
+    try:
+        when = parse_iso(newest) if isinstance(newest, str) else None
+    except ValueError:
+        when = None
+    forgotten = record.get("forgotten")
+    known = {str(f) for f in forgotten} if isinstance(forgotten, list) else set()
+    return {str(k): str(v or "") for k, v in record["snapshots"].items()}, when, known
+
+
+def tampered(record: object, snapshots: list[Snapshot], fingerprints: dict[str, str]) -> str | None:
+    """What changed in a host's repository since the last maintenance (``record``:
+    :func:`seen`) that the machine which forgets did not do, in words, or None: snapshots
+    it saw that are gone (it forgot none of them: those it forgot are not in the record),
+    snapshots that appeared dated before the newest it saw (pullback's pulls only add
+    newer ones), and snapshots whose fingerprint changed (rewritten under the same
+    name)."""
+    found = _recorded(record)
+    if found is None:
+        return None
+    before, newest, forgotten = found
+    now = {s.id for s in snapshots}
+    gone = [name for name in before if name not in now]
+    changed = [name for name, mark in before.items() if _rewritten(mark, fingerprints.get(name))]
+    new = [s for s in snapshots if s.id not in before and s.id not in forgotten]
+    reasons = [
+        _counted(gone, "seen at the last maintenance are gone"),
+        _backdated(newest, new) if newest else "",
+        _counted(changed, "were rewritten under the same name (another archive id)"),
+    ]
+    return "; ".join(r for r in reasons if r) or None
+
+
+def _counted(names: list[str], what: str) -> str:
+    """``2 snapshot(s) WHAT: a, b`` ("" for no names)."""
+    return f"{len(names)} snapshot(s) {what}: {_some(names)}" if names else ""
+
+
+def _backdated(newest: dt.datetime, new: list[Snapshot]) -> str:
+    """Words for the ``new`` snapshots dated before ``newest`` ("": none)."""
+    earlier = [s.id for s in new if s.time < newest]
+    return (
+        f"{len(earlier)} snapshot(s) appeared dated before the newest one seen then "
+        f"({newest:%Y-%m-%d %H:%M} UTC; pulls only add newer ones): {_some(earlier)}"
+        if earlier
+        else ""
+    )
+
+
+def _rewritten(mark: str, now: str | None) -> bool:
+    """Whether a snapshot recorded with fingerprint ``mark`` is listed with another one
+    (``now``; None: not listed, or no fingerprint known)."""
+    return bool(mark and now) and (now or "")[: len(mark)] != mark

@@ -27,6 +27,7 @@ from ..common.signals import SignalGuard
 from ..common.units import human_size
 from . import guard, status_file
 from .backends import RepositoryMissing, Role, Snapshot
+from .backends.borg import BorgBackend
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
@@ -35,6 +36,12 @@ from .missing import missing_words, why_it_should_exist
 
 log = get_logger("maintain")
 ROTATION_FILE = "maintenance.json"
+ROLL_BACK = "docs/scaling.md, *Rolling a borg repository back*"
+"""Where the administrator reads how to undo deletions made through a key that can write
+the repository (named in the words of a tamper hold)."""
+TAMPERED = "tampered"
+"""The ``kind`` of a hold made because snapshots vanished, appeared in the past or were
+rewritten: nothing of the repository is compacted (pruned) while it lasts."""
 
 
 class ForgetWaits(PullbackError):
@@ -65,6 +72,13 @@ class MaintainResult:
     """The snapshot the guard found normal: the next maintenance compares against it."""
     scope: str = ""
     """``""``: the host's repository; ``"copy"``: its second copy (``copy.retention``)."""
+    seen: dict | None = None
+    """The snapshots the guard saw, less those forgotten (:func:`.guard.seen`), recorded
+    as ``guard_seen`` for the next maintenance to compare; ``{}``: drop the record (the
+    guard is off); None: keep the one recorded."""
+    keeps_data: bool = False
+    """A tamper hold is on this host: nothing of its repository may be pruned (compacted),
+    or the deleted snapshots' data goes for good."""
 
     @property
     def label(self) -> str:
@@ -120,6 +134,10 @@ class HostMaintenance:
         """The host's place in its group (None: the repository is its own)."""
         self.result = MaintainResult(ctx.name, scope=scope)
         self._listed: list[Snapshot] | None = None
+        self._watching = False
+        """The guard compared the snapshots with the last record (it records them anew)."""
+        self._removed: list[str] | None = None
+        """What forget removed (None: it did not run, or failed)."""
 
     def run(self) -> MaintainResult:
         started = time.monotonic()
@@ -134,18 +152,16 @@ class HostMaintenance:
         backend = self.ctx.backend
         self.step("locks", lambda: backend.unlock() or "no stale lock")
         maintenance = self.ctx.config.maintenance
-        if not maintenance.forget:
-            self.skipped("forget", "maintenance.forget is false (another machine forgets)")
-        elif not self.step("guard", self.guard):
-            self.skipped("forget", "the ransomware guard did not clear it (see guard)")
-        else:
-            self.step("forget", self.forget)
+        self._forget_steps()
         if self.share is not None and not self.share.last:
             self.skipped("prune", f"group {self.share.group}: its last host prunes and checks")
             self.drill()
             return
         forgotten = self.result.forgotten + (self.share.forgotten if self.share else 0)
-        if forgotten and maintenance.prune:
+        kept = self.result.keeps_data or (self.share is not None and self.share.keeps_data)
+        if forgotten and kept:
+            self.skipped("prune", "a tamper hold keeps every byte of the repository (see guard)")
+        elif forgotten and maintenance.prune:
             self.step("prune", self.prune)
         elif forgotten:
             self.skipped("prune", "maintenance.prune is false: the space stays taken")
@@ -155,6 +171,21 @@ class HostMaintenance:
             self.skipped("check", "maintenance.check is false")
         self.step("size", self.size)
         self.drill()
+
+    def _forget_steps(self) -> None:
+        """The guard and forget where this machine forgets (then what it saw is recorded
+        for the next comparison), or the check that the newest snapshot is still there
+        where another machine forgets."""
+        if not self.ctx.config.maintenance.forget:
+            self.skipped("forget", "maintenance.forget is false (another machine forgets)")
+            if not self.result.scope and self._recorded_newest():
+                self.step("history", self.history)
+        elif not self.step("guard", self.guard):
+            self.skipped("forget", "the ransomware guard did not clear it (see guard)")
+        else:
+            self.step("forget", self.forget)
+        if self._watching and any(s.name == "guard" and s.ok for s in self.result.steps):
+            self.result.seen = self._seen_after_forget()
 
     def open_repository(self) -> bool:
         """True when there is a repository to maintain. A missing one is a skip ("none
@@ -218,6 +249,7 @@ class HostMaintenance:
     def guard(self) -> str:
         """The ransomware guard (:mod:`.guard`): raises PullbackError to hold forget when
         a hold is recorded and not released (even with the guard switched off since), when
+        the snapshots changed behind this machine's back (:meth:`_tamper_check`), when
         a snapshot is dated in the future, or when the newest complete snapshot changed too
         much from the last one judged normal (one comparison covers every day since the
         last maintenance); returns what it found otherwise."""
@@ -225,13 +257,16 @@ class HostMaintenance:
         entry = status_file.guard_entry(self._guard_status(), self.ctx.name, self.result.scope)
         hold = entry.get("guard_hold")
         if isinstance(hold, dict):
+            self.result.keeps_data = hold.get("kind") == TAMPERED
             raise PullbackError(
                 f"forget held since {hold.get('since')}: {hold.get('reason')}; release it "
                 f"with: {self._release_command}"
             )
         if not limits.enabled:
+            self.result.seen = {}  # a record kept while off would be stale when back on
             return "not run: maintenance.guard.enabled is false"
         snapshots = self._snapshots()
+        self._tamper_check(entry, snapshots)
         ahead = guard.dated_ahead(snapshots, utc_now() + FUTURE_TOLERANCE)
         if ahead is not None:
             self._hold(
@@ -239,8 +274,8 @@ class HostMaintenance:
                 None,
                 f"snapshot {ahead.id} is dated {ahead.time:%Y-%m-%d %H:%M} UTC, in the "
                 "future (pullback's pulls never store one): inspect it and remove it "
-                f"({'restic forget' if self.ctx.config.backend.type == 'restic' else 'borg delete'}"
-                f" {ahead.id}) before releasing, or the next maintain holds again",
+                f"({self._remove_words(ahead.id)}) before releasing, or the next maintain "
+                "holds again",
             )
         found = guard.baseline(snapshots, entry.get("guard_judged"))
         waiting = guard.partial_since(snapshots)
@@ -263,6 +298,86 @@ class HostMaintenance:
             f"{change.rewritten_share:.0%} of the data changed or removed, "
             f"{change.shrink:.0%} smaller: normal{guard.unjudged(change, limits)}"
         )
+
+    def _fingerprints(self) -> dict[str, str]:
+        """Each listed snapshot's fingerprint where its id is not its content (borg: the
+        archive id of each name, as the last listing said)."""
+        backend = self.ctx.backend
+        listed = getattr(backend, "archive_ids", {}) if isinstance(backend, BorgBackend) else {}
+        return dict(listed)
+
+    def _tamper_check(self, entry: dict, snapshots: list[Snapshot]) -> None:
+        """Hold forget, prune and compact (a hold of kind :data:`TAMPERED`) when the
+        snapshots changed since the last maintenance in a way this machine did not make
+        (:func:`.guard.tampered`). Raises PullbackError then. The primary repository
+        only: a copy is a mirror (borg) or gets older snapshots copied (restic)."""
+        if self.result.scope:
+            return
+        self._watching = True
+        found = guard.tampered(entry.get("guard_seen"), snapshots, self._fingerprints())
+        if found is None:
+            return
+        record = entry.get("guard_seen") or {}
+        self.result.keeps_data = True
+        self._hold(
+            entry.get("guard_judged"),
+            None,
+            f"the snapshots changed behind this machine's back since its maintenance of "
+            f"{record.get('at')}: {found}. Something that can write the repository deleted, "
+            "renamed or rewrote them (a pull server's append-only borg key can), they "
+            "were removed by hand, or another machine forgets too (only one may). Nothing "
+            "is forgotten or compacted while this holds: borg keeps the deleted archives' "
+            "data until a compact, and the repository can "
+            f"be rolled back ({ROLL_BACK})",
+            TAMPERED,
+        )
+
+    def _seen_after_forget(self) -> dict | None:
+        """What to record for the next comparison: the snapshots the guard listed, less
+        those forget removed; listed again when forget failed part way (None: keep the
+        record, when that fails too, so that nothing is missed)."""
+        listed = self._snapshots()
+        if self._removed is None and any(s.name == "forget" for s in self.result.steps):
+            try:
+                listed = self.ctx.backend.snapshots()
+            except PullbackError:
+                return {}
+        gone = set(self._removed or ())
+        kept = [s for s in listed if s.id not in gone]
+        return guard.seen(kept, self._fingerprints(), utc_now(), self._removed)
+
+    def history(self) -> str:
+        """Where another machine forgets (``forget: false``): the newest snapshot this
+        server's pulls recorded must still be listed (a retention policy never forgets
+        the newest one). Raises PullbackError in words when it is gone: a drill of an
+        older snapshot would read "ok" for a history cut short."""
+        recorded = self._recorded_newest() or ""
+        listed = self._snapshots()
+        newest = max((s.time for s in listed), default=None)
+        if newest is not None and iso(newest) >= recorded:
+            return f"the newest snapshot the pulls recorded ({recorded}) is there"
+        entry = status_file.load_status(self.ctx.config.state_dir)["hosts"].get(self.ctx.name, {})
+        named = entry.get("snapshot_id") or entry.get("archive") or "?"
+        now = f"the newest now is of {iso(newest)}" if newest else "no snapshot is left"
+        raise PullbackError(
+            f"the newest snapshot this server stored ({named}, of {recorded}) is gone from "
+            f"the repository ({now}): it was deleted by another hand (a retention policy "
+            "never forgets the newest one), through a key that can write the repository "
+            "(a borg --append-only key can). Do not compact it away: the repository can "
+            f"be rolled back ({ROLL_BACK})"
+        )
+
+    def _remove_words(self, snapshot: str) -> str:
+        """The command that removes one snapshot by hand, in the backend's words."""
+        if self.ctx.config.backend.type == "restic":
+            return f"restic forget {snapshot}"
+        return (
+            f"borg delete ::{snapshot}, with BORG_REPO={self.ctx.backend.repository()}, "
+            "and BORG_RSH and BORG_PASSCOMMAND exported as docs/restore.md shows"
+        )
+
+    def _list_words(self) -> str:
+        return "restic snapshots" if self.ctx.config.backend.type == "restic" else "borg list"
 
     def _recorded_newest(self) -> str | None:
         """The newest snapshot status.json records of this host (of its copy, for the
@@ -300,14 +415,18 @@ class HostMaintenance:
             self._listed = self.ctx.backend.snapshots()
         return self._listed
 
-    def _hold(self, snapshot: str, older: str | None, reason: str) -> None:
-        """Record a new hold on this host (saved with the result). Raises PullbackError."""
+    def _hold(self, snapshot: str | None, older: str | None, reason: str, kind: str = "") -> None:
+        """Record a new hold on this host (saved with the result). Raises PullbackError.
+        ``snapshot``: what ``release`` takes as judged normal; ``kind``: :data:`TAMPERED`
+        or "" (the snapshots' content)."""
         self.result.hold = {
             "since": iso(utc_now()),
             "snapshot": snapshot,
             "older": older,
             "reason": reason,
         }
+        if kind:
+            self.result.hold["kind"] = kind
         raise PullbackError(
             f"forget held: {reason}; every snapshot is kept. Once the change is understood, "
             f"release it with: {self._release_command}"
@@ -328,9 +447,10 @@ class HostMaintenance:
             raise PullbackError(
                 f"not run: snapshot {ahead.id} is dated {ahead.time:%Y-%m-%d %H:%M} UTC, in "
                 "the future; pullback's pulls never store one, so it was added by another "
-                "hand: inspect it (restic snapshots) and remove it before forgetting"
+                f"hand: inspect it ({self._list_words()}) and remove it before forgetting"
             )
         outcome = self.ctx.backend.forget(self.ctx.host.retention)
+        self._removed = list(outcome.removed)
         self.result.forgotten = len(outcome.removed)
         return f"kept {len(outcome.kept)} snapshot(s), forgot {len(outcome.removed)}" + (
             f" ({', '.join(outcome.removed)})" if outcome.removed else ""
@@ -379,6 +499,8 @@ class GroupShare:
     last: bool
     forgotten: int = 0
     """Snapshots the group's hosts before this one forgot in this run."""
+    keeps_data: bool = False
+    """A host of the group before this one is under a tamper hold: nothing is pruned."""
 
 
 def _units(hosts: list[HostConfig]) -> list[list[HostConfig]]:
@@ -414,7 +536,8 @@ def _maintain_unit(
     forgotten = 0
     for index, member in enumerate(members):
         here = ctx if index == 0 else HostContext.open(ctx.config, member, ctx.cancel, walk.role)
-        share = GroupShare(member.group or "", index == len(members) - 1, forgotten)
+        kept = any(r.keeps_data for r in results)
+        share = GroupShare(member.group or "", index == len(members) - 1, forgotten, kept)
         results.append(HostMaintenance(here, part, walk.verify, share, walk.scope).run())
         forgotten += results[-1].forgotten
     size = results[-1].repository_size  # one repository: every host shows its size

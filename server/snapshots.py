@@ -10,7 +10,7 @@ from ..common.clock import iso, utc_now
 from ..common.errors import EXIT_OK
 from ..common.log import get_logger
 from ..common.outcome import Status
-from ..common.units import human_duration
+from ..common.units import human_ago
 from .backends import Snapshot
 from .config import ServerConfig
 from .host import HostContext
@@ -59,7 +59,7 @@ def render(snapshots: list[Snapshot], as_json: bool) -> str:
         (
             s.id,
             s.time.strftime("%Y-%m-%d %H:%M:%S"),
-            human_duration((now - s.time).total_seconds()),
+            human_ago((now - s.time).total_seconds()),  # "2d01h ahead": dated in the future
             s.stamp or "-",
             _status(s),
         )

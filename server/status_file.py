@@ -379,6 +379,9 @@ def record_maintenance(state_dir: Path, results) -> dict:
                 entry["guard_hold"] = result.hold
             if result.judged is not None:
                 entry["guard_judged"] = result.judged
+            seen = getattr(result, "seen", None)
+            if seen is not None:  # {}: the guard is off, the record would go stale
+                _put(entry, "guard_seen", seen or None)
         return _save(state_dir, status)
 
 
@@ -428,6 +431,8 @@ def release_hold(state_dir: Path, host: str, scope: str = "") -> dict | None:
         if not isinstance(hold, dict):
             return None
         entry["guard_judged"] = hold.get("snapshot")  # the next comparison starts from it
+        if hold.get("kind") == "tampered":  # the snapshots as they are now are accepted
+            entry.pop("guard_seen", None)
         entry["guard_released"] = {"snapshot": hold.get("snapshot"), "time": iso(utc_now())}
         _save(state_dir, status)
         return hold

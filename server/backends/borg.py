@@ -7,6 +7,7 @@ password reaches borg through ``BORG_PASSCOMMAND`` reading the password file.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import datetime as dt
 import json
 import re
@@ -192,6 +193,10 @@ def extract_args(name: str, includes: list[str]) -> list[str]:
 
 _EXCEPTION_NAME = re.compile(r"^borg(?:\.\w+)+: ")
 """``borg.locking.LockFailed: `` before the words of the error borg raised."""
+SERVER_PREFIX = "Borg server: "
+"""Before each line of a remote ``borg serve``'s report of an error it raised."""
+_REPORT = re.compile(r"^(?:Borg server: )?Platform: ")
+"""The first line of borg's report of the platform (the store's, or this machine's)."""
 
 
 # -- the backend ----------------------------------------------------------------------------
@@ -204,6 +209,10 @@ class BorgBackend(RepositoryBackend):
     LOCK_TIMEOUT = "(timeout)"
     MISSING = ("does not exist", "is not a valid repository")
 
+    archive_ids: dict[str, str]
+    """Each archive's id by its name, as the last :meth:`snapshots` listed them: ``borg
+    recreate`` and ``rename`` make another id (the ransomware guard compares them)."""
+
     def wrong_password(self, exc: CommandError) -> bool:
         text = "\n".join(exc.tail)  # one sentence: both of its halves
         return all(p in text for p in self.WRONG_PASSWORD)
@@ -211,12 +220,38 @@ class BorgBackend(RepositoryBackend):
     def said(self, exc: CommandError) -> str:
         """borg ends an unexpected error with its traceback, then a report of the
         platform (``Platform: ...`` to ``SSH_ORIGINAL_COMMAND: None``): the error is the
-        last line before that report, its exception's module path left out."""
+        last line before that report, its exception's module path left out. An error of
+        the store's ``borg serve`` comes with the store's report first (each line after
+        ``Borg server: ``): the error is the line before that one (a full store read
+        "Borg server: SSH_ORIGINAL_COMMAND: 'borg serve'", the last line of the store's
+        report, where "OSError: [Errno 28] No space left on device" was)."""
         lines = [line for line in exc.tail if line.strip()]
-        report = next((i for i, line in enumerate(lines) if line.startswith("Platform: ")), None)
+        report = next((i for i, line in enumerate(lines) if _REPORT.match(line)), None)
         if not report:
             return super().said(exc)
-        return _EXCEPTION_NAME.sub("", lines[report - 1], count=1)
+        error = lines[report - 1].removeprefix(SERVER_PREFIX)
+        return _EXCEPTION_NAME.sub("", error, count=1)
+
+    def explain(self, exc: CommandError) -> BackendError:
+        """As any backend's; a wrong password adds what else it can be with borg: the
+        repository's key changed (``borg key change-passphrase`` through any key that can
+        write the repository, an append-only one too), with the way back."""
+        found = super().explain(exc)
+        if not str(found).startswith("wrong password"):
+            return found
+        changed = ""
+        with contextlib.suppress(OSError):
+            mtime = dt.datetime.fromtimestamp(self.password_file.stat().st_mtime, dt.UTC)
+            changed = f", last changed {mtime:%Y-%m-%d %H:%M} UTC"
+        return BackendError(
+            f"wrong password for the borg repository {self.repository()} (password_file "
+            f"{self.password_file}{changed}): either that file does not hold this "
+            "repository's password, or the repository's key was changed (borg key "
+            "change-passphrase) through a key that can write it, as a pull server's "
+            "append-only key can. If the file is right, put the repository's key back from "
+            "its `borg key export` copy (borg key import), as docs/scaling.md says "
+            "(*Rolling a borg repository back*)"
+        )
 
     def locked(self, exc: CommandError) -> bool:
         """borg's lock timed out (``Failed to create/acquire the lock ... (timeout).``);
@@ -264,9 +299,11 @@ class BorgBackend(RepositoryBackend):
         data = self._json(list_args(self.host.name), timeout=600)
         pattern = re.compile(rf"^{re.escape(self.host.name)}-(\d{{8}}T\d{{6}}Z)$")
         found = []
+        self.archive_ids = {}
         for item in data.get("archives", []):
             match = pattern.match(item["name"])
             if match:
+                self.archive_ids[item["name"]] = str(item.get("id") or "")
                 when = dt.datetime.fromisoformat(item["start"]).replace(tzinfo=dt.UTC)
                 failed = failed_of(item.get("comment") or "")
                 found.append(Snapshot(item["name"], when, match[1], failed))

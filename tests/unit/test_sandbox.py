@@ -93,7 +93,7 @@ import sys
 from pathlib import Path
 from pullback.common.metrics import Metrics
 try:
-    Metrics().write(Path("/tmp/pullback.prom"))
+    Metrics().write(Path("/var/tmp/pullback.prom"))
 except OSError as exc:
     print(exc.strerror)
     sys.exit(1)
@@ -104,15 +104,16 @@ print("written")
 @pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace needs root")
 def test_a_run_in_a_private_tmp_does_not_write_its_metrics_there(tmp_path):
     """What systemd's PrivateTmp=yes does, done by hand: a private mount namespace with a
-    directory named as systemd names it bound over /tmp. The write fails in words (the
+    directory named as systemd names it bound over /var/tmp. The write fails in words (the
     run then exits 1 and says the output was not written)."""
     private = tmp_path / "systemd-private-0123abcd-pullback-server.service-XyZ" / "tmp"
     private.mkdir(parents=True)
-    done = in_mount_namespace(f"mount --bind {private} /tmp", PRIVATE_TMP_WRITE)
+    # over /var/tmp, not /tmp: a checkout (and its venv) may live below /tmp
+    done = in_mount_namespace(f"mount --bind {private} /var/tmp", PRIVATE_TMP_WRITE)
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.strip() == (
-        "/tmp is this unit's own (PrivateTmp=yes), thrown away when the run ends: choose "
-        "another directory"
+        "/var/tmp is this unit's own (PrivateTmp=yes), thrown away when the run ends: "
+        "choose another directory"
     )
     assert not (private / "pullback.prom").exists()
     done = subprocess.run(

@@ -114,7 +114,7 @@ def archives(store: SplitStore, base: Path) -> dict[str, str]:
     return {a["name"]: a["id"] for a in json.loads(listed.stdout)["archives"]}
 
 
-def setup(fleet: Fleet, store: SplitStore, retention: dict) -> tuple[Machine, Machine]:
+def two_machines(fleet: Fleet, store: SplitStore, retention: dict) -> tuple[Machine, Machine]:
     fleet.add_host("web1")
     fleet.host_extra["web1"] = {"repository": store.borg_url("web1")}
     pull = Machine(fleet, store, "pull", store.key, maintenance={"forget": False})
@@ -133,7 +133,7 @@ def days(fleet: Fleet, pull: Machine, count: int) -> None:
 
 def test_deleted_rewritten_and_backdated_archives_hold_forget_and_compact(split, tmp_path):
     fleet, store = split
-    pull, maint = setup(fleet, store, {"keep_within": "30d"})
+    pull, maint = two_machines(fleet, store, {"keep_within": "30d"})
     days(fleet, pull, 3)
     base = tmp_path / "by-hand"
     maint("--verbose", "maintain", "--no-verify")
@@ -223,7 +223,7 @@ def test_a_changed_passphrase_is_said_with_the_way_back(split, tmp_path):
     read "wrong password"; the words say the key may have been changed, and the key
     exported beforehand puts it back."""
     fleet, store = split
-    pull, maint = setup(fleet, store, {"keep_last": 5})
+    pull, maint = two_machines(fleet, store, {"keep_last": 5})
     days(fleet, pull, 1)
     base = tmp_path / "by-hand"
     escrow = tmp_path / "web1.borg-key"
@@ -251,7 +251,7 @@ def test_a_full_store_is_said_in_the_stores_words(split, tmp_path):
     Borg server: SSH_ORIGINAL_COMMAND: 'borg serve'", the last line of the store's
     report; the error before it is said."""
     fleet, store = split
-    pull, _ = setup(fleet, store, {"keep_last": 5})
+    pull, _ = two_machines(fleet, store, {"keep_last": 5})
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", store.directory], check=True)
     try:
         fleet.hosts["web1"].make_archive({"big.bin": os.urandom(6 << 20)})

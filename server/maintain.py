@@ -341,7 +341,7 @@ class HostMaintenance:
             try:
                 listed = self.ctx.backend.snapshots()
             except PullbackError:
-                return {}
+                return None  # keep what was recorded ({} would drop it)
         gone = set(self._removed or ())
         kept = [s for s in listed if s.id not in gone]
         return guard.seen(kept, self._fingerprints(), utc_now(), self._removed)

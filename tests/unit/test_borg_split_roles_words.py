@@ -222,3 +222,31 @@ def test_the_pull_server_says_its_newest_snapshot_is_gone(tmp_path):
         result.reason
     )
     assert "the newest now is of 2026-12-02T12:00:00Z" in result.reason
+
+
+def test_a_forget_that_fails_and_a_listing_that_fails_keep_the_guards_record(borg_config):
+    """The whole diff read again: when forget failed part way and the snapshots could not
+    be listed again, the record of what the guard saw was dropped (``{}``), not kept, so
+    the next maintenance had nothing to compare and missed what was deleted meanwhile."""
+    from pullback.common.errors import PullbackError
+    from pullback.server import status_file
+    from pullback.server.maintain import HostMaintenance
+    from tests.helpers.fakes import FakeBackend, fake_context
+
+    state = borg_config.state_dir
+    listed = [snap(f"web1-{i}", 5 - i) for i in range(4)]
+
+    class Failing(FakeBackend):
+        def forget(self, policy):
+            self.fail_snapshots = PullbackError("the store went away")
+            raise PullbackError("forget failed part way")
+
+    first = HostMaintenance(
+        fake_context(borg_config, "web1", FakeBackend(snapshot_list=listed)), 1, verify=False
+    )
+    status_file.record_maintenance(state, [first.run()])
+    before = status_file.read_status(state)["hosts"]["web1"]["guard_seen"]
+    backend = Failing(snapshot_list=list(listed[2:]))
+    second = HostMaintenance(fake_context(borg_config, "web1", backend), 1, verify=False).run()
+    status_file.record_maintenance(state, [second])
+    assert status_file.read_status(state)["hosts"]["web1"].get("guard_seen") == before

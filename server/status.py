@@ -2,7 +2,8 @@
 for a monitoring system (``--check``).
 
 Exits 1 when a host is stale (no snapshot within its ``max_age``, or never stored), its
-last pull failed, the ransomware guard holds its forget, or the last run could not write
+last pull failed, it needs attention (a failed drill or maintenance step, an archive
+passed over, the ransomware guard holding its forget), or the last run could not write
 a configured output, so a monitoring
 check can run it as it is. ``--check`` follows the monitoring-plugin convention of
 Nagios, Icinga, Zabbix and Checkmk instead.
@@ -330,12 +331,25 @@ def _host_complaints(found: list[HostRow]) -> list[str]:
         named = [r.label for r in found if has(r)]
         if named:
             lines.append(f"{label}: {_names(named)}{advice}")
+    named = [r.label for r in found if _attention_only(r)]
+    if named:
+        lines.append(f"needs attention: {_names(named)} (the lines under the table say why)")
     return lines
+
+
+def _attention_only(row: HostRow) -> bool:
+    """The row needs attention for a reason no other complaint names: an archive passed
+    over, a failed restore drill, a maintenance step that failed (a ``check`` that found
+    damage). An outside review saw ``status`` exit 0 for such a host while ``--check``
+    said WARNING."""
+    named = row.killed or row.client_failed or row.held or (row.copy and row.copy.complaint)
+    return row.state == HostState.ATTENTION and not named
 
 
 def _complaints(view: Fleet) -> list[str]:
     """The lines that make ``status`` exit 1: hosts a killed pull was pulling, stale
-    hosts, failed pulls, forget held by the ransomware guard, outputs the last run could
+    hosts, failed pulls, forget held by the ransomware guard, hosts needing attention for
+    another reason, outputs the last run could
     not write; with merged files, hosts on more than one server and files that cannot be
     read."""
     lines = _host_complaints(view.rows)

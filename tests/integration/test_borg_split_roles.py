@@ -163,8 +163,9 @@ def test_deleted_rewritten_and_backdated_archives_hold_forget_and_compact(split,
     said = pull("maintain", "--verify", rc=1)
     assert f"the newest snapshot this server stored ({newest}" in said, said
     assert "is gone from the repository" in said and "Rolling a borg repository back" in said
-    said = pull("status")  # the host's row needs attention, in the maintenance's words
+    said = pull("status", rc=1)  # the host's row needs attention, in the maintenance's words
     assert "attention" in said and "the last maintenance failed: history: the newest" in said
+    assert "needs attention: web1" in said
 
     # the maintenance machine holds: nothing forgotten (the backdated archive is outside
     # keep_within), nothing compacted

@@ -33,3 +33,29 @@ def test_the_line_names_ten_hosts_then_counts_and_gives_the_oldest_age():
     )
     assert result.line.endswith("stale=25 oldest_snapshot_age=124s")
     assert "\n" not in result.line
+
+
+def test_status_exits_1_for_every_row_check_does_not_call_ok():
+    """``status`` (exit 1 on a complaint) and ``status --check`` agree host by host: an
+    outside review saw a host whose drill failed (ATTENTION) give ``status`` exit 0."""
+    from pullback.server.status import _host_complaints
+
+    cases = [
+        row("a", HostState.OK),
+        row("b", HostState.ATTENTION),
+        row("c", HostState.FAILED),
+        row("d", HostState.STALE, stale=True, age=None),
+    ]
+    for case in cases:
+        complaints = _host_complaints([case])
+        assert bool(complaints) == (fleet_check([case]).state != Check.OK), case
+    assert _host_complaints([row("b", HostState.ATTENTION)]) == [
+        "needs attention: b (the lines under the table say why)"
+    ]
+    held = row("e", HostState.ATTENTION)
+    held.held = "a third of the files vanished"
+    # named once, by the guard's line, not again as "needs attention"
+    assert _host_complaints([held]) == [
+        "forget held by the ransomware guard: e (pullback-server release HOST once the "
+        "change is understood)"
+    ]

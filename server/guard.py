@@ -120,21 +120,16 @@ SHOWN = 5
 """At most this many snapshot names in the words of a tamper hold (then "and N more")."""
 
 
-def seen(
-    snapshots: list[Snapshot],
-    fingerprints: dict[str, str],
-    when: dt.datetime,
-    forgotten: list[str] | None = None,
-) -> dict:
+def seen(snapshots: list[Snapshot], when: dt.datetime, forgotten: list[str] | None = None) -> dict:
     """What the machine that forgets records of a host's snapshots after its maintenance
     (``guard_seen`` in status.json): when, the newest snapshot's time, each snapshot's id
-    with its fingerprint (borg: the archive's id, which ``recreate`` or ``rename``
-    change; "" where the id is the content, as restic's is), and those it forgot then
+    with its :attr:`~.backends.Snapshot.fingerprint` (its first 16 characters), and
+    those it forgot then
     (one listed again, as after a roll-back, did not appear from elsewhere)."""
     return {
         "at": iso_or_none(when),
         "newest": iso_or_none(max((s.time for s in snapshots), default=None)),
-        "snapshots": {s.id: fingerprints.get(s.id, "")[:16] for s in snapshots},
+        "snapshots": {s.id: s.fingerprint[:16] for s in snapshots},
         "forgotten": list(forgotten or [])[-1000:],
     }
 
@@ -159,7 +154,7 @@ def _recorded(record: object) -> tuple[dict[str, str], dt.datetime | None, set[s
     return {str(k): str(v or "") for k, v in record["snapshots"].items()}, when, known
 
 
-def tampered(record: object, snapshots: list[Snapshot], fingerprints: dict[str, str]) -> str | None:
+def tampered(record: object, snapshots: list[Snapshot]) -> str | None:
     """What changed in a host's repository since the last maintenance (``record``:
     :func:`seen`) that the machine which forgets did not do, in words, or None: snapshots
     it saw that are gone (it forgot none of them: those it forgot are not in the record),
@@ -172,6 +167,7 @@ def tampered(record: object, snapshots: list[Snapshot], fingerprints: dict[str, 
     before, newest, forgotten = found
     now = {s.id for s in snapshots}
     gone = [name for name in before if name not in now]
+    fingerprints = {s.id: s.fingerprint for s in snapshots}
     changed = [name for name, mark in before.items() if _rewritten(mark, fingerprints.get(name))]
     new = [s for s in snapshots if s.id not in before and s.id not in forgotten]
     reasons = [

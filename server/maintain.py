@@ -27,7 +27,6 @@ from ..common.signals import SignalGuard
 from ..common.units import human_size
 from . import guard, status_file
 from .backends import RepositoryMissing, Role, Snapshot
-from .backends.borg import BorgBackend
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
@@ -299,13 +298,6 @@ class HostMaintenance:
             f"{change.shrink:.0%} smaller: normal{guard.unjudged(change, limits)}"
         )
 
-    def _fingerprints(self) -> dict[str, str]:
-        """Each listed snapshot's fingerprint where its id is not its content (borg: the
-        archive id of each name, as the last listing said)."""
-        backend = self.ctx.backend
-        listed = getattr(backend, "archive_ids", {}) if isinstance(backend, BorgBackend) else {}
-        return dict(listed)
-
     def _tamper_check(self, entry: dict, snapshots: list[Snapshot]) -> None:
         """Hold forget, prune and compact (a hold of kind :data:`TAMPERED`) when the
         snapshots changed since the last maintenance in a way this machine did not make
@@ -314,7 +306,7 @@ class HostMaintenance:
         if self.result.scope:
             return
         self._watching = True
-        found = guard.tampered(entry.get("guard_seen"), snapshots, self._fingerprints())
+        found = guard.tampered(entry.get("guard_seen"), snapshots)
         if found is None:
             return
         record = entry.get("guard_seen") or {}
@@ -344,7 +336,7 @@ class HostMaintenance:
                 return None  # keep what was recorded ({} would drop it)
         gone = set(self._removed or ())
         kept = [s for s in listed if s.id not in gone]
-        return guard.seen(kept, self._fingerprints(), utc_now(), self._removed)
+        return guard.seen(kept, utc_now(), self._removed)
 
     def history(self) -> str:
         """Where another machine forgets (``forget: false``): the newest snapshot this

@@ -19,11 +19,6 @@ def _ts(value: str | None) -> float | None:
     return parse_iso(value).timestamp()
 
 
-AHEAD = FUTURE_TOLERANCE.total_seconds()
-"""Seconds a newest snapshot may lie in the future (clocks apart) before it counts as
-stale: a date far ahead would otherwise never grow old (a wrong clock, a forged record)."""
-
-
 def is_stale(entry: dict, max_age: float, now: dt.datetime) -> bool:
     """Whether a host's newest snapshot (its status ``entry``) is stale
     (:func:`stale_time`)."""
@@ -32,12 +27,13 @@ def is_stale(entry: dict, max_age: float, now: dt.datetime) -> bool:
 
 def stale_time(newest: str | None, max_age: float, now: dt.datetime) -> bool:
     """Whether the newest snapshot's time ``newest`` (ISO) is older than ``max_age``,
-    dated more than :data:`AHEAD` in the future, or missing (none stored at all)."""
+    dated more than FUTURE_TOLERANCE in the future (a date far ahead would otherwise
+    never grow old: a wrong clock, a forged record), or missing (none stored at all)."""
     when = _ts(newest)
     if when is None:
         return True
     age = now.timestamp() - when
-    return age > max_age or age < -AHEAD
+    return age > max_age or age < -FUTURE_TOLERANCE.total_seconds()
 
 
 def build(

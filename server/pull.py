@@ -13,7 +13,7 @@ import argparse
 import datetime as dt
 
 from ..common.cli import print_json
-from ..common.clock import age, signed_age, utc_now
+from ..common.clock import FUTURE_TOLERANCE, age, signed_age, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK
 from ..common.locks import FileLock
 from ..common.notify import Notifier
@@ -26,7 +26,7 @@ from .host import HostContext
 from .host_process import PhaseRelay, pull_hosts
 from .host_pull import HostPull, PullOptions
 from .journal import DRY_RUN_PURPOSE, INSTANCE_LOCK, PULL_PURPOSE, Journal
-from .metrics import AHEAD, stale_time
+from .metrics import stale_time
 from .results import HostResult
 
 
@@ -96,10 +96,10 @@ def _stale_words(result: HostResult, max_age: float, now: dt.datetime) -> str:
             "and the status file records none"
         )
     if newest_age < 0:
+        ahead = human_duration(FUTURE_TOLERANCE.total_seconds())
         return (
             f"the newest snapshot is dated {human_ago(newest_age)} (max_age "
-            f"{human_duration(max_age)}; a date over {human_duration(AHEAD)} ahead counts "
-            "as stale)"
+            f"{human_duration(max_age)}; a date over {ahead} ahead counts as stale)"
         )
     return (
         f"the newest snapshot is {human_duration(newest_age)} old "

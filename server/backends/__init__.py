@@ -40,6 +40,10 @@ class Snapshot:
     reads_ctime: bool = True
     """restic: made by a store that compared ctime over a clean parent (its CTIME_TAG);
     False for an older pullback's snapshot, which may hold a file's older bytes."""
+    fingerprint: str = ""
+    """borg: the archive's id, which ``borg recreate`` or ``rename`` change under the
+    same name (the ransomware guard compares it); "" where the id is the content, as
+    restic's is."""
 
     def failed_service(self, service: str) -> bool:
         """Whether ``service`` failed on the client in this snapshot's archive, or may

@@ -209,10 +209,6 @@ class BorgBackend(RepositoryBackend):
     LOCK_TIMEOUT = "(timeout)"
     MISSING = ("does not exist", "is not a valid repository")
 
-    archive_ids: dict[str, str]
-    """Each archive's id by its name, as the last :meth:`snapshots` listed them: ``borg
-    recreate`` and ``rename`` make another id (the ransomware guard compares them)."""
-
     def wrong_password(self, exc: CommandError) -> bool:
         text = "\n".join(exc.tail)  # one sentence: both of its halves
         return all(p in text for p in self.WRONG_PASSWORD)
@@ -299,14 +295,15 @@ class BorgBackend(RepositoryBackend):
         data = self._json(list_args(self.host.name), timeout=600)
         pattern = re.compile(rf"^{re.escape(self.host.name)}-(\d{{8}}T\d{{6}}Z)$")
         found = []
-        self.archive_ids = {}
         for item in data.get("archives", []):
             match = pattern.match(item["name"])
             if match:
-                self.archive_ids[item["name"]] = str(item.get("id") or "")
                 when = dt.datetime.fromisoformat(item["start"]).replace(tzinfo=dt.UTC)
                 failed = failed_of(item.get("comment") or "")
-                found.append(Snapshot(item["name"], when, match[1], failed))
+                fingerprint = str(item.get("id") or "")
+                found.append(
+                    Snapshot(item["name"], when, match[1], failed, fingerprint=fingerprint)
+                )
         return sorted(found, key=lambda s: s.time)
 
     def store(self, staging: Path, spec: SnapshotSpec, timeout: float) -> StoreResult:

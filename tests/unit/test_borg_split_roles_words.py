@@ -18,25 +18,24 @@ from pullback.server.backends import BackendError, Snapshot
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
 
 
-def snap(name: str, days_ago: float) -> Snapshot:
-    return Snapshot(name, NOW - dt.timedelta(days=days_ago), None)
+def snap(name: str, days_ago: float, fingerprint: str = "") -> Snapshot:
+    return Snapshot(name, NOW - dt.timedelta(days=days_ago), None, fingerprint=fingerprint)
 
 
 def test_the_guard_records_what_it_saw_and_names_what_changed_behind_it():
-    saw = [snap("web1-a", 3), snap("web1-b", 2), snap("web1-c", 1)]
-    record = guard.seen(saw, {"web1-a": "1" * 64, "web1-b": "2" * 64, "web1-c": "3" * 64}, NOW)
+    saw = [snap("web1-a", 3, "1" * 64), snap("web1-b", 2, "2" * 64), snap("web1-c", 1, "3" * 64)]
+    record = guard.seen(saw, NOW)
     assert record["newest"] == "2026-12-03T12:00:00Z"
     assert record["snapshots"] == {"web1-a": "1" * 16, "web1-b": "2" * 16, "web1-c": "3" * 16}
 
     # the same, or newer ones added (a pull), or ones this machine forgot (not recorded)
-    same = {"web1-a": "1" * 64, "web1-b": "2" * 64, "web1-c": "3" * 64}
-    assert guard.tampered(record, saw, same) is None
-    assert guard.tampered(record, [*saw, snap("web1-d", 0)], same) is None
-    assert guard.tampered(None, [], {}) is None and guard.tampered({"x": 1}, [], {}) is None
+    assert guard.tampered(record, saw) is None
+    assert guard.tampered(record, [*saw, snap("web1-d", 0)]) is None
+    assert guard.tampered(None, []) is None and guard.tampered({"x": 1}, []) is None
 
     # deleted, rewritten (recreate: another id under the name), and one dated back
-    now = [snap("web1-a", 3), snap("web1-b", 2), snap("web1-z", 60)]
-    said = guard.tampered(record, now, {**same, "web1-b": "9" * 64})
+    now = [snap("web1-a", 3, "1" * 64), snap("web1-b", 2, "9" * 64), snap("web1-z", 60)]
+    said = guard.tampered(record, now)
     assert said is not None
     assert "1 snapshot(s) seen at the last maintenance are gone: web1-c" in said
     assert "1 snapshot(s) appeared dated before the newest one seen then" in said
@@ -44,8 +43,8 @@ def test_the_guard_records_what_it_saw_and_names_what_changed_behind_it():
     assert "1 snapshot(s) were rewritten under the same name (another archive id): web1-b" in said
 
     # restic: the id is the content, no fingerprint; many gone are counted, 5 named
-    record = guard.seen([snap(f"s{i}", 10 - i) for i in range(9)], {}, NOW)
-    said = guard.tampered(record, [snap("s8", 2)], {})
+    record = guard.seen([snap(f"s{i}", 10 - i) for i in range(9)], NOW)
+    said = guard.tampered(record, [snap("s8", 2)])
     assert said == (
         "8 snapshot(s) seen at the last maintenance are gone: s0, s1, s2, s3, s4 and 3 more"
     )

@@ -15,7 +15,10 @@ from ..common.archive.directory import (
     list_archives,
     newest_stored,
 )
+from ..common.archive.sidecar import LEFT_OUT, Sidecar
 from ..common.errors import EXIT_OK
+from ..common.outcome import Status
+from ..common.text import few, printable
 from ..common.units import human_size
 from .config import ClientConfig
 
@@ -133,11 +136,7 @@ def render_table(found: list[LocalArchive], stored: _Stored) -> str:
             status, services = "incomplete", archive.problem
         else:
             status = archive.sidecar.status
-            failed = archive.sidecar.failed_services
-            total = len(archive.sidecar.services)
-            services = f"{total - len(failed)}/{total} ok"
-            if failed:
-                services += f" (failed: {', '.join(failed)})"
+            services = _services(archive.sidecar)
         where = _where_shown(archive, stored)
         rows.append((archive.name, _kind(archive), size, status, services, where))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
@@ -145,6 +144,18 @@ def render_table(found: list[LocalArchive], stored: _Stored) -> str:
         "  ".join(col.ljust(widths[i]) for i, col in enumerate(row[:5])) + "  " + row[5]
         for row in rows
     )
+
+
+def _services(sidecar: Sidecar) -> str:
+    """``2/3 ok (failed: db)``; services a ``run --service`` left out are said so."""
+    reports = sidecar.services
+    failed = [
+        printable(s.name, 64) for s in reports if s.status != Status.OK and s.error != LEFT_OUT
+    ]
+    left = [printable(s.name, 64) for s in reports if s.status != Status.OK and s.error == LEFT_OUT]
+    said = f"{len(reports) - len(failed) - len(left)}/{len(reports)} ok"
+    why = [f"failed: {few(failed)}"] * bool(failed) + [f"left out: {few(left)}"] * bool(left)
+    return said + (f" ({'; '.join(why)})" if why else "")
 
 
 def command(config: ClientConfig, args: argparse.Namespace) -> int:

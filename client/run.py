@@ -15,7 +15,7 @@ from ..common import __version__
 from ..common.archive import directory as archives
 from ..common.archive.filecache import FileCache
 from ..common.archive.reader import verify_archive
-from ..common.archive.sidecar import ArchiveInfo, ArchiveKind, ServiceReport, Sidecar
+from ..common.archive.sidecar import LEFT_OUT, ArchiveInfo, ArchiveKind, ServiceReport, Sidecar
 from ..common.archive.writer import ArchiveWriter, Incremental, WrittenArchive
 from ..common.clock import iso, stamp_of, utc_now
 from ..common.errors import (
@@ -34,6 +34,7 @@ from ..common.notify import Notifier
 from ..common.outcome import Status
 from ..common.progress import Progress, Watched
 from ..common.signals import RESTORING, SignalGuard
+from ..common.text import few
 from ..common.units import human_duration, human_size
 from ..plugins.manager import PluginSet, load_plugins
 from . import incremental, outputs
@@ -71,6 +72,17 @@ def select_services(services: list[Service], names: list[str] | None) -> list[Se
             f"known services: {', '.join(sorted(by_name)) or 'none'}"
         )
     return [by_name[n] for n in dict.fromkeys(names)]
+
+
+def left_out(services: list[Service], chosen: list[Service]) -> list[str]:
+    """The enabled services of ``services`` that ``chosen`` (``run --service``) leaves
+    out. Their archive counts as partial: client retention keeps the newest complete
+    archive, ``--if-due`` does not take it for fresh, the server's forget waits and
+    ``restore --service`` takes such a service from an earlier snapshot (an outside walk
+    saw a one-service run delete the only archives holding the others, and the server
+    forget their snapshots, with every status saying ok)."""
+    named = {s.name for s in chosen}
+    return [s.name for s in services if s.enabled and s.name not in named]
 
 
 def check_free_space(config: ClientConfig) -> None:
@@ -163,7 +175,8 @@ def run(
     """Run the client once (``full``: a full archive even when a delta could be made).
     Returns the result; raises LockBusy, ConfigError, PullbackError."""
     plugins = load_plugins(config.plugin_dirs)
-    services = select_services(discover(config.service_dirs, plugins), names)
+    found = discover(config.service_dirs, plugins)
+    services = select_services(found, names)
     if dry:
         code = dry_run(services, plugins)
         print(f"archive: {dry_archive_kind(config, full)}")
@@ -178,6 +191,7 @@ def run(
     with lock.acquire(), SignalGuard(RESTORING) as guard:
         client_run = ClientRun(config, services, plugins, guard)
         client_run.full_asked = full
+        client_run.left_out = left_out(found, services)
         return client_run.run()
 
 
@@ -206,6 +220,8 @@ class ClientRun:
         self.writer = ArchiveWriter(self.tmp, config.compression, config.compression_level)
         self.full_asked = False
         """``run --full``: a full archive whatever the chain."""
+        self.left_out: list[str] = []
+        """The enabled services ``run --service`` did not name (:func:`left_out`)."""
         self.decision: incremental.Decision | None = None
         """Full or delta, and why (None: incremental archives are off)."""
 
@@ -244,7 +260,14 @@ class ClientRun:
             human_duration(time.monotonic() - self.started),
         )
         self.retain()
-        failed = [r.name for r in self.reports if r.status != Status.OK]
+        if self.left_out:
+            log.warning(
+                "this archive holds only %s: it counts as partial (%s left out; the newest "
+                "complete archive is kept, and the server restores them from its snapshot)",
+                ", ".join(s.name for s in self.services),
+                few(self.left_out),
+            )
+        failed = [r.name for r in self.reports if r.status != Status.OK and r.error != LEFT_OUT]
         if failed:
             total = len(self.reports)
             log.error("%d of %d services failed: %s", len(failed), total, ", ".join(failed))
@@ -321,6 +344,7 @@ class ClientRun:
                         human_duration(report.duration),
                     )
             self.guard.check()
+            self.reports += [ServiceReport(name, error=LEFT_OUT) for name in self.left_out]
             if not any(t.status == Status.OK for r in self.reports for t in r.tasks):
                 self.writer.abort()
                 log.error("nothing succeeded; no archive was published")

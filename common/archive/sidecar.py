@@ -67,6 +67,12 @@ class TaskReport:
     warnings: list[str] = field(default_factory=list)
 
 
+LEFT_OUT = "left out of this run (run --service): the newest complete archive holds it"
+"""The error of an enabled service that a ``run --service`` did not name: its report says
+failed, so the archive is partial and every older reader (client retention, the server's
+forget, ``restore --service``) treats the service as missing from it."""
+
+
 @dataclass
 class ServiceReport:
     """How one service went; ``status`` is ``failed`` when any of its tasks failed."""

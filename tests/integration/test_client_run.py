@@ -291,10 +291,40 @@ def test_service_filter_and_unknown_service(box):
     good_service(box, "two")
     assert box.cli("run", "--service", "two").returncode == 0
     (archive,) = box.published()
-    assert [s["name"] for s in box.sidecar(archive)["services"]] == ["two"]
+    sidecar = box.sidecar(archive)
+    assert [(s["name"], s["status"]) for s in sidecar["services"]] == [
+        ("two", "ok"),
+        ("one", "failed"),  # left out: the archive does not hold it
+    ]
+    assert sidecar["status"] == "partial"
     result = box.cli("run", "--service", "three")
     assert result.returncode == 2
     assert "no service named 'three'; known services: one, two" in result.stderr
+
+
+def test_a_run_of_one_service_keeps_the_archive_that_holds_the_others(box):
+    """An outside walk: ``run --service odd`` published a one-service archive as "ok",
+    client retention deleted the only archives holding the other services, the timer
+    took it for fresh, and the server forgot their snapshots. Now it is partial."""
+    good_service(box, "one")
+    good_service(box, "two")
+    box.write_config(keep_last=1, keep_days=0, min_interval="3s")
+    assert box.cli("run").returncode == 0
+    (complete,) = box.published()
+    time.sleep(3.1)  # the complete archive is no longer fresh
+    result = box.cli("run", "--service", "two")
+    assert result.returncode == 0, result.stderr  # what was asked for worked
+    assert "this archive holds only two: it counts as partial (one left out" in result.stderr
+    kept = box.published()
+    assert complete in kept and len(kept) == 2, kept  # keep_last 1, yet the complete stays
+    listed = box.cli("list").stdout
+    assert "1/2 ok (left out: one)" in listed, listed
+    # the timer does not take the one-service archive for the day's backup
+    due = box.cli("run", "--if-due")
+    assert due.returncode == 0, due.stderr
+    assert "nothing to do" not in due.stderr
+    newest = box.sidecar(box.published()[-1])
+    assert newest["status"] == "ok" and len(newest["services"]) == 2
 
 
 def test_dry_run_changes_nothing(box):

@@ -245,6 +245,27 @@ def definers(dump: Path) -> set[str]:
     return found
 
 
+def self_reference(dump: Path, name: str) -> int | None:
+    """The line of ``dump`` where a trigger, routine or event names the database ``name``
+    itself (``inv.items``, ```inv`.`items```), or None. mariadb-dump keeps their text as
+    written, between ``DELIMITER ;;`` lines (views it writes unqualified, data never
+    lies there): loaded beside the live database, such a trigger was created on the live
+    table (an outside walk saw a restore "beside" change the live ``inv`` and say it
+    was untouched)."""
+    quoted = re.escape(_ident(name).encode())
+    plain = re.escape(name.encode()) if re.fullmatch(r"[A-Za-z0-9_$]+", name) else None
+    either = quoted + (b"|" + plain if plain else b"")
+    pattern = re.compile(rb"(?<![\w$`.])(?:" + either + rb")\s*\.")
+    inside = False
+    with open(dump, "rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if line.startswith(b"DELIMITER "):
+                inside = line.strip() != b"DELIMITER ;"
+            elif inside and pattern.search(line):
+                return number
+    return None
+
+
 def _can_act_as_others(grants: list[str]) -> bool:
     """Whether ``SHOW GRANTS`` lets the user give an object another definer."""
     for grant in grants:
@@ -296,6 +317,7 @@ class _Restore(DatabaseRestore):
             )
         for dump in self.dumps:
             problems += self._names_taken(database_of(dump, ".sql"), live)
+            problems += self._names_itself(dump, database_of(dump, ".sql"), live)
             others = definers(dump) - {user}
             if others and not _can_act_as_others(grants):
                 problems.append(
@@ -327,6 +349,20 @@ class _Restore(DatabaseRestore):
                     "(a docker or systemd task of the service does) and try again"
                 )
         return problems
+
+    def _names_itself(self, dump: Path, name: str, live: set[str]) -> list[str]:
+        """A dump whose triggers, routines or events name its database: loaded under
+        another name while the live one is there, they would act on the live one."""
+        line = self_reference(dump, name) if name in live else None
+        if line is None:
+            return []
+        fresh = renamed(name, "restored", self.plan.stamp, 64)
+        return [
+            f"{dump.name} line {line}: a trigger, routine or event names the database "
+            f"{name} itself; loaded as {fresh} it would act on the live {name} (a trigger "
+            "would be created on its tables), so nothing is restored. Restore it by hand "
+            "over the live database (docs/restore.md, MariaDB dumps that name their database)"
+        ]
 
     def _incomplete(self, dump: Path) -> list[str]:
         """A dump that mariadb-dump did not finish: its closing comment is missing. (A dump

@@ -465,6 +465,29 @@ def root_by_socket(maria: MariaDB) -> str:
     return f"socket: {maria.socket}"
 
 
+def test_mariadb_a_trigger_naming_its_database_is_not_loaded_beside_the_live_one(maria, tmp_path):
+    """An outside walk: a trigger written ``ON inv.items`` was created on the live table
+    by a restore "beside", which said the live database was untouched."""
+    maria.sql(
+        "CREATE TABLE shop.audit(n INT); CREATE TRIGGER shop.audit_orders AFTER INSERT ON "
+        "shop.orders FOR EACH ROW INSERT INTO shop.audit VALUES (NEW.id)"
+    )
+    live_triggers = "SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema='shop'"
+    try:
+        box = maria_client(tmp_path, maria, root_by_socket(maria))
+        maria.sql("DROP TRIGGER shop.audit_orders")  # the live database has none now
+        before = maria_databases(maria)
+        for extra in ((), ("--replace",)):
+            result = restore(box, *extra)
+            assert result.returncode == 1, result.stderr
+            assert "a trigger, routine or event names the database shop itself" in result.stderr
+            assert "nothing was changed" in result.stderr
+            assert maria_databases(maria) == before
+            assert maria.sql(live_triggers) == "0"
+    finally:
+        maria.sql("DROP TRIGGER IF EXISTS shop.audit_orders; DROP TABLE IF EXISTS shop.audit")
+
+
 def test_mariadb_a_user_without_create_changes_nothing(maria, tmp_path):
     maria.sql(
         "CREATE USER 'shopuser'@'127.0.0.1' IDENTIFIED BY 'Sh0p-pw'; "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from ..common.archive.dumps import database_of, file_name
 from ..common.errors import CommandError
 from ..common.secrets import read_secret_file
 from ..common.text import printable
-from . import hookimpl, load_plugin_schema
+from . import hookimpl, load_plugin_schema, pg_database
 from ._common import (
     DatabaseRestore,
     absent,
@@ -259,7 +260,8 @@ def pullback_dump(task: Task):
             target = task.staging / file_name(name, ".dump")
             try:
                 task.run(
-                    ["pg_dump", "-Fc", *extra_options(task), "--", name],
+                    # --create: the database's owner, settings and grants come with it
+                    ["pg_dump", "-Fc", "--create", *extra_options(task), "--", name],
                     env=env,
                     stdout=target,
                     timeout=timeout(task),
@@ -470,6 +472,8 @@ class _Restore(DatabaseRestore):
                 raise TaskError(
                     f"pg_restore of {dump.name} failed, nothing live was touched: {tool_said(exc)}"
                 ) from None
+        if self.plan.step(log, f"give {fresh} the owner, settings and grants {dump.name} holds"):
+            self._properties(dump, name, fresh)
         if self.plan.replace:
             self._swap(name, fresh)
         else:
@@ -481,6 +485,72 @@ class _Restore(DatabaseRestore):
                 f"ALTER DATABASE {_quote(fresh)} RENAME TO {_quote(name)}; "
                 "(or restore again with --replace)",
             )
+
+    def _properties(self, dump: Path, name: str, fresh: str) -> None:
+        """Give ``fresh`` the owner, comment, settings and grants the dump holds for the
+        database ``name`` (:mod:`.pg_database`). What cannot be set (a missing role, a
+        role that may not give the database away) is a warning: the data is restored."""
+        log = self.task.log
+        try:
+            found = self._property_statements(dump, name, fresh)
+        except CommandError as exc:
+            log.warning(
+                "the owner, settings and grants of %s could not be read from %s (%s): %s "
+                "belongs to the restoring role",
+                name,
+                dump.name,
+                tool_said(exc),
+                fresh,
+            )
+            return
+        if not found:
+            self.plan.note(
+                log,
+                f"{dump.name} holds no owner, settings or grants of the database (made "
+                f"without pg_dump --create, before pullback 0.3.0): {fresh} belongs to the "
+                f"restoring role and every role may connect; give it those of {name} "
+                "(ALTER DATABASE ... OWNER TO ..., GRANT/REVOKE ... ON DATABASE ...)",
+            )
+            return
+        failed = []
+        for statement in found:
+            try:
+                self._sql(statement, statement.split(" TO ")[0][:60])
+            except TaskError as exc:
+                failed.append(str(exc))
+        if failed:
+            log.warning(
+                "%d of %d owner, settings and grants of %s were not set on %s: %s",
+                len(failed),
+                len(found),
+                name,
+                fresh,
+                printable(failed[0], 300),
+            )
+
+    def _property_statements(self, dump: Path, name: str, fresh: str) -> list[str]:
+        """The statements that give ``fresh`` what the dump holds of ``name`` itself
+        (none for a dump made without ``--create``). Raises CommandError."""
+        listing = self.task.staging / ".toc-create"
+        try:
+            self.task.run(["pg_restore", "--create", "--list"], stdin=dump, stdout=listing)
+            wanted = pg_database.wanted_entries(listing.read_text(errors="replace"))
+            if not wanted:
+                return []
+            # read by pg_restore itself, perhaps as run_as: the entries' names, no secret
+            fd, chosen = tempfile.mkstemp(prefix="pullback-toc-", suffix=".list")
+            with os.fdopen(fd, "w") as handle:
+                handle.write(wanted)
+            os.chmod(chosen, 0o644)
+            try:
+                argv = ["pg_restore", "--create", f"--use-list={chosen}", "--file=-"]
+                self.task.run(argv, stdin=dump, stdout=listing)
+            finally:
+                os.unlink(chosen)
+            sql = listing.read_text(errors="replace")
+        finally:
+            listing.unlink(missing_ok=True)
+        return pg_database.renamed_properties(sql, name, fresh)
 
     def _owner_options(self) -> list[str]:
         """Keep the objects' owners and grants when the restoring role can give them, and

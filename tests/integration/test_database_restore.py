@@ -116,6 +116,49 @@ def test_replace_swaps_the_database_in_and_keeps_the_one_it_replaced(pg, tmp_pat
     assert f"the database it replaced is kept as {kept}" in result.stdout
 
 
+def test_the_database_comes_back_with_its_owner_settings_and_grants(pg, tmp_path):
+    """An outside walk: restored by a superuser, shop came back owned by postgres, open to
+    every role again and without its settings; after ``--replace`` the application's
+    role could not create a table in its own database."""
+    owner_setup(pg, createdb=True)
+    pg.sql("CREATE ROLE reporter LOGIN")
+    pg.sql(
+        "REVOKE CONNECT, TEMPORARY ON DATABASE shop FROM PUBLIC; "
+        "GRANT CONNECT ON DATABASE shop TO reporter; "
+        "COMMENT ON DATABASE shop IS 'the shop''s orders'; "
+        "ALTER DATABASE shop SET work_mem TO '64MB'"
+    )
+    box = ClientSandbox(tmp_path / "client")
+    password = secret(box, "backup.pass", pg.password)
+    box.add_service(
+        "shop",
+        f"""\
+        service: {{name: shop}}
+        postgresql: {{host: 127.0.0.1, port: {pg.port}, user: backup,
+                      password_file: {password}, database: shop, globals: false}}
+        """,
+    )
+    assert box.cli("run").returncode == 0
+    properties = (
+        "SELECT pg_get_userbyid(datdba), datacl::text, shobj_description(oid, 'pg_database'), "
+        "(SELECT setconfig::text FROM pg_db_role_setting WHERE setdatabase = d.oid "
+        "AND setrole = 0) FROM pg_database d WHERE datname = '{}'"
+    )
+    live = pg.sql(properties.format("shop"))
+    assert "shop_owner|" in live and "reporter=c/shop_owner" in live and "64MB" in live
+
+    result = restore(box)  # beside: the copy is closed to PUBLIC as the live one is
+    assert result.returncode == 0, result.stderr
+    (fresh,) = [d for d in databases(pg) if d.startswith("shop_restored_")]
+    assert pg.sql(properties.format(fresh)) == live
+
+    result = restore(box, "--replace")
+    assert result.returncode == 0, result.stderr
+    assert pg.sql(properties.format("shop")) == live
+    # the application's role owns its database again: it may create tables in it
+    pg.sql("SET ROLE shop_owner; CREATE TABLE t_new(x int);", database="shop")
+
+
 def test_replace_refuses_while_the_application_is_connected(pg, tmp_path):
     owner_setup(pg, createdb=True)
     box = shop_client(tmp_path, pg)

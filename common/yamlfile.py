@@ -257,8 +257,11 @@ def _read_text(path: Path) -> str:
     except FileNotFoundError:
         raise YamlFileError([Problem(file, None, "", "file not found")]) from None
     except PermissionError:
+        # pullback's commands run as root (the files hold or name secrets): a newcomer
+        # who typed one without sudo read only "permission denied"
+        hint = "" if os.geteuid() == 0 else " (pullback's commands run as root: use sudo)"
         raise YamlFileError(
-            [Problem(file, None, "", "permission denied: cannot read the file")]
+            [Problem(file, None, "", f"permission denied: cannot read the file{hint}")]
         ) from None
     except IsADirectoryError:
         raise YamlFileError([Problem(file, None, "", "is a directory, expected a file")]) from None

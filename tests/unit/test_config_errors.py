@@ -150,7 +150,10 @@ def test_unreadable_file():
         context = _as_nobody() if os.geteuid() == 0 else contextlib.nullcontext()
         with context:
             found = problems_of(path)
-        assert found == [f"{path}: permission denied: cannot read the file"]
+        assert found == [
+            f"{path}: permission denied: cannot read the file (pullback's commands run as "
+            "root: use sudo)"
+        ]
     finally:
         path.unlink()
         directory.rmdir()

@@ -472,6 +472,7 @@ class ServiceRestore:
             replace=options.replace,
             dry_run=options.dry_run,
             safety_dir=config.work_dir.parent / "before-restore",
+            stops_first=any(spec.type.stops_service for spec in service.tasks),
         )
         self.failures: list[str] = []
         self.prepared: list[Task] = []

@@ -344,9 +344,10 @@ class _Restore(DatabaseRestore):
             literal = "'" + name.replace("\\", "\\\\").replace("'", "''") + "'"
             sessions = _query(self.task, self.options, _SESSIONS_SQL.format(schema=literal))
             if sessions and sessions[0] != "0":
-                problems.append(
+                problems += self.plan.sessions_problem(
+                    self.task.log,
                     f"{sessions[0]} session(s) are using {name}: stop the application "
-                    "(a docker or systemd task of the service does) and try again"
+                    "(a docker or systemd task of the service does) and try again",
                 )
         return problems
 

@@ -406,10 +406,11 @@ class _Restore(DatabaseRestore):
         if owns != ["t"] and not self.superuser:
             problems.append(f"the role does not own {name}, so it cannot rename it aside")
         if sessions:
-            problems.append(
+            problems += self.plan.sessions_problem(
+                self.task.log,
                 f"{len(sessions)} session(s) are connected to {name} ({_listed(sessions)}): "
                 "stop the application (a docker or systemd task of the service does) and "
-                "try again"
+                "try again",
             )
         return problems
 

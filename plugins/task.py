@@ -105,6 +105,19 @@ class RestorePlan:
     steps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     """What the administrator reads afterwards (where the data went, how to swap it in)."""
+    stops_first: bool = False
+    """A task of the service (docker, systemd) stops the application before the
+    databases are restored: a dry run, which stops nothing, does not count the sessions
+    it would end as a reason the restore would fail (an outside walk saw ``--replace
+    --dry-run`` predict a failure that the real restore did not have)."""
+
+    def sessions_problem(self, log: Log, problem: str) -> list[str]:
+        """``[problem]`` (live sessions that would stop a ``--replace``), or none in a dry
+        run whose service stops the application first: said as what it would meet."""
+        if self.dry_run and self.stops_first:
+            log.info("would: %s; the application is stopped first, which ends them", problem)
+            return []
+        return [problem]
 
     def step(self, log: Log, text: str, destructive: bool = False) -> bool:
         """Record one step (and log it); True when it is to be done (not a dry run)."""

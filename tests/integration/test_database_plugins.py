@@ -278,6 +278,34 @@ def test_mariadb_wrong_password_is_a_clear_error(shared_root, tmp_path):
         server.stop()
 
 
+def test_mariadb_check_names_routines_the_user_may_not_read(maria, tmp_path):
+    """An outside walk: a user granted ALL on its database passed ``check``, and its next
+    dump failed on a procedure root had defined ("insufficient privileges to SHOW CREATE
+    PROCEDURE")."""
+    maria.sql(
+        "CREATE DATABASE inv; CREATE TABLE inv.items(id INT); "
+        "CREATE USER 'inv_owner'@'127.0.0.1' IDENTIFIED BY 'Inv-pw-4'; "
+        "GRANT ALL ON inv.* TO 'inv_owner'@'127.0.0.1';"
+    )
+    maria.sql("CREATE PROCEDURE inv.p1() SELECT COUNT(*) FROM items", "inv")
+    box = ClientSandbox(tmp_path / "client")
+    password = password_file(box, "Inv-pw-4")
+    box.add_service(
+        "inv",
+        f"service: {{name: inv}}\nmariadb:\n  host: 127.0.0.1\n  port: {maria.port}\n"
+        f"  user: inv_owner\n  password_file: {password}\n  database: inv\n",
+    )
+    checked = box.cli("check")
+    said = checked.stdout + checked.stderr
+    assert checked.returncode == 2, said  # check's exit for a problem
+    assert "the user may not read the routines inv.p1 (root@localhost)" in said
+    assert box.cli("run").returncode == 1  # what check foretold
+    maria.sql("GRANT SELECT ON mysql.proc TO 'inv_owner'@'127.0.0.1'")  # the advice
+    checked = box.cli("check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert box.cli("run").returncode == 0
+
+
 # -- SQLite ---------------------------------------------------------------------------
 
 SQLITE_WRITER = """

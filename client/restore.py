@@ -342,6 +342,13 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
     service = services[name]
     if service.broken:
         raise ConfigError(service.problems)
+    keys = [spec.key for spec in service.tasks]
+    if options.task and not any(options.task in (s.key, s.type.name) for s in service.tasks):
+        # before the archive is unpacked (an outside walk waited for a whole unpack to
+        # learn of a typo)
+        raise UsageError(
+            f"service {name} has no task {options.task!r}; its tasks: {', '.join(keys)}"
+        )
     if not source.exists():
         raise UsageError(f"{source} does not exist")
     with tempfile.TemporaryDirectory(prefix="pullback-restore-") as scratch:
@@ -500,15 +507,10 @@ class ServiceRestore:
     def selected(self) -> list[Task]:
         """The tasks whose data is restored: those asked for that hold data (a task that
         holds none, systemd, is restored by stopping and starting: an outside walk saw
-        it warn "nothing to restore" on every restore). Raises UsageError for a
+        it warn "nothing to restore" on every restore); :func:`restore` refused a
         ``--task`` the service does not have."""
         options = self.options
         wanted = [t for t in self.tasks if options.wants(t)]
-        if options.task and not wanted:
-            raise UsageError(
-                f"service {self.service.name} has no task {options.task!r}; its tasks: "
-                f"{', '.join(t.key for t in self.tasks)}"
-            )
         kinds = {t.key: spec.type for t, spec in zip(self.tasks, self.service.tasks, strict=True)}
         return [t for t in wanted if kinds[t.key].holds(t.config)]
 

@@ -327,6 +327,16 @@ def test_a_run_of_one_service_keeps_the_archive_that_holds_the_others(box):
     assert newest["status"] == "ok" and len(newest["services"]) == 2
 
 
+def test_a_restore_of_a_task_the_service_lacks_is_refused_before_unpacking(box):
+    good_service(box)
+    assert box.cli("run").returncode == 0
+    (archive,) = box.published()
+    result = box.cli("restore", "--service", "app", "--from", str(archive), "--task", "file")
+    assert result.returncode == 2, result.stderr
+    assert "service app has no task 'file'; its tasks: command, files" in result.stderr
+    assert "unpacking" not in result.stderr  # said before the archive is read
+
+
 def test_dry_run_changes_nothing(box):
     good_service(box)
     result = box.cli("run", "--dry-run")

@@ -327,12 +327,12 @@ class RestoreOptions:
                 task.config[key] = value
 
 
-def restore(config: ClientConfig, options: RestoreOptions) -> int:
-    """Restore a service; returns the exit code. Raises PullbackError (UsageError for a
-    wrong service, task or source)."""
-    plugins = load_plugins(config.plugin_dirs)
+def _service(config: ClientConfig, options: RestoreOptions, plugins: PluginSet) -> Service:
+    """The service to restore, checked before any archive is read (an outside walk waited
+    for a whole unpack to learn of a typo in ``--task``). Raises UsageError for a service
+    or task that does not exist, ConfigError for a broken service file."""
     services = {s.name: s for s in discover(config.service_dirs, plugins)}
-    name, source = options.service, options.source
+    name = options.service
     if name not in services:
         raise UsageError(
             f"no service named {name!r} in "
@@ -342,13 +342,18 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
     service = services[name]
     if service.broken:
         raise ConfigError(service.problems)
-    keys = [spec.key for spec in service.tasks]
     if options.task and not any(options.task in (s.key, s.type.name) for s in service.tasks):
-        # before the archive is unpacked (an outside walk waited for a whole unpack to
-        # learn of a typo)
-        raise UsageError(
-            f"service {name} has no task {options.task!r}; its tasks: {', '.join(keys)}"
-        )
+        keys = ", ".join(spec.key for spec in service.tasks)
+        raise UsageError(f"service {name} has no task {options.task!r}; its tasks: {keys}")
+    return service
+
+
+def restore(config: ClientConfig, options: RestoreOptions) -> int:
+    """Restore a service; returns the exit code. Raises PullbackError (UsageError for a
+    wrong service, task or source)."""
+    plugins = load_plugins(config.plugin_dirs)
+    service = _service(config, options, plugins)
+    name, source = options.service, options.source
     if not source.exists():
         raise UsageError(f"{source} does not exist")
     with tempfile.TemporaryDirectory(prefix="pullback-restore-") as scratch:

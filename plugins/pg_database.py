@@ -7,8 +7,16 @@ without ``--create`` leaves all of that out, and a restore loads the dump into a
 database (``shop_restored_<stamp>``), so it would come back owned by the restoring role
 and open to every role again (an outside walk saw an application's role locked out of
 its own database after a ``--replace``). ``pg_restore --create --file=-`` writes these
-statements for the dump's own name; :func:`renamed_properties` keeps only them, named
-for the new database.
+statements for the dump's own name; :func:`renamed_properties` keeps those of them that
+have exactly one of the shapes in :data:`SHAPES`, named for the new database.
+
+The statements run as the restoring role, often a superuser, and their words come from
+the dump: the database's owner chose its comment and settings. So the text is split the
+way PostgreSQL's lexer does (:func:`.pg_globals.statements`), nothing is removed from it
+before (an outside attack ended a comment early by cutting a line and ran its own
+``GRANT``), and a statement runs only when the whole of it has one of the shapes below,
+every name and value in it a quoted identifier or literal. The template flag and
+``ALLOW_CONNECTIONS`` are not carried (a restored copy is neither).
 """
 
 from __future__ import annotations
@@ -25,10 +33,27 @@ MAX_STATEMENTS = 500
 """At most this many statements are read back (a database's grants and settings number
 a handful; a dump cannot make a restore run thousands of commands)."""
 
-_KEPT = re.compile(
-    r"^(ALTER DATABASE |ALTER ROLE .+ IN DATABASE |COMMENT ON DATABASE |GRANT |REVOKE )",
-    re.DOTALL,
+_IDENT = r'(?:"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)'
+_LITERAL = r"'(?:[^']|'')*'"
+_VALUE = rf"(?:{_LITERAL}|{_IDENT}|-?[0-9][0-9.]*[a-zA-Z]*)"
+_SETTING = rf"{_IDENT}(?:\.{_IDENT})? TO {_VALUE}(?:, {_VALUE})*"
+_PRIVILEGES = r"(?:ALL|CONNECT|CREATE|TEMPORARY)(?:,(?:CONNECT|CREATE|TEMPORARY))*"
+_DB = rf"(?P<db>{_IDENT})"
+SHAPES = tuple(
+    re.compile(shape, re.DOTALL)
+    for shape in (
+        rf"ALTER DATABASE {_DB} OWNER TO {_IDENT};",
+        rf"ALTER DATABASE {_DB} CONNECTION LIMIT = -?[0-9]+;",
+        rf"ALTER DATABASE {_DB} SET {_SETTING};",
+        rf"ALTER ROLE {_IDENT} IN DATABASE {_DB} SET {_SETTING};",
+        rf"COMMENT ON DATABASE {_DB} IS {_LITERAL};",
+        rf"GRANT {_PRIVILEGES} ON DATABASE {_DB} TO (?:PUBLIC|{_IDENT})(?: WITH GRANT OPTION)?;",
+        rf"REVOKE {_PRIVILEGES} ON DATABASE {_DB} FROM (?:PUBLIC|{_IDENT});",
+    )
 )
+"""The whole statements carried, each naming the database once (``db``)."""
+
+_CARRIED = re.compile(r"^(ALTER DATABASE |ALTER ROLE |COMMENT ON DATABASE |GRANT |REVOKE )")
 
 
 def wanted_entries(listing: str) -> str:
@@ -46,27 +71,34 @@ def wanted_entries(listing: str) -> str:
     return "".join(f"{line}\n" for line in kept)
 
 
-def _ident(name: str) -> str:
+def quoted(name: str) -> str:
+    """``name`` as a quoted identifier."""
     return '"' + name.replace('"', '""') + '"'
 
 
-def renamed_properties(sql: str, name: str, into: str) -> list[str]:
+def _unquoted(ident: str) -> str:
+    return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
+
+
+def renamed_properties(sql: str, name: str, into: str) -> tuple[list[str], int]:
     """The statements of ``sql`` (``pg_restore --create`` of :func:`wanted_entries`) that
     set database ``name``'s owner, comment, settings and grants, each naming ``into``
-    instead; its ``CREATE DATABASE``, ``SET`` lines and psql's meta-commands
-    (``\\connect``) are left out. At most :data:`MAX_STATEMENTS`."""
-    plain = re.escape(name) if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) else None
-    forms = re.escape(_ident(name)) + (f"|{plain}" if plain else "")
-    target = re.compile(rf'(?<![\w"])DATABASE (?:{forms})(?=[\s;])')
-    text = "\n".join(line for line in sql.splitlines() if not line.startswith("\\"))
-    found = []
-    for statement in statements(text):
-        lines = statement.strip().splitlines()
-        while lines and (not lines[0].strip() or lines[0].startswith("--")):
-            lines.pop(0)  # the comment before it; one inside a literal stays
+    instead, at most :data:`MAX_STATEMENTS`; and how many statements of the kinds carried
+    had another shape and are left out."""
+    found: list[str] = []
+    odd = 0
+    for statement in statements(sql):
+        lines = statement.split("\n")
+        while lines and (not lines[0].strip() or lines[0].startswith(("--", "\\"))):
+            lines.pop(0)  # the comment before it, psql's \connect; one inside a literal stays
         body = "\n".join(lines).strip()
-        if _KEPT.match(body) and target.search(body):
-            found.append(target.sub(f"DATABASE {_ident(into)}", body, count=1))
+        if not _CARRIED.match(body):
+            continue  # CREATE DATABASE, SET, SELECT set_config: not carried
+        match = next((m for shape in SHAPES if (m := shape.fullmatch(body))), None)
+        if match is None or _unquoted(match["db"]) != name:
+            odd += 1
+            continue
+        found.append(body[: match.start("db")] + quoted(into) + body[match.end("db") :])
         if len(found) >= MAX_STATEMENTS:
             break
-    return found
+    return found, odd

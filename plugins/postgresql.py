@@ -493,7 +493,7 @@ class _Restore(DatabaseRestore):
         role that may not give the database away) is a warning: the data is restored."""
         log = self.task.log
         try:
-            found = self._property_statements(dump, name, fresh)
+            found, odd = self._property_statements(dump, name, fresh)
         except CommandError as exc:
             log.warning(
                 "the owner, settings and grants of %s could not be read from %s (%s): %s "
@@ -513,12 +513,15 @@ class _Restore(DatabaseRestore):
                 "(ALTER DATABASE ... OWNER TO ..., GRANT/REVOKE ... ON DATABASE ...)",
             )
             return
-        failed = []
-        for statement in found:
-            try:
-                self._sql(statement, statement.split(" TO ")[0][:60])
-            except TaskError as exc:
-                failed.append(str(exc))
+        if odd:
+            log.warning(
+                "%d of the database entries of %s have a shape pullback does not carry "
+                "and were not run on %s (pg_restore --create --list shows them)",
+                odd,
+                dump.name,
+                fresh,
+            )
+        failed = [said for said in map(self._run_sql, found) if said]
         if failed:
             log.warning(
                 "%d of %d owner, settings and grants of %s were not set on %s: %s",
@@ -529,15 +532,32 @@ class _Restore(DatabaseRestore):
                 printable(failed[0], 300),
             )
 
-    def _property_statements(self, dump: Path, name: str, fresh: str) -> list[str]:
+    def _run_sql(self, statement: str) -> str | None:
+        """Run one statement through psql's standard input (a setting's value may be a
+        secret: never on a command line); returns what psql said when it failed."""
+        script = self.task.staging / ".statement.sql"
+        fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(statement + "\n")
+        try:
+            argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"]
+            self.task.run(argv, env=self.env, stdin=script, timeout=600, level=10)
+        except CommandError as exc:
+            return tool_said(exc)
+        finally:
+            script.unlink(missing_ok=True)
+        return None
+
+    def _property_statements(self, dump: Path, name: str, fresh: str) -> tuple[list[str], int]:
         """The statements that give ``fresh`` what the dump holds of ``name`` itself
-        (none for a dump made without ``--create``). Raises CommandError."""
+        (none for a dump made without ``--create``), and how many were left out
+        (:func:`.pg_database.renamed_properties`). Raises CommandError."""
         listing = self.task.staging / ".toc-create"
         try:
             self.task.run(["pg_restore", "--create", "--list"], stdin=dump, stdout=listing)
             wanted = pg_database.wanted_entries(listing.read_text(errors="replace"))
             if not wanted:
-                return []
+                return [], 0
             # read by pg_restore itself, perhaps as run_as: the entries' names, no secret
             fd, chosen = tempfile.mkstemp(prefix="pullback-toc-", suffix=".list")
             with os.fdopen(fd, "w") as handle:

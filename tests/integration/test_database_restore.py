@@ -159,6 +159,45 @@ def test_the_database_comes_back_with_its_owner_settings_and_grants(pg, tmp_path
     pg.sql("SET ROLE shop_owner; CREATE TABLE t_new(x int);", database="shop")
 
 
+def test_the_database_owner_cannot_make_a_superuser_s_restore_run_its_sql(pg, tmp_path):
+    """An outside attack: as the database's owner (no other right), a comment whose last
+    line starts with a backslash and a setting holding SQL made the superuser's restore
+    grant the owner pg_execute_server_program (the text was cut before it was split).
+    A setting's value (a secret, as PostgREST's jwt_secret) never reaches the log."""
+    owner_setup(pg, createdb=True)
+    pg.sql(
+        "SET ROLE shop_owner; COMMENT ON DATABASE shop IS E'x\\n\\\\'; "
+        "ALTER DATABASE shop SET application_name TO '; GRANT pg_execute_server_program "
+        "TO shop_owner /* DATABASE shop */; SELECT ';"
+    )
+    pg.sql("ALTER DATABASE shop SET app.jwt_secret TO 'S3cr3t-JWT-key-XYZ'")
+    box = ClientSandbox(tmp_path / "client")
+    password = secret(box, "backup.pass", pg.password)
+    box.add_service(
+        "shop",
+        f"""\
+        service: {{name: shop}}
+        postgresql: {{host: 127.0.0.1, port: {pg.port}, user: backup,
+                      password_file: {password}, database: shop, globals: false}}
+        """,
+    )
+    assert box.cli("run").returncode == 0
+    memberships = (
+        "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
+        "WHERE r.rolname = 'shop_owner'"
+    )
+    for args in ((), ("--replace",)):
+        result = restore(box, *args)
+        assert result.returncode == 0, result.stderr
+        assert pg.sql(memberships) == "0"
+        assert pg.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'shop_owner'") == "f"
+        assert "S3cr3t-JWT-key-XYZ" not in result.stdout + result.stderr
+    comment = pg.sql(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'shop'"
+    )
+    assert comment == "x\n\\"
+
+
 def test_replace_refuses_while_the_application_is_connected(pg, tmp_path):
     owner_setup(pg, createdb=True)
     box = shop_client(tmp_path, pg)
@@ -523,7 +562,9 @@ def test_mariadb_a_trigger_naming_its_database_is_not_loaded_beside_the_live_one
         for extra in ((), ("--replace",)):
             result = restore(box, *extra)
             assert result.returncode == 1, result.stderr
-            assert "a trigger, routine or event names the database shop itself" in result.stderr
+            assert (
+                "a trigger, routine, event or view names the database shop itself" in result.stderr
+            )
             assert "nothing was changed" in result.stderr
             assert maria_databases(maria) == before
             assert maria.sql(live_triggers) == "0"

@@ -277,23 +277,48 @@ def definers(dump: Path) -> set[str]:
     return found
 
 
+_STRING = re.compile(rb"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"", re.DOTALL)
+"""A string in SQL text (MariaDB's escapes and doubled quotes): not a name."""
+MAX_BLOCK = 16 << 20
+"""Bytes of one trigger, routine or event read whole; a longer one is not checked but
+refused (the dump's own work is a few kilobytes each)."""
+
+
+def _names_it(text: bytes, pattern: re.Pattern[bytes]) -> int | None:
+    """The line (from 0) of ``text`` where ``pattern`` matches outside strings, or None."""
+    blanked = _STRING.sub(lambda m: b"''" + b"\n" * m[0].count(b"\n"), text)
+    found = pattern.search(blanked)
+    return None if found is None else blanked.count(b"\n", 0, found.start())
+
+
 def self_reference(dump: Path, name: str) -> int | None:
-    """The line of ``dump`` where a trigger, routine or event names the database ``name``
-    itself (``inv.items``, ```inv`.`items```), or None. mariadb-dump keeps their text as
-    written, between ``DELIMITER ;;`` lines (views it writes unqualified, data never
-    lies there): loaded beside the live database, such a trigger was created on the live
-    table (an outside walk saw a restore "beside" change the live ``inv`` and say it
-    was untouched)."""
+    """The line of ``dump`` where a trigger, routine, event or view names the database
+    ``name`` itself (``inv.items``, ```inv`.`items```, ```inv`` and ``.`items``` on two
+    lines), or None. mariadb-dump keeps a trigger's, routine's and event's text as
+    written, between ``DELIMITER ;;`` lines; a view it writes with its tables unqualified,
+    so a qualified name there is a function of that database (data never lies in
+    either). Loaded beside the live database, such a trigger was created on the live
+    table (an outside walk saw a restore "beside" change the live ``inv`` and say it was
+    untouched). Names inside strings do not count."""
     quoted = re.escape(_ident(name).encode())
     plain = re.escape(name.encode()) if re.fullmatch(r"[A-Za-z0-9_$]+", name) else None
     either = quoted + (b"|" + plain if plain else b"")
     pattern = re.compile(rb"(?<![\w$`.])(?:" + either + rb")\s*\.")
-    inside = False
+    block: list[bytes] | None = None
+    start = size = 0
     with open(dump, "rb") as lines:
         for number, line in enumerate(lines, 1):
             if line.startswith(b"DELIMITER "):
-                inside = line.strip() != b"DELIMITER ;"
-            elif inside and pattern.search(line):
+                if block is not None and (found := _names_it(b"".join(block), pattern)) is not None:
+                    return start + found
+                block = [] if line.strip() != b"DELIMITER ;" else None
+                start, size = number + 1, 0
+            elif block is not None:
+                size += len(line)
+                if size > MAX_BLOCK:
+                    return start
+                block.append(line)
+            elif line.startswith(b"/*!50001 VIEW ") and _names_it(line, pattern) is not None:
                 return number
     return None
 
@@ -391,7 +416,7 @@ class _Restore(DatabaseRestore):
             return []
         fresh = renamed(name, "restored", self.plan.stamp, 64)
         return [
-            f"{dump.name} line {line}: a trigger, routine or event names the database "
+            f"{dump.name} line {line}: a trigger, routine, event or view names the database "
             f"{name} itself; loaded as {fresh} it would act on the live {name} (a trigger "
             "would be created on its tables), so nothing is restored. Restore it by hand "
             "over the live database (docs/restore.md, MariaDB dumps that name their database)"

@@ -44,3 +44,23 @@ def test_a_name_that_needs_quotes_is_only_found_quoted(tmp_path):
     trigger = "trg AFTER INSERT ON `my-db`.`items` FOR EACH ROW SET @a = 'my-db.items'"
     assert self_reference(dump(tmp_path, trigger), "my-db") == 6
     assert self_reference(dump(tmp_path, "trg ON items SET @a = 'my-db.items'"), "my-db") is None
+
+
+def test_a_name_split_over_lines_or_in_a_view_is_found_a_string_is_not(tmp_path):
+    """An outside attack: ```inv``` and ``.`audit``` on two lines passed and the restored
+    trigger wrote into the live table; a view calling ``inv.f()`` read the live one;
+    a procedure returning the string 'see inv. 5' was refused."""
+    split = "trg AFTER INSERT ON items FOR EACH ROW INSERT INTO `inv`\n  .`audit` VALUES (1)"
+    assert self_reference(dump(tmp_path, split), "inv") == 6  # where the name starts
+    quoted = "trg AFTER INSERT ON items FOR EACH ROW SET @a = 'see inv. 5', @b = \"inv.x\""
+    assert self_reference(dump(tmp_path, quoted), "inv") is None
+    escaped = "trg AFTER INSERT ON items FOR EACH ROW SET @a = 'it\\'s inv.x', @b = inv.f()"
+    assert self_reference(dump(tmp_path, escaped), "inv") == 6
+    view = tmp_path / "view.sql"
+    view.write_text(
+        "/*!50001 VIEW `v` AS select `inv`.`f`(`orders`.`id`) AS `x` from `orders` */;\n"
+    )
+    assert self_reference(view, "inv") == 1
+    plain_view = tmp_path / "plain.sql"
+    plain_view.write_text("/*!50001 VIEW `v` AS select `orders`.`id` AS `id` from `orders` */;\n")
+    assert self_reference(plain_view, "inv") is None

@@ -102,12 +102,18 @@ def _token(path: Path | None) -> str | None:
     return token
 
 
+def _shown(url: str) -> str:
+    """``url`` as a warning shows it: masked, and a password in its ``user:password@``
+    as ``***`` (an outside attack saw ``http://u:NtfySecret55@...`` printed whole)."""
+    return secrets.mask(secrets.mask_url_password(url))
+
+
 def _send(what: str, url: str, data: bytes | None, headers: dict[str, str], timeout: float) -> bool:
     import urllib.error  # here: http.client, ssl and email load only when a ping is sent
     import urllib.request
 
     if not url.startswith(("http://", "https://")):  # the schema allows nothing else
-        log.warning("%s not sent: %s is not an http(s) URL", what, secrets.mask(url))
+        log.warning("%s not sent: %s is not an http(s) URL", what, _shown(url))
         return False
     request = urllib.request.Request(  # noqa: S310 - http(s) only, checked above
         url, data=data, headers=headers, method="POST" if data is not None else "GET"
@@ -118,7 +124,7 @@ def _send(what: str, url: str, data: bytes | None, headers: dict[str, str], time
         return True
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        log.warning("%s not delivered (%s): %s", what, secrets.mask(url), reason)
+        log.warning("%s not delivered (%s): %s", what, _shown(url), reason)
         return False
 
 

@@ -123,6 +123,19 @@ def url_password(location: str) -> str | None:
     return match["password"] if match and match["password"] else None
 
 
+_UNENCODED = re.compile(r"[/?#@]|%(?![0-9A-Fa-f]{2})")
+"""What a URL's password cannot hold as it is: a parser cuts the URL there."""
+
+
+def unencoded_in_password(location: str) -> list[str]:
+    """The characters of a repository URL's password that must be percent-encoded and
+    are not (``/ ? # @``, a ``%`` not starting an escape), each once, in order. An outside
+    attack saw restic cut such a URL and look up a piece of the password as a host name
+    (a DNS query) before any line could be masked."""
+    password = url_password(location) or ""
+    return list(dict.fromkeys(match[0] for match in _UNENCODED.finditer(password)))
+
+
 def url_secrets(location: str) -> tuple[str, ...]:
     """What to mask of a repository URL: its password, percent-decoded too, and the
     pieces a parser cuts a raw one into at ``/ ? # @ :`` (an outside walk saw restic

@@ -58,6 +58,7 @@ FILE_VARIABLES = {
     "RCLONE_CONFIG",
     "RESTIC_CACERT",
     "RESTIC_TLS_CLIENT_CERT",
+    "SSL_CERT_FILE",  # the CA Debian 12's restic 0.14 trusts (it reads no RESTIC_CACERT)
 }
 ENVIRONMENT_SCHEMES = ("s3:", "b2:", "azure:", "gs:", "swift:", "rclone:")
 SSH_URL = re.compile(r"(?:sftp|ssh)://(?:[^@/]*@)?(?P<host>\[[^\]/]+\]|[^:/]+)")

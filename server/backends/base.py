@@ -74,6 +74,13 @@ def ssh_words(exc: CommandError, besides: str = "") -> str:
     return " (over ssh: " + "; ".join(printable(line, 200) for line in said[-SSH_SHOWN:]) + ")"
 
 
+PROBE_TIMEOUT = 120.0
+"""Seconds the first contact with a host's repository (``restic cat config``, ``borg
+info``: one small read and a key derivation) may take before it counts as unreachable.
+An outside attack with a stalled store saw ``check``, ``maintain``, ``verify`` and
+``snapshots`` wait ten minutes per host, one host after another, before this bound."""
+
+
 class RepositoryBackend(ABC):
     """One host's repository, reached through one tool (``restic`` or ``borg``)."""
 
@@ -244,7 +251,7 @@ class RepositoryBackend(ABC):
         if local is not None and (local / "config").is_file():
             return True  # no tool process (and key derivation) needed to know it exists
         try:
-            self.run_tool(self.probe_args(), level=10, stdout="/dev/null", timeout=600)
+            self.run_tool(self.probe_args(), level=10, stdout="/dev/null", timeout=PROBE_TIMEOUT)
             return True
         except CommandError as exc:
             if not self._said(exc, self.MISSING) or self.wrong_password(exc):

@@ -136,6 +136,14 @@ def _from_file(path: Path) -> Location:
     line = read_location_file(path)
     # masked alone too, and its pieces (restic may print the URL its own way)
     secrets.register(*secrets.url_secrets(line))
+    raw = secrets.unencoded_in_password(line)
+    if raw:
+        codes = ", ".join(f"{c} as %{ord(c):02X}" for c in raw)
+        raise BackendError(
+            f"the password in {path} holds {' '.join(raw)} as it is, where a URL cuts it "
+            "(restic would take a piece of it for the host name and look that up): "
+            f"write it percent-encoded ({codes}); nothing was run"
+        )
     return Location(masked(line.strip()), None, path)
 
 

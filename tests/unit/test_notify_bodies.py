@@ -105,3 +105,16 @@ def test_a_snapshot_dated_ahead_is_not_the_newest_for_restore_or_the_drill(tmp_p
         log = None
 
     assert _pick(Ctx, [real, forged], False, DrillResult("web1")) is real
+
+
+def test_a_ping_url_s_password_is_not_printed(caplog):
+    """An outside attack: ``notify.ntfy.url: http://u:NtfySecret55@host/topic``, not
+    delivered, was printed whole in the warning (and so the journal and the mail)."""
+    import logging
+
+    from pullback.common.notify import _send
+
+    with caplog.at_level(logging.WARNING):
+        assert not _send("ntfy message", "http://u:NtfySecret55@127.0.0.1:9/t", None, {}, 5)
+    assert "NtfySecret55" not in caplog.text
+    assert "http://u:***@127.0.0.1:9/t" in caplog.text

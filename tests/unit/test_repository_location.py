@@ -201,7 +201,9 @@ def test_what_restic_prints_of_a_raw_password_is_masked(tmp_path, raw, piece):
     location = tmp_path / "web1.repository"
     location.write_text(f"rest:http://puller:{raw}@store.example:8000/web1/\n")
     location.chmod(0o600)
-    _from_file(location)
+    with pytest.raises(BackendError, match="write it percent-encoded") as refused:
+        _from_file(location)  # refused before restic runs; masked should it run anyway
+    assert piece not in str(refused.value)
     said = subprocess.run(
         ["restic", "-r", location.read_text().strip(), "snapshots", "--no-lock"],
         capture_output=True,
@@ -212,6 +214,32 @@ def test_what_restic_prints_of_a_raw_password_is_masked(tmp_path, raw, piece):
     assert f'":{piece}"' in said, said  # what restic prints of it
     shown = secrets.mask(said)
     assert piece not in shown and raw not in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ("Zq@9/Kx:Wm#7?Lp%Ab", "@ / # ?"),
+        ("pass%zzword", "%"),
+        ("partofthesecret42/Kx", "/"),
+    ],
+)
+def test_a_raw_password_is_refused_before_restic_can_send_a_piece_of_it(tmp_path, raw, named):
+    """An outside attack: a raw ``@`` or ``/`` made restic take a piece of the password
+    for the host name and look it up (a DNS query to the network); shown pieces of two
+    characters were not masked."""
+    from pullback.server.backends.location import _from_file
+
+    location = tmp_path / "web1.repository"
+    location.write_text(f"rest:https://puller3:{raw}@127.0.0.1:18451/web1/\n")
+    location.chmod(0o600)
+    with pytest.raises(BackendError) as refused:
+        _from_file(location)
+    said = str(refused.value)
+    assert f"holds {named} as it is" in said and "nothing was run" in said
+    assert raw not in said and "Kx" not in said and "Wm" not in said
+    encoded = "rest:https://puller3:Zq%409%2FKx%3AWm%237%3FLp%25Ab@127.0.0.1:18451/web1/"
+    assert secrets.unencoded_in_password(encoded) == []
 
 
 def test_a_comment_as_the_first_line_of_a_location_file_is_refused_naming_it(config):

@@ -239,6 +239,7 @@ def _state(entry: dict, stale: bool) -> HostState:
         return HostState.STALE
     if (
         entry.get("problem")
+        or _client_failed(entry)  # (written with problem false by hand or an older server)
         or entry.get("verify_result") == Status.FAILED
         or isinstance(entry.get("verify_failed_snapshot"), dict)
         or _maintenance_failed(entry)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from pullback.server.fleet_view import HostRow, HostState
 from pullback.server.status import Check, fleet_check
 
@@ -59,3 +61,23 @@ def test_status_exits_1_for_every_row_check_does_not_call_ok():
         "forget held by the ransomware guard: e (pullback-server release HOST once the "
         "change is understood)"
     ]
+
+
+def test_a_partial_snapshot_recorded_without_a_problem_is_not_ok():
+    """An outside attack: a status file saying ``failed_services`` with ``problem:
+    false`` (an older server's, or one written by hand) made ``status`` exit 1 while
+    ``--check`` said OK."""
+    from pullback.server.fleet_view import host_row
+    from pullback.server.status import _host_complaints
+
+    entry = {
+        "last_result": "stored",
+        "newest_snapshot": "2026-12-04T10:00:00Z",
+        "failed_services": ["one"],
+        "problem": False,
+    }
+    now = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
+    found = host_row("web1", entry, 36 * 3600.0, now)
+    assert found.state is HostState.ATTENTION
+    assert fleet_check([found]).state == Check.WARNING
+    assert _host_complaints([found])  # and plain status exits 1 as it did

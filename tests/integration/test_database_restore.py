@@ -57,6 +57,23 @@ def shop_client(tmp_path: Path, pg: Postgres, extra: str = "") -> ClientSandbox:
     return box
 
 
+def superuser_client(tmp_path: Path, pg: Postgres) -> ClientSandbox:
+    """A client dumping shop as the superuser ``backup`` (as ``postgres`` does on Debian),
+    one run made."""
+    box = ClientSandbox(tmp_path / "client")
+    password = secret(box, "backup.pass", pg.password)
+    box.add_service(
+        "shop",
+        f"""\
+        service: {{name: shop}}
+        postgresql: {{host: 127.0.0.1, port: {pg.port}, user: backup,
+                      password_file: {password}, database: shop, globals: false}}
+        """,
+    )
+    assert box.cli("run").returncode == 0
+    return box
+
+
 def restore(box: ClientSandbox, *args: str):
     (archive,) = box.published()
     return box.cli("restore", "--service", "shop", "--from", str(archive), *args)
@@ -128,17 +145,7 @@ def test_the_database_comes_back_with_its_owner_settings_and_grants(pg, tmp_path
         "COMMENT ON DATABASE shop IS 'the shop''s orders'; "
         "ALTER DATABASE shop SET work_mem TO '64MB'"
     )
-    box = ClientSandbox(tmp_path / "client")
-    password = secret(box, "backup.pass", pg.password)
-    box.add_service(
-        "shop",
-        f"""\
-        service: {{name: shop}}
-        postgresql: {{host: 127.0.0.1, port: {pg.port}, user: backup,
-                      password_file: {password}, database: shop, globals: false}}
-        """,
-    )
-    assert box.cli("run").returncode == 0
+    box = superuser_client(tmp_path, pg)
     properties = (
         "SELECT pg_get_userbyid(datdba), datacl::text, shobj_description(oid, 'pg_database'), "
         "(SELECT setconfig::text FROM pg_db_role_setting WHERE setdatabase = d.oid "
@@ -171,17 +178,7 @@ def test_the_database_owner_cannot_make_a_superuser_s_restore_run_its_sql(pg, tm
         "TO shop_owner /* DATABASE shop */; SELECT ';"
     )
     pg.sql("ALTER DATABASE shop SET app.jwt_secret TO 'S3cr3t-JWT-key-XYZ'")
-    box = ClientSandbox(tmp_path / "client")
-    password = secret(box, "backup.pass", pg.password)
-    box.add_service(
-        "shop",
-        f"""\
-        service: {{name: shop}}
-        postgresql: {{host: 127.0.0.1, port: {pg.port}, user: backup,
-                      password_file: {password}, database: shop, globals: false}}
-        """,
-    )
-    assert box.cli("run").returncode == 0
+    box = superuser_client(tmp_path, pg)
     memberships = (
         "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
         "WHERE r.rolname = 'shop_owner'"

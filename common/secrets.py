@@ -123,17 +123,30 @@ def url_password(location: str) -> str | None:
     return match["password"] if match and match["password"] else None
 
 
-_UNENCODED = re.compile(r"[/?#@]|%(?![0-9A-Fa-f]{2})")
-"""What a URL's password cannot hold as it is: a parser cuts the URL there."""
+_UNENCODED = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:%]|%(?![0-9A-Fa-f]{2})")
+"""What a URL's password cannot hold as it is (Go's ``net/url`` takes these and no
+other characters in user information): ``/ ? # @`` cut the URL there; a backslash, a
+quote or a space make restic print the URL quoted (a backslash doubled: past the mask)."""
+_SCHEME = re.compile(r"^(?:(?:[a-z0-9]+:)?[A-Za-z][A-Za-z0-9+.-]*://|rest:)")
+_HOST_PORT = re.compile(r"^(?:\[[^\]/]*\]|[^:@\[\]]*)(?::[0-9]*)?$")
 
 
 def unencoded_in_password(location: str) -> list[str]:
     """The characters of a repository URL's password that must be percent-encoded and
-    are not (``/ ? # @``, a ``%`` not starting an escape), each once, in order. An outside
-    attack saw restic cut such a URL and look up a piece of the password as a host name
-    (a DNS query) before any line could be masked."""
-    password = url_password(location) or ""
-    return list(dict.fromkeys(match[0] for match in _UNENCODED.finditer(password)))
+    are not (``/ ? # @``, a ``%`` not starting an escape, anything Go's URL parser does
+    not take there), each once, in order. An outside attack saw restic cut such a URL
+    and look up a piece of the password as a host name (a DNS query) before any line
+    could be masked. An ``@`` in the path of a URL without a password is no password
+    (``rest:https://store:8000/repos/web1@prod/``, ``sftp://backup@host/srv/r@web1``)."""
+    found = [match[0] for match in _UNENCODED.finditer(url_password(location) or "")]
+    if not found:
+        return []
+    head = _SCHEME.match(location)
+    authority = re.split(r"[/?#]", location[head.end() if head else 0 :], maxsplit=1)[0]
+    user, at, _ = authority.rpartition("@")
+    if (not at and _HOST_PORT.match(authority)) or (authority.count("@") == 1 and ":" not in user):
+        return []
+    return list(dict.fromkeys(found))
 
 
 def url_secrets(location: str) -> tuple[str, ...]:

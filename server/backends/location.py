@@ -138,11 +138,17 @@ def _from_file(path: Path) -> Location:
     secrets.register(*secrets.url_secrets(line))
     raw = secrets.unencoded_in_password(line)
     if raw:
-        codes = ", ".join(f"{c} as %{ord(c):02X}" for c in raw)
+        import urllib.parse
+
+        shown = " ".join(c if c.isprintable() and c != " " else repr(c) for c in raw)
+        codes = ", ".join(
+            f"{c if c.isprintable() else repr(c)} as {urllib.parse.quote(c, safe='')}" for c in raw
+        )
         raise BackendError(
-            f"the password in {path} holds {' '.join(raw)} as it is, where a URL cuts it "
-            "(restic would take a piece of it for the host name and look that up): "
-            f"write it percent-encoded ({codes}); nothing was run"
+            f"the password in {path} holds {shown} as it is, which a URL cannot carry "
+            "(restic would cut it there and take a piece of it for the host name, or print "
+            f"it quoted): write it percent-encoded ({codes}; an @ in the path: %40); "
+            "nothing was run"
         )
     return Location(masked(line.strip()), None, path)
 

@@ -46,16 +46,24 @@ def test_a_name_that_needs_quotes_is_only_found_quoted(tmp_path):
     assert self_reference(dump(tmp_path, "trg ON items SET @a = 'my-db.items'"), "my-db") is None
 
 
-def test_a_name_split_over_lines_or_in_a_view_is_found_a_string_is_not(tmp_path):
-    """An outside attack: ```inv``` and ``.`audit``` on two lines passed and the restored
-    trigger wrote into the live table; a view calling ``inv.f()`` read the live one;
-    a procedure returning the string 'see inv. 5' was refused."""
+def test_a_name_split_over_lines_hidden_or_in_a_view_is_found(tmp_path):
+    """Outside attacks: ```inv``` and ``.`audit``` on two lines passed and the restored
+    trigger wrote into the live table; a view calling ``inv.f()`` read the live one; a
+    reader of strings was fooled by a comment holding an apostrophe, by ANSI_QUOTES'
+    ``"inv".audit`` and by NO_BACKSLASH_ESCAPES, and an event wrote into the live table
+    every second. The text is searched as it is: a name in a string counts too."""
     split = "trg AFTER INSERT ON items FOR EACH ROW INSERT INTO `inv`\n  .`audit` VALUES (1)"
     assert self_reference(dump(tmp_path, split), "inv") == 6  # where the name starts
-    quoted = "trg AFTER INSERT ON items FOR EACH ROW SET @a = 'see inv. 5', @b = \"inv.x\""
-    assert self_reference(dump(tmp_path, quoted), "inv") is None
-    escaped = "trg AFTER INSERT ON items FOR EACH ROW SET @a = 'it\\'s inv.x', @b = inv.f()"
-    assert self_reference(dump(tmp_path, escaped), "inv") == 6
+    for hidden in (
+        "trg AFTER INSERT ON items FOR EACH ROW BEGIN\n# don't\nINSERT INTO inv.a VALUES (1);\n"
+        "# won't\nEND",
+        'trg AFTER INSERT ON items FOR EACH ROW INSERT INTO "inv".audit VALUES (NEW.id)',
+        "trg AFTER INSERT ON items FOR EACH ROW BEGIN SET @a='x\\'; INSERT INTO inv.a VALUES "
+        "(1); SET @b=''; END",
+        "trg AFTER INSERT ON items FOR EACH ROW INSERT INTO inv/**/.audit VALUES (1)",
+        "trg AFTER INSERT ON items FOR EACH ROW SET @a = 'see inv. 5'",  # refused: by hand
+    ):
+        assert self_reference(dump(tmp_path, hidden), "inv") is not None, hidden
     view = tmp_path / "view.sql"
     view.write_text(
         "/*!50001 VIEW `v` AS select `inv`.`f`(`orders`.`id`) AS `x` from `orders` */;\n"

@@ -296,3 +296,26 @@ def test_restic_init_s_line_names_the_location_it_was_given_by_file(config, capl
         in caplog.text
     ), caplog.text
     assert "Pull-Pw-81" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("location", "refused"),
+    [
+        ("rest:https://puller:Pa55\\SECRETx@store/", ["\\"]),  # restic quoted it, doubled
+        ('rest:https://puller:Pa55"SECRETx@store/', ['"']),
+        ("rest:https://puller:Pa 55@store/", [" "]),
+        ("rest:https://store:8000/repos/web1@prod/", []),  # an @ in the path, no password
+        ("rest:http://[::1]:8000/web1@2024/", []),
+        ("sftp://backup@host:2222/srv/restic@web1", []),
+        ("s3:https://minio:9000/bucket@2024", []),
+        ("rest:https://puller:Zq%409%2FKx%3AWm%237%3FLp%25Ab@[::1]:8000/web1/", []),
+        ("sftp:user@host:/p@x", []),
+        # ambiguous (a password, and an @ in the path): refused, the path's @ as %40
+        ("rest:https://puller:secret@store:8000/repos/web1@prod/", ["@", "/"]),
+    ],
+)
+def test_which_location_urls_hold_a_raw_password(location, refused):
+    """An outside attack on the first version: a backslash or a quote passed (restic
+    printed the URL quoted, past the mask), and valid URLs with an ``@`` in the path
+    were refused."""
+    assert secrets.unencoded_in_password(location) == refused

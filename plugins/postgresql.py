@@ -568,7 +568,9 @@ class _Restore(DatabaseRestore):
                 self.task.run(argv, stdin=dump, stdout=listing)
             finally:
                 os.unlink(chosen)
-            sql = listing.read_text(errors="replace")
+            # as bytes, then decoded: read_text's universal newlines turned a comment's CR
+            # into LF (an outside attack)
+            sql = listing.read_bytes().decode(errors="replace")
         finally:
             listing.unlink(missing_ok=True)
         return pg_database.renamed_properties(sql, name, fresh)

@@ -18,6 +18,7 @@ a password, as restic's REST backend wants it) is passed to the tool by file
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,11 @@ def _first(
     return None
 
 
+_SCHEMES = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)+")
+_LOOSE_PASSWORD = re.compile(r"[^:/@\s]+:[^@/\s]+@")
+"""``user:password@`` anywhere but after a ``scheme://`` (``rest:https//u:pw@h``)."""
+
+
 def _from_file(path: Path) -> Location:
     """A location kept in a file: read (its password registered as a secret, masked
     wherever it could be printed; the rest of the line is not a secret: an outside walk
@@ -136,6 +142,13 @@ def _from_file(path: Path) -> Location:
     line = read_location_file(path)
     # masked alone too, and its pieces (restic may print the URL its own way)
     secrets.register(*secrets.url_secrets(line))
+    if secrets.url_password(line) is None and _LOOSE_PASSWORD.search(_SCHEMES.sub("", line)):
+        # (nothing registered to mask: an outside attack saw restic print it whole)
+        raise BackendError(
+            f"the first line of {path} holds user:password@ where no URL has it: write "
+            "it as rest:https://user:password@host:port/path (a scheme, then ://); "
+            "nothing was run"
+        )
     raw = secrets.unencoded_in_password(line)
     if raw:
         import urllib.parse

@@ -319,3 +319,30 @@ def test_which_location_urls_hold_a_raw_password(location, refused):
     printed the URL quoted, past the mask), and valid URLs with an ``@`` in the path
     were refused."""
     assert secrets.unencoded_in_password(location) == refused
+
+
+@pytest.mark.parametrize(
+    ("line", "refused"),
+    [
+        ("rest:https//puller:Pa55SECRETx@store/", True),  # a colon missing: no URL
+        ("sftp:user@host:/srv/restic@x", False),
+        ("sftp://backup@host:2222/srv/restic", False),
+        ("/srv/restic/web1", False),
+        ("s3:https://minio:9000/bucket", False),
+        ("rest:https://puller:Pa55SECRETx@store/", False),
+    ],
+)
+def test_a_password_outside_any_url_is_refused_unprinted(tmp_path, line, refused):
+    """An outside attack: ``rest:https//puller:Pa55SECRETx@store/`` (a typo) was no URL
+    to the password reader, so nothing was registered to mask, and restic printed it."""
+    from pullback.server.backends.location import _from_file
+
+    location = tmp_path / "web1.repository"
+    location.write_text(line + "\n")
+    location.chmod(0o600)
+    if not refused:
+        _from_file(location)
+        return
+    with pytest.raises(BackendError, match="where no URL has it") as said:
+        _from_file(location)
+    assert "Pa55SECRETx" not in str(said.value)

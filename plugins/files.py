@@ -13,7 +13,7 @@ from ..common.fsutil import open_trusted_dir, untrusted_link
 from ..common.text import counted, printable
 from ..common.units import human_size
 from . import hookimpl, load_plugin_schema
-from .before_restore import Identity, InStep, Spot, find_replaced, keep_aside
+from .before_restore import Identity, InStep, Replaced, Spot, find_replaced, keep_aside
 from .exclude import ExcludeMatcher
 from .task import ProbeResult, RestorePlan, Task, TaskError, TaskType
 
@@ -173,7 +173,7 @@ def restore_paths(
         above = _a_place_of_its_own(destination)
         _same_kind_at_top(copy, destination)
         places.append((path, copy, destination, above))
-    found = [find_replaced(c, d, a) for _, c, d, a in places if os.path.lexists(d)]
+    found = [_scanned(c, d, a) for _, c, d, a in places if os.path.lexists(d)]
     keep_aside(task.type, task.log, found, plan, source)
     for path, copy, destination, above in places:
         count = _count(copy)
@@ -183,9 +183,11 @@ def restore_paths(
             continue
         try:
             _copy_parents(copy, destination, source)
-            # a directory made just now is pinned now (a racing owner of the one above
-            # it had it missing at the check, and then a symlink to elsewhere)
-            above = above or _pin(destination.parent)
+            if above is None:
+                # a directory made just now is pinned now (a racing owner of the one
+                # above it had it missing at the check, and then a symlink to elsewhere)
+                above = _pin(destination.parent)
+                _still_missing(destination)
             _copy_back(task, copy, destination)
         except OSError as exc:  # (a racing owner: words, not an internal error)
             raise TaskError(
@@ -239,6 +241,33 @@ def _a_place_of_its_own(destination: Path) -> Identity | None:
         return _pin(destination.parent)
     except FileNotFoundError:
         return None  # made by the restore: pinned once made (restore_paths)
+
+
+def _scanned(copy: Path, destination: Path, above: Identity | None) -> Replaced:
+    """What restoring ``copy`` onto the existing ``destination`` replaces
+    (:func:`.before_restore.find_replaced`, within the directory ``above``). Raises
+    TaskError, before anything is replaced, when the restore's check found no directory
+    holding ``destination`` (``above`` is None), yet it is there now: its owner is
+    moving things meanwhile (an outside attack had it appear as a symlink to another
+    tree, whose files were read into the kept directory)."""
+    if above is None:
+        raise _appeared(destination)
+    return find_replaced(copy, destination, above)
+
+
+def _still_missing(destination: Path) -> None:
+    """Raises TaskError when ``destination``, missing at the restore's check (so nothing
+    of it was compared or kept), is there now that its directories are made."""
+    if os.path.lexists(destination):
+        raise _appeared(destination)
+
+
+def _appeared(destination: Path) -> TaskError:
+    return TaskError(
+        f"{printable(destination, 200)} appeared while the restore checked it (its "
+        "directory was missing): nothing of it replaced; stop whoever owns it, or "
+        "restore below --target DIR"
+    )
 
 
 def _pin(directory: Path) -> Identity:

@@ -93,10 +93,9 @@ def forget_all() -> None:
         _secrets.clear()
 
 
-_USERINFO = re.compile(
-    r"^(?P<head>(?:[a-z0-9]+:)?[A-Za-z][A-Za-z0-9+.-]*://|rest:)"
-    r"(?P<user>[^/:]*):(?P<password>.*)@"
-)
+_HEAD = r"(?:(?:[a-z0-9]+:)?[A-Za-z][A-Za-z0-9+.-]*://|rest:)"
+"""A URL's ``scheme://``, with restic's ``rest:`` before it, or ``rest:`` alone."""
+_USERINFO = re.compile(rf"^(?P<head>{_HEAD})(?P<user>[^/:]*):(?P<password>.*)@")
 """A URL's ``scheme://user:password@``, with restic's ``rest:`` prefix before it (or
 ``rest:user:password@`` with no scheme at all: restic prints that line back whole, "unsupported
 protocol scheme"). The user may hold ``@`` (``backup@corp``: restic reads the user
@@ -127,7 +126,7 @@ _UNENCODED = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:%]|%(?![0-9A-Fa-f]{2})")
 """What a URL's password cannot hold as it is (Go's ``net/url`` takes these and no
 other characters in user information): ``/ ? # @`` cut the URL there; a backslash, a
 quote or a space make restic print the URL quoted (a backslash doubled: past the mask)."""
-_SCHEME = re.compile(r"^(?:(?:[a-z0-9]+:)?[A-Za-z][A-Za-z0-9+.-]*://|rest:)")
+_SCHEME = re.compile(rf"^{_HEAD}")
 _HOST_PORT = re.compile(r"^(?:\[[^\]/]*\]|[^:@\[\]]*)(?::[0-9]*)?$")
 
 
@@ -147,6 +146,39 @@ def unencoded_in_password(location: str) -> list[str]:
     if (not at and _HOST_PORT.match(authority)) or (authority.count("@") == 1 and ":" not in user):
         return []
     return list(dict.fromkeys(found))
+
+
+_SCHEMES = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)+")
+_LOOSE_PASSWORD = re.compile(r"[^:/@\s]+:[^@/\s]+@")
+"""``user:password@`` anywhere but after a ``scheme://`` (``rest:https//u:pw@h``)."""
+
+
+def password_problem(location: str, where: str) -> str | None:
+    """Why ``location`` (a repository URL, the first line of the file ``where``) cannot
+    be handed to restic or borg without its password reaching a terminal or the
+    network, in words: a ``user:password@`` where no URL has it (nothing is known to
+    mask: an outside attack saw restic print it whole), or password characters not
+    percent-encoded (:func:`unencoded_in_password`); None when there is no such
+    problem."""
+    if url_password(location) is None and _LOOSE_PASSWORD.search(_SCHEMES.sub("", location)):
+        return (
+            f"the first line of {where} holds user:password@ where no URL has it: write it as "
+            "rest:https://user:password@host:port/path (a scheme, then ://)"
+        )
+    raw = unencoded_in_password(location)
+    if not raw:
+        return None
+    import urllib.parse
+
+    shown = " ".join(c if c.isprintable() and c != " " else repr(c) for c in raw)
+    codes = ", ".join(
+        f"{c if c.isprintable() else repr(c)} as {urllib.parse.quote(c, safe='')}" for c in raw
+    )
+    return (
+        f"the password in {where} holds {shown} as it is, which a URL cannot carry (restic would "
+        "cut it there and take a piece of it for the host name, or print it quoted): write "
+        f"it percent-encoded ({codes}; an @ in the path: %40)"
+    )
 
 
 def url_secrets(location: str) -> tuple[str, ...]:

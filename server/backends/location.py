@@ -18,7 +18,6 @@ a password, as restic's REST backend wants it) is passed to the tool by file
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,11 +128,6 @@ def _first(
     return None
 
 
-_SCHEMES = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)+")
-_LOOSE_PASSWORD = re.compile(r"[^:/@\s]+:[^@/\s]+@")
-"""``user:password@`` anywhere but after a ``scheme://`` (``rest:https//u:pw@h``)."""
-
-
 def _from_file(path: Path) -> Location:
     """A location kept in a file: read (its password registered as a secret, masked
     wherever it could be printed; the rest of the line is not a secret: an outside walk
@@ -142,27 +136,9 @@ def _from_file(path: Path) -> Location:
     line = read_location_file(path)
     # masked alone too, and its pieces (restic may print the URL its own way)
     secrets.register(*secrets.url_secrets(line))
-    if secrets.url_password(line) is None and _LOOSE_PASSWORD.search(_SCHEMES.sub("", line)):
-        # (nothing registered to mask: an outside attack saw restic print it whole)
-        raise BackendError(
-            f"the first line of {path} holds user:password@ where no URL has it: write "
-            "it as rest:https://user:password@host:port/path (a scheme, then ://); "
-            "nothing was run"
-        )
-    raw = secrets.unencoded_in_password(line)
-    if raw:
-        import urllib.parse
-
-        shown = " ".join(c if c.isprintable() and c != " " else repr(c) for c in raw)
-        codes = ", ".join(
-            f"{c if c.isprintable() else repr(c)} as {urllib.parse.quote(c, safe='')}" for c in raw
-        )
-        raise BackendError(
-            f"the password in {path} holds {shown} as it is, which a URL cannot carry "
-            "(restic would cut it there and take a piece of it for the host name, or print "
-            f"it quoted): write it percent-encoded ({codes}; an @ in the path: %40); "
-            "nothing was run"
-        )
+    problem = secrets.password_problem(line, str(path))
+    if problem:
+        raise BackendError(f"{problem}; nothing was run")
     return Location(masked(line.strip()), None, path)
 
 

@@ -248,6 +248,31 @@ RETENTION_FLAGS = {
 WITHIN = re.compile(r"^\s*\d+[hdwmy]\s*$")
 
 
+_TLS_OPTIONS = ("--insecure-tls", "--cacert", "--tls-client-cert")
+"""restic's TLS options; all but the first take a value (``--cacert=F`` or ``--cacert F``)."""
+
+
+def _without_tls(conv: Conversion, options: list[str]) -> list[str]:
+    """``options`` without restic's TLS options (and their values), each dropped with the
+    reason: in ``backup_options`` they would hold for the backup alone (pullback refuses
+    them there)."""
+    kept: list[str] = []
+    items = iter(options)
+    for word in items:
+        name = word.split("=", 1)[0]
+        if name not in _TLS_OPTIONS:
+            kept.append(word)
+            continue
+        if name != "--insecure-tls" and "=" not in word:
+            word = f"{word} {next(items, '')}".rstrip()
+        conv.drop(
+            f"restic.backup_options {word}",
+            "it would hold for the backup alone, not for the checks and restores of the "
+            "store; a private CA goes in SSL_CERT_FILE (docs/scaling.md)",
+        )
+    return kept
+
+
 def retention_of(policy: str, key: str = "forget_policy") -> tuple[dict[str, Any], list[str]]:
     """backup-suite's ``forget_policy`` (``--keep-daily 7 --keep-weekly 4``, restic's short
     flags too) as pullback's retention keys, and the words it could not use. Raises
@@ -545,6 +570,7 @@ def _backend(conv: Conversion, restic: dict, source: str) -> dict[str, Any]:
                 "with it restic 0.14 compares no ctime and keeps a file's older bytes when "
                 "it was rewritten with its old size and mtime (pullback refuses it)",
             )
+    options = _without_tls(conv, options)
     if options:
         backend["backup_options"] = options
         conv.map("restic.backup_options", "backend.backup_options (a list, never a shell line)")

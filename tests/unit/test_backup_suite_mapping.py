@@ -314,6 +314,22 @@ def test_a_global_keep_within_that_a_host_cannot_drop_is_said():
     assert any("global --keep-within still applies" in line for line in conv.unmapped)
 
 
+def test_tls_backup_options_are_dropped_with_their_values_and_the_reason():
+    server = yaml.safe_load(SERVER)
+    server["restic"]["backup_options"] = (
+        "--insecure-tls --exclude-caches --cacert /etc/ca.pem --tls-client-cert=/c.pem -x"
+    )
+    conv = convert_server(server, read_common_config(COMMON))
+    assert conv.settings["backend"]["backup_options"] == ["--exclude-caches", "-x"]
+    dropped = [u for u in conv.unmapped if u.startswith("restic.backup_options --")]
+    assert [d.split(":")[0].split(" (")[0] for d in dropped] == [
+        "restic.backup_options --insecure-tls",
+        "restic.backup_options --cacert /etc/ca.pem",
+        "restic.backup_options --tls-client-cert=/c.pem",
+    ], dropped
+    assert all("SSL_CERT_FILE" in d for d in dropped)
+
+
 def test_backup_options_that_hide_rewritten_files_are_dropped_with_the_reason():
     server = yaml.safe_load(SERVER)
     server["restic"]["backup_options"] = "--exclude-caches --ignore-inode --ignore-ctime"

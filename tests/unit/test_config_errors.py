@@ -215,7 +215,9 @@ def test_a_relative_cache_dir_is_refused(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("option", ["--ignore-inode", "--ignore-ctime", "--repo=/x"])
+@pytest.mark.parametrize(
+    "option", ["--ignore-inode", "--ignore-ctime", "--repo=/x", "--insecure-tls", "--cacert=/ca"]
+)
 def test_backup_options_that_would_keep_stale_bytes_are_refused(tmp_path, option):
     from pullback.server.config import load_server_config
 

@@ -127,6 +127,11 @@ class RestorePlan:
         return not self.dry_run
 
     def note(self, log: Log, text: str) -> None:
+        """Record what the administrator reads afterwards (and log it); in a dry run it
+        begins ``then:``, being what the restore would say (an outside walk read a dry
+        run's "shop is restored as ..." as done)."""
+        if self.dry_run:
+            text = f"then: {text}"
         self.notes.append(text)
         log.info("%s", text)
 

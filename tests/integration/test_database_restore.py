@@ -103,8 +103,15 @@ def test_the_default_restore_puts_the_database_beside_the_live_one(pg, tmp_path)
     owner_setup(pg, createdb=True)
     box = shop_client(tmp_path, pg)
     pg.sql("UPDATE orders SET total = 99", database="shop")  # the day after the backup
+    dry = restore(box, "--dry-run")  # what it would say reads as what it would say
+    assert dry.returncode == 0, dry.stderr
+    said = dry.stdout.splitlines()
+    assert said[-1].startswith("then: shop is restored as shop_restored_"), said
+    assert all(line.startswith(("would: ", "then: ")) for line in said), said
+    assert not databases(pg) - {"postgres", "shop", "template0", "template1"}
     result = restore(box)
     assert result.returncode == 0, result.stderr
+    assert "then:" not in result.stdout
     (fresh,) = databases(pg) - {"postgres", "shop", "template0", "template1"}
     assert re.fullmatch(r"shop_restored_\d{8}T\d{6}Z", fresh)
     assert rows(pg, fresh) == "1=10,2=20"  # the backup's rows, beside...

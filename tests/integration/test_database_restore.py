@@ -4,6 +4,7 @@ server to restore to, a live session, a truncated dump."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -708,17 +709,17 @@ def test_sqlite_restores_beside_or_keeps_the_file_it_replaces(tmp_path):
     import sqlite3
 
     live = tmp_path / "app.db"
-    with sqlite3.connect(live) as db:
+    with contextlib.closing(sqlite3.connect(live)) as db, db:
         db.execute("CREATE TABLE notes(body TEXT)")
         db.execute("INSERT INTO notes VALUES ('backed up')")
     box = ClientSandbox(tmp_path / "client")
     box.add_service("shop", f"service: {{name: shop}}\nsqlite: {{paths: [{live}]}}\n")
     assert box.cli("run").returncode == 0
-    with sqlite3.connect(live) as db:
+    with contextlib.closing(sqlite3.connect(live)) as db, db:
         db.execute("UPDATE notes SET body = 'changed since'")
 
-    def body(path: Path) -> str:
-        with sqlite3.connect(path) as db:
+    def body(path: Path) -> str:  # closed after (an open database stops a --replace)
+        with contextlib.closing(sqlite3.connect(path)) as db:
             return db.execute("SELECT body FROM notes").fetchone()[0]
 
     result = restore(box)
@@ -732,7 +733,7 @@ def test_sqlite_restores_beside_or_keeps_the_file_it_replaces(tmp_path):
     assert body(live) == "backed up" and body(kept) == "changed since"
 
     # a second --replace keeps what the first one kept
-    with sqlite3.connect(live) as db:
+    with contextlib.closing(sqlite3.connect(live)) as db, db:
         db.execute("UPDATE notes SET body = 'changed again'")
     time.sleep(1.1)
     assert restore(box, "--replace").returncode == 0

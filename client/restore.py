@@ -484,7 +484,7 @@ class ServiceRestore:
             replace=options.replace,
             dry_run=options.dry_run,
             safety_dir=config.work_dir.parent / "before-restore",
-            stops_first=any(spec.type.stops_service for spec in service.tasks),
+            stops_first=any(spec.type.stops(spec.config) for spec in service.tasks),
         )
         self.failures: list[str] = []
         self.prepared: list[Task] = []
@@ -544,7 +544,7 @@ class ServiceRestore:
         Returns False when one could not (nothing is restored then: the application
         may still be running; what was stopped is started again), the failure said."""
         specs = zip(self.tasks, self.service.tasks, strict=True)
-        for task in [t for t, spec in specs if spec.type.stops_service]:
+        for task in [t for t, spec in specs if spec.type.stops(spec.config)]:
             if self.options.dry_run:
                 task.log.info("would stop the application first")
                 continue

@@ -12,6 +12,7 @@ import yaml
 from ..common.errors import CommandError
 from . import hookimpl, load_plugin_schema
 from ._common import first, timeout
+from .files import restore_copies
 from .task import Requirement, Task, TaskError, TaskType
 
 
@@ -23,7 +24,7 @@ def pullback_task_types():
             load_plugin_schema("docker"),
             description="docker compose applications (stop, archive config, start)",
             requires=(Requirement(("docker",), "install Docker with compose"),),
-            stops_service=True,
+            stops_service=lambda config: bool(config.get("stop_services", True)),
             holds_data=_archives_something,
         )
     ]
@@ -95,6 +96,9 @@ def pullback_plan(task: Task):
 def pullback_prepare(task: Task):
     if not task.config["stop_services"]:
         return
+    if not compose_file(task).is_file():  # (a restore of an application lost with it)
+        task.log.info("no compose file at %s: nothing to stop", compose_file(task))
+        return
     running = _lines(task, _compose(task, "ps", "--services", "--status", "running"), "running")
     task.state["running"] = running
     if not running:
@@ -152,9 +156,16 @@ def _pin_images(task: Task) -> None:
 @hookimpl
 def pullback_finish(task: Task, failed: bool):
     stopped = task.state.pop("stopped", None)
+    defined = _defined(task) if stopped else None
     tmp = task.state.pop("_tmp", None)
     if tmp:
         shutil.rmtree(tmp, ignore_errors=True)
+    if not stopped:
+        return
+    gone = [name for name in stopped if defined is not None and name not in defined]
+    if gone:
+        task.log.warning("%s: no longer in %s, not started", ", ".join(gone), compose_file(task))
+    stopped = [name for name in stopped if name not in gone]
     if not stopped:
         return
     task.log.info("starting %s again", ", ".join(stopped))
@@ -165,24 +176,38 @@ def pullback_finish(task: Task, failed: bool):
         time.sleep(wait)
 
 
+def _defined(task: Task) -> set[str] | None:
+    """The services the compose file defines now (a restore may have put back one
+    without a service that ran: ``compose start`` of it would fail and start none), or
+    None when compose cannot say."""
+    try:
+        return set(_lines(task, _compose(task, "config", "--services"), "defined"))
+    except (CommandError, TaskError):
+        return None
+
+
 @hookimpl
-def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
-    """The compose file and .env go back to their place (or below ``target``); images
-    are not pulled: ``docker-compose.pinned.yml`` names the exact ones if needed."""
+def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool, plan):
+    """The compose file and .env go back to their place (or below ``target``) as the
+    files task restores files (:func:`.files.restore_copies`): what they replace that
+    differs is kept in the restore's safety directory first, a symlink in their place
+    is refused (root would write through it: an outside attack had the directory's owner
+    point ``.env`` into a directory of root's), owner, mode and times are the
+    snapshot's. Images are not pulled: ``docker-compose.pinned.yml`` names the exact
+    ones if needed."""
     original = compose_file(task)
     env_dir = Path(task.config.get("project_directory") or original.parent)
-    for name, destination in ((original.name, original), (".env", env_dir / ".env")):
-        copy = source / name
-        if not copy.is_file():
-            continue
-        if target is not None:
-            destination = target / str(destination).lstrip("/")
-        if dry_run:
-            task.log.info("would restore %s to %s", name, destination)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(copy, destination)
-        task.log.info("restored %s", destination)
+    copies = [
+        (str(live), source / name)
+        for name, live in ((original.name, original), (".env", env_dir / ".env"))
+        if (source / name).is_file()
+    ]
+    if not dry_run:  # a directory lost with the application: made as a directory is
+        for live, _ in copies:
+            (target / live.lstrip("/") if target else Path(live)).parent.mkdir(
+                mode=0o755, parents=True, exist_ok=True
+            )
+    restore_copies(task, copies, source, target, plan)
     if (source / "docker-compose.pinned.yml").is_file():
         task.log.info(
             "the images in use at backup time are in %s", source / "docker-compose.pinned.yml"

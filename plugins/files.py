@@ -162,13 +162,30 @@ def restore_paths(
     nothing of any path. Raises TaskError for a path the snapshot lacks, unless the
     section says ``missing_ok`` (or has no such key: a task that archives what exists,
     like univention's ``custom_paths``)."""
-    places = []
+    copies = []
     for path in paths:
         copy = source / path.lstrip("/")
         if not os.path.lexists(copy):
             if task.config.get("missing_ok", True):
                 continue
             raise TaskError(f"{path} is not in the restored snapshot ({copy})")
+        copies.append((path, copy))
+    restore_copies(task, copies, source, target, plan)
+
+
+def restore_copies(
+    task: Task,
+    copies: list[tuple[str, Path]],
+    source: Path,
+    target: Path | None,
+    plan: RestorePlan,
+) -> None:
+    """Copy each ``(path, copy)`` of ``copies`` (the snapshot's ``copy``, below
+    ``source``, of the live ``path``) back, as :func:`restore_paths` says: checked,
+    what it replaces kept, then copied (other plugins' files go back so too: the
+    docker task's compose file). Raises TaskError."""
+    places = []
+    for path, copy in copies:
         destination = (target / path.lstrip("/")) if target else Path(path)
         above = _a_place_of_its_own(destination)
         _same_kind_at_top(copy, destination)

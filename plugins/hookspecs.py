@@ -76,9 +76,9 @@ def pullback_task_types():
     - ``description``: one line saying what it archives;
     - ``requires``: :class:`~pullback.plugins.task.Requirement` programs; without them
       the task is skipped in a run and ``check`` reports it (a restore does not check);
-    - ``stops_service=True``: the task's prepare stops the application and its finish
-      starts it again; only such tasks' prepare and finish are called during a restore,
-      around the restore hooks;
+    - ``stops_service=True`` (or a function of the section returning True): the task's
+      prepare stops the application and its finish starts it again; only such tasks'
+      prepare and finish are called during a restore, around the restore hooks;
     - ``holds_data=False`` (or a function of the section returning False): its dump
       archives nothing, so a restore never calls its restore hook.
 

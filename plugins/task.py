@@ -53,8 +53,11 @@ class TaskType:
     description: str = ""
     requires: tuple[Requirement, ...] = ()
     """Programs without which the task is skipped (and the service reported failed)."""
-    stops_service: bool = False
-    """Its prepare stops the application (docker, systemd): restores are wrapped in it."""
+    stops_service: bool | Callable[[dict], bool] = False
+    """Its prepare stops the application (docker, systemd): restores are wrapped in it.
+    A function of the task's section says it for one section (docker with
+    ``stop_services: false`` stops nothing: an outside attack saw a dry run predict a
+    restore the stopped application would allow, and the real one refused)."""
     holds_data: bool | Callable[[dict], bool] = True
     """Its dump puts data in the archive; False (systemd: it only stops and starts
     units): a restore has nothing of it to look for, and says nothing of it. A function
@@ -63,6 +66,11 @@ class TaskType:
 
     def missing(self, config: dict | None = None) -> list[str]:
         return [m for r in self.requires if (m := r.missing(config))]
+
+    def stops(self, config: dict) -> bool:
+        """Whether a task of this type with the section ``config`` stops the
+        application (:attr:`stops_service`)."""
+        return self.stops_service(config) if callable(self.stops_service) else self.stops_service
 
     def holds(self, config: dict) -> bool:
         """Whether a task of this type with the section ``config`` puts data in the

@@ -100,6 +100,7 @@ def test_stop_dump_start_order_and_start_after_a_failed_dump(tmp_path, standins,
         "docker image inspect --format {{json .RepoDigests}} postgres:15",
         # the command dump failed here; what was stopped is started, in reverse order
         "systemctl start app.service",
+        "docker compose config --services",  # what the compose file defines now
         "docker compose start web db",
     ]
     (archive,) = box.published()
@@ -132,8 +133,9 @@ def test_a_failed_stop_still_starts_what_was_stopped_before(tmp_path, standins, 
     result = box.cli("run", env=standins.env)
     assert result.returncode == 1
     calls = [short(c) for c in standins.calls()]
-    assert calls[-3:] == [
+    assert calls[-4:] == [
         "docker compose stop web",  # fails: some may have stopped
+        "docker compose config --services",
         "docker compose start web",
         "systemctl start app.service",
     ]
@@ -165,7 +167,11 @@ def test_a_docker_task_that_archives_nothing_is_restored_by_stopping_and_startin
     assert "nothing to restore" not in result.stderr and " WARNING " not in result.stderr
     assert (data / "a.txt").read_text() == "a"
     calls = [short(c) for c in standins.calls()]
-    assert calls[-2:] == ["docker compose stop web", "docker compose start web"], calls
+    assert calls[-3:] == [
+        "docker compose stop web",
+        "docker compose config --services",  # what the compose file defines now
+        "docker compose start web",
+    ], calls
 
 
 def test_a_restore_whose_stop_fails_restores_nothing_and_starts_again(tmp_path, standins, app):
@@ -193,7 +199,11 @@ def test_a_restore_whose_stop_fails_restores_nothing_and_starts_again(tmp_path, 
     assert "nothing restored" in said and "restore of shop incomplete: docker failed" in said
     assert (data / "a.txt").read_text() == "edited", "nothing restored under a live app"
     calls = [short(c) for c in standins.calls()]
-    assert calls[-2:] == ["docker compose stop web", "docker compose start web"], calls
+    assert calls[-3:] == [
+        "docker compose stop web",
+        "docker compose config --services",  # what the compose file defines now
+        "docker compose start web",
+    ], calls
 
 
 BRITTLE = """\

@@ -360,12 +360,6 @@ def docker_service(base: Path, compose: Path, docker, extra: str = "") -> tuple:
     return box, archive
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docker.pullback_restore copies the compose file and .env over the live ones "
-    "with shutil.copy2, keeping nothing (files keeps what it replaces in before-restore/); "
-    "the dry run's standard output says nothing of it",
-)
 def test_docker_restore_keeps_the_env_file_it_replaces(tmp_path, docker):
     compose = compose_app(tmp_path)
     box, archive = docker_service(tmp_path, compose, docker)
@@ -386,12 +380,6 @@ def test_docker_restore_keeps_the_env_file_it_replaces(tmp_path, docker):
 
 
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="docker.pullback_restore writes .env and the compose file by name with "
-    "shutil.copy2 (follows a symlink, sets the mode of its target): the compose "
-    "directory's owner makes root write the snapshot's .env (their text) anywhere",
-)
 def test_docker_restore_never_writes_through_a_symlink_the_directory_s_owner_planted(
     shared, docker
 ):
@@ -428,12 +416,6 @@ def test_dry_run_lists_every_step_of_docker_and_command_on_standard_output(tmp_p
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ServiceRestore.stop says 'would stop the application first' for every docker "
-    "task, and RestorePlan.stops_first counts it, even with stop_services: false, when "
-    "the real restore stops nothing",
-)
 def test_a_docker_task_that_stops_nothing_is_not_said_to_stop_it(tmp_path, docker):
     compose = compose_app(tmp_path)
     box, archive = docker_service(tmp_path, compose, docker, extra="")
@@ -449,13 +431,6 @@ def test_a_docker_task_that_stops_nothing_is_not_said_to_stop_it(tmp_path, docke
     assert "would stop the application first" not in dry.stderr, dry.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docker: the finish starts the services that ran ('compose start web worker') "
-    "with the compose file the restore just put back; one that the snapshot's file does "
-    "not define makes 'docker compose start' fail (no such service) and start none "
-    "(compose's behaviour read from its source: the engine is mocked here)",
-)
 def test_docker_starts_again_only_services_the_restored_compose_file_defines(tmp_path, docker):
     compose = compose_app(tmp_path)
     box, archive = docker_service(tmp_path, compose, docker)
@@ -741,13 +716,6 @@ exec {standin} "$@"
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ServiceRestore.stop runs the docker task's prepare ('docker compose -f FILE ps') "
-    "before any restore, also for --task docker; where FILE is lost (the case a restore "
-    "is for) compose fails, 'could not stop the application ... nothing restored', and "
-    "the compose file the snapshot holds is never put back",
-)
 def test_a_lost_compose_file_can_be_restored(tmp_path, docker):
     compose = compose_app(tmp_path)
     box, archive = docker_service(tmp_path, compose, docker)
@@ -765,13 +733,6 @@ def test_a_lost_compose_file_can_be_restored(tmp_path, docker):
 
 @pytest.mark.skipif(
     not Path("/usr/lib/postgresql/15/bin/postgres").exists(), reason="PostgreSQL missing"
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="RestorePlan.stops_first is any(stops_service) over the task types: a docker "
-    "task with stop_services: false counts, so '--replace --dry-run' says the connected "
-    "sessions end when the application is stopped and predicts success, and the real "
-    "restore (which stops nothing) fails its preflight on those sessions",
 )
 def test_replace_dry_run_predicts_the_real_restore_with_a_docker_task_that_stops_nothing(
     pg, tmp_path, docker

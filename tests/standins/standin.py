@@ -44,6 +44,13 @@ if program == "docker":
         verb = next(a for a in args[1:] if a in ("ps", "stop", "start", "config"))
         if verb == "ps":
             print("\n".join(state.get("running", [])))
+        elif verb == "config" and "--services" in args:  # the compose file's, as compose
+            compose = Path(args[args.index("-f") + 1])
+            if not compose.is_file():
+                fail(f"open {compose}: no such file or directory", 14)
+            import yaml
+
+            print("\n".join((yaml.safe_load(compose.read_text()) or {}).get("services") or {}))
         elif verb == "config":
             print(
                 json.dumps(

@@ -10,8 +10,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
 
 
 class PullbackError(Exception):
@@ -64,13 +62,14 @@ class CommandTimeout(CommandError):
 
 
 class Interrupted(PullbackError):
-    """SIGTERM or SIGINT arrived; raised in the main thread so ``finally`` blocks run."""
+    """SIGTERM, SIGINT or SIGHUP arrived; raised in the main thread so ``finally`` blocks
+    run. Its exit code is the shell's for that signal (128 + its number: 143, 130, 129)."""
 
     def __init__(self, signum: int):
         import signal
 
         self.signum = signum
-        self.exit_code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+        self.exit_code = 128 + signum
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 

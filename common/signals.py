@@ -1,4 +1,5 @@
-"""Turn SIGTERM/SIGINT into an exception, except while undoing (restarting services).
+"""Turn SIGTERM, SIGINT and SIGHUP into an exception, except while undoing (restarting
+services).
 
 systemd stops a unit with SIGTERM; pullback must still start again whatever it stopped.
 Inside :meth:`SignalGuard.shielded` a signal is only recorded, and raised as
@@ -26,7 +27,10 @@ KEPT_FOR_NEXT_PULL = "stopping; a download in progress is kept, and the next pul
 class SignalGuard:
     """Installs the handlers on enter and restores the previous ones on exit."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    """SIGHUP too: the administrator's SSH session that drops during a restore (an
+    outside attack saw the client die at once, the units it had stopped never started
+    again)."""
 
     def __init__(self, stopping: str = "stopping"):
         """``stopping``: what the log says the program does on a signal (the client's

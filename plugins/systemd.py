@@ -25,12 +25,19 @@ def pullback_task_types():
     ]
 
 
+INACTIVE = 3
+"""``systemctl is-active``'s exit code for a unit that is not active (or not there); any
+other failure is an error (an outside attack saw a template name, ``tpl@.service``,
+answer 1 and its running instances left running under the restore, nothing said)."""
+
+
 def _active(task: Task, unit: str) -> bool:
+    """Whether ``unit`` is active. Raises CommandError when systemctl cannot say."""
     try:
         task.run(["systemctl", "is-active", "--quiet", unit], timeout=timeout(task), level=10)
         return True
     except CommandError as exc:
-        if exc.exit_code_of_command is not None and exc.exit_code_of_command > 0:
+        if exc.exit_code_of_command == INACTIVE:
             return False
         raise
 

@@ -493,13 +493,6 @@ def test_sigterm_during_a_restore_command_starts_the_units_again(tmp_path, units
     assert units.active() == ["a.service", "b.service"], err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="common.signals.SignalGuard handles SIGTERM and SIGINT only: SIGHUP (the SSH "
-    "session of the administrator running the restore drops) kills the client at once, "
-    "the stopped units are never started again and the restore command, in a session "
-    "of its own, runs on orphaned",
-)
 def test_sighup_during_a_restore_still_starts_the_units_again(tmp_path, units):
     pidfile = tmp_path / "restore-command.pid"
     box, archive = app_service(tmp_path, units, f"echo $$ > {pidfile}; exec sleep 600")
@@ -513,6 +506,10 @@ def test_sighup_during_a_restore_still_starts_the_units_again(tmp_path, units):
         assert units.active() == ["a.service", "b.service"], (
             f"exit {proc.returncode}; active after: {units.active()}; calls: {units.calls()}"
         )
+        assert proc.returncode == 129, _err
+        assert "SIGHUP received" in _err, _err
+        command = int(pidfile.read_text())
+        assert not os.path.exists(f"/proc/{command}"), "the restore command runs on"
     finally:
         if pidfile.exists():  # the restore command, left running
             with contextlib.suppress(ProcessLookupError):
@@ -777,29 +774,26 @@ def test_replace_dry_run_predicts_the_real_restore_with_a_docker_task_that_stops
     )
 
 
-TEMPLATE_SYSTEMCTL = """\
+ERRING_SYSTEMCTL = """\
 #!/bin/sh
-# systemd 252's answers (seen in a booted Debian 12 root): is-active of a template name
-# fails with exit 1; its instances tpl@1 and tpl@2 run
+# is-active answering an error (exit 1), as systemd 252 does for a name it cannot take
+# (seen in a booted Debian 12 root: "Unit name tpl@.service is neither a valid
+# invocation ID nor unit name.")
 echo "systemctl $*" >> "$FAKE_SD/calls"
 case "$1 $3" in
-"is-active tpl@.service")
-    echo "Failed to retrieve unit state: Unit name tpl@.service is neither a valid" \
+"is-active odd.service")
+    echo "Failed to retrieve unit state: Unit name odd.service is neither a valid" \
          "invocation ID nor unit name." >&2; exit 1;;
 esac
 exit 0
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="systemd._active takes any exit code above 0 of 'systemctl is-active' as "
-    "'inactive': a template unit (tpl@.service, which the schema's pattern accepts) "
-    "answers exit 1, an error, so its running instances are never stopped and nothing "
-    "is said; the restore runs under them and says 'restored app', exit 0",
-)
-def test_a_template_unit_is_not_silently_left_running(tmp_path, units):
-    (Path(units.env["PATH"].split(":")[0]) / "systemctl").write_text(TEMPLATE_SYSTEMCTL)
+def test_a_template_unit_is_refused_and_a_unit_systemctl_cannot_judge_stops_the_restore(
+    tmp_path, units
+):
+    """A template name is a config error; a unit whose ``is-active`` fails (exit 1, not
+    3) is not taken for inactive: nothing is restored under a possibly running app."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "f").write_text("backed up")
@@ -808,13 +802,22 @@ def test_a_template_unit_is_not_silently_left_running(tmp_path, units):
         "app",
         f"service: {{name: app}}\nsystemd: {{units: [tpl@.service]}}\nfiles: {{paths: [{data}]}}\n",
     )
+    refused = box.cli("run", env=units.env)
+    assert refused.returncode == 1, refused.stderr  # the broken service skipped, said
+    assert "not app@.service" in refused.stderr, refused.stderr
+
+    box.add_service(
+        "app",
+        f"service: {{name: app}}\nsystemd: {{units: [odd.service]}}\nfiles: {{paths: [{data}]}}\n",
+    )
     assert box.cli("run", env=units.env).returncode == 0
     (archive,) = box.published()
+    (Path(units.env["PATH"].split(":")[0]) / "systemctl").write_text(ERRING_SYSTEMCTL)
+    (data / "f").write_text("edited")
     result = restore(box, archive, service="app", env=units.env)
-    stops = [c for c in units.calls() if c.startswith("systemctl stop")]
-    assert stops or result.returncode != 0 or "WARNING" in result.stderr, (
-        f"exit {result.returncode}, calls {units.calls()}:\n{result.stderr}"
-    )
+    assert result.returncode == 1, result.stderr
+    assert "could not stop the application" in result.stderr, result.stderr
+    assert (data / "f").read_text() == "edited"  # nothing restored under it
 
 
 def test_sigterm_during_a_sqlite_copy_leaves_no_readable_copy_of_a_private_database(tmp_path):

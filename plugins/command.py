@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..common.units import parse_duration
 from . import hookimpl, load_plugin_schema
-from .task import Task, TaskType
+from .task import Task, TaskError, TaskType
 
 
 @hookimpl
@@ -102,6 +102,13 @@ def pullback_finish(task: Task, failed: bool):
 
 @hookimpl
 def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
+    """Run the section's ``restore`` commands (``PULLBACK_SOURCE``: what the dump wrote).
+    Raises TaskError without any: nothing would be put back (an outside attack saw such
+    a restore say "restored", exit 0)."""
+    if not task.config["restore"]:
+        raise TaskError(
+            f"not restored: the section has no restore commands (restore:); its data is in {source}"
+        )
     for command in task.config["restore"]:
         if dry_run:
             task.log.info("would run: %s", command)

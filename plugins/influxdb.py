@@ -95,6 +95,8 @@ def _restore_argv(config: dict, stamp: str, replace: bool) -> tuple[list[str], s
             return [*argv, "-db", name, "-newdb", f"{name}_restored_{stamp}"], (
                 f"database {name}_restored_{stamp}"
             )
+        if not replace:  # every database, over the live ones: 2.x's rule (an outside attack)
+            return None
         return ([*argv, "-db", name] if name else argv), f"database {name or 'every one'}"
     bucket = config.get("bucket")
     if bucket and not replace:
@@ -126,8 +128,9 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
     config, log = task.config, task.log
     chosen = _restore_argv(config, plan.stamp, plan.replace)
     if chosen is None:
+        what = "database" if config["version"] == 1 else "bucket"
         raise TaskError(
-            "the backup holds every bucket: restoring it replaces them; add --replace "
+            f"the backup holds every {what}: restoring it replaces them; add --replace "
             "(the live data is copied aside first)"
         )
     argv, where = chosen

@@ -387,6 +387,17 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
         return code
 
 
+def _log_lines(task: Task, what: str, exc: BaseException) -> str:
+    """Log ``what: <exc>`` as an error, one log line per line of the error (a command's
+    failure ends with the last lines it printed: a line break inside one message would
+    be escaped as ``\\n``); returns the error's first line."""
+    first, *rest = describe(exc).splitlines() or [type(exc).__name__]
+    task.log.error("%s: %s", what, first)
+    for line in rest:
+        task.log.error("%s", line)
+    return first
+
+
 def _nothing_of(name: str, source: Path, unpacked: Path, sidecar_file: Path) -> int:
     """``source`` (unpacked into ``unpacked``) holds nothing of the service ``name``:
     because it failed that day, says the sidecar (beside the archive, at the snapshot's
@@ -556,9 +567,9 @@ class ServiceRestore:
             except Exception as exc:
                 # an outside walk: a plugin's error here ended the restore with a
                 # traceback (exit 70)
-                said = f"could not stop the application: {describe(exc)}; nothing restored"
-                self.failures.append(f"{task.key}: {said}")
-                task.log.error("%s", said)
+                first = _log_lines(task, "could not stop the application", exc)
+                self.failures.append(f"{task.key}: could not stop the application: {first}")
+                task.log.error("nothing restored")
                 return False
         return True
 
@@ -593,13 +604,10 @@ class ServiceRestore:
             # the whole restore with a traceback, the service's later tasks not tried);
             # one log line per line of the error (a command's failure ends with the last
             # lines it printed): a line break inside one message would be escaped as \n
-            first, *rest = describe(exc).splitlines() or [type(exc).__name__]
             if not isinstance(exc, PullbackError | OSError):
                 task.log.debug("the restore failed:", exc_info=exc)
+            first = _log_lines(task, "restore failed", exc)
             self.failures.append(f"{task.key}: {first}")
-            task.log.error("restore failed: %s", first)
-            for line in rest:
-                task.log.error("%s", line)
 
     def nothing_to_restore(self, task: Task, source: Path) -> None:
         """A task with no data in the snapshot: a failure when its dump failed that day
@@ -624,5 +632,5 @@ class ServiceRestore:
             try:
                 self.plugins.call("finish", task, failed=bool(self.failures))
             except Exception as exc:
-                self.failures.append(f"{task.key}: could not start again: {describe(exc)}")
-                task.log.error("could not start the application again: %s", describe(exc))
+                first = _log_lines(task, "could not start the application again", exc)
+                self.failures.append(f"{task.key}: could not start again: {first}")

@@ -529,11 +529,6 @@ def test_a_unit_that_fails_to_stop_or_start_is_said_and_the_others_are_started(t
     assert units.calls()[-2:] == ["systemctl start b.service", "systemctl start a.service"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ServiceRestore.stop and start_again log describe(exc) in one line: the "
-    "command's output after it shows as a literal '\\n  | ' (restore_task splits it)",
-)
 def test_a_failed_stop_is_said_without_an_escaped_line_break(tmp_path, units):
     box, archive = app_service(tmp_path, units, "true")
     units.fail("fail-stop-b.service")

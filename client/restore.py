@@ -557,7 +557,7 @@ class ServiceRestore:
         specs = zip(self.tasks, self.service.tasks, strict=True)
         for task in [t for t, spec in specs if spec.type.stops(spec.config)]:
             if self.options.dry_run:
-                task.log.info("would stop the application first")
+                self.plan.step(task.log, f"stop the application first ({task.key})")
                 continue
             self.prepared.append(task)  # its finish runs whatever its prepare did
             try:

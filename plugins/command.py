@@ -101,7 +101,7 @@ def pullback_finish(task: Task, failed: bool):
 
 
 @hookimpl
-def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool):
+def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool, plan):
     """Run the section's ``restore`` commands (``PULLBACK_SOURCE``: what the dump wrote).
     Raises TaskError without any: nothing would be put back (an outside attack saw such
     a restore say "restored", exit 0)."""
@@ -110,8 +110,7 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
             f"not restored: the section has no restore commands (restore:); its data is in {source}"
         )
     for command in task.config["restore"]:
-        if dry_run:
-            task.log.info("would run: %s", command)
+        if not plan.step(task.log, f"run: {command}"):
             continue
         env = _env(task, PULLBACK_SOURCE=str(source), PULLBACK_TARGET=str(target or ""))
         task.run(

@@ -808,7 +808,7 @@ def test_a_systemd_task_is_not_looked_for_in_the_snapshot(tmp_path):
     result = r.run("--dry-run")
     said = result.stdout + result.stderr
     assert result.returncode == 0 and "nothing to restore" not in said, said
-    assert "[app/systemd] would stop the application first" in said
+    assert "[app/systemd] would: stop the application first (systemd)" in said
     alone = r.run("--dry-run", "--task", "systemd")  # a restart only: exit 0, no warning
     said = alone.stdout + alone.stderr
     assert alone.returncode == 0 and "nothing to restore" not in said, said

@@ -28,6 +28,9 @@ from .tarformat import Member, TarFormatError, TarReader
 log = get_logger("archive")
 
 CHUNK = 1 << 20
+MAX_TAIL = 1 << 20
+"""Decompressed bytes after the end-of-archive marker a reader drains (GNU tar pads to a
+10240-byte record; pullback's writer to less)."""
 
 
 class ByteStream(Protocol):
@@ -66,6 +69,7 @@ class TarStream:
         self._child: RunningCommand | None = None
         self._feeder: threading.Thread | None = None
         self._feed_error: BaseException | None = None
+        self._tail_error = False
         self._pipe: BinaryIO | None = None
         """The decompressor's output (None for an uncompressed archive)."""
         self._reader: TarReader | None = None
@@ -132,6 +136,31 @@ class TarStream:
     def __exit__(self, exc_type, exc, _tb) -> None:
         self._close(failed=exc_type is not None)
 
+    @staticmethod
+    def _drain_tail(pipe: BinaryIO) -> bool:
+        """Read what follows the end-of-archive marker, so the decompressor can finish;
+        False when it is more than MAX_TAIL bytes (an outside attack put 1 TiB of zeros
+        there)."""
+        tail = 0
+        while data := pipe.read(CHUNK):
+            tail += len(data)
+            if tail > MAX_TAIL:
+                return False
+        return True
+
+    @staticmethod
+    def _end_child(child: RunningCommand, failed: bool) -> None:
+        """Wait for the decompressor (stopped first when the read ``failed``). Raises
+        ArchiveError when it failed on its own (corrupt compressed data)."""
+        if failed:
+            child.stop(grace=2.0)
+        try:
+            child.wait()
+        except CommandError as exc:
+            if not failed:
+                reason = exc.tail[-1] if exc.tail else exc.reason
+                raise ArchiveError(f"corrupt compressed data: {reason}") from None
+
     def _close(self, failed: bool = True) -> None:
         if self._pipe is None and not failed:
             # uncompressed: the record padding after the end-of-archive marker is part of
@@ -139,27 +168,23 @@ class TarStream:
             while self.source.read(CHUNK):
                 pass
         if self._pipe is not None:
-            if not failed:
-                # drain what follows the end-of-archive marker so the decompressor can finish
-                while self._pipe.read(CHUNK):
-                    pass
+            if not failed and not self._drain_tail(self._pipe):
+                failed = self._tail_error = True
             self._pipe.close()
             self._pipe = None
         if self._child is not None:
             child, self._child = self._child, None
-            if failed:
-                child.stop(grace=2.0)
-            try:
-                child.wait()
-            except CommandError as exc:
-                if not failed:
-                    reason = exc.tail[-1] if exc.tail else exc.reason
-                    raise ArchiveError(f"corrupt compressed data: {reason}") from None
+            self._end_child(child, failed)
         if self._feeder is not None:
             self._feeder.join()
             self._feeder = None
         if self._feed_error is not None and not failed:
             raise ArchiveError(f"cannot read the archive: {self._feed_error}")
+        if self._tail_error:
+            raise ArchiveError(
+                f"more than {MAX_TAIL} bytes follow the end-of-archive marker (a tar "
+                "writer's padding is at most a record, 10240 bytes)"
+            )
 
 
 @dataclass

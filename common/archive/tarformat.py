@@ -225,6 +225,11 @@ GNU_LONGLINK = b"K"
 _REGULAR = (REGTYPE, b"\0", CONTTYPE)
 _SPECIAL = (CHRTYPE, BLKTYPE, FIFOTYPE)
 MAX_META = 1 << 20  # a PAX or long-name record larger than this is not ours
+MAX_SKIPPED = 1 << 20
+"""Bytes of data all members but regular files may carry in one archive (pullback's
+writer gives them none; data is never used, only skipped): an outside attack gave a
+directory member a PAX size of 1 TiB of zeros, 32 MiB on the wire, which no limit
+counted and the server decompressed past its host's deadline."""
 
 
 class TarFormatError(ValueError):
@@ -340,6 +345,7 @@ class TarReader:
         self.chunk = chunk
         self._remaining = 0
         self._padding = 0
+        self._skipped = 0
 
     def _read_exact(self, n: int) -> bytes:
         data = self.stream.read(n)
@@ -414,7 +420,13 @@ class TarReader:
                 raise TarFormatError(f"member type {kind!r} is not accepted")
             member, size = _member(block, kind, size, meta)
             meta = _Meta()
-            # data of anything but a regular file is skipped, never used
+            if kind not in _REGULAR:  # its data is skipped, never used: bounded
+                self._skipped += size
+                if self._skipped > MAX_SKIPPED:
+                    raise TarFormatError(
+                        f"members that are not regular files carry {self._skipped} bytes "
+                        f"of data (at most {MAX_SKIPPED}: pullback's carry none)"
+                    )
             self._remaining = size
             self._padding = (-size) % BLOCK
             yield member

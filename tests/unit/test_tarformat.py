@@ -129,3 +129,72 @@ def test_owners_and_times_no_file_can_have_are_format_errors(record, message):
     pre_1970 = tarformat.header("old", tarformat.REGTYPE, mode=0o644, mtime_ns=-(10**18))
     (member,) = tarformat.TarReader(io.BytesIO(pre_1970 + bytes(1024)))
     assert member.mtime_ns == -(10**18)
+
+
+class _Zeros(io.RawIOBase):
+    """``size`` zero bytes, made as they are read (never held whole)."""
+
+    def __init__(self, size: int):
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def test_data_of_members_that_are_not_regular_files_is_bounded():
+    """An outside attack (h91): a directory member with a PAX size of 1 TiB of zeros,
+    32 MiB compressed, which no limit counted (its data is skipped, never used). Now
+    MAX_SKIPPED bytes in all are read past; the next is a format error, read at once."""
+    big = tarformat.MAX_SKIPPED + 1
+    head = _pax_member({b"size": b"%d" % big}) + tarformat.header(
+        "services/x/d/", tarformat.DIRTYPE, mode=0o755, size=0, mtime_ns=0
+    )
+    stream = io.BufferedReader(_Zeros(1 << 40))
+    reader = tarformat.TarReader(io.BufferedReader(_Chain(head, stream)))
+    with pytest.raises(tarformat.TarFormatError, match="not regular files carry"):
+        list(reader)
+    assert stream.raw.left > (1 << 40) - (8 << 20)  # refused before its data was read
+
+
+class _Chain(io.RawIOBase):
+    def __init__(self, first: bytes, then):
+        self.first, self.then = io.BytesIO(first), then
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.first.read(len(buffer)) or self.then.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def test_what_follows_the_end_of_archive_marker_is_bounded(tmp_path):
+    """An outside attack (h91): 1 TiB of zeros after the end-of-archive marker, drained
+    so the decompressor could finish. Now MAX_TAIL bytes are; more is an error."""
+    from pullback.common.archive.reader import MAX_TAIL, TarStream
+    from pullback.common.errors import ArchiveError
+
+    member = tarformat.header("services/x/f", tarformat.REGTYPE, mode=0o644, size=0, mtime_ns=0)
+    for tail, refused in ((10240, False), (4 * MAX_TAIL, True)):
+        raw = member + bytes(1024) + bytes(tail)
+        packed = subprocess.run(["zstd", "-q", "-c"], input=raw, capture_output=True).stdout
+        path = tmp_path / f"a{tail}.tar.zst"
+        path.write_bytes(packed)
+        with open(path, "rb") as source:
+            stream = TarStream(source, "zstd")
+            if not refused:
+                with stream:
+                    assert [m.name for m in stream.reader] == ["services/x/f"]
+                continue
+            with (
+                pytest.raises(ArchiveError, match="follow the end-of-archive marker"),
+                stream,
+            ):
+                list(stream.reader)

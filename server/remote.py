@@ -603,6 +603,10 @@ class Remote:
                 break
             last = time.monotonic()
             yield data
+        ended = time.monotonic()
+        while child.alive():  # its end awaited, bounded (helper-91: sshd waits for ever
+            self._stream_waiting(cancel, ended)  # on a send that never exits)
+            time.sleep(0.1)
         try:
             child.wait()
         except PullbackError as exc:

@@ -1,4 +1,7 @@
-"""Outside review (helper-91): decompressed bytes no limit counted. A hostile client
+"""Outside review (helper-91). A send whose command never exits, past the small path
+(the OpenSSH child): cut at idle_timeout, not held until host_timeout.
+
+Decompressed bytes no limit counted. A hostile client
 lists its own rebuilt archive (1 TiB of zeros as 1024 copies of a 1 GiB zstd frame, 32
 MiB on the wire) as the data of a directory member, or after the end-of-archive marker;
 the pull of it must fail by itself, well before host_timeout, while a good host beside
@@ -9,19 +12,30 @@ restic.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.fleet import Fleet
+from tests.helpers.fleet import Fleet, FleetHost
 
 HOSTILE = Path(__file__).parents[1] / "helpers" / "hostile_serve.py"
 HOST_TIMEOUT = 40
 IDLE_TIMEOUT = 8
 CONNECT_TIMEOUT = 5
-MARGIN = 15
+BIG = 20 << 20
+"""Random bytes that make an archive past remote.SMALL_STREAM (16 MiB): the OpenSSH path."""
+
+
+def make_hostile(fleet: Fleet, name: str, mode: str, big: bool = False) -> FleetHost:
+    host = fleet.add_host(name)
+    host.make_archive({"big.bin": os.urandom(BIG)} if big else None)
+    host.sshd.stop()
+    host.sshd.forced_command = f"{sys.executable} {HOSTILE} {mode} {host.client.config}"
+    host.sshd.start()
+    return host
 
 
 @pytest.fixture
@@ -52,6 +66,20 @@ def good_stored(fleet: Fleet, result) -> None:
     assert "[good] stored" in result.stderr, result.stderr[-3000:]
     again = fleet.server("pull", "--host", "good", timeout=120)
     assert again.returncode == 0, again.stderr  # the lock was released
+
+
+def test_a_whole_archive_whose_send_never_exits_is_cut_at_idle_timeout(fleet):
+    """The client sends its whole archive (past SMALL_STREAM: the OpenSSH path), closes
+    its output and never exits, so no exit status comes: the pull waited for the ssh
+    child's exit until host_timeout (40 s here); now the wait is cut at idle_timeout, as
+    the small path's is ("the transfer never ended; it was cut")."""
+    make_hostile(fleet, "evil", "send-no-exit-closed", big=True)
+    result, took = timed_pull(fleet)
+    evil = evil_status(fleet)
+    print(f"send-no-exit-closed: {took:.1f}s, evil duration {evil['duration']:.1f}s")
+    good_stored(fleet, result)
+    assert evil["duration"] < IDLE_TIMEOUT + 10, evil["reason"]
+    assert "the transfer never ended; it was cut" in evil["reason"], evil["reason"]
 
 
 def _ustar(name: bytes, typeflag: bytes, size: int, mode: int = 0o755) -> bytes:

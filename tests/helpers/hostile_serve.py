@@ -1,174 +1,153 @@
-"""More hostile serve endpoints (outside review h91): attacks on ``send``, the archive's
-own bytes, on both the request-by-request path and a protocol-4 ``session``.
+"""A malicious serve endpoint: the forced command of a hostile client's sshd.
 
-``python hostile_serve.py MODE CLIENT_CONFIG`` as the forced command of a real sshd.
-Requests the mode does not attack are answered by the real ``pullback-client serve``.
+``python hostile_serve.py MODE CLIENT_CONFIG``: sshd hands it the server's request in
+``SSH_ORIGINAL_COMMAND``. Requests the mode does not attack are answered by the real
+``pullback-client serve`` (so the archive and listing are genuine); the attacked one
+misbehaves as the mode says. Used by tests/integration/test_hostile_clients.py.
 
-Modes (request by request; a ``session`` is refused as an older client refuses it):
-
-- ``trickle-send``: the archive's real bytes, one every half second, for ever;
-- ``send-no-exit``: the whole archive, then standard output closed, but the command never
-  ends (no exit status);
-- ``send-no-exit-closed``: as ``send-no-exit``, standard error closed too (sshd then
-  sends the channel's end);
-- ``slow-send`` (an honest client on a slow link): the real answer, 4 s late
-  (``slow-send-N``: N s late);
-- ``send-stderr-flood``: the whole archive, slowly (a chunk every 0.2 s), while standard
-  error is flooded with lines as fast as the pipe takes them; then exits 0.
-
-Modes in a session (``session-...``): a real session is answered request by request by
-the real serve, framed, except the attacked request:
-
-- ``session-trickle-send``: ``ok <length>`` and then the bytes, one every half second.
-
-``bomb`` (a third argument: a file): the newest archive's bytes are that file's, its
-size and sha256 in the listing too (a client makes its own sidecar).
+A ``session`` (protocol 4) is refused as an older client refuses it, so that every attack
+meets the server request by request whatever the server remembers of the client; the
+bounds of a session's own answers are attacked in tests/unit/test_remote_stream.py.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
-SERVE = [sys.executable, "-m", "pullback.client.cli", "--config"]
+
+def real(config: str) -> bytes:
+    """What the real serve answers to this request."""
+    argv = [sys.executable, "-m", "pullback.client.cli", "--config", config, "serve"]
+    return subprocess.run(argv, capture_output=True, check=False).stdout
 
 
-def real(config: str, request: str) -> tuple[int, bytes, bytes]:
-    env = {**os.environ, "SSH_ORIGINAL_COMMAND": request}
-    done = subprocess.run([*SERVE, config, "serve"], capture_output=True, env=env, check=False)
-    return done.returncode, done.stdout, done.stderr
-
-
-def archive_path(config: str, name: str) -> str:
-    return os.path.join(os.path.dirname(config), "archives", name)
-
-
-def rest_of(config: str, request: str) -> bytes:
-    _, name, offset = request.split(" ")
-    with open(archive_path(config, name), "rb") as handle:
-        handle.seek(int(offset))
-        return handle.read()
-
-
-def trickle(data: bytes) -> None:
+def trickle(prefix: bytes) -> None:
+    """A byte every half second, for ever: never idle long, never done."""
     out = sys.stdout.buffer
-    for byte in data:
+    for byte in prefix:
         out.write(bytes([byte]))
+        out.flush()
+        time.sleep(0.5)
+    while True:
+        out.write(b" ")
         out.flush()
         time.sleep(0.5)
 
 
-FLOOD_LINE = b"\x1b[2J[good] stored everything " * 40 + b"\n"
+FORGED = "\n[good] stored everything\x1b[2J\r"
+"""Words that would forge a line (and clear a terminal) if printed as they are."""
 
 
-def flood() -> None:
-    err = sys.stderr.buffer
-    while True:
-        err.write(FLOOD_LINE)
-        err.flush()
-
-
-def session(mode: str, config: str) -> None:
-    """A session answered by the real serve, request by request, framed; ``send``
-    attacked as ``mode`` says."""
-    stdin = sys.stdin.buffer
-    out = sys.stdout.buffer
-    while True:
-        line = stdin.readline()
-        if not line:
-            return
-        request = line.decode().strip()
-        verb = request.split(" ", 1)[0]
-        if verb == "send" and mode == "session-trickle-send":
-            data = rest_of(config, request)
-            out.write(f"ok {len(data)}\n".encode())
-            out.flush()
-            trickle(data)
-            continue
-        code, answer, err = real(config, request)
-        if code == 0:
-            out.write(f"ok {len(answer)}\n".encode() + answer)
-        else:
-            words = (err.decode(errors="replace").strip().splitlines() or ["refused"])[-1]
-            out.write(f"refused {words[:200]}\n".encode())
-        out.flush()
-
-
-def bomb_listing(config: str, bomb: str) -> None:
-    """The real listing, its newest archive's size and sha256 those of ``bomb``."""
-    import hashlib
-    import json
-
-    _, answer, _ = real(config, "list")
-    data = json.loads(answer)
-    digest = hashlib.sha256()
-    with open(bomb, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    entry = data["archives"][-1]
-    entry["size"] = entry["sidecar"]["archive"]["size"] = os.path.getsize(bomb)
-    entry["sidecar"]["archive"]["sha256"] = digest.hexdigest()
+def listing(config: str, change) -> None:
+    """Answer ``list`` with the real listing, changed by ``change(data)``."""
+    data = json.loads(real(config))
+    change(data)
     sys.stdout.write(json.dumps(data) + "\n")
+
+
+def junk(data: dict) -> None:
+    data["unusable"] = [{"name": f"junk{i}{FORGED}", "problem": FORGED * 20} for i in range(1500)]
+
+
+def fat_list(config: str) -> None:
+    """The real listing with a key of empty objects up to just below what the server
+    reads (2 MiB): decoding it is the most memory a legal answer can cost."""
+    body = json.dumps(json.loads(real(config)))[:-1].encode() + b', "junk": ['
+    room = (2 << 20) - len(body) - 16
+    sys.stdout.buffer.write(body + b"{}," * (room // 3) + b"{}]}\n")
+
+
+def forged_host(data: dict) -> None:
+    data["host"] = "evil" + FORGED
+
+
+def _fake_deltas(data: dict, count: int, oldest_base: dict | None) -> None:
+    """Add ``count`` deltas newer than the real archive, each built on the one before
+    (the oldest on ``oldest_base``, or on the real archive): sidecars that pass every
+    check, archives that are never there."""
+    real_entry = data["archives"][-1]
+    real_side = real_entry["sidecar"]
+    stamp = dt.datetime.strptime(real_side["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    base = oldest_base or {
+        "name": real_side["archive"]["name"],
+        "manifest_sha256": real_side["archive"].get("manifest_sha256", "0" * 64),
+    }
+    for number in range(1, count + 1):
+        when = stamp + dt.timedelta(seconds=number)
+        side = json.loads(json.dumps(real_side))
+        side["format"] = 2
+        side["stamp"] = when.strftime("%Y%m%dT%H%M%SZ")
+        name = f"{side['host']}-{side['stamp']}.tar.zst"
+        manifest = hashlib.sha256(name.encode()).hexdigest()
+        side["archive"].update(name=name, kind="delta", base=base, manifest_sha256=manifest)
+        data["archives"].append({"name": name, "size": side["archive"]["size"], "sidecar": side})
+        base = {"name": name, "manifest_sha256": manifest}
+
+
+def long_chain(data: dict) -> None:
+    _fake_deltas(data, 150, None)
+
+
+def missing_base(data: dict) -> None:
+    _fake_deltas(data, 1, {"name": "evil-20000101T000000Z.tar.zst", "manifest_sha256": "1" * 64})
+
+
+def huge(data: dict) -> None:
+    for entry in data["archives"]:
+        entry["size"] = entry["sidecar"]["archive"]["size"] = 10 << 40
 
 
 def main() -> None:
     mode, config = sys.argv[1], sys.argv[2]
-    if mode == "bomb":
-        bomb = sys.argv[3]
-        request = os.environ.get("SSH_ORIGINAL_COMMAND", "")
-        verb = request.split(" ", 1)[0]
-        if verb == "session":
-            sys.stderr.write(f"refused request {request!r}: unknown request\n")
-            sys.exit(2)
-        if verb == "list":
-            bomb_listing(config, bomb)
-            return
-        if verb == "send":
-            offset = int(request.split(" ")[2])
-            with open(bomb, "rb") as handle:
-                handle.seek(offset)
-                while chunk := handle.read(1 << 20):
-                    sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
-            return
-        os.execv(sys.executable, [*SERVE, config, "serve"])
     request = os.environ.get("SSH_ORIGINAL_COMMAND", "")
     verb = request.split(" ", 1)[0]
+    changes = {
+        "junk-list": junk,
+        "forged-host": forged_host,
+        "huge-archive": huge,
+        "delta-long-chain": long_chain,
+        "delta-missing-base": missing_base,
+    }
     if verb == "session":
-        if mode.startswith("session-"):
-            session(mode, config)
-            return
         sys.stderr.write(f"refused request {request!r}: unknown request\n")
         sys.exit(2)
-    if mode.startswith("slow-send") and verb == "send":  # honest, on a slower link
-        time.sleep(float(mode.rpartition("-")[2]) if mode != "slow-send" else 4)
-        os.execv(sys.executable, [*SERVE, config, "serve"])
-    if mode == "trickle-send" and verb == "send":
-        trickle(rest_of(config, request))
-    elif mode == "send-no-exit" and verb == "send":
-        sys.stdout.buffer.write(rest_of(config, request))
+    if mode in changes and verb == "list":
+        listing(config, changes[mode])
+    elif mode == "fat-list" and verb == "list":
+        fat_list(config)
+    elif mode == "short-send" and verb == "send":
+        name, offset = request.split(" ")[1:]
+        size = os.path.getsize(os.path.join(os.path.dirname(config), "archives", name))
+        with open(os.path.join(os.path.dirname(config), "archives", name), "rb") as handle:
+            handle.seek(int(offset))
+            sys.stdout.buffer.write(handle.read(max(0, size - 1 - int(offset))))
+    elif mode == "refuse-fetched" and verb == "fetched":
+        sys.stderr.write(("refused" + FORGED) * 1000 + "\n")
+        sys.exit(2)
+    elif mode == "trickle-list" and verb == "list":
+        trickle(b'{"host": "')
+    elif mode == "trickle-fetched" and verb == "fetched":
+        trickle(b'{"ok": ')
+    elif mode == "no-exit-status" and verb == "list":
+        sys.stdout.buffer.write(real(config))
         sys.stdout.buffer.flush()
-        os.close(1)  # the archive is whole, but the command never ends
-        time.sleep(3600)
-    elif mode == "send-no-exit-closed" and verb == "send":
-        sys.stdout.buffer.write(rest_of(config, request))
-        sys.stdout.buffer.flush()
-        os.close(1)  # the archive is whole, its output and standard error closed (sshd
-        os.close(2)  # sends the end of the channel), but the command never ends
-        time.sleep(3600)
-    elif mode == "send-stderr-flood" and verb == "send":
-        threading.Thread(target=flood, daemon=True).start()
-        data = rest_of(config, request)
-        step = max(1, len(data) // 100)
-        for start in range(0, len(data), step):
-            sys.stdout.buffer.write(data[start : start + step])
-            sys.stdout.buffer.flush()
-            time.sleep(0.2)
+        os.close(1)  # the answer is complete, but the command never ends
+        time.sleep(60)  # longer than any test waits; then gone
+    elif mode == "stderr-flood" and verb == "list":
+        line = b"\x1b[2J[web2] stored everything " * 100 + b"\n"
+        while True:
+            sys.stderr.buffer.write(line)
     else:
-        os.execv(sys.executable, [*SERVE, config, "serve"])
+        os.execv(
+            sys.executable,
+            [sys.executable, "-m", "pullback.client.cli", "--config", config, "serve"],
+        )
 
 
 if __name__ == "__main__":

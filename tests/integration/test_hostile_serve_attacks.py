@@ -5,7 +5,7 @@ Decompressed bytes no limit counted. A hostile client
 lists its own rebuilt archive (1 TiB of zeros as 1024 copies of a 1 GiB zstd frame, 32
 MiB on the wire) as the data of a directory member, or after the end-of-archive marker;
 the pull of it must fail by itself, well before host_timeout, while a good host beside
-it is stored. Real sshd (tests/helpers/hostile_serve.py as its forced command), real
+it is stored. Real sshd (tests/helpers/hostile_send.py as its forced command), real
 restic.
 """
 
@@ -21,7 +21,7 @@ import pytest
 
 from tests.helpers.fleet import Fleet, FleetHost
 
-HOSTILE = Path(__file__).parents[1] / "helpers" / "hostile_serve.py"
+HOSTILE = Path(__file__).parents[1] / "helpers" / "hostile_send.py"
 HOST_TIMEOUT = 40
 IDLE_TIMEOUT = 8
 CONNECT_TIMEOUT = 5

@@ -1,7 +1,9 @@
-"""Fixtures the integration tests share: real database servers."""
+"""Fixtures the integration tests share: real database servers, recording stand-ins."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,3 +36,37 @@ def maria(shared_root):
     server = MariaDB(shared_root / "maria").start()
     yield server
     server.stop()
+
+
+STANDIN = Path(__file__).parent.parent / "standins" / "standin.py"
+"""Recording stand-ins for docker, systemctl, mongodump, mongorestore and influx (no
+Docker engine, no systemd as PID 1, no MongoDB tools or InfluxDB 2 here: mocked)."""
+
+
+@pytest.fixture
+def standins(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("docker", "systemctl", "mongodump", "mongorestore", "influx"):
+        (bin_dir / name).symlink_to(STANDIN)
+    log = tmp_path / "calls.jsonl"
+    state = tmp_path / "state.json"
+
+    class Standins:
+        env = {
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "STANDIN_LOG": str(log),
+            "STANDIN_STATE": str(state),
+        }
+
+        @staticmethod
+        def set(**values):
+            state.write_text(json.dumps(values))
+
+        @staticmethod
+        def calls():
+            if not log.exists():
+                return []
+            return [json.loads(line) for line in log.read_text().splitlines()]
+
+    return Standins()

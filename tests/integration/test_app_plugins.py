@@ -7,47 +7,13 @@ machine, so ``docker``, ``systemctl``, ``mongodump`` and ``influx`` are recordin
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
 from tests.helpers.client import ClientSandbox
 from tests.helpers.tree import make_rich_tree, snapshot
-
-STANDIN = Path(__file__).parent.parent / "standins" / "standin.py"
-
-
-@pytest.fixture
-def standins(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name in ("docker", "systemctl", "mongodump", "mongorestore", "influx"):
-        (bin_dir / name).symlink_to(STANDIN)
-    log = tmp_path / "calls.jsonl"
-    state = tmp_path / "state.json"
-
-    class Standins:
-        env = {
-            "PATH": f"{bin_dir}:{os.environ['PATH']}",
-            "STANDIN_LOG": str(log),
-            "STANDIN_STATE": str(state),
-        }
-
-        @staticmethod
-        def set(**values):
-            state.write_text(json.dumps(values))
-
-        @staticmethod
-        def calls():
-            if not log.exists():
-                return []
-            return [json.loads(line) for line in log.read_text().splitlines()]
-
-    return Standins()
 
 
 def short(call: dict) -> str:

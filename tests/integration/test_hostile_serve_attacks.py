@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.fleet import Fleet, FleetHost
+from tests.integration.test_hostile_clients import HOST_TIMEOUT, IDLE_TIMEOUT, fleet
+
+__all__ = ["fleet"]  # the good host and the server of test_hostile_clients
 
 HOSTILE = Path(__file__).parents[1] / "helpers" / "hostile_send.py"
-HOST_TIMEOUT = 40
-IDLE_TIMEOUT = 8
-CONNECT_TIMEOUT = 5
 BIG = 20 << 20
 """Random bytes that make an archive past remote.SMALL_STREAM (16 MiB): the OpenSSH path."""
 
@@ -36,20 +36,6 @@ def make_hostile(fleet: Fleet, name: str, mode: str, big: bool = False) -> Fleet
     host.sshd.forced_command = f"{sys.executable} {HOSTILE} {mode} {host.client.config}"
     host.sshd.start()
     return host
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    good = fleet.add_host("good")
-    good.make_archive()
-    fleet.write_config(
-        host_timeout=f"{HOST_TIMEOUT}s",
-        parallel=2,
-        ssh={"idle_timeout": f"{IDLE_TIMEOUT}s", "connect_timeout": f"{CONNECT_TIMEOUT}s"},
-    )
-    yield fleet
-    fleet.stop()
 
 
 def evil_status(fleet: Fleet) -> dict:

@@ -15,7 +15,6 @@ Each unfixed defect is ``xfail(strict=True)``; the tests that pass pin what held
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -23,7 +22,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,12 +52,9 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (runuser, 
 
 
 @pytest.fixture
-def shared():
+def shared(shared_root):
     """A directory another user (nobody) can reach: pytest's tmp is root's only."""
-    root = Path(tempfile.mkdtemp(prefix="pullback-h92-", dir="/tmp"))
-    root.chmod(0o755)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    return shared_root
 
 
 @pytest.fixture
@@ -97,32 +92,10 @@ def units(tmp_path):
 
 
 @pytest.fixture
-def docker(tmp_path):
-    """The recording docker stand-in on PATH (no Docker engine here: mocked)."""
-    bin_dir = tmp_path / "dockerbin"
-    bin_dir.mkdir()
-    (bin_dir / "docker").symlink_to(STANDIN)
-    log, state = tmp_path / "docker-calls.jsonl", tmp_path / "docker-state.json"
-    state.write_text(json.dumps({"running": ["web"]}))
-
-    class Docker:
-        env = {
-            "PATH": f"{bin_dir}:{os.environ['PATH']}",
-            "STANDIN_LOG": str(log),
-            "STANDIN_STATE": str(state),
-        }
-
-        @staticmethod
-        def set(**values):
-            state.write_text(json.dumps(values))
-
-        @staticmethod
-        def calls():
-            if not log.exists():
-                return []
-            return [json.loads(line) for line in log.read_text().splitlines()]
-
-    return Docker()
+def docker(standins):
+    """The recording stand-ins on PATH (no Docker engine here: mocked), web running."""
+    standins.set(running=["web"])
+    return standins
 
 
 def as_nobody(*argv: str) -> None:
@@ -151,6 +124,20 @@ def sqlite_service(base: Path, live: Path, extra: str = "") -> tuple[ClientSandb
 
 def restore(box: ClientSandbox, archive: Path, *args: str, service="shop", env=None):
     return box.cli("restore", "--service", service, "--from", str(archive), *args, env=env)
+
+
+def private_db(live: Path, secret: str, blob: int, count: int) -> Path:
+    """A 0600 database holding ``secret``, made large (``count`` blobs of ``blob``
+    bytes) so that copying it takes a while."""
+    db = sqlite3.connect(live)
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES (?)", (secret,))
+    db.execute("CREATE TABLE filler(b)")
+    db.executemany(f"INSERT INTO filler VALUES (randomblob({blob}))", [()] * count)
+    db.commit()
+    db.close()
+    live.chmod(0o600)
+    return live
 
 
 def owned_db(path: Path) -> None:
@@ -624,15 +611,7 @@ def test_a_command_task_without_restore_commands_is_not_said_restored(tmp_path):
 def test_sqlite_copies_of_a_private_database_are_never_readable_by_others(shared):
     app = shared / "app"
     app.mkdir()
-    live = app / "secrets.db"
-    db = sqlite3.connect(live)
-    db.execute("CREATE TABLE t(x)")
-    db.execute("INSERT INTO t VALUES ('TOP-SECRET-TOKEN')")
-    db.execute("CREATE TABLE filler(b)")
-    db.executemany("INSERT INTO filler VALUES (randomblob(100000))", [()] * 300)
-    db.commit()
-    db.close()
-    live.chmod(0o600)
+    live = private_db(app / "secrets.db", "TOP-SECRET-TOKEN", blob=100000, count=300)
     box, archive = sqlite_service(shared, live)
     done = app / "done"
     spy = subprocess.Popen(
@@ -799,15 +778,7 @@ def test_a_template_unit_is_refused_and_a_unit_systemctl_cannot_judge_stops_the_
 def test_sigterm_during_a_sqlite_copy_leaves_no_readable_copy_of_a_private_database(tmp_path):
     app = tmp_path / "app"
     app.mkdir()
-    live = app / "secrets.db"
-    db = sqlite3.connect(live)
-    db.execute("CREATE TABLE t(x)")
-    db.execute("INSERT INTO t VALUES ('TOP-SECRET')")
-    db.execute("CREATE TABLE f(b)")
-    db.executemany("INSERT INTO f VALUES (randomblob(1000000))", [()] * 250)
-    db.commit()
-    db.close()
-    live.chmod(0o600)
+    live = private_db(app / "secrets.db", "TOP-SECRET", blob=1000000, count=250)
     box, archive = sqlite_service(tmp_path, live)
     proc = box.popen("restore", "--service", "shop", "--from", str(archive), "--replace")
     said = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -116,12 +117,22 @@ def pullback_prepare(task: Task):
 def pullback_dump(task: Task):
     if task.config["backup_config"]:
         source = compose_file(task)
-        shutil.copy2(source, task.staging / source.name)
+        _stage_copy(source, task.staging / source.name)
         env = Path(task.config.get("project_directory") or source.parent) / ".env"
         if env.is_file():
-            shutil.copy2(env, task.staging / ".env")
+            _stage_copy(env, task.staging / ".env")
     if _pinning(task.config):
         _pin_images(task)
+
+
+def _stage_copy(source: Path, staged: Path) -> None:
+    """``source`` copied with its mode, times and owner (a restore gives the file back
+    the snapshot's owner: an outside attack saw an application user's .env come back
+    root's)."""
+    shutil.copy2(source, staged)
+    if os.geteuid() == 0:
+        found = source.stat()
+        os.chown(staged, found.st_uid, found.st_gid)
 
 
 def _pin_images(task: Task) -> None:

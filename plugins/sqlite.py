@@ -7,10 +7,11 @@ import os
 import secrets
 import sqlite3
 import stat
+import tempfile
 import urllib.parse
 from pathlib import Path
 
-from ..common.fsutil import anchored_path, open_trusted_dir
+from ..common.fsutil import open_trusted_dir
 from ..common.text import counted, printable
 from . import hookimpl, load_plugin_schema
 from .task import Task, TaskError, TaskType
@@ -90,117 +91,138 @@ def pullback_dump(task: Task):
         task.log.info("copied %s (%d bytes), integrity ok", path, target.stat().st_size)
 
 
-_WORK = ".pullback-restore-"
-"""The prefix of the private directory (root's, mode 0700) a restore writes its copies
-in, in the database's directory, before it renames them into place."""
-_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_LIVE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-class _Place:
-    """The directory a database lies in, opened by descriptors through symlinks only root
-    could have made (:func:`.open_trusted_dir`), and a new private directory in it where
-    the copies are written (no one else can plant a symlink there, or read them while
-    they are written) and renamed into place from, by descriptors: the directory's owner
-    (the application's user) cannot lead root's writes elsewhere (an outside attack had a
-    symlink at the old fixed temporary name make root create a file of theirs in a
-    directory of root's), nor read a private database's copy. Raises TaskError."""
-
-    def __init__(self, directory: Path) -> None:
-        try:
-            self.dir_fd = open_trusted_dir(directory)
-        except OSError as exc:
-            raise TaskError(
-                f"cannot restore into {printable(directory, 200)}: {exc.strerror or exc} "
-                "(a symlink another user could have made is refused); nothing there changed"
-            ) from None
-        self.directory = directory
-        self.name = f"{_WORK}{secrets.token_hex(8)}"
-        try:
-            os.mkdir(self.name, 0o700, dir_fd=self.dir_fd)
-            self.work_fd = os.open(self.name, _NOFOLLOW | os.O_DIRECTORY, dir_fd=self.dir_fd)
-        except OSError as exc:
-            os.close(self.dir_fd)
-            raise TaskError(
-                f"cannot write in {printable(directory, 200)}: {exc.strerror or exc}; "
-                "nothing there changed"
-            ) from None
-        here = os.fstat(self.work_fd)
-        if here.st_uid != os.geteuid() or stat.S_IMODE(here.st_mode) & 0o077:
-            self.close()
-            raise TaskError(f"{printable(directory, 200)} changed while it was written to")
-
-    def write(self, copy: Path | str, like: os.stat_result, busy: int) -> None:
-        """The database ``copy`` (a path sqlite opens) copied into the private
-        directory by the backup API, with the owner and mode of ``like``, durably."""
-        where = anchored_path(self.work_fd, "db") or str(self.directory / self.name / "db")
-        _copy(str(copy), where, busy)
-        fd = os.open("db", _NOFOLLOW, dir_fd=self.work_fd)
-        try:
-            if os.geteuid() == 0:
-                os.fchown(fd, like.st_uid, like.st_gid)
-            os.fchmod(fd, stat.S_IMODE(like.st_mode))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def move(self, name: str) -> None:
-        """What :meth:`write` wrote, renamed to ``name`` in the directory, replacing the
-        entry there (a symlink there is replaced, not followed)."""
-        os.rename("db", name, src_dir_fd=self.work_fd, dst_dir_fd=self.dir_fd)
-        os.fsync(self.dir_fd)
-
-    def drop_companions(self, name: str) -> None:
-        """Remove the -wal, -shm and -journal files of the database ``name`` (stale once
-        it is replaced); an entry, never what it points at."""
-        for suffix in ("-wal", "-shm", "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{name}{suffix}", dir_fd=self.dir_fd)
-
-    def close(self) -> None:
-        """Remove the private directory (and what an interrupted copy left in it)."""
-        with contextlib.suppress(OSError):
-            for left in os.listdir(self.work_fd):
-                os.unlink(left, dir_fd=self.work_fd)
-        os.close(self.work_fd)
-        with contextlib.suppress(OSError):
-            os.rmdir(self.name, dir_fd=self.dir_fd)
-        os.close(self.dir_fd)
-
-
-def _live(place: _Place, name: str) -> tuple[str, os.stat_result]:
-    """The live database ``name`` of ``place``: a path sqlite opens (resolved from the
-    open directory) and what it is. Raises TaskError for anything but a regular file
-    (a symlink there is not followed: its owner could point it at root's files)."""
+def _open_directory(directory: Path) -> int:
+    """``directory`` opened by descriptors through symlinks only root could have made
+    (:func:`.open_trusted_dir`); made first when missing. Raises TaskError."""
     try:
-        looked = os.stat(name, dir_fd=place.dir_fd, follow_symlinks=False)
+        try:
+            return open_trusted_dir(directory)
+        except FileNotFoundError:
+            directory.mkdir(parents=True, exist_ok=True)
+            return open_trusted_dir(directory)
     except OSError as exc:
-        raise TaskError(f"cannot read {name}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(looked.st_mode):
-        raise TaskError(f"{name} is not a regular file (a symlink?); nothing was changed")
-    return anchored_path(place.dir_fd, name) or str(place.directory / name), looked
+        raise TaskError(
+            f"cannot restore into {printable(directory, 200)}: {exc.strerror or exc} (a "
+            "symlink there another user could have made is refused); nothing was replaced"
+        ) from None
+
+
+def _send_all(source: int, out: int) -> None:
+    """Every byte of the open file ``source`` to ``out`` (the kernel copies)."""
+    offset, size = 0, os.fstat(source).st_size
+    while offset < size:
+        sent = os.sendfile(out, source, offset, min(size - offset, 1 << 30))
+        if not sent:
+            return
+        offset += sent
+
+
+def _take(dir_fd: int, name: str, into: Path) -> os.stat_result | None:
+    """The live file ``name`` below ``dir_fd`` copied, byte for byte, to ``into`` (a
+    path in root's private directory): opened without following a symlink and checked
+    to be a regular file (its owner could swap in a symlink to root's files, or a FIFO);
+    returns what was read, or None when it is not there. Raises TaskError, OSError."""
+    try:
+        fd = os.open(name, _LIVE, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise TaskError(
+            f"cannot read {name}: {exc.strerror or exc} (a symlink is not followed)"
+        ) from None
+    try:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise TaskError(f"{name} is not a regular file now; nothing was replaced")
+        out = os.open(into, _NEW, 0o600)
+        try:
+            _send_all(fd, out)
+        finally:
+            os.close(out)
+        return found
+    finally:
+        os.close(fd)
+
+
+def _kept_copy(private: Path, busy: int) -> Path:
+    """One file of the live database taken into ``private`` (``live``, with ``live-wal``
+    when it had one): the backup API's consistent copy, or, when SQLite cannot read it
+    (a damaged database: the usual reason to restore), its bytes as they were."""
+    consolidated = private / "kept"
+    try:
+        _copy(str(private / "live"), consolidated, busy)
+        return consolidated
+    except sqlite3.DatabaseError:
+        consolidated.unlink(missing_ok=True)
+        return private / "live"
+
+
+def _stage(dir_fd: int, name: str, source: Path, like: os.stat_result) -> str:
+    """A new file in the directory ``dir_fd`` holding ``source``'s bytes (a file of
+    root's private directory), with the owner and mode of ``like``, durably: made with
+    ``O_EXCL | O_NOFOLLOW`` under a random name (no one's symlink is followed), 0600
+    until full. Returns its name."""
+    staged = f".{name}.{secrets.token_hex(6)}.pullback-restore"
+    out = os.open(staged, _NEW, 0o600, dir_fd=dir_fd)
+    try:
+        with open(source, "rb") as handle:
+            _send_all(handle.fileno(), out)
+        if os.geteuid() == 0:
+            os.fchown(out, like.st_uid, like.st_gid)
+        os.fchmod(out, stat.S_IMODE(like.st_mode))
+        os.fsync(out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(staged, dir_fd=dir_fd)
+        raise
+    finally:
+        os.close(out)
+    return staged
+
+
+def _drop_companions(dir_fd: int, name: str) -> None:
+    """Remove the -wal, -shm and -journal files of the database ``name`` (stale once it
+    is replaced); an entry, never what it points at."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{name}{suffix}", dir_fd=dir_fd)
 
 
 def _place(copy: Path, destination: Path, busy_timeout: int, keep: str | None = None) -> bool:
     """Write ``copy`` to ``destination`` (its owner and mode), replacing it in one
     rename; the old file's -wal/-shm/-journal companions go. With ``keep``, the live
-    database there is first copied (consistently: the backup API, its -wal included)
-    to ``keep`` beside it, with its owner and mode. Returns whether something was kept.
-    Raises TaskError, sqlite3.Error, OSError."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    place = _Place(destination.parent)
+    database there is first kept as ``keep`` beside it (owner and mode of what was
+    read). SQLite only ever opens files of root's private directory (it reopens a path
+    by name and follows symlinks: an outside attack made it write and read through a
+    /proc descriptor path); the database's directory, which its owner (the application's
+    user) may change at any moment, is touched by descriptors only: its files read
+    without following a symlink, new ones made under random names with ``O_EXCL``,
+    renamed into place. Returns whether something was kept. Raises TaskError,
+    sqlite3.Error, OSError."""
+    dir_fd = _open_directory(destination.parent)
     try:
-        kept = False
-        if keep is not None and os.path.lexists(destination):
-            live, looked = _live(place, destination.name)
-            place.write(live, looked, busy_timeout)
-            place.move(keep)
-            kept = True
-        place.write(copy, copy.stat(), busy_timeout)
-        place.drop_companions(destination.name)
-        place.move(destination.name)
-        return kept
+        with tempfile.TemporaryDirectory(prefix="pullback-sqlite-") as scratch:
+            private = Path(scratch)
+            kept = False
+            if keep is not None:
+                read = _take(dir_fd, destination.name, private / "live")
+                if read is not None:
+                    _take(dir_fd, f"{destination.name}-wal", private / "live-wal")
+                    staged = _stage(dir_fd, keep, _kept_copy(private, busy_timeout), read)
+                    os.rename(staged, keep, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    kept = True
+            _copy(str(copy), private / "new", busy_timeout)
+            staged = _stage(dir_fd, destination.name, private / "new", copy.stat())
+            _drop_companions(dir_fd, destination.name)
+            os.rename(staged, destination.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)
+            return kept
     finally:
-        place.close()
+        os.close(dir_fd)
 
 
 def _aside(destination: Path, plan, beside: bool) -> Path:
@@ -217,7 +239,7 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
     the database there atomically, the replaced one kept as
     ``<path>.before-restore-<stamp>``, and is refused while a process has it open: stop
     the application first (a docker or systemd task of the same service does that).
-    Copies are written as :class:`_Place` says."""
+    Copies are written as :func:`_place` says."""
     try:
         _restore(task, source, target, plan)
     except sqlite3.Error as exc:

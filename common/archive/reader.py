@@ -28,9 +28,9 @@ from .tarformat import Member, TarFormatError, TarReader
 log = get_logger("archive")
 
 CHUNK = 1 << 20
-MAX_TAIL = 1 << 20
-"""Decompressed bytes after the end-of-archive marker a reader drains (GNU tar pads to a
-10240-byte record; pullback's writer to less)."""
+MAX_TAIL = 16 << 20
+"""Decompressed bytes after the end-of-archive marker a reader drains (pullback's writer
+pads to a 10240-byte record, GNU tar to its blocking factor's: 2 MiB at -b 4096)."""
 
 
 class ByteStream(Protocol):
@@ -182,8 +182,8 @@ class TarStream:
             raise ArchiveError(f"cannot read the archive: {self._feed_error}")
         if self._tail_error:
             raise ArchiveError(
-                f"more than {MAX_TAIL} bytes follow the end-of-archive marker (a tar "
-                "writer's padding is at most a record, 10240 bytes)"
+                f"more than {MAX_TAIL} bytes follow the end-of-archive marker (pullback's "
+                "writer pads to 10240 bytes)"
             )
 
 

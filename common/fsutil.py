@@ -62,6 +62,20 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, position: int) -> 
 
 
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+
+def copy_range(source: int, out: int, offset: int, length: int) -> None:
+    """Copy ``length`` bytes of the open file ``source`` at ``offset`` to the same place
+    of ``out`` (the kernel copies); a file that shrank meanwhile stops it early (the
+    rest reads as zeros once ``out`` is truncated to its size)."""
+    os.lseek(out, offset, os.SEEK_SET)
+    while length:
+        sent = os.sendfile(out, source, offset, min(length, 1 << 30))
+        if not sent:
+            return
+        offset, length = offset + sent, length - sent
+
+
 _PIECE = 1 << 20
 
 

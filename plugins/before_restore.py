@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.archive.sparse import Region, data_regions
-from ..common.fsutil import fsync_dir, untrusted_link
+from ..common.fsutil import copy_range, fsync_dir, untrusted_link
 from ..common.log import Log
 from ..common.text import BoundedWarnings, counted, printable
 from ..common.units import human_size
@@ -872,7 +872,7 @@ def _keep_file(fd: int, place: _Place, lost: BoundedWarnings) -> int:
     try:
         with _undone(place):
             for region in data_regions(fd, st.st_size) or [Region(0, st.st_size)]:
-                _send(fd, out, region)
+                copy_range(fd, out, region.offset, region.length)
             os.ftruncate(out, st.st_size)
             os.fchown(out, st.st_uid, st.st_gid)  # before the capability and set-id bits
             _copy_xattrs(fd, out, place.shown, lost)
@@ -882,17 +882,6 @@ def _keep_file(fd: int, place: _Place, lost: BoundedWarnings) -> int:
             return os.fstat(out).st_blocks * 512
     finally:
         os.close(out)
-
-
-def _send(source: int, out: int, region: Region) -> None:
-    """Copy ``region`` of ``source`` to the same place of ``out`` (the kernel copies)."""
-    offset, left = region.offset, region.length
-    os.lseek(out, offset, os.SEEK_SET)
-    while left:
-        sent = os.sendfile(out, source, offset, min(left, 1 << 30))
-        if not sent:
-            return  # the file shrank meanwhile: the rest reads as zeros
-        offset, left = offset + sent, left - sent
 
 
 def _copy_xattrs(source: int, out: int, shown: str, lost: BoundedWarnings) -> None:

@@ -11,7 +11,7 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-from ..common.fsutil import open_trusted_dir
+from ..common.fsutil import copy_range, open_trusted_dir
 from ..common.text import counted, printable
 from . import hookimpl, load_plugin_schema
 from .task import Task, TaskError, TaskType
@@ -111,16 +111,6 @@ def _open_directory(directory: Path) -> int:
         ) from None
 
 
-def _send_all(source: int, out: int) -> None:
-    """Every byte of the open file ``source`` to ``out`` (the kernel copies)."""
-    offset, size = 0, os.fstat(source).st_size
-    while offset < size:
-        sent = os.sendfile(out, source, offset, min(size - offset, 1 << 30))
-        if not sent:
-            return
-        offset += sent
-
-
 def _take(dir_fd: int, name: str, into: Path) -> os.stat_result | None:
     """The live file ``name`` below ``dir_fd`` copied, byte for byte, to ``into`` (a
     path in root's private directory): opened without following a symlink and checked
@@ -140,7 +130,7 @@ def _take(dir_fd: int, name: str, into: Path) -> os.stat_result | None:
             raise TaskError(f"{name} is not a regular file now; nothing was replaced")
         out = os.open(into, _NEW, 0o600)
         try:
-            _send_all(fd, out)
+            copy_range(fd, out, 0, os.fstat(fd).st_size)
         finally:
             os.close(out)
         return found
@@ -170,7 +160,7 @@ def _stage(dir_fd: int, name: str, source: Path, like: os.stat_result) -> str:
     out = os.open(staged, _NEW, 0o600, dir_fd=dir_fd)
     try:
         with open(source, "rb") as handle:
-            _send_all(handle.fileno(), out)
+            copy_range(handle.fileno(), out, 0, os.fstat(handle.fileno()).st_size)
         if os.geteuid() == 0:
             os.fchown(out, like.st_uid, like.st_gid)
         os.fchmod(out, stat.S_IMODE(like.st_mode))

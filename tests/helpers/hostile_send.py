@@ -53,6 +53,11 @@ def rest_of(config: str, request: str) -> bytes:
         return handle.read()
 
 
+NO_EXIT_SECONDS = 300
+"""How long a send that "never ends" lives: far past any test's bound (host_timeout 30 s),
+then it goes (a test run left them for an hour)."""
+
+
 def trickle(data: bytes) -> None:
     out = sys.stdout.buffer
     for byte in data:
@@ -152,13 +157,13 @@ def main() -> None:
         sys.stdout.buffer.write(rest_of(config, request))
         sys.stdout.buffer.flush()
         os.close(1)  # the archive is whole, but the command never ends
-        time.sleep(3600)
+        time.sleep(NO_EXIT_SECONDS)
     elif mode == "send-no-exit-closed" and verb == "send":
         sys.stdout.buffer.write(rest_of(config, request))
         sys.stdout.buffer.flush()
         os.close(1)  # the archive is whole, its output and standard error closed (sshd
         os.close(2)  # sends the end of the channel), but the command never ends
-        time.sleep(3600)
+        time.sleep(NO_EXIT_SECONDS)
     elif mode == "send-stderr-flood" and verb == "send":
         threading.Thread(target=flood, daemon=True).start()
         data = rest_of(config, request)

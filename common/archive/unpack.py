@@ -1244,14 +1244,15 @@ class Unpacker:
             )
         self.stats.files += 1
         source_dir = self._dir(target[:-1])
-
+        source = os.lstat(target[-1], dir_fd=source_dir)
+        # restic reads every name of an inode: a link costs the store its target's size
+        self._count_size(source.st_size)
         digest = self._link_digests.get(_key(target))
         if digest is None:
             digest = self._link_digests[_key(target)] = _hash_file(target[-1], source_dir)
         self._summed(member.name, digest)
         parent = self._dir(parts[:-1])
         name = parts[-1]
-        source = os.lstat(target[-1], dir_fd=source_dir)
         if self._kept(
             parts,
             parent,

@@ -161,6 +161,18 @@ def test_each_hard_link_target_is_hashed_once(tmp_path, monkeypatch):
     assert stats.files == 301
 
 
+def test_each_hard_link_counts_its_target_against_max_unpacked_size(tmp_path):
+    """restic reads every name of an inode: a 1.7 KiB archive of a 2 GiB sparse file and
+    100 links made it read 200 GiB while max_unpacked_size counted 2 GiB."""
+    big = Entry("services/a/big", data=bytes(1 << 20))
+    links = [Entry(f"services/a/l{i}", tarformat.LNKTYPE, linkname=big.name) for i in range(9)]
+    limits = UnpackLimits(max_size=5 << 20)
+    assert unpack(tmp_path / "ok", [big, *links[:3]], limits).files == 4
+    with pytest.raises(ArchiveTooLarge, match=r"more than 5\.0 MiB \(max_unpacked_size in"):
+        unpack(tmp_path / "s", [big, *links], limits)
+    assert not (tmp_path / "s/services/a/l4").exists()  # refused before the fifth name
+
+
 def test_a_repeated_directory_keeps_one_record(tmp_path):
     xattr = [(b"SCHILY.xattr.user.big", b"x" * 3000)]
     entries = [Entry("services/a", tarformat.DIRTYPE, mode=0o755, pax=xattr)] * 2000

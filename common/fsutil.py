@@ -9,7 +9,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -248,6 +248,65 @@ def open_trusted_dir(path: Path) -> int:
         if fd >= 0:
             os.close(fd)
         raise
+
+
+def make_dirs_at(path: Path, like: Callable[[Path], Path | None] | None = None) -> int:
+    """The directory ``path`` opened as :func:`open_trusted_dir` opens it, the missing
+    directories on the way made one at a time, each by descriptor in the one above it
+    and opened without following a symlink (a directory swapped for a symlink by the
+    owner of the one above, between its mkdir and its open, is refused: ENOTDIR; a
+    mkdir by name through that symlink, and a chown by name after it, would go where
+    it points). Each made directory takes the owner, mode, times and extended attributes
+    of ``like(directory)`` when that gives a directory, else it is root's 0755; one
+    someone else made there meanwhile is used as it is. Returns the descriptor (the
+    caller closes it). Raises OSError."""
+    missing: list[Path] = []
+    top = Path(path)
+    while True:
+        try:
+            fd = open_trusted_dir(top)
+            break
+        except FileNotFoundError:
+            if top.parent == top:
+                raise
+            missing.append(top)
+            top = top.parent
+    try:
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory.name, 0o700, dir_fd=fd)
+                made = True
+            except FileExistsError:
+                made = False
+            step = os.open(directory.name, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = step
+            if made:
+                _dir_meta(fd, like(directory) if like else None)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _dir_meta(fd: int, model: Path | None) -> None:
+    """Give the directory ``fd`` the owner, mode, times and extended attributes of the
+    directory ``model`` (a path root alone controls), or root's 0755 without one."""
+    found = os.lstat(model) if model is not None else None
+    if found is None or not stat.S_ISDIR(found.st_mode):
+        os.fchmod(fd, 0o755)
+        return
+    assert model is not None
+    names: list[str] = []
+    with contextlib.suppress(OSError):  # (a file system without them)
+        names = os.listxattr(model, follow_symlinks=False)
+    for name in names:
+        with contextlib.suppress(OSError):  # as shutil.copystat: one refused, the rest set
+            os.setxattr(fd, name, os.getxattr(model, name, follow_symlinks=False))
+    if os.geteuid() == 0:
+        os.fchown(fd, found.st_uid, found.st_gid)
+    os.fchmod(fd, stat.S_IMODE(found.st_mode))
+    os.utime(fd, ns=(found.st_atime_ns, found.st_mtime_ns))
 
 
 def same_entry(now: os.stat_result, looked: os.stat_result) -> bool:

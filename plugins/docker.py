@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 
 from ..common.errors import CommandError
+from ..common.fsutil import make_dirs_at
+from ..common.text import printable
 from . import hookimpl, load_plugin_schema
 from ._common import first, timeout
 from .files import restore_copies
@@ -197,6 +199,18 @@ def _defined(task: Task) -> set[str] | None:
         return None
 
 
+def _make_parent(path: Path) -> None:
+    """The directory of ``path`` made when missing (:func:`.make_dirs_at`: by descriptor,
+    never through a symlink its owner swapped in). Raises TaskError."""
+    try:
+        os.close(make_dirs_at(path.parent))
+    except OSError as exc:
+        raise TaskError(
+            f"cannot make {printable(path.parent, 200)}: {exc.strerror or exc} (a symlink "
+            "there another user could have made is refused); nothing was restored"
+        ) from None
+
+
 @hookimpl
 def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool, plan):
     """The compose file and .env go back to their place (or below ``target``) as the
@@ -213,11 +227,9 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
         for name, live in ((original.name, original), (".env", env_dir / ".env"))
         if (source / name).is_file()
     ]
-    if not dry_run:  # a directory lost with the application: made as a directory is
+    if not dry_run:  # a directory lost with the application: root's 0755, by descriptor
         for live, _ in copies:
-            (target / live.lstrip("/") if target else Path(live)).parent.mkdir(
-                mode=0o755, parents=True, exist_ok=True
-            )
+            _make_parent(target / live.lstrip("/") if target else Path(live))
     restore_copies(task, copies, source, target, plan)
     if (source / "docker-compose.pinned.yml").is_file():
         task.log.info(

@@ -9,7 +9,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from ..common.fsutil import open_trusted_dir, untrusted_link
+from ..common.fsutil import make_dirs_at, open_trusted_dir, untrusted_link
 from ..common.text import counted, printable
 from ..common.units import human_size
 from . import hookimpl, load_plugin_schema
@@ -121,19 +121,17 @@ def archive_paths(task: Task, paths: list[str], matcher: ExcludeMatcher, xattrs:
 
 
 def _copy_parents(copy: Path, destination: Path, source_root: Path) -> None:
-    """Create missing parents of ``destination`` with the modes of the snapshot's ones."""
-    missing = []
-    parent, snapshot_parent = destination.parent, copy.parent
-    while not parent.exists() and snapshot_parent != source_root.parent:
-        missing.append((parent, snapshot_parent))
-        parent, snapshot_parent = parent.parent, snapshot_parent.parent
-    for directory, original in reversed(missing):
-        directory.mkdir()
-        if original.is_dir():
-            shutil.copystat(original, directory)
-            if os.geteuid() == 0:
-                st = original.stat()
-                os.chown(directory, st.st_uid, st.st_gid)
+    """Create the missing parents of ``destination`` by descriptor, each with the owner,
+    mode, times and extended attributes of the snapshot's one (:func:`.make_dirs_at`).
+    Raises OSError (ENOTDIR: one swapped for a symlink as it was made)."""
+
+    def like(directory: Path) -> Path | None:
+        original = copy.parent
+        for _ in destination.parent.relative_to(directory).parts:
+            original = original.parent
+        return original if original.is_relative_to(source_root) else None
+
+    os.close(make_dirs_at(destination.parent, like))
 
 
 @hookimpl

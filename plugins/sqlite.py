@@ -11,7 +11,7 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-from ..common.fsutil import copy_range, open_trusted_dir
+from ..common.fsutil import copy_range, make_dirs_at
 from ..common.text import counted, printable
 from . import hookimpl, load_plugin_schema
 from .task import Task, TaskError, TaskType
@@ -97,13 +97,10 @@ _LIVE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 def _open_directory(directory: Path) -> int:
     """``directory`` opened by descriptors through symlinks only root could have made
-    (:func:`.open_trusted_dir`); made first when missing. Raises TaskError."""
+    (:func:`.open_trusted_dir`); made by descriptor when missing (:func:`.make_dirs_at`).
+    Raises TaskError."""
     try:
-        try:
-            return open_trusted_dir(directory)
-        except FileNotFoundError:
-            directory.mkdir(parents=True, exist_ok=True)
-            return open_trusted_dir(directory)
+        return make_dirs_at(directory)
     except OSError as exc:
         raise TaskError(
             f"cannot restore into {printable(directory, 200)}: {exc.strerror or exc} (a "

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -417,6 +418,41 @@ def test_race_a_parent_toggled_by_its_owner_during_real_restores_touches_nothing
                 break
     print("outcomes", outcomes)
     assert not hit(n)
+
+
+def test_a_parent_the_restore_makes_and_its_owner_swaps_for_a_symlink_leads_nowhere(
+    tmp_path, monkeypatch
+):
+    """A forced race (said here): ``sub`` is missing, the restore makes it (the
+    snapshot's ``sub`` is nobody's, 0777), and the owner of the directory above swaps
+    the new directory for a symlink to the root-only outside tree before its owner and
+    mode are set. Parents were made by name and then chowned and chmodded by name,
+    which would hand the outside tree to nobody; now refused, outside untouched."""
+    n = Nested(tmp_path)
+    for entry in sorted((n.r.live / "sub").rglob("*"), reverse=True):
+        entry.unlink() if entry.is_file() else entry.rmdir()
+    (n.r.live / "sub").rmdir()
+    os.chown(n.copy.parent, NOBODY, NOBODY)
+    n.copy.parent.chmod(0o777)
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(name, mode=0o777, *, dir_fd=None):
+        real_mkdir(name, mode, dir_fd=dir_fd)
+        if os.path.basename(name) == "sub":  # as the owner of srv/data (by name or fd)
+            os.rename(name, f"{name}.x", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.symlink(n.outside, name, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_swap)
+    refusal = ""
+    try:
+        n.restore()
+    except TaskError as exc:
+        refusal = str(exc)
+    monkeypatch.undo()
+    st = n.outside.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o700, 0)
+    assert outside_state(n.outside) == n.before
+    assert re.search(r"cannot restore .*sub/data: Not a directory", refusal)
 
 
 def hit(n: Nested) -> bool:

@@ -495,6 +495,7 @@ class ServiceRestore:
             replace=options.replace,
             dry_run=options.dry_run,
             safety_dir=config.work_dir.parent / "before-restore",
+            temporary_source=options.source.is_file(),
             stops_first=any(spec.type.stops(spec.config) for spec in service.tasks),
         )
         self.failures: list[str] = []

@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Generator, Iterator
@@ -547,6 +548,28 @@ def keep_aside(
             "delete it once you no longer need it",
         )
     return progress.kept
+
+
+def hand_over(task_type: str, plan: RestorePlan, path: Path) -> Path:
+    """Where the administrator finds ``path`` (a file or directory of the restored
+    snapshot that a note names, for them to use) once the restore has ended: ``path``
+    itself, unless the snapshot was unpacked from an archive into a directory the
+    restore removes as it ends (an outside attack was told of a UCS system archive
+    already gone); then it is moved into a new directory below the safety directory
+    (``<task_type>-<stamp>-snapshot-<random>``, root's, 0700), which is returned. A dry
+    run moves nothing. Raises TaskError."""
+    if not plan.temporary_source or plan.dry_run or plan.safety_dir is None:
+        return path
+    kept = _make_kept_dir(plan.safety_dir, f"{task_type}-{plan.stamp}-snapshot-")
+    try:
+        moved = Path(shutil.move(path, kept / path.name))
+        fsync_dir(kept)
+    except OSError as exc:
+        raise TaskError(
+            f"cannot keep {printable(path.name, 200)} of the snapshot in {kept}: "
+            f"{exc.strerror or exc}"
+        ) from None
+    return moved
 
 
 def _once(found: list[Replaced]) -> None:

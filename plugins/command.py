@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..common.units import parse_duration
 from . import hookimpl, load_plugin_schema
+from .before_restore import hand_over
 from .task import Task, TaskError, TaskType
 
 
@@ -106,8 +107,9 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
     Raises TaskError without any: nothing would be put back (an outside attack saw such
     a restore say "restored", exit 0)."""
     if not task.config["restore"]:
+        kept = hand_over(task.type, plan, source)
         raise TaskError(
-            f"not restored: the section has no restore commands (restore:); its data is in {source}"
+            f"not restored: the section has no restore commands (restore:); its data is in {kept}"
         )
     for command in task.config["restore"]:
         if not plan.step(task.log, f"run: {command}"):

@@ -15,6 +15,7 @@ from ..common.fsutil import make_dirs_at
 from ..common.text import printable
 from . import hookimpl, load_plugin_schema
 from ._common import first, timeout
+from .before_restore import hand_over
 from .files import restore_copies
 from .task import Requirement, Task, TaskError, TaskType
 
@@ -219,7 +220,7 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
     is refused (root would write through it: an outside attack had the directory's owner
     point ``.env`` into a directory of root's), owner, mode and times are the
     snapshot's. Images are not pulled: ``docker-compose.pinned.yml`` names the exact
-    ones if needed."""
+    ones if needed (a note says where: :func:`.hand_over`)."""
     original = compose_file(task)
     env_dir = Path(task.config.get("project_directory") or original.parent)
     copies = [
@@ -232,6 +233,5 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
             _make_parent(target / live.lstrip("/") if target else Path(live))
     restore_copies(task, copies, source, target, plan)
     if (source / "docker-compose.pinned.yml").is_file():
-        task.log.info(
-            "the images in use at backup time are in %s", source / "docker-compose.pinned.yml"
-        )
+        pinned = hand_over(task.type, plan, source / "docker-compose.pinned.yml")
+        plan.note(task.log, f"the images in use at backup time are in {pinned}")

@@ -110,6 +110,10 @@ class RestorePlan:
     dry_run: bool = False
     safety_dir: Path | None = None
     """Where replaced data is kept when the engine cannot keep it by a rename."""
+    temporary_source: bool = False
+    """The snapshot was unpacked from an archive into a directory the restore removes as
+    it ends: a file of it the notes name is moved out first
+    (:func:`.before_restore.hand_over`)."""
     steps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     """What the administrator reads afterwards (where the data went, how to swap it in)."""

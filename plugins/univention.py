@@ -14,6 +14,7 @@ from pathlib import Path
 from ..common.errors import CommandError
 from . import hookimpl, load_plugin_schema
 from ._common import split_options, timeout
+from .before_restore import hand_over
 from .exclude import ExcludeMatcher
 from .files import archive_paths, restore_paths
 from .task import RestorePlan, Task, TaskError, TaskType
@@ -115,11 +116,14 @@ def _warn(task: Task, text: str) -> None:
 @hookimpl
 def pullback_restore(task: Task, source: Path, target: Path | None, plan: RestorePlan):
     """The custom paths go back as the ``files`` task's paths do; UCS's own archive is
-    left in the restored directory for UCS's tools, and the plan's notes say where."""
+    left for UCS's tools in the restored directory (moved below the safety directory
+    when that is removed as the restore ends: :func:`.hand_over`), and the plan's notes
+    say where."""
     restore_paths(task, task.config["custom_paths"], source, target, plan)
     backup_dir = source / task.config["backup_dir"].lstrip("/")
     kept = sorted(p for p in backup_dir.glob("*") if p.name.endswith(ARCHIVE_SUFFIXES))
     for archive in kept:
+        archive = hand_over(task.type, plan, archive)
         plan.note(task.log, f"UCS's system backup is {archive}: restore it with UCS's own tools")
     if not kept:
         plan.note(task.log, f"no UCS system backup in {backup_dir}")

@@ -366,6 +366,23 @@ def test_docker_restore_keeps_the_env_file_it_replaces(tmp_path, docker):
     )
 
 
+def test_docker_the_pinned_images_the_restore_names_are_there_afterwards(tmp_path, docker):
+    """The note named docker-compose.pinned.yml inside the archive's unpacked copy, which
+    the restore removes as it ends; it is moved below the safety directory first."""
+    compose = compose_app(tmp_path)
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service(
+        "shop", f"service: {{name: shop}}\ndocker: {{compose_file: {compose}, pin_images: true}}\n"
+    )
+    assert box.cli("run", env=docker.env).returncode == 0
+    (archive,) = box.published()
+    result = restore(box, archive, env=docker.env)
+    assert result.returncode == 0, result.stderr
+    named = result.stdout.split("the images in use at backup time are in ", 1)[1].split()[0]
+    assert "/before-restore/docker-" in named and os.path.isfile(named), result.stdout
+    assert Path(named).read_text().startswith("services:")  # (the standin pins nothing)
+
+
 @needs_root
 def test_docker_restore_never_writes_through_a_symlink_the_directory_s_owner_planted(
     shared, docker
@@ -564,13 +581,6 @@ def test_influxdb_1_a_backup_of_every_database_needs_replace(tmp_path):
 # -- univention (fake UCS backup program) ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="univention.pullback_restore names the UCS system archive inside the restore's "
-    "source; with --from ARCHIVE that is restore()'s TemporaryDirectory, removed before "
-    "the command returns (docker's 'images in use ... are in <source>/"
-    "docker-compose.pinned.yml' likewise)",
-)
 def test_univention_the_system_archive_the_restore_names_is_there_afterwards(tmp_path):
     backup_dir = tmp_path / "ucs-backup"
     backup_dir.mkdir()
@@ -592,6 +602,9 @@ def test_univention_the_system_archive_the_restore_names_is_there_afterwards(tmp
     assert result.returncode == 0, result.stderr
     named = result.stdout.split("UCS's system backup is ", 1)[1].split(": restore it", 1)[0]
     assert os.path.exists(named), f"the restore said: {result.stdout.strip()}"
+    # moved out of the unpacked archive below the sandbox's safety directory, whole
+    assert named.startswith(f"{box.root}/") and "/before-restore/univention-" in named, named
+    assert Path(named).read_text() == "data\n"
 
 
 def test_a_command_task_without_restore_commands_is_not_said_restored(tmp_path):
@@ -605,6 +618,9 @@ def test_a_command_task_without_restore_commands_is_not_said_restored(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "not restored: the section has no restore commands (restore:)" in result.stderr
     assert "Traceback" not in result.stderr
+    # the directory it names outlives the restore (the archive's unpacked copy does not)
+    named = Path(re.search(r"its data is in (\S+)", result.stderr)[1])
+    assert (named / "all.sql").read_text() == "precious\n"
 
 
 @needs_root

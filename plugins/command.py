@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..common.text import printable
 from ..common.units import parse_duration
 from . import hookimpl, load_plugin_schema
 from .before_restore import hand_over
@@ -103,7 +104,8 @@ def pullback_finish(task: Task, failed: bool):
 
 @hookimpl
 def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool, plan):
-    """Run the section's ``restore`` commands (``PULLBACK_SOURCE``: what the dump wrote).
+    """Run the section's ``restore`` commands (``PULLBACK_SOURCE``: what the dump wrote)
+    in that directory; what they write there is removed afterwards (:func:`_tidy`).
     Raises TaskError without any: nothing would be put back (an outside attack saw such
     a restore say "restored", exit 0)."""
     if not task.config["restore"]:
@@ -111,13 +113,53 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
         raise TaskError(
             f"not restored: the section has no restore commands (restore:); its data is in {kept}"
         )
-    for command in task.config["restore"]:
-        if not plan.step(task.log, f"run: {command}"):
-            continue
-        env = _env(task, PULLBACK_SOURCE=str(source), PULLBACK_TARGET=str(target or ""))
-        task.run(
-            _argv(task, command),
-            timeout=parse_duration(task.config["timeout"]),
-            env=env,
-            cwd=source,
-        )
+    before = None if plan.dry_run else _names(source)
+    try:
+        for command in task.config["restore"]:
+            if not plan.step(task.log, f"run: {command}"):
+                continue
+            env = _env(task, PULLBACK_SOURCE=str(source), PULLBACK_TARGET=str(target or ""))
+            task.run(
+                _argv(task, command),
+                timeout=parse_duration(task.config["timeout"]),
+                env=env,
+                cwd=source,
+            )
+    finally:
+        if before is not None:
+            _tidy(task, source, before)
+
+
+def _names(root: Path) -> set[str]:
+    """Every entry below ``root``, as a path relative to it (symlinks not followed)."""
+    found: set[str] = set()
+    for directory, dirs, files in os.walk(root):
+        below = os.path.relpath(directory, root)
+        found.update(os.path.normpath(os.path.join(below, name)) for name in dirs + files)
+    return found
+
+
+MAX_TIDIED_SHOWN = 5
+
+
+def _tidy(task: Task, source: Path, before: set[str]) -> None:
+    """Remove what the restore commands wrote in the snapshot's directory ``source``
+    (every entry not in ``before``; a directory they made, with all below it): a file a
+    command left there (``gunzip -k dump.sql.gz``) made the next restore from the same
+    directory refuse it as not the snapshot its manifest describes. Logs what it
+    removed; a file that cannot be removed is logged and left."""
+    new = sorted(_names(source) - before)
+    tops = [n for n in new if os.path.dirname(n) not in new]
+    for name in tops:
+        path = source / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as exc:
+            task.log.warning("cannot remove %s: %s", printable(path, 200), exc.strerror or exc)
+    if tops:
+        shown = ", ".join(printable(n, 80) for n in tops[:MAX_TIDIED_SHOWN])
+        more = f" and {len(tops) - MAX_TIDIED_SHOWN} more" if len(tops) > MAX_TIDIED_SHOWN else ""
+        task.log.info("removed what the restore commands wrote in %s: %s%s", source, shown, more)

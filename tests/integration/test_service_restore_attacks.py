@@ -836,25 +836,24 @@ def test_sqlite_a_database_listed_twice_keeps_what_it_replaced(tmp_path):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="command.pullback_restore runs the restore commands with cwd= the snapshot's "
-    "own task directory: a file a command writes there (gunzip -k) makes the next restore "
-    "from that directory exit 2 with 'not the snapshot its MANIFEST.sha256 describes ... "
-    "Fetch the snapshot into an empty directory', which it was",
-)
 def test_a_restore_command_s_scratch_files_do_not_spoil_the_snapshot(tmp_path):
     box = ClientSandbox(tmp_path / "client")
     box.add_service(
         "app",
         "service: {name: app}\ncommand: {dump: [{run: 'echo data | gzip', output: dump.sql.gz}], "
-        "restore: ['gunzip -k dump.sql.gz && cat dump.sql']}\n",
+        "restore: ['gunzip -k dump.sql.gz && mkdir -p work/deep && cat dump.sql > work/deep/x']}\n",
     )
     assert box.cli("run").returncode == 0
     (archive,) = box.published()
     snap = tmp_path / "snap"
     snap.mkdir()
     subprocess.run(["tar", "-xf", str(archive), "-C", str(snap)], check=True)
-    assert restore(box, snap, service="app").returncode == 0
+    first = restore(box, snap, service="app")
+    assert first.returncode == 0, first.stderr
+    assert re.search(
+        r"removed what the restore commands wrote in \S+: dump.sql, work\n", first.stderr
+    )
     again = restore(box, snap, service="app")
     assert again.returncode == 0, again.stderr
+    (task_dir,) = (p for p in snap.rglob("dump.sql.gz"))
+    assert sorted(p.name for p in task_dir.parent.iterdir()) == ["dump.sql.gz"]

@@ -16,7 +16,9 @@ way PostgreSQL's lexer does (:func:`.pg_globals.statements`), nothing is removed
 before (an outside attack ended a comment early by cutting a line and ran its own
 ``GRANT``), and a statement runs only when the whole of it has one of the shapes below,
 every name and value in it a quoted identifier or literal. The template flag and
-``ALLOW_CONNECTIONS`` are not carried (a restored copy is neither).
+``ALLOW_CONNECTIONS`` are not carried (a restored copy is neither). The encoding and
+locales of its ``CREATE DATABASE`` are (:func:`create_options`): the copy is made with
+them.
 """
 
 from __future__ import annotations
@@ -54,6 +56,47 @@ SHAPES = tuple(
 """The whole statements carried, each naming the database once (``db``)."""
 
 _CARRIED = re.compile(r"^(ALTER DATABASE |ALTER ROLE |COMMENT ON DATABASE |GRANT |REVOKE )")
+
+
+CREATE_KEYS = (
+    "ENCODING",
+    "LOCALE_PROVIDER",
+    "LOCALE",
+    "LC_COLLATE",
+    "LC_CTYPE",
+    "ICU_LOCALE",
+    "ICU_RULES",
+    "BUILTIN_LOCALE",
+)
+"""The options of a dump's ``CREATE DATABASE`` that a restored copy is made with: its
+encoding and its locales (collation and character classes), which decide how its text
+sorts and compares, and so what its indexes hold."""
+
+MAX_CREATE_OPTIONS = 1000
+"""Longer options (a dump's words) are not carried."""
+
+_CREATE = re.compile(
+    rf"CREATE DATABASE {_DB} WITH TEMPLATE = template0"
+    rf"(?P<options>(?: (?:{'|'.join(CREATE_KEYS)}) = (?:'(?:[^'\x00-\x1f\x7f]|'')*'|[a-z]+))*);",
+    re.DOTALL,
+)
+
+
+def create_options(sql: str, name: str) -> str:
+    """The encoding and locale options of the ``CREATE DATABASE`` of ``name`` in ``sql``
+    (``pg_restore --create`` of :func:`wanted_entries`), as ``" ENCODING = 'LATIN1'
+    LOCALE = 'C'"``: "" when it has none, or another shape (only :data:`CREATE_KEYS`,
+    each a quoted literal without control characters or a lowercase word, up to
+    :data:`MAX_CREATE_OPTIONS` characters)."""
+    for statement in statements(sql):
+        body = "\n".join(
+            line for line in statement.split("\n") if line.strip() and not line.startswith("--")
+        ).strip()
+        match = _CREATE.fullmatch(body)
+        if match and _unquoted(match["db"]) == name:
+            options = match["options"]
+            return options if len(options) <= MAX_CREATE_OPTIONS else ""
+    return ""
 
 
 def wanted_entries(listing: str) -> str:

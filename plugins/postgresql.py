@@ -457,8 +457,10 @@ class _Restore(DatabaseRestore):
         name = database_of(dump, ".dump")
         fresh = renamed(name, "restored", self.plan.stamp)
         log = self.task.log
-        if self.plan.step(log, f"create the database {fresh}"):
-            self._sql(f"CREATE DATABASE {_quote(fresh)} TEMPLATE template0", f"creating {fresh}")
+        own = self._database_sql(dump, name)  # (read in a dry run too: it changes nothing)
+        options = pg_database.create_options(own or "", name)
+        if self.plan.step(log, f"create the database {fresh}{' with' if options else ''}{options}"):
+            self._create(fresh, options, dump)
         owners = self._owner_options()
         if self.plan.step(log, f"pg_restore {dump.name} into {fresh}"):
             try:
@@ -473,8 +475,11 @@ class _Restore(DatabaseRestore):
                 raise TaskError(
                     f"pg_restore of {dump.name} failed, nothing live was touched: {tool_said(exc)}"
                 ) from None
-        if self.plan.step(log, f"give {fresh} the owner, settings and grants {dump.name} holds"):
-            self._properties(dump, name, fresh)
+        if (
+            self.plan.step(log, f"give {fresh} the owner, settings and grants {dump.name} holds")
+            and own is not None
+        ):
+            self._properties(own, dump, name, fresh)
         if self.plan.replace:
             self._swap(name, fresh)
         else:
@@ -487,23 +492,50 @@ class _Restore(DatabaseRestore):
                 "(or restore again with --replace)",
             )
 
-    def _properties(self, dump: Path, name: str, fresh: str) -> None:
-        """Give ``fresh`` the owner, comment, settings and grants the dump holds for the
-        database ``name`` (:mod:`.pg_database`). What cannot be set (a missing role, a
-        role that may not give the database away) is a warning: the data is restored."""
-        log = self.task.log
+    def _create(self, fresh: str, options: str, dump: Path) -> None:
+        """Create the database ``fresh`` with the encoding and locales of the dump's
+        (``options``: :func:`.pg_database.create_options`); where this server cannot
+        (a locale it lacks, an older server), with its defaults, and a note says so.
+        Raises TaskError."""
+        base = f"CREATE DATABASE {_quote(fresh)} WITH TEMPLATE = template0"
+        if options:
+            try:
+                self._sql(base + options, f"creating {fresh}")
+                return
+            except TaskError as exc:
+                self.plan.note(
+                    self.task.log,
+                    f"{fresh} is made with this server's default encoding and locale, not "
+                    f"those of {dump.name} ({options.strip()}), which it refused: "
+                    f"{printable(str(exc), 300)}; its text may sort and compare otherwise",
+                )
+        self._sql(base, f"creating {fresh}")
+
+    def _database_sql(self, dump: Path, name: str) -> str | None:
+        """What the dump holds of the database ``name`` itself (``pg_restore --create``
+        of its database entries: :func:`.pg_database.wanted_entries`), "" for a dump
+        made without ``--create``; None, said as a warning, when pg_restore cannot read
+        it."""
         try:
-            found, odd = self._property_statements(dump, name, fresh)
+            return self._read_database_entries(dump)
         except CommandError as exc:
-            log.warning(
-                "the owner, settings and grants of %s could not be read from %s (%s): %s "
-                "belongs to the restoring role",
+            self.task.log.warning(
+                "the owner, settings and grants of %s could not be read from %s (%s): the "
+                "restored copy is made with this server's defaults and belongs to the "
+                "restoring role",
                 name,
                 dump.name,
                 tool_said(exc),
-                fresh,
             )
-            return
+            return None
+
+    def _properties(self, sql: str, dump: Path, name: str, fresh: str) -> None:
+        """Give ``fresh`` the owner, comment, settings and grants ``sql`` (the dump's
+        entries of the database ``name``) holds (:mod:`.pg_database`). What cannot be set
+        (a missing role, a role that may not give the database away) is a warning: the
+        data is restored."""
+        log = self.task.log
+        found, odd = pg_database.renamed_properties(sql, name, fresh)
         if not found:
             self.plan.note(
                 log,
@@ -548,16 +580,15 @@ class _Restore(DatabaseRestore):
             script.unlink(missing_ok=True)
         return None
 
-    def _property_statements(self, dump: Path, name: str, fresh: str) -> tuple[list[str], int]:
-        """The statements that give ``fresh`` what the dump holds of ``name`` itself
-        (none for a dump made without ``--create``), and how many were left out
-        (:func:`.pg_database.renamed_properties`). Raises CommandError."""
+    def _read_database_entries(self, dump: Path) -> str:
+        """``pg_restore --create`` of the dump's entries of the database itself, "" when
+        it has none (made without ``--create``). Raises CommandError."""
         listing = self.task.staging / ".toc-create"
         try:
             self.task.run(["pg_restore", "--create", "--list"], stdin=dump, stdout=listing)
             wanted = pg_database.wanted_entries(listing.read_text(errors="replace"))
             if not wanted:
-                return [], 0
+                return ""
             # read by pg_restore itself, perhaps as run_as: the entries' names, no secret
             fd, chosen = tempfile.mkstemp(prefix="pullback-toc-", suffix=".list")
             with os.fdopen(fd, "w") as handle:
@@ -570,10 +601,9 @@ class _Restore(DatabaseRestore):
                 os.unlink(chosen)
             # as bytes, then decoded: read_text's universal newlines turned a comment's CR
             # into LF (an outside attack)
-            sql = listing.read_bytes().decode(errors="replace")
+            return listing.read_bytes().decode(errors="replace")
         finally:
             listing.unlink(missing_ok=True)
-        return pg_database.renamed_properties(sql, name, fresh)
 
     def _owner_options(self) -> list[str]:
         """Keep the objects' owners and grants when the restoring role can give them, and

@@ -174,6 +174,66 @@ def test_the_database_comes_back_with_its_owner_settings_and_grants(pg, tmp_path
     pg.sql("SET ROLE shop_owner; CREATE TABLE t_new(x int);", database="shop")
 
 
+def test_the_database_comes_back_with_its_encoding_and_locale(pg, tmp_path):
+    """A LATIN1 database sorting by C: the copy was made with the server's defaults
+    (UTF8, its locale), so its text sorted and compared otherwise than the live one's."""
+    pg.sql("CREATE DATABASE shop WITH TEMPLATE = template0 ENCODING = 'LATIN1' LOCALE = 'C'")
+    pg.sql("CREATE TABLE orders(id int, total int, note text)", database="shop")
+    pg.sql("INSERT INTO orders VALUES (1, 10, 'b'), (2, 20, 'B'), (3, 30, 'a')", database="shop")
+    box = superuser_client(tmp_path, pg)
+    shape = (
+        "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
+        "WHERE datname = '{}'"
+    )
+    live = pg.sql(shape.format("shop"))
+    assert live == "LATIN1|C|C", live
+    order = "SELECT string_agg(note, '' ORDER BY note) FROM orders"
+    assert pg.sql(order, database="shop") == "Bab"  # C: upper case first
+
+    dry = restore(box, "--dry-run")
+    assert "create the database shop_restored_" in dry.stdout
+    assert "with ENCODING = 'LATIN1' LOCALE_PROVIDER = libc LOCALE = 'C'" in dry.stdout
+    result = restore(box)
+    assert result.returncode == 0, result.stderr
+    (fresh,) = [d for d in databases(pg) if d.startswith("shop_restored_")]
+    assert pg.sql(shape.format(fresh)) == live
+    assert pg.sql(order, database=fresh) == "Bab"
+
+    result = restore(box, "--replace")
+    assert result.returncode == 0, result.stderr
+    assert pg.sql(shape.format("shop")) == live
+
+
+def test_a_locale_this_server_lacks_makes_the_copy_with_its_defaults_and_says_so(pg, tmp_path):
+    """The dump names a locale the server does not have (a dump of another server: here
+    the dump's own bytes say ``LOCALE = 'X'``, of the same length, and the fetched
+    snapshot is restored from a directory). The data is restored; a note says what was
+    refused and that its text may sort otherwise."""
+    pg.sql("CREATE DATABASE shop WITH TEMPLATE = template0 ENCODING = 'LATIN1' LOCALE = 'C'")
+    pg.sql("CREATE TABLE orders(id int, total int)", database="shop")
+    pg.sql("INSERT INTO orders VALUES (1, 10)", database="shop")
+    box = superuser_client(tmp_path, pg)
+    (archive,) = box.published()
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(snap)], check=True)
+    (dump,) = snap.rglob("shop.dump")
+    data = dump.read_bytes()
+    assert data.count(b"LOCALE = 'C';") == 1
+    dump.write_bytes(data.replace(b"LOCALE = 'C';", b"LOCALE = 'X';"))
+
+    result = box.cli("restore", "--service", "shop", "--from", str(snap))
+    assert result.returncode == 0, result.stderr
+    (fresh,) = [d for d in databases(pg) if d.startswith("shop_restored_")]
+    assert rows(pg, fresh) == "1=10"
+    assert re.search(
+        rf"{fresh} is made with this server's default encoding and locale, not those of "
+        r"shop.dump \(ENCODING = 'LATIN1' LOCALE_PROVIDER = libc LOCALE = 'X'\), which it "
+        r"refused: .*invalid locale name.*; its text may sort and compare otherwise",
+        result.stdout,
+    ), result.stdout
+
+
 def test_the_database_owner_cannot_make_a_superuser_s_restore_run_its_sql(pg, tmp_path):
     """An outside attack: as the database's owner (no other right), a comment whose last
     line starts with a backslash and a setting holding SQL made the superuser's restore

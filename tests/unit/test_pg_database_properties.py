@@ -5,7 +5,14 @@ restoring superuser through a comment and a setting)."""
 
 from __future__ import annotations
 
-from pullback.plugins.pg_database import MAX_STATEMENTS, renamed_properties, wanted_entries
+import pytest
+
+from pullback.plugins.pg_database import (
+    MAX_STATEMENTS,
+    create_options,
+    renamed_properties,
+    wanted_entries,
+)
 
 LISTING = """\
 ;
@@ -112,3 +119,46 @@ def test_a_name_that_needs_quotes_is_told_from_another_database():
 def test_a_dump_cannot_make_a_restore_run_thousands_of_statements():
     sql = "GRANT CONNECT ON DATABASE shop TO r;\n" * (MAX_STATEMENTS * 3)
     assert len(renamed_properties(sql, "shop", "x")[0]) == MAX_STATEMENTS
+
+
+@pytest.mark.parametrize(
+    "create, options",
+    [
+        # PostgreSQL 15 and 16
+        (
+            "CREATE DATABASE shop WITH TEMPLATE = template0 ENCODING = 'LATIN1' "
+            "LOCALE_PROVIDER = libc LOCALE = 'C';",
+            " ENCODING = 'LATIN1' LOCALE_PROVIDER = libc LOCALE = 'C'",
+        ),
+        (
+            "CREATE DATABASE shop WITH TEMPLATE = template0 ENCODING = 'UTF8' "
+            "LOCALE_PROVIDER = icu LOCALE = 'C.UTF-8' ICU_LOCALE = 'de-DE';",
+            " ENCODING = 'UTF8' LOCALE_PROVIDER = icu LOCALE = 'C.UTF-8' ICU_LOCALE = 'de-DE'",
+        ),
+        # PostgreSQL 13 and 14: collation and character classes apart
+        (
+            "CREATE DATABASE shop WITH TEMPLATE = template0 ENCODING = 'UTF8' "
+            "LC_COLLATE = 'de_DE.UTF-8' LC_CTYPE = 'C.UTF-8';",
+            " ENCODING = 'UTF8' LC_COLLATE = 'de_DE.UTF-8' LC_CTYPE = 'C.UTF-8'",
+        ),
+        ("CREATE DATABASE shop WITH TEMPLATE = template0;", ""),
+        # another database's, another shape, words that are not options: nothing
+        ("CREATE DATABASE other WITH TEMPLATE = template0 ENCODING = 'LATIN1';", ""),
+        ("CREATE DATABASE shop WITH TEMPLATE = template1 ENCODING = 'LATIN1';", ""),
+        ("CREATE DATABASE shop WITH TEMPLATE = template0 OWNER = postgres;", ""),
+        (
+            "CREATE DATABASE shop WITH TEMPLATE = template0 ENCODING = 'UTF8'; DROP ROLE x;",
+            " ENCODING = 'UTF8'",  # two statements: the second is never part of it
+        ),
+        ("CREATE DATABASE shop WITH TEMPLATE = template0 LOCALE = 'C\nDROP';", ""),
+        ("CREATE DATABASE shop WITH TEMPLATE = template0 LOCALE = '" + "x" * 1200 + "';", ""),
+    ],
+)
+def test_the_encoding_and_locales_of_the_create_statement_are_carried(create, options):
+    assert create_options(f"--\n-- Name: shop\n--\n\n{create}\n", "shop") == options
+
+
+def test_a_quoted_name_is_matched_unquoted():
+    sql = 'CREATE DATABASE "Shop ""A""" WITH TEMPLATE = template0 ENCODING = \'SQL_ASCII\';'
+    assert create_options(sql, 'Shop "A"') == " ENCODING = 'SQL_ASCII'"
+    assert create_options(sql, "shop") == ""

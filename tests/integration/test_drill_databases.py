@@ -112,6 +112,21 @@ def test_dumps_of_both_engines_and_sqlite_are_loaded_and_counted(pg, maria, shar
     assert leftovers(shared_root) == []  # the engines are stopped, their directories gone
 
 
+def test_a_sql_ascii_database_holding_latin1_bytes_is_proven(pg, shared_root, tmp_path):
+    """Legacy installs have SQL_ASCII databases holding Latin-1 bytes; the drill's engine
+    is UTF8. Held (2026-12-05): pg_restore loads them and the proof counts them."""
+    pg.sql("CREATE DATABASE legacy TEMPLATE template0 ENCODING 'SQL_ASCII' LOCALE 'C'")
+    pg.sql(r"CREATE TABLE t(a text); INSERT INTO t VALUES (E'caf\xe9'), ('x')", database="legacy")
+    stored = pg.sql("SELECT convert_to(a, pg_client_encoding()) FROM t LIMIT 1", database="legacy")
+    assert stored == "\\x636166e9"  # the byte é has in Latin-1, not valid UTF-8
+    tree = tmp_path / "snapshot"
+    pg_dump(pg, "legacy", tree / "services/app/postgresql/legacy.dump")
+
+    (proof,) = prove_databases(tree, LOG, settings(shared_root))
+    assert proof.state == ProofState.PROVEN, proof.problem
+    assert (proof.tables, proof.rows) == (1, 2)
+
+
 def test_a_damaged_dump_fails_the_proof_with_the_tools_own_words(pg, maria, shared_root, tmp_path):
     pg.sql("CREATE DATABASE shop")
     pg.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 50000) g", database="shop")

@@ -345,6 +345,28 @@ def renaming(lines, old: str, new: str):
         yield line
 
 
+_CREATE = re.compile(
+    rb"CREATE DATABASE /\*!32312 IF NOT EXISTS\*/ (`(?:[^`]|``)+`) "
+    rb"/\*!40100 (DEFAULT CHARACTER SET [A-Za-z0-9_]+(?: COLLATE [A-Za-z0-9_]+)?) \*/;\n"
+)
+CREATE_LINES = 100
+"""The dump's ``CREATE DATABASE`` is looked for in its first lines (mariadb-dump writes
+it after about 20 lines of header)."""
+
+
+def create_options(dump: Path, name: str) -> str:
+    """The default character set and collation of the database ``name`` that the dump's
+    ``CREATE DATABASE`` line names, as `` DEFAULT CHARACTER SET latin1 COLLATE
+    latin1_swedish_ci``; "" when its first :data:`CREATE_LINES` lines have none."""
+    wanted = _ident(name).encode()
+    with open(dump, "rb") as lines:
+        for _, line in zip(range(CREATE_LINES), lines, strict=False):
+            match = _CREATE.fullmatch(line)
+            if match and match[1] == wanted:
+                return " " + match[2].decode()
+    return ""
+
+
 class _Restore(DatabaseRestore):
     """One task's restore: the preflight, then each database beside or over the live one."""
 
@@ -353,6 +375,8 @@ class _Restore(DatabaseRestore):
     def __init__(self, task: Task, source: Path, plan: RestorePlan):
         super().__init__(task, source, plan)
         self.options = _options(task)
+        self.charsets: dict[str, str] = {}
+        """Each database's default character set and collation, as its dump names them."""
 
     def preflight(self) -> list[str]:
         """What would stop the restore, found before anything is changed."""
@@ -480,8 +504,12 @@ class _Restore(DatabaseRestore):
         name = database_of(dump, ".sql")
         fresh = renamed(name, "restored", self.plan.stamp, 64)
         log = self.task.log
-        if self.plan.step(log, f"create the database {fresh} and load {dump.name} into it"):
-            self._sql(f"CREATE DATABASE {_ident(fresh)}", f"creating {fresh}")
+        options = create_options(dump, name)
+        what = f"create the database {fresh}{' with' if options else ''}{options}"
+        if self.plan.step(log, f"{what} and load {dump.name} into it"):
+            # (a character set the server lacks fails here as the dump's own line would)
+            self._sql(f"CREATE DATABASE {_ident(fresh)}{options}", f"creating {fresh}")
+            self.charsets[name] = options
             try:
                 self._load(dump, name, fresh)
             except CommandError as exc:
@@ -548,7 +576,8 @@ class _Restore(DatabaseRestore):
         what = f"swap: the tables of {name} -> {before}, those of {fresh} -> {name}"
         if not self.plan.step(log, what, destructive=bool(old)):
             return
-        self._sql(f"CREATE DATABASE IF NOT EXISTS {_ident(name)}", f"creating {name}")
+        options = self.charsets.get(name, "")
+        self._sql(f"CREATE DATABASE IF NOT EXISTS {_ident(name)}{options}", f"creating {name}")
         self._sql(f"CREATE DATABASE {_ident(before)}", f"creating {before}")
         if moves:
             self._sql("RENAME TABLE " + ", ".join(moves), "the swap")

@@ -669,6 +669,53 @@ def test_mariadb_default_restore_is_beside_the_live_database(maria, tmp_path):
     assert maria_rows(maria, fresh) == "1=10,2=20" and maria_rows(maria) == "1=99,2=99"
 
 
+def test_mariadb_the_database_keeps_its_default_character_set(maria, tmp_path):
+    """The copy was made with the server's default character set (the dump's own
+    ``CREATE DATABASE`` was skipped by its ``IF NOT EXISTS``): tables the application
+    creates later in a restored latin1 database came out utf8mb4."""
+    maria.sql("ALTER DATABASE shop DEFAULT CHARACTER SET latin1 COLLATE latin1_german1_ci")
+    box = maria_client(tmp_path, maria, root_by_socket(maria))
+    charset = (
+        "SELECT CONCAT(default_character_set_name, ' ', default_collation_name) "
+        "FROM information_schema.schemata WHERE schema_name = '{}'"
+    )
+    dry = restore(box, "--dry-run")
+    assert "with DEFAULT CHARACTER SET latin1 COLLATE latin1_german1_ci and load" in dry.stdout
+    result = restore(box)
+    assert result.returncode == 0, result.stderr
+    (fresh,) = [d for d in maria_databases(maria) if d.startswith("shop_restored_")]
+    assert maria.sql(charset.format(fresh)) == "latin1 latin1_german1_ci"
+    maria.sql("DROP DATABASE shop")  # lost: --replace makes it again, as it was
+    time.sleep(1.1)  # (the copies are named by the second)
+    result = restore(box, "--replace")
+    assert result.returncode == 0, result.stderr
+    assert maria.sql(charset.format("shop")) == "latin1 latin1_german1_ci"
+    assert maria_rows(maria) == "1=10,2=20"
+
+
+def test_mariadb_a_character_set_the_server_lacks_fails_in_words_and_changes_nothing(
+    maria, tmp_path
+):
+    """A dump of MySQL 8 names ``utf8mb4_0900_ai_ci``, which MariaDB lacks (here the
+    fetched dump's own line says so): the dump's own ``CREATE DATABASE`` could not load
+    either; the restore says so before it creates anything."""
+    box = maria_client(tmp_path, maria, root_by_socket(maria))
+    (archive,) = box.published()
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(snap)], check=True)
+    (dump,) = snap.rglob("shop.sql")
+    text = dump.read_text()
+    line = re.search(r"^CREATE DATABASE .*shop.*$", text, re.M)[0]
+    mysql8 = "/*!40100 DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_0900_ai_ci */"
+    dump.write_text(text.replace(line, re.sub(r"/\*!40100 .* \*/", mysql8, line)))
+    before = maria_databases(maria)
+    result = box.cli("restore", "--service", "shop", "--from", str(snap))
+    assert result.returncode == 1, result.stderr
+    assert re.search(r"creating shop_restored_\S+ failed: .*Unknown collation", result.stderr)
+    assert maria_databases(maria) == before and maria_rows(maria) == "1=10,2=20"
+
+
 def test_mariadb_replace_swaps_tables_atomically_and_keeps_the_old_ones(maria, tmp_path):
     box = maria_client(tmp_path, maria, root_by_socket(maria))
     maria.sql("UPDATE shop.orders SET total = 99")

@@ -40,7 +40,7 @@ from ..common.log import get_logger
 from ..common.outcome import Status
 from ..common.progress import CountingReader, Progress, Watched
 from ..common.signals import RESTORING, SignalGuard
-from ..common.text import counted, printable
+from ..common.text import counted, escaped, printable
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import RestorePlan, Task
 from .config import ClientConfig
@@ -240,9 +240,9 @@ def _no_symlinks_above(snapshot: Path, root: Path) -> None:
     for place in places:
         if place.is_symlink():
             raise UsageError(
-                f"{printable(str(place), 200)} is a symlink: a snapshot as restored has "
-                "none there. Fetch the snapshot into an empty directory and restore "
-                "again; nothing was changed"
+                f"{printable(str(place), 200)} is a symlink: a snapshot as pullback makes "
+                "it has none there (a fetched one: fetch it into an empty directory and "
+                "restore again); nothing was changed"
             )
 
 
@@ -375,15 +375,19 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
             return _nothing_of(name, source, unpacked, sidecar_file)
         if not source.is_file():  # (an archive's files were proven as it was unpacked)
             check_listed(unpacked, root)
+        else:  # (a symlink member as a task's directory led its restore to a live one)
+            _no_symlinks_above(unpacked, root)
         restore = ServiceRestore(
             config, service, plugins, options, read_content(sidecar_file, root, name), Path(scratch)
         )
         code = restore.run()
-        if restore.plan.dry_run:  # the plan itself is the answer: on standard output
+        # on standard output, escaped: names from the snapshot are in them (a file name
+        # forged a line there, and a terminal's escape sequence hid what followed)
+        if restore.plan.dry_run:  # the plan itself is the answer
             for step in restore.plan.steps:
-                print(f"would: {step}")
+                print(f"would: {escaped(step)}")
         for note in restore.plan.notes:
-            print(note)
+            print(escaped(note))
         return code
 
 

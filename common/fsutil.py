@@ -282,11 +282,27 @@ def make_dirs_at(path: Path, like: Callable[[Path], Path | None] | None = None) 
             os.close(fd)
             fd = step
             if made:
+                _just_made(fd, directory)
                 _dir_meta(fd, like(directory) if like else None)
         return fd
     except BaseException:
         os.close(fd)
         raise
+
+
+def _just_made(fd: int, directory: Path) -> None:
+    """Raises OSError (EEXIST) unless ``fd`` is a directory as a mkdir of this process
+    left it: ours, no access for others, empty. The owner of the directory above could
+    rename another one into its place after the mkdir (a directory of root's that sat
+    there, with its files), which would then be given to the snapshot's owner."""
+    found = os.fstat(fd)
+    if found.st_uid != os.geteuid() or found.st_mode & 0o077 or found.st_nlink != 2:
+        fresh = False
+    else:
+        with os.scandir(fd) as entries:
+            fresh = next(entries, None) is None
+    if not fresh:
+        raise OSError(errno.EEXIST, "swapped for another directory as it was made", str(directory))
 
 
 def _dir_meta(fd: int, model: Path | None) -> None:
@@ -307,6 +323,14 @@ def _dir_meta(fd: int, model: Path | None) -> None:
         os.fchown(fd, found.st_uid, found.st_gid)
     os.fchmod(fd, stat.S_IMODE(found.st_mode))
     os.utime(fd, ns=(found.st_atime_ns, found.st_mtime_ns))
+
+
+def is_within(path: Path, top: Path) -> bool:
+    """Whether ``path``, its symlinks followed, is ``top`` or below it (``top``'s
+    symlinks followed too): a symlink in a tree another user could change may lead out
+    of it between this answer and a later use; for a tree only root can change."""
+    real, inside = os.path.realpath(path), os.path.realpath(top)
+    return real == inside or real.startswith(inside.rstrip("/") + "/")
 
 
 def same_entry(now: os.stat_result, looked: os.stat_result) -> bool:

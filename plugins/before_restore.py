@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.archive.sparse import Region, data_regions
-from ..common.fsutil import copy_range, fsync_dir, untrusted_link
+from ..common.fsutil import copy_range, fsync_dir, is_within, untrusted_link
 from ..common.log import Log
 from ..common.text import BoundedWarnings, counted, printable
 from ..common.units import human_size
@@ -550,14 +550,21 @@ def keep_aside(
     return progress.kept
 
 
-def hand_over(task_type: str, plan: RestorePlan, path: Path) -> Path:
+def hand_over(task_type: str, plan: RestorePlan, path: Path, source: Path) -> Path:
     """Where the administrator finds ``path`` (a file or directory of the restored
-    snapshot that a note names, for them to use) once the restore has ended: ``path``
-    itself, unless the snapshot was unpacked from an archive into a directory the
-    restore removes as it ends (an outside attack was told of a UCS system archive
+    snapshot ``source`` that a note names, for them to use) once the restore has ended:
+    ``path`` itself, unless the snapshot was unpacked from an archive into a directory
+    the restore removes as it ends (an outside attack was told of a UCS system archive
     already gone); then it is moved into a new directory below the safety directory
     (``<task_type>-<stamp>-snapshot-<random>``, root's, 0700), which is returned. A dry
-    run moves nothing. Raises TaskError."""
+    run moves nothing. Raises TaskError for a ``path`` that is a symlink or leads out of
+    ``source`` (an archive's symlink once had the administrator's live UCS backups moved
+    away), or that cannot be moved (:func:`check_hand_over` finds a wrong safety
+    directory before anything is restored)."""
+    if os.path.islink(path) or not is_within(path, source):
+        raise TaskError(
+            f"{printable(path, 200)} is a symlink or leads out of the snapshot: not used"
+        )
     if not plan.temporary_source or plan.dry_run or plan.safety_dir is None:
         return path
     kept = _make_kept_dir(plan.safety_dir, f"{task_type}-{plan.stamp}-snapshot-")
@@ -570,6 +577,15 @@ def hand_over(task_type: str, plan: RestorePlan, path: Path) -> Path:
             f"{exc.strerror or exc}"
         ) from None
     return moved
+
+
+def check_hand_over(plan: RestorePlan) -> None:
+    """Raises TaskError, before a task restores anything, when what it names for the
+    administrator could not be moved out of a temporary snapshot (:func:`hand_over`):
+    the safety directory is not root's alone, or a symlink another user could have
+    made leads to it. A dry run asks too."""
+    if plan.temporary_source and plan.safety_dir is not None:
+        _check_safety(plan.safety_dir)
 
 
 def _once(found: list[Replaced]) -> None:

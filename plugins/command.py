@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from ..common.text import printable
@@ -109,7 +111,7 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
     Raises TaskError without any: nothing would be put back (an outside attack saw such
     a restore say "restored", exit 0)."""
     if not task.config["restore"]:
-        kept = hand_over(task.type, plan, source)
+        kept = hand_over(task.type, plan, source, source)
         raise TaskError(
             f"not restored: the section has no restore commands (restore:); its data is in {kept}"
         )
@@ -130,36 +132,61 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
             _tidy(task, source, before)
 
 
-def _names(root: Path) -> set[str]:
-    """Every entry below ``root``, as a path relative to it (symlinks not followed)."""
-    found: set[str] = set()
-    for directory, dirs, files in os.walk(root):
+Identity = tuple[int, int]
+
+
+def _names(root: Path) -> dict[str, Identity]:
+    """Every entry below ``root`` and ``root`` itself (``.``), by its path relative to
+    it: its device and inode. Walked by descriptors (``os.fwalk``), symlinks not
+    followed."""
+    found: dict[str, Identity] = {}
+    for directory, dirs, files, fd in os.fwalk(root, follow_symlinks=False):
         below = os.path.relpath(directory, root)
-        found.update(os.path.normpath(os.path.join(below, name)) for name in dirs + files)
+        if below == ".":
+            here = os.fstat(fd)
+            found["."] = (here.st_dev, here.st_ino)
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                found[os.path.normpath(os.path.join(below, name))] = (entry.st_dev, entry.st_ino)
     return found
 
 
 MAX_TIDIED_SHOWN = 5
 
 
-def _tidy(task: Task, source: Path, before: set[str]) -> None:
+def _tidy(task: Task, source: Path, before: dict[str, Identity]) -> None:
     """Remove what the restore commands wrote in the snapshot's directory ``source``
-    (every entry not in ``before``; a directory they made, with all below it): a file a
-    command left there (``gunzip -k dump.sql.gz``) made the next restore from the same
-    directory refuse it as not the snapshot its manifest describes. Logs what it
-    removed; a file that cannot be removed is logged and left."""
-    new = sorted(_names(source) - before)
-    tops = [n for n in new if os.path.dirname(n) not in new]
-    for name in tops:
-        path = source / name
-        try:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        except OSError as exc:
-            task.log.warning("cannot remove %s: %s", printable(path, 200), exc.strerror or exc)
+    (every entry :func:`_names` did not find ``before``; a directory they made, with all
+    below it): a file a command left there (``gunzip -k dump.sql.gz``) made the next
+    restore from the same directory refuse it as not the snapshot its manifest
+    describes. Everything is done by descriptor: each directory is entered without
+    following a symlink and only when it is the one found before (its owner, swapping
+    one for a symlink or another directory, once had root remove files where it
+    pointed), and entries are removed relative to it (``unlinkat``, ``rmtree`` with
+    ``dir_fd``). Logs what it removed; what cannot be removed is logged and left."""
+    tops: list[str] = []
+    for directory, dirs, files, fd in os.fwalk(source, follow_symlinks=False):
+        below = os.path.relpath(directory, source)
+        here = os.fstat(fd)
+        if before.get(os.path.normpath(below)) != (here.st_dev, here.st_ino):
+            dirs.clear()  # not the directory found before: nothing of it is tidied
+            continue
+        made = [n for n in dirs + files if os.path.normpath(os.path.join(below, n)) not in before]
+        dirs[:] = [n for n in dirs if n not in made]
+        for name in made:
+            shown = os.path.normpath(os.path.join(below, name))
+            try:
+                entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(entry.st_mode):
+                    shutil.rmtree(name, dir_fd=fd)
+                else:
+                    os.unlink(name, dir_fd=fd)
+                tops.append(shown)
+            except OSError as exc:
+                task.log.warning("cannot remove %s: %s", printable(shown, 200), exc.strerror or exc)
     if tops:
+        tops.sort()
         shown = ", ".join(printable(n, 80) for n in tops[:MAX_TIDIED_SHOWN])
         more = f" and {len(tops) - MAX_TIDIED_SHOWN} more" if len(tops) > MAX_TIDIED_SHOWN else ""
         task.log.info("removed what the restore commands wrote in %s: %s%s", source, shown, more)

@@ -15,7 +15,7 @@ from ..common.fsutil import make_dirs_at
 from ..common.text import printable
 from . import hookimpl, load_plugin_schema
 from ._common import first, timeout
-from .before_restore import hand_over
+from .before_restore import check_hand_over, hand_over
 from .files import restore_copies
 from .task import Requirement, Task, TaskError, TaskType
 
@@ -228,10 +228,12 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
         for name, live in ((original.name, original), (".env", env_dir / ".env"))
         if (source / name).is_file()
     ]
+    if (source / "docker-compose.pinned.yml").is_file():
+        check_hand_over(plan)  # (before anything is restored)
     if not dry_run:  # a directory lost with the application: root's 0755, by descriptor
         for live, _ in copies:
             _make_parent(target / live.lstrip("/") if target else Path(live))
     restore_copies(task, copies, source, target, plan)
     if (source / "docker-compose.pinned.yml").is_file():
-        pinned = hand_over(task.type, plan, source / "docker-compose.pinned.yml")
+        pinned = hand_over(task.type, plan, source / "docker-compose.pinned.yml", source)
         plan.note(task.log, f"the images in use at backup time are in {pinned}")

@@ -182,9 +182,10 @@ def pullback_restore(task, source, target, dry_run, plan):
       a preflight first (the dump is complete, the tool has every privilege it needs)
       and keep what you replace (renamed with ``plan.stamp``, or copied below
       ``plan.safety_dir``). A file of ``source`` that a note names for the administrator
-      to use later: name what ``before_restore.hand_over(task.type, plan, path)`` returns
-      (with ``--from ARCHIVE``, ``source`` is removed as the restore ends; it moves the
-      file out first).
+      to use later: name what ``before_restore.hand_over(task.type, plan, path, source)``
+      returns (with ``--from ARCHIVE``, ``source`` is removed as the restore ends; it
+      moves the file out first), and call ``before_restore.check_hand_over(plan)`` before
+      restoring anything.
 
     The return value is ignored. Not called for a task that holds no data
     (``TaskType.holds_data``) or whose directory the snapshot lacks. Raise (with the

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 from ..common.errors import CommandError
+from ..common.fsutil import is_within
 from . import hookimpl, load_plugin_schema
 from ._common import split_options, timeout
-from .before_restore import hand_over
+from .before_restore import check_hand_over, hand_over
 from .exclude import ExcludeMatcher
 from .files import archive_paths, restore_paths
 from .task import RestorePlan, Task, TaskError, TaskType
@@ -119,11 +120,15 @@ def pullback_restore(task: Task, source: Path, target: Path | None, plan: Restor
     left for UCS's tools in the restored directory (moved below the safety directory
     when that is removed as the restore ends: :func:`.hand_over`), and the plan's notes
     say where."""
+    check_hand_over(plan)  # (before anything is restored)
     restore_paths(task, task.config["custom_paths"], source, target, plan)
     backup_dir = source / task.config["backup_dir"].lstrip("/")
+    if not is_within(backup_dir, source):  # (a symlink in the snapshot: live backups)
+        plan.note(task.log, f"{backup_dir} leads out of the snapshot (a symlink): not used")
+        return
     kept = sorted(p for p in backup_dir.glob("*") if p.name.endswith(ARCHIVE_SUFFIXES))
     for archive in kept:
-        archive = hand_over(task.type, plan, archive)
+        archive = hand_over(task.type, plan, archive, source)
         plan.note(task.log, f"UCS's system backup is {archive}: restore it with UCS's own tools")
     if not kept:
         plan.note(task.log, f"no UCS system backup in {backup_dir}")

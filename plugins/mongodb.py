@@ -94,7 +94,8 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
     """From the archive, every database comes back beside the live one, as
     ``<database>_restored_<stamp>`` (mongorestore's namespace renaming); with ``--replace``
     the live databases are first copied aside (mongodump into the safety directory), then
-    replaced (``mongorestore --drop``)."""
+    replaced (``mongorestore --drop``). ``mongorestore --dryRun`` runs first, in a dry run
+    too: its verdict stops the restore before anything is changed."""
     archive = source / ARCHIVE
     if not archive.is_file():
         raise TaskError(f"{archive} is not in the restored snapshot")
@@ -103,8 +104,12 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
     if task.config["oplog"]:
         base.append("--oplogReplay")
     try:
-        if plan.step(log, "preflight: mongorestore --dryRun"):
+        try:  # (changes nothing: run in a dry run too, whose verdict it is)
             task.run([*base, "--dryRun"], timeout=timeout(task))
+        except CommandError as exc:
+            what = "preflight failed (mongorestore --dryRun), nothing was changed"
+            raise _explain(exc, what) from None
+        plan.step(log, "preflight: ok (mongorestore --dryRun)")
         if not plan.replace:
             renamed_to = f"$db$_restored_{plan.stamp}.$coll$"
             argv = [*base, "--nsFrom=$db$.$coll$", f"--nsTo={renamed_to}"]

@@ -444,6 +444,28 @@ def test_mongodb_restores_beside_or_copies_aside_before_replacing(tmp_path, stan
     assert re.search(rf"mongodb-before-restore-{stamp}\.archive\.gz", result.stdout)
 
 
+def test_a_mongodb_dry_run_gives_the_preflight_s_verdict(tmp_path, standins):
+    """A dry run ran nothing, so it said "would: preflight" and no verdict; the dry run
+    of mongorestore changes nothing, and runs in a dry run now."""
+    standins.set()
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("d", "service: {name: d}\nmongodb: {host: db1, database: shop}\n")
+    assert box.cli("run", env=standins.env).returncode == 0
+    result, calls = _restore_calls(standins, box, "--replace", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert [c.rsplit(" ", 1)[-1] for c in calls] == ["--dryRun"]
+    assert "would: preflight: ok (mongorestore --dryRun)" in result.stdout
+    standins.set(mongo_fail=True)  # the server is unreachable: said, nothing run after it
+    for args in (("--replace", "--dry-run"), ("--replace",)):
+        result, calls = _restore_calls(standins, box, *args)
+        assert result.returncode == 1
+        assert (
+            "preflight failed (mongorestore --dryRun), nothing was changed: cannot reach the "
+            "server" in result.stderr
+        )
+        assert [c.rsplit(" ", 1)[-1] for c in calls] == ["--dryRun"]
+
+
 def test_influx_restores_into_a_new_bucket_and_never_replaces_everything_silently(
     tmp_path, standins
 ):

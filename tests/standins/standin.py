@@ -69,6 +69,9 @@ elif program == "mongodump":
     Path(option("--archive")).write_bytes(b"fake mongo archive")
     if state.get("mongo_fail"):
         fail("Failed: error connecting to db server: server selection error")
+elif program == "mongorestore":
+    if "--dryRun" in args and state.get("mongo_fail"):
+        fail("Failed: error connecting to db server: server selection error")
 elif program == "influx" and args[:1] == ["backup"]:
     target = Path(args[-1])
     target.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,15 @@ def restore(box: ClientSandbox, *args: str):
     return box.cli("restore", "--service", "shop", "--from", str(archive), *args)
 
 
+def fetched(box: ClientSandbox, snap: Path) -> Path:
+    """The client's published archive unpacked into ``snap`` (a snapshot fetched into a
+    directory, whose files a test may then change); returns ``snap``."""
+    (archive,) = box.published()
+    snap.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(snap)], check=True)
+    return snap
+
+
 def rows(pg: Postgres, database: str = "shop") -> str:
     return pg.sql("SELECT string_agg(id || '=' || total, ',' ORDER BY id) FROM orders", database)
 
@@ -213,10 +222,7 @@ def test_a_locale_this_server_lacks_makes_the_copy_with_its_defaults_and_says_so
     pg.sql("CREATE TABLE orders(id int, total int)", database="shop")
     pg.sql("INSERT INTO orders VALUES (1, 10)", database="shop")
     box = superuser_client(tmp_path, pg)
-    (archive,) = box.published()
-    snap = tmp_path / "snap"
-    snap.mkdir()
-    subprocess.run(["tar", "-xf", str(archive), "-C", str(snap)], check=True)
+    snap = fetched(box, tmp_path / "snap")
     (dump,) = snap.rglob("shop.dump")
     data = dump.read_bytes()
     assert data.count(b"LOCALE = 'C';") == 1
@@ -700,10 +706,7 @@ def test_mariadb_a_character_set_the_server_lacks_fails_in_words_and_changes_not
     fetched dump's own line says so): the dump's own ``CREATE DATABASE`` could not load
     either; the restore says so before it creates anything."""
     box = maria_client(tmp_path, maria, root_by_socket(maria))
-    (archive,) = box.published()
-    snap = tmp_path / "snap"
-    snap.mkdir()
-    subprocess.run(["tar", "-xf", str(archive), "-C", str(snap)], check=True)
+    snap = fetched(box, tmp_path / "snap")
     (dump,) = snap.rglob("shop.sql")
     text = dump.read_text()
     line = re.search(r"^CREATE DATABASE .*shop.*$", text, re.M)[0]

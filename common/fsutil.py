@@ -295,8 +295,8 @@ def _just_made(fd: int, directory: Path) -> None:
     left it: ours, no access for others, empty. The owner of the directory above could
     rename another one into its place after the mkdir (a directory of root's that sat
     there, with its files), which would then be given to the snapshot's owner."""
-    found = os.fstat(fd)
-    if found.st_uid != os.geteuid() or found.st_mode & 0o077 or found.st_nlink != 2:
+    found = os.fstat(fd)  # (not st_nlink: a directory has 1 on btrfs)
+    if found.st_uid != os.geteuid() or found.st_mode & 0o077:
         fresh = False
     else:
         with os.scandir(fd) as entries:

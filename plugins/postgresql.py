@@ -498,18 +498,21 @@ class _Restore(DatabaseRestore):
         (a locale it lacks, an older server), with its defaults, and a note says so.
         Raises TaskError."""
         base = f"CREATE DATABASE {_quote(fresh)} WITH TEMPLATE = template0"
+        refused = None
         if options:
             try:
                 self._sql(base + options, f"creating {fresh}")
                 return
             except TaskError as exc:
-                self.plan.note(
-                    self.task.log,
-                    f"{fresh} is made with this server's default encoding and locale, not "
-                    f"those of {dump.name} ({options.strip()}), which it refused: "
-                    f"{printable(str(exc), 300)}; its text may sort and compare otherwise",
-                )
-        self._sql(base, f"creating {fresh}")
+                refused = exc
+        self._sql(base, f"creating {fresh}")  # (its own failure is the error: not a locale)
+        if refused is not None:
+            self.plan.note(
+                self.task.log,
+                f"{fresh} is made with this server's default encoding and locale, not "
+                f"those of {dump.name} ({options.strip()}), which it refused: "
+                f"{printable(str(refused), 300)}; its text may sort and compare otherwise",
+            )
 
     def _database_sql(self, dump: Path, name: str) -> str | None:
         """What the dump holds of the database ``name`` itself (``pg_restore --create``

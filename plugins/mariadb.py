@@ -347,7 +347,8 @@ def renaming(lines, old: str, new: str):
 
 _CREATE = re.compile(
     rb"CREATE DATABASE /\*!32312 IF NOT EXISTS\*/ (`(?:[^`]|``)+`) "
-    rb"/\*!40100 (DEFAULT CHARACTER SET [A-Za-z0-9_]+(?: COLLATE [A-Za-z0-9_]+)?) \*/;\n"
+    rb"/\*!40100 (DEFAULT CHARACTER SET [A-Za-z0-9_]+(?: COLLATE [A-Za-z0-9_]+)?) \*/"
+    rb"[^\n]*;\n"  # (MySQL 8's /*!80016 DEFAULT ENCRYPTION='N' */, MariaDB's COMMENT '...')
 )
 CREATE_LINES = 100
 """The dump's ``CREATE DATABASE`` is looked for in its first lines (mariadb-dump writes
@@ -581,6 +582,8 @@ class _Restore(DatabaseRestore):
         self._sql(f"CREATE DATABASE {_ident(before)}", f"creating {before}")
         if moves:
             self._sql("RENAME TABLE " + ", ".join(moves), "the swap")
+        if options:  # (a live database keeps its own defaults through IF NOT EXISTS)
+            self._sql(f"ALTER DATABASE {_ident(name)}{options}", f"setting {name}'s defaults")
         self._sql(f"DROP DATABASE {_ident(fresh)}", f"removing the emptied {fresh}")
         if old:
             self.plan.note(log, f"{name} is restored; the tables it replaced are kept in {before}")

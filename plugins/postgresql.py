@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -327,7 +328,11 @@ class _Restore(DatabaseRestore):
 
     def __init__(self, task: Task, source: Path, plan: RestorePlan):
         super().__init__(task, source, plan)
-        self.env = _env(task)
+        # the dump's words (a comment, a locale) are quoted as pg_dump wrote them, for
+        # standard_conforming_strings on: psql lexes them by the server's setting, and a
+        # server set off read a backslash in them as an escape (an outside attack: the
+        # database owner's comment made the restoring superuser run its ALTER ROLE)
+        self.env = {**_env(task), "PGOPTIONS": "-c standard_conforming_strings=on"}
         self.globals = source / GLOBALS
         self.superuser = self.createdb = self.createrole = False
         self.owners: set[str] = set()
@@ -498,21 +503,47 @@ class _Restore(DatabaseRestore):
         (a locale it lacks, an older server), with its defaults, and a note says so.
         Raises TaskError."""
         base = f"CREATE DATABASE {_quote(fresh)} WITH TEMPLATE = template0"
+        if not options:
+            self._sql(base, f"creating {fresh}")
+            return
+        encoding = re.search(r" ENCODING = ('[^']*')", options)
+        tries = [options]
+        if encoding:  # the C locale takes every encoding, for every role
+            tries += [
+                f" ENCODING = {encoding[1]}{provider} LOCALE = 'C'"
+                for provider in (" LOCALE_PROVIDER = libc", "")
+            ]
         refused = None
-        if options:
+        for option in tries:
             try:
-                self._sql(base + options, f"creating {fresh}")
-                return
+                self._sql(base + option, f"creating {fresh}")
             except TaskError as exc:
-                refused = exc
-        self._sql(base, f"creating {fresh}")  # (its own failure is the error: not a locale)
-        if refused is not None:
-            self.plan.note(
-                self.task.log,
-                f"{fresh} is made with this server's default encoding and locale, not "
-                f"those of {dump.name} ({options.strip()}), which it refused: "
-                f"{printable(str(refused), 300)}; its text may sort and compare otherwise",
+                refused = refused or exc
+                continue
+            if option != options:
+                self._made_otherwise(fresh, dump, options, option, refused)
+            return
+        if encoding and encoding[1] == "'SQL_ASCII'":
+            raise TaskError(  # (its bytes, unchecked, would load into UTF8 unreadable)
+                f"creating {fresh} as {dump.name} says ({options.strip()}) failed, and a "
+                "SQL_ASCII database cannot be loaded into another encoding: "
+                f"{printable(str(refused), 300)}"
             )
+        self._sql(base, f"creating {fresh}")  # (its own failure is the error)
+        self._made_otherwise(fresh, dump, options, "", refused)
+
+    def _made_otherwise(
+        self, fresh: str, dump: Path, options: str, made: str, refused: Exception | None
+    ) -> None:
+        """Note that ``fresh`` was made with ``made`` (the server's defaults when "")
+        instead of the dump's ``options``, which the server ``refused``."""
+        how = f"with{made}" if made else "with this server's default encoding and locale"
+        self.plan.note(
+            self.task.log,
+            f"{fresh} is made {how}, not with those of {dump.name} ({options.strip()}), "
+            f"which it refused: {printable(str(refused), 300)}; its text may sort and "
+            "compare otherwise",
+        )
 
     def _database_sql(self, dump: Path, name: str) -> str | None:
         """What the dump holds of the database ``name`` itself (``pg_restore --create``

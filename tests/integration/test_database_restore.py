@@ -213,11 +213,12 @@ def test_the_database_comes_back_with_its_encoding_and_locale(pg, tmp_path):
     assert pg.sql(shape.format("shop")) == live
 
 
-def test_a_locale_this_server_lacks_makes_the_copy_with_its_defaults_and_says_so(pg, tmp_path):
+def test_a_locale_this_server_lacks_makes_the_copy_in_c_and_says_so(pg, tmp_path):
     """The dump names a locale the server does not have (a dump of another server: here
     the dump's own bytes say ``LOCALE = 'X'``, of the same length, and the fetched
-    snapshot is restored from a directory). The data is restored; a note says what was
-    refused and that its text may sort otherwise."""
+    snapshot is restored from a directory). The copy keeps the dump's encoding in the C
+    locale, which takes every encoding (the server's defaults would have made a LATIN1
+    database UTF8); a note says what was refused and that its text may sort otherwise."""
     pg.sql("CREATE DATABASE shop WITH TEMPLATE = template0 ENCODING = 'LATIN1' LOCALE = 'C'")
     pg.sql("CREATE TABLE orders(id int, total int)", database="shop")
     pg.sql("INSERT INTO orders VALUES (1, 10)", database="shop")
@@ -232,10 +233,12 @@ def test_a_locale_this_server_lacks_makes_the_copy_with_its_defaults_and_says_so
     assert result.returncode == 0, result.stderr
     (fresh,) = [d for d in databases(pg) if d.startswith("shop_restored_")]
     assert rows(pg, fresh) == "1=10"
+    shape = "SELECT pg_encoding_to_char(encoding), datcollate FROM pg_database WHERE datname"
+    assert pg.sql(f"{shape} = '{fresh}'") == "LATIN1|C"
     assert re.search(
-        rf"{fresh} is made with this server's default encoding and locale, not those of "
-        r"shop.dump \(ENCODING = 'LATIN1' LOCALE_PROVIDER = libc LOCALE = 'X'\), which it "
-        r"refused: .*invalid locale name.*; its text may sort and compare otherwise",
+        rf"{fresh} is made with ENCODING = 'LATIN1' LOCALE_PROVIDER = libc LOCALE = 'C', not "
+        r"with those of shop.dump \(ENCODING = 'LATIN1' LOCALE_PROVIDER = libc LOCALE = 'X'\), "
+        r"which it refused: .*invalid locale name.*; its text may sort and compare otherwise",
         result.stdout,
     ), result.stdout
 

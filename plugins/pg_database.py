@@ -75,6 +75,7 @@ sorts and compares, and so what its indexes hold."""
 MAX_CREATE_OPTIONS = 1000
 """Longer options (a dump's words) are not carried."""
 
+_OPTION = re.compile(rf"({'|'.join(CREATE_KEYS)}) = ('(?:[^']|'')*'|[a-z]+)")
 _CREATE = re.compile(
     rf"CREATE DATABASE {_DB} WITH TEMPLATE = template0"
     rf"(?P<options>(?: (?:{'|'.join(CREATE_KEYS)}) = (?:'(?:[^'\x00-\x1f\x7f]|'')*'|[a-z]+))*);",
@@ -95,8 +96,21 @@ def create_options(sql: str, name: str) -> str:
         match = _CREATE.fullmatch(body)
         if match and _unquoted(match["db"]) == name:
             options = match["options"]
-            return options if len(options) <= MAX_CREATE_OPTIONS else ""
+            if len(options) > MAX_CREATE_OPTIONS:
+                return ""
+            return "".join(f" {key} = {_plain(value)}" for key, value in _OPTION.findall(options))
     return ""
+
+
+def _plain(value: str) -> str:
+    """``value`` (a lowercase word, or a literal as pg_dump writes it, for
+    ``standard_conforming_strings`` on) written so that any server reads it the same: a
+    literal holding a backslash as ``E'...'`` (an outside attack: a server set off read
+    the database owner's ``\\'`` as the literal's end, and the rest as more options)."""
+    if not value.startswith("'") or "\\" not in value:
+        return value
+    text = value[1:-1].replace("''", "'")
+    return "E'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def wanted_entries(listing: str) -> str:

@@ -328,11 +328,7 @@ class _Restore(DatabaseRestore):
 
     def __init__(self, task: Task, source: Path, plan: RestorePlan):
         super().__init__(task, source, plan)
-        # the dump's words (a comment, a locale) are quoted as pg_dump wrote them, for
-        # standard_conforming_strings on: psql lexes them by the server's setting, and a
-        # server set off read a backslash in them as an escape (an outside attack: the
-        # database owner's comment made the restoring superuser run its ALTER ROLE)
-        self.env = {**_env(task), "PGOPTIONS": "-c standard_conforming_strings=on"}
+        self.env = _env(task)
         self.globals = source / GLOBALS
         self.superuser = self.createdb = self.createrole = False
         self.owners: set[str] = set()
@@ -604,7 +600,11 @@ class _Restore(DatabaseRestore):
         script = self.task.staging / ".statement.sql"
         fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(statement + "\n")
+            # the dump's words are quoted as pg_dump wrote them, for this setting: psql
+            # lexes by the server's, and a server set off read a backslash in them as an
+            # escape (an outside attack: the database owner's comment made the restoring
+            # superuser run its ALTER ROLE). Not PGOPTIONS: PgBouncer refuses it.
+            handle.write(f"SET standard_conforming_strings = on;\n{statement}\n")
         try:
             argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"]
             self.task.run(argv, env=self.env, stdin=script, timeout=600, level=10)

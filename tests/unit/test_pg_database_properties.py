@@ -162,3 +162,15 @@ def test_a_quoted_name_is_matched_unquoted():
     sql = 'CREATE DATABASE "Shop ""A""" WITH TEMPLATE = template0 ENCODING = \'SQL_ASCII\';'
     assert create_options(sql, 'Shop "A"') == " ENCODING = 'SQL_ASCII'"
     assert create_options(sql, "shop") == ""
+
+
+def test_a_literal_with_a_backslash_is_read_the_same_by_any_server():
+    """pg_dump writes literals for standard_conforming_strings on; a server set off read
+    ``\\'`` as the end of the literal and the rest as more options (helper-95)."""
+    sql = (
+        "CREATE DATABASE shop WITH TEMPLATE = template0 LOCALE_PROVIDER = icu "
+        "ICU_LOCALE = 'und-x-a\\'' IS_TEMPLATE = true --';"
+    )
+    assert create_options(sql, "shop") == (
+        " LOCALE_PROVIDER = icu ICU_LOCALE = E'und-x-a\\\\\\' IS_TEMPLATE = true --'"
+    )

@@ -1,4 +1,4 @@
-# ruff: noqa: E501 (the hostile CREATE DATABASE lines are kept whole, one a line)
+# ruff: noqa: E501, F811 (hostile CREATE DATABASE lines whole; tests take the imported maria)
 """helper-95's attack on the restored database's encoding and locales (PostgreSQL
 ``pg_database.create_options``) and default character set (MariaDB ``create_options``):
 hostile dump bytes, a database owner choosing its own locale and comment, and the
@@ -22,6 +22,7 @@ import pytest
 from tests.helpers.databases import PG_BIN, MariaDB, Postgres
 from tests.integration.test_database_restore import (
     databases,
+    maria,  # noqa: F401 (the fixture: a server holding shop)
     maria_client,
     maria_databases,
     maria_rows,
@@ -343,17 +344,6 @@ def test_h95_restore_to_another_server_carries_the_icu_locale(pg, shared_root, t
 
 
 # -- MariaDB --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def maria(shared_root):
-    server = MariaDB(shared_root / "maria").start()
-    server.sql(
-        "CREATE DATABASE shop; CREATE TABLE shop.orders(id INT PRIMARY KEY, total INT); "
-        "INSERT INTO shop.orders VALUES (1, 10), (2, 20);"
-    )
-    yield server
-    server.stop()
 
 
 CHARSET = (

@@ -16,6 +16,7 @@ from typing import Any
 from . import __version__
 from . import log as logs
 from .errors import EXIT_CONFIG, EXIT_FAILED, ConfigError, Interrupted, PullbackError
+from .signals import SignalGuard
 
 log = logs.get_logger()
 
@@ -135,13 +136,22 @@ def dispatch(
 def main_wrapper(
     handler: Callable[[argparse.Namespace], int], args: argparse.Namespace, default_config: Path
 ) -> int:
-    """Set up logging, run ``handler`` and turn every expected failure into an exit code."""
+    """Set up logging, run ``handler`` and turn every expected failure into an exit code.
+
+    SIGTERM, SIGINT and SIGHUP raise :class:`Interrupted` in every command (exit 128 +
+    the signal's number), so what a command runs is stopped with it: an administrator's
+    ``kill`` reaches only this process, and the tools it started in their own sessions
+    (restic, borg, ssh) went on alone. A second signal ends the program at once; the
+    commands that stop services or pull enter their own, patient guard inside."""
     if not hasattr(args, "config"):
         args.config = default_config
     verbosity = -1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0)
     logs.setup(verbosity)
     try:
-        return handler(args)
+        with SignalGuard(patient=False) as guard:
+            code = handler(args)
+            guard.raise_swallowed()  # a signal caught with a command's own failures
+            return code
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

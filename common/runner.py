@@ -30,8 +30,9 @@ from typing import IO, Any
 import sh
 
 from . import secrets
-from .errors import CommandError, CommandTimeout
+from .errors import CommandError, CommandTimeout, Interrupted
 from .log import Log, get_logger
+from .signals import deferred_signals, refuse_if_stopping
 from .text import escaped
 
 SH_MAJOR = int(sh.__version__.split(".")[0])
@@ -277,8 +278,11 @@ class Runner:
 
         ``stdin``/``stdout`` may be a path or an open file (given to the child as is);
         without ``stdout`` the output is logged line by line. Standard error is always
-        logged. Raises :class:`CommandError` when the program cannot be found.
+        logged. Raises :class:`CommandError` when the program cannot be found, and
+        :class:`~pullback.common.errors.Interrupted` when the command is stopping on a
+        signal that a caller swallowed (:func:`~pullback.common.signals.refuse_if_stopping`).
         """
+        refuse_if_stopping()
         args = [os.fspath(a) for a in argv]
         display = self.display(args)
         self.log.log(level, "running: %s", display)
@@ -326,34 +330,46 @@ class Runner:
             opened.append(handle)
             return handle
 
+        def spawn() -> Any:
+            try:
+                in_file = as_file(stdin if stdin is not None else os.devnull, "rb")
+                out_file = as_file(stdout, "wb")
+                options: dict[str, Any] = dict(_SH_VERSION_ARGS)  # sh 1 and 2 differ
+                if out_file is None:
+                    options["_out_bufsize"] = _CHUNK
+                return program(
+                    *args[1:],
+                    _bg=True,
+                    _bg_exc=False,
+                    _new_session=True,
+                    _preexec_fn=_uncapped,
+                    _tty_out=False,
+                    _in=in_file,
+                    _out=out_file if out_file is not None else out_lines,
+                    _err=err_lines,
+                    _err_bufsize=_CHUNK,  # chunks, not lines: _Lines cuts them, bounded
+                    _env=full_env,
+                    _cwd=None if cwd is None else os.fspath(cwd),
+                    _ok_code=list(range(256)),
+                    _decode_errors="replace",
+                    **options,
+                )
+            except OSError as exc:
+                raise CommandError(display, None, [], str(exc)) from None
+            except sh.ForkException as exc:  # failed before exec: its traceback's last line
+                raise CommandError(display, None, [], _fork_failure(str(exc))) from None
+            finally:
+                for handle in opened:
+                    handle.close()
+
+        started: list[RunningCommand] = []
         try:
-            in_file = as_file(stdin if stdin is not None else os.devnull, "rb")
-            out_file = as_file(stdout, "wb")
-            options: dict[str, Any] = dict(_SH_VERSION_ARGS)  # sh 1 and 2 differ
-            if out_file is None:
-                options["_out_bufsize"] = _CHUNK
-            proc = program(
-                *args[1:],
-                _bg=True,
-                _bg_exc=False,
-                _new_session=True,
-                _preexec_fn=_uncapped,
-                _tty_out=False,
-                _in=in_file,
-                _out=out_file if out_file is not None else out_lines,
-                _err=err_lines,
-                _err_bufsize=_CHUNK,  # chunks, not lines: _Lines cuts them, bounded
-                _env=full_env,
-                _cwd=None if cwd is None else os.fspath(cwd),
-                _ok_code=list(range(256)),
-                _decode_errors="replace",
-                **options,
-            )
-        except OSError as exc:
-            raise CommandError(display, None, [], str(exc)) from None
-        except sh.ForkException as exc:  # the child failed before exec: its traceback's last line
-            raise CommandError(display, None, [], _fork_failure(str(exc))) from None
-        finally:
-            for handle in opened:
-                handle.close()
-        return RunningCommand(self, display, proc, timeout, ok_codes, tail, flush=flush)
+            with deferred_signals():  # a signal between fork and handle: a child unknown
+                started.append(
+                    RunningCommand(self, display, spawn(), timeout, ok_codes, tail, flush=flush)
+                )
+        except Interrupted:
+            for running in started:
+                running.stop(grace=5.0)
+            raise
+        return started[0]

@@ -9,6 +9,7 @@ Inside :meth:`SignalGuard.shielded` a signal is only recorded, and raised as
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Any
@@ -32,10 +33,14 @@ class SignalGuard:
     outside attack saw the client die at once, the units it had stopped never started
     again)."""
 
-    def __init__(self, stopping: str = "stopping"):
+    def __init__(self, stopping: str = "stopping", *, patient: bool = True):
         """``stopping``: what the log says the program does on a signal (the client's
-        run: "stopping after restoring what was stopped")."""
+        run: "stopping after restoring what was stopped"). ``patient``: a second signal
+        waits for the clean-up (a run restarting the services it stopped); when False it
+        ends the program at once, by that signal (every command's outer guard: a
+        command that has nothing to restore is never kept alive by its clean-up)."""
         self.stopping = stopping
+        self.patient = patient
         self.received: int | None = None
         self._shield_depth = 0
         self._raised = False
@@ -44,6 +49,11 @@ class SignalGuard:
     def _handle(self, signum, _frame) -> None:
         name = signal.Signals(signum).name
         if self.received is not None:
+            if not self.patient:
+                log.warning("%s received again; stopping now", name)
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
             log.warning("%s received again; still cleaning up, please wait", name)
             return
         self.received = signum
@@ -105,3 +115,28 @@ def raise_if_swallowed() -> None:
     cut-short dump said ok). Does nothing outside a guard, or inside a shielded block."""
     if _ACTIVE and threading.current_thread() is threading.main_thread():
         _ACTIVE[-1].raise_swallowed()
+
+
+def refuse_if_stopping() -> None:
+    """Before a tool is started: raise Interrupted when the innermost guard is an
+    impatient one (every command's own, in ``main_wrapper``) and a signal arrived. A
+    command that caught the Interrupted raised in it with its failures (``check`` going
+    on to the next host) starts nothing more and ends as it would have. Does nothing
+    inside a patient guard (a run restarting the services it stopped) or outside any."""
+    if _ACTIVE and threading.current_thread() is threading.main_thread():
+        guard = _ACTIVE[-1]
+        if not guard.patient:
+            guard.raise_swallowed()
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Shield a short block in the innermost guard (a tool being started: a signal
+    between the fork and the handle would leave the child running unknown); the
+    signal is raised as the block ends. Does nothing outside a guard or the main
+    thread."""
+    if _ACTIVE and threading.current_thread() is threading.main_thread():
+        with _ACTIVE[-1].shielded():
+            yield
+    else:
+        yield

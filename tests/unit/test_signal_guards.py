@@ -1,0 +1,115 @@
+"""Every command's own guard (``main_wrapper``'s, impatient) against the patient guards of
+the commands that stop services or pull: what a second signal does, whether a tool may
+still be started after a signal a command swallowed, and a signal arriving while a tool
+is being started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from pullback.common import signals
+from pullback.common.errors import Interrupted
+from pullback.common.runner import Runner
+from pullback.common.signals import SignalGuard
+
+
+def _spin() -> None:
+    for _ in range(1000):  # the handler runs between bytecodes of this thread
+        pass
+
+
+def test_after_a_swallowed_signal_an_impatient_guard_starts_no_tool():
+    with SignalGuard(patient=False):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            _spin()
+        except Interrupted:
+            pass  # what `except PullbackError` in a command did
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            Runner().run(["true"])
+
+
+def test_a_patient_guard_still_starts_tools_after_a_signal():
+    """A client run restarting the services it stopped must still run systemctl."""
+    with SignalGuard(signals.RESTORING):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            _spin()
+        except Interrupted:
+            pass
+        assert Runner().run(["true"]).exit_code == 0
+
+
+def test_the_innermost_guard_decides():
+    with SignalGuard(patient=False), SignalGuard(signals.KEPT_FOR_NEXT_PULL):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            _spin()
+        except Interrupted:
+            pass
+        signals.refuse_if_stopping()  # the pull's own guard: nothing raised
+
+
+def test_a_signal_inside_a_deferred_block_is_raised_as_it_ends():
+    reached = []
+    with pytest.raises(Interrupted), SignalGuard(patient=False):
+        with signals.deferred_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            _spin()
+            reached.append("end of the block")
+        reached.append("after the block")
+    assert reached == ["end of the block"]
+
+
+def test_a_signal_while_a_tool_starts_stops_that_tool(tmp_path, monkeypatch):
+    """The signal arrives after the child was forked, before ``start`` returned its
+    handle: the child is stopped, not left running unknown."""
+    marker = tmp_path / "ran-on"
+    real = signals.deferred_signals
+
+    @contextlib.contextmanager
+    def signal_once_started():
+        with real():
+            yield  # the child is made here
+            os.kill(os.getpid(), signal.SIGTERM)
+            _spin()
+
+    monkeypatch.setattr("pullback.common.runner.deferred_signals", signal_once_started)
+    with pytest.raises(Interrupted), SignalGuard(patient=False):
+        Runner().start(["sh", "-c", f"sleep 2; touch {marker}"])
+    time.sleep(2.5)
+    assert not marker.exists(), "the child started as the signal came ran on"
+
+
+def test_a_second_signal_ends_an_impatient_command_at_once():
+    """The first raises Interrupted; a command whose clean-up hangs is ended by the next
+    (a patient guard would say "still cleaning up" and wait)."""
+    code = textwrap.dedent(
+        """
+        import os, signal, time
+        from pullback.common.errors import Interrupted
+        from pullback.common.signals import SignalGuard
+        with SignalGuard(patient=False):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):
+                    pass
+            except Interrupted:
+                print("first raised", flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)
+                print("still alive")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "first raised\n", done.stdout + done.stderr
+    assert done.returncode == -signal.SIGTERM
+    assert "SIGTERM received again; stopping now" in done.stderr

@@ -1,7 +1,8 @@
 """A database's own properties, read back from its dump onto a database of another name.
 
-``pg_dump --create`` keeps what belongs to the database itself rather than to an object
-in it: its owner, comment, connection limit, settings (``ALTER DATABASE ... SET``, also
+A dump in pg_dump's custom format (``-Fc``, with or without ``--create``, which pg_dump
+ignores for its archives) keeps what belongs to the database itself rather than to an
+object in it: its owner, comment, connection limit, settings (``ALTER DATABASE ... SET``, also
 per role), and its grants (``REVOKE CONNECT ON DATABASE ... FROM PUBLIC``). ``pg_restore``
 without ``--create`` leaves all of that out, and a restore loads the dump into a new
 database (``shop_restored_<stamp>``), so it would come back owned by the restoring role
@@ -115,8 +116,7 @@ def _plain(value: str) -> str:
 
 def wanted_entries(listing: str) -> str:
     """The lines of a ``pg_restore --create --list`` output naming :data:`KINDS`: a list
-    for ``pg_restore --use-list`` ("" when the dump holds none: made without
-    ``--create``)."""
+    for ``pg_restore --use-list`` ("" when the dump holds none)."""
     kept = []
     for line in listing.splitlines():
         if line.startswith(";") or ";" not in line:

@@ -261,8 +261,10 @@ def pullback_dump(task: Task):
             target = task.staging / file_name(name, ".dump")
             try:
                 task.run(
-                    # --create: the database's owner, settings and grants come with it
-                    ["pg_dump", "-Fc", "--create", *extra_options(task), "--", name],
+                    # -Fc keeps the database's own entries (owner, comment, settings,
+                    # grants, encoding: pg_restore --create reads them); pg_dump
+                    # ignores --create for its archive formats
+                    ["pg_dump", "-Fc", *extra_options(task), "--", name],
                     env=env,
                     stdout=target,
                     timeout=timeout(task),
@@ -544,8 +546,8 @@ class _Restore(DatabaseRestore):
     def _database_sql(self, dump: Path, name: str) -> str | None:
         """What the dump holds of the database ``name`` itself (``pg_restore --create``
         of its database entries: :func:`.pg_database.wanted_entries`), "" for a dump
-        made without ``--create``; None, said as a warning, when pg_restore cannot read
-        it."""
+        without them (not one of pg_dump's archives of a whole database); None, said
+        as a warning, when pg_restore cannot read it."""
         try:
             return self._read_database_entries(dump)
         except CommandError as exc:
@@ -569,8 +571,8 @@ class _Restore(DatabaseRestore):
         if not found:
             self.plan.note(
                 log,
-                f"{dump.name} holds no owner, settings or grants of the database (made "
-                f"without pg_dump --create, before pullback 0.3.0): {fresh} belongs to the "
+                f"{dump.name} holds no owner, settings or grants of the database (no "
+                f"DATABASE entry in pg_restore --create --list): {fresh} belongs to the "
                 f"restoring role and every role may connect; give it those of {name} "
                 "(ALTER DATABASE ... OWNER TO ..., GRANT/REVOKE ... ON DATABASE ...)",
             )
@@ -616,7 +618,7 @@ class _Restore(DatabaseRestore):
 
     def _read_database_entries(self, dump: Path) -> str:
         """``pg_restore --create`` of the dump's entries of the database itself, "" when
-        it has none (made without ``--create``). Raises CommandError."""
+        it has none. Raises CommandError."""
         listing = self.task.staging / ".toc-create"
         try:
             self.task.run(["pg_restore", "--create", "--list"], stdin=dump, stdout=listing)

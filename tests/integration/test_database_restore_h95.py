@@ -295,8 +295,8 @@ def test_h95_a_refused_locale_falls_back_and_names_what_was_refused(pg, tmp_path
 
 def test_h95_a_custom_dump_made_without_create_still_carries_its_encoding(pg, tmp_path):
     """pg_dump -Fc writes the DATABASE entry with or without --create: the options are
-    read back from a dump made without it too (docs' "an older dump holds none of them"
-    is about the properties; the encoding still comes back)."""
+    read back from a dump made without it too (pg_dump ignores --create for its archive
+    formats: the properties come back as well)."""
     pg.sql("CREATE DATABASE shop WITH TEMPLATE = template0 ENCODING = 'LATIN1' LOCALE = 'C'")
     pg.sql("CREATE TABLE orders(id int, total int); INSERT INTO orders VALUES (1, 10)", "shop")
     box = superuser_client(tmp_path, pg)

@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip hosts whose newest snapshot is younger than min_interval (for timers)",
     )
+    p.add_argument(
+        "--new",
+        action="store_true",
+        help="make a new, empty repository where the one a host was pulled into is gone "
+        "(needs --host)",
+    )
     shown = p.add_mutually_exclusive_group()
     shown.add_argument(
         "--summary",

@@ -81,12 +81,15 @@ def _key(snapshot: Snapshot) -> tuple[str, str | None]:
     return (iso(snapshot.time), snapshot.stamp)
 
 
-def to_copy(primary: Sequence[Snapshot], copy: Sequence[Snapshot]) -> list[Snapshot]:
-    """The primary's snapshots the copy lacks, newer than the copy's newest (older ones
-    it lacks were forgotten by the copy's own retention, or by the primary before a copy
-    ran: copying them again would undo the copy's policy)."""
+def to_copy(
+    primary: Sequence[Snapshot], copy: Sequence[Snapshot], keeps_all: bool = False
+) -> list[Snapshot]:
+    """The primary's snapshots the copy lacks. With its own retention, only those newer
+    than the copy's newest (older ones it lacks were forgotten by that policy: copying
+    them again would undo it); a copy that keeps all (no ``copy.retention``) gets every
+    one it lacks (one stored out of order after a copy ran, one the copy lost)."""
     held = {_key(s) for s in copy}
-    newest = max((s.time for s in copy), default=None)
+    newest = None if keeps_all else max((s.time for s in copy), default=None)
     return [s for s in primary if _key(s) not in held and (newest is None or s.time > newest)]
 
 
@@ -226,8 +229,12 @@ class HostCopy:
             made = copy.make_once(lambda: copy.init_copy(self.primary))
             self.result.made = True
         primary, held = self.primary.snapshots(), [] if made else copy.snapshots()
-        since = max((s.time for s in held), default=None)
-        todo = to_copy(primary, held)
+        keeps_all = self.ctx.config.backend.copy is None or (
+            self.ctx.config.backend.copy.retention is None
+        )
+        lost = self._lost(len(held)) if keeps_all and not made else None
+        since = None if keeps_all else max((s.time for s in held), default=None)
+        todo = to_copy(primary, held, keeps_all)
         if todo:
             before = self._local_size()
             copy.copy_from(self.primary, todo, self.ctx.config.backend.timeout)
@@ -238,9 +245,26 @@ class HostCopy:
         self.result.copied = len(todo)
         self.result.snapshots = len(held)
         self.result.newest = iso(max(s.time for s in held)) if held else None
-        self.result.problems += compare(primary, held, since).problems
+        self.result.problems += ([lost] if lost else []) + compare(primary, held, since).problems
         if self.result.problems:
             self.result.status = Status.FAILED
+
+    def _lost(self, holds: int) -> str | None:
+        """Words for a copy that keeps all (no ``copy.retention``) and holds fewer than
+        the ``snapshots`` status.json recorded after the last copy to this store
+        (someone or something removed them; an outside walk took one out and saw "ok"),
+        or None."""
+        recorded = _recorded(self.ctx.config, self.ctx.name)
+        held = recorded.get("snapshots")
+        if status_file.other_store(recorded, self.result.location):
+            return None
+        if not isinstance(held, int) or isinstance(held, bool) or held <= holds:
+            return None
+        return (
+            f"the copy lost {held - holds} snapshot(s) since the last copy (it held {held}, "
+            f"it holds {holds}; nothing is forgotten in a copy without copy.retention): "
+            "those the primary still has were copied again"
+        )
 
     def _refuse_to_remake(self) -> None:
         """Raises PullbackError when the copy is missing but held snapshots before (see

@@ -70,6 +70,7 @@ from .backends import RepositoryMissing, Snapshot, SnapshotSpec, StoreResult, pl
 from .db_proof import find_dumps
 from .host import HostContext
 from .journal import CONNECTING, STORING, TRANSFERRING, WAITING, InterruptedRun, PhaseLog
+from .missing import gone_words, pulled_before
 from .remote import ArchiveGone, Remote, TransferCut
 from .results import HostResult
 from .transfer import ChecksumMismatch, Fetched, discard_partial, fetch_and_unpack
@@ -102,6 +103,8 @@ class PullOptions:
 
     dry_run: bool = False
     if_due: bool = False
+    new: bool = False
+    """Make a missing repository even where status.json records a pull (``--new``)."""
 
 
 @dataclass(frozen=True)
@@ -522,12 +525,18 @@ class HostPull:
     def open_repository(self) -> None:
         """Open the host's repository. A missing one (``backend.init``) is made only when
         an archive is about to be stored, so a host that fails before (unreachable, or
-        another host) leaves no empty repository behind. Raises BackendError."""
+        another host) leaves no empty repository behind, and never where status.json
+        records a pull of the host unless ``--new`` says so (:func:`.missing.gone_words`).
+        Raises BackendError."""
+        ctx = self.ctx
         try:
-            self.ctx.backend.prepare(create=False)
-        except RepositoryMissing:
-            if not self.ctx.config.backend.init:
+            ctx.backend.prepare(create=False)
+        except RepositoryMissing as exc:
+            if not ctx.config.backend.init:
                 raise
+            if not self.options.new and pulled_before(ctx.config, ctx.host):
+                where = ctx.backend.repository()
+                raise RepositoryMissing(gone_words(ctx.config, ctx.host, where, exc)) from None
             self.repository_missing = True
 
     def refused(self) -> frozenset[str]:

@@ -15,6 +15,36 @@ PULL_RECORDS = ("newest_snapshot", "last_success", "snapshot_id")
 """What status.json keeps of a host's pulls: a host with one was pulled here before."""
 
 
+def pulled_before(config: ServerConfig, host: HostConfig) -> str | None:
+    """Words saying that status.json records a pull of ``host`` ("this host was pulled
+    before, status.json has its newest_snapshot ..."), or None."""
+    entry = status_file.load_status(config.state_dir)["hosts"].get(host.name, {})
+    recorded = next((k for k in PULL_RECORDS if isinstance(entry.get(k), str)), None)
+    if recorded is None:
+        return None
+    return f"this host was pulled before, status.json has its {recorded} {entry[recorded]}"
+
+
+def gone_words(
+    config: ServerConfig, host: HostConfig, where: str, missing: RepositoryMissing
+) -> str:
+    """The failure of ``host``'s repository ``where`` that does not exist, though status.json
+    records a pull of the host, or ``missing``'s own words when it records none or
+    ``backend.init`` is false (those words say what to do then). A pull
+    never makes a new, empty repository in such a place (a disk not mounted, a
+    server.yaml put back from an old bundle: the history would go on elsewhere, out of
+    sight); ``pullback-server pull --host NAME --new`` does on purpose."""
+    before = pulled_before(config, host) if config.backend.init else None
+    if before is None:
+        return str(missing)
+    return (
+        f"the repository {where} does not exist, yet {before}: is its disk "
+        f"mounted, is {_pull_setting(config, host)} right? A pull makes no new, empty "
+        "repository in its place; to start a new history there on purpose: "
+        f"pullback-server pull --host {host.name} --new"
+    )
+
+
 def maintenance_apart(config: ServerConfig, host: HostConfig) -> bool:
     """Whether ``host``'s maintenance location is not its pull location (one that cannot
     be read counts as apart)."""
@@ -35,10 +65,9 @@ def why_it_should_exist(config: ServerConfig, host: HostConfig) -> str | None:
     is set for maintenance (the maintenance-only machine of docs/scaling.md, *Split
     roles*)."""
     hosts = status_file.load_status(config.state_dir)["hosts"]
-    entry = hosts.get(host.name, {})
-    recorded = next((k for k in PULL_RECORDS if isinstance(entry.get(k), str)), None)
-    if recorded:
-        return f"this host was pulled before, status.json has its {recorded} {entry[recorded]}"
+    before = pulled_before(config, host)
+    if before:
+        return before
     if maintenance_apart(config, host):
         return pull_side(config, host)
     pulled = any(

@@ -14,7 +14,7 @@ import datetime as dt
 
 from ..common.cli import print_json
 from ..common.clock import FUTURE_TOLERANCE, age, signed_age, utc_now
-from ..common.errors import EXIT_FAILED, EXIT_OK
+from ..common.errors import EXIT_FAILED, EXIT_OK, UsageError
 from ..common.locks import FileLock
 from ..common.notify import Notifier
 from ..common.outcome import Status
@@ -31,13 +31,12 @@ from .results import HostResult
 
 
 def pull(
-    config: ServerConfig,
-    names: list[str] | None = None,
-    dry_run: bool = False,
-    if_due: bool = False,
+    config: ServerConfig, names: list[str] | None = None, options: PullOptions | None = None
 ) -> tuple[int, list[HostResult]]:
-    """Pull the hosts (with ``if_due``, only those not fresh). Returns (exit code,
-    results). Raises LockBusy, PullbackError."""
+    """Pull the hosts (with ``options.if_due``, only those not fresh). Returns (exit
+    code, results). Raises LockBusy, PullbackError."""
+    asked = options or PullOptions()
+    dry_run = asked.dry_run
     hosts = config.select_hosts(names)
     purpose = DRY_RUN_PURPOSE if dry_run else PULL_PURPOSE
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose=purpose)
@@ -49,10 +48,9 @@ def pull(
             journal.carry(interrupted, [h.name for h in hosts])
         if interrupted is not None:
             interrupted = interrupted.merged()  # (each host pulled reports what it carried)
-        options = PullOptions(dry_run, if_due)
 
         def work(ctx: HostContext, relay: PhaseRelay) -> HostResult:
-            host_pull = HostPull(ctx, options, relay, interrupted)
+            host_pull = HostPull(ctx, asked, relay, interrupted)
             relay.result = host_pull.result
             return host_pull.run()
 
@@ -157,7 +155,10 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     notifier = Notifier(config.notify, "pull")
     if not args.dry_run:
         notifier.start()
-    code, results = pull(config, args.host, args.dry_run, args.if_due)
+    if args.new and not args.host:
+        raise UsageError("--new needs --host NAME: it starts a new history for that host only")
+    options = PullOptions(dry_run=args.dry_run, if_due=args.if_due, new=args.new)
+    code, results = pull(config, args.host, options)
     unwritten = finish_pull(config, results, notifier, args.dry_run, args.summary)
     code = code or (EXIT_FAILED if unwritten else EXIT_OK)
     if args.json:

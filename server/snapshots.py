@@ -11,16 +11,23 @@ from ..common.errors import EXIT_OK
 from ..common.log import get_logger
 from ..common.outcome import Status
 from ..common.units import human_ago
-from .backends import Snapshot
+from .backends import RepositoryMissing, Snapshot
 from .config import ServerConfig
 from .host import HostContext
+from .missing import gone_words
 
 log = get_logger("snapshots")
 
 
 def list_snapshots(config: ServerConfig, name: str) -> list[Snapshot]:
-    backend = HostContext.open(config, config.host(name)).backend
-    backend.prepare(create=False)
+    """The host's snapshots. Raises RepositoryMissing (said as gone where status.json
+    records a pull of the host: :func:`.missing.gone_words`), PullbackError."""
+    host = config.host(name)
+    backend = HostContext.open(config, host).backend
+    try:
+        backend.prepare(create=False)
+    except RepositoryMissing as exc:
+        raise RepositoryMissing(gone_words(config, host, backend.repository(), exc)) from None
     return backend.snapshots()
 
 

@@ -119,6 +119,38 @@ def test_a_local_copy_takes_only_what_it_lacks_and_a_diverged_or_stale_copy_is_a
     assert "web1: copy stale" in status.stderr, status.stderr
 
 
+def test_a_copy_that_lost_a_snapshot_fails_once_and_gets_it_again(tmp_path, fleet):
+    """helper-96: without copy.retention nothing forgets in a copy, yet one that lost
+    its oldest snapshot (a file removed in the store) was reported "ok" by copy and
+    status: the loss would have shown only after a rebuild from the copies."""
+    web = fleet.add_host("web1")
+    copy_pass = tmp_path / "copy.pass"
+    copy_pass.write_text(COPY_PASSWORD + "\n")
+    copy_pass.chmod(0o600)
+    copies = tmp_path / "copies"
+    fleet.write_config(copy={"repository_root": str(copies), "password_file": str(copy_pass)})
+    for day in range(3):
+        web.make_archive({"site/index.html": f"day {day}".encode()})
+        assert fleet.server("pull").returncode == 0
+        time.sleep(1.1)
+    assert fleet.server("copy").returncode == 0
+    copy_repo = copies / "web1"
+    oldest = min(snapshots(str(copy_repo), copy_pass), key=lambda s: s["time"])
+    (copy_repo / "snapshots" / oldest["id"]).unlink()
+
+    ran = fleet.server("copy", "--json")
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    (host,) = json.loads(ran.stdout)["hosts"]
+    assert host["status"] == "failed" and host["copied"] == 1 and host["snapshots"] == 3, host
+    assert "the copy lost 1 snapshot(s) since the last copy (it held 3, it holds 2" in ran.stdout
+    status = fleet.server("status")
+    assert status.returncode == 1 and "web1: copy failed" in status.stderr, status.stderr
+    trees = {s["tree"] for s in snapshots(str(copy_repo), copy_pass)}
+    assert trees == {s["tree"] for s in fleet.snapshots("web1")}, "copied again"
+    again = fleet.server("copy")
+    assert again.returncode == 0 and "the copy holds 3" in again.stdout, again.stdout
+
+
 def test_a_copy_into_an_append_only_rest_store_is_made_and_drilled(tmp_path, fleet):
     store_dir = tmp_path / "offsite"
     store_dir.mkdir()

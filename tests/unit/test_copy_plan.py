@@ -35,6 +35,16 @@ def test_a_copy_takes_what_it_lacks_newer_than_its_newest():
     assert to_copy(primary, [snap(d, sid=f"c{d}") for d in range(5)]) == []
 
 
+def test_a_copy_that_keeps_all_takes_every_snapshot_it_lacks():
+    """No copy.retention: a snapshot older than the copy's newest that it lacks was
+    stored out of order or lost by the copy, not forgotten by a policy."""
+    primary = [snap(d) for d in range(5)]
+    held = [snap(0, sid="c0"), snap(2, sid="c2")]
+    assert [s.id for s in to_copy(primary, held, keeps_all=True)] == ["s1", "s3", "s4"]
+    everything = [snap(d, sid=f"c{d}") for d in range(5)]
+    assert to_copy(primary, everything, keeps_all=True) == []
+
+
 def test_the_comparison_names_a_copy_that_fell_behind_diverged_or_holds_foreign_snapshots():
     primary = [snap(d) for d in range(4)]
     matching = [snap(d, sid=f"c{d}") for d in range(4)]

@@ -1,0 +1,85 @@
+"""A host's repository that is gone after pulls stored to it (a disk not mounted, a
+server.yaml put back from an old recovery bundle pointing at a lost disk): a pull makes
+no new, empty repository there (the history would go on in it, out of sight of the
+old), ``snapshots`` and ``check`` say it is gone rather than "not yet", and ``pull
+--host NAME --new`` starts a new history on purpose. helper-96 found the history forked
+by following docs/disaster-recovery.md's unpack step a second time."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.fleet import Fleet
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    fleet = Fleet(tmp_path / "fleet")
+    yield fleet
+    fleet.stop()
+
+
+def test_a_gone_repository_is_not_made_anew_unless_asked(fleet, tmp_path):
+    web = fleet.add_host("web1")
+    fleet.write_config()
+    web.make_archive({"site/index.html": b"<h1>day 1</h1>"})
+    first = fleet.server("pull")
+    assert first.returncode == 0, first.stdout + first.stderr
+    repo = fleet.repos / "web1"
+    repo.rename(tmp_path / "web1.away")  # its disk is not mounted
+
+    web.make_archive({"site/index.html": b"<h1>day 2</h1>"})
+    pulled = fleet.server("pull")
+    said = pulled.stdout + pulled.stderr
+    assert pulled.returncode == 1, said
+    assert f"the repository {repo} does not exist, yet this host was pulled before" in said
+    assert "pullback-server pull --host web1 --new" in said
+    assert not repo.exists(), "a new, empty repository was made where the history was"
+
+    listed = fleet.server("snapshots", "web1")
+    said = listed.stdout + listed.stderr
+    assert listed.returncode == 1, said
+    assert "no pull has stored to it" not in said and "was pulled before" in said
+
+    checked = fleet.server("check", "--host", "web1")
+    said = checked.stdout + checked.stderr
+    assert "will be created by the first pull" not in said
+    assert "does not exist, yet this host was pulled before" in said
+
+    refused = fleet.server("pull", "--new")
+    assert refused.returncode == 2 and "--new needs --host" in refused.stderr
+
+    # the disk is back: the pull goes on in the history, no --new needed
+    (tmp_path / "web1.away").rename(repo)
+    again = fleet.server("pull")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(fleet.snapshots("web1")) == 2
+
+
+def test_pull_new_starts_a_new_history_on_purpose(fleet, tmp_path):
+    web = fleet.add_host("web1")
+    fleet.write_config()
+    web.make_archive({"a": b"1"})
+    assert fleet.server("pull").returncode == 0
+    repo = fleet.repos / "web1"
+    repo.rename(tmp_path / "web1.lost")
+    web.make_archive({"a": b"2"})
+    started = fleet.server("pull", "--host", "web1", "--new")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert len(fleet.snapshots("web1")) == 1
+    web.make_archive({"a": b"3"})
+    assert fleet.server("pull").returncode == 0  # the new history goes on as any other
+    assert len(fleet.snapshots("web1")) == 2
+
+
+def test_a_host_never_pulled_gets_its_repository_made(fleet):
+    web = fleet.add_host("web1")
+    fleet.write_config()
+    checked = fleet.server("check", "--host", "web1")
+    assert "will be created by the first pull" in checked.stdout + checked.stderr
+    web.make_archive({"a": b"1"})
+    pulled = fleet.server("pull")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert len(fleet.snapshots("web1")) == 1

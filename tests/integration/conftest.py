@@ -1,4 +1,5 @@
-"""Fixtures the integration tests share: real database servers, recording stand-ins."""
+"""Fixtures the integration tests share: real database servers, a fleet of clients and
+a server, recording stand-ins."""
 
 from __future__ import annotations
 
@@ -11,6 +12,16 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.databases import MariaDB, Postgres
+from tests.helpers.fleet import Fleet
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """A server configuration and client hosts reached over a real sshd (tests that
+    need another kind of fleet define their own ``fleet``)."""
+    fleet = Fleet(tmp_path / "fleet")
+    yield fleet
+    fleet.stop()
 
 
 @pytest.fixture

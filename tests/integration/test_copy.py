@@ -21,13 +21,6 @@ pytestmark = pytest.mark.integration
 COPY_PASSWORD = "copy-Own-Password-71"
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path / "fleet")
-    yield fleet
-    fleet.stop()
-
-
 def restic(repo: str, password_file: Path, *args: str, check: bool = True):
     env = {**os.environ, "RESTIC_REPOSITORY": repo, "RESTIC_PASSWORD_FILE": str(password_file)}
     return subprocess.run(

@@ -9,16 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.fleet import Fleet
-
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path / "fleet")
-    yield fleet
-    fleet.stop()
 
 
 def test_a_gone_repository_is_not_made_anew_unless_asked(fleet, tmp_path):

@@ -12,17 +12,9 @@ import shutil
 import pytest
 
 from tests.helpers.files import secret_file
-from tests.helpers.fleet import Fleet
 from tests.helpers.rest_store import MAINTAIN_SECRET, RestStore, rclone_missing
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path / "fleet")
-    yield fleet
-    fleet.stop()
 
 
 @pytest.mark.skipif(rclone_missing() is not None, reason=str(rclone_missing()))

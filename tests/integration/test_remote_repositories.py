@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.files import secret_file
-from tests.helpers.fleet import PASSWORD, Fleet
+from tests.helpers.fleet import PASSWORD
 from tests.helpers.rest_store import MAINTAIN_SECRET, RestStore
 
 pytestmark = pytest.mark.integration
@@ -43,13 +43,6 @@ def store(tmp_path):
     store = RestStore(tmp_path / "rest").start(pull_user="puller", pull_password=PULL_SECRET)
     yield store
     store.stop()
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path / "fleet")
-    yield fleet
-    fleet.stop()
 
 
 def test_the_cycle_runs_on_a_rest_store_and_the_pull_role_cannot_erase_history(

@@ -13,19 +13,10 @@ import time
 
 import pytest
 
-from tests.helpers.fleet import Fleet
-
 pytestmark = pytest.mark.integration
 
 SHARED = 6 << 20
 """Bytes both web hosts hold alike (random: compression cannot hide a second copy)."""
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path / "fleet")
-    yield fleet
-    fleet.stop()
 
 
 def repository_bytes(path) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.faults import descendants
 from tests.helpers.files import secret_file
 from tests.helpers.fleet import Fleet
 
@@ -52,19 +53,14 @@ class SilentEndpoint:
 
 
 def restic_children(pid: int) -> list[int]:
-    """The pids of ``restic`` processes whose parent is ``pid``."""
+    """The pids of ``restic`` processes below ``pid``."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child in descendants(pid):
         try:
-            stat = (entry / "stat").read_text()
+            if Path(f"/proc/{child}/comm").read_text().strip() == "restic":
+                found.append(child)
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == pid and comm == "restic":
-            found.append(int(entry.name))
     return found
 
 

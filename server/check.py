@@ -26,13 +26,7 @@ from .backends.location import locate, maintenance_setting
 from .config import ServerConfig
 from .copy import gone
 from .host import HostContext
-from .missing import (
-    gone_words,
-    maintenance_apart,
-    missing_words,
-    pulled_before,
-    why_it_should_exist,
-)
+from .missing import gone_words, maintenance_apart, missing_words, why_it_should_exist
 from .remote import Remote
 
 
@@ -296,8 +290,8 @@ def check_repository(ctx: HostContext, good: list[str], problems: list[str]) -> 
             why = why_it_should_exist(config, host)
         if why is not None:
             problems.append(f"{name}: {missing_words(config, host, backend.repository(), why)}")
-        elif config.backend.init and pulled_before(config, host):
-            problems.append(f"{name}: {gone_words(config, host, backend.repository(), exc)}")
+        elif (gone := gone_words(config, host, backend.repository())) is not None:
+            problems.append(f"{name}: {gone}")
         elif config.backend.init:
             good.append(
                 f"{name}: repository {backend.repository()} will be created by the first pull"

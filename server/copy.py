@@ -40,6 +40,7 @@ from .backends.base import local_path
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
+from .missing import RepositoryGone, open_pulled
 
 log = get_logger("copy")
 COPY_LOCK = "pullback-copy.lock"
@@ -148,6 +149,9 @@ class CopyResult:
     """Snapshots copied by this run."""
     snapshots: int = 0
     """Snapshots the copy holds of the host afterwards."""
+    counted: bool = False
+    """The copy was listed after this run's copying: ``snapshots`` is recorded even when
+    the run failed (a copy that lost snapshots fails once, not on every run)."""
     newest: str | None = None
     """The copy's newest snapshot's time (ISO), after the run."""
     bytes_added: int | None = None
@@ -204,6 +208,9 @@ class HostCopy:
                 self._drill()
         except Interrupted:
             raise
+        except RepositoryGone as exc:
+            self.result.status = Status.FAILED
+            self.result.problems.append(str(exc))
         except RepositoryMissing:
             self.result.status = Status.SKIPPED
         except PullbackError as exc:
@@ -216,8 +223,9 @@ class HostCopy:
         return self.result
 
     def _copy(self) -> None:
-        """Raises RepositoryMissing (no primary yet), PullbackError."""
-        self.primary.prepare(create=False)
+        """Raises RepositoryMissing (no primary yet), PullbackError (RepositoryGone:
+        the primary is missing, though status.json records a pull of the host)."""
+        open_pulled(self.ctx.config, self.ctx.host, self.primary)
         copy = self.ctx.backend
         made = False
         try:
@@ -245,7 +253,11 @@ class HostCopy:
         self.result.copied = len(todo)
         self.result.snapshots = len(held)
         self.result.newest = iso(max(s.time for s in held)) if held else None
-        self.result.problems += ([lost] if lost else []) + compare(primary, held, since).problems
+        found = compare(primary, held, since).problems
+        self.result.problems += ([lost] if lost else []) + found
+        # a diverged copy's count is not recorded: the snapshot it should not hold,
+        # forgotten by hand, would be taken for one lost
+        self.result.counted = not found
         if self.result.problems:
             self.result.status = Status.FAILED
 

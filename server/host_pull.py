@@ -70,7 +70,7 @@ from .backends import RepositoryMissing, Snapshot, SnapshotSpec, StoreResult, pl
 from .db_proof import find_dumps
 from .host import HostContext
 from .journal import CONNECTING, STORING, TRANSFERRING, WAITING, InterruptedRun, PhaseLog
-from .missing import gone_words, pulled_before
+from .missing import RepositoryGone, gone_words
 from .remote import ArchiveGone, Remote, TransferCut
 from .results import HostResult
 from .transfer import ChecksumMismatch, Fetched, discard_partial, fetch_and_unpack
@@ -531,12 +531,13 @@ class HostPull:
         ctx = self.ctx
         try:
             ctx.backend.prepare(create=False)
-        except RepositoryMissing as exc:
+        except RepositoryMissing:
             if not ctx.config.backend.init:
                 raise
-            if not self.options.new and pulled_before(ctx.config, ctx.host):
-                where = ctx.backend.repository()
-                raise RepositoryMissing(gone_words(ctx.config, ctx.host, where, exc)) from None
+            where = ctx.backend.repository()
+            gone = None if self.options.new else gone_words(ctx.config, ctx.host, where)
+            if gone is not None:
+                raise RepositoryGone(gone) from None
             self.repository_missing = True
 
     def refused(self) -> frozenset[str]:

@@ -6,43 +6,77 @@ from __future__ import annotations
 
 from ..common.errors import PullbackError
 from . import status_file
-from .backends import RepositoryMissing
+from .backends import Backend, RepositoryMissing
 from .backends.location import Role, locate, maintenance_setting
 from .config import HostConfig, ServerConfig
 from .host import HostContext
 
 PULL_RECORDS = ("newest_snapshot", "last_success", "snapshot_id")
 """What status.json keeps of a host's pulls: a host with one was pulled here before."""
+STORE_RECORDS = ("newest_snapshot", "snapshot_id")
+"""Those of :data:`PULL_RECORDS` only a stored snapshot leaves (a pull that skipped a
+busy client records ``last_success`` before any store)."""
 
 
-def pulled_before(config: ServerConfig, host: HostConfig) -> str | None:
-    """Words saying that status.json records a pull of ``host`` ("this host was pulled
-    before, status.json has its newest_snapshot ..."), or None."""
-    entry = status_file.load_status(config.state_dir)["hosts"].get(host.name, {})
-    recorded = next((k for k in PULL_RECORDS if isinstance(entry.get(k), str)), None)
-    if recorded is None:
-        return None
-    return f"this host was pulled before, status.json has its {recorded} {entry[recorded]}"
+def pulled_before(
+    config: ServerConfig, host: HostConfig, records: tuple[str, ...] = STORE_RECORDS
+) -> str | None:
+    """Words saying why ``host``'s repository must already hold snapshots: status.json
+    records a pull of the host ("this host was pulled before, status.json has its
+    newest_snapshot ..."), or of another host of its group (they share the repository:
+    a member new to the group must not make it anew), or the host adopts another
+    program's snapshots (``adopt_host``); None when nothing says so. ``records``: which
+    of status.json's entries count (a pull's refusal: :data:`STORE_RECORDS` only)."""
+    hosts = status_file.load_status(config.state_dir)["hosts"]
+    sharing = [host] + [
+        h for h in config.hosts if h.name != host.name and h.repository_key == host.repository_key
+    ]
+    for member in sharing:
+        entry = hosts.get(member.name, {})
+        recorded = next((k for k in records if isinstance(entry.get(k), str)), None)
+        if recorded is None:
+            continue
+        who = "this host" if member is host else f"{member.name} of its group"
+        return f"{who} was pulled before, status.json has its {recorded} {entry[recorded]}"
+    if host.adopt_host:
+        return f"it adopts the snapshots of {host.adopt_host} (adopt_host), which must be in it"
+    return None
 
 
-def gone_words(
-    config: ServerConfig, host: HostConfig, where: str, missing: RepositoryMissing
-) -> str:
-    """The failure of ``host``'s repository ``where`` that does not exist, though status.json
-    records a pull of the host, or ``missing``'s own words when it records none or
-    ``backend.init`` is false (those words say what to do then). A pull
-    never makes a new, empty repository in such a place (a disk not mounted, a
-    server.yaml put back from an old bundle: the history would go on elsewhere, out of
+class RepositoryGone(RepositoryMissing):
+    """A host's repository does not exist, though status.json records a pull of the
+    host (:func:`gone_words`)."""
+
+
+def gone_words(config: ServerConfig, host: HostConfig, where: str) -> str | None:
+    """The failure of ``host``'s repository ``where`` that does not exist, though
+    status.json records a pull of the host; None when it records none, or when
+    ``backend.init`` is false (the missing repository's own words say what to do then).
+    A pull never makes a new, empty repository in such a place (a disk not mounted, a
+    server.yaml put back from an old bundle: the history would go on there, out of
     sight); ``pullback-server pull --host NAME --new`` does on purpose."""
     before = pulled_before(config, host) if config.backend.init else None
     if before is None:
-        return str(missing)
+        return None
     return (
         f"the repository {where} does not exist, yet {before}: is its disk "
         f"mounted, is {_pull_setting(config, host)} right? A pull makes no new, empty "
         "repository in its place; to start a new history there on purpose: "
         f"pullback-server pull --host {host.name} --new"
     )
+
+
+def open_pulled(config: ServerConfig, host: HostConfig, backend: Backend) -> None:
+    """Open ``host``'s pull repository ``backend``, changing nothing. Raises
+    RepositoryGone (missing, though status.json records a pull of the host),
+    RepositoryMissing (missing: a host not pulled yet), PullbackError."""
+    try:
+        backend.prepare(create=False)
+    except RepositoryMissing:
+        said = gone_words(config, host, backend.repository())
+        if said is None:
+            raise
+        raise RepositoryGone(said) from None
 
 
 def maintenance_apart(config: ServerConfig, host: HostConfig) -> bool:
@@ -65,7 +99,7 @@ def why_it_should_exist(config: ServerConfig, host: HostConfig) -> str | None:
     is set for maintenance (the maintenance-only machine of docs/scaling.md, *Split
     roles*)."""
     hosts = status_file.load_status(config.state_dir)["hosts"]
-    before = pulled_before(config, host)
+    before = pulled_before(config, host, PULL_RECORDS)
     if before:
         return before
     if maintenance_apart(config, host):

@@ -152,11 +152,11 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     """``pullback-server pull``: pull, then report (status, metrics, page, mail, pings)."""
     from .outputs import finish_pull
 
+    if args.new and not args.host:
+        raise UsageError("--new needs --host NAME: it starts a new history for that host only")
     notifier = Notifier(config.notify, "pull")
     if not args.dry_run:
         notifier.start()
-    if args.new and not args.host:
-        raise UsageError("--new needs --host NAME: it starts a new history for that host only")
     options = PullOptions(dry_run=args.dry_run, if_due=args.if_due, new=args.new)
     code, results = pull(config, args.host, options)
     unwritten = finish_pull(config, results, notifier, args.dry_run, args.summary)

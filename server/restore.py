@@ -27,6 +27,7 @@ from ..common.text import few, printable
 from .backends import Backend, Snapshot, named, plausible
 from .config import ServerConfig
 from .host import HostContext
+from .missing import open_pulled
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
     target = request.target
     _refuse_target(request)
     request.includes(adopted=True)  # a wrong --path is refused before the repository opens
-    ctx.backend.prepare(create=False)
+    open_pulled(config, ctx.host, ctx.backend)
     snapshot, why = pick_snapshot(
         ctx.backend.snapshots(), request.snapshot, request.host, request.service
     )

@@ -11,10 +11,10 @@ from ..common.errors import EXIT_OK
 from ..common.log import get_logger
 from ..common.outcome import Status
 from ..common.units import human_ago
-from .backends import RepositoryMissing, Snapshot
+from .backends import Snapshot
 from .config import ServerConfig
 from .host import HostContext
-from .missing import gone_words
+from .missing import open_pulled
 
 log = get_logger("snapshots")
 
@@ -24,10 +24,7 @@ def list_snapshots(config: ServerConfig, name: str) -> list[Snapshot]:
     records a pull of the host: :func:`.missing.gone_words`), PullbackError."""
     host = config.host(name)
     backend = HostContext.open(config, host).backend
-    try:
-        backend.prepare(create=False)
-    except RepositoryMissing as exc:
-        raise RepositoryMissing(gone_words(config, host, backend.repository(), exc)) from None
+    open_pulled(config, host, backend)
     return backend.snapshots()
 
 

@@ -37,6 +37,9 @@ def read_status(state_dir: Path) -> dict:
         return {"hosts": {}}
     if not isinstance(data, dict) or not isinstance(data.setdefault("hosts", {}), dict):
         raise ValueError("not a status file")
+    # a host's entry that is not an object is nobody's record (an outside attack's list
+    # made snapshots, check and pull end in a traceback): dropped, the others kept
+    data["hosts"] = {k: v for k, v in data["hosts"].items() if isinstance(v, dict)}
     return data
 
 
@@ -373,6 +376,10 @@ def record_maintenance(state_dir: Path, results) -> dict:
             entry["maintain_failed"] = [s.name for s in result.steps if not s.ok]
             if result.repository_size is not None:
                 entry["repository_bytes"] = result.repository_size
+            held = entry.get("snapshots")
+            if getattr(result, "scope", "") == "copy" and isinstance(held, int) and held > 0:
+                # the copy's own retention forgot these: not a loss for the next copy
+                entry["snapshots"] = max(0, held - getattr(result, "forgotten", 0))
             if result.drill is not None:
                 _record_drill(entry, result.drill, now)
             if result.hold is not None:
@@ -406,7 +413,10 @@ def record_copies(state_dir: Path, results) -> dict:
             if result.location is not None and (result.status == Status.OK or not moved):
                 entry["location"] = result.location
             entry.update(attempt=now, result=result.status, reason=result.reason)
-            if result.status == Status.OK:  # a failed run keeps the last known
+            if result.status == Status.OK or getattr(result, "counted", False):
+                # a run that failed before listing the copy keeps the last known count
+                # (the copy that is gone "held N"); one that listed it records what it
+                # holds, so a loss found is said once
                 entry.update(snapshots=result.snapshots, newest=result.newest)
             if result.status == Status.OK:
                 entry["copied"] = now

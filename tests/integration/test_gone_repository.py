@@ -74,3 +74,28 @@ def test_a_host_never_pulled_gets_its_repository_made(fleet):
     pulled = fleet.server("pull")
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     assert len(fleet.snapshots("web1")) == 1
+
+
+def test_copy_and_restore_say_a_gone_primary_is_gone(fleet, tmp_path):
+    """helper-96 saw "no pull has stored to it"; the copy said "nothing to copy" and
+    was skipped, quietly, while the primary it copies from was not there."""
+    web = fleet.add_host("web1")
+    copy_pass = tmp_path / "copy.pass"
+    copy_pass.write_text("copy-Password-31\n")
+    copy_pass.chmod(0o600)
+    fleet.write_config(
+        copy={"repository_root": str(tmp_path / "copies"), "password_file": str(copy_pass)}
+    )
+    web.make_archive({"a": b"1"})
+    assert fleet.server("pull").returncode == 0
+    assert fleet.server("copy").returncode == 0
+    (fleet.repos / "web1").rename(tmp_path / "web1.away")
+
+    copied = fleet.server("copy")
+    said = copied.stdout + copied.stderr
+    assert copied.returncode == 1, said
+    assert "web1: failed" in said and "does not exist, yet this host was pulled before" in said
+    restored = fleet.server("restore", "web1", "--target", str(tmp_path / "target"))
+    said = restored.stdout + restored.stderr
+    assert restored.returncode == 1, said
+    assert "does not exist, yet this host was pulled before" in said

@@ -23,8 +23,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -447,6 +449,81 @@ def stamp_of(archive: Path) -> str:
     match = re.search(r"-(\d{8}T\d{6}Z)\.tar", archive.name)
     assert match, archive.name
     return match.group(1)
+
+
+class SilentEndpoint:
+    """A TCP listener on loopback that accepts every connection and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def restic_children(pid: int) -> list[int]:
+    """The pids of ``restic`` processes below ``pid``."""
+    found = []
+    for child in descendants(pid):
+        try:
+            if Path(f"/proc/{child}/comm").read_text().strip() == "restic":
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+@contextlib.contextmanager
+def restic_of(proc: subprocess.Popen):
+    """Wait (60 s at most) until ``proc`` runs restic; yield the restic pids. Whatever
+    happens, ``proc`` and they are killed afterwards if still alive."""
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not children and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            children = restic_children(proc.pid)
+        assert children, f"restic never started: {proc.communicate(timeout=30)}"
+        yield children
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def all_gone(pids: list[int], within: float = 15.0) -> bool:
+    """Whether every process of ``pids`` has ended within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(alive(pid) for pid in pids)
 
 
 __all__ = ["HOSTS", "STAMP_FORMAT", "Fault", "FaultBed", "Outcome"]

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.databases import MariaDB, Postgres
+from tests.helpers.faults import SilentEndpoint
+from tests.helpers.files import secret_file
 from tests.helpers.fleet import Fleet
 
 
@@ -22,6 +24,21 @@ def fleet(tmp_path):
     fleet = Fleet(tmp_path / "fleet")
     yield fleet
     fleet.stop()
+
+
+@pytest.fixture
+def silent_fleet(tmp_path):
+    """A fleet whose web1 stores into a REST endpoint that never answers: restic waits
+    until it is killed."""
+    endpoint = SilentEndpoint()
+    fleet = Fleet(tmp_path / "fleet")
+    fleet.add_host("web1")
+    url = f"rest:http://127.0.0.1:{endpoint.port}/web1"
+    fleet.host_extra["web1"] = {"repository_file": str(secret_file(tmp_path / "web1.url", url))}
+    fleet.write_config()
+    yield fleet
+    fleet.stop()
+    endpoint.close()
 
 
 @pytest.fixture

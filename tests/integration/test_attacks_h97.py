@@ -21,10 +21,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from tests.helpers.client import ClientSandbox
-from tests.helpers.files import secret_file
+from tests.helpers.faults import SilentEndpoint, all_gone, restic_of
 from tests.helpers.fleet import Fleet
 from tests.helpers.rest_store import RestEndpoint
-from tests.integration.test_signals_by_hand import SilentEndpoint, alive, restic_children
 
 pytestmark = pytest.mark.integration
 
@@ -292,44 +291,15 @@ def test_a_borg_mirror_after_the_primarys_retention_is_no_loss(tmp_path):
 # --- 1. signals ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def silent_fleet(tmp_path):
-    endpoint = SilentEndpoint()
-    fleet = Fleet(tmp_path / "fleet")
-    fleet.add_host("web1")
-    url = f"rest:http://127.0.0.1:{endpoint.port}/web1"
-    fleet.host_extra["web1"] = {"repository_file": str(secret_file(tmp_path / "web1.url", url))}
-    fleet.write_config()
-    yield fleet
-    fleet.stop()
-    endpoint.close()
-
-
 def test_a_second_signal_leaves_no_store_tool_running(silent_fleet):
     proc = silent_fleet.server_popen("snapshots", "web1")
-    children: list[int] = []
-    try:
-        deadline = time.monotonic() + 60
-        while not children and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-            children = restic_children(proc.pid)
-        assert children, proc.communicate(timeout=30)
+    with restic_of(proc) as children:
         os.kill(proc.pid, signal.SIGINT)
         time.sleep(0.05)
         os.kill(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode in (130, -signal.SIGINT), err
-        deadline = time.monotonic() + 15
-        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(alive(pid) for pid in children), "restic ran on after pullback ended"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        assert all_gone(children), "restic ran on after pullback ended"
 
 
 def test_a_second_sigterm_still_restarts_what_a_client_run_stopped(tmp_path):

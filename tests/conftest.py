@@ -21,6 +21,7 @@ TOOL_MODULES = {
     "test_bench_smoke.py",
     "test_copy.py",
     "test_borg_lock_words.py",
+    "test_borg_split_roles.py",
     "test_database_plugins.py",
     "test_database_restore.py",
     "test_drill_databases.py",
@@ -37,24 +38,26 @@ TOOL_MODULES = {
 }
 """Integration modules whose subject is what external tools (restic, borg, rsync, rclone's
 REST server, age, the database engines) and the standard library do with pullback's files (the
-copies and groups among them: restic's copy, init and deduplication), not a Python
-library: marked ``tools`` and run once, on the current PyPI releases (test_remote_backends
-also needs moto's S3 server, a test dependency the Debian pass lacks). The Debian pass
-(Debian 12's paramiko, PyYAML, jsonschema, pluggy, Jinja2) runs every other module but
-ONCE_MODULES."""
+copies and groups among them: restic's copy, init and deduplication; borg's append-only and
+passphrase roles), not a Python library: marked ``tools`` and run once, on the current PyPI
+releases (test_remote_backends also needs moto's S3 server, a test dependency the Debian pass
+lacks). The Debian pass (Debian 12's paramiko, PyYAML, jsonschema, pluggy, Jinja2) runs every
+other module but ONCE_MODULES."""
 ONCE_MODULES = {
     "test_incremental_days.py",
     "test_incremental_pulls.py",
     "test_files_restore_attacks2.py",
     "test_server_attacks_s19.py",
+    "test_attacks_h97.py",
     "test_demo.py",
 }
 """Integration modules whose subject is pullback's own delta archives (the standard
 library's sqlite3 and hashlib, restic): 3.6 min of the Debian pass that meet no library
 the other modules do not meet there (paramiko's requests, the full request included, run
-in test_pull and test_hostile_clients); and two outside attacks of pullback's own restore
-and reporting code (races against cp, restic and borg, about 2.5 min), whose libraries
-the other modules meet there; and the README's demo, which runs in .venv whichever pass
+in test_pull and test_hostile_clients); and three outside attacks of pullback's own restore
+and reporting code (races against cp, restic and borg, about 2.5 min) and of its gone
+repositories, copies and signals (helper-97, about 1.5 min), whose libraries the other
+modules meet there; and the README's demo, which runs in .venv whichever pass
 runs it. Marked ``once``; their unit tests run on both."""
 
 
@@ -68,8 +71,11 @@ LONGEST_FIRST = (
     "system/test_disaster_recovery.py",
     "integration/test_pull.py",
     "integration/test_soak.py",
+    "integration/test_borg_split_roles.py",
+    "system/test_disaster_recovery_h96.py",
     "integration/test_drill_databases.py",
     "integration/test_copy.py",
+    "integration/test_attacks_h97.py",
     "integration/test_hostile_clients.py",
     "integration/test_database_restore.py",
     "integration/test_remote_backends.py",

@@ -26,7 +26,7 @@ from .backends.location import locate, maintenance_setting
 from .config import ServerConfig
 from .copy import gone
 from .host import HostContext
-from .missing import gone_words, maintenance_apart, missing_words, why_it_should_exist
+from .missing import gone_words, maintenance_apart, missing_failure
 from .remote import Remote
 
 
@@ -285,11 +285,11 @@ def check_repository(ctx: HostContext, good: list[str], problems: list[str]) -> 
             problems.append(unseen)
     except RepositoryMissing as exc:
         config, host = ctx.config, ctx.host
-        why = None
+        failure = None
         if maintenance_setting(config.backend, host) and not maintenance_apart(config, host):
-            why = why_it_should_exist(config, host)
-        if why is not None:
-            problems.append(f"{name}: {missing_words(config, host, backend.repository(), why)}")
+            failure = missing_failure(config, host, backend.repository())
+        if failure is not None:
+            problems.append(f"{name}: {failure}")
         elif (gone := gone_words(config, host, backend.repository())) is not None:
             problems.append(f"{name}: {gone}")
         elif config.backend.init:
@@ -314,15 +314,14 @@ def check_maintenance(ctx: HostContext, good: list[str], problems: list[str]) ->
             f"{len(backend.snapshots())} snapshot(s)"
         )
     except RepositoryMissing:
-        why = why_it_should_exist(ctx.config, ctx.host)
-        if why is None:
+        failure = missing_failure(ctx.config, ctx.host, backend.repository())
+        if failure is None:
             good.append(
                 f"{name}: maintenance repository {backend.repository()} does not exist yet "
                 "and neither does the pull location's: the first pull makes it"
             )
         else:
-            where = backend.repository()
-            problems.append(f"{name}: {missing_words(ctx.config, ctx.host, where, why)}")
+            problems.append(f"{name}: {failure}")
     except PullbackError as exc:
         problems.append(f"{name}: maintenance location: {exc}")
 

@@ -31,7 +31,7 @@ from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
 from .journal import INSTANCE_LOCK
-from .missing import missing_words, why_it_should_exist
+from .missing import missing_failure
 
 log = get_logger("maintain")
 ROTATION_FILE = "maintenance.json"
@@ -207,7 +207,7 @@ class HostMaintenance:
 
     def _missing_fails(self) -> str | None:
         """Why the missing repository is a failure, in words, or None when it can be a
-        host not pulled yet (:func:`.missing.why_it_should_exist`; a copy: when
+        host not pulled yet (:func:`.missing.missing_failure`; a copy: when
         status.json records a copy of the host)."""
         where = self.ctx.backend.repository()
         if self.result.scope == "copy":
@@ -218,8 +218,7 @@ class HostMaintenance:
                 if stored
                 else None
             )
-        why = why_it_should_exist(self.ctx.config, self.ctx.host)
-        return None if why is None else missing_words(self.ctx.config, self.ctx.host, where, why)
+        return missing_failure(self.ctx.config, self.ctx.host, where)
 
     def step(self, name: str, action: Callable[[], str]) -> bool:
         """Run one step; record and log its outcome. Returns True when it succeeded."""

@@ -126,9 +126,13 @@ def pull_side(config: ServerConfig, host: HostConfig) -> str | None:
     return "the pull location has a repository: the two reach different ones"
 
 
-def missing_words(config: ServerConfig, host: HostConfig, where: str, why: str) -> str:
-    """The failure of a maintenance repository ``where`` that does not exist and should
-    (``why``), saying which setting to check."""
+def missing_failure(config: ServerConfig, host: HostConfig, where: str) -> str | None:
+    """The failure of ``host``'s maintenance repository ``where`` that does not exist,
+    saying which setting to check and why it should exist (:func:`why_it_should_exist`);
+    None when its absence can mean a host not pulled yet."""
+    why = why_it_should_exist(config, host)
+    if why is None:
+        return None
     named = maintenance_setting(config.backend, host) or _pull_setting(config, host)
     return (
         f"the maintenance repository {where} does not exist: is {named} right? (it "

@@ -21,7 +21,7 @@ from .config import ServerConfig
 from .drill import DrillChoice, DrillResult, drill
 from .host import HostContext
 from .journal import INSTANCE_LOCK
-from .missing import missing_words, why_it_should_exist
+from .missing import missing_failure
 
 log = get_logger("verify")
 
@@ -49,7 +49,7 @@ def verify(
 def _missing(ctx: HostContext) -> DrillResult | None:
     """The drill of a repository that does not exist (nothing restored): "nothing to
     drill yet" where it can be a host not pulled yet, else a failure saying which
-    setting to check (:func:`.missing.why_it_should_exist`); None when it opens, or
+    setting to check (:func:`.missing.missing_failure`); None when it opens, or
     fails otherwise (the drill says how)."""
     try:
         ctx.backend.prepare(create=False)
@@ -59,13 +59,12 @@ def _missing(ctx: HostContext) -> DrillResult | None:
     except PullbackError:
         return None
     result = DrillResult(ctx.name)
-    why = why_it_should_exist(ctx.config, ctx.host)
-    if why is None:
+    failure = missing_failure(ctx.config, ctx.host, ctx.backend.repository())
+    if failure is None:
         result.waiting = True
         result.notes.append("nothing to drill yet: no repository")
     else:
-        where = ctx.backend.repository()
-        result.problems.append(missing_words(ctx.config, ctx.host, where, why))
+        result.problems.append(failure)
     return result
 
 

@@ -18,14 +18,15 @@ from pathlib import Path
 from ..common.archive import listed
 from ..common.archive.manifest import MANIFEST_NAME
 from ..common.clock import iso
-from ..common.errors import PullbackError, UsageError
+from ..common.errors import Interrupted, PullbackError, UsageError
 from ..common.fsutil import free_bytes
 from ..common.text import counted, printable
 from ..common.units import human_duration, human_size
 from . import status_file
-from .backends import Role, Snapshot, named, plausible
+from .backends import RepositoryMissing, Role, Snapshot, named, plausible
 from .db_proof import DatabaseProof, ProofSettings, ProofState, prove_databases
 from .host import HostContext
+from .missing import missing_failure
 
 CHUNK = 1 << 20
 SHOWN = 20
@@ -295,13 +296,52 @@ def _pick(
 
 def _chosen(ctx: HostContext, choice: DrillChoice, result: DrillResult) -> Snapshot | None:
     """The snapshot to drill, or None when the host has none a drill can prove (the
-    problem noted in ``result``). Raises UsageError as :func:`_named`."""
-    listed = ctx.backend.snapshots()
+    problem noted in ``result``). Raises UsageError as :func:`_named`, PullbackError when
+    the snapshots cannot be listed (:func:`_listed`)."""
+    listed = _listed(ctx, result)
+    if listed is None:
+        return None
     result.listed = frozenset(s.id for s in listed)
     if choice.snapshot is not None:
         return _named(listed, choice.snapshot, ctx.host.name)
     snapshots = _provable(ctx, listed, result)
     return _pick(ctx, snapshots, choice.random, result) if snapshots else None
+
+
+def _listed(ctx: HostContext, result: DrillResult) -> list[Snapshot] | None:
+    """The host's snapshots, or None when its repository does not exist: ``result`` then
+    says "nothing to drill yet" where it can be a host not pulled yet, else which setting
+    to check (:func:`.missing.missing_failure`). Only a listing that failed opens the
+    repository again to tell, so a drill costs no extra restic or borg. Raises the
+    listing's PullbackError otherwise."""
+    try:
+        return ctx.backend.snapshots()
+    except Interrupted:
+        raise
+    except PullbackError as listing:
+        if not _missing(ctx):
+            raise listing from None
+    failure = missing_failure(ctx.config, ctx.host, ctx.backend.repository())
+    if failure is None:
+        result.waiting = True
+        result.notes.append("nothing to drill yet: no repository")
+    else:
+        result.problems.append(failure)
+    return None
+
+
+def _missing(ctx: HostContext) -> bool:
+    """Whether the host's repository does not exist (opened, changing nothing). Raises
+    Interrupted."""
+    try:
+        ctx.backend.prepare(create=False)
+    except RepositoryMissing:
+        return True
+    except Interrupted:
+        raise
+    except PullbackError:
+        return False
+    return False
 
 
 def _drill(ctx: HostContext, choice: DrillChoice) -> DrillResult:

@@ -11,17 +11,16 @@ import argparse
 import dataclasses
 
 from ..common.cli import print_json
-from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError, UsageError
+from ..common.errors import EXIT_FAILED, EXIT_OK, UsageError
 from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.signals import SignalGuard
 from . import status_file
-from .backends import RepositoryMissing, Role
+from .backends import Role
 from .config import ServerConfig
 from .drill import DrillChoice, DrillResult, drill
 from .host import HostContext
 from .journal import INSTANCE_LOCK
-from .missing import missing_failure
 
 log = get_logger("verify")
 
@@ -41,31 +40,9 @@ def verify(
     with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
         for host in hosts:  # one at a time: each drill may fill the scratch space
             ctx = HostContext.open(config, host, role=Role.MAINTAIN)
-            results.append(_missing(ctx) or drill(ctx, choice))
+            results.append(drill(ctx, choice))
         status_file.record_drills(config.state_dir, results)
     return (EXIT_FAILED if any(r.failed for r in results) else EXIT_OK), results
-
-
-def _missing(ctx: HostContext) -> DrillResult | None:
-    """The drill of a repository that does not exist (nothing restored): "nothing to
-    drill yet" where it can be a host not pulled yet, else a failure saying which
-    setting to check (:func:`.missing.missing_failure`); None when it opens, or
-    fails otherwise (the drill says how)."""
-    try:
-        ctx.backend.prepare(create=False)
-        return None
-    except RepositoryMissing:
-        pass
-    except PullbackError:
-        return None
-    result = DrillResult(ctx.name)
-    failure = missing_failure(ctx.config, ctx.host, ctx.backend.repository())
-    if failure is None:
-        result.waiting = True
-        result.notes.append("nothing to drill yet: no repository")
-    else:
-        result.problems.append(failure)
-    return result
 
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:

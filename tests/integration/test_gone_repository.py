@@ -7,7 +7,13 @@ by following docs/disaster-recovery.md's unpack step a second time."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+
+from tests.helpers.files import secret_file
+from tests.helpers.rest_store import RestEndpoint
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +105,58 @@ def test_copy_and_restore_say_a_gone_primary_is_gone(fleet, tmp_path):
     said = restored.stdout + restored.stderr
     assert restored.returncode == 1, said
     assert "does not exist, yet this host was pulled before" in said
+
+
+def _logging_restic(tmp_path) -> tuple[dict, object]:
+    """An environment whose ``restic`` logs each command's first word (then runs the
+    tests' restic), and the log."""
+    log = tmp_path / "restic.log"
+    bin_dir = tmp_path / "logging-bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "restic"
+    found = [d for d in os.environ["PATH"].split(os.pathsep) if (Path(d) / "restic").exists()]
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'for a in "$@"; do case "$a" in -*) ;; *) echo "$a" >> {log}; break;; esac; done\n'
+        f'exec {Path(found[0]) / "restic"} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, log
+
+
+def test_verify_says_a_missing_repository_without_opening_a_present_one_twice(fleet, tmp_path):
+    # a REST store (rclone serve restic): a local repository is seen without restic
+    store = tmp_path / "store"
+    store.mkdir()
+    endpoint = RestEndpoint(store, append_only=False).start()
+    try:
+        web = fleet.add_host("web1")
+        url = secret_file(tmp_path / "web1.url", endpoint.url("web1"))
+        fleet.host_extra["web1"] = {"repository_file": str(url)}
+        fleet.write_config()
+        env, log = _logging_restic(tmp_path)
+
+        new = fleet.server("verify", "--host", "web1", env=env)
+        said = new.stdout + new.stderr
+        assert new.returncode == 0, said
+        assert "nothing to drill yet: no repository" in said
+
+        web.make_archive({"site/index.html": b"<h1>day 1</h1>"})
+        assert fleet.server("pull").returncode == 0
+        log.unlink()
+        drilled = fleet.server("verify", "--host", "web1", env=env)
+        assert drilled.returncode == 0, drilled.stdout + drilled.stderr
+        commands = log.read_text().split()
+        # the listing and two restores: no "cat config" first to see that it exists
+        assert commands == ["snapshots", "restore", "restore"], commands
+
+        # gone from the store (rclone caches the listing it served: started again)
+        endpoint.stop()
+        (store / "web1").rename(tmp_path / "web1.away")
+        endpoint = RestEndpoint(store, append_only=False, port=endpoint.port).start()
+        gone = fleet.server("verify", "--host", "web1", env=env)
+        said = gone.stdout + gone.stderr
+        assert gone.returncode == 1, said
+        assert "does not exist" in said and "this host was pulled before" in said
+    finally:
+        endpoint.stop()

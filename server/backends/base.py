@@ -166,10 +166,7 @@ class RepositoryBackend(ABC):
                 f"{self.said(exc)}"
             )
         if self.wrong_password(exc):
-            return BackendError(
-                f"wrong password for the {self.name} repository {self.repository()} "
-                f"(password_file {self.password_file})"
-            )
+            return BackendError(self.password_words())
         if self.locked(exc):
             holder = self.lock_holder(exc)
             return RepositoryLocked(
@@ -179,6 +176,13 @@ class RepositoryBackend(ABC):
         said = self.said(exc)
         return BackendError(
             f"{self.name} failed on {self.repository()}: {said}{ssh_words(exc, said)}"
+        )
+
+    def password_words(self) -> str:
+        """What a refused password says."""
+        return (
+            f"wrong password for the {self.name} repository {self.repository()} "
+            f"(password_file {self.password_file})"
         )
 
     def said(self, exc: CommandError) -> str:

@@ -249,6 +249,18 @@ REFUSED_DELETE = ("blob not removed, server response: 403 Forbidden",)
 """What restic's REST backend says when the server refuses a deletion (append-only)."""
 
 
+def _holds_keys(local: Path) -> bool:
+    """Whether the local repository ``local`` has a key file (or its ``keys/`` cannot be
+    read: not said to have none)."""
+    try:
+        with os.scandir(local / "keys") as keys:
+            return any(True for _ in keys)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
 class ResticBackend(RepositoryBackend):
     name = "restic"
     WRONG_PASSWORD = ("wrong password", "no key found")
@@ -321,6 +333,26 @@ class ResticBackend(RepositoryBackend):
                 f"{self.file_hint(reason)}"
             )
         return super().explain(exc)
+
+    def password_words(self) -> str:
+        """As every backend's, but restic says "wrong password or no key found" for a
+        repository without keys too (its ``keys/`` emptied, or a REST server still serving
+        a listing of a directory removed behind it): a local repository's ``config`` and
+        ``keys/`` are looked at, a remote one's alternative said."""
+        said = super().password_words()
+        local = local_path(self.repository())
+        if local is None:
+            return (
+                f'{said}, or it holds no key (restic says "wrong password or no key found" '
+                "for both: a store that lost the repository's keys/ says the same)"
+            )
+        if not (local / "config").is_file() or _holds_keys(local):
+            return said
+        return (
+            f"the restic repository {self.repository()} holds no key (its keys/ is empty "
+            "or missing), so no password opens it: was it damaged or deleted in part? "
+            f'(restic said "wrong password or no key found"; password_file {self.password_file})'
+        )
 
     def file_hint(self, reason: str) -> str:
         """What to check in the file the location came from, as words to append to

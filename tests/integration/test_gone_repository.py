@@ -150,9 +150,14 @@ def test_verify_says_a_missing_repository_without_opening_a_present_one_twice(fl
         # the listing and two restores: no "cat config" first to see that it exists
         assert commands == ["snapshots", "restore", "restore"], commands
 
-        # gone from the store (rclone caches the listing it served: started again)
-        endpoint.stop()
+        # gone from the store behind rclone's back: it still serves the listing it
+        # cached, without keys, and restic says "wrong password or no key found"
         (store / "web1").rename(tmp_path / "web1.away")
+        cached = fleet.server("verify", "--host", "web1", env=env)
+        said = cached.stdout + cached.stderr
+        assert cached.returncode == 1, said
+        assert "or it holds no key" in said and "nothing to drill yet" not in said
+        endpoint.stop()  # started again, it says the repository is not there
         endpoint = RestEndpoint(store, append_only=False, port=endpoint.port).start()
         gone = fleet.server("verify", "--host", "web1", env=env)
         said = gone.stdout + gone.stderr
@@ -160,3 +165,20 @@ def test_verify_says_a_missing_repository_without_opening_a_present_one_twice(fl
         assert "does not exist" in said and "this host was pulled before" in said
     finally:
         endpoint.stop()
+
+
+def test_a_repository_whose_keys_are_gone_is_not_said_to_be_a_wrong_password(fleet):
+    web = fleet.add_host("web1")
+    fleet.write_config()
+    web.make_archive({"a": b"1"})
+    assert fleet.server("pull").returncode == 0
+    repo = fleet.repos / "web1"
+    for key in (repo / "keys").iterdir():
+        key.unlink()  # deleted in part
+
+    for argv in (("snapshots", "web1"), ("pull",)):
+        ran = fleet.server(*argv)
+        said = ran.stdout + ran.stderr
+        assert ran.returncode == 1, said
+        assert f"the restic repository {repo} holds no key" in said, said
+        assert "wrong password for" not in said

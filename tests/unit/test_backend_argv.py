@@ -254,6 +254,43 @@ def test_a_wrong_password_is_said_so(server_config, kind, tail):
         backend.prepare()
 
 
+def test_a_restic_repository_without_keys_is_not_said_to_be_a_wrong_password(server_config):
+    """restic says "wrong password or no key found" for both: a local repository's keys/
+    tells which; a remote one's message names the other possibility."""
+    import dataclasses
+
+    from pullback.server.backends import make_backend
+    from tests.helpers.fakes import ScriptedRunner
+
+    tail = "Fatal: wrong password or no key found"
+    backend = backend_of("restic", server_config, ScriptedRunner(failure(tail)))
+    repository = Path(backend.repository())
+    (repository / "keys").mkdir(parents=True)
+    (repository / "config").write_bytes(b"x")
+    with pytest.raises(BackendError) as keyless:
+        backend.snapshots()
+    assert f"the restic repository {repository} holds no key" in str(keyless.value)
+    assert "wrong password for" not in str(keyless.value)
+
+    (repository / "keys" / ("0" * 64)).write_bytes(b"{}")
+    backend = backend_of("restic", server_config, ScriptedRunner(failure(tail)))
+    with pytest.raises(BackendError) as refused:
+        backend.snapshots()
+    assert str(refused.value) == (
+        f"wrong password for the restic repository {repository} "
+        f"(password_file {backend.password_file})"
+    )
+
+    host = dataclasses.replace(server_config.host("web1"), repository="rest:http://[::1]:9/web1/")
+    remote = make_backend(
+        server_config.backend, host, server_config.state_dir, ScriptedRunner(failure(tail)), 1.0
+    )
+    with pytest.raises(BackendError) as either:
+        remote.snapshots()
+    assert str(either.value).startswith("wrong password for the restic repository rest:")
+    assert "or it holds no key" in str(either.value)
+
+
 @pytest.mark.parametrize(
     ("kind", "tail", "said"),
     [

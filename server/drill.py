@@ -368,6 +368,8 @@ def _drill(ctx: HostContext, choice: DrillChoice) -> DrillResult:
         for includes in ([MANIFEST_NAME], ["services"]):
             try:
                 backend.restore(snapshot, scratch, includes)
+            except Interrupted:
+                raise
             except PullbackError as exc:
                 result.problems.append(f"the restore reported: {exc}")
         check_tree(scratch, result)
@@ -383,8 +385,8 @@ def _drill(ctx: HostContext, choice: DrillChoice) -> DrillResult:
                 f"database {p.summary}" for p in result.databases if p.state == ProofState.FAILED
             ]
         result.ok = not result.problems
-    except UsageError:
-        raise
+    except (UsageError, Interrupted):
+        raise  # a drill stopped by hand is no failed drill: nothing is recorded of it
     except PullbackError as exc:
         result.problems.append(str(exc))
     except OSError as exc:

@@ -200,6 +200,8 @@ class HostMaintenance:
                 return False
             self.result.status = Status.SKIPPED
             self.result.steps.append(Step("repository", True, "none yet: nothing to maintain"))
+        except Interrupted:
+            raise
         except PullbackError as exc:
             self.result.status = Status.FAILED
             self.result.steps.append(Step("repository", False, str(exc)))
@@ -331,6 +333,8 @@ class HostMaintenance:
         if self._removed is None and any(s.name == "forget" for s in self.result.steps):
             try:
                 listed = self.ctx.backend.snapshots()
+            except Interrupted:
+                raise
             except PullbackError:
                 return None  # keep what was recorded ({} would drop it)
         gone = set(self._removed or ())

@@ -38,10 +38,13 @@ def verify(
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server verify")
     results = []
     with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
-        for host in hosts:  # one at a time: each drill may fill the scratch space
-            ctx = HostContext.open(config, host, role=Role.MAINTAIN)
-            results.append(drill(ctx, choice))
-        status_file.record_drills(config.state_dir, results)
+        try:
+            for host in hosts:  # one at a time: each drill may fill the scratch space
+                ctx = HostContext.open(config, host, role=Role.MAINTAIN)
+                results.append(drill(ctx, choice))
+        finally:  # stopped by a signal: the drills that ended, not the one it cut
+            if results:
+                status_file.record_drills(config.state_dir, results)
     return (EXIT_FAILED if any(r.failed for r in results) else EXIT_OK), results
 
 

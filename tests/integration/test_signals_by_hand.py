@@ -36,3 +36,21 @@ def test_a_command_killed_by_hand_leaves_no_store_tool_running(silent_fleet, arg
         assert proc.returncode == 128 + sig, err
         assert f"interrupted by {sig.name}" in err, err
         assert all_gone(children), "restic ran on after pullback ended"
+
+
+def test_a_verify_stopped_by_hand_records_no_drill_and_drills_no_other_host(silent_fleet):
+    """A drill cut short by the administrator is no failed drill: nothing about it, or
+    about the hosts after it, goes into status.json (a failed one would alarm until a
+    drill passes)."""
+    silent_fleet.add_host("web2")
+    silent_fleet.write_config()
+    status = silent_fleet.state / "status.json"
+    before = status.read_bytes() if status.exists() else None
+    proc = silent_fleet.server_popen("verify")
+    with restic_of(proc) as children:
+        os.kill(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143, err
+        assert all_gone(children), "restic ran on after pullback ended"
+    assert "web2" not in out + err, out + err
+    assert (status.read_bytes() if status.exists() else None) == before

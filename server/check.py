@@ -287,7 +287,7 @@ def check_repository(ctx: HostContext, good: list[str], problems: list[str]) -> 
         config, host = ctx.config, ctx.host
         failure = None
         if maintenance_setting(config.backend, host) and not maintenance_apart(config, host):
-            failure = missing_failure(config, host, backend.repository())
+            failure = missing_failure(config, host, backend.repository(), ctx.cancel)
         if failure is not None:
             problems.append(f"{name}: {failure}")
         elif (gone := gone_words(config, host, backend.repository())) is not None:
@@ -314,7 +314,7 @@ def check_maintenance(ctx: HostContext, good: list[str], problems: list[str]) ->
             f"{len(backend.snapshots())} snapshot(s)"
         )
     except RepositoryMissing:
-        failure = missing_failure(ctx.config, ctx.host, backend.repository())
+        failure = missing_failure(ctx.config, ctx.host, backend.repository(), ctx.cancel)
         if failure is None:
             good.append(
                 f"{name}: maintenance repository {backend.repository()} does not exist yet "

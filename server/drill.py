@@ -300,6 +300,11 @@ def _chosen(ctx: HostContext, choice: DrillChoice, result: DrillResult) -> Snaps
     the snapshots cannot be listed (:func:`_listed`)."""
     listed = _listed(ctx, result)
     if listed is None:
+        if choice.snapshot is not None:  # nothing recorded, as for any snapshot not held
+            said = "; ".join(result.problems + result.notes)
+            raise UsageError(
+                f"no single snapshot {printable(choice.snapshot, 80)!r} of {ctx.host.name}: {said}"
+            )
         return None
     result.listed = frozenset(s.id for s in listed)
     if choice.snapshot is not None:
@@ -321,7 +326,7 @@ def _listed(ctx: HostContext, result: DrillResult) -> list[Snapshot] | None:
     except PullbackError as listing:
         if not _missing(ctx):
             raise listing from None
-    failure = missing_failure(ctx.config, ctx.host, ctx.backend.repository())
+    failure = missing_failure(ctx.config, ctx.host, ctx.backend.repository(), ctx.cancel)
     if failure is None:
         result.waiting = True
         result.notes.append("nothing to drill yet: no repository")

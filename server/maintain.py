@@ -220,7 +220,7 @@ class HostMaintenance:
                 if stored
                 else None
             )
-        return missing_failure(self.ctx.config, self.ctx.host, where)
+        return missing_failure(self.ctx.config, self.ctx.host, where, self.ctx.cancel)
 
     def step(self, name: str, action: Callable[[], str]) -> bool:
         """Run one step; record and log its outcome. Returns True when it succeeded."""

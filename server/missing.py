@@ -4,6 +4,8 @@ maintenance-only machine's location reported as "ok, skipped: none yet" for ever
 
 from __future__ import annotations
 
+import threading
+
 from ..common.errors import PullbackError
 from . import status_file
 from .backends import Backend, RepositoryMissing
@@ -16,6 +18,9 @@ PULL_RECORDS = ("newest_snapshot", "last_success", "snapshot_id")
 STORE_RECORDS = ("newest_snapshot", "snapshot_id")
 """Those of :data:`PULL_RECORDS` only a stored snapshot leaves (a pull that skipped a
 busy client records ``last_success`` before any store)."""
+DRILL_RECORDS = ("last_verified_snapshot",)
+"""What status.json keeps of a drill that proved a snapshot of the host: its repository
+held one (a maintenance-only machine records no pull, only its drills)."""
 
 
 def pulled_before(
@@ -37,7 +42,8 @@ def pulled_before(
         if recorded is None:
             continue
         who = "this host" if member is host else f"{member.name} of its group"
-        return f"{who} was pulled before, status.json has its {recorded} {entry[recorded]}"
+        what = "had a snapshot proven here" if recorded in DRILL_RECORDS else "was pulled before"
+        return f"{who} {what}, status.json has its {recorded} {entry[recorded]}"
     if host.adopt_host:
         return f"it adopts the snapshots of {host.adopt_host} (adopt_host), which must be in it"
     return None
@@ -90,20 +96,23 @@ def maintenance_apart(config: ServerConfig, host: HostConfig) -> bool:
         return True
 
 
-def why_it_should_exist(config: ServerConfig, host: HostConfig) -> str | None:
+def why_it_should_exist(
+    config: ServerConfig, host: HostConfig, cancel: threading.Event | None = None
+) -> str | None:
     """Why ``host``'s maintenance repository must exist, in words, or None when its
     absence can mean a host not pulled yet. It must when status.json records a pull of
-    the host, when its maintenance location is apart from its pull location and the
-    pull location has a repository or cannot be opened (:func:`pull_side`), or when
-    this machine has no pull recorded at all and the location, also the pull location,
-    is set for maintenance (the maintenance-only machine of docs/scaling.md, *Split
-    roles*)."""
+    the host or a drill that proved one of its snapshots, when its maintenance location
+    is apart from its pull location and the pull location has a repository or cannot be
+    opened (:func:`pull_side`), or when this machine has no pull recorded at all and the
+    location, also the pull location, is set for maintenance (the maintenance-only
+    machine of docs/scaling.md, *Split roles*). ``cancel``: the host's deadline, which
+    stops opening the pull location."""
     hosts = status_file.load_status(config.state_dir)["hosts"]
-    before = pulled_before(config, host, PULL_RECORDS)
+    before = pulled_before(config, host, PULL_RECORDS + DRILL_RECORDS)
     if before:
         return before
     if maintenance_apart(config, host):
-        return pull_side(config, host)
+        return pull_side(config, host, cancel)
     pulled = any(
         isinstance(e, dict) and any(e.get(k) for k in PULL_RECORDS) for e in hosts.values()
     )
@@ -112,13 +121,15 @@ def why_it_should_exist(config: ServerConfig, host: HostConfig) -> str | None:
     return None
 
 
-def pull_side(config: ServerConfig, host: HostConfig) -> str | None:
+def pull_side(
+    config: ServerConfig, host: HostConfig, cancel: threading.Event | None = None
+) -> str | None:
     """Why a missing maintenance repository apart from ``host``'s pull location is a
     mistake, in words, or None when the pull location has no repository yet either (a
     pull server before the host's first pull, which makes the one both reach). Opens
-    the pull location, changing nothing."""
+    the pull location, changing nothing, until ``cancel`` is set (the host's deadline)."""
     try:
-        HostContext.open(config, host).backend.prepare(create=False)
+        HostContext.open(config, host, cancel).backend.prepare(create=False)
     except RepositoryMissing:
         return None
     except PullbackError:
@@ -126,11 +137,13 @@ def pull_side(config: ServerConfig, host: HostConfig) -> str | None:
     return "the pull location has a repository: the two reach different ones"
 
 
-def missing_failure(config: ServerConfig, host: HostConfig, where: str) -> str | None:
+def missing_failure(
+    config: ServerConfig, host: HostConfig, where: str, cancel: threading.Event | None = None
+) -> str | None:
     """The failure of ``host``'s maintenance repository ``where`` that does not exist,
-    saying which setting to check and why it should exist (:func:`why_it_should_exist`);
-    None when its absence can mean a host not pulled yet."""
-    why = why_it_should_exist(config, host)
+    saying which setting to check and why it should exist (:func:`why_it_should_exist`,
+    ``cancel`` as there); None when its absence can mean a host not pulled yet."""
+    why = why_it_should_exist(config, host, cancel)
     if why is None:
         return None
     named = maintenance_setting(config.backend, host) or _pull_setting(config, host)

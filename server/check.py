@@ -7,9 +7,10 @@ import os
 import shutil
 from pathlib import Path
 
+from ..common import signals
 from ..common.cli import print_json
 from ..common.config import load_validated, secret_file_problems
-from ..common.errors import EXIT_FAILED, EXIT_OK, PullbackError
+from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, PullbackError
 from ..common.sandbox import (
     CLIENT_CONFIG,
     HOMES,
@@ -242,6 +243,8 @@ def check_client(ctx: HostContext, good: list[str], problems: list[str]) -> None
     try:
         with Remote(ctx.host, ctx.config.ssh, ctx.runner) as remote:
             listing = remote.list_archives()
+    except Interrupted:
+        raise
     except PullbackError as exc:
         problems.append(_of_host(name, exc))
         return
@@ -298,6 +301,8 @@ def check_repository(ctx: HostContext, good: list[str], problems: list[str]) -> 
             )
         else:
             problems.append(_of_host(name, exc))
+    except Interrupted:
+        raise
     except PullbackError as exc:
         problems.append(_of_host(name, exc))
 
@@ -322,6 +327,8 @@ def check_maintenance(ctx: HostContext, good: list[str], problems: list[str]) ->
             )
         else:
             problems.append(f"{name}: {failure}")
+    except Interrupted:
+        raise
     except PullbackError as exc:
         problems.append(f"{name}: maintenance location: {exc}")
 
@@ -367,6 +374,7 @@ def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[st
             good.append(f"{setting} {output}: writable{by}")
     # every host is tried whatever is wrong locally: all problems at once, one round
     for host in config.select_hosts(names):
+        signals.refuse_if_stopping()  # stopped by hand: no next host (paramiko runs no tool)
         ctx = HostContext.open(config, host)
         local = local_path(os.path.normpath(ctx.backend.repository()))
         said = repository_problem(local, allowed) if local is not None else None

@@ -54,3 +54,17 @@ def test_a_verify_stopped_by_hand_records_no_drill_and_drills_no_other_host(sile
         assert all_gone(children), "restic ran on after pullback ended"
     assert "web2" not in out + err, out + err
     assert (status.read_bytes() if status.exists() else None) == before
+
+
+def test_a_check_stopped_by_hand_reaches_no_other_host(silent_fleet):
+    """paramiko's connections are no tool the runner refuses to start: the first signal
+    ended the host's restic, and check went on to connect to every other client."""
+    silent_fleet.add_host("web2")
+    silent_fleet.write_config()
+    proc = silent_fleet.server_popen("check")
+    with restic_of(proc) as children:
+        os.kill(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143, err
+        assert all_gone(children), "restic ran on after pullback ended"
+    assert "web2" not in out + err, out + err

@@ -32,6 +32,7 @@ from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
 from .journal import INSTANCE_LOCK
 from .missing import missing_failure
+from .retention import select
 
 log = get_logger("maintain")
 ROTATION_FILE = "maintenance.json"
@@ -41,6 +42,10 @@ the repository (named in the words of a tamper hold)."""
 TAMPERED = "tampered"
 """The ``kind`` of a hold made because snapshots vanished, appeared in the past or were
 rewritten: nothing of the repository is compacted (pruned) while it lasts."""
+
+
+def _time_of(snapshot: Snapshot) -> dt.datetime:
+    return snapshot.time
 
 
 class ForgetWaits(PullbackError):
@@ -182,9 +187,39 @@ class HostMaintenance:
         elif not self.step("guard", self.guard):
             self.skipped("forget", "the ransomware guard did not clear it (see guard)")
         else:
+            self._record_forgetting()
             self.step("forget", self.forget)
         if self._watching and any(s.name == "guard" and s.ok for s in self.result.steps):
             self.result.seen = self._seen_after_forget()
+            if self.result.seen is not None:
+                self._record_seen(self.result.seen)
+
+    def _record_forgetting(self) -> None:
+        """Before forget: record the snapshots as they will be once the retention policy's
+        removals are made (:func:`.retention.select`, the rules restic applies), those
+        removals named as forgotten. A run stopped during forget (a SIGTERM, a crash)
+        then leaves no record the next guard reads as snapshots deleted behind its
+        back; one that removed none of them yet finds them named as forgotten, not as
+        new ones."""
+        if not self._watching:
+            return
+        try:
+            kept, removed = select(self._snapshots(), self.ctx.host.retention, _time_of)
+        except ValueError:
+            return  # forget refuses the policy too
+        if removed:
+            self._record_seen(guard.seen(kept, utc_now(), [s.id for s in removed]))
+
+    def _record_seen(self, seen: dict) -> None:
+        """Save ``seen`` as the host's ``guard_seen`` now (:func:`.status_file.
+        record_guard_seen`); the end of the run saves it again. A failure is logged:
+        the end of the run tries again."""
+        try:
+            status_file.record_guard_seen(self.ctx.config.state_dir, self.ctx.name, seen)
+        except Interrupted:
+            raise
+        except (PullbackError, OSError) as exc:
+            self.ctx.log.warning("could not record what the guard saw: %s", exc)
 
     def open_repository(self) -> bool:
         """True when there is a repository to maintain. A missing one is a skip ("none

@@ -392,6 +392,18 @@ def record_maintenance(state_dir: Path, results) -> dict:
         return _save(state_dir, status)
 
 
+def record_guard_seen(state_dir: Path, host: str, seen: dict) -> dict:
+    """Record at once what the ransomware guard saw of ``host``'s repository
+    (``guard_seen``, :func:`.guard.seen`), before the maintenance's end records it
+    again: a run stopped after its forget (a SIGTERM during prune or check, a crash)
+    otherwise left the record of before it, and the next guard read the snapshots that
+    forget removed as deleted behind its back. The host's own repository only."""
+    with _locked(state_dir):
+        status = load_status(state_dir)
+        status["hosts"].setdefault(host, {})["guard_seen"] = seen
+        return _save(state_dir, status)
+
+
 def record_copies(state_dir: Path, results) -> dict:
     """Record copy runs (``pullback-server copy``) in each host's ``copy`` entry: the
     attempt, its result and reason, what the copy holds, when it last succeeded, and

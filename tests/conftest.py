@@ -29,6 +29,7 @@ TOOL_MODULES = {
     "test_export_recovery.py",
     "test_hostile_archives.py",
     "test_maintenance.py",
+    "test_maintain_stopped.py",
     "test_partial_snapshots.py",
     "test_ransomware_guard.py",
     "test_remote_backends.py",

@@ -570,8 +570,13 @@ class HostPull:
         record is missing or fresh, :meth:`due` asks the repository. A record older than
         the truth (a snapshot stored by another tool) costs at most one snapshot more;
         the repository's list still decides, before storing, whether the archive is
-        already there (:meth:`still_chosen`)."""
+        already there (:meth:`still_chosen`). A host whose last pull failed is due too:
+        the next firing tries it again (a repository password mended after a failed run
+        left ``status`` failing until the snapshot grew old, up to ``min_interval``)."""
         entry = status_file.load_status(self.ctx.config.state_dir)["hosts"].get(self.ctx.name)
+        if isinstance(entry, dict) and entry.get("last_result") == Status.FAILED:
+            self.ctx.log.info("its last pull failed: trying again")
+            return True
         newest = entry.get("newest_snapshot") if isinstance(entry, dict) else None
         try:
             seconds = signed_age(newest, utc_now()) if isinstance(newest, str) else None

@@ -81,8 +81,9 @@ def record(
         now = iso(utc_now())
         for result in results:
             entry = status["hosts"].setdefault(result.host, {})
-            if result.fresh:
+            if result.fresh and entry.get("last_result") != Status.FAILED:
                 # a quiet skip: the host is fine; only say when it was last looked at
+                # (after a failure it is recorded: the failure is over)
                 entry["last_checked"] = result.started or now
                 if result.newest_snapshot:  # the repository's word: corrects an older record
                     entry["newest_snapshot"] = result.newest_snapshot

@@ -273,6 +273,30 @@ def test_retry_until_fresh(fleet):
         sink.stop()
 
 
+def test_a_fresh_host_whose_pull_failed_is_tried_again_at_the_next_firing(fleet):
+    """helper-100, following docs/monitoring.md in a booted root: a wrong repository
+    password failed a fresh host's firing; once mended, the next firings skipped it as
+    fresh and ``status`` said "failed" (exit 1) until the snapshot was min_interval old."""
+    host = fleet.add_host("web1")
+    host.make_archive()
+    assert fleet.server("pull", "--if-due").returncode == 0
+    good = fleet.password_file.read_text()
+    fleet.password_file.write_text("not-the-one-4711\n")
+    failed = fleet.server("pull", "--if-due")
+    assert failed.returncode == 1, failed.stderr
+    assert "wrong password" in failed.stderr
+    fleet.password_file.write_text(good)  # mended
+    mended = fleet.server("pull", "--if-due")  # the next hourly firing
+    assert mended.returncode == 0, mended.stderr
+    assert "its last pull failed: trying again" in mended.stderr, mended.stderr
+    status = fleet.server("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    entry = json.loads(fleet.server("status", "--json").stdout)["hosts"]["web1"]
+    assert entry["last_result"] != "failed" and not entry["problem"]
+    quiet = fleet.server("pull", "--if-due")  # and after that, fresh again
+    assert quiet.returncode == 0 and "skipped: fresh" in quiet.stderr
+
+
 def test_client_if_due_failure_mail_pings_and_metrics(tmp_path, http):
     sink = SmtpSink().start()
     try:

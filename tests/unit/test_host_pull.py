@@ -880,11 +880,26 @@ def test_a_quiet_skip_corrects_the_recorded_newest_snapshot(tmp_path):
     snapshot: an older record (which spares waiting for the repository) is corrected."""
     from pullback.server.results import HostResult
 
-    status_file.record(tmp_path, [HostResult("web1", newest_snapshot="2026-11-01T00:00:00Z")])
+    before = HostResult("web1", status=Status.STORED, newest_snapshot="2026-11-01T00:00:00Z")
+    status_file.record(tmp_path, [before])
     fresh = HostResult("web1", status=Status.SKIPPED, fresh=True)
     fresh.newest_snapshot = "2026-11-30T11:00:00Z"
     entry = status_file.record(tmp_path, [fresh])["hosts"]["web1"]
     assert entry["newest_snapshot"] == "2026-11-30T11:00:00Z" and "last_checked" in entry
+    assert entry["last_result"] == Status.STORED and len(entry["history"]) == 1
+
+
+def test_a_quiet_skip_after_a_failed_pull_ends_the_failure(tmp_path):
+    """A host whose last pull failed and whose retry found nothing new (its newest
+    archive already stored) is recorded as skipped, no longer failed."""
+    from pullback.server.results import HostResult
+
+    status_file.record(tmp_path, [HostResult("web1", reason="wrong password")])
+    fresh = HostResult("web1", status=Status.SKIPPED, fresh=True, reason="already stored")
+    entry = status_file.record(tmp_path, [fresh])["hosts"]["web1"]
+    assert entry["last_result"] == Status.SKIPPED and not entry["problem"]
+    assert entry["reason"] == "already stored"
+    assert [h["result"] for h in entry["history"]] == [Status.FAILED, Status.SKIPPED]
 
 
 @pytest.mark.parametrize(

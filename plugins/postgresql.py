@@ -127,8 +127,10 @@ def _explain(exc: CommandError, what: str) -> TaskError:
         hint = "the server refused the password (check password_file or ~/.pgpass)"
     elif "Peer authentication failed" in text:
         hint = (
-            "peer authentication refused the connection: on a stock Debian PostgreSQL set "
-            "run_as: postgres (and no user), or give a user with a password_file"
+            "peer authentication refused the connection (the local socket checks the "
+            "system user, not a password): on a stock Debian PostgreSQL set run_as: "
+            "postgres (and no user), or give a user with a password_file and host: "
+            "localhost (a password is checked over TCP)"
         )
     elif 'role "' in text and "does not exist" in text:
         hint = f"{tool_said(exc, 1)} (set user:, or run_as: postgres for peer authentication)"

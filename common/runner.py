@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -52,13 +53,34 @@ def _fork_failure(text: str) -> str:
     return last[:300]
 
 
-def _uncapped() -> None:
-    """In a command's process, before it runs: lift the address-space cap that a host's
-    pull process holds itself to (server.host_process). The command's memory is its own
-    (restic and borg need theirs); the cap is for the Python that reads a client's bytes."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+_PR_SET_PDEATHSIG = 1
+try:
+    _LIBC: Any = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - a libc is always there on Debian
+    _LIBC = None
+
+
+def _in_child(parent: int) -> Callable[[], None]:
+    """What a command's process does before it runs (``parent``: pullback's pid):
+
+    - it is killed when the thread that started it ends (PR_SET_PDEATHSIG: a process
+      killed outright, a pull's by SIGKILL or the OOM killer, left its ``restic
+      backup`` storing on, and a later pull's staging came to be stored under the
+      killed one's stamp: helper-99); it ends at once when pullback died before that;
+    - the address-space cap that a host's pull process holds itself to
+      (server.host_process) is lifted: the command's memory is its own (restic and borg
+      need theirs); the cap is for the Python that reads a client's bytes."""
+
+    def prepare() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(70)
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+    return prepare
 
 
 class _Lines:
@@ -342,7 +364,7 @@ class Runner:
                     _bg=True,
                     _bg_exc=False,
                     _new_session=True,
-                    _preexec_fn=_uncapped,
+                    _preexec_fn=_in_child(os.getpid()),
                     _tty_out=False,
                     _in=in_file,
                     _out=out_file if out_file is not None else out_lines,

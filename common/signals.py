@@ -117,16 +117,36 @@ def raise_if_swallowed() -> None:
         _ACTIVE[-1].raise_swallowed()
 
 
+def received() -> int | None:
+    """The signal a guard of this process received (from any thread), None before one."""
+    return next((guard.received for guard in list(_ACTIVE) if guard.received), None)
+
+
 def refuse_if_stopping() -> None:
-    """Before a tool is started: raise Interrupted when the innermost guard is an
-    impatient one (every command's own, in ``main_wrapper``) and a signal arrived. A
-    command that caught the Interrupted raised in it with its failures (``check`` going
-    on to the next host) starts nothing more and ends as it would have. Does nothing
-    inside a patient guard (a run restarting the services it stopped) or outside any."""
-    if _ACTIVE and threading.current_thread() is threading.main_thread():
+    """Before a tool is started, and where a tool's failure is about to be recorded:
+    raise Interrupted once a signal arrived.
+
+    - In the main thread, when the innermost guard is an impatient one (every command's
+      own, in ``main_wrapper``): a command that caught the Interrupted raised in it with
+      its failures (``check`` going on to the next host) starts nothing more and ends
+      as it would have. Nothing inside a patient guard (a run restarting the services
+      it stopped).
+    - In any other thread (a host's maintenance, drill or copy, a pull's own thread),
+      once any guard received one: the signal is raised in the main thread only, which
+      cancels the hosts, so a host's thread saw its tool end "cancelled", recorded that
+      as its step's failure and went on to start the next step's tool (helper-99).
+
+    Does nothing outside any guard."""
+    if not _ACTIVE:
+        return
+    if threading.current_thread() is threading.main_thread():
         guard = _ACTIVE[-1]
         if not guard.patient:
             guard.raise_swallowed()
+        return
+    signum = received()
+    if signum is not None:
+        raise Interrupted(signum)
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, PullbackError
 from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.outcome import Status
-from ..common.signals import SignalGuard
+from ..common.signals import SignalGuard, refuse_if_stopping
 from ..common.text import few
 from ..common.units import human_size
 from . import status_file
@@ -214,6 +214,7 @@ class HostCopy:
         except RepositoryMissing:
             self.result.status = Status.SKIPPED
         except PullbackError as exc:
+            refuse_if_stopping()  # cut by a stop by hand: no failed copy
             self.result.status = Status.FAILED
             self.result.problems.append(str(exc))
         finally:

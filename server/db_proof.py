@@ -49,6 +49,7 @@ from ..common.errors import CommandError, CommandTimeout
 from ..common.fsutil import free_bytes
 from ..common.log import Log
 from ..common.runner import Runner, RunningCommand
+from ..common.signals import refuse_if_stopping
 from ..common.text import counted, printable
 from ..common.units import human_duration, human_size
 
@@ -575,6 +576,7 @@ def _prove_engine(
         try:
             engine.start()
         except CommandError as exc:
+            refuse_if_stopping()  # cut by a stop by hand: no failed proof
             for proof in proofs:
                 proof.fail(f"the throwaway {engine.engine} did not start: {_said(exc)}")
             return proofs
@@ -603,6 +605,7 @@ def _load(
         try:
             proof.tables, proof.rows = engine.load(dump, name, settings.timeout)
         except (CommandError, ValueError) as exc:
+            refuse_if_stopping()
             said = _said(exc) if isinstance(exc, CommandError) else printable(exc, _SAID)
             if guard.reason:
                 proof.fail(f"stopped: {guard.reason}")

@@ -20,6 +20,7 @@ from ..common.archive.manifest import MANIFEST_NAME
 from ..common.clock import iso
 from ..common.errors import Interrupted, PullbackError, UsageError
 from ..common.fsutil import free_bytes
+from ..common.signals import refuse_if_stopping
 from ..common.text import counted, printable
 from ..common.units import human_duration, human_size
 from . import status_file
@@ -376,6 +377,7 @@ def _drill(ctx: HostContext, choice: DrillChoice) -> DrillResult:
             except Interrupted:
                 raise
             except PullbackError as exc:
+                refuse_if_stopping()  # cut by a stop by hand: no failed drill
                 result.problems.append(f"the restore reported: {exc}")
         check_tree(scratch, result)
         if config.maintenance.prove_databases:
@@ -393,8 +395,10 @@ def _drill(ctx: HostContext, choice: DrillChoice) -> DrillResult:
     except (UsageError, Interrupted):
         raise  # a drill stopped by hand is no failed drill: nothing is recorded of it
     except PullbackError as exc:
+        refuse_if_stopping()
         result.problems.append(str(exc))
     except OSError as exc:
+        refuse_if_stopping()
         where = f"{exc.filename}: " if exc.filename else ""
         free = f" ({human_size(free_bytes(scratch.parent))} free)" if exc.errno == ENOSPC else ""
         result.problems.append(f"{where}{exc.strerror or exc}{free}")

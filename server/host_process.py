@@ -360,12 +360,24 @@ def _child_main(config: ServerConfig, host: HostConfig, work: Work, fd: int) -> 
     ctx = HostContext.open(config, host)
     ctx.progress = relay.progress
     done: list[HostResult] = []
-    thread = threading.Thread(target=lambda: done.append(work(ctx, relay)), name="pull")
-    thread.start()
-    interrupted = False
-    while thread.is_alive():
+    finished = threading.Event()
+
+    def pull() -> None:
         try:
-            thread.join(0.1)
+            done.append(work(ctx, relay))
+        except Interrupted:
+            pass  # a tool refused after the signal: the process ends by it (130)
+        finally:
+            finished.set()
+
+    threading.Thread(target=pull, name="pull").start()
+    interrupted = False
+    # An Event, not Thread.join(timeout): on CPython 3.11 a join cut by the signal
+    # handler's exception marks the thread ended while it runs on (helper-99: the
+    # process exited at once and left its restic or borg storing)
+    while not finished.is_set():
+        try:
+            finished.wait(0.1)
         except Interrupted:  # SIGTERM: the pull stops as at its deadline
             interrupted = True
             ctx.cancel.set()

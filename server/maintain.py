@@ -23,7 +23,7 @@ from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
-from ..common.signals import SignalGuard
+from ..common.signals import SignalGuard, refuse_if_stopping
 from ..common.units import human_size
 from . import guard, status_file
 from .backends import RepositoryMissing, Role, Snapshot
@@ -238,6 +238,7 @@ class HostMaintenance:
         except Interrupted:
             raise
         except PullbackError as exc:
+            refuse_if_stopping()
             self.result.status = Status.FAILED
             self.result.steps.append(Step("repository", False, str(exc)))
         return False
@@ -268,6 +269,7 @@ class HostMaintenance:
             self.ctx.log.info("%s: %s", name, exc)
             return False
         except PullbackError as exc:
+            refuse_if_stopping()  # a tool cut by a stop by hand is no failed step
             self.result.steps.append(Step(name, False, str(exc)))
             self.result.status = Status.FAILED
             self.ctx.log.error("%s failed: %s", name, exc)

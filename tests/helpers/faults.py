@@ -36,12 +36,28 @@ from aiosmtpd.controller import Controller
 
 from pullback.common.clock import STAMP_FORMAT
 from tests.helpers.archives import Entry, build_tar, publish
+from tests.helpers.files import sha256sum_check
 from tests.helpers.http import HttpSink
 from tests.helpers.netfleet import NetFleet
 from tests.helpers.smtp import SmtpSink
 from tests.helpers.sshd import free_port
 
 HOSTS = [f"web{i}" for i in range(1, 7)]
+
+
+def add_gate(client, gate: Path) -> None:
+    """Give ``client`` a service whose dump waits while the file ``gate`` exists: it
+    holds a client run in packing until the test removes ``gate``."""
+    client.add_service(
+        "gate",
+        f"""\
+        service: {{name: gate}}
+        command:
+          dump:
+            - run: ["sh", "-c", "while [ -e {gate} ]; do sleep 0.05; done; date"]
+              output: date.txt
+        """,
+    )
 
 
 @dataclass
@@ -217,18 +233,7 @@ class FaultBed:
                 if incremental:
                     cache = str(root / "hosts" / name / "cache")
                     host.client.write_config(incremental={"enabled": True, "cache_dir": cache})
-                gate = bed.gate_file(name)
-                # a dump that waits while the gate file exists: holds a client run in packing
-                host.client.add_service(
-                    "gate",
-                    f"""\
-                    service: {{name: gate}}
-                    command:
-                      dump:
-                        - run: ["sh", "-c", "while [ -e {gate} ]; do sleep 0.05; done; date"]
-                          output: date.txt
-                    """,
-                )
+                add_gate(host.client, bed.gate_file(name))
             bed.configure()
         except BaseException:
             bed.stop()
@@ -421,13 +426,7 @@ class FaultBed:
         top = self.fleet.restore(host, target)
         lines = (top / "MANIFEST.sha256").read_text().splitlines()
         assert lines, "the restored manifest is empty"
-        checked = subprocess.run(
-            ["sha256sum", "--strict", "-c", "MANIFEST.sha256"],
-            cwd=top,
-            capture_output=True,
-            text=True,
-        )
-        assert checked.returncode == 0, checked.stdout + checked.stderr
+        sha256sum_check(top)
 
     # -- mounts ---------------------------------------------------------------------------
 

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.faults import alive, find_descendant, kill_tree, stop_while_locked, wait_for
+from tests.helpers.faults import (
+    add_gate,
+    alive,
+    find_descendant,
+    kill_tree,
+    stop_while_locked,
+    wait_for,
+)
+from tests.helpers.files import sha256sum_check
 from tests.helpers.fleet import Fleet
 
 pytestmark = pytest.mark.integration
@@ -254,13 +262,7 @@ def test_borg_pull_killed_mid_create_leaves_no_partial_archive_and_recovers(tmp_
         assert len(names) == 2 == len(set(names)), names
         fleet.check_repository("web1")
         top = fleet.restore("web1", tmp_path / "restored")
-        checked = subprocess.run(
-            ["sha256sum", "--strict", "-c", "MANIFEST.sha256"],
-            cwd=top,
-            capture_output=True,
-            text=True,
-        )
-        assert checked.returncode == 0, checked.stdout + checked.stderr
+        sha256sum_check(top)
     finally:
         fleet.stop()
 
@@ -271,16 +273,7 @@ def test_client_stopped_while_packing_a_delta_day_keeps_the_chain(fleet, tmp_pat
     fleet.write_config()
     web.client.write_config(incremental={"enabled": True, "cache_dir": str(tmp_path / "cache")})
     gate = tmp_path / "gate"
-    web.client.add_service(
-        "gate",
-        f"""\
-        service: {{name: gate}}
-        command:
-          dump:
-            - run: ["sh", "-c", "while [ -e {gate} ]; do sleep 0.05; done; date"]
-              output: date.txt
-        """,
-    )
+    add_gate(web.client, gate)
     for i in range(20):  # enough unchanged bytes that a day's delta stays small
         (web.data / f"bulk{i}.bin").write_bytes(os.urandom(100_000))
     for day in (1, 2):  # a full archive, then the first delta (the server applies them)

@@ -15,6 +15,7 @@ import pytest
 
 from pullback.common.archive import tarformat
 from tests.helpers.archives import Entry, build_tar, publish
+from tests.helpers.files import sha256sum_check
 from tests.helpers.fleet import Fleet
 from tests.helpers.smtp import SmtpSink
 from tests.helpers.sshd import make_key
@@ -25,16 +26,6 @@ def fleet(tmp_path):
     fleet = Fleet(tmp_path)
     yield fleet
     fleet.stop()
-
-
-def sha256sum_check(directory: Path) -> None:
-    result = subprocess.run(
-        ["sha256sum", "--check", "--strict", "MANIFEST.sha256"],
-        cwd=directory,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("backend", ["restic", "borg"])

@@ -7,6 +7,7 @@ import fcntl
 import glob
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -132,3 +133,21 @@ def _booted_root(tmp_path_factory):
         booted.poweroff()
         subprocess.run(["umount", "-R", str(path)], capture_output=True)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def admin_machine(root: BootedRoot, built: dict, built_upgrade: dict, packages: str) -> None:
+    """The administrator's machine before docs/walkthrough.md: ``packages`` installed
+    with apt (openssh-server among them: the page's sshd listens on port 22, so this
+    skips when port 22 is taken here), and the packages in root's home (the newer ones
+    in ``upgrade/``)."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 22)) == 0:
+            pytest.skip("port 22 is taken on this machine; the walkthrough's sshd listens there")
+    home = root.path / "root"
+    (home / "upgrade").mkdir(parents=True, exist_ok=True)
+    for deb in built["debs"]:
+        shutil.copy2(deb, home / deb.name)
+    for deb in built_upgrade["debs"]:
+        shutil.copy2(deb, home / "upgrade" / deb.name)
+    root.run(["apt-get", "update", "-q"])
+    root.run(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {packages}", timeout=1200)

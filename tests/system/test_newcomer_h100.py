@@ -15,13 +15,11 @@ disagree; the others are promises that hold.
 from __future__ import annotations
 
 import re
-import shutil
-import socket
 import time
 
 import pytest
 
-from tests.system.conftest import ROOT_DIR, UPGRADE_VERSION
+from tests.system.conftest import ROOT_DIR, UPGRADE_VERSION, admin_machine
 
 DOC = ROOT_DIR / "docs" / "walkthrough.md"
 STEP = re.compile(r"<!-- step: (?P<name>[\w-]+) -->\n```sh\n(?P<code>.*?)```", re.S)
@@ -29,11 +27,6 @@ STEP = re.compile(r"<!-- step: (?P<name>[\w-]+) -->\n```sh\n(?P<code>.*?)```", r
 
 def _steps() -> dict[str, str]:
     return {m["name"]: m["code"] for m in STEP.finditer(DOC.read_text())}
-
-
-def _port_22_is_free() -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", 22)) != 0
 
 
 class Box:
@@ -75,20 +68,7 @@ def box(root, built, built_upgrade):
     """walkthrough.md steps 1-5 done as written, with PostgreSQL (database shop), MariaDB
     and openssh-server installed before, the packages in /root and the newer ones in
     /root/upgrade."""
-    if not _port_22_is_free():
-        pytest.skip("port 22 is taken on this machine; the walkthrough's sshd listens there")
-    home = root.path / "root"
-    (home / "upgrade").mkdir(parents=True, exist_ok=True)
-    for deb in built["debs"]:
-        shutil.copy2(deb, home / deb.name)
-    for deb in built_upgrade["debs"]:
-        shutil.copy2(deb, home / "upgrade" / deb.name)
-    root.run(["apt-get", "update", "-q"])
-    root.run(
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql openssh-server "
-        "mariadb-server",
-        timeout=1200,
-    )
+    admin_machine(root, built, built_upgrade, "postgresql openssh-server mariadb-server")
     root.run(
         "runuser -u postgres -- psql -q -c 'CREATE DATABASE shop' && "
         "runuser -u postgres -- psql -q -d shop -c "

@@ -11,14 +11,12 @@ error, so nothing on the page goes untested.
 from __future__ import annotations
 
 import re
-import shutil
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import ROOT_DIR, UPGRADE_VERSION
+from tests.system.conftest import ROOT_DIR, UPGRADE_VERSION, admin_machine
 
 DOC = ROOT_DIR / "docs" / "walkthrough.md"
 STEP = re.compile(r"<!-- step: (?P<name>[\w-]+) -->\n```sh\n(?P<code>.*?)```", re.S)
@@ -58,28 +56,11 @@ def test_every_shell_block_of_the_walkthrough_is_a_step():
     ]
 
 
-def _port_22_is_free() -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", 22)) != 0
-
-
 @pytest.fixture(scope="module")
 def machine(root, built, built_upgrade):
     """The administrator's machine before the page: PostgreSQL with a ``shop`` database,
     openssh-server, and the packages in root's home (the newer ones in ``upgrade/``)."""
-    if not _port_22_is_free():
-        pytest.skip("port 22 is taken on this machine; the walkthrough's sshd listens there")
-    home = root.path / "root"
-    (home / "upgrade").mkdir(parents=True, exist_ok=True)
-    for deb in built["debs"]:
-        shutil.copy2(deb, home / deb.name)
-    for deb in built_upgrade["debs"]:
-        shutil.copy2(deb, home / "upgrade" / deb.name)
-    root.run(["apt-get", "update", "-q"])
-    root.run(
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql openssh-server",
-        timeout=1200,
-    )
+    admin_machine(root, built, built_upgrade, "postgresql openssh-server")
     root.run(
         "runuser -u postgres -- psql -q -c 'CREATE DATABASE shop' && "
         "runuser -u postgres -- psql -q -d shop -c "

@@ -26,13 +26,12 @@ from ..common.outcome import Status
 from ..common.signals import SignalGuard, refuse_if_stopping
 from ..common.units import human_size
 from . import guard, status_file
-from .backends import RepositoryMissing, Role, Snapshot
+from .backends import ForgetResult, RepositoryMissing, Role, Snapshot
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
 from .journal import INSTANCE_LOCK
 from .missing import missing_failure
-from .retention import select
 
 log = get_logger("maintain")
 ROTATION_FILE = "maintenance.json"
@@ -42,10 +41,6 @@ the repository (named in the words of a tamper hold)."""
 TAMPERED = "tampered"
 """The ``kind`` of a hold made because snapshots vanished, appeared in the past or were
 rewritten: nothing of the repository is compacted (pruned) while it lasts."""
-
-
-def _time_of(snapshot: Snapshot) -> dt.datetime:
-    return snapshot.time
 
 
 class ForgetWaits(PullbackError):
@@ -187,28 +182,23 @@ class HostMaintenance:
         elif not self.step("guard", self.guard):
             self.skipped("forget", "the ransomware guard did not clear it (see guard)")
         else:
-            self._record_forgetting()
             self.step("forget", self.forget)
         if self._watching and any(s.name == "guard" and s.ok for s in self.result.steps):
             self.result.seen = self._seen_after_forget()
             if self.result.seen is not None:
                 self._record_seen(self.result.seen)
 
-    def _record_forgetting(self) -> None:
-        """Before forget: record the snapshots as they will be once the retention policy's
-        removals are made (:func:`.retention.select`, the rules restic applies), those
-        removals named as forgotten. A run stopped during forget (a SIGTERM, a crash)
-        then leaves no record the next guard reads as snapshots deleted behind its
-        back; one that removed none of them yet finds them named as forgotten, not as
-        new ones."""
+    def _record_forgetting(self, plan: ForgetResult) -> None:
+        """Before forget removes anything: record the snapshots as they will be once the
+        removals it named (``plan``: restic's own ``--dry-run``, borg's rules) are made,
+        those named as forgotten. A run stopped during forget (a SIGTERM, a crash) then
+        leaves no record the next guard reads as snapshots deleted behind its back; one
+        that removed none of them yet finds them named as forgotten, not as new ones."""
         if not self._watching:
             return
-        try:
-            kept, removed = select(self._snapshots(), self.ctx.host.retention, _time_of)
-        except ValueError:
-            return  # forget refuses the policy too
-        if removed:
-            self._record_seen(guard.seen(kept, utc_now(), [s.id for s in removed]))
+        gone = set(plan.removed)
+        kept = [s for s in self._snapshots() if s.id not in gone]
+        self._record_seen(guard.seen(kept, utc_now(), plan.removed))
 
     def _record_seen(self, seen: dict) -> None:
         """Save ``seen`` as the host's ``guard_seen`` now (:func:`.status_file.
@@ -481,7 +471,7 @@ class HostMaintenance:
                 "the future; pullback's pulls never store one, so it was added by another "
                 f"hand: inspect it ({self._list_words()}) and remove it before forgetting"
             )
-        outcome = self.ctx.backend.forget(self.ctx.host.retention)
+        outcome = self.ctx.backend.forget(self.ctx.host.retention, self._record_forgetting)
         self._removed = list(outcome.removed)
         self.result.forgotten = len(outcome.removed)
         return f"kept {len(outcome.kept)} snapshot(s), forgot {len(outcome.removed)}" + (

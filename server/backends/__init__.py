@@ -175,9 +175,14 @@ class Backend(Protocol):
     def unlock(self) -> str:
         """Remove locks of processes that are gone (never a live one); say what was done."""
 
-    def forget(self, policy: dict) -> ForgetResult:
+    def forget(
+        self, policy: dict, before_removing: Callable[[ForgetResult], None] | None = None
+    ) -> ForgetResult:
         """Apply a retention ``policy`` (keep_last/hourly/daily/weekly/monthly/yearly/within)
-        to this host's snapshots; return what was kept and removed."""
+        to this host's snapshots; return what was kept and removed. ``before_removing``
+        is called with exactly that, once it is known and before anything is removed
+        (the ransomware guard records it: a run stopped part way then leaves a record
+        the next guard reads right)."""
 
     def prune(self) -> None:
         """Free the space of forgotten snapshots (restic prune / borg compact)."""

@@ -22,6 +22,9 @@ from ..config import BackendConfig, HostConfig
 from .errors import BackendError, RepositoryLocked, RepositoryMissing
 from .location import Location, Role, locate
 
+DELETE_BATCH = 50
+"""Snapshots removed by one ``restic forget`` or ``borg delete`` (argv stays short)."""
+
 
 def local_path(repository: str) -> Path | None:
     """The directory of a repository on this machine, or None for a URL (sftp:, s3: ...)."""

@@ -14,7 +14,7 @@ import re
 import shlex
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ...common.archive.manifest import MANIFEST_NAME
@@ -23,11 +23,10 @@ from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
 from ..retention import select
 from . import Backend, Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
-from .base import RepositoryBackend, local_path
+from .base import DELETE_BATCH, RepositoryBackend, local_path
 from .errors import BackendError, IncompleteStore
 from .location import Role, read_location_file
 
-DELETE_BATCH = 50
 PARTIAL = "partial; failed: "
 
 # -- argv, as pure functions ----------------------------------------------------------------
@@ -326,16 +325,21 @@ class BorgBackend(RepositoryBackend):
     def unlock(self) -> str:
         return ""  # borg removes a dead process's lock itself (BORG_HOSTNAME_IS_UNIQUE)
 
-    def forget(self, policy: dict) -> ForgetResult:
+    def forget(
+        self, policy: dict, before_removing: Callable[[ForgetResult], None] | None = None
+    ) -> ForgetResult:
         """pullback's retention rules (restic's), then ``borg delete`` of the rest."""
         try:
             kept, removed = select(self.snapshots(), policy, lambda s: s.time)
         except ValueError as exc:
             raise BackendError(str(exc)) from None
+        plan = ForgetResult([s.id for s in kept], [s.id for s in removed])
+        if before_removing is not None and removed:
+            before_removing(plan)
         for start in range(0, len(removed), DELETE_BATCH):
             batch = [s.id for s in removed[start : start + DELETE_BATCH]]
             self.run(delete_args(batch), timeout=24 * 3600)
-        return ForgetResult([s.id for s in kept], [s.id for s in removed])
+        return plan
 
     def prune(self) -> None:
         self.run(["compact"], timeout=24 * 3600)

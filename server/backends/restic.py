@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ...common import secrets
@@ -21,7 +21,7 @@ from ...common.clock import is_stamp
 from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
 from . import Backend, Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
-from .base import RepositoryBackend, local_path, ssh_words
+from .base import DELETE_BATCH, RepositoryBackend, local_path, ssh_words
 from .errors import BackendError, IncompleteStore
 
 TAG = "pullback"
@@ -176,6 +176,11 @@ def forget_args(host: str, policy: dict, adopt: str | None = None) -> list[str]:
         *policy_args(policy),
         "--json",
     ]
+
+
+def forget_ids_args(ids: Sequence[str]) -> list[str]:
+    """Remove exactly the snapshots ``ids`` (what ``forget --dry-run`` named)."""
+    return ["forget", *ids]
 
 
 def check_args(part: int, parts: int, extra: Sequence[str] = ()) -> list[str]:
@@ -557,13 +562,24 @@ class ResticBackend(RepositoryBackend):
         self.runner.log.warning("%s", message)
         return message
 
-    def forget(self, policy: dict) -> ForgetResult:
-        data = self._json(forget_args(self.host.name, policy, self.host.adopt_host))
+    def forget(
+        self, policy: dict, before_removing: Callable[[ForgetResult], None] | None = None
+    ) -> ForgetResult:
+        """restic's own policy, asked first with ``--dry-run`` (what it keeps and removes
+        is then known before anything goes, for ``before_removing``), then the snapshots
+        it named removed by their ids: exactly those, even were one added meanwhile."""
+        args = forget_args(self.host.name, policy, self.host.adopt_host)
+        data = self._json([*args, "--dry-run"])
         kept, removed = [], []
         for group in data or []:
             kept += [s.get("short_id") or s["id"][:8] for s in group.get("keep") or []]
             removed += [s.get("short_id") or s["id"][:8] for s in group.get("remove") or []]
-        return ForgetResult(kept, removed)
+        plan = ForgetResult(kept, removed)
+        if before_removing is not None and removed:
+            before_removing(plan)
+        for start in range(0, len(removed), DELETE_BATCH):
+            self.run(forget_ids_args(removed[start : start + DELETE_BATCH]), timeout=24 * 3600)
+        return plan
 
     def prune(self) -> None:
         self.run(["prune"], timeout=24 * 3600)

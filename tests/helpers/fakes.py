@@ -92,10 +92,13 @@ class FakeBackend:
         self.unlocked += 1
         return "removed 1 stale lock(s)"
 
-    def forget(self, policy: dict) -> ForgetResult:
+    def forget(self, policy: dict, before_removing=None) -> ForgetResult:
         kept, removed = select(self.snapshot_list, policy, lambda s: s.time)
+        plan = ForgetResult([s.id for s in kept], [s.id for s in removed])
+        if before_removing is not None and removed:
+            before_removing(plan)
         self.snapshot_list = kept
-        return ForgetResult([s.id for s in kept], [s.id for s in removed])
+        return plan
 
     def prune(self) -> None:
         self.pruned += 1

@@ -32,6 +32,7 @@ def waiting_after(tool: str, command: str, bin_dir: Path, mark: Path) -> dict:
     wrapper = bin_dir / tool
     wrapper.write_text(
         f'#!/bin/sh\n"{real}" "$@"; rc=$?\n'
+        'case " $* " in *" --dry-run "*) exit $rc ;; esac\n'  # (restic's plan first)
         f'for a in "$@"; do [ "$a" = {command} ] && touch {mark} && sleep 60; done\n'
         "exit $rc\n"
     )

@@ -512,3 +512,8 @@ def test_a_restic_panic_is_said_as_a_crash_with_the_error_before_it(tmp_path):
         '"http://store:8000/web1/data/2b9e1c": dial tcp 127.0.0.1:8000: connect: '
         "connection refused"
     ), words
+
+
+def test_restic_forget_removes_exactly_the_planned_ids():
+    """forget asks restic's policy with --dry-run first, then removes those ids."""
+    assert restic.forget_ids_args(["a1b2c3d4", "e5f6a7b8"]) == ["forget", "a1b2c3d4", "e5f6a7b8"]

@@ -236,7 +236,7 @@ def test_a_forget_that_fails_and_a_listing_that_fails_keep_the_guards_record(bor
     listed = [snap(f"web1-{i}", 5 - i) for i in range(4)]
 
     class Failing(FakeBackend):
-        def forget(self, policy):
+        def forget(self, policy, before_removing=None):
             self.fail_snapshots = PullbackError("the store went away")
             raise PullbackError("forget failed part way")
 

@@ -167,8 +167,10 @@ class RunningCommand:
         tail: collections.deque[str],
         *,
         flush: Callable[[], None] = lambda: None,
+        cleanup: bool = False,
     ):
         self.runner = runner
+        self._cleanup = cleanup
         self._flush = flush
         self.display = display
         self._proc = proc
@@ -220,7 +222,7 @@ class RunningCommand:
         """
         try:
             while self.alive():
-                cancel = self.runner.cancel
+                cancel = None if self._cleanup else self.runner.cancel
                 if cancel is not None and cancel.is_set():
                     self.stop(grace=5.0)
                     raise CommandError(self.display, None, list(self.tail), "cancelled")
@@ -295,6 +297,7 @@ class Runner:
         stdout: IO | str | os.PathLike | None = None,
         ok_codes: Sequence[int] = (0,),
         level: int = logging.INFO,
+        cleanup: bool = False,
     ) -> RunningCommand:
         """Start a command in the background and return its handle.
 
@@ -303,8 +306,12 @@ class Runner:
         logged. Raises :class:`CommandError` when the program cannot be found, and
         :class:`~pullback.common.errors.Interrupted` when the command is stopping on a
         signal that a caller swallowed (:func:`~pullback.common.signals.refuse_if_stopping`).
+        ``cleanup``: a clean-up a stop must not skip (a throwaway database engine shut
+        down): started after a signal too, and not stopped by :attr:`cancel`; its
+        ``timeout`` still bounds it.
         """
-        refuse_if_stopping()
+        if not cleanup:
+            refuse_if_stopping()
         args = [os.fspath(a) for a in argv]
         display = self.display(args)
         self.log.log(level, "running: %s", display)
@@ -388,7 +395,16 @@ class Runner:
         try:
             with deferred_signals():  # a signal between fork and handle: a child unknown
                 started.append(
-                    RunningCommand(self, display, spawn(), timeout, ok_codes, tail, flush=flush)
+                    RunningCommand(
+                        self,
+                        display,
+                        spawn(),
+                        timeout,
+                        ok_codes,
+                        tail,
+                        flush=flush,
+                        cleanup=cleanup,
+                    )
                 )
         except Interrupted:
             for running in started:

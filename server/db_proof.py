@@ -59,6 +59,8 @@ MEMORY_LIMIT = 4 << 30
 """The address space each engine process may use (``prlimit --as``): a dump that asks
 for more memory gets an error, not the server's memory."""
 _WATCH_EVERY = 2.0
+_OUTER_EVERY = 0.2
+"""How often the disk guard passes on the host's cancel (a stop, the drill's deadline)."""
 _STARTUP = 180.0
 _SAID = 200
 """At most this many characters of an engine's own words per line of a proof's problem."""
@@ -278,7 +280,7 @@ class _Postgres(_Engine):
             return
         with contextlib.suppress(CommandError):
             stop = self._tool("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
-            self.run(stop, stdout=os.devnull)
+            self.run(stop, stdout=os.devnull, cleanup=True)  # after a stop by hand too
 
 
 def _last_lines(path: Path, count: int = 3) -> list[str]:
@@ -408,7 +410,7 @@ class _MariaDB(_Engine):
             return
         with contextlib.suppress(CommandError):
             admin = ["mariadb-admin", "--no-defaults", f"--socket={self.socket}", "-uroot"]
-            self.run([*admin, "shutdown"], stdout=os.devnull, timeout=60)
+            self.run([*admin, "shutdown"], stdout=os.devnull, timeout=60, cleanup=True)
         deadline = time.monotonic() + 60
         while self.process.alive() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -609,6 +611,8 @@ def _load(
             said = _said(exc) if isinstance(exc, CommandError) else printable(exc, _SAID)
             if guard.reason:
                 proof.fail(f"stopped: {guard.reason}")
+            elif settings.cancel is not None and settings.cancel.is_set():
+                proof.fail("stopped: the drill was cancelled (the host's time limit)")
             elif isinstance(exc, CommandTimeout):
                 limit = human_duration(settings.timeout)
                 proof.fail(f"stopped: it took longer than database_proof_timeout ({limit})")
@@ -631,10 +635,18 @@ def _disk_guard(runner: Runner, work: Path, settings: ProofSettings) -> Iterator
     """Stop ``runner``'s commands when ``work`` grows past ``settings.max_size`` or its
     filesystem runs low; the guard's ``reason`` says which."""
     guard, done = _Guard(), threading.Event()
-    runner.cancel = threading.Event()
+    outer, cancel = runner.cancel, threading.Event()
+    runner.cancel = cancel  # (the host's own cancel, ``outer``, is passed on below)
 
     def watch() -> None:
-        while not done.wait(_WATCH_EVERY):
+        next_look = time.monotonic() + _WATCH_EVERY
+        while not done.wait(_OUTER_EVERY):
+            if outer is not None and outer.is_set():  # a stop, the drill's deadline
+                cancel.set()
+                return
+            if time.monotonic() < next_look:
+                continue
+            next_look = time.monotonic() + _WATCH_EVERY
             used, free = _used(work), free_bytes(work)
             if used > settings.max_size:
                 guard.reason = (
@@ -643,8 +655,7 @@ def _disk_guard(runner: Runner, work: Path, settings: ProofSettings) -> Iterator
             elif free < MIN_FREE:
                 guard.reason = f"less than {human_size(MIN_FREE)} left in {work.parent}"
             if guard.reason:
-                assert runner.cancel is not None
-                runner.cancel.set()
+                cancel.set()
                 return
 
     thread = threading.Thread(target=watch, name="proof-disk-guard", daemon=True)
@@ -654,7 +665,7 @@ def _disk_guard(runner: Runner, work: Path, settings: ProofSettings) -> Iterator
     finally:
         done.set()
         thread.join()
-        runner.cancel = None
+        runner.cancel = outer
 
 
 def _used(path: Path) -> int:

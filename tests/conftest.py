@@ -52,6 +52,7 @@ ONCE_MODULES = {
     "test_attacks_h97.py",
     "test_attacks_h98.py",
     "test_attacks_h99.py",
+    "test_attacks_h101.py",
     "test_demo.py",
 }
 """Integration modules whose subject is pullback's own delta archives (the standard
@@ -60,7 +61,8 @@ the other modules do not meet there (paramiko's requests, the full request inclu
 in test_pull and test_hostile_clients); and outside attacks of pullback's own restore and
 reporting code (races against cp, restic and borg, about 2.5 min) and of its gone
 repositories, copies, signals and drills (helper-97 and helper-98, about 2.5 min) and
-of processes killed at any moment (helper-99, about 1 min), whose
+of processes killed at any moment and of stops during drills and forget (helper-99
+and helper-101, about 2 min), whose
 libraries the other modules meet there; and the README's demo, which runs in .venv
 whichever pass runs it. Marked ``once``; their unit tests run on both."""
 

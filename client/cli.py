@@ -111,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding that user's password (owner-only; never a password on the command line)",
     )
     sub.add_parser(
+        "start-stopped",
+        parents=[parent],
+        help="start again what a run killed before its finish left stopped",
+        description="Start again the applications (docker, systemd tasks) that a run or "
+        "restore stopped and, killed outright, never started: the ones its record "
+        "(stopped.json beside the work directory) names, through each task's finish. "
+        "Every run and restore does it first; the client unit runs it after every run "
+        "(ExecStopPost=). Exit 0: nothing was left stopped, or all of it started; 1: "
+        "something could not be started (said); 75: a run holds the lock (it starts "
+        "them itself).",
+    )
+    sub.add_parser(
         "serve",
         parents=[parent],
         help="answer the server (the forced command of its SSH key; not for humans)",
@@ -127,6 +139,7 @@ ACTIONS = {
     "restore": Action("restore:command"),
     "serve": Action("serve:command"),
     "list": Action("listing:command"),
+    "start-stopped": Action("stopped:command"),
 }
 
 

@@ -43,11 +43,15 @@ class RunSummary:
     """The published archive's sidecar (None when nothing was published)."""
     error: str | None = None
     """Why the run failed as a whole (no archive published)."""
+    problems: list[str] = field(default_factory=list)
+    """What failed beside the services (:attr:`.run.RunResult.problems`)."""
 
     def headline(self) -> str:
         failed = [s.name for s in self.services if s.status != Status.OK]
         if self.error:
             return f"the run failed: {self.error}"
+        if self.problems and not failed:
+            return self.problems[0]
         if failed:
             return f"{len(failed)} of {len(self.services)} services failed: {', '.join(failed)}"
         return f"all {len(self.services)} services ok"
@@ -62,7 +66,7 @@ def record(config: ClientConfig, run: RunSummary) -> dict:
             "last_run": now,
             "last_run_ok": run.ok,
             "duration": round(run.duration, 3),
-            "error": run.error,
+            "error": run.error or "; ".join(run.problems) or None,
         }
     )
     if run.sidecar is not None:

@@ -43,6 +43,7 @@ from ..common.signals import RESTORING, SignalGuard
 from ..common.text import counted, escaped, printable
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import RestorePlan, Task
+from . import stopped
 from .config import ClientConfig
 from .run import INSTANCE_LOCK
 from .services import Service, discover
@@ -504,11 +505,16 @@ class ServiceRestore:
         )
         self.failures: list[str] = []
         self.prepared: list[Task] = []
+        self.record = stopped.StoppedRecord(stopped.record_path(config), "restore")
 
     def run(self) -> int:
         selected = self.selected()
         lock = FileLock(self.config.lock_dir / INSTANCE_LOCK, purpose="pullback-client restore")
         with lock.acquire(), SignalGuard(RESTORING) as guard:
+            if not self.options.dry_run:
+                with guard.shielded():
+                    stopped.start_left_stopped(self.config, self.plugins)  # (errors said)
+                self.record.attach(self.tasks)
             self.make_room()
             try:
                 if self.stop():
@@ -639,3 +645,4 @@ class ServiceRestore:
             except Exception as exc:
                 first = _log_lines(task, "could not start the application again", exc)
                 self.failures.append(f"{task.key}: could not start again: {first}")
+            self.record.finished(task)

@@ -37,7 +37,7 @@ from ..common.signals import RESTORING, SignalGuard
 from ..common.text import few
 from ..common.units import human_duration, human_size
 from ..plugins.manager import PluginSet, load_plugins
-from . import incremental, outputs
+from . import incremental, outputs, stopped
 from .config import ClientConfig, IncrementalMode
 from .services import Service, discover
 from .stages import make_tasks, run_service, validate_service
@@ -55,6 +55,9 @@ class RunResult:
     services: list[ServiceReport] = field(default_factory=list)
     sidecar: Sidecar | None = None
     archive: str | None = None
+    problems: list[str] = field(default_factory=list)
+    """What went wrong beside the services (an application an interrupted run left
+    stopped that could not be started again): the run fails with them."""
 
 
 def select_services(services: list[Service], names: list[str] | None) -> list[Service]:
@@ -189,10 +192,16 @@ def run(
 
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
     with lock.acquire(), SignalGuard(RESTORING) as guard:
+        with guard.shielded():  # (a stop waits: these were to be started long ago)
+            problems = stopped.start_left_stopped(config, plugins)
         client_run = ClientRun(config, services, plugins, guard)
         client_run.full_asked = full
         client_run.left_out = left_out(found, services)
-        return client_run.run()
+        result = client_run.run()
+        result.problems[:0] = problems
+        if problems:
+            result.exit_code = EXIT_FAILED
+        return result
 
 
 class ClientRun:
@@ -224,6 +233,7 @@ class ClientRun:
         """The enabled services ``run --service`` did not name (:func:`left_out`)."""
         self.decision: incremental.Decision | None = None
         """Full or delta, and why (None: incremental archives are off)."""
+        self.record = stopped.StoppedRecord(stopped.record_path(config), "run")
 
     def run(self) -> RunResult:
         """Returns the result. Raises ArchiveError when no archive could be published."""
@@ -333,7 +343,9 @@ class ClientRun:
         with self.writer, Watched(self.writer.progress):
             for service in self.services:
                 staging = self.work / "services" / service.name
-                report = run_service(service, self.plugins, self.writer, staging, self.guard)
+                report = run_service(
+                    service, self.plugins, self.writer, staging, self.guard, record=self.record
+                )
                 self.reports.append(report)
                 shutil.rmtree(staging, ignore_errors=True)
                 if report.status == Status.OK:
@@ -471,6 +483,8 @@ def run_and_report(
         outputs.finish(config, notifier, failed)
         raise
     ok = result.exit_code == EXIT_OK
-    summary = outputs.RunSummary(ok, time.monotonic() - started, result.services, result.sidecar)
+    summary = outputs.RunSummary(
+        ok, time.monotonic() - started, result.services, result.sidecar, problems=result.problems
+    )
     unwritten = outputs.finish(config, notifier, summary)
     return result.exit_code or (EXIT_FAILED if unwritten else EXIT_OK)

@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..common.archive.sidecar import ServiceReport, TaskReport
 from ..common.archive.writer import ArchiveWriter
@@ -23,6 +24,9 @@ from ..common.signals import SignalGuard
 from ..plugins.manager import PluginSet
 from ..plugins.task import Task, TaskSkipped
 from .services import Service
+
+if TYPE_CHECKING:
+    from .stopped import StoppedRecord
 
 log = get_logger("client")
 
@@ -90,6 +94,8 @@ class ServiceRun:
         archive: ArchiveWriter,
         staging_root: Path,
         guard: SignalGuard,
+        *,
+        record: StoppedRecord | None = None,
     ):
         self.service = service
         self.plugins = plugins
@@ -102,6 +108,10 @@ class ServiceRun:
         self.reports = {id(t): TaskReport(t.type) for t in self.tasks}
         self.report.tasks = [self.reports[id(t)] for t in self.tasks]
         self.prepared: list[Task] = []
+        self.record = record
+        """Where each stop is written before it is made (None: nowhere)."""
+        if record is not None:
+            record.attach(self.tasks)
 
     def run(self) -> ServiceReport:
         """Every stage; returns the report. Raises ArchiveError (the archive itself
@@ -204,6 +214,8 @@ class ServiceRun:
                     self.plugins.call("finish", task, failed=failed)
                 except Exception as exc:
                     self._fail(task, "finish", exc)
+                if self.record is not None:
+                    self.record.finished(task)
 
     def collect(self) -> None:
         """Archive what the successful dumps staged and sum the service's report."""
@@ -247,10 +259,13 @@ def run_service(
     archive: ArchiveWriter,
     staging_root: Path,
     guard: SignalGuard,
+    *,
+    record: StoppedRecord | None = None,
 ) -> ServiceReport:
-    """Run every stage of ``service``, adding what succeeded to ``archive``.
+    """Run every stage of ``service``, adding what succeeded to ``archive``; each stop
+    written to ``record`` before it is made.
 
     Returns the service's report. Raises ArchiveError when the archive itself fails and
     Interrupted on SIGTERM/SIGINT, in both cases after every needed finish has run.
     """
-    return ServiceRun(service, plugins, archive, staging_root, guard).run()
+    return ServiceRun(service, plugins, archive, staging_root, guard, record=record).run()

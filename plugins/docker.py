@@ -112,7 +112,7 @@ def pullback_prepare(task: Task):
     extra = ["--timeout", str(wait)] if wait is not None else []
     task.log.info("stopping %s", ", ".join(running))
     # recorded first: a stop that fails halfway may still have stopped some of them
-    task.state["stopped"] = running
+    task.stopping(*running)
     task.run(_compose(task, "stop", *extra, *running), timeout=timeout(task))
 
 

@@ -116,7 +116,10 @@ def pullback_prepare(task):
 
     Typical work: stop containers or units, switch on a maintenance mode, flush caches.
     Record in ``task.state`` what must be undone, *before* doing it (a half-done prepare
-    is still finished): :func:`pullback_finish` gets the same ``task``. Raising fails the
+    is still finished): :func:`pullback_finish` gets the same ``task``. What you stop,
+    say with ``task.stopping(name)`` just before stopping it: it lands in
+    ``task.state["stopped"]`` and in the client's record on disk, so a run killed outright
+    before its finish has it started again (see :func:`pullback_finish`). Raising fails the
     task and no dump of the service runs (finish still runs); ``TaskSkipped`` skips only
     this task. In a restore it is called only for ``stops_service`` task types (not in a
     dry run); raising there means nothing is restored, and what stopped is started again.
@@ -147,6 +150,12 @@ def pullback_finish(task, failed):
     finish returned). ``failed`` is True when a task of the service failed (in a restore:
     when anything failed so far) or the run is being cut short. Must not assume the dump
     ran. Raising marks the task failed, but the remaining finishes still run.
+
+    After a run killed before its finish (``kill -9``, systemd's stop timeout, a power
+    cut) it is called once more by ``pullback-client start-stopped`` (the client unit's
+    ExecStopPost=, and the start of the next run or restore), ``failed=True``, on a task
+    made anew whose ``state`` holds only ``stopped``, the names given to
+    ``task.stopping``: start those, and nothing the state no longer says.
     """
 
 

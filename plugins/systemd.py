@@ -53,7 +53,7 @@ def pullback_prepare(task: Task):
     task.state["stopped"] = []
     for unit in active:
         task.log.info("stopping %s", unit)
-        task.state["stopped"].append(unit)  # first: a failed stop may still have stopped it
+        task.stopping(unit)  # first: a failed stop may still have stopped it
         task.run(["systemctl", "stop", unit], timeout=timeout(task))
 
 

@@ -180,6 +180,23 @@ class Task:
     dry_run: bool = False
     state: dict[str, Any] = field(default_factory=dict)
     stats: TaskStats = field(default_factory=TaskStats)
+    on_stopping: Callable[[Task], None] | None = None
+    """Set by the client: writes ``state["stopped"]`` to its record (:meth:`stopping`)."""
+
+    def stopping(self, *names: str) -> None:
+        """Say, in prepare, that the task is about to stop ``names`` (containers, units):
+        they are added to ``state["stopped"]`` and written to the client's record of
+        stopped applications *before* the stop is made. Call it before each stop.
+
+        The finish hook starts what ``state["stopped"]`` names. A run killed before its
+        finish (``kill -9``, systemd's stop timeout) leaves the record behind; the next
+        run, or the client unit's ExecStopPost= (``pullback-client start-stopped``), then
+        calls the finish of a task made anew, ``failed=True``, whose ``state`` holds only
+        ``stopped``. Raises OSError when the record cannot be written (the prepare fails
+        then, before anything is stopped)."""
+        self.state.setdefault("stopped", []).extend(names)
+        if self.on_stopping is not None:
+            self.on_stopping(self)
 
     def run(self, argv: Sequence[str | os.PathLike], **kwargs) -> CommandResult:
         """Run a command through the task's runner (secrets masked, output logged); as

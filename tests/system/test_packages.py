@@ -452,6 +452,48 @@ def _remove_while_it_runs(root, package: str, unit: str) -> dict:
     return {"log": log, "waited": ended[0] - started}
 
 
+def test_a_client_run_killed_outright_has_its_unit_started_again(root, installed):
+    """The shipped unit: a run killed (SIGKILL, as systemd's stop timeout or the OOM
+    killer would) while its systemd task holds a unit stopped; the unit's ExecStopPost=
+    starts it again at once, from the record the run wrote before the stop."""
+    root.write(
+        "/etc/systemd/system/pbtest-app.service",
+        "[Service]\nExecStart=/bin/sleep infinity\n",
+    )
+    root.run("systemctl daemon-reload && systemctl start pbtest-app.service")
+    root.write(
+        "/etc/pullback/services/killed/service.yaml",
+        "service: {name: killed}\nsystemd: {units: [pbtest-app.service]}\n"
+        "command: {dump: [{run: 'sleep 91; echo done', output: done.txt}]}\n",
+        0o600,
+    )
+    root.write("/etc/pullback/client.yaml", "hostname: node1\nmin_interval: 1s\n", 0o640)
+    root.run("chgrp pullback /etc/pullback/client.yaml")
+    try:
+        root.run(["systemctl", "start", "--no-block", "pullback-client.service"])
+        root.run(
+            "for i in $(seq 300); do pgrep -fx 'sleep 91' >/dev/null && exit 0; sleep 0.2; "
+            "done; exit 1"
+        )
+        assert _state(root, "pbtest-app.service") == "inactive"
+        record = root.run("cat /var/lib/pullback/stopped.json").stdout
+        assert '"pbtest-app.service"' in record
+        root.run(["systemctl", "kill", "-s", "KILL", "pullback-client.service"])
+        root.run(
+            "for i in $(seq 150); do case $(systemctl show -p ActiveState --value "
+            "pullback-client.service) in failed|inactive) exit 0;; esac; sleep 0.2; done; exit 1"
+        )
+        log = root.run(["journalctl", "-u", "pullback-client.service", "--no-pager"]).stdout
+        assert _state(root, "pbtest-app.service") == "active", log
+        assert "starting again killed: systemd: pbtest-app.service (stopped by a run" in log
+        assert root.run("test -e /var/lib/pullback/stopped.json", check=False).returncode == 1
+        assert root.run("pgrep -fx 'sleep 91'", check=False).returncode == 1
+    finally:
+        root.run("rm -rf /etc/pullback/services/killed /etc/systemd/system/pbtest-app.service")
+        root.run("systemctl stop pbtest-app.service; systemctl daemon-reload", check=False)
+        root.run(["systemctl", "reset-failed", "pullback-client.service"], check=False)
+
+
 def test_removal_stops_a_running_backup_and_waits_for_it(root, installed, built_upgrade):
     """apt remove stops the package's running services (SIGTERM) and waits for them to
     end before dpkg deletes their files: the client's run starts again what it stopped

@@ -1,0 +1,243 @@
+"""What a run or a restore stopped and has not started again, kept on disk.
+
+A run stops applications (docker, systemd tasks) in its prepare stage and starts them in
+its finish, SIGTERM included. A run killed outright before its finish (systemd's stop
+timeout, the OOM killer, ``kill -9``, a power cut) would leave them down until someone
+noticed, and ``docker compose stop`` keeps ``restart: unless-stopped`` containers down
+even across a reboot. So every stop is written here before it is made
+(:meth:`..plugins.task.Task.stopping`), a task's entry leaves once its finish ran, and
+``pullback-client start-stopped`` (the client unit's ExecStopPost=, and the start of every
+run and restore) calls the finish of each task still named, as its run would have.
+
+The file is ``stopped.json`` beside the work directory (``/var/lib/pullback`` by
+default: it survives a reboot), root's alone, written atomically under the client's
+lock. It is read only up to :data:`MAX_BYTES`; a damaged one is set aside, said, and
+the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..common.clock import iso, utc_now
+from ..common.errors import EXIT_FAILED, EXIT_OK, describe
+from ..common.fsutil import atomic_write
+from ..common.locks import FileLock
+from ..common.log import get_logger
+from ..common.text import few, printable
+from ..plugins.manager import PluginSet, load_plugins
+from ..plugins.task import Task
+from .config import ClientConfig
+from .services import discover
+from .stages import make_tasks
+
+log = get_logger("stopped")
+
+RECORD_NAME = "stopped.json"
+MAX_BYTES = 1 << 20
+"""The record is read up to this size (a few thousand entries); a longer one is damaged."""
+VERSION = 1
+
+
+def record_path(config: ClientConfig) -> Path:
+    """Where the record lives: beside the work directory (emptied by every run)."""
+    return config.work_dir.parent / RECORD_NAME
+
+
+@dataclass
+class Stopped:
+    """One task's stops: what its prepare stopped and its finish has not started yet."""
+
+    service: str
+    task: str
+    """The task's key in the service file."""
+    names: list[str]
+    """Its ``state["stopped"]``: containers, units."""
+    by: str
+    """``run`` or ``restore``."""
+    pid: int
+    at: str
+
+    def said(self) -> str:
+        """The entry in words (names bounded: the record could be damaged)."""
+        names = few([printable(n, 100) for n in self.names])
+        return (
+            f"{printable(self.service, 100)}: {printable(self.task, 60)}: {names} "
+            f"(stopped by a {self.by} that ended before starting them again: "
+            f"pid {self.pid}, {self.at})"
+        )
+
+
+class DamagedRecord(Exception):
+    """The record cannot be read as one."""
+
+
+def read_record(path: Path) -> list[Stopped]:
+    """The entries of the record at ``path`` (none when there is no record).
+
+    Raises DamagedRecord when it is too long, not JSON or not shaped as one; OSError when
+    it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        return []
+    if len(data) > MAX_BYTES:
+        raise DamagedRecord(f"longer than {MAX_BYTES} bytes")
+    try:
+        doc = json.loads(data)
+        return [_entry(item) for item in doc["stopped"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DamagedRecord(f"not a record of stopped services ({describe(exc)})") from None
+
+
+def _entry(item: dict) -> Stopped:
+    names = item["names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TypeError("names is not a list of strings")
+    fields = (item["service"], item["task"], item["by"], item["at"])
+    if not all(isinstance(f, str) for f in fields) or not isinstance(item["pid"], int):
+        raise TypeError("a field has the wrong type")
+    return Stopped(item["service"], item["task"], names, item["by"], item["pid"], item["at"])
+
+
+class StoppedRecord:
+    """The record, as one run or restore keeps it (under the client's lock): entries it
+    did not write stay as they are."""
+
+    def __init__(self, path: Path, by: str):
+        self.path = path
+        self.by = by
+        self.entries: list[Stopped] = []
+        # (a damaged one was set aside by start_left_stopped, which ran first)
+        with contextlib.suppress(DamagedRecord, OSError):
+            self.entries = read_record(path)
+
+    def attach(self, tasks: list[Task]) -> None:
+        """Make each task's :meth:`Task.stopping` write here."""
+        for task in tasks:
+            task.on_stopping = self.stopping
+
+    def stopping(self, task: Task) -> None:
+        """Write the task's ``state["stopped"]`` (before the stop is made).
+
+        Raises OSError when it cannot be written: the prepare then fails, nothing stopped."""
+        self._drop(task.service, task.key)
+        names = [str(n) for n in task.state.get("stopped", [])]
+        at = iso(utc_now())
+        self.entries.append(Stopped(task.service, task.key, names, self.by, os.getpid(), at))
+        self._write()
+
+    def finished(self, task: Task) -> None:
+        """The task's finish ran: its entry leaves."""
+        self.remove(task.service, task.key)
+
+    def remove(self, service: str, key: str) -> None:
+        """The entry of ``service``'s task ``key`` leaves. An error writing is only said
+        (the next run would start them again: harmless)."""
+        if self._drop(service, key):
+            try:
+                self._write()
+            except OSError as exc:
+                log.warning("cannot update %s: %s", self.path, describe(exc))
+
+    def _drop(self, service: str, key: str) -> bool:
+        before = len(self.entries)
+        self.entries = [e for e in self.entries if (e.service, e.task) != (service, key)]
+        return len(self.entries) != before
+
+    def _write(self) -> None:
+        if not self.entries:
+            self.path.unlink(missing_ok=True)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        doc = {"version": VERSION, "stopped": [asdict(e) for e in self.entries]}
+        atomic_write(self.path, json.dumps(doc, indent=2) + "\n", mode=0o600)
+
+
+def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> list[str]:
+    """Start again what an earlier run or restore stopped and never started (its record),
+    through each task's finish (``failed=True``, ``state["stopped"]`` as recorded). Call
+    it under the client's lock, the last stopped first. Each entry leaves the record once
+    tried.
+
+    Returns the problems, each said as an error: a start that failed, a service no longer
+    configured, a damaged record (set aside as ``stopped.json.damaged``)."""
+    path = record_path(config)
+    try:
+        entries = read_record(path)
+    except (DamagedRecord, OSError) as exc:
+        return [_set_aside(path, exc)]
+    if not entries:
+        return []
+    record = StoppedRecord(path, "run")
+    services = {s.name: s for s in discover(config.service_dirs, plugins)}
+    scratch = config.work_dir / ".start-stopped"
+    problems = []
+    try:
+        for entry in reversed(entries):  # (the reverse of the order they stopped in)
+            problem = _start(entry, services, plugins, scratch)
+            if problem:
+                log.error("%s", problem)
+                problems.append(problem)
+            record.remove(entry.service, entry.task)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return problems
+
+
+def _start(entry: Stopped, services: dict, plugins: PluginSet, scratch: Path) -> str | None:
+    """Start what ``entry`` names through its task's finish; the problem, or None."""
+    service = services.get(entry.service)
+    tasks = [] if service is None or service.broken else make_tasks(service, scratch, None)
+    task = next((t for t in tasks if t.key == entry.task), None)
+    if task is None:
+        why = "is not configured" if service is None else "has no such task now"
+        if service is not None and service.broken:
+            why = "has a broken service file"
+        return f"{entry.said()}: the service {why}: start them by hand"
+    log.warning("starting again %s", entry.said())
+    task.state["stopped"] = list(entry.names)
+    try:
+        plugins.call("finish", task, failed=True)
+    except Exception as exc:
+        return f"{entry.said()}: could not start them again: {describe(exc)}"
+    return None
+
+
+def _set_aside(path: Path, exc: BaseException) -> str:
+    """Move a record that cannot be read to ``<path>.damaged`` (kept, never read again);
+    returns the problem in words."""
+    aside = path.with_name(path.name + ".damaged")
+    try:
+        os.replace(path, aside)
+        where = f"set aside as {aside}"
+    except OSError as error:
+        where = f"left in place ({describe(error)})"
+    problem = (
+        f"cannot read {path}, the record of services an interrupted run stopped: "
+        f"{describe(exc)}; {where}: check that every application this machine backs up "
+        "is running"
+    )
+    log.error("%s", problem)
+    return problem
+
+
+def command(config: ClientConfig, args: argparse.Namespace) -> int:
+    """``pullback-client start-stopped``: exit 0 when nothing was left stopped or all of
+    it started, 1 when something could not be started (said), 75 when a run holds the
+    lock (it starts them itself)."""
+    if not record_path(config).exists():
+        return EXIT_OK  # (the unit's ExecStopPost= after every run: nothing else loaded)
+    from .run import INSTANCE_LOCK  # (run imports this module)
+
+    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client start-stopped")
+    with lock.acquire():
+        problems = start_left_stopped(config, load_plugins(config.plugin_dirs))
+    return EXIT_FAILED if problems else EXIT_OK

@@ -16,6 +16,7 @@ from pullback.common import secrets, validated
 TESTS = Path(__file__).parent
 TIERS = ("unit", "integration", "system")
 TOOL_MODULES = {
+    "test_adopted_hosts.py",
     "test_backup_suite_migration.py",
     "test_bench_fidelity.py",
     "test_bench_smoke.py",
@@ -24,11 +25,14 @@ TOOL_MODULES = {
     "test_borg_split_roles.py",
     "test_database_plugins.py",
     "test_database_restore.py",
+    "test_database_restore_h95.py",
     "test_drill_databases.py",
     "test_exclude_oracle.py",
     "test_export_recovery.py",
+    "test_gone_repository.py",
     "test_hostile_archives.py",
     "test_maintenance.py",
+    "test_maintenance_locations.py",
     "test_maintain_stopped.py",
     "test_partial_snapshots.py",
     "test_ransomware_guard.py",
@@ -42,8 +46,10 @@ REST server, age, the database engines) and the standard library do with pullbac
 copies and groups among them: restic's copy, init and deduplication; borg's append-only and
 passphrase roles), not a Python library: marked ``tools`` and run once, on the current PyPI
 releases (test_remote_backends also needs moto's S3 server, a test dependency the Debian pass
-lacks). The Debian pass (Debian 12's paramiko, PyYAML, jsonschema, pluggy, Jinja2) runs every
-other module but ONCE_MODULES."""
+lacks). Among them restic on backup-suite's adopted repositories, on gone ones and at
+maintenance locations (with rclone's), and helper-95's attack on the engines' database
+restores (2.8 min of the Debian pass together). The Debian pass (Debian 12's paramiko,
+PyYAML, jsonschema, pluggy, Jinja2) runs every other module but ONCE_MODULES."""
 ONCE_MODULES = {
     "test_incremental_days.py",
     "test_incremental_pulls.py",
@@ -53,6 +59,7 @@ ONCE_MODULES = {
     "test_attacks_h98.py",
     "test_attacks_h99.py",
     "test_attacks_h101.py",
+    "test_cut_short_outputs.py",
     "test_demo.py",
 }
 """Integration modules whose subject is pullback's own delta archives (the standard
@@ -62,7 +69,8 @@ in test_pull and test_hostile_clients); and outside attacks of pullback's own re
 reporting code (races against cp, restic and borg, about 2.5 min) and of its gone
 repositories, copies, signals and drills (helper-97 and helper-98, about 2.5 min) and
 of processes killed at any moment and of stops during drills and forget (helper-99
-and helper-101, about 2 min), whose
+and helper-101, about 2 min) and of pulls cut short (the unit's ExecStopPost=, 0.8
+min), whose
 libraries the other modules meet there; and the README's demo, which runs in .venv
 whichever pass runs it. Marked ``once``; their unit tests run on both."""
 

@@ -470,7 +470,10 @@ def run_and_report(
         reason = fresh(config)
         if reason:
             log.info("%s; nothing to do", reason)
-            return EXIT_FAILED if broken_services(config, names) else EXIT_OK
+            # (a run killed after it stopped applications is not a fresh archive's
+            # reason to leave them down: the hourly timer after a power cut starts them)
+            left = stopped.command(config) != EXIT_OK
+            return EXIT_FAILED if broken_services(config, names) or left else EXIT_OK
     notifier = Notifier(config.notify, f"run on {config.hostname}")
     notifier.start()
     started = time.monotonic()

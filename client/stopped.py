@@ -229,7 +229,7 @@ def _set_aside(path: Path, exc: BaseException) -> str:
     return problem
 
 
-def command(config: ClientConfig, args: argparse.Namespace) -> int:
+def command(config: ClientConfig, args: argparse.Namespace | None = None) -> int:
     """``pullback-client start-stopped``: exit 0 when nothing was left stopped or all of
     it started, 1 when something could not be started (said), 75 when a run holds the
     lock (it starts them itself)."""

@@ -205,3 +205,21 @@ def test_a_restore_killed_while_the_application_is_down_is_started_again(shop, s
     calls = [short(c) for c in standins.calls()[before:]]
     assert calls[-3:] == STARTS, calls
     assert "(stopped by a restore that ended before starting them again" in started.stderr
+
+
+def test_a_timer_run_with_a_fresh_archive_still_starts_them(shop, standins):
+    service = shop.services / "shop" / "service.yaml"
+    slow = service.read_text()
+    service.write_text(slow.replace("exec sleep 60", "true"))
+    shop.write_config(incremental={"enabled": False}, min_interval="1d")
+    assert shop.cli("run", env=standins.env).returncode == 0  # a good archive: fresh
+    shop.marker.unlink()
+    service.write_text(slow)
+    _kill_while_dumping(shop, standins.env)  # a run by hand, killed
+    assert (shop.root / "stopped.json").exists()
+    before = len(standins.calls())
+    timer = shop.cli("run", "--if-due", env=standins.env)
+    assert timer.returncode == 0, timer.stderr
+    assert "nothing to do" in timer.stderr
+    assert [short(c) for c in standins.calls()[before:]] == STARTS, timer.stderr
+    assert not (shop.root / "stopped.json").exists()

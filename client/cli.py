@@ -118,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         "restore stopped and, killed outright, never started: the ones its record "
         "(stopped.json beside the work directory) names, through each task's finish. "
         "Every run and restore does it first; the client unit runs it after every run "
-        "(ExecStopPost=). Exit 0: nothing was left stopped, or all of it started; 1: "
-        "something could not be started (said); 75: a run holds the lock (it starts "
-        "them itself).",
+        "(ExecStopPost=). Exit 0: nothing was left stopped, all of it started, or a "
+        "run or restore holds the lock (it starts them itself); 1: something could not "
+        "be started (said).",
     )
     sub.add_parser(
         "serve",

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..common.clock import iso, utc_now
-from ..common.errors import EXIT_FAILED, EXIT_OK, describe
+from ..common.errors import EXIT_FAILED, EXIT_OK, LockBusy, describe
 from ..common.fsutil import atomic_write
 from ..common.locks import FileLock
 from ..common.log import get_logger
@@ -230,14 +230,23 @@ def _set_aside(path: Path, exc: BaseException) -> str:
 
 
 def command(config: ClientConfig, args: argparse.Namespace | None = None) -> int:
-    """``pullback-client start-stopped``: exit 0 when nothing was left stopped or all of
-    it started, 1 when something could not be started (said), 75 when a run holds the
-    lock (it starts them itself)."""
+    """``pullback-client start-stopped``: exit 0 when nothing was left stopped, all of it
+    started, or a run or restore holds the client's lock (it starts them itself, and
+    may have stopped them: the client unit's ExecStopPost= after a run that found a
+    restore going on must not fail the unit); 1 when something could not be started
+    (said)."""
     if not record_path(config).exists():
         return EXIT_OK  # (the unit's ExecStopPost= after every run: nothing else loaded)
     from .run import INSTANCE_LOCK  # (run imports this module)
 
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client start-stopped")
-    with lock.acquire():
+    try:
+        lock.acquire()
+    except LockBusy as exc:
+        log.info("%s; it starts what an interrupted run left stopped itself", exc)
+        return EXIT_OK
+    try:
         problems = start_left_stopped(config, load_plugins(config.plugin_dirs))
+    finally:
+        lock.release()
     return EXIT_FAILED if problems else EXIT_OK

@@ -223,3 +223,17 @@ def test_a_timer_run_with_a_fresh_archive_still_starts_them(shop, standins):
     assert "nothing to do" in timer.stderr
     assert [short(c) for c in standins.calls()[before:]] == STARTS, timer.stderr
     assert not (shop.root / "stopped.json").exists()
+
+
+def test_start_stopped_leaves_them_to_a_run_or_restore_that_holds_the_lock(shop, standins):
+    from pullback.common.locks import FileLock
+
+    entry = {"service": "shop", "task": "systemd", "names": ["app.service"], "by": "restore"}
+    record = shop.root / "stopped.json"
+    record.write_text(json.dumps({"version": 1, "stopped": [{**entry, "pid": 1, "at": "now"}]}))
+    with FileLock(shop.run_dir / "client.lock", purpose="a restore").acquire():
+        # (the unit's ExecStopPost= after a timer run that met a restore: not a failure)
+        result = shop.cli("start-stopped", env=standins.env)
+    assert result.returncode == 0, result.stderr
+    assert "is locked by" in result.stderr and "starts what an interrupted run" in result.stderr
+    assert standins.calls() == [] and record.exists()

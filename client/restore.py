@@ -505,7 +505,9 @@ class ServiceRestore:
         )
         self.failures: list[str] = []
         self.prepared: list[Task] = []
-        self.record = stopped.StoppedRecord(stopped.record_path(config), "restore")
+        self.record: stopped.StoppedRecord | None = None
+        """Where each stop is written before it is made (read under the lock, after
+        what an interrupted run left was started)."""
 
     def run(self) -> int:
         selected = self.selected()
@@ -514,6 +516,7 @@ class ServiceRestore:
             if not self.options.dry_run:
                 with guard.shielded():
                     stopped.start_left_stopped(self.config, self.plugins)  # (errors said)
+                self.record = stopped.StoppedRecord(stopped.record_path(self.config), "restore")
                 self.record.attach(self.tasks)
             self.make_room()
             try:
@@ -645,4 +648,5 @@ class ServiceRestore:
             except Exception as exc:
                 first = _log_lines(task, "could not start the application again", exc)
                 self.failures.append(f"{task.key}: could not start again: {first}")
-            self.record.finished(task)
+            if self.record is not None:
+                self.record.finished(task)

@@ -237,3 +237,17 @@ def test_start_stopped_leaves_them_to_a_run_or_restore_that_holds_the_lock(shop,
     assert result.returncode == 0, result.stderr
     assert "is locked by" in result.stderr and "starts what an interrupted run" in result.stderr
     assert standins.calls() == [] and record.exists()
+
+
+def test_a_restore_starts_what_a_killed_run_left_first_and_writes_it_back_never(shop, standins):
+    service = shop.services / "shop" / "service.yaml"
+    service.write_text(service.read_text().replace("exec sleep 60", "true"))
+    assert shop.cli("run", env=standins.env).returncode == 0
+    (archive,) = shop.published()
+    entry = {"service": "gone", "task": "docker", "names": ["web"], "by": "run"}
+    record = shop.root / "stopped.json"
+    record.write_text(json.dumps({"version": 1, "stopped": [{**entry, "pid": 1, "at": "then"}]}))
+    restored = shop.cli("restore", "--service", "shop", "--from", str(archive), env=standins.env)
+    assert "gone: docker: web (stopped by a run" in restored.stderr, restored.stderr
+    assert "the service is not configured: start them by hand" in restored.stderr
+    assert not record.exists()  # tried and said once; the restore's own stops came and went

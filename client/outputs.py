@@ -15,6 +15,7 @@ from ..common.log import get_logger, recent_lines
 from ..common.metrics import Metrics
 from ..common.notify import Notifier
 from ..common.outcome import Status
+from ..common.text import few, printable
 from .config import ClientConfig
 
 log = get_logger("outputs")
@@ -66,7 +67,7 @@ def record(config: ClientConfig, run: RunSummary) -> dict:
             "last_run": now,
             "last_run_ok": run.ok,
             "duration": round(run.duration, 3),
-            "error": run.error or "; ".join(run.problems) or None,
+            "error": run.error or few(run.problems, separator="; ") or None,
         }
     )
     if run.sidecar is not None:
@@ -170,7 +171,9 @@ def finish(config: ClientConfig, notifier: Notifier, run: RunSummary) -> list[st
         except OSError as exc:
             log.error("could not write the metrics file %s: %s", config.metrics_file, exc)
             problems.append(f"metrics file {config.metrics_file}: {exc.strerror}")
-    headline = run.headline() + (f"; {len(problems)} output(s) NOT WRITTEN" if problems else "")
+    # one line (a mail's subject): an error's words may hold line breaks
+    headline = printable(run.headline(), 500)
+    headline += f"; {len(problems)} output(s) NOT WRITTEN" if problems else ""
     # rendered only for a mail or a notification (jinja2 costs ~40 ms of a run)
     body = functools.cache(lambda: _failure_mail(config, run, problems))
     email = config.email

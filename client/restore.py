@@ -505,6 +505,9 @@ class ServiceRestore:
         )
         self.failures: list[str] = []
         self.prepared: list[Task] = []
+        self.left = stopped.Recovery()
+        """What an interrupted run left stopped, started first (its problems fail the
+        restore's exit status, said)."""
         self.record: stopped.StoppedRecord | None = None
         """Where each stop is written before it is made (read under the lock, after
         what an interrupted run left was started)."""
@@ -515,7 +518,7 @@ class ServiceRestore:
         with lock.acquire(), SignalGuard(RESTORING) as guard:
             if not self.options.dry_run:
                 with guard.shielded():
-                    stopped.start_left_stopped(self.config, self.plugins)  # (errors said)
+                    self.left = stopped.start_left_stopped(self.config, self.plugins)
                 self.record = stopped.StoppedRecord(stopped.record_path(self.config), "restore")
                 self.record.attach(self.tasks)
             self.make_room()
@@ -532,6 +535,12 @@ class ServiceRestore:
             log.error("restore of %s incomplete: %s failed (above)", self.service.name, tasks)
             return EXIT_FAILED
         self.say_done(restored=bool(selected) or not self.options.task)
+        if self.left.problems:
+            log.error(
+                "what an interrupted run left stopped was not all started again (above): "
+                "start it by hand"
+            )
+            return EXIT_FAILED
         return EXIT_OK
 
     def selected(self) -> list[Task]:

@@ -188,12 +188,12 @@ def run(
         log.warning(
             "no enabled services found in %s", ", ".join(str(d) for d in config.service_dirs)
         )
-        return RunResult(EXIT_OK)
+        return RunResult(stopped.command(config))  # (what a killed run left: the same)
 
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
     with lock.acquire(), SignalGuard(RESTORING) as guard:
         with guard.shielded():  # (a stop waits: these were to be started long ago)
-            problems = stopped.start_left_stopped(config, plugins)
+            problems = stopped.start_left_stopped(config, plugins).problems
         client_run = ClientRun(config, services, plugins, guard)
         client_run.full_asked = full
         client_run.left_out = left_out(found, services)

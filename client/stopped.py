@@ -22,7 +22,8 @@ import contextlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+import stat
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..common.clock import iso, utc_now
@@ -30,9 +31,11 @@ from ..common.errors import EXIT_FAILED, EXIT_OK, LockBusy, describe
 from ..common.fsutil import atomic_write
 from ..common.locks import FileLock
 from ..common.log import get_logger
+from ..common.notify import Notifier
 from ..common.text import few, printable
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import Task
+from . import outputs
 from .config import ClientConfig
 from .services import discover
 from .stages import make_tasks
@@ -41,7 +44,13 @@ log = get_logger("stopped")
 
 RECORD_NAME = "stopped.json"
 MAX_BYTES = 1 << 20
-"""The record is read up to this size (a few thousand entries); a longer one is damaged."""
+"""The record is read up to this size; a longer one is damaged."""
+MAX_ENTRIES = 200
+"""Entries a record may hold (one per task that stops something: a machine's services
+hold a few); more is a damaged record (each entry is one start, one warning and one
+rewrite of the record)."""
+SHOWN_PROBLEMS = 5
+"""Problems named one by one in a report's one line (the rest counted)."""
 VERSION = 1
 
 
@@ -64,13 +73,16 @@ class Stopped:
     pid: int
     at: str
 
-    def said(self) -> str:
-        """The entry in words (names bounded: the record could be damaged)."""
+    def what(self) -> str:
+        """``service: task: names``, bounded (the record could be damaged)."""
         names = few([printable(n, 100) for n in self.names])
+        return f"{printable(self.service, 100)}: {printable(self.task, 60)}: {names}"
+
+    def said(self) -> str:
+        """The entry in one line of bounded words."""
         return (
-            f"{printable(self.service, 100)}: {printable(self.task, 60)}: {names} "
-            f"(stopped by a {self.by} that ended before starting them again: "
-            f"pid {self.pid}, {self.at})"
+            f"{self.what()} (stopped by a {printable(self.by, 20)} that ended before "
+            f"starting them again: pid {self.pid}, {printable(self.at, 40)})"
         )
 
 
@@ -81,19 +93,33 @@ class DamagedRecord(Exception):
 def read_record(path: Path) -> list[Stopped]:
     """The entries of the record at ``path`` (none when there is no record).
 
-    Raises DamagedRecord when it is too long, not JSON or not shaped as one; OSError when
-    it cannot be read."""
+    Raises DamagedRecord when it is not a regular file this user owns and only it can
+    write (a record another user could plant would have root start what it names), is
+    longer than :data:`MAX_BYTES`, not JSON or not shaped as one; OSError when it cannot
+    be read (a symlink: never followed)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # (a FIFO: no wait)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_BYTES + 1)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return []
+    with os.fdopen(fd, "rb") as handle:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise DamagedRecord("not a regular file")
+        if found.st_uid != os.geteuid() or found.st_mode & 0o022:
+            raise DamagedRecord(
+                f"owned by uid {found.st_uid}, mode {found.st_mode & 0o777:o}: a record "
+                "another user can write is never obeyed"
+            )
+        data = handle.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise DamagedRecord(f"longer than {MAX_BYTES} bytes")
     try:
-        doc = json.loads(data)
-        return [_entry(item) for item in doc["stopped"]]
-    except (ValueError, KeyError, TypeError) as exc:
+        items = json.loads(data)["stopped"]
+        if len(items) > MAX_ENTRIES:
+            raise DamagedRecord(f"more than {MAX_ENTRIES} entries")
+        return [_entry(item) for item in items]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise DamagedRecord(f"not a record of stopped services ({describe(exc)})") from None
 
 
@@ -161,39 +187,51 @@ class StoppedRecord:
         atomic_write(self.path, json.dumps(doc, indent=2) + "\n", mode=0o600)
 
 
-def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> list[str]:
+@dataclass
+class Recovery:
+    """What :func:`start_left_stopped` found and did."""
+
+    entries: list[Stopped] = field(default_factory=list)
+    """The record's entries, each tried."""
+    problems: list[str] = field(default_factory=list)
+    """Each said as an error: a start that failed, a service no longer configured, a
+    damaged record (set aside as ``stopped.json.damaged``)."""
+
+    def summary(self) -> str:
+        """The problems in one bounded line (the first few named, the rest counted)."""
+        return few(self.problems, SHOWN_PROBLEMS, separator="; ")
+
+
+def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
     """Start again what an earlier run or restore stopped and never started (its record),
     through each task's finish (``failed=True``, ``state["stopped"]`` as recorded). Call
     it under the client's lock, the last stopped first. Each entry leaves the record once
-    tried.
-
-    Returns the problems, each said as an error: a start that failed, a service no longer
-    configured, a damaged record (set aside as ``stopped.json.damaged``)."""
+    tried. Returns what was found and what went wrong."""
     path = record_path(config)
     try:
         entries = read_record(path)
     except (DamagedRecord, OSError) as exc:
-        return [_set_aside(path, exc)]
+        return Recovery(problems=[_set_aside(path, exc)])
     if not entries:
-        return []
+        return Recovery()
     record = StoppedRecord(path, "run")
     services = {s.name: s for s in discover(config.service_dirs, plugins)}
     scratch = config.work_dir / ".start-stopped"
-    problems = []
+    recovery = Recovery(entries)
     try:
         for entry in reversed(entries):  # (the reverse of the order they stopped in)
             problem = _start(entry, services, plugins, scratch)
             if problem:
-                log.error("%s", problem)
-                problems.append(problem)
+                recovery.problems.append(problem)
             record.remove(entry.service, entry.task)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return problems
+    return recovery
 
 
 def _start(entry: Stopped, services: dict, plugins: PluginSet, scratch: Path) -> str | None:
-    """Start what ``entry`` names through its task's finish; the problem, or None."""
+    """Start what ``entry`` names through its task's finish; the problem (said as an
+    error), or None."""
     service = services.get(entry.service)
     tasks = [] if service is None or service.broken else make_tasks(service, scratch, None)
     task = next((t for t in tasks if t.key == entry.task), None)
@@ -201,13 +239,20 @@ def _start(entry: Stopped, services: dict, plugins: PluginSet, scratch: Path) ->
         why = "is not configured" if service is None else "has no such task now"
         if service is not None and service.broken:
             why = "has a broken service file"
-        return f"{entry.said()}: the service {why}: start them by hand"
+        problem = f"{entry.said()}: the service {why}: start them by hand"
+        log.error("%s", problem)
+        return problem
     log.warning("starting again %s", entry.said())
     task.state["stopped"] = list(entry.names)
     try:
         plugins.call("finish", task, failed=True)
     except Exception as exc:
-        return f"{entry.said()}: could not start them again: {describe(exc)}"
+        first, *rest = describe(exc).splitlines() or [type(exc).__name__]
+        problem = f"{entry.said()}: could not start them again: {first}"
+        log.error("%s", problem)
+        for line in rest:  # (a command's last lines: in the log, not in the report's line)
+            task.log.error("%s", line)
+        return problem
     return None
 
 
@@ -234,7 +279,8 @@ def command(config: ClientConfig, args: argparse.Namespace | None = None) -> int
     started, or a run or restore holds the client's lock (it starts them itself, and
     may have stopped them: the client unit's ExecStopPost= after a run that found a
     restore going on must not fail the unit); 1 when something could not be started
-    (said)."""
+    (said). A run that left its record (killed before its finish: no one else tells)
+    is reported as a failed run: the status file, metrics, mail and pings say it."""
     if not record_path(config).exists():
         return EXIT_OK  # (the unit's ExecStopPost= after every run: nothing else loaded)
     from .run import INSTANCE_LOCK  # (run imports this module)
@@ -246,7 +292,30 @@ def command(config: ClientConfig, args: argparse.Namespace | None = None) -> int
         log.info("%s; it starts what an interrupted run left stopped itself", exc)
         return EXIT_OK
     try:
-        problems = start_left_stopped(config, load_plugins(config.plugin_dirs))
+        recovery = start_left_stopped(config, load_plugins(config.plugin_dirs))
     finally:
         lock.release()
-    return EXIT_FAILED if problems else EXIT_OK
+    report(config, recovery)
+    return EXIT_FAILED if recovery.problems else EXIT_OK
+
+
+def report(config: ClientConfig, recovery: Recovery) -> None:
+    """Report a run that ended before its finish, and any recovery problem, as a failed
+    run (its status, metrics, mail, pings): the killed run told no one. A restore's
+    record is a backup run's news only when something could not be started."""
+    runs = sorted({(e.pid, printable(e.at, 40)) for e in recovery.entries if e.by == "run"})
+    if not runs and not recovery.problems:
+        return
+    started = [e.what() for e in reversed(recovery.entries)]  # (in the order started)
+    if runs:
+        pid, at = runs[0]
+        what = f"the run (pid {pid}, stopping at {at}) ended before its finish (killed?)"
+    else:
+        what = "a restore ended before its finish (killed?)"
+    if recovery.problems:
+        error = f"{what}; {recovery.summary()}"
+    else:
+        again = few(started, SHOWN_PROBLEMS, separator="; ")
+        error = f"{what}; started again what it had stopped: {again}"
+    summary = outputs.RunSummary(False, 0.0, error=error)
+    outputs.finish(config, Notifier(config.notify, f"run on {config.hostname}"), summary)

@@ -35,12 +35,12 @@ def counted(count: int, word: str, words: str | None = None) -> str:
     return f"{count} {word if count == 1 else words or word + 's'}"
 
 
-def few(words: list[str], shown: int = 5) -> str:
+def few(words: list[str], shown: int = 5, separator: str = ", ") -> str:
     """``a, b, c and 2 more``: the first ``shown`` of ``words`` (each already
     :func:`printable` where it is data, a name read from a repository), the rest
-    counted."""
+    counted; ``separator`` between them (``"; "`` for sentences)."""
     more = len(words) - shown
-    named = ", ".join(words[:shown])
+    named = separator.join(words[:shown])
     return f"{named} and {more} more" if more > 0 else named
 
 

@@ -89,6 +89,14 @@ def test_start_stopped_starts_what_a_killed_run_stopped(shop, standins):
     assert "starting again shop: docker: web, db (stopped by a run that ended" in started.stderr
     assert "starting again shop: systemd: app.service" in started.stderr
     assert not (shop.root / "stopped.json").exists()
+    # the killed run told no one: now its status says it failed, and why
+    status = json.loads((shop.archives / ".client-status.json").read_text())
+    assert status["last_run_ok"] is False
+    assert status["error"].startswith("the run (pid ")
+    assert status["error"].endswith(
+        "ended before its finish (killed?); started again what it had stopped: "
+        "shop: systemd: app.service; shop: docker: web, db"
+    )
 
     # nothing left: quiet, no call, no lock taken
     again = shop.cli("start-stopped", env=standins.env)

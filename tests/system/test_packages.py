@@ -488,6 +488,13 @@ def test_a_client_run_killed_outright_has_its_unit_started_again(root, installed
         assert "starting again killed: systemd: pbtest-app.service (stopped by a run" in log
         assert root.run("test -e /var/lib/pullback/stopped.json", check=False).returncode == 1
         assert root.run("pgrep -fx 'sleep 91'", check=False).returncode == 1
+        # the killed run told no one; its ExecStopPost= did, inside the unit's sandbox
+        status = json.loads(root.run("cat /var/lib/pullback/archives/.client-status.json").stdout)
+        assert status["last_run_ok"] is False, status
+        assert (
+            "ended before its finish (killed?); started again what it had stopped: "
+            in (status["error"])
+        )
     finally:
         root.run("rm -rf /etc/pullback/services/killed /etc/systemd/system/pbtest-app.service")
         root.run("systemctl stop pbtest-app.service; systemctl daemon-reload", check=False)

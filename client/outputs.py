@@ -51,7 +51,7 @@ class RunSummary:
         failed = [s.name for s in self.services if s.status != Status.OK]
         if self.error:
             return f"the run failed: {self.error}"
-        if self.problems and not failed:
+        if self.problems:  # (first: an application left down, a run that told no one)
             return self.problems[0]
         if failed:
             return f"{len(failed)} of {len(self.services)} services failed: {', '.join(failed)}"

@@ -519,6 +519,7 @@ class ServiceRestore:
             if not self.options.dry_run:
                 with guard.shielded():
                     self.left = stopped.start_left_stopped(self.config, self.plugins)
+                    stopped.report(self.config, self.left)  # (a killed run told no one)
                 self.record = stopped.StoppedRecord(stopped.record_path(self.config), "restore")
                 self.record.attach(self.tasks)
             self.make_room()

@@ -56,8 +56,11 @@ class RunResult:
     sidecar: Sidecar | None = None
     archive: str | None = None
     problems: list[str] = field(default_factory=list)
-    """What went wrong beside the services (an application an interrupted run left
-    stopped that could not be started again): the run fails with them."""
+    """What went wrong beside the services (an earlier run that ended before its finish,
+    an application it left stopped that could not be started again): the run fails
+    with them (:meth:`.stopped.Recovery.report_lines`)."""
+    ran: bool = True
+    """False when no service was run (none enabled): nothing of this run to report."""
 
 
 def select_services(services: list[Service], names: list[str] | None) -> list[Service]:
@@ -188,12 +191,14 @@ def run(
         log.warning(
             "no enabled services found in %s", ", ".join(str(d) for d in config.service_dirs)
         )
-        return RunResult(stopped.command(config))  # (what a killed run left: the same)
+        # (what a killed run left is started and reported all the same; this run made
+        # nothing to report: its status stays the last real run's)
+        return RunResult(stopped.command(config), ran=False)
 
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
     with lock.acquire(), SignalGuard(RESTORING) as guard:
         with guard.shielded():  # (a stop waits: these were to be started long ago)
-            problems = stopped.start_left_stopped(config, plugins).problems
+            problems = stopped.start_left_stopped(config, plugins).report_lines()
         client_run = ClientRun(config, services, plugins, guard)
         client_run.full_asked = full
         client_run.left_out = left_out(found, services)
@@ -485,6 +490,8 @@ def run_and_report(
         failed = outputs.RunSummary(False, time.monotonic() - started, error=str(exc))
         outputs.finish(config, notifier, failed)
         raise
+    if not result.ran:
+        return result.exit_code
     ok = result.exit_code == EXIT_OK
     summary = outputs.RunSummary(
         ok, time.monotonic() - started, result.services, result.sidecar, problems=result.problems

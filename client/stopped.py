@@ -26,6 +26,7 @@ import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..common.archive.sidecar import ServiceReport
 from ..common.clock import iso, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK, LockBusy, describe
 from ..common.fsutil import atomic_write
@@ -193,13 +194,26 @@ class Recovery:
 
     entries: list[Stopped] = field(default_factory=list)
     """The record's entries, each tried."""
+    started: list[Stopped] = field(default_factory=list)
+    """Those whose finish returned: started again."""
     problems: list[str] = field(default_factory=list)
     """Each said as an error: a start that failed, a service no longer configured, a
     damaged record (set aside as ``stopped.json.damaged``)."""
 
-    def summary(self) -> str:
-        """The problems in one bounded line (the first few named, the rest counted)."""
-        return few(self.problems, SHOWN_PROBLEMS, separator="; ")
+    def report_lines(self) -> list[str]:
+        """What a report of this recovery says, each line a problem: a run that ended
+        before its finish (it told no one), with what was started again, then each
+        problem. None when only a restore's stops were started again (its
+        administrator saw it end)."""
+        runs = sorted({(e.pid, printable(e.at, 40)) for e in self.entries if e.by == "run"})
+        if not runs:
+            return list(self.problems)
+        pid, at = runs[0]
+        line = f"the run (pid {pid}, stopping at {at}) ended before its finish (killed?)"
+        if self.started:  # (in the order started)
+            again = few([e.what() for e in self.started], SHOWN_PROBLEMS, separator="; ")
+            line += f"; started again what it had stopped: {again}"
+        return [line, *self.problems]
 
 
 def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
@@ -223,6 +237,8 @@ def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
             problem = _start(entry, services, plugins, scratch)
             if problem:
                 recovery.problems.append(problem)
+            else:
+                recovery.started.append(entry)
             record.remove(entry.service, entry.task)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -295,27 +311,20 @@ def command(config: ClientConfig, args: argparse.Namespace | None = None) -> int
         recovery = start_left_stopped(config, load_plugins(config.plugin_dirs))
     finally:
         lock.release()
-    report(config, recovery)
-    return EXIT_FAILED if recovery.problems else EXIT_OK
+    unwritten = report(config, recovery)
+    return EXIT_FAILED if recovery.problems or unwritten else EXIT_OK
 
 
-def report(config: ClientConfig, recovery: Recovery) -> None:
-    """Report a run that ended before its finish, and any recovery problem, as a failed
-    run (its status, metrics, mail, pings): the killed run told no one. A restore's
-    record is a backup run's news only when something could not be started."""
-    runs = sorted({(e.pid, printable(e.at, 40)) for e in recovery.entries if e.by == "run"})
-    if not runs and not recovery.problems:
-        return
-    started = [e.what() for e in reversed(recovery.entries)]  # (in the order started)
-    if runs:
-        pid, at = runs[0]
-        what = f"the run (pid {pid}, stopping at {at}) ended before its finish (killed?)"
-    else:
-        what = "a restore ended before its finish (killed?)"
-    if recovery.problems:
-        error = f"{what}; {recovery.summary()}"
-    else:
-        again = few(started, SHOWN_PROBLEMS, separator="; ")
-        error = f"{what}; started again what it had stopped: {again}"
-    summary = outputs.RunSummary(False, 0.0, error=error)
-    outputs.finish(config, Notifier(config.notify, f"run on {config.hostname}"), summary)
+def report(config: ClientConfig, recovery: Recovery) -> list[str]:
+    """Report what :meth:`Recovery.report_lines` says as a failed run (the status file,
+    metrics, mail, pings), the services of the run that ended before its finish marked
+    failed; nothing when it says nothing. For a command that is no run of its own
+    (``start-stopped``, ``restore``); a run carries the lines in its own report.
+    Returns what could not be written or delivered (each said)."""
+    lines = recovery.report_lines()
+    if not lines:
+        return []
+    ended = dict.fromkeys(printable(e.service, 100) for e in recovery.entries if e.by == "run")
+    services = [ServiceReport(name, error="its run ended before its finish") for name in ended]
+    summary = outputs.RunSummary(False, 0.0, services, problems=lines)
+    return outputs.finish(config, Notifier(config.notify, f"run on {config.hostname}"), summary)

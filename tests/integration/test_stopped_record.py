@@ -111,7 +111,14 @@ def test_the_next_run_starts_them_first_and_leaves_no_record(shop, standins):
         (shop.services / "shop" / "service.yaml").read_text().replace("exec sleep 60", "true")
     )
     result = shop.cli("run", env=standins.env)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the killed run is reported here
+    status = json.loads((shop.archives / ".client-status.json").read_text())
+    assert status["error"].startswith("the run (pid ")
+    assert (
+        "ended before its finish (killed?); started again what it had stopped: "
+        in (status["error"])
+    )
+    assert len(shop.published()) == 1  # this run's archive all the same
     calls = [short(c) for c in standins.calls()[before:]]
     assert calls[:3] == STARTS  # before its own stops
     assert calls[3:5] == [

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.client import ClientSandbox
+from tests.helpers.standin_wrappers import compose_app, kill_when_marked, wrapped_env
 from tests.integration.test_app_plugins import short
 
 pytestmark = pytest.mark.integration
@@ -38,19 +39,6 @@ command:
   dump: [{run: "echo other", output: out.txt}]
 """
 
-WRAPPER = """\
-#!/bin/sh
-# hangs (after touching $HANG_MARK) on the call whose arguments are $HANG_ON; fails the
-# one whose arguments are $FAIL_ON; else the recording stand-in
-if [ -n "$HANG_ON" ] && [ "$*" = "$HANG_ON" ]; then touch "$HANG_MARK"; exec sleep 60; fi
-if [ -n "$FAIL_ON" ] && [ "$*" = "$FAIL_ON" ]; then
-    "$STANDIN_DIR/$(basename "$0")" "$@"
-    echo "Job for $2 failed because the control process exited with error code." >&2
-    exit 1
-fi
-exec "$STANDIN_DIR/$(basename "$0")" "$@"
-"""
-
 
 class Box(ClientSandbox):
     marker: Path
@@ -59,24 +47,12 @@ class Box(ClientSandbox):
 
 @pytest.fixture
 def box(tmp_path, standins):
-    compose = tmp_path / "app" / "docker-compose.yml"
-    compose.parent.mkdir()
-    compose.write_text("services:\n  web: {image: nginx:1.25}\n  db: {image: postgres:15}\n")
+    compose = compose_app(tmp_path)
     # app.service runs; kept-down.service was stopped by the administrator on purpose
     standins.set(running=["web", "db"], active=["app.service", "other.service"])
-    wrappers = tmp_path / "wrap"
-    wrappers.mkdir()
-    for name in ("docker", "systemctl"):
-        (wrappers / name).write_text(WRAPPER)
-        (wrappers / name).chmod(0o755)
     b = Box(tmp_path / "client")
     b.marker = tmp_path / "mark"
-    b.env = {
-        **standins.env,
-        "PATH": f"{wrappers}:{standins.env['PATH']}",
-        "STANDIN_DIR": str(tmp_path / "bin"),
-        "HANG_MARK": str(b.marker),
-    }
+    b.env = wrapped_env(tmp_path, standins.env, b.marker)
     b.add_service("shop", SHOP.format(compose=compose, dump=f"touch {b.marker}; exec sleep 60"))
     return b
 
@@ -89,15 +65,7 @@ def _quick(b: Box) -> None:
 
 def _killed_when_marked(b: Box, *args: str, hang_on: str = "") -> None:
     """Start ``args`` and SIGKILL it once the marker appears (a dump or a hung call)."""
-    proc = b.popen(*args, env={**os.environ, **b.env, "HANG_ON": hang_on})
-    deadline = time.monotonic() + 60
-    while not b.marker.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "never reached the marker"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
-    b.marker.unlink()
+    kill_when_marked(b, b.marker, *args, env={**b.env, "HANG_ON": hang_on})
 
 
 def _record(b: Box) -> Path:

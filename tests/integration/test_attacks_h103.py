@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.client import ClientSandbox
+from tests.helpers.standin_wrappers import compose_app, wrapped_env
 from tests.integration.test_app_plugins import short
 
 pytestmark = pytest.mark.integration
@@ -33,17 +34,6 @@ command:
   restore: ["true"]
 """
 
-WRAPPER = """\
-#!/bin/sh
-# fails the call whose arguments are $FAIL_ON (after the stand-in recorded it)
-if [ -n "$FAIL_ON" ] && [ "$*" = "$FAIL_ON" ]; then
-    "$STANDIN_DIR/$(basename "$0")" "$@"
-    echo "Job for $2 failed." >&2
-    exit 1
-fi
-exec "$STANDIN_DIR/$(basename "$0")" "$@"
-"""
-
 
 class Box(ClientSandbox):
     marker: Path
@@ -54,24 +44,13 @@ class Box(ClientSandbox):
 
 @pytest.fixture
 def box(tmp_path, standins):
-    compose = tmp_path / "app" / "docker-compose.yml"
-    compose.parent.mkdir()
-    compose.write_text("services:\n  web: {image: nginx:1.25}\n  db: {image: postgres:15}\n")
+    compose = compose_app(tmp_path)
     standins.set(running=["web", "db"], active=["app.service", "b.service"])
-    wrappers = tmp_path / "wrap"
-    wrappers.mkdir()
-    for name in ("docker", "systemctl"):
-        (wrappers / name).write_text(WRAPPER)
-        (wrappers / name).chmod(0o755)
     b = Box(tmp_path / "client")
     b.tmp = tmp_path
     b.compose = compose
     b.marker = tmp_path / "mark"
-    b.env = {
-        **standins.env,
-        "PATH": f"{wrappers}:{standins.env['PATH']}",
-        "STANDIN_DIR": str(tmp_path / "bin"),
-    }
+    b.env = wrapped_env(tmp_path, standins.env, b.marker)
     _service(b, "shop", "app.service", hang=True)
     return b
 

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from tests.helpers.client import ClientSandbox
+from tests.helpers.standin_wrappers import kill_when_marked
 from tests.integration.test_app_plugins import short
 
 pytestmark = pytest.mark.integration
@@ -48,15 +49,7 @@ def shop(tmp_path, standins):
 
 def _kill_while_dumping(box: ClientSandbox, env: dict) -> None:
     """Start a run and SIGKILL it once the dump runs (its prepares done)."""
-    run = box.popen("run", env={**os.environ, **env})
-    deadline = time.monotonic() + 60
-    while not box.marker.exists():
-        assert run.poll() is None, run.communicate()
-        assert time.monotonic() < deadline, "the dump never started"
-        time.sleep(0.05)
-    run.send_signal(signal.SIGKILL)
-    run.communicate(timeout=30)
-    box.marker.unlink()
+    kill_when_marked(box, box.marker, "run", env=env)
 
 
 def _record(box: ClientSandbox) -> dict:
@@ -204,16 +197,9 @@ def test_a_restore_killed_while_the_application_is_down_is_started_again(shop, s
     assert made.returncode == 0, made.stderr
     (archive,) = shop.published()
     before = len(standins.calls())
-    restore = shop.popen(
-        "restore", "--service", "shop", "--from", str(archive), env={**os.environ, **standins.env}
+    kill_when_marked(
+        shop, shop.marker, "restore", "--service", "shop", "--from", str(archive), env=standins.env
     )
-    deadline = time.monotonic() + 60
-    while not shop.marker.exists():
-        assert restore.poll() is None, restore.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    restore.send_signal(signal.SIGKILL)
-    restore.communicate(timeout=30)
     assert {e["by"] for e in _record(shop)["stopped"]} == {"restore"}
     started = shop.cli("start-stopped", env=standins.env)
     assert started.returncode == 0, started.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -49,8 +50,9 @@ class RunSummary:
 
     def headline(self) -> str:
         failed = [s.name for s in self.services if s.status != Status.OK]
-        if self.error:
-            return f"the run failed: {self.error}"
+        if self.error:  # (and an earlier run killed, found by this one: said after it)
+            also = f" (and: {self.problems[0]})" if self.problems else ""
+            return f"the run failed: {self.error}{also}"
         if self.problems:  # (first: an application left down, a run that told no one)
             return self.problems[0]
         if failed:
@@ -67,7 +69,8 @@ def record(config: ClientConfig, run: RunSummary) -> dict:
             "last_run": now,
             "last_run_ok": run.ok,
             "duration": round(run.duration, 3),
-            "error": run.error or few(run.problems, separator="; ") or None,
+            "error": few([*([run.error] if run.error else []), *run.problems], separator="; ")
+            or None,
         }
     )
     if run.sidecar is not None:
@@ -154,8 +157,14 @@ def _failure_mail(config: ClientConfig, run: RunSummary, unwritten: list[str]) -
     )
 
 
-def finish(config: ClientConfig, notifier: Notifier, run: RunSummary) -> list[str]:
-    """Record the run and tell whoever listens. Never raises for a delivery problem;
+def finish(
+    config: ClientConfig,
+    notifier: Notifier,
+    run: RunSummary,
+    recorded: Callable[[], None] | None = None,
+) -> list[str]:
+    """Record the run and tell whoever listens; ``recorded`` is called once the status
+    file is written (or failed to be). Never raises for a delivery problem;
     returns what could not be written or delivered (the metrics file, the mail, a ping),
     each also an error in the log, so that the run can say so in its exit status."""
     problems = []
@@ -165,6 +174,8 @@ def finish(config: ClientConfig, notifier: Notifier, run: RunSummary) -> list[st
         log.error("could not record the run's status: %s", exc)
         status = {"services": {}}
         problems.append(f"status file {status_path(config)}: {exc.strerror}")
+    if recorded is not None:
+        recorded()
     if config.metrics_file is not None:
         try:
             metrics(status).write(config.metrics_file)

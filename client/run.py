@@ -55,12 +55,6 @@ class RunResult:
     services: list[ServiceReport] = field(default_factory=list)
     sidecar: Sidecar | None = None
     archive: str | None = None
-    problems: list[str] = field(default_factory=list)
-    """What went wrong beside the services (an earlier run that ended before its finish,
-    an application it left stopped that could not be started again): the run fails
-    with them (:meth:`.stopped.Recovery.report_lines`)."""
-    ran: bool = True
-    """False when no service was run (none enabled): nothing of this run to report."""
 
 
 def select_services(services: list[Service], names: list[str] | None) -> list[Service]:
@@ -171,42 +165,88 @@ def _new_stamp(config: ClientConfig) -> tuple[str, dt.datetime]:
         time.sleep(0.2)
 
 
-def run(
-    config: ClientConfig,
-    names: list[str] | None = None,
-    dry: bool = False,
-    *,
-    full: bool = False,
-) -> RunResult:
-    """Run the client once (``full``: a full archive even when a delta could be made).
-    Returns the result; raises LockBusy, ConfigError, PullbackError."""
+def dry_run_command(config: ClientConfig, names: list[str] | None, full: bool) -> int:
+    """``run --dry-run``: print what a run would do, change nothing. Returns the exit code."""
+    plugins = load_plugins(config.plugin_dirs)
+    code = dry_run(select_services(discover(config.service_dirs, plugins), names), plugins)
+    print(f"archive: {dry_archive_kind(config, full)}")
+    return code
+
+
+def run(config: ClientConfig, names: list[str] | None = None, *, full: bool = False) -> int:
+    """Run the client once and report it (the status file, metrics, mail and pings), under
+    the client's lock (``full``: a full archive even when a delta could be made).
+
+    Returns the exit code; raises LockBusy (another run reports itself), ConfigError,
+    UsageError, and what the run raised (after reporting it)."""
     plugins = load_plugins(config.plugin_dirs)
     found = discover(config.service_dirs, plugins)
     services = select_services(found, names)
-    if dry:
-        code = dry_run(services, plugins)
-        print(f"archive: {dry_archive_kind(config, full)}")
-        return RunResult(code)
     if not services:
         log.warning(
             "no enabled services found in %s", ", ".join(str(d) for d in config.service_dirs)
         )
         # (what a killed run left is started and reported all the same; this run made
         # nothing to report: its status stays the last real run's)
-        return RunResult(stopped.command(config), ran=False)
-
+        return stopped.command(config)
+    notifier = Notifier(config.notify, f"run on {config.hostname}")
+    notifier.start()
+    started = time.monotonic()
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
     with lock.acquire(), SignalGuard(RESTORING) as guard:
         with guard.shielded():  # (a stop waits: these were to be started long ago)
             problems = stopped.start_left_stopped(config, plugins).report_lines()
-        client_run = ClientRun(config, services, plugins, guard)
-        client_run.full_asked = full
-        client_run.left_out = left_out(found, services)
-        result = client_run.run()
-        result.problems[:0] = problems
-        if problems:
-            result.exit_code = EXIT_FAILED
-        return result
+        record = stopped.StoppedRecord(stopped.record_path(config), "run")
+        record.begin([s.name for s in services])
+        reporter = Reporter(config, notifier, started, record, problems)
+        try:
+            client_run = ClientRun(config, services, plugins, guard, record)
+            client_run.full_asked = full
+            client_run.left_out = left_out(found, services)
+            result = client_run.run()
+        except PullbackError as exc:
+            with guard.shielded():  # (a stop waits for the report of what it stopped)
+                reporter.failed(exc)
+            raise
+        with guard.shielded():
+            return reporter.ended(result)
+
+
+@dataclass
+class Reporter:
+    """A run's report, made under its lock: the record's mark of the run under way is
+    cleared once the status file is written (:meth:`.stopped.StoppedRecord.reported`);
+    a run killed before then is reported by the next ``start-stopped``."""
+
+    config: ClientConfig
+    notifier: Notifier
+    started: float
+    """When the run began (``time.monotonic``)."""
+    record: stopped.StoppedRecord
+    problems: list[str]
+    """What the recovery before the run found (an earlier run killed): this run fails
+    with them, and reports them even when it publishes nothing."""
+
+    def failed(self, exc: PullbackError) -> None:
+        """Report a run that published nothing."""
+        elapsed = time.monotonic() - self.started
+        summary = outputs.RunSummary(False, elapsed, error=str(exc), problems=self.problems)
+        outputs.finish(self.config, self.notifier, summary, recorded=self.record.reported)
+
+    def ended(self, result: RunResult) -> int:
+        """Report a run that published its archive; returns the exit code."""
+        code = EXIT_FAILED if self.problems else result.exit_code
+        summary = outputs.RunSummary(
+            code == EXIT_OK,
+            time.monotonic() - self.started,
+            result.services,
+            result.sidecar,
+            problems=self.problems,
+        )
+        unwritten = outputs.finish(
+            self.config, self.notifier, summary, recorded=self.record.reported
+        )
+        return code or (EXIT_FAILED if unwritten else EXIT_OK)
 
 
 class ClientRun:
@@ -219,7 +259,10 @@ class ClientRun:
         services: list[Service],
         plugins: PluginSet,
         guard: SignalGuard,
+        record: stopped.StoppedRecord,
     ):
+        """``record``: where the tasks' stops are written
+        (:meth:`.stopped.StoppedRecord.attach`)."""
         self.config = config
         self.services = services
         self.plugins = plugins
@@ -238,7 +281,7 @@ class ClientRun:
         """The enabled services ``run --service`` did not name (:func:`left_out`)."""
         self.decision: incremental.Decision | None = None
         """Full or delta, and why (None: incremental archives are off)."""
-        self.record = stopped.StoppedRecord(stopped.record_path(config), "run")
+        self.record = record
 
     def run(self) -> RunResult:
         """Returns the result. Raises ArchiveError when no archive could be published."""
@@ -460,7 +503,7 @@ def command(config: ClientConfig, args: argparse.Namespace) -> int:
 def run_and_report(
     config: ClientConfig,
     names: list[str] | None = None,
-    dry: bool = False,
+    dry_run_only: bool = False,
     if_due: bool = False,
     *,
     full: bool = False,
@@ -469,8 +512,8 @@ def run_and_report(
 
     Returns the exit code; raises what :func:`run` raises (after reporting it).
     """
-    if dry:
-        return run(config, names, dry=True, full=full).exit_code
+    if dry_run_only:
+        return dry_run_command(config, names, full)
     if if_due:
         reason = fresh(config)
         if reason:
@@ -479,22 +522,4 @@ def run_and_report(
             # reason to leave them down: the hourly timer after a power cut starts them)
             left = stopped.command(config) != EXIT_OK
             return EXIT_FAILED if broken_services(config, names) or left else EXIT_OK
-    notifier = Notifier(config.notify, f"run on {config.hostname}")
-    notifier.start()
-    started = time.monotonic()
-    try:
-        result = run(config, names, full=full)
-    except LockBusy:
-        raise  # another run is going on and will report itself
-    except PullbackError as exc:
-        failed = outputs.RunSummary(False, time.monotonic() - started, error=str(exc))
-        outputs.finish(config, notifier, failed)
-        raise
-    if not result.ran:
-        return result.exit_code
-    ok = result.exit_code == EXIT_OK
-    summary = outputs.RunSummary(
-        ok, time.monotonic() - started, result.services, result.sidecar, problems=result.problems
-    )
-    unwritten = outputs.finish(config, notifier, summary)
-    return result.exit_code or (EXIT_FAILED if unwritten else EXIT_OK)
+    return run(config, names, full=full)

@@ -9,6 +9,11 @@ even across a reboot. So every stop is written here before it is made
 ``pullback-client start-stopped`` (the client unit's ExecStopPost=, and the start of every
 run and restore) calls the finish of each task still named, as its run would have.
 
+A run also writes here that it is under way (:class:`Underway`: its pid, start and
+services) and clears it once its status file is written: a run killed with nothing
+stopped is reported all the same, its services failed, not left as the last run's
+result for monitoring to find stale a day later.
+
 The file is ``stopped.json`` beside the work directory (``/var/lib/pullback`` by
 default: it survives a reboot), root's alone, written atomically under the client's
 lock. It is read only up to :data:`MAX_BYTES`; a damaged one is set aside, said, and
@@ -50,6 +55,9 @@ MAX_ENTRIES = 200
 """Entries a record may hold (one per task that stops something: a machine's services
 hold a few); more is a damaged record (each entry is one start, one warning and one
 rewrite of the record)."""
+MAX_SERVICES = 200
+"""Service names an :class:`Underway` keeps (the first ones of a longer run): a report
+of the killed run marks these failed."""
 SHOWN_PROBLEMS = 5
 """Problems named one by one in a report's one line (the rest counted)."""
 VERSION = 1
@@ -87,12 +95,36 @@ class Stopped:
         )
 
 
+@dataclass
+class Underway:
+    """A run that began and has not yet written its status file (the record's ``run``)."""
+
+    pid: int
+    at: str
+    """When it began (ISO 8601, UTC)."""
+    services: list[str]
+    """Its services (at most :data:`MAX_SERVICES`)."""
+
+    def said(self) -> str:
+        """``the run (pid ..., started at ...)``, bounded."""
+        return f"the run (pid {self.pid}, started at {printable(self.at, 40)})"
+
+
+@dataclass
+class Contents:
+    """What a record holds."""
+
+    entries: list[Stopped] = field(default_factory=list)
+    run: Underway | None = None
+    """The run under way when the record was written (None: none, or a restore's)."""
+
+
 class DamagedRecord(Exception):
     """The record cannot be read as one."""
 
 
-def read_record(path: Path) -> list[Stopped]:
-    """The entries of the record at ``path`` (none when there is no record).
+def read_record(path: Path) -> Contents:
+    """What the record at ``path`` holds (nothing when there is no record).
 
     Raises DamagedRecord when it is not a regular file this user owns and only it can
     write (a record another user could plant would have root start what it names), is
@@ -102,7 +134,7 @@ def read_record(path: Path) -> list[Stopped]:
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        return []
+        return Contents()
     with os.fdopen(fd, "rb") as handle:
         found = os.fstat(fd)
         if not stat.S_ISREG(found.st_mode):
@@ -116,10 +148,12 @@ def read_record(path: Path) -> list[Stopped]:
     if len(data) > MAX_BYTES:
         raise DamagedRecord(f"longer than {MAX_BYTES} bytes")
     try:
-        items = json.loads(data)["stopped"]
+        doc = json.loads(data)
+        items = doc["stopped"]
         if len(items) > MAX_ENTRIES:
             raise DamagedRecord(f"more than {MAX_ENTRIES} entries")
-        return [_entry(item) for item in items]
+        run = doc.get("run")
+        return Contents([_entry(item) for item in items], None if run is None else _run(run))
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise DamagedRecord(f"not a record of stopped services ({describe(exc)})") from None
 
@@ -134,6 +168,17 @@ def _entry(item: dict) -> Stopped:
     return Stopped(item["service"], item["task"], names, item["by"], item["pid"], item["at"])
 
 
+def _run(item: dict) -> Underway:
+    services = item["services"]
+    if not isinstance(services, list) or not all(isinstance(n, str) for n in services):
+        raise TypeError("services is not a list of strings")
+    if len(services) > MAX_SERVICES:
+        raise DamagedRecord(f"a run of more than {MAX_SERVICES} services")
+    if not isinstance(item["pid"], int) or not isinstance(item["at"], str):
+        raise TypeError("a field of the run has the wrong type")
+    return Underway(item["pid"], item["at"], services)
+
+
 class StoppedRecord:
     """The record, as one run or restore keeps it (under the client's lock): entries it
     did not write stay as they are."""
@@ -141,10 +186,28 @@ class StoppedRecord:
     def __init__(self, path: Path, by: str):
         self.path = path
         self.by = by
-        self.entries: list[Stopped] = []
+        contents = Contents()
         # (a damaged one was set aside by start_left_stopped, which ran first)
         with contextlib.suppress(DamagedRecord, OSError):
-            self.entries = read_record(path)
+            contents = read_record(path)
+        self.entries = contents.entries
+        self.run = contents.run
+
+    def begin(self, services: list[str]) -> None:
+        """Write that this run is under way (with its services), replacing any earlier
+        run's mark (its report is this run's). A record that cannot be written is only
+        said: the backup goes on (only a killed run's report would be missed)."""
+        self.run = Underway(os.getpid(), iso(utc_now()), services[:MAX_SERVICES])
+        try:
+            self._write()
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.path, describe(exc))
+
+    def reported(self) -> None:
+        """The run wrote its status file: its mark leaves (an error writing is said)."""
+        if self.run is not None:
+            self.run = None
+            self._rewrite()
 
     def attach(self, tasks: list[Task]) -> None:
         """Make each task's :meth:`Task.stopping` write here."""
@@ -169,10 +232,13 @@ class StoppedRecord:
         """The entry of ``service``'s task ``key`` leaves. An error writing is only said
         (the next run would start them again: harmless)."""
         if self._drop(service, key):
-            try:
-                self._write()
-            except OSError as exc:
-                log.warning("cannot update %s: %s", self.path, describe(exc))
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        try:
+            self._write()
+        except OSError as exc:
+            log.warning("cannot update %s: %s", self.path, describe(exc))
 
     def _drop(self, service: str, key: str) -> bool:
         before = len(self.entries)
@@ -180,11 +246,13 @@ class StoppedRecord:
         return len(self.entries) != before
 
     def _write(self) -> None:
-        if not self.entries:
+        if not self.entries and self.run is None:
             self.path.unlink(missing_ok=True)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        doc = {"version": VERSION, "stopped": [asdict(e) for e in self.entries]}
+        doc: dict = {"version": VERSION, "stopped": [asdict(e) for e in self.entries]}
+        if self.run is not None:
+            doc["run"] = asdict(self.run)
         atomic_write(self.path, json.dumps(doc, indent=2) + "\n", mode=0o600)
 
 
@@ -199,17 +267,29 @@ class Recovery:
     problems: list[str] = field(default_factory=list)
     """Each said as an error: a start that failed, a service no longer configured, a
     damaged record (set aside as ``stopped.json.damaged``)."""
+    run: Underway | None = None
+    """A run that ended before writing its status file (killed), None when none did."""
+
+    def killed_run(self) -> tuple[str, list[str]] | None:
+        """The run that ended before its report, in words, and its services (those its
+        record names); None when no run did (or only a restore's stops were left: its
+        administrator saw it end)."""
+        if self.run is not None:
+            return self.run.said(), self.run.services
+        runs = sorted({(e.pid, printable(e.at, 40)) for e in self.entries if e.by == "run"})
+        if not runs:  # (an older version's record has no run: its entries tell)
+            return None
+        services = [e.service for e in self.entries if e.by == "run"]
+        return f"the run (pid {runs[0][0]}, stopping at {runs[0][1]})", services
 
     def report_lines(self) -> list[str]:
         """What a report of this recovery says, each line a problem: a run that ended
         before its finish (it told no one), with what was started again, then each
-        problem. None when only a restore's stops were started again (its
-        administrator saw it end)."""
-        runs = sorted({(e.pid, printable(e.at, 40)) for e in self.entries if e.by == "run"})
-        if not runs:
+        problem."""
+        killed = self.killed_run()
+        if killed is None:
             return list(self.problems)
-        pid, at = runs[0]
-        line = f"the run (pid {pid}, stopping at {at}) ended before its finish (killed?)"
+        line = f"{killed[0]} ended before its finish (killed?)"
         if self.started:  # (in the order started)
             again = few([e.what() for e in self.started], SHOWN_PROBLEMS, separator="; ")
             line += f"; started again what it had stopped: {again}"
@@ -223,17 +303,24 @@ def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
     tried. Returns what was found and what went wrong."""
     path = record_path(config)
     try:
-        entries = read_record(path)
+        contents = read_record(path)
     except (DamagedRecord, OSError) as exc:
         return Recovery(problems=[_set_aside(path, exc)])
-    if not entries:
-        return Recovery()
+    recovery = Recovery(contents.entries, run=contents.run)
+    if contents.run is not None:
+        log.error(
+            "%s ended before its finish (killed?): reported as a failed run", contents.run.said()
+        )
+    if not contents.entries:
+        if contents.run is not None:
+            StoppedRecord(path, "run").reported()  # (its report is the caller's)
+        return recovery
     record = StoppedRecord(path, "run")
+    record.reported()
     services = {s.name: s for s in discover(config.service_dirs, plugins)}
     scratch = config.work_dir / ".start-stopped"
-    recovery = Recovery(entries)
     try:
-        for entry in reversed(entries):  # (the reverse of the order they stopped in)
+        for entry in reversed(contents.entries):  # (the reverse of the order they stopped)
             problem = _start(entry, services, plugins, scratch)
             if problem:
                 recovery.problems.append(problem)
@@ -324,7 +411,8 @@ def report(config: ClientConfig, recovery: Recovery) -> list[str]:
     lines = recovery.report_lines()
     if not lines:
         return []
-    ended = dict.fromkeys(printable(e.service, 100) for e in recovery.entries if e.by == "run")
+    killed = recovery.killed_run()
+    ended = dict.fromkeys(printable(name, 100) for name in (killed[1] if killed else []))
     services = [ServiceReport(name, error="its run ended before its finish") for name in ended]
     summary = outputs.RunSummary(False, 0.0, services, problems=lines)
     return outputs.finish(config, Notifier(config.notify, f"run on {config.hostname}"), summary)

@@ -185,7 +185,10 @@ def test_a_killed_run_leaves_a_stale_lock_that_the_next_run_breaks(box, tmp_path
     subprocess.run(["pkill", "-f", "sleep 60"], check=False)
     assert box.leftovers()
     result = box.cli("run", "--service", "app")
-    assert result.returncode == 0, result.stderr
+    # its archive is made; the killed run, which told no one, is this run's to report
+    assert result.returncode == 1, result.stderr
+    assert f"the run (pid {proc.pid}, started at " in result.stderr
+    assert "ended before its finish (killed?): reported as a failed run" in result.stderr
     assert "breaking stale lock" in result.stderr
     assert "removed leftovers of an interrupted run" in result.stderr
     assert not box.leftovers()

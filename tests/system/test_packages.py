@@ -467,6 +467,11 @@ def test_a_client_run_killed_outright_has_its_unit_started_again(root, installed
         "command: {dump: [{run: 'sleep 91; echo done', output: done.txt}]}\n",
         0o600,
     )
+    root.write(  # (stops nothing: failed with the run all the same)
+        "/etc/pullback/services/plain/service.yaml",
+        "service: {name: plain}\ncommand: {dump: [{run: 'echo x', output: x.txt}]}\n",
+        0o600,
+    )
     root.write("/etc/pullback/client.yaml", "hostname: node1\nmin_interval: 1s\n", 0o640)
     root.run("chgrp pullback /etc/pullback/client.yaml")
     try:
@@ -495,8 +500,11 @@ def test_a_client_run_killed_outright_has_its_unit_started_again(root, installed
             "ended before its finish (killed?); started again what it had stopped: "
             in (status["error"])
         )
+        assert status["error"].startswith("the run (pid ") and "started at" in status["error"]
+        assert not status["services"]["killed"]["ok"] and not status["services"]["plain"]["ok"]
     finally:
-        root.run("rm -rf /etc/pullback/services/killed /etc/systemd/system/pbtest-app.service")
+        root.run("rm -rf /etc/pullback/services/killed /etc/pullback/services/plain")
+        root.run("rm -f /etc/systemd/system/pbtest-app.service")
         root.run("systemctl stop pbtest-app.service; systemctl daemon-reload", check=False)
         root.run(["systemctl", "reset-failed", "pullback-client.service"], check=False)
 

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pullback.client.stopped import MAX_BYTES, DamagedRecord, StoppedRecord, read_record
+from pullback.client.stopped import (
+    MAX_BYTES,
+    MAX_SERVICES,
+    DamagedRecord,
+    StoppedRecord,
+    read_record,
+)
 from pullback.plugins.task import Task
 
 pytestmark = pytest.mark.unit
@@ -25,13 +31,13 @@ def test_each_stop_is_written_before_and_each_finish_empties_it(tmp_path):
     docker.stopping("web", "db")
     systemd.stopping("a.service")
     systemd.stopping("b.service")  # one entry per task, its whole list
-    assert [(e.task, e.names) for e in read_record(path)] == [
+    assert [(e.task, e.names) for e in read_record(path).entries] == [
         ("docker", ["web", "db"]),
         ("systemd", ["a.service", "b.service"]),
     ]
     assert path.stat().st_mode & 0o777 == 0o600
     record.finished(systemd)
-    assert [e.task for e in read_record(path)] == ["docker"]
+    assert [e.task for e in read_record(path).entries] == ["docker"]
     record.finished(docker)
     assert not path.exists()
     assert StoppedRecord(path, "run").entries == []
@@ -47,7 +53,7 @@ def test_another_runs_entries_stay(tmp_path):
     record.attach([mine])
     mine.stopping("a.service")
     record.finished(mine)
-    assert [(e.service, e.by) for e in read_record(path)] == [("old", "restore")]
+    assert [(e.service, e.by) for e in read_record(path).entries] == [("old", "restore")]
 
 
 @pytest.mark.parametrize(
@@ -61,6 +67,12 @@ def test_another_runs_entries_stay(tmp_path):
         b'{"stopped": [{"service": 1, "task": "t", "names": [], "by": "run",'
         b' "pid": 1, "at": "x"}]}',
         b"{" + b" " * MAX_BYTES,
+        b'{"stopped": [], "run": {"pid": "1", "at": "x", "services": []}}',
+        b'{"stopped": [], "run": {"pid": 1, "at": "x", "services": "files"}}',
+        b'{"stopped": [], "run": {"pid": 1, "at": "x"}}',
+        b'{"stopped": [], "run": {"pid": 1, "at": "x", "services": ['
+        + b", ".join([b'"s"'] * (MAX_SERVICES + 1))
+        + b"]}}",
     ],
 )
 def test_a_damaged_record_is_refused_as_one(tmp_path, content):
@@ -71,4 +83,28 @@ def test_a_damaged_record_is_refused_as_one(tmp_path, content):
 
 
 def test_no_record_is_no_entry(tmp_path):
-    assert read_record(tmp_path / "stopped.json") == []
+    assert read_record(tmp_path / "stopped.json").entries == []
+    assert read_record(tmp_path / "stopped.json").run is None
+
+
+def test_a_run_under_way_is_marked_until_reported_and_its_stops_stay_apart(tmp_path):
+    path = tmp_path / "stopped.json"
+    record = StoppedRecord(path, "run")
+    services = [f"s{n}" for n in range(MAX_SERVICES + 50)]
+    record.begin(services)
+    run = read_record(path).run
+    assert run is not None and run.services == services[:MAX_SERVICES]  # bounded
+    task = _task("s1", "docker")
+    record.attach([task])
+    task.stopping("web")
+    record.finished(task)
+    assert read_record(path).run == run  # (entries leave; the mark stays)
+    record.reported()
+    assert not path.exists()
+
+
+def test_a_mark_that_cannot_be_written_is_only_said(tmp_path, caplog):
+    path = tmp_path / "not-a-directory" / "stopped.json"
+    path.parent.write_text("")
+    StoppedRecord(path, "run").begin(["files"])  # no raise: the backup goes on
+    assert "cannot write" in caplog.text

@@ -194,12 +194,16 @@ def run(config: ClientConfig, names: list[str] | None = None, *, full: bool = Fa
     started = time.monotonic()
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
     with lock.acquire(), SignalGuard(RESTORING) as guard:
-        with guard.shielded():  # (a stop waits: these were to be started long ago)
-            problems = stopped.start_left_stopped(config, plugins).report_lines()
-        record = stopped.StoppedRecord(stopped.record_path(config), "run")
-        record.begin([s.name for s in services])
-        reporter = Reporter(config, notifier, started, record, problems)
+        reporter = Reporter(config, notifier, started)
         try:
+            # (a stop waits: these were to be started long ago, and a killed run's
+            # report is carried into this run's mark before a signal is raised)
+            with guard.shielded():
+                recovery = stopped.start_left_stopped(config, plugins)
+                reporter.problems = recovery.report_lines()
+                record = stopped.StoppedRecord(stopped.record_path(config), "run")
+                record.begin([s.name for s in services], recovery)
+                reporter.record = record
             client_run = ClientRun(config, services, plugins, guard, record)
             client_run.full_asked = full
             client_run.left_out = left_out(found, services)
@@ -222,8 +226,10 @@ class Reporter:
     notifier: Notifier
     started: float
     """When the run began (``time.monotonic``)."""
-    record: stopped.StoppedRecord
-    problems: list[str]
+    record: stopped.StoppedRecord | None = None
+    """Where the run's mark is (None until written: an earlier mark then stays, and is
+    reported by whoever finds it next)."""
+    problems: list[str] = field(default_factory=list)
     """What the recovery before the run found (an earlier run killed): this run fails
     with them, and reports them even when it publishes nothing."""
 
@@ -231,7 +237,7 @@ class Reporter:
         """Report a run that published nothing."""
         elapsed = time.monotonic() - self.started
         summary = outputs.RunSummary(False, elapsed, error=str(exc), problems=self.problems)
-        outputs.finish(self.config, self.notifier, summary, recorded=self.record.reported)
+        outputs.finish(self.config, self.notifier, summary, recorded=self._recorded)
 
     def ended(self, result: RunResult) -> int:
         """Report a run that published its archive; returns the exit code."""
@@ -243,10 +249,12 @@ class Reporter:
             result.sidecar,
             problems=self.problems,
         )
-        unwritten = outputs.finish(
-            self.config, self.notifier, summary, recorded=self.record.reported
-        )
+        unwritten = outputs.finish(self.config, self.notifier, summary, recorded=self._recorded)
         return code or (EXIT_FAILED if unwritten else EXIT_OK)
+
+    def _recorded(self) -> None:
+        if self.record is not None:
+            self.record.reported()
 
 
 class ClientRun:

@@ -34,7 +34,7 @@ from pathlib import Path
 from ..common.archive.sidecar import ServiceReport
 from ..common.clock import iso, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK, LockBusy, describe
-from ..common.fsutil import atomic_write
+from ..common.fsutil import atomic_write, fsync_dir
 from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.notify import Notifier
@@ -58,6 +58,11 @@ rewrite of the record)."""
 MAX_SERVICES = 200
 """Service names an :class:`Underway` keeps (the first ones of a longer run): a report
 of the killed run marks these failed."""
+MAX_EARLIER = 10
+"""Lines an :class:`Underway` carries of earlier runs killed and not yet reported."""
+NAME_CHARACTERS = 128
+"""A service's name is at most this long (the service file's schema): a report keys
+the killed run's services by their whole name."""
 SHOWN_PROBLEMS = 5
 """Problems named one by one in a report's one line (the rest counted)."""
 VERSION = 1
@@ -91,7 +96,8 @@ class Stopped:
         """The entry in one line of bounded words."""
         return (
             f"{self.what()} (stopped by a {printable(self.by, 20)} that ended before "
-            f"starting them again: pid {self.pid}, {printable(self.at, 40)})"
+            f"starting them again: pid {printable(str(self.pid), 20)}, "
+            f"{printable(self.at, 40)})"
         )
 
 
@@ -103,11 +109,16 @@ class Underway:
     at: str
     """When it began (ISO 8601, UTC)."""
     services: list[str]
-    """Its services (at most :data:`MAX_SERVICES`)."""
+    """Its services, and those of the earlier runs it carries (at most
+    :data:`MAX_SERVICES`)."""
+    earlier: list[str] = field(default_factory=list)
+    """What the report of earlier runs killed would have said (:meth:`Recovery.report_lines`)
+    when this run began: its own report says it, and so does the report of this run
+    killed too (at most :data:`MAX_EARLIER` lines)."""
 
     def said(self) -> str:
         """``the run (pid ..., started at ...)``, bounded."""
-        return f"the run (pid {self.pid}, started at {printable(self.at, 40)})"
+        return f"the run (pid {printable(str(self.pid), 20)}, started at {printable(self.at, 40)})"
 
 
 @dataclass
@@ -174,9 +185,14 @@ def _run(item: dict) -> Underway:
         raise TypeError("services is not a list of strings")
     if len(services) > MAX_SERVICES:
         raise DamagedRecord(f"a run of more than {MAX_SERVICES} services")
+    earlier = item.get("earlier", [])
+    if not isinstance(earlier, list) or not all(isinstance(n, str) for n in earlier):
+        raise TypeError("earlier is not a list of strings")
+    if len(earlier) > MAX_EARLIER:
+        raise DamagedRecord(f"a run carrying more than {MAX_EARLIER} earlier lines")
     if not isinstance(item["pid"], int) or not isinstance(item["at"], str):
         raise TypeError("a field of the run has the wrong type")
-    return Underway(item["pid"], item["at"], services)
+    return Underway(item["pid"], item["at"], services, earlier)
 
 
 class StoppedRecord:
@@ -193,11 +209,20 @@ class StoppedRecord:
         self.entries = contents.entries
         self.run = contents.run
 
-    def begin(self, services: list[str]) -> None:
+    def begin(self, services: list[str], carried: Recovery | None = None) -> None:
         """Write that this run is under way (with its services), replacing any earlier
-        run's mark (its report is this run's). A record that cannot be written is only
-        said: the backup goes on (only a killed run's report would be missed)."""
-        self.run = Underway(os.getpid(), iso(utc_now()), services[:MAX_SERVICES])
+        run's mark: what ``carried`` (the recovery before this run) has to report, and
+        the killed run's services, go into this one's, until this run's report says them.
+        A record that cannot be written is only said: the backup goes on (only a killed
+        run's report would be missed)."""
+        earlier: list[str] = []
+        names = list(services)
+        if carried is not None:
+            earlier = [printable(line, 1000) for line in carried.report_lines()[:MAX_EARLIER]]
+            killed = carried.killed_run()
+            names += killed[1] if killed else []
+        names = list(dict.fromkeys(names))[:MAX_SERVICES]
+        self.run = Underway(os.getpid(), iso(utc_now()), names, earlier)
         try:
             self._write()
         except OSError as exc:
@@ -247,7 +272,9 @@ class StoppedRecord:
 
     def _write(self) -> None:
         if not self.entries and self.run is None:
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+                fsync_dir(self.path.parent)  # (a mark back after a power cut: a false report)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         doc: dict = {"version": VERSION, "stopped": [asdict(e) for e in self.entries]}
@@ -293,30 +320,31 @@ class Recovery:
         if self.started:  # (in the order started)
             again = few([e.what() for e in self.started], SHOWN_PROBLEMS, separator="; ")
             line += f"; started again what it had stopped: {again}"
-        return [line, *self.problems]
+        earlier = [printable(e, 1000) for e in self.run.earlier] if self.run else []
+        return [line, *earlier, *self.problems]
 
 
 def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
     """Start again what an earlier run or restore stopped and never started (its record),
     through each task's finish (``failed=True``, ``state["stopped"]`` as recorded). Call
     it under the client's lock, the last stopped first. Each entry leaves the record once
-    tried. Returns what was found and what went wrong."""
+    tried; the mark of a killed run stays until its report is written (:func:`report`,
+    or the next run's :meth:`StoppedRecord.begin` carrying it). Returns what was found
+    and what went wrong."""
     path = record_path(config)
     try:
         contents = read_record(path)
     except (DamagedRecord, OSError) as exc:
         return Recovery(problems=[_set_aside(path, exc)])
     recovery = Recovery(contents.entries, run=contents.run)
-    if contents.run is not None:
+    if contents.run is not None:  # (the mark stays until the caller's report is written)
         log.error(
-            "%s ended before its finish (killed?): reported as a failed run", contents.run.said()
+            "%s ended before its finish (killed?): reported as a failed run",
+            contents.run.said(),
         )
     if not contents.entries:
-        if contents.run is not None:
-            StoppedRecord(path, "run").reported()  # (its report is the caller's)
         return recovery
     record = StoppedRecord(path, "run")
-    record.reported()
     services = {s.name: s for s in discover(config.service_dirs, plugins)}
     scratch = config.work_dir / ".start-stopped"
     try:
@@ -394,25 +422,28 @@ def command(config: ClientConfig, args: argparse.Namespace | None = None) -> int
     except LockBusy as exc:
         log.info("%s; it starts what an interrupted run left stopped itself", exc)
         return EXIT_OK
-    try:
+    try:  # (reported under the lock: no run reads the mark until it is cleared)
         recovery = start_left_stopped(config, load_plugins(config.plugin_dirs))
+        unwritten = report(config, recovery)
     finally:
         lock.release()
-    unwritten = report(config, recovery)
     return EXIT_FAILED if recovery.problems or unwritten else EXIT_OK
 
 
 def report(config: ClientConfig, recovery: Recovery) -> list[str]:
     """Report what :meth:`Recovery.report_lines` says as a failed run (the status file,
     metrics, mail, pings), the services of the run that ended before its finish marked
-    failed; nothing when it says nothing. For a command that is no run of its own
-    (``start-stopped``, ``restore``); a run carries the lines in its own report.
+    failed; nothing when it says nothing. Its mark leaves the record once the status file
+    is written (call it under the client's lock). For a command that is no run of its
+    own (``start-stopped``, ``restore``); a run carries the lines in its own report.
     Returns what could not be written or delivered (each said)."""
     lines = recovery.report_lines()
     if not lines:
         return []
     killed = recovery.killed_run()
-    ended = dict.fromkeys(printable(name, 100) for name in (killed[1] if killed else []))
+    ended = dict.fromkeys(printable(n, NAME_CHARACTERS) for n in (killed[1] if killed else []))
     services = [ServiceReport(name, error="its run ended before its finish") for name in ended]
     summary = outputs.RunSummary(False, 0.0, services, problems=lines)
-    return outputs.finish(config, Notifier(config.notify, f"run on {config.hostname}"), summary)
+    notifier = Notifier(config.notify, f"run on {config.hostname}")
+    record = StoppedRecord(record_path(config), "run")
+    return outputs.finish(config, notifier, summary, recorded=record.reported)

@@ -1,5 +1,6 @@
 """A compose application and stand-ins that can hang or fail one call: for attacks on
-what a client run stops and starts (tests/integration/test_attacks_h102.py, _h103.py).
+what a client run stops and starts (tests/integration/test_attacks_h102.py, _h103.py,
+_h105.py).
 
 ``docker`` and ``systemctl`` are the recording stand-ins of tests/standins/standin.py
 (the ``standins`` fixture); the wrappers written here go first on PATH.
@@ -17,8 +18,10 @@ from tests.helpers.client import ClientSandbox
 WRAPPER = """\
 #!/bin/sh
 # hangs (after touching $HANG_MARK) on the call whose arguments are $HANG_ON; fails the
-# one whose arguments are $FAIL_ON (after the stand-in recorded it); else the stand-in
+# one whose arguments are $FAIL_ON (after the stand-in recorded it); sends SIGTERM to
+# its caller on $TERM_ON (systemd stopping the unit meanwhile); else the stand-in
 if [ -n "$HANG_ON" ] && [ "$*" = "$HANG_ON" ]; then touch "$HANG_MARK"; exec sleep 60; fi
+if [ -n "$TERM_ON" ] && [ "$*" = "$TERM_ON" ]; then kill -TERM "$PPID"; sleep 0.5; fi
 if [ -n "$FAIL_ON" ] && [ "$*" = "$FAIL_ON" ]; then
     "$STANDIN_DIR/$(basename "$0")" "$@"
     echo "Job for $2 failed because the control process exited with error code." >&2
@@ -39,7 +42,7 @@ def compose_app(tmp_path: Path) -> Path:
 def wrapped_env(tmp_path: Path, standins_env: dict, marker: Path) -> dict:
     """The environment that puts the wrappers (in ``tmp_path/wrap``) before the
     ``standins`` fixture's stand-ins (in ``tmp_path/bin``); a hung call touches
-    ``marker``. Set ``HANG_ON`` or ``FAIL_ON`` to a call's arguments."""
+    ``marker``. Set ``HANG_ON``, ``FAIL_ON`` or ``TERM_ON`` to a call's arguments."""
     wrappers = tmp_path / "wrap"
     wrappers.mkdir()
     for name in ("docker", "systemctl"):

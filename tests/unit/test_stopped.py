@@ -108,3 +108,20 @@ def test_a_mark_that_cannot_be_written_is_only_said(tmp_path, caplog):
     path.parent.write_text("")
     StoppedRecord(path, "run").begin(["files"])  # no raise: the backup goes on
     assert "cannot write" in caplog.text
+
+
+def test_a_run_carries_what_an_earlier_killed_run_left_unreported(tmp_path):
+    from pullback.client.stopped import Recovery, Underway
+
+    path = tmp_path / "stopped.json"
+    killed = Underway(4242, "then", ["slow", "files"], ["the run (pid 1) ended before"])
+    StoppedRecord(path, "run").begin(["files"], Recovery(run=killed, problems=["a start failed"]))
+    run = read_record(path).run
+    assert run is not None and run.services == ["files", "slow"]  # this run's first, once
+    assert run.earlier == [
+        "the run (pid 4242, started at then) ended before its finish (killed?)",
+        "the run (pid 1) ended before",
+        "a start failed",
+    ]
+    again = Recovery(run=run).report_lines()  # this run killed too: everything is said
+    assert again[1:] == run.earlier

@@ -46,7 +46,8 @@ class RunSummary:
     error: str | None = None
     """Why the run failed as a whole (no archive published)."""
     problems: list[str] = field(default_factory=list)
-    """What failed beside the services (:attr:`.run.RunResult.problems`)."""
+    """What failed beside the services (:meth:`.stopped.Recovery.report_lines`: a run
+    killed before its report, an application it left down)."""
 
     def headline(self) -> str:
         failed = [s.name for s in self.services if s.status != Status.OK]
@@ -136,6 +137,19 @@ FAILURE_TEMPLATE = (
 with the template it started with (or one whose package was removed: with one)."""
 
 
+MAILED_PROBLEMS = 20
+"""Problems a failure mail names after its headline (the rest counted)."""
+
+
+def _more_problems(problems: list[str]) -> list[str]:
+    """The lines a failure mail gives after its headline (which holds the first problem),
+    bounded."""
+    more = [printable(p, 1000) for p in problems[1 : MAILED_PROBLEMS + 1]]
+    if len(problems) > MAILED_PROBLEMS + 1:
+        more.append(f"and {len(problems) - MAILED_PROBLEMS - 1} more (the log has them)")
+    return more
+
+
 def _failure_mail(config: ClientConfig, run: RunSummary, unwritten: list[str]) -> str:
     import jinja2  # here: only a failed run writes a mail (25 ms of every run's start)
 
@@ -149,12 +163,28 @@ def _failure_mail(config: ClientConfig, run: RunSummary, unwritten: list[str]) -
     return env.get_template("failure.txt.j2").render(
         host=config.hostname,
         headline=run.headline(),
+        more=_more_problems(run.problems),
         services=run.services,
         archive=run.sidecar.archive.name if run.sidecar else None,
         status=run.sidecar.status if run.sidecar else None,
         log=recent_lines()[-60:],
         unwritten=unwritten,
     )
+
+
+def _status_recorded(
+    config: ClientConfig, run: RunSummary, recorded: Callable[[], None] | None
+) -> tuple[dict, list[str]]:
+    """Write the run's status file, then call ``recorded`` (not when writing failed).
+    Returns the new status and what could not be written."""
+    try:
+        status = record(config, run)
+    except OSError as exc:
+        log.error("could not record the run's status: %s", exc)
+        return {"services": {}}, [f"status file {status_path(config)}: {exc.strerror}"]
+    if recorded is not None:
+        recorded()
+    return status, []
 
 
 def finish(
@@ -164,18 +194,10 @@ def finish(
     recorded: Callable[[], None] | None = None,
 ) -> list[str]:
     """Record the run and tell whoever listens; ``recorded`` is called once the status
-    file is written (or failed to be). Never raises for a delivery problem;
+    file is written (not when that failed). Never raises for a delivery problem;
     returns what could not be written or delivered (the metrics file, the mail, a ping),
     each also an error in the log, so that the run can say so in its exit status."""
-    problems = []
-    try:
-        status = record(config, run)
-    except OSError as exc:
-        log.error("could not record the run's status: %s", exc)
-        status = {"services": {}}
-        problems.append(f"status file {status_path(config)}: {exc.strerror}")
-    if recorded is not None:
-        recorded()
+    status, problems = _status_recorded(config, run, recorded)
     if config.metrics_file is not None:
         try:
             metrics(status).write(config.metrics_file)

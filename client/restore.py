@@ -517,9 +517,10 @@ class ServiceRestore:
         lock = FileLock(self.config.lock_dir / INSTANCE_LOCK, purpose="pullback-client restore")
         with lock.acquire(), SignalGuard(RESTORING) as guard:
             if not self.options.dry_run:
-                with guard.shielded():
+                with guard.shielded():  # (a signal meanwhile: raised as it ends, unreported)
                     self.left = stopped.start_left_stopped(self.config, self.plugins)
-                    stopped.report(self.config, self.left)  # (a killed run told no one)
+                    if guard.received is None:
+                        stopped.report(self.config, self.left)  # (a killed run told no one)
                 self.record = stopped.StoppedRecord(stopped.record_path(self.config), "restore")
                 self.record.attach(self.tasks)
             self.make_room()

@@ -195,15 +195,17 @@ def run(config: ClientConfig, names: list[str] | None = None, *, full: bool = Fa
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
     with lock.acquire(), SignalGuard(RESTORING) as guard:
         reporter = Reporter(config, notifier, started)
-        try:
-            # (a stop waits: these were to be started long ago, and a killed run's
-            # report is carried into this run's mark before a signal is raised)
-            with guard.shielded():
-                recovery = stopped.start_left_stopped(config, plugins)
+        # A stop waits: these were to be started long ago. A signal that came meanwhile
+        # is raised as the block ends, before this run reports anything: the killed
+        # run's mark, and what was not started, stay for the unit's start-stopped.
+        with guard.shielded():
+            reporter.recovery = recovery = stopped.start_left_stopped(config, plugins)
+            if guard.received is None:
                 reporter.problems = recovery.report_lines()
                 record = stopped.StoppedRecord(stopped.record_path(config), "run")
-                record.begin([s.name for s in services], recovery)
+                record.begin([s.name for s in services], recovery)  # (carries it)
                 reporter.record = record
+        try:
             client_run = ClientRun(config, services, plugins, guard, record)
             client_run.full_asked = full
             client_run.left_out = left_out(found, services)
@@ -232,20 +234,25 @@ class Reporter:
     problems: list[str] = field(default_factory=list)
     """What the recovery before the run found (an earlier run killed): this run fails
     with them, and reports them even when it publishes nothing."""
+    recovery: stopped.Recovery = field(default_factory=stopped.Recovery)
+    """That recovery: the killed run's services this run does not report itself are
+    failed in its report."""
 
     def failed(self, exc: PullbackError) -> None:
         """Report a run that published nothing."""
         elapsed = time.monotonic() - self.started
-        summary = outputs.RunSummary(False, elapsed, error=str(exc), problems=self.problems)
+        killed = self.recovery.killed_services()
+        summary = outputs.RunSummary(False, elapsed, killed, error=str(exc), problems=self.problems)
         outputs.finish(self.config, self.notifier, summary, recorded=self._recorded)
 
     def ended(self, result: RunResult) -> int:
         """Report a run that published its archive; returns the exit code."""
         code = EXIT_FAILED if self.problems else result.exit_code
+        reported = [s.name for s in result.services]
         summary = outputs.RunSummary(
             code == EXIT_OK,
             time.monotonic() - self.started,
-            result.services,
+            [*result.services, *self.recovery.killed_services(but=reported)],
             result.sidecar,
             problems=self.problems,
         )

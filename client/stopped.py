@@ -31,13 +31,15 @@ import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..common import signals
 from ..common.archive.sidecar import ServiceReport
 from ..common.clock import iso, utc_now
-from ..common.errors import EXIT_FAILED, EXIT_OK, LockBusy, describe
+from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, LockBusy, describe
 from ..common.fsutil import atomic_write, fsync_dir
 from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.notify import Notifier
+from ..common.signals import RESTORING, SignalGuard
 from ..common.text import few, printable
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import Task
@@ -309,6 +311,17 @@ class Recovery:
         services = [e.service for e in self.entries if e.by == "run"]
         return f"the run (pid {runs[0][0]}, stopping at {runs[0][1]})", services
 
+    def killed_services(self, but: list[str] | None = None) -> list[ServiceReport]:
+        """The services of the run that ended before its finish, each failed (``but``:
+        those a later run reports itself); none when no run did."""
+        killed = self.killed_run()
+        names = dict.fromkeys(printable(n, NAME_CHARACTERS) for n in (killed[1] if killed else []))
+        return [
+            ServiceReport(name, error="its run ended before its finish")
+            for name in names
+            if name not in (but or [])
+        ]
+
     def report_lines(self) -> list[str]:
         """What a report of this recovery says, each line a problem: a run that ended
         before its finish (it told no one), with what was started again, then each
@@ -321,7 +334,7 @@ class Recovery:
             again = few([e.what() for e in self.started], SHOWN_PROBLEMS, separator="; ")
             line += f"; started again what it had stopped: {again}"
         earlier = [printable(e, 1000) for e in self.run.earlier] if self.run else []
-        return [line, *earlier, *self.problems]
+        return [line, *self.problems, *earlier]  # (what asks for a hand before the carried)
 
 
 def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
@@ -350,6 +363,10 @@ def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
     try:
         for entry in reversed(contents.entries):  # (the reverse of the order they stopped)
             problem = _start(entry, services, plugins, scratch)
+            if problem and signals.received() is not None:
+                # (its start cut by the signal: the entry stays for the next, unsaid)
+                log.warning("%s: left for the next start (a signal came)", entry.said())
+                break
             if problem:
                 recovery.problems.append(problem)
             else:
@@ -377,6 +394,8 @@ def _start(entry: Stopped, services: dict, plugins: PluginSet, scratch: Path) ->
     task.state["stopped"] = list(entry.names)
     try:
         plugins.call("finish", task, failed=True)
+    except Interrupted:
+        raise  # (not a start that failed: the entry stays for the next)
     except Exception as exc:
         first, *rest = describe(exc).splitlines() or [type(exc).__name__]
         problem = f"{entry.said()}: could not start them again: {first}"
@@ -422,9 +441,15 @@ def command(config: ClientConfig, args: argparse.Namespace | None = None) -> int
     except LockBusy as exc:
         log.info("%s; it starts what an interrupted run left stopped itself", exc)
         return EXIT_OK
-    try:  # (reported under the lock: no run reads the mark until it is cleared)
-        recovery = start_left_stopped(config, load_plugins(config.plugin_dirs))
-        unwritten = report(config, recovery)
+    # (reported under the lock: no run reads the mark until it is cleared; a signal
+    # waits for the starts and the report, as in a run: an entry is never dropped
+    # unstarted, and the unit's stop timeout ends it by SIGKILL, the record kept)
+    try:
+        with SignalGuard(RESTORING) as guard, guard.shielded():
+            recovery = start_left_stopped(config, load_plugins(config.plugin_dirs))
+            if guard.received is not None:  # (the record as it is, for the next)
+                raise Interrupted(guard.received)
+            unwritten = report(config, recovery)
     finally:
         lock.release()
     return EXIT_FAILED if recovery.problems or unwritten else EXIT_OK
@@ -440,10 +465,7 @@ def report(config: ClientConfig, recovery: Recovery) -> list[str]:
     lines = recovery.report_lines()
     if not lines:
         return []
-    killed = recovery.killed_run()
-    ended = dict.fromkeys(printable(n, NAME_CHARACTERS) for n in (killed[1] if killed else []))
-    services = [ServiceReport(name, error="its run ended before its finish") for name in ended]
-    summary = outputs.RunSummary(False, 0.0, services, problems=lines)
+    summary = outputs.RunSummary(False, 0.0, recovery.killed_services(), problems=lines)
     notifier = Notifier(config.notify, f"run on {config.hostname}")
     record = StoppedRecord(record_path(config), "run")
     return outputs.finish(config, notifier, summary, recorded=record.reported)

@@ -3,8 +3,11 @@ through the local sendmail program."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,33 +131,68 @@ def sendmail(program: Path, message: EmailMessage, timeout: float) -> None:
 
 def send(smtp, message: EmailMessage) -> None:
     """Deliver ``message`` with the settings ``smtp`` (host, port, security, username,
-    password_file, ca_file, timeout). Raises MailError in plain words."""
+    password_file, ca_file, timeout: the longest wait for each answer, and for the whole
+    delivery). Raises MailError in plain words."""
     import smtplib
     import ssl
 
     context = ssl.create_default_context(cafile=str(smtp.ca_file) if smtp.ca_file else None)
     where = f"{smtp.host}:{smtp.port}"
+    client: smtplib.SMTP
+    if smtp.security == "ssl":
+        client = smtplib.SMTP_SSL(timeout=smtp.timeout, context=context)
+    else:
+        client = smtplib.SMTP(timeout=smtp.timeout)
+    # (TLS's server name: smtplib sets it only when its constructor connects)
+    client._host = smtp.host  # type: ignore[attr-defined]
+    # smtplib's timeout bounds each wait, not the delivery: a server that answers a byte
+    # at a time would hold the run, and the client's lock, as long as it liked
+    fired = threading.Event()
+    watchdog = threading.Timer(smtp.timeout, _cut, (client, fired))
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        client: smtplib.SMTP
-        if smtp.security == "ssl":
-            client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout, context=context)
-        else:
-            client = smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout)
         with client:
+            code, said = client.connect(smtp.host, smtp.port)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, said)
             if smtp.security == "starttls":
                 client.starttls(context=context)
             if smtp.username:
                 client.login(smtp.username, _password(smtp.password_file) or "")
             client.send_message(message)
-    except smtplib.SMTPAuthenticationError:
-        raise MailError(f"the SMTP server {where} refused the login of {smtp.username}") from None
-    except smtplib.SMTPException as exc:
-        raise MailError(f"the SMTP server {where} refused the mail: {exc}") from None
-    except ssl.SSLError as exc:
-        raise MailError(f"TLS with the SMTP server {where} failed: {exc.reason}") from None
-    except TimeoutError:
-        raise MailError(
-            f"the SMTP server {where} did not answer within {smtp.timeout:g}s"
-        ) from None
-    except OSError as exc:
-        raise MailError(f"cannot reach the SMTP server {where}: {exc.strerror or exc}") from None
+    except (smtplib.SMTPException, ssl.SSLError, OSError) as exc:
+        if fired.is_set():
+            raise MailError(
+                f"the SMTP server {where} timed out (the mail not taken within {smtp.timeout:g}s)"
+            ) from None
+        raise _in_words(exc, where, smtp) from None
+    finally:
+        watchdog.cancel()
+
+
+def _cut(client, fired: threading.Event) -> None:
+    """End ``client``'s conversation: a read or write it waits in returns at once."""
+    fired.set()
+    sock = getattr(client, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _in_words(exc: BaseException, where: str, smtp) -> MailError:
+    """The MailError that says ``exc`` of the SMTP conversation with ``where``."""
+    import smtplib
+    import ssl
+
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return MailError(f"the SMTP server {where} refused the login of {smtp.username}")
+    if isinstance(exc, smtplib.SMTPException):
+        return MailError(f"the SMTP server {where} refused the mail: {exc}")
+    if isinstance(exc, ssl.SSLError):
+        return MailError(f"TLS with the SMTP server {where} failed: {exc.reason}")
+    if isinstance(exc, TimeoutError):
+        return MailError(f"the SMTP server {where} did not answer within {smtp.timeout:g}s")
+    return MailError(
+        f"cannot reach the SMTP server {where}: {getattr(exc, 'strerror', None) or exc}"
+    )

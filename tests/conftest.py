@@ -63,6 +63,7 @@ ONCE_MODULES = {
     "test_attacks_h102.py",
     "test_attacks_h103.py",
     "test_attacks_h105.py",
+    "test_attacks_h106.py",
     "test_cut_short_outputs.py",
     "test_demo.py",
 }
@@ -75,7 +76,7 @@ application tasks, helper-92, 0.9 min: pluggy meets test_app_plugins) and of its
 repositories, copies, signals and drills (helper-97 and helper-98, about 2.5 min) and
 of processes killed at any moment and of stops during drills and forget (helper-99
 and helper-101, about 2 min), of the record of stopped applications and of the run under
-way (helper-102, helper-103 and helper-105, 1.4 min) and of pulls cut short (the
+way (helper-102, -103, -105 and -106, 1.8 min) and of pulls cut short (the
 unit's ExecStopPost=, 0.8 min), whose libraries the other modules meet there; and the
 README's demo, which runs in .venv whichever pass runs it. Marked ``once``; their unit
 tests run on both."""

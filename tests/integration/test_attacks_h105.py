@@ -118,7 +118,7 @@ KILLED_RUN = {"pid": 4242, "at": AT, "services": ["files", "shop"]}
 # ---- defects --------------------------------------------------------------------------
 
 
-def test_sigterm_during_the_next_runs_recovery_loses_the_killed_runs_report(box):
+def test_sigterm_during_the_next_runs_recovery_keeps_the_killed_runs_mark(box):
     """A run killed (power cut) with app.service stopped; at boot the timer's run starts
     it again (shielded) and systemd stops the unit meanwhile (a shutdown, an
     administrator's ``systemctl stop``). The run ends 143 after the recovery, its
@@ -128,7 +128,8 @@ def test_sigterm_during_the_next_runs_recovery_loses_the_killed_runs_report(box)
     _write_record(box, KILLED_RUN, SHOP_STOPPED)
     result = box.cli("run", env={**box.env, "TERM_ON": "start app.service"})
     assert result.returncode == 143, result.stderr
-    assert not _record(box).exists()  # app.service started again, the mark cleared
+    # app.service started again; the run reported nothing: the mark stays for the next
+    assert "run" in json.loads(_record(box).read_text())
     post = box.cli("start-stopped", env=box.env)  # the unit's ExecStopPost=
     assert post.returncode == 0, post.stderr
     status = _status(box)
@@ -136,7 +137,7 @@ def test_sigterm_during_the_next_runs_recovery_loses_the_killed_runs_report(box)
     assert "pid 4242" in said and KILLED in said  # (was: status ok, error None, no mail)
 
 
-def test_a_recovery_killed_midway_reports_only_the_services_that_stopped_something(box):
+def test_a_recovery_killed_midway_reports_every_service_of_the_killed_run(box):
     """The killed run ran files and shop; only shop stopped something. The next run's
     recovery hangs starting app.service and is killed (OOM, the stop timeout, a power
     cut); the next start-stopped reports "the run (pid 4242, stopping at ...)" with shop
@@ -156,7 +157,7 @@ def test_a_recovery_killed_midway_reports_only_the_services_that_stopped_somethi
     assert 'pullback_client_service_ok{service="files"} 0' in metrics
 
 
-def test_two_killed_runs_in_a_row_report_only_the_second(box):
+def test_two_killed_runs_in_a_row_are_both_reported(box):
     """The nightly run (files, slow) is killed with nothing stopped; the administrator's
     ``run --service files`` is killed as well (the same power trouble). start-stopped
     reports only the second run and only ``files``: ``slow``, whose run was killed,
@@ -189,7 +190,7 @@ def test_a_huge_pid_in_the_mark_is_bounded(box):
     assert len(_status(box)["error"]) < 1000, len(_status(box)["error"])
 
 
-def test_start_stopped_that_fails_to_report_loses_the_killed_run(box):
+def test_start_stopped_that_fails_to_report_keeps_the_killed_run(box):
     _good_day(box)
     (box.archives / ".client-status.json").write_text("[]\n")
     _write_record(box, KILLED_RUN)
@@ -345,14 +346,17 @@ def test_a_second_sigterm_during_a_slow_mail_waits_only_the_mail_timeout(box):
 
 
 def test_sigterm_during_a_restores_recovery_still_reports_the_killed_run(box):
-    """A restore starts what the killed run stopped and reports it in one shielded
-    block: a SIGTERM meanwhile waits for the report."""
+    """A restore starts what the killed run stopped in one shielded block: a SIGTERM
+    meanwhile waits for the starts, then ends the restore with the mark kept; the next
+    start-stopped reports it."""
     _good_day(box)
     (archive,) = box.published()
     _write_record(box, KILLED_RUN, SHOP_STOPPED)
     env = {**box.env, "TERM_ON": "start app.service"}
     result = box.cli("restore", "--service", "shop", "--from", str(archive), env=env)
     assert result.returncode == 143, result.stderr
+    assert "run" in json.loads(_record(box).read_text())  # (helper-106: said by the next)
+    assert box.cli("start-stopped", env=box.env).returncode == 0
     status = _status(box)
     assert "pid 4242" in status["error"] and KILLED in status["error"]
     assert status["services"]["files"]["ok"] is False

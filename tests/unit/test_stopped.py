@@ -118,10 +118,10 @@ def test_a_run_carries_what_an_earlier_killed_run_left_unreported(tmp_path):
     StoppedRecord(path, "run").begin(["files"], Recovery(run=killed, problems=["a start failed"]))
     run = read_record(path).run
     assert run is not None and run.services == ["files", "slow"]  # this run's first, once
-    assert run.earlier == [
+    assert run.earlier == [  # (what asks for a hand before what is carried)
         "the run (pid 4242, started at then) ended before its finish (killed?)",
-        "the run (pid 1) ended before",
         "a start failed",
+        "the run (pid 1) ended before",
     ]
     again = Recovery(run=run).report_lines()  # this run killed too: everything is said
     assert again[1:] == run.earlier

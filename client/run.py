@@ -188,7 +188,8 @@ def run(config: ClientConfig, names: list[str] | None = None, *, full: bool = Fa
         )
         # (what a killed run left is started and reported all the same; this run made
         # nothing to report: its status stays the last real run's)
-        return stopped.command(config)
+        left = _killed_or_left(stopped.recover_and_report(config))
+        return EXIT_FAILED if left else EXIT_OK
     notifier = Notifier(config.notify, f"run on {config.hostname}")
     notifier.start()
     started = time.monotonic()
@@ -515,6 +516,12 @@ def command(config: ClientConfig, args: argparse.Namespace) -> int:
     return run_and_report(config, args.service, args.dry_run, args.if_due, full=args.full)
 
 
+def _killed_or_left(done: stopped.Reported | None) -> bool:
+    """Whether what :func:`.stopped.recover_and_report` did fails a run that found it: a
+    killed run reported, something not started again, a report not written."""
+    return done is not None and (done.failed() or done.recovery.killed_run() is not None)
+
+
 def run_and_report(
     config: ClientConfig,
     names: list[str] | None = None,
@@ -534,7 +541,8 @@ def run_and_report(
         if reason:
             log.info("%s; nothing to do", reason)
             # (a run killed after it stopped applications is not a fresh archive's
-            # reason to leave them down: the hourly timer after a power cut starts them)
-            left = stopped.command(config) != EXIT_OK
+            # reason to leave them down: the hourly timer after a power cut starts them;
+            # a killed run it reports fails the unit, as the run's own failure would)
+            left = _killed_or_left(stopped.recover_and_report(config))
             return EXIT_FAILED if broken_services(config, names) or left else EXIT_OK
     return run(config, names, full=full)

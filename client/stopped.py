@@ -431,8 +431,31 @@ def command(config: ClientConfig, args: argparse.Namespace | None = None) -> int
     restore going on must not fail the unit); 1 when something could not be started
     (said). A run that left its record (killed before its finish: no one else tells)
     is reported as a failed run: the status file, metrics, mail and pings say it."""
+    done = recover_and_report(config)
+    return EXIT_FAILED if done is not None and done.failed() else EXIT_OK
+
+
+@dataclass
+class Reported:
+    """What :func:`recover_and_report` did."""
+
+    recovery: Recovery
+    unwritten: list[str]
+    """What of its report could not be written or delivered."""
+
+    def failed(self) -> bool:
+        """Something could not be started, or its report was not all written."""
+        return bool(self.recovery.problems or self.unwritten)
+
+
+def recover_and_report(config: ClientConfig) -> Reported | None:
+    """Under the client's lock, start what the record names and report a run that left
+    it (:func:`start_left_stopped`, :func:`report`). Returns what was done; None when
+    there is no record (nothing else loaded: the unit's ExecStopPost= after every run)
+    or a run or restore holds the lock (it does this itself). Raises Interrupted when a
+    signal came meanwhile (after the starts under way: the record kept for the next)."""
     if not record_path(config).exists():
-        return EXIT_OK  # (the unit's ExecStopPost= after every run: nothing else loaded)
+        return None
     from .run import INSTANCE_LOCK  # (run imports this module)
 
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client start-stopped")
@@ -440,7 +463,7 @@ def command(config: ClientConfig, args: argparse.Namespace | None = None) -> int
         lock.acquire()
     except LockBusy as exc:
         log.info("%s; it starts what an interrupted run left stopped itself", exc)
-        return EXIT_OK
+        return None
     # (reported under the lock: no run reads the mark until it is cleared; a signal
     # waits for the starts and the report, as in a run: an entry is never dropped
     # unstarted, and the unit's stop timeout ends it by SIGKILL, the record kept)
@@ -449,10 +472,9 @@ def command(config: ClientConfig, args: argparse.Namespace | None = None) -> int
             recovery = start_left_stopped(config, load_plugins(config.plugin_dirs))
             if guard.received is not None:  # (the record as it is, for the next)
                 raise Interrupted(guard.received)
-            unwritten = report(config, recovery)
+            return Reported(recovery, report(config, recovery))
     finally:
         lock.release()
-    return EXIT_FAILED if recovery.problems or unwritten else EXIT_OK
 
 
 def report(config: ClientConfig, recovery: Recovery) -> list[str]:

@@ -204,10 +204,11 @@ def test_sigterm_to_maintain_starts_nothing_more_and_says_no_failure(fleet, tmp_
 # -- promises that held -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["verify", "copy"])
 def test_sigterm_to_verify_or_copy_stops_its_tool_records_nothing_and_the_next_run_works(
-    fleet, tmp_path, command
+    fleet, tmp_path
 ):
+    """verify, then copy, on one fleet (one pull: a stopped run records nothing and the
+    next one works, so neither spoils the other's start)."""
     copy_pass = tmp_path / "copy.pass"
     copy_pass.write_text("copy-Own-Password-99\n")
     copy_pass.chmod(0o600)
@@ -217,9 +218,15 @@ def test_sigterm_to_verify_or_copy_stops_its_tool_records_nothing_and_the_next_r
     )
     web.make_archive({"day.txt": b"day 1\n"})
     assert fleet.server("pull").returncode == 0
+    for command in ("verify", "copy"):
+        stopped_then_run_again(fleet, tmp_path / command, command)
+
+
+def stopped_then_run_again(fleet: Fleet, scratch: Path, command: str) -> None:
+    scratch.mkdir()
     before = status_text(fleet)
     verb = "restore" if command == "verify" else "copy"
-    env, bin_dir = slow_tool(tmp_path, "restic", verb, 25)
+    env, bin_dir = slow_tool(scratch, "restic", verb, 25)
     proc = server_popen(fleet, command, env=env)
     tool = started(bin_dir)
     try:

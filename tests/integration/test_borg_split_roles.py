@@ -128,7 +128,6 @@ def days(fleet: Fleet, pull: Machine, count: int) -> None:
     for day in range(count):
         fleet.hosts["web1"].make_archive({"site/index.html": f"<h1>day {day}</h1>".encode()})
         pull("pull")
-        time.sleep(1.1)  # archive stamps are seconds
 
 
 def test_deleted_rewritten_and_backdated_archives_hold_forget_and_compact(split, tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import pytest
 
@@ -30,7 +29,6 @@ def test_an_encrypted_looking_day_holds_forget_and_a_normal_one_does_not(tmp_pat
             web.make_archive(files)
             result = fleet.server("pull")
             assert result.returncode == 0, result.stderr
-            time.sleep(1.1)
 
         def maintain(rc: int) -> str:
             result = fleet.server("maintain", "--no-verify")

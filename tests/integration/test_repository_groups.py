@@ -42,7 +42,6 @@ def test_a_group_stores_common_data_once_and_keeps_each_hosts_history_its_own(tm
             host.make_archive({"os/blob": shared, "own.txt": f"{host.name} {day}".encode()})
         db1.make_archive({"dump.sql": b"INSERT %d;\n" % day})
         server("pull")  # the three at once: the group's two make one repository together
-        time.sleep(1.1)
 
     assert sorted(p.name for p in fleet.repos.iterdir()) == ["db1", "web"]
     by_host = {}

@@ -71,7 +71,9 @@ def three_days(fleet: Fleet) -> None:
 
 
 @pytest.mark.parametrize(
-    "backend, commands", [("restic", ("prune", "forget")), ("borg", ("delete",))]
+    "backend, commands",
+    [("restic", ("prune", "forget")), ("borg", ("delete",))],
+    ids=["restic-prune-then-forget", "borg-delete"],
 )
 def test_a_maintain_stopped_after_forget_raises_no_tamper_alarm(tmp_path, backend, commands):
     """Each stop in turn on one fleet: a stopped maintain then a clean one leave web1 with

@@ -11,6 +11,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -149,9 +150,30 @@ class Postgres:
         return ["runuser", "-u", "postgres", "--", *argv] if _owner() else argv
 
     def stop(self) -> None:
+        """A fast shutdown of the postmaster itself: as root ``self.proc`` is runuser, which
+        passes a SIGTERM on and then waits 2 s before it kills ("...killed."), whenever
+        postgres had long ended (2 s of every test with a PostgreSQL server)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            postmaster = self._postmaster()
+            if postmaster is None:
+                self.proc.terminate()
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(postmaster, signal.SIGINT)
             self.proc.wait(timeout=30)
+
+    def _postmaster(self) -> int | None:
+        """The postgres process runuser started (``postmaster.pid``'s first line, whose
+        parent is ``self.proc``), or None."""
+        if self.proc is None or _owner() is None:
+            return None
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split()[0])
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (OSError, ValueError, IndexError):
+            return None
+        parent = int(stat.rpartition(")")[2].split()[1])
+        return pid if parent == self.proc.pid else None
 
 
 @dataclass

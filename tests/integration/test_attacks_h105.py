@@ -19,100 +19,32 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.client import ClientSandbox
-from tests.helpers.standin_wrappers import kill_when_marked, wrapped_env
+from tests.helpers.killed_run_box import (
+    AT,
+    KILLED,
+    KILLED_RUN,
+    QUICK,
+    SHOP_STOPPED,
+    SLOW,
+    Box,
+    make_box,
+)
+from tests.helpers.killed_run_box import configure as _config
+from tests.helpers.killed_run_box import good_day as _good_day
+from tests.helpers.killed_run_box import mails as _mails
+from tests.helpers.killed_run_box import record as _record
+from tests.helpers.killed_run_box import set_sendmail as _sendmail
+from tests.helpers.killed_run_box import status as _status
+from tests.helpers.killed_run_box import write_record as _write_record
+from tests.helpers.standin_wrappers import kill_when_marked
 
 pytestmark = pytest.mark.integration
 
-KILLED = "ended before its finish (killed?)"
-AT = "2026-12-05T01:00:00Z"
-
-QUICK = """\
-service: {{name: {name}}}
-command:
-  dump: [{{run: "echo data", output: out.txt}}]
-"""
-SLOW = """\
-service: {{name: {name}}}
-command:
-  dump: [{{run: "echo data; touch {marker}; exec sleep 60", output: out.txt}}]
-"""
-SHOP = """\
-service: {name: shop}
-systemd: {units: [app.service]}
-command:
-  dump: [{run: "echo data", output: out.txt}]
-  restore: ["true"]
-"""
-
-
-class Box(ClientSandbox):
-    marker: Path
-    mails: Path
-    env: dict
-    sendmail: Path
-
 
 @pytest.fixture
-def box(tmp_path, standins):
+def box(tmp_path, standins) -> Box:
     """``files`` (quick) and ``shop`` (a systemd task, quick); mail kept; metrics."""
-    standins.set(running=[], active=["app.service"])
-    b = Box(tmp_path / "client")
-    b.marker = tmp_path / "mark"
-    b.mails = tmp_path / "mails.txt"
-    b.sendmail = tmp_path / "sendmail"
-    _sendmail(b)
-    _config(b)
-    b.env = {**os.environ, **wrapped_env(tmp_path, standins.env, b.marker)}
-    b.add_service("files", QUICK.format(name="files"))
-    b.add_service("shop", SHOP)
-    return b
-
-
-def _sendmail(b: Box, script: str = "") -> None:
-    body = script or f"cat >> {b.mails}; echo ==== >> {b.mails}"
-    b.sendmail.write_text(f"#!/bin/sh\n{body}\n")
-    b.sendmail.chmod(0o755)
-
-
-def _config(b: Box, send: str = "on_problem", timeout: str = "30s", **extra) -> None:
-    email = {"sendmail": str(b.sendmail), "from": "pb@x.test", "to": ["root@x.test"]}
-    email.update(send=send, smtp={"timeout": timeout})
-    b.write_config(email=email, metrics_file=str(b.root / "client.prom"), **extra)
-
-
-def _good_day(b: Box) -> None:
-    made = b.cli("run", env=b.env)
-    assert made.returncode == 0, made.stderr
-    assert _status(b)["last_run_ok"] is True
-    assert not _record(b).exists()
-
-
-def _status(b: Box) -> dict:
-    return json.loads((b.archives / ".client-status.json").read_text())
-
-
-def _mails(b: Box) -> list[str]:
-    if not b.mails.exists():
-        return []
-    return [m for m in b.mails.read_text().split("====\n") if m.strip()]
-
-
-def _record(b: Box) -> Path:
-    return b.root / "stopped.json"
-
-
-def _write_record(b: Box, run: dict | None, *entries: dict) -> None:
-    full = [{"by": "run", "pid": 4242, "at": AT, **e} for e in entries]
-    doc: dict = {"version": 1, "stopped": full}
-    if run is not None:
-        doc["run"] = run
-    _record(b).write_text(json.dumps(doc))
-    _record(b).chmod(0o600)
-
-
-SHOP_STOPPED = {"service": "shop", "task": "systemd", "names": ["app.service"]}
-KILLED_RUN = {"pid": 4242, "at": AT, "services": ["files", "shop"]}
+    return make_box(tmp_path, standins)
 
 
 # ---- defects --------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.client import ClientSandbox
+from tests.helpers.killed_run_box import mails as _mails
+from tests.helpers.killed_run_box import status as _status
 from tests.helpers.standin_wrappers import kill_when_marked
 
 pytestmark = pytest.mark.integration
@@ -52,16 +54,6 @@ def box(tmp_path):
     box.add_service("files", QUICK.format(name="files"))
     box.add_service("slow", SLOW.format(name="slow", marker=box.marker))
     return box
-
-
-def _status(box: ClientSandbox) -> dict:
-    return json.loads((box.archives / ".client-status.json").read_text())
-
-
-def _mails(box: ClientSandbox) -> list[str]:
-    if not box.mails.exists():
-        return []
-    return [m for m in box.mails.read_text().split("====\n") if m.strip()]
 
 
 def _record(box: ClientSandbox) -> Path:

@@ -142,8 +142,11 @@ def _client_log(bed: FaultBed, host: str) -> str:
 
 def _next_client_run(bed: FaultBed, host: str) -> Outcome:
     """The next client run reports and cleans up what the killed one left."""
+    before = bed.client(host).published()
     result = bed.client(host).cli("run")
     assert bed.client(host).leftovers() == []
+    assert "ended before its finish (killed?): reported as a failed run" in result.stderr
+    assert set(bed.client(host).published()) - set(before)  # its own archive made
     return Outcome(f"[{host}] {result.stderr}", result.returncode)
 
 
@@ -597,8 +600,9 @@ FAULTS = [
     Fault("host very slow (times out alone)", very_slow,
           r"timed out after 12s \(host_timeout\)", 1, speed_up),
     # the client
-    Fault("client killed while packing", client_killed_while_packing, LEFTOVERS, 0),
-    Fault("client killed while publishing", client_killed_while_publishing, LEFTOVERS, 0),
+    # (1: the next run reports the killed one, which told no one; its archive is made)
+    Fault("client killed while packing", client_killed_while_packing, LEFTOVERS, 1),
+    Fault("client killed while publishing", client_killed_while_publishing, LEFTOVERS, 1),
     Fault("stale archive lock left behind", stale_archive_lock, r"breaking stale lock", 0),
     # the server killed
     Fault("server killed while transferring", server_killed_while_transferring,

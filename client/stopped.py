@@ -309,7 +309,8 @@ class Recovery:
         if not runs:  # (an older version's record has no run: its entries tell)
             return None
         services = [e.service for e in self.entries if e.by == "run"]
-        return f"the run (pid {runs[0][0]}, stopping at {runs[0][1]})", services
+        pid, at = printable(str(runs[0][0]), 20), runs[0][1]
+        return f"the run (pid {pid}, stopping at {at})", services
 
     def killed_services(self, but: list[str] | None = None) -> list[ServiceReport]:
         """The services of the run that ended before its finish, each failed (``but``:

@@ -125,3 +125,11 @@ def test_a_run_carries_what_an_earlier_killed_run_left_unreported(tmp_path):
     ]
     again = Recovery(run=run).report_lines()  # this run killed too: everything is said
     assert again[1:] == run.earlier
+
+
+def test_an_older_records_huge_pid_is_said_bounded():
+    from pullback.client.stopped import Recovery, Stopped
+
+    entry = Stopped("shop", "systemd", ["app.service"], "run", int("9" * 4000), "then")
+    (line,) = Recovery(entries=[entry]).report_lines()
+    assert line.endswith("ended before its finish (killed?)") and len(line) < 120, line

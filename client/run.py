@@ -202,7 +202,6 @@ def run(config: ClientConfig, names: list[str] | None = None, *, full: bool = Fa
         with guard.shielded():
             reporter.recovery = recovery = stopped.start_left_stopped(config, plugins)
             if guard.received is None:
-                reporter.problems = recovery.report_lines()
                 record = stopped.StoppedRecord(stopped.record_path(config), "run")
                 record.begin([s.name for s in services], recovery)  # (carries it)
                 reporter.record = record
@@ -232,12 +231,15 @@ class Reporter:
     record: stopped.StoppedRecord | None = None
     """Where the run's mark is (None until written: an earlier mark then stays, and is
     reported by whoever finds it next)."""
-    problems: list[str] = field(default_factory=list)
-    """What the recovery before the run found (an earlier run killed): this run fails
-    with them, and reports them even when it publishes nothing."""
     recovery: stopped.Recovery = field(default_factory=stopped.Recovery)
-    """That recovery: the killed run's services this run does not report itself are
-    failed in its report."""
+    """What the recovery before the run found (an earlier run killed): this run fails
+    with its words (:attr:`problems`), reported even when it publishes nothing, and the
+    killed run's services this run does not report itself are failed in its report."""
+
+    @property
+    def problems(self) -> list[str]:
+        """The recovery's words (:meth:`.stopped.Recovery.report_lines`)."""
+        return self.recovery.report_lines()
 
     def failed(self, exc: PullbackError) -> None:
         """Report a run that published nothing."""

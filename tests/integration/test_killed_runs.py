@@ -21,23 +21,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.client import ClientSandbox
+from tests.helpers.killed_run_box import KILLED, QUICK, SLOW
 from tests.helpers.killed_run_box import mails as _mails
 from tests.helpers.killed_run_box import status as _status
 from tests.helpers.standin_wrappers import kill_when_marked
 
 pytestmark = pytest.mark.integration
-
-SLOW = """\
-service: {{name: {name}}}
-command:
-  dump: [{{run: "echo data; touch {marker}; exec sleep 60", output: out.txt}}]
-"""
-QUICK = """\
-service: {{name: {name}}}
-command:
-  dump: [{{run: "echo data", output: out.txt}}]
-"""
-KILLED = "ended before its finish (killed?)"
 
 
 @pytest.fixture

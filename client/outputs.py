@@ -48,6 +48,9 @@ class RunSummary:
     problems: list[str] = field(default_factory=list)
     """What failed beside the services (:meth:`.stopped.Recovery.report_lines`: a run
     killed before its report, an application it left down)."""
+    configured: frozenset[str] | None = None
+    """The enabled services of the configuration the run read: the status file keeps an
+    entry for these alone (None: not read, as by ``start-stopped``; every entry stays)."""
 
     def headline(self) -> str:
         failed = [s.name for s in self.services if s.status != Status.OK]
@@ -62,7 +65,9 @@ class RunSummary:
 
 
 def record(config: ClientConfig, run: RunSummary) -> dict:
-    """Merge the run into the client's status file; return the new status."""
+    """Merge the run into the client's status file; return the new status. An entry
+    stays for each service the run did not report (``run --service``) while it is
+    configured and enabled (:attr:`RunSummary.configured`)."""
     status = load_status(config)
     now = dt.datetime.now(dt.UTC).timestamp()
     status.update(
@@ -93,6 +98,12 @@ def record(config: ClientConfig, run: RunSummary) -> dict:
         )
         if service.status == Status.OK:
             entry["last_success"] = now
+    if run.configured is not None:  # (a service removed or disabled: no alert for it)
+        status["services"] = {
+            name: entry
+            for name, entry in status.get("services", {}).items()
+            if name in run.configured
+        }
     config.archive_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(status_path(config), json.dumps(status, indent=2, sort_keys=True) + "\n")
     return status

@@ -196,6 +196,9 @@ def run(config: ClientConfig, names: list[str] | None = None, *, full: bool = Fa
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
     with lock.acquire(), SignalGuard(RESTORING) as guard:
         reporter = Reporter(config, notifier, started)
+        reporter.configured = frozenset(s.name for s in found if s.enabled) | {
+            s.name for s in services
+        }
         # A stop waits: these were to be started long ago. A signal that came meanwhile
         # is raised as the block ends, before this run reports anything: the killed
         # run's mark, and what was not started, stay for the unit's start-stopped.
@@ -212,10 +215,23 @@ def run(config: ClientConfig, names: list[str] | None = None, *, full: bool = Fa
             result = client_run.run()
         except PullbackError as exc:
             with guard.shielded():  # (a stop waits for the report of what it stopped)
-                reporter.failed(exc)
+                reporter.failed(str(exc))
+            raise
+        except Exception as exc:  # a bug: reported as this run's failure, then exit 70
+            with guard.shielded():
+                reporter.failed(crashed(exc))
             raise
         with guard.shielded():
             return reporter.ended(result)
+
+
+def crashed(exc: Exception) -> str:
+    """The words of a run a bug ended: the exception's type alone (its message may hold
+    anything; the traceback goes to the log: :func:`.common.cli.main_wrapper`)."""
+    return (
+        f"an internal error ended the run ({type(exc).__name__}; "
+        "the traceback is in the log: please report it)"
+    )
 
 
 @dataclass
@@ -235,17 +251,22 @@ class Reporter:
     """What the recovery before the run found (an earlier run killed): this run fails
     with its words (:attr:`problems`), reported even when it publishes nothing, and the
     killed run's services this run does not report itself are failed in its report."""
+    configured: frozenset[str] | None = None
+    """The services whose entries the status file keeps (:attr:`.outputs.RunSummary.configured`):
+    the enabled ones and those the run was asked for."""
 
     @property
     def problems(self) -> list[str]:
         """The recovery's words (:meth:`.stopped.Recovery.report_lines`)."""
         return self.recovery.report_lines()
 
-    def failed(self, exc: PullbackError) -> None:
-        """Report a run that published nothing."""
+    def failed(self, error: str) -> None:
+        """Report a run that published nothing, for ``error``."""
         elapsed = time.monotonic() - self.started
         killed = self.recovery.killed_services()
-        summary = outputs.RunSummary(False, elapsed, killed, error=str(exc), problems=self.problems)
+        summary = outputs.RunSummary(
+            False, elapsed, killed, error=error, problems=self.problems, configured=self.configured
+        )
         outputs.finish(self.config, self.notifier, summary, recorded=self._recorded)
 
     def ended(self, result: RunResult) -> int:
@@ -258,6 +279,7 @@ class Reporter:
             [*result.services, *self.recovery.killed_services(but=reported)],
             result.sidecar,
             problems=self.problems,
+            configured=self.configured,
         )
         unwritten = outputs.finish(self.config, self.notifier, summary, recorded=self._recorded)
         return code or (EXIT_FAILED if unwritten else EXIT_OK)

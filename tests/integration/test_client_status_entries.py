@@ -1,0 +1,108 @@
+"""What the client's status file and metrics say of services, as an administrator changes
+the configuration, and of a run that a bug ended: real runs, real files.
+
+Before: the status file never dropped a service's entry, so a service removed from the
+configuration (or disabled) kept its last ``ok`` and ``last_success`` in the metrics for
+good, and a staleness alert on it fired forever; and a run that a bug ended (exit 70)
+left its mark of a run under way, reported later by ``start-stopped`` as "killed?".
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.helpers.client import ClientSandbox
+from tests.helpers.killed_run_box import KILLED, QUICK, mails, status
+
+pytestmark = pytest.mark.integration
+
+CRASH = """\
+import pullback.client.run as run
+
+
+def crash(self):
+    raise TypeError("the secret s3cr3t-in-a-message")
+
+
+run.ClientRun.run = crash
+"""
+"""A sitecustomize that puts a bug in the run (the only stand-in here: no real bug is
+known that ends a run this way)."""
+
+DISABLED_DB = QUICK.format(name="db").replace("{name: db}", "{name: db, enabled: false}")
+
+
+@pytest.fixture
+def box(tmp_path) -> ClientSandbox:
+    box = ClientSandbox(tmp_path / "client")
+    box.mails = tmp_path / "mails.txt"
+    sendmail = tmp_path / "sendmail"
+    sendmail.write_text(f"#!/bin/sh\ncat >> {box.mails}; echo ==== >> {box.mails}\n")
+    sendmail.chmod(0o755)
+    email = {"sendmail": str(sendmail), "from": "pb@x.test", "to": ["root@x.test"]}
+    box.write_config(email=email, metrics_file=str(box.root / "client.prom"))
+    for name in ("files", "db", "old"):
+        box.add_service(name, QUICK.format(name=name))
+    made = box.cli("run")
+    assert made.returncode == 0, made.stderr
+    assert sorted(status(box)["services"]) == ["db", "files", "old"]
+    return box
+
+
+def _metric_services(box: ClientSandbox) -> list[str]:
+    lines = (box.root / "client.prom").read_text().splitlines()
+    return sorted(
+        line.split('"')[1] for line in lines if line.startswith("pullback_client_service_ok{")
+    )
+
+
+def test_a_service_removed_or_disabled_leaves_the_status_file_and_metrics(box):
+    shutil.rmtree(box.services / "old")
+    box.add_service("db", DISABLED_DB)
+    made = box.cli("run")
+    assert made.returncode == 0, made.stderr
+    assert sorted(status(box)["services"]) == ["files"]
+    assert _metric_services(box) == ["files"]
+
+
+def test_a_run_of_one_service_keeps_the_others_entries(box):
+    made = box.cli("run", "--service", "files")
+    assert made.returncode == 0, made.stderr
+    assert sorted(status(box)["services"]) == ["db", "files", "old"]
+    assert _metric_services(box) == ["db", "files", "old"]
+
+
+def test_a_disabled_service_run_by_name_keeps_its_entry(box):
+    box.add_service("db", DISABLED_DB)
+    made = box.cli("run", "--service", "db")
+    assert made.returncode == 0, made.stderr
+    assert status(box)["services"]["db"]["ok"] is True
+    made = box.cli("run")  # (a run of every enabled service: db is not one)
+    assert made.returncode == 0, made.stderr
+    assert sorted(status(box)["services"]) == ["files", "old"]
+
+
+def test_a_run_a_bug_ended_reports_itself_and_leaves_no_mark(box, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CRASH)
+    crashed = box.cli("run", env={"PYTHONPATH": str(site)})
+    assert crashed.returncode == 70, crashed.stderr
+    assert "internal error, please report it" in crashed.stderr  # (the traceback, logged)
+    said = status(box)
+    assert said["last_run_ok"] is False
+    assert said["error"] == (
+        "an internal error ended the run (TypeError; the traceback is in the log: please report it)"
+    )
+    record = box.root / "stopped.json"
+    assert not record.exists() or "run" not in json.loads(record.read_text())  # cleared
+    (mail,) = mails(box)
+    assert "an internal error ended the run\n (TypeError;" in mail  # (the subject, folded)
+    assert "s3cr3t" not in mail and "s3cr3t" not in json.dumps(said)
+    after = box.cli("start-stopped")  # (the unit's ExecStopPost=): nothing more to say
+    assert after.returncode == 0, after.stderr
+    assert KILLED not in after.stderr
+    assert len(mails(box)) == 1

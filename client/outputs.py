@@ -99,14 +99,23 @@ def record(config: ClientConfig, run: RunSummary) -> dict:
         if service.status == Status.OK:
             entry["last_success"] = now
     if run.configured is not None:  # (a service removed or disabled: no alert for it)
-        status["services"] = {
-            name: entry
-            for name, entry in status.get("services", {}).items()
-            if name in run.configured
-        }
+        _drop_unconfigured(status, run.configured)
     config.archive_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(status_path(config), json.dumps(status, indent=2, sort_keys=True) + "\n")
     return status
+
+
+def _drop_unconfigured(status: dict, configured: frozenset[str]) -> None:
+    """Drop the entries of services not in ``configured``, each said once, as it leaves
+    (a service directory moved by mistake is seen here, not only as a missing backup)."""
+    entries = status.get("services", {})
+    gone = [name for name in entries if name not in configured]
+    if gone:
+        shown = few([printable(name, 100) for name in sorted(gone)])
+        log.warning(
+            "no longer configured or enabled, its status entry and metrics leave: %s", shown
+        )
+    status["services"] = {name: e for name, e in entries.items() if name in configured}
 
 
 def metrics(status: dict) -> Metrics:

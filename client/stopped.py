@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from ..common.fsutil import atomic_write, fsync_dir
 from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.notify import Notifier
+from ..common.procfs import boot_id
 from ..common.signals import RESTORING, SignalGuard
 from ..common.text import few, printable
 from ..plugins.manager import PluginSet, load_plugins
@@ -117,6 +119,9 @@ class Underway:
     """What the report of earlier runs killed would have said (:meth:`Recovery.report_lines`)
     when this run began: its own report says it, and so does the report of this run
     killed too (at most :data:`MAX_EARLIER` lines)."""
+    boot: str | None = None
+    """The boot it began in (:func:`.common.procfs.boot_id`; None in an older record):
+    another now means the machine restarted before the run ended."""
 
     def said(self) -> str:
         """``the run (pid ..., started at ...)``, bounded."""
@@ -194,7 +199,10 @@ def _run(item: dict) -> Underway:
         raise DamagedRecord(f"a run carrying more than {MAX_EARLIER} earlier lines")
     if not isinstance(item["pid"], int) or not isinstance(item["at"], str):
         raise TypeError("a field of the run has the wrong type")
-    return Underway(item["pid"], item["at"], services, earlier)
+    boot = item.get("boot")  # (null: a mark an older version wrote, rewritten since)
+    if boot is not None and not isinstance(boot, str):
+        raise TypeError("boot is not a string")
+    return Underway(item["pid"], item["at"], services, earlier, boot)
 
 
 class StoppedRecord:
@@ -224,7 +232,7 @@ class StoppedRecord:
             killed = carried.killed_run()
             names += killed[1] if killed else []
         names = list(dict.fromkeys(names))[:MAX_SERVICES]
-        self.run = Underway(os.getpid(), iso(utc_now()), names, earlier)
+        self.run = Underway(os.getpid(), iso(utc_now()), names, earlier, boot_id())
         try:
             self._write()
         except OSError as exc:
@@ -330,12 +338,39 @@ class Recovery:
         killed = self.killed_run()
         if killed is None:
             return list(self.problems)
-        line = f"{killed[0]} ended before its finish (killed?)"
+        line = f"{killed[0]} ended before its finish ({ended_how(self.run)})"
         if self.started:  # (in the order started)
             again = few([e.what() for e in self.started], SHOWN_PROBLEMS, separator="; ")
             line += f"; started again what it had stopped: {again}"
         earlier = [printable(e, 1000) for e in self.run.earlier] if self.run else []
         return [line, *self.problems, *earlier]  # (what asks for a hand before the carried)
+
+
+SYSTEMD_RESULTS = {
+    "signal": "killed by SIG{status}",
+    "core-dump": "it dumped core: SIG{status}",
+    "oom-kill": "killed by the OOM killer",
+    "timeout": "stopped by systemd at a timeout",
+    "exit-code": "it exited with status {status}",
+}
+"""How the unit's run ended, from ``$SERVICE_RESULT`` and ``$EXIT_STATUS`` (systemd.exec(5):
+set for ``ExecStopPost=``); another result is said as it is."""
+
+
+def ended_how(run: Underway | None, environ: Mapping[str, str] = os.environ) -> str:
+    """How a run that left its mark ended, as far as is known, in a few bounded words:
+    the machine restarted since (the mark's boot is not this one: a power cut, a crash
+    of the system), or what systemd says of the unit's run (``start-stopped`` as the
+    client unit's ``ExecStopPost=``, after the run the mark is of), else ``killed?``."""
+    booted = boot_id()
+    if run is not None and run.boot is not None and booted is not None and run.boot != booted:
+        return "the machine restarted before it ended"
+    result = environ.get("SERVICE_RESULT", "success")
+    if result == "success":
+        return "killed?"
+    status = printable(environ.get("EXIT_STATUS", "?"), 12)
+    words = SYSTEMD_RESULTS.get(result, "systemd says: {result}")
+    return words.format(status=status, result=printable(result, 30))
 
 
 def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
@@ -353,8 +388,9 @@ def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
     recovery = Recovery(contents.entries, run=contents.run)
     if contents.run is not None:  # (the mark stays until the caller's report is written)
         log.error(
-            "%s ended before its finish (killed?): reported as a failed run",
+            "%s ended before its finish (%s): reported as a failed run",
             contents.run.said(),
+            ended_how(contents.run),
         )
     if not contents.entries:
         return recovery

@@ -68,3 +68,13 @@ def flock_held(path: str | os.PathLike) -> bool | None:
             return True
         same_number = same_number or fields[5].endswith(f":{found.st_ino}")
     return None if same_number else False
+
+
+def boot_id() -> str | None:
+    """This boot's identifier (the kernel's ``boot_id``: a new one at every boot), None
+    when /proc does not say it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None

@@ -105,18 +105,25 @@ def test_start_stopped_reports_a_run_killed_with_nothing_stopped(good_day):
 
 
 def test_the_next_run_reports_a_killed_run_after_a_power_cut(good_day):
-    """No ExecStopPost= ran (a power cut): the next run tells, in its own report."""
+    """No ExecStopPost= ran (a power cut): the next run tells, in its own report, and
+    says that the machine restarted (the mark's boot is not this one)."""
     box = good_day
     kill_when_marked(box, box.marker, "run", env={})
+    mark = json.loads(_record(box).read_text())
+    with open("/proc/sys/kernel/random/boot_id") as handle:
+        assert mark["run"]["boot"] == handle.read().strip()
+    mark["run"]["boot"] = "an-earlier-boot"  # (the machine restarted since)
+    _record(box).write_text(json.dumps(mark))
     _quick(box)
     result = box.cli("run")
     assert result.returncode == 1, result.stderr  # the killed run is this run's to report
     status = _status(box)
-    assert status["error"].startswith("the run (pid ") and status["error"].endswith(KILLED)
+    restarted = "ended before its finish (the machine restarted before it ended)"
+    assert status["error"].startswith("the run (pid ") and status["error"].endswith(restarted)
     assert status["services"]["files"]["ok"] is True  # this run's own services: done
     assert len(box.published()) == 2
     (mail,) = _mails(box)
-    assert KILLED in mail
+    assert restarted in mail
     assert not _record(box).exists()
 
 

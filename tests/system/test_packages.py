@@ -497,7 +497,7 @@ def test_a_client_run_killed_outright_has_its_unit_started_again(root, installed
         status = json.loads(root.run("cat /var/lib/pullback/archives/.client-status.json").stdout)
         assert status["last_run_ok"] is False, status
         assert (
-            "ended before its finish (killed?); started again what it had stopped: "
+            "ended before its finish (killed by SIGKILL); started again what it had stopped: "
             in (status["error"])
         )
         assert status["error"].startswith("the run (pid ") and "started at" in status["error"]

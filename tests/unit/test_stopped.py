@@ -3,6 +3,7 @@ emptied by each finish, read within its bounds."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from pullback.client.stopped import (
     StoppedRecord,
     read_record,
 )
+from pullback.common.procfs import boot_id
 from pullback.plugins.task import Task
 
 pytestmark = pytest.mark.unit
@@ -133,3 +135,51 @@ def test_an_older_records_huge_pid_is_said_bounded():
     entry = Stopped("shop", "systemd", ["app.service"], "run", int("9" * 4000), "then")
     (line,) = Recovery(entries=[entry]).report_lines()
     assert line.endswith("ended before its finish (killed?)") and len(line) < 120, line
+
+
+@pytest.mark.parametrize(
+    ("environ", "words"),
+    [
+        ({}, "killed?"),
+        ({"SERVICE_RESULT": "success", "EXIT_STATUS": "0"}, "killed?"),
+        ({"SERVICE_RESULT": "signal", "EXIT_STATUS": "KILL"}, "killed by SIGKILL"),
+        ({"SERVICE_RESULT": "core-dump", "EXIT_STATUS": "SEGV"}, "it dumped core: SIGSEGV"),
+        ({"SERVICE_RESULT": "oom-kill", "EXIT_STATUS": "KILL"}, "killed by the OOM killer"),
+        ({"SERVICE_RESULT": "timeout", "EXIT_STATUS": "KILL"}, "stopped by systemd at a timeout"),
+        ({"SERVICE_RESULT": "exit-code", "EXIT_STATUS": "70"}, "it exited with status 70"),
+        ({"SERVICE_RESULT": "watchdog"}, "systemd says: watchdog"),
+        (  # (the environment is the caller's: bounded words all the same)
+            {"SERVICE_RESULT": "x\n" * 1000, "EXIT_STATUS": "{result}\x1b" * 100},
+            "systemd says: x",
+        ),
+    ],
+)
+def test_how_a_run_ended_is_said_from_what_systemd_tells_its_stop_post(environ, words):
+    from pullback.client.stopped import Underway, ended_how
+
+    said = ended_how(Underway(1, "then", ["files"], boot=boot_id()), environ)
+    assert said.startswith(words) and len(said) < 60 and "\n" not in said, said
+
+
+def test_a_mark_of_another_boot_says_the_machine_restarted():
+    from pullback.client.stopped import Underway, ended_how
+
+    other = Underway(1, "then", ["files"], boot="an-earlier-boot")
+    signalled = {"SERVICE_RESULT": "signal", "EXIT_STATUS": "KILL"}
+    assert ended_how(other, signalled) == "the machine restarted before it ended"
+    assert ended_how(Underway(1, "then", ["files"]), {}) == "killed?"  # (an older mark)
+
+
+def test_a_run_writes_the_boot_it_began_in(tmp_path):
+    path = tmp_path / "stopped.json"
+    StoppedRecord(path, "run").begin(["files"])
+    run = read_record(path).run
+    assert run is not None and run.boot == boot_id() and boot_id()
+    doc = json.loads(path.read_text())
+    doc["run"]["boot"] = None  # (an older mark rewritten: no boot known)
+    path.write_text(json.dumps(doc))
+    assert read_record(path).run.boot is None
+    doc["run"]["boot"] = 7
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DamagedRecord):
+        read_record(path)

@@ -113,7 +113,8 @@ def _drop_unconfigured(status: dict, configured: frozenset[str]) -> None:
     if gone:
         shown = few([printable(name, 100) for name in sorted(gone)])
         log.warning(
-            "no longer configured or enabled, its status entry and metrics leave: %s", shown
+            "dropped from the status file and metrics (no longer configured, or disabled): %s",
+            shown,
         )
     status["services"] = {name: e for name, e in entries.items() if name in configured}
 

@@ -66,10 +66,10 @@ def test_a_service_removed_or_disabled_leaves_the_status_file_and_metrics(box):
     assert made.returncode == 0, made.stderr
     assert sorted(status(box)["services"]) == ["files"]
     assert _metric_services(box) == ["files"]
-    gone = "no longer configured or enabled, its status entry and metrics leave: db, old"
+    gone = "dropped from the status file and metrics (no longer configured, or disabled): db, old"
     assert gone in made.stderr  # (said once, as they leave)
     again = box.cli("run")
-    assert again.returncode == 0 and "no longer configured" not in again.stderr
+    assert again.returncode == 0 and "dropped from the status" not in again.stderr
 
 
 def test_a_run_of_one_service_keeps_the_others_entries(box):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from ..common import mail
-from ..common.archive.sidecar import ServiceReport, Sidecar
+from ..common.archive.sidecar import LEFT_OUT, ServiceReport, Sidecar
 from ..common.fsutil import atomic_write
 from ..common.log import get_logger, recent_lines
 from ..common.metrics import Metrics
@@ -28,10 +28,19 @@ def status_path(config: ClientConfig):
 
 
 def load_status(config: ClientConfig) -> dict:
+    """The client's status file; one of another shape (a hand's edit, a damaged disk) is
+    said and read as empty, so that the run's report still gets written."""
     try:
-        return json.loads(status_path(config).read_text())
-    except (FileNotFoundError, ValueError):
+        status = json.loads(status_path(config).read_text())
+    except FileNotFoundError:
         return {"services": {}}
+    except (ValueError, RecursionError):
+        status = None
+    services = status.setdefault("services", {}) if isinstance(status, dict) else None
+    if not isinstance(services, dict) or not all(isinstance(e, dict) for e in services.values()):
+        log.warning("%s is not a status file of this shape: written anew", status_path(config))
+        return {"services": {}}
+    return status
 
 
 @dataclass
@@ -53,7 +62,7 @@ class RunSummary:
     entry for these alone (None: not read, as by ``start-stopped``; every entry stays)."""
 
     def headline(self) -> str:
-        failed = [s.name for s in self.services if s.status != Status.OK]
+        failed = [s.name for s in self.services if s.status != Status.OK and s.error != LEFT_OUT]
         if self.error:  # (and an earlier run killed, found by this one: said after it)
             also = f" (and: {self.problems[0]})" if self.problems else ""
             return f"the run failed: {self.error}{also}"
@@ -86,6 +95,8 @@ def record(config: ClientConfig, run: RunSummary) -> dict:
     if run.ok:
         status["last_success"] = now
     for service in run.services:
+        if service.error == LEFT_OUT:  # (run --service: not run, its entry stays as it was)
+            continue
         entry = status.setdefault("services", {}).setdefault(service.name, {})
         entry.update(
             {

@@ -22,6 +22,7 @@ from ..common.errors import (
     EXIT_FAILED,
     EXIT_OK,
     ArchiveError,
+    InternalError,
     LockBusy,
     PullbackError,
     UsageError,
@@ -195,43 +196,66 @@ def run(config: ClientConfig, names: list[str] | None = None, *, full: bool = Fa
     started = time.monotonic()
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
     with lock.acquire(), SignalGuard(RESTORING) as guard:
-        reporter = Reporter(config, notifier, started)
-        reporter.configured = frozenset(s.name for s in found if s.enabled) | {
-            s.name for s in services
-        }
-        # A stop waits: these were to be started long ago. A signal that came meanwhile
-        # is raised as the block ends, before this run reports anything: the killed
-        # run's mark, and what was not started, stay for the unit's start-stopped.
-        with guard.shielded():
-            reporter.recovery = recovery = stopped.start_left_stopped(config, plugins)
-            if guard.received is None:
-                record = stopped.StoppedRecord(stopped.record_path(config), "run")
-                record.begin([s.name for s in services], recovery)  # (carries it)
-                reporter.record = record
+        reporter = Reporter(config, notifier, started, guard)
+        reporter.configured = kept_entries(config, found, services)
         try:
-            client_run = ClientRun(config, services, plugins, guard, record)
-            client_run.full_asked = full
-            client_run.left_out = left_out(found, services)
-            result = client_run.run()
-        except PullbackError as exc:
-            with guard.shielded():  # (a stop waits for the report of what it stopped)
-                reporter.failed(str(exc))
-            raise
-        except Exception as exc:  # a bug: reported as this run's failure, then exit 70
+            result = _recover_and_run(reporter, (found, services), plugins, full)
             with guard.shielded():
-                reporter.failed(crashed(exc))
+                return reporter.ended(result)
+        except PullbackError:
             raise
-        with guard.shielded():
-            return reporter.ended(result)
+        except Exception as exc:  # a bug (in the run, or its report): reported, then exit 70
+            raise reporter.crashed(exc) from exc
 
 
-def crashed(exc: Exception) -> str:
-    """The words of a run a bug ended: the exception's type alone (its message may hold
-    anything; the traceback goes to the log: :func:`.common.cli.main_wrapper`)."""
-    return (
-        f"an internal error ended the run ({type(exc).__name__}; "
-        "the traceback is in the log: please report it)"
-    )
+def _recover_and_run(
+    reporter: Reporter,
+    chosen: tuple[list[Service], list[Service]],
+    plugins: PluginSet,
+    full: bool,
+) -> RunResult:
+    """Start what a killed run left, mark this run under way, run it (``chosen``: the
+    services found and those to run). Returns its result; a failure is reported, then
+    raised."""
+    config, guard = reporter.config, reporter.guard
+    found, services = chosen
+    # A stop waits: these were to be started long ago. A signal that came meanwhile
+    # is raised as the block ends, before this run reports anything: the killed
+    # run's mark, and what was not started, stay for the unit's start-stopped.
+    with guard.shielded():
+        reporter.recovery = recovery = stopped.start_left_stopped(config, plugins)
+        if guard.received is None:
+            record = stopped.StoppedRecord(stopped.record_path(config), "run")
+            record.begin([s.name for s in services], recovery)  # (carries it)
+            reporter.record = record
+    try:
+        client_run = ClientRun(config, services, plugins, guard, record)
+        client_run.full_asked = full
+        client_run.left_out = left_out(found, services)
+        return client_run.run()
+    except PullbackError as exc:
+        with guard.shielded():  # (a stop waits for the report of what it stopped)
+            reporter.failed(str(exc))
+        raise
+
+
+def kept_entries(
+    config: ClientConfig, found: list[Service], services: list[Service]
+) -> frozenset[str] | None:
+    """The services whose entries the status file keeps (:attr:`.outputs.RunSummary.configured`):
+    the enabled ones and those this run was asked for. None (every entry stays) while
+    the configuration is in doubt: a service directory missing (a disk not mounted: said),
+    a service file with problems (its name may not be its own)."""
+    missing = [d for d in config.service_dirs if not Path(d).is_dir()]
+    for directory in missing:
+        log.warning(
+            "the service directory %s is missing: its services are not backed up "
+            "(their status entries stay, and age)",
+            directory,
+        )
+    if missing or any(s.problems for s in found):
+        return None
+    return frozenset(s.name for s in found if s.enabled) | {s.name for s in services}
 
 
 @dataclass
@@ -244,6 +268,7 @@ class Reporter:
     notifier: Notifier
     started: float
     """When the run began (``time.monotonic``)."""
+    guard: SignalGuard
     record: stopped.StoppedRecord | None = None
     """Where the run's mark is (None until written: an earlier mark then stays, and is
     reported by whoever finds it next)."""
@@ -272,7 +297,7 @@ class Reporter:
     def ended(self, result: RunResult) -> int:
         """Report a run that published its archive; returns the exit code."""
         code = EXIT_FAILED if self.problems else result.exit_code
-        reported = [s.name for s in result.services]
+        reported = [s.name for s in result.services if s.error != LEFT_OUT]  # (run itself)
         summary = outputs.RunSummary(
             code == EXIT_OK,
             time.monotonic() - self.started,
@@ -283,6 +308,27 @@ class Reporter:
         )
         unwritten = outputs.finish(self.config, self.notifier, summary, recorded=self._recorded)
         return code or (EXIT_FAILED if unwritten else EXIT_OK)
+
+    def crashed(self, exc: Exception) -> PullbackError:
+        """Report the run as failed for ``exc``, which escaped it or its report; returns
+        what to raise: an error of the machine (OSError) in its words, exit 1; else a bug,
+        only its type said (its message may hold anything) and its traceback logged after
+        the report, exit 70. A signal during the report is raised (the traceback logged)."""
+        error: PullbackError = InternalError(
+            f"an internal error ended the run ({type(exc).__name__}; "
+            "the traceback is in the log: please report it)"
+        )
+        if isinstance(exc, OSError):
+            error = PullbackError(f"the run stopped: {describe(exc)}")
+        try:
+            with self.guard.shielded():
+                self.failed(str(error))
+        finally:  # (after the report: the failure mail quotes the log, not the traceback)
+            if isinstance(exc, OSError):
+                log.debug("the run stopped on an error of the machine:", exc_info=exc)
+            else:
+                log.critical("internal error, please report it:", exc_info=exc)
+        return error
 
     def _recorded(self) -> None:
         if self.record is not None:

@@ -122,6 +122,9 @@ class Underway:
     boot: str | None = None
     """The boot it began in (:func:`.common.procfs.boot_id`; None in an older record):
     another now means the machine restarted before the run ended."""
+    invocation: str | None = None
+    """Its unit's run (systemd's ``$INVOCATION_ID``; None outside a unit, or in an older
+    record): what systemd says of that run is said of this one alone."""
 
     def said(self) -> str:
         """``the run (pid ..., started at ...)``, bounded."""
@@ -199,10 +202,10 @@ def _run(item: dict) -> Underway:
         raise DamagedRecord(f"a run carrying more than {MAX_EARLIER} earlier lines")
     if not isinstance(item["pid"], int) or not isinstance(item["at"], str):
         raise TypeError("a field of the run has the wrong type")
-    boot = item.get("boot")  # (null: a mark an older version wrote, rewritten since)
-    if boot is not None and not isinstance(boot, str):
-        raise TypeError("boot is not a string")
-    return Underway(item["pid"], item["at"], services, earlier, boot)
+    boot, invocation = item.get("boot"), item.get("invocation")  # (null: not known)
+    if not all(isinstance(v, str) for v in (boot, invocation) if v is not None):
+        raise TypeError("boot or invocation is not a string")
+    return Underway(item["pid"], item["at"], services, earlier, boot, invocation)
 
 
 class StoppedRecord:
@@ -232,7 +235,8 @@ class StoppedRecord:
             killed = carried.killed_run()
             names += killed[1] if killed else []
         names = list(dict.fromkeys(names))[:MAX_SERVICES]
-        self.run = Underway(os.getpid(), iso(utc_now()), names, earlier, boot_id())
+        unit = os.environ.get("INVOCATION_ID")
+        self.run = Underway(os.getpid(), iso(utc_now()), names, earlier, boot_id(), unit)
         try:
             self._write()
         except OSError as exc:
@@ -361,12 +365,15 @@ def ended_how(run: Underway | None, environ: Mapping[str, str] = os.environ) -> 
     """How a run that left its mark ended, as far as is known, in a few bounded words:
     the machine restarted since (the mark's boot is not this one: a power cut, a crash
     of the system), or what systemd says of the unit's run (``start-stopped`` as the
-    client unit's ``ExecStopPost=``, after the run the mark is of), else ``killed?``."""
+    client unit's ``ExecStopPost=``, when the mark is of that very run: its
+    ``$INVOCATION_ID``), else ``killed?``."""
+    if run is None:  # (an older version's record: nothing says which run it was)
+        return "killed?"
     booted = boot_id()
-    if run is not None and run.boot is not None and booted is not None and run.boot != booted:
+    if run.boot is not None and booted is not None and run.boot != booted:
         return "the machine restarted before it ended"
     result = environ.get("SERVICE_RESULT", "success")
-    if result == "success":
+    if result == "success" or not run.invocation or run.invocation != environ.get("INVOCATION_ID"):
         return "killed?"
     status = printable(environ.get("EXIT_STATUS", "?"), 12)
     words = SYSTEMD_RESULTS.get(result, "systemd says: {result}")

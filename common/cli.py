@@ -15,7 +15,7 @@ from typing import Any
 
 from . import __version__
 from . import log as logs
-from .errors import EXIT_CONFIG, EXIT_FAILED, ConfigError, Interrupted, PullbackError
+from .errors import EXIT_CONFIG, EXIT_FAILED, EXIT_SOFTWARE, ConfigError, Interrupted, PullbackError
 from .signals import SignalGuard
 
 log = logs.get_logger()
@@ -169,4 +169,4 @@ def main_wrapper(
         return EXIT_FAILED
     except Exception:
         log.critical("internal error, please report it:", exc_info=True)
-        return 70  # EX_SOFTWARE
+        return EXIT_SOFTWARE

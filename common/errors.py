@@ -9,6 +9,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: a bug
 EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
 
 
@@ -59,6 +60,13 @@ class CommandError(PullbackError):
 
 class CommandTimeout(CommandError):
     """An external command ran past its timeout and was killed."""
+
+
+class InternalError(PullbackError):
+    """A bug, caught where the command can still report it (its traceback logged there);
+    said in words that hold no exception message."""
+
+    exit_code = EXIT_SOFTWARE
 
 
 class Interrupted(PullbackError):

@@ -157,24 +157,38 @@ def test_an_older_records_huge_pid_is_said_bounded():
 def test_how_a_run_ended_is_said_from_what_systemd_tells_its_stop_post(environ, words):
     from pullback.client.stopped import Underway, ended_how
 
-    said = ended_how(Underway(1, "then", ["files"], boot=boot_id()), environ)
+    run = Underway(1, "then", ["files"], boot=boot_id(), invocation="u1")
+    said = ended_how(run, {**environ, "INVOCATION_ID": "u1"})
     assert said.startswith(words) and len(said) < 60 and "\n" not in said, said
+
+
+def test_what_systemd_says_is_said_of_the_units_own_run_alone():
+    from pullback.client.stopped import Underway, ended_how
+
+    killed = {"SERVICE_RESULT": "signal", "EXIT_STATUS": "KILL", "INVOCATION_ID": "u2"}
+    by_hand = Underway(1, "then", ["files"], boot=boot_id())  # (no unit: a run by hand)
+    assert ended_how(by_hand, killed) == "killed?"
+    earlier = Underway(1, "then", ["files"], boot=boot_id(), invocation="u1")
+    assert ended_how(earlier, killed) == "killed?"  # (another run of the unit)
+    assert ended_how(None, killed) == "killed?"  # (an older version's record: no mark)
 
 
 def test_a_mark_of_another_boot_says_the_machine_restarted():
     from pullback.client.stopped import Underway, ended_how
 
-    other = Underway(1, "then", ["files"], boot="an-earlier-boot")
-    signalled = {"SERVICE_RESULT": "signal", "EXIT_STATUS": "KILL"}
+    other = Underway(1, "then", ["files"], boot="an-earlier-boot", invocation="u1")
+    signalled = {"SERVICE_RESULT": "signal", "EXIT_STATUS": "KILL", "INVOCATION_ID": "u1"}
     assert ended_how(other, signalled) == "the machine restarted before it ended"
     assert ended_how(Underway(1, "then", ["files"]), {}) == "killed?"  # (an older mark)
 
 
-def test_a_run_writes_the_boot_it_began_in(tmp_path):
+def test_a_run_writes_the_boot_and_the_unit_run_it_began_in(tmp_path, monkeypatch):
     path = tmp_path / "stopped.json"
+    monkeypatch.setenv("INVOCATION_ID", "0123abcd")
     StoppedRecord(path, "run").begin(["files"])
     run = read_record(path).run
     assert run is not None and run.boot == boot_id() and boot_id()
+    assert run.invocation == "0123abcd"
     doc = json.loads(path.read_text())
     doc["run"]["boot"] = None  # (an older mark rewritten: no boot known)
     path.write_text(json.dumps(doc))

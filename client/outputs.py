@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 
 from ..common import mail
 from ..common.archive.sidecar import LEFT_OUT, ServiceReport, Sidecar
-from ..common.fsutil import atomic_write
+from ..common.fsutil import atomic_write, read_regular
 from ..common.log import get_logger, recent_lines
 from ..common.metrics import Metrics
 from ..common.notify import Notifier
@@ -27,20 +28,47 @@ def status_path(config: ClientConfig):
     return config.archive_dir / STATUS_FILE
 
 
+MAX_STATUS_BYTES = 16 << 20
+"""The longest status file read (some 200 bytes per service); a longer one is written anew."""
+
+NUMBERS = ("last_run", "last_success", "duration", "archive_bytes", "bytes", "ok", "last_run_ok")
+"""The status file's keys (of the file and of each service's entry) that hold a number
+(or a boolean):
+another value there is dropped as the file is read (the metrics write numbers alone)."""
+
+
 def load_status(config: ClientConfig) -> dict:
-    """The client's status file; one of another shape (a hand's edit, a damaged disk) is
-    said and read as empty, so that the run's report still gets written."""
+    """The client's status file. One of another shape (a hand's edit, a damaged disk: not
+    a regular file, longer than :data:`MAX_STATUS_BYTES`, not JSON, values of other types)
+    is said and read as empty, or without its odd values, so that the run's report still
+    gets written."""
+    path = status_path(config)
     try:
-        status = json.loads(status_path(config).read_text())
+        status = json.loads(read_regular(path, MAX_STATUS_BYTES))
     except FileNotFoundError:
         return {"services": {}}
-    except (ValueError, RecursionError):
-        status = None
+    except (ValueError, RecursionError) as exc:
+        log.warning("%s is not a status file (%s): written anew", path, printable(exc, 200))
+        return {"services": {}}
     services = status.setdefault("services", {}) if isinstance(status, dict) else None
     if not isinstance(services, dict) or not all(isinstance(e, dict) for e in services.values()):
-        log.warning("%s is not a status file of this shape: written anew", status_path(config))
+        log.warning("%s is not a status file of this shape: written anew", path)
         return {"services": {}}
+    if _drop_odd_values(status) + sum(_drop_odd_values(e) for e in services.values()):
+        log.warning("%s held values of another type: dropped", path)
     return status
+
+
+def _drop_odd_values(record: dict) -> int:
+    """Drop the values of ``record``'s number keys that are no number; returns how many."""
+    odd = [k for k in NUMBERS if k in record and not _number(record[k])]
+    for key in odd:
+        del record[key]
+    return len(odd)
+
+
+def _number(value: object) -> bool:
+    return value is None or (isinstance(value, int | float) and math.isfinite(value))
 
 
 @dataclass
@@ -194,7 +222,7 @@ def _failure_mail(config: ClientConfig, run: RunSummary, unwritten: list[str]) -
     )
     return env.get_template("failure.txt.j2").render(
         host=config.hostname,
-        headline=run.headline(),
+        headline=printable(run.headline(), 500),
         more=_more_problems(run.problems),
         services=run.services,
         archive=run.sidecar.archive.name if run.sidecar else None,

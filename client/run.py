@@ -35,12 +35,12 @@ from ..common.notify import Notifier
 from ..common.outcome import Status
 from ..common.progress import Progress, Watched
 from ..common.signals import RESTORING, SignalGuard
-from ..common.text import few
+from ..common.text import few, printable
 from ..common.units import human_duration, human_size
 from ..plugins.manager import PluginSet, load_plugins
 from . import incremental, outputs, stopped
 from .config import ClientConfig, IncrementalMode
-from .services import Service, discover
+from .services import Service, discover, find_service_files
 from .stages import make_tasks, run_service, validate_service
 
 log = get_logger("client")
@@ -197,8 +197,8 @@ def run(config: ClientConfig, names: list[str] | None = None, *, full: bool = Fa
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
     with lock.acquire(), SignalGuard(RESTORING) as guard:
         reporter = Reporter(config, notifier, started, guard)
-        reporter.configured = kept_entries(config, found, services)
         try:
+            reporter.configured = kept_entries(config, found, services)
             result = _recover_and_run(reporter, (found, services), plugins, full)
             with guard.shielded():
                 return reporter.ended(result)
@@ -244,16 +244,16 @@ def kept_entries(
 ) -> frozenset[str] | None:
     """The services whose entries the status file keeps (:attr:`.outputs.RunSummary.configured`):
     the enabled ones and those this run was asked for. None (every entry stays) while
-    the configuration is in doubt: a service directory missing (a disk not mounted: said),
-    a service file with problems (its name may not be its own)."""
-    missing = [d for d in config.service_dirs if not Path(d).is_dir()]
-    for directory in missing:
+    the configuration is in doubt: a service directory missing, or holding no service (a
+    disk not mounted: said), a service file with problems (its name may not be its own)."""
+    doubts = [d for d in config.service_dirs if not find_service_files([Path(d)])]
+    for directory in doubts:
         log.warning(
-            "the service directory %s is missing: its services are not backed up "
-            "(their status entries stay, and age)",
+            "the service directory %s is missing or holds no service (a disk not mounted?): "
+            "no service's status entry is dropped",
             directory,
         )
-    if missing or any(s.problems for s in found):
+    if doubts or any(s.problems for s in found):
         return None
     return frozenset(s.name for s in found if s.enabled) | {s.name for s in services}
 
@@ -292,7 +292,7 @@ class Reporter:
         summary = outputs.RunSummary(
             False, elapsed, killed, error=error, problems=self.problems, configured=self.configured
         )
-        outputs.finish(self.config, self.notifier, summary, recorded=self._recorded)
+        self._finish(summary)
 
     def ended(self, result: RunResult) -> int:
         """Report a run that published its archive; returns the exit code."""
@@ -306,7 +306,7 @@ class Reporter:
             problems=self.problems,
             configured=self.configured,
         )
-        unwritten = outputs.finish(self.config, self.notifier, summary, recorded=self._recorded)
+        unwritten = self._finish(summary)
         return code or (EXIT_FAILED if unwritten else EXIT_OK)
 
     def crashed(self, exc: Exception) -> PullbackError:
@@ -318,17 +318,25 @@ class Reporter:
             f"an internal error ended the run ({type(exc).__name__}; "
             "the traceback is in the log: please report it)"
         )
-        if isinstance(exc, OSError):
-            error = PullbackError(f"the run stopped: {describe(exc)}")
+        if isinstance(exc, OSError) and exc.strerror:  # (one without: its message is anything)
+            error = PullbackError(f"the run stopped: {printable(describe(exc), 1000)}")
         try:
             with self.guard.shielded():
                 self.failed(str(error))
         finally:  # (after the report: the failure mail quotes the log, not the traceback)
-            if isinstance(exc, OSError):
+            if isinstance(exc, OSError) and exc.strerror:
                 log.debug("the run stopped on an error of the machine:", exc_info=exc)
             else:
                 log.critical("internal error, please report it:", exc_info=exc)
         return error
+
+    def _finish(self, summary: outputs.RunSummary) -> list[str]:
+        """:func:`.outputs.finish`; when the status file could not be written, the mark
+        stays (the next report says this run) and says so. Returns what was not written."""
+        unwritten = outputs.finish(self.config, self.notifier, summary, recorded=self._recorded)
+        if self.record is not None and self.record.run is not None:
+            self.record.unreported()
+        return unwritten
 
     def _recorded(self) -> None:
         if self.record is not None:

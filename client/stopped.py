@@ -125,6 +125,8 @@ class Underway:
     invocation: str | None = None
     """Its unit's run (systemd's ``$INVOCATION_ID``; None outside a unit, or in an older
     record): what systemd says of that run is said of this one alone."""
+    ended: str | None = None
+    """How it ended, when it could still say (its status file could not be written)."""
 
     def said(self) -> str:
         """``the run (pid ..., started at ...)``, bounded."""
@@ -202,10 +204,10 @@ def _run(item: dict) -> Underway:
         raise DamagedRecord(f"a run carrying more than {MAX_EARLIER} earlier lines")
     if not isinstance(item["pid"], int) or not isinstance(item["at"], str):
         raise TypeError("a field of the run has the wrong type")
-    boot, invocation = item.get("boot"), item.get("invocation")  # (null: not known)
-    if not all(isinstance(v, str) for v in (boot, invocation) if v is not None):
-        raise TypeError("boot or invocation is not a string")
-    return Underway(item["pid"], item["at"], services, earlier, boot, invocation)
+    known = [item.get(key) for key in ("boot", "invocation", "ended")]  # (null: not known)
+    if not all(isinstance(v, str) for v in known if v is not None):
+        raise TypeError("boot, invocation or ended is not a string")
+    return Underway(item["pid"], item["at"], services, earlier, *known)
 
 
 class StoppedRecord:
@@ -241,6 +243,13 @@ class StoppedRecord:
             self._write()
         except OSError as exc:
             log.warning("cannot write %s: %s", self.path, describe(exc))
+
+    def unreported(self) -> None:
+        """The run ended but could not write its status file: its mark stays, saying so
+        (an error writing is said)."""
+        if self.run is not None:
+            self.run.ended = "its status file could not be written"
+            self._rewrite()
 
     def reported(self) -> None:
         """The run wrote its status file: its mark leaves (an error writing is said)."""
@@ -369,6 +378,8 @@ def ended_how(run: Underway | None, environ: Mapping[str, str] = os.environ) -> 
     ``$INVOCATION_ID``), else ``killed?``."""
     if run is None:  # (an older version's record: nothing says which run it was)
         return "killed?"
+    if run.ended is not None:
+        return printable(run.ended, 100)
     booted = boot_id()
     if run.boot is not None and booted is not None and run.boot != booted:
         return "the machine restarted before it ended"

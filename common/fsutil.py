@@ -432,3 +432,27 @@ def untrusted_link(path: Path) -> Path | None:
             return current
         current = Path(os.path.realpath(current))
     return None
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes, opened without
+    blocking (a FIFO put in its place is refused, not waited on; a device is refused).
+
+    Raises OSError when it cannot be opened or read, ValueError when it is not a regular
+    file or is longer than ``limit``."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    size = f"{limit >> 20} MiB" if not limit % (1 << 20) else f"{limit} bytes"
+    too_large = ValueError(f"larger than {size}")
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > limit:
+            raise too_large
+        with open(descriptor, "rb", closefd=False) as file:
+            data = file.read(limit + 1)
+    finally:
+        os.close(descriptor)
+    if len(data) > limit:
+        raise too_large
+    return data

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import re
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common import jsontext
 from ..common.clock import parse_iso
+from ..common.fsutil import read_regular
 from ..common.schema import load_schema
 from ..common.text import printable
 from ..common.units import parse_duration
@@ -247,20 +246,7 @@ def clean_status(data: object) -> dict:
 def _load_json(path: Path) -> object:
     """The JSON in ``path``, a regular file of at most MAX_MERGED_BYTES (opened without
     blocking: a FIFO is refused, not waited on). Raises OSError, ValueError."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    too_large = ValueError(f"larger than {MAX_MERGED_BYTES >> 20} MiB")
-    try:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError("not a regular file")
-        if info.st_size > MAX_MERGED_BYTES:
-            raise too_large
-        with open(descriptor, "rb", closefd=False) as file:
-            data = file.read(MAX_MERGED_BYTES + 1)
-    finally:
-        os.close(descriptor)
-    if len(data) > MAX_MERGED_BYTES:
-        raise too_large
+    data = read_regular(path, MAX_MERGED_BYTES)
     if sum(data.count(mark) for mark in (b",", b"[", b"{")) > MAX_MERGED_VALUES:
         raise ValueError(f"not a status file: more than {MAX_MERGED_VALUES:,} values")
     try:

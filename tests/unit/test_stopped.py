@@ -197,3 +197,16 @@ def test_a_run_writes_the_boot_and_the_unit_run_it_began_in(tmp_path, monkeypatc
     path.write_text(json.dumps(doc))
     with pytest.raises(DamagedRecord):
         read_record(path)
+
+
+def test_a_mark_whose_run_could_not_write_its_status_says_so(tmp_path):
+    from pullback.client.stopped import Recovery, ended_how
+
+    path = tmp_path / "stopped.json"
+    record = StoppedRecord(path, "run")
+    record.begin(["files"])
+    record.unreported()
+    run = read_record(path).run
+    assert run is not None and ended_how(run, {}) == "its status file could not be written"
+    (line,) = Recovery(run=run).report_lines()
+    assert line.endswith("ended before its finish (its status file could not be written)")

@@ -33,8 +33,8 @@ MAX_STATUS_BYTES = 16 << 20
 
 NUMBERS = ("last_run", "last_success", "duration", "archive_bytes", "bytes", "ok", "last_run_ok")
 """The status file's keys (of the file and of each service's entry) that hold a number
-(or a boolean):
-another value there is dropped as the file is read (the metrics write numbers alone)."""
+(or a boolean): another value there is dropped as the file is read (the metrics write
+numbers alone)."""
 
 
 def load_status(config: ClientConfig) -> dict:
@@ -86,8 +86,9 @@ class RunSummary:
     """What failed beside the services (:meth:`.stopped.Recovery.report_lines`: a run
     killed before its report, an application it left down)."""
     configured: frozenset[str] | None = None
-    """The enabled services of the configuration the run read: the status file keeps an
-    entry for these alone (None: not read, as by ``start-stopped``; every entry stays)."""
+    """The services the status file keeps an entry for (the run's
+    :func:`.run.kept_entries`); None: every entry stays (``start-stopped`` reads no
+    configuration; a configuration in doubt)."""
 
     def headline(self) -> str:
         failed = [s.name for s in self.services if s.status != Status.OK and s.error != LEFT_OUT]

@@ -277,8 +277,7 @@ class Reporter:
     with its words (:attr:`problems`), reported even when it publishes nothing, and the
     killed run's services this run does not report itself are failed in its report."""
     configured: frozenset[str] | None = None
-    """The services whose entries the status file keeps (:attr:`.outputs.RunSummary.configured`):
-    the enabled ones and those the run was asked for."""
+    """The services whose entries the status file keeps (:func:`kept_entries`)."""
 
     @property
     def problems(self) -> list[str]:
@@ -318,13 +317,14 @@ class Reporter:
             f"an internal error ended the run ({type(exc).__name__}; "
             "the traceback is in the log: please report it)"
         )
-        if isinstance(exc, OSError) and exc.strerror:  # (one without: its message is anything)
+        machine = isinstance(exc, OSError) and bool(exc.strerror)  # (no errno: any words)
+        if machine:
             error = PullbackError(f"the run stopped: {printable(describe(exc), 1000)}")
         try:
             with self.guard.shielded():
                 self.failed(str(error))
         finally:  # (after the report: the failure mail quotes the log, not the traceback)
-            if isinstance(exc, OSError) and exc.strerror:
+            if machine:
                 log.debug("the run stopped on an error of the machine:", exc_info=exc)
             else:
                 log.critical("internal error, please report it:", exc_info=exc)

@@ -68,7 +68,11 @@ def _drop_odd_values(record: dict) -> int:
 
 
 def _number(value: object) -> bool:
-    return value is None or (isinstance(value, int | float) and math.isfinite(value))
+    """A value the metrics can write: None, a boolean, a finite float, an integer a float
+    holds (10**400 is valid JSON)."""
+    if isinstance(value, int):
+        return abs(value) < 1 << 1023
+    return value is None or (isinstance(value, float) and math.isfinite(value))
 
 
 @dataclass
@@ -102,10 +106,10 @@ class RunSummary:
         return f"all {len(self.services)} services ok"
 
 
-def record(config: ClientConfig, run: RunSummary) -> dict:
-    """Merge the run into the client's status file; return the new status. An entry
-    stays for each service the run did not report (``run --service``) while it is
-    configured and enabled (:attr:`RunSummary.configured`)."""
+def merged(config: ClientConfig, run: RunSummary) -> dict:
+    """The client's status file with the run merged in (not written). An entry stays for
+    each service the run did not report (``run --service``) while it is configured and
+    enabled (:attr:`RunSummary.configured`)."""
     status = load_status(config)
     now = dt.datetime.now(dt.UTC).timestamp()
     status.update(
@@ -140,9 +144,13 @@ def record(config: ClientConfig, run: RunSummary) -> dict:
             entry["last_success"] = now
     if run.configured is not None:  # (a service removed or disabled: no alert for it)
         _drop_unconfigured(status, run.configured)
+    return status
+
+
+def write_status(config: ClientConfig, status: dict) -> None:
+    """Write ``status`` as the client's status file. Raises OSError."""
     config.archive_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(status_path(config), json.dumps(status, indent=2, sort_keys=True) + "\n")
-    return status
 
 
 def _drop_unconfigured(status: dict, configured: frozenset[str]) -> None:
@@ -238,11 +246,16 @@ def _status_recorded(
 ) -> tuple[dict, list[str]]:
     """Write the run's status file, then call ``recorded`` (not when writing failed).
     Returns the new status and what could not be written."""
+    status: dict = {"services": {}}
     try:
-        status = record(config, run)
-    except OSError as exc:
+        status = merged(config, run)
+        write_status(config, status)
+    except OSError as exc:  # (the metrics still say the run, failed: what was merged)
         log.error("could not record the run's status: %s", exc)
-        return {"services": {}}, [f"status file {status_path(config)}: {exc.strerror}"]
+        problem = f"status file {status_path(config)}: {exc.strerror}"
+        said = few([e for e in (status.get("error"), problem) if e], separator="; ")
+        status.update(last_run_ok=False, error=said)
+        return status, [problem]
     if recorded is not None:
         recorded()
     return status, []

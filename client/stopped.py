@@ -378,7 +378,7 @@ def ended_how(run: Underway | None, environ: Mapping[str, str] = os.environ) -> 
     ``$INVOCATION_ID``), else ``killed?``."""
     if run is None:  # (an older version's record: nothing says which run it was)
         return "killed?"
-    if run.ended is not None:
+    if run.ended:
         return printable(run.ended, 100)
     booted = boot_id()
     if run.boot is not None and booted is not None and run.boot != booted:

@@ -66,6 +66,7 @@ ONCE_MODULES = {
     "test_attacks_h106.py",
     "test_attacks_h107.py",
     "test_attacks_h108.py",
+    "test_attacks_h109.py",
     "test_cut_short_outputs.py",
     "test_demo.py",
 }

@@ -6,12 +6,17 @@ status file and mails the same way).
 stand-in of tests/standins/standin.py behind the wrappers of
 tests/helpers/standin_wrappers.py). The mail goes through a sendmail that keeps each
 message; the metrics go to ``client.prom``.
+
+:func:`mailed_client` is the same client with quick services of your choice (the tests
+of the client's status file: test_client_status_entries.py, test_attacks_h107.py,
+_h108.py; test_killed_runs.py); :func:`site_env` puts a bug into a run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import textwrap
 from pathlib import Path
 
 from tests.helpers.client import ClientSandbox
@@ -110,3 +115,41 @@ def write_record(b: Box, run: dict | None, *entries: dict) -> None:
         doc["run"] = run
     record(b).write_text(json.dumps(doc))
     record(b).chmod(0o600)
+
+
+INTERNAL = "an internal error ended the run ({}; the traceback is in the log: please report it)"
+"""What the status file says of a run a bug ended (``.format`` the exception's type)."""
+
+
+def mailed_client(tmp_path: Path, *names: str, **config) -> ClientSandbox:
+    """A client in ``tmp_path/client`` with the quick services ``names``, its mail kept
+    (``box.mails``, read by :func:`mails`; ``box.email`` the section), its metrics in
+    ``client.prom`` and ``config`` in client.yaml (``box.extra``)."""
+    box = ClientSandbox(tmp_path / "client")
+    box.mails = tmp_path / "mails.txt"
+    sendmail = tmp_path / "sendmail"
+    sendmail.write_text(f"#!/bin/sh\ncat >> {box.mails}; echo ==== >> {box.mails}\n")
+    sendmail.chmod(0o755)
+    box.email = {"sendmail": str(sendmail), "from": "pb@x.test", "to": ["root@x.test"]}
+    box.extra = config
+    box.write_config(email=box.email, metrics_file=str(box.root / "client.prom"), **config)
+    for name in names:
+        box.add_service(name, QUICK.format(name=name))
+    return box
+
+
+def site_env(tmp_path: Path, code: str) -> dict:
+    """The environment of a run with ``code`` as its sitecustomize: how a test puts a bug
+    into a run (the only stand-in: no real bug is known that ends a run so)."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(textwrap.dedent(code))
+    return {"PYTHONPATH": str(site)}
+
+
+def metric_services(box: ClientSandbox) -> list[str]:
+    """The services ``pullback_client_service_ok`` names in the metrics file."""
+    lines = (box.root / "client.prom").read_text().splitlines()
+    return sorted(
+        line.split('"')[1] for line in lines if line.startswith("pullback_client_service_ok{")
+    )

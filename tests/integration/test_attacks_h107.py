@@ -11,52 +11,35 @@ from __future__ import annotations
 
 import json
 import shutil
-import textwrap
 
 import pytest
 
 from pullback.client import stopped
 from pullback.common import procfs
 from tests.helpers.client import ClientSandbox
-from tests.helpers.killed_run_box import AT, QUICK, mails, status
+from tests.helpers.killed_run_box import (
+    AT,
+    INTERNAL,
+    QUICK,
+    mailed_client,
+    mails,
+    metric_services,
+    site_env,
+    status,
+)
 
 pytestmark = pytest.mark.integration
-
-INTERNAL = "an internal error ended the run ({}; the traceback is in the log: please report it)"
 
 
 @pytest.fixture
 def box(tmp_path) -> ClientSandbox:
     """Three quick services (files, db, old), mail kept, metrics in client.prom, one good
     run made."""
-    box = ClientSandbox(tmp_path / "client")
-    box.mails = tmp_path / "mails.txt"
-    sendmail = tmp_path / "sendmail"
-    sendmail.write_text(f"#!/bin/sh\ncat >> {box.mails}; echo ==== >> {box.mails}\n")
-    sendmail.chmod(0o755)
-    box.email = {"sendmail": str(sendmail), "from": "pb@x.test", "to": ["root@x.test"]}
-    box.write_config(email=box.email, metrics_file=str(box.root / "client.prom"))
-    for name in ("files", "db", "old"):
-        box.add_service(name, QUICK.format(name=name))
+    box = mailed_client(tmp_path, "files", "db", "old")
     made = box.cli("run")
     assert made.returncode == 0, made.stderr
     assert sorted(status(box)["services"]) == ["db", "files", "old"]
     return box
-
-
-def _site(tmp_path, code: str) -> dict:
-    """The environment of a run with ``code`` as its sitecustomize."""
-    site = tmp_path / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(textwrap.dedent(code))
-    return {"PYTHONPATH": str(site)}
-
-
-def _metric_services(box: ClientSandbox) -> list[str]:
-    lines = (box.root / "client.prom").read_text().splitlines()
-    return sorted(
-        line.split('"')[1] for line in lines if line.startswith("pullback_client_service_ok{")
-    )
 
 
 def _mark(box: ClientSandbox, **run) -> None:
@@ -72,18 +55,8 @@ def _mark(box: ClientSandbox, **run) -> None:
 
 
 def test_a_missing_service_dir_does_not_silently_drop_its_services(tmp_path):
-    box = ClientSandbox(tmp_path / "client")
-    extra = box.root / "more-services"
-    box.mails = tmp_path / "mails.txt"
-    sendmail = tmp_path / "sendmail"
-    sendmail.write_text(f"#!/bin/sh\ncat >> {box.mails}; echo ==== >> {box.mails}\n")
-    sendmail.chmod(0o755)
-    email = {"sendmail": str(sendmail), "from": "pb@x.test", "to": ["root@x.test"]}
-    box.write_config(
-        email=email,
-        metrics_file=str(box.root / "client.prom"),
-        service_dirs=[str(box.services), str(extra)],
-    )
+    extra = tmp_path / "client" / "more-services"
+    box = mailed_client(tmp_path, service_dirs=[str(tmp_path / "client" / "services"), str(extra)])
     box.add_service("files", QUICK.format(name="files"))
     (extra / "db").mkdir(parents=True)
     (extra / "db" / "service.yaml").write_text(QUICK.format(name="db"))
@@ -94,7 +67,7 @@ def test_a_missing_service_dir_does_not_silently_drop_its_services(tmp_path):
     made = box.cli("run")
     said = status(box)
     # db is not backed up any more: something must say so beyond one line of the log
-    kept = "db" in said["services"] and "db" in _metric_services(box)
+    kept = "db" in said["services"] and "db" in metric_services(box)
     assert kept or made.returncode != 0 or mails(box), (made.returncode, said)
 
 
@@ -212,7 +185,7 @@ def test_a_status_file_of_another_shape_does_not_stop_every_report(box, shape):
 
 @pytest.mark.parametrize("kind", ["MemoryError", "RecursionError", "KeyError"])
 def test_a_crash_reports_its_type_alone_everywhere(box, tmp_path, kind):
-    env = _site(
+    env = site_env(
         tmp_path,
         f"""
         import pullback.client.run as run
@@ -239,7 +212,7 @@ def test_a_crash_while_an_application_is_stopped_starts_it_again(tmp_path, stand
     b = make_box(tmp_path, standins)
     env = {
         **b.env,
-        **_site(
+        **site_env(
             tmp_path,
             """
             import pullback.client.stages as stages
@@ -283,7 +256,7 @@ def test_an_os_error_is_not_reported_as_a_bug(box):
 
 
 def test_a_crash_before_the_mark_reports_itself(box, tmp_path):
-    env = _site(
+    env = site_env(
         tmp_path,
         """
         import pullback.client.stopped as stopped
@@ -298,7 +271,7 @@ def test_a_crash_before_the_mark_reports_itself(box, tmp_path):
 
 
 def test_a_crash_in_the_report_is_not_reported_as_ok(box, tmp_path):
-    env = _site(
+    env = site_env(
         tmp_path,
         """
         import pullback.client.outputs as outputs
@@ -313,7 +286,7 @@ def test_a_crash_in_the_report_is_not_reported_as_ok(box, tmp_path):
 
 
 def test_a_signal_during_the_crash_report_keeps_the_traceback(box, tmp_path):
-    env = _site(
+    env = site_env(
         tmp_path,
         """
         import os, signal

@@ -15,16 +15,22 @@ import json
 import os
 import shutil
 import subprocess
-import textwrap
 
 import pytest
 
 from tests.helpers.client import ClientSandbox
-from tests.helpers.killed_run_box import AT, QUICK, mails, status
+from tests.helpers.killed_run_box import (
+    AT,
+    INTERNAL,
+    QUICK,
+    mailed_client,
+    mails,
+    site_env,
+    status,
+)
 
 pytestmark = pytest.mark.integration
 
-INTERNAL = "an internal error ended the run ({}; the traceback is in the log: please report it)"
 FAILING = """\
 service: {{name: {name}}}
 command:
@@ -35,16 +41,7 @@ command:
 def _box(tmp_path, *names: str, **config) -> ClientSandbox:
     """A client with quick services ``names``, mail kept, metrics in client.prom, one
     good run made."""
-    box = ClientSandbox(tmp_path / "client")
-    box.mails = tmp_path / "mails.txt"
-    sendmail = tmp_path / "sendmail"
-    sendmail.write_text(f"#!/bin/sh\ncat >> {box.mails}; echo ==== >> {box.mails}\n")
-    sendmail.chmod(0o755)
-    box.email = {"sendmail": str(sendmail), "from": "pb@x.test", "to": ["root@x.test"]}
-    box.extra = config
-    box.write_config(email=box.email, metrics_file=str(box.root / "client.prom"), **config)
-    for name in names:
-        box.add_service(name, QUICK.format(name=name))
+    box = mailed_client(tmp_path, *names, **config)
     made = box.cli("run")
     assert made.returncode == 0, made.stderr
     return box
@@ -53,13 +50,6 @@ def _box(tmp_path, *names: str, **config) -> ClientSandbox:
 @pytest.fixture
 def box(tmp_path) -> ClientSandbox:
     return _box(tmp_path, "files", "db")
-
-
-def _site(tmp_path, code: str) -> dict:
-    site = tmp_path / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(textwrap.dedent(code))
-    return {"PYTHONPATH": str(site)}
 
 
 def _prom(box: ClientSandbox) -> str:
@@ -181,7 +171,7 @@ def test_a_status_file_that_is_a_fifo_does_not_hang_the_run(box):
 
 
 def test_an_os_error_without_errno_does_not_put_its_message_in_the_status(box, tmp_path):
-    env = _site(
+    env = site_env(
         tmp_path,
         """
         import pullback.client.run as run
@@ -205,7 +195,7 @@ def test_an_os_error_without_errno_does_not_put_its_message_in_the_status(box, t
 
 
 def test_an_os_errors_odd_path_is_bounded_and_escaped(box, tmp_path):
-    env = _site(
+    env = site_env(
         tmp_path,
         """
         import errno
@@ -226,7 +216,7 @@ def test_an_os_errors_odd_path_is_bounded_and_escaped(box, tmp_path):
 
 
 def test_a_bug_between_the_lock_and_the_run_is_reported(box, tmp_path):
-    env = _site(
+    env = site_env(
         tmp_path,
         """
         import pullback.client.run as run
@@ -245,7 +235,7 @@ def test_a_crash_carrying_a_killed_runs_mark_reports_both_once(box, tmp_path):
     record = box.root / "stopped.json"
     record.write_text(json.dumps({"version": 1, "stopped": [], "run": mark}))
     record.chmod(0o600)
-    env = _site(
+    env = site_env(
         tmp_path,
         """
         import pullback.client.run as run
@@ -270,7 +260,7 @@ def test_a_failing_service_and_a_crash_in_the_mail_body_still_say_failed(box, tm
     """The report itself fails after the status file is written (the mail's template):
     the status says failed, the mark leaves, exit 70."""
     box.add_service("db", FAILING.format(name="db"))
-    env = _site(
+    env = site_env(
         tmp_path,
         """
         import pullback.client.outputs as outputs
@@ -310,7 +300,7 @@ def test_a_mark_a_finished_run_left_is_not_blamed_on_a_restart(box):
 def test_a_run_killed_under_the_unit_by_a_keyboardinterrupt_is_said_by_exit_status(box, tmp_path):
     """A KeyboardInterrupt raised in the run (no Exception: not the crash report's) ends
     it with exit 130, its mark kept: the unit's ExecStopPost= reports it in systemd's words."""
-    env = _site(
+    env = site_env(
         tmp_path,
         """
         import pullback.client.run as run

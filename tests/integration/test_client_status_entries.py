@@ -15,7 +15,15 @@ import shutil
 import pytest
 
 from tests.helpers.client import ClientSandbox
-from tests.helpers.killed_run_box import KILLED, QUICK, mails, status
+from tests.helpers.killed_run_box import (
+    KILLED,
+    QUICK,
+    mailed_client,
+    mails,
+    metric_services,
+    site_env,
+    status,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -29,34 +37,18 @@ def crash(self):
 
 run.ClientRun.run = crash
 """
-"""A sitecustomize that puts a bug in the run (the only stand-in here: no real bug is
-known that ends a run this way)."""
+"""A sitecustomize that puts a bug in the run (:func:`site_env`)."""
 
 DISABLED_DB = QUICK.format(name="db").replace("{name: db}", "{name: db, enabled: false}")
 
 
 @pytest.fixture
 def box(tmp_path) -> ClientSandbox:
-    box = ClientSandbox(tmp_path / "client")
-    box.mails = tmp_path / "mails.txt"
-    sendmail = tmp_path / "sendmail"
-    sendmail.write_text(f"#!/bin/sh\ncat >> {box.mails}; echo ==== >> {box.mails}\n")
-    sendmail.chmod(0o755)
-    email = {"sendmail": str(sendmail), "from": "pb@x.test", "to": ["root@x.test"]}
-    box.write_config(email=email, metrics_file=str(box.root / "client.prom"))
-    for name in ("files", "db", "old"):
-        box.add_service(name, QUICK.format(name=name))
-    made = box.cli("run")
-    assert made.returncode == 0, made.stderr
+    """Three quick services, each with its entry after one good run."""
+    box = mailed_client(tmp_path, "files", "db", "old")
+    assert box.cli("run").returncode == 0
     assert sorted(status(box)["services"]) == ["db", "files", "old"]
     return box
-
-
-def _metric_services(box: ClientSandbox) -> list[str]:
-    lines = (box.root / "client.prom").read_text().splitlines()
-    return sorted(
-        line.split('"')[1] for line in lines if line.startswith("pullback_client_service_ok{")
-    )
 
 
 def test_a_service_removed_or_disabled_leaves_the_status_file_and_metrics(box):
@@ -65,7 +57,7 @@ def test_a_service_removed_or_disabled_leaves_the_status_file_and_metrics(box):
     made = box.cli("run")
     assert made.returncode == 0, made.stderr
     assert sorted(status(box)["services"]) == ["files"]
-    assert _metric_services(box) == ["files"]
+    assert metric_services(box) == ["files"]
     gone = "dropped from the status file and metrics (no longer configured, or disabled): db, old"
     assert gone in made.stderr  # (said once, as they leave)
     again = box.cli("run")
@@ -76,7 +68,7 @@ def test_a_run_of_one_service_keeps_the_others_entries(box):
     made = box.cli("run", "--service", "files")
     assert made.returncode == 0, made.stderr
     assert sorted(status(box)["services"]) == ["db", "files", "old"]
-    assert _metric_services(box) == ["db", "files", "old"]
+    assert metric_services(box) == ["db", "files", "old"]
 
 
 def test_a_disabled_service_run_by_name_keeps_its_entry(box):
@@ -90,10 +82,7 @@ def test_a_disabled_service_run_by_name_keeps_its_entry(box):
 
 
 def test_a_run_a_bug_ended_reports_itself_and_leaves_no_mark(box, tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(CRASH)
-    crashed = box.cli("run", env={"PYTHONPATH": str(site)})
+    crashed = box.cli("run", env=site_env(tmp_path, CRASH))
     assert crashed.returncode == 70, crashed.stderr
     assert "internal error, please report it" in crashed.stderr  # (the traceback, logged)
     said = status(box)

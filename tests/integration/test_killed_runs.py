@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.client import ClientSandbox
-from tests.helpers.killed_run_box import KILLED, QUICK, SLOW
+from tests.helpers.killed_run_box import KILLED, QUICK, SLOW, mailed_client
 from tests.helpers.killed_run_box import mails as _mails
 from tests.helpers.killed_run_box import status as _status
 from tests.helpers.standin_wrappers import kill_when_marked
@@ -32,15 +32,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def box(tmp_path):
     """Two services, ``files`` quick and ``slow`` whose dump waits (its marker said)."""
-    box = ClientSandbox(tmp_path / "client")
+    box = mailed_client(tmp_path, "files")
     box.marker = tmp_path / "dumping"
-    box.mails = tmp_path / "mails.txt"
-    sendmail = tmp_path / "sendmail"
-    sendmail.write_text(f"#!/bin/sh\ncat >> {box.mails}; echo ==== >> {box.mails}\n")
-    sendmail.chmod(0o755)
-    email = {"sendmail": str(sendmail), "from": "pb@x.test", "to": ["root@x.test"]}
-    box.write_config(email=email, metrics_file=str(box.root / "client.prom"))
-    box.add_service("files", QUICK.format(name="files"))
     box.add_service("slow", SLOW.format(name="slow", marker=box.marker))
     return box
 

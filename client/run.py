@@ -40,7 +40,7 @@ from ..common.units import human_duration, human_size
 from ..plugins.manager import PluginSet, load_plugins
 from . import incremental, outputs, stopped
 from .config import ClientConfig, IncrementalMode
-from .services import Service, discover, find_service_files
+from .services import Service, discover
 from .stages import make_tasks, run_service, validate_service
 
 log = get_logger("client")
@@ -246,7 +246,9 @@ def kept_entries(
     the enabled ones and those this run was asked for. None (every entry stays) while
     the configuration is in doubt: a service directory missing, or holding no service (a
     disk not mounted: said), a service file with problems (its name may not be its own)."""
-    doubts = [d for d in config.service_dirs if not find_service_files([Path(d)])]
+    doubts = [  # (from what discovery found below each: no second look at the disk)
+        d for d in config.service_dirs if not any(s.file.is_relative_to(d) for s in found)
+    ]
     for directory in doubts:
         log.warning(
             "the service directory %s is missing or holds no service (a disk not mounted?): "

@@ -12,8 +12,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,8 @@ class BootedRoot:
 
     @classmethod
     def boot(cls, path: Path, timeout: float = 60) -> BootedRoot:
+        """Boot the root at ``path``: returns once systemd says it is running (or degraded);
+        raises RuntimeError when it does not within ``timeout`` seconds."""
         inner = (
             "mount -t proc proc /proc; mount -t sysfs sys /sys; "
             "mount -t tmpfs tmpfs /run; exec /lib/systemd/systemd --system"
@@ -122,6 +126,9 @@ class BootedRoot:
             if state in ("running", "degraded"):
                 return root
             time.sleep(0.3)
+        # (killed: a root left running would hold port 22 and the next root's units)
+        os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=60)
         raise RuntimeError(f"the root did not finish booting: {state}")
 
     def run(
@@ -155,6 +162,18 @@ class BootedRoot:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         target.chmod(mode)
+
+    def power_cut(self, while_off: Callable[[], None] | None = None, timeout: float = 60) -> None:
+        """Cut the root's power and boot it again: systemd (its PID 1) and every process
+        of the root killed at once, no unit stopped; ``while_off`` called before the root
+        boots as :meth:`boot` does. What was written to files stays. The kernel is the
+        machine's: its boot id does not change (``while_off`` may make a file say it did)."""
+        os.kill(self.pid, signal.SIGKILL)
+        self.unshare.wait(timeout=60)
+        if while_off is not None:
+            while_off()
+        booted = BootedRoot.boot(self.path, timeout)
+        self.unshare, self.pid = booted.unshare, booted.pid
 
     def poweroff(self) -> None:
         self.run(["systemctl", "poweroff"], check=False, timeout=30)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import uuid
 
 import pytest
 
@@ -325,7 +326,12 @@ def test_databases_and_special_bits_round_trip_under_systemd(root, installed):
 
 
 def test_security_exposure_of_the_units(root, installed):
-    for unit in ("pullback-client.service", "pullback-server.service", "pullback-maintain.service"):
+    for unit in (
+        "pullback-client.service",
+        "pullback-client-start-stopped.service",
+        "pullback-server.service",
+        "pullback-maintain.service",
+    ):
         out = root.run(["systemd-analyze", "security", unit, "--no-pager"], check=False).stdout
         last = out.strip().splitlines()[-1]
         print(f"{unit}: {last}")
@@ -507,6 +513,69 @@ def test_a_client_run_killed_outright_has_its_unit_started_again(root, installed
         root.run("rm -f /etc/systemd/system/pbtest-app.service")
         root.run("systemctl stop pbtest-app.service; systemctl daemon-reload", check=False)
         root.run(["systemctl", "reset-failed", "pullback-client.service"], check=False)
+
+
+def _written_in_another_boot(root) -> None:
+    """The record's mark says it began in another boot than the next one (the root's
+    restart cannot change the kernel's boot id: a real one would)."""
+    path = root.path / "var/lib/pullback/stopped.json"
+    record = json.loads(path.read_text())
+    assert record["run"]["boot"], record
+    record["run"]["boot"] = str(uuid.uuid4())
+    path.write_text(json.dumps(record))
+
+
+def test_a_power_cut_during_a_run_has_its_applications_started_at_boot(root, installed):
+    """A power cut while a run holds an application stopped runs no ExecStopPost=: at the
+    next boot, pullback-client-start-stopped.service starts it again from the record and
+    reports the run as one the restart ended, without holding up the boot: the
+    application is ordered after multi-user.target (a unit multi-user.target waited for
+    could not start it before the boot's end: a deadlock until the start timeout)."""
+    unit = "pullback-client-start-stopped.service"
+    assert root.run(["systemctl", "is-enabled", unit]).stdout.strip() == "enabled"
+    root.write(  # started by hand, not enabled: after a boot only pullback starts it
+        "/etc/systemd/system/pbtest-late.service",
+        "[Unit]\nAfter=multi-user.target\n[Service]\nExecStart=/bin/sleep infinity\n",
+    )
+    root.run("systemctl daemon-reload && systemctl start pbtest-late.service")
+    root.write(
+        "/etc/pullback/services/cut/service.yaml",
+        "service: {name: cut}\nsystemd: {units: [pbtest-late.service]}\n"
+        "command: {dump: [{run: 'sleep 92; echo done', output: done.txt}]}\n",
+        0o600,
+    )
+    root.write("/etc/pullback/client.yaml", "hostname: node1\nmin_interval: 1s\n", 0o640)
+    root.run("chgrp pullback /etc/pullback/client.yaml")
+    try:
+        root.run(["systemctl", "start", "--no-block", "pullback-client.service"])
+        root.run(
+            "for i in $(seq 300); do pgrep -fx 'sleep 92' >/dev/null && exit 0; sleep 0.2; "
+            "done; exit 1"
+        )
+        assert _state(root, "pbtest-late.service") == "inactive"
+        root.power_cut(while_off=lambda: _written_in_another_boot(root))
+        root.run(
+            f"for i in $(seq 300); do [ $(systemctl show -p ActiveState --value {unit}) = "
+            'inactive ] && [ -n "$(systemctl show -p ExecMainExitTimestamp --value '
+            f'{unit})" ] && exit 0; sleep 0.2; done; exit 1'
+        )
+        log = root.run(["journalctl", "-u", unit, "--no-pager"]).stdout
+        assert _state(root, "pbtest-late.service") == "active", log
+        assert "starting again cut: systemd: pbtest-late.service (stopped by a run" in log
+        assert root.run(["systemctl", "show", "-p", "Result", "--value", unit]).stdout.strip() == (
+            "success"
+        )
+        assert root.run("test -e /var/lib/pullback/stopped.json", check=False).returncode == 1
+        status = json.loads(root.run("cat /var/lib/pullback/archives/.client-status.json").stdout)
+        assert status["last_run_ok"] is False, status
+        assert (
+            "ended before its finish (the machine restarted before it ended)" in (status["error"])
+        ), status
+        assert not status["services"]["cut"]["ok"]
+    finally:
+        root.run("rm -rf /etc/pullback/services/cut")
+        root.run("rm -f /etc/systemd/system/pbtest-late.service")
+        root.run("systemctl stop pbtest-late.service; systemctl daemon-reload", check=False)
 
 
 def test_removal_stops_a_running_backup_and_waits_for_it(root, installed, built_upgrade):

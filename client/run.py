@@ -616,13 +616,39 @@ def run_and_report(
     """
     if dry_run_only:
         return dry_run_command(config, names, full)
-    if if_due:
-        reason = fresh(config)
-        if reason:
-            log.info("%s; nothing to do", reason)
-            # (a run killed after it stopped applications is not a fresh archive's
-            # reason to leave them down: the hourly timer after a power cut starts them;
-            # a killed run it reports fails the unit, as the run's own failure would)
-            left = _killed_or_left(stopped.recover_and_report(config))
-            return EXIT_FAILED if broken_services(config, names) or left else EXIT_OK
-    return run(config, names, full=full)
+    try:
+        if if_due:
+            reason = fresh(config)
+            if reason:
+                log.info("%s; nothing to do", reason)
+                # (a run killed after it stopped applications is not a fresh archive's
+                # reason to leave them down; a killed run it reports fails the unit, as
+                # the run's own failure would)
+                left = _killed_or_left(stopped.recover_and_report(config))
+                return EXIT_FAILED if broken_services(config, names) or left else EXIT_OK
+        return run(config, names, full=full)
+    except PullbackError:  # (said, and reported where a run was under way)
+        raise
+    except Exception as exc:  # a bug before the run held its lock, or with no run of its own
+        raise crashed_before_the_run(config, exc) from exc
+
+
+def crashed_before_the_run(config: ClientConfig, exc: Exception) -> PullbackError:
+    """Report ``exc``, which escaped a run before it held its lock (loading plugins,
+    finding services) or a path with no run of its own (``run --if-due`` with a fresh
+    archive, a run with no enabled service), as :meth:`Reporter.crashed` reports a run a
+    bug ended: under the client's lock, the status file's entries kept. Returns what to
+    raise; when another run or restore holds the lock, only the log says it (that one
+    reports itself)."""
+    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
+    try:
+        lock.acquire()
+    except (LockBusy, OSError) as busy:
+        log.critical("internal error, please report it (not reported: %s):", busy, exc_info=exc)
+        return InternalError(f"an internal error ended the run ({type(exc).__name__})")
+    try:
+        with SignalGuard(RESTORING) as guard:
+            notifier = Notifier(config.notify, f"run on {config.hostname}")
+            return Reporter(config, notifier, time.monotonic(), guard).crashed(exc)
+    finally:
+        lock.release()

@@ -9,6 +9,7 @@ left its mark of a run under way, reported later by ``start-stopped`` as "killed
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 
@@ -16,6 +17,7 @@ import pytest
 
 from tests.helpers.client import ClientSandbox
 from tests.helpers.killed_run_box import (
+    INTERNAL,
     KILLED,
     QUICK,
     mailed_client,
@@ -99,3 +101,60 @@ def test_a_run_a_bug_ended_reports_itself_and_leaves_no_mark(box, tmp_path):
     assert after.returncode == 0, after.stderr
     assert KILLED not in after.stderr
     assert len(mails(box)) == 1
+
+
+BUG_IN = """\
+import pullback.client.run as run
+
+
+def bug(*args, **kwargs):
+    raise KeyError("the secret s3cr3t-in-a-message")
+
+
+run.{name} = bug
+"""
+"""A sitecustomize that puts a bug into ``pullback.client.run.NAME`` (:func:`site_env`)."""
+
+
+@pytest.mark.parametrize(
+    ("where", "argv"),
+    [
+        ("discover", ["run"]),  # finding the services: before the run takes its lock
+        ("broken_services", ["run", "--if-due"]),  # a fresh archive: no run of its own
+    ],
+)
+def test_a_bug_before_the_run_holds_its_lock_reports_itself(box, tmp_path, where, argv):
+    """Before: exit 70 and a traceback, the status file still saying the last run's ``ok``
+    (monitoring saw nothing until the archive went stale). Now reported as a run a bug
+    ended, every service's entry kept as it was (which were to run is not known)."""
+    if "--if-due" in argv:
+        box.write_config(
+            email=box.email, metrics_file=str(box.root / "client.prom"), min_interval="1d"
+        )
+    crashed = box.cli(*argv, env=site_env(tmp_path, BUG_IN.format(name=where)))
+    assert crashed.returncode == 70, crashed.stderr
+    assert "internal error, please report it:" in crashed.stderr  # (the traceback, logged)
+    said = status(box)
+    assert said["last_run_ok"] is False
+    assert said["error"] == INTERNAL.format("KeyError")
+    assert sorted(said["services"]) == ["db", "files", "old"]
+    assert all(entry["ok"] for entry in said["services"].values())  # (kept as they were)
+    (mail,) = mails(box)
+    assert "s3cr3t" not in mail and "s3cr3t" not in json.dumps(said)
+    again = box.cli("run")  # the bug gone: the next run clears it
+    assert again.returncode == 0, again.stderr
+    assert status(box)["last_run_ok"] is True
+
+
+def test_a_bug_before_the_lock_while_another_run_holds_it_is_only_logged(box, tmp_path):
+    """The run that holds the lock reports itself: this one does not write over it."""
+    before = status(box)
+    box.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(box.run_dir / "client.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        crashed = box.cli("run", env=site_env(tmp_path, BUG_IN.format(name="discover")))
+    assert crashed.returncode == 70, crashed.stderr
+    assert "internal error, please report it (not reported: " in crashed.stderr
+    assert "is locked by" in crashed.stderr
+    assert status(box) == before
+    assert mails(box) == []

@@ -139,7 +139,7 @@ ACTIONS = {
     "restore": Action("restore:command"),
     "serve": Action("serve:command"),
     "list": Action("listing:command"),
-    "start-stopped": Action("stopped:command"),
+    "start-stopped": Action("stopped:start_stopped", loads_config=False),
 }
 
 

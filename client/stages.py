@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..common import signals
 from ..common.archive.sidecar import ServiceReport, TaskReport
 from ..common.archive.writer import ArchiveWriter
 from ..common.errors import ArchiveError, Interrupted, PullbackError, describe
@@ -206,7 +207,10 @@ class ServiceRun:
 
     def finish(self, failed: bool) -> None:
         """A finish for every task whose prepare was called, in reverse order; a signal
-        waits until they are all done."""
+        waits until they are all done. A task's entry leaves the record of what was
+        stopped once its finish ran, or failed for good: one that failed while this run
+        or the machine is being stopped (a reboot cancels the start) stays for the next
+        start (:func:`.signals.stopping_for_now`)."""
         with self.guard.shielded():
             failed = failed or any(r.status == Status.FAILED for r in self.reports.values())
             for task in reversed(self.prepared):
@@ -214,6 +218,14 @@ class ServiceRun:
                     self.plugins.call("finish", task, failed=failed)
                 except Exception as exc:
                     self._fail(task, "finish", exc)
+                    why = self.record is not None and signals.stopping_for_now()
+                    if why:
+                        self.log.warning(
+                            "its finish failed as %s: left in the record for the next "
+                            "start (the unit's, or the next boot's)",
+                            why,
+                        )
+                        continue
                 if self.record is not None:
                     self.record.finished(task)
 

@@ -35,18 +35,26 @@ from pathlib import Path
 from ..common import signals
 from ..common.archive.sidecar import ServiceReport
 from ..common.clock import iso, utc_now
-from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, LockBusy, describe
+from ..common.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    ConfigError,
+    Interrupted,
+    LockBusy,
+    describe,
+)
 from ..common.fsutil import atomic_write, fsync_dir
 from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.procfs import boot_id
+from ..common.schema import apply_defaults, load_schema
 from ..common.signals import RESTORING, SignalGuard
 from ..common.text import few, printable
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import Task
 from . import outputs
-from .config import ClientConfig
+from .config import ClientConfig, load_client_config
 from .services import discover
 from .stages import make_tasks
 
@@ -418,9 +426,11 @@ def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
     try:
         for entry in reversed(contents.entries):  # (the reverse of the order they stopped)
             problem = _start(entry, services, plugins, scratch)
-            if problem and signals.received() is not None:
-                # (its start cut by the signal: the entry stays for the next, unsaid)
-                log.warning("%s: left for the next start (a signal came)", entry.said())
+            why = problem and signals.stopping_for_now()
+            if why:
+                # (its start cut by the signal, or a shutdown's cancelling the start job
+                # before its SIGTERM came: the entry stays for the next, unsaid)
+                log.warning("%s: left for the next start (%s)", entry.said(), why)
                 break
             if problem:
                 recovery.problems.append(problem)
@@ -477,6 +487,54 @@ def _set_aside(path: Path, exc: BaseException) -> str:
     )
     log.error("%s", problem)
     return problem
+
+
+def default_record_path() -> Path:
+    """Where the record lives with the schema's default ``work_dir``."""
+    schema = load_schema("pullback.common", "client")
+    return Path(apply_defaults(schema, {})["work_dir"]).parent / RECORD_NAME
+
+
+def start_stopped(path: Path, args: argparse.Namespace) -> int:
+    """``pullback-client start-stopped`` (:func:`command`), the configuration at ``path``
+    read here. One that cannot be read (raises ConfigError) is said together with what the
+    record at the default place (:func:`default_record_path`) holds, which stays as it is:
+    what it names stays stopped until someone mends the configuration or starts them.
+    With nothing recorded there it is only a warning, exit 0 (the boot's unit and a
+    run's ExecStopPost= have nothing to do; the next run fails for it)."""
+    try:
+        config = load_client_config(path)
+    except ConfigError as exc:
+        where = default_record_path()
+        try:
+            contents: Contents | None = read_record(where)
+        except (DamagedRecord, OSError):
+            contents = None  # (read, and set aside, once the configuration is mended)
+        if contents is not None and not contents.entries and contents.run is None:
+            log.warning(
+                "cannot read %s (%d problem(s): the next run says them); nothing is "
+                "recorded in %s: nothing to start",
+                path,
+                len(exc.problems),
+                where,
+            )
+            return EXIT_OK
+        held = "a record it cannot read"
+        if contents is not None and contents.entries:
+            held = "what stays stopped: " + few(
+                [e.what() for e in contents.entries], separator="; "
+            )
+        elif contents is not None:
+            held = "a run that ended before its finish, not reported yet"
+        log.error(
+            "cannot read %s: %s is left as it is, holding %s; mend the configuration, then "
+            "run pullback-client start-stopped (or start them by hand)",
+            path,
+            where,
+            held,
+        )
+        raise
+    return command(config, args)
 
 
 def command(config: ClientConfig, args: argparse.Namespace | None = None) -> int:

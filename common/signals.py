@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import threading
 from typing import Any
 
@@ -120,6 +121,28 @@ def raise_if_swallowed() -> None:
 def received() -> int | None:
     """The signal a guard of this process received (from any thread), None before one."""
     return next((guard.received for guard in list(_ACTIVE) if guard.received), None)
+
+
+def stopping_for_now() -> str | None:
+    """Why a start that just failed may have failed because this process or the machine
+    is being stopped ("a signal came", "the machine is being stopped"), None when
+    neither: a guard received a signal, or systemd is stopping the machine
+    (``systemctl is-system-running`` says "stopping": a shutdown cancels the start jobs
+    it meets, and stops this process only after). A caller keeps what it was
+    to start for the next start (the unit's ExecStopPost=, the boot's unit) instead of
+    dropping it as tried. systemctl runs outside the command runner, which starts
+    nothing once a signal came; no answer within 5 s, or no systemd: not stopping."""
+    if received() is not None:
+        return "a signal came"
+    if not os.path.isdir("/run/systemd/system"):
+        return None
+    try:
+        said = subprocess.run(
+            ["systemctl", "is-system-running"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return "the machine is being stopped" if said.stdout.strip() == "stopping" else None
 
 
 def refuse_if_stopping() -> None:

@@ -113,3 +113,36 @@ def test_a_second_signal_ends_an_impatient_command_at_once():
     assert done.stdout == "first raised\n", done.stdout + done.stderr
     assert done.returncode == -signal.SIGTERM
     assert "SIGTERM received again; stopping now" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("said", "stopping"),
+    [("stopping", True), ("running", False), ("degraded", False), ("starting", False)],
+)
+def test_a_start_that_fails_while_systemd_stops_the_machine_is_for_the_next(
+    tmp_path, monkeypatch, said, stopping
+):
+    """``systemctl is-system-running`` (a stand-in here: no systemd runs the tests) says
+    whether the machine is being stopped; only "stopping" keeps an entry for the next."""
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(f"#!/bin/sh\necho {said}\n")
+    systemctl.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(signals.os.path, "isdir", lambda path: path == "/run/systemd/system")
+    assert signals.stopping_for_now() == ("the machine is being stopped" if stopping else None)
+
+
+def test_without_systemd_or_its_answer_the_machine_is_not_stopping(tmp_path, monkeypatch):
+    monkeypatch.setattr(signals.os.path, "isdir", lambda path: False)
+    assert signals.stopping_for_now() is None  # (no systemd: not asked)
+    monkeypatch.setattr(signals.os.path, "isdir", lambda path: True)
+    monkeypatch.setenv("PATH", str(tmp_path))  # (no systemctl at all)
+    assert signals.stopping_for_now() is None
+
+
+def test_after_a_signal_a_failed_start_is_for_the_next(monkeypatch):
+    monkeypatch.setattr(signals.os.path, "isdir", lambda path: False)
+    with SignalGuard(patient=True) as guard:
+        guard.received = signal.SIGTERM
+        assert signals.stopping_for_now() == "a signal came"
+        guard.received = None

@@ -151,3 +151,25 @@ def admin_machine(root: BootedRoot, built: dict, built_upgrade: dict, packages: 
         shutil.copy2(deb, home / "upgrade" / deb.name)
     root.run(["apt-get", "update", "-q"])
     root.run(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {packages}", timeout=1200)
+
+
+def start_a_run_holding(root: BootedRoot, service: str, unit: str, seconds: int) -> None:
+    """Start ``pullback-client.service`` with the service ``service``, whose systemd task
+    stops ``unit`` and whose dump sleeps ``seconds`` (a number no other test's command
+    uses: its process is how the run is found); returns once the run holds ``unit``
+    stopped (raises AssertionError when it does not within a minute)."""
+    root.write(
+        f"/etc/pullback/services/{service}/service.yaml",
+        f"service: {{name: {service}}}\nsystemd: {{units: [{unit}]}}\n"
+        f"command: {{dump: [{{run: 'sleep {seconds}; echo done', output: done.txt}}]}}\n",
+        0o600,
+    )
+    root.write("/etc/pullback/client.yaml", "hostname: node1\nmin_interval: 1s\n", 0o640)
+    root.run("chgrp pullback /etc/pullback/client.yaml")
+    root.run(["systemctl", "start", "--no-block", "pullback-client.service"])
+    root.run(
+        f"for i in $(seq 300); do pgrep -fx 'sleep {seconds}' >/dev/null && exit 0; "
+        "sleep 0.2; done; exit 1"
+    )
+    state = root.run(["systemctl", "show", "-p", "ActiveState", "--value", unit]).stdout
+    assert state.strip() == "inactive", state

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import uuid
 
 import pytest
 
 from tests.helpers.debroot import BootedRoot
-from tests.system.conftest import UPGRADE_VERSION
+from tests.system.conftest import UPGRADE_VERSION, admin_machine, start_a_run_holding
 
 UNIT = "pullback-client-start-stopped.service"
 RECORD = "/var/lib/pullback/stopped.json"
@@ -28,18 +27,9 @@ LEFTOVER = "/var/lib/pullback/.stopped.json.h110cut.tmp"
 
 @pytest.fixture(scope="module")
 def installed(root, built, built_upgrade):
-    """The packages of this tree installed with apt; the newer ones kept in /root/debs."""
-    debs = root.path / "root/debs"
-    (debs / "upgrade").mkdir(parents=True, exist_ok=True)
-    for deb in built["debs"]:
-        shutil.copy2(deb, debs / deb.name)
-    for deb in built_upgrade["debs"]:
-        shutil.copy2(deb, debs / "upgrade" / deb.name)
-    root.run(["apt-get", "update", "-q"])
-    result = root.run(
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/debs/pullback-*.deb"
-    )
-    assert "Setting up pullback-client" in result.stdout
+    """The packages of this tree installed with apt; the newer ones kept in /root/upgrade."""
+    admin_machine(root, built, built_upgrade, "/root/pullback-*.deb")
+    assert root.run("dpkg-query -W -f '${Status}' pullback-client").stdout.endswith("installed")
     _client_yaml(root, CLIENT_YAML)
     root.write(
         "/etc/pullback/services/cut/service.yaml",
@@ -59,7 +49,6 @@ def installed(root, built, built_upgrade):
         "[Service]\nType=oneshot\nExecStart=/bin/false\n",
     )
     root.run("systemctl daemon-reload")
-    return result.stdout
 
 
 def _client_yaml(root, text: str) -> None:
@@ -159,15 +148,13 @@ def test_the_boot_unit_is_enabled_and_verifies(root, installed):
 
 def test_an_upgrade_keeps_an_administrators_disable_and_the_enablement(root, installed):
     root.run(["systemctl", "disable", UNIT])
-    root.run(
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/debs/upgrade/pullback-*.deb"
-    )
+    root.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/upgrade/pullback-*.deb")
     assert root.run("dpkg-query -W -f '${Version}' pullback-client").stdout == UPGRADE_VERSION
     assert root.run(["systemctl", "is-enabled", UNIT], check=False).stdout.strip() == "disabled"
     root.run(["systemctl", "enable", UNIT])
     root.run(
         "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall "
-        "/root/debs/upgrade/pullback-client_*.deb"
+        "/root/upgrade/pullback-client_*.deb"
     )
     assert root.run(["systemctl", "is-enabled", UNIT]).stdout.strip() == "enabled"
 
@@ -337,20 +324,9 @@ def test_a_reboot_during_a_run_has_its_applications_started_at_boot(root, broken
         "/etc/systemd/system/pbtest-late.service",
         "[Unit]\nAfter=multi-user.target\n[Service]\nExecStart=/bin/sleep infinity\n",
     )
-    root.write(
-        "/etc/pullback/services/cut/service.yaml",
-        "service: {name: cut}\nsystemd: {units: [pbtest-late.service]}\n"
-        "command: {dump: [{run: 'sleep 93; echo done', output: done.txt}]}\n",
-        0o600,
-    )
     root.run("systemctl daemon-reload && systemctl start pbtest-late.service")
     try:
-        root.run(["systemctl", "start", "--no-block", "pullback-client.service"])
-        root.run(
-            "for i in $(seq 300); do pgrep -fx 'sleep 93' >/dev/null && exit 0; sleep 0.2; "
-            "done; exit 1"
-        )
-        assert _state(root, "pbtest-late.service") == "inactive"
+        start_a_run_holding(root, "cut", "pbtest-late.service", 93)
         since = _now(root)
         _reboot(root)
         _wait_inactive(root)
@@ -377,8 +353,7 @@ def test_a_reboot_during_a_run_has_its_applications_started_at_boot(root, broken
 def _reinstall_client(root) -> None:
     _client_yaml(root, CLIENT_YAML)
     root.run(
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-        "/root/debs/upgrade/pullback-client_*.deb"
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/upgrade/pullback-client_*.deb"
     )
     root.run(["systemctl", "reset-failed"], check=False)
 

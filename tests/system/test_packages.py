@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from tests.helpers.debroot import CLEAN_ENV
-from tests.system.conftest import ROOT_DIR, UPGRADE_VERSION
+from tests.system.conftest import ROOT_DIR, UPGRADE_VERSION, start_a_run_holding
 
 TIMERS = (
     "pullback-client.timer",
@@ -467,26 +467,13 @@ def test_a_client_run_killed_outright_has_its_unit_started_again(root, installed
         "[Service]\nExecStart=/bin/sleep infinity\n",
     )
     root.run("systemctl daemon-reload && systemctl start pbtest-app.service")
-    root.write(
-        "/etc/pullback/services/killed/service.yaml",
-        "service: {name: killed}\nsystemd: {units: [pbtest-app.service]}\n"
-        "command: {dump: [{run: 'sleep 91; echo done', output: done.txt}]}\n",
-        0o600,
-    )
     root.write(  # (stops nothing: failed with the run all the same)
         "/etc/pullback/services/plain/service.yaml",
         "service: {name: plain}\ncommand: {dump: [{run: 'echo x', output: x.txt}]}\n",
         0o600,
     )
-    root.write("/etc/pullback/client.yaml", "hostname: node1\nmin_interval: 1s\n", 0o640)
-    root.run("chgrp pullback /etc/pullback/client.yaml")
     try:
-        root.run(["systemctl", "start", "--no-block", "pullback-client.service"])
-        root.run(
-            "for i in $(seq 300); do pgrep -fx 'sleep 91' >/dev/null && exit 0; sleep 0.2; "
-            "done; exit 1"
-        )
-        assert _state(root, "pbtest-app.service") == "inactive"
+        start_a_run_holding(root, "killed", "pbtest-app.service", 91)
         record = root.run("cat /var/lib/pullback/stopped.json").stdout
         assert '"pbtest-app.service"' in record
         root.run(["systemctl", "kill", "-s", "KILL", "pullback-client.service"])
@@ -538,21 +525,8 @@ def test_a_power_cut_during_a_run_has_its_applications_started_at_boot(root, ins
         "[Unit]\nAfter=multi-user.target\n[Service]\nExecStart=/bin/sleep infinity\n",
     )
     root.run("systemctl daemon-reload && systemctl start pbtest-late.service")
-    root.write(
-        "/etc/pullback/services/cut/service.yaml",
-        "service: {name: cut}\nsystemd: {units: [pbtest-late.service]}\n"
-        "command: {dump: [{run: 'sleep 92; echo done', output: done.txt}]}\n",
-        0o600,
-    )
-    root.write("/etc/pullback/client.yaml", "hostname: node1\nmin_interval: 1s\n", 0o640)
-    root.run("chgrp pullback /etc/pullback/client.yaml")
     try:
-        root.run(["systemctl", "start", "--no-block", "pullback-client.service"])
-        root.run(
-            "for i in $(seq 300); do pgrep -fx 'sleep 92' >/dev/null && exit 0; sleep 0.2; "
-            "done; exit 1"
-        )
-        assert _state(root, "pbtest-late.service") == "inactive"
+        start_a_run_holding(root, "cut", "pbtest-late.service", 92)
         root.power_cut(while_off=lambda: _written_in_another_boot(root))
         root.run(
             f"for i in $(seq 300); do [ $(systemctl show -p ActiveState --value {unit}) = "

@@ -653,11 +653,16 @@ class ServiceRestore:
             self.failures.append(message)
 
     def start_again(self) -> None:
+        """Each prepared task's finish, the last first; one that fails while a signal came
+        or the machine is being stopped keeps its entry for the next start (as a run's:
+        :meth:`.stages.Stages.finish`)."""
         for task in reversed(self.prepared):
             try:
                 self.plugins.call("finish", task, failed=bool(self.failures))
             except Exception as exc:
                 first = _log_lines(task, "could not start the application again", exc)
                 self.failures.append(f"{task.key}: could not start again: {first}")
+                if self.record is not None and self.record.kept_if_stopping(task):
+                    continue
             if self.record is not None:
                 self.record.finished(task)

@@ -639,16 +639,22 @@ def crashed_before_the_run(config: ClientConfig, exc: Exception) -> PullbackErro
     archive, a run with no enabled service), as :meth:`Reporter.crashed` reports a run a
     bug ended: under the client's lock, the status file's entries kept. Returns what to
     raise; when another run or restore holds the lock, only the log says it (that one
-    reports itself)."""
+    reports itself). A lock that cannot be taken at all (its directory cannot be made:
+    no one else holds it either) is reported without it."""
     lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
+    held = False
     try:
         lock.acquire()
-    except (LockBusy, OSError) as busy:
+        held = True
+    except LockBusy as busy:
         log.critical("internal error, please report it (not reported: %s):", busy, exc_info=exc)
         return InternalError(f"an internal error ended the run ({type(exc).__name__})")
+    except OSError:
+        pass  # (reported without it)
     try:
         with SignalGuard(RESTORING) as guard:
             notifier = Notifier(config.notify, f"run on {config.hostname}")
             return Reporter(config, notifier, time.monotonic(), guard).crashed(exc)
     finally:
-        lock.release()
+        if held:
+            lock.release()

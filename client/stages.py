@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..common import signals
 from ..common.archive.sidecar import ServiceReport, TaskReport
 from ..common.archive.writer import ArchiveWriter
 from ..common.errors import ArchiveError, Interrupted, PullbackError, describe
@@ -210,7 +209,7 @@ class ServiceRun:
         waits until they are all done. A task's entry leaves the record of what was
         stopped once its finish ran, or failed for good: one that failed while this run
         or the machine is being stopped (a reboot cancels the start) stays for the next
-        start (:func:`.signals.stopping_for_now`)."""
+        start (:meth:`.stopped.StoppedRecord.kept_if_stopping`)."""
         with self.guard.shielded():
             failed = failed or any(r.status == Status.FAILED for r in self.reports.values())
             for task in reversed(self.prepared):
@@ -218,13 +217,7 @@ class ServiceRun:
                     self.plugins.call("finish", task, failed=failed)
                 except Exception as exc:
                     self._fail(task, "finish", exc)
-                    why = self.record is not None and signals.stopping_for_now()
-                    if why:
-                        self.log.warning(
-                            "its finish failed as %s: left in the record for the next "
-                            "start (the unit's, or the next boot's)",
-                            why,
-                        )
+                    if self.record is not None and self.record.kept_if_stopping(task):
                         continue
                 if self.record is not None:
                     self.record.finished(task)

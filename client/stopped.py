@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..common import signals
+from ..common import signals, yamlfile
 from ..common.archive.sidecar import ServiceReport
 from ..common.clock import iso, utc_now
 from ..common.errors import (
@@ -98,6 +98,10 @@ class Stopped:
     """``run`` or ``restore``."""
     pid: int
     at: str
+    kept: str | None = None
+    """Why its finish left it here after failing (:func:`.signals.stopping_for_now`: "the
+    machine is being stopped"): that run or restore ended and reported itself, it was
+    not killed; None: its finish never ran."""
 
     def what(self) -> str:
         """``service: task: names``, bounded (the record could be damaged)."""
@@ -196,7 +200,10 @@ def _entry(item: dict) -> Stopped:
     fields = (item["service"], item["task"], item["by"], item["at"])
     if not all(isinstance(f, str) for f in fields) or not isinstance(item["pid"], int):
         raise TypeError("a field has the wrong type")
-    return Stopped(item["service"], item["task"], names, item["by"], item["pid"], item["at"])
+    kept = item.get("kept")  # (absent in an older record)
+    if kept is not None and not isinstance(kept, str):
+        raise TypeError("kept is not a string")
+    return Stopped(item["service"], item["task"], names, item["by"], item["pid"], item["at"], kept)
 
 
 def _run(item: dict) -> Underway:
@@ -284,6 +291,33 @@ class StoppedRecord:
         """The task's finish ran: its entry leaves."""
         self.remove(task.service, task.key)
 
+    def kept_if_stopping(self, task: Task) -> str | None:
+        """After ``task``'s finish failed: when a signal came or the machine is being
+        stopped (:func:`.signals.stopping_for_now`: a shutdown cancels the start), its
+        entry stays for the next start, marked (:meth:`kept`), and why is returned (said
+        as a warning); None otherwise (the caller drops it as tried)."""
+        why = signals.stopping_for_now()
+        if why:
+            log.warning(
+                "%s: %s: its finish failed as %s: left in the record for the next start "
+                "(the unit's, or the next boot's)",
+                task.service,
+                task.key,
+                why,
+            )
+            self.kept(task.service, task.key, why)
+        return why
+
+    def kept(self, service: str, key: str, why: str) -> None:
+        """The finish of ``service``'s task ``key`` failed for ``why`` (the machine is
+        being stopped, a signal came): its entry stays for the next start, marked so that
+        no one reports its run as killed again (it reported itself, or the report of it
+        is under way). An error writing is only said."""
+        for entry in self.entries:
+            if (entry.service, entry.task) == (service, key):
+                entry.kept = why
+                self._rewrite()
+
     def remove(self, service: str, key: str) -> None:
         """The entry of ``service``'s task ``key`` leaves. An error writing is only said
         (the next run would start them again: harmless)."""
@@ -334,10 +368,13 @@ class Recovery:
         administrator saw it end)."""
         if self.run is not None:
             return self.run.said(), self.run.services
-        runs = sorted({(e.pid, printable(e.at, 40)) for e in self.entries if e.by == "run"})
-        if not runs:  # (an older version's record has no run: its entries tell)
+        # (an older version's record has no run: its entries tell; an entry a finish kept
+        # is of a run that reported itself)
+        left = [e for e in self.entries if e.by == "run" and e.kept is None]
+        runs = sorted({(e.pid, printable(e.at, 40)) for e in left})
+        if not runs:
             return None
-        services = [e.service for e in self.entries if e.by == "run"]
+        services = [e.service for e in left]
         pid, at = printable(str(runs[0][0]), 20), runs[0][1]
         return f"the run (pid {pid}, stopping at {at})", services
 
@@ -431,6 +468,7 @@ def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
                 # (its start cut by the signal, or a shutdown's cancelling the start job
                 # before its SIGTERM came: the entry stays for the next, unsaid)
                 log.warning("%s: left for the next start (%s)", entry.said(), why)
+                record.kept(entry.service, entry.task, why)
                 break
             if problem:
                 recovery.problems.append(problem)
@@ -489,23 +527,33 @@ def _set_aside(path: Path, exc: BaseException) -> str:
     return problem
 
 
-def default_record_path() -> Path:
-    """Where the record lives with the schema's default ``work_dir``."""
-    schema = load_schema("pullback.common", "client")
-    return Path(apply_defaults(schema, {})["work_dir"]).parent / RECORD_NAME
+def default_record_path(path: Path | None = None) -> Path:
+    """Where the record lives with the ``work_dir`` the configuration at ``path`` names,
+    when it can be parsed and names one (it may not be valid otherwise), else the
+    schema's default ``work_dir``."""
+    work_dir = None
+    if path is not None:
+        with contextlib.suppress(yamlfile.YamlFileError, ConfigError):
+            data = yamlfile.load(path).data
+            if isinstance(data, dict) and isinstance(data.get("work_dir"), str):
+                work_dir = data["work_dir"]
+    if not work_dir:
+        work_dir = apply_defaults(load_schema("pullback.common", "client"), {})["work_dir"]
+    return Path(work_dir).parent / RECORD_NAME
 
 
 def start_stopped(path: Path, args: argparse.Namespace) -> int:
     """``pullback-client start-stopped`` (:func:`command`), the configuration at ``path``
     read here. One that cannot be read (raises ConfigError) is said together with what the
-    record at the default place (:func:`default_record_path`) holds, which stays as it is:
+    record holds, at the place its ``work_dir`` names or the default one
+    (:func:`default_record_path`), which stays as it is:
     what it names stays stopped until someone mends the configuration or starts them.
     With nothing recorded there it is only a warning, exit 0 (the boot's unit and a
     run's ExecStopPost= have nothing to do; the next run fails for it)."""
     try:
         config = load_client_config(path)
     except ConfigError as exc:
-        where = default_record_path()
+        where = default_record_path(path)
         try:
             contents: Contents | None = read_record(where)
         except (DamagedRecord, OSError):

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from .fsutil import read_regular
+
 KeyPath = tuple[str | int, ...]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -249,11 +251,21 @@ def _record_lines(node: yaml.Node, lines: dict[KeyPath, int], at: _Lines, path: 
             _record_lines(item, lines, at, (*path, index))
 
 
+MAX_BYTES = 16 << 20
+"""A configuration, service file or sidecar is read up to this size; a longer one is
+refused (one holds a few kilobytes)."""
+
+
 def _read_text(path: Path) -> str:
-    """The file's text. Raises YamlFileError when it is missing, unreadable or not UTF-8."""
+    """The file's text. Raises YamlFileError when it is missing, unreadable, not a regular
+    file (a FIFO is refused, not waited on: a command the boot runs would hang on it),
+    longer than :data:`MAX_BYTES` or not UTF-8."""
     file = str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, MAX_BYTES)
+    except ValueError as exc:
+        what = "is a directory, expected a file" if path.is_dir() else str(exc)
+        raise YamlFileError([Problem(file, None, "", what)]) from None
     except FileNotFoundError:
         raise YamlFileError([Problem(file, None, "", "file not found")]) from None
     except PermissionError:

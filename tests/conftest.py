@@ -63,6 +63,7 @@ ONCE_MODULES = {
     "test_attacks_h102.py",
     "test_attacks_h103.py",
     "test_attacks_h105.py",
+    "test_attacks_h111.py",
     "test_attacks_h106.py",
     "test_attacks_h107.py",
     "test_attacks_h108.py",

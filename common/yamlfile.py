@@ -252,8 +252,8 @@ def _record_lines(node: yaml.Node, lines: dict[KeyPath, int], at: _Lines, path: 
 
 
 MAX_BYTES = 16 << 20
-"""A configuration, service file or sidecar is read up to this size; a longer one is
-refused (one holds a few kilobytes)."""
+"""A configuration or service file (or a backup-suite file to import) is read up to this
+size; a longer one is refused (one holds a few kilobytes)."""
 
 
 def _read_text(path: Path) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+import time
 from pathlib import Path
 
 from tests.helpers.client import ClientSandbox
@@ -153,3 +154,13 @@ def metric_services(box: ClientSandbox) -> list[str]:
     return sorted(
         line.split('"')[1] for line in lines if line.startswith("pullback_client_service_ok{")
     )
+
+
+def wait_for_file(path: Path, proc, seconds: float = 60) -> None:
+    """Wait until ``path`` exists (a stand-in's marker: the command got that far); raises
+    AssertionError when ``proc`` ended first or ``seconds`` passed."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"never reached {path}"
+        time.sleep(0.05)

@@ -28,6 +28,7 @@ from tests.helpers.killed_run_box import (
     SLOW,
     Box,
     make_box,
+    wait_for_file,
 )
 from tests.helpers.killed_run_box import configure as _config
 from tests.helpers.killed_run_box import good_day as _good_day
@@ -269,9 +270,7 @@ def test_a_second_sigterm_during_a_slow_mail_waits_only_the_mail_timeout(box):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    while not hang.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
+    wait_for_file(hang, proc, deadline - time.monotonic())
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -30,6 +29,7 @@ from tests.helpers.killed_run_box import (
     SLOW,
     Box,
     make_box,
+    wait_for_file,
 )
 from tests.helpers.killed_run_box import configure as _config
 from tests.helpers.killed_run_box import good_day as _good_day
@@ -46,14 +46,6 @@ pytestmark = pytest.mark.integration
 def box(tmp_path, standins) -> Box:
     """``files`` (quick) and ``shop`` (a systemd task, quick); mail kept; metrics."""
     return make_box(tmp_path, standins)
-
-
-def _wait_for(path: Path, proc, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "never reached the marker"
-        time.sleep(0.05)
 
 
 def _started(b: Box, unit: str) -> int:
@@ -77,7 +69,7 @@ def test_a_signal_during_start_stopped_keeps_the_entry_of_what_it_never_started(
     _write_record(box, KILLED_RUN, SHOP_STOPPED)
     before = _started(box, "app.service")
     proc = box.popen("start-stopped", env={**box.env, "HANG_ON": "start app.service"})
-    _wait_for(box.marker, proc)
+    wait_for_file(box.marker, proc)
     proc.send_signal(signum)
     time.sleep(0.5)
     assert proc.poll() is None  # (it waits for the start, as a run does)

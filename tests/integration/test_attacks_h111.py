@@ -34,6 +34,7 @@ from tests.helpers.killed_run_box import (
     record,
     site_env,
     status,
+    wait_for_file,
     write_record,
 )
 from tests.helpers.killed_run_box import good_day as _good_day
@@ -306,10 +307,7 @@ def test_a_signal_during_the_report_of_a_bug_before_the_lock(box, tmp_path):
     configure(box, timeout="5s")
     bug = OSERROR_IN_DISCOVER.replace("raise OSError(5, ", "raise KeyError(")
     proc = box.popen("run", env={**box.env, **site_env(tmp_path, bug)})
-    deadline = time.monotonic() + 60
-    while not hang.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
+    wait_for_file(hang, proc)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

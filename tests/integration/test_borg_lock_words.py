@@ -42,7 +42,13 @@ def test_a_live_lock_is_a_locked_repository(borg):
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(3)  # borg takes the lock as it starts
+        # borg takes the lock as it starts; a loaded machine may take seconds to start it
+        lock = os.path.join(borg.env()["BORG_REPO"], "lock.exclusive")
+        deadline = time.monotonic() + 60
+        while not os.path.isdir(lock) and time.monotonic() < deadline:
+            assert holder.poll() is None, "borg with-lock ended before taking the lock"
+            time.sleep(0.1)
+        assert os.path.isdir(lock), "borg with-lock did not take the lock in 60 s"
         with pytest.raises(RepositoryLocked, match="is locked by a live process; waited 1s"):
             borg.snapshots()
     finally:

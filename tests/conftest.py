@@ -111,9 +111,9 @@ LONGEST_FIRST = (
 """The modules that take longest (minutes, CI's --durations), run first: pytest-xdist
 (``--dist loadfile``) hands modules to its two workers in collection order, and the
 longest ones left for the end made CI's tail (one worker busy for ten minutes on the
-fault matrix, the other idle). The system tier's modules take turns on the booted root,
-so they are spread between the others. The rest keep their order, the many short unit
-modules last, filling the gaps."""
+fault matrix, the other idle). The system tier's modules are one unit of work
+(BOOTED_ROOTS), which starts where its first module stands. The rest keep their order,
+the many short unit modules last, filling the gaps."""
 
 
 def _cheap_restic_keys() -> None:
@@ -153,6 +153,30 @@ def _longest_first(items: list) -> None:
         return rank.get(relative, len(rank)), place
 
     items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+
+
+BOOTED_ROOTS = "tests/system/"
+"""The system tier's modules take turns on the booted Debian root (tests/system/conftest.py
+``root``): two pytest-xdist workers in two of them made one wait for the other's root
+(CI 2026-12-05: a module's set-up waited 112 s). They are one unit of work, run by one
+worker one after another while the other runs the rest (``pytest_xdist_make_scheduler``)."""
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` (scripts/test), but the system tier's modules are one unit of
+    work: returns the scheduler, or None for pytest-xdist's own (other ``--dist`` modes).
+    pytest-xdist's ``loadgroup`` would do it by marks, but pytest 9 no longer lets it
+    rename the tests it groups."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class BootedRootsTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return BOOTED_ROOTS if module.startswith(BOOTED_ROOTS) else module
+
+    return BootedRootsTogether(config, log)
 
 
 def pytest_collection_modifyitems(config, items):

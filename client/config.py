@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..common.config import load_validated
 from ..common.errors import EXIT_OK, ConfigError
+from ..common.locks import FileLock
 from ..common.mail import EmailConfig, email_config
 from ..common.notify import NotifyConfig, notify_config
 from ..common.schema import load_schema
@@ -47,6 +48,11 @@ class IncrementalConfig:
     cache_dir: Path = Path("/var/cache/pullback")
 
 
+INSTANCE_LOCK = "client.lock"
+"""The client's lock (in ``lock_dir``): a run, a restore, or the start of what a killed
+run left stopped holds it, one at a time."""
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """Validated client settings. Every default lives in ``schemas/client.yaml``."""
@@ -70,6 +76,11 @@ class ClientConfig:
     notify: NotifyConfig | None
     metrics_file: Path | None
     incremental: IncrementalConfig = field(default_factory=lambda: IncrementalConfig())
+
+    def instance_lock(self, purpose: str) -> FileLock:
+        """The client's lock (INSTANCE_LOCK), not yet taken; ``purpose`` is what its owner
+        record says the holder is (``pullback-client run``)."""
+        return FileLock(self.lock_dir / INSTANCE_LOCK, purpose=purpose)
 
     @property
     def archive_suffix(self) -> str:

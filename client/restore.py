@@ -35,7 +35,6 @@ from ..common.errors import (
     UsageError,
     describe,
 )
-from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.outcome import Status
 from ..common.progress import CountingReader, Progress, Watched
@@ -45,7 +44,6 @@ from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import RestorePlan, Task
 from . import stopped
 from .config import ClientConfig
-from .run import INSTANCE_LOCK
 from .services import Service, discover
 from .stages import make_tasks
 
@@ -514,7 +512,7 @@ class ServiceRestore:
 
     def run(self) -> int:
         selected = self.selected()
-        lock = FileLock(self.config.lock_dir / INSTANCE_LOCK, purpose="pullback-client restore")
+        lock = self.config.instance_lock("pullback-client restore")
         with lock.acquire(), SignalGuard(RESTORING) as guard:
             if not self.options.dry_run:
                 with guard.shielded():  # (a signal meanwhile: raised as it ends, unreported)

@@ -29,7 +29,6 @@ from ..common.errors import (
     describe,
 )
 from ..common.fsutil import free_bytes, remove_tree_contents, set_dir_mode
-from ..common.locks import FileLock
 from ..common.log import PrefixAdapter, get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
@@ -44,8 +43,6 @@ from .services import Service, discover
 from .stages import make_tasks, run_service, validate_service
 
 log = get_logger("client")
-
-INSTANCE_LOCK = "client.lock"
 
 
 @dataclass
@@ -194,7 +191,7 @@ def run(config: ClientConfig, names: list[str] | None = None, *, full: bool = Fa
     notifier = Notifier(config.notify, f"run on {config.hostname}")
     notifier.start()
     started = time.monotonic()
-    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
+    lock = config.instance_lock("pullback-client run")
     with lock.acquire(), SignalGuard(RESTORING) as guard:
         reporter = Reporter(config, notifier, started, guard)
         try:
@@ -641,7 +638,7 @@ def crashed_before_the_run(config: ClientConfig, exc: Exception) -> PullbackErro
     raise; when another run or restore holds the lock, only the log says it (that one
     reports itself). A lock that cannot be taken at all (its directory cannot be made:
     no one else holds it either) is reported without it."""
-    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client run")
+    lock = config.instance_lock("pullback-client run")
     held = False
     try:
         lock.acquire()

@@ -44,7 +44,6 @@ from ..common.errors import (
     describe,
 )
 from ..common.fsutil import atomic_write, fsync_dir
-from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.procfs import boot_id
@@ -617,9 +616,7 @@ def recover_and_report(config: ClientConfig) -> Reported | None:
     signal came meanwhile (after the starts under way: the record kept for the next)."""
     if not record_path(config).exists():
         return None
-    from .run import INSTANCE_LOCK  # (run imports this module)
-
-    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-client start-stopped")
+    lock = config.instance_lock("pullback-client start-stopped")
     try:
         lock.acquire()
     except LockBusy as exc:

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from ..common.config import load_validated
 from ..common.errors import EXIT_OK, ConfigError, UsageError
+from ..common.locks import FileLock
 from ..common.mail import EmailConfig, email_config
 from ..common.notify import NotifyConfig, notify_config
 from ..common.schema import load_schema
 from ..common.units import parse_duration, parse_size
 from .guard import GuardLimits
+from .journal import INSTANCE_LOCK
 
 DEFAULT_PATH = Path("/etc/pullback/server.yaml")
 BORG_LOCATIONS = "borg repositories are paths or ssh:// URLs"
@@ -191,6 +193,11 @@ class ServerConfig:
                 f"known hosts: {', '.join(sorted(known)) or 'none'}"
             )
         return [known[n] for n in dict.fromkeys(names)]
+
+    def instance_lock(self, purpose: str) -> FileLock:
+        """The server's lock (journal.INSTANCE_LOCK), not yet taken; ``purpose`` is what
+        its owner record says the holder is (``pullback-server maintain``)."""
+        return FileLock(self.lock_dir / INSTANCE_LOCK, purpose=purpose)
 
     def staging_dir(self, host: str) -> Path:
         return self.state_dir / "staging" / host

@@ -19,7 +19,6 @@ from ..common.cli import print_json
 from ..common.clock import FUTURE_TOLERANCE, iso, parse_iso, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, PullbackError
 from ..common.fsutil import atomic_write
-from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
@@ -30,7 +29,6 @@ from .backends import ForgetResult, RepositoryMissing, Role, Snapshot
 from .config import HostConfig, ServerConfig
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
-from .journal import INSTANCE_LOCK
 from .missing import missing_failure
 
 log = get_logger("maintain")
@@ -634,7 +632,7 @@ def maintain(
 ) -> tuple[int, list[MaintainResult]]:
     """Maintain the hosts' repositories. Returns (exit code, results)."""
     hosts = config.select_hosts(names)
-    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server maintain")
+    lock = config.instance_lock("pullback-server maintain")
     with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
         rotation = _rotation(config)
         results = _run_pass(config, hosts, Pass(Role.MAINTAIN, "", verify), rotation)

@@ -15,7 +15,6 @@ import datetime as dt
 from ..common.cli import print_json
 from ..common.clock import FUTURE_TOLERANCE, age, signed_age, utc_now
 from ..common.errors import EXIT_FAILED, EXIT_OK, UsageError
-from ..common.locks import FileLock
 from ..common.notify import Notifier
 from ..common.outcome import Status
 from ..common.signals import KEPT_FOR_NEXT_PULL, SignalGuard
@@ -25,7 +24,7 @@ from .config import ServerConfig
 from .host import HostContext
 from .host_process import PhaseRelay, pull_hosts
 from .host_pull import HostPull, PullOptions
-from .journal import DRY_RUN_PURPOSE, INSTANCE_LOCK, PULL_PURPOSE, Journal
+from .journal import DRY_RUN_PURPOSE, PULL_PURPOSE, Journal
 from .metrics import stale_time
 from .results import HostResult
 
@@ -39,7 +38,7 @@ def pull(
     dry_run = asked.dry_run
     hosts = config.select_hosts(names)
     purpose = DRY_RUN_PURPOSE if dry_run else PULL_PURPOSE
-    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose=purpose)
+    lock = config.instance_lock(purpose)
     with lock.acquire(), SignalGuard(KEPT_FOR_NEXT_PULL):
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         journal = None if dry_run else Journal(config.state_dir)

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 
 from ..common.errors import EXIT_FAILED, EXIT_OK, UsageError
-from ..common.locks import FileLock
 from . import status_file
 from .config import ServerConfig
-from .journal import INSTANCE_LOCK
 
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:
@@ -30,7 +28,7 @@ def command(config: ServerConfig, args: argparse.Namespace) -> int:
     scope = "copy" if getattr(args, "copy", False) else ""
     if scope and config.backend.copy is None:
         raise UsageError(f"{config.path} has no copy: section: {host.name} has no copy")
-    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server release")
+    lock = config.instance_lock("pullback-server release")
     with lock.acquire(wait=config.maintenance.wait_for_pull):  # pulls rewrite status.json
         hold = status_file.release_hold(config.state_dir, host.name, scope)
     name = f"{host.name}'s copy" if scope else host.name

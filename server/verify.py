@@ -12,7 +12,6 @@ import dataclasses
 
 from ..common.cli import print_json
 from ..common.errors import EXIT_FAILED, EXIT_OK, UsageError
-from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.signals import SignalGuard
 from . import status_file
@@ -20,7 +19,6 @@ from .backends import Role
 from .config import ServerConfig
 from .drill import DrillChoice, DrillResult, drill
 from .host import HostContext
-from .journal import INSTANCE_LOCK
 
 log = get_logger("verify")
 
@@ -35,7 +33,7 @@ def verify(
     hosts = config.select_hosts(names)
     if choice is not None and choice.snapshot is not None and len(hosts) != 1:
         raise UsageError("--snapshot names one host's snapshot: give that host with --host")
-    lock = FileLock(config.lock_dir / INSTANCE_LOCK, purpose="pullback-server verify")
+    lock = config.instance_lock("pullback-server verify")
     results = []
     with lock.acquire(wait=config.maintenance.wait_for_pull), SignalGuard():
         try:

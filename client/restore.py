@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common.archive import baseindex, listed
+from ..common.archive import baseindex, listed, tree_list
 from ..common.archive import directory as archives
 from ..common.archive import sidecar as sidecars
 from ..common.archive.baseindex import BaseIndex, IndexedTree, IndexWriter
@@ -23,6 +23,7 @@ from ..common.archive.compression import compression_of
 from ..common.archive.manifest import MANIFEST_NAME
 from ..common.archive.reader import TarStream
 from ..common.archive.sidecar import ARCHIVE_NAME, SIDECAR_NAME, ServiceReport, TaskReport
+from ..common.archive.tree_list import TREE_NAME
 from ..common.archive.unpack import BaseMismatch, Unpacker
 from ..common.clock import stamp_of, utc_now
 from ..common.errors import (
@@ -193,11 +194,12 @@ def check_listed(snapshot: Path, root: Path) -> None:
     """Check that every regular file below ``root`` (``services/<name>`` of the snapshot
     directory ``snapshot``) is one its ``MANIFEST.sha256`` lists: a directory fetched
     into twice (rsync without ``--delete``) held a file of an older snapshot, which an
-    outside test saw restored. Listed files that are absent are only a warning (a
-    ``pullback-server restore --path`` fetched part of the service). Without a manifest
-    beside ``services/`` (a service's directory given alone) nothing can be checked, and
-    a warning says so. Raises UsageError naming the files not listed, and ArchiveError
-    for a manifest that does not parse."""
+    outside test saw restored; and that every directory, symbolic link and FIFO there is
+    one its ``TREE.list`` lists (:func:`_strays`). Listed files that are absent are only
+    a warning (a ``pullback-server restore --path`` fetched part of the service). Without
+    a manifest beside ``services/`` (a service's directory given alone) nothing can be
+    checked, and a warning says so. Raises UsageError naming the entries not listed, and
+    ArchiveError for a manifest or list that does not parse."""
     if root.parent.name == "services" and root.parent.parent != snapshot:
         snapshot = root.parent.parent  # --from SNAPSHOT/services: the manifest beside it
     _no_symlinks_above(snapshot, root)
@@ -210,6 +212,28 @@ def check_listed(snapshot: Path, root: Path) -> None:
             MANIFEST_NAME,
         )
         return
+    unlisted, absent = _unlisted_files(snapshot, manifest, relative)
+    strays = _strays(snapshot, relative)
+    if unlisted.count or strays.count:
+        named = " and ".join(str(n) for n in (unlisted, strays) if n.count)
+        lists = (
+            f"{MANIFEST_NAME} and {TREE_NAME} describe"
+            if strays.count
+            else f"{MANIFEST_NAME} describes"
+        )
+        raise UsageError(
+            f"{printable(str(snapshot), 200)} is not the snapshot its {lists}: "
+            f"{named} not in it. Fetch the snapshot into an "
+            "empty directory (or rsync with --delete) and restore again; nothing was changed"
+        )
+    if absent.count:
+        log.warning("%s listed in %s absent (fetched in part?)", absent, manifest)
+
+
+def _unlisted_files(snapshot: Path, manifest: Path, relative: str) -> tuple[_Named, _Named]:
+    """The regular files below ``snapshot/relative`` that ``manifest`` does not list, and
+    the files it lists there that are absent. Raises ArchiveError for a manifest that does
+    not parse."""
     unlisted, absent = _Named(), _Named()
     try:
         for pair in listed.pairs(snapshot, manifest, relative):
@@ -219,14 +243,34 @@ def check_listed(snapshot: Path, root: Path) -> None:
                 unlisted.add(pair.name)
     except ValueError as exc:
         raise ArchiveError(f"{manifest}: {exc}") from None
-    if unlisted.count:
-        raise UsageError(
-            f"{printable(str(snapshot), 200)} is not the snapshot its {MANIFEST_NAME} "
-            f"describes: {unlisted} not in it. Fetch the snapshot into an "
-            "empty directory (or rsync with --delete) and restore again; nothing was changed"
+    return unlisted, absent
+
+
+def _strays(snapshot: Path, relative: str) -> _Named:
+    """The directories, symbolic links and FIFOs below ``snapshot/relative`` that the
+    snapshot's tree_list.TREE_NAME does not list as such (another snapshot's, in a
+    directory fetched into twice). A snapshot stored without the list (by pullback before
+    0.3.0) cannot be checked: a warning says so. Raises ArchiveError for a list that does
+    not parse."""
+    strays = _Named(noun="entry", nouns="entries")
+    listing = snapshot / TREE_NAME
+    if listing.is_symlink() or not listing.is_file():
+        log.warning(
+            "%s has no %s (a snapshot stored before pullback 0.3.0): its directories, "
+            "symbolic links and FIFOs are not checked against the snapshot's",
+            printable(str(snapshot), 200),
+            TREE_NAME,
         )
-    if absent.count:
-        log.warning("%s listed in %s absent (fetched in part?)", absent, manifest)
+        return strays
+    try:
+        with open(listing, "rb") as lines:
+            known = tree_list.read_below(lines, relative)
+        for name, kind in listed.others(snapshot, relative):
+            if kind is None or known.get(os.fsencode(name)) != kind:
+                strays.add(name)
+    except ValueError as exc:
+        raise ArchiveError(f"{listing}: {exc}") from None
+    return strays
 
 
 def _no_symlinks_above(snapshot: Path, root: Path) -> None:
@@ -252,6 +296,8 @@ class _Named:
 
     count: int = 0
     names: list[str] = field(default_factory=list)
+    noun: str = "file"
+    nouns: str = "files"
 
     def add(self, name: str) -> None:
         self.count += 1
@@ -262,7 +308,7 @@ class _Named:
         """``N file(s) (a, b, c and M more)``, each name escaped and cut."""
         shown = ", ".join(printable(n, 200) for n in self.names)
         more = f" and {self.count - len(self.names)} more" if self.count > len(self.names) else ""
-        return f"{counted(self.count, 'file')} ({shown}{more})"
+        return f"{counted(self.count, self.noun, self.nouns)} ({shown}{more})"
 
 
 def _target_of(given: Path | None) -> Path | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import shutil
 import threading
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 from errno import ENOSPC
 from pathlib import Path
 
-from ..common.archive import listed
+from ..common.archive import listed, tree_list
 from ..common.archive.manifest import MANIFEST_NAME
+from ..common.archive.tree_list import TREE_NAME
 from ..common.clock import iso
 from ..common.errors import Interrupted, PullbackError, UsageError
 from ..common.fsutil import free_bytes
@@ -138,10 +140,11 @@ def _sha256(path: str) -> tuple[str, int]:
 def check_tree(root: Path, result: DrillResult) -> None:
     """Compare every regular file below ``root/services`` with ``root/MANIFEST.sha256``
     (a name it lists outside ``services/`` is a problem too), each name at most once, in
-    the manifest's order (:mod:`.listed`: the manifest is
-    streamed, not held). What differs is in ``result.problems``, each name escaped and
-    cut, the first :data:`NAMED` of them by name and the rest counted on one line (a
-    snapshot's names are its client's words); nothing is raised."""
+    the manifest's order (:mod:`.listed`: the manifest is streamed, not held), then the
+    directories, symlinks and FIFOs with ``root/TREE.list``. What differs is in
+    ``result.problems``, each name escaped and cut, the first :data:`NAMED` of them by
+    name and the rest counted on one line (a snapshot's names are its client's words);
+    nothing is raised."""
     manifest = root / MANIFEST_NAME
     if not manifest.is_file():
         result.problems.append(f"{MANIFEST_NAME} is missing from the snapshot")
@@ -171,6 +174,28 @@ def _tree_problems(root: Path, manifest: Path, result: DrillResult) -> Iterator[
             yield problem
     for name in listed.outside(manifest, "services"):
         yield f"listed outside services/: {printable(name, 200)}"
+    yield from _other_entry_problems(root)
+
+
+def _other_entry_problems(root: Path) -> Iterator[str]:
+    """What differs between the directories, symlinks and FIFOs below ``root/services``
+    and the snapshot's tree_list.TREE_NAME: one the list lacks, one of another kind, one
+    missing (a backend that lost a symlink). Nothing for a snapshot stored without the
+    list (before 0.3.0). Holds the list (bounded by the host's ``max_entries``); raises
+    ValueError, OSError."""
+    listing = root / TREE_NAME
+    if listing.is_symlink() or not listing.is_file():
+        return
+    with open(listing, "rb") as lines:
+        known = tree_list.read_below(lines, "services")
+    for name, kind in listed.others(root, "services"):
+        was = known.pop(os.fsencode(name), None)
+        if was is None:
+            yield f"not in {TREE_NAME}: {printable(name, 200)}"
+        elif was != kind:
+            yield f"changed kind: {printable(name, 200)}"
+    for raw in known:
+        yield f"missing: {printable(os.fsdecode(raw), 200)}"
 
 
 def _check_pair(pair: listed.Pair, result: DrillResult) -> str | None:
@@ -371,7 +396,7 @@ def _drill(ctx: HostContext, choice: DrillChoice) -> DrillResult:
         )
         # the manifest first, on its own: if the data turns out damaged, it still names
         # every file that should be there (borg stops extracting at the first bad chunk)
-        for includes in ([MANIFEST_NAME], ["services"]):
+        for includes in ([MANIFEST_NAME, TREE_NAME], ["services"]):
             try:
                 backend.restore(snapshot, scratch, includes)
             except Interrupted:

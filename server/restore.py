@@ -16,6 +16,7 @@ from pathlib import Path
 from ..common.archive import sidecar as sidecars
 from ..common.archive.manifest import MANIFEST_NAME, format_line, parse
 from ..common.archive.sidecar import SIDECAR_NAME
+from ..common.archive.tree_list import TREE_NAME
 from ..common.clock import shown, stamp_of, utc_now
 from ..common.errors import EXIT_OK, ArchiveError, PullbackError, UsageError
 from ..common.fsutil import remove_entry
@@ -28,6 +29,11 @@ from .backends import Backend, Snapshot, named, plausible
 from .config import ServerConfig
 from .host import HostContext
 from .missing import open_pulled
+
+_BESIDE = (MANIFEST_NAME, SIDECAR_NAME, TREE_NAME)
+"""What a snapshot holds beside ``services/``, restored with a service or a path: what
+proves it (the manifest, tree_list's list of the other entries) and what it was (the
+sidecar). A snapshot stored before one of them was written lacks it (borg warns)."""
 
 
 @dataclass(frozen=True)
@@ -64,11 +70,11 @@ class RestoreRequest:
         if self.service and adopted:
             includes.append(self.service if "/" in self.service else f"*/{self.service}")
         elif self.service:
-            includes += [f"services/{self.service}", MANIFEST_NAME, SIDECAR_NAME]
+            includes += [f"services/{self.service}", *_BESIDE]
         if self.path:
             includes.append(_relative(self.path))
             if not adopted and not self.service:  # what proves it, and what it was
-                includes += [MANIFEST_NAME, SIDECAR_NAME]
+                includes += list(_BESIDE)
         return includes
 
 
@@ -376,10 +382,10 @@ class SetAside:
 
 def _written(target: Path, includes: list[str], adopted: bool) -> list[str]:
     """The paths (relative to ``target``, literal) a restore of ``includes`` writes:
-    the whole snapshot's ``services``, manifest and sidecar; in an adopted snapshot
+    the whole snapshot's ``services`` and what is beside it (_BESIDE); in an adopted snapshot
     every entry, and a service ``*/NAME`` below each directory there."""
     if not includes:
-        return sorted(os.listdir(target)) if adopted else ["services", MANIFEST_NAME, SIDECAR_NAME]
+        return sorted(os.listdir(target)) if adopted else ["services", *_BESIDE]
     written = []
     for include in includes:
         if include.startswith("*/"):  # (adopted: a service below any type)

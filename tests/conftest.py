@@ -54,6 +54,7 @@ ONCE_MODULES = {
     "test_incremental_days.py",
     "test_incremental_pulls.py",
     "test_files_restore_attacks2.py",
+    "test_tree_list.py",
     "test_service_restore_attacks.py",
     "test_server_attacks_s19.py",
     "test_attacks_h97.py",
@@ -74,16 +75,16 @@ ONCE_MODULES = {
 """Integration modules whose subject is pullback's own delta archives (the standard
 library's sqlite3 and hashlib, restic): 3.6 min of the Debian pass that meet no library
 the other modules do not meet there (paramiko's requests, the full request included, run
-in test_pull and test_hostile_clients); and outside attacks of pullback's own restore and
-reporting code (races against cp, restic and borg, about 2.5 min; the restores of the
-application tasks, helper-92, 0.9 min: pluggy meets test_app_plugins) and of its gone
-repositories, copies, signals and drills (helper-97 and helper-98, about 2.5 min) and
-of processes killed at any moment and of stops during drills and forget (helper-99
-and helper-101, about 2 min), of the record of stopped applications and of the run under
-way (helper-102, -103, -105 and -106, 1.8 min) and of pulls cut short (the
-unit's ExecStopPost=, 0.8 min), whose libraries the other modules meet there; and the
-README's demo, which runs in .venv whichever pass runs it. Marked ``once``; their unit
-tests run on both."""
+in test_pull and test_hostile_clients); TREE.list end to end (0.5 min); and outside
+attacks of pullback's own restore and reporting code (races against cp, restic and borg,
+about 2.5 min; the restores of the application tasks, helper-92, 0.9 min: pluggy meets
+test_app_plugins) and of its gone repositories, copies, signals and drills (helper-97
+and helper-98, about 2.5 min) and of processes killed at any moment and of stops during
+drills and forget (helper-99 and helper-101, about 2 min), of the record of stopped
+applications and of the run under way (helper-102, -103, -105 and -106, 1.8 min) and of
+pulls cut short (the unit's ExecStopPost=, 0.8 min), whose libraries the other modules
+meet there; and the README's demo, which runs in .venv whichever pass runs it. Marked
+``once``; their unit tests run on both."""
 
 
 LONGEST_FIRST = (

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .manifest import order, raw_entries
+from .tree_list import kind_of
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,36 @@ def pairs(root: Path, manifest: Path, prefix: str) -> Iterator[Pair]:
         listed = _listed(handle, start)
         tree = _tree(os.fsencode(base), start) if walk else iter(())
         yield from _merge(base, listed, tree)
+
+
+def others(root: Path, prefix: str) -> Iterator[tuple[str, bytes | None]]:
+    """Every entry below ``root/prefix`` that is not a regular file, as ``(name relative
+    to the root, its kind as tree_list writes it, None for a device node or socket)``.
+    Follows no symlink; holds one listing per open directory. Raises ValueError as
+    :func:`pairs` for a ``prefix`` reached through a symlink, OSError for a directory the
+    walk cannot read."""
+    base = os.fsencode(os.fspath(root))
+    start = order(prefix.rstrip("/") + "/")
+    if not _walkable(base, start):
+        return
+    stack = [iter(_scanned(base, start))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        name, mode = entry
+        if not stat.S_ISREG(mode):
+            yield os.fsdecode(name), kind_of(mode)
+        if stat.S_ISDIR(mode):
+            stack.append(iter(_scanned(base, name + b"/")))
+
+
+def _scanned(root: bytes, relative: bytes) -> list[tuple[bytes, int]]:
+    """The entries of the directory ``root/relative`` as ``(relative name, st_mode)``
+    (``lstat``: a symlink is itself)."""
+    with os.scandir(os.path.join(root, relative)) as found:
+        return [(relative + e.name, e.stat(follow_symlinks=False).st_mode) for e in found]
 
 
 def outside(manifest: Path, prefix: str) -> Iterator[str]:

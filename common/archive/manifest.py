@@ -35,14 +35,21 @@ def order(name: str) -> bytes:
 
 def format_line(name: str, digest: str) -> bytes:
     """One manifest line for ``name`` (as stored in the archive) and its hex digest."""
-    raw = os.fsencode(name)
+    return labelled_line(digest.encode(), os.fsencode(name))
+
+
+def labelled_line(label: bytes, raw: bytes) -> bytes:
+    """``label``, two spaces and the name ``raw``, as ``sha256sum`` writes a line: a name
+    holding a backslash, newline or carriage return escaped, the line then starting with
+    a backslash (:func:`unescape` reverses it)."""
     if any(c in raw for c in b"\\\n\r"):
         raw = raw.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
-        return b"\\" + digest.encode() + b"  " + raw + b"\n"
-    return digest.encode() + b"  " + raw + b"\n"
+        return b"\\" + label + b"  " + raw + b"\n"
+    return label + b"  " + raw + b"\n"
 
 
-def _unescape(raw: bytes) -> bytes:
+def unescape(raw: bytes) -> bytes:
+    """A name of an escaped line (:func:`labelled_line`) as its bytes."""
     out = bytearray()
     i = 0
     while i < len(raw):
@@ -83,5 +90,5 @@ def raw_entries(lines: Iterable[bytes]) -> Iterator[tuple[bytes, str]]:
         if not sep or len(digest) != 64:
             raise ValueError(f"{MANIFEST_NAME} line {number} is malformed")
         if escaped:
-            raw = _unescape(raw)
+            raw = unescape(raw)
         yield raw, digest.decode("ascii")

@@ -48,7 +48,7 @@ from ..fsutil import make_hole, pread_span, pwrite_all, write_all
 from ..log import get_logger
 from ..text import BoundedWarnings, escaped
 from ..units import human_size
-from . import acl, deltaops, removed, sha256state, sparse
+from . import acl, deltaops, removed, sha256state, sparse, tree_list
 from .baseindex import BaseIndex, IndexedFile, IndexWriter
 from .deltaops import BASE_KEY, DATA_KEY, REALSIZE_KEY
 from .filecache import CHUNKED_FROM
@@ -63,13 +63,16 @@ from .manifest import (
 )
 from .sidecar import SIDECAR_NAME
 from .tarformat import FIFOTYPE, Member
+from .tree_list import TREE_NAME
 
 log = get_logger("unpack")
 
 TOP_LEVEL = ("services", MANIFEST_NAME)
-_KEPT = ((MANIFEST_NAME,), (SIDECAR_NAME,))
+_TREE_TEMP = f".{TREE_NAME}.tmp"
+_KEPT = ((MANIFEST_NAME,), (SIDECAR_NAME,), (TREE_NAME,), (_TREE_TEMP,))
 """What the sweep leaves in staging although no member names it: the server writes the
-sidecar there (an archive cannot hold a member of that name: it is outside services/)."""
+sidecar there, the sweep its list of entries (an archive cannot hold a member of these
+names: they are outside services/)."""
 MAX_NAMED = 5
 """Files a manifest mismatch names (and it stops looking after one more)."""
 SPOOL_IN_MEMORY = 16 << 20
@@ -1372,18 +1375,31 @@ class Unpacker:
                 yield name, lambda path=path: _hash_path(path)
 
     def _sweep(self) -> None:
-        stack: list[tuple[str, ...]] = [()]
-        while stack:
-            parts = stack.pop()
-            fd = self._dir(parts)
-            for name in os.listdir(fd):
-                child = (*parts, name)
-                if _key(child) not in self._seen and child not in _KEPT:
-                    _remove(name, fd)
-                    self._forget_dir(child)
-                    self.stats.removed += 1
-                elif stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
-                    stack.append(child)
+        """Remove what no member named, and write the list of the directories, symbolic
+        links and FIFOs left (tree_list.TREE_NAME: the manifest lists the files), one
+        directory's names sorted, written as they are met (nothing held)."""
+        fd = os.open(_TREE_TEMP, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=self._root)
+        with open(fd, "wb") as listing:
+            stack: list[tuple[str, ...]] = [()]
+            while stack:
+                parts = stack.pop()
+                fd = self._dir(parts)
+                for name in sorted(os.listdir(fd)):
+                    child = (*parts, name)
+                    if child in _KEPT:
+                        continue
+                    if _key(child) not in self._seen:
+                        _remove(name, fd)
+                        self._forget_dir(child)
+                        self.stats.removed += 1
+                        continue
+                    mode = os.lstat(name, dir_fd=fd).st_mode
+                    kind = tree_list.kind_of(mode)
+                    if kind is not None:
+                        listing.write(tree_list.format_entry(kind, "/".join(child)))
+                    if stat.S_ISDIR(mode):
+                        stack.append(child)
+        os.rename(_TREE_TEMP, TREE_NAME, src_dir_fd=self._root, dst_dir_fd=self._root)
 
 
 def _write_new(fd: int, chunks, digest) -> bool:

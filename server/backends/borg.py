@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ...common.archive.manifest import MANIFEST_NAME
 from ...common.archive.sidecar import SIDECAR_NAME
+from ...common.archive.tree_list import TREE_NAME
 from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
 from ..retention import select
@@ -80,6 +81,7 @@ def create_args(host: str, spec: SnapshotSpec, extra: Sequence[str] = ()) -> lis
         "services",
         MANIFEST_NAME,
         SIDECAR_NAME,
+        TREE_NAME,
     ]
 
 

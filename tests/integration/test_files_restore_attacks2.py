@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from pullback.client.restore import check_listed
+from pullback.common.archive import tree_list
 from pullback.common.archive.manifest import MANIFEST_NAME, format_line
 from pullback.common.archive.sparse import data_regions
 from pullback.common.errors import PullbackError, UsageError
@@ -706,16 +707,20 @@ def test_a_dry_run_refuses_a_safety_dir_of_another_user(tmp_path):
 
 
 def write_manifest(snapshot: Path) -> None:
-    lines = []
-    for directory, _, names in os.walk(snapshot / "services"):
-        for name in names:
+    """The snapshot's MANIFEST.sha256 and TREE.list, as the server's unpacker leaves them."""
+    lines, others = [], []
+    for directory, dirs, names in os.walk(snapshot / "services"):
+        for name in [*dirs, *names]:
             full = os.path.join(directory, name)
+            rel = os.path.relpath(full, snapshot)
             if os.path.isfile(full) and not os.path.islink(full):
-                rel = os.path.relpath(full, snapshot)
                 with open(full, "rb") as fh:
                     lines.append((rel, hashlib.sha256(fh.read()).hexdigest()))
+            elif (kind := tree_list.kind_of(os.lstat(full).st_mode)) is not None:
+                others.append(tree_list.format_entry(kind, rel))
     lines.sort(key=lambda x: os.fsencode(x[0]))
     (snapshot / MANIFEST_NAME).write_bytes(b"".join(format_line(n, d) for n, d in lines))
+    (snapshot / tree_list.TREE_NAME).write_bytes(b"".join(others))
 
 
 def test_listed_names_with_newlines_backslashes_and_non_utf8_pass(tmp_path):
@@ -733,18 +738,58 @@ def test_listed_names_with_newlines_backslashes_and_non_utf8_pass(tmp_path):
         check_listed(snap, snap / "services/app")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="medium: only regular files are checked; a symlink (or FIFO, or empty "
-    "directory) an older snapshot left in DIR is restored as if the chosen snapshot had it",
-)
-def test_a_symlink_of_an_older_snapshot_in_dir_is_not_restored(tmp_path):
+@pytest.mark.parametrize("stray", ["symlink", "fifo", "empty directory", "link for a dir"])
+def test_a_symlink_of_an_older_snapshot_in_dir_is_not_restored(tmp_path, stray):
+    """Only regular files were checked: a symlink (or FIFO, or empty directory) an older
+    snapshot left in DIR was restored as if the chosen snapshot had it. The snapshot's
+    TREE.list (written by the server's unpacker) names the others."""
+    r = Restore(tmp_path)
+    os.mkdir(r.copy / "data/release")
+    write_manifest(r.snapshot)
+    place = r.copy / "data/old-release-link"
+    if stray == "symlink":
+        os.symlink("/etc/shadow", place)  # the older snapshot's
+    elif stray == "fifo":
+        os.mkfifo(place)
+    elif stray == "empty directory":
+        os.mkdir(place)
+    else:  # the snapshot's directory, a symlink in an older one
+        os.rmdir(r.copy / "data/release")
+        os.symlink("/etc", r.copy / "data/release")
+        place = r.copy / "data/release"
+    before = live_state(r.live)
+    result = r.run()
+    said = result.stdout + result.stderr
+    assert result.returncode == 2, said
+    name = place.relative_to(r.snapshot).as_posix()
+    assert f"and TREE.list describe: 1 entry ({name}) not in it" in said, said
+    assert not os.path.lexists(r.live / place.relative_to(r.copy))
+    assert live_state(r.live) == before
+
+
+def test_a_snapshot_stored_without_a_tree_list_is_restored_with_a_warning(tmp_path):
+    """A snapshot an older server stored has no TREE.list: its symlinks are restored (they
+    cannot be checked) and the warning says why."""
+    r = Restore(tmp_path)
+    os.symlink("config.ini", r.copy / "etc/app/current")
+    write_manifest(r.snapshot)
+    (r.snapshot / "TREE.list").unlink()
+    result = r.run()
+    said = result.stdout + result.stderr
+    assert result.returncode == 0, said
+    assert "has no TREE.list (a snapshot stored before pullback 0.3.0)" in said, said
+    assert os.readlink(r.live / "etc/app/current") == "config.ini"
+
+
+def test_a_tree_list_that_does_not_parse_is_named_and_nothing_changes(tmp_path):
     r = Restore(tmp_path)
     write_manifest(r.snapshot)
-    os.symlink("/etc/shadow", r.copy / "data/old-release-link")  # the older snapshot's
+    (r.snapshot / "TREE.list").write_bytes(b"d  services\nx  services/app\n")
+    before = live_state(r.live)
     result = r.run()
-    assert result.returncode == 2, result.stderr
-    assert not os.path.lexists(r.live / "data/old-release-link")
+    said = result.stdout + result.stderr
+    assert result.returncode == 1 and "TREE.list line 2 is malformed" in said, said
+    assert live_state(r.live) == before
 
 
 def test_files_below_a_symlinked_directory_in_dir_are_checked(tmp_path):

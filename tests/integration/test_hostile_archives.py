@@ -59,6 +59,7 @@ from pullback.common.archive.deltaops import BASE, DATA_KEY, REALSIZE_KEY, Copy,
 from pullback.common.archive.directory import prepare_marks
 from pullback.common.archive.manifest import MANIFEST_NAME, format_line
 from pullback.common.archive.sidecar import SIDECAR_NAME, BaseRef
+from pullback.common.archive.tree_list import TREE_NAME
 from tests.helpers.archives import (
     MTIME,
     Entry,
@@ -92,6 +93,7 @@ GOOD_MANIFEST = manifest_digest(GOOD)
 GOOD_TREE = {
     b"MANIFEST.sha256",
     b"SIDECAR.json",  # the server's own record of the pull, beside the manifest
+    b"TREE.list",  # and its list of the directories, symlinks and FIFOs
     b"services",
     b"services/app",
     b"services/app/files",
@@ -592,6 +594,8 @@ def recovers(corpus: Corpus, hosts: list[str]) -> None:
         assert pulled.result(host).startswith("stored: "), pulled.lines(host)
         assert corpus.snapshots(host) == counts[host] + 1
         assert tree(corpus.staging(host)) == GOOD_TREE, host
+        listed = (corpus.staging(host) / TREE_NAME).read_bytes()
+        assert listed == b"d  services\nd  services/app\nd  services/app/files\n", host
         assert not any(corpus.partial(host).iterdir())
         assert corpus.held(host) == BaseRef(published[host].name, GOOD_MANIFEST), host
         corpus.goods[host] = published[host].name
@@ -1200,6 +1204,12 @@ DELTA_TRICKS = {
     "PULLBACK.base at SIDECAR.json (the server's record in staging)": Case(
         raw_archive(base_member(STOLEN, SIDECAR_NAME)),
         "member 'SIDECAR.json' is outside services/",
+        before=BASE_TREE,
+        form="delta",
+    ),
+    "PULLBACK.base at TREE.list (the server's list in staging)": Case(
+        raw_archive(base_member(STOLEN, TREE_NAME)),
+        "member 'TREE.list' is outside services/",
         before=BASE_TREE,
         form="delta",
     ),

@@ -152,6 +152,7 @@ def test_borg_create_names_the_archive_after_host_and_stamp():
         "services",
         "MANIFEST.sha256",
         "SIDECAR.json",
+        "TREE.list",
     ]
 
 

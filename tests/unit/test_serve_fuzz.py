@@ -44,9 +44,11 @@ PROPERTY = settings(
 ARCHIVE = r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9]{8}T[0-9]{6}Z\.tar(?:\.zst|\.gz)?"
 OFFSET = r"0|[1-9][0-9]{0,18}"
 GRAMMAR = re.compile(
-    rf"(?P<verb>list|lock)|(?P<send>send) (?P<archive>{ARCHIVE}) (?P<offset>{OFFSET})"
-    rf"|(?P<fetched>fetched) (?P<name>{ARCHIVE})"
+    rf"(?P<verb>list|lock|full|session)|(?P<send>send) (?P<archive>{ARCHIVE}) (?P<offset>{OFFSET})"
+    rf"|(?P<fetched>fetched) (?P<name>{ARCHIVE})(?: (?P<word>deltas|lean-deltas))?"
 )
+"""The six requests (common/protocol.py): hypothesis once found ``full`` accepted while
+this said only list and lock (protocol 2 added it)."""
 MAX_REQUEST = 512
 
 ARCHIVES = ["web1-20261122T030000Z.tar.zst", "web1-20261123T030000Z.tar.gz"]
@@ -138,6 +140,11 @@ requests = (
 @example("fetched web1-20261122T030000Z.tar.zst " + " " * 600)
 @example("list\x00")
 @example("send web1-20261122T030000Z.tar.zst \u0663")
+@example("full")
+@example("session")
+@example("fetched web1-20261122T030000Z.tar.zst deltas")
+@example("fetched web1-20261122T030000Z.tar.zst lean-deltas")
+@example("fetched web1-20261122T030000Z.tar.zst lean")
 def test_parse_request_accepts_exactly_the_grammar(text):
     """parse_request returns a Request iff the text is one of the four requests of the
     strict grammar (and at most 512 characters); its fields are what the text said."""
@@ -155,6 +162,10 @@ def test_parse_request_accepts_exactly_the_grammar(text):
         assert str(request.offset) == match["offset"] and 0 <= request.offset < 10**19
     else:
         assert (request.verb, request.archive) == ("fetched", match["name"])
+        assert (request.deltas, request.lean) == (
+            match["word"] is not None,
+            match["word"] == "lean-deltas",
+        )
 
 
 @settings(PROPERTY, max_examples=100)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,12 @@ SHOWN = 3
 """Files named in a message about a tree that is not the snapshot's; the rest counted."""
 
 
+FETCH_AGAIN = (
+    "Fetch the snapshot into an empty directory (or rsync with --delete) and restore "
+    "again; nothing was changed"
+)
+
+
 def check_listed(snapshot: Path, root: Path) -> None:
     """Check that every regular file below ``root`` (``services/<name>`` of the snapshot
     directory ``snapshot``) is one its ``MANIFEST.sha256`` lists: a directory fetched
@@ -223,8 +230,7 @@ def check_listed(snapshot: Path, root: Path) -> None:
         )
         raise UsageError(
             f"{printable(str(snapshot), 200)} is not the snapshot its {lists}: "
-            f"{named} not in it. Fetch the snapshot into an "
-            "empty directory (or rsync with --delete) and restore again; nothing was changed"
+            f"{named} not in it. {FETCH_AGAIN}"
         )
     if absent.count:
         log.warning("%s listed in %s absent (fetched in part?)", absent, manifest)
@@ -250,11 +256,14 @@ def _strays(snapshot: Path, relative: str) -> _Named:
     """The directories, symbolic links and FIFOs below ``snapshot/relative`` that the
     snapshot's tree_list.TREE_NAME does not list as such (another snapshot's, in a
     directory fetched into twice). A snapshot stored without the list (by pullback before
-    0.3.0) cannot be checked: a warning says so. Raises ArchiveError for a list that does
-    not parse."""
+    0.3.0) cannot be checked: a warning says so. Raises UsageError for a list that is no
+    regular file or belongs to another snapshot's manifest (both fetched into one
+    directory), ArchiveError for one that does not parse."""
     strays = _Named(noun="entry", nouns="entries")
     listing = snapshot / TREE_NAME
-    if listing.is_symlink() or not listing.is_file():
+    try:
+        mode = listing.lstat().st_mode
+    except FileNotFoundError:
         log.warning(
             "%s has no %s (a snapshot stored before pullback 0.3.0): its directories, "
             "symbolic links and FIFOs are not checked against the snapshot's",
@@ -262,11 +271,19 @@ def _strays(snapshot: Path, relative: str) -> _Named:
             TREE_NAME,
         )
         return strays
+    where = printable(str(snapshot), 200)
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{where}: its {TREE_NAME} is not a regular file. {FETCH_AGAIN}")
     try:
-        with open(listing, "rb") as lines:
+        with open(os.open(listing, os.O_RDONLY | os.O_NOFOLLOW), "rb") as lines:
             known = tree_list.read_below(lines, relative)
+        if not known.belongs_to(snapshot / MANIFEST_NAME):
+            raise UsageError(
+                f"{where}: its {TREE_NAME} is another snapshot's than its {MANIFEST_NAME} "
+                f"(two snapshots fetched into it?). {FETCH_AGAIN}"
+            )
         for name, kind in listed.others(snapshot, relative):
-            if kind is None or known.get(os.fsencode(name)) != kind:
+            if kind is None or known.entries.get(os.fsencode(name)) != kind:
                 strays.add(name)
     except ValueError as exc:
         raise ArchiveError(f"{listing}: {exc}") from None

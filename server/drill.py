@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -161,7 +162,9 @@ def check_tree(root: Path, result: DrillResult) -> None:
         found.append(printable(str(exc), 300))
     result.problems += found
     if more:
-        result.problems.append(f"and {counted(more, 'file')} more differ from the manifest")
+        result.problems.append(
+            f"and {more} more differ from the {MANIFEST_NAME} or the {TREE_NAME}"
+        )
 
 
 def _tree_problems(root: Path, manifest: Path, result: DrillResult) -> Iterator[str]:
@@ -184,10 +187,19 @@ def _other_entry_problems(root: Path) -> Iterator[str]:
     list (before 0.3.0). Holds the list (bounded by the host's ``max_entries``); raises
     ValueError, OSError."""
     listing = root / TREE_NAME
-    if listing.is_symlink() or not listing.is_file():
+    try:
+        mode = listing.lstat().st_mode
+    except FileNotFoundError:
         return
-    with open(listing, "rb") as lines:
-        known = tree_list.read_below(lines, "services")
+    if not stat.S_ISREG(mode):
+        yield f"{TREE_NAME} is not a regular file"
+        return
+    with open(os.open(listing, os.O_RDONLY | os.O_NOFOLLOW), "rb") as lines:
+        read = tree_list.read_below(lines, "services")
+    if not read.belongs_to(root / MANIFEST_NAME):
+        yield f"{TREE_NAME} was written beside another {MANIFEST_NAME}"
+        return
+    known = read.entries
     for name, kind in listed.others(root, "services"):
         was = known.pop(os.fsencode(name), None)
         if was is None:

@@ -1378,8 +1378,11 @@ class Unpacker:
         """Remove what no member named, and write the list of the directories, symbolic
         links and FIFOs left (tree_list.TREE_NAME: the manifest lists the files), one
         directory's names sorted, written as they are met (nothing held)."""
-        fd = os.open(_TREE_TEMP, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=self._root)
+        _remove(_TREE_TEMP, self._root)  # (nothing at that name is followed or kept)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(_TREE_TEMP, flags, 0o600, dir_fd=self._root)
         with open(fd, "wb") as listing:
+            listing.write(tree_list.format_header(self.manifest_sha256))
             stack: list[tuple[str, ...]] = [()]
             while stack:
                 parts = stack.pop()
@@ -1399,6 +1402,9 @@ class Unpacker:
                         listing.write(tree_list.format_entry(kind, "/".join(child)))
                     if stat.S_ISDIR(mode):
                         stack.append(child)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.lstat(TREE_NAME, dir_fd=self._root).st_mode):
+                _remove(TREE_NAME, self._root)  # (a rename replaces no directory)
         os.rename(_TREE_TEMP, TREE_NAME, src_dir_fd=self._root, dst_dir_fd=self._root)
 
 

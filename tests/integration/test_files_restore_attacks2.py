@@ -719,8 +719,10 @@ def write_manifest(snapshot: Path) -> None:
             elif (kind := tree_list.kind_of(os.lstat(full).st_mode)) is not None:
                 others.append(tree_list.format_entry(kind, rel))
     lines.sort(key=lambda x: os.fsencode(x[0]))
-    (snapshot / MANIFEST_NAME).write_bytes(b"".join(format_line(n, d) for n, d in lines))
-    (snapshot / tree_list.TREE_NAME).write_bytes(b"".join(others))
+    manifest = b"".join(format_line(n, d) for n, d in lines)
+    (snapshot / MANIFEST_NAME).write_bytes(manifest)
+    header = tree_list.format_header(hashlib.sha256(manifest).hexdigest())
+    (snapshot / tree_list.TREE_NAME).write_bytes(header + b"".join(others))
 
 
 def test_listed_names_with_newlines_backslashes_and_non_utf8_pass(tmp_path):
@@ -784,7 +786,8 @@ def test_a_snapshot_stored_without_a_tree_list_is_restored_with_a_warning(tmp_pa
 def test_a_tree_list_that_does_not_parse_is_named_and_nothing_changes(tmp_path):
     r = Restore(tmp_path)
     write_manifest(r.snapshot)
-    (r.snapshot / "TREE.list").write_bytes(b"d  services\nx  services/app\n")
+    listing = r.snapshot / "TREE.list"
+    listing.write_bytes(listing.read_bytes().splitlines(keepends=True)[0] + b"x  services/app\n")
     before = live_state(r.live)
     result = r.run()
     said = result.stdout + result.stderr

@@ -594,7 +594,8 @@ def recovers(corpus: Corpus, hosts: list[str]) -> None:
         assert pulled.result(host).startswith("stored: "), pulled.lines(host)
         assert corpus.snapshots(host) == counts[host] + 1
         assert tree(corpus.staging(host)) == GOOD_TREE, host
-        listed = (corpus.staging(host) / TREE_NAME).read_bytes()
+        header, listed = (corpus.staging(host) / TREE_NAME).read_bytes().split(b"\n", 1)
+        assert header == b"m  " + GOOD_MANIFEST.encode(), host
         assert listed == b"d  services\nd  services/app\nd  services/app/files\n", host
         assert not any(corpus.partial(host).iterdir())
         assert corpus.held(host) == BaseRef(published[host].name, GOOD_MANIFEST), host

@@ -223,7 +223,7 @@ def test_the_drills_problems_escape_names_and_count_past_a_thousand(tmp_path):
     result = DrillResult("web1")
     check_tree(tmp_path, result)
     assert len(result.problems) == NAMED + 1
-    assert result.problems[-1] == "and 50 files more differ from the manifest"
+    assert result.problems[-1] == "and 50 more differ from the MANIFEST.sha256 or the TREE.list"
     evil = [p for p in result.problems if "evil" in p]
     assert evil and "\n" not in evil[0] and "\x1b" not in evil[0], evil
 

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from .manifest import order, raw_entries
 from .tree_list import kind_of
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,17 +74,9 @@ def others(root: Path, prefix: str) -> Iterator[tuple[str, bytes | None]]:
     start = order(prefix.rstrip("/") + "/")
     if not _walkable(base, start):
         return
-    stack = [iter(_scanned(base, start))]
-    while stack:
-        entry = next(stack[-1], None)
-        if entry is None:
-            stack.pop()
-            continue
-        name, mode = entry
+    for name, mode in _depth_first(base, start, _scanned, stat.S_ISDIR):
         if not stat.S_ISREG(mode):
             yield os.fsdecode(name), kind_of(mode)
-        if stat.S_ISDIR(mode):
-            stack.append(iter(_scanned(base, name + b"/")))
 
 
 def _scanned(root: bytes, relative: bytes) -> list[tuple[bytes, int]]:
@@ -154,17 +148,30 @@ def _tree(root: bytes, start: bytes) -> Iterator[tuple[bytes, bool]]:
     bytes relative to the root, is a regular file)``, in the manifest's order. Holds one
     ``scandir`` listing per open directory (no recursion: depth is not bounded by
     Python's stack)."""
-    stack = [_listing(root, start)]
+    for name, kind in _depth_first(root, start, _listing, lambda kind: kind is _DIRECTORY):
+        if kind is not _DIRECTORY:
+            yield name, kind is _REGULAR
+
+
+def _depth_first(
+    root: bytes,
+    start: bytes,
+    listing: Callable[[bytes, bytes], Iterable[tuple[bytes, T]]],
+    descend: Callable[[T], bool],
+) -> Iterator[tuple[bytes, T]]:
+    """Every entry ``listing(root, relative)`` gives below ``root/start``, each directory's
+    in its order, an entry of which ``descend`` says yes followed by its own entries.
+    Holds one listing per open directory (no recursion: depth is not bounded by Python's
+    stack)."""
+    stack = [iter(listing(root, start))]
     while stack:
         step = next(stack[-1], None)
         if step is None:
             stack.pop()
             continue
-        name, kind = step
-        if kind is _DIRECTORY:
-            stack.append(_listing(root, name + b"/"))
-        else:
-            yield name, kind is _REGULAR
+        yield step
+        if descend(step[1]):
+            stack.append(iter(listing(root, step[0] + b"/")))
 
 
 _DIRECTORY, _REGULAR, _OTHER = object(), object(), object()

@@ -166,8 +166,9 @@ worker one after another while the other runs the rest (``pytest_xdist_make_sche
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile`` (scripts/test), but the system tier's modules are one unit of
     work: returns the scheduler, or None for pytest-xdist's own (other ``--dist`` modes).
-    pytest-xdist's ``loadgroup`` would do it by marks, but pytest 9 no longer lets it
-    rename the tests it groups."""
+    pytest-xdist's ``loadgroup`` would do it by marks, but here (pytest 9.2, pytest-xdist
+    3.8) it did not: a throwaway suite's modules, each marked with a group of its own, ran
+    on both workers."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,33 +259,32 @@ def _strays(snapshot: Path, relative: str) -> _Named:
     regular file or belongs to another snapshot's manifest (both fetched into one
     directory), ArchiveError for one that does not parse."""
     strays = _Named(noun="entry", nouns="entries")
-    listing = snapshot / TREE_NAME
+    where = printable(str(snapshot), 200)
     try:
-        mode = listing.lstat().st_mode
-    except FileNotFoundError:
+        known = tree_list.read_beside(snapshot, relative)
+    except tree_list.NotAList as exc:
+        raise UsageError(f"{where}: its {exc}. {FETCH_AGAIN}") from None
+    except tree_list.OtherManifests:
+        raise UsageError(
+            f"{where}: its {TREE_NAME} is another snapshot's than its {MANIFEST_NAME} "
+            f"(two snapshots fetched into it?). {FETCH_AGAIN}"
+        ) from None
+    except ValueError as exc:
+        raise ArchiveError(f"{snapshot / TREE_NAME}: {exc}") from None
+    if known is None:
         log.warning(
             "%s has no %s (a snapshot stored before pullback 0.3.0): its directories, "
             "symbolic links and FIFOs are not checked against the snapshot's",
-            printable(str(snapshot), 200),
+            where,
             TREE_NAME,
         )
         return strays
-    where = printable(str(snapshot), 200)
-    if not stat.S_ISREG(mode):
-        raise UsageError(f"{where}: its {TREE_NAME} is not a regular file. {FETCH_AGAIN}")
     try:
-        with open(os.open(listing, os.O_RDONLY | os.O_NOFOLLOW), "rb") as lines:
-            known = tree_list.read_below(lines, relative)
-        if not known.belongs_to(snapshot / MANIFEST_NAME):
-            raise UsageError(
-                f"{where}: its {TREE_NAME} is another snapshot's than its {MANIFEST_NAME} "
-                f"(two snapshots fetched into it?). {FETCH_AGAIN}"
-            )
         for name, kind in listed.others(snapshot, relative):
             if kind is None or known.entries.get(os.fsencode(name)) != kind:
                 strays.add(name)
     except ValueError as exc:
-        raise ArchiveError(f"{listing}: {exc}") from None
+        raise ArchiveError(f"{snapshot / relative}: {exc}") from None
     return strays
 
 

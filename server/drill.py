@@ -9,7 +9,6 @@ import logging
 import os
 import random
 import shutil
-import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -186,18 +185,12 @@ def _other_entry_problems(root: Path) -> Iterator[str]:
     missing (a backend that lost a symlink). Nothing for a snapshot stored without the
     list (before 0.3.0). Holds the list (bounded by the host's ``max_entries``); raises
     ValueError, OSError."""
-    listing = root / TREE_NAME
     try:
-        mode = listing.lstat().st_mode
-    except FileNotFoundError:
+        read = tree_list.read_beside(root, "services")
+    except (tree_list.NotAList, tree_list.OtherManifests) as exc:
+        yield str(exc)
         return
-    if not stat.S_ISREG(mode):
-        yield f"{TREE_NAME} is not a regular file"
-        return
-    with open(os.open(listing, os.O_RDONLY | os.O_NOFOLLOW), "rb") as lines:
-        read = tree_list.read_below(lines, "services")
-    if not read.belongs_to(root / MANIFEST_NAME):
-        yield f"{TREE_NAME} was written beside another {MANIFEST_NAME}"
+    if read is None:
         return
     known = read.entries
     for name, kind in listed.others(root, "services"):

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..common.archive import sidecar as sidecars
 from ..common.archive.manifest import MANIFEST_NAME, format_line, parse
 from ..common.archive.sidecar import SIDECAR_NAME
-from ..common.archive.tree_list import TREE_NAME
+from ..common.archive.stored import BESIDE_SERVICES
 from ..common.clock import shown, stamp_of, utc_now
 from ..common.errors import EXIT_OK, ArchiveError, PullbackError, UsageError
 from ..common.fsutil import remove_entry
@@ -29,11 +29,6 @@ from .backends import Backend, Snapshot, named, plausible
 from .config import ServerConfig
 from .host import HostContext
 from .missing import open_pulled
-
-_BESIDE = (MANIFEST_NAME, SIDECAR_NAME, TREE_NAME)
-"""What a snapshot holds beside ``services/``, restored with a service or a path: what
-proves it (the manifest, tree_list's list of the other entries) and what it was (the
-sidecar). A snapshot stored before one of them was written lacks it (borg warns)."""
 
 
 @dataclass(frozen=True)
@@ -70,11 +65,11 @@ class RestoreRequest:
         if self.service and adopted:
             includes.append(self.service if "/" in self.service else f"*/{self.service}")
         elif self.service:
-            includes += [f"services/{self.service}", *_BESIDE]
+            includes += [f"services/{self.service}", *BESIDE_SERVICES]
         if self.path:
             includes.append(_relative(self.path))
             if not adopted and not self.service:  # what proves it, and what it was
-                includes += list(_BESIDE)
+                includes += list(BESIDE_SERVICES)
         return includes
 
 
@@ -382,10 +377,10 @@ class SetAside:
 
 def _written(target: Path, includes: list[str], adopted: bool) -> list[str]:
     """The paths (relative to ``target``, literal) a restore of ``includes`` writes:
-    the whole snapshot's ``services`` and what is beside it (_BESIDE); in an adopted snapshot
-    every entry, and a service ``*/NAME`` below each directory there."""
+    the whole snapshot's ``services`` and what is beside it (BESIDE_SERVICES); in an
+    adopted snapshot every entry, and a service ``*/NAME`` below each directory there."""
     if not includes:
-        return sorted(os.listdir(target)) if adopted else ["services", *_BESIDE]
+        return sorted(os.listdir(target)) if adopted else ["services", *BESIDE_SERVICES]
     written = []
     for include in includes:
         if include.startswith("*/"):  # (adopted: a service below any type)

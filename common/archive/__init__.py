@@ -23,9 +23,10 @@ The format, in twenty lines (the full text is docs/archive-format.md):
 Modules: ``tarformat`` (headers, reading), ``writer`` (the client's streaming writer),
 ``filedata`` (reading a file that may change), ``sparse``, ``tee`` (the compressor's
 output), ``reader`` (decompress, hash and iterate a stream; verify a file), ``unpack``
-(the server's safe unpacker), ``manifest``, ``sidecar``, ``acl``, ``compression``,
-``stats``, ``dumps`` (the names of database dumps) and ``directory`` (the archive
-directory: publish, list, retention).
+(the server's safe unpacker), ``manifest``, ``sidecar``, ``tree_list`` (a stored
+snapshot's other entries), ``stored`` (the names beside ``services/``), ``acl``,
+``compression``, ``stats``, ``dumps`` (the names of database dumps) and ``directory``
+(the archive directory: publish, list, retention).
 This package imports only common's runtime modules (errors, log, runner, locks, fsutil,
 schema, units), never the client, the server or the plugins.
 """

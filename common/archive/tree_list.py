@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .manifest import labelled_line, unescape
+from .manifest import MANIFEST_NAME, labelled_line, unescape
 
 TREE_NAME = "TREE.list"
 
@@ -58,6 +58,35 @@ class TreeList:
         beside (its sha256, the file streamed). Raises OSError."""
         with open(manifest, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").hexdigest() == self.manifest_sha256
+
+
+class NotAList(ValueError):
+    """The name ``TREE.list`` beside a snapshot's manifest is no regular file."""
+
+
+class OtherManifests(ValueError):
+    """The list was written beside another manifest than the one beside it now (two
+    snapshots fetched into one directory)."""
+
+
+def read_beside(root: Path, prefix: str) -> TreeList | None:
+    """The list of the snapshot at ``root`` (``root/TREE.list``), with its entries below
+    ``prefix``, once it is known to belong to ``root/MANIFEST.sha256``; None when there
+    is none (a snapshot stored by pullback before 0.3.0). Nothing at that name is
+    followed. Raises NotAList, OtherManifests, ValueError as :func:`read_below`, and
+    OSError."""
+    listing = root / TREE_NAME
+    try:
+        mode = listing.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(mode):
+        raise NotAList(f"{TREE_NAME} is not a regular file")
+    with open(os.open(listing, os.O_RDONLY | os.O_NOFOLLOW), "rb") as lines:
+        read = read_below(lines, prefix)
+    if not read.belongs_to(root / MANIFEST_NAME):
+        raise OtherManifests(f"{TREE_NAME} was written beside another {MANIFEST_NAME}")
+    return read
 
 
 def kind_of(mode: int) -> bytes | None:

@@ -61,7 +61,7 @@ from .manifest import (
     format_line,
     parse,
 )
-from .sidecar import SIDECAR_NAME
+from .stored import BESIDE_SERVICES
 from .tarformat import FIFOTYPE, Member
 from .tree_list import TREE_NAME
 
@@ -69,7 +69,7 @@ log = get_logger("unpack")
 
 TOP_LEVEL = ("services", MANIFEST_NAME)
 _TREE_TEMP = f".{TREE_NAME}.tmp"
-_KEPT = ((MANIFEST_NAME,), (SIDECAR_NAME,), (TREE_NAME,), (_TREE_TEMP,))
+_KEPT = (*((name,) for name in BESIDE_SERVICES), (_TREE_TEMP,))
 """What the sweep leaves in staging although no member names it: the server writes the
 sidecar there, the sweep its list of entries (an archive cannot hold a member of these
 names: they are outside services/)."""

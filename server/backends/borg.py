@@ -17,9 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ...common.archive.manifest import MANIFEST_NAME
-from ...common.archive.sidecar import SIDECAR_NAME
-from ...common.archive.tree_list import TREE_NAME
+from ...common.archive.stored import BESIDE_SERVICES
 from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
 from ..retention import select
@@ -79,9 +77,7 @@ def create_args(host: str, spec: SnapshotSpec, extra: Sequence[str] = ()) -> lis
         *extra,
         f"::{archive_name(host, spec.stamp)}",
         "services",
-        MANIFEST_NAME,
-        SIDECAR_NAME,
-        TREE_NAME,
+        *BESIDE_SERVICES,
     ]
 
 

@@ -93,6 +93,10 @@ class RunSummary:
     """The services the status file keeps an entry for (the run's
     :func:`.run.kept_entries`); None: every entry stays (``start-stopped`` reads no
     configuration; a configuration in doubt)."""
+    reports: dict | None = None
+    """The mark in ``stopped.json`` of the run this reports (:meth:`.stopped.Underway.
+    identity`), kept in the status file as ``reported_run``: a mark a power cut left
+    after the status file was written is then known as reported (None: no mark)."""
 
     def headline(self) -> str:
         failed = [s.name for s in self.services if s.status != Status.OK and s.error != LEFT_OUT]
@@ -144,6 +148,8 @@ def merged(config: ClientConfig, run: RunSummary) -> dict:
             entry["last_success"] = now
     if run.configured is not None:  # (a service removed or disabled: no alert for it)
         _drop_unconfigured(status, run.configured)
+    if run.reports is not None:
+        status["reported_run"] = run.reports
     return status
 
 

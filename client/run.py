@@ -288,7 +288,13 @@ class Reporter:
         elapsed = time.monotonic() - self.started
         killed = self.recovery.killed_services()
         summary = outputs.RunSummary(
-            False, elapsed, killed, error=error, problems=self.problems, configured=self.configured
+            False,
+            elapsed,
+            killed,
+            error=error,
+            problems=self.problems,
+            configured=self.configured,
+            reports=self._mark(),
         )
         self._finish(summary)
 
@@ -303,6 +309,7 @@ class Reporter:
             result.sidecar,
             problems=self.problems,
             configured=self.configured,
+            reports=self._mark(),
         )
         unwritten = self._finish(summary)
         return code or (EXIT_FAILED if unwritten else EXIT_OK)
@@ -336,6 +343,11 @@ class Reporter:
         if self.record is not None and self.record.run is not None:
             self.record.unreported()
         return unwritten
+
+    def _mark(self) -> dict | None:
+        """This run's mark (:meth:`.stopped.Underway.identity`), None while unwritten."""
+        run = self.record.run if self.record is not None else None
+        return run.identity() if run is not None else None
 
     def _recorded(self) -> None:
         if self.record is not None:

@@ -139,6 +139,11 @@ class Underway:
     ended: str | None = None
     """How it ended, when it could still say (its status file could not be written)."""
 
+    def identity(self) -> dict:
+        """What tells this run's mark from any other's: its pid and when it began (the
+        status file's ``reported_run`` once its report is written)."""
+        return {"pid": self.pid, "at": self.at}
+
     def said(self) -> str:
         """``the run (pid ..., started at ...)``, bounded."""
         return f"the run (pid {printable(str(self.pid), 20)}, started at {printable(self.at, 40)})"
@@ -447,6 +452,9 @@ def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
         contents = read_record(path)
     except (DamagedRecord, OSError) as exc:
         return Recovery(problems=[_set_aside(path, exc)])
+    if contents.run is not None and _reported(config, contents.run):
+        StoppedRecord(path, "run").reported()
+        contents.run = None
     recovery = Recovery(contents.entries, run=contents.run)
     if contents.run is not None:  # (the mark stays until the caller's report is written)
         log.error(
@@ -477,6 +485,20 @@ def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return recovery
+
+
+def _reported(config: ClientConfig, run: Underway) -> bool:
+    """Whether the status file says that ``run``'s report was written (its mark was left
+    by a power cut, or an error, between that write and the mark's removal): the mark
+    then leaves, said in the log; no run is reported as killed that was not."""
+    try:
+        reported = outputs.load_status(config).get("reported_run")
+    except OSError:
+        return False
+    if reported != run.identity():
+        return False
+    log.info("%s wrote its report before it ended: its mark in %s leaves", run.said(), RECORD_NAME)
+    return True
 
 
 def _start(entry: Stopped, services: dict, plugins: PluginSet, scratch: Path) -> str | None:
@@ -645,7 +667,10 @@ def report(config: ClientConfig, recovery: Recovery) -> list[str]:
     lines = recovery.report_lines()
     if not lines:
         return []
-    summary = outputs.RunSummary(False, 0.0, recovery.killed_services(), problems=lines)
-    notifier = Notifier(config.notify, f"run on {config.hostname}")
     record = StoppedRecord(record_path(config), "run")
+    reports = record.run.identity() if record.run is not None else None
+    summary = outputs.RunSummary(
+        False, 0.0, recovery.killed_services(), problems=lines, reports=reports
+    )
+    notifier = Notifier(config.notify, f"run on {config.hostname}")
     return outputs.finish(config, notifier, summary, recorded=record.reported)

@@ -354,14 +354,17 @@ def test_a_mark_of_an_earlier_boot_and_of_an_older_version(box):
     made = box.cli("start-stopped", env={"SERVICE_RESULT": "signal", "EXIT_STATUS": "KILL"})
     assert made.returncode == 0, made.stderr
     assert "(the machine restarted before it ended)" in status(box)["error"]
-    _mark(box)  # (no boot, no unit run: an older version's; systemd speaks of another run)
+    # each mark another run's (pid and start): the status file names the run it reported,
+    # and a mark of that run again would be one a power cut left after its report
+    _mark(box, at="2026-12-05T01:00:01Z")  # (no boot, no unit run: an older version's;
+    # systemd speaks of another run)
     made = box.cli("start-stopped", env={"SERVICE_RESULT": "signal", "EXIT_STATUS": "KILL"})
     assert "(killed?)" in status(box)["error"]
-    _mark(box, invocation="u1")  # (the unit's own run)
+    _mark(box, at="2026-12-05T01:00:02Z", invocation="u1")  # (the unit's own run)
     unit = {"SERVICE_RESULT": "signal", "EXIT_STATUS": "KILL", "INVOCATION_ID": "u1"}
     made = box.cli("start-stopped", env=unit)
     assert "(killed by SIGKILL)" in status(box)["error"]
-    _mark(box)
+    _mark(box, at="2026-12-05T01:00:03Z")
     made = box.cli("run")  # (the next run: no $SERVICE_RESULT)
     assert made.returncode == 1
     assert "(killed?)" in status(box)["error"]

@@ -155,3 +155,46 @@ def test_a_run_stopped_by_sigterm_or_refused_by_the_lock_leaves_no_mark(good_day
     dry = box.cli("run", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert not _record(box).exists()
+
+
+WAITS = """\
+service: {{name: {name}}}
+command:
+  dump:
+    - run: "echo data; touch {marker}; while [ -e {marker} ]; do sleep 0.05; done"
+      output: out.txt
+"""
+
+
+def test_a_mark_left_after_its_report_was_written_is_not_a_killed_run(box):
+    """A power cut between the run's status file and its mark's removal: the status file
+    names the run it reports (``reported_run``), so the mark it left is not reported as a
+    killed run; a mark of any other run still is."""
+    box.add_service("slow", WAITS.format(name="slow", marker=box.marker))
+    proc = box.popen("run", env=dict(os.environ))
+    while not box.marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    left = _record(box).read_text()  # the mark as the power cut leaves it
+    box.marker.unlink()  # the dump ends
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert not _record(box).exists()
+    reported = json.loads(left)["run"]
+    assert _status(box)["reported_run"] == {"pid": reported["pid"], "at": reported["at"]}
+    before = _status(box)
+
+    _record(box).write_text(left)
+    result = box.cli("start-stopped")
+    assert result.returncode == 0, result.stderr
+    assert _status(box) == before and _mails(box) == []  # nothing reported again
+    assert not _record(box).exists()
+
+    other = json.loads(left)
+    other["run"]["at"] = "2026-12-05T01:00:00Z"  # another run's mark: it was killed
+    _record(box).write_text(json.dumps(other))
+    assert box.cli("start-stopped").returncode == 0
+    status = _status(box)
+    assert status["last_run_ok"] is False and status["error"].endswith(KILLED)
+    assert status["reported_run"] == {"pid": other["run"]["pid"], "at": other["run"]["at"]}
+    assert not _record(box).exists()

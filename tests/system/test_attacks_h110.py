@@ -8,6 +8,7 @@ others show what held."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import uuid
@@ -66,6 +67,9 @@ def _slow_unit(root, seconds: int) -> None:
     )
 
 
+_MINUTES = itertools.count()
+
+
 def _record(root, entries: list[tuple[str, str, list[str]]]) -> None:
     """The record a run killed by a power cut leaves: ``entries`` (service, task, names),
     and its mark, from an earlier boot."""
@@ -84,7 +88,9 @@ def _record(root, entries: list[tuple[str, str, list[str]]]) -> None:
         ],
         "run": {
             "pid": 4242,
-            "at": "2026-12-05T01:59:00Z",
+            # each record another run's: the status file names the run it last reported,
+            # and a mark of that same run would be one left after its report
+            "at": f"2026-12-05T01:{next(_MINUTES):02d}:00Z",
             "services": sorted({e[0] for e in entries}) or ["cut"],
             "earlier": [],
             "boot": str(uuid.uuid4()),

@@ -95,8 +95,9 @@ class RunSummary:
     configuration; a configuration in doubt)."""
     reports: dict | None = None
     """The mark in ``stopped.json`` of the run this reports (:meth:`.stopped.Underway.
-    identity`), kept in the status file as ``reported_run``: a mark a power cut left
-    after the status file was written is then known as reported (None: no mark)."""
+    identity`: its pid, start and random token), kept in the status file as
+    ``reported_run``: a mark a power cut left after the status file was written is then
+    known as reported (None: no mark)."""
 
     def headline(self) -> str:
         failed = [s.name for s in self.services if s.status != Status.OK and s.error != LEFT_OUT]

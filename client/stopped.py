@@ -138,11 +138,14 @@ class Underway:
     record): what systemd says of that run is said of this one alone."""
     ended: str | None = None
     """How it ended, when it could still say (its status file could not be written)."""
+    token: str | None = None
+    """Random, of this run alone (None in an older record): two runs may share a pid and
+    the second they began (a PID namespace, a clock set back after a power cut)."""
 
     def identity(self) -> dict:
-        """What tells this run's mark from any other's: its pid and when it began (the
-        status file's ``reported_run`` once its report is written)."""
-        return {"pid": self.pid, "at": self.at}
+        """What tells this run's mark from any other's: its pid, when it began and its
+        token (the status file's ``reported_run`` once its report is written)."""
+        return {"pid": self.pid, "at": self.at, "token": self.token}
 
     def said(self) -> str:
         """``the run (pid ..., started at ...)``, bounded."""
@@ -223,9 +226,9 @@ def _run(item: dict) -> Underway:
         raise DamagedRecord(f"a run carrying more than {MAX_EARLIER} earlier lines")
     if not isinstance(item["pid"], int) or not isinstance(item["at"], str):
         raise TypeError("a field of the run has the wrong type")
-    known = [item.get(key) for key in ("boot", "invocation", "ended")]  # (null: not known)
+    known = [item.get(key) for key in ("boot", "invocation", "ended", "token")]  # (null: not known)
     if not all(isinstance(v, str) for v in known if v is not None):
-        raise TypeError("boot, invocation or ended is not a string")
+        raise TypeError("boot, invocation, ended or token is not a string")
     return Underway(item["pid"], item["at"], services, earlier, *known)
 
 
@@ -257,7 +260,9 @@ class StoppedRecord:
             names += killed[1] if killed else []
         names = list(dict.fromkeys(names))[:MAX_SERVICES]
         unit = os.environ.get("INVOCATION_ID")
-        self.run = Underway(os.getpid(), iso(utc_now()), names, earlier, boot_id(), unit)
+        self.run = Underway(
+            os.getpid(), iso(utc_now()), names, earlier, boot_id(), unit, token=os.urandom(8).hex()
+        )
         try:
             self._write()
         except OSError as exc:

@@ -69,6 +69,8 @@ ONCE_MODULES = {
     "test_attacks_h107.py",
     "test_attacks_h108.py",
     "test_attacks_h109.py",
+    "test_attacks_h112.py",
+    "test_attacks_h113.py",
     "test_cut_short_outputs.py",
     "test_demo.py",
 }
@@ -81,10 +83,10 @@ about 2.5 min; the restores of the application tasks, helper-92, 0.9 min: pluggy
 test_app_plugins) and of its gone repositories, copies, signals and drills (helper-97
 and helper-98, about 2.5 min) and of processes killed at any moment and of stops during
 drills and forget (helper-99 and helper-101, about 2 min), of the record of stopped
-applications and of the run under way (helper-102, -103, -105 and -106, 1.8 min) and of
-pulls cut short (the unit's ExecStopPost=, 0.8 min), whose libraries the other modules
-meet there; and the README's demo, which runs in .venv whichever pass runs it. Marked
-``once``; their unit tests run on both."""
+applications and of the run under way (helper-102, -103, -105, -106 and -113, 2.2 min),
+of TREE.list (helper-112, 0.8 min) and of pulls cut short (the unit's ExecStopPost=,
+0.8 min), whose libraries the other modules meet there; and the README's demo, which
+runs in .venv whichever pass runs it. Marked ``once``; their unit tests run on both."""
 
 
 LONGEST_FIRST = (

@@ -346,7 +346,7 @@ def test_a_mark_whose_boot_is_no_string_is_a_damaged_record(box, boot):
     made = box.cli("start-stopped")
     assert made.returncode == 1, made.stderr
     assert (box.root / "stopped.json.damaged").exists()
-    assert "boot, invocation or ended is not a string" in status(box)["error"]
+    assert "boot, invocation, ended or token is not a string" in status(box)["error"]
 
 
 def test_a_mark_of_an_earlier_boot_and_of_an_older_version(box):

@@ -181,7 +181,8 @@ def test_a_mark_left_after_its_report_was_written_is_not_a_killed_run(box):
     assert proc.returncode == 0, err
     assert not _record(box).exists()
     reported = json.loads(left)["run"]
-    assert _status(box)["reported_run"] == {"pid": reported["pid"], "at": reported["at"]}
+    identity = {k: reported[k] for k in ("pid", "at", "token")}
+    assert _status(box)["reported_run"] == identity and len(identity["token"]) == 16
     before = _status(box)
 
     _record(box).write_text(left)
@@ -191,10 +192,10 @@ def test_a_mark_left_after_its_report_was_written_is_not_a_killed_run(box):
     assert not _record(box).exists()
 
     other = json.loads(left)
-    other["run"]["at"] = "2026-12-05T01:00:00Z"  # another run's mark: it was killed
+    other["run"]["token"] = "0" * 16  # another run's mark (same pid and second): killed
     _record(box).write_text(json.dumps(other))
     assert box.cli("start-stopped").returncode == 0
     status = _status(box)
     assert status["last_run_ok"] is False and status["error"].endswith(KILLED)
-    assert status["reported_run"] == {"pid": other["run"]["pid"], "at": other["run"]["at"]}
+    assert status["reported_run"] == {**identity, "token": "0" * 16}
     assert not _record(box).exists()

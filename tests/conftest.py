@@ -112,7 +112,7 @@ LONGEST_FIRST = (
     "integration/test_monitoring.py",
 )
 """The modules that take longest (minutes, CI's --durations), run first: pytest-xdist
-(``--dist loadfile``) hands modules to its two workers in collection order, and the
+(``--dist loadfile``) hands modules to its workers in collection order, and the
 longest ones left for the end made CI's tail (one worker busy for ten minutes on the
 fault matrix, the other idle). The system tier's modules are one unit of work
 (BOOTED_ROOTS), which starts where its first module stands. The rest keep their order,
@@ -162,7 +162,7 @@ BOOTED_ROOTS = "tests/system/"
 """The system tier's modules take turns on the booted Debian root (tests/system/conftest.py
 ``root``): two pytest-xdist workers in two of them made one wait for the other's root
 (CI 2026-12-05: a module's set-up waited 112 s). They are one unit of work, run by one
-worker one after another while the other runs the rest (``pytest_xdist_make_scheduler``)."""
+worker one after another while the others run the rest (``pytest_xdist_make_scheduler``)."""
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -268,6 +268,19 @@ def _status_recorded(
     return status, []
 
 
+def write_metrics(config: ClientConfig, status: dict) -> list[str]:
+    """Write the metrics file (when one is configured) from the status ``status``;
+    returns what could not be written (also said as an error)."""
+    if config.metrics_file is None:
+        return []
+    try:
+        metrics(status).write(config.metrics_file)
+    except OSError as exc:
+        log.error("could not write the metrics file %s: %s", config.metrics_file, exc)
+        return [f"metrics file {config.metrics_file}: {exc.strerror}"]
+    return []
+
+
 def finish(
     config: ClientConfig,
     notifier: Notifier,
@@ -279,12 +292,7 @@ def finish(
     returns what could not be written or delivered (the metrics file, the mail, a ping),
     each also an error in the log, so that the run can say so in its exit status."""
     status, problems = _status_recorded(config, run, recorded)
-    if config.metrics_file is not None:
-        try:
-            metrics(status).write(config.metrics_file)
-        except OSError as exc:
-            log.error("could not write the metrics file %s: %s", config.metrics_file, exc)
-            problems.append(f"metrics file {config.metrics_file}: {exc.strerror}")
+    problems += write_metrics(config, status)
     # one line (a mail's subject): an error's words may hold line breaks
     headline = printable(run.headline(), 500)
     headline += f"; {len(problems)} output(s) NOT WRITTEN" if problems else ""

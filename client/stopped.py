@@ -495,14 +495,23 @@ def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
 def _reported(config: ClientConfig, run: Underway) -> bool:
     """Whether the status file says that ``run``'s report was written (its mark was left
     by a power cut, or an error, between that write and the mark's removal): the mark
-    then leaves, said in the log; no run is reported as killed that was not."""
+    then leaves, said in the log, and the metrics file is written from the status file
+    (the run may have ended before it wrote them); no run is reported as killed that was
+    not. Its mail, when one was due, may not have gone out: the warning says so."""
     try:
-        reported = outputs.load_status(config).get("reported_run")
+        status = outputs.load_status(config)
     except OSError:
         return False
-    if reported != run.identity():
+    if status.get("reported_run") != run.identity():
         return False
-    log.info("%s wrote its report before it ended: its mark in %s leaves", run.said(), RECORD_NAME)
+    log.warning(
+        "%s wrote its status file, then ended before its mark in %s left (a power cut?): "
+        "not reported again; the metrics are written from its status file, and its mail "
+        "(if one was due) may not have been sent",
+        run.said(),
+        RECORD_NAME,
+    )
+    outputs.write_metrics(config, status)
     return True
 
 

@@ -185,11 +185,17 @@ def test_a_mark_left_after_its_report_was_written_is_not_a_killed_run(box):
     assert _status(box)["reported_run"] == identity and len(identity["token"]) == 16
     before = _status(box)
 
+    metrics = box.root / "client.prom"
+    written = metrics.read_text()
+    assert "pullback_client_last_run_ok 1" in written
+    metrics.unlink()  # (the power cut came before the run wrote them)
     _record(box).write_text(left)
     result = box.cli("start-stopped")
     assert result.returncode == 0, result.stderr
     assert _status(box) == before and _mails(box) == []  # nothing reported again
+    assert "wrote its status file, then ended before its mark" in result.stderr
     assert not _record(box).exists()
+    assert metrics.read_text() == written  # from the status file the run wrote
 
     other = json.loads(left)
     other["run"]["token"] = "0" * 16  # another run's mark (same pid and second): killed

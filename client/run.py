@@ -345,9 +345,8 @@ class Reporter:
         return unwritten
 
     def _mark(self) -> dict | None:
-        """This run's mark (:meth:`.stopped.Underway.identity`), None while unwritten."""
-        run = self.record.run if self.record is not None else None
-        return run.identity() if run is not None else None
+        """This run's mark (:meth:`.stopped.StoppedRecord.identity`), None while unwritten."""
+        return self.record.identity() if self.record is not None else None
 
     def _recorded(self) -> None:
         if self.record is not None:

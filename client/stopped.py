@@ -268,6 +268,11 @@ class StoppedRecord:
         except OSError as exc:
             log.warning("cannot write %s: %s", self.path, describe(exc))
 
+    def identity(self) -> dict | None:
+        """The mark of the run this record holds (:meth:`Underway.identity`), None when
+        it holds none."""
+        return self.run.identity() if self.run is not None else None
+
     def unreported(self) -> None:
         """The run ended but could not write its status file: its mark stays, saying so
         (an error writing is said)."""
@@ -682,9 +687,8 @@ def report(config: ClientConfig, recovery: Recovery) -> list[str]:
     if not lines:
         return []
     record = StoppedRecord(record_path(config), "run")
-    reports = record.run.identity() if record.run is not None else None
     summary = outputs.RunSummary(
-        False, 0.0, recovery.killed_services(), problems=lines, reports=reports
+        False, 0.0, recovery.killed_services(), problems=lines, reports=record.identity()
     )
     notifier = Notifier(config.notify, f"run on {config.hostname}")
     return outputs.finish(config, notifier, summary, recorded=record.reported)

@@ -24,9 +24,11 @@ def escaped(text: str) -> str:
 def printable(value: object, limit: int) -> str:
     """``value`` as one line of at most ``limit`` characters, :func:`escaped`, the excess
     cut with an ellipsis: what a client controls can neither forge lines nor flood a
-    report."""
-    text = escaped(str(value))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    report. Only the first ``limit`` characters are escaped (escapes keep their order,
+    so the cut is the same): a string of millions costs no more than a short one."""
+    raw = str(value)
+    text = escaped(raw[:limit])
+    return text[: limit - 1] + "…" if len(raw) > limit or len(text) > limit else text
 
 
 def counted(count: int, word: str, words: str | None = None) -> str:

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "by the retention policy, prune, check a rotating part of the data, and "
         "run the restore drill when it is due. Waits for a running pull.",
     )
-    p.add_argument("--host", action="append", metavar="NAME", help="only this host")
+    p.add_argument("--host", action="append", metavar="NAME", help="only this host (repeatable)")
     drill_options(p, "the restore drill")
     json_option(p)
     p = sub.add_parser(
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[parent],
         help="restore drill: restore a snapshot and check it against its manifest",
     )
-    p.add_argument("--host", action="append", metavar="NAME", help="only this host")
+    p.add_argument("--host", action="append", metavar="NAME", help="only this host (repeatable)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--random", action="store_true", help="a random snapshot, not the newest")
     which.add_argument(
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "against the copy when copy.verify_every says it is due. Exit 1 when a copy "
         "failed, fell behind or diverged.",
     )
-    p.add_argument("--host", action="append", metavar="NAME", help="only this host")
+    p.add_argument("--host", action="append", metavar="NAME", help="only this host (repeatable)")
     drill_options(p, "the copy's restore drill")
     p.add_argument(
         "--new",
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "check", parents=[parent], help="validate the configuration and reach every host"
     )
-    p.add_argument("--host", action="append", metavar="NAME", help="only this host")
+    p.add_argument("--host", action="append", metavar="NAME", help="only this host (repeatable)")
     json_option(p)
     p = sub.add_parser(
         "trust", parents=[parent], help="show a host's SSH key and record it in known_hosts"

@@ -99,7 +99,7 @@ def status_table(view: Fleet) -> str:
     if not view.merged:
         table = [r[:SERVER_COLUMN] + r[SERVER_COLUMN + 1 :] for r in table]
     notes = [
-        f"{row.label}: {row.reason}"
+        f"{row.label}: {row.reason.removeprefix(row.host + ': ')}"
         for row in view.rows
         if row.state != HostState.OK and row.reason
     ]
@@ -113,16 +113,18 @@ def _names(hosts: list[str]) -> str:
 
 
 def _kinds(found: list[HostRow]) -> dict[str, list[str]]:
-    """The hosts by kind, each host in one: stale (whatever else), failed, attention, ok."""
+    """The hosts by kind: stale ones, those whose last pull failed and those that need
+    attention (a stale host in these too, as the mail names it: ``FAILED: web1
+    (stale)``), and the ok ones (neither)."""
     kinds: dict[str, list[str]] = {"stale": [], "failed": [], "attention": [], "ok": []}
     for row in found:
         if row.stale:
             kinds["stale"].append(row.label)
-        elif row.state == HostState.FAILED:
+        if row.state == HostState.FAILED:
             kinds["failed"].append(row.label)
         elif row.state == HostState.ATTENTION:
             kinds["attention"].append(row.label)
-        else:
+        elif not row.stale:
             kinds["ok"].append(row.label)
     return kinds
 

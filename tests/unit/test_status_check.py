@@ -18,11 +18,13 @@ def test_ok_warning_critical_unknown():
         Check.WARNING
     )
     assert fleet_check([row("a", HostState.FAILED)]).state == Check.WARNING
-    # failed and stale: the stale part decides (no fresh snapshot is the emergency)
+    # failed and stale: the stale part decides (no fresh snapshot is the emergency), and
+    # the failure is said and counted too (a wrong key is not a host merely waiting)
     both = fleet_check([row("a", HostState.FAILED, stale=True, age=None)])
     assert both.state == Check.CRITICAL
     assert both.line == (
-        "PULLBACK CRITICAL - stale: a; 0 of 1 hosts ok | hosts=1 ok=0 attention=0 failed=0 stale=1"
+        "PULLBACK CRITICAL - stale: a; last pull failed: a; 0 of 1 hosts ok | "
+        "hosts=1 ok=0 attention=0 failed=1 stale=1"
     )
     assert fleet_check([]).state == Check.UNKNOWN
 

@@ -71,6 +71,7 @@ ONCE_MODULES = {
     "test_attacks_h109.py",
     "test_attacks_h112.py",
     "test_attacks_h113.py",
+    "test_attacks_h114.py",
     "test_attacks_h115.py",
     "test_cut_short_outputs.py",
     "test_demo.py",
@@ -85,7 +86,8 @@ test_app_plugins) and of its gone repositories, copies, signals and drills (help
 and helper-98, about 2.5 min) and of processes killed at any moment and of stops during
 drills and forget (helper-99 and helper-101, about 2 min), of the record of stopped
 applications and of the run under way (helper-102, -103, -105, -106 and -113, 2.2 min),
-of TREE.list (helper-112, 0.8 min), of the monitoring a newcomer reads (helper-115,
+of TREE.list (helper-112, 0.8 min), of days of real system trees with times past 2242
+and 2262 (helper-114, 1.6 min), of the monitoring a newcomer reads (helper-115,
 0.8 min: the status page's Jinja2 also meets test_monitoring) and of pulls cut short
 (the unit's ExecStopPost=, 0.8 min), whose libraries the other modules meet there; and
 the README's demo, which runs in .venv whichever pass runs it. Marked ``once``; their

@@ -28,7 +28,7 @@ from pathlib import Path
 from ..fsutil import fsync_dir
 from . import sha256state
 from .manifest import MANIFEST_NAME
-from .ordered import OrderedLookup
+from .ordered import OrderedLookup, same_stat_numbers, stat_number
 
 INDEX_FORMAT = 2
 """2: names stored as bytes (a name need not be UTF-8)."""
@@ -50,11 +50,9 @@ class IndexedFile:
 
     def matches(self, st: os.stat_result) -> bool:
         """Whether ``st`` is the file this row describes, untouched since."""
-        return (self.ino, self.size, self.mtime_ns, self.ctime_ns) == (
-            st.st_ino,
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
+        return same_stat_numbers(
+            (self.ino, self.size, self.mtime_ns, self.ctime_ns),
+            (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
         )
 
 
@@ -286,7 +284,8 @@ class IndexWriter:
         for name in names:
             st = os.lstat(os.path.join(root, name))
             linked = linked or st.st_nlink > 1
-            rows.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, name))
+            numbers = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            rows.append((*map(stat_number, numbers), name))
         db.executemany(
             "UPDATE files SET ino = ?, size = ?, mtime_ns = ?, ctime_ns = ? WHERE name = ?",
             rows,

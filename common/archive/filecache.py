@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..fsutil import fsync_dir
 from . import chunker, sha256state
-from .ordered import OrderedLookup
+from .ordered import OrderedLookup, same_stat_numbers, stat_number
 from .sidecar import BaseRef
 
 CACHE_FORMAT = 4
@@ -99,30 +99,24 @@ class CachedFile:
         """True when the file with stat ``st`` may be taken from this row unread: its
         stat fields, mode and owner included (ctime covers chmod and chown, except where
         a file system's owners and modes come from mount options)."""
-        return self.cacheable and (
-            self.dev,
-            self.ino,
-            self.size,
-            self.mtime_ns,
-            self.ctime_ns,
-            self.mode,
-            self.uid,
-            self.gid,
-        ) == (
-            st.st_dev,
-            st.st_ino,
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            st.st_mode,
-            st.st_uid,
-            st.st_gid,
+        if not self.cacheable:
+            return False
+        if (self.mode, self.uid, self.gid) != (st.st_mode, st.st_uid, st.st_gid):
+            return False
+        return same_stat_numbers(
+            (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns),
+            (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
         )
 
     def uncacheable(self) -> CachedFile:
         """This row, to be checked by reading the file next run (it changed while read,
         or its extended attributes could not be read)."""
         return dataclasses.replace(self, cacheable=False)
+
+
+def _numbers(*values: int) -> tuple[int, ...]:
+    """Stat numbers as the table holds them (:func:`.ordered.stat_number`)."""
+    return tuple(map(stat_number, values))
 
 
 _COLUMNS = "dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable, mode, uid, gid, xattrs"
@@ -204,7 +198,7 @@ class FileCache:
         if self._old is None:
             return None
         query = f"SELECT name, {_COLUMNS} FROM files WHERE dev = ? AND ino = ? LIMIT 1"  # noqa: S608
-        row = self._old.execute(query, (dev, ino)).fetchone()
+        row = self._old.execute(query, _numbers(dev, ino)).fetchone()
         return (row[0].decode("utf-8", "surrogateescape"), _row(row[1:])) if row else None
 
     def state(self, name: str) -> bytes | None:
@@ -264,11 +258,7 @@ class FileCache:
             self._pending.append(
                 (
                     name.encode("utf-8", "surrogateescape"),
-                    row.dev,
-                    row.ino,
-                    row.size,
-                    row.mtime_ns,
-                    row.ctime_ns,
+                    *_numbers(row.dev, row.ino, row.size, row.mtime_ns, row.ctime_ns),
                     row.sha256,
                     row.chunks,
                     int(row.cacheable),

@@ -17,6 +17,29 @@ from collections.abc import Iterator
 BATCH = 512
 """Rows read at a time: memory stays a few hundred rows, whatever the table's size."""
 
+_INT64 = 1 << 64
+
+
+def stat_number(value: int) -> int:
+    """``value``, a number of a file's stat, as both tables keep it in SQLite's signed
+    64-bit INTEGER: itself below 2**63 (every size, times before the year 2262), else
+    taken modulo 2**64 into that range: an inode or device number of 2**63 or more
+    (lossless) or a time after 2262 (a file can have one: ext4 holds times to 2446,
+    btrfs further; lossy only for times 584 years apart). A row is compared with a
+    file's stat through this function on both sides, so equal numbers stay equal."""
+    return value if -(1 << 63) <= value < 1 << 63 else (value + (1 << 63)) % _INT64 - (1 << 63)
+
+
+def same_stat_numbers(row: tuple, stat: tuple) -> bool:
+    """Whether a row's stat numbers are a file's ``stat`` numbers (the same fields, in
+    the same order), the row's as a table holds them (:func:`stat_number`). A row
+    without numbers (None: not yet taken) is no file's."""
+    if row == stat:
+        return True
+    if None in row or None in stat:
+        return False
+    return tuple(map(stat_number, row)) == tuple(map(stat_number, stat))
+
 
 class OrderedLookup:
     """``get(name)``: the row of ``name`` (its other columns), or None.

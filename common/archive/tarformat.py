@@ -32,7 +32,12 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
 
 
 def _octal(value: int, width: int) -> bytes:
-    return b"%0*o\0" % (width - 1, value)
+    """``value`` as a ustar numeric field of ``width`` bytes. Raises ValueError when it
+    does not fit (a field that spilled into the next would corrupt the header)."""
+    field = b"%0*o\0" % (width - 1, value)
+    if len(field) != width or value < 0:
+        raise ValueError(f"{value} does not fit a tar field of {width} bytes")
+    return field
 
 
 def _field(data: bytes, width: int) -> bytes:
@@ -175,7 +180,7 @@ def header(
         uid=0,
         gid=0,
         size=len(data),
-        mtime=max(mtime_ns // 1_000_000_000, 0),
+        mtime=mtime_field,  # (0 where the ustar field cannot hold it: the PAX record can)
         linkname=b"",
         uname=b"",
         gname=b"",
@@ -521,8 +526,11 @@ def _member(block: bytes, kind: bytes, size: int, meta: _Meta) -> tuple[Member, 
 
 MAX_ID = (1 << 32) - 2
 """The largest user or group id Linux has (``(uid_t) -1`` means "unchanged")."""
-MAX_MTIME_NS = (1 << 63) - 1
-"""Nanoseconds since the epoch a file time can hold (about the year 2262)."""
+MAX_MTIME_NS = (1 << 63) * 1_000_000_000 - 1
+"""Nanoseconds since the epoch a file time can be set to (``time_t``'s 2**63 seconds;
+a file system holds less, ext4 to the year 2446, and its kernel driver clamps a time
+past that; a time past 2262 no longer fits 64-bit nanoseconds: the tables that keep it
+use :func:`.ordered.stat_number`)."""
 
 
 def _check_ranges(member: Member) -> None:

@@ -44,6 +44,9 @@ class Snapshot:
     """borg: the archive's id, which ``borg recreate`` or ``rename`` change under the
     same name (the ransomware guard compares it); "" where the id is the content, as
     restic's is."""
+    full_id: str = ""
+    """restic: the snapshot's whole id (64 hex digits, as ``restic snapshots --json``
+    prints it), of which ``id`` is the short one; "" for borg."""
 
     def failed_service(self, service: str) -> bool:
         """Whether ``service`` failed on the client in this snapshot's archive, or may
@@ -62,11 +65,11 @@ def plausible(snapshots: Sequence[Snapshot]) -> list[Snapshot]:
 
 def named(snapshots: Sequence[Snapshot], wanted: str) -> list[Snapshot]:
     """The snapshots ``wanted`` names, as ``restore --snapshot`` and ``verify --snapshot``
-    take it: those whose id starts with it, or whose archive stamp is it (an empty
-    ``wanted`` names none)."""
+    take it: those whose id (restic's short or whole one) starts with it, or whose
+    archive stamp is it (an empty ``wanted`` names none)."""
     if not wanted:
         return []
-    return [s for s in snapshots if s.id.startswith(wanted) or s.stamp == wanted]
+    return [s for s in snapshots if (s.full_id or s.id).startswith(wanted) or s.stamp == wanted]
 
 
 @dataclass(frozen=True)

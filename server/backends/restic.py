@@ -471,7 +471,7 @@ class ResticBackend(RepositoryBackend):
             when = parse_time(item["time"])
             if TAG not in tags:  # adopted: backup-suite's archive time tag is its stamp
                 stamp = next((t for t in tags if SUITE_STAMP.match(t)), None)
-                found.append(Snapshot(short, when, stamp, adopted=True))
+                found.append(Snapshot(short, when, stamp, adopted=True, full_id=item["id"]))
                 continue
             stamp = next((t for t in tags if is_stamp(t)), None)
             failed = tuple(t.removeprefix(FAILED) for t in tags if t.startswith(FAILED))
@@ -484,6 +484,7 @@ class ResticBackend(RepositoryBackend):
                     tree=item.get("tree"),
                     original=item.get("original"),
                     reads_ctime=CTIME_TAG in tags,
+                    full_id=item["id"],
                 )
             )
         return sorted(found, key=lambda s: s.time)

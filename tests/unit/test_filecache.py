@@ -93,3 +93,41 @@ def test_a_name_that_is_not_utf8_is_kept_as_its_bytes(tmp_path):
     row = again.lookup(name)
     assert row is not None and row.sha256 == "d" * 64
     again.close()
+
+
+def test_times_and_inode_numbers_past_sqlites_integers_are_kept(tmp_path):
+    """A file dated after 2262 (ext4 holds times to 2446) has more nanoseconds than
+    SQLite's signed 64-bit INTEGER: the run ended in an OverflowError (helper-114). Its
+    row keeps it through ordered.stat_number, and still vouches for it, and only it."""
+    path = tmp_path / "future"
+    path.write_text("dated 2300")
+    when = 10_413_792_000 * 1_000_000_000  # 2300-01-01, above 2**63
+    os.utime(path, ns=(when, when))
+    assert os.stat(path).st_mtime_ns == when > 1 << 63
+    cache = FileCache(tmp_path / "cache", HOST)
+    cache.load()
+    cache.start()
+    # (a run reads a file dated ahead of it every time: "racy"; here, one read later)
+    cache.record("services/app/future", row_for(path, read_at=when + 10 * RACY_NS))
+    cache.finish("web1-20261130T030000Z.tar.zst", "c" * 64)
+    cache.swap()
+    again = FileCache(tmp_path / "cache", HOST)
+    assert again.load() is None
+    row = again.lookup("services/app/future")
+    assert row is not None and row.unchanged(os.stat(path))
+    st = os.stat(path)
+    assert again.lookup_inode(st.st_dev, st.st_ino) is not None
+    os.utime(path, ns=(when + 1, when + 1))
+    assert not row.unchanged(os.stat(path))
+    again.close()
+
+
+def test_stat_number_is_itself_in_range_and_maps_the_rest_into_it():
+    from pullback.common.archive.ordered import stat_number
+
+    for value in (0, 1, -1, (1 << 63) - 1, -(1 << 63)):
+        assert stat_number(value) == value
+    for value in (1 << 63, (1 << 64) - 1, 10_413_792_000 * 10**9, (1 << 63) * 10**9 - 1):
+        mapped = stat_number(value)
+        assert -(1 << 63) <= mapped < 1 << 63 and stat_number(mapped) == mapped
+    assert stat_number(1 << 63) != stat_number((1 << 63) + 1)

@@ -16,7 +16,9 @@ from ..common.errors import EXIT_CONFIG, EXIT_OK, describe
 from ..common.fsutil import writable_or_creatable
 from ..common.sandbox import SERVER_CONFIG, output_problem, shared_metrics_file, unit_writable_paths
 from ..common.schema import load_schema
-from ..plugins.manager import PluginSet, load_plugins
+from ..common.text import printable
+from ..plugins.manager import PluginSet, as_lines, load_plugins
+from ..plugins.task import ProbeResult
 from .config import ClientConfig, IncrementalMode
 from .incremental import WAITING_FOR_SERVER, makes_deltas
 from .services import Service, discover, find_service_files
@@ -136,9 +138,14 @@ def _probe(service: Service, plugins: PluginSet, scratch: Path, result: CheckRes
         except Exception as exc:
             result.problems.append(f"{where}: cannot be probed: {describe(exc)}")
             continue
-        if probe is not None:
-            result.problems += [f"{where}: {p}" for p in probe.problems]
-            result.warnings += [f"{where}: {w}" for w in probe.warnings]
+        if probe is None:
+            continue
+        if not isinstance(probe, ProbeResult):
+            said = printable(type(probe).__name__, 100)
+            result.problems.append(f"{where}: cannot be probed: the plugin returned a {said}")
+            continue
+        result.problems += [f"{where}: {p}" for p in as_lines(probe.problems)]
+        result.warnings += [f"{where}: {w}" for w in as_lines(probe.warnings)]
 
 
 def _deltas(config: ClientConfig, result: CheckResult) -> None:

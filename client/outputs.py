@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from ..common import mail
-from ..common.archive.sidecar import LEFT_OUT, ServiceReport, Sidecar
+from ..common.archive.sidecar import LEFT_OUT, ServiceReport, Sidecar, kept_words
 from ..common.fsutil import atomic_write, read_regular
 from ..common.log import get_logger, recent_lines
 from ..common.metrics import Metrics
@@ -122,8 +122,9 @@ def merged(config: ClientConfig, run: RunSummary) -> dict:
             "last_run": now,
             "last_run_ok": run.ok,
             "duration": round(run.duration, 3),
-            "error": few([*([run.error] if run.error else []), *run.problems], separator="; ")
-            or None,
+            "error": kept_words(
+                few([*([run.error] if run.error else []), *run.problems], separator="; ") or None
+            ),
         }
     )
     if run.sidecar is not None:
@@ -141,7 +142,7 @@ def merged(config: ClientConfig, run: RunSummary) -> dict:
                 "ok": service.status == Status.OK,
                 "duration": round(service.duration, 3),
                 "bytes": service.bytes,
-                "error": service.error,
+                "error": kept_words(service.error),  # (a plugin's words: masked, cut)
                 "last_run": now,
             }
         )

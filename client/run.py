@@ -36,7 +36,7 @@ from ..common.progress import Progress, Watched
 from ..common.signals import RESTORING, SignalGuard
 from ..common.text import few, printable
 from ..common.units import human_duration, human_size
-from ..plugins.manager import PluginSet, load_plugins
+from ..plugins.manager import PluginSet, as_lines, load_plugins
 from . import incremental, outputs, stopped
 from .config import ClientConfig, IncrementalMode
 from .services import Service, discover
@@ -131,7 +131,7 @@ def dry_run(services: list[Service], plugins: PluginSet) -> int:
         for task in tasks:
             print(f"  {task.key}:")
             try:
-                lines = plugins.call("plan", task) or ["(no plan available)"]
+                lines = as_lines(plugins.call("plan", task)) or ["(no plan available)"]
             except Exception as exc:
                 lines = [f"cannot plan: {describe(exc)}"]
             for line in lines:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,7 @@ from ..common.log import PrefixAdapter, get_logger
 from ..common.outcome import Status
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
-from ..plugins.manager import PluginSet
+from ..plugins.manager import PluginSet, as_lines
 from ..plugins.task import Task, TaskSkipped
 from .services import Service
 
@@ -73,13 +72,11 @@ def validate_service(service: Service, plugins: PluginSet, tasks: list[Task]) ->
     problems: list[str] = []
     for task in tasks:
         try:
-            found = plugins.call("validate", task) or []
+            found = as_lines(plugins.call("validate", task))
         except Interrupted:
             raise  # a SIGTERM while a validate hook ran: not a problem of the service
         except Exception as exc:
             found = [f"validate failed: {describe(exc)}"]
-        if isinstance(found, str) or not isinstance(found, Iterable):
-            found = [found]  # one problem, not one per character
         problems.extend(f"{task.key}: {p}" for p in found)
     return problems
 

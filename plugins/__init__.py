@@ -8,6 +8,7 @@ Third-party plugins import what they need from here::
 import pluggy
 
 from ..common.schema import load_schema
+from .before_restore import check_hand_over, hand_over
 from .task import (
     ProbeResult,
     Requirement,
@@ -36,6 +37,8 @@ __all__ = [
     "TaskSkipped",
     "TaskStats",
     "TaskType",
+    "check_hand_over",
+    "hand_over",
     "hookimpl",
     "load_plugin_schema",
 ]

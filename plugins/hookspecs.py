@@ -82,7 +82,9 @@ def pullback_task_types():
     - ``holds_data=False`` (or a function of the section returning False): its dump
       archives nothing, so a restore never calls its restore hook.
 
-    A key two plugins declare is an error naming both (the first keeps it).
+    A key two third-party plugins declare is an error naming both, and neither handles
+    it; a built-in plugin's key declared again keeps its built-in plugin (the other
+    declaration is the error).
     """
 
 
@@ -191,10 +193,10 @@ def pullback_restore(task, source, target, dry_run, plan):
       a preflight first (the dump is complete, the tool has every privilege it needs)
       and keep what you replace (renamed with ``plan.stamp``, or copied below
       ``plan.safety_dir``). A file of ``source`` that a note names for the administrator
-      to use later: name what ``before_restore.hand_over(task.type, plan, path, source)``
-      returns (with ``--from ARCHIVE``, ``source`` is removed as the restore ends; it
-      moves the file out first), and call ``before_restore.check_hand_over(plan)`` before
-      restoring anything.
+      to use later: name what ``hand_over(task.type, plan, path, source)`` returns (with
+      ``--from ARCHIVE``, ``source`` is removed as the restore ends; it moves the file out
+      first), and call ``check_hand_over(plan)`` before restoring anything (both from
+      ``pullback.plugins``).
 
     The return value is ignored. Not called for a task that holds no data
     (``TaskType.holds_data``) or whose directory the snapshot lacks. Raise (with the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -20,7 +21,7 @@ from ..common.errors import Interrupted, PullbackError
 from ..common.log import get_logger
 from ..common.signals import raise_if_swallowed
 from ..common.text import printable
-from . import hookspecs
+from . import hookspecs, process_state
 from .task import Requirement, Task, TaskType
 
 log = get_logger("plugins")
@@ -74,17 +75,16 @@ class PluginSet:
         others = [p for p in self.pm.get_plugins() if p is not owner]
         caller = self.pm.subset_hook_caller(f"pullback_{stage}", remove_plugins=others)
         try:
-            result = caller(task=task, **kwargs)
+            with process_state.kept(lambda words: task.log.warning("%s", words)):
+                result = caller(task=task, **kwargs)
         except Interrupted:
             raise
-        except SystemExit as exc:
-            # a plugin's sys.exit() is its failure, not the end of the run (an outside
-            # plugin author's ended every later service's backup, exit 3, no message)
-            raise_if_swallowed()
-            raise PluginExit(f"the plugin called sys.exit({exc.code!r})") from None
-        except BaseException:
+        except Exception:
             raise_if_swallowed()  # a signal the hook caught and turned into its error
             raise
+        except BaseException as exc:
+            raise_if_swallowed()
+            raise PluginExit(_not_an_error(exc)) from None
         raise_if_swallowed()  # a signal the hook caught and went on
         return result
 
@@ -95,8 +95,35 @@ class PluginSet:
         return any(impl.plugin is owner for impl in hook.get_hookimpls())
 
 
+MAX_LINE = 2000
+"""Characters of one line a hook returns (a problem, a warning, a plan line) kept."""
+
+
+def as_lines(found: object) -> list[str]:
+    """What a hook returned as lines (validate's problems, a plan, a probe's problems or
+    warnings): None none, a string one line (not one per character), any other iterable
+    one line per item, anything else one line; each :func:`printable`, at most
+    :data:`MAX_LINE` characters."""
+    if found is None:
+        return []
+    if isinstance(found, str | bytes) or not isinstance(found, Iterable):
+        found = [found]
+    return [printable(line, MAX_LINE) for line in found]
+
+
 class PluginExit(PullbackError):
-    """A plugin's hook called ``sys.exit()``: its task fails, the run goes on."""
+    """A plugin's hook called ``sys.exit()``, or raised another exception that is not an
+    error (``KeyboardInterrupt``, ``GeneratorExit``: a signal reaches pullback as
+    :class:`Interrupted`, never as these): its task fails, the run goes on."""
+
+
+def _not_an_error(exc: BaseException) -> str:
+    """What a plugin did that ended its hook by a BaseException that is no Exception
+    (an outside plugin author's sys.exit() ended every later service's backup, exit 3,
+    no message; a KeyboardInterrupt ended the run as if Ctrl-C was pressed)."""
+    if isinstance(exc, SystemExit):
+        return f"the plugin called sys.exit({exc.code!r})"
+    return f"the plugin raised {type(exc).__name__}"
 
 
 def _load_file(path: Path) -> object:
@@ -151,7 +178,9 @@ def _load_entry_points(pm: pluggy.PluginManager) -> list[str]:
             continue
         try:
             plugin = ep.load()
-        except (Exception, SystemExit) as exc:  # a broken distribution must not stop backups
+        except Interrupted:
+            raise
+        except BaseException as exc:  # a broken distribution must not stop backups
             errors.append(f"{origin} failed to load: {type(exc).__name__}: {exc}")
             continue
         refused = _register_one(pm, plugin, ep.name)
@@ -170,7 +199,9 @@ def _load_directories(pm: pluggy.PluginManager, plugin_dirs: Iterable[Path]) -> 
         for path in sorted(directory.glob("*.py")):
             try:
                 refused = _register_one(pm, _load_file(path), str(path))
-            except (Exception, SystemExit) as exc:
+            except Interrupted:
+                raise
+            except BaseException as exc:  # (its sys.exit(), a KeyboardInterrupt it raised)
                 refused = f"{type(exc).__name__}: {exc}"
             if refused:
                 errors.append(f"plugin {path} failed to load: {refused}")
@@ -192,8 +223,31 @@ def _register(plugins: PluginSet, plugin_dirs: Iterable[Path], entry_points: boo
             pm.check_pending()
             return
         except pluggy.PluginValidationError as exc:
-            plugins.errors.append(f"plugin {pm.get_name(exc.plugin)}: {exc}")
+            name = pm.get_name(exc.plugin) or "?"
+            error = f"plugin {name}: {_hook_problem(exc)}"
+            plugins.errors.append(error)
+            if "/" in name and name.endswith(".py"):  # a file of plugin_dirs: fixed there
+                plugins.local_errors.append(error)
             pm.unregister(exc.plugin)
+
+
+KNOWN_HOOKS = sorted(name for name in vars(hookspecs) if name.startswith("pullback_"))
+"""The hooks a plugin may implement (:mod:`.hookspecs`)."""
+
+
+def _hook_problem(exc: pluggy.PluginValidationError) -> str:
+    """Why pluggy refused a plugin, in words that name the hook and, for one it does not
+    know, the known hook it may have meant (not pluggy's ``<module ...>``)."""
+    unknown = [
+        name for name in dir(exc.plugin) if name.startswith("pullback_") and name not in KNOWN_HOOKS
+    ]
+    if not unknown:
+        return printable(exc, MAX_LINE)
+    said = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, KNOWN_HOOKS, n=1)
+        said.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"unknown hook {', '.join(said)}; the hooks are {', '.join(KNOWN_HOOKS)}"
 
 
 TASK_NAME = re.compile(r"[a-z][a-z0-9_]*(-[a-z0-9_]+)*")
@@ -301,8 +355,15 @@ def _declared(plugins: PluginSet) -> list[tuple[TaskType, object]]:
         name = pm.get_name(impl.plugin)
         try:
             declared = impl.function() or []
+        except Interrupted:
+            raise
         except Exception as exc:
             plugins.errors.append(f"plugin {name}: pullback_task_types failed: {exc}")
+            continue
+        except BaseException as exc:
+            plugins.errors.append(
+                f"plugin {name}: pullback_task_types failed: {_not_an_error(exc)}"
+            )
             continue
         if not isinstance(declared, (list, tuple)):
             declared = [declared]  # "not a TaskType", below

@@ -173,11 +173,11 @@ class Sidecar:
         data["duration"] = round(data["duration"], 3)
         for service in data["services"]:
             service["duration"] = round(service["duration"], 3)
-            service["error"] = _words(service["error"])
+            service["error"] = kept_words(service["error"])
             for task in service["tasks"]:
                 task["duration"] = round(task["duration"], 3)
-                task["error"] = _words(task["error"])
-                warnings = [_words(w) for w in task["warnings"]]
+                task["error"] = kept_words(task["error"])
+                warnings = [kept_words(w) for w in task["warnings"]]
                 if len(warnings) > MAX_WARNINGS:
                     warnings = [
                         *warnings[:MAX_WARNINGS],
@@ -187,10 +187,10 @@ class Sidecar:
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
-def _words(text: str | None) -> str | None:
-    """An error or warning as a sidecar keeps it: every secret the process knows masked
-    (a plugin's own log lines and exceptions may hold its section's ``x-secret`` values),
-    at most :data:`MAX_WORDS` characters."""
+def kept_words(text: str | None) -> str | None:
+    """An error or warning as a sidecar (and the client's status file) keeps it: every
+    secret the process knows masked (a plugin's own log lines and exceptions may hold its
+    section's ``x-secret`` values), at most :data:`MAX_WORDS` characters."""
     if text is None:
         return None
     text = secrets.mask(text)

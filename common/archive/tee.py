@@ -11,6 +11,7 @@ import os
 import threading
 from pathlib import Path
 
+from .. import forks
 from ..errors import ArchiveError, CommandError
 from ..fsutil import write_all
 from ..runner import Runner, RunningCommand
@@ -33,7 +34,8 @@ class Tee:
         self.tester: RunningCommand | None = None
         self.test_fd = -1
         if test_argv:
-            read_end, self.test_fd = os.pipe2(os.O_CLOEXEC)
+            read_end, test_fd = os.pipe2(os.O_CLOEXEC)
+            self.test_fd = forks.kept_from_forks(test_fd)
             with contextlib.suppress(OSError):
                 fcntl.fcntl(self.test_fd, _F_SETPIPE_SZ, CHUNK)
             with os.fdopen(read_end, "rb", buffering=0) as stdin:
@@ -51,14 +53,14 @@ class Tee:
                     try:
                         write_all(self.test_fd, data)
                     except BrokenPipeError:  # the tester gave up; its exit status says why
-                        os.close(self.test_fd)
+                        forks.close(self.test_fd)
                         self.test_fd = -1
         except OSError as exc:
             self.error = exc
         finally:
             os.close(self.source)
             if self.test_fd >= 0:
-                os.close(self.test_fd)
+                forks.close(self.test_fd)
                 self.test_fd = -1
 
     def finish(self, path: Path) -> None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+from .. import forks
 from ..errors import ArchiveError, CommandError, Interrupted
 from ..fsutil import (
     DEEPEST_LEVELS,
@@ -278,7 +279,7 @@ class ArchiveWriter:
             os.close(write_end)
             self._discard()
             raise
-        self._fd = write_end
+        self._fd = forks.kept_from_forks(write_end)
         return self
 
     def __enter__(self) -> ArchiveWriter:
@@ -304,7 +305,7 @@ class ArchiveWriter:
             self._flush()
             tee = self._tee
             if self._compressor is not None and tee is not None:
-                os.close(self._fd)
+                forks.close(self._fd)
                 self._fd = -1
                 self._wait_compressor()
                 tee.finish(self.path)
@@ -367,7 +368,7 @@ class ArchiveWriter:
         self._stop_cutting()
         if self._compressor is not None and self._fd >= 0:
             with contextlib.suppress(OSError):
-                os.close(self._fd)
+                forks.close(self._fd)
             self._fd = -1
         if self._compressor is not None:
             self._compressor.stop(grace=2.0)
@@ -430,6 +431,8 @@ class ArchiveWriter:
             try:
                 written = os.write(self._fd, view)
             except BrokenPipeError:
+                with contextlib.suppress(OSError):
+                    forks.close(self._fd)
                 self._fd = -1
                 self._wait_compressor()
                 raise ArchiveError(f"the compressor stopped reading ({self.path})") from None

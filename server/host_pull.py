@@ -858,7 +858,8 @@ class HostPull:
         self.result.warnings.extend(warnings.lines(KEPT_WARNINGS))
         stats = fetched.unpacked
         self.ctx.log.info(
-            "fetched %s (%s, %s%s), unpacked %d files (%d rewritten, %d unchanged, %d removed)",
+            "fetched %s (%s, %s%s), unpacked %d files (%d rewritten, %d unchanged), "
+            "removed %d entries (a directory, once)",
             archive.archive.name,
             "a delta" if archive.archive.is_delta else "a full archive",
             human_size(fetched.size),

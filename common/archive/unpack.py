@@ -155,6 +155,8 @@ class UnpackStats:
     ``written + unchanged == files``."""
     unchanged: int = 0
     removed: int = 0
+    """Entries of staging no member named, removed: a directory counts once, whatever it
+    held (the sweep removes the tree without reading it)."""
     warnings: BoundedWarnings = field(default_factory=BoundedWarnings)
     """The first 100 warnings; ``warnings.total`` counts them all."""
 

@@ -1,12 +1,14 @@
-"""Pipe ends that a child forked by Python code must not keep.
+"""Descriptors that a child forked by Python code must not keep: pipe ends and locks.
 
 The archive's compressor and its tester read a pipe until every copy of its write end is
 closed. A plugin's hook that forks (``os.fork()``, multiprocessing's fork start method, a
 library that daemonizes) gives its child a copy of each, and the run then waited for that
 child to end before it could publish (an outside plugin author's child held a run 12 s;
-one that lives on would hold it for ever). Every write end registered here is closed in
-each child forked while it is open. (The programs pullback runs are not forked by Python
-code, and close every descriptor but their own anyway.)
+one that lives on would hold it for ever). A lock (an ``flock``) is shared the same way:
+a daemonized child held client.lock, and the next run was refused. Every descriptor
+registered here is closed in each child forked while it is open; the parent's lock and
+pipes are untouched. (The programs pullback runs are not forked by Python code, and
+close every descriptor but their own anyway.)
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ os.register_at_fork(after_in_child=_close_in_child)
 
 
 def kept_from_forks(fd: int) -> int:
-    """Register ``fd``, a pipe's write end, to be closed in every child forked from now
-    until :func:`close` closes it here; returns it."""
+    """Register ``fd`` (a pipe's write end, a lock's descriptor) to be closed in every
+    child forked from now until :func:`close` closes it here; returns it."""
     _WRITE_ENDS.add(fd)
     return fd
 

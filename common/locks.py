@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import forks
 from .clock import iso, utc_now
 from .errors import LockBusy
 from .fsutil import atomic_write
@@ -103,7 +104,7 @@ class FileLock:
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-        self._fd = fd
+        self._fd = forks.kept_from_forks(fd)  # (a plugin's forked child holds no lock)
         with contextlib.suppress(OSError):  # only for the curious: never fails the lock
             atomic_write(self.public, json.dumps(record) + "\n", mode=0o644)
         return self
@@ -127,7 +128,7 @@ class FileLock:
             self.public.unlink()
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, 0)
-        os.close(self._fd)  # closing drops the flock
+        forks.close(self._fd)  # closing drops the flock
         self._fd = None
 
     @property

@@ -118,6 +118,23 @@ def raise_if_swallowed() -> None:
         _ACTIVE[-1].raise_swallowed()
 
 
+def witnessed(signum: int) -> None:
+    """A SIGTERM, SIGINT or SIGHUP reached a handler a plugin's hook had put in the
+    guard's place (the hook's own, Python's ``default_int_handler``): the innermost guard
+    holds it as received, as if it had been its own, and raises Interrupted for it
+    unless shielded (the shielded block raises it as it ends). Outside any guard: raised
+    at once."""
+    if not _ACTIVE:
+        raise Interrupted(signum)
+    guard = _ACTIVE[-1]
+    if guard.received is None:
+        guard.received = signum
+        log.warning(
+            "%s received (by a plugin's handler); %s", signal.Signals(signum).name, guard.stopping
+        )
+    guard.raise_swallowed()
+
+
 def received() -> int | None:
     """The signal a guard of this process received (from any thread), None before one."""
     return next((guard.received for guard in list(_ACTIVE) if guard.received), None)

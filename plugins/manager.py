@@ -16,10 +16,10 @@ from typing import cast
 import pluggy
 
 from ..common import schema as schemas
-from ..common import validated
+from ..common import secrets, validated
 from ..common.errors import Interrupted, PullbackError
 from ..common.log import get_logger
-from ..common.signals import raise_if_swallowed
+from ..common.signals import raise_if_swallowed, witnessed
 from ..common.text import printable
 from . import hookspecs, process_state
 from .task import Requirement, Task, TaskType
@@ -74,18 +74,19 @@ class PluginSet:
         owner = self.types[task.type][1]
         others = [p for p in self.pm.get_plugins() if p is not owner]
         caller = self.pm.subset_hook_caller(f"pullback_{stage}", remove_plugins=others)
+        kept = process_state.Kept(lambda words: task.log.warning("%s", words))
         try:
-            with process_state.kept(lambda words: task.log.warning("%s", words)):
+            with kept:
                 result = caller(task=task, **kwargs)
         except Interrupted:
             raise
         except Exception:
-            raise_if_swallowed()  # a signal the hook caught and turned into its error
+            _raise_if_signalled(kept)  # a signal the hook caught and turned into its error
             raise
         except BaseException as exc:
-            raise_if_swallowed()
+            _raise_if_signalled(kept)  # (a real Ctrl-C under default_int_handler)
             raise PluginExit(_not_an_error(exc)) from None
-        raise_if_swallowed()  # a signal the hook caught and went on
+        _raise_if_signalled(kept)  # a signal the hook caught and went on
         return result
 
     def implements(self, stage: str, task: Task) -> bool:
@@ -108,13 +109,24 @@ def as_lines(found: object) -> list[str]:
         return []
     if isinstance(found, str | bytes) or not isinstance(found, Iterable):
         found = [found]
-    return [printable(line, MAX_LINE) for line in found]
+    # masked before the cut: a secret the cut would split is no longer one the mask knows
+    return [printable(secrets.mask(str(line)), MAX_LINE) for line in found]
 
 
 class PluginExit(PullbackError):
     """A plugin's hook called ``sys.exit()``, or raised another exception that is not an
     error (``KeyboardInterrupt``, ``GeneratorExit``: a signal reaches pullback as
     :class:`Interrupted`, never as these): its task fails, the run goes on."""
+
+
+def _raise_if_signalled(kept: process_state.Kept) -> None:
+    """Raise Interrupted when a SIGTERM, SIGINT or SIGHUP came while the hook ran: one
+    the guard received, or one a handler of the hook's own did (:mod:`.process_state`);
+    the guard then holds it as received (raised at once, or where a shielded block
+    ends)."""
+    if kept.signal is not None:
+        witnessed(kept.signal)
+    raise_if_swallowed()
 
 
 def _not_an_error(exc: BaseException) -> str:

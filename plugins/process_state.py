@@ -1,13 +1,21 @@
-"""What a plugin's hook may not change for the rest of the client's process: the
-environment, the umask and the handlers of the signals pullback stops on.
+"""What a plugin's hook may not change for the rest of the client's process (the
+environment, the umask, the handlers of the signals pullback stops on), and the signals
+it may not swallow.
 
 Hooks run in the client's own process. One that set ``os.environ["PATH"]`` made every
 later service's commands fail (an ``os.environ["PGPASSWORD"]`` would reach every later
 command); ``os.umask(0)`` made the next service's staged files world-writable in the
-archive, and so on the restored system; a SIGTERM handler set to ``SIG_IGN`` made a run
-stopped by systemd publish as if nothing happened (an outside plugin author's findings).
-:func:`kept` takes them before a hook and puts back what it changed, with a warning.
-A hook that needs another environment passes ``env=`` to ``task.run``.
+archive, and so on the restored system; a SIGTERM handler set to ``SIG_IGN`` made every
+later SIGTERM ignored, so a run systemd stopped published as if nothing happened (an
+outside plugin author's findings). :class:`Kept` takes them before a hook and puts back
+what it changed, with a warning.
+
+A SIGTERM, SIGINT or SIGHUP that reaches a handler the hook put in the signal guard's
+place (Python's ``default_int_handler``, a daemon's ``sys.exit`` handler, one the hook
+set and put back itself) is witnessed through :func:`signal.set_wakeup_fd`, and the run
+stops as if the guard had received it (an outside review: Ctrl-C became "the plugin
+raised KeyboardInterrupt" and the run published). One that arrives while the hook has
+the signal ignored (``SIG_IGN``) is discarded by the kernel: nothing can see it.
 """
 
 from __future__ import annotations
@@ -15,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable
 
+from ..common.errors import Interrupted
 from ..common.signals import SignalGuard
 
 
@@ -36,31 +46,120 @@ def _handlers() -> dict[int, object]:
     return {sig: signal.getsignal(sig) for sig in SignalGuard.SIGNALS}
 
 
-@contextlib.contextmanager
-def kept(warn: Callable[[str], None]) -> Iterator[None]:
-    """Run the block (a hook); then put back the environment, the umask and the signal
-    handlers it changed, and ``warn`` once naming what was put back."""
-    environ, mask, handlers = dict(os.environ), _umask(), _handlers()
-    try:
-        yield
-    finally:
-        changed = []
+_WITNESS_FDS: list[int] = []
+"""The witness pipe's descriptors while a hook runs (one hook at a time)."""
+
+
+def _forget_in_child() -> None:
+    """In a child a hook forked (multiprocessing's workers): no witness. Its signals are
+    its own (a pool's terminate() sends its workers SIGTERM), and the parent's pipe is
+    not its to write to."""
+    if _WITNESS_FDS:
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+        for fd in _WITNESS_FDS:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _WITNESS_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+class _Witness:
+    """While a hook runs in the main thread: a pipe that Python's C-level signal handler
+    writes each signal's number to (``signal.set_wakeup_fd``), whatever Python handler
+    then runs; none in another thread, or where the wakeup descriptor is taken."""
+
+    def __init__(self) -> None:
+        self._fds: tuple[int, int] | None = None
+        self._previous = -1
+        if threading.current_thread() is not threading.main_thread():
+            return
+        read, write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            self._previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            os.close(read)
+            os.close(write)
+            return
+        self._fds = (read, write)
+        _WITNESS_FDS[:] = [read, write]
+
+    def end(self) -> int | None:
+        """Stop witnessing; return the first SIGTERM, SIGINT or SIGHUP that came."""
+        if self._fds is None:
+            return None
+        read, write = self._fds
+        self._fds = None
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(self._previous)
+        _WITNESS_FDS.clear()
+        came = b""
+        with contextlib.suppress(OSError):  # (BlockingIOError: nothing, or no more)
+            while chunk := os.read(read, 512):
+                came += chunk
+        os.close(read)
+        os.close(write)
+        return next((sig for sig in came if sig in SignalGuard.SIGNALS), None)
+
+
+class Kept:
+    """Around a hook: on exit, put back the environment, the umask and the signal
+    handlers it changed (``warn`` once naming what), and keep in :attr:`signal` the
+    signal a handler of the hook's own received (None when none did)."""
+
+    def __init__(self, warn: Callable[[str], None]):
+        self.warn = warn
+        self.signal: int | None = None
+        self._environ = dict(os.environ)
+        self._mask = _umask()
+        self._handlers = _handlers()
+        self._witness = _Witness()
+        self._changed: dict[str, None] = {}
+
+    def __enter__(self) -> Kept:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.signal = self._witness.end()
+        interrupted: Interrupted | None = None
+        while True:  # (each step is idempotent: a signal raised in one, it runs again)
+            try:
+                self._put_back()
+                break
+            except Interrupted as came:
+                interrupted = interrupted or came
+        if self._changed:
+            hint = (
+                " (a hook passes env= to task.run instead)"
+                if "the environment" in (self._changed)
+                else ""
+            )
+            self.warn(
+                f"the plugin changed {' and '.join(self._changed)} of the client's "
+                f"process; put back{hint}"
+            )
+        if interrupted is not None:
+            raise interrupted
+
+    def _put_back(self) -> None:
+        environ = self._environ
         if os.environ != environ:
-            os.environ.clear()
-            os.environ.update(environ)
-            changed.append("the environment")
-        if _umask() != mask:
-            os.umask(mask)
-            changed.append("the umask")
+            for key in [k for k in os.environ if k not in environ]:
+                del os.environ[key]
+            for key, value in environ.items():
+                if os.environ.get(key) != value:
+                    os.environ[key] = value
+            self._changed["the environment"] = None
+        if _umask() != self._mask:
+            os.umask(self._mask)
+            self._changed["the umask"] = None
         now = _handlers()
-        moved = [sig for sig, handler in handlers.items() if now[sig] != handler]
+        moved = [sig for sig, handler in self._handlers.items() if now[sig] != handler]
         for sig in moved:
             with contextlib.suppress(ValueError, TypeError, OSError):  # (not the main thread)
-                signal.signal(sig, handlers[sig])  # type: ignore[arg-type]
+                signal.signal(sig, self._handlers[sig])  # type: ignore[arg-type]
         if moved:
-            changed.append("the handlers of " + ", ".join(signal.Signals(s).name for s in moved))
-        if changed:
-            warn(
-                f"the plugin changed {' and '.join(changed)} of the client's process; "
-                "put back (a hook passes env= to task.run instead)"
-            )
+            names = ", ".join(signal.Signals(s).name for s in moved)
+            self._changed[f"the handlers of {names}"] = None

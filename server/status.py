@@ -114,8 +114,8 @@ def _names(hosts: list[str]) -> str:
 
 def _kinds(found: list[HostRow]) -> dict[str, list[str]]:
     """The hosts by kind: stale ones, those whose last pull failed and those that need
-    attention (a stale host in these too, as the mail names it: ``FAILED: web1
-    (stale)``), and the ok ones (neither)."""
+    attention (a stale host in these too: the mail names a failed one so, ``FAILED:
+    web1 (stale)``), and the ok ones (in none)."""
     kinds: dict[str, list[str]] = {"stale": [], "failed": [], "attention": [], "ok": []}
     for row in found:
         if row.stale:

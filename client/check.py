@@ -98,14 +98,16 @@ def _setting_problems(config: ClientConfig) -> list[str]:
     problems += _output_problems(config)
     for directory in config.service_dirs:
         if not directory.is_dir():
-            problems.append(f"{config.path}: service_dirs: {directory} does not exist")
+            problems.append(
+                f"{config.path}: service_dirs: {printable(directory, 300)} does not exist"
+            )
     schema = load_schema("pullback.common", "client")
     data = load_validated(config.path, schema, allow_empty=True).data
     problems += secret_file_problems(config.path, schema, data)
     if not find_service_files(config.service_dirs):
         problems.append(
             f"{config.path}: service_dirs: no service.yaml found in "
-            f"{', '.join(str(d) for d in config.service_dirs)}"
+            f"{', '.join(printable(d, 300) for d in config.service_dirs)}"
         )
     return problems
 

@@ -70,6 +70,8 @@ class Service:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     """Keys accepted but not used as backup-suite used them; shown, never fatal."""
+    name_line: int = 1
+    """The line of ``service.name`` in the file (1 when it gives none)."""
 
     @property
     def broken(self) -> bool:
@@ -108,7 +110,7 @@ def _read(path: Path) -> YamlDocument | Service:
     """The service file's document, or a broken Service saying why it cannot be read."""
     fallback = path.parent.name
     try:
-        doc = load(path)
+        doc = load(path, obeyed=True)
     except YamlFileError as exc:
         return Service(fallback, path, problems=exc.problems)
     if doc.data is None:
@@ -177,6 +179,7 @@ def load_service(path: Path, plugins: PluginSet) -> Service:
     head = head if isinstance(head, dict) else {}
     name = head.get("name")
     service = Service(name if isinstance(name, str) and name else path.parent.name, path)
+    service.name_line = doc.line_of(("service", "name")) or 1
     service.enabled = head.get("enabled") is not False
     service.warnings = notes
     service.description = str(head.get("description", ""))
@@ -209,7 +212,7 @@ def discover(service_dirs, plugins: PluginSet) -> list[Service]:
             service.problems.append(
                 Problem(
                     str(path),
-                    1,
+                    service.name_line,
                     "service.name",
                     f"service name '{service.name}' is already used by {first.file}",
                 )

@@ -434,6 +434,25 @@ def untrusted_link(path: Path) -> Path | None:
     return None
 
 
+def others_may_change(path: str | os.PathLike) -> str | None:
+    """Why another user than root (or this process's own) may change the file at
+    ``path``, which pullback obeys (a configuration or service file, a plugin): its
+    owner, or its mode writable by group or others; None when none may. A service file
+    another user could write was run as root (an outside review). Raises OSError."""
+    info = os.stat(path)
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid not in (0, os.geteuid()):
+        why = f"it is owned by uid {info.st_uid}"
+    elif mode & 0o022:
+        why = f"group or others may write it (mode {mode:04o})"
+    else:
+        return None
+    return (
+        f"{why}: pullback does not obey a file another user can change; "
+        f"run: chown root: {path} && chmod go-w {path}"
+    )
+
+
 def read_regular(path: str | os.PathLike, limit: int) -> bytes:
     """The bytes of ``path``, a regular file of at most ``limit`` bytes, opened without
     blocking (a FIFO put in its place is refused, not waited on; a device is refused).

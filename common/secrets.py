@@ -107,11 +107,24 @@ _CUTS = re.compile(r"[/?#@:]")
 """Where a URL parser cuts a raw password that holds them (``invalid port ":Zq9x"``)."""
 
 
+_ANY_USERINFO = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<user>[^/:@\s]{0,256}):[^\s]{0,1024}@"
+)
+"""A ``scheme://user:password@`` anywhere in a line, whatever stands before it (a value
+the schema refuses: ``REST:https://...``, `` rest:...``, ``a:b:https://...`` were shown
+with their password, an outside review); the password runs to the line's last ``@``
+before a space. Each part is bounded, so a long line costs time in proportion to it."""
+
+
 def mask_url_password(location: str) -> str:
     """``location`` (a repository URL) with the password of its ``user:password@``
-    replaced by ``***``; each line of a value that holds several."""
+    replaced by ``***``; each line of a value that holds several, and in a line that is
+    not a URL pullback takes, wherever one stands."""
     return "\n".join(
-        _USERINFO.sub(lambda m: f"{m['head']}{m['user']}:***@", line, count=1)
+        _ANY_USERINFO.sub(
+            lambda m: f"{m['head']}{m['user']}:***@",
+            _USERINFO.sub(lambda m: f"{m['head']}{m['user']}:***@", line, count=1),
+        )
         for line in location.split("\n")
     )
 

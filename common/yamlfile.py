@@ -9,6 +9,7 @@ explicit tag that cannot be read, numbers no setting can mean).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import os
 import re
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .fsutil import read_regular
+from .fsutil import others_may_change, read_regular
 
 KeyPath = tuple[str | int, ...]
 
@@ -45,15 +46,24 @@ class Problem:
         return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 
 
+MAX_KEY = 100
+"""Characters of one key shown in a problem (an unknown key of 10 MiB was printed whole)."""
+
+
 def format_key(path: KeyPath) -> str:
-    """Render a key path like ``hosts[0].port`` (an unprintable key quoted, escaped)."""
+    """Render a key path like ``hosts[0].port`` (an unprintable key quoted, escaped; each
+    key cut at :data:`MAX_KEY` characters)."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            part = str(part) if str(part).isprintable() else repr(str(part))
-            out += f".{part}" if out else part
+            continue
+        text = str(part)
+        cut = len(text) > MAX_KEY
+        text = text[:MAX_KEY] if text.isprintable() else repr(text[:MAX_KEY])
+        if cut or len(text) > MAX_KEY:
+            text = text[: MAX_KEY - 1] + "…"
+        out += f".{text}" if out else text
     return out
 
 
@@ -141,6 +151,40 @@ class _Loader(yaml.SafeLoader):
             ) from None
 
 
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9_]*)")
+
+
+def _ambiguous_number(node: yaml.Node) -> str | None:
+    """Why an unquoted number is refused: YAML 1.1 (PyYAML's) reads ``0755`` as octal
+    (493), ``0x10`` and ``0b101`` as hexadecimal and binary, ``1:30`` as base 60 (90), so
+    ``max_age: 1:30`` was 90 seconds and an ``environment:`` value ``012345`` reached the
+    command as 5349 (an outside review); None for a decimal number or anything else."""
+    if not isinstance(node, yaml.ScalarNode) or node.style is not None:
+        return None
+    text = node.value
+    if node.tag == _INT_TAG and not _DECIMAL.fullmatch(text):
+        kind = (
+            "base 60"
+            if ":" in text
+            else "hexadecimal"
+            if "x" in text.lower()
+            else "binary"
+            if "b" in text.lower()
+            else "octal"
+        )
+    elif node.tag == _FLOAT_TAG and ":" in text:
+        kind = "base 60"
+    else:
+        return None
+    shown = text if len(text) <= 40 else text[:39] + "…"
+    return (
+        f"{shown} is a YAML 1.1 {kind} number, not what it reads as: write the number in "
+        f'decimal or a duration such as "90s", or quote it ("{shown}") for text'
+    )
+
+
 def _check_nodes(root: yaml.Node, file: str, at: _Lines) -> list[Problem]:
     """Duplicate keys, recursive aliases, too deep nesting and alias bombs, as problems.
 
@@ -165,6 +209,9 @@ def _check_nodes(root: yaml.Node, file: str, at: _Lines) -> list[Problem]:
     def walk(node: yaml.Node, path: KeyPath, ancestors: frozenset[int]) -> tuple[int, int]:
         if len(path) > MAX_DEPTH:
             return 1, 0
+        said = _ambiguous_number(node)
+        if said:
+            problems.append(Problem(file, at(node.start_mark), format_key(path), said))
         inner = ancestors | {id(node)}
         below: list[tuple[int, int]] = []
         if isinstance(node, yaml.MappingNode):
@@ -316,15 +363,23 @@ def _parse(text: str, file: str, at: _Lines) -> tuple[yaml.Node | None, Any]:
         loader.dispose()
 
 
-def load(path: str | os.PathLike) -> YamlDocument:
-    """Parse the YAML file at ``path``.
+def load(path: str | os.PathLike, *, obeyed: bool = False) -> YamlDocument:
+    """Parse the YAML file at ``path``; ``obeyed``: a file pullback does what it says (a
+    configuration or service file), refused when another user may change it
+    (:func:`.fsutil.others_may_change`).
 
     Returns a :class:`YamlDocument` (``data`` is None for an empty file). Raises
     :class:`YamlFileError` when the file is missing, unreadable, not UTF-8, not valid YAML,
-    has duplicate keys or is hostile (see the module's docstring).
+    has duplicate keys or is hostile (see the module's docstring), or, obeyed, another
+    user may change it.
     """
     path = Path(path)
     text = _read_text(path)
+    if obeyed:
+        with contextlib.suppress(OSError):  # (it was just read)
+            why = others_may_change(path)
+            if why:
+                raise YamlFileError([Problem(str(path), None, "", why)])
     at = _Lines(text)
     node, data = _parse(text, str(path), at)
     lines: dict[KeyPath, int] = {}

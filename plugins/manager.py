@@ -18,6 +18,7 @@ import pluggy
 from ..common import schema as schemas
 from ..common import secrets, validated
 from ..common.errors import Interrupted, PullbackError
+from ..common.fsutil import others_may_change
 from ..common.log import get_logger
 from ..common.signals import raise_if_swallowed, witnessed
 from ..common.text import printable
@@ -139,6 +140,12 @@ def _not_an_error(exc: BaseException) -> str:
 
 
 def _load_file(path: Path) -> object:
+    """The module of a plugin file of ``plugin_dirs``, run. Raises ImportError when it
+    cannot be loaded or another user may change it (it would run as root), and what
+    running it raises."""
+    why = others_may_change(path)
+    if why:
+        raise ImportError(why)
     name = f"pullback_local_plugin_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:

@@ -44,6 +44,7 @@ class ClientSandbox:
             extra["incremental"] = {"cache_dir": str(self.root / "cache"), **extra["incremental"]}
         data.update(extra)
         self.config.write_text(yaml.safe_dump(data))
+        self.config.chmod(0o600)  # (as an administrator keeps it: it may hold a secret)
         return self.config
 
     def add_service(self, name: str, text: str, subdir: str | None = None, mode: int = 0o600):

@@ -148,6 +148,7 @@ class Fleet:
             else:
                 data[key] = value
         self.config.write_text(yaml.safe_dump(data))
+        self.config.chmod(0o600)  # (as an administrator keeps it: it may hold a secret)
         return self.config
 
     def server(self, *args: str, timeout: float = 300, env=None):

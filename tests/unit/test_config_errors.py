@@ -69,12 +69,19 @@ def test_every_problem_is_reported_in_line_order(tmp_path):
     path = write(tmp_path, "keep_days: -1\nservice_dirs: [relative/dir]\nbogus: 1\n")
     found = problems_of(path)
     assert [p.split(":")[1] for p in found] == ["1", "2", "3"]
-    assert "service_dirs[0]: expected an absolute path, got 'relative/dir'" in found[1]
+    assert (
+        "service_dirs[0]: expected an absolute path (names of at most 255 characters), "
+        "got 'relative/dir'" in found[1]
+    )
 
 
 def test_list_item_line_is_its_own(tmp_path):
     path = write(tmp_path, "service_dirs:\n  - /ok\n  - /fine\n  - 42\n")
-    assert problems_of(path) == [f"{path}:4: service_dirs[2]: expected an absolute path, got 42"]
+    assert problems_of(path) == [
+        f"{path}:4: service_dirs[2]: expected an absolute path "
+        "(names of at most 255 characters), "
+        f"got 42"
+    ]
 
 
 def test_bad_size(tmp_path):
@@ -211,7 +218,9 @@ def test_a_relative_cache_dir_is_refused(tmp_path):
     outside tester); it is a config error: file, line, key, exit 2."""
     path = write(tmp_path, "hostname: web1\nincremental:\n  cache_dir: var/cache/pullback\n")
     assert problems_of(path) == [
-        f"{path}:3: incremental.cache_dir: expected an absolute path, got 'var/cache/pullback'"
+        f"{path}:3: incremental.cache_dir: expected an absolute path "
+        "(names of at most 255 characters), "
+        f"got 'var/cache/pullback'"
     ]
 
 

@@ -77,9 +77,9 @@ def _output_problems(config: ClientConfig) -> list[str]:
     allowed = unit_writable_paths(unit) if any(outputs.values()) else None
     for setting, path in outputs.items():
         found = output_problem(setting, path, unit, allowed) if path is not None else None
-        problems += [f"{config.path}: {found}"] if found else []
+        problems += [f"{config.path}: {printable(found, 1000)}"] if found else []
     shared = config.metrics_file and shared_metrics_file(config.metrics_file, SERVER_CONFIG)
-    return problems + ([f"{config.path}: {shared}"] if shared else [])
+    return problems + ([f"{config.path}: {printable(shared, 1000)}"] if shared else [])
 
 
 def _setting_problems(config: ClientConfig) -> list[str]:
@@ -94,7 +94,7 @@ def _setting_problems(config: ClientConfig) -> list[str]:
     for key in ("archive_dir", "work_dir", "lock_dir"):
         path = getattr(config, key)
         if not writable_or_creatable(path):
-            problems.append(f"{config.path}: {key}: {path} is not writable")
+            problems.append(f"{config.path}: {key}: {printable(path, 300)} is not writable")
     problems += _output_problems(config)
     for directory in config.service_dirs:
         if not directory.is_dir():

@@ -7,8 +7,9 @@ child to end before it could publish (an outside plugin author's child held a ru
 one that lives on would hold it for ever). A lock (an ``flock``) is shared the same way:
 a daemonized child held client.lock, and the next run was refused. Every descriptor
 registered here is closed in each child forked while it is open; the parent's lock and
-pipes are untouched. (The programs pullback runs are not forked by Python code, and
-close every descriptor but their own anyway.)
+pipes are untouched. (``sh`` forks by ``os.fork()`` too before it runs a program: the
+registered descriptors are close-on-exec anyway, so there they are only closed sooner.
+Never register one that is meant to be handed to a program.)
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import functools
 import os
+import shlex
 import shutil
 import stat
 import tempfile
@@ -434,31 +435,47 @@ def untrusted_link(path: Path) -> Path | None:
     return None
 
 
-def others_may_change(path: str | os.PathLike) -> str | None:
+def others_may_change(path: str | os.PathLike, info: os.stat_result | None = None) -> str | None:
     """Why another user than root (or this process's own) may change the file at
     ``path``, which pullback obeys (a configuration or service file, a plugin): its
-    owner, or its mode writable by group or others; None when none may. A service file
-    another user could write was run as root (an outside review). Raises OSError."""
-    info = os.stat(path)
+    owner, its mode writable by group or others, or its directory writable by another
+    user (who could put another file in its place; not with the sticky bit, as /tmp's);
+    None when none may. ``info``: the file's stat as read (``fstat`` of the descriptor
+    its text came from), else taken by path. A service file another user could write was
+    run as root (an outside review). Raises OSError."""
+    info = info or os.stat(path)
+    directory = os.stat(os.path.dirname(os.path.abspath(path)))
     mode = stat.S_IMODE(info.st_mode)
     if info.st_uid not in (0, os.geteuid()):
         why = f"it is owned by uid {info.st_uid}"
     elif mode & 0o022:
         why = f"group or others may write it (mode {mode:04o})"
+    elif directory.st_uid not in (0, os.geteuid()) or (
+        directory.st_mode & 0o022 and not directory.st_mode & stat.S_ISVTX
+    ):
+        why = "another user may write its directory (and put another file in its place)"
     else:
         return None
+    quoted = shlex.quote(str(path))
     return (
-        f"{why}: pullback does not obey a file another user can change; "
-        f"run: chown root: {path} && chmod go-w {path}"
+        f"{why}: pullback does not obey a file another user can change; review it, then "
+        f"make it root's: chown root: {quoted} && chmod go-w {quoted} (and its directory)"
     )
 
 
-def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+class OthersMayChange(ValueError):
+    """A file pullback obeys is one another user may change (:func:`others_may_change`)."""
+
+
+def read_regular(path: str | os.PathLike, limit: int, *, obeyed: bool = False) -> bytes:
     """The bytes of ``path``, a regular file of at most ``limit`` bytes, opened without
     blocking (a FIFO put in its place is refused, not waited on; a device is refused).
+    ``obeyed``: the descriptor the bytes are read from is checked too (no file swapped
+    in after a check by path).
 
     Raises OSError when it cannot be opened or read, ValueError when it is not a regular
-    file or is longer than ``limit``."""
+    file or is longer than ``limit``, OthersMayChange (obeyed) when another user may
+    change it."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     size = f"{limit >> 20} MiB" if not limit % (1 << 20) else f"{limit} bytes"
     too_large = ValueError(f"larger than {size}")
@@ -466,6 +483,9 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
         info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError("not a regular file")
+        why = others_may_change(path, info) if obeyed else None
+        if why:
+            raise OthersMayChange(why)
         if info.st_size > limit:
             raise too_large
         with open(descriptor, "rb", closefd=False) as file:

@@ -108,7 +108,9 @@ def _type_of(value: Any) -> str:
 def _shown(value: Any, secret: bool) -> str:
     if secret:
         return "(a secret value, not shown)"
-    text = repr(mask_url_password(value) if isinstance(value, str) else value)
+    if isinstance(value, str):  # (masked before the cut; only what can be shown masked)
+        value = mask_url_password(value[:1500])
+    text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

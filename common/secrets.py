@@ -108,7 +108,8 @@ _CUTS = re.compile(r"[/?#@:]")
 
 
 _ANY_USERINFO = re.compile(
-    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?P<user>[^/:@\s]{0,256}):[^\s]{0,1024}@"
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]{0,31}://|(?i:rest):(?![A-Za-z][A-Za-z0-9+.-]{0,31}://))"
+    r"(?P<user>[^/:@\s]{0,256}):[^\s]{0,1024}@"
 )
 """A ``scheme://user:password@`` anywhere in a line, whatever stands before it (a value
 the schema refuses: ``REST:https://...``, `` rest:...``, ``a:b:https://...`` were shown

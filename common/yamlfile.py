@@ -9,7 +9,6 @@ explicit tag that cannot be read, numbers no setting can mean).
 from __future__ import annotations
 
 import bisect
-import contextlib
 import math
 import os
 import re
@@ -19,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .fsutil import others_may_change, read_regular
+from .fsutil import OthersMayChange, read_regular
 
 KeyPath = tuple[str | int, ...]
 
@@ -156,6 +155,12 @@ _FLOAT_TAG = "tag:yaml.org,2002:float"
 _DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9_]*)")
 
 
+def _octal_as_written(text: str) -> bool:
+    """Whether ``text``, an octal number to YAML 1.1, means the same read as decimal."""
+    digits = text.lstrip("+-").replace("_", "")
+    return bool(re.fullmatch(r"0[0-7]*", digits)) and int(digits, 8) == int(digits, 10)
+
+
 def _ambiguous_number(node: yaml.Node) -> str | None:
     """Why an unquoted number is refused: YAML 1.1 (PyYAML's) reads ``0755`` as octal
     (493), ``0x10`` and ``0b101`` as hexadecimal and binary, ``1:30`` as base 60 (90), so
@@ -165,15 +170,15 @@ def _ambiguous_number(node: yaml.Node) -> str | None:
         return None
     text = node.value
     if node.tag == _INT_TAG and not _DECIMAL.fullmatch(text):
+        if _octal_as_written(text):
+            return None  # 07, 00: the same number either way
+        lowered = text.lower()
         kind = (
-            "base 60"
-            if ":" in text
-            else "hexadecimal"
-            if "x" in text.lower()
-            else "binary"
-            if "b" in text.lower()
+            "base 60" if ":" in text
+            else "hexadecimal" if "x" in lowered
+            else "binary" if "b" in lowered
             else "octal"
-        )
+        )  # fmt: skip
     elif node.tag == _FLOAT_TAG and ":" in text:
         kind = "base 60"
     else:
@@ -303,13 +308,15 @@ MAX_BYTES = 16 << 20
 size; a longer one is refused (one holds a few kilobytes)."""
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, obeyed: bool = False) -> str:
     """The file's text. Raises YamlFileError when it is missing, unreadable, not a regular
     file (a FIFO is refused, not waited on: a command the boot runs would hang on it),
     longer than :data:`MAX_BYTES` or not UTF-8."""
     file = str(path)
     try:
-        raw = read_regular(path, MAX_BYTES)
+        raw = read_regular(path, MAX_BYTES, obeyed=obeyed)
+    except OthersMayChange as exc:
+        raise YamlFileError([Problem(file, None, "", str(exc))]) from None
     except ValueError as exc:
         what = "is a directory, expected a file" if path.is_dir() else str(exc)
         raise YamlFileError([Problem(file, None, "", what)]) from None
@@ -374,12 +381,7 @@ def load(path: str | os.PathLike, *, obeyed: bool = False) -> YamlDocument:
     user may change it.
     """
     path = Path(path)
-    text = _read_text(path)
-    if obeyed:
-        with contextlib.suppress(OSError):  # (it was just read)
-            why = others_may_change(path)
-            if why:
-                raise YamlFileError([Problem(str(path), None, "", why)])
+    text = _read_text(path, obeyed)
     at = _Lines(text)
     node, data = _parse(text, str(path), at)
     lines: dict[KeyPath, int] = {}

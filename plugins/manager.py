@@ -5,9 +5,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
-import importlib.util
 import re
 import sys
+import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +17,8 @@ import pluggy
 
 from ..common import schema as schemas
 from ..common import secrets, validated
-from ..common.errors import Interrupted, PullbackError
-from ..common.fsutil import others_may_change
+from ..common.errors import Interrupted, PullbackError, describe
+from ..common.fsutil import read_regular
 from ..common.log import get_logger
 from ..common.signals import raise_if_swallowed, witnessed
 from ..common.text import printable
@@ -139,20 +139,24 @@ def _not_an_error(exc: BaseException) -> str:
     return f"the plugin raised {type(exc).__name__}"
 
 
+MAX_PLUGIN_BYTES = 16 << 20
+"""A plugin file of ``plugin_dirs`` is read up to this size."""
+
+
 def _load_file(path: Path) -> object:
-    """The module of a plugin file of ``plugin_dirs``, run. Raises ImportError when it
-    cannot be loaded or another user may change it (it would run as root), and what
-    running it raises."""
-    why = others_may_change(path)
-    if why:
-        raise ImportError(why)
+    """The module of a plugin file of ``plugin_dirs``, run from the bytes read through
+    the descriptor that was checked (never a cached ``__pycache__`` file, which another
+    check would have to vouch for). Raises ImportError when it cannot be read or another
+    user may change it (it would run as root), and what running it raises."""
+    try:
+        source = read_regular(path, MAX_PLUGIN_BYTES, obeyed=True)
+    except (OSError, ValueError) as exc:
+        raise ImportError(str(exc) if isinstance(exc, ValueError) else describe(exc)) from None
     name = f"pullback_local_plugin_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the plugin
     return module
 
 

@@ -74,6 +74,9 @@ class _Witness:
     def __init__(self) -> None:
         self._fds: tuple[int, int] | None = None
         self._previous = -1
+
+    def start(self) -> None:
+        """Begin witnessing (in the main thread only)."""
         if threading.current_thread() is not threading.main_thread():
             return
         read, write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -92,8 +95,11 @@ class _Witness:
             return None
         read, write = self._fds
         self._fds = None
-        with contextlib.suppress(ValueError, OSError):
+        try:
             signal.set_wakeup_fd(self._previous)
+        except (ValueError, OSError):  # (the earlier one closed meanwhile: none, not ours)
+            with contextlib.suppress(ValueError, OSError):
+                signal.set_wakeup_fd(-1)
         _WITNESS_FDS.clear()
         came = b""
         with contextlib.suppress(OSError):  # (BlockingIOError: nothing, or no more)
@@ -102,6 +108,10 @@ class _Witness:
         os.close(read)
         os.close(write)
         return next((sig for sig in came if sig in SignalGuard.SIGNALS), None)
+
+
+PUT_BACK_TRIES = 5
+"""Times the put-back is tried when a signal's handler raises in it (each signal once)."""
 
 
 class Kept:
@@ -119,17 +129,20 @@ class Kept:
         self._changed: dict[str, None] = {}
 
     def __enter__(self) -> Kept:
+        self._witness.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.signal = self._witness.end()
         interrupted: Interrupted | None = None
-        while True:  # (each step is idempotent: a signal raised in one, it runs again)
-            try:
-                self._put_back()
+        for _ in range(PUT_BACK_TRIES):  # (each step is idempotent: a signal raised in one,
+            try:  # it runs again)
+                self._put_back()  # the handlers first: a signal from then on is the guard's
                 break
             except Interrupted as came:
                 interrupted = interrupted or came
+            except BaseException:  # noqa: S112 - the hook's handler, before it was put back:
+                continue  # its signal is in the witness's pipe, read below
+        self.signal = self._witness.end()
         if self._changed:
             hint = (
                 " (a hook passes env= to task.run instead)"
@@ -144,6 +157,14 @@ class Kept:
             raise interrupted
 
     def _put_back(self) -> None:
+        now = _handlers()
+        moved = [sig for sig, handler in self._handlers.items() if now[sig] != handler]
+        for sig in moved:
+            with contextlib.suppress(ValueError, TypeError, OSError):  # (not the main thread)
+                signal.signal(sig, self._handlers[sig])  # type: ignore[arg-type]
+        if moved:
+            names = ", ".join(signal.Signals(s).name for s in moved)
+            self._changed[f"the handlers of {names}"] = None
         environ = self._environ
         if os.environ != environ:
             for key in [k for k in os.environ if k not in environ]:
@@ -155,11 +176,3 @@ class Kept:
         if _umask() != self._mask:
             os.umask(self._mask)
             self._changed["the umask"] = None
-        now = _handlers()
-        moved = [sig for sig, handler in self._handlers.items() if now[sig] != handler]
-        for sig in moved:
-            with contextlib.suppress(ValueError, TypeError, OSError):  # (not the main thread)
-                signal.signal(sig, self._handlers[sig])  # type: ignore[arg-type]
-        if moved:
-            names = ", ".join(signal.Signals(s).name for s in moved)
-            self._changed[f"the handlers of {names}"] = None

@@ -54,14 +54,15 @@ def command(config: ClientConfig, args: argparse.Namespace) -> int:
             }
         )
         return EXIT_CONFIG if result.problems else EXIT_OK
+    # escaped and cut here, whatever they quote (a path, a plugin's words, a probe's)
     for problem in result.problems:
-        print(problem)
+        print(printable(problem, MAX_SAID))
     for warning in result.warnings:
-        print(f"warning: {warning}")
+        print(f"warning: {printable(warning, MAX_SAID)}")
     if result.problems:
         return EXIT_CONFIG
     for note in result.notes:  # (after the problems are mended: they come first)
-        print(f"note: {note}")
+        print(f"note: {printable(note, MAX_SAID)}")
     print(f"{config.path}: ok")
     return EXIT_OK
 
@@ -77,9 +78,13 @@ def _output_problems(config: ClientConfig) -> list[str]:
     allowed = unit_writable_paths(unit) if any(outputs.values()) else None
     for setting, path in outputs.items():
         found = output_problem(setting, path, unit, allowed) if path is not None else None
-        problems += [f"{config.path}: {printable(found, 1000)}"] if found else []
+        problems += [f"{config.path}: {found}"] if found else []
     shared = config.metrics_file and shared_metrics_file(config.metrics_file, SERVER_CONFIG)
-    return problems + ([f"{config.path}: {printable(shared, 1000)}"] if shared else [])
+    return problems + ([f"{config.path}: {shared}"] if shared else [])
+
+
+MAX_SAID = 4000
+"""Characters of one problem, warning or note ``check`` prints."""
 
 
 def _setting_problems(config: ClientConfig) -> list[str]:
@@ -94,20 +99,18 @@ def _setting_problems(config: ClientConfig) -> list[str]:
     for key in ("archive_dir", "work_dir", "lock_dir"):
         path = getattr(config, key)
         if not writable_or_creatable(path):
-            problems.append(f"{config.path}: {key}: {printable(path, 300)} is not writable")
+            problems.append(f"{config.path}: {key}: {path} is not writable")
     problems += _output_problems(config)
     for directory in config.service_dirs:
         if not directory.is_dir():
-            problems.append(
-                f"{config.path}: service_dirs: {printable(directory, 300)} does not exist"
-            )
+            problems.append(f"{config.path}: service_dirs: {directory} does not exist")
     schema = load_schema("pullback.common", "client")
     data = load_validated(config.path, schema, allow_empty=True).data
     problems += secret_file_problems(config.path, schema, data)
     if not find_service_files(config.service_dirs):
         problems.append(
             f"{config.path}: service_dirs: no service.yaml found in "
-            f"{', '.join(printable(d, 300) for d in config.service_dirs)}"
+            f"{', '.join(str(d) for d in config.service_dirs)}"
         )
     return problems
 

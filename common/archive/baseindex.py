@@ -28,7 +28,7 @@ from pathlib import Path
 from ..fsutil import fsync_dir
 from . import sha256state
 from .manifest import MANIFEST_NAME
-from .ordered import OrderedLookup, same_stat_numbers, stat_number
+from .ordered import OrderedLookup, same_stat_numbers, stat_numbers
 
 INDEX_FORMAT = 2
 """2: names stored as bytes (a name need not be UTF-8)."""
@@ -284,8 +284,8 @@ class IndexWriter:
         for name in names:
             st = os.lstat(os.path.join(root, name))
             linked = linked or st.st_nlink > 1
-            numbers = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            rows.append((*map(stat_number, numbers), name))
+            numbers = stat_numbers(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            rows.append((*numbers, name))
         db.executemany(
             "UPDATE files SET ino = ?, size = ?, mtime_ns = ?, ctime_ns = ? WHERE name = ?",
             rows,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..fsutil import fsync_dir
 from . import chunker, sha256state
-from .ordered import OrderedLookup, same_stat_numbers, stat_number
+from .ordered import OrderedLookup, same_stat_numbers, stat_numbers
 from .sidecar import BaseRef
 
 CACHE_FORMAT = 4
@@ -114,11 +114,6 @@ class CachedFile:
         return dataclasses.replace(self, cacheable=False)
 
 
-def _numbers(*values: int) -> tuple[int, ...]:
-    """Stat numbers as the table holds them (:func:`.ordered.stat_number`)."""
-    return tuple(map(stat_number, values))
-
-
 _COLUMNS = "dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable, mode, uid, gid, xattrs"
 """A row's columns, in :class:`CachedFile`'s order."""
 
@@ -198,7 +193,7 @@ class FileCache:
         if self._old is None:
             return None
         query = f"SELECT name, {_COLUMNS} FROM files WHERE dev = ? AND ino = ? LIMIT 1"  # noqa: S608
-        row = self._old.execute(query, _numbers(dev, ino)).fetchone()
+        row = self._old.execute(query, stat_numbers(dev, ino)).fetchone()
         return (row[0].decode("utf-8", "surrogateescape"), _row(row[1:])) if row else None
 
     def state(self, name: str) -> bytes | None:
@@ -258,7 +253,7 @@ class FileCache:
             self._pending.append(
                 (
                     name.encode("utf-8", "surrogateescape"),
-                    *_numbers(row.dev, row.ino, row.size, row.mtime_ns, row.ctime_ns),
+                    *stat_numbers(row.dev, row.ino, row.size, row.mtime_ns, row.ctime_ns),
                     row.sha256,
                     row.chunks,
                     int(row.cacheable),

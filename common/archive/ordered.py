@@ -30,6 +30,11 @@ def stat_number(value: int) -> int:
     return value if -(1 << 63) <= value < 1 << 63 else (value + (1 << 63)) % _INT64 - (1 << 63)
 
 
+def stat_numbers(*values: int) -> tuple[int, ...]:
+    """Each of ``values`` as :func:`stat_number` gives it: a row's numbers as written."""
+    return tuple(map(stat_number, values))
+
+
 def same_stat_numbers(row: tuple, stat: tuple) -> bool:
     """Whether a row's stat numbers are a file's ``stat`` numbers (the same fields, in
     the same order), the row's as a table holds them (:func:`stat_number`). A row
@@ -38,7 +43,7 @@ def same_stat_numbers(row: tuple, stat: tuple) -> bool:
         return True
     if None in row or None in stat:
         return False
-    return tuple(map(stat_number, row)) == tuple(map(stat_number, stat))
+    return stat_numbers(*row) == stat_numbers(*stat)
 
 
 class OrderedLookup:

@@ -109,6 +109,28 @@ _ACTIVE: list[SignalGuard] = []
 """The guards entered in the main thread, innermost last."""
 
 
+def _plain_in_child() -> None:
+    """In a child forked by Python code (a plugin's ``os.fork()``, multiprocessing's fork
+    workers): the guards are not the child's. Each signal a guard handles gets back the
+    handler it had before the outermost guard (Python's own: SIGTERM and SIGHUP end the
+    process, SIGINT raises KeyboardInterrupt); a handler the hook set itself stays. A
+    worker that ran the guard's handler raised Interrupted where the pool's
+    ``terminate()`` met it (in a lock's release, in a task: caught and sent as a result)
+    and lived on, and the hook, and so the run, waited for it for ever."""
+    if not _ACTIVE:
+        return
+    before = _ACTIVE[0]._previous
+    for sig in SignalGuard.SIGNALS:
+        handler = signal.getsignal(sig)
+        if isinstance(getattr(handler, "__self__", None), SignalGuard):
+            with contextlib.suppress(ValueError, TypeError, OSError):
+                signal.signal(sig, before.get(sig) or signal.SIG_DFL)
+    _ACTIVE.clear()
+
+
+os.register_at_fork(after_in_child=_plain_in_child)
+
+
 def raise_if_swallowed() -> None:
     """After a plugin's hook returned, or raised anything but Interrupted: raise
     Interrupted when a SIGTERM or SIGINT arrived meanwhile (a hook's ``except Exception``

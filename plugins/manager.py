@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import os
 import re
 import sys
 import types
@@ -76,9 +77,13 @@ class PluginSet:
         others = [p for p in self.pm.get_plugins() if p is not owner]
         caller = self.pm.subset_hook_caller(f"pullback_{stage}", remove_plugins=others)
         kept = process_state.Kept(lambda words: task.log.warning("%s", words))
+        parent = os.getpid()
         try:
             with kept:
-                result = caller(task=task, **kwargs)
+                try:
+                    result = caller(task=task, **kwargs)
+                finally:
+                    process_state.end_if_forked(parent, f"pullback_{stage}")
         except Interrupted:
             raise
         except Exception:

@@ -110,6 +110,23 @@ class _Witness:
         return next((sig for sig in came if sig in SignalGuard.SIGNALS), None)
 
 
+FORKED_EXIT = 70
+"""The exit status of a hook's forked child that came back into pullback (EX_SOFTWARE)."""
+
+
+def end_if_forked(parent: int, hook: str) -> None:
+    """Where a hook returned or raised: in a child the hook forked (``os.fork()`` whose
+    child returns instead of ending by ``os._exit()``), end that child here, exit
+    :data:`FORKED_EXIT`, with one line on stderr. Else it went on with the run's own
+    code: a second copy of the run that published, reported and started services again.
+    Does nothing in the process that called the hook (``parent``, its pid)."""
+    if os.getpid() == parent:
+        return
+    with contextlib.suppress(OSError):
+        os.write(2, f"pullback: a child forked by {hook} returned into the run; ended\n".encode())
+    os._exit(FORKED_EXIT)
+
+
 PUT_BACK_TRIES = 5
 """Times the put-back is tried when a signal's handler raises in it (each signal once)."""
 

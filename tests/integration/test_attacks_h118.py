@@ -86,6 +86,13 @@ def pullback_dump(task):
         with multiprocessing.get_context("fork").Pool(2) as pool:
             squares = pool.map(_square, range(50))
         (task.staging / "squares.txt").write_text(" ".join(map(str, squares)))
+    if mode == "pool-terminated":  # the pool ends (terminate()) while its workers work
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            pool.map_async(time.sleep, [20, 20])
+            time.sleep(1)
+    if mode == "fork-returns":  # a child forked that returns from the hook, not _exit()
+        if os.fork() == 0:
+            return
     if mode == "daemon":  # a library that daemonizes a helper that lives on
         child = os.fork()
         if child == 0:
@@ -212,6 +219,31 @@ def test_a_forked_child_that_lives_on_does_not_refuse_the_next_run(box):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
     assert code == 0, output(box)[-1500:]
+
+
+def test_a_pool_terminated_while_its_workers_work_ends_them(box):
+    """Pool.terminate() sends its workers SIGTERM. Forked with the run's guard as their
+    handler, a worker raised Interrupted inside its task, sent it as the task's result
+    and waited for the next task for ever: the hook, and the run, with it (the CI saw
+    the plain pool test hang so, under load). The child's signals are Python's own."""
+    h118(box, "pool-terminated")
+    started = time.monotonic()
+    made = box.cli("run", timeout=60)
+    assert made.returncode == 0, made.stderr[-1500:]
+    assert time.monotonic() - started < 15
+    assert "SIGTERM received" not in made.stderr
+
+
+def test_a_forked_child_that_returns_from_the_hook_goes_no_further(box):
+    """A child that returns from the hook (no ``os._exit()``) would go on with the run's
+    own code: a second run that publishes and reports. It ends where the hook returned."""
+    h118(box, "fork-returns")
+    made = box.cli("run", timeout=60)
+    assert made.returncode == 0, made.stderr[-1500:]
+    assert "a child forked by pullback_dump returned into the run; ended" in made.stderr
+    assert made.stderr.count(" published ") == 1, made.stderr
+    assert made.stderr.count("[zgood] ok") == 1, made.stderr
+    assert len(box.published()) == 1
 
 
 # -- held ----------------------------------------------------------------------------------

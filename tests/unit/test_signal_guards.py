@@ -146,3 +146,45 @@ def test_after_a_signal_a_failed_start_is_for_the_next(monkeypatch):
         guard.received = signal.SIGTERM
         assert signals.stopping_for_now() == "a signal came"
         guard.received = None
+
+
+FORKED = """
+import os, signal, sys, threading
+from pullback.common import signals
+from pullback.common.signals import SignalGuard
+
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # (as under nohup, before any guard)
+own = lambda signum, frame: None
+with SignalGuard(patient=False), SignalGuard("restoring"):
+    signal.signal(signal.SIGINT, own)  # a hook's own handler
+
+    def child():
+        said = [signal.getsignal(s) for s in SignalGuard.SIGNALS]
+        names = [getattr(h, "name", "own" if h is own else repr(h)) for h in said]
+        os.write(1, (" ".join(names) + f" {len(signals._ACTIVE)}\\n").encode())
+        os._exit(0)
+
+    for where in ("main", "thread"):
+        if where == "thread":
+            thread = threading.Thread(target=lambda: os.fork() == 0 and child())
+            thread.start(); thread.join()
+        elif os.fork() == 0:
+            child()
+        os.wait()
+    parent = signal.getsignal(signal.SIGTERM)
+    print("parent", type(parent.__self__).__name__, len(signals._ACTIVE))
+"""
+
+
+def test_a_forked_child_gets_the_handlers_from_before_the_guards():
+    """A plugin's forked child (a pool's worker) is not pullback's run: SIGTERM ends it,
+    SIGHUP keeps what it had before the guards (ignored), a hook's own handler stays;
+    no guard is active in it, from the main thread or another; the parent keeps its."""
+    made = subprocess.run(
+        [sys.executable, "-c", FORKED], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert made.stdout.splitlines() == [
+        "SIG_DFL own SIG_IGN 0",
+        "SIG_DFL own SIG_IGN 0",
+        "parent SignalGuard 2",
+    ], made.stderr

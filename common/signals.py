@@ -109,14 +109,23 @@ _ACTIVE: list[SignalGuard] = []
 """The guards entered in the main thread, innermost last."""
 
 
-def _plain_in_child() -> None:
-    """In a child forked by Python code (a plugin's ``os.fork()``, multiprocessing's fork
-    workers): the guards are not the child's. Each signal a guard handles gets back the
-    handler it had before the outermost guard (Python's own: SIGTERM and SIGHUP end the
-    process, SIGINT raises KeyboardInterrupt); a handler the hook set itself stays. A
-    worker that ran the guard's handler raised Interrupted where the pool's
-    ``terminate()`` met it (in a lock's release, in a task: caught and sent as a result)
-    and lived on, and the hook, and so the run, waited for it for ever."""
+def _not_ignored(handler: Any) -> Any:
+    """``handler``, but ``SIG_DFL`` for ``SIG_IGN`` or one set outside Python (None)."""
+    return signal.SIG_DFL if handler in (None, signal.SIG_IGN) else handler
+
+
+def forget_in_child() -> None:
+    """In a child a plugin's hook forked (``os.fork()``, multiprocessing's fork workers;
+    called by :mod:`pullback.plugins.process_state` at the fork): the guards are not the
+    child's. Each signal a guard handles gets back the handler it had before the
+    outermost guard (Python's own: SIGTERM and SIGHUP end the process, SIGINT raises
+    KeyboardInterrupt), never an ignore (the tools it starts stop when told, as they
+    did when the guard's handler was reset by their exec); a handler the hook set
+    itself stays. A pool's worker that ran the
+    guard's handler raised Interrupted where ``terminate()`` met it (in a lock's release,
+    in a task: caught and sent as its result) and lived on, and the hook, and so the run,
+    waited for it for ever. Never for pullback's own children (a server's host process
+    stops by its guard)."""
     if not _ACTIVE:
         return
     before = _ACTIVE[0]._previous
@@ -124,11 +133,8 @@ def _plain_in_child() -> None:
         handler = signal.getsignal(sig)
         if isinstance(getattr(handler, "__self__", None), SignalGuard):
             with contextlib.suppress(ValueError, TypeError, OSError):
-                signal.signal(sig, before.get(sig) or signal.SIG_DFL)
+                signal.signal(sig, _not_ignored(before.get(sig)))
     _ACTIVE.clear()
-
-
-os.register_at_fork(after_in_child=_plain_in_child)
 
 
 def raise_if_swallowed() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import itertools
 import os
 import re
 import sys
@@ -81,9 +82,11 @@ class PluginSet:
         try:
             with kept:
                 try:
-                    result = caller(task=task, **kwargs)
-                finally:
-                    process_state.end_if_forked(parent, f"pullback_{stage}")
+                    result = _materialized(caller(task=task, **kwargs))
+                except BaseException as ending:
+                    process_state.end_if_forked(parent, f"pullback_{stage}", ending)
+                    raise
+                process_state.end_if_forked(parent, f"pullback_{stage}", None)
         except Interrupted:
             raise
         except Exception:
@@ -100,6 +103,22 @@ class PluginSet:
         owner = self.types[task.type][1]
         hook = getattr(self.pm.hook, f"pullback_{stage}")
         return any(impl.plugin is owner for impl in hook.get_hookimpls())
+
+
+MAX_ITEMS = 10_000
+"""Items of a generator a hook returns that are taken (:func:`_materialized`)."""
+
+
+def _materialized(result: object) -> object:
+    """A hook's result, a generator's items taken into a list (at most
+    :data:`MAX_ITEMS`): its body runs inside the hook's call, its process state kept,
+    not later where the lines are read."""
+    if isinstance(result, types.GeneratorType):
+        try:
+            return list(itertools.islice(result, MAX_ITEMS))
+        finally:
+            result.close()
+    return result
 
 
 MAX_LINE = 2000

@@ -26,6 +26,7 @@ import signal
 import threading
 from collections.abc import Callable
 
+from ..common import signals
 from ..common.errors import Interrupted
 from ..common.signals import SignalGuard
 
@@ -50,20 +51,57 @@ _WITNESS_FDS: list[int] = []
 """The witness pipe's descriptors while a hook runs (one hook at a time)."""
 
 
+_IN_HOOK: list[Kept] = []
+"""The hooks running, innermost last (a hook's own call of another: none built in)."""
+
+
+_MASKS: dict[int, set[int | signal.Signals]] = {}
+"""Per forking thread, its signal mask from before a fork made while a hook ran."""
+
+
+def _block_for_fork() -> None:
+    """Before a fork made while a hook runs: SIGTERM, SIGINT and SIGHUP wait (blocked in
+    the forking thread, so in the child) until the child has forgotten the guards. One
+    that came while Python's own after-fork code ran (threading's, random's) met the
+    guard's handler there, was printed as ignored, and the pool's worker lived on."""
+    if _IN_HOOK:
+        _MASKS[threading.get_ident()] = signal.pthread_sigmask(
+            signal.SIG_BLOCK, SignalGuard.SIGNALS
+        )
+
+
+def _unblock() -> None:
+    """After the fork, in the parent, and in the child once it has forgotten the guards:
+    the mask from before it (a signal that waited is delivered now)."""
+    mask = _MASKS.pop(threading.get_ident(), None)
+    _MASKS.clear()  # (in a child: the other threads' entries are not its own)
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _forget_in_child() -> None:
-    """In a child a hook forked (multiprocessing's workers): no witness. Its signals are
-    its own (a pool's terminate() sends its workers SIGTERM), and the parent's pipe is
-    not its to write to."""
-    if _WITNESS_FDS:
-        with contextlib.suppress(ValueError, OSError):
-            signal.set_wakeup_fd(-1)
-        for fd in _WITNESS_FDS:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        _WITNESS_FDS.clear()
+    """In a child forked while a hook ran (multiprocessing's workers): no guard and no
+    witness. Its signals are its own (:func:`~pullback.common.signals.forget_in_child`:
+    a pool's terminate() sends its workers SIGTERM), and the parent's pipe is not its to
+    write to."""
+    try:
+        if _IN_HOOK:
+            _IN_HOOK.clear()
+            signals.forget_in_child()
+        if _WITNESS_FDS:
+            with contextlib.suppress(ValueError, OSError):
+                signal.set_wakeup_fd(-1)
+            for fd in _WITNESS_FDS:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            _WITNESS_FDS.clear()
+    finally:
+        _unblock()
 
 
-os.register_at_fork(after_in_child=_forget_in_child)
+os.register_at_fork(
+    before=_block_for_fork, after_in_parent=_unblock, after_in_child=_forget_in_child
+)
 
 
 class _Witness:
@@ -114,14 +152,19 @@ FORKED_EXIT = 70
 """The exit status of a hook's forked child that came back into pullback (EX_SOFTWARE)."""
 
 
-def end_if_forked(parent: int, hook: str) -> None:
-    """Where a hook returned or raised: in a child the hook forked (``os.fork()`` whose
-    child returns instead of ending by ``os._exit()``), end that child here, exit
-    :data:`FORKED_EXIT`, with one line on stderr. Else it went on with the run's own
-    code: a second copy of the run that published, reported and started services again.
-    Does nothing in the process that called the hook (``parent``, its pid)."""
+def end_if_forked(parent: int, hook: str, ending: BaseException | None) -> None:
+    """Where a hook returned or raised (``ending``: what it raised, None when it
+    returned): in a child the hook forked (``os.fork()`` whose child does not end by
+    ``os._exit()``), end that child here. Else it went on with the run's own code: a
+    second copy of the run that published, reported and started services again. A
+    ``sys.exit(code)`` ends it with that code, as Python would; a return or another
+    exception with :data:`FORKED_EXIT` and one line on stderr. Does nothing in the
+    process that called the hook (``parent``, its pid)."""
     if os.getpid() == parent:
         return
+    if isinstance(ending, SystemExit):
+        code = ending.code
+        os._exit(code if isinstance(code, int) else 0 if code is None else 1)
     with contextlib.suppress(OSError):
         os.write(2, f"pullback: a child forked by {hook} returned into the run; ended\n".encode())
     os._exit(FORKED_EXIT)
@@ -146,10 +189,13 @@ class Kept:
         self._changed: dict[str, None] = {}
 
     def __enter__(self) -> Kept:
+        _IN_HOOK.append(self)
         self._witness.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        with contextlib.suppress(ValueError):
+            _IN_HOOK.remove(self)
         interrupted: Interrupted | None = None
         for _ in range(PUT_BACK_TRIES):  # (each step is idempotent: a signal raised in one,
             try:  # it runs again)

@@ -27,7 +27,9 @@ size and sha256 in the listing too (a client makes its own sidecar).
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -54,6 +56,18 @@ def rest_of(config: str, request: str) -> bytes:
 
 
 NO_EXIT_SECONDS = 300
+
+
+def never_exit() -> None:
+    """Sleep :data:`NO_EXIT_SECONDS`, but end with the SSH session that started this
+    stand-in (the pull cut the channel, sshd's session process ended): it outlived
+    its test by minutes before."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # (the session ended before the line above)
+        return
+    time.sleep(NO_EXIT_SECONDS)
+
+
 """How long a send that "never ends" lives: far past any test's bound (host_timeout 30 s),
 then it goes (a test run left them for an hour)."""
 
@@ -157,13 +171,13 @@ def main() -> None:
         sys.stdout.buffer.write(rest_of(config, request))
         sys.stdout.buffer.flush()
         os.close(1)  # the archive is whole, but the command never ends
-        time.sleep(NO_EXIT_SECONDS)
+        never_exit()
     elif mode == "send-no-exit-closed" and verb == "send":
         sys.stdout.buffer.write(rest_of(config, request))
         sys.stdout.buffer.flush()
         os.close(1)  # the archive is whole, its output and standard error closed (sshd
         os.close(2)  # sends the end of the channel), but the command never ends
-        time.sleep(NO_EXIT_SECONDS)
+        never_exit()
     elif mode == "send-stderr-flood" and verb == "send":
         threading.Thread(target=flood, daemon=True).start()
         data = rest_of(config, request)

@@ -93,6 +93,12 @@ def pullback_dump(task):
     if mode == "fork-returns":  # a child forked that returns from the hook, not _exit()
         if os.fork() == 0:
             return
+    if mode == "fork-exits":  # a child that ends by sys.exit(3), waited for
+        child = os.fork()
+        if child == 0:
+            sys.exit(3)
+        status = os.waitpid(child, 0)[1]
+        (task.staging / "child.txt").write_text(str(os.waitstatus_to_exitcode(status)))
     if mode == "daemon":  # a library that daemonizes a helper that lives on
         child = os.fork()
         if child == 0:
@@ -230,7 +236,7 @@ def test_a_pool_terminated_while_its_workers_work_ends_them(box):
     started = time.monotonic()
     made = box.cli("run", timeout=60)
     assert made.returncode == 0, made.stderr[-1500:]
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 45
     assert "SIGTERM received" not in made.stderr
 
 
@@ -244,6 +250,22 @@ def test_a_forked_child_that_returns_from_the_hook_goes_no_further(box):
     assert made.stderr.count(" published ") == 1, made.stderr
     assert made.stderr.count("[zgood] ok") == 1, made.stderr
     assert len(box.published()) == 1
+
+
+def test_a_forked_child_that_calls_sys_exit_ends_with_its_code(box):
+    """``sys.exit(3)`` in a hook's forked child ends it with 3, as Python would (a hook
+    that waits for it sees its code), and no line about a child returning."""
+    h118(box, "fork-exits")
+    made = box.cli("run", timeout=60)
+    assert made.returncode == 0, made.stderr[-1500:]
+    assert "returned into the run" not in made.stderr
+    said = subprocess.run(
+        f"zstd -dcq {box.published()[-1]} | tar -xOf - services/bad/h118/child.txt",
+        shell=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert said == "3"
 
 
 # -- held ----------------------------------------------------------------------------------

@@ -152,39 +152,86 @@ FORKED = """
 import os, signal, sys, threading
 from pullback.common import signals
 from pullback.common.signals import SignalGuard
+from pullback.plugins.process_state import Kept
 
 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # (as under nohup, before any guard)
 own = lambda signum, frame: None
+
+
+def child():
+    said = [signal.getsignal(s) for s in SignalGuard.SIGNALS]
+    names = ["own" if h is own else getattr(h, "name", getattr(h, "__name__", "?")) for h in said]
+    os.write(1, (" ".join(names) + f" {len(signals._ACTIVE)}\\n").encode())
+    os._exit(0)
+
+
+def forked(where):
+    if where == "thread":
+        thread = threading.Thread(target=lambda: os.fork() == 0 and child())
+        thread.start(); thread.join()
+    elif os.fork() == 0:
+        child()
+    os.wait()
+
+
 with SignalGuard(patient=False), SignalGuard("restoring"):
-    signal.signal(signal.SIGINT, own)  # a hook's own handler
-
-    def child():
-        said = [signal.getsignal(s) for s in SignalGuard.SIGNALS]
-        names = [getattr(h, "name", "own" if h is own else repr(h)) for h in said]
-        os.write(1, (" ".join(names) + f" {len(signals._ACTIVE)}\\n").encode())
-        os._exit(0)
-
-    for where in ("main", "thread"):
-        if where == "thread":
-            thread = threading.Thread(target=lambda: os.fork() == 0 and child())
-            thread.start(); thread.join()
-        elif os.fork() == 0:
-            child()
-        os.wait()
+    with Kept(lambda words: None):  # a hook runs
+        signal.signal(signal.SIGINT, own)  # its own handler
+        forked("main")
+        forked("thread")
+    forked("main")  # pullback's own child (a server's host process): the guard's
     parent = signal.getsignal(signal.SIGTERM)
     print("parent", type(parent.__self__).__name__, len(signals._ACTIVE))
 """
 
 
-def test_a_forked_child_gets_the_handlers_from_before_the_guards():
+def test_a_child_a_hook_forks_gets_the_handlers_from_before_the_guards():
     """A plugin's forked child (a pool's worker) is not pullback's run: SIGTERM ends it,
-    SIGHUP keeps what it had before the guards (ignored), a hook's own handler stays;
-    no guard is active in it, from the main thread or another; the parent keeps its."""
+    SIGHUP too (ignored before the guards: no ignore is passed on), a hook's own handler
+    stays;
+    no guard is active in it, forked from the main thread or another. A child forked
+    outside a hook (the server's host processes, which stop by their guard) keeps the
+    guards; the parent keeps its."""
     made = subprocess.run(
         [sys.executable, "-c", FORKED], capture_output=True, text=True, timeout=30, check=True
     )
     assert made.stdout.splitlines() == [
-        "SIG_DFL own SIG_IGN 0",
-        "SIG_DFL own SIG_IGN 0",
+        "SIG_DFL own SIG_DFL 0",
+        "SIG_DFL own SIG_DFL 0",
+        "_handle _handle _handle 2",
         "parent SignalGuard 2",
     ], made.stderr
+
+
+POOLS = """
+import multiprocessing, signal
+from pullback.common.signals import SignalGuard
+from pullback.plugins.process_state import Kept
+
+with SignalGuard(patient=False), SignalGuard("restoring"), Kept(lambda words: None):
+    for _ in range(40):
+        with multiprocessing.get_context("fork").Pool(2):
+            pass  # terminate() at once: its workers may still be in Python's after-fork code
+print("ended")
+"""
+
+
+def test_pools_terminated_at_once_in_a_hook_end_their_workers():
+    """A SIGTERM that reaches a worker while Python's own after-fork code runs (before
+    the guards are forgotten) waits until they are: it met the guard's handler there
+    and the worker lived on, the hook waiting for it (helper-121: within 20 pools under
+    load). Its own session, killed whole if it hangs."""
+    made = subprocess.Popen(
+        [sys.executable, "-c", POOLS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = made.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(made.pid, signal.SIGKILL)
+    assert out == "ended\n", err[-2000:]
+    assert "Interrupted" not in err

@@ -121,11 +121,10 @@ def forget_in_child() -> None:
     outermost guard (Python's own: SIGTERM and SIGHUP end the process, SIGINT raises
     KeyboardInterrupt), never an ignore (the tools it starts stop when told, as they
     did when the guard's handler was reset by their exec); a handler the hook set
-    itself stays. A pool's worker that ran the
-    guard's handler raised Interrupted where ``terminate()`` met it (in a lock's release,
-    in a task: caught and sent as its result) and lived on, and the hook, and so the run,
-    waited for it for ever. Never for pullback's own children (a server's host process
-    stops by its guard)."""
+    itself stays. A pool's worker that ran the guard's handler raised Interrupted where
+    ``terminate()`` met it (in a lock's release, in a task: caught and sent as its
+    result) and lived on, and the hook, and so the run, waited for it for ever. Never
+    for pullback's own children (a server's host process stops by its guard)."""
     if not _ACTIVE:
         return
     before = _ACTIVE[0]._previous

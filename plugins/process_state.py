@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
@@ -162,6 +163,9 @@ def end_if_forked(parent: int, hook: str, ending: BaseException | None) -> None:
     process that called the hook (``parent``, its pid)."""
     if os.getpid() == parent:
         return
+    for stream in (sys.stdout, sys.stderr):  # (as Python's own exit would)
+        with contextlib.suppress(Exception):
+            stream.flush()
     if isinstance(ending, SystemExit):
         code = ending.code
         os._exit(code if isinstance(code, int) else 0 if code is None else 1)

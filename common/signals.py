@@ -48,6 +48,9 @@ class SignalGuard:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, _frame) -> None:
+        if _DEFERRED.deferring:
+            _DEFERRED.signals.append(signum)
+            return
         name = signal.Signals(signum).name
         if self.received is not None:
             if not self.patient:
@@ -109,6 +112,50 @@ _ACTIVE: list[SignalGuard] = []
 """The guards entered in the main thread, innermost last."""
 
 
+class _Deferred:
+    """Signals a guard's handler met where an exception is lost (Python's at-fork hooks
+    print it as ignored and go on), to be sent again once out of there."""
+
+    REDELIVER_AFTER = 0.02
+    """Seconds before they are sent again: the fork has returned by then (one that has
+    not defers them once more)."""
+
+    def __init__(self) -> None:
+        self.deferring = False
+        self.signals: list[int] = []
+
+    @contextlib.contextmanager
+    def held(self):
+        """Inside: a guard's handler records the signal instead of raising; as the block
+        ends, each recorded one is sent to this process again, in
+        :attr:`REDELIVER_AFTER` seconds, from a thread (so that it reaches the main
+        thread's code after the fork, where Interrupted is raised)."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+            came, self.signals = list(dict.fromkeys(self.signals)), []
+            if came:
+                threading.Timer(self.REDELIVER_AFTER, _send_again, (came,)).start()
+
+    def forget(self) -> None:
+        """In a forked child: what the parent deferred is not the child's."""
+        self.deferring = False
+        self.signals = []
+
+
+def _send_again(came: list[int]) -> None:
+    for signum in came:
+        os.kill(os.getpid(), signum)
+
+
+_DEFERRED = _Deferred()
+deferred_in_fork_hooks = _DEFERRED.held
+"""A block in an at-fork hook (:mod:`pullback.plugins.process_state`): a signal meets
+no guard's raise there, it is sent again once the fork returned."""
+
+
 def _not_ignored(handler: Any) -> Any:
     """``handler``, but ``SIG_DFL`` for ``SIG_IGN`` or one set outside Python (None)."""
     return signal.SIG_DFL if handler in (None, signal.SIG_IGN) else handler
@@ -119,12 +166,13 @@ def forget_in_child() -> None:
     called by :mod:`pullback.plugins.process_state` at the fork): the guards are not the
     child's. Each signal a guard handles gets back the handler it had before the
     outermost guard (Python's own: SIGTERM and SIGHUP end the process, SIGINT raises
-    KeyboardInterrupt), never an ignore (the tools it starts stop when told, as they
-    did when the guard's handler was reset by their exec); a handler the hook set
-    itself stays. A pool's worker that ran the guard's handler raised Interrupted where
+    KeyboardInterrupt), never an ignore it inherited (a tool it starts stops when
+    told, as it did when the guard's handler was reset by its exec); a handler the
+    hook set itself stays. A pool's worker that ran the guard's handler raised Interrupted where
     ``terminate()`` met it (in a lock's release, in a task: caught and sent as its
     result) and lived on, and the hook, and so the run, waited for it for ever. Never
     for pullback's own children (a server's host process stops by its guard)."""
+    _DEFERRED.forget()
     if not _ACTIVE:
         return
     before = _ACTIVE[0]._previous

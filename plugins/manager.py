@@ -10,7 +10,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -106,18 +106,20 @@ class PluginSet:
 
 
 MAX_ITEMS = 10_000
-"""Items of a generator a hook returns that are taken (:func:`_materialized`)."""
+"""Items of an iterator a hook returns that are taken (:func:`_materialized`), and
+lines :func:`as_lines` keeps."""
 
 
 def _materialized(result: object) -> object:
-    """A hook's result, a generator's items taken into a list (at most
-    :data:`MAX_ITEMS`): its body runs inside the hook's call, its process state kept,
-    not later where the lines are read."""
-    if isinstance(result, types.GeneratorType):
+    """A hook's result, an iterator's items (a generator's, ``map``'s) taken into a list
+    (at most :data:`MAX_ITEMS`): its code runs inside the hook's call, its process state
+    kept, not later where the lines are read."""
+    if isinstance(result, Iterator):
         try:
             return list(itertools.islice(result, MAX_ITEMS))
         finally:
-            result.close()
+            if isinstance(result, types.GeneratorType):
+                result.close()
     return result
 
 
@@ -135,7 +137,8 @@ def as_lines(found: object) -> list[str]:
     if isinstance(found, str | bytes) or not isinstance(found, Iterable):
         found = [found]
     # masked before the cut: a secret the cut would split is no longer one the mask knows
-    return [printable(secrets.mask(str(line)), MAX_LINE) for line in found]
+    lines = itertools.islice(found, MAX_ITEMS)
+    return [printable(secrets.mask(str(line)), MAX_LINE) for line in lines]
 
 
 class PluginExit(PullbackError):

@@ -66,16 +66,29 @@ def _block_for_fork() -> None:
     that came while Python's own after-fork code ran (threading's, random's) met the
     guard's handler there, was printed as ignored, and the pool's worker lived on."""
     if _IN_HOOK:
-        _MASKS[threading.get_ident()] = signal.pthread_sigmask(
-            signal.SIG_BLOCK, SignalGuard.SIGNALS
-        )
+        with signals.deferred_in_fork_hooks():  # (one that came before the block took)
+            _MASKS[threading.get_ident()] = signal.pthread_sigmask(
+                signal.SIG_BLOCK, SignalGuard.SIGNALS
+            )
 
 
 def _unblock() -> None:
-    """After the fork, in the parent, and in the child once it has forgotten the guards:
-    the mask from before it (a signal that waited is delivered now)."""
+    """After the fork, in the parent: the mask from before it. A signal that waited is
+    delivered now, inside this at-fork hook, where Python would print the guard's
+    Interrupted as ignored and go on: it is sent again once the fork returned
+    (:func:`~pullback.common.signals.deferred_in_fork_hooks`)."""
+    mask = _MASKS.pop(threading.get_ident(), None)  # (another thread's stays its own)
+    if mask is not None:
+        with signals.deferred_in_fork_hooks():
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _unblock_in_child() -> None:
+    """In the child, once it has forgotten the guards: the forking thread's mask from
+    before the fork (a signal that waited is delivered now, to the child's own
+    handlers); the other threads' entries are not the child's."""
     mask = _MASKS.pop(threading.get_ident(), None)
-    _MASKS.clear()  # (in a child: the other threads' entries are not its own)
+    _MASKS.clear()
     if mask is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
@@ -97,7 +110,7 @@ def _forget_in_child() -> None:
                     os.close(fd)
             _WITNESS_FDS.clear()
     finally:
-        _unblock()
+        _unblock_in_child()
 
 
 os.register_at_fork(
@@ -168,6 +181,9 @@ def end_if_forked(parent: int, hook: str, ending: BaseException | None) -> None:
             stream.flush()
     if isinstance(ending, SystemExit):
         code = ending.code
+        if code is not None and not isinstance(code, int):  # (Python prints it)
+            with contextlib.suppress(Exception):
+                print(code, file=sys.stderr, flush=True)
         os._exit(code if isinstance(code, int) else 0 if code is None else 1)
     with contextlib.suppress(OSError):
         os.write(2, f"pullback: a child forked by {hook} returned into the run; ended\n".encode())

@@ -75,6 +75,7 @@ ONCE_MODULES = {
     "test_attacks_h115.py",
     "test_attacks_h116.py",
     "test_attacks_h118.py",
+    "test_attacks_h122.py",
     "test_cut_short_outputs.py",
     "test_demo.py",
 }

@@ -86,3 +86,27 @@ class ClientSandbox:
         if self.work.exists():
             found += [p.name for p in self.work.iterdir()]
         return found
+
+
+GOOD_FILES = """\
+service:
+  name: zgood
+files:
+  paths: [{data}]
+"""
+
+
+def with_plugin(box: ClientSandbox, name: str, source: str) -> ClientSandbox:
+    """``box`` with ``source`` as the plugin ``<name>.py`` in its plugin_dirs (beside
+    its root) and a good files service ``zgood`` (sorted last: it runs after the others)
+    backing ``data/a.txt`` there; ``box.data`` is that directory. Returns ``box``."""
+    plugins = box.root.parent / "plugins"
+    plugins.mkdir(exist_ok=True)
+    (plugins / f"{name}.py").write_text(source)
+    data = box.root.parent / "data"
+    data.mkdir(exist_ok=True)
+    (data / "a.txt").write_text("good data\n")
+    box.data = data  # type: ignore[attr-defined]
+    box.write_config(plugin_dirs=[str(plugins)])
+    box.add_service("zgood", GOOD_FILES.format(data=data))
+    return box

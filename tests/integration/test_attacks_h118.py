@@ -32,7 +32,7 @@ from pullback.common.text import escaped, printable
 from pullback.server.backends import Snapshot, named
 from pullback.server.fleet_view import HostRow, HostState
 from pullback.server.status import Check, fleet_check
-from tests.helpers.client import ClientSandbox
+from tests.helpers.client import ClientSandbox, with_plugin
 from tests.helpers.fleet import Fleet
 
 pytestmark = pytest.mark.integration
@@ -111,13 +111,6 @@ def pullback_dump(task):
 from pathlib import Path
 """
 
-GOOD = """\
-service:
-  name: {name}
-files:
-  paths: [{data}]
-"""
-
 
 class Box(ClientSandbox):
     data: Path
@@ -127,19 +120,23 @@ class Box(ClientSandbox):
 def box(tmp_path) -> Box:
     """A client with the plugin in plugin_dirs and a good service ``zgood`` (run last)."""
     b = Box(tmp_path / "client")
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "h118.py").write_text(PLUGIN)
-    b.data = tmp_path / "data"
-    b.data.mkdir()
-    (b.data / "a.txt").write_text("good data\n")
-    b.write_config(plugin_dirs=[str(plugins)])
-    b.add_service("zgood", GOOD.format(name="zgood", data=b.data))
+    with_plugin(b, "h118", PLUGIN)
     return b
 
 
 def h118(b: Box, mode: str, name: str = "bad") -> None:
     b.add_service(name, f"service:\n  name: {name}\nh118:\n  mode: {mode}\n  token: {SECRET}\n")
+
+
+def member(b: Box, name: str) -> str:
+    """The text of member ``name`` of the newest archive ``b`` published (GNU tar)."""
+    return subprocess.run(
+        f"zstd -dcq {b.published()[-1]} | tar -xOf - {name}",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def start(b: Box, *args: str, env: dict | None = None) -> subprocess.Popen:
@@ -259,12 +256,7 @@ def test_a_forked_child_that_calls_sys_exit_ends_with_its_code(box):
     made = box.cli("run", timeout=60)
     assert made.returncode == 0, made.stderr[-1500:]
     assert "returned into the run" not in made.stderr
-    said = subprocess.run(
-        f"zstd -dcq {box.published()[-1]} | tar -xOf - services/bad/h118/child.txt",
-        shell=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    said = member(box, "services/bad/h118/child.txt")
     assert said == "3"
 
 
@@ -287,13 +279,7 @@ def test_a_hook_that_changes_the_environment_and_raises_is_put_back(box):
     side = box.sidecar(box.published()[-1])
     states = {s["name"]: s["status"] for s in side["services"]}
     assert states["ycmd"] == "ok" and states["zgood"] == "ok", states
-    listing = subprocess.run(
-        f"zstd -dcq {box.published()[-1]} | tar -xOf - services/ycmd/command/env.txt",
-        shell=True,
-        capture_output=True,
-        text=True,
-    )
-    assert listing.stdout == "clean\n", listing
+    assert member(box, "services/ycmd/command/env.txt") == "clean\n"
 
 
 def test_a_multiprocessing_fork_pool_in_a_hook_still_works(box):
@@ -304,12 +290,7 @@ def test_a_multiprocessing_fork_pool_in_a_hook_still_works(box):
     made = box.cli("run", timeout=60)
     assert made.returncode == 0, made.stderr[-1500:]
     assert time.monotonic() - started < 30
-    squares = subprocess.run(
-        f"zstd -dcq {box.published()[-1]} | tar -xOf - services/bad/h118/squares.txt",
-        shell=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    squares = member(box, "services/bad/h118/squares.txt")
     assert squares.split() == [str(n * n) for n in range(50)]
 
 

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.helpers.client import ClientSandbox
+from tests.helpers.client import ClientSandbox, with_plugin
 
 pytestmark = pytest.mark.integration
 
@@ -141,25 +141,10 @@ def pullback_dump(task):
         os.waitpid(child, 0)
 """
 
-GOOD = """\
-service:
-  name: {name}
-files:
-  paths: [{data}]
-"""
-
 
 @pytest.fixture
 def box(tmp_path) -> ClientSandbox:
-    b = ClientSandbox(tmp_path / "client")
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "h122.py").write_text(PLUGIN)
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "a.txt").write_text("good data\n")
-    b.write_config(plugin_dirs=[str(plugins)])
-    b.add_service("zgood", GOOD.format(name="zgood", data=data))
+    b = with_plugin(ClientSandbox(tmp_path / "client"), "h122", PLUGIN)
     (tmp_path / "out").mkdir()
     return b
 

@@ -113,31 +113,36 @@ _ACTIVE: list[SignalGuard] = []
 
 
 class _Deferred:
-    """Signals a guard's handler met where an exception is lost (Python's at-fork hooks
-    print it as ignored and go on), to be sent again once out of there."""
+    """Signals a guard's handler met while the main thread was inside a fork made during
+    a plugin's hook: from the first of the parent's at-fork hooks to the last, where an
+    exception is lost (Python prints it as ignored and goes on; logging's own hook would
+    keep its lock). Only the main thread forking sets it, and only the main thread runs
+    a handler, so only that window is deferred."""
 
-    REDELIVER_AFTER = 0.02
-    """Seconds before they are sent again: the fork has returned by then (one that has
-    not defers them once more)."""
+    RESEND_AFTER = 0.02
+    """Seconds before a deferred signal is sent again: the fork has returned by then."""
 
     def __init__(self) -> None:
         self.deferring = False
         self.signals: list[int] = []
 
-    @contextlib.contextmanager
-    def held(self):
-        """Inside: a guard's handler records the signal instead of raising; as the block
-        ends, each recorded one is sent to this process again, in
-        :attr:`REDELIVER_AFTER` seconds, from a thread (so that it reaches the main
-        thread's code after the fork, where Interrupted is raised)."""
+    def begin(self) -> None:
+        """Before the fork (the main thread forking, a hook running)."""
         self.deferring = True
+
+    def end(self) -> None:
+        """After the parent's last at-fork hook: what came is sent again, from a thread,
+        in :attr:`RESEND_AFTER` seconds (:func:`_send_again`)."""
+        self.deferring = False
+        came, self.signals = list(dict.fromkeys(self.signals)), []
+        if not came:
+            return
         try:
-            yield
-        finally:
-            self.deferring = False
-            came, self.signals = list(dict.fromkeys(self.signals)), []
-            if came:
-                threading.Timer(self.REDELIVER_AFTER, _send_again, (came,)).start()
+            timer = threading.Timer(self.RESEND_AFTER, _send_again, (came,))
+            timer.daemon = True
+            timer.start()
+        except RuntimeError:  # (no thread to be had: the witness has it at the hook's end)
+            pass
 
     def forget(self) -> None:
         """In a forked child: what the parent deferred is not the child's."""
@@ -146,14 +151,27 @@ class _Deferred:
 
 
 def _send_again(came: list[int]) -> None:
-    for signum in came:
-        os.kill(os.getpid(), signum)
+    """Send the first deferred signal again, unless no guard is active any more (the
+    command ended) or one already holds a signal (the hook's end raised it, from the
+    witness): never twice."""
+    if not _ACTIVE or received() is not None:
+        return
+    os.kill(os.getpid(), came[0])
 
 
 _DEFERRED = _Deferred()
-deferred_in_fork_hooks = _DEFERRED.held
-"""A block in an at-fork hook (:mod:`pullback.plugins.process_state`): a signal meets
-no guard's raise there, it is sent again once the fork returned."""
+
+
+def defer_for_fork() -> None:
+    """Called by :mod:`pullback.plugins.process_state` as the main thread starts a fork
+    made while a hook runs: a guard's handler records a signal instead of raising it."""
+    _DEFERRED.begin()
+
+
+def resend_deferred() -> None:
+    """Called as that fork returned, after the parent's last at-fork hook: what was
+    recorded is sent again (:func:`_send_again`)."""
+    _DEFERRED.end()
 
 
 def _not_ignored(handler: Any) -> Any:

@@ -25,7 +25,7 @@ from ..common.log import get_logger
 from ..common.signals import raise_if_swallowed, witnessed
 from ..common.text import printable
 from . import hookspecs, process_state
-from .task import Requirement, Task, TaskType
+from .task import ProbeResult, Requirement, Task, TaskType
 
 log = get_logger("plugins")
 
@@ -82,7 +82,7 @@ class PluginSet:
         try:
             with kept:
                 try:
-                    result = _materialized(caller(task=task, **kwargs))
+                    result = _materialized(stage, caller(task=task, **kwargs))
                 except BaseException as ending:
                     process_state.end_if_forked(parent, f"pullback_{stage}", ending)
                     raise
@@ -110,17 +110,33 @@ MAX_ITEMS = 10_000
 lines :func:`as_lines` keeps."""
 
 
-def _materialized(result: object) -> object:
-    """A hook's result, an iterator's items (a generator's, ``map``'s) taken into a list
-    (at most :data:`MAX_ITEMS`): its code runs inside the hook's call, its process state
-    kept, not later where the lines are read."""
-    if isinstance(result, Iterator):
-        try:
-            return list(itertools.islice(result, MAX_ITEMS))
-        finally:
-            if isinstance(result, types.GeneratorType):
-                result.close()
+LINES_STAGES = ("validate", "plan")
+"""The stages whose result is read as lines (:func:`as_lines`); a probe's is a
+:class:`~pullback.plugins.task.ProbeResult` of two such lists."""
+
+
+def _materialized(stage: str, result: object) -> object:
+    """A hook's lines taken while its call lasts: an iterator (a generator, ``map``)
+    that ``validate`` or ``plan`` returns, or a probe's problems or warnings, becomes a
+    list of at most :data:`MAX_ITEMS` + 1 items (:func:`as_lines` says the cut), so its
+    code runs under the call's rules, not later where the lines are read. Any other
+    result is returned as it is (a stream a dump returns is not read)."""
+    if stage in LINES_STAGES:
+        return _taken(result)
+    if isinstance(result, ProbeResult):
+        result.problems = _taken(result.problems)  # type: ignore[assignment]
+        result.warnings = _taken(result.warnings)  # type: ignore[assignment]
     return result
+
+
+def _taken(found: object) -> object:
+    if not isinstance(found, Iterator):
+        return found
+    try:
+        return list(itertools.islice(found, MAX_ITEMS + 1))
+    finally:
+        if isinstance(found, types.GeneratorType):
+            found.close()
 
 
 MAX_LINE = 2000
@@ -131,14 +147,18 @@ def as_lines(found: object) -> list[str]:
     """What a hook returned as lines (validate's problems, a plan, a probe's problems or
     warnings): None none, a string one line (not one per character), any other iterable
     one line per item, anything else one line; each :func:`printable`, at most
-    :data:`MAX_LINE` characters."""
+    :data:`MAX_LINE` characters; at most :data:`MAX_ITEMS` lines, and one that says
+    the cut."""
     if found is None:
         return []
     if isinstance(found, str | bytes) or not isinstance(found, Iterable):
         found = [found]
     # masked before the cut: a secret the cut would split is no longer one the mask knows
-    lines = itertools.islice(found, MAX_ITEMS)
-    return [printable(secrets.mask(str(line)), MAX_LINE) for line in lines]
+    lines = list(itertools.islice(found, MAX_ITEMS + 1))
+    said = [printable(secrets.mask(str(line)), MAX_LINE) for line in lines[:MAX_ITEMS]]
+    if len(lines) > MAX_ITEMS:
+        said.append(f"(more than {MAX_ITEMS:,} lines: the rest not shown)")
+    return said
 
 
 class PluginExit(PullbackError):

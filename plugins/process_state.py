@@ -56,6 +56,9 @@ _IN_HOOK: list[Kept] = []
 """The hooks running, innermost last (a hook's own call of another: none built in)."""
 
 
+_MAIN = threading.main_thread().ident
+"""The main thread, the only one that runs a signal's Python handler."""
+
 _MASKS: dict[int, set[int | signal.Signals]] = {}
 """Per forking thread, its signal mask from before a fork made while a hook ran."""
 
@@ -64,23 +67,27 @@ def _block_for_fork() -> None:
     """Before a fork made while a hook runs: SIGTERM, SIGINT and SIGHUP wait (blocked in
     the forking thread, so in the child) until the child has forgotten the guards. One
     that came while Python's own after-fork code ran (threading's, random's) met the
-    guard's handler there, was printed as ignored, and the pool's worker lived on."""
-    if _IN_HOOK:
-        with signals.deferred_in_fork_hooks():  # (one that came before the block took)
-            _MASKS[threading.get_ident()] = signal.pthread_sigmask(
-                signal.SIG_BLOCK, SignalGuard.SIGNALS
-            )
+    guard's handler there, was printed as ignored, and the pool's worker lived on. The
+    main thread forking defers a guard's signal until the fork returned
+    (:func:`~pullback.common.signals.defer_for_fork`)."""
+    if not _IN_HOOK:
+        return
+    if threading.get_ident() == _MAIN:
+        signals.defer_for_fork()
+    _MASKS[threading.get_ident()] = signal.pthread_sigmask(signal.SIG_BLOCK, SignalGuard.SIGNALS)
 
 
 def _unblock() -> None:
-    """After the fork, in the parent: the mask from before it. A signal that waited is
-    delivered now, inside this at-fork hook, where Python would print the guard's
-    Interrupted as ignored and go on: it is sent again once the fork returned
-    (:func:`~pullback.common.signals.deferred_in_fork_hooks`)."""
+    """After the fork, in the parent: the mask from before it (a signal that waited is
+    delivered now, inside this at-fork hook: deferred, sent again once the fork
+    returned)."""
     mask = _MASKS.pop(threading.get_ident(), None)  # (another thread's stays its own)
-    if mask is not None:
-        with signals.deferred_in_fork_hooks():
+    try:
+        if mask is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    finally:
+        if threading.get_ident() == _MAIN:
+            signals.resend_deferred()
 
 
 def _unblock_in_child() -> None:

@@ -235,3 +235,62 @@ def test_pools_terminated_at_once_in_a_hook_end_their_workers():
             os.killpg(made.pid, signal.SIGKILL)
     assert out == "ended\n", err[-2000:]
     assert "Interrupted" not in err
+
+
+DEFERRED = """
+import os, signal, sys, time
+from pullback.common import signals
+from pullback.common.errors import Interrupted
+from pullback.common.signals import SignalGuard
+from pullback.plugins.manager import _raise_if_signalled
+from pullback.plugins.process_state import Kept
+
+case = sys.argv[1]
+
+
+def fork_window():  # what the at-fork hooks do around a main-thread fork during a hook
+    signals.defer_for_fork()
+    os.kill(os.getpid(), signal.SIGTERM)  # met inside the window: recorded, not raised
+    signals.resend_deferred()
+
+
+try:
+    with SignalGuard(patient=case != "hook-ends-at-once"):
+        kept = Kept(lambda words: None)
+        try:
+            with kept:
+                fork_window()
+                started = time.monotonic()
+                if case == "hook-waits":
+                    time.sleep(5)
+            _raise_if_signalled(kept)
+        except Interrupted:
+            print(f"raised after {time.monotonic() - started:.2f}", flush=True)
+            time.sleep(0.3)  # the clean-up, past the re-send's 20 ms
+            print("cleaned up", flush=True)
+        if case == "guard-gone":
+            raise SystemExit(0)
+except Interrupted:
+    print("raised again", flush=True)
+time.sleep(0.3)
+print("ended", flush=True)
+"""
+
+
+@pytest.mark.parametrize("case", ["hook-waits", "hook-ends-at-once", "guard-gone"])
+def test_a_signal_met_inside_a_fork_is_raised_once(case):
+    """A SIGTERM a guard meets inside the parent's at-fork hooks (where Python prints an
+    exception as ignored) is sent again 20 ms later: a hook that waits is interrupted
+    at once; one that returns at once raises it from the witness, and the re-send then
+    does nothing (an impatient guard killed the process in its clean-up); a command
+    whose guards ended is not killed by it (helper-123)."""
+    made = subprocess.run(
+        [sys.executable, "-c", DEFERRED, case], capture_output=True, text=True, timeout=30
+    )
+    lines = made.stdout.splitlines()
+    if case == "guard-gone":
+        assert (made.returncode, lines[1:]) == (0, ["cleaned up"]), made
+        return
+    assert made.returncode == 0, made
+    assert lines[1:] == ["cleaned up", "ended"], made
+    assert float(lines[0].split()[-1]) < 1.0, made

@@ -114,7 +114,8 @@ _ACTIVE: list[SignalGuard] = []
 
 class _Deferred:
     """Signals a guard's handler met while the main thread was inside a fork made during
-    a plugin's hook: from the first of the parent's at-fork hooks to the last, where an
+    a plugin's hook, from process_state's first at-fork hook to its last (bracketing
+    the hooks registered before it: Python's own, logging's, threading's), where an
     exception is lost (Python prints it as ignored and goes on; logging's own hook would
     keep its lock). Only the main thread forking sets it, and only the main thread runs
     a handler, so only that window is deferred."""
@@ -132,13 +133,16 @@ class _Deferred:
 
     def end(self) -> None:
         """After the parent's last at-fork hook: what came is sent again, from a thread,
-        in :attr:`RESEND_AFTER` seconds (:func:`_send_again`)."""
+        in :attr:`RESEND_AFTER` seconds (:func:`_send_again` takes the list then, with
+        any signal met while the thread was being started). Deferring ends as the very
+        last step: no call, so no handler, runs between it and the fork's return."""
+        if self.signals:
+            self._resend_later()
         self.deferring = False
-        came, self.signals = list(dict.fromkeys(self.signals)), []
-        if not came:
-            return
+
+    def _resend_later(self) -> None:
         try:
-            timer = threading.Timer(self.RESEND_AFTER, _send_again, (came,))
+            timer = threading.Timer(self.RESEND_AFTER, _send_again)
             timer.daemon = True
             timer.start()
         except RuntimeError:  # (no thread to be had: the witness has it at the hook's end)
@@ -150,13 +154,15 @@ class _Deferred:
         self.signals = []
 
 
-def _send_again(came: list[int]) -> None:
-    """Send the first deferred signal again, unless no guard is active any more (the
-    command ended) or one already holds a signal (the hook's end raised it, from the
-    witness): never twice."""
-    if not _ACTIVE or received() is not None:
+def _send_again() -> None:
+    """Send the deferred signals again, in the order they came, unless no guard is active
+    any more (the command ended) or one already holds a signal (the hook's end raised
+    it, from the witness): never twice. A second one is a second signal, as it was."""
+    came, _DEFERRED.signals = _DEFERRED.signals, []
+    if not came or not _ACTIVE or received() is not None:
         return
-    os.kill(os.getpid(), came[0])
+    for signum in came:
+        os.kill(os.getpid(), signum)
 
 
 _DEFERRED = _Deferred()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import difflib
 import importlib
 import importlib.metadata
@@ -124,8 +126,9 @@ def _materialized(stage: str, result: object) -> object:
     if stage in LINES_STAGES:
         return _taken(result)
     if isinstance(result, ProbeResult):
-        result.problems = _taken(result.problems)  # type: ignore[assignment]
-        result.warnings = _taken(result.warnings)  # type: ignore[assignment]
+        with contextlib.suppress(AttributeError, dataclasses.FrozenInstanceError):
+            result.problems = _taken(result.problems)  # type: ignore[assignment]
+            result.warnings = _taken(result.warnings)  # type: ignore[assignment]
     return result
 
 

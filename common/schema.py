@@ -8,8 +8,10 @@ Schemas are YAML documents shipped in the package (``pullback/common/schemas`` a
 - ``x-secret-file: true`` on a path to a file that holds only a secret (it must be
   readable by its owner only; ``check`` reads every one);
 - ``x-expected: "..."`` a phrase used in error messages ("expected a size like 512M");
-- ``x-include: NAME`` a node replaced by the fragment ``common/schemas/_NAME.yaml``
-  (one definition of what client.yaml and server.yaml share).
+- ``x-include: NAME`` a node replaced by the fragment ``common/schemas/_NAME.yaml``,
+  the node's other keys kept beside it: one definition of what several schemas share
+  (``_path``: an absolute path and its error words, in every schema; ``_email`` and
+  ``_notify``: client.yaml's and server.yaml's sections).
 """
 
 from __future__ import annotations

@@ -241,3 +241,24 @@ def test_backup_options_that_would_keep_stale_bytes_are_refused(tmp_path, option
     (problem,) = [str(p) for p in info.value.problems]
     assert problem.startswith(f"{path}:4: backend.backup_options[1]:"), problem
     assert "skip files by size and mtime alone" in problem
+
+
+def test_every_schema_takes_its_absolute_paths_from_one_definition():
+    """The pattern of an absolute path and its error words live in
+    ``common/schemas/_path.yaml`` only (``x-include: path``): a copy that drifted would
+    accept in one file what another refuses, or word the same error two ways."""
+    root = Path(__file__).resolve().parents[2]
+    pattern = "^(?:/[^/]{0,255})+$"
+    written = {
+        str(p.relative_to(root))
+        for d in ("common/schemas", "plugins/schemas")
+        for p in (root / d).glob("*.yaml")
+        if pattern in p.read_text()
+    }
+    assert written == {"common/schemas/_path.yaml"}
+    from pullback.common.schema import load_schema
+
+    docker = load_schema("pullback.plugins", "docker")["properties"]["compose_file"]
+    assert docker["pattern"] == pattern and docker["type"] == "string"
+    assert docker["description"].startswith("Alias of docker_compose_path")
+    assert docker["x-expected"] == "an absolute path (names of at most 255 characters)"

@@ -192,10 +192,11 @@ def forget_in_child() -> None:
     outermost guard (Python's own: SIGTERM and SIGHUP end the process, SIGINT raises
     KeyboardInterrupt), never an ignore it inherited (a tool it starts stops when
     told, as it did when the guard's handler was reset by its exec); a handler the
-    hook set itself stays. A pool's worker that ran the guard's handler raised Interrupted where
-    ``terminate()`` met it (in a lock's release, in a task: caught and sent as its
-    result) and lived on, and the hook, and so the run, waited for it for ever. Never
-    for pullback's own children (a server's host process stops by its guard)."""
+    hook set itself stays. A pool's worker that ran the guard's handler raised
+    Interrupted where ``terminate()`` met it (in a lock's release, in a task: caught and
+    sent as its result) and lived on, and the hook, and so the run, waited for it for
+    ever. Never for pullback's own children (a server's host process stops by its
+    guard)."""
     _DEFERRED.forget()
     if not _ACTIVE:
         return

@@ -72,9 +72,10 @@ def _block_for_fork() -> None:
     (:func:`~pullback.common.signals.defer_for_fork`)."""
     if not _IN_HOOK:
         return
-    if threading.get_ident() == _MAIN:
+    thread = threading.get_ident()
+    if thread == _MAIN:
         signals.defer_for_fork()
-    _MASKS[threading.get_ident()] = signal.pthread_sigmask(signal.SIG_BLOCK, SignalGuard.SIGNALS)
+    _MASKS[thread] = signal.pthread_sigmask(signal.SIG_BLOCK, SignalGuard.SIGNALS)
 
 
 def _unblock() -> None:

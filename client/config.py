@@ -76,6 +76,8 @@ class ClientConfig:
     notify: NotifyConfig | None
     metrics_file: Path | None
     incremental: IncrementalConfig = field(default_factory=lambda: IncrementalConfig())
+    run_timeout: float = 12 * 3600.0
+    """Seconds a run may take before it is stopped (0: no limit)."""
 
     def instance_lock(self, purpose: str) -> FileLock:
         """The client's lock (INSTANCE_LOCK), not yet taken; ``purpose`` is what its owner
@@ -141,6 +143,7 @@ def load_client_config(path: str | os.PathLike = DEFAULT_PATH) -> ClientConfig:
         notify=notify_config(data.get("notify")),
         metrics_file=Path(data["metrics_file"]) if data.get("metrics_file") else None,
         incremental=_incremental(data["incremental"]),
+        run_timeout=parse_duration(data["run_timeout"]),
     )
 
 

@@ -229,7 +229,10 @@ def _recover_and_run(
         client_run = ClientRun(config, services, plugins, guard, record)
         client_run.full_asked = full
         client_run.left_out = left_out(found, services)
-        return client_run.run()
+        limit = config.run_timeout
+        why = f"the run took longer than its run_timeout ({human_duration(limit)})"
+        with guard.time_limit(limit, why):
+            return client_run.run()
     except PullbackError as exc:
         with guard.shielded():  # (a stop waits for the report of what it stopped)
             reporter.failed(str(exc))

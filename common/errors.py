@@ -73,12 +73,14 @@ class Interrupted(PullbackError):
     """SIGTERM, SIGINT or SIGHUP arrived; raised in the main thread so ``finally`` blocks
     run. Its exit code is the shell's for that signal (128 + its number: 143, 130, 129)."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, why: str | None = None):
+        """``why``: the words when pullback sent the signal itself (a run past its
+        ``run_timeout``); "interrupted by SIGTERM" otherwise."""
         import signal
 
         self.signum = signum
         self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        super().__init__(why or f"interrupted by {signal.Signals(signum).name}")
 
 
 class ArchiveError(PullbackError):

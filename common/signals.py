@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import Interrupted
@@ -43,6 +44,9 @@ class SignalGuard:
         self.stopping = stopping
         self.patient = patient
         self.received: int | None = None
+        self.why: str | None = None
+        """Why pullback sent the signal itself (:meth:`time_limit`); None for one from
+        outside."""
         self._shield_depth = 0
         self._raised = False
         self._previous: dict[int, Any] = {}
@@ -61,12 +65,13 @@ class SignalGuard:
             log.warning("%s received again; still cleaning up, please wait", name)
             return
         self.received = signum
+        said = self.why or f"{name} received"
         if self._shield_depth:
-            log.warning("%s received; finishing the current step first", name)
+            log.warning("%s; finishing the current step first", said)
             return
-        log.warning("%s received; %s", name, self.stopping)
+        log.warning("%s; %s", said, self.stopping)
         self._raised = True
-        raise Interrupted(signum)
+        raise Interrupted(signum, self.why)
 
     def __enter__(self) -> SignalGuard:
         if threading.current_thread() is threading.main_thread():
@@ -92,11 +97,42 @@ class SignalGuard:
             self._shield_depth -= 1
         self.check()
 
+    @contextlib.contextmanager
+    def time_limit(self, seconds: float, why: str) -> Iterator[None]:
+        """Stop the block as a SIGTERM stops it once ``seconds`` have passed (0: no limit):
+        a thread sends SIGTERM to the main thread, whose handler raises Interrupted with
+        ``why`` as its words (a shielded step ends first). A Python hook that waits for
+        ever, out of reach of its tools' timeouts, ends so. Nothing is sent once the
+        block has ended or a signal came; a guard entered outside the main thread
+        (handling none) sets no limit."""
+        if seconds <= 0 or not self._previous:
+            yield
+            return
+        main, lock = threading.get_ident(), threading.Lock()
+        ended = False
+
+        def time_up() -> None:
+            with lock:
+                if ended or self.received is not None:
+                    return
+                self.why = why
+                signal.pthread_kill(main, signal.SIGTERM)
+
+        timer = threading.Timer(seconds, time_up)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            with lock:
+                ended = True
+            timer.cancel()
+
     def check(self) -> None:
         """Raise Interrupted if a signal arrived that has not been raised yet."""
         if self.received is not None and not self._shield_depth and not self._raised:
             self._raised = True
-            raise Interrupted(self.received)
+            raise Interrupted(self.received, self.why)
 
     def raise_swallowed(self) -> None:
         """Raise Interrupted if a signal arrived, even one raised before: called when code
@@ -105,7 +141,7 @@ class SignalGuard:
         shielded (a finish hook runs so)."""
         if self.received is not None and not self._shield_depth:
             self._raised = True
-            raise Interrupted(self.received)
+            raise Interrupted(self.received, self.why)
 
 
 _ACTIVE: list[SignalGuard] = []

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -67,6 +68,34 @@ def test_a_signal_inside_a_deferred_block_is_raised_as_it_ends():
             reached.append("end of the block")
         reached.append("after the block")
     assert reached == ["end of the block"]
+
+
+def test_a_time_limit_stops_a_waiting_block_with_its_words():
+    """A wait no signal of the outside breaks (a lock nobody releases) ends at the limit,
+    with the limit's words, not a signal's."""
+    began = time.monotonic()
+    guard = SignalGuard(signals.RESTORING)
+    with pytest.raises(Interrupted) as info, guard, guard.time_limit(0.3, "past the limit"):
+        threading.Event().wait(20)
+    assert 0.3 <= time.monotonic() - began < 10
+    assert str(info.value) == "past the limit" and info.value.exit_code == 143
+
+
+def test_a_time_limit_waits_for_a_shielded_step_and_is_quiet_after_the_block():
+    reached = []
+    guard = SignalGuard(signals.RESTORING)
+    limit = guard.time_limit(0.2, "past the limit")
+    with pytest.raises(Interrupted) as info, guard, limit, guard.shielded():
+        time.sleep(0.6)  # (the signal comes inside: recorded, raised as the step ends)
+        reached.append("the step ended")
+    assert reached == ["the step ended"] and str(info.value) == "past the limit"
+    with SignalGuard(signals.RESTORING) as guard:
+        with guard.time_limit(0.2, "past the limit"):
+            pass
+        time.sleep(0.5)  # past the limit of a block that ended: nothing comes
+        with guard.time_limit(0, "no limit"):
+            time.sleep(0.3)
+        assert guard.received is None
 
 
 def test_a_signal_while_a_tool_starts_stops_that_tool(tmp_path, monkeypatch):

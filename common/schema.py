@@ -10,8 +10,8 @@ Schemas are YAML documents shipped in the package (``pullback/common/schemas`` a
 - ``x-expected: "..."`` a phrase used in error messages ("expected a size like 512M");
 - ``x-include: NAME`` a node replaced by the fragment ``common/schemas/_NAME.yaml``,
   the node's other keys kept beside it: one definition of what several schemas share
-  (``_path``: an absolute path and its error words, in every schema; ``_email`` and
-  ``_notify``: client.yaml's and server.yaml's sections).
+  (``_path``, ``_duration``, ``_size``: a value's pattern and its error words, in every
+  schema; ``_email`` and ``_notify``: client.yaml's and server.yaml's sections).
 """
 
 from __future__ import annotations

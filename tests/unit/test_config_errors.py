@@ -243,22 +243,43 @@ def test_backup_options_that_would_keep_stale_bytes_are_refused(tmp_path, option
     assert "skip files by size and mtime alone" in problem
 
 
-def test_every_schema_takes_its_absolute_paths_from_one_definition():
-    """The pattern of an absolute path and its error words live in
-    ``common/schemas/_path.yaml`` only (``x-include: path``): a copy that drifted would
-    accept in one file what another refuses, or word the same error two ways."""
+@pytest.mark.parametrize(
+    ("fragment", "written_as"),
+    [
+        ("_path.yaml", "^(?:/[^/]{0,255})+$"),
+        ("_duration.yaml", r"\\d+(\\.\\d+)?\\s*[smhdw]?"),
+        ("_size.yaml", r"[KMGTPkmgtp]i?[Bb]?"),
+    ],
+)
+def test_every_schema_takes_its_paths_durations_and_sizes_from_one_definition(fragment, written_as):
+    """The pattern of an absolute path, a duration or a size and its error words live in
+    one fragment each (``x-include: path``, ``duration``, ``size``): a copy that drifted
+    would accept in one file what another refuses (or what the parser of its value,
+    keyed on the pattern, does not parse), or word the same error two ways."""
     root = Path(__file__).resolve().parents[2]
-    pattern = "^(?:/[^/]{0,255})+$"
     written = {
-        str(p.relative_to(root))
+        p.name
         for d in ("common/schemas", "plugins/schemas")
         for p in (root / d).glob("*.yaml")
-        if pattern in p.read_text()
+        if written_as in p.read_text()
     }
-    assert written == {"common/schemas/_path.yaml"}
-    from pullback.common.schema import load_schema
+    assert written == {fragment}
 
+
+def test_a_shared_definition_keeps_the_keys_beside_it():
+    from pullback.common.schema import _NUMBER_PARSERS, load_schema
+    from pullback.common.units import DURATION_PATTERN, SIZE_PATTERN
+
+    pattern = "^(?:/[^/]{0,255})+$"
     docker = load_schema("pullback.plugins", "docker")["properties"]["compose_file"]
     assert docker["pattern"] == pattern and docker["type"] == "string"
     assert docker["description"].startswith("Alias of docker_compose_path")
     assert docker["x-expected"] == "an absolute path (names of at most 255 characters)"
+    client = load_schema("pullback.common", "client")["properties"]
+    assert client["min_interval"]["pattern"] == DURATION_PATTERN in _NUMBER_PARSERS
+    assert client["min_interval"]["x-expected"] == "a duration like 20h"
+    assert client["min_free_space"]["pattern"] == SIZE_PATTERN in _NUMBER_PARSERS
+    assert client["min_free_space"]["type"] == ["string", "integer"]
+    server = load_schema("pullback.common", "server")
+    assert server["$defs"]["size"]["minimum"] == 1
+    assert server["$defs"]["duration"]["x-expected"] == "a duration like 90s, 15m or 6h"

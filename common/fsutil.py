@@ -467,16 +467,54 @@ class OthersMayChange(ValueError):
     """A file pullback obeys is one another user may change (:func:`others_may_change`)."""
 
 
-def read_regular(path: str | os.PathLike, limit: int, *, obeyed: bool = False) -> bytes:
+def open_trusted_file(path: Path) -> int:
+    """``path`` opened read-only by descriptors from ``/`` as :func:`open_trusted_dir`
+    opens a directory, its last name too followed only when it is a symlink only root
+    could have made, and without blocking (a FIFO is not waited on). A user who owns the
+    directory of a file root reads (an application's ``.env``) cannot make root read
+    another file through a symlink. Returns the descriptor (the caller closes it).
+    Raises OSError: ELOOP for a symlink another user could have made (or too many),
+    ENOENT, ENOTDIR."""
+    path = Path(path)
+    for _ in range(MAX_LINKS):
+        dir_fd = open_trusted_dir(path.parent)
+        try:
+            try:
+                return os.open(path.name, _FILE_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+            target = _trusted_target(dir_fd, path.name)
+        finally:
+            os.close(dir_fd)
+        path = path.parent / target  # (an absolute target replaces the directory)
+    raise OSError(errno.ELOOP, "too many symlinks", str(path))
+
+
+_FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def read_regular(
+    path: str | os.PathLike, limit: int, *, obeyed: bool = False, trusted: bool = False
+) -> bytes:
     """The bytes of ``path``, a regular file of at most ``limit`` bytes, opened without
     blocking (a FIFO put in its place is refused, not waited on; a device is refused).
     ``obeyed``: the descriptor the bytes are read from is checked too (no file swapped
-    in after a check by path).
+    in after a check by path). ``trusted``: reached as :func:`open_trusted_file` reaches
+    it (no symlink another user could have made is followed).
 
     Raises OSError when it cannot be opened or read, ValueError when it is not a regular
     file or is longer than ``limit``, OthersMayChange (obeyed) when another user may
     change it."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    return read_regular_stat(path, limit, obeyed=obeyed, trusted=trusted)[0]
+
+
+def read_regular_stat(
+    path: str | os.PathLike, limit: int, *, obeyed: bool = False, trusted: bool = False
+) -> tuple[bytes, os.stat_result]:
+    """:func:`read_regular`'s bytes, and the file's ``fstat`` as they were read (its
+    mode, owner and times, to copy them). Raises as it does."""
+    descriptor = open_trusted_file(Path(path)) if trusted else os.open(path, _FILE_FLAGS)
     size = f"{limit >> 20} MiB" if not limit % (1 << 20) else f"{limit} bytes"
     too_large = ValueError(f"larger than {size}")
     try:
@@ -494,4 +532,4 @@ def read_regular(path: str | os.PathLike, limit: int, *, obeyed: bool = False) -
         os.close(descriptor)
     if len(data) > limit:
         raise too_large
-    return data
+    return data, info

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 
 import yaml
 
 from ..common.errors import CommandError
-from ..common.fsutil import make_dirs_at
+from ..common.fsutil import make_dirs_at, read_regular_stat, write_all
 from ..common.text import printable
 from . import hookimpl, load_plugin_schema
 from ._common import first, timeout
@@ -52,6 +54,11 @@ def compose_file(task: Task) -> Path:
 
 
 def _compose(task: Task, *args: str) -> list[str]:
+    """``docker compose`` of the task's file with every profile enabled (``--profile
+    '*'``, Compose v2): a running service that has ``profiles:`` is one the
+    administrator started; without it ``config --services`` does not list it and
+    ``start`` and ``stop`` of it fail or do nothing (Compose before 2.20), and an
+    outside attack saw every run stop such a service and never start it again."""
     project = task.config.get("project_directory") or str(compose_file(task).parent)
     return [
         "docker",
@@ -60,6 +67,8 @@ def _compose(task: Task, *args: str) -> list[str]:
         str(compose_file(task)),
         "--project-directory",
         project,
+        "--profile",
+        "*",
         *args,
     ]
 
@@ -128,14 +137,41 @@ def pullback_dump(task: Task):
         _pin_images(task)
 
 
+MAX_STAGED = 16 << 20
+"""Bytes a compose file or ``.env`` may have: either is a few kilobytes; a file its
+directory's owner made sparse and huge would otherwise be written out in full in the
+work directory."""
+
+
 def _stage_copy(source: Path, staged: Path) -> None:
     """``source`` copied with its mode, times and owner (a restore gives the file back
     the snapshot's owner: an outside attack saw an application user's .env come back
-    root's)."""
-    shutil.copy2(source, staged)
-    if os.geteuid() == 0:
-        found = source.stat()
-        os.chown(staged, found.st_uid, found.st_gid)
+    root's). It is reached by descriptors from ``/`` (a symlink the application
+    directory's owner planted is not followed: an outside attack read a file of root's
+    into the archive through ``.env``), must be a regular file of at most 16 MiB.
+    Raises TaskError."""
+    try:
+        data, found = read_regular_stat(source, MAX_STAGED, trusted=True)
+    except (OSError, ValueError) as exc:
+        why = "a symlink another user could have made" if _is_loop(exc) else _why(exc)
+        raise TaskError(f"{printable(source, 200)}: not archived: {why}") from None
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        write_all(fd, data)
+        os.fchmod(fd, stat.S_IMODE(found.st_mode))
+        if os.geteuid() == 0:
+            os.fchown(fd, found.st_uid, found.st_gid)
+    finally:
+        os.close(fd)
+    os.utime(staged, ns=(found.st_atime_ns, found.st_mtime_ns), follow_symlinks=False)
+
+
+def _is_loop(exc: Exception) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.ELOOP
+
+
+def _why(exc: Exception) -> str:
+    return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
 
 
 def _pin_images(task: Task) -> None:

@@ -7,8 +7,10 @@ machine, so ``docker``, ``systemctl``, ``mongodump`` and ``influx`` are recordin
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tarfile
 
 import pytest
 
@@ -17,8 +19,12 @@ from tests.helpers.tree import make_rich_tree, snapshot
 
 
 def short(call: dict) -> str:
+    """A call without the options every compose call has (``-f FILE --project-directory
+    DIR --profile *``: test_every_compose_call_enables_every_profile checks them)."""
     args = [
-        a for a in call["args"] if not a.startswith("/") and a not in ("-f", "--project-directory")
+        a
+        for a in call["args"]
+        if not a.startswith("/") and a not in ("-f", "--project-directory", "--profile", "*")
     ]
     return " ".join([call["program"], *args])
 
@@ -83,6 +89,87 @@ def test_stop_dump_start_order_and_start_after_a_failed_dump(tmp_path, standins,
         "services/shop/docker/images.json",
         "services/shop/docker/docker-compose.pinned.yml",
     } <= names
+
+
+def test_every_compose_call_enables_every_profile(tmp_path, standins):
+    """A running service with ``profiles:`` (started with ``--profile jobs up -d``) is
+    stopped and started again like the others: every compose call enables every profile
+    (``--profile '*'``; the stand-in answers ``config --services`` as Compose v2 does,
+    listing a profile's services only when it is enabled). Without it the run stopped
+    the worker, found it "no longer in" the compose file and never started it (h126)."""
+    compose = tmp_path / "app" / "docker-compose.yml"
+    compose.parent.mkdir()
+    compose.write_text(
+        "services:\n  web: {image: nginx}\n  worker: {image: busybox, profiles: [jobs]}\n"
+    )
+    standins.set(running=["web", "worker"])
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service(
+        "shop", f"service: {{name: shop}}\ndocker: {{docker_compose_path: {compose}}}\n"
+    )
+    result = box.cli("run", env=standins.env)
+    assert result.returncode == 0, result.stderr
+    calls = standins.calls()
+    assert [short(c) for c in calls] == [
+        "docker compose ps --services --status running",
+        "docker compose stop web worker",
+        "docker compose config --services",
+        "docker compose start web worker",
+    ]
+    for call in calls:
+        at = call["args"].index("--profile")
+        assert call["args"][at + 1] == "*" and at < call["args"].index("compose") + 6, call
+    assert "no longer in" not in result.stderr
+
+
+def test_the_dump_follows_no_symlink_the_application_s_owner_planted(tmp_path, standins):
+    """The application directory is its user's (nobody): its ``.env`` made a symlink to a
+    file of root's is not read into the archive; the task fails and says why, and what
+    it stopped is started again (h126; the files task refuses the same)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: ownership of the application directory")
+    base = tmp_path / "srv"
+    base.mkdir(mode=0o755)
+    os.chmod(tmp_path, 0o755)
+    secret = base / "root-only"
+    secret.write_text("root:$6$SECRET-HASH:19000:0:99999:7:::\n")
+    secret.chmod(0o600)
+    app = base / "app"
+    app.mkdir()
+    (app / "docker-compose.yml").write_text("services:\n  web: {image: nginx}\n")
+    os.symlink(secret, app / ".env")
+    for path in (app, app / "docker-compose.yml"):
+        os.chown(path, 65534, 65534, follow_symlinks=False)
+    os.chown(app / ".env", 65534, 65534, follow_symlinks=False)
+    standins.set(running=["web"])
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service(
+        "shop",
+        f"service: {{name: shop}}\ndocker: {{docker_compose_path: {app}/docker-compose.yml}}\n",
+    )
+    result = box.cli("run", env=standins.env)
+    assert result.returncode == 1, result.stderr
+    assert f"{app}/.env: not archived: a symlink another user could have made" in result.stderr
+    assert [short(c) for c in standins.calls()][-1] == "docker compose start web"
+    for archive in box.published():
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                if member.isfile():
+                    assert b"SECRET-HASH" not in tar.extractfile(member).read()
+
+
+def test_a_huge_sparse_env_is_refused_not_written_out(tmp_path, standins, app):
+    """A ``.env`` its owner made a sparse terabyte: refused by its size (16 MiB at most),
+    never copied into the work directory (h126: 256 MiB of real disk for 0 on disk)."""
+    with open(app.parent / ".env", "wb") as env:
+        env.truncate(1 << 40)
+    standins.set(running=[])
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("shop", f"service: {{name: shop}}\ndocker: {{docker_compose_path: {app}}}\n")
+    result = box.cli("run", env=standins.env)
+    assert result.returncode == 1, result.stderr
+    assert f"{app.parent}/.env: not archived: larger than 16 MiB" in result.stderr
+    assert box.leftovers() == []
 
 
 def test_a_failed_stop_still_starts_what_was_stopped_before(tmp_path, standins, app):

@@ -50,7 +50,10 @@ if program == "docker":
                 fail(f"open {compose}: no such file or directory", 14)
             import yaml
 
-            print("\n".join((yaml.safe_load(compose.read_text()) or {}).get("services") or {}))
+            every = "--profile" in args and args[args.index("--profile") + 1] == "*"
+            services = (yaml.safe_load(compose.read_text()) or {}).get("services") or {}
+            # (as Compose v2: a service with profiles: only once one of them is enabled)
+            print("\n".join(n for n, s in services.items() if every or "profiles" not in (s or {})))
         elif verb == "config":
             print(
                 json.dumps(

@@ -147,3 +147,145 @@ def test_a_client_run_archives_what_rsync_copied(tmp_path):
         }
     numbered = {f"{listed.index('app/' + rel.split('/')[0])}:{rel}" for rel in archived}
     assert numbered == expected
+
+
+# -- wildmatch's own rules, and patterns drawn at random ----------------------------------
+
+RICH_TREE = [
+    "app/a/c.txt",
+    "app/a/b/c.txt",
+    "app/x/a/y/c.txt",
+    "app/c.txt",
+    "app/q1",
+    "app/q\\1",
+    "app/sp ace/f",
+    "app/sp\\ ace/g",
+    "app/1.txt",
+    "app/a.txt",
+    "app/]x",
+    "app/deep/a/b/x.txt",
+    "app/b/x.txt",
+    "app/b/z/x.txt",
+    "app/foo",
+    "app/d/foo",
+    "app/d/e/foo",
+    "app/foo.d/bar",
+    "app/A.TXT",
+    "app/a*b",
+    "app/a?b",
+    "app/ab",
+    "app/[ab]",
+    "app/x.log",
+    "app/logs/y.log",
+]
+
+WILDMATCH_CASES = [
+    "a/**/c.txt",  # a directory between: a/c.txt is kept (h126)
+    "**/b/**/x.txt",
+    "app/**/foo",
+    "**/c.txt",  # a leading **/ may match no directory
+    "/**/foo",  # ... but not when anchored
+    "q\\1",  # no wildcard: the backslash is a character (h126)
+    "sp\\ ace",
+    "\\a.txt",
+    "a\\*b",  # a wildcard: the backslash escapes
+    "[[:digit:]].txt",  # a character class (h126)
+    "[[:upper:]]*",
+    "[[:alpha:][:digit:]]*",
+    "[[:nope:]]*",  # an unknown class: matches nothing
+    "[]x]",  # a ] first is a member
+    "[z-a]",  # a range the wrong way round: its first character only
+    "[ab",  # never closed: matches nothing
+    "a[!x]c.txt",  # a class never matches /
+    "*//",  # one trailing slash taken, the other stays
+    "//***]",
+    "sub/***",
+]
+
+
+def rsync_kept(root: Path, pattern: str) -> set[str]:
+    """What ``rsync -r --exclude PATTERN app DEST/`` would copy (a dry run's names)."""
+    done = subprocess.run(
+        ["rsync", "-rn", "--out-format=%n", "--exclude", pattern, "app", "/nonexistent/"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {line.rstrip("/") for line in done.stdout.splitlines() if line}
+
+
+def matcher_kept(root: Path, pattern: str) -> set[str]:
+    """What the files task's walk keeps of the listed ``app`` (directories included)."""
+    matcher = ExcludeMatcher([pattern])
+    app = root / "app"
+    if matcher.excludes_listed(app):
+        return set()
+    kept, excluded = {"app"}, matcher.rooted(app)
+    for directory, dirs, names in os.walk(app):
+        rel = os.path.relpath(directory, app)
+        rel = "" if rel == "." else rel + "/"
+        dirs[:] = [d for d in dirs if not excluded(rel + d, True)]
+        kept |= {f"app/{rel}{d}" for d in dirs}
+        kept |= {f"app/{rel}{n}" for n in names if not excluded(rel + n, False)}
+    return kept
+
+
+@pytest.fixture(scope="module")
+def rich_tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("rich")
+    for rel in RICH_TREE:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(rel)
+    return root
+
+
+@pytest.mark.parametrize("pattern", WILDMATCH_CASES)
+def test_wildmatch_s_rules_as_rsync_applies_them(rich_tree, pattern):
+    assert matcher_kept(rich_tree, pattern) == rsync_kept(rich_tree, pattern)
+
+
+def test_patterns_drawn_at_random_keep_what_rsync_keeps(rich_tree):
+    """Patterns made of the pieces wildmatch reads differently (``**``, classes, ranges,
+    escapes, doubled slashes): PULLBACK_EXCLUDE_PATTERNS of them (300 in CI, a few
+    seconds; thousands agreed when the rules were written), seeded by
+    PULLBACK_EXCLUDE_SEED."""
+    import random
+
+    draw = random.Random(int(os.environ.get("PULLBACK_EXCLUDE_SEED", "1")))
+    pieces = [
+        "a",
+        "b",
+        "c",
+        "x",
+        "/",
+        "*",
+        "**",
+        "?",
+        "[",
+        "]",
+        "!",
+        "^",
+        "-",
+        "\\",
+        ".",
+        "txt",
+        ":",
+        "[:digit:]",
+        "[:alpha:]",
+        "d",
+        "foo",
+        "app",
+        "1",
+        "z",
+        "***",
+    ]
+    pieces.append(" ")
+    differ = []
+    for _ in range(int(os.environ.get("PULLBACK_EXCLUDE_PATTERNS", "300"))):
+        pattern = "".join(draw.choice(pieces) for _ in range(draw.randint(1, 6)))
+        if pattern[:1] in "-+" or not pattern.strip("/"):
+            continue  # (rsync reads "- x" and "+ x" as rules; "/" alone is refused)
+        if matcher_kept(rich_tree, pattern) != rsync_kept(rich_tree, pattern):
+            differ.append(pattern)
+    assert differ == []

@@ -10,8 +10,8 @@ Schemas are YAML documents shipped in the package (``pullback/common/schemas`` a
 - ``x-expected: "..."`` a phrase used in error messages ("expected a size like 512M");
 - ``x-include: NAME`` a node replaced by the fragment ``common/schemas/_NAME.yaml``,
   the node's other keys kept beside it: one definition of what several schemas share
-  (``_path``, ``_duration``, ``_size``: a value's pattern and its error words, in every
-  schema; ``_email`` and ``_notify``: client.yaml's and server.yaml's sections).
+  (``_path``, ``_duration``, ``_timeout``, ``_size``: a value's pattern and its error
+  words, in every schema; ``_email`` and ``_notify``: client.yaml's and server.yaml's sections).
 """
 
 from __future__ import annotations
@@ -208,6 +208,16 @@ _BY_VALIDATOR = {
 }
 
 
+def _worded_as_expected(kind: str, schema: dict) -> bool:
+    """Whether an error of validator ``kind`` is said with the schema's ``x-expected``: a
+    wrong pattern or form, and a duration or size below its minimum (as its text is)."""
+    if not schema.get("x-expected"):
+        return False
+    if kind in ("pattern", "format", "anyOf", "oneOf"):
+        return True
+    return kind in ("minimum", "exclusiveMinimum") and schema.get("pattern") in _NUMBER_PARSERS
+
+
 def _problems_for(error: jsonschema.ValidationError) -> Iterator[tuple[KeyPath, str]]:
     """(key path, message) for one validation error, in an administrator's words."""
     path: KeyPath = tuple(error.absolute_path)
@@ -218,7 +228,7 @@ def _problems_for(error: jsonschema.ValidationError) -> Iterator[tuple[KeyPath, 
     found = handler(error, path, schema, secret) if handler else None
     if found is not None:
         yield from found
-    elif kind in ("pattern", "format", "anyOf", "oneOf") and schema.get("x-expected"):
+    elif _worded_as_expected(str(kind), schema):
         yield path, f"expected {schema['x-expected']}, got {_shown(error.instance, secret)}"
     elif kind in ("anyOf", "oneOf") and error.context:
         yield from _problems_for(jsonschema_module().exceptions.best_match(error.context))
@@ -254,9 +264,11 @@ _NUMBER_PARSERS = {DURATION_PATTERN: parse_duration, SIZE_PATTERN: parse_size}
 """Patterns that make a value a duration or a size, given as text or as a number."""
 
 
-def _usable_number(pattern: str, value: Any) -> bool:
+def _usable_number(pattern: str, value: Any, schema: dict) -> bool:
     """A duration or size must be a number a setting can hold: finite, not negative,
-    within 64 bits ("9" * 400 + "M" is infinite; -1 seconds means nothing)."""
+    within 64 bits ("9" * 400 + "M" is infinite; -1 seconds means nothing), and above
+    the schema's ``exclusiveMinimum`` and at its ``minimum`` or above when given as text
+    ("0s" for a timeout: JSON Schema judges only numbers by them)."""
     parse = _NUMBER_PARSERS.get(pattern)
     if parse is None:
         return True
@@ -264,14 +276,19 @@ def _usable_number(pattern: str, value: Any) -> bool:
         number = parse(value)
     except (ValueError, OverflowError):
         return False
-    return math.isfinite(number) and 0 <= number < 2**63
+    if not (math.isfinite(number) and 0 <= number < 2**63):
+        return False
+    low, above = schema.get("minimum"), schema.get("exclusiveMinimum")
+    return (low is None or number >= low) and (above is None or number > above)
 
 
 def _pattern(validator, pattern: str, instance: Any, schema: dict):
     if validator.is_type(instance, "string"):
-        good = bool(_ecma_regex(pattern).search(instance)) and _usable_number(pattern, instance)
+        good = bool(_ecma_regex(pattern).search(instance)) and _usable_number(
+            pattern, instance, schema
+        )
     elif validator.is_type(instance, "number"):  # a duration or size given as a number
-        good = _usable_number(pattern, instance)
+        good = _usable_number(pattern, instance, schema)
     else:
         return
     if not good:

@@ -283,3 +283,16 @@ def test_a_shared_definition_keeps_the_keys_beside_it():
     server = load_schema("pullback.common", "server")
     assert server["$defs"]["size"]["minimum"] == 1
     assert server["$defs"]["duration"]["x-expected"] == "a duration like 90s, 15m or 6h"
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "0.0h", 0, 0.0])
+def test_a_timeout_of_nothing_is_refused_as_text_or_number(tmp_path, value):
+    """A timeout of 0 would end every command at once (helper-126: check said ok, then
+    every run failed); JSON Schema judges only numbers by a minimum, pullback its text
+    too. A run_timeout of 0 still means no limit."""
+    path = write(tmp_path, f"hostname: web1\nnotify:\n  timeout: {value!r}\n".replace("'", '"'))
+    assert problems_of(path) == [
+        f"{path}:3: notify.timeout: expected a duration more than 0, like 90s, 15m or 6h, "
+        f"got {value!r}"
+    ]
+    assert load_client_config(write(tmp_path, "hostname: web1\nrun_timeout: 0\n")).run_timeout == 0

@@ -419,14 +419,6 @@ def test_files_excludes_the_oracle_harness_agrees_on_plain_patterns(tmp_path, pa
 # -- files: paths the schema accepts and the restore cannot take back ---------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a files path with a '..' component passes check and backs up (archived under "
-    "the normalised path), but the restore looks the unnormalised path up in the snapshot "
-    "and fails: 'is not in the restored snapshot' (or, when the '..' directory is listed "
-    "too, a false 'a directory was moved while it was walked'): the backup cannot be "
-    "restored as configured (plugins/files.py restore_paths; before_restore keep_aside)",
-)
 def test_a_files_path_with_dotdot_is_refused_by_check_or_restores(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -70,8 +70,8 @@ def test_every_problem_is_reported_in_line_order(tmp_path):
     found = problems_of(path)
     assert [p.split(":")[1] for p in found] == ["1", "2", "3"]
     assert (
-        "service_dirs[0]: expected an absolute path (names of at most 255 characters), "
-        "got 'relative/dir'" in found[1]
+        "service_dirs[0]: expected an absolute path without . or .. (names of at most 255 "
+        "characters), got 'relative/dir'" in found[1]
     )
 
 
@@ -79,7 +79,7 @@ def test_list_item_line_is_its_own(tmp_path):
     path = write(tmp_path, "service_dirs:\n  - /ok\n  - /fine\n  - 42\n")
     assert problems_of(path) == [
         f"{path}:4: service_dirs[2]: expected an absolute path "
-        "(names of at most 255 characters), "
+        "without . or .. (names of at most 255 characters), "
         f"got 42"
     ]
 
@@ -219,7 +219,7 @@ def test_a_relative_cache_dir_is_refused(tmp_path):
     path = write(tmp_path, "hostname: web1\nincremental:\n  cache_dir: var/cache/pullback\n")
     assert problems_of(path) == [
         f"{path}:3: incremental.cache_dir: expected an absolute path "
-        "(names of at most 255 characters), "
+        "without . or .. (names of at most 255 characters), "
         f"got 'var/cache/pullback'"
     ]
 
@@ -246,7 +246,7 @@ def test_backup_options_that_would_keep_stale_bytes_are_refused(tmp_path, option
 @pytest.mark.parametrize(
     ("fragment", "written_as"),
     [
-        ("_path.yaml", "^(?:/[^/]{0,255})+$"),
+        ("_path.yaml", "[^/]{0,255})+$"),
         ("_duration.yaml", r"\\d+(\\.\\d+)?\\s*[smhdw]?"),
         ("_size.yaml", r"[KMGTPkmgtp]i?[Bb]?"),
     ],
@@ -270,11 +270,13 @@ def test_a_shared_definition_keeps_the_keys_beside_it():
     from pullback.common.schema import _NUMBER_PARSERS, load_schema
     from pullback.common.units import DURATION_PATTERN, SIZE_PATTERN
 
-    pattern = "^(?:/[^/]{0,255})+$"
+    pattern = "^(?:/(?!\\.{1,2}(?:/|$))[^/]{0,255})+$"
     docker = load_schema("pullback.plugins", "docker")["properties"]["compose_file"]
     assert docker["pattern"] == pattern and docker["type"] == "string"
     assert docker["description"].startswith("Alias of docker_compose_path")
-    assert docker["x-expected"] == "an absolute path (names of at most 255 characters)"
+    assert (
+        docker["x-expected"] == "an absolute path without . or .. (names of at most 255 characters)"
+    )
     client = load_schema("pullback.common", "client")["properties"]
     assert client["min_interval"]["pattern"] == DURATION_PATTERN in _NUMBER_PARSERS
     assert client["min_interval"]["x-expected"] == "a duration like 20h"
@@ -296,3 +298,14 @@ def test_a_timeout_of_nothing_is_refused_as_text_or_number(tmp_path, value):
         f"got {value!r}"
     ]
     assert load_client_config(write(tmp_path, "hostname: web1\nrun_timeout: 0\n")).run_timeout == 0
+
+
+@pytest.mark.parametrize("path", ["/srv/data/../other", "/srv/./data", "/srv/.."])
+def test_a_path_with_a_dot_or_dot_dot_name_is_refused(tmp_path, path):
+    """A files path /srv/data/../other was archived under its normal form and could not be
+    restored as written (helper-126): every path setting names the real path."""
+    config = write(tmp_path, f"hostname: web1\nservice_dirs: [{path}]\n")
+    assert problems_of(config) == [
+        f"{config}:2: service_dirs[0]: expected an absolute path without . or .. (names of "
+        f"at most 255 characters), got {path!r}"
+    ]

@@ -105,8 +105,8 @@ def test_section_errors_carry_the_task_prefix(tmp_path, plugins):
     )
     messages = [str(p) for p in load_service(path, plugins).problems]
     assert messages == [
-        f"{path}:4: files.paths[0]: expected an absolute path (names of at most 255 characters), "
-        f"got 'relative'",
+        f"{path}:4: files.paths[0]: expected an absolute path without . or .. (names of at "
+        "most 255 characters), got 'relative'",
         f"{path}:5: files.exclude: expected a list, got a string '*.log'",
     ]
 

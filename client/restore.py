@@ -326,6 +326,14 @@ class _Named:
         return f"{counted(self.count, self.noun, self.nouns)} ({shown}{more})"
 
 
+def _stops_first(options: RestoreOptions) -> bool:
+    """Whether the restore stops the application first: not below ``--target`` (every
+    task restores there, or a database beside the live one: nothing live is touched; an
+    outside attack saw a compose application stopped for a restore below --target),
+    unless ``--replace`` swaps databases in."""
+    return options.target is None or options.replace
+
+
 def _target_of(given: Path | None) -> Path | None:
     """``--target``, made absolute (a relative one is below the working directory: it
     was taken as below the restored file's own path, and the copy failed). Raises
@@ -560,7 +568,8 @@ class ServiceRestore:
             dry_run=options.dry_run,
             safety_dir=config.work_dir.parent / "before-restore",
             temporary_source=options.source.is_file(),
-            stops_first=any(spec.type.stops(spec.config) for spec in service.tasks),
+            stops_first=_stops_first(options)
+            and any(spec.type.stops(spec.config) for spec in service.tasks),
         )
         self.failures: list[str] = []
         self.prepared: list[Task] = []
@@ -639,7 +648,15 @@ class ServiceRestore:
         Returns False when one could not (nothing is restored then: the application
         may still be running; what was stopped is started again), the failure said."""
         specs = zip(self.tasks, self.service.tasks, strict=True)
-        for task in [t for t, spec in specs if spec.type.stops(spec.config)]:
+        stopping = [t for t, spec in specs if spec.type.stops(spec.config)]
+        if stopping and not _stops_first(self.options):
+            log.info(
+                "%s: the application is not stopped: --target touches nothing live "
+                "(databases come back beside the live ones)",
+                self.service.name,
+            )
+            return True
+        for task in stopping:
             if self.options.dry_run:
                 self.plan.step(task.log, f"stop the application first ({task.key})")
                 continue

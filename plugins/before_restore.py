@@ -557,16 +557,20 @@ def hand_over(task_type: str, plan: RestorePlan, path: Path, source: Path) -> Pa
     the restore removes as it ends (an outside attack was told of a UCS system archive
     already gone); then it is moved into a new directory below the safety directory
     (``<task_type>-<stamp>-snapshot-<random>``, root's, 0700), which is returned. A dry
-    run moves nothing. Raises TaskError for a ``path`` that is a symlink or leads out of
-    ``source`` (an archive's symlink once had the administrator's live UCS backups moved
-    away), or that cannot be moved (:func:`check_hand_over` finds a wrong safety
-    directory before anything is restored)."""
+    run moves nothing, and returns where the restore would put it (``XXXXXXXX`` for the
+    random part: the snapshot it unpacked is gone when it ends). Raises TaskError for a
+    ``path`` that is a symlink or leads out of ``source`` (an archive's symlink once had
+    the administrator's live UCS backups moved away), or that cannot be moved
+    (:func:`check_hand_over` finds a wrong safety directory before anything is
+    restored)."""
     if os.path.islink(path) or not is_within(path, source):
         raise TaskError(
             f"{printable(path, 200)} is a symlink or leads out of the snapshot: not used"
         )
-    if not plan.temporary_source or plan.dry_run or plan.safety_dir is None:
+    if not plan.temporary_source or plan.safety_dir is None:
         return path
+    if plan.dry_run:  # (where the restore would put it: the unpacked snapshot goes away)
+        return plan.safety_dir / f"{task_type}-{plan.stamp}-snapshot-XXXXXXXX" / path.name
     kept = _make_kept_dir(plan.safety_dir, f"{task_type}-{plan.stamp}-snapshot-")
     try:
         moved = Path(shutil.move(path, kept / path.name))

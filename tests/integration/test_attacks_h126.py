@@ -259,12 +259,6 @@ def test_docker_restore_says_when_the_snapshot_s_compose_file_is_not_restored(tm
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`restore --target DIR` (docs: 'restores beside, to compare first'; "
-    "plugins.md: 'touching nothing live') stops the live compose application for the "
-    "whole restore",
-)
 def test_a_restore_below_target_does_not_stop_the_live_application(tmp_path):
     compose = app_dir(tmp_path, "services:\n  web: {image: nginx}\n  db: {image: postgres}\n")
     data = tmp_path / "media"
@@ -285,12 +279,6 @@ def test_a_restore_below_target_does_not_stop_the_live_application(tmp_path):
     assert not stops, f"the live application was stopped for a restore below --target: {stops}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore --dry-run --from ARCHIVE names docker-compose.pinned.yml at a "
-    "temporary /tmp/pullback-restore-* path that is gone when the dry run ends (the real "
-    "restore names before-restore/docker-...-snapshot-*)",
-)
 def test_a_dry_run_names_a_pinned_compose_file_that_exists(tmp_path):
     compose = app_dir(tmp_path, "services:\n  web: {image: nginx:1}\n")
     docker = Docker(tmp_path)

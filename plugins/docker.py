@@ -112,7 +112,14 @@ def pullback_prepare(task: Task):
     if not compose_file(task).is_file():  # (a restore of an application lost with it)
         task.log.info("no compose file at %s: nothing to stop", compose_file(task))
         return
-    running = _lines(task, _compose(task, "ps", "--services", "--status", "running"), "running")
+    try:
+        running = _lines(task, _compose(task, "ps", "--services", "--status", "running"), "ps")
+    except CommandError as exc:  # (a compose file an edit broke: its restore is the way out)
+        raise TaskError(
+            f"{exc}; nothing was stopped. If {printable(compose_file(task), 200)} is broken, "
+            "fix it, or restore it below --target DIR (the application keeps running) and "
+            "copy it into place"
+        ) from None
     task.state["running"] = running
     if not running:
         task.log.info("no service of %s is running; nothing to stop", compose_file(task))
@@ -236,6 +243,26 @@ def _defined(task: Task) -> set[str] | None:
         return None
 
 
+_NOT_COMPOSE = {".env", "images.json", "docker-compose.pinned.yml"}
+"""The files of a snapshot's docker directory that are not its compose file."""
+
+
+def _say_a_renamed_compose_file(source: Path, original: Path) -> None:
+    """Raises TaskError, before anything is restored, when the snapshot holds a compose
+    file of another name than the one the service file names now (the application moved
+    to ``compose.yaml``): restoring only its ``.env`` said "restored" (an outside
+    attack)."""
+    if (source / original.name).is_file() or not source.is_dir():
+        return
+    others = sorted(p.name for p in source.iterdir() if p.name not in _NOT_COMPOSE)
+    if others:
+        raise TaskError(
+            f"the snapshot's compose file is {printable(others[0], 100)}, the service file "
+            f"names {printable(original, 200)}: nothing restored; point docker_compose_path "
+            "at the file the snapshot holds, or restore below --target DIR and copy it"
+        )
+
+
 def _make_parent(path: Path) -> None:
     """The directory of ``path`` made when missing (:func:`.make_dirs_at`: by descriptor,
     never through a symlink its owner swapped in). Raises TaskError."""
@@ -258,6 +285,7 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
     snapshot's. Images are not pulled: ``docker-compose.pinned.yml`` names the exact
     ones if needed (a note says where: :func:`.hand_over`)."""
     original = compose_file(task)
+    _say_a_renamed_compose_file(source, original)
     env_dir = Path(task.config.get("project_directory") or original.parent)
     copies = [
         (str(live), source / name)

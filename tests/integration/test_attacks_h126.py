@@ -14,7 +14,8 @@ No Docker engine here: ``docker`` is the project's recording STAND-IN
 (tests/standins/standin.py), sometimes behind a small shell wrapper written below that
 changes one answer (said in each test). Everything else is real: the CLI, rsync, cp.
 
-Each confirmed defect is ``xfail(strict=True)``: it fails today and passes once fixed.
+The thirteen defects it found are mended (a bad .env is now refused loudly, the task
+failing, rather than archived); their tests assert what the docs say.
 """
 
 from __future__ import annotations
@@ -230,13 +231,6 @@ def test_docker_dump_does_not_write_out_a_sparse_env_file_in_full(tmp_path):
 # -- docker: restores ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a restore whose service file now names another compose file than the "
-    "snapshot's says 'restored' (exit 0) and never mentions that the snapshot's compose "
-    "file was not restored (plugins/docker.py pullback_restore: copies only when "
-    "(source / original.name).is_file(), silently)",
-)
 def test_docker_restore_says_when_the_snapshot_s_compose_file_is_not_restored(tmp_path):
     compose = app_dir(tmp_path, "services:\n  web: {image: nginx:1}\n")
     docker = Docker(tmp_path)
@@ -477,14 +471,6 @@ exec "$STANDIN_DIR/docker" "$@"
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a live compose file an administrator broke (the first thing one restores) "
-    "makes the docker prepare's `compose ps` fail: 'could not stop the application ... "
-    "nothing restored', also with --task docker, and no word of a way out (move it aside, "
-    "--target): the compose file cannot be restored by the docker task "
-    "(plugins/docker.py pullback_prepare)",
-)
 def test_a_broken_live_compose_file_can_be_restored_or_the_way_out_is_said(tmp_path):
     compose = app_dir(tmp_path, "services:\n  web: {image: nginx:1}\n")
     docker = Docker(tmp_path, BROKEN_COMPOSE_WRAPPER)

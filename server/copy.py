@@ -35,9 +35,10 @@ from ..common.signals import SignalGuard, refuse_if_stopping
 from ..common.text import few
 from ..common.units import human_size
 from . import status_file
-from .backends import Backend, BackendError, RepositoryMissing, Role, Snapshot, make_backend
+from .backends import Backend, BackendError, RepositoryMissing, Role, Snapshot
 from .backends.base import local_path
 from .config import HostConfig, ServerConfig
+from .copy_identity import primary_of, refuse_the_primary
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
 from .missing import RepositoryGone, open_pulled
@@ -190,15 +191,7 @@ class HostCopy:
         self.new = new
         """Make the copy even if status.json says it held snapshots (``--new``)."""
         self.result = CopyResult(ctx.name, location=store_of(ctx.backend))
-        config = ctx.config
-        self.primary: Backend = make_backend(
-            config.backend,
-            ctx.host,
-            config.state_dir,
-            ctx.runner,
-            config.maintenance.repository_lock_wait,
-            Role.PULL,
-        )
+        self.primary: Backend = primary_of(ctx)
 
     def run(self) -> CopyResult:
         started = time.monotonic()
@@ -228,15 +221,7 @@ class HostCopy:
         the primary is missing, though status.json records a pull of the host)."""
         open_pulled(self.ctx.config, self.ctx.host, self.primary)
         copy = self.ctx.backend
-        made = False
-        try:
-            copy.prepare(create=False)
-        except RepositoryMissing:
-            self._refuse_to_remake()
-            self.ctx.log.info("making the copy %s", copy.repository())
-            # (borg's copy is made by the mirror itself; a group's hosts make it once)
-            made = copy.make_once(lambda: copy.init_copy(self.primary))
-            self.result.made = True
+        made = self._open_copy()
         primary, held = self.primary.snapshots(), [] if made else copy.snapshots()
         keeps_all = self.ctx.config.backend.copy is None or (
             self.ctx.config.backend.copy.retention is None
@@ -261,6 +246,24 @@ class HostCopy:
         self.result.counted = not found
         if self.result.problems:
             self.result.status = Status.FAILED
+
+    def _open_copy(self) -> bool:
+        """Open the copy, or make it when missing. Returns whether it was made now.
+        Raises PullbackError (:func:`.copy_identity.refuse_the_primary`, a copy gone
+        that held snapshots), BackendError."""
+        copy = self.ctx.backend
+        try:
+            copy.prepare(create=False)
+        except RepositoryMissing:
+            self._refuse_to_remake()
+            self.ctx.log.info("making the copy %s", copy.repository())
+            # (borg's copy is made by the mirror itself; a group's hosts make it once)
+            made = copy.make_once(lambda: copy.init_copy(self.primary))
+            self.result.made = True
+            if made:
+                return True
+        refuse_the_primary(copy, self.primary)
+        return False
 
     def _lost(self, holds: int) -> str | None:
         """Words for a copy that keeps all (no ``copy.retention``) and holds fewer than

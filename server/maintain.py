@@ -27,6 +27,7 @@ from ..common.units import human_size
 from . import guard, status_file
 from .backends import ForgetResult, RepositoryMissing, Role, Snapshot
 from .config import HostConfig, ServerConfig
+from .copy_identity import primary_of, refuse_the_primary
 from .drill import DrillResult, drill
 from .host import HostContext, for_each_host
 from .missing import missing_failure
@@ -214,6 +215,8 @@ class HostMaintenance:
         yet") only where it can be a host not pulled yet (:meth:`_missing_fails`)."""
         try:
             self.ctx.backend.prepare(create=False)
+            if self.result.scope == "copy":  # (its forget would be the primary's)
+                refuse_the_primary(self.ctx.backend, primary_of(self.ctx))
             return True
         except RepositoryMissing:
             failure = self._missing_fails()

@@ -160,6 +160,11 @@ class Backend(Protocol):
     def snapshots(self) -> list[Snapshot]:
         """pullback's snapshots of this host, oldest first."""
 
+    def repository_id(self) -> str | None:
+        """The repository's own id (two locations that give the same one are one
+        repository), or None where the tool has none that tells two apart. Raises
+        BackendError."""
+
     def strangers(self, claimed: Sequence[tuple[str, str | None]]) -> dict[str, int]:
         """The host names of the repository's snapshots that none of ``claimed`` (the
         name and adopt_host of each host sharing it) owns, and how many each has.

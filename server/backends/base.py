@@ -276,6 +276,12 @@ class RepositoryBackend(ABC):
         here (only restic repositories are adopted; restic's lists them)."""
         return []
 
+    def repository_id(self) -> str | None:
+        """The repository's own id (two locations that give the same one are one
+        repository), or None where the tool has none that tells two apart (a borg copy
+        is its primary's mirror, id and all). Raises BackendError."""
+        return None
+
     @abstractmethod
     def probe_args(self) -> list[str]:
         """Arguments of a cheap command that fails with a MISSING phrase when there is no

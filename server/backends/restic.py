@@ -20,8 +20,17 @@ from ...common.backup_suite import SUITE_STAMP
 from ...common.clock import is_stamp
 from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
-from . import Backend, Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
-from .base import DELETE_BATCH, RepositoryBackend, local_path, ssh_words
+from . import (
+    Backend,
+    Change,
+    ForgetResult,
+    Role,
+    Snapshot,
+    SnapshotSpec,
+    StoreResult,
+    read_password,
+)
+from .base import DELETE_BATCH, PROBE_TIMEOUT, RepositoryBackend, local_path, ssh_words
 from .errors import BackendError, IncompleteStore
 
 TAG = "pullback"
@@ -318,11 +327,18 @@ class ResticBackend(RepositoryBackend):
         """As every backend's, and a deletion the repository refused named as such: an
         append-only endpoint (docs/scaling.md), reached by the wrong role."""
         if self._said(exc, REFUSED_DELETE):
+            where = (
+                "the copy's retention belongs where the copy store may delete: on the "
+                "machine whose copy: section (or hosts[].copy_repository_file) names that "
+                "endpoint; here, leave copy.retention out"
+                if self.role is Role.COPY
+                else "maintenance goes through the endpoint that may delete "
+                "(hosts[].maintenance_repository_file, hosts[].maintenance_repository or "
+                "backend.maintenance_repository_url)"
+            )
             return BackendError(
                 f"the repository {self.repository()} refused to delete (403 Forbidden): "
-                "an append-only endpoint cannot forget or prune; maintenance goes through "
-                "the endpoint that may delete (hosts[].maintenance_repository_file, "
-                "hosts[].maintenance_repository or backend.maintenance_repository_url)"
+                f"an append-only endpoint cannot forget or prune; {where}"
             )
         fatal = [line for line in exc.tail if line.startswith("Fatal: ")]
         if (
@@ -441,6 +457,13 @@ class ResticBackend(RepositoryBackend):
 
     def probe_args(self) -> list[str]:
         return ["cat", "config"]
+
+    def repository_id(self) -> str | None:
+        """restic's repository id (``cat config``; a copy made with ``init --copy-chunker-
+        params`` has an id of its own). Raises BackendError."""
+        data = self._json(self.probe_args(), timeout=PROBE_TIMEOUT)
+        found = data.get("id") if isinstance(data, dict) else None
+        return found if isinstance(found, str) and found else None
 
     def init(self) -> None:
         local = local_path(self.repository())

@@ -26,7 +26,7 @@ from ..common.signals import refuse_if_stopping
 from ..common.text import counted, printable
 from ..common.units import human_duration, human_size
 from . import status_file
-from .backends import RepositoryMissing, Role, Snapshot, named, plausible
+from .backends import Backend, RepositoryMissing, Role, Snapshot, named, plausible
 from .db_proof import DatabaseProof, ProofSettings, ProofState, prove_databases
 from .host import HostContext
 from .missing import missing_failure
@@ -242,6 +242,28 @@ def drill(ctx: HostContext, choice: DrillChoice | None = None) -> DrillResult:
     return result
 
 
+def _restore_and_check(
+    backend: Backend, snapshot: Snapshot, scratch: Path, result: DrillResult
+) -> None:
+    """Restore ``snapshot`` into ``scratch``, the manifest first, on its own (if the data
+    turns out damaged, it still names every file that should be there: borg stops
+    extracting at the first bad chunk), and check the tree (:func:`check_tree`); what
+    the restore reported is in ``result.problems``. Raises Interrupted."""
+    for includes in ([MANIFEST_NAME, TREE_NAME], ["services"]):
+        try:
+            backend.restore(snapshot, scratch, includes)
+        except Interrupted:
+            raise
+        except PullbackError as exc:
+            refuse_if_stopping()  # cut by a stop by hand: no failed drill
+            result.problems.append(f"the restore reported: {exc}")
+    if result.problems and not (scratch / MANIFEST_NAME).is_file():
+        # (not "missing from the snapshot": the restore could not read it)
+        result.problems.append(f"{MANIFEST_NAME} could not be restored (above)")
+    else:
+        check_tree(scratch, result)
+
+
 def _provable(ctx: HostContext, listed: list[Snapshot], result: DrillResult) -> list[Snapshot]:
     """The snapshots a drill can prove (pullback's: adopted ones hold no manifest). When
     there is none, ``result`` says why: nothing to drill yet (``waiting``) for a host
@@ -399,17 +421,7 @@ def _drill(ctx: HostContext, choice: DrillChoice) -> DrillResult:
             result.snapshot_time,
             scratch,
         )
-        # the manifest first, on its own: if the data turns out damaged, it still names
-        # every file that should be there (borg stops extracting at the first bad chunk)
-        for includes in ([MANIFEST_NAME, TREE_NAME], ["services"]):
-            try:
-                backend.restore(snapshot, scratch, includes)
-            except Interrupted:
-                raise
-            except PullbackError as exc:
-                refuse_if_stopping()  # cut by a stop by hand: no failed drill
-                result.problems.append(f"the restore reported: {exc}")
-        check_tree(scratch, result)
+        _restore_and_check(backend, snapshot, scratch, result)
         if config.maintenance.prove_databases:
             settings = ProofSettings(
                 config.maintenance.database_proof_dir,

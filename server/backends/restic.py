@@ -260,6 +260,34 @@ def crash_words(tail: Sequence[str]) -> str | None:
 
 
 REFUSED_DELETE = ("blob not removed, server response: 403 Forbidden",)
+
+
+_GO_NAME = re.compile(r"[A-Za-z_][\w.]*")
+"""A line that is only a Go function's name: what is left of restic's stack trace once
+its frames are dropped ("StreamPack"), after the error it wraps."""
+
+
+def _before_a_go_name(last: str, exc: CommandError) -> str:
+    """``last``, or when it is only a Go function's name, the line before it (the error:
+    a copy whose primary lost a pack said "restic failed on ...: StreamPack")."""
+    if not _GO_NAME.fullmatch(last.strip()):
+        return last
+    lines = [line.strip() for line in exc.tail if line.strip()]
+    at = max((i for i, line in enumerate(lines) if line == last.strip()), default=0)
+    return lines[at - 1] if at > 0 else last
+
+
+def _with_first_error(last: str, exc: CommandError) -> str:
+    """``last`` (restic's last words), and when they only count errors ("There were 2
+    errors") the first error it counted (``ignoring error for PATH: REASON``, a line of
+    its output before): a drill of a damaged copy said only that, and that the manifest
+    was missing, where restic had said "ciphertext verification failed"."""
+    if not last.rstrip(".").endswith(" errors"):
+        return last
+    first = next((line for line in exc.tail if line.startswith("ignoring error for ")), "")
+    return f"{last} (the first: {first.strip()[:300]})" if first else last
+
+
 """What restic's REST backend says when the server refuses a deletion (append-only)."""
 
 
@@ -317,11 +345,7 @@ class ResticBackend(RepositoryBackend):
         crashed = crash_words(exc.tail)
         if crashed is not None:
             return crashed
-        last = super().said(exc)
-        if not last.rstrip(".").endswith(" errors"):
-            return last
-        first = next((line for line in exc.tail if line.startswith("ignoring error for ")), "")
-        return f"{last} (the first: {first.strip()[:300]})" if first else last
+        return _with_first_error(_before_a_go_name(super().said(exc), exc), exc)
 
     def explain(self, exc: CommandError) -> BackendError:
         """As every backend's, and a deletion the repository refused named as such: an
@@ -348,7 +372,7 @@ class ResticBackend(RepositoryBackend):
             and not self.locked(exc)
         ):
             # restic's own sentence, not the location it prints after it
-            reason = fatal[-1].removeprefix("Fatal: ")
+            reason = _with_first_error(fatal[-1].removeprefix("Fatal: "), exc)
             return BackendError(
                 f"restic failed on {self.repository()}: {reason}{ssh_words(exc, reason)}"
                 f"{self.file_hint(reason)}"
@@ -527,12 +551,23 @@ class ResticBackend(RepositoryBackend):
         """``restic copy`` of ``snapshots`` from ``source`` (the primary) into this
         repository (the copy): only their blobs the copy lacks travel. Raises
         BackendError."""
-        self.run(
-            ["copy", *(s.id for s in snapshots)],
-            extra_env=from_env(source.env()),
-            stdout="/dev/null",
-            timeout=timeout,
-        )
+        try:
+            self.run_tool(
+                ["copy", *(s.id for s in snapshots)],
+                extra_env=from_env(source.env()),
+                stdout="/dev/null",
+                timeout=timeout,
+            )
+        except CommandError as exc:
+            if not any(line.startswith("Load(<") for line in exc.tail):
+                raise self.explain(exc) from None
+            # (restic copy reads packs from the primary and writes them to the copy)
+            raise BackendError(
+                f"restic copy could not read the primary repository {source.repository()}: "
+                f"{self.said(exc)}; the copy is unchanged: check the primary (pullback-"
+                "server maintain --host HOST reads part of its data; restic check "
+                "--read-data all of it)"
+            ) from None
 
     def init_copy(self, source: Backend) -> None:
         """Make this repository (the copy) with the primary's chunker parameters, so that

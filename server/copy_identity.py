@@ -11,7 +11,7 @@ apart (restic's; a borg copy is its primary's mirror, id and all, and says nothi
 
 from __future__ import annotations
 
-from ..common.errors import PullbackError
+from ..common.errors import Interrupted, PullbackError
 from .backends import Backend, Role, make_backend
 from .host import HostContext
 
@@ -31,10 +31,19 @@ def primary_of(ctx: HostContext) -> Backend:
 
 def refuse_the_primary(copy: Backend, primary: Backend) -> None:
     """Raises PullbackError when ``copy`` opens the very repository ``primary`` is (the
-    same id): nothing is to be copied into it or forgotten in it. Raises BackendError
-    when either cannot be read."""
+    same id): nothing is to be copied into it or forgotten in it. A primary that cannot
+    be read is no reason to stop (a copy's maintenance goes on when its primary is lost:
+    that is what a copy is for). Raises BackendError when the copy cannot be read."""
     ident = copy.repository_id()
-    if ident is None or ident != primary.repository_id():
+    if ident is None:
+        return
+    try:
+        theirs = primary.repository_id()
+    except Interrupted:
+        raise
+    except PullbackError:
+        return
+    if ident != theirs:
         return
     raise PullbackError(
         f"the copy {copy.repository()} is the primary repository {primary.repository()} "

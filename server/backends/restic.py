@@ -260,17 +260,22 @@ def crash_words(tail: Sequence[str]) -> str | None:
 
 
 REFUSED_DELETE = ("blob not removed, server response: 403 Forbidden",)
+"""What restic's REST backend says when the server refuses a deletion (append-only)."""
+
+READING_A_PACK = "StreamPack"
+"""The Go function restic's stack trace names when reading a pack failed: in ``restic
+copy``, a pack of the repository copied from (the primary)."""
 
 
-_GO_NAME = re.compile(r"[A-Za-z_][\w.]*")
-"""A line that is only a Go function's name: what is left of restic's stack trace once
-its frames are dropped ("StreamPack"), after the error it wraps."""
+GO_NAMES = (READING_A_PACK,)
+"""Go functions' names restic prints alone on a line after the error they wrap, what is
+left of its stack trace once the frames are dropped."""
 
 
 def _before_a_go_name(last: str, exc: CommandError) -> str:
     """``last``, or when it is only a Go function's name, the line before it (the error:
     a copy whose primary lost a pack said "restic failed on ...: StreamPack")."""
-    if not _GO_NAME.fullmatch(last.strip()):
+    if last.strip() not in GO_NAMES:
         return last
     lines = [line.strip() for line in exc.tail if line.strip()]
     at = max((i for i, line in enumerate(lines) if line == last.strip()), default=0)
@@ -286,9 +291,6 @@ def _with_first_error(last: str, exc: CommandError) -> str:
         return last
     first = next((line for line in exc.tail if line.startswith("ignoring error for ")), "")
     return f"{last} (the first: {first.strip()[:300]})" if first else last
-
-
-"""What restic's REST backend says when the server refuses a deletion (append-only)."""
 
 
 def _holds_keys(local: Path) -> bool:
@@ -347,9 +349,21 @@ class ResticBackend(RepositoryBackend):
             return crashed
         return _with_first_error(_before_a_go_name(super().said(exc), exc), exc)
 
+    _copying_from: Backend | None = None
+    """The primary :meth:`copy_from` reads (None outside it)."""
+
     def explain(self, exc: CommandError) -> BackendError:
-        """As every backend's, and a deletion the repository refused named as such: an
-        append-only endpoint (docs/scaling.md), reached by the wrong role."""
+        """As every backend's, a deletion the repository refused named as such (an
+        append-only endpoint, docs/scaling.md, reached by the wrong role), and a pack
+        ``restic copy`` could not read named as the primary's."""
+        lines = [line.strip() for line in exc.tail if line.strip()]
+        if self._copying_from is not None and lines and lines[-1] == READING_A_PACK:
+            return BackendError(
+                f"restic copy could not read the primary repository "
+                f"{self._copying_from.repository()}: {self.said(exc)}; the snapshots copied "
+                "before it are in the copy: check the primary (pullback-server maintain "
+                "--host HOST reads part of its data; restic check --read-data all of it)"
+            )
         if self._said(exc, REFUSED_DELETE):
             where = (
                 "the copy's retention belongs where the copy store may delete: on the "
@@ -551,23 +565,16 @@ class ResticBackend(RepositoryBackend):
         """``restic copy`` of ``snapshots`` from ``source`` (the primary) into this
         repository (the copy): only their blobs the copy lacks travel. Raises
         BackendError."""
+        self._copying_from = source
         try:
-            self.run_tool(
+            self.run(
                 ["copy", *(s.id for s in snapshots)],
                 extra_env=from_env(source.env()),
                 stdout="/dev/null",
                 timeout=timeout,
             )
-        except CommandError as exc:
-            if not any(line.startswith("Load(<") for line in exc.tail):
-                raise self.explain(exc) from None
-            # (restic copy reads packs from the primary and writes them to the copy)
-            raise BackendError(
-                f"restic copy could not read the primary repository {source.repository()}: "
-                f"{self.said(exc)}; the copy is unchanged: check the primary (pullback-"
-                "server maintain --host HOST reads part of its data; restic check "
-                "--read-data all of it)"
-            ) from None
+        finally:
+            self._copying_from = None
 
     def init_copy(self, source: Backend) -> None:
         """Make this repository (the copy) with the primary's chunker parameters, so that

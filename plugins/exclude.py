@@ -181,8 +181,9 @@ def compile_rules(pattern: str) -> list[_Rule]:
     """The rules of one pattern (``dir/***`` is two: the directory, and all below it).
     Raises ValueError for an empty or unusable one."""
     wild = any(c in pattern for c in "*?[")
-    if pattern.endswith("/***") and len(pattern) > 4:
-        return [compile_rule(pattern[:-4], wild), compile_rule(pattern[:-4] + "/**", wild)]
+    body = pattern[:-1] if pattern.endswith("/***/") else pattern
+    if body.endswith("/***") and len(body) > 4:  # (the directory only: a file "dir" stays)
+        return [compile_rule(body[:-4] + "/", wild), compile_rule(body[:-4] + "/**", wild)]
     return [compile_rule(pattern, wild)]
 
 
@@ -218,14 +219,22 @@ def compile_rule(pattern: str, wild: bool | None = None) -> _Rule:
         raise ValueError(f"bad exclude pattern {pattern!r}: {exc}") from None
 
 
+def _bytewise(text: str) -> str:
+    """``text`` as its bytes (UTF-8, a name's undecodable bytes as they were), one
+    character each: rsync matches bytes, so ``caf?`` does not match ``café`` (two bytes
+    for the é) and ``caf??`` does."""
+    return text.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
 class ExcludeMatcher:
     """Callable ``(relative_path, is_dir) -> bool``: True when the entry is excluded."""
 
     def __init__(self, patterns: Iterable[str]):
         self.patterns = list(patterns)
-        self.rules = [rule for p in self.patterns for rule in compile_rules(p)]
+        self.rules = [rule for p in self.patterns for rule in compile_rules(_bytewise(p))]
 
     def __call__(self, relative: str, is_dir: bool) -> bool:
+        relative = _bytewise(relative)
         name = relative.rsplit("/", 1)[-1]
         for rule in self.rules:
             if rule.dir_only and not is_dir:

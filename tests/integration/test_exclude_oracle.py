@@ -177,6 +177,9 @@ RICH_TREE = [
     "app/[ab]",
     "app/x.log",
     "app/logs/y.log",
+    "app/d/dir/f",
+    "app/e/dir",
+    "app/caf\u00e9",
 ]
 
 WILDMATCH_CASES = [
@@ -200,13 +203,17 @@ WILDMATCH_CASES = [
     "*//",  # one trailing slash taken, the other stays
     "//***]",
     "sub/***",
+    "dir/***",  # the directory and all below it: a file named dir stays (h127)
+    "dir/***/",
+    "caf?",  # bytes, not characters: the \u00e9 is two (h127)
+    "caf??",
 ]
 
 
 def rsync_kept(root: Path, pattern: str) -> set[str]:
     """What ``rsync -r --exclude PATTERN app DEST/`` would copy (a dry run's names)."""
     done = subprocess.run(
-        ["rsync", "-rn", "--out-format=%n", "--exclude", pattern, "app", "/nonexistent/"],
+        ["rsync", "-rn8", "--out-format=%n", "--exclude", pattern, "app", "/nonexistent/"],
         cwd=root,
         capture_output=True,
         text=True,
@@ -278,6 +285,7 @@ def test_patterns_drawn_at_random_keep_what_rsync_keeps(rich_tree):
         "app",
         "1",
         "z",
+        "\u00e9",
         "***",
     ]
     pieces.append(" ")

@@ -326,12 +326,24 @@ class _Named:
         return f"{counted(self.count, self.noun, self.nouns)} ({shown}{more})"
 
 
-def _stops_first(options: RestoreOptions) -> bool:
-    """Whether the restore stops the application first: not below ``--target`` (every
-    task restores there, or a database beside the live one: nothing live is touched; an
-    outside attack saw a compose application stopped for a restore below --target),
-    unless ``--replace`` swaps databases in."""
-    return options.target is None or options.replace
+BELOW_TARGET = frozenset(
+    {"files", "docker", "sqlite", "univention", "postgresql", "mariadb", "mysql", "mongodb"}
+    | {"influxdb"}
+)
+"""The task types whose restore touches nothing live below ``--target``: their files go
+below it, their databases come back beside the live ones. A ``command`` task's restore
+commands, or a third-party task's restore, may write anywhere."""
+
+
+def _stops_first(options: RestoreOptions, restoring: list[str]) -> bool:
+    """Whether the restore stops the application first (``restoring``: the types of the
+    tasks whose data it restores): not below ``--target`` when each of them restores
+    there or beside the live data (an outside attack saw a compose application stopped
+    for a restore below --target), unless ``--replace`` swaps databases in; always for
+    a restore that only stops and starts (``--task systemd``)."""
+    if options.target is None or options.replace or not restoring:
+        return True
+    return not set(restoring) <= BELOW_TARGET
 
 
 def _target_of(given: Path | None) -> Path | None:
@@ -562,14 +574,14 @@ class ServiceRestore:
         self.tasks = make_tasks(service, scratch / "staging", None, dry_run=options.dry_run)
         for task, spec in zip(self.tasks, service.tasks, strict=True):
             options.point_at_server(task, spec.type.schema)
+        stops = any(spec.type.stops(spec.config) for spec in service.tasks)
         self.plan = RestorePlan(
             stamp=stamp_of(utc_now()),
             replace=options.replace,
             dry_run=options.dry_run,
             safety_dir=config.work_dir.parent / "before-restore",
             temporary_source=options.source.is_file(),
-            stops_first=_stops_first(options)
-            and any(spec.type.stops(spec.config) for spec in service.tasks),
+            stops_first=stops and _stops_first(options, [t.type for t in self.selected()]),
         )
         self.failures: list[str] = []
         self.prepared: list[Task] = []
@@ -649,10 +661,10 @@ class ServiceRestore:
         may still be running; what was stopped is started again), the failure said."""
         specs = zip(self.tasks, self.service.tasks, strict=True)
         stopping = [t for t, spec in specs if spec.type.stops(spec.config)]
-        if stopping and not _stops_first(self.options):
+        if stopping and not _stops_first(self.options, [t.type for t in self.selected()]):
             log.info(
-                "%s: the application is not stopped: --target touches nothing live "
-                "(databases come back beside the live ones)",
+                "%s: the application is not stopped: below --target its tasks touch "
+                "nothing live (databases come back beside the live ones)",
                 self.service.name,
             )
             return True

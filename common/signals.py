@@ -104,8 +104,9 @@ class SignalGuard:
         ``why`` as its words (a shielded step ends first). A Python hook that waits for
         ever, out of reach of its tools' timeouts, ends so. Nothing is sent once the
         block has ended or a signal came; a guard entered outside the main thread
-        (handling none) sets no limit."""
-        if seconds <= 0 or not self._previous:
+        (handling none) sets no limit, nor does a limit past what a thread can wait
+        (``threading.TIMEOUT_MAX``, some 292 years: ``1000000w`` meant "never")."""
+        if not 0 < seconds < threading.TIMEOUT_MAX or not self._previous:
             yield
             return
         main, lock = threading.get_ident(), threading.Lock()

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from ..common.errors import CommandError
-from ..common.fsutil import make_dirs_at, read_regular_stat, write_all
+from ..common.fsutil import make_dirs_at, read_regular_stat, untrusted_link, write_all
 from ..common.text import printable
 from . import hookimpl, load_plugin_schema
 from ._common import first, timeout
@@ -160,7 +160,14 @@ def _stage_copy(source: Path, staged: Path) -> None:
     try:
         data, found = read_regular_stat(source, MAX_STAGED, trusted=True)
     except (OSError, ValueError) as exc:
-        why = "a symlink another user could have made" if _is_loop(exc) else _why(exc)
+        if _is_loop(exc):
+            link = untrusted_link(source) or source
+            why = (
+                f"{printable(link, 200)} is a symlink another user could have made or "
+                "swapped (root does not follow it: make it root's, or name the real path)"
+            )
+        else:
+            why = _why(exc)
         raise TaskError(f"{printable(source, 200)}: not archived: {why}") from None
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -247,20 +254,22 @@ _NOT_COMPOSE = {".env", "images.json", "docker-compose.pinned.yml"}
 """The files of a snapshot's docker directory that are not its compose file."""
 
 
-def _say_a_renamed_compose_file(source: Path, original: Path) -> None:
-    """Raises TaskError, before anything is restored, when the snapshot holds a compose
-    file of another name than the one the service file names now (the application moved
-    to ``compose.yaml``): restoring only its ``.env`` said "restored" (an outside
-    attack)."""
+def _snapshot_compose_name(source: Path, original: Path, below_target: bool) -> str:
+    """The name of the snapshot's compose file: the one the service file names, or, when
+    the snapshot holds one of another name (the application moved to ``compose.yaml``
+    since), that one below ``--target`` (beside where the service file's would go).
+    Raises TaskError, before anything is restored, for such a snapshot restored in place:
+    restoring only its ``.env`` said "restored" (an outside attack)."""
     if (source / original.name).is_file() or not source.is_dir():
-        return
+        return original.name
     others = sorted(p.name for p in source.iterdir() if p.name not in _NOT_COMPOSE)
-    if others:
-        raise TaskError(
-            f"the snapshot's compose file is {printable(others[0], 100)}, the service file "
-            f"names {printable(original, 200)}: nothing restored; point docker_compose_path "
-            "at the file the snapshot holds, or restore below --target DIR and copy it"
-        )
+    if not others or below_target:
+        return others[0] if others else original.name
+    raise TaskError(
+        f"the snapshot's compose file is {printable(others[0], 100)}, the service file "
+        f"names {printable(original, 200)}: nothing restored; point docker_compose_path "
+        "at the file the snapshot holds, or restore below --target DIR and copy it"
+    )
 
 
 def _make_parent(path: Path) -> None:
@@ -285,13 +294,10 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
     snapshot's. Images are not pulled: ``docker-compose.pinned.yml`` names the exact
     ones if needed (a note says where: :func:`.hand_over`)."""
     original = compose_file(task)
-    _say_a_renamed_compose_file(source, original)
+    snapshot_name = _snapshot_compose_name(source, original, below_target=target is not None)
     env_dir = Path(task.config.get("project_directory") or original.parent)
-    copies = [
-        (str(live), source / name)
-        for name, live in ((original.name, original), (".env", env_dir / ".env"))
-        if (source / name).is_file()
-    ]
+    files = ((snapshot_name, original.with_name(snapshot_name)), (".env", env_dir / ".env"))
+    copies = [(str(live), source / name) for name, live in files if (source / name).is_file()]
     if (source / "docker-compose.pinned.yml").is_file():
         check_hand_over(plan)  # (before anything is restored)
     if not dry_run:  # a directory lost with the application: root's 0755, by descriptor

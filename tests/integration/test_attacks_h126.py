@@ -568,3 +568,42 @@ def test_a_bad_exclude_pattern_is_named_by_its_line_and_key(tmp_path):
     said = check.stdout + check.stderr
     assert check.returncode == 2, said
     assert f"{path}:7:" in said and "files.exclude[1]" in said, said
+
+
+def test_a_restore_below_target_still_stops_for_a_command_task_s_restore(tmp_path):
+    """helper-127: a ``command`` task's restore commands may write into the live system
+    whatever --target says: with one the application is stopped as before."""
+    compose = app_dir(tmp_path, "services:\n  web: {image: nginx}\n")
+    docker = Docker(tmp_path)
+    docker.set(running=["web"])
+    extra = "command:\n  dump: ['echo d > $PULLBACK_STAGING/d.txt']\n  restore: ['true']\n"
+    box = docker_box(tmp_path, compose, extra=extra)
+    assert box.cli("run", env=docker.env).returncode == 0
+    (archive,) = box.published()
+    before = len(docker.verbs())
+
+    result = restore(box, archive, "--target", str(tmp_path / "check"), env=docker.env)
+
+    assert result.returncode == 0, result.stderr
+    verbs = [v[0] for v in docker.verbs()[before:]]
+    assert "stop" in verbs and "start" in verbs, verbs
+
+
+def test_a_renamed_compose_file_comes_back_below_target_under_its_own_name(tmp_path):
+    """helper-127: the way out the refusal names (restore below --target) must work."""
+    compose = app_dir(tmp_path, "services:\n  web: {image: nginx:1}\n")
+    docker = Docker(tmp_path)
+    docker.set(running=["web"])
+    box = docker_box(tmp_path, compose)
+    assert box.cli("run", env=docker.env).returncode == 0
+    (archive,) = box.published()
+    renamed = compose.with_name("compose.yaml")
+    compose.rename(renamed)
+    box.add_service("shop", f"service:\n  name: shop\ndocker:\n  docker_compose_path: {renamed}\n")
+    check = tmp_path / "check"
+
+    result = restore(box, archive, "--target", str(check), env=docker.env)
+
+    assert result.returncode == 0, result.stderr
+    back = check / str(compose).lstrip("/")
+    assert back.read_text() == "services:\n  web: {image: nginx:1}\n"

@@ -95,6 +95,9 @@ def test_a_time_limit_waits_for_a_shielded_step_and_is_quiet_after_the_block():
         time.sleep(0.5)  # past the limit of a block that ended: nothing comes
         with guard.time_limit(0, "no limit"):
             time.sleep(0.3)
+        threads = threading.active_count()
+        with guard.time_limit(1e12, "never: past what a thread can wait"):  # (h127)
+            assert threading.active_count() == threads  # (no timer that would fail)
         assert guard.received is None
 
 

@@ -42,7 +42,7 @@ from ..common.progress import CountingReader, Progress, Watched
 from ..common.signals import RESTORING, SignalGuard
 from ..common.text import counted, escaped, printable
 from ..plugins.manager import PluginSet, load_plugins
-from ..plugins.task import RestorePlan, Task
+from ..plugins.task import RestorePlan, Task, TaskType
 from . import stopped
 from .config import ClientConfig
 from .services import Service, discover
@@ -326,24 +326,15 @@ class _Named:
         return f"{counted(self.count, self.noun, self.nouns)} ({shown}{more})"
 
 
-BELOW_TARGET = frozenset(
-    {"files", "docker", "sqlite", "univention", "postgresql", "mariadb", "mysql", "mongodb"}
-    | {"influxdb"}
-)
-"""The task types whose restore touches nothing live below ``--target``: their files go
-below it, their databases come back beside the live ones. A ``command`` task's restore
-commands, or a third-party task's restore, may write anywhere."""
-
-
-def _stops_first(options: RestoreOptions, restoring: list[str]) -> bool:
+def _stops_first(options: RestoreOptions, restoring: list[TaskType]) -> bool:
     """Whether the restore stops the application first (``restoring``: the types of the
     tasks whose data it restores): not below ``--target`` when each of them restores
-    there or beside the live data (an outside attack saw a compose application stopped
-    for a restore below --target), unless ``--replace`` swaps databases in; always for
-    a restore that only stops and starts (``--task systemd``)."""
+    there or beside the live data (:attr:`TaskType.restores_below_target`), unless
+    ``--replace`` swaps databases in; always for a restore that only stops and starts
+    (``--task systemd``)."""
     if options.target is None or options.replace or not restoring:
         return True
-    return not set(restoring) <= BELOW_TARGET
+    return not all(kind.restores_below_target for kind in restoring)
 
 
 def _target_of(given: Path | None) -> Path | None:
@@ -581,7 +572,7 @@ class ServiceRestore:
             dry_run=options.dry_run,
             safety_dir=config.work_dir.parent / "before-restore",
             temporary_source=options.source.is_file(),
-            stops_first=stops and _stops_first(options, [t.type for t in self.selected()]),
+            stops_first=stops and self.stops_first(),
         )
         self.failures: list[str] = []
         self.prepared: list[Task] = []
@@ -630,10 +621,18 @@ class ServiceRestore:
         holds none, systemd, is restored by stopping and starting: an outside walk saw
         it warn "nothing to restore" on every restore); :func:`restore` refused a
         ``--task`` the service does not have."""
-        options = self.options
-        wanted = [t for t in self.tasks if options.wants(t)]
-        kinds = {t.key: spec.type for t, spec in zip(self.tasks, self.service.tasks, strict=True)}
+        kinds = self.kinds()
+        wanted = [t for t in self.tasks if self.options.wants(t)]
         return [t for t in wanted if kinds[t.key].holds(t.config)]
+
+    def kinds(self) -> dict[str, TaskType]:
+        """Each task's type, by the task's key."""
+        return {t.key: spec.type for t, spec in zip(self.tasks, self.service.tasks, strict=True)}
+
+    def stops_first(self) -> bool:
+        """:func:`_stops_first` for the selected tasks."""
+        kinds = self.kinds()
+        return _stops_first(self.options, [kinds[t.key] for t in self.selected()])
 
     def make_room(self) -> None:
         """The tasks' staging directories, and ``--target`` with its parents, as
@@ -661,7 +660,7 @@ class ServiceRestore:
         may still be running; what was stopped is started again), the failure said."""
         specs = zip(self.tasks, self.service.tasks, strict=True)
         stopping = [t for t, spec in specs if spec.type.stops(spec.config)]
-        if stopping and not _stops_first(self.options, [t.type for t in self.selected()]):
+        if stopping and not self.stops_first():
             log.info(
                 "%s: the application is not stopped: below --target its tasks touch "
                 "nothing live (databases come back beside the live ones)",

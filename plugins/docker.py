@@ -32,6 +32,7 @@ def pullback_task_types():
             requires=(Requirement(("docker",), "install Docker with compose"),),
             stops_service=lambda config: bool(config.get("stop_services", True)),
             holds_data=_archives_something,
+            restores_below_target=True,
         )
     ]
 

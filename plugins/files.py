@@ -29,6 +29,7 @@ def pullback_task_types():
             "files",
             load_plugin_schema("files"),
             description="files and directory trees, with all metadata",
+            restores_below_target=True,
         )
     ]
 

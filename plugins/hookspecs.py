@@ -80,7 +80,12 @@ def pullback_task_types():
       prepare stops the application and its finish starts it again; only such tasks'
       prepare and finish are called during a restore, around the restore hooks;
     - ``holds_data=False`` (or a function of the section returning False): its dump
-      archives nothing, so a restore never calls its restore hook.
+      archives nothing, so a restore never calls its restore hook;
+    - ``restores_below_target=True``: given a ``target``, your restore hook writes only
+      below it or beside the live data (a database under a new name), so a restore below
+      ``--target`` of such tasks does not stop the application. Leave it False (the
+      default) when your restore may touch anything live: the application is then
+      stopped first, as without ``--target``.
 
     A key two third-party plugins declare is an error naming both, and neither handles
     it; a built-in plugin's key declared again keeps its built-in plugin (the other

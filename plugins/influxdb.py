@@ -24,6 +24,7 @@ def pullback_task_types():
                 Requirement(("influx",), V2_TOOL, when=(("version", 2),)),
                 Requirement(("influxd",), "apt install influxdb", when=(("version", 1),)),
             ),
+            restores_below_target=True,
         )
     ]
 

@@ -63,6 +63,7 @@ def pullback_task_types():
             aliases=("mysql",),
             description="MariaDB/MySQL databases (mariadb-dump)",
             requires=(Requirement(("mariadb-dump", "mysqldump"), "apt install mariadb-client"),),
+            restores_below_target=True,
         )
     ]
 

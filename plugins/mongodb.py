@@ -23,6 +23,7 @@ def pullback_task_types():
             load_plugin_schema("mongodb"),
             description="MongoDB (mongodump --archive --gzip)",
             requires=(Requirement(("mongodump",), TOOLS),),
+            restores_below_target=True,
         )
     ]
 

@@ -81,6 +81,7 @@ def pullback_task_types():
             load_plugin_schema("postgresql"),
             description="PostgreSQL databases (pg_dump -Fc)",
             requires=(Requirement(("pg_dump",), "apt install postgresql-client"),),
+            restores_below_target=True,
         )
     ]
 

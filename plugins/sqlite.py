@@ -24,6 +24,7 @@ def pullback_task_types():
             "sqlite",
             load_plugin_schema("sqlite"),
             description="SQLite databases (online backup API)",
+            restores_below_target=True,
         )
     ]
 

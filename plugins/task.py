@@ -64,6 +64,13 @@ class TaskType:
     of the task's section says it for one section (docker with ``backup_config: false``
     and no pinned images archives nothing)."""
 
+    restores_below_target: bool = False
+    """With ``--target``, its restore writes only below the target or beside the live
+    data (a database restored under a new name): a restore below ``--target`` of tasks
+    that all say so does not stop the application (an outside attack saw a compose
+    application stopped for a restore below --target). False (the default; ``command``):
+    its restore may write anywhere, so the application is stopped first."""
+
     def missing(self, config: dict | None = None) -> list[str]:
         return [m for r in self.requires if (m := r.missing(config))]
 

@@ -31,6 +31,7 @@ def pullback_task_types():
             "univention",
             load_plugin_schema("univention"),
             description="Univention Corporate Server: its backup program's archive, more paths",
+            restores_below_target=True,
         )
     ]
 

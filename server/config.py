@@ -91,6 +91,8 @@ class MaintenanceConfig:
     prove_databases: bool
     database_proof_dir: Path
     database_proof_timeout: float
+    timeout: float
+    """Longest time one repository's maintenance may take (a host, or a group's hosts)."""
 
 
 @dataclass(frozen=True)
@@ -560,5 +562,6 @@ def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:
             prove_databases=maintenance["prove_databases"],
             database_proof_dir=Path(maintenance["database_proof_dir"]),
             database_proof_timeout=parse_duration(maintenance["database_proof_timeout"]),
+            timeout=parse_duration(maintenance["timeout"]),
         ),
     )

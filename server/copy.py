@@ -40,7 +40,7 @@ from .backends.base import local_path
 from .config import HostConfig, ServerConfig
 from .copy_identity import primary_of, refuse_the_primary
 from .drill import DrillResult, drill
-from .host import HostContext, for_each_host
+from .host import Deadline, HostContext, for_each_host
 from .missing import RepositoryGone, open_pulled
 
 log = get_logger("copy")
@@ -195,8 +195,10 @@ class HostCopy:
 
     def run(self) -> CopyResult:
         started = time.monotonic()
+        limit = Deadline(self.ctx.cancel, self.ctx.config.host_timeout, "host_timeout")
         try:
-            self._copy()
+            with limit:  # (a store that stalls after answering held the copy for hours)
+                self._copy()
             if self.result.status == Status.OK:
                 self._drill()
         except Interrupted:
@@ -209,7 +211,7 @@ class HostCopy:
         except PullbackError as exc:
             refuse_if_stopping()  # cut by a stop by hand: no failed copy
             self.result.status = Status.FAILED
-            self.result.problems.append(str(exc))
+            self.result.problems.append(f"the copy was {limit.words}" if limit.passed else str(exc))
         finally:
             self.result.duration = time.monotonic() - started
         level = 40 if self.result.is_problem else 20

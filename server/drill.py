@@ -9,7 +9,6 @@ import logging
 import os
 import random
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,11 +23,11 @@ from ..common.errors import Interrupted, PullbackError, UsageError
 from ..common.fsutil import free_bytes
 from ..common.signals import refuse_if_stopping
 from ..common.text import counted, printable
-from ..common.units import human_duration, human_size
+from ..common.units import human_size
 from . import status_file
 from .backends import Backend, RepositoryMissing, Role, Snapshot, named, plausible
 from .db_proof import DatabaseProof, ProofSettings, ProofState, prove_databases
-from .host import HostContext
+from .host import Deadline, HostContext
 from .missing import missing_failure
 
 CHUNK = 1 << 20
@@ -227,16 +226,10 @@ def drill(ctx: HostContext, choice: DrillChoice | None = None) -> DrillResult:
     pull): past it, restores and engine commands stop and the drill says so. Raises
     UsageError when ``choice.snapshot`` names no single snapshot of the host (nothing was
     restored); any other problem is in the result, never raised."""
-    deadline = threading.Timer(ctx.config.host_timeout, ctx.cancel.set)
-    deadline.daemon = True
-    deadline.start()
-    try:
+    with Deadline(ctx.cancel, ctx.config.host_timeout, "host_timeout") as limit:
         result = _drill(ctx, choice or DrillChoice())
-    finally:
-        deadline.cancel()
-    if ctx.cancel.is_set() and not deadline.is_alive():
-        limit = human_duration(ctx.config.host_timeout)
-        result.problems.append(f"the drill was stopped at host_timeout ({limit})")
+    if limit.passed:
+        result.problems.append(f"the drill was {limit.words}")
         result.ok = result.waiting = False
     ctx.log.log(logging.ERROR if result.failed else logging.INFO, "%s", result.summary)
     return result

@@ -19,10 +19,47 @@ from typing import TypeVar
 from ..common.errors import Interrupted
 from ..common.log import PrefixAdapter, get_logger
 from ..common.runner import Runner
+from ..common.units import human_duration
 from .backends import Backend, Role, make_backend
 from .config import HostConfig, ServerConfig
 
 T = TypeVar("T")
+
+
+class Deadline:
+    """A time limit on a host's work (``with Deadline(...) as limit:``): once ``seconds``
+    have passed it sets the host's ``cancel`` event, which stops the command running
+    (CommandError "cancelled") and every later one, and :attr:`passed` is True. Leaving
+    the block clears the event again when this limit set it: a drill's limit stops the
+    drill, not the work after it (the maintenance of the next host of a group); a signal
+    still stops everything (the runner starts nothing once one came)."""
+
+    def __init__(self, cancel: threading.Event, seconds: float, setting: str):
+        self.cancel = cancel
+        self.seconds = seconds
+        self.setting = setting
+        """The setting that gave ``seconds``, named in :attr:`words`."""
+        self.passed = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+        if self.passed:
+            self.cancel.clear()
+
+    def _fire(self) -> None:
+        self.passed = True
+        self.cancel.set()
+
+    @property
+    def words(self) -> str:
+        """``stopped at SETTING (DURATION)``."""
+        return f"stopped at {self.setting} ({human_duration(self.seconds)})"
 
 
 @dataclass

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import threading
 import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -68,7 +67,7 @@ from ..common.units import human_duration, human_size
 from . import chain, status_file
 from .backends import RepositoryMissing, Snapshot, SnapshotSpec, StoreResult, plausible
 from .db_proof import find_dumps
-from .host import HostContext
+from .host import Deadline, HostContext
 from .journal import CONNECTING, STORING, TRANSFERRING, WAITING, InterruptedRun, PhaseLog
 from .missing import RepositoryGone, gone_words
 from .remote import ArchiveGone, Remote, TransferCut
@@ -398,25 +397,23 @@ class HostPull:
     def run(self) -> HostResult:
         """Pull the host. Never raises (except Interrupted): failures are in the result."""
         ctx, result = self.ctx, self.result
-        timer = threading.Timer(ctx.config.host_timeout, ctx.cancel.set)
-        timer.daemon = True
-        timer.start()
+        limit = Deadline(ctx.cancel, ctx.config.host_timeout, "host_timeout")
         if self.interrupted is not None and ctx.name in self.interrupted.phases:
             self._warn(self.interrupted.describe(ctx.name))
         try:
-            self._steps()
+            with limit:
+                self._steps()
         except Interrupted:
             raise
         except BaseException as exc:
             result.status = Status.FAILED
             result.reason = failure_reason(exc)
-            if ctx.cancel.is_set() and not timer.is_alive():
-                limit = human_duration(ctx.config.host_timeout)
-                result.reason = f"timed out after {limit} (host_timeout); {result.reason}"
+            if limit.passed:
+                took = human_duration(ctx.config.host_timeout)
+                result.reason = f"timed out after {took} (host_timeout); {result.reason}"
             if not isinstance(exc, PullbackError | OSError):
                 ctx.log.debug("the pull failed:", exc_info=True)
         finally:
-            timer.cancel()
             result.duration = time.monotonic() - self.started
             self._phase(None)
         result.cleaned()

@@ -29,7 +29,7 @@ from .backends import ForgetResult, RepositoryMissing, Role, Snapshot
 from .config import HostConfig, ServerConfig
 from .copy_identity import primary_of, refuse_the_primary
 from .drill import DrillResult, drill
-from .host import HostContext, for_each_host
+from .host import Deadline, HostContext, for_each_host
 from .missing import missing_failure
 
 log = get_logger("maintain")
@@ -122,6 +122,8 @@ class HostMaintenance:
         verify: bool | None = None,
         share: GroupShare | None = None,
         scope: str = "",
+        *,
+        limit: Deadline | None = None,
     ):
         self.ctx = ctx
         self.part = part
@@ -130,6 +132,8 @@ class HostMaintenance:
         """Run the drill (True), skip it (False), or run it when due (None)."""
         self.share = share
         """The host's place in its group (None: the repository is its own)."""
+        self.limit = limit
+        """The repository's ``maintenance.timeout`` (None: none)."""
         self.result = MaintainResult(ctx.name, scope=scope)
         self._listed: list[Snapshot] | None = None
         self._watching = False
@@ -231,7 +235,7 @@ class HostMaintenance:
         except PullbackError as exc:
             refuse_if_stopping()
             self.result.status = Status.FAILED
-            self.result.steps.append(Step("repository", False, str(exc)))
+            self.result.steps.append(Step("repository", False, self._cut() or str(exc)))
         return False
 
     def _missing_fails(self) -> str | None:
@@ -249,8 +253,19 @@ class HostMaintenance:
             )
         return missing_failure(self.ctx.config, self.ctx.host, where, self.ctx.cancel)
 
+    def _cut(self) -> str | None:
+        """Words for a maintenance stopped at ``maintenance.timeout``, or None."""
+        return (
+            f"the maintenance was {self.limit.words}" if self.limit and self.limit.passed else None
+        )
+
     def step(self, name: str, action: Callable[[], str]) -> bool:
-        """Run one step; record and log its outcome. Returns True when it succeeded."""
+        """Run one step; record and log its outcome. Returns True when it succeeded; a
+        step after ``maintenance.timeout`` passed is not run (the run failed)."""
+        cut = self._cut()
+        if cut:
+            self.skipped(name, cut)
+            return False
         try:
             detail = action()
         except Interrupted:
@@ -261,9 +276,10 @@ class HostMaintenance:
             return False
         except PullbackError as exc:
             refuse_if_stopping()  # a tool cut by a stop by hand is no failed step
-            self.result.steps.append(Step(name, False, str(exc)))
+            said = self._cut() or str(exc)
+            self.result.steps.append(Step(name, False, said))
             self.result.status = Status.FAILED
-            self.ctx.log.error("%s failed: %s", name, exc)
+            self.ctx.log.error("%s failed: %s", name, said)
             return False
         self.result.steps.append(Step(name, True, detail))
         self.ctx.log.info("%s: %s", name, detail)
@@ -505,9 +521,13 @@ class HostMaintenance:
         if not (due if self.verify is None else self.verify):
             self.result.steps.append(Step("drill", True, "not due yet"))
             return
+        if cut := self._cut():
+            self.skipped("drill", cut)
+            return
         self.result.drill = drill(self.ctx)
         failed = self.result.drill.failed  # (nothing to drill yet is a note)
-        self.result.steps.append(Step("drill", not failed, self.result.drill.summary))
+        said = self._cut() or self.result.drill.summary
+        self.result.steps.append(Step("drill", not failed, said))
         if failed:
             self.result.status = Status.FAILED
 
@@ -552,16 +572,26 @@ class Pass:
 def _maintain_unit(
     ctx: HostContext, members: list[HostConfig], part: int, walk: Pass
 ) -> list[MaintainResult]:
-    """Maintain a unit of :func:`_units` (``ctx`` is its first host's)."""
+    """Maintain a unit of :func:`_units` (``ctx`` is its first host's), within
+    ``maintenance.timeout``."""
+    with Deadline(ctx.cancel, ctx.config.maintenance.timeout, "maintenance.timeout") as limit:
+        return _maintain_members(ctx, members, part, walk, limit)
+
+
+def _maintain_members(
+    ctx: HostContext, members: list[HostConfig], part: int, walk: Pass, limit: Deadline
+) -> list[MaintainResult]:
+    """:func:`_maintain_unit`'s work."""
     if ctx.host.group is None:
-        return [HostMaintenance(ctx, part, walk.verify, scope=walk.scope).run()]
+        return [HostMaintenance(ctx, part, walk.verify, scope=walk.scope, limit=limit).run()]
     results: list[MaintainResult] = []
     forgotten = 0
     for index, member in enumerate(members):
         here = ctx if index == 0 else HostContext.open(ctx.config, member, ctx.cancel, walk.role)
         kept = any(r.keeps_data for r in results)
         share = GroupShare(member.group or "", index == len(members) - 1, forgotten, kept)
-        results.append(HostMaintenance(here, part, walk.verify, share, walk.scope).run())
+        one = HostMaintenance(here, part, walk.verify, share, walk.scope, limit=limit)
+        results.append(one.run())
         forgotten += results[-1].forgotten
     size = results[-1].repository_size  # one repository: every host shows its size
     for result in results:

@@ -40,6 +40,7 @@ TOOL_MODULES = {
     "test_remote_repositories.py",
     "test_repository_groups.py",
     "test_restore_fidelity.py",
+    "test_store_deadlines.py",
 }
 """Integration modules whose subject is what external tools (restic, borg, rsync, rclone's
 REST server, age, the database engines) and the standard library do with pullback's files (the
@@ -48,7 +49,8 @@ passphrase roles), not a Python library: marked ``tools`` and run once, on the c
 releases (test_remote_backends also needs moto's S3 server, a test dependency the Debian pass
 lacks). Among them restic on backup-suite's adopted repositories, on gone ones and at
 maintenance locations (with rclone's), and helper-95's attack on the engines' database
-restores (2.8 min of the Debian pass together). The Debian pass (Debian 12's paramiko,
+restores (2.8 min of the Debian pass together), and rclone's REST stores that stall behind
+a proxy (copy and maintenance time limits). The Debian pass (Debian 12's paramiko,
 PyYAML, jsonschema, pluggy, Jinja2) runs every other module but ONCE_MODULES."""
 ONCE_MODULES = {
     "test_incremental_days.py",

@@ -178,6 +178,10 @@ class HostMaintenance:
         """The guard and forget where this machine forgets (then what it saw is recorded
         for the next comparison), or the check that the newest snapshot is still there
         where another machine forgets."""
+        copy = self.ctx.config.backend.copy
+        if self.result.scope == "copy" and copy is not None and copy.retention is None:
+            self.skipped("forget", "the copy keeps every snapshot (it has no copy.retention)")
+            return
         if not self.ctx.config.maintenance.forget:
             self.skipped("forget", "maintenance.forget is false (another machine forgets)")
             if not self.result.scope and self._recorded_newest():
@@ -652,11 +656,14 @@ def _run_pass(
 
 
 def _copies(config: ServerConfig, hosts: list[HostConfig]) -> list[HostConfig]:
-    """The hosts as their copies' maintenance sees them (the copies' retention), or []
-    when no copy has a retention of its own (a copy keeps everything then)."""
+    """The hosts as their copies' maintenance sees them (the copies' retention; without
+    one a copy keeps every snapshot and is only checked and measured), or [] when there
+    is no copy."""
     copy = config.backend.copy
-    if copy is None or copy.retention is None:
+    if copy is None:
         return []
+    if copy.retention is None:
+        return hosts
     return [dataclasses.replace(h, retention=copy.retention) for h in hosts]
 
 

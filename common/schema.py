@@ -383,8 +383,13 @@ def apply_defaults(schema: dict, data: Any) -> Any:
 
 
 def _string_leaves(value: Any) -> Iterator[str]:
+    """Every string below ``value``, and every number as the text a program is given
+    (``API_PIN: 83629174`` unquoted is an int: an outside attack saw it logged in clear);
+    not true/false, which hide nothing."""
     if isinstance(value, str):
         yield value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield str(value)
     elif isinstance(value, dict):
         for item in value.values():
             yield from _string_leaves(item)
@@ -396,8 +401,8 @@ def _string_leaves(value: Any) -> Iterator[str]:
 def find_marked(
     schema: dict, data: Any, marker: str, path: KeyPath = ()
 ) -> list[tuple[KeyPath, str]]:
-    """Return ``(key path, value)`` for every string value that ``schema`` marks with
-    ``marker`` (``x-secret``, ``x-secret-file``)."""
+    """Return ``(key path, value)`` for every string (or number, as text) value that
+    ``schema`` marks with ``marker`` (``x-secret``, ``x-secret-file``)."""
     if schema.get(marker):
         return [(path, s) for s in _string_leaves(data)]
     found: list[tuple[KeyPath, str]] = []

@@ -7,13 +7,16 @@ import os
 import secrets
 import sqlite3
 import stat
+import sys
 import tempfile
-import urllib.parse
 from pathlib import Path
 
+from ..common.errors import CommandError, CommandTimeout
 from ..common.fsutil import copy_range, make_dirs_at
 from ..common.text import counted, printable
 from . import hookimpl, load_plugin_schema
+from ._common import timeout
+from .sqlite_copy import COMPANIONS, uri
 from .task import Task, TaskError, TaskType
 
 
@@ -43,15 +46,13 @@ def pullback_plan(task: Task):
     return [f"online backup of {p}, then PRAGMA integrity_check" for p in task.config["paths"]]
 
 
-def _uri(path: str | Path) -> str:
-    """A read-only URI of the database ``path``, every character that a URI gives a
-    meaning (``#``, ``?``, ``%``) quoted: unquoted, ``#`` ended the path, and a database
-    named ``notes#2.db`` was read as a new, empty ``notes`` (an outside attack)."""
-    return f"file:{urllib.parse.quote(str(path), safe='/')}?mode=ro"
-
-
-def _copy(source: str, target: Path | str, busy_timeout: int) -> None:
-    src = sqlite3.connect(_uri(source), uri=True, timeout=busy_timeout)
+def _copy(source: Path, target: Path, busy_timeout: int, writable: bool = False) -> None:
+    """Copy the database ``source`` (a file of root's private directory: SQLite opens
+    its companions by name) to ``target``; ``writable`` lets SQLite roll back a hot
+    journal or replay a -wal beside it first (read-only, it refuses a hot journal).
+    Raises sqlite3.Error."""
+    src = sqlite3.connect(source) if writable else sqlite3.connect(uri(source), uri=True)
+    src.execute(f"PRAGMA busy_timeout = {int(busy_timeout) * 1000}")
     dst = sqlite3.connect(target)
     try:
         with dst:
@@ -62,7 +63,7 @@ def _copy(source: str, target: Path | str, busy_timeout: int) -> None:
 
 
 def _check(target: Path, full: bool) -> None:
-    db = sqlite3.connect(_uri(target), uri=True)
+    db = sqlite3.connect(uri(target), uri=True)
     try:
         pragma = "integrity_check" if full else "quick_check"
         rows = [r[0] for r in db.execute(f"PRAGMA {pragma}")]
@@ -79,8 +80,8 @@ def pullback_dump(task: Task):
             raise TaskError(f"database {path} does not exist")
         target = staged_path(task, path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        _copy_live(task, path, target)
         try:
-            _copy(path, target, task.config["busy_timeout"])
             _check(target, task.config["integrity_check"])
         except sqlite3.Error as exc:
             raise TaskError(f"cannot copy {path}: {exc}") from None
@@ -90,6 +91,21 @@ def pullback_dump(task: Task):
         os.chmod(target, st.st_mode & 0o7777)
         os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
         task.log.info("copied %s (%d bytes), integrity ok", path, target.stat().st_size)
+
+
+def _copy_live(task: Task, path: str, target: Path) -> None:
+    """The live database ``path`` copied to ``target`` by :mod:`.sqlite_copy`, in a
+    process of its own that the section's ``timeout``, ``run_timeout`` and SIGTERM end
+    wherever it is (SQLite's C code waited for ever on a FIFO planted as its journal).
+    Raises TaskError."""
+    argv = [sys.executable, "-m", "pullback.plugins.sqlite_copy", path, str(target)]
+    try:
+        task.run([*argv, str(task.config["busy_timeout"])], timeout=timeout(task), level=10)
+    except CommandTimeout as exc:
+        raise TaskError(f"cannot copy {path}: {exc.reason} (the sqlite task's timeout)") from None
+    except CommandError as exc:
+        said = exc.tail[-1] if exc.tail else exc.reason
+        raise TaskError(f"cannot copy {path}: {said}") from None
 
 
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -138,15 +154,40 @@ def _take(dir_fd: int, name: str, into: Path) -> os.stat_result | None:
 
 def _kept_copy(private: Path, busy: int) -> Path:
     """One file of the live database taken into ``private`` (``live``, with ``live-wal``
-    when it had one): the backup API's consistent copy, or, when SQLite cannot read it
-    (a damaged database: the usual reason to restore), its bytes as they were."""
+    and ``live-journal`` when it had them): the backup API's copy of what was committed
+    (SQLite rolls a hot journal back, replays the -wal, in the private copy), or, when
+    SQLite cannot read it (a damaged database: the usual reason to restore), its bytes
+    as they were (its companions are then kept beside it: :func:`_keep_companions`)."""
     consolidated = private / "kept"
     try:
-        _copy(str(private / "live"), consolidated, busy)
+        _copy(private / "live", consolidated, busy, writable=True)
         return consolidated
     except sqlite3.DatabaseError:
         consolidated.unlink(missing_ok=True)
         return private / "live"
+
+
+def _keep(dir_fd: int, name: str, keep: str, busy: int) -> bool:
+    """Keep the live database ``name`` below ``dir_fd`` as ``keep``: what was committed
+    in it, or its bytes and its -wal/-journal as they were (``keep-wal``,
+    ``keep-journal``: SQLite finds them beside it). Returns False when there is none.
+    Raises TaskError, OSError."""
+    with tempfile.TemporaryDirectory(prefix="pullback-sqlite-") as scratch:
+        private = Path(scratch)
+        read = _take(dir_fd, name, private / "live")
+        if read is None:
+            return False
+        for suffix in ("-wal", "-journal"):
+            _take(dir_fd, f"{name}{suffix}", private / f"live{suffix}")
+        kept = _kept_copy(private, busy)
+        if kept.name == "live":  # as its bytes were: its companions too
+            for suffix in ("-wal", "-journal"):
+                if (private / f"live{suffix}").exists():
+                    staged = _stage(dir_fd, keep + suffix, private / f"live{suffix}", read)
+                    os.rename(staged, keep + suffix, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        staged = _stage(dir_fd, keep, kept, read)
+        os.rename(staged, keep, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return True
 
 
 def _stage(dir_fd: int, name: str, source: Path, like: os.stat_result) -> str:
@@ -175,7 +216,7 @@ def _stage(dir_fd: int, name: str, source: Path, like: os.stat_result) -> str:
 def _drop_companions(dir_fd: int, name: str) -> None:
     """Remove the -wal, -shm and -journal files of the database ``name`` (stale once it
     is replaced); an entry, never what it points at."""
-    for suffix in ("-wal", "-shm", "-journal"):
+    for suffix in COMPANIONS:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{name}{suffix}", dir_fd=dir_fd)
 
@@ -195,15 +236,8 @@ def _place(copy: Path, destination: Path, busy_timeout: int, keep: str | None = 
     try:
         with tempfile.TemporaryDirectory(prefix="pullback-sqlite-") as scratch:
             private = Path(scratch)
-            kept = False
-            if keep is not None:
-                read = _take(dir_fd, destination.name, private / "live")
-                if read is not None:
-                    _take(dir_fd, f"{destination.name}-wal", private / "live-wal")
-                    staged = _stage(dir_fd, keep, _kept_copy(private, busy_timeout), read)
-                    os.rename(staged, keep, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                    kept = True
-            _copy(str(copy), private / "new", busy_timeout)
+            kept = keep is not None and _keep(dir_fd, destination.name, keep, busy_timeout)
+            _copy(copy, private / "new", busy_timeout)
             staged = _stage(dir_fd, destination.name, private / "new", copy.stat())
             _drop_companions(dir_fd, destination.name)
             os.rename(staged, destination.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

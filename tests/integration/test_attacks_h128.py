@@ -156,7 +156,6 @@ def restore(box: ClientSandbox, archive: Path, *args: str, env=None):
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="S1: a FIFO planted as <db>-journal hangs the run for ever")
 def test_s1_fifo_journal_does_not_hang_the_backup(tmp_path):
     app = app_dir(tmp_path)
     db = app / "app.db"
@@ -179,7 +178,6 @@ def test_s1_fifo_journal_does_not_hang_the_backup(tmp_path):
 # -- S2: --replace over a hot journal keeps a corrupt copy and deletes the journal -----------
 
 
-@pytest.mark.xfail(strict=True, reason="S2: the kept copy of a db with a hot journal is corrupt")
 def test_s2_replace_keeps_the_committed_state_of_a_db_with_a_hot_journal(tmp_path):
     app = app_dir(tmp_path)
     db = app / "app.db"
@@ -314,7 +312,6 @@ def test_s6_output_dot_is_refused_by_check(tmp_path):
 # -- S7: --replace deletes the -wal of a damaged database --------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="S7: the -wal of a damaged database is deleted, not kept")
 def test_s7_replace_keeps_the_wal_of_a_damaged_database(tmp_path):
     app = app_dir(tmp_path)
     db = app / "app.db"
@@ -346,7 +343,6 @@ def test_s7_replace_keeps_the_wal_of_a_damaged_database(tmp_path):
 # -- S8: a sparse database fills work_dir ------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="S8: a sparse database is written out whole to work_dir")
 def test_s8_a_sparse_database_does_not_fill_work_dir(tmp_path):
     app = app_dir(tmp_path)
     db = app / "app.db"
@@ -382,7 +378,6 @@ def test_s8_a_sparse_database_does_not_fill_work_dir(tmp_path):
 # -- S9: a hot journal is "attempt to write a readonly database" -------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="S9: a hot journal is said as 'readonly database'")
 def test_s9_hot_journal_backup_failure_names_the_journal(tmp_path):
     app = app_dir(tmp_path)
     db = app / "app.db"

@@ -1,0 +1,57 @@
+"""plugins/sqlite_copy.py: what it refuses before SQLite opens a database (helper-128's
+S1 and S8), and how it says a hot journal (S9)."""
+
+import os
+import sqlite3
+
+import pytest
+
+from pullback.plugins.sqlite_copy import NotCopied, check_companions, data_bytes, explain
+
+
+def make(path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t(x)")
+    db.commit()
+    db.close()
+
+
+def test_a_companion_that_is_no_regular_file_is_refused_before_sqlite_opens_it(tmp_path):
+    db = tmp_path / "app.db"
+    make(db)
+    os.mkfifo(tmp_path / "app.db-journal")
+    with pytest.raises(NotCopied, match=r"app\.db-journal is not a regular file"):
+        check_companions(str(db))
+    (tmp_path / "app.db-journal").unlink()
+    (tmp_path / "app.db-wal").symlink_to("/etc/shadow")
+    with pytest.raises(NotCopied, match=r"app\.db-wal is not a regular file"):
+        check_companions(str(db))
+
+
+def test_a_wal_s_size_is_counted_and_no_companion_is_no_problem(tmp_path):
+    db = tmp_path / "app.db"
+    make(db)
+    assert check_companions(str(db)) == 0
+    (tmp_path / "app.db-wal").write_bytes(b"w" * 5000)
+    assert check_companions(str(db)) == 5000
+
+
+def test_holes_are_not_data(tmp_path):
+    sparse = tmp_path / "sparse"
+    with open(sparse, "wb") as handle:
+        handle.write(b"x" * 8192)
+        handle.truncate(64 << 20)
+    assert data_bytes(str(sparse), 1 << 40) <= 64 << 10  # (a file system's block rounding)
+    full = tmp_path / "full"
+    full.write_bytes(os.urandom(1 << 20))
+    assert data_bytes(str(full), 1 << 40) == 1 << 20
+    assert data_bytes(str(full), 1) >= 1  # counted only until enough
+
+
+def test_a_read_only_refusal_beside_a_journal_names_the_hot_journal(tmp_path):
+    db = tmp_path / "app.db"
+    make(db)
+    refusal = sqlite3.OperationalError("attempt to write a readonly database")
+    assert explain(str(db), refusal) == "attempt to write a readonly database"
+    (tmp_path / "app.db-journal").write_bytes(b"j")
+    assert "app.db-journal is a hot journal" in explain(str(db), refusal)

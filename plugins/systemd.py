@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +43,56 @@ def _active(task: Task, unit: str) -> bool:
         raise
 
 
+def _show(task: Task, prop: str, units: list[str]) -> list[str] | None:
+    """``systemctl show --property=PROP`` of ``units``: each one's value, in order, or
+    None when systemctl does not answer one line per unit."""
+    argv = ["systemctl", "show", f"--property={prop}", *units]
+    with tempfile.TemporaryFile() as answer:
+        task.run(argv, stdout=answer, timeout=timeout(task), level=10)
+        answer.seek(0)
+        out = answer.read(1 << 20).decode(errors="replace")
+    values = [line.split("=", 1)[1] for line in out.splitlines() if line.startswith(f"{prop}=")]
+    return values if len(values) == len(units) else None
+
+
+@hookimpl
+def pullback_validate(task: Task):
+    """A unit systemd does not know (a typo: ``postgressql.service``) is a problem: it
+    is never active, so the run would stop nothing, and say nothing (an outside attack
+    saw every night's archive taken with the database running)."""
+    units = list(task.config["units"])
+    states = _show(task, "LoadState", units)
+    if states is None:
+        return []
+    return [
+        f"units: {unit} is not a unit systemd knows (LoadState={state}): nothing would be "
+        "stopped for it; check its name (systemctl list-units --all)"
+        for unit, state in zip(units, states, strict=True)
+        if state == "not-found"
+    ]
+
+
+MAX_DEPENDENTS = 100
+"""The units followed from one unit stopped (systemd stops each unit that requires it,
+and theirs, in turn)."""
+
+
+def _dependents(task: Task, unit: str) -> list[str]:
+    """The active units that stopping ``unit`` stops too (``RequiredBy=``,
+    ``BoundBy=``, ``ConsistsOf=``, and theirs), nearest last: nginx with ``Requires=``
+    php-fpm goes down with it, and starting php-fpm again does not start nginx."""
+    found: list[str] = []
+    todo = [unit]
+    while todo and len(found) < MAX_DEPENDENTS:
+        current = todo.pop(0)
+        for prop in ("RequiredBy", "BoundBy", "ConsistsOf"):
+            for name in (_show(task, prop, [current]) or [""])[0].split():
+                if name not in found and name != unit and _active(task, name):
+                    found.append(name)
+                    todo.append(name)
+    return list(reversed(found))
+
+
 @hookimpl
 def pullback_plan(task: Task):
     return [f"stop {', '.join(task.config['units'])} (if active), start them after"]
@@ -51,9 +102,13 @@ def pullback_plan(task: Task):
 def pullback_prepare(task: Task):
     active = [u for u in task.config["units"] if _active(task, u)]
     task.state["stopped"] = []
-    for unit in active:
-        task.log.info("stopping %s", unit)
-        task.stopping(unit)  # first: a failed stop may still have stopped it
+    for unit in (u for u in active if u not in task.state["stopped"]):
+        going = [u for u in _dependents(task, unit) if u not in task.state["stopped"]]
+        if going:
+            task.log.info("stopping %s (and with it %s)", unit, ", ".join(going))
+        else:
+            task.log.info("stopping %s", unit)
+        task.stopping(*going, unit)  # first: a failed stop may still have stopped them
         task.run(["systemctl", "stop", unit], timeout=timeout(task))
 
 

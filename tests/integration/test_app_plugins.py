@@ -62,10 +62,15 @@ def test_stop_dump_start_order_and_start_after_a_failed_dump(tmp_path, standins,
     result = box.cli("run", env=standins.env)
     assert result.returncode == 1
     assert [short(c) for c in standins.calls()] == [
+        "systemctl show --property=LoadState app.service worker.service",  # (validate)
         "docker compose ps --services --status running",
         "docker compose stop web db",
         "systemctl is-active --quiet app.service",
         "systemctl is-active --quiet worker.service",
+        # the units a stop of app.service would take down with it
+        "systemctl show --property=RequiredBy app.service",
+        "systemctl show --property=BoundBy app.service",
+        "systemctl show --property=ConsistsOf app.service",
         "systemctl stop app.service",
         "docker compose config --format json",
         "docker image inspect --format {{json .RepoDigests}} nginx:1.25",

@@ -44,8 +44,26 @@ def _umask() -> int:
     return mask
 
 
+KEPT_SIGNALS = (
+    *SignalGuard.SIGNALS,
+    *(signal.SIGCHLD, signal.SIGALRM, signal.SIGPIPE, signal.SIGUSR1, signal.SIGUSR2),
+    *(signal.SIGVTALRM, signal.SIGPROF, signal.SIGXFSZ),
+)
+"""The signals whose disposition a hook's change is put back: the guard's, and those a
+daemon-style library sets (SIGCHLD ignored made every later command fail "No child
+processes"; an outside attack saw it stop the run)."""
+
+TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
+"""The interval timers a hook's pending alarm lives in (``signal.alarm(2)`` left by a
+hook killed the client two seconds later, a unit left stopped)."""
+
+
 def _handlers() -> dict[int, object]:
-    return {sig: signal.getsignal(sig) for sig in SignalGuard.SIGNALS}
+    return {sig: signal.getsignal(sig) for sig in KEPT_SIGNALS}
+
+
+def _timers() -> dict[int, tuple[float, float]]:
+    return {which: signal.getitimer(which) for which in TIMERS}
 
 
 _WITNESS_FDS: list[int] = []
@@ -203,9 +221,10 @@ PUT_BACK_TRIES = 5
 
 
 class Kept:
-    """Around a hook: on exit, put back the environment, the umask and the signal
-    handlers it changed (``warn`` once naming what), and keep in :attr:`signal` the
-    signal a handler of the hook's own received (None when none did)."""
+    """Around a hook: on exit, put back the environment, the umask, the signal
+    handlers (:data:`KEPT_SIGNALS`) and the interval timers it changed (``warn`` once
+    naming what), and keep in :attr:`signal` the signal a handler of the hook's own
+    received (None when none did)."""
 
     def __init__(self, warn: Callable[[str], None]):
         self.warn = warn
@@ -213,6 +232,7 @@ class Kept:
         self._environ = dict(os.environ)
         self._mask = _umask()
         self._handlers = _handlers()
+        self._timers = _timers()
         self._witness = _Witness()
         self._changed: dict[str, None] = {}
 
@@ -267,3 +287,11 @@ class Kept:
         if _umask() != self._mask:
             os.umask(self._mask)
             self._changed["the umask"] = None
+        self._put_back_timers()
+
+    def _put_back_timers(self) -> None:
+        """Stop an interval timer the hook left pending (pullback sets none)."""
+        for which, left in _timers().items():
+            if left != (0.0, 0.0) and self._timers[which] == (0.0, 0.0):
+                signal.setitimer(which, 0)
+                self._changed["a pending alarm (an interval timer)"] = None

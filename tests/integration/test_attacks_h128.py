@@ -422,7 +422,6 @@ def pullback_dump(task):
 """
 
 
-@pytest.mark.xfail(strict=True, reason="S10: a hook's SIGCHLD/alarm is not put back")
 @pytest.mark.parametrize(
     "leak",
     ["signal.signal(signal.SIGCHLD, signal.SIG_IGN)", "signal.alarm(2)"],

@@ -213,6 +213,25 @@ class RunningCommand:
                     return
                 time.sleep(_POLL)
 
+    def _end_leftovers(self) -> None:
+        """End what the command left running in its process group (``sh -c 'dump &'``:
+        an outside attack saw a dump go on writing after the archive took its file, and
+        outlive the run), with a warning: SIGTERM, SIGKILL after :data:`KILL_GRACE`."""
+        group = self._proc.pid
+        if not _group_alive(group):
+            return
+        self.runner.log.warning(
+            "%s left processes running in its process group: they are ended", self.display
+        )
+        for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
+            end = time.monotonic() + wait
+            while time.monotonic() < end:
+                if not _group_alive(group):
+                    return
+                time.sleep(_POLL)
+
     def wait(self) -> CommandResult:
         """Wait for the command; return its result or raise.
 
@@ -237,6 +256,7 @@ class RunningCommand:
                 self._proc.wait()  # exit codes are judged below, the same way for sh 1 and 2
             self._flush()
             code = self._proc.exit_code
+            self._end_leftovers()
         except BaseException:
             # an interrupt (SIGTERM) or a timeout: leave nothing running behind us
             self.stop(grace=5.0)
@@ -253,6 +273,18 @@ class RunningCommand:
             raise CommandError(self.display, code, tail, reason)
         self.runner.log.debug("%s: exit %d after %.1fs", self.display, code, duration)
         return CommandResult(self.display, code, duration, tail, self.peak_rss)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of the process group ``group`` is still there (a zombie not yet
+    reaped by init counts)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Runner:

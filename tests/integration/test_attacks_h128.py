@@ -510,7 +510,6 @@ def test_s13_validation_names_the_key_and_the_kind_of_file(tmp_path, case):
 # -- S14: a command's leftover process --------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="S14: a dump command's background child outlives the run")
 def test_s14_a_dump_command_s_leftover_process_does_not_outlive_the_run(tmp_path):
     marker = f"{os.getpid() % 97 + 20}.{time.time_ns() % 9973}"  # a unique `sleep` argument
     box = service_box(

@@ -22,7 +22,7 @@ from ..plugins.task import ProbeResult
 from .config import ClientConfig, IncrementalMode
 from .incremental import WAITING_FOR_SERVER, makes_deltas
 from .services import Service, discover, find_service_files
-from .stages import make_tasks, validate_service
+from .stages import make_tasks, validate_task
 
 
 @dataclass
@@ -124,7 +124,13 @@ def _service_problems(service: Service, plugins: PluginSet) -> list[str]:
     tasks = make_tasks(service, Path("/nonexistent"), None, dry_run=True)
     for spec, task in zip(service.tasks, tasks, strict=True):
         where = f"{service.file}:{spec.line or 1}"
-        problems.extend(f"{where}: {p}" for p in validate_service(service, plugins, [task]))
+        for key, text in validate_task(plugins, task):
+            line = spec.line_of(key)
+            problems.append(
+                f"{service.file}:{line}: {spec.key}.{text}"
+                if key
+                else f"{where}: {spec.key}: {text}"
+            )
         problems.extend(f"{where}: {spec.key}: {m}" for m in spec.type.missing(spec.config))
         problems += secret_file_problems(
             Path(f"{service.file}:{spec.line or 1}"), spec.type.schema, spec.config, (spec.key,)

@@ -55,6 +55,14 @@ class TaskSpec:
     line: int | None
     warnings: list[str] = field(default_factory=list)
     """What the section sets that pullback does not use (``key: what it does instead``)."""
+    lines: dict[tuple, int] = field(default_factory=dict)
+    """The line of each key path below the section (``("shell",)``, ``("dump", 0)``)."""
+
+    def line_of(self, key: tuple) -> int:
+        """The line of ``key`` in the section, or of its nearest ancestor's."""
+        while key and key not in self.lines:
+            key = key[:-1]
+        return self.lines.get(key) or self.line or 1
 
 
 @dataclass
@@ -154,6 +162,7 @@ def _add_task(service: Service, doc: YamlDocument, key: str, task_type: TaskType
     config = schemas.apply_defaults(task_type.schema, section)
     notes = backup_suite_notes(doc, task_type.schema, (key,))
     spec = TaskSpec(key, task_type, config, doc.line_of((key,)))
+    spec.lines = {path[1:]: line for path, line in doc.lines.items() if path[:1] == (key,)}
     spec.warnings = [f"{n.key}: {n.message}" for n in notes]
     service.tasks.append(spec)
     service.warnings += notes

@@ -20,8 +20,9 @@ from ..common.log import PrefixAdapter, get_logger
 from ..common.outcome import Status
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
-from ..plugins.manager import PluginSet, as_lines
-from ..plugins.task import Task, TaskSkipped
+from ..common.yamlfile import KeyPath, format_key
+from ..plugins.manager import MAX_ITEMS, PluginSet, as_lines
+from ..plugins.task import KeyProblem, Task, TaskSkipped
 from .services import Service
 
 if TYPE_CHECKING:
@@ -67,17 +68,34 @@ def make_tasks(
     return tasks
 
 
+def validate_task(plugins: PluginSet, task: Task) -> list[tuple[KeyPath, str]]:
+    """Problems the plugin's validate hook finds in ``task``, each with the key path in
+    the task's section it names (:class:`KeyProblem`; ``()``: the section), in words
+    (:func:`as_lines`: escaped, cut, at most so many)."""
+    try:
+        found = plugins.call("validate", task)
+    except Interrupted:
+        raise  # a SIGTERM while a validate hook ran: not a problem of the service
+    except Exception as exc:
+        return [((), f"validate failed: {describe(exc)}")]
+    items = list(found) if isinstance(found, list | tuple) else found
+    if not isinstance(items, list):
+        return [((), line) for line in as_lines(items)]
+    keyed = [p for p in items if isinstance(p, KeyProblem)][:MAX_ITEMS]
+    said: list[tuple[KeyPath, str]] = [
+        (p.key, f"{format_key(p.key)}: {line}") for p in keyed for line in as_lines(p.message)
+    ]
+    rest = [p for p in items if not isinstance(p, KeyProblem)]
+    return said + [((), line) for line in as_lines(rest)]
+
+
 def validate_service(service: Service, plugins: PluginSet, tasks: list[Task]) -> list[str]:
-    """Problems found by the plugins' validate hooks, as ``task: problem`` strings."""
+    """Problems found by the plugins' validate hooks, as ``task: problem`` (or
+    ``task.key: problem``) strings."""
     problems: list[str] = []
     for task in tasks:
-        try:
-            found = as_lines(plugins.call("validate", task))
-        except Interrupted:
-            raise  # a SIGTERM while a validate hook ran: not a problem of the service
-        except Exception as exc:
-            found = [f"validate failed: {describe(exc)}"]
-        problems.extend(f"{task.key}: {p}" for p in found)
+        for key, text in validate_task(plugins, task):
+            problems.append(f"{task.key}.{text}" if key else f"{task.key}: {text}")
     return problems
 
 

@@ -12,7 +12,7 @@ from ..common.text import printable
 from ..common.units import parse_duration
 from . import hookimpl, load_plugin_schema
 from .before_restore import hand_over
-from .task import Task, TaskError, TaskType
+from .task import KeyProblem, Task, TaskError, TaskType
 
 
 @hookimpl
@@ -44,20 +44,25 @@ def _run(task: Task, command, timeout=None, **kwargs):
 @hookimpl
 def pullback_validate(task: Task):
     problems = []
-    shell_needed = any(isinstance(c, str) for c in _all_commands(task))
+    shell_needed = any(isinstance(c, str) for _, c in _all_commands(task))
     if shell_needed and not os.access(task.config["shell"], os.X_OK):
-        problems.append(f"shell {task.config['shell']} is not executable")
-    for command in _all_commands(task):
+        problems.append(KeyProblem(("shell",), f"{task.config['shell']} is not executable"))
+    for key, command in _all_commands(task):
         if isinstance(command, list) and not shutil.which(command[0]):
-            problems.append(f"program {command[0]} not found")
+            problems.append(KeyProblem(key, f"program {command[0]} not found"))
     return problems
 
 
 def _all_commands(task: Task):
+    """Each command of the section, with its key path (``("dump", 0, "run")``)."""
     for stage in ("pre", "post", "restore"):
-        yield from task.config[stage]
-    for item in task.config["dump"]:
-        yield item["run"] if isinstance(item, dict) else item
+        for index, command in enumerate(task.config[stage]):
+            yield (stage, index), command
+    for index, item in enumerate(task.config["dump"]):
+        if isinstance(item, dict):
+            yield ("dump", index, "run"), item["run"]
+        else:
+            yield ("dump", index), item
 
 
 @hookimpl

@@ -103,8 +103,11 @@ def pullback_validate(task):
     program is better said by ``TaskType.requires``). Do not connect to servers here
     (:func:`pullback_probe` does).
 
-    Returns a list of problem strings (empty or None when the task is fine); any problem
-    and the service is not run. Raising counts as the problem ``validate failed: ...``.
+    Returns a list of problems (empty or None when the task is fine): strings, or
+    :class:`~pullback.plugins.task.KeyProblem` for one key of the section
+    (``KeyProblem(("paths", 0), "database /srv/a.db is a directory")``: ``check`` then
+    names ``sqlite.paths[0]`` and its line). Any problem and the service is not run.
+    Raising counts as the problem ``validate failed: ...``.
     """
 
 

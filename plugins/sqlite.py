@@ -17,7 +17,7 @@ from ..common.text import counted, printable
 from . import hookimpl, load_plugin_schema
 from ._common import timeout
 from .sqlite_copy import COMPANIONS, uri
-from .task import Task, TaskError, TaskType
+from .task import KeyProblem, Task, TaskError, TaskType
 
 
 @hookimpl
@@ -36,9 +36,25 @@ def staged_path(task: Task, path: str) -> Path:
     return task.staging / path.lstrip("/")
 
 
+def _not_a_database(path: str) -> str | None:
+    """Why ``path`` cannot be a database file (missing, or another kind of file), or
+    None."""
+    if not os.path.lexists(path):
+        return "does not exist"
+    if os.path.isdir(path):
+        return "is a directory, not a database file"
+    if not os.path.isfile(path):
+        return "is not a regular file (a database is one)"
+    return None
+
+
 @hookimpl
 def pullback_validate(task: Task):
-    return [f"database {p} does not exist" for p in task.config["paths"] if not os.path.isfile(p)]
+    return [
+        KeyProblem(("paths", index), f"database {path} {why}")
+        for index, path in enumerate(task.config["paths"])
+        if (why := _not_a_database(path))
+    ]
 
 
 @hookimpl
@@ -76,8 +92,8 @@ def _check(target: Path, full: bool) -> None:
 @hookimpl
 def pullback_dump(task: Task):
     for path in task.config["paths"]:
-        if not os.path.isfile(path):
-            raise TaskError(f"database {path} does not exist")
+        if why := _not_a_database(path):
+            raise TaskError(f"database {path} {why}")
         target = staged_path(task, path)
         target.parent.mkdir(parents=True, exist_ok=True)
         _copy_live(task, path, target)

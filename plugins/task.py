@@ -13,6 +13,7 @@ from ..common.archive.stats import ExcludeFn, TaskStats
 from ..common.errors import PullbackError
 from ..common.log import Log
 from ..common.runner import CommandResult, Runner
+from ..common.yamlfile import format_key
 
 
 class TaskError(PullbackError):
@@ -83,6 +84,20 @@ class TaskType:
         """Whether a task of this type with the section ``config`` puts data in the
         archive (:attr:`holds_data`)."""
         return self.holds_data(config) if callable(self.holds_data) else self.holds_data
+
+
+@dataclass(frozen=True)
+class KeyProblem:
+    """A problem :func:`~pullback.plugins.hookspecs.pullback_validate` finds in one key
+    of the task's section (``KeyProblem(("shell",), "... is not executable")``,
+    ``("dump", 0)`` for the first dump command): ``check`` names that key and its line,
+    not only the section's."""
+
+    key: tuple[str | int, ...]
+    message: str
+
+    def __str__(self) -> str:
+        return f"{format_key(self.key)}: {self.message}"
 
 
 class ArchiveSink(Protocol):

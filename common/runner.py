@@ -168,9 +168,11 @@ class RunningCommand:
         *,
         flush: Callable[[], None] = lambda: None,
         cleanup: bool = False,
+        leftovers: bool = False,
     ):
         self.runner = runner
         self._cleanup = cleanup
+        self._leftovers = leftovers
         self._flush = flush
         self.display = display
         self._proc = proc
@@ -216,15 +218,21 @@ class RunningCommand:
     def _end_leftovers(self) -> None:
         """End what the command left running in its process group (``sh -c 'dump &'``:
         an outside attack saw a dump go on writing after the archive took its file, and
-        outlive the run), with a warning: SIGTERM, SIGKILL after :data:`KILL_GRACE`."""
+        outlive the run), with a warning: SIGTERM, SIGKILL after :data:`KILL_GRACE`. A
+        child still ending its own way gets :data:`_LEFTOVER_GRACE` first."""
         group = self._proc.pid
-        if not _group_alive(group):
+        end = time.monotonic() + _LEFTOVER_GRACE
+        while _group_alive(group):
+            if time.monotonic() > end:
+                break
+            time.sleep(_POLL)
+        else:
             return
         self.runner.log.warning(
             "%s left processes running in its process group: they are ended", self.display
         )
         for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(group, sig)
             end = time.monotonic() + wait
             while time.monotonic() < end:
@@ -256,7 +264,8 @@ class RunningCommand:
                 self._proc.wait()  # exit codes are judged below, the same way for sh 1 and 2
             self._flush()
             code = self._proc.exit_code
-            self._end_leftovers()
+            if self._leftovers:
+                self._end_leftovers()
         except BaseException:
             # an interrupt (SIGTERM) or a timeout: leave nothing running behind us
             self.stop(grace=5.0)
@@ -275,15 +284,17 @@ class RunningCommand:
         return CommandResult(self.display, code, duration, tail, self.peak_rss)
 
 
+_LEFTOVER_GRACE = 0.5
+"""How long a command's process group may take to empty after the command exited."""
+
+
 def _group_alive(group: int) -> bool:
     """Whether a process of the process group ``group`` is still there (a zombie not yet
-    reaped by init counts)."""
+    reaped by init counts; one that is no longer ours to signal does not)."""
     try:
         os.killpg(group, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -330,6 +341,7 @@ class Runner:
         ok_codes: Sequence[int] = (0,),
         level: int = logging.INFO,
         cleanup: bool = False,
+        leftovers: bool = False,
     ) -> RunningCommand:
         """Start a command in the background and return its handle.
 
@@ -340,7 +352,9 @@ class Runner:
         signal that a caller swallowed (:func:`~pullback.common.signals.refuse_if_stopping`).
         ``cleanup``: a clean-up a stop must not skip (a throwaway database engine shut
         down): started after a signal too, and not stopped by :attr:`cancel`; its
-        ``timeout`` still bounds it.
+        ``timeout`` still bounds it. ``leftovers``: what the command leaves running in
+        its process group when it exits is ended, with a warning (a dump's ``cmd &``;
+        never for a command meant to start something, which a ``post`` may be).
         """
         if not cleanup:
             refuse_if_stopping()
@@ -436,6 +450,7 @@ class Runner:
                         tail,
                         flush=flush,
                         cleanup=cleanup,
+                        leftovers=leftovers,
                     )
                 )
         except Interrupted:

@@ -92,9 +92,16 @@ def pullback_dump(task: Task):
                 target = task.staging / output
                 target.parent.mkdir(parents=True, exist_ok=True)
                 stdout = target
-            _run(task, item["run"], item.get("timeout"), cwd=task.staging, stdout=stdout)
+            _run(
+                task,
+                item["run"],
+                item.get("timeout"),
+                cwd=task.staging,
+                stdout=stdout,
+                leftovers=True,
+            )
         else:
-            _run(task, item, cwd=task.staging)
+            _run(task, item, cwd=task.staging, leftovers=True)
 
 
 @hookimpl

@@ -114,9 +114,12 @@ def _copy_live(task: Task, path: str, target: Path) -> None:
     process of its own that the section's ``timeout``, ``run_timeout`` and SIGTERM end
     wherever it is (SQLite's C code waited for ever on a FIFO planted as its journal).
     Raises TaskError."""
-    argv = [sys.executable, "-m", "pullback.plugins.sqlite_copy", path, str(target)]
+    # -I and /: python -m puts its working directory first on sys.path, and root's
+    # caller may stand in a directory another user writes (helper-131 ran its code so)
+    argv = [sys.executable, "-I", "-m", "pullback.plugins.sqlite_copy", path, str(target)]
     try:
-        task.run([*argv, str(task.config["busy_timeout"])], timeout=timeout(task), level=10)
+        busy = str(task.config["busy_timeout"])
+        task.run([*argv, busy], timeout=timeout(task), level=10, cwd="/")
     except CommandTimeout as exc:
         raise TaskError(f"cannot copy {path}: {exc.reason} (the sqlite task's timeout)") from None
     except CommandError as exc:

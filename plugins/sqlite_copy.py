@@ -15,6 +15,7 @@ Exit 0: copied. Exit 1: not copied, one line on standard error saying why.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import stat
@@ -68,8 +69,10 @@ def data_bytes(path: str, enough: int) -> int:
         while offset < end and found < enough:
             try:
                 start = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left
-                break
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole is left
+                    break
+                return found + end - offset  # no SEEK_DATA here: the rest counts as data
             offset = os.lseek(fd, start, os.SEEK_HOLE)
             found += offset - start
         return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -170,3 +171,36 @@ def test_a_commands_last_lines_are_kept_escaped(runner):
         runner.run(["sh", "-c", r"printf '400 Bad\033]52;c;eA==\a\033[2JRequest\r\n' >&2; exit 1"])
     assert info.value.tail == [r"400 Bad\x1b]52;c;eA==\x07\x1b[2JRequest\r"]
     assert "\x1b" not in str(info.value) and "\a" not in str(info.value)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as handle:  # a zombie not yet reaped is gone too
+        return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_what_a_dump_leaves_running_is_ended_and_what_a_start_leaves_is_not(
+    runner, caplog, tmp_path
+):
+    """helper-128's S14 asked for the first; helper-131 saw the second (a ``post``
+    command that starts the application with ``app &``) killed by the first mend."""
+    caplog.set_level(logging.WARNING, logger="pullback.test")
+    started = []
+    for leftovers in (False, True):
+        pidfile = tmp_path / f"pid-{leftovers}"
+        runner.run(
+            ["sh", "-c", f"sleep 60 >/dev/null 2>&1 & echo $! > {pidfile}"], leftovers=leftovers
+        )
+        started.append(int(pidfile.read_text()))
+    time.sleep(0.2)
+    try:
+        assert _alive(started[0]), "a command that starts something keeps it running"
+        assert not _alive(started[1]), "a dump's leftover is ended"
+        assert caplog.text.count("left processes running in its process group") == 1
+    finally:
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)

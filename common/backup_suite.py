@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .sandbox import HOMES
+from .secrets import mask_url_password
 
 COMMON_LINE = re.compile(r"^\s*(?:readonly\s+|export\s+)?([A-Z_][A-Z0-9_]*)=(.*)$")
 DEFAULTED = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*:?-(.*)\}$")
@@ -38,16 +39,23 @@ DEFAULT_POLICY = "--keep-daily 7 --keep-weekly 4 --keep-monthly 12 --keep-yearly
 
 
 class BadValue(ValueError):
-    """A value of the old configuration that cannot be converted; ``key`` names it."""
+    """A value of the old configuration that cannot be converted; ``key`` names it. A URL's
+    password in the message is ``***``."""
 
     def __init__(self, key: str, message: str):
         self.key = key
-        super().__init__(f"{key}: {message}")
+        super().__init__(mask_url_password(f"{key}: {message}"))
 
 
 @dataclass
 class Conversion:
-    """pullback's settings made from backup-suite's, and what became of each key."""
+    """pullback's settings made from backup-suite's, and what became of each key.
+
+    The lines are printed as they are (and pasted into tickets): a repository URL's
+    password in them is ``***``, masked here, so that no line of either list shows it
+    (``hosts[].repository 'rest:https://boss:S3cretPw99@...' (as before)`` did, an
+    outside review).
+    """
 
     settings: dict[str, Any] = field(default_factory=dict)
     mapped: list[str] = field(default_factory=list)
@@ -56,10 +64,12 @@ class Conversion:
     """``old.key: why it has no equivalent, and what pullback does instead``."""
 
     def map(self, old: str, new: str) -> None:
-        self.mapped.append(f"{old} -> {new}")
+        """Record that ``old`` became ``new`` (a URL's password masked)."""
+        self.mapped.append(mask_url_password(f"{old} -> {new}"))
 
     def drop(self, old: str, why: str) -> None:
-        self.unmapped.append(f"{old}: {why}")
+        """Record that ``old`` has no equivalent, and ``why`` (a URL's password masked)."""
+        self.unmapped.append(mask_url_password(f"{old}: {why}"))
 
 
 # -- typed reading ---------------------------------------------------------------------------

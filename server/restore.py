@@ -255,14 +255,14 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
             "restoring snapshot %s (%s) into %s", snapshot.id, shown(snapshot.time), target
         )
         total = ctx.backend.restore_size(snapshot) if STATUS.enabled and not includes else None
-        before = set(os.listdir(target))
+        before = Before.of(target, includes, snapshot.adopted)
         try:
             with Watched(Progress("restore", total), sample=_written_so_far):
                 ctx.backend.restore(snapshot, target, includes)
             _check_restored(request, snapshot, ctx.backend)
         except BaseException:
             with guard.shielded():
-                _undo(target, before, aside)
+                _undo(before, aside)
             raise
     steps = next_steps(request, snapshot, ctx.host.address, ctx.host.port)
     if aside is not None:
@@ -294,12 +294,44 @@ def _written_so_far() -> int:
     return bytes_written_below(os.getpid())
 
 
-def _undo(target: Path, before: set[str], aside: SetAside | None) -> None:
-    """After a failed (or interrupted) restore: what it made at the top of ``target``
-    goes (it came from the snapshot: the manifest and sidecar of a miss, a partial
-    tree), and what ``--force`` set aside comes back where it was."""
-    for name in set(os.listdir(target)) - before:
-        remove_entry(target / name)
+@dataclass(frozen=True)
+class Before:
+    """What ``target`` held before a restore wrote into it (after ``--force`` set aside
+    what was in its way): its top-level names, and for each path the restore writes,
+    the first entry on the way there that it lacked (``fresh``). Whatever stands at one
+    of those afterwards, or under a new top-level name, the restore wrote; an entry that
+    was there before (``services/`` of an earlier restore) is never among them."""
+
+    target: Path
+    names: frozenset[str]
+    fresh: tuple[Path, ...]
+
+    @classmethod
+    def of(cls, target: Path, includes: list[str], adopted: bool) -> Before:
+        """``target`` as it is now, before the restore of ``includes`` writes."""
+        fresh = []
+        for relative in _written(target, includes, adopted):
+            current = target
+            for part in (p for p in relative.split("/") if p):
+                current = current / part
+                if not os.path.lexists(current):
+                    fresh.append(current)
+                    break
+        return cls(target, frozenset(os.listdir(target)), tuple(fresh))
+
+    def written(self) -> list[Path]:
+        """The entries the restore made since (each whole: a directory with all in it)."""
+        made = [self.target / n for n in sorted(set(os.listdir(self.target)) - self.names)]
+        return list(dict.fromkeys(made + [p for p in self.fresh if os.path.lexists(p)]))
+
+
+def _undo(before: Before, aside: SetAside | None) -> None:
+    """After a failed (or interrupted) restore: what it wrote goes (it came from the
+    snapshot: the manifest and sidecar of a miss, a partial tree, also below a directory
+    the target held before, such as an earlier restore's ``services/``), and what
+    ``--force`` set aside comes back where it was."""
+    for path in before.written():
+        remove_entry(path)
     if aside is not None:
         aside.put_back()
 

@@ -40,11 +40,6 @@ def entries_below(root: Path) -> set[str]:
 # -- R1 ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R1: a failed/cut restore --force of one service leaves its half-written tree "
-    "below an existing services/ (_undo removes new top-level names only)",
-)
 def test_a_failed_forced_restore_of_a_service_leaves_nothing_it_wrote(fleet, tmp_path):
     host = fleet.add_host("web1")
     other = host.data.parent / "dbdata"

@@ -120,11 +120,6 @@ sys.exit(code)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R3: restore --path reads the client's whole MANIFEST.sha256 into memory "
-    "(path_proof: parse(read_bytes()))",
-)
 def test_restore_of_one_path_does_not_hold_the_whole_manifest(fleet, tmp_path):
     fleet.add_host("web1")
     deep = "services/x/" + "/".join(["d" * 250] * 11)  # long names, every limit kept

@@ -13,6 +13,7 @@ from ..common.locks import FileLock
 from ..common.mail import EmailConfig, email_config
 from ..common.notify import NotifyConfig, notify_config
 from ..common.schema import load_schema
+from ..common.text import few
 from ..common.units import parse_duration, parse_size
 from .guard import GuardLimits
 from .journal import INSTANCE_LOCK
@@ -142,6 +143,25 @@ class BackendConfig:
     """Where the second copies are (None: no copy is made)."""
 
 
+KNOWN_SHOWN = 20
+"""Configured host names an unknown host's error lists (the rest are counted)."""
+
+
+def near_hosts(name: str, configured: list[str]) -> list[str]:
+    """The ``configured`` host names that ``name`` probably means: one whose first label
+    is ``name`` (``web1`` typed, ``web1.example.org`` configured, as import-backup-suite
+    derives short names), whose name is ``name``'s first label (the other way round), or
+    that differs from it in case only. In the order of ``configured``."""
+    typed = name.casefold()
+    short = typed.split(".")[0]
+    return [
+        c
+        for c in configured
+        if c != name
+        and (typed in (c.casefold(), c.split(".")[0].casefold()) or short == c.casefold())
+    ]
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Validated server settings. Every default lives in ``schemas/server.yaml``."""
@@ -171,14 +191,12 @@ class ServerConfig:
     status_page: Path | None
 
     def host(self, name: str) -> HostConfig:
-        """The host called ``name``. Raises UsageError naming the known hosts."""
+        """The host called ``name``. Raises UsageError naming the host probably meant and
+        the known hosts (:meth:`unknown`)."""
         for host in self.hosts:
             if host.name == name:
                 return host
-        raise UsageError(
-            f"no host named {name!r} in {self.path}; known hosts: "
-            f"{', '.join(sorted(h.name for h in self.hosts)) or 'none'}"
-        )
+        raise self.unknown([name])
 
     def select_hosts(self, names: list[str] | None) -> list[HostConfig]:
         """The hosts named on the command line, or every enabled host.
@@ -190,11 +208,24 @@ class ServerConfig:
         known = {h.name: h for h in self.hosts}
         unknown = [n for n in dict.fromkeys(names) if n not in known]
         if unknown:
-            raise UsageError(
-                f"no host named {', '.join(map(repr, unknown))} in {self.path}; "
-                f"known hosts: {', '.join(sorted(known)) or 'none'}"
-            )
+            raise self.unknown(unknown)
         return [known[n] for n in dict.fromkeys(names)]
+
+    def unknown(self, names: list[str]) -> UsageError:
+        """The error for host ``names`` that are not configured: each with the hosts it
+        probably means (:func:`near_hosts`: ``web1`` for ``web1.example.org``), then the
+        first :data:`KNOWN_SHOWN` known hosts and how many more. Bounded: the whole sorted
+        list of a fleet of 5,000 was cut by the log before the host meant (an outside
+        test)."""
+        configured = sorted(h.name for h in self.hosts)
+        said = []
+        for name in names:
+            near = near_hosts(name, configured)
+            said.append(f"{name!r} (did you mean {few(near, 3, ' or ')}?)" if near else repr(name))
+        return UsageError(
+            f"no host named {few(said, 10)} in {self.path}; known hosts: "
+            f"{few(configured, KNOWN_SHOWN) or 'none'}"
+        )
 
     def instance_lock(self, purpose: str) -> FileLock:
         """The server's lock (journal.INSTANCE_LOCK), not yet taken; ``purpose`` is what

@@ -194,11 +194,6 @@ def test_import_backup_suite_never_prints_a_repository_password(tmp_path):
 # -- R5 ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R5: a short host name is refused without naming the configured full name; in "
-    "a large fleet the list of known hosts is cut before it",
-)
 def test_a_short_host_name_is_answered_with_the_host_meant(tmp_path):
     import yaml
 

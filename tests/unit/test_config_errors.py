@@ -309,3 +309,31 @@ def test_a_path_with_a_dot_or_dot_dot_name_is_refused(tmp_path, path):
         f"{config}:2: service_dirs[0]: expected an absolute path without . or .. (names of "
         f"at most 255 characters), got {path!r}"
     ]
+
+
+def test_an_unknown_host_is_answered_with_the_host_meant_and_a_bounded_list(tmp_path):
+    """h129's R5: ``web4999`` for ``web4999.example.org`` (and the other way round, or in
+    another case) names the host meant first; the known hosts are cut at 20 and counted."""
+    from pullback.common.errors import UsageError
+    from pullback.server.config import load_server_config
+
+    hosts = "".join(f"  - name: web{i}.example.org\n" for i in range(100))
+    path = write(tmp_path, f"state_dir: {tmp_path}\nhosts:\n{hosts}  - name: db1\n", "s.yaml")
+    config = load_server_config(path)
+    for typed, meant in [
+        ("web99", "web99.example.org"),
+        ("WEB7.Example.org", "web7.example.org"),
+        ("db1.example.org", "db1"),
+    ]:
+        with pytest.raises(UsageError) as info:
+            config.host(typed)
+        assert f"no host named {typed!r} (did you mean {meant}?) in " in str(info.value)
+    with pytest.raises(UsageError) as info:
+        config.select_hosts(["web1", "nosuch"])
+    said = str(info.value)
+    assert "'web1' (did you mean web1.example.org?), 'nosuch' in" in said
+    assert said.endswith(
+        "known hosts: "
+        + ", ".join(sorted(["db1", *(f"web{i}.example.org" for i in range(100))])[:20])
+        + " and 81 more"
+    )

@@ -20,6 +20,7 @@ from pathlib import Path
 from ...common.archive.stored import BESIDE_SERVICES
 from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
+from ...common.text import few, printable
 from ..retention import select
 from . import Backend, Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
 from .base import DELETE_BATCH, RepositoryBackend, local_path
@@ -188,6 +189,9 @@ def extract_args(name: str, includes: list[str]) -> list[str]:
     return ["extract", "--sparse", f"::{name}", *includes]
 
 
+MAX_ROSTER = 64 << 10
+"""Bytes of a borg repository's ``lock.roster`` read (a few hosts and pids)."""
+
 _EXCEPTION_NAME = re.compile(r"^borg(?:\.\w+)+: ")
 """``borg.locking.LockFailed: `` before the words of the error borg raised."""
 SERVER_PREFIX = "Borg server: "
@@ -273,8 +277,36 @@ class BorgBackend(RepositoryBackend):
         }
 
     def run(self, args: list[str], **kwargs) -> CommandResult:
-        """Run borg, waiting ``lock_wait`` for a live lock."""
+        """Run borg, waiting ``lock_wait`` for a live lock (borg's ``--lock-wait``, within
+        borg). A repository held now is said at once, with its holder, as restic's loop
+        says it: a restore waited up to 30 minutes without a word (an outside test)."""
+        holder = self.roster_holder()
+        if holder:
+            self.runner.log.info(
+                "the repository is locked (%s); waiting up to %gs", holder, self.lock_wait
+            )
         return super().run(with_lock_wait(args, self.lock_wait), **kwargs)
+
+    def roster_holder(self) -> str:
+        """Who holds the exclusive lock of a repository on this machine, as its
+        ``lock.roster`` names them (``pid 4242 on backup@1234``; several: the first and
+        how many more); "" when it is not locked so, or is not here (``ssh://``: borg
+        alone can tell, past the wait), or the roster cannot be read."""
+        local = local_path(self.repository())
+        if local is None:
+            return ""
+        try:
+            with open(local / "lock.roster", "rb") as file:
+                roster = json.loads(file.read(MAX_ROSTER))
+            held = [(str(e[0]), int(e[1])) for e in roster.get("exclusive") or []]
+        except (OSError, ValueError, TypeError, AttributeError, IndexError):
+            return ""
+        named = [f"pid {pid} on {printable(host, 100)}" for host, pid in held]
+        return few(named, 1)
+
+    def lock_holder(self, exc: CommandError) -> str:
+        """The holder its roster names (borg's error does not)."""
+        return self.roster_holder()
 
     def probe_args(self) -> list[str]:
         return ["info", "--json"]

@@ -76,11 +76,6 @@ def test_a_failed_forced_restore_of_a_service_leaves_nothing_it_wrote(fleet, tmp
 # -- R2 ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R2: a restore from a borg repository locked by a live process waits "
-    "(repository_lock_wait, 30 min by default) without saying so",
-)
 def test_a_restore_waiting_for_a_borg_lock_says_so(borg_fleet, tmp_path):
     fleet = borg_fleet
     host = fleet.add_host("web1")

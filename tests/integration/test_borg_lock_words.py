@@ -49,7 +49,9 @@ def test_a_live_lock_is_a_locked_repository(borg):
             assert holder.poll() is None, "borg with-lock ended before taking the lock"
             time.sleep(0.1)
         assert os.path.isdir(lock), "borg with-lock did not take the lock in 60 s"
-        with pytest.raises(RepositoryLocked, match="is locked by a live process; waited 1s"):
+        # (the holder as the repository's lock.roster names it, as restic's words do)
+        words = rf"is locked by a live process \(pid {holder.pid} on [^)]+\); waited 1s"
+        with pytest.raises(RepositoryLocked, match=words):
             borg.snapshots()
     finally:
         holder.kill()

@@ -81,6 +81,7 @@ ONCE_MODULES = {
     "test_attacks_h125.py",
     "test_attacks_h126.py",
     "test_attacks_h128.py",
+    "test_attacks_h129.py",
     "test_cut_short_outputs.py",
     "test_demo.py",
 }
@@ -99,7 +100,8 @@ and 2262 (helper-114, 1.6 min), of the monitoring a newcomer reads (helper-115,
 0.8 min: the status page's Jinja2 also meets test_monitoring), of a third-party plugin
 and hostile hooks (helper-116 and -118, 0.9 min: pluggy meets test_app_plugins), of the
 docker and files tasks (helper-126, 0.3 min), of the sqlite, command and systemd tasks
-(helper-128, 0.5 min), of the copies (helper-125, 2 min) and
+(helper-128, 0.5 min), of the server's restores and import (helper-129, 0.5 min), of
+the copies (helper-125, 2 min) and
 of pulls cut short (the unit's ExecStopPost=, 0.8 min), whose libraries the other
 modules meet there; and the README's demo, which runs in .venv whichever pass runs it.
 Marked ``once``; their unit tests run on both."""

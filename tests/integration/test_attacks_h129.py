@@ -1,6 +1,7 @@
 """Outside review h129: server-side commands over data a client once sent, after it was
 stored (restore, export-recovery, release, the drill, the fleet view, the backup-suite
-import). Each test is a defect found (see /tmp/h129/FINDINGS.md), xfail until mended."""
+import). Each test is one of the five defects it found (R1 ... R5), all mended
+(helper-130), each asserting the mended behaviour."""
 
 from __future__ import annotations
 

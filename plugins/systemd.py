@@ -61,7 +61,10 @@ def pullback_validate(task: Task):
     is never active, so the run would stop nothing, and say nothing (an outside attack
     saw every night's archive taken with the database running)."""
     units = list(task.config["units"])
-    states = _show(task, "LoadState", units)
+    try:
+        states = _show(task, "LoadState", units)
+    except CommandError:
+        return []  # (no systemd running here, a chroot: the run's stop says what is wrong)
     if states is None:
         return []
     return [
@@ -72,6 +75,10 @@ def pullback_validate(task: Task):
     ]
 
 
+STOPPED_WITH = ("RequiredBy", "RequisiteOf", "BoundBy", "ConsistsOf")
+"""The properties naming the units systemd stops with a unit (its stop propagates to
+them: src/core/unit-dependency-atom.c)."""
+
 MAX_DEPENDENTS = 100
 """The units followed from one unit stopped (systemd stops each unit that requires it,
 and theirs, in turn)."""
@@ -79,15 +86,19 @@ and theirs, in turn)."""
 
 def _dependents(task: Task, unit: str) -> list[str]:
     """The active units that stopping ``unit`` stops too (``RequiredBy=``,
-    ``BoundBy=``, ``ConsistsOf=``, and theirs), nearest last: nginx with ``Requires=``
-    php-fpm goes down with it, and starting php-fpm again does not start nginx."""
+    ``RequisiteOf=``, ``BoundBy=``, ``ConsistsOf=``, and theirs), nearest last: nginx
+    with ``Requires=`` php-fpm goes down with it, and starting php-fpm again does not
+    start nginx. Targets are left out: starting one again would start all it wants,
+    units stopped on purpose too."""
     found: list[str] = []
     todo = [unit]
     while todo and len(found) < MAX_DEPENDENTS:
         current = todo.pop(0)
-        for prop in ("RequiredBy", "BoundBy", "ConsistsOf"):
+        for prop in STOPPED_WITH:
             for name in (_show(task, prop, [current]) or [""])[0].split():
-                if name not in found and name != unit and _active(task, name):
+                if name.endswith(".target") or name in found or name == unit:
+                    continue
+                if _active(task, name):
                     found.append(name)
                     todo.append(name)
     return list(reversed(found))

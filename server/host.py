@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from ..common.errors import Interrupted
 from ..common.log import PrefixAdapter, get_logger
@@ -30,9 +30,14 @@ class Deadline:
     """A time limit on a host's work (``with Deadline(...) as limit:``): once ``seconds``
     have passed it sets the host's ``cancel`` event, which stops the command running
     (CommandError "cancelled") and every later one, and :attr:`passed` is True. Leaving
-    the block clears the event again when this limit set it: a drill's limit stops the
-    drill, not the work after it (the maintenance of the next host of a group); a signal
-    still stops everything (the runner starts nothing once one came)."""
+    the block clears the event again when this limit set it and no enclosing limit on
+    the same event has passed: a drill's limit stops the drill, not the work after it
+    (the maintenance of the next host of a group); a signal still stops everything (the
+    runner starts nothing once one came). A limit past what a timer can wait is none."""
+
+    _open: ClassVar[dict[int, list[Deadline]]] = {}
+    """The limits in force, innermost last, by the id of their event."""
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, cancel: threading.Event, seconds: float, setting: str):
         self.cancel = cancel
@@ -40,21 +45,38 @@ class Deadline:
         self.setting = setting
         """The setting that gave ``seconds``, named in :attr:`words`."""
         self.passed = False
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
+        self._closed = False
+        self._timer: threading.Timer | None = None
+        if 0 < seconds < threading.TIMEOUT_MAX:
+            self._timer = threading.Timer(seconds, self._fire)
+            self._timer.daemon = True
 
     def __enter__(self) -> Deadline:
-        self._timer.start()
+        with Deadline._lock:
+            Deadline._open.setdefault(id(self.cancel), []).append(self)
+        if self._timer is not None:
+            self._timer.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._timer.cancel()
-        if self.passed:
-            self.cancel.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        with Deadline._lock:
+            self._closed = True  # (a timer already firing sets nothing now)
+            stack = Deadline._open.get(id(self.cancel), [])
+            if self in stack:
+                stack.remove(self)
+            if not stack:
+                Deadline._open.pop(id(self.cancel), None)
+            if self.passed and not any(outer.passed for outer in stack):
+                self.cancel.clear()
 
     def _fire(self) -> None:
-        self.passed = True
-        self.cancel.set()
+        with Deadline._lock:
+            if self._closed:
+                return
+            self.passed = True
+            self.cancel.set()
 
     @property
     def words(self) -> str:

@@ -148,6 +148,11 @@ class HostMaintenance:
                 self._steps()
         finally:
             self.result.duration = time.monotonic() - started
+        cut = self._cut()
+        if cut:  # (past it between two steps, what was not run was only skipped)
+            self.result.status = Status.FAILED
+            if all(step.ok for step in self.result.steps):
+                self.result.steps.append(Step("maintenance", False, cut))
         return self.result
 
     def _steps(self) -> None:

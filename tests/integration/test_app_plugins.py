@@ -69,6 +69,7 @@ def test_stop_dump_start_order_and_start_after_a_failed_dump(tmp_path, standins,
         "systemctl is-active --quiet worker.service",
         # the units a stop of app.service would take down with it
         "systemctl show --property=RequiredBy app.service",
+        "systemctl show --property=RequisiteOf app.service",
         "systemctl show --property=BoundBy app.service",
         "systemctl show --property=ConsistsOf app.service",
         "systemctl stop app.service",

@@ -81,7 +81,8 @@ if verb in ("show", "status", "cat", "list-units", "list-unit-files"):
             by = [m for m, o in units.items() if n in o.get("requires", [])]
             values = {"LoadState": "loaded" if u else "not-found",
                       "ActiveState": u["state"] if u else "inactive",
-                      "RequiredBy": " ".join(by), "BoundBy": "", "ConsistsOf": ""}
+                      "RequiredBy": " ".join(by), "RequisiteOf": "", "BoundBy": "",
+                      "ConsistsOf": ""}
             for prop in props or ["LoadState", "ActiveState"]:
                 print(f"{prop}={values[prop]}")
         elif u is None:

@@ -88,19 +88,22 @@ def _dependents(task: Task, unit: str) -> list[str]:
     """The active units that stopping ``unit`` stops too (``RequiredBy=``,
     ``RequisiteOf=``, ``BoundBy=``, ``ConsistsOf=``, and theirs), nearest last: nginx
     with ``Requires=`` php-fpm goes down with it, and starting php-fpm again does not
-    start nginx. Targets are left out: starting one again would start all it wants,
-    units stopped on purpose too."""
+    start nginx. Targets are followed but not returned: starting one again would start
+    all it wants, units stopped on purpose too (a service ``PartOf=`` a target that
+    requires ``unit`` is returned)."""
     found: list[str] = []
+    seen = {unit}
     todo = [unit]
-    while todo and len(found) < MAX_DEPENDENTS:
+    while todo and len(seen) < MAX_DEPENDENTS:
         current = todo.pop(0)
         for prop in STOPPED_WITH:
             for name in (_show(task, prop, [current]) or [""])[0].split():
-                if name.endswith(".target") or name in found or name == unit:
+                if name in seen or not _active(task, name):
                     continue
-                if _active(task, name):
+                seen.add(name)
+                todo.append(name)
+                if not name.endswith(".target"):
                     found.append(name)
-                    todo.append(name)
     return list(reversed(found))
 
 

@@ -13,7 +13,7 @@ from ..common.locks import FileLock
 from ..common.mail import EmailConfig, email_config
 from ..common.notify import NotifyConfig, notify_config
 from ..common.schema import load_schema
-from ..common.text import few
+from ..common.text import few, printable
 from ..common.units import parse_duration, parse_size
 from .guard import GuardLimits
 from .journal import INSTANCE_LOCK
@@ -219,11 +219,13 @@ class ServerConfig:
         test)."""
         configured = sorted(h.name for h in self.hosts)
         said = []
-        for name in names:
+        for name in names[:10]:  # (few() shows 10: the rest are only counted)
+            shown = repr(printable(name, 100))
             near = near_hosts(name, configured)
-            said.append(f"{name!r} (did you mean {few(near, 3, ' or ')}?)" if near else repr(name))
+            said.append(f"{shown} (did you mean {few(near, 3, ' or ')}?)" if near else shown)
+        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
         return UsageError(
-            f"no host named {few(said, 10)} in {self.path}; known hosts: "
+            f"no host named {few(said, 10)}{more} in {self.path}; known hosts: "
             f"{few(configured, KNOWN_SHOWN) or 'none'}"
         )
 

@@ -52,10 +52,10 @@ class Deadline:
             self._timer.daemon = True
 
     def __enter__(self) -> Deadline:
+        if self._timer is not None:
+            self._timer.start()  # (first: a thread that cannot start leaves no entry)
         with Deadline._lock:
             Deadline._open.setdefault(id(self.cancel), []).append(self)
-        if self._timer is not None:
-            self._timer.start()
         return self
 
     def __exit__(self, *_: object) -> None:

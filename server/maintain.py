@@ -134,6 +134,8 @@ class HostMaintenance:
         """The host's place in its group (None: the repository is its own)."""
         self.limit = limit
         """The repository's ``maintenance.timeout`` (None: none)."""
+        self._stopped = False
+        """A step was cut or not run for ``maintenance.timeout``."""
         self.result = MaintainResult(ctx.name, scope=scope)
         self._listed: list[Snapshot] | None = None
         self._watching = False
@@ -148,11 +150,8 @@ class HostMaintenance:
                 self._steps()
         finally:
             self.result.duration = time.monotonic() - started
-        cut = self._cut()
-        if cut:  # (past it between two steps, what was not run was only skipped)
+        if self._stopped:  # (past it between two steps, what was not run was only skipped)
             self.result.status = Status.FAILED
-            if all(step.ok for step in self.result.steps):
-                self.result.steps.append(Step("maintenance", False, cut))
         return self.result
 
     def _steps(self) -> None:
@@ -263,10 +262,12 @@ class HostMaintenance:
         return missing_failure(self.ctx.config, self.ctx.host, where, self.ctx.cancel)
 
     def _cut(self) -> str | None:
-        """Words for a maintenance stopped at ``maintenance.timeout``, or None."""
-        return (
-            f"the maintenance was {self.limit.words}" if self.limit and self.limit.passed else None
-        )
+        """Words for a maintenance stopped at ``maintenance.timeout``, or None; once it
+        said them, the maintenance fails (:attr:`_stopped`)."""
+        if self.limit is None or not self.limit.passed:
+            return None
+        self._stopped = True
+        return f"the maintenance was {self.limit.words}"
 
     def step(self, name: str, action: Callable[[], str]) -> bool:
         """Run one step; record and log its outcome. Returns True when it succeeded; a

@@ -296,6 +296,7 @@ def _refuse_target(request: RestoreRequest) -> None:
         raise UsageError(f"--target {target} is not a directory")
     if target.exists() and any(target.iterdir()) and not request.force:
         raise UsageError(f"{target} is not empty; choose an empty directory or add --force")
+    _refuse_movable(target)
     if request.force and request.path and any(c in request.path for c in "*?[\\"):
         # restic and borg read these as a pattern, which could match entries of the
         # target that are set aside by name only (a symlink among them would be written
@@ -304,6 +305,27 @@ def _refuse_target(request: RestoreRequest) -> None:
             f"--path {printable(request.path, 200)} holds *, ?, [ or \\, which restic and "
             "borg read as a pattern: restore it into an empty directory, without --force"
         )
+
+
+def _refuse_movable(target: Path) -> None:
+    """Raises UsageError when a directory above ``target`` is one another user may
+    change (owned by another user, or writable by others without the sticky bit): that
+    user could move the target away during the restore and put a symlink to ``/`` in
+    its place, into which restic writes and from which a failed restore removes what
+    it did not list before (helper-132)."""
+    for above in Path(os.path.abspath(target)).parents:
+        try:
+            found = os.stat(above)
+        except FileNotFoundError:
+            continue  # (made by root below)
+        others = found.st_mode & 0o022 and not found.st_mode & stat.S_ISVTX
+        if found.st_uid != 0 or others:
+            raise UsageError(
+                f"--target {printable(str(target), 200)} is below "
+                f"{printable(str(above), 200)}, which another user may change (it could "
+                "move the target away during the restore and put a link to / there): "
+                "restore below a directory only root may change, such as /var/tmp"
+            )
 
 
 def _written_so_far() -> int:
@@ -322,6 +344,8 @@ class Before:
     target: Path
     names: frozenset[str]
     fresh: tuple[Path, ...]
+    identity: tuple[int, int] = (0, 0)
+    """The target's device and inode: an undo removes nothing from another directory."""
 
     @classmethod
     def of(cls, target: Path, includes: list[str], adopted: bool) -> Before:
@@ -334,7 +358,17 @@ class Before:
                 if not os.path.lexists(current):
                     fresh.append(current)
                     break
-        return cls(target, frozenset(os.listdir(target)), tuple(fresh))
+        found = os.lstat(target)
+        identity = (found.st_dev, found.st_ino)
+        return cls(target, frozenset(os.listdir(target)), tuple(fresh), identity)
+
+    def same_target(self) -> bool:
+        """Whether ``target`` is still the directory it was (not moved, not a link)."""
+        try:
+            found = os.lstat(self.target)
+        except OSError:
+            return False
+        return stat.S_ISDIR(found.st_mode) and (found.st_dev, found.st_ino) == self.identity
 
     def written(self) -> list[Path]:
         """The entries the restore made since (each whole: a directory with all in it)."""
@@ -346,8 +380,16 @@ def _undo(before: Before, aside: SetAside | None) -> None:
     """After a failed (or interrupted) restore: what it wrote goes (it came from the
     snapshot: the manifest and sidecar of a miss, a partial tree, also below a directory
     the target held before, such as an earlier restore's ``services/``), and what
-    ``--force`` set aside comes back where it was."""
+    ``--force`` set aside comes back where it was. Nothing is removed when the target is
+    no longer the directory it was (raises PullbackError)."""
+    if not before.same_target():
+        raise PullbackError(
+            f"{printable(str(before.target), 200)} is no longer the directory the restore "
+            "wrote into: nothing was removed; look there and at what replaced it"
+        )
     for path in before.written():
+        if not before.same_target():
+            raise PullbackError(f"{printable(str(before.target), 200)} changed: undo stopped")
         remove_entry(path)
     if aside is not None:
         aside.put_back()

@@ -10,8 +10,10 @@ import configparser
 import contextlib
 import datetime as dt
 import json
+import os
 import re
 import shlex
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -295,11 +297,15 @@ class BorgBackend(RepositoryBackend):
         local = local_path(self.repository())
         if local is None:
             return ""
-        try:
-            with open(local / "lock.roster", "rb") as file:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:  # (advisory only: no link followed, no FIFO waited on, nothing it holds raised)
+            fd = os.open(local / "lock.roster", flags)
+            with open(fd, "rb") as file:
+                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                    return ""
                 roster = json.loads(file.read(MAX_ROSTER))
-            held = [(str(e[0]), int(e[1])) for e in roster.get("exclusive") or []]
-        except (OSError, ValueError, TypeError, AttributeError, IndexError):
+            held = [(str(e[0]), int(e[1])) for e in roster.get("exclusive") or []][:100]
+        except Exception:
             return ""
         named = [f"pid {pid} on {printable(host, 100)}" for host, pid in held]
         return few(named, 1)

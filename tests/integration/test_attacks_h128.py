@@ -61,10 +61,12 @@ if verb == "stop":
     for n in names:
         if n not in units:
             print(f"Failed to stop {n}: Unit {n} not loaded.", file=sys.stderr); sys.exit(5)
-        units[n]["state"] = "inactive"
-        for other in units.values():
-            if n in other.get("requires", []):
-                other["state"] = "inactive"
+        down = [n]
+        while down:  # (systemd propagates the stop to what requires it, and on)
+            m = down.pop()
+            units[m]["state"] = "inactive"
+            down += [o for o, u in units.items()
+                     if m in u.get("requires", []) and u["state"] == "active"]
     save(); sys.exit(0)
 if verb == "start":
     for n in names:
@@ -273,6 +275,35 @@ def test_s4_units_that_require_a_stopped_unit_are_started_again(tmp_path):
     assert states == {"php8.2-fpm.service": "active", "nginx.service": "active"} or (
         run.returncode != 0 and "nginx.service" in run.stderr
     ), f"exit {run.returncode}, units after the run: {states}; calls {sysctl.calls()}"
+
+
+def test_s4_a_service_that_goes_down_through_a_target_is_started_again(tmp_path):
+    """helper-132: worker.service is PartOf= app.target, which Requires= db.service:
+    a stop of db takes both down; the target is not started again by name, the worker
+    is (it was left down when targets were not followed)."""
+    sysctl = Systemctl(
+        tmp_path,
+        {
+            "db.service": {"state": "active"},
+            "app.target": {"state": "active", "requires": ["db.service"]},
+            "worker.service": {"state": "active", "requires": ["app.target"]},
+        },
+    )
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    box = service_box(
+        tmp_path,
+        f"service:\n  name: app\nsystemd:\n  units: [db.service]\nfiles:\n  paths: [{data}]\n",
+    )
+
+    run = box.cli("run", env=sysctl.env)
+
+    states = {n: u["state"] for n, u in sysctl.units().items()}
+    assert run.returncode == 0, run.stderr
+    assert states["db.service"] == states["worker.service"] == "active", states
+    started = [c[-1] for c in sysctl.calls() if c[0] == "start"]
+    assert "app.target" not in started, started
 
 
 # -- S5: a numeric environment value is not masked --------------------------------------------

@@ -1,0 +1,52 @@
+"""server/restore.py: a --target another user could swap for a link to / is refused,
+and an undo removes nothing from a directory that is no longer the target (helper-132)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pullback.common.errors import PullbackError, UsageError
+from pullback.server.restore import Before, _refuse_movable, _undo
+
+
+def test_a_target_below_a_directory_another_user_may_change_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # writable by others, no sticky bit
+    with pytest.raises(UsageError, match="another user may change"):
+        _refuse_movable(shared / "restore")
+    shared.chmod(0o1777)  # as /tmp: others cannot move root's entries
+    _refuse_movable(shared / "restore")
+    os.chown(shared, 65534, 65534)
+    with pytest.raises(UsageError, match="another user may change"):
+        _refuse_movable(shared / "restore")
+
+
+def test_an_undo_removes_nothing_once_the_target_was_swapped(tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "kept").write_text("there before")
+    before = Before.of(target, [], False)
+    (target / "written").write_text("by the restore")
+    target.rename(tmp_path / "moved")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("not the restore's")
+    target.symlink_to(elsewhere)
+
+    with pytest.raises(PullbackError, match="no longer the directory"):
+        _undo(before, None)
+
+    assert (elsewhere / "precious").exists()
+    assert (tmp_path / "moved" / "written").exists()  # (said, not removed elsewhere)
+
+
+def test_an_undo_of_the_same_target_removes_what_the_restore_wrote(tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "kept").write_text("there before")
+    before = Before.of(target, [], False)
+    (target / "written").write_text("by the restore")
+    _undo(before, None)
+    assert sorted(p.name for p in Path(target).iterdir()) == ["kept"]

@@ -114,7 +114,8 @@ def test_the_next_run_starts_them_first_and_leaves_no_record(shop, standins):
     assert len(shop.published()) == 1  # this run's archive all the same
     calls = [short(c) for c in standins.calls()[before:]]
     assert calls[:3] == STARTS  # before its own stops
-    assert calls[3:5] == [
+    assert calls[3:6] == [
+        "systemctl show --property=LoadState app.service",  # (the systemd task's validate)
         "docker compose ps --services --status running",
         "docker compose stop web db",
     ]

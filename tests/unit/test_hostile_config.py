@@ -32,6 +32,7 @@ from pullback.client.stages import make_tasks
 from pullback.common.errors import ConfigError
 from pullback.common.schema import load_schema
 from pullback.plugins.manager import load_plugins
+from pullback.plugins.task import KeyProblem
 from pullback.server.cli import main as server_main
 from pullback.server.config import load_server_config
 
@@ -387,7 +388,7 @@ def check_service_file(raw: bytes) -> None:
     assert service.tasks
     for task in make_tasks(service, WORK / "staging", None, dry_run=True):
         problems = PLUGINS.call("validate", task) or []
-        assert all(isinstance(p, str) for p in problems)
+        assert all(isinstance(p, str | KeyProblem) for p in problems)
 
 
 @PROPERTY

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shutil
 import stat
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from ..common.outcome import Status
 from ..common.progress import Progress, Watched
 from ..common.signals import RESTORING, SignalGuard
 from ..common.text import few, printable
+from ..common.trees import remove_tree
 from ..common.units import human_duration, human_size
 from ..plugins.manager import PluginSet, as_lines, load_plugins
 from . import incremental, outputs, stopped
@@ -415,7 +415,7 @@ class ClientRun:
             self.writer.abort()  # idempotent; removes the temporary file if it is still there
             if cache is not None:
                 cache.close()
-            shutil.rmtree(self.work, ignore_errors=True)
+            remove_tree(self.work, ignore_errors=True)
         log.info(
             "published %s (%s, %d files, %s of data) in %s",
             published.name,
@@ -502,7 +502,7 @@ class ClientRun:
                     service, self.plugins, self.writer, staging, self.guard, record=self.record
                 )
                 self.reports.append(report)
-                shutil.rmtree(staging, ignore_errors=True)
+                remove_tree(staging, ignore_errors=True)
                 if report.status == Status.OK:
                     PrefixAdapter(log, service.name).info(
                         "ok: %d files, %s in %s",

@@ -8,7 +8,6 @@ staging directory; what succeeded is archived and the report says what failed.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from ..common.log import PrefixAdapter, get_logger
 from ..common.outcome import Status
 from ..common.runner import Runner
 from ..common.signals import SignalGuard
+from ..common.trees import remove_tree
 from ..common.yamlfile import KeyPath, format_key
 from ..plugins.manager import MAX_ITEMS, PluginSet, as_lines
 from ..plugins.task import KeyProblem, Task, TaskSkipped
@@ -213,10 +213,10 @@ class ServiceRun:
                 raise
             except TaskSkipped as exc:
                 self._skip(task, exc)
-                shutil.rmtree(task.staging, ignore_errors=True)
+                remove_tree(task.staging, ignore_errors=True)
             except Exception as exc:
                 self._fail(task, "dump", exc)
-                shutil.rmtree(task.staging, ignore_errors=True)
+                remove_tree(task.staging, ignore_errors=True)
             task_report.duration = time.monotonic() - started
 
     def finish(self, failed: bool) -> None:

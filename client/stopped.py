@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -50,6 +49,7 @@ from ..common.procfs import boot_id
 from ..common.schema import apply_defaults, load_schema
 from ..common.signals import RESTORING, SignalGuard
 from ..common.text import few, printable
+from ..common.trees import remove_tree
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import Task
 from . import outputs
@@ -493,7 +493,7 @@ def start_left_stopped(config: ClientConfig, plugins: PluginSet) -> Recovery:
                 recovery.started.append(entry)
             record.remove(entry.service, entry.task)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch, ignore_errors=True)
     return recovery
 
 

@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .trees import remove_tree, walk
+
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a rename or unlink in ``path`` durable."""
@@ -161,7 +163,7 @@ def remove_entry(path: Path, ignore_errors: bool = False) -> None:
     anything else unlinked; nothing when it is gone already. Raises OSError unless
     ``ignore_errors`` (a directory's contents only)."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=ignore_errors)
+        remove_tree(path, ignore_errors=ignore_errors)
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -198,7 +200,7 @@ def writable_or_creatable(path: Path) -> bool:
 def directory_size(path: Path) -> int:
     """Bytes the files below ``path`` occupy on disk."""
     total = 0
-    for directory, _, files in os.walk(path):
+    for directory, _, files in walk(path):
         for name in files:
             try:
                 total += os.lstat(os.path.join(directory, name)).st_blocks * 512

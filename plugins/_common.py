@@ -43,9 +43,9 @@ def private_file(task: Task, name: str, content: str) -> Path:
 def forget_private(task: Task) -> None:
     directory = task.state.pop("_private", None)
     if directory:
-        import shutil
+        from ..common.trees import remove_tree
 
-        shutil.rmtree(directory, ignore_errors=True)
+        remove_tree(directory, ignore_errors=True)
 
 
 def timeout(task: Task) -> float:

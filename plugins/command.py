@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 from ..common.text import printable
+from ..common.trees import remove_tree
 from ..common.units import parse_duration
 from . import hookimpl, load_plugin_schema
 from .before_restore import hand_over
@@ -191,7 +192,7 @@ def _tidy(task: Task, source: Path, before: dict[str, Identity]) -> None:
             try:
                 entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 if stat.S_ISDIR(entry.st_mode):
-                    shutil.rmtree(name, dir_fd=fd)
+                    remove_tree(name, dir_fd=fd)
                 else:
                     os.unlink(name, dir_fd=fd)
                 tops.append(shown)

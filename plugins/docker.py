@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import stat
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from ..common.errors import CommandError
 from ..common.fsutil import make_dirs_at, read_regular_stat, untrusted_link, write_all
 from ..common.text import printable
+from ..common.trees import remove_tree
 from . import hookimpl, load_plugin_schema
 from ._common import first, timeout
 from .before_restore import check_hand_over, hand_over
@@ -224,7 +224,7 @@ def pullback_finish(task: Task, failed: bool):
     defined = _defined(task) if stopped else None
     tmp = task.state.pop("_tmp", None)
     if tmp:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, ignore_errors=True)
     if not stopped:
         return
     gone = [name for name in stopped if defined is not None and name not in defined]

@@ -31,6 +31,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from ..common.trees import walk
+
 _NEVER = "(?!)"
 """A regex that matches nothing: what rsync's wildmatch does with a pattern it cannot
 read (a ``[`` never closed, an unknown ``[:class:]``, a trailing ``\\``)."""
@@ -265,7 +267,7 @@ class ExcludeMatcher:
             yield ""
             return
         excluded = self.rooted(path)
-        for directory, dirs, names in os.walk(os.fspath(path)):
+        for directory, dirs, names in walk(os.fspath(path)):
             rel = os.path.relpath(directory, path)
             rel = "" if rel == "." else rel + "/"
             dirs[:] = [d for d in dirs if not excluded(rel + d, True)]

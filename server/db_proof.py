@@ -27,6 +27,7 @@ escaped and cut before it is reported.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import os
 import pwd
@@ -51,6 +52,7 @@ from ..common.log import Log
 from ..common.runner import Runner, RunningCommand
 from ..common.signals import refuse_if_stopping
 from ..common.text import counted, printable
+from ..common.trees import remove_tree, walk
 from ..common.units import human_duration, human_size
 
 MIN_FREE = 1 << 30
@@ -525,7 +527,14 @@ def _files(directory: Path, pattern: str, recursive: bool = False) -> list[Path]
     (the directory's own, or its entries') are never followed."""
     if directory.is_symlink() or not directory.is_dir():
         return []
-    found = directory.rglob(pattern) if recursive else directory.glob(pattern)
+    if recursive:  # (trees.walk: a tree of any depth; rglob recurses per level)
+        found = (
+            Path(d, name)
+            for d, _, names in walk(directory)
+            for name in fnmatch.filter(names, pattern)
+        )
+    else:
+        found = directory.glob(pattern)
     return sorted(p for p in found if p.is_file() and not p.is_symlink())
 
 
@@ -596,7 +605,7 @@ def _prove_engine(
             engine.stop()
         except OSError as exc:  # never lose the proofs over a server that would not stop
             log.warning("the throwaway %s could not be stopped: %s", engine.engine, exc)
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work, ignore_errors=True)
 
 
 def _load(

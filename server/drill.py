@@ -8,7 +8,6 @@ import hashlib
 import logging
 import os
 import random
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from ..common.errors import Interrupted, PullbackError, UsageError
 from ..common.fsutil import free_bytes
 from ..common.signals import refuse_if_stopping
 from ..common.text import counted, printable
+from ..common.trees import remove_tree
 from ..common.units import human_size
 from . import status_file
 from .backends import Backend, RepositoryMissing, Role, Snapshot, named, plausible
@@ -406,7 +406,7 @@ def _drill(ctx: HostContext, choice: DrillChoice) -> DrillResult:
             return result
         result.snapshot_id = snapshot.id
         result.snapshot_time = iso(snapshot.time)
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True, mode=0o700)
         ctx.log.info(
             "restore drill of snapshot %s (%s) into %s",
@@ -438,6 +438,6 @@ def _drill(ctx: HostContext, choice: DrillChoice) -> DrillResult:
         free = f" ({human_size(free_bytes(scratch.parent))} free)" if exc.errno == ENOSPC else ""
         result.problems.append(f"{where}{exc.strerror or exc}{free}")
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch, ignore_errors=True)
         result.duration = time.monotonic() - started
     return result

@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 import os
 import shlex
-import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from ..common.procfs import bytes_written_below
 from ..common.progress import STATUS, Progress, Watched
 from ..common.signals import SignalGuard
 from ..common.text import few, printable
+from ..common.trees import remove_tree
 from .backends import Backend, Snapshot, named, plausible
 from .config import ServerConfig
 from .host import HostContext
@@ -463,7 +463,7 @@ class SetAside:
             remove_entry(place)
             place.parent.mkdir(parents=True, exist_ok=True)
             os.rename(self.directory / relative, place)
-        shutil.rmtree(self.directory)
+        remove_tree(self.directory)
 
 
 def _written(target: Path, includes: list[str], adopted: bool) -> list[str]:

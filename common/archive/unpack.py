@@ -34,7 +34,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import shutil
 import stat
 import tempfile
 import threading
@@ -47,6 +46,7 @@ from ..errors import ArchiveError, LocalArchiveError
 from ..fsutil import make_hole, pread_span, pwrite_all, write_all
 from ..log import get_logger
 from ..text import BoundedWarnings, escaped
+from ..trees import remove_tree, walk
 from ..units import human_size
 from . import acl, deltaops, removed, sha256state, sparse, tree_list
 from .baseindex import BaseIndex, IndexedFile, IndexWriter
@@ -230,7 +230,7 @@ def _remove(name: str, dir_fd: int) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)
+        remove_tree(name, dir_fd=dir_fd)
     else:
         os.unlink(name, dir_fd=dir_fd)
 
@@ -331,32 +331,40 @@ class Unpacker:
     # -- directories --------------------------------------------------------------------
 
     def _dir(self, parts: tuple[str, ...]) -> int:
-        """A descriptor of the staging directory ``parts``, created as needed, never a link."""
-        if not parts:
-            return self._root
-        fd = self._fds.get(parts)
-        if fd is not None:
-            self._fds.move_to_end(parts)
-            return fd
-        parent = self._dir(parts[:-1])
-        name = parts[-1]
+        """A descriptor of the staging directory ``parts``, created as needed, never a link.
+
+        Walks down from the deepest directory it holds open, one level at a time (no
+        recursion: a path may be as deep as the archive's limits allow).
+        """
+        depth = len(parts)
+        while depth and parts[:depth] not in self._fds:
+            depth -= 1
+        fd = self._root
+        if depth:
+            fd = self._fds[parts[:depth]]
+            self._fds.move_to_end(parts[:depth])
+        for level in range(depth, len(parts)):
+            fd = self._open_dir(parts[level], fd)
+            self._fds[parts[: level + 1]] = fd
+            if len(self._fds) > 64:
+                _, old = self._fds.popitem(last=False)
+                os.close(old)
+        return fd
+
+    @staticmethod
+    def _open_dir(name: str, parent: int) -> int:
+        """Open (making it, or replacing a file or link from an older snapshot) the
+        directory ``name`` in ``parent``; returns its descriptor."""
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
         except FileNotFoundError:
             os.mkdir(name, 0o700, dir_fd=parent)
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         except (NotADirectoryError, OSError) as exc:
-            if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
-                _remove(name, parent)  # a file or link from an older snapshot
-                os.mkdir(name, 0o700, dir_fd=parent)
-                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-            else:
+            if not (isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP):
                 raise
-        self._fds[parts] = fd
-        if len(self._fds) > 64:
-            _, old = self._fds.popitem(last=False)
-            os.close(old)
-        return fd
+            _remove(name, parent)  # a file or link from an older snapshot
+            os.mkdir(name, 0o700, dir_fd=parent)
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
 
     def _forget_dir(self, parts: tuple[str, ...]) -> None:
         for key in [k for k in self._fds if k[: len(parts)] == parts]:
@@ -1365,7 +1373,7 @@ class Unpacker:
             for name, digest in self.index.digests():
                 yield name, lambda digest=digest: digest
             return
-        for directory, _, files in os.walk(self.staging / "services"):
+        for directory, _, files in walk(self.staging / "services"):
             for file_name in files:
                 path = os.path.join(directory, file_name)
                 name = os.path.relpath(path, self.staging)

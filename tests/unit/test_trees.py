@@ -1,0 +1,124 @@
+"""common/trees.py: walking and removing trees of any depth, links never followed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pullback.common.trees import remove_tree, walk
+
+
+def make_tree(root: Path, outside: Path) -> None:
+    """A small tree with files, nested directories, and links to a directory and a file
+    outside it."""
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "f1").write_text("1")
+    (root / "a" / "b" / "f2").write_text("2")
+    (root / "c").mkdir()
+    (root / "top").write_text("t")
+    (root / "a" / "dirlink").symlink_to(outside)
+    (root / "a" / "filelink").symlink_to(outside / "keep.txt")
+
+
+@pytest.fixture
+def outside(tmp_path):
+    place = tmp_path / "outside"
+    place.mkdir()
+    (place / "keep.txt").write_text("must survive")
+    return place
+
+
+def test_walk_yields_what_os_walk_yields(tmp_path, outside):
+    root = tmp_path / "root"
+    root.mkdir()
+    make_tree(root, outside)
+
+    def normal(walker):
+        return sorted((d, sorted(ds), sorted(fs)) for d, ds, fs in walker)
+
+    assert normal(walk(root)) == normal(os.walk(root))
+
+
+def test_walk_prunes_what_the_caller_removes_from_dirnames(tmp_path, outside):
+    root = tmp_path / "root"
+    root.mkdir()
+    make_tree(root, outside)
+    seen = []
+    for directory, dirs, _ in walk(root):
+        seen.append(os.path.relpath(directory, root))
+        dirs[:] = [d for d in dirs if d != "b"]
+    assert sorted(seen) == [".", "a", "c"]
+
+
+def test_walk_and_remove_a_tree_deeper_than_the_recursion_limit(tmp_path):
+    depth = sys.getrecursionlimit() + 500
+    bottom = tmp_path.joinpath("deep", *["d"] * depth)
+    subprocess.run(["mkdir", "-p", str(bottom)], check=True)
+    (bottom / "leaf").write_text("x")
+    found = [(d, fs) for d, _, fs in walk(tmp_path / "deep") if fs]
+    assert len(found) == 1 and found[0][1] == ["leaf"]
+    assert os.path.relpath(found[0][0], tmp_path / "deep").split("/") == ["d"] * depth
+    remove_tree(tmp_path / "deep")
+    assert not (tmp_path / "deep").exists()
+
+
+def test_remove_tree_never_follows_a_link(tmp_path, outside):
+    root = tmp_path / "root"
+    root.mkdir()
+    make_tree(root, outside)
+    remove_tree(root)
+    assert not root.exists()
+    assert (outside / "keep.txt").read_text() == "must survive"
+
+
+def test_remove_tree_refuses_a_link_in_the_place_of_the_directory(tmp_path, outside):
+    link = tmp_path / "link"
+    link.symlink_to(outside)
+    with pytest.raises(OSError):
+        remove_tree(link)
+    remove_tree(link, ignore_errors=True)
+    assert link.is_symlink() and (outside / "keep.txt").exists()
+
+
+def test_remove_tree_by_name_in_a_directory_descriptor(tmp_path, outside):
+    root = tmp_path / "root"
+    root.mkdir()
+    make_tree(root, outside)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        remove_tree("root", dir_fd=fd)
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside"]
+
+
+def test_a_missing_tree_is_an_error_unless_errors_are_ignored(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        remove_tree(tmp_path / "nothing")
+    remove_tree(tmp_path / "nothing", ignore_errors=True)
+
+
+def test_what_cannot_be_removed_is_left_and_said_unless_ignored(tmp_path):
+    root = tmp_path / "root"
+    (root / "kept").mkdir(parents=True)
+    (root / "kept" / "f").write_text("x")
+    (root / "other").write_text("y")
+    subprocess.run(["chattr", "+i", str(root / "kept" / "f")], check=False)
+    if not _immutable(root / "kept" / "f"):
+        pytest.skip("this file system has no immutable flag")
+    try:
+        with pytest.raises(PermissionError):
+            remove_tree(root)
+        remove_tree(root, ignore_errors=True)
+        assert (root / "kept" / "f").exists() and not (root / "other").exists()
+    finally:
+        subprocess.run(["chattr", "-i", str(root / "kept" / "f")], check=False)
+
+
+def _immutable(path: Path) -> bool:
+    out = subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True)
+    return out.returncode == 0 and "i" in out.stdout.split()[0]

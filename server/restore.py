@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.archive import sidecar as sidecars
-from ..common.archive.manifest import MANIFEST_NAME, entries, format_line
+from ..common.archive.manifest import MANIFEST_NAME, entries, format_line, read_lines
 from ..common.archive.sidecar import SIDECAR_NAME
 from ..common.archive.stored import BESIDE_SERVICES
 from ..common.clock import shown, stamp_of, utc_now
@@ -162,7 +162,7 @@ def listed_at(manifest: Path, path: str) -> tuple[str | None, bool]:
     it cannot be read, ValueError for a line that does not parse."""
     digest, below, prefix = None, False, path + "/"
     with manifest.open("rb") as handle:
-        for name, hexdigest in entries(handle):
+        for name, hexdigest in entries(read_lines(handle)):
             if name == path:
                 digest = hexdigest
             elif not below and name.startswith(prefix):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from .manifest import order, raw_entries
+from .manifest import order, raw_entries, read_lines
 from .tree_list import kind_of
 
 T = TypeVar("T")
@@ -92,7 +92,7 @@ def outside(manifest: Path, prefix: str) -> Iterator[str]:
     ValueError for a manifest line that does not parse."""
     start = order(prefix.rstrip("/") + "/")
     with open(manifest, "rb") as handle:
-        for key, _ in raw_entries(handle):
+        for key, _ in raw_entries(read_lines(handle)):
             if not key.startswith(start):
                 yield os.fsdecode(key)
 
@@ -121,10 +121,10 @@ def _listed(handle: BinaryIO, start: bytes) -> Iterator[tuple[bytes, str]]:
     stream: Iterable[tuple[bytes, str]]
     if _in_order(handle):
         handle.seek(0)
-        stream = raw_entries(handle)
+        stream = raw_entries(read_lines(handle))
     else:
         handle.seek(0)
-        stream = sorted(dict(raw_entries(handle)).items())
+        stream = sorted(dict(raw_entries(read_lines(handle))).items())
     for key, digest in stream:
         if key.startswith(start):
             yield key, digest
@@ -136,7 +136,7 @@ def _in_order(handle: BinaryIO) -> bool:
     """Whether every name of the manifest sorts after the one before it. Raises
     ValueError for a line that does not parse."""
     last = b""
-    for key, _ in raw_entries(handle):
+    for key, _ in raw_entries(read_lines(handle)):
         if key <= last:
             return False
         last = key

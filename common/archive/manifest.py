@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 MANIFEST_NAME = "MANIFEST.sha256"
 MANIFEST_KEY = b"PULLBACK.manifest"
@@ -25,6 +26,11 @@ archive has it (every name starts with ``services/``), so ``sha256sum --check`` 
 delta extracted by hand fails on it, naming the way to restore instead of passing
 while the files the base supplies came out empty."""
 NOTICE_LINE = b"0" * 64 + b"  " + NOTICE_NAME.encode() + b"\n"
+MAX_LINE = 32 << 10
+"""Bytes a manifest line may have, its newline included: a digest and a name of at most
+4,095 bytes, escaped (at most 4 bytes each), fit in 16.5 KB. Every reader of a
+manifest holds to this bound, so that a line without an end costs at most this much
+memory (read whole, a 45 MB line cost all of it)."""
 
 
 def order(name: str) -> bytes:
@@ -62,6 +68,17 @@ def unescape(raw: bytes) -> bytes:
             out += c
             i += 1
     return bytes(out)
+
+
+def read_lines(handle: BinaryIO) -> Iterator[bytes]:
+    """The lines of the manifest file ``handle``, each read at most :data:`MAX_LINE`
+    bytes at a time. Raises ValueError naming a line that is longer."""
+    number = 0
+    while line := handle.readline(MAX_LINE + 1):
+        number += 1
+        if len(line) > MAX_LINE:
+            raise ValueError(f"{MANIFEST_NAME} line {number} is longer than {MAX_LINE:,} bytes")
+        yield line
 
 
 def parse(data: bytes) -> dict[str, str]:

@@ -61,6 +61,9 @@ from .manifest import (
     format_line,
     parse,
 )
+from .manifest import (
+    MAX_LINE as MAX_MANIFEST_LINE,
+)
 from .stored import BESIDE_SERVICES
 from .tarformat import FIFOTYPE, Member
 from .tree_list import TREE_NAME
@@ -135,8 +138,6 @@ class UnpackLimits:
     """Set at the host's deadline: the next member (or data chunk) stops the unpacking."""
 
 
-MAX_MANIFEST_LINE = 32 << 10
-"""A manifest line: a digest, and a name of at most 4,095 bytes, escaped (4 bytes each)."""
 MIN_FREE_INODES = 10_000
 FREE_CHECK_BYTES = 64 << 20
 FREE_CHECK_MEMBERS = 10_000

@@ -4,6 +4,7 @@ say how to prove it and put it back on the client."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -18,7 +19,8 @@ from ..common.archive.sidecar import SIDECAR_NAME
 from ..common.archive.stored import BESIDE_SERVICES
 from ..common.clock import shown, stamp_of, utc_now
 from ..common.errors import EXIT_OK, ArchiveError, PullbackError, UsageError
-from ..common.fsutil import remove_entry
+from ..common.fsutil import remove_entry, set_dir_mode
+from ..common.log import PrefixAdapter
 from ..common.outcome import Status
 from ..common.procfs import bytes_written_below
 from ..common.progress import STATUS, Progress, Watched
@@ -262,8 +264,7 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
     includes = request.includes(snapshot.adopted)
     if why:
         ctx.log.warning("%s", why)
-    target.mkdir(parents=True, exist_ok=True)
-    os.chmod(target, 0o700)
+    _make_private(target, ctx.log)
     with SignalGuard(
         "stopping; what the restore wrote goes, what it set aside comes back"
     ) as guard:
@@ -292,6 +293,8 @@ def _refuse_target(request: RestoreRequest) -> None:
     70), is not empty without ``--force``, or with ``--force`` the ``--path`` holds a
     pattern character."""
     target = request.target
+    if target.is_symlink():
+        raise UsageError(f"--target {target} is a symbolic link; name the directory itself")
     if os.path.lexists(target) and not target.is_dir():
         raise UsageError(f"--target {target} is not a directory")
     if target.exists() and any(target.iterdir()) and not request.force:
@@ -313,6 +316,13 @@ def _refuse_movable(target: Path) -> None:
     user could move the target away during the restore and put a symlink to ``/`` in
     its place, into which restic writes and from which a failed restore removes what
     it did not list before (helper-132)."""
+    with contextlib.suppress(FileNotFoundError):
+        owner = os.lstat(target).st_uid
+        if owner != 0:
+            raise UsageError(
+                f"--target {printable(str(target), 200)} belongs to user {owner}, who may "
+                "change it during the restore: restore into a directory of root's"
+            )
     for above in Path(os.path.abspath(target)).parents:
         try:
             found = os.stat(above)
@@ -326,6 +336,33 @@ def _refuse_movable(target: Path) -> None:
                 "move the target away during the restore and put a link to / there): "
                 "restore below a directory only root may change, such as /var/tmp"
             )
+
+
+PRIVATE = 0o700
+"""The permission bits of a restore's target: only root may enter it while set-id files
+and private data are written there (restic writes each entry with its snapshot's mode)."""
+
+
+def _make_private(target: Path, log: PrefixAdapter) -> None:
+    """Make ``target`` (0700), or give an existing one :data:`PRIVATE` permission bits,
+    its set-group-id and sticky bits kept; a change of its mode is said, with the mode
+    it had. Raises OSError."""
+    try:
+        was = stat.S_IMODE(os.lstat(target).st_mode)
+    except FileNotFoundError:
+        target.mkdir(parents=True, mode=PRIVATE)
+        was = None
+    mode = PRIVATE | (was or 0) & (stat.S_ISGID | stat.S_ISVTX)
+    set_dir_mode(target, mode)
+    if was is not None and was != mode:
+        log.warning(
+            "--target %s was mode %04o; it is now %04o while it holds the restore (only "
+            "root may enter it): give it its mode back when done (chmod %04o)",
+            printable(str(target), 200),
+            was,
+            mode,
+            was,
+        )
 
 
 def _written_so_far() -> int:

@@ -1,13 +1,23 @@
 """server/restore.py: a --target another user could swap for a link to / is refused,
 and an undo removes nothing from a directory that is no longer the target (helper-132)."""
 
+import logging
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from pullback.common.errors import PullbackError, UsageError
-from pullback.server.restore import Before, _refuse_movable, _undo
+from pullback.common.log import PrefixAdapter
+from pullback.server.restore import (
+    Before,
+    RestoreRequest,
+    _make_private,
+    _refuse_movable,
+    _refuse_target,
+    _undo,
+)
 
 
 def test_a_target_below_a_directory_another_user_may_change_is_refused(tmp_path):
@@ -50,3 +60,32 @@ def test_an_undo_of_the_same_target_removes_what_the_restore_wrote(tmp_path):
     (target / "written").write_text("by the restore")
     _undo(before, None)
     assert sorted(p.name for p in Path(target).iterdir()) == ["kept"]
+
+
+def test_a_target_of_another_user_or_a_link_is_refused(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(UsageError, match="belongs to user 65534"):
+        _refuse_movable(theirs)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    with pytest.raises(UsageError, match="is a symbolic link"):
+        _refuse_target(RestoreRequest("web1", link, force=True))
+
+
+def test_a_made_target_is_private_and_an_existing_one_keeps_its_special_bits(tmp_path, caplog):
+    made = tmp_path / "a" / "made"
+    _make_private(made, PrefixAdapter(logging.getLogger("t"), "web1"))
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    assert not caplog.records
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with caplog.at_level(logging.WARNING):
+        _make_private(shared, PrefixAdapter(logging.getLogger("t"), "web1"))
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1700  # the sticky bit kept
+    (record,) = caplog.records
+    assert "was mode 1777; it is now 1700" in record.getMessage()
+    assert "chmod 1777" in record.getMessage()

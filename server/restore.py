@@ -268,13 +268,17 @@ def restore(config: ServerConfig, request: RestoreRequest) -> str:
     with SignalGuard(
         "stopping; what the restore wrote goes, what it set aside comes back"
     ) as guard:
-        aside = SetAside.of(target, includes, snapshot.adopted) if request.force else None
-        ctx.log.info(
-            "restoring snapshot %s (%s) into %s", snapshot.id, shown(snapshot.time), target
-        )
-        total = ctx.backend.restore_size(snapshot) if STATUS.enabled and not includes else None
-        before = Before.of(target, includes, snapshot.adopted)
+        aside: SetAside | None = None
+        before: Before | None = None
         try:
+            with guard.shielded():  # (a signal now waits: what moved is then put back)
+                if request.force:
+                    aside = SetAside.of(target, includes, snapshot.adopted)
+            ctx.log.info(
+                "restoring snapshot %s (%s) into %s", snapshot.id, shown(snapshot.time), target
+            )
+            total = ctx.backend.restore_size(snapshot) if STATUS.enabled and not includes else None
+            before = Before.of(target, includes, snapshot.adopted)
             with Watched(Progress("restore", total), sample=_written_so_far):
                 ctx.backend.restore(snapshot, target, includes)
             _check_restored(request, snapshot, ctx.backend)
@@ -413,12 +417,17 @@ class Before:
         return list(dict.fromkeys(made + [p for p in self.fresh if os.path.lexists(p)]))
 
 
-def _undo(before: Before, aside: SetAside | None) -> None:
+def _undo(before: Before | None, aside: SetAside | None) -> None:
     """After a failed (or interrupted) restore: what it wrote goes (it came from the
     snapshot: the manifest and sidecar of a miss, a partial tree, also below a directory
     the target held before, such as an earlier restore's ``services/``), and what
     ``--force`` set aside comes back where it was. Nothing is removed when the target is
-    no longer the directory it was (raises PullbackError)."""
+    no longer the directory it was (raises PullbackError). ``before`` None: the restore
+    had not begun to write (stopped while ``--force`` set things aside)."""
+    if before is None:
+        if aside is not None:
+            aside.put_back()
+        return
     if not before.same_target():
         raise PullbackError(
             f"{printable(str(before.target), 200)} is no longer the directory the restore "
@@ -463,6 +472,9 @@ class SetAside:
     target: Path
     directory: Path
     moved: tuple[Path, ...]
+    times: tuple[tuple[Path, int, int], ...] = ()
+    """The access and modification times (ns) of the directories entries moved out of,
+    as they were: put back, they have them again."""
 
     @classmethod
     def of(cls, target: Path, includes: list[str], adopted: bool) -> SetAside | None:
@@ -481,6 +493,10 @@ class SetAside:
         for path in sorted(found):
             relative = path.relative_to(target)
             try:
+                if path.parent not in (t[0] for t in aside.times):
+                    was = os.lstat(path.parent)
+                    times = (*aside.times, (path.parent, was.st_atime_ns, was.st_mtime_ns))
+                    aside = dataclasses.replace(aside, times=times)
                 (directory / relative).parent.mkdir(parents=True, exist_ok=True)
                 os.rename(path, directory / relative)
             except OSError as exc:
@@ -501,6 +517,8 @@ class SetAside:
             place.parent.mkdir(parents=True, exist_ok=True)
             os.rename(self.directory / relative, place)
         remove_tree(self.directory)
+        for directory, atime, mtime in self.times:
+            os.utime(directory, ns=(atime, mtime), follow_symlinks=False)
 
 
 def _written(target: Path, includes: list[str], adopted: bool) -> list[str]:

@@ -331,6 +331,40 @@ def test_a_forced_restore_over_an_earlier_one_sets_it_aside(pulled, tmp_path):
     assert snapshot(target) == before  # what it moved aside came back
 
 
+SIGNAL_WHILE_SETTING_ASIDE = """\
+import os, runpy, signal, sys
+import pullback.server.restore as restore
+real, sent = os.rename, []
+def rename(*args, **kwargs):
+    real(*args, **kwargs)
+    if not sent:  # a SIGTERM right after --force moved its first entry aside
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+restore.os.rename = rename
+sys.argv = ["pullback-server", *sys.argv[1:]]
+runpy.run_module("pullback.server.cli", run_name="__main__")
+"""
+
+
+def test_a_signal_while_force_sets_things_aside_puts_them_back(pulled, tmp_path):
+    """A SIGTERM while ``--force`` moves what is in the way aside: the moving ends,
+    everything moved comes back and nothing is left in ``.pullback-replaced-*``
+    (helper-132: the signal came before the restore's clean-up began, and what was set
+    aside stayed there unsaid)."""
+    fleet, _ = pulled
+    target = tmp_path / "again"
+    first = fleet.server("restore", "web1", "--service", "app", "--target", str(target))
+    assert first.returncode == 0, first.stderr
+    before = snapshot(target)
+    argv = [sys.executable, "-c", SIGNAL_WHILE_SETTING_ASIDE, "--config", str(fleet.config)]
+    argv += ["restore", "web1", "--service", "app", "--target", str(target), "--force"]
+    stopped = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode != 0, stopped.stdout + stopped.stderr
+    assert "SIGTERM received; finishing the current step first" in stopped.stderr
+    assert not list(target.glob(".pullback-replaced-*")), stopped.stderr
+    assert snapshot(target) == before
+
+
 def test_a_forced_restore_never_follows_a_symlink_left_in_the_target(pulled, tmp_path):
     """An earlier restore left a symlink on the way of ``--force --path`` (a client's
     symlink, or one the operator made): the restore moved the file the link led to out

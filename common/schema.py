@@ -382,22 +382,15 @@ def apply_defaults(schema: dict, data: Any) -> Any:
     return data
 
 
-SECRET_NUMBER_DIGITS = 6
-"""A number under a secret key is a secret from this many characters on (a PIN, a
-token); a shorter one (a port, a count) would be masked inside every other number of
-every log line, and was never taken for one."""
-
-
 def _string_leaves(value: Any) -> Iterator[str]:
     """Every string below ``value``, and every number as the text a program is given
-    (``API_PIN: 83629174`` unquoted is an int: an outside attack saw it logged in clear)
-    of at least :data:`SECRET_NUMBER_DIGITS` characters; not true/false, which hide
-    nothing."""
+    (``API_PIN: 4711`` unquoted is an int: an outside attack saw one logged in clear;
+    :func:`..secrets.mask` masks a number where it stands whole, so a port or a count
+    under a secret key hides no other number); not true/false, which hide nothing."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        if len(str(value)) >= SECRET_NUMBER_DIGITS:
-            yield str(value)
+        yield str(value)
     elif isinstance(value, dict):
         for item in value.values():
             yield from _string_leaves(item)

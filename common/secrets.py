@@ -19,6 +19,7 @@ _MIN_LENGTH = 3  # masking "a" everywhere would make logs unreadable and hide no
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def register(*values: object) -> None:
@@ -34,12 +35,20 @@ def register(*values: object) -> None:
 
 
 def mask(text: str, extra: tuple[str, ...] | list[str] = ()) -> str:
-    """Return ``text`` with every registered (and every ``extra``) secret replaced by a mask."""
+    """Return ``text`` with every registered (and every ``extra``) secret replaced by a
+    mask. A secret of digits alone (a PIN) is masked where it stands as a whole number,
+    not inside a longer one (``4711`` in ``port 4711``, not in ``47110 bytes``), so that
+    a short one leaves the other numbers of a line readable."""
     with _lock:
         values = sorted(_secrets.union(v for v in extra if v and len(v) >= _MIN_LENGTH), key=len)
+    numbers = []
     for value in reversed(values):  # longest first, so a secret containing another goes whole
-        if value in text:
+        if _DIGITS.fullmatch(value):
+            numbers.append(re.escape(value))
+        elif value in text:
             text = text.replace(value, MASK)
+    if numbers and any(c.isdigit() for c in text):
+        text = re.sub(rf"(?<![0-9])(?:{'|'.join(numbers)})(?![0-9])", MASK, text)
     return text
 
 

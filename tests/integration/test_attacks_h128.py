@@ -318,9 +318,10 @@ def test_s5_a_numeric_environment_secret_is_masked(tmp_path):
         command:
           environment:
             API_PIN: 83629174
+            DOOR_PIN: 4711
             TOKEN: s3cr3t-t0ken
           dump:
-            - "echo pin=$API_PIN token=$TOKEN"
+            - "echo pin=$API_PIN door=$DOOR_PIN token=$TOKEN"
         """,
     )
 
@@ -329,6 +330,8 @@ def test_s5_a_numeric_environment_secret_is_masked(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "s3cr3t-t0ken" not in run.stderr  # (the string is masked: a control)
     assert "83629174" not in run.stderr, f"the numeric secret is in the log:\n{run.stderr}"
+    # a 4-digit one too (numbers of fewer than 6 digits were not secrets: helper-132)
+    assert "4711" not in run.stderr, f"the numeric secret is in the log:\n{run.stderr}"
 
 
 # -- S6: output: "." passes check ------------------------------------------------------------

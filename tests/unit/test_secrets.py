@@ -95,3 +95,16 @@ def test_check_names_every_secret_file_that_others_may_read(tmp_path):
         p.startswith(f"{service}:2: postgresql.password_file: the password file {db_pass}")
         for p in problems
     ), problems
+
+
+def test_a_secret_number_is_masked_where_it_stands_whole():
+    """A 4-digit PIN under a command's environment (helper-132: numbers under 6 digits
+    were not secrets): masked as a whole number, the other numbers of a line kept."""
+    secrets.register("4711")
+    try:
+        assert secrets.mask("pin=4711 port 4711, 47110 bytes, 14711") == (
+            f"pin={secrets.MASK} port {secrets.MASK}, 47110 bytes, 14711"
+        )
+        assert secrets.mask("no digits here") == "no digits here"
+    finally:
+        secrets.forget_all()

@@ -337,7 +337,13 @@ class Unpacker:
         Walks down from the deepest directory it holds open, one level at a time (no
         recursion: a path may be as deep as the archive's limits allow).
         """
-        depth = len(parts)
+        if not parts:
+            return self._root
+        fd = self._fds.get(parts)
+        if fd is not None:  # (the common case: the directory of the member before)
+            self._fds.move_to_end(parts)
+            return fd
+        depth = len(parts) - 1
         while depth and parts[:depth] not in self._fds:
             depth -= 1
         fd = self._root

@@ -16,7 +16,7 @@ from ..common.fsutil import copy_range, make_dirs_at
 from ..common.text import counted, printable
 from . import hookimpl, load_plugin_schema
 from ._common import timeout
-from .sqlite_copy import COMPANIONS, uri
+from .sqlite_copy import COMPANIONS, backup_into, uri
 from .task import KeyProblem, Task, TaskError, TaskType
 
 
@@ -68,13 +68,10 @@ def _copy(source: Path, target: Path, busy_timeout: int, writable: bool = False)
     journal or replay a -wal beside it first (read-only, it refuses a hot journal).
     Raises sqlite3.Error."""
     src = sqlite3.connect(source) if writable else sqlite3.connect(uri(source), uri=True)
-    src.execute(f"PRAGMA busy_timeout = {int(busy_timeout) * 1000}")
-    dst = sqlite3.connect(target)
     try:
-        with dst:
-            src.backup(dst)  # all pages in one step: one consistent read transaction
+        src.execute(f"PRAGMA busy_timeout = {int(busy_timeout) * 1000}")
+        backup_into(src, target)
     finally:
-        dst.close()
         src.close()
 
 

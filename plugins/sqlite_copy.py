@@ -104,14 +104,20 @@ def copy(source: str, target: str, busy_timeout: int) -> None:
         problem = hole_problem(source, src, wal)
         if problem:
             raise NotCopied(problem)
-        dst = sqlite3.connect(target)
-        try:
-            with dst:
-                src.backup(dst)
-        finally:
-            dst.close()
+        backup_into(src, target)
     finally:
         src.close()
+
+
+def backup_into(src: sqlite3.Connection, target: str | os.PathLike) -> None:
+    """Copy the open database ``src`` into the new file ``target``, all pages in one
+    step (one consistent read transaction). Raises sqlite3.Error."""
+    dst = sqlite3.connect(target)
+    try:
+        with dst:
+            src.backup(dst)
+    finally:
+        dst.close()
 
 
 def explain(source: str, exc: sqlite3.Error) -> str:

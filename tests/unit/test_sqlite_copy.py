@@ -55,3 +55,47 @@ def test_a_read_only_refusal_beside_a_journal_names_the_hot_journal(tmp_path):
     assert explain(str(db), refusal) == "attempt to write a readonly database"
     (tmp_path / "app.db-journal").write_bytes(b"j")
     assert "app.db-journal is a hot journal" in explain(str(db), refusal)
+
+
+def test_the_live_copy_never_runs_code_planted_where_root_stands(tmp_path, monkeypatch):
+    """The copy's child is ``python -I -m pullback.plugins.sqlite_copy`` run in ``/``:
+    ``python -m`` puts its working directory first on sys.path, and PYTHONPATH is read
+    from the environment, so a ``pullback`` package planted in the directory root stands
+    in (another user's), or named by PYTHONPATH, would run as root (helper-131)."""
+    import logging
+
+    from pullback.common.runner import Runner
+    from pullback.plugins.sqlite import _copy_live
+    from pullback.plugins.task import Task
+
+    planted = tmp_path / "planted"
+    marker = tmp_path / "ran-as-root"
+    (planted / "pullback" / "plugins").mkdir(parents=True)
+    for init in ("pullback/__init__.py", "pullback/plugins/__init__.py"):
+        (planted / init).write_text("")
+    (planted / "pullback" / "plugins" / "sqlite_copy.py").write_text(
+        f"open({str(marker)!r}, 'w').write('planted code ran')\n"
+    )
+    live = tmp_path / "live.db"
+    db = sqlite3.connect(live)
+    db.execute("CREATE TABLE t (x)")
+    db.execute("INSERT INTO t VALUES (42)")
+    db.commit()
+    db.close()
+    monkeypatch.chdir(planted)
+    monkeypatch.setenv("PYTHONPATH", str(planted))
+    log = logging.getLogger("test")
+    task = Task(
+        type="sqlite",
+        key="sqlite",
+        config={"paths": [str(live)], "busy_timeout": 5, "timeout": 60},
+        service="app",
+        service_file=tmp_path / "service.yaml",
+        staging=tmp_path / "staging",
+        runner=Runner(log),
+        log=log,  # type: ignore[arg-type]
+    )
+    copy = tmp_path / "copy.db"
+    _copy_live(task, str(live), copy)
+    assert not marker.exists(), "the planted module ran"
+    assert sqlite3.connect(copy).execute("SELECT x FROM t").fetchall() == [(42,)]

@@ -27,6 +27,14 @@ def fleet(tmp_path):
 
 
 @pytest.fixture
+def borg_fleet(tmp_path):
+    """A ``fleet`` whose repositories are borg's."""
+    fleet = Fleet(tmp_path / "fleet", backend="borg")
+    yield fleet
+    fleet.stop()
+
+
+@pytest.fixture
 def silent_fleet(tmp_path):
     """A fleet whose web1 stores into a REST endpoint that never answers: restic waits
     until it is killed."""

@@ -389,13 +389,6 @@ def test_the_drill_counts_missing_entries_as_entries_of_tree_list(tmp_path):
 # --- end to end: a fleet with sshd and restic or borg ---------------------------------
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path / "fleet")
-    yield fleet
-    fleet.stop()
-
-
 def pull(fleet: Fleet) -> None:
     result = fleet.server("pull", "--host", "web1")
     assert result.returncode == 0, result.stderr

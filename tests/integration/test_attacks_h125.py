@@ -44,13 +44,6 @@ def ok(fleet: Fleet, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path / "fleet")
-    yield fleet
-    fleet.stop()
-
-
-@pytest.fixture
 def endpoints(tmp_path):
     """A full REST endpoint (primaries) and an append-only one (copies), with users."""
     (tmp_path / "prim").mkdir()

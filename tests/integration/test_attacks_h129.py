@@ -15,23 +15,8 @@ import pytest
 
 from pullback.common.archive.manifest import MANIFEST_NAME
 from tests.helpers.archives import Entry, build_tar, publish
-from tests.helpers.fleet import Fleet
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path / "fleet")
-    yield fleet
-    fleet.stop()
-
-
-@pytest.fixture
-def borg_fleet(tmp_path):
-    fleet = Fleet(tmp_path / "fleet", backend="borg")
-    yield fleet
-    fleet.stop()
 
 
 def entries_below(root: Path) -> set[str]:

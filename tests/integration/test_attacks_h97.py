@@ -28,13 +28,6 @@ from tests.helpers.rest_store import RestEndpoint
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path / "fleet")
-    yield fleet
-    fleet.stop()
-
-
 def write_status(fleet: Fleet, hosts: dict) -> None:
     fleet.state.mkdir(parents=True, exist_ok=True)
     (fleet.state / "status.json").write_text(json.dumps({"hosts": hosts}))

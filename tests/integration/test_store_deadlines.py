@@ -52,13 +52,6 @@ def ok(fleet: Fleet, *args: str) -> None:
 
 
 @pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path / "fleet")
-    yield fleet
-    fleet.stop()
-
-
-@pytest.fixture
 def store(tmp_path):
     """A full REST endpoint and a proxy in front of it."""
     (tmp_path / "store").mkdir()

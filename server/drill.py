@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from ..common.text import counted, printable
 from ..common.trees import remove_tree
 from ..common.units import human_size
 from . import status_file
-from .backends import Backend, RepositoryMissing, Role, Snapshot, named, plausible
+from .backends import RepositoryMissing, Role, Snapshot, named, plausible
 from .db_proof import DatabaseProof, ProofSettings, ProofState, prove_databases
 from .host import Deadline, HostContext
 from .missing import missing_failure
@@ -125,25 +126,38 @@ class DrillResult:
         return said
 
 
-def _sha256(path: str) -> tuple[str, int]:
-    """The hex sha256 of the file at ``path`` and how many bytes it read."""
+class CheckStopped(Exception):
+    """The host's time limit passed while the tree was being checked."""
+
+
+def _stop_if_set(cancel: threading.Event | None) -> None:
+    """Raises CheckStopped once ``cancel`` is set (the host's deadline passed)."""
+    if cancel is not None and cancel.is_set():
+        raise CheckStopped
+
+
+def _sha256(path: str, cancel: threading.Event | None = None) -> tuple[str, int]:
+    """The hex sha256 of the file at ``path`` and how many bytes it read. Raises
+    CheckStopped once ``cancel`` is set (looked at every :data:`CHUNK`)."""
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
+            _stop_if_set(cancel)
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
 
 
-def check_tree(root: Path, result: DrillResult) -> None:
+def check_tree(root: Path, result: DrillResult, cancel: threading.Event | None = None) -> None:
     """Compare every regular file below ``root/services`` with ``root/MANIFEST.sha256``
     (a name it lists outside ``services/`` is a problem too), each name at most once, in
     the manifest's order (:mod:`.listed`: the manifest is streamed, not held), then the
     directories, symlinks and FIFOs with ``root/TREE.list``. What differs is in
     ``result.problems``, each name escaped and cut, the first :data:`NAMED` of them by
     name and the rest counted on one line (a snapshot's names are its client's words);
-    nothing is raised."""
+    nothing is raised. Stops, saying so, once ``cancel`` is set (the host's
+    ``host_timeout``: hashing is bounded by ``max_unpacked_size``, not by time)."""
     manifest = root / MANIFEST_NAME
     if not manifest.is_file():
         result.problems.append(f"{MANIFEST_NAME} is missing from the snapshot")
@@ -151,13 +165,15 @@ def check_tree(root: Path, result: DrillResult) -> None:
     found: list[str] = []
     more = 0
     try:
-        for problem in _tree_problems(root, manifest, result):
+        for problem in _tree_problems(root, manifest, result, cancel):
             if len(found) < NAMED:
                 found.append(problem)
             else:
                 more += 1
     except (ValueError, OSError) as exc:
         found.append(printable(str(exc), 300))
+    except CheckStopped:
+        found.append(f"stopped after {result.files_checked} files, before all were checked")
     result.problems += found
     if more:
         result.problems.append(
@@ -165,12 +181,16 @@ def check_tree(root: Path, result: DrillResult) -> None:
         )
 
 
-def _tree_problems(root: Path, manifest: Path, result: DrillResult) -> Iterator[str]:
+def _tree_problems(
+    root: Path, manifest: Path, result: DrillResult, cancel: threading.Event | None
+) -> Iterator[str]:
     """What differs between the tree below ``root/services`` and ``manifest``: each
     pair's problem, then each name listed outside ``services/`` (a snapshot holds none:
-    its manifest is not the tree's). Raises ValueError, OSError as :func:`listed.pairs`."""
+    its manifest is not the tree's). Raises ValueError, OSError as :func:`listed.pairs`,
+    CheckStopped once ``cancel`` is set."""
     for pair in listed.pairs(root, manifest, "services"):
-        problem = _check_pair(pair, result)
+        _stop_if_set(cancel)
+        problem = _check_pair(pair, result, cancel)
         if problem:
             yield problem
     for name in listed.outside(manifest, "services"):
@@ -202,7 +222,9 @@ def _other_entry_problems(root: Path) -> Iterator[str]:
         yield f"missing: {printable(os.fsdecode(raw), 200)}"
 
 
-def _check_pair(pair: listed.Pair, result: DrillResult) -> str | None:
+def _check_pair(
+    pair: listed.Pair, result: DrillResult, cancel: threading.Event | None = None
+) -> str | None:
     """One name of the tree or the manifest: what is wrong with it, or None when it
     matches (counted in ``result``). The manifest lists regular files only: a symlink or
     a FIFO that was backed up is no unlisted file (an outside test had every drill of a
@@ -212,7 +234,7 @@ def _check_pair(pair: listed.Pair, result: DrillResult) -> str | None:
         return f"not in the manifest: {name}" if pair.regular else None
     if not pair.regular:
         return f"missing: {name}"
-    digest, size = _sha256(pair.path)
+    digest, size = _sha256(pair.path, cancel)
     if digest != pair.digest:
         return f"changed: {name}"
     result.files_checked += 1
@@ -236,7 +258,7 @@ def drill(ctx: HostContext, choice: DrillChoice | None = None) -> DrillResult:
 
 
 def _restore_and_check(
-    backend: Backend, snapshot: Snapshot, scratch: Path, result: DrillResult
+    ctx: HostContext, snapshot: Snapshot, scratch: Path, result: DrillResult
 ) -> None:
     """Restore ``snapshot`` into ``scratch``, the manifest first, on its own (if the data
     turns out damaged, it still names every file that should be there: borg stops
@@ -244,7 +266,7 @@ def _restore_and_check(
     the restore reported is in ``result.problems``. Raises Interrupted."""
     for includes in ([MANIFEST_NAME, TREE_NAME], ["services"]):
         try:
-            backend.restore(snapshot, scratch, includes)
+            ctx.backend.restore(snapshot, scratch, includes)
         except Interrupted:
             raise
         except PullbackError as exc:
@@ -254,7 +276,7 @@ def _restore_and_check(
         # (not "missing from the snapshot": the restore could not read it)
         result.problems.append(f"{MANIFEST_NAME} could not be restored (above)")
     else:
-        check_tree(scratch, result)
+        check_tree(scratch, result, ctx.cancel)
 
 
 def _provable(ctx: HostContext, listed: list[Snapshot], result: DrillResult) -> list[Snapshot]:
@@ -396,7 +418,7 @@ def _missing(ctx: HostContext) -> bool:
 
 
 def _drill(ctx: HostContext, choice: DrillChoice) -> DrillResult:
-    config, host, backend = ctx.config, ctx.host, ctx.backend
+    config, host = ctx.config, ctx.host
     started = time.monotonic()
     result = DrillResult(host.name)
     scratch = config.scratch_dir() / host.name
@@ -414,7 +436,7 @@ def _drill(ctx: HostContext, choice: DrillChoice) -> DrillResult:
             result.snapshot_time,
             scratch,
         )
-        _restore_and_check(backend, snapshot, scratch, result)
+        _restore_and_check(ctx, snapshot, scratch, result)
         if config.maintenance.prove_databases:
             settings = ProofSettings(
                 config.maintenance.database_proof_dir,

@@ -59,7 +59,8 @@ def _show(task: Task, prop: str, units: list[str]) -> list[str] | None:
 def pullback_validate(task: Task):
     """A unit systemd does not know (a typo: ``postgressql.service``) is a problem: it
     is never active, so the run would stop nothing, and say nothing (an outside attack
-    saw every night's archive taken with the database running)."""
+    saw every night's archive taken with the database running); so is one that could be
+    stopped but not started again (masked, or with a broken setting: :data:`LOAD_PROBLEMS`)."""
     units = list(task.config["units"])
     try:
         states = _show(task, "LoadState", units)
@@ -68,11 +69,32 @@ def pullback_validate(task: Task):
     if states is None:
         return []
     return [
-        f"units: {unit} is not a unit systemd knows (LoadState={state}): nothing would be "
-        "stopped for it; check its name (systemctl list-units --all)"
+        f"units: {unit} {LOAD_PROBLEMS[state]}"
         for unit, state in zip(units, states, strict=True)
-        if state == "not-found"
+        if state in LOAD_PROBLEMS
     ]
+
+
+LOAD_PROBLEMS = {
+    "not-found": (
+        "is not a unit systemd knows (LoadState=not-found): nothing would be stopped for "
+        "it; check its name (systemctl list-units --all)"
+    ),
+    "masked": (
+        "is masked (LoadState=masked): a run could stop it and never start it again; "
+        "unmask it (systemctl unmask) or leave it out of units"
+    ),
+    "bad-setting": (
+        "has a setting systemd cannot use (LoadState=bad-setting): it would not start "
+        "again after the run; systemctl status says which"
+    ),
+    "error": (
+        "could not be loaded (LoadState=error): it would not start again after the run; "
+        "systemctl status says why"
+    ),
+}
+"""What each LoadState a run cannot stop and start again means (``loaded``, and the
+states of units systemd merged or stubbed, are fine)."""
 
 
 STOPPED_WITH = ("RequiredBy", "RequisiteOf", "BoundBy", "ConsistsOf")

@@ -81,7 +81,7 @@ if verb in ("show", "status", "cat", "list-units", "list-unit-files"):
         u = units.get(n)
         if verb == "show":
             by = [m for m, o in units.items() if n in o.get("requires", [])]
-            values = {"LoadState": "loaded" if u else "not-found",
+            values = {"LoadState": u.get("load", "loaded") if u else "not-found",
                       "ActiveState": u["state"] if u else "inactive",
                       "RequiredBy": " ".join(by), "RequisiteOf": "", "BoundBy": "",
                       "ConsistsOf": ""}
@@ -247,6 +247,33 @@ def test_s3_a_unit_that_does_not_exist_is_said(tmp_path):
     assert check.returncode == 2 or (
         "postgressql.service" in said and any(w in said for w in words)
     ), f"check exit {check.returncode}: {check.stdout}; run:\n{run.stderr}"
+
+
+def test_s3b_a_unit_that_could_not_be_started_again_is_said(tmp_path):
+    """A masked unit (or one with a setting systemd cannot use) could be stopped by the
+    run and never started again: check and the run refuse it, stopping nothing."""
+    sysctl = Systemctl(
+        tmp_path,
+        {
+            "postgresql.service": {"state": "active", "load": "masked"},
+            "redis.service": {"state": "active", "load": "bad-setting"},
+        },
+    )
+    box = service_box(
+        tmp_path,
+        "service:\n  name: app\nsystemd:\n  units: [postgresql.service, redis.service]\n",
+    )
+
+    check = box.cli("check", env=sysctl.env)
+    run = box.cli("run", env=sysctl.env)
+
+    assert check.returncode == 2, check.stdout + check.stderr
+    said = check.stdout + check.stderr
+    assert "postgresql.service is masked" in said and "redis.service has a setting" in said
+    assert run.returncode != 0, run.stderr
+    units = json.loads(sysctl.units_file.read_text())
+    assert units["postgresql.service"]["state"] == "active"  # nothing was stopped
+    assert units["redis.service"]["state"] == "active"
 
 
 # -- S4: units that require a stopped unit stay down ------------------------------------------

@@ -78,15 +78,17 @@ class MaskingFormatter(logging.Formatter):
         self.journal = journal
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = printable(record.message, MAX_MESSAGE)
+        # masked before it is escaped and cut: escaping turns a NUL before a secret
+        # number into a digit (``\x00``), and a cut could leave half a secret
+        record.message = printable(secrets.mask(record.message), MAX_MESSAGE)
         return super().formatMessage(record)
 
     def formatException(self, ei) -> str:
-        return _escaped_lines(super().formatException(ei))
+        return _escaped_lines(secrets.mask(super().formatException(ei)))
 
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_text:  # a host's process sent it formatted: its lines escaped too
-            record.exc_text = _escaped_lines(record.exc_text)
+            record.exc_text = _escaped_lines(secrets.mask(record.exc_text))
         text = secrets.mask(super().format(record))
         if self.journal:
             prio = _PRIORITY.get(record.levelno, 6)

@@ -19,7 +19,9 @@ _MIN_LENGTH = 3  # masking "a" everywhere would make logs unreadable and hide no
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
-_DIGITS = re.compile(r"[0-9]+")
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+"""A secret of this shape (a PIN, a number under a command's environment) is masked
+where it stands as a whole number (:func:`mask`)."""
 
 
 def register(*values: object) -> None:
@@ -36,14 +38,15 @@ def register(*values: object) -> None:
 
 def mask(text: str, extra: tuple[str, ...] | list[str] = ()) -> str:
     """Return ``text`` with every registered (and every ``extra``) secret replaced by a
-    mask. A secret of digits alone (a PIN) is masked where it stands as a whole number,
-    not inside a longer one (``4711`` in ``port 4711``, not in ``47110 bytes``), so that
-    a short one leaves the other numbers of a line readable."""
+    mask. A secret that is a number (a PIN: digits, perhaps a sign and a fraction) is
+    masked where it stands as a whole number, not inside a longer one (``4711`` in
+    ``port 4711``, not in ``47110 bytes``; ``0.5`` not in ``10.5``), so that a short
+    one leaves the other numbers of a line readable."""
     with _lock:
         values = sorted(_secrets.union(v for v in extra if v and len(v) >= _MIN_LENGTH), key=len)
     numbers = []
     for value in reversed(values):  # longest first, so a secret containing another goes whole
-        if _DIGITS.fullmatch(value):
+        if _NUMBER.fullmatch(value):
             numbers.append(re.escape(value))
         elif value in text:
             text = text.replace(value, MASK)

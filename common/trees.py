@@ -46,28 +46,44 @@ def walk(top: str | os.PathLike[str]) -> Iterator[tuple[str, list[str], list[str
         pending.extend(os.path.join(directory, d) for d in reversed(dirs) if d not in links)
 
 
+MAX_HELD = 64
+"""Descriptors :func:`remove_tree` holds at most, however deep the tree (a client's
+path may be 2 048 levels deep; a process may hold 1 024 descriptors): the directories
+above are closed and opened again by ``..`` on the way back up, each checked to be the
+very directory it left (device and inode)."""
+
+
 @dataclass
 class _Level:
-    """One directory being emptied: its descriptor, its name in its parent, and the
-    subdirectories found in it and not yet removed."""
+    """One directory being emptied: its descriptor (-1 while closed), its name in its
+    parent, its device and inode, and the subdirectories found in it and not yet
+    removed."""
 
     fd: int
     name: str
+    identity: tuple[int, int]
     subdirs: list[str] | None = None
+
+
+def _level(fd: int, name: str) -> _Level:
+    found = os.fstat(fd)
+    return _Level(fd, name, (found.st_dev, found.st_ino))
 
 
 def remove_tree(
     name: str | os.PathLike[str], dir_fd: int | None = None, ignore_errors: bool = False
 ) -> None:
     """Delete the directory ``name`` (relative to ``dir_fd`` when given) and everything
-    in it, at any depth, never following a link (a link met is unlinked, not entered).
+    in it, at any depth, holding at most :data:`MAX_HELD` descriptors, never following
+    a link (a link met is unlinked, not entered).
 
-    Raises OSError (``name`` a link or no directory, or an entry that cannot be
-    removed) unless ``ignore_errors``: then what can be removed is, the rest is left.
+    Raises OSError (``name`` a link or no directory, an entry that cannot be removed, a
+    directory moved away while its subdirectories were removed) unless
+    ``ignore_errors``: then what can be removed is, the rest is left.
     """
     levels: list[_Level] = []
     try:
-        levels.append(_Level(os.open(name, _DIR_FLAGS, dir_fd=dir_fd), os.fspath(name)))
+        levels.append(_level(os.open(name, _DIR_FLAGS, dir_fd=dir_fd), os.fspath(name)))
         while levels:
             level = levels[-1]
             if level.subdirs is None:
@@ -76,10 +92,14 @@ def remove_tree(
                 child = level.subdirs.pop()
                 opened = _open_child(child, level.fd, ignore_errors)
                 if opened is not None:
-                    levels.append(_Level(opened, child))
+                    levels.append(_level(opened, child))
+                    _hold_at_most(levels, MAX_HELD)
                 continue
             levels.pop()
+            if levels and levels[-1].fd < 0:
+                _reopen_parent(levels[-1], level.fd)
             os.close(level.fd)
+            level.fd = -1
             parent = levels[-1].fd if levels else dir_fd
             _quietly(os.rmdir, level.name, parent, ignore_errors)
     except OSError:
@@ -87,7 +107,28 @@ def remove_tree(
             raise
     finally:
         for level in levels:
-            os.close(level.fd)
+            if level.fd >= 0:
+                os.close(level.fd)
+
+
+def _hold_at_most(levels: list[_Level], most: int) -> None:
+    """Close the descriptor of the highest level still open once more than ``most``
+    are (it is opened again by :func:`_reopen_parent`)."""
+    held = [level for level in levels if level.fd >= 0]
+    if len(held) > most:
+        os.close(held[0].fd)
+        held[0].fd = -1
+
+
+def _reopen_parent(parent: _Level, child_fd: int) -> None:
+    """Open ``parent`` again as the ``..`` of ``child_fd``. Raises OSError when that is
+    not the directory it was (moved away meanwhile: nothing more of it is removed)."""
+    fd = os.open("..", _DIR_FLAGS, dir_fd=child_fd)
+    found = os.fstat(fd)
+    if (found.st_dev, found.st_ino) != parent.identity:
+        os.close(fd)
+        raise OSError(errno.ESTALE, f"{parent.name} moved while it was being removed")
+    parent.fd = fd
 
 
 def _empty(fd: int, ignore_errors: bool) -> list[str]:

@@ -60,7 +60,8 @@ def pullback_validate(task: Task):
     """A unit systemd does not know (a typo: ``postgressql.service``) is a problem: it
     is never active, so the run would stop nothing, and say nothing (an outside attack
     saw every night's archive taken with the database running); so is one that could be
-    stopped but not started again (masked, or with a broken setting: :data:`LOAD_PROBLEMS`)."""
+    stopped but not started again (running, but masked or with a broken setting:
+    :data:`LOAD_PROBLEMS`)."""
     units = list(task.config["units"])
     try:
         states = _show(task, "LoadState", units)
@@ -71,7 +72,7 @@ def pullback_validate(task: Task):
     return [
         f"units: {unit} {LOAD_PROBLEMS[state]}"
         for unit, state in zip(units, states, strict=True)
-        if state in LOAD_PROBLEMS
+        if state == "not-found" or (state in LOAD_PROBLEMS and _active(task, unit))
     ]
 
 
@@ -94,7 +95,9 @@ LOAD_PROBLEMS = {
     ),
 }
 """What each LoadState a run cannot stop and start again means (``loaded``, and the
-states of units systemd merged or stubbed, are fine)."""
+states of units systemd merged or stubbed, are fine). A unit that is not found is a
+problem always (a typo); one of the others only while it runs (a run stops active
+units only: a masked, retired unit left in ``units`` stops nothing)."""
 
 
 STOPPED_WITH = ("RequiredBy", "RequisiteOf", "BoundBy", "ConsistsOf")

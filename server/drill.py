@@ -195,15 +195,15 @@ def _tree_problems(
             yield problem
     for name in listed.outside(manifest, "services"):
         yield f"listed outside services/: {printable(name, 200)}"
-    yield from _other_entry_problems(root)
+    yield from _other_entry_problems(root, cancel)
 
 
-def _other_entry_problems(root: Path) -> Iterator[str]:
+def _other_entry_problems(root: Path, cancel: threading.Event | None) -> Iterator[str]:
     """What differs between the directories, symlinks and FIFOs below ``root/services``
     and the snapshot's tree_list.TREE_NAME: one the list lacks, one of another kind, one
     missing (a backend that lost a symlink). Nothing for a snapshot stored without the
     list (before 0.3.0). Holds the list (bounded by the host's ``max_entries``); raises
-    ValueError, OSError."""
+    ValueError, OSError, CheckStopped once ``cancel`` is set."""
     try:
         read = tree_list.read_beside(root, "services")
     except (tree_list.NotAList, tree_list.OtherManifests) as exc:
@@ -213,6 +213,7 @@ def _other_entry_problems(root: Path) -> Iterator[str]:
         return
     known = read.entries
     for name, kind in listed.others(root, "services"):
+        _stop_if_set(cancel)
         was = known.pop(os.fsencode(name), None)
         if was is None:
             yield f"not in {TREE_NAME}: {printable(name, 200)}"

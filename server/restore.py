@@ -19,7 +19,7 @@ from ..common.archive.sidecar import SIDECAR_NAME
 from ..common.archive.stored import BESIDE_SERVICES
 from ..common.clock import shown, stamp_of, utc_now
 from ..common.errors import EXIT_OK, ArchiveError, PullbackError, UsageError
-from ..common.fsutil import remove_entry, set_dir_mode
+from ..common.fsutil import remove_entry, set_dir_mode, untrusted_link
 from ..common.log import PrefixAdapter
 from ..common.outcome import Status
 from ..common.procfs import bytes_written_below
@@ -319,14 +319,30 @@ def _refuse_movable(target: Path) -> None:
     change (owned by another user, or writable by others without the sticky bit): that
     user could move the target away during the restore and put a symlink to ``/`` in
     its place, into which restic writes and from which a failed restore removes what
-    it did not list before (helper-132)."""
+    it did not list before (helper-132); when ``target`` itself is another user's or
+    others may write it (they could plant ``services`` as a link before it is made
+    private), or is reached through a symbolic link another user may change
+    (helper-137)."""
+    shown = printable(str(target), 200)
     with contextlib.suppress(FileNotFoundError):
-        owner = os.lstat(target).st_uid
-        if owner != 0:
+        found = os.lstat(target)
+        if found.st_uid != 0:
             raise UsageError(
-                f"--target {printable(str(target), 200)} belongs to user {owner}, who may "
-                "change it during the restore: restore into a directory of root's"
+                f"--target {shown} belongs to user {found.st_uid}, who may change it "
+                "during the restore: restore into a directory of root's"
             )
+        if found.st_mode & 0o022:  # (before it is made private, another could plant a link)
+            raise UsageError(
+                f"--target {shown} may be written by other users (mode "
+                f"{stat.S_IMODE(found.st_mode):04o}): restore into a directory only root "
+                "may write, such as a new one below /var/tmp"
+            )
+    link = untrusted_link(Path(os.path.abspath(target)))
+    if link is not None:
+        raise UsageError(
+            f"--target {shown} is reached through {printable(str(link), 200)}, a symbolic "
+            "link another user may change: name the real path"
+        )
     for above in Path(os.path.abspath(target)).parents:
         try:
             found = os.stat(above)
@@ -488,8 +504,10 @@ class SetAside:
         if not found:
             return None
         stamp = stamp_of(utc_now())
+        was = os.lstat(target)  # (before the aside directory is made in it)
+        times: tuple[tuple[Path, int, int], ...] = ((target, was.st_atime_ns, was.st_mtime_ns),)
         directory = Path(tempfile.mkdtemp(prefix=f"{ASIDE_PREFIX}{stamp}-", dir=target))
-        aside = cls(target, directory, ())
+        aside = cls(target, directory, (), times)
         for path in sorted(found):
             relative = path.relative_to(target)
             try:

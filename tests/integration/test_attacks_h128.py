@@ -257,12 +257,11 @@ def test_s3b_a_unit_that_could_not_be_started_again_is_said(tmp_path):
         {
             "postgresql.service": {"state": "active", "load": "masked"},
             "redis.service": {"state": "active", "load": "bad-setting"},
+            "retired.service": {"state": "inactive", "load": "masked"},
         },
     )
-    box = service_box(
-        tmp_path,
-        "service:\n  name: app\nsystemd:\n  units: [postgresql.service, redis.service]\n",
-    )
+    units = "[postgresql.service, redis.service, retired.service]"
+    box = service_box(tmp_path, f"service:\n  name: app\nsystemd:\n  units: {units}\n")
 
     check = box.cli("check", env=sysctl.env)
     run = box.cli("run", env=sysctl.env)
@@ -270,6 +269,7 @@ def test_s3b_a_unit_that_could_not_be_started_again_is_said(tmp_path):
     assert check.returncode == 2, check.stdout + check.stderr
     said = check.stdout + check.stderr
     assert "postgresql.service is masked" in said and "redis.service has a setting" in said
+    assert "retired.service" not in said  # (not running: a run stops nothing of it)
     assert run.returncode != 0, run.stderr
     units = json.loads(sysctl.units_file.read_text())
     assert units["postgresql.service"]["state"] == "active"  # nothing was stopped

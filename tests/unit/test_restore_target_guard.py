@@ -89,3 +89,28 @@ def test_a_made_target_is_private_and_an_existing_one_keeps_its_special_bits(tmp
     (record,) = caplog.records
     assert "was mode 1777; it is now 1700" in record.getMessage()
     assert "chmod 1777" in record.getMessage()
+
+
+def test_a_target_others_may_write_or_reach_through_their_link_is_refused(tmp_path):
+    """helper-137: a root-owned target others may write (0777, 1777) was made private
+    only after the repository was opened: long enough to plant ``services`` as a link;
+    and a target below another user's symlink could be re-pointed during the restore."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for mode in (0o777, 0o1777, 0o2770):
+        shared.chmod(mode)
+        with pytest.raises(UsageError, match="may be written by other users"):
+            _refuse_movable(shared)
+    shared.chmod(0o755)
+    _refuse_movable(shared)  # root's, only root writes: fine
+
+    public = tmp_path / "public"
+    public.mkdir()
+    public.chmod(0o1777)
+    real = tmp_path / "real"
+    real.mkdir()
+    link = public / "userlink"
+    link.symlink_to(real)
+    os.chown(link, 65534, 65534, follow_symlinks=False)
+    with pytest.raises(UsageError, match="a symbolic link another user may change"):
+        _refuse_movable(link / "t")

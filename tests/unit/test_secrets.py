@@ -108,3 +108,20 @@ def test_a_secret_number_is_masked_where_it_stands_whole():
         assert secrets.mask("no digits here") == "no digits here"
     finally:
         secrets.forget_all()
+
+
+def test_a_number_is_masked_before_the_log_escapes_what_stands_beside_it():
+    """helper-137: escaped first, a NUL before a secret number became ``\\x00``, whose
+    last digit made the number not whole, and it was logged in clear."""
+    import logging
+
+    from pullback.common.log import MaskingFormatter
+
+    secrets.register("83629174", "0.5")
+    try:
+        record = logging.LogRecord("t", logging.INFO, "", 0, "%s", ("--pin\x0083629174",), None)
+        line = MaskingFormatter(journal=False, bare=True).format(record)
+        assert "83629174" not in line and secrets.MASK in line
+        assert secrets.mask("ratio 0.5 of 10.5 MB") == f"ratio {secrets.MASK} of 10.5 MB"
+    finally:
+        secrets.forget_all()

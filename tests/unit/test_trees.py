@@ -122,3 +122,51 @@ def test_what_cannot_be_removed_is_left_and_said_unless_ignored(tmp_path):
 def _immutable(path: Path) -> bool:
     out = subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True)
     return out.returncode == 0 and "i" in out.stdout.split()[0]
+
+
+def test_a_deep_tree_is_removed_under_a_low_open_files_limit(tmp_path):
+    """helper-137: one descriptor per level ran out at 1 024 (EMFILE), and with
+    ignore_errors the tree was left, silently: now at most MAX_HELD are held."""
+    import resource
+
+    from pullback.common.trees import MAX_HELD
+
+    bottom = tmp_path.joinpath("deep", *["d"] * 600)
+    subprocess.run(["mkdir", "-p", str(bottom)], check=True)
+    for level in (bottom, bottom.parent.parent, bottom.parents[300]):
+        (level / "f").write_text("x")
+        (level / "side").mkdir()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    open_now = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + MAX_HELD + 16, hard))
+    try:
+        remove_tree(tmp_path / "deep")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not (tmp_path / "deep").exists()
+
+
+def test_a_directory_moved_out_during_the_removal_stops_it(tmp_path, monkeypatch):
+    """A directory whose parent's descriptor was closed (past MAX_HELD) is moved out to
+    another directory meanwhile: ``..`` now leads there, and the removal stops instead
+    of removing in it."""
+    from pullback.common import trees
+
+    monkeypatch.setattr(trees, "MAX_HELD", 2)
+    (tmp_path / "top" / "deep" / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "top" / "sentinel").write_text("not the tree's")
+    real_close = os.close
+    moved = []
+
+    def close(fd):
+        real_close(fd)
+        if not moved:  # the first level closed: "deep"; its "a" moves up a level
+            moved.append(True)
+            os.rename(tmp_path / "top" / "deep" / "a", tmp_path / "top" / "a")
+
+    monkeypatch.setattr(trees.os, "close", close)
+    with pytest.raises(OSError, match="moved while it was being removed"):
+        remove_tree(tmp_path / "top" / "deep")
+    monkeypatch.undo()
+    assert (tmp_path / "top" / "sentinel").read_text() == "not the tree's"
+    assert (tmp_path / "top" / "deep").is_dir()

@@ -3,11 +3,8 @@ through the local sendmail program."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +12,7 @@ from typing import TYPE_CHECKING
 from . import secrets
 from .errors import CommandError, PullbackError
 from .units import parse_duration
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:  # the email package, smtplib and ssl load when a mail is sent: every
     # command reads the mail settings, few send (the serve endpoint never does)
@@ -145,14 +143,9 @@ def send(smtp, message: EmailMessage) -> None:
         client = smtplib.SMTP(timeout=smtp.timeout)
     # (TLS's server name: smtplib sets it only when its constructor connects)
     client._host = smtp.host  # type: ignore[attr-defined]
-    # smtplib's timeout bounds each wait, not the delivery: a server that answers a byte
-    # at a time would hold the run, and the client's lock, as long as it liked
-    fired = threading.Event()
-    watchdog = threading.Timer(smtp.timeout, _cut, (client, fired))
-    watchdog.daemon = True
-    watchdog.start()
+    watchdog = Watchdog(smtp.timeout, lambda: getattr(client, "sock", None))
     try:
-        with client:
+        with watchdog, client:
             code, said = client.connect(smtp.host, smtp.port)
             if code != 220:
                 raise smtplib.SMTPConnectError(code, said)
@@ -162,22 +155,11 @@ def send(smtp, message: EmailMessage) -> None:
                 client.login(smtp.username, _password(smtp.password_file) or "")
             client.send_message(message)
     except (smtplib.SMTPException, ssl.SSLError, OSError) as exc:
-        if fired.is_set():
+        if watchdog.fired.is_set():
             raise MailError(
                 f"the SMTP server {where} timed out (the mail not taken within {smtp.timeout:g}s)"
             ) from None
         raise _in_words(exc, where, smtp) from None
-    finally:
-        watchdog.cancel()
-
-
-def _cut(client, fired: threading.Event) -> None:
-    """End ``client``'s conversation: a read or write it waits in returns at once."""
-    fired.set()
-    sock = getattr(client, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _in_words(exc: BaseException, where: str, smtp) -> MailError:

@@ -1,7 +1,8 @@
 """Pings and messages for monitoring: healthchecks.io-style checks, ntfy and Gotify.
 
-Each is optional; each gets one try with a short timeout; a failure is a warning in the
-log and never changes the outcome of a backup.
+Each is optional; each gets one try, bounded as a whole by the timeout; a failure is a
+warning in the log and never changes the outcome of a backup (the run says it in its
+exit status).
 """
 
 from __future__ import annotations
@@ -9,10 +10,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import secrets
 from .log import get_logger
 from .units import parse_duration
+from .watchdog import Watchdog
+
+if TYPE_CHECKING:  # loaded when a ping is sent
+    import urllib.request
 
 log = get_logger("notify")
 MAX_BODY = 10_000
@@ -108,8 +114,18 @@ def _shown(url: str) -> str:
     return secrets.mask(secrets.mask_url_password(url))
 
 
+MAX_REDIRECTS = 3
+"""Redirects a ping or message follows (each to an http(s) URL), all within its one
+timeout."""
+
+
 def _send(what: str, url: str, data: bytes | None, headers: dict[str, str], timeout: float) -> bool:
-    import urllib.error  # here: http.client, ssl and email load only when a ping is sent
+    """Send one ping or message: a GET of ``url``, or a POST of ``data``, its answer read
+    (its first KiB), all within ``timeout`` seconds (:class:`.watchdog.Watchdog`: an
+    endpoint that answers a byte at a time is cut there). Returns whether it was
+    delivered; a warning in the log naming ``what`` when not."""
+    import http.client  # here: http.client, ssl and email load only when a ping is sent
+    import urllib.error
     import urllib.request
 
     if not url.startswith(("http://", "https://")):  # the schema allows nothing else
@@ -118,14 +134,61 @@ def _send(what: str, url: str, data: bytes | None, headers: dict[str, str], time
     request = urllib.request.Request(  # noqa: S310 - http(s) only, checked above
         url, data=data, headers=headers, method="POST" if data is not None else "GET"
     )
+    watchdog = Watchdog(timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with watchdog, _opener(watchdog).open(request, timeout=timeout) as response:
             response.read(1024)
-        return True
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
+        if watchdog.fired.is_set():
+            reason = f"timed out (no whole answer within {timeout:g}s)"
         log.warning("%s not delivered (%s): %s", what, _shown(url), reason)
         return False
+    if watchdog.fired.is_set():  # (read whole as the deadline came: not in time)
+        log.warning("%s not delivered (%s): timed out (within %gs)", what, _shown(url), timeout)
+        return False
+    return True
+
+
+def _opener(watchdog: Watchdog) -> urllib.request.OpenerDirector:
+    """A urllib opener whose every connection (a redirect's, a proxy's) ``watchdog``
+    watches, and that follows at most MAX_REDIRECTS redirects, to http(s) URLs alone."""
+    import http.client
+    import socket
+    import urllib.error
+    import urllib.request
+
+    def connect(*args, **kwargs) -> socket.socket:
+        return watchdog.watch(socket.create_connection(*args, **kwargs))
+
+    def watched(kind: type[http.client.HTTPConnection]):
+        def make(*args, **kwargs) -> http.client.HTTPConnection:
+            connection = kind(*args, **kwargs)
+            connection._create_connection = connect  # type: ignore[attr-defined]
+            return connection
+
+        return make
+
+    class Plain(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(watched(http.client.HTTPConnection), req)
+
+    class Tls(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            context = getattr(self, "_context", None)  # (None: the system's)
+            return self.do_open(watched(http.client.HTTPSConnection), req, context=context)
+
+    class Redirects(urllib.request.HTTPRedirectHandler):
+        max_redirections = MAX_REDIRECTS
+
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            if not newurl.startswith(("http://", "https://")):
+                raise urllib.error.HTTPError(
+                    newurl, code, "a redirect to no http(s) URL", headers, fp
+                )
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return urllib.request.build_opener(Plain, Tls, Redirects)
 
 
 class Notifier:

@@ -17,3 +17,9 @@ verify_result
 _.trend
 # paramiko calls it: the policy for a host key known_hosts does not list
 _.missing_host_key
+# urllib and http.client call them: the ping's connections the watchdog watches
+# (common/notify.py _opener)
+_._create_connection
+_.http_open
+_.https_open
+_.max_redirections

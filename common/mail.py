@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from . import secrets
 from .errors import CommandError, PullbackError
+from .text import printable
 from .units import parse_duration
 from .watchdog import Watchdog
 
@@ -130,7 +131,9 @@ def sendmail(program: Path, message: EmailMessage, timeout: float) -> None:
 def send(smtp, message: EmailMessage) -> None:
     """Deliver ``message`` with the settings ``smtp`` (host, port, security, username,
     password_file, ca_file, timeout: the longest wait for each answer, and for the whole
-    delivery). Raises MailError in plain words."""
+    delivery). Raises MailError in plain words: a recipient refused among others that
+    were accepted too (they got the mail), and any failure of the conversation (its
+    words never hold the password)."""
     import smtplib
     import ssl
 
@@ -146,20 +149,87 @@ def send(smtp, message: EmailMessage) -> None:
     watchdog = Watchdog(smtp.timeout, lambda: getattr(client, "sock", None))
     try:
         with watchdog, client:
-            code, said = client.connect(smtp.host, smtp.port)
-            if code != 220:
-                raise smtplib.SMTPConnectError(code, said)
-            if smtp.security == "starttls":
-                client.starttls(context=context)
-            if smtp.username:
-                client.login(smtp.username, _password(smtp.password_file) or "")
-            client.send_message(message)
+            refused = _converse(client, smtp, message, context)
+    except MailError:
+        raise
     except (smtplib.SMTPException, ssl.SSLError, OSError) as exc:
         if watchdog.fired.is_set():
             raise MailError(
                 f"the SMTP server {where} timed out (the mail not taken within {smtp.timeout:g}s)"
             ) from None
         raise _in_words(exc, where, smtp) from None
+    except Exception as exc:  # (a bug's or a library's: its type alone, never its words)
+        raise MailError(
+            f"the mail could not be delivered through {where} ({type(exc).__name__})"
+        ) from None
+    if refused:
+        raise MailError(_refused_words(refused, where))
+
+
+def _converse(client, smtp, message: EmailMessage, context) -> dict:
+    """Connect ``client`` (smtplib.SMTP) to the server of ``smtp``, log in, send
+    ``message``. Returns the recipients the server refused (others took it): address,
+    (code, answer). Raises smtplib.SMTPException, ssl.SSLError, OSError, MailError."""
+    import smtplib
+
+    code, said = client.connect(smtp.host, smtp.port)
+    if code != 220:
+        raise smtplib.SMTPConnectError(code, said)
+    if smtp.security == "starttls":
+        client.starttls(context=context)
+    if smtp.username:
+        _login(client, smtp, _password(smtp.password_file) or "")
+    return client.send_message(message)
+
+
+def _login(client, smtp, password: str) -> None:
+    """Log ``client`` in as ``smtp.username``. A name and password in ASCII as smtplib
+    does (CRAM-MD5, PLAIN or LOGIN: what the server offers); others, which smtplib
+    refuses with an error that quotes a character of them, in UTF-8 by AUTH PLAIN
+    (RFC 4616), else LOGIN. Raises smtplib.SMTPException, OSError, MailError."""
+    import smtplib
+
+    username = smtp.username
+    if (username + password).isascii():
+        client.login(username, password)
+        return
+    client.ehlo_or_helo_if_needed()
+    offered = client.esmtp_features.get("auth", "").upper().split()
+    if "PLAIN" in offered:
+        code, said = client.docmd("AUTH", "PLAIN " + _b64(f"\0{username}\0{password}"))
+    elif "LOGIN" in offered:
+        code, said = client.docmd("AUTH", "LOGIN " + _b64(username))
+        if code == 334:
+            code, said = client.docmd(_b64(password))
+    else:
+        raise MailError(
+            f"the SMTP server {smtp.host}:{smtp.port} offers neither AUTH PLAIN nor LOGIN, "
+            "which a user name or password that is not ASCII needs"
+        )
+    if code not in (235, 503):  # (503: logged in already)
+        raise smtplib.SMTPAuthenticationError(code, said)
+
+
+def _b64(text: str) -> str:
+    """``text`` in UTF-8, as base64 (one line)."""
+    import base64
+
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _refused_words(refused: dict, where: str) -> str:
+    """What a MailError says of the recipients the server ``where`` refused (``refused``:
+    address, (code, answer)) while it took the others."""
+    said = "; ".join(
+        f"{printable(address, 200)} ({code} {printable(_text(answer), 200)})"
+        for address, (code, answer) in sorted(refused.items())
+    )
+    return f"the SMTP server {where} refused the recipient(s) {said}; the others got the mail"
+
+
+def _text(answer: bytes | str) -> str:
+    """A server's answer as text."""
+    return answer.decode("utf-8", "replace") if isinstance(answer, bytes) else str(answer)
 
 
 def _in_words(exc: BaseException, where: str, smtp) -> MailError:

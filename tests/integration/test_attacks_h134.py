@@ -249,11 +249,6 @@ class _RefusesGone:
         return "250 OK"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F4: mail.send ignores send_message's refused recipients: one refused address "
-    "among accepted ones is dropped without a word",
-)
 def test_a_refused_recipient_among_others_is_said(fleet):
     """The summary to ``[ops@x.test, gone@x.test]`` where the SMTP server refuses gone@:
     ops@ gets it; the refusal must be said (named in the log, an output not delivered:
@@ -630,13 +625,6 @@ def test_an_hourly_run_of_fresh_hosts_still_rewrites_the_metrics_time(fleet):
 # ---- F9: an SMTP password that is not ASCII ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F9: smtplib encodes the login as ASCII; a non-ASCII password raises "
-    "UnicodeEncodeError, which mail.send does not turn into MailError: the client run "
-    "ends in exit 70 with no mail and no /fail ping, and the error quotes a character "
-    "of the password",
-)
 def test_a_non_ascii_smtp_password_is_a_mail_problem_not_a_crash(tmp_path, http):
     """``pässwörd€``: either it is sent (UTF-8, as RFC 6531 servers and most others
     accept) or the run says the mail could not be sent; a failed run still exits 1 and

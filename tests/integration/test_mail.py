@@ -141,3 +141,78 @@ def test_secrets_are_masked_in_the_mail():
 def test_unreachable_and_silent_servers():
     with pytest.raises(mail.MailError, match="cannot reach the SMTP server"):
         mail.send(smtp_config(9), message())
+
+
+UTF8_PASSWORD = "pässwörd€-h135"
+
+
+def _utf8_authenticator(server, session, envelope, mechanism, auth_data):
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login == "prüfer".encode()
+        and auth_data.password == UTF8_PASSWORD.encode()
+    )
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.mark.parametrize("excluded", [[], ["PLAIN"]], ids=["plain", "login"])
+def test_a_login_that_is_not_ascii_is_sent_as_utf8(tmp_path, caplog, excluded):
+    """smtplib encodes the login as ASCII (an outside review, helper-134: the client run
+    ended in UnicodeEncodeError quoting a character of the password): a user name and
+    password that are not ASCII log in as UTF-8, by AUTH PLAIN, else LOGIN; a wrong one
+    is refused in words that hold no character of it."""
+    path = tmp_path / "smtp.pass"
+    path.write_text(UTF8_PASSWORD + "\n")
+    path.chmod(0o600)
+    sink = SmtpSink().start(
+        authenticator=_utf8_authenticator, auth_require_tls=False, auth_exclude_mechanism=excluded
+    )
+    try:
+        mail.send(smtp_config(sink.port, "none", "prüfer", path), message())
+        assert len(sink.messages) == 1
+        path.write_text("wrong-ä\n")
+        with pytest.raises(mail.MailError, match="refused the login of prüfer") as refused:
+            mail.send(smtp_config(sink.port, "none", "prüfer", path), message())
+    finally:
+        sink.stop()
+    said = str(refused.value) + caplog.text
+    assert "ä" not in said.replace("prüfer", "") and "\\xe4" not in said
+
+
+class _RefusesGone:
+    """Refuses every recipient at ``gone@`` (550) and takes the rest."""
+
+    def __init__(self):
+        self.delivered: list[list[str]] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith("gone@"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.delivered.append(list(envelope.rcpt_tos))
+        return "250 OK"
+
+
+def test_a_recipient_refused_among_others_is_a_mail_error():
+    """smtplib raises only when every recipient is refused; one refused among accepted
+    ones is a MailError naming it and the server's answer (helper-134: it was dropped
+    without a word), after the others got the mail."""
+    from aiosmtpd.controller import Controller
+
+    from tests.helpers.sshd import free_port
+
+    handler, port = _RefusesGone(), free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        built = mail.build_message("pb@test", ["ops@test", "gone@test"], "s", "t")
+        with pytest.raises(mail.MailError) as refused:
+            mail.send(smtp_config(port), built)
+    finally:
+        controller.stop()
+    assert handler.delivered == [["ops@test"]]
+    assert "gone@test (550 5.1.1 no such user)" in str(refused.value)
+    assert "ops@test" not in str(refused.value)

@@ -304,9 +304,8 @@ def finish(
         email.send == "always" or (email.send == "on_problem" and (not run.ok or problems))
     ):
         subject = f"{email.subject_prefix} {config.hostname}: {headline}"
-        message = mail.build_message(email.sender, email.to, subject, body())
-        try:
-            mail.deliver(email, message)
+        try:  # (the message too: one that cannot be made is a mail not sent, the pings go)
+            mail.deliver(email, mail.build_message(email.sender, email.to, subject, body()))
         except mail.MailError as exc:
             log.error("the mail was not sent: %s", exc)
             problems.append("mail not sent")

@@ -82,15 +82,25 @@ def _password(path: Path | None) -> str | None:
 def build_message(
     sender: str, to: list[str] | tuple[str, ...], subject: str, text: str, html: str | None = None
 ) -> EmailMessage:
+    """The mail from ``sender`` to ``to``: ``text``, and ``html`` as its alternative
+    (every secret masked). Raises MailError when a header cannot hold what it is given
+    (a line break in an address or the subject: the schemas refuse them in the
+    settings)."""
     from email.message import EmailMessage
     from email.utils import formatdate, make_msgid
 
     message = EmailMessage()
-    message["From"] = sender
-    message["To"] = ", ".join(to)
-    message["Subject"] = secrets.mask(subject)
-    message["Date"] = formatdate(localtime=True)
-    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    try:
+        message["From"] = sender
+        message["To"] = ", ".join(to)
+        message["Subject"] = secrets.mask(subject)
+        message["Date"] = formatdate(localtime=True)
+        message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    except ValueError:  # (its words may quote the value: not repeated)
+        raise MailError(
+            "the mail's From, To or Subject cannot be made: a line break or another "
+            "control character in email.from, email.to or email.subject_prefix?"
+        ) from None
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(secrets.mask(text))
     if html is not None:

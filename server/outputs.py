@@ -333,7 +333,7 @@ def _mail_failed(
     if email is None or not to or email.send == "never":
         return []
     subject = f"{email.subject_prefix} FAILED: {what}"
-    try:
+    try:  # (the message too: a header it cannot hold is a mail not sent, not a crash)
         mail.deliver(email, mail.build_message(email.sender, to, subject, words + "\n"))
     except mail.MailError as exc:
         log.error("the failure mail to %s was not sent: %s", ", ".join(to), exc)

@@ -162,13 +162,22 @@ def send_maintenance(email: EmailConfig | None, results) -> bool:
         else f"maintenance ok on {len(results)} repositories"
     )
     body, html = render_maintenance(results)
-    message = mail.build_message(
-        email.sender, email.to, f"{email.subject_prefix} {text}", body, html
-    )
+    subject = f"{email.subject_prefix} {text}"
+    return _mailed(email, email.to, (subject, body, html), "the maintenance report")
+
+
+def _mailed(
+    email: EmailConfig,
+    to: list[str] | tuple[str, ...],
+    parts: tuple[str, str, str | None],
+    what: str,
+) -> bool:
+    """Build and deliver the mail ``parts`` (subject, text, html) to ``to``. Returns
+    True when it was delivered; an error in the log naming ``what`` when not."""
     try:
-        mail.deliver(email, message)
+        mail.deliver(email, mail.build_message(email.sender, to, *parts))
     except mail.MailError as exc:
-        log.error("the maintenance report was not sent: %s", exc)
+        log.error("%s was not sent: %s", what, exc)
         return False
     return True
 
@@ -186,17 +195,8 @@ def send_host_mails(
         if not to or not should_send(email.send, [result]):
             continue
         text, html = render([result])
-        message = mail.build_message(
-            email.sender,
-            to,
-            subject([result], f"{email.subject_prefix} {result.host}:"),
-            text,
-            html,
-        )
-        try:
-            mail.deliver(email, message)
-        except mail.MailError as exc:
-            log.error("the mail for %s's recipients was not sent: %s", result.host, exc)
+        said = subject([result], f"{email.subject_prefix} {result.host}:")
+        if not _mailed(email, to, (said, text, html), f"the mail for {result.host}'s recipients"):
             failed.append(result.host)
     return failed
 
@@ -225,13 +225,8 @@ def send_summary(
     if email is None or not results or not should_send(email.send, results, outputs):
         return False
     text, html = render(results, history, outputs=outputs)
-    message = mail.build_message(
-        email.sender, email.to, subject(results, email.subject_prefix, outputs), text, html
-    )
-    try:
-        mail.deliver(email, message)
-    except mail.MailError as exc:
-        log.error("the summary mail was not sent: %s", exc)
+    said = subject(results, email.subject_prefix, outputs)
+    if not _mailed(email, email.to, (said, text, html), "the summary mail"):
         return False
     log.info("summary mailed to %s", ", ".join(email.to))
     return True

@@ -216,3 +216,12 @@ def test_a_recipient_refused_among_others_is_a_mail_error():
     assert handler.delivered == [["ops@test"]]
     assert "gone@test (550 5.1.1 no such user)" in str(refused.value)
     assert "ops@test" not in str(refused.value)
+
+
+def test_a_header_that_cannot_be_made_is_a_mail_error():
+    """A line break in an address or the subject (the schemas refuse them in the
+    settings) is a MailError, not a ValueError out of the run's report."""
+    with pytest.raises(mail.MailError, match=r"email\.subject_prefix"):
+        mail.build_message("pb@test", ["ops@test"], "[pb]\n x", "text")
+    with pytest.raises(mail.MailError, match=r"email\.from"):
+        mail.build_message("pb@test\n", ["ops@test"], "s", "text")

@@ -118,3 +118,29 @@ def test_a_ping_url_s_password_is_not_printed(caplog):
         assert not _send("ntfy message", "http://u:NtfySecret55@127.0.0.1:9/t", None, {}, 5)
     assert "NtfySecret55" not in caplog.text
     assert "http://u:***@127.0.0.1:9/t" in caplog.text
+
+
+def test_a_client_mail_that_cannot_be_made_is_not_sent_and_the_pings_still_go(tmp_path, sink):
+    """helper-134 F2: the client built its failure mail outside the ``try`` that catches
+    a mail not sent; a header it could not hold (a line break the schema now refuses in
+    the settings) ended the run as an internal error, and the /fail ping after the mail
+    never went. Now: the mail is not sent, the ping goes, both said in the problems."""
+    import dataclasses
+
+    from pullback.client import outputs
+    from pullback.client.config import load_client_config
+
+    config_file = tmp_path / "client.yaml"
+    config_file.write_text(
+        f"hostname: web1\narchive_dir: {tmp_path / 'a'}\nwork_dir: {tmp_path / 'w'}\n"
+        f"lock_dir: {tmp_path / 'l'}\n"
+        "email: {from: pb@x.test, to: [root@x.test], smtp: {host: 127.0.0.1, port: 9}}\n"
+    )
+    config = load_client_config(config_file)
+    assert config.email is not None
+    email = dataclasses.replace(config.email, subject_prefix="[pb]\n")  # (past the schema)
+    config = dataclasses.replace(config, email=email)
+    notifier = Notifier(NotifyConfig(f"{sink.url}/hc", None, None, 5.0), "web1")
+    run = outputs.RunSummary(ok=False, duration=1.0, error="a service failed")
+    assert outputs.finish(config, notifier, run) == ["mail not sent"]
+    assert [r.path for r in sink.requests] == ["/hc/fail"]

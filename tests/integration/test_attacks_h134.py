@@ -364,11 +364,6 @@ def test_a_disabled_host_is_not_a_critical_for_ever(fleet):
 # ---- F8: docs/server.md on an unreachable SMTP server ---------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F8: docs/server.md says an unreachable SMTP server 'changes nothing else'; "
-    "the pull exits 1 and status.json records the unsent mail",
-)
 def test_server_md_says_what_an_unreachable_smtp_server_changes(fleet):
     """The behaviour (held, as monitoring.md says) and the sentence of server.md."""
     host = fleet.add_host("web1")

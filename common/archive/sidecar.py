@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from .. import jsontext, secrets, validated
+from ..clock import parse_stamp
 from ..errors import ArchiveError
 from ..outcome import Status
 from ..schema import jsonschema_module, shared_schema
@@ -253,6 +254,7 @@ def from_data(data: Any, expected_name: str | None = None, *, record: bool = Fal
         raise ArchiveError(
             "sidecar is malformed: its host, stamp or archive name has extra characters"
         )
+    _check_stamp(data["stamp"], data["archive"]["name"])
     info = data["archive"]
     base = info.get("base")
     if base is not None and not ARCHIVE_NAME.match(base["name"]):
@@ -272,6 +274,21 @@ def from_data(data: Any, expected_name: str | None = None, *, record: bool = Fal
     fields["archive"] = _archive_info(info, data["format"] == LEAN_FORMAT)
     fields["services"] = services
     return Sidecar(**fields)
+
+
+def _check_stamp(stamp: str, name: str) -> None:
+    """Raise ArchiveError unless ``stamp`` is a time (the server takes it for one: a
+    damaged digit or a hostile client's month 13 failed every pull of the host as an
+    internal error) and the stamp in the archive's ``name``."""
+    try:
+        parse_stamp(stamp)
+    except ValueError:
+        raise ArchiveError(f"sidecar is malformed: its stamp {stamp} is not a time") from None
+    named = ARCHIVE_NAME.match(name)
+    if named is None or named["stamp"] != stamp:
+        raise ArchiveError(
+            f"sidecar is malformed: its stamp {stamp} is not the one in its archive's name"
+        )
 
 
 def _archive_info(info: dict, lean: bool) -> ArchiveInfo:

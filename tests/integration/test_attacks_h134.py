@@ -309,11 +309,6 @@ def test_a_listing_with_a_non_object_archive_does_not_crash_check(fleet, tmp_pat
 # ---- F6: a sidecar stamp that is no time ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F6: sidecar.from_data checks the stamp's digits, not that it is a time; "
-    "_passed_over's parse_stamp then fails the host as 'internal error' at every pull",
-)
 def test_a_sidecar_stamp_that_is_no_time_is_passed_over(fleet):
     """One digit of an older archive's sidecar damaged (month 13); the client then makes
     a good, newer archive. The damaged one is passed over with a warning naming it (as a

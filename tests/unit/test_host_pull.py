@@ -965,11 +965,13 @@ def test_missed_days_are_told_by_archive_names_not_a_sidecars_stamp():
     """A chain is "missed days", not a fallback, when its full archive was made after the
     tree staging holds. A sidecar's stamp field is the client's word: an old full
     archive whose sidecar claimed a later stamp hid a real fallback (an outside attack).
-    The names decide."""
+    The names decide. (Since helper-134's F6 such a sidecar is refused as it is read:
+    its stamp must be the one in its archive's name; the names still decide.)"""
     import json
 
     from pullback.common.archive import sidecar as sidecars
     from pullback.common.archive.baseindex import IndexedTree
+    from pullback.common.errors import ArchiveError
     from pullback.server import chain
     from pullback.server.host_pull import HostPull
     from tests.helpers.archives import listed_sidecar
@@ -980,7 +982,10 @@ def test_missed_days_are_told_by_archive_names_not_a_sidecars_stamp():
         data = json.loads(listed_sidecar(name, stamp).to_json())
         return chain.Plan([sidecars.from_data(data, expected_name=name)], from_full=True)
 
-    lying = full("web1-20261201T030000Z.tar.zst", "20261203T020000Z")
+    liar = listed_sidecar("web1-20261201T030000Z.tar.zst", "20261203T020000Z")
+    with pytest.raises(ArchiveError, match="not the one in its archive's name"):
+        sidecars.from_data(json.loads(liar.to_json()), expected_name=liar.archive.name)
+    lying = chain.Plan([liar], from_full=True)
     assert HostPull._new_chain(held, lying) is False
     newer = full("web1-20261203T030000Z.tar.zst", "20261203T030000Z")
     assert HostPull._new_chain(held, newer) is True

@@ -163,3 +163,24 @@ def test_a_sidecar_of_a_million_wrong_items_is_refused_by_its_first_errors():
     data["services"] = [{"name": 7, "status": "ok"}] * 900  # within maxItems, all wrong
     with pytest.raises(ArchiveError, match=r"sidecar is malformed at services/\d+/name"):
         sidecar.from_data(data)
+
+
+@pytest.mark.parametrize(
+    ("stamp", "said"),
+    [
+        ("20261306T174932Z", "is not a time"),
+        ("20261399T999999Z", "is not a time"),
+        ("20261105T174932Z", "not the one in its archive's name"),
+    ],
+)
+def test_a_stamp_that_is_no_time_or_not_the_name_s_is_refused(stamp, said):
+    """helper-134 F6: the stamp was checked against its pattern alone; the server's
+    parse of month 13 then failed every pull of the host as an internal error. Now the
+    sidecar is malformed, and passed over as a bad one."""
+    from tests.helpers.archives import listed_sidecar
+
+    name = "web1-20261206T174932Z.tar.zst"
+    data = json.loads(listed_sidecar(name, "20261206T174932Z").to_json())
+    data["stamp"] = stamp
+    with pytest.raises(ArchiveError, match=said):
+        sidecar.from_data(data, expected_name=name)

@@ -181,14 +181,19 @@ class Listing:
 
 
 def parse_listing(raw: bytes) -> Listing:
-    """Read a ``list`` answer. Raises ValueError when it is not one."""
+    """Read a ``list`` answer: of its ``archives`` the objects alone, the other entries
+    counted in one entry of ``unusable`` (a client's ``1`` there crashed ``check`` for
+    the fleet). Raises ValueError when it is not one."""
     try:
         data: Any = jsontext.loads(raw)
+        archives = data["archives"]
+        if not isinstance(archives, list):
+            raise TypeError("archives")
         listing = Listing(
             str(data["host"]),
             str(data.get("pullback_version", "?")),
             data.get("lock"),
-            list(data["archives"]),
+            [a for a in archives if isinstance(a, dict)],
             [u for u in data.get("unusable", []) if isinstance(u, dict)],
             _protocol(data.get("protocol")),
         )
@@ -196,8 +201,11 @@ def parse_listing(raw: bytes) -> Listing:
         raise ValueError(f"not a list answer: {type(exc).__name__}") from None
     if listing.lock is not None and not isinstance(listing.lock, dict):
         raise ValueError("not a list answer: its lock is not an object")
-    if len(listing.archives) + len(listing.unusable) > MAX_ARCHIVES:
+    odd = len(archives) - len(listing.archives)
+    if odd + len(listing.archives) + len(listing.unusable) > MAX_ARCHIVES:
         raise ValueError(f"a list answer naming more than {MAX_ARCHIVES} archives")
+    if odd:
+        listing.unusable.append({"name": "?", "problem": f"{odd} entries of archives not objects"})
     return listing
 
 

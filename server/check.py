@@ -9,8 +9,11 @@ from pathlib import Path
 
 from ..common import signals
 from ..common.cli import print_json
+from ..common.clock import utc_now
 from ..common.config import load_validated, secret_file_problems
-from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, PullbackError
+from ..common.errors import EXIT_FAILED, EXIT_OK, ArchiveError, Interrupted, PullbackError
+from ..common.log import get_logger
+from ..common.protocol import Listing
 from ..common.sandbox import (
     CLIENT_CONFIG,
     HOMES,
@@ -24,11 +27,14 @@ from ..common.text import counted, few, printable
 from .backends import RepositoryMissing, Role, read_password
 from .backends.base import local_path
 from .backends.location import locate, maintenance_setting
-from .config import ServerConfig
+from .config import HostConfig, ServerConfig
 from .copy import gone
 from .host import HostContext
+from .host_pull import newest_usable, refused_archives
 from .missing import gone_words, maintenance_apart, missing_failure
 from .remote import Remote
+
+log = get_logger("check")
 
 
 def command(config: ServerConfig, args: argparse.Namespace) -> int:
@@ -256,10 +262,23 @@ def check_client(ctx: HostContext, good: list[str], problems: list[str]) -> None
             f"'{printable(listing.host, 100)}' in {ctx.config.path}"
         )
         return
-    usable = [a for a in listing.archives if str(a.get("name", "")).startswith(f"{name}-")]
-    newest = max((str(a["name"]) for a in usable), default=None)
+    _say_ready(ctx, listing, good, problems)
+
+
+def _say_ready(ctx: HostContext, listing: Listing, good: list[str], problems: list[str]) -> None:
+    """Say which of ``listing``'s archives a pull would take (as :func:`.host_pull.
+    newest_usable` judges them: a sidecar that parses, its size, its stamp, its
+    checksum's record), the newest of them, and those the client does not offer."""
+    name = ctx.name
+    refused = refused_archives(ctx.config.state_dir, name)
+    try:
+        usable = newest_usable(listing, name, utc_now(), refused)
+    except ArchiveError as exc:  # (a sidecar that names another host)
+        problems.append(_of_host(name, exc))
+        return
+    newest = usable.best.archive.name if usable.best is not None else None
     good.append(
-        f"{name}: reachable, {len(usable)} archive(s) ready"
+        f"{name}: reachable, {usable.ready} archive(s) ready"
         + (f", newest {printable(newest, 120)}" if newest else "")
     )
     if len(listing.unusable):
@@ -268,6 +287,10 @@ def check_client(ctx: HostContext, good: list[str], problems: list[str]) -> None
             for u in listing.unusable[:3]
         )
         good.append(f"{name}: {len(listing.unusable)} archive(s) not offered: {shown}")
+    passed = len(listing.archives) - usable.ready
+    if passed:
+        said = "; ".join(usable.warnings[len(listing.unusable) :][:3])
+        good.append(f"{name}: {passed} listed archive(s) a pull would pass over: {said}")
 
 
 def check_repository(ctx: HostContext, good: list[str], problems: list[str]) -> None:
@@ -375,15 +398,33 @@ def check(config: ServerConfig, names: list[str] | None = None) -> tuple[list[st
     # every host is tried whatever is wrong locally: all problems at once, one round
     for host in config.select_hosts(names):
         signals.refuse_if_stopping()  # stopped by hand: no next host (paramiko runs no tool)
-        ctx = HostContext.open(config, host)
-        local = local_path(os.path.normpath(ctx.backend.repository()))
-        said = repository_problem(local, allowed) if local is not None else None
-        if said:
-            problems.append(f"{host.name}: repository {said}")
-        check_host(ctx, good, problems)
-        if config.backend.copy is not None:
-            check_copy(HostContext.open(config, host, role=Role.COPY), allowed, good, problems)
+        try:
+            _check_one(config, host, allowed, good, problems)
+        except PullbackError:  # (each part says its own; one that escapes is the run's)
+            raise
+        except Exception as exc:  # a bug's: the host's problem, the next hosts still checked
+            log.error("checking %s: internal error, please report it", host.name, exc_info=True)
+            problems.append(f"{host.name}: internal error while checking it: {type(exc).__name__}")
     return good, problems
+
+
+def _check_one(
+    config: ServerConfig,
+    host: HostConfig,
+    allowed: dict[str, list[str] | None],
+    good: list[str],
+    problems: list[str],
+) -> None:
+    """Check one host: where its repository lies, the host (:func:`check_host`) and its
+    second copy, if one is configured."""
+    ctx = HostContext.open(config, host)
+    local = local_path(os.path.normpath(ctx.backend.repository()))
+    said = repository_problem(local, allowed) if local is not None else None
+    if said:
+        problems.append(f"{host.name}: repository {said}")
+    check_host(ctx, good, problems)
+    if config.backend.copy is not None:
+        check_copy(HostContext.open(config, host, role=Role.COPY), allowed, good, problems)
 
 
 def check_copy(

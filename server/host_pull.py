@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, NamedTuple, Protocol
 
 from ..common.archive import baseindex
@@ -188,6 +189,8 @@ class Usable(NamedTuple):
     """One per archive passed over, and why."""
     passed: list[str]
     """The stamps of the archives passed over ("" where even the name says none)."""
+    ready: int = 0
+    """The listed archives that may be fetched (the newest of them is ``best``)."""
 
     def passed_since(self, stamp: str) -> bool:
         """Whether an archive newer than ``stamp`` (or of no known stamp) was passed
@@ -218,6 +221,13 @@ def _passed_over(
             "delete it there (until then the host needs attention)"
         )
     return None
+
+
+def refused_archives(state_dir: Path, host: str) -> frozenset[str]:
+    """The archives of ``host`` that failed their checksum in CHECKSUM_TRIES pulls (its
+    status.json entry): passed over by the next pull."""
+    failures = status_file.checksum_failures(state_dir, host)
+    return frozenset(name for name, count in failures.items() if count >= CHECKSUM_TRIES)
 
 
 def newest_usable(
@@ -257,15 +267,16 @@ def newest_usable(
         else:
             warnings.append(why)
             passed.append(side.stamp)
-    best = None
+    best, ready = None, 0
     for stamp, sides in by_stamp.items():
+        ready += len(sides) == 1
         if len(sides) > 1:
             names = ", ".join(sorted(printable(s.archive.name, 120) for s in sides)[:3])
             warnings.append(f"ignoring {names}: two archives share the stamp {stamp}")
             passed.append(stamp)
         elif best is None or stamp > best.stamp:
             best = sides[0]
-    return Usable(best, warnings, passed)
+    return Usable(best, warnings, passed, ready)
 
 
 def choose(
@@ -539,8 +550,7 @@ class HostPull:
 
     def refused(self) -> frozenset[str]:
         """Archives that failed their checksum in CHECKSUM_TRIES pulls (status.json)."""
-        failures = status_file.checksum_failures(self.ctx.config.state_dir, self.ctx.name)
-        return frozenset(name for name, count in failures.items() if count >= CHECKSUM_TRIES)
+        return refused_archives(self.ctx.config.state_dir, self.ctx.name)
 
     def clear_interrupted_store(self) -> None:
         """If a killed pull had begun this host, remove the locks its store may have left

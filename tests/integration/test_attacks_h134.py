@@ -281,11 +281,6 @@ os.execv(sys.executable, argv)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F5: check_client calls .get on each listed archive: a client listing a "
-    "non-object archive makes pullback-server check exit 70 and check no further host",
-)
 def test_a_listing_with_a_non_object_archive_does_not_crash_check(fleet, tmp_path):
     """A client whose ``list`` answer holds ``1`` among its archives: its own problem
     (or ignored), and the next host in server.yaml is still checked."""

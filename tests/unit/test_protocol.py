@@ -70,6 +70,17 @@ def test_unusable_entries_that_are_not_mappings_are_dropped():
     assert protocol.parse_listing(raw).unusable == [{"name": "n"}]
 
 
+def test_archives_that_are_not_mappings_are_counted_unusable():
+    """helper-134 F5: ``archives`` was kept as any list, and ``check`` called ``.get``
+    on a client's ``1`` there (exit 70, no later host checked)."""
+    raw = b'{"host": "a", "archives": [1, "x", null, ["a"], {"name": "n"}], "unusable": []}'
+    listing = protocol.parse_listing(raw)
+    assert listing.archives == [{"name": "n"}]
+    assert listing.unusable == [{"name": "?", "problem": "4 entries of archives not objects"}]
+    with pytest.raises(ValueError, match="not a list answer"):
+        protocol.parse_listing(b'{"host": "a", "archives": "abc"}')
+
+
 def test_verbs_are_the_six():
     assert sorted(Verb) == ["fetched", "full", "list", "lock", "send", "session"]
 

@@ -91,3 +91,24 @@ def test_secrets_below_etc_backup_are_warnings_naming_the_move(tmp_path):
         "move it first (install -D -m 0600 /etc/backup/restic.pass NEW, then point "
         "server.yaml at NEW)"
     )
+
+
+def test_check_counts_ready_what_a_pull_would_take(tmp_path):
+    """helper-134 F5: ``check`` counted every listed name of the host as ready, and
+    named one without a sidecar the newest, where a pull passes it over; it counts and
+    names what :func:`newest_usable` takes now, and says what a pull would pass over."""
+    from types import SimpleNamespace
+
+    from pullback.server.check import _say_ready
+    from tests.unit.test_host_pull import A, B, entry, listing
+
+    ctx = SimpleNamespace(name="web1", config=SimpleNamespace(state_dir=tmp_path))
+    bare = {"name": "web1-20261130T115000Z.tar.zst", "size": 10}
+    found = listing(entry(A), entry(B), bare, unusable=[{"name": "x", "problem": "torn"}])
+    good: list[str] = []
+    problems: list[str] = []
+    _say_ready(ctx, found, good, problems)
+    assert problems == []
+    assert good[0] == f"web1: reachable, 2 archive(s) ready, newest {B}"
+    assert good[1] == "web1: 1 archive(s) not offered: x: torn"
+    assert good[2].startswith("web1: 1 listed archive(s) a pull would pass over: ignoring an ")

@@ -68,7 +68,8 @@ def _is_name(value: object) -> bool:
     return isinstance(value, str) and len(value) <= MAX_NAME and bool(_host_name().fullmatch(value))
 
 
-def _time(value: object) -> str | None:
+def time_value(value: object) -> str | None:
+    """``value`` when it is a time as pullback writes it (ISO, UTC), else None."""
     if isinstance(value, str) and len(value) <= 40:
         try:
             parse_iso(value)
@@ -78,13 +79,15 @@ def _time(value: object) -> str | None:
     return None
 
 
-def _count(value: object) -> int | None:
+def count_value(value: object) -> int | None:
+    """``value`` when it is a count (a whole number from 0 below 2**63), else None."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63:
         return value
     return None
 
 
-def _seconds(value: object) -> float | None:
+def seconds_value(value: object) -> float | None:
+    """``value`` as seconds (a finite number from 0 below 1e10), else None."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
         return seconds if math.isfinite(seconds) and 0 <= seconds < 1e10 else None
@@ -95,7 +98,8 @@ def _word(value: object) -> str | None:
     return printable(value, MAX_TEXT) if isinstance(value, str) else None
 
 
-def _flag(value: object) -> bool | None:
+def flag_value(value: object) -> bool | None:
+    """``value`` when it is true or false, else None."""
     return value if isinstance(value, bool) else None
 
 
@@ -133,7 +137,7 @@ def _history(value: object) -> list[dict] | None:
     return [
         {
             "result": run["result"] if _word(run.get("result")) in SYMBOLS else "?",
-            "repository_bytes": _count(run.get("repository_bytes")),
+            "repository_bytes": count_value(run.get("repository_bytes")),
         }
         for run in value[-HISTORY_CELLS:]
         if isinstance(run, dict)
@@ -151,9 +155,9 @@ def _copy(value: object) -> dict | None:
 _COPY_FIELDS: dict[str, Callable[[object], object]] = {
     "result": _word,
     "reason": _word,
-    "newest": _time,
-    "copied": _time,
-    "verified": _time,
+    "newest": time_value,
+    "copied": time_value,
+    "verified": time_value,
     "guard_hold": _hold,
     "verify_result": _word,
     "verify_summary": _word,
@@ -161,32 +165,32 @@ _COPY_FIELDS: dict[str, Callable[[object], object]] = {
 _FIELDS: dict[str, Callable[[object], object]] = {
     "last_result": _word,
     "reason": _word,
-    "problem": _flag,
+    "problem": flag_value,
     "verify_result": _word,
     "verify_failed_snapshot": _failed_drill,
     "verify_failed_others": _failed_drills,
     "maintain_result": _word,
     "maintain_reason": _word,
     "maintain_failed": _texts,
-    "newest_snapshot": _time,
-    "last_attempt": _time,
-    "last_success": _time,
-    "last_checked": _time,
-    "last_verified": _time,
-    "databases_proven": _time,
+    "newest_snapshot": time_value,
+    "last_attempt": time_value,
+    "last_success": time_value,
+    "last_checked": time_value,
+    "last_verified": time_value,
+    "databases_proven": time_value,
     "database_proofs": _texts,
-    "database_dumps": _count,
-    "repository_bytes": _count,
-    "store_peak_rss": _count,
-    "snapshots": _count,
-    "duration": _seconds,
+    "database_dumps": count_value,
+    "repository_bytes": count_value,
+    "store_peak_rss": count_value,
+    "snapshots": count_value,
+    "duration": seconds_value,
     "guard_hold": _hold,
     "history": _history,
     "copy": _copy,
     "warnings": _texts,
     "failed_services": _texts,
-    "delta": _flag,
-    "fell_back": _flag,
+    "delta": flag_value,
+    "fell_back": flag_value,
 }
 """What the view takes from a host's entry in a merged file, and how each is checked."""
 
@@ -214,7 +218,7 @@ def _named(value: object, key: str) -> dict:
 
 
 def _max_age(limits: object) -> dict:
-    seconds = _seconds(limits.get("max_age")) if isinstance(limits, dict) else None
+    seconds = seconds_value(limits.get("max_age")) if isinstance(limits, dict) else None
     return {"max_age": seconds} if seconds else {}
 
 
@@ -234,7 +238,7 @@ def clean_status(data: object) -> dict:
         status["configured"] = {name: _max_age(limits) for name, limits in configured.items()}
     if _is_name(data.get("server")):
         status["server"] = data["server"]
-    if _time(data.get("updated")):
+    if time_value(data.get("updated")):
         status["updated"] = data["updated"]
     outputs = data.get("outputs")
     problems = _texts(outputs.get("problems")) if isinstance(outputs, dict) else None

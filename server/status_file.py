@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from ..common import secrets
@@ -15,7 +15,9 @@ from ..common.fsutil import atomic_write
 from ..common.locks import FileLock
 from ..common.log import get_logger
 from ..common.outcome import Status
+from ..common.text import few, printable
 from .fleet_view import HostState
+from .merged_status import count_value, flag_value, seconds_value, time_value
 from .results import HostResult
 
 log = get_logger("status")
@@ -40,7 +42,118 @@ def read_status(state_dir: Path) -> dict:
     # a host's entry that is not an object is nobody's record (an outside attack's list
     # made snapshots, check and pull end in a traceback): dropped, the others kept
     data["hosts"] = {k: v for k, v in data["hosts"].items() if isinstance(v, dict)}
+    _say_dropped(
+        state_dir, [f"{host}.{key}" for host, e in data["hosts"].items() for key in _odd(e)]
+    )
     return data
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _mapping(value: object) -> dict | None:
+    return value if isinstance(value, dict) else None
+
+
+def _runs(value: object) -> list | None:
+    """A host's ``history``: a list of objects (others in it dropped)."""
+    return [run for run in value if isinstance(run, dict)] if isinstance(value, list) else None
+
+
+def _counts(value: object) -> dict | None:
+    """``checksum_failures``: a count per archive."""
+    if not isinstance(value, dict) or any(count_value(c) is None for c in value.values()):
+        return None
+    return value
+
+
+_TIMES = (
+    "last_attempt",
+    "last_success",
+    "last_checked",
+    "newest_snapshot",
+    "last_verified",
+    "last_verified_attempt",
+    "databases_proven",
+    "last_maintained",
+)
+_COUNTS = (
+    "snapshots",
+    "repository_bytes",
+    "size",
+    "content_bytes",
+    "bytes_added",
+    "fetched_bytes",
+    "store_peak_rss",
+    "pull_peak_rss",
+    "database_dumps",
+)
+_WORDS = (
+    "last_result",
+    "reason",
+    "archive",
+    "stamp",
+    "snapshot_id",
+    "verify_result",
+    "verify_summary",
+    "maintain_result",
+    "maintain_reason",
+)
+_FACTS: dict[str, Callable[[object], object]] = {
+    **dict.fromkeys(_TIMES, time_value),
+    **dict.fromkeys(_COUNTS, count_value),
+    **dict.fromkeys(_WORDS, _text),
+    **dict.fromkeys(("problem", "stale", "delta", "fell_back"), flag_value),
+    "duration": seconds_value,
+    "history": _runs,
+    "checksum_failures": _counts,
+    "copy": _mapping,
+}
+"""The facts of a host's entry that the readers of status.json (pull, status, the
+page, the metrics, the mails) take for a type, each with its checker: the value when
+it has the right shape, else None."""
+_COPY_FACTS: dict[str, Callable[[object], object]] = {
+    **dict.fromkeys(("attempt", "copied", "verified", "verify_attempt", "newest"), time_value),
+    **dict.fromkeys(("result", "reason", "verify_result", "verify_summary"), _text),
+    "snapshots": count_value,
+}
+"""The same for a host's second copy (its ``copy`` part)."""
+
+
+def _odd(entry: dict, facts: Mapping[str, Callable[[object], object]] = _FACTS) -> list[str]:
+    """Drop from ``entry`` each fact of ``facts`` whose value has another shape (a hand's
+    edit, an older or damaged file: one date without its time made every pull crash
+    after storing); returns their keys. A ``copy`` part is checked so too."""
+    odd = []
+    for key, check in facts.items():
+        if key in entry and entry[key] is not None:
+            checked = check(entry[key])
+            if checked is None:
+                del entry[key]
+                odd.append(key)
+            else:
+                entry[key] = checked
+    if isinstance(entry.get("copy"), dict) and facts is _FACTS:
+        odd += [f"copy.{key}" for key in _odd(entry["copy"], _COPY_FACTS)]
+    return odd
+
+
+_SAID: set[tuple[str, ...]] = set()
+"""What :func:`_say_dropped` has said in this process (a run reads the file often)."""
+
+
+def _say_dropped(state_dir: Path, dropped: list[str]) -> None:
+    """Warn once that ``dropped`` (``host.key``) were left out of status.json as read."""
+    said = (str(state_dir), *dropped)
+    if not dropped or said in _SAID:
+        return
+    _SAID.add(said)
+    log.warning(
+        "%s held values of the wrong shape, left out (the next run records them anew): %s",
+        state_dir / STATUS_FILE,
+        printable(few(dropped, 20), 1000),
+    )
 
 
 DAMAGED = STATUS_FILE + ".damaged"

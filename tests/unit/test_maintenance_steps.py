@@ -259,12 +259,13 @@ def test_a_drill_without_snapshots_of_a_host_that_stored_one_fails_in_words(conf
     from pullback.server import status_file
 
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    status = {"hosts": {"web1": {"snapshot_id": "0123abcd", "last_success": "2026-11-01"}}}
-    (config.state_dir / status_file.STATUS_FILE).write_text(json.dumps(status))
+    # (a time as status.json holds it: a date alone is left out as the file is read)
+    entry = {"snapshot_id": "0123abcd", "last_success": "2026-11-01T03:00:00Z"}
+    (config.state_dir / status_file.STATUS_FILE).write_text(json.dumps({"hosts": {"web1": entry}}))
     result = drill(fake_context(config, "web1", FakeBackend()))
     assert result.failed and result.summary.startswith(
         "the drill FAILED: no pullback snapshot to restore, though snapshot 0123abcd was "
-        "stored (2026-11-01): were they forgotten"
+        "stored (2026-11-01T03:00:00Z): were they forgotten"
     )
 
 

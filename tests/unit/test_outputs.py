@@ -8,7 +8,10 @@ from pullback.server import outputs
 from pullback.server.config import load_server_config
 
 
-def test_a_status_the_metrics_cannot_hold_still_leaves_the_page(tmp_path, caplog):
+def test_a_status_the_metrics_cannot_hold_still_leaves_the_page(tmp_path, caplog, monkeypatch):
+    """A number the metrics cannot hold (10**400 is valid JSON) is left out as status.json
+    is read (helper-134 F3: one checker of its values), and both outputs are written; a
+    metrics file that fails anyhow still leaves the page."""
     path = tmp_path / "server.yaml"
     path.write_text(
         f"state_dir: {tmp_path / 'state'}\nlock_dir: {tmp_path}\n"
@@ -19,6 +22,15 @@ def test_a_status_the_metrics_cannot_hold_still_leaves_the_page(tmp_path, caplog
     (tmp_path / "state").mkdir()
     huge = {"hosts": {"web1": {"last_result": "stored", "content_bytes": 10**400}}}
     (tmp_path / "state" / "status.json").write_text(json.dumps(huge))
+    assert outputs.publish(config)[1] == []
+    assert "web1.content_bytes" in caplog.text
+    assert (tmp_path / "pullback.prom").exists() and (tmp_path / "index.html").exists()
+    (tmp_path / "index.html").unlink()
+
+    def broken(*args):
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(outputs.metrics, "write", broken)
     outputs.publish(config)  # raises nothing
     assert (tmp_path / "index.html").exists()
     assert "could not write the" in caplog.text

@@ -41,3 +41,43 @@ def test_identifiers_read_back_are_never_masked(tmp_path):
     entry = status_file.load_status(tmp_path)["hosts"]["web1"]["copy"]
     assert entry["newest"] == now and entry["location"] == "ab123cafe"
     assert not other_store(entry, "ab123cafe")
+
+
+def test_values_of_the_wrong_shape_are_left_out_once_said(tmp_path, caplog):
+    """helper-134 F3: a date without its time in ``last_verified`` (a hand's edit, an
+    older or damaged file) made every pull crash after storing, and ``status --check``
+    exit 70; a number where a time belongs crashed the metrics. As status.json is read,
+    each fact of the wrong shape is left out, said once; the others are kept, and the
+    next record writes the file without them."""
+    import json
+    import logging
+
+    from pullback.common.clock import iso, utc_now
+
+    now = iso(utc_now())
+    entry = {
+        "last_result": "stored",
+        "last_attempt": 5,
+        "last_success": now,
+        "last_verified": "2026-12-06",
+        "newest_snapshot": "not a time",
+        "duration": "12",
+        "snapshots": 3,
+        "history": "x",
+        "copy": {"copied": "yesterday", "result": "ok"},
+    }
+    (tmp_path / status_file.STATUS_FILE).write_text(json.dumps({"hosts": {"web1": entry}}))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            read = status_file.read_status(tmp_path)["hosts"]["web1"]
+    assert read == {
+        "last_result": "stored",
+        "last_success": now,
+        "snapshots": 3,
+        "copy": {"result": "ok"},
+    }
+    said = [r.message for r in caplog.records if "wrong shape" in r.message]
+    assert len(said) == 1 and "web1.last_verified" in said[0] and "web1.copy.copied" in said[0]
+    status_file.record_outputs(tmp_path, [])
+    kept = json.loads((tmp_path / status_file.STATUS_FILE).read_text())["hosts"]["web1"]
+    assert "last_verified" not in kept and kept["snapshots"] == 3

@@ -189,6 +189,9 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
     now = now or utc_now()
     hosts = status.get("hosts", {})
     found = [host_row(h.name, hosts.get(h.name, {}), h.max_age, now) for h in config.hosts]
+    for host, row in zip(config.hosts, found, strict=True):
+        if not host.enabled:
+            _disable(row)
     if config.backend.copy is not None:
         for host, row in zip(config.hosts, found, strict=True):
             # a copy is not fresher than its primary may be; a disabled host is not copied
@@ -196,6 +199,21 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
             if host.enabled:
                 _add_copy(row, hosts.get(row.host, {}), limit, now)
     return sorted(found, key=_rank)
+
+
+DISABLED_WORDS = "disabled in server.yaml (enabled: false): not pulled, maintained or copied"
+
+
+def _disable(row: HostRow) -> None:
+    """Make ``row`` a disabled host's: its facts kept (its snapshots stay restorable),
+    its state :attr:`HostState.DISABLED`, and nothing in it counted as trouble (not
+    stale, no client failure, no hold: a host left out of pulls for good was CRITICAL
+    for ever, hiding the next real one: helper-134)."""
+    row.state = HostState.DISABLED
+    row.stale = False
+    row.client_failed = []
+    row.held = None
+    row.reason = DISABLED_WORDS
 
 
 def _mark_killed(found: list[HostRow], killed: InterruptedRun) -> None:

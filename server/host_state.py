@@ -16,6 +16,9 @@ class HostState(StrEnum):
     ATTENTION = "attention"
     """Stored or skipped, but with something an administrator should look at."""
     OK = "ok"
+    DISABLED = "disabled"
+    """Left out of pulls by server.yaml (``hosts[].enabled: false``): not pulled,
+    maintained or copied, so its record is shown and counted in no kind of trouble."""
 
 
 SYMBOLS: dict[str, str] = {

@@ -71,7 +71,15 @@ def build(
     repo = g("pullback_repository_bytes", "Size of the host's repository.")
     count = g("pullback_snapshots", "Number of pullback snapshots in the host's repository.")
     newest = g("pullback_newest_snapshot_timestamp_seconds", "Time of the host's newest snapshot.")
-    stale = g("pullback_stale", "1 when the newest snapshot is older than max_age (or missing).")
+    stale = g(
+        "pullback_stale",
+        "1 when the newest snapshot is older than max_age (or missing); absent for a "
+        "disabled host.",
+    )
+    enabled = g(
+        "pullback_host_enabled",
+        "1 when server.yaml pulls the host, 0 when it is disabled (enabled: false).",
+    )
     verified = g(
         "pullback_last_verified_timestamp_seconds",
         "When a restore drill last proved the host's snapshot.",
@@ -115,12 +123,14 @@ def build(
         delta.add(entry.get("delta"), **labels)
         fell_back.add(entry.get("fell_back"), **labels)
         repo.add(entry.get("repository_bytes"), **labels)
-        if "last_result" in entry:
+        if "last_result" in entry and host.enabled:
             failed = entry.get("failed_services")
             client_failed.add(len(failed) if isinstance(failed, list) else 0, **labels)
         count.add(entry.get("snapshots"), **labels)
         newest.add(_ts(entry.get("newest_snapshot")), **labels)
-        stale.add(is_stale(entry, host.max_age, now), **labels)
+        enabled.add(host.enabled, **labels)
+        if host.enabled:  # (a disabled host is not pulled: never stale, nothing to alert)
+            stale.add(is_stale(entry, host.max_age, now), **labels)
         verified.add(_ts(entry.get("last_verified")), **labels)
         if entry.get("verify_result", Status.SKIPPED) != Status.SKIPPED:
             # 0 too while a snapshot's failed drill stands; none while nothing to drill

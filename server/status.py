@@ -101,7 +101,7 @@ def status_table(view: Fleet) -> str:
     notes = [
         f"{row.label}: {row.reason.removeprefix(row.host + ': ')}"
         for row in view.rows
-        if row.state != HostState.OK and row.reason
+        if row.state not in (HostState.OK, HostState.DISABLED) and row.reason
     ]
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in table]
@@ -115,9 +115,18 @@ def _names(hosts: list[str]) -> str:
 def _kinds(found: list[HostRow]) -> dict[str, list[str]]:
     """The hosts by kind: stale ones, those whose last pull failed and those that need
     attention (a stale host in these too: the mail names a failed one so, ``FAILED:
-    web1 (stale)``), and the ok ones (in none)."""
-    kinds: dict[str, list[str]] = {"stale": [], "failed": [], "attention": [], "ok": []}
+    web1 (stale)``), the ok ones (in none), and the disabled ones (in this kind alone)."""
+    kinds: dict[str, list[str]] = {
+        "stale": [],
+        "failed": [],
+        "attention": [],
+        "ok": [],
+        "disabled": [],
+    }
     for row in found:
+        if row.state == HostState.DISABLED:
+            kinds["disabled"].append(row.label)
+            continue
         if row.stale:
             kinds["stale"].append(row.label)
         if row.state == HostState.FAILED:
@@ -130,10 +139,17 @@ def _kinds(found: list[HostRow]) -> dict[str, list[str]]:
 
 
 def _perfdata(found: list[HostRow], kinds: dict[str, list[str]]) -> str:
+    """``hosts=N ok=N attention=N failed=N stale=N`` (``disabled=N`` when any is), and
+    the age of the oldest newest snapshot of a host that is not disabled."""
     perf = f"hosts={len(found)} " + " ".join(
         f"{kind}={len(kinds[kind])}" for kind in ("ok", "attention", "failed", "stale")
     )
-    ages = [max(0.0, r.newest_age) for r in found if r.newest_age is not None]  # ahead: 0
+    perf += f" disabled={len(kinds['disabled'])}" if kinds["disabled"] else ""
+    ages = [  # (ahead: 0)
+        max(0.0, r.newest_age)
+        for r in found
+        if r.newest_age is not None and r.state != HostState.DISABLED
+    ]
     return perf + (f" oldest_snapshot_age={round(max(ages))}s" if ages else "")
 
 
@@ -166,9 +182,9 @@ def fleet_check(
     host is stale, UNKNOWN when a merged status file cannot be read (``unreadable``:
     ``FILE (why)``), WARNING when a host failed its last pull or needs attention, when
     the last run could not write an output (``outputs``) or a host is on more than one
-    server (``duplicates``: ``HOST (a, b)``), else OK; UNKNOWN without hosts. The
-    perfdata counts the hosts by kind and gives the age of the oldest newest snapshot in
-    seconds."""
+    server (``duplicates``: ``HOST (a, b)``), else OK; UNKNOWN without hosts. A disabled
+    host (``enabled: false``) is named, and counted in nothing else. The perfdata counts
+    the hosts by kind and gives the age of the oldest newest snapshot in seconds."""
     if not found and not unreadable:
         return CheckResult(Check.UNKNOWN, "PULLBACK UNKNOWN - server.yaml lists no host")
     kinds = _kinds(found)
@@ -181,7 +197,10 @@ def fleet_check(
         parts.append(_first("cannot read", unreadable))
     if outputs:
         parts.append(_first("not written", outputs))
-    parts.append(f"{len(kinds['ok'])} of {len(found)} hosts ok")
+    off = kinds["disabled"]
+    parts.append(f"{len(kinds['ok'])} of {len(found) - len(off)} hosts ok")
+    if off:
+        parts[-1] += f" ({len(off)} disabled: {_names(off)})"
     said = "; ".join(parts).replace("|", "¦")  # a monitor reads perfdata after the first |
     return CheckResult(state, f"PULLBACK {state.name} - {said} | {_perfdata(found, kinds)}")
 

@@ -83,3 +83,55 @@ def test_a_partial_snapshot_recorded_without_a_problem_is_not_ok():
     assert found.state is HostState.ATTENTION
     assert fleet_check([found]).state == Check.WARNING
     assert _host_complaints([found])  # and plain status exits 1 as it did
+
+
+def test_a_disabled_host_is_shown_and_counted_in_no_trouble(tmp_path):
+    """helper-134 F7: a host kept in server.yaml with ``enabled: false`` (its snapshots
+    restorable) turned stale at max_age: ``--check`` CRITICAL for ever, ``pullback_stale``
+    1, and nothing said it was disabled. Now its row is ``disabled`` with its record, it
+    makes no verdict and no complaint, and the metrics say ``pullback_host_enabled 0``
+    without a ``pullback_stale`` for it."""
+    from pullback.common.clock import iso, utc_now
+    from pullback.server import metrics, status_page
+    from pullback.server.config import load_server_config
+    from pullback.server.fleet_view import Source, fleet, rows
+    from pullback.server.status import _host_complaints, status_table
+
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\nlock_dir: {tmp_path}\n"
+        "hosts:\n  - name: web1\n  - {name: old, enabled: false}\n"
+    )
+    config = load_server_config(path)
+    now = utc_now()
+    fresh = iso(now - dt.timedelta(hours=1))
+    entry = {"last_result": "stored", "newest_snapshot": fresh, "failed_services": ["db"]}
+    gone = {**entry, "newest_snapshot": iso(now - dt.timedelta(days=9))}
+    status = {"hosts": {"web1": {**entry, "failed_services": []}, "old": gone}}
+    found = rows(config, status, now)
+    old = next(r for r in found if r.host == "old")
+    assert (old.state, old.stale, old.client_failed, old.result) == (
+        HostState.DISABLED,
+        False,
+        [],
+        "stored",
+    )
+    assert [r.host for r in found] == ["web1", "old"]  # (last: after the ok ones)
+    result = fleet_check(found)
+    assert result.state == Check.OK
+    assert result.line == (
+        "PULLBACK OK - 1 of 1 hosts ok (1 disabled: old) | hosts=2 ok=1 attention=0 "
+        "failed=0 stale=0 disabled=1 oldest_snapshot_age=3600s"
+    )
+    assert _host_complaints(found) == []
+    view = fleet(config, Source("here", None, status), now=now)
+    table = status_table(view)
+    assert any(line.startswith("old") and "disabled" in line for line in table.splitlines())
+    assert "not pulled" not in table  # (no note under the table: nothing to do)
+    text = metrics.build(config, status, now).render()
+    assert 'pullback_host_enabled{host="old"} 0' in text
+    assert 'pullback_host_enabled{host="web1"} 1' in text
+    assert 'pullback_stale{host="old"}' not in text
+    assert 'pullback_newest_snapshot_failed_services{host="old"}' not in text
+    page = status_page.render(config, status, now)
+    assert '<tr class="disabled" data-host="old">' in page and "1 ok, 1 disabled" in page

@@ -170,6 +170,14 @@ def pullback_plan(task: Task):
     return [f"{_tool('mariadb-dump', 'mysqldump')} --single-transaction {names}"]
 
 
+def dump_argv(dump: str, options: list[str], extra: list[str], name: str) -> list[str]:
+    """The mariadb-dump command line of the database ``name``: connection ``options``,
+    pullback's own, the task's ``extra`` ones, then ``--`` before the name, so that a
+    name is never read as an option (an outside attack: a database named
+    ``--result-file=/etc/passwd`` made the dump truncate that file as root)."""
+    return [dump, *options, *DUMP_OPTIONS, *extra, "--databases", "--", name]
+
+
 @hookimpl
 def pullback_dump(task: Task):
     try:
@@ -179,7 +187,7 @@ def pullback_dump(task: Task):
             target = task.staging / file_name(name, ".sql")
             try:
                 task.run(
-                    [dump, *options, *DUMP_OPTIONS, *extra_options(task), "--databases", name],
+                    dump_argv(dump, options, extra_options(task), name),
                     stdout=target,
                     timeout=timeout(task),
                 )
@@ -241,7 +249,8 @@ def _query(task: Task, options: list[str], sql: str, database: str = "") -> list
     out.parent.mkdir(parents=True, exist_ok=True)
     argv = [_tool("mariadb", "mysql"), *options, "--batch", "--skip-column-names"]
     try:
-        task.run([*argv, "--execute", sql, *([database] if database else [])], stdout=out, level=10)
+        chosen = ["--", database] if database else []
+        task.run([*argv, "--execute", sql, *chosen], stdout=out, level=10)
         return [line for line in out.read_text(errors="replace").splitlines() if line]
     finally:
         out.unlink(missing_ok=True)
@@ -603,7 +612,7 @@ class _Restore(DatabaseRestore):
         try:
             with os.fdopen(fd, "wb") as out:
                 self.task.run(
-                    [dump, *self.options, *DUMP_OPTIONS, "--databases", name],
+                    dump_argv(dump, self.options, [], name),
                     stdout=out,
                     timeout=timeout(self.task),
                 )

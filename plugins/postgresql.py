@@ -122,6 +122,16 @@ def _uid(user: str) -> int:
         raise TaskError(f"run_as: there is no user {user!r} on this machine") from None
 
 
+def dbname(name: str) -> str:
+    """The connection string ``dbname='NAME'`` for the database ``name`` (backslash and
+    quote escaped as libpq reads them). The tools take a database argument holding ``=``
+    or beginning ``postgresql://`` for a connection string: a database named
+    ``host=elsewhere.example`` made pg_dump connect to that host, offering it the
+    task's password (the private pgpass file matches every host). Inside a connection
+    string the ``dbname`` is a name, never read again."""
+    return "dbname='" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _explain(exc: CommandError, what: str) -> TaskError:
     text = " ".join(exc.tail)
     if "password authentication failed" in text:
@@ -185,7 +195,7 @@ def _psql(task: Task, env: dict[str, str], sql: str, database: str | None = None
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def attempt(where: str) -> list[str]:
-        argv = ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", where, "-c", sql]
+        argv = ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", dbname(where), "-c", sql]
         try:
             task.run(argv, env=env, stdout=out, timeout=300, level=10)
             return [line for line in out.read_text().splitlines() if line]
@@ -253,6 +263,15 @@ def pullback_probe(task: Task):
     return result
 
 
+def dump_argv(extra: list[str], name: str) -> list[str]:
+    """The pg_dump command line of the database ``name``: ``-Fc`` keeps the database's
+    own entries (owner, comment, settings, grants, encoding: pg_restore --create reads
+    them; pg_dump ignores --create for its archive formats), the task's ``extra``
+    options, then ``--`` and the name as a connection string (:func:`dbname`), so that
+    a name is neither an option nor a connection string."""
+    return ["pg_dump", "-Fc", *extra, "--", dbname(name)]
+
+
 @hookimpl
 def pullback_dump(task: Task):
     env = _env(task)
@@ -264,10 +283,7 @@ def pullback_dump(task: Task):
             target = task.staging / file_name(name, ".dump")
             try:
                 task.run(
-                    # -Fc keeps the database's own entries (owner, comment, settings,
-                    # grants, encoding: pg_restore --create reads them); pg_dump
-                    # ignores --create for its archive formats
-                    ["pg_dump", "-Fc", *extra_options(task), "--", name],
+                    dump_argv(extra_options(task), name),
                     env=env,
                     stdout=target,
                     timeout=timeout(task),
@@ -283,7 +299,7 @@ def _dump_globals(task: Task, env: dict[str, str]) -> None:
     target = task.staging / GLOBALS
 
     def dumpall(database: str, *options: str) -> None:
-        chosen = [] if database == "postgres" else [f"--database={database}"]  # (its default)
+        chosen = [] if database == "postgres" else [f"--database={dbname(database)}"]
         command = ["pg_dumpall", "--globals-only", *chosen, *options]
         task.run(command, env=env, stdout=target, timeout=timeout(task))
 
@@ -471,7 +487,7 @@ class _Restore(DatabaseRestore):
         if self.plan.step(log, f"pg_restore {dump.name} into {fresh}"):
             try:
                 self.task.run(
-                    ["pg_restore", "--exit-on-error", *owners, "-d", fresh],
+                    ["pg_restore", "--exit-on-error", *owners, "-d", dbname(fresh)],
                     env=self.env,
                     stdin=dump,
                     timeout=timeout(self.task),

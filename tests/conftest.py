@@ -82,6 +82,7 @@ ONCE_MODULES = {
     "test_attacks_h126.py",
     "test_attacks_h128.py",
     "test_attacks_h129.py",
+    "test_attacks_h133.py",
     "test_attacks_h134.py",
     "test_cut_short_outputs.py",
     "test_deep_trees.py",
@@ -103,6 +104,7 @@ and 2262 (helper-114, 1.6 min), of the monitoring a newcomer reads (helper-115,
 and hostile hooks (helper-116 and -118, 0.9 min: pluggy meets test_app_plugins), of the
 docker and files tasks (helper-126, 0.3 min), of the sqlite, command and systemd tasks
 (helper-128, 0.5 min), of the server's restores and import (helper-129, 0.5 min), of
+the database tasks (helper-133, 1.5 min: real PostgreSQL and MariaDB servers), of
 the copies (helper-125, 2 min), of a tree 1 100 directories deep (0.6 min: the
 standard library's walks and removals), of the reporting surfaces (helper-134, 1.9 min) and
 of pulls cut short (the unit's ExecStopPost=, 0.8 min), whose libraries the other

@@ -44,6 +44,7 @@ _OTHERS_SQL = (
     " + (SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = {schema})"
     " + (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = {schema})"
 )
+SKIP_DROP = "--skip-add-drop-database"
 DUMP_OPTIONS = [
     "--single-transaction",
     "--routines",
@@ -174,8 +175,10 @@ def dump_argv(dump: str, options: list[str], extra: list[str], name: str) -> lis
     """The mariadb-dump command line of the database ``name``: connection ``options``,
     pullback's own, the task's ``extra`` ones, then ``--`` before the name, so that a
     name is never read as an option (an outside attack: a database named
-    ``--result-file=/etc/passwd`` made the dump truncate that file as root)."""
-    return [dump, *options, *DUMP_OPTIONS, *extra, "--databases", "--", name]
+    ``--result-file=/etc/passwd`` made the dump truncate that file as root). Whatever
+    ``extra`` or an option file says, the dump holds no ``DROP DATABASE``
+    (:data:`SKIP_DROP` comes after them): a restore never runs one from a dump."""
+    return [dump, *options, *DUMP_OPTIONS, *extra, SKIP_DROP, "--databases", "--", name]
 
 
 @hookimpl
@@ -344,15 +347,46 @@ def _ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+_NAMING = (b"CREATE DATABASE ", b"USE ", b"/*!40000 DROP DATABASE ", b"DROP DATABASE ")
+"""The starts of the dump's lines that name a database: mariadb-dump's ``CREATE
+DATABASE``, ``USE`` and, with ``--add-drop-database``, ``/*!40000 DROP DATABASE IF
+EXISTS `name`*/;``."""
+_NAMED = re.compile(
+    rb"(?:CREATE DATABASE (?:/\*!32312 IF NOT EXISTS\*/ )?|USE |(?:/\*!40000 )?DROP DATABASE "
+    rb"(?:IF EXISTS )?)(`(?:[^`]|``)+`)"
+)
+
+
 def renaming(lines, old: str, new: str):
-    """The dump's lines, its ``CREATE DATABASE`` and ``USE`` of ``old`` naming ``new``:
-    mariadb-dump writes every statement on lines of its own (newlines in values are
-    escaped), so a line that starts a statement is one."""
+    """The dump's lines, its ``CREATE DATABASE``, ``USE`` and ``DROP DATABASE`` of
+    ``old`` naming ``new``: mariadb-dump writes every statement on lines of its own
+    (newlines in values are escaped), so a line that starts a statement is one. (A
+    ``DROP DATABASE`` left as it was dropped the live database in a restore "beside",
+    an outside attack.)"""
     quoted_old, quoted_new = _ident(old).encode(), _ident(new).encode()
     for line in lines:
-        if line.startswith((b"CREATE DATABASE ", b"USE ")) and quoted_old in line:
+        if line.startswith(_NAMING) and quoted_old in line:
             line = line.replace(quoted_old, quoted_new, 1)
         yield line
+
+
+def other_database(dump: Path, name: str) -> int | None:
+    """The line of ``dump`` where, outside a trigger's, routine's or event's block, a
+    ``CREATE DATABASE``, ``USE`` or ``DROP DATABASE`` names a database other than
+    ``name`` (or one pullback cannot read), or None. :func:`renaming` renames only
+    ``name``'s: such a dump (``--all-databases`` in dump_options, or an edited file)
+    would act on the other database as it is live."""
+    wanted = _ident(name).encode()
+    inside = False
+    with open(dump, "rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if line.startswith(b"DELIMITER "):
+                inside = line.strip() != b"DELIMITER ;"
+            elif not inside and line.startswith(_NAMING):
+                match = _NAMED.match(line)
+                if match is None or match[1] != wanted:
+                    return number
+    return None
 
 
 _CREATE = re.compile(
@@ -408,6 +442,7 @@ class _Restore(DatabaseRestore):
         for dump in self.dumps:
             problems += self._names_taken(database_of(dump, ".sql"), live)
             problems += self._names_itself(dump, database_of(dump, ".sql"), live)
+            problems += self._names_another(dump, database_of(dump, ".sql"))
             others = definers(dump) - {user}
             if others and not _can_act_as_others(grants):
                 problems.append(
@@ -453,6 +488,19 @@ class _Restore(DatabaseRestore):
             f"{name} itself; loaded as {fresh} it would act on the live {name} (a trigger "
             "would be created on its tables), so nothing is restored. Restore it by hand "
             "over the live database (docs/restore.md, MariaDB dumps that name their database)"
+        ]
+
+    def _names_another(self, dump: Path, name: str) -> list[str]:
+        """A dump that creates, uses or drops a database other than its own
+        (:func:`other_database`): only its own is renamed, so it would change another
+        live one."""
+        line = other_database(dump, name)
+        if line is None:
+            return []
+        return [
+            f"{dump.name} line {line}: a CREATE DATABASE, USE or DROP DATABASE names "
+            f"another database than {name} (or one pullback cannot read); loaded, it "
+            "would change that live database, so nothing is restored. Restore it by hand"
         ]
 
     def _incomplete(self, dump: Path) -> list[str]:

@@ -608,11 +608,6 @@ def test_f12_mongodb_restore_goes_to_the_server_asked_for(standins, tmp_path):
 
 
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="F14: renaming() rewrites CREATE DATABASE and USE lines only: the dump's "
-    "DROP DATABASE (--add-drop-database) drops the live database in a default restore",
-)
 def test_f14_a_restore_beside_never_drops_the_live_database(maria, tmp_path):
     maria.sql("CREATE DATABASE live1; CREATE TABLE live1.t (i int primary key)")
     maria.sql("INSERT INTO live1.t VALUES (1)")

@@ -323,7 +323,12 @@ def _quote(name: str) -> str:
 
 
 def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    """``text`` as an escape string literal, ``E'...'`` (backslashes doubled, quotes
+    doubled): read the same whatever the server's ``standard_conforming_strings``. A
+    plain ``'...'`` of a name holding ``\\'`` ended early on a server set off, and
+    the rest of the database's name ran as the restoring superuser (an outside attack,
+    in a ``--replace --dry-run``)."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _described(session: list) -> str:

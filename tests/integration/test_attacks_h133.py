@@ -167,22 +167,22 @@ def as_argv_psql(pg: Postgres, statement: str) -> list[str]:
 
 @needs_pg
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="F4: with standard_conforming_strings off, _literal() of a database name ends "
-    "early at \\' and the rest runs as the restoring superuser, in a --replace --dry-run",
-)
 def test_f4_a_database_name_runs_no_sql_as_the_restoring_superuser(pg, tmp_path):
     pg.sql("ALTER SYSTEM SET standard_conforming_strings = off")
     pg.sql("SELECT pg_reload_conf()")
     time.sleep(0.5)
     assert pg.sql("SHOW standard_conforming_strings") == "off"
     pg.sql("CREATE ROLE evil LOGIN CREATEDB")
-    as_role(pg, "evil", "CREATE DATABASE " + quoted("x\\'; ALTER ROLE evil SUPERUSER; --"))
-    box = pg_box(tmp_path, pg, "all: true, globals: false")
-    assert box.cli("run").returncode == 0
-    restore(box, "pg", "--replace", "--dry-run")
-    assert pg.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'evil'") == "f"
+    try:
+        as_role(pg, "evil", "CREATE DATABASE " + quoted("x\\'; ALTER ROLE evil SUPERUSER; --"))
+        box = pg_box(tmp_path, pg, "all: true, globals: false")
+        assert box.cli("run").returncode == 0
+        dry = restore(box, "pg", "--replace", "--dry-run")
+        assert pg.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'evil'") == "f"
+        assert dry.returncode == 0, dry.stderr  # (mended: the preflight reads the name whole)
+    finally:  # the module's other tests share the server
+        pg.sql("ALTER SYSTEM RESET standard_conforming_strings")
+        pg.sql("SELECT pg_reload_conf()")
 
 
 @needs_pg

@@ -460,9 +460,7 @@ class _Restore(DatabaseRestore):
         for taken in (renamed(name, word, self.plan.stamp, 64) for word in words):
             if taken in live:
                 problems.append(f"a database {taken} exists already; try again")
-        safety = (self.plan.safety_dir or Path("/nonexistent")) / (
-            renamed(name, "before_restore", self.plan.stamp, 64) + ".sql"
-        )
+        safety = self._safety_copy(name, Path("/nonexistent"))
         if self.plan.replace and safety.exists():
             problems.append(f"{safety} exists already; try again")
         if self.plan.replace and name in live:
@@ -489,6 +487,14 @@ class _Restore(DatabaseRestore):
             "would be created on its tables), so nothing is restored. Restore it by hand "
             "over the live database (docs/restore.md, MariaDB dumps that name their database)"
         ]
+
+    def _safety_copy(self, name: str, default: Path) -> Path:
+        """Where ``--replace`` keeps a copy of the live database ``name``: in the plan's
+        safety directory (else ``default``), named as the dumps are (:func:`file_name`:
+        a ``/`` is percent-encoded), so never outside it (an outside attack: a database
+        named ``../../../tmp/x`` had root write its copy there)."""
+        before = renamed(name, "before_restore", self.plan.stamp, 64)
+        return (self.plan.safety_dir or default) / file_name(before, ".sql")
 
     def _names_another(self, dump: Path, name: str) -> list[str]:
         """A dump that creates, uses or drops a database other than its own
@@ -596,7 +602,7 @@ class _Restore(DatabaseRestore):
             return
         # views, routines, triggers or events: the live database is copied aside whole,
         # then replaced by a second load of the proven dump
-        safety = (self.plan.safety_dir or dump.parent) / f"{before}.sql"
+        safety = self._safety_copy(name, dump.parent)
         if live and self.plan.step(log, f"copy the live {name} to {safety} (mariadb-dump)"):
             self._copy_aside(name, safety)
         if self.plan.step(log, f"replace {name} by the restored copy", destructive=live):
@@ -650,7 +656,7 @@ class _Restore(DatabaseRestore):
 
     def _copy_aside(self, name: str, safety: Path) -> None:
         """Dump the live database to ``safety``, a new file (never one that exists: it
-        may be what an earlier restore kept), readable by root only."""
+        may be what an earlier restore kept), readable by root only. Raises TaskError."""
         safety.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         dump = _tool("mariadb-dump", "mysqldump")
         try:

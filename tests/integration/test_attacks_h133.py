@@ -389,11 +389,6 @@ def test_f10_a_postgresql_database_name_is_no_connection_string(pg, tmp_path):
 
 
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="F6: the safety copy is named from the raw database name: '../esc' writes it "
-    "outside before-restore/",
-)
 def test_f6_the_safety_copy_stays_in_before_restore(maria, tmp_path):
     maria.sql("CREATE DATABASE `../esc`; CREATE TABLE `../esc`.t (i int primary key)")
     maria.sql("CREATE VIEW `../esc`.v AS SELECT 1 AS one")  # the copy-aside path

@@ -150,3 +150,25 @@ class DatabaseRestore(ABC):
     @abstractmethod
     def restore_database(self, dump: Path) -> None:
         """Restore one dump as the plan says (beside the live database, or in its place)."""
+
+
+def each_database(task: Task, names: list[str], dump_one: Callable[[str], None]) -> None:
+    """``dump_one(name)`` for each of ``names``. One database that cannot be dumped (gone
+    since the list was read, a name the server refuses, a lock held, a permission
+    missing) costs only itself: the others are dumped, and each failure is a warning
+    naming it, kept for the archive's sidecar (an outside attack: one tenant's database
+    stopped the backup of every database of the server). Raises TaskError, the first
+    failure's words, when no database could be dumped."""
+    failed: list[str] = []
+    for name in names:
+        try:
+            dump_one(name)
+        except TaskError as exc:
+            failed.append(str(exc))
+    if failed and len(failed) == len(names):
+        more = f" (and {len(failed) - 1} more databases failed)" if len(failed) > 1 else ""
+        raise TaskError(failed[0] + more)
+    for said in failed:
+        text = f"{said}; it is not in this archive, the other databases are"
+        task.log.warning("%s", text)
+        task.stats.warnings.append(text)

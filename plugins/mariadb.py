@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from ..common.archive.dumps import database_of, file_name
@@ -17,6 +19,7 @@ from . import hookimpl, load_plugin_schema
 from ._common import (
     DatabaseRestore,
     absent,
+    each_database,
     extra_options,
     first,
     forget_private,
@@ -128,29 +131,29 @@ def _explain(exc: CommandError, what: str) -> TaskError:
     return TaskError(f"{what}: {hint}")
 
 
+_SCHEMAS_SQL = "SELECT HEX(schema_name) FROM information_schema.schemata"
+"""Every database, each name in hexadecimal: ``SHOW DATABASES`` in ``--batch`` escapes a
+backslash, newline and tab (an outside attack: ``app\\x`` was taken as ``app\\\\x``,
+and no database was dumped)."""
+
+
+def schemas(task: Task, options: list[str], timeout: float = 300) -> list[str]:
+    """Every database of the server, its name as it is. Raises CommandError."""
+    rows = _query(task, options, _SCHEMAS_SQL, timeout=timeout)
+    return [bytes.fromhex(row).decode("utf-8", "surrogateescape") for row in rows]
+
+
 def databases(task: Task, options: list[str]) -> list[str]:
+    """The databases the task dumps: those it names, or with ``all: true`` every one but
+    the server's own schemas. Raises TaskError when they cannot be listed."""
     if not task.config["all"]:
         value = task.config["database"]
         return [value] if isinstance(value, str) else list(value)
-    listing = task.staging / ".databases"
     try:
-        task.run(
-            [
-                _tool("mariadb", "mysql"),
-                *options,
-                "--batch",
-                "--skip-column-names",
-                "--execute",
-                "SHOW DATABASES",
-            ],
-            stdout=listing,
-            timeout=300,
-        )
+        names = schemas(task, options)
     except CommandError as exc:
         raise _explain(exc, "cannot list the databases") from None
-    names = [n for n in listing.read_text().splitlines() if n and n not in SYSTEM_SCHEMAS]
-    listing.unlink()
-    return names
+    return sorted(n for n in names if n not in SYSTEM_SCHEMAS)
 
 
 @hookimpl
@@ -186,19 +189,22 @@ def pullback_dump(task: Task):
     try:
         options = _options(task)
         dump = _tool("mariadb-dump", "mysqldump")
-        for name in databases(task, options):
-            target = task.staging / file_name(name, ".sql")
-            try:
-                task.run(
-                    dump_argv(dump, options, extra_options(task), name),
-                    stdout=target,
-                    timeout=timeout(task),
-                )
-            except CommandError as exc:
-                raise _explain(exc, f"dump of {name} failed") from None
-            task.log.info("dumped database %s (%d bytes)", name, target.stat().st_size)
+        argv = partial(dump_argv, dump, options, extra_options(task))
+        each_database(task, databases(task, options), lambda name: _dump_one(task, argv, name))
     finally:
         forget_private(task)
+
+
+def _dump_one(task: Task, argv: Callable[[str], list[str]], name: str) -> None:
+    """mariadb-dump of the database ``name`` into the staging directory. Raises
+    TaskError."""
+    target = task.staging / file_name(name, ".sql")
+    try:
+        task.run(argv(name), stdout=target, timeout=timeout(task))
+    except CommandError as exc:
+        target.unlink(missing_ok=True)
+        raise _explain(exc, f"dump of {name} failed") from None
+    task.log.info("dumped database %s (%d bytes)", name, target.stat().st_size)
 
 
 @hookimpl
@@ -207,7 +213,7 @@ def pullback_probe(task: Task):
     with probing(task, _explain) as result:
         options = _options(task)
         names = databases(task, options)
-        result.problems += absent(names, _query(task, options, "SHOW DATABASES"))
+        result.problems += absent(names, schemas(task, options))
         result.problems += _unreadable_routines(task, options, names)
         if not _can_create(_query(task, options, "SHOW GRANTS")):
             result.warnings.append(
@@ -246,14 +252,17 @@ def _unreadable_routines(task: Task, options: list[str], names: list[str]) -> li
     ]
 
 
-def _query(task: Task, options: list[str], sql: str, database: str = "") -> list[str]:
-    """Run one statement; return its rows. Raises CommandError."""
+def _query(
+    task: Task, options: list[str], sql: str, database: str = "", timeout: float = 300
+) -> list[str]:
+    """Run one statement, for ``timeout`` seconds at most; return its rows. Raises
+    CommandError."""
     out = task.staging / ".query-out"
     out.parent.mkdir(parents=True, exist_ok=True)
     argv = [_tool("mariadb", "mysql"), *options, "--batch", "--skip-column-names"]
     try:
         chosen = ["--", database] if database else []
-        task.run([*argv, "--execute", sql, *chosen], stdout=out, level=10)
+        task.run([*argv, "--execute", sql, *chosen], stdout=out, level=10, timeout=timeout)
         return [line for line in out.read_text(errors="replace").splitlines() if line]
     finally:
         out.unlink(missing_ok=True)
@@ -431,7 +440,7 @@ class _Restore(DatabaseRestore):
         try:
             grants = _query(self.task, self.options, "SHOW GRANTS")
             user = _query(self.task, self.options, "SELECT CURRENT_USER()")[0]
-            live = set(_query(self.task, self.options, "SHOW DATABASES"))
+            live = set(schemas(self.task, self.options))
         except CommandError as exc:
             return [*problems, str(_explain(exc, "cannot log in"))]
         if not _can_create(grants):
@@ -525,7 +534,7 @@ class _Restore(DatabaseRestore):
 
     def _sql(self, sql: str, what: str) -> None:
         try:
-            _query(self.task, self.options, _LOCK_WAIT + sql)
+            _query(self.task, self.options, _LOCK_WAIT + sql, timeout=600)
         except CommandError as exc:
             raise TaskError(f"{what} failed: {tool_said(exc)}") from None
 
@@ -593,7 +602,7 @@ class _Restore(DatabaseRestore):
 
     def _swap(self, dump: Path, name: str, fresh: str) -> None:
         log = self.task.log
-        live = name in set(_query(self.task, self.options, "SHOW DATABASES"))
+        live = name in set(schemas(self.task, self.options))
         before = renamed(name, "before_restore", self.plan.stamp, 64)
         new_tables = None if self.plan.dry_run else self._base_tables_only(fresh)
         old_tables = [] if not live else None if self.plan.dry_run else self._base_tables_only(name)

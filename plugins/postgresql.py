@@ -35,6 +35,7 @@ from . import hookimpl, load_plugin_schema, pg_database
 from ._common import (
     DatabaseRestore,
     absent,
+    each_database,
     extra_options,
     first,
     forget_private,
@@ -49,8 +50,17 @@ from .task import Requirement, RestorePlan, Task, TaskError, TaskType
 
 GLOBALS = "globals.sql"
 LIST_SQL = (
-    "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname"
+    "SELECT json_agg(datname ORDER BY datname) FROM pg_database "
+    "WHERE datallowconn AND NOT datistemplate"
 )
+"""The databases ``all: true`` dumps, as one JSON array: a name may hold a newline (an
+outside attack: ``evil<LF>shop`` was read as two names, and no database was dumped)."""
+ALL_SQL = {
+    "databases": "SELECT json_agg(datname) FROM pg_database",
+    "roles": "SELECT json_agg(rolname) FROM pg_roles",
+    "tablespaces": "SELECT json_agg(spcname) FROM pg_tablespace",
+}
+"""Every name of a kind, as one JSON array (see :data:`LIST_SQL`)."""
 ROLE_SQL = (
     "SELECT rolsuper, rolcreatedb OR rolsuper, rolcreaterole OR rolsuper "
     "FROM pg_roles WHERE rolname = current_user"
@@ -205,11 +215,20 @@ def _psql(task: Task, env: dict[str, str], sql: str, database: str | None = None
     return attempt(database) if database else _in_postgres_or_home(task, attempt)
 
 
+def _names(task: Task, env: dict[str, str], sql: str) -> list[str]:
+    """The names ``sql`` (a ``SELECT json_agg(...)``: :data:`LIST_SQL`, :data:`ALL_SQL`)
+    returns, whatever they hold. Raises CommandError."""
+    rows = _psql(task, env, sql)
+    return list(json.loads(rows[0]) or []) if rows else []
+
+
 def databases(task: Task, env: dict[str, str]) -> list[str]:
+    """The databases the task dumps: those it names, or with ``all: true`` every one
+    that accepts connections. Raises TaskError when they cannot be listed."""
     config = task.config
     if config["all"]:
         try:
-            return _psql(task, env, LIST_SQL)
+            return _names(task, env, LIST_SQL)
         except CommandError as exc:
             raise _explain(exc, "cannot list the databases") from None
     value = config["database"]
@@ -253,7 +272,7 @@ def pullback_probe(task: Task):
     """Log in as a dump would; list what a restore would lack."""
     with probing(task, _explain) as result:
         env = _env(task)
-        result.problems += absent(databases(task, env), _psql(task, env, LIST_SQL))
+        result.problems += absent(databases(task, env), _names(task, env, LIST_SQL))
         _, createdb, _ = (_psql(task, env, ROLE_SQL) or ["f|f|f"])[0].split("|")
         if createdb != "t":
             result.warnings.append(
@@ -279,20 +298,22 @@ def pullback_dump(task: Task):
         names = databases(task, env)
         if task.config["globals"]:
             _dump_globals(task, env)
-        for name in names:
-            target = task.staging / file_name(name, ".dump")
-            try:
-                task.run(
-                    dump_argv(extra_options(task), name),
-                    env=env,
-                    stdout=target,
-                    timeout=timeout(task),
-                )
-            except CommandError as exc:
-                raise _explain(exc, f"pg_dump of {name} failed") from None
-            task.log.info("dumped database %s (%d bytes)", name, target.stat().st_size)
+        each_database(task, names, lambda name: _dump_one(task, env, name))
     finally:
         forget_private(task)
+
+
+def _dump_one(task: Task, env: dict[str, str], name: str) -> None:
+    """pg_dump of the database ``name`` into the staging directory. Raises TaskError."""
+    target = task.staging / file_name(name, ".dump")
+    try:
+        task.run(
+            dump_argv(extra_options(task), name), env=env, stdout=target, timeout=timeout(task)
+        )
+    except CommandError as exc:
+        target.unlink(missing_ok=True)
+        raise _explain(exc, f"pg_dump of {name} failed") from None
+    task.log.info("dumped database %s (%d bytes)", name, target.stat().st_size)
 
 
 def _dump_globals(task: Task, env: dict[str, str]) -> None:
@@ -373,9 +394,9 @@ class _Restore(DatabaseRestore):
         try:
             role = (_psql(self.task, self.env, ROLE_SQL) or ["f|f|f"])[0].split("|")
             self.superuser, self.createdb, self.createrole = (v == "t" for v in role)
-            live = set(_psql(self.task, self.env, "SELECT datname FROM pg_database"))
-            self.roles = set(_psql(self.task, self.env, "SELECT rolname FROM pg_roles"))
-            self.tablespaces = set(_psql(self.task, self.env, "SELECT spcname FROM pg_tablespace"))
+            live = set(_names(self.task, self.env, ALL_SQL["databases"]))
+            self.roles = set(_names(self.task, self.env, ALL_SQL["roles"]))
+            self.tablespaces = set(_names(self.task, self.env, ALL_SQL["tablespaces"]))
         except CommandError as exc:
             return [*problems, str(_explain(exc, "cannot log in"))]
         if not (self.globals.exists() and self.createrole):  # else they come with the roles
@@ -682,7 +703,7 @@ class _Restore(DatabaseRestore):
 
     def _swap(self, name: str, fresh: str) -> None:
         before = renamed(name, "before_restore", self.plan.stamp)
-        live = name in set(_psql(self.task, self.env, LIST_SQL))
+        live = name in set(_names(self.task, self.env, LIST_SQL))
         renames = (
             [f"ALTER DATABASE {_quote(name)} RENAME TO {_quote(before)}"] if live else []
         ) + [f"ALTER DATABASE {_quote(fresh)} RENAME TO {_quote(name)}"]
@@ -726,7 +747,7 @@ class _Restore(DatabaseRestore):
         """What a failed swap leaves, and how to finish it or undo it."""
         failed = f"swapping {fresh} in failed: {said}"
         try:
-            present = set(_psql(self.task, self.env, "SELECT datname FROM pg_database"))
+            present = set(_names(self.task, self.env, ALL_SQL["databases"]))
         except CommandError as exc:
             return f"{failed}; the databases cannot be listed now ({tool_said(exc)}): see " + (
                 f"which of {name} and {fresh} exist, then run: {'; '.join(renames)};"

@@ -108,11 +108,6 @@ def wrapper(directory: Path, name: str, script: str) -> dict[str, str]:
 
 @needs_pg
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="F1: all: true reads psql's rows by line; a database named 'evil\\nshop' is "
-    "split into two names, pg_dump of 'evil' fails and no database is backed up",
-)
 def test_f1_a_database_name_with_a_newline_does_not_end_every_backup(pg, tmp_path):
     pg.sql("CREATE DATABASE shop")
     pg.sql("CREATE TABLE orders(id int); INSERT INTO orders VALUES (7)", "shop")
@@ -127,11 +122,6 @@ def test_f1_a_database_name_with_a_newline_does_not_end_every_backup(pg, tmp_pat
 
 @needs_pg
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="F3: a database dropped after the list was read fails the task at once: the "
-    "databases after it are not dumped and nothing is published",
-)
 def test_f3_a_database_dropped_mid_run_costs_only_itself(pg, tmp_path):
     for name in ("aaa", "bbb", "ccc"):
         pg.sql(f"CREATE DATABASE {name}")
@@ -139,7 +129,8 @@ def test_f3_a_database_dropped_mid_run_costs_only_itself(pg, tmp_path):
     env = wrapper(
         tmp_path / "bin",
         "pg_dump",
-        f'for a; do last="$a"; done\n[ "$last" = aaa ] && {drop} >&2\n'
+        # (mended F10: pg_dump is given the name as the connection string dbname='aaa')
+        f'for a; do last="$a"; done\n[ "$last" = "dbname=\'aaa\'" ] && {drop} >&2\n'
         f'exec {PG_BIN / "pg_dump"} "$@"\n',
     )
     box = pg_box(tmp_path, pg, "all: true, globals: false")
@@ -150,6 +141,7 @@ def test_f3_a_database_dropped_mid_run_costs_only_itself(pg, tmp_path):
     names = members(published[0])
     assert any(m.endswith("/aaa.dump") for m in names)
     assert any(m.endswith("/ccc.dump") for m in names)
+    assert "pg_dump of bbb failed" in result.stderr  # (mended: said, as a warning)
 
 
 def as_argv_psql(pg: Postgres, statement: str) -> list[str]:
@@ -337,11 +329,6 @@ def test_a_broken_database_section_names_file_line_and_key(tmp_path):
 
 
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="F2: SHOW DATABASES in --batch escapes a backslash; the escaped text is taken as "
-    "the name, mariadb-dump fails 'Unknown database' and no database is backed up",
-)
 def test_f2_a_database_name_with_a_backslash_does_not_end_every_backup(maria, tmp_path):
     maria.sql("CREATE DATABASE shop; CREATE TABLE shop.t (i int primary key)")
     maria.sql("CREATE DATABASE `app\\x`")

@@ -118,12 +118,26 @@ def _options(task: Task) -> list[str]:
     return options
 
 
+def client_argv(task: Task, options: list[str]) -> list[str]:
+    """The ``mariadb`` client with the connection ``options`` and the task's
+    ``connect_timeout`` (the client waits for ever by default: an outside attack saw
+    ``check`` and a restore's preflight hang on a server that accepted and never
+    answered). mariadb-dump has no such option; its ``timeout`` bounds it."""
+    return [
+        _tool("mariadb", "mysql"),
+        *options,
+        f"--connect-timeout={task.config['connect_timeout']}",
+    ]
+
+
 def _explain(exc: CommandError, what: str) -> TaskError:
     text = " ".join(exc.tail)
     if "Access denied" in text:
         hint = "the server refused the credentials (check defaults_file or password_file)"
     elif "Can't connect" in text or "Connection refused" in text:
         hint = "cannot reach the server (check host, port or socket, and that it runs)"
+    elif "Lost connection" in text or "timed out" in text:
+        hint = f"the server did not answer in time ({exc.tail[-1] if exc.tail else exc.reason})"
     elif "Unknown database" in text:
         hint = exc.tail[-1]
     else:
@@ -259,7 +273,7 @@ def _query(
     CommandError."""
     out = task.staging / ".query-out"
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = [_tool("mariadb", "mysql"), *options, "--batch", "--skip-column-names"]
+    argv = [*client_argv(task, options), "--batch", "--skip-column-names"]
     try:
         chosen = ["--", database] if database else []
         task.run([*argv, "--execute", sql, *chosen], stdout=out, level=10, timeout=timeout)
@@ -541,7 +555,7 @@ class _Restore(DatabaseRestore):
     def _load(self, dump: Path, name: str, into: str) -> None:
         """Feed ``dump`` (made of ``name``) to the client, into the database ``into``.
         Raises CommandError."""
-        argv = [_tool("mariadb", "mysql"), *self.options]
+        argv = client_argv(self.task, self.options)
         if name == into:
             self.task.run(argv, stdin=dump, timeout=timeout(self.task))
             return

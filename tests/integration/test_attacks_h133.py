@@ -478,11 +478,6 @@ class SilentServer:
             conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F5: the mariadb client runs without --connect-timeout and _query without a "
-    "timeout: check waits for ever on a server that accepts and never answers",
-)
 def test_f5_check_of_a_silent_mariadb_server_ends(tmp_path):
     server = SilentServer()
     try:

@@ -39,6 +39,8 @@ _SESSIONS_SQL = (
     "SELECT COUNT(*) FROM information_schema.processlist "
     "WHERE db = {schema} AND id <> CONNECTION_ID()"
 )
+TABLE_KINDS = {"BASE TABLE", "SYSTEM VERSIONED"}
+"""The tables a RENAME TABLE moves whole, a system-versioned one with its history."""
 _LOCK_WAIT = "SET SESSION lock_wait_timeout = 60; "
 """Before a statement that changes a live database: wait a minute for a lock, then fail
 (and change nothing) instead of waiting for the application and running much later."""
@@ -466,6 +468,8 @@ class _Restore(DatabaseRestore):
             problems += self._names_taken(database_of(dump, ".sql"), live)
             problems += self._names_itself(dump, database_of(dump, ".sql"), live)
             problems += self._names_another(dump, database_of(dump, ".sql"))
+            if self.plan.replace and database_of(dump, ".sql") in live:
+                problems += self._history_lost(database_of(dump, ".sql"))
             others = definers(dump) - {user}
             if others and not _can_act_as_others(grants):
                 problems.append(
@@ -584,9 +588,26 @@ class _Restore(DatabaseRestore):
         tables = _query(self.task, self.options, _TABLES_SQL.format(schema=schema))
         others = _query(self.task, self.options, _OTHERS_SQL.format(schema=schema))
         rows = [row.split("\t") for row in tables]
-        if others != ["0"] or any(kind != "BASE TABLE" for _, kind in rows):
+        if others != ["0"] or any(kind not in TABLE_KINDS for _, kind in rows):
             return None
         return [table for table, _ in rows]
+
+    def _history_lost(self, name: str) -> list[str]:
+        """A live database holding a system-versioned table and views, routines, triggers
+        or events: ``--replace`` would copy it aside with mariadb-dump, which keeps only
+        the current rows, then drop it (an outside attack: the table's history was gone
+        for good, and the note said what it held was kept)."""
+        tables = _query(self.task, self.options, _TABLES_SQL.format(schema=_sql_literal(name)))
+        versioned = [row.split("\t")[0] for row in tables if row.endswith("\tSYSTEM VERSIONED")]
+        if not versioned or self._base_tables_only(name) is not None:
+            return []
+        shown = ", ".join(printable(table, 64) for table in versioned[:3])
+        return [
+            f"{name} holds system-versioned tables ({shown}) and views, routines, triggers "
+            "or events: --replace would copy it aside without the tables' history, then "
+            "drop it, so nothing is restored. Restore beside (without --replace) and move "
+            "the tables with RENAME TABLE, which keeps their history"
+        ]
 
     def restore_database(self, dump: Path) -> None:
         name = database_of(dump, ".sql")

@@ -390,11 +390,6 @@ def test_f6_the_safety_copy_stays_in_before_restore(maria, tmp_path):
 
 
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="F7: a system-versioned table is no BASE TABLE, so --replace dumps it aside "
-    "without --dump-history and drops it: its history is gone",
-)
 def test_f7_replace_keeps_the_history_of_a_versioned_table(maria, tmp_path):
     maria.sql("CREATE DATABASE hist")
     maria.sql("CREATE TABLE hist.acct (id int primary key, v int) WITH SYSTEM VERSIONING")
@@ -417,6 +412,23 @@ def test_f7_replace_keeps_the_history_of_a_versioned_table(maria, tmp_path):
         c for c in copies if all(v in Path(c).read_text() for v in ("424242", "535353"))
     ]
     assert kept_in_database or kept_in_file, "the versioned table's history is gone"
+
+
+@needs_root
+def test_f7_replace_refuses_what_would_lose_a_versioned_table_s_history(maria, tmp_path):
+    """(mended F7) With a view beside it, the versioned table cannot be renamed aside:
+    the preflight refuses --replace, and nothing changes."""
+    maria.sql("CREATE DATABASE hist3")
+    maria.sql("CREATE TABLE hist3.acct (id int primary key, v int) WITH SYSTEM VERSIONING")
+    maria.sql("INSERT INTO hist3.acct VALUES (1, 1); UPDATE hist3.acct SET v = 2")
+    maria.sql("CREATE VIEW hist3.v AS SELECT id FROM hist3.acct")
+    box = maria_box(tmp_path, maria, "database: hist3")
+    assert box.cli("run").returncode == 0
+    result = restore(box, "my", "--replace")
+    assert result.returncode != 0
+    assert "system-versioned tables (acct)" in result.stdout + result.stderr
+    assert maria.sql("SELECT COUNT(*) FROM hist3.acct FOR SYSTEM_TIME ALL") == "2"
+    assert not [d for d in maria.sql("SHOW DATABASES").split() if d.startswith("hist3_")]
 
 
 @needs_root

@@ -391,11 +391,66 @@ class RestoreOptions:
         return not self.task or self.task in (task.key, task.type)
 
     def point_at_server(self, task: Task, schema: dict) -> None:
-        """Point a database task at the server asked for: each of host, port, user and
-        password_file its section knows replaces the service file's."""
+        """Point a database task the restore takes at the server asked for: each of host,
+        port, user and password_file replaces the service file's (under the name its
+        section knows: ``username`` for mongodb), and with a host or port the section's
+        ``socket`` goes. Raises UsageError, before anything runs, when the task cannot
+        honour one of them (:func:`server_problems`)."""
+        known = set(schema.get("properties", {}))
+        if not self.server or not self.wants(task) or not known & {"host", "uri"}:
+            return  # (not a database task)
+        problems = server_problems(task.type, task.config, known, self.server)
+        if problems:
+            raise UsageError("; ".join(problems))
         for key, value in self.server.items():
-            if key in schema.get("properties", {}):
-                task.config[key] = value
+            for alias in SERVER_KEYS[key]:
+                task.config.pop(alias, None)
+            task.config[next(a for a in SERVER_KEYS[key] if a in known)] = value
+        if "host" in self.server or "port" in self.server:
+            task.config.pop("socket", None)
+
+
+SERVER_KEYS = {
+    "host": ("host", "hostname"),
+    "port": ("port",),
+    "user": ("user", "username"),
+    "password_file": ("password_file",),
+}
+"""Each option of another server (``--hostname``...), and the keys a section names it by."""
+SERVER_OPTIONS = {
+    "host": "--hostname",
+    "port": "--port",
+    "user": "--username",
+    "password_file": "--password-file",
+}
+
+
+def server_problems(kind: str, config: dict, known: set[str], server: dict) -> list[str]:
+    """Why a task of type ``kind`` (its section ``config``, whose schema knows the keys
+    ``known``) cannot be restored to the ``server`` asked for, each in words; none when
+    it can. Outside attacks saw a restore "to another server" land in the live one: a
+    mongodb section's ``uri`` won over --hostname and --port, --username was dropped for
+    mongodb and influxdb, and the MariaDB client took ``localhost`` with a port for its
+    socket."""
+    problems = [
+        f"{kind}: {SERVER_OPTIONS[key]} does not apply to this task (its section has no "
+        f"{' or '.join(SERVER_KEYS[key])})"
+        for key in server
+        if not known & set(SERVER_KEYS[key])
+    ]
+    moved = "host" in server or "port" in server
+    if moved and config.get("uri"):
+        problems.append(
+            f"{kind}: --hostname and --port cannot replace the uri of the service file; "
+            "restore with a service file whose uri names the other server"
+        )
+    host = server.get("host", config.get("host", config.get("hostname")))
+    if "socket" in known and "port" in server and host in (None, "localhost"):
+        problems.append(
+            f"{kind}: with the host localhost (or none) the client takes the local socket "
+            "and ignores --port; give --hostname 127.0.0.1 for the server on that port"
+        )
+    return problems
 
 
 def _service(config: ClientConfig, options: RestoreOptions, plugins: PluginSet) -> Service:

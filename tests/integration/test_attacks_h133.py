@@ -513,11 +513,6 @@ def test_f5_check_of_a_silent_mariadb_server_ends(tmp_path):
 
 
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="F11: --hostname localhost --port N keeps the service's socket and the client "
-    "takes localhost as the socket: the restore lands in the live server",
-)
 def test_f11_a_restore_to_another_server_never_lands_in_the_live_one(maria, tmp_path):
     maria.sql("CREATE DATABASE shop; CREATE TABLE shop.t (i int primary key)")
     box = maria_box(tmp_path, maria, "database: shop")
@@ -573,11 +568,6 @@ def test_mariadb_password_is_never_on_a_command_line(maria, tmp_path):
 # == F12: MongoDB (recording stand-ins) ====================================================
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F12: with a uri in the service file, --hostname/--port are set in the section "
-    "and ignored: the restore goes to the live server of the uri",
-)
 def test_f12_mongodb_restore_goes_to_the_server_asked_for(standins, tmp_path):
     box = ClientSandbox(tmp_path / "client")
     box.add_service(

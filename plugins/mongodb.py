@@ -64,9 +64,15 @@ def _explain(exc: CommandError, what: str) -> TaskError:
 
 @hookimpl
 def pullback_validate(task: Task):
+    problems = []
     if task.config.get("uri") and (task.config.get("host") or task.config.get("port")):
-        return ["give uri, or host and port, not both"]
-    return []
+        problems.append("give uri, or host and port, not both")
+    if task.config["oplog"] and task.config.get("database"):
+        problems.append(
+            "oplog: true dumps every database (mongodump refuses --oplog with --db): "
+            "leave out database, or set oplog: false"
+        )
+    return problems
 
 
 @hookimpl
@@ -90,6 +96,13 @@ def pullback_dump(task: Task):
         forget_private(task)
 
 
+_NO_REPLAY = (
+    "the dump's oplog is not replayed beside the live databases (mongorestore refuses "
+    "--oplogReplay with a rename): each collection is as it was when it was dumped, not "
+    "all as of the dump's end; --replace replays it"
+)
+
+
 @hookimpl
 def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: bool, plan):
     """From the archive, every database comes back beside the live one, as
@@ -102,7 +115,7 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
         raise TaskError(f"{archive} is not in the restored snapshot")
     log = task.log
     base = ["mongorestore", *_arguments(task), f"--archive={archive}", "--gzip"]
-    if task.config["oplog"]:
+    if task.config["oplog"] and plan.replace:  # (mongorestore refuses it with a rename)
         base.append("--oplogReplay")
     try:
         try:  # (changes nothing: run in a dry run too, whose verdict it is)
@@ -117,6 +130,8 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
             if plan.step(log, f"mongorestore beside the live databases, as {renamed_to}"):
                 task.run(argv, timeout=timeout(task))
                 plan.note(log, f"restored as {renamed_to}; the live databases are untouched")
+                if task.config["oplog"]:
+                    plan.note(log, _NO_REPLAY)
             return
         kept = (plan.safety_dir or source) / f"mongodb-before-restore-{plan.stamp}.archive.gz"
         if kept.exists():

@@ -613,11 +613,6 @@ exit 0
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F15: with oplog: true the beside restore passes --oplogReplay together with "
-    "--nsFrom/--nsTo, which mongorestore refuses: the default restore always fails",
-)
 def test_f15_a_dump_with_its_oplog_restores_beside(standins, tmp_path):
     box = ClientSandbox(tmp_path / "client")
     box.add_service("mongo", "service: {name: mongo}\nmongodb: {host: db1, oplog: true}\n")

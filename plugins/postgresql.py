@@ -31,6 +31,7 @@ from ..common.archive.dumps import database_of, file_name
 from ..common.errors import CommandError
 from ..common.secrets import read_secret_file
 from ..common.text import printable
+from ..common.units import parse_duration
 from . import hookimpl, load_plugin_schema, pg_database
 from ._common import (
     DatabaseRestore,
@@ -282,6 +283,12 @@ def pullback_probe(task: Task):
     return result
 
 
+def lock_wait(task: Task) -> str:
+    """pg_dump's ``--lock-wait-timeout`` option from the section's ``lock_wait_timeout``,
+    in milliseconds."""
+    return f"--lock-wait-timeout={int(parse_duration(task.config['lock_wait_timeout']) * 1000)}"
+
+
 def dump_argv(extra: list[str], name: str) -> list[str]:
     """The pg_dump command line of the database ``name``: ``-Fc`` keeps the database's
     own entries (owner, comment, settings, grants, encoding: pg_restore --create reads
@@ -308,7 +315,10 @@ def _dump_one(task: Task, env: dict[str, str], name: str) -> None:
     target = task.staging / file_name(name, ".dump")
     try:
         task.run(
-            dump_argv(extra_options(task), name), env=env, stdout=target, timeout=timeout(task)
+            dump_argv([lock_wait(task), *extra_options(task)], name),
+            env=env,
+            stdout=target,
+            timeout=timeout(task),
         )
     except CommandError as exc:
         target.unlink(missing_ok=True)

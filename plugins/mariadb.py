@@ -33,11 +33,12 @@ from .task import Requirement, RestorePlan, Task, TaskError, TaskType
 
 SYSTEM_SCHEMAS = {"information_schema", "performance_schema", "sys"}
 _TABLES_SQL = (
-    "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = {schema}"
+    "SELECT HEX(table_name), table_type FROM information_schema.tables "
+    "WHERE CAST(table_schema AS BINARY) = {schema}"
 )
 _SESSIONS_SQL = (
     "SELECT COUNT(*) FROM information_schema.processlist "
-    "WHERE db = {schema} AND id <> CONNECTION_ID()"
+    "WHERE CAST(db AS BINARY) = {schema} AND id <> CONNECTION_ID()"
 )
 TABLE_KINDS = {"BASE TABLE", "SYSTEM VERSIONED"}
 """The tables a RENAME TABLE moves whole, a system-versioned one with its history."""
@@ -45,9 +46,12 @@ _LOCK_WAIT = "SET SESSION lock_wait_timeout = 60; "
 """Before a statement that changes a live database: wait a minute for a lock, then fail
 (and change nothing) instead of waiting for the application and running much later."""
 _OTHERS_SQL = (
-    "SELECT (SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = {schema})"
-    " + (SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = {schema})"
-    " + (SELECT COUNT(*) FROM information_schema.events WHERE event_schema = {schema})"
+    "SELECT (SELECT COUNT(*) FROM information_schema.routines "
+    "WHERE CAST(routine_schema AS BINARY) = {schema})"
+    " + (SELECT COUNT(*) FROM information_schema.triggers "
+    "WHERE CAST(trigger_schema AS BINARY) = {schema})"
+    " + (SELECT COUNT(*) FROM information_schema.events "
+    "WHERE CAST(event_schema AS BINARY) = {schema})"
 )
 SKIP_DROP = "--skip-add-drop-database"
 DUMP_OPTIONS = [
@@ -240,13 +244,18 @@ def pullback_probe(task: Task):
 
 
 def _sql_literal(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+    """``text`` as a hexadecimal literal of its UTF-8 bytes, ``X'...'``, compared with a
+    column cast to binary: read alike in every sql_mode and collation. A quoted
+    ``'a\\\\b'`` meant ``a\\b`` in one sql_mode and ``a\\\\b`` under
+    NO_BACKSLASH_ESCAPES (an outside attack: --replace then found no table, moved
+    nothing, dropped the restored copy and exited 0)."""
+    return "X'" + text.encode("utf-8", "surrogateescape").hex().upper() + "'"
 
 
 _UNREADABLE_SQL = (
     "SELECT CONCAT(ROUTINE_SCHEMA, '.', ROUTINE_NAME, ' (', DEFINER, ')') "
     "FROM information_schema.ROUTINES WHERE ROUTINE_DEFINITION IS NULL "
-    "AND ROUTINE_SCHEMA IN ({schemas}) ORDER BY 1 LIMIT 4"
+    "AND CAST(ROUTINE_SCHEMA AS BINARY) IN ({schemas}) ORDER BY 1 LIMIT 4"
 )
 
 
@@ -437,6 +446,13 @@ def create_options(dump: Path, name: str) -> str:
     return ""
 
 
+def _table_row(row: str) -> tuple[str, str]:
+    """A row of :data:`_TABLES_SQL`: the table's name (sent in hexadecimal, as --batch
+    would escape a backslash, tab or newline in it) and its kind."""
+    name, kind = row.split("\t")
+    return bytes.fromhex(name).decode("utf-8", "surrogateescape"), kind
+
+
 class _Restore(DatabaseRestore):
     """One task's restore: the preflight, then each database beside or over the live one."""
 
@@ -587,7 +603,7 @@ class _Restore(DatabaseRestore):
         schema = _sql_literal(name)
         tables = _query(self.task, self.options, _TABLES_SQL.format(schema=schema))
         others = _query(self.task, self.options, _OTHERS_SQL.format(schema=schema))
-        rows = [row.split("\t") for row in tables]
+        rows = [_table_row(row) for row in tables]
         if others != ["0"] or any(kind not in TABLE_KINDS for _, kind in rows):
             return None
         return [table for table, _ in rows]
@@ -598,7 +614,7 @@ class _Restore(DatabaseRestore):
         the current rows, then drop it (an outside attack: the table's history was gone
         for good, and the note said what it held was kept)."""
         tables = _query(self.task, self.options, _TABLES_SQL.format(schema=_sql_literal(name)))
-        versioned = [row.split("\t")[0] for row in tables if row.endswith("\tSYSTEM VERSIONED")]
+        versioned = [t for t, kind in map(_table_row, tables) if kind == "SYSTEM VERSIONED"]
         if not versioned or self._base_tables_only(name) is not None:
             return []
         shown = ", ".join(printable(table, 64) for table in versioned[:3])
@@ -692,6 +708,11 @@ class _Restore(DatabaseRestore):
             self._sql("RENAME TABLE " + ", ".join(moves), "the swap")
         if options:  # (a live database keeps its own defaults through IF NOT EXISTS)
             self._sql(f"ALTER DATABASE {_ident(name)}{options}", f"setting {name}'s defaults")
+        if _query(self.task, self.options, _TABLES_SQL.format(schema=_sql_literal(fresh))):
+            raise TaskError(  # (never drop what was believed moved: it is the restore)
+                f"after the swap {fresh} still holds tables: nothing more is changed; see "
+                f"{name}, {before} and {fresh}"
+            )
         self._sql(f"DROP DATABASE {_ident(fresh)}", f"removing the emptied {fresh}")
         if old:
             self.plan.note(log, f"{name} is restored; the tables it replaced are kept in {before}")

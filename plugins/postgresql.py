@@ -273,7 +273,11 @@ def pullback_probe(task: Task):
     """Log in as a dump would; list what a restore would lack."""
     with probing(task, _explain) as result:
         env = _env(task)
-        result.problems += absent(databases(task, env), _names(task, env, LIST_SQL))
+        names = databases(task, env)
+        missing = absent(names, _names(task, env, LIST_SQL))
+        result.problems += missing
+        if not missing:
+            result.problems += [p for name in names for p in _unreadable(task, env, name)]
         _, createdb, _ = (_psql(task, env, ROLE_SQL) or ["f|f|f"])[0].split("|")
         if createdb != "t":
             result.warnings.append(
@@ -296,6 +300,39 @@ def dump_argv(extra: list[str], name: str) -> list[str]:
     options, then ``--`` and the name as a connection string (:func:`dbname`), so that
     a name is neither an option nor a connection string."""
     return ["pg_dump", "-Fc", *extra, "--", dbname(name)]
+
+
+UNREADABLE_SQL = (
+    "SELECT json_agg(what) FROM (SELECT format('%s %I.%I', CASE c.relkind WHEN 'S' THEN "
+    "'sequence' ELSE 'table' END, n.nspname, c.relname) AS what FROM pg_class c JOIN "
+    "pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'S') AND n.nspname "
+    "NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND "
+    "NOT (has_schema_privilege(n.oid, 'USAGE') AND CASE c.relkind WHEN 'S' THEN "
+    "has_sequence_privilege(c.oid, 'SELECT') ELSE has_table_privilege(c.oid, 'SELECT') END) "
+    "ORDER BY 1 LIMIT 4) s"
+)
+"""The first tables and sequences of a database that the role may not read (nor reach
+through their schema): pg_dump fails on each."""
+
+
+def _unreadable(task: Task, env: dict[str, str], name: str) -> list[str]:
+    """Why pg_dump of the database ``name`` would fail, found by connecting to it as the
+    dump does: a connection refused (``REVOKE CONNECT``), a table or sequence the role
+    may not read (an outside walk saw check say ok for the docs' least-privilege
+    owner, whose next dump failed on a table a migration had created as postgres)."""
+    try:
+        rows = _psql(task, env, UNREADABLE_SQL, database=name)
+    except CommandError as exc:
+        return [str(_explain(exc, f"cannot connect to {printable(name, 64)}"))]
+    found = [printable(what, 130) for what in (json.loads(rows[0]) or [])] if rows else []
+    if not found:
+        return []
+    shown = ", ".join(found[:3]) + (" ..." if len(found) > 3 else "")
+    return [
+        f"the role may not read {shown} in the database {printable(name, 64)}, so pg_dump "
+        "of it would fail; grant it SELECT (and USAGE on the schema), or dump as the "
+        "owner, a member of pg_read_all_data or a superuser"
+    ]
 
 
 @hookimpl

@@ -179,11 +179,6 @@ def test_f4_a_database_name_runs_no_sql_as_the_restoring_superuser(pg, tmp_path)
 
 @needs_pg
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="F9: the probe never connects to the task's databases: check says ok for a "
-    "table the role may not read, and the run fails on it",
-)
 def test_f9_check_names_a_table_the_role_cannot_dump(pg, tmp_path):
     pg.sql("CREATE ROLE shop_owner LOGIN CREATEDB PASSWORD 'Sh0p-pw'")
     pg.sql("CREATE DATABASE shop OWNER shop_owner")

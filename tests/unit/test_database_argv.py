@@ -37,3 +37,20 @@ def test_a_dump_naming_another_database_is_found(tmp_path):
     assert b"`live1`" not in renamed
     dump.write_bytes(b"".join([*lines, b"USE `mysql`;\n"]))
     assert mariadb.other_database(dump, "live1") == 8
+
+
+def test_a_restore_to_another_server_refuses_what_a_task_cannot_honour():
+    """helper-133 F11, F12: never a restore into the live server instead."""
+    from pullback.client.restore import server_problems
+
+    mongo = {"uri", "host", "port", "username", "password_file"}
+    said = server_problems("mongodb", {"uri": "mongodb://live"}, mongo, {"host": "db2"})
+    assert said and "cannot replace the uri" in said[0]
+    assert server_problems("mongodb", {"host": "db1"}, mongo, {"host": "db2", "user": "u"}) == []
+    maria = {"host", "hostname", "port", "socket", "user", "password_file"}
+    said = server_problems("mariadb", {"socket": "/run/s"}, maria, {"port": 3307})
+    assert said and "--hostname 127.0.0.1" in said[0]
+    assert server_problems("mariadb", {}, maria, {"host": "127.0.0.1", "port": 3307}) == []
+    influx = {"host", "token_file", "org"}
+    said = server_problems("influxdb", {}, influx, {"port": 1, "password_file": "/p"})
+    assert [s.split(":")[1].split()[0] for s in said] == ["--port", "--password-file"]

@@ -45,6 +45,10 @@ TABLE_KINDS = {"BASE TABLE", "SYSTEM VERSIONED"}
 _LOCK_WAIT = "SET SESSION lock_wait_timeout = 60; "
 """Before a statement that changes a live database: wait a minute for a lock, then fail
 (and change nothing) instead of waiting for the application and running much later."""
+_TRIGGERS_SQL = (
+    "SELECT COUNT(*) FROM information_schema.triggers "
+    "WHERE CAST(trigger_schema AS BINARY) = {schema}"
+)
 _OTHERS_SQL = (
     "SELECT (SELECT COUNT(*) FROM information_schema.routines "
     "WHERE CAST(routine_schema AS BINARY) = {schema})"
@@ -609,20 +613,20 @@ class _Restore(DatabaseRestore):
         return [table for table, _ in rows]
 
     def _history_lost(self, name: str) -> list[str]:
-        """A live database holding a system-versioned table and views, routines, triggers
-        or events: ``--replace`` would copy it aside with mariadb-dump, which keeps only
-        the current rows, then drop it (an outside attack: the table's history was gone
-        for good, and the note said what it held was kept)."""
+        """A live database holding a system-versioned table and triggers: ``--replace``
+        would copy it aside with mariadb-dump, which keeps only the current rows, then
+        drop it (an outside attack: the table's history was gone for good, and the note
+        said what it held was kept)."""
         tables = _query(self.task, self.options, _TABLES_SQL.format(schema=_sql_literal(name)))
         versioned = [t for t, kind in map(_table_row, tables) if kind == "SYSTEM VERSIONED"]
-        if not versioned or self._base_tables_only(name) is not None:
+        if not versioned or not self._triggers(name):
             return []
         shown = ", ".join(printable(table, 64) for table in versioned[:3])
         return [
-            f"{name} holds system-versioned tables ({shown}) and views, routines, triggers "
-            "or events: --replace would copy it aside without the tables' history, then "
-            "drop it, so nothing is restored. Restore beside (without --replace) and move "
-            "the tables with RENAME TABLE, which keeps their history"
+            f"{name} holds system-versioned tables ({shown}) and triggers: --replace would "
+            "copy it aside without the tables' history (a table with a trigger cannot be "
+            "renamed aside), then drop it, so nothing is restored. Restore beside (without "
+            "--replace) and move the tables by hand with RENAME TABLE, which keeps history"
         ]
 
     def restore_database(self, dump: Path) -> None:
@@ -660,36 +664,99 @@ class _Restore(DatabaseRestore):
         if new_tables is not None and old_tables is not None:
             self._rename_swap(name, fresh, before, (old_tables, new_tables))
             return
-        # views, routines, triggers or events: the live database is copied aside whole,
-        # then replaced by a second load of the proven dump
         safety = self._safety_copy(name, dump.parent)
+        if live and not self._triggers(name):
+            self._aside_swap(dump, name, (fresh, before), safety)
+            return
+        # triggers (a table with one cannot be renamed into another database): the live
+        # database is copied aside whole, then replaced by a second load of the proven dump
         if live and self.plan.step(log, f"copy the live {name} to {safety} (mariadb-dump)"):
             self._copy_aside(name, safety)
         if self.plan.step(log, f"replace {name} by the restored copy", destructive=live):
+            self._alone(name, f"{name} is unchanged, a copy of it is in {safety}", fresh)
             where = f"what {name} held is in {safety} (load it with: mariadb < {safety})"
-            try:  # waits a minute at most for the application's locks
-                self._sql(f"DROP DATABASE IF EXISTS {_ident(name)}", f"removing the live {name}")
-            except TaskError as exc:
-                raise TaskError(
-                    f"{exc}; {name} is unchanged (is an application using it?); the restored "
-                    f"copy is in {fresh}, and a copy of {name} in {safety}"
-                ) from None
-            try:
-                self._load(dump, name, name)
-            except CommandError as exc:
-                raise TaskError(
-                    f"loading {dump.name} into {name} failed: {tool_said(exc)}; {where}; "
-                    f"the restored copy is in {fresh}"
-                ) from None
-            except BaseException:  # interrupted: say where everything is, then stop
+            self._drop_and_load(dump, name, fresh, where)
+            if live:
                 self.plan.note(
                     log,
-                    f"interrupted while replacing {name}: {where}; the restored copy is in {fresh}",
+                    f"{name} is restored; what it held is kept in {safety} (as it was when "
+                    f"copied: a row written to {name} since then is not in it)",
                 )
-                raise
-            self._sql(f"DROP DATABASE {_ident(fresh)}", f"removing {fresh}")
-            if live:
-                self.plan.note(log, f"{name} is restored; what it held is kept in {safety}")
+
+    def _aside_swap(self, dump: Path, name: str, names: tuple[str, str], safety: Path) -> None:
+        """Replace the live ``name`` (views, routines or events beside its tables) by the
+        dump, losing nothing: its definitions are copied to ``safety`` (mariadb-dump),
+        then its tables move to ``before`` in one RENAME TABLE, every row written until
+        then with them (an outside attack: a row written after the copy, when the
+        database was dropped, was lost, and the note said what it held was kept), a
+        versioned table's history too. ``names`` are the restored copy's and
+        ``before``. Raises TaskError."""
+        fresh, before = names
+        log = self.task.log
+        if self.plan.step(log, f"copy the live {name} to {safety} (mariadb-dump)"):
+            self._copy_aside(name, safety)
+        what = f"move the tables of {name} to {before}, then load {dump.name} into {name}"
+        if not self.plan.step(log, what, destructive=True):
+            return
+        self._alone(name, f"{name} is unchanged, a copy of it is in {safety}", fresh)
+        schema = _sql_literal(name)
+        rows = map(_table_row, _query(self.task, self.options, _TABLES_SQL.format(schema=schema)))
+        tables = [table for table, kind in rows if kind in TABLE_KINDS]
+        self._sql(f"CREATE DATABASE {_ident(before)}", f"creating {before}")
+        moves = [f"{_ident(name)}.{_ident(t)} TO {_ident(before)}.{_ident(t)}" for t in tables]
+        if moves:
+            try:
+                self._sql("RENAME TABLE " + ", ".join(moves), f"moving the tables of {name}")
+            except TaskError as exc:
+                self._sql(f"DROP DATABASE {_ident(before)}", f"removing the empty {before}")
+                raise TaskError(
+                    f"{exc}; {name} is unchanged; the restored copy is in {fresh}"
+                ) from None
+        kept = f"its tables are kept in {before}, its views, routines and events in {safety}"
+        self._drop_and_load(dump, name, fresh, kept)
+        self.plan.note(
+            log, f"{name} is restored; {kept} (the tables with every row written until the swap)"
+        )
+
+    def _triggers(self, name: str) -> bool:
+        """Whether the database ``name`` has triggers."""
+        sql = _TRIGGERS_SQL.format(schema=_sql_literal(name))
+        return _query(self.task, self.options, sql) != ["0"]
+
+    def _alone(self, name: str, where: str, fresh: str) -> None:
+        """Raise TaskError, changing nothing, when a session uses ``name`` now (one that
+        connected since the preflight): dropping it would lose what it writes."""
+        count = _query(self.task, self.options, _SESSIONS_SQL.format(schema=_sql_literal(name)))
+        if count and count[0] != "0":
+            raise TaskError(
+                f"{count[0]} session(s) are using {name} since the preflight: nothing more "
+                f"is changed; {where}, the restored copy is in {fresh}. Stop the "
+                "application and restore again"
+            )
+
+    def _drop_and_load(self, dump: Path, name: str, fresh: str, where: str) -> None:
+        """Drop the live ``name``, load ``dump`` into it, drop the restored copy
+        ``fresh``; ``where`` says where what ``name`` held is. Raises TaskError."""
+        try:  # waits a minute at most for the application's locks
+            self._sql(f"DROP DATABASE IF EXISTS {_ident(name)}", f"removing the live {name}")
+        except TaskError as exc:
+            raise TaskError(
+                f"{exc} (is an application using it?); {where}; the restored copy is in {fresh}"
+            ) from None
+        try:
+            self._load(dump, name, name)
+        except CommandError as exc:
+            raise TaskError(
+                f"loading {dump.name} into {name} failed: {tool_said(exc)}; {where}; "
+                f"the restored copy is in {fresh}"
+            ) from None
+        except BaseException:  # interrupted: say where everything is, then stop
+            self.plan.note(
+                self.task.log,
+                f"interrupted while replacing {name}: {where}; the restored copy is in {fresh}",
+            )
+            raise
+        self._sql(f"DROP DATABASE {_ident(fresh)}", f"removing {fresh}")
 
     def _rename_swap(self, name: str, fresh: str, before: str, tables) -> None:
         """One RENAME TABLE statement moves the live tables aside and the restored ones in:

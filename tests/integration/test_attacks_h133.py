@@ -410,28 +410,49 @@ def test_f7_replace_keeps_the_history_of_a_versioned_table(maria, tmp_path):
 
 
 @needs_root
+def test_f7_with_a_view_beside_it_replace_keeps_the_history_too(maria, tmp_path):
+    """(mended F7, F8) With a view beside it, the versioned table is renamed aside all the
+    same, history and all, and the view is in the safety copy."""
+    maria.sql("CREATE DATABASE hist4")
+    maria.sql("CREATE TABLE hist4.acct (id int primary key, v int) WITH SYSTEM VERSIONING")
+    maria.sql("INSERT INTO hist4.acct VALUES (1, 1); UPDATE hist4.acct SET v = 2")
+    maria.sql("CREATE VIEW hist4.v AS SELECT id FROM hist4.acct")
+    box = maria_box(tmp_path, maria, "database: hist4")
+    assert box.cli("run").returncode == 0
+    maria.sql("UPDATE hist4.acct SET v = 3")
+    result = restore(box, "my", "--replace")
+    assert result.returncode == 0, result.stderr
+    assert maria.sql("SELECT v FROM hist4.acct") == "2" and maria.sql("SELECT id FROM hist4.v")
+    (before,) = [d for d in maria.sql("SHOW DATABASES").split() if d.startswith("hist4_before")]
+    assert maria.sql(f"SELECT COUNT(*) FROM `{before}`.acct FOR SYSTEM_TIME ALL") == "3"
+    (copy,) = (tmp_path / "client" / "before-restore").glob("hist4_before_restore_*.sql")
+    assert b"VIEW `v`" in copy.read_bytes()
+
+
+@needs_root
 def test_f7_replace_refuses_what_would_lose_a_versioned_table_s_history(maria, tmp_path):
-    """(mended F7) With a view beside it, the versioned table cannot be renamed aside:
-    the preflight refuses --replace, and nothing changes."""
+    """(mended F7) With a trigger, the versioned table cannot be renamed aside: the
+    preflight refuses --replace, and nothing changes."""
     maria.sql("CREATE DATABASE hist3")
     maria.sql("CREATE TABLE hist3.acct (id int primary key, v int) WITH SYSTEM VERSIONING")
     maria.sql("INSERT INTO hist3.acct VALUES (1, 1); UPDATE hist3.acct SET v = 2")
-    maria.sql("CREATE VIEW hist3.v AS SELECT id FROM hist3.acct")
+    maria.sql("CREATE TABLE hist3.log (n int)")
+    maria.sql(
+        "CREATE TRIGGER hist3.t AFTER UPDATE ON hist3.acct FOR EACH ROW INSERT INTO hist3.log "
+        "VALUES (NEW.id)"
+    )
     box = maria_box(tmp_path, maria, "database: hist3")
     assert box.cli("run").returncode == 0
     result = restore(box, "my", "--replace")
     assert result.returncode != 0
     assert "system-versioned tables (acct)" in result.stdout + result.stderr
     assert maria.sql("SELECT COUNT(*) FROM hist3.acct FOR SYSTEM_TIME ALL") == "2"
+    triggers = "SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = 'hist3'"
+    assert maria.sql(triggers) == "1"  # the trigger is there still
     assert not [d for d in maria.sql("SHOW DATABASES").split() if d.startswith("hist3_")]
 
 
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="F8: --replace (copy-aside path) checks sessions only in the preflight: a row "
-    "written after the copy is dropped, and the note says what it held is kept",
-)
 def test_f8_a_row_written_after_the_copy_is_not_lost(maria, tmp_path):
     maria.sql("CREATE DATABASE inv; CREATE TABLE inv.orders (id int primary key, what text)")
     maria.sql(

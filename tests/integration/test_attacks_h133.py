@@ -3,9 +3,9 @@ pg_globals, mariadb, influxdb, mongodb), at backup time and at restore time, aga
 PostgreSQL and MariaDB servers of their own (tests/helpers/databases.py) and the recording
 stand-ins for the MongoDB tools.
 
-Each ``xfail(strict=True)`` test fails today because of the defect its reason names
-(/tmp/h133/FINDINGS.md, F1...) and passes once it is mended; the others pin promises that
-held.
+Each ``test_fN_...`` test failed because of the defect it names (/tmp/h133/FINDINGS.md,
+F1...) and was an ``xfail(strict=True)`` until helper-136 mended it; where the mend
+differs from the reviewer's guess the test says so. The others pin promises that held.
 """
 
 from __future__ import annotations

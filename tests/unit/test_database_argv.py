@@ -54,3 +54,30 @@ def test_a_restore_to_another_server_refuses_what_a_task_cannot_honour():
     influx = {"host", "token_file", "org"}
     said = server_problems("influxdb", {}, influx, {"port": 1, "password_file": "/p"})
     assert [s.split(":")[1].split()[0] for s in said] == ["--port", "--password-file"]
+
+
+def test_one_database_that_cannot_be_dumped_costs_only_itself():
+    """helper-133 F1-F3: the others are dumped, the failure is a kept warning; the task
+    fails only when no database could be dumped."""
+    import logging
+    from types import SimpleNamespace
+
+    import pytest
+
+    from pullback.plugins._common import each_database
+    from pullback.plugins.task import TaskError
+
+    def dump_one(name: str) -> None:
+        if name.startswith("bad"):
+            raise TaskError(f"dump of {name} failed: gone")
+        done.append(name)
+
+    task = SimpleNamespace(log=logging.getLogger("t"), stats=SimpleNamespace(warnings=[]))
+    done: list[str] = []
+    each_database(task, ["a", "bad1", "c"], dump_one)
+    assert done == ["a", "c"]
+    assert task.stats.warnings == [
+        "dump of bad1 failed: gone; it is not in this archive, the other databases are"
+    ]
+    with pytest.raises(TaskError, match=r"dump of bad1 failed: gone \(and 1 more"):
+        each_database(task, ["bad1", "bad2"], dump_one)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..common.archive.sidecar import ServiceReport, TaskReport
+from ..common.archive.sidecar import PARTIAL_DUMP, ServiceReport, TaskReport
 from ..common.archive.writer import ArchiveWriter
 from ..common.errors import ArchiveError, Interrupted, PullbackError, describe
 from ..common.log import PrefixAdapter, get_logger
@@ -22,7 +22,7 @@ from ..common.signals import SignalGuard
 from ..common.trees import remove_tree
 from ..common.yamlfile import KeyPath, format_key
 from ..plugins.manager import MAX_ITEMS, PluginSet, as_lines
-from ..plugins.task import KeyProblem, Task, TaskSkipped
+from ..plugins.task import KeyProblem, Task, TaskPartial, TaskSkipped
 from .services import Service
 
 if TYPE_CHECKING:
@@ -123,6 +123,8 @@ class ServiceRun:
         self.reports = {id(t): TaskReport(t.type) for t in self.tasks}
         self.report.tasks = [self.reports[id(t)] for t in self.tasks]
         self.prepared: list[Task] = []
+        self._partial: set[int] = set()
+        """The tasks whose dump raised TaskPartial: failed, what they staged archived."""
         self.record = record
         """Where each stop is written before it is made (None: nowhere)."""
         if record is not None:
@@ -200,7 +202,8 @@ class ServiceRun:
         return True
 
     def dump(self, runnable: list[Task]) -> None:
-        """Every dump of a task not skipped; a failed dump's staging is discarded."""
+        """Every dump of a task not skipped; a failed dump's staging is discarded, a
+        partial one's (TaskPartial) kept for the archive."""
         for task in runnable:
             task_report = self.reports[id(task)]
             if task_report.error is not None:
@@ -214,6 +217,9 @@ class ServiceRun:
             except TaskSkipped as exc:
                 self._skip(task, exc)
                 remove_tree(task.staging, ignore_errors=True)
+            except TaskPartial as exc:
+                self._fail(task, PARTIAL_DUMP.removesuffix(": "), exc)
+                self._partial.add(id(task))  # what it staged is archived
             except Exception as exc:
                 self._fail(task, "dump", exc)
                 remove_tree(task.staging, ignore_errors=True)
@@ -241,8 +247,7 @@ class ServiceRun:
         """Archive what the successful dumps staged and sum the service's report."""
         for task in self.tasks:
             task_report = self.reports[id(task)]
-            staged = task.staging.is_dir() and any(task.staging.iterdir())
-            if task_report.status == Status.OK and staged:
+            if self._archived(task):
                 task.stats.add(self.archive.add_tree(task.staging, task.arcdir))
             task_report.files, task_report.bytes = task.stats.files, task.stats.bytes
             task_report.warnings = list(task.stats.warnings)
@@ -256,12 +261,19 @@ class ServiceRun:
         report.files = sum(r.files for r in report.tasks)
         report.bytes = sum(r.bytes for r in report.tasks)
 
+    def _archived(self, task: Task) -> bool:
+        """Whether what ``task`` staged goes into the archive: its dump succeeded, or
+        wrote part of what it should (TaskPartial), and it staged something."""
+        kept = self.reports[id(task)].status == Status.OK or id(task) in self._partial
+        return kept and task.staging.is_dir() and any(task.staging.iterdir())
+
     # -- outcomes -------------------------------------------------------------------------
 
     def _fail(self, task: Task, stage: str, exc: BaseException) -> None:
         task_report = self.reports[id(task)]
         task_report.status = Status.FAILED
-        message = f"{stage} failed: {describe(exc)}"
+        message = f"{stage}: {describe(exc)}" if isinstance(exc, TaskPartial) else None
+        message = message or f"{stage} failed: {describe(exc)}"
         task_report.error = task_report.error or message
         task.log.error("%s", message)
         if not isinstance(exc, PullbackError | OSError):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..common.errors import CommandError
 from ..common.units import parse_duration
-from .task import ProbeResult, RestorePlan, Task, TaskError
+from .task import ProbeResult, RestorePlan, Task, TaskError, TaskPartial
 
 
 def first(config: dict, *keys: str, default=None):
@@ -155,10 +155,12 @@ class DatabaseRestore(ABC):
 def each_database(task: Task, names: list[str], dump_one: Callable[[str], None]) -> None:
     """``dump_one(name)`` for each of ``names``. One database that cannot be dumped (gone
     since the list was read, a name the server refuses, a lock held, a permission
-    missing) costs only itself: the others are dumped, and each failure is a warning
-    naming it, kept for the archive's sidecar (an outside attack: one tenant's database
-    stopped the backup of every database of the server). Raises TaskError, the first
-    failure's words, when no database could be dumped."""
+    missing) costs only itself: the others are dumped and archived (an outside attack:
+    one tenant's database stopped the backup of every database of the server), and the
+    task is failed all the same (TaskPartial, each failure named), so that the run, the
+    mail, the pings and the server say a database is missing (helper-138: as warnings
+    alone, nothing alerted). Raises TaskError, the first failure's words, when no
+    database could be dumped, TaskPartial when some could not."""
     failed: list[str] = []
     for name in names:
         try:
@@ -168,7 +170,14 @@ def each_database(task: Task, names: list[str], dump_one: Callable[[str], None])
     if failed and len(failed) == len(names):
         more = f" (and {len(failed) - 1} more databases failed)" if len(failed) > 1 else ""
         raise TaskError(failed[0] + more)
-    for said in failed:
-        text = f"{said}; it is not in this archive, the other databases are"
-        task.log.warning("%s", text)
-        task.stats.warnings.append(text)
+    if failed:
+        for said in failed:  # (each named in the log and the sidecar)
+            text = f"{said}; it is not in this archive"
+            task.log.warning("%s", text)
+            task.stats.warnings.append(text)
+        dumped = len(names) - len(failed)
+        raise TaskPartial(
+            f"{len(failed)} of {len(names)} databases could not be dumped ({failed[0]}"
+            f"{', …' if len(failed) > 1 else ''}); the other {dumped} "
+            f"{'databases are' if dumped != 1 else 'database is'} in the archive"
+        )

@@ -147,7 +147,9 @@ def pullback_dump(task):
     ``files`` or ``bytes``; append to ``task.stats.warnings`` what the sidecar should
     say. Pass ``timeout=`` to every ``task.run``. Raise to fail: the staging directory
     is then discarded (what ``add_tree`` already streamed stays in the archive, the task
-    marked failed); ``TaskSkipped`` reports the task skipped.
+    marked failed); ``TaskSkipped`` reports the task skipped; ``TaskPartial`` (part of
+    what it should was written: one database of several) keeps what was staged for the
+    archive and reports the task failed with its message.
     """
 
 

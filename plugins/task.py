@@ -24,6 +24,12 @@ class TaskSkipped(TaskError):
     """The task cannot run here (e.g. its tool is not installed): skipped, and said so."""
 
 
+class TaskPartial(TaskError):
+    """The dump wrote part of what it should (one database of several could not be
+    dumped): what it staged is archived, and the task is reported failed with this
+    message, so that the run, the mail, the pings and the server say so."""
+
+
 @dataclass(frozen=True)
 class Requirement:
     """A program a task needs: any one of ``programs``, from the Debian ``package``."""

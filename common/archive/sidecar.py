@@ -68,6 +68,11 @@ class TaskReport:
     warnings: list[str] = field(default_factory=list)
 
 
+PARTIAL_DUMP = "dump partial: "
+"""The start of the error of a task whose dump wrote part of what it should (one
+database of several could not be dumped: ``TaskPartial``): failed, and what it wrote is
+in the archive, which is published even when nothing else of the run succeeded."""
+
 LEFT_OUT = "left out of this run (run --service): the newest complete archive holds it"
 """The error of an enabled service that a ``run --service`` did not name: its report says
 failed, so the archive is partial and every older reader (client retention, the server's

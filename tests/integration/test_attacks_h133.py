@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -142,6 +143,9 @@ def test_f3_a_database_dropped_mid_run_costs_only_itself(pg, tmp_path):
     assert any(m.endswith("/aaa.dump") for m in names)
     assert any(m.endswith("/ccc.dump") for m in names)
     assert "pg_dump of bbb failed" in result.stderr  # (mended: said, as a warning)
+    # and the service fails all the same: the run, its mail and pings say so
+    assert result.returncode == 1, result.stderr[-600:]
+    assert re.search(r"dump partial: 1 of \d+ databases could not be dumped", result.stderr)
 
 
 def as_argv_psql(pg: Postgres, statement: str) -> list[str]:

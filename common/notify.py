@@ -186,9 +186,23 @@ def _opener(watchdog: Watchdog) -> urllib.request.OpenerDirector:
                 raise urllib.error.HTTPError(
                     newurl, code, "a redirect to no http(s) URL", headers, fp
                 )
-            return super().redirect_request(req, fp, code, msg, headers, newurl)
+            new = super().redirect_request(req, fp, code, msg, headers, newurl)
+            if new is not None and _leaves(req.full_url, newurl):
+                new.remove_header("Authorization")  # (a token is for its own host alone)
+            return new
 
     return urllib.request.build_opener(Plain, Tls, Redirects)
+
+
+def _leaves(old: str, new: str) -> bool:
+    """Whether a redirect from ``old`` to ``new`` goes to another host or port, or from
+    https down to http: an ntfy or Gotify token must not follow it (urllib sends the
+    request's headers on to wherever a redirect points: helper-138)."""
+    from urllib.parse import urlsplit
+
+    before, after = urlsplit(old), urlsplit(new)
+    downgrade = before.scheme == "https" and after.scheme != "https"
+    return downgrade or before.netloc.lower() != after.netloc.lower()
 
 
 class Notifier:

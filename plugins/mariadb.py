@@ -132,11 +132,15 @@ def client_argv(task: Task, options: list[str]) -> list[str]:
     """The ``mariadb`` client with the connection ``options`` and the task's
     ``connect_timeout`` (the client waits for ever by default: an outside attack saw
     ``check`` and a restore's preflight hang on a server that accepted and never
-    answered). mariadb-dump has no such option; its ``timeout`` bounds it."""
+    answered). mariadb-dump has no such option; its ``timeout`` bounds it. The
+    character set is utf8mb4 whatever the locale (under C or POSIX the client spoke
+    latin1, and a name such as ``café`` in pullback's own queries, its ``X'...'``
+    literals UTF-8, was another name: helper-138)."""
     return [
         _tool("mariadb", "mysql"),
         *options,
         f"--connect-timeout={task.config['connect_timeout']}",
+        "--default-character-set=utf8mb4",
     ]
 
 

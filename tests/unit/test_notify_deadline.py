@@ -143,3 +143,44 @@ def test_redirects_are_bounded_and_http_alone(redirecting):
 
 def test_a_prompt_endpoint_is_delivered(redirecting):
     assert _send("x: ping", f"{redirecting}/hop/0", None, {}, 5.0)
+
+
+def test_a_token_follows_no_redirect_to_another_host():
+    """helper-138: urllib passed the request's headers on to wherever a redirect
+    pointed, an ntfy or Gotify token to another host, or from https down to http."""
+    seen: list[str | None] = []
+
+    class Recording(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            if self.path == "/elsewhere":
+                self.send_response(302)
+                self.send_header("Location", f"http://localhost:{other.server_address[1]}/ok")
+            elif self.path == "/here":
+                self.send_response(302)
+                self.send_header("Location", "/ok")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    first = ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    for server in (first, other):
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        token = {"Authorization": "Bearer s3cret"}
+        base = f"http://127.0.0.1:{first.server_address[1]}"
+        assert _send("x: message", f"{base}/here", None, token, 5.0)
+        assert seen == ["Bearer s3cret", "Bearer s3cret"]  # the same host: kept
+        seen.clear()
+        assert _send("x: message", f"{base}/elsewhere", None, token, 5.0)
+        assert seen == ["Bearer s3cret", None]  # another host: dropped
+    finally:
+        for server in (first, other):
+            server.shutdown()
+            server.server_close()

@@ -65,6 +65,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from pullback.common.archive.directory import mark_want_full
+from pullback.common.archive.sidecar import ARCHIVE_NAME
 from pullback.server.host_pull import CHECKSUM_TRIES
 from tests.helpers.days import KINDS, DaysBed, Pulled
 
@@ -181,7 +183,7 @@ class IncrementalDays(RuleBasedStateMachine):
         while True:
             base = sides[name]["archive"].get("base")
             if base is None:
-                return Expect(chain[::-1], fell_back or len(chain) > 1)
+                return Expect(chain[::-1], fell_back or (len(chain) > 1 and not self.missed(name)))
             if base["name"] == self.held:
                 if self.intact:
                     return Expect(chain[::-1])
@@ -192,6 +194,16 @@ class IncrementalDays(RuleBasedStateMachine):
             if name in self.refused:
                 return Expect(fell_back=fell_back, broken="did not match its checksum")
             chain.append(name)
+
+    def missed(self, full: str) -> bool:
+        """Whether the chain's ``full`` archive was made after the tree staging's index
+        names (missed days: the server logs it and reports no fallback, nothing was lost;
+        both stamps from the archive names, as host_pull._new_chain reads them)."""
+        if self.held is None:
+            return False
+        held, made = ARCHIVE_NAME.fullmatch(self.held), ARCHIVE_NAME.fullmatch(full)
+        assert held and made, (self.held, full)
+        return made["stamp"] > held["stamp"]
 
     def up_to_date(self) -> bool:
         """The server stored the client's newest archive and staging still holds it."""
@@ -558,5 +570,34 @@ def test_a_hard_link_broken_on_the_client_keeps_the_delta(tmp_path, how):
         assert pulled.rc == 0, pulled.status["reason"]
         assert not pulled.status["fell_back"], pulled.status["warnings"]
         bed.check_snapshot(pulled.status["snapshot_id"], side["stamp"])
+    finally:
+        bed.stop()
+
+
+def test_a_full_archive_made_on_a_missed_day_is_no_fallback(tmp_path):
+    """The client made a full archive on a day the server did not pull (it had asked for
+    one), then a delta on it: the next pull applies both, logs missed days and reports no
+    fallback (nothing staging held was lost; the machine above met this and its model
+    said fallback)."""
+    bed = DaysBed(tmp_path, 18)
+    try:
+        bed.run_client()
+        assert bed.pull().rc == 0
+        mark_want_full(bed.archives)  # as the serve endpoint leaves it
+        bed.tree.change("append", 1, 2)
+        full = bed.run_client()["archive"]  # a missed day: not pulled
+        assert full["kind"] == "full"
+        bed.tree.change("append", 3, 4)
+        side = bed.run_client()
+        assert side["archive"]["kind"] == "delta"
+        assert side["archive"]["base"]["name"] == full["name"]
+        pulled = bed.pull()
+        status = pulled.status
+        assert pulled.rc == 0, pulled.log
+        assert status["archives_applied"] == 2, status["reason"]
+        assert status["fell_back"] is False, status["warnings"]
+        assert not any("fell back" in w for w in status["warnings"]), status["warnings"]
+        assert f"missed days: {side['archive']['name']} is a delta on" in pulled.log
+        bed.check_snapshot(status["snapshot_id"], side["stamp"])
     finally:
         bed.stop()

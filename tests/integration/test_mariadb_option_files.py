@@ -13,6 +13,7 @@ import pytest
 from pullback.common.log import get_logger
 from pullback.common.runner import Runner
 from pullback.plugins import mariadb
+from pullback.plugins._common import forget_private
 from pullback.plugins.task import Task
 
 TOOL = next((t for t in ("mariadb-dump", "mysqldump") if shutil.which(t)), None)
@@ -55,7 +56,10 @@ def test_roots_my_cnf_never_replaces_a_task_s_password(tmp_path):
     secret.write_text("task-pw\n")
     secret.chmod(0o600)
     task = make_task({"database": "crm", "user": "backup", "password_file": str(secret)}, tmp_path)
-    shown = printed_defaults(mariadb._options(task), home)
+    try:
+        shown = printed_defaults(mariadb._options(task), home)
+    finally:
+        forget_private(task)  # its option file holds the password
     assert "--password=task-pw" in shown
     assert "root-pw" not in shown and "db.other" not in shown and "no-data" not in shown
     # the system-wide files still count (Debian's socket path lives there)

@@ -10,6 +10,7 @@ and aliases, duplicate keys, explicit tags, huge numbers, NULs, invalid UTF-8.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import itertools
 import math
@@ -48,15 +49,23 @@ PROPERTY = settings(
 CLI_PROPERTY = settings(PROPERTY, max_examples=40)
 
 PLUGINS = load_plugins(entry_points=False)
-WORK = Path(tempfile.mkdtemp(prefix="pullback-hostile-"))
-"""Scratch space of the properties (function-scoped fixtures do not mix with @given)."""
 _names = itertools.count()
+
+
+@functools.cache
+def work() -> Path:
+    """Scratch space of the properties (function-scoped fixtures do not mix with @given),
+    made on first use: a pytest-xdist worker imports this module to collect it and may run
+    none of its tests, and a directory made at import stayed in /tmp."""
+    return Path(tempfile.mkdtemp(prefix="pullback-hostile-"))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _remove_scratch():
     yield
-    shutil.rmtree(WORK, ignore_errors=True)
+    if work.cache_info().currsize:
+        shutil.rmtree(work(), ignore_errors=True)
+        work.cache_clear()
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
@@ -294,7 +303,7 @@ def hostile_cases(plausible: st.SearchStrategy | None = None):
 
 def write(raw: bytes, name: str) -> Path:
     """A fresh file ``<n>/<name>`` under the module's scratch directory (mode 0600)."""
-    path = WORK / str(next(_names)) / name
+    path = work() / str(next(_names)) / name
     path.parent.mkdir(parents=True)
     path.write_bytes(raw)
     path.chmod(0o600)
@@ -386,7 +395,7 @@ def check_service_file(raw: bytes) -> None:
         return
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", service.name, re.ASCII)
     assert service.tasks
-    for task in make_tasks(service, WORK / "staging", None, dry_run=True):
+    for task in make_tasks(service, work() / "staging", None, dry_run=True):
         problems = PLUGINS.call("validate", task) or []
         assert all(isinstance(p, str | KeyProblem) for p in problems)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.helpers.files import secret_file
+
 
 @dataclass
 class ClientSandbox:
@@ -46,6 +48,10 @@ class ClientSandbox:
         self.config.write_text(yaml.safe_dump(data))
         self.config.chmod(0o600)  # (as an administrator keeps it: it may hold a secret)
         return self.config
+
+    def secret(self, name: str, value: str) -> Path:
+        """A password file ``name`` in the sandbox holding ``value`` (mode 0600)."""
+        return secret_file(self.root / name, value)
 
     def add_service(self, name: str, text: str, subdir: str | None = None, mode: int = 0o600):
         directory = self.services / (f"{subdir}/{name}" if subdir else name)

@@ -267,3 +267,18 @@ class MariaDB:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=60)
+
+
+def as_role(pg: Postgres, role: str, statement: str, database: str = "postgres") -> str:
+    """One statement run by psql as ``role`` over ``pg``'s socket (trust), outside a
+    transaction block (as postgres when we are root); returns its unaligned output.
+    Raises CalledProcessError."""
+    assert PG_BIN is not None
+    argv = [
+        str(PG_BIN / "psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+        "-h", str(pg.socket), "-p", str(pg.port), "-U", role, "-d", database,
+        "-c", statement,
+    ]  # fmt: skip
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()

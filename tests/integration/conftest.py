@@ -15,6 +15,8 @@ from tests.helpers.databases import MariaDB, Postgres
 from tests.helpers.faults import SilentEndpoint
 from tests.helpers.files import secret_file
 from tests.helpers.fleet import Fleet
+from tests.helpers.http import HttpSink
+from tests.helpers.smtp import SmtpSink
 
 
 @pytest.fixture
@@ -24,6 +26,23 @@ def fleet(tmp_path):
     fleet = Fleet(tmp_path / "fleet")
     yield fleet
     fleet.stop()
+
+
+@pytest.fixture
+def smtp():
+    """A real SMTP server on loopback that keeps what it receives."""
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def http():
+    """A real HTTP endpoint on loopback that keeps the requests it receives (a module
+    that needs one that hangs defines its own ``http``)."""
+    sink = HttpSink().start()
+    yield sink
+    sink.stop()
 
 
 @pytest.fixture

@@ -14,41 +14,21 @@ import glob
 import json
 import os
 import re
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.client import ClientSandbox
-from tests.helpers.databases import PG_BIN, MariaDB, Postgres
+from tests.helpers.databases import PG_BIN, MariaDB, Postgres, as_role
+from tests.helpers.faults import SilentEndpoint
 
 needs_pg = pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL is not installed")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the servers run as postgres/mysql")
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def secret(box: ClientSandbox, name: str, value: str) -> Path:
-    path = box.root / name
-    path.write_text(value + "\n")
-    path.chmod(0o600)
-    return path
-
-
-def as_role(pg: Postgres, role: str, statement: str, database: str = "postgres") -> str:
-    """One statement as ``role`` over the socket (trust), outside a transaction block."""
-    argv = [
-        str(PG_BIN / "psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-        "-h", str(pg.socket), "-p", str(pg.port), "-U", role, "-d", database,
-        "-c", statement,
-    ]  # fmt: skip
-    if os.geteuid() == 0:
-        argv = ["runuser", "-u", "postgres", "--", *argv]
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def quoted(name: str) -> str:
@@ -59,7 +39,7 @@ def pg_box(tmp_path: Path, pg: Postgres, section: str, name: str = "pg") -> Clie
     """A client whose service ``name`` dumps as the superuser ``backup`` over TCP;
     ``section`` is the rest of the postgresql section (``all: true``, ``database: x``)."""
     box = ClientSandbox(tmp_path / "client")
-    password = secret(box, "backup.pass", pg.password)
+    password = box.secret("backup.pass", pg.password)
     box.add_service(
         name,
         f"""\
@@ -189,7 +169,7 @@ def test_f9_check_names_a_table_the_role_cannot_dump(pg, tmp_path):
     as_role(pg, "shop_owner", "CREATE TABLE orders(id int)", "shop")
     pg.sql("CREATE TABLE audit(id int)", "shop")  # a migration run as the superuser
     box = ClientSandbox(tmp_path / "client")
-    password = secret(box, "shop.pass", "Sh0p-pw")
+    password = box.secret("shop.pass", "Sh0p-pw")
     box.add_service(
         "shop",
         f"""\
@@ -293,7 +273,7 @@ def test_a_broken_database_service_is_reported_and_the_others_still_run(pg, tmp_
     """A wrong password fails its service (exit 1, said in words), the password itself is
     never shown, and the other service is archived."""
     box = ClientSandbox(tmp_path / "client")
-    wrong = secret(box, "wrong.pass", "Wr0ng-Pa55word")
+    wrong = box.secret("wrong.pass", "Wr0ng-Pa55word")
     box.add_service(
         "pg",
         f"""\
@@ -484,37 +464,11 @@ def test_f8_a_row_written_after_the_copy_is_not_lost(maria, tmp_path):
     assert live == "1" or in_copy or aside, f"the row is gone (exit {result.returncode})"
 
 
-class SilentServer:
-    """A TCP port that accepts connections and never says a word (a wedged server)."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(50)
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def close(self):
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
-
-
 def test_f5_check_of_a_silent_mariadb_server_ends(tmp_path):
-    server = SilentServer()
+    server = SilentEndpoint()
     try:
         box = ClientSandbox(tmp_path / "client")
-        password = secret(box, "my.pass", "Pa55-word")
+        password = box.secret("my.pass", "Pa55-word")
         box.add_service(
             "my",
             f"""\
@@ -537,7 +491,7 @@ def test_f11_a_restore_to_another_server_never_lands_in_the_live_one(maria, tmp_
     maria.sql("CREATE DATABASE shop; CREATE TABLE shop.t (i int primary key)")
     box = maria_box(tmp_path, maria, "database: shop")
     assert box.cli("run").returncode == 0
-    unused = SilentServer()  # a port of this machine that is no MariaDB server
+    unused = SilentEndpoint()  # a port of this machine that is no MariaDB server
     unused.close()
     restore(box, "my", "--hostname", "localhost", "--port", str(unused.port))
     assert not [d for d in maria.sql("SHOW DATABASES").split() if "_restored_" in d]
@@ -569,7 +523,7 @@ def test_mariadb_password_is_never_on_a_command_line(maria, tmp_path):
         f'printf "%s\\n" "$@" >> {seen}\nexec /usr/bin/mariadb-dump "$@"\n',
     )
     box = ClientSandbox(tmp_path / "client")
-    password = secret(box, "my.pass", maria.password)
+    password = box.secret("my.pass", maria.password)
     box.add_service(
         "my",
         f"""\

@@ -25,35 +25,13 @@ from aiosmtpd.controller import Controller
 
 from tests.helpers.client import ClientSandbox
 from tests.helpers.fleet import Fleet
-from tests.helpers.http import HttpSink
-from tests.helpers.smtp import SmtpSink
+from tests.helpers.smtp import RefusesGone, SmtpSink, self_signed_certificate
 from tests.helpers.sshd import free_port
 
 pytestmark = pytest.mark.integration
 
 
 # ---- helpers ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path / "fleet")
-    yield fleet
-    fleet.stop()
-
-
-@pytest.fixture
-def smtp():
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
-def http():
-    sink = HttpSink().start()
-    yield sink
-    sink.stop()
 
 
 class DribblingHttp:
@@ -218,28 +196,11 @@ def test_a_malformed_time_in_status_json_does_not_stop_the_pulls_reports(fleet, 
 # ---- F4: a refused recipient among accepted ones -------------------------------------
 
 
-class _RefusesGone:
-    """An SMTP server that refuses every recipient at ``gone@`` (550) and keeps the rest."""
-
-    def __init__(self):
-        self.delivered: list[list[str]] = []
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address.startswith("gone@"):
-            return "550 5.1.1 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        self.delivered.append(list(envelope.rcpt_tos))
-        return "250 OK"
-
-
 def test_a_refused_recipient_among_others_is_said(fleet):
     """The summary to ``[ops@x.test, gone@x.test]`` where the SMTP server refuses gone@:
     ops@ gets it; the refusal must be said (named in the log, an output not delivered:
     exit 1), not dropped."""
-    handler = _RefusesGone()
+    handler = RefusesGone()
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
@@ -488,33 +449,10 @@ def test_a_starttls_handshake_that_dribbles_is_cut_at_smtp_timeout(tmp_path):
     """Held: a server whose STARTTLS handshake comes a byte every 0.25 s (each read well
     within the timeout) is cut at ``smtp.timeout`` (2 s), in words."""
     import ssl
-    import subprocess
 
     from pullback.common import mail
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_certificate(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     sink = SmtpSink().start(tls_context=context, require_starttls=True)

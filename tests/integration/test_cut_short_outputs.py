@@ -19,8 +19,6 @@ import pytest
 
 from tests.helpers.faults import kill_tree, wait_for
 from tests.helpers.fleet import Fleet
-from tests.helpers.http import HttpSink
-from tests.helpers.smtp import SmtpSink
 from tests.integration.test_monitoring import samples
 
 pytestmark = [pytest.mark.integration]
@@ -83,20 +81,6 @@ def publish_after_stop(fleet: Fleet, env: dict) -> tuple[int, str, float]:
     started = time.monotonic()
     result = fleet.server("publish", "--if-failed", env=env, timeout=60)
     return result.returncode, result.stderr, time.monotonic() - started
-
-
-@pytest.fixture
-def smtp():
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
-def http():
-    sink = HttpSink().start()
-    yield sink
-    sink.stop()
 
 
 def test_a_pull_killed_or_stopped_is_in_the_metrics_and_on_the_page(fleet, tmp_path, smtp, http):

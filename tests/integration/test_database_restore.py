@@ -19,13 +19,6 @@ from tests.helpers.databases import PG_BIN, MariaDB, Postgres
 pytestmark = pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL is not installed")
 
 
-def secret(box: ClientSandbox, name: str, value: str) -> Path:
-    path = box.root / name
-    path.write_text(value + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def owner_setup(pg: Postgres, createdb: bool) -> None:
     """The pattern the client docs suggest: the application's own role owns its database,
     and the backup logs in as it with a password file."""
@@ -38,7 +31,7 @@ def owner_setup(pg: Postgres, createdb: bool) -> None:
 
 def shop_client(tmp_path: Path, pg: Postgres, extra: str = "") -> ClientSandbox:
     box = ClientSandbox(tmp_path / "client")
-    password = secret(box, "shop.pass", "Sh0p-pw")
+    password = box.secret("shop.pass", "Sh0p-pw")
     box.add_service(
         "shop",
         f"""\
@@ -62,7 +55,7 @@ def superuser_client(tmp_path: Path, pg: Postgres) -> ClientSandbox:
     """A client dumping shop as the superuser ``backup`` (as ``postgres`` does on Debian),
     one run made."""
     box = ClientSandbox(tmp_path / "client")
-    password = secret(box, "backup.pass", pg.password)
+    password = box.secret("backup.pass", pg.password)
     box.add_service(
         "shop",
         f"""\
@@ -446,7 +439,7 @@ def test_the_roles_a_server_has_are_never_changed_by_a_restore(pg, tmp_path):
     pg.sql("ALTER ROLE postgres PASSWORD 'pg-old'")
     pg.sql("CREATE DATABASE shop OWNER app")
     box = ClientSandbox(tmp_path / "client")
-    password = secret(box, "backup.pass", pg.password)
+    password = box.secret("backup.pass", pg.password)
     box.add_service(
         "shop",
         f"""        service: {{name: shop}}
@@ -497,7 +490,7 @@ def test_restore_to_another_server(pg, shared_root, tmp_path):
     box = shop_client(tmp_path, pg)
     other = Postgres(shared_root / "other").start()
     try:
-        password = secret(box, "backup.pass", other.password)
+        password = box.secret("backup.pass", other.password)
         result = restore(
             box,
             "--replace",
@@ -570,7 +563,7 @@ def test_check_connects_and_warns_what_a_restore_would_lack(pg, tmp_path):
     checked = box.cli("check")
     assert checked.returncode == 0, checked.stdout
     assert "warning: " in checked.stdout and "cannot create databases (CREATEDB)" in checked.stdout
-    secret(box, "shop.pass", "wrong")
+    box.secret("shop.pass", "wrong")
     checked = box.cli("check")
     assert checked.returncode == 2
     assert "cannot log in: the server refused the password" in checked.stdout
@@ -652,7 +645,7 @@ def test_mariadb_a_user_without_create_changes_nothing(maria, tmp_path):
         "GRANT ALL ON shop.* TO 'shopuser'@'127.0.0.1';"
     )
     box = ClientSandbox(tmp_path / "pw")
-    password = secret(box, "shop.pass", "Sh0p-pw")
+    password = box.secret("shop.pass", "Sh0p-pw")
     box = maria_client(
         tmp_path,
         maria,
@@ -797,7 +790,7 @@ def test_mariadb_a_user_who_cannot_set_definers_is_stopped_by_the_preflight(mari
         "GRANT CREATE, SELECT ON *.* TO 'restorer'@'127.0.0.1';"
     )
     box = maria_client(tmp_path, maria, root_by_socket(maria))
-    password = secret(box, "restorer.pass", "R3st-pw")
+    password = box.secret("restorer.pass", "R3st-pw")
     before = maria_databases(maria)
     result = restore(
         box,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.databases import PG_BIN, MariaDB, Postgres
+from tests.helpers.databases import PG_BIN, MariaDB, Postgres, as_role
 from tests.integration.test_database_restore import (
     databases,
     maria,  # noqa: F401 (the fixture: a server holding shop)
@@ -37,18 +37,6 @@ pytestmark = pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL is not instal
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def as_role(pg: Postgres, role: str, statement: str, database: str = "postgres") -> str:
-    """One statement as ``role`` (not a superuser) over the socket (trust)."""
-    argv = [
-        str(PG_BIN / "psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-        "-h", str(pg.socket), "-p", str(pg.port), "-U", role, "-d", database,
-        "-c", statement,
-    ]  # fmt: skip
-    if os.geteuid() == 0:
-        argv = ["runuser", "-u", "postgres", "--", *argv]
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def standard_conforming_strings(pg: Postgres, value: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,38 +10,14 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from pullback.common import mail, secrets
 from pullback.common.mail import SmtpConfig
-from tests.helpers.smtp import SmtpSink
+from tests.helpers.smtp import RefusesGone, SmtpSink, self_signed_certificate
 
 PASSWORD = "smtp-s3cret-pw"
 
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory) -> tuple[Path, Path]:
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def authenticator(server, session, envelope, mechanism, auth_data):
@@ -179,23 +154,6 @@ def test_a_login_that_is_not_ascii_is_sent_as_utf8(tmp_path, caplog, excluded):
     assert "ä" not in said.replace("prüfer", "") and "\\xe4" not in said
 
 
-class _RefusesGone:
-    """Refuses every recipient at ``gone@`` (550) and takes the rest."""
-
-    def __init__(self):
-        self.delivered: list[list[str]] = []
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address.startswith("gone@"):
-            return "550 5.1.1 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        self.delivered.append(list(envelope.rcpt_tos))
-        return "250 OK"
-
-
 def test_a_recipient_refused_among_others_is_a_mail_error():
     """smtplib raises only when every recipient is refused; one refused among accepted
     ones is a MailError naming it and the server's answer (helper-134: it was dropped
@@ -204,7 +162,7 @@ def test_a_recipient_refused_among_others_is_a_mail_error():
 
     from tests.helpers.sshd import free_port
 
-    handler, port = _RefusesGone(), free_port()
+    handler, port = RefusesGone(), free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     try:

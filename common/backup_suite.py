@@ -62,6 +62,10 @@ class Conversion:
     """``old.key -> new.key`` lines."""
     unmapped: list[str] = field(default_factory=list)
     """``old.key: why it has no equivalent, and what pullback does instead``."""
+    secret_files: dict[str, str] = field(default_factory=dict)
+    """Files the new settings name that must hold a secret (path: its text), such as a
+    repository URL with a password (``hosts[].repository_file``): written (mode 0600) by
+    ``--write``, never printed."""
 
     def map(self, old: str, new: str) -> None:
         """Record that ``old`` became ``new`` (a URL's password masked)."""
@@ -447,11 +451,14 @@ def overridden(conv: Conversion, common: dict[str, str], chosen: dict[str, str])
 
 
 def convert_server(
-    data: dict, common: dict[str, str] | None = None, source: str = "/etc/backup"
+    data: dict,
+    common: dict[str, str] | None = None,
+    source: str = "/etc/backup",
+    config_dir: str = PULLBACK_DIR,
 ) -> Conversion:
     """``server_config.yml`` (and ``common_config``) read from ``source`` as server.yaml
-    settings; a file below ``source`` is moved out (see :func:`move_out`). Raises
-    BadValue."""
+    settings, for a server.yaml in ``config_dir``; a file below ``source`` is moved out
+    (see :func:`move_out`). Raises BadValue."""
     common = common or {}
     conv = Conversion()
     glob = section(data, "global")
@@ -489,7 +496,7 @@ def convert_server(
         [text(h.get("hostname"), f"hosts[{n}].hostname") for n, h in enumerate(hosts)]
     )
     context = HostContext(
-        text(restic.get("repository_root"), "restic.repository_root"), conv, source
+        text(restic.get("repository_root"), "restic.repository_root"), conv, source, config_dir
     )
     conv.settings["hosts"] = [_host(context, n, host, names[n]) for n, host in enumerate(hosts)]
     return conv
@@ -539,10 +546,26 @@ def _first_label(name: str) -> str:
     return name.split(".")[0]
 
 
+_URL_PASSWORD = re.compile(r"://[^/:]*:[^@]*@")
+"""A URL's ``user:password@`` (the schema refuses it in ``repository``)."""
+
+
+def remote(root: str | None) -> bool:
+    """Whether backup-suite's ``repository_root`` is a restic repository URL
+    (``rest:https://...``, ``sftp:host:/path``, ``s3:...``), not a directory."""
+    return bool(root) and not str(root).startswith("/")
+
+
 def _backend(conv: Conversion, restic: dict, source: str) -> dict[str, Any]:
     backend: dict[str, Any] = {"type": "restic"}
     root = text(restic.get("repository_root"), "restic.repository_root")
-    if root:
+    if remote(root):
+        conv.map(
+            "restic.repository_root",
+            "hosts[].repository or hosts[].repository_file (a URL: each host's repository "
+            "below it, named by its full host name as before)",
+        )
+    elif root:
         backend["repository_root"] = root
         conv.map("restic.repository_root", "backend.repository_root")
         if below(root, source) or os.path.normpath(root) == os.path.normpath(source):
@@ -695,6 +718,8 @@ class HostContext:
     conv: Conversion
     source: str
     """The directory backup-suite's files were read from."""
+    config_dir: str = PULLBACK_DIR
+    """The directory of the new server.yaml (a repository URL's file goes below it)."""
 
 
 def _host(context: HostContext, number: int, host: dict, name: str) -> dict[str, Any]:
@@ -709,7 +734,9 @@ def _host(context: HostContext, number: int, host: dict, name: str) -> dict[str,
             f"label), but the client names itself by its short host name: set `hostname: "
             f"{full}` in that client's client.yaml",
         )
-    if context.repository_root and name != full:  # the old repository is named by the full name
+    if remote(context.repository_root):
+        _remote_repository(context, where, full, name, out)
+    elif context.repository_root and name != full:  # the old one is named by the full name
         out["repository"] = f"{context.repository_root.rstrip('/')}/{full}"
         conv.map(f"{where}hostname", f"hosts[].repository {out['repository']!r} (as before)")
     out["adopt_host"] = full
@@ -777,6 +804,27 @@ def _host_retention(conv: Conversion, where: str, policy: str, out: dict[str, An
 def context_retention(conv: Conversion) -> dict[str, Any]:
     """The global retention converted so far."""
     return conv.settings.get("retention") or {}
+
+
+def _remote_repository(
+    context: HostContext, where: str, full: str, name: str, out: dict[str, Any]
+) -> None:
+    """The host's repository below backup-suite's URL ``repository_root`` (named by its
+    full host name): in ``repository``, or, a URL with a password, in a file of its own
+    that ``repository_file`` names (the schema refuses the password in server.yaml)."""
+    url = f"{str(context.repository_root).rstrip('/')}/{full}"
+    if not _URL_PASSWORD.search(url):
+        out["repository"] = url
+        context.conv.map(f"{where}hostname", f"hosts[].repository {url!r} (as before)")
+        return
+    path = f"{context.config_dir.rstrip('/')}/repositories/{name}.repo"
+    out["repository_file"] = path
+    context.conv.secret_files[path] = url + "\n"
+    context.conv.map(
+        f"{where}hostname",
+        f"hosts[].repository_file {path!r}, holding {url!r} (as before; the URL has a "
+        "password, which server.yaml never holds: --write writes the file, mode 0600)",
+    )
 
 
 def _key(context: HostContext, where: str, key: str, name: str, out: dict[str, Any]) -> None:

@@ -89,9 +89,9 @@ def checked_text(conv: Conversion, spec: ImportSpec, old: Path) -> str:
         try:
             spec.load(Path(handle.name))
         except ConfigError as exc:
-            said = str(exc).replace(handle.name, "(converted)")
-            raise UsageError(
-                f"{old} converts to a configuration pullback refuses:\n{said}"
+            said = [str(p).replace(handle.name, "(converted)") for p in exc.problems]
+            raise ConfigError(
+                [f"{old} converts to a configuration pullback refuses:", *said]
             ) from None
     return text
 
@@ -120,9 +120,13 @@ def run_import(source: Path, target: Path, write: bool, spec: ImportSpec) -> int
     text = checked_text(conv, spec, old)
     if not write:
         print(text, end="")
+        for name in conv.secret_files:
+            print(f"not written: {name} (it holds a secret; --write writes it)", file=sys.stderr)
         return EXIT_OK
     if not target.parent.is_dir():
         raise UsageError(f"cannot write {target}: its directory {target.parent} does not exist")
+    for name, secret in conv.secret_files.items():
+        _write_secret(Path(name), secret)
     try:
         write_keeping(target, text)
     except OSError as exc:
@@ -131,9 +135,25 @@ def run_import(source: Path, target: Path, write: bool, spec: ImportSpec) -> int
     return EXIT_OK
 
 
-def write_keeping(target: Path, text: str) -> None:
+def _write_secret(path: Path, text: str) -> None:
+    """Write the secret ``text`` to ``path`` (mode 0600, its directory made 0700 when
+    missing), keeping a different file there as ``write_keeping`` does; the same text
+    already there is left alone. Raises UsageError."""
+    try:
+        if path.is_file() and not path.is_symlink() and path.read_text() == text:
+            print(f"{path} holds that already", file=sys.stderr)
+            return
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_keeping(path, text, mode=0o600)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    print(f"wrote {path} (mode 0600)", file=sys.stderr)
+
+
+def write_keeping(target: Path, text: str, mode: int | None = None) -> None:
     """Write ``target``, keeping the file there as ``<name>.before-import`` (or ``.1``,
-    ``.2`` ... when that exists) with its owner and mode. Raises UsageError for a target
+    ``.2`` ... when that exists) with its owner and mode; the new file gets the old one's
+    mode (0640 for a new file) unless ``mode`` is given. Raises UsageError for a target
     that is a directory or a symbolic link."""
     if target.is_symlink() or target.is_dir():
         raise UsageError(f"{target} is a directory or a symbolic link; name the file itself")
@@ -155,6 +175,8 @@ def write_keeping(target: Path, text: str) -> None:
             )
         else:
             print(f"kept the old {target} as {kept}", file=sys.stderr)
-    atomic_write(target, text, mode=stat.S_IMODE(before.st_mode) if before else 0o640)
+    if mode is None:
+        mode = stat.S_IMODE(before.st_mode) if before else 0o640
+    atomic_write(target, text, mode=mode)
     if before is not None:  # client.yaml is read by the serve endpoint's group
         os.chown(target, before.st_uid, before.st_gid)

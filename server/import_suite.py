@@ -16,7 +16,7 @@ def command(path: Path, args: argparse.Namespace) -> int:
     source = str(args.source.absolute())
 
     def convert(data: dict, common: dict[str, str]) -> Conversion:
-        return convert_server(data, common, source)
+        return convert_server(data, common, source, str(path.absolute().parent))
 
     return run_import(
         args.source, path, args.write, ImportSpec("server_config.yml", convert, load_server_config)

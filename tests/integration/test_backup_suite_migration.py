@@ -21,9 +21,11 @@ import yaml
 
 from tests.helpers.client import ClientSandbox
 from tests.helpers.fleet import Fleet
+from tests.helpers.rest_store import RestEndpoint, rclone_missing
 from tests.helpers.sshd import Sshd, make_key, serve_command
 
 FQDN = "web1.example.test"
+URL_SECRET = "S3cret-in-the-URL-71"
 
 
 def suite_snapshot(fleet: Fleet, work, stamp: str, files: dict[str, str]) -> None:
@@ -278,3 +280,62 @@ def test_the_old_snapshots_stay_out_of_the_restore_drill(migration):
     server["hosts"][0].pop("adopt_host")
     fleet.config.write_text(yaml.safe_dump(server))
     assert fleet.server("snapshots", "web1").stdout.strip() == "no snapshots"
+
+
+@pytest.mark.skipif(rclone_missing() is not None, reason=str(rclone_missing()))
+def test_repositories_behind_a_url_with_a_password_move_without_it_in_server_yaml(migration):
+    """backup-suite's ``repository_root`` a REST URL with a password (a real ``rclone serve
+    restic`` holding its repository): the import writes each host's URL into a file of its
+    own (mode 0600; server.yaml refuses a password), prints it masked, and pullback reaches
+    the old snapshots through that file and stores a pull beside them. (It was refused,
+    exit 2: a URL is no directory for backend.repository_root.)"""
+    fleet, client, sshd, server_etc, tmp_path = migration
+    store = RestEndpoint(fleet.repos, append_only=False, user="boss", password=URL_SECRET)
+    store.start()
+    try:
+        old = yaml.safe_load((server_etc / "server_config.yml").read_text())
+        old["restic"]["repository_root"] = store.url("").rstrip("/")
+        (server_etc / "server_config.yml").write_text(yaml.safe_dump(old))
+
+        printed = fleet.server("import-backup-suite", "--from", str(server_etc))
+        assert printed.returncode == 0, printed.stderr
+        repo_file = fleet.config.parent / "repositories" / "web1.repo"
+        assert f"not written: {repo_file}" in printed.stderr
+        assert not repo_file.exists()
+
+        written = fleet.server("import-backup-suite", "--from", str(server_etc), "--write")
+        assert written.returncode == 0, written.stderr
+        said = printed.stdout + printed.stderr + written.stdout + written.stderr
+        assert URL_SECRET not in said and URL_SECRET not in fleet.config.read_text()
+        assert "boss:***@" in said
+        assert repo_file.read_text() == store.url(FQDN).rstrip("/") + "\n"
+        assert repo_file.stat().st_mode & 0o777 == 0o600
+        assert repo_file.parent.stat().st_mode & 0o777 == 0o700
+
+        server = yaml.safe_load(fleet.config.read_text())
+        (host,) = server["hosts"]
+        assert host["repository_file"] == str(repo_file) and "repository" not in host
+        assert "repository_root" not in server["backend"]
+        host.update(address=sshd.address, port=sshd.port, user=sshd.user)
+        with open(fleet.known_hosts, "a") as handle:
+            handle.write(sshd.known_hosts_line())
+        server.update(
+            state_dir=str(fleet.state),
+            lock_dir=str(tmp_path / "run"),
+            min_free_space="100M",
+            ssh={"key_file": str(fleet.key), "known_hosts": str(fleet.known_hosts)},
+        )
+        server.pop("email")
+        fleet.config.write_text(yaml.safe_dump(server))
+
+        checked = fleet.server("check")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert f"has 2 snapshot(s), 2 of them adopted ({FQDN})" in checked.stdout
+        assert client.cli("run").returncode == 0
+        pulled = fleet.server("pull")
+        assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+        assert len(repository_snapshots(fleet)) == 3  # stored through the REST store
+        outputs = checked.stdout + checked.stderr + pulled.stdout + pulled.stderr
+        assert URL_SECRET not in outputs
+    finally:
+        store.stop()

@@ -337,3 +337,32 @@ def test_backup_options_that_hide_rewritten_files_are_dropped_with_the_reason():
     assert conv.settings["backend"]["backup_options"] == ["--exclude-caches"]
     dropped = [u for u in conv.unmapped if u.startswith("restic.backup_options --ignore")]
     assert len(dropped) == 2 and "keeps a file's older bytes" in dropped[0]
+
+
+@pytest.mark.parametrize(
+    ("root", "kind"),
+    [
+        ("sftp:backup@store.example:/srv/restic/", "repository"),
+        ("rest:https://store.example:8000", "repository"),
+        ("rest:https://boss:pw-9q@store.example:8000/", "repository_file"),
+    ],
+)
+def test_a_repository_url_root_becomes_each_host_s_repository(root, kind):
+    """A URL is no directory (backend.repository_root); each host's repository below it
+    keeps its full name, and one with a password goes to a file that --write writes."""
+    old = {
+        "restic": {"repository_root": root},
+        "hosts": [{"hostname": "web1.example.org"}, {"hostname": "10.0.0.7"}],
+    }
+    conv = convert_server(old, config_dir="/etc/pb")
+    assert "repository_root" not in conv.settings["backend"]
+    urls = [f"{root.rstrip('/')}/web1.example.org", f"{root.rstrip('/')}/10.0.0.7"]
+    web1, ip = conv.settings["hosts"]
+    if kind == "repository":
+        assert [web1["repository"], ip["repository"]] == urls
+        assert conv.secret_files == {}
+    else:
+        files = ["/etc/pb/repositories/web1.repo", "/etc/pb/repositories/10.0.0.7.repo"]
+        assert [web1["repository_file"], ip["repository_file"]] == files
+        assert conv.secret_files == {f: u + "\n" for f, u in zip(files, urls, strict=True)}
+        assert "pw-9q" not in "\n".join(conv.mapped + conv.unmapped)

@@ -27,6 +27,30 @@ def test_every_schema_is_a_valid_json_schema():
         jsonschema.Draft202012Validator.check_schema(schema)
 
 
+def test_no_schema_text_is_cut_by_a_comma():
+    """helper-135: ``{..., description: On failures only, or after every run.}`` is a YAML
+    flow mapping, where a comma ends a plain text: the description was "On failures
+    only" and "or after every run." a key without a value (configuration.md showed the
+    cut text; so were 12 others). No schema holds a key without a value."""
+    import yaml
+
+    cut = []
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            cut.extend(f"{where}: {key!r}" for key, value in node.items() if value is None)
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{where}/{index}")
+
+    for folder in ("common", "plugins"):
+        for path in sorted((ROOT / folder / "schemas").glob("*.yaml")):
+            walk(yaml.safe_load(path.read_text()), path.name)
+    assert cut == [], "quote these texts (a comma ends a plain text in {...})"
+
+
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 SOURCES = ("common", "client", "server", "plugins")
 

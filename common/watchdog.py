@@ -18,7 +18,8 @@ from types import TracebackType
 class Watchdog:
     """Shuts the sockets of a conversation ``seconds`` after it is entered (a context
     manager): those given to :meth:`watch`, and the one ``current`` returns at that time
-    (None: none). :attr:`fired` says whether the deadline came."""
+    (None: none). :attr:`fired` says whether the deadline came. Leaving the context
+    waits for a cut under way, then closes the duplicates :meth:`watch` kept."""
 
     def __init__(self, seconds: float, current: Callable[[], socket.socket | None] = lambda: None):
         self.fired = threading.Event()
@@ -60,6 +61,9 @@ class Watchdog:
         trace: TracebackType | None,
     ) -> None:
         self._timer.cancel()
+        # a deadline met as the conversation ends: its cut ends before the duplicates are
+        # closed (it could shut a descriptor number another thread had opened by then)
+        self._timer.join()
         with self._lock:
             watched, self._watched = self._watched, []
         for duplicate in watched:

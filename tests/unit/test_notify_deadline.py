@@ -184,3 +184,35 @@ def test_a_token_follows_no_redirect_to_another_host():
         for server in (first, other):
             server.shutdown()
             server.server_close()
+
+
+def test_leaving_waits_for_a_cut_under_way(monkeypatch):
+    """helper-138 R8: a deadline met as the conversation ended: leaving cancelled the timer
+    (which stops no cut already running) and closed the duplicates while the cut was
+    still shutting them, so it could shut a descriptor number reused meanwhile. Leaving
+    now waits for the cut; it shut every duplicate while it was still open."""
+    from pullback.common import watchdog
+
+    cutting = threading.Event()
+    seen: list[int] = []
+    real = watchdog._shut
+
+    def slow_shut(sock: socket.socket) -> None:
+        cutting.set()
+        time.sleep(0.3)
+        seen.append(sock.fileno())  # -1: closed under the cut
+        real(sock)
+
+    monkeypatch.setattr(watchdog, "_shut", slow_shut)
+    ours, theirs = socket.socketpair()
+    try:
+        guard = watchdog.Watchdog(0.2)
+        with guard:
+            guard.watch(ours)
+            assert cutting.wait(5)
+        assert not guard._timer.is_alive()
+        assert seen and -1 not in seen, seen
+        assert guard.fired.is_set()
+    finally:
+        ours.close()
+        theirs.close()

@@ -24,13 +24,14 @@ from ..common.sandbox import (
 )
 from ..common.schema import load_schema
 from ..common.text import counted, few, printable
+from . import status_file
 from .backends import RepositoryMissing, Role, read_password
 from .backends.base import local_path
 from .backends.location import locate, maintenance_setting
 from .config import HostConfig, ServerConfig
 from .copy import gone
 from .host import HostContext
-from .host_pull import newest_usable, refused_archives
+from .host_pull import newest_usable, refused_of
 from .missing import gone_words, maintenance_apart, missing_failure
 from .remote import Remote
 
@@ -270,7 +271,7 @@ def _say_ready(ctx: HostContext, listing: Listing, good: list[str], problems: li
     newest_usable` judges them: a sidecar that parses, its size, its stamp, its
     checksum's record), the newest of them, and those the client does not offer."""
     name = ctx.name
-    refused = refused_archives(ctx.config.state_dir, name)
+    refused = _refused(ctx.config.state_dir, name, good)
     try:
         usable = newest_usable(listing, name, utc_now(), refused)
     except ArchiveError as exc:  # (a sidecar that names another host)
@@ -291,6 +292,27 @@ def _say_ready(ctx: HostContext, listing: Listing, good: list[str], problems: li
     if passed:
         said = "; ".join(usable.warnings[len(listing.unusable) :][:3])
         good.append(f"{name}: {passed} listed archive(s) a pull would pass over: {said}")
+
+
+def _refused(state_dir: Path, host: str, good: list[str]) -> frozenset[str]:
+    """The archives of ``host`` a pull passes over for their checksum (status.json's
+    record), read without moving a damaged file aside: a diagnostic changes nothing
+    (the next pull does that, under the status lock). A file that cannot be read
+    (damaged, a state directory this user may not read) is said once in ``good``, as no
+    refused archive known."""
+    try:
+        status = status_file.read_status(state_dir)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        said = (
+            f"{state_dir / status_file.STATUS_FILE} cannot be read ({printable(why, 200)}): "
+            "no archive is known to have failed its checksum, so none is counted as "
+            "passed over here"
+        )
+        if said not in good:
+            good.append(said)
+        return frozenset()
+    return refused_of(status_file.recorded_failures(status, host))
 
 
 def check_repository(ctx: HostContext, good: list[str], problems: list[str]) -> None:

@@ -29,7 +29,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,7 +226,12 @@ def _passed_over(
 def refused_archives(state_dir: Path, host: str) -> frozenset[str]:
     """The archives of ``host`` that failed their checksum in CHECKSUM_TRIES pulls (its
     status.json entry): passed over by the next pull."""
-    failures = status_file.checksum_failures(state_dir, host)
+    return refused_of(status_file.checksum_failures(state_dir, host))
+
+
+def refused_of(failures: Mapping[str, int]) -> frozenset[str]:
+    """The archives of ``failures`` (checksum failures per archive) that failed
+    CHECKSUM_TRIES times."""
     return frozenset(name for name, count in failures.items() if count >= CHECKSUM_TRIES)
 
 

@@ -32,7 +32,7 @@ def pulled_before(
     a member new to the group must not make it anew), or the host adopts another
     program's snapshots (``adopt_host``); None when nothing says so. ``records``: which
     of status.json's entries count (a pull's refusal: :data:`STORE_RECORDS` only)."""
-    hosts = status_file.load_status(config.state_dir)["hosts"]
+    hosts = status_file.recorded_hosts(config.state_dir)
     sharing = [host] + [
         h for h in config.hosts if h.name != host.name and h.repository_key == host.repository_key
     ]
@@ -107,7 +107,7 @@ def why_it_should_exist(
     location, also the pull location, is set for maintenance (the maintenance-only
     machine of docs/scaling.md, *Split roles*). ``cancel``: the host's deadline, which
     stops opening the pull location."""
-    hosts = status_file.load_status(config.state_dir)["hosts"]
+    hosts = status_file.recorded_hosts(config.state_dir)
     before = pulled_before(config, host, PULL_RECORDS + DRILL_RECORDS)
     if before:
         return before

@@ -175,6 +175,16 @@ def load_status(state_dir: Path) -> dict:
         return {"hosts": {}}
 
 
+def recorded_hosts(state_dir: Path) -> dict:
+    """The hosts of :func:`read_status`; none when the file is not a status file, which
+    is left where it is (what reads it to judge, ``check`` among them, changes nothing:
+    a run that records moves it aside, under the status lock). Raises OSError."""
+    try:
+        return read_status(state_dir)["hosts"]
+    except ValueError:
+        return {}
+
+
 def record(
     state_dir: Path,
     results: list[HostResult],
@@ -277,7 +287,12 @@ def _count_checksum_failure(entry: dict, result: HostResult) -> None:
 
 def checksum_failures(state_dir: Path, host: str) -> dict[str, int]:
     """What :func:`_count_checksum_failure` recorded for ``host``."""
-    entry = load_status(state_dir)["hosts"].get(host, {})
+    return recorded_failures(load_status(state_dir), host)
+
+
+def recorded_failures(status: dict, host: str) -> dict[str, int]:
+    """What :func:`_count_checksum_failure` recorded for ``host`` in ``status``."""
+    entry = status["hosts"].get(host, {})
     failures = entry.get("checksum_failures") if isinstance(entry, dict) else None
     return {str(k): int(v) for k, v in failures.items()} if isinstance(failures, dict) else {}
 

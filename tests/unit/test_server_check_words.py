@@ -112,3 +112,48 @@ def test_check_counts_ready_what_a_pull_would_take(tmp_path):
     assert good[0] == f"web1: reachable, 2 archive(s) ready, newest {B}"
     assert good[1] == "web1: 1 archive(s) not offered: x: torn"
     assert good[2].startswith("web1: 1 listed archive(s) a pull would pass over: ignoring an ")
+
+
+def test_check_reads_status_json_without_moving_it_and_says_once_it_cannot(tmp_path):
+    """helper-138 R5: ``check`` read status.json as a pull does, which moves a damaged
+    one aside (without the status lock a pull holds), and a state directory it could not
+    read was "internal error ... PermissionError" for every host. Now the file stays
+    where it is, the hosts are checked as with no refused archive known, and that is
+    said once; a file it reads still names the archives a pull would pass over."""
+    import json
+    from types import SimpleNamespace
+
+    from pullback.server.check import _say_ready
+    from pullback.server.host_pull import CHECKSUM_TRIES
+    from tests.unit.test_host_pull import A, B, entry, listing
+
+    state = tmp_path / "state"
+    state.mkdir()
+    damaged = state / "status.json"
+    damaged.write_text('{"hosts": {"web1": ')
+    for bad, why in ((damaged, "not a status file"), (state / "status.json", "Is a directory")):
+        if why == "Is a directory":
+            damaged.unlink()
+            bad.mkdir()
+        good: list[str] = []
+        for name in ("web1", "web2"):
+            ctx = SimpleNamespace(name=name, config=SimpleNamespace(state_dir=state))
+            names = [n.replace("web1", name) for n in (A, B)]
+            found = listing(*(entry(n, host=name) for n in names), host=name)
+            _say_ready(ctx, found, good, [])
+        said = [line for line in good if "cannot be read" in line]
+        assert len(said) == 1, good
+        assert said[0].startswith(f"{state}/status.json cannot be read ("), said
+        assert "none is counted as passed over here" in said[0]
+        assert sum("archive(s) ready" in line for line in good) == 2, good
+        assert bad.exists() and not (state / "status.json.damaged").exists()
+    (state / "status.json").rmdir()
+    failures = {B: CHECKSUM_TRIES}
+    (state / "status.json").write_text(
+        json.dumps({"hosts": {"web1": {"checksum_failures": failures}}})
+    )
+    good = []
+    ctx = SimpleNamespace(name="web1", config=SimpleNamespace(state_dir=state))
+    _say_ready(ctx, listing(entry(A), entry(B)), good, [])
+    assert good[0] == f"web1: reachable, 1 archive(s) ready, newest {A}", good
+    assert not any("cannot be read" in line for line in good)

@@ -138,6 +138,9 @@ class HostRow:
     client_failed: list[str] = field(default_factory=list)
     """The services that failed on the client in the newest stored archive (its
     snapshot is partial)."""
+    disabled: bool = False
+    """server.yaml leaves the host out of pulls (``enabled: false``): never stale; its
+    state :attr:`HostState.DISABLED` unless a recorded outcome still counts."""
     killed: str | None = None
     """How a pull that could not write the status file ended, and what it was doing for
     this host then: ``killed while storing`` (SIGKILL, the OOM killer, a power cut),
@@ -191,7 +194,7 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
     found = [host_row(h.name, hosts.get(h.name, {}), h.max_age, now) for h in config.hosts]
     for host, row in zip(config.hosts, found, strict=True):
         if not host.enabled:
-            _disable(row)
+            _disable(row, hosts.get(host.name, {}))
     if config.backend.copy is not None:
         for host, row in zip(config.hosts, found, strict=True):
             # a copy is not fresher than its primary may be; a disabled host is not copied
@@ -203,17 +206,36 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
 
 DISABLED_WORDS = "disabled in server.yaml (enabled: false): not pulled, maintained or copied"
 
+PULL_RECORDS = ("last_result", "reason", "problem", "failed_services")
+"""What a host's entry says of its last pull: not counted for a disabled host unless a
+run that named it made that pull (``pulled_disabled``): the pulls that failed before
+it was disabled (a machine gone) would otherwise count for ever."""
 
-def _disable(row: HostRow) -> None:
-    """Make ``row`` a disabled host's: its facts kept (its snapshots stay restorable),
-    its state :attr:`HostState.DISABLED`, and nothing in it counted as trouble (not
-    stale, no client failure, no hold: a host left out of pulls for good was CRITICAL
-    for ever, hiding the next real one: helper-134)."""
-    row.state = HostState.DISABLED
+
+def _disable(row: HostRow, entry: dict) -> None:
+    """Make ``row`` a disabled host's (its ``entry`` as status.json holds it): its facts
+    kept (its snapshots stay restorable), never stale and never counted as never pulled
+    (a host left out of pulls for good was CRITICAL for ever, hiding the next real one:
+    helper-134). What a run recorded still counts: a failed restore drill, a
+    maintenance that failed, a ransomware guard's hold (its snapshots are what it is
+    kept for), and the last pull's failure when a run that named the host made it
+    (helper-138: ``pull``, ``maintain`` or ``verify`` of a disabled host, whose failure
+    was hidden). Its state is :attr:`HostState.DISABLED` when nothing counts."""
     row.stale = False
-    row.client_failed = []
-    row.held = None
-    row.reason = DISABLED_WORDS
+    row.disabled = True
+    counted = (
+        entry
+        if entry.get("pulled_disabled") is True
+        else {key: value for key, value in entry.items() if key not in PULL_RECORDS}
+    )
+    row.state = _state(counted, stale=False)
+    row.client_failed = _client_failed(counted)
+    row.held = _held(counted)
+    if row.state == HostState.OK:
+        row.state = HostState.DISABLED
+        row.reason = DISABLED_WORDS
+    else:
+        row.reason = f"{row.held or _reason(counted)} ({DISABLED_WORDS})"
 
 
 def _mark_killed(found: list[HostRow], killed: InterruptedRun) -> None:
@@ -230,7 +252,7 @@ def _mark_killed(found: list[HostRow], killed: InterruptedRun) -> None:
             f"{row.killed}; the next pull reports it and removes a repository lock it left"
         )
         row.reason = f"{row.reason}; {words}" if row.reason else words
-        if row.state == HostState.OK:
+        if row.state in (HostState.OK, HostState.DISABLED):  # (disabled: a run named it)
             row.state = HostState.ATTENTION
 
 
@@ -343,12 +365,7 @@ def host_row(
 ) -> HostRow:
     """The row of the host ``name`` from its status ``entry``, stale past ``max_age``."""
     stale = is_stale(entry, max_age, now)
-    hold = entry.get("guard_hold")
-    held = (
-        f"forget held by the ransomware guard: {hold.get('reason')}"
-        if isinstance(hold, dict)
-        else None
-    )
+    held = _held(entry)
     history = entry.get("history", [])[-HISTORY_CELLS:]
     return HostRow(
         host=name,
@@ -372,6 +389,16 @@ def host_row(
         delta=entry["delta"] if isinstance(entry.get("delta"), bool) else None,
         fell_back=entry.get("fell_back") is True,
         client_failed=_client_failed(entry),
+    )
+
+
+def _held(entry: dict) -> str | None:
+    """Why the ransomware guard holds forget for the host, in words (None: it does not)."""
+    hold = entry.get("guard_hold")
+    return (
+        f"forget held by the ransomware guard: {hold.get('reason')}"
+        if isinstance(hold, dict)
+        else None
     )
 
 
@@ -405,8 +432,9 @@ def _page_warnings(warnings: object) -> list[str]:
 
 def source_rows(source: Source, now: dt.datetime) -> list[HostRow]:
     """The rows of a merged file: the hosts its server.yaml listed when it was written
-    (``configured``), each stale past its own ``max_age``; from a file that records none
-    (written by an older pullback), every host it holds, by :func:`default_max_age`."""
+    (``configured``), each stale past its own ``max_age``, a disabled one as this
+    server's are (:func:`_disable`); from a file that records none (written by an older
+    pullback), every host it holds, by :func:`default_max_age`."""
     hosts = source.status.get("hosts", {})
     configured = source.status.get("configured", {name: {} for name in hosts})
     found = []
@@ -414,7 +442,9 @@ def source_rows(source: Source, now: dt.datetime) -> list[HostRow]:
         entry = hosts.get(name, {})
         row = host_row(name, entry, limits.get("max_age") or default_max_age(), now)
         row.server = source.server
-        if "copy" in entry:  # that server copies: judged by the default copy.max_age
+        if limits.get("enabled") is False:  # (not copied either)
+            _disable(row, entry)
+        elif "copy" in entry:  # that server copies: judged by the default copy.max_age
             _add_copy(row, entry, default_copy_max_age(), now)
         found.append(row)
     return found

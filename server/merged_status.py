@@ -191,6 +191,7 @@ _FIELDS: dict[str, Callable[[object], object]] = {
     "failed_services": _texts,
     "delta": flag_value,
     "fell_back": flag_value,
+    "pulled_disabled": flag_value,
 }
 """What the view takes from a host's entry in a merged file, and how each is checked."""
 
@@ -217,16 +218,23 @@ def _named(value: object, key: str) -> dict:
     return value
 
 
-def _max_age(limits: object) -> dict:
-    seconds = seconds_value(limits.get("max_age")) if isinstance(limits, dict) else None
-    return {"max_age": seconds} if seconds else {}
+def _limits(limits: object) -> dict:
+    """A configured host's ``max_age`` (seconds) and ``enabled: false`` (a disabled host),
+    each when it has the right shape; {} when neither has."""
+    if not isinstance(limits, dict):
+        return {}
+    seconds = seconds_value(limits.get("max_age"))
+    found: dict = {"max_age": seconds} if seconds else {}
+    if flag_value(limits.get("enabled")) is False:
+        found["enabled"] = False
+    return found
 
 
 def clean_status(data: object) -> dict:
     """What the view takes from a merged status file, checked and made fit to print:
     ``hosts`` (each entry :func:`clean_entry`), ``configured`` (the hosts its server.yaml
-    listed, each with its ``max_age``), ``server``, ``updated`` and ``outputs``. Raises
-    ValueError when it is not a status file."""
+    listed, each with its ``max_age`` and whether it is disabled), ``server``,
+    ``updated`` and ``outputs``. Raises ValueError when it is not a status file."""
     if not isinstance(data, dict):
         raise ValueError("not a status file: not an object")
     if "hosts" not in data:  # every status file has it, {} before a first pull
@@ -235,7 +243,7 @@ def clean_status(data: object) -> dict:
     status: dict = {"hosts": {name: clean_entry(entry) for name, entry in hosts.items()}}
     if "configured" in data:
         configured = _named(data["configured"], "configured")
-        status["configured"] = {name: _max_age(limits) for name, limits in configured.items()}
+        status["configured"] = {name: _limits(limits) for name, limits in configured.items()}
     if _is_name(data.get("server")):
         status["server"] = data["server"]
     if time_value(data.get("updated")):

@@ -123,7 +123,8 @@ def build(
         delta.add(entry.get("delta"), **labels)
         fell_back.add(entry.get("fell_back"), **labels)
         repo.add(entry.get("repository_bytes"), **labels)
-        if "last_result" in entry and host.enabled:
+        if "last_result" in entry and (host.enabled or entry.get("pulled_disabled") is True):
+            # (disabled: only when a run that named it made its last pull, as status says)
             failed = entry.get("failed_services")
             client_failed.add(len(failed) if isinstance(failed, list) else 0, **labels)
         count.add(entry.get("snapshots"), **labels)

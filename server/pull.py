@@ -63,8 +63,8 @@ def pull(
             result.repository_bytes = shared.get(result.host, result.repository_bytes)
         assess(config, results)
         if not dry_run:
-            max_ages = {h.name: h.max_age for h in config.hosts}
-            status_file.record(config.state_dir, results, max_ages, shared)
+            listed = status_file.configured(config.hosts)
+            status_file.record(config.state_dir, results, listed, shared)
     failed = [r for r in results if r.status == Status.FAILED]
     return (EXIT_FAILED if failed else EXIT_OK), results
 

@@ -146,9 +146,7 @@ def _perfdata(found: list[HostRow], kinds: dict[str, list[str]]) -> str:
     )
     perf += f" disabled={len(kinds['disabled'])}" if kinds["disabled"] else ""
     ages = [  # (ahead: 0)
-        max(0.0, r.newest_age)
-        for r in found
-        if r.newest_age is not None and r.state != HostState.DISABLED
+        max(0.0, r.newest_age) for r in found if r.newest_age is not None and not r.disabled
     ]
     return perf + (f" oldest_snapshot_age={round(max(ages))}s" if ages else "")
 

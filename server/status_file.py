@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..common import secrets
 from ..common.clock import iso, utc_now
@@ -19,6 +20,9 @@ from ..common.text import few, printable
 from .fleet_view import HostState
 from .merged_status import count_value, flag_value, seconds_value, time_value
 from .results import HostResult
+
+if TYPE_CHECKING:
+    from .config import HostConfig
 
 log = get_logger("status")
 
@@ -104,7 +108,7 @@ _FACTS: dict[str, Callable[[object], object]] = {
     **dict.fromkeys(_TIMES, time_value),
     **dict.fromkeys(_COUNTS, count_value),
     **dict.fromkeys(_WORDS, _text),
-    **dict.fromkeys(("problem", "stale", "delta", "fell_back"), flag_value),
+    **dict.fromkeys(("problem", "stale", "delta", "fell_back", "pulled_disabled"), flag_value),
     "duration": seconds_value,
     "history": _runs,
     "checksum_failures": _counts,
@@ -185,23 +189,34 @@ def recorded_hosts(state_dir: Path) -> dict:
         return {}
 
 
+def configured(hosts: Iterable[HostConfig]) -> dict[str, dict]:
+    """What :func:`record` keeps as ``configured``: each host server.yaml lists, with its
+    ``max_age`` in seconds and, for a disabled one, ``enabled: false``."""
+    return {
+        h.name: {"max_age": h.max_age} | ({} if h.enabled else {"enabled": False}) for h in hosts
+    }
+
+
 def record(
     state_dir: Path,
     results: list[HostResult],
-    max_ages: Mapping[str, float] | None = None,
+    hosts: Mapping[str, Mapping] | None = None,
     sizes: Mapping[str, int] | None = None,
 ) -> dict:
     """Merge ``results`` into the status file (written atomically); return the new status.
 
-    ``max_ages``: every host server.yaml lists and its ``max_age`` in seconds, recorded as
-    ``configured`` so that another server's ``status --merge`` shows just those hosts and
-    judges each by its own ``max_age`` (None: the recorded ones are kept). ``sizes``: the
+    ``hosts``: every host server.yaml lists (:func:`configured`), recorded as
+    ``configured`` so that another server's ``status --merge`` shows just those hosts,
+    judges each by its own ``max_age`` and a disabled one as such (None: the recorded
+    ones are kept). A disabled host's result is marked ``pulled_disabled`` (a run that
+    named it: its outcome counts though the host is disabled). ``sizes``: the
     repository size of hosts this run did not pull too (a group's members), recorded for
     those already known."""
     with _locked(state_dir):
         status = load_status(state_dir)
-        _record_fleet(status, max_ages, sizes or {})
+        _record_fleet(status, hosts, sizes or {})
         now = iso(utc_now())
+        disabled = {name for name, c in (hosts or {}).items() if c.get("enabled") is False}
         for result in results:
             entry = status["hosts"].setdefault(result.host, {})
             if result.fresh and entry.get("last_result") != Status.FAILED:
@@ -211,59 +226,69 @@ def record(
                 if result.newest_snapshot:  # the repository's word: corrects an older record
                     entry["newest_snapshot"] = result.newest_snapshot
                 continue
-            entry.update(
-                {
-                    "last_attempt": result.started or now,
-                    "last_result": result.status,
-                    "reason": result.reason,
-                    "problem": result.is_problem,
-                    "duration": round(result.duration, 3),
-                    "snapshots": result.snapshot_count,
-                    "stale": result.stale,
-                    "warnings": result.warnings[:KEPT_WARNINGS],
-                }
-            )
-            entry.update(_known_facts(result))
-            _count_checksum_failure(entry, result)
-            if result.status == Status.STORED:
-                entry.update(
-                    {
-                        "last_success": result.started or now,
-                        "archive": result.archive,
-                        "stamp": result.stamp,
-                        "size": result.size,
-                        "content_bytes": result.content_bytes,
-                        "bytes_added": result.bytes_added,
-                        "fetched_bytes": result.fetched_bytes,
-                        "delta": result.delta,
-                        "archives_applied": result.applied,
-                        "fell_back": result.fell_back,
-                        "snapshot_id": result.snapshot_id,
-                        "failed_services": result.client_failed_services,
-                    }
-                )
-            elif result.status != Status.FAILED:
-                entry["last_success"] = result.started or now
-            entry.setdefault("history", []).append(
-                {
-                    "time": result.started or now,
-                    "result": Status.FAILED
-                    if result.status == Status.FAILED
-                    else (HostState.ATTENTION if result.is_problem else result.status),
-                    "repository_bytes": entry.get("repository_bytes"),
-                }
-            )
-            entry["history"] = entry["history"][-HISTORY:]
+            _record_result(entry, result, now, result.host in disabled)
         return _save(state_dir, status)
 
 
+def _record_result(entry: dict, result: HostResult, now: str, disabled: bool) -> None:
+    """Record in a host's ``entry`` the pull ``result`` (``disabled``: of a host disabled
+    in server.yaml, which a run named: marked ``pulled_disabled``)."""
+    entry.update(
+        {
+            "last_attempt": result.started or now,
+            "last_result": result.status,
+            "reason": result.reason,
+            "problem": result.is_problem,
+            "duration": round(result.duration, 3),
+            "snapshots": result.snapshot_count,
+            "stale": result.stale,
+            "warnings": result.warnings[:KEPT_WARNINGS],
+        }
+    )
+    entry.update(_known_facts(result))
+    if disabled:
+        entry["pulled_disabled"] = True
+    else:
+        entry.pop("pulled_disabled", None)
+    _count_checksum_failure(entry, result)
+    if result.status == Status.STORED:
+        entry.update(
+            {
+                "last_success": result.started or now,
+                "archive": result.archive,
+                "stamp": result.stamp,
+                "size": result.size,
+                "content_bytes": result.content_bytes,
+                "bytes_added": result.bytes_added,
+                "fetched_bytes": result.fetched_bytes,
+                "delta": result.delta,
+                "archives_applied": result.applied,
+                "fell_back": result.fell_back,
+                "snapshot_id": result.snapshot_id,
+                "failed_services": result.client_failed_services,
+            }
+        )
+    elif result.status != Status.FAILED:
+        entry["last_success"] = result.started or now
+    entry.setdefault("history", []).append(
+        {
+            "time": result.started or now,
+            "result": Status.FAILED
+            if result.status == Status.FAILED
+            else (HostState.ATTENTION if result.is_problem else result.status),
+            "repository_bytes": entry.get("repository_bytes"),
+        }
+    )
+    entry["history"] = entry["history"][-HISTORY:]
+
+
 def _record_fleet(
-    status: dict, max_ages: Mapping[str, float] | None, sizes: Mapping[str, int]
+    status: dict, hosts: Mapping[str, Mapping] | None, sizes: Mapping[str, int]
 ) -> None:
     """What :func:`record` keeps of hosts besides its results: ``configured`` and the
     sizes of hosts already known."""
-    if max_ages is not None:
-        status["configured"] = {name: {"max_age": max_ages[name]} for name in sorted(max_ages)}
+    if hosts is not None:
+        status["configured"] = {name: dict(hosts[name]) for name in sorted(hosts)}
     for host, size in sizes.items():
         if isinstance(status["hosts"].get(host), dict):
             status["hosts"][host]["repository_bytes"] = size

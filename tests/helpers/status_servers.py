@@ -31,9 +31,10 @@ class Server:
         return self.config.state_dir / status_file.STATUS_FILE
 
     def pulled(self, *results: HostResult) -> None:
-        """What a pull records: the results, with every configured host's max_age."""
-        max_ages = {host.name: host.max_age for host in self.config.hosts}
-        status_file.record(self.config.state_dir, list(results), max_ages)
+        """What a pull records: the results, with every configured host's max_age (and
+        ``enabled: false`` for a disabled one)."""
+        hosts = status_file.configured(self.config.hosts)
+        status_file.record(self.config.state_dir, list(results), hosts)
 
     def renamed(self, name: str) -> Path:
         """The status file as if written on the machine ``name`` (the writer records the
@@ -44,13 +45,18 @@ class Server:
         return self.status
 
 
-def make_server(root: Path, name: str, hosts: dict[str, str | None]) -> Server:
-    """A server.yaml listing ``hosts`` (name: its own max_age, or None: the default)."""
+def make_server(
+    root: Path, name: str, hosts: dict[str, str | None], disabled: tuple[str, ...] = ()
+) -> Server:
+    """A server.yaml listing ``hosts`` (name: its own max_age, or None: the default);
+    those of ``disabled`` with ``enabled: false``."""
     lines = [f"state_dir: {root / name / 'state'}", f"lock_dir: {root / name}", "hosts:"]
     for host, max_age in hosts.items():
         lines.append(f"  - name: {host}")
         if max_age:
             lines.append(f"    max_age: {max_age}")
+        if host in disabled:
+            lines.append("    enabled: false")
     path = root / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

@@ -490,3 +490,51 @@ def test_an_outputs_problem_is_cleared_only_by_a_run_of_the_same_kind(tmp_path, 
     status_file.record_outputs(state, [], "pull")
     status_file.record_outputs(state, [], "maintain")
     assert "outputs" not in status_file.load_status(state)
+
+
+def test_another_server_s_disabled_host_is_disabled_here_too(tmp_path, capsys):
+    """helper-138 R1: a host disabled on server b (``enabled: false``) was judged by the
+    monitoring machine that merges b's file from ``configured``, which said nothing of
+    it: stale at its max_age, ``--check`` CRITICAL for ever. b records it now, and the
+    merged view shows it disabled, never stale; b's enabled host still turns stale."""
+    a = make_server(tmp_path, "a", {"a1": None})
+    b = make_server(tmp_path, "b", {"b1": "2h", "b2": "2h"}, disabled=("b1",))
+    a.pulled(stored("a1", 1))
+    b.pulled(stored("b1", 3), stored("b2", 3))
+    data = json.loads(b.status.read_text())
+    assert data["configured"] == {
+        "b1": {"max_age": 2 * HOURS, "enabled": False},
+        "b2": {"max_age": 2 * HOURS},
+    }
+    merged = b.renamed("backup-b")
+    code, out, err = status(a, "--merge", str(merged), capsys=capsys)
+    rows = table_rows(out)
+    assert rows[("b2", "backup-b")][0] == "stale"
+    assert "b1" in out and any(
+        line.startswith("b1") and " disabled " in line for line in out.splitlines()
+    ), out
+    assert (code, err) == (1, "stale (no snapshot within max_age): b2 (backup-b)\n")
+    code, out, _ = status(a, "--check", "--merge", str(merged), capsys=capsys)
+    assert code == 2
+    assert out.startswith(
+        "PULLBACK CRITICAL - stale: b2 (backup-b); 1 of 2 hosts ok (1 disabled: b1 (backup-b))"
+    ), out
+    # b2 pulled again: nothing else is wrong, the disabled host makes no verdict
+    b.pulled(stored("b2", 1))
+    merged = b.renamed("backup-b")
+    code, out, _ = status(a, "--check", "--merge", str(merged), capsys=capsys)
+    assert code == 0, out
+    assert out.startswith("PULLBACK OK - 2 of 2 hosts ok (1 disabled: b1 (backup-b)) | "), out
+    # a failed pull b's administrator ran by name (R7) counts here as on b
+    b.pulled(HostResult("b1", Status.FAILED, "cannot connect", started=iso(utc_now())))
+    merged = b.renamed("backup-b")
+    code, out, _ = status(a, "--check", "--merge", str(merged), capsys=capsys)
+    assert code == 1 and out.startswith("PULLBACK WARNING - last pull failed: b1 (backup-b);")
+    b.pulled(stored("b1", 3))  # (a later named pull stored)
+    merged = b.renamed("backup-b")
+    # the flag is another machine's word, shape-checked: anything but false is not it
+    data = json.loads(merged.read_text())
+    data["configured"]["b1"]["enabled"] = "false"
+    merged.write_text(json.dumps(data))
+    code, out, _ = status(a, "--check", "--merge", str(merged), capsys=capsys)
+    assert code == 2 and out.startswith("PULLBACK CRITICAL - stale: b1 (backup-b);"), out

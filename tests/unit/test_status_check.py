@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
-from pullback.server.fleet_view import HostRow, HostState
+from pullback.server.fleet_view import DISABLED_WORDS, HostRow, HostState
 from pullback.server.status import Check, fleet_check
 
 
@@ -135,3 +136,70 @@ def test_a_disabled_host_is_shown_and_counted_in_no_trouble(tmp_path):
     assert 'pullback_newest_snapshot_failed_services{host="old"}' not in text
     page = status_page.render(config, status, now)
     assert '<tr class="disabled" data-host="old">' in page and "1 ok, 1 disabled" in page
+
+
+def test_a_disabled_host_s_failed_drill_hold_or_named_run_still_counts(tmp_path):
+    """helper-138 R7: ``enabled: false`` hid every outcome of the host: a failed drill of
+    the snapshots it is kept for, a ransomware guard's hold (tampered too), a failed
+    ``pull old`` an administrator ran by name; ``--check`` said OK. They count now; a
+    pull that failed before the host was disabled (the machine gone) does not, and the
+    host is never stale."""
+    from pullback.common.clock import iso, utc_now
+    from pullback.common.outcome import Status
+    from pullback.server import metrics, status_file
+    from pullback.server.fleet_view import rows
+    from pullback.server.results import HostResult
+    from pullback.server.status import _host_complaints
+    from tests.helpers.status_servers import make_server
+
+    server = make_server(tmp_path, "s", {"web1": None, "old": "1h"}, disabled=("old",))
+    config = server.config
+    now = utc_now()
+    week = iso(now - dt.timedelta(days=7))
+    fresh = {"last_result": "stored", "newest_snapshot": iso(now - dt.timedelta(hours=1))}
+    gone = {"last_result": "failed", "reason": "cannot connect", "newest_snapshot": week}
+
+    def old_row(entry: dict):
+        found = rows(config, {"hosts": {"web1": fresh, "old": entry}}, now)
+        return next(r for r in found if r.host == "old"), found
+
+    # failed before it was disabled, and stale: neither counts
+    row, found = old_row(gone)
+    assert (row.state, row.stale, row.disabled) == (HostState.DISABLED, False, True)
+    assert fleet_check(found).state == Check.OK and _host_complaints(found) == []
+    # never pulled at all: disabled, nothing more
+    assert old_row({})[0].state == HostState.DISABLED
+    # a failed drill of its kept snapshots
+    row, found = old_row({**gone, "verify_result": "failed", "verify_summary": "restic: bad"})
+    assert (row.state, row.stale) == (HostState.ATTENTION, False)
+    assert row.reason.startswith("the last restore drill failed: restic: bad (disabled in")
+    assert "cannot connect" not in row.reason  # (the old pull's words: not counted)
+    result = fleet_check(found)
+    assert result.state == Check.WARNING
+    assert result.line.startswith("PULLBACK WARNING - needs attention: old; 1 of 2 hosts ok |")
+    assert "oldest_snapshot_age=3600s" in result.line  # (its age still left out)
+    # a guard's hold (tampered)
+    row, found = old_row({**gone, "guard_hold": {"reason": "tampered: snapshots vanished"}})
+    assert (row.state, row.held) == (
+        HostState.ATTENTION,
+        "forget held by the ransomware guard: tampered: snapshots vanished",
+    )
+    assert fleet_check(found).state == Check.WARNING
+    assert _host_complaints(found)[0].startswith("forget held by the ransomware guard: old")
+    # a pull an administrator named: recorded as such by the real writer, and it counts
+    server.pulled(HostResult("old", Status.FAILED, "cannot connect", started=iso(now)))
+    recorded = json.loads(server.status.read_text())["hosts"]["old"]
+    assert recorded["pulled_disabled"] is True
+    row, found = old_row(recorded)
+    assert (row.state, row.stale) == (HostState.FAILED, False)
+    assert row.reason == f"cannot connect ({DISABLED_WORDS})"
+    assert fleet_check(found).state == Check.WARNING
+    named = {**recorded, "last_result": "stored", "failed_services": ["db"]}
+    row, found = old_row(named)
+    assert (row.state, row.client_failed) == (HostState.ATTENTION, ["db"])
+    text = metrics.build(config, {"hosts": {"old": named}}, now).render()
+    assert 'pullback_newest_snapshot_failed_services{host="old"} 1' in text
+    assert 'pullback_stale{host="old"}' not in text
+    # enabled again and pulled: the mark is gone
+    status_file.record(config.state_dir, [HostResult("old", Status.STORED, started=iso(now))])
+    assert "pulled_disabled" not in json.loads(server.status.read_text())["hosts"]["old"]

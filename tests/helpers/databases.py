@@ -26,12 +26,23 @@ PG_BIN = (
 )
 
 
+def _run(argv: list, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run, output captured as text; a failure raises CalledProcessError
+    noted with what the tool said (pytest shows the note: a database server that failed
+    to start in CI otherwise showed only the exit status)."""
+    try:
+        return subprocess.run(
+            [str(a) for a in argv], check=True, capture_output=True, text=True, **kwargs
+        )
+    except subprocess.CalledProcessError as exc:
+        exc.add_note(f"stdout: {(exc.stdout or '')[-2000:]}\nstderr: {(exc.stderr or '')[-2000:]}")
+        raise
+
+
 def _as(user: str | None, argv: list, **kwargs):
     if user and os.geteuid() == 0:
         argv = ["runuser", "-u", user, "--", *map(str, argv)]
-    return subprocess.run(
-        [str(a) for a in argv], check=True, capture_output=True, text=True, **kwargs
-    )
+    return _run(argv, **kwargs)
 
 
 def _owner() -> str | None:
@@ -195,7 +206,7 @@ class MariaDB:
             self.root.mkdir(parents=True, exist_ok=True)
             if os.geteuid() == 0:
                 shutil.chown(self.root, "mysql")
-            subprocess.run(
+            _run(
                 [
                     "mariadb-install-db",
                     "--no-defaults",
@@ -203,9 +214,7 @@ class MariaDB:
                     f"--user={user}",
                     "--auth-root-authentication-method=socket",
                     "--skip-test-db",
-                ],
-                check=True,
-                capture_output=True,
+                ]
             )
         log = self.root / "server.log"
         with open(log, "ab") as handle:
@@ -256,12 +265,7 @@ class MariaDB:
         ]
 
     def sql(self, statement: str, database: str | None = None) -> str:
-        return subprocess.run(
-            [*self.client_argv(database), "-e", statement],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        return _run([*self.client_argv(database), "-e", statement]).stdout.strip()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -281,4 +285,4 @@ def as_role(pg: Postgres, role: str, statement: str, database: str = "postgres")
     ]  # fmt: skip
     if os.geteuid() == 0:
         argv = ["runuser", "-u", "postgres", "--", *argv]
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+    return _run(argv).stdout.strip()

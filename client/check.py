@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common import scratch
 from ..common.archive.compression import compress_command
 from ..common.archive.filecache import CACHE_NAME
 from ..common.cli import print_json
@@ -183,11 +183,11 @@ def check(config: ClientConfig) -> CheckResult:
     result = CheckResult([_plugin_problem(config, plugins, e) for e in plugins.errors])
     result.problems += _setting_problems(config)
     _deltas(config, result)
-    with tempfile.TemporaryDirectory(prefix="pullback-check-") as scratch:
+    with scratch.directory("check") as space:
         for service in discover(config.service_dirs, plugins):
             found = _service_problems(service, plugins)
             result.problems += found
             if not found:  # a service's warnings, like its probe's, once it has no problem
                 result.warnings += [str(w) for w in service.warnings]
-                _probe(service, plugins, Path(scratch), result)
+                _probe(service, plugins, space, result)
     return result

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common import scratch
 from ..common.archive import baseindex, listed, tree_list
 from ..common.archive import directory as archives
 from ..common.archive import sidecar as sidecars
@@ -482,7 +482,7 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
     name, source = options.service, options.source
     if not source.exists():
         raise UsageError(f"{source} does not exist")
-    with tempfile.TemporaryDirectory(prefix="pullback-restore-") as scratch:
+    with scratch.directory("restore") as space:
         sidecar_file = source / SIDECAR_NAME
         if source.is_file():
             if not ARCHIVE_NAME.match(source.name):
@@ -492,7 +492,7 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
                 )
             sidecar_file = source.with_name(source.name + ".json")
             log.info("unpacking %s (checked against its manifest)", source.name)
-            unpacked = unpack_chain(source, Path(scratch) / "archive")
+            unpacked = unpack_chain(source, space / "archive")
         else:
             unpacked = source
         try:
@@ -504,7 +504,7 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
         else:  # (a symlink member as a task's directory led its restore to a live one)
             _no_symlinks_above(unpacked, root)
         restore = ServiceRestore(
-            config, service, plugins, options, read_content(sidecar_file, root, name), Path(scratch)
+            config, service, plugins, options, read_content(sidecar_file, root, name), space
         )
         code = restore.run()
         # on standard output, escaped: names from the snapshot are in them (a file name

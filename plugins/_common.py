@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..common import scratch
 from ..common.errors import CommandError
 from ..common.units import parse_duration
 from .task import ProbeResult, RestorePlan, Task, TaskError, TaskPartial
@@ -24,28 +24,45 @@ def first(config: dict, *keys: str, default=None):
     return default
 
 
-def private_file(task: Task, name: str, content: str) -> Path:
-    """A file only this process can read, in a private directory, removed with the task.
+def private_file(task: Task, name: str, content: str, reader: int | None = None) -> Path:
+    """A file only this process can read (or the user ``reader`` too: a uid), in the
+    task's private scratch directory ``pullback-cred-PID-XXXXXXXX``, removed with the
+    task by :func:`forget_private` (or by the next command, when this one is killed).
+    Returns its path. Raises OSError.
 
-    Used for credentials handed to a tool by file (never on its command line).
+    Used for credentials handed to a tool by file (never on its command line). For a
+    ``reader`` (the tools run as ``run_as:``) the file is that user's, in a directory
+    of its own (0700) in the task's: this one stays root's (so that the next command
+    knows it for its own), searchable by others (0711) but never listable.
     """
     directory = task.state.get("_private")
     if directory is None:
-        directory = tempfile.mkdtemp(prefix="pullback-cred-")
+        directory = str(scratch.make("cred"))
         task.state["_private"] = directory
-    path = Path(directory) / name
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    folder = Path(directory)
+    if reader is not None:
+        folder = folder / f"uid-{reader}"
+        if not folder.is_dir():
+            folder.mkdir(mode=0o700)
+            os.chown(folder, reader, -1)
+            os.chmod(directory, 0o711)  # noqa: S103 - searchable, never listable
+    path = folder / name
+    # a new file, always: the reader's directory is that user's, who may have left a
+    # link there in the name of the last one (root would have written through it)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
+        if reader is not None:
+            os.fchown(handle.fileno(), reader, -1)
         handle.write(content)
     return path
 
 
 def forget_private(task: Task) -> None:
+    """Remove the task's credential files (:func:`private_file`), if it has any."""
     directory = task.state.pop("_private", None)
     if directory:
-        from ..common.trees import remove_tree
-
-        remove_tree(directory, ignore_errors=True)
+        scratch.remove(directory)
 
 
 def timeout(task: Task) -> float:

@@ -116,10 +116,10 @@ def _env(task: Task) -> dict[str, str]:
         env["PGUSER"] = user
     if config.get("password_file"):
         password = read_secret_file(config["password_file"])
-        passfile = private_file(task, "pgpass", f"*:*:*:*:{_pgpass_escape(password)}\n")
-        if config.get("run_as"):  # the tools run as that user: it must read the file
-            os.chown(passfile.parent, _uid(config["run_as"]), -1)
-            os.chown(passfile, _uid(config["run_as"]), -1)
+        # run_as: the tools run as that user, who must read the file
+        reader = _uid(config["run_as"]) if config.get("run_as") else None
+        line = f"*:*:*:*:{_pgpass_escape(password)}\n"
+        passfile = private_file(task, "pgpass", line, reader=reader)
         env["PGPASSFILE"] = str(passfile)
     return env
 

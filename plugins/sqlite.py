@@ -8,9 +8,9 @@ import secrets
 import sqlite3
 import stat
 import sys
-import tempfile
 from pathlib import Path
 
+from ..common import scratch
 from ..common.errors import CommandError, CommandTimeout
 from ..common.fsutil import copy_range, make_dirs_at
 from ..common.text import counted, printable
@@ -188,8 +188,7 @@ def _keep(dir_fd: int, name: str, keep: str, busy: int) -> bool:
     in it, or its bytes and its -wal/-journal as they were (``keep-wal``,
     ``keep-journal``: SQLite finds them beside it). Returns False when there is none.
     Raises TaskError, OSError."""
-    with tempfile.TemporaryDirectory(prefix="pullback-sqlite-") as scratch:
-        private = Path(scratch)
+    with scratch.directory("sqlite") as private:
         read = _take(dir_fd, name, private / "live")
         if read is None:
             return False
@@ -250,8 +249,7 @@ def _place(copy: Path, destination: Path, busy_timeout: int, keep: str | None = 
     sqlite3.Error, OSError."""
     dir_fd = _open_directory(destination.parent)
     try:
-        with tempfile.TemporaryDirectory(prefix="pullback-sqlite-") as scratch:
-            private = Path(scratch)
+        with scratch.directory("sqlite") as private:
             kept = keep is not None and _keep(dir_fd, destination.name, keep, busy_timeout)
             _copy(copy, private / "new", busy_timeout)
             staged = _stage(dir_fd, destination.name, private / "new", copy.stat())

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -70,6 +70,109 @@ def _level(fd: int, name: str) -> _Level:
     return _Level(fd, name, (found.st_dev, found.st_ino))
 
 
+Identity = tuple[int, int]
+"""A directory entry's device and inode."""
+
+
+@dataclass
+class _Walking(_Level):
+    """One directory of :func:`fwalk`: ``name`` its path as yielded, ``listed`` the
+    device and inode each subdirectory had when it was listed."""
+
+    listed: dict[str, Identity] = field(default_factory=dict)
+
+
+def fwalk(top: str | os.PathLike[str]) -> Iterator[tuple[str, list[str], list[str], int]]:
+    """``os.fwalk(top, follow_symlinks=False)``, top-down, at any depth, holding at most
+    :data:`MAX_HELD` descriptors (``os.fwalk`` recurses once per level and holds a
+    descriptor per level: past about 1 000 levels a RecursionError, or too many open
+    files).
+
+    Yields ``(directory, dirnames, filenames, dir_fd)`` as ``os.fwalk`` does: ``dir_fd``
+    is ``directory``'s descriptor, valid until the next item is asked for; ``dirnames``
+    may be pruned in place. A link is named in ``filenames`` and never entered. Each
+    directory is entered by descriptor (``openat`` without following a link) from its
+    parent's, and only when it is still the directory listed (device and inode): one
+    swapped for a link or another directory meanwhile is left out. The directories
+    above are closed and opened again through ``..``, each checked to be the very one
+    it left. A directory that cannot be read is left out (as ``os.fwalk`` does); ``top``
+    a link or no directory yields nothing. Raises OSError (ESTALE) when a directory
+    above was moved away while below it was walked: nothing more is walked.
+    """
+    try:
+        fd = os.open(top, _DIR_FLAGS)
+    except OSError:
+        return
+    found = os.fstat(fd)
+    levels = [_Walking(fd, os.fspath(top), (found.st_dev, found.st_ino))]
+    try:
+        while levels:
+            level = levels[-1]
+            if level.subdirs is None:
+                listed = _listing(level)
+                if listed is not None:
+                    dirs, files = listed
+                    yield level.name, dirs, files, level.fd
+                    level.subdirs = [d for d in reversed(dirs) if d in level.listed]
+                else:
+                    level.subdirs = []
+            elif level.subdirs:
+                _descend(levels, level, level.subdirs.pop())
+            else:
+                _ascend(levels)
+    finally:
+        for level in levels:
+            if level.fd >= 0:
+                os.close(level.fd)
+
+
+def _listing(level: _Walking) -> tuple[list[str], list[str]] | None:
+    """The subdirectories and other entries of ``level``'s directory (each
+    subdirectory's identity kept in ``level.listed``), or None when it cannot be read."""
+    dirs: list[str] = []
+    files: list[str] = []
+    try:
+        with os.scandir(level.fd) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        found = entry.stat(follow_symlinks=False)
+                        level.listed[entry.name] = (found.st_dev, found.st_ino)
+                        dirs.append(entry.name)
+                        continue
+                except OSError:
+                    continue  # (gone meanwhile)
+                files.append(entry.name)
+    except OSError:
+        return None
+    return dirs, files
+
+
+def _descend(levels: list[_Walking], level: _Walking, name: str) -> None:
+    """Enter ``level``'s subdirectory ``name`` when it is the one listed."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=level.fd)
+    except OSError:
+        return  # gone, or swapped for a link or a file
+    found = os.fstat(fd)
+    if (found.st_dev, found.st_ino) != level.listed[name]:
+        os.close(fd)  # another directory moved in meanwhile
+        return
+    levels.append(_Walking(fd, os.path.join(level.name, name), level.listed[name]))
+    _hold_at_most(levels, MAX_HELD)
+
+
+def _ascend(levels: list[_Walking]) -> None:
+    """Leave the deepest level, its parent open again (checked) when it was closed."""
+    level = levels.pop()
+    try:
+        if levels and levels[-1].fd < 0:
+            _reopen_parent(levels[-1], level.fd, "walked")
+    finally:
+        os.close(level.fd)
+        level.fd = -1
+
+
 def remove_tree(
     name: str | os.PathLike[str], dir_fd: int | None = None, ignore_errors: bool = False
 ) -> None:
@@ -111,7 +214,7 @@ def remove_tree(
                 os.close(level.fd)
 
 
-def _hold_at_most(levels: list[_Level], most: int) -> None:
+def _hold_at_most(levels: Sequence[_Level], most: int) -> None:
     """Close the descriptor of the highest level still open once more than ``most``
     are (it is opened again by :func:`_reopen_parent`)."""
     held = [level for level in levels if level.fd >= 0]
@@ -120,14 +223,14 @@ def _hold_at_most(levels: list[_Level], most: int) -> None:
         held[0].fd = -1
 
 
-def _reopen_parent(parent: _Level, child_fd: int) -> None:
+def _reopen_parent(parent: _Level, child_fd: int, doing: str = "removed") -> None:
     """Open ``parent`` again as the ``..`` of ``child_fd``. Raises OSError when that is
     not the directory it was (moved away meanwhile: nothing more of it is removed)."""
     fd = os.open("..", _DIR_FLAGS, dir_fd=child_fd)
     found = os.fstat(fd)
     if (found.st_dev, found.st_ino) != parent.identity:
         os.close(fd)
-        raise OSError(errno.ESTALE, f"{parent.name} moved while it was being removed")
+        raise OSError(errno.ESTALE, f"{parent.name} moved while it was being {doing}")
     parent.fd = fd
 
 

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 from ..common.text import printable
-from ..common.trees import remove_tree
+from ..common.trees import fwalk, remove_tree
 from ..common.units import parse_duration
 from . import hookimpl, load_plugin_schema
 from .before_restore import hand_over
@@ -150,10 +150,10 @@ Identity = tuple[int, int]
 
 def _names(root: Path) -> dict[str, Identity]:
     """Every entry below ``root`` and ``root`` itself (``.``), by its path relative to
-    it: its device and inode. Walked by descriptors (``os.fwalk``), symlinks not
-    followed."""
+    it: its device and inode. Walked by descriptors at any depth
+    (:func:`~pullback.common.trees.fwalk`), symlinks not followed."""
     found: dict[str, Identity] = {}
-    for directory, dirs, files, fd in os.fwalk(root, follow_symlinks=False):
+    for directory, dirs, files, fd in fwalk(root):
         below = os.path.relpath(directory, root)
         if below == ".":
             here = os.fstat(fd)
@@ -173,13 +173,14 @@ def _tidy(task: Task, source: Path, before: dict[str, Identity]) -> None:
     (every entry :func:`_names` did not find ``before``; a directory they made, with all
     below it): a file a command left there (``gunzip -k dump.sql.gz``) made the next
     restore from the same directory refuse it as not the snapshot its manifest
-    describes. Everything is done by descriptor: each directory is entered without
+    describes. Everything is done by descriptor, at any depth
+    (:func:`~pullback.common.trees.fwalk`): each directory is entered without
     following a symlink and only when it is the one found before (its owner, swapping
     one for a symlink or another directory, once had root remove files where it
     pointed), and entries are removed relative to it (``unlinkat``, ``rmtree`` with
     ``dir_fd``). Logs what it removed; what cannot be removed is logged and left."""
     tops: list[str] = []
-    for directory, dirs, files, fd in os.fwalk(source, follow_symlinks=False):
+    for directory, dirs, files, fd in fwalk(source):
         below = os.path.relpath(directory, source)
         here = os.fstat(fd)
         if before.get(os.path.normpath(below)) != (here.st_dev, here.st_ino):

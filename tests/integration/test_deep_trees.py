@@ -82,3 +82,56 @@ def test_a_tree_deeper_than_the_recursion_limit_is_pulled_restored_and_drilled(f
     drill = fleet.server("verify", "--host", "web1")
     assert drill.returncode == 0, drill.stdout + drill.stderr
     assert "all 3 files" in drill.stdout, drill.stdout
+
+
+DEEP = "$(printf 'd/%.0s' $(seq 1100))"
+"""The shell's word for ``d/d/.../d/``, DEPTH levels."""
+
+DEEP_COMMAND = f"""\
+service: {{name: app}}
+command:
+  dump: ["mkdir -p {DEEP} && echo leaf > {DEEP}leaf.txt"]
+  restore: ["cd {DEEP} && echo made > made.txt && mkdir -p new/x && echo y > new/x/y"]
+"""
+
+
+def entries(root: Path) -> list[str]:
+    """Every entry below ``root``: its path, type and size (a directory's mtime changes
+    when what was made in it is removed)."""
+    out = subprocess.run(
+        ["find", str(root), "-mindepth", "1", "-printf", "%P %y %s\\n"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return sorted(out.stdout.splitlines())
+
+
+def test_a_command_restore_tidies_up_a_tree_deeper_than_the_recursion_limit(tmp_path):
+    """The command task's restore removes what its commands wrote in the snapshot's
+    directory: until 2026-12-06 it walked it by ``os.fwalk``, which recursed and held a
+    descriptor per level (a RecursionError past about 1 000 levels)."""
+    from tests.helpers.client import ClientSandbox
+
+    try:
+        box = ClientSandbox(tmp_path / "client")
+        box.add_service("app", DEEP_COMMAND)
+        made = box.cli("run")
+        assert made.returncode == 0, made.stderr
+        (archive,) = box.published()
+        snap = tmp_path / "snap"  # the administrator's fetched copy
+        snap.mkdir()
+        subprocess.run(["tar", "-xf", str(archive), "-C", str(snap)], check=True)
+        before = entries(snap)
+        bottom = snap.joinpath("services", "app", "command", *["d"] * DEPTH)
+        assert (bottom / "leaf.txt").read_text() == "leaf\n"
+        argv = ("restore", "--service", "app", "--from", str(snap))
+        for _ in range(2):  # and again from the same directory: it is the snapshot still
+            restored = box.cli(*argv)
+            assert restored.returncode == 0, restored.stderr
+            assert "RecursionError" not in restored.stderr
+            assert "removed what the restore commands wrote in " in restored.stderr
+            assert restored.stderr.count("d/d/d") >= 2  # the two entries, named (cut)
+            assert entries(snap) == before
+    finally:
+        subprocess.run(["rm", "-rf", str(tmp_path)], check=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pullback.common.trees import remove_tree, walk
+from pullback.common.trees import fwalk, remove_tree, walk
 
 
 def make_tree(root: Path, outside: Path) -> None:
@@ -170,3 +170,101 @@ def test_a_directory_moved_out_during_the_removal_stops_it(tmp_path, monkeypatch
     monkeypatch.undo()
     assert (tmp_path / "top" / "sentinel").read_text() == "not the tree's"
     assert (tmp_path / "top" / "deep").is_dir()
+
+
+def _fwalked(walker, root) -> list:
+    """What an fwalk yields, in order, each directory relative to ``root`` with its
+    descriptor's device and inode."""
+    found = []
+    for directory, dirs, files, fd in walker:
+        here = os.fstat(fd)
+        rel = os.path.relpath(directory, root)
+        found.append((rel, sorted(dirs), sorted(files), (here.st_dev, here.st_ino)))
+    return sorted(found)
+
+
+def test_fwalk_yields_what_os_fwalk_yields_without_following_links(tmp_path, outside):
+    root = tmp_path / "root"
+    root.mkdir()
+    make_tree(root, outside)
+    theirs = _fwalked(os.fwalk(root, follow_symlinks=False), root)
+    ours = _fwalked(fwalk(root), root)
+    # os.fwalk names a link to a directory among the directories (and does not enter
+    # it); ours names it among the other entries, as what it is
+    assert [(r, i) for r, _, _, i in ours] == [(r, i) for r, _, _, i in theirs]
+    assert ours[1][1:3] == (["b"], ["dirlink", "f1", "filelink"])
+    assert not any("dirlink" in r for r, *_ in ours)
+    assert list(fwalk(tmp_path / "nothing")) == []
+    link = tmp_path / "link"
+    link.symlink_to(root)
+    assert list(fwalk(link)) == []  # the top itself a link: nothing, as os.fwalk
+
+
+def test_fwalk_prunes_and_enters_only_the_directory_it_listed(tmp_path, outside):
+    root = tmp_path / "root"
+    root.mkdir()
+    make_tree(root, outside)
+    (root / "c" / "inner").mkdir()
+    seen = []
+    for directory, dirs, _, _ in fwalk(root):
+        rel = os.path.relpath(directory, root)
+        seen.append(rel)
+        if rel == ".":
+            dirs[:] = [d for d in dirs if d != "a"]  # pruned
+            # listed, then swapped before it is entered: for a link, for another one
+            (root / "c").rename(tmp_path / "c-was")
+            (root / "c").symlink_to(outside)
+    assert seen == ["."]
+    (root / "c").unlink()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x").mkdir()
+    seen = []
+    for directory, _, _, _ in fwalk(root):
+        seen.append(os.path.relpath(directory, root))
+        if directory == str(root):
+            (tmp_path / "other").rename(root / "c")
+    assert sorted(seen) == [".", "a", "a/b"]
+
+
+def test_fwalk_a_tree_deeper_than_the_recursion_limit_holding_few_descriptors(tmp_path):
+    """os.fwalk recursed per level and held a descriptor per level: past about 1 000
+    levels a RecursionError (or EMFILE under a limit of 1 024)."""
+    import resource
+
+    from pullback.common.trees import MAX_HELD
+
+    depth = sys.getrecursionlimit() + 100
+    bottom = tmp_path.joinpath("deep", *["d"] * depth)
+    subprocess.run(["mkdir", "-p", str(bottom)], check=True)
+    (bottom / "leaf").write_text("x")
+    (bottom.parents[500] / "side").mkdir()
+    with pytest.raises(RecursionError):
+        list(os.fwalk(tmp_path / "deep"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    open_now = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + MAX_HELD + 16, hard))
+    try:
+        found = [(d, fs, os.listdir(fd)) for d, _, fs, fd in fwalk(tmp_path / "deep") if fs]
+        count = sum(1 for _ in fwalk(tmp_path / "deep"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert count == depth + 2  # "deep", each d, and "side"
+    assert [(fs, listed) for _, fs, listed in found] == [(["leaf"], ["leaf"])]
+    assert os.path.relpath(found[0][0], tmp_path / "deep").split("/") == ["d"] * depth
+    subprocess.run(["rm", "-rf", str(tmp_path / "deep")], check=True)
+
+
+def test_fwalk_stops_when_a_directory_above_moved_away(tmp_path, monkeypatch):
+    """Past MAX_HELD the directories above are closed; one moved elsewhere meanwhile is
+    found so on the way back up (``..`` leads elsewhere), and the walk stops."""
+    from pullback.common import trees
+
+    monkeypatch.setattr(trees, "MAX_HELD", 2)
+    (tmp_path / "top" / "deep" / "a" / "b" / "c").mkdir(parents=True)
+    seen = []
+    with pytest.raises(OSError, match="moved while it was being walked"):
+        for directory, _, _, _ in fwalk(tmp_path / "top" / "deep"):
+            seen.append(os.path.relpath(directory, tmp_path / "top" / "deep"))
+            if seen[-1] == "a/b/c":
+                os.rename(tmp_path / "top" / "deep" / "a", tmp_path / "top" / "a")
+    assert seen == [".", "a", "a/b", "a/b/c"]

@@ -142,7 +142,10 @@ def pullback_restore(task: Task, source: Path, target: Path | None, dry_run: boo
             )
     finally:
         if before is not None:
-            _tidy(task, source, before)
+            try:
+                _tidy(task, source, before)
+            except OSError as exc:  # (a directory moved away during the walk: ESTALE)
+                task.log.warning("tidying %s stopped: %s", source, exc.strerror or exc)
 
 
 Identity = tuple[int, int]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -723,11 +722,11 @@ class _Restore(DatabaseRestore):
             wanted = pg_database.wanted_entries(listing.read_text(errors="replace"))
             if not wanted:
                 return ""
-            # read by pg_restore itself, perhaps as run_as: the entries' names, no secret
-            fd, chosen = tempfile.mkstemp(prefix="pullback-toc-", suffix=".list")
-            with os.fdopen(fd, "w") as handle:
-                handle.write(wanted)
-            os.chmod(chosen, 0o644)
+            # read by pg_restore itself, perhaps as run_as; the database's own names, for
+            # no other user (it was a 0644 file in /tmp, left there by a killed restore)
+            run_as = self.task.config.get("run_as")
+            reader = _uid(run_as) if run_as else None
+            chosen = private_file(self.task, "toc.list", wanted, reader=reader)
             try:
                 argv = ["pg_restore", "--create", f"--use-list={chosen}", "--file=-"]
                 self.task.run(argv, stdin=dump, stdout=listing)

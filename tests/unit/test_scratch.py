@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,10 @@ def test_the_sweep_looks_at_a_bounded_number_of_entries(where, caplog):
         swept = scratch.sweep(where, most=10)
     assert swept.looked == 10 and swept.stopped_early
     assert swept.removed == sum(not p.exists() for p in left)
-    assert "(of its first 10 entries only)" in caplog.text
+    if swept.removed:
+        assert "(of its first 10 entries only)" in caplog.text
+    else:  # nothing removed is not said (a crowded /tmp made every command say so)
+        assert "stale scratch" not in caplog.text
     everything = scratch.sweep(where, most=scratch.MOST_LOOKED)
     assert everything.looked < scratch.MOST_LOOKED and not everything.stopped_early
     assert not any(p.exists() for p in left)
@@ -118,3 +122,103 @@ def test_the_sweep_never_fails_the_command(tmp_path, caplog):
     swept = scratch.sweep(tmp_path / "missing")
     assert swept == scratch.Swept()
     assert "stale scratch directories not looked for" in caplog.text
+
+
+def test_nothing_removed_is_not_said(where, caplog):
+    """helper-142: with more entries than the bound and nothing stale, every command
+    said 'removed 0 stale scratch directories ...'."""
+    for n in range(30):
+        (where / f"f{n}").write_text("")
+    with caplog.at_level(logging.INFO):
+        swept = scratch.sweep(where, most=10)
+    assert swept.stopped_early and swept.removed == 0
+    assert caplog.text == ""
+
+
+def test_a_temporary_directory_of_another_user_is_not_swept(where, caplog):
+    """The owner half of the refusal (a 0700 directory of another user, who may rename
+    its entries; helper-142)."""
+    left = stale(where)
+    where.chmod(0o700)
+    os.chown(where, 65534, 65534)
+    swept = scratch.sweep(where)
+    assert swept == scratch.Swept() and left.exists()
+    assert "others may write there" in caplog.text
+
+
+def _as_nobody(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = ["runuser", "-u", "nobody", "--", sys.executable, "-c", code]
+    return subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sweeps as nobody")
+def test_another_users_running_process_keeps_its_directory(where):
+    """EPERM from os.kill (a process of another user) counts as running; root never sees
+    EPERM, so only a sweep as an unprivileged user shows it (helper-142)."""
+    subprocess.run(["chown", "nobody", str(where)], check=True)
+    live = subprocess.Popen(["sleep", "60"])  # root's
+    try:
+        for up in (where, *where.parents):
+            if up == Path("/"):
+                break
+            up.chmod(up.stat().st_mode | 0o005)  # (pytest's tmp is root's alone)
+        theirs = where / f"pullback-cred-{live.pid}-abcdefgh"
+        subprocess.run(["runuser", "-u", "nobody", "--", "mkdir", str(theirs)], check=True)
+        done = _as_nobody(
+            f"from pullback.common import scratch; print(scratch.sweep({str(where)!r}))"
+        )
+        assert "looked=1" in done.stdout, done.stdout + done.stderr
+        assert theirs.is_dir()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def _can_unshare() -> bool:
+    if os.geteuid() != 0:
+        return False
+    try:
+        argv = ["unshare", "--pid", "--fork", "--mount-proc", "true"]
+        return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs root and unshare --pid")
+def test_a_live_commands_directory_survives_a_sweep_from_another_pid_namespace(where):
+    """A command in another PID namespace sharing the temporary directory (a container,
+    unshare) cannot see the maker's process: its lock keeps the directory; once the
+    maker is killed, the same sweep removes it (helper-142: a restore's unpacked archive
+    was removed mid-restore)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TMPDIR": str(where)}
+    maker = subprocess.Popen(
+        [sys.executable, "-c", MAKER],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        made = Path(maker.stdout.readline().strip())
+        assert made.parent == where and (made / "archive").is_file()
+        sweep = f"from pullback.common import scratch; print(scratch.sweep({str(where)!r}))"
+        argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", sweep]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert "looked=1" in done.stdout and "removed=0" in done.stdout, done.stdout + done.stderr
+        assert (made / "archive").read_text() == "being restored"
+    finally:
+        maker.kill()
+        maker.wait()
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert "removed=1" in again.stdout, again.stdout + again.stderr
+    assert not made.exists()
+
+
+MAKER = """\
+import time
+from pullback.common import scratch
+made = scratch.make("restore")
+(made / "archive").write_text("being restored")
+print(made, flush=True)
+time.sleep(120)
+"""

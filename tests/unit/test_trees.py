@@ -268,3 +268,20 @@ def test_fwalk_stops_when_a_directory_above_moved_away(tmp_path, monkeypatch):
             if seen[-1] == "a/b/c":
                 os.rename(tmp_path / "top" / "deep" / "a", tmp_path / "top" / "a")
     assert seen == [".", "a", "a/b", "a/b/c"]
+
+
+def test_fwalk_never_enters_a_listed_directory_swapped_for_another(tmp_path):
+    """A directory listed, then swapped for another directory before it is entered: the
+    identity check keeps the walk out of it (helper-142: the other case of the test
+    above swapped in a directory never listed, and passed without the check)."""
+    root = tmp_path / "root"
+    (root / "c" / "inner").mkdir(parents=True)
+    (tmp_path / "other" / "precious").mkdir(parents=True)
+    seen = []
+    for directory, dirs, _, _ in fwalk(root):
+        seen.append(os.path.relpath(directory, root))
+        if directory == str(root):
+            assert dirs == ["c"]
+            (root / "c").rename(tmp_path / "c-was")
+            (tmp_path / "other").rename(root / "c")
+    assert seen == ["."]

@@ -546,14 +546,26 @@ def _first_label(name: str) -> str:
     return name.split(".")[0]
 
 
-_URL_PASSWORD = re.compile(r"://[^/:]*:[^@]*@")
-"""A URL's ``user:password@`` (the schema refuses it in ``repository``)."""
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*:"
+_URL_PASSWORD = re.compile(
+    rf"\A(?P<head>{_SCHEME}(?:{_SCHEME})?(?://)?)(?P<user>[^:@/]*):(?P<password>[^@]*)@"
+)
+"""A restic URL's ``user:password@``: ``rest:https://user:pw@...``, ``s3:https://...``
+and restic's own ``rest:user:pw@host`` too; a password may hold anything but ``@``
+(white space as well: the masking of printed lines stops there, so a line that shows
+such a URL masks it with this rule first)."""
 
 
 def remote(root: str | None) -> bool:
     """Whether backup-suite's ``repository_root`` is a restic repository URL
-    (``rest:https://...``, ``sftp:host:/path``, ``s3:...``), not a directory."""
-    return bool(root) and not str(root).startswith("/")
+    (``rest:https://...``, ``sftp:host:/path``, ``s3:...``: a scheme first), not a
+    directory (a relative one is no URL: pullback refuses it, as before)."""
+    return bool(root) and re.match(_SCHEME, str(root)) is not None
+
+
+def masked_password(url: str) -> str:
+    """``url`` with the password :data:`_URL_PASSWORD` finds in it as ``***``."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{m['user']}:***@", url, count=1)
 
 
 def _backend(conv: Conversion, restic: dict, source: str) -> dict[str, Any]:
@@ -813,16 +825,17 @@ def _remote_repository(
     full host name): in ``repository``, or, a URL with a password, in a file of its own
     that ``repository_file`` names (the schema refuses the password in server.yaml)."""
     url = f"{str(context.repository_root).rstrip('/')}/{full}"
-    if not _URL_PASSWORD.search(url):
+    if not _URL_PASSWORD.match(url):
         out["repository"] = url
         context.conv.map(f"{where}hostname", f"hosts[].repository {url!r} (as before)")
         return
-    path = f"{context.config_dir.rstrip('/')}/repositories/{name}.repo"
+    path = os.path.join(os.path.normpath(context.config_dir), "repositories", f"{name}.repo")
     out["repository_file"] = path
     context.conv.secret_files[path] = url + "\n"
     context.conv.map(
         f"{where}hostname",
-        f"hosts[].repository_file {path!r}, holding {url!r} (as before; the URL has a "
+        f"hosts[].repository_file {path!r}, holding {masked_password(url)!r} (as before; "
+        "the URL has a "
         "password, which server.yaml never holds: --write writes the file, mode 0600)",
     )
 

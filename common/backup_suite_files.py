@@ -125,6 +125,8 @@ def run_import(source: Path, target: Path, write: bool, spec: ImportSpec) -> int
         return EXIT_OK
     if not target.parent.is_dir():
         raise UsageError(f"cannot write {target}: its directory {target.parent} does not exist")
+    for name in conv.secret_files:  # all refused before any is written
+        _writable_secret(Path(name))
     for name, secret in conv.secret_files.items():
         _write_secret(Path(name), secret)
     try:
@@ -135,15 +137,31 @@ def run_import(source: Path, target: Path, write: bool, spec: ImportSpec) -> int
     return EXIT_OK
 
 
+def _writable_secret(path: Path) -> None:
+    """Refuse (UsageError) a secret file ``path`` that ``--write`` must not write: its
+    place or its directory a symbolic link, or its place a directory."""
+    for place in (path.parent, path):
+        if place.is_symlink():
+            raise UsageError(f"{place} is a symbolic link: remove it, then import again")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory: move it away, then import again")
+
+
 def _write_secret(path: Path, text: str) -> None:
-    """Write the secret ``text`` to ``path`` (mode 0600, its directory made 0700 when
-    missing), keeping a different file there as ``write_keeping`` does; the same text
-    already there is left alone. Raises UsageError."""
+    """Write the secret ``text`` to ``path``, mode 0600, in a directory of mode 0700
+    (made so, or narrowed to it), keeping a different file there as ``write_keeping``
+    does; a file that holds the text already keeps it, narrowed to 0600 and root's.
+    Raises UsageError."""
     try:
-        if path.is_file() and not path.is_symlink() and path.read_text() == text:
-            print(f"{path} holds that already", file=sys.stderr)
-            return
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if stat.S_IMODE(path.parent.lstat().st_mode) != 0o700:
+            path.parent.chmod(0o700)
+            print(f"{path.parent} is mode 0700 now (it holds secrets)", file=sys.stderr)
+        if path.is_file() and not path.is_symlink() and path.read_text() == text:
+            os.chown(path, os.geteuid(), os.getegid())
+            path.chmod(0o600)
+            print(f"{path} holds that already (mode 0600)", file=sys.stderr)
+            return
         write_keeping(path, text, mode=0o600)
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None

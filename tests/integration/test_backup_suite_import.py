@@ -221,3 +221,98 @@ def test_a_second_write_over_an_edited_import_warns(tmp_path):
         f"source was): kept as {target}.before-import.1" in edited.stderr
     ), edited.stderr
     assert "hostname: client-a" in (tmp_path / "client.yaml.before-import.1").read_text()
+
+
+# -- a repository_root that is a URL (helper-141's attacks) --------------------------------
+
+
+def suite_source(tmp_path, root: str, hosts=("web1.example.org",)):
+    """backup-suite's server_config.yml with ``root``, and where server.yaml goes."""
+    source = tmp_path / "etc-backup"
+    source.mkdir()
+    (source / "server_config.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"admin_email": "ops@example.test"},
+                "restic": {"repository_root": root},
+                "hosts": [{"hostname": h} for h in hosts],
+            }
+        )
+    )
+    target = tmp_path / "pb"
+    target.mkdir()
+    return source, target / "server.yaml"
+
+
+def import_(config, source, *more: str, cwd=None) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "pullback.server.cli", "--config", str(config)]
+    argv += ["import-backup-suite", "--from", str(source), *more]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=cwd, env=env)
+
+
+def test_restic_s_own_rest_user_password_form_is_a_password_too(tmp_path):
+    """``rest:user:pw@host`` (restic's form without https://) holds a password: it was
+    printed whole and written into server.yaml (the masking took it for one)."""
+    source, config = suite_source(tmp_path, "rest:boss:Pw9-secret@store.example:8000/")
+    printed = import_(config, source)
+    assert printed.returncode == 0, printed.stderr
+    assert "Pw9-secret" not in printed.stdout + printed.stderr
+    assert "repository_file:" in printed.stdout and "rest:boss:***@" in printed.stderr
+    written = import_(config, source, "--write")
+    assert written.returncode == 0, written.stderr
+    assert "Pw9-secret" not in config.read_text() + written.stderr
+    repo = config.parent / "repositories" / "web1.repo"
+    assert repo.read_text() == "rest:boss:Pw9-secret@store.example:8000/web1.example.org\n"
+
+
+def test_a_relative_repository_root_is_refused_as_before(tmp_path):
+    """Only a scheme makes a URL: ``backups/restic`` or ``~/restic`` is refused, exit 2,
+    naming the key (it became each host's relative repository, "a URL")."""
+    for root in ("backups/restic", "~/restic"):
+        place = tmp_path / root.replace("/", "_").replace("~", "home")
+        place.mkdir()
+        source, config = suite_source(place, root)
+        printed = import_(config, source)
+        assert printed.returncode == 2, printed.stdout + printed.stderr
+        assert "backend.repository_root" in printed.stderr and "(a URL" not in printed.stderr
+
+
+def test_a_password_with_a_space_is_masked_in_every_line(tmp_path):
+    source, config = suite_source(tmp_path, "rest:https://boss:open sesame-77@store:8000/")
+    printed = import_(config, source)
+    assert printed.returncode == 0, printed.stderr
+    assert "sesame" not in printed.stdout + printed.stderr, printed.stderr
+
+
+def test_write_makes_the_repository_files_and_their_directory_private(tmp_path):
+    """A file that held the URL already is narrowed to 0600, a wide ``repositories``
+    directory to 0700 (check refuses a file others may read); a symbolic link in the way
+    is refused before anything is written."""
+    root = "rest:https://boss:Pw9@store.example:8000/"
+    source, config = suite_source(tmp_path, root, hosts=("web1.example.org", "db1.example.org"))
+    folder = config.parent / "repositories"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    web1 = folder / "web1.repo"
+    web1.write_text(f"{root}web1.example.org\n")
+    web1.chmod(0o644)
+    (folder / "db1.repo").symlink_to(tmp_path / "elsewhere")
+    refused = import_(config, source, "--write")
+    assert refused.returncode == 2 and "symbolic link" in refused.stderr, refused.stderr
+    assert web1.stat().st_mode & 0o777 == 0o644 and not config.exists()  # nothing written
+    (folder / "db1.repo").unlink()
+    written = import_(config, source, "--write")
+    assert written.returncode == 0, written.stderr
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert web1.stat().st_mode & 0o777 == 0o600 and (folder / "db1.repo").is_file()
+    assert (folder / "db1.repo").stat().st_mode & 0o777 == 0o600
+    assert "Pw9" not in written.stderr + config.read_text()
+
+
+def test_a_config_path_with_dot_dot_still_imports_a_url_with_a_password(tmp_path):
+    source, config = suite_source(tmp_path, "rest:https://boss:Pw9@store.example:8000/")
+    (tmp_path / "sub").mkdir()
+    printed = import_("../pb/server.yaml", source, cwd=tmp_path / "sub")
+    assert printed.returncode == 0, printed.stderr
+    assert f"repository_file: {config.parent}/repositories/web1.repo" in printed.stdout

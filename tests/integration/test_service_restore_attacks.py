@@ -491,6 +491,22 @@ def test_sigterm_during_a_restore_command_starts_the_units_again(tmp_path, units
     assert units.active() == ["a.service", "b.service"], err
 
 
+def _runs_on(pid: int, seconds: float = 10) -> bool:
+    """Whether process ``pid`` still runs ``seconds`` from now: a killed one is gone, or a
+    zombie its new parent has not reaped yet (under load that took a moment: the test
+    once failed on it)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return False
+        if state in ("Z", "X"):
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def test_sighup_during_a_restore_still_starts_the_units_again(tmp_path, units):
     pidfile = tmp_path / "restore-command.pid"
     box, archive = app_service(tmp_path, units, f"echo $$ > {pidfile}; exec sleep 600")
@@ -507,7 +523,7 @@ def test_sighup_during_a_restore_still_starts_the_units_again(tmp_path, units):
         assert proc.returncode == 129, _err
         assert "SIGHUP received" in _err, _err
         command = int(pidfile.read_text())
-        assert not os.path.exists(f"/proc/{command}"), "the restore command runs on"
+        assert not _runs_on(command), "the restore command runs on"
     finally:
         if pidfile.exists():  # the restore command, left running
             with contextlib.suppress(ProcessLookupError):

@@ -68,6 +68,23 @@ def repository_snapshots(fleet: Fleet) -> list[dict]:
     return sorted(json.loads(out), key=lambda s: s["time"])
 
 
+def complete(server: dict, fleet: Fleet, sshd: Sshd, tmp_path) -> None:
+    """Add to the imported ``server`` settings what a real server has by its packaged
+    defaults and DNS (state, known_hosts, the sshd's loopback port), and write them."""
+    (host,) = server["hosts"]
+    host.update(address=sshd.address, port=sshd.port, user=sshd.user)
+    with open(fleet.known_hosts, "a") as handle:
+        handle.write(sshd.known_hosts_line())  # pullback-server trust web1 does this
+    server.update(
+        state_dir=str(fleet.state),
+        lock_dir=str(tmp_path / "run"),
+        min_free_space="100M",
+        ssh={"key_file": str(fleet.key), "known_hosts": str(fleet.known_hosts)},
+    )
+    server.pop("email")
+    fleet.config.write_text(yaml.safe_dump(server))
+
+
 @pytest.fixture
 def migration(tmp_path):
     """backup-suite's files on the client and the server, and its repository with two
@@ -162,17 +179,7 @@ def test_a_backup_suite_host_moves_to_pullback_with_its_history(migration):
     server = yaml.safe_load(imported.stdout)
     (host,) = server["hosts"]
     assert host["adopt_host"] == FQDN and host["repository"] == str(fleet.repos / FQDN)
-    host.update(address=sshd.address, port=sshd.port, user=sshd.user)
-    with open(fleet.known_hosts, "a") as handle:
-        handle.write(sshd.known_hosts_line())  # pullback-server trust web1 does this
-    server.update(
-        state_dir=str(fleet.state),
-        lock_dir=str(tmp_path / "run"),
-        min_free_space="100M",
-        ssh={"key_file": str(fleet.key), "known_hosts": str(fleet.known_hosts)},
-    )
-    server.pop("email")
-    fleet.config.write_text(yaml.safe_dump(server))
+    complete(server, fleet, sshd, tmp_path)
 
     # step: pullback-server check sees the old snapshots before the first pull
     checked = fleet.server("check")
@@ -316,17 +323,7 @@ def test_repositories_behind_a_url_with_a_password_move_without_it_in_server_yam
         (host,) = server["hosts"]
         assert host["repository_file"] == str(repo_file) and "repository" not in host
         assert "repository_root" not in server["backend"]
-        host.update(address=sshd.address, port=sshd.port, user=sshd.user)
-        with open(fleet.known_hosts, "a") as handle:
-            handle.write(sshd.known_hosts_line())
-        server.update(
-            state_dir=str(fleet.state),
-            lock_dir=str(tmp_path / "run"),
-            min_free_space="100M",
-            ssh={"key_file": str(fleet.key), "known_hosts": str(fleet.known_hosts)},
-        )
-        server.pop("email")
-        fleet.config.write_text(yaml.safe_dump(server))
+        complete(server, fleet, sshd, tmp_path)
 
         checked = fleet.server("check")
         assert checked.returncode == 0, checked.stdout + checked.stderr

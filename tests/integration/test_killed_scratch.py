@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pullback.common.log import get_logger
-from pullback.common.runner import Runner
 from pullback.plugins import postgresql
 from pullback.plugins._common import forget_private
-from pullback.plugins.task import Task
 from tests.helpers.client import ClientSandbox
 from tests.helpers.databases import PG_BIN, Postgres
+from tests.helpers.tasks import task_for
 
 
 def _wait(predicate, what: str, timeout: float = 60) -> None:
@@ -173,17 +171,7 @@ def test_run_as_reads_its_pgpass_in_a_directory_of_its_own(pg, tmpdir_env, tmp_p
         "password_file": str(box.root / "db.pass"),
         "run_as": "postgres",
     }
-    log = get_logger("test")
-    task = Task(
-        type="postgresql",
-        key="postgresql",
-        config=config,
-        service="shop",
-        service_file=tmp_path / "service.yaml",
-        staging=tmp_path / "staging",
-        runner=Runner(log),
-        log=log,
-    )
+    task = task_for("postgresql", config, tmp_path, service="shop")
     passfile = Path(postgresql._env(task)["PGPASSFILE"])
     try:
         outer = passfile.parent.parent

@@ -10,28 +10,17 @@ import subprocess
 
 import pytest
 
-from pullback.common.log import get_logger
-from pullback.common.runner import Runner
 from pullback.plugins import mariadb
 from pullback.plugins._common import forget_private
 from pullback.plugins.task import Task
+from tests.helpers.tasks import task_for
 
 TOOL = next((t for t in ("mariadb-dump", "mysqldump") if shutil.which(t)), None)
 pytestmark = pytest.mark.skipif(TOOL is None, reason="no mariadb-dump here")
 
 
 def make_task(config: dict, tmp_path) -> Task:
-    log = get_logger("test")
-    return Task(
-        type="mariadb",
-        key="mariadb",
-        config=config,
-        service="db",
-        service_file=tmp_path / "service.yaml",
-        staging=tmp_path / "staging",
-        runner=Runner(log),
-        log=log,
-    )
+    return task_for("mariadb", config, tmp_path)
 
 
 def printed_defaults(options: list[str], home) -> str:

@@ -198,6 +198,11 @@ class ServerConfig:
                 return host
         raise self.unknown([name])
 
+    @property
+    def disabled(self) -> list[str]:
+        """The names of the hosts disabled here (``enabled: false``)."""
+        return [h.name for h in self.hosts if not h.enabled]
+
     def select_hosts(self, names: list[str] | None) -> list[HostConfig]:
         """The hosts named on the command line, or every enabled host.
 

@@ -252,7 +252,8 @@ def _mark_killed(found: list[HostRow], killed: InterruptedRun) -> None:
             f"{row.killed}; the next pull reports it and removes a repository lock it left"
         )
         row.reason = f"{row.reason}; {words}" if row.reason else words
-        if row.state in (HostState.OK, HostState.DISABLED):  # (disabled: a run named it)
+        # (disabled: a run that named it was cut, as pull_activity left only those)
+        if row.state in (HostState.OK, HostState.DISABLED):
             row.state = HostState.ATTENTION
 
 

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -76,13 +77,36 @@ class InterruptedRun:
     """An earlier run cut short, for the hosts this run did not pull (``pull --host``):
     they stay named until a pull of them (an outside review saw a pull of another host
     erase that the killed one had a host to report and clean up)."""
+    disabled: tuple[str, ...] = ()
+    """The hosts of ``phases`` that were disabled in server.yaml (``enabled: false``) when
+    the run pulled them: a run named them by hand. A host disabled now and not among them
+    was cut short before it was disabled, which counts no more (:meth:`counted`)."""
 
     def merged(self) -> InterruptedRun:
         """This run and what it carried, as one (this run's identity; its phases win)."""
         if self.carried is None:
             return self
         phases = {**self.carried.phases, **self.phases}
-        return InterruptedRun(self.pid, self.started, phases, self.ended, self.stopped_by)
+        disabled = tuple(sorted({*self.carried.disabled, *self.disabled}))
+        return InterruptedRun(
+            self.pid, self.started, phases, self.ended, self.stopped_by, disabled=disabled
+        )
+
+    def counted(self, disabled: Collection[str]) -> InterruptedRun | None:
+        """This run without the hosts that are ``disabled`` in server.yaml now but were not
+        when it pulled them (a pull killed before the admin disabled a gone machine: the
+        journal carries such a host for ever, since a disabled host is never pulled, and
+        it needed attention for ever; helper-141 F1), as for a failed pull
+        (``pulled_disabled``); None when no host is left."""
+        dropped = {h for h in self.phases if h in disabled and h not in self.disabled}
+        if not dropped:
+            return self
+        phases = {h: p for h, p in self.phases.items() if h not in dropped}
+        if not phases:
+            return None
+        return InterruptedRun(
+            self.pid, self.started, phases, self.ended, self.stopped_by, disabled=self.disabled
+        )
 
     @property
     def how(self) -> str:
@@ -109,6 +133,12 @@ class Journal:
         self._kept: dict[str, str] = {}
         self._stopped_by = ""
         self._carried: InterruptedRun | None = None
+        self._disabled: list[str] = []
+
+    def pulls_disabled(self, hosts: list[str]) -> None:
+        """The hosts this run pulls that are disabled in server.yaml (named by hand): the
+        journal says so, and a cut of their pull counts (:meth:`InterruptedRun.counted`)."""
+        self._disabled = sorted(hosts)
 
     def begin(self) -> InterruptedRun | None:
         """Start this run's journal; return the run a crash interrupted, if any."""
@@ -132,7 +162,10 @@ class Journal:
             return
         phases = {h: p for h, p in cut.phases.items() if h not in pulled}
         if phases:
-            self._carried = InterruptedRun(cut.pid, cut.started, phases, False, cut.stopped_by)
+            disabled = tuple(h for h in cut.disabled if h in phases)
+            self._carried = InterruptedRun(
+                cut.pid, cut.started, phases, False, cut.stopped_by, disabled=disabled
+            )
             with self._lock:
                 self._write()
 
@@ -182,6 +215,8 @@ class Journal:
             record["ended"] = True
         if self._stopped_by:
             record["stopped_by"] = self._stopped_by
+        if self._disabled:
+            record["disabled"] = self._disabled
         carried = self._carried
         if carried is not None:
             record["carried"] = {
@@ -189,6 +224,7 @@ class Journal:
                 "started": carried.started,
                 "hosts": carried.phases,
                 "stopped_by": carried.stopped_by,
+                "disabled": list(carried.disabled),
             }
         try:
             atomic_write(self.path, json.dumps(record, sort_keys=True) + "\n", mode=0o600)
@@ -218,15 +254,26 @@ def read_journal(state_dir: Path) -> InterruptedRun | None:
             *_run_of(data),
             data.get("ended") is True,
             str(data.get("stopped_by") or "")[:20],
-            InterruptedRun(*_run_of(carried), False, str(carried.get("stopped_by") or "")[:20])
+            InterruptedRun(
+                *_run_of(carried),
+                False,
+                str(carried.get("stopped_by") or "")[:20],
+                disabled=_names(carried.get("disabled")),
+            )
             if carried is not None
             else None,
+            disabled=_names(data.get("disabled")),
         )
     except (KeyError, TypeError, AttributeError, ValueError, OverflowError, RecursionError) as exc:
         # (damage: a pid of 1e400 is an OverflowError, deep nesting a RecursionError;
         # an outside review saw either stop every pull, status and publish with exit 70)
         why = printable(f"{exc.__class__.__name__}: {exc}", 200)
         raise ValueError(f"not a pull journal ({why})") from None
+
+
+def _names(value: object) -> tuple[str, ...]:
+    """A run's ``disabled`` hosts (nothing when it is not a list: an older journal)."""
+    return tuple(str(h) for h in value) if isinstance(value, list) else ()
 
 
 def _run_of(data: dict) -> tuple[int, str, dict[str, str]]:
@@ -252,12 +299,13 @@ NO_ACTIVITY = PullActivity()
 """No pull running, none killed (or nothing could be read)."""
 
 
-def pull_activity(state_dir: Path, lock_dir: Path) -> PullActivity:
+def pull_activity(state_dir: Path, lock_dir: Path, disabled: Collection[str] = ()) -> PullActivity:
     """Whether a pull runs now (it holds the server lock, as /proc/locks and the lock's
     owner record tell) and whether one was killed (its journal is left, written by
     another process than the lock's holder, if any). When /proc/locks cannot tell, a
     live owner record decides. What cannot be read (the journal, both of those) says
-    nothing: :data:`NO_ACTIVITY`."""
+    nothing: :data:`NO_ACTIVITY`. A killed pull's hosts that are ``disabled`` in
+    server.yaml now count only when that pull named them (:meth:`InterruptedRun.counted`)."""
     try:
         journal = read_journal(state_dir)
     except (OSError, ValueError):
@@ -280,4 +328,4 @@ def pull_activity(state_dir: Path, lock_dir: Path) -> PullActivity:
     # this run's own cut (with what it carried), else what it carried: its hosts are
     # still to be pulled
     cut = journal.merged() if journal.phases and not journal.ended else journal.carried
-    return PullActivity(running=running, killed=cut)
+    return PullActivity(running=running, killed=cut.counted(disabled) if cut else None)

@@ -44,7 +44,9 @@ def pull(
         journal = None if dry_run else Journal(config.state_dir)
         interrupted = journal.begin() if journal else None
         if journal is not None:
-            journal.carry(interrupted, [h.name for h in hosts])
+            pulled = [h.name for h in hosts]
+            journal.carry(interrupted, pulled)
+            journal.pulls_disabled(sorted(set(pulled) & set(config.disabled)))
         if interrupted is not None:
             interrupted = interrupted.merged()  # (each host pulled reports what it carried)
 

@@ -204,7 +204,7 @@ def fleet_check(
 
 
 def _view(config: ServerConfig, status: dict, merged: Sequence[Source]) -> Fleet:
-    activity = pull_activity(config.state_dir, config.lock_dir)
+    activity = pull_activity(config.state_dir, config.lock_dir, config.disabled)
     return fleet(config, Source(server_name(), None, status), merged, activity=activity)
 
 

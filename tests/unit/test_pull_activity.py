@@ -24,6 +24,7 @@ from pullback.server.journal import (
     PULL_PURPOSE,
     Journal,
     pull_activity,
+    read_journal,
 )
 from tests.helpers.status_servers import Server, make_server, status, stored
 
@@ -270,3 +271,78 @@ def test_a_pull_of_other_hosts_carries_the_killed_ones_to_the_next_pull_of_them(
     journal.carry(journal.begin(), ["good", "hung"])  # a pull of both: nothing carried
     journal.end()
     assert not (state / JOURNAL_FILE).exists()
+
+
+def _journal(server: Server, record: dict) -> None:
+    path = server.config.state_dir / JOURNAL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": 999_999, "started": "2026-12-03T03:00:00Z", **record}))
+
+
+def test_a_pull_killed_before_the_host_was_disabled_does_not_warn_for_ever(tmp_path, capsys):
+    """helper-141 F1: the nightly pull of web1 and old was killed (old's machine hung);
+    then old was disabled (kept for its snapshots). A disabled host is never pulled, so
+    every later pull carries it in the journal: status, --check, --json and the metric
+    said it was cut short for ever. As for a failed pull, only a run that named it (the
+    journal's ``disabled``) counts."""
+    from pullback.server import metrics
+
+    before = make_server(tmp_path, "s", {"web1": None, "old": None})
+    before.pulled(stored("web1", 1), stored("old", 30))
+    server = make_server(tmp_path, "s", {"web1": None, "old": None}, disabled=("old",))
+    server.pulled(stored("web1", 1))  # (what later nightly pulls record)
+    carried = {"pid": 999_998, "started": "2026-12-02T03:00:00Z", "hosts": {"old": "connecting"}}
+    _journal(server, {"hosts": {}, "ended": True, "carried": carried})
+    config = server.config
+
+    def cut(host: str) -> str:
+        activity = pull_activity(config.state_dir, config.lock_dir, config.disabled)
+        text = metrics.build(config, json.loads(server.status.read_text()), None, activity)
+        return next(
+            line
+            for line in text.render().splitlines()
+            if line.startswith(f'pullback_pull_cut_short{{host="{host}"}}')
+        )
+
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert code == 0 and out.startswith("PULLBACK OK"), out
+    code, out, _ = status(server, "--json", capsys=capsys)
+    assert "pull_killed" not in json.loads(out), out
+    code, out, _ = status(server, capsys=capsys)
+    assert "cut short" not in out and "killed" not in out, out
+    assert cut("old").endswith(" 0")
+    # a run that named the disabled host was killed: that counts, everywhere
+    _journal(server, {"hosts": {"old": "connecting"}, "disabled": ["old"]})
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert code == 1 and out.startswith("PULLBACK WARNING - needs attention: old"), out
+    code, out, _ = status(server, "--json", capsys=capsys)
+    assert json.loads(out)["pull_killed"]["hosts"] == {"old": "connecting"}
+    assert cut("old").endswith(" 1")
+    # carried by a later nightly pull (old not pulled): still that named run's cut
+    journal = Journal(config.state_dir)
+    journal.carry(journal.begin(), ["web1"])
+    journal.end()
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert out.startswith("PULLBACK WARNING - needs attention: old"), out
+    # an enabled host killed with it always counts
+    _journal(server, {"hosts": {"old": "connecting", "web1": "storing"}})
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert out.startswith("PULLBACK WARNING - needs attention: web1;"), out
+    assert cut("old").endswith(" 0") and cut("web1").endswith(" 1")
+
+
+def test_a_pull_records_the_disabled_hosts_it_was_named_to_pull_in_its_journal(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    journal = Journal(state)
+    journal.begin()
+    journal.pulls_disabled(["old"])
+    journal.waiting(["old", "web1"])
+    killed = read_journal(state)
+    assert killed is not None and killed.disabled == ("old",)
+    assert killed.counted(["old"]) is killed
+    assert killed.counted([]) is killed
+    journal.keep({"old": "storing"})
+    journal.end()
+    ended = read_journal(state)
+    assert ended is not None and ended.disabled == ("old",)

@@ -303,16 +303,23 @@ def _refused(state_dir: Path, host: str, good: list[str]) -> frozenset[str]:
     try:
         status = status_file.read_status(state_dir)
     except (OSError, ValueError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        said = (
-            f"{state_dir / status_file.STATUS_FILE} cannot be read ({printable(why, 200)}): "
-            "no archive is known to have failed its checksum, so none is counted as "
-            "passed over here"
-        )
-        if said not in good:
-            good.append(said)
+        _say_unreadable(state_dir, exc, good)
         return frozenset()
     return refused_of(status_file.recorded_failures(status, host))
+
+
+def _say_unreadable(state_dir: Path, exc: OSError | ValueError, good: list[str]) -> None:
+    """Say once in ``good`` that status.json cannot be read (``exc``), and what ``check``
+    then takes it to record: nothing (it was "internal error ... PermissionError" for
+    every host, from each of its readers; helper-138 R5, helper-141 F2)."""
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    said = (
+        f"{state_dir / status_file.STATUS_FILE} cannot be read ({printable(why, 200)}): "
+        "checked as if it recorded nothing (no pull of a host, no archive that failed "
+        "its checksum)"
+    )
+    if said not in good:
+        good.append(said)
 
 
 def check_repository(ctx: HostContext, good: list[str], problems: list[str]) -> None:
@@ -332,14 +339,10 @@ def check_repository(ctx: HostContext, good: list[str], problems: list[str]) -> 
         if unseen:
             problems.append(unseen)
     except RepositoryMissing as exc:
-        config, host = ctx.config, ctx.host
-        failure = None
-        if maintenance_setting(config.backend, host) and not maintenance_apart(config, host):
-            failure = missing_failure(config, host, backend.repository(), ctx.cancel)
+        config = ctx.config
+        failure = _missing_words(ctx, good)
         if failure is not None:
             problems.append(f"{name}: {failure}")
-        elif (gone := gone_words(config, host, backend.repository())) is not None:
-            problems.append(f"{name}: {gone}")
         elif config.backend.init:
             good.append(
                 f"{name}: repository {backend.repository()} will be created by the first pull"
@@ -350,6 +353,24 @@ def check_repository(ctx: HostContext, good: list[str], problems: list[str]) -> 
         raise
     except PullbackError as exc:
         problems.append(_of_host(name, exc))
+
+
+def _missing_words(ctx: HostContext, good: list[str], maintenance: bool = False) -> str | None:
+    """Why the host's missing repository (``maintenance``: its maintenance location)
+    must exist, or None when its absence can mean a host not pulled yet. status.json,
+    which tells, cannot be read: said once in ``good``, as if it recorded nothing."""
+    config, host, where = ctx.config, ctx.host, ctx.backend.repository()
+    try:
+        if maintenance:
+            return missing_failure(config, host, where, ctx.cancel)
+        if maintenance_setting(config.backend, host) and not maintenance_apart(config, host):
+            failure = missing_failure(config, host, where, ctx.cancel)
+            if failure is not None:
+                return failure
+        return gone_words(config, host, where)
+    except OSError as exc:
+        _say_unreadable(config.state_dir, exc, good)
+        return None
 
 
 def check_maintenance(ctx: HostContext, good: list[str], problems: list[str]) -> None:
@@ -364,7 +385,7 @@ def check_maintenance(ctx: HostContext, good: list[str], problems: list[str]) ->
             f"{len(backend.snapshots())} snapshot(s)"
         )
     except RepositoryMissing:
-        failure = missing_failure(ctx.config, ctx.host, backend.repository(), ctx.cancel)
+        failure = _missing_words(ctx, good, maintenance=True)
         if failure is None:
             good.append(
                 f"{name}: maintenance repository {backend.repository()} does not exist yet "

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..common import secrets
+from ..common import jsontext, secrets
 from ..common.clock import iso, utc_now
 from ..common.errors import LockBusy, PullbackError
 from ..common.fsutil import atomic_write
@@ -36,9 +36,9 @@ def read_status(state_dir: Path) -> dict:
     """The recorded status of every host (no hosts when nothing was recorded yet).
 
     Raises OSError when the file cannot be read (permissions), ValueError when it is not
-    a status file."""
+    a status file (nested too deeply too: :func:`~..common.jsontext.document`)."""
     try:
-        data = json.loads((state_dir / STATUS_FILE).read_text())
+        data = jsontext.document((state_dir / STATUS_FILE).read_text(), standard=False)
     except FileNotFoundError:
         return {"hosts": {}}
     if not isinstance(data, dict) or not isinstance(data.setdefault("hosts", {}), dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 
 from pullback.server import report
@@ -144,7 +145,7 @@ def test_check_reads_status_json_without_moving_it_and_says_once_it_cannot(tmp_p
         said = [line for line in good if "cannot be read" in line]
         assert len(said) == 1, good
         assert said[0].startswith(f"{state}/status.json cannot be read ("), said
-        assert "none is counted as passed over here" in said[0]
+        assert "checked as if it recorded nothing" in said[0]
         assert sum("archive(s) ready" in line for line in good) == 2, good
         assert bad.exists() and not (state / "status.json.damaged").exists()
     (state / "status.json").rmdir()
@@ -157,3 +158,76 @@ def test_check_reads_status_json_without_moving_it_and_says_once_it_cannot(tmp_p
     _say_ready(ctx, listing(entry(A), entry(B)), good, [])
     assert good[0] == f"web1: reachable, 1 archive(s) ready, newest {A}", good
     assert not any("cannot be read" in line for line in good)
+
+
+def _check_config(tmp_path):
+    """A server.yaml of two hosts that cannot be reached, whose repositories do not exist
+    yet (``check`` reads status.json to tell whether a pull made them before)."""
+    state = tmp_path / "state"
+    for made in ("repos", "run", "state"):
+        (tmp_path / made).mkdir()
+    password = tmp_path / "pass"
+    password.write_text("pw\n")
+    password.chmod(0o600)
+    key = tmp_path / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (tmp_path / "kh").touch()
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        f"state_dir: {state}\nlock_dir: {tmp_path / 'run'}\nmin_free_space: 1M\n"
+        f"backend: {{type: restic, repository_root: {tmp_path / 'repos'}, "
+        f"password_file: {password}}}\n"
+        f"ssh: {{key_file: {key}, known_hosts: {tmp_path / 'kh'}, connect_timeout: 2s}}\n"
+        f"hosts:\n  - {{name: web1, address: 127.0.0.1, port: {free_port()}}}\n"
+        f"  - {{name: web2, address: 127.0.0.1, port: {free_port()}}}\n"
+    )
+    return config, state
+
+
+def test_check_says_an_unreadable_status_json_once_and_no_internal_error(tmp_path, capsys):
+    """helper-141 F2, T3: a host whose repository does not exist yet made ``check`` read
+    status.json through missing.py, which raised: "internal error while checking it:
+    IsADirectoryError" (PermissionError for a user who may not read it) for every host.
+    Through the real ``check``: said once, each host checked as if nothing were
+    recorded, and the file left where it is."""
+    from pullback.server.cli import main as server_main
+
+    config, state = _check_config(tmp_path)
+    (state / "status.json").mkdir()  # (read_status: OSError, as a state dir not readable)
+    server_main(["--config", str(config), "check"])
+    out, err = capsys.readouterr()
+    said = out + err
+    assert "internal error" not in said and "Traceback" not in said, said
+    assert said.count("status.json cannot be read (Is a directory)") == 1, said
+    assert said.count("will be created by the first pull") == 2, said
+    assert (state / "status.json").is_dir()
+
+
+def test_a_deeply_nested_status_json_is_a_damaged_file_to_every_command(tmp_path, capsys):
+    """helper-141 F2: ``[[[[...`` in status.json was a RecursionError: ``status`` ended
+    with exit 70 and a traceback, ``check`` said "internal error" for every host, and
+    every ``pull`` crashed before recording. It is a damaged file now, as the merged
+    files' reader says of theirs (one helper: jsontext.document)."""
+    from pullback.server.cli import main as server_main
+
+    config, state = _check_config(tmp_path)
+    nested = "[" * 100_000 + "]" * 100_000
+    (state / "status.json").write_text(nested)
+    argv = ["--config", str(config)]
+    assert server_main([*argv, "status", "--check"]) == 3
+    out, err = capsys.readouterr()
+    assert out.startswith("PULLBACK UNKNOWN - cannot read status.json: not JSON that can be"), out
+    code = server_main([*argv, "status"])
+    out, err = capsys.readouterr()
+    assert code not in (0, 70) and "nested too deeply" in err and "Traceback" not in err, err
+    server_main([*argv, "check"])
+    out, err = capsys.readouterr()
+    assert "internal error" not in out + err and "Traceback" not in out + err, out + err
+    assert (out + err).count("status.json cannot be read") <= 1, out + err
+    assert (state / "status.json").read_text() == nested  # (check moves nothing)
+    code = server_main([*argv, "pull", "--host", "web1"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "internal error" not in out + err, (code, out, err)
+    assert (state / "status.json.damaged").read_text() == nested
+    recorded = json.loads((state / "status.json").read_text())
+    assert recorded["hosts"]["web1"]["last_result"] == "failed"

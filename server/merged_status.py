@@ -87,9 +87,13 @@ def count_value(value: object) -> int | None:
 
 
 def seconds_value(value: object) -> float | None:
-    """``value`` as seconds (a finite number from 0 below 1e10), else None."""
+    """``value`` as seconds (a finite number from 0 below 1e10), else None (a whole
+    number past a float's range too: an OverflowError ended status with exit 70)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            return None
         return seconds if math.isfinite(seconds) and 0 <= seconds < 1e10 else None
     return None
 

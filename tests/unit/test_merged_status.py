@@ -538,3 +538,50 @@ def test_another_server_s_disabled_host_is_disabled_here_too(tmp_path, capsys):
     merged.write_text(json.dumps(data))
     code, out, _ = status(a, "--check", "--merge", str(merged), capsys=capsys)
     assert code == 2 and out.startswith("PULLBACK CRITICAL - stale: b1 (backup-b);"), out
+
+
+@pytest.mark.parametrize("where", ["max_age", "duration"])
+def test_a_huge_integer_in_a_merged_file_is_no_internal_error(tmp_path, capsys, where):
+    """helper-141 F3: ``configured.*.max_age`` or a host's ``duration`` of 10**400 (JSON
+    reads any whole number) was a float() OverflowError: ``status --check --merge``
+    ended with exit 70 and no PULLBACK line, this server's verdict lost too. The value
+    is left out, as one of any other wrong shape there (a ``repository_bytes`` of
+    10**400 too): b1's max_age is then the default, and b1 (disabled) still disabled."""
+    a = make_server(tmp_path, "a", {"a1": None})
+    a.pulled(stored("a1", 1))
+    b = make_server(tmp_path, "b", {"b1": "2h"}, disabled=("b1",))
+    b.pulled(stored("b1", 1))
+    data = json.loads(b.status.read_text())
+    data["server"] = "other"
+    if where == "max_age":
+        data["configured"]["b1"]["max_age"] = 10**400
+    else:
+        data["hosts"]["b1"]["duration"] = 10**400
+    merged = tmp_path / "other.json"
+    merged.write_text(json.dumps(data))
+    code, out, err = status(a, "--check", "--merge", str(merged), capsys=capsys)
+    assert code == 0 and out.startswith("PULLBACK OK - 1 of 1 hosts ok (1 disabled: b1 (other))"), (
+        code,
+        out,
+        err,
+    )
+    assert "disabled=1" in out, out
+    source = read_merged(merged)
+    assert source.error is None
+    assert source.status["configured"]["b1"] == (
+        {"enabled": False} if where == "max_age" else {"max_age": 7200.0, "enabled": False}
+    )
+    assert ("duration" in source.status["hosts"]["b1"]) is (where == "max_age")
+
+
+def test_a_huge_integer_in_this_server_s_status_json_is_dropped(tmp_path, capsys):
+    """The same number in this server's own status.json: the fact is dropped, as one of
+    any other wrong shape (it was the same OverflowError, in every command reading it)."""
+    a = make_server(tmp_path, "a", {"a1": None})
+    a.pulled(stored("a1", 1))
+    data = json.loads(a.status.read_text())
+    data["hosts"]["a1"]["duration"] = 10**400
+    a.status.write_text(json.dumps(data))
+    code, out, err = status(a, "--check", capsys=capsys)
+    assert code == 0 and out.startswith("PULLBACK OK"), (code, out, err)
+    assert "duration" not in status_file.read_status(a.config.state_dir)["hosts"]["a1"]

@@ -163,3 +163,34 @@ def test_the_man_pages_name_every_command_and_flag():
                 if o not in entry or text.count(o) < 2
             ]
     assert missing == []
+
+
+def test_the_commands_the_docs_give_for_a_disabled_host_parse():
+    """helper-141 F8: monitoring.md, the schema (so configuration.md) and the man page
+    named a run of a disabled host ``pull old`` / ``pull HOST``, which the CLI refuses
+    (exit 2, unrecognized arguments): it takes ``--host NAME``."""
+    import re
+    import shlex
+
+    from pullback.server.cli import build_parser
+
+    root = Path(__file__).resolve().parents[2]
+    text = " ".join((root / "docs" / "monitoring.md").read_text().split())
+    said = re.findall(r"`(pullback-server (?:pull|maintain|verify) [^`]+)`", text)
+    for doc in (root / "common" / "schemas" / "server.yaml", root / "docs" / "configuration.md"):
+        words = " ".join(doc.read_text().split())
+        said += [
+            f"pullback-server {c}" for c in re.findall(r"`((?:pull|maintain|verify) [^`]+)`", words)
+        ]
+    man = " ".join((root / "docs" / "man" / "pullback-server.8").read_text().split())
+    for command, name in re.findall(
+        r"\\fB(pull|maintain|verify)( \\-\\-host\\fR \\fINAME|\\fR \\fIHOST)\\fR", man
+    ):
+        said.append(f"pullback-server {command}" + (" --host NAME" if "host" in name else " HOST"))
+    assert len(said) >= 9, said
+    for command in said:
+        argv = [w.replace("HOST", "old").replace("NAME", "old") for w in shlex.split(command)[1:]]
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit as exc:
+            raise AssertionError(f"{command!r} does not parse") from exc

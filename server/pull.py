@@ -119,7 +119,9 @@ def assess(config: ServerConfig, results: list[HostResult]) -> None:
             result.repository_bytes = entry.get("repository_bytes")
         if not result.snapshots_listed:
             _recorded_snapshots(result, entry)
-        if stale_time(result.newest_snapshot, host.max_age, now):
+        # (a disabled host, pulled by name, is never stale: as status, --check and the
+        # metrics say; status.json kept "stale": true for it)
+        if host.enabled and stale_time(result.newest_snapshot, host.max_age, now):
             result.stale = True
             result.warnings.insert(0, _stale_words(result, host.max_age, now))
         verified = age(result.last_verified, now)

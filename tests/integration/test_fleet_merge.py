@@ -72,3 +72,48 @@ def test_two_pull_servers_merged_into_one_view(servers, tmp_path):
     )
     status = a.server("status", "--merge", str(missing))
     assert status.returncode == 1 and f"merged status file {missing}: " in status.stderr
+
+
+def test_a_named_pull_of_a_disabled_host_is_recorded_so_and_merged_so(servers, tmp_path):
+    """helper-141 T1, through real pulls: status.json's ``configured`` records
+    ``enabled: false`` for a disabled host, and its pull named by hand (``pull --host``)
+    that failed is marked ``pulled_disabled`` and counts (WARNING, never stale); the
+    server merging that file sees the host disabled, not stale, its named pull failed."""
+    a, b = servers
+    a.add_host("web1").make_archive()
+    b.add_host("db1").make_archive()
+    old = b.add_host("old")
+    old.make_archive()
+    assert a.server("pull").returncode == 0
+    assert b.server("pull").returncode == 0
+    b.host_extra["old"] = {"enabled": False, "max_age": "1s"}  # (its snapshot: too old)
+    b.write_config()
+    old.sshd.stop()  # the machine is gone
+    assert b.server("pull").returncode == 0  # (old is not pulled)
+    status = json.loads((b.state / "status.json").read_text())
+    assert status["configured"]["old"]["enabled"] is False
+    assert "enabled" not in status["configured"]["db1"]
+    assert "pulled_disabled" not in status["hosts"]["old"]
+    assert b.server("status", "--check").stdout.startswith("PULLBACK OK - 1 of 1 hosts ok")
+
+    named = b.server("pull", "--host", "old")
+    assert named.returncode == 1, named.stderr[-2000:]
+    entry = json.loads((b.state / "status.json").read_text())["hosts"]["old"]
+    assert (entry["last_result"], entry["pulled_disabled"]) == ("failed", True), entry
+    assert entry.get("stale") is not True, entry  # (never stale, as status says)
+    check = b.server("status", "--check")
+    assert check.returncode == 1, check.stdout
+    assert check.stdout.startswith("PULLBACK WARNING - last pull failed: old; 1 of 2 hosts ok")
+    assert "stale=0" in check.stdout, check.stdout
+
+    copy = tmp_path / "fleet" / "b.json"
+    copy.parent.mkdir()
+    shutil.copy(b.state / "status.json", copy)
+    merged = a.server("status", "--check", "--merge", str(copy))
+    assert merged.returncode == 1, merged.stdout
+    assert merged.stdout.startswith("PULLBACK WARNING - last pull failed: old ("), merged.stdout
+    assert "stale=0" in merged.stdout, merged.stdout
+    shown = a.server("status", "--merge", str(copy))
+    row = next(line for line in shown.stdout.splitlines() if line.startswith("old "))
+    assert row.split()[3:5] == ["failed", "failed"] and "stale" not in row, shown.stdout
+    assert "stale" not in shown.stderr, shown.stderr  # (its 1s max_age long passed)

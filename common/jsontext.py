@@ -43,10 +43,35 @@ def document(text: str | bytes, standard: bool = True) -> Any:
     outside review saw a status.json of ``[[[[...`` end status, check and every pull
     with exit 70)."""
     try:
-        return loads(text) if standard else json.loads(text)
+        value = loads(text) if standard else json.loads(text)
     except UnicodeDecodeError:
         raise ValueError("not JSON: not UTF-8") from None
     except RecursionError:
         raise ValueError("not JSON that can be read: nested too deeply") from None
     except ValueError as exc:  # bad syntax, NaN or an infinity
         raise ValueError(f"not JSON: {exc}") from None
+    if _deeper(value, MAX_DEPTH):
+        raise ValueError(f"not JSON that can be read: nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+MAX_DEPTH = 32
+"""How deep a :func:`document` may nest (a status file's deepest value is about 6 levels
+in): what the decoder reads a few hundred levels deep still ended a pull in a
+traceback when the file was written back (a recursive masking; an outside review), so
+the bound is this, not the decoder's."""
+
+
+def _deeper(value: Any, most: int) -> bool:
+    """Whether ``value`` nests deeper than ``most`` lists and objects (walked with a
+    stack of its own, never recursively)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if not isinstance(item, dict | list):
+            continue
+        if depth > most:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False

@@ -16,12 +16,10 @@ from ..common.archive.filecache import FileCache
 from ..common.archive.reader import verify_archive
 from ..common.archive.sidecar import (
     LEFT_OUT,
-    PARTIAL_DUMP,
     ArchiveInfo,
     ArchiveKind,
     ServiceReport,
     Sidecar,
-    TaskReport,
 )
 from ..common.archive.writer import ArchiveWriter, Incremental, WrittenArchive
 from ..common.clock import iso, stamp_of, utc_now
@@ -78,12 +76,6 @@ def select_services(services: list[Service], names: list[str] | None) -> list[Se
             f"known services: {', '.join(sorted(by_name)) or 'none'}"
         )
     return [by_name[n] for n in dict.fromkeys(names)]
-
-
-def _archived(task: TaskReport) -> bool:
-    """Whether the task's data is in the archive: its dump succeeded, or wrote part of
-    what it should (one database of several: PARTIAL_DUMP)."""
-    return task.status == Status.OK or (task.error or "").startswith(PARTIAL_DUMP)
 
 
 def left_out(services: list[Service], chosen: list[Service]) -> list[str]:
@@ -526,7 +518,7 @@ class ClientRun:
                     )
             self.guard.check()
             self.reports += [ServiceReport(name, error=LEFT_OUT) for name in self.left_out]
-            if not any(_archived(t) for r in self.reports for t in r.tasks):
+            if not any(t.archived for r in self.reports for t in r.tasks):
                 self.writer.abort()
                 log.error("nothing succeeded; no archive was published")
                 return None

@@ -123,8 +123,6 @@ class ServiceRun:
         self.reports = {id(t): TaskReport(t.type) for t in self.tasks}
         self.report.tasks = [self.reports[id(t)] for t in self.tasks]
         self.prepared: list[Task] = []
-        self._partial: set[int] = set()
-        """The tasks whose dump raised TaskPartial: failed, what they staged archived."""
         self.record = record
         """Where each stop is written before it is made (None: nowhere)."""
         if record is not None:
@@ -219,7 +217,7 @@ class ServiceRun:
                 remove_tree(task.staging, ignore_errors=True)
             except TaskPartial as exc:
                 self._fail(task, PARTIAL_DUMP.removesuffix(": "), exc)
-                self._partial.add(id(task))  # what it staged is archived
+                # what it staged is archived (TaskReport.archived)
             except Exception as exc:
                 self._fail(task, "dump", exc)
                 remove_tree(task.staging, ignore_errors=True)
@@ -264,7 +262,7 @@ class ServiceRun:
     def _archived(self, task: Task) -> bool:
         """Whether what ``task`` staged goes into the archive: its dump succeeded, or
         wrote part of what it should (TaskPartial), and it staged something."""
-        kept = self.reports[id(task)].status == Status.OK or id(task) in self._partial
+        kept = self.reports[id(task)].archived
         return kept and task.staging.is_dir() and any(task.staging.iterdir())
 
     # -- outcomes -------------------------------------------------------------------------

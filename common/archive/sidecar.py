@@ -67,6 +67,12 @@ class TaskReport:
     bytes: int = 0
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def archived(self) -> bool:
+        """Whether the archive holds the task's data: its dump succeeded, or wrote part
+        of what it should (one database of several: an error starting PARTIAL_DUMP)."""
+        return self.status == Status.OK or (self.error or "").startswith(PARTIAL_DUMP)
+
 
 PARTIAL_DUMP = "dump partial: "
 """The start of the error of a task whose dump wrote part of what it should (one

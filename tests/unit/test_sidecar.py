@@ -8,6 +8,7 @@ import pytest
 
 from pullback.common.archive import sidecar
 from pullback.common.errors import ArchiveError
+from pullback.common.outcome import Status
 
 GOOD = {
     "format": 1,
@@ -184,3 +185,19 @@ def test_a_stamp_that_is_no_time_or_not_the_name_s_is_refused(stamp, said):
     data["stamp"] = stamp
     with pytest.raises(ArchiveError, match=said):
         sidecar.from_data(data, expected_name=name)
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "archived"),
+    [
+        (Status.OK, None, True),
+        (Status.FAILED, sidecar.PARTIAL_DUMP + "1 of 2 databases", True),
+        (Status.FAILED, "dump failed: boom", False),
+        (Status.FAILED, None, False),
+        (Status.SKIPPED, "skipped: not configured", False),
+    ],
+)
+def test_a_task_is_archived_when_its_dump_wrote_all_or_part_of_it(status, error, archived):
+    """The one rule for "the archive holds this task's data", read by the client's run
+    (publish a run where only a partial dump succeeded) and by its staging."""
+    assert sidecar.TaskReport("postgresql", status, error).archived is archived

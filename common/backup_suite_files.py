@@ -130,10 +130,11 @@ def run_import(source: Path, target: Path, write: bool, spec: ImportSpec) -> int
     for name, secret in conv.secret_files.items():
         _write_secret(Path(name), secret)
     try:
-        write_keeping(target, text)
+        written = write_keeping(target, text)
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror}") from None
-    print(f"wrote {target}; now run the check command", file=sys.stderr)
+    if written:
+        print(f"wrote {target}; now run the check command", file=sys.stderr)
     return EXIT_OK
 
 
@@ -150,32 +151,36 @@ def _writable_secret(path: Path) -> None:
 def _write_secret(path: Path, text: str) -> None:
     """Write the secret ``text`` to ``path``, mode 0600, in a directory of mode 0700
     (made so, or narrowed to it), keeping a different file there as ``write_keeping``
-    does; a file that holds the text already keeps it, narrowed to 0600 and root's.
+    does; a file that holds the text already keeps it, narrowed to 0600 and ours.
     Raises UsageError."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if stat.S_IMODE(path.parent.lstat().st_mode) != 0o700:
             path.parent.chmod(0o700)
             print(f"{path.parent} is mode 0700 now (it holds secrets)", file=sys.stderr)
-        if path.is_file() and not path.is_symlink() and path.read_text() == text:
-            os.chown(path, os.geteuid(), os.getegid())
-            path.chmod(0o600)
-            print(f"{path} holds that already (mode 0600)", file=sys.stderr)
-            return
-        write_keeping(path, text, mode=0o600)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    print(f"wrote {path} (mode 0600)", file=sys.stderr)
+        if write_keeping(path, text, mode=0o600):
+            print(f"wrote {path} (mode 0600)", file=sys.stderr)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def write_keeping(target: Path, text: str, mode: int | None = None) -> None:
+def write_keeping(target: Path, text: str, mode: int | None = None) -> bool:
     """Write ``target``, keeping the file there as ``<name>.before-import`` (or ``.1``,
     ``.2`` ... when that exists) with its owner and mode; the new file gets the old one's
-    mode (0640 for a new file) unless ``mode`` is given. Raises UsageError for a target
-    that is a directory or a symbolic link."""
+    mode (0640 for a new file) unless ``mode`` is given. A file that holds ``text``
+    already is left as it is (no copy of it is kept), only given ``mode`` and our owner
+    when ``mode`` is given. Returns whether it wrote; raises UsageError for a target that
+    is a directory or a symbolic link, OSError when it cannot write."""
     if target.is_symlink() or target.is_dir():
         raise UsageError(f"{target} is a directory or a symbolic link; name the file itself")
     before = target.stat() if target.exists() else None
+    if before is not None and target.read_bytes() == text.encode():
+        if mode is not None:
+            os.chown(target, os.geteuid(), os.getegid())
+            target.chmod(mode)
+        shown = f" (mode {stat.S_IMODE(target.stat().st_mode):04o})" if mode is not None else ""
+        print(f"{target} holds that already{shown}; not written", file=sys.stderr)
+        return False
     if before is not None:
         kept = target.with_name(target.name + ".before-import")
         number = 0
@@ -185,7 +190,7 @@ def write_keeping(target: Path, text: str, mode: int | None = None) -> None:
         was = target.read_bytes()
         atomic_write(kept, was, mode=stat.S_IMODE(before.st_mode))
         os.chown(kept, before.st_uid, before.st_gid)
-        if was.startswith(HEADER.encode()) and was != text.encode():
+        if was.startswith(HEADER.encode()):
             print(
                 f"warning: {target} was made by import-backup-suite and was changed since "
                 f"(or its source was): kept as {kept}; copy your changes from there",
@@ -198,3 +203,4 @@ def write_keeping(target: Path, text: str, mode: int | None = None) -> None:
     atomic_write(target, text, mode=mode)
     if before is not None:  # client.yaml is read by the serve endpoint's group
         os.chown(target, before.st_uid, before.st_gid)
+    return True

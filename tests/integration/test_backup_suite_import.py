@@ -73,6 +73,8 @@ def test_a_missing_old_file_is_a_usage_error(tmp_path):
 
 
 def test_a_second_write_keeps_the_first_original_and_its_owner(tmp_path):
+    """A write of what the file holds already keeps no copy of it (every rerun of the
+    import piled up another identical .before-import.N); a changed source does."""
     old = tmp_path / "etc-backup"
     old.mkdir()
     (old / "server_config.yml").write_text(SERVER_CONFIG)
@@ -80,14 +82,18 @@ def test_a_second_write_keeps_the_first_original_and_its_owner(tmp_path):
     target.write_text("# the original\n")
     os.chown(target, 0, 65534)
     target.chmod(0o640)
-    for _ in range(2):
-        written = cli(
-            "server", "--config", str(target), "import-backup-suite", "--from", str(old), "--write"
-        )
-        assert written.returncode == 0, written.stderr
+    argv = ("server", "--config", str(target), "import-backup-suite", "--from", str(old))
+    runs = [cli(*argv, "--write") for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr
+    assert f"{target} holds that already; not written" in runs[1].stderr
+    assert "wrote" not in runs[1].stderr
     original = tmp_path / "server.yaml.before-import"
     assert original.read_text() == "# the original\n"
     assert (os.stat(original).st_gid, oct(os.stat(original).st_mode & 0o777)) == (65534, "0o640")
+    assert not (tmp_path / "server.yaml.before-import.1").exists()
+    (old / "server_config.yml").write_text(SERVER_CONFIG.replace("daily 7", "daily 8"))
+    assert target.read_text() != cli(*argv).stdout, "the changed source converts the same"
+    assert cli(*argv, "--write").returncode == 0
     assert (tmp_path / "server.yaml.before-import.1").read_text().startswith("# made by")
 
 
@@ -211,16 +217,17 @@ def test_a_second_write_over_an_edited_import_warns(tmp_path):
     target = tmp_path / "client.yaml"
     args = ("client", "-c", str(target), "import-backup-suite", "--from", str(old), "--write")
     assert cli(*args).returncode == 0
-    again = cli(*args)  # unchanged: kept, no warning
+    again = cli(*args)  # unchanged: left as it is, no copy, no warning
     assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
+    assert not (tmp_path / "client.yaml.before-import").exists()
     target.write_text(target.read_text() + "hostname: client-a\n")
     edited = cli(*args)
     assert edited.returncode == 0, edited.stderr
     assert (
         f"warning: {target} was made by import-backup-suite and was changed since (or its "
-        f"source was): kept as {target}.before-import.1" in edited.stderr
+        f"source was): kept as {target}.before-import;" in edited.stderr
     ), edited.stderr
-    assert "hostname: client-a" in (tmp_path / "client.yaml.before-import.1").read_text()
+    assert "hostname: client-a" in (tmp_path / "client.yaml.before-import").read_text()
 
 
 # -- a repository_root that is a URL (helper-141's attacks) --------------------------------

@@ -128,7 +128,9 @@ def fwalk(top: str | os.PathLike[str]) -> Iterator[tuple[str, list[str], list[st
 
 def _listing(level: _Walking) -> tuple[list[str], list[str]] | None:
     """The subdirectories and other entries of ``level``'s directory (each
-    subdirectory's identity kept in ``level.listed``), or None when it cannot be read."""
+    subdirectory's identity kept in ``level.listed``; one that cannot be looked at, such
+    as in a directory readable but not searchable, is named without and never entered),
+    or None when it cannot be read."""
     dirs: list[str] = []
     files: list[str] = []
     try:
@@ -136,12 +138,14 @@ def _listing(level: _Walking) -> tuple[list[str], list[str]] | None:
             for entry in entries:
                 try:
                     if entry.is_dir(follow_symlinks=False):
+                        dirs.append(entry.name)
                         found = entry.stat(follow_symlinks=False)
                         level.listed[entry.name] = (found.st_dev, found.st_ino)
-                        dirs.append(entry.name)
                         continue
-                except OSError:
-                    continue  # (gone meanwhile)
+                except OSError as exc:
+                    if exc.errno == errno.ENOENT and entry.name in dirs:
+                        dirs.remove(entry.name)  # gone meanwhile
+                    continue  # (unsearchable: named, as os.fwalk does, never entered)
                 files.append(entry.name)
     except OSError:
         return None

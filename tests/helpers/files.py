@@ -1,9 +1,12 @@
 """Files the tests write the way an administrator must (secrets readable by root alone),
-and restored trees proven the way an administrator would (``sha256sum -c``)."""
+restored trees proven the way an administrator would (``sha256sum -c``), and Python run
+as an unprivileged user over them."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -24,3 +27,20 @@ def sha256sum_check(directory: Path) -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def open_to_others(path: Path) -> None:
+    """Let every user reach ``path``: search (and read) added to it and each directory
+    above it (pytest's temporary directories are root's alone)."""
+    for up in (path, *path.parents):
+        if up == Path("/"):
+            break
+        up.chmod(up.stat().st_mode | 0o005)
+
+
+def as_nobody(code: str) -> subprocess.CompletedProcess:
+    """Run the Python ``code`` as the user nobody (runuser: the tests run as root),
+    with this interpreter and its import path; return the finished process (text)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = ["runuser", "-u", "nobody", "--", sys.executable, "-c", code]
+    return subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=60)

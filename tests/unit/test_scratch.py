@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pullback.common import scratch
+from tests.helpers.files import as_nobody, open_to_others
 
 
 def gone_pid() -> int:
@@ -146,12 +147,6 @@ def test_a_temporary_directory_of_another_user_is_not_swept(where, caplog):
     assert "others may write there" in caplog.text
 
 
-def _as_nobody(code: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    argv = ["runuser", "-u", "nobody", "--", sys.executable, "-c", code]
-    return subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=60)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="sweeps as nobody")
 def test_another_users_running_process_keeps_its_directory(where):
     """EPERM from os.kill (a process of another user) counts as running; root never sees
@@ -159,13 +154,10 @@ def test_another_users_running_process_keeps_its_directory(where):
     subprocess.run(["chown", "nobody", str(where)], check=True)
     live = subprocess.Popen(["sleep", "60"])  # root's
     try:
-        for up in (where, *where.parents):
-            if up == Path("/"):
-                break
-            up.chmod(up.stat().st_mode | 0o005)  # (pytest's tmp is root's alone)
+        open_to_others(where)
         theirs = where / f"pullback-cred-{live.pid}-abcdefgh"
         subprocess.run(["runuser", "-u", "nobody", "--", "mkdir", str(theirs)], check=True)
-        done = _as_nobody(
+        done = as_nobody(
             f"from pullback.common import scratch; print(scratch.sweep({str(where)!r}))"
         )
         assert "looked=1" in done.stdout, done.stdout + done.stderr

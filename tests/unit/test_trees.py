@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pullback.common.trees import fwalk, remove_tree, walk
+from tests.helpers.files import as_nobody, open_to_others
 
 
 def make_tree(root: Path, outside: Path) -> None:
@@ -285,3 +287,27 @@ def test_fwalk_never_enters_a_listed_directory_swapped_for_another(tmp_path):
             (root / "c").rename(tmp_path / "c-was")
             (tmp_path / "other").rename(root / "c")
     assert seen == ["."]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="walks as nobody")
+def test_fwalk_names_what_os_fwalk_names_in_an_unsearchable_directory(tmp_path):
+    """A directory readable but not searchable (mode 0644): its subdirectory cannot be
+    looked at, yet os.fwalk names it among the directories; fwalk left it out of both
+    lists (helper-142). Root reads through any mode, so only nobody sees it."""
+    root = tmp_path / "root"
+    (root / "rx" / "sub").mkdir(parents=True)
+    (root / "rx" / "file").write_text("f")
+    open_to_others(root)
+    (root / "rx").chmod(0o644)
+    code = (
+        "import json, os; from pullback.common.trees import fwalk\n"
+        "def listed(walker):\n"
+        "    return sorted([d, sorted(ds), sorted(fs)] for d, ds, fs, _ in walker)\n"
+        f"print(json.dumps([listed(os.fwalk({str(root)!r}, follow_symlinks=False)),"
+        f" listed(fwalk({str(root)!r}))]))"
+    )
+    done = as_nobody(code)
+    assert done.returncode == 0, done.stderr
+    theirs, ours = json.loads(done.stdout)
+    assert ours == theirs
+    assert [str(root / "rx"), ["sub"], ["file"]] in ours

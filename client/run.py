@@ -115,6 +115,30 @@ def check_free_space(config: ClientConfig) -> None:
             )
 
 
+FREE_SPACE_EVERY = 0.5
+"""Seconds between two looks at the free space while a run writes (a ``statvfs`` each)."""
+
+
+def short_of_space(config: ClientConfig) -> str | None:
+    """Words that stop a run (:meth:`~pullback.common.signals.SignalGuard.stop_when`):
+    the archive or work directory has less than ``min_free_space`` free, so the run
+    would go on to fill the disk of the machine it protects (a database there fails
+    when its disk is full). None while there is room, or it cannot be looked at (the
+    run's own writes then fail in words)."""
+    for directory in (config.work_dir, config.archive_dir):
+        try:
+            free = free_bytes(directory)
+        except OSError:
+            continue
+        if free < config.min_free_space:
+            return (
+                f"free space in {directory} fell to {human_size(free)}, below min_free_space "
+                f"({human_size(config.min_free_space)}): the run was stopped before it "
+                "filled the disk"
+            )
+    return None
+
+
 def dry_run(services: list[Service], plugins: PluginSet) -> int:
     """Print what a run would do; change nothing. Returns the exit code."""
     code = EXIT_OK
@@ -237,7 +261,8 @@ def _recover_and_run(
         client_run.left_out = left_out(found, services)
         limit = config.run_timeout
         why = f"the run took longer than its run_timeout ({human_duration(limit)})"
-        with guard.time_limit(limit, why):
+        watch = (lambda: short_of_space(config)) if config.min_free_space else (lambda: None)
+        with guard.time_limit(limit, why), guard.stop_when(watch, FREE_SPACE_EVERY):
             return client_run.run()
     except PullbackError as exc:
         with guard.shielded():  # (a stop waits for the report of what it stopped)

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import Interrupted
@@ -25,6 +25,30 @@ RESTORING = "stopping after restoring what was stopped"
 """What the client says on a signal: services it stopped are started again first."""
 KEPT_FOR_NEXT_PULL = "stopping; a download in progress is kept, and the next pull resumes it"
 """What a pull says on a signal."""
+
+
+class _Stopper:
+    """Stops a guarded block from another thread, as a SIGTERM would, with words of its
+    own: once, and never after the block ended or a signal came."""
+
+    def __init__(self, guard: SignalGuard):
+        self.guard = guard
+        self.main = threading.get_ident()
+        self.lock = threading.Lock()
+        self.ended = False
+
+    def stop(self, why: str) -> None:
+        """Send SIGTERM to the main thread with ``why`` as the guard's words."""
+        with self.lock:
+            if self.ended or self.guard.received is not None:
+                return
+            self.guard.why = why
+            signal.pthread_kill(self.main, signal.SIGTERM)
+
+    def end(self) -> None:
+        """The block ended: nothing is sent from now on."""
+        with self.lock:
+            self.ended = True
 
 
 class SignalGuard:
@@ -109,25 +133,43 @@ class SignalGuard:
         if not 0 < seconds < threading.TIMEOUT_MAX or not self._previous:
             yield
             return
-        main, lock = threading.get_ident(), threading.Lock()
-        ended = False
-
-        def time_up() -> None:
-            with lock:
-                if ended or self.received is not None:
-                    return
-                self.why = why
-                signal.pthread_kill(main, signal.SIGTERM)
-
-        timer = threading.Timer(seconds, time_up)
+        stopper = _Stopper(self)
+        timer = threading.Timer(seconds, stopper.stop, (why,))
         timer.daemon = True
         timer.start()
         try:
             yield
         finally:
-            with lock:
-                ended = True
+            stopper.end()
             timer.cancel()
+
+    @contextlib.contextmanager
+    def stop_when(self, words: Callable[[], str | None], every: float) -> Iterator[None]:
+        """Stop the block as a SIGTERM stops it once ``words()``, called from a thread
+        every ``every`` seconds, returns words: they are the stop's ``why`` (a shielded
+        step ends first). ``words`` must not raise. Nothing is sent once the block has
+        ended or a signal came; a guard entered outside the main thread sets no watch."""
+        if not self._previous:
+            yield
+            return
+        stopper = _Stopper(self)
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(every):
+                said = words()
+                if said:
+                    stopper.stop(said)
+                    return
+
+        watcher = threading.Thread(target=watch, name="pullback-watch", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stopper.end()
+            done.set()
+            watcher.join()
 
     def check(self) -> None:
         """Raise Interrupted if a signal arrived that has not been raised yet."""

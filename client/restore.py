@@ -24,7 +24,7 @@ from ..common.archive.manifest import MANIFEST_NAME
 from ..common.archive.reader import TarStream
 from ..common.archive.sidecar import ARCHIVE_NAME, SIDECAR_NAME, ServiceReport, TaskReport
 from ..common.archive.tree_list import TREE_NAME
-from ..common.archive.unpack import BaseMismatch, Unpacker
+from ..common.archive.unpack import BaseMismatch, Unpacker, UnpackLimits
 from ..common.clock import stamp_of, utc_now
 from ..common.errors import (
     EXIT_FAILED,
@@ -52,18 +52,23 @@ log = get_logger("restore")
 
 
 def unpack_archive(
-    archive: Path, into: Path, base: BaseIndex | None = None, index: IndexWriter | None = None
+    archive: Path,
+    into: Path,
+    base: BaseIndex | None = None,
+    index: IndexWriter | None = None,
+    limits: UnpackLimits | None = None,
 ) -> Path:
     """Unpack a pullback archive safely (manifest checked) into ``into``, onto ``base``
-    (the tree ``into`` holds, for a delta) and recording ``index`` (committed); return
-    ``into``. Without a usable sidecar a delta's partial manifest is refused by the
-    unpacker (nothing names the complete manifest's sha256)."""
+    (the tree ``into`` holds, for a delta) and recording ``index`` (committed), within
+    ``limits``; return ``into``. Without a usable sidecar a delta's partial manifest is
+    refused by the unpacker (nothing names the complete manifest's sha256). Raises
+    ArchiveError (ArchiveTooLarge past ``limits``)."""
     compression = compression_of(archive.name)
     progress = Progress("unpack", archive.stat().st_size)
     side = _sidecar_of(archive)
     announced = side.archive.manifest_sha256 if side else ""
     lean = side.archive.lean if side is not None else None  # None: not known
-    with Unpacker(into, None, base, index, announced=announced, lean=lean) as unpacker:
+    with Unpacker(into, limits, base, index, announced=announced, lean=lean) as unpacker:
         if base is not None and base.linked:
             with open(archive, "rb") as raw, TarStream(raw, compression) as stream:
                 for member in stream.members():
@@ -81,17 +86,18 @@ def unpack_archive(
     return into
 
 
-def unpack_chain(archive: Path, into: Path) -> Path:
+def unpack_chain(archive: Path, into: Path, limits: UnpackLimits | None = None) -> Path:
     """Unpack ``archive`` into ``into``; a delta by unpacking the chain it is built on
     first, its full archive and every delta up to it, as the server does (each base
-    checked against the index the previous one left). Returns ``into``. Raises
-    UsageError when an archive of the chain is not in the directory."""
+    checked against the index the previous one left), each within ``limits``. Returns
+    ``into``. Raises UsageError when an archive of the chain is not in the directory,
+    ArchiveError (ArchiveTooLarge past ``limits``)."""
     chain = chain_for(archive)
     for number, path in enumerate(chain):
         base = baseindex.take(into) if number else None
         index = IndexWriter(into)
         try:
-            unpack_archive(path, into, base, index)
+            unpack_archive(path, into, base, index, limits)
         except BaseMismatch:
             if len(chain) > 1 or _sidecar_of(archive) is not None:
                 raise
@@ -474,6 +480,15 @@ def _service(config: ClientConfig, options: RestoreOptions, plugins: PluginSet) 
     return service
 
 
+def _unpack_limits(config: ClientConfig) -> UnpackLimits | None:
+    """What a restore's unpacking keeps free where it unpacks (the temporary directory,
+    often the disk or the memory of the live system it restores onto):
+    ``min_free_space``, as a run keeps in its own directories. None when it is 0."""
+    if not config.min_free_space:
+        return None
+    return UnpackLimits(min_free=config.min_free_space, source="client.yaml")
+
+
 def restore(config: ClientConfig, options: RestoreOptions) -> int:
     """Restore a service; returns the exit code. Raises PullbackError (UsageError for a
     wrong service, task or source)."""
@@ -492,7 +507,7 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
                 )
             sidecar_file = source.with_name(source.name + ".json")
             log.info("unpacking %s (checked against its manifest)", source.name)
-            unpacked = unpack_chain(source, space / "archive")
+            unpacked = unpack_chain(source, space / "archive", _unpack_limits(config))
         else:
             unpacked = source
         try:

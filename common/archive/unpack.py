@@ -625,7 +625,7 @@ class Unpacker:
         if free - upcoming < limits.min_free or few_inodes:
             raise ArchiveTooLarge(
                 f"unpacking it would leave less than {human_size(limits.min_free)} or "
-                f"{MIN_FREE_INODES:,} inodes free under the staging tree ({human_size(free)}, "
+                f"{MIN_FREE_INODES:,} inodes free where it is unpacked ({human_size(free)}, "
                 f"{fs.f_favail:,} inodes left; min_free_space in {limits.source})"
             )
 

@@ -13,6 +13,7 @@ run writes); a plugin in ``plugin_dirs`` writes as a dump would, a MiB at a time
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -44,11 +45,12 @@ def pullback_prepare(task):
 @hookimpl
 def pullback_dump(task):
     block = os.urandom(1 << 20)
-    with open(task.staging / "dump.bin", "wb") as dump:
-        for written in range(1, task.config["mib"] + 1):
+    with open(task.staging / "dump.bin", "wb") as dump, open(OUT / "written", "a") as said:
+        for _ in range(task.config["mib"]):
             dump.write(block)
             dump.flush()
-            (OUT / "written").write_text(str(written))
+            said.write("+")  # (a MiB more; never half written, as a rewritten file can be)
+            said.flush()
             time.sleep(0.02)
 
 
@@ -81,7 +83,7 @@ def test_a_run_that_would_fill_the_disk_is_stopped_at_min_free_space(box, tmp_pa
     words = "below min_free_space (480.0 MiB): the run was stopped before it filled the disk"
     assert f"free space in {work} fell to " in said and words in said, said[-2000:]
     assert "No space left" not in said
-    written = int((out / "written").read_text())
+    written = len((out / "written").read_text())
     # stopped once 32 MiB were written, a look or two later: far from the disk's end
     assert 32 <= written <= 200, written
     assert (out / "started").read_text() == "started again (failed=True)\n"
@@ -102,3 +104,35 @@ def test_a_run_that_stays_above_min_free_space_is_not_touched(box, tmp_path, own
     assert result.returncode == 0, result.stderr[-2000:]
     assert "min_free_space" not in result.stderr
     assert len(box.published()) == 1
+
+
+def test_a_restore_unpacks_an_archive_only_while_min_free_space_stays_free(
+    tmp_path, own_filesystem
+):
+    """``restore --from ARCHIVE`` unpacks into the temporary directory, on the live system
+    it restores onto (a tmpfs in memory, or its root disk): it keeps ``min_free_space``
+    free there as a run does, refusing the archive before filling it; nothing of the
+    live data is touched, nothing of the unpacking is left."""
+    box = ClientSandbox(tmp_path / "client")
+    live = tmp_path / "srv"
+    live.mkdir()
+    (live / "blob").write_bytes(os.urandom(64 * MIB))
+    box.write_config()
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{live}]}}\n")
+    made = box.cli("run", timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    (archive,) = box.published()
+    (live / "blob").write_bytes(b"changed after the snapshot")
+    box.write_config(min_free_space="480M")  # the tmpfs: 512 MiB, the blob 64
+    argv = ("restore", "--service", "app", "--from", str(archive))
+    refused = box.cli(*argv, timeout=120, env={"TMPDIR": str(own_filesystem)})
+    said = refused.stderr
+    assert refused.returncode == 1, said[-2000:]
+    assert "unpacking it would leave less than 480.0 MiB" in said, said[-2000:]
+    assert "min_free_space in client.yaml" in said
+    assert (live / "blob").read_bytes() == b"changed after the snapshot"
+    assert list(own_filesystem.iterdir()) == []
+    box.write_config(min_free_space="400M")
+    done = box.cli(*argv, timeout=120, env={"TMPDIR": str(own_filesystem)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (live / "blob").stat().st_size == 64 * MIB

@@ -23,7 +23,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Collection
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -60,6 +60,33 @@ class PhaseLog(Protocol):
     def phase(self, host: str, phase: str | None) -> None: ...
 
 
+class _Host(Protocol):
+    """A host as server.yaml lists it (:class:`~.config.HostConfig`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def enabled(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Roster:
+    """The hosts server.yaml lists now, and which of them are disabled: what of a pull
+    cut short still counts (:meth:`InterruptedRun.counted`) and is carried
+    (:meth:`Journal.carry`)."""
+
+    configured: frozenset[str]
+    disabled: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, hosts: Iterable[_Host]) -> Roster:
+        """The roster of server.yaml's ``hosts`` (``config.hosts``)."""
+        listed = list(hosts)
+        return cls(
+            frozenset(h.name for h in listed), frozenset(h.name for h in listed if not h.enabled)
+        )
+
+
 @dataclass
 class InterruptedRun:
     """A pull that never finished: its pid, start time and each unfinished host's phase."""
@@ -92,20 +119,27 @@ class InterruptedRun:
             self.pid, self.started, phases, self.ended, self.stopped_by, disabled=disabled
         )
 
-    def counted(self, disabled: Collection[str]) -> InterruptedRun | None:
-        """This run without the hosts that are ``disabled`` in server.yaml now but were not
-        when it pulled them (a pull killed before the admin disabled a gone machine: the
-        journal carries such a host for ever, since a disabled host is never pulled, and
-        it needed attention for ever; helper-141 F1), as for a failed pull
-        (``pulled_disabled``); None when no host is left."""
-        dropped = {h for h in self.phases if h in disabled and h not in self.disabled}
+    def counted(self, roster: Roster) -> InterruptedRun | None:
+        """This run without the hosts server.yaml (``roster``) no longer lists (removed or
+        renamed: never pulled again, the journal carried such a host for ever, and
+        ``status --json``, the metrics and every ``publish --if-failed`` told its cut;
+        helper-144 F3), nor those disabled now that were not when it pulled them (a pull
+        killed before the admin disabled a gone machine needed attention for ever;
+        helper-141 F1), as for a failed pull (``pulled_disabled``); None when no host is
+        left."""
+        dropped = {
+            h
+            for h in self.phases
+            if h not in roster.configured or (h in roster.disabled and h not in self.disabled)
+        }
         if not dropped:
             return self
         phases = {h: p for h, p in self.phases.items() if h not in dropped}
         if not phases:
             return None
+        disabled = tuple(h for h in self.disabled if h in phases)
         return InterruptedRun(
-            self.pid, self.started, phases, self.ended, self.stopped_by, disabled=self.disabled
+            self.pid, self.started, phases, self.ended, self.stopped_by, disabled=disabled
         )
 
     @property
@@ -150,17 +184,22 @@ class Journal:
         self._write()
         return previous
 
-    def carry(self, previous: InterruptedRun | None, pulled: list[str]) -> None:
+    def carry(
+        self, previous: InterruptedRun | None, pulled: list[str], roster: Roster | None = None
+    ) -> None:
         """Keep in this run's journal, from its start to its end, the hosts that
         ``previous`` (the run a crash interrupted, with what it carried) was cut short on
         and this run does not pull: each stays named until a pull of it reports it and
-        cleans up. (Hosts of a run that ended keeping them are in its status file.)"""
+        cleans up. (Hosts of a run that ended keeping them are in its status file.) A
+        host that server.yaml (``roster``; None: every host) no longer lists is not
+        carried: no pull will report it (a disabled one is: enabled again, it is)."""
         if previous is None:
             return
         cut = previous.merged() if not previous.ended else previous.carried
         if cut is None:
             return
-        phases = {h: p for h, p in cut.phases.items() if h not in pulled}
+        listed = roster.configured if roster is not None else cut.phases
+        phases = {h: p for h, p in cut.phases.items() if h not in pulled and h in listed}
         if phases:
             disabled = tuple(h for h in cut.disabled if h in phases)
             self._carried = InterruptedRun(
@@ -299,13 +338,14 @@ NO_ACTIVITY = PullActivity()
 """No pull running, none killed (or nothing could be read)."""
 
 
-def pull_activity(state_dir: Path, lock_dir: Path, disabled: Collection[str] = ()) -> PullActivity:
+def pull_activity(state_dir: Path, lock_dir: Path, roster: Roster | None = None) -> PullActivity:
     """Whether a pull runs now (it holds the server lock, as /proc/locks and the lock's
     owner record tell) and whether one was killed (its journal is left, written by
     another process than the lock's holder, if any). When /proc/locks cannot tell, a
     live owner record decides. What cannot be read (the journal, both of those) says
-    nothing: :data:`NO_ACTIVITY`. A killed pull's hosts that are ``disabled`` in
-    server.yaml now count only when that pull named them (:meth:`InterruptedRun.counted`)."""
+    nothing: :data:`NO_ACTIVITY`. A killed pull's hosts that server.yaml (``roster``;
+    None: every host counts) no longer lists do not count, nor those disabled now unless
+    that pull named them (:meth:`InterruptedRun.counted`)."""
     try:
         journal = read_journal(state_dir)
     except (OSError, ValueError):
@@ -328,4 +368,11 @@ def pull_activity(state_dir: Path, lock_dir: Path, disabled: Collection[str] = (
     # this run's own cut (with what it carried), else what it carried: its hosts are
     # still to be pulled
     cut = journal.merged() if journal.phases and not journal.ended else journal.carried
-    return PullActivity(running=running, killed=cut.counted(disabled) if cut else None)
+    return PullActivity(running=running, killed=_counted(cut, roster))
+
+
+def _counted(cut: InterruptedRun | None, roster: Roster | None) -> InterruptedRun | None:
+    """What of ``cut`` counts (:meth:`InterruptedRun.counted`; None roster: all of it)."""
+    if cut is None or roster is None:
+        return cut
+    return cut.counted(roster)

@@ -23,7 +23,7 @@ from ..common.outcome import Status
 from ..common.text import printable
 from . import fleet_view, metrics, report, status_file, status_page
 from .config import ServerConfig, load_server_config
-from .journal import NO_ACTIVITY, InterruptedRun, PullActivity, pull_activity
+from .journal import NO_ACTIVITY, InterruptedRun, PullActivity, Roster, pull_activity
 from .results import HostResult
 
 log = get_logger("outputs")
@@ -56,7 +56,7 @@ def _write_outputs(config: ServerConfig, status: dict) -> list[str]:
     returns what could not be written."""
     activity = _guarded(
         "read the pull's journal",
-        lambda: pull_activity(config.state_dir, config.lock_dir, config.disabled),
+        lambda: pull_activity(config.state_dir, config.lock_dir, Roster.of(config.hosts)),
         NO_ACTIVITY,
     )
     problems = []
@@ -243,7 +243,7 @@ def command(path: Path, args: argparse.Namespace) -> int:
     if args.if_failed and _succeeded(os.environ):
         return EXIT_OK
     config = load_server_config(path)
-    killed = pull_activity(config.state_dir, config.lock_dir, config.disabled).killed
+    killed = pull_activity(config.state_dir, config.lock_dir, Roster.of(config.hosts)).killed
     said = _say_cut_short(killed, result) if killed is not None else ""
     if killed is None and result:
         log.info(

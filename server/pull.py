@@ -24,7 +24,7 @@ from .config import ServerConfig
 from .host import HostContext
 from .host_process import PhaseRelay, pull_hosts
 from .host_pull import HostPull, PullOptions
-from .journal import DRY_RUN_PURPOSE, PULL_PURPOSE, Journal
+from .journal import DRY_RUN_PURPOSE, PULL_PURPOSE, Journal, Roster
 from .metrics import stale_time
 from .results import HostResult
 
@@ -45,7 +45,7 @@ def pull(
         interrupted = journal.begin() if journal else None
         if journal is not None:
             pulled = [h.name for h in hosts]
-            journal.carry(interrupted, pulled)
+            journal.carry(interrupted, pulled, Roster.of(config.hosts))
             journal.pulls_disabled(sorted(set(pulled) & set(config.disabled)))
         if interrupted is not None:
             interrupted = interrupted.merged()  # (each host pulled reports what it carried)

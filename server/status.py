@@ -30,7 +30,7 @@ from ..common.units import human_ago, human_size
 from . import status_page
 from .config import ServerConfig, load_server_config
 from .fleet_view import Fleet, HostRow, HostState, Source, fleet, read_merged
-from .journal import PullActivity, pull_activity
+from .journal import PullActivity, Roster, pull_activity
 from .status_file import STATUS_FILE, output_problems, read_status, server_name
 
 NAMES_SHOWN = 10
@@ -204,7 +204,7 @@ def fleet_check(
 
 
 def _view(config: ServerConfig, status: dict, merged: Sequence[Source]) -> Fleet:
-    activity = pull_activity(config.state_dir, config.lock_dir, config.disabled)
+    activity = pull_activity(config.state_dir, config.lock_dir, Roster.of(config.hosts))
     return fleet(config, Source(server_name(), None, status), merged, activity=activity)
 
 

@@ -23,6 +23,7 @@ from pullback.server.journal import (
     MAX_JOURNAL,
     PULL_PURPOSE,
     Journal,
+    Roster,
     pull_activity,
     read_journal,
 )
@@ -296,7 +297,7 @@ def test_a_pull_killed_before_the_host_was_disabled_does_not_warn_for_ever(tmp_p
     config = server.config
 
     def cut(host: str) -> str:
-        activity = pull_activity(config.state_dir, config.lock_dir, config.disabled)
+        activity = pull_activity(config.state_dir, config.lock_dir, Roster.of(config.hosts))
         text = metrics.build(config, json.loads(server.status.read_text()), None, activity)
         return next(
             line
@@ -340,9 +341,80 @@ def test_a_pull_records_the_disabled_hosts_it_was_named_to_pull_in_its_journal(t
     journal.waiting(["old", "web1"])
     killed = read_journal(state)
     assert killed is not None and killed.disabled == ("old",)
-    assert killed.counted(["old"]) is killed
-    assert killed.counted([]) is killed
+    listed = frozenset({"old", "web1"})
+    assert killed.counted(Roster(listed, frozenset({"old"}))) is killed
+    assert killed.counted(Roster(listed)) is killed
     journal.keep({"old": "storing"})
     journal.end()
     ended = read_journal(state)
     assert ended is not None and ended.disabled == ("old",)
+
+
+def test_a_host_no_longer_in_server_yaml_leaves_the_journal(tmp_path, capsys, monkeypatch):
+    """helper-144 F3: a pull was killed while pulling web9; then web9 was removed from
+    server.yaml (or renamed). It is never pulled again, so every later pull carried it
+    and the journal stayed for ever: ``status --json`` said ``pull_killed``, the metrics
+    had the cut-short start time with no host cut short, and every ``publish
+    --if-failed`` said the pull was killed while pulling web9."""
+    from pullback.server import metrics
+    from pullback.server.cli import main as server_main
+
+    server = make_server(tmp_path, "s", {"web1": None})
+    server.pulled(stored("web1", 1))
+    config = server.config
+    _journal(server, {"hosts": {"web9": "storing"}})
+    roster = Roster.of(config.hosts)
+    assert roster == Roster(frozenset({"web1"}))
+    assert pull_activity(config.state_dir, config.lock_dir, roster).killed is None
+    assert pull_activity(config.state_dir, config.lock_dir).killed is not None  # (all count)
+    code, out, _ = status(server, "--json", capsys=capsys)
+    assert code == 0 and "pull_killed" not in json.loads(out), out
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert code == 0 and out.startswith("PULLBACK OK"), out
+    activity = pull_activity(config.state_dir, config.lock_dir, roster)
+    text = metrics.build(config, json.loads(server.status.read_text()), None, activity).render()
+    assert "pullback_pull_cut_short_started_timestamp_seconds" not in text
+    assert 'pullback_pull_cut_short{host="web1"} 0' in text
+    monkeypatch.setenv("SERVICE_RESULT", "signal")
+    monkeypatch.setenv("EXIT_STATUS", "KILL")
+    assert server_main(["--config", str(server.path), "publish", "--if-failed"]) == 0
+    said = capsys.readouterr().err
+    assert "rewriting the outputs" in said and "web9" not in said, said
+    # a host still listed, cut with it, counts alone; the next pull carries it alone
+    _journal(server, {"hosts": {"web9": "storing", "web1": "connecting"}})
+    killed = pull_activity(config.state_dir, config.lock_dir, roster).killed
+    assert killed is not None and killed.phases == {"web1": "connecting"}
+    assert server_main(["--config", str(server.path), "publish", "--if-failed"]) == 0
+    said = capsys.readouterr().err
+    assert "was killed (systemd: signal, KILL) while pulling web1:" in said, said
+    journal = Journal(config.state_dir)
+    journal.carry(journal.begin(), [], roster)
+    journal.end()
+    left = read_journal(config.state_dir)
+    assert left is not None and left.carried is not None
+    assert left.carried.phases == {"web1": "connecting"}
+    # a pull that carries only the host no longer listed leaves no journal
+    _journal(server, {"hosts": {"web9": "storing"}})
+    journal = Journal(config.state_dir)
+    journal.carry(journal.begin(), ["web1"], roster)
+    journal.end()
+    assert not (config.state_dir / JOURNAL_FILE).exists()
+
+
+def test_a_disabled_host_is_still_carried_and_counts_again_once_enabled(tmp_path):
+    """Only a host server.yaml no longer lists leaves the journal: a disabled one is
+    carried (its cut counts again if it is enabled again), as before."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / JOURNAL_FILE).write_text(
+        json.dumps({"pid": 999_999, "started": "2026-12-03T03:00:00Z", "hosts": {"old": "x"}})
+    )
+    journal = Journal(state)
+    journal.carry(journal.begin(), ["web1"], Roster(frozenset({"web1", "old"}), frozenset({"old"})))
+    journal.end()
+    left = read_journal(state)
+    assert left is not None and left.carried is not None and left.carried.phases == {"old": "x"}
+    cut = left.carried
+    assert cut.counted(Roster(frozenset({"web1", "old"}), frozenset({"old"}))) is None
+    assert cut.counted(Roster(frozenset({"web1", "old"}))) is cut
+    assert cut.counted(Roster(frozenset({"web1"}))) is None

@@ -14,7 +14,7 @@ from ..common.outcome import Status
 from ..common.text import few, printable
 from ..common.units import human_ago, human_size
 from .config import ServerConfig
-from .host_state import HISTORY_CELLS, SYMBOLS, HostState
+from .host_state import HISTORY_CELLS, SYMBOLS, HostState, pull_counts
 from .journal import NO_ACTIVITY, WAITING, InterruptedRun, PullActivity
 from .merged_status import Source, default_copy_max_age, default_max_age, read_merged
 from .metrics import is_stale, stale_time
@@ -208,8 +208,7 @@ DISABLED_WORDS = "disabled in server.yaml (enabled: false): not pulled, maintain
 
 PULL_RECORDS = ("last_result", "reason", "problem", "failed_services")
 """What a host's entry says of its last pull: not counted for a disabled host unless a
-run that named it made that pull (``pulled_disabled``): the pulls that failed before
-it was disabled (a machine gone) would otherwise count for ever."""
+run that named it made that pull (:func:`~.host_state.pull_counts`)."""
 
 
 def _disable(row: HostRow, entry: dict) -> None:
@@ -225,7 +224,7 @@ def _disable(row: HostRow, entry: dict) -> None:
     row.disabled = True
     counted = (
         entry
-        if entry.get("pulled_disabled") is True
+        if pull_counts(entry, enabled=False)
         else {key: value for key, value in entry.items() if key not in PULL_RECORDS}
     )
     row.state = _state(counted, stale=False)

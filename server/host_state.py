@@ -21,6 +21,15 @@ class HostState(StrEnum):
     maintained or copied, so its record is shown and counted in no kind of trouble."""
 
 
+def pull_counts(entry: dict, enabled: bool) -> bool:
+    """Whether the last pull a host's status ``entry`` records counts (its result, reason,
+    problem and failed services): always for a host server.yaml pulls (``enabled``); for
+    a disabled one only when a run that named it made that pull (``pulled_disabled``). A
+    pull that failed before the host was disabled (a machine gone) would otherwise count
+    for ever. The rule of ``status``, ``--check``, the page and the metrics alike."""
+    return enabled or entry.get("pulled_disabled") is True
+
+
 SYMBOLS: dict[str, str] = {
     Status.STORED: "✓",
     Status.SKIPPED: "·",

@@ -8,6 +8,7 @@ from ..common.clock import FUTURE_TOLERANCE, parse_iso, utc_now
 from ..common.metrics import Metrics
 from ..common.outcome import Status
 from .config import ServerConfig
+from .host_state import pull_counts
 from .journal import NO_ACTIVITY, InterruptedRun, PullActivity
 
 RESULTS = (Status.STORED, Status.SKIPPED, Status.FAILED)
@@ -52,8 +53,16 @@ def build(
         "pullback_last_success_timestamp_seconds",
         "When the host's last pull that did not fail began.",
     )
-    result = g("pullback_last_result", "1 for the result of the host's last pull.")
-    ok = g("pullback_last_attempt_ok", "1 when the host's last pull did not fail.")
+    result = g(
+        "pullback_last_result",
+        "1 for the result of the host's last pull; absent for a disabled host unless a run "
+        "that named it made that pull.",
+    )
+    ok = g(
+        "pullback_last_attempt_ok",
+        "1 when the host's last pull did not fail; absent for a disabled host unless a run "
+        "that named it made that pull.",
+    )
     duration = g("pullback_pull_duration_seconds", "How long the host's last pull took.")
     archive = g("pullback_archive_bytes", "Size of the host's last stored archive.")
     content = g("pullback_archive_content_bytes", "Bytes of data in the last stored archive.")
@@ -111,7 +120,8 @@ def build(
         labels = {"host": host.name}
         attempt.add(_ts(entry.get("last_attempt")), **labels)
         success.add(_ts(entry.get("last_success")), **labels)
-        if "last_result" in entry:
+        counts = "last_result" in entry and pull_counts(entry, host.enabled)
+        if counts:  # (disabled: only a run that named it made its last pull, as status says)
             for name in RESULTS:
                 result.add(entry["last_result"] == name, result=name, **labels)
             ok.add(entry["last_result"] != Status.FAILED, **labels)
@@ -123,8 +133,7 @@ def build(
         delta.add(entry.get("delta"), **labels)
         fell_back.add(entry.get("fell_back"), **labels)
         repo.add(entry.get("repository_bytes"), **labels)
-        if "last_result" in entry and (host.enabled or entry.get("pulled_disabled") is True):
-            # (disabled: only when a run that named it made its last pull, as status says)
+        if counts:
             failed = entry.get("failed_services")
             client_failed.add(len(failed) if isinstance(failed, list) else 0, **labels)
         count.add(entry.get("snapshots"), **labels)

@@ -203,3 +203,51 @@ def test_a_disabled_host_s_failed_drill_hold_or_named_run_still_counts(tmp_path)
     # enabled again and pulled: the mark is gone
     status_file.record(config.state_dir, [HostResult("old", Status.STORED, started=iso(now))])
     assert "pulled_disabled" not in json.loads(server.status.read_text())["hosts"]["old"]
+
+
+def test_the_metrics_count_a_disabled_host_s_last_pull_as_status_does(tmp_path):
+    """helper-144 F4: a pull that failed before the host was disabled: status and
+    ``--check`` said DISABLED (not counted), but ``pullback_last_attempt_ok`` stayed 0
+    and ``pullback_last_result{result="failed"}`` 1 for ever, so an alert on them fired
+    for ever. They follow status's rule now (:func:`.host_state.pull_counts`): absent
+    for such a pull, there for a pull a run that named the host made."""
+    from pullback.common.clock import iso, utc_now
+    from pullback.common.outcome import Status
+    from pullback.server import metrics
+    from pullback.server.fleet_view import rows
+    from pullback.server.host_state import pull_counts
+    from pullback.server.results import HostResult
+    from tests.helpers.status_servers import make_server
+
+    before = make_server(tmp_path, "s", {"web1": None, "old": None})
+    now = utc_now()
+    before.pulled(
+        HostResult("web1", Status.STORED, started=iso(now), newest_snapshot=iso(now)),
+        HostResult("old", Status.FAILED, "cannot connect", started=iso(now)),
+    )
+    failed = json.loads(before.status.read_text())
+    text = metrics.build(before.config, failed, now).render()
+    assert 'pullback_last_attempt_ok{host="old"} 0' in text  # (enabled: it counts)
+    server = make_server(tmp_path, "s", {"web1": None, "old": None}, disabled=("old",))
+    config = server.config
+    old = failed["hosts"]["old"]
+    assert not pull_counts(old, enabled=False) and pull_counts(old, enabled=True)
+    assert next(r for r in rows(config, failed, now) if r.host == "old").state == (
+        HostState.DISABLED
+    )
+    text = metrics.build(config, failed, now).render()
+    assert 'pullback_last_attempt_ok{host="old"}' not in text
+    judged = ("pullback_last_result{", "pullback_last_attempt_ok{")
+    assert not [x for x in text.splitlines() if x.startswith(judged) and '"old"' in x]
+    assert 'pullback_last_result{result="stored",host="web1"} 1' in text
+    assert 'pullback_last_attempt_ok{host="web1"} 1' in text
+    assert 'pullback_last_attempt_timestamp_seconds{host="old"}' in text  # (its facts stay)
+    assert 'pullback_host_enabled{host="old"} 0' in text
+    # ``pull --host old`` by hand, failed: the real writer marks it, and it counts
+    server.pulled(HostResult("old", Status.FAILED, "cannot connect", started=iso(now)))
+    named = json.loads(server.status.read_text())
+    assert pull_counts(named["hosts"]["old"], enabled=False)
+    assert next(r for r in rows(config, named, now) if r.host == "old").state == (HostState.FAILED)
+    text = metrics.build(config, named, now).render()
+    assert 'pullback_last_attempt_ok{host="old"} 0' in text
+    assert 'pullback_last_result{result="failed",host="old"} 1' in text

@@ -197,10 +197,9 @@ def rows(config: ServerConfig, status: dict, now: dt.datetime | None = None) -> 
             _disable(row, hosts.get(host.name, {}))
     if config.backend.copy is not None:
         for host, row in zip(config.hosts, found, strict=True):
-            # a copy is not fresher than its primary may be; a disabled host is not copied
+            # a copy is not fresher than its primary may be
             limit = max(config.backend.copy.max_age, host.max_age)
-            if host.enabled:
-                _add_copy(row, hosts.get(row.host, {}), limit, now)
+            _add_copy(row, hosts.get(row.host, {}), limit, now)
     return sorted(found, key=_rank)
 
 
@@ -257,11 +256,23 @@ def _mark_killed(found: list[HostRow], killed: InterruptedRun) -> None:
 
 
 def _add_copy(row: HostRow, entry: dict, max_age: float, now: dt.datetime) -> None:
-    """Give ``row`` its copy's view; a copy that needs attention makes an ok row so."""
-    row.copy = copy_view(entry, max_age, now)
-    if row.copy.complaint and row.state == HostState.OK:
+    """Give ``row`` its copy's view; a copy that needs attention makes an ok row so. A
+    disabled host's (:func:`_disable` first) is not copied, so never stale, but what was
+    recorded of the copy of the snapshots it is kept for counts as its primary's drill,
+    maintenance and hold do: the ransomware guard's hold on the copy, a failed drill or
+    maintenance of the copy, a failed copy run (helper-144 F8: in status.json and in no
+    row, exit code or gauge). ``pullback-server copy --host NAME`` copies from this
+    server's primary repository, so a failed copy run of a disabled host has a way out
+    (``release NAME --copy`` ends a hold)."""
+    view = copy_view(entry, max_age, now)
+    row.copy = replace(view, stale=False) if row.disabled else view
+    complaint = row.copy.complaint
+    if complaint and row.state == HostState.OK:
         row.state = HostState.ATTENTION
-        row.reason = row.reason or row.copy.complaint
+        row.reason = row.reason or complaint
+    elif complaint and row.state == HostState.DISABLED:
+        row.state = HostState.ATTENTION
+        row.reason = f"{complaint} ({DISABLED_WORDS})"
 
 
 def _rank(row: HostRow, own: str = "") -> tuple[int, bool, str, str]:
@@ -442,9 +453,9 @@ def source_rows(source: Source, now: dt.datetime) -> list[HostRow]:
         entry = hosts.get(name, {})
         row = host_row(name, entry, limits.get("max_age") or default_max_age(), now)
         row.server = source.server
-        if limits.get("enabled") is False:  # (not copied either)
+        if limits.get("enabled") is False:
             _disable(row, entry)
-        elif "copy" in entry:  # that server copies: judged by the default copy.max_age
+        if "copy" in entry:  # that server copies: judged by the default copy.max_age
             _add_copy(row, entry, default_copy_max_age(), now)
         found.append(row)
     return found

@@ -199,7 +199,8 @@ def _copy_metrics(m: Metrics, config: ServerConfig, status: dict, now: dt.dateti
     )
     stale = g(
         "pullback_copy_stale",
-        "1 when the copy's newest snapshot is older than copy.max_age (or dated ahead).",
+        "1 when the copy's newest snapshot is older than copy.max_age (or dated ahead); "
+        "absent for a disabled host.",
     )
     drilled = g(
         "pullback_copy_verified_timestamp_seconds", "When a restore drill last proved the copy."
@@ -216,16 +217,18 @@ def _copy_metrics(m: Metrics, config: ServerConfig, status: dict, now: dt.dateti
     )
     copy_limit = config.backend.copy.max_age if config.backend.copy else 0.0
     for host in config.hosts:
-        if not host.enabled:  # not pulled, not copied
-            continue
         entry = status.get("hosts", {}).get(host.name, {}).get("copy") or {}
+        if not host.enabled and not entry:  # not pulled, not copied, no copy recorded
+            continue
         labels = {"host": host.name}
         limit = max(copy_limit, host.max_age)
         copied.add(_ts(entry.get("copied")), **labels)
         if "result" in entry:
             ok.add(entry["result"] != Status.FAILED, **labels)
         newest.add(_ts(entry.get("newest")), **labels)
-        stale.add(stale_time(entry.get("newest"), limit, now), **labels)
+        if host.enabled:  # (a disabled host is not copied: never stale; its hold and
+            # failures count, as in status: helper-144 F8)
+            stale.add(stale_time(entry.get("newest"), limit, now), **labels)
         drilled.add(_ts(entry.get("verified")), **labels)
         held.add(isinstance(entry.get("guard_hold"), dict), **labels)
         if "maintain_result" in entry:  # an outside walk saw a failed one in no gauge

@@ -251,3 +251,95 @@ def test_the_metrics_count_a_disabled_host_s_last_pull_as_status_does(tmp_path):
     text = metrics.build(config, named, now).render()
     assert 'pullback_last_attempt_ok{host="old"} 0' in text
     assert 'pullback_last_result{result="failed",host="old"} 1' in text
+
+
+def test_a_disabled_host_s_copy_hold_and_failures_count_as_its_primary_s(tmp_path, capsys):
+    """helper-144 F8: a disabled host's second copy (its snapshots are what it is kept
+    for) held by the ransomware guard, a failed drill or maintenance of the copy, or a
+    failed ``copy --host old``, were in status.json and in no row, exit code,
+    ``--check`` or gauge. They count now as the primary's do; the copy is never stale
+    (a disabled host is not copied), and a copy run that succeeds ends its failure."""
+    from pullback.common.clock import iso, utc_now
+    from pullback.common.outcome import Status
+    from pullback.server import metrics, status_file
+    from pullback.server.config import load_server_config
+    from pullback.server.copy import CopyResult
+    from pullback.server.fleet_view import Source, rows, source_rows
+    from pullback.server.results import HostResult
+    from tests.helpers.status_servers import Server, status
+
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\nlock_dir: {tmp_path}\n"
+        f"copy: {{repository_root: {tmp_path / 'copies'}}}\n"
+        "hosts:\n  - name: web1\n  - {name: old, enabled: false}\n"
+    )
+    config = load_server_config(path)
+    server = Server(path, config)
+    now = utc_now()
+    fresh = iso(now)
+    week = iso(now - dt.timedelta(days=30))
+    copied = {"copied": fresh, "newest": fresh, "result": "ok", "verified": fresh}
+    web1 = {"last_result": "stored", "newest_snapshot": fresh, "copy": copied}
+    gone = {"last_result": "stored", "newest_snapshot": week}
+
+    def old_row(copy: dict | None):
+        entry = gone if copy is None else {**gone, "copy": copy}
+        found = rows(config, {"hosts": {"web1": web1, "old": entry}}, now)
+        return next(r for r in found if r.host == "old"), found
+
+    def gauges(copy: dict) -> list[str]:
+        state = {"hosts": {"web1": web1, "old": {**gone, "copy": copy}}}
+        text = metrics.build(config, state, now).render()
+        return [x for x in text.splitlines() if x.startswith("pullback_copy") and '"old"' in x]
+
+    # no copy recorded, or an old one: disabled, never stale, counted in no trouble
+    row, found = old_row(None)
+    assert (row.state, row.copy is not None and row.copy.stale) == (HostState.DISABLED, False)
+    assert fleet_check(found).state == Check.OK
+    row, found = old_row({**copied, "newest": week, "copied": week})
+    assert (row.state, row.copy.stale) == (HostState.DISABLED, False)  # type: ignore[union-attr]
+    assert fleet_check(found).state == Check.OK
+    said = gauges({**copied, "newest": week})
+    assert 'pullback_copy_ok{host="old"} 1' in said
+    assert not [x for x in said if x.startswith("pullback_copy_stale")], said
+    # the ransomware guard holds the copy's forget
+    hold = {**copied, "guard_hold": {"reason": "tampered: snapshots vanished"}}
+    row, found = old_row(hold)
+    assert row.state == HostState.ATTENTION
+    assert row.reason == (
+        "copy's forget held by the ransomware guard: tampered: snapshots vanished "
+        f"({DISABLED_WORDS})"
+    )
+    result = fleet_check(found)
+    assert result.line.startswith("PULLBACK WARNING - needs attention: old; 1 of 2 hosts ok |")
+    assert 'pullback_copy_forget_held{host="old"} 1' in gauges(hold)
+    # the copy's maintenance found damage, or its drill failed
+    damaged = {**copied, "maintain_result": "failed", "maintain_failed": ["check"]}
+    damaged["maintain_reason"] = "check: repository contains errors"
+    row, found = old_row(damaged)
+    assert row.state == HostState.ATTENTION and "repository contains errors" in row.reason
+    assert fleet_check(found).state == Check.WARNING
+    assert 'pullback_copy_last_maintain_ok{host="old"} 0' in gauges(damaged)
+    row, _ = old_row({**copied, "verify_result": "failed", "verify_summary": "restic: bad"})
+    assert row.state == HostState.ATTENTION and "restic: bad" in row.reason
+    # a failed ``copy --host old``, recorded by the real writer: status exits 1
+    failed = CopyResult("old", Status.FAILED, problems=["the copy store is unreachable"])
+    pulled = HostResult("web1", Status.STORED, started=fresh, newest_snapshot=fresh)
+    status_file.record(config.state_dir, [pulled], status_file.configured(config.hosts))
+    status_file.record_copies(config.state_dir, [failed])
+    status_file.record_copies(config.state_dir, [CopyResult("web1", newest=fresh)])
+    recorded = json.loads(server.status.read_text())["hosts"]["old"]["copy"]
+    row, found = old_row(recorded)
+    assert row.reason == f"copy failed: the copy store is unreachable ({DISABLED_WORDS})"
+    assert 'pullback_copy_ok{host="old"} 0' in gauges(recorded)
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert code == 1 and out.startswith("PULLBACK WARNING - needs attention: old"), out
+    # another server's file says the same of its disabled host
+    merged = {"configured": {"old": {"enabled": False}}, "hosts": {"old": {**gone, "copy": hold}}}
+    (other,) = source_rows(Source("backup2", None, merged), now)
+    assert (other.state, other.disabled) == (HostState.ATTENTION, True)
+    # a copy run that succeeds ends the failure: disabled again
+    status_file.record_copies(config.state_dir, [CopyResult("old", newest=fresh)])
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert code == 0 and out.startswith("PULLBACK OK - 1 of 1 hosts ok (1 disabled: old)"), out

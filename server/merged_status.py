@@ -135,17 +135,22 @@ def _failed_drills(value: object) -> list[dict] | None:
     return [d for d in (_failed_drill(v) for v in value[:20]) if d is not None]
 
 
+def history_run(run: dict) -> dict:
+    """What the view reads of one run of a host's ``history`` (its cell and its size in
+    the trend), checked: ``result`` one of :data:`SYMBOLS`' words, else ``"?"``;
+    ``repository_bytes`` a count, else None (a list there ended ``status`` in a
+    traceback, a string or a NaN the trend: helper-144 F6). A server's own status.json
+    is read with it too."""
+    return {
+        "result": run["result"] if _word(run.get("result")) in SYMBOLS else "?",
+        "repository_bytes": count_value(run.get("repository_bytes")),
+    }
+
+
 def _history(value: object) -> list[dict] | None:
     if not isinstance(value, list):
         return None
-    return [
-        {
-            "result": run["result"] if _word(run.get("result")) in SYMBOLS else "?",
-            "repository_bytes": count_value(run.get("repository_bytes")),
-        }
-        for run in value[-HISTORY_CELLS:]
-        if isinstance(run, dict)
-    ]
+    return [history_run(run) for run in value[-HISTORY_CELLS:] if isinstance(run, dict)]
 
 
 def _copy(value: object) -> dict | None:

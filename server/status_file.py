@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from ..common.log import get_logger
 from ..common.outcome import Status
 from ..common.text import few, printable
 from .fleet_view import HostState
-from .merged_status import count_value, flag_value, seconds_value, time_value
+from .merged_status import count_value, flag_value, history_run, seconds_value, time_value
 from .results import HostResult
 
 if TYPE_CHECKING:
@@ -61,8 +62,11 @@ def _mapping(value: object) -> dict | None:
 
 
 def _runs(value: object) -> list | None:
-    """A host's ``history``: a list of objects (others in it dropped)."""
-    return [run for run in value if isinstance(run, dict)] if isinstance(value, list) else None
+    """A host's ``history``: a list of objects (others in it dropped), each run's result
+    and size checked as a merged file's are (:func:`~.merged_status.history_run`)."""
+    if not isinstance(value, list):
+        return None
+    return [{**run, **history_run(run)} for run in value if isinstance(run, dict)]
 
 
 def _counts(value: object) -> dict | None:
@@ -392,7 +396,7 @@ def _save(state_dir: Path, status: dict) -> dict:
     status["updated"] = iso(utc_now())
     status["server"] = server_name()
     state_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_masked(status), indent=2, sort_keys=True)
+    text = json.dumps(_masked(status), indent=2, sort_keys=True, allow_nan=False)
     atomic_write(state_dir / STATUS_FILE, text + "\n")
     return status
 
@@ -402,9 +406,14 @@ def _masked(value):
     holds whitespace (a reason, a summary, a problem), not an identifier read back (a
     snapshot id, a store's id, a time, a state, a key: an outside attack registered
     "2026" and every time became unreadable, "123" and a copy's own store was taken for
-    another)."""
+    another). A number that is not finite (a NaN or an infinity read from a damaged
+    file, in a value no check reads) is written as null: status.json is JSON as the
+    standard says it, which another server's ``status --merge`` reads (it refuses a
+    NaN, and with it the whole file)."""
     if isinstance(value, str):
         return secrets.mask(value) if any(c.isspace() for c in value) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, dict):
         return {key: _masked(item) for key, item in value.items()}
     if isinstance(value, list):

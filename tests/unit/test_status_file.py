@@ -81,3 +81,47 @@ def test_values_of_the_wrong_shape_are_left_out_once_said(tmp_path, caplog):
     status_file.record_outputs(tmp_path, [])
     kept = json.loads((tmp_path / status_file.STATUS_FILE).read_text())["hosts"]["web1"]
     assert "last_verified" not in kept and kept["snapshots"] == 3
+
+
+def test_history_runs_of_the_wrong_shape_are_read_as_a_merged_file_s(tmp_path):
+    """helper-144 F6: a history run of status.json with ``"result": ["x"]`` ended the
+    ``status`` table in a traceback (exit 70), ``"repository_bytes": "12"`` the trend,
+    and a NaN, an infinity or 1e400 there printed "nan TiB". Each run is checked as a
+    merged file's is; a number that is not finite, anywhere, is never written back (the
+    file is standard JSON, which a monitor's ``status --merge`` reads)."""
+    import datetime as dt
+    import json
+
+    from pullback.common import jsontext
+    from pullback.server.fleet_view import host_row
+
+    runs = [
+        '{"result": "stored", "repository_bytes": 5, "time": "t"}',
+        '{"result": ["x"], "repository_bytes": "12"}',
+        '{"result": "failed", "repository_bytes": NaN}',
+        '{"result": {"a": 1}, "repository_bytes": Infinity}',
+        '{"result": "nonsense", "repository_bytes": 1e400}',
+        '{"result": "stored", "repository_bytes": 7}',
+    ]
+    text = (
+        '{"hosts": {"web1": {"last_result": "stored", "guard_seen": {"s1": NaN}, '
+        f'"history": [{", ".join(runs)}, 3]}}}}}}'
+    )
+    (tmp_path / status_file.STATUS_FILE).write_text(text)
+    entry = status_file.read_status(tmp_path)["hosts"]["web1"]
+    assert [(r["result"], r["repository_bytes"]) for r in entry["history"]] == [
+        ("stored", 5),
+        ("?", None),
+        ("failed", None),
+        ("?", None),
+        ("?", None),
+        ("stored", 7),
+    ]
+    assert entry["history"][0]["time"] == "t", "what the check does not read is kept"
+    row = host_row("web1", entry, 3600, dt.datetime.now(dt.UTC))
+    assert row.history_text == "✓?✗??✓"
+    assert row.sizes == [5, 7] and "nan" not in row.trend
+    status_file.record_outputs(tmp_path, [])
+    written = jsontext.loads((tmp_path / status_file.STATUS_FILE).read_text())
+    assert written["hosts"]["web1"]["guard_seen"] == {"s1": None}
+    assert json.dumps(written, allow_nan=False)

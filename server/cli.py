@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         "release",
         parents=[parent],
         help="end the ransomware guard's hold on a host: forget by the policy again",
+        description="End the ransomware guard's hold on HOST (with --copy, on its second "
+        "copy): the next maintain forgets by the retention policy again. For a host "
+        "disabled in server.yaml (enabled: false), also accept the last pull a run named "
+        "(pull --host HOST) that failed or was cut short, of a machine that is gone: it "
+        "counts no more. An enabled host's failed pull is not accepted: the next pull "
+        "that passes ends it.",
     )
     p.add_argument("hostname", metavar="HOST", help="a host name from server.yaml")
     p.add_argument("--copy", action="store_true", help="the hold on the host's second copy")

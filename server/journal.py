@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..common.clock import iso, utc_now
+from ..common.errors import PullbackError
 from ..common.fsutil import atomic_write
 from ..common.locks import lock_status
 from ..common.log import get_logger
@@ -376,3 +377,45 @@ def _counted(cut: InterruptedRun | None, roster: Roster | None) -> InterruptedRu
     if cut is None or roster is None:
         return cut
     return cut.counted(roster)
+
+
+def accept_cut(state_dir: Path, host: str) -> InterruptedRun | None:
+    """Accept the cut of a pull that named ``host`` while it was disabled in server.yaml
+    (:attr:`InterruptedRun.disabled`; killed or stopped while pulling a machine that is
+    gone, it counted until a pull of it ended, which fails: helper-144 F2): the journal
+    no longer names it among those, so it counts no more while the host is disabled, as
+    a cut from before it was disabled (:meth:`InterruptedRun.counted`). Its phase stays:
+    a later pull of it still removes the repository lock it may have left. Returns the
+    run whose cut was accepted (the one that pulled the host), or None when the journal
+    names no such cut (or cannot be read; nothing written). Call it under the server
+    lock (no pull runs). Raises PullbackError when the journal cannot be written."""
+    try:
+        found = read_journal(state_dir)
+        with open(state_dir / JOURNAL_FILE, "rb") as handle:
+            data = json.loads(handle.read(MAX_JOURNAL + 1))
+    except (OSError, ValueError):
+        return None
+    if found is None or not isinstance(data, dict):
+        return None
+    # (a run that ended keeping hosts: its status file says why each failed)
+    own = None if data.get("ended") is True else data
+    records = (own, data.get("carried"))
+    named = [r for r in records if isinstance(r, dict) and _cut_while_disabled(r, host)]
+    if not named:
+        return None
+    for record in named:
+        record["disabled"] = [h for h in _names(record["disabled"]) if h != host]
+    try:
+        atomic_write(state_dir / JOURNAL_FILE, json.dumps(data, sort_keys=True) + "\n", mode=0o600)
+    except OSError as exc:
+        raise PullbackError(f"the pull journal could not be written: {exc}") from None
+    # the run that pulled it (a carried one has its own pid and start)
+    return found if own is not None and host in found.phases else found.carried
+
+
+def _cut_while_disabled(record: dict, host: str) -> bool:
+    """Whether a run's ``record`` in the journal has ``host`` cut short (in its
+    ``hosts``) and named while disabled (its ``disabled`` also names hosts it pulled to
+    the end)."""
+    hosts = record.get("hosts")
+    return isinstance(hosts, dict) and host in hosts and host in _names(record.get("disabled"))

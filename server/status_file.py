@@ -623,6 +623,26 @@ def release_hold(state_dir: Path, host: str, scope: str = "") -> dict | None:
         return hold
 
 
+ACCEPTED = ("last_attempt", "last_result", "reason")
+"""What :func:`accept_pull` returns of the pull it accepted."""
+
+
+def accept_pull(state_dir: Path, host: str) -> dict | None:
+    """Accept the last pull of ``host``, disabled in server.yaml, that a run named
+    (``pulled_disabled``: a failed ``pull --host OLD`` of a machine that is gone counted
+    until a pull of it passed, which it never will; helper-144 F2): it counts no more,
+    as a pull that failed before the host was disabled. Returns that pull's
+    :data:`ACCEPTED` facts, or None when no such pull is recorded (nothing written). The
+    caller checks that the host is disabled: an enabled host's every pull counts."""
+    with _locked(state_dir):
+        status = load_status(state_dir)
+        entry = status["hosts"].get(host)
+        if not isinstance(entry, dict) or entry.pop("pulled_disabled", None) is not True:
+            return None
+        _save(state_dir, status)
+        return {key: entry.get(key) for key in ACCEPTED}
+
+
 def record_outputs(state_dir: Path, problems: list[str], kind: str = "run") -> dict:
     """Record which configured outputs (metrics file, status page, mail, pings) the last
     run of ``kind`` (pull, maintain, copy, verify) could not write or deliver; an empty

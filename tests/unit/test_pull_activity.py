@@ -418,3 +418,58 @@ def test_a_disabled_host_is_still_carried_and_counts_again_once_enabled(tmp_path
     assert cut.counted(Roster(frozenset({"web1", "old"}), frozenset({"old"}))) is None
     assert cut.counted(Roster(frozenset({"web1", "old"}))) is cut
     assert cut.counted(Roster(frozenset({"web1"}))) is None
+
+
+def test_release_accepts_a_disabled_host_s_cut_named_pull(tmp_path, capsys):
+    """helper-144 F2: ``pull --host old`` of a disabled host, killed while connecting to
+    a machine that is gone, counted until a pull of old ended (which fails, and counts
+    then as failed). ``release old`` accepts the cut: the journal no longer names old as
+    pulled while disabled, so it counts no more; old's phase stays in it (a later pull
+    of it removes the repository lock it may have left). An enabled host's cut, in the
+    same journal, still counts."""
+    from pullback.server.cli import main as server_main
+
+    server = make_server(tmp_path, "s", {"web1": None, "old": None}, disabled=("old",))
+    server.pulled(stored("web1", 1))
+    config = server.config
+    journal = Journal(config.state_dir)  # the real writer; killed: never ended
+    journal.begin()
+    journal.pulls_disabled(["old"])
+    journal.waiting(["old", "web1"])
+    journal.phase("old", "connecting")
+    journal.phase("web1", None)  # (pulled to the end)
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert code == 1 and out.startswith("PULLBACK WARNING - needs attention: old"), out
+
+    assert server_main(["--config", str(server.path), "release", "old"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"old: accepted that the previous pull (pid {os.getpid()}, started ")
+    assert out.endswith(
+        " was killed while connecting; disabled in server.yaml, it counts no more\n"
+    )
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert code == 0 and out.startswith("PULLBACK OK - 1 of 1 hosts ok (1 disabled: old)"), out
+    kept = read_journal(config.state_dir)
+    assert kept is not None and kept.phases == {"old": "connecting"} and kept.disabled == ()
+    assert pull_activity(config.state_dir, config.lock_dir, Roster.of(config.hosts)).killed is None
+    assert server_main(["--config", str(server.path), "release", "old"]) == 0
+    assert capsys.readouterr().out.endswith("; nothing to release\n")
+    # carried by a later pull, beside an enabled host's own cut: only old's is accepted
+    _journal(
+        server,
+        {
+            "hosts": {"web1": "storing"},
+            "carried": {
+                "pid": 999_998,
+                "started": "2026-12-02T03:00:00Z",
+                "hosts": {"old": "storing"},
+                "disabled": ["old"],
+            },
+        },
+    )
+    assert server_main(["--config", str(server.path), "release", "old"]) == 0
+    assert "pid 999998" in capsys.readouterr().out
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert code == 1 and out.startswith("PULLBACK WARNING - needs attention: web1;"), out
+    killed = pull_activity(config.state_dir, config.lock_dir, Roster.of(config.hosts)).killed
+    assert killed is not None and list(killed.phases) == ["web1"]

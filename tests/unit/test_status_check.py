@@ -343,3 +343,49 @@ def test_a_disabled_host_s_copy_hold_and_failures_count_as_its_primary_s(tmp_pat
     status_file.record_copies(config.state_dir, [CopyResult("old", newest=fresh)])
     code, out, _ = status(server, "--check", capsys=capsys)
     assert code == 0 and out.startswith("PULLBACK OK - 1 of 1 hosts ok (1 disabled: old)"), out
+
+
+def test_release_accepts_a_disabled_host_s_failed_named_pull(tmp_path, capsys):
+    """helper-144 F2: ``pull --host old`` (a last pull before the machine goes) failed,
+    the machine is gone: old was FAILED and ``--check`` WARNING for ever, since only a
+    pull of it that passes ended that, and the only way out was editing status.json by
+    hand. ``release old`` accepts it: old is ``disabled`` again, and says what it
+    accepted. An enabled host's failed pull is not accepted: a pull that passes ends it."""
+    from pullback.common.clock import iso, utc_now
+    from pullback.common.outcome import Status
+    from pullback.server.cli import main as server_main
+    from pullback.server.results import HostResult
+    from tests.helpers.status_servers import make_server, status, stored
+
+    server = make_server(tmp_path, "s", {"web1": None, "old": None}, disabled=("old",))
+    when = iso(utc_now())
+    server.pulled(stored("web1", 1), HostResult("old", Status.FAILED, "no route", started=when))
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert code == 1 and out.startswith("PULLBACK WARNING - last pull failed: old"), out
+
+    def release(host: str) -> tuple[int, str]:
+        code = server_main(["--config", str(server.path), "release", host])
+        return code, capsys.readouterr().out
+
+    assert release("old") == (
+        0,
+        f"old: accepted the failed pull of {when}: no route; disabled in server.yaml, "
+        "it counts no more\n",
+    )
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert code == 0 and out.startswith("PULLBACK OK - 1 of 1 hosts ok (1 disabled: old)"), out
+    entry = json.loads(server.status.read_text())["hosts"]["old"]
+    assert "pulled_disabled" not in entry and entry["last_result"] == "failed"
+    written = server.status.stat().st_mtime_ns
+    assert release("old") == (
+        0,
+        "old: forget is not held and no pull of it that a run named counts; nothing to release\n",
+    )
+    assert server.status.stat().st_mtime_ns == written, "nothing to do: nothing written"
+    # an enabled host's failure is not accepted
+    server.pulled(HostResult("web1", Status.FAILED, "cannot connect", started=when))
+    code, out = release("web1")
+    assert code == 0 and out.startswith("web1: forget is not held; nothing to release (its ")
+    assert "counts until a pull of it passes" in out
+    code, out, _ = status(server, "--check", capsys=capsys)
+    assert code == 1 and out.startswith("PULLBACK WARNING - last pull failed: web1"), out

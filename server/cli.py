@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "configured",
         parents=[parent],
-        help="exit 1 when server.yaml lists no host yet (for systemd's ExecCondition)",
+        help="exit 1 when server.yaml lists no enabled host (for systemd's ExecCondition)",
     )
     p.add_argument("--copy", action="store_true", help="exit 1 also when it has no copy: section")
     p = sub.add_parser(

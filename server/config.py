@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.config import load_validated
-from ..common.errors import EXIT_OK, ConfigError, UsageError
+from ..common.errors import EXIT_OK, ConfigError, PullbackError, UsageError
 from ..common.locks import FileLock
 from ..common.mail import EmailConfig, email_config
 from ..common.notify import NotifyConfig, notify_config
@@ -471,12 +472,31 @@ def configured(path: Path, args: argparse.Namespace) -> int:
     except ConfigError:
         return EXIT_OK
     if not any(h.enabled for h in config.hosts):
-        print(f"no host listed in {config.path}: nothing to pull yet")
+        if config.hosts:
+            _record_configured(config)
+            print(f"every host in {config.path} is disabled (enabled: false): nothing to pull")
+        else:
+            print(f"no host listed in {config.path}: nothing to pull yet")
         return 1
     if getattr(args, "copy", False) and config.backend.copy is None:
         print(f"no copy: section in {config.path}: nothing to copy")
         return 1
     return EXIT_OK
+
+
+def _record_configured(config: ServerConfig) -> None:
+    """Record in status.json that every host is disabled, as a pull would (none runs
+    now: :func:`~.status_file.record_configured`); what cannot be recorded is said and
+    skips the run all the same (a user who may not read status.json: nothing)."""
+    from .status_file import configured as listed
+    from .status_file import record_configured
+
+    try:
+        record_configured(config.state_dir, listed(config.hosts))
+    except PermissionError:
+        pass
+    except (OSError, PullbackError) as exc:
+        print(f"{config.state_dir}: could not record the disabled hosts: {exc}", file=sys.stderr)
 
 
 def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:

@@ -201,6 +201,40 @@ def configured(hosts: Iterable[HostConfig]) -> dict[str, dict]:
     }
 
 
+def _listed(hosts: Mapping[str, Mapping]) -> dict[str, dict]:
+    """``configured`` as status.json keeps it (by name)."""
+    return {name: dict(hosts[name]) for name in sorted(hosts)}
+
+
+CONFIGURED_WAIT = 10.0
+"""Seconds :func:`record_configured` waits for another writer of status.json (it runs
+in the units' ExecCondition=, before the run)."""
+
+
+def record_configured(state_dir: Path, hosts: Mapping[str, Mapping]) -> bool:
+    """Record ``hosts`` (:func:`configured`) as status.json's ``configured`` when no pull
+    will: every host is disabled, so the units' ExecCondition= skips every pull (a
+    monitoring machine merging the file judged hosts disabled since as enabled, stale,
+    CRITICAL for ever: helper-144 F5). Only into a status file a run wrote before (the
+    state directory is never made here), only when ``configured`` changes (nothing is
+    written else); a file that cannot be read is left to the next run that records.
+    Returns whether it was written. Raises OSError (status.json not readable: not root)
+    and PullbackError (another writer held it CONFIGURED_WAIT seconds)."""
+    if not (state_dir / STATUS_FILE).is_file():
+        return False
+    listed = _listed(hosts)
+    with _locked(state_dir, CONFIGURED_WAIT):
+        try:
+            status = read_status(state_dir)
+        except ValueError:
+            return False
+        if status.get("configured") == listed:
+            return False
+        status["configured"] = listed
+        _save(state_dir, status)
+        return True
+
+
 def record(
     state_dir: Path,
     results: list[HostResult],
@@ -292,7 +326,7 @@ def _record_fleet(
     """What :func:`record` keeps of hosts besides its results: ``configured`` and the
     sizes of hosts already known."""
     if hosts is not None:
-        status["configured"] = {name: dict(hosts[name]) for name in sorted(hosts)}
+        status["configured"] = _listed(hosts)
     for host, size in sizes.items():
         if isinstance(status["hosts"].get(host), dict):
             status["hosts"][host]["repository_bytes"] = size
@@ -358,14 +392,14 @@ STATUS_LOCK_WAIT = 300.0
 
 
 @contextlib.contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
+def _locked(state_dir: Path, wait: float = STATUS_LOCK_WAIT) -> Iterator[None]:
     """Hold ``status.lock`` while a writer reads, changes and saves the status file: a
     copy (its own lock) may record beside a pull or maintenance (the instance lock).
     Raises PullbackError (exit 1, not 75: the run did its work and could not record it)
-    when it stays held STATUS_LOCK_WAIT seconds."""
+    when it stays held ``wait`` seconds."""
     lock = FileLock(state_dir / STATUS_LOCK, "status.json")
     try:
-        lock.acquire(wait=STATUS_LOCK_WAIT)
+        lock.acquire(wait=wait)
     except LockBusy as exc:
         raise PullbackError(f"status.json could not be written: {exc}") from None
     with lock:

@@ -585,3 +585,38 @@ def test_a_huge_integer_in_this_server_s_status_json_is_dropped(tmp_path, capsys
     code, out, err = status(a, "--check", capsys=capsys)
     assert code == 0 and out.startswith("PULLBACK OK"), (code, out, err)
     assert "duration" not in status_file.read_status(a.config.state_dir)["hosts"]["a1"]
+
+
+def test_a_server_whose_every_host_is_disabled_records_it_though_it_never_pulls(tmp_path, capsys):
+    """helper-144 F5: b's last host disabled (b kept for restores), the units'
+    ExecCondition= (``pullback-server configured``) skipped every pull, so b's
+    status.json kept ``configured`` without ``enabled: false`` and a monitoring machine
+    merging it judged b1 enabled: stale, CRITICAL for ever. The condition records it
+    now, once (nothing written while it does not change), and never makes a status
+    file where no run made one."""
+    from pullback.server.cli import main as server_main
+
+    a = make_server(tmp_path, "a", {"a1": None})
+    a.pulled(stored("a1", 1))
+    b = make_server(tmp_path, "b", {"b1": "2h"})
+    b.pulled(stored("b1", 3))
+    b = make_server(tmp_path, "b", {"b1": "2h"}, disabled=("b1",))  # the admin's edit
+    code, out, _ = status(a, "--check", "--merge", str(b.renamed("backup-b")), capsys=capsys)
+    assert code == 2 and out.startswith("PULLBACK CRITICAL - stale: b1 (backup-b);"), out
+
+    assert server_main(["--config", str(b.path), "configured"]) == 1, "the run is skipped"
+    said = capsys.readouterr().out
+    assert said == f"every host in {b.path} is disabled (enabled: false): nothing to pull\n"
+    data = json.loads(b.status.read_text())
+    assert data["configured"] == {"b1": {"max_age": 2 * HOURS, "enabled": False}}
+    assert data["hosts"]["b1"]["last_result"] == "stored", "its record kept"
+    code, out, _ = status(a, "--check", "--merge", str(b.renamed("backup-b")), capsys=capsys)
+    assert code == 0 and out.startswith("PULLBACK OK - 1 of 1 hosts ok (1 disabled: b1 ("), out
+    written = b.status.stat().st_mtime_ns, b.status.stat().st_ino
+    assert server_main(["--config", str(b.path), "configured"]) == 1
+    assert (b.status.stat().st_mtime_ns, b.status.stat().st_ino) == written, "unchanged"
+    capsys.readouterr()
+    # a server that never pulled: no state directory is made
+    c = make_server(tmp_path, "c", {"c1": None}, disabled=("c1",))
+    assert server_main(["--config", str(c.path), "configured"]) == 1
+    assert not c.config.state_dir.exists()

@@ -486,7 +486,9 @@ def _unpack_limits(config: ClientConfig) -> UnpackLimits | None:
     ``min_free_space``, as a run keeps in its own directories. None when it is 0."""
     if not config.min_free_space:
         return None
-    return UnpackLimits(min_free=config.min_free_space, source="client.yaml")
+    return UnpackLimits(
+        min_free=config.min_free_space, source="client.yaml", place="in the temporary directory"
+    )
 
 
 def restore(config: ClientConfig, options: RestoreOptions) -> int:

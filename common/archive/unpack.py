@@ -131,6 +131,8 @@ class UnpackLimits:
     max_size: int | None = None
     max_entries: int | None = None
     source: str = "server.yaml"
+    place: str = "under the staging tree"
+    """Where it unpacks, for messages (a client's restore: "in the temporary directory")."""
     min_free: int | None = None
     """Bytes the staging tree's filesystem must keep free (and MIN_FREE_INODES inodes),
     looked at every FREE_CHECK_BYTES of data and FREE_CHECK_MEMBERS members."""
@@ -625,7 +627,7 @@ class Unpacker:
         if free - upcoming < limits.min_free or few_inodes:
             raise ArchiveTooLarge(
                 f"unpacking it would leave less than {human_size(limits.min_free)} or "
-                f"{MIN_FREE_INODES:,} inodes free where it is unpacked ({human_size(free)}, "
+                f"{MIN_FREE_INODES:,} inodes free {limits.place} ({human_size(free)}, "
                 f"{fs.f_favail:,} inodes left; min_free_space in {limits.source})"
             )
 

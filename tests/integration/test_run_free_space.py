@@ -129,6 +129,7 @@ def test_a_restore_unpacks_an_archive_only_while_min_free_space_stays_free(
     said = refused.stderr
     assert refused.returncode == 1, said[-2000:]
     assert "unpacking it would leave less than 480.0 MiB" in said, said[-2000:]
+    assert "inodes free in the temporary directory (" in said
     assert "min_free_space in client.yaml" in said
     assert (live / "blob").read_bytes() == b"changed after the snapshot"
     assert list(own_filesystem.iterdir()) == []

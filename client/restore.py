@@ -43,7 +43,7 @@ from ..common.signals import RESTORING, SignalGuard
 from ..common.text import counted, escaped, printable
 from ..plugins.manager import PluginSet, load_plugins
 from ..plugins.task import RestorePlan, Task, TaskType
-from . import stopped
+from . import free_space, stopped
 from .config import ClientConfig
 from .services import Service, discover
 from .stages import make_tasks
@@ -480,17 +480,6 @@ def _service(config: ClientConfig, options: RestoreOptions, plugins: PluginSet) 
     return service
 
 
-def _unpack_limits(config: ClientConfig) -> UnpackLimits | None:
-    """What a restore's unpacking keeps free where it unpacks (the temporary directory,
-    often the disk or the memory of the live system it restores onto):
-    ``min_free_space``, as a run keeps in its own directories. None when it is 0."""
-    if not config.min_free_space:
-        return None
-    return UnpackLimits(
-        min_free=config.min_free_space, source="client.yaml", place="in the temporary directory"
-    )
-
-
 def restore(config: ClientConfig, options: RestoreOptions) -> int:
     """Restore a service; returns the exit code. Raises PullbackError (UsageError for a
     wrong service, task or source)."""
@@ -509,7 +498,7 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
                 )
             sidecar_file = source.with_name(source.name + ".json")
             log.info("unpacking %s (checked against its manifest)", source.name)
-            unpacked = unpack_chain(source, space / "archive", _unpack_limits(config))
+            unpacked = unpack_chain(source, space / "archive", free_space.restore_limits(config))
         else:
             unpacked = source
         try:

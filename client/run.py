@@ -33,7 +33,7 @@ from ..common.errors import (
     UsageError,
     describe,
 )
-from ..common.fsutil import free_bytes, remove_tree_contents, set_dir_mode
+from ..common.fsutil import remove_tree_contents, set_dir_mode
 from ..common.log import PrefixAdapter, get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
@@ -43,7 +43,7 @@ from ..common.text import few, printable
 from ..common.trees import remove_tree
 from ..common.units import human_duration, human_size
 from ..plugins.manager import PluginSet, as_lines, load_plugins
-from . import incremental, outputs, stopped
+from . import free_space, incremental, outputs, stopped
 from .config import ClientConfig, IncrementalMode
 from .services import Service, discover
 from .stages import make_tasks, run_service, validate_service
@@ -87,56 +87,6 @@ def left_out(services: list[Service], chosen: list[Service]) -> list[str]:
     forget their snapshots, with every status saying ok)."""
     named = {s.name for s in chosen}
     return [s.name for s in services if s.enabled and s.name not in named]
-
-
-def check_free_space(config: ClientConfig) -> None:
-    """Refuse to start when the archive or work directory is short of space.
-
-    Raises PullbackError naming the directory, what is free and what is needed.
-    """
-    published = [a for a in archives.list_archives(config.archive_dir) if a.complete]
-    # the newest full archive: the newest archive may be a small delta, the run a full
-    fulls = [a for a in published if a.sidecar and not a.sidecar.archive.is_delta]
-    newest = (fulls or published)[-1].path.stat().st_size if published else 0
-    needs = {
-        config.archive_dir: (
-            max(config.min_free_space, int(newest * 1.1)),
-            f"1.1 x the newest full archive ({human_size(newest)})" if newest else "",
-        ),
-        config.work_dir: (config.min_free_space, ""),
-    }
-    for directory, (need, why) in needs.items():
-        free = free_bytes(directory)
-        if free < need:
-            because = why if need > config.min_free_space else "min_free_space"
-            raise PullbackError(
-                f"not enough free space in {directory}: {human_size(free)} free, "
-                f"need {human_size(need)} ({because}); free some space or lower min_free_space"
-            )
-
-
-FREE_SPACE_EVERY = 0.5
-"""Seconds between two looks at the free space while a run writes (a ``statvfs`` each)."""
-
-
-def short_of_space(config: ClientConfig) -> str | None:
-    """Words that stop a run (:meth:`~pullback.common.signals.SignalGuard.stop_when`):
-    the archive or work directory has less than ``min_free_space`` free, so the run
-    would go on to fill the disk of the machine it protects (a database there fails
-    when its disk is full). None while there is room, or it cannot be looked at (the
-    run's own writes then fail in words)."""
-    for directory in (config.work_dir, config.archive_dir):
-        try:
-            free = free_bytes(directory)
-        except OSError:
-            continue
-        if free < config.min_free_space:
-            return (
-                f"free space in {directory} fell to {human_size(free)}, below min_free_space "
-                f"({human_size(config.min_free_space)}): the run was stopped before it "
-                "filled the disk"
-            )
-    return None
 
 
 def dry_run(services: list[Service], plugins: PluginSet) -> int:
@@ -261,8 +211,7 @@ def _recover_and_run(
         client_run.left_out = left_out(found, services)
         limit = config.run_timeout
         why = f"the run took longer than its run_timeout ({human_duration(limit)})"
-        watch = (lambda: short_of_space(config)) if config.min_free_space else (lambda: None)
-        with guard.time_limit(limit, why), guard.stop_when(watch, FREE_SPACE_EVERY):
+        with guard.time_limit(limit, why):
             return client_run.run()
     except PullbackError as exc:
         with guard.shielded():  # (a stop waits for the report of what it stopped)
@@ -408,6 +357,7 @@ class ClientRun:
         self.started = time.monotonic()
         self.reports: list[ServiceReport] = []
         _prepare_directories(config)  # before the stamp: a leftover may hold its name
+        self.space = free_space.FreeSpaceWatch(config)
         self.stamp, self.created = _new_stamp(config)
         self.name = archives.archive_name(config.hostname, self.stamp, config.archive_suffix)
         self.tmp = config.archive_dir / f".{self.name}.{os.getpid()}{archives.PARTIAL_SUFFIX}"
@@ -427,7 +377,11 @@ class ClientRun:
         log.info("run %s: %d service(s): %s", self.stamp, len(self.services), names)
         cache = self.plan_incremental()
         try:
-            written = self.write()
+            # (only while it writes: a stop once the archive is made gains no space, and
+            # one raised as its publish ends said "nothing published" of a published one)
+            with self.guard.stop_when(self.space.words, free_space.EVERY):
+                written = self.write()
+            self.space.look()
             if written is None:
                 return RunResult(EXIT_FAILED, self.reports)
             self.verify(written)
@@ -447,6 +401,7 @@ class ClientRun:
             if cache is not None:
                 cache.close()
             remove_tree(self.work, ignore_errors=True)
+            self.space.record()
         log.info(
             "published %s (%s, %d files, %s of data) in %s",
             published.name,
@@ -602,7 +557,7 @@ def _prepare_directories(config: ClientConfig) -> None:
     leftovers = remove_tree_contents(config.work_dir) + archives.remove_partials(config.archive_dir)
     if leftovers:
         log.warning("removed leftovers of an interrupted run: %s", ", ".join(leftovers))
-    check_free_space(config)
+    free_space.check_free_space(config)
 
 
 def fresh(config: ClientConfig) -> str | None:

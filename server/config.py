@@ -486,17 +486,26 @@ def configured(path: Path, args: argparse.Namespace) -> int:
 
 def _record_configured(config: ServerConfig) -> None:
     """Record in status.json that every host is disabled, as a pull would (none runs
-    now: :func:`~.status_file.record_configured`); what cannot be recorded is said and
-    skips the run all the same (a user who may not read status.json: nothing)."""
+    now: :func:`~.status_file.record_configured`), and write the metrics file and the
+    status page again, as the hourly pull did (their timestamp went stale, and an alert
+    on it fired for ever; they said the hosts were enabled); what cannot be recorded is
+    said and skips the run all the same (a user who may not read status.json: nothing)."""
+    from .outputs import publish, record_problems
+    from .status_file import STATUS_FILE, record_configured
     from .status_file import configured as listed
-    from .status_file import record_configured
 
     try:
         record_configured(config.state_dir, listed(config.hosts))
     except PermissionError:
-        pass
+        return
     except (OSError, PullbackError) as exc:
         print(f"{config.state_dir}: could not record the disabled hosts: {exc}", file=sys.stderr)
+        return
+    if not (config.state_dir / STATUS_FILE).is_file():
+        return  # (a server that never pulled: nothing to show, no state directory made)
+    status, unwritten = publish(config)
+    if unwritten or "outputs" in status:  # (status.json not written again for nothing)
+        record_problems(config, unwritten)
 
 
 def load_server_config(path: str | os.PathLike = DEFAULT_PATH) -> ServerConfig:

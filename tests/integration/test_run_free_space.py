@@ -12,9 +12,12 @@ run writes); a plugin in ``plugin_dirs`` writes as a dump would, a MiB at a time
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import subprocess
+import time
 
 import pytest
 
@@ -129,7 +132,9 @@ def test_a_restore_unpacks_an_archive_only_while_min_free_space_stays_free(
     said = refused.stderr
     assert refused.returncode == 1, said[-2000:]
     assert "unpacking it would leave less than 480.0 MiB" in said, said[-2000:]
-    assert "inodes free in the temporary directory (" in said
+    assert f"inodes free in the temporary directory {own_filesystem} (TMPDIR can name another)" in (
+        said
+    )
     assert "min_free_space in client.yaml" in said
     assert (live / "blob").read_bytes() == b"changed after the snapshot"
     assert list(own_filesystem.iterdir()) == []
@@ -137,3 +142,136 @@ def test_a_restore_unpacks_an_archive_only_while_min_free_space_stays_free(
     done = box.cli(*argv, timeout=120, env={"TMPDIR": str(own_filesystem)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert (live / "blob").stat().st_size == 64 * MIB
+
+
+def test_the_start_asks_for_what_the_last_run_took_before_it_stops_anything(
+    box, tmp_path, own_filesystem
+):
+    """A run whose dump is the same every day, on a disk with room for min_free_space
+    but not for min_free_space and that dump: the start asked for min_free_space alone,
+    the prepare stopped the applications, and the watch stopped the run half way, every
+    day (helper-147). The start asks for what the last run took (recorded in
+    .client-space.json), and refuses before it stops anything."""
+    box.archives, box.work = own_filesystem / "archives", own_filesystem / "work"
+    where = {
+        "plugin_dirs": [str(tmp_path / "plugins")],
+        "archive_dir": str(box.archives),
+        "work_dir": str(box.work),
+    }
+    box.write_config(**where)
+    box.add_service("app", "service:\n  name: app\nfiller:\n  mib: 100\n")
+    out = tmp_path / "out"
+    first = box.cli("run", timeout=300, env={"FILL_OUT": str(out)})
+    assert first.returncode == 0, first.stderr[-2000:]
+    took = json.loads((box.archives / ".client-space.json").read_text())["took"]
+    # the 100 MiB dump, less what the last look before its staging went missed (a look
+    # every half second)
+    assert took[str(box.work)] >= 75 * MIB, took
+    assert shutil.disk_usage(own_filesystem).free > 490 * MIB  # (the archive: compressed)
+    (out / "stopped").unlink()
+    box.write_config(**where, min_free_space="450M")
+    second = box.cli("run", timeout=300, env={"FILL_OUT": str(out)})
+    said = second.stderr
+    assert second.returncode == 1, said[-2000:]
+    assert f"not enough free space in {box.archives}: " in said, said[-2000:]
+    assert "(min_free_space and the " in said and "the last run took there" in said
+    assert not (out / "stopped").exists()  # refused before the prepare stopped anything
+    assert len(box.published()) == 1
+
+
+WAITER = r"""
+import os, time
+from pathlib import Path
+from pullback.plugins import TaskType, hookimpl
+
+OUT = Path(os.environ["FILL_OUT"])
+
+
+@hookimpl
+def pullback_task_types():
+    return [TaskType("waiter", {"type": "object", "additionalProperties": False})]
+
+
+@hookimpl
+def pullback_dump(task):
+    (task.staging / "dump.txt").write_text("a small dump\n")
+    (OUT / "dumping").write_text("")
+    while not (OUT / "go").exists():
+        time.sleep(0.05)
+"""
+
+
+def _wait_for(found, run: subprocess.Popen, deadline: float) -> None:
+    while not found():
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.05)
+
+
+def test_a_full_disk_once_the_archive_is_made_stops_nothing(tmp_path, own_filesystem):
+    """The watch ends as the archive is written: a stop raised as the (shielded) publish
+    ended reported "nothing published" of a published archive, exit 143, the retention
+    skipped (helper-147). The publish here waits for the archive directory's lock, as
+    behind a pull's mark-fetched, while the disk fills and empties again."""
+    box = with_plugin(ClientSandbox(tmp_path / "client"), "waiter", WAITER)
+    out = tmp_path / "out"
+    out.mkdir()
+    box.write_config(
+        plugin_dirs=[str(tmp_path / "plugins")],
+        work_dir=str(own_filesystem / "work"),
+        min_free_space="100M",
+    )
+    box.add_service("app", "service:\n  name: app\nwaiter: {}\n")
+    run = box.popen("run", env={**os.environ, "FILL_OUT": str(out)})
+    deadline = time.monotonic() + 60
+    try:
+        _wait_for((out / "dumping").exists, run, deadline)
+        fd = os.open(box.archives / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        (out / "go").write_text("")
+        _wait_for(lambda: list(box.archives.glob(".*.json.*.partial")), run, deadline)
+        with open(own_filesystem / "db-growth", "wb") as grow:  # the database grows
+            grow.write(bytes(450 * MIB))
+        time.sleep(1.5)  # three looks, had the watch stayed on
+        os.unlink(own_filesystem / "db-growth")
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, stderr[-2000:]
+    assert len(box.published()) == 1
+    assert json.loads((box.archives / ".client-status.json").read_text())["last_run_ok"]
+
+
+@pytest.fixture
+def few_inodes(tmp_path):
+    """A tmpfs of this test's own with room for 512 MiB and 30,000 inodes."""
+    where = tmp_path / "fsi"
+    where.mkdir()
+    options = "size=512m,nr_inodes=30000"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", where], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", where], check=False)
+
+
+def test_a_run_that_would_use_up_the_inodes_is_stopped(tmp_path, few_inodes):
+    """A dump of many small files uses up the inodes of a disk with room to spare: a
+    database there fails as on a full one. The watch keeps 10,000 inodes free, as the
+    unpacker does (helper-147)."""
+    box = ClientSandbox(tmp_path / "client")
+    work = few_inodes / "work"
+    box.write_config(work_dir=str(work), min_free_space="16M")
+    dump = (
+        "i=0; while [ $i -lt 40000 ]; do : > f$i || exit 1; i=$((i+1)); "
+        "case $i in *000) sleep 0.05;; esac; done"
+    )
+    box.add_service("app", f"service: {{name: app}}\ncommand:\n  dump:\n    - {json.dumps(dump)}\n")
+    result = box.cli("run", timeout=300)
+    said = result.stderr
+    assert result.returncode == 143, said[-2000:]
+    assert f"free inodes in {work} fell to " in said and "below 10,000" in said, said[-2000:]
+    assert "No space left on device" not in said
+    assert list(work.iterdir()) == []

@@ -620,3 +620,28 @@ def test_a_server_whose_every_host_is_disabled_records_it_though_it_never_pulls(
     c = make_server(tmp_path, "c", {"c1": None}, disabled=("c1",))
     assert server_main(["--config", str(c.path), "configured"]) == 1
     assert not c.config.state_dir.exists()
+
+
+def test_a_server_whose_every_host_is_disabled_keeps_its_metrics_written(tmp_path, capsys):
+    """helper-147: the condition that records every host disabled (the hourly pull never
+    runs again) left the metrics file as the last pull wrote it: the hosts enabled, and
+    its timestamp going stale, so the documented PullbackMetricsNotWritten alert fired
+    for ever. It writes the metrics file and the status page again, each time."""
+    from pullback.server.cli import main as server_main
+    from pullback.server.config import load_server_config
+
+    server = make_server(tmp_path, "s", {"web1": None})
+    metrics = tmp_path / "pullback.prom"
+    text = server.path.read_text() + f"metrics_file: {metrics}\n"
+    server.path.write_text(text)
+    server.config = load_server_config(server.path)
+    server.pulled(stored("web1", 1))
+    assert server_main(["--config", str(server.path), "publish"]) == 0
+    assert 'pullback_host_enabled{host="web1"} 1' in metrics.read_text()
+    server.path.write_text(text.replace("  - name: web1\n", "  - name: web1\n    enabled: false\n"))
+    metrics.write_text("# an old one\n")
+    assert server_main(["--config", str(server.path), "configured"]) == 1
+    capsys.readouterr()
+    said = metrics.read_text()
+    assert 'pullback_host_enabled{host="web1"} 0' in said, said[:1500]
+    assert "pullback_metrics_timestamp_seconds" in said

@@ -1,0 +1,166 @@
+"""A client run's disk space: it starts only with room for what it writes, and stops
+before it fills the disk of the machine it backs up (a database there fails when its disk
+is full).
+
+``min_free_space`` (client.yaml) is what a run leaves free in its work and archive
+directories. At the start a run asks for that plus what the last run took there (the
+largest drop of their free space it saw, recorded in ``.client-space.json`` in the archive
+directory), and in the archive directory at least 1.1 times the newest full archive. While
+it writes, :class:`FreeSpaceWatch` looks at both twice a second and stops it below
+``min_free_space``, or below MIN_FREE_INODES inodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..common import jsontext
+from ..common.archive import directory as archives
+from ..common.archive.unpack import MIN_FREE_INODES, UnpackLimits
+from ..common.errors import PullbackError
+from ..common.fsutil import atomic_write, free_bytes
+from ..common.log import get_logger
+from ..common.units import human_size
+from .config import ClientConfig
+
+log = get_logger()
+
+EVERY = 0.5
+"""Seconds between two looks at the free space while a run writes (a ``statvfs`` each)."""
+
+SPACE_FILE = ".client-space.json"
+"""In the archive directory: what the last run took in each directory, in bytes
+(``{"took": {"/var/lib/pullback/work": 123, ...}}``), read by the next run's start."""
+
+MAX_SPACE_FILE = 64 * 1024
+"""Bytes of SPACE_FILE read at most (it holds two numbers)."""
+
+
+def check_free_space(config: ClientConfig) -> None:
+    """Refuse to start when the archive or work directory is short of space: each needs
+    ``min_free_space`` and what the last run took there (nothing when it is 0); the
+    archive directory also 1.1 x the newest full archive.
+
+    Raises PullbackError naming the directory, what is free and what is needed.
+    """
+    published = [a for a in archives.list_archives(config.archive_dir) if a.complete]
+    # the newest full archive: the newest archive may be a small delta, the run a full
+    fulls = [a for a in published if a.sidecar and not a.sidecar.archive.is_delta]
+    newest = (fulls or published)[-1].path.stat().st_size if published else 0
+    took = last_took(config) if config.min_free_space else {}
+    for directory in (config.archive_dir, config.work_dir):
+        before = took.get(str(directory), 0)
+        need, why = config.min_free_space + before, "min_free_space"
+        if before:
+            why += f" and the {human_size(before)} the last run took there ({SPACE_FILE})"
+        if directory == config.archive_dir and int(newest * 1.1) > need:
+            need, why = int(newest * 1.1), f"1.1 x the newest full archive ({human_size(newest)})"
+        free = free_bytes(directory)
+        if free < need:
+            raise PullbackError(
+                f"not enough free space in {directory}: {human_size(free)} free, "
+                f"need {human_size(need)} ({why}); free some space or lower min_free_space"
+            )
+
+
+def last_took(config: ClientConfig) -> dict[str, int]:
+    """What the last run took in each directory (SPACE_FILE), by its path; empty when
+    nothing is recorded or the file is not as this module writes it (then said)."""
+    path = config.archive_dir / SPACE_FILE
+    try:
+        with open(path, "rb") as handle:
+            data = jsontext.document(handle.read(MAX_SPACE_FILE + 1))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("%s not read (%s): the start asks for min_free_space alone", path, exc)
+        return {}
+    took = data.get("took") if isinstance(data, dict) else None
+    if not isinstance(took, dict):
+        log.warning("%s holds no 'took': the start asks for min_free_space alone", path)
+        return {}
+    return {
+        k: v for k, v in took.items() if type(v) is int and 0 <= v < 1 << 62 and isinstance(k, str)
+    }
+
+
+class FreeSpaceWatch:
+    """Watches the free space of a run's work and archive directories while it writes
+    (:meth:`~pullback.common.signals.SignalGuard.stop_when` calls :meth:`words`), and
+    keeps the largest drop it saw in each for the next run's start (:meth:`record`)."""
+
+    def __init__(self, config: ClientConfig):
+        self.config = config
+        self.directories = tuple(dict.fromkeys((config.work_dir, config.archive_dir)))
+        self.start: dict[Path, int] = {}
+        self.lowest: dict[Path, int] = {}
+        for directory in self.directories:
+            try:
+                self.start[directory] = self.lowest[directory] = free_bytes(directory)
+            except OSError:
+                continue
+
+    def words(self) -> str | None:
+        """Words that stop the run: a directory has less than ``min_free_space`` free,
+        or fewer than MIN_FREE_INODES inodes. None while there is room, when
+        ``min_free_space`` is 0, or when it cannot be looked at (the run's own writes
+        then fail in words). Never raises."""
+        for directory in self.directories:
+            fs = self._look(directory)
+            if fs is None or not self.config.min_free_space:
+                continue
+            free = fs.f_bavail * fs.f_frsize
+            if free < self.config.min_free_space:
+                return (
+                    f"free space in {directory} fell to {human_size(free)}, below "
+                    f"min_free_space ({human_size(self.config.min_free_space)}): the run "
+                    "was stopped before it filled the disk"
+                )
+            if fs.f_files > 0 and fs.f_favail < MIN_FREE_INODES:  # (btrfs counts none)
+                return (
+                    f"free inodes in {directory} fell to {fs.f_favail:,}, below "
+                    f"{MIN_FREE_INODES:,}: the run was stopped before it used them all"
+                )
+        return None
+
+    def look(self) -> None:
+        """Look at each directory once more (the run's writing ended: what it took is
+        all there, before its staging is removed). Never raises."""
+        for directory in self.directories:
+            self._look(directory)
+
+    def _look(self, directory: Path) -> os.statvfs_result | None:
+        """The file system status of ``directory`` (None when it cannot be looked at),
+        its free space kept when it is the lowest seen."""
+        try:
+            fs = os.statvfs(directory)
+        except OSError:
+            return None
+        free = fs.f_bavail * fs.f_frsize
+        self.lowest[directory] = min(self.lowest.get(directory, free), free)
+        return fs
+
+    def record(self) -> None:
+        """Write what the run took in each directory (the largest drop of its free
+        space seen) to SPACE_FILE, for the next run's start. A failure is a warning."""
+        took = {
+            str(d): max(0, self.start[d] - self.lowest.get(d, self.start[d])) for d in self.start
+        }
+        path = self.config.archive_dir / SPACE_FILE
+        try:
+            atomic_write(path, json.dumps({"took": took}, sort_keys=True) + "\n", mode=0o640)
+        except OSError as exc:
+            log.warning("what this run took of the disk was not recorded in %s: %s", path, exc)
+
+
+def restore_limits(config: ClientConfig) -> UnpackLimits | None:
+    """What a restore's unpacking keeps free where it unpacks (the temporary directory,
+    often the disk or the memory of the live system it restores onto):
+    ``min_free_space``, as a run keeps in its own directories. None when it is 0."""
+    if not config.min_free_space:
+        return None
+    place = f"in the temporary directory {tempfile.gettempdir()} (TMPDIR can name another)"
+    return UnpackLimits(min_free=config.min_free_space, source="client.yaml", place=place)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -41,8 +42,9 @@ MAX_SPACE_FILE = 64 * 1024
 
 def check_free_space(config: ClientConfig) -> None:
     """Refuse to start when the archive or work directory is short of space: each needs
-    ``min_free_space`` and what the last run took there (nothing when it is 0); the
-    archive directory also 1.1 x the newest full archive.
+    ``min_free_space`` and what the last run took there, and MIN_FREE_INODES inodes
+    (none of it when ``min_free_space`` is 0); the archive directory also 1.1 x the
+    newest full archive.
 
     Raises PullbackError naming the directory, what is free and what is needed.
     """
@@ -52,26 +54,52 @@ def check_free_space(config: ClientConfig) -> None:
     newest = (fulls or published)[-1].path.stat().st_size if published else 0
     took = last_took(config) if config.min_free_space else {}
     for directory in (config.archive_dir, config.work_dir):
-        before = took.get(str(directory), 0)
-        need, why = config.min_free_space + before, "min_free_space"
-        if before:
-            why += f" and the {human_size(before)} the last run took there ({SPACE_FILE})"
+        fs = os.statvfs(directory)
+        free = fs.f_bavail * fs.f_frsize
+        need, why = _need(config, took.get(str(directory), 0))
         if directory == config.archive_dir and int(newest * 1.1) > need:
             need, why = int(newest * 1.1), f"1.1 x the newest full archive ({human_size(newest)})"
-        free = free_bytes(directory)
         if free < need:
             raise PullbackError(
                 f"not enough free space in {directory}: {human_size(free)} free, "
                 f"need {human_size(need)} ({why}); free some space or lower min_free_space"
             )
+        if config.min_free_space:
+            _check_inodes(directory, fs)
+
+
+def _check_inodes(directory: Path, fs: os.statvfs_result) -> None:
+    """Refuse (PullbackError) a directory whose file system has fewer than
+    MIN_FREE_INODES free inodes (a file system that counts none, btrfs, passes)."""
+    if fs.f_files > 0 and fs.f_favail < MIN_FREE_INODES:
+        raise PullbackError(
+            f"not enough free inodes in {directory}: {fs.f_favail:,} free, need "
+            f"{MIN_FREE_INODES:,}; remove some files (a run stops below that)"
+        )
+
+
+def _need(config: ClientConfig, took: int) -> tuple[int, str]:
+    """What a directory the last run took ``took`` bytes of needs free, and why."""
+    why = "min_free_space"
+    if took:
+        why += (
+            f" and the {human_size(took)} the last run took there, recorded in "
+            f"{config.archive_dir / SPACE_FILE}: delete it if other data took that"
+        )
+    return config.min_free_space + took, why
 
 
 def last_took(config: ClientConfig) -> dict[str, int]:
-    """What the last run took in each directory (SPACE_FILE), by its path; empty when
-    nothing is recorded or the file is not as this module writes it (then said)."""
+    """What the last run took in each directory (SPACE_FILE), by its path: only what
+    its file system could hold. Empty when nothing is recorded or the file is not as
+    this module writes it (then said: a regular file, JSON, at most MAX_SPACE_FILE)."""
     path = config.archive_dir / SPACE_FILE
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        with open(path, "rb") as handle:
+        fd = os.open(path, flags)  # (a FIFO there blocked the start for ever)
+        with open(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError("not a regular file")
             data = jsontext.document(handle.read(MAX_SPACE_FILE + 1))
     except FileNotFoundError:
         return {}
@@ -82,9 +110,18 @@ def last_took(config: ClientConfig) -> dict[str, int]:
     if not isinstance(took, dict):
         log.warning("%s holds no 'took': the start asks for min_free_space alone", path)
         return {}
-    return {
-        k: v for k, v in took.items() if type(v) is int and 0 <= v < 1 << 62 and isinstance(k, str)
-    }
+    return {k: v for k, v in took.items() if isinstance(k, str) and _possible(k, v)}
+
+
+def _possible(directory: str, took: object) -> bool:
+    """Whether ``took`` is a number of bytes the file system of ``directory`` can hold."""
+    if type(took) is not int or took < 0:
+        return False
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        return False
+    return took <= fs.f_blocks * fs.f_frsize
 
 
 class FreeSpaceWatch:
@@ -106,11 +143,13 @@ class FreeSpaceWatch:
     def words(self) -> str | None:
         """Words that stop the run: a directory has less than ``min_free_space`` free,
         or fewer than MIN_FREE_INODES inodes. None while there is room, when
-        ``min_free_space`` is 0, or when it cannot be looked at (the run's own writes
-        then fail in words). Never raises."""
+        ``min_free_space`` is 0 (no look then), or when it cannot be looked at (the
+        run's own writes then fail in words). Never raises."""
+        if not self.config.min_free_space:
+            return None
         for directory in self.directories:
             fs = self._look(directory)
-            if fs is None or not self.config.min_free_space:
+            if fs is None:
                 continue
             free = fs.f_bavail * fs.f_frsize
             if free < self.config.min_free_space:
@@ -129,6 +168,8 @@ class FreeSpaceWatch:
     def look(self) -> None:
         """Look at each directory once more (the run's writing ended: what it took is
         all there, before its staging is removed). Never raises."""
+        if not self.config.min_free_space:
+            return
         for directory in self.directories:
             self._look(directory)
 
@@ -143,12 +184,21 @@ class FreeSpaceWatch:
         self.lowest[directory] = min(self.lowest.get(directory, free), free)
         return fs
 
-    def record(self) -> None:
+    def record(self, complete: bool) -> None:
         """Write what the run took in each directory (the largest drop of its free
-        space seen) to SPACE_FILE, for the next run's start. A failure is a warning."""
+        space seen) to SPACE_FILE, for the next run's start: a ``complete`` run (every
+        enabled service archived, published) sets it; any other (stopped, failed,
+        ``run --service``) only raises it, since it may have written less than a whole
+        run does. Nothing when ``min_free_space`` is 0. A failure is a warning."""
+        if not self.config.min_free_space:
+            return
         took = {
             str(d): max(0, self.start[d] - self.lowest.get(d, self.start[d])) for d in self.start
         }
+        if not complete:
+            for directory, before in last_took(self.config).items():
+                if directory in took:
+                    took[directory] = max(took[directory], before)
         path = self.config.archive_dir / SPACE_FILE
         try:
             atomic_write(path, json.dumps({"took": took}, sort_keys=True) + "\n", mode=0o640)

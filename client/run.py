@@ -376,6 +376,7 @@ class ClientRun:
         names = ", ".join(s.name for s in self.services)
         log.info("run %s: %d service(s): %s", self.stamp, len(self.services), names)
         cache = self.plan_incremental()
+        complete = False  # (every enabled service archived and published)
         try:
             # (only while it writes: a stop once the archive is made gains no space, and
             # one raised as its publish ends said "nothing published" of a published one)
@@ -392,6 +393,7 @@ class ClientRun:
                 published = archives.publish(self.tmp, sidecar, self.config.archive_dir)
                 if cache is not None:
                     cache.swap()  # after the archive: a crash between keeps the old base
+            complete = self.complete()
         except (ArchiveError, LockBusy) as exc:
             # (the archive directory's lock held past its wait: a failure of this run,
             # exit 1 and reported, not another run's lock, exit 75)
@@ -401,7 +403,7 @@ class ClientRun:
             if cache is not None:
                 cache.close()
             remove_tree(self.work, ignore_errors=True)
-            self.space.record()
+            self.space.record(complete)
         log.info(
             "published %s (%s, %d files, %s of data) in %s",
             published.name,
@@ -503,6 +505,10 @@ class ClientRun:
                 log.error("nothing succeeded; no archive was published")
                 return None
             return self.writer.finish()
+
+    def complete(self) -> bool:
+        """Whether this run archived every enabled service (none failed or left out)."""
+        return not self.left_out and all(r.status == Status.OK for r in self.reports)
 
     def verify(self, written: WrittenArchive) -> None:
         """Read the archive back against its manifest, when the compressor's own checks

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -275,3 +276,91 @@ def test_a_run_that_would_use_up_the_inodes_is_stopped(tmp_path, few_inodes):
     assert f"free inodes in {work} fell to " in said and "below 10,000" in said, said[-2000:]
     assert "No space left on device" not in said
     assert list(work.iterdir()) == []
+
+
+@pytest.fixture
+def on_own(box, tmp_path, own_filesystem) -> ClientSandbox:
+    """``box`` with its archive and work directories on the test's own tmpfs."""
+    box.archives, box.work = own_filesystem / "archives", own_filesystem / "work"
+    box.where = {
+        "plugin_dirs": [str(tmp_path / "plugins")],
+        "archive_dir": str(box.archives),
+        "work_dir": str(box.work),
+    }
+    box.env = {"FILL_OUT": str(tmp_path / "out")}
+    return box
+
+
+def test_too_few_inodes_at_the_start_refuse_before_anything_is_stopped(tmp_path, few_inodes):
+    """Fewer than 10,000 free inodes: the watch stopped every run at its first look,
+    after the prepare stopped the applications; the start looked at bytes only
+    (helper-148)."""
+    for i in range(21_000):
+        (few_inodes / f"f{i}").touch()
+    box = with_plugin(ClientSandbox(tmp_path / "client"), "filler", PLUGIN)
+    out = tmp_path / "out"
+    out.mkdir()
+    work = few_inodes / "work"
+    box.write_config(plugin_dirs=[str(tmp_path / "plugins")], work_dir=str(work))
+    box.add_service("app", "service:\n  name: app\nfiller:\n  mib: 2\n")
+    result = box.cli("run", timeout=120, env={"FILL_OUT": str(out)})
+    said = result.stderr
+    assert result.returncode == 1, said[-2000:]
+    assert f"not enough free inodes in {work}: " in said and "need 10,000" in said, said
+    assert not (out / "stopped").exists()
+
+
+def test_a_run_of_one_small_service_does_not_lower_what_the_whole_run_takes(on_own, own_filesystem):
+    """``run --service small`` (or a run stopped, or whose big dump failed) recorded
+    what it took, next to nothing, and the next whole run on a disk without room for
+    it was started, its applications stopped, and stopped half way (helper-148). Only a
+    run of every service, published, lowers the record; any other raises it only."""
+    box = on_own
+    box.write_config(**box.where, min_free_space="300M")
+    box.add_service("big", "service:\n  name: big\nfiller:\n  mib: 100\n")
+    box.add_service("small", "service:\n  name: small\nfiller:\n  mib: 1\n")
+    first = box.cli("run", timeout=300, env=box.env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    space = box.archives / ".client-space.json"
+    took = json.loads(space.read_text())["took"][str(box.work)]
+    assert took >= 75 * MIB
+    small = box.cli("run", "--service", "small", timeout=300, env=box.env)
+    assert small.returncode == 0, small.stderr[-2000:]
+    assert json.loads(space.read_text())["took"][str(box.work)] == took
+    free = shutil.disk_usage(own_filesystem).free  # room for min_free_space, not the dump
+    (own_filesystem / "ballast").write_bytes(bytes(free - 300 * MIB - 60 * MIB))
+    stopped = Path(box.env["FILL_OUT"]) / "stopped"
+    stopped.unlink()
+    third = box.cli("run", timeout=300, env=box.env)
+    assert third.returncode == 1, third.stderr[-2000:]
+    assert f"recorded in {space}: delete it if other data took that" in third.stderr
+    assert not stopped.exists()  # refused before the prepare stopped anything
+
+
+def test_min_free_space_0_looks_at_nothing_and_records_nothing(on_own):
+    box = on_own
+    box.write_config(**box.where, min_free_space="0")
+    box.add_service("app", "service:\n  name: app\nfiller:\n  mib: 2\n")
+    result = box.cli("run", timeout=120, env=box.env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (box.archives / ".client-space.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "impossible"])
+def test_a_record_of_another_kind_is_said_and_left_out(tmp_path, kind):
+    """A FIFO in the record's place blocked the start for ever, under the run's lock and
+    outside run_timeout; a record no disk could hold (more than the file system) refused
+    every start (helper-148). Both are said and the start asks for min_free_space alone."""
+    box = ClientSandbox(tmp_path / "client")
+    box.write_config(run_timeout="5s")
+    box.add_service("app", "service: {name: app}\ncommand:\n  dump: ['true']\n")
+    box.archives.mkdir(parents=True, exist_ok=True)
+    space = box.archives / ".client-space.json"
+    if kind == "fifo":
+        os.mkfifo(space)
+    else:
+        space.write_text(json.dumps({"took": {str(box.archives): 1 << 61, str(box.work): 1 << 61}}))
+    result = box.cli("run", timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    if kind == "fifo":
+        assert f"{space} not read (not a regular file)" in result.stderr

@@ -392,14 +392,14 @@ STATUS_LOCK_WAIT = 300.0
 
 
 @contextlib.contextmanager
-def _locked(state_dir: Path, wait: float = STATUS_LOCK_WAIT) -> Iterator[None]:
+def _locked(state_dir: Path, wait: float | None = None) -> Iterator[None]:
     """Hold ``status.lock`` while a writer reads, changes and saves the status file: a
     copy (its own lock) may record beside a pull or maintenance (the instance lock).
     Raises PullbackError (exit 1, not 75: the run did its work and could not record it)
-    when it stays held ``wait`` seconds."""
+    when it stays held ``wait`` seconds (STATUS_LOCK_WAIT when None, read at the call)."""
     lock = FileLock(state_dir / STATUS_LOCK, "status.json")
     try:
-        lock.acquire(wait=wait)
+        lock.acquire(wait=STATUS_LOCK_WAIT if wait is None else wait)
     except LockBusy as exc:
         raise PullbackError(f"status.json could not be written: {exc}") from None
     with lock:

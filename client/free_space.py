@@ -20,9 +20,9 @@ from pathlib import Path
 
 from ..common import jsontext
 from ..common.archive import directory as archives
-from ..common.archive.unpack import MIN_FREE_INODES, UnpackLimits
+from ..common.archive.unpack import UnpackLimits
 from ..common.errors import PullbackError
-from ..common.fsutil import atomic_write, free_bytes
+from ..common.fsutil import MIN_FREE_INODES, Room, atomic_write, free_bytes, room
 from ..common.log import get_logger
 from ..common.units import human_size
 from .config import ClientConfig
@@ -54,8 +54,8 @@ def check_free_space(config: ClientConfig) -> None:
     newest = (fulls or published)[-1].path.stat().st_size if published else 0
     took = last_took(config) if config.min_free_space else {}
     for directory in (config.archive_dir, config.work_dir):
-        fs = os.statvfs(directory)
-        free = fs.f_bavail * fs.f_frsize
+        left = room(directory)
+        free = left.free
         need, why = _need(config, took.get(str(directory), 0))
         if directory == config.archive_dir and int(newest * 1.1) > need:
             need, why = int(newest * 1.1), f"1.1 x the newest full archive ({human_size(newest)})"
@@ -64,18 +64,11 @@ def check_free_space(config: ClientConfig) -> None:
                 f"not enough free space in {directory}: {human_size(free)} free, "
                 f"need {human_size(need)} ({why}); free some space or lower min_free_space"
             )
-        if config.min_free_space:
-            _check_inodes(directory, fs)
-
-
-def _check_inodes(directory: Path, fs: os.statvfs_result) -> None:
-    """Refuse (PullbackError) a directory whose file system has fewer than
-    MIN_FREE_INODES free inodes (a file system that counts none, btrfs, passes)."""
-    if fs.f_files > 0 and fs.f_favail < MIN_FREE_INODES:
-        raise PullbackError(
-            f"not enough free inodes in {directory}: {fs.f_favail:,} free, need "
-            f"{MIN_FREE_INODES:,}; remove some files (a run stops below that)"
-        )
+        if config.min_free_space and left.few_inodes:
+            raise PullbackError(
+                f"not enough free inodes in {directory}: {left.inodes:,} free, need "
+                f"{MIN_FREE_INODES:,}; remove some files (a run stops below that)"
+            )
 
 
 def _need(config: ClientConfig, took: int) -> tuple[int, str]:
@@ -118,10 +111,9 @@ def _possible(directory: str, took: object) -> bool:
     if type(took) is not int or took < 0:
         return False
     try:
-        fs = os.statvfs(directory)
+        return took <= room(directory).size
     except OSError:
         return False
-    return took <= fs.f_blocks * fs.f_frsize
 
 
 class FreeSpaceWatch:
@@ -148,19 +140,18 @@ class FreeSpaceWatch:
         if not self.config.min_free_space:
             return None
         for directory in self.directories:
-            fs = self._look(directory)
-            if fs is None:
+            left = self._look(directory)
+            if left is None:
                 continue
-            free = fs.f_bavail * fs.f_frsize
-            if free < self.config.min_free_space:
+            if left.free < self.config.min_free_space:
                 return (
-                    f"free space in {directory} fell to {human_size(free)}, below "
+                    f"free space in {directory} fell to {human_size(left.free)}, below "
                     f"min_free_space ({human_size(self.config.min_free_space)}): the run "
                     "was stopped before it filled the disk"
                 )
-            if fs.f_files > 0 and fs.f_favail < MIN_FREE_INODES:  # (btrfs counts none)
+            if left.few_inodes:
                 return (
-                    f"free inodes in {directory} fell to {fs.f_favail:,}, below "
+                    f"free inodes in {directory} fell to {left.inodes:,}, below "
                     f"{MIN_FREE_INODES:,}: the run was stopped before it used them all"
                 )
         return None
@@ -173,16 +164,15 @@ class FreeSpaceWatch:
         for directory in self.directories:
             self._look(directory)
 
-    def _look(self, directory: Path) -> os.statvfs_result | None:
-        """The file system status of ``directory`` (None when it cannot be looked at),
-        its free space kept when it is the lowest seen."""
+    def _look(self, directory: Path) -> Room | None:
+        """What the file system of ``directory`` has left (None when it cannot be looked
+        at), its free space kept when it is the lowest seen."""
         try:
-            fs = os.statvfs(directory)
+            left = room(directory)
         except OSError:
             return None
-        free = fs.f_bavail * fs.f_frsize
-        self.lowest[directory] = min(self.lowest.get(directory, free), free)
-        return fs
+        self.lowest[directory] = min(self.lowest.get(directory, left.free), left.free)
+        return left
 
     def record(self, complete: bool) -> None:
         """Write what the run took in each directory (the largest drop of its free

@@ -7,10 +7,10 @@ import errno
 import functools
 import os
 import shlex
-import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .trees import remove_tree, walk
@@ -142,9 +142,46 @@ def make_hole(fd: int, offset: int, length: int) -> bool:
     return False
 
 
+MIN_FREE_INODES = 10_000
+"""Free inodes a writer of many files (a client run, an unpacking) leaves on a file
+system: below it the machine's own services cannot create files."""
+
+
+@dataclass(frozen=True)
+class Room:
+    """What a file system has left for an unprivileged writer (:func:`room`)."""
+
+    free: int
+    """Bytes free."""
+    inodes: int | None
+    """Inodes free; None when the file system counts none (btrfs)."""
+    size: int
+    """Bytes the file system holds in all."""
+    block: int
+    """Bytes of its allocation unit (a file takes a whole number of them)."""
+
+    @property
+    def few_inodes(self) -> bool:
+        """Whether fewer than MIN_FREE_INODES inodes are free (never where none are
+        counted)."""
+        return self.inodes is not None and self.inodes < MIN_FREE_INODES
+
+    def inodes_words(self) -> str:
+        """The free inodes in words ("12,000 inodes", "inodes not counted")."""
+        return "inodes not counted" if self.inodes is None else f"{self.inodes:,} inodes"
+
+
+def room(path: str | os.PathLike | int) -> Room:
+    """What the file system holding ``path`` (or the open descriptor) has left.
+    Raises OSError when it cannot be looked at."""
+    fs = os.statvfs(path)
+    inodes = fs.f_favail if fs.f_files > 0 else None
+    return Room(fs.f_bavail * fs.f_frsize, inodes, fs.f_blocks * fs.f_frsize, fs.f_frsize)
+
+
 def free_bytes(path: str | os.PathLike) -> int:
     """Free space for an unprivileged writer on the file system holding ``path``."""
-    return shutil.disk_usage(path).free
+    return room(path).free
 
 
 def remove_tree_contents(path: Path) -> list[str]:

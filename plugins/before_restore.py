@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.archive.sparse import Region, data_regions
-from ..common.fsutil import copy_range, fsync_dir, is_within, untrusted_link
+from ..common.fsutil import copy_range, fsync_dir, is_within, room, untrusted_link
 from ..common.log import Log
 from ..common.text import BoundedWarnings, counted, printable
 from ..common.units import human_size
@@ -645,8 +645,8 @@ def _check_room(safety: Path, found: list[Replaced]) -> None:
     probe = safety
     while not probe.exists():
         probe = probe.parent
-    fs = os.statvfs(probe)
-    unit = max(fs.f_frsize, 512)
+    left = room(probe)
+    unit = max(left.block, 512)
     below = {
         (r.destination, e.names[:d]) for r in found for e in r.entries for d in range(len(e.names))
     }
@@ -656,14 +656,13 @@ def _check_room(safety: Path, found: list[Replaced]) -> None:
     blocks = sum(-(-max(e.blocks, 1) // unit) * unit for r in found for e in r.entries)
     blocks += directories * unit
     need = blocks + int(blocks * MARGIN_FRACTION) + MARGIN_BYTES
-    free = fs.f_bavail * fs.f_frsize
-    short_of_inodes = fs.f_files > 0 and inodes + MARGIN_INODES > fs.f_favail
-    if need <= free and not short_of_inodes:
+    short_of_inodes = left.inodes is not None and inodes + MARGIN_INODES > left.inodes
+    if need <= left.free and not short_of_inodes:
         return
     raise TaskError(
         f"no room to keep what the restore replaces: {_files(count)} need "
         f"{human_size(need)} and {inodes + MARGIN_INODES} inodes in {safety}, where "
-        f"{human_size(free)} and {fs.f_favail} inodes are free; nothing was replaced. "
+        f"{human_size(left.free)} and {left.inodes_words()} are free; nothing was replaced. "
         "Make room there, or restore beside the live files with --target DIR and compare"
     )
 

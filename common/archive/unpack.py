@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ArchiveError, LocalArchiveError
-from ..fsutil import make_hole, pread_span, pwrite_all, write_all
+from ..fsutil import MIN_FREE_INODES, make_hole, pread_span, pwrite_all, room, write_all
 from ..log import get_logger
 from ..text import BoundedWarnings, escaped
 from ..trees import remove_tree, walk
@@ -140,7 +140,6 @@ class UnpackLimits:
     """Set at the host's deadline: the next member (or data chunk) stops the unpacking."""
 
 
-MIN_FREE_INODES = 10_000
 FREE_CHECK_BYTES = 64 << 20
 FREE_CHECK_MEMBERS = 10_000
 
@@ -621,14 +620,12 @@ class Unpacker:
         ):
             return
         self._free_checked_at = (self._unpacked_size, members)
-        fs = os.fstatvfs(self._root)
-        free = fs.f_bavail * fs.f_frsize
-        few_inodes = fs.f_files > 0 and fs.f_favail < MIN_FREE_INODES  # btrfs counts none
-        if free - upcoming < limits.min_free or few_inodes:
+        left = room(self._root)
+        if left.free - upcoming < limits.min_free or left.few_inodes:
             raise ArchiveTooLarge(
                 f"unpacking it would leave less than {human_size(limits.min_free)} or "
-                f"{MIN_FREE_INODES:,} inodes free {limits.place} ({human_size(free)}, "
-                f"{fs.f_favail:,} inodes left; min_free_space in {limits.source})"
+                f"{MIN_FREE_INODES:,} inodes free {limits.place} ({human_size(left.free)}, "
+                f"{left.inodes_words()} left; min_free_space in {limits.source})"
             )
 
     def _keep_dir_meta(self, key: int, parts: tuple[str, ...], member: Member) -> None:

@@ -26,8 +26,9 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from ..common import jsontext
 from ..common.clock import iso, utc_now
 from ..common.errors import PullbackError
 from ..common.fsutil import atomic_write
@@ -280,6 +281,13 @@ def read_journal(state_dir: Path) -> InterruptedRun | None:
     """The journal in ``state_dir``: the pull in progress, or the one a crash
     interrupted; None when there is none (the last pull ended normally). Raises OSError
     and ValueError when it cannot be read or is not a journal."""
+    data = _journal_document(state_dir)
+    return None if data is None else _interrupted(data)
+
+
+def _journal_document(state_dir: Path) -> Any:
+    """The journal's JSON value as written (at most MAX_JOURNAL bytes), None when there
+    is none. Raises OSError, and ValueError when it is longer or no JSON."""
     try:
         with open(state_dir / JOURNAL_FILE, "rb") as handle:
             raw = handle.read(MAX_JOURNAL + 1)
@@ -288,7 +296,15 @@ def read_journal(state_dir: Path) -> InterruptedRun | None:
     if len(raw) > MAX_JOURNAL:
         raise ValueError(f"longer than {MAX_JOURNAL} bytes")
     try:
-        data = json.loads(raw)
+        return jsontext.document(raw, standard=False)
+    except ValueError as exc:
+        raise ValueError(f"not a pull journal ({exc})") from None
+
+
+def _interrupted(data: Any) -> InterruptedRun:
+    """The run a journal's ``data`` records. Raises ValueError when it is not a
+    journal."""
+    try:
         carried = data.get("carried")
         return InterruptedRun(
             *_run_of(data),
@@ -390,12 +406,11 @@ def accept_cut(state_dir: Path, host: str) -> InterruptedRun | None:
     names no such cut (or cannot be read; nothing written). Call it under the server
     lock (no pull runs). Raises PullbackError when the journal cannot be written."""
     try:
-        found = read_journal(state_dir)
-        with open(state_dir / JOURNAL_FILE, "rb") as handle:
-            data = json.loads(handle.read(MAX_JOURNAL + 1))
+        data = _journal_document(state_dir)
+        found = None if data is None else _interrupted(data)
     except (OSError, ValueError):
         return None
-    if found is None or not isinstance(data, dict):
+    if found is None:
         return None
     # (a run that ended keeping hosts: its status file says why each failed)
     own = None if data.get("ended") is True else data

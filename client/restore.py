@@ -632,6 +632,7 @@ class ServiceRestore:
             replace=options.replace,
             dry_run=options.dry_run,
             safety_dir=config.work_dir.parent / "before-restore",
+            min_free=config.min_free_space,
             temporary_source=options.source.is_file(),
             stops_first=stops and self.stops_first(),
         )

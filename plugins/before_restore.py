@@ -104,6 +104,11 @@ class Replaced:
     elsewhere: int = 0
     """Entries that differ and another path of the task (one that overlaps, listed
     earlier) keeps: left out of ``entries``."""
+    pairs: int = 0
+    """Live entries ``cp`` overwrites, the same as the copy's or not."""
+    overwritten: int = 0
+    """Bytes the live regular files ``cp`` overwrites take now (each inode once): freed
+    as it writes the copy's (:mod:`.copy_room`)."""
     above: Identity | None = None
     """The identity of the directory holding ``destination`` when it was checked: every
     walk of it refuses another (:class:`InStep`)."""
@@ -368,15 +373,21 @@ def find_replaced(copy: Path, destination: Path, above: Identity | None = None) 
     cannot be compared."""
     found = Replaced(copy, destination, above=above)
     refused: list[str] = []
+    seen: set[tuple[int, int]] = set()
     try:
         with contextlib.closing(_pairs(copy, destination, above=above)) as pairs:
             for pair in pairs:
                 why = _clash(pair)
                 if why:
                     refused.append(f"{found.shown(pair.names)} is {why}")
-                elif _differs(pair):
-                    live = pair.live
-                    blocks = live.st_blocks * 512 if stat.S_ISREG(live.st_mode) else 0
+                    continue
+                live = pair.live
+                blocks = live.st_blocks * 512 if stat.S_ISREG(live.st_mode) else 0
+                found.pairs += 1
+                if (live.st_dev, live.st_ino) not in seen:
+                    seen.add((live.st_dev, live.st_ino))
+                    found.overwritten += blocks
+                if _differs(pair):
                     found.entries.append(Entry(pair.names, blocks))
     except OSError as exc:
         raise TaskError(

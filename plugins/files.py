@@ -14,6 +14,7 @@ from ..common.text import counted, printable
 from ..common.units import human_size
 from . import hookimpl, load_plugin_schema
 from .before_restore import Identity, InStep, Replaced, Spot, find_replaced, keep_aside
+from .copy_room import check_copy_room, footprint
 from .exclude import ExcludeMatcher
 from .task import ProbeResult, RestorePlan, Task, TaskError, TaskType
 
@@ -188,13 +189,15 @@ def restore_copies(
         destination = (target / path.lstrip("/")) if target else Path(path)
         above = _a_place_of_its_own(destination)
         _same_kind_at_top(copy, destination)
-        places.append((path, copy, destination, above))
-    found = [_scanned(c, d, a) for _, c, d, a in places if os.path.lexists(d)]
+        places.append((path, copy, destination, above, footprint(copy)))
+    found = [_scanned(c, d, a) for _, c, d, a, _ in places if os.path.lexists(d)]
+    check_copy_room(
+        [(d, f) for _, _, d, _, f in places], found, plan.safety_dir or source, plan.min_free
+    )
     keep_aside(task.type, task.log, found, plan, source)
-    for path, copy, destination, above in places:
-        count = _count(copy)
+    for path, copy, destination, above, taking in places:
         over = ", replacing what is there" if os.path.lexists(destination) else ""
-        text = f"restore {path} ({counted(count, 'file')}) to {destination}{over}"
+        text = f"restore {path} ({counted(taking.files, 'file')}) to {destination}{over}"
         if not plan.step(task.log, text, destructive=bool(over)):
             continue
         try:
@@ -216,20 +219,6 @@ def restore_copies(
 
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 """How an entry is opened to look at it (a directory with ``O_DIRECTORY`` too)."""
-
-
-def _count(copy: Path) -> int:
-    """How many entries of the snapshot's ``copy`` are not directories (1 for a file),
-    counted by descriptors however deep it is; what cannot be read is not counted."""
-    count = 0
-    with contextlib.suppress(OSError), contextlib.closing(InStep(copy, copy)) as walk:
-        for spot in walk:
-            found = os.stat(spot.copy_name, dir_fd=spot.copy_dir, follow_symlinks=False)
-            if not stat.S_ISDIR(found.st_mode):
-                count += 1
-                continue
-            walk.enter(spot, os.open(spot.name, _OPEN | os.O_DIRECTORY, dir_fd=spot.live_dir))
-    return count
 
 
 def _a_place_of_its_own(destination: Path) -> Identity | None:

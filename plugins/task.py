@@ -138,6 +138,9 @@ class RestorePlan:
     dry_run: bool = False
     safety_dir: Path | None = None
     """Where replaced data is kept when the engine cannot keep it by a rename."""
+    min_free: int = 0
+    """Bytes a restore leaves free on a file system it copies files onto (client.yaml
+    ``min_free_space``; 0: what it copies must fit)."""
     temporary_source: bool = False
     """The snapshot was unpacked from an archive into a directory the restore removes as
     it ends: a file of it the notes name is moved out first

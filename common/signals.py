@@ -148,7 +148,10 @@ class SignalGuard:
         """Stop the block as a SIGTERM stops it once ``words()``, called from a thread
         every ``every`` seconds, returns words: they are the stop's ``why`` (a shielded
         step ends first). ``words`` must not raise. Nothing is sent once the block has
-        ended or a signal came; a guard entered outside the main thread sets no watch."""
+        ended or a signal came; a guard entered outside the main thread sets no watch.
+        The block's end waits for the thread at most ``every`` seconds more: a ``words``
+        that hangs (a ``statvfs`` of a dead NFS mount) is left behind, a daemon thread
+        that can send nothing."""
         if not self._previous:
             yield
             return
@@ -169,7 +172,7 @@ class SignalGuard:
         finally:
             stopper.end()
             done.set()
-            watcher.join()
+            watcher.join(every)
 
     def check(self) -> None:
         """Raise Interrupted if a signal arrived that has not been raised yet."""

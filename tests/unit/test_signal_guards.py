@@ -101,6 +101,38 @@ def test_a_time_limit_waits_for_a_shielded_step_and_is_quiet_after_the_block():
         assert guard.received is None
 
 
+def test_a_watch_stops_the_block_with_its_words_and_a_hung_look_holds_no_end():
+    """``stop_when``: the words a look returns stop the block as a SIGTERM does; after
+    the block, a look that hangs (a dead NFS mount's statvfs) does not hold its end."""
+    looks = []
+
+    def full() -> str | None:
+        looks.append(1)
+        return "free space fell" if len(looks) >= 3 else None
+
+    guard = SignalGuard(signals.RESTORING)
+    with pytest.raises(Interrupted) as info, guard, guard.stop_when(full, 0.05):
+        threading.Event().wait(20)
+    assert str(info.value) == "free space fell" and len(looks) == 3
+
+    hung = threading.Event()
+    release = threading.Event()
+
+    def hangs() -> str | None:
+        hung.set()
+        release.wait(30)
+        return "too late: the block ended"
+
+    with SignalGuard(signals.RESTORING) as guard:
+        with guard.stop_when(hangs, 0.05):
+            assert hung.wait(5)
+            began = time.monotonic()
+        assert time.monotonic() - began < 1, "the end waited for the hung look"
+        release.set()
+        time.sleep(0.2)
+        assert guard.received is None, "a look that returns after the end sends nothing"
+
+
 def test_a_signal_while_a_tool_starts_stops_that_tool(tmp_path, monkeypatch):
     """The signal arrives after the child was forked, before ``start`` returned its
     handle: the child is stopped, not left running unknown."""

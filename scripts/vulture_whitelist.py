@@ -4,8 +4,7 @@ Each is used, only not by a Python call vulture can follow.
 """
 
 # ruff: noqa: B018, F821
-# reached through the CLI's dispatch table ("config:configured", "stopped:start_stopped")
-configured
+# reached through the CLI's dispatch table ("stopped:start_stopped")
 start_stopped
 # fields of the sidecar and of a Task: data for readers of the JSON and plugin authors
 service_file

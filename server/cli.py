@@ -234,7 +234,7 @@ def drill_options(parser: argparse.ArgumentParser, what: str) -> None:
 
 ACTIONS = {
     "import-backup-suite": Action("import_suite:command", loads_config=False),
-    "configured": Action("config:configured", loads_config=False),
+    "configured": Action("configured:command", loads_config=False),
     "pull": Action("pull:command"),
     "maintain": Action("maintain:command"),
     "verify": Action("verify:command"),

@@ -175,9 +175,13 @@ def write_keeping(target: Path, text: str, mode: int | None = None) -> bool:
         raise UsageError(f"{target} is a directory or a symbolic link; name the file itself")
     before = target.stat() if target.exists() else None
     if before is not None and target.read_bytes() == text.encode():
-        if mode is not None:
-            os.chown(target, os.geteuid(), os.getegid())
-            target.chmod(mode)
+        if mode is not None:  # (by a descriptor: a symlink put there now is not followed)
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                os.fchown(fd, os.geteuid(), os.getegid())
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
         shown = f" (mode {stat.S_IMODE(target.stat().st_mode):04o})" if mode is not None else ""
         print(f"{target} holds that already{shown}; not written", file=sys.stderr)
         return False
@@ -189,7 +193,7 @@ def write_keeping(target: Path, text: str, mode: int | None = None) -> bool:
             kept = target.with_name(f"{target.name}.before-import.{number}")
         was = target.read_bytes()
         atomic_write(kept, was, mode=stat.S_IMODE(before.st_mode))
-        os.chown(kept, before.st_uid, before.st_gid)
+        os.chown(kept, before.st_uid, before.st_gid, follow_symlinks=False)
         if was.startswith(HEADER.encode()):
             print(
                 f"warning: {target} was made by import-backup-suite and was changed since "
@@ -202,5 +206,5 @@ def write_keeping(target: Path, text: str, mode: int | None = None) -> bool:
         mode = stat.S_IMODE(before.st_mode) if before else 0o640
     atomic_write(target, text, mode=mode)
     if before is not None:  # client.yaml is read by the serve endpoint's group
-        os.chown(target, before.st_uid, before.st_gid)
+        os.chown(target, before.st_uid, before.st_gid, follow_symlinks=False)
     return True

@@ -104,11 +104,11 @@ class Replaced:
     elsewhere: int = 0
     """Entries that differ and another path of the task (one that overlaps, listed
     earlier) keeps: left out of ``entries``."""
-    pairs: int = 0
-    """Live entries ``cp`` overwrites, the same as the copy's or not."""
-    overwritten: int = 0
-    """Bytes the live regular files ``cp`` overwrites take now (each inode once): freed
-    as it writes the copy's (:mod:`.copy_room`)."""
+    freed: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """By file system (``st_dev``), the bytes and inodes ``cp`` reuses as it writes
+    over live entries (:mod:`.copy_room`): of a regular file of one link that a regular
+    file of one link replaces (truncated and written again), its blocks up to the
+    copy's; of a live entry of one link, its inode."""
     above: Identity | None = None
     """The identity of the directory holding ``destination`` when it was checked: every
     walk of it refuses another (:class:`InStep`)."""
@@ -373,7 +373,6 @@ def find_replaced(copy: Path, destination: Path, above: Identity | None = None) 
     cannot be compared."""
     found = Replaced(copy, destination, above=above)
     refused: list[str] = []
-    seen: set[tuple[int, int]] = set()
     try:
         with contextlib.closing(_pairs(copy, destination, above=above)) as pairs:
             for pair in pairs:
@@ -383,10 +382,7 @@ def find_replaced(copy: Path, destination: Path, above: Identity | None = None) 
                     continue
                 live = pair.live
                 blocks = live.st_blocks * 512 if stat.S_ISREG(live.st_mode) else 0
-                found.pairs += 1
-                if (live.st_dev, live.st_ino) not in seen:
-                    seen.add((live.st_dev, live.st_ino))
-                    found.overwritten += blocks
+                _reused(found.freed, pair)
                 if _differs(pair):
                     found.entries.append(Entry(pair.names, blocks))
     except OSError as exc:
@@ -402,6 +398,20 @@ def find_replaced(copy: Path, destination: Path, above: Identity | None = None) 
             + ": nothing was replaced; move them away and restore again"
         )
     return found
+
+
+def _reused(freed: dict[int, tuple[int, int]], pair: _Pair) -> None:
+    """Add to ``freed`` what ``cp`` reuses of the live entry of ``pair`` (see
+    :attr:`Replaced.freed`): a live file linked elsewhere too is unlinked, not written
+    over, and frees nothing."""
+    live, copied = pair.live, pair.copied
+    if live.st_nlink != 1:
+        return
+    blocks = 0
+    if stat.S_ISREG(live.st_mode) and stat.S_ISREG(copied.st_mode) and copied.st_nlink == 1:
+        blocks = min(live.st_blocks, copied.st_blocks) * 512
+    bytes_, inodes = freed.get(live.st_dev, (0, 0))
+    freed[live.st_dev] = (bytes_ + blocks, inodes + 1)
 
 
 def _clash(pair: _Pair) -> str:

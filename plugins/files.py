@@ -14,7 +14,7 @@ from ..common.text import counted, printable
 from ..common.units import human_size
 from . import hookimpl, load_plugin_schema
 from .before_restore import Identity, InStep, Replaced, Spot, find_replaced, keep_aside
-from .copy_room import check_copy_room, footprint
+from .copy_room import check_copy_room
 from .exclude import ExcludeMatcher
 from .task import ProbeResult, RestorePlan, Task, TaskError, TaskType
 
@@ -189,15 +189,14 @@ def restore_copies(
         destination = (target / path.lstrip("/")) if target else Path(path)
         above = _a_place_of_its_own(destination)
         _same_kind_at_top(copy, destination)
-        places.append((path, copy, destination, above, footprint(copy)))
-    found = [_scanned(c, d, a) for _, c, d, a, _ in places if os.path.lexists(d)]
-    check_copy_room(
-        [(d, f) for _, _, d, _, f in places], found, plan.safety_dir or source, plan.min_free
-    )
+        places.append((path, copy, destination, above))
+    found = [_scanned(c, d, a) for _, c, d, a in places if os.path.lexists(d)]
+    pairs = [(c, d) for _, c, d, _ in places]
+    counts = check_copy_room(pairs, found, plan.safety_dir or source, plan.min_free)
     keep_aside(task.type, task.log, found, plan, source)
-    for path, copy, destination, above, taking in places:
+    for (path, copy, destination, above), count in zip(places, counts, strict=True):
         over = ", replacing what is there" if os.path.lexists(destination) else ""
-        text = f"restore {path} ({counted(taking.files, 'file')}) to {destination}{over}"
+        text = f"restore {path} ({counted(count, 'file')}) to {destination}{over}"
         if not plan.step(task.log, text, destructive=bool(over)):
             continue
         try:

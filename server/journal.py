@@ -285,9 +285,9 @@ def read_journal(state_dir: Path) -> InterruptedRun | None:
     return None if data is None else _interrupted(data)
 
 
-def _journal_document(state_dir: Path) -> Any:
-    """The journal's JSON value as written (at most MAX_JOURNAL bytes), None when there
-    is none. Raises OSError, and ValueError when it is longer or no JSON."""
+def _journal_document(state_dir: Path) -> dict | None:
+    """The journal's JSON object as written (at most MAX_JOURNAL bytes), None when there
+    is none. Raises OSError, and ValueError when it is longer or no JSON object."""
     try:
         with open(state_dir / JOURNAL_FILE, "rb") as handle:
             raw = handle.read(MAX_JOURNAL + 1)
@@ -296,9 +296,12 @@ def _journal_document(state_dir: Path) -> Any:
     if len(raw) > MAX_JOURNAL:
         raise ValueError(f"longer than {MAX_JOURNAL} bytes")
     try:
-        return jsontext.document(raw, standard=False)
+        data = jsontext.document(raw, standard=False)
     except ValueError as exc:
         raise ValueError(f"not a pull journal ({exc})") from None
+    if not isinstance(data, dict):  # (a null read as "no journal": helper-149 F9)
+        raise ValueError(f"not a pull journal (a JSON {type(data).__name__}, not an object)")
+    return data
 
 
 def _interrupted(data: Any) -> InterruptedRun:
@@ -407,10 +410,10 @@ def accept_cut(state_dir: Path, host: str) -> InterruptedRun | None:
     lock (no pull runs). Raises PullbackError when the journal cannot be written."""
     try:
         data = _journal_document(state_dir)
-        found = None if data is None else _interrupted(data)
+        if data is None:
+            return None
+        found = _interrupted(data)
     except (OSError, ValueError):
-        return None
-    if found is None:
         return None
     # (a run that ended keeping hosts: its status file says why each failed)
     own = None if data.get("ended") is True else data

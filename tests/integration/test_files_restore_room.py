@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,181 @@ def test_kept_copies_on_the_same_disk_count_with_the_restore(tmp_path, own_files
     assert (live / "blob").read_bytes() == damaged
     kept = own_filesystem / "before-restore"
     assert not kept.exists() or not any(kept.iterdir())
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    """``mount(name, size)``: a tmpfs of this test's own at ``tmp_path/name``, each
+    unmounted as the test ends (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    made: list[Path] = []
+
+    def mount(name: str, size: str) -> Path:
+        where = tmp_path / name
+        where.mkdir(parents=True, exist_ok=True)
+        options = f"size={size},mode=755"
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", where], check=True)
+        made.append(where)
+        return where
+
+    yield mount
+    for where in reversed(made):
+        subprocess.run(["umount", "-l", where], check=False)
+
+
+def _service(tmp_path: Path, paths: list[Path]) -> ClientSandbox:
+    box = ClientSandbox(tmp_path / "client")
+    listed = ", ".join(str(p) for p in paths)
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{listed}]}}\n")
+    made = box.cli("run", timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    box.write_config(min_free_space="16M")
+    return box
+
+
+def _refused_leaving(done, disk: Path, before: int, where: Path) -> None:
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"no room to restore 1 file onto the file system of {where}:" in done.stderr
+    assert shutil.disk_usage(disk).free == before, "nothing written"
+
+
+def test_a_disk_mounted_below_the_restored_path_is_looked_at_itself(tmp_path, mounts):
+    """srv on a roomy disk, srv/cache a small one mounted inside it (helper-149 F1): the
+    64 MiB of srv/cache/blob land on the small disk, which has 40 MiB free."""
+    big = mounts("big", "512m")
+    live = big / "srv"
+    (live / "cache").mkdir(parents=True)
+    (live / "cache" / "blob").write_bytes(os.urandom(64 * MIB))
+    box = _service(tmp_path, [live])
+    (archive,) = box.published()
+    (live / "cache" / "blob").unlink()
+    small = mounts("big/srv/cache", "48m")
+    _fill(small, 40 * MIB)
+    before = shutil.disk_usage(small).free
+
+    _refused_leaving(_restore(box, archive, tmp_path), small, before, small)
+    assert not (small / "blob").exists()
+
+
+def test_what_one_path_frees_never_pays_for_what_another_writes_first(tmp_path, mounts):
+    """a/new (64 MiB) is lost, b/old grew to 64 MiB and goes back to 1 byte: in all the
+    restore adds nothing, but ``cp`` writes a's 64 MiB before it frees b's (helper-149
+    F2): onto 40 MiB free that is refused. A file linked elsewhere too (F6) is unlinked
+    by ``cp``, not written over: replacing it frees nothing either."""
+    disk = mounts("disk", "512m")
+    a, b, c = disk / "a", disk / "b", disk / "c"
+    for directory in (a, b, c):
+        directory.mkdir()
+    (a / "new").write_bytes(os.urandom(64 * MIB))
+    (b / "old").write_bytes(b"x")
+    (c / "db").write_bytes(os.urandom(64 * MIB))
+    box = _service(tmp_path, [a, b])
+    (archive,) = box.published()
+    (a / "new").unlink()
+    (b / "old").write_bytes(os.urandom(64 * MIB))
+    _fill(disk, 40 * MIB)
+    before = shutil.disk_usage(disk).free
+    done = _restore(box, archive, tmp_path)
+    assert done.returncode == 1 and "no room to restore 2 files onto" in done.stderr, done.stderr[
+        -2000:
+    ]
+    assert shutil.disk_usage(disk).free == before and not (a / "new").exists()
+
+    shutil.rmtree(tmp_path / "client")
+    (disk / "database").unlink()
+    box = _service(tmp_path, [c])
+    (archive,) = box.published()
+    (c / "db").write_bytes(os.urandom(64 * MIB))  # damaged, the same size
+    (disk / "elsewhere").mkdir()
+    os.link(c / "db", disk / "elsewhere" / "db")
+    box.work.mkdir(exist_ok=True)
+    _fill(disk, 40 * MIB)
+    before = shutil.disk_usage(disk).free
+    _refused_leaving(_restore(box, archive, tmp_path), disk, before, c)
+
+
+def test_a_symlink_on_the_way_is_followed_to_the_disk_cp_writes_on(tmp_path, mounts):
+    """/big/app is root's symlink to /small/app (as /var/lib/mysql -> /data/mysql), and
+    --target a symlink to a small disk (helper-149 F3): each is looked at where ``cp``
+    writes, the small disk."""
+    big, small = mounts("big", "512m"), mounts("small", "128m")
+    live = big / "app" / "data"
+    live.mkdir(parents=True)
+    (live / "blob").write_bytes(os.urandom(64 * MIB))
+    box = _service(tmp_path, [live])
+    (archive,) = box.published()
+    shutil.rmtree(big / "app")
+    (small / "app").mkdir()
+    (big / "app").symlink_to(small / "app")
+    _fill(small, 40 * MIB)
+    before = shutil.disk_usage(small).free
+    _refused_leaving(_restore(box, archive, tmp_path), small, before, small / "app")
+
+    (tmp_path / "restore-here").symlink_to(small)
+    done = _restore(box, archive, tmp_path, "--target", str(tmp_path / "restore-here"))
+    _refused_leaving(done, small, before, small)
+
+
+def test_a_restore_that_adds_nothing_goes_back_onto_a_disk_already_full(tmp_path, mounts):
+    """Files in directories that are there, replaced by ones of their own size, on a disk
+    already below min_free_space (helper-149 F4): nothing is added, nothing refused."""
+    disk = mounts("disk", "256m")
+    live = disk / "srv"
+    for n in range(4):
+        (live / f"d{n}").mkdir(parents=True)
+        (live / f"d{n}" / "conf").write_bytes(b"a" * 1000)
+    box = _service(tmp_path, [live])
+    (archive,) = box.published()
+    for n in range(4):
+        (live / f"d{n}" / "conf").write_bytes(b"b" * 1000)
+    _fill(disk, 8 * MIB)
+    before = shutil.disk_usage(disk).free
+
+    done = _restore(box, archive, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (live / "d3" / "conf").read_bytes() == b"a" * 1000
+    assert shutil.disk_usage(disk).free >= before
+
+
+def test_kept_copies_behind_a_symlink_count_on_the_live_disk(tmp_path, mounts):
+    """The state directory is root's symlink onto the live disk (/var/lib/pullback ->
+    /srv/pullback), before-restore not there yet (the first restore; helper-149 F3):
+    keeping the replaced 64 MiB there fits in the 75 MiB free, but then min_free_space
+    is not left on the live disk: refused before anything is kept or replaced."""
+    disk = mounts("disk", "512m")
+    live = disk / "srv"
+    live.mkdir()
+    (live / "blob").write_bytes(os.urandom(64 * MIB))
+    box = _service(tmp_path, [live])
+    (archive,) = box.published()
+    (live / "blob").write_bytes(os.urandom(64 * MIB))
+    damaged = (live / "blob").read_bytes()
+    (disk / "pullback").mkdir()
+    shutil.move(box.work, disk / "pullback" / "work")
+    (tmp_path / "state").symlink_to(disk / "pullback")
+    box.work = tmp_path / "state" / "work"
+    box.write_config(min_free_space="16M")
+    _fill(disk, 75 * MIB)
+    before = shutil.disk_usage(disk).free
+
+    _refused_leaving(_restore(box, archive, tmp_path), disk, before, live)
+    assert (live / "blob").read_bytes() == damaged
+
+
+def test_overlapping_paths_count_what_they_share_once(tmp_path, mounts):
+    """Paths srv and srv/blob (helper-149 F7): the lost 64 MiB blob is counted once, and
+    goes back onto a disk with 100 MiB free, 16 MiB kept free."""
+    disk = mounts("disk", "512m")
+    live = disk / "srv"
+    live.mkdir()
+    (live / "blob").write_bytes(os.urandom(64 * MIB))
+    box = _service(tmp_path, [live, live / "blob"])
+    (archive,) = box.published()
+    (live / "blob").unlink()
+    _fill(disk, 100 * MIB)
+
+    done = _restore(box, archive, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (live / "blob").stat().st_size == 64 * MIB
+    assert shutil.disk_usage(disk).free >= 16 * MIB

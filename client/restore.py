@@ -9,6 +9,7 @@ is started again whatever happened.
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import os
 from dataclasses import dataclass, field
@@ -498,7 +499,7 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
                 )
             sidecar_file = source.with_name(source.name + ".json")
             log.info("unpacking %s (checked against its manifest)", source.name)
-            unpacked = unpack_chain(source, space / "archive", free_space.restore_limits(config))
+            unpacked = _unpacked(config, source, space)
         else:
             unpacked = source
         try:
@@ -521,6 +522,21 @@ def restore(config: ClientConfig, options: RestoreOptions) -> int:
         for note in restore.plan.notes:
             print(escaped(note))
         return code
+
+
+def _unpacked(config: ClientConfig, source: Path, space: Path) -> Path:
+    """The archive ``source`` (and the chain it is built on) unpacked below ``space``.
+    Raises ArchiveError, and PullbackError (exit 1) when the temporary directory filled
+    (``min_free_space`` 0, or less than the bound's margin left: nothing restored)."""
+    try:
+        return unpack_chain(source, space / "archive", free_space.restore_limits(config))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise PullbackError(
+            f"unpacking {source.name} filled the temporary directory {space.parent} "
+            f"({exc.strerror}): nothing was restored; point TMPDIR at a larger disk"
+        ) from None
 
 
 def _log_lines(task: Task, what: str, exc: BaseException) -> str:

@@ -295,8 +295,9 @@ class Unpacker:
         self._checked = 0
         self.stats = UnpackStats()
         self._unpacked_size = 0
-        self._free_checked_at = (0, 0)
-        """(bytes, members) when the free space was last looked at."""
+        self._free_checked_at: tuple[int, int] | None = None
+        """(bytes, members) when the free space was last looked at; None before the
+        first member (looked at then: a directory already short is refused at once)."""
         # Memory stays flat in the number of files: paths are kept as 128-bit keys, and the
         # files' digests as one order-independent sum compared with the manifest's.
         self._seen: set[int] = set()
@@ -605,15 +606,17 @@ class Unpacker:
     def _check_free(self, upcoming: int, force: bool = False) -> None:
         """Refuse the archive when writing the next ``upcoming`` bytes would leave less
         than ``min_free`` bytes (or MIN_FREE_INODES inodes) free: one host's archive must
-        not starve the others. Looked at before any member of FREE_CHECK_BYTES or more,
-        and every FREE_CHECK_BYTES of data or FREE_CHECK_MEMBERS members in between, so
-        it errs by less than FREE_CHECK_BYTES. Raises ArchiveTooLarge."""
-        limits, (at_bytes, at_members) = self.limits, self._free_checked_at
+        not starve the others. Looked at before the first member and any member of
+        FREE_CHECK_BYTES or more, and every FREE_CHECK_BYTES of data or
+        FREE_CHECK_MEMBERS members in between, so it errs by less than FREE_CHECK_BYTES.
+        Raises ArchiveTooLarge."""
+        limits, members = self.limits, self.stats.members
         if limits.min_free is None:
             return
-        members = self.stats.members
+        at_bytes, at_members = self._free_checked_at or (0, 0)
         if (
-            not force
+            self._free_checked_at is not None
+            and not force
             and upcoming < FREE_CHECK_BYTES
             and self._unpacked_size - at_bytes < FREE_CHECK_BYTES
             and members - at_members < FREE_CHECK_MEMBERS

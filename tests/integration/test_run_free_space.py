@@ -145,6 +145,49 @@ def test_a_restore_unpacks_an_archive_only_while_min_free_space_stays_free(
     assert (live / "blob").stat().st_size == 64 * MIB
 
 
+def test_a_restore_into_a_temporary_directory_too_small_is_refused_in_words(
+    tmp_path, own_filesystem
+):
+    """A temporary directory already short of ``min_free_space`` refuses an archive of
+    small files at once (the look came only after 64 MiB of data: helper-150 F5); with
+    ``min_free_space: 0`` one smaller than the archive fills, and the restore says so in
+    words, exit 1, nothing left there (it ended in "internal error", exit 70: F8)."""
+    box = ClientSandbox(tmp_path / "client")
+    live = tmp_path / "srv"
+    live.mkdir()
+    for n in range(30):
+        (live / f"part{n}").write_bytes(os.urandom(2 * MIB))
+    box.write_config(compression="none")
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{live}]}}\n")
+    made = box.cli("run", timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    (archive,) = box.published()
+    (live / "part0").write_bytes(b"changed after the snapshot")
+    argv = ("restore", "--service", "app", "--from", str(archive))
+    small = own_filesystem / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", small], check=True)
+    try:
+        box.write_config(min_free_space="64M")
+        refused = box.cli(*argv, timeout=120, env={"TMPDIR": str(small)})
+        assert refused.returncode == 1, refused.stderr[-2000:]
+        assert "unpacking it would leave less than 64.0 MiB" in refused.stderr
+        assert list(small.iterdir()) == []
+
+        box.write_config(min_free_space=0)
+        filled = box.cli(*argv, timeout=120, env={"TMPDIR": str(small)})
+        assert filled.returncode == 1, filled.stderr[-2000:]
+        assert f"filled the temporary directory {small} (No space left on device): " in (
+            filled.stderr
+        )
+        assert "nothing was restored; point TMPDIR at a larger disk" in filled.stderr
+        assert "internal error" not in filled.stderr
+        assert list(small.iterdir()) == []
+        assert (live / "part0").read_bytes() == b"changed after the snapshot"
+    finally:
+        subprocess.run(["umount", "-l", small], check=False)
+
+
 def test_the_start_asks_for_what_the_last_run_took_before_it_stops_anything(
     box, tmp_path, own_filesystem
 ):

@@ -62,7 +62,8 @@ def check_free_space(config: ClientConfig) -> None:
         if free < need:
             raise PullbackError(
                 f"not enough free space in {directory}: {human_size(free)} free, "
-                f"need {human_size(need)} ({why}); free some space or lower min_free_space"
+                f"need {human_size(need)} ({why}); free some space"
+                + (" or lower min_free_space" * bool(config.min_free_space))
             )
         if config.min_free_space and left.few_inodes:
             raise PullbackError(

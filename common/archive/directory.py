@@ -315,12 +315,18 @@ def _orphaned(archive: LocalArchive, by_name: dict[str, LocalArchive]) -> bool:
 
 def prepare_marks(archive_dir: Path) -> None:
     """Make MARKS_DIR: the only place the serve endpoint writes (group-writable, the
-    archive directory's group), and never a link."""
+    archive directory's group), and never a link. Mode 2770 as the package makes it;
+    0770 where a set-gid bit may not be set (the client's unit, RestrictSUIDSGID=: a new
+    disk mounted at the archive directory failed every run there: helper-150 F1)."""
     marks = archive_dir / MARKS_DIR
     with contextlib.suppress(FileExistsError):
         os.mkdir(marks, 0o700)
     try:
-        set_dir_mode(marks, 0o2770, gid=os.stat(archive_dir).st_gid)
+        gid = os.stat(archive_dir).st_gid
+        try:
+            set_dir_mode(marks, 0o2770, gid=gid)
+        except PermissionError:
+            set_dir_mode(marks, 0o770, gid=gid)
     except OSError as exc:
         raise ArchiveError(
             f"{marks} is not a directory of its own ({exc.strerror}); remove it"

@@ -274,3 +274,29 @@ def test_an_archive_whose_sidecar_cannot_be_read_stays_while_it_may_be_needed(ar
     assert apply_chain_retention(alone, "web1", NOW) == []
     assert apply_retention(alone, keep_last=0, keep_days=0, now=NOW) == []
     assert present(alone) == [only]
+
+
+def test_the_marks_directory_is_made_where_a_set_gid_bit_is_refused(tmp_path, monkeypatch):
+    """Under the client's unit (RestrictSUIDSGID=) a chmod naming a set-gid bit fails
+    with EPERM: on a new disk mounted at the archive directory, every run failed "is not
+    a directory of its own" (helper-150 F1). It is made 0770 then, the group's."""
+    import errno
+    import stat
+
+    from pullback.common.archive import directory
+
+    real = os.fchmod
+
+    def restricted(fd, mode):
+        if mode & (stat.S_ISUID | stat.S_ISGID):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        real(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", restricted)
+    directory.prepare_marks(tmp_path)
+    made = (tmp_path / directory.MARKS_DIR).stat()
+    assert stat.S_IMODE(made.st_mode) == 0o770 and made.st_gid == tmp_path.stat().st_gid
+    directory.prepare_marks(tmp_path)  # the next run: as it is
+    monkeypatch.setattr(os, "fchmod", real)
+    directory.prepare_marks(tmp_path)  # by hand, outside the unit: the package's mode
+    assert stat.S_IMODE((tmp_path / directory.MARKS_DIR).stat().st_mode) == 0o2770

@@ -87,6 +87,20 @@ ONCE_MODULES = {
     "test_cut_short_outputs.py",
     "test_deep_trees.py",
     "test_demo.py",
+    "test_hostile_serve_attacks.py",
+    "test_fleet_merge.py",
+    "test_stopped_record.py",
+    "test_client_status_entries.py",
+    "test_killed_runs.py",
+    "test_killed_scratch.py",
+    "test_progress_display.py",
+    "test_run_free_space.py",
+    "test_run_timeout.py",
+    "test_signals_by_hand.py",
+    "test_files_restore.py",
+    "test_files_restore_attacks.py",
+    "test_files_restore_room.py",
+    "test_restore_attacks_h94.py",
 }
 """Integration modules whose subject is pullback's own delta archives (the standard
 library's sqlite3 and hashlib, restic): 3.6 min of the Debian pass that meet no library
@@ -109,7 +123,15 @@ the copies (helper-125, 2 min), of a tree 1 100 directories deep (0.6 min: the
 standard library's walks and removals), of the reporting surfaces (helper-134, 1.9 min) and
 of pulls cut short (the unit's ExecStopPost=, 0.8 min), whose libraries the other
 modules meet there; and the README's demo, which runs in .venv whichever pass runs it.
-Marked ``once``; their unit tests run on both."""
+Then (CI 2026-12-07: 6.4 min of the pass's 25 worker-minutes) the modules whose subject
+is processes, signals, disks and files, not a library: a serve endpoint's hostile sends
+(1.1 min; paramiko's requests run in test_pull and test_hostile_clients), two servers'
+status merged (1 min; the page's Jinja2 meets test_monitoring), the records of stopped
+applications, runs killed, their scratch directories, time limits and signals by hand
+(2 min), the client's status entries (0.5 min; its YAML meets test_client_run), the
+progress display on a terminal, a run's and a restore's free space, and the files
+restores and their attacks (1.8 min: cp, the standard library's walks). Marked
+``once``; their unit tests run on both."""
 
 
 LONGEST_FIRST = (

@@ -174,6 +174,12 @@ def no_service(source: Path, name: str) -> UsageError:
             "restore cannot read that layout; put its files back by hand (docs/restore.md, "
             "'Snapshots made by backup-suite')"
         )
+    if source.is_file():  # (an archive: nothing to restore first; helper-150 F4)
+        return UsageError(
+            f"{source} holds no services/{name}/ (an archive from before the service, or "
+            "of a run without it): name a later archive (ls the archive directory), or "
+            f"restore the server's snapshot (pullback-server restore HOST --service {name})"
+        )
     return UsageError(
         f"{source} holds no services/{name}/: restore the snapshot first "
         f"(pullback-server restore HOST --service {name} --target DIR)"

@@ -453,6 +453,14 @@ def test_restore_from_a_snapshot_without_the_service_exits_2(tmp_path):
         assert "holds no services/shop/" in result.stderr
     app = box.cli("restore", "--service", "app", "--from", str(unpacked / "services" / "app"))
     assert app.returncode == 0, app.stderr
+    box.add_service("late", f"service: {{name: late}}\nfiles: {{paths: [{data}]}}\n")
+    result = box.cli("restore", "--service", "late", "--from", str(archive))
+    assert result.returncode == 2, result.stderr  # (an archive from before the service)
+    assert f"{archive} holds no services/late/ (an archive from before the service" in (
+        result.stderr
+    )
+    assert "name a later archive" in result.stderr  # (helper-150 F4)
+    assert "restore the snapshot first" not in result.stderr
 
 
 def test_restore_from_a_restored_backup_suite_snapshot_says_what_it_is(tmp_path):

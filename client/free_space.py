@@ -12,6 +12,7 @@ it writes, :class:`FreeSpaceWatch` looks at both twice a second and stops it bel
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -22,7 +23,7 @@ from ..common import jsontext
 from ..common.archive import directory as archives
 from ..common.archive.unpack import UnpackLimits
 from ..common.errors import PullbackError
-from ..common.fsutil import MIN_FREE_INODES, Room, atomic_write, free_bytes, room
+from ..common.fsutil import MIN_FREE_INODES, Room, atomic_write, room
 from ..common.log import get_logger
 from ..common.units import human_size
 from .config import ClientConfig
@@ -33,8 +34,11 @@ EVERY = 0.5
 """Seconds between two looks at the free space while a run writes (a ``statvfs`` each)."""
 
 SPACE_FILE = ".client-space.json"
-"""In the archive directory: what the last run took in each directory, in bytes
-(``{"took": {"/var/lib/pullback/work": 123, ...}}``), read by the next run's start."""
+"""In the archive directory: what the last run took in each directory, in bytes and in
+inodes (``{"took": {"/var/lib/pullback/work": 123, ...}, "took_inodes": {...}}``), read
+by the next run's start."""
+BYTES, INODES = "took", "took_inodes"
+"""SPACE_FILE's two records."""
 
 MAX_SPACE_FILE = 64 * 1024
 """Bytes of SPACE_FILE read at most (it holds two numbers)."""
@@ -53,6 +57,7 @@ def check_free_space(config: ClientConfig) -> None:
     fulls = [a for a in published if a.sidecar and not a.sidecar.archive.is_delta]
     newest = (fulls or published)[-1].path.stat().st_size if published else 0
     took = last_took(config) if config.min_free_space else {}
+    took_inodes = last_took(config, INODES) if config.min_free_space else {}
     for directory in (config.archive_dir, config.work_dir):
         left = room(directory)
         free = left.free
@@ -65,11 +70,28 @@ def check_free_space(config: ClientConfig) -> None:
                 f"need {human_size(need)} ({why}); free some space"
                 + (" or lower min_free_space" * bool(config.min_free_space))
             )
-        if config.min_free_space and left.few_inodes:
-            raise PullbackError(
-                f"not enough free inodes in {directory}: {left.inodes:,} free, need "
-                f"{MIN_FREE_INODES:,}; remove some files (a run stops below that)"
-            )
+        if config.min_free_space:
+            _check_inodes(config, directory, left, took_inodes.get(str(directory), 0))
+
+
+def _check_inodes(config: ClientConfig, directory: Path, left: Room, took: int) -> None:
+    """Refuse (PullbackError) a directory with fewer free inodes than MIN_FREE_INODES
+    and the ``took`` the last run took there (one that counts none passes): a run
+    stopped for inodes was let in again and stopped again (helper-150 F9)."""
+    need = MIN_FREE_INODES + took
+    if left.inodes is None or left.inodes >= need:
+        return
+    record = config.archive_dir / SPACE_FILE
+    why = (
+        f"; {took:,} of them the last run took there, recorded in {record}: delete it "
+        "if other files took that"
+        if took
+        else ""
+    )
+    raise PullbackError(
+        f"not enough free inodes in {directory}: {left.inodes:,} free, need "
+        f"{need:,} (a run stops below {MIN_FREE_INODES:,}{why}); remove some files"
+    )
 
 
 def _need(config: ClientConfig, took: int) -> tuple[int, str]:
@@ -83,10 +105,11 @@ def _need(config: ClientConfig, took: int) -> tuple[int, str]:
     return config.min_free_space + took, why
 
 
-def last_took(config: ClientConfig) -> dict[str, int]:
-    """What the last run took in each directory (SPACE_FILE), by its path: only what
-    its file system could hold. Empty when nothing is recorded or the file is not as
-    this module writes it (then said: a regular file, JSON, at most MAX_SPACE_FILE)."""
+def last_took(config: ClientConfig, record: str = BYTES) -> dict[str, int]:
+    """What the last run took in each directory (SPACE_FILE's ``record``: BYTES or
+    INODES), by its path: only what its file system could hold. Empty when nothing is
+    recorded or the file is not as this module writes it (then said: a regular file,
+    JSON, at most MAX_SPACE_FILE)."""
     path = config.archive_dir / SPACE_FILE
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
@@ -100,21 +123,25 @@ def last_took(config: ClientConfig) -> dict[str, int]:
     except (OSError, ValueError) as exc:
         log.warning("%s not read (%s): the start asks for min_free_space alone", path, exc)
         return {}
-    took = data.get("took") if isinstance(data, dict) else None
+    took = data.get(record) if isinstance(data, dict) else None
     if not isinstance(took, dict):
-        log.warning("%s holds no 'took': the start asks for min_free_space alone", path)
+        if record == BYTES:  # (a record from before inodes were recorded has no INODES)
+            log.warning("%s holds no 'took': the start asks for min_free_space alone", path)
         return {}
-    return {k: v for k, v in took.items() if isinstance(k, str) and _possible(k, v)}
+    return {k: v for k, v in took.items() if isinstance(k, str) and _possible(k, v, record)}
 
 
-def _possible(directory: str, took: object) -> bool:
-    """Whether ``took`` is a number of bytes the file system of ``directory`` can hold."""
+def _possible(directory: str, took: object, record: str) -> bool:
+    """Whether ``took`` is a number of bytes (or inodes: ``record``) the file system of
+    ``directory`` can hold."""
     if type(took) is not int or took < 0:
         return False
     try:
-        return took <= room(directory).size
+        left = room(directory)
     except OSError:
         return False
+    most = left.size if record == BYTES else left.files
+    return most is not None and took <= most
 
 
 class FreeSpaceWatch:
@@ -125,11 +152,12 @@ class FreeSpaceWatch:
     def __init__(self, config: ClientConfig):
         self.config = config
         self.directories = tuple(dict.fromkeys((config.work_dir, config.archive_dir)))
-        self.start: dict[Path, int] = {}
-        self.lowest: dict[Path, int] = {}
+        self.start: dict[Path, Room] = {}
+        self.lowest: dict[Path, Room] = {}
+        """The least free bytes and inodes seen in each directory."""
         for directory in self.directories:
             try:
-                self.start[directory] = self.lowest[directory] = free_bytes(directory)
+                self.start[directory] = self.lowest[directory] = room(directory)
             except OSError:
                 continue
 
@@ -172,29 +200,40 @@ class FreeSpaceWatch:
             left = room(directory)
         except OSError:
             return None
-        self.lowest[directory] = min(self.lowest.get(directory, left.free), left.free)
+        low = self.lowest.get(directory, left)
+        self.lowest[directory] = dataclasses.replace(
+            low, free=min(low.free, left.free), inodes=_least(low.inodes, left.inodes)
+        )
         return left
 
     def record(self, complete: bool) -> None:
         """Write what the run took in each directory (the largest drop of its free
-        space seen) to SPACE_FILE, for the next run's start: a ``complete`` run (every
-        enabled service archived, published) sets it; any other (stopped, failed,
-        ``run --service``) only raises it, since it may have written less than a whole
-        run does. Nothing when ``min_free_space`` is 0. A failure is a warning."""
+        space and of its free inodes seen) to SPACE_FILE, for the next run's start: a
+        ``complete`` run (every enabled service archived, published) sets it; any other
+        (stopped, failed, ``run --service``) only raises it, since it may have written
+        less than a whole run does. Nothing when ``min_free_space`` is 0. A failure is a warning."""
         if not self.config.min_free_space:
             return
-        took = {
-            str(d): max(0, self.start[d] - self.lowest.get(d, self.start[d])) for d in self.start
-        }
-        if not complete:
-            for directory, before in last_took(self.config).items():
-                if directory in took:
-                    took[directory] = max(took[directory], before)
+        took: dict[str, dict[str, int]] = {BYTES: {}, INODES: {}}
+        for place, start in self.start.items():
+            low = self.lowest.get(place, start)
+            took[BYTES][str(place)] = max(0, start.free - low.free)
+            if start.inodes is not None and low.inodes is not None:
+                took[INODES][str(place)] = max(0, start.inodes - low.inodes)
+        for record, now in took.items() if not complete else ():
+            for directory, before in last_took(self.config, record).items():
+                if directory in now:
+                    now[directory] = max(now[directory], before)
         path = self.config.archive_dir / SPACE_FILE
         try:
-            atomic_write(path, json.dumps({"took": took}, sort_keys=True) + "\n", mode=0o640)
+            atomic_write(path, json.dumps(took, sort_keys=True) + "\n", mode=0o640)
         except OSError as exc:
             log.warning("what this run took of the disk was not recorded in %s: %s", path, exc)
+
+
+def _least(one: int | None, other: int | None) -> int | None:
+    """The smaller of two counts of free inodes (None: not counted)."""
+    return other if one is None else one if other is None else min(one, other)
 
 
 def restore_limits(config: ClientConfig) -> UnpackLimits | None:

@@ -159,6 +159,8 @@ class Room:
     """Bytes the file system holds in all."""
     block: int
     """Bytes of its allocation unit (a file takes a whole number of them)."""
+    files: int | None = None
+    """Inodes it holds in all; None when it counts none."""
 
     @property
     def few_inodes(self) -> bool:
@@ -176,7 +178,8 @@ def room(path: str | os.PathLike | int) -> Room:
     Raises OSError when it cannot be looked at."""
     fs = os.statvfs(path)
     inodes = fs.f_favail if fs.f_files > 0 else None
-    return Room(fs.f_bavail * fs.f_frsize, inodes, fs.f_blocks * fs.f_frsize, fs.f_frsize)
+    total = fs.f_files if fs.f_files > 0 else None
+    return Room(fs.f_bavail * fs.f_frsize, inodes, fs.f_blocks * fs.f_frsize, fs.f_frsize, total)
 
 
 def free_bytes(path: str | os.PathLike) -> int:

@@ -320,6 +320,15 @@ def test_a_run_that_would_use_up_the_inodes_is_stopped(tmp_path, few_inodes):
     assert "No space left on device" not in said
     assert list(work.iterdir()) == []
 
+    # what it took is recorded, inodes too: the next start is refused before anything
+    # is stopped (it was let in, and stopped again, every day: helper-150 F9)
+    took = json.loads((box.archives / ".client-space.json").read_text())["took_inodes"]
+    assert took[str(work)] > 20_000
+    again = box.cli("run", timeout=120)
+    assert again.returncode == 1, again.stderr[-2000:]
+    assert f"not enough free inodes in {work}: " in again.stderr
+    assert f"of them the last run took there, recorded in {box.archives}" in again.stderr
+
 
 @pytest.fixture
 def on_own(box, tmp_path, own_filesystem) -> ClientSandbox:

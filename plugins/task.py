@@ -251,9 +251,14 @@ class Task:
         if self.archive is None:
             raise TaskError("files can only be added to the archive during the dump stage")
         source = Path(os.path.abspath(source))
-        # the real directories above `source` first, so a restore gets their modes right
+        # the real directories above `source` first, so a restore gets their modes right;
+        # not a symlink on the way (/var/lib/mysql -> /data/mysql): the unpacking refuses
+        # every member below a symlink member, and the backup could never be restored
+        # (helper-149 F10); its place is an archive-only directory, a restore's cp follows
+        # the live link
         for parent in reversed(source.parents[:-1]):
-            self.archive.add_tree(parent, self._arcname(parent), xattrs=xattrs, recursive=False)
+            if not parent.is_symlink():
+                self.archive.add_tree(parent, self._arcname(parent), xattrs=xattrs, recursive=False)
         stats = self.archive.add_tree(source, self._arcname(source), exclude=exclude, xattrs=xattrs)
         self.stats.add(stats)
         return stats

@@ -295,3 +295,30 @@ def test_overlapping_paths_count_what_they_share_once(tmp_path, mounts):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (live / "blob").stat().st_size == 64 * MIB
     assert shutil.disk_usage(disk).free >= 16 * MIB
+
+
+def test_a_path_below_a_symlink_root_made_is_restored_through_it(tmp_path, mounts):
+    """/big/app is root's symlink to /small/app (the /var/lib/mysql -> /data/mysql
+    layout), the path /big/app/data: the archive held the symlink as a member, and the
+    unpacking refused what lay below it, so the backup could never be restored, not even
+    with --target (helper-149 F10). Now it goes back beside the live files and in place,
+    through the live link."""
+    big, small = mounts("big", "128m"), mounts("small", "128m")
+    (small / "app" / "data").mkdir(parents=True)
+    (small / "app" / "data" / "conf").write_text("setting=1\n")
+    (big / "app").symlink_to(small / "app")
+    box = _service(tmp_path, [big / "app" / "data"])
+    (archive,) = box.published()
+
+    beside = tmp_path / "elsewhere"
+    done = _restore(box, archive, tmp_path, "--target", str(beside))
+    assert done.returncode == 0, done.stderr[-2000:]
+    restored = beside / str(big).lstrip("/") / "app" / "data" / "conf"
+    assert restored.read_text() == "setting=1\n"
+    assert not restored.parent.parent.is_symlink()
+
+    (small / "app" / "data" / "conf").write_text("setting=2\n")
+    done = _restore(box, archive, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (small / "app" / "data" / "conf").read_text() == "setting=1\n"
+    assert (big / "app").is_symlink()

@@ -45,7 +45,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +94,19 @@ class Entry:
 
 
 @dataclass
+class Freed:
+    """What ``cp`` reuses of the live entries it meets on one file system."""
+
+    bytes: int = 0
+    """Of a regular file of one link that a regular file of one link replaces
+    (truncated and written again), its blocks up to the copy's."""
+    inodes: int = 0
+    """Of a live entry of one link that is replaced, its inode."""
+    directories: int = 0
+    """Live directories the copy's are merged into (nothing new made)."""
+
+
+@dataclass
 class Replaced:
     """What the restore of one path (``copy`` of the snapshot onto ``destination``)
     replaces that differs from the snapshot."""
@@ -104,11 +117,9 @@ class Replaced:
     elsewhere: int = 0
     """Entries that differ and another path of the task (one that overlaps, listed
     earlier) keeps: left out of ``entries``."""
-    freed: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """By file system (``st_dev``), the bytes and inodes ``cp`` reuses as it writes
-    over live entries (:mod:`.copy_room`): of a regular file of one link that a regular
-    file of one link replaces (truncated and written again), its blocks up to the
-    copy's; of a live entry of one link, its inode."""
+    freed: dict[int, Freed] = field(default_factory=dict)
+    """By file system (``st_dev``), what ``cp`` reuses of the live entries it meets
+    (:mod:`.copy_room`)."""
     above: Identity | None = None
     """The identity of the directory holding ``destination`` when it was checked: every
     walk of it refuses another (:class:`InStep`)."""
@@ -297,13 +308,14 @@ def _pairs(
     destination: Path,
     wanted: frozenset[tuple[str, ...]] | None = None,
     above: Identity | None = None,
+    merged: Callable[[os.stat_result], None] | None = None,
 ) -> Generator[_Pair, None, None]:
     """Every entry of ``copy`` that has a live entry at its place below ``destination``,
     where one of the two is not a directory, walking down the directories both have
     (``cp`` merges those). A directory against a non-directory is a pair too: ``cp``
     fails on it half-way (:func:`_clash`). With ``wanted``, only the names in it are
-    looked at. Each ``_Pair``'s directories are open while it is handled. Raises
-    OSError."""
+    looked at. Each ``_Pair``'s directories are open while it is handled; ``merged``
+    is given each live directory the copy's is merged into. Raises OSError."""
     with contextlib.closing(InStep(copy, destination, above)) as walk:
         for spot in walk:
             if wanted is not None and spot.names not in wanted:
@@ -328,6 +340,8 @@ def _pairs(
             opened = _open_checked(spot.live_dir, spot.name, live, _DIR)
             if opened is None:  # what it holds cannot be compared: refuse, not skip
                 raise OSError(errno.ESTALE, "a directory was swapped while it was compared")
+            if merged is not None:
+                merged(live)
             walk.enter(spot, opened)
 
 
@@ -373,8 +387,12 @@ def find_replaced(copy: Path, destination: Path, above: Identity | None = None) 
     cannot be compared."""
     found = Replaced(copy, destination, above=above)
     refused: list[str] = []
+
+    def merged(live: os.stat_result) -> None:
+        found.freed.setdefault(live.st_dev, Freed()).directories += 1
+
     try:
-        with contextlib.closing(_pairs(copy, destination, above=above)) as pairs:
+        with contextlib.closing(_pairs(copy, destination, above=above, merged=merged)) as pairs:
             for pair in pairs:
                 why = _clash(pair)
                 if why:
@@ -400,18 +418,17 @@ def find_replaced(copy: Path, destination: Path, above: Identity | None = None) 
     return found
 
 
-def _reused(freed: dict[int, tuple[int, int]], pair: _Pair) -> None:
+def _reused(freed: dict[int, Freed], pair: _Pair) -> None:
     """Add to ``freed`` what ``cp`` reuses of the live entry of ``pair`` (see
     :attr:`Replaced.freed`): a live file linked elsewhere too is unlinked, not written
     over, and frees nothing."""
     live, copied = pair.live, pair.copied
     if live.st_nlink != 1:
         return
-    blocks = 0
+    on = freed.setdefault(live.st_dev, Freed())
     if stat.S_ISREG(live.st_mode) and stat.S_ISREG(copied.st_mode) and copied.st_nlink == 1:
-        blocks = min(live.st_blocks, copied.st_blocks) * 512
-    bytes_, inodes = freed.get(live.st_dev, (0, 0))
-    freed[live.st_dev] = (bytes_ + blocks, inodes + 1)
+        on.bytes += min(live.st_blocks, copied.st_blocks) * 512
+    on.inodes += 1
 
 
 def _clash(pair: _Pair) -> str:

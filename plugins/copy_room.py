@@ -1,25 +1,38 @@
 """Whether the live file systems a ``files`` restore copies onto can take what it adds.
 
-``cp -a`` writes the snapshot's copy of each path over the live one, one file after the
+``cp -a`` writes the snapshot's copy of each path over the live one, one entry after the
 other. Before anything is kept or replaced (a dry run too), :func:`check_copy_room` adds
 up, for each file system it writes on, the most its writes can add at any moment, in
-whatever order ``cp`` takes the files: every file the live tree lacks counts whole (its
-blocks where the snapshot was unpacked, each inode once: holes stay holes, ``cp
---sparse=always``), a live file that ``cp`` truncates and writes again (a regular file
-of one link, replaced by a regular file) only by what the copy takes beyond it
-(:attr:`.before_restore.Replaced.freed`); nothing another file frees is counted, since
-``cp`` may write first. A file lands on the file system of the directory ``cp`` writes
-it in: the real directory (a symlinked parent followed, as ``cp`` follows it), or a file
-system mounted below the restored path. The kept copies count too when the safety
-directory is on one of those file systems (elsewhere
-:func:`.before_restore.keep_aside` checks that they fit). Directories are not counted.
+whatever order ``cp`` takes them:
+
+- every entry the live tree lacks counts whole: a directory an inode and a block, a
+  regular file an inode and its blocks where the snapshot was unpacked, at least its
+  size up to one block (a small file stored inline there takes a block on most file
+  systems), rounded up to the live file system's block (holes stay holes, ``cp
+  --sparse=always``); a hard-linked file once;
+- a live entry of one link that ``cp`` replaces reuses its inode; a live regular file
+  of one link that a regular file replaces (truncated and written again) reuses its
+  blocks, up to the copy's, except on a file system that shares blocks among files
+  (btrfs, ZFS, bcachefs: a snapshot may hold them); a live directory the copy's is
+  merged into is no new one (:attr:`.before_restore.Replaced.freed`);
+- nothing one entry frees is counted for another, which ``cp`` may write first.
+
+An entry lands on the file system of the directory ``cp`` writes it in: the real
+directory (a symlinked parent followed, as ``cp`` follows it), a file system mounted
+below the restored path, or the restored path itself when it is a mount point. The kept
+copies count too when the safety directory is on one of those file systems (elsewhere
+:func:`.before_restore.keep_aside` checks that they fit). A file system nothing lands on
+is not looked at.
 
 A file system that would keep less than ``min_free_space`` free (client.yaml), or fewer
 than MIN_FREE_INODES inodes (with ``min_free_space: 0``: that cannot take it at all,
 16 inodes kept), refuses the restore in words, unless the restore adds nothing there: a
 restore onto a full disk filled it to the last byte, the database beside it failing, and
 left a cut-short file at the live path (helper-147 F3). Of two paths of a task that
-overlap, the inner one is counted with the outer one, whose copy holds it.
+overlap (or one listed twice), the inner one is counted with the outer one, whose copy
+holds it. Not known here: file systems that share one pool of space (btrfs subvolumes,
+ZFS datasets) are each checked alone, and a file system that compresses or
+deduplicates may take more or less than counted.
 """
 
 from __future__ import annotations
@@ -28,7 +41,7 @@ import contextlib
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.fsutil import MIN_FREE_INODES, room
@@ -39,45 +52,75 @@ from .task import TaskError
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MOUNTINFO = "/proc/self/mountinfo"
+SHARED_BLOCKS = frozenset({"btrfs", "zfs", "bcachefs"})
+"""File systems whose files may share blocks (snapshots, reflinks): truncating a live
+file there may free nothing."""
 
 
 @dataclass
-class Footprint:
-    """What files a restore writes on one file system take there."""
+class _Adds:
+    """What a restore adds to one file system, and its directory to name it by."""
 
+    place: Path
+    block: int
+    """Bytes of the file system's allocation unit."""
+    shares_blocks: bool = False
     files: int = 0
-    """Entries that are not directories."""
-    inodes: int = 0
-    """Of them, inodes (a hard-linked file once)."""
     bytes: int = 0
-    """Blocks they take (``st_blocks * 512``, a hard-linked file once)."""
+    inodes: int = 0
+
+
+@dataclass
+class _Check:
+    """One check's file systems, by ``st_dev``, and the mounts it looked up."""
+
+    adds: dict[int, _Adds] = field(default_factory=dict)
+    mounts: list[tuple[Path, str]] | None = None
+
+    def at(self, place: Path) -> _Adds:
+        """The file system of the directory ``place`` (looked at once)."""
+        device = os.stat(place).st_dev
+        if device not in self.adds:
+            shares = self.fstype(place) in SHARED_BLOCKS
+            self.adds[device] = _Adds(place, room(place).block, shares)
+        return self.adds[device]
+
+    def mount_points(self) -> list[tuple[Path, str]]:
+        """Every mount point and its file system type, from MOUNTINFO (read once)."""
+        if self.mounts is None:
+            self.mounts = _read_mounts()
+        return self.mounts
+
+    def fstype(self, place: Path) -> str:
+        """The type of the file system mounted nearest above ``place`` (a real path)."""
+        best, kind = Path("/"), ""
+        for point, fstype in self.mount_points():
+            if place.is_relative_to(point) and len(point.parts) >= len(best.parts):
+                best, kind = point, fstype
+        return kind
 
 
 def check_copy_room(
     places: list[tuple[Path, Path]], found: list[Replaced], safety: Path, min_free: int
 ) -> list[int]:
     """Check that restoring each ``(copy, destination)`` of ``places`` (the live entries
-    it overwrites in ``found``, the differing ones kept in ``safety``) leaves
-    ``min_free`` bytes free on every file system it writes on (see the module). Reads,
-    never writes. Returns how many files it restores of each path. Raises TaskError, naming the file
+    it meets in ``found``, the differing ones kept in ``safety``) leaves ``min_free``
+    bytes free on every file system it writes on (see the module). Reads, never writes.
+    Returns how many files it restores of each path. Raises TaskError, naming the file
     system's directory, what the restore adds and what is free, when one would not."""
-    adds: dict[int, _Adds] = {}
-    inner = _inner({destination for _, destination in places})
+    check = _Check()
+    inner = _inner([destination for _, destination in places])
     try:
-        counts = [
-            _add_copy(adds, copy, destination, destination in inner) for copy, destination in places
-        ]
-        for replaced in (r for r in found if r.destination not in inner):
-            for device, (freed, reused) in replaced.freed.items():
-                if device in adds:
-                    adds[device].bytes -= freed
-                    adds[device].inodes -= reused
+        counts = [_add_copy(check, c, d, number in inner) for number, (c, d) in enumerate(places)]
+        counted_at = {d for number, (_, d) in enumerate(places) if number not in inner}
+        for replaced in (r for r in found if r.destination in counted_at):
+            _credit(check, replaced)
         kept = [e for r in found for e in r.entries]
-        keeping = adds.get(os.stat(_directory_of(safety)).st_dev) if kept else None
+        keeping = check.adds.get(os.stat(_directory_of(safety)).st_dev) if kept else None
         if keeping is not None:  # (elsewhere keep_aside checks that they fit)
             keeping.bytes += sum(e.blocks for e in kept) + MARGIN_BYTES
             keeping.inodes += len(kept) + MARGIN_INODES
-        for added in adds.values():
+        for added in check.adds.values():
             _check(added, min_free)
     except OSError as exc:  # (a directory gone while it was looked at)
         raise TaskError(
@@ -86,39 +129,41 @@ def check_copy_room(
     return counts
 
 
-def _add_copy(adds: dict[int, _Adds], copy: Path, destination: Path, inner: bool) -> int:
-    """Add to ``adds`` what restoring ``copy`` at ``destination`` writes on each file
+def _credit(check: _Check, replaced: Replaced) -> None:
+    """Take from ``check`` what ``cp`` reuses of the live entries of ``replaced``."""
+    for device, freed in replaced.freed.items():
+        added = check.adds.get(device)
+        if added is None:
+            continue
+        if not added.shares_blocks:
+            added.bytes -= freed.bytes
+        added.bytes -= freed.directories * added.block
+        added.inodes -= freed.inodes + freed.directories
+
+
+def _add_copy(check: _Check, copy: Path, destination: Path, inner: bool) -> int:
+    """Add to ``check`` what restoring ``copy`` at ``destination`` writes on each file
     system (nothing when it is ``inner``: counted with the path it lies in). Returns how
     many files it restores."""
     files = 0
-    for place, taking in _footprints(copy, _landings(destination)).items():
+    for place, taking in _footprints(check, copy, _landings(check, destination)).items():
         files += taking.files
         if not inner:
-            added = _adds_at(adds, place)
+            added = check.adds[os.stat(place).st_dev]
             added.bytes += taking.bytes
             added.inodes += taking.inodes
             added.files += taking.files
     return files
 
 
-def _inner(destinations: set[Path]) -> set[Path]:
-    """The ``destinations`` that lie in another one (paths of a task that overlap: the
-    outer one's copy holds them)."""
-    return {d for d in destinations if any(d != o and d.is_relative_to(o) for o in destinations)}
-
-
-@dataclass
-class _Adds:
-    """What a restore adds to one file system, and its directory to name it by."""
-
-    place: Path
-    files: int = 0
-    bytes: int = 0
-    inodes: int = 0
-
-
-def _adds_at(adds: dict[int, _Adds], place: Path) -> _Adds:
-    return adds.setdefault(os.stat(place).st_dev, _Adds(place))
+def _inner(destinations: list[Path]) -> set[int]:
+    """The numbers of the ``destinations`` that lie in another one, or repeat an
+    earlier one (paths of a task that overlap: the outer one's copy holds them)."""
+    return {
+        number
+        for number, d in enumerate(destinations)
+        if any(d != o and d.is_relative_to(o) for o in destinations) or d in destinations[:number]
+    }
 
 
 def _check(added: _Adds, min_free: int) -> None:
@@ -140,13 +185,22 @@ def _check(added: _Adds, min_free: int) -> None:
     )
 
 
-def _landings(destination: Path) -> dict[tuple[str, ...], Path]:
+def _landings(check: _Check, destination: Path) -> dict[tuple[str, ...], Path]:
     """Where what is restored at ``destination`` lands, by the names below it: ``()``
     the real directory ``cp`` writes in (``destination`` when it is a directory, else
-    the one it is made in), and each file system mounted below it."""
+    the one it is made in; ``destination`` itself when a file is mounted there), and
+    each file system mounted below it."""
+    real = Path(os.path.realpath(destination))
     if os.path.isdir(destination) and not os.path.islink(destination):
-        top = Path(os.path.realpath(destination))
-        return {(): top, **_mounts_below(top)}
+        below = {
+            point.relative_to(real).parts: point
+            for point, _ in check.mount_points()
+            if point != real and point.is_relative_to(real)
+        }
+        return {(): real, **below}
+    mounted = any(point == real for point, _ in check.mount_points())
+    if mounted and os.path.lexists(destination) and not os.path.islink(destination):
+        return {(): real}  # (a file mounted there: it lands on that file system)
     return {(): _directory_of(destination.parent)}
 
 
@@ -158,39 +212,71 @@ def _directory_of(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def _mounts_below(top: Path) -> dict[tuple[str, ...], Path]:
-    """The file systems mounted below the directory ``top``, by their names below it."""
-    below = {}
-    with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as mounts:
-        for line in mounts:
-            fields = line.split(" ")
-            if len(fields) < 5:
-                continue
-            point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4]))
-            if point != top and point.is_relative_to(top):
-                below[point.relative_to(top).parts] = point
-    return below
+def _read_mounts() -> list[tuple[Path, str]]:
+    """Every mount point of this process and its file system type."""
+    mounts = []
+    with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as lines:
+        for line in lines:
+            fields, _, rest = line.partition(" - ")
+            parts = fields.split(" ")
+            if len(parts) >= 5:
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), parts[4])
+                mounts.append((Path(point), rest.split(" ")[0]))
+    return mounts
 
 
-def _footprints(copy: Path, landings: dict[tuple[str, ...], Path]) -> dict[Path, Footprint]:
+@dataclass
+class _Footprint:
+    """What a restore's entries take on one file system."""
+
+    files: int = 0
+    """Entries that are not directories."""
+    inodes: int = 0
+    """Entries, directories too (a hard-linked file once)."""
+    bytes: int = 0
+    """What they take there (see the module)."""
+
+
+def _footprints(
+    check: _Check, copy: Path, landings: dict[tuple[str, ...], Path]
+) -> dict[Path, _Footprint]:
     """What the snapshot's ``copy`` takes where each part lands (``landings``: by the
     names below it, the deepest one that holds an entry's names), walked by descriptors
-    however deep it is; what cannot be read is not counted."""
-    found = {place: Footprint() for place in landings.values()}
+    however deep it is; what cannot be read is not counted. Only a file system something
+    lands on is looked at."""
+    found: dict[Path, _Footprint] = {}
+    blocks: dict[Path, int] = {}
     seen: set[tuple[int, int]] = set()
     with contextlib.suppress(OSError), contextlib.closing(InStep(copy, copy)) as walk:
         for spot in walk:
             entry = os.stat(spot.copy_name, dir_fd=spot.copy_dir, follow_symlinks=False)
+            place = landings[_deepest(spot.names, landings)]
+            if place not in blocks:
+                blocks[place] = check.at(place).block
+            block = blocks[place]
+            taking = found.setdefault(place, _Footprint())
             if stat.S_ISDIR(entry.st_mode):
+                taking.inodes += 1
+                taking.bytes += block
                 walk.enter(spot, os.open(spot.name, _DIR, dir_fd=spot.live_dir))
                 continue
-            taking = found[landings[_deepest(spot.names, landings)]]
             taking.files += 1
             if (entry.st_dev, entry.st_ino) not in seen:  # (cp -a links the others)
                 seen.add((entry.st_dev, entry.st_ino))
                 taking.inodes += 1
-                taking.bytes += entry.st_blocks * 512
+                taking.bytes += _takes(entry, block)
     return found
+
+
+def _takes(entry: os.stat_result, block: int) -> int:
+    """Bytes a regular file like ``entry`` takes on a file system of ``block`` (none
+    for another kind: a symlink's target is most often stored in its inode)."""
+    if not stat.S_ISREG(entry.st_mode):
+        return 0
+    need = entry.st_blocks * 512
+    if need < entry.st_size:  # (sparse, or stored inline)
+        need = max(need, min(entry.st_size, block))
+    return -(-need // block) * block
 
 
 def _deepest(names: tuple[str, ...], landings: dict[tuple[str, ...], Path]) -> tuple[str, ...]:

@@ -121,20 +121,25 @@ def test_kept_copies_on_the_same_disk_count_with_the_restore(tmp_path, own_files
 
 @pytest.fixture
 def mounts(tmp_path):
-    """``mount(name, size)``: a tmpfs of this test's own at ``tmp_path/name``, each
-    unmounted as the test ends (root only)."""
+    """``mount(name, size)``: a tmpfs of this test's own at ``tmp_path/name``;
+    ``mount.bind(source, where)``; each unmounted as the test ends (root only)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     made: list[Path] = []
 
-    def mount(name: str, size: str) -> Path:
+    def mount(name: str, size: str, more: str = "") -> Path:
         where = tmp_path / name
         where.mkdir(parents=True, exist_ok=True)
-        options = f"size={size},mode=755"
+        options = f"size={size},mode=755{more}"
         subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", where], check=True)
         made.append(where)
         return where
 
+    def bind(source: Path, where: Path) -> None:
+        subprocess.run(["mount", "--bind", source, where], check=True)
+        made.append(where)
+
+    mount.bind = bind  # type: ignore[attr-defined]
     yield mount
     for where in reversed(made):
         subprocess.run(["umount", "-l", where], check=False)
@@ -322,3 +327,121 @@ def test_a_path_below_a_symlink_root_made_is_restored_through_it(tmp_path, mount
     assert done.returncode == 0, done.stderr[-2000:]
     assert (small / "app" / "data" / "conf").read_text() == "setting=1\n"
     assert (big / "app").is_symlink()
+
+
+def test_new_directories_count_an_inode_each(tmp_path, mounts):
+    """5,000 empty directories the live tree lost (a spool's skeleton), onto a disk with
+    3,000 free inodes: cp made 3,000 and failed half way, the disk left with none
+    (helper-151 F1). Refused now, nothing made."""
+    disk = mounts("disk", "64m", ",nr_inodes=20000")
+    live = disk / "srv"
+    live.mkdir()
+    for n in range(5000):
+        (live / f"d{n:04}").mkdir()
+    box = _service(tmp_path, [live])
+    (archive,) = box.published()
+    for n in range(5000):
+        (live / f"d{n:04}").rmdir()
+    (disk / "inodes").mkdir()
+    n = 0
+    while os.statvfs(disk).f_favail > 3000:
+        (disk / "inodes" / str(n)).touch()
+        n += 1
+    before = os.statvfs(disk).f_favail
+
+    done = _restore(box, archive, tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "no room to restore 0 files onto the file system of" in done.stderr
+    assert "and 5000 inodes there" in done.stderr
+    assert os.statvfs(disk).f_favail == before and not any(live.iterdir())
+
+
+def test_a_file_mounted_at_the_restored_path_is_looked_at_on_its_own_disk(tmp_path, mounts):
+    """The restored path is a file bind-mounted from a small disk (a container's data
+    file): it was counted on its parent's roomy disk, and cp filled the small one
+    (helper-151 F2)."""
+    big, small = mounts("big", "512m"), mounts("small", "128m")
+    (small / "blob").write_bytes(os.urandom(64 * MIB))
+    live = big / "srv"
+    live.mkdir()
+    (live / "blob").touch()
+    mounts.bind(small / "blob", live / "blob")
+    box = _service(tmp_path, [live / "blob"])
+    (archive,) = box.published()
+    (live / "blob").write_bytes(b"x")
+    _fill(small, 40 * MIB)
+    before = shutil.disk_usage(small).free
+
+    _refused_leaving(_restore(box, archive, tmp_path), small, before, live / "blob")
+    assert (live / "blob").read_bytes() == b"x"
+
+
+def test_a_mount_nothing_lands_on_is_not_looked_at(tmp_path, mounts):
+    """A disk mounted at srv/cache, hidden since by another mounted over srv (still in
+    /proc/self/mountinfo, its point gone): the restore puts nothing there, and was
+    refused "cannot tell whether the restore fits" (helper-151 F3)."""
+    base = mounts("base", "64m")
+    live = base / "srv"
+    (live / "cache").mkdir(parents=True)
+    mounts("base/srv/cache", "16m")
+    mounts("base/srv", "64m")
+    (live / "conf").write_bytes(b"a" * 1000)
+    box = _service(tmp_path, [live])
+    (archive,) = box.published()
+    (live / "conf").write_bytes(b"b" * 1000)
+
+    done = _restore(box, archive, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (live / "conf").read_bytes() == b"a" * 1000
+
+
+@pytest.mark.parametrize("second", ["the same path", "with a trailing slash"])
+def test_a_path_listed_twice_is_counted_once(tmp_path, mounts, second):
+    """``paths: [srv, srv/]``: the 64 MiB were counted twice, a restore that fits
+    refused (helper-151 F7)."""
+    disk = mounts("disk", "512m")
+    live = disk / "srv"
+    live.mkdir()
+    (live / "blob").write_bytes(os.urandom(64 * MIB))
+    other = str(live) if second == "the same path" else f"{live}/"
+    box = _service(tmp_path, [live, Path(f"'{other}'")])
+    (archive,) = box.published()
+    (live / "blob").unlink()
+    _fill(disk, 100 * MIB)
+
+    done = _restore(box, archive, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (live / "blob").stat().st_size == 64 * MIB
+
+
+def test_small_files_count_a_block_each_however_the_scratch_disk_holds_them(tmp_path, mounts):
+    """The sizes are read where the snapshot was unpacked: an ext4 with inline_data
+    keeps a 40-byte file in its inode, and 20,000 of them were counted as 10 MiB; they
+    take a 4 KiB page each on the live tmpfs, 80 MiB (helper-151 F4)."""
+    disk = mounts("disk", "256m")
+    live = disk / "srv"
+    for n in range(20):
+        (live / f"d{n}").mkdir(parents=True)
+        for m in range(1000):
+            (live / f"d{n}" / f"f{m}").write_bytes(b"x" * 40)
+    box = _service(tmp_path, [live])
+    (archive,) = box.published()
+    shutil.rmtree(live)
+    live.mkdir()
+    image = tmp_path / "scratch.img"
+    with open(image, "wb") as made:
+        made.truncate(512 * MIB)
+    mkfs = ["mkfs.ext4", "-q", "-F", "-O", "inline_data", "-I", "256", image]
+    subprocess.run(mkfs, check=True)
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    subprocess.run(["mount", "-o", "loop", image, scratch], check=True)
+    try:
+        _fill(disk, 60 * MIB)
+        before = shutil.disk_usage(disk).free
+        done = _restore(box, archive, tmp_path)
+    finally:
+        subprocess.run(["umount", scratch], check=False)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "no room to restore 20000 files onto the file system of" in done.stderr
+    assert shutil.disk_usage(disk).free == before

@@ -30,9 +30,9 @@ than MIN_FREE_INODES inodes (with ``min_free_space: 0``: that cannot take it at 
 restore onto a full disk filled it to the last byte, the database beside it failing, and
 left a cut-short file at the live path (helper-147 F3). Of two paths of a task that
 overlap (or one listed twice), the inner one is counted with the outer one, whose copy
-holds it. Not known here: file systems that share one pool of space (btrfs subvolumes,
-ZFS datasets) are each checked alone, and a file system that compresses or
-deduplicates may take more or less than counted.
+holds it. The subvolumes of one btrfs or bcachefs device and the datasets of one ZFS
+pool are checked together (:meth:`_Check.pools`). Not known here: a file system that
+compresses or deduplicates may take more or less than counted.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MOUNTINFO = "/proc/self/mountinfo"
 SHARED_BLOCKS = frozenset({"btrfs", "zfs", "bcachefs"})
 """File systems whose files may share blocks (snapshots, reflinks): truncating a live
-file there may free nothing."""
+file there may free nothing. Their subvolumes (datasets) share one pool of space: each
+has a device of its own, and all are checked as one, by the device (pool) mounted."""
 
 
 @dataclass
@@ -64,6 +65,8 @@ class _Adds:
     place: Path
     block: int
     """Bytes of the file system's allocation unit."""
+    pool: tuple[str, str]
+    """The space it draws on: its device, or the pool its subvolume is of."""
     shares_blocks: bool = False
     files: int = 0
     bytes: int = 0
@@ -75,29 +78,44 @@ class _Check:
     """One check's file systems, by ``st_dev``, and the mounts it looked up."""
 
     adds: dict[int, _Adds] = field(default_factory=dict)
-    mounts: list[tuple[Path, str]] | None = None
+    mounts: list[tuple[Path, str, str]] | None = None
 
     def at(self, place: Path) -> _Adds:
         """The file system of the directory ``place`` (looked at once)."""
         device = os.stat(place).st_dev
         if device not in self.adds:
-            shares = self.fstype(place) in SHARED_BLOCKS
-            self.adds[device] = _Adds(place, room(place).block, shares)
+            kind, source = self.mounted(place)
+            shares = kind in SHARED_BLOCKS
+            pool = (kind, source.split("/")[0]) if shares else ("device", str(device))
+            self.adds[device] = _Adds(place, room(place).block, pool, shares)
         return self.adds[device]
 
-    def mount_points(self) -> list[tuple[Path, str]]:
-        """Every mount point and its file system type, from MOUNTINFO (read once)."""
+    def mount_points(self) -> list[tuple[Path, str, str]]:
+        """Every mount point, its file system type and source, from MOUNTINFO (read
+        once)."""
         if self.mounts is None:
             self.mounts = _read_mounts()
         return self.mounts
 
-    def fstype(self, place: Path) -> str:
-        """The type of the file system mounted nearest above ``place`` (a real path)."""
-        best, kind = Path("/"), ""
-        for point, fstype in self.mount_points():
+    def mounted(self, place: Path) -> tuple[str, str]:
+        """The type and source of the file system mounted nearest above ``place`` (a
+        real path)."""
+        best, found = Path("/"), ("", "")
+        for point, kind, source in self.mount_points():
             if place.is_relative_to(point) and len(point.parts) >= len(best.parts):
-                best, kind = point, fstype
-        return kind
+                best, found = point, (kind, source)
+        return found
+
+    def pools(self) -> list[_Adds]:
+        """What the restore adds to each pool of space (a file system, or the
+        subvolumes of one pool together, named by the first)."""
+        pools: dict[tuple[str, str], _Adds] = {}
+        for added in self.adds.values():
+            pool = pools.setdefault(added.pool, _Adds(added.place, added.block, added.pool))
+            pool.files += added.files
+            pool.bytes += added.bytes
+            pool.inodes += added.inodes
+        return list(pools.values())
 
 
 def check_copy_room(
@@ -120,8 +138,8 @@ def check_copy_room(
         if keeping is not None:  # (elsewhere keep_aside checks that they fit)
             keeping.bytes += sum(e.blocks for e in kept) + MARGIN_BYTES
             keeping.inodes += len(kept) + MARGIN_INODES
-        for added in check.adds.values():
-            _check(added, min_free)
+        for pool in check.pools():
+            _check(pool, min_free)
     except OSError as exc:  # (a directory gone while it was looked at)
         raise TaskError(
             f"cannot tell whether the restore fits: {printable(exc, 300)}; nothing was replaced"
@@ -194,11 +212,11 @@ def _landings(check: _Check, destination: Path) -> dict[tuple[str, ...], Path]:
     if os.path.isdir(destination) and not os.path.islink(destination):
         below = {
             point.relative_to(real).parts: point
-            for point, _ in check.mount_points()
+            for point, _, _ in check.mount_points()
             if point != real and point.is_relative_to(real)
         }
         return {(): real, **below}
-    mounted = any(point == real for point, _ in check.mount_points())
+    mounted = any(point == real for point, _, _ in check.mount_points())
     if mounted and os.path.lexists(destination) and not os.path.islink(destination):
         return {(): real}  # (a file mounted there: it lands on that file system)
     return {(): _directory_of(destination.parent)}
@@ -212,17 +230,22 @@ def _directory_of(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def _read_mounts() -> list[tuple[Path, str]]:
-    """Every mount point of this process and its file system type."""
+def _read_mounts() -> list[tuple[Path, str, str]]:
+    """Every mount point of this process, its file system type and its source."""
     mounts = []
     with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as lines:
         for line in lines:
             fields, _, rest = line.partition(" - ")
-            parts = fields.split(" ")
+            parts, after = fields.split(" "), [*rest.split(" "), "", ""]
             if len(parts) >= 5:
-                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), parts[4])
-                mounts.append((Path(point), rest.split(" ")[0]))
+                point = _unescaped(parts[4])
+                mounts.append((Path(point), after[0], _unescaped(after[1])))
     return mounts
+
+
+def _unescaped(field: str) -> str:
+    """A MOUNTINFO field with its octal escapes (``\\040`` a space) read."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 
 @dataclass

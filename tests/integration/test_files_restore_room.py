@@ -445,3 +445,68 @@ def test_small_files_count_a_block_each_however_the_scratch_disk_holds_them(tmp_
     assert done.returncode == 1, done.stderr[-2000:]
     assert "no room to restore 20000 files onto the file system of" in done.stderr
     assert shutil.disk_usage(disk).free == before
+
+
+@pytest.fixture
+def btrfs(tmp_path):
+    """A 768 MiB btrfs of this test's own (a loop device, mixed block groups) at
+    ``tmp_path/pool`` (scripts/install-deps installs btrfs-progs)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a btrfs needs root")
+    image, pool = tmp_path / "pool.img", tmp_path / "pool"
+    with open(image, "wb") as made:
+        made.truncate(768 * MIB)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", "--mixed", image], check=True)
+    pool.mkdir()
+    subprocess.run(["mount", "-o", "loop", image, pool], check=True)
+    yield pool
+    subprocess.run(["umount", pool], check=False)
+
+
+def _fill_btrfs(pool: Path, leave: int) -> int:
+    os.sync()
+    with open(pool / "database", "wb") as db:
+        db.write(b"\1" * (shutil.disk_usage(pool).free - leave))
+    os.sync()
+    return shutil.disk_usage(pool).free
+
+
+def test_subvolumes_of_one_pool_are_checked_as_one_disk(tmp_path, btrfs):
+    """Two paths, two btrfs subvolumes of one pool (each its own st_dev), each losing
+    64 MiB: each fit alone in the 100 MiB free, the two did not (helper-151 F5)."""
+    a, b = btrfs / "a", btrfs / "b"
+    for sub in (a, b):
+        subprocess.run(["btrfs", "-q", "subvolume", "create", sub], check=True)
+        (sub / "blob").write_bytes(os.urandom(64 * MIB))
+    assert os.stat(a).st_dev != os.stat(b).st_dev
+    box = _service(tmp_path, [a, b])
+    (archive,) = box.published()
+    (a / "blob").unlink()
+    (b / "blob").unlink()
+    before = _fill_btrfs(btrfs, 100 * MIB)
+
+    done = _restore(box, archive, tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "no room to restore 2 files onto the file system of" in done.stderr
+    assert not (a / "blob").exists() and not (b / "blob").exists()
+    assert shutil.disk_usage(btrfs).free >= before - MIB
+
+
+def test_a_file_a_snapshot_shares_frees_nothing_when_written_over(tmp_path, btrfs):
+    """On btrfs a snapshot may hold a live file's blocks: truncating it frees nothing,
+    and the copy written over it takes all its 64 MiB anew (helper-151 F6)."""
+    live = btrfs / "srv"
+    subprocess.run(["btrfs", "-q", "subvolume", "create", live], check=True)
+    (live / "blob").write_bytes(os.urandom(64 * MIB))
+    box = _service(tmp_path, [live])
+    (archive,) = box.published()
+    (live / "blob").write_bytes(os.urandom(64 * MIB))
+    damaged = (live / "blob").read_bytes()
+    hourly = ["btrfs", "-q", "subvolume", "snapshot", "-r", live, btrfs / "hourly"]
+    subprocess.run(hourly, check=True)
+    _fill_btrfs(btrfs, 40 * MIB)
+
+    done = _restore(box, archive, tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "no room to restore 1 file onto the file system of" in done.stderr
+    assert (live / "blob").read_bytes() == damaged

@@ -1,0 +1,73 @@
+"""The pure parts of a files restore's room check (plugins/copy_room.py): what a file
+takes on the live file system, which paths of a task count, where an entry lands, and
+how /proc/self/mountinfo is read."""
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pullback.plugins import copy_room
+
+pytestmark = pytest.mark.unit
+
+
+def _entry(mode: int, size: int, blocks: int) -> os.stat_result:
+    """What ``_takes`` reads of a stat result (the mode, size and 512-byte blocks)."""
+    return SimpleNamespace(st_mode=mode, st_size=size, st_blocks=blocks)  # type: ignore
+
+
+FILE, LINK = 0o100644, 0o120777
+
+
+@pytest.mark.parametrize(
+    ("size", "blocks", "block", "takes"),
+    [
+        (40, 0, 4096, 4096),  # stored inline where it was unpacked: a block here
+        (0, 0, 4096, 0),  # empty
+        (10_000, 24, 4096, 12_288),  # 12 KiB
+        (1 << 30, 16_384, 4096, 8 << 20),  # sparse: its data, holes stay holes
+        (1 << 30, 0, 4096, 4096),  # all holes: a block at most
+        (5000, 16, 2 << 20, 2 << 20),  # a tmpfs of huge pages counting 2 MiB blocks
+    ],
+)
+def test_a_regular_file_takes_its_data_rounded_to_the_live_block(size, blocks, block, takes):
+    assert copy_room._takes(_entry(FILE, size, blocks), block) == takes
+
+
+def test_a_symlink_takes_no_block():
+    assert copy_room._takes(_entry(LINK, 30, 0), 4096) == 0
+
+
+def test_inner_and_repeated_paths_count_with_the_first_outer_one():
+    paths = [Path("/srv"), Path("/srv/app"), Path("/etc"), Path("/srv"), Path("/srvx")]
+    assert copy_room._inner(paths) == {1, 3}
+
+
+def test_an_entry_lands_on_the_deepest_mount_that_holds_it():
+    landings = {(): Path("/srv"), ("cache",): Path("/srv/cache"), ("a", "b"): Path("/m")}
+    assert copy_room._deepest(("cache", "x", "y"), landings) == ("cache",)
+    assert copy_room._deepest(("a", "b"), landings) == ("a", "b")
+    assert copy_room._deepest(("a", "c"), landings) == ()
+    assert copy_room._deepest((), landings) == ()
+
+
+def test_mountinfo_is_read_with_its_escapes(tmp_path, monkeypatch):
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        "40 22 0:35 / /srv/my\\040disk rw - tmpfs tmp\\134fs rw,size=1024k\n"
+        "41 22 0:36 /@home /home rw shared:5 - btrfs /dev/sdb2 rw,subvol=/@home\n"
+        "short line\n"
+    )
+    monkeypatch.setattr(copy_room, "MOUNTINFO", str(info))
+    assert copy_room._read_mounts() == [
+        (Path("/"), "ext4", "/dev/sda1"),
+        (Path("/srv/my disk"), "tmpfs", "tmp\\fs"),
+        (Path("/home"), "btrfs", "/dev/sdb2"),
+    ]
+    check = copy_room._Check()
+    assert check.mounted(Path("/home/user/x")) == ("btrfs", "/dev/sdb2")
+    assert check.mounted(Path("/srv/my disk/a")) == ("tmpfs", "tmp\\fs")
+    assert check.mounted(Path("/var")) == ("ext4", "/dev/sda1")

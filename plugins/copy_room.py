@@ -52,10 +52,14 @@ from .task import TaskError
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MOUNTINFO = "/proc/self/mountinfo"
-SHARED_BLOCKS = frozenset({"btrfs", "zfs", "bcachefs"})
-"""File systems whose files may share blocks (snapshots, reflinks): truncating a live
-file there may free nothing. Their subvolumes (datasets) share one pool of space: each
-has a device of its own, and all are checked as one, by the device (pool) mounted."""
+SHARED_BLOCKS = frozenset({"btrfs", "zfs", "bcachefs", "overlay", "aufs"})
+"""File systems where truncating a live file may free nothing: its blocks may be shared
+(snapshots, reflinks), or it lies in a lower layer that a write copies up (a
+container's root)."""
+POOLED = frozenset({"btrfs", "zfs", "bcachefs"})
+"""File systems whose subvolumes (datasets) share one pool of space, each with a device
+of its own: checked as one, by the device mounted (the pool's name for ZFS's
+``pool/dataset``)."""
 
 
 @dataclass
@@ -85,9 +89,10 @@ class _Check:
         device = os.stat(place).st_dev
         if device not in self.adds:
             kind, source = self.mounted(place)
-            shares = kind in SHARED_BLOCKS
-            pool = (kind, source.split("/")[0]) if shares else ("device", str(device))
-            self.adds[device] = _Adds(place, room(place).block, pool, shares)
+            pool = ("device", str(device))
+            if kind in POOLED:  # (a btrfs's source is its device, a ZFS one's pool/dataset)
+                pool = (kind, source.split("/")[0] if kind == "zfs" else source)
+            self.adds[device] = _Adds(place, room(place).block, pool, kind in SHARED_BLOCKS)
         return self.adds[device]
 
     def mount_points(self) -> list[tuple[Path, str, str]]:
@@ -131,13 +136,9 @@ def check_copy_room(
     try:
         counts = [_add_copy(check, c, d, number in inner) for number, (c, d) in enumerate(places)]
         counted_at = {d for number, (_, d) in enumerate(places) if number not in inner}
-        for replaced in (r for r in found if r.destination in counted_at):
-            _credit(check, replaced)
-        kept = [e for r in found for e in r.entries]
-        keeping = check.adds.get(os.stat(_directory_of(safety)).st_dev) if kept else None
-        if keeping is not None:  # (elsewhere keep_aside checks that they fit)
-            keeping.bytes += sum(e.blocks for e in kept) + MARGIN_BYTES
-            keeping.inodes += len(kept) + MARGIN_INODES
+        for destination in counted_at:  # (once each: a path listed twice is scanned twice)
+            _credit(check, next((r for r in found if r.destination == destination), None))
+        _add_kept(check, [e for r in found for e in r.entries], safety)
         for pool in check.pools():
             _check(pool, min_free)
     except OSError as exc:  # (a directory gone while it was looked at)
@@ -147,8 +148,22 @@ def check_copy_room(
     return counts
 
 
-def _credit(check: _Check, replaced: Replaced) -> None:
+def _add_kept(check: _Check, kept: list, safety: Path) -> None:
+    """Add the ``kept`` entries' copies to the pool of space of ``safety`` when the
+    restore writes there too (elsewhere keep_aside checks that they fit)."""
+    if not kept:
+        return
+    pools = {added.pool for added in check.adds.values()}
+    keeping = check.at(_directory_of(safety))
+    if keeping.pool in pools:
+        keeping.bytes += sum(e.blocks for e in kept) + MARGIN_BYTES
+        keeping.inodes += len(kept) + MARGIN_INODES
+
+
+def _credit(check: _Check, replaced: Replaced | None) -> None:
     """Take from ``check`` what ``cp`` reuses of the live entries of ``replaced``."""
+    if replaced is None:
+        return
     for device, freed in replaced.freed.items():
         added = check.adds.get(device)
         if added is None:
@@ -207,13 +222,14 @@ def _landings(check: _Check, destination: Path) -> dict[tuple[str, ...], Path]:
     """Where what is restored at ``destination`` lands, by the names below it: ``()``
     the real directory ``cp`` writes in (``destination`` when it is a directory, else
     the one it is made in; ``destination`` itself when a file is mounted there), and
-    each file system mounted below it."""
+    each file system mounted below it (one hidden by another mounted over it is gone:
+    its entries land where the path leads now)."""
     real = Path(os.path.realpath(destination))
     if os.path.isdir(destination) and not os.path.islink(destination):
         below = {
             point.relative_to(real).parts: point
             for point, _, _ in check.mount_points()
-            if point != real and point.is_relative_to(real)
+            if point != real and point.is_relative_to(real) and os.path.isdir(point)
         }
         return {(): real, **below}
     mounted = any(point == real for point, _, _ in check.mount_points())
@@ -265,12 +281,12 @@ def _footprints(
 ) -> dict[Path, _Footprint]:
     """What the snapshot's ``copy`` takes where each part lands (``landings``: by the
     names below it, the deepest one that holds an entry's names), walked by descriptors
-    however deep it is; what cannot be read is not counted. Only a file system something
-    lands on is looked at."""
+    however deep it is. Only a file system something lands on is looked at. Raises
+    OSError when an entry cannot be looked at (what is not counted could fill a disk)."""
     found: dict[Path, _Footprint] = {}
     blocks: dict[Path, int] = {}
     seen: set[tuple[int, int]] = set()
-    with contextlib.suppress(OSError), contextlib.closing(InStep(copy, copy)) as walk:
+    with contextlib.closing(InStep(copy, copy)) as walk:
         for spot in walk:
             entry = os.stat(spot.copy_name, dir_fd=spot.copy_dir, follow_symlinks=False)
             place = landings[_deepest(spot.names, landings)]

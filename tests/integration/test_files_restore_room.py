@@ -122,7 +122,8 @@ def test_kept_copies_on_the_same_disk_count_with_the_restore(tmp_path, own_files
 @pytest.fixture
 def mounts(tmp_path):
     """``mount(name, size)``: a tmpfs of this test's own at ``tmp_path/name``;
-    ``mount.bind(source, where)``; each unmounted as the test ends (root only)."""
+    ``mount.bind(source, where)``; ``mount.btrfs(name, mib)`` a loop btrfs; each
+    unmounted as the test ends (root only)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     made: list[Path] = []
@@ -139,7 +140,18 @@ def mounts(tmp_path):
         subprocess.run(["mount", "--bind", source, where], check=True)
         made.append(where)
 
+    def btrfs(name: str, mib: int) -> Path:
+        image, where = tmp_path / f"{name}.img", tmp_path / name
+        with open(image, "wb") as space:
+            space.truncate(mib * MIB)
+        subprocess.run(["mkfs.btrfs", "-q", "-f", "--mixed", image], check=True)
+        where.mkdir()
+        subprocess.run(["mount", "-o", "loop", image, where], check=True)
+        made.append(where)
+        return where
+
     mount.bind = bind  # type: ignore[attr-defined]
+    mount.btrfs = btrfs  # type: ignore[attr-defined]
     yield mount
     for where in reversed(made):
         subprocess.run(["umount", "-l", where], check=False)
@@ -448,22 +460,15 @@ def test_small_files_count_a_block_each_however_the_scratch_disk_holds_them(tmp_
 
 
 @pytest.fixture
-def btrfs(tmp_path):
-    """A 768 MiB btrfs of this test's own (a loop device, mixed block groups) at
-    ``tmp_path/pool`` (scripts/install-deps installs btrfs-progs)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a btrfs needs root")
-    image, pool = tmp_path / "pool.img", tmp_path / "pool"
-    with open(image, "wb") as made:
-        made.truncate(768 * MIB)
-    subprocess.run(["mkfs.btrfs", "-q", "-f", "--mixed", image], check=True)
-    pool.mkdir()
-    subprocess.run(["mount", "-o", "loop", image, pool], check=True)
-    yield pool
-    subprocess.run(["umount", pool], check=False)
+def btrfs(mounts):
+    """A 768 MiB btrfs of this test's own at ``tmp_path/pool`` (scripts/install-deps
+    installs btrfs-progs)."""
+    return mounts.btrfs("pool", 768)
 
 
 def _fill_btrfs(pool: Path, leave: int) -> int:
+    """Fill ``pool`` until ``leave`` bytes are free, synced (btrfs counts late); returns
+    what is free then."""
     os.sync()
     with open(pool / "database", "wb") as db:
         db.write(b"\1" * (shutil.disk_usage(pool).free - leave))
@@ -510,3 +515,109 @@ def test_a_file_a_snapshot_shares_frees_nothing_when_written_over(tmp_path, btrf
     assert done.returncode == 1, done.stderr[-2000:]
     assert "no room to restore 1 file onto the file system of" in done.stderr
     assert (live / "blob").read_bytes() == damaged
+
+
+# helper-152's attack: what the credits and the pools got wrong
+def test_a_path_listed_twice_credits_what_it_overwrites_once(tmp_path, mounts):
+    """``paths: [srv, srv]``: each listing's Replaced is credited (counted_at holds the
+    destination, both found entries match it), so the 64 MiB blob overwritten in place
+    pays twice, once for the new 48 MiB file that does not fit in 40 MiB free."""
+    disk = mounts("disk", "512m")
+    live = disk / "srv"
+    live.mkdir()
+    (live / "blob").write_bytes(os.urandom(64 * MIB))
+    (live / "new").write_bytes(os.urandom(48 * MIB))
+    box = _service(tmp_path, [live, live])
+    (live / "new").unlink()  # lost: 48 MiB to add
+    (live / "blob").write_bytes(os.urandom(64 * MIB))  # damaged: overwritten in place
+    before = _fill_btrfs(disk, 40 * MIB)
+
+    done = _restore(box, box.published()[0], tmp_path, "--dry-run")
+    assert done.returncode == 1, "dry run said the restore fits: " + done.stderr[-1500:]
+    assert "no room to restore" in done.stderr
+    assert shutil.disk_usage(disk).free == before
+
+
+def test_two_btrfs_file_systems_are_not_one_pool(tmp_path, mounts):
+    """A btrfs's mountinfo source is ``/dev/loopN``: ``source.split('/')[0]`` is ``''``
+    for every one, so all btrfs file systems on the host are one "pool", checked against
+    the room of the first one met. A roomy btrfs listed first hides a full one: 64 MiB
+    go onto one with 40 MiB free."""
+    roomy = mounts.btrfs("roomy", 512)
+    full = mounts.btrfs("full", 512)
+    a, b = roomy / "a", full / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "small").write_bytes(b"x" * 5000)
+    (b / "blob").write_bytes(os.urandom(64 * MIB))
+    box = _service(tmp_path, [a, b])
+    (a / "small").unlink()
+    (b / "blob").unlink()
+    before = _fill_btrfs(full, 40 * MIB)
+
+    done = _restore(box, box.published()[0], tmp_path, "--dry-run")
+    assert done.returncode == 1, "dry run said the restore fits: " + done.stderr[-1500:]
+    assert f"onto the file system of {b}" in done.stderr, done.stderr[-1500:]
+    assert shutil.disk_usage(full).free >= before - MIB
+
+
+def test_a_hidden_mount_below_the_path_does_not_stop_the_count(tmp_path, mounts):
+    """A tmpfs once mounted at top/srv/inner, then top over-mounted: mountinfo still lists
+    top/srv/inner, so ``_landings`` makes it a landing; ``check.at`` stats it, ENOENT on
+    the disk that hides it, and ``_footprints``'s suppress(OSError) around the whole walk
+    ends the count there: the 64 MiB ``zblob`` (sorted after ``inner``) is never counted,
+    and goes onto a disk with 40 MiB free."""
+    mounts("top", "64m")
+    (tmp_path / "top" / "srv" / "inner").mkdir(parents=True)
+    mounts("top/srv/inner", "64m")
+    disk = mounts("top", "512m")  # over it: hides top/srv/inner
+    live = disk / "srv"
+    (live / "inner").mkdir(parents=True)
+    (live / "zblob").write_bytes(os.urandom(64 * MIB))
+    box = _service(tmp_path, [live])
+    (live / "inner").rmdir()
+    (live / "zblob").unlink()
+    before = _fill_btrfs(disk, 40 * MIB)
+
+    done = _restore(box, box.published()[0], tmp_path, "--dry-run")
+    assert done.returncode == 1, "dry run said the restore fits: " + done.stderr[-1500:]
+    assert "no room to restore" in done.stderr, done.stderr[-1500:]
+    assert shutil.disk_usage(disk).free == before
+
+
+def test_a_lower_file_of_an_overlay_written_over_frees_nothing(tmp_path, mounts):
+    """The live path on an overlayfs (a container's root): the damaged 64 MiB blob is in
+    the lower layer. ``cp`` truncating it copies it up: the upper layer takes the 64 MiB
+    anew, the lower keeps its own. ``_reused`` credits the live blocks (overlay is not in
+    SHARED_BLOCKS): 64 MiB go onto a disk with 40 MiB free, 16 MiB kept free."""
+    disk = mounts("disk", "512m")
+    lower, upper, work, merged = (disk / n for n in ("lower", "upper", "work", "merged"))
+    for d in (lower / "srv", upper, work, merged):
+        d.mkdir(parents=True)
+    (lower / "srv" / "blob").write_bytes(os.urandom(64 * MIB))  # damaged, in the image
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    subprocess.run(["mount", "-t", "overlay", "-o", options, "overlay", merged], check=True)
+    live = merged / "srv"
+    try:
+        (upper / "srv").mkdir()
+        # the snapshot's blob: another 64 MiB, backed up through the overlay
+        good = tmp_path / "good"
+        good.write_bytes(os.urandom(64 * MIB))
+        box = ClientSandbox(tmp_path / "client")
+        box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{live}]}}\n")
+        shutil.copyfile(good, live / "blob")  # copied up for the backup
+        made = box.cli("run", timeout=120)
+        assert made.returncode == 0, made.stderr[-2000:]
+        box.write_config(min_free_space="16M")
+        subprocess.run(["umount", merged], check=True)
+        (upper / "srv" / "blob").unlink()  # back to the lower layer's (damaged) blob
+        subprocess.run(["mount", "-t", "overlay", "-o", options, "overlay", merged], check=True)
+        assert (live / "blob").read_bytes() != good.read_bytes()
+        before = _fill_btrfs(disk, 40 * MIB)
+
+        done = _restore(box, box.published()[0], tmp_path, "--dry-run")
+        assert done.returncode == 1, "dry run said the restore fits: " + done.stderr[-1500:]
+        assert "no room to restore" in done.stderr, done.stderr[-1500:]
+        assert shutil.disk_usage(disk).free == before
+    finally:
+        subprocess.run(["umount", merged], check=False)

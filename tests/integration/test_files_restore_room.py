@@ -296,24 +296,6 @@ def test_kept_copies_behind_a_symlink_count_on_the_live_disk(tmp_path, mounts):
     assert (live / "blob").read_bytes() == damaged
 
 
-def test_overlapping_paths_count_what_they_share_once(tmp_path, mounts):
-    """Paths srv and srv/blob (helper-149 F7): the lost 64 MiB blob is counted once, and
-    goes back onto a disk with 100 MiB free, 16 MiB kept free."""
-    disk = mounts("disk", "512m")
-    live = disk / "srv"
-    live.mkdir()
-    (live / "blob").write_bytes(os.urandom(64 * MIB))
-    box = _service(tmp_path, [live, live / "blob"])
-    (archive,) = box.published()
-    (live / "blob").unlink()
-    _fill(disk, 100 * MIB)
-
-    done = _restore(box, archive, tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert (live / "blob").stat().st_size == 64 * MIB
-    assert shutil.disk_usage(disk).free >= 16 * MIB
-
-
 def test_a_path_below_a_symlink_root_made_is_restored_through_it(tmp_path, mounts):
     """/big/app is root's symlink to /small/app (the /var/lib/mysql -> /data/mysql
     layout), the path /big/app/data: the archive held the symlink as a member, and the
@@ -407,15 +389,20 @@ def test_a_mount_nothing_lands_on_is_not_looked_at(tmp_path, mounts):
     assert (live / "conf").read_bytes() == b"a" * 1000
 
 
-@pytest.mark.parametrize("second", ["the same path", "with a trailing slash"])
-def test_a_path_listed_twice_is_counted_once(tmp_path, mounts, second):
-    """``paths: [srv, srv/]``: the 64 MiB were counted twice, a restore that fits
-    refused (helper-151 F7)."""
+@pytest.mark.parametrize("second", ["the path inside it", "the same path", "with a trailing slash"])
+def test_overlapping_or_repeated_paths_count_what_they_share_once(tmp_path, mounts, second):
+    """``paths: [srv, srv/blob]`` (helper-149 F7), ``[srv, srv]`` or ``[srv, srv/]``
+    (helper-151 F7): the lost 64 MiB blob was counted twice, a restore that fits
+    refused. It goes back onto a disk with 100 MiB free, 16 MiB kept free."""
     disk = mounts("disk", "512m")
     live = disk / "srv"
     live.mkdir()
     (live / "blob").write_bytes(os.urandom(64 * MIB))
-    other = str(live) if second == "the same path" else f"{live}/"
+    other = {
+        "the path inside it": str(live / "blob"),
+        "the same path": str(live),
+        "with a trailing slash": f"{live}/",
+    }[second]
     box = _service(tmp_path, [live, Path(f"'{other}'")])
     (archive,) = box.published()
     (live / "blob").unlink()
@@ -424,6 +411,7 @@ def test_a_path_listed_twice_is_counted_once(tmp_path, mounts, second):
     done = _restore(box, archive, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (live / "blob").stat().st_size == 64 * MIB
+    assert shutil.disk_usage(disk).free >= 16 * MIB
 
 
 def test_small_files_count_a_block_each_however_the_scratch_disk_holds_them(tmp_path, mounts):

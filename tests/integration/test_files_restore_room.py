@@ -127,6 +127,7 @@ def mounts(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     made: list[Path] = []
+    images: list[Path] = []
 
     def mount(name: str, size: str, more: str = "") -> Path:
         where = tmp_path / name
@@ -148,6 +149,7 @@ def mounts(tmp_path):
         where.mkdir()
         subprocess.run(["mount", "-o", "loop", image, where], check=True)
         made.append(where)
+        images.append(image)
         return where
 
     mount.bind = bind  # type: ignore[attr-defined]
@@ -155,6 +157,8 @@ def mounts(tmp_path):
     yield mount
     for where in reversed(made):
         subprocess.run(["umount", "-l", where], check=False)
+    for image in images:  # (a filled one takes its size on the disk of the suite's files)
+        image.unlink(missing_ok=True)
 
 
 def _service(tmp_path: Path, paths: list[Path]) -> ClientSandbox:
@@ -442,6 +446,7 @@ def test_small_files_count_a_block_each_however_the_scratch_disk_holds_them(tmp_
         done = _restore(box, archive, tmp_path)
     finally:
         subprocess.run(["umount", scratch], check=False)
+        image.unlink()
     assert done.returncode == 1, done.stderr[-2000:]
     assert "no room to restore 20000 files onto the file system of" in done.stderr
     assert shutil.disk_usage(disk).free == before

@@ -56,8 +56,8 @@ def check_free_space(config: ClientConfig) -> None:
     # the newest full archive: the newest archive may be a small delta, the run a full
     fulls = [a for a in published if a.sidecar and not a.sidecar.archive.is_delta]
     newest = (fulls or published)[-1].path.stat().st_size if published else 0
-    took = last_took(config) if config.min_free_space else {}
-    took_inodes = last_took(config, INODES) if config.min_free_space else {}
+    recorded = last_took(config) if config.min_free_space else {}
+    took, took_inodes = recorded.get(BYTES, {}), recorded.get(INODES, {})
     for directory in (config.archive_dir, config.work_dir):
         left = room(directory)
         free = left.free
@@ -68,7 +68,7 @@ def check_free_space(config: ClientConfig) -> None:
             raise PullbackError(
                 f"not enough free space in {directory}: {human_size(free)} free, "
                 f"need {human_size(need)} ({why}); free some space"
-                + (" or lower min_free_space" * bool(config.min_free_space))
+                + (" or lower min_free_space" if config.min_free_space else "")
             )
         if config.min_free_space:
             _check_inodes(config, directory, left, took_inodes.get(str(directory), 0))
@@ -105,10 +105,10 @@ def _need(config: ClientConfig, took: int) -> tuple[int, str]:
     return config.min_free_space + took, why
 
 
-def last_took(config: ClientConfig, record: str = BYTES) -> dict[str, int]:
-    """What the last run took in each directory (SPACE_FILE's ``record``: BYTES or
-    INODES), by its path: only what its file system could hold. Empty when nothing is
-    recorded or the file is not as this module writes it (then said: a regular file,
+def last_took(config: ClientConfig) -> dict[str, dict[str, int]]:
+    """What the last run took in each directory (SPACE_FILE, read once), by record
+    (BYTES, INODES) and path: only what its file system could hold. Empty when nothing
+    is recorded or the file is not as this module writes it (then said: a regular file,
     JSON, at most MAX_SPACE_FILE)."""
     path = config.archive_dir / SPACE_FILE
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -123,12 +123,16 @@ def last_took(config: ClientConfig, record: str = BYTES) -> dict[str, int]:
     except (OSError, ValueError) as exc:
         log.warning("%s not read (%s): the start asks for min_free_space alone", path, exc)
         return {}
-    took = data.get(record) if isinstance(data, dict) else None
-    if not isinstance(took, dict):
-        if record == BYTES:  # (a record from before inodes were recorded has no INODES)
-            log.warning("%s holds no 'took': the start asks for min_free_space alone", path)
-        return {}
-    return {k: v for k, v in took.items() if isinstance(k, str) and _possible(k, v, record)}
+    found = {}
+    for record in (BYTES, INODES):
+        took = data.get(record) if isinstance(data, dict) else None
+        if isinstance(took, dict):
+            found[record] = {
+                k: v for k, v in took.items() if isinstance(k, str) and _possible(k, v, record)
+            }
+    if BYTES not in found:  # (a record from before inodes were recorded has no INODES)
+        log.warning("%s holds no 'took': the start asks for min_free_space alone", path)
+    return found
 
 
 def _possible(directory: str, took: object, record: str) -> bool:
@@ -220,8 +224,9 @@ class FreeSpaceWatch:
             took[BYTES][str(place)] = max(0, start.free - low.free)
             if start.inodes is not None and low.inodes is not None:
                 took[INODES][str(place)] = max(0, start.inodes - low.inodes)
-        for record, now in took.items() if not complete else ():
-            for directory, before in last_took(self.config, record).items():
+        for record, earlier in (last_took(self.config) if not complete else {}).items():
+            now = took[record]
+            for directory, before in earlier.items():
                 if directory in now:
                     now[directory] = max(now[directory], before)
         path = self.config.archive_dir / SPACE_FILE

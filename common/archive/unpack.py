@@ -297,7 +297,7 @@ class Unpacker:
         self._unpacked_size = 0
         self._free_checked_at: tuple[int, int] | None = None
         """(bytes, members) when the free space was last looked at; None before the
-        first member (looked at then: a directory already short is refused at once)."""
+        first file it writes (looked at then: a directory already short is refused at once)."""
         # Memory stays flat in the number of files: paths are kept as 128-bit keys, and the
         # files' digests as one order-independent sum compared with the manifest's.
         self._seen: set[int] = set()
@@ -606,7 +606,7 @@ class Unpacker:
     def _check_free(self, upcoming: int, force: bool = False) -> None:
         """Refuse the archive when writing the next ``upcoming`` bytes would leave less
         than ``min_free`` bytes (or MIN_FREE_INODES inodes) free: one host's archive must
-        not starve the others. Looked at before the first member and any member of
+        not starve the others. Looked at before the first file and any member of
         FREE_CHECK_BYTES or more, and every FREE_CHECK_BYTES of data or
         FREE_CHECK_MEMBERS members in between, so it errs by less than FREE_CHECK_BYTES.
         Raises ArchiveTooLarge."""

@@ -2,7 +2,8 @@
 configured, enabled services only; a run a bug ended reports itself (exit 70); a killed
 run's report says how it ended (boot id, systemd's $SERVICE_RESULT/$EXIT_STATUS).
 
-Tests marked xfail(strict) show a defect; the others held. Real runs of the client as
+The defects it found were strict xfails until mended; every test now asserts its
+promise. Real runs of the client as
 a subprocess (the crashes put in by a sitecustomize, as test_client_status_entries.py
 does), and ``ended_how`` called directly for the words.
 """

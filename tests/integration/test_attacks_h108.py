@@ -2,7 +2,8 @@
 configured, enabled services only (the "in doubt" rule); a run a bug or an OSError ended
 reports itself; a killed run's report says how it ended.
 
-Tests marked xfail(strict) show a defect; the others held. Real runs of the client as
+The defects it found were strict xfails until mended; every test now asserts its
+promise. Real runs of the client as
 a subprocess; the crashes put in by a sitecustomize on PYTHONPATH (as test_attacks_h107.py
 does), nothing else patched.
 """

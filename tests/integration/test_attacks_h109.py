@@ -2,7 +2,8 @@
 bounded and its odd values dropped; a mark that says its run's status file was not
 written; common.fsutil.read_regular shared with the fleet merge.
 
-Tests marked xfail(strict) show a defect; the others held. Real runs of the client as a
+The defects it found were strict xfails until mended; every test now asserts its
+promise. Real runs of the client as a
 subprocess where a run is needed; nothing patched.
 """
 

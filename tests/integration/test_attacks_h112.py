@@ -1,8 +1,8 @@
 """Outside review (h112) of TREE.list (commit b24b42d): the unpacker's sweep writing it,
 ``pullback-client restore --from DIR`` refusing what it does not list, and the drill.
 
-Each test asserts a promise of the commit's docs or docstrings. A promise that does not
-hold is ``xfail(strict=True)`` with its severity; an attack that held is a plain test.
+Each test asserts a promise of the commit's docs or docstrings. A promise that did not
+hold was ``xfail(strict=True)`` until mended (none is marked now).
 No mocks: real unpacker, real client CLI, and (where marked) a real fleet with sshd,
 restic and borg (tests/helpers/fleet.py).
 """

@@ -6,8 +6,8 @@
 * 7b1a786: ``tree_list.read_beside`` (NotAList, OtherManifests), used by ``restore --from
   DIR`` and the drill, and ``stored.BESIDE_SERVICES``: no change of behaviour meant.
 
-A promise that does not hold is ``xfail(strict=True)`` asserting the correct behaviour;
-an attack that held is a plain test. Real client runs, real files (tests/helpers); the
+A promise that did not hold was ``xfail(strict=True)`` until mended (none is marked now);
+every test asserts the correct behaviour. Real client runs, real files (tests/helpers); the
 only hand-made state is a mark or a status file written as a power cut or a hand would
 leave it.
 """

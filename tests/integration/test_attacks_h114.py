@@ -14,9 +14,9 @@ Faults between days: staging lost, client cache lost, the pull SIGKILLed in the 
 of the download, a delta damaged on the client, a base removed on the client; at the end
 the first day is restored again and compared with a copy taken that day.
 
-The defects found are the ``xfail(strict=True)`` tests: a file whose mtime is after
-2242-03-16 (any user can ``touch -d 2300-01-01`` a file in a backed-up home) breaks
-every backup of its host.
+The defect found (a strict xfail until mended): a file whose mtime is after 2242-03-16
+(any user can ``touch -d 2300-01-01`` a file in a backed-up home) broke every backup of
+its host; the ``dated_2300`` tests pin the mend.
 
 Run from the repository root (root needed: owners, set-id bits, capabilities)::
 

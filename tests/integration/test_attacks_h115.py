@@ -2,8 +2,8 @@
 docs/server.md, docs/scaling.md and the two man pages, read literally by an administrator
 new to pullback, against the real commands.
 
-A promise that does not hold is ``xfail(strict=True)`` asserting what the documents say;
-a claim that held is a plain test. Real sshd on loopback ports, a real SMTP sink, real
+A promise that did not hold was ``xfail(strict=True)`` until mended (none is marked now);
+every test asserts what the documents say. Real sshd on loopback ports, a real SMTP sink, real
 restic (tests/helpers); the merged status files of ``status --merge`` are written by hand
 as another (damaged or hostile) server would leave them.
 """

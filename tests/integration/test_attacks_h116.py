@@ -8,8 +8,8 @@ Part 2 (hostile or buggy plugins): hooks that raise BaseException subclasses, ca
 sys.exit() at load, leak their secret into an exception, raise enormous messages,
 change the process's umask, environment or signal handlers, fork a child that lives on.
 
-A promise that does not hold is ``xfail(strict=True)`` asserting what the documents
-say; an attack that held is a plain test. Real client runs as subprocesses
+A promise that did not hold was ``xfail(strict=True)`` until mended (none is marked
+now); every test asserts what the documents say. Real client runs as subprocesses
 (tests/helpers/client.py's ClientSandbox). The distribution is a real one as far as
 ``importlib.metadata`` can tell (a package and its ``.dist-info`` with
 ``entry_points.txt``, on PYTHONPATH), not pip-installed: a pip install per test is slow

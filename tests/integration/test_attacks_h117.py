@@ -1,7 +1,8 @@
 """helper-117b: attacks on configuration handling (client.yaml, service files, server.yaml).
 
-Each defect found is an ``xfail(strict=True)`` test; a few passing tests pin promises that
-held. Plain subprocess calls of the venv's pullback-client / pullback-server.
+Each defect found was an ``xfail(strict=True)`` test until mended; a few tests pin
+promises that held from the start. Plain subprocess calls of the venv's
+pullback-client / pullback-server.
 """
 
 from __future__ import annotations

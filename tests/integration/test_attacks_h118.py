@@ -4,8 +4,8 @@
 file masked (outputs.kept_words), ``status --check`` counting, ``restore --snapshot``
 by restic's whole id.
 
-A promise that does not hold is ``xfail(strict=True)`` asserting what the documents or
-the commit say; an attack that held is a plain test. Client runs are real
+A promise that did not hold was ``xfail(strict=True)`` until mended (none is marked now);
+every test asserts what the documents or the commit say. Client runs are real
 ``pullback-client`` subprocesses (tests/helpers/client.py's ClientSandbox) with a plugin
 in ``plugin_dirs`` (the pattern of test_attacks_h116.py); the fleet test is a real
 client, sshd and ``pullback-server pull``/``restore`` (tests/helpers/fleet.py).

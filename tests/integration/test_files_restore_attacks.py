@@ -1,10 +1,10 @@
 """Outside review (h58) of "a files restore keeps what it overwrites" (F3).
 
 Each test states a promise of docs/restore.md and asserts it. The defects it found are
-fixed (their docstrings tell what the code did before); the limits left open are marked
-``xfail(strict=True)`` with the reason, so a fix shows as a pass to unmark. Three of the
-four low limits it left are fixed since (helper-61): the words of overlapping paths, a
-tree deeper than the descriptors, a kept path beyond PATH_MAX.
+fixed (their docstrings tell what the code did before); the low limits it left were
+``xfail(strict=True)`` tests until fixed (helper-61 and after: the words of overlapping
+paths, a tree deeper than the descriptors, a kept path beyond PATH_MAX); none is marked
+now.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ The two-descriptor walk (InStep) raced by a real hostile owner (a forked child t
 ``nobody``, acting on the live tree by a descriptor it opened before it dropped root), the
 sparse compare on ext4 and tmpfs with random maps, the nested-kind refusals, the
 ``--from DIR`` manifest check, and the systemd task that holds no data. Each test asserts
-a promise of docs/restore.md or of the code's docstrings; a promise that does not hold is
-marked ``xfail(strict=True)`` with the reason, so a fix shows as a pass to unmark. No
+a promise of docs/restore.md or of the code's docstrings; a promise that did not hold was
+marked ``xfail(strict=True)`` until mended; none is marked now. No
 mocks, except one where a race is forced (said in its docstring).
 """
 

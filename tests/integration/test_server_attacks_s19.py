@@ -4,7 +4,7 @@ cut-short pull's gauges (``publish --if-failed``).
 
 Real processes throughout: the server's CLI, real restic and borg repositories filled by
 real pulls over sshd, a hostile serve endpoint as a real sshd's forced command. Tests
-marked xfail(strict=True) show a defect; the others show what held.
+that showed a defect were xfail(strict=True) until mended; none is marked now.
 """
 
 from __future__ import annotations

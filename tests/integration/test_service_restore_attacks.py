@@ -9,7 +9,8 @@ stand-in of tests/standins/standin.py, ``systemctl`` and ``influxd`` are small f
 written below (they keep the units' state in files). Everything else is real: the CLI,
 sqlite3, runuser, signals.
 
-Each unfixed defect is ``xfail(strict=True)``; the tests that pass pin what held.
+Each defect was ``xfail(strict=True)`` until mended (none is marked now); the others pin
+what held.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ whatever order ``cp`` takes them:
   regular file an inode and its blocks where the snapshot was unpacked, at least its
   size up to one block (a small file stored inline there takes a block on most file
   systems), rounded up to the live file system's block (holes stay holes, ``cp
-  --sparse=always``); a hard-linked file once;
+  --sparse=always``); a hard-linked file once (its links landing on two file systems
+  refuse the restore: ``cp`` cannot link across);
 - a live entry of one link that ``cp`` replaces reuses its inode; a live regular file
   of one link that a regular file replaces (truncated and written again) reuses its
   blocks, up to the copy's, except on a file system that shares blocks among files
@@ -285,7 +286,7 @@ def _footprints(
     OSError when an entry cannot be looked at (what is not counted could fill a disk)."""
     found: dict[Path, _Footprint] = {}
     blocks: dict[Path, int] = {}
-    seen: set[tuple[int, int]] = set()
+    seen: dict[tuple[int, int], tuple[Path, tuple[str, ...]]] = {}
     with contextlib.closing(InStep(copy, copy)) as walk:
         for spot in walk:
             entry = os.stat(spot.copy_name, dir_fd=spot.copy_dir, follow_symlinks=False)
@@ -300,11 +301,35 @@ def _footprints(
                 walk.enter(spot, os.open(spot.name, _DIR, dir_fd=spot.live_dir))
                 continue
             taking.files += 1
-            if (entry.st_dev, entry.st_ino) not in seen:  # (cp -a links the others)
-                seen.add((entry.st_dev, entry.st_ino))
+            if _first_link(seen, entry, place, spot.names):  # (cp -a links the others)
                 taking.inodes += 1
                 taking.bytes += _takes(entry, block)
     return found
+
+
+def _first_link(
+    seen: dict[tuple[int, int], tuple[Path, tuple[str, ...]]],
+    entry: os.stat_result,
+    place: Path,
+    names: tuple[str, ...],
+) -> bool:
+    """Whether ``entry`` (at ``names``, landing on ``place``) is the first of its hard
+    links met; records it in ``seen``. Raises TaskError when an earlier link of it lands
+    on another file system: ``cp -a`` links the second to the first and cannot across
+    file systems ("Invalid cross-device link"), which stopped the restore half way
+    (helper-152 F6; the snapshot was taken before a disk was mounted there)."""
+    first = seen.setdefault((entry.st_dev, entry.st_ino), (place, names))
+    if first == (place, names):
+        return True
+    if first[0] == place:
+        return False
+    shown = [printable("/".join(n), 200) for n in (first[1], names)]
+    raise TaskError(
+        f"{shown[0]} and {shown[1]} are one file in the snapshot (hard links), but land on "
+        f"two file systems now ({printable(first[0], 200)} and {printable(place, 200)}): "
+        "cp cannot link them across; nothing was replaced. Restore on one disk with "
+        "--target DIR and copy them into place"
+    )
 
 
 def _takes(entry: os.stat_result, block: int) -> int:

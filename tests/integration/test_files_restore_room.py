@@ -614,3 +614,33 @@ def test_a_lower_file_of_an_overlay_written_over_frees_nothing(tmp_path, mounts)
         assert shutil.disk_usage(disk).free == before
     finally:
         subprocess.run(["umount", merged], check=False)
+
+
+def test_hard_links_that_would_land_on_two_disks_are_refused_before_anything(tmp_path, mounts):
+    """srv/a and srv/cache/b were one file (hard links) when backed up; a disk is mounted
+    at srv/cache since (helper-152 F6). ``cp -a`` links b to a and cannot across file
+    systems: it stopped half way with "Invalid cross-device link", a's copy written and
+    b's not. Now the check refuses before anything is kept or replaced, naming both."""
+    big = mounts("big", "256m")
+    live = big / "srv"
+    (live / "cache").mkdir(parents=True)
+    (live / "a").write_bytes(b"one file, two names\n")
+    os.link(live / "a", live / "cache" / "b")
+    box = _service(tmp_path, [live])
+    (archive,) = box.published()
+    (live / "a").write_bytes(b"damaged\n")
+    (live / "cache" / "b").unlink()
+    small = mounts("big/srv/cache", "64m")
+
+    done = _restore(box, archive, tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "a and cache/b are one file in the snapshot (hard links)" in done.stderr
+    assert f"({big / 'srv'} and {small})" in done.stderr, done.stderr[-2000:]
+    assert "Invalid cross-device link" not in done.stderr
+    assert (live / "a").read_bytes() == b"damaged\n", "nothing replaced"
+    assert list(small.iterdir()) == []
+
+    whole = _restore(box, archive, tmp_path, "--target", str(tmp_path / "elsewhere"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    copied = tmp_path / "elsewhere" / str(live).lstrip("/")
+    assert os.stat(copied / "a").st_ino == os.stat(copied / "cache" / "b").st_ino

@@ -58,21 +58,75 @@ def _missing(task: Task) -> list[str]:
 
 @hookimpl
 def pullback_probe(task: Task) -> ProbeResult:
-    """A listed path that does not exist: a problem, unless ``missing_ok`` (a warning)."""
+    """A listed path that does not exist: a problem, unless ``missing_ok`` (a warning).
+    A listed path below another one through a symlink in it: a problem
+    (:func:`below_a_link`)."""
     result = ProbeResult()
     said = [f"path {printable(p, 200)} does not exist" for p in _missing(task)]
     if task.config["missing_ok"]:
         result.warnings += [f"{line} (skipped: missing_ok)" for line in said]
     else:
         result.problems += said
+    result.problems += list(below_a_link(task.config["paths"], _matcher(task)).values())
     return result
+
+
+def below_a_link(paths: list[str], matcher: ExcludeMatcher) -> dict[str, str]:
+    """The listed ``paths`` that lie below another listed one through a symlink the
+    other one's tree holds (``[/srv, /srv/app/data]`` with ``/srv/app -> /data/app``),
+    each with the words why it is not archived. The outer path's archive keeps the
+    symlink as a symlink, the inner path's files would go below the same name as a
+    directory: no unpacking writes through a symlink of the archive, and every restore
+    of the service stopped there (helper-152 F3). A symlink ``matcher`` leaves out of
+    the outer tree is no such link."""
+    found: dict[str, str] = {}
+    for inner in paths:
+        for outer in paths:
+            link = _link_between(
+                Path(os.path.normpath(outer)), Path(os.path.normpath(inner)), matcher
+            )
+            if link is not None and inner not in found:
+                found[inner] = (
+                    f"path {printable(inner, 200)} lies below {printable(outer, 200)} through "
+                    f"the symlink {printable(link, 200)}, which {printable(outer, 200)}'s copy "
+                    "keeps as a symlink: nothing could be restored below it, so it is not "
+                    f"archived; list its real path {printable(os.path.realpath(inner), 200)} "
+                    "instead"
+                )
+    return found
+
+
+def _link_between(outer: Path, inner: Path, matcher: ExcludeMatcher) -> Path | None:
+    """The first symlink of ``outer``'s tree on the way to ``inner`` (``outer`` itself
+    too), None when there is none, ``inner`` is not below ``outer``, or ``matcher``
+    leaves the way out of ``outer``'s tree."""
+    if inner == outer or not inner.is_relative_to(outer) or matcher.excludes_listed(outer):
+        return None
+    exclude = matcher.rooted(outer) if matcher else None
+    if os.path.islink(outer):
+        return outer
+    names = inner.relative_to(outer).parts[:-1]
+    for depth in range(1, len(names) + 1):
+        place = outer.joinpath(*names[:depth])
+        is_link = os.path.islink(place)
+        if exclude is not None and exclude(
+            "/".join(names[:depth]), os.path.isdir(place) and not is_link
+        ):
+            return None
+        if is_link:
+            return place
+    return None
 
 
 @hookimpl
 def pullback_plan(task: Task):
     matcher = _matcher(task)
+    unsafe = below_a_link(task.config["paths"], matcher)
     lines = []
     for path in task.config["paths"]:
+        if path in unsafe:
+            lines.append(f"would fail: {unsafe[path]}")
+            continue
         if not os.path.lexists(path):
             outcome = "skipped (missing_ok)" if task.config["missing_ok"] else "the task fails"
             lines.append(f"{path} does not exist: {outcome}")
@@ -95,7 +149,14 @@ def pullback_plan(task: Task):
 
 @hookimpl
 def pullback_dump(task: Task):
-    missing = archive_paths(task, task.config["paths"], _matcher(task), task.config["xattrs"])
+    """Archive every listed path but those :func:`below_a_link`, then fail the task
+    for those, and for the missing ones unless ``missing_ok``."""
+    matcher = _matcher(task)
+    unsafe = below_a_link(task.config["paths"], matcher)
+    paths = [path for path in task.config["paths"] if path not in unsafe]
+    missing = archive_paths(task, paths, matcher, task.config["xattrs"])
+    if unsafe:
+        raise TaskError("; ".join(unsafe.values()))
     if missing and not task.config["missing_ok"]:
         raise TaskError(f"{len(missing)} path(s) do not exist: {', '.join(missing)}")
     for path in missing:

@@ -641,3 +641,43 @@ def test_a_file_system_that_cannot_tell_holes_has_its_files_read_whole(tmp_path,
     assert entries == [] and read >= 2 * size, read
     entries, _ = compared(tmp_path / "2", size, {MIB: BLOCK_OF}, {9 * MIB: b"\x01"})
     assert [e.names for e in entries] == [()]
+
+
+def test_a_path_below_a_symlink_another_path_keeps_is_refused_and_the_advice_works(tmp_path):
+    """paths [big, big/app/data] with big/app root's symlink to other (helper-152 F3):
+    the archive held big/app as a symlink (big's tree) and as a directory (the inner
+    path's parents), and every restore stopped ("would be written through the
+    symlink"). Now the run archives the rest, fails the task naming the real path, and
+    ``check`` says it; with the real path listed instead the service restores."""
+    big, other = tmp_path / "big", tmp_path / "other"
+    (other / "data").mkdir(parents=True)
+    (other / "data" / "db").write_text("rows\n")
+    big.mkdir()
+    (big / "f").write_text("f\n")
+    (big / "app").symlink_to(other)
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{big}, {big}/app/data]}}\n")
+    box.add_service("web", f"service: {{name: web}}\nfiles: {{paths: [{big / 'f'}]}}\n")
+    advice = f"list its real path {other / 'data'} instead"
+
+    made = box.cli("run")
+    assert made.returncode == 1, made.stderr[-2000:]
+    assert f"path {big}/app/data lies below {big} through the symlink {big}/app" in made.stderr
+    assert advice in made.stderr
+    (archive,) = box.published()  # (web's files, and big's)
+    listed = subprocess.run(
+        ["tar", "--zstd", "-tf", archive], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert len(listed) == len(set(listed)), "a name twice in the archive"
+    checked = box.cli("check")
+    assert checked.returncode != 0 and advice in checked.stdout + checked.stderr
+
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{big}, {other}/data]}}\n")
+    made = box.cli("run")
+    assert made.returncode == 0, made.stderr[-2000:]
+    latest = max(box.published())
+    (other / "data" / "db").write_text("damaged\n")
+    done = box.cli("restore", "--service", "app", "--from", str(latest))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (other / "data" / "db").read_text() == "rows\n"
+    assert (big / "app").is_symlink()

@@ -1,0 +1,80 @@
+"""Which listed ``files`` paths lie below another one through a symlink its tree keeps
+(plugins/files.py ``below_a_link``): such a path is not archived, in words, since no
+unpacking writes below a symlink of the archive (helper-152 F3)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pullback.plugins.exclude import ExcludeMatcher
+from pullback.plugins.files import below_a_link
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """big/app -> other (a directory elsewhere), other/data/db; big/plain/data/db."""
+    (tmp_path / "other" / "data").mkdir(parents=True)
+    (tmp_path / "big" / "plain" / "data").mkdir(parents=True)
+    (tmp_path / "big" / "app").symlink_to(tmp_path / "other")
+    return tmp_path
+
+
+def test_a_path_below_a_symlink_of_another_paths_tree_is_named_with_its_real_path(tree):
+    paths = [str(tree / "big"), str(tree / "big/app/data")]
+    found = below_a_link(paths, ExcludeMatcher([]))
+    assert list(found) == [str(tree / "big/app/data")]
+    words = found[str(tree / "big/app/data")]
+    assert f"through the symlink {tree / 'big/app'}" in words
+    assert f"list its real path {tree / 'other/data'} instead" in words
+
+
+def test_the_order_of_the_paths_does_not_matter(tree):
+    paths = [str(tree / "big/app/data"), str(tree / "big")]
+    assert list(below_a_link(paths, ExcludeMatcher([]))) == [str(tree / "big/app/data")]
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        ["big", "big/plain/data"],  # overlapping, no symlink on the way
+        ["big/app/data"],  # alone: its parents are made directories in the archive
+        ["big/app/data", "other"],  # the symlink is in no listed tree
+        ["big/", "big/plain"],
+        ["big/app", "other/data"],
+    ],
+)
+def test_paths_without_a_kept_symlink_on_the_way_are_archived(tree, paths):
+    assert below_a_link([str(tree / p) for p in paths], ExcludeMatcher([])) == {}
+
+
+def test_a_listed_path_that_is_itself_a_symlink_holds_nothing_below_it(tree):
+    paths = [str(tree / "big/app"), str(tree / "big/app/data")]
+    assert list(below_a_link(paths, ExcludeMatcher([]))) == [str(tree / "big/app/data")]
+
+
+@pytest.mark.parametrize("pattern", ["app", "big/app", "*pp"])
+def test_a_symlink_the_excludes_leave_out_is_no_conflict(tree, pattern):
+    paths = [str(tree / "big"), str(tree / "big/app/data")]
+    assert below_a_link(paths, ExcludeMatcher([pattern])) == {}
+
+
+def test_an_excluded_directory_above_the_symlink_is_no_conflict(tree):
+    (tree / "big" / "deep").mkdir()
+    (tree / "big" / "deep" / "link").symlink_to(tree / "other")
+    paths = [str(tree / "big"), str(tree / "big/deep/link/data")]
+    assert list(below_a_link(paths, ExcludeMatcher([]))) == [paths[1]]
+    assert below_a_link(paths, ExcludeMatcher(["deep/"])) == {}
+
+
+def test_the_words_are_bounded_and_printable(tree):
+    name = "x\n" * 120
+    (tree / "big" / name).symlink_to(tree / "other")
+    paths = [str(tree / "big"), os.path.join(tree, "big", name, "data")]
+    (words,) = below_a_link(paths, ExcludeMatcher([])).values()
+    assert "\n" not in words
+    assert len(words) < 1400

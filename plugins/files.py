@@ -77,8 +77,7 @@ def below_a_link(paths: list[str], matcher: ExcludeMatcher) -> dict[str, str]:
     each with the words why it is not archived. The outer path's archive keeps the
     symlink as a symlink, the inner path's files would go below the same name as a
     directory: no unpacking writes through a symlink of the archive, and every restore
-    of the service stopped there (helper-152 F3). A symlink ``matcher`` leaves out of
-    the outer tree is no such link."""
+    of the service stopped there (helper-152 F3)."""
     found: dict[str, str] = {}
     for inner in paths:
         for outer in paths:
@@ -97,23 +96,17 @@ def below_a_link(paths: list[str], matcher: ExcludeMatcher) -> dict[str, str]:
 
 
 def _link_between(outer: Path, inner: Path, matcher: ExcludeMatcher) -> Path | None:
-    """The first symlink of ``outer``'s tree on the way to ``inner`` (``outer`` itself
-    too), None when there is none, ``inner`` is not below ``outer``, or ``matcher``
-    leaves the way out of ``outer``'s tree."""
+    """The first symlink on the way from ``outer`` (itself too) to ``inner``'s parent;
+    None when there is none, ``inner`` is not below ``outer``, or ``matcher`` leaves
+    ``outer`` out. An exclude that leaves the link out of ``outer``'s tree ends no
+    clash: the inner path's parents put a directory at its name, and a restore of
+    ``outer`` meets the live symlink there (refused, nothing replaced)."""
     if inner == outer or not inner.is_relative_to(outer) or matcher.excludes_listed(outer):
         return None
-    exclude = matcher.rooted(outer) if matcher else None
-    if os.path.islink(outer):
-        return outer
     names = inner.relative_to(outer).parts[:-1]
-    for depth in range(1, len(names) + 1):
+    for depth in range(len(names) + 1):
         place = outer.joinpath(*names[:depth])
-        is_link = os.path.islink(place)
-        if exclude is not None and exclude(
-            "/".join(names[:depth]), os.path.isdir(place) and not is_link
-        ):
-            return None
-        if is_link:
+        if os.path.islink(place):
             return place
     return None
 

@@ -87,10 +87,9 @@ def below_a_link(paths: list[str], matcher: ExcludeMatcher) -> dict[str, str]:
             if link is not None and inner not in found:
                 found[inner] = (
                     f"path {printable(inner, 200)} lies below {printable(outer, 200)} through "
-                    f"the symlink {printable(link, 200)}, which {printable(outer, 200)}'s copy "
-                    "keeps as a symlink: nothing could be restored below it, so it is not "
-                    f"archived; list its real path {printable(os.path.realpath(inner), 200)} "
-                    "instead"
+                    f"the symlink {printable(link, 200)}: no restore of both could put it "
+                    "back below that link, so it is not archived; list its real path "
+                    f"{printable(os.path.realpath(inner), 200)} instead"
                 )
     return found
 

@@ -223,14 +223,16 @@ def _landings(check: _Check, destination: Path) -> dict[tuple[str, ...], Path]:
     """Where what is restored at ``destination`` lands, by the names below it: ``()``
     the real directory ``cp`` writes in (``destination`` when it is a directory, else
     the one it is made in; ``destination`` itself when a file is mounted there), and
-    each file system mounted below it (one hidden by another mounted over it is gone:
-    its entries land where the path leads now)."""
+    each file system mounted below it, on a directory or on a file (a container's
+    bind-mounted file: hard links of the snapshot landing on it and beside it are
+    refused, helper-154 F5); one hidden by another mounted over it is gone: its
+    entries land where the path leads now."""
     real = Path(os.path.realpath(destination))
     if os.path.isdir(destination) and not os.path.islink(destination):
         below = {
             point.relative_to(real).parts: point
             for point, _, _ in check.mount_points()
-            if point != real and point.is_relative_to(real) and os.path.isdir(point)
+            if point != real and point.is_relative_to(real) and os.path.exists(point)
         }
         return {(): real, **below}
     mounted = any(point == real for point, _, _ in check.mount_points())
@@ -314,10 +316,13 @@ def _first_link(
     names: tuple[str, ...],
 ) -> bool:
     """Whether ``entry`` (at ``names``, landing on ``place``) is the first of its hard
-    links met; records it in ``seen``. Raises TaskError when an earlier link of it lands
+    links met; records one of several links in ``seen`` (a file of one link is always
+    the first: nothing kept for it). Raises TaskError when an earlier link of it lands
     on another file system: ``cp -a`` links the second to the first and cannot across
     file systems ("Invalid cross-device link"), which stopped the restore half way
     (helper-152 F6; the snapshot was taken before a disk was mounted there)."""
+    if entry.st_nlink == 1:
+        return True
     first = seen.setdefault((entry.st_dev, entry.st_ino), (place, names))
     if first == (place, names):
         return True

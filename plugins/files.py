@@ -77,21 +77,39 @@ def below_a_link(paths: list[str], matcher: ExcludeMatcher) -> dict[str, str]:
     each with the words why it is not archived. The outer path's archive keeps the
     symlink as a symlink, the inner path's files would go below the same name as a
     directory: no unpacking writes through a symlink of the archive, and every restore
-    of the service stopped there (helper-152 F3)."""
+    of the service stopped there (helper-152 F3). Paths are compared by the names they
+    have in the archive (``//srv`` is ``/srv``). No clash: an inner path an exclude
+    leaves out by name, or one below a symlink another user could have made (skipped
+    with a warning when archived)."""
     found: dict[str, str] = {}
     for inner in paths:
+        if inner in found or matcher.excludes_listed(inner) or untrusted_link(Path(inner)):
+            continue
         for outer in paths:
-            link = _link_between(
-                Path(os.path.normpath(outer)), Path(os.path.normpath(inner)), matcher
-            )
-            if link is not None and inner not in found:
+            link = _link_between(_archived(outer), _archived(inner), matcher)
+            if link is not None:
                 found[inner] = (
                     f"path {printable(inner, 200)} lies below {printable(outer, 200)} through "
                     f"the symlink {printable(link, 200)}: no restore of both could put it "
-                    "back below that link, so it is not archived; list its real path "
-                    f"{printable(os.path.realpath(inner), 200)} instead"
+                    f"back below that link, so it is not archived; {_advice(inner)}"
                 )
+                break
     return found
+
+
+def _archived(path: str) -> Path:
+    """``path`` as its name in the archive reads (``//srv/./app/`` is ``/srv/app``)."""
+    return Path("/" + os.path.normpath(path).lstrip("/"))
+
+
+def _advice(inner: str) -> str:
+    """What to list instead of ``inner``: its real path, when the links on its way
+    lead to one that exists."""
+    try:
+        real = os.path.realpath(inner, strict=True)
+    except OSError:  # (a link that leads nowhere, or a loop)
+        return "the symlink on its way leads nowhere that exists: list the real path"
+    return f"list its real path {printable(real, 200)} instead"
 
 
 def _link_between(outer: Path, inner: Path, matcher: ExcludeMatcher) -> Path | None:

@@ -644,3 +644,29 @@ def test_hard_links_that_would_land_on_two_disks_are_refused_before_anything(tmp
     assert whole.returncode == 0, whole.stderr[-2000:]
     copied = tmp_path / "elsewhere" / str(live).lstrip("/")
     assert os.stat(copied / "a").st_ino == os.stat(copied / "cache" / "b").st_ino
+
+
+def test_hard_links_where_a_file_is_mounted_now_are_refused_before_anything(tmp_path, mounts):
+    """srv/a and srv/b were one file; a file of another disk is bind-mounted at srv/a
+    since (a container's way). The check looked at directories mounted below only, and
+    ``cp -a`` wrote b, then failed ("cannot create hard link ... Device or resource
+    busy"), b replaced and a not (helper-154 F5). Now refused before anything."""
+    big = mounts("big", "64m")
+    live = big / "srv"
+    live.mkdir()
+    (live / "a").write_bytes(b"one file, two names\n")
+    os.link(live / "a", live / "b")
+    box = _service(tmp_path, [live])
+    (archive,) = box.published()
+    os.unlink(live / "b")
+    (live / "a").write_bytes(b"damaged a\n")
+    (live / "b").write_bytes(b"damaged b\n")
+    other = mounts("other", "16m")
+    (other / "file").write_bytes(b"the mounted file\n")
+    mounts.bind(other / "file", live / "a")
+
+    done = _restore(box, archive, tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "are one file in the snapshot (hard links)" in done.stderr, done.stderr[-2000:]
+    assert (live / "b").read_bytes() == b"damaged b\n", "nothing replaced"
+    assert (other / "file").read_bytes() == b"the mounted file\n"

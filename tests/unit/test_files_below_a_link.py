@@ -80,3 +80,37 @@ def test_the_words_are_bounded_and_printable(tree):
     (words,) = below_a_link(paths, ExcludeMatcher([])).values()
     assert "\n" not in words
     assert len(words) < 1400
+
+
+def test_a_double_slash_spelling_of_a_path_is_the_same_name(tree):
+    """The archive names ``//srv`` as ``/srv`` (helper-154 F1: ``Path('//srv')`` is no
+    parent of ``/srv/app/data``, the check passed, and the name went in twice)."""
+    for paths in (["/" + str(tree / "big"), f"{tree}/big/app/data"],
+                  [str(tree / "big"), f"/{tree}/big/app/data"]):  # fmt: skip
+        assert list(below_a_link(paths, ExcludeMatcher([]))) == [paths[1]]
+
+
+def test_an_inner_path_an_exclude_leaves_out_by_name_is_no_clash(tree):
+    """It is left out before any of its parents is archived (helper-154 F2)."""
+    paths = [str(tree / "big"), str(tree / "big/app/data")]
+    assert below_a_link(paths, ExcludeMatcher(["data"])) == {}
+
+
+@pytest.mark.parametrize("target", ["loop", "nowhere"])
+def test_a_link_that_leads_nowhere_gets_no_real_path_to_list(tree, target):
+    """A loop or a dangling link: no "real path" that is the refused one or that does
+    not exist (helper-154 F3)."""
+    (tree / "big" / "odd").symlink_to(target if target == "nowhere" else "odd")
+    inner = f"{tree}/big/odd/data"
+    (words,) = below_a_link([str(tree / "big"), inner], ExcludeMatcher([])).values()
+    assert "list its real path" not in words
+    assert "leads nowhere that exists: list the real path" in words
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a link of another user needs root")
+def test_a_link_another_user_made_is_left_to_the_skip_it_always_had(tree):
+    """The archive skips a path below such a link with a warning (docs/client.md): no
+    clash, and no advice to list where that user's link points (helper-154 F4)."""
+    os.lchown(tree / "big" / "app", 65534, 65534)
+    paths = [str(tree / "big"), str(tree / "big/app/data")]
+    assert below_a_link(paths, ExcludeMatcher([])) == {}

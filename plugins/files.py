@@ -16,7 +16,7 @@ from . import hookimpl, load_plugin_schema
 from .before_restore import Identity, InStep, Replaced, Spot, find_replaced, keep_aside
 from .copy_room import check_copy_room
 from .exclude import ExcludeMatcher
-from .task import ProbeResult, RestorePlan, Task, TaskError, TaskType
+from .task import ProbeResult, RestorePlan, Task, TaskError, TaskType, name_in_archive
 
 CP = ("-a", "--sparse=always")
 """How files go back: everything ``cp -a`` keeps, and holes where the data is zeros
@@ -98,8 +98,8 @@ def below_a_link(paths: list[str], matcher: ExcludeMatcher) -> dict[str, str]:
 
 
 def _archived(path: str) -> Path:
-    """``path`` as its name in the archive reads (``//srv/./app/`` is ``/srv/app``)."""
-    return Path("/" + os.path.normpath(path).lstrip("/"))
+    """``path`` as its name in the archive reads (:func:`.name_in_archive`), rooted."""
+    return Path("/" + name_in_archive(path))
 
 
 def _advice(inner: str) -> str:

@@ -264,4 +264,12 @@ class Task:
         return stats
 
     def _arcname(self, path: Path) -> str:
-        return f"{self.arcdir}/{str(path).lstrip('/')}".rstrip("/")
+        return f"{self.arcdir}/{name_in_archive(path)}".rstrip("/")
+
+
+def name_in_archive(path: str | os.PathLike) -> str:
+    """The name a path's tree has below its task's directory of the archive: absolute,
+    normalised, without leading slashes (``//srv/./app/`` is ``srv/app``, ``/`` is
+    empty). The one rule for :meth:`Task.add_tree` and whoever compares listed paths
+    as the archive will hold them."""
+    return os.path.normpath(os.path.abspath(path)).lstrip("/")

@@ -597,6 +597,11 @@ class ArchiveWriter:
         if top is None:
             return stats
         parent_fd, name, st = top
+        held = self._written_above(arcname) or self._held_as_other(arcname, st.st_mode)
+        if held is not None:
+            os.close(parent_fd)
+            stats.warnings.append(f"{source_str}: skipped: {held}")
+            return stats
         try:
             self.ensure_parents(arcname)
             is_dir = stat.S_ISDIR(st.st_mode)
@@ -664,6 +669,10 @@ class ArchiveWriter:
                 continue
             is_dir = stat.S_ISDIR(est.st_mode)
             if exclude is not None and exclude(rel, is_dir):
+                continue
+            held = self._held_as_other(arc, est.st_mode)
+            if held is not None:
+                stats.warnings.append(f"{path}: skipped: {held}")
                 continue
             if is_dir:
                 self._directory(walk, level.fd, _Names(path, rel, arc), est, (stats, xattrs))
@@ -906,12 +915,44 @@ class ArchiveWriter:
         and sent as a new one."""
         if old in self._manifest or old in self._dirs or old in self._others:
             return True
-        parts = old.split("/")
+        return self._written_above(old) is not None
+
+    def _written_above(self, arcname: str) -> str | None:
+        """Why nothing can go in at ``arcname``: the words naming a file, symlink or
+        FIFO this archive already holds above it (a task's paths ``[/srv, /srv/app/x]``
+        with ``/srv/app`` a symlink); None when there is none. Every unpacking refuses
+        a member below such a member, so the whole archive would be refused."""
+        parts = arcname.strip("/").split("/")
         for end in range(1, len(parts)):
             above = "/".join(parts[:end])
             if above in self._manifest or above in self._others:
-                return True
-        return False
+                return f"the archive already holds {above} as a file or symlink, not a directory"
+        return None
+
+    def _held_as_other(self, arcname: str, mode: int) -> str | None:
+        """Why an entry of ``mode`` cannot go in at ``arcname``: the words naming what
+        this archive already holds there when it is of another kind (overlapping paths
+        walk an entry twice, and it changed kind in between: a file replaced by a
+        directory); None when nothing, or the same kind. No unpacking takes both."""
+        if arcname in self._manifest:
+            held = "a file"
+        elif arcname in self._dirs:
+            held = "a directory"
+        elif arcname in self._others:
+            held = "a symlink or FIFO"
+        else:
+            return None
+        if stat.S_ISREG(mode):
+            kind = "a file"
+        elif stat.S_ISDIR(mode):
+            kind = "a directory"
+        elif stat.S_ISLNK(mode) or stat.S_ISFIFO(mode):
+            kind = "a symlink or FIFO"
+        else:
+            return None  # (a socket or device node: skipped anyway, said)
+        if kind == held:
+            return None
+        return f"it is {kind} now, and the archive already holds it as {held}"
 
     def _add_link(self, arcname: str, st: os.stat_result, stats: TaskStats) -> bool:
         """A hard link to a file already in the archive; False when it is the first."""

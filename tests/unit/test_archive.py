@@ -198,3 +198,75 @@ def test_overlapping_paths_write_each_symlink_and_fifo_once(tmp_path):
                 unpacker.add(member, stream.read_data(member))
         unpacker.finish()
     assert os.readlink(tmp_path / "staging/services/svc/files/d/sub/lnk") == "f"
+
+
+def _unpacked(tmp_path: Path, path: Path) -> Path:
+    """The staging tree the server's unpacking makes of ``path`` (it refuses a member
+    below a symlink or a file, and a name written as two kinds)."""
+    from pullback.common.archive.reader import TarStream
+    from pullback.common.archive.unpack import Unpacker
+
+    staging = tmp_path / "staging"
+    with Unpacker(staging) as unpacker, open(path, "rb") as raw:
+        with TarStream(raw, "none") as stream:
+            for member in stream.members():
+                unpacker.add(member, stream.read_data(member))
+        unpacker.finish()
+    return staging
+
+
+def test_a_path_below_a_symlink_the_archive_holds_is_skipped_said_and_the_archive_unpacks(
+    tmp_path,
+):
+    """The writer never puts a member below a symlink or a file it wrote (``[d,
+    d/lnk/x]`` with ``d/lnk`` a symlink): the server would refuse the whole archive,
+    every day. The files plugin says so first (``below_a_link``); this is the
+    writer's own guard for any caller."""
+    source = tmp_path / "d"
+    (tmp_path / "real" / "x").mkdir(parents=True)
+    (tmp_path / "real" / "x" / "f").write_text("f")
+    source.mkdir()
+    os.symlink(tmp_path / "real", source / "lnk")
+    (source / "file").write_text("plain")
+    path = tmp_path / "host-20260101T000000Z.tar"
+    with ArchiveWriter(path, "none") as writer:
+        writer.add_tree(source, "services/svc/files/d")
+        below_link = writer.add_tree(source / "lnk" / "x", "services/svc/files/d/lnk/x")
+        below_file = writer.add_tree(tmp_path / "real", "services/svc/files/d/file/real")
+        writer.finish()
+    assert below_link.warnings == [
+        f"{source}/lnk/x: skipped: the archive already holds services/svc/files/d/lnk "
+        "as a file or symlink, not a directory"
+    ]
+    assert below_file.files == 0 and "services/svc/files/d/file " in below_file.warnings[0]
+    staging = _unpacked(tmp_path, path)
+    assert os.readlink(staging / "services/svc/files/d/lnk") == str(tmp_path / "real")
+    assert (staging / "services/svc/files/d/file").read_text() == "plain"
+
+
+def test_an_entry_walked_twice_that_changed_kind_in_between_goes_in_once(tmp_path):
+    """Overlapping paths walk an entry twice; a file replaced by a directory (or a
+    directory by a symlink) in between went in as both kinds, and no unpacking takes
+    that. The second is skipped, said; the first stays."""
+    source = tmp_path / "d"
+    (source / "sub" / "dir").mkdir(parents=True)
+    (source / "sub" / "f").write_text("f")
+    path = tmp_path / "host-20260101T000000Z.tar"
+    with ArchiveWriter(path, "none") as writer:
+        writer.add_tree(source, "services/svc/files/d")
+        (source / "sub" / "f").unlink()
+        (source / "sub" / "f").mkdir()
+        (source / "sub" / "f" / "inner").write_text("inner")
+        (source / "sub" / "dir").rmdir()
+        os.symlink("f", source / "sub" / "dir")
+        second = writer.add_tree(source / "sub", "services/svc/files/d/sub")
+        writer.finish()
+    assert sorted(second.warnings) == [
+        f"{source}/sub/dir: skipped: it is a symlink or FIFO now, and the archive already "
+        "holds it as a directory",
+        f"{source}/sub/f: skipped: it is a directory now, and the archive already holds "
+        "it as a file",
+    ]
+    staging = _unpacked(tmp_path, path)
+    assert (staging / "services/svc/files/d/sub/f").read_text() == "f"
+    assert (staging / "services/svc/files/d/sub/dir").is_dir()

@@ -78,12 +78,49 @@ class _Adds:
     inodes: int = 0
 
 
+Where = tuple[int, tuple[str, ...]]
+"""A file of a restore: the number of its restored path, and its names below it."""
+
+
+@dataclass
+class Links:
+    """The snapshot's hard links between two restored paths. ``cp -a`` links a file's
+    names within the one path it copies, never across two (each path has a ``cp`` of
+    its own): the restore links them again once every path is copied (:mod:`.relink`).
+    Holds only regular files of several links, as the room check meets them."""
+
+    first: dict[tuple[int, int], Where] = field(default_factory=dict)
+    """Each such file, by device and inode: where it was met first."""
+    again: list[tuple[Where, Where]] = field(default_factory=list)
+    """Each name of such a file in a later path than its first: (first, this one)."""
+
+    def note(self, entry: os.stat_result, where: Where) -> None:
+        """Note ``entry`` met at ``where``; a name in another path than its first is to
+        be linked again."""
+        first = self.first.setdefault((entry.st_dev, entry.st_ino), where)
+        if first[0] != where[0]:
+            self.again.append((first, where))
+
+
+@dataclass
+class RoomChecked:
+    """What :func:`check_copy_room` found on its way."""
+
+    counts: list[int]
+    """How many files each path restores."""
+    links: Links
+
+
 @dataclass
 class _Check:
-    """One check's file systems, by ``st_dev``, and the mounts it looked up."""
+    """One check's file systems, by ``st_dev``, and the mounts it looked up; the hard
+    links between paths, and the number of the path walked (None for an inner one:
+    the outer one's ``cp`` copies it)."""
 
     adds: dict[int, _Adds] = field(default_factory=dict)
     mounts: list[tuple[Path, str, str]] | None = None
+    links: Links = field(default_factory=Links)
+    number: int | None = None
 
     def at(self, place: Path) -> _Adds:
         """The file system of the directory ``place`` (looked at once)."""
@@ -126,16 +163,20 @@ class _Check:
 
 def check_copy_room(
     places: list[tuple[Path, Path]], found: list[Replaced], safety: Path, min_free: int
-) -> list[int]:
+) -> RoomChecked:
     """Check that restoring each ``(copy, destination)`` of ``places`` (the live entries
     it meets in ``found``, the differing ones kept in ``safety``) leaves ``min_free``
     bytes free on every file system it writes on (see the module). Reads, never writes.
-    Returns how many files it restores of each path. Raises TaskError, naming the file
-    system's directory, what the restore adds and what is free, when one would not."""
+    Returns how many files it restores of each path, and the hard links between paths.
+    Raises TaskError, naming the file system's directory, what the restore adds and
+    what is free, when one would not."""
     check = _Check()
     inner = _inner([destination for _, destination in places])
     try:
-        counts = [_add_copy(check, c, d, number in inner) for number, (c, d) in enumerate(places)]
+        counts = []
+        for number, (copy, destination) in enumerate(places):
+            check.number = None if number in inner else number
+            counts.append(_add_copy(check, copy, destination, number in inner))
         counted_at = {d for number, (_, d) in enumerate(places) if number not in inner}
         for destination in counted_at:  # (once each: a path listed twice is scanned twice)
             _credit(check, next((r for r in found if r.destination == destination), None))
@@ -146,7 +187,7 @@ def check_copy_room(
         raise TaskError(
             f"cannot tell whether the restore fits: {printable(exc, 300)}; nothing was replaced"
         ) from None
-    return counts
+    return RoomChecked(counts, check.links)
 
 
 def _add_kept(check: _Check, kept: list, safety: Path) -> None:
@@ -303,6 +344,8 @@ def _footprints(
                 walk.enter(spot, os.open(spot.name, _DIR, dir_fd=spot.live_dir))
                 continue
             taking.files += 1
+            if entry.st_nlink > 1 and check.number is not None and stat.S_ISREG(entry.st_mode):
+                check.links.note(entry, (check.number, spot.names))
             if _first_link(seen, entry, place, spot.names):  # (cp -a links the others)
                 taking.inodes += 1
                 taking.bytes += _takes(entry, block)

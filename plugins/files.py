@@ -14,8 +14,9 @@ from ..common.text import counted, printable
 from ..common.units import human_size
 from . import hookimpl, load_plugin_schema
 from .before_restore import Identity, InStep, Replaced, Spot, find_replaced, keep_aside
-from .copy_room import check_copy_room
+from .copy_room import Links, check_copy_room
 from .exclude import ExcludeMatcher
+from .relink import link_again
 from .task import ProbeResult, RestorePlan, Task, TaskError, TaskType, name_in_archive
 
 CP = ("-a", "--sparse=always")
@@ -263,11 +264,13 @@ def restore_copies(
         places.append((path, copy, destination, above))
     found = [_scanned(c, d, a) for _, c, d, a in places if os.path.lexists(d)]
     pairs = [(c, d) for _, c, d, _ in places]
-    counts = check_copy_room(pairs, found, plan.safety_dir or source, plan.min_free)
+    room = check_copy_room(pairs, found, plan.safety_dir or source, plan.min_free)
     keep_aside(task.type, task.log, found, plan, source)
-    for (path, copy, destination, above), count in zip(places, counts, strict=True):
+    restored: list[Path | None] = []
+    for (path, copy, destination, above), count in zip(places, room.counts, strict=True):
         over = ", replacing what is there" if os.path.lexists(destination) else ""
         text = f"restore {path} ({counted(count, 'file')}) to {destination}{over}"
+        restored.append(None)
         if not plan.step(task.log, text, destructive=bool(over)):
             continue
         try:
@@ -285,6 +288,21 @@ def restore_copies(
         if task.config.get("xattrs", True):  # else the snapshot holds none to compare
             _same_xattrs(copy, destination, above)
         task.log.info("restored %s", destination)
+        restored[-1] = destination
+    _links_again(task, room.links, restored, [copy for copy, _ in pairs], plan)
+
+
+def _links_again(
+    task: Task, links: Links, restored: list[Path | None], copies: list[Path], plan: RestorePlan
+) -> None:
+    """Link again the snapshot's hard links between the restored paths
+    (:mod:`.relink`); a dry run says how many it would."""
+    if not links.again:
+        return
+    text = f"link {counted(len(links.again), 'name')} again to a file of another restored path"
+    if plan.step(task.log, text):
+        linked = link_again(task.log, links, restored, copies)
+        task.log.info("linked %s again as in the snapshot", counted(linked, "name"))
 
 
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC

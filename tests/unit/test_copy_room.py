@@ -106,3 +106,22 @@ def test_hard_links_landing_on_one_place_count_once_and_on_two_are_refused(tmp_p
     assert (found[live].files, found[live].inodes) == (2, 3)  # the top, a, the file once
     with pytest.raises(copy_room.TaskError, match=r"a/one and a/two are one file"):
         copy_room._footprints(copy_room._Check(), snap, {(): live, ("a", "two"): live / "a"})
+
+
+def test_links_between_two_paths_are_noted_and_within_one_or_an_inner_one_not(tmp_path):
+    """The room check's walk notes the snapshot's hard links between two restored paths
+    (to be linked again after the copies) and none that one path's cp links itself, nor
+    an inner path's (the outer one's cp copies it)."""
+    snap, live = tmp_path / "snap", tmp_path / "live"
+    for name in ("a", "b", "a/sub"):
+        (snap / name).mkdir(parents=True, exist_ok=True)
+    (snap / "a" / "sub" / "f").write_text("f")
+    os.link(snap / "a" / "sub" / "f", snap / "b" / "g")
+    os.link(snap / "a" / "sub" / "f", snap / "a" / "h")
+    live.mkdir()
+    places = [(snap / n, live / n) for n in ("a", "b", "a/sub")]
+    room = copy_room.check_copy_room(places, [], tmp_path, 0)
+    assert room.counts == [2, 1, 1]
+    assert room.links.again == [((0, ("h",)), (1, ("g",)))]
+    room = copy_room.check_copy_room(places[:1] + places[2:], [], tmp_path, 0)
+    assert room.links.again == []

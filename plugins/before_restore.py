@@ -565,7 +565,7 @@ def keep_aside(
     if not any(r.entries for r in found):
         return None
     _check_safety(safety)
-    _check_room(safety, found)
+    _check_room(safety, found, plan.min_free)
     progress = _Progress()
     try:
         for replaced in found:
@@ -677,9 +677,11 @@ def _say_lost(log: Log, lost: BoundedWarnings) -> None:
         log.warning("extended attributes that could not be kept: %s", "; ".join(lost.lines(NAMED)))
 
 
-def _check_room(safety: Path, found: list[Replaced]) -> None:
+def _check_room(safety: Path, found: list[Replaced], min_free: int = 0) -> None:
     """Raises TaskError when what ``found`` keeps does not fit in ``safety``'s file
-    system (its blocks and inodes, with a margin); nothing is made (a dry run too)."""
+    system (its blocks and inodes, with a margin) leaving ``min_free`` bytes free (the
+    safety directory is most often on the root file system, where the live databases
+    write too); nothing is made (a dry run too)."""
     probe = safety
     while not probe.exists():
         probe = probe.parent
@@ -695,11 +697,12 @@ def _check_room(safety: Path, found: list[Replaced]) -> None:
     blocks += directories * unit
     need = blocks + int(blocks * MARGIN_FRACTION) + MARGIN_BYTES
     short_of_inodes = left.inodes is not None and inodes + MARGIN_INODES > left.inodes
-    if need <= left.free and not short_of_inodes:
+    if need + min_free <= left.free and not short_of_inodes:
         return
+    kept_free = f" (and {human_size(min_free)} kept free: min_free_space)" if min_free else ""
     raise TaskError(
         f"no room to keep what the restore replaces: {_files(count)} need "
-        f"{human_size(need)} and {inodes + MARGIN_INODES} inodes in {safety}, where "
+        f"{human_size(need)}{kept_free} and {inodes + MARGIN_INODES} inodes in {safety}, where "
         f"{human_size(left.free)} and {left.inodes_words()} are free; nothing was replaced. "
         "Make room there, or restore beside the live files with --target DIR and compare"
     )

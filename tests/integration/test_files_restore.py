@@ -681,3 +681,27 @@ def test_a_path_below_a_symlink_another_path_keeps_is_refused_and_the_advice_wor
     assert done.returncode == 0, done.stderr[-2000:]
     assert (other / "data" / "db").read_text() == "rows\n"
     assert (big / "app").is_symlink()
+
+
+def test_what_a_restore_keeps_leaves_min_free_space_free_where_it_is_kept(tmp_path, small_safety):
+    """The kept copies fit the safety file system but would leave it under
+    min_free_space (it is most often /, where the live databases write): refused before
+    anything is replaced, saying so; with less asked to stay free, the restore runs."""
+    r = Restore(tmp_path)
+    safety = small_safety(r, "size=16m,mode=0700")
+    (r.live / "data/deep/er/blob.bin").write_bytes(os.urandom(3 << 20))
+    before = live_state(r.live)
+    r.box.write_config(min_free_space="14M")
+
+    result = r.run()
+
+    assert result.returncode == 1, result.stderr
+    assert live_state(r.live) == before
+    assert "(and 14.0 MiB kept free: min_free_space)" in result.stderr
+    assert "nothing was replaced" in result.stderr and list(safety.iterdir()) == []
+    r.box.write_config(min_free_space="4M")
+    result = r.run()
+    assert result.returncode == 0, result.stderr
+    assert (r.live / "data/deep/er/blob.bin").read_bytes() == (
+        r.copy / "data/deep/er/blob.bin"
+    ).read_bytes()

@@ -466,8 +466,8 @@ def test_room_check_is_by_the_scan_a_file_grown_afterwards_fills_the_safety_fs(
     (r.live / "data/empty").write_text("edited")
     real = before_restore._check_room
 
-    def grown(s, found):
-        real(s, found)
+    def grown(s, found, min_free):
+        real(s, found, min_free)
         (r.live / "data/empty").write_bytes(os.urandom(16 << 20))
 
     monkeypatch.setattr(before_restore, "_check_room", grown)
@@ -494,8 +494,8 @@ def test_a_file_that_fills_the_safety_fs_half_way_is_not_left_in_part(
     (r.live / "data/empty").write_text("edited")
     real = before_restore._check_room
 
-    def grown(s, found):
-        real(s, found)
+    def grown(s, found, min_free):
+        real(s, found, min_free)
         (r.live / "data/empty").write_bytes(os.urandom(16 << 20))
 
     monkeypatch.setattr(before_restore, "_check_room", grown)

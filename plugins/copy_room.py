@@ -89,15 +89,15 @@ class Links:
     its own): the restore links them again once every path is copied (:mod:`.relink`).
     Holds only regular files of several links, as the room check meets them."""
 
-    first: dict[tuple[int, int], Where] = field(default_factory=dict)
-    """Each such file, by device and inode: where it was met first."""
+    first: dict[int, Where] = field(default_factory=dict)
+    """Each such file, by :func:`_inode`: where it was met first."""
     again: list[tuple[Where, Where]] = field(default_factory=list)
     """Each name of such a file in a later path than its first: (first, this one)."""
 
     def note(self, entry: os.stat_result, where: Where) -> None:
         """Note ``entry`` met at ``where``; a name in another path than its first is to
         be linked again."""
-        first = self.first.setdefault((entry.st_dev, entry.st_ino), where)
+        first = self.first.setdefault(_inode(entry), where)
         if first[0] != where[0]:
             self.again.append((first, where))
 
@@ -114,8 +114,9 @@ class RoomChecked:
 @dataclass
 class _Check:
     """One check's file systems, by ``st_dev``, and the mounts it looked up; the hard
-    links between paths, and the number of the path walked (None for an inner one:
-    the outer one's ``cp`` copies it)."""
+    links between paths, and the number of the path walked (None for an inner one, the
+    outer one's ``cp`` copies it, and for the one path of a restore of one: nothing
+    noted)."""
 
     adds: dict[int, _Adds] = field(default_factory=dict)
     mounts: list[tuple[Path, str, str]] | None = None
@@ -174,8 +175,9 @@ def check_copy_room(
     inner = _inner([destination for _, destination in places])
     try:
         counts = []
+        several = len(places) - len(inner) > 1  # (else no link between two: none noted)
         for number, (copy, destination) in enumerate(places):
-            check.number = None if number in inner else number
+            check.number = number if several and number not in inner else None
             counts.append(_add_copy(check, copy, destination, number in inner))
         counted_at = {d for number, (_, d) in enumerate(places) if number not in inner}
         for destination in counted_at:  # (once each: a path listed twice is scanned twice)
@@ -329,7 +331,7 @@ def _footprints(
     OSError when an entry cannot be looked at (what is not counted could fill a disk)."""
     found: dict[Path, _Footprint] = {}
     blocks: dict[Path, int] = {}
-    seen: dict[tuple[int, int], tuple[Path, tuple[str, ...]]] = {}
+    seen: dict[int, tuple[Path, tuple[str, ...]]] = {}
     with contextlib.closing(InStep(copy, copy)) as walk:
         for spot in walk:
             entry = os.stat(spot.copy_name, dir_fd=spot.copy_dir, follow_symlinks=False)
@@ -353,7 +355,7 @@ def _footprints(
 
 
 def _first_link(
-    seen: dict[tuple[int, int], tuple[Path, tuple[str, ...]]],
+    seen: dict[int, tuple[Path, tuple[str, ...]]],
     entry: os.stat_result,
     place: Path,
     names: tuple[str, ...],
@@ -366,7 +368,7 @@ def _first_link(
     (helper-152 F6; the snapshot was taken before a disk was mounted there)."""
     if entry.st_nlink == 1:
         return True
-    first = seen.setdefault((entry.st_dev, entry.st_ino), (place, names))
+    first = seen.setdefault(_inode(entry), (place, names))
     if first == (place, names):
         return True
     if first[0] == place:
@@ -378,6 +380,12 @@ def _first_link(
         "cp cannot link them across; nothing was replaced. Restore on one disk with "
         "--target DIR and copy them into place"
     )
+
+
+def _inode(entry: os.stat_result) -> int:
+    """``entry``'s device and inode as one number (one object, not a tuple of two: the
+    records of hard links hold one per file of several links)."""
+    return entry.st_dev << 64 | entry.st_ino
 
 
 def _takes(entry: os.stat_result, block: int) -> int:

@@ -125,3 +125,15 @@ def test_links_between_two_paths_are_noted_and_within_one_or_an_inner_one_not(tm
     assert room.links.again == [((0, ("h",)), (1, ("g",)))]
     room = copy_room.check_copy_room(places[:1] + places[2:], [], tmp_path, 0)
     assert room.links.again == []
+
+
+def test_a_restore_of_one_path_notes_no_links(tmp_path):
+    """Hard links within one path are cp's: a restore of one path (the common case, an
+    rsnapshot-like tree of linked files too) keeps no record of them past its walk."""
+    snap, live = tmp_path / "snap", tmp_path / "live"
+    (snap / "a").mkdir(parents=True)
+    (snap / "a" / "f").write_text("f")
+    os.link(snap / "a" / "f", snap / "a" / "g")
+    live.mkdir()
+    room = copy_room.check_copy_room([(snap / "a", live / "a")], [], tmp_path, 0)
+    assert room.links.first == {} and room.links.again == []

@@ -324,7 +324,9 @@ def test_merge_judges_by_the_recorded_max_age_and_names_this_servers_hosts_first
                 "aa1": {"last_result": "stored", "newest_snapshot": _ago(2)},
                 "aa2": {
                     "last_result": "stored",
-                    "newest_snapshot": iso(utc_now() + dt.timedelta(days=2)),
+                    # (half an hour more: two days exactly read "47h59m ahead" once a
+                    # loaded machine took a second to the status)
+                    "newest_snapshot": iso(utc_now() + dt.timedelta(days=2, minutes=30)),
                 },
             },
         },

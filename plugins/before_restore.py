@@ -114,9 +114,6 @@ class Replaced:
     copy: Path
     destination: Path
     entries: list[Entry] = field(default_factory=list)
-    elsewhere: int = 0
-    """Entries that differ and another path of the task (one that overlaps, listed
-    earlier) keeps: left out of ``entries``."""
     freed: dict[int, Freed] = field(default_factory=dict)
     """By file system (``st_dev``), what ``cp`` reuses of the live entries it meets
     (:mod:`.copy_room`)."""
@@ -142,19 +139,8 @@ class Replaced:
         more = len(self.entries) - NAMED
         return first + (f" and {more} more" if more > 0 else "")
 
-    def also(self) -> str:
-        """What an earlier path of the task keeps of this one, or ''."""
-        if not self.elsewhere:
-            return ""
-        return f"; {_files(self.elsewhere)} more that differ kept with an earlier path"
-
     def none_why(self) -> str:
         """Why nothing of this path is kept."""
-        if self.elsewhere:
-            return (
-                f"the {_files(self.elsewhere)} of it that differ are kept with an earlier "
-                "path of the task"
-            )
         return "no live file it replaces differs"
 
 
@@ -551,14 +537,13 @@ def keep_aside(
 ) -> Path | None:
     """Copy every entry of ``found`` to a new directory of this task below the plan's
     safety directory (``fallback`` without one), after a room check; each path a step of
-    ``plan`` (a dry run only says it, and makes nothing). An entry that two paths of the
-    task list (paths that overlap) is kept, and counted, with the first. Returns that
+    ``plan`` (a dry run only says it, and makes nothing). ``found`` never overlap (a
+    path in another one's tree is scanned with that one: ``files._places``). Returns that
     directory, or None when nothing differs (none is made). Raises TaskError when the
     entries do not fit, or keeping one failed: then nothing was replaced, and it says
     what was kept where."""
     safety = plan.safety_dir or fallback
     prefix = f"{task_type}-{plan.stamp}-"
-    _once(found)
     for replaced in found:
         if not replaced.entries:
             log.info("nothing to keep of %s: %s", replaced.destination, replaced.none_why())
@@ -630,22 +615,6 @@ def check_hand_over(plan: RestorePlan) -> None:
         _check_safety(plan.safety_dir)
 
 
-def _once(found: list[Replaced]) -> None:
-    """Leave out of each of ``found`` the entries an earlier one lists (the same live
-    path: paths of a task that overlap), counting them in its ``elsewhere``."""
-    seen: set[str] = set()
-    for replaced in found:
-        entries = []
-        for entry in replaced.entries:
-            where = os.path.join(replaced.destination, *entry.names)
-            if where in seen:
-                replaced.elsewhere += 1
-            else:
-                seen.add(where)
-                entries.append(entry)
-        replaced.entries = entries
-
-
 def _keep_one(replaced: Replaced, progress: _Progress, safety: Path, prefix: str, log: Log) -> None:
     """Keep the entries of ``replaced`` (making the task's directory first), and say what
     was kept. Raises TaskError (a kept directory with nothing in it removed)."""
@@ -664,11 +633,10 @@ def _keep_one(replaced: Replaced, progress: _Progress, safety: Path, prefix: str
             _remove_empty(progress)
         raise
     log.info(
-        "kept %s that the restore replaces in %s: %s%s",
+        "kept %s that the restore replaces in %s: %s",
         kept.summary(),
         progress.kept,
         kept.named(),
-        replaced.also(),
     )
 
 

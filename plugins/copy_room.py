@@ -172,7 +172,7 @@ def check_copy_room(
     Raises TaskError, naming the file system's directory, what the restore adds and
     what is free, when one would not."""
     check = _Check()
-    inner = _inner([destination for _, destination in places])
+    inner = nested([destination for _, destination in places])
     try:
         counts = []
         several = len(places) - len(inner) > 1  # (else no link between two: none noted)
@@ -233,7 +233,7 @@ def _add_copy(check: _Check, copy: Path, destination: Path, inner: bool) -> int:
     return files
 
 
-def _inner(destinations: list[Path]) -> set[int]:
+def nested(destinations: list[Path]) -> set[int]:
     """The numbers of the ``destinations`` that lie in another one, or repeat an
     earlier one (paths of a task that overlap: the outer one's copy holds them)."""
     return {

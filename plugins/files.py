@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.fsutil import make_dirs_at, open_trusted_dir, untrusted_link
@@ -14,7 +15,7 @@ from ..common.text import counted, printable
 from ..common.units import human_size
 from . import hookimpl, load_plugin_schema
 from .before_restore import Identity, InStep, Replaced, Spot, find_replaced, keep_aside
-from .copy_room import Links, check_copy_room
+from .copy_room import Links, check_copy_room, nested
 from .exclude import ExcludeMatcher
 from .relink import link_again
 from .task import ProbeResult, RestorePlan, Task, TaskError, TaskType, name_in_archive
@@ -69,7 +70,24 @@ def pullback_probe(task: Task) -> ProbeResult:
     else:
         result.problems += said
     result.problems += list(below_a_link(task.config["paths"], _matcher(task)).values())
+    result.warnings += _links_with_a_slash(task.config["paths"])
     return result
+
+
+def _links_with_a_slash(paths: list[str]) -> list[str]:
+    """Words for each listed path written with a trailing ``/`` that is a symlink to a
+    directory (``/srv/data/``, ``/srv/data -> /disk/data``): its archive holds the link
+    alone, where rsync (backup-suite's paths) copies what it points at, and a run said
+    "0 files" and nothing else (helper-155 F9)."""
+    said = []
+    for path in paths:
+        if path.endswith("/") and os.path.islink(path.rstrip("/")) and os.path.isdir(path):
+            said.append(
+                f"path {printable(path, 200)} is a symlink to a directory: only the link is "
+                f"archived, not what is in it (rsync copies that for a trailing /); "
+                f"{_advice(path)}"
+            )
+    return said
 
 
 def below_a_link(paths: list[str], matcher: ExcludeMatcher) -> dict[str, str]:
@@ -165,6 +183,8 @@ def pullback_dump(task: Task):
     matcher = _matcher(task)
     unsafe = below_a_link(task.config["paths"], matcher)
     paths = [path for path in task.config["paths"] if path not in unsafe]
+    for line in _links_with_a_slash(paths):
+        task.log.warning("%s", line)
     missing = archive_paths(task, paths, matcher, task.config["xattrs"])
     if unsafe:
         raise TaskError("; ".join(unsafe.values()))
@@ -236,7 +256,7 @@ def restore_paths(
     like univention's ``custom_paths``)."""
     copies = []
     for path in paths:
-        copy = source / path.lstrip("/")
+        copy = source / name_in_archive(path)
         if not os.path.lexists(copy):
             if task.config.get("missing_ok", True):
                 continue
@@ -256,40 +276,90 @@ def restore_copies(
     ``source``, of the live ``path``) back, as :func:`restore_paths` says: checked,
     what it replaces kept, then copied (other plugins' files go back so too: the
     docker task's compose file). Raises TaskError."""
-    places = []
-    for path, copy in copies:
-        destination = (target / path.lstrip("/")) if target else Path(path)
-        above = _a_place_of_its_own(destination)
-        _same_kind_at_top(copy, destination)
-        places.append((path, copy, destination, above))
-    found = [_scanned(c, d, a) for _, c, d, a in places if os.path.lexists(d)]
-    pairs = [(c, d) for _, c, d, _ in places]
+    places = _places(copies, target)
+    found = [
+        _scanned(p.copy, p.destination, p.above)
+        for p in places
+        if p.within is None and os.path.lexists(p.destination)
+    ]
+    pairs = [(p.copy, p.destination) for p in places]
     room = check_copy_room(pairs, found, plan.safety_dir or source, plan.min_free)
     keep_aside(task.type, task.log, found, plan, source)
-    restored: list[Path | None] = []
-    for (path, copy, destination, above), count in zip(places, room.counts, strict=True):
-        over = ", replacing what is there" if os.path.lexists(destination) else ""
-        text = f"restore {path} ({counted(count, 'file')}) to {destination}{over}"
-        restored.append(None)
-        if not plan.step(task.log, text, destructive=bool(over)):
-            continue
-        try:
-            _copy_parents(copy, destination, source)
-            if above is None:
-                # a directory made just now is pinned now (a racing owner of the one
-                # above it had it missing at the check, and then a symlink to elsewhere)
-                above = _pin(destination.parent)
-                _still_missing(destination)
-            _copy_back(task, copy, destination)
-        except OSError as exc:  # (a racing owner: words, not an internal error)
-            raise TaskError(
-                f"cannot restore {printable(destination, 200)}: {exc.strerror or exc}"
-            ) from None
-        if task.config.get("xattrs", True):  # else the snapshot holds none to compare
-            _same_xattrs(copy, destination, above)
-        task.log.info("restored %s", destination)
-        restored[-1] = destination
+    restored = [
+        _restore_place(task, place, count, source, plan)
+        for place, count in zip(places, room.counts, strict=True)
+    ]
     _links_again(task, room.links, restored, [copy for copy, _ in pairs], plan)
+
+
+@dataclass
+class _Place:
+    """A listed path of a restore: the snapshot's ``copy`` of it and its
+    ``destination``; ``above``, the identity of the directory holding that (None:
+    missing at the check); ``within``, the listed path whose copy holds it whole (it
+    lies in that one's tree, or repeats it: nothing of its own is done, its parents
+    could not be made before that one's copy, helper-155 F6)."""
+
+    path: str
+    copy: Path
+    destination: Path
+    above: Identity | None = None
+    within: str | None = None
+
+
+def _places(copies: list[tuple[str, Path]], target: Path | None) -> list[_Place]:
+    """The places of ``copies`` (``(path, copy)``), each checked before anything is
+    replaced (:func:`_a_place_of_its_own`, :func:`_same_kind_at_top`) unless another
+    one's copy holds it. A path's destination is its name in the archive (``//srv/`` is
+    ``/srv``), below ``target`` when given. Raises TaskError."""
+    places = []
+    for path, copy in copies:
+        name = name_in_archive(path)
+        places.append(_Place(path, copy, (target / name) if target else Path("/" + name)))
+    inner = nested([p.destination for p in places])
+    outer = [p for number, p in enumerate(places) if number not in inner]
+    for number in inner:
+        place = places[number]
+        place.within = next(
+            o.path for o in outer if place.destination.is_relative_to(o.destination)
+        )
+    for place in places:
+        if place.within is None:
+            place.above = _a_place_of_its_own(place.destination)
+            _same_kind_at_top(place.copy, place.destination)
+    return places
+
+
+def _restore_place(
+    task: Task, place: _Place, count: int, source: Path, plan: RestorePlan
+) -> Path | None:
+    """Copy ``place`` back (``count`` files), a step of ``plan``. Returns where it was
+    copied to; None when it was not (a dry run, or another path's copy holds it).
+    Raises TaskError."""
+    path, copy, destination, above = place.path, place.copy, place.destination, place.above
+    if place.within is not None:
+        task.log.info("%s is restored with %s", path, place.within)
+        return None
+    over = ", replacing what is there" if os.path.lexists(destination) else ""
+    text = f"restore {path} ({counted(count, 'file')}) to {destination}{over}"
+    if not plan.step(task.log, text, destructive=bool(over)):
+        return None
+    try:
+        _copy_parents(copy, destination, source)
+        if above is None:
+            # a directory made just now is pinned now (a racing owner of the one above
+            # it had it missing at the check, and then a symlink to elsewhere)
+            above = _pin(destination.parent)
+            _still_missing(destination)
+        _copy_back(task, copy, destination)
+    except OSError as exc:  # (a racing owner: words, not an internal error)
+        raise TaskError(
+            f"cannot restore {printable(destination, 200)}: {exc.strerror or exc}"
+        ) from None
+    if task.config.get("xattrs", True):  # else the snapshot holds none to compare
+        _same_xattrs(copy, destination, above)
+    task.log.info("restored %s", destination)
+    return destination
 
 
 def _links_again(

@@ -6,21 +6,26 @@ have a ``cp`` of their own, so a file the snapshot links into two of them
 (``[/srv/a, /srv/b]``) came back as two files (helper-154 F7). After the last path is
 copied, each later name of such a file is replaced by a link to its first name's file,
 once both are seen to be what the restore just wrote: regular files of the snapshot's
-mode, owner, size and modification time, on one file system, reached by descriptors
+mode, owner, size and modification time, the first one's bytes the snapshot's (compared
+through the descriptor the link is then checked against: metadata can be matched by a
+sibling renamed over it, helper-155 F1), on one file system, reached by descriptors
 through symlinks only root could have made. The new link is made at a name of its own
-in the later name's directory, checked to be the first name's file, then renamed over
-the later name: the name is never missing, and its directory keeps the times ``cp -a``
-gave it. One that is not so is left as the copy it
-is (its bytes are the snapshot's; only the link is missing), said in a warning: at
-most :data:`MAX_SAID` of them, the rest counted.
+in the later name's directory, checked to be the compared file, then renamed over the
+later name: the name is never missing, and its directory keeps the times ``cp -a`` gave
+it. Later names on another file system than the first one's are linked to the first of
+them there. One that cannot be linked is left as the copy it is (its bytes are the
+snapshot's; only the link is missing), said in a warning: at most :data:`MAX_SAID` of
+them, the rest counted; an extra link that could not be removed again is named.
 """
 
 from __future__ import annotations
 
-import contextlib
+import fcntl
 import os
 import secrets
 import stat
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.fsutil import open_trusted_dir
@@ -32,6 +37,48 @@ MAX_SAID = 5
 """Names that stay copies, named one by one in the warnings (the rest counted)."""
 TEMPORARY = ".pullback-link."
 """How the new link's name of its own starts (random letters follow)."""
+CHUNK = 1 << 20
+"""Bytes compared at a time."""
+FS_IOC_GETFLAGS = 0x80086601
+"""The ioctl that reads an inode's flags (``lsattr``), and its append-only flag."""
+FS_APPEND_FL = 0x20
+_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+@dataclass
+class _OtherDisk:
+    """The later name is on another file system than the first one (``device``)."""
+
+    device: int
+
+    def __str__(self) -> str:
+        return "the two names are on two file systems now"
+
+
+@dataclass
+class _Relinking:
+    """One restore's linking: what was linked, what stays a copy (words), and for each
+    first name, per file system, the later name the others there are linked to."""
+
+    linked: int = 0
+    missed: list[str] = field(default_factory=list)
+    anchors: dict[tuple[Path, int], Path] = field(default_factory=dict)
+
+    def pair(self, first: Path, later: Path, snapshot: Path) -> None:
+        """Link ``later`` to ``first`` (or to the first later name on its file system),
+        ``snapshot`` the file both are copies of."""
+        try:
+            why = _link(first, later, snapshot)
+            if isinstance(why, _OtherDisk):
+                anchor = self.anchors.setdefault((first, why.device), later)
+                if anchor != later:
+                    why = _link(anchor, later, snapshot)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+        if why is None:
+            self.linked += 1
+        else:
+            self.missed.append(f"{printable(later, 200)} (to {printable(first, 200)}): {why}")
 
 
 def link_again(log: Log, links: Links, restored: list[Path | None], copies: list[Path]) -> int:
@@ -39,33 +86,26 @@ def link_again(log: Log, links: Links, restored: list[Path | None], copies: list
     ``restored[n]``: where path ``n`` was copied to, None when it was not (a dry run);
     ``copies[n]``: its copy in the snapshot. Returns how many names were linked; warns
     of those that stay copies. Raises nothing for one name: what went wrong is said."""
-    linked, missed = 0, []
+    done = _Relinking()
     for (first_path, first_names), (later_path, later_names) in links.again:
         first_place, later_place = restored[first_path], restored[later_path]
-        if first_place is None or later_place is None:
-            continue
-        first = first_place.joinpath(*first_names)
-        later = later_place.joinpath(*later_names)
-        try:
-            snapshot = os.lstat(copies[first_path].joinpath(*first_names))
-            why = _link(first, later, snapshot)
-        except OSError as exc:
-            why = exc.strerror or str(exc)
-        if why is None:
-            linked += 1
-        else:
-            missed.append(f"{printable(later, 200)} (to {printable(first, 200)}): {why}")
-    for line in missed[:MAX_SAID]:
+        if first_place is not None and later_place is not None:
+            snapshot = copies[first_path].joinpath(*first_names)
+            done.pair(
+                first_place.joinpath(*first_names), later_place.joinpath(*later_names), snapshot
+            )
+    for line in done.missed[:MAX_SAID]:
         log.warning("not linked again as in the snapshot, left a copy: %s", line)
-    if len(missed) > MAX_SAID:
-        log.warning("and %s more left copies", counted(len(missed) - MAX_SAID, "name"))
-    return linked
+    if len(done.missed) > MAX_SAID:
+        log.warning("and %s more left copies", counted(len(done.missed) - MAX_SAID, "name"))
+    return done.linked
 
 
-def _link(first: Path, later: Path, snapshot: os.stat_result) -> str | None:
+def _link(first: Path, later: Path, snapshot: Path) -> str | _OtherDisk | None:
     """Replace ``later`` by a link to ``first``'s file. Returns None when done (or
     already one file), else why not. Raises OSError when a directory cannot be
-    reached (a symlink on the way another user could have made: ELOOP)."""
+    reached (a symlink on the way another user could have made: ELOOP) or a file
+    read."""
     first_dir = open_trusted_dir(first.parent)
     try:
         later_dir = open_trusted_dir(later.parent)
@@ -83,30 +123,73 @@ def _link(first: Path, later: Path, snapshot: os.stat_result) -> str | None:
 
 
 def _link_at(
-    first: tuple[int, str], later: tuple[int, str], snapshot: os.stat_result
-) -> str | None:
+    first: tuple[int, str], later: tuple[int, str], snapshot: Path
+) -> str | _OtherDisk | None:
     """:func:`_link` below the open directories of ``first`` and ``later``."""
-    have = os.stat(first[1], dir_fd=first[0], follow_symlinks=False)
-    old = os.stat(later[1], dir_fd=later[0], follow_symlinks=False)
-    if (have.st_dev, have.st_ino) == (old.st_dev, old.st_ino):
-        return None
-    if not (_as_restored(have, snapshot) and _as_restored(old, snapshot)):
-        return "changed since it was restored"
-    if have.st_dev != old.st_dev:
-        return "the two names are on two file systems now"
+    fd = os.open(first[1], _OPEN, dir_fd=first[0])
+    try:
+        have = os.fstat(fd)
+        old = os.stat(later[1], dir_fd=later[0], follow_symlinks=False)
+        if (have.st_dev, have.st_ino) == (old.st_dev, old.st_ino):
+            return None
+        wanted = os.lstat(snapshot)
+        if not (_as_restored(have, wanted) and _as_restored(old, wanted)):
+            return "changed since it was restored"
+        if have.st_dev != old.st_dev:
+            return _OtherDisk(old.st_dev)
+        if not _same_bytes(fd, snapshot, have.st_size):
+            return "the first name's bytes are no longer the snapshot's"
+        return _swap(first, later, have)
+    finally:
+        os.close(fd)
+
+
+def _swap(first: tuple[int, str], later: tuple[int, str], have: os.stat_result) -> str | None:
+    """Link ``first`` (the file ``have``) at a name of its own beside ``later``, check
+    it, rename it over ``later``. Returns None when done, else why not (and the extra
+    link's name when it could not be removed again)."""
+    if _append_only(later[0]):
+        return "its directory is append-only (chattr +a): a link there could not be renamed"
     temporary = TEMPORARY + secrets.token_hex(8)
     os.link(first[1], temporary, src_dir_fd=first[0], dst_dir_fd=later[0], follow_symlinks=False)
     try:
         made = os.stat(temporary, dir_fd=later[0], follow_symlinks=False)
-        if (made.st_dev, made.st_ino) != (have.st_dev, have.st_ino):
-            os.unlink(temporary, dir_fd=later[0])
-            return "the first name changed while it was linked"
-        os.replace(temporary, later[1], src_dir_fd=later[0], dst_dir_fd=later[0])
+        if (made.st_dev, made.st_ino) == (have.st_dev, have.st_ino):
+            os.replace(temporary, later[1], src_dir_fd=later[0], dst_dir_fd=later[0])
+            return None
+        why = "the first name changed while it was linked"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary, dir_fd=later[0])
+        _remove(later[0], temporary)
         raise
-    return None
+    return why + _remove(later[0], temporary)
+
+
+def _append_only(dir_fd: int) -> bool:
+    """Whether the directory open as ``dir_fd`` is append-only (``chattr +a``): a new
+    name can be made in it, never renamed or removed (helper-155 F2). False when its
+    file system keeps no such flags."""
+    try:
+        flags = fcntl.ioctl(dir_fd, FS_IOC_GETFLAGS, bytes(8))
+    except OSError:
+        return False
+    return bool(int.from_bytes(flags[:4], sys.byteorder) & FS_APPEND_FL)
+
+
+def _remove(dir_fd: int, temporary: str) -> str:
+    """Remove the extra link ``temporary`` of ``dir_fd``. Returns words naming it when
+    it is still there (an append-only directory, helper-155 F2), else nothing."""
+    try:
+        os.unlink(temporary, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        return (
+            f"; the extra link {temporary} made beside it could not be removed "
+            f"({exc.strerror}): remove it"
+        )
+    return ""
 
 
 def _as_restored(entry: os.stat_result, snapshot: os.stat_result) -> bool:
@@ -118,3 +201,19 @@ def _as_restored(entry: os.stat_result, snapshot: os.stat_result) -> bool:
         and entry.st_size == snapshot.st_size
         and entry.st_mtime_ns == snapshot.st_mtime_ns
     )
+
+
+def _same_bytes(fd: int, snapshot: Path, size: int) -> bool:
+    """Whether the file open as ``fd`` holds the bytes of the file ``snapshot`` (both
+    ``size`` long, as their status said). Raises OSError."""
+    theirs = os.open(snapshot, _OPEN)
+    try:
+        offset = 0
+        while offset < size:
+            mine = os.pread(fd, CHUNK, offset)
+            if not mine or mine != os.pread(theirs, CHUNK, offset):
+                return False
+            offset += len(mine)
+        return os.pread(fd, 1, offset) == b""
+    finally:
+        os.close(theirs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,9 +256,10 @@ class Task:
         # not a symlink on the way (/var/lib/mysql -> /data/mysql): the unpacking refuses
         # every member below a symlink member, and the backup could never be restored
         # (helper-149 F10); its place is an archive-only directory, a restore's cp follows
-        # the live link
+        # the live link; nor a file (a mistyped path): nothing lists it, so it is not
+        # archived (helper-155 F7), and the path below it is missing
         for parent in reversed(source.parents[:-1]):
-            if not parent.is_symlink():
+            if _real_directory(parent):
                 self.archive.add_tree(parent, self._arcname(parent), xattrs=xattrs, recursive=False)
         stats = self.archive.add_tree(source, self._arcname(source), exclude=exclude, xattrs=xattrs)
         self.stats.add(stats)
@@ -265,6 +267,14 @@ class Task:
 
     def _arcname(self, path: Path) -> str:
         return f"{self.arcdir}/{name_in_archive(path)}".rstrip("/")
+
+
+def _real_directory(path: Path) -> bool:
+    """Whether ``path`` is a directory, not a symlink to one (nor anything else)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def name_in_archive(path: str | os.PathLike) -> str:

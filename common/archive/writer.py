@@ -593,6 +593,9 @@ class ArchiveWriter:
         """
         stats = TaskStats()
         source_str = os.fspath(source).rstrip("/") or "/"
+        if len(os.fsencode(arcname)) > MAX_ARCNAME:  # (its parents would go in first)
+            self._too_long(source_str, arcname, stats)
+            return stats
         top = self._open_top(source_str, stats)  # (raises FileNotFoundError)
         if top is None:
             return stats

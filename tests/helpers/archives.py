@@ -225,3 +225,19 @@ def listed_sidecar(name: str, stamp: str, base: str = "", ok: bool = True) -> Si
     )
     status = Status.OK if ok else Status.PARTIAL
     return Sidecar("web1", stamp, "2026-01-01T00:00:00Z", "0.3.0", status, info, [])
+
+
+def unpacked(archive: Path, staging: Path) -> Path:
+    """``staging``, made of ``archive`` by the server's unpacking (which refuses a
+    member below a symlink or a file, and a name written as two kinds: HostileArchive,
+    raised). The compression is told by the name's suffix."""
+    from pullback.common.archive.reader import TarStream
+    from pullback.common.archive.unpack import Unpacker
+
+    compression = {".zst": "zstd", ".gz": "gzip", ".tar": "none"}[archive.suffix]
+    with Unpacker(staging) as unpacker, open(archive, "rb") as raw:
+        with TarStream(raw, compression) as stream:
+            for member in stream.members():
+                unpacker.add(member, stream.read_data(member))
+        unpacker.finish()
+    return staging

@@ -250,8 +250,9 @@ def test_words_overlapping_paths_say_kept_files_once(tmp_path, caplog):
 
 
 def test_words_overlapping_paths_inner_first_say_each_kept_file_once(tmp_path, caplog):
-    """The inner path listed first keeps its two; the outer one then keeps one more, and
-    says the two an earlier path kept; the dry run and the room check count each once."""
+    """The inner path listed first is restored, and kept, with the outer one (whose copy
+    holds it whole: helper-155 F6): one line of three kept files, in the dry run too,
+    and a line saying so for the inner path."""
     r = Restore(tmp_path)
     (r.live / "etc/app/config.ini").write_text("edited")
     (r.live / "data/empty").write_text("edited")
@@ -259,13 +260,13 @@ def test_words_overlapping_paths_inner_first_say_each_kept_file_once(tmp_path, c
     dry = RestorePlan(stamp="20261203T183000Z", safety_dir=r.safety, dry_run=True)
     r.restore_here(dry, r.live / "etc", r.live)
     would = [m for m in caplog.messages if m.startswith("would: keep ")]
-    assert [m.split()[2] for m in would] == ["2", "1"], would
+    assert [m.split()[2] for m in would] == ["3"], would
+    assert f"{r.live}/etc is restored with {r.live}" in caplog.messages
     caplog.clear()
     r.restore_here(r.plan(), r.live / "etc", r.live)
     lines = [m for m in caplog.messages if m.startswith("kept ")]
-    assert [m.split()[1] for m in lines] == ["2", "1"], lines
-    assert lines[1].endswith("; 2 files more that differ kept with an earlier path"), lines
-    assert lines[1].count(str(r.live)) == 1 and "/data/empty" in lines[1], lines
+    assert [m.split()[1] for m in lines] == ["3"], lines
+    assert "/data/empty" in lines[0] and "/etc/app/config.ini" in lines[0], lines
 
 
 def test_held_target_dir_onto_existing_entries_keeps_them(tmp_path):

@@ -159,3 +159,25 @@ def test_names_on_two_file_systems_stay_copies_said(tmp_path, caplog):
         assert (restored[1] / "f0").read_text() == "0\n"
     finally:
         subprocess.run(["umount", str(restored[1])], check=True)
+
+
+def test_an_extra_link_that_cannot_be_removed_again_is_named(tmp_path, caplog, monkeypatch):
+    """The rename over the later name fails, and so does the removal of the link made
+    beside it (what an append-only directory on a file system that hides the flag, or
+    an I/O error, would do): the warning names the extra link to remove."""
+    links, restored, copies = make_copies(tmp_path, 1)
+
+    def refused(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(relink.os, "replace", refused)
+    monkeypatch.setattr(relink.os, "unlink", refused)
+    log = logging.getLogger("pullback.test.relink")
+    with caplog.at_level(logging.WARNING, logger="pullback.test.relink"):
+        assert relink.link_again(log, links, restored, copies) == 0
+    (extra,) = restored[1].glob(".pullback-link.*")
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.endswith(
+        f"Operation not permitted; the extra link {extra.name} made beside it could not be "
+        "removed (Operation not permitted): remove it"
+    ), said

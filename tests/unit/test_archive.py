@@ -12,6 +12,7 @@ from pullback.common.archive.manifest import MANIFEST_NAME, parse
 from pullback.common.archive.reader import verify_archive
 from pullback.common.archive.writer import ArchiveWriter
 from pullback.common.errors import ArchiveError
+from tests.helpers.archives import unpacked
 from tests.helpers.tree import make_rich_tree, snapshot
 
 SUFFIX = {"zstd": ".tar.zst", "gzip": ".tar.gz", "none": ".tar"}
@@ -173,8 +174,6 @@ def test_overlapping_paths_write_each_symlink_and_fifo_once(tmp_path):
     """A task whose paths overlap (``[d, d/sub]``) walks ``sub`` twice: a file was
     written once, but a symlink or FIFO twice, and the server refused the archive
     ("appears twice") every day (found by an outside review)."""
-    from pullback.common.archive.unpack import Unpacker
-
     source = tmp_path / "d"
     (source / "sub").mkdir(parents=True)
     (source / "sub" / "f").write_text("f")
@@ -190,29 +189,8 @@ def test_overlapping_paths_write_each_symlink_and_fifo_once(tmp_path):
     for name in ("lnk", "fifo", "f"):
         assert names.count(f"services/svc/files/d/sub/{name}") == 1, names
     verify_archive(path)
-    from pullback.common.archive.reader import TarStream
-
-    with Unpacker(tmp_path / "staging") as unpacker, open(path, "rb") as raw:
-        with TarStream(raw, "none") as stream:
-            for member in stream.members():
-                unpacker.add(member, stream.read_data(member))
-        unpacker.finish()
-    assert os.readlink(tmp_path / "staging/services/svc/files/d/sub/lnk") == "f"
-
-
-def _unpacked(tmp_path: Path, path: Path) -> Path:
-    """The staging tree the server's unpacking makes of ``path`` (it refuses a member
-    below a symlink or a file, and a name written as two kinds)."""
-    from pullback.common.archive.reader import TarStream
-    from pullback.common.archive.unpack import Unpacker
-
-    staging = tmp_path / "staging"
-    with Unpacker(staging) as unpacker, open(path, "rb") as raw:
-        with TarStream(raw, "none") as stream:
-            for member in stream.members():
-                unpacker.add(member, stream.read_data(member))
-        unpacker.finish()
-    return staging
+    staging = unpacked(path, tmp_path / "staging")
+    assert os.readlink(staging / "services/svc/files/d/sub/lnk") == "f"
 
 
 def test_a_path_below_a_symlink_the_archive_holds_is_skipped_said_and_the_archive_unpacks(
@@ -239,7 +217,7 @@ def test_a_path_below_a_symlink_the_archive_holds_is_skipped_said_and_the_archiv
         "as a file or symlink, not a directory"
     ]
     assert below_file.files == 0 and "services/svc/files/d/file " in below_file.warnings[0]
-    staging = _unpacked(tmp_path, path)
+    staging = unpacked(path, tmp_path / "staging")
     assert os.readlink(staging / "services/svc/files/d/lnk") == str(tmp_path / "real")
     assert (staging / "services/svc/files/d/file").read_text() == "plain"
 
@@ -267,6 +245,6 @@ def test_an_entry_walked_twice_that_changed_kind_in_between_goes_in_once(tmp_pat
         f"{source}/sub/f: skipped: it is a directory now, and the archive already holds "
         "it as a file",
     ]
-    staging = _unpacked(tmp_path, path)
+    staging = unpacked(path, tmp_path / "staging")
     assert (staging / "services/svc/files/d/sub/f").read_text() == "f"
     assert (staging / "services/svc/files/d/sub/dir").is_dir()

@@ -42,7 +42,7 @@ def test_a_symlink_takes_no_block():
 
 def test_inner_and_repeated_paths_count_with_the_first_outer_one():
     paths = [Path("/srv"), Path("/srv/app"), Path("/etc"), Path("/srv"), Path("/srvx")]
-    assert copy_room._inner(paths) == {1, 3}
+    assert copy_room.nested(paths) == {1, 3}
 
 
 def test_an_entry_lands_on_the_deepest_mount_that_holds_it():

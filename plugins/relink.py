@@ -126,6 +126,9 @@ def _link_at(
     first: tuple[int, str], later: tuple[int, str], snapshot: Path
 ) -> str | _OtherDisk | None:
     """:func:`_link` below the open directories of ``first`` and ``later``."""
+    looked = os.stat(first[1], dir_fd=first[0], follow_symlinks=False)
+    if not stat.S_ISREG(looked.st_mode):  # (never opened: a device node's open acts)
+        return "changed since it was restored"
     fd = os.open(first[1], _OPEN, dir_fd=first[0])
     try:
         have = os.fstat(fd)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -181,3 +182,23 @@ def test_an_extra_link_that_cannot_be_removed_again_is_named(tmp_path, caplog, m
         f"Operation not permitted; the extra link {extra.name} made beside it could not be "
         "removed (Operation not permitted): remove it"
     ), said
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_first_name_swapped_for_a_node_is_never_opened(tmp_path, caplog, kind):
+    """A user who owns the first name's directory swaps it for a FIFO or a device node
+    (opening one may act: a tape rewinds): it is looked at, never opened; the later
+    name stays the copy it is."""
+    links, restored, copies = make_copies(tmp_path, 1)
+    first = restored[0] / "f0"
+    first.unlink()
+    if kind == "fifo":
+        os.mkfifo(first)
+    else:
+        os.mknod(first, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    log = logging.getLogger("pullback.test.relink")
+    with caplog.at_level(logging.WARNING, logger="pullback.test.relink"):
+        assert relink.link_again(log, links, restored, copies) == 0
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.endswith("changed since it was restored"), said
+    assert (restored[1] / "f0").read_text() == "0\n"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..common.cli import (
     Action,
     common_options,
     dispatch,
+    given_path,
     import_suite_parser,
     json_option,
     main_wrapper,
@@ -77,14 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--from",
         dest="source",
         required=True,
-        type=Path,
+        type=given_path,
         metavar="DIR",
         help="restored snapshot directory, or an archive .tar.zst",
     )
     p.add_argument("--task", metavar="TASK", help="only this task (e.g. postgresql, files)")
     p.add_argument(
         "--target",
-        type=Path,
+        type=given_path,
         metavar="DIR",
         help="put files below DIR instead of their original place (made if missing)",
     )
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--username", metavar="USER", help="database user to restore as")
     server.add_argument(
         "--password-file",
-        type=Path,
+        type=given_path,
         metavar="FILE",
         help="file holding that user's password (owner-only; never a password on the command line)",
     )

@@ -37,6 +37,15 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=_jsonable))
 
 
+def given_path(value: str) -> Path:
+    """A path argument as given; an empty one is refused (argparse says so and exits
+    2): it read as the working directory, and ``restore --from "$ARCHIVE"`` with the
+    variable unset took ``/`` for a snapshot backup-suite made."""
+    if not value:
+        raise argparse.ArgumentTypeError("an empty path (a shell variable that was not set?)")
+    return Path(value)
+
+
 def json_option(parser: argparse._ActionsContainer) -> None:
     """``--json``, the same on every command that lists or reports."""
     parser.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
@@ -55,7 +64,7 @@ def import_suite_parser(sub, parent: argparse.ArgumentParser, new: str, old: str
     p.add_argument(
         "--from",
         dest="source",
-        type=Path,
+        type=given_path,
         default=Path("/etc/backup"),
         metavar="DIR",
         help="backup-suite's configuration directory (default /etc/backup)",
@@ -79,7 +88,7 @@ def common_options(default_config: Path) -> argparse.ArgumentParser:
     parent.add_argument(
         "-c",
         "--config",
-        type=Path,
+        type=given_path,
         default=argparse.SUPPRESS,
         help=f"configuration file (default: {default_config})",
     )

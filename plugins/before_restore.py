@@ -459,14 +459,14 @@ def _differs(pair: _Pair) -> bool:
     try:
         theirs = os.open(pair.copy_name, _FILE, dir_fd=pair.copy_dir)
         try:
-            return not _same_bytes(fd, theirs)
+            return not same_bytes(fd, theirs)
         finally:
             os.close(theirs)
     finally:
         os.close(fd)
 
 
-def _same_bytes(mine: int, theirs: int) -> bool:
+def same_bytes(mine: int, theirs: int) -> bool:
     """Whether the open regular files ``mine`` and ``theirs`` hold the same bytes, a hole
     reading as zeros. Only the ranges where either holds data are read, from both: a
     range that is a hole in both is equal unread (a 16 GiB image holding 1 MiB reads

@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -351,7 +352,8 @@ def _restore_place(
             # it had it missing at the check, and then a symlink to elsewhere)
             above = _pin(destination.parent)
             _still_missing(destination)
-        _copy_back(task, copy, destination)
+        with _times_kept(destination.parent, above):
+            _copy_back(task, copy, destination)
     except OSError as exc:  # (a racing owner: words, not an internal error)
         raise TaskError(
             f"cannot restore {printable(destination, 200)}: {exc.strerror or exc}"
@@ -471,6 +473,23 @@ def _same_kind_at_top(copy: Path, destination: Path) -> None:
         f"{destination} is {kind} where the snapshot has a directory: nothing replaced"
         f"{why}; move it away and restore again"
     )
+
+
+@contextlib.contextmanager
+def _times_kept(directory: Path, identity: Identity) -> Iterator[None]:
+    """Give ``directory`` (the one holding a restored path, of ``identity``) its times
+    back after the block: replacing a file or symlink there, or making the path, is no
+    change of the directory the restore was asked for (an rsync -aHAXn oracle saw its
+    mtime moved). Raises OSError when it cannot be opened."""
+    fd = open_trusted_dir(directory)
+    try:
+        before = os.fstat(fd)
+        yield
+        moved = os.fstat(fd).st_mtime_ns != before.st_mtime_ns
+        if moved and (before.st_dev, before.st_ino) == identity:
+            os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+    finally:
+        os.close(fd)
 
 
 def _copy_back(task: Task, copy: Path, destination: Path) -> None:

@@ -8,7 +8,8 @@ copied, each later name of such a file is replaced by a link to its first name's
 once both are seen to be what the restore just wrote: regular files of the snapshot's
 mode, owner, size and modification time, the first one's bytes the snapshot's (compared
 through the descriptor the link is then checked against: metadata can be matched by a
-sibling renamed over it, helper-155 F1), on one file system, reached by descriptors
+sibling renamed over it, helper-155 F1; read only where either holds data, and once a
+file however many later names it has), on one file system, reached by descriptors
 through symlinks only root could have made. The new link is made at a name of its own
 in the later name's directory, checked to be the compared file, then renamed over the
 later name: the name is never missing, and its directory keeps the times ``cp -a`` gave
@@ -31,14 +32,13 @@ from pathlib import Path
 from ..common.fsutil import open_trusted_dir
 from ..common.log import Log
 from ..common.text import counted, printable
+from .before_restore import same_bytes
 from .copy_room import Links
 
 MAX_SAID = 5
 """Names that stay copies, named one by one in the warnings (the rest counted)."""
 TEMPORARY = ".pullback-link."
 """How the new link's name of its own starts (random letters follow)."""
-CHUNK = 1 << 20
-"""Bytes compared at a time."""
 FS_IOC_GETFLAGS = 0x80086601
 """The ioctl that reads an inode's flags (``lsattr``), and its append-only flag."""
 FS_APPEND_FL = 0x20
@@ -58,21 +58,23 @@ class _OtherDisk:
 @dataclass
 class _Relinking:
     """One restore's linking: what was linked, what stays a copy (words), and for each
-    first name, per file system, the later name the others there are linked to."""
+    first name, per file system, the later name the others there are linked to; the
+    files proved to hold the snapshot's bytes (:func:`_proved`)."""
 
     linked: int = 0
     missed: list[str] = field(default_factory=list)
     anchors: dict[tuple[Path, int], Path] = field(default_factory=dict)
+    proved: set[tuple[int, ...]] = field(default_factory=set)
 
     def pair(self, first: Path, later: Path, snapshot: Path) -> None:
         """Link ``later`` to ``first`` (or to the first later name on its file system),
         ``snapshot`` the file both are copies of."""
         try:
-            why = _link(first, later, snapshot)
+            why = _link(first, later, snapshot, self.proved)
             if isinstance(why, _OtherDisk):
                 anchor = self.anchors.setdefault((first, why.device), later)
                 if anchor != later:
-                    why = _link(anchor, later, snapshot)
+                    why = _link(anchor, later, snapshot, self.proved)
         except OSError as exc:
             why = exc.strerror or str(exc)
         if why is None:
@@ -101,7 +103,9 @@ def link_again(log: Log, links: Links, restored: list[Path | None], copies: list
     return done.linked
 
 
-def _link(first: Path, later: Path, snapshot: Path) -> str | _OtherDisk | None:
+def _link(
+    first: Path, later: Path, snapshot: Path, proved: set[tuple[int, ...]]
+) -> str | _OtherDisk | None:
     """Replace ``later`` by a link to ``first``'s file. Returns None when done (or
     already one file), else why not. Raises OSError when a directory cannot be
     reached (a symlink on the way another user could have made: ELOOP) or a file
@@ -112,7 +116,7 @@ def _link(first: Path, later: Path, snapshot: Path) -> str | _OtherDisk | None:
         try:
             times = os.fstat(later_dir)
             try:
-                return _link_at((first_dir, first.name), (later_dir, later.name), snapshot)
+                return _link_at((first_dir, first.name), (later_dir, later.name), snapshot, proved)
             finally:
                 if os.fstat(later_dir).st_mtime_ns != times.st_mtime_ns:  # (cp -a set them)
                     os.utime(later_dir, ns=(times.st_atime_ns, times.st_mtime_ns))
@@ -123,9 +127,10 @@ def _link(first: Path, later: Path, snapshot: Path) -> str | _OtherDisk | None:
 
 
 def _link_at(
-    first: tuple[int, str], later: tuple[int, str], snapshot: Path
+    first: tuple[int, str], later: tuple[int, str], snapshot: Path, proved: set[tuple[int, ...]]
 ) -> str | _OtherDisk | None:
-    """:func:`_link` below the open directories of ``first`` and ``later``."""
+    """:func:`_link` below the open directories of ``first`` and ``later``; ``proved``
+    as :func:`_proved` keeps it."""
     looked = os.stat(first[1], dir_fd=first[0], follow_symlinks=False)
     if not stat.S_ISREG(looked.st_mode):  # (never opened: a device node's open acts)
         return "changed since it was restored"
@@ -140,7 +145,7 @@ def _link_at(
             return "changed since it was restored"
         if have.st_dev != old.st_dev:
             return _OtherDisk(old.st_dev)
-        if not _same_bytes(fd, snapshot, have.st_size):
+        if not _proved(fd, have, snapshot, proved):
             return "the first name's bytes are no longer the snapshot's"
         return _swap(first, later, have)
     finally:
@@ -206,17 +211,20 @@ def _as_restored(entry: os.stat_result, snapshot: os.stat_result) -> bool:
     )
 
 
-def _same_bytes(fd: int, snapshot: Path, size: int) -> bool:
-    """Whether the file open as ``fd`` holds the bytes of the file ``snapshot`` (both
-    ``size`` long, as their status said). Raises OSError."""
+def _proved(fd: int, have: os.stat_result, snapshot: Path, proved: set[tuple[int, ...]]) -> bool:
+    """Whether the file open as ``fd`` (its status ``have``) holds the bytes of the file
+    ``snapshot``: read where either holds data (:func:`.before_restore.same_bytes`: a
+    16 GiB image holding 1 MiB reads 2 MiB), once for every later name of it (its
+    device, inode, size and ctime noted in ``proved``: no write leaves the ctime as it
+    was). Raises OSError."""
+    key = (have.st_dev, have.st_ino, have.st_size, have.st_ctime_ns)
+    if key in proved:
+        return True
     theirs = os.open(snapshot, _OPEN)
     try:
-        offset = 0
-        while offset < size:
-            mine = os.pread(fd, CHUNK, offset)
-            if not mine or mine != os.pread(theirs, CHUNK, offset):
-                return False
-            offset += len(mine)
-        return os.pread(fd, 1, offset) == b""
+        if not same_bytes(fd, theirs):
+            return False
     finally:
         os.close(theirs)
+    proved.add(key)
+    return True

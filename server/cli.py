@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..common.cli import (
     Action,
     common_options,
     dispatch,
+    given_path,
     import_suite_parser,
     json_option,
     main_wrapper,
@@ -113,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", metavar="NAME", help="only this service")
     p.add_argument("--path", metavar="P", help="only this path (e.g. services/app/files/etc)")
     p.add_argument(
-        "--target", required=True, type=Path, metavar="DIR", help="where to restore (must be empty)"
+        "--target",
+        required=True,
+        type=given_path,
+        metavar="DIR",
+        help="where to restore (must be empty)",
     )
     p.add_argument(
         "--force",
@@ -138,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--merge",
         action="append",
-        type=Path,
+        type=given_path,
         metavar="FILE",
         help="another pull server's status.json, copied here: its hosts too (repeatable)",
     )
@@ -150,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one line for Nagios, Icinga, Zabbix or Checkmk: state, hosts by kind, perfdata",
     )
     form.add_argument(
-        "--html", type=Path, metavar="FILE", help="write the status page to FILE instead"
+        "--html", type=given_path, metavar="FILE", help="write the status page to FILE instead"
     )
     p = sub.add_parser(
         "publish",
@@ -203,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         "drop-ins and the credential files they name) encrypted with age to the "
         "recipients in --recipient. Keep it away from this server.",
     )
-    p.add_argument("--output", required=True, type=Path, metavar="FILE", help="the bundle")
+    p.add_argument("--output", required=True, type=given_path, metavar="FILE", help="the bundle")
     p.add_argument(
         "--with-secrets",
         action="store_true",
@@ -212,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--recipient",
-        type=Path,
+        type=given_path,
         metavar="FILE",
         help="age recipients file (age1… or ssh-ed25519 public keys, one per line)",
     )

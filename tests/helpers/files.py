@@ -44,3 +44,12 @@ def as_nobody(code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     argv = ["runuser", "-u", "nobody", "--", sys.executable, "-c", code]
     return subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, timeout=60)
+
+
+def thread_read_bytes() -> int:
+    """The bytes this thread has read (``rchar`` of /proc/thread-self/io: every
+    read(2) and pread(2), from the page cache or not)."""
+    fields = dict(
+        line.split(": ") for line in Path("/proc/thread-self/io").read_text().splitlines()
+    )
+    return int(fields["rchar"])

@@ -23,6 +23,7 @@ from pullback.plugins import before_restore
 from pullback.plugins.files import restore_paths
 from pullback.plugins.task import RestorePlan, Task, TaskError
 from tests.helpers.client import ClientSandbox
+from tests.helpers.files import thread_read_bytes
 from tests.helpers.tree import differences, make_edge, make_rich_tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="owners and ACLs need root")
@@ -538,15 +539,6 @@ def test_a_live_directory_where_the_snapshot_has_a_file_is_refused(tmp_path):
         r.restore_here(r.plan(), place)
     assert (place / "secret.key").read_text() == "inside, live"
     assert r.kept_dirs() == []
-
-
-def thread_read_bytes() -> int:
-    """The bytes this thread has read (``rchar`` of /proc/thread-self/io: every
-    read(2) and pread(2), from the page cache or not)."""
-    fields = dict(
-        line.split(": ") for line in Path("/proc/thread-self/io").read_text().splitlines()
-    )
-    return int(fields["rchar"])
 
 
 def sparse(path: Path, size: int, pieces: dict[int, bytes]) -> Path:

@@ -539,8 +539,8 @@ def compare_many(where: Path, cases: int, seed: int) -> tuple[int, int, int]:
         try:
             regions = [data_regions(f, size) for f in (fa, fb)]
             maps_differ += expected and regions[0] != regions[1]
-            got = before_restore._same_bytes(fa, fb)
-            assert got == before_restore._same_bytes(fb, fa)
+            got = before_restore.same_bytes(fa, fb)
+            assert got == before_restore.same_bytes(fb, fa)
         finally:
             os.close(fa)
             os.close(fb)
@@ -600,8 +600,8 @@ def test_sparse_compare_across_file_systems_tmpfs_live_ext4_copy(tmp_path, tmpfs
         fh.write(b"\1")
     fa, fb = os.open(live, os.O_RDONLY), os.open(copy, os.O_RDONLY)
     try:
-        assert not before_restore._same_bytes(fa, fb)
-        assert not before_restore._same_bytes(fb, fa)
+        assert not before_restore.same_bytes(fa, fb)
+        assert not before_restore.same_bytes(fb, fa)
     finally:
         os.close(fa)
         os.close(fb)

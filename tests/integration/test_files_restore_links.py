@@ -17,6 +17,7 @@ import pytest
 from pullback.plugins import relink
 from pullback.plugins.copy_room import Links
 from tests.helpers.client import ClientSandbox
+from tests.helpers.files import thread_read_bytes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="owners need root")
 
@@ -202,3 +203,68 @@ def test_a_first_name_swapped_for_a_node_is_never_opened(tmp_path, caplog, kind)
     (said,) = [r.getMessage() for r in caplog.records]
     assert said.endswith("changed since it was restored"), said
     assert (restored[1] / "f0").read_text() == "0\n"
+
+
+def test_a_sparse_file_linked_into_three_paths_is_compared_where_it_holds_data(tmp_path):
+    """A 64 GiB image holding 1 MiB, linked into three paths (helper-156 F2: relink
+    read it whole, holes too, once for each later name: about 16 s for 4 GiB here). Its
+    bytes are compared where either copy holds data, once: the thread reads a few MiB."""
+    snapshot, live = tmp_path / "snap", tmp_path / "live"
+    size, data = 64 << 30, os.urandom(1 << 20)
+    sides = ("a", "b", "c")
+    for root in (snapshot, live):
+        for side in sides:
+            (root / side).mkdir(parents=True)
+    for root, side in [(snapshot, "a"), *((live, s) for s in sides)]:
+        with open(root / side / "disk.img", "wb") as handle:
+            handle.seek(size // 2)
+            handle.write(data)
+            handle.truncate(size)
+        os.utime(root / side / "disk.img", ns=(0, 10**18))
+    for side in ("b", "c"):
+        os.link(snapshot / "a" / "disk.img", snapshot / side / "disk.img")
+    links = Links()
+    links.again += [((0, ("disk.img",)), (n, ("disk.img",))) for n in (1, 2)]
+    before = thread_read_bytes()
+    log = logging.getLogger("pullback.test.relink")
+    linked = relink.link_again(log, links, [live / s for s in sides], [snapshot / s for s in sides])
+    read = thread_read_bytes() - before
+    assert linked == 2 and len({os.stat(live / s / "disk.img").st_ino for s in sides}) == 1
+    assert read < 16 << 20, f"{read} bytes read"
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink", "missing directory"])
+def test_the_directory_holding_a_restored_path_keeps_its_times(tmp_path, kind):
+    """A listed path that is a file or a symlink is replaced by cp -T, a missing one
+    made: the directory holding it is no path the restore was asked for, and keeps its
+    times (the booted root's rsync -aHAXn oracle saw its mtime moved)."""
+    holder = tmp_path / "srv"
+    holder.mkdir()
+    path = holder / "x"
+    if kind == "file":
+        path.write_text("snapshot\n")
+    elif kind == "symlink":
+        path.symlink_to("somewhere")
+    else:
+        path.mkdir()
+        (path / "f").write_text("snapshot\n")
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{path}]}}\n")
+    made = box.cli("run")
+    assert made.returncode == 0, made.stderr[-2000:]
+    (archive,) = box.published()
+    if kind == "file":
+        path.write_text("edited\n")
+    elif kind == "symlink":
+        path.unlink()
+        path.symlink_to("elsewhere")
+    else:
+        shutil.rmtree(path)
+    os.utime(holder, ns=(10**18, 10**18))
+    done = box.cli("restore", "--service", "app", "--from", str(archive))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert os.stat(holder).st_mtime_ns == 10**18
+    if kind == "symlink":
+        assert os.readlink(path) == "somewhere"
+    else:
+        assert (path if kind == "file" else path / "f").read_text() == "snapshot\n"

@@ -325,6 +325,44 @@ def test_databases_and_special_bits_round_trip_under_systemd(root, installed):
     assert "cap_net_raw=ep" in root.run(f"getcap {back}/capped").stdout
 
 
+def test_links_between_two_paths_and_a_listed_dir_symlink_as_packaged(root, installed):
+    """The packaged client, as an administrator runs it: a file linked into two listed
+    paths comes back one file after a restore in place (each path's cp split it), with
+    rsync -aHAXn --checksum as the oracle; a listed `dir/` that is a symlink is warned
+    of by check and by the run, naming the real path."""
+    root.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q rsync", timeout=1200)
+    root.run(
+        "mkdir -p /srv/links/a /srv/links/b /srv/disk/data && echo shared > /srv/links/a/f "
+        "&& ln /srv/links/a/f /srv/links/b/g && ln -s /srv/disk/data /srv/links/data "
+        "&& cp -a /srv/links /var/tmp/links-expected"
+    )
+    root.write(
+        "/etc/pullback/services/links/service.yaml",
+        "service: {name: links}\nfiles: {paths: [/srv/links/a, /srv/links/b, /srv/links/data/]}\n",
+        0o600,
+    )
+    warned = "path /srv/links/data/ is a symlink to a directory: only the link is archived"
+    checked = root.run(["pullback-client", "check"], check=False)
+    assert warned in checked.stdout + checked.stderr
+    root.run("sleep 1")  # (a new second: a new archive's stamp)
+    made = root.run(["pullback-client", "run", "--service", "links"], check=False)
+    assert made.returncode == 0 and warned in made.stderr, made.stderr[-3000:]
+    archive = root.run("ls -t /var/lib/pullback/archives/*.tar.zst | head -1").stdout.strip()
+    assert archive, "no archive published"
+    root.run("rm /srv/links/b/g && echo 'mine now' > /srv/links/b/g")
+    done = root.run(
+        ["pullback-client", "restore", "--service", "links", "--from", archive], check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "linked 1 name again as in the snapshot" in done.stderr
+    oracle = (
+        "rsync -aHAXn --checksum --delete --itemize-changes /var/tmp/links-expected/ /srv/links/"
+    )
+    assert root.run(oracle).stdout == ""
+    kept = root.run("cat /var/lib/pullback/before-restore/files-*/srv/links/b/g").stdout
+    assert kept == "mine now\n"
+
+
 def test_security_exposure_of_the_units(root, installed):
     for unit in (
         "pullback-client.service",

@@ -55,3 +55,28 @@ def test_a_prefix_is_an_unknown_argument_exit_2(capsys):
         client_main(["run", "--ful", "--dry-run"])
     assert exited.value.code == 2
     assert "unrecognized arguments: --ful" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("build", [client_parser, server_parser], ids=["client", "server"])
+def test_every_path_option_refuses_an_empty_path(build, capsys):
+    """``restore --from "$ARCHIVE"`` with the variable unset read as the working
+    directory (/ under a root shell), and the restore took it for a snapshot backup-suite
+    made (a booted root's trial). Every path option now refuses "": exit 2, in words."""
+    from pullback.common.cli import given_path
+
+    checked = 0
+    for name, command in _commands(build()).items():
+        for action in command._actions:
+            if action.type is not given_path:
+                continue
+            argv = [name, *_required(command)]
+            if action.option_strings[-1] in argv:
+                argv[argv.index(action.option_strings[-1]) + 1] = ""
+            else:
+                argv += [action.option_strings[-1], ""]
+            with pytest.raises(SystemExit) as ended:
+                build().parse_args(argv)
+            assert ended.value.code == 2
+            assert "an empty path" in capsys.readouterr().err, argv
+            checked += 1
+    assert checked >= 4

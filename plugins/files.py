@@ -71,19 +71,19 @@ def pullback_probe(task: Task) -> ProbeResult:
     else:
         result.problems += said
     result.problems += list(below_a_link(task.config["paths"], _matcher(task)).values())
-    result.warnings += _links_with_a_slash(task.config["paths"])
+    result.warnings += list(_links_with_a_slash(task.config["paths"]).values())
     return result
 
 
-def _links_with_a_slash(paths: list[str]) -> list[str]:
-    """Words for each listed path written with a trailing ``/`` that is a symlink to a
-    directory (``/srv/data/``, ``/srv/data -> /disk/data``): its archive holds the link
-    alone, where rsync (backup-suite's paths) copies what it points at, and a run said
-    "0 files" and nothing else (helper-155 F9)."""
-    said = []
+def _links_with_a_slash(paths: list[str]) -> dict[str, str]:
+    """Each listed path written with a trailing ``/`` that is a symlink to a directory
+    (``/srv/data/``, ``/srv/data -> /disk/data``), with the words that warn of it: its
+    archive holds the link alone, where rsync (backup-suite's paths) copies what it
+    points at, and a run said "0 files" and nothing else (helper-155 F9)."""
+    said = {}
     for path in paths:
         if path.endswith("/") and os.path.islink(path.rstrip("/")) and os.path.isdir(path):
-            said.append(
+            said[path] = (
                 f"path {printable(path, 200)} is a symlink to a directory: only the link is "
                 f"archived, not what is in it (rsync copies that for a trailing /); "
                 f"{_advice(path)}"
@@ -152,10 +152,14 @@ def _link_between(outer: Path, inner: Path, matcher: ExcludeMatcher) -> Path | N
 def pullback_plan(task: Task):
     matcher = _matcher(task)
     unsafe = below_a_link(task.config["paths"], matcher)
+    slashed = _links_with_a_slash(task.config["paths"])
     lines = []
     for path in task.config["paths"]:
         if path in unsafe:
             lines.append(f"would fail: {unsafe[path]}")
+            continue
+        if path in slashed:  # (kept_files would count what the link points at)
+            lines.append(f"would archive the link alone, warning: {slashed[path]}")
             continue
         if not os.path.lexists(path):
             outcome = "skipped (missing_ok)" if task.config["missing_ok"] else "the task fails"
@@ -184,15 +188,28 @@ def pullback_dump(task: Task):
     matcher = _matcher(task)
     unsafe = below_a_link(task.config["paths"], matcher)
     paths = [path for path in task.config["paths"] if path not in unsafe]
-    for line in _links_with_a_slash(paths):
+    for line in _links_with_a_slash(paths).values():
         task.log.warning("%s", line)
     missing = archive_paths(task, paths, matcher, task.config["xattrs"])
     if unsafe:
         raise TaskError("; ".join(unsafe.values()))
+    if task.stats.unarchived:
+        raise TaskError(not_archived(task.stats.unarchived))
     if missing and not task.config["missing_ok"]:
         raise TaskError(f"{len(missing)} path(s) do not exist: {', '.join(missing)}")
     for path in missing:
         task.log.warning("%s does not exist; skipped (missing_ok)", path)
+
+
+def not_archived(paths: list[str]) -> str:
+    """Why a task fails that was asked for ``paths`` it archived nothing of (each said in
+    a warning): a restore could not give them back (helper-156 F3: the run said ok, and
+    every restore of the service stopped at "not in the restored snapshot")."""
+    shown = ", ".join(printable(p, 200) for p in paths[:5])
+    more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+    return (
+        f"{counted(len(paths), 'listed path')} not archived (the warnings say why): {shown}{more}"
+    )
 
 
 def archive_paths(task: Task, paths: list[str], matcher: ExcludeMatcher, xattrs: bool) -> list[str]:

@@ -1518,7 +1518,12 @@ def _cancellable(chunks, cancel: threading.Event):
 
 def _meta_size(member: Member) -> int:
     """What a directory's kept metadata costs in memory, for MAX_DIR_META: its name and
-    records with their objects' overhead (an empty record costs RECORD_COST, not 0)."""
+    records with their objects' overhead (an empty record costs RECORD_COST, not 0);
+    nothing for a directory without records: its memory is bounded with every member's,
+    by max_entries (150,000 plain directories, a maildir store or node_modules trees,
+    had the whole archive refused: helper-156 F1)."""
+    if not member.pax:
+        return 0
     records = sum(len(k) + len(v) + RECORD_COST for k, v in member.pax.items())
     return DIRECTORY_COST + len(member.name) + records
 

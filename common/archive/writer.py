@@ -73,6 +73,10 @@ copy of its old part and the new bytes, spooled first): past this it travels who
 _F_SETPIPE_SZ = 1031
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 MAX_ARCNAME = 4000
+MAX_XATTR_BYTES = 768 << 10
+"""An entry's extended attributes archived at most (names, values and 32 bytes a record
+for its framing): its extended header must stay under every reader's MAX_META (1 MiB)
+with its path and other records (:func:`_within_header`)."""
 """Bytes a member's name may have: the server's staging tree and restic/borg must be able
 to reach it by a relative path under PATH_MAX (4096). A deeper file is skipped, named in a
 warning; the rest is archived."""
@@ -536,7 +540,11 @@ class ArchiveWriter:
             names = os.listxattr(where, follow_symlinks=follow)
             if not names:
                 return None
-            return {n: os.getxattr(where, n, follow_symlinks=follow) for n in sorted(names)}
+            return _within_header(
+                {n: os.getxattr(where, n, follow_symlinks=follow) for n in sorted(names)},
+                path,
+                stats,
+            )
         except OSError as exc:
             if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
                 return None
@@ -588,22 +596,27 @@ class ArchiveWriter:
         ``exclude(relative_path, is_dir)`` leaves entries (and the trees below them) out.
         Returns the counts and the warnings: one odd entry (unreadable, vanished, changed
         while read, too deep) never costs more than itself, it is skipped or archived as
-        read and named in a warning. Raises ArchiveError when the archive itself cannot be
+        read and named in a warning; ``source`` skipped whole (too long a name, reached
+        through another user's symlink, below a link the archive holds) is named in the
+        stats' ``unarchived`` too. Raises ArchiveError when the archive itself cannot be
         written, and FileNotFoundError when ``source`` does not exist.
         """
         stats = TaskStats()
         source_str = os.fspath(source).rstrip("/") or "/"
         if len(os.fsencode(arcname)) > MAX_ARCNAME:  # (its parents would go in first)
             self._too_long(source_str, arcname, stats)
+            stats.unarchived.append(source_str)
             return stats
         top = self._open_top(source_str, stats)  # (raises FileNotFoundError)
         if top is None:
+            stats.unarchived.append(source_str)
             return stats
         parent_fd, name, st = top
         held = self._written_above(arcname) or self._held_as_other(arcname, st.st_mode)
         if held is not None:
             os.close(parent_fd)
             stats.warnings.append(f"{source_str}: skipped: {held}")
+            stats.unarchived.append(source_str)
             return stats
         try:
             self.ensure_parents(arcname)
@@ -1360,6 +1373,27 @@ class ArchiveWriter:
                 cutter.feed(part)
             self._emit(part)
             remaining -= len(part)
+
+
+def _within_header(attrs: dict[str, bytes], path: str, stats: TaskStats) -> dict[str, bytes] | None:
+    """``attrs`` (by name, sorted) up to MAX_XATTR_BYTES of names and values, the rest
+    dropped and said: every reader refuses an extended header over MAX_META (1 MiB), so
+    a user's large ``user.*`` attributes (tmpfs, XFS and btrfs hold over 1 MiB on a
+    file) had the host's whole archive refused, night after night (helper-156 F4)."""
+    kept: dict[str, bytes] = {}
+    size = 0
+    for name, value in attrs.items():
+        size += len(os.fsencode(name)) + len(value) + 32  # (and its record's framing)
+        if size > MAX_XATTR_BYTES:
+            dropped = len(attrs) - len(kept)
+            stats.warnings.append(
+                f"{path}: {dropped} extended attribute(s) past the first "
+                f"{MAX_XATTR_BYTES // 1024} KiB not archived (one entry's header holds "
+                "at most 1 MiB)"
+            )
+            break
+        kept[name] = value
+    return kept or None
 
 
 def _packed(chunks: list[chunker.Chunk] | None) -> bytes | None:

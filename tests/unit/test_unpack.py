@@ -359,3 +359,17 @@ def test_a_services_member_that_is_no_directory_is_refused(tmp_path, kind):
     with pytest.raises(HostileArchive, match="'services' is no directory"):
         unpack(staging, [entry])
     assert not (staging / "services").is_symlink()
+
+
+def test_plain_directories_never_count_against_the_attributes_bound(tmp_path, monkeypatch):
+    """A tree of many directories without extended attributes or ACLs (a maildir store,
+    node_modules) had every directory count 400 bytes and its name against MAX_DIR_META:
+    150,000 of them refused the host's whole archive (helper-156 F1). They are bounded by
+    max_entries with every member; only records count, as security.md says."""
+    monkeypatch.setattr(unpack_module, "MAX_DIR_META", 1 << 20)
+    dirs = [Entry(f"services/d{i:05d}", tarformat.DIRTYPE) for i in range(5_000)]
+    stats = unpack(tmp_path / "s", dirs)
+    assert stats.warnings == [] and len(list((tmp_path / "s/services").iterdir())) == 5_000
+    acl = [(b"SCHILY.acl.default", b"user::rwx,group::r-x,other::r-x")]
+    with pytest.raises(ArchiveTooLarge, match=r"more than 1\.0 MiB of extended attributes"):
+        unpack(tmp_path / "t", [Entry(d.name, tarformat.DIRTYPE, pax=acl) for d in dirs])

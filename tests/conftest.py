@@ -282,3 +282,24 @@ def own_filesystem(tmp_path):
         yield where
     finally:
         subprocess.run(["umount", "-l", where], check=False)
+
+
+@pytest.fixture
+def tmpfs():
+    """``tmpfs(path, options)``: a tmpfs mounted at ``path`` (made when missing) with
+    the mount ``options`` (``size=8m``); returns ``path``, unmounted after the test. A
+    file system of the test's own: a small disk, another disk below a path, one that
+    keeps large extended attributes."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted: list[Path] = []
+
+    def mount(path: Path, options: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path], check=True)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", path], check=False)

@@ -166,21 +166,16 @@ def test_a_path_spelled_twice_is_linked_and_counted_once(tmp_path):
     assert f"{srv}/b is restored with {srv}/b" in said and f"{srv}/a/ is restored with" in said
 
 
-def test_a_path_spelled_twice_is_not_counted_twice_for_room(tmp_path):
+def test_a_path_spelled_twice_is_not_counted_twice_for_room(tmp_path, tmpfs):
     """A 5 MiB file on an 8 MiB file system, its directory listed as /m/b and //m/b:
     the restore fits, yet the room check adds 10 MiB and refuses it."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
-    try:
-        b = mnt / "b"
-        b.mkdir()
-        (b / "big").write_bytes(os.urandom(5 * 2**20))
-        box, archive = backed_up(tmp_path, [str(b), "/" + str(b)])
-        (b / "big").unlink()
-        done = box.cli("restore", "--service", "app", "--from", str(archive))
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+    mnt = tmpfs(tmp_path / "mnt", "size=8m")
+    b = mnt / "b"
+    b.mkdir()
+    (b / "big").write_bytes(os.urandom(5 * 2**20))
+    box, archive = backed_up(tmp_path, [str(b), "/" + str(b)])
+    (b / "big").unlink()
+    done = box.cli("restore", "--service", "app", "--from", str(archive))
     assert done.returncode == 0, done.stderr[-1500:]
 
 
@@ -243,7 +238,7 @@ def test_a_file_above_a_listed_path_is_not_archived(tmp_path):
 # -- F8: two later names on one file system, the first name on another ---------------------
 
 
-def test_two_later_names_on_one_file_system_are_linked_to_each_other(tmp_path, caplog):
+def test_two_later_names_on_one_file_system_are_linked_to_each_other(tmp_path, caplog, tmpfs):
     """Paths [a, m/b, m/c]: a on one file system, m (b and c) on another since the
     backup; the snapshot has a/f, b/f, c/f as one file. b/f and c/f could still be one
     file (as cp would link names of one path); both stay copies of their own."""
@@ -255,25 +250,22 @@ def test_two_later_names_on_one_file_system_are_linked_to_each_other(tmp_path, c
     os.link(snap / "a/f", snap / "m/c/f")
     (live / "a").mkdir(parents=True)
     (live / "m").mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(live / "m")], check=True)
-    try:
-        for d in ("m/b", "m/c"):
-            (live / d).mkdir()
-        for name in ("a/f", "m/b/f", "m/c/f"):
-            shutil.copy2(snap / name, live / name)
-        links = Links()
-        links.again += [((0, ("f",)), (1, ("f",))), ((0, ("f",)), (2, ("f",)))]
-        log = logging.getLogger("pullback.test.h155")
-        with caplog.at_level(logging.WARNING, logger="pullback.test.h155"):
-            relink.link_again(
-                log,
-                links,
-                [live / "a", live / "m/b", live / "m/c"],
-                [snap / "a", snap / "m/b", snap / "m/c"],
-            )
-        same = os.stat(live / "m/b/f").st_ino == os.stat(live / "m/c/f").st_ino
-    finally:
-        subprocess.run(["umount", str(live / "m")], check=True)
+    tmpfs(live / "m", "size=1m")
+    for d in ("m/b", "m/c"):
+        (live / d).mkdir()
+    for name in ("a/f", "m/b/f", "m/c/f"):
+        shutil.copy2(snap / name, live / name)
+    links = Links()
+    links.again += [((0, ("f",)), (1, ("f",))), ((0, ("f",)), (2, ("f",)))]
+    log = logging.getLogger("pullback.test.h155")
+    with caplog.at_level(logging.WARNING, logger="pullback.test.h155"):
+        relink.link_again(
+            log,
+            links,
+            [live / "a", live / "m/b", live / "m/c"],
+            [snap / "a", snap / "m/b", snap / "m/c"],
+        )
+    same = os.stat(live / "m/b/f").st_ino == os.stat(live / "m/c/f").st_ino
     assert same, [r.getMessage() for r in caplog.records]
     (said,) = [r.getMessage() for r in caplog.records]  # (the first one there stays a copy)
     assert "m/b/f" in said and "on two file systems now" in said, said

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -39,33 +38,25 @@ def restore(box: ClientSandbox, archive: Path, *args: str):
 # -- F1: plain directories count as 64 MiB of "extended attributes" -----------------------
 
 
-def test_many_plain_directories_do_not_make_the_archive_refused(tmp_path):
+def test_many_plain_directories_do_not_make_the_archive_refused(tmp_path, tmpfs):
     """150,000 empty directories, no xattrs, no ACLs: the client says ok, the server's
     unpacking refuses the whole archive ("more than 64.0 MiB of extended attributes and
     ACLs"), though security.md bounds members at max_entries (10,000,000)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512m,nr_inodes=1000000", "tmpfs", str(mnt)],
-        check=True,
-    )
-    try:
-        data = mnt / "data"
-        data.mkdir()
-        for i in range(1500):
-            d = data / f"d{i:05d}"
-            d.mkdir()
-            for j in range(99):
-                (d / f"s{j:02d}").mkdir()
-        box = ClientSandbox(mnt / "client")
-        box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{data}]}}\n")
-        made = box.cli("run", timeout=1200)
-        assert made.returncode == 0, made.stderr[-2000:]
-        (archive,) = box.published()
-        staging = unpacked(archive, mnt / "staging")
-        assert (staging / "services/app/files" / str(data).lstrip("/") / "d01499/s98").is_dir()
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+    mnt = tmpfs(tmp_path / "mnt", "size=512m,nr_inodes=1000000")
+    data = mnt / "data"
+    data.mkdir()
+    for i in range(1500):
+        d = data / f"d{i:05d}"
+        d.mkdir()
+        for j in range(99):
+            (d / f"s{j:02d}").mkdir()
+    box = ClientSandbox(mnt / "client")
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{data}]}}\n")
+    made = box.cli("run", timeout=1200)
+    assert made.returncode == 0, made.stderr[-2000:]
+    (archive,) = box.published()
+    staging = unpacked(archive, mnt / "staging")
+    assert (staging / "services/app/files" / str(data).lstrip("/") / "d01499/s98").is_dir()
 
 
 # -- F2: relink reads a sparse file's holes, byte by byte ---------------------------------------
@@ -166,36 +157,31 @@ def test_a_path_the_backup_skips_whole_fails_its_task(tmp_path, skipped):
 # -- F4: a local user's extended attributes make the server refuse the host's archive -----------
 
 
-def test_a_users_extended_attributes_do_not_make_the_archive_refused(tmp_path):
+def test_a_users_extended_attributes_do_not_make_the_archive_refused(tmp_path, tmpfs):
     """A local user sets 20 user.* attributes of 60 KiB on a file of theirs (allowed on
     tmpfs, XFS, btrfs; XFS is RHEL's default for /home). The writer puts them all in one
     PAX header of 1.2 MiB; every reader refuses a PAX header over MAX_META (1 MiB) ("an
     extended header of ... bytes is not plausible"): the whole archive, every service
     of the host, night after night, while the client says ok."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
-    try:
-        home = mnt / "home"
-        home.mkdir()
-        (home / "good").write_text("precious\n")
-        mine = home / "mine"
-        mine.write_text("x\n")
-        os.chown(mine, 65534, 65534)
-        for n in range(20):
-            os.setxattr(mine, f"user.n{n:02d}", b"v" * 60_000)  # (what uid 65534 may do)
-        box = ClientSandbox(mnt / "client")
-        box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{home}]}}\n")
-        made = box.cli("run")
-        assert made.returncode == 0, made.stderr[-2000:]
-        assert "7 extended attribute(s) past the first 768 KiB not archived" in made.stderr
-        (archive,) = box.published()
-        staging = unpacked(archive, mnt / "staging")
-        kept = staging / "services/app/files" / str(mine).lstrip("/")
-        assert len(os.listxattr(kept)) == 13 and os.getxattr(kept, "user.n00") == b"v" * 60_000
-        assert (staging / "services/app/files" / str(home / "good").lstrip("/")).exists()
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+    mnt = tmpfs(tmp_path / "mnt", "size=64m")
+    home = mnt / "home"
+    home.mkdir()
+    (home / "good").write_text("precious\n")
+    mine = home / "mine"
+    mine.write_text("x\n")
+    os.chown(mine, 65534, 65534)
+    for n in range(20):
+        os.setxattr(mine, f"user.n{n:02d}", b"v" * 60_000)  # (what uid 65534 may do)
+    box = ClientSandbox(mnt / "client")
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{home}]}}\n")
+    made = box.cli("run")
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert "7 extended attribute(s) past the first 768 KiB not archived" in made.stderr
+    (archive,) = box.published()
+    staging = unpacked(archive, mnt / "staging")
+    kept = staging / "services/app/files" / str(mine).lstrip("/")
+    assert len(os.listxattr(kept)) == 13 and os.getxattr(kept, "user.n00") == b"v" * 60_000
+    assert (staging / "services/app/files" / str(home / "good").lstrip("/")).exists()
 
 
 # -- F5: the dry run promises the data behind a listed "dir/" symlink ----------------------------

@@ -147,20 +147,17 @@ def test_a_directory_swapped_for_a_symlink_another_user_made_is_not_linked_throu
     assert len(caplog.records) == 1 and "left a copy" in caplog.records[0].getMessage()
 
 
-def test_names_on_two_file_systems_stay_copies_said(tmp_path, caplog):
+def test_names_on_two_file_systems_stay_copies_said(tmp_path, caplog, tmpfs):
     """A disk mounted at the later path since: no link can cross it; said, not an error."""
     links, restored, copies = make_copies(tmp_path, 1)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(restored[1])], check=True)
-    try:
-        shutil.copy2(copies[0] / "f0", restored[1] / "f0")
-        log = logging.getLogger("pullback.test.relink")
-        with caplog.at_level(logging.WARNING, logger="pullback.test.relink"):
-            assert relink.link_again(log, links, restored, copies) == 0
-        (record,) = caplog.records
-        assert "on two file systems now" in record.getMessage()
-        assert (restored[1] / "f0").read_text() == "0\n"
-    finally:
-        subprocess.run(["umount", str(restored[1])], check=True)
+    tmpfs(restored[1], "size=1m")
+    shutil.copy2(copies[0] / "f0", restored[1] / "f0")
+    log = logging.getLogger("pullback.test.relink")
+    with caplog.at_level(logging.WARNING, logger="pullback.test.relink"):
+        assert relink.link_again(log, links, restored, copies) == 0
+    (record,) = caplog.records
+    assert "on two file systems now" in record.getMessage()
+    assert (restored[1] / "f0").read_text() == "0\n"
 
 
 def test_an_extra_link_that_cannot_be_removed_again_is_named(tmp_path, caplog, monkeypatch):

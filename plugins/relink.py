@@ -57,12 +57,14 @@ class _OtherDisk:
 
 @dataclass
 class _Relinking:
-    """One restore's linking: what was linked, what stays a copy (words), and for each
+    """One restore's linking: what was linked, what stays a copy (the words of the first
+    MAX_SAID, the rest counted: a restore of a million links kept them all), and for each
     first name, per file system, the later name the others there are linked to; the
     files proved to hold the snapshot's bytes (:func:`_proved`)."""
 
     linked: int = 0
     missed: list[str] = field(default_factory=list)
+    more: int = 0
     anchors: dict[tuple[Path, int], Path] = field(default_factory=dict)
     proved: set[tuple[int, ...]] = field(default_factory=set)
 
@@ -79,8 +81,10 @@ class _Relinking:
             why = exc.strerror or str(exc)
         if why is None:
             self.linked += 1
-        else:
+        elif len(self.missed) < MAX_SAID:
             self.missed.append(f"{printable(later, 200)} (to {printable(first, 200)}): {why}")
+        else:
+            self.more += 1
 
 
 def link_again(log: Log, links: Links, restored: list[Path | None], copies: list[Path]) -> int:
@@ -96,10 +100,10 @@ def link_again(log: Log, links: Links, restored: list[Path | None], copies: list
             done.pair(
                 first_place.joinpath(*first_names), later_place.joinpath(*later_names), snapshot
             )
-    for line in done.missed[:MAX_SAID]:
+    for line in done.missed:
         log.warning("not linked again as in the snapshot, left a copy: %s", line)
-    if len(done.missed) > MAX_SAID:
-        log.warning("and %s more left copies", counted(len(done.missed) - MAX_SAID, "name"))
+    if done.more:
+        log.warning("and %s more left copies", counted(done.more, "name"))
     return done.linked
 
 

@@ -73,13 +73,13 @@ copy of its old part and the new bytes, spooled first): past this it travels who
 _F_SETPIPE_SZ = 1031
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 MAX_ARCNAME = 4000
+"""Bytes a member's name may have: the server's staging tree and restic/borg must be able
+to reach it by a relative path under PATH_MAX (4096). A deeper file is skipped, named in a
+warning; the rest is archived."""
 MAX_XATTR_BYTES = 768 << 10
 """An entry's extended attributes archived at most (names, values and 32 bytes a record
 for its framing): its extended header must stay under every reader's MAX_META (1 MiB)
 with its path and other records (:func:`_within_header`)."""
-"""Bytes a member's name may have: the server's staging tree and restic/borg must be able
-to reach it by a relative path under PATH_MAX (4096). A deeper file is skipped, named in a
-warning; the rest is archived."""
 
 
 @dataclass

@@ -180,7 +180,7 @@ def check_copy_room(
             check.number = number if several and number not in inner else None
             counts.append(_add_copy(check, copy, destination, number in inner))
         counted_at = {d for number, (_, d) in enumerate(places) if number not in inner}
-        for destination in counted_at:  # (once each: a path listed twice is scanned twice)
+        for destination in counted_at:  # (an inner or repeated path has no scan of its own)
             _credit(check, next((r for r in found if r.destination == destination), None))
         _add_kept(check, [e for r in found for e in r.entries], safety)
         for pool in check.pools():

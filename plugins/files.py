@@ -332,8 +332,8 @@ def _places(copies: list[tuple[str, Path]], target: Path | None) -> list[_Place]
     ``/srv``), below ``target`` when given. Raises TaskError."""
     places = []
     for path, copy in copies:
-        name = name_in_archive(path)
-        places.append(_Place(path, copy, (target / name) if target else Path("/" + name)))
+        rooted = _archived(path)
+        places.append(_Place(path, copy, (target / rooted.relative_to("/")) if target else rooted))
     inner = nested([p.destination for p in places])
     outer = [p for number, p in enumerate(places) if number not in inner]
     for number in inner:

@@ -78,6 +78,9 @@ class ClientConfig:
     incremental: IncrementalConfig = field(default_factory=lambda: IncrementalConfig())
     run_timeout: float = 12 * 3600.0
     """Seconds a run may take before it is stopped (0: no limit)."""
+    max_holes_and_links: int | None = None
+    """Bytes of sparse files' holes and further hard-link names an archive may hold
+    (the schema's default; None: no bound)."""
 
     def instance_lock(self, purpose: str) -> FileLock:
         """The client's lock (INSTANCE_LOCK), not yet taken; ``purpose`` is what its owner
@@ -136,6 +139,7 @@ def load_client_config(path: str | os.PathLike = DEFAULT_PATH) -> ClientConfig:
         keep_last=data["keep_last"],
         keep_days=data["keep_days"],
         min_free_space=parse_size(data["min_free_space"]),
+        max_holes_and_links=parse_size(data["max_holes_and_links"]) or None,
         verify=data["verify"],
         fetched_keep=data["fetched_keep"],
         min_interval=parse_duration(data["min_interval"]),

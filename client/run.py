@@ -362,7 +362,12 @@ class ClientRun:
         self.name = archives.archive_name(config.hostname, self.stamp, config.archive_suffix)
         self.tmp = config.archive_dir / f".{self.name}.{os.getpid()}{archives.PARTIAL_SUFFIX}"
         self.work = config.work_dir / self.stamp
-        self.writer = ArchiveWriter(self.tmp, config.compression, config.compression_level)
+        self.writer = ArchiveWriter(
+            self.tmp,
+            config.compression,
+            config.compression_level,
+            max_holes_and_links=config.max_holes_and_links,
+        )
         self.full_asked = False
         """``run --full``: a full archive whatever the chain."""
         self.left_out: list[str] = []

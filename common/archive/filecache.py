@@ -33,10 +33,11 @@ from . import chunker, sha256state
 from .ordered import OrderedLookup, same_stat_numbers, stat_numbers
 from .sidecar import BaseRef
 
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 """2: names stored as bytes (a name need not be UTF-8); 3: an index by inode (renames);
 4: mode, owner, group and whether extended attributes were read (a row vouches for the
-file's metadata too: an unchanged file travels as a ``same`` member)."""
+file's metadata too: an unchanged file travels as a ``same`` member); 5: the bytes of a
+file's holes (an unchanged file counts them against ``max_holes_and_links`` unread)."""
 CACHE_NAME = "files.db"
 _BATCH = 1024
 """Rows of the new cache gathered before they are inserted at once."""
@@ -66,6 +67,9 @@ class CachedFile:
     xattrs: bool = False
     """Its extended attributes (and ACLs) were read into the archive (the task's
     ``xattrs``): a row read without them cannot vouch for a run that wants them."""
+    holes: int = 0
+    """Bytes of the file's holes (its size less the data its sparse map holds; 0 for a
+    file archived dense)."""
 
     @classmethod
     def of(
@@ -75,6 +79,7 @@ class CachedFile:
         chunks: bytes | None,
         read_at_ns: int,
         xattrs: bool = False,
+        holes: int = 0,
     ) -> CachedFile:
         """The row for a file with stat ``st`` (taken before it was read at
         ``read_at_ns``), the digest of what was read, and whether its extended
@@ -93,6 +98,7 @@ class CachedFile:
             st.st_uid,
             st.st_gid,
             xattrs,
+            holes,
         )
 
     def unchanged(self, st: os.stat_result) -> bool:
@@ -114,12 +120,16 @@ class CachedFile:
         return dataclasses.replace(self, cacheable=False)
 
 
-_COLUMNS = "dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable, mode, uid, gid, xattrs"
+_COLUMNS = (
+    "dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable, mode, uid, gid, xattrs, holes"
+)
 """A row's columns, in :class:`CachedFile`'s order."""
 
 
 def _row(row) -> CachedFile:
-    dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable, mode, uid, gid, xattrs = row
+    dev, ino, size, mtime_ns, ctime_ns, sha256, chunks, cacheable, mode, uid, gid, xattrs, holes = (
+        row
+    )
     return CachedFile(
         dev,
         ino,
@@ -133,6 +143,7 @@ def _row(row) -> CachedFile:
         uid,
         gid,
         bool(xattrs),
+        holes,
     )
 
 
@@ -235,7 +246,7 @@ class FileCache:
             CREATE TABLE files (name BLOB PRIMARY KEY, dev INTEGER, ino INTEGER,
                 size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT NOT NULL,
                 chunks BLOB, cacheable INTEGER, mode INTEGER, uid INTEGER, gid INTEGER,
-                xattrs INTEGER) WITHOUT ROWID;
+                xattrs INTEGER, holes INTEGER) WITHOUT ROWID;
             CREATE INDEX files_inode ON files (dev, ino);
             CREATE TABLE states (name BLOB PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
             BEGIN;
@@ -261,6 +272,7 @@ class FileCache:
                     row.uid,
                     row.gid,
                     int(row.xattrs),
+                    row.holes,
                 )
             )
             if len(self._pending) >= _BATCH:
@@ -271,7 +283,7 @@ class FileCache:
         name replaces an earlier one)."""
         if self._new is not None:
             self._new.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self._pending,
             )
             # (a state is checked against its row's size and digest before it is used)

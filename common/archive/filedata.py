@@ -52,6 +52,9 @@ class Content:
     pieces: list[bytes] | None = None
     note: str | None = None
     """Why the file is worth a warning (it changed while read)."""
+    holes: int = 0
+    """Bytes of the file's holes (counted also when it has too many regions to travel
+    sparse, and goes whole)."""
 
     @property
     def size(self) -> int:
@@ -62,18 +65,20 @@ class Content:
 def _read_once(fd: int) -> tuple[Content, os.stat_result]:
     before = os.fstat(fd)
     maybe_sparse = before.st_blocks * 512 < before.st_size
-    regions = sparse.data_regions(fd, before.st_size) if maybe_sparse else None
+    regions, holes = (
+        sparse.data_map(fd, before.st_size, sparse.MAX_REGIONS) if maybe_sparse else (None, 0)
+    )
     if regions is not None and len(regions) > sparse.MAX_REGIONS:
         regions = None  # archived whole: a map that long would be refused
     if regions is None:
         if before.st_size > REREAD_LIMIT:
-            return Content(before), before
+            return Content(before, holes=holes), before
         data = _pread_all(fd, before.st_size + 1, 0)  # one byte more tells a file that grew
-        return Content(before, data=data), os.fstat(fd)
+        return Content(before, data=data, holes=holes), os.fstat(fd)
     if sum(r.length for r in regions) > REREAD_LIMIT:
-        return Content(before, regions), before
+        return Content(before, regions, holes=holes), before
     pieces = [_pread_all(fd, r.length, r.offset) for r in regions]
-    return Content(before, regions, pieces=pieces), os.fstat(fd)
+    return Content(before, regions, pieces=pieces, holes=holes), os.fstat(fd)
 
 
 def _held_still(content: Content, after: os.stat_result) -> bool:

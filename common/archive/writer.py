@@ -50,6 +50,7 @@ from ..fsutil import (
 from ..log import get_logger
 from ..progress import STATUS, Progress
 from ..runner import Runner, RunningCommand
+from ..units import human_size
 from . import acl, chunker, deltaops, removed, sha256state, sparse, tarformat
 from .compression import compress_command, test_command
 from .deltaops import BASE, BASE_KEY, DATA_KEY, DELTA, REALSIZE_KEY, SAME
@@ -213,9 +214,15 @@ class ArchiveWriter:
         xattrs: bool = True,
         *,
         incremental: Incremental | None = None,
+        max_holes_and_links: int | None = None,
     ):
         self.path = Path(path)
         self.incremental = incremental
+        self.max_holes_and_links = max_holes_and_links
+        """Bytes of holes and of further hard-link names the archive may hold (None: no
+        bound): :meth:`_fits`."""
+        self._unstored = 0
+        """Bytes of holes and of further hard-link names in the archive so far."""
         self._sent = 0
         self._base_of: str | None = None
         """The base's name of the file being added, when it was renamed since."""
@@ -839,23 +846,13 @@ class ArchiveWriter:
         self, at: _At, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
     ) -> None:
         path = at.shown
-        if st.st_nlink > 1 and self._add_link(arcname, st, stats):
+        if st.st_nlink > 1 and self._add_link(path, arcname, st, stats):
             return
-        old = self._cached(arcname, st, stats, xattrs)
+        old = self._cached(at, arcname, st, stats, xattrs)
         if old is False:
             return
-        try:
-            fd = _open_noatime(at)
-        except FileNotFoundError:
-            stats.warnings.append(f"{path}: vanished before it could be read")
-            return
-        except OSError as exc:
-            stats.warnings.append(f"{path}: skipped, {_unopened(exc)}")
-            return
-        swapped = _swapped(os.fstat(fd), st)
-        if swapped:
-            os.close(fd)
-            stats.warnings.append(f"{path}: skipped, {swapped}")
+        fd = self._opened(at, st, stats)
+        if fd is None:
             return
         read_at = time.time_ns()
         warned = len(stats.warnings)
@@ -868,6 +865,8 @@ class ArchiveWriter:
             except OSError as exc:
                 stats.warnings.append(f"{path}: skipped, cannot be read: {exc.strerror}")
                 return
+            if not self._fits(content.holes, f"{path}: its holes", stats):
+                return
             file = _OpenFile(fd, arcname, content, attrs, path, stats)
             digest, chunks = self._add_content(
                 file, old=old if isinstance(old, CachedFile) else None
@@ -879,9 +878,31 @@ class ArchiveWriter:
             os.close(fd)
         if note:
             stats.warnings.append(f"{path}: {note}")
-        row = CachedFile.of(content.stat, digest, chunks, read_at, xattrs and self.xattrs)
+        row = CachedFile.of(
+            content.stat, digest, chunks, read_at, xattrs and self.xattrs, content.holes
+        )
         row, state = self._trusted(row, doubted=bool(note or partial_attrs))
         self._recorded(arcname, st, row, stats, content.size, state=state)
+
+    @staticmethod
+    def _opened(at: _At, st: os.stat_result, stats: TaskStats) -> int | None:
+        """The regular file at ``at`` opened for reading, when it is still the file
+        looked at as ``st``; None when it is not (vanished, unreadable, swapped), said."""
+        path = at.shown
+        try:
+            fd = _open_noatime(at)
+        except FileNotFoundError:
+            stats.warnings.append(f"{path}: vanished before it could be read")
+            return None
+        except OSError as exc:
+            stats.warnings.append(f"{path}: skipped, {_unopened(exc)}")
+            return None
+        swapped = _swapped(os.fstat(fd), st)
+        if swapped:
+            os.close(fd)
+            stats.warnings.append(f"{path}: skipped, {swapped}")
+            return None
+        return fd
 
     def _trusted(self, row: CachedFile, doubted: bool) -> tuple[CachedFile, bytes | None]:
         """The cache row and hash state to record for a file just read with ``row``:
@@ -892,12 +913,13 @@ class ArchiveWriter:
         return row, self._state
 
     def _cached(
-        self, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
+        self, at: _At, arcname: str, st: os.stat_result, stats: TaskStats, xattrs: bool
     ) -> CachedFile | bool | None:
         """The file's row in the cache (None: none); False when the row vouched for the
         file, its metadata and (``xattrs``: the task archives them) its extended
         attributes read as this run would, and it went into the delta as a ``same``
-        member, unread."""
+        member, unread, or was left out, said, because its holes (the row's) did not
+        fit ``max_holes_and_links``."""
         inc = self.incremental
         old = inc.cache.lookup(arcname) if inc is not None else None
         self._base_of = None
@@ -907,6 +929,8 @@ class ArchiveWriter:
             return old
         if old.xattrs != (xattrs and self.xattrs):  # the task's setting changed: read again
             return old
+        if not self._fits(old.holes, f"{at.shown}: its holes", stats):
+            return False
         self._emit_same(arcname, left_out=inc.lean and st.st_nlink == 1)
         self._recorded(arcname, st, old, stats, st.st_size)
         return False
@@ -970,11 +994,14 @@ class ArchiveWriter:
             return None
         return f"it is {kind} now, and the archive already holds it as {held}"
 
-    def _add_link(self, arcname: str, st: os.stat_result, stats: TaskStats) -> bool:
-        """A hard link to a file already in the archive; False when it is the first."""
+    def _add_link(self, path: str, arcname: str, st: os.stat_result, stats: TaskStats) -> bool:
+        """A hard link to a file already in the archive (or left out, said, when it does
+        not fit ``max_holes_and_links``); False when it is the first."""
         first = self._links.get((st.st_dev, st.st_ino))
         if first is None:
             return False
+        if not self._fits(st.st_size, f"{path}: a hard link to {first}", stats):
+            return True
         self._emit(self._header(arcname, st, tarformat.LNKTYPE, linkname=first))
         self._manifest[arcname] = self._manifest[first]
         if self.incremental is not None:
@@ -984,6 +1011,26 @@ class ArchiveWriter:
             self.incremental.cache.record(arcname, row.uncacheable())
         stats.files += 1
         return True
+
+    def _fits(self, size: int, what: str, stats: TaskStats) -> bool:
+        """Whether ``size`` more bytes of holes or of a further hard-link name fit the
+        archive's ``max_holes_and_links`` (counted when they do). The server counts
+        them at their full size against its ``max_unpacked_size``, as restic reads them,
+        and a local user makes terabytes of them in a second (``truncate -s 2T``, ``ln``
+        in a loop): past the bound the entry is left out, ``what`` named in a warning,
+        instead of the whole archive being refused (helper-156 F6)."""
+        if size <= 0:
+            return True
+        bound = self.max_holes_and_links
+        if bound is None or self._unstored + size <= bound:
+            self._unstored += size
+            return True
+        stats.warnings.append(
+            f"{what} ({human_size(size)}) would take the archive's holes and further "
+            f"hard-link names past max_holes_and_links ({human_size(bound)}): left out "
+            "(the server counts them at full size, as restic reads them)"
+        )
+        return False
 
     def _recorded(
         self,

@@ -653,3 +653,33 @@ def test_a_file_read_short_is_padded_with_zeros_and_says_why(tmp_path, monkeypat
             "eio": "read failed: Input/output error; padded with zeros",
         }[failure]
     ]
+
+
+def test_a_data_map_past_its_bound_counts_the_holes_and_keeps_no_regions(tmp_path):
+    """A file with more regions than the map may list (InnoDB's page compression punches
+    a hole in every page) is counted, not listed: its holes exactly, its regions None
+    (it travels whole), and the list never grows past the bound."""
+    path = tmp_path / "punched"
+    with open(path, "wb") as handle:
+        for i in range(10):
+            handle.seek(i * MIB)
+            handle.write(b"x")
+        handle.truncate(10 * MIB + MIB // 2)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        listed, holes = sparse.data_map(fd, size)
+        assert listed is not None and len(listed) == 11  # ten regions and the end mark
+        assert holes == size - sum(r.length for r in listed) > 9 * MIB
+        assert sparse.data_map(fd, size, most=3) == (None, holes)
+        assert sparse.data_map(fd, size, most=10)[0] == listed
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 0
+    finally:
+        os.close(fd)
+    dense = tmp_path / "dense"
+    dense.write_bytes(b"y" * 8192)
+    fd = os.open(dense, os.O_RDONLY)
+    try:
+        assert sparse.data_map(fd, 8192, most=3) == (None, 0)
+    finally:
+        os.close(fd)

@@ -248,7 +248,7 @@ class ServiceRun:
             if self._archived(task):
                 task.stats.add(self.archive.add_tree(task.staging, task.arcdir))
             task_report.files, task_report.bytes = task.stats.files, task.stats.bytes
-            task_report.warnings = list(task.stats.warnings)
+            task_report.warnings = task.stats.warning_lines()
             if task_report.status == Status.SKIPPED and task_report.error is None:
                 task_report.error = "not run: an earlier stage failed"
         report = self.report

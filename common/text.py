@@ -52,16 +52,19 @@ MAX_WARNING = 1000
 
 class BoundedWarnings(list):
     """A list of warnings that keeps the first ``limit`` and counts the rest, so that a
-    hostile input making one warning per entry costs a count, not memory or lines."""
+    hostile input making one warning per entry costs a count, not memory or lines. Each
+    is kept :func:`printable` in ``width`` characters (None: as given, for warnings made
+    printable where they are shown)."""
 
-    def __init__(self, limit: int = 100):
+    def __init__(self, limit: int = 100, width: int | None = MAX_WARNING):
         super().__init__()
         self.limit = limit
+        self.width = width
         self.dropped = 0
 
     def append(self, text: str) -> None:
         if len(self) < self.limit:
-            super().append(printable(text, MAX_WARNING))
+            super().append(text if self.width is None else printable(text, self.width))
         else:
             self.dropped += 1
 
@@ -78,4 +81,18 @@ class BoundedWarnings(list):
         """At most ``limit`` warnings, then "... and N more" for the rest."""
         shown = list(self[:limit])
         more = self.total - len(shown)
-        return [*shown, f"... and {more} more warnings like these"] if more else shown
+        return [*shown, f"{_MORE_WARNINGS}{more}{_LIKE_THESE}"] if more else shown
+
+
+_MORE_WARNINGS = "... and "
+_LIKE_THESE = " more warnings like these"
+
+
+def warning_count(lines: list[str]) -> int:
+    """How many warnings ``lines`` stand for: one a line, and the count of a closing
+    "... and N more warnings like these" (:meth:`BoundedWarnings.lines`)."""
+    last = lines[-1] if lines else ""
+    number = last.removeprefix(_MORE_WARNINGS).removesuffix(_LIKE_THESE)
+    if last.startswith(_MORE_WARNINGS) and last.endswith(_LIKE_THESE) and number.isdigit():
+        return len(lines) - 1 + int(number)
+    return len(lines)

@@ -227,7 +227,7 @@ def archive_paths(task: Task, paths: list[str], matcher: ExcludeMatcher, xattrs:
         except FileNotFoundError:
             missing.append(path)
             continue
-        for warning in stats.warnings:  # each odd entry is skipped or archived as read
+        for warning in stats.warning_lines():  # each odd entry is skipped or archived as read
             task.log.warning("%s", warning)
     return missing
 

@@ -19,6 +19,7 @@ from ..clock import parse_stamp
 from ..errors import ArchiveError
 from ..outcome import Status
 from ..schema import jsonschema_module, shared_schema
+from ..text import warning_count
 
 FORMAT = 1
 """The format of a full archive's sidecar (what every pullback reads)."""
@@ -191,10 +192,8 @@ class Sidecar:
                 task["error"] = kept_words(task["error"])
                 warnings = [kept_words(w) for w in task["warnings"]]
                 if len(warnings) > MAX_WARNINGS:
-                    warnings = [
-                        *warnings[:MAX_WARNINGS],
-                        f"... and {len(warnings) - MAX_WARNINGS} more",
-                    ]
+                    hidden = warning_count(task["warnings"]) - MAX_WARNINGS
+                    warnings = [*warnings[:MAX_WARNINGS], f"... and {hidden} more"]
                 task["warnings"] = warnings
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 

@@ -5,6 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..text import BoundedWarnings
+
+MAX_TASK_WARNINGS = 1000
+"""Warnings a task keeps (and its run logs): the rest are counted. A user who may write
+below a listed path makes one per entry at will (60,000 hard links past
+``max_holes_and_links``, sockets, files changing while read)."""
+
 
 @dataclass
 class TaskStats:
@@ -15,14 +22,21 @@ class TaskStats:
 
     files: int = 0
     bytes: int = 0
-    warnings: list[str] = field(default_factory=list)
+    warnings: BoundedWarnings = field(
+        default_factory=lambda: BoundedWarnings(MAX_TASK_WARNINGS, width=None)
+    )
     unarchived: list[str] = field(default_factory=list)
 
     def add(self, other: TaskStats) -> None:
         self.files += other.files
         self.bytes += other.bytes
         self.warnings.extend(other.warnings)
+        self.warnings.dropped += other.warnings.dropped
         self.unarchived.extend(other.unarchived)
+
+    def warning_lines(self) -> list[str]:
+        """The warnings kept, then "... and N more warnings like these" for the rest."""
+        return self.warnings.lines(MAX_TASK_WARNINGS)
 
 
 ExcludeFn = Callable[[str, bool], bool]

@@ -855,11 +855,11 @@ class ArchiveWriter:
         if fd is None:
             return
         read_at = time.time_ns()
-        warned = len(stats.warnings)
+        warned = stats.warnings.total
         self._state, self._doubt = None, False
         try:
             attrs = self._read_xattrs(fd, path, stats) if xattrs else None
-            partial_attrs = len(stats.warnings) > warned  # read again next run, not same
+            partial_attrs = stats.warnings.total > warned  # read again next run, not same
             try:
                 content = read_content(fd)  # nothing of the file is in the archive yet
             except OSError as exc:

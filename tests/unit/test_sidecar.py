@@ -201,3 +201,25 @@ def test_a_task_is_archived_when_its_dump_wrote_all_or_part_of_it(status, error,
     """The one rule for "the archive holds this task's data", read by the client's run
     (publish a run where only a partial dump succeeded) and by its staging."""
     assert sidecar.TaskReport("postgresql", status, error).archived is archived
+
+
+def test_a_task_keeps_a_thousand_warnings_and_the_sidecar_counts_them_all():
+    """A user who may write below a listed path makes a warning per entry at will
+    (60,000 hard links past max_holes_and_links): a task keeps 1,000 and counts the rest,
+    and the sidecar's 20 and "... and N more" still count every one."""
+    from pullback.common.archive.stats import MAX_TASK_WARNINGS, TaskStats
+
+    first, second = TaskStats(), TaskStats()
+    for i in range(1500):
+        first.warnings.append(f"/home/u/l{i}: a hard link, left out")
+    second.warnings.append("/srv/x: vanished before it could be read")
+    second.add(first)
+    lines = second.warning_lines()
+    assert len(second.warnings) == MAX_TASK_WARNINGS == len(lines) - 1
+    assert lines[-1] == "... and 501 more warnings like these"
+    written = sidecar.parse(json.dumps(GOOD))
+    written.services[0].tasks[0].warnings = lines  # (as the client's run reports them)
+    shown = json.loads(written.to_json())
+    assert sidecar.parse(written.to_json())  # (every reader takes what was written)
+    warnings = shown["services"][0]["tasks"][0]["warnings"]
+    assert len(warnings) == 21 and warnings[-1] == "... and 1481 more"

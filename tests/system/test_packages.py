@@ -369,6 +369,59 @@ def test_links_between_two_paths_and_a_listed_dir_symlink_as_packaged(root, inst
     )
 
 
+def test_a_user_s_holes_and_links_leave_the_rest_stored_as_packaged(root, installed):
+    """A user who may write below a listed path makes 2 TiB of holes and 2 GiB of hard
+    links in a second; the server counts both at full size against max_unpacked_size
+    and refused the host's whole archive. The packaged client leaves out what passes
+    max_holes_and_links (docs/client.md), names it, and the server stores the rest."""
+    eve = "/srv/app/data/eve"
+    root.run(f"mkdir -p {eve} && chown nobody {eve}")
+    root.run(f"runuser -u nobody -- truncate -s 2T {eve}/disk.img")
+    root.run(
+        "runuser -u nobody -- python3 -c \"import os; os.chdir('" + eve + "'); "
+        "open('x', 'wb').write(os.urandom(2 << 20)); "
+        "[os.link('x', f'l{i:04d}') for i in range(1000)]\""
+    )
+    root.write(
+        "/etc/pullback/client.yaml",
+        "hostname: node1\nmin_interval: 1s\nmax_holes_and_links: 1G\n",
+        0o640,
+    )
+    root.run("chgrp pullback /etc/pullback/client.yaml")
+    root.write(
+        "/etc/pullback/server.yaml",
+        "min_interval: 1s\nhosts:\n  - {name: node1, address: 127.0.0.1, port: 2222}\n",
+        0o640,
+    )
+    try:
+        root.run("sleep 1")  # (a new second: a new archive's stamp)
+        client = root.run(["systemctl", "start", "pullback-client.service"], check=False)
+        log = root.run(["journalctl", "-u", "pullback-client.service", "--no-pager"]).stdout
+        assert client.returncode == 0, log[-3000:]
+        assert f"{eve}/disk.img: its holes (2.0 TiB) would take" in log, log[-3000:]
+        assert f"{eve}/l0512: a hard link to " in log  # (512 further names of 2 MiB fit)
+        assert "past max_holes_and_links (1.0 GiB): left out" in log
+        server = root.run(["systemctl", "start", "pullback-server.service"], check=False)
+        server_log = root.run(["journalctl", "-u", "pullback-server.service", "--no-pager"])
+        assert server.returncode == 0, server_log.stdout[-3000:]
+        listed = root.run(
+            "RESTIC_PASSWORD_FILE=/etc/pullback/repository.pass restic -r "
+            "/var/lib/pullback/repositories/node1 ls latest"
+        ).stdout
+        assert f"{eve}/l0511\n" in listed and f"{eve}/x\n" in listed
+        assert "disk.img" not in listed and f"{eve}/l0512\n" not in listed
+        assert "/srv/app/data/a.txt\n" in listed
+    finally:  # the module's later tests see the machine as before
+        root.run(f"rm -r {eve}")
+        root.write("/etc/pullback/client.yaml", "hostname: node1\n", 0o640)
+        root.run("chgrp pullback /etc/pullback/client.yaml")
+        root.write(
+            "/etc/pullback/server.yaml",
+            "hosts:\n  - {name: node1, address: 127.0.0.1, port: 2222}\n",
+            0o640,
+        )
+
+
 def test_security_exposure_of_the_units(root, installed):
     for unit in (
         "pullback-client.service",

@@ -221,8 +221,12 @@ class ArchiveWriter:
         self.max_holes_and_links = max_holes_and_links
         """Bytes of holes and of further hard-link names the archive may hold (None: no
         bound): :meth:`_fits`."""
-        self._unstored = 0
-        """Bytes of holes and of further hard-link names in the archive so far."""
+        self._unstored = {True: 0, False: 0}
+        """Bytes of holes and of further hard-link names in the archive so far, of root's
+        files (True) and of every other owner's (False): each has the bound."""
+        self._too_holey: set[tuple[int, int]] = set()
+        """The files (device, inode) of several names left out for their holes: their
+        other names are left out unread (helper-157 F4)."""
         self._sent = 0
         self._base_of: str | None = None
         """The base's name of the file being added, when it was renamed since."""
@@ -245,7 +249,10 @@ class ArchiveWriter:
         self._manifest: dict[str, str] = {}
         self._from_base: set[str] = set()
         """The ``base`` and ``same`` members: a delta's manifest member leaves them out."""
-        self._links: dict[tuple[int, int], str] = {}
+        self._links: dict[tuple[int, int], tuple[str, int]] = {}
+        """A hard-linked file's first name and the size it went into the archive with:
+        the server counts each further name at that size (helper-157 F1: a user
+        truncated the file once it was read, and the later names counted 0 here)."""
         self._dirs: set[str] = set()
         self._others: set[str] = set()
         """Symlinks and FIFOs written (overlapping paths walk them twice)."""
@@ -865,7 +872,7 @@ class ArchiveWriter:
             except OSError as exc:
                 stats.warnings.append(f"{path}: skipped, cannot be read: {exc.strerror}")
                 return
-            if not self._fits(content.holes, f"{path}: its holes", stats):
+            if not self._fits_holes(path, st, content.holes, stats):
                 return
             file = _OpenFile(fd, arcname, content, attrs, path, stats)
             digest, chunks = self._add_content(
@@ -929,7 +936,7 @@ class ArchiveWriter:
             return old
         if old.xattrs != (xattrs and self.xattrs):  # the task's setting changed: read again
             return old
-        if not self._fits(old.holes, f"{at.shown}: its holes", stats):
+        if not self._fits_holes(at.shown, st, old.holes, stats):
             return False
         self._emit_same(arcname, left_out=inc.lean and st.st_nlink == 1)
         self._recorded(arcname, st, old, stats, st.st_size)
@@ -997,10 +1004,17 @@ class ArchiveWriter:
     def _add_link(self, path: str, arcname: str, st: os.stat_result, stats: TaskStats) -> bool:
         """A hard link to a file already in the archive (or left out, said, when it does
         not fit ``max_holes_and_links``); False when it is the first."""
-        first = self._links.get((st.st_dev, st.st_ino))
-        if first is None:
+        key = (st.st_dev, st.st_ino)
+        if key in self._too_holey:
+            stats.warnings.append(
+                f"{path}: left out: another name of a file left out for its holes"
+            )
+            return True
+        found = self._links.get(key)
+        if found is None:
             return False
-        if not self._fits(st.st_size, f"{path}: a hard link to {first}", stats):
+        first, size = found
+        if not self._fits(size, f"{path}: a hard link to {first}", stats, st.st_uid):
             return True
         self._emit(self._header(arcname, st, tarformat.LNKTYPE, linkname=first))
         self._manifest[arcname] = self._manifest[first]
@@ -1012,24 +1026,37 @@ class ArchiveWriter:
         stats.files += 1
         return True
 
-    def _fits(self, size: int, what: str, stats: TaskStats) -> bool:
-        """Whether ``size`` more bytes of holes or of a further hard-link name fit the
-        archive's ``max_holes_and_links`` (counted when they do). The server counts
-        them at their full size against its ``max_unpacked_size``, as restic reads them,
-        and a local user makes terabytes of them in a second (``truncate -s 2T``, ``ln``
-        in a loop): past the bound the entry is left out, ``what`` named in a warning,
-        instead of the whole archive being refused (helper-156 F6)."""
+    def _fits(self, size: int, what: str, stats: TaskStats, uid: int) -> bool:
+        """Whether ``size`` more bytes of holes or of a further hard-link name of a file
+        owned by ``uid`` fit the archive's ``max_holes_and_links`` (counted when they
+        do). The server counts them at their full size against its
+        ``max_unpacked_size``, as restic reads them, and a local user makes terabytes of
+        them in a second (``truncate -s 2T``, ``ln`` in a loop): past the bound the entry
+        is left out, ``what`` named in a warning, instead of the whole archive being
+        refused (helper-156 F6). Root's files have a bound of their own, so that no
+        user's file walked first leaves root's out (helper-157 F5)."""
         if size <= 0:
             return True
         bound = self.max_holes_and_links
-        if bound is None or self._unstored + size <= bound:
-            self._unstored += size
+        root = uid == 0
+        if bound is None or self._unstored[root] + size <= bound:
+            self._unstored[root] += size
             return True
+        whose = "root's files" if root else "files not root's"
         stats.warnings.append(
-            f"{what} ({human_size(size)}) would take the archive's holes and further "
-            f"hard-link names past max_holes_and_links ({human_size(bound)}): left out "
+            f"{what} ({human_size(size)}) would take the holes and further hard-link "
+            f"names of {whose} past max_holes_and_links ({human_size(bound)}): left out "
             "(the server counts them at full size, as restic reads them)"
         )
+        return False
+
+    def _fits_holes(self, path: str, st: os.stat_result, holes: int, stats: TaskStats) -> bool:
+        """Whether a file's ``holes`` fit (:meth:`_fits`); a file of several names left
+        out is remembered, so that its other names are left out unread."""
+        if self._fits(holes, f"{path}: its holes", stats, st.st_uid):
+            return True
+        if st.st_nlink > 1:
+            self._too_holey.add((st.st_dev, st.st_ino))
         return False
 
     def _recorded(
@@ -1045,7 +1072,7 @@ class ArchiveWriter:
         """Count a regular file that went into the archive with ``row``'s digest (and
         the hash ``state`` of its bytes, for the cache)."""
         if st.st_nlink > 1:
-            self._links[(st.st_dev, st.st_ino)] = arcname
+            self._links[(st.st_dev, st.st_ino)] = (arcname, size)
         self._manifest[arcname] = row.sha256
         if self.incremental is not None:
             self.incremental.cache.record(arcname, row, state)
@@ -1085,8 +1112,12 @@ class ArchiveWriter:
         are the cached ones, or as a ``delta`` member. Returns its sha256 and packed
         chunk list (None below CHUNKED_FROM or without a cache)."""
         inc = self.incremental
-        delta_from = old if inc is not None and inc.delta else None
         content = file.content
+        # a file of more regions than a map may list goes whole, zeros included: never
+        # as a change stream, whose zeros would be literals, spooled here uncompressed
+        # and counted by the server twice (helper-157 F6)
+        too_many_regions = content.holes > 0 and content.regions is None
+        delta_from = old if inc is not None and inc.delta and not too_many_regions else None
         if content.regions is not None:
             return self._add_sparse_content(file, delta_from)
         if content.data is None:

@@ -249,6 +249,8 @@ class ServiceRun:
                 task.stats.add(self.archive.add_tree(task.staging, task.arcdir))
             task_report.files, task_report.bytes = task.stats.files, task.stats.bytes
             task_report.warnings = task.stats.warning_lines()
+            if task.stats.warnings.dropped:  # (each kept one was logged as it came)
+                task.log.warning("%s", task_report.warnings[-1])
             if task_report.status == Status.SKIPPED and task_report.error is None:
                 task_report.error = "not run: an earlier stage failed"
         report = self.report

@@ -189,9 +189,7 @@ def each_database(task: Task, names: list[str], dump_one: Callable[[str], None])
         raise TaskError(failed[0] + more)
     if failed:
         for said in failed:  # (each named in the log and the sidecar)
-            text = f"{said}; it is not in this archive"
-            task.log.warning("%s", text)
-            task.stats.warnings.append(text)
+            task.warn(f"{said}; it is not in this archive")
         dumped = len(names) - len(failed)
         raise TaskPartial(
             f"{len(failed)} of {len(names)} databases could not be dumped ({failed[0]}"

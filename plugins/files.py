@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common.archive.stats import MAX_TASK_WARNINGS
 from ..common.fsutil import make_dirs_at, open_trusted_dir, untrusted_link
 from ..common.text import counted, printable
 from ..common.units import human_size
@@ -222,12 +223,13 @@ def archive_paths(task: Task, paths: list[str], matcher: ExcludeMatcher, xattrs:
             task.log.info("%s left out: an exclude pattern matches its name", path)
             continue
         exclude = matcher.rooted(path) if matcher else None
+        room = max(0, MAX_TASK_WARNINGS - task.stats.warnings.total)  # (the task keeps these)
         try:
             stats = task.add_tree(Path(path), exclude=exclude, xattrs=xattrs)
         except FileNotFoundError:
             missing.append(path)
             continue
-        for warning in stats.warning_lines():  # each odd entry is skipped or archived as read
+        for warning in stats.warnings[:room]:  # each odd entry is skipped or archived as read
             task.log.warning("%s", warning)
     return missing
 

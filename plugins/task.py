@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..common.archive.stats import ExcludeFn, TaskStats
+from ..common.archive.stats import MAX_TASK_WARNINGS, ExcludeFn, TaskStats
 from ..common.errors import PullbackError
 from ..common.log import Log
 from ..common.runner import CommandResult, Runner
@@ -229,6 +229,15 @@ class Task:
         self.state.setdefault("stopped", []).extend(names)
         if self.on_stopping is not None:
             self.on_stopping(self)
+
+    def warn(self, text: str) -> None:
+        """Log ``text`` as a warning and keep it for the archive's sidecar. Past the
+        MAX_TASK_WARNINGS the task keeps, it is only counted: the run logs the count
+        once, as the task ends (a tenant's thousands of databases that fail to dump, a
+        user's thousands of entries, each a line, helper-158 F3)."""
+        if self.stats.warnings.total < MAX_TASK_WARNINGS:
+            self.log.warning("%s", text)
+        self.stats.warnings.append(text)
 
     def run(self, argv: Sequence[str | os.PathLike], **kwargs) -> CommandResult:
         """Run a command through the task's runner (secrets masked, output logged); as

@@ -100,19 +100,11 @@ def pullback_dump(task: Task):
     if newest is None:
         raise TaskError(f"no *.tar.gz or *.tar.bz2 in {directory} after {task.config['command']}")
     if newest.stat().st_mtime < started - 1:
-        _warn(
-            task, f"{newest} is older than this run: {task.config['command']} wrote no new archive"
-        )
+        task.warn(f"{newest} is older than this run: {task.config['command']} wrote no new archive")
     task.add_tree(newest)
     missing = archive_paths(task, task.config["custom_paths"], _matcher(task), xattrs=True)
     for path in missing:
-        _warn(task, f"custom path {path} does not exist; skipped")
-
-
-def _warn(task: Task, text: str) -> None:
-    """Log ``text`` as a warning and keep it for the archive's sidecar."""
-    task.log.warning("%s", text)
-    task.stats.warnings.append(text)
+        task.warn(f"custom path {path} does not exist; skipped")
 
 
 @hookimpl

@@ -1014,7 +1014,7 @@ class ArchiveWriter:
         if found is None:
             return False
         first, size = found
-        if not self._fits(size, f"{path}: a hard link to {first}", stats, st.st_uid):
+        if not self._fits(size, f"{path}: a hard link to {first}", stats, st):
             return True
         self._emit(self._header(arcname, st, tarformat.LNKTYPE, linkname=first))
         self._manifest[arcname] = self._manifest[first]
@@ -1026,23 +1026,26 @@ class ArchiveWriter:
         stats.files += 1
         return True
 
-    def _fits(self, size: int, what: str, stats: TaskStats, uid: int) -> bool:
-        """Whether ``size`` more bytes of holes or of a further hard-link name of a file
-        owned by ``uid`` fit the archive's ``max_holes_and_links`` (counted when they
+    def _fits(self, size: int, what: str, stats: TaskStats, st: os.stat_result) -> bool:
+        """Whether ``size`` more bytes of holes or of a further hard-link name of the file
+        with stat ``st`` fit the archive's ``max_holes_and_links`` (counted when they
         do). The server counts them at their full size against its
         ``max_unpacked_size``, as restic reads them, and a local user makes terabytes of
         them in a second (``truncate -s 2T``, ``ln`` in a loop): past the bound the entry
         is left out, ``what`` named in a warning, instead of the whole archive being
-        refused (helper-156 F6). Root's files have a bound of their own, so that no
-        user's file walked first leaves root's out (helper-157 F5)."""
+        refused (helper-156 F6). Root's own files (root's, and neither group nor others
+        may write them: an ACL's write shows in the group bits) have a bound of their
+        own, so that no user's file walked first leaves root's out (helper-157 F5); a
+        file of root's that a user may write (truncate, link) counts with the users'
+        (helper-158 F1)."""
         if size <= 0:
             return True
         bound = self.max_holes_and_links
-        root = uid == 0
+        root = st.st_uid == 0 and not st.st_mode & 0o022
         if bound is None or self._unstored[root] + size <= bound:
             self._unstored[root] += size
             return True
-        whose = "root's files" if root else "files not root's"
+        whose = "root's own files" if root else "files not root's alone"
         stats.warnings.append(
             f"{what} ({human_size(size)}) would take the holes and further hard-link "
             f"names of {whose} past max_holes_and_links ({human_size(bound)}): left out "
@@ -1053,7 +1056,7 @@ class ArchiveWriter:
     def _fits_holes(self, path: str, st: os.stat_result, holes: int, stats: TaskStats) -> bool:
         """Whether a file's ``holes`` fit (:meth:`_fits`); a file of several names left
         out is remembered, so that its other names are left out unread."""
-        if self._fits(holes, f"{path}: its holes", stats, st.st_uid):
+        if self._fits(holes, f"{path}: its holes", stats, st):
             return True
         if st.st_nlink > 1:
             self._too_holey.add((st.st_dev, st.st_ino))

@@ -121,3 +121,24 @@ def test_an_unchanged_sparse_file_counts_its_holes_unread(tmp_path):
     root = f"{TREE}{data}"
     assert f"{root}/b.img" not in names
     assert f"{root}/a.img" in names  # (a same member: its name only)
+
+
+def test_a_run_logs_a_task_s_first_thousand_warnings_and_counts_the_rest(tmp_path):
+    """1,100 further names past the bound are 1,100 warnings: the run logs the task's
+    first 1,000 and one line counting the rest; the sidecar shows 20 and counts 1,080."""
+    data = tmp_path / "data"
+    data.mkdir()
+    first = data / "a"
+    first.write_bytes(os.urandom(MIB))
+    for i in range(1101):
+        os.link(first, data / f"l{i:04d}")
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{data}]}}\n")
+    box.write_config(max_holes_and_links="1M")  # (one further name fits)
+    made = run(box)
+    logged = (made.stdout + made.stderr).count(": a hard link to ")
+    assert logged == 1000, logged
+    assert "... and 100 more warnings like these" in made.stderr
+    (archive,) = box.published()
+    warnings = box.sidecar(archive)["services"][0]["tasks"][0]["warnings"]
+    assert len(warnings) == 21 and warnings[-1] == "... and 1080 more"

@@ -1,0 +1,183 @@
+"""helper-158: outside attack on max_holes_and_links (8cda786, 1a50c7f) and the
+warnings bound (dd5ab84). Each test failed while its defect existed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pullback.common.archive.writer import ArchiveWriter
+
+MIB = 1 << 20
+GIB = 1 << 30
+USER = 65534  # nobody
+
+
+def hole(path: Path, size: int, data: bytes = b"x") -> Path:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.truncate(size)
+    return path
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+
+
+def _root_vm(tmp_path: Path) -> Path:
+    vm = tmp_path / "libvirt"
+    vm.mkdir()
+    hole(vm / "guest.img", 100 * MIB)  # root's own sparse VM image (uid 0)
+    return vm
+
+
+# -- F1: a root-owned file the user may write is root's pool ------------------------------
+
+
+@needs_root
+def test_user_truncating_a_root_owned_writable_file_leaves_roots_vm_image_out(tmp_path):
+    """A root-owned file the user may write (mode 0666, or group-writable in a shared
+    setgid directory: root's services and admins make them) sits below a listed path the
+    walk meets first. The user runs ``truncate -s 200M`` on it: 200 MiB of holes count
+    against *root's* pool, and root's own VM image (100 MiB of holes, bound 256 MiB) is
+    left out of the backup. Expected: a user cannot leave root's own files out
+    (docs/security.md: "root's files have a bound of their own, so a user's file walked
+    first cannot leave them out")."""
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, USER, USER)
+    shared = home / "shared.log"
+    shared.write_bytes(b"root's log line\n")
+    os.chmod(shared, 0o666)  # root-owned, world-writable
+    os.truncate(shared, 200 * MIB)  # the user (write permission suffices)
+    vm = _root_vm(tmp_path)
+    out = tmp_path / "host-20260101T000000Z.tar"
+    with ArchiveWriter(out, "none", max_holes_and_links=256 * MIB) as writer:
+        s1 = writer.add_tree(home, "services/home/files/home")
+        s2 = writer.add_tree(vm, "services/vm/files/libvirt")
+        writer.finish()
+    left = [w for w in [*s1.warnings, *s2.warnings] if "left out" in w]
+    assert not [w for w in left if "guest.img" in w], left
+
+
+@needs_root
+def test_user_links_to_a_root_owned_writable_file_leave_roots_vm_image_out(tmp_path):
+    """With Debian's default ``fs.protected_hardlinks=1`` a user may still hard-link a
+    file they can read and write, root's included (checked with setpriv as nobody: ``ln``
+    of a root-owned 0666 file works). 30 names of a root-owned 10 MiB file count 290 MiB
+    against root's pool (the link's owner is the inode's, root), and root's VM image is
+    left out. The docs only admit this for ``protected_hardlinks=0``."""
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, USER, USER)
+    shared = home / "a-shared.db"
+    shared.write_bytes(b"y" * (10 * MIB))
+    os.chmod(shared, 0o666)
+    for i in range(30):
+        os.link(shared, home / f"l{i:02d}")
+    vm = _root_vm(tmp_path)
+    out = tmp_path / "host-20260101T000000Z.tar"
+    with ArchiveWriter(out, "none", max_holes_and_links=256 * MIB) as writer:
+        s1 = writer.add_tree(home, "services/home/files/home")
+        s2 = writer.add_tree(vm, "services/vm/files/libvirt")
+        writer.finish()
+    left = [w for w in [*s1.warnings, *s2.warnings] if "left out" in w]
+    assert not [w for w in left if "guest.img" in w], left
+
+
+# -- F2: the log bound is per listed path, not per task -----------------------------------
+
+
+class _Lines:
+    def __init__(self):
+        self.warned: list[str] = []
+
+    def warning(self, fmt, *args):
+        self.warned.append(fmt % args)
+
+    def info(self, fmt, *args):
+        pass
+
+    debug = error = info
+
+
+def test_a_files_task_logs_at_most_its_thousand_warnings_whatever_its_paths(tmp_path):
+    """dd5ab84: "a task keeps its first 1,000 warnings and counts the rest (log,
+    report ...)"; docs/security.md: a user cannot "flood the run's log ... with
+    warnings, one per entry they make: a task keeps 1,000". But ``archive_paths`` logs
+    each listed path's own ``warning_lines()``: 1,001 lines per path. A task listing
+    several paths a user may write below (/home, /srv/www, /var/tmp, /tmp ...) logs
+    1,001 lines for each; here 3 paths, 1,500 hard links past the bound in each, log
+    3,003 lines while the task's report keeps 1,000 and a count. Expected: the task's
+    log holds at most 1,000 warnings and one count line."""
+    from pullback.common.runner import Runner
+    from pullback.plugins.files import ExcludeMatcher, archive_paths
+    from pullback.plugins.task import Task
+
+    paths = []
+    for name in ("srv", "tmp", "var-tmp"):
+        top = tmp_path / name
+        top.mkdir()
+        first = top / "a"
+        first.write_bytes(b"z" * MIB)
+        for i in range(1500):
+            os.link(first, top / f"l{i:04d}")
+        paths.append(str(top))
+    lines = _Lines()
+    out = tmp_path / "host-20260101T000000Z.tar"
+    with ArchiveWriter(out, "none", max_holes_and_links=1 * MIB) as writer:
+        task = Task(
+            type="files",
+            key="files",
+            config={},
+            service="app",
+            service_file=tmp_path / "app.yaml",
+            staging=tmp_path / "staging",
+            runner=Runner(lines),
+            log=lines,
+            arcdir="services/app/files",
+            archive=writer,
+        )
+        archive_paths(task, paths, ExcludeMatcher([]), xattrs=False)
+        writer.finish()
+    assert task.stats.warnings.total >= 3 * 1499  # (the first further name fits)
+    assert len(lines.warned) <= 1001, f"{len(lines.warned)} warning lines logged by one task"
+
+
+# -- F3: a database plugin logs one line per failed database, unbounded ------------------
+
+
+def test_a_database_task_logs_at_most_its_thousand_warnings(tmp_path):
+    """``plugins/_common.each_database`` logs each database that could not be dumped
+    with ``task.log.warning`` *before* ``task.stats.warnings.append``: the log is not
+    bounded by MAX_TASK_WARNINGS. A tenant of a shared MariaDB/PostgreSQL who may create
+    databases makes thousands whose dump fails (a view on a dropped table, a lock held,
+    a name mysqldump refuses): one log line each, however many (here 3,000). Expected
+    (dd5ab84: "a task keeps its first 1,000 warnings and counts the rest (log,
+    report ...)"): at most 1,000 lines and a count."""
+    from pullback.common.runner import Runner
+    from pullback.plugins._common import each_database
+    from pullback.plugins.task import Task, TaskError, TaskPartial
+
+    lines = _Lines()
+    task = Task(
+        type="mariadb",
+        key="mariadb",
+        config={},
+        service="db",
+        service_file=tmp_path / "db.yaml",
+        staging=tmp_path / "staging",
+        runner=Runner(lines),
+        log=lines,
+    )
+
+    def dump_one(name):
+        if name.startswith("tenant"):
+            raise TaskError(f"mysqldump {name} failed: View 'x.v' references invalid table(s)")
+
+    names = ["main", *[f"tenant{i:04d}" for i in range(3000)]]
+    with pytest.raises(TaskPartial):
+        each_database(task, names, dump_one)
+    assert task.stats.warnings.total == 3000
+    assert len(lines.warned) <= 1001, f"{len(lines.warned)} warning lines logged by one task"

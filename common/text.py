@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 def escaped(text: str) -> str:
     """``text`` with every character that is not printable written as an escape (``\\n``,
@@ -56,11 +58,22 @@ class BoundedWarnings(list):
     is kept :func:`printable` in ``width`` characters (None: as given, for warnings made
     printable where they are shown)."""
 
-    def __init__(self, limit: int = 100, width: int | None = MAX_WARNING):
+    def __init__(
+        self, items: Iterable[str] = (), *, limit: int = 100, width: int | None = MAX_WARNING
+    ):
         super().__init__()
         self.limit = limit
         self.width = width
         self.dropped = 0
+        self.extend(items)  # (copies made as lists are, ``type(x)(items)``, stay bounded)
+
+    def __iadd__(self, texts: Iterable[str]) -> BoundedWarnings:  # type: ignore[misc,override]
+        # (list's own ``+=`` would keep them all, unbounded)
+        self.extend(texts)
+        return self
+
+    def __reduce__(self):
+        return _bounded_again, (list(self), self.limit, self.width, self.dropped)
 
     def append(self, text: str) -> None:
         if len(self) < self.limit:
@@ -82,6 +95,14 @@ class BoundedWarnings(list):
         shown = list(self[:limit])
         more = self.total - len(shown)
         return [*shown, f"{_MORE_WARNINGS}{more}{_LIKE_THESE}"] if more else shown
+
+
+def _bounded_again(items: list[str], limit: int, width: int | None, dropped: int):
+    """A pickled :class:`BoundedWarnings` made again (its items as they were kept)."""
+    made = BoundedWarnings(limit=limit, width=None)
+    made.extend(items)
+    made.width, made.dropped = width, dropped
+    return made
 
 
 _MORE_WARNINGS = "... and "

@@ -523,7 +523,7 @@ class _Progress:
     """The kept directory, open while entries are kept into it."""
     count: int = 0
     blocks: int = 0
-    lost: BoundedWarnings = field(default_factory=lambda: BoundedWarnings(NAMED))
+    lost: BoundedWarnings = field(default_factory=lambda: BoundedWarnings(limit=NAMED))
     """Extended attributes that could not be kept, one line each (the first few)."""
 
     def so_far(self) -> str:

@@ -247,7 +247,7 @@ def newest_usable(
     that one damaged archive does not block every later pull until the client makes a
     newer one). Raises ArchiveError when a sidecar names another host.
     """
-    warnings = BoundedWarnings(KEPT_WARNINGS)
+    warnings = BoundedWarnings(limit=KEPT_WARNINGS)
     passed: list[str] = []
     for entry in listing.unusable:
         # words from the client: shown, but never trusted to be printable

@@ -23,7 +23,7 @@ class TaskStats:
     files: int = 0
     bytes: int = 0
     warnings: BoundedWarnings = field(
-        default_factory=lambda: BoundedWarnings(MAX_TASK_WARNINGS, width=None)
+        default_factory=lambda: BoundedWarnings(limit=MAX_TASK_WARNINGS, width=None)
     )
     unarchived: list[str] = field(default_factory=list)
 

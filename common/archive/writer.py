@@ -224,9 +224,9 @@ class ArchiveWriter:
         self._unstored = {True: 0, False: 0}
         """Bytes of holes and of further hard-link names in the archive so far, of root's
         files (True) and of every other owner's (False): each has the bound."""
-        self._too_holey: set[tuple[int, int]] = set()
+        self._too_holey: dict[tuple[int, int], _Identity] = {}
         """The files (device, inode) of several names left out for their holes: their
-        other names are left out unread (helper-157 F4)."""
+        other names are left out unread (helper-157 F4), while the inode is that file."""
         self._sent = 0
         self._base_of: str | None = None
         """The base's name of the file being added, when it was renamed since."""
@@ -249,10 +249,12 @@ class ArchiveWriter:
         self._manifest: dict[str, str] = {}
         self._from_base: set[str] = set()
         """The ``base`` and ``same`` members: a delta's manifest member leaves them out."""
-        self._links: dict[tuple[int, int], tuple[str, int]] = {}
-        """A hard-linked file's first name and the size it went into the archive with:
-        the server counts each further name at that size (helper-157 F1: a user
-        truncated the file once it was read, and the later names counted 0 here)."""
+        self._links: dict[tuple[int, int], tuple[str, int, _Identity]] = {}
+        """A hard-linked file's first name, the size it went into the archive with (the
+        server counts each further name at that size; helper-157 F1: a user truncated
+        the file once it was read, and the later names counted 0 here) and what its
+        inode was then: a later name is a link to it only while the inode is still that
+        file (helper-158 F4: ext4 gives a deleted file's number to the next one made)."""
         self._dirs: set[str] = set()
         self._others: set[str] = set()
         """Symlinks and FIFOs written (overlapping paths walk them twice)."""
@@ -1004,16 +1006,16 @@ class ArchiveWriter:
     def _add_link(self, path: str, arcname: str, st: os.stat_result, stats: TaskStats) -> bool:
         """A hard link to a file already in the archive (or left out, said, when it does
         not fit ``max_holes_and_links``); False when it is the first."""
-        key = (st.st_dev, st.st_ino)
-        if key in self._too_holey:
+        key, now = (st.st_dev, st.st_ino), _identity(st)
+        if self._too_holey.get(key) == now:
             stats.warnings.append(
                 f"{path}: left out: another name of a file left out for its holes"
             )
             return True
         found = self._links.get(key)
-        if found is None:
+        if found is None or found[2] != now:  # (none, or another file now: read it as one)
             return False
-        first, size = found
+        first, size, _ = found
         if not self._fits(size, f"{path}: a hard link to {first}", stats, st):
             return True
         self._emit(self._header(arcname, st, tarformat.LNKTYPE, linkname=first))
@@ -1059,7 +1061,7 @@ class ArchiveWriter:
         if self._fits(holes, f"{path}: its holes", stats, st):
             return True
         if st.st_nlink > 1:
-            self._too_holey.add((st.st_dev, st.st_ino))
+            self._too_holey[(st.st_dev, st.st_ino)] = _identity(st)
         return False
 
     def _recorded(
@@ -1075,7 +1077,7 @@ class ArchiveWriter:
         """Count a regular file that went into the archive with ``row``'s digest (and
         the hash ``state`` of its bytes, for the cache)."""
         if st.st_nlink > 1:
-            self._links[(st.st_dev, st.st_ino)] = (arcname, size)
+            self._links[(st.st_dev, st.st_ino)] = (arcname, size, _identity(st))
         self._manifest[arcname] = row.sha256
         if self.incremental is not None:
             self.incremental.cache.record(arcname, row, state)
@@ -1547,6 +1549,16 @@ def _as_pbd1(ops) -> Iterator[deltaops.Op]:
             yield deltaops.Hole(op.length)
         else:
             yield deltaops.Data(op.data)
+
+
+_Identity = tuple[int, int, int, int, int]
+
+
+def _identity(st: os.stat_result) -> _Identity:
+    """What tells one file from another that got its inode number after it was deleted:
+    its ctime, mtime, size, owner and mode (a later name of a file that changed between
+    the two looks differs too, and is then archived as a file of its own)."""
+    return (st.st_ctime_ns, st.st_mtime_ns, st.st_size, st.st_uid, st.st_mode)
 
 
 def _sparse_regions(content: Content) -> list[Region]:

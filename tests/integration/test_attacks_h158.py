@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pullback.common.archive import filedata
+from pullback.common.archive import writer as writer_module
 from pullback.common.archive.writer import ArchiveWriter
 
 MIB = 1 << 20
@@ -181,3 +183,116 @@ def test_a_database_task_logs_at_most_its_thousand_warnings(tmp_path):
         each_database(task, names, dump_one)
     assert task.stats.warnings.total == 3000
     assert len(lines.warned) <= 1001, f"{len(lines.warned)} warning lines logged by one task"
+
+
+# -- F4: an inode number reused during the run: (dev, ino) verdicts outlive their file ----
+
+
+def _swap_after_read(monkeypatch, data: Path, later: Path, content: bytes):
+    """Once ``data/a`` was read and closed (while ``data/b`` is read): the user deletes
+    ``a`` and its other name ``a2``; then a file of root's with two names is made below
+    ``later`` (ext4 hands it the inode number just freed). Returns what the hook saw."""
+    real_read = filedata.read_content
+    seen: dict = {"old": (data / "a").stat().st_ino}
+    (data / "b").write_bytes(b"b")
+
+    def read_then_swapped(fd):
+        got = real_read(fd)
+        if os.fstat(fd).st_ino == (data / "b").stat().st_ino and "new" not in seen:
+            os.unlink(data / "a")
+            os.unlink(data / "a2")
+            made = data / "new"  # (made in a's directory: ext4 hands out the number its
+            made.write_bytes(content)  # group freed first; then moved where the walk
+            new = later / "r1"  # has yet to list)
+            os.rename(made, new)
+            os.link(new, later / "r2")
+            seen["new"] = new.stat().st_ino
+        return got
+
+    monkeypatch.setattr(writer_module, "read_content", read_then_swapped)
+    return seen
+
+
+def test_a_reused_inode_is_not_left_out_for_another_files_holes(tmp_path, monkeypatch):
+    """1a50c7f's ``_too_holey`` keeps (device, inode) of a file left out for its holes
+    for the whole run. The user's ``a`` (two names, 2 GiB of holes) is left out; the user
+    deletes it; a file root makes meanwhile with two names (a hard-linked tree being
+    written: rsnapshot, a package's hard links, git objects) gets the freed inode number
+    (ext4 reuses it at once) and, walked later, both its names are "left out: another
+    name of a file left out for its holes", unread: root's file is not in the backup.
+    Expected: a verdict holds for the file it was made on (its ctime/size/nlink), not
+    for whatever later has its number."""
+    data = tmp_path / "data"
+    data.mkdir()
+    hole(data / "a", 2 * GIB)
+    os.link(data / "a", data / "a2")
+    later = data / "z"
+    later.mkdir()
+    seen = _swap_after_read(monkeypatch, data, later, b"root's config\n")
+    out = tmp_path / "host-20260101T000000Z.tar"
+    with ArchiveWriter(out, "none", max_holes_and_links=1 * GIB) as writer:
+        stats = writer.add_tree(data, "services/app/files")
+        writer.finish()
+    if seen.get("new") != seen.get("old"):
+        pytest.skip("the file system did not reuse the inode number")
+    assert not [w for w in stats.warnings if "/z/r" in w], list(stats.warnings)
+
+
+def test_a_reused_inode_is_not_archived_as_a_link_to_another_file(tmp_path, monkeypatch):
+    """The same with ``_links`` (older than these commits, but 1a50c7f made it carry the
+    first name's size and nothing else): the user's ``a`` (two names) fits and goes in;
+    the user deletes it; root's new two-name file gets its inode number and goes into
+    the archive as a *hard link to the user's a*: the server stages root's file with the
+    user's bytes, the manifest agrees (it copies a's digest), and a restore gives root's
+    file the user's content. Expected: root's file with its own bytes."""
+    import tarfile
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a").write_bytes(b"the user's bytes\n")
+    os.link(data / "a", data / "a2")
+    later = data / "z"
+    later.mkdir()
+    seen = _swap_after_read(monkeypatch, data, later, b"root's config\n")
+    out = tmp_path / "host-20260101T000000Z.tar"
+    with ArchiveWriter(out, "none", max_holes_and_links=1 * GIB) as writer:
+        writer.add_tree(data, "services/app/files")
+        writer.finish()
+    if seen.get("new") != seen.get("old"):
+        pytest.skip("the file system did not reuse the inode number")
+    with tarfile.open(out) as tar:
+        r1 = tar.getmember("services/app/files/z/r1")
+        assert not r1.islnk(), f"root's z/r1 archived as a hard link to {r1.linkname}"
+
+
+# -- F5: TaskStats.warnings is no longer a plain list for plugins -------------------------
+
+
+def test_task_stats_survive_pickling():
+    """``TaskStats`` is exported to plugins (pullback.plugins.TaskStats). Since dd5ab84
+    its ``warnings`` is a BoundedWarnings: pickling it (a plugin handing stats back from
+    a multiprocessing worker) raises AttributeError ('limit': APPENDS runs the
+    overridden ``extend`` before the instance's dict is restored), and
+    ``dataclasses.asdict`` (``--json``-style output, cli._jsonable) silently drops every
+    warning (it rebuilds the list as ``BoundedWarnings(generator)``)."""
+    import dataclasses
+    import pickle
+
+    from pullback.common.archive.stats import TaskStats
+
+    stats = TaskStats()
+    stats.warnings.append("/srv/x: skipped, a socket is not backed up")
+    assert dataclasses.asdict(stats)["warnings"] == ["/srv/x: skipped, a socket is not backed up"]
+    again = pickle.loads(pickle.dumps(stats))
+    assert list(again.warnings) == list(stats.warnings)
+
+
+def test_augmented_assignment_keeps_the_bound():
+    """``task.stats.warnings += lines`` (list's ``__iadd__``, which the hookspec's
+    "append to task.stats.warnings" invites) bypasses ``append``: every line is kept,
+    unbounded."""
+    from pullback.common.archive.stats import TaskStats
+
+    stats = TaskStats()
+    stats.warnings += [f"/srv/{i}: odd" for i in range(5000)]
+    assert len(stats.warnings) <= 1000 and stats.warnings.total == 5000

@@ -104,6 +104,24 @@ class _Lines:
     debug = error = info
 
 
+def _task(tmp_path: Path, kind: str, lines: _Lines, **extra):
+    """A task of ``kind`` whose log and runner write to ``lines``."""
+    from pullback.common.runner import Runner
+    from pullback.plugins.task import Task
+
+    return Task(
+        type=kind,
+        key=kind,
+        config={},
+        service="app",
+        service_file=tmp_path / "app.yaml",
+        staging=tmp_path / "staging",
+        runner=Runner(lines),
+        log=lines,
+        **extra,
+    )
+
+
 def test_a_files_task_logs_at_most_its_thousand_warnings_whatever_its_paths(tmp_path):
     """dd5ab84: "a task keeps its first 1,000 warnings and counts the rest (log,
     report ...)"; docs/security.md: a user cannot "flood the run's log ... with
@@ -113,9 +131,7 @@ def test_a_files_task_logs_at_most_its_thousand_warnings_whatever_its_paths(tmp_
     1,001 lines for each; here 3 paths, 1,500 hard links past the bound in each, log
     3,003 lines while the task's report keeps 1,000 and a count. Expected: the task's
     log holds at most 1,000 warnings and one count line."""
-    from pullback.common.runner import Runner
     from pullback.plugins.files import ExcludeMatcher, archive_paths
-    from pullback.plugins.task import Task
 
     paths = []
     for name in ("srv", "tmp", "var-tmp"):
@@ -129,18 +145,7 @@ def test_a_files_task_logs_at_most_its_thousand_warnings_whatever_its_paths(tmp_
     lines = _Lines()
     out = tmp_path / "host-20260101T000000Z.tar"
     with ArchiveWriter(out, "none", max_holes_and_links=1 * MIB) as writer:
-        task = Task(
-            type="files",
-            key="files",
-            config={},
-            service="app",
-            service_file=tmp_path / "app.yaml",
-            staging=tmp_path / "staging",
-            runner=Runner(lines),
-            log=lines,
-            arcdir="services/app/files",
-            archive=writer,
-        )
+        task = _task(tmp_path, "files", lines, arcdir="services/app/files", archive=writer)
         archive_paths(task, paths, ExcludeMatcher([]), xattrs=False)
         writer.finish()
     assert task.stats.warnings.total >= 3 * 1499  # (the first further name fits)
@@ -158,21 +163,11 @@ def test_a_database_task_logs_at_most_its_thousand_warnings(tmp_path):
     a name mysqldump refuses): one log line each, however many (here 3,000). Expected
     (dd5ab84: "a task keeps its first 1,000 warnings and counts the rest (log,
     report ...)"): at most 1,000 lines and a count."""
-    from pullback.common.runner import Runner
     from pullback.plugins._common import each_database
-    from pullback.plugins.task import Task, TaskError, TaskPartial
+    from pullback.plugins.task import TaskError, TaskPartial
 
     lines = _Lines()
-    task = Task(
-        type="mariadb",
-        key="mariadb",
-        config={},
-        service="db",
-        service_file=tmp_path / "db.yaml",
-        staging=tmp_path / "staging",
-        runner=Runner(lines),
-        log=lines,
-    )
+    task = _task(tmp_path, "mariadb", lines)
 
     def dump_one(name):
         if name.startswith("tenant"):

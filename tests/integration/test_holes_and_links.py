@@ -51,6 +51,14 @@ def unpack(archive: Path, staging: Path, max_size: int) -> Path:
     return staging
 
 
+def backing_up(tmp_path: Path, data: Path, **config) -> ClientSandbox:
+    """A client whose service ``app`` archives ``data``, with ``config`` in client.yaml."""
+    box = ClientSandbox(tmp_path / "client")
+    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{data}]}}\n")
+    box.write_config(**config)
+    return box
+
+
 def run(box: ClientSandbox):
     made = box.cli("run", timeout=600)
     assert made.returncode == 0, made.stderr[-3000:]
@@ -70,9 +78,7 @@ def test_holes_and_links_past_the_bound_are_left_out_and_the_server_takes_the_re
     dense.write_bytes(os.urandom(MIB))
     for i in range(400):
         os.link(dense, data / f"c/l{i:03d}")
-    box = ClientSandbox(tmp_path / "client")
-    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{data}]}}\n")
-    box.write_config(max_holes_and_links="1G")
+    box = backing_up(tmp_path, data, max_holes_and_links="1G")
     made = run(box)
     said = made.stdout + made.stderr
     assert f"{data}/b.img: its holes (700.0 MiB)" in said
@@ -108,9 +114,7 @@ def test_an_unchanged_sparse_file_counts_its_holes_unread(tmp_path):
     data.mkdir()
     hole(data / "a.img", 700 * MIB, b"boot")
     time.sleep(2.1)  # (a file this fresh is read again next run: racy)
-    box = ClientSandbox(tmp_path / "client")
-    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{data}]}}\n")
-    box.write_config(max_holes_and_links="1G", incremental={"enabled": True})
+    box = backing_up(tmp_path, data, max_holes_and_links="1G", incremental={"enabled": True})
     run(box)
     hole(data / "b.img", 700 * MIB)
     made = run(box)
@@ -132,9 +136,7 @@ def test_a_run_logs_a_task_s_first_thousand_warnings_and_counts_the_rest(tmp_pat
     first.write_bytes(os.urandom(MIB))
     for i in range(1101):
         os.link(first, data / f"l{i:04d}")
-    box = ClientSandbox(tmp_path / "client")
-    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{data}]}}\n")
-    box.write_config(max_holes_and_links="1M")  # (one further name fits)
+    box = backing_up(tmp_path, data, max_holes_and_links="1M")  # (one further name fits)
     made = run(box)
     logged = (made.stdout + made.stderr).count(": a hard link to ")
     assert logged == 1000, logged

@@ -433,8 +433,19 @@ class IncrementalDays(RuleBasedStateMachine):
         side = self.run(changes)
         info = side["archive"]
         if info["kind"] == "delta":
-            members = self.bed.members(info["name"]).values()
-            taken = sorted(b for data, b in members if data in ("base", "same", "delta"))
+            members = self.bed.members(info["name"])
+            taken = sorted(b for data, b in members.values() if data in ("base", "same", "delta"))
+            if not taken:  # (a lean delta names none of the files it keeps from its base)
+                staging = self.bed.staging
+                found = (str(p.relative_to(staging)) for p in staging.rglob("*"))
+                taken = sorted(
+                    name
+                    for name in found
+                    if name.startswith("services/")
+                    and name not in members
+                    and (staging / name).is_file()
+                    and not (staging / name).is_symlink()
+                )
             victim = self.bed.staging / taken[which % len(taken)]
             self.say(f"damaged in staging: {victim}")
             with open(victim, "r+b") as handle:

@@ -144,12 +144,14 @@ def pullback_dump(task):
     ``task.arcdir``, ``services/<service>/<type>/``, once the dump returned), or stream
     existing files straight into the archive with ``task.add_tree(path)`` (no copy is
     made), or both. Both are counted in ``task.stats`` for you: do not add to its
-    ``files`` or ``bytes``; append to ``task.stats.warnings`` what the sidecar should
-    say. Pass ``timeout=`` to every ``task.run``. Raise to fail: the staging directory
-    is then discarded (what ``add_tree`` already streamed stays in the archive, the task
-    marked failed); ``TaskSkipped`` reports the task skipped; ``TaskPartial`` (part of
-    what it should was written: one database of several) keeps what was staged for the
-    archive and reports the task failed with its message.
+    ``files`` or ``bytes``; say what the run's log and the sidecar should warn of with
+    ``task.warn(text)`` (a task keeps its first 1,000 warnings and counts the rest;
+    ``task.stats.warnings.append`` keeps one for the sidecar alone). Pass ``timeout=``
+    to every ``task.run``. Raise to fail: the staging directory is then discarded
+    (what ``add_tree`` already streamed stays in the archive, the task marked failed);
+    ``TaskSkipped`` reports the task skipped; ``TaskPartial`` (part of what it should
+    was written: one database of several) keeps what was staged for the archive and
+    reports the task failed with its message.
     """
 
 

@@ -34,6 +34,18 @@ def _root_vm(tmp_path: Path) -> Path:
     return vm
 
 
+def _vm_image_left_out(tmp_path: Path, home: Path) -> list[str]:
+    """The warnings that leave root's VM image out when the user's ``home`` is walked
+    first, in one archive bounded at 256 MiB."""
+    vm = _root_vm(tmp_path)
+    out = tmp_path / "host-20260101T000000Z.tar"
+    with ArchiveWriter(out, "none", max_holes_and_links=256 * MIB) as writer:
+        s1 = writer.add_tree(home, "services/home/files/home")
+        s2 = writer.add_tree(vm, "services/vm/files/libvirt")
+        writer.finish()
+    return [w for w in [*s1.warnings, *s2.warnings] if "left out" in w and "guest.img" in w]
+
+
 # -- F1: a root-owned file the user may write is root's pool ------------------------------
 
 
@@ -53,14 +65,7 @@ def test_user_truncating_a_root_owned_writable_file_leaves_roots_vm_image_out(tm
     shared.write_bytes(b"root's log line\n")
     os.chmod(shared, 0o666)  # root-owned, world-writable
     os.truncate(shared, 200 * MIB)  # the user (write permission suffices)
-    vm = _root_vm(tmp_path)
-    out = tmp_path / "host-20260101T000000Z.tar"
-    with ArchiveWriter(out, "none", max_holes_and_links=256 * MIB) as writer:
-        s1 = writer.add_tree(home, "services/home/files/home")
-        s2 = writer.add_tree(vm, "services/vm/files/libvirt")
-        writer.finish()
-    left = [w for w in [*s1.warnings, *s2.warnings] if "left out" in w]
-    assert not [w for w in left if "guest.img" in w], left
+    assert not _vm_image_left_out(tmp_path, home)
 
 
 @needs_root
@@ -78,14 +83,7 @@ def test_user_links_to_a_root_owned_writable_file_leave_roots_vm_image_out(tmp_p
     os.chmod(shared, 0o666)
     for i in range(30):
         os.link(shared, home / f"l{i:02d}")
-    vm = _root_vm(tmp_path)
-    out = tmp_path / "host-20260101T000000Z.tar"
-    with ArchiveWriter(out, "none", max_holes_and_links=256 * MIB) as writer:
-        s1 = writer.add_tree(home, "services/home/files/home")
-        s2 = writer.add_tree(vm, "services/vm/files/libvirt")
-        writer.finish()
-    left = [w for w in [*s1.warnings, *s2.warnings] if "left out" in w]
-    assert not [w for w in left if "guest.img" in w], left
+    assert not _vm_image_left_out(tmp_path, home)
 
 
 # -- F2: the log bound is per listed path, not per task -----------------------------------
@@ -208,6 +206,22 @@ def _swap_after_read(monkeypatch, data: Path, later: Path, content: bytes):
     return seen
 
 
+def _archived_while_swapped(tmp_path: Path, monkeypatch, data: Path):
+    """``data`` archived (bound 1 GiB) while :func:`_swap_after_read` gives a root file
+    made below ``data/z`` the inode number of the user's ``a``; skipped where the file
+    system did not reuse it. Returns the archive's path and the walk's stats."""
+    later = data / "z"
+    later.mkdir()
+    seen = _swap_after_read(monkeypatch, data, later, b"root's config\n")
+    out = tmp_path / "host-20260101T000000Z.tar"
+    with ArchiveWriter(out, "none", max_holes_and_links=1 * GIB) as writer:
+        stats = writer.add_tree(data, "services/app/files")
+        writer.finish()
+    if seen.get("new") != seen.get("old"):
+        pytest.skip("the file system did not reuse the inode number")
+    return out, stats
+
+
 def test_a_reused_inode_is_not_left_out_for_another_files_holes(tmp_path, monkeypatch):
     """1a50c7f's ``_too_holey`` keeps (device, inode) of a file left out for its holes
     for the whole run. The user's ``a`` (two names, 2 GiB of holes) is left out; the user
@@ -221,15 +235,7 @@ def test_a_reused_inode_is_not_left_out_for_another_files_holes(tmp_path, monkey
     data.mkdir()
     hole(data / "a", 2 * GIB)
     os.link(data / "a", data / "a2")
-    later = data / "z"
-    later.mkdir()
-    seen = _swap_after_read(monkeypatch, data, later, b"root's config\n")
-    out = tmp_path / "host-20260101T000000Z.tar"
-    with ArchiveWriter(out, "none", max_holes_and_links=1 * GIB) as writer:
-        stats = writer.add_tree(data, "services/app/files")
-        writer.finish()
-    if seen.get("new") != seen.get("old"):
-        pytest.skip("the file system did not reuse the inode number")
+    _, stats = _archived_while_swapped(tmp_path, monkeypatch, data)
     assert not [w for w in stats.warnings if "/z/r" in w], list(stats.warnings)
 
 
@@ -246,15 +252,7 @@ def test_a_reused_inode_is_not_archived_as_a_link_to_another_file(tmp_path, monk
     data.mkdir()
     (data / "a").write_bytes(b"the user's bytes\n")
     os.link(data / "a", data / "a2")
-    later = data / "z"
-    later.mkdir()
-    seen = _swap_after_read(monkeypatch, data, later, b"root's config\n")
-    out = tmp_path / "host-20260101T000000Z.tar"
-    with ArchiveWriter(out, "none", max_holes_and_links=1 * GIB) as writer:
-        writer.add_tree(data, "services/app/files")
-        writer.finish()
-    if seen.get("new") != seen.get("old"):
-        pytest.skip("the file system did not reuse the inode number")
+    out, _ = _archived_while_swapped(tmp_path, monkeypatch, data)
     with tarfile.open(out) as tar:
         r1 = tar.getmember("services/app/files/z/r1")
         assert not r1.islnk(), f"root's z/r1 archived as a hard link to {r1.linkname}"

@@ -249,6 +249,7 @@ QUIET_AUDIT.propagate = False
 @example("fetched web1-20261121T030000Z.tar")
 @example("list")
 @example("full")
+@example("session")  # (hypothesis drew it from the code's constants; stdin was pytest's)
 def test_serve_changes_nothing_for_a_refused_request(text):
     """``serve``: exit 0 only for a request of the grammar; a refused one exits 2, answers
     nothing and leaves the archive directory exactly as it was; no process is ever
@@ -260,10 +261,11 @@ def test_serve_changes_nothing_for_a_refused_request(text):
     spawned: list = []
     with (
         tempfile.TemporaryFile() as out,
+        open(os.devnull, "rb") as nothing,  # (a session's lines: none, it ends at once)
         no_processes(spawned),
         mock.patch.object(serve_module, "_audit_logger", return_value=QUIET_AUDIT),
     ):
-        code = serve(config, text, out.fileno())
+        code = serve(config, text, out.fileno(), stdin=nothing.fileno())
         out.seek(0)
         sent = out.read()
     assert spawned == []

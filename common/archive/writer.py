@@ -224,9 +224,6 @@ class ArchiveWriter:
         self._unstored = {True: 0, False: 0}
         """Bytes of holes and of further hard-link names in the archive so far, of root's
         files (True) and of every other owner's (False): each has the bound."""
-        self._too_holey: dict[tuple[int, int], _Identity] = {}
-        """The files (device, inode) of several names left out for their holes: their
-        other names are left out unread (helper-157 F4), while the inode is that file."""
         self._sent = 0
         self._base_of: str | None = None
         """The base's name of the file being added, when it was renamed since."""
@@ -249,12 +246,9 @@ class ArchiveWriter:
         self._manifest: dict[str, str] = {}
         self._from_base: set[str] = set()
         """The ``base`` and ``same`` members: a delta's manifest member leaves them out."""
-        self._links: dict[tuple[int, int], tuple[str, int, _Identity]] = {}
-        """A hard-linked file's first name, the size it went into the archive with (the
-        server counts each further name at that size; helper-157 F1: a user truncated
-        the file once it was read, and the later names counted 0 here) and what its
-        inode was then: a later name is a link to it only while the inode is still that
-        file (helper-158 F4: ext4 gives a deleted file's number to the next one made)."""
+        self._first_names: dict[tuple[int, int], _FirstName] = {}
+        """What became of each file (device, inode) of several names at its first name:
+        its later names follow it (:meth:`_add_link`)."""
         self._dirs: set[str] = set()
         self._others: set[str] = set()
         """Symlinks and FIFOs written (overlapping paths walk them twice)."""
@@ -1006,17 +1000,16 @@ class ArchiveWriter:
     def _add_link(self, path: str, arcname: str, st: os.stat_result, stats: TaskStats) -> bool:
         """A hard link to a file already in the archive (or left out, said, when it does
         not fit ``max_holes_and_links``); False when it is the first."""
-        key, now = (st.st_dev, st.st_ino), _identity(st)
-        if self._too_holey.get(key) == now:
+        found = self._first_names.get((st.st_dev, st.st_ino))
+        if found is None or found.identity != _identity(st):
+            return False  # (none, or another file now: read it as one)
+        first = found.arcname
+        if first is None:
             stats.warnings.append(
                 f"{path}: left out: another name of a file left out for its holes"
             )
             return True
-        found = self._links.get(key)
-        if found is None or found[2] != now:  # (none, or another file now: read it as one)
-            return False
-        first, size, _ = found
-        if not self._fits(size, f"{path}: a hard link to {first}", stats, st):
+        if not self._fits(found.size, f"{path}: a hard link to {first}", stats, st):
             return True
         self._emit(self._header(arcname, st, tarformat.LNKTYPE, linkname=first))
         self._manifest[arcname] = self._manifest[first]
@@ -1061,7 +1054,7 @@ class ArchiveWriter:
         if self._fits(holes, f"{path}: its holes", stats, st):
             return True
         if st.st_nlink > 1:
-            self._too_holey[(st.st_dev, st.st_ino)] = _identity(st)
+            self._first_names[(st.st_dev, st.st_ino)] = _FirstName(None, 0, _identity(st))
         return False
 
     def _recorded(
@@ -1077,7 +1070,7 @@ class ArchiveWriter:
         """Count a regular file that went into the archive with ``row``'s digest (and
         the hash ``state`` of its bytes, for the cache)."""
         if st.st_nlink > 1:
-            self._links[(st.st_dev, st.st_ino)] = (arcname, size, _identity(st))
+            self._first_names[(st.st_dev, st.st_ino)] = _FirstName(arcname, size, _identity(st))
         self._manifest[arcname] = row.sha256
         if self.incremental is not None:
             self.incremental.cache.record(arcname, row, state)
@@ -1552,6 +1545,20 @@ def _as_pbd1(ops) -> Iterator[deltaops.Op]:
 
 
 _Identity = tuple[int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _FirstName:
+    """A file of several names as its first name left it: in the archive at ``arcname``
+    with ``size`` bytes (the server counts each further name at that size; helper-157
+    F1: a user truncated the file once it was read, and the later names counted 0 here),
+    or left out for its holes (``arcname`` None: its other names are left out unread,
+    helper-157 F4). Later names follow it only while the inode is still ``identity``
+    (helper-158 F4: ext4 gives a deleted file's number to the next one made)."""
+
+    arcname: str | None
+    size: int
+    identity: _Identity
 
 
 def _identity(st: os.stat_result) -> _Identity:

@@ -15,12 +15,13 @@ Exit 0: copied. Exit 1: not copied, one line on standard error saying why.
 
 from __future__ import annotations
 
-import errno
 import os
 import sqlite3
 import stat
 import sys
 import urllib.parse
+
+from ..common.archive import sparse
 
 COMPANIONS = ("-journal", "-wal", "-shm")
 SLACK = 64 << 20
@@ -60,22 +61,13 @@ def check_companions(source: str) -> int:
     return wal
 
 
-def data_bytes(path: str, enough: int) -> int:
-    """The bytes of ``path`` that hold data (its holes left out, by SEEK_DATA and
-    SEEK_HOLE), counted until ``enough`` are found."""
+def data_bytes(path: str) -> int:
+    """The bytes of ``path`` that hold data: its holes left out (:func:`.sparse.data_map`;
+    all of it where the file system cannot tell holes)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        end, offset, found = os.fstat(fd).st_size, 0, 0
-        while offset < end and found < enough:
-            try:
-                start = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # only a hole is left
-                    break
-                return found + end - offset  # no SEEK_DATA here: the rest counts as data
-            offset = os.lseek(fd, start, os.SEEK_HOLE)
-            found += offset - start
-        return found
+        size = os.fstat(fd).st_size
+        return size - sparse.data_map(fd, size, most=0)[1]
     finally:
         os.close(fd)
 
@@ -86,7 +78,7 @@ def hole_problem(source: str, db: sqlite3.Connection, wal: int) -> str | None:
     size = (
         db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
     )
-    held = data_bytes(source, size) + wal
+    held = data_bytes(source) + wal
     if size <= held + SLACK:
         return None
     return (

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import resource
+import select
 import shlex
 import signal
 import threading
@@ -140,6 +141,10 @@ def is_stack_frame(line: str) -> bool:
 
 KILL_GRACE = 10.0
 _POLL = 0.05
+_ENDED_POLL = 0.002
+"""How often :meth:`RunningCommand.wait` asks again once the command's pidfd said it ended."""
+_ENDED = -2
+"""``RunningCommand._pidfd`` once it said the command ended (and was closed)."""
 
 
 @dataclass
@@ -182,6 +187,9 @@ class RunningCommand:
         self._ok_codes = tuple(ok_codes)
         self.tail = tail
         self.peak_rss = 0
+        self._pidfd: int | None = None
+        """The command's pidfd while :meth:`wait` waits (-1: none could be opened;
+        _ENDED: it said the command ended, and was closed)."""
 
     @property
     def pid(self) -> int:
@@ -189,6 +197,24 @@ class RunningCommand:
 
     def alive(self) -> bool:
         return self._proc.is_alive()
+
+    def _tick(self) -> None:
+        """Wait _POLL seconds, or less: until the command exits (its pidfd turns
+        readable), which a plain sleep noticed up to _POLL late, on every command a
+        next-day pull waits for (restic, zstd). Once it said so, sh may not at once
+        (another of its threads reaping the process): a short sleep then, not a spin."""
+        if self._pidfd is None:
+            try:
+                self._pidfd = os.pidfd_open(self._proc.pid)
+            except OSError:  # (ended and reaped already, or no pidfd here)
+                self._pidfd = -1
+        if self._pidfd == _ENDED:
+            time.sleep(_ENDED_POLL)
+        elif self._pidfd < 0:
+            time.sleep(_POLL)
+        elif _readable(self._pidfd, _POLL):
+            os.close(self._pidfd)
+            self._pidfd = _ENDED
 
     def _sample_memory(self) -> None:
         try:
@@ -259,7 +285,7 @@ class RunningCommand:
                         self.display, None, list(self.tail), f"timed out after {self._timeout:g}s"
                     )
                 self._sample_memory()
-                time.sleep(_POLL)
+                self._tick()
             with contextlib.suppress(sh.ErrorReturnCode):
                 self._proc.wait()  # exit codes are judged below, the same way for sh 1 and 2
             self._flush()
@@ -270,6 +296,10 @@ class RunningCommand:
             # an interrupt (SIGTERM) or a timeout: leave nothing running behind us
             self.stop(grace=5.0)
             raise
+        finally:
+            if self._pidfd is not None and self._pidfd >= 0:
+                os.close(self._pidfd)
+            self._pidfd = None
         duration = time.monotonic() - self._started
         tail = list(self.tail)
         if code not in self._ok_codes:
@@ -282,6 +312,13 @@ class RunningCommand:
             raise CommandError(self.display, code, tail, reason)
         self.runner.log.debug("%s: exit %d after %.1fs", self.display, code, duration)
         return CommandResult(self.display, code, duration, tail, self.peak_rss)
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` turns readable within ``timeout`` seconds (poll: any fd number)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 _LEFTOVER_GRACE = 0.5

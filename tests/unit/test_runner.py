@@ -204,3 +204,20 @@ def test_what_a_dump_leaves_running_is_ended_and_what_a_start_leaves_is_not(
         for pid in started:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
+
+
+def test_waiting_for_a_command_leaves_no_descriptor_open(runner):
+    """wait polls each command's pidfd (its end seen as it comes): the descriptor is
+    closed after an exit, a failure and a time-out alike."""
+
+    def open_fds() -> set[str]:
+        return set(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    for _ in range(5):
+        assert runner.run(["sleep", "0.06"]).exit_code == 0
+    with pytest.raises(CommandError):
+        runner.run(["sh", "-c", "sleep 0.06; exit 3"])
+    with pytest.raises(CommandTimeout):
+        runner.run(["sleep", "5"], timeout=0.2)
+    assert open_fds() - before == set()

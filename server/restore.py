@@ -201,11 +201,16 @@ def path_proof(target: Path, path: str) -> str | None:
 
 
 def copy_command(target: Path, address: str, port: int) -> str:
-    """The rsync line that copies a restored tree to the client (its sshd's port too)."""
+    """The rsync line that copies a restored tree to the client (its sshd's port too):
+    owners by number (``--numeric-ids``; by name, the client's passwd would give a file
+    of uid 1 to whoever is ``daemon`` there, helper-159 F2) and holes as holes
+    (``--sparse``: a 100 GiB image holding 10 GiB took 100 GiB of the client's /var/tmp,
+    helper-159 F4)."""
     ssh = f" -e 'ssh -p {port}'" if port != 22 else ""
     source = shlex.quote(f"{target}/")
     aside = f" --exclude='/{ASIDE_PREFIX}*'"  # (what --force set aside stays here)
-    return f"rsync -aHAX --delete{ssh}{aside} {source} root@{address}:/var/tmp/pullback-restore/"
+    to = f"root@{address}:/var/tmp/pullback-restore/"
+    return f"rsync -aHAXS --numeric-ids --delete{ssh}{aside} {source} {to}"
 
 
 def adopted_steps(request: RestoreRequest, snapshot: Snapshot) -> str:

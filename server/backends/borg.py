@@ -67,13 +67,17 @@ def failed_of(text: str) -> tuple[str, ...]:
 def create_args(host: str, spec: SnapshotSpec, extra: Sequence[str] = ()) -> list[str]:
     """``borg create`` of the staging tree (run in it), timed like the archive and, when
     partial, commented with the failed services; the files cache keys on ctime and size,
-    as the staging tree keeps unchanged files untouched. ``extra``: the administrator's
-    ``backend.backup_options``, as they are (never through a shell)."""
+    as the staging tree keeps unchanged files untouched. Owners and ACL entries by number
+    alone (``--numeric-ids``): by default borg also stores this server's names for them,
+    and an extract maps each name through the extracting machine's passwd (a file of
+    uid 1 came back as whoever a new server calls ``daemon``, helper-159 F1). ``extra``:
+    the administrator's ``backend.backup_options``, as they are (never through a shell)."""
     marked = ["--comment", comment(spec.failed)] if spec.failed else []
     return [
         "create",
         "--json",
         "--files-cache=ctime,size",
+        "--numeric-ids",
         "--timestamp",
         spec.when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
         *marked,
@@ -104,7 +108,9 @@ def info_args(name: str) -> list[str]:
 
 
 def diff_args(older: str, newer: str) -> list[str]:
-    return ["diff", "--json-lines", f"::{older}", newer]
+    """By numbers (``--numeric-ids``): an archive of an older pullback holds owner names,
+    a newer one none (:func:`create_args`), and every file would differ in its owner."""
+    return ["diff", "--json-lines", "--numeric-ids", f"::{older}", newer]
 
 
 def count_diff(lines) -> tuple[int, int, int]:
@@ -187,8 +193,11 @@ def refuse_foreign_target(primary: Path, target: Path) -> None:
 
 
 def extract_args(name: str, includes: list[str]) -> list[str]:
-    """Extract (part of) an archive into the current directory, holes as holes."""
-    return ["extract", "--sparse", f"::{name}", *includes]
+    """Extract (part of) an archive into the current directory, holes as holes, owners
+    and ACL entries by the numbers the client had (``--numeric-ids``: an archive an older
+    pullback made holds this server's names for them too, which borg would map through
+    the passwd of the machine that extracts)."""
+    return ["extract", "--sparse", "--numeric-ids", f"::{name}", *includes]
 
 
 MAX_ROSTER = 64 << 10

@@ -146,6 +146,7 @@ def test_borg_create_names_the_archive_after_host_and_stamp():
         "create",
         "--json",
         "--files-cache=ctime,size",
+        "--numeric-ids",
         "--timestamp",
         "2026-11-22T03:50:00",
         "::web1-20261122T035000Z",
@@ -183,6 +184,7 @@ def test_borg_list_delete_check_extract_init():
     assert borg.extract_args("web1-x", ["services/app"]) == [
         "extract",
         "--sparse",
+        "--numeric-ids",
         "::web1-x",
         "services/app",
     ]

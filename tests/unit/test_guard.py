@@ -194,7 +194,13 @@ def test_borg_diff_lines_are_counted_as_changed_or_removed():
         b'{"changes": [{"added": 0, "removed": 0, "type": "modified"}], "path": "d/f9"}',
     ]
     assert count_diff(lines) == (1, 2, 11)
-    assert diff_args("web1-a", "web1-b") == ["diff", "--json-lines", "::web1-a", "web1-b"]
+    assert diff_args("web1-a", "web1-b") == [
+        "diff",
+        "--json-lines",
+        "--numeric-ids",
+        "::web1-a",
+        "web1-b",
+    ]
     assert restic_diff_args("s1", "s2") == ["diff", "--json", "s1", "s2"]
 
 

@@ -43,7 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ArchiveError, LocalArchiveError
-from ..fsutil import MIN_FREE_INODES, make_hole, pread_span, pwrite_all, room, write_all
+from ..fsutil import (
+    MIN_FREE_INODES,
+    anchored_path,
+    make_hole,
+    pread_span,
+    pwrite_all,
+    room,
+    write_all,
+)
 from ..log import get_logger
 from ..text import BoundedWarnings, escaped
 from ..trees import remove_tree, walk
@@ -788,7 +796,11 @@ class Unpacker:
         if force or st.st_mtime_ns != member.mtime_ns:
             os.utime(fd, ns=(member.mtime_ns, member.mtime_ns))
 
-    def _apply_xattrs(self, fd: int, member: Member) -> None:
+    def _apply_xattrs(self, where: int | str, member: Member) -> None:
+        """Give the entry at ``where`` (an open file's descriptor, or a path whose last
+        name is not followed: a symlink's) exactly the member's extended attributes and
+        ACLs."""
+        follow = isinstance(where, int)  # (a descriptor: nothing to follow)
         wanted: dict[str, bytes] = {}
         for key, value in member.pax.items():
             if key.startswith(b"SCHILY.xattr."):
@@ -800,7 +812,10 @@ class Unpacker:
                 except (ValueError, KeyError):
                     self.stats.warnings.append(f"{escaped(member.name)}: unreadable ACL dropped")
         try:
-            current = {n: os.getxattr(fd, n) for n in os.listxattr(fd)}
+            current = {
+                n: os.getxattr(where, n, follow_symlinks=follow)
+                for n in os.listxattr(where, follow_symlinks=follow)
+            }
         except OSError:
             current = {}
         if current == wanted:
@@ -808,11 +823,11 @@ class Unpacker:
         for name in current:
             if name not in wanted:
                 with contextlib.suppress(OSError):
-                    os.removexattr(fd, name)
+                    os.removexattr(where, name, follow_symlinks=follow)
         for name, value in wanted.items():
             if current.get(name) != value:
                 try:
-                    os.setxattr(fd, name, value)
+                    os.setxattr(where, name, value, follow_symlinks=follow)
                 except OSError as exc:
                     self.stats.warnings.append(
                         f"{escaped(member.name)}: extended attribute {escaped(name)} not kept: "
@@ -1245,11 +1260,18 @@ class Unpacker:
                 and st.st_mtime_ns == member.mtime_ns
             )
 
+        # its own extended attributes (security.selinux, trusted.*): by a path that the
+        # kernel resolves from ``parent``, the link itself not followed
+        at = anchored_path(parent, name)
         if self._kept(parts, parent, same):
+            if at:
+                self._apply_xattrs(at, member)
             return
         os.symlink(member.linkname, name, dir_fd=parent)
         if _IS_ROOT:
             os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+        if at:
+            self._apply_xattrs(at, member)
         os.utime(name, ns=(member.mtime_ns, member.mtime_ns), dir_fd=parent, follow_symlinks=False)
 
     def _hardlink(self, parts, member: Member) -> None:

@@ -373,3 +373,47 @@ def test_plain_directories_never_count_against_the_attributes_bound(tmp_path, mo
     acl = [(b"SCHILY.acl.default", b"user::rwx,group::r-x,other::r-x")]
     with pytest.raises(ArchiveTooLarge, match=r"more than 1\.0 MiB of extended attributes"):
         unpack(tmp_path / "t", [Entry(d.name, tarformat.DIRTYPE, pax=acl) for d in dirs])
+
+
+def _symlink_archive(tmp_path, src, number: int) -> bytes:
+    """A full archive of ``src`` as the files task writes it (extended attributes on)."""
+    from pullback.common.archive.writer import ArchiveWriter
+
+    out = tmp_path / f"day{number}.tar"
+    with ArchiveWriter(out, "none") as archive:
+        archive.add_tree(src, "services/app/files/src", xattrs=True)
+        archive.finish()
+    return out.read_bytes()
+
+
+def test_a_symlinks_own_extended_attributes_go_in_and_come_back(tmp_path):
+    """A symlink's own attributes (trusted.*, security.selinux: user.* cannot be set on
+    one) are archived and given back in staging, changed and removed as the client's
+    were (helper-159 F3: dropped, both backends)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    link = src / "current"
+    link.symlink_to("release-1")
+    try:
+        os.setxattr(link, "trusted.onlink", b"on a symlink", follow_symlinks=False)
+    except OSError as exc:  # pragma: no cover - not root, or a file system without them
+        pytest.skip(f"no trusted.* attribute on a symlink here: {exc.strerror}")
+    staged = tmp_path / "s" / "services/app/files/src/current"
+
+    def attrs() -> dict[str, bytes]:
+        return {
+            n: os.getxattr(staged, n, follow_symlinks=False)
+            for n in os.listxattr(staged, follow_symlinks=False)
+            if n.startswith("trusted.")
+        }
+
+    assert unpack_tar(tmp_path / "s", _symlink_archive(tmp_path, src, 1)).warnings == []
+    assert attrs() == {"trusted.onlink": b"on a symlink"}
+    # the same link, its attribute changed: staging keeps the link and takes the value
+    os.setxattr(link, "trusted.onlink", b"changed", follow_symlinks=False)
+    unpack_tar(tmp_path / "s", _symlink_archive(tmp_path, src, 2))
+    assert attrs() == {"trusted.onlink": b"changed"}
+    os.removexattr(link, "trusted.onlink", follow_symlinks=False)
+    unpack_tar(tmp_path / "s", _symlink_archive(tmp_path, src, 3))
+    assert attrs() == {}
+    assert os.readlink(staged) == "release-1"

@@ -206,15 +206,19 @@ class RunningCommand:
         if self._pidfd is None:
             try:
                 self._pidfd = os.pidfd_open(self._proc.pid)
-            except OSError:  # (ended and reaped already, or no pidfd here)
+            except ProcessLookupError:  # ended, and sh reaped it before this opened
+                self._pidfd = _ENDED  # (sh 1.14 often; helper-160 F4: 50 ms each)
+            except OSError:  # (no pidfd here)
                 self._pidfd = -1
         if self._pidfd == _ENDED:
             time.sleep(_ENDED_POLL)
         elif self._pidfd < 0:
             time.sleep(_POLL)
         elif _readable(self._pidfd, _POLL):
-            os.close(self._pidfd)
-            self._pidfd = _ENDED
+            # marked first: a signal between the two must not leave wait's own close to
+            # close the number again, maybe another thread's new file (helper-160 F2)
+            fd, self._pidfd = self._pidfd, _ENDED
+            os.close(fd)
 
     def _sample_memory(self) -> None:
         try:

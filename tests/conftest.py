@@ -42,6 +42,7 @@ TOOL_MODULES = {
     "test_restore_fidelity.py",
     "test_store_deadlines.py",
     "test_attacks_h159.py",
+    "test_attacks_h160.py",
 }
 """Integration modules whose subject is what external tools (restic, borg, rsync, rclone's
 REST server, age, the database engines) and the standard library do with pullback's files (the

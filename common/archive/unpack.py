@@ -639,10 +639,12 @@ class Unpacker:
                 f"{left.inodes_words()} left; min_free_space in {limits.source})"
             )
 
-    def _keep_dir_meta(self, key: int, parts: tuple[str, ...], member: Member) -> None:
-        """Keep a directory's metadata for the end: its xattrs and ACLs only (no other
-        PAX record), values Linux could not hold dropped with a warning, and all
-        directories' together at most MAX_DIR_META bytes. Raises ArchiveTooLarge."""
+    def _holdable(self, member: Member) -> dict[bytes, bytes]:
+        """The member's extended-attribute and ACL records that one Linux inode can
+        hold: a value over 64 KiB (XATTR_SIZE_MAX), and the names past the first 64 KiB
+        (XATTR_LIST_MAX), dropped with a warning. Every kind of entry is bounded so: a
+        hostile member's 30,000 records each cost a setxattr and a warning, on every
+        pull (helper-160 F5)."""
         kept: dict[bytes, bytes] = {}
         names = 0  # bytes of attribute names, as Linux counts them (XATTR_LIST_MAX)
         for name, value in member.pax.items():
@@ -662,6 +664,13 @@ class Unpacker:
                 )
                 break
             kept[name] = value
+        return kept
+
+    def _keep_dir_meta(self, key: int, parts: tuple[str, ...], member: Member) -> None:
+        """Keep a directory's metadata for the end: its xattrs and ACLs only (no other
+        PAX record), values Linux could not hold dropped with a warning, and all
+        directories' together at most MAX_DIR_META bytes. Raises ArchiveTooLarge."""
+        kept = self._holdable(member)
         previous = self._dir_meta.get(key)
         if previous is not None:
             self._dir_meta_bytes -= _meta_size(previous[1])
@@ -683,9 +692,11 @@ class Unpacker:
         self._dir_meta[key] = (parts, compact)
 
     def _check_limits(self, member: Member) -> None:
-        """Count ``member`` against the limits; refuse the old GNU sparse forms.
+        """Count ``member`` against the limits; refuse the old GNU sparse forms and an
+        attribute name no file system holds (a NUL byte in it, helper-160 F1).
 
-        Raises ArchiveTooLarge past a limit, HostileArchive for an old sparse form.
+        Raises ArchiveTooLarge past a limit, HostileArchive for an old sparse form or
+        such a name.
         """
         limits = self.limits
         if limits.max_entries is not None and self.stats.members > limits.max_entries:
@@ -700,6 +711,11 @@ class Unpacker:
         is_delta = member.pax.get(DATA_KEY) == deltaops.DELTA
         self._count_size(member.size + size if is_delta else size)
         self._check_free(member.size)
+        if any(b"\0" in k for k in member.pax if k.startswith(_APPLIED_PAX)):
+            # (no Linux name holds one; os.setxattr raised ValueError: "internal error")
+            raise HostileArchive(
+                f"member {member.name!r} has an extended attribute whose name holds a NUL byte"
+            )
         if any(k.startswith(b"GNU.sparse.") for k in member.pax) and not sparse.is_sparse(
             member.pax
         ):
@@ -802,7 +818,7 @@ class Unpacker:
         ACLs."""
         follow = isinstance(where, int)  # (a descriptor: nothing to follow)
         wanted: dict[str, bytes] = {}
-        for key, value in member.pax.items():
+        for key, value in self._holdable(member).items():
             if key.startswith(b"SCHILY.xattr."):
                 wanted[os.fsdecode(key[len(b"SCHILY.xattr.") :])] = value
             elif key in (b"SCHILY.acl.access", b"SCHILY.acl.default"):

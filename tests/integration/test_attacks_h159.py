@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
-from hypothesis.stateful import run_state_machine_as_test
 
 import tests.helpers.days as days_module
 from tests.helpers.days import HOST, IMAGE, DaysBed, canonical, differences
@@ -756,16 +755,7 @@ class BorgIncrementalDays(days_test.IncrementalDays):
 def test_borg_randomized_days_restore_to_their_day():
     """The days machine (restic only until now) with borg: every stored archive extracts
     to exactly its day (PULLBACK_DAYS_SEED / _EXAMPLES / _STEPS as there)."""
-    try:
-        run_state_machine_as_test(BorgIncrementalDays, settings=BORG_DAYS_SETTINGS)
-    except BaseException as exc:
-        exc.add_note(f"replay with PULLBACK_DAYS_SEED={days_test.SEED}")
-        raise
-    finally:
-        print(
-            f"PULLBACK_DAYS_SEED={days_test.SEED}:",
-            ", ".join(f"{k} {v}" for k, v in days_test.RULES_RUN.items()),
-        )
+    days_test.run_days(BorgIncrementalDays, BORG_DAYS_SETTINGS)
 
 
 @pytest.mark.parametrize("backend", ["borg"])

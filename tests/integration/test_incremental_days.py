@@ -501,15 +501,21 @@ class IncrementalDays(RuleBasedStateMachine):
             self.bed.check_snapshot(snapshot_id, stamp)
 
 
-def test_every_stored_day_restores_to_exactly_that_day():
+def run_days(machine: type[IncrementalDays], chosen: settings = SETTINGS) -> None:
+    """Run the days ``machine``; a failure names the seed that replays it, and the rules
+    run are printed either way."""
     RULES_RUN.clear()
     try:
-        run_state_machine_as_test(IncrementalDays, settings=SETTINGS)
+        run_state_machine_as_test(machine, settings=chosen)
     except BaseException as exc:
         exc.add_note(f"replay with PULLBACK_DAYS_SEED={SEED}")
         raise
     finally:
         print(f"PULLBACK_DAYS_SEED={SEED}:", ", ".join(f"{k} {v}" for k, v in RULES_RUN.items()))
+
+
+def test_every_stored_day_restores_to_exactly_that_day():
+    run_days(IncrementalDays)
 
 
 def test_a_damaged_archive_in_the_chain_makes_the_server_ask_for_a_full(tmp_path):

@@ -197,7 +197,6 @@ def test_borg_diff_lines_are_counted_as_changed_or_removed():
     assert diff_args("web1-a", "web1-b") == [
         "diff",
         "--json-lines",
-        "--numeric-ids",
         "::web1-a",
         "web1-b",
     ]

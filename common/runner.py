@@ -301,9 +301,9 @@ class RunningCommand:
             self.stop(grace=5.0)
             raise
         finally:
-            if self._pidfd is not None and self._pidfd >= 0:
-                os.close(self._pidfd)
-            self._pidfd = None
+            fd, self._pidfd = self._pidfd, None  # (marked first, as in _tick)
+            if fd is not None and fd >= 0:
+                os.close(fd)
         duration = time.monotonic() - self._started
         tail = list(self.tail)
         if code not in self._ok_codes:

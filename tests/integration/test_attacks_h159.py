@@ -439,9 +439,6 @@ def run_days(root: Path, backend: str, seed: int = 159) -> Bed:
             snapshot_id = status["snapshot_id"]
             bed.stored[snapshot_id] = side["stamp"]
             bed.check_day(snapshot_id, side["stamp"], live=True)
-            Path(f"/tmp/h159/problems-{backend}.txt").write_text(
-                "\n".join(story) + "\n\nPROBLEMS:\n" + "\n".join(bed.problems)
-            )
         # every stored snapshot again, at the end, against its own day
         for snapshot_id, stamp in bed.stored.items():
             bed.check_day(snapshot_id, stamp, live=False)

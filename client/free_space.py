@@ -5,13 +5,15 @@ is full).
 ``min_free_space`` (client.yaml) is what a run leaves free in its work and archive
 directories. At the start a run asks for that plus what the last run took there (the
 largest drop of their free space it saw, recorded in ``.client-space.json`` in the archive
-directory), and in the archive directory at least 1.1 times the newest full archive. While
-it writes, :class:`FreeSpaceWatch` looks at both twice a second and stops it below
+directory; only what the run itself held, not what other programs wrote meanwhile), and
+in the archive directory at least 1.1 times the newest full archive. While it writes,
+:class:`FreeSpaceWatch` looks at both twice a second and stops it below
 ``min_free_space``, or below MIN_FREE_INODES inodes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,7 +25,7 @@ from ..common import jsontext
 from ..common.archive import directory as archives
 from ..common.archive.unpack import UnpackLimits
 from ..common.errors import PullbackError
-from ..common.fsutil import MIN_FREE_INODES, Room, atomic_write, room
+from ..common.fsutil import MIN_FREE_INODES, Room, Usage, atomic_write, disk_usage, room
 from ..common.log import get_logger
 from ..common.units import human_size
 from .config import ClientConfig
@@ -151,7 +153,8 @@ def _possible(directory: str, took: object, record: str) -> bool:
 class FreeSpaceWatch:
     """Watches the free space of a run's work and archive directories while it writes
     (:meth:`~pullback.common.signals.SignalGuard.stop_when` calls :meth:`words`), and
-    keeps the largest drop it saw in each for the next run's start (:meth:`record`)."""
+    keeps for the next run's start (:meth:`record`) the largest drop it saw in each, no
+    more than the run itself held there (:meth:`held`)."""
 
     def __init__(self, config: ClientConfig):
         self.config = config
@@ -159,6 +162,8 @@ class FreeSpaceWatch:
         self.start: dict[Path, Room] = {}
         self.lowest: dict[Path, Room] = {}
         """The least free bytes and inodes seen in each directory."""
+        self.own: dict[Path, Usage] = {}
+        """The most the run itself held on each directory's file system (:meth:`held`)."""
         for directory in self.directories:
             try:
                 self.start[directory] = self.lowest[directory] = room(directory)
@@ -197,6 +202,29 @@ class FreeSpaceWatch:
         for directory in self.directories:
             self._look(directory)
 
+    def held(self, *paths: Path) -> None:
+        """Count what the run itself holds now: ``paths`` (its work tree, the archive
+        it writes, its new file cache), each on the file system it is on, and keep the
+        largest sum seen for each directory's. Called when a service's staging is
+        whole and when the archive is: what other programs write meanwhile (a
+        database that grows, logs) is never the run's to ask for (helper-148 F4: a
+        record of it refused every later start, and a refused start wrote none
+        lower). Never raises."""
+        if not self.config.min_free_space:
+            return
+        on: dict[int, Usage] = {}
+        for path in paths:
+            with contextlib.suppress(OSError):
+                device = os.stat(path.parent).st_dev
+                on[device] = on.get(device, Usage()) + disk_usage(path)
+        for directory in self.directories:
+            with contextlib.suppress(OSError):
+                now = on.get(os.stat(directory).st_dev, Usage())
+                most = self.own.get(directory, Usage())
+                self.own[directory] = Usage(
+                    max(most.bytes, now.bytes), max(most.inodes, now.inodes)
+                )
+
     def _look(self, directory: Path) -> Room | None:
         """What the file system of ``directory`` has left (None when it cannot be looked
         at), its free space kept when it is the lowest seen."""
@@ -212,7 +240,8 @@ class FreeSpaceWatch:
 
     def record(self, complete: bool) -> None:
         """Write what the run took in each directory (the largest drop of its free
-        space and of its free inodes seen) to SPACE_FILE, for the next run's start: a
+        space and of its free inodes seen, no more than it held there itself when
+        :meth:`held` counted it) to SPACE_FILE, for the next run's start: a
         ``complete`` run (every enabled service archived, published) sets it; any other
         (stopped, failed, ``run --service``) only raises it, since it may have written
         less than a whole run does. Nothing when ``min_free_space`` is 0. A failure is a warning."""
@@ -221,9 +250,12 @@ class FreeSpaceWatch:
         took: dict[str, dict[str, int]] = {BYTES: {}, INODES: {}}
         for place, start in self.start.items():
             low = self.lowest.get(place, start)
-            took[BYTES][str(place)] = max(0, start.free - low.free)
+            own = self.own.get(place)
+            drop = max(0, start.free - low.free)
+            took[BYTES][str(place)] = drop if own is None else min(drop, own.bytes)
             if start.inodes is not None and low.inodes is not None:
-                took[INODES][str(place)] = max(0, start.inodes - low.inodes)
+                drop = max(0, start.inodes - low.inodes)
+                took[INODES][str(place)] = drop if own is None else min(drop, own.inodes)
         for record, earlier in (last_took(self.config) if not complete else {}).items():
             now = took[record]
             for directory, before in earlier.items():

@@ -388,6 +388,7 @@ class ClientRun:
             with self.guard.stop_when(self.space.words, free_space.EVERY):
                 written = self.write()
             self.space.look()
+            self.hold()
             if written is None:
                 return RunResult(EXIT_FAILED, self.reports)
             self.verify(written)
@@ -495,6 +496,7 @@ class ClientRun:
                     service, self.plugins, self.writer, staging, self.guard, record=self.record
                 )
                 self.reports.append(report)
+                self.hold()  # (its staging whole, beside the archive so far)
                 remove_tree(staging, ignore_errors=True)
                 if report.status == Status.OK:
                     PrefixAdapter(log, service.name).info(
@@ -510,6 +512,12 @@ class ClientRun:
                 log.error("nothing succeeded; no archive was published")
                 return None
             return self.writer.finish()
+
+    def hold(self) -> None:
+        """Count what this run holds on disk now: its work tree, its archive, its new
+        file cache (:meth:`.free_space.FreeSpaceWatch.held`)."""
+        inc = self.writer.incremental
+        self.space.held(self.work, self.tmp, *([inc.cache.new_path] if inc else []))
 
     def complete(self) -> bool:
         """Whether this run archived every enabled service (none failed or left out)."""

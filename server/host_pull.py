@@ -929,6 +929,8 @@ class HostPull:
             f"{stored.snapshot_id} (+{human_size(stored.bytes_added)}){transfer_note(result)}"
         )
         result.warnings.extend(client_warnings(archive))
+        for warning in stored.warnings:
+            self._warn(warning)
         if fetched is not None:
             discard_partial(fetched.path)
 

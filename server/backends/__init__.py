@@ -136,6 +136,9 @@ class StoreResult:
     duration: float
     peak_rss: int = 0
     """Highest resident memory of the restic/borg process that stored it, in bytes."""
+    warnings: tuple[str, ...] = ()
+    """What the tool warned of while it stored the snapshot (borg's exit 1), in words
+    fit for a report."""
 
 
 class Backend(Protocol):

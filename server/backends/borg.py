@@ -88,6 +88,24 @@ def create_args(host: str, spec: SnapshotSpec, extra: Sequence[str] = ()) -> lis
     ]
 
 
+MAX_WARNED_LINES = 3
+"""Lines of borg's own warnings a pull's report keeps (the last; each of at most
+MAX_WARNED_LINE characters): they name staged files, which the client named."""
+MAX_WARNED_LINE = 300
+
+
+def create_warnings(ran: CommandResult) -> str:
+    """What ``borg create`` ending with exit 1 means, in words for the pull's report:
+    it stored the archive, but warned (a staged file it could not read, or one that
+    changed as it read it), so the snapshot may lack what it names; its last
+    MAX_WARNED_LINES lines, :func:`printable`."""
+    said = [printable(line, MAX_WARNED_LINE) for line in ran.tail if line.strip()]
+    return (
+        "borg create ended with warnings (exit 1): the snapshot was stored, but may lack "
+        f"what they name: {'; '.join(said[-MAX_WARNED_LINES:]) or '(none said)'}"
+    )
+
+
 def delete_args(names: list[str]) -> list[str]:
     """Delete the archives ``names`` (of one repository) in one call."""
     return ["delete", f"::{names[0]}", *names[1:]]
@@ -367,7 +385,8 @@ class BorgBackend(RepositoryBackend):
         if archive.get("name") != name:
             raise IncompleteStore(f"borg reported an unexpected archive for {name}")
         added = int(archive.get("stats", {}).get("deduplicated_size", 0))
-        return StoreResult(name, added, time.monotonic() - started, ran.peak_rss)
+        warned = (create_warnings(ran),) if ran.exit_code == 1 else ()
+        return StoreResult(name, added, time.monotonic() - started, ran.peak_rss, warned)
 
     def unlock(self) -> str:
         return ""  # borg removes a dead process's lock itself (BORG_HOSTNAME_IS_UNIQUE)

@@ -35,6 +35,8 @@ class FakeBackend:
     fail_snapshots: BaseException | None = None
     fail_check: BaseException | None = None
     fail_store: BaseException | None = None
+    store_warnings: tuple[str, ...] = ()
+    """What the fake tool warns of as it stores (borg's exit 1)."""
     fail_size: BaseException | None = None
     store_timeouts: list[float] = field(default_factory=list)
     read_all: list[bool] = field(default_factory=list)
@@ -85,7 +87,7 @@ class FakeBackend:
         if self.copies is not None:
             self.trees[snapshot_id] = self.copies / snapshot_id
             shutil.copytree(staging, self.trees[snapshot_id], symlinks=True)
-        return StoreResult(snapshot_id, len(manifest), 0.1, 1000)
+        return StoreResult(snapshot_id, len(manifest), 0.1, 1000, self.store_warnings)
 
     def unlock(self) -> str:
         self.events.append("unlock")

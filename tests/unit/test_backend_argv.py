@@ -520,3 +520,20 @@ def test_a_restic_panic_is_said_as_a_crash_with_the_error_before_it(tmp_path):
 def test_restic_forget_removes_exactly_the_planned_ids():
     """forget asks restic's policy with --dry-run first, then removes those ids."""
     assert restic.forget_ids_args(["a1b2c3d4", "e5f6a7b8"]) == ["forget", "a1b2c3d4", "e5f6a7b8"]
+
+
+def test_borgs_warnings_are_said_in_three_short_printable_lines():
+    """borg's warnings name staged files, which a client named: the report keeps the
+    last MAX_WARNED_LINES of them, each of at most MAX_WARNED_LINE characters, with no
+    line breaks or terminal escapes of their own."""
+    from pullback.common.runner import CommandResult
+    from pullback.server.backends.borg import MAX_WARNED_LINE, create_warnings
+
+    hostile = "services/app/" + "\x1b[2J\nforged line " * 1000 + ": changed while read"
+    tail = [f"line {i}" for i in range(17)] + ["", hostile, "last"]
+    said = create_warnings(CommandResult("borg create", 1, 1.0, tail))
+    assert "line 15" not in said and "line 16; " in said and said.endswith("; last")
+    assert "\n" not in said and "\x1b" not in said and "\\x1b[2J\\nforged" in said
+    assert len(said) < 200 + 3 * MAX_WARNED_LINE
+    nothing = create_warnings(CommandResult("borg create", 1, 1.0, []))
+    assert nothing.endswith("what they name: (none said)")

@@ -312,6 +312,7 @@ class SpyNotifier:
 
     def finish(self, ok: bool, title: str, body: str) -> list[str]:
         self.calls.append(f"finish ok={ok}")
+        self.body = body
         return []
 
 
@@ -331,6 +332,18 @@ def publish_one(client: FakeClient) -> Path:
     when = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
     tar = build_tar([Entry("services/app/files/a.txt", data=b"alpha\n")])
     return publish(client.archive_dir, "web1", tar, when)
+
+
+def test_what_the_tool_warned_of_as_it_stored_goes_in_the_report(config, backend, client):
+    """borg's exit 1 (it stored, but warned: tests/integration/test_borg_warnings.py)
+    was said only in the log; the report and its mail say it beside "stored"."""
+    publish_one(client)
+    backend.store_warnings = ("borg create ended with warnings (exit 1): x",)
+    pull = make_pull(config, backend, client)
+    result = pull.run()
+    assert result.status == Status.STORED, result.reason
+    assert result.warnings == list(backend.store_warnings)
+    assert pull.notifier.body.endswith("\nborg create ended with warnings (exit 1): x")
 
 
 def test_a_new_archive_is_fetched_unpacked_stored_and_marked(config, backend, client, tmp_path):

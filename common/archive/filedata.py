@@ -53,8 +53,16 @@ class Content:
     note: str | None = None
     """Why the file is worth a warning (it changed while read)."""
     holes: int = 0
-    """Bytes of the file's holes (counted also when it has too many regions to travel
-    sparse, and goes whole)."""
+    """Bytes of the file's holes (counted also where its regions take small holes as
+    data: :func:`.sparse.data_map`)."""
+
+    @property
+    def merged_holes(self) -> bool:
+        """Whether its map takes some of its holes as data (it has more regions than a
+        map may list: :func:`.sparse.data_map`)."""
+        if self.regions is None:
+            return False
+        return self.holes > self.stat.st_size - sum(r.length for r in self.regions)
 
     @property
     def size(self) -> int:
@@ -65,11 +73,9 @@ class Content:
 def _read_once(fd: int) -> tuple[Content, os.stat_result]:
     before = os.fstat(fd)
     maybe_sparse = before.st_blocks * 512 < before.st_size
-    regions, holes = (
-        sparse.data_map(fd, before.st_size, sparse.MAX_REGIONS) if maybe_sparse else (None, 0)
-    )
-    if regions is not None and len(regions) > sparse.MAX_REGIONS:
-        regions = None  # archived whole: a map that long would be refused
+    # (one region less than a map may list: the end mark may follow)
+    most = sparse.MAX_REGIONS - 1
+    regions, holes = sparse.data_map(fd, before.st_size, most) if maybe_sparse else (None, 0)
     if regions is None:
         if before.st_size > REREAD_LIMIT:
             return Content(before, holes=holes), before

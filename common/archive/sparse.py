@@ -28,8 +28,9 @@ from ..errors import ArchiveError
 
 BLOCK = 512
 MAX_REGIONS = 1 << 16
-"""Regions a map may list: a file with more is archived whole (zeros included), and a map
-that lists more is refused. This bounds what a hostile map costs to about 10 MB."""
+"""Regions a map may list: a file with more is archived with its smallest holes taken as
+data (:func:`data_map`), and a map that lists more is refused. This bounds what a hostile
+map costs to about 10 MB."""
 _ZEROS = bytes(1 << 20)
 
 MAJOR, MINOR, NAME, REALSIZE = (
@@ -58,13 +59,17 @@ def data_regions(fd: int, size: int) -> list[Region] | None:
 
 
 def data_map(fd: int, size: int, most: int | None = None) -> tuple[list[Region] | None, int]:
-    """The regions of ``fd`` that hold data (as :func:`data_regions` gives them) and the
-    bytes of its holes. Past ``most`` regions the rest are counted, not kept, and the
-    regions are None: a file with a hole in every page (InnoDB's page compression makes
-    them) costs its ``lseek`` calls, not a list of millions. Holes are 0 when the file
-    system cannot tell."""
+    """The regions of ``fd`` that hold data (as :func:`data_regions` gives them, the end
+    mark included) and the bytes of its holes. Past ``most`` regions neighbours are
+    merged, the smallest holes between them first (taken as data: zeros), so that at
+    most ``most`` are kept (and the end mark): a file with a hole in every page (InnoDB's
+    page compression makes them) or a VM image of 100,000 extents costs its ``lseek``
+    calls and a list of ``most``, never one of millions, and still travels without its
+    larger holes (helper-157 F3: such a file travelled whole, and the server wrote every
+    hole as zeros). ``most=0`` keeps none: the regions are None, the holes counted.
+    Holes are 0 when the file system cannot tell; counted exactly either way."""
     regions: list[Region] = []
-    kept = True
+    gap = 0  # holes of at most this many bytes between two regions are taken as data
     data = offset = 0
     try:
         while offset < size:
@@ -73,9 +78,11 @@ def data_map(fd: int, size: int, most: int | None = None) -> tuple[list[Region] 
                 break
             end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
             data += end - start
-            if kept:
-                regions.append(Region(start, end - start))
-                kept = most is None or len(regions) <= most
+            if most != 0:
+                regions = _merged(regions, gap, Region(start, end - start))
+                while most is not None and len(regions) > most:
+                    gap = gap * 2 or MERGED_HOLE
+                    regions = _merged(regions[:1], gap, *regions[1:])
             offset = end
     except OSError as exc:
         if exc.errno == errno.ENXIO:  # no data after offset: the rest is a hole
@@ -88,11 +95,28 @@ def data_map(fd: int, size: int, most: int | None = None) -> tuple[list[Region] 
         os.lseek(fd, 0, os.SEEK_SET)
     if data >= size:
         return None, 0  # no hole at all
-    if not kept:
+    if most == 0:
         return None, size - data
     if not regions or regions[-1].offset + regions[-1].length < size:
         regions.append(Region(size, 0))
     return regions, size - data
+
+
+MERGED_HOLE = 4096
+"""The largest hole :func:`data_map` first takes as data when a file has too many
+regions (a page); doubled until the regions are few enough."""
+
+
+def _merged(regions: list[Region], gap: int, *more: Region) -> list[Region]:
+    """``regions`` (in place) with ``more`` after them, each one whose hole from the
+    region before is at most ``gap`` bytes taken into that region (the hole as data)."""
+    for region in more:
+        last = regions[-1] if regions else None
+        if last is not None and gap and region.offset - (last.offset + last.length) <= gap:
+            regions[-1] = Region(last.offset, region.offset + region.length - last.offset)
+        else:
+            regions.append(region)
+    return regions
 
 
 def encode_map(regions: list[Region]) -> bytes:

@@ -859,7 +859,11 @@ class Unpacker:
         into a hole fills it. Raises HostileArchive for a bad map."""
         parent = self._dir(parts[:-1])
         name = parts[-1]
-        realsize = _apparent_size(member)
+        _apparent_size(member)  # (its numbers checked)
+        # the file's size is its realsize, never the member's data when that is larger
+        # (the map and the data of a file whose only hole is a short tail: the file
+        # came out longer, and the whole archive was refused)
+        realsize = int(member.pax.get(sparse.REALSIZE) or 0)
         try:
             data = sparse.SparseData(chunks, member.size, realsize)
             fd = self._same_regions(parent, name, data.regions, realsize)

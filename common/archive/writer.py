@@ -1113,11 +1113,10 @@ class ArchiveWriter:
         chunk list (None below CHUNKED_FROM or without a cache)."""
         inc = self.incremental
         content = file.content
-        # a file of more regions than a map may list goes whole, zeros included: never
-        # as a change stream, whose zeros would be literals, spooled here uncompressed
-        # and counted by the server twice (helper-157 F6)
-        too_many_regions = content.holes > 0 and content.regions is None
-        delta_from = old if inc is not None and inc.delta and not too_many_regions else None
+        # a file of more regions than a map may list, its small holes taken as data, goes
+        # whole: never as a change stream, whose zeros would be literals, spooled here
+        # uncompressed and counted by the server twice (helper-157 F6)
+        delta_from = old if inc is not None and inc.delta and not content.merged_holes else None
         if content.regions is not None:
             return self._add_sparse_content(file, delta_from)
         if content.data is None:

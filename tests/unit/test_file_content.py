@@ -160,6 +160,30 @@ def test_a_sparse_file_is_unpacked_sparse(tmp_path):
     assert copy.stat().st_size == 32 * MIB and copy.stat().st_blocks * 512 < MIB
 
 
+@pytest.mark.parametrize("tail", [1, 100, 511])
+def test_a_file_whose_only_hole_is_a_short_tail_unpacks_at_its_size(tmp_path, tail):
+    """``truncate -s +100`` on a file of whole pages leaves its last 100 bytes a hole:
+    the member's map and data (512 + 8192 bytes) are more than the file (8292), the
+    unpacker made the file that long, and the host's whole archive was refused (any
+    user of a client could stop its backups so). GNU tar, the format's oracle, extracts
+    it at its size, as the unpacker now does."""
+    source = tmp_path / "src"
+    source.mkdir()
+    grown = source / "grown"
+    with open(grown, "wb") as handle:
+        handle.write(b"a" * 8192)
+        handle.truncate(8192 + tail)  # (the last block never written)
+    assert grown.stat().st_blocks * 512 < grown.stat().st_size  # (it has a hole)
+    archive, _ = archive_of(tmp_path, source)
+    out = tmp_path / "gnu"
+    out.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(out)], check=True)
+    assert (out / "services/app/files/grown").stat().st_size == 8192 + tail
+    unpack_into(tmp_path / "staging", archive, "none")
+    copy = tmp_path / "staging/services/app/files/grown"
+    assert copy.stat().st_size == 8192 + tail and sha(copy) == sha(grown)
+
+
 def unpack_into(staging: Path, archive: Path, compression: str = "zstd"):
     """The statistics of ``archive`` unpacked over ``staging``."""
     from pullback.common.archive.reader import TarStream
@@ -655,24 +679,37 @@ def test_a_file_read_short_is_padded_with_zeros_and_says_why(tmp_path, monkeypat
     ]
 
 
-def test_a_data_map_past_its_bound_counts_the_holes_and_keeps_no_regions(tmp_path):
+def test_a_data_map_past_its_bound_merges_its_smallest_holes_and_counts_them_all(tmp_path):
     """A file with more regions than the map may list (InnoDB's page compression punches
-    a hole in every page) is counted, not listed: its holes exactly, its regions None
-    (it travels whole), and the list never grows past the bound."""
+    a hole in every page; a VM image of 100,000 extents) travelled whole, and the server
+    wrote every hole as zeros (helper-157 F3). Past the bound neighbours are merged, the
+    smallest holes first (taken as data), the large holes kept; the holes are still
+    counted exactly, and ``most=0`` lists none."""
     path = tmp_path / "punched"
     with open(path, "wb") as handle:
-        for i in range(10):
-            handle.seek(i * MIB)
-            handle.write(b"x")
-        handle.truncate(10 * MIB + MIB // 2)
+        for i in range(20):  # 20 pages, a page apart: holes of 4 KiB
+            handle.seek(i * 8192)
+            handle.write(b"x" * 4096)
+        for i in range(10):  # then ten, 1 MiB apart
+            handle.seek(8 * MIB + i * MIB)
+            handle.write(b"y")
+        handle.truncate(20 * MIB)
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
         listed, holes = sparse.data_map(fd, size)
-        assert listed is not None and len(listed) == 11  # ten regions and the end mark
-        assert holes == size - sum(r.length for r in listed) > 9 * MIB
-        assert sparse.data_map(fd, size, most=3) == (None, holes)
-        assert sparse.data_map(fd, size, most=10)[0] == listed
+        assert listed is not None and len(listed) == 31  # thirty regions and the end mark
+        assert holes == size - sum(r.length for r in listed) > 18 * MIB
+        merged, counted = sparse.data_map(fd, size, most=11)
+        assert counted == holes  # (the holes taken as data still count as holes)
+        # the 4 KiB holes merged into one region; the 1 MiB holes kept
+        assert merged == [sparse.Region(0, 39 * 4096), *listed[20:]]
+        fewer, _ = sparse.data_map(fd, size, most=3)
+        assert fewer is not None and len(fewer) <= 4 and fewer[-1] == sparse.Region(size, 0)
+        covered = {o for r in fewer for o in range(r.offset, r.offset + r.length, 4096)}
+        assert all(r.offset in covered for r in listed[:-1])  # every byte of data in it
+        assert sparse.data_map(fd, size, most=0) == (None, holes)
+        assert sparse.data_map(fd, size, most=30)[0] == listed
         assert os.lseek(fd, 0, os.SEEK_CUR) == 0
     finally:
         os.close(fd)

@@ -205,6 +205,12 @@ def _leaves(old: str, new: str) -> bool:
     return downgrade or before.netloc.lower() != after.netloc.lower()
 
 
+def _due(target: NtfyConfig | GotifyConfig | None, ok: bool) -> bool:
+    """Whether ``target`` (configured or None) is messaged at the end of a run that ended
+    ``ok`` (or not): on failure always, on success with ``when: always``."""
+    return target is not None and (not ok or target.when == "always")
+
+
 class Notifier:
     """Sends the start and end notifications of one run (or of one host)."""
 
@@ -221,6 +227,14 @@ class Notifier:
                 {},
                 self.config.timeout,
             )
+
+    def sends(self, ok: bool) -> bool:
+        """Whether :meth:`finish` sends anything for a run that ended ``ok`` (or not):
+        a caller with nothing to show makes no body for none."""
+        config = self.config
+        if config is None:
+            return False
+        return bool(config.healthchecks) or _due(config.ntfy, ok) or _due(config.gotify, ok)
 
     def finish(self, ok: bool, title: str, body: str) -> list[str]:
         """Ping and message whoever is configured that the run ended (``ok`` or not).
@@ -240,10 +254,10 @@ class Notifier:
             if not _send(what, url, body.encode(), headers, config.timeout):
                 missed.append("healthchecks ping")
         ntfy, gotify = config.ntfy, config.gotify
-        if ntfy and (not ok or ntfy.when == "always"):
+        if ntfy and _due(ntfy, ok):
             ok_sent = self._ntfy(ntfy, ok, title, body, config.timeout)
             missed += [] if ok_sent else ["ntfy message"]
-        if gotify and (not ok or gotify.when == "always"):
+        if gotify and _due(gotify, ok):
             ok_sent = self._gotify(gotify, ok, title, body, config.timeout)
             missed += [] if ok_sent else ["gotify message"]
         return missed

@@ -144,3 +144,30 @@ def test_a_client_mail_that_cannot_be_made_is_not_sent_and_the_pings_still_go(tm
     run = outputs.RunSummary(ok=False, duration=1.0, error="a service failed")
     assert outputs.finish(config, notifier, run) == ["mail not sent"]
     assert [r.path for r in sink.requests] == ["/hc/fail"]
+
+
+@pytest.mark.parametrize("ok", [True, False])
+@pytest.mark.parametrize("configured", ["none", "ping", "ntfy-failure", "gotify-always"])
+def test_a_notifier_says_it_sends_exactly_when_its_finish_sends(sink, tmp_path, ok, configured):
+    """A pull renders its summary only for someone who gets it (0.06 s a pull): sends()
+    must be True exactly when finish() makes a request (the loopback server counts)."""
+    from pullback.common.notify import GotifyConfig
+
+    token = tmp_path / "gotify-token"
+    token.write_text("t0ken\n")
+    token.chmod(0o600)
+    config = {
+        "none": None,
+        "ping": NotifyConfig(f"{sink.url}/ping", None, None, 5),
+        "ntfy-failure": NotifyConfig(None, NtfyConfig(f"{sink.url}/t", None, "failure"), None, 5),
+        "gotify-always": NotifyConfig(
+            None, None, GotifyConfig(f"{sink.url}/g", token, 5, "always"), 5
+        ),
+    }[configured]
+    notifier = Notifier(config, "pull")
+    said = notifier.sends(ok)
+    assert notifier.finish(ok, "pullback: done", "body") == []
+    assert said == bool([r for r in sink.requests if r.method == "POST"])
+    assert said == (
+        configured in ("ping", "gotify-always") or (configured == "ntfy-failure" and not ok)
+    )

@@ -135,6 +135,9 @@ def main(argv: list[str]) -> int:
     except sqlite3.Error as exc:
         print(explain(source, exc), file=sys.stderr)
         return 1
+    except OSError as exc:  # (an I/O error reading it: words, not a traceback)
+        print(f"cannot read {source}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -98,3 +98,23 @@ def test_the_live_copy_never_runs_code_planted_where_root_stands(tmp_path, monke
     _copy_live(task, str(live), copy)
     assert not marker.exists(), "the planted module ran"
     assert sqlite3.connect(copy).execute("SELECT x FROM t").fetchall() == [(42,)]
+
+
+def test_an_io_error_reading_the_database_is_said_in_words(tmp_path, monkeypatch, capsys):
+    """An ``lseek`` that failed with EIO (a failing disk) ended the copy with a Python
+    traceback as the task's last line; now its words, exit 1."""
+    import errno
+
+    from pullback.plugins import sqlite_copy
+
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).execute("create table t (x)").connection.close()
+
+    def eio(*_, **__):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(sqlite_copy.sparse, "data_map", eio)
+    assert sqlite_copy.main([str(db), str(tmp_path / "copy.db"), "1000"]) == 1
+    said = capsys.readouterr().err
+    assert said == f"cannot read {db}: Input/output error\n"
+    assert not (tmp_path / "copy.db").exists()

@@ -7,16 +7,8 @@ import pytest
 
 from pullback.common.archive import tarformat
 from tests.helpers.archives import Entry, build_tar, publish
-from tests.helpers.fleet import Fleet
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    yield fleet
-    fleet.stop()
 
 
 @pytest.mark.parametrize("kind", ["symlink", "file"])

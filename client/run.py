@@ -382,13 +382,13 @@ class ClientRun:
         log.info("run %s: %d service(s): %s", self.stamp, len(self.services), names)
         cache = self.plan_incremental()
         complete = False  # (every enabled service archived and published)
+        kept: tuple[Path, ...] = ()  # (what the run leaves in the archive directory)
         try:
             # (only while it writes: a stop once the archive is made gains no space, and
             # one raised as its publish ends said "nothing published" of a published one)
             with self.guard.stop_when(self.space.words, free_space.EVERY):
                 written = self.write()
             self.space.look()
-            self.hold()
             if written is None:
                 return RunResult(EXIT_FAILED, self.reports)
             self.verify(written)
@@ -397,6 +397,7 @@ class ClientRun:
                 cache.finish(self.name, written.manifest_sha256)
             with self.guard.shielded():
                 published = archives.publish(self.tmp, sidecar, self.config.archive_dir)
+                kept = (published, published.with_name(published.name + ".json"))
                 if cache is not None:
                     cache.swap()  # after the archive: a crash between keeps the old base
             complete = self.complete()
@@ -409,7 +410,7 @@ class ClientRun:
             if cache is not None:
                 cache.close()
             remove_tree(self.work, ignore_errors=True)
-            self.space.record(complete)
+            self.space.record(complete, kept)
         log.info(
             "published %s (%s, %d files, %s of data) in %s",
             published.name,
@@ -496,7 +497,7 @@ class ClientRun:
                     service, self.plugins, self.writer, staging, self.guard, record=self.record
                 )
                 self.reports.append(report)
-                self.hold()  # (its staging whole, beside the archive so far)
+                self.space.look()  # (its staging whole: a peak the half-second looks miss)
                 remove_tree(staging, ignore_errors=True)
                 if report.status == Status.OK:
                     PrefixAdapter(log, service.name).info(
@@ -512,12 +513,6 @@ class ClientRun:
                 log.error("nothing succeeded; no archive was published")
                 return None
             return self.writer.finish()
-
-    def hold(self) -> None:
-        """Count what this run holds on disk now: its work tree, its archive, its new
-        file cache (:meth:`.free_space.FreeSpaceWatch.held`)."""
-        inc = self.writer.incremental
-        self.space.held(self.work, self.tmp, *([inc.cache.new_path] if inc else []))
 
     def complete(self) -> bool:
         """Whether this run archived every enabled service (none failed or left out)."""

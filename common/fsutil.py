@@ -107,6 +107,24 @@ def _fallocate():
     return function
 
 
+def sync_filesystem(path: str | os.PathLike) -> None:
+    """Write out the file system holding ``path`` (``syncfs(2)``): space a removal freed
+    shows in ``statvfs`` on btrfs only once its transaction commits. Never raises (a
+    failure leaves the figures as they were)."""
+    import ctypes
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).syncfs(fd)
+    except (OSError, AttributeError):
+        pass
+    finally:
+        os.close(fd)
+
+
 def make_hole(fd: int, offset: int, length: int) -> bool:
     """Make ``length`` bytes of ``fd`` from ``offset`` read as zeros, without moving the
     file's size and without allocating: a hole punched (``fallocate(2)``,
@@ -237,35 +255,14 @@ def writable_or_creatable(path: Path) -> bool:
     return existing == path and os.access(path, os.W_OK)
 
 
-@dataclass(frozen=True)
-class Usage:
-    """What a file or a tree takes of its file system (:func:`disk_usage`)."""
-
-    bytes: int = 0
-    """Bytes allocated (a hard-linked file counted at each name)."""
-    inodes: int = 0
-    """Entries (files, directories, links)."""
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(self.bytes + other.bytes, self.inodes + other.inodes)
-
-
-def disk_usage(path: Path) -> Usage:
-    """What ``path`` (a file, or a directory with everything below it, links never
-    followed) takes on disk; nothing when it is missing. Entries that go while it is
-    counted are left out; never raises."""
-    try:
-        top = os.lstat(path)
-    except OSError:
-        return Usage()
-    total = Usage(top.st_blocks * 512, 1)
-    if not stat.S_ISDIR(top.st_mode):
-        return total
-    for directory, dirs, files in walk(path):
-        for name in dirs + files:
+def directory_size(path: Path) -> int:
+    """Bytes the files below ``path`` occupy on disk."""
+    total = 0
+    for directory, _, files in walk(path):
+        for name in files:
             try:
-                total += Usage(os.lstat(os.path.join(directory, name)).st_blocks * 512, 1)
-            except OSError:
+                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+            except FileNotFoundError:
                 continue
     return total
 

@@ -42,7 +42,7 @@ from ..common.archive.unpack import (
 from ..common.errors import ArchiveError, LocalArchiveError
 from ..common.fsutil import (
     atomic_write,
-    disk_usage,
+    directory_size,
     free_bytes,
     remove_tree_contents,
     write_all,
@@ -255,7 +255,7 @@ class _Download:
         every file again (the partial download, if kept, is not fetched again)."""
         staging = self.ctx.staging
         baseindex.drop(staging)
-        used = disk_usage(staging).bytes
+        used = directory_size(staging)
         if remove_tree_contents(staging):
             self.ctx.log.info(
                 "emptied the staging tree (%s): %s was not applied",

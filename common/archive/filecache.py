@@ -158,8 +158,7 @@ class FileCache:
         self.directory = directory
         self.host = host
         self.path = directory / CACHE_NAME
-        self.new_path = directory / (CACHE_NAME + ".new")
-        """The new cache while a run writes it (:meth:`swap` renames it to ``path``)."""
+        self._new_path = directory / (CACHE_NAME + ".new")
         self._old: sqlite3.Connection | None = None
         self._rows: OrderedLookup | None = None
         self._new: sqlite3.Connection | None = None
@@ -237,8 +236,8 @@ class FileCache:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.directory, 0o700)
         with contextlib.suppress(FileNotFoundError):
-            self.new_path.unlink()
-        db = sqlite3.connect(self.new_path, isolation_level=None)
+            self._new_path.unlink()
+        db = sqlite3.connect(self._new_path, isolation_level=None)
         db.executescript(
             """
             PRAGMA journal_mode=DELETE;
@@ -304,7 +303,7 @@ class FileCache:
         self._carry_states(db)  # (ATTACH cannot be inside a transaction)
         db.close()
         self._new = None
-        with open(self.new_path, "rb") as handle:
+        with open(self._new_path, "rb") as handle:
             os.fsync(handle.fileno())
 
     def _carry_states(self, db: sqlite3.Connection) -> None:
@@ -316,8 +315,8 @@ class FileCache:
     def swap(self) -> None:
         """Put the finished new cache in place of the old one."""
         self.close()
-        if self.new_path.exists():
-            os.rename(self.new_path, self.path)
+        if self._new_path.exists():
+            os.rename(self._new_path, self.path)
             fsync_dir(self.directory)
 
     def close(self) -> None:
@@ -332,7 +331,7 @@ class FileCache:
                 self._new.close()
             self._new = None
             with contextlib.suppress(FileNotFoundError):
-                self.new_path.unlink()
+                self._new_path.unlink()
 
 
 def drop(directory: Path) -> None:

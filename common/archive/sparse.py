@@ -60,16 +60,16 @@ def data_regions(fd: int, size: int) -> list[Region] | None:
 
 def data_map(fd: int, size: int, most: int | None = None) -> tuple[list[Region] | None, int]:
     """The regions of ``fd`` that hold data (as :func:`data_regions` gives them, the end
-    mark included) and the bytes of its holes. Past ``most`` regions neighbours are
-    merged, the smallest holes between them first (taken as data: zeros), so that at
-    most ``most`` are kept (and the end mark): a file with a hole in every page (InnoDB's
+    mark included) and the bytes of its holes. Past ``most`` regions the smallest holes
+    between them are taken as data (zeros; the earliest of equal ones first), as few as
+    make ``most`` regions (and the end mark): a file with a hole in every page (InnoDB's
     page compression makes them) or a VM image of 100,000 extents costs its ``lseek``
-    calls and a list of ``most``, never one of millions, and still travels without its
-    larger holes (helper-157 F3: such a file travelled whole, and the server wrote every
-    hole as zeros). ``most=0`` keeps none: the regions are None, the holes counted.
-    Holes are 0 when the file system cannot tell; counted exactly either way."""
+    calls and a list of at most twice ``most``, never one of millions, and still
+    travels without its other holes (helper-157 F3: such a file travelled whole, and the
+    server wrote every hole as zeros). ``most=0`` keeps none: the regions are None, the
+    holes counted. Holes are 0 when the file system cannot tell; counted exactly either
+    way."""
     regions: list[Region] = []
-    gap = 0  # holes of at most this many bytes between two regions are taken as data
     data = offset = 0
     try:
         while offset < size:
@@ -79,10 +79,9 @@ def data_map(fd: int, size: int, most: int | None = None) -> tuple[list[Region] 
             end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
             data += end - start
             if most != 0:
-                regions = _merged(regions, gap, Region(start, end - start))
-                while most is not None and len(regions) > most:
-                    gap = gap * 2 or MERGED_HOLE
-                    regions = _merged(regions[:1], gap, *regions[1:])
+                regions.append(Region(start, end - start))
+                if most is not None and len(regions) >= 2 * most:
+                    regions = _fewer(regions, most)
             offset = end
     except OSError as exc:
         if exc.errno == errno.ENXIO:  # no data after offset: the rest is a hole
@@ -97,26 +96,31 @@ def data_map(fd: int, size: int, most: int | None = None) -> tuple[list[Region] 
         return None, 0  # no hole at all
     if most == 0:
         return None, size - data
+    if most is not None:
+        regions = _fewer(regions, most)
     if not regions or regions[-1].offset + regions[-1].length < size:
         regions.append(Region(size, 0))
     return regions, size - data
 
 
-MERGED_HOLE = 4096
-"""The largest hole :func:`data_map` first takes as data when a file has too many
-regions (a page); doubled until the regions are few enough."""
-
-
-def _merged(regions: list[Region], gap: int, *more: Region) -> list[Region]:
-    """``regions`` (in place) with ``more`` after them, each one whose hole from the
-    region before is at most ``gap`` bytes taken into that region (the hole as data)."""
-    for region in more:
-        last = regions[-1] if regions else None
-        if last is not None and gap and region.offset - (last.offset + last.length) <= gap:
-            regions[-1] = Region(last.offset, region.offset + region.length - last.offset)
+def _fewer(regions: list[Region], most: int) -> list[Region]:
+    """``regions`` made ``most`` (when more) by taking the smallest holes between them
+    as data, each joining the two regions around it; of equal holes the earliest."""
+    excess = len(regions) - most
+    if excess <= 0:
+        return regions
+    ends = [r.offset + r.length for r in regions]
+    gaps = sorted(range(1, len(regions)), key=lambda i: (regions[i].offset - ends[i - 1], i))
+    joined = set(gaps[:excess])  # (region i joins the one before it)
+    fewer = [regions[0]]
+    for index in range(1, len(regions)):
+        region = regions[index]
+        if index in joined:
+            last = fewer[-1]
+            fewer[-1] = Region(last.offset, region.offset + region.length - last.offset)
         else:
-            regions.append(region)
-    return regions
+            fewer.append(region)
+    return fewer
 
 
 def encode_map(regions: list[Region]) -> bytes:

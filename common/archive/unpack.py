@@ -220,12 +220,13 @@ def _apparent_size(member: Member) -> int:
     for key in _SPARSE_SIZE_KEYS:
         value = member.pax.get(key)
         if value is not None:
-            try:
-                size = max(size, int(value))
-            except ValueError:
+            # (digits alone: int() took "-1", which the larger of it and the data hid,
+            # and the file was then truncated to it: helper-161 F1)
+            if not (0 < len(value) <= 19 and set(value) <= _DECIMAL):
                 raise HostileArchive(
                     f"member {member.name!r} has a sparse size that is not a number"
-                ) from None
+                )
+            size = max(size, int(value))
     if size < 0:
         raise HostileArchive(f"member {member.name!r} has a negative size")
     if size > MAX_FILE_SIZE:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ...common.errors import CommandError
-from ...common.fsutil import disk_usage
+from ...common.fsutil import directory_size
 from ...common.locks import FileLock
 from ...common.runner import CommandResult, Runner
 from ...common.text import printable
@@ -295,7 +295,7 @@ class RepositoryBackend(ABC):
         """Bytes the repository occupies."""
         local = local_path(self.repository())
         if local is not None:
-            return disk_usage(local).bytes
+            return directory_size(local)
         return self.remote_size()
 
     @abstractmethod

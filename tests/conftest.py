@@ -43,6 +43,8 @@ TOOL_MODULES = {
     "test_store_deadlines.py",
     "test_attacks_h159.py",
     "test_attacks_h160.py",
+    "test_attacks_h161.py",
+    "test_borg_warnings.py",
 }
 """Integration modules whose subject is what external tools (restic, borg, rsync, rclone's
 REST server, age, the database engines) and the standard library do with pullback's files (the
@@ -52,8 +54,9 @@ releases (test_remote_backends also needs moto's S3 server, a test dependency th
 lacks). Among them restic on backup-suite's adopted repositories, on gone ones and at
 maintenance locations (with rclone's), and helper-95's attack on the engines' database
 restores (2.8 min of the Debian pass together), and rclone's REST stores that stall behind
-a proxy (copy and maintenance time limits), and helper-159's borg days (restores
-compared by rsync and GNU tar, 3 min). The Debian pass (Debian 12's paramiko,
+a proxy (copy and maintenance time limits), helper-159's borg days (restores
+compared by rsync and GNU tar, 3 min), helper-161's sparse files against GNU tar and
+disks filled by a run, and borg's warnings. The Debian pass (Debian 12's paramiko,
 PyYAML, jsonschema, pluggy, Jinja2) runs every other module but ONCE_MODULES."""
 ONCE_MODULES = {
     "test_incremental_days.py",

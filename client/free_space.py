@@ -24,7 +24,14 @@ from ..common import jsontext
 from ..common.archive import directory as archives
 from ..common.archive.unpack import UnpackLimits
 from ..common.errors import PullbackError
-from ..common.fsutil import MIN_FREE_INODES, Room, atomic_write, room, sync_filesystem
+from ..common.fsutil import (
+    LAZY_FREEING,
+    MIN_FREE_INODES,
+    Room,
+    atomic_write,
+    filesystem_type,
+    room,
+)
 from ..common.log import get_logger
 from ..common.units import human_size
 from .config import ClientConfig
@@ -220,17 +227,19 @@ class FreeSpaceWatch:
         every later start asked for it and was refused, and a refused start records
         nothing lower). Space freed meanwhile is not given back (never more than the
         drop); a scratch file a dump removed before its end counts (it was the run's
-        at the lowest point). A ``complete`` run (every enabled service archived,
-        published) sets the record; any other (stopped, failed, ``run --service``) only
-        raises it, since it may have written less than a whole run does. Nothing when
-        ``min_free_space`` is 0. Called once the staging is gone; a failure is a
-        warning."""
+        at the lowest point). Where the file system shows space late (LAZY_FREEING:
+        btrfs, zfs) the drop is kept whole, as it was before. A ``complete`` run
+        (every enabled service archived, published) sets the record; any other
+        (stopped, failed, ``run --service``) only raises it, since it may have written
+        less than a whole run does. Nothing when ``min_free_space`` is 0. Called once
+        the staging is gone; a failure is a warning."""
         if not self.config.min_free_space:
             return
         took: dict[str, dict[str, int]] = {BYTES: {}, INODES: {}}
         for place, start in self.start.items():
-            sync_filesystem(place)  # (what the removed staging freed, seen on btrfs too)
             low, end = self.lowest.get(place, start), self._look(place) or start
+            if filesystem_type(place) in LAZY_FREEING:  # (its end not yet what was freed)
+                end = start  # (nothing taken off the drop)
             own = _usage(kept, place)
             took[BYTES][str(place)] = _took(start.free, low.free, end.free, own.bytes)
             if start.inodes is not None and low.inodes is not None and end.inodes is not None:

@@ -447,3 +447,48 @@ def test_a_record_of_another_kind_is_said_and_left_out(tmp_path, kind):
     assert result.returncode == 0, result.stderr[-2000:]
     if kind == "fifo":
         assert f"{space} not read (not a regular file)" in result.stderr
+
+
+@pytest.fixture
+def on_btrfs(box, tmp_path):
+    """``box`` with its archive and work directories on a btrfs of the test's own (a
+    loop-mounted 768 MiB image): btrfs shows what a removal freed only once its
+    transaction commits."""
+    image, where = tmp_path / "btrfs.img", tmp_path / "btrfs"
+    with open(image, "wb") as space:
+        space.truncate(768 * MIB)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", "--mixed", image], check=True)
+    where.mkdir()
+    subprocess.run(["mount", "-o", "loop", image, where], check=True)
+    box.archives, box.work = where / "archives", where / "work"
+    box.where = {
+        "plugin_dirs": [str(tmp_path / "plugins")],
+        "archive_dir": str(box.archives),
+        "work_dir": str(box.work),
+    }
+    box.env = {"FILL_OUT": str(tmp_path / "out")}
+    try:
+        yield box
+    finally:
+        subprocess.run(["umount", "-l", where], check=False)
+        image.unlink(missing_ok=True)
+
+
+def test_on_btrfs_nothing_is_taken_off_the_drop(on_btrfs, tmp_path):
+    """The record is the drop less what other programs' data still took at the run's
+    end. btrfs shows space late (what a removal freed once its transaction commits):
+    the staging just removed still showed as taken, was taken for another program's
+    data, and the record said nothing at all. There the drop is kept whole, as before
+    (itself short: btrfs showed the 100 MiB dump, not yet written back, as 16 MiB;
+    docs/client.md says so)."""
+    from pullback.common.fsutil import filesystem_type
+
+    box = on_btrfs
+    assert filesystem_type(box.archives.parent) == "btrfs"
+    assert filesystem_type(tmp_path) != "btrfs"
+    box.write_config(**box.where, min_free_space="100M")
+    box.add_service("app", "service:\n  name: app\nfiller:\n  mib: 100\n")
+    run = box.cli("run", timeout=300, env=box.env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    took = json.loads((box.archives / ".client-space.json").read_text())["took"]
+    assert took[str(box.work)] > 0, took  # (with the correction: 0)

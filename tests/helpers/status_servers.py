@@ -76,9 +76,10 @@ def status(server: Server, *args: str, capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-def one_host_config(root: Path, kind: str = "restic") -> ServerConfig:
+def one_host_config(root: Path, kind: str = "restic", options: str = "") -> ServerConfig:
     """A server.yaml in ``root`` with one host, web1, and the backend ``kind`` (its
-    repositories, state and a 0600 password file under ``root``), loaded."""
+    repositories, state and a 0600 password file under ``root``; ``options``: more of
+    the backend's keys, ``", key: value"``), loaded."""
     password = root / "repository.pass"
     password.write_text("correct horse\n")
     password.chmod(0o600)
@@ -86,7 +87,22 @@ def one_host_config(root: Path, kind: str = "restic") -> ServerConfig:
     path.write_text(
         f"state_dir: {root / 'state'}\n"
         f"backend: {{type: {kind}, repository_root: {root / 'repos'}, "
-        f"password_file: {password}}}\n"
+        f"password_file: {password}{options}}}\n"
         "hosts:\n  - name: web1\n"
     )
     return load_server_config(path)
+
+
+def one_host_backend(root: Path, kind: str = "restic", options: str = ""):
+    """The backend of web1 in :func:`one_host_config`, its repository made (lock wait
+    1 s)."""
+    from pullback.common.log import get_logger
+    from pullback.common.runner import Runner
+    from pullback.server.backends import make_backend
+
+    config = one_host_config(root, kind, options)
+    backend = make_backend(
+        config.backend, config.host("web1"), config.state_dir, Runner(get_logger("t")), 1
+    )
+    backend.prepare(create=True)
+    return backend

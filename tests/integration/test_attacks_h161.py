@@ -29,6 +29,7 @@ from pullback.common.archive.unpack import HostileArchive, Unpacker, UnpackLimit
 from pullback.common.archive.writer import ArchiveWriter
 from tests.helpers.archives import MTIME
 from tests.helpers.client import ClientSandbox, with_plugin
+from tests.helpers.status_servers import one_host_backend
 
 pytestmark = pytest.mark.integration
 
@@ -302,29 +303,9 @@ def test_f4_a_run_stopped_half_way_raises_the_record_to_what_it_reached(
 
 
 def _borg(tmp_path: Path, options: str = ""):
-    from pullback.common.log import get_logger
-    from pullback.common.runner import Runner
-    from pullback.server.backends import make_backend
-    from pullback.server.config import load_server_config
-
     root = tmp_path / "server"
     root.mkdir()
-    password = root / "repository.pass"
-    password.write_text("correct horse\n")
-    password.chmod(0o600)
-    path = root / "server.yaml"
-    path.write_text(
-        f"state_dir: {root / 'state'}\n"
-        f"backend: {{type: borg, repository_root: {root / 'repos'}, "
-        f"password_file: {password}{options}}}\n"
-        "hosts:\n  - name: web1\n"
-    )
-    config = load_server_config(path)
-    backend = make_backend(
-        config.backend, config.host("web1"), config.state_dir, Runner(get_logger("t")), 1
-    )
-    backend.prepare(create=True)
-    return backend
+    return one_host_backend(root, "borg", options)
 
 
 def _staging(tmp_path: Path, files: int, beside) -> Path:

@@ -14,7 +14,7 @@ import pytest
 from pullback.common.log import get_logger
 from pullback.common.runner import Runner
 from pullback.server.backends import BackendError, RepositoryLocked, make_backend
-from tests.helpers.status_servers import one_host_config
+from tests.helpers.status_servers import one_host_backend, one_host_config
 
 pytestmark = [
     pytest.mark.integration,
@@ -24,11 +24,7 @@ pytestmark = [
 
 @pytest.fixture
 def borg(tmp_path):
-    config = one_host_config(tmp_path, "borg")
-    backend = make_backend(
-        config.backend, config.host("web1"), config.state_dir, Runner(get_logger("t")), 1
-    )
-    backend.prepare(create=True)
+    backend = one_host_backend(tmp_path, "borg")
     assert backend.snapshots() == []
     return backend
 

@@ -12,21 +12,15 @@ import os
 import pytest
 
 from pullback.common.archive.stored import BESIDE_SERVICES
-from pullback.common.log import get_logger
-from pullback.common.runner import Runner
-from pullback.server.backends import SnapshotSpec, make_backend
-from tests.helpers.status_servers import one_host_config
+from pullback.server.backends import SnapshotSpec
+from tests.helpers.status_servers import one_host_backend
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def borg(tmp_path):
-    config = one_host_config(tmp_path, "borg")
-    backend = make_backend(
-        config.backend, config.host("web1"), config.state_dir, Runner(get_logger("t")), 1
-    )
-    backend.prepare(create=True)
+    backend = one_host_backend(tmp_path, "borg")
     return backend
 
 

@@ -335,10 +335,10 @@ def test_a_run_that_would_use_up_the_inodes_is_stopped(tmp_path, few_inodes):
     assert f"of them the last run took there, recorded in {box.archives}" in again.stderr
 
 
-@pytest.fixture
-def on_own(box, tmp_path, own_filesystem) -> ClientSandbox:
-    """``box`` with its archive and work directories on the test's own tmpfs."""
-    box.archives, box.work = own_filesystem / "archives", own_filesystem / "work"
+def placed(box: ClientSandbox, tmp_path: Path, where: Path) -> ClientSandbox:
+    """``box`` with its archive and work directories in ``where``: ``box.where`` the
+    configuration's keys for it, ``box.env`` the plugin's."""
+    box.archives, box.work = where / "archives", where / "work"
     box.where = {
         "plugin_dirs": [str(tmp_path / "plugins")],
         "archive_dir": str(box.archives),
@@ -346,6 +346,12 @@ def on_own(box, tmp_path, own_filesystem) -> ClientSandbox:
     }
     box.env = {"FILL_OUT": str(tmp_path / "out")}
     return box
+
+
+@pytest.fixture
+def on_own(box, tmp_path, own_filesystem) -> ClientSandbox:
+    """``box`` with its archive and work directories on the test's own tmpfs."""
+    return placed(box, tmp_path, own_filesystem)
 
 
 def test_too_few_inodes_at_the_start_refuse_before_anything_is_stopped(tmp_path, few_inodes):
@@ -460,15 +466,8 @@ def on_btrfs(box, tmp_path):
     subprocess.run(["mkfs.btrfs", "-q", "-f", "--mixed", image], check=True)
     where.mkdir()
     subprocess.run(["mount", "-o", "loop", image, where], check=True)
-    box.archives, box.work = where / "archives", where / "work"
-    box.where = {
-        "plugin_dirs": [str(tmp_path / "plugins")],
-        "archive_dir": str(box.archives),
-        "work_dir": str(box.work),
-    }
-    box.env = {"FILL_OUT": str(tmp_path / "out")}
     try:
-        yield box
+        yield placed(box, tmp_path, where)
     finally:
         subprocess.run(["umount", "-l", where], check=False)
         image.unlink(missing_ok=True)

@@ -144,3 +144,22 @@ def test_a_run_logs_a_task_s_first_thousand_warnings_and_counts_the_rest(tmp_pat
     (archive,) = box.published()
     warnings = box.sidecar(archive)["services"][0]["tasks"][0]["warnings"]
     assert len(warnings) == 21 and warnings[-1] == "... and 1080 more"
+
+
+def test_a_file_whose_only_hole_is_a_short_tail_is_pulled_and_restored(fleet, tmp_path):
+    """A user's ``truncate -s +100 file`` (its last block never written): the server
+    unpacked the file up to 512 bytes longer, found it did not match its manifest, and
+    refused the host's whole archive, every night. Real client run, real pull over sshd,
+    restic; the restored file is the user's, byte for byte."""
+    host = fleet.add_host("web1")
+    grown = host.data / "grown"
+    grown.write_bytes(b"a" * 8192)
+    os.truncate(grown, 8192 + 100)
+    assert grown.stat().st_blocks * 512 < grown.stat().st_size  # (it has a hole)
+    made = host.client.cli("run")
+    assert made.returncode == 0, made.stderr[-2000:]
+    pulled = fleet.server("pull", "--host", "web1")
+    assert pulled.returncode == 0, pulled.stderr[-3000:]
+    root = fleet.restore("web1", tmp_path / "restored")
+    (restored,) = root.rglob("grown")
+    assert restored.read_bytes() == grown.read_bytes()

@@ -44,7 +44,7 @@ TOOL_MODULES = {
     "test_attacks_h159.py",
     "test_attacks_h160.py",
     "test_attacks_h161.py",
-    "test_borg_warnings.py",
+    "test_store_warnings.py",
 }
 """Integration modules whose subject is what external tools (restic, borg, rsync, rclone's
 REST server, age, the database engines) and the standard library do with pullback's files (the

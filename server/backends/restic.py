@@ -588,7 +588,12 @@ class ResticBackend(RepositoryBackend):
         started = time.monotonic()
         with tempfile.TemporaryFile() as out:
             args = backup_args(self.host.name, spec, self.config.backup_options)
-            ran = self.run(args, cwd=staging, stdout=out, timeout=timeout)
+            try:
+                ran = self.run(args, cwd=staging, stdout=out, timeout=timeout)
+            except IncompleteStore as exc:
+                out.seek(0)
+                made = _summary(out.read()).get("snapshot_id")
+                raise IncompleteStore(f"{exc}{self._removed(made)}") from None
             out.seek(0)
             summary = _summary(out.read())
         if not summary.get("snapshot_id"):
@@ -599,6 +604,18 @@ class ResticBackend(RepositoryBackend):
             time.monotonic() - started,
             ran.peak_rss,
         )
+
+    def _removed(self, snapshot_id: object) -> str:
+        """Remove the incomplete snapshot ``snapshot_id`` a backup made (exit 3: a store
+        that failed leaves none, so no restore or next pull takes it for the day's);
+        returns words to add to the failure."""
+        if not isinstance(snapshot_id, str) or not snapshot_id.isalnum():
+            return ""
+        try:
+            self.run(forget_ids_args([snapshot_id]), timeout=600)
+        except BackendError as exc:
+            return f"; the snapshot {snapshot_id} it made could not be removed: {exc}"
+        return f"; the snapshot {snapshot_id} it made was removed"
 
     def _locks(self) -> list[str]:
         with tempfile.TemporaryFile() as out:

@@ -335,7 +335,7 @@ def publish_one(client: FakeClient) -> Path:
 
 
 def test_what_the_tool_warned_of_as_it_stored_goes_in_the_report(config, backend, client):
-    """borg's exit 1 (it stored, but warned: tests/integration/test_borg_warnings.py)
+    """borg's exit 1 (it stored, but warned: tests/integration/test_store_warnings.py)
     was said only in the log; the report and its mail say it beside "stored"."""
     publish_one(client)
     backend.store_warnings = ("borg create ended with warnings (exit 1): x",)

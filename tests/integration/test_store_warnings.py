@@ -1,18 +1,22 @@
 """``borg create`` ends with exit 1 when it stored the archive but warned (a staged file
 it could not read, one that changed as it read it, a name it did not find). That was
-taken as success and said nowhere but the log; restic's like case (exit 3) fails the
-store. The archive is kept, and the pull's report says the warning: the snapshot may
-lack what it names."""
+taken as success and said nowhere but the log. The archive is kept, and the pull's
+report says the warning: the snapshot may lack what it names.
+
+restic's like case (``restic backup`` exit 3: a staged file it could not read) fails the
+store, and the incomplete snapshot it made is removed: it stayed, the newest, for
+restores and as the next backup's parent."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import subprocess
 
 import pytest
 
 from pullback.common.archive.stored import BESIDE_SERVICES
-from pullback.server.backends import SnapshotSpec
+from pullback.server.backends import IncompleteStore, SnapshotSpec
 from tests.helpers.status_servers import one_host_backend
 
 pytestmark = pytest.mark.integration
@@ -50,3 +54,27 @@ def test_a_store_without_warnings_says_none(borg, tmp_path):
     stored = borg.store(staging_of(tmp_path, BESIDE_SERVICES), SPEC, timeout=600)
     assert stored.warnings == ()
     assert os.path.basename(stored.snapshot_id).startswith("web1-")
+
+
+UNREADABLE = "/sys/bus/pci/rescan"
+"""A write-only sysfs file: opening it for reading fails, for root too."""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists(UNREADABLE), reason="bind mounts need root"
+)
+def test_an_incomplete_restic_snapshot_is_removed_and_the_store_fails(tmp_path):
+    restic = one_host_backend(tmp_path, "restic")
+    staging = staging_of(tmp_path, BESIDE_SERVICES)
+    bad = staging / "services/app/bad"
+    bad.touch()
+    subprocess.run(["mount", "--bind", UNREADABLE, bad], check=True)
+    try:
+        with pytest.raises(IncompleteStore) as raised:
+            restic.store(staging, SPEC, timeout=600)
+    finally:
+        subprocess.run(["umount", bad], check=False)
+    said = str(raised.value)
+    assert said.startswith("restic stored an incomplete snapshot"), said
+    assert said.endswith("it made was removed"), said
+    assert restic.snapshots() == []

@@ -4,10 +4,9 @@ is full).
 
 ``min_free_space`` (client.yaml) is what a run leaves free in its work and archive
 directories. At the start a run asks for that plus what the last run took there (the
-largest drop of their free space it saw, less what other programs' data still took once
-it had ended: :meth:`FreeSpaceWatch.record`; in ``.client-space.json`` in the archive
-directory), and in the archive directory at least 1.1 times the newest full archive.
-While it writes, :class:`FreeSpaceWatch` looks at both twice a second and stops it below
+largest drop of their free space it saw, recorded in ``.client-space.json`` in the archive
+directory), and in the archive directory at least 1.1 times the newest full archive. While
+it writes, :class:`FreeSpaceWatch` looks at both twice a second and stops it below
 ``min_free_space``, or below MIN_FREE_INODES inodes.
 """
 
@@ -24,14 +23,7 @@ from ..common import jsontext
 from ..common.archive import directory as archives
 from ..common.archive.unpack import UnpackLimits
 from ..common.errors import PullbackError
-from ..common.fsutil import (
-    LAZY_FREEING,
-    MIN_FREE_INODES,
-    Room,
-    atomic_write,
-    filesystem_type,
-    room,
-)
+from ..common.fsutil import MIN_FREE_INODES, Room, atomic_write, room
 from ..common.log import get_logger
 from ..common.units import human_size
 from .config import ClientConfig
@@ -159,7 +151,7 @@ def _possible(directory: str, took: object, record: str) -> bool:
 class FreeSpaceWatch:
     """Watches the free space of a run's work and archive directories while it writes
     (:meth:`~pullback.common.signals.SignalGuard.stop_when` calls :meth:`words`), and
-    keeps what the run took in each for the next run's start (:meth:`record`)."""
+    keeps the largest drop it saw in each for the next run's start (:meth:`record`)."""
 
     def __init__(self, config: ClientConfig):
         self.config = config
@@ -218,32 +210,22 @@ class FreeSpaceWatch:
         )
         return left
 
-    def record(self, complete: bool, kept: tuple[Path, ...] = ()) -> None:
-        """Write what the run took in each directory to SPACE_FILE, for the next run's
-        start: the largest drop of its free space (and of its free inodes) seen, less
-        what stayed taken once the run had ended and removed its staging, other than
-        ``kept`` (the archive and sidecar it published): another program's data written
-        meanwhile, a database that grew, is not the run's to ask for (helper-148 F4:
-        every later start asked for it and was refused, and a refused start records
-        nothing lower). Space freed meanwhile is not given back (never more than the
-        drop); a scratch file a dump removed before its end counts (it was the run's
-        at the lowest point). Where the file system shows space late (LAZY_FREEING:
-        btrfs, zfs) the drop is kept whole, as it was before. A ``complete`` run
-        (every enabled service archived, published) sets the record; any other
-        (stopped, failed, ``run --service``) only raises it, since it may have written
-        less than a whole run does. Nothing when ``min_free_space`` is 0. Called once
-        the staging is gone; a failure is a warning."""
+    def record(self, complete: bool) -> None:
+        """Write what the run took in each directory (the largest drop of its free
+        space and of its free inodes seen) to SPACE_FILE, for the next run's start: a
+        ``complete`` run (every enabled service archived, published as a full archive)
+        sets it; any other (a delta, stopped, failed, ``run --service``) only raises
+        it, since it may have written less than a whole full run does (helper-162 F4:
+        a delta's record let the next full run start, and the watch stop it). Nothing
+        when ``min_free_space`` is 0. A failure is a warning."""
         if not self.config.min_free_space:
             return
         took: dict[str, dict[str, int]] = {BYTES: {}, INODES: {}}
         for place, start in self.start.items():
-            low, end = self.lowest.get(place, start), self._look(place) or start
-            if filesystem_type(place) in LAZY_FREEING:  # (its end not yet what was freed)
-                end = start  # (nothing taken off the drop)
-            own = _usage(kept, place)
-            took[BYTES][str(place)] = _took(start.free, low.free, end.free, own.bytes)
-            if start.inodes is not None and low.inodes is not None and end.inodes is not None:
-                took[INODES][str(place)] = _took(start.inodes, low.inodes, end.inodes, own.inodes)
+            low = self.lowest.get(place, start)
+            took[BYTES][str(place)] = max(0, start.free - low.free)
+            if start.inodes is not None and low.inodes is not None:
+                took[INODES][str(place)] = max(0, start.inodes - low.inodes)
         for record, earlier in (last_took(self.config) if not complete else {}).items():
             now = took[record]
             for directory, before in earlier.items():
@@ -254,42 +236,6 @@ class FreeSpaceWatch:
             atomic_write(path, json.dumps(took, sort_keys=True) + "\n", mode=0o640)
         except OSError as exc:
             log.warning("what this run took of the disk was not recorded in %s: %s", path, exc)
-
-
-def _took(start: int, low: int, end: int, kept: int) -> int:
-    """What a run took of a directory's free bytes (or inodes) that were ``start`` when
-    it began, ``low`` at the least and ``end`` once it ended: the drop, less what stayed
-    taken at the end other than ``kept`` (what the run left there itself), never less
-    than nothing nor more than the drop."""
-    drop = max(0, start - low)
-    others = max(0, start - end - kept)
-    return max(0, drop - others)
-
-
-def _usage(paths: tuple[Path, ...], directory: Path) -> Usage:
-    """Bytes and inodes ``paths`` take on the file system of ``directory`` (those on
-    another are not its)."""
-    total = Usage()
-    try:
-        device = os.stat(directory).st_dev
-    except OSError:
-        return total
-    for path in paths:
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if st.st_dev == device:
-            total = Usage(total.bytes + st.st_blocks * 512, total.inodes + 1)
-    return total
-
-
-@dataclasses.dataclass(frozen=True)
-class Usage:
-    """What files take of a file system: bytes allocated and inodes."""
-
-    bytes: int = 0
-    inodes: int = 0
 
 
 def _least(one: int | None, other: int | None) -> int | None:

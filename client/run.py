@@ -382,7 +382,6 @@ class ClientRun:
         log.info("run %s: %d service(s): %s", self.stamp, len(self.services), names)
         cache = self.plan_incremental()
         complete = False  # (every enabled service archived and published)
-        kept: tuple[Path, ...] = ()  # (what the run leaves in the archive directory)
         try:
             # (only while it writes: a stop once the archive is made gains no space, and
             # one raised as its publish ends said "nothing published" of a published one)
@@ -397,7 +396,6 @@ class ClientRun:
                 cache.finish(self.name, written.manifest_sha256)
             with self.guard.shielded():
                 published = archives.publish(self.tmp, sidecar, self.config.archive_dir)
-                kept = (published, published.with_name(published.name + ".json"))
                 if cache is not None:
                     cache.swap()  # after the archive: a crash between keeps the old base
             complete = self.complete()
@@ -410,7 +408,8 @@ class ClientRun:
             if cache is not None:
                 cache.close()
             remove_tree(self.work, ignore_errors=True)
-            self.space.record(complete, kept)
+            # (a delta sets no record: the next full run takes more)
+            self.space.record(complete and not self.delta)
         log.info(
             "published %s (%s, %d files, %s of data) in %s",
             published.name,
@@ -513,6 +512,11 @@ class ClientRun:
                 log.error("nothing succeeded; no archive was published")
                 return None
             return self.writer.finish()
+
+    @property
+    def delta(self) -> bool:
+        """Whether this run makes a delta archive (against a base), not a full one."""
+        return self.decision is not None and self.decision.base is not None
 
     def complete(self) -> bool:
         """Whether this run archived every enabled service (none failed or left out)."""

@@ -6,7 +6,6 @@ import contextlib
 import errno
 import functools
 import os
-import re
 import shlex
 import stat
 import tempfile
@@ -106,35 +105,6 @@ def _fallocate():
     function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
     function.restype = ctypes.c_int
     return function
-
-
-LAZY_FREEING = frozenset({"btrfs", "zfs"})
-"""File systems whose ``statvfs`` shows space late: what a removal freed once their
-transaction commits, and on btrfs what was written once it is written back (a run's
-100 MiB dump showed as 16 MiB)."""
-
-
-def filesystem_type(path: str | os.PathLike) -> str | None:
-    """The type of the file system holding ``path`` (``ext4``, ``btrfs``): that of the
-    mount in /proc/self/mountinfo whose mount point holds it most closely (the last of
-    equal ones; a btrfs's ``st_dev`` is not the one listed there). None when it cannot
-    be told."""
-    try:
-        real = os.path.realpath(path)
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as info:
-            lines = info.read().splitlines()
-    except OSError:
-        return None
-    found, depth = None, -1
-    for line in lines:
-        fields = line.split()
-        if "-" not in fields[6:] or len(fields) < 5:
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
-        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= depth:
-            rest = fields[fields.index("-", 6) + 1 :]
-            found, depth = (rest[0] if rest else None), len(point)
-    return found
 
 
 def make_hole(fd: int, offset: int, length: int) -> bool:

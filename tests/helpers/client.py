@@ -116,3 +116,29 @@ def with_plugin(box: ClientSandbox, name: str, source: str) -> ClientSandbox:
     box.write_config(plugin_dirs=[str(plugins)])
     box.add_service("zgood", GOOD_FILES.format(data=data))
     return box
+
+
+def placed(box: ClientSandbox, tmp_path: Path, where: Path, **config) -> ClientSandbox:
+    """``box`` with its archive and work directories in ``where`` (a file system of the
+    test's own): ``box.where`` the configuration's keys for it (and ``config``),
+    ``box.env`` the test plugins' FILL_OUT (``tmp_path/out``), their ``plugin_dirs``
+    ``tmp_path/plugins``."""
+    box.archives, box.work = where / "archives", where / "work"
+    box.where = {
+        "plugin_dirs": [str(tmp_path / "plugins")],
+        "archive_dir": str(box.archives),
+        "work_dir": str(box.work),
+        **config,
+    }
+    box.env = {"FILL_OUT": str(tmp_path / "out")}
+    return box
+
+
+def leave_free(where: Path, free: int) -> None:
+    """Fill ``where``'s file system with a ballast file until ``free`` bytes are left."""
+    import shutil
+
+    now = shutil.disk_usage(where).free
+    assert now > free, (now, free)
+    with open(where / "ballast", "ab") as ballast:
+        ballast.write(bytes(now - free))

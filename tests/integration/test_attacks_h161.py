@@ -28,7 +28,7 @@ from pullback.common.archive.tarformat import TarReader
 from pullback.common.archive.unpack import HostileArchive, Unpacker, UnpackLimits
 from pullback.common.archive.writer import ArchiveWriter
 from tests.helpers.archives import MTIME
-from tests.helpers.client import ClientSandbox, with_plugin
+from tests.helpers.client import ClientSandbox, leave_free, placed, with_plugin
 from tests.helpers.status_servers import one_host_backend
 
 pytestmark = pytest.mark.integration
@@ -227,22 +227,7 @@ def box(tmp_path, own_filesystem) -> ClientSandbox:
     with the ``tempdump`` plugin."""
     b = with_plugin(ClientSandbox(tmp_path / "client"), "tempdump", PLUGIN)
     (tmp_path / "out").mkdir()
-    b.archives, b.work = own_filesystem / "archives", own_filesystem / "work"
-    b.where = {
-        "plugin_dirs": [str(tmp_path / "plugins")],
-        "archive_dir": str(b.archives),
-        "work_dir": str(b.work),
-        "min_free_space": "200M",
-    }
-    b.env = {"FILL_OUT": str(tmp_path / "out")}
-    return b
-
-
-def _leave_free(where: Path, free: int) -> None:
-    """Fill ``where``'s file system (a ballast file) until ``free`` bytes are left."""
-    now = shutil.disk_usage(where).free
-    with open(where / "ballast", "ab") as ballast:
-        ballast.write(bytes(now - free))
+    return placed(b, tmp_path, own_filesystem, min_free_space="200M")
 
 
 @pytest.mark.integration
@@ -261,7 +246,7 @@ def test_f3_a_dump_that_removes_its_scratch_file_is_asked_for_at_the_start(
     first = box.cli("run", timeout=300, env=box.env)
     assert first.returncode == 0, first.stderr[-2000:]
     took = json.loads((box.archives / ".client-space.json").read_text())["took"]
-    _leave_free(own_filesystem, 260 * MIB)
+    leave_free(own_filesystem, 260 * MIB)
     stopped = tmp_path / "out" / "stopped"
     stopped.unlink()
     second = box.cli("run", timeout=300, env=box.env)
@@ -287,7 +272,7 @@ def test_f4_a_run_stopped_half_way_raises_the_record_to_what_it_reached(
     first = box.cli("run", timeout=300, env=box.env)
     assert first.returncode == 0, first.stderr[-2000:]
     box.add_service("big", "service:\n  name: big\ntempdump:\n  mib: 150\n")  # it grew
-    _leave_free(own_filesystem, 290 * MIB)
+    leave_free(own_filesystem, 290 * MIB)
     stopped = tmp_path / "out" / "stopped"
     second = box.cli("run", timeout=300, env=box.env)
     assert second.returncode == 143, second.stderr[-2000:]  # stopped half way: expected

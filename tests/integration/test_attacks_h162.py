@@ -36,7 +36,7 @@ from pullback.common.archive import sparse
 from pullback.common.archive.reader import TarStream
 from pullback.common.archive.unpack import Unpacker, UnpackLimits
 from pullback.common.archive.writer import ArchiveWriter
-from tests.helpers.client import ClientSandbox, with_plugin
+from tests.helpers.client import ClientSandbox, leave_free, placed, with_plugin
 
 pytestmark = pytest.mark.integration
 
@@ -90,23 +90,7 @@ def box(tmp_path, own_filesystem) -> ClientSandbox:
     with the ``filler162`` plugin; min_free_space 200M."""
     b = with_plugin(ClientSandbox(tmp_path / "client"), "filler162", PLUGIN)
     (tmp_path / "out").mkdir()
-    b.archives, b.work = own_filesystem / "archives", own_filesystem / "work"
-    b.where = {
-        "plugin_dirs": [str(tmp_path / "plugins")],
-        "archive_dir": str(b.archives),
-        "work_dir": str(b.work),
-        "min_free_space": "200M",
-    }
-    b.env = {"FILL_OUT": str(tmp_path / "out")}
-    return b
-
-
-def _leave_free(where: Path, free: int) -> None:
-    """Fill ``where``'s file system (a ballast file) until ``free`` bytes are left."""
-    now = shutil.disk_usage(where).free
-    assert now > free, (now, free)
-    with open(where / "ballast", "ab") as ballast:
-        ballast.write(bytes(now - free))
+    return placed(b, tmp_path, own_filesystem, min_free_space="200M")
 
 
 def _took(box) -> dict:
@@ -132,7 +116,7 @@ def test_f1_data_another_program_writes_after_the_runs_peak_lowers_the_record(
     first = box.cli("run", timeout=300, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     took = _took(box)
-    _leave_free(own_filesystem, 290 * MIB)
+    leave_free(own_filesystem, 290 * MIB)
     stopped = tmp_path / "out" / "stopped"
     stopped.unlink()
     second = box.cli("run", timeout=300, env=env)
@@ -177,7 +161,7 @@ def test_f4_a_delta_run_lowers_the_record_below_what_the_next_full_takes(
     assert delta.returncode == 0, delta.stderr[-2000:]
     assert "delta" in delta.stderr, delta.stderr[-2000:]
     took_delta = _took(box)
-    _leave_free(own_filesystem, 290 * MIB)  # room for 200M and the delta's 60, not 120
+    leave_free(own_filesystem, 290 * MIB)  # room for 200M and the delta's 60, not 120
     stopped = tmp_path / "out" / "stopped"
     stopped.unlink()
     again = box.cli("run", "--full", timeout=300, env=box.env)
@@ -195,7 +179,7 @@ def test_a_stopped_run_then_refuses_the_next_start(box, tmp_path, own_filesystem
     first = box.cli("run", timeout=300, env=box.env)
     assert first.returncode == 0, first.stderr[-2000:]
     box.add_service("app", "service:\n  name: app\nfiller162:\n  mib: 150\n")
-    _leave_free(own_filesystem, 290 * MIB)
+    leave_free(own_filesystem, 290 * MIB)
     second = box.cli("run", timeout=300, env=box.env)
     assert second.returncode == 143, second.stderr[-2000:]
     stopped = tmp_path / "out" / "stopped"

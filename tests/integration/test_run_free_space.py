@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.client import ClientSandbox, with_plugin
+from tests.helpers.client import ClientSandbox, placed, with_plugin
 
 pytestmark = pytest.mark.integration
 
@@ -328,19 +328,6 @@ def test_a_run_that_would_use_up_the_inodes_is_stopped(tmp_path, few_inodes):
     assert again.returncode == 1, again.stderr[-2000:]
     assert f"not enough free inodes in {work}: " in again.stderr
     assert f"of them the last run took there, recorded in {box.archives}" in again.stderr
-
-
-def placed(box: ClientSandbox, tmp_path: Path, where: Path) -> ClientSandbox:
-    """``box`` with its archive and work directories in ``where``: ``box.where`` the
-    configuration's keys for it, ``box.env`` the plugin's."""
-    box.archives, box.work = where / "archives", where / "work"
-    box.where = {
-        "plugin_dirs": [str(tmp_path / "plugins")],
-        "archive_dir": str(box.archives),
-        "work_dir": str(box.work),
-    }
-    box.env = {"FILL_OUT": str(tmp_path / "out")}
-    return box
 
 
 @pytest.fixture

@@ -383,6 +383,7 @@ class Runner:
         level: int = logging.INFO,
         cleanup: bool = False,
         leftovers: bool = False,
+        listing: Callable[[str], bool] | None = None,
     ) -> RunningCommand:
         """Start a command in the background and return its handle.
 
@@ -396,6 +397,9 @@ class Runner:
         ``timeout`` still bounds it. ``leftovers``: what the command leaves running in
         its process group when it exits is ended, with a warning (a dump's ``cmd &``;
         never for a command meant to start something, which a ``post`` may be).
+        ``listing``: which lines only list what the command did (``borg create
+        --list``'s one per file); they are logged but kept out of the failure's tail,
+        which is for words (a warning was pushed out by the files listed after it).
         """
         if not cleanup:
             refuse_if_stopping()
@@ -413,7 +417,8 @@ class Runner:
 
         def echo(line: str) -> None:
             line = secrets.mask(line, self.secrets)
-            if not is_stack_frame(line):  # a Go program's trace would push out its words
+            if not is_stack_frame(line) and not (listing and listing(line)):
+                # a Go program's trace, or a file list, would push out its words
                 tail.append(escaped(line))  # a store's or client's words: one line each
             logged[0] += 1
             if logged[0] <= MAX_LOGGED_LINES:

@@ -94,6 +94,16 @@ MAX_WARNED_LINE characters): they name staged files, which the client named."""
 MAX_WARNED_LINE = 300
 
 
+_LISTED = re.compile(r"[AMUCEdbchsfix?-] \S")
+"""A line of ``borg create --list`` (a status letter, a space, the path): the
+administrator's ``backup_options`` may ask for it; the warnings are the other lines."""
+
+
+def listed(line: str) -> bool:
+    """Whether ``line`` is one of ``borg create --list``'s, not a warning."""
+    return bool(_LISTED.match(line))
+
+
 def create_warnings(ran: CommandResult) -> str:
     """What ``borg create`` ending with exit 1 means, in words for the pull's report:
     it stored the archive, but warned (a staged file it could not read, or one that
@@ -375,7 +385,9 @@ class BorgBackend(RepositoryBackend):
         name = archive_name(self.host.name, spec.stamp)
         with tempfile.TemporaryFile() as out:
             args = create_args(self.host.name, spec, self.config.backup_options)
-            ran = self.run(args, cwd=staging, stdout=out, timeout=timeout, ok_codes=(0, 1))
+            ran = self.run(
+                args, cwd=staging, stdout=out, timeout=timeout, ok_codes=(0, 1), listing=listed
+            )
             out.seek(0)
             try:
                 data = json.loads(out.read())

@@ -37,6 +37,10 @@ def staging_of(tmp_path, beside: tuple[str, ...]):
     return staging
 
 
+UNREADABLE = "/sys/bus/pci/rescan"
+"""A write-only sysfs file: opening it for reading fails, for root too."""
+
+
 SPEC = SnapshotSpec("20261207T120000Z", dt.datetime(2026, 12, 7, 12, tzinfo=dt.UTC))
 
 
@@ -50,14 +54,32 @@ def test_a_store_borg_warned_of_is_kept_and_its_warning_said(borg, tmp_path):
     assert missing in said and "No such file or directory" in said, said
 
 
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists(UNREADABLE), reason="bind mounts need root"
+)
+def test_a_warning_is_said_when_backup_options_list_every_file(tmp_path):
+    """An administrator's ``backup_options: [--list]`` prints a line per file: the 30
+    files borg stored after the one it could not read pushed its warning out of the last
+    lines, and the report named three stored files instead."""
+    borg = one_host_backend(tmp_path, "borg", ", backup_options: [--list]")
+    staging = staging_of(tmp_path, BESIDE_SERVICES)
+    bad = staging / "services/app/0-unreadable"
+    bad.touch()
+    for number in range(30):
+        (staging / "services/app" / f"{number:02}-after").write_text("x\n")
+    subprocess.run(["mount", "--bind", UNREADABLE, bad], check=True)
+    try:
+        stored = borg.store(staging, SPEC, timeout=600)
+    finally:
+        subprocess.run(["umount", bad], check=False)
+    (said,) = stored.warnings
+    assert "0-unreadable" in said and "-after" not in said, said
+
+
 def test_a_store_without_warnings_says_none(borg, tmp_path):
     stored = borg.store(staging_of(tmp_path, BESIDE_SERVICES), SPEC, timeout=600)
     assert stored.warnings == ()
     assert os.path.basename(stored.snapshot_id).startswith("web1-")
-
-
-UNREADABLE = "/sys/bus/pci/rescan"
-"""A write-only sysfs file: opening it for reading fails, for root too."""
 
 
 @pytest.mark.skipif(

@@ -537,3 +537,19 @@ def test_borgs_warnings_are_said_in_three_short_printable_lines():
     assert len(said) < 200 + 3 * MAX_WARNED_LINE
     nothing = create_warnings(CommandResult("borg create", 1, 1.0, []))
     assert nothing.endswith("what they name: (none said)")
+
+
+def test_borgs_file_list_lines_are_told_from_its_warnings():
+    """``backup_options: [--list]`` lines (a status letter, a space, the path) are kept
+    out of the tail a warning is taken from; a warning names the path first."""
+    from pullback.server.backends.borg import listed
+
+    for line in ("A services/app/x", "M MANIFEST.sha256", "E services/a b", "- services/y"):
+        assert listed(line), line
+    for line in (
+        "services/app/x: [Errno 13] Permission denied: 'x'",
+        "TREE.list: file changed while we backed it up",
+        "Remote: Broken pipe",
+        "",
+    ):
+        assert not listed(line), line

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pullback.common import log as pullback_log
 from pullback.common import secrets, validated
 
 TESTS = Path(__file__).parent
@@ -259,9 +260,11 @@ def _no_validation_record(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _clean_global_state():
-    """Forget secrets and undo the logging set-up a CLI call made (it binds to stderr)."""
+    """Forget secrets and undo the logging set-up a CLI call made (it binds to stderr),
+    and its recent lines (a later test's report quoted them: stop 70's CI)."""
     yield
     secrets.forget_all()
+    pullback_log._tail = None
     logger = logging.getLogger("pullback")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)

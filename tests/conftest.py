@@ -295,6 +295,26 @@ def own_filesystem(tmp_path):
 
 
 @pytest.fixture
+def own_btrfs(tmp_path):
+    """A 768 MiB btrfs of this test's own, on a loop device (``--mixed``, as a small
+    one is made): it shows written data late, unlike a tmpfs (scripts/install-deps
+    installs btrfs-progs)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop device needs root")
+    image, where = tmp_path / "btrfs.img", tmp_path / "btrfs"
+    with open(image, "wb") as space:
+        space.truncate(768 << 20)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", "--mixed", image], check=True)
+    where.mkdir()
+    subprocess.run(["mount", "-o", "loop", image, where], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", where], check=False)
+        image.unlink()
+
+
+@pytest.fixture
 def tmpfs():
     """``tmpfs(path, options)``: a tmpfs mounted at ``path`` (made when missing) with
     the mount ``options`` (``size=8m``); returns ``path``, unmounted after the test. A

@@ -98,6 +98,47 @@ def test_a_run_that_would_fill_the_disk_is_stopped_at_min_free_space(box, tmp_pa
     assert status["last_run_ok"] is False and words in status["error"]
 
 
+def test_a_run_on_btrfs_is_stopped_at_min_free_space(box, tmp_path, own_btrfs):
+    """btrfs shows what was written only once it commits (every 30 s): the looks saw
+    none of a 300 MiB dump, and the run wrote on past min_free_space. They sync it
+    first now (fsutil.COUNTS_LATE)."""
+    work = own_btrfs / "work"
+    work.mkdir()
+    os.sync()
+    free = shutil.disk_usage(own_btrfs).free
+    keep = (free - 64 * MIB) // MIB
+    box.write_config(
+        plugin_dirs=[str(tmp_path / "plugins")], work_dir=str(work), min_free_space=f"{keep}M"
+    )
+    box.add_service("app", "service:\n  name: app\nfiller:\n  mib: 300\n")
+    out = tmp_path / "out"
+    result = box.cli("run", timeout=120, env={"FILL_OUT": str(out)})
+    said = result.stderr
+    assert result.returncode == 143, said[-2000:]
+    assert f"free space in {work} fell to " in said and "below min_free_space" in said
+    written = len((out / "written").read_text())
+    assert 64 <= written <= 200, written  # stopped a look or two past the line
+    assert box.published() == [] and list(work.iterdir()) == []
+
+
+def test_an_archive_unpacked_on_btrfs_keeps_min_free_space(own_btrfs):
+    """The server's staging on btrfs: the unpacker's looks (every 64 MiB) saw nothing
+    of what it had written, so a client's archive could fill the disk every host's
+    staging shares."""
+    from pullback.common.archive.unpack import ArchiveTooLarge, UnpackLimits
+    from tests.helpers.archives import Entry
+    from tests.unit.test_unpack import unpack
+
+    os.sync()
+    free = shutil.disk_usage(own_btrfs).free
+    limits = UnpackLimits(min_free=free - 96 * MIB)
+    entries = [Entry(f"services/a/{n}", data=os.urandom(16 * MIB)) for n in range(10)]
+    with pytest.raises(ArchiveTooLarge, match=r"would leave less than .* free under"):
+        unpack(own_btrfs / "s", entries, limits)
+    os.sync()
+    assert shutil.disk_usage(own_btrfs).free > free - 160 * MIB  # refused before the end
+
+
 def test_a_run_that_stays_above_min_free_space_is_not_touched(box, tmp_path, own_filesystem):
     work = own_filesystem / "work"
     box.write_config(

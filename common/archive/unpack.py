@@ -234,6 +234,13 @@ def _apparent_size(member: Member) -> int:
     return size
 
 
+def _metadata_bytes(member: Member) -> int:
+    """What ``member`` writes beside its data: the names and values of the extended
+    attributes and ACLs it applies, and its link target."""
+    applied = (len(k) + len(v) for k, v in member.pax.items() if k.startswith(_APPLIED_PAX))
+    return len(member.linkname) + sum(applied)
+
+
 def _remove(name: str, dir_fd: int) -> None:
     """Remove whatever ``name`` is in ``dir_fd`` (a file, a link, or a whole tree)."""
     try:
@@ -304,6 +311,9 @@ class Unpacker:
         self._checked = 0
         self.stats = UnpackStats()
         self._unpacked_size = 0
+        self._metadata_again = 0
+        """Metadata bytes counted a second time for the free-space looks (btrfs keeps
+        its metadata twice): :meth:`_check_free` goes by both counts."""
         self._free_checked_at: tuple[int, int] | None = None
         """(bytes, members) when the free space was last looked at; None before the
         first file it writes (looked at then: a directory already short is refused at once)."""
@@ -617,21 +627,23 @@ class Unpacker:
         than ``min_free`` bytes (or MIN_FREE_INODES inodes) free: one host's archive must
         not starve the others. Looked at before the first file and any member of
         FREE_CHECK_BYTES or more, and every FREE_CHECK_BYTES of data or
-        FREE_CHECK_MEMBERS members in between, so it errs by less than FREE_CHECK_BYTES.
-        Raises ArchiveTooLarge."""
+        FREE_CHECK_MEMBERS members in between, so it errs by less than FREE_CHECK_BYTES
+        (the members' metadata, :func:`_metadata_bytes`, counts twice there: btrfs
+        keeps it twice). Raises ArchiveTooLarge."""
         limits, members = self.limits, self.stats.members
         if limits.min_free is None:
             return
         at_bytes, at_members = self._free_checked_at or (0, 0)
+        counted = self._unpacked_size + self._metadata_again
         if (
             self._free_checked_at is not None
             and not force
             and upcoming < FREE_CHECK_BYTES
-            and self._unpacked_size - at_bytes < FREE_CHECK_BYTES
+            and counted - at_bytes < FREE_CHECK_BYTES
             and members - at_members < FREE_CHECK_MEMBERS
         ):
             return
-        self._free_checked_at = (self._unpacked_size, members)
+        self._free_checked_at = (counted, members)
         left = room(self._root)
         if left.free - upcoming < limits.min_free or left.few_inodes:
             raise ArchiveTooLarge(
@@ -710,8 +722,13 @@ class Unpacker:
         # what it writes: its data; a delta its spool (the stream) and its file, whose
         # allocation is checked once the stream's records are known (_delta_file)
         is_delta = member.pax.get(DATA_KEY) == deltaops.DELTA
-        self._count_size(member.size + size if is_delta else size)
-        self._check_free(member.size)
+        # and beside its data, its extended attributes, ACLs and link target: a client's
+        # empty files of 1 MiB of attributes each filled a btrfs staging with no look
+        # in between, since none of it counted (helper-164 F1, F4)
+        metadata = 0 if member.is_dir else _metadata_bytes(member)  # (a directory's: at the end)
+        self._count_size((member.size + size if is_delta else size) + metadata)
+        self._metadata_again += metadata
+        self._check_free(member.size + 2 * metadata)
         if any(b"\0" in k for k in member.pax if k.startswith(_APPLIED_PAX)):
             # (no Linux name holds one; os.setxattr raised ValueError: "internal error")
             raise HostileArchive(
@@ -1354,6 +1371,10 @@ class Unpacker:
             os.close(fd)
         self._fds.clear()
         self._sweep()
+        # the directories' attributes, written now (each directory's last record only,
+        # at most MAX_DIR_META in all), counted as every other entry's
+        self._count_size(self._dir_meta_bytes)
+        self._check_free(2 * self._dir_meta_bytes, force=bool(self._dir_meta_bytes))
         for parts, member in sorted(self._dir_meta.values(), key=lambda item: -len(item[0])):
             fd = self._dir(parts)
             self._apply_meta(fd, member, member.mode & 0o7777, force=False)

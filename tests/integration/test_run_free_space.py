@@ -139,6 +139,26 @@ def test_an_archive_unpacked_on_btrfs_keeps_min_free_space(own_btrfs):
     assert shutil.disk_usage(own_btrfs).free > free - 160 * MIB  # refused before the end
 
 
+def test_directories_attributes_are_counted_before_they_are_written(own_btrfs):
+    """A directory's attributes are written at the end of the archive, each directory's
+    last record only: they are counted then, in one look before any is written."""
+    from pullback.common.archive import tarformat
+    from pullback.common.archive.unpack import ArchiveTooLarge, UnpackLimits
+    from tests.helpers.archives import Entry
+    from tests.unit.test_unpack import unpack
+
+    os.sync()
+    free = shutil.disk_usage(own_btrfs).free
+    xattrs = [(f"SCHILY.xattr.user.x{i}".encode(), b"x" * 3000) for i in range(300)]
+    entries = [
+        Entry(f"services/d{n:02}", kind=tarformat.DIRTYPE, mode=0o755, pax=xattrs)
+        for n in range(40)
+    ]
+    with pytest.raises(ArchiveTooLarge, match=r"would leave less than .* free under"):
+        unpack(own_btrfs / "s", entries, UnpackLimits(min_free=free - 32 * MIB))
+    assert all(not os.listxattr(d) for d in (own_btrfs / "s/services").iterdir())
+
+
 def test_a_run_that_stays_above_min_free_space_is_not_touched(box, tmp_path, own_filesystem):
     work = own_filesystem / "work"
     box.write_config(

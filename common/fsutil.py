@@ -193,10 +193,13 @@ def counts_late(fd: int) -> bool:
     (False when ``fstatfs`` fails)."""
     import ctypes
 
-    found = ctypes.create_string_buffer(256)  # struct statfs; f_type, a word, comes first
+    found = ctypes.create_string_buffer(256)  # struct statfs; f_type comes first
     if _libc().fstatfs(fd, found) != 0:
         return False
-    return ctypes.c_ulong.from_buffer(found).value & 0xFFFFFFFF in COUNTS_LATE
+    # f_type is a word (__fsword_t), but on s390x an unsigned int (big-endian, another
+    # after it: read as a word it was f_bsize, helper-164 F5)
+    field = ctypes.c_uint if os.uname().machine == "s390x" else ctypes.c_long
+    return field.from_buffer(found).value & 0xFFFFFFFF in COUNTS_LATE
 
 
 def _settle(path: str | os.PathLike | int) -> None:

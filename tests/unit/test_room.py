@@ -39,3 +39,22 @@ def test_few_inodes_only_where_inodes_are_counted():
 def test_a_path_that_is_not_there_raises_oserror(tmp_path):
     with pytest.raises(OSError):
         room(tmp_path / "missing")
+
+
+def test_only_file_systems_that_count_late_are_synced(tmp_path):
+    """fstatfs's f_type picks them (COUNTS_LATE), as ``stat -f`` names the type (the
+    oracle); a descriptor fstatfs refuses is none of them. (A btrfs of its own:
+    tests/integration/test_run_free_space.py.)"""
+    import subprocess
+
+    from pullback.common.fsutil import COUNTS_LATE, counts_late
+
+    assert {"btrfs", "zfs", "overlay"} == set(COUNTS_LATE.values())
+    for place in (tmp_path, "/proc", "/"):
+        said = subprocess.run(["stat", "-f", "-c", "%t", place], capture_output=True, text=True)
+        fd = os.open(place, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert counts_late(fd) == (int(said.stdout, 16) in COUNTS_LATE), place
+        finally:
+            os.close(fd)
+    assert not counts_late(-1)

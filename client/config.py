@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import pwd
 import socket
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -126,6 +128,9 @@ def load_client_config(path: str | os.PathLike = DEFAULT_PATH) -> ClientConfig:
         raise ConfigError(
             [doc.problem(("compression_level",), f"gzip levels are 1-9, got {level}")]
         )
+    shared = _cache_dir_shared(data, Path(path))
+    if shared:
+        raise ConfigError([doc.problem(("incremental", "cache_dir"), shared)])
     return ClientConfig(
         path=Path(path),
         hostname=data.get("hostname") or default_hostname(),
@@ -149,6 +154,47 @@ def load_client_config(path: str | os.PathLike = DEFAULT_PATH) -> ClientConfig:
         incremental=_incremental(data["incremental"]),
         run_timeout=parse_duration(data["run_timeout"]),
     )
+
+
+SERVE_USER = "pullback"
+"""The user the serve endpoint runs as (the packages make it; its home holds its
+``.ssh/authorized_keys``)."""
+
+
+def _cache_dir_shared(data: dict, config_path: Path) -> str | None:
+    """Why ``incremental.cache_dir`` cannot be the file cache's: it is, or holds, a
+    directory of the client's own or of the serve user's, or lies in the work or the
+    archive directory; None when it is a directory of its own. Every run makes the
+    cache's directory root's alone (mode 0700) and a run removes what it finds in the
+    work directory (helper-163 F1: the archive directory lost its set-group-id bit and
+    the serve endpoint could no longer read it; the serve user's home shut sshd out;
+    a cache in the work directory was removed by every run, every archive full)."""
+    cache = Path(os.path.normpath(os.path.abspath(data["incremental"]["cache_dir"])))
+    places = {
+        "archive_dir": data["archive_dir"],
+        "work_dir": data["work_dir"],
+        "lock_dir": data["lock_dir"],
+        "the configuration's directory": os.path.dirname(os.path.abspath(config_path)),
+    }
+    with contextlib.suppress(KeyError):
+        places[f"the home of the {SERVE_USER} user"] = pwd.getpwnam(SERVE_USER).pw_dir
+    for what, place in places.items():
+        place = Path(os.path.normpath(os.path.abspath(place)))
+        inside = what in ("archive_dir", "work_dir") and cache.is_relative_to(place)
+        if place.is_relative_to(cache) or inside:
+            relation = (
+                "is" if place == cache else "holds" if place.is_relative_to(cache) else "is in"
+            )
+            why = (
+                "every run empties the work directory"
+                if what == "work_dir" and relation != "holds"
+                else "each run makes the cache's directory root's alone (mode 0700)"
+            )
+            return (
+                f"{cache} {relation} {what} ({place}): {why}; give the cache a directory "
+                "of its own, such as /var/cache/pullback"
+            )
+    return None
 
 
 def _incremental(data: dict) -> IncrementalConfig:

@@ -398,6 +398,12 @@ class ClientRun:
                 published = archives.publish(self.tmp, sidecar, self.config.archive_dir)
                 if cache is not None:
                     cache.swap()  # after the archive: a crash between keeps the old base
+            if cache is not None and cache.lost:
+                log.warning(
+                    "%s; the archive was made and published, and the next run makes a full "
+                    "one (pullback-client check says why)",
+                    cache.lost,
+                )
             complete = self.complete()
         except (ArchiveError, LockBusy) as exc:
             # (the archive directory's lock held past its wait: a failure of this run,

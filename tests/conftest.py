@@ -46,6 +46,7 @@ TOOL_MODULES = {
     "test_attacks_h160.py",
     "test_attacks_h161.py",
     "test_attacks_h162.py",
+    "test_attacks_h163.py",
     "test_attacks_h164.py",
     "test_store_warnings.py",
 }

@@ -151,6 +151,9 @@ def _meta(host: str) -> dict[str, str]:
     return {"format": str(CACHE_FORMAT), "host": host, "chunker": chunker.PARAMS}
 
 
+_INSERT_ROW = "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
 class FileCache:
     """The old cache (read) and the new one (written) of one run."""
 
@@ -165,6 +168,9 @@ class FileCache:
         self._pending: list[tuple] = []
         """Rows of the new cache not inserted yet."""
         self._states: list[tuple[bytes, bytes]] = []
+        self.lost: str | None = None
+        """Why the new cache could not be written (a full disk): it was dropped, and the
+        old one goes at :meth:`swap`, so the next run is full. None while all is well."""
         self.base: BaseRef | None = None
         """The archive the old cache describes (None: no usable cache)."""
 
@@ -232,11 +238,21 @@ class FileCache:
     # -- the new cache ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Begin the new cache (``files.db.new``). Raises OSError, sqlite3.Error."""
+        """Begin the new cache (``files.db.new``). Raises OSError (a sqlite3.Error, a
+        full disk, as one)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.directory, 0o700)
         with contextlib.suppress(FileNotFoundError):
             self._new_path.unlink()
+        try:
+            self._new = self._begin()
+        except sqlite3.Error as exc:
+            with contextlib.suppress(FileNotFoundError):
+                self._new_path.unlink()
+            raise OSError(str(exc)) from None
+
+    def _begin(self) -> sqlite3.Connection:
+        """The new cache's database, its tables made and a transaction begun."""
         db = sqlite3.connect(self._new_path, isolation_level=None)
         db.executescript(
             """
@@ -252,7 +268,7 @@ class FileCache:
             BEGIN;
             """
         )
-        self._new = db
+        return db
 
     def record(self, name: str, row: CachedFile, state: bytes | None = None) -> None:
         """Put the member ``name`` into the new cache (inserted by the thousand), with
@@ -282,29 +298,48 @@ class FileCache:
         """Insert the rows :meth:`record` gathered, in their order (a later row of a
         name replaces an earlier one)."""
         if self._new is not None:
-            self._new.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                self._pending,
-            )
-            # (a state is checked against its row's size and digest before it is used)
-            self._new.executemany("INSERT OR REPLACE INTO states VALUES (?, ?)", self._states)
+            try:
+                self._new.executemany(_INSERT_ROW, self._pending)
+                # (a state is checked against its row's size and digest before it is used)
+                self._new.executemany("INSERT OR REPLACE INTO states VALUES (?, ?)", self._states)
+            except (sqlite3.Error, OSError) as exc:
+                self._drop(exc)
         self._pending.clear()
         self._states.clear()
 
+    def _drop(self, exc: BaseException) -> None:
+        """Give the new cache up (it could not be written: ``exc``, a full disk): the
+        run goes on without it, and :attr:`lost` says why. A cache never fails a run: a
+        day is never lost for it (helper-163 F5: a run on a full cache disk failed,
+        every day)."""
+        self.lost = f"cannot write the file cache in {self.directory}: {exc}"
+        if self._new is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._new.close()
+            self._new = None
+        with contextlib.suppress(OSError):
+            self._new_path.unlink()
+
     def finish(self, archive: str, manifest_sha256: str) -> None:
-        """Complete the new cache for ``archive`` (fsynced; not yet in place)."""
+        """Complete the new cache for ``archive`` (fsynced; not yet in place); one that
+        cannot be written is dropped (:attr:`lost`)."""
         db = self._new
         if db is None:
             return
         self._flush()
+        if self._new is None:
+            return
         meta = {**_meta(self.host), "archive": archive, "manifest_sha256": manifest_sha256}
-        db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-        db.execute("COMMIT")
-        self._carry_states(db)  # (ATTACH cannot be inside a transaction)
-        db.close()
-        self._new = None
-        with open(self._new_path, "rb") as handle:
-            os.fsync(handle.fileno())
+        try:
+            db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+            db.execute("COMMIT")
+            self._carry_states(db)  # (ATTACH cannot be inside a transaction)
+            db.close()
+            self._new = None
+            with open(self._new_path, "rb") as handle:
+                os.fsync(handle.fileno())
+        except (sqlite3.Error, OSError) as exc:
+            self._drop(exc)
 
     def _carry_states(self, db: sqlite3.Connection) -> None:
         """Copy the old cache's hash states of the files whose name and digest this run
@@ -313,8 +348,14 @@ class FileCache:
             sha256state.carry_states(db, str(self.path))
 
     def swap(self) -> None:
-        """Put the finished new cache in place of the old one."""
+        """Put the finished new cache in place of the old one; when the new one was
+        dropped (:attr:`lost`), remove the old one too: it describes an archive that is
+        no longer the newest, so the next run is full."""
         self.close()
+        if self.lost is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            return
         if self._new_path.exists():
             os.rename(self._new_path, self.path)
             fsync_dir(self.directory)

@@ -396,14 +396,7 @@ class ClientRun:
                 cache.finish(self.name, written.manifest_sha256)
             with self.guard.shielded():
                 published = archives.publish(self.tmp, sidecar, self.config.archive_dir)
-                if cache is not None:
-                    cache.swap()  # after the archive: a crash between keeps the old base
-            if cache is not None and cache.lost:
-                log.warning(
-                    "%s; the archive was made and published, and the next run makes a full "
-                    "one (pullback-client check says why)",
-                    cache.lost,
-                )
+                self._swap_cache(cache)
             complete = self.complete()
         except (ArchiveError, LockBusy) as exc:
             # (the archive directory's lock held past its wait: a failure of this run,
@@ -455,6 +448,21 @@ class ClientRun:
                 )
         except LockBusy as exc:
             log.warning("retention left to the next run: %s", exc)
+
+    @staticmethod
+    def _swap_cache(cache: FileCache | None) -> None:
+        """Put the run's new file cache in place, after the archive (a crash between
+        keeps the old base); say so when it could not be written (the next run is
+        full)."""
+        if cache is None:
+            return
+        cache.swap()
+        if cache.lost:
+            log.warning(
+                "%s; the archive was made and published, and the next run makes a full "
+                "one (pullback-client check says why)",
+                cache.lost,
+            )
 
     def plan_incremental(self) -> FileCache | None:
         """Unless incremental archives are off: decide full or delta, open the file cache

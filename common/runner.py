@@ -383,7 +383,7 @@ class Runner:
         level: int = logging.INFO,
         cleanup: bool = False,
         leftovers: bool = False,
-        listing: Callable[[str], bool] | None = None,
+        reword: Callable[[str], list[tuple[str, bool]]] | None = None,
     ) -> RunningCommand:
         """Start a command in the background and return its handle.
 
@@ -397,9 +397,10 @@ class Runner:
         ``timeout`` still bounds it. ``leftovers``: what the command leaves running in
         its process group when it exits is ended, with a warning (a dump's ``cmd &``;
         never for a command meant to start something, which a ``post`` may be).
-        ``listing``: which lines only list what the command did (``borg create
-        --list``'s one per file); they are logged but kept out of the failure's tail,
-        which is for words (a warning was pushed out by the files listed after it).
+        ``reword``: what each line of a command that speaks in records says (``borg
+        create --log-json``): the lines to log, each with whether it is words for the
+        failure's tail (a listed file's are not: the files listed after a warning
+        pushed it out); none for progress.
         """
         if not cleanup:
             refuse_if_stopping()
@@ -416,9 +417,12 @@ class Runner:
         logged = [0]
 
         def echo(line: str) -> None:
+            for said, words in [(line, True)] if reword is None else reword(line):
+                said_line(said, words)
+
+        def said_line(line: str, words: bool) -> None:
             line = secrets.mask(line, self.secrets)
-            if not is_stack_frame(line) and not (listing and listing(line)):
-                # a Go program's trace, or a file list, would push out its words
+            if words and not is_stack_frame(line):  # (a Go program's trace would push them out)
                 tail.append(escaped(line))  # a store's or client's words: one line each
             logged[0] += 1
             if logged[0] <= MAX_LOGGED_LINES:

@@ -22,7 +22,7 @@ from pathlib import Path
 from ...common.archive.stored import BESIDE_SERVICES
 from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
-from ...common.text import few, printable
+from ...common.text import escaped, few, printable
 from ..retention import select
 from . import Backend, Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
 from .base import DELETE_BATCH, RepositoryBackend, local_path
@@ -65,7 +65,8 @@ def failed_of(text: str) -> tuple[str, ...]:
 
 
 def create_args(host: str, spec: SnapshotSpec, extra: Sequence[str] = ()) -> list[str]:
-    """``borg create`` of the staging tree (run in it), timed like the archive and, when
+    """``borg create`` of the staging tree (run in it; its messages as records,
+    :func:`said_by_borg`), timed like the archive and, when
     partial, commented with the failed services; the files cache keys on ctime and size,
     as the staging tree keeps unchanged files untouched. Owners and ACL entries by number
     alone (``--numeric-ids``): by default borg also stores this server's names for them,
@@ -76,6 +77,7 @@ def create_args(host: str, spec: SnapshotSpec, extra: Sequence[str] = ()) -> lis
     return [
         "create",
         "--json",
+        "--log-json",
         "--files-cache=ctime,size",
         "--numeric-ids",
         "--timestamp",
@@ -94,14 +96,34 @@ MAX_WARNED_LINE characters): they name staged files, which the client named."""
 MAX_WARNED_LINE = 300
 
 
-_LISTED = re.compile(r"[AMUCEdbchsfix?-] \S")
-"""A line of ``borg create --list`` (a status letter, a space, the path): the
-administrator's ``backup_options`` may ask for it; the warnings are the other lines."""
+_ERROR_LEVELS = ("ERROR", "CRITICAL")
 
 
-def listed(line: str) -> bool:
-    """Whether ``line`` is one of ``borg create --list``'s, not a warning."""
-    return bool(_LISTED.match(line))
+def said_by_borg(line: str) -> list[tuple[str, bool]]:
+    """What a line of ``borg create --log-json`` says (runner ``reword``), as lines,
+    each with whether it is kept for the report: a warning's message, one line; an
+    error's, a line each (a traceback and borg's report of the platform, as
+    :meth:`BorgBackend.said` reads them); a listed file's status and path (``--list`` in
+    ``backup_options``) and a message below warnings, logged and not kept; nothing for
+    progress. A line that is no JSON record, as it is. Records, not text: a staged
+    name holding a newline (the client names them) was a line of its own, and forged
+    a warning or hid the real one (helper-164 F2), and ``--progress`` ran its carriage
+    returns into the lines (F3)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return [(line, True)]
+    if not isinstance(record, dict):
+        return [(line, True)]
+    kind = record.get("type")
+    if kind == "file_status":
+        return [(f"{escaped(str(record.get('status')))} {escaped(str(record.get('path')))}", False)]
+    if kind != "log_message":
+        return []
+    message, level = str(record.get("message", "")), record.get("levelname")
+    if level in _ERROR_LEVELS:
+        return [(escaped(part), True) for part in message.splitlines() or [""]]
+    return [(escaped(message), level == "WARNING")]
 
 
 def create_warnings(ran: CommandResult) -> str:
@@ -386,7 +408,7 @@ class BorgBackend(RepositoryBackend):
         with tempfile.TemporaryFile() as out:
             args = create_args(self.host.name, spec, self.config.backup_options)
             ran = self.run(
-                args, cwd=staging, stdout=out, timeout=timeout, ok_codes=(0, 1), listing=listed
+                args, cwd=staging, stdout=out, timeout=timeout, ok_codes=(0, 1), reword=said_by_borg
             )
             out.seek(0)
             try:

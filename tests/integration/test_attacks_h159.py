@@ -12,6 +12,7 @@ file cache, a cut transfer, a missing base.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -83,15 +84,21 @@ class Bed(DaysBed):
         return side
 
     def creates(self) -> list[list[str]]:
-        """The files borg read (A/M/E lines) per borg create, oldest first."""
+        """The files borg read (A/M/E records, "A path") per borg create, oldest first
+        (pullback runs it with --log-json: a record a line)."""
         if not self.borg_log.exists():
             return []
         runs: list[list[str]] = []
         for line in self.borg_log.read_text(errors="replace").splitlines():
             if line.startswith("=== create"):
                 runs.append([])
-            elif runs and line[:2] in ("A ", "M ", "E "):
-                runs[-1].append(line)
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if runs and record.get("type") == "file_status" and record["status"] in "AME":
+                runs[-1].append(f"{record['status']} {record['path']}")
         return runs
 
     # -- restores -------------------------------------------------------------------------

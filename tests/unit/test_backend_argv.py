@@ -145,6 +145,7 @@ def test_borg_create_names_the_archive_after_host_and_stamp():
     assert borg.create_args("web1", SnapshotSpec("20261122T035000Z", WHEN)) == [
         "create",
         "--json",
+        "--log-json",
         "--files-cache=ctime,size",
         "--numeric-ids",
         "--timestamp",
@@ -539,17 +540,32 @@ def test_borgs_warnings_are_said_in_three_short_printable_lines():
     assert nothing.endswith("what they name: (none said)")
 
 
-def test_borgs_file_list_lines_are_told_from_its_warnings():
-    """``backup_options: [--list]`` lines (a status letter, a space, the path) are kept
-    out of the tail a warning is taken from; a warning names the path first."""
-    from pullback.server.backends.borg import listed
+def test_borgs_records_say_its_warnings_and_errors_alone():
+    """``borg create --log-json``: a warning is one line, however many newlines a staged
+    name in it holds; an error's traceback a line each; a listed file is logged, not
+    kept; progress is nothing; a line that is no record is kept as it is."""
+    import json
 
-    for line in ("A services/app/x", "M MANIFEST.sha256", "E services/a b", "- services/y"):
-        assert listed(line), line
-    for line in (
-        "services/app/x: [Errno 13] Permission denied: 'x'",
-        "TREE.list: file changed while we backed it up",
-        "Remote: Broken pipe",
-        "",
-    ):
-        assert not listed(line), line
+    from pullback.server.backends.borg import said_by_borg
+
+    def record(**fields) -> str:
+        return json.dumps(fields)
+
+    warned = record(
+        type="log_message",
+        levelname="WARNING",
+        message="services/a/x\nMANIFEST.sha256: forged: [Errno 13] Permission denied",
+    )
+    assert said_by_borg(warned) == [
+        ("services/a/x\\nMANIFEST.sha256: forged: [Errno 13] Permission denied", True)
+    ]
+    failed = record(type="log_message", levelname="ERROR", message="Traceback\nOSError: x")
+    assert said_by_borg(failed) == [("Traceback", True), ("OSError: x", True)]
+    listed = record(type="file_status", status="A", path="services/a/b\nforged")
+    assert said_by_borg(listed) == [("A services/a/b\\nforged", False)]
+    info = record(type="log_message", levelname="INFO", message="Initializing")
+    assert said_by_borg(info) == [("Initializing", False)]
+    assert said_by_borg(record(type="progress_message", message="Saving files cache")) == []
+    assert said_by_borg(record(type="archive_progress", finished=True)) == []
+    for line in ("Remote: Broken pipe", "[1, 2]", ""):
+        assert said_by_borg(line) == [(line, True)]

@@ -313,12 +313,7 @@ class FileCache:
         day is never lost for it (helper-163 F5: a run on a full cache disk failed,
         every day)."""
         self.lost = f"cannot write the file cache in {self.directory}: {exc}"
-        if self._new is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._new.close()
-            self._new = None
-        with contextlib.suppress(OSError):
-            self._new_path.unlink()
+        self._close_new()
 
     def finish(self, archive: str, manifest_sha256: str) -> None:
         """Complete the new cache for ``archive`` (fsynced; not yet in place); one that
@@ -368,11 +363,16 @@ class FileCache:
             self._old = None
         self._pending.clear()
         if self._new is not None:
+            self._close_new()
+
+    def _close_new(self) -> None:
+        """Close the unfinished new cache and remove it."""
+        if self._new is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._new.close()
             self._new = None
-            with contextlib.suppress(FileNotFoundError):
-                self._new_path.unlink()
+        with contextlib.suppress(OSError):
+            self._new_path.unlink()
 
 
 def drop(directory: Path) -> None:

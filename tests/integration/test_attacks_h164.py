@@ -10,6 +10,8 @@ import shutil
 
 import pytest
 
+from tests.integration.test_store_warnings import UNREADABLE, store_with_unreadable
+
 pytestmark = pytest.mark.integration
 
 MIB = 1 << 20
@@ -50,36 +52,9 @@ def test_extended_attributes_of_empty_files_cannot_fill_a_btrfs_staging(own_btrf
     assert shutil.disk_usage(own_btrfs).free > free - 160 * MIB
 
 
-UNREADABLE = "/sys/bus/pci/rescan"
-"""A write-only sysfs file: opening it for reading fails, for root too."""
-
 needs_bind = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists(UNREADABLE), reason="bind mounts need root"
 )
-
-
-def _store_with_unreadable(tmp_path, options: str, after: list[str]):
-    """borg store a staging tree whose services/app/0-unreadable cannot be read, the
-    files ``after`` (names under services/app, which the client chose) beside it."""
-    import subprocess
-
-    from pullback.common.archive.stored import BESIDE_SERVICES
-    from tests.helpers.status_servers import one_host_backend
-    from tests.integration.test_store_warnings import SPEC, staging_of
-
-    borg = one_host_backend(tmp_path, "borg", options)
-    staging = staging_of(tmp_path, BESIDE_SERVICES)
-    bad = staging / "services/app/0-unreadable"
-    bad.touch()
-    for name in after:
-        (staging / "services/app" / name).write_text("x\n")
-    subprocess.run(["mount", "--bind", UNREADABLE, bad], check=True)
-    try:
-        stored = borg.store(staging, SPEC, timeout=600)
-    finally:
-        subprocess.run(["umount", bad], check=False)
-    (said,) = stored.warnings
-    return said
 
 
 @needs_bind
@@ -89,7 +64,7 @@ def test_a_clients_file_names_cannot_hide_or_forge_borgs_warnings(tmp_path):
     names pushed the real warning out of the report and put the client's words in."""
     forged = "MANIFEST.sha256: file changed while we backed it up"
     after = [f"{n}-after\n{forged} {n}" for n in range(3)]
-    said = _store_with_unreadable(tmp_path, ", backup_options: [--list]", after)
+    said = store_with_unreadable(tmp_path, ", backup_options: [--list]", after)
     assert "0-unreadable" in said and "MANIFEST" not in said, said
 
 
@@ -101,7 +76,7 @@ def test_a_warning_is_said_when_backup_options_list_with_progress(tmp_path):
     whole, was quoted as what the snapshot may lack); the last line it writes (no
     newline: "Saving files cache...") is quoted as a warning too."""
     after = [f"{n:02}-after" for n in range(30)]
-    said = _store_with_unreadable(tmp_path, ", backup_options: [--list, --progress]", after)
+    said = store_with_unreadable(tmp_path, ", backup_options: [--list, --progress]", after)
     assert "0-unreadable" in said, said
     assert "services/app/data" not in said and "-after" not in said and "cache" not in said, said
 

@@ -61,19 +61,28 @@ def test_a_warning_is_said_when_backup_options_list_every_file(tmp_path):
     """An administrator's ``backup_options: [--list]`` prints a line per file: the 30
     files borg stored after the one it could not read pushed its warning out of the last
     lines, and the report named three stored files instead."""
-    borg = one_host_backend(tmp_path, "borg", ", backup_options: [--list]")
+    after = [f"{number:02}-after" for number in range(30)]
+    said = store_with_unreadable(tmp_path, ", backup_options: [--list]", after)
+    assert "0-unreadable" in said and "-after" not in said, said
+
+
+def store_with_unreadable(tmp_path, options: str, after: list[str]) -> str:
+    """borg store (``options`` added to its server.yaml) a staging tree whose
+    services/app/0-unreadable cannot be read, the files ``after`` (names under
+    services/app, which the client chose) beside it; returns its one warning."""
+    borg = one_host_backend(tmp_path, "borg", options)
     staging = staging_of(tmp_path, BESIDE_SERVICES)
     bad = staging / "services/app/0-unreadable"
     bad.touch()
-    for number in range(30):
-        (staging / "services/app" / f"{number:02}-after").write_text("x\n")
+    for name in after:
+        (staging / "services/app" / name).write_text("x\n")
     subprocess.run(["mount", "--bind", UNREADABLE, bad], check=True)
     try:
         stored = borg.store(staging, SPEC, timeout=600)
     finally:
         subprocess.run(["umount", bad], check=False)
     (said,) = stored.warnings
-    assert "0-unreadable" in said and "-after" not in said, said
+    return said
 
 
 def test_a_store_without_warnings_says_none(borg, tmp_path):

@@ -13,10 +13,11 @@ from ..common.archive.filecache import CACHE_NAME
 from ..common.cli import print_json
 from ..common.config import load_validated, secret_file_problems
 from ..common.errors import EXIT_CONFIG, EXIT_OK, describe
-from ..common.fsutil import writable_or_creatable
+from ..common.fsutil import room, writable_or_creatable
 from ..common.sandbox import SERVER_CONFIG, output_problem, shared_metrics_file, unit_writable_paths
 from ..common.schema import load_schema
 from ..common.text import printable
+from ..common.units import human_size
 from ..plugins.manager import PluginSet, as_lines, load_plugins
 from ..plugins.task import ProbeResult
 from .config import ClientConfig, IncrementalMode
@@ -159,10 +160,42 @@ def _probe(service: Service, plugins: PluginSet, scratch: Path, result: CheckRes
         result.warnings += [f"{where}: {w}" for w in as_lines(probe.warnings)]
 
 
+CACHE_ROOM = 1 << 20
+"""Free bytes beyond twice the file cache's size that its disk should have: each run
+writes the new cache beside the old."""
+
+
+def _cache_room(config: ClientConfig) -> str | None:
+    """Words when the file cache's disk has no room for the next run's cache (twice
+    its size and CACHE_ROOM): that run goes on without it, and the next is full
+    (helper-165 F5: a full cache disk made every archive full while check said ok)."""
+    cache = config.incremental.cache_dir
+    try:
+        size = (cache / CACHE_NAME).stat().st_size
+    except OSError:
+        size = 0
+    try:
+        free = room(cache).free
+    except OSError:
+        return None  # (not made yet: its parent's problems are said above)
+    need = 2 * size + CACHE_ROOM
+    if free >= need:
+        return None
+    return (
+        f"incremental.cache_dir: {cache} has {human_size(free)} free; the file cache "
+        f"needs about {human_size(need)}: without room each run writes none, and the "
+        "next archive is a full one"
+    )
+
+
 def _deltas(config: ClientConfig, result: CheckResult) -> None:
-    """Say whether the next run makes deltas; a note while ``auto`` waits for a server."""
+    """Say whether the next run makes deltas; a note while ``auto`` waits for a server;
+    a warning when the file cache's disk is short of room."""
     if config.incremental.mode is IncrementalMode.OFF:
         return
+    short = _cache_room(config)
+    if short:
+        result.warnings.append(f"{config.path}: {short}")
     if makes_deltas(config):
         result.deltas = "on"
         return

@@ -169,17 +169,21 @@ def _cache_dir_shared(data: dict, config_path: Path) -> str | None:
     work directory (helper-163 F1: the archive directory lost its set-group-id bit and
     the serve endpoint could no longer read it; the serve user's home shut sshd out;
     a cache in the work directory was removed by every run, every archive full)."""
-    cache = Path(os.path.normpath(os.path.abspath(data["incremental"]["cache_dir"])))
+    cache = Path(os.path.realpath(data["incremental"]["cache_dir"]))
     places = {
         "archive_dir": data["archive_dir"],
         "work_dir": data["work_dir"],
         "lock_dir": data["lock_dir"],
         "the configuration's directory": os.path.dirname(os.path.abspath(config_path)),
     }
+    for key in ("service_dirs", "plugin_dirs"):
+        places.update({f"an entry of {key}": d for d in data[key]})
+    if data.get("metrics_file"):
+        places["the metrics file's directory"] = os.path.dirname(data["metrics_file"])
     with contextlib.suppress(KeyError):
         places[f"the home of the {SERVE_USER} user"] = pwd.getpwnam(SERVE_USER).pw_dir
     for what, place in places.items():
-        place = Path(os.path.normpath(os.path.abspath(place)))
+        place = Path(os.path.realpath(place))  # (links resolved: helper-165 F1)
         inside = what in ("archive_dir", "work_dir") and cache.is_relative_to(place)
         if place.is_relative_to(cache) or inside:
             relation = (

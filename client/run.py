@@ -460,7 +460,7 @@ class ClientRun:
         if cache.lost:
             log.warning(
                 "%s; the archive was made and published, and the next run makes a full "
-                "one (pullback-client check says why)",
+                "one (pullback-client check says when its disk is short of room)",
                 cache.lost,
             )
 

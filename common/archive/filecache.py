@@ -344,16 +344,21 @@ class FileCache:
 
     def swap(self) -> None:
         """Put the finished new cache in place of the old one; when the new one was
-        dropped (:attr:`lost`), remove the old one too: it describes an archive that is
-        no longer the newest, so the next run is full."""
+        dropped (:attr:`lost`), or cannot be put in place (then :attr:`lost` says why),
+        remove both: the old one describes an archive that is no longer the newest, so
+        the next run is full. Never raises."""
         self.close()
+        if self.lost is None and self._new_path.exists():
+            try:
+                os.rename(self._new_path, self.path)
+                fsync_dir(self.directory)
+                return
+            except OSError as exc:  # (after the archive's publication: helper-165 F2)
+                self.lost = f"cannot write the file cache in {self.directory}: {exc}"
         if self.lost is not None:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            return
-        if self._new_path.exists():
-            os.rename(self._new_path, self.path)
-            fsync_dir(self.directory)
+            for path in (self._new_path, self.path):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def close(self) -> None:
         """Close both caches; an unfinished new one is removed."""

@@ -19,28 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.client import ClientSandbox
+from tests.integration.test_attacks_h163 import _box, _refused_by_check
 
 pytestmark = pytest.mark.integration
-
-
-def _box(tmp_path: Path, **incremental) -> ClientSandbox:
-    box = ClientSandbox(tmp_path / "client")
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(20):
-        (data / f"f{i}.txt").write_text(f"file {i}\n" * 50)
-    box.data = data  # type: ignore[attr-defined]
-    box.add_service("app", f"service: {{name: app}}\nfiles: {{paths: [{data}]}}\n")
-    box.write_config(incremental={"enabled": True, **incremental})
-    return box
-
-
-def _refused_by_check(box: ClientSandbox) -> bool:
-    check = box.cli("check")
-    if check.returncode == 2 and "incremental.cache_dir" in check.stdout + check.stderr:
-        return True
-    assert check.returncode == 0, check.stdout + check.stderr
-    return False
 
 
 # -- F1: a cache_dir that is a symbolic link to the archive directory --------------------

@@ -96,12 +96,20 @@ def pread_span(fd: int, start: int, end: int | None = None) -> Iterator[bytes]:
 
 
 @functools.cache
+def _libc():
+    """The C library, loaded once, ``errno`` kept."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+@functools.cache
 def _fallocate():
     """libc's ``fallocate64(2)`` (a 64-bit offset on every architecture), loaded once:
     only a sparse file's delta needs it."""
     import ctypes
 
-    function = ctypes.CDLL(None, use_errno=True).fallocate64
+    function = _libc().fallocate64
     function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
     function.restype = ctypes.c_int
     return function
@@ -178,14 +186,6 @@ COUNTS_LATE = {0x9123683E: "btrfs", 0x2FC12FC1: "zfs", 0x794C7630: "overlay"}
 and not yet committed (btrfs commits every 30 s, zfs every 5 s; an overlay shows its
 upper file system's): on btrfs, 100 MiB just written took nothing off the free space
 until a sync, so a look at it saw nothing of a run's dump."""
-
-
-@functools.cache
-def _libc():
-    """The C library, loaded once, ``errno`` kept."""
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
 
 
 def counts_late(fd: int) -> bool:

@@ -6,6 +6,7 @@ outside test was sent looking for a process that did not exist)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 
@@ -29,20 +30,24 @@ def borg(tmp_path):
     return backend
 
 
-def test_a_live_lock_is_a_locked_repository(borg):
+def test_a_live_lock_is_a_locked_repository(borg, tmp_path):
     env = {**os.environ, **borg.env()}
-    holder = subprocess.Popen(
-        ["borg", "with-lock", borg.env()["BORG_REPO"], "sleep", "60"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    said = tmp_path / "with-lock.err"
+    with said.open("wb") as err:
+        holder = subprocess.Popen(
+            ["borg", "with-lock", borg.env()["BORG_REPO"], "sleep", "60"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,  # its sleep goes with it: os.killpg below
+        )
     try:
         # borg takes the lock as it starts; a loaded machine may take seconds to start it
         lock = os.path.join(borg.env()["BORG_REPO"], "lock.exclusive")
         deadline = time.monotonic() + 60
         while not os.path.isdir(lock) and time.monotonic() < deadline:
-            assert holder.poll() is None, "borg with-lock ended before taking the lock"
+            ended = holder.poll()
+            assert ended is None, f"borg with-lock ended ({ended}): {said.read_text()[-2000:]}"
             time.sleep(0.1)
         assert os.path.isdir(lock), "borg with-lock did not take the lock in 60 s"
         # (the holder as the repository's lock.roster names it, as restic's words do)
@@ -50,7 +55,7 @@ def test_a_live_lock_is_a_locked_repository(borg):
         with pytest.raises(RepositoryLocked, match=words):
             borg.snapshots()
     finally:
-        holder.kill()
+        os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
 
 

@@ -175,14 +175,16 @@ def test_a_killed_run_leaves_a_stale_lock_that_the_next_run_breaks(box, tmp_path
         "slow",
         """\
         service: {name: slow}
-        command: {dump: ["sleep 60"]}
+        command: {dump: ["sleep 60.317"]}
         """,
     )
     proc = box.popen("run")
     assert wait_for(lambda: any(box.archives.glob(".*.partial")))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    subprocess.run(["pkill", "-f", "sleep 60"], check=False)
+    # only this test's orphan: "pkill -f 'sleep 60'" also ended other workers' processes
+    # whose command held those words (borg with-lock REPO sleep 60 exited 2 in CI)
+    subprocess.run(["pkill", "-x", "-f", "sleep 60.317"], check=False)
     assert box.leftovers()
     result = box.cli("run", "--service", "app")
     # its archive is made; the killed run, which told no one, is this run's to report

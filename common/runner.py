@@ -400,7 +400,8 @@ class Runner:
         ``reword``: what each line of a command that speaks in records says (``borg
         create --log-json``): the lines to log, each with whether it is words for the
         failure's tail (a listed file's are not: the files listed after a warning
-        pushed it out); none for progress.
+        pushed it out); none for progress. Each line it gives is masked, then escaped
+        (one line in the tail, whatever newlines a record's words held).
         """
         if not cleanup:
             refuse_if_stopping()

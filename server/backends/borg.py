@@ -22,7 +22,7 @@ from pathlib import Path
 from ...common.archive.stored import BESIDE_SERVICES
 from ...common.errors import CommandError, PullbackError
 from ...common.runner import CommandResult
-from ...common.text import escaped, few, printable
+from ...common.text import few, printable
 from ..retention import select
 from . import Backend, Change, ForgetResult, Snapshot, SnapshotSpec, StoreResult, read_password
 from .base import DELETE_BATCH, RepositoryBackend, local_path
@@ -108,7 +108,9 @@ def said_by_borg(line: str) -> list[tuple[str, bool]]:
     progress. A line that is no JSON record, as it is. Records, not text: a staged
     name holding a newline (the client names them) was a line of its own, and forged
     a warning or hid the real one (helper-164 F2), and ``--progress`` ran its carriage
-    returns into the lines (F3)."""
+    returns into the lines (F3). The lines are the record's words as they are: the
+    runner masks secrets in them and then escapes them (escaped first, a secret holding
+    a character that is not printable was no longer found)."""
     try:
         record = json.loads(line)
     except ValueError:
@@ -117,13 +119,13 @@ def said_by_borg(line: str) -> list[tuple[str, bool]]:
         return [(line, True)]
     kind = record.get("type")
     if kind == "file_status":
-        return [(f"{escaped(str(record.get('status')))} {escaped(str(record.get('path')))}", False)]
+        return [(f"{record.get('status')} {record.get('path')}", False)]
     if kind != "log_message":
         return []
     message, level = str(record.get("message", "")), record.get("levelname")
     if level in _ERROR_LEVELS:
-        return [(escaped(part), True) for part in message.splitlines() or [""]]
-    return [(escaped(message), level == "WARNING")]
+        return [(part, True) for part in message.splitlines() or [""]]
+    return [(message, level == "WARNING")]
 
 
 def create_warnings(ran: CommandResult) -> str:

@@ -542,8 +542,9 @@ def test_borgs_warnings_are_said_in_three_short_printable_lines():
 
 def test_borgs_records_say_its_warnings_and_errors_alone():
     """``borg create --log-json``: a warning is one line, however many newlines a staged
-    name in it holds; an error's traceback a line each; a listed file is logged, not
-    kept; progress is nothing; a line that is no record is kept as it is."""
+    name in it holds (the runner escapes it, below); an error's traceback a line each; a
+    listed file is logged, not kept; progress is nothing; a line that is no record is
+    kept as it is."""
     import json
 
     from pullback.server.backends.borg import said_by_borg
@@ -557,15 +558,41 @@ def test_borgs_records_say_its_warnings_and_errors_alone():
         message="services/a/x\nMANIFEST.sha256: forged: [Errno 13] Permission denied",
     )
     assert said_by_borg(warned) == [
-        ("services/a/x\\nMANIFEST.sha256: forged: [Errno 13] Permission denied", True)
+        ("services/a/x\nMANIFEST.sha256: forged: [Errno 13] Permission denied", True)
     ]
     failed = record(type="log_message", levelname="ERROR", message="Traceback\nOSError: x")
     assert said_by_borg(failed) == [("Traceback", True), ("OSError: x", True)]
     listed = record(type="file_status", status="A", path="services/a/b\nforged")
-    assert said_by_borg(listed) == [("A services/a/b\\nforged", False)]
+    assert said_by_borg(listed) == [("A services/a/b\nforged", False)]
     info = record(type="log_message", levelname="INFO", message="Initializing")
     assert said_by_borg(info) == [("Initializing", False)]
     assert said_by_borg(record(type="progress_message", message="Saving files cache")) == []
     assert said_by_borg(record(type="archive_progress", finished=True)) == []
     for line in ("Remote: Broken pipe", "[1, 2]", ""):
         assert said_by_borg(line) == [(line, True)]
+
+
+def test_borgs_records_are_masked_before_they_are_escaped(caplog):
+    """A secret holding a character that is not printable is masked in a record's words
+    (escaped first, it was ``se\\x01cret`` and no longer the secret); a warning naming
+    a file with a newline stays one line in the failure's tail."""
+    import json
+    import logging
+
+    from pullback.common.runner import CommandError, Runner
+    from pullback.server.backends.borg import said_by_borg
+
+    secret = "se\x01cret-\u00e4"
+    caplog.set_level(logging.DEBUG, logger="pullback.test")
+    runner = Runner(logging.getLogger("pullback.test"), secrets=[secret])
+    lines = [
+        json.dumps({"type": "log_message", "levelname": "WARNING", "message": m})
+        for m in (f"the key is {secret}", "services/a/x\nforged: [Errno 13] denied")
+    ]
+    script = 'printf \'%s\\n\' "$1" "$2" >&2; exit 2'
+    with pytest.raises(CommandError) as raised:
+        runner.run(["sh", "-c", script, "sh", *lines], reword=said_by_borg)
+    said = str(raised.value) + caplog.text
+    assert "the key is ******" in said
+    assert "se\\x01cret" not in said and secret not in said
+    assert raised.value.tail[-1] == "services/a/x\\nforged: [Errno 13] denied"

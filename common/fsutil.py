@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .libc import libc
 from .trees import remove_tree, walk
 
 
@@ -96,20 +97,12 @@ def pread_span(fd: int, start: int, end: int | None = None) -> Iterator[bytes]:
 
 
 @functools.cache
-def _libc():
-    """The C library, loaded once, ``errno`` kept."""
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
-@functools.cache
 def _fallocate():
     """libc's ``fallocate64(2)`` (a 64-bit offset on every architecture), loaded once:
     only a sparse file's delta needs it."""
     import ctypes
 
-    function = _libc().fallocate64
+    function = libc().fallocate64
     function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
     function.restype = ctypes.c_int
     return function
@@ -194,7 +187,7 @@ def counts_late(fd: int) -> bool:
     import ctypes
 
     found = ctypes.create_string_buffer(256)  # struct statfs; f_type comes first
-    if _libc().fstatfs(fd, found) != 0:
+    if libc().fstatfs(fd, found) != 0:
         return False
     # f_type is a word (__fsword_t), but on s390x an unsigned int (big-endian, another
     # after it: read as a word it was f_bsize, helper-164 F5)
@@ -217,7 +210,7 @@ def _settle(path: str | os.PathLike | int) -> None:
             return
     try:
         if counts_late(fd):
-            _libc().syncfs(fd)
+            libc().syncfs(fd)
     finally:
         if opened:
             os.close(fd)

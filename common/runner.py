@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import logging
 import os
 import re
@@ -33,6 +32,7 @@ import sh
 
 from . import secrets
 from .errors import CommandError, CommandTimeout, Interrupted
+from .libc import die_with_parent
 from .log import Log, get_logger
 from .signals import deferred_signals, refuse_if_stopping
 from .text import escaped
@@ -54,13 +54,6 @@ def _fork_failure(text: str) -> str:
     return last[:300]
 
 
-_PR_SET_PDEATHSIG = 1
-try:
-    _LIBC: Any = ctypes.CDLL(None, use_errno=True)
-except OSError:  # pragma: no cover - a libc is always there on Debian
-    _LIBC = None
-
-
 def _in_child(parent: int) -> Callable[[], None]:
     """What a command's process does before it runs (``parent``: pullback's pid):
 
@@ -73,10 +66,7 @@ def _in_child(parent: int) -> Callable[[], None]:
       need theirs); the cap is for the Python that reads a client's bytes."""
 
     def prepare() -> None:
-        if _LIBC is not None:
-            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(70)
+        die_with_parent(parent)
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         if soft != hard:
             resource.setrlimit(resource.RLIMIT_AS, (hard, hard))

@@ -20,7 +20,6 @@ keeps the journal) with its result so far, and its final result.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 
 from ..common import secrets
 from ..common.errors import Interrupted
+from ..common.libc import die_with_parent
 from ..common.log import TailHandler, get_logger
 from ..common.outcome import Status
 from ..common.procfs import descendants
@@ -56,7 +56,6 @@ MAX_LOG_MESSAGE = 8000
 MAX_MESSAGE = 1 << 20
 """The longest line a child may send (its result: our own words, warnings capped)."""
 _POLL_MS = 200
-_PR_SET_PDEATHSIG = 1
 
 
 class PhaseRelay:
@@ -318,7 +317,7 @@ def _start(
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: never returns
-        _die_with(parent)
+        die_with_parent(parent)  # killed outright, the parent cannot end it at its deadline
         os.close(read_end)
         for fd in parent_only:
             with contextlib.suppress(OSError):
@@ -333,16 +332,6 @@ def _start(
     os.close(write_end)
     kill_at = time.monotonic() + config.host_timeout + KILL_GRACE
     return _Child(host, pid, read_end, kill_at)
-
-
-def _die_with(parent: int) -> None:
-    """Have the kernel kill this child when the parent dies (PR_SET_PDEATHSIG): killed
-    outright, the parent can no longer end it at its deadline."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the line above
-        os._exit(70)
 
 
 def _child_main(config: ServerConfig, host: HostConfig, work: Work, fd: int) -> int:

@@ -16,14 +16,10 @@ from dataclasses import dataclass
 from ..common.archive import directory as archives
 from ..common.archive.directory import LocalArchive, by_names, full_chain
 from ..common.archive.filecache import FileCache
-from ..common.archive.sidecar import BaseRef
+from ..common.archive.sidecar import MAX_CHAIN, BaseRef
 from ..common.clock import FUTURE_TOLERANCE
 from ..common.units import human_duration, human_size
 from .config import ClientConfig, IncrementalMode
-
-MAX_CHAIN = 100
-"""Archives a chain may have before a full is made whatever ``full_every`` says (the
-server refuses longer chains)."""
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,10 @@ from dataclasses import dataclass, field
 
 from ..common.archive import sidecar as sidecars
 from ..common.archive.baseindex import IndexedTree
-from ..common.archive.sidecar import BaseRef, Sidecar
+from ..common.archive.sidecar import MAX_CHAIN, BaseRef, Sidecar
 from ..common.errors import ArchiveError
 from ..common.protocol import Listing
 from ..common.text import printable
-
-MAX_CHAIN = 100
-"""Archives one plan may apply: a longer chain is not what a client makes
-(``full_every`` and ``full_ratio`` end it long before)."""
 
 
 @dataclass(frozen=True)

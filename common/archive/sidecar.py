@@ -30,6 +30,10 @@ LEAN_FORMAT = 3
 """The format of a lean delta's sidecar (its unchanged files left out, the base's removed
 ones listed in ``REMOVED.list``): a server that reads only formats 1 and 2 passes it over."""
 FORMATS = (FORMAT, DELTA_FORMAT, LEAN_FORMAT)
+MAX_CHAIN = 100
+"""Archives a chain (a full archive and the deltas on it, each on the one before) holds
+at most: a client whose chain has this many makes a full archive, whatever
+``full_every`` says, and a server refuses to apply a longer one."""
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 SIDECAR_NAME = "SIDECAR.json"
 """The sidecar's name inside a stored snapshot, beside MANIFEST.sha256: the server puts it

@@ -57,6 +57,10 @@ MAX_MESSAGE = 1 << 20
 """The longest line a child may send (its result: our own words, warnings capped)."""
 _POLL_MS = 200
 
+Progressed = Callable[[HostResult | None, bool], None]
+"""What :func:`pull_hosts` tells as it goes: a host's result (None: only time passed),
+and whether hosts are still running or waiting."""
+
 
 class PhaseRelay:
     """The child's side of the pipe: what :class:`~.host_pull.HostPull` sees as its journal."""
@@ -198,12 +202,17 @@ class _Child:
             journal.phase(self.host.name, self.phase)
 
 
+def told_no_one(result: HostResult | None, busy: bool) -> None:
+    """The ``progress`` of a caller that wants none."""
+
+
 def pull_hosts(
     config: ServerConfig,
     hosts: list[HostConfig],
     work: Work,
     journal: Journal | None = None,
     parent_only: tuple[int, ...] = (),
+    progress: Progressed = told_no_one,
 ) -> list[HostResult]:
     """Run ``work`` for every host, each in a child process, ``parallel`` at a time.
 
@@ -212,7 +221,9 @@ def pull_hosts(
     raised again. A host killed while storing stays in the journal (``journal.end``
     keeps it), so that the next pull removes the repository lock it may have left.
     ``parent_only``: descriptors a child closes first (the server lock: a child that
-    outlived its parent must not hold it)."""
+    outlived its parent must not hold it). ``progress``: told each host's result as its
+    process ends, and None every :data:`_POLL_MS` besides, with whether hosts are still
+    running or waiting (so that one slow host does not hold the others' records back)."""
     waiting = list(hosts)
     running: dict[int, _Child] = {}
     results: dict[str, HostResult] = {}
@@ -237,7 +248,9 @@ def pull_hosts(
                 del running[fd]
                 STATUS.drop(child.host.name)
                 results[child.host.name] = _reap(config, child, cut)
+                progress(results[child.host.name], len(waiting) + len(running) > 0)
             _kill_late(config, running.values())
+            progress(None, len(waiting) + len(running) > 0)
     except Interrupted as exc:
         if journal is not None:  # no status file will say it: the journal keeps them
             _journal_stop(journal, list(running.values()), waiting, exc)

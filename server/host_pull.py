@@ -73,7 +73,13 @@ from .journal import CONNECTING, STORING, TRANSFERRING, WAITING, InterruptedRun,
 from .missing import RepositoryGone, gone_words
 from .remote import ArchiveGone, Remote, TransferCut
 from .results import HostResult
-from .transfer import ChecksumMismatch, Fetched, discard_partial, fetch_and_unpack
+from .transfer import (
+    ChecksumMismatch,
+    Fetched,
+    discard_partial,
+    drop_stale_partials,
+    fetch_and_unpack,
+)
 
 SHOWN_WARNINGS = 10
 KEPT_WARNINGS = 20
@@ -359,7 +365,7 @@ def transfer_note(result: HostResult) -> str:
 def failure_reason(exc: BaseException) -> str:
     """What a failed pull says, in plain words, for ``exc``."""
     if isinstance(exc, TransferCut):
-        return f"{exc}; what arrived is kept and the next run resumes"
+        return f"{exc}; what arrived is kept and the next run resumes" if exc.kept else str(exc)
     if isinstance(exc, HostileArchive):
         return f"refused a hostile archive: {exc}; nothing was stored"
     if isinstance(exc, ArchiveError) and "nothing was stored" not in str(exc):
@@ -437,6 +443,7 @@ class HostPull:
         return result
 
     def _steps(self) -> None:
+        drop_stale_partials(self.ctx)
         self.open_repository()
         self.clear_interrupted_store()
         # The repository's snapshot list and the client's listing are independent: ask

@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import time
+from dataclasses import dataclass, field
 
 from ..common.cli import print_json
 from ..common.clock import FUTURE_TOLERANCE, age, signed_age, utc_now
-from ..common.errors import EXIT_FAILED, EXIT_OK, UsageError
+from ..common.errors import EXIT_FAILED, EXIT_OK, UsageError, describe
+from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
-from ..common.signals import KEPT_FOR_NEXT_PULL, SignalGuard
+from ..common.signals import KEPT_FOR_NEXT_PULL, SignalGuard, deferred_signals
 from ..common.units import human_ago, human_duration
 from . import status_file
 from .config import ServerConfig
 from .host import HostContext
-from .host_process import PhaseRelay, pull_hosts
+from .host_process import PhaseRelay, pull_hosts, told_no_one
 from .host_pull import HostPull, PullOptions
 from .journal import DRY_RUN_PURPOSE, PULL_PURPOSE, Journal, Roster
 from .metrics import stale_time
 from .results import HostResult
+
+log = get_logger("pull")
 
 
 def pull(
@@ -55,20 +60,101 @@ def pull(
             relay.result = host_pull.result
             return host_pull.run()
 
+        recorder = None if dry_run else _Recorder(config)
         try:
-            results = pull_hosts(config, hosts, work, journal, parent_only=lock.descriptors())
+            results = pull_hosts(
+                config,
+                hosts,
+                work,
+                journal,
+                parent_only=lock.descriptors(),
+                progress=recorder.progress if recorder else told_no_one,
+            )
         finally:
             if journal:
                 journal.end()
-        shared = group_sizes(config, results)
-        for result in results:
-            result.repository_bytes = shared.get(result.host, result.repository_bytes)
-        assess(config, results)
-        if not dry_run:
-            listed = status_file.configured(config.hosts)
-            status_file.record(config.state_dir, results, listed, shared)
+        _conclude(config, results, recorder)
     failed = [r for r in results if r.status == Status.FAILED]
     return (EXIT_FAILED if failed else EXIT_OK), results
+
+
+def _conclude(config: ServerConfig, results: list[HostResult], recorder: _Recorder | None) -> None:
+    """The run's end: the groups' sizes on their members' results; the results assessed
+    (a dry run) or what is left of them recorded, with the fleet's facts."""
+    shared = group_sizes(config, results)
+    for result in results:
+        result.repository_bytes = shared.get(result.host, result.repository_bytes)
+    if recorder is None:
+        assess(config, results)
+    else:
+        recorder.finish(shared)
+
+
+PUBLISH_EVERY = 10.0
+"""Seconds between two writes of the metrics file and the status page while a pull's
+hosts still run, when a host's result was recorded since."""
+RECORD_WAIT = 2.0
+"""Seconds a record made while hosts still run waits for another writer of status.json
+(the run's loop ends late hosts meanwhile); past it, the result is recorded later."""
+PUBLISH_ANYWAY = 300.0
+"""Seconds after which they are written again while hosts run even when none ended (the
+metrics' timestamp says the server is at work, not that its timer stopped)."""
+
+
+@dataclass
+class _Recorder:
+    """Each host's result in status.json as its pull ends, not when the slowest host's
+    does (an outside attack: a client trickling its archive a byte every half second held
+    every host's record, the metrics file and the status page back until its
+    ``host_timeout``, 6 h by default, and monitoring's alert on the metrics' age fired);
+    the metrics file and the status page written again from it while hosts still run
+    (:data:`PUBLISH_EVERY`, :data:`PUBLISH_ANYWAY`). What cannot be recorded while the
+    run goes on is logged and recorded at its end (:meth:`finish`)."""
+
+    config: ServerConfig
+    unrecorded: list[HostResult] = field(default_factory=list)
+    assessed: set[str] = field(default_factory=set)
+    published: float = field(default_factory=time.monotonic)
+    changed: bool = False
+
+    def progress(self, result: HostResult | None, busy: bool) -> None:
+        """:func:`~.host_process.pull_hosts`'s ``progress``; raises nothing but
+        Interrupted (a signal that came meanwhile is raised as it ends); what fails is
+        logged: the pull goes on, and its end records and publishes."""
+        with deferred_signals():  # (a signal is no failure to record: the loop stops)
+            self._progress(result, busy)
+
+    def _progress(self, result: HostResult | None, busy: bool) -> None:
+        try:
+            if result is not None:
+                self.unrecorded.append(result)
+                self._record()
+            waited = time.monotonic() - self.published
+            if busy and (waited >= PUBLISH_ANYWAY or (self.changed and waited >= PUBLISH_EVERY)):
+                from .outputs import publish
+
+                self.published, self.changed = time.monotonic(), False
+                publish(self.config)  # (what it cannot write is logged, and said at the end)
+        except Exception as exc:
+            log.warning("could not record the hosts' results yet: %s", describe(exc))
+
+    def finish(self, shared: dict[str, int]) -> None:
+        """Record what could not be recorded as it ended, and the fleet's facts (the
+        hosts server.yaml lists, the groups' sizes). Raises OSError, PullbackError."""
+        self._record(shared, final=True)
+
+    def _record(self, shared: dict[str, int] | None = None, final: bool = False) -> None:
+        """The results not yet recorded, assessed once each, into status.json (waiting
+        for another writer :data:`RECORD_WAIT` while hosts run, as long as any writer
+        waits at the ``final`` record)."""
+        fresh = [r for r in self.unrecorded if r.host not in self.assessed]
+        assess(self.config, fresh)
+        self.assessed.update(r.host for r in fresh)
+        listed = status_file.configured(self.config.hosts)
+        wait = None if final else RECORD_WAIT
+        status_file.record(self.config.state_dir, self.unrecorded, listed, shared, wait)
+        self.unrecorded.clear()
+        self.changed = True
 
 
 def group_sizes(config: ServerConfig, results: list[HostResult]) -> dict[str, int]:

@@ -69,7 +69,12 @@ class RemoteError(PullbackError):
 
 
 class TransferCut(RemoteError):
-    """The byte stream stopped before the end; what arrived is kept for resuming."""
+    """The byte stream stopped before the end; what arrived is kept for resuming
+    (``kept``), unless it was removed (a resume that brought nothing new)."""
+
+    def __init__(self, message: str, kept: bool = True):
+        super().__init__(message)
+        self.kept = kept
 
 
 class ArchiveGone(RemoteError):

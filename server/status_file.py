@@ -240,6 +240,7 @@ def record(
     results: list[HostResult],
     hosts: Mapping[str, Mapping] | None = None,
     sizes: Mapping[str, int] | None = None,
+    wait: float | None = None,
 ) -> dict:
     """Merge ``results`` into the status file (written atomically); return the new status.
 
@@ -249,8 +250,8 @@ def record(
     ones are kept). A disabled host's result is marked ``pulled_disabled`` (a run that
     named it: its outcome counts though the host is disabled). ``sizes``: the
     repository size of hosts this run did not pull too (a group's members), recorded for
-    those already known."""
-    with _locked(state_dir):
+    those already known. ``wait``: for another writer (:func:`_locked`)."""
+    with _locked(state_dir, wait):
         status = load_status(state_dir)
         _record_fleet(status, hosts, sizes or {})
         now = iso(utc_now())

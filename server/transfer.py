@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +32,7 @@ from ..common.archive.baseindex import IndexedTree, IndexWriter
 from ..common.archive.reader import TarStream
 from ..common.archive.sidecar import ArchiveInfo
 from ..common.archive.unpack import (
+    FREE_CHECK_BYTES,
     ArchiveTooLarge,
     BaseMismatch,
     HostileArchive,
@@ -45,6 +46,7 @@ from ..common.fsutil import (
     directory_size,
     free_bytes,
     remove_tree_contents,
+    room,
     write_all,
 )
 from ..common.log import get_logger
@@ -174,6 +176,8 @@ class _Download:
         growing, offset, digest = self._open_partial()
         # the file exists before the worker opens it to read
         os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        if _same_disk(self.path, self.ctx.staging):  # what is still to come is kept free too
+            self.limits = replace(self.limits, reserved=lambda: self.archive.size - growing.written)
         worker = threading.Thread(
             target=self._unpack, args=(growing,), name=f"unpack-{self.ctx.name}", daemon=True
         )
@@ -310,19 +314,9 @@ class _Download:
         except FileNotFoundError:
             atomic_write(started, f"{time.time():.0f}\n", mode=0o600)
             return
-        try:
-            since = float(started.read_text())
-        except (OSError, ValueError):
-            since = st.st_mtime
-        age = time.time() - since
+        age = _partial_age(self.path, st)
         if st.st_size > self.archive.size or age > self.ctx.config.partial_max_age:
-            self.ctx.log.info(
-                "removing the partial download %s (%s, begun %s ago)",
-                self.archive.name,
-                human_size(st.st_size),
-                human_duration(age),
-            )
-            discard_partial(self.path)
+            _drop_partial(self.ctx, self.path, st, age)
             atomic_write(started, f"{time.time():.0f}\n", mode=0o600)
 
     def _unpack(self, growing: GrowingFile) -> None:
@@ -381,6 +375,7 @@ class _Download:
         """Append the client's bytes to the partial file. Raises TransferCut when they
         stop short, ArchiveError when more arrive than the sidecar announced."""
         name, size = self.archive.name, self.archive.size
+        looked_at = offset
         if offset < size:
             stream = self.remote.stream(name, offset, self.ctx.cancel, size=size)
             try:
@@ -390,6 +385,9 @@ class _Download:
                             f"{name}: the client sent more than the {size} bytes "
                             "its sidecar announced"
                         )
+                    if growing.written - looked_at >= FREE_CHECK_BYTES:
+                        self._keep_free(size - growing.written)
+                        looked_at = growing.written
                     digest.update(data)
                     growing.append(fd, data)
                     self.ctx.progress("fetch", growing.written, size)
@@ -403,6 +401,19 @@ class _Download:
                 f"{human_size(growing.written)} of {human_size(size)}"
             )
 
+    def _keep_free(self, still: int) -> None:
+        """Every FREE_CHECK_BYTES of a download: the ``still`` bytes to come must leave
+        ``min_free_space`` free, whatever else wrote to the disk since the first look (an
+        unpacking, another host's pull). Raises LocalArchiveError (the partial download
+        is removed)."""
+        left, reserve = room(self.ctx.partial_dir).free, self.ctx.config.min_free_space
+        if left - still < reserve:
+            raise LocalArchiveError(
+                f"not enough free space left in {self.ctx.partial_dir} for "
+                f"{self.archive.name}: {human_size(left)} free, {human_size(still)} still to "
+                f"come and {human_size(reserve)} kept free (min_free_space)"
+            )
+
     def _judge_transfer(self, error: BaseException) -> None:
         """Raise the transfer's error. A cut (or SIGTERM) keeps the partial file for
         resuming, unless this try brought no new byte (a client that always stops short
@@ -413,7 +424,8 @@ class _Download:
                 discard_partial(self.path)
                 raise TransferCut(
                     f"{error}; the resumed transfer brought nothing new, so the partial "
-                    "download was removed"
+                    "download was removed",
+                    kept=False,
                 ) from None
             raise error
         if isinstance(error, ArchiveError | OSError | ArchiveGone):
@@ -469,6 +481,65 @@ def fetch_and_unpack(ctx: HostContext, remote: ByteSource, archive: ArchiveInfo)
     limit: the partial file is deleted; a refused archive also stops the transfer).
     """
     return _Download(ctx, remote, archive).run()
+
+
+def drop_stale_partials(ctx: HostContext) -> None:
+    """Remove the host's partial downloads begun more than ``partial_max_age`` ago, at
+    each of its pulls, whatever the pull then does: only a fetch looked, and a client
+    that cut its transfer short and then failed every pull before one kept what it sent
+    for ever (up to max_archive_size; helper-167 F4). Raises OSError when the directory
+    cannot be read."""
+    try:
+        names = os.listdir(ctx.partial_dir)
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = ctx.partial_dir / name
+        if name.endswith(STARTED):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            st = path.stat()
+            age = _partial_age(path, st)
+            if age > ctx.config.partial_max_age:
+                _drop_partial(ctx, path, st, age)
+
+
+def _partial_age(path: Path, st: os.stat_result) -> float:
+    """Seconds since a partial download's first byte (its :data:`STARTED` note, else
+    its last change)."""
+    try:
+        since = float(path.with_name(path.name + STARTED).read_text())
+    except (OSError, ValueError):
+        since = st.st_mtime
+    return time.time() - since
+
+
+def _drop_partial(ctx: HostContext, path: Path, st: os.stat_result, age: float) -> None:
+    ctx.log.info(
+        "removing the partial download %s (%s, begun %s ago)",
+        path.name,
+        human_size(st.st_size),
+        human_duration(age),
+    )
+    discard_partial(path)
+
+
+def _same_disk(one: Path, other: Path) -> bool:
+    """Whether two paths lie on one file system, each judged by itself or, while it is
+    not there yet, by its nearest directory that is (False when one cannot be looked at)."""
+
+    def device(path: Path) -> int | None:
+        for place in (path, *path.parents):
+            try:
+                return os.stat(place).st_dev
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return None
+        return None
+
+    first = device(one)
+    return first is not None and first == device(other)
 
 
 def discard_partial(path: Path) -> None:

@@ -49,6 +49,7 @@ TOOL_MODULES = {
     "test_attacks_h163.py",
     "test_attacks_h164.py",
     "test_attacks_h165.py",
+    "test_attacks_h167.py",
     "test_store_warnings.py",
 }
 """Integration modules whose subject is what external tools (restic, borg, rsync, rclone's

@@ -267,3 +267,26 @@ def test_a_host_process_logs_through_its_parent_masked_and_one_line(tmp_path, ca
     assert warning.getMessage() == "[a] the password is ******\\n[b] stored"
     error = next(r for r in caplog.records if r.getMessage() == "it failed:")
     assert "ValueError: boom" in error.exc_text
+
+
+def test_progress_is_told_each_result_as_its_process_ends(tmp_path):
+    """A slow host holds back no other's result (helper-167 F2): ``progress`` hears each
+    host as its process ends, with whether others still run, and time passing."""
+    config = make_config(tmp_path, parallel=3)
+    heard: list[tuple[str | None, bool]] = []
+
+    def work(ctx, relay) -> HostResult:
+        if ctx.name == "c":
+            time.sleep(1.0)
+        return stored(ctx, relay)
+
+    pull_hosts(
+        config,
+        list(config.hosts),
+        work,
+        progress=lambda result, busy: heard.append((result and result.host, busy)),
+    )
+    ended = [(host, busy) for host, busy in heard if host is not None]
+    assert sorted(ended[:2]) == [("a", True), ("b", True)] and ended[2] == ("c", False)
+    first_c = heard.index(("c", False))
+    assert (None, True) in heard[heard.index(ended[1]) : first_c]  # ticks while c runs

@@ -1,0 +1,61 @@
+"""server.pull's recorder: each host's result in status.json as its pull ends (helper-167
+F2: a trickling client held every host's record back until its host_timeout), the
+metrics file and status page written again while hosts still run, and what could not be
+recorded meanwhile recorded at the run's end."""
+
+from __future__ import annotations
+
+import logging
+
+from pullback.common.locks import FileLock
+from pullback.common.outcome import Status
+from pullback.server import pull, status_file
+from pullback.server.config import load_server_config
+from pullback.server.results import HostResult
+
+
+def make_config(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\nlock_dir: {tmp_path}\n"
+        f"metrics_file: {tmp_path / 'pullback.prom'}\n"
+        "hosts:\n  - name: a\n  - name: b\n"
+    )
+    config = load_server_config(path)
+    config.state_dir.mkdir(mode=0o700)
+    return config
+
+
+def test_a_host_is_recorded_as_it_ends_and_shown_while_others_run(tmp_path, monkeypatch):
+    config = make_config(tmp_path)
+    recorder = pull._Recorder(config)
+    recorder.progress(HostResult("a", Status.STORED, reason="stored"), True)
+    assert status_file.load_status(config.state_dir)["hosts"]["a"]["last_result"] == "stored"
+    assert not (tmp_path / "pullback.prom").exists()  # (not yet PUBLISH_EVERY after the start)
+    monkeypatch.setattr(pull, "PUBLISH_EVERY", 0.0)
+    recorder.progress(None, True)
+    assert 'pullback_last_attempt_ok{host="a"} 1' in (tmp_path / "pullback.prom").read_text()
+    (tmp_path / "pullback.prom").unlink()
+    recorder.progress(None, True)  # nothing new since: not written again
+    assert not (tmp_path / "pullback.prom").exists()
+    recorder.progress(HostResult("b", Status.FAILED, reason="no"), False)
+    assert not (tmp_path / "pullback.prom").exists()  # the last: the run's end publishes
+    recorder.finish({})
+    hosts = status_file.load_status(config.state_dir)["hosts"]
+    assert [len(hosts[h]["history"]) for h in "ab"] == [1, 1]  # each recorded once
+
+
+def test_a_result_that_cannot_be_recorded_yet_is_recorded_at_the_end(tmp_path, monkeypatch, caplog):
+    config = make_config(tmp_path)
+    recorder = pull._Recorder(config)
+    monkeypatch.setattr(pull, "RECORD_WAIT", 0.2)
+    holder = FileLock(config.state_dir / status_file.STATUS_LOCK, "status.json")
+    with caplog.at_level(logging.WARNING), holder.acquire(wait=0):
+        recorder.progress(HostResult("a", Status.STORED, reason="stored"), True)
+    assert "could not record the hosts' results yet" in caplog.text
+    assert "a" not in status_file.load_status(config.state_dir)["hosts"]
+    recorder.progress(HostResult("b", Status.STORED, reason="stored"), False)
+    recorder.finish({})
+    hosts = status_file.load_status(config.state_dir)["hosts"]
+    assert [hosts[h]["last_result"] for h in "ab"] == ["stored", "stored"]
+    assert [len(hosts[h]["history"]) for h in "ab"] == [1, 1]

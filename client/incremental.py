@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..common.archive import directory as archives
 from ..common.archive.directory import LocalArchive, by_names, full_chain
 from ..common.archive.filecache import FileCache
-from ..common.archive.sidecar import MAX_CHAIN, BaseRef
+from ..common.archive.sidecar import LEAN_FORMAT, MAX_CHAIN, BaseRef
 from ..common.clock import FUTURE_TOLERANCE
 from ..common.units import human_duration, human_size
 from .config import ClientConfig, IncrementalMode
@@ -110,6 +110,15 @@ def full_due(config: ClientConfig, chain: list[LocalArchive], now: dt.datetime) 
         return f"{damaged[0]} of the chain is damaged (its size differs from its sidecar)"
     full = chain[0]
     assert full.sidecar is not None
+    if not makes_lean_deltas(config) and any(
+        a.sidecar is not None and a.sidecar.format == LEAN_FORMAT for a in chain
+    ):
+        # (an older server passes lean deltas over: a format-2 delta on one is a delta
+        # on an archive it never stored; helper-166 F3, going back to 0.2)
+        return (
+            f"the chain since {full.name} holds lean deltas, and no server says now that "
+            f"it applies them ({archives.MARKS_DIR}/{archives.APPLIES_LEAN_DELTAS} is gone)"
+        )
     age = (now - full.created).total_seconds()
     inc = config.incremental
     if age >= inc.full_every:

@@ -210,3 +210,21 @@ def test_classic_retention_keeps_a_kept_deltas_chain_and_ignores_a_stray_from_th
         removed = directory.apply_retention(cfg.archive_dir, keep_last=2, keep_days=0, now=NOW)
         assert removed == [], stray
         assert {full, first, good, today} <= set(directory_names(cfg))
+
+
+def test_a_chain_with_lean_deltas_ends_when_no_server_says_it_applies_them(tmp_path):
+    """Going back to 0.2 (upgrading.md): the mark removed, the next delta was format 2
+    on the lean delta the 0.2 server had passed over, and that server failed it ("its
+    base ... is not on the client (or its sidecar is not usable)"; helper-166 F3). Such a
+    chain now ends in a full archive; with the mark, lean deltas go on."""
+    cfg = config(tmp_path)
+    full, _ = publish(cfg, 3)
+    lean, manifest = publish(cfg, 2, base=full, size=100)
+    side = cfg.archive_dir / f"{lean}.json"
+    side.write_text(side.read_text().replace('"format": 2', '"format": 3'))
+    (cfg.archive_dir / directory.MARKS_DIR).mkdir(exist_ok=True)
+    directory.mark_server_applies_lean_deltas(cfg.archive_dir)
+    assert decide(cfg, cache_of(cfg, lean, manifest), NOW).delta
+    (cfg.archive_dir / directory.MARKS_DIR / directory.APPLIES_LEAN_DELTAS).unlink()
+    decision = decide(cfg, cache_of(cfg, lean, manifest), NOW)
+    assert not decision.delta and "holds lean deltas" in decision.reason, decision.reason

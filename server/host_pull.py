@@ -443,7 +443,8 @@ class HostPull:
         return result
 
     def _steps(self) -> None:
-        drop_stale_partials(self.ctx)
+        if not self.options.dry_run:  # (a dry run changes nothing)
+            drop_stale_partials(self.ctx)
         self.open_repository()
         self.clear_interrupted_store()
         # The repository's snapshot list and the client's listing are independent: ask

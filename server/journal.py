@@ -381,8 +381,9 @@ def pull_activity(state_dir: Path, lock_dir: Path, roster: Roster | None = None)
     if owner is not None and owner.purpose in (PULL_PURPOSE, DRY_RUN_PURPOSE):
         own = journal is not None and journal.pid == owner.pid
         running = journal if own else InterruptedRun(owner.pid, owner.started)
-        if own:
-            return PullActivity(running=running)
+        if own:  # (and what it carries, never pulled by it: still cut short meanwhile)
+            carried = journal.carried if journal is not None else None
+            return PullActivity(running=running, killed=_counted(carried, roster))
     if journal is None:
         return PullActivity(running=running)
     # this run's own cut (with what it carried), else what it carried: its hosts are

@@ -15,17 +15,17 @@ import time
 from dataclasses import dataclass, field
 
 from ..common.cli import print_json
-from ..common.clock import FUTURE_TOLERANCE, age, signed_age, utc_now
-from ..common.errors import EXIT_FAILED, EXIT_OK, UsageError, describe
+from ..common.clock import FUTURE_TOLERANCE, age, iso, signed_age, utc_now
+from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, UsageError, describe
 from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
 from ..common.signals import KEPT_FOR_NEXT_PULL, SignalGuard, deferred_signals
 from ..common.units import human_ago, human_duration
 from . import status_file
-from .config import ServerConfig
+from .config import HostConfig, ServerConfig
 from .host import HostContext
-from .host_process import PhaseRelay, pull_hosts, told_no_one
+from .host_process import PhaseRelay, Work, pull_hosts, told_no_one
 from .host_pull import HostPull, PullOptions
 from .journal import DRY_RUN_PURPOSE, PULL_PURPOSE, Journal, Roster
 from .metrics import stale_time
@@ -62,14 +62,7 @@ def pull(
 
         recorder = None if dry_run else _Recorder(config)
         try:
-            results = pull_hosts(
-                config,
-                hosts,
-                work,
-                journal,
-                parent_only=lock.descriptors(),
-                progress=recorder.progress if recorder else told_no_one,
-            )
+            results = _pull_all(config, hosts, work, journal, lock.descriptors(), recorder)
         finally:
             if journal:
                 journal.end()
@@ -78,10 +71,30 @@ def pull(
     return (EXIT_FAILED if failed else EXIT_OK), results
 
 
+def _pull_all(
+    config: ServerConfig,
+    hosts: list[HostConfig],
+    work: Work,
+    journal: Journal | None,
+    parent_only: tuple[int, ...],
+    recorder: _Recorder | None,
+) -> list[HostResult]:
+    """:func:`~.host_process.pull_hosts`, telling ``recorder`` (None: a dry run) as hosts
+    end; on a signal, what ended is recorded before Interrupted goes on."""
+    progress = recorder.progress if recorder else told_no_one
+    try:
+        return pull_hosts(config, hosts, work, journal, parent_only, progress)
+    except Interrupted:
+        if recorder is not None:
+            recorder.stopped()
+        raise
+
+
 def _conclude(config: ServerConfig, results: list[HostResult], recorder: _Recorder | None) -> None:
     """The run's end: the groups' sizes on their members' results; the results assessed
     (a dry run) or what is left of them recorded, with the fleet's facts."""
-    shared = group_sizes(config, results)
+    measured = {r.host: r.repository_bytes for r in results}
+    shared = group_sizes(config, measured if recorder is None else recorder.measured)
     for result in results:
         result.repository_bytes = shared.get(result.host, result.repository_bytes)
     if recorder is None:
@@ -91,83 +104,123 @@ def _conclude(config: ServerConfig, results: list[HostResult], recorder: _Record
 
 
 PUBLISH_EVERY = 10.0
-"""Seconds between two writes of the metrics file and the status page while a pull's
-hosts still run, when a host's result was recorded since."""
+"""Seconds between two records of the hosts that ended while a pull's others still run
+(one rewrite of status.json for all of them: thousands of hosts ending in a minute once
+cost 0.8 s each), each followed by the metrics file and the status page."""
 RECORD_WAIT = 2.0
-"""Seconds a record made while hosts still run waits for another writer of status.json
-(the run's loop ends late hosts meanwhile); past it, the result is recorded later."""
+"""Seconds such a record waits for another writer of status.json (the run's loop ends
+late hosts meanwhile); past it, it is tried again :data:`PUBLISH_EVERY` later."""
 PUBLISH_ANYWAY = 300.0
-"""Seconds after which they are written again while hosts run even when none ended (the
-metrics' timestamp says the server is at work, not that its timer stopped)."""
+"""Seconds after which the metrics file and the status page are written again while
+hosts run even when none ended (the metrics' timestamp says the server is at work, not
+that its timer stopped)."""
 
 
 @dataclass
 class _Recorder:
-    """Each host's result in status.json as its pull ends, not when the slowest host's
-    does (an outside attack: a client trickling its archive a byte every half second held
-    every host's record, the metrics file and the status page back until its
-    ``host_timeout``, 6 h by default, and monitoring's alert on the metrics' age fired);
-    the metrics file and the status page written again from it while hosts still run
-    (:data:`PUBLISH_EVERY`, :data:`PUBLISH_ANYWAY`). What cannot be recorded while the
-    run goes on is logged and recorded at its end (:meth:`finish`)."""
+    """The results of the hosts that ended in status.json while the slowest host still
+    runs, not only at the run's end (an outside attack: a client trickling its archive a
+    byte every half second held every host's record, the metrics file and the status
+    page back until its ``host_timeout``, 6 h by default, and monitoring's alert on the
+    metrics' age fired): every :data:`PUBLISH_EVERY` seconds, those ended since, then the
+    metrics file and the status page. What is left is recorded at the run's end
+    (:meth:`finish`), or as a signal stops it (:meth:`stopped`)."""
 
     config: ServerConfig
-    unrecorded: list[HostResult] = field(default_factory=list)
+    pending: list[HostResult] = field(default_factory=list)
+    measured: dict[str, int | None] = field(default_factory=dict)
+    """Each ended host's repository size as its pull measured it (before :func:`assess`
+    fills in the recorded one): what the groups' sizes are made of."""
     assessed: set[str] = field(default_factory=set)
+    looked: float = field(default_factory=time.monotonic)
     published: float = field(default_factory=time.monotonic)
-    changed: bool = False
 
     def progress(self, result: HostResult | None, busy: bool) -> None:
         """:func:`~.host_process.pull_hosts`'s ``progress``; raises nothing but
         Interrupted (a signal that came meanwhile is raised as it ends); what fails is
         logged: the pull goes on, and its end records and publishes."""
-        with deferred_signals():  # (a signal is no failure to record: the loop stops)
-            self._progress(result, busy)
+        if result is not None:
+            self.measured[result.host] = result.repository_bytes
+            result.started = result.started or iso(utc_now())  # (what a record is known by)
+            self.pending.append(result)
+        now = time.monotonic()
+        due = now - self.looked >= PUBLISH_EVERY and bool(self.pending)
+        if busy and (due or now - self.published >= PUBLISH_ANYWAY):
+            self.looked = now
+            with deferred_signals():  # (a signal is no failure to record: the loop stops)
+                self._record_and_publish()
 
-    def _progress(self, result: HostResult | None, busy: bool) -> None:
+    def _record_and_publish(self) -> None:
         try:
-            if result is not None:
-                self.unrecorded.append(result)
-                self._record()
-            waited = time.monotonic() - self.published
-            if busy and (waited >= PUBLISH_ANYWAY or (self.changed and waited >= PUBLISH_EVERY)):
-                from .outputs import publish
+            if self.pending:
+                self._record(wait=RECORD_WAIT)
+            from .outputs import publish
 
-                self.published, self.changed = time.monotonic(), False
-                publish(self.config)  # (what it cannot write is logged, and said at the end)
+            self.published = time.monotonic()
+            publish(self.config)  # (what it cannot write is logged, and said at the end)
         except Exception as exc:
             log.warning("could not record the hosts' results yet: %s", describe(exc))
+            self._forget_recorded()
+
+    def stopped(self) -> None:
+        """A signal stops the run: what ended and is not recorded yet, recorded now (the
+        journal names only the hosts running or waiting). Never raises."""
+        try:
+            if self.pending:
+                self._record(wait=RECORD_WAIT)
+        except Exception as exc:
+            log.warning("could not record the hosts that ended before the stop: %s", describe(exc))
+
+    def _forget_recorded(self) -> None:
+        """Drop from the results to record those status.json holds already: a record
+        that raised after the file was replaced (its directory's fsync) recorded them,
+        and recording them again counted a pull twice (its history, its checksum
+        failure: two of those pass over the client's newest archive)."""
+        try:
+            hosts = status_file.load_status(self.config.state_dir)["hosts"]
+        except Exception:
+            return
+        self.pending = [r for r in self.pending if not _holds(hosts.get(r.host), r)]
 
     def finish(self, shared: dict[str, int]) -> None:
-        """Record what could not be recorded as it ended, and the fleet's facts (the
-        hosts server.yaml lists, the groups' sizes). Raises OSError, PullbackError."""
-        self._record(shared, final=True)
+        """Record what is left, and the fleet's facts (the hosts server.yaml lists, the
+        groups' sizes). Raises OSError, PullbackError."""
+        self._record(shared)
 
-    def _record(self, shared: dict[str, int] | None = None, final: bool = False) -> None:
-        """The results not yet recorded, assessed once each, into status.json (waiting
-        for another writer :data:`RECORD_WAIT` while hosts run, as long as any writer
-        waits at the ``final`` record)."""
-        fresh = [r for r in self.unrecorded if r.host not in self.assessed]
+    def _record(self, shared: dict[str, int] | None = None, wait: float | None = None) -> None:
+        """The results not recorded yet, assessed once each, into status.json (``wait``:
+        for another writer; None, as long as any writer waits). A result already in the
+        file (the write was done, and what raised came after it: a directory's fsync) is
+        not counted again (:meth:`_forget_recorded`)."""
+        fresh = [r for r in self.pending if r.host not in self.assessed]
         assess(self.config, fresh)
         self.assessed.update(r.host for r in fresh)
         listed = status_file.configured(self.config.hosts)
-        wait = None if final else RECORD_WAIT
-        status_file.record(self.config.state_dir, self.unrecorded, listed, shared, wait)
-        self.unrecorded.clear()
-        self.changed = True
+        status_file.record(self.config.state_dir, self.pending, listed, shared, wait)
+        self.pending.clear()
 
 
-def group_sizes(config: ServerConfig, results: list[HostResult]) -> dict[str, int]:
-    """The size of each group's one repository as this run last measured it, for every
-    member of the group (those this run did not pull too): the largest a member's pull
-    measured, since a pull only adds. A member measured earlier in the run, or in an
-    earlier run, would otherwise show an older size of the same repository."""
-    measured: dict[str, int] = {}
-    for result in results:
-        group = config.host(result.host).group
-        if group is not None and result.repository_bytes is not None:
-            measured[group] = max(measured.get(group, 0), result.repository_bytes)
-    return {h.name: measured[h.group] for h in config.hosts if h.group in measured}
+def _holds(entry: object, result: HostResult) -> bool:
+    """Whether a host's status.json ``entry`` records ``result`` (its attempt's time is
+    the last, in the entry and in its history)."""
+    if not isinstance(entry, dict) or entry.get("last_attempt") != result.started:
+        return False
+    history = entry.get("history")
+    return isinstance(history, list) and bool(history) and history[-1].get("time") == result.started
+
+
+def group_sizes(config: ServerConfig, measured: dict[str, int | None]) -> dict[str, int]:
+    """The size of each group's one repository as this run last measured it (``measured``:
+    each pulled host's measure, None where its pull took none), for every member of the
+    group (those this run did not pull too): the largest a member's pull measured, since
+    a pull only adds. A member measured earlier in the run, or in an earlier run, would
+    otherwise show an older size of the same repository."""
+    largest: dict[str, int] = {}
+    for host, size in measured.items():
+        group = config.host(host).group
+        if group is not None and size is not None:
+            largest[group] = max(largest.get(group, 0), size)
+    return {h.name: largest[h.group] for h in config.hosts if h.group in largest}
 
 
 def _stale_words(result: HostResult, max_age: float, now: dt.datetime) -> str:

@@ -50,6 +50,7 @@ TOOL_MODULES = {
     "test_attacks_h164.py",
     "test_attacks_h165.py",
     "test_attacks_h167.py",
+    "test_attacks_h168.py",
     "test_store_warnings.py",
 }
 """Integration modules whose subject is what external tools (restic, borg, rsync, rclone's

@@ -30,10 +30,11 @@ def test_a_host_is_recorded_as_it_ends_and_shown_while_others_run(tmp_path, monk
     config = make_config(tmp_path)
     recorder = pull._Recorder(config)
     recorder.progress(HostResult("a", Status.STORED, reason="stored"), True)
-    assert status_file.load_status(config.state_dir)["hosts"]["a"]["last_result"] == "stored"
-    assert not (tmp_path / "pullback.prom").exists()  # (not yet PUBLISH_EVERY after the start)
+    assert "a" not in status_file.load_status(config.state_dir)["hosts"]  # (PUBLISH_EVERY)
+    assert not (tmp_path / "pullback.prom").exists()
     monkeypatch.setattr(pull, "PUBLISH_EVERY", 0.0)
     recorder.progress(None, True)
+    assert status_file.load_status(config.state_dir)["hosts"]["a"]["last_result"] == "stored"
     assert 'pullback_last_attempt_ok{host="a"} 1' in (tmp_path / "pullback.prom").read_text()
     (tmp_path / "pullback.prom").unlink()
     recorder.progress(None, True)  # nothing new since: not written again
@@ -49,6 +50,7 @@ def test_a_result_that_cannot_be_recorded_yet_is_recorded_at_the_end(tmp_path, m
     config = make_config(tmp_path)
     recorder = pull._Recorder(config)
     monkeypatch.setattr(pull, "RECORD_WAIT", 0.2)
+    monkeypatch.setattr(pull, "PUBLISH_EVERY", 0.0)
     holder = FileLock(config.state_dir / status_file.STATUS_LOCK, "status.json")
     with caplog.at_level(logging.WARNING), holder.acquire(wait=0):
         recorder.progress(HostResult("a", Status.STORED, reason="stored"), True)

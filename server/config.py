@@ -241,8 +241,13 @@ class ServerConfig:
     def staging_dir(self, host: str) -> Path:
         return self.state_dir / "staging" / host
 
+    def partials_dir(self) -> Path:
+        """Where every host's partial downloads are, each host's in a directory of its
+        own (:meth:`partial_dir`)."""
+        return self.state_dir / "partial"
+
     def partial_dir(self, host: str) -> Path:
-        return self.state_dir / "partial" / host
+        return self.partials_dir() / host
 
     def scratch_dir(self) -> Path:
         return self.maintenance.scratch_dir or self.state_dir / "drill"

@@ -444,7 +444,8 @@ class HostPull:
 
     def _steps(self) -> None:
         if not self.options.dry_run:  # (a dry run changes nothing)
-            drop_stale_partials(self.ctx)
+            ctx = self.ctx
+            drop_stale_partials(ctx.partial_dir, ctx.config.partial_max_age, ctx.log)
         self.open_repository()
         self.clear_interrupted_store()
         # The repository's snapshot list and the client's listing are independent: ask

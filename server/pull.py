@@ -30,6 +30,7 @@ from .host_pull import HostPull, PullOptions
 from .journal import DRY_RUN_PURPOSE, PULL_PURPOSE, Journal, Roster
 from .metrics import stale_time
 from .results import HostResult
+from .transfer import drop_stale_partials
 
 log = get_logger("pull")
 
@@ -54,6 +55,8 @@ def pull(
             journal.pulls_disabled(sorted(set(pulled) & set(config.disabled)))
         if interrupted is not None:
             interrupted = interrupted.merged()  # (each host pulled reports what it carried)
+        if not dry_run:
+            _sweep_partials(config, {h.name for h in hosts})
 
         def work(ctx: HostContext, relay: PhaseRelay) -> HostResult:
             host_pull = HostPull(ctx, asked, relay, interrupted)
@@ -69,6 +72,24 @@ def pull(
         _conclude(config, results, recorder)
     failed = [r for r in results if r.status == Status.FAILED]
     return (EXIT_FAILED if failed else EXIT_OK), results
+
+
+def _sweep_partials(config: ServerConfig, pulled: set[str]) -> None:
+    """The stale partial downloads of the hosts this run does not pull (disabled, not
+    named, or gone from server.yaml: nothing else would ever look at them); each host
+    pulled sweeps its own. Never raises."""
+    try:
+        places = [p for p in config.partials_dir().iterdir() if p.name not in pulled]
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("could not look at the partial downloads: %s", describe(exc))
+        return
+    for place in places:
+        try:
+            drop_stale_partials(place, config.partial_max_age, log)
+        except OSError as exc:
+            log.warning("could not look at the partial downloads in %s: %s", place, describe(exc))
 
 
 def _pull_all(

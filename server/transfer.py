@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import math
 import os
 import threading
 import time
@@ -316,7 +317,13 @@ class _Download:
             return
         age = _partial_age(self.path, st)
         if st.st_size > self.archive.size or age > self.ctx.config.partial_max_age:
-            _drop_partial(self.ctx, self.path, st, age)
+            self.ctx.log.info(
+                "removing the partial download %s (%s, begun %s ago)",
+                self.archive.name,
+                human_size(st.st_size),
+                human_duration(age),
+            )
+            discard_partial(self.path)
             atomic_write(started, f"{time.time():.0f}\n", mode=0o600)
 
     def _unpack(self, growing: GrowingFile) -> None:
@@ -483,45 +490,49 @@ def fetch_and_unpack(ctx: HostContext, remote: ByteSource, archive: ArchiveInfo)
     return _Download(ctx, remote, archive).run()
 
 
-def drop_stale_partials(ctx: HostContext) -> None:
-    """Remove the host's partial downloads begun more than ``partial_max_age`` ago, at
-    each of its pulls, whatever the pull then does: only a fetch looked, and a client
-    that cut its transfer short and then failed every pull before one kept what it sent
-    for ever (up to max_archive_size; helper-167 F4). Raises OSError when the directory
-    cannot be read."""
+def drop_stale_partials(partial_dir: Path, max_age: float, logger) -> None:
+    """Remove the partial downloads in ``partial_dir`` (one host's) begun more than
+    ``max_age`` (``partial_max_age``) ago, at each pull of the host whatever the pull then
+    does, and at each run for a host it does not pull (disabled, or gone from
+    server.yaml): only a fetch looked, and a client that cut its transfer short and then
+    failed every pull before one kept what it sent for ever (up to max_archive_size;
+    helper-167 F4). Raises OSError when the directory cannot be read."""
     try:
-        names = os.listdir(ctx.partial_dir)
+        names = os.listdir(partial_dir)
     except FileNotFoundError:
         return
     for name in names:
-        path = ctx.partial_dir / name
+        path = partial_dir / name
         if name.endswith(STARTED):
             continue
         with contextlib.suppress(FileNotFoundError):
             st = path.stat()
             age = _partial_age(path, st)
-            if age > ctx.config.partial_max_age:
-                _drop_partial(ctx, path, st, age)
+            if age > max_age:
+                logger.info(
+                    "removing the partial download %s (%s, begun %s ago)",
+                    name,
+                    human_size(st.st_size),
+                    human_duration(age),
+                )
+                discard_partial(path)
 
 
 def _partial_age(path: Path, st: os.stat_result) -> float:
-    """Seconds since a partial download's first byte (its :data:`STARTED` note, else
-    its last change)."""
+    """Seconds since a partial download's first byte, as its :data:`STARTED` note says.
+    A note that is missing, unreadable or dated ahead is written anew, from the file's
+    last change as it is found (and never later than now): counted from its last change
+    each time, a partial grown a byte a night was kept for ever."""
+    note = path.with_name(path.name + STARTED)
+    now = time.time()
     try:
-        since = float(path.with_name(path.name + STARTED).read_text())
+        since = float(note.read_text())
     except (OSError, ValueError):
-        since = st.st_mtime
-    return time.time() - since
-
-
-def _drop_partial(ctx: HostContext, path: Path, st: os.stat_result, age: float) -> None:
-    ctx.log.info(
-        "removing the partial download %s (%s, begun %s ago)",
-        path.name,
-        human_size(st.st_size),
-        human_duration(age),
-    )
-    discard_partial(path)
+        since = math.inf
+    if since > now + 60:  # (a note is written in whole seconds: one may be ahead by < 1)
+        since = min(st.st_mtime, now)
+        atomic_write(note, f"{since:.0f}\n", mode=0o600)
+    return max(0.0, now - since)
 
 
 def _same_disk(one: Path, other: Path) -> bool:

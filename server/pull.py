@@ -10,13 +10,14 @@ and maintenance) apart; a journal tells the next pull what a killed one was doin
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import time
 from dataclasses import dataclass, field
 
 from ..common.cli import print_json
 from ..common.clock import FUTURE_TOLERANCE, age, iso, signed_age, utc_now
-from ..common.errors import EXIT_FAILED, EXIT_OK, Interrupted, UsageError, describe
+from ..common.errors import EXIT_FAILED, EXIT_OK, UsageError, describe
 from ..common.log import get_logger
 from ..common.notify import Notifier
 from ..common.outcome import Status
@@ -86,6 +87,8 @@ def _sweep_partials(config: ServerConfig, pulled: set[str]) -> None:
         log.warning("could not look at the partial downloads: %s", describe(exc))
         return
     for place in places:
+        if place.is_symlink() or not place.is_dir():  # (only what pulls made: never followed)
+            continue
         try:
             drop_stale_partials(place, config.partial_max_age, log)
         except OSError as exc:
@@ -101,11 +104,11 @@ def _pull_all(
     recorder: _Recorder | None,
 ) -> list[HostResult]:
     """:func:`~.host_process.pull_hosts`, telling ``recorder`` (None: a dry run) as hosts
-    end; on a signal, what ended is recorded before Interrupted goes on."""
+    end; on a signal or an error, what ended is recorded before it goes on."""
     progress = recorder.progress if recorder else told_no_one
     try:
         return pull_hosts(config, hosts, work, journal, parent_only, progress)
-    except Interrupted:
+    except BaseException:  # a signal, or an error (a fork refused at TasksMax)
         if recorder is not None:
             recorder.stopped()
         raise
@@ -113,15 +116,28 @@ def _pull_all(
 
 def _conclude(config: ServerConfig, results: list[HostResult], recorder: _Recorder | None) -> None:
     """The run's end: the groups' sizes on their members' results; the results assessed
-    (a dry run) or what is left of them recorded, with the fleet's facts."""
-    measured = {r.host: r.repository_bytes for r in results}
-    shared = group_sizes(config, measured if recorder is None else recorder.measured)
+    (a dry run) or what is left of them recorded, with the fleet's facts (and, when a
+    signal comes meanwhile, what is left recorded as it stops)."""
+    if recorder is None:
+        _shared(config, results, {r.host: r.repository_bytes for r in results})
+        assess(config, results)
+        return
+    try:
+        recorder.finish(results, _shared(config, results, recorder.measured))
+    except BaseException:
+        recorder.stopped()
+        raise
+
+
+def _shared(
+    config: ServerConfig, results: list[HostResult], measured: dict[str, int | None]
+) -> dict[str, int]:
+    """The groups' sizes (:func:`group_sizes` of what the run ``measured``), put on their
+    members' results; returns them."""
+    shared = group_sizes(config, measured)
     for result in results:
         result.repository_bytes = shared.get(result.host, result.repository_bytes)
-    if recorder is None:
-        assess(config, results)
-    else:
-        recorder.finish(shared)
+    return shared
 
 
 PUBLISH_EVERY = 10.0
@@ -131,6 +147,9 @@ cost 0.8 s each), each followed by the metrics file and the status page."""
 RECORD_WAIT = 2.0
 """Seconds such a record waits for another writer of status.json (the run's loop ends
 late hosts meanwhile); past it, it is tried again :data:`PUBLISH_EVERY` later."""
+STOP_RECORD_WAIT = 60.0
+"""Seconds the record made as a signal stops the run waits for another writer (the
+units give a stopping run 5 minutes)."""
 PUBLISH_ANYWAY = 300.0
 """Seconds after which the metrics file and the status page are written again while
 hosts run even when none ended (the metrics' timestamp says the server is at work, not
@@ -152,7 +171,6 @@ class _Recorder:
     measured: dict[str, int | None] = field(default_factory=dict)
     """Each ended host's repository size as its pull measured it (before :func:`assess`
     fills in the recorded one): what the groups' sizes are made of."""
-    assessed: set[str] = field(default_factory=set)
     looked: float = field(default_factory=time.monotonic)
     published: float = field(default_factory=time.monotonic)
 
@@ -184,11 +202,12 @@ class _Recorder:
             self._forget_recorded()
 
     def stopped(self) -> None:
-        """A signal stops the run: what ended and is not recorded yet, recorded now (the
-        journal names only the hosts running or waiting). Never raises."""
+        """A signal or an error stops the run: what ended and is not recorded yet,
+        recorded now (the journal names only the hosts running or waiting), waiting
+        :data:`STOP_RECORD_WAIT` for another writer. Never raises."""
         try:
             if self.pending:
-                self._record(wait=RECORD_WAIT)
+                self._record(wait=STOP_RECORD_WAIT)
         except Exception as exc:
             log.warning("could not record the hosts that ended before the stop: %s", describe(exc))
 
@@ -203,21 +222,27 @@ class _Recorder:
             return
         self.pending = [r for r in self.pending if not _holds(hosts.get(r.host), r)]
 
-    def finish(self, shared: dict[str, int]) -> None:
-        """Record what is left, and the fleet's facts (the hosts server.yaml lists, the
-        groups' sizes). Raises OSError, PullbackError."""
-        self._record(shared)
+    def finish(self, results: list[HostResult], shared: dict[str, int]) -> None:
+        """Assess every result as the run ends (the summary judges staleness then, as it
+        always did), record what is left, and the fleet's facts (the hosts server.yaml
+        lists, the groups' sizes). Raises OSError, PullbackError."""
+        assess(self.config, results)
+        self._record(shared, assessed=True)
 
-    def _record(self, shared: dict[str, int] | None = None, wait: float | None = None) -> None:
-        """The results not recorded yet, assessed once each, into status.json (``wait``:
-        for another writer; None, as long as any writer waits). A result already in the
-        file (the write was done, and what raised came after it: a directory's fsync) is
-        not counted again (:meth:`_forget_recorded`)."""
-        fresh = [r for r in self.pending if r.host not in self.assessed]
-        assess(self.config, fresh)
-        self.assessed.update(r.host for r in fresh)
+    def _record(
+        self, shared: dict[str, int] | None = None, wait: float | None = None, assessed=False
+    ) -> None:
+        """The results not recorded yet into status.json (``wait``: for another writer;
+        None, as long as any writer waits), each assessed as it is now; before the
+        run's end (not ``assessed``) a copy of each is, and the result itself is
+        assessed at :meth:`finish`. A result already in the file (the write was done,
+        and what raised came after it: a directory's fsync) is not counted again
+        (:meth:`_forget_recorded`)."""
+        done = self.pending if assessed else [copy.deepcopy(r) for r in self.pending]
+        if not assessed:
+            assess(self.config, done)
         listed = status_file.configured(self.config.hosts)
-        status_file.record(self.config.state_dir, self.pending, listed, shared, wait)
+        status_file.record(self.config.state_dir, done, listed, shared, wait)
         self.pending.clear()
 
 

@@ -531,7 +531,8 @@ def _partial_age(path: Path, st: os.stat_result) -> float:
         since = math.inf
     if since > now + 60:  # (a note is written in whole seconds: one may be ahead by < 1)
         since = min(st.st_mtime, now)
-        atomic_write(note, f"{since:.0f}\n", mode=0o600)
+        with contextlib.suppress(OSError):  # (a full disk: the partial is judged all the same)
+            atomic_write(note, f"{since:.0f}\n", mode=0o600)
     return max(0.0, now - since)
 
 

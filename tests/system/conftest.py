@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,18 @@ def build(work: Path, version: str | None = None) -> dict:
             " -- pullback developers <pullback@example.org>  Mon, 30 Nov 2026 05:00:00 +0000\n\n"
         )
         changelog.write_text(entry + changelog.read_text())
+    debs = dpkg_build(source)
+    assert [d.name.split("_")[0] for d in debs] == [
+        "pullback-client",
+        "pullback-common",
+        "pullback-server",
+    ]
+    return {"debs": debs, "changes": next(work.glob("*.changes"))}
+
+
+def dpkg_build(source: Path) -> list[Path]:
+    """``dpkg-buildpackage -b`` of the tree ``source``, in a clean environment; returns
+    the .debs it wrote beside it, sorted."""
     result = subprocess.run(
         ["dpkg-buildpackage", "-us", "-uc", "-b"],
         cwd=source,
@@ -78,13 +91,35 @@ def build(work: Path, version: str | None = None) -> dict:
         env=CLEAN_ENV,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    debs = sorted(Path(p) for p in glob.glob(str(work / "*.deb")))
-    assert [d.name.split("_")[0] for d in debs] == [
-        "pullback-client",
-        "pullback-common",
-        "pullback-server",
-    ]
-    return {"debs": debs, "changes": next(work.glob("*.changes"))}
+    return sorted(Path(p) for p in glob.glob(str(source.parent / "*.deb")))
+
+
+def own_sshd_root(root: BootedRoot, port: int, name: str, packages: str) -> None:
+    """Prepare ``root`` for a newcomer's module: its sshd listens on ``port`` from its
+    first start (the roots share the machine's network, whose port 22 may be taken), an
+    /etc/hosts names localhost as a Debian 12 installation's does, and ``packages`` are
+    installed with apt (``name``: the module's, for sshd's drop-in)."""
+    root.write(f"/etc/ssh/sshd_config.d/{name}.conf", f"Port {port}\n")
+    root.write("/etc/hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost\n")
+    root.run(["apt-get", "update", "-q"])
+    root.run(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {packages}", timeout=1200)
+
+
+def walkthrough_server(sh: Callable[[str], object], port: int, metrics_file: str) -> None:
+    """walkthrough.md's server step, as a newcomer's modules run it in a booted root:
+    a repository password, a server.yaml naming this machine (sshd on ``port``) with a
+    metrics file and the status page, then ``trust`` and ``check``."""
+    sh(
+        "[ -e /etc/pullback/repository.pass ] || "
+        "(umask 077; head -c 32 /dev/urandom | base64 > /etc/pullback/repository.pass)"
+    )
+    sh(
+        "mkdir -p /var/lib/prometheus/node-exporter /var/www/html/pullback && "
+        "cat > /etc/pullback/server.yaml <<EOF\nhosts:\n"
+        f"  - {{name: $(hostname -s), address: localhost, port: {port}}}\n"
+        f"metrics_file: {metrics_file}\nstatus_page: /var/www/html/pullback/index.html\nEOF"
+    )
+    sh('pullback-server trust "$(hostname -s)" --yes && pullback-server check')
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,8 @@ import socket
 
 import pytest
 
+from tests.system.conftest import own_sshd_root, walkthrough_server
+
 PORT = 2263
 """The client's sshd (the walkthrough's port 22 may be the machine's own)."""
 
@@ -85,15 +87,7 @@ def box(root, built):
     home.mkdir(parents=True, exist_ok=True)
     for deb in built["debs"]:
         shutil.copy2(deb, home / deb.name)
-    # the sshd of this root listens on PORT from its first start (the root shares the
-    # machine's network); a Debian 12 installation has an /etc/hosts naming localhost
-    root.write("/etc/ssh/sshd_config.d/h163.conf", f"Port {PORT}\n")
-    root.write("/etc/hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost\n")
-    root.run(["apt-get", "update", "-q"])
-    root.run(
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server rsync attr sqlite3",
-        timeout=1200,
-    )
+    own_sshd_root(root, PORT, "h163", "openssh-server rsync attr sqlite3")
     b = Box(root)
     # walkthrough.md 1. Install
     b.sh("apt install -y ./pullback-common_*.deb ./pullback-client_*.deb ./pullback-server_*.deb")
@@ -122,17 +116,7 @@ def box(root, built):
         "chmod 0600 /var/lib/pullback/.ssh/authorized_keys"
     )
     # 4. the server: a password, the host (its port), the outputs
-    b.sh(
-        "[ -e /etc/pullback/repository.pass ] || "
-        "(umask 077; head -c 32 /dev/urandom | base64 > /etc/pullback/repository.pass)"
-    )
-    b.sh(
-        "mkdir -p /var/lib/prometheus/node-exporter /var/www/html/pullback && "
-        "cat > /etc/pullback/server.yaml <<EOF\nhosts:\n"
-        f"  - {{name: $(hostname -s), address: localhost, port: {PORT}}}\n"
-        f"metrics_file: {PROM}\nstatus_page: /var/www/html/pullback/index.html\nEOF"
-    )
-    b.sh('pullback-server trust "$(hostname -s)" --yes && pullback-server check')
+    walkthrough_server(b.sh, PORT, PROM)
     # 5. the first backup, as the timers run it
     b.sh("systemctl start pullback-client.service && systemctl start pullback-server.service")
     b.host = b.sh("hostname -s").stdout.strip()

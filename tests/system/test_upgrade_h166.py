@@ -16,7 +16,6 @@ Run: .venv/bin/python -m pytest -q -p no:cacheprovider tests/system/test_upgrade
 
 from __future__ import annotations
 
-import glob
 import json
 import shutil
 import socket
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.debroot import CLEAN_ENV
+from tests.system.conftest import dpkg_build, own_sshd_root, walkthrough_server
 from tests.system.test_walkthrough import steps
 
 PORT = 2266
@@ -67,15 +66,7 @@ def built_021(tmp_path_factory) -> list[Path]:
         check=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
-    result = subprocess.run(
-        ["dpkg-buildpackage", "-us", "-uc", "-b"],
-        cwd=source,
-        capture_output=True,
-        text=True,
-        env=CLEAN_ENV,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    debs = sorted(Path(p) for p in glob.glob(str(work / "*_0.2.1_all.deb")))
+    debs = [d for d in dpkg_build(source) if d.name.endswith("_0.2.1_all.deb")]
     assert len(debs) == 3, debs
     return debs
 
@@ -147,13 +138,7 @@ def box(root, built, built_021):
         shutil.copy2(deb, home / deb.name)
     for deb in built["debs"]:
         shutil.copy2(deb, home / "upgrade" / deb.name)
-    root.write("/etc/ssh/sshd_config.d/h166.conf", f"Port {PORT}\n")
-    root.write("/etc/hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost\n")
-    root.run(["apt-get", "update", "-q"])
-    root.run(
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server rsync attr",
-        timeout=1200,
-    )
+    own_sshd_root(root, PORT, "h166", "openssh-server rsync attr")
     b = Box(root)
     # 0.2.1's walkthrough.md, 1. Install
     b.sh("apt install -y ./pullback-common_*.deb ./pullback-client_*.deb ./pullback-server_*.deb")
@@ -182,17 +167,7 @@ def box(root, built, built_021):
         "chmod 0600 /var/lib/pullback/.ssh/authorized_keys"
     )
     # 4. the server
-    b.sh(
-        "[ -e /etc/pullback/repository.pass ] || "
-        "(umask 077; head -c 32 /dev/urandom | base64 > /etc/pullback/repository.pass)"
-    )
-    b.sh(
-        "mkdir -p /var/lib/prometheus/node-exporter /var/www/html/pullback && "
-        "cat > /etc/pullback/server.yaml <<EOF\nhosts:\n"
-        f"  - {{name: $(hostname -s), address: localhost, port: {PORT}}}\n"
-        f"metrics_file: {PROM}\nstatus_page: /var/www/html/pullback/index.html\nEOF"
-    )
-    b.sh('pullback-server trust "$(hostname -s)" --yes && pullback-server check')
+    walkthrough_server(b.sh, PORT, PROM)
     b.host = b.sh("hostname -s").stdout.strip()
     return b
 

@@ -185,7 +185,7 @@ def test_f4_hosts_ending_together_are_recorded_together_not_one_rewrite_each(tmp
     recorder = pull._Recorder(config)
     for i in range(40):  # one poll round: every host ended at once
         recorder.progress(HostResult(f"h{i}", Status.SKIPPED, reason="fresh"), i < 39)
-    recorder.finish({})
+    recorder.finish([], {})
     hosts_recorded = status_file.load_status(config.state_dir)["hosts"]
     assert len(hosts_recorded) == 40
     assert len(saves) <= 10, f"status.json rewritten {len(saves)} times for 40 hosts ending at once"
@@ -250,7 +250,7 @@ def test_f7_a_record_that_failed_after_the_file_was_replaced_is_not_counted_twic
     damaged.checksum_failed = "a-20261208T010000Z.tar.zst"
     recorder.progress(damaged, True)  # status.json replaced, then EIO
     recorder.progress(HostResult("b", Status.STORED, reason="stored", snapshot_count=1), False)
-    recorder.finish({})
+    recorder.finish([], {})
     entry = status_file.load_status(config.state_dir)["hosts"]["a"]
     assert (len(entry["history"]), entry.get("checksum_failures")) == (
         1,

@@ -41,7 +41,7 @@ def test_a_host_is_recorded_as_it_ends_and_shown_while_others_run(tmp_path, monk
     assert not (tmp_path / "pullback.prom").exists()
     recorder.progress(HostResult("b", Status.FAILED, reason="no"), False)
     assert not (tmp_path / "pullback.prom").exists()  # the last: the run's end publishes
-    recorder.finish({})
+    recorder.finish([], {})
     hosts = status_file.load_status(config.state_dir)["hosts"]
     assert [len(hosts[h]["history"]) for h in "ab"] == [1, 1]  # each recorded once
 
@@ -57,7 +57,7 @@ def test_a_result_that_cannot_be_recorded_yet_is_recorded_at_the_end(tmp_path, m
     assert "could not record the hosts' results yet" in caplog.text
     assert "a" not in status_file.load_status(config.state_dir)["hosts"]
     recorder.progress(HostResult("b", Status.STORED, reason="stored"), False)
-    recorder.finish({})
+    recorder.finish([], {})
     hosts = status_file.load_status(config.state_dir)["hosts"]
     assert [hosts[h]["last_result"] for h in "ab"] == ["stored", "stored"]
     assert [len(hosts[h]["history"]) for h in "ab"] == [1, 1]

@@ -173,6 +173,8 @@ class _Recorder:
     fills in the recorded one): what the groups' sizes are made of."""
     looked: float = field(default_factory=time.monotonic)
     published: float = field(default_factory=time.monotonic)
+    concluded: bool = False
+    """Whether :meth:`finish` assessed the results (the run's end)."""
 
     def progress(self, result: HostResult | None, busy: bool) -> None:
         """:func:`~.host_process.pull_hosts`'s ``progress``; raises nothing but
@@ -206,6 +208,7 @@ class _Recorder:
         recorded now (the journal names only the hosts running or waiting), waiting
         :data:`STOP_RECORD_WAIT` for another writer. Never raises."""
         try:
+            self._forget_recorded()  # (the run's end may have written them, then raised)
             if self.pending:
                 self._record(wait=STOP_RECORD_WAIT)
         except Exception as exc:
@@ -227,19 +230,17 @@ class _Recorder:
         always did), record what is left, and the fleet's facts (the hosts server.yaml
         lists, the groups' sizes). Raises OSError, PullbackError."""
         assess(self.config, results)
-        self._record(shared, assessed=True)
+        self.concluded = True
+        self._record(shared)
 
-    def _record(
-        self, shared: dict[str, int] | None = None, wait: float | None = None, assessed=False
-    ) -> None:
+    def _record(self, shared: dict[str, int] | None = None, wait: float | None = None) -> None:
         """The results not recorded yet into status.json (``wait``: for another writer;
-        None, as long as any writer waits), each assessed as it is now; before the
-        run's end (not ``assessed``) a copy of each is, and the result itself is
-        assessed at :meth:`finish`. A result already in the file (the write was done,
-        and what raised came after it: a directory's fsync) is not counted again
-        (:meth:`_forget_recorded`)."""
-        done = self.pending if assessed else [copy.deepcopy(r) for r in self.pending]
-        if not assessed:
+        None, as long as any writer waits): before the run's end a copy of each,
+        assessed as it is now (the result itself is assessed once, at :meth:`finish`).
+        A result already in the file (the write was done, and what raised came after
+        it: a directory's fsync) is not counted again (:meth:`_forget_recorded`)."""
+        done = self.pending if self.concluded else [copy.deepcopy(r) for r in self.pending]
+        if not self.concluded:
             assess(self.config, done)
         listed = status_file.configured(self.config.hosts)
         status_file.record(self.config.state_dir, done, listed, shared, wait)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from pullback.common.locks import FileLock
 from pullback.common.outcome import Status
 from pullback.server import pull, status_file
@@ -61,3 +63,29 @@ def test_a_result_that_cannot_be_recorded_yet_is_recorded_at_the_end(tmp_path, m
     hosts = status_file.load_status(config.state_dir)["hosts"]
     assert [hosts[h]["last_result"] for h in "ab"] == ["stored", "stored"]
     assert [len(hosts[h]["history"]) for h in "ab"] == [1, 1]
+
+
+def test_an_end_that_wrote_then_raised_is_not_recorded_again_as_it_stops(tmp_path, monkeypatch):
+    """The run's end wrote status.json and then raised (its directory's fsync): the
+    stop's record that follows finds the results there, and counts nothing twice."""
+    from pathlib import Path
+
+    config = make_config(tmp_path)
+    real = status_file.atomic_write
+    failures = [OSError(5, "Input/output error")]
+
+    def atomic_write(path, data, mode=0o644):
+        real(path, data, mode)
+        if failures and Path(path).name == status_file.STATUS_FILE:
+            raise failures.pop()
+
+    monkeypatch.setattr(status_file, "atomic_write", atomic_write)
+    recorder = pull._Recorder(config)
+    results = [HostResult(h, Status.STORED, reason="stored") for h in "ab"]
+    for i, result in enumerate(results):
+        recorder.progress(result, i == 0)
+    with pytest.raises(OSError):  # (the run says its status file could not be written)
+        pull._conclude(config, results, recorder)
+    hosts = status_file.load_status(config.state_dir)["hosts"]
+    assert [len(hosts[h]["history"]) for h in "ab"] == [1, 1]
+    assert all(len(r.warnings) == len(set(r.warnings)) == 1 for r in results), results

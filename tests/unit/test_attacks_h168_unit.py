@@ -47,6 +47,14 @@ def dead_pid() -> int:
     return proc.pid
 
 
+def recorded_or_named(config) -> tuple[dict, set[str]]:
+    """The hosts status.json records, and those the journal names (running or waiting
+    as the run stopped): a host that ended is in one or the other, or lost."""
+    hosts = status_file.load_status(config.state_dir)["hosts"]
+    left = read_journal(config.state_dir)
+    return hosts, set(left.phases) if left is not None else set()
+
+
 def cut_short(text: str, host: str) -> str | None:
     found = re.search(rf'^pullback_pull_cut_short\{{host="{host}"\}} (\S+)$', text, re.M)
     return found.group(1) if found else None
@@ -79,9 +87,7 @@ def test_f1_a_result_that_could_not_be_recorded_mid_run_survives_a_sigterm(tmp_p
     monkeypatch.setattr(pull, "pull_hosts", pull_hosts)
     with pytest.raises(Interrupted):
         pull.pull(config)
-    hosts = status_file.load_status(config.state_dir)["hosts"]
-    left = read_journal(config.state_dir)
-    named = set(left.phases) if left is not None else set()
+    hosts, named = recorded_or_named(config)
     assert "a" in hosts or "a" in named, (
         f"host a's stored pull was recorded nowhere: status.json hosts {sorted(hosts)}, "
         f"journal {sorted(named)}"

@@ -29,9 +29,9 @@ from pullback.common.errors import Interrupted
 from pullback.common.outcome import Status
 from pullback.server import pull, status_file, transfer
 from pullback.server.config import load_server_config
-from pullback.server.journal import read_journal
 from pullback.server.results import HostResult
 from pullback.server.transfer import STARTED, drop_stale_partials
+from tests.unit.test_attacks_h168_unit import recorded_or_named
 
 DAY = 86400.0
 
@@ -121,9 +121,7 @@ def test_f2_a_sigterm_while_the_runs_end_is_recorded_loses_no_host(tmp_path, mon
     monkeypatch.setattr(pull, "group_sizes", group_sizes)
     with pytest.raises(Interrupted):
         pull.pull(config)
-    hosts = status_file.load_status(config.state_dir)["hosts"]
-    left = read_journal(config.state_dir)
-    named = set(left.phases) if left is not None else set()
+    hosts, named = recorded_or_named(config)
     lost = [h for h in "ab" if h not in hosts and h not in named]
     assert not lost, (
         f"hosts {lost} ended before the signal and were recorded nowhere: status.json "
@@ -230,9 +228,7 @@ def test_f5_a_signal_while_another_writer_holds_status_lock_loses_no_host(tmp_pa
             pull.pull(config)
     finally:
         timer.join()
-    hosts = status_file.load_status(config.state_dir)["hosts"]
-    left = read_journal(config.state_dir)
-    named = set(left.phases) if left is not None else set()
+    hosts, named = recorded_or_named(config)
     assert "a" in hosts or "a" in named, (
         f"host a's stored pull was recorded nowhere: status.json hosts {sorted(hosts)}, "
         f"journal {sorted(named)}"
@@ -262,9 +258,7 @@ def test_f6_a_run_stopped_by_an_error_records_the_hosts_that_ended(tmp_path, mon
     monkeypatch.setattr(pull, "pull_hosts", pull_hosts)
     with pytest.raises(OSError):
         pull.pull(config)
-    hosts = status_file.load_status(config.state_dir)["hosts"]
-    left = read_journal(config.state_dir)
-    named = set(left.phases) if left is not None else set()
+    hosts, named = recorded_or_named(config)
     assert "a" in hosts or "a" in named, (
         f"host a's stored pull was recorded nowhere: status.json hosts {sorted(hosts)}, "
         f"journal {sorted(named)}"
